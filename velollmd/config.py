@@ -1,0 +1,211 @@
+"""The daemon's configuration: one frozen dataclass per TOML section.
+
+This module is the only reader of the TOML file. Each field's type annotation is its schema;
+`metadata` adds bounds (`min`, `max`) and `choices`. Anything off (unknown key, wrong type,
+out of range, missing file, bad syntax) raises ConfigError, which names the file, the key and
+the reason on one line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+DEFAULT_PATH = "/etc/velollm.toml"
+BACKEND_KINDS = ("ollama", "llamacpp", "openai", "engine")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _opt(default, **meta):
+    """A field with a default and schema metadata (min, max, choices)."""
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples / default_factory for mutable defaults")
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = _opt(8000, min=0, max=65535)
+    max_connections: int = _opt(1024, min=1)
+    max_header_bytes: int = _opt(16384, min=1024, max=1048576)
+    max_body_bytes: int = _opt(33554432, min=1)
+    header_timeout_s: float = _opt(30.0, min=0.001)
+    keepalive_timeout_s: float = _opt(30.0, min=0.001)
+    drain_timeout_s: float = _opt(30.0, min=0.0)
+    sse_ping_s: float = _opt(15.0, min=0.01)
+    api_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str = ""
+    kind: str = _opt("", choices=BACKEND_KINDS)
+    url: str = ""
+    models: tuple[str, ...] = ("*",)
+    slots: int = _opt(0, min=0, max=4096)          # 0 = discover (llama.cpp /props) or 1
+    api_key: str = ""
+    num_ctx: int = _opt(0, min=0)                  # 0 = the backend's default
+    connect_timeout_s: float = _opt(5.0, min=0.001)
+    timeout_s: float = _opt(600.0, min=0.001)      # read timeout between bytes of a response
+    health_interval_s: float = _opt(5.0, min=0.05)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    enabled: bool = True
+    exact: bool = True
+    semantic: bool = True
+    max_entries: int = _opt(10000, min=0)
+    max_bytes: int = _opt(268435456, min=0)
+    ttl_s: float = _opt(86400.0, min=0.0)          # 0 = entries never expire
+    semantic_threshold: float = _opt(0.95, min=0.0, max=1.0)
+    semantic_max_entries: int = _opt(100000, min=0)
+    semantic_dtype: str = _opt("float32", choices=("float32", "float16"))
+    embedder: str = _opt("builtin", choices=("builtin", "backend"))
+    embed_backend: str = ""                        # name of a [[backends]] entry
+    embed_model: str = ""
+    embed_dim: int = _opt(384, min=8, max=8192)    # dimension of the builtin embedder
+    cache_sampled: bool = False
+    path: str = "/var/lib/velollm/cache"           # empty = memory only
+    snapshot_interval_s: float = _opt(300.0, min=0.0)  # 0 = only on shutdown
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    repair: bool = True
+    validate: bool = True
+    coerce: bool = True
+    dedup: bool = True
+    max_retries: int = _opt(1, min=0, max=5)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_queue: int = _opt(256, min=0)
+    queue_timeout_s: float = _opt(120.0, min=0.001)
+    default_priority: int = _opt(5, min=0, max=9)
+    aging_s: float = _opt(10.0, min=0.001)         # a waiting request gains one level per aging_s
+    preempt: bool = False
+    block_size: int = _opt(16, min=1, max=1024)
+    prefix_routing: bool = True
+    key_priorities: dict[str, int] = field(default_factory=dict)  # api key -> priority
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = _opt("info", choices=LOG_LEVELS)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    backends: tuple[BackendConfig, ...] = ()
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    path: str = "<defaults>"
+
+
+SECTIONS = {"server": ServerConfig, "cache": CacheConfig, "tools": ToolsConfig,
+            "scheduler": SchedulerConfig, "metrics": MetricsConfig, "log": LogConfig}
+
+
+def load_config(path: str = DEFAULT_PATH) -> Config:
+    """Read and validate a TOML file; raises ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "(file)", f"cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "(syntax)", str(exc)) from None
+    return config_from_table(table, path)
+
+
+def config_from_table(table: dict, path: str = "<table>") -> Config:
+    unknown = set(table) - set(SECTIONS) - {"backends"}
+    if unknown:
+        raise ConfigError(path, sorted(unknown)[0], "unknown section or key")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        sub = table.get(name, {})
+        if not isinstance(sub, dict):
+            raise ConfigError(path, name, "must be a table [" + name + "]")
+        sections[name] = build_section(cls, sub, path, name)
+    backends = _build_backends(table.get("backends", []), path)
+    return Config(backends=backends, path=path, **sections)
+
+
+def _build_backends(items, path: str) -> tuple[BackendConfig, ...]:
+    if not isinstance(items, list):
+        raise ConfigError(path, "backends", "must be an array of tables [[backends]]")
+    backends, seen = [], set()
+    for i, item in enumerate(items):
+        prefix = f"backends[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(path, prefix, "must be a table")
+        backend = build_section(BackendConfig, item, path, prefix)
+        for required in ("name", "kind"):
+            if not getattr(backend, required):
+                raise ConfigError(path, f"{prefix}.{required}", "is required")
+        if backend.kind != "engine" and not backend.url.startswith(("http://", "https://")):
+            raise ConfigError(path, f"{prefix}.url", "must be an http:// URL")
+        if backend.name in seen:
+            raise ConfigError(path, f"{prefix}.name", f"duplicate backend name {backend.name!r}")
+        seen.add(backend.name)
+        backends.append(backend)
+    return tuple(backends)
+
+
+def build_section(cls, table: dict, path: str, prefix: str):
+    """Build dataclass `cls` from a TOML table, checking every key against the schema."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(path, f"{prefix}.{key}", "unknown key")
+        values[key] = _check_value(value, hints[key], known[key].metadata, path, f"{prefix}.{key}")
+    return cls(**values)
+
+
+def _check_value(value, hint, meta, path: str, key: str):
+    value = _check_type(value, hint, path, key)
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(path, key, f"must be one of {', '.join(map(repr, meta['choices']))}, got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(path, key, f"must be >= {meta['min']}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(path, key, f"must be <= {meta['max']}, got {value!r}")
+    return value
+
+
+def _check_type(value, hint, path: str, key: str):
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(path, key, f"must be a list of strings, got {value!r}")
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
+            raise ConfigError(path, key, f"must be a table of integers, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(path, key, f"must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value

@@ -1,0 +1,1 @@
+"""velollmd.toolcalls"""
