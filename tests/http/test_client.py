@@ -1,0 +1,170 @@
+"""The raw-socket client against a real server (ours, and raw sockets for odd framings)."""
+import asyncio
+import contextlib
+
+import pytest
+
+from tests.aio import run, serving
+from velollmd.errors import BackendError, BackendTimeout
+from velollmd.http.client import HTTPClient
+from velollmd.http.message import Response
+from velollmd.http.sse import iter_sse_data, sse_response
+
+
+async def app(request):
+    if request.path == "/stream":
+        async def events():
+            for i in range(3):
+                yield {"i": i}
+        return sse_response(events(), ping_s=5)
+    if request.path == "/ndjson":
+        async def lines():
+            for i in range(3):
+                yield b'{"n":%d}\n' % i
+        return Response(200, [("content-type", "application/x-ndjson")], stream=lines())
+    return Response.json({"path": request.path, "body": request.body.decode()})
+
+
+@contextlib.asynccontextmanager
+async def raw_server(answer: bytes, hold: float = 0.0):
+    """A socket server that answers every request with fixed bytes and closes."""
+    async def handle(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        if hold:
+            await asyncio.sleep(hold)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+def test_pooled_connection_is_reused_for_sequential_requests():
+    async def main():
+        async with serving(app) as server:
+            client = HTTPClient(f"http://127.0.0.1:{server.port}")
+            bodies = []
+            for i in range(5):
+                response = await client.request("POST", "/echo", json={"i": i})
+                bodies.append((await response.json())["body"])
+            await client.close()
+            return bodies, client.num_connects
+    bodies, connects = run(main())
+    assert bodies == ['{"i":%d}' % i for i in range(5)]
+    assert connects == 1
+
+
+def test_concurrent_requests_open_several_connections_then_reuse_them():
+    async def main():
+        async with serving(app) as server:
+            client = HTTPClient(f"http://127.0.0.1:{server.port}")
+
+            async def one(i):
+                response = await client.request("GET", f"/{i}")
+                return (await response.json())["path"]
+            first = await asyncio.gather(*(one(i) for i in range(4)))
+            second = await asyncio.gather(*(one(i) for i in range(4)))
+            await client.close()
+            return first + second, client.num_connects
+    paths, connects = run(main())
+    assert paths == [f"/{i}" for i in range(4)] * 2
+    assert connects == 4
+
+
+def test_streaming_sse_and_ndjson_bodies():
+    async def main():
+        async with serving(app) as server:
+            client = HTTPClient(f"http://127.0.0.1:{server.port}")
+            response = await client.request("GET", "/stream")
+            events = [e async for e in iter_sse_data(response.iter_lines())]
+            response = await client.request("GET", "/ndjson")
+            lines = [line async for line in response.iter_lines()]
+            await client.close()
+            return events, lines, client.num_connects
+    events, lines, connects = run(main())
+    assert events == [b'{"i":0}', b'{"i":1}', b'{"i":2}', b"[DONE]"]
+    assert lines == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    assert connects == 1                   # chunked bodies read to the end keep the socket
+
+
+def test_read_until_close_body():
+    async def main():
+        async with raw_server(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nno framing at all") as port:
+            client = HTTPClient(f"http://127.0.0.1:{port}")
+            response = await client.request("GET", "/")
+            return await response.read()
+    assert run(main()) == b"no framing at all"
+
+
+def test_read_timeout_raises_backend_timeout():
+    async def main():
+        async with raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", hold=5) as port:
+            client = HTTPClient(f"http://127.0.0.1:{port}", read_timeout=0.2)
+            await client.request("GET", "/")
+    with pytest.raises(BackendTimeout):
+        run(main())
+
+
+def test_refused_connection_raises_backend_error():
+    async def main():
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+        await HTTPClient(f"http://127.0.0.1:{port}").request("GET", "/")
+    with pytest.raises(BackendError) as info:
+        run(main())
+    assert info.value.status == 502 and info.value.code == "backend_unreachable"
+
+
+def test_garbage_from_backend_is_a_backend_error():
+    async def main():
+        async with raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello") as port:
+            await HTTPClient(f"http://127.0.0.1:{port}").request("GET", "/")
+    with pytest.raises(BackendError):
+        run(main())
+
+
+def test_cancelling_a_streaming_read_closes_the_socket_at_once():
+    async def main():
+        closed = asyncio.Event()
+
+        async def endless(request):
+            async def events():
+                try:
+                    while True:
+                        yield {"tick": 1}
+                        await asyncio.sleep(0.01)
+                finally:
+                    closed.set()
+            return sse_response(events(), ping_s=5)
+
+        async with serving(endless) as server:
+            client = HTTPClient(f"http://127.0.0.1:{server.port}")
+            response = await client.request("GET", "/")
+
+            async def consume():
+                async for _ in response.iter_raw():
+                    pass
+            task = asyncio.ensure_future(consume())
+            await asyncio.sleep(0.1)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait_for(closed.wait(), 5)
+            return closed.is_set(), len(client._idle)
+    stopped, idle = run(main())
+    assert stopped and idle == 0
+
+
+def test_stale_pooled_connection_is_retried_on_a_fresh_one():
+    async def main():
+        async with serving(app, keepalive_timeout_s=0.1) as server:
+            client = HTTPClient(f"http://127.0.0.1:{server.port}")
+            await (await client.request("GET", "/a")).read()
+            await asyncio.sleep(0.3)           # the server closes the idle connection
+            body = await (await client.request("GET", "/b")).json()
+            return body["path"], client.num_connects
+    assert run(main()) == ("/b", 2)

@@ -1,0 +1,239 @@
+"""The HTTP server over real loopback sockets."""
+import asyncio
+import json
+
+import pytest
+
+from tests.aio import raw_exchange, run, serving
+from velollmd.errors import BadRequest
+from velollmd.http.message import Response
+from velollmd.http.sse import sse_response
+
+
+async def echo(request):
+    if request.path == "/fail":
+        raise RuntimeError("boom")
+    if request.path == "/bad":
+        raise BadRequest("field x is wrong", param="x")
+    return Response.json({"method": request.method, "path": request.path, "body": request.body.decode()})
+
+
+def responses(raw: bytes) -> list[tuple[int, bytes]]:
+    """Split a byte stream of Content-Length responses into (status, body)."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(int(l.split(b":")[1]) for l in lines if l.lower().startswith(b"content-length"))
+        out.append((int(lines[0].split()[1]), rest[:length]))
+        raw = rest[length:]
+    return out
+
+
+def test_keep_alive_serves_many_requests_on_one_connection():
+    async def main():
+        async with serving(echo) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            bodies = []
+            for i in range(5):
+                writer.write(b"POST /k HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n%d" % i)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                bodies.append(json.loads(await reader.readexactly(length))["body"])
+            writer.close()
+            return bodies
+    assert run(main()) == ["0", "1", "2", "3", "4"]
+
+
+def test_pipelined_requests_are_answered_in_order():
+    raw = b"".join(b"GET /p%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(4))
+    raw += b"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+
+    async def main():
+        async with serving(echo) as server:
+            return await raw_exchange(server.port, raw)
+    got = [json.loads(body)["path"] for _, body in responses(run(main()))]
+    assert got == ["/p0", "/p1", "/p2", "/p3", "/last"]
+
+
+def test_chunked_request_body_and_expect_continue():
+    raw = (b"POST /c HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n"
+           b"Connection: close\r\n\r\n4\r\nwiki\r\n5\r\npedia\r\n0\r\n\r\n")
+
+    async def main():
+        async with serving(echo) as server:
+            return await raw_exchange(server.port, raw)
+    out = run(main())
+    assert out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+    assert json.loads(out.split(b"\r\n\r\n", 2)[2])["body"] == "wikipedia"
+
+
+def test_head_has_headers_but_no_body():
+    async def main():
+        async with serving(echo) as server:
+            return await raw_exchange(server.port, b"HEAD /h HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    out = run(main())
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"content-length: " in head and body == b""
+
+
+@pytest.mark.parametrize("raw,status", [
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    (b"GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505),
+    (b"GET /" + b"x" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"y" * 5000 + b"\r\n\r\n", 431),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2048\r\n\r\n", 413),
+])
+def test_bad_requests_get_an_openai_error_and_the_connection_closes(raw, status):
+    async def main():
+        async with serving(echo, max_header_bytes=4096, max_body_bytes=1024) as server:
+            return await raw_exchange(server.port, raw + b"GET /never HTTP/1.1\r\nHost: a\r\n\r\n")
+    [(got_status, body)] = responses(run(main()))
+    error = json.loads(body)["error"]
+    assert got_status == status
+    assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_handler_errors_are_json_never_tracebacks_and_the_connection_survives():
+    raw = (b"GET /fail HTTP/1.1\r\nHost: a\r\n\r\n"
+           b"GET /bad HTTP/1.1\r\nHost: a\r\n\r\n"
+           b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+
+    async def main():
+        async with serving(echo) as server:
+            return await raw_exchange(server.port, raw)
+    out = responses(run(main()))
+    assert [status for status, _ in out] == [500, 400, 200]
+    assert b"Traceback" not in out[0][1] and b"boom" not in out[0][1]
+    assert json.loads(out[1][1])["error"]["param"] == "x"
+
+
+def test_slowloris_gets_408_at_the_absolute_header_deadline():
+    async def main():
+        async with serving(echo, header_timeout_s=0.3) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\n")
+            answer = asyncio.ensure_future(reader.read(-1))
+            for _ in range(40):          # one header byte every 50 ms: never completes
+                await asyncio.wait({answer}, timeout=0.05)
+                if answer.done():
+                    break
+                writer.write(b"X")
+            out = await asyncio.wait_for(answer, 5)
+            writer.close()
+            return out
+    out = run(main())
+    assert out.startswith(b"HTTP/1.1 408 ")
+
+
+def test_idle_keep_alive_connection_is_closed_silently():
+    async def main():
+        async with serving(echo, keepalive_timeout_s=0.2) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            await reader.readuntil(b"}")
+            rest = await asyncio.wait_for(reader.read(-1), 5)
+            writer.close()
+            return rest
+    assert run(main()) == b""
+
+
+def test_connection_cap_answers_503():
+    async def main():
+        async with serving(echo, max_connections=1) as server:
+            r1, w1 = await asyncio.open_connection("127.0.0.1", server.port)
+            w1.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            await r1.readuntil(b"}")
+            out = await raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            w1.close()
+            return out
+    assert run(main()).startswith(b"HTTP/1.1 503 ")
+
+
+def test_client_disconnect_cancels_the_handler():
+    async def main():
+        cancelled = asyncio.Event()
+        started = asyncio.Event()
+
+        async def slow(request):
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return Response.json({})
+
+        async with serving(slow) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            await started.wait()
+            writer.close()
+            await asyncio.wait_for(cancelled.wait(), 5)
+            return cancelled.is_set()
+    assert run(main())
+
+
+def test_drain_finishes_in_flight_requests_and_refuses_new_ones():
+    async def main():
+        release = asyncio.Event()
+
+        async def slow(request):
+            await release.wait()
+            return Response.json({"done": True})
+
+        async with serving(slow) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            await asyncio.sleep(0.05)
+            drain = asyncio.ensure_future(server.shutdown(timeout=5))
+            await asyncio.sleep(0.05)
+            refused = None
+            try:
+                refused = await raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            except OSError:
+                refused = b"refused"
+            release.set()
+            answer = await asyncio.wait_for(reader.read(-1), 5)
+            await drain
+            return answer, refused
+    answer, refused = run(main())
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"connection: close" in answer
+    assert answer.endswith(b'{"done":true}')
+    assert refused == b"refused" or refused.startswith(b"HTTP/1.1 503")
+
+
+def test_drain_cancels_requests_past_the_deadline():
+    async def main():
+        async def forever(request):
+            await asyncio.sleep(60)
+            return Response.json({})
+
+        async with serving(forever) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            await asyncio.sleep(0.05)
+            await server.shutdown(timeout=0.2)
+            out = await asyncio.wait_for(reader.read(-1), 5)
+            return out, len(server.connections)
+    out, remaining = run(main())
+    assert out == b"" and remaining == 0
+
+
+def test_streamed_response_uses_chunked_framing():
+    async def events():
+        yield {"n": 1}
+        yield {"n": 2}
+
+    async def handler(request):
+        return sse_response(events(), ping_s=5)
+
+    async def main():
+        async with serving(handler) as server:
+            return await raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    out = run(main())
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head and b"text/event-stream" in head
+    assert body == (b'f\r\ndata: {"n":1}\n\n\r\nf\r\ndata: {"n":2}\n\n\r\n'
+                    b'e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n')

@@ -1,0 +1,94 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from velollmd.config import Config, config_from_table, load_config
+from velollmd.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_config_is_valid_and_documents_the_defaults():
+    config = load_config(str(ROOT / "etc/velollm.toml"))
+    defaults = Config()
+    for section in ("server", "cache", "tools", "scheduler", "metrics", "log"):
+        assert getattr(config, section) == getattr(defaults, section), section
+    assert config.backends[0].kind == "llamacpp"
+
+
+def test_every_key_of_every_section_is_documented_in_the_shipped_file():
+    text = (ROOT / "etc/velollm.toml").read_text()
+    import dataclasses
+    from velollmd.config import SECTIONS, BackendConfig
+    for cls in [*SECTIONS.values(), BackendConfig]:
+        for f in dataclasses.fields(cls):
+            assert f"\n{f.name} =" in text or f"\n{f.name}=" in text or f.name == "key_priorities", f.name
+
+
+@pytest.mark.parametrize("table,key,reason", [
+    ({"server": {"port": "80"}}, "server.port", "must be int"),
+    ({"server": {"port": True}}, "server.port", "must be int"),
+    ({"server": {"port": 70000}}, "server.port", "<= 65535"),
+    ({"server": {"max_connections": 0}}, "server.max_connections", ">= 1"),
+    ({"server": {"colour": "red"}}, "server.colour", "unknown key"),
+    ({"servr": {}}, "servr", "unknown"),
+    ({"server": {"api_keys": "abc"}}, "server.api_keys", "list of strings"),
+    ({"log": {"level": "loud"}}, "log.level", "one of"),
+    ({"cache": {"semantic_threshold": 1.5}}, "cache.semantic_threshold", "<= 1.0"),
+    ({"backends": [{"name": "a", "kind": "vllm", "url": "http://x"}]}, "backends[0].kind", "one of"),
+    ({"backends": [{"kind": "ollama", "url": "http://x"}]}, "backends[0].name", "required"),
+    ({"backends": [{"name": "a", "kind": "ollama", "url": "localhost:11434"}]}, "backends[0].url", "http://"),
+    ({"backends": [{"name": "a", "kind": "engine"}, {"name": "a", "kind": "engine"}]}, "backends[1].name", "duplicate"),
+    ({"scheduler": {"key_priorities": {"k": "high"}}}, "scheduler.key_priorities", "integers"),
+])
+def test_invalid_values_name_the_key_and_reason(table, key, reason):
+    with pytest.raises(ConfigError) as info:
+        config_from_table(table, "x.toml")
+    assert info.value.key == key
+    assert reason in info.value.reason
+    assert str(info.value).startswith(f"x.toml: {key}: ")
+
+
+def test_ints_are_accepted_for_float_keys():
+    assert config_from_table({"server": {"header_timeout_s": 5}}).server.header_timeout_s == 5.0
+
+
+def test_syntax_error_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\nport = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(bad))
+    assert info.value.key == "(syntax)"
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path / "missing.toml"))
+    assert info.value.reason == "file not found"
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("[server]\nport = -1\n", "server.port"),
+    ("[server]\nbogus = 1\n", "server.bogus"),
+    ("[cache\n", "(syntax)"),
+])
+def test_check_config_exits_2_with_one_line(tmp_path, content, needle):
+    path = tmp_path / "v.toml"
+    path.write_text(content)
+    proc = subprocess.run([sys.executable, "-m", "velollmd", "--check-config", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and needle in lines[0]
+
+
+def test_check_config_accepts_the_shipped_file():
+    proc = subprocess.run([sys.executable, "-m", "velollmd", "--check-config", str(ROOT / "etc/velollm.toml")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_daemon_with_missing_config_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "velollmd", "--config", "/nonexistent/velollm.toml"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "/nonexistent/velollm.toml" in proc.stderr

@@ -1,0 +1,55 @@
+"""Route table: (method, path pattern) -> async handler, with `{name}` path parameters.
+
+HEAD is served by the GET handler (the server drops the body). Unknown paths get 404,
+known paths with another method 405, both in the OpenAI error shape.
+"""
+from __future__ import annotations
+
+import re
+from typing import Awaitable, Callable
+
+from ..errors import NotFound, VeloError
+from ..http.message import Request, Response
+
+RouteHandler = Callable[..., Awaitable[Response]]
+PARAM_RE = re.compile(r"\{(\w+)\}")
+
+
+class Router:
+    def __init__(self):
+        self._exact: dict[str, dict[str, RouteHandler]] = {}
+        self._patterns: list[tuple[re.Pattern, dict[str, RouteHandler]]] = []
+
+    def add(self, method: str, path: str, handler: RouteHandler) -> None:
+        if "{" in path:
+            parts = PARAM_RE.split(path)     # literal, name, literal, name, ...
+            regex = re.compile("".join(
+                re.escape(part) if i % 2 == 0 else f"(?P<{part}>.+)" for i, part in enumerate(parts)) + "$")
+            for pattern, methods in self._patterns:
+                if pattern.pattern == regex.pattern:
+                    methods[method] = handler
+                    return
+            self._patterns.append((regex, {method: handler}))
+        else:
+            self._exact.setdefault(path, {})[method] = handler
+
+    def resolve(self, method: str, path: str) -> tuple[RouteHandler, dict[str, str]]:
+        methods, params = self._exact.get(path), {}
+        if methods is None:
+            for pattern, candidate in self._patterns:
+                match = pattern.match(path)
+                if match:
+                    methods, params = candidate, match.groupdict()
+                    break
+        if methods is None:
+            raise NotFound(f"no route for {path}", code="not_found")
+        handler = methods.get("GET" if method == "HEAD" else method)
+        if handler is None:
+            raise VeloError(f"method {method} not allowed for {path}", status=405,
+                            error_type="invalid_request_error",
+                            headers={"allow": ", ".join(sorted(methods))})
+        return handler, params
+
+    async def dispatch(self, request: Request) -> Response:
+        handler, params = self.resolve(request.method, request.path)
+        return await handler(request, **params)

@@ -1,0 +1,62 @@
+"""The application: the route table plus the state every route shares.
+
+The daemon builds one App from the Config and hands `App.handle` to the HTTP server.
+"""
+from __future__ import annotations
+
+import hmac
+import time
+
+from . import __version__
+from .api.router import Router
+from .config import Config
+from .errors import Unauthorized, Unavailable
+from .http.message import Request, Response
+
+PUBLIC_PATHS = frozenset({"/health", "/"})
+
+
+class App:
+    def __init__(self, config: Config):
+        self.config = config
+        self.router = Router()
+        self.draining = False
+        self.started_at = time.time()
+        self._api_keys = tuple(k.encode() for k in config.server.api_keys)
+        self.router.add("GET", "/health", self.health)
+        self.router.add("GET", "/", self.root)
+
+    async def start(self) -> None:
+        """Start background work (health checks, snapshots); called once the loop runs."""
+
+    async def close(self) -> None:
+        """Stop background work and release backend connections."""
+
+    async def handle(self, request: Request) -> Response:
+        if self._api_keys and request.path not in PUBLIC_PATHS:
+            self.check_api_key(request)
+        return await self.router.dispatch(request)
+
+    def check_api_key(self, request: Request) -> str:
+        """The caller's API key (Bearer token or x-api-key); 401 when it is not configured."""
+        auth = request.header("authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else request.header("x-api-key", "")
+        supplied = key.encode()
+        if not any(hmac.compare_digest(supplied, k) for k in self._api_keys):
+            raise Unauthorized("invalid or missing API key", code="invalid_api_key")
+        return key
+
+    async def health(self, request: Request) -> Response:
+        body = {"status": "draining" if self.draining else "ok", "version": __version__,
+                "uptime_s": round(time.time() - self.started_at, 3), "backends": self.backend_health()}
+        return Response.json(body, status=503 if self.draining else 200)
+
+    def backend_health(self) -> list[dict]:
+        return []
+
+    async def root(self, request: Request) -> Response:
+        return Response.json({"name": "velollmd", "version": __version__})
+
+    def refuse_if_draining(self) -> None:
+        if self.draining:
+            raise Unavailable("server is shutting down", headers={"retry-after": "1"})

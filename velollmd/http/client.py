@@ -1,0 +1,244 @@
+"""HTTP/1.1 client over raw asyncio sockets, using the same sans-IO parser in client role.
+
+`HTTPClient` keeps a pool of keep-alive connections to one backend. A response body is read
+whole (`read`, `json`) or streamed (`iter_raw`, `iter_lines` for NDJSON and SSE). A response
+whose body was read to the end goes back to the pool; one abandoned halfway, or whose reader
+was cancelled, closes its socket at once, so a client that goes away stops the backend's work.
+"""
+from __future__ import annotations
+
+import asyncio
+import json as jsonlib
+import ssl
+from collections import deque
+from dataclasses import dataclass
+from typing import AsyncIterator
+from urllib.parse import urlsplit
+
+from ..errors import BackendError, BackendTimeout
+from .connection import Data, EndOfMessage, Head, HTTPParser, ProtocolError
+
+READ_SIZE = 65536
+
+
+@dataclass(frozen=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+
+    @classmethod
+    def parse(cls, url: str) -> Origin:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+class _Conn:
+    __slots__ = ("reader", "writer", "parser")
+
+    def __init__(self, reader, writer):
+        self.reader = reader
+        self.writer = writer
+        self.parser = HTTPParser("client", max_header_bytes=65536, max_body_bytes=1 << 40)
+
+    def usable(self) -> bool:
+        return not self.writer.transport.is_closing() and not self.reader.at_eof() \
+            and self.parser.between_messages
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+
+class ClientResponse:
+    """A response head plus a body that is read on demand."""
+
+    def __init__(self, client: HTTPClient, conn: _Conn, head: Head):
+        self.status = head.status
+        self.reason = head.reason
+        self.headers = head.headers
+        self._head = head
+        self._client = client
+        self._conn: _Conn | None = conn
+        self._done = False
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self._head.get(name, default)
+
+    async def iter_raw(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive (chunk framing removed)."""
+        if self._done:
+            return
+        try:
+            while True:
+                event = await self._client._next_event(self._conn)
+                if isinstance(event, EndOfMessage):
+                    self._finish(reusable=self._head.keep_alive)
+                    return
+                yield event.data
+        finally:
+            if not self._done:
+                self.close()
+
+    async def iter_lines(self) -> AsyncIterator[bytes]:
+        """Body split into lines (without line endings); blank lines are kept (SSE needs them)."""
+        pending = b""
+        async for data in self.iter_raw():
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line[:-1] if line.endswith(b"\r") else line
+        if pending:
+            yield pending
+
+    async def read(self) -> bytes:
+        return b"".join([data async for data in self.iter_raw()])
+
+    async def json(self):
+        body = await self.read()
+        try:
+            return jsonlib.loads(body)
+        except ValueError:
+            raise BackendError(f"backend sent invalid JSON (status {self.status}): {body[:200]!r}") from None
+
+    def _finish(self, reusable: bool) -> None:
+        self._done = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._client._release(conn, reusable)
+
+    def close(self) -> None:
+        """Abandon the body: the socket is closed at once (stops the backend's work)."""
+        if not self._done:
+            self._finish(reusable=False)
+
+    async def __aenter__(self) -> ClientResponse:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+
+class HTTPClient:
+    """A keep-alive connection pool to one backend origin."""
+
+    def __init__(self, url: str, *, connect_timeout: float = 5.0, read_timeout: float = 600.0,
+                 max_idle: int = 64, headers: dict[str, str] | None = None):
+        self.origin = Origin.parse(url)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_idle = max_idle
+        self.default_headers = {"host": self.origin.host_header, **(headers or {})}
+        self._idle: deque[_Conn] = deque()
+        self.num_connects = 0          # connections opened so far (tests check reuse with it)
+
+    async def request(self, method: str, path: str, *, body: bytes | None = None, json=None,
+                      headers: dict[str, str] | None = None) -> ClientResponse:
+        """Send a request and return once the response head has arrived."""
+        if json is not None:
+            body = jsonlib.dumps(json, separators=(",", ":"), ensure_ascii=False).encode()
+            headers = {"content-type": "application/json", **(headers or {})}
+        payload = self._encode_request(method, self.origin.base_path + path, body, headers)
+        conn = self._take_idle()
+        if conn is not None:
+            try:
+                return await self._exchange(conn, method, payload)
+            except (ConnectionError, _StaleConnection):
+                conn.abort()      # the backend closed a pooled connection: one fresh try
+        conn = await self._connect()
+        try:
+            return await self._exchange(conn, method, payload)
+        except _StaleConnection:
+            raise BackendError(f"backend {self.origin.host_header} closed the connection "
+                               "before answering") from None
+
+    def _encode_request(self, method: str, target: str, body: bytes | None,
+                        headers: dict[str, str] | None) -> bytes:
+        merged = {**self.default_headers, **{k.lower(): v for k, v in (headers or {}).items()}}
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            merged["content-length"] = str(len(body or b""))
+        lines = [f"{method} {target or '/'} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in merged.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+    async def _exchange(self, conn: _Conn, method: str, payload: bytes) -> ClientResponse:
+        try:
+            conn.parser.expect_response(method)
+            conn.writer.write(payload)
+            await conn.writer.drain()
+            event = await self._next_event(conn, stale_ok=True)
+            while isinstance(event, Head) and 100 <= event.status < 200:
+                await self._next_event(conn)           # the 1xx's empty EndOfMessage
+                event = await self._next_event(conn)
+            return ClientResponse(self, conn, event)
+        except BaseException:
+            conn.abort()
+            raise
+
+    async def _next_event(self, conn: _Conn, stale_ok: bool = False):
+        parser = conn.parser
+        while True:
+            try:
+                event = parser.next_event()
+            except ProtocolError as exc:
+                conn.abort()
+                raise BackendError(f"backend broke HTTP: {exc.message}") from None
+            if event is not None:
+                return event
+            try:
+                async with asyncio.timeout(self.read_timeout):
+                    data = await conn.reader.read(READ_SIZE)
+            except TimeoutError:
+                conn.abort()
+                raise BackendTimeout(f"backend {self.origin.host_header} sent nothing for "
+                                     f"{self.read_timeout:g} s") from None
+            if not data:
+                if stale_ok and parser.between_messages:
+                    raise _StaleConnection()
+                parser.feed_eof()
+            parser.feed(data)
+
+    async def _connect(self) -> _Conn:
+        context = ssl.create_default_context() if self.origin.scheme == "https" else None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    self.origin.host, self.origin.port, ssl=context, limit=READ_SIZE)
+        except TimeoutError:
+            raise BackendTimeout(f"connecting to backend {self.origin.host_header} timed out") from None
+        except OSError as exc:
+            raise BackendError(f"cannot connect to backend {self.origin.host_header}: "
+                               f"{exc.strerror or exc}", code="backend_unreachable") from None
+        self.num_connects += 1
+        return _Conn(reader, writer)
+
+    def _take_idle(self) -> _Conn | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.usable():
+                return conn
+            conn.abort()
+        return None
+
+    def _release(self, conn: _Conn, reusable: bool) -> None:
+        if reusable and conn.usable() and len(self._idle) < self.max_idle:
+            self._idle.append(conn)
+        else:
+            conn.abort()
+
+    async def close(self) -> None:
+        while self._idle:
+            self._idle.pop().abort()
+
+
+class _StaleConnection(Exception):
+    """A pooled connection was closed by the peer before any response byte."""

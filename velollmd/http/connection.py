@@ -1,0 +1,379 @@
+"""Sans-IO HTTP/1.1 message parser: bytes in, events out, no sockets.
+
+One `HTTPParser` serves both roles: a server parses requests, a client parses responses.
+`feed(data)` appends bytes, `next_event()` returns the next event or None when more bytes
+are needed. After an `EndOfMessage` the parser starts on the next message by itself, so
+pipelined requests come out in order.
+
+Everything that HTTP does not allow raises `ProtocolError` carrying the status a server
+should answer with (after which the connection must be closed). Numbers are parsed with
+`[0-9]` / `[0-9A-Fa-f]` regexes on bytes only: Python's `int()` and `strip()` accept things
+HTTP does not (`+5`, `1_0`, unicode digits, surrounding whitespace), which caused request
+smuggling bugs in other Python servers.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+MAX_REQUEST_LINE = 8190
+MAX_FIELDS = 100
+MAX_CHUNK_LINE = 1024
+
+TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+REQUEST_LINE_RE = re.compile(rb"(" + TOKEN + rb") (\S+) (HTTP/\d\.\d)\Z")
+STATUS_LINE_RE = re.compile(rb"HTTP/(1\.[01]) ([0-9]{3})(?: ([\t !-~\x80-\xff]*))?\Z")
+HEADER_RE = re.compile(rb"(" + TOKEN + rb"):[ \t]*(.*?)[ \t]*\Z", re.S)
+BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+TARGET_BAD_RE = re.compile(rb"[\x00-\x20\x7f]")
+BARE_LF_RE = re.compile(rb"(?<!\r)\n")
+CONTENT_LENGTH_RE = re.compile(rb"[0-9]{1,19}\Z")
+CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[\t !-~\x80-\xff]*)?\Z")
+SUPPORTED_VERSION = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+
+
+class ProtocolError(Exception):
+    """The peer broke HTTP/1.1. `status` is what a server answers before closing."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(slots=True)
+class Head:
+    """A request or response head. Header names are lower-case str (latin-1)."""
+    headers: list[tuple[str, str]]
+    version: str = "1.1"
+    method: str = ""            # requests only
+    target: str = ""            # requests only
+    status: int = 0             # responses only
+    reason: str = ""            # responses only
+    content_length: int | None = None
+    chunked: bool = False
+    keep_alive: bool = True
+    expect_continue: bool = False
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        return [value for key, value in self.headers if key == name]
+
+
+@dataclass(slots=True)
+class Data:
+    data: bytes
+
+
+@dataclass(slots=True)
+class EndOfMessage:
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class HTTPParser:
+    """Parses a stream of HTTP/1.x messages in one role ("server" reads requests)."""
+
+    def __init__(self, role: str = "server", *, max_header_bytes: int = 16384,
+                 max_body_bytes: int = 32 * 1024 * 1024, max_fields: int = MAX_FIELDS):
+        if role not in ("server", "client"):
+            raise ValueError(role)
+        self.role = role
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+        self.max_fields = max_fields
+        self._buf = bytearray()
+        self._state = "head"          # head | body | chunk_size | chunk_data | trailers | until_close | done
+        self._remaining = 0           # bytes left in a Content-Length body or chunk
+        self._body_total = 0
+        self._eof = False
+        self._request_methods: list[str] = []   # client role: methods of requests sent
+
+    # -- input -------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def feed_eof(self) -> None:
+        self._eof = True
+
+    def expect_response(self, method: str) -> None:
+        """Client role: a request with `method` was sent; its response comes next."""
+        self._request_methods.append(method.upper())
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    @property
+    def between_messages(self) -> bool:
+        """True when no message is partly parsed (nothing half-read in the buffer)."""
+        return self._state == "head" and not self._buf
+
+    # -- output ------------------------------------------------------------------------
+
+    def next_event(self):
+        """Return the next event, or None when more bytes (or EOF) are needed."""
+        state = self._state
+        if state == "head":
+            return self._parse_head()
+        if state == "body":
+            return self._read_fixed_body()
+        if state == "chunk_size":
+            return self._read_chunk_size()
+        if state == "chunk_data":
+            return self._read_chunk_data()
+        if state == "trailers":
+            return self._read_trailers()
+        if state == "until_close":
+            return self._read_until_close()
+        return None
+
+    # -- head --------------------------------------------------------------------------
+
+    def _parse_head(self):
+        buf = self._buf
+        if self.role == "server":
+            self._skip_leading_crlf()
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            self._check_incomplete_head()
+            return None
+        if self.role == "server" and buf.find(b"\r\n", 0, end + 2) > MAX_REQUEST_LINE:
+            raise ProtocolError("request line too long", 414)
+        if end + 4 > self.max_header_bytes:
+            raise ProtocolError("request header fields too large", 431)
+        raw = bytes(buf[:end])
+        del buf[:end + 4]
+        if BARE_LF_RE.search(raw) or b"\r" in raw.replace(b"\r\n", b""):
+            raise ProtocolError("bare CR or LF in message head")
+        lines = raw.split(b"\r\n")
+        head = self._parse_start_line(lines[0])
+        head.headers = self._parse_fields(lines[1:])
+        self._frame_message(head)
+        return head
+
+    def _skip_leading_crlf(self) -> None:
+        # RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request.
+        while self._buf[:2] == b"\r\n":
+            del self._buf[:2]
+
+    def _check_incomplete_head(self) -> None:
+        buf = self._buf
+        if BARE_LF_RE.search(buf):
+            raise ProtocolError("bare LF line ending in message head")
+        first_line_end = buf.find(b"\r\n")
+        if first_line_end > MAX_REQUEST_LINE or first_line_end < 0 and len(buf) > MAX_REQUEST_LINE:
+            raise ProtocolError("request line too long", 414)
+        if len(buf) > self.max_header_bytes:
+            raise ProtocolError("request header fields too large", 431)
+        if self._eof and buf:
+            raise ProtocolError("connection closed in the middle of a message head")
+
+    def _parse_start_line(self, line: bytes) -> Head:
+        if self.role == "client":
+            return self._parse_status_line(line)
+        if len(line) > MAX_REQUEST_LINE:
+            raise ProtocolError("request line too long", 414)
+        match = REQUEST_LINE_RE.match(line)
+        if match is None:
+            raise ProtocolError("malformed request line")
+        method, target, version = match.groups()
+        if version not in SUPPORTED_VERSION:
+            raise ProtocolError("HTTP version not supported", 505)
+        if TARGET_BAD_RE.search(target):
+            raise ProtocolError("invalid request target")
+        return Head(headers=[], version=SUPPORTED_VERSION[version],
+                    method=method.decode("ascii"), target=target.decode("latin-1"))
+
+    def _parse_status_line(self, line: bytes) -> Head:
+        match = STATUS_LINE_RE.match(line)
+        if match is None:
+            raise ProtocolError("malformed status line", 502)
+        version, status, reason = match.groups()
+        return Head(headers=[], version=version.decode(), status=int(status),
+                    reason=(reason or b"").decode("latin-1"))
+
+    def _parse_fields(self, lines: list[bytes]) -> list[tuple[str, str]]:
+        if len(lines) > self.max_fields:
+            raise ProtocolError("too many header fields", 431)
+        headers = []
+        for line in lines:
+            if line[:1] in (b" ", b"\t"):
+                raise ProtocolError("obsolete line folding in header")
+            match = HEADER_RE.match(line)
+            if match is None:
+                raise ProtocolError("malformed header field")
+            name, value = match.groups()
+            if BAD_VALUE_RE.search(value):
+                raise ProtocolError("control character in header value")
+            headers.append((name.decode("ascii").lower(), value.decode("latin-1")))
+        return headers
+
+    # -- framing -----------------------------------------------------------------------
+
+    def _frame_message(self, head: Head) -> None:
+        """Decide keep-alive and how the body is delimited (RFC 9112 section 6)."""
+        connection = ",".join(head.get_all("connection")).lower()
+        if head.version == "1.0":
+            head.keep_alive = "keep-alive" in connection
+        else:
+            head.keep_alive = "close" not in connection
+        if self.role == "server":
+            self._check_host(head)
+            head.expect_continue = (head.get("expect") or "").lower() == "100-continue"
+        transfer_encodings = head.get_all("transfer-encoding")
+        content_lengths = head.get_all("content-length")
+        if transfer_encodings and content_lengths:
+            raise ProtocolError("both Content-Length and Transfer-Encoding")
+        if self.role == "client" and self._response_has_no_body(head):
+            head.content_length = 0
+            self._remaining = 0
+            self._state = "body"
+        elif transfer_encodings:
+            self._frame_chunked(head, transfer_encodings)
+        elif content_lengths:
+            self._frame_content_length(head, content_lengths)
+        elif self.role == "client":
+            head.keep_alive = False
+            self._state = "until_close"
+        else:
+            head.content_length = 0
+            self._state = "body"
+            self._remaining = 0
+        self._body_total = 0
+
+    def _check_host(self, head: Head) -> None:
+        hosts = head.get_all("host")
+        if head.version == "1.1" and len(hosts) != 1:
+            raise ProtocolError("HTTP/1.1 request needs exactly one Host header")
+        if len(hosts) > 1:
+            raise ProtocolError("more than one Host header")
+
+    def _response_has_no_body(self, head: Head) -> bool:
+        method = self._request_methods.pop(0) if self._request_methods else "GET"
+        if 100 <= head.status < 200:
+            self._request_methods.insert(0, method)   # the real response is still to come
+            return True
+        return method == "HEAD" or head.status in (204, 304)
+
+    def _frame_chunked(self, head: Head, values: list[str]) -> None:
+        codings = [c.strip().lower() for v in values for c in v.split(",")]
+        if head.version == "1.0":
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 message")
+        if codings.count("chunked") > 1:
+            raise ProtocolError("chunked applied more than once")
+        if "chunked" in codings and codings[-1] != "chunked":
+            raise ProtocolError("chunked is not the final transfer coding")
+        if codings != ["chunked"]:
+            raise ProtocolError("unsupported transfer coding", 501)
+        head.chunked = True
+        self._state = "chunk_size"
+
+    def _frame_content_length(self, head: Head, values: list[str]) -> None:
+        if len(set(values)) != 1:
+            raise ProtocolError("conflicting Content-Length headers")
+        raw = values[0].encode("latin-1")
+        if not CONTENT_LENGTH_RE.match(raw):
+            raise ProtocolError("invalid Content-Length")
+        length = int(raw)
+        if length > self.max_body_bytes:
+            raise ProtocolError("request body too large", 413 if self.role == "server" else 502)
+        head.content_length = length
+        self._remaining = length
+        self._state = "body"
+
+    # -- bodies ------------------------------------------------------------------------
+
+    def _end_message(self) -> EndOfMessage:
+        self._state = "head"
+        return EndOfMessage()
+
+    def _read_fixed_body(self):
+        if self._remaining == 0:
+            return self._end_message()
+        if not self._buf:
+            if self._eof:
+                raise ProtocolError("connection closed before the body was complete")
+            return None
+        data = bytes(self._buf[:self._remaining])
+        del self._buf[:len(data)]
+        self._remaining -= len(data)
+        return Data(data)
+
+    def _read_chunk_size(self):
+        buf = self._buf
+        end = buf.find(b"\r\n")
+        if end < 0:
+            if len(buf) > MAX_CHUNK_LINE or b"\n" in buf:
+                raise ProtocolError("malformed chunk size line")
+            if self._eof:
+                raise ProtocolError("connection closed in a chunked body")
+            return None
+        match = CHUNK_SIZE_RE.match(bytes(buf[:end]))
+        if match is None:
+            raise ProtocolError("invalid chunk size")
+        del buf[:end + 2]
+        size = int(match.group(1), 16)
+        self._body_total += size
+        if self._body_total > self.max_body_bytes:
+            raise ProtocolError("request body too large", 413 if self.role == "server" else 502)
+        if size == 0:
+            self._state = "trailers"
+            return self._read_trailers()
+        self._remaining = size
+        self._state = "chunk_data"
+        return self._read_chunk_data()
+
+    def _read_chunk_data(self):
+        buf = self._buf
+        if self._remaining:
+            if not buf:
+                if self._eof:
+                    raise ProtocolError("connection closed in a chunked body")
+                return None
+            data = bytes(buf[:self._remaining])
+            del buf[:len(data)]
+            self._remaining -= len(data)
+            return Data(data)
+        if len(buf) < 2:
+            if self._eof:
+                raise ProtocolError("connection closed in a chunked body")
+            return None
+        if buf[:2] != b"\r\n":
+            raise ProtocolError("chunk data not followed by CRLF")
+        del buf[:2]
+        self._state = "chunk_size"
+        return self.next_event()
+
+    def _read_trailers(self):
+        buf = self._buf
+        if buf[:2] == b"\r\n":
+            del buf[:2]
+            return self._end_message()
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > self.max_header_bytes or BARE_LF_RE.search(buf):
+                raise ProtocolError("malformed chunked trailer section", 431 if len(buf) > self.max_header_bytes else 400)
+            if self._eof:
+                raise ProtocolError("connection closed in a chunked trailer section")
+            return None
+        raw = bytes(buf[:end])
+        del buf[:end + 4]
+        trailers = self._parse_fields(raw.split(b"\r\n"))
+        self._state = "head"
+        return EndOfMessage(trailers)
+
+    def _read_until_close(self):
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            return Data(data)
+        if self._eof:
+            self._state = "done"
+            return EndOfMessage()
+        return None

@@ -1,0 +1,82 @@
+"""Request and Response as the application sees them (no sockets, no parsing)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+from urllib.parse import parse_qsl
+
+from ..errors import BadRequest, VeloError
+
+JSON_TYPE = "application/json"
+REASONS = {
+    100: "Continue", 200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large",
+    414: "URI Too Long", 415: "Unsupported Media Type", 422: "Unprocessable Content",
+    429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+}
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    version: str = "1.1"
+    client: tuple | None = None
+    path: str = ""
+    query: str = ""
+
+    def __post_init__(self):
+        if not self.path:
+            self.path, _, self.query = self.target.partition("?")
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return default
+
+    def query_params(self) -> dict[str, str]:
+        return dict(parse_qsl(self.query))
+
+    def json(self) -> dict:
+        """The body as a JSON object; a clear 400 otherwise."""
+        if not self.body:
+            raise BadRequest("request body is empty; expected a JSON object")
+        try:
+            value = json.loads(self.body)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise BadRequest("request body must be a JSON object")
+        return value
+
+
+@dataclass(slots=True)
+class Response:
+    """A whole body (`body`) or a streamed one (`stream`, sent with chunked framing)."""
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+    @classmethod
+    def json(cls, value, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Response:
+        body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return cls(status, [("content-type", JSON_TYPE), *(headers or [])], body)
+
+    @classmethod
+    def error(cls, exc: VeloError) -> Response:
+        headers = [("content-type", JSON_TYPE), *exc.headers.items()]
+        return cls(exc.status, headers, exc.to_json_bytes())
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None

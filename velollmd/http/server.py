@@ -1,0 +1,353 @@
+"""HTTP/1.1 server over asyncio streams around the sans-IO parser.
+
+One `Connection` per socket reads requests in order (pipelined requests are answered in
+order), calls the application handler, and writes the response. Limits: a connection cap
+(503 over it), an absolute deadline for each request head (408: defeats slowloris), a
+keep-alive idle timeout, body size limits (413 before reading). While a handler runs, the
+socket is watched: a client that goes away cancels the handler, so a disconnect stops the
+backend's work. `HTTPServer.shutdown()` drains: stop accepting, close idle connections, let
+in-flight requests finish up to a deadline, then cancel the rest.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from typing import Awaitable, Callable
+
+from ..config import ServerConfig
+from ..errors import VeloError
+from .connection import Data, EndOfMessage, Head, HTTPParser, ProtocolError
+from .message import JSON_TYPE, REASONS, Request, Response
+
+log = logging.getLogger("velollmd.http")
+
+Handler = Callable[[Request], Awaitable[Response]]
+READ_SIZE = 65536
+
+
+class _DateHeader:
+    """The Date header, formatted at most once per second."""
+
+    def __init__(self):
+        self._second = 0
+        self._value = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = b"date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._value
+
+
+DATE = _DateHeader()
+
+
+def error_response(status: int, message: str, error_type: str = "invalid_request_error") -> Response:
+    return Response.error(VeloError(message, status=status, error_type=error_type))
+
+
+def encode_head(status: int, headers: list[tuple[str, str]], version: str = "1.1") -> bytearray:
+    out = bytearray(f"HTTP/{version} {status} {REASONS.get(status, 'Unknown')}\r\n".encode())
+    for name, value in headers:
+        out += f"{name}: {value}\r\n".encode("latin-1")
+    out += DATE.get()
+    out += b"\r\n"
+    return out
+
+
+class _WatchedReader(asyncio.StreamReader):
+    """A StreamReader that tells its connection when the client goes away.
+
+    Pipelined bytes that arrive while a handler runs simply wait in the buffer (the stream's
+    own flow control pauses the socket when it fills); only EOF or a reset calls `on_close`.
+    """
+    on_close = None
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        if self.on_close is not None:
+            self.on_close()
+
+    def set_exception(self, exc) -> None:
+        super().set_exception(exc)
+        if self.on_close is not None:
+            self.on_close()
+
+
+class HTTPServer:
+    def __init__(self, handler: Handler, config: ServerConfig):
+        self.handler = handler
+        self.config = config
+        self.draining = False
+        self.connections: set[Connection] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._port: int | None = None
+
+    async def start(self, sock=None) -> None:
+        """Listen on `sock` (socket activation) or on the configured host and port."""
+        loop = asyncio.get_running_loop()
+
+        def protocol_factory():
+            reader = _WatchedReader(limit=READ_SIZE, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, self._accept, loop=loop)
+
+        if sock is not None:
+            self._server = await loop.create_server(protocol_factory, sock=sock, backlog=1024)
+        else:
+            self._server = await loop.create_server(
+                protocol_factory, self.config.host, self.config.port,
+                reuse_address=True, backlog=1024)
+        self._port = self.port
+
+    @property
+    def sockets(self):
+        return self._server.sockets if self._server else []
+
+    @property
+    def port(self) -> int:
+        """The bound port (kept after the listening socket closes)."""
+        if self._port is None and self.sockets:
+            self._port = self.sockets[0].getsockname()[1]
+        return self._port
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self.connections) >= self.config.max_connections or self.draining:
+            await _refuse(reader, writer, "server is at its connection limit" if not self.draining
+                          else "server is shutting down")
+            return
+        connection = Connection(self, reader, writer)
+        self.connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Graceful drain: stop accepting, finish in-flight requests, cancel the rest."""
+        timeout = self.config.drain_timeout_s if timeout is None else timeout
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.close_if_idle()
+        tasks = [c.task for c in self.connections if c.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: str) -> None:
+    response = error_response(503, message, "api_error")
+    response.headers.append(("retry-after", "1"))
+    await send_final_response(reader, writer, response)
+
+
+async def send_final_response(reader, writer, response: Response, linger_s: float = 1.0) -> None:
+    """Write a response and close without a reset.
+
+    Closing a socket with unread request bytes makes the kernel send RST, which can destroy
+    the response before the client reads it. So: write, half-close, and discard what the
+    client still sends for up to `linger_s`, then close.
+    """
+    headers = [*_with_length(response), ("connection", "close")]
+    try:
+        writer.write(bytes(encode_head(response.status, headers)) + response.body)
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(linger_s):
+            await writer.drain()
+            while await reader.read(READ_SIZE):
+                pass
+    except (ConnectionError, TimeoutError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _close_stream(stream) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _with_length(response: Response) -> list[tuple[str, str]]:
+    return [*response.headers, ("content-length", str(len(response.body)))]
+
+
+class Connection:
+    """Serves the requests of one client socket, one at a time, in order."""
+
+    def __init__(self, server: HTTPServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.server = server
+        self.config = server.config
+        self.reader = reader
+        self.writer = writer
+        self.parser = HTTPParser("server", max_header_bytes=self.config.max_header_bytes,
+                                 max_body_bytes=self.config.max_body_bytes)
+        self.task = asyncio.current_task()
+        self.idle = True
+        self.client = writer.get_extra_info("peername")
+
+    def close_if_idle(self) -> None:
+        if self.idle and self.task is not None:
+            self.task.cancel()
+
+    async def run(self) -> None:
+        first = True
+        try:
+            while True:
+                head = await self._read_head(first)
+                if head is None:
+                    return
+                first = False
+                body = await self._read_body(head)
+                request = Request(head.method, head.target, head.headers, body, head.version, self.client)
+                keep_alive = head.keep_alive and not self.server.draining
+                if not await self._respond(request, keep_alive):
+                    return
+        except ProtocolError as exc:
+            await self._send_error_and_close(exc.status, exc.message)
+        except TimeoutError:
+            await self._send_error_and_close(408, "request head not received in time")
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.writer.close()
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def _read_head(self, first: bool) -> Head | None:
+        """The next request head, or None when the client closed or stayed idle too long."""
+        event = self.parser.next_event()
+        if event is not None:
+            return event
+        self.idle = self.parser.between_messages
+        if self.server.draining and self.idle:
+            return None
+        loop = asyncio.get_running_loop()
+        idle_timeout = self.config.header_timeout_s if first else self.config.keepalive_timeout_s
+        try:
+            if self.idle:
+                async with asyncio.timeout(idle_timeout):
+                    if not await self._fill():
+                        return None
+                self.idle = False
+                event = self.parser.next_event()
+                if event is not None:
+                    return event
+            async with asyncio.timeout_at(loop.time() + self.config.header_timeout_s):
+                return await self._next_event_or_none()
+        except TimeoutError:
+            if self.idle:
+                return None
+            raise
+        finally:
+            self.idle = False
+
+    async def _next_event_or_none(self):
+        while True:
+            event = self.parser.next_event()
+            if event is not None:
+                return event
+            if not await self._fill():
+                self.parser.next_event()      # raises if the message was cut short
+                return None
+
+    async def _fill(self) -> bool:
+        data = await self.reader.read(READ_SIZE)
+        if not data:
+            self.parser.feed_eof()
+            return False
+        self.parser.feed(data)
+        return True
+
+    async def _read_body(self, head: Head) -> bytes:
+        if head.expect_continue and (head.chunked or head.content_length):
+            self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        parts = []
+        async with asyncio.timeout(self.config.header_timeout_s):
+            while True:
+                event = await self._next_event_or_none()
+                if event is None:
+                    raise ConnectionResetError("client closed during the body")
+                if isinstance(event, EndOfMessage):
+                    return b"".join(parts)
+                parts.append(event.data)
+
+    # -- responding ----------------------------------------------------------------------
+
+    async def _respond(self, request: Request, keep_alive: bool) -> bool:
+        """Run the handler and write its response; False when the connection must close."""
+        self.reader.on_close = self.task.cancel     # a client that leaves cancels its request
+        try:
+            response = await self._call_handler(request)
+            keep_alive = keep_alive and not self.server.draining
+            await self._write_response(request, response, keep_alive)
+        finally:
+            self.reader.on_close = None
+        return keep_alive
+
+    async def _call_handler(self, request: Request) -> Response:
+        try:
+            return await self.server.handler(request)
+        except VeloError as exc:
+            return Response.error(exc)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("handler failed for %s %s", request.method, request.path)
+            return error_response(500, "internal server error", "server_error")
+
+    async def _write_response(self, request: Request, response: Response, keep_alive: bool) -> None:
+        headers = response.headers
+        if not keep_alive:
+            headers = [*headers, ("connection", "close")]
+        elif request.version == "1.0":
+            headers = [*headers, ("connection", "keep-alive")]
+        head_only = request.method == "HEAD"
+        if response.stream is None:
+            out = encode_head(response.status, [*headers, ("content-length", str(len(response.body)))])
+            self.writer.write(out if head_only else out + response.body)
+            await self.writer.drain()
+            return
+        if request.version == "1.0":
+            headers = [h for h in headers if h[0] != "connection"] + [("connection", "close")]
+            keep_alive = False
+        else:
+            headers = [*headers, ("transfer-encoding", "chunked")]
+        self.writer.write(encode_head(response.status, headers))
+        if head_only:
+            await _close_stream(response.stream)
+            return
+        await self._write_stream(response, chunked=request.version != "1.0")
+
+    async def _write_stream(self, response: Response, chunked: bool) -> None:
+        writer = self.writer
+        try:
+            async for piece in response.stream:
+                if piece:
+                    writer.write(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
+                    await writer.drain()
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            # The head is gone already: the only honest signal left is to cut the stream.
+            log.exception("stream failed mid-response")
+            writer.transport.abort()
+            raise ConnectionResetError("stream failed") from None
+        finally:
+            await _close_stream(response.stream)
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async def _send_error_and_close(self, status: int, message: str) -> None:
+        await send_final_response(self.reader, self.writer, error_response(status, message))
