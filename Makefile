@@ -37,7 +37,11 @@ test: $(VENV)/.test-installed
 	@tools/llama-server >/dev/null
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.bench-installed
+# wrk is the load generator of benchmarks/http_server.py (a separate C process).
+/usr/bin/wrk:
+	(apt-get install -y -qq wrk || (apt-get update -qq && apt-get install -y -qq wrk)) >/dev/null
+
+bench: $(VENV)/.bench-installed /usr/bin/wrk
 	@tools/llama-server >/dev/null
 	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 

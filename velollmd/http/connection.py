@@ -24,6 +24,10 @@ TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 REQUEST_LINE_RE = re.compile(rb"(" + TOKEN + rb") (\S+) (HTTP/\d\.\d)\Z")
 STATUS_LINE_RE = re.compile(rb"HTTP/(1\.[01]) ([0-9]{3})(?: ([\t !-~\x80-\xff]*))?\Z")
 HEADER_RE = re.compile(rb"(" + TOKEN + rb"):[ \t]*(.*?)[ \t]*\Z", re.S)
+# The whole field block at once (each line "name:value" + CRLF) in one C-level match: the
+# fast path. On a mismatch the per-line parser runs to name the exact fault.
+FIELD_BLOCK_RE = re.compile(rb"(?:" + TOKEN + rb":[\t !-~\x80-\xff]*\r\n)*\Z")
+FRAMING_FIELDS = frozenset({"connection", "transfer-encoding", "content-length", "host", "expect"})
 BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 TARGET_BAD_RE = re.compile(rb"[\x00-\x20\x7f]")
 BARE_LF_RE = re.compile(rb"(?<!\r)\n")
@@ -137,23 +141,23 @@ class HTTPParser:
 
     def _parse_head(self):
         buf = self._buf
-        if self.role == "server":
+        if not buf:
+            return None
+        if self.role == "server" and buf[:2] == b"\r\n":
             self._skip_leading_crlf()
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             self._check_incomplete_head()
             return None
-        if self.role == "server" and buf.find(b"\r\n", 0, end + 2) > MAX_REQUEST_LINE:
+        line_end = buf.find(b"\r\n")
+        if self.role == "server" and line_end > MAX_REQUEST_LINE:
             raise ProtocolError("request line too long", 414)
         if end + 4 > self.max_header_bytes:
             raise ProtocolError("request header fields too large", 431)
-        raw = bytes(buf[:end])
+        head = self._parse_start_line(bytes(buf[:line_end]))
+        fields = bytes(buf[line_end + 2:end + 2])       # each field line with its CRLF
         del buf[:end + 4]
-        if BARE_LF_RE.search(raw) or b"\r" in raw.replace(b"\r\n", b""):
-            raise ProtocolError("bare CR or LF in message head")
-        lines = raw.split(b"\r\n")
-        head = self._parse_start_line(lines[0])
-        head.headers = self._parse_fields(lines[1:])
+        head.headers = self._parse_fields(fields)
         self._frame_message(head)
         return head
 
@@ -198,36 +202,47 @@ class HTTPParser:
         return Head(headers=[], version=version.decode(), status=int(status),
                     reason=(reason or b"").decode("latin-1"))
 
-    def _parse_fields(self, lines: list[bytes]) -> list[tuple[str, str]]:
-        if len(lines) > self.max_fields:
+    def _parse_fields(self, block: bytes) -> list[tuple[str, str]]:
+        """Header fields of a head; `block` is the field lines, each ending in CRLF."""
+        if block.count(b"\r\n") > self.max_fields:
             raise ProtocolError("too many header fields", 431)
+        if not FIELD_BLOCK_RE.match(block):
+            self._raise_field_error(block[:-2].split(b"\r\n"))
         headers = []
+        for line in block[:-2].decode("latin-1").split("\r\n") if block else ():
+            name, _, value = line.partition(":")
+            headers.append((name.lower(), value.strip(" \t")))
+        return headers
+
+    def _raise_field_error(self, lines: list[bytes]) -> None:
         for line in lines:
             if line[:1] in (b" ", b"\t"):
                 raise ProtocolError("obsolete line folding in header")
             match = HEADER_RE.match(line)
             if match is None:
                 raise ProtocolError("malformed header field")
-            name, value = match.groups()
-            if BAD_VALUE_RE.search(value):
-                raise ProtocolError("control character in header value")
-            headers.append((name.decode("ascii").lower(), value.decode("latin-1")))
-        return headers
+            if BAD_VALUE_RE.search(match.group(2)):
+                raise ProtocolError("control character or bare CR/LF in header value")
+        raise ProtocolError("malformed header section")
 
     # -- framing -----------------------------------------------------------------------
 
     def _frame_message(self, head: Head) -> None:
         """Decide keep-alive and how the body is delimited (RFC 9112 section 6)."""
-        connection = ",".join(head.get_all("connection")).lower()
+        framing: dict[str, list[str]] = {}
+        for name, value in head.headers:
+            if name in FRAMING_FIELDS:
+                framing.setdefault(name, []).append(value)
+        connection = ",".join(framing.get("connection", ())).lower()
         if head.version == "1.0":
             head.keep_alive = "keep-alive" in connection
         else:
             head.keep_alive = "close" not in connection
         if self.role == "server":
-            self._check_host(head)
-            head.expect_continue = (head.get("expect") or "").lower() == "100-continue"
-        transfer_encodings = head.get_all("transfer-encoding")
-        content_lengths = head.get_all("content-length")
+            self._check_host(head, framing.get("host", ()))
+            head.expect_continue = ",".join(framing.get("expect", ())).lower() == "100-continue"
+        transfer_encodings = framing.get("transfer-encoding")
+        content_lengths = framing.get("content-length")
         if transfer_encodings and content_lengths:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
         if self.role == "client" and self._response_has_no_body(head):
@@ -247,8 +262,7 @@ class HTTPParser:
             self._remaining = 0
         self._body_total = 0
 
-    def _check_host(self, head: Head) -> None:
-        hosts = head.get_all("host")
+    def _check_host(self, head: Head, hosts) -> None:
         if head.version == "1.1" and len(hosts) != 1:
             raise ProtocolError("HTTP/1.1 request needs exactly one Host header")
         if len(hosts) > 1:
@@ -362,9 +376,9 @@ class HTTPParser:
             if self._eof:
                 raise ProtocolError("connection closed in a chunked trailer section")
             return None
-        raw = bytes(buf[:end])
+        block = bytes(buf[:end + 2])
         del buf[:end + 4]
-        trailers = self._parse_fields(raw.split(b"\r\n"))
+        trailers = self._parse_fields(block)
         self._state = "head"
         return EndOfMessage(trailers)
 

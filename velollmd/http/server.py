@@ -25,6 +25,7 @@ log = logging.getLogger("velollmd.http")
 
 Handler = Callable[[Request], Awaitable[Response]]
 READ_SIZE = 65536
+WRITE_HIGH_WATER = 65536        # below this, a whole response is left to the transport
 
 
 class _DateHeader:
@@ -49,13 +50,10 @@ def error_response(status: int, message: str, error_type: str = "invalid_request
     return Response.error(VeloError(message, status=status, error_type=error_type))
 
 
-def encode_head(status: int, headers: list[tuple[str, str]], version: str = "1.1") -> bytearray:
-    out = bytearray(f"HTTP/{version} {status} {REASONS.get(status, 'Unknown')}\r\n".encode())
-    for name, value in headers:
-        out += f"{name}: {value}\r\n".encode("latin-1")
-    out += DATE.get()
-    out += b"\r\n"
-    return out
+def encode_head(status: int, headers: list[tuple[str, str]], version: str = "1.1") -> bytes:
+    lines = [f"HTTP/{version} {status} {REASONS.get(status, 'Unknown')}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1") + DATE.get() + b"\r\n"
 
 
 class _WatchedReader(asyncio.StreamReader):
@@ -85,6 +83,7 @@ class HTTPServer:
         self.connections: set[Connection] = set()
         self._server: asyncio.base_events.Server | None = None
         self._port: int | None = None
+        self._sweeper: asyncio.Task | None = None
 
     async def start(self, sock=None) -> None:
         """Listen on `sock` (socket activation) or on the configured host and port."""
@@ -101,6 +100,19 @@ class HTTPServer:
                 protocol_factory, self.config.host, self.config.port,
                 reuse_address=True, backlog=1024)
         self._port = self.port
+        self._sweeper = loop.create_task(self._sweep_deadlines())
+
+    async def _sweep_deadlines(self) -> None:
+        """Expire connections past their idle / head / body deadline."""
+        config = self.config
+        tick = min(max(min(config.header_timeout_s, config.keepalive_timeout_s) / 4, 0.01), 1.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for connection in list(self.connections):
+                if 0.0 < connection.deadline <= now:
+                    connection.expire()
 
     @property
     def sockets(self):
@@ -140,6 +152,8 @@ class HTTPServer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -159,7 +173,7 @@ async def send_final_response(reader, writer, response: Response, linger_s: floa
     """
     headers = [*_with_length(response), ("connection", "close")]
     try:
-        writer.write(bytes(encode_head(response.status, headers)) + response.body)
+        writer.write(encode_head(response.status, headers) + response.body)
         if writer.can_write_eof():
             writer.write_eof()
         async with asyncio.timeout(linger_s):
@@ -193,12 +207,27 @@ class Connection:
         self.parser = HTTPParser("server", max_header_bytes=self.config.max_header_bytes,
                                  max_body_bytes=self.config.max_body_bytes)
         self.task = asyncio.current_task()
+        self.loop = asyncio.get_running_loop()
         self.idle = True
+        self.phase: str | None = None     # idle | head | body: what the deadline is for
+        self.deadline = 0.0               # loop time; 0 = none
+        self.expired: str | None = None
         self.client = writer.get_extra_info("peername")
 
     def close_if_idle(self) -> None:
         if self.idle and self.task is not None:
             self.task.cancel()
+
+    def set_deadline(self, phase: str | None, seconds: float = 0.0) -> None:
+        """Arm (or with None, disarm) the timeout of the current phase; the server's
+        sweeper enforces it. Cheaper than an asyncio timer per read on the hot path."""
+        self.phase = phase
+        self.deadline = self.loop.time() + seconds if phase else 0.0
+
+    def expire(self) -> None:
+        """Called by the sweeper once the deadline has passed."""
+        self.expired, self.deadline = self.phase, 0.0
+        self.task.cancel()
 
     async def run(self) -> None:
         first = True
@@ -215,9 +244,11 @@ class Connection:
                     return
         except ProtocolError as exc:
             await self._send_error_and_close(exc.status, exc.message)
-        except TimeoutError:
-            await self._send_error_and_close(408, "request head not received in time")
-        except (ConnectionError, asyncio.CancelledError):
+        except asyncio.CancelledError:
+            if self.expired in ("head", "body"):
+                self.task.uncancel()
+                await self._send_error_and_close(408, f"request {self.expired} not received in time")
+        except ConnectionError:
             pass
         finally:
             self.writer.close()
@@ -232,25 +263,26 @@ class Connection:
         self.idle = self.parser.between_messages
         if self.server.draining and self.idle:
             return None
-        loop = asyncio.get_running_loop()
-        idle_timeout = self.config.header_timeout_s if first else self.config.keepalive_timeout_s
+        config = self.config
         try:
             if self.idle:
-                async with asyncio.timeout(idle_timeout):
-                    if not await self._fill():
-                        return None
+                self.set_deadline("idle", config.header_timeout_s if first else config.keepalive_timeout_s)
+                if not await self._fill():
+                    return None
                 self.idle = False
                 event = self.parser.next_event()
                 if event is not None:
                     return event
-            async with asyncio.timeout_at(loop.time() + self.config.header_timeout_s):
-                return await self._next_event_or_none()
-        except TimeoutError:
-            if self.idle:
+            self.set_deadline("head", config.header_timeout_s)     # absolute: defeats slowloris
+            return await self._next_event_or_none()
+        except asyncio.CancelledError:
+            if self.expired == "idle":
+                self.task.uncancel()
                 return None
             raise
         finally:
             self.idle = False
+            self.set_deadline(None)
 
     async def _next_event_or_none(self):
         while True:
@@ -270,10 +302,14 @@ class Connection:
         return True
 
     async def _read_body(self, head: Head) -> bytes:
-        if head.expect_continue and (head.chunked or head.content_length):
+        event = self.parser.next_event()
+        if isinstance(event, EndOfMessage):           # no body, or all of it already here
+            return b""
+        if head.expect_continue:
             self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        parts = []
-        async with asyncio.timeout(self.config.header_timeout_s):
+        parts = [] if event is None else [event.data]
+        self.set_deadline("body", self.config.header_timeout_s)
+        try:
             while True:
                 event = await self._next_event_or_none()
                 if event is None:
@@ -281,6 +317,8 @@ class Connection:
                 if isinstance(event, EndOfMessage):
                     return b"".join(parts)
                 parts.append(event.data)
+        finally:
+            self.set_deadline(None)
 
     # -- responding ----------------------------------------------------------------------
 
@@ -316,7 +354,8 @@ class Connection:
         if response.stream is None:
             out = encode_head(response.status, [*headers, ("content-length", str(len(response.body)))])
             self.writer.write(out if head_only else out + response.body)
-            await self.writer.drain()
+            if self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                await self.writer.drain()
             return
         if request.version == "1.0":
             headers = [h for h in headers if h[0] != "connection"] + [("connection", "close")]
