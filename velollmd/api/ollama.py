@@ -1,0 +1,246 @@
+"""The Ollama-native API (/api/chat, /api/generate, /api/tags, /api/show, /api/ps, /api/embed,
+/api/version) for Ollama clients.
+
+A request for a model on an Ollama backend passes through untouched (NDJSON preserved);
+for a model on any other backend it is translated to OpenAI shapes, served, and translated
+back. Errors use Ollama's own shape, `{"error": "message"}`, because that is what Ollama
+clients parse.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import AsyncIterator
+
+from .. import __version__
+from ..backends.ollama import OllamaBackend
+from ..backends.ollama_convert import (done_reason_of, now_rfc3339, ollama_chat_request_to_openai,
+                                       ollama_final_fields, ollama_generate_request_to_openai,
+                                       ollama_tool_calls)
+from ..errors import BadRequest, VeloError
+from ..http.message import Request, Response
+from .request import GenerateRequest, validate_chat, validate_completion
+
+NDJSON = [("content-type", "application/x-ndjson")]
+
+
+def ollama_error(exc: VeloError) -> Response:
+    return Response(exc.status, [("content-type", "application/json"), *exc.headers.items()],
+                    json.dumps({"error": exc.message}).encode())
+
+
+def ollama_route(handler):
+    async def wrapped(self, request: Request, **params) -> Response:
+        try:
+            return await handler(self, request, **params)
+        except VeloError as exc:
+            return ollama_error(exc)
+    return wrapped
+
+
+def ndjson_line(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+class OllamaRoutes:
+    def __init__(self, app):
+        self.app = app
+
+    def register(self, router) -> None:
+        router.add("POST", "/api/chat", self.chat)
+        router.add("POST", "/api/generate", self.generate)
+        router.add("GET", "/api/tags", self.tags)
+        router.add("POST", "/api/show", self.show)
+        router.add("GET", "/api/ps", self.ps)
+        router.add("POST", "/api/embed", self.embed)
+        router.add("GET", "/api/version", self.version)
+
+    # -- generation ----------------------------------------------------------------------
+
+    @ollama_route
+    async def chat(self, request: Request) -> Response:
+        body = _model_body(request)
+        backend = self.app.registry.pick(body["model"])
+        if isinstance(backend, OllamaBackend):
+            return await self._passthrough(backend, "/api/chat", body)
+        openai_body = validate_chat(ollama_chat_request_to_openai(body))
+        return await self._translated(request, "chat", openai_body, message=True)
+
+    @ollama_route
+    async def generate(self, request: Request) -> Response:
+        body = _model_body(request)
+        backend = self.app.registry.pick(body["model"])
+        if isinstance(backend, OllamaBackend):
+            return await self._passthrough(backend, "/api/generate", body)
+        if not body.get("prompt") and not body.get("images"):
+            return Response.json({"model": body["model"], "created_at": now_rfc3339(), "response": "",
+                                  "done": True, "done_reason": "load"})
+        endpoint, openai_body = ollama_generate_request_to_openai(body)
+        validate = validate_chat if endpoint == "chat" else validate_completion
+        return await self._translated(request, endpoint, validate(openai_body), message=False)
+
+    async def _passthrough(self, backend: OllamaBackend, path: str, body: dict) -> Response:
+        self.app.refuse_if_draining()
+        upstream = await backend.native("POST", path, body)
+        content_type = upstream.header("content-type", "application/json")
+        headers = [("content-type", content_type), ("x-velollm-backend", backend.name)]
+        return Response(upstream.status, headers, stream=_relay(upstream))
+
+    async def _translated(self, request: Request, endpoint: str, body: dict, message: bool) -> Response:
+        self.app.refuse_if_draining()
+        stream = body.get("stream", True)
+        body["stream"] = stream
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        generate = GenerateRequest(endpoint, body, headers=dict(request.headers),
+                                   api_key=self.app.api_key_of(request), priority=self.app.priority_of(request))
+        started = time.monotonic_ns()
+        outcome = await self.app.service.generate(generate)
+        headers = list(outcome.headers.items())
+        if outcome.chunks is None:
+            reply = _reply_from_openai(outcome.body, body["model"], started, message)
+            return Response.json(reply, headers=headers)
+        lines = _ndjson_from_chunks(outcome.chunks, body["model"], started, message)
+        return Response(200, NDJSON + headers, stream=lines)
+
+    # -- catalogue -----------------------------------------------------------------------
+
+    @ollama_route
+    async def tags(self, request: Request) -> Response:
+        return Response.json({"models": [_tag_entry(m) for m in self.app.registry.catalogue()]})
+
+    @ollama_route
+    async def show(self, request: Request) -> Response:
+        body = _model_body(request)
+        backend = self.app.registry.pick(body["model"])
+        if isinstance(backend, OllamaBackend):
+            return await self._passthrough(backend, "/api/show", body)
+        info = self.app.registry.find_model(body["model"])
+        return Response.json({"modelfile": f"# served by velollmd from backend {info.backend}\nFROM {info.id}\n",
+                              "parameters": "", "template": "", "details": _details(info),
+                              "model_info": {"general.architecture": info.details.get("family", "")},
+                              "capabilities": ["completion", "tools"], "modified_at": now_rfc3339()})
+
+    @ollama_route
+    async def ps(self, request: Request) -> Response:
+        models = []
+        for backend in self.app.registry.backends:
+            if backend.healthy is False:
+                continue
+            if isinstance(backend, OllamaBackend):
+                models += await _ollama_ps(backend)
+            else:
+                models += [{**_tag_entry(m), "expires_at": "0001-01-01T00:00:00Z", "size_vram": 0}
+                           for m in backend.models]
+        return Response.json({"models": models})
+
+    @ollama_route
+    async def embed(self, request: Request) -> Response:
+        body = _model_body(request)
+        backend = self.app.registry.pick(body["model"])
+        if isinstance(backend, OllamaBackend):
+            return await self._passthrough(backend, "/api/embed", body)
+        started = time.monotonic_ns()
+        outcome = await self.app.service.embeddings({"model": body["model"], "input": body.get("input", "")})
+        answer = outcome.body
+        return Response.json({"model": body["model"], "embeddings": [d["embedding"] for d in answer["data"]],
+                              "total_duration": time.monotonic_ns() - started, "load_duration": 0,
+                              "prompt_eval_count": (answer.get("usage") or {}).get("prompt_tokens", 0)})
+
+    async def version(self, request: Request) -> Response:
+        return Response.json({"version": __version__})
+
+
+def _model_body(request: Request) -> dict:
+    body = request.json()
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise BadRequest("model is required", param="model")
+    return body
+
+
+async def _relay(upstream) -> AsyncIterator[bytes]:
+    try:
+        async for data in upstream.iter_raw():
+            yield data
+    finally:
+        upstream.close()
+
+
+async def _ollama_ps(backend: OllamaBackend) -> list[dict]:
+    upstream = await backend.native("GET", "/api/ps")
+    if upstream.status != 200:
+        upstream.close()
+        return []
+    return (await upstream.json()).get("models", [])
+
+
+def _details(info) -> dict:
+    return {"parent_model": "", "format": "gguf", "family": info.details.get("family", ""),
+            "families": info.details.get("families") or [], "parameter_size": info.details.get("parameter_size", ""),
+            "quantization_level": info.details.get("quantization_level", ""), **info.details}
+
+
+def _tag_entry(info) -> dict:
+    if info.raw.get("digest"):
+        return info.raw
+    digest = hashlib.sha256((info.identity or info.id).encode()).hexdigest()
+    return {"name": info.id, "model": info.id, "modified_at": now_rfc3339(), "size": info.size,
+            "digest": digest, "details": _details(info)}
+
+
+def _reply_from_openai(answer: dict, model: str, started: int, message: bool) -> dict:
+    choice = answer["choices"][0]
+    done = ollama_final_fields(answer.get("usage"), started, done_reason_of(choice.get("finish_reason")))
+    out = {"model": model, "created_at": now_rfc3339()}
+    if message:
+        msg = choice.get("message") or {}
+        out["message"] = {"role": "assistant", "content": msg.get("content") or ""}
+        if msg.get("tool_calls"):
+            out["message"]["tool_calls"] = ollama_tool_calls(msg["tool_calls"])
+    else:
+        out["response"] = choice.get("text") if "text" in choice else (choice.get("message") or {}).get("content") or ""
+    return {**out, **done}
+
+
+async def _ndjson_from_chunks(chunks, model: str, started: int, message: bool) -> AsyncIterator[bytes]:
+    """OpenAI chunks -> Ollama NDJSON; tool calls are gathered and sent whole, as Ollama does."""
+    calls: dict[int, dict] = {}
+    finish, usage = None, None
+    try:
+        async for chunk in chunks:
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices") or []:
+                finish = choice.get("finish_reason") or finish
+                text = _gather_delta(choice, calls)
+                if text:
+                    yield ndjson_line(_partial(model, text, message))
+    except VeloError as exc:
+        yield ndjson_line({"error": exc.message})
+        return
+    final = _partial(model, "", message)
+    if calls and message:
+        final["message"]["tool_calls"] = ollama_tool_calls([calls[i] for i in sorted(calls)])
+    yield ndjson_line({**final, **ollama_final_fields(usage, started, done_reason_of(finish))})
+
+
+def _partial(model: str, text: str, message: bool) -> dict:
+    out = {"model": model, "created_at": now_rfc3339()}
+    if message:
+        out["message"] = {"role": "assistant", "content": text}
+    else:
+        out["response"] = text
+    return {**out, "done": False}
+
+
+def _gather_delta(choice: dict, calls: dict[int, dict]) -> str:
+    """Content text of a chunk choice; tool-call fragments are merged into `calls`."""
+    if "text" in choice:
+        return choice.get("text") or ""
+    delta = choice.get("delta") or {}
+    for fragment in delta.get("tool_calls") or []:
+        call = calls.setdefault(fragment.get("index", 0), {"function": {"name": "", "arguments": ""}})
+        function = fragment.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
+    return delta.get("content") or ""

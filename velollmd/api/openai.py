@@ -1,0 +1,64 @@
+"""The OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models, /v1/embeddings."""
+from __future__ import annotations
+
+import time
+
+from ..errors import BadRequest
+from ..http.message import Request, Response
+from ..http.sse import sse_response
+from ..service import Outcome
+from .request import GenerateRequest, validate_chat, validate_completion, validate_embeddings
+
+PRIORITY_HEADER = "x-velollm-priority"
+
+
+class OpenAIRoutes:
+    def __init__(self, app):
+        self.app = app
+
+    def register(self, router) -> None:
+        router.add("POST", "/v1/chat/completions", self.chat_completions)
+        router.add("POST", "/v1/completions", self.completions)
+        router.add("GET", "/v1/models", self.list_models)
+        router.add("GET", "/v1/models/{model_id}", self.get_model)
+        router.add("POST", "/v1/embeddings", self.embeddings)
+
+    async def chat_completions(self, request: Request) -> Response:
+        body = validate_chat(request.json())
+        return await self._generate(request, "chat", body)
+
+    async def completions(self, request: Request) -> Response:
+        body = validate_completion(request.json())
+        return await self._generate(request, "completion", body)
+
+    async def _generate(self, request: Request, endpoint: str, body: dict) -> Response:
+        self.app.refuse_if_draining()
+        generate = GenerateRequest(endpoint, body, headers=dict(request.headers),
+                                   api_key=self.app.api_key_of(request), priority=self.app.priority_of(request))
+        outcome = await self.app.service.generate(generate)
+        return to_response(outcome, self.app.config.server.sse_ping_s)
+
+    async def list_models(self, request: Request) -> Response:
+        data = [model_object(m) for m in self.app.registry.catalogue()]
+        return Response.json({"object": "list", "data": data})
+
+    async def get_model(self, request: Request, model_id: str) -> Response:
+        return Response.json(model_object(self.app.registry.find_model(model_id)))
+
+    async def embeddings(self, request: Request) -> Response:
+        body = validate_embeddings(request.json())
+        if body.get("encoding_format") not in (None, "float"):
+            raise BadRequest("only encoding_format 'float' is supported", param="encoding_format")
+        return to_response(await self.app.service.embeddings(body), 0)
+
+
+def model_object(model) -> dict:
+    return {"id": model.id, "object": "model", "created": model.created or int(time.time()),
+            "owned_by": model.backend}
+
+
+def to_response(outcome: Outcome, ping_s: float) -> Response:
+    headers = list(outcome.headers.items())
+    if outcome.chunks is not None:
+        return sse_response(outcome.chunks, ping_s, headers=headers)
+    return Response.json(outcome.body, headers=headers)

@@ -1,0 +1,153 @@
+"""What every backend offers, in OpenAI shapes.
+
+A backend takes a GenerateRequest (OpenAI-shaped body) and returns an OpenAI response dict,
+or for streams an async iterator of OpenAI `chat.completion.chunk` / `text_completion`
+dicts. Backend-specific translation (Ollama's /api/chat, llama.cpp's extras) stays inside
+the backend module. Errors are VeloErrors: 404 model_not_found, 502 backend error, 504.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from ..api.request import GenerateRequest
+from ..config import BackendConfig
+from ..errors import BackendError, BadRequest, NotFound, NotImplementedByBackend, VeloError
+from ..http.client import ClientResponse, HTTPClient
+
+log = logging.getLogger("velollmd.backends")
+
+
+@dataclass
+class ModelInfo:
+    """One model a backend serves, as /v1/models and /api/tags need it."""
+    id: str
+    backend: str
+    identity: str = ""                  # digest / model path: part of the cache key
+    size: int = 0
+    created: int = 0
+    details: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)   # the backend's own catalogue entry
+
+
+class Backend:
+    kind = "base"
+    supports_n = False
+
+    def __init__(self, config: BackendConfig):
+        self.config = config
+        self.name = config.name
+        headers = {"authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        self.client = HTTPClient(config.url, connect_timeout=config.connect_timeout_s,
+                                 read_timeout=config.timeout_s, headers=headers) if config.url else None
+        self.healthy: bool | None = None        # None = not checked yet
+        self.last_error = ""
+        self.models: list[ModelInfo] = []
+        self.checked_at = 0.0
+        self.num_slots = config.slots or 1
+
+    # -- routing -------------------------------------------------------------------------
+
+    def matches(self, model: str) -> bool:
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.config.models)
+
+    def has_model(self, model: str) -> bool:
+        return any(m.id == model or m.id.split(":")[0] == model for m in self.models)
+
+    def identity(self, model: str) -> str:
+        for info in self.models:
+            if info.id == model:
+                return info.identity or info.id
+        return model
+
+    def status(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "url": self.config.url,
+                "healthy": self.healthy, "slots": self.num_slots, "error": self.last_error or None,
+                "models": [m.id for m in self.models]}
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def refresh(self) -> bool:
+        """Health check plus catalogue refresh; never raises."""
+        try:
+            self.models = await self.list_models()
+            await self.discover()
+            self.healthy, self.last_error = True, ""
+        except VeloError as exc:
+            self.healthy, self.last_error = False, exc.message
+        except Exception as exc:                       # a broken backend must not kill the loop
+            self.healthy, self.last_error = False, f"{type(exc).__name__}: {exc}"
+        self.checked_at = time.time()
+        return bool(self.healthy)
+
+    async def discover(self) -> None:
+        """Learn slots and the like (llama.cpp /props); optional."""
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+    # -- the API ---------------------------------------------------------------------------
+
+    async def list_models(self) -> list[ModelInfo]:
+        raise NotImplementedByBackend(f"backend {self.name} cannot list models")
+
+    async def chat(self, request: GenerateRequest) -> dict:
+        raise NotImplementedByBackend(f"backend {self.name} ({self.kind}) cannot serve chat completions yet")
+
+    def chat_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
+        raise NotImplementedByBackend(f"backend {self.name} ({self.kind}) cannot stream chat completions yet")
+
+    async def completion(self, request: GenerateRequest) -> dict:
+        raise NotImplementedByBackend(f"backend {self.name} ({self.kind}) cannot serve completions")
+
+    def completion_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
+        raise NotImplementedByBackend(f"backend {self.name} ({self.kind}) cannot stream completions")
+
+    async def embeddings(self, body: dict) -> dict:
+        raise NotImplementedByBackend(f"backend {self.name} ({self.kind}) cannot compute embeddings")
+
+    # -- helpers for subclasses ----------------------------------------------------------
+
+    async def post_json(self, path: str, body: dict) -> dict:
+        response = await self.client.request("POST", path, json=body)
+        return await self.json_or_raise(response, body.get("model"))
+
+    async def get_json(self, path: str) -> dict:
+        response = await self.client.request("GET", path)
+        return await self.json_or_raise(response)
+
+    async def json_or_raise(self, response: ClientResponse, model: str | None = None) -> dict:
+        if response.status >= 400:
+            raise await self.error_from(response, model)
+        return await response.json()
+
+    async def error_from(self, response: ClientResponse, model: str | None = None) -> VeloError:
+        """Turn a backend's error response into our error with the right status."""
+        body = await response.read()
+        message = extract_error_message(body) or f"HTTP {response.status}"
+        if response.status == 404 and model is not None:
+            return NotFound(f"model {model!r} not found on backend {self.name}: {message}",
+                            param="model", code="model_not_found")
+        if response.status in (400, 422):
+            return BadRequest(f"backend {self.name} rejected the request: {message}")
+        if response.status == 501:
+            return NotImplementedByBackend(f"backend {self.name}: {message}")
+        return BackendError(f"backend {self.name} answered {response.status}: {message}",
+                            code="backend_error")
+
+
+def extract_error_message(body: bytes) -> str:
+    """The message of an OpenAI ({"error": {"message"}}) or Ollama ({"error": "..."}) error."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return body[:300].decode("utf-8", "replace").strip()
+    error = value.get("error") if isinstance(value, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error) if error else body[:300].decode("utf-8", "replace")

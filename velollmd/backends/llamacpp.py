@@ -1,0 +1,45 @@
+"""llama.cpp's llama-server: its OpenAI endpoints plus /props, /slots, /tokenize, /completion."""
+from __future__ import annotations
+
+import os
+
+from ..errors import VeloError
+from .base import ModelInfo
+from .openai import OpenAIBackend
+
+
+class LlamaCppBackend(OpenAIBackend):
+    kind = "llamacpp"
+    supports_n = False
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.props: dict = {}
+
+    async def list_models(self) -> list[ModelInfo]:
+        models = await super().list_models()
+        path = self.props.get("model_path", "")
+        for model in models:
+            model.identity = f"llamacpp:{path or model.id}"
+        return models
+
+    async def discover(self) -> None:
+        """Slots and the model file from /props (config `slots` wins when set)."""
+        try:
+            self.props = await self.get_json("/props")
+        except VeloError:
+            return
+        if not self.config.slots:
+            self.num_slots = int(self.props.get("total_slots") or 1)
+        path = self.props.get("model_path", "")
+        for model in self.models:
+            model.identity = f"llamacpp:{path or model.id}"
+            if path and os.path.exists(path):
+                model.size = os.path.getsize(path)
+
+    async def slots(self) -> list[dict]:
+        return await self.get_json("/slots")
+
+    async def tokenize(self, content: str) -> list[int]:
+        body = await self.post_json("/tokenize", {"content": content, "add_special": False})
+        return body.get("tokens", [])

@@ -1,0 +1,96 @@
+"""Ollama: OpenAI requests become /api/chat and /api/generate; NDJSON becomes chunks.
+
+Ollama-native client requests for a model served here are passed through unchanged
+(`native`), so NDJSON streaming, Ollama-only fields and error texts are preserved.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import AsyncIterator
+
+from ..api.request import GenerateRequest
+from ..errors import BackendError
+from ..http.client import ClientResponse
+from .base import Backend, ModelInfo
+from .ollama_convert import (OllamaChatStream, ollama_chat_to_openai, ollama_generate_to_openai,
+                             openai_to_ollama_chat, openai_to_ollama_generate)
+
+
+def request_id(prefix: str = "chatcmpl") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+class OllamaBackend(Backend):
+    kind = "ollama"
+
+    async def list_models(self) -> list[ModelInfo]:
+        body = await self.get_json("/api/tags")
+        return [ModelInfo(id=m["name"], backend=self.name, identity=f"ollama:{m.get('digest', '')}",
+                          size=int(m.get("size") or 0), details=m.get("details") or {}, raw=m)
+                for m in body.get("models", []) if isinstance(m, dict) and "name" in m]
+
+    async def chat(self, request: GenerateRequest) -> dict:
+        reply = await self.post_json("/api/chat", openai_to_ollama_chat(request.body, self.config.num_ctx))
+        return ollama_chat_to_openai(reply, request.model, request_id())
+
+    async def completion(self, request: GenerateRequest) -> dict:
+        reply = await self.post_json("/api/generate", openai_to_ollama_generate(request.body, self.config.num_ctx))
+        return ollama_generate_to_openai(reply, request.model, request_id("cmpl"))
+
+    async def chat_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
+        converter = OllamaChatStream(request.model, request_id())
+        body = openai_to_ollama_chat(request.body, self.config.num_ctx)
+        async for reply in self.ndjson("/api/chat", body):
+            for chunk in converter.feed(reply):
+                yield chunk
+
+    async def completion_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
+        converter = OllamaChatStream(request.model, request_id("cmpl"), chat=False)
+        body = openai_to_ollama_generate(request.body, self.config.num_ctx)
+        async for reply in self.ndjson("/api/generate", body):
+            for chunk in converter.feed(reply):
+                yield chunk
+
+    async def embeddings(self, body: dict) -> dict:
+        started = time.monotonic()
+        reply = await self.post_json("/api/embed", {"model": body["model"], "input": body["input"]})
+        vectors = reply.get("embeddings") or []
+        return {"object": "list", "model": body["model"],
+                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": reply.get("prompt_eval_count", 0),
+                          "total_tokens": reply.get("prompt_eval_count", 0)},
+                "timings": {"total_ms": (time.monotonic() - started) * 1e3}}
+
+    async def ndjson(self, path: str, body: dict) -> AsyncIterator[dict]:
+        """POST and yield each NDJSON object; {"error": ...} mid-stream raises BackendError."""
+        response = await self.client.request("POST", path, json={**body, "stream": True})
+        if response.status >= 400:
+            raise await self.error_from(response, body.get("model"))
+        try:
+            async for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                reply = _decode_line(line, self.name)
+                if "error" in reply:
+                    raise BackendError(f"backend {self.name} failed mid-stream: {reply['error']}")
+                yield reply
+                if reply.get("done"):
+                    return
+        finally:
+            response.close()
+
+    async def native(self, method: str, path: str, body: dict | None = None) -> ClientResponse:
+        """Pass an Ollama-native request through; the caller streams or reads the answer."""
+        return await self.client.request(method, path, json=body)
+
+
+def _decode_line(line: bytes, name: str) -> dict:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        raise BackendError(f"backend {name} sent a line that is not JSON: {line[:200]!r}") from None
+    if not isinstance(value, dict):
+        raise BackendError(f"backend {name} sent an NDJSON line that is not an object")
+    return value

@@ -1,0 +1,87 @@
+"""All configured backends: which one serves a model, background health, merged catalogue."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..config import BackendConfig
+from ..errors import NotFound, Unavailable
+from .base import Backend, ModelInfo
+from .engine import EngineBackend
+from .llamacpp import LlamaCppBackend
+from .ollama import OllamaBackend
+from .openai import OpenAIBackend
+
+log = logging.getLogger("velollmd.backends")
+KINDS = {"ollama": OllamaBackend, "llamacpp": LlamaCppBackend, "openai": OpenAIBackend,
+         "engine": EngineBackend}
+
+
+def make_backend(config: BackendConfig) -> Backend:
+    return KINDS[config.kind](config)
+
+
+class Registry:
+    def __init__(self, configs, backends: list[Backend] | None = None):
+        self.backends: list[Backend] = backends if backends is not None else [make_backend(c) for c in configs]
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        """One refresh of every backend now (bounded), then a health loop per backend."""
+        if self.backends:
+            await asyncio.wait([asyncio.ensure_future(b.refresh()) for b in self.backends], timeout=5)
+        self._tasks = [asyncio.ensure_future(self._health_loop(b)) for b in self.backends]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for backend in self.backends:
+            await backend.close()
+
+    async def _health_loop(self, backend: Backend) -> None:
+        while True:
+            await asyncio.sleep(backend.config.health_interval_s)
+            was = backend.healthy
+            await backend.refresh()
+            if was != backend.healthy:
+                log.warning("backend health changed", extra={"fields": {
+                    "backend": backend.name, "healthy": backend.healthy, "error": backend.last_error}})
+
+    def candidates(self, model: str) -> list[Backend]:
+        """Backends that may serve `model`, best first: healthy ones that list it, then by glob."""
+        matching = [b for b in self.backends if b.matches(model)]
+        if not matching:
+            raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
+        listed = [b for b in matching if b.has_model(model)]
+        pool = listed or matching
+        alive = [b for b in pool if b.healthy is not False]
+        if not alive:
+            errors = "; ".join(f"{b.name}: {b.last_error}" for b in pool)
+            raise Unavailable(f"no healthy backend serves model '{model}' ({errors})",
+                              code="no_healthy_backend", headers={"retry-after": "2"})
+        return alive
+
+    def pick(self, model: str) -> Backend:
+        return self.candidates(model)[0]
+
+    def catalogue(self) -> list[ModelInfo]:
+        """Models of all healthy backends, first backend wins on a name clash."""
+        seen, models = set(), []
+        for backend in self.backends:
+            if backend.healthy is False:
+                continue
+            for model in backend.models:
+                if model.id not in seen:
+                    seen.add(model.id)
+                    models.append(model)
+        return models
+
+    def find_model(self, model: str) -> ModelInfo:
+        for info in self.catalogue():
+            if info.id == model or info.id == f"{model}:latest":
+                return info
+        raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
+
+    def status(self) -> list[dict]:
+        return [b.status() for b in self.backends]
