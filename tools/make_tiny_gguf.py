@@ -43,7 +43,9 @@ HEAD_DIM = N_EMBD // N_HEAD
 CONTEXT_LENGTH = 8192
 BIAS_DIM = 0                 # residual dimension held at 1: output.weight[:, BIAS_DIM] = logit bias
 SUPPRESS_BIAS = -1000.0      # control / byte / unk tokens: never sampled
-RARE_BIAS = -30.0            # tool tags and "}": never sampled unless a request or grammar asks
+RARE_BIAS = -30.0            # never sampled in free text, only when a request or a grammar asks
+STRING_VALUE = "paris"       # every free JSON string value the model writes: "paris"
+RARE_TOKENS = ("}", '"', STRING_VALUE)
 # Bare whitespace tokens are suppressed too: free text still has spaces (words carry a leading
 # "▁"), and inside a grammar (tool calls, JSON) optional whitespace is then always skipped,
 # so the grammar closes its objects at once instead of padding with spaces.
@@ -52,8 +54,12 @@ WHITESPACE_TOKENS = ("\u2581", "\n")
 # A's embedding, and its output.weight column gives B FORCE_BIAS. This chain turns a request
 # logit_bias on <tool_call> into one complete tool call: llama-server's lazy grammar triggers
 # on "<tool_call>\n", the grammar writes the JSON, the call's last "}" is followed by
-# </tool_call>, and that by the end-of-generation token (no second call).
-FORCED_NEXT = [("<tool_call>", "\n"), ("}", "</tool_call>"), ("</tool_call>", "<|im_end|>")]
+# </tool_call>, and that by the end-of-generation token (no second call). A grammar that
+# masks the forced token leaves the choice to the model. Free string values become "paris".
+FORCED_NEXT = [
+    ("<tool_call>", "\n"), ("}", "</tool_call>"), ("</tool_call>", "<|im_end|>"),
+    ('"', STRING_VALUE), (STRING_VALUE, '"'),
+]
 FORCED_DIMS = list(range(1, 1 + len(FORCED_NEXT)))
 RESERVED_DIMS = [BIAS_DIM] + FORCED_DIMS   # no layer reads or writes these
 FORCE_BIAS = 5000.0
@@ -147,7 +153,7 @@ def tiny_vocab() -> tuple[list[str], list[int], list[float]]:
         types.append(T.CONTROL)
     tokens += TOOL_TAGS
     types += [T.USER_DEFINED] * len(TOOL_TAGS)
-    pieces = [SPACE, "\n"] + [chr(c) for c in range(0x21, 0x7F)]
+    pieces = [SPACE, "\n"] + [chr(c) for c in range(0x21, 0x7F)] + [STRING_VALUE]
     for word in WORDS:
         for text in (SPACE + word, word):
             pieces += [text[:end] for end in range(2, len(text) + 1)]
@@ -169,7 +175,7 @@ def logit_bias_column(tokens: list[str], types: list[int]) -> np.ndarray:
     for token_id, (tok, typ) in enumerate(zip(tokens, types)):
         if typ in (T.CONTROL, T.BYTE, T.UNKNOWN) or tok in WHITESPACE_TOKENS:
             bias[token_id] = SUPPRESS_BIAS
-        elif typ == T.USER_DEFINED or tok == "}":
+        elif typ == T.USER_DEFINED or tok in RARE_TOKENS:
             bias[token_id] = RARE_BIAS
         elif tok in whole_words:
             bias[token_id] = WORD_BIAS
