@@ -188,45 +188,58 @@ def model_tensors(rng: np.random.Generator, bias: np.ndarray,
     def normal(*shape: int, std: float) -> np.ndarray:
         return rng.normal(0.0, std, size=shape).astype(np.float32)
 
-    content = np.ones(N_EMBD, dtype=np.float32)  # (n_embd,) norm weight: layers never read reserved dims
-    content[RESERVED_DIMS] = 0.0
+    tensors = {"token_embd.weight": token_embedding(normal, forced_pairs)}
+    for layer in range(N_LAYER):
+        tensors.update(layer_tensors(normal, layer))
+    tensors.update(output_tensors(normal, bias, forced_pairs))
+    return tensors
+
+
+def token_embedding(normal, forced_pairs: list[tuple[int, int]]) -> np.ndarray:
     token_embd = normal(VOCAB_SIZE, N_EMBD, std=EMBED_STD)  # (vocab, n_embd)
     token_embd[:, RESERVED_DIMS] = 0.0
     token_embd[:, BIAS_DIM] = 1.0
     for dim, (token_id, _) in zip(FORCED_DIMS, forced_pairs):
         token_embd[token_id, dim] = 1.0
-    tensors = {"token_embd.weight": token_embd}
-    for layer in range(N_LAYER):
-        attn_output = normal(N_EMBD, N_HEAD * HEAD_DIM, std=LAYER_STD)  # (n_embd, n_head*head_dim)
-        ffn_down = normal(N_EMBD, N_FF, std=LAYER_STD)                   # (n_embd, n_ff)
-        attn_output[RESERVED_DIMS, :] = 0.0   # layers never write reserved dims
-        ffn_down[RESERVED_DIMS, :] = 0.0
-        tensors.update({
-            f"blk.{layer}.attn_norm.weight": content.copy(),
-            f"blk.{layer}.attn_q.weight": normal(N_HEAD * HEAD_DIM, N_EMBD, std=LAYER_STD),
-            f"blk.{layer}.attn_k.weight": normal(N_HEAD_KV * HEAD_DIM, N_EMBD, std=LAYER_STD),
-            f"blk.{layer}.attn_v.weight": normal(N_HEAD_KV * HEAD_DIM, N_EMBD, std=LAYER_STD),
-            f"blk.{layer}.attn_output.weight": attn_output,
-            f"blk.{layer}.ffn_norm.weight": content.copy(),
-            f"blk.{layer}.ffn_gate.weight": normal(N_FF, N_EMBD, std=LAYER_STD),
-            f"blk.{layer}.ffn_up.weight": normal(N_FF, N_EMBD, std=LAYER_STD),
-            f"blk.{layer}.ffn_down.weight": ffn_down,
-        })
-    # After output_norm the bias dimension is about sqrt(n_embd) (it dominates the RMS);
-    # scale its norm weight so that it enters the logits as ~1.0 times the bias column.
+    return token_embd
+
+
+def layer_tensors(normal, layer: int) -> dict[str, np.ndarray]:
+    """One transformer block that neither reads nor writes the reserved dimensions."""
+    content = np.ones(N_EMBD, dtype=np.float32)  # (n_embd,) norm weight: 0 on reserved dims
+    content[RESERVED_DIMS] = 0.0
+    attn_output = normal(N_EMBD, N_HEAD * HEAD_DIM, std=LAYER_STD)  # (n_embd, n_head*head_dim)
+    ffn_down = normal(N_EMBD, N_FF, std=LAYER_STD)                   # (n_embd, n_ff)
+    attn_output[RESERVED_DIMS, :] = 0.0
+    ffn_down[RESERVED_DIMS, :] = 0.0
+    prefix = f"blk.{layer}."
+    return {
+        prefix + "attn_norm.weight": content,
+        prefix + "attn_q.weight": normal(N_HEAD * HEAD_DIM, N_EMBD, std=LAYER_STD),     # (n_head*head_dim, n_embd)
+        prefix + "attn_k.weight": normal(N_HEAD_KV * HEAD_DIM, N_EMBD, std=LAYER_STD),  # (n_head_kv*head_dim, n_embd)
+        prefix + "attn_v.weight": normal(N_HEAD_KV * HEAD_DIM, N_EMBD, std=LAYER_STD),  # (n_head_kv*head_dim, n_embd)
+        prefix + "attn_output.weight": attn_output,
+        prefix + "ffn_norm.weight": content.copy(),
+        prefix + "ffn_gate.weight": normal(N_FF, N_EMBD, std=LAYER_STD),  # (n_ff, n_embd)
+        prefix + "ffn_up.weight": normal(N_FF, N_EMBD, std=LAYER_STD),    # (n_ff, n_embd)
+        prefix + "ffn_down.weight": ffn_down,
+    }
+
+
+def output_tensors(normal, bias: np.ndarray, forced_pairs: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+    """output_norm + output: random logits from content dims, bias and forcing from reserved dims."""
+    # After output_norm a reserved dimension at 1 is about sqrt(n_embd) (it dominates the RMS);
+    # its norm weight scales it back to ~1.0, so output.weight columns are logits directly.
     bias_norm_value = np.sqrt(N_EMBD / (1.0 + (N_EMBD - 1) * EMBED_STD**2))
     output_norm = np.ones(N_EMBD, dtype=np.float32)  # (n_embd,)
     output_norm[RESERVED_DIMS] = 1.0 / bias_norm_value
-    # Content dimensions come out of output_norm at about EMBED_STD * bias_norm_value each.
-    content_value = EMBED_STD * bias_norm_value
+    content_value = EMBED_STD * bias_norm_value  # a content dimension after output_norm
     output = normal(VOCAB_SIZE, N_EMBD, std=OUTPUT_STD / (np.sqrt(N_EMBD) * content_value))  # (vocab, n_embd)
     output[:, RESERVED_DIMS] = 0.0
     output[:, BIAS_DIM] = bias
     for dim, (_, next_id) in zip(FORCED_DIMS, forced_pairs):
         output[next_id, dim] = FORCE_BIAS
-    tensors["output_norm.weight"] = output_norm
-    tensors["output.weight"] = output
-    return tensors
+    return {"output_norm.weight": output_norm, "output.weight": output}
 
 
 def add_metadata(writer: gguf.GGUFWriter, seed: int, file_type: int) -> None:
