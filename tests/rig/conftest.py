@@ -1,0 +1,1 @@
+from tests.rig.fixtures import *  # noqa: F401,F403
