@@ -277,10 +277,9 @@ int kv_allocate(kv_pool *p, const int32_t *tokens, int64_t num_tokens, int64_t n
     if (new_seq(p, num_total, &id) != KV_OK) return KV_ENOMEM;
     kv_seq *s = &p->seqs[id];
     for (int32_t i = 0; i < num_hits; i++) pin_block(p, out_block_ids[i]);
-    for (int64_t i = num_hits; i < num_total; i++) {
-        out_block_ids[i] = take_block(p);
-        if (i < num_full) register_block(p, out_block_ids[i], p->scratch[i]);
-    }
+    for (int64_t i = num_hits; i < num_total; i++) out_block_ids[i] = take_block(p);
+    /* register only after all evictions, so an evicted twin cannot take a hash with it */
+    for (int64_t i = num_hits; i < num_full; i++) register_block(p, out_block_ids[i], p->scratch[i]);
     memcpy(s->block_ids, out_block_ids, num_total * sizeof(int32_t));
     s->num_blocks = (int32_t)num_total;
     s->num_tokens = num_tokens;

@@ -116,7 +116,7 @@ class PyBlockPool:
         for block_id in hits:
             self._pin_block(block_id)
         block_ids = hits + [self._take_block() for _ in range(num_total - len(hits))]
-        for i in range(len(hits), num_full):
+        for i in range(len(hits), num_full):   # after all evictions, as in C
             self._register_block(block_ids[i], hashes[i])
         self._seqs[request_id] = _Seq(list(block_ids), num_tokens,
                                       hashes[-1] if hashes else ROOT_HASH,
