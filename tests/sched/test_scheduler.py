@@ -1,0 +1,210 @@
+"""Scheduler: ordering, slots and blocks, aging, model grouping, 429, 503, preemption."""
+import zlib
+
+import pytest
+
+from velollmd.config import SchedulerConfig
+from velollmd.errors import BadRequest, RateLimited
+from velollmd.sched.kvblocks import BlockPool
+from velollmd.sched.request import Request, RequestStatus
+from velollmd.sched.scheduler import RunnerOutput, Scheduler, queue_timeout_error
+
+S = RequestStatus
+
+
+def make(request_id, priority=5, arrival=0.0, model="m", num_tokens=4, max_tokens=4,
+         stream=False, first_token=None):
+    start = zlib.crc32(request_id.encode()) % 10_000 * 100 if first_token is None else first_token
+    return Request(request_id, model, list(range(start, start + num_tokens)), max_tokens,
+                   arrival_time=arrival, priority=priority, stream=stream)
+
+
+def scheduler(num_slots=4, num_blocks=64, **config):
+    config = SchedulerConfig(block_size=4, **config)
+    return Scheduler(config, num_slots, BlockPool(num_blocks, config.block_size))
+
+
+def add(sched, *requests):
+    for r in requests:
+        sched.add_request(r, now=r.arrival_time)
+
+
+def started(output):
+    return [(s.request_id, s.slot) for s in output.scheduled]
+
+
+def finish(sched, *request_ids, now=0.0):
+    return sched.update_from_output(
+        RunnerOutput(finished={r: S.FINISHED_STOPPED for r in request_ids}), now)
+
+
+def test_schedules_in_priority_arrival_id_order_on_lowest_slots():
+    sched = scheduler(num_slots=3)
+    add(sched, make("c", 5, 1.0), make("b", 1, 2.0), make("a", 1, 2.0), make("d", 5, 0.5))
+    out = sched.schedule(now=3.0)
+    assert started(out) == [("a", 0), ("b", 1), ("d", 2)]
+    assert out.running == ("a", "b", "d")
+    assert [r.request_id for r in sched.waiting] == ["c"]
+
+
+def test_waits_for_a_free_slot_and_reuses_it():
+    sched = scheduler(num_slots=2)
+    add(sched, make("a", arrival=0), make("b", arrival=1), make("c", arrival=2))
+    assert started(sched.schedule(3.0)) == [("a", 0), ("b", 1)]
+    assert started(sched.schedule(4.0)) == []
+    assert [r.request_id for r in finish(sched, "a")] == ["a"]
+    assert sched.get_request("a") is None and sched.num_free_slots == 1
+    assert started(sched.schedule(5.0)) == [("c", 0)]
+
+
+def test_waits_for_blocks_and_the_head_is_not_overtaken():
+    sched = scheduler(num_slots=4, num_blocks=5)  # 20 token slots
+    add(sched, make("a", num_tokens=8, max_tokens=4, arrival=0),    # 3 blocks
+        make("b", num_tokens=8, max_tokens=4, arrival=1),           # 3 blocks: no fit
+        make("c", num_tokens=2, max_tokens=2, arrival=2))           # 1 block: would fit
+    out = sched.schedule(3.0)
+    assert started(out) == [("a", 0)]
+    assert out.scheduled[0].block_table == (0, 1, 2)
+    finish(sched, "a")
+    assert started(sched.schedule(4.0)) == [("b", 0), ("c", 1)]
+
+
+def test_a_repeated_prompt_is_admitted_with_its_cached_prefix():
+    sched = scheduler()
+    add(sched, make("a", num_tokens=9, first_token=0))
+    sched.schedule(0.0)
+    sched.update_from_output(RunnerOutput(new_token_ids={"a": [7, 7, 7]}), 1.0)
+    assert sched.pool.num_tokens("a") == 12
+    finish(sched, "a", now=1.0)
+    add(sched, make("b", num_tokens=9, first_token=0, arrival=2.0))
+    assert sched.schedule(2.0).scheduled[0].num_cached_tokens == 8
+
+
+def test_aging_lets_an_old_low_priority_request_tie_and_win_by_arrival():
+    sched = scheduler(num_slots=1, aging_s=10.0)
+    add(sched, make("busy", 0, 0.0))
+    sched.schedule(0.0)
+    add(sched, make("low", 9, 0.0), make("high", 5, 39.0))
+    finish(sched, "busy", now=40.0)
+    out = sched.schedule(40.0)                  # low: 9 - 4 levels = 5, ties high, arrived first
+    assert started(out) == [("low", 0)]
+    assert sched.get_request("high").effective_priority == 5
+
+
+def test_without_enough_waiting_the_higher_priority_goes_first():
+    sched = scheduler(num_slots=1, aging_s=10.0)
+    add(sched, make("busy", 0, 0.0))
+    sched.schedule(0.0)
+    add(sched, make("low", 9, 0.0), make("high", 5, 39.0))
+    finish(sched, "busy", now=39.0)
+    assert started(sched.schedule(39.0)) == [("high", 0)]  # low is only at 9 - 3 = 6
+
+
+def test_equal_priority_prefers_the_loaded_model():
+    sched = scheduler(num_slots=1)
+    add(sched, make("first", model="llama", arrival=0.0))
+    sched.schedule(0.0)
+    add(sched, make("other", model="qwen", arrival=1.0), make("same", model="llama", arrival=2.0),
+        make("urgent", 4, 3.0, model="qwen"))
+    finish(sched, "first", now=4.0)
+    assert started(sched.schedule(4.0)) == [("urgent", 0)]    # priority beats grouping
+    finish(sched, "urgent", now=5.0)                          # qwen is now the loaded model
+    sched.set_loaded_models(["llama"])
+    assert sched.loaded_models == {"llama", "qwen"}
+    assert started(sched.schedule(5.0)) == [("other", 0)]     # qwen, the last model, and first
+
+
+def test_grouping_picks_the_loaded_model_over_an_earlier_arrival():
+    sched = scheduler(num_slots=1)
+    sched.set_loaded_models(["llama"])
+    add(sched, make("qwen-1", model="qwen", arrival=0.0), make("llama-1", model="llama",
+                                                                arrival=1.0))
+    assert started(sched.schedule(2.0)) == [("llama-1", 0)]
+
+
+def test_full_queue_raises_429_with_retry_after():
+    sched = scheduler(max_queue=2)
+    add(sched, make("a"), make("b"))
+    with pytest.raises(RateLimited) as info:
+        sched.add_request(make("c"), now=0.0)
+    assert info.value.status == 429
+    assert int(info.value.headers["Retry-After"]) >= 1
+    assert sched.get_request("c") is None
+
+
+def test_a_request_larger_than_the_budget_is_a_400():
+    sched = scheduler(num_blocks=4)
+    with pytest.raises(BadRequest):
+        sched.add_request(make("a", num_tokens=12, max_tokens=8), now=0.0)
+
+
+def test_requests_waiting_past_queue_timeout_are_returned_as_timed_out():
+    sched = scheduler(num_slots=1, queue_timeout_s=5.0)
+    add(sched, make("busy", arrival=0.0), make("a", arrival=1.0), make("b", arrival=3.0))
+    sched.schedule(1.0)
+    out = sched.schedule(6.5)
+    assert out.timed_out == ("a",) and out.scheduled == ()
+    request_a = sched.get_request("a")
+    assert request_a is None and [r.request_id for r in sched.waiting] == ["b"]
+    assert queue_timeout_error(make("a")).status == 503
+
+
+def test_abort_waiting_and_running_requests():
+    sched = scheduler(num_slots=1)
+    add(sched, make("run"), make("wait", arrival=1.0))
+    sched.schedule(1.0)
+    running, waiting = sched.abort_request("run"), sched.abort_request("wait")
+    assert running.status is waiting.status is S.FINISHED_ABORTED
+    assert sched.num_free_slots == 1 and sched.pool.num_free_blocks == 64
+    assert sched.abort_request("run") is None and sched.waiting == []
+
+
+def preempt_setup(preempt=True, stream=(False, False), priorities=(3, 7)):
+    sched = scheduler(num_slots=2, preempt=preempt)
+    add(sched, make("a", priorities[0], 0.0, stream=stream[0]),
+        make("b", priorities[1], 1.0, stream=stream[1]))
+    sched.schedule(1.0)
+    sched.update_from_output(RunnerOutput(new_token_ids={"a": [1], "b": [2]}), 2.0)
+    add(sched, make("vip", 0, 3.0))
+    return sched
+
+
+def test_priority_zero_preempts_the_lowest_priority_non_streaming_request():
+    sched = preempt_setup()
+    out = sched.schedule(3.0)
+    assert out.preempted == ("b",) and started(out) == [("vip", 1)]
+    victim = sched.get_request("b")
+    assert victim.status is S.PREEMPTED and victim.output_token_ids == []
+    assert victim.num_preemptions == 1 and victim.slot is None
+    finish(sched, "vip", now=4.0)
+    assert started(sched.schedule(4.0)) == [("b", 1)]
+    assert sched.get_request("b").status is S.RUNNING
+
+
+def test_streaming_requests_are_never_preempted():
+    sched = preempt_setup(stream=(False, True))
+    assert sched.schedule(3.0).preempted == ("a",)
+    sched = preempt_setup(stream=(True, True))
+    out = sched.schedule(3.0)
+    assert out.preempted == () and out.scheduled == ()
+
+
+def test_no_preemption_unless_enabled_or_for_priority_zero():
+    assert preempt_setup(preempt=False).schedule(3.0).preempted == ()
+    sched = scheduler(num_slots=1, preempt=True)
+    add(sched, make("a", 7, 0.0), make("b", 1, 1.0))
+    out = sched.schedule(1.0)
+    assert out.preempted == () and started(out) == [("b", 0)]  # b came first by priority
+    assert sched.schedule(2.0).preempted == ()
+
+
+def test_engine_mode_grows_blocks_and_preempts_when_they_run_out():
+    config = SchedulerConfig(block_size=4)
+    sched = Scheduler(config, 2, BlockPool(2, 4), reserve_output=False)
+    add(sched, make("a", num_tokens=4, max_tokens=100))
+    assert sched.schedule(0.0).scheduled[0].block_table == (0,)
+    sched.update_from_output(RunnerOutput(new_token_ids={"a": [1, 2, 3, 4]}), 1.0)
+    assert sched.pool.block_table("a") == [0, 1]
+    sched.update_from_output(RunnerOutput(new_token_ids={"a": [5]}), 2.0)
+    request = sched.get_request("a")
+    assert request.status is S.PREEMPTED and request.output_token_ids == [1, 2, 3, 4, 5]

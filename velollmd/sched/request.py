@@ -1,0 +1,109 @@
+"""A scheduled request: its identity, priority, token ids and status life cycle.
+
+Requests order by (effective priority, arrival time, request id), 0 being the most urgent, so
+they can sit in a heapq. The effective priority starts at the request's priority and is
+lowered (made more urgent) by aging in the scheduler. Status changes go through
+`set_status`, which asserts that the move is in the transition table.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+MAX_PRIORITY = 9   # lowest urgency; 0 is the highest
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "preempted"            # was running, cancelled and requeued
+    FINISHED_STOPPED = "stop"          # the model stopped (EOS / stop string)
+    FINISHED_LENGTH = "length"         # hit max_tokens or the context
+    FINISHED_ABORTED = "abort"         # the client went away or the caller cancelled it
+    FINISHED_ERROR = "error"           # the backend failed
+    FINISHED_TIMED_OUT = "timeout"     # waited longer than queue_timeout_s (503)
+
+    @property
+    def is_finished(self) -> bool:
+        return self in FINISHED
+
+    @property
+    def finish_reason(self) -> str | None:
+        """OpenAI finish_reason wording for finished statuses."""
+        return self.value if self.is_finished else None
+
+
+FINISHED = frozenset(s for s in RequestStatus if s.name.startswith("FINISHED_"))
+
+TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
+    RequestStatus.WAITING: frozenset({RequestStatus.RUNNING, RequestStatus.FINISHED_ABORTED,
+                                      RequestStatus.FINISHED_TIMED_OUT}),
+    RequestStatus.RUNNING: frozenset({RequestStatus.PREEMPTED, RequestStatus.FINISHED_STOPPED,
+                                      RequestStatus.FINISHED_LENGTH, RequestStatus.FINISHED_ABORTED,
+                                      RequestStatus.FINISHED_ERROR}),
+    RequestStatus.PREEMPTED: frozenset({RequestStatus.RUNNING, RequestStatus.FINISHED_ABORTED,
+                                        RequestStatus.FINISHED_TIMED_OUT}),
+    **{status: frozenset() for status in FINISHED},
+}
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation request as the scheduler sees it.
+
+    `prompt_token_ids` may be real token ids (engine) or stable pseudo-token ids derived from
+    the prompt text (backends): the block allocator only needs equal prefixes to map to equal
+    ids. `max_tokens` bounds the output; backends reserve it at admission.
+    """
+    request_id: str
+    model: str
+    prompt_token_ids: list[int]
+    max_tokens: int
+    arrival_time: float
+    priority: int = 5
+    stream: bool = False
+    status: RequestStatus = RequestStatus.WAITING
+    effective_priority: int = field(init=False)
+    queued_at: float = field(init=False)          # start of the current wait (re-set on requeue)
+    started_at: float = field(init=False, default=0.0)   # when it last started running
+    slot: int | None = None
+    output_token_ids: list[int] = field(default_factory=list)
+    num_cached_tokens: int = 0
+    num_preemptions: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.priority <= MAX_PRIORITY:
+            raise ValueError(f"priority must be 0..{MAX_PRIORITY}, got {self.priority}")
+        self.effective_priority = self.priority
+        self.queued_at = self.arrival_time
+
+    def __lt__(self, other: Request) -> bool:
+        return self.sort_key < other.sort_key
+
+    @property
+    def sort_key(self) -> tuple[int, float, str]:
+        return (self.effective_priority, self.arrival_time, self.request_id)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_finished
+
+    def set_status(self, status: RequestStatus) -> None:
+        assert status in TRANSITIONS[self.status], f"{self.request_id}: {self.status} -> {status}"
+        self.status = status
+
+    def age(self, now: float, aging_s: float) -> bool:
+        """Lower effective_priority by one level per aging_s waited; True if it changed."""
+        levels = int((now - self.queued_at) // aging_s) if now > self.queued_at else 0
+        effective = max(0, self.priority - levels)
+        changed = effective != self.effective_priority
+        self.effective_priority = effective
+        return changed

@@ -1,0 +1,260 @@
+"""Scheduler: a priority queue admitting requests to a fixed set of slots and a KV block pool.
+
+Pure and synchronous (vLLM v1 style): the caller feeds requests in (`add_request`,
+`abort_request`), asks `schedule(now)` what to start where, runs it, and reports back with
+`update_from_output(output, now)`. Time is always passed in; nothing here reads a clock.
+
+One Scheduler per backend: a backend is a set of `num_slots` slots sharing a token budget of
+context x slots, accounted as blocks in a BlockPool. The router picks the backend (it may ask
+`pool.find_cached_prefix` and `loaded_models`), then hands the request to that backend's
+scheduler. The in-process engine is one more backend whose pool is its real paged KV cache
+(`reserve_output=False`: blocks grow token by token instead of reserving max_tokens).
+
+Order: (effective priority, arrival, id). A waiting request gains one level per `aging_s`, so
+low priorities are never starved. Among requests of equal effective priority, one for a model
+that is loaded on this backend goes first, so Ollama does not thrash loading models.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..config import SchedulerConfig
+from ..errors import BadRequest, RateLimited, Unavailable
+from .kvblocks import BlockPool
+from .request import Request, RequestStatus
+
+
+@dataclass(frozen=True)
+class ScheduledRequest:
+    """Start this request on this slot; its first num_cached_tokens are already cached."""
+    request_id: str
+    slot: int
+    block_table: tuple[int, ...]
+    num_cached_tokens: int
+
+
+@dataclass(frozen=True)
+class SchedulerOutput:
+    scheduled: tuple[ScheduledRequest, ...] = ()  # admitted now: forward / prefill these
+    preempted: tuple[str, ...] = ()               # cancel these; they wait again in the queue
+    timed_out: tuple[str, ...] = ()               # waited past queue_timeout_s: answer 503
+    running: tuple[str, ...] = ()                 # every running request after this step
+
+
+@dataclass(frozen=True)
+class RunnerOutput:
+    """What the backend / engine reports back: new tokens and finished requests."""
+    new_token_ids: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    finished: Mapping[str, RequestStatus] = field(default_factory=dict)  # FINISHED_* only
+
+
+def queue_timeout_error(request: Request) -> Unavailable:
+    return Unavailable(f"request {request.request_id} waited too long in the queue",
+                       code="queue_timeout")
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, num_slots: int, pool: BlockPool, *,
+                 reserve_output: bool = True):
+        if num_slots < 1:
+            raise ValueError("num_slots must be >= 1")
+        self.config = config
+        self.pool = pool
+        self.reserve_output = reserve_output
+        self.waiting: list[Request] = []                 # heap by Request.sort_key
+        self.running: dict[str, Request] = {}
+        self._requests: dict[str, Request] = {}          # waiting + running, by id
+        self._free_slots = list(range(num_slots))        # heap: lowest slot id first
+        self._reported_models: frozenset[str] = frozenset()
+        self._last_model: str | None = None
+        self._mean_service_s = 1.0                       # EWMA, for Retry-After
+
+    @classmethod
+    def for_backend(cls, config: SchedulerConfig, num_slots: int, num_ctx: int) -> Scheduler:
+        """A backend's scheduler: token budget = num_ctx x num_slots, in blocks."""
+        num_blocks = max(1, math.ceil(num_ctx * num_slots / config.block_size))
+        return cls(config, num_slots, BlockPool(num_blocks, config.block_size))
+
+    # ---- intake ----
+
+    def add_request(self, request: Request, now: float) -> None:
+        """Queue a request; RateLimited (429 + Retry-After) when the queue is full."""
+        if request.request_id in self._requests:
+            raise ValueError(f"duplicate request id {request.request_id!r}")
+        if len(self.waiting) >= self.config.max_queue:
+            raise RateLimited("too many requests waiting; retry later",
+                              headers={"Retry-After": str(self._retry_after_s())})
+        if self._num_blocks_needed(request) > self.pool.num_blocks:
+            raise BadRequest("prompt plus max_tokens exceed the backend's context",
+                             param="max_tokens", code="context_length_exceeded")
+        request.queued_at = now
+        self._requests[request.request_id] = request
+        heapq.heappush(self.waiting, request)
+
+    def abort_request(self, request_id: str) -> Request | None:
+        """Drop a waiting or running request (client gone); None if not known here."""
+        request = self._requests.get(request_id)
+        if request is None:
+            return None
+        if request.status is RequestStatus.RUNNING:
+            self._release(request)
+        else:
+            self._remove_waiting(request)
+        request.set_status(RequestStatus.FINISHED_ABORTED)
+        del self._requests[request_id]
+        return request
+
+    def set_loaded_models(self, models: Iterable[str]) -> None:
+        """Models the backend reports as loaded (e.g. Ollama /api/ps)."""
+        self._reported_models = frozenset(models)
+
+    @property
+    def loaded_models(self) -> frozenset[str]:
+        running = {r.model for r in self.running.values()}
+        last = {self._last_model} if self._last_model else set()
+        return frozenset(running | last | self._reported_models)
+
+    @property
+    def num_free_slots(self) -> int:
+        return len(self._free_slots)
+
+    def get_request(self, request_id: str) -> Request | None:
+        return self._requests.get(request_id)
+
+    # ---- the two verbs ----
+
+    def schedule(self, now: float) -> SchedulerOutput:
+        timed_out = self._expire(now)
+        if any([r.age(now, self.config.aging_s) for r in self.waiting]):
+            heapq.heapify(self.waiting)
+        scheduled: list[ScheduledRequest] = []
+        preempted: list[str] = []
+        while self.waiting:
+            request = self._next_waiting()
+            if self._admit(request, now, scheduled):
+                continue
+            if not self._preempt_for(request, now, scheduled, preempted):
+                break       # strict priority: nothing behind the head jumps it
+        return SchedulerOutput(tuple(scheduled), tuple(preempted), tuple(timed_out),
+                               tuple(self.running))
+
+    def update_from_output(self, output: RunnerOutput, now: float) -> list[Request]:
+        """Account new tokens, retire finished requests; returns the finished ones."""
+        for request_id, token_ids in output.new_token_ids.items():
+            request = self.running.get(request_id)
+            if request is None:
+                continue                    # aborted or preempted meanwhile
+            request.output_token_ids.extend(token_ids)
+            if not self.pool.append_tokens(request_id, token_ids) and not self.reserve_output:
+                self._preempt(request, now, discard_output=False)   # engine: recompute later
+        finished = []
+        for request_id, status in output.finished.items():
+            request = self.running.get(request_id)
+            if request is not None:
+                self._finish(request, status, now)
+                finished.append(request)
+        return finished
+
+    # ---- admission ----
+
+    def _next_waiting(self) -> Request:
+        """The head, or an equally urgent request for a loaded model (model grouping)."""
+        head = self.waiting[0]
+        loaded = self.loaded_models
+        if not loaded or head.model in loaded:
+            return head
+        same_model = [r for r in self.waiting
+                      if r.effective_priority == head.effective_priority and r.model in loaded]
+        return min(same_model, default=head)
+
+    def _admit(self, request: Request, now: float, scheduled: list[ScheduledRequest]) -> bool:
+        if not self._free_slots:
+            return False
+        num_extra = max(0, request.max_tokens - len(request.output_token_ids))
+        allocation = self.pool.allocate(request.request_id, request.all_token_ids,
+                                        num_extra if self.reserve_output else 0)
+        if allocation is None:
+            return False
+        self._remove_waiting(request)
+        request.slot = heapq.heappop(self._free_slots)
+        request.num_cached_tokens = allocation.num_cached_tokens
+        request.started_at = now
+        request.set_status(RequestStatus.RUNNING)
+        self.running[request.request_id] = request
+        self._last_model = request.model
+        scheduled.append(ScheduledRequest(request.request_id, request.slot,
+                                          tuple(allocation.block_table),
+                                          allocation.num_cached_tokens))
+        return True
+
+    def _expire(self, now: float) -> list[str]:
+        expired = [r for r in self.waiting if now - r.queued_at > self.config.queue_timeout_s]
+        for request in expired:
+            self._remove_waiting(request)
+            request.set_status(RequestStatus.FINISHED_TIMED_OUT)
+            del self._requests[request.request_id]
+        return [r.request_id for r in expired]
+
+    # ---- preemption ----
+
+    def _preempt_for(self, request: Request, now: float, scheduled: list[ScheduledRequest],
+                     preempted: list[str]) -> bool:
+        """Make room for a waiting priority-0 request by preempting one victim."""
+        if not (self.config.preempt and request.priority == 0):
+            return False
+        just_started = {s.request_id for s in scheduled}
+        victims = [r for r in self.running.values()
+                   if not r.stream and r.priority > 0 and r.request_id not in just_started]
+        if not victims:
+            return False
+        victim = max(victims, key=lambda r: (r.priority, r.arrival_time, r.request_id))
+        self._preempt(victim, now, discard_output=True)
+        preempted.append(victim.request_id)
+        return True
+
+    def _preempt(self, request: Request, now: float, *, discard_output: bool) -> None:
+        """Back to the queue; a cancelled backend call restarts from the prompt."""
+        self._release(request)
+        request.set_status(RequestStatus.PREEMPTED)
+        request.num_preemptions += 1
+        request.queued_at = now
+        request.effective_priority = request.priority
+        if discard_output:
+            request.output_token_ids.clear()
+        heapq.heappush(self.waiting, request)
+
+    # ---- bookkeeping ----
+
+    def _finish(self, request: Request, status: RequestStatus, now: float) -> None:
+        assert status.is_finished, status
+        self._release(request)
+        request.set_status(status)
+        del self._requests[request.request_id]
+        service_s = max(0.0, now - request.started_at)
+        self._mean_service_s += 0.2 * (service_s - self._mean_service_s)
+
+    def _release(self, request: Request) -> None:
+        """Give back the slot and blocks of a running request."""
+        self.pool.free(request.request_id)
+        del self.running[request.request_id]
+        heapq.heappush(self._free_slots, request.slot)
+        request.slot = None
+
+    def _remove_waiting(self, request: Request) -> None:
+        if self.waiting[0] is request:
+            heapq.heappop(self.waiting)
+        else:
+            self.waiting.remove(request)
+            heapq.heapify(self.waiting)
+
+    def _num_blocks_needed(self, request: Request) -> int:
+        num_tokens = request.num_tokens + (request.max_tokens if self.reserve_output else 0)
+        return math.ceil(num_tokens / self.pool.block_size)
+
+    def _retry_after_s(self) -> int:
+        """Seconds until a slot is likely free: mean service time x queue depth per slot."""
+        num_slots = len(self.running) + len(self._free_slots)
+        return max(1, math.ceil(self._mean_service_s * len(self.waiting) / num_slots))
