@@ -39,16 +39,17 @@ def parse_rocm_text(text: str) -> list[GpuInfo]:
 
 
 def _gpu(index: int, fields: dict[str, str], driver: str | None, source: str) -> GpuInfo:
-    total = _bytes_to_mib(fields.get("vram total memory (b)"))
-    used = _bytes_to_mib(fields.get("vram total used memory (b)"))
-    free = total - used if total is not None and used is not None else None
+    total = _bytes(fields.get("vram total memory (b)"))
+    used = _bytes(fields.get("vram total used memory (b)"))
+    free = (total - used) // _MIB if total is not None and used is not None else None
+    total = total // _MIB if total is not None else None
     name = fields.get("card series") or fields.get("card model") or "AMD GPU"
     return GpuInfo("amd", index, name, total, free, driver, fields.get("gfx version"),
                    None, source=source)
 
 
-def _bytes_to_mib(value: str | None) -> int | None:
+def _bytes(value: str | None) -> int | None:
     try:
-        return int(value) // _MIB if value is not None else None
+        return int(value) if value is not None else None
     except ValueError:
         return None

@@ -9,7 +9,7 @@ None / "unknown", with a one-line note; parsing lives in the vendor modules as p
 """
 from __future__ import annotations
 
-import os
+import dataclasses
 import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +35,11 @@ class Deadline:
         if remaining <= 0:
             return CommandResult(tuple(argv), TIMEOUT, None, "", "",
                                  f"{argv[0]}: skipped, probe deadline of {self.timeout_s:g} s spent")
-        return run_command(argv, timeout_s=remaining)
+        result = run_command(argv, timeout_s=remaining)
+        if result.status == TIMEOUT:
+            note = f"{argv[0]}: timed out after {self.timeout_s:g} s (process group killed)"
+            result = dataclasses.replace(result, note=note)
+        return result
 
 
 def probe_nvidia(deadline: Deadline) -> tuple[list[GpuInfo], list[str]]:
