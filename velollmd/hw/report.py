@@ -47,3 +47,36 @@ def format_hardware(hw: HardwareInfo) -> str:
     if hw.notes:
         lines += ["", "notes:"] + [f"  - {note}" for note in hw.notes]
     return "\n".join(lines) + "\n"
+
+
+def format_plan(p, hw_notes=()) -> str:
+    """The model, the memory budget and the plan, for `velollmctl optimize`."""
+    m = p.model
+    rows = [["model", f"{m.name}: {m.weights_mib} MiB weights, {m.num_layers} layers, "
+                      f"{m.num_kv_heads} KV heads x {m.head_dim} ({m.shape_source})"],
+            ["memory", f"{p.budget.device}: {p.budget.mib} MiB ({p.budget.source})"],
+            ["plan", f"{p.context} ctx x {p.parallel} slot(s), KV cache {p.cache_type} "
+                     f"{p.kv_mib} MiB, headroom {p.headroom_mib} MiB"]]
+    lines = format_columns(rows)
+    lines += [f"note    {n}" for n in tuple(p.notes) + tuple(hw_notes)]
+    return "\n".join(lines) + "\n"
+
+
+def format_diff(rows, written: bool = False) -> str:
+    title = "Ollama server settings" + ("" if written else " (dry run: nothing written)")
+    table = [["", "SETTING", "CURRENT", "RECOMMENDED", "REASON"]]
+    for row in rows:
+        current = "(unset)" if row.current is None else f"{row.current} [{_short_source(row.source)}]"
+        table.append([row.mark, row.key, current, row.recommended, row.reason])
+    legend = "+ new, ~ changed, = unchanged"
+    return "\n".join([title] + format_columns(table) + [legend]) + "\n"
+
+
+def format_request_options(recs) -> str:
+    table = [["OPTION", "VALUE", "REASON"]]
+    table += [[r.key, r.value, r.reason] for r in recs if r.scope == "request"]
+    return "\n".join(["Per-request options (Ollama \"options\")"] + format_columns(table)) + "\n"
+
+
+def _short_source(source: str | None) -> str:
+    return "env" if source in (None, "env") else source.rsplit("/", 1)[-1]
