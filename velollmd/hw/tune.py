@@ -126,8 +126,8 @@ def plan(hw: HardwareInfo, model: ModelInfo, target_context: int = DEFAULT_CONTE
     cache_types = ("f16", "q8_0", "q4_0") if fa else ("f16",)
     on_cpu = budget.device == "cpu"
     max_parallel = (2 if (hw.cpu.physical_cores or 1) >= 8 else 1) if on_cpu else MAX_PARALLEL
-    max_context = min(model.context_length, DEFAULT_CONTEXT if on_cpu else MAX_CONTEXT,
-                      max(target_context, DEFAULT_CONTEXT))
+    max_context = min(model.context_length,
+                      max(target_context, DEFAULT_CONTEXT if on_cpu else MAX_CONTEXT))
     target = min(model.context_length, target_context)
     free_kv = budget.mib - OVERHEAD_MIB[budget.device] - model.weights_mib
     cache_type, context = _fit_cache_and_context(model, free_kv, target, cache_types)
