@@ -10,11 +10,15 @@ None / "unknown", with a one-line note; parsing lives in the vendor modules as p
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import psutil
+try:
+    import psutil
+except ImportError:        # tools/velollmctl may run on a bare python3
+    psutil = None
 
 from . import amd, apple, cpu, nvidia
 from .info import CpuInfo, GpuInfo, HardwareInfo, MemoryInfo, OsInfo
@@ -99,11 +103,17 @@ def read_cpuinfo(path: str, arch: str) -> CpuInfo:
     except OSError:
         info = CpuInfo(arch=arch)
     if info.logical_cores is None:
-        info = CpuInfo(info.model, arch, psutil.cpu_count(logical=False), psutil.cpu_count())
+        physical = psutil.cpu_count(logical=False) if psutil else None
+        info = CpuInfo(info.model, arch, physical, os.cpu_count())
     return info
 
 
 def read_memory() -> MemoryInfo:
+    if psutil is None:      # total RAM only; available / swap stay unknown
+        try:
+            return MemoryInfo(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // _MIB)
+        except (ValueError, OSError):
+            return MemoryInfo()
     ram, swap = psutil.virtual_memory(), psutil.swap_memory()
     return MemoryInfo(ram.total // _MIB, ram.available // _MIB, swap.total // _MIB,
                       swap.free // _MIB)
@@ -141,5 +151,7 @@ def detect(timeout_s: float = DEFAULT_TIMEOUT_S, cpuinfo_path: str = "/proc/cpui
         lspci_gpus, lspci_notes = lspci.result()
     if not gpus:       # lspci names GPUs no vendor tool could describe (or no driver at all)
         gpus, notes = lspci_gpus, notes + lspci_notes
+    if psutil is None:
+        notes.append("psutil not installed: available RAM and swap unknown")
     return HardwareInfo(os_info, read_cpuinfo(cpuinfo_path, os_info.machine), read_memory(),
                         tuple(gpus), tuple(n for n in notes if n))

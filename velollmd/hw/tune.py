@@ -68,7 +68,8 @@ def kv_cache_mib(model: ModelInfo, context: int, parallel: int, cache_type: str)
 
 
 def memory_budget(hw: HardwareInfo, vram_mib: int | None = None) -> MemoryBudget:
-    ram = hw.memory.ram_available_mib or 0
+    mem = hw.memory
+    ram = mem.ram_available_mib if mem.ram_available_mib is not None else (mem.ram_total_mib or 0)
     if vram_mib is not None:
         return MemoryBudget("gpu", vram_mib, ram, f"--vram-mib {vram_mib}")
     if any(g.unified_memory for g in hw.gpus):
