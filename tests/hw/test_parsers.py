@@ -1,5 +1,4 @@
 """Parsers on captured real-format outputs (tests/fixtures/)."""
-import json
 
 import pytest
 
