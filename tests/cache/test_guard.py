@@ -42,3 +42,10 @@ def test_extractors():
     assert quoted("say 'hi' and \"Bye\" but don't") == ["hi", "Bye"]
     assert within_one_edit("python", "pyhton") and within_one_edit("abc", "abcd")
     assert not within_one_edit("ascending", "descending")
+
+
+def test_direction_swap_is_rejected_but_plain_reorder_passes():
+    assert mismatch("Translate this from French to English",
+                    "Translate this from English to French") == "order"
+    assert mismatch("Is a cat bigger than a dog?", "Is a dog bigger than a cat?") == "order"
+    assert mismatch("In Python, how do I reverse a list?", "How do I reverse a list in Python?") is None

@@ -3,7 +3,8 @@
 A cosine score cannot tell "how do I enable X" from "how do I disable X" reliably, nor a
 different number or quoted string. Before a semantic hit is served, `mismatch(query,
 candidate)` compares negations, numbers, quoted strings and content words; any difference
-is a miss. Small typos (one edit in a word of 5+ letters with the same first letter) and
+is a miss; so is a different order of content words around a directional word (to,
+from, than...). Small typos (one edit in a word of 5+ letters with the same first letter) and
 plural "s" are tolerated; everything else errs on the side of a miss.
 """
 from __future__ import annotations
@@ -24,6 +25,9 @@ seventh eighth ninth tenth once twice thrice half double triple quarter dozen
 """.split())
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _QUOTED = re.compile(r'"([^"]*)"|\u201c([^\u201d]*)\u201d|`([^`]*)`|(?<!\w)\'([^\']*)\'(?!\w)')
+# With one of these, word order carries meaning ("from English to French"): shared
+# content words must then appear in the same order.
+DIRECTIONAL = frozenset("to from into than vs versus before after over under above below".split())
 TYPO_MIN_LEN = 5
 
 
@@ -82,9 +86,18 @@ def content_words_match(query: str, candidate: str) -> bool:
     return True
 
 
+def same_order_if_directional(query: str, candidate: str) -> bool:
+    q = [_stem(w) for w in content_words(query)]
+    c = [_stem(w) for w in content_words(candidate)]
+    if not DIRECTIONAL & (set(q) | set(c)):
+        return True
+    shared = set(q) & set(c)
+    return [w for w in q if w in shared] == [w for w in c if w in shared]
+
+
 def mismatch(query: str, candidate: str) -> str | None:
-    """Why `candidate` must not answer `query` ("negation", "number", "quoted", "content"),
-    or None when the semantic hit may be served."""
+    """Why `candidate` must not answer `query` ("negation", "number", "quoted", "content",
+    "order"), or None when the semantic hit may be served."""
     if negations(query) != negations(candidate):
         return "negation"
     if numbers(query) != numbers(candidate):
@@ -93,4 +106,6 @@ def mismatch(query: str, candidate: str) -> str | None:
         return "quoted"
     if not content_words_match(query, candidate):
         return "content"
+    if not same_order_if_directional(query, candidate):
+        return "order"
     return None

@@ -18,7 +18,6 @@ from .guard import mismatch
 
 MAX_CANDIDATES = 8            # rows above threshold checked by the guard rails, best first
 GATHER_FRACTION = 0.125       # partitions smaller than this share of used rows are gathered
-FP16_BLOCK_ROWS = 8192        # float16 rows are widened to float32 in blocks of this many
 
 
 @dataclass(frozen=True)
@@ -120,14 +119,13 @@ class SemanticIndex:
 
     @staticmethod
     def _matvec(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
-        """matrix (n, dim) float32|float16 @ query (dim,) float32 -> (n,) float32."""
-        if matrix.dtype == np.float32:
-            return matrix @ query
-        out = np.empty(len(matrix), np.float32)                      # (n,)
-        for start in range(0, len(matrix), FP16_BLOCK_ROWS):
-            block = matrix[start:start + FP16_BLOCK_ROWS]
-            out[start:start + len(block)] = block.astype(np.float32) @ query
-        return out
+        """matrix (n, dim) float32|float16 @ query (dim,) float32 -> (n,) float32.
+
+        einsum runs numpy's own SIMD loop on the calling thread: no BLAS thread pool, which
+        would stall for a scheduler slice whenever the inference backend holds every core.
+        float16 rows are widened on the fly (half the memory, but slower: numpy's cast
+        has no fast path)."""
+        return np.einsum("ij,j->i", matrix, query, dtype=np.float32)
 
     def search(self, partition: str, vector: np.ndarray, text: str) -> SemanticMatch | None:
         """Best row in `partition` with cosine >= threshold that passes the guard rails."""
@@ -148,8 +146,8 @@ class SemanticIndex:
     def export_rows(self) -> tuple[list[tuple[str, str, str]], np.ndarray]:
         """([(partition, key, text)], vectors (num_rows, dim)) from least to most recent."""
         rows = list(self._lru)
-        meta = [(self._partition_name[int(self.row_partition[r])], self.row_key[r], self.row_text[r])
-                for r in rows]
+        meta = [(self._partition_name[int(self.row_partition[r])], self.row_key[r],
+                 self.row_text[r]) for r in rows]
         return meta, self.vectors[rows]
 
     def import_rows(self, meta, vectors: np.ndarray) -> None:

@@ -45,7 +45,7 @@ def words(text: str) -> list[str]:
 # Tense, modality (should, will, did), direction (to, from) and question words are kept.
 STOP_WORDS = frozenset("""
 a an the is are am be do does i me my you your please kindly can could would hey hi hello
-thanks thank just of in for some tell
+thanks thank just of in for with some tell give
 """.split())
 
 
