@@ -24,7 +24,8 @@ def _header(headers: dict | None, name: str) -> str:
 
 
 def _cache_control(headers: dict | None) -> set[str]:
-    return {d.strip().split("=")[0] for d in _header(headers, "cache-control").split(",") if d.strip()}
+    directives = _header(headers, "cache-control").split(",")
+    return {d.strip().split("=")[0] for d in directives if d.strip()}
 
 
 def client_bypass(headers: dict | None) -> str | None:

@@ -39,7 +39,8 @@ def to_json(entry: CachedResponse, request_id: str, *, created: int | None = Non
     return body
 
 
-def split_content(content: str, chunk_sizes=(), piece_chars: int = DEFAULT_PIECE_CHARS) -> list[str]:
+def split_content(content: str, chunk_sizes=(),
+                  piece_chars: int = DEFAULT_PIECE_CHARS) -> list[str]:
     """Content pieces: the recorded chunk boundaries when they fit, else fixed-size pieces."""
     if chunk_sizes and sum(chunk_sizes) == len(content):
         pieces, start = [], 0
