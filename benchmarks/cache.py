@@ -1,0 +1,163 @@
+"""Cache benchmark, in-process parts (no daemon).
+
+1. Semantic lookup time at N x dim, as effective GB/s (matrix bytes scanned / time), against
+   two probes over an equally sized float32 array in the same run, interleaved A B A B:
+   `probe.sum()` (a pure streaming read) and the raw BLAS mat-vec `matrix @ q`.
+2. Builtin embedder quality on benchmarks/paraphrase_set.json: hit rate on paraphrases,
+   wrong-hit rate on near-misses (negations, numbers, entities...), at several thresholds,
+   and the embedding time of one query.
+
+Run: .venv/bin/python benchmarks/cache.py [--quick]
+The daemon exact-hit latency part is added separately (see `main`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from velollmd.cache.embed import HashingEmbedder  # noqa: E402
+from velollmd.cache.semantic import SemanticIndex  # noqa: E402
+
+PAIRS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paraphrase_set.json")
+GB = 1e9
+
+
+def percentile_ms(samples: list[float], q: float) -> float:
+    return float(np.percentile(samples, q)) * 1e3
+
+
+def random_unit_rows(num: int, dim: int, rng) -> np.ndarray:
+    rows = rng.standard_normal((num, dim), dtype=np.float32)            # (num, dim)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows
+
+
+def build_index(num: int, dim: int, dtype: str, rng) -> SemanticIndex:
+    """One partition holding all `num` rows: the worst case, a full scan."""
+    index = SemanticIndex(num, dim, dtype=dtype, threshold=0.95)
+    vectors = random_unit_rows(num, dim, rng)
+    for i in range(num):
+        index.add("p", f"k{i}", "q", vectors[i])
+    return index
+
+
+def time_once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_lookup(num: int, dim: int, dtype: str, reps: int, rng) -> dict:
+    index = build_index(num, dim, dtype, rng)
+    probe = np.ones((num, dim), np.float32)                             # (num, dim)
+    matrix32 = index.vectors[:num].astype(np.float32)                   # (num, dim)
+    query = random_unit_rows(1, dim, rng)[0]                            # (dim,)
+    cases = {"lookup": lambda: index.search("p", query, "q"),
+             "sum": probe.sum, "matvec": lambda: matrix32 @ query}
+    times = {name: [] for name in cases}
+    for _ in range(3):                                                  # warm up
+        for fn in cases.values():
+            fn()
+    for _ in range(reps):                                               # A B C A B C ...
+        for name, fn in cases.items():
+            times[name].append(time_once(fn))
+    scanned = index.vectors[:num].nbytes
+    p50 = {name: float(np.median(t)) for name, t in times.items()}
+    return {"num": num, "dim": dim, "dtype": dtype, "reps": reps,
+            "p50_ms": p50["lookup"] * 1e3, "p99_ms": percentile_ms(times["lookup"], 99),
+            "gbps": scanned / p50["lookup"] / GB,
+            "sum_gbps": probe.nbytes / p50["sum"] / GB,
+            "matvec_gbps": matrix32.nbytes / p50["matvec"] / GB}
+
+
+def lookup_table(quick: bool) -> list[dict]:
+    rng = np.random.default_rng(0)
+    sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
+    rows = []
+    for dim in (384, 768):
+        for num in sizes:
+            rows.append(bench_lookup(num, dim, "float32", 300 if num < 100_000 else 40, rng))
+    if not quick:
+        rows.append(bench_lookup(100_000, 384, "float16", 40, rng))
+    return rows
+
+
+def embedder_quality(thresholds=(0.85, 0.9, 0.95), dim: int = 384) -> dict:
+    pairs = json.load(open(PAIRS_PATH))["pairs"]
+    embedder = HashingEmbedder(dim)
+    result = {"num_pairs": len(pairs), "thresholds": {}, "misses_at": {}}
+    for threshold in thresholds:
+        hits = wrong = 0
+        missed = []
+        for pair in pairs:
+            index = SemanticIndex(1, dim, threshold=threshold)
+            index.add("p", "k", pair["stored"], embedder.embed_one(pair["stored"]))
+            found = index.search("p", embedder.embed_one(pair["query"]), pair["query"])
+            if pair["expect"] == "hit":
+                hits += found is not None
+                if found is None:
+                    missed.append(pair["kind"])
+            else:
+                wrong += found is not None
+        num_hit = sum(p["expect"] == "hit" for p in pairs)
+        result["thresholds"][threshold] = {"hit_rate": hits / num_hit, "hits": hits,
+                                           "num_should_hit": num_hit, "wrong_hits": wrong,
+                                           "num_should_miss": len(pairs) - num_hit}
+        result["misses_at"][threshold] = missed
+    return result
+
+
+def embed_timing(dim: int = 384, reps: int = 2000) -> dict:
+    embedder = HashingEmbedder(dim)
+    text = "How do I reverse a list in Python without modifying the original list?"
+    times = [time_once(lambda: embedder.embed_one(text)) for _ in range(reps)]
+    return {"reps": reps, "chars": len(text), "p50_us": float(np.median(times)) * 1e6,
+            "p99_us": float(np.percentile(times, 99)) * 1e6}
+
+
+def markdown(lookups: list[dict], quality: dict, embed: dict) -> str:
+    lines = [f"### Cache (in-process) - {platform.node()}, {time.strftime('%Y-%m-%d')}, "
+             f"{os.cpu_count()} CPUs, numpy {np.__version__}",
+             "`.venv/bin/python benchmarks/cache.py`", "",
+             "Semantic lookup, one partition holding all N rows (full scan), interleaved with "
+             "probes on an equally sized float32 array.", "",
+             "| N | dim | dtype | reps | lookup p50 ms | p99 ms | lookup GB/s | sum() GB/s "
+             "| BLAS matvec GB/s | lookup / sum | lookup / matvec |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in lookups:
+        lines.append(f"| {r['num']} | {r['dim']} | {r['dtype']} | {r['reps']} | "
+                     f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['gbps']:.1f} | "
+                     f"{r['sum_gbps']:.1f} | {r['matvec_gbps']:.1f} | "
+                     f"{r['gbps'] / r['sum_gbps']:.0%} | {r['gbps'] / r['matvec_gbps']:.0%} |")
+    lines += ["", f"Builtin embedder on {quality['num_pairs']} labelled pairs "
+              f"(benchmarks/paraphrase_set.json), one query embed p50 {embed['p50_us']:.0f} us "
+              f"/ p99 {embed['p99_us']:.0f} us ({embed['chars']} chars, {embed['reps']} reps).", "",
+              "| threshold | hit rate (should hit) | wrong hits (should miss) |", "|---|---|---|"]
+    for t, q in quality["thresholds"].items():
+        lines.append(f"| {t} | {q['hits']}/{q['num_should_hit']} = {q['hit_rate']:.0%} | "
+                     f"{q['wrong_hits']}/{q['num_should_miss']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip N = 100k")
+    args = parser.parse_args()
+    quality = embedder_quality()
+    embed = embed_timing()
+    lookups = lookup_table(args.quick)
+    print(markdown(lookups, quality, embed))
+    for t, kinds in quality["misses_at"].items():
+        print(f"\nparaphrases missed at {t}: {', '.join(kinds) or '-'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+import pytest
+
+from velollmd.cache.exact import CachedResponse
+from velollmd.cache.policy import (bypass_reason, client_bypass, request_storable,
+                                   response_storable)
+
+GREEDY = {"model": "m", "messages": [], "temperature": 0}
+
+
+@pytest.mark.parametrize("headers", [
+    {"Cache-Control": "no-cache"}, {"cache-control": "max-age=0, no-store"},
+    {"X-VeloLLM-Cache": "bypass"}, {"x-velollm-cache": "BYPASS"},
+])
+def test_client_opt_out(headers):
+    assert client_bypass(headers) == "bypass"
+    assert bypass_reason(GREEDY, headers) == "bypass"
+
+
+def test_no_opt_out():
+    assert client_bypass({"cache-control": "max-age=60", "x-velollm-cache": "on"}) is None
+    assert bypass_reason(GREEDY, {}) is None
+
+
+def test_no_cache_still_stores_fresh_answer_but_no_store_does_not():
+    assert request_storable(GREEDY, {"cache-control": "no-cache"})
+    assert not request_storable(GREEDY, {"cache-control": "no-store"})
+    assert not request_storable(GREEDY, {"x-velollm-cache": "bypass"})
+
+
+@pytest.mark.parametrize("request_,defaults,sampled,expected", [
+    ({"temperature": 0.7}, None, False, "bypass"),
+    ({"temperature": 0.7, "seed": 1}, None, False, None),
+    ({"temperature": 0.7}, None, True, None),
+    ({}, {"temperature": 0.8}, False, "bypass"),         # backend default samples
+    ({}, {"temperature": 0.0}, False, None),
+    ({"options": {"temperature": 0}}, {"temperature": 0.8}, False, None),
+    ({"temperature": 0, "n": 2}, None, True, "bypass"),
+    ({"temperature": 0, "logprobs": True}, None, False, "bypass"),
+])
+def test_reproducibility(request_, defaults, sampled, expected):
+    assert bypass_reason(request_, {}, defaults=defaults, cache_sampled=sampled) == expected
+
+
+def test_response_storable():
+    ok = CachedResponse(model="m", content="x", finish_reason="stop")
+    assert response_storable(ok)
+    assert response_storable(CachedResponse(model="m", finish_reason="tool_calls"))
+    assert not response_storable(ok, status=502)
+    assert not response_storable(ok, aborted=True)
+    assert not response_storable(None)
+    assert not response_storable(CachedResponse(model="m", finish_reason="error"))

@@ -1,0 +1,110 @@
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from velollmd.cache.exact import CachedResponse
+from velollmd.cache.store import (SNAPSHOT_NAME, SnapshotState, decode_snapshot, encode_snapshot,
+                                  read_snapshot, write_snapshot)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def state(n=3, dim=8, tag="v"):
+    exact = [(f"k{i}", CachedResponse(model="m", content=f"{tag}{i}", usage={"total_tokens": i}),
+              float("inf") if i % 2 else 2e9 + i) for i in range(n)]
+    rows = [(f"p{i}", f"k{i}", f"question {i}") for i in range(n)]
+    vectors = np.arange(n * dim, dtype=np.float32).reshape(n, dim)    # (n, dim)
+    return SnapshotState(exact, rows, vectors)
+
+
+def test_round_trip(tmp_path):
+    s = state()
+    write_snapshot(str(tmp_path), encode_snapshot(s))
+    loaded = read_snapshot(str(tmp_path))
+    assert loaded.exact == s.exact and loaded.semantic_rows == s.semantic_rows
+    assert np.array_equal(loaded.semantic_vectors, s.semantic_vectors)
+    assert loaded.semantic_vectors.dtype == np.float32
+    assert os.listdir(tmp_path) == [SNAPSHOT_NAME]          # no temp file left
+
+
+def test_float16_and_empty_round_trip():
+    s = SnapshotState([], [("p", "k", "t")], np.ones((1, 4), np.float16))
+    loaded = decode_snapshot(encode_snapshot(s))
+    assert loaded.semantic_vectors.dtype == np.float16 and loaded.semantic_rows == [("p", "k", "t")]
+    assert decode_snapshot(encode_snapshot(SnapshotState())).exact == []
+
+
+def test_missing_file_is_empty(tmp_path):
+    assert read_snapshot(str(tmp_path)) is None
+
+
+def _corrupt_variants():
+    good = encode_snapshot(state())
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF
+    return {"truncated": good[: len(good) - 7], "truncated_header": good[:10],
+            "bitflip": bytes(flipped), "foreign": b"PK\x03\x04 this is a zip file" * 10,
+            "empty": b"", "future_version": good[:8] + b"\x63\x00\x00\x00" + good[12:]}
+
+
+@pytest.mark.parametrize("name", sorted(_corrupt_variants()))
+def test_corrupt_file_is_quarantined(tmp_path, caplog, name):
+    path = tmp_path / SNAPSHOT_NAME
+    path.write_bytes(_corrupt_variants()[name])
+    with caplog.at_level(logging.WARNING, logger="velollmd.cache.store"):
+        assert read_snapshot(str(tmp_path)) is None
+    assert not path.exists()
+    aside = [p for p in os.listdir(tmp_path) if p.startswith(SNAPSHOT_NAME + ".corrupt-")]
+    assert len(aside) == 1
+    assert (tmp_path / aside[0]).read_bytes() == _corrupt_variants()[name]
+    assert "unusable" in caplog.text
+    write_snapshot(str(tmp_path), encode_snapshot(state()))   # the cache goes on working
+    assert read_snapshot(str(tmp_path)).exact == state().exact
+
+
+CHILD = r"""
+import sys
+import numpy as np
+from velollmd.cache.exact import CachedResponse
+from velollmd.cache.store import SnapshotState, encode_snapshot, write_snapshot
+directory = sys.argv[1]
+gen = 0
+while True:
+    n = 50 + gen % 200                                   # sizes vary: partial writes differ
+    exact = [(f"g{gen}-{i}", CachedResponse(model="m", content="x" * (i * 37 % 900)), 1e12)
+             for i in range(n)]
+    rows = [("p", f"g{gen}-{i}", "q") for i in range(n)]
+    vectors = np.full((n, 64), gen, np.float32)
+    write_snapshot(directory, encode_snapshot(SnapshotState(exact, rows, vectors)))
+    if gen == 0:
+        print("ready", flush=True)
+    gen += 1
+"""
+
+
+def test_kill_9_while_writing_never_leaves_a_partial_snapshot(tmp_path, caplog):
+    rng = random.Random(1234)
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    for _ in range(6):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], env=env,
+                                 stdout=subprocess.PIPE, cwd=ROOT)
+        assert child.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0.0, 0.25))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+        with caplog.at_level(logging.WARNING):
+            loaded = read_snapshot(str(tmp_path))
+        assert loaded is not None, "snapshot lost or quarantined after kill -9"
+        gen = int(loaded.exact[0][0].split("-")[0][1:])
+        assert len(loaded.exact) == 50 + gen % 200 == len(loaded.semantic_vectors)
+        assert (loaded.semantic_vectors == gen).all()
+        assert not [p for p in os.listdir(tmp_path) if ".corrupt-" in p or ".tmp-" in p]
+    assert "unusable" not in caplog.text

@@ -1,0 +1,75 @@
+"""What may be served from the cache and what may be stored in it. Pure functions.
+
+Read side: `Cache-Control: no-cache` / `no-store` and `x-velollm-cache: bypass` skip the
+lookup; so do requests whose answer is not reproducible (n > 1, logprobs, sampling with
+temperature > 0 and no seed unless cache_sampled).
+Write side: only complete, successful single-choice responses of such requests are stored;
+`no-cache` still stores the fresh answer (it only forbids serving a stored one), `no-store`
+and `bypass` do not.
+"""
+from __future__ import annotations
+
+from .exact import CachedResponse
+from .keys import normalize_params
+
+COMPLETE_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "function_call"})
+BYPASS_HEADER = "x-velollm-cache"
+
+
+def _header(headers: dict | None, name: str) -> str:
+    for key, value in (headers or {}).items():
+        if key.lower() == name:
+            return str(value).lower()
+    return ""
+
+
+def _cache_control(headers: dict | None) -> set[str]:
+    directives = _header(headers, "cache-control").split(",")
+    return {d.strip().split("=")[0] for d in directives if d.strip()}
+
+
+def client_bypass(headers: dict | None) -> str | None:
+    """"bypass" when the client asks not to be served from the cache, else None."""
+    if _header(headers, BYPASS_HEADER) == "bypass":
+        return "bypass"
+    if _cache_control(headers) & {"no-cache", "no-store"}:
+        return "bypass"
+    return None
+
+
+def client_forbids_store(headers: dict | None) -> bool:
+    return _header(headers, BYPASS_HEADER) == "bypass" or "no-store" in _cache_control(headers)
+
+
+def reproducible(request: dict, *, defaults: dict | None = None,
+                 cache_sampled: bool = False) -> bool:
+    """Whether the same request would give the same single answer again."""
+    params = normalize_params(request, defaults)
+    if params.get("n", 1) != 1 or params.get("logprobs") or params.get("top_logprobs"):
+        return False
+    temperature = params.get("temperature", 1.0)    # OpenAI's default when none is known
+    sampled = isinstance(temperature, (int, float)) and temperature > 0
+    return cache_sampled or not sampled or params.get("seed") is not None
+
+
+def bypass_reason(request: dict, headers: dict | None, *, defaults: dict | None = None,
+                  cache_sampled: bool = False) -> str | None:
+    """"bypass" when the lookup must be skipped (client opt-out or not reproducible)."""
+    if client_bypass(headers):
+        return "bypass"
+    if not reproducible(request, defaults=defaults, cache_sampled=cache_sampled):
+        return "bypass"
+    return None
+
+
+def request_storable(request: dict, headers: dict | None, *, defaults: dict | None = None,
+                     cache_sampled: bool = False) -> bool:
+    return (not client_forbids_store(headers)
+            and reproducible(request, defaults=defaults, cache_sampled=cache_sampled))
+
+
+def response_storable(response: CachedResponse | None, *, status: int = 200,
+                      aborted: bool = False) -> bool:
+    """Only a complete, successful answer: no error status, no aborted stream."""
+    return (response is not None and status == 200 and not aborted
+            and response.finish_reason in COMPLETE_FINISH_REASONS)
