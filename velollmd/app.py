@@ -8,29 +8,42 @@ import hmac
 import time
 
 from . import __version__
+from .api.ollama import OllamaRoutes
+from .api.openai import OpenAIRoutes
 from .api.router import Router
+from .backends.registry import Registry
 from .config import Config
-from .errors import Unauthorized, Unavailable
+from .errors import BadRequest, Unauthorized, Unavailable
 from .http.message import Request, Response
+from .service import Service
 
 PUBLIC_PATHS = frozenset({"/health", "/"})
 
 
+PRIORITY_HEADER = "x-velollm-priority"
+
+
 class App:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, registry: Registry | None = None):
         self.config = config
+        self.registry = registry or Registry(config.backends)
+        self.service = Service(self.registry)
         self.router = Router()
         self.draining = False
         self.started_at = time.time()
         self._api_keys = tuple(k.encode() for k in config.server.api_keys)
         self.router.add("GET", "/health", self.health)
         self.router.add("GET", "/", self.root)
+        OpenAIRoutes(self).register(self.router)
+        OllamaRoutes(self).register(self.router)
 
     async def start(self) -> None:
         """Start background work (health checks, snapshots); called once the loop runs."""
+        await self.registry.start()
 
     async def close(self) -> None:
         """Stop background work and release backend connections."""
+        await self.registry.close()
 
     async def handle(self, request: Request) -> Response:
         if self._api_keys and request.path not in PUBLIC_PATHS:
@@ -39,8 +52,7 @@ class App:
 
     def check_api_key(self, request: Request) -> str:
         """The caller's API key (Bearer token or x-api-key); 401 when it is not configured."""
-        auth = request.header("authorization", "")
-        key = auth[7:].strip() if auth[:7].lower() == "bearer " else request.header("x-api-key", "")
+        key = self.api_key_of(request)
         supplied = key.encode()
         if not any(hmac.compare_digest(supplied, k) for k in self._api_keys):
             raise Unauthorized("invalid or missing API key", code="invalid_api_key")
@@ -52,7 +64,21 @@ class App:
         return Response.json(body, status=503 if self.draining else 200)
 
     def backend_health(self) -> list[dict]:
-        return []
+        return self.registry.status()
+
+    def api_key_of(self, request: Request) -> str:
+        auth = request.header("authorization", "")
+        return auth[7:].strip() if auth[:7].lower() == "bearer " else request.header("x-api-key", "")
+
+    def priority_of(self, request: Request) -> int:
+        """x-velollm-priority (0 highest .. 9), else the API key's configured priority."""
+        raw = request.header(PRIORITY_HEADER)
+        if raw is not None:
+            if not (len(raw) == 1 and raw in "0123456789"):
+                raise BadRequest(f"{PRIORITY_HEADER} must be a digit 0..9", param=PRIORITY_HEADER)
+            return int(raw)
+        scheduler = self.config.scheduler
+        return scheduler.key_priorities.get(self.api_key_of(request), scheduler.default_priority)
 
     async def root(self, request: Request) -> Response:
         return Response.json({"name": "velollmd", "version": __version__})

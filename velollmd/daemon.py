@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 
 from . import __version__, systemd
 from .app import App
@@ -55,30 +56,34 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def serve(config: Config, app: App | None = None, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain. `ready` is set once listening (tests use it)."""
+async def serve(config: Config, app: App | None = None, ready=None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set), then drain.
+
+    `ready(server)` is called once listening; tests run the daemon in a thread with it."""
     app = app or build_app(config)
     server = HTTPServer(app.handle, config.server)
     sockets = systemd.listen_sockets()
     await server.start(sock=sockets[0] if sockets else None)
     await app.start()
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
+    for signum in signals:
         loop.add_signal_handler(signum, stop.set)
     watchdog = _start_watchdog()
     address = server.sockets[0].getsockname()
     log.info("listening", extra={"fields": {"address": list(address[:2]), "backends": len(config.backends)}})
     systemd.notify("READY=1", f"STATUS=listening on {address[0]}:{address[1]}")
     if ready is not None:
-        ready.set()
+        ready(server)
     try:
         await stop.wait()
     finally:
         await _drain(app, server, config)
         if watchdog is not None:
             watchdog.cancel()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in signals:
             loop.remove_signal_handler(signum)
 
 

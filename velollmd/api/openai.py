@@ -1,7 +1,10 @@
 """The OpenAI-compatible API: /v1/chat/completions, /v1/completions, /v1/models, /v1/embeddings."""
 from __future__ import annotations
 
+import base64
 import time
+
+import numpy as np
 
 from ..errors import BadRequest
 from ..http.message import Request, Response
@@ -47,9 +50,19 @@ class OpenAIRoutes:
 
     async def embeddings(self, request: Request) -> Response:
         body = validate_embeddings(request.json())
-        if body.get("encoding_format") not in (None, "float"):
-            raise BadRequest("only encoding_format 'float' is supported", param="encoding_format")
-        return to_response(await self.app.service.embeddings(body), 0)
+        encoding = body.pop("encoding_format", None) or "float"
+        if encoding not in ("float", "base64"):
+            raise BadRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
+        outcome = await self.app.service.embeddings(body)
+        if encoding == "base64":
+            for item in outcome.body.get("data", []):
+                item["embedding"] = base64_floats(item["embedding"])
+        return to_response(outcome, 0)
+
+
+def base64_floats(vector: list[float]) -> str:
+    """OpenAI's base64 embedding encoding: little-endian float32 bytes."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()  # (dim,) float32
 
 
 def model_object(model) -> dict:

@@ -21,6 +21,9 @@ OPTION_FIELDS = {          # OpenAI field -> Ollama option
     "min_p": "min_p", "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty", "repeat_penalty": "repeat_penalty",
 }
+# Ollama options that configure the model load, not one request: nothing to pass on.
+LOAD_OPTIONS = frozenset({"num_ctx", "num_gpu", "main_gpu", "num_thread", "num_batch", "use_mmap",
+                          "use_mlock", "numa", "low_vram", "vocab_only", "f16_kv", "num_keep"})
 ALPHANUM = string.ascii_letters + string.digits
 
 
@@ -260,8 +263,9 @@ def _options_from_ollama(body: dict, out: dict) -> None:
         out["max_tokens"] = options.pop("num_predict")
     if options.get("stop"):
         out["stop"] = options.pop("stop")
-    if options:
-        out["options"] = options                      # num_ctx etc.: backends that know them use them
+    for key, value in options.items():                # top_k, mirostat, logit_bias...: llama.cpp and
+        if key not in LOAD_OPTIONS:                    # vLLM take these at the top level
+            out[key] = value
     fmt = body.get("format")
     if fmt == "json":
         out["response_format"] = {"type": "json_object"}

@@ -1,0 +1,23 @@
+import pytest
+
+from tests.daemon_rig import RunningDaemon, llama_backend, ollama_backend
+
+
+@pytest.fixture
+def daemon_factory():
+    """make(table) -> a started RunningDaemon; stopped at teardown."""
+    daemons = []
+
+    def make(table: dict) -> RunningDaemon:
+        daemon = RunningDaemon(table).start()
+        daemons.append(daemon)
+        return daemon
+    yield make
+    for daemon in daemons:
+        daemon.stop()
+
+
+@pytest.fixture
+def daemon(daemon_factory, llama_server, ollama_emulator):
+    """The daemon in front of the real llama-server ("tiny") and the Ollama emulator (llama3.2...)."""
+    return daemon_factory({"backends": [llama_backend(llama_server), ollama_backend(ollama_emulator)]})

@@ -1,0 +1,84 @@
+"""Failure behaviour: disconnects, dead and slow backends, health-based routing."""
+import socket
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.daemon_rig import llama_backend, ollama_backend
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, limit_s=5.0) -> bool:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_client_disconnect_mid_stream_cancels_the_upstream_request(daemon, ollama_emulator):
+    ollama_emulator.script(" ".join(["word"] * 200), delay_s=0.05)
+    body = {"model": "llama3.2:latest", "messages": MESSAGES, "stream": True}
+    with httpx.stream("POST", daemon.url + "/v1/chat/completions", json=body, timeout=30) as response:
+        for line in response.iter_lines():
+            if '"content":"word"' in line:
+                break
+    assert wait_for(lambda: ollama_emulator.disconnects == 1)
+
+
+def test_unreachable_backend_is_503_no_healthy_backend(daemon_factory):
+    daemon = daemon_factory({"backends": [{"name": "dead", "kind": "llamacpp",
+                                           "url": f"http://127.0.0.1:{closed_port()}", "models": ["*"]}]})
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="anything", messages=MESSAGES)
+    assert info.value.status_code == 503 and info.value.body["code"] == "no_healthy_backend"
+    health = httpx.get(daemon.url + "/health").json()
+    assert health["backends"][0]["healthy"] is False and "cannot connect" in health["backends"][0]["error"]
+
+
+def test_backend_dying_after_health_check_is_502(daemon_factory, llama_server_factory):
+    server = llama_server_factory()
+    daemon = daemon_factory({"backends": [llama_backend(server, health_interval_s=600)]})
+    server.kill()
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2)
+    assert info.value.status_code == 502
+
+
+def test_upstream_timeout_is_504(daemon_factory, ollama_emulator):
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator, timeout_s=0.3)]})
+    ollama_emulator.script("late answer", delay_s=1.5)
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES)
+    assert info.value.status_code == 504
+
+
+def test_unhealthy_backend_is_skipped(daemon_factory, llama_server):
+    dead = {"name": "dead", "kind": "llamacpp", "url": f"http://127.0.0.1:{closed_port()}", "models": ["tiny*"]}
+    daemon = daemon_factory({"backends": [dead, llama_backend(llama_server)]})
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    response = client.chat.completions.with_raw_response.create(model="tiny", messages=MESSAGES, max_tokens=2)
+    assert response.headers["x-velollm-backend"] == "llama"
+
+
+def test_invalid_json_is_400_and_the_daemon_keeps_serving(daemon):
+    bad = httpx.post(daemon.url + "/v1/chat/completions", content=b"{not json", timeout=10)
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+    wrong_type = httpx.post(daemon.url + "/v1/chat/completions", json=[1, 2], timeout=10)
+    assert wrong_type.status_code == 400
+    ok = httpx.post(daemon.url + "/v1/chat/completions", timeout=30,
+                    json={"model": "tiny", "messages": MESSAGES, "max_tokens": 2})
+    assert ok.status_code == 200

@@ -1,0 +1,80 @@
+"""The Ollama-native API served by velollmd, driven by the official `ollama` client:
+passed through to an Ollama backend, or translated for the llama.cpp backend."""
+import ollama
+import pytest
+
+
+@pytest.fixture
+def client(daemon):
+    return ollama.Client(host=daemon.url)
+
+
+def test_tags_merge_every_backend(client):
+    names = {m.model for m in client.list().models}
+    assert {"tiny", "llama3.2:latest", "nomic-embed-text:latest"} <= names
+    tiny = next(m for m in client.list().models if m.model == "tiny")
+    assert len(tiny.digest) == 64 and tiny.details.format == "gguf"
+
+
+def test_chat_passthrough_to_ollama_keeps_ndjson(client, ollama_emulator):
+    ollama_emulator.script(chunks=["Hel", "lo"])
+    parts = list(client.chat(model="llama3.2:latest", messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert [p.message.content for p in parts[:-1]] == ["Hel", "lo"]
+    assert parts[-1].done and parts[-1].eval_count > 0 and parts[-1].total_duration > 0
+    assert ollama_emulator.count("/api/chat") == 1
+
+
+def test_chat_translated_for_llamacpp(client):
+    reply = client.chat(model="tiny", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 6})
+    assert reply.message.role == "assistant" and reply.message.content
+    assert reply.done and reply.done_reason == "length" and reply.eval_count == 6
+    assert reply.total_duration > 0
+
+
+def test_chat_stream_translated_for_llamacpp(client):
+    parts = list(client.chat(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                             options={"num_predict": 5}, stream=True))
+    assert not any(p.done for p in parts[:-1]) and parts[-1].done
+    assert len([p for p in parts if p.message.content]) == 5
+    assert parts[-1].eval_count == 5 and parts[-1].prompt_eval_count > 0
+
+
+def test_tool_calls_translated_back_to_objects(client):
+    from tests.rig.llama import force_tool_call_bias
+    from velollmd.backends.ollama_convert import ollama_chat_request_to_openai
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    # the ollama client has no logit_bias: send it through options, which pass to llama-server
+    reply = client.chat(model="tiny", messages=[{"role": "user", "content": "weather?"}], tools=[tool],
+                        options={"num_predict": 100, "logit_bias": force_tool_call_bias()})
+    [call] = reply.message.tool_calls
+    assert call.function.name == "get_weather" and isinstance(call.function.arguments, dict)
+    converted = ollama_chat_request_to_openai({"model": "m", "messages": [], "options": {"top_k": 5, "num_ctx": 9}})
+    assert converted["top_k"] == 5 and "num_ctx" not in converted
+
+
+def test_generate_both_ways(client, ollama_emulator):
+    ollama_emulator.script("from the emulator")
+    assert client.generate(model="llama3.2:latest", prompt="hi").response == "from the emulator"
+    reply = client.generate(model="tiny", prompt="Once upon", options={"num_predict": 4})
+    assert reply.response and reply.eval_count == 4 and reply.done
+    raw = client.generate(model="tiny", prompt="Once upon", raw=True, options={"num_predict": 3})
+    assert raw.eval_count == 3
+
+
+def test_show_ps_embed_version(client):
+    assert client.show("llama3.2:latest").details.family == "llama"
+    assert client.show("tiny").details.format == "gguf"
+    running = {m.model for m in client.ps().models}
+    assert "tiny" in running
+    assert len(client.embed(model="nomic-embed-text:latest", input="hello").embeddings[0]) == 64
+    assert client._request_raw("GET", "/api/version").json()["version"]
+
+
+def test_unknown_model_raises_response_error_404(client):
+    with pytest.raises(ollama.ResponseError) as info:
+        client.chat(model="nope-model", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 404 and "nope-model" in info.value.error
+    with pytest.raises(ollama.ResponseError) as info:
+        client.chat(model="llama3-not-pulled", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 404 and "not found" in info.value.error

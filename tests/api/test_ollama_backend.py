@@ -1,0 +1,111 @@
+"""OpenAI clients in front of an Ollama backend (the emulator): translation both ways."""
+import json
+
+import httpx
+import openai
+import pytest
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.fixture
+def client(daemon):
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="none", max_retries=0)
+
+
+def test_chat_is_translated_to_api_chat_with_options(client, ollama_emulator):
+    ollama_emulator.script("Hi there friend")
+    reply = client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES, max_tokens=20,
+                                           temperature=0.2, top_p=0.9, seed=7, stop=["END"],
+                                           response_format={"type": "json_object"})
+    assert reply.choices[0].message.content == "Hi there friend"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage.completion_tokens > 0 and reply.usage.total_tokens == (
+        reply.usage.prompt_tokens + reply.usage.completion_tokens)
+    sent = ollama_emulator.last_request("/api/chat")
+    assert sent["options"] == {"temperature": 0.2, "top_p": 0.9, "seed": 7, "num_predict": 20, "stop": ["END"]}
+    assert sent["format"] == "json" and sent["stream"] is False
+    assert reply.model_extra["timings"]["predicted_n"] == reply.usage.completion_tokens
+
+
+def test_stream_becomes_sse_chunks_in_order(client, ollama_emulator):
+    ollama_emulator.script(chunks=["one ", "two ", "three"])
+    chunks = list(client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content] == \
+        ["one ", "two ", "three"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_tool_call_object_arguments_become_json_strings_with_ids(client, ollama_emulator):
+    ollama_emulator.script(tool_calls=[{"name": "get_weather", "arguments": {"city": "Paris"}},
+                                       {"name": "get_weather", "arguments": {"city": "Rome"}}])
+    reply = client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES, tools=[WEATHER])
+    calls = reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert [json.loads(c.function.arguments) for c in calls] == [{"city": "Paris"}, {"city": "Rome"}]
+    assert all(c.id.startswith("call_") for c in calls) and calls[0].id != calls[1].id
+    assert ollama_emulator.last_request("/api/chat")["tools"] == [WEATHER]
+
+
+def test_streamed_tool_calls_have_index_and_id(client, ollama_emulator):
+    ollama_emulator.script(tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}])
+    chunks = list(client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES, tools=[WEATHER],
+                                                 stream=True))
+    [fragment] = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert fragment.index == 0 and fragment.id.startswith("call_") and fragment.type == "function"
+    assert json.loads(fragment.function.arguments) == {"city": "Oslo"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_assistant_tool_history_goes_back_as_objects(client, ollama_emulator):
+    ollama_emulator.script("It is sunny.")
+    history = [*MESSAGES,
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    client.chat.completions.create(model="llama3.2:latest", messages=history, tools=[WEATHER])
+    sent = ollama_emulator.last_request("/api/chat")["messages"]
+    assert sent[1]["tool_calls"] == [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]
+    assert sent[2] == {"role": "tool", "content": "sunny"}
+
+
+def test_completions_use_api_generate(client, ollama_emulator):
+    ollama_emulator.script("and so on")
+    reply = client.completions.create(model="llama3.2:latest", prompt="Once upon a time", max_tokens=5)
+    assert reply.choices[0].text == "and so on"
+    assert ollama_emulator.last_request("/api/generate")["raw"] is True
+
+
+def test_embeddings_through_api_embed(client):
+    reply = client.embeddings.create(model="nomic-embed-text:latest", input=["a cat", "a dog"])
+    assert len(reply.data) == 2 and len(reply.data[0].embedding) == 64
+
+
+def test_ollama_404_is_model_not_found(client, ollama_emulator):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="llama3-missing", messages=MESSAGES)
+    assert info.value.body["code"] == "model_not_found"
+
+
+def test_midstream_error_is_an_error_event_without_done(daemon, ollama_emulator):
+    ollama_emulator.script("a b c d", error_after=2, error="model crashed")
+    body = {"model": "llama3.2:latest", "messages": MESSAGES, "stream": True}
+    with httpx.stream("POST", daemon.url + "/v1/chat/completions", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert "[DONE]" not in events
+    assert json.loads(events[-1])["error"]["message"].endswith("model crashed")
+    contents = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]]
+    assert "".join(c for c in contents if c) == "a b"
+
+
+def test_error_before_first_byte_is_a_proper_http_error(client, ollama_emulator):
+    from tests.rig.ollama_replies import ScriptedReply
+    ollama_emulator.push_reply(ScriptedReply(status=500, error="out of memory"))
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES, stream=True)
+    assert info.value.status_code == 502 and "out of memory" in info.value.message

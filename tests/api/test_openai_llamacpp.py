@@ -1,0 +1,129 @@
+"""The OpenAI API through velollmd in front of the real llama-server, driven by the openai SDK."""
+import asyncio
+import json
+
+import openai
+import pytest
+
+from tests.rig.llama import force_tool_call_bias
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                     "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city"]}}}
+MESSAGES = [{"role": "user", "content": "Say something."}]
+
+
+@pytest.fixture
+def client(daemon):
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="none", max_retries=0)
+
+
+def test_models_list_and_get(client):
+    ids = [m.id for m in client.models.list()]
+    assert "tiny" in ids and "llama3.2:latest" in ids      # merged: llama-server + Ollama
+    model = client.models.retrieve("tiny")
+    assert model.id == "tiny" and model.owned_by == "llama"
+
+
+def test_chat_non_stream_yields_exactly_max_tokens(client):
+    reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=12, temperature=0)
+    assert reply.object == "chat.completion" and reply.model == "tiny"
+    assert reply.choices[0].message.role == "assistant" and reply.choices[0].message.content
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 12
+    assert reply.model_extra["timings"]["predicted_n"] == 12         # llama.cpp timings kept
+
+
+def test_chat_stream_follows_openai_exactly(client):
+    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content) == 8
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finish] == ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
+    assert all(c.model == "tiny" for c in chunks)
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(client):
+    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4, stream=True))
+    assert all(c.choices for c in chunks)
+    assert all(c.usage is None for c in chunks)
+
+
+def test_completions_stream_and_not(client):
+    reply = client.completions.create(model="tiny", prompt="Once upon", max_tokens=6)
+    assert reply.choices[0].text and reply.usage.completion_tokens == 6
+    pieces = [c.choices[0].text for c in client.completions.create(model="tiny", prompt="Once", max_tokens=5,
+                                                                   stream=True) if c.choices]
+    assert len([p for p in pieces if p]) == 5
+
+
+def test_async_client_concurrent_requests(daemon):
+    async def main():
+        client = openai.AsyncOpenAI(base_url=daemon.url + "/v1", api_key="none", max_retries=0)
+        replies = await asyncio.gather(*(client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=5) for _ in range(6)))
+        await client.close()
+        return [r.usage.completion_tokens for r in replies]
+    assert asyncio.run(main()) == [5] * 6
+
+
+def test_real_tool_call_from_llama_server(client):
+    reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Weather?"}],
+                                           tools=[WEATHER], max_tokens=100, logit_bias=force_tool_call_bias())
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    [call] = choice.message.tool_calls
+    assert call.function.name == "get_weather" and call.id
+    assert "city" in json.loads(call.function.arguments)
+
+
+def test_streamed_tool_call(client):
+    chunks = list(client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER], max_tokens=100,
+        logit_bias=force_tool_call_bias(), stream=True))
+    fragments = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert fragments and fragments[0].index == 0 and fragments[0].id and fragments[0].function.name == "get_weather"
+    arguments = "".join(f.function.arguments or "" for f in fragments)
+    assert "city" in json.loads(arguments)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+
+
+@pytest.mark.parametrize("kwargs,param", [
+    ({"temperature": 5}, "temperature"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"n": 2}, "n"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+    ({"tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": [WEATHER]}, "tool_choice"),
+    ({"stop": [1, 2]}, "stop"),
+])
+def test_bad_fields_are_400_naming_the_field(client, kwargs, param):
+    args = {"model": "tiny", "messages": MESSAGES, "max_tokens": 4, **kwargs}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**args)
+    assert info.value.status_code == 400
+    assert info.value.body["param"] == param
+
+
+def test_unknown_model_is_404_model_not_found(client):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-imaginary", messages=MESSAGES)
+    assert info.value.body["code"] == "model_not_found"
+
+
+def test_over_long_prompt_is_400_from_backend(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "word " * 3000}],
+                                       max_tokens=4)
+    assert "context" in info.value.message
+
+
+def test_embeddings_bad_input_is_400(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model="tiny", input=[])
+    assert info.value.body["param"] == "input"

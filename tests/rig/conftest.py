@@ -1,1 +1,0 @@
-from tests.rig.fixtures import *  # noqa: F401,F403
