@@ -237,3 +237,23 @@ def test_streamed_response_uses_chunked_framing():
     assert b"transfer-encoding: chunked" in head and b"text/event-stream" in head
     assert body == (b'f\r\ndata: {"n":1}\n\n\r\nf\r\ndata: {"n":2}\n\n\r\n'
                     b'e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n')
+
+
+def test_sse_pings_fill_long_silences_without_losing_events():
+    async def events():
+        yield {"early": True}
+        await asyncio.sleep(0.35)
+        yield {"late": True}
+
+    async def handler(request):
+        return sse_response(events(), ping_s=0.1)
+
+    async def main():
+        async with serving(handler) as server:
+            return await raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    body = run(main()).partition(b"\r\n\r\n")[2]
+    frames = [line for line in body.split(b"\r\n") if line and not line.rstrip(b"0123456789abcdef") == b""]
+    assert frames[0] == b'data: {"early":true}\n\n'
+    assert frames[-2:] == [b'data: {"late":true}\n\n', b"data: [DONE]\n\n"]
+    pings = frames[1:-2]
+    assert len(pings) >= 2 and set(pings) == {b": ping\n\n"}

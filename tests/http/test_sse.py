@@ -1,8 +1,6 @@
-import asyncio
-
 from tests.aio import run
 from velollmd.errors import BackendError
-from velollmd.http.sse import DONE, PING, encode_event, sse_frames
+from velollmd.http.sse import DONE, encode_event, sse_frames
 
 
 async def collect(stream):
@@ -13,24 +11,15 @@ def test_frames_end_with_done():
     async def events():
         yield {"a": 1}
         yield b'{"raw":true}'
-    frames = run(collect(sse_frames(events(), ping_s=5)))
+    frames = run(collect(sse_frames(events())))
     assert frames == [b'data: {"a":1}\n\n', b'data: {"raw":true}\n\n', DONE]
-
-
-def test_pings_fill_long_silences_without_losing_events():
-    async def events():
-        await asyncio.sleep(0.25)
-        yield {"late": True}
-    frames = run(collect(sse_frames(events(), ping_s=0.05)))
-    assert frames[-2:] == [b'data: {"late":true}\n\n', DONE]
-    assert frames.count(PING) >= 2 and set(frames[:-2]) == {PING}
 
 
 def test_error_midway_is_an_error_event_without_done():
     async def events():
         yield {"ok": 1}
         raise BackendError("backend went away")
-    frames = run(collect(sse_frames(events(), ping_s=5)))
+    frames = run(collect(sse_frames(events())))
     assert frames[0] == b'data: {"ok":1}\n\n'
     assert frames[1].startswith(b'data: {"error":{"message":"backend went away"')
     assert DONE not in frames

@@ -52,7 +52,7 @@ class OpenAIBackend(Backend):
         try:
             async for data in iter_sse_data(response.iter_lines()):
                 if data == b"[DONE]":
-                    return
+                    continue                  # read on to the end so the connection is reused
                 event = _decode_event(data, self.name)
                 if "error" in event:
                     raise BackendError(f"backend {self.name} failed mid-stream: "

@@ -44,12 +44,13 @@ class Origin:
 
 
 class _Conn:
-    __slots__ = ("reader", "writer", "parser")
+    __slots__ = ("reader", "writer", "parser", "last_chunked")
 
     def __init__(self, reader, writer):
         self.reader = reader
         self.writer = writer
         self.parser = HTTPParser("client", max_header_bytes=65536, max_body_bytes=1 << 40)
+        self.last_chunked = False           # did the last response on it stream (chunked)?
 
     def usable(self) -> bool:
         return not self.writer.transport.is_closing() and not self.reader.at_eof() \
@@ -114,6 +115,7 @@ class ClientResponse:
         self._done = True
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.last_chunked = self._head.chunked
             self._client._release(conn, reusable)
 
     def close(self) -> None:
@@ -140,6 +142,10 @@ class HTTPClient:
         self.default_headers = {"host": self.origin.host_header, **(headers or {})}
         self._idle: deque[_Conn] = deque()
         self.num_connects = 0          # connections opened so far (tests check reuse with it)
+        # Some servers (llama.cpp's cpp-httplib) close the connection after every chunked
+        # response, a moment after its last byte. Once seen, such connections are not pooled:
+        # reusing one costs a wasted round trip before the retry.
+        self.closes_after_chunked = False
 
     async def request(self, method: str, path: str, *, body: bytes | None = None, json=None,
                       headers: dict[str, str] | None = None) -> ClientResponse:
@@ -154,6 +160,7 @@ class HTTPClient:
                 return await self._exchange(conn, method, payload)
             except (ConnectionError, _StaleConnection):
                 conn.abort()      # the backend closed a pooled connection: one fresh try
+                self.closes_after_chunked |= conn.last_chunked
         conn = await self._connect()
         try:
             return await self._exchange(conn, method, payload)
@@ -230,6 +237,8 @@ class HTTPClient:
         return None
 
     def _release(self, conn: _Conn, reusable: bool) -> None:
+        if conn.last_chunked and self.closes_after_chunked:
+            reusable = False
         if reusable and conn.usable() and len(self._idle) < self.max_idle:
             self._idle.append(conn)
         else:

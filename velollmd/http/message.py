@@ -64,6 +64,8 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     stream: AsyncIterator[bytes] | None = None
+    idle_ping: bytes = b""              # written into a stream silent for idle_ping_s (SSE)
+    idle_ping_s: float = 0.0
 
     @classmethod
     def json(cls, value, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Response:

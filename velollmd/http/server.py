@@ -75,6 +75,52 @@ class _WatchedReader(asyncio.StreamReader):
             self.on_close()
 
 
+class _CorkedBody:
+    """Body pieces produced in one event-loop turn go out in one send.
+
+    A backend read often carries several tokens; the generator chain turns them into
+    several frames without yielding to the loop, and sends are costly syscalls. The flush is
+    scheduled with call_soon, so nothing waits longer than the current loop turn."""
+
+    def __init__(self, loop, writer, chunked: bool):
+        self.loop, self.writer, self.chunked = loop, writer, chunked
+        self.pending = bytearray()
+        self.last_write = loop.time()
+
+    def write(self, piece: bytes) -> None:
+        if not self.pending:
+            self.loop.call_soon(self.flush)
+        self.pending += b"%x\r\n%b\r\n" % (len(piece), piece) if self.chunked else piece
+        self.last_write = self.loop.time()
+
+    def flush(self) -> None:
+        if self.pending and not self.writer.transport.is_closing():
+            self.writer.write(bytes(self.pending))
+        self.pending.clear()
+
+    def must_drain(self) -> bool:
+        return self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER
+
+
+class _IdlePinger:
+    """Writes `response.idle_ping` into a stream that has been silent for idle_ping_s.
+
+    A timer, not a wrapper around the stream: a busy stream pays nothing for it."""
+
+    def __init__(self, loop, body: _CorkedBody, response: Response):
+        self.loop, self.body, self.ping = loop, body, response.idle_ping
+        self.interval = response.idle_ping_s
+        self.handle = loop.call_later(self.interval, self._fire)
+
+    def _fire(self) -> None:
+        if self.loop.time() - self.body.last_write >= self.interval * 0.999:
+            self.body.write(self.ping)
+        self.handle = self.loop.call_at(self.body.last_write + self.interval, self._fire)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
 class HTTPServer:
     def __init__(self, handler: Handler, config: ServerConfig):
         self.handler = handler
@@ -369,24 +415,29 @@ class Connection:
         await self._write_stream(response, chunked=request.version != "1.0")
 
     async def _write_stream(self, response: Response, chunked: bool) -> None:
-        writer = self.writer
+        out = _CorkedBody(self.loop, self.writer, chunked)
+        pinger = _IdlePinger(self.loop, out, response) if response.idle_ping else None
         try:
             async for piece in response.stream:
                 if piece:
-                    writer.write(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
-                    await writer.drain()
+                    out.write(piece)
+                    if out.must_drain():
+                        await self.writer.drain()
         except (asyncio.CancelledError, ConnectionError):
             raise
         except Exception:
             # The head is gone already: the only honest signal left is to cut the stream.
             log.exception("stream failed mid-response")
-            writer.transport.abort()
+            self.writer.transport.abort()
             raise ConnectionResetError("stream failed") from None
         finally:
+            if pinger is not None:
+                pinger.cancel()
             await _close_stream(response.stream)
+        out.flush()
         if chunked:
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
+            self.writer.write(b"0\r\n\r\n")
+        await self.writer.drain()
 
     async def _send_error_and_close(self, status: int, message: str) -> None:
         await send_final_response(self.reader, self.writer, error_response(status, message))

@@ -3,13 +3,13 @@
 `sse_response(events)` turns an async iterator of JSON-able events into a streamed Response:
 one `data:` line per event, a `: ping` comment whenever the source stays silent for
 `ping_s` seconds (so proxies and clients do not time out during a long prefill), and
-`data: [DONE]` at the end. The server writes each frame and awaits drain() (flow control).
+`data: [DONE]` at the end. The server writes each frame and awaits drain() (flow control);
+the pings come from the server's idle timer, so a busy stream pays nothing for them.
 An event that is an `SSEError` is sent as `data: {"error": ...}` and ends the stream WITHOUT
 `[DONE]`, which is how OpenAI clients learn that a stream failed midway.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import AsyncIterator
 
@@ -29,37 +29,11 @@ def encode_event(event) -> bytes:
     return b"data: " + json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
-async def with_pings(source: AsyncIterator, ping_s: float, ping=PING) -> AsyncIterator:
-    """Yield items of `source`, and `ping` whenever it stays silent for `ping_s` seconds."""
-    iterator = source.__aiter__()
-    pending: asyncio.Task | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=ping_s)
-            if not done:
-                yield ping
-                continue
-            task, pending = pending, None
-            try:
-                yield task.result()
-            except StopAsyncIteration:
-                return
-    finally:
-        if pending is not None:
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-async def sse_frames(events: AsyncIterator, ping_s: float, done: bool = True) -> AsyncIterator[bytes]:
+async def sse_frames(events: AsyncIterator, done: bool = True) -> AsyncIterator[bytes]:
     """Frames for `events`; a VeloError raised by the source becomes an error event."""
     try:
-        async for event in with_pings(events, ping_s):
-            yield event if event is PING else encode_event(event)
+        async for event in events:
+            yield encode_event(event)
     except VeloError as exc:
         yield encode_event(exc.to_dict())
         return
@@ -68,7 +42,9 @@ async def sse_frames(events: AsyncIterator, ping_s: float, done: bool = True) ->
 
 
 def sse_response(events: AsyncIterator, ping_s: float = 15.0, headers=None, done: bool = True) -> Response:
-    return Response(200, [*SSE_HEADERS, *(headers or [])], stream=sse_frames(events, ping_s, done))
+    """A streamed SSE Response; the server writes `: ping` whenever it stays silent `ping_s`."""
+    return Response(200, [*SSE_HEADERS, *(headers or [])], stream=sse_frames(events, done),
+                    idle_ping=PING, idle_ping_s=ping_s)
 
 
 async def iter_sse_data(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -1,0 +1,92 @@
+"""Shared pieces of the benchmark scripts: percentiles, real servers, the daemon as a process."""
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.rig.llama import LlamaServer, make_tiny_model  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> dict:
+    return {"n": len(values), "p50": percentile(values, 50), "p99": percentile(values, 99),
+            "mean": statistics.fmean(values)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port}")
+
+
+def tiny_model(directory: Path | None = None) -> Path:
+    directory = directory or Path(tempfile.mkdtemp(prefix="velollm-bench-"))
+    return make_tiny_model(directory / "tiny.gguf")
+
+
+def start_llama_server(model: Path, parallel: int = 4, ctx_size: int = 4096, **kwargs) -> LlamaServer:
+    return LlamaServer(model, parallel=parallel, ctx_size=ctx_size, **kwargs).start()
+
+
+class Daemon:
+    """velollmd as its own process, configured by a TOML text."""
+
+    def __init__(self, toml_body: str):
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="velollmd-bench-"))
+        self.config = self.dir / "velollm.toml"
+        self.config.write_text(f"[server]\nport = {self.port}\n[log]\nlevel = \"warning\"\n{toml_body}")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Daemon:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "velollmd", "--config", str(self.config)],
+                                     env=env, stderr=open(self.dir / "daemon.log", "wb"))
+        wait_listening(self.port)
+        time.sleep(0.3)                      # first health refresh of the backends
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def backend_toml(name: str, kind: str, url: str, models: str = '["*"]', extra: str = "") -> str:
+    return f'[[backends]]\nname = "{name}"\nkind = "{kind}"\nurl = "{url}"\nmodels = {models}\n{extra}\n'

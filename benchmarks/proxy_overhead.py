@@ -1,0 +1,142 @@
+"""What velollmd costs in front of a backend: the same requests direct to llama-server and
+through velollmd, interleaved in one run (direct, proxy, proxy, direct, ...).
+
+Non-stream and stream, at concurrency 1, 16 and 64: added p50/p99 latency, throughput ratio,
+added time-to-first-token, and streaming fidelity (chunks in = chunks out, same content, same
+order). The load generator is this process (asyncio + velollmd's raw-socket client); the
+daemon and llama-server are separate processes.
+
+    .venv/bin/python benchmarks/proxy_overhead.py [--rounds 3] [--max-tokens 16]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+from common import Daemon, backend_toml, start_llama_server, summary, tiny_model
+
+from velollmd.http.client import HTTPClient
+from velollmd.http.sse import iter_sse_data
+
+CONCURRENCY = (1, 16, 64)
+
+
+def chat_body(max_tokens: int, stream: bool, i: int) -> dict:
+    return {"model": "tiny", "max_tokens": max_tokens, "temperature": 0, "seed": 1, "stream": stream,
+            "messages": [{"role": "user", "content": f"Tell me a story number {i % 4}."}]}
+
+
+async def one_request(client: HTTPClient, body: dict) -> dict:
+    started = time.perf_counter()
+    response = await client.request("POST", "/v1/chat/completions", json=body)
+    if not body["stream"]:
+        answer = await response.json()
+        assert response.status == 200, answer
+        return {"latency": time.perf_counter() - started, "ttft": None, "chunks": None}
+    ttft, contents = None, []
+    async for data in iter_sse_data(response.iter_lines()):
+        if data == b"[DONE]":
+            break
+        event = json.loads(data)
+        assert "error" not in event, event
+        for choice in event.get("choices", []):
+            content = choice.get("delta", {}).get("content")
+            if content:
+                ttft = ttft or time.perf_counter() - started
+                contents.append(content)
+    return {"latency": time.perf_counter() - started, "ttft": ttft, "chunks": contents}
+
+
+async def run_batch(client: HTTPClient, concurrency: int, num_requests: int, stream: bool, max_tokens: int):
+    queue = list(range(num_requests))
+    results = []
+
+    async def worker():
+        while queue:
+            i = queue.pop()
+            results.append(await one_request(client, chat_body(max_tokens, stream, i)))
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results, num_requests / (time.perf_counter() - started)
+
+
+async def measure(direct_url: str, proxy_url: str, args) -> list[dict]:
+    clients = {"direct": HTTPClient(direct_url), "proxy": HTTPClient(proxy_url)}
+    rows = []
+    for stream in (False, True):
+        for concurrency in CONCURRENCY:
+            num_requests = max(40, concurrency * 4)
+            samples = {"direct": [], "proxy": []}
+            rates = {"direct": [], "proxy": []}
+            for round_no in range(args.rounds):
+                order = ("direct", "proxy") if round_no % 2 == 0 else ("proxy", "direct")
+                for target in order:
+                    results, rate = await run_batch(clients[target], concurrency, num_requests, stream,
+                                                    args.max_tokens)
+                    samples[target] += results
+                    rates[target].append(rate)
+            rows.append(row_of(stream, concurrency, samples, rates))
+    for client in clients.values():
+        await client.close()
+    return rows
+
+
+def row_of(stream: bool, concurrency: int, samples: dict, rates: dict) -> dict:
+    lat = {t: summary([r["latency"] * 1e3 for r in samples[t]]) for t in samples}
+    row = {"mode": "stream" if stream else "non-stream", "concurrency": concurrency,
+           "n": lat["proxy"]["n"], "direct_p50": lat["direct"]["p50"], "proxy_p50": lat["proxy"]["p50"],
+           "added_p50": lat["proxy"]["p50"] - lat["direct"]["p50"],
+           "added_p99": lat["proxy"]["p99"] - lat["direct"]["p99"],
+           "throughput_ratio": sum(rates["proxy"]) / sum(rates["direct"])}
+    if stream:
+        ttft = {t: summary([r["ttft"] * 1e3 for r in samples[t]]) for t in samples}
+        row["added_ttft_p50"] = ttft["proxy"]["p50"] - ttft["direct"]["p50"]
+        row["chunks_equal"] = all(len(r["chunks"]) == len(samples["direct"][0]["chunks"])
+                                  for r in samples["direct"] + samples["proxy"])
+    return row
+
+
+async def fidelity(direct_url: str, proxy_url: str, max_tokens: int) -> bool:
+    """The same deterministic stream direct and proxied: identical chunks, in order."""
+    streams = []
+    for url in (direct_url, proxy_url):
+        client = HTTPClient(url)
+        streams.append((await one_request(client, chat_body(max_tokens, True, 0)))["chunks"])
+        await client.close()
+    return streams[0] == streams[1] and len(streams[0]) == max_tokens
+
+
+def report(rows: list[dict], fidelity_ok: bool, args) -> None:
+    print(f"\n### Proxy overhead: llama-server direct vs through velollmd (tiny model, max_tokens "
+          f"{args.max_tokens}, {args.rounds} interleaved rounds)\n")
+    print("| mode | conc. | n | direct p50 ms | proxy p50 ms | added p50 ms | added p99 ms | "
+          "throughput proxy/direct | added TTFT p50 ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ttft = f"{r['added_ttft_p50']:+.2f}" if "added_ttft_p50" in r else "-"
+        print(f"| {r['mode']} | {r['concurrency']} | {r['n']} | {r['direct_p50']:.2f} | {r['proxy_p50']:.2f} | "
+              f"{r['added_p50']:+.2f} | {r['added_p99']:+.2f} | {r['throughput_ratio'] * 100:.1f} % | {ttft} |")
+    same_counts = all(r.get("chunks_equal", True) for r in rows)
+    print(f"\nStreaming fidelity: identical chunks in identical order = {fidelity_ok}; "
+          f"every stream had the same chunk count = {same_counts}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    args = parser.parse_args()
+    server = start_llama_server(tiny_model(), parallel=4)
+    try:
+        with Daemon(backend_toml("llama", "llamacpp", server.url, '["tiny*"]')) as daemon:
+            rows = asyncio.run(measure(server.url, daemon.url, args))
+            fidelity_ok = asyncio.run(fidelity(server.url, daemon.url, args.max_tokens))
+    finally:
+        server.stop()
+    report(rows, fidelity_ok, args)
+
+
+if __name__ == "__main__":
+    main()
