@@ -8,6 +8,7 @@ import hmac
 import time
 
 from . import __version__
+from .api.admin import AdminRoutes
 from .api.ollama import OllamaRoutes
 from .api.openai import OpenAIRoutes
 from .api.router import Router
@@ -15,6 +16,7 @@ from .backends.registry import Registry
 from .config import Config
 from .errors import BadRequest, Unauthorized, Unavailable
 from .http.message import Request, Response
+from .pipeline import Pipeline
 from .service import Service
 
 PUBLIC_PATHS = frozenset({"/health", "/"})
@@ -28,21 +30,23 @@ class App:
         self.config = config
         self.registry = registry or Registry(config.backends)
         self.service = Service(self.registry)
+        self.pipeline = Pipeline(config, self.service)
         self.router = Router()
         self.draining = False
         self.started_at = time.time()
         self._api_keys = tuple(k.encode() for k in config.server.api_keys)
-        self.router.add("GET", "/health", self.health)
-        self.router.add("GET", "/", self.root)
+        AdminRoutes(self).register(self.router)
         OpenAIRoutes(self).register(self.router)
         OllamaRoutes(self).register(self.router)
 
     async def start(self) -> None:
         """Start background work (health checks, snapshots); called once the loop runs."""
         await self.registry.start()
+        await self.pipeline.start()
 
     async def close(self) -> None:
         """Stop background work and release backend connections."""
+        await self.pipeline.close()
         await self.registry.close()
 
     async def handle(self, request: Request) -> Response:
@@ -58,14 +62,6 @@ class App:
             raise Unauthorized("invalid or missing API key", code="invalid_api_key")
         return key
 
-    async def health(self, request: Request) -> Response:
-        body = {"status": "draining" if self.draining else "ok", "version": __version__,
-                "uptime_s": round(time.time() - self.started_at, 3), "backends": self.backend_health()}
-        return Response.json(body, status=503 if self.draining else 200)
-
-    def backend_health(self) -> list[dict]:
-        return self.registry.status()
-
     def api_key_of(self, request: Request) -> str:
         auth = request.header("authorization", "")
         return auth[7:].strip() if auth[:7].lower() == "bearer " else request.header("x-api-key", "")
@@ -79,9 +75,6 @@ class App:
             return int(raw)
         scheduler = self.config.scheduler
         return scheduler.key_priorities.get(self.api_key_of(request), scheduler.default_priority)
-
-    async def root(self, request: Request) -> Response:
-        return Response.json({"name": "velollmd", "version": __version__})
 
     def refuse_if_draining(self) -> None:
         if self.draining:

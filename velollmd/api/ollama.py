@@ -96,7 +96,7 @@ class OllamaRoutes:
         generate = GenerateRequest(endpoint, body, headers=dict(request.headers),
                                    api_key=self.app.api_key_of(request), priority=self.app.priority_of(request))
         started = time.monotonic_ns()
-        outcome = await self.app.service.generate(generate)
+        outcome = await self.app.pipeline.generate(generate)
         headers = list(outcome.headers.items())
         if outcome.chunks is None:
             reply = _reply_from_openai(outcome.body, body["model"], started, message)

@@ -38,7 +38,7 @@ class OpenAIRoutes:
         self.app.refuse_if_draining()
         generate = GenerateRequest(endpoint, body, headers=dict(request.headers),
                                    api_key=self.app.api_key_of(request), priority=self.app.priority_of(request))
-        outcome = await self.app.service.generate(generate)
+        outcome = await self.app.pipeline.generate(generate)
         return to_response(outcome, self.app.config.server.sse_ping_s)
 
     async def list_models(self, request: Request) -> Response:

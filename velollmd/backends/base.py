@@ -37,6 +37,9 @@ class ModelInfo:
 class Backend:
     kind = "base"
     supports_n = False
+    # Sampling defaults the server applies to omitted fields: the cache key applies them too,
+    # so that an explicit default and an omitted field share one entry.
+    defaults: dict = {}
 
     def __init__(self, config: BackendConfig):
         self.config = config

@@ -11,6 +11,7 @@ from .openai import OpenAIBackend
 class LlamaCppBackend(OpenAIBackend):
     kind = "llamacpp"
     supports_n = False
+    defaults = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
 
     def __init__(self, config):
         super().__init__(config)

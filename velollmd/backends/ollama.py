@@ -24,6 +24,7 @@ def request_id(prefix: str = "chatcmpl") -> str:
 
 class OllamaBackend(Backend):
     kind = "ollama"
+    defaults = {"temperature": 0.8, "top_p": 0.9, "top_k": 40}
 
     async def list_models(self) -> list[ModelInfo]:
         body = await self.get_json("/api/tags")

@@ -13,6 +13,7 @@ from .base import Backend, ModelInfo
 class OpenAIBackend(Backend):
     kind = "openai"
     supports_n = True
+    defaults = {"temperature": 1.0, "top_p": 1.0}
 
     async def list_models(self) -> list[ModelInfo]:
         body = await self.get_json("/v1/models")

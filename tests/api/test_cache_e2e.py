@@ -1,0 +1,174 @@
+"""The response cache through the daemon: the backend's request count proves no call was made."""
+import asyncio
+import json
+
+import httpx
+import openai
+import pytest
+
+from tests.daemon_rig import RunningDaemon, ollama_backend
+
+MODEL = "llama3.2:latest"
+
+
+def ask(text: str, **extra) -> dict:
+    return {"model": MODEL, "temperature": 0, "messages": [{"role": "user", "content": text}], **extra}
+
+
+@pytest.fixture
+def cached(daemon_factory, ollama_emulator):
+    return daemon_factory({"backends": [ollama_backend(ollama_emulator)]})
+
+
+def post(daemon, body, headers=None):
+    return httpx.post(daemon.url + "/v1/chat/completions", json=body, headers=headers or {}, timeout=30)
+
+
+def test_exact_hit_makes_no_backend_call(cached, ollama_emulator):
+    ollama_emulator.script("The capital of France is Paris.")
+    first = post(cached, ask("What is the capital of France?"))
+    second = post(cached, ask("What is the capital of France?", stream=False, user="someone"))
+    assert first.headers["x-velollm-cache"] == "miss" and second.headers["x-velollm-cache"] == "hit-exact"
+    assert second.json()["choices"][0]["message"]["content"] == "The capital of France is Paris."
+    assert second.json()["usage"] == first.json()["usage"]
+    assert ollama_emulator.count("/api/chat") == 1
+
+
+def test_parameters_that_change_output_miss(cached, ollama_emulator):
+    post(cached, ask("Name a colour."))
+    for variant in (ask("Name a colour.", max_tokens=5), ask("Name a colour.", seed=3),
+                    ask("Name a colour.", temperature=0.1, seed=1), ask("Name a color")):
+        assert post(cached, variant).headers["x-velollm-cache"] in ("miss",)
+    assert ollama_emulator.count("/api/chat") == 5
+
+
+def test_semantic_hit_on_a_paraphrase(cached, ollama_emulator):
+    ollama_emulator.script("Use the reset link on the login page.")
+    post(cached, ask("How do I reset my password?"))
+    hit = post(cached, ask("how do I reset my password"))
+    assert hit.headers["x-velollm-cache"] == "hit-semantic"
+    assert float(hit.headers["x-velollm-similarity"]) >= 0.95
+    assert hit.json()["choices"][0]["message"]["content"] == "Use the reset link on the login page."
+    assert ollama_emulator.count("/api/chat") == 1
+
+
+@pytest.mark.parametrize("first,second", [
+    ("Should I turn the heater on?", "Should I not turn the heater on?"),
+    ("Is it safe to take 2 tablets?", "Is it safe to take 20 tablets?"),
+    ("Translate 'yes' to French", "Translate 'no' to French"),
+])
+def test_negations_numbers_and_quotes_miss(cached, ollama_emulator, first, second):
+    post(cached, ask(first))
+    assert post(cached, ask(second)).headers["x-velollm-cache"] == "miss"
+    assert ollama_emulator.count("/api/chat") == 2
+
+
+def test_non_stream_entry_replays_as_sse_and_back(cached, ollama_emulator):
+    ollama_emulator.script(chunks=["Hello", " there", " general", " Kenobi"])
+    client = openai.OpenAI(base_url=cached.url + "/v1", api_key="x", max_retries=0)
+    whole = client.chat.completions.create(**ask("Greet me."))
+    stream = list(client.chat.completions.create(**ask("Greet me."), stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == whole.choices[0].message.content == "Hello there general Kenobi"
+    assert stream[0].choices[0].delta.role == "assistant"
+    assert stream[-1].usage.completion_tokens == whole.usage.completion_tokens
+    ollama_emulator.script(chunks=["Streamed", " first"])
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        **ask("Stream first."), stream=True) if c.choices)
+    replayed = client.chat.completions.with_raw_response.create(**ask("Stream first."))
+    assert replayed.headers["x-velollm-cache"] == "hit-exact"
+    assert replayed.parse().choices[0].message.content == streamed == "Streamed first"
+    assert ollama_emulator.count("/api/chat") == 2
+
+
+def test_tool_calls_survive_the_cache(cached, ollama_emulator):
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    ollama_emulator.script(tool_calls=[{"name": "f", "arguments": {"x": 1}}])
+    first = post(cached, ask("call f", tools=[tool])).json()
+    second = post(cached, ask("call f", tools=[tool], stream=True))
+    events = [json.loads(l[6:]) for l in second.text.splitlines() if l.startswith("data: {")]
+    [fragment] = [tc for e in events for c in e["choices"] for tc in c["delta"].get("tool_calls", [])]
+    assert json.loads(fragment["function"]["arguments"]) == {"x": 1}
+    assert first["choices"][0]["finish_reason"] == "tool_calls"
+    assert ollama_emulator.count("/api/chat") == 1
+
+
+def test_client_opt_outs(cached, ollama_emulator):
+    post(cached, ask("Opt out?"))
+    assert post(cached, ask("Opt out?"), {"Cache-Control": "no-store"}).headers["x-velollm-cache"] == "bypass"
+    assert post(cached, ask("Opt out?"), {"x-velollm-cache": "bypass"}).headers["x-velollm-cache"] == "bypass"
+    assert post(cached, ask("Opt out?")).headers["x-velollm-cache"] == "hit-exact"
+    assert ollama_emulator.count("/api/chat") == 3
+
+
+def test_sampled_requests_are_not_cached(cached, ollama_emulator):
+    body = {"model": MODEL, "temperature": 0.9, "messages": [{"role": "user", "content": "Poem?"}]}
+    assert post(cached, body).headers["x-velollm-cache"] == "bypass"
+    assert post(cached, body).headers["x-velollm-cache"] == "bypass"
+    assert ollama_emulator.count("/api/chat") == 2
+
+
+def test_errors_are_not_cached(cached, ollama_emulator):
+    from tests.rig.ollama_replies import ScriptedReply
+    ollama_emulator.push_reply(ScriptedReply(status=500, error="boom"))
+    assert post(cached, ask("Fail once")).status_code == 502
+    assert post(cached, ask("Fail once")).headers["x-velollm-cache"] == "miss"
+
+
+def test_single_flight_20_concurrent_identical_requests_make_one_call(cached, ollama_emulator):
+    ollama_emulator.script("one shared answer", delay_s=0.05)
+
+    async def main():
+        async with httpx.AsyncClient(timeout=30) as client:
+            async def one(i):
+                body = ask("Shared question", stream=bool(i % 2))
+                response = await client.post(cached.url + "/v1/chat/completions", json=body)
+                if body["stream"]:
+                    return "".join(json.loads(l[6:])["choices"][0]["delta"].get("content", "")
+                                   for l in response.text.splitlines()
+                                   if l.startswith("data: {") and json.loads(l[6:])["choices"])
+                return response.json()["choices"][0]["message"]["content"]
+            return await asyncio.gather(*(one(i) for i in range(20)))
+    answers = asyncio.run(main())
+    assert answers == ["one shared answer"] * 20
+    assert ollama_emulator.count("/api/chat") == 1
+
+
+def test_restart_keeps_the_hits(tmp_path, ollama_emulator):
+    table = {"backends": [ollama_backend(ollama_emulator)], "cache": {"path": str(tmp_path / "cache")}}
+    ollama_emulator.script("persisted answer")
+    with RunningDaemon(table) as daemon:
+        post(daemon, ask("Remember me?"))
+    assert (tmp_path / "cache" / "cache.snap").exists()
+    with RunningDaemon(table) as daemon:
+        again = post(daemon, ask("Remember me?"))
+    assert again.headers["x-velollm-cache"] == "hit-exact"
+    assert again.json()["choices"][0]["message"]["content"] == "persisted answer"
+    assert ollama_emulator.count("/api/chat") == 1
+
+
+def test_corrupt_snapshot_is_set_aside_and_the_daemon_starts_empty(tmp_path, ollama_emulator):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "cache.snap").write_bytes(b"garbage, not a snapshot")
+    table = {"backends": [ollama_backend(ollama_emulator)], "cache": {"path": str(tmp_path / "cache")}}
+    with RunningDaemon(table) as daemon:
+        assert post(daemon, ask("Anything")).headers["x-velollm-cache"] == "miss"
+    assert [p.name for p in (tmp_path / "cache").iterdir() if "corrupt" in p.name]
+
+
+def test_admin_stats_and_flush(cached, ollama_emulator):
+    post(cached, ask("Stats?"))
+    post(cached, ask("Stats?"))
+    stats = httpx.get(cached.url + "/v1/velollm/cache").json()
+    assert stats["entries"] == 1 and stats["hits"] == 1
+    flushed = httpx.delete(cached.url + "/v1/velollm/cache").json()
+    assert flushed["deleted"] == 1
+    assert post(cached, ask("Stats?")).headers["x-velollm-cache"] == "miss"
+
+
+def test_flush_needs_the_api_key_when_keys_are_set(daemon_factory, ollama_emulator):
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "server": {"api_keys": ["k1"]}})
+    assert httpx.delete(daemon.url + "/v1/velollm/cache").status_code == 401
+    ok = httpx.delete(daemon.url + "/v1/velollm/cache", headers={"Authorization": "Bearer k1"})
+    assert ok.status_code == 200

@@ -1,0 +1,183 @@
+"""The request pipeline around the Service: cache lookup, single-flight, tool-call repair,
+cache store. Read top to bottom, it is the data flow of one request:
+
+    lookup (exact, then semantic) -> hit: replay as JSON or SSE
+    miss + cacheable -> join or start a Flight -> Service (schedule, route, backend)
+                     -> tool-call repair -> record -> store in the cache
+    otherwise        -> Service -> tool-call repair
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import replace
+from typing import AsyncIterator
+
+from .api.request import GenerateRequest
+from .cache.cache import Lookup, ResponseCache
+from .cache.replay import from_json_response, from_stream_chunks, to_json, to_sse_chunks
+from .cache.store import SNAPSHOT_NAME, encode_snapshot, write_snapshot
+from .config import Config
+from .errors import BackendError
+from .flight import Flight, FlightTable
+from .service import Outcome, Service, strip_usage
+
+log = logging.getLogger("velollmd.pipeline")
+CACHE_HEADER = "x-velollm-cache"
+
+
+def chat_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+class Pipeline:
+    def __init__(self, config: Config, service: Service, postprocess=None):
+        self.config = config
+        self.service = service
+        self.registry = service.registry
+        self.cache = ResponseCache(config.cache) if config.cache.enabled else None
+        self.flights = FlightTable()
+        self.postprocess = postprocess        # tool-call layer: (request, outcome) -> outcome
+        self._snapshot_task: asyncio.Task | None = None
+
+    # -- one request ---------------------------------------------------------------------
+
+    async def generate(self, request: GenerateRequest) -> Outcome:
+        lookup = await self._lookup(request)
+        if lookup.status.startswith("hit"):
+            return self._replay(request, lookup)
+        if lookup.status == "miss" and lookup.storable:
+            outcome = await self._coalesced(request, lookup)
+        else:
+            outcome = await self._upstream(request)
+            if outcome.chunks is not None:
+                outcome.chunks = strip_usage(outcome.chunks, request.include_usage)
+        outcome.headers[CACHE_HEADER] = lookup.status
+        return outcome
+
+    async def _lookup(self, request: GenerateRequest) -> Lookup:
+        if self.cache is None or request.endpoint != "chat":
+            return Lookup("bypass")
+        backend = self.registry.pick(request.model)
+        return await self.cache.alookup(
+            request.body, request.headers, endpoint=request.endpoint,
+            model_identity=backend.identity(request.model), tenant=request.api_key or None,
+            defaults=backend.defaults)
+
+    def _replay(self, request: GenerateRequest, lookup: Lookup) -> Outcome:
+        headers = {CACHE_HEADER: lookup.status}
+        if lookup.status == "hit-semantic":
+            headers["x-velollm-similarity"] = f"{lookup.similarity:.4f}"
+        if not request.stream:
+            return Outcome(headers, body=to_json(lookup.entry, chat_id(), model=request.model))
+        chunks = to_sse_chunks(lookup.entry, chat_id(), model=request.model,
+                               include_usage=request.include_usage)
+        return Outcome(headers, chunks=_iterate(chunks))
+
+    async def _upstream(self, request: GenerateRequest) -> Outcome:
+        """The Service call, streams always asking for usage, then tool-call repair."""
+        if request.stream:
+            options = {**(request.body.get("stream_options") or {}), "include_usage": True}
+            request = replace(request, body={**request.body, "stream_options": options})
+        outcome = await self.service.generate(request)
+        if self.postprocess is not None:
+            outcome = self.postprocess(request, outcome)
+        return outcome
+
+    # -- single-flight and recording ------------------------------------------------------
+
+    async def _coalesced(self, request: GenerateRequest, lookup: Lookup) -> Outcome:
+        flight, leader = self.flights.join_or_start(lookup.key, lambda: self._record(request, lookup))
+        head = await flight.head()
+        headers = dict(head.headers)
+        if not leader:
+            headers["x-velollm-coalesced"] = "1"
+        if request.stream:
+            return Outcome(headers, chunks=strip_usage(self._stream_from(flight, request), request.include_usage))
+        if head.body is not None:
+            flight.leave()
+            return Outcome(headers, body={**head.body, "choices": [dict(c) for c in head.body["choices"]]})
+        try:
+            await flight.wait_done()
+        finally:
+            flight.leave()
+        return Outcome(headers, body=to_json(_recorded(flight), chat_id(), model=request.model))
+
+    async def _stream_from(self, flight: Flight, request: GenerateRequest) -> AsyncIterator[dict]:
+        """A stream for one consumer: live chunks, or a replay of a whole answer."""
+        if flight.outcome.chunks is not None:
+            async for chunk in flight.replay_chunks():
+                yield chunk
+            return
+        flight.leave()
+        entry = from_json_response(flight.outcome.body)
+        for chunk in to_sse_chunks(entry, chat_id(), model=request.model, include_usage=True):
+            yield chunk
+
+    async def _record(self, request: GenerateRequest, lookup: Lookup) -> Outcome:
+        outcome = await self._upstream(request)
+        if outcome.body is not None:
+            self._store(lookup, request, from_json_response(outcome.body))
+            return outcome
+        outcome.chunks = self._recording(outcome.chunks, lookup, request)
+        return outcome
+
+    async def _recording(self, chunks, lookup: Lookup, request: GenerateRequest) -> AsyncIterator[dict]:
+        seen = []
+        async for chunk in chunks:
+            seen.append(chunk)
+            yield chunk
+        self._store(lookup, request, from_stream_chunks(seen))
+
+    def _store(self, lookup: Lookup, request: GenerateRequest, entry) -> None:
+        if self.cache is not None and entry is not None:
+            self.cache.store(lookup, request.body, entry)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.cache is None or not self.config.cache.path:
+            return
+        try:
+            restored = self.cache.restore()
+            log.info("cache restored", extra={"fields": {"entries": restored, "path": self.config.cache.path}})
+        except OSError as exc:
+            log.warning("cache snapshot unreadable", extra={"fields": {"error": str(exc)}})
+        if self.config.cache.snapshot_interval_s > 0:
+            self._snapshot_task = asyncio.ensure_future(self._snapshot_loop())
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.cache.snapshot_interval_s)
+            await self.snapshot()
+
+    async def snapshot(self) -> str | None:
+        """Capture the state on the loop, encode and write it in a thread (fsync is slow)."""
+        if self.cache is None or not self.config.cache.path:
+            return None
+        state = self.cache.snapshot_state()              # copies, taken on the loop
+        path = self.config.cache.path
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, lambda: write_snapshot(path, encode_snapshot(state), SNAPSHOT_NAME))
+        except OSError as exc:
+            log.warning("cache snapshot failed", extra={"fields": {"error": str(exc)}})
+            return None
+
+    async def close(self) -> None:
+        if self._snapshot_task is not None:
+            self._snapshot_task.cancel()
+        await self.snapshot()
+
+
+def _recorded(flight: Flight):
+    entry = from_stream_chunks(flight.chunks)
+    if entry is None:
+        raise BackendError("the shared upstream stream ended incomplete")
+    return entry
+
+
+async def _iterate(items) -> AsyncIterator:
+    for item in items:
+        yield item
