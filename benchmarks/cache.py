@@ -7,8 +7,11 @@
    wrong-hit rate on near-misses (negations, numbers, entities...), at several thresholds,
    and the embedding time of one query.
 
-Run: .venv/bin/python benchmarks/cache.py [--quick]
-The daemon exact-hit latency part is added separately (see `main`).
+3. Exact-hit latency through the daemon (a separate process, in front of the Ollama
+   emulator): a cached chat completion vs the /health round trip, interleaved on one
+   keep-alive connection each, as a ratio of p50s.
+
+Run: .venv/bin/python benchmarks/cache.py [--quick] [--no-daemon]
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from velollmd.cache.embed import HashingEmbedder  # noqa: E402
 from velollmd.cache.semantic import SemanticIndex  # noqa: E402
@@ -147,14 +151,61 @@ def markdown(lookups: list[dict], quality: dict, embed: dict) -> str:
     return "\n".join(lines)
 
 
+def daemon_exact_hit(num: int = 2000) -> dict:
+    """p50/p99 of a cached chat completion vs GET /health through the daemon, interleaved."""
+    import asyncio
+
+    from common import Daemon, backend_toml, summary
+    from tests.rig.ollama_emulator import OllamaEmulator
+    from velollmd.http.client import HTTPClient
+
+    body = {"model": "llama3.2:latest", "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+
+    async def measure(url: str) -> dict:
+        hit_client, health_client = HTTPClient(url), HTTPClient(url)
+        first = await hit_client.request("POST", "/v1/chat/completions", json=body)
+        await first.read()
+        times = {"hit": [], "health": []}
+        for _ in range(num):
+            for name, client, args in (("hit", hit_client, ("POST", "/v1/chat/completions")),
+                                       ("health", health_client, ("GET", "/health"))):
+                started = time.perf_counter()
+                response = await client.request(*args, json=body if name == "hit" else None)
+                await response.read()
+                times[name].append((time.perf_counter() - started) * 1e3)
+                assert name == "health" or response.header("x-velollm-cache") == "hit-exact"
+        return {name: summary(values) for name, values in times.items()}
+
+    with OllamaEmulator() as emulator:
+        with Daemon(backend_toml("ollama", "ollama", emulator.url, '["llama3*"]')
+                    + '[cache]\npath = ""\n') as daemon:
+            result = asyncio.run(measure(daemon.url))
+        assert emulator.count("/api/chat") == 1
+    return result
+
+
+def daemon_markdown(result: dict) -> str:
+    hit, health = result["hit"], result["health"]
+    return "\n".join([
+        "", "Exact-hit latency through the daemon (separate process, keep-alive, interleaved):", "",
+        "| request | n | p50 ms | p99 ms |", "|---|---|---|---|",
+        f"| GET /health | {health['n']} | {health['p50']:.3f} | {health['p99']:.3f} |",
+        f"| cached chat completion (hit-exact) | {hit['n']} | {hit['p50']:.3f} | {hit['p99']:.3f} |",
+        "", f"hit / health p50 ratio: {hit['p50'] / health['p50']:.2f}x"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip N = 100k")
+    parser.add_argument("--no-daemon", action="store_true", help="skip the exact-hit daemon part")
     args = parser.parse_args()
     quality = embedder_quality()
     embed = embed_timing()
     lookups = lookup_table(args.quick)
     print(markdown(lookups, quality, embed))
+    if not args.no_daemon:
+        print(daemon_markdown(daemon_exact_hit()))
     for t, kinds in quality["misses_at"].items():
         print(f"\nparaphrases missed at {t}: {', '.join(kinds) or '-'}")
 

@@ -10,25 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
+from collections import OrderedDict
 from dataclasses import replace
 from typing import AsyncIterator
 
 from .api.request import GenerateRequest
+from .cache import policy
 from .cache.cache import Lookup, ResponseCache
 from .cache.replay import from_json_response, from_stream_chunks, to_json, to_sse_chunks
 from .cache.store import SNAPSHOT_NAME, encode_snapshot, write_snapshot
 from .config import Config
-from .errors import BackendError
+from .errors import BackendError, VeloError
 from .flight import Flight, FlightTable
+from .ids import response_id
 from .service import Outcome, Service, strip_usage
 
 log = logging.getLogger("velollmd.pipeline")
 CACHE_HEADER = "x-velollm-cache"
-
-
-def chat_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+MEMO_SIZE = 4096
 
 
 class Pipeline:
@@ -38,14 +37,44 @@ class Pipeline:
         self.registry = service.registry
         self.cache = ResponseCache(config.cache) if config.cache.enabled else None
         self.flights = FlightTable()
+        self.memo: OrderedDict[str, tuple] = OrderedDict()   # raw request key -> exact key
         self.postprocess = postprocess        # tool-call layer: (request, outcome) -> outcome
         self._snapshot_task: asyncio.Task | None = None
 
     # -- one request ---------------------------------------------------------------------
 
+    def replay_memo(self, raw_key: str, request_headers: dict) -> Outcome | None:
+        """An exact hit found from the raw request bytes alone (no JSON parse, no validation).
+
+        `raw_key` hashes the path, the body bytes and the API key: the same bytes are the same
+        request, so the exact key remembered for them still applies while the serving backend's
+        model identity is unchanged. Anything else falls through to the full lookup."""
+        memo = self.memo.get(raw_key) if self.cache is not None else None
+        if memo is None or policy.client_bypass(request_headers) or "cache-control" in request_headers:
+            return None
+        key, identity, request = memo
+        try:
+            backend = self.registry.pick(request.model)
+        except VeloError:
+            return None
+        entry = self.cache.exact.get(key)
+        if entry is None or backend.identity(request.model) != identity:
+            return None
+        self.cache.counters["hits"] += 1
+        self.memo.move_to_end(raw_key)
+        return self._replay(request, Lookup("hit-exact", entry=entry, similarity=1.0, key=key))
+
+    def _remember(self, request: GenerateRequest, lookup: Lookup) -> None:
+        if request.raw_key and lookup.key:
+            self.memo[request.raw_key] = (lookup.key, lookup.model_identity, request)
+            if len(self.memo) > MEMO_SIZE:
+                self.memo.popitem(last=False)
+
     async def generate(self, request: GenerateRequest) -> Outcome:
         lookup = await self._lookup(request)
         if lookup.status.startswith("hit"):
+            if lookup.status == "hit-exact":
+                self._remember(request, lookup)
             return self._replay(request, lookup)
         if lookup.status == "miss" and lookup.storable:
             outcome = await self._coalesced(request, lookup)
@@ -60,18 +89,20 @@ class Pipeline:
         if self.cache is None or request.endpoint != "chat":
             return Lookup("bypass")
         backend = self.registry.pick(request.model)
-        return await self.cache.alookup(
+        identity = backend.identity(request.model)
+        lookup = await self.cache.alookup(
             request.body, request.headers, endpoint=request.endpoint,
-            model_identity=backend.identity(request.model), tenant=request.api_key or None,
-            defaults=backend.defaults)
+            model_identity=identity, tenant=request.api_key or None, defaults=backend.defaults)
+        lookup.model_identity = identity
+        return lookup
 
     def _replay(self, request: GenerateRequest, lookup: Lookup) -> Outcome:
         headers = {CACHE_HEADER: lookup.status}
         if lookup.status == "hit-semantic":
             headers["x-velollm-similarity"] = f"{lookup.similarity:.4f}"
         if not request.stream:
-            return Outcome(headers, body=to_json(lookup.entry, chat_id(), model=request.model))
-        chunks = to_sse_chunks(lookup.entry, chat_id(), model=request.model,
+            return Outcome(headers, body=to_json(lookup.entry, response_id(), model=request.model))
+        chunks = to_sse_chunks(lookup.entry, response_id(), model=request.model,
                                include_usage=request.include_usage)
         return Outcome(headers, chunks=_iterate(chunks))
 
@@ -102,7 +133,7 @@ class Pipeline:
             await flight.wait_done()
         finally:
             flight.leave()
-        return Outcome(headers, body=to_json(_recorded(flight), chat_id(), model=request.model))
+        return Outcome(headers, body=to_json(_recorded(flight), response_id(), model=request.model))
 
     async def _stream_from(self, flight: Flight, request: GenerateRequest) -> AsyncIterator[dict]:
         """A stream for one consumer: live chunks, or a replay of a whole answer."""
@@ -112,7 +143,7 @@ class Pipeline:
             return
         flight.leave()
         entry = from_json_response(flight.outcome.body)
-        for chunk in to_sse_chunks(entry, chat_id(), model=request.model, include_usage=True):
+        for chunk in to_sse_chunks(entry, response_id(), model=request.model, include_usage=True):
             yield chunk
 
     async def _record(self, request: GenerateRequest, lookup: Lookup) -> Outcome:
@@ -131,8 +162,8 @@ class Pipeline:
         self._store(lookup, request, from_stream_chunks(seen))
 
     def _store(self, lookup: Lookup, request: GenerateRequest, entry) -> None:
-        if self.cache is not None and entry is not None:
-            self.cache.store(lookup, request.body, entry)
+        if self.cache is not None and entry is not None and self.cache.store(lookup, request.body, entry):
+            self._remember(request, lookup)
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 
 import numpy as np
@@ -27,17 +28,22 @@ class OpenAIRoutes:
         router.add("POST", "/v1/embeddings", self.embeddings)
 
     async def chat_completions(self, request: Request) -> Response:
+        raw_key = raw_request_key(request, self.app.api_key_of(request))
+        replay = self.app.pipeline.replay_memo(raw_key, request_headers(request))
+        if replay is not None:
+            return to_response(replay, self.app.config.server.sse_ping_s)
         body = validate_chat(request.json())
-        return await self._generate(request, "chat", body)
+        return await self._generate(request, "chat", body, raw_key)
 
     async def completions(self, request: Request) -> Response:
         body = validate_completion(request.json())
         return await self._generate(request, "completion", body)
 
-    async def _generate(self, request: Request, endpoint: str, body: dict) -> Response:
+    async def _generate(self, request: Request, endpoint: str, body: dict, raw_key: str = "") -> Response:
         self.app.refuse_if_draining()
-        generate = GenerateRequest(endpoint, body, headers=dict(request.headers),
-                                   api_key=self.app.api_key_of(request), priority=self.app.priority_of(request))
+        generate = GenerateRequest(endpoint, body, headers=request_headers(request),
+                                   api_key=self.app.api_key_of(request), priority=self.app.priority_of(request),
+                                   raw_key=raw_key)
         outcome = await self.app.pipeline.generate(generate)
         return to_response(outcome, self.app.config.server.sse_ping_s)
 
@@ -58,6 +64,15 @@ class OpenAIRoutes:
             for item in outcome.body.get("data", []):
                 item["embedding"] = base64_floats(item["embedding"])
         return to_response(outcome, 0)
+
+
+def raw_request_key(request: Request, api_key: str) -> str:
+    material = b"\0".join((request.path.encode(), api_key.encode(), request.body))
+    return hashlib.blake2b(material, digest_size=16).hexdigest()
+
+
+def request_headers(request: Request) -> dict[str, str]:
+    return dict(request.headers)
 
 
 def base64_floats(vector: list[float]) -> str:

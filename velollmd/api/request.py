@@ -22,6 +22,7 @@ class GenerateRequest:
     headers: dict[str, str] = field(default_factory=dict)
     api_key: str = ""
     priority: int = 5
+    raw_key: str = ""                   # hash of path + raw body + API key (the replay memo)
 
     @property
     def model(self) -> str:

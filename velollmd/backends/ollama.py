@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import AsyncIterator
 
 from ..api.request import GenerateRequest
 from ..errors import BackendError
 from ..http.client import ClientResponse
+from ..ids import response_id
 from .base import Backend, ModelInfo
 from .ollama_convert import (OllamaChatStream, ollama_chat_to_openai, ollama_generate_to_openai,
                              openai_to_ollama_chat, openai_to_ollama_generate)
-
-
-def request_id(prefix: str = "chatcmpl") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 class OllamaBackend(Backend):
@@ -34,21 +30,21 @@ class OllamaBackend(Backend):
 
     async def chat(self, request: GenerateRequest) -> dict:
         reply = await self.post_json("/api/chat", openai_to_ollama_chat(request.body, self.config.num_ctx))
-        return ollama_chat_to_openai(reply, request.model, request_id())
+        return ollama_chat_to_openai(reply, request.model, response_id())
 
     async def completion(self, request: GenerateRequest) -> dict:
         reply = await self.post_json("/api/generate", openai_to_ollama_generate(request.body, self.config.num_ctx))
-        return ollama_generate_to_openai(reply, request.model, request_id("cmpl"))
+        return ollama_generate_to_openai(reply, request.model, response_id("cmpl"))
 
     async def chat_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
-        converter = OllamaChatStream(request.model, request_id())
+        converter = OllamaChatStream(request.model, response_id())
         body = openai_to_ollama_chat(request.body, self.config.num_ctx)
         async for reply in self.ndjson("/api/chat", body):
             for chunk in converter.feed(reply):
                 yield chunk
 
     async def completion_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
-        converter = OllamaChatStream(request.model, request_id("cmpl"), chat=False)
+        converter = OllamaChatStream(request.model, response_id("cmpl"), chat=False)
         body = openai_to_ollama_generate(request.body, self.config.num_ctx)
         async for reply in self.ndjson("/api/generate", body):
             for chunk in converter.feed(reply):

@@ -40,6 +40,7 @@ class Lookup:
     query: str | None = None          # last user turn text
     vector: np.ndarray | None = None  # (dim,) float32 query embedding, reused by store()
     storable: bool = False            # request side of the store policy
+    model_identity: str = ""          # the backend model identity the key was made with
 
 
 class ResponseCache:
@@ -64,15 +65,15 @@ class ResponseCache:
             return self._count(Lookup("bypass"))
         ident = dict(endpoint=endpoint, model_identity=model_identity, tenant=tenant,
                      defaults=defaults)
-        lookup = Lookup("miss", key=exact_key(request, **ident),
-                        partition=partition_key(request, **ident), query=query_text(request))
-        lookup.storable = policy.request_storable(request, headers, defaults=defaults,
-                                                  cache_sampled=cfg.cache_sampled)
-        if policy.bypass_reason(request, headers, defaults=defaults,
-                                cache_sampled=cfg.cache_sampled):
+        lookup = Lookup("miss", key=exact_key(request, **ident), query=query_text(request))
+        reproducible = policy.reproducible(request, defaults=defaults, cache_sampled=cfg.cache_sampled)
+        lookup.storable = reproducible and not policy.client_forbids_store(headers)
+        if not reproducible or policy.client_bypass(headers):
             lookup.status = "bypass"
         elif cfg.exact and (entry := self.exact.get(lookup.key)) is not None:
             lookup.status, lookup.entry, lookup.similarity = "hit-exact", entry, 1.0
+            return lookup
+        lookup.partition = partition_key(request, **ident)     # only misses need it
         return lookup
 
     def _wants_semantic(self, lookup: Lookup) -> bool:
