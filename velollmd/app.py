@@ -7,21 +7,19 @@ from __future__ import annotations
 import hmac
 import time
 
-from . import __version__
 from .api.admin import AdminRoutes
 from .api.ollama import OllamaRoutes
 from .api.openai import OpenAIRoutes
 from .api.router import Router
 from .backends.registry import Registry
 from .config import Config
-from .errors import BadRequest, Unauthorized, Unavailable
+from .errors import BadRequest, Unauthorized, Unavailable, VeloError
 from .http.message import Request, Response
+from .metrics import Metrics
 from .pipeline import Pipeline
 from .service import Service
 
-PUBLIC_PATHS = frozenset({"/health", "/"})
-
-
+PUBLIC_PATHS = frozenset({"/health", "/", "/metrics"})
 PRIORITY_HEADER = "x-velollm-priority"
 
 
@@ -29,8 +27,9 @@ class App:
     def __init__(self, config: Config, registry: Registry | None = None):
         self.config = config
         self.registry = registry or Registry(config.backends)
+        self.metrics = Metrics()
         self.service = Service(self.registry)
-        self.pipeline = Pipeline(config, self.service)
+        self.pipeline = Pipeline(config, self.service, metrics=self.metrics)
         self.router = Router()
         self.draining = False
         self.started_at = time.time()
@@ -50,9 +49,17 @@ class App:
         await self.registry.close()
 
     async def handle(self, request: Request) -> Response:
-        if self._api_keys and request.path not in PUBLIC_PATHS:
-            self.check_api_key(request)
-        return await self.router.dispatch(request)
+        started = time.perf_counter()
+        try:
+            if self._api_keys and request.path not in PUBLIC_PATHS:
+                self.check_api_key(request)
+            response = await self.router.dispatch(request)
+        except VeloError as exc:
+            response = Response.error(exc)
+        route = request.path if self.router.is_route(request.path) else "other"
+        self.metrics.requests.inc(route=route, status=str(response.status))
+        self.metrics.latency.observe(time.perf_counter() - started, route=route)
+        return response
 
     def check_api_key(self, request: Request) -> str:
         """The caller's API key (Bearer token or x-api-key); 401 when it is not configured."""

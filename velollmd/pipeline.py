@@ -23,6 +23,7 @@ from .config import Config
 from .errors import BackendError, VeloError
 from .flight import Flight, FlightTable
 from .ids import response_id
+from .metrics import Metrics
 from .service import Outcome, Service, strip_usage
 
 log = logging.getLogger("velollmd.pipeline")
@@ -31,8 +32,9 @@ MEMO_SIZE = 4096
 
 
 class Pipeline:
-    def __init__(self, config: Config, service: Service, postprocess=None):
+    def __init__(self, config: Config, service: Service, postprocess=None, metrics: Metrics | None = None):
         self.config = config
+        self.metrics = metrics or Metrics()
         self.service = service
         self.registry = service.registry
         self.cache = ResponseCache(config.cache) if config.cache.enabled else None
@@ -61,6 +63,7 @@ class Pipeline:
         if entry is None or backend.identity(request.model) != identity:
             return None
         self.cache.counters["hits"] += 1
+        self.metrics.cache.inc(result="hit-exact")
         self.memo.move_to_end(raw_key)
         return self._replay(request, Lookup("hit-exact", entry=entry, similarity=1.0, key=key))
 
@@ -73,6 +76,7 @@ class Pipeline:
     async def generate(self, request: GenerateRequest) -> Outcome:
         lookup = await self._lookup(request)
         if lookup.status.startswith("hit"):
+            self.metrics.cache.inc(result=lookup.status)
             if lookup.status == "hit-exact":
                 self._remember(request, lookup)
             return self._replay(request, lookup)
@@ -83,6 +87,7 @@ class Pipeline:
             if outcome.chunks is not None:
                 outcome.chunks = strip_usage(outcome.chunks, request.include_usage)
         outcome.headers[CACHE_HEADER] = lookup.status
+        self.metrics.cache.inc(result=lookup.status)
         return outcome
 
     async def _lookup(self, request: GenerateRequest) -> Lookup:
@@ -114,7 +119,17 @@ class Pipeline:
         outcome = await self.service.generate(request)
         if self.postprocess is not None:
             outcome = self.postprocess(request, outcome)
+        if outcome.body is not None:
+            self.metrics.record_usage(request.model, outcome.body.get("usage"))
+        else:
+            outcome.chunks = self._count_usage(outcome.chunks, request.model)
         return outcome
+
+    async def _count_usage(self, chunks, model: str) -> AsyncIterator[dict]:
+        async for chunk in chunks:
+            if chunk.get("usage") and not chunk.get("choices"):
+                self.metrics.record_usage(model, chunk["usage"])
+            yield chunk
 
     # -- single-flight and recording ------------------------------------------------------
 

@@ -19,6 +19,7 @@ class AdminRoutes:
         router.add("GET", "/", self.root)
         router.add("GET", "/v1/velollm/cache", self.cache_stats)
         router.add("DELETE", "/v1/velollm/cache", self.cache_flush)
+        router.add("GET", "/metrics", self.metrics)
 
     async def health(self, request: Request) -> Response:
         app = self.app
@@ -40,6 +41,22 @@ class AdminRoutes:
         if not self.app.config.server.api_keys and (request.client or ("",))[0] not in LOOPBACK:
             raise Unauthorized("flushing the cache needs an API key or a loopback client")
         return Response.json({"object": "cache.flush", "deleted": self._cache().flush()})
+
+    async def metrics(self, request: Request) -> Response:
+        app = self.app
+        if not app.config.metrics.enabled:
+            raise VeloError("metrics are disabled ([metrics] enabled = false)", status=404,
+                            error_type="invalid_request_error", code="metrics_disabled")
+        gauges = ["# TYPE velollm_backend_healthy gauge"]
+        gauges += [f'velollm_backend_healthy{{backend="{b.name}"}} {int(bool(b.healthy))}'
+                   for b in app.registry.backends]
+        gauges += ["# TYPE velollm_inflight_flights gauge", f"velollm_inflight_flights {len(app.pipeline.flights)}"]
+        if app.pipeline.cache is not None:
+            stats = app.pipeline.cache.stats()
+            gauges += ["# TYPE velollm_cache_entries gauge", f"velollm_cache_entries {stats['entries']}",
+                       "# TYPE velollm_cache_bytes gauge", f"velollm_cache_bytes {stats['bytes']}"]
+        body = app.metrics.render(gauges).encode()
+        return Response(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")], body)
 
     def _cache(self):
         cache = self.app.pipeline.cache

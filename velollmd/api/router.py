@@ -50,6 +50,10 @@ class Router:
                             headers={"allow": ", ".join(sorted(methods))})
         return handler, params
 
+    def is_route(self, path: str) -> bool:
+        """A fixed route (metrics label it by path; parametrised and unknown paths are "other")."""
+        return path in self._exact
+
     async def dispatch(self, request: Request) -> Response:
         handler, params = self.resolve(request.method, request.path)
         return await handler(request, **params)

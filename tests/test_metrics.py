@@ -1,0 +1,39 @@
+import httpx
+
+from velollmd.metrics import Counter, Histogram, Metrics
+from tests.daemon_rig import RunningDaemon, ollama_backend
+
+
+def test_counter_and_histogram_render_prometheus_text():
+    counter = Counter("x_total", "help")
+    counter.inc(route="/a", status="200")
+    counter.inc(2, route="/a", status="200")
+    histogram = Histogram("lat_seconds", "help", buckets=(0.1, 1))
+    histogram.observe(0.05)
+    histogram.observe(0.5)
+    histogram.observe(5)
+    text = "\n".join(counter.render() + histogram.render())
+    assert 'x_total{route="/a",status="200"} 3' in text
+    assert 'lat_seconds_bucket{le="0.1"} 1' in text and 'lat_seconds_bucket{le="1"} 2' in text
+    assert 'lat_seconds_bucket{le="+Inf"} 3' in text and "lat_seconds_count 3" in text
+
+
+def test_label_values_are_escaped():
+    counter = Counter("y_total", "help")
+    counter.inc(model='a"b\\c')
+    assert 'y_total{model="a\\"b\\\\c"} 1' in "\n".join(counter.render())
+
+
+def test_daemon_exports_requests_cache_and_tokens(ollama_emulator):
+    with RunningDaemon({"backends": [ollama_backend(ollama_emulator)]}) as daemon:
+        body = {"model": "llama3.2:latest", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
+        httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=30)
+        httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=30)
+        httpx.get(daemon.url + "/nope")
+        text = httpx.get(daemon.url + "/metrics").text
+    assert 'velollm_http_requests_total{route="/v1/chat/completions",status="200"} 2' in text
+    assert 'velollm_http_requests_total{route="other",status="404"} 1' in text
+    assert 'velollm_cache_lookups_total{result="hit-exact"} 1' in text
+    assert 'velollm_cache_lookups_total{result="miss"} 1' in text
+    assert 'velollm_tokens_total{kind="completion",model="llama3.2:latest"}' in text
+    assert 'velollm_backend_healthy{backend="ollama"} 1' in text

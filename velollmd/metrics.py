@@ -1,0 +1,87 @@
+"""Counters and histograms in the Prometheus text format (GET /metrics), no dependencies."""
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def _labels(labels: tuple[tuple[str, str], ...]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+                     for k, v in labels)
+    return "{" + inner + "}"
+
+
+class Counter:
+    def __init__(self, name: str, help_text: str):
+        self.name, self.help = name, help_text
+        self.values: dict[tuple, float] = defaultdict(float)
+
+    def inc(self, amount: float = 1.0, **labels) -> None:
+        self.values[tuple(sorted(labels.items()))] += amount
+
+    def get(self, **labels) -> float:
+        return self.values.get(tuple(sorted(labels.items())), 0.0)
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        lines += [f"{self.name}{_labels(k)} {v:g}" for k, v in sorted(self.values.items())]
+        return lines
+
+
+class Histogram:
+    def __init__(self, name: str, help_text: str, buckets=LATENCY_BUCKETS_S):
+        self.name, self.help, self.buckets = name, help_text, tuple(buckets)
+        self.series: dict[tuple, list] = {}     # labels -> [bucket counts..., sum, count]
+
+    def observe(self, value: float, **labels) -> None:
+        key = tuple(sorted(labels.items()))
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = [0] * len(self.buckets) + [0.0, 0]
+        index = bisect.bisect_left(self.buckets, value)
+        if index < len(self.buckets):
+            series[index] += 1
+        series[-2] += value
+        series[-1] += 1
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        for key, series in sorted(self.series.items()):
+            cumulative = 0
+            for bound, count in zip(self.buckets, series):
+                cumulative += count
+                lines.append(f"{self.name}_bucket{_labels(key + (('le', f'{bound:g}'),))} {cumulative}")
+            lines.append(f"{self.name}_bucket{_labels(key + (('le', '+Inf'),))} {series[-1]}")
+            lines.append(f"{self.name}_sum{_labels(key)} {series[-2]:.6f}")
+            lines.append(f"{self.name}_count{_labels(key)} {series[-1]}")
+        return lines
+
+
+class Metrics:
+    """Every metric the daemon exports, created in one place so names stay consistent."""
+
+    def __init__(self):
+        self.requests = Counter("velollm_http_requests_total", "HTTP requests by route and status")
+        self.latency = Histogram("velollm_http_request_duration_seconds", "Time to the response head")
+        self.cache = Counter("velollm_cache_lookups_total", "Response cache lookups by result")
+        self.tokens = Counter("velollm_tokens_total", "Tokens by kind (prompt, completion) and model")
+        self.tool_repairs = Counter("velollm_tool_call_repairs_total", "Tool-call fixes by kind")
+        self.tool_loops = Counter("velollm_tool_call_loops_total", "Repeated identical tool calls flagged")
+        self.backend_errors = Counter("velollm_backend_errors_total", "Backend failures by backend")
+
+    def all(self):
+        return [self.requests, self.latency, self.cache, self.tokens, self.tool_repairs,
+                self.tool_loops, self.backend_errors]
+
+    def record_usage(self, model: str, usage: dict | None) -> None:
+        if usage:
+            self.tokens.inc(usage.get("prompt_tokens") or 0, kind="prompt", model=model)
+            self.tokens.inc(usage.get("completion_tokens") or 0, kind="completion", model=model)
+
+    def render(self, extra: list[str] | None = None) -> str:
+        lines = [line for metric in self.all() for line in metric.render()]
+        return "\n".join(lines + (extra or [])) + "\n"
