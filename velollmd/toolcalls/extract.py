@@ -82,7 +82,21 @@ def _parse_body(kind: str, body: str, index: ToolIndex, loads: Loads, fixes: lis
             return calls, end
     if kind == "mistral" and stripped[:1] not in ("{", "[", ""):
         return parse_mistral_named(body, loads, fixes)
-    return _json_calls(body, index, loads, fixes)
+    calls, end = _json_calls(body, index, loads, fixes)
+    if not calls and kind not in ("json", "fence"):
+        return _whole_body_calls(body, index, loads, fixes)
+    return calls, end
+
+
+def _whole_body_calls(body: str, index: ToolIndex, loads: Loads, fixes: list[str]):
+    """Inside a marker the text is meant as a call: allow prose or a fence around the JSON."""
+    try:
+        value, value_fixes = loads(body)
+    except ValueError:
+        return None, 0
+    calls = value_to_calls(value, index, loads, fixes)
+    fixes.extend(value_fixes)
+    return calls, len(body)
 
 
 def _parse_pythonic_prefix(body: str, index: ToolIndex) -> tuple[list[RawCall] | None, int]:

@@ -187,7 +187,5 @@ def finish_result(content: str | None, assembler: CallAssembler,
     calls = assembler.calls
     if calls and not content:
         content = None
-    if assembler.mode == "none" and "dropped-by-tool-choice" in assembler.fixes and not content:
-        content = ""
     return ToolResult(content=content, tool_calls=calls, fixes=list(assembler.fixes),
                       loop=detect_loop(calls, messages), error=assembler.error())

@@ -10,8 +10,9 @@ Rules, decided on text alone (every decision is stable once made, whatever comes
 - It ends at its closing tag, at the next marker of its kind, where its JSON value closes,
   at the closing fence, or at the end of the text.
 - Text that might still become a marker or fence (`<tool_ca`, "``") is held back.
-- Whitespace next to a call is dropped; a segment that is no call is released as content
-  unchanged.
+- Whitespace next to a call is dropped, except that text before and after a call stays
+  separated by the whitespace that preceded the call; a segment that is no call is released
+  as content unchanged.
 """
 from __future__ import annotations
 
@@ -37,11 +38,13 @@ class Segmenter:
         self.text = ""
         self.pos = 0                      # text[:pos] is decided
         self.segment: _OpenSegment | None = None
-        self.held = ""                    # trailing whitespace not yet released
+        self.held = ""                    # trailing whitespace: released only before more text
         self.after_call = False           # drop whitespace that follows a call
         self.at_start = True              # nothing but whitespace so far
 
     def feed(self, chunk: str) -> list[Piece]:
+        if not self.text and self.pos == 0 and chunk.startswith("\ufeff"):
+            chunk = chunk[1:]  # a byte-order mark is never content
         self.text += chunk
         pieces = self._run(eof=False)
         self._trim()
@@ -49,9 +52,9 @@ class Segmenter:
 
     def finish(self) -> list[Piece]:
         pieces = self._run(eof=True)
-        if self.held:
+        if self.held and not self.after_call:
             pieces.append(("content", self.held))
-            self.held = ""
+        self.held = ""
         return pieces
 
     def _run(self, eof: bool) -> list[Piece]:
@@ -77,7 +80,6 @@ class Segmenter:
         if found is None:
             self._content(text, pieces)
         else:
-            self.held = ""
             pieces.append(("calls", found))
             self.after_call = True
             self._content(found.leftover, pieces)
