@@ -1,10 +1,11 @@
 """Tolerant JSON for model output (stdlib only).
 
-`loads_repaired` tries `json.loads` first, so valid JSON costs what `json.loads` costs. Only
-when that fails does a forgiving recursive-descent parser run. It hands every well-formed
-sub-value back to the C decoder (`raw_decode`), so a document with one broken spot is mostly
-parsed at C speed. Each repair it makes is reported as a short fix token (the words of the
-`x-velollm-tool-repair` header).
+`loads_repaired` tries `json.loads` first, so valid JSON costs what `json.loads` costs. When
+that fails, the C decoder's error position usually names the one broken spot (a trailing
+comma, `True`, an unquoted key, a raw newline); it is fixed in place and `json.loads` runs
+again, a few times at most. Anything else goes to a forgiving recursive-descent parser,
+which still hands every well-formed sub-value back to the C decoder (`raw_decode`). Each
+repair is reported as a short fix token (the words of the `x-velollm-tool-repair` header).
 """
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ import re
 from json.decoder import scanstring
 
 _DECODER = json.JSONDecoder()
+_LOOSE_DECODER = json.JSONDecoder(strict=False)  # allows raw control characters in strings
+_MAX_SPOT_FIXES = 6
+_PY_WORD_RE = re.compile(r"(?:True|False|None)\b")
+_PY_WORDS = {"True": "true", "False": "false", "None": "null"}
+_KEY_WORD_RE = re.compile(r"[A-Za-z_$][\w$\-]*(?=\s*:)")
 _WS_RE = re.compile(r"[ \t\r\n\ufeff]*")
 _NUMBER_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _WORD_RE = re.compile(r"[A-Za-z_$][\w$\-]*")
@@ -27,6 +33,7 @@ _LITERALS = {"true": (True, None), "false": (False, None), "null": (None, None),
              "None": (None, "python-literal"), "undefined": (None, "python-literal"),
              "NaN": (float("nan"), None), "Infinity": (float("inf"), None)}
 _VALUE_FOLLOWERS = ",}]"
+_SKIPPABLE = " \t\r\n\ufeff#/"
 
 
 class _Truncated(Exception):
@@ -40,10 +47,84 @@ def loads_repaired(text: str) -> tuple[object, list[str]]:
     """
     try:
         return json.loads(text), []
-    except json.JSONDecodeError:
-        pass
-    value, _end, fixes = parse_prefix(text, document=True)
+    except json.JSONDecodeError as error:
+        first_error = error
+    fixes: list[str] = []
+    value, text = _spot_repair(text, first_error, fixes)
+    if value is not _UNSET:
+        return value, fixes
+    parser = _Parser(text)
+    parser.fixes = fixes
+    value, _end, fixes = parser.document()
     return value, fixes
+
+
+_UNSET = object()
+
+
+def _spot_repair(text: str, error: json.JSONDecodeError, fixes: list[str]) -> tuple[object, str]:
+    """Fix the spot json.loads complains about, and retry. Returns (value or _UNSET, text)."""
+    decoder = _DECODER
+    for _ in range(_MAX_SPOT_FIXES):
+        if error.msg.startswith("Invalid control character") and decoder is _DECODER:
+            decoder = _LOOSE_DECODER
+            fixes.append("raw-newline")
+        elif error.msg == "Extra data":
+            fixes.append("text-around")
+            return decoder.raw_decode(text)[0], text
+        else:
+            fixed = _spot_fix(text, error, fixes)
+            if fixed is None:
+                return _UNSET, text
+            text = fixed
+        try:
+            return decoder.decode(text), text
+        except json.JSONDecodeError as next_error:
+            error = next_error
+    return _UNSET, text
+
+
+def _spot_fix(text: str, error: json.JSONDecodeError, fixes: list[str]) -> str | None:
+    """The text with the error at error.pos fixed, or None when it is no simple spot."""
+    pos, msg = error.pos, error.msg
+    if pos >= len(text):
+        return None
+    char = text[pos]
+    if pos == 0 and char == "\ufeff":
+        fixes.append("bom")
+        return text[1:]
+    if char in "}]" and (msg == "Expecting value" or msg.startswith("Expecting property name")):
+        comma = _comma_before(text, pos)
+        if comma is None:
+            return None
+        _add(fixes, "trailing-comma")
+        return text[:comma] + text[comma + 1:]
+    if msg == "Expecting value":
+        word = _PY_WORD_RE.match(text, pos)
+        if word:
+            _add(fixes, "python-literal")
+            return text[:pos] + _PY_WORDS[word.group()] + text[word.end():]
+    elif msg.startswith("Expecting property name"):
+        word = _KEY_WORD_RE.match(text, pos)
+        if word:
+            _add(fixes, "unquoted-key")
+            return text[:pos] + '"' + word.group() + '"' + text[word.end():]
+    elif msg == "Expecting ',' delimiter" and char == '"':
+        _add(fixes, "missing-comma")
+        return text[:pos] + "," + text[pos:]
+    return None
+
+
+def _comma_before(text: str, pos: int) -> int | None:
+    j = pos - 1
+    while j >= 0 and text[j] in " \t\r\n":
+        j -= 1
+    return j if j >= 0 and text[j] == "," else None
+
+
+def _add(fixes: list[str], token: str) -> None:
+    if token not in fixes:
+        fixes.append(token)
 
 
 def parse_prefix(text: str, *, document: bool = False) -> tuple[object, int, list[str]]:
@@ -108,8 +189,11 @@ class _Parser:
 
     # -- whitespace and comments ---------------------------------------------------------
     def skip(self) -> None:
-        text, n = self.text, len(self.text)
-        i = _WS_RE.match(text, self.pos).end()
+        text, i = self.text, self.pos
+        if i < len(text) and text[i] not in _SKIPPABLE:
+            return
+        n = len(text)
+        i = _WS_RE.match(text, i).end()
         while i < n and (text[i] == "#" or text.startswith(("//", "/*"), i)):
             self.fix("comment")
             if text.startswith("/*", i):
