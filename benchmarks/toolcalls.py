@@ -13,6 +13,7 @@ Run: .venv/bin/python benchmarks/toolcalls.py [--rounds N]
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import platform
 import statistics
@@ -121,7 +122,7 @@ def main() -> None:
     pipe = pipeline_times(max(1, args.rounds // 10))
 
     print(f"### Tool-call repair ({time.strftime('%Y-%m-%d')}, {platform.node()}, "
-          f"Python {platform.python_version()}, json-repair {json_repair.__version__ if hasattr(json_repair, '__version__') else '?'})\n")
+          f"Python {platform.python_version()}, json-repair {importlib.metadata.version('json_repair')})\n")
     print(f"`.venv/bin/python benchmarks/toolcalls.py --rounds {args.rounds}`; "
           "A/B interleaved (A B B A), times in microseconds per call.\n")
     print("| comparison (A vs B) | cases / samples per side | A p50 / p99 | B p50 / p99 "
