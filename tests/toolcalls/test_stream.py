@@ -1,0 +1,64 @@
+from tests.toolcalls.corpus import load_tools
+from velollmd.toolcalls.stream import ToolCallStream
+
+TOOLS = load_tools()["default"]
+
+
+def feed_all(stream, chunks):
+    events = []
+    for chunk in chunks:
+        events.append(stream.feed(chunk))
+    events.append(stream.finish())
+    return events
+
+
+def test_prose_passes_through_as_it_arrives():
+    stream = ToolCallStream(TOOLS)
+    assert [e.content for e in stream.feed("Hello ")] == ["Hello"]
+    assert [e.content for e in stream.feed("world, how")] == [" world, how"]
+    assert [e.content for e in stream.finish()] == []
+    assert stream.result.content == "Hello world, how" and stream.finish_reason is None
+
+
+def test_partial_marker_is_held_then_the_call_is_emitted_whole():
+    stream = ToolCallStream(TOOLS)
+    assert [e.content for e in stream.feed("Checking.<tool_c")] == ["Checking."]
+    assert stream.feed('all>{"name": "search", "arguments": {"query"') == []
+    events = stream.feed(': "x"}}</tool_call>')
+    assert len(events) == 1 and events[0].is_call and events[0].index == 0
+    assert events[0].name == "search" and events[0].id.startswith("call_")
+    delta = events[0].tool_call_delta()
+    assert delta["type"] == "function" and delta["function"]["arguments"] == '{"query": "x", "max_results": 5}'
+    assert stream.finish() == [] and stream.finish_reason == "tool_calls"
+
+
+def test_a_marker_that_is_not_completed_is_released_as_content():
+    stream = ToolCallStream(TOOLS)
+    events = feed_all(stream, ["a <tool", "box> b"])
+    assert "".join(e.content for group in events for e in group) == "a <toolbox> b"
+
+
+def test_leading_json_that_is_no_call_is_released_once_it_closes():
+    stream = ToolCallStream(TOOLS)
+    assert stream.feed('{"answer": ') == []
+    assert "".join(e.content for e in stream.feed('42} and')) == '{"answer": 42} and'
+    stream.finish()
+    assert stream.result.content == '{"answer": 42} and' and stream.result.tool_calls == []
+
+
+def test_each_call_is_emitted_when_its_segment_closes():
+    stream = ToolCallStream(TOOLS)
+    first = stream.feed('<tool_call>{"name": "search", "arguments": {"query": "a"}}</tool_call>\n<tool_')
+    second = stream.feed('call>{"name": "search", "arguments": {"query": "b"}}</tool_call>')
+    assert [e.index for e in first] == [0] and [e.index for e in second] == [1]
+
+
+def test_without_tools_the_stream_is_a_passthrough():
+    stream = ToolCallStream([])
+    assert [e.content for e in stream.feed('<tool_call>{"name"')] == ['<tool_call>{"name"']
+
+
+def test_backend_parsed_calls_join_the_same_numbering():
+    stream = ToolCallStream(TOOLS)
+    events = stream.add_calls([{"function": {"name": "search", "arguments": '{"query": "z"}'}}])
+    assert events[0].index == 0 and events[0].arguments == '{"query": "z", "max_results": 5}'

@@ -1,0 +1,222 @@
+"""Split model text into content and call segments, incrementally (sans-IO, like h11).
+
+Feed text in any chunks; get back pieces: ("content", text) and ("calls", Extracted). The
+whole-text path (`pipeline.process_output`) and the stream (`stream.ToolCallStream`) both run
+this one state machine, so chunking can never change the result.
+
+Rules, decided on text alone (every decision is stable once made, whatever comes later):
+- A segment starts at a tool-call marker (anywhere), at `{` or a ```json-ish fence at the
+  start of a line, or at `[` / `"{` / `"[` when nothing but whitespace came before.
+- It ends at its closing tag, at the next marker of its kind, where its JSON value closes,
+  at the closing fence, or at the end of the text.
+- Text that might still become a marker or fence (`<tool_ca`, "``") is held back.
+- Whitespace next to a call is dropped, except that text before and after a call stays
+  separated by the whitespace that preceded the call; a segment that is no call is released
+  as content unchanged.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from .extract import MARKERS, Extracted
+from .scan import ValueEndScanner
+
+_CANDIDATE_RE = re.compile("|".join(re.escape(m) for m in MARKERS) + r"|[{\[\"`]")
+_FENCE_CLOSE_RE = re.compile(r"\n[ \t]*```")
+FENCE_LANGS = {"", "json", "jsonc", "json5", "tool_call", "tool_calls", "tool_code"}
+_LONGEST_MARKER = max(map(len, MARKERS))
+_MORE = "more"  # undecidable until more text arrives
+
+ParseSegment = Callable[[str, str], "Extracted | None"]
+Piece = tuple[str, object]  # ("content", str) | ("calls", Extracted)
+
+
+class Segmenter:
+    def __init__(self, parse_segment: ParseSegment):
+        self.parse_segment = parse_segment
+        self.text = ""
+        self.pos = 0                      # text[:pos] is decided
+        self.segment: _OpenSegment | None = None
+        self.held = ""                    # trailing whitespace: released only before more text
+        self.after_call = False           # drop whitespace that follows a call
+        self.at_start = True              # nothing but whitespace so far
+
+    def feed(self, chunk: str) -> list[Piece]:
+        if not self.text and self.pos == 0 and chunk.startswith("\ufeff"):
+            chunk = chunk[1:]  # a byte-order mark is never content
+        self.text += chunk
+        pieces = self._run(eof=False)
+        self._trim()
+        return pieces
+
+    def finish(self) -> list[Piece]:
+        pieces = self._run(eof=True)
+        if self.held and not self.after_call:
+            pieces.append(("content", self.held))
+        self.held = ""
+        return pieces
+
+    def _run(self, eof: bool) -> list[Piece]:
+        pieces: list[Piece] = []
+        while True:
+            if self.segment is None:
+                start, kind = find_segment_start(self.text, self.pos, self.at_start, eof)
+                self._content(self.text[self.pos:start], pieces)
+                self.pos = start
+                if kind is None:
+                    return pieces
+                self.segment = _OpenSegment(kind, start, self.text)
+            end = self.segment.find_end(self.text, eof)
+            if end is None:
+                return pieces
+            self._close_segment(end, pieces)
+
+    def _close_segment(self, end: int, pieces: list[Piece]) -> None:
+        segment, self.segment = self.segment, None
+        text = self.text[segment.start:end]
+        self.pos = end
+        found = self.parse_segment(segment.kind, text)
+        if found is None:
+            self._content(text, pieces)
+        else:
+            pieces.append(("calls", found))
+            self.after_call = True
+            self._content(found.leftover, pieces)
+        self.at_start = False
+
+    def _content(self, text: str, pieces: list[Piece]) -> None:
+        if self.after_call:
+            text = text.lstrip()
+            if not text:
+                return
+            self.after_call = False
+        if not text:
+            return
+        text = self.held + text
+        body = text.rstrip()
+        self.held = text[len(body):]
+        if body:
+            self.at_start = False
+            pieces.append(("content", body))
+
+    def _trim(self) -> None:
+        """Forget decided text, keeping the current line (line-start rules look back)."""
+        if self.segment is None and self.pos > 4096:
+            cut = self.text.rfind("\n", 0, self.pos) + 1
+            self.text = self.text[cut:]
+            self.pos -= cut
+
+
+def find_segment_start(text: str, pos: int, at_start: bool, eof: bool) -> tuple[int, str | None]:
+    """(index, kind) of the first segment at or after pos; kind None means no segment starts
+    before index (and text[index:] is held back until more text arrives, unless eof)."""
+    i = pos
+    while True:
+        match = _CANDIDATE_RE.search(text, i)
+        if match is None:
+            break
+        start, token = match.start(), match.group()
+        if token in MARKERS:
+            return start, MARKERS[token][0]
+        if not eof and _partial_marker_start(text, start) == start:
+            return start, None  # `[TOOL_CA...` may still become a marker
+        leading = at_start and not text[pos:start].strip()
+        verdict = _classify(text, start, leading, eof)
+        if verdict == _MORE:
+            return start, None
+        if verdict:
+            return start, verdict
+        i = start + 1
+    return (len(text) if eof else _partial_marker_start(text, pos)), None
+
+
+def _classify(text: str, i: int, leading: bool, eof: bool) -> str | None:
+    """Does the bracket, quote or backtick at text[i] start a segment?"""
+    char = text[i]
+    if char == "{":
+        return "json" if _at_line_start(text, i) else None
+    if char == "[":
+        return "json" if leading else None
+    if char == '"':
+        if not leading:
+            return None
+        if i + 1 >= len(text):
+            return None if eof else _MORE
+        return "json" if text[i + 1] in "{[" else None
+    if not _at_line_start(text, i):
+        return None
+    if not text.startswith("```", i):
+        return _MORE if not eof and "```".startswith(text[i:]) else None
+    newline = text.find("\n", i)
+    if newline < 0:
+        return None if eof else _MORE
+    return "fence" if text[i + 3:newline].strip().lower() in FENCE_LANGS else None
+
+
+def _at_line_start(text: str, i: int) -> bool:
+    j = i - 1
+    while j >= 0 and text[j] in " \t":
+        j -= 1
+    return j < 0 or text[j] == "\n"
+
+
+def _partial_marker_start(text: str, pos: int) -> int:
+    """Where a marker may be starting at the very end of text (else len(text))."""
+    for k in range(max(pos, len(text) - _LONGEST_MARKER + 1), len(text)):
+        tail = text[k:]
+        if any(marker.startswith(tail) for marker in MARKERS):
+            return k
+    return len(text)
+
+
+class _OpenSegment:
+    """A segment whose start is known; finds its end as text arrives."""
+
+    def __init__(self, kind: str, start: int, text: str):
+        self.kind = kind
+        self.start = start
+        self.scanner: ValueEndScanner | None = None
+        self.close: str | None = None
+        self.next_marker: str | None = None
+        if kind == "json":
+            self.scanner = ValueEndScanner(start)
+        elif kind == "functools":
+            self.scanner = ValueEndScanner(start + len("functools"))
+        elif kind == "fence":
+            self.search_from = text.find("\n", start)
+        else:
+            marker = next(m for m, (k, _) in MARKERS.items() if k == kind)
+            self.close = MARKERS[marker][1]
+            self.next_marker = marker
+            self.search_from = start + len(marker)
+
+    def find_end(self, text: str, eof: bool) -> int | None:
+        if self.scanner is not None:
+            end = self.scanner.scan(text)
+        elif self.kind == "fence":
+            end = self._fence_end(text)
+        else:
+            end = self._tag_end(text)
+        return len(text) if end is None and eof else end
+
+    def _fence_end(self, text: str) -> int | None:
+        match = _FENCE_CLOSE_RE.search(text, self.search_from)
+        if match:
+            return match.end()
+        self.search_from = max(self.search_from, len(text) - 16)
+        return None
+
+    def _tag_end(self, text: str) -> int | None:
+        ends = []
+        if self.close:
+            found = text.find(self.close, self.search_from)
+            if found >= 0:
+                ends.append(found + len(self.close))
+        found = text.find(self.next_marker, self.search_from)
+        if found >= 0:
+            ends.append(found)
+        if ends:
+            return min(ends)
+        self.search_from = max(self.search_from, len(text) - _LONGEST_MARKER)
+        return None
