@@ -25,6 +25,7 @@ from .flight import Flight, FlightTable
 from .ids import response_id
 from .metrics import Metrics
 from .service import Outcome, Service, strip_usage
+from .toolcalls.layer import ToolCallLayer
 
 log = logging.getLogger("velollmd.pipeline")
 CACHE_HEADER = "x-velollm-cache"
@@ -32,15 +33,15 @@ MEMO_SIZE = 4096
 
 
 class Pipeline:
-    def __init__(self, config: Config, service: Service, postprocess=None, metrics: Metrics | None = None):
+    def __init__(self, config: Config, service: Service, metrics: Metrics | None = None):
         self.config = config
         self.metrics = metrics or Metrics()
+        self.tools = ToolCallLayer(config.tools, self.metrics)
         self.service = service
         self.registry = service.registry
         self.cache = ResponseCache(config.cache) if config.cache.enabled else None
         self.flights = FlightTable()
         self.memo: OrderedDict[str, tuple] = OrderedDict()   # raw request key -> exact key
-        self.postprocess = postprocess        # tool-call layer: (request, outcome) -> outcome
         self._snapshot_task: asyncio.Task | None = None
 
     # -- one request ---------------------------------------------------------------------
@@ -117,8 +118,7 @@ class Pipeline:
             options = {**(request.body.get("stream_options") or {}), "include_usage": True}
             request = replace(request, body={**request.body, "stream_options": options})
         outcome = await self.service.generate(request)
-        if self.postprocess is not None:
-            outcome = self.postprocess(request, outcome)
+        outcome = await self.tools.apply(request, outcome, self.service.generate)
         if outcome.body is not None:
             self.metrics.record_usage(request.model, outcome.body.get("usage"))
         else:

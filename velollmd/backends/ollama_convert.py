@@ -15,6 +15,7 @@ import time
 from datetime import datetime, timezone
 
 from ..api.request import max_tokens_of
+from ..toolcalls.choice import ollama_format
 
 OPTION_FIELDS = {          # OpenAI field -> Ollama option
     "temperature": "temperature", "top_p": "top_p", "seed": "seed", "top_k": "top_k",
@@ -40,9 +41,11 @@ def now_rfc3339() -> str:
 def openai_to_ollama_chat(body: dict, num_ctx: int = 0) -> dict:
     out = {"model": body["model"], "messages": [_message_to_ollama(m) for m in body["messages"]],
            "stream": bool(body.get("stream")), "options": _options_to_ollama(body, num_ctx)}
-    if body.get("tools"):
+    if body.get("tools") and body.get("tool_choice") != "none":
         out["tools"] = body["tools"]
     fmt = _format_to_ollama(body.get("response_format"))
+    if fmt is None and body.get("tools"):
+        fmt = ollama_format(body["tools"], body.get("tool_choice"))   # forces required/named calls
     if fmt is not None:
         out["format"] = fmt
     for passthrough in ("keep_alive", "think"):

@@ -1,0 +1,145 @@
+"""Tool-call repair through the daemon: the corpus replayed by the Ollama emulator and read
+back with the openai SDK (whole and streamed), plus real calls from llama-server."""
+import json
+
+import httpx
+import openai
+import pytest
+
+from tests.daemon_rig import llama_backend, ollama_backend
+from tests.rig.llama import force_tool_call_bias
+from tests.toolcalls.corpus import load_cases
+
+CASES = load_cases()
+MODEL = "llama3.2:latest"
+
+
+@pytest.fixture
+def tool_daemon(daemon_factory, ollama_emulator):
+    return daemon_factory({"backends": [ollama_backend(ollama_emulator)],
+                           "cache": {"enabled": False}, "tools": {"max_retries": 0}})
+
+
+def request_args(case: dict) -> dict:
+    args = {"model": MODEL, "tools": case["tools"],
+            "messages": case.get("messages") or [{"role": "user", "content": "Help me."}]}
+    if "tool_choice" in case:
+        args["tool_choice"] = case["tool_choice"]
+    return args
+
+
+def expected_content(case):
+    return case["content"] or None
+
+
+def calls_of(tool_calls) -> list[dict]:
+    return [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+            for c in tool_calls or []]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_corpus_whole_and_streamed_through_the_daemon(tool_daemon, ollama_emulator, case):
+    client = openai.OpenAI(base_url=tool_daemon.url + "/v1", api_key="x", max_retries=0)
+    ollama_emulator.script(case["raw"])
+    raw = client.chat.completions.with_raw_response.create(**request_args(case))
+    reply = raw.parse().choices[0]
+    assert (reply.message.content or None) == expected_content(case)
+    assert calls_of([c.model_dump() for c in reply.message.tool_calls or []]) == case["calls"]
+    assert reply.finish_reason == ("tool_calls" if case["calls"] else "stop")
+    ids = [c.id for c in reply.message.tool_calls or []]
+    assert all(ids) and len(set(ids)) == len(ids)
+    if "ids" in case:                                   # ids the model gave are kept
+        assert ids == case["ids"]
+    else:
+        assert all(i.startswith("call_") for i in ids)
+    if case.get("loop"):
+        assert raw.headers.get("x-velollm-tool-loop") == "1"
+    if set(case["fixes"]) - {"dedup"}:
+        assert set(case["fixes"]) <= set(raw.headers["x-velollm-tool-repair"].split(","))
+
+    ollama_emulator.script(case["raw"])
+    chunks = list(client.chat.completions.create(**request_args(case), stream=True))
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    fragments = [tc.model_dump() for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert (content or None) == expected_content(case)
+    assert calls_of(fragments) == case["calls"]
+    assert [f["index"] for f in fragments] == list(range(len(fragments)))
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [("tool_calls" if case["calls"] else "stop")]
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"},
+                                     "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+    "required": ["city"]}}}
+
+
+def test_real_llama_server_calls_come_out_clean(daemon_factory, llama_server):
+    daemon = daemon_factory({"backends": [llama_backend(llama_server)]})
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    for stream in (False, True):
+        result = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Weather?"}],
+                                                tools=[WEATHER], max_tokens=100, logit_bias=force_tool_call_bias(),
+                                                stream=stream)
+        if stream:
+            fragments = [tc.model_dump() for c in result if c.choices for tc in c.choices[0].delta.tool_calls or []]
+        else:
+            fragments = [tc.model_dump() for tc in result.choices[0].message.tool_calls]
+        [call] = calls_of(fragments)
+        assert call["name"] == "get_weather" and call["arguments"]["unit"] in ("celsius", "fahrenheit")
+
+
+def test_free_text_from_llama_server_with_tools_stays_content(daemon_factory, llama_server):
+    daemon = daemon_factory({"backends": [llama_backend(llama_server)]})
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                           tools=[WEATHER], max_tokens=12)
+    assert reply.choices[0].message.content and not reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "length"
+
+
+def test_tool_choice_named_on_ollama_uses_a_format_schema(daemon_factory, ollama_emulator):
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)]})
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "weather"}],
+                                           tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    sent = ollama_emulator.last_request("/api/chat")
+    assert sent["format"]["properties"]["name"]["const"] == "get_weather"
+    [call] = reply.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+
+
+def test_tool_choice_required_retries_once_with_the_error(daemon_factory, ollama_emulator):
+    backend = {"name": "compat", "kind": "openai", "url": ollama_emulator.url, "models": ["llama3*"]}
+    daemon = daemon_factory({"backends": [backend], "cache": {"enabled": False}})
+    ollama_emulator.script("I would rather just answer: it is sunny.")
+    ollama_emulator.script('<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>')
+    raw = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0).chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "weather"}], tools=[WEATHER], tool_choice="required")
+    [call] = raw.parse().choices[0].message.tool_calls
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    assert ollama_emulator.count("/v1/chat/completions") == 2
+    retry = ollama_emulator.last_request("/v1/chat/completions")["messages"]
+    assert "a tool call is required" in retry[-1]["content"]
+
+
+def test_tool_choice_none_strips_calls(daemon_factory, ollama_emulator):
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)]})
+    ollama_emulator.script('Sure.<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>')
+    reply = httpx.post(daemon.url + "/v1/chat/completions", timeout=30, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "x"}], "tools": [WEATHER], "tool_choice": "none"}).json()
+    assert "tool_calls" not in reply["choices"][0]["message"]
+    assert "tools" not in ollama_emulator.last_request("/api/chat")
+
+
+def test_tool_loop_is_counted_in_metrics(daemon_factory, ollama_emulator):
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False}})
+    messages = [{"role": "user", "content": "weather"},
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "call_a", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+                {"role": "tool", "tool_call_id": "call_a", "content": "sunny"}]
+    ollama_emulator.script(tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}])
+    raw = httpx.post(daemon.url + "/v1/chat/completions", timeout=30,
+                     json={"model": MODEL, "messages": messages, "tools": [WEATHER]})
+    assert raw.headers["x-velollm-tool-loop"] == "1"
+    assert "velollm_tool_call_loops_total 1" in httpx.get(daemon.url + "/metrics").text
