@@ -27,7 +27,7 @@ class App:
     def __init__(self, config: Config, registry: Registry | None = None):
         self.config = config
         self.registry = registry or Registry(config.backends)
-        self.service = Service(self.registry)
+        self.service = Service(self.registry, config.scheduler)
         self.router = Router()
         self.draining = False
         self.started_at = time.time()
