@@ -26,7 +26,8 @@ class Entry:
 class SlotTable:
     """Per-slot fingerprints of one llama-server; `busy` are slots running a request now."""
 
-    def __init__(self, num_slots: int):
+    def __init__(self, num_slots: int, min_match_tokens: int = 1):
+        self.min_match_tokens = min_match_tokens
         self.entries = [Entry() for _ in range(num_slots)]
         self.busy: set[int] = set()
 
@@ -35,14 +36,15 @@ class SlotTable:
         return len(self.entries)
 
     def claim(self, fingerprint: Fingerprint, now: float) -> tuple[int | None, int]:
-        """(slot, cached tokens): the free slot with the longest common prefix, ties to the
-        least recently used; (None, 0) when every slot is busy."""
+        """(slot, cached tokens): the free slot with the longest common prefix (of at least
+        min_match_tokens), else the least recently used one; (None, 0) when all are busy."""
         free = [s for s in range(self.num_slots) if s not in self.busy]
         if not free:
             return None, 0
-        slot = max(free, key=lambda s: (fingerprint.common_prefix_tokens(self.entries[s].fingerprint),
+        matches = {s: fingerprint.common_prefix_tokens(self.entries[s].fingerprint) for s in free}
+        slot = max(free, key=lambda s: (matches[s] if matches[s] >= self.min_match_tokens else 0,
                                         -self.entries[s].last_used))
-        matched = fingerprint.common_prefix_tokens(self.entries[slot].fingerprint)
+        matched = matches[slot]
         self.busy.add(slot)
         self.entries[slot] = Entry(fingerprint, now)
         return slot, matched

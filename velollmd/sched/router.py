@@ -91,5 +91,5 @@ class PrefixRouter:
     def _slots_of(self, backend: Any) -> SlotTable:
         table = self._slots.get(backend.name)
         if table is None or table.num_slots != backend.num_slots and not table.busy:
-            table = self._slots[backend.name] = SlotTable(backend.num_slots)
+            table = self._slots[backend.name] = SlotTable(backend.num_slots, self.min_match_tokens)
         return table
