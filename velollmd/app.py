@@ -28,7 +28,7 @@ class App:
         self.config = config
         self.registry = registry or Registry(config.backends)
         self.metrics = Metrics()
-        self.service = Service(self.registry)
+        self.service = Service(self.registry, config.scheduler)
         self.pipeline = Pipeline(config, self.service, metrics=self.metrics)
         self.router = Router()
         self.draining = False

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 from ..config import BackendConfig
 from ..errors import NotFound, Unavailable
@@ -25,6 +26,9 @@ class Registry:
     def __init__(self, configs, backends: list[Backend] | None = None):
         self.backends: list[Backend] = backends if backends is not None else [make_backend(c) for c in configs]
         self._tasks: list[asyncio.Task] = []
+        # Called as listener(backend, was_healthy) after every health check (the Service
+        # feeds its circuit breakers and drops cache affinity with it).
+        self.listeners: list[Callable[[Backend, bool | None], None]] = []
 
     async def start(self) -> None:
         """One refresh of every backend now (bounded), then a health loop per backend."""
@@ -44,6 +48,8 @@ class Registry:
             await asyncio.sleep(backend.config.health_interval_s)
             was = backend.healthy
             await backend.refresh()
+            for listener in self.listeners:
+                listener(backend, was)
             if was != backend.healthy:
                 log.warning("backend health changed", extra={"fields": {
                     "backend": backend.name, "healthy": backend.healthy, "error": backend.last_error}})

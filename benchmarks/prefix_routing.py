@@ -1,0 +1,139 @@
+"""Prefix-aware routing vs round-robin vs direct, on multi-turn conversations, in one run.
+
+Two llama-servers (tiny model, --parallel 2 each: 4 slots, 4096 tokens per slot) and two
+velollmd processes in front of both: one with `[scheduler] prefix_routing = true`, one with
+`false` (least load, ties round-robin). 8 concurrent conversations, each starting from its
+own ~1,600-token history and growing by a question and an answer per turn, are run through
+each mode in turn (A B C, rotated every round), with fresh conversation texts for every mode
+and round so no mode inherits another's cache. "direct" sends conversation i straight to
+server i % 2 (a client that pins conversations itself; llama-server picks the slot).
+
+Measured per streamed turn: time to first token (client side), and the prompt tokens the
+server found cached (usage.prompt_tokens_details.cached_tokens). The first turn of each
+conversation is cold in every mode and reported apart.
+
+    .venv/bin/python benchmarks/prefix_routing.py [--rounds 3] [--turns 6] [--cache-ram 8192]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+
+from common import Daemon, backend_toml, start_llama_server, summary, tiny_model
+
+from velollmd.http.client import HTTPClient
+from velollmd.http.sse import iter_sse_data
+
+NUM_CONVERSATIONS = 8
+HISTORY_LINES = 110            # ~1,600 tokens of the tiny vocab
+MAX_TOKENS = 16
+
+
+def history(mode: str, round_index: int, index: int) -> str:
+    tag = f"{mode[0]}{round_index}c{index}"
+    return " ".join(f"note {tag} line{i} alpha beta gamma delta" for i in range(HISTORY_LINES))
+
+
+async def turn(client: HTTPClient, messages: list[dict]) -> tuple[float, int, int, str]:
+    """(ttft_s, prompt_tokens, cached_tokens, reply) of one streamed chat turn."""
+    body = {"model": "tiny", "messages": messages, "max_tokens": MAX_TOKENS, "stream": True,
+            "temperature": 0, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    response = await client.request("POST", "/v1/chat/completions", json=body)
+    assert response.status == 200, await response.read()
+    ttft, reply, usage = None, [], {}
+    async for data in iter_sse_data(response.iter_lines()):
+        if data == b"[DONE]":
+            break
+        event = json.loads(data)
+        usage = event.get("usage") or usage
+        for choice in event.get("choices") or []:
+            content = (choice.get("delta") or {}).get("content")
+            if content:
+                ttft = ttft or time.perf_counter() - started
+                reply.append(content)
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    return ttft, usage.get("prompt_tokens", 0), cached, "".join(reply)
+
+
+async def conversation(client: HTTPClient, text: str, num_turns: int, results: list) -> None:
+    messages = [{"role": "user", "content": text}]
+    for index in range(num_turns):
+        ttft, prompt_tokens, cached, reply = await turn(client, messages)
+        results.append({"turn": index, "ttft": ttft, "prompt": prompt_tokens, "cached": cached})
+        messages += [{"role": "assistant", "content": reply},
+                     {"role": "user", "content": f"question {index}: tell me more about line{index * 7}"}]
+
+
+async def run_mode(mode: str, clients: list[HTTPClient], round_index: int, num_turns: int) -> list[dict]:
+    results: list[dict] = []
+    await asyncio.gather(*[
+        conversation(clients[i % len(clients)], history(mode, round_index, i), num_turns, results)
+        for i in range(NUM_CONVERSATIONS)])
+    return results
+
+
+def report(results: dict[str, list[dict]], args) -> str:
+    lines = [f"### Prefix-aware routing (2 llama-servers x 2 slots, tiny model, {NUM_CONVERSATIONS} "
+             f"concurrent conversations x {args.turns} turns x {args.rounds} rounds, cache-ram {args.cache_ram})",
+             "", "| mode | n | mean TTFT ms | p50 ms | p99 ms | cold turn-1 mean ms | cache reuse |",
+             "|---|---|---|---|---|---|---|"]
+    means = {}
+    for mode, rows in results.items():
+        later = [r for r in rows if r["turn"] > 0]
+        stats = summary([r["ttft"] * 1e3 for r in later])
+        cold = statistics.fmean(r["ttft"] * 1e3 for r in rows if r["turn"] == 0)
+        reuse = sum(r["cached"] for r in later) / max(1, sum(r["prompt"] for r in later))
+        means[mode] = stats["mean"]
+        lines.append(f"| {mode} | {stats['n']} | {stats['mean']:.1f} | {stats['p50']:.1f} | "
+                     f"{stats['p99']:.1f} | {cold:.1f} | {reuse:.1%} |")
+    lines += ["", f"Mean TTFT of later turns, round-robin / prefix-aware: "
+                  f"**{means['round-robin'] / means['prefix-aware']:.2f}x**; "
+                  f"direct / prefix-aware: {means['direct'] / means['prefix-aware']:.2f}x"]
+    return "\n".join(lines)
+
+
+async def main_async(args, urls: dict[str, list[str]]) -> dict[str, list[dict]]:
+    clients = {mode: [HTTPClient(u) for u in mode_urls] for mode, mode_urls in urls.items()}
+    results = {mode: [] for mode in urls}
+    modes = list(urls)
+    for round_index in range(args.rounds):
+        order = modes[round_index % len(modes):] + modes[:round_index % len(modes)]
+        for mode in order:
+            results[mode] += await run_mode(mode, clients[mode], round_index, args.turns)
+    for mode_clients in clients.values():
+        for client in mode_clients:
+            await client.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--cache-ram", type=int, default=8192,
+                        help="llama-server --cache-ram MiB (its host prompt cache; 0 = off)")
+    args = parser.parse_args()
+    model = tiny_model()
+    extra = ["--cache-ram", str(args.cache_ram)]
+    servers = [start_llama_server(model, parallel=2, ctx_size=8192, extra_args=extra) for _ in range(2)]
+    backends = "".join(backend_toml(f"llama{i}", "llamacpp", s.url) for i, s in enumerate(servers))
+    daemons = {flag: Daemon(f"[scheduler]\nprefix_routing = {flag}\n{backends}").start()
+               for flag in ("true", "false")}
+    try:
+        urls = {"prefix-aware": [daemons["true"].url], "round-robin": [daemons["false"].url],
+                "direct": [s.url for s in servers]}
+        results = asyncio.run(main_async(args, urls))
+    finally:
+        for daemon in daemons.values():
+            daemon.stop()
+        for server in servers:
+            server.__exit__(None, None, None)
+    print(report(results, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Admission end to end: the real daemon in front of a one-slot backend whose answers wait
+at a gate (real sockets). 429 + Retry-After, 503 on queue timeout, priority order, and a
+client that goes away frees its slot."""
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.daemon_rig import RunningDaemon
+from tests.sched.gate_backend import GateBackend
+
+
+@pytest.fixture
+def gate():
+    with GateBackend() as backend:
+        yield backend
+
+
+def start_daemon(gate, **scheduler):
+    table = {"backends": [{"name": "gate", "kind": "openai", "url": gate.url, "models": ["gate"],
+                           "slots": 1, "health_interval_s": 60}],
+             "scheduler": {"prefix_routing": False, **scheduler}}
+    return RunningDaemon(table)
+
+
+def post_chat(port, content, priority=None, timeout=30):
+    """(status, headers, body) of a chat request sent over a raw socket."""
+    body = json.dumps({"model": "gate", "messages": [{"role": "user", "content": content}]}).encode()
+    extra = f"x-velollm-priority: {priority}\r\n" if priority is not None else ""
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n{extra}\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(payload or b"{}")
+
+
+def in_thread(fn, *args, **kwargs):
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("value", fn(*args, **kwargs)), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def wait_stats(daemon, predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = daemon.app.service.stats()
+        if predicate(stats):
+            return stats
+        time.sleep(0.01)
+    raise AssertionError(f"stats never matched: {daemon.app.service.stats()}")
+
+
+def test_full_queue_is_429_with_retry_after(gate):
+    with start_daemon(gate, max_queue=1) as daemon:
+        holder = in_thread(post_chat, daemon.port, "holder")
+        gate.wait_arrivals(1)
+        waiter = in_thread(post_chat, daemon.port, "waiter")
+        wait_stats(daemon, lambda s: s["num_waiting"] == 1)
+        status, headers, body = post_chat(daemon.port, "rejected")
+        gate.open(2)
+        for thread, _ in (holder, waiter):
+            thread.join(10)
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    assert body["error"]["type"] == "rate_limit_error"
+    assert holder[1]["value"][0] == waiter[1]["value"][0] == 200
+    assert gate.arrivals == ["holder", "waiter"]
+
+
+def test_waiting_past_queue_timeout_is_503(gate):
+    with start_daemon(gate, queue_timeout_s=0.3) as daemon:
+        holder = in_thread(post_chat, daemon.port, "holder")
+        gate.wait_arrivals(1)
+        status, headers, body = post_chat(daemon.port, "late")
+        gate.open(1)
+        holder[0].join(10)
+        stats = daemon.app.service.stats()
+    assert status == 503 and body["error"]["code"] == "queue_timeout"
+    assert stats["num_timed_out"] == 1 and gate.arrivals == ["holder"]
+
+
+def test_priority_zero_is_admitted_before_earlier_priority_nine_requests(gate):
+    with start_daemon(gate) as daemon:
+        threads = [in_thread(post_chat, daemon.port, "holder")]
+        gate.wait_arrivals(1)
+        for i in range(2):
+            threads.append(in_thread(post_chat, daemon.port, f"batch{i}", priority=9))
+            wait_stats(daemon, lambda s, n=i + 1: s["num_waiting"] == n)
+        threads.append(in_thread(post_chat, daemon.port, "urgent", priority=0))
+        wait_stats(daemon, lambda s: s["num_waiting"] == 3)
+        for expected in range(2, 5):
+            gate.open(1)
+            gate.wait_arrivals(expected)
+        gate.open(1)
+        for thread, _ in threads:
+            thread.join(10)
+    assert gate.arrivals == ["holder", "urgent", "batch0", "batch1"]
+    assert all(result["value"][0] == 200 for _, result in threads)
+
+
+def test_a_client_that_goes_away_frees_its_slot(gate):
+    with start_daemon(gate) as daemon:
+        body = json.dumps({"model": "gate", "messages": [{"role": "user", "content": "leaver"}]}).encode()
+        sock = socket.create_connection(("127.0.0.1", daemon.port))
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        gate.wait_arrivals(1)
+        waiter = in_thread(post_chat, daemon.port, "next")
+        wait_stats(daemon, lambda s: s["num_waiting"] == 1)
+        sock.close()                                  # the running request's client leaves
+        arrivals = gate.wait_arrivals(2)
+        gate.open(2)
+        waiter[0].join(10)
+        stats = wait_stats(daemon, lambda s: s["num_running"] == 0)
+    assert arrivals == ["leaver", "next"]
+    assert waiter[1]["value"][0] == 200 and stats["num_waiting"] == 0

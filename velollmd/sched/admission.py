@@ -1,0 +1,190 @@
+"""The asyncio face of the per-backend Schedulers: wait for a slot, hold it, give it back.
+
+    async with admission.slot(backend, request):    # waits; 429 when the queue is full,
+        ...call the backend...                      # 503 after queue_timeout_s
+
+Each backend gets a Scheduler sized from its slots (config or llama.cpp /props) and a token
+budget of num_ctx x slots. `slot()` queues the request, pumps the scheduler (schedule() and
+hand out what it admitted) and sleeps on a future until admitted or expired. Leaving the
+block, however it is left (return, error, cancel by a client that went away), finishes the
+request in the scheduler, which frees its slot and blocks, and pumps again to wake the next
+waiter. With `[scheduler] preempt`, a priority-0 request that finds no free slot makes the
+scheduler preempt a lower-priority non-streaming request: its task is cancelled, and its
+`slot()` block raises `Preempted` instead of CancelledError; the caller enters `slot()` again
+with the same request, which is already back in the queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from ..config import SchedulerConfig
+from .request import Request, RequestStatus
+from .scheduler import RunnerOutput, ScheduledRequest, Scheduler, queue_timeout_error
+
+DEFAULT_NUM_CTX = 4096        # per slot, when neither the backend nor the config says
+
+
+class Preempted(Exception):
+    """The request was preempted for a more urgent one; enter slot() again to wait."""
+
+
+@dataclass
+class BackendQueue:
+    """One backend's scheduler plus the asyncio state of its requests."""
+    scheduler: Scheduler
+    num_slots: int
+    grants: dict[str, asyncio.Future] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task] = field(default_factory=dict)
+    preempted: set[str] = field(default_factory=set)
+    num_admitted: int = 0
+    num_rejected: int = 0             # 429: queue full
+    num_timed_out: int = 0            # 503: waited past queue_timeout_s
+    num_preempted: int = 0
+
+    def load(self) -> float:
+        """Requests running or waiting per slot."""
+        return (len(self.scheduler.running) + len(self.scheduler.waiting)) / self.num_slots
+
+
+class Admission:
+    def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.clock = clock
+        self.queues: dict[str, BackendQueue] = {}
+
+    def queue_of(self, backend: Any) -> BackendQueue:
+        """The backend's queue; rebuilt when its slot count changed and nothing is in it."""
+        queue = self.queues.get(backend.name)
+        if queue is None or queue.num_slots != backend.num_slots and not queue.scheduler._requests:
+            scheduler = Scheduler.for_backend(self.config, backend.num_slots, num_ctx_of(backend))
+            queue = self.queues[backend.name] = BackendQueue(scheduler, backend.num_slots)
+        return queue
+
+    def load(self, backend: Any) -> float:
+        return self.queue_of(backend).load()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, backend: Any, request: Request) -> AsyncIterator[ScheduledRequest]:
+        queue = self.queue_of(backend)
+        granted = await self._acquire(backend, queue, request)
+        status, preempted = RequestStatus.FINISHED_ERROR, False
+        try:
+            yield granted
+            status = RequestStatus.FINISHED_STOPPED
+        except asyncio.CancelledError:
+            preempted = self._take_preempted(queue, request)
+            if preempted:
+                raise Preempted(request.request_id) from None
+            status = RequestStatus.FINISHED_ABORTED
+            raise
+        finally:
+            if not preempted:              # a preempted request is back in the queue
+                self._finish(backend, queue, request, status)
+
+    # ---- waiting ----
+
+    async def _acquire(self, backend: Any, queue: BackendQueue, request: Request) -> ScheduledRequest:
+        rid = request.request_id
+        if queue.scheduler.get_request(rid) is None:
+            try:
+                queue.scheduler.add_request(request, self.clock())
+            except Exception:
+                queue.num_rejected += 1
+                raise
+            queue.grants[rid] = asyncio.get_running_loop().create_future()
+        queue.tasks[rid] = asyncio.current_task()
+        self._pump(backend, queue)
+        try:
+            return await self._wait(backend, queue, request)
+        except BaseException:
+            self._finish(backend, queue, request, RequestStatus.FINISHED_ABORTED)
+            raise
+
+    async def _wait(self, backend: Any, queue: BackendQueue, request: Request) -> ScheduledRequest:
+        while True:
+            grant = queue.grants[request.request_id]
+            remaining = request.queued_at + self.config.queue_timeout_s - self.clock()
+            await asyncio.wait([grant], timeout=max(0.0, remaining) + 0.001)
+            if not grant.done():
+                self._pump(backend, queue)     # expires it if its time is up
+            if grant.done():
+                return grant.result()
+
+    def _pump(self, backend: Any, queue: BackendQueue) -> None:
+        """schedule() once and deliver the outcome to the waiting tasks."""
+        loaded = getattr(backend, "loaded_models", None)
+        if loaded:
+            queue.scheduler.set_loaded_models(loaded)
+        output = queue.scheduler.schedule(self.clock())
+        for scheduled in output.scheduled:
+            queue.num_admitted += 1
+            _resolve(queue.grants.get(scheduled.request_id), scheduled)
+        for rid in output.timed_out:
+            queue.num_timed_out += 1
+            grant = queue.grants.get(rid)
+            if grant is not None and not grant.done():
+                grant.set_exception(queue_timeout_error(SimpleNamespace(request_id=rid)))
+        for rid in output.preempted:
+            self._preempt(queue, rid)
+
+    def _preempt(self, queue: BackendQueue, rid: str) -> None:
+        """Cancel the victim's task; it waits again on a fresh grant."""
+        queue.num_preempted += 1
+        queue.preempted.add(rid)
+        queue.grants[rid] = asyncio.get_running_loop().create_future()
+        task = queue.tasks.get(rid)
+        if task is not None:
+            task.cancel()
+
+    def _take_preempted(self, queue: BackendQueue, request: Request) -> bool:
+        """True when the CancelledError came from preemption alone (not a client leaving)."""
+        if request.request_id not in queue.preempted:
+            return False
+        queue.preempted.discard(request.request_id)
+        task = asyncio.current_task()
+        if task.cancelling() > 1:
+            return False
+        task.uncancel()
+        return True
+
+    # ---- finishing ----
+
+    def _finish(self, backend: Any, queue: BackendQueue, request: Request, status: RequestStatus) -> None:
+        """Retire the request (running: finished; waiting: aborted) and wake waiters."""
+        rid = request.request_id
+        scheduler = queue.scheduler
+        if rid in scheduler.running:
+            scheduler.update_from_output(RunnerOutput(finished={rid: status}), self.clock())
+        elif scheduler.get_request(rid) is not None:
+            scheduler.abort_request(rid)
+        queue.grants.pop(rid, None)
+        queue.tasks.pop(rid, None)
+        queue.preempted.discard(rid)
+        self._pump(backend, queue)
+
+    def stats(self) -> dict:
+        return {name: {"num_slots": q.num_slots, "num_running": len(q.scheduler.running),
+                       "num_waiting": len(q.scheduler.waiting),
+                       "block_usage": round(q.scheduler.pool.usage(), 4),
+                       "num_admitted": q.num_admitted, "num_rejected": q.num_rejected,
+                       "num_timed_out": q.num_timed_out, "num_preempted": q.num_preempted}
+                for name, q in self.queues.items()}
+
+
+def num_ctx_of(backend: Any) -> int:
+    """Per-slot context: llama.cpp /props n_ctx, else the backend's num_ctx config, else 4096."""
+    props = getattr(backend, "props", None) or {}
+    n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
+    return int(n_ctx or getattr(backend.config, "num_ctx", 0) or DEFAULT_NUM_CTX)
+
+
+def _resolve(grant: asyncio.Future | None, value) -> None:
+    if grant is not None and not grant.done():
+        grant.set_result(value)
+
