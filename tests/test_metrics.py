@@ -37,3 +37,12 @@ def test_daemon_exports_requests_cache_and_tokens(ollama_emulator):
     assert 'velollm_cache_lookups_total{result="miss"} 1' in text
     assert 'velollm_tokens_total{kind="completion",model="llama3.2:latest"}' in text
     assert 'velollm_backend_healthy{backend="ollama"} 1' in text
+
+
+def test_queue_stats_route(ollama_emulator):
+    with RunningDaemon({"backends": [ollama_backend(ollama_emulator)]}) as daemon:
+        body = {"model": "llama3.2:latest", "messages": [{"role": "user", "content": "hi"}]}
+        httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=30)
+        stats = httpx.get(daemon.url + "/v1/velollm/queue").json()
+    assert stats["object"] == "queue.stats"
+    assert stats["backends"]["ollama"]["num_admitted"] == 1 and stats["num_waiting"] == 0

@@ -20,6 +20,7 @@ class AdminRoutes:
         router.add("GET", "/v1/velollm/cache", self.cache_stats)
         router.add("DELETE", "/v1/velollm/cache", self.cache_flush)
         router.add("GET", "/metrics", self.metrics)
+        router.add("GET", "/v1/velollm/queue", self.queue)
 
     async def health(self, request: Request) -> Response:
         app = self.app
@@ -41,6 +42,10 @@ class AdminRoutes:
         if not self.app.config.server.api_keys and (request.client or ("",))[0] not in LOOPBACK:
             raise Unauthorized("flushing the cache needs an API key or a loopback client")
         return Response.json({"object": "cache.flush", "deleted": self._cache().flush()})
+
+    async def queue(self, request: Request) -> Response:
+        """Scheduler state: waiting and running requests per backend, 429s, failovers."""
+        return Response.json({"object": "queue.stats", **self.app.service.stats()})
 
     async def metrics(self, request: Request) -> Response:
         app = self.app
