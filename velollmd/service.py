@@ -182,6 +182,23 @@ class Service:
     def _cooldown_left(self, backends: list[Backend], now: float) -> float:
         return min(self.breaker(b).opened_at + self.breaker(b).cooldown_s - now for b in backends)
 
+    async def native(self, backend: Backend, request: GenerateRequest, path: str, body: dict) -> AsyncIterator:
+        """An Ollama-native request passed through `backend` under admission (priorities,
+        backpressure). The iterator yields the upstream ClientResponse first, then its body
+        bytes; the slot is held until the body ends or the client goes away."""
+        scheduled = self._sched_request(backend, request, fingerprint_of(request))
+
+        async def relay():
+            async with self.admission.slot(backend, scheduled):
+                upstream = await backend.native("POST", path, body)
+                try:
+                    yield upstream
+                    async for data in upstream.iter_raw():
+                        yield data
+                finally:
+                    upstream.close()
+        return await prime(relay())
+
     # ---- embeddings and stats ----
 
     async def embeddings(self, body: dict) -> Outcome:

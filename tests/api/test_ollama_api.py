@@ -78,3 +78,12 @@ def test_unknown_model_raises_response_error_404(client):
     with pytest.raises(ollama.ResponseError) as info:
         client.chat(model="llama3-not-pulled", messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == 404 and "not found" in info.value.error
+
+
+def test_native_passthrough_goes_through_admission(daemon, client, ollama_emulator):
+    import httpx
+    ollama_emulator.script("admitted")
+    assert client.chat(model="llama3.2:latest", messages=[{"role": "user", "content": "hi"}]).message.content == "admitted"
+    client.generate(model="llama3.2:latest", prompt="hi")
+    stats = httpx.get(daemon.url + "/v1/velollm/queue").json()
+    assert stats["backends"]["ollama"]["num_admitted"] == 2 and stats["num_running"] == 0

@@ -62,9 +62,10 @@ class OllamaRoutes:
     async def chat(self, request: Request) -> Response:
         body = _model_body(request)
         backend = self.app.registry.pick(body["model"])
+        openai_body = ollama_chat_request_to_openai(body)
         if isinstance(backend, OllamaBackend):
-            return await self._passthrough(backend, "/api/chat", body)
-        openai_body = validate_chat(ollama_chat_request_to_openai(body))
+            return await self._admitted_passthrough(request, backend, "/api/chat", body, "chat", openai_body)
+        validate_chat(openai_body)
         return await self._translated(request, "chat", openai_body, message=True)
 
     @ollama_route
@@ -72,7 +73,8 @@ class OllamaRoutes:
         body = _model_body(request)
         backend = self.app.registry.pick(body["model"])
         if isinstance(backend, OllamaBackend):
-            return await self._passthrough(backend, "/api/generate", body)
+            endpoint, openai_body = ollama_generate_request_to_openai(body)
+            return await self._admitted_passthrough(request, backend, "/api/generate", body, endpoint, openai_body)
         if not body.get("prompt") and not body.get("images"):
             return Response.json({"model": body["model"], "created_at": now_rfc3339(), "response": "",
                                   "done": True, "done_reason": "load"})
@@ -86,6 +88,18 @@ class OllamaRoutes:
         content_type = upstream.header("content-type", "application/json")
         headers = [("content-type", content_type), ("x-velollm-backend", backend.name)]
         return Response(upstream.status, headers, stream=_relay(upstream))
+
+    async def _admitted_passthrough(self, request: Request, backend: OllamaBackend, path: str, body: dict,
+                                    endpoint: str, openai_body: dict) -> Response:
+        """Pass through to Ollama, but through the scheduler: priorities and backpressure apply."""
+        self.app.refuse_if_draining()
+        generate = GenerateRequest(endpoint, openai_body, headers=dict(request.headers),
+                                   api_key=self.app.api_key_of(request), priority=self.app.priority_of(request))
+        relay = await self.app.service.native(backend, generate, path, body)
+        upstream = await relay.__anext__()
+        headers = [("content-type", upstream.header("content-type", "application/json")),
+                   ("x-velollm-backend", backend.name)]
+        return Response(upstream.status, headers, stream=relay)
 
     async def _translated(self, request: Request, endpoint: str, body: dict, message: bool) -> Response:
         self.app.refuse_if_draining()
