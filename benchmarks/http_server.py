@@ -10,21 +10,18 @@ the median requests/s over rounds, the ratio to uvicorn, and wrk's p50/p99 laten
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, free_port, wait_listening
 BODY = b'{"message":"hello, world"}'
 
 VELOLLMD = f"""
 import asyncio, sys, uvloop
-sys.path.insert(0, {ROOT!r})
+sys.path.insert(0, {str(ROOT)!r})
 from velollmd.config import ServerConfig
 from velollmd.http.server import HTTPServer
 from velollmd.http.message import Response
@@ -65,23 +62,6 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 """
 
 SERVERS = {"velollmd": VELOLLMD, "uvicorn": UVICORN, "aiohttp": AIOHTTP}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server on port {port} did not start")
 
 
 def start_server(name: str) -> tuple[subprocess.Popen, int]:

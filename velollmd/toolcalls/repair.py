@@ -150,31 +150,51 @@ class _Parser:
         return self.scalar()
 
     def object(self) -> dict:
-        self.pos += 1
         out: dict = {}
+        self._collection(out, "}", lambda: self._member(out))
+        return out
+
+    def array(self) -> list:
+        out: list = []
+        self._collection(out, "]", lambda: self._item(out))
+        return out
+
+    def _collection(self, out, close: str, read_one) -> None:
+        """Members or items up to `close`; a missing close, a wrong bracket, stray or
+        trailing commas are repaired (and noted)."""
+        self.pos += 1
         after_comma = False
         while True:
             self.skip()
             if self.pos >= len(self.text):
                 self.fix("truncated")
-                return out
+                return
             char = self.text[self.pos]
             if char in "}]":
-                if char == "]":
+                if char != close:
                     self.fix("bracket")
                 if after_comma:
                     self.fix("trailing-comma")
                 self.pos += 1
-                return out
+                return
             if char == ",":
                 self.fix("trailing-comma")
                 self.pos += 1
                 continue
-            if not self._member(out):
-                return out
-            after_comma = self._separator("}")
+            if not read_one():
+                return
+            after_comma = self._separator(close)
             if after_comma is None:
-                return out
+                return
+
+    def _item(self, out: list) -> bool:
+        """Parse one array item into out; False when the document ended first."""
+        try:
+            out.append(self.value())
+        except _Truncated:
+            self.fix("truncated")
+            return False
+        return True
 
     def _member(self, out: dict) -> bool:
         """Parse `key: value` into out; False when the document ended first."""
@@ -214,36 +234,6 @@ class _Parser:
         if char not in "}]":
             self.fix("missing-comma")
         return False
-
-    def array(self) -> list:
-        self.pos += 1
-        out: list = []
-        after_comma = False
-        while True:
-            self.skip()
-            if self.pos >= len(self.text):
-                self.fix("truncated")
-                return out
-            char = self.text[self.pos]
-            if char in "]}":
-                if char == "}":
-                    self.fix("bracket")
-                if after_comma:
-                    self.fix("trailing-comma")
-                self.pos += 1
-                return out
-            if char == ",":
-                self.fix("trailing-comma")
-                self.pos += 1
-                continue
-            try:
-                out.append(self.value())
-            except _Truncated:
-                self.fix("truncated")
-                return out
-            after_comma = self._separator("]")
-            if after_comma is None:
-                return out
 
     def key(self) -> str:
         text, i = self.text, self.pos
