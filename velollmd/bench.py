@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from .bench_client import Endpoint, RequestResult
 from .bench_stats import ratio, summarize
-from .bench_workload import PROFILES, Conversation, Workload
+from .bench_workload import DEFAULT_CHARS_PER_TOKEN, PROFILES, Conversation, Workload, synthetic_text
 
 SCHEMA = "velollm.bench/1"
+CALIBRATION_CHARS = 1200
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,10 @@ class BenchPlan:
     num_warmup: int = 1
     same_prompts: bool = False
 
-    def workload(self, tag: str) -> Workload:
+    def workload(self, tag: str, chars_per_token: float | None = None) -> Workload:
         profile = PROFILES[self.profile]
-        return Workload(profile, self.max_tokens or profile.max_tokens, self.max_context,
-                        self.num_turns, self.same_prompts, tag)
+        return Workload(profile, self.max_tokens or profile.max_tokens, self.max_context, self.num_turns,
+                        self.same_prompts, tag, chars_per_token or DEFAULT_CHARS_PER_TOKEN)
 
 
 async def run_level(endpoint: Endpoint, workload: Workload, concurrency: int, num_requests: int,
@@ -64,10 +65,23 @@ def _run_entry(endpoint: Endpoint, plan: BenchPlan, concurrency: int) -> dict:
             "model": endpoint.model, "profile": plan.profile, "concurrency": concurrency}
 
 
+async def calibrate(endpoint: Endpoint, max_context: int) -> None:
+    """Measure the endpoint's characters per token from the prompt token counts of two
+    1-token requests (with and without a sample text), so that long-context prompts fill
+    --max-context whatever the tokenizer. Left unset when the server reports no counts."""
+    sample = synthetic_text(min(CALIBRATION_CHARS, max_context))
+    base = await endpoint.stream_chat([{"role": "user", "content": "Hi"}], 1)
+    full = await endpoint.stream_chat([{"role": "user", "content": "Hi " + sample}], 1)
+    if base.num_prompt_tokens and full.num_prompt_tokens and full.num_prompt_tokens > base.num_prompt_tokens:
+        endpoint.chars_per_token = len(sample) / (full.num_prompt_tokens - base.num_prompt_tokens)
+
+
 async def warm_up(endpoints: list[Endpoint], plan: BenchPlan) -> None:
     """Unmeasured requests first: model load, connection setup, first-call paths."""
     for endpoint in endpoints:
-        workload = plan.workload(f"warmup-{endpoint.label}-")
+        if plan.profile == "long-context":
+            await calibrate(endpoint, plan.max_context)
+        workload = plan.workload(f"warmup-{endpoint.label}-", endpoint.chars_per_token)
         for index in range(plan.num_warmup):
             await endpoint.stream_chat(workload.messages(index, Conversation()), workload.max_tokens)
 
@@ -81,7 +95,8 @@ async def run_bench(endpoints: list[Endpoint], plan: BenchPlan, progress=None) -
         for round_index in range(plan.num_rounds):
             for endpoint in endpoints:
                 key = (endpoint.label, concurrency)
-                workload = plan.workload(f"{endpoint.label}{round_index}c{concurrency}-")
+                workload = plan.workload(f"{endpoint.label}{round_index}c{concurrency}-",
+                                         endpoint.chars_per_token)
                 if progress is not None:
                     progress.start_run(endpoint.label, concurrency, round_index, plan.num_requests)
                 results, wall_s = await run_level(endpoint, workload, concurrency, plan.num_requests,
@@ -98,7 +113,8 @@ async def run_bench(endpoints: list[Endpoint], plan: BenchPlan, progress=None) -
             "profile": plan.profile, "max_tokens": plan.workload("").max_tokens,
             "max_context": plan.max_context, "requests_per_level": plan.num_requests,
             "rounds": plan.num_rounds, "concurrency": list(plan.concurrency),
-            "endpoints": [{"label": e.label, "endpoint": e.url, "api": e.api, "model": e.model}
+            "endpoints": [{"label": e.label, "endpoint": e.url, "api": e.api, "model": e.model,
+                           "chars_per_token": e.chars_per_token and round(e.chars_per_token, 3)}
                           for e in endpoints],
             "runs": runs, "aggregated": aggregated, "comparison": compare(aggregated)}
 

@@ -32,6 +32,7 @@ class RequestResult:
     ttft_s: float | None = None
     itl_s: list[float] = field(default_factory=list)
     num_tokens: int = 0
+    num_prompt_tokens: int | None = None      # as the server reported it, if it did
     text: str = ""
     cache_hit: bool = False
     error: str = ""
@@ -65,6 +66,7 @@ class Endpoint:
         self.label = label
         self.api = api
         self.model = model
+        self.chars_per_token: float | None = None     # measured by bench.calibrate()
         headers = {"authorization": f"Bearer {api_key}"} if api_key else None
         self.client = HTTPClient(self.url, connect_timeout=5.0, read_timeout=timeout_s, headers=headers)
 
@@ -127,7 +129,7 @@ class Endpoint:
 
     async def _stream_openai(self, messages, max_tokens, timer: _TokenTimer) -> tuple[bool, str]:
         body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "stream": True,
-                "stream_options": {"include_usage": True}}
+                "temperature": 0, "stream_options": {"include_usage": True}}
         response = await self.client.request("POST", "/v1/chat/completions", json=body)
         cache_hit = _is_cache_hit(response)
         if response.status != 200:
@@ -145,11 +147,12 @@ class Endpoint:
                             bool(delta.get("tool_calls")))
             if event.get("usage"):
                 timer.reported_tokens = event["usage"].get("completion_tokens")
+                timer.prompt_tokens = event["usage"].get("prompt_tokens")
         return cache_hit, ""
 
     async def _stream_ollama(self, messages, max_tokens, timer: _TokenTimer) -> tuple[bool, str]:
         body = {"model": self.model, "messages": messages, "stream": True,
-                "options": {"num_predict": max_tokens}}
+                "options": {"num_predict": max_tokens, "temperature": 0}}
         response = await self.client.request("POST", "/api/chat", json=body)
         cache_hit = _is_cache_hit(response)
         if response.status != 200:
@@ -166,6 +169,7 @@ class Endpoint:
                         bool(message.get("tool_calls")))
             if event.get("done"):
                 timer.reported_tokens = event.get("eval_count")
+                timer.prompt_tokens = event.get("prompt_eval_count")
         return cache_hit, ""
 
 
@@ -180,6 +184,7 @@ class _TokenTimer:
         self.num_chunks = 0
         self.pieces: list[str] = []
         self.reported_tokens: int | None = None
+        self.prompt_tokens: int | None = None
 
     def chunk(self, content: str, has_tool_call: bool = False) -> None:
         if not content and not has_tool_call:
@@ -199,7 +204,8 @@ class _TokenTimer:
         ok = not error and num_tokens > 0
         if not error and not ok:
             error = "the stream ended without any content"
-        return RequestResult(ok, latency_s, ttft, self.itl_s, num_tokens if ok else 0,
+        prompt_tokens = self.prompt_tokens if isinstance(self.prompt_tokens, int) else None
+        return RequestResult(ok, latency_s, ttft, self.itl_s, num_tokens if ok else 0, prompt_tokens,
                              "".join(self.pieces), cache_hit, error)
 
 

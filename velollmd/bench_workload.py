@@ -31,8 +31,9 @@ CODE_SNIPPET = '''def merge_intervals(intervals):
 FOLLOW_UPS = ("Can you explain that in more detail?", "Give me a concrete example.",
               "What are the trade-offs?", "Summarise everything so far in two sentences.")
 
-CHARS_PER_TOKEN = 3          # conservative: real tokenizers give 3.5-4.5 chars per English token
-TEMPLATE_TOKENS = 64         # room for the chat template and the instruction around the text
+DEFAULT_CHARS_PER_TOKEN = 3.0   # conservative guess (English BPE gives 3.5-4.5) when not measured
+TEMPLATE_TOKENS = 64            # room for the chat template and the instruction around the text
+CONTEXT_FILL = 0.9              # use this share of what is left for the document
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Workload:
     num_turns: int = 4
     same_prompts: bool = False
     tag: str = ""            # distinguishes runs so that no two runs share a prompt
+    chars_per_token: float = DEFAULT_CHARS_PER_TOKEN     # the endpoint's tokenizer, measured
 
     def messages(self, request_index: int, conversation: Conversation | None = None) -> list[dict]:
         """The messages of request `request_index` (advances `conversation` for multi-turn)."""
@@ -88,10 +90,10 @@ class Workload:
 
     def long_text(self) -> str:
         """Synthetic text that fits in max_context with room for the answer."""
-        budget_tokens = max(self.max_context - self.max_tokens - TEMPLATE_TOKENS, 16)
-        num_chars = budget_tokens * CHARS_PER_TOKEN
-        text = " ".join(WORDS * (num_chars // len(MEDIUM_TEXT) * 3 + 1))
-        return text[:num_chars].rsplit(" ", 1)[0]
+        return synthetic_text(self.long_text_tokens() * self.chars_per_token)
+
+    def long_text_tokens(self) -> int:
+        return max(int((self.max_context - self.max_tokens - TEMPLATE_TOKENS) * CONTEXT_FILL), 16)
 
     def _next_turn(self, request_index: int, conv: Conversation) -> list[dict]:
         if conv.num_turns >= self.num_turns or not conv.messages:
@@ -108,3 +110,10 @@ class Workload:
         """Append the assistant's answer so that the next turn resends it (multi-turn only)."""
         if conversation is not None and conversation.messages:
             conversation.messages.append({"role": "assistant", "content": text})
+
+
+def synthetic_text(num_chars: float) -> str:
+    """About `num_chars` characters of words, cut at a word boundary."""
+    num_chars = int(num_chars)
+    text = " ".join(WORDS * (num_chars // len(" ".join(WORDS)) + 1))
+    return text[:num_chars].rsplit(" ", 1)[0]
