@@ -113,7 +113,7 @@ async def run_bench(endpoints: list[Endpoint], plan: BenchPlan, progress=None) -
             "profile": plan.profile, "max_tokens": plan.workload("").max_tokens,
             "max_context": plan.max_context, "requests_per_level": plan.num_requests,
             "rounds": plan.num_rounds, "concurrency": list(plan.concurrency),
-            "endpoints": [{"label": e.label, "endpoint": e.url, "api": e.api, "model": e.model,
+            "endpoints": [{"label": e.label, "name": e.name, "endpoint": e.url, "api": e.api, "model": e.model,
                            "chars_per_token": e.chars_per_token and round(e.chars_per_token, 3)}
                           for e in endpoints],
             "runs": runs, "aggregated": aggregated, "comparison": compare(aggregated)}

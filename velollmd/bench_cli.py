@@ -45,8 +45,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", choices=APIS, default="auto",
                         help="openai (SSE) or ollama (NDJSON /api/chat); auto tries /v1/models, then /api/tags")
     parser.add_argument("--model", help="model name (default: the endpoint's first model)")
+    parser.add_argument("--name", help="a name for endpoint A in tables and the chart")
     parser.add_argument("--compare", metavar="URL2", help="endpoint B, run interleaved A B A B")
     parser.add_argument("--compare-api", choices=APIS, help="API of URL2 (default: as --api)")
+    parser.add_argument("--compare-name", help="a name for endpoint B")
     parser.add_argument("--compare-model", help="model name at URL2 (default: --model, else its first)")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="short",
                         help="; ".join(f"{p.name}: {p.description}" for p in PROFILES.values()))
@@ -73,10 +75,10 @@ def plan_from_args(args) -> BenchPlan:
 
 
 def endpoints_from_args(args) -> list[Endpoint]:
-    endpoints = [Endpoint(args.url, "A", args.api, args.model, args.api_key, args.request_timeout)]
+    endpoints = [Endpoint(args.url, "A", args.api, args.model, args.api_key, args.request_timeout, args.name)]
     if args.compare:
-        endpoints.append(Endpoint(args.compare, "B", args.compare_api or args.api,
-                                  args.compare_model or args.model, args.api_key, args.request_timeout))
+        endpoints.append(Endpoint(args.compare, "B", args.compare_api or args.api, args.compare_model or args.model,
+                                  args.api_key, args.request_timeout, args.compare_name))
     return endpoints
 
 

@@ -61,9 +61,10 @@ class Endpoint:
     """A server under test; `open()` detects the API and the model."""
 
     def __init__(self, url: str, label: str, api: str = "auto", model: str | None = None,
-                 api_key: str | None = None, timeout_s: float = 300.0):
+                 api_key: str | None = None, timeout_s: float = 300.0, name: str | None = None):
         self.url = base_url(url)
         self.label = label
+        self.name = name                  # a human name for tables and the chart's legend
         self.api = api
         self.model = model
         self.chars_per_token: float | None = None     # measured by bench.calibrate()

@@ -66,9 +66,14 @@ def _num(value, digits: int = 1) -> str:
 def format_endpoints(report: dict) -> str:
     head = (f"profile {report['profile']}, max_tokens {report['max_tokens']}, "
             f"{report['requests_per_level']} requests per level and round, {report['rounds']} round(s)")
-    lines = [head] + [f"  {e['label']} = {e['endpoint']} ({e['api']}, model {e['model']})"
-                      for e in report["endpoints"]]
+    lines = [head] + [f"  {e['label']} = {describe_endpoint(e)}" for e in report["endpoints"]]
     return "\n".join(lines) + "\n"
+
+
+def describe_endpoint(endpoint: dict) -> str:
+    """`name: URL (api, model M)`, or without the name when none was given."""
+    text = f"{endpoint['endpoint']} ({endpoint['api']}, model {endpoint['model']})"
+    return f"{endpoint['name']}: {text}" if endpoint.get("name") else text
 
 
 def format_results(report: dict) -> str:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from xml.sax.saxutils import escape
 
+from .bench_report import describe_endpoint
+
 WIDTH, HEIGHT = 960, 430
 PANEL_WIDTH, PANEL_GAP, MARGIN = 440, 40, 20
-PLOT_TOP, PLOT_BOTTOM = 96, 370              # y of the plot area's top and bottom edge
+PLOT_TOP, PLOT_BOTTOM = 106, 370              # y of the plot area's top and bottom edge
 PLOT_LEFT_PAD, PLOT_RIGHT_PAD = 70, 16       # inside a panel: room for y tick labels
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
 FONT = 'font-family="DejaVu Sans, Helvetica, Arial, sans-serif"'
@@ -94,14 +96,14 @@ def _polyline(label: str, color: str, xy: list[tuple[float, float]]) -> list[str
 
 
 def _legend(report: dict) -> list[str]:
+    """One row per endpoint under the title."""
     out = ['<g class="legend">']
     x = MARGIN + PLOT_LEFT_PAD
     for number, endpoint in enumerate(report["endpoints"]):
-        color = COLORS[number % len(COLORS)]
-        text = f"{endpoint['label']}: {endpoint['endpoint']} ({endpoint['model']})"
-        out.append(f'<line x1="{x}" y1="50" x2="{x + 24}" y2="50" stroke="{color}" stroke-width="3"/>')
-        out.append(_text(x + 30, 54, text, 12, "start", ' class="legend-label"'))
-        x += 40 + 7 * len(text)
+        color, y = COLORS[number % len(COLORS)], 46 + 18 * number
+        text = f"{endpoint['label']} = {describe_endpoint(endpoint)}"
+        out.append(f'<line x1="{x}" y1="{y}" x2="{x + 24}" y2="{y}" stroke="{color}" stroke-width="3"/>')
+        out.append(_text(x + 30, y + 4, text, 12, "start", ' class="legend-label"'))
     return out + ["</g>"]
 
 

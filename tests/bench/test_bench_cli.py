@@ -32,7 +32,7 @@ def test_bench_daemon_in_front_of_llama_server(capsys, tmp_path, daemon):
                                     "--requests", 3, "--max-tokens", 6)
     assert rc == 0
     assert report["schema"] == "velollm.bench/1" and report["profile"] == "short"
-    assert report["endpoints"] == [{"label": "A", "endpoint": daemon.url, "api": "openai", "model": "tiny",
+    assert report["endpoints"] == [{"label": "A", "name": None, "endpoint": daemon.url, "api": "openai", "model": "tiny",
                                     "chars_per_token": None}]
     assert [(e["concurrency"], e["label"]) for e in report["aggregated"]] == [(1, "A"), (3, "A")]
     for entry in report["aggregated"] + report["runs"]:
@@ -66,6 +66,7 @@ def test_auto_detects_ollama_when_v1_models_is_missing(capsys, tmp_path):
 def test_compare_llama_server_direct_vs_daemon(capsys, tmp_path, daemon, llama_server):
     svg = tmp_path / "chart.svg"
     rc, report, out, err = bench_json(capsys, tmp_path, "--url", llama_server.url, "--compare", daemon.url,
+                                      "--name", "llama-server", "--compare-name", "velollmd",
                                       "--concurrency", "1,2", "--requests", 2, "--max-tokens", 4, "--svg", svg)
     assert rc == 0 and report["rounds"] == 2
     assert [(r["concurrency"], r["label"], r["round"]) for r in report["runs"]] == [
@@ -76,6 +77,7 @@ def test_compare_llama_server_direct_vs_daemon(capsys, tmp_path, daemon, llama_s
     for row in report["comparison"]:
         assert all(row[k] > 0 for k in ("throughput_ratio", "ttft_p50_ratio", "latency_p50_ratio"))
     assert "B/A ratios" in out and llama_server.url in out and daemon.url in out
+    assert f"A = llama-server: {llama_server.url}" in out and f"B = velollmd: {daemon.url}" in out
     assert_chart(svg.read_text(), [llama_server.url, daemon.url], ["1", "2"])
 
 

@@ -55,7 +55,7 @@ def test_nice_ticks(max_value, expected):
 def test_chart_escapes_text_and_skips_missing_points():
     entry = {"label": "A", "concurrency": 1, "aggregate_tokens_per_second": 10.0, "ttft_ms": {"p50": None}}
     report = {"profile": "short", "max_tokens": 8, "requests_per_level": 1, "rounds": 1, "concurrency": [1, 2],
-              "endpoints": [{"label": "A", "endpoint": "http://h/<&>", "model": "m"}],
+              "endpoints": [{"label": "A", "endpoint": "http://h/<&>", "api": "openai", "model": "m"}],
               "aggregated": [entry, {**entry, "concurrency": 2, "aggregate_tokens_per_second": 20.0}]}
     root = ET.fromstring(render_chart(report))
     series = [e for e in root.iter() if e.get("class") == "series"]
