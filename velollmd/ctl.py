@@ -1,7 +1,7 @@
 """`velollmctl`: detect hardware, tune Ollama / llama.cpp, benchmark, status.
 
 One argparse subparser per verb; each verb is one `cmd_*` function returning an exit code.
-`bench` and `status` are placeholders until the daemon's HTTP client exists.
+`bench` lives in bench_cli.py, `status` in ctl_status.py.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from .bench_cli import add_bench_arguments
+from .ctl_status import add_status_arguments
 from .hw import llamacpp_cmd, modelinfo, probe, report, settings, tune
 from .hw.gguf_header import GGUFError
 from .hw.run import DEFAULT_TIMEOUT_S
@@ -100,11 +102,6 @@ def _json_result(hw, p, recs, current) -> dict:
                                 for r in recs]}
 
 
-def cmd_not_yet(args) -> int:
-    print(f"velollmctl {args.command}: not yet implemented", file=sys.stderr)
-    return 1
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="velollmctl", description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
@@ -114,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--json", action="store_true", help="machine-readable output")
     detect.set_defaults(func=cmd_detect)
     _add_optimize(sub.add_parser("optimize", help="recommend Ollama / llama.cpp settings"))
-    for name, text in (("bench", "benchmark a backend"), ("status", "show the daemon's status")):
-        sub.add_parser(name, help=text + " (not yet implemented)").set_defaults(func=cmd_not_yet)
+    add_bench_arguments(sub.add_parser("bench", help="benchmark the daemon or any OpenAI / Ollama endpoint"))
+    add_status_arguments(sub.add_parser("status", help="show the daemon's health, backends and cache"))
     return parser
 
 

@@ -102,11 +102,5 @@ def test_optimize_bad_gguf_is_one_line_error(tmp_path):
     assert "cannot read the model" in result.stderr
 
 
-@pytest.mark.parametrize("verb", ["bench", "status"])
-def test_stubs(verb):
-    result = velollmctl(verb)
-    assert result.returncode == 1 and "not yet implemented" in result.stderr
-
-
 def test_usage_error():
     assert velollmctl().returncode == 2
