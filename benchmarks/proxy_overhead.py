@@ -3,7 +3,8 @@ through velollmd, interleaved in one run (direct, proxy, proxy, direct, ...).
 
 Non-stream and stream, at concurrency 1, 16 and 64: added p50/p99 latency, throughput ratio,
 added time-to-first-token, and streaming fidelity (chunks in = chunks out, same content, same
-order). The load generator is this process (asyncio + velollmd's raw-socket client); the
+order). The daemon runs with its response cache off, so every request reaches the backend.
+The load generator is this process (asyncio + velollmd's raw-socket client); the
 daemon and llama-server are separate processes.
 
     .venv/bin/python benchmarks/proxy_overhead.py [--rounds 3] [--max-tokens 16]
@@ -130,7 +131,8 @@ def main() -> None:
     args = parser.parse_args()
     server = start_llama_server(tiny_model(), parallel=4)
     try:
-        with Daemon(backend_toml("llama", "llamacpp", server.url, '["tiny*"]')) as daemon:
+        daemon_config = backend_toml("llama", "llamacpp", server.url, '["tiny*"]') + "[cache]\nenabled = false\n"
+        with Daemon(daemon_config) as daemon:
             rows = asyncio.run(measure(server.url, daemon.url, args))
             fidelity_ok = asyncio.run(fidelity(server.url, daemon.url, args.max_tokens))
     finally:

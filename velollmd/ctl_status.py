@@ -16,7 +16,8 @@ from .hw.report import format_columns
 from .http.client import HTTPClient
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-QUEUE_WORDS = ("queue", "in_flight", "inflight", "running", "waiting")
+HEADLINE_METRICS = ("velollm_http_requests_total", "velollm_tokens_total", "velollm_tool_call_repairs_total",
+                    "velollm_tool_call_loops_total")
 
 
 async def _get(client: HTTPClient, path: str) -> tuple[int, bytes]:
@@ -35,7 +36,7 @@ async def _optional_json(client: HTTPClient, path: str) -> dict:
 
 
 async def _metrics_summary(client: HTTPClient) -> dict:
-    """The queue-ish samples of the Prometheus text at /metrics, plus the number of samples."""
+    """Headline totals from the Prometheus text at /metrics, plus the number of samples."""
     try:
         status, body = await _get(client, "/metrics")
     except VeloError:
@@ -44,8 +45,12 @@ async def _metrics_summary(client: HTTPClient) -> dict:
         return {"available": False, "status": status, "data": None}
     samples = [line.split() for line in body.decode("utf-8", "replace").splitlines()
                if line and not line.startswith("#") and len(line.split()) >= 2]
-    queue = {name: value for name, value, *_ in samples if any(w in name for w in QUEUE_WORDS)}
-    return {"available": True, "status": status, "data": {"num_samples": len(samples), "queue": queue}}
+    totals = dict.fromkeys(HEADLINE_METRICS, 0.0)
+    for name, value, *_ in samples:
+        family = name.split("{", 1)[0]
+        if family in totals:
+            totals[family] += float(value)
+    return {"available": True, "status": status, "data": {"num_samples": len(samples), "totals": totals}}
 
 
 async def fetch_status(url: str, api_key: str | None = None, timeout_s: float = 5.0) -> dict:
@@ -53,13 +58,14 @@ async def fetch_status(url: str, api_key: str | None = None, timeout_s: float = 
     headers = {"authorization": f"Bearer {api_key}"} if api_key else None
     client = HTTPClient(base_url(url), connect_timeout=timeout_s, read_timeout=timeout_s, headers=headers)
     result = {"url": base_url(url), "reachable": False, "healthy": False, "error": None,
-              "health": None, "cache": None, "metrics": None}
+              "health": None, "cache": None, "queue": None, "metrics": None}
     try:
         status, body = await _get(client, "/health")
         result["health"] = json.loads(body)
         result["reachable"] = True
         result["healthy"] = status == 200 and result["health"].get("status") == "ok"
         result["cache"] = await _optional_json(client, "/v1/velollm/cache")
+        result["queue"] = await _optional_json(client, "/v1/velollm/queue")
         result["metrics"] = await _metrics_summary(client)
     except VeloError as exc:
         result["error"] = f"cannot reach velollmd at {result['url']}: {exc.message.replace('backend ', '')}"
@@ -107,15 +113,35 @@ def _flatten(data, prefix: str = "") -> list[str]:
     return lines
 
 
+def _cache_lines(data: dict) -> list[str]:
+    """velollmd's own cache stats in one line; any other shape flattened."""
+    if not {"entries", "bytes", "hits", "semantic_hits", "misses"} <= set(data):
+        return _flatten(data)
+    return [f"{data['entries']} entries, {data['bytes'] / 1e6:.1f} MB; hits {data['hits']} exact + "
+            f"{data['semantic_hits']} semantic, misses {data['misses']}, bypasses {data.get('bypasses', 0)}"]
+
+
+def _queue_lines(data: dict) -> list[str]:
+    lines = [f"running {data.get('num_running', 0)}, waiting {data.get('num_waiting', 0)}, "
+             f"rejected {data.get('num_rejected', 0)}, timed out {data.get('num_timed_out', 0)}, "
+             f"failovers {data.get('num_failovers', 0)}"]
+    for name, backend in (data.get("backends") or {}).items():
+        lines.append(f"{name}: {backend.get('num_running', 0)} running / {backend.get('num_slots', '?')} slots, "
+                     f"{backend.get('num_waiting', 0)} waiting, breaker {backend.get('breaker', 'closed')}")
+    return lines
+
+
 def _metrics_lines(data: dict) -> list[str]:
-    return [f"{data['num_samples']} samples"] + [f"{k} {v}" for k, v in data["queue"].items()]
+    totals = data.get("totals") or {}
+    return [f"{data['num_samples']} samples"] + [f"{name} {value:g}" for name, value in totals.items()]
 
 
 def format_status(result: dict) -> str:
     health = result["health"]
     rows = [["velollmd", result["url"]], ["status", str(health.get("status"))],
             ["version", str(health.get("version", "-"))], ["uptime", _uptime(health.get("uptime_s"))]]
-    rows += _optional_rows("cache", result["cache"], _flatten)
+    rows += _optional_rows("cache", result["cache"], _cache_lines)
+    rows += _optional_rows("queue", result.get("queue"), _queue_lines)
     rows += _optional_rows("metrics", result["metrics"], _metrics_lines)
     backends = health.get("backends") or []
     table = _backend_rows(backends) if backends else ["backends  none configured"]

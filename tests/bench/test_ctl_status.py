@@ -15,7 +15,9 @@ def test_status_of_a_healthy_daemon(capsys, daemon, llama_server):
     lines = out.splitlines()
     assert lines[0].split() == ["velollmd", daemon.url] and lines[1].split() == ["status", "ok"]
     assert lines[2].split() == ["version", "0.1.0"]
-    assert "not available (HTTP 404)" in out                     # no cache/metrics routes yet
+    assert next(l for l in lines if l.startswith("cache ")).split()[1:3] == ["0", "entries,"]
+    assert next(l for l in lines if l.startswith("queue ")).split()[1:3] == ["running", "0,"]
+    assert any(l.split()[:2] == ["llama:", "0"] for l in lines)
     header = next(i for i, line in enumerate(lines) if line.startswith("backend "))
     assert lines[header].split() == ["backend", "kind", "healthy", "slots", "models", "error"]
     assert lines[header + 1].split() == ["llama", "llamacpp", "yes", "4", "tiny"]
@@ -27,7 +29,9 @@ def test_status_json(capsys, daemon):
     result = json.loads(out)
     assert rc == 0 and result["healthy"] is True and result["url"] == daemon.url
     assert [b["name"] for b in result["health"]["backends"]] == ["llama", "ollama"]
-    assert result["cache"] == {"available": False, "status": 404, "data": None}
+    assert result["cache"]["available"] and result["cache"]["data"]["entries"] == 0
+    assert result["queue"]["available"] and result["queue"]["data"]["num_waiting"] == 0
+    assert result["metrics"]["available"] and result["metrics"]["data"]["num_samples"] > 0
 
 
 def test_unhealthy_backend_is_shown_but_the_daemon_is_up(capsys):
@@ -48,7 +52,8 @@ def test_draining_daemon_exits_1(capsys, llama_server):
 def test_cache_and_queue_metrics_when_the_daemon_has_them(capsys):
     health = {"status": "ok", "version": "9.9", "uptime_s": 3725.5, "backends": []}
     cache = {"exact": {"entries": 12, "hits": 7}, "hit_rate": 0.5}
-    metrics = b"# HELP x\nvelollm_queue_depth 3\nvelollm_requests_total{code=\"200\"} 41\n"
+    metrics = (b"# HELP x\nvelollm_queue_depth 3\nvelollm_http_requests_total{status=\"200\"} 41\n"
+               b"velollm_http_requests_total{status=\"404\"} 1\n")
     routes = {"/health": (200, "application/json", json.dumps(health).encode()),
               "/v1/velollm/cache": (200, "application/json", json.dumps(cache).encode()),
               "/metrics": (200, "text/plain", metrics)}
@@ -57,7 +62,8 @@ def test_cache_and_queue_metrics_when_the_daemon_has_them(capsys):
     lines = [line.split() for line in out.splitlines()]
     assert rc == 0 and ["uptime", "1h", "02m", "05s"] in lines
     assert ["cache", "exact.entries", "12"] in lines and ["exact.hits", "7"] in lines and ["hit_rate", "0.5"] in lines
-    assert ["metrics", "2", "samples"] in lines and ["velollm_queue_depth", "3"] in lines
+    assert ["metrics", "3", "samples"] in lines and ["velollm_http_requests_total", "42"] in lines
+    assert ["queue", "not", "available", "(HTTP", "404)"] in lines
     assert ["backends", "none", "configured"] in lines
 
 
