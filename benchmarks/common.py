@@ -50,8 +50,13 @@ def tiny_model(directory: Path | None = None) -> Path:
     return make_tiny_model(directory / "tiny.gguf")
 
 
-def start_llama_server(model: Path, parallel: int = 4, ctx_size: int = 4096, **kwargs) -> LlamaServer:
-    return LlamaServer(model, parallel=parallel, ctx_size=ctx_size, **kwargs).start()
+def start_llama_server(model: Path, parallel: int = 4, ctx_size: int = 4096, extra_args=(),
+                       **kwargs) -> LlamaServer:
+    """A llama-server with enough HTTP threads for 64 keep-alive clients: its default pool is
+    small, and a keep-alive connection holds a thread until it idles out (5 s), which showed
+    up as 10 s stalls of the *direct* path at concurrency 16."""
+    extra_args = ("--threads-http", "128", *extra_args)
+    return LlamaServer(model, parallel=parallel, ctx_size=ctx_size, extra_args=extra_args, **kwargs).start()
 
 
 class Daemon:

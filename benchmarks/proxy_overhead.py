@@ -110,8 +110,9 @@ async def fidelity(direct_url: str, proxy_url: str, max_tokens: int) -> bool:
 
 
 def report(rows: list[dict], fidelity_ok: bool, args) -> None:
+    threads = f"llama-server --threads {args.llama_threads}" if args.llama_threads else "llama-server on every core"
     print(f"\n### Proxy overhead: llama-server direct vs through velollmd (tiny model, max_tokens "
-          f"{args.max_tokens}, {args.rounds} interleaved rounds)\n")
+          f"{args.max_tokens}, {args.rounds} interleaved rounds, {threads})\n")
     print("| mode | conc. | n | direct p50 ms | proxy p50 ms | added p50 ms | added p99 ms | "
           "throughput proxy/direct | added TTFT p50 ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -128,8 +129,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--llama-threads", type=int, default=0,
+                        help="llama-server --threads (0 = its default: every core)")
     args = parser.parse_args()
-    server = start_llama_server(tiny_model(), parallel=4)
+    threads = ("--threads", str(args.llama_threads)) if args.llama_threads else ()
+    server = start_llama_server(tiny_model(), parallel=4, extra_args=threads)
     try:
         daemon_config = backend_toml("llama", "llamacpp", server.url, '["tiny*"]') + "[cache]\nenabled = false\n"
         with Daemon(daemon_config) as daemon:

@@ -109,6 +109,8 @@ class Admission:
     async def _wait(self, backend: Any, queue: BackendQueue, request: Request) -> ScheduledRequest:
         while True:
             grant = queue.grants[request.request_id]
+            if grant.done() and not queue.preempted:   # admitted at once: no loop turn, no timer
+                return grant.result()                  # (a victim first gets its turn to stop)
             remaining = request.queued_at + self.config.queue_timeout_s - self.clock()
             await asyncio.wait([grant], timeout=max(0.0, remaining) + 0.001)
             if not grant.done():
