@@ -13,8 +13,6 @@ from ..http.sse import sse_response
 from ..service import Outcome
 from .request import GenerateRequest, validate_chat, validate_completion, validate_embeddings
 
-PRIORITY_HEADER = "x-velollm-priority"
-
 
 class OpenAIRoutes:
     def __init__(self, app):

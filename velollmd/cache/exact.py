@@ -10,7 +10,7 @@ import dataclasses
 import json
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 ENTRY_OVERHEAD_BYTES = 256          # dict slot, key string, dataclass: a rough constant

@@ -16,7 +16,7 @@ from typing import AsyncIterator
 from urllib.parse import urlsplit
 
 from ..errors import BackendError, BackendTimeout
-from .connection import Data, EndOfMessage, Head, HTTPParser, ProtocolError
+from .connection import EndOfMessage, Head, HTTPParser, ProtocolError
 
 READ_SIZE = 65536
 

@@ -18,8 +18,8 @@ from typing import Awaitable, Callable
 
 from ..config import ServerConfig
 from ..errors import VeloError
-from .connection import Data, EndOfMessage, Head, HTTPParser, ProtocolError
-from .message import JSON_TYPE, REASONS, Request, Response
+from .connection import EndOfMessage, Head, HTTPParser, ProtocolError
+from .message import REASONS, Request, Response
 
 log = logging.getLogger("velollmd.http")
 

@@ -178,7 +178,6 @@ def keep_alive(p: TunePlan) -> tuple[str, str]:
 def recommendations(hw: HardwareInfo, p: TunePlan) -> list[Recommendation]:
     m = p.model
     fa_ok, fa_reason = flash_attention_ok(hw)
-    slot_mib = p.kv_mib / p.parallel
     kept, kept_reason = keep_alive(p)
     loaded = max_loaded_models(p)
     env = [
