@@ -68,17 +68,19 @@ async def conversation(client: HTTPClient, text: str, num_turns: int, results: l
                      {"role": "user", "content": f"question {index}: tell me more about line{index * 7}"}]
 
 
-async def run_mode(mode: str, clients: list[HTTPClient], round_index: int, num_turns: int) -> list[dict]:
+async def run_mode(mode: str, clients: list[HTTPClient], round_index: int, num_turns: int,
+                   num_conversations: int = NUM_CONVERSATIONS) -> list[dict]:
     results: list[dict] = []
     await asyncio.gather(*[
         conversation(clients[i % len(clients)], history(mode, round_index, i), num_turns, results)
-        for i in range(NUM_CONVERSATIONS)])
+        for i in range(num_conversations)])
     return results
 
 
 def report(results: dict[str, list[dict]], args) -> str:
-    lines = [f"### Prefix-aware routing (2 llama-servers x 2 slots, tiny model, {NUM_CONVERSATIONS} "
-             f"concurrent conversations x {args.turns} turns x {args.rounds} rounds, cache-ram {args.cache_ram})",
+    lines = [f"### Prefix-aware routing (2 llama-servers x 2 slots, tiny model, {args.conversations} "
+             f"concurrent conversations x {args.turns} turns x {args.rounds} rounds, cache-ram {args.cache_ram}, "
+             f"{args.llama_threads} llama thread(s) per server)",
              "", "| mode | n | mean TTFT ms | p50 ms | p99 ms | cold turn-1 mean ms | cache reuse |",
              "|---|---|---|---|---|---|---|"]
     means = {}
@@ -103,7 +105,7 @@ async def main_async(args, urls: dict[str, list[str]]) -> dict[str, list[dict]]:
     for round_index in range(args.rounds):
         order = modes[round_index % len(modes):] + modes[:round_index % len(modes)]
         for mode in order:
-            results[mode] += await run_mode(mode, clients[mode], round_index, args.turns)
+            results[mode] += await run_mode(mode, clients[mode], round_index, args.turns, args.conversations)
     for mode_clients in clients.values():
         for client in mode_clients:
             await client.close()
@@ -116,9 +118,14 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--cache-ram", type=int, default=8192,
                         help="llama-server --cache-ram MiB (its host prompt cache; 0 = off)")
+    parser.add_argument("--conversations", type=int, default=NUM_CONVERSATIONS)
+    parser.add_argument("--llama-threads", type=int, default=1, help="llama-server --threads for each server")
     args = parser.parse_args()
     model = tiny_model()
-    extra = ["--cache-ram", str(args.cache_ram)]
+    # One compute thread per server: two servers on this 2-core machine with a thread per
+    # core each oversubscribe it, and ggml's spinning thread pool then slows every task ~8x
+    # whenever both servers compute at once (seen: 5.6 s instead of 0.7 s per turn).
+    extra = ["--cache-ram", str(args.cache_ram), "--threads", str(args.llama_threads)]
     servers = [start_llama_server(model, parallel=2, ctx_size=8192, extra_args=extra) for _ in range(2)]
     backends = "".join(backend_toml(f"llama{i}", "llamacpp", s.url) for i, s in enumerate(servers))
     daemons = {flag: Daemon(f"[scheduler]\nprefix_routing = {flag}\n{backends}").start()
