@@ -92,3 +92,14 @@ def test_daemon_with_missing_config_exits_2():
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "/nonexistent/velollm.toml" in proc.stderr
+
+
+@pytest.mark.parametrize("cache,key", [
+    ({"embedder": "backend", "embed_backend": "nope", "embed_model": "m"}, "cache.embed_backend"),
+    ({"embedder": "backend", "embed_backend": "a"}, "cache.embed_model"),
+])
+def test_backend_embedder_needs_a_backend_and_a_model(cache, key):
+    table = {"cache": cache, "backends": [{"name": "a", "kind": "ollama", "url": "http://x"}]}
+    with pytest.raises(ConfigError) as info:
+        config_from_table(table, "x.toml")
+    assert info.value.key == key

@@ -105,3 +105,15 @@ def test_socket_activation_serves_on_the_passed_socket(tmp_path, notify):
         proc.terminate()
         proc.wait(timeout=20)
         listener.close()
+
+
+def test_watchdog_pings_from_the_event_loop(tmp_path, notify):
+    port = free_port()
+    proc = start(write_config(tmp_path, port), notify, extra_env={"WATCHDOG_USEC": "200000"})
+    try:
+        states = [notify.recv(4096).decode() for _ in range(4)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert any(s.startswith("READY=1") for s in states)
+    assert states.count("WATCHDOG=1") >= 2

@@ -148,7 +148,17 @@ def config_from_table(table: dict, path: str = "<table>") -> Config:
             raise ConfigError(path, name, "must be a table [" + name + "]")
         sections[name] = build_section(cls, sub, path, name)
     backends = _build_backends(table.get("backends", []), path)
+    _check_embedder(sections["cache"], backends, path)
     return Config(backends=backends, path=path, **sections)
+
+
+def _check_embedder(cache: CacheConfig, backends, path: str) -> None:
+    if cache.embedder != "backend":
+        return
+    if cache.embed_backend not in {b.name for b in backends}:
+        raise ConfigError(path, "cache.embed_backend", f"names no [[backends]] entry: {cache.embed_backend!r}")
+    if not cache.embed_model:
+        raise ConfigError(path, "cache.embed_model", 'is required when embedder = "backend"')
 
 
 def _build_backends(items, path: str) -> tuple[BackendConfig, ...]:

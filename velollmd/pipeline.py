@@ -16,6 +16,7 @@ from typing import AsyncIterator
 
 from .api.request import GenerateRequest
 from .cache import policy
+from .cache.backend_embed import BackendEmbedder
 from .cache.cache import Lookup, ResponseCache
 from .cache.replay import from_json_response, from_stream_chunks, to_json, to_sse_chunks
 from .cache.store import SNAPSHOT_NAME, encode_snapshot, write_snapshot
@@ -39,10 +40,16 @@ class Pipeline:
         self.tools = ToolCallLayer(config.tools, self.metrics)
         self.service = service
         self.registry = service.registry
-        self.cache = ResponseCache(config.cache) if config.cache.enabled else None
+        self.cache = ResponseCache(config.cache, embedder=self._embedder()) if config.cache.enabled else None
         self.flights = FlightTable()
         self.memo: OrderedDict[str, tuple] = OrderedDict()   # raw request key -> exact key
         self._snapshot_task: asyncio.Task | None = None
+
+    def _embedder(self):
+        cache = self.config.cache
+        if cache.embedder != "backend":
+            return None                               # the builtin hashed n-gram embedder
+        return BackendEmbedder(self.registry, cache.embed_backend, cache.embed_model, cache.embed_dim)
 
     # -- one request ---------------------------------------------------------------------
 
@@ -96,9 +103,13 @@ class Pipeline:
             return Lookup("bypass")
         backend = self.registry.pick(request.model)
         identity = backend.identity(request.model)
-        lookup = await self.cache.alookup(
-            request.body, request.headers, endpoint=request.endpoint,
-            model_identity=identity, tenant=request.api_key or None, defaults=backend.defaults)
+        args = dict(endpoint=request.endpoint, model_identity=identity, tenant=request.api_key or None,
+                    defaults=backend.defaults)
+        try:
+            lookup = await self.cache.alookup(request.body, request.headers, **args)
+        except VeloError as exc:                      # the embedding backend failed: exact tier only
+            log.warning("semantic cache lookup failed", extra={"fields": {"error": exc.message}})
+            lookup = self.cache.lookup(request.body, request.headers, **args)
         lookup.model_identity = identity
         return lookup
 

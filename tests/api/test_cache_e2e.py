@@ -172,3 +172,23 @@ def test_flush_needs_the_api_key_when_keys_are_set(daemon_factory, ollama_emulat
     assert httpx.delete(daemon.url + "/v1/velollm/cache").status_code == 401
     ok = httpx.delete(daemon.url + "/v1/velollm/cache", headers={"Authorization": "Bearer k1"})
     assert ok.status_code == 200
+
+
+def test_backend_embedder_finds_semantic_hits(daemon_factory, ollama_emulator):
+    cache = {"embedder": "backend", "embed_backend": "ollama", "embed_model": "nomic-embed-text:latest",
+             "embed_dim": 64, "semantic_threshold": 0.9}
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "cache": cache})
+    ollama_emulator.script("Use the reset link.")
+    post(daemon, ask("How do I reset my password?"))
+    hit = post(daemon, ask("how do i reset my password"))
+    assert hit.headers["x-velollm-cache"] == "hit-semantic"
+    assert ollama_emulator.count("/api/chat") == 1 and ollama_emulator.count("/api/embed") >= 2
+
+
+def test_backend_embedder_failure_falls_back_to_the_exact_tier(daemon_factory, ollama_emulator):
+    cache = {"embedder": "backend", "embed_backend": "ollama", "embed_model": "nomic-embed-text:latest",
+             "embed_dim": 32}                       # wrong dimension: every embedding fails
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "cache": cache})
+    ollama_emulator.script("answer")
+    assert post(daemon, ask("Question one?")).status_code == 200
+    assert post(daemon, ask("Question one?")).headers["x-velollm-cache"] == "hit-exact"
