@@ -18,6 +18,7 @@ from ..api.request import GenerateRequest
 from ..config import BackendConfig
 from ..errors import BackendError, BadRequest, NotFound, NotImplementedByBackend, VeloError
 from ..http.client import ClientResponse, HTTPClient
+from ..http.sse import iter_sse_data
 
 log = logging.getLogger("velollmd.backends")
 
@@ -124,6 +125,35 @@ class Backend:
         response = await self.client.request("GET", path)
         return await self.json_or_raise(response)
 
+    async def stream_json(self, path: str, body: dict, *, sse: bool) -> AsyncIterator[dict]:
+        """POST and yield each JSON object of an SSE (OpenAI) or NDJSON (Ollama) stream; an
+        `{"error": ...}` event mid-stream raises BackendError. The body is read to its end so
+        the connection can be reused."""
+        response = await self.client.request("POST", path, json=body)
+        if response.status >= 400:
+            raise await self.error_from(response, body.get("model"))
+        payloads = iter_sse_data(response.iter_lines()) if sse else response.iter_lines()
+        try:
+            async for data in payloads:
+                if not data.strip() or data == b"[DONE]":
+                    continue
+                event = self._decode_event(data)
+                if "error" in event:
+                    raise BackendError(f"backend {self.name} failed mid-stream: "
+                                       f"{_error_text(event['error'])}", code="backend_error")
+                yield event
+        finally:
+            response.close()
+
+    def _decode_event(self, data: bytes) -> dict:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise BackendError(f"backend {self.name} sent a stream event that is not JSON: {data[:200]!r}") from None
+        if not isinstance(event, dict):
+            raise BackendError(f"backend {self.name} sent a stream event that is not an object")
+        return event
+
     async def json_or_raise(self, response: ClientResponse, model: str | None = None) -> dict:
         if response.status >= 400:
             raise await self.error_from(response, model)
@@ -142,6 +172,10 @@ class Backend:
             return NotImplementedByBackend(f"backend {self.name}: {message}")
         return BackendError(f"backend {self.name} answered {response.status}: {message}",
                             code="backend_error")
+
+
+def _error_text(error) -> str:
+    return error.get("message", str(error)) if isinstance(error, dict) else str(error)
 
 
 def extract_error_message(body: bytes) -> str:

@@ -5,12 +5,10 @@ Ollama-native client requests for a model served here are passed through unchang
 """
 from __future__ import annotations
 
-import json
 import time
 from typing import AsyncIterator
 
 from ..api.request import GenerateRequest
-from ..errors import BackendError
 from ..http.client import ClientResponse
 from ..ids import response_id
 from .base import Backend, ModelInfo
@@ -60,34 +58,9 @@ class OllamaBackend(Backend):
                           "total_tokens": reply.get("prompt_eval_count", 0)},
                 "timings": {"total_ms": (time.monotonic() - started) * 1e3}}
 
-    async def ndjson(self, path: str, body: dict) -> AsyncIterator[dict]:
-        """POST and yield each NDJSON object; {"error": ...} mid-stream raises BackendError."""
-        response = await self.client.request("POST", path, json={**body, "stream": True})
-        if response.status >= 400:
-            raise await self.error_from(response, body.get("model"))
-        try:
-            async for line in response.iter_lines():
-                if not line.strip():
-                    continue
-                reply = _decode_line(line, self.name)
-                if "error" in reply:
-                    raise BackendError(f"backend {self.name} failed mid-stream: {reply['error']}")
-                yield reply
-                if reply.get("done"):
-                    return
-        finally:
-            response.close()
+    def ndjson(self, path: str, body: dict) -> AsyncIterator[dict]:
+        return self.stream_json(path, {**body, "stream": True}, sse=False)
 
     async def native(self, method: str, path: str, body: dict | None = None) -> ClientResponse:
         """Pass an Ollama-native request through; the caller streams or reads the answer."""
         return await self.client.request(method, path, json=body)
-
-
-def _decode_line(line: bytes, name: str) -> dict:
-    try:
-        value = json.loads(line)
-    except ValueError:
-        raise BackendError(f"backend {name} sent a line that is not JSON: {line[:200]!r}") from None
-    if not isinstance(value, dict):
-        raise BackendError(f"backend {name} sent an NDJSON line that is not an object")
-    return value
