@@ -43,7 +43,8 @@ test: $(VENV)/.test-installed
 
 bench: $(VENV)/.bench-installed /usr/bin/wrk
 	@tools/llama-server >/dev/null
-	@for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for script in $(filter-out benchmarks/common.py,$(wildcard benchmarks/*.py)); do \
+		echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info velollmd/sched/_kvblocks*.so velollmd/sched/_kvblocks.c
