@@ -11,49 +11,19 @@ in-flight requests finish up to a deadline, then cancel the rest.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import time
 from typing import Awaitable, Callable
 
 from ..config import ServerConfig
 from ..errors import VeloError
 from .connection import EndOfMessage, Head, HTTPParser, ProtocolError
-from .message import REASONS, Request, Response
+from .message import Request, Response
+from .writer import (READ_SIZE, WRITE_HIGH_WATER, CorkedBody, IdlePinger, encode_head, error_response,
+                     send_final_response)
 
 log = logging.getLogger("velollmd.http")
 
 Handler = Callable[[Request], Awaitable[Response]]
-READ_SIZE = 65536
-WRITE_HIGH_WATER = 65536        # below this, a whole response is left to the transport
-
-
-class _DateHeader:
-    """The Date header, formatted at most once per second."""
-
-    def __init__(self):
-        self._second = 0
-        self._value = b""
-
-    def get(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._value = b"date: " + email.utils.formatdate(now, usegmt=True).encode() + b"\r\n"
-        return self._value
-
-
-DATE = _DateHeader()
-
-
-def error_response(status: int, message: str, error_type: str = "invalid_request_error") -> Response:
-    return Response.error(VeloError(message, status=status, error_type=error_type))
-
-
-def encode_head(status: int, headers: list[tuple[str, str]], version: str = "1.1") -> bytes:
-    lines = [f"HTTP/{version} {status} {REASONS.get(status, 'Unknown')}"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    return ("\r\n".join(lines) + "\r\n").encode("latin-1") + DATE.get() + b"\r\n"
 
 
 class _WatchedReader(asyncio.StreamReader):
@@ -73,52 +43,6 @@ class _WatchedReader(asyncio.StreamReader):
         super().set_exception(exc)
         if self.on_close is not None:
             self.on_close()
-
-
-class _CorkedBody:
-    """Body pieces produced in one event-loop turn go out in one send.
-
-    A backend read often carries several tokens; the generator chain turns them into
-    several frames without yielding to the loop, and sends are costly syscalls. The flush is
-    scheduled with call_soon, so nothing waits longer than the current loop turn."""
-
-    def __init__(self, loop, writer, chunked: bool):
-        self.loop, self.writer, self.chunked = loop, writer, chunked
-        self.pending = bytearray()
-        self.last_write = loop.time()
-
-    def write(self, piece: bytes) -> None:
-        if not self.pending:
-            self.loop.call_soon(self.flush)
-        self.pending += b"%x\r\n%b\r\n" % (len(piece), piece) if self.chunked else piece
-        self.last_write = self.loop.time()
-
-    def flush(self) -> None:
-        if self.pending and not self.writer.transport.is_closing():
-            self.writer.write(bytes(self.pending))
-        self.pending.clear()
-
-    def must_drain(self) -> bool:
-        return self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER
-
-
-class _IdlePinger:
-    """Writes `response.idle_ping` into a stream that has been silent for idle_ping_s.
-
-    A timer, not a wrapper around the stream: a busy stream pays nothing for it."""
-
-    def __init__(self, loop, body: _CorkedBody, response: Response):
-        self.loop, self.body, self.ping = loop, body, response.idle_ping
-        self.interval = response.idle_ping_s
-        self.handle = loop.call_later(self.interval, self._fire)
-
-    def _fire(self) -> None:
-        if self.loop.time() - self.body.last_write >= self.interval * 0.999:
-            self.body.write(self.ping)
-        self.handle = self.loop.call_at(self.body.last_write + self.interval, self._fire)
-
-    def cancel(self) -> None:
-        self.handle.cancel()
 
 
 class HTTPServer:
@@ -210,36 +134,10 @@ async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, me
     await send_final_response(reader, writer, response)
 
 
-async def send_final_response(reader, writer, response: Response, linger_s: float = 1.0) -> None:
-    """Write a response and close without a reset.
-
-    Closing a socket with unread request bytes makes the kernel send RST, which can destroy
-    the response before the client reads it. So: write, half-close, and discard what the
-    client still sends for up to `linger_s`, then close.
-    """
-    headers = [*_with_length(response), ("connection", "close")]
-    try:
-        writer.write(encode_head(response.status, headers) + response.body)
-        if writer.can_write_eof():
-            writer.write_eof()
-        async with asyncio.timeout(linger_s):
-            await writer.drain()
-            while await reader.read(READ_SIZE):
-                pass
-    except (ConnectionError, TimeoutError):
-        pass
-    finally:
-        writer.close()
-
-
 async def _close_stream(stream) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
-
-
-def _with_length(response: Response) -> list[tuple[str, str]]:
-    return [*response.headers, ("content-length", str(len(response.body)))]
 
 
 class Connection:
@@ -415,8 +313,8 @@ class Connection:
         await self._write_stream(response, chunked=request.version != "1.0")
 
     async def _write_stream(self, response: Response, chunked: bool) -> None:
-        out = _CorkedBody(self.loop, self.writer, chunked)
-        pinger = _IdlePinger(self.loop, out, response) if response.idle_ping else None
+        out = CorkedBody(self.loop, self.writer, chunked)
+        pinger = IdlePinger(self.loop, out, response) if response.idle_ping else None
         try:
             async for piece in response.stream:
                 if piece:
