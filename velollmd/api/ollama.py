@@ -20,7 +20,7 @@ from ..backends.ollama_convert import (done_reason_of, now_rfc3339, ollama_chat_
                                        ollama_tool_calls)
 from ..errors import BadRequest, VeloError
 from ..http.message import Request, Response
-from .request import GenerateRequest, validate_chat, validate_completion
+from .request import GenerateRequest, check_message_tool_calls, validate_chat, validate_completion
 
 NDJSON = [("content-type", "application/x-ndjson")]
 
@@ -170,7 +170,29 @@ def _model_body(request: Request) -> dict:
     body = request.json()
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise BadRequest("model is required", param="model")
+    _check_ollama_fields(body)
     return body
+
+
+OLLAMA_FIELD_TYPES = {"messages": list, "options": dict, "images": list, "tools": list, "prompt": str,
+                      "system": str, "raw": bool, "stream": bool, "format": (str, dict), "think": (bool, str)}
+
+
+def _check_ollama_fields(body: dict) -> None:
+    """The shapes Ollama's docs give; anything else is a 400 naming the field."""
+    for name, kind in OLLAMA_FIELD_TYPES.items():
+        if body.get(name) is not None and not isinstance(body[name], kind):
+            raise BadRequest(f"invalid {name!r}: wrong type {type(body[name]).__name__}", param=name)
+    for i, message in enumerate(body.get("messages") or []):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest(f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}]")
+        for name, kind in (("content", str), ("images", list)):
+            if message.get(name) is not None and not isinstance(message[name], kind):
+                raise BadRequest(f"messages[{i}].{name} has the wrong type", param=f"messages[{i}].{name}")
+        check_message_tool_calls(message.get("tool_calls"), f"messages[{i}].tool_calls")
+    for name in ("images",):
+        if any(not isinstance(item, str) for item in body.get(name) or []):
+            raise BadRequest(f"{name} must be base64 strings", param=name)
 
 
 async def _relay(upstream) -> AsyncIterator[bytes]:

@@ -115,7 +115,7 @@ def _check_messages(messages) -> None:
         param = f"messages[{i}]"
         if not isinstance(message, dict):
             _fail(param, "expected an object")
-        if message.get("role") not in ROLES:
+        if not isinstance(message.get("role"), str) or message["role"] not in ROLES:
             _fail(f"{param}.role", f"must be one of {', '.join(sorted(ROLES))}")
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
@@ -126,6 +126,21 @@ def _check_messages(messages) -> None:
                     _fail(f"{param}.content[{j}]", "expected a content part object with a 'type'")
         if content is None and not message.get("tool_calls") and message.get("role") != "assistant":
             _fail(f"{param}.content", "is required")
+        check_message_tool_calls(message.get("tool_calls"), f"{param}.tool_calls")
+
+
+def check_message_tool_calls(calls, param: str) -> None:
+    """Tool calls in a message: objects whose function has a name (arguments: string or object)."""
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        _fail(param, "expected an array of tool calls")
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            _fail(f"{param}[{i}].function.name", "each tool call needs a function with a name")
+        if not isinstance(function.get("arguments", ""), (str, dict)):
+            _fail(f"{param}[{i}].function.arguments", "expected a JSON string or an object")
 
 
 def _check_tools(body: dict) -> None:

@@ -1,0 +1,133 @@
+"""Bad input never becomes a 500: random and mutated request bodies through the whole App
+(validation, cache, tool calls, scheduling) with an in-memory backend."""
+import asyncio
+import json
+
+import pytest
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from velollmd.app import App
+from velollmd.backends.base import ModelInfo
+from velollmd.backends.llamacpp import LlamaCppBackend
+from velollmd.backends.registry import Registry
+from velollmd.config import config_from_table
+from velollmd.http.message import Request
+
+ANSWER = {"id": "x", "object": "chat.completion", "created": 1, "model": "tiny",
+          "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+class MemoryBackend(LlamaCppBackend):
+    """Answers without I/O; streams two chunks and a usage chunk."""
+
+    async def chat(self, request):
+        return json.loads(json.dumps(ANSWER))
+
+    async def completion(self, request):
+        return {"id": "x", "object": "text_completion", "created": 1, "model": "tiny",
+                "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]}
+
+    async def chat_stream(self, request):
+        yield {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "tiny",
+               "choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok"}, "finish_reason": None}]}
+        yield {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "tiny",
+               "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+
+    completion_stream = chat_stream
+
+    async def embeddings(self, body):
+        return {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]}
+
+    async def list_models(self):
+        return [ModelInfo(id="tiny", backend=self.name)]
+
+
+def make_app() -> App:
+    config = config_from_table({"backends": [{"name": "mem", "kind": "llamacpp", "url": "http://127.0.0.1:9",
+                                              "models": ["tiny*"]}], "cache": {"path": ""}})
+    return App(config, registry=Registry(config.backends, backends=[MemoryBackend(config.backends[0])]))
+
+
+APP = make_app()
+LOOP = asyncio.new_event_loop()
+LOOP.run_until_complete(APP.start())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_app():
+    yield
+    LOOP.run_until_complete(APP.close())
+    LOOP.close()
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12)
+FIELDS = ["model", "messages", "temperature", "top_p", "max_tokens", "stream", "stream_options", "tools",
+          "tool_choice", "stop", "n", "seed", "response_format", "prompt", "input", "logit_bias", "options",
+          "format", "raw", "keep_alive", "images", "system"]
+VALID_MESSAGE = {"role": "user", "content": "hi"}
+PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/api/chat", "/api/generate",
+         "/api/embed", "/api/show"]
+
+
+MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "tool", "system"]) | JSON_VALUES},
+    optional={"content": st.text(max_size=20) | JSON_VALUES, "tool_calls": JSON_VALUES | st.lists(
+        st.fixed_dictionaries({}, optional={"id": JSON_VALUES, "type": JSON_VALUES, "function": JSON_VALUES | st.fixed_dictionaries(
+            {}, optional={"name": st.text(max_size=5) | JSON_VALUES, "arguments": JSON_VALUES})}), max_size=2),
+        "images": JSON_VALUES, "name": JSON_VALUES, "tool_call_id": JSON_VALUES})
+TOOLS = st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+    {"name": st.sampled_from(["f", "g"])}, optional={"parameters": JSON_VALUES})}) | JSON_VALUES, max_size=2)
+
+
+def bodies():
+    base = st.fixed_dictionaries({"model": st.sampled_from(["tiny", "nope", ""]) | JSON_VALUES,
+                                  "messages": st.just([VALID_MESSAGE]) | st.lists(MESSAGE, max_size=3) | JSON_VALUES},
+                                 optional={"tools": TOOLS, "tool_choice": JSON_VALUES | st.sampled_from(
+                                     ["auto", "none", "required", {"type": "function", "function": {"name": "f"}}])})
+    extra = st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=5)
+    return st.builds(lambda b, e: {**b, **e}, base, extra)
+
+
+def call(path: str, raw: bytes) -> int:
+    async def go():
+        response = await APP.handle(Request("POST", path, [("host", "x")], raw))
+        if response.stream is not None:
+            async for _ in response.stream:
+                pass
+        return response.status
+    return LOOP.run_until_complete(go())
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(PATHS), bodies())
+def test_random_json_bodies_never_cause_a_500(path, body):
+    assert call(path, json.dumps(body).encode()) != 500
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(PATHS), st.binary(max_size=64))
+def test_random_bytes_never_cause_a_500(path, raw):
+    assert call(path, raw) in (400, 404, 405, 413, 422)
+
+
+TOOLS_OK = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize("path,body,status", [
+    ("/v1/chat/completions", {"model": "tiny", "tools": TOOLS_OK, "messages": [
+        {"role": "assistant", "tool_calls": [{"function": "x"}]}, {"role": "user", "content": "x"}]}, 400),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "assistant", "tool_calls": "zz"}]}, 400),
+    ("/api/chat", {"model": "tiny", "messages": [{"role": "assistant", "content": "x", "tool_calls": [5]}]}, 400),
+    ("/api/chat", {"model": "tiny", "messages": True}, 400),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": []}]}, 400),
+    ("/v1/chat/completions", {"model": "tiny", "tools": TOOLS_OK, "messages": [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "r"}]}, 200),
+])
+def test_found_by_fuzzing(path, body, status):
+    assert call(path, json.dumps(body).encode()) == status
