@@ -12,6 +12,7 @@ import asyncio
 from typing import AsyncIterator, Awaitable, Callable
 
 from .service import Outcome
+from .streams import closing
 
 
 class Flight:
@@ -31,9 +32,10 @@ class Flight:
             self.outcome = outcome
             self._head.set_result(outcome)
             if outcome.chunks is not None:
-                async for chunk in outcome.chunks:
-                    self.chunks.append(chunk)
-                    self._wake()
+                async with closing(outcome.chunks) as source_iter:
+                    async for chunk in source_iter:
+                        self.chunks.append(chunk)
+                        self._wake()
         except asyncio.CancelledError:
             self.error = self.error or ConnectionAbortedError("all clients left")
             raise

@@ -27,6 +27,7 @@ from .ids import response_id
 from .metrics import Metrics
 from .service import Outcome, Service, strip_usage
 from .toolcalls.layer import ToolCallLayer
+from .streams import closing
 
 log = logging.getLogger("velollmd.pipeline")
 CACHE_HEADER = "x-velollm-cache"
@@ -137,10 +138,11 @@ class Pipeline:
         return outcome
 
     async def _count_usage(self, chunks, model: str) -> AsyncIterator[dict]:
-        async for chunk in chunks:
-            if chunk.get("usage") and not chunk.get("choices"):
-                self.metrics.record_usage(model, chunk["usage"])
-            yield chunk
+        async with closing(chunks) as source_iter:
+            async for chunk in source_iter:
+                if chunk.get("usage") and not chunk.get("choices"):
+                    self.metrics.record_usage(model, chunk["usage"])
+                yield chunk
 
     # -- single-flight and recording ------------------------------------------------------
 
@@ -164,8 +166,9 @@ class Pipeline:
     async def _stream_from(self, flight: Flight, request: GenerateRequest) -> AsyncIterator[dict]:
         """A stream for one consumer: live chunks, or a replay of a whole answer."""
         if flight.outcome.chunks is not None:
-            async for chunk in flight.replay_chunks():
-                yield chunk
+            async with closing(flight.replay_chunks()) as source_iter:
+                async for chunk in source_iter:
+                    yield chunk
             return
         flight.leave()
         entry = from_json_response(flight.outcome.body)
@@ -182,9 +185,10 @@ class Pipeline:
 
     async def _recording(self, chunks, lookup: Lookup, request: GenerateRequest) -> AsyncIterator[dict]:
         seen = []
-        async for chunk in chunks:
-            seen.append(chunk)
-            yield chunk
+        async with closing(chunks) as source_iter:
+            async for chunk in source_iter:
+                seen.append(chunk)
+                yield chunk
         self._store(lookup, request, from_stream_chunks(seen))
 
     def _store(self, lookup: Lookup, request: GenerateRequest, entry) -> None:

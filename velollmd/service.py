@@ -29,6 +29,7 @@ from typing import AsyncIterator, Callable
 
 from .api.request import GenerateRequest, max_tokens_of
 from .backends.base import Backend
+from .backends.shape import UNREADABLE, check_answer, check_chunk
 from .backends.registry import Registry
 from .config import SchedulerConfig
 from .errors import BackendError, Unavailable
@@ -37,6 +38,7 @@ from .sched.breaker import CircuitBreaker
 from .sched.fingerprint import Fingerprint, fingerprint_of
 from .sched.request import Request
 from .sched.router import PrefixRouter
+from .streams import aclose, closing
 
 log = logging.getLogger("velollmd.service")
 MAX_ATTEMPTS = 2                 # the first backend, then one retry on another
@@ -109,9 +111,13 @@ class Service:
                 continue                   # back in the queue; wait for a slot again
 
     async def _call(self, backend: Backend, request: GenerateRequest) -> dict:
-        if request.endpoint == "chat":
-            return await backend.chat(request)
-        return await backend.completion(request)
+        call = backend.chat if request.endpoint == "chat" else backend.completion
+        try:
+            body = await call(request)
+        except UNREADABLE as exc:                   # a converter could not read the native reply
+            raise BackendError(f"backend {backend.name} sent an answer velollmd cannot read: {exc!r}",
+                               code="bad_backend_response") from None
+        return check_answer(body, request.endpoint, backend.name)
 
     async def _stream(self, backend: Backend, request: GenerateRequest, scheduled: Request,
                       fingerprint: Fingerprint) -> AsyncIterator[dict]:
@@ -119,7 +125,8 @@ class Service:
             with self._pinned(backend, request, fingerprint) as pinned:
                 source = backend.chat_stream(pinned) if pinned.endpoint == "chat" \
                     else backend.completion_stream(pinned)
-                async for chunk in strip_usage(source, request.include_usage):
+                async for chunk in strip_usage(_checked(source, request.endpoint, backend.name),
+                                               request.include_usage):
                     chunk["model"] = request.model
                     yield chunk
 
@@ -220,19 +227,31 @@ class Service:
                 "backends": backends}
 
 
+async def _checked(chunks: AsyncIterator[dict], endpoint: str, backend_name: str) -> AsyncIterator[dict]:
+    """Stream chunks, each checked for the shape downstream code reads."""
+    try:
+        async with closing(chunks) as source_iter:
+            async for chunk in source_iter:
+                yield check_chunk(chunk, endpoint, backend_name)
+    except UNREADABLE as exc:
+        raise BackendError(f"backend {backend_name} sent a stream velollmd cannot read: {exc!r}",
+                           code="bad_backend_response") from None
+
+
 async def strip_usage(chunks: AsyncIterator[dict], include_usage: bool) -> AsyncIterator[dict]:
     """Drop the usage-only chunk (choices == []) unless the client asked for it; usage
     on ordinary chunks is removed too, as OpenAI sends it only in that last chunk."""
-    async for chunk in chunks:
-        if not chunk.get("choices"):
-            if include_usage and chunk.get("usage") is not None:
-                yield chunk
-            continue
-        if not include_usage:
-            chunk.pop("usage", None)
-        elif "usage" in chunk and chunk["usage"] is not None:
-            chunk["usage"] = None
-        yield chunk
+    async with closing(chunks) as source_iter:
+        async for chunk in source_iter:
+            if not chunk.get("choices"):
+                if include_usage and chunk.get("usage") is not None:
+                    yield chunk
+                continue
+            if not include_usage:
+                chunk.pop("usage", None)
+            elif "usage" in chunk and chunk["usage"] is not None:
+                chunk["usage"] = None
+            yield chunk
 
 
 async def prime(stream: AsyncIterator) -> AsyncIterator:
@@ -243,22 +262,14 @@ async def prime(stream: AsyncIterator) -> AsyncIterator:
     except StopAsyncIteration:
         first = None
     except BaseException:
-        await _aclose(iterator)
+        await aclose(iterator)
         raise
     return _chain(first, iterator)
 
 
 async def _chain(first, iterator) -> AsyncIterator:
-    try:
+    async with closing(iterator) as source_iter:
         if first is not None:
             yield first
-            async for item in iterator:
+            async for item in source_iter:
                 yield item
-    finally:
-        await _aclose(iterator)
-
-
-async def _aclose(iterator) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()

@@ -56,9 +56,10 @@ LOOP.run_until_complete(APP.start())
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _close_app():
+def _close_apps():
     yield
     LOOP.run_until_complete(APP.close())
+    LOOP.run_until_complete(GARBAGE_APP.close())
     LOOP.close()
 
 JSON_VALUES = st.recursive(
@@ -131,3 +132,71 @@ TOOLS_OK = [{"type": "function", "function": {"name": "f", "parameters": {"type"
 ])
 def test_found_by_fuzzing(path, body, status):
     assert call(path, json.dumps(body).encode()) == status
+
+
+class GarbageBackend(MemoryBackend):
+    """Answers whatever the test put in `answer` / `chunks`."""
+    answer: object = None
+    chunks: list = []
+
+    async def chat(self, request):
+        return self.answer
+
+    completion = chat
+
+    async def chat_stream(self, request):
+        for chunk in self.chunks:
+            yield chunk
+
+    completion_stream = chat_stream
+
+
+def make_garbage_app() -> tuple[App, GarbageBackend]:
+    config = config_from_table({"backends": [{"name": "junk", "kind": "llamacpp", "url": "http://127.0.0.1:9",
+                                              "models": ["tiny*"]}], "cache": {"path": ""}})
+    backend = GarbageBackend(config.backends[0])
+    return App(config, registry=Registry(config.backends, backends=[backend])), backend
+
+
+GARBAGE_APP, GARBAGE = make_garbage_app()
+LOOP.run_until_complete(GARBAGE_APP.start())
+CHOICE = st.fixed_dictionaries({}, optional={"message": JSON_VALUES, "delta": JSON_VALUES, "text": JSON_VALUES,
+                                             "finish_reason": JSON_VALUES, "index": JSON_VALUES})
+ANSWERS = JSON_VALUES | st.fixed_dictionaries({"choices": st.lists(CHOICE | JSON_VALUES, max_size=2) | JSON_VALUES},
+                                              optional={"usage": JSON_VALUES, "model": JSON_VALUES})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["/v1/chat/completions", "/v1/completions", "/api/chat", "/api/generate"]),
+       st.booleans(), ANSWERS, st.lists(ANSWERS, max_size=3), st.booleans())
+def test_malformed_backend_answers_are_502_never_500(path, stream, answer, chunks, with_tools):
+    GARBAGE.answer, GARBAGE.chunks = answer, chunks
+    GARBAGE_APP.service.breakers.clear()          # each example meets a closed circuit
+    body = {"model": "tiny", "stream": stream, "messages": [VALID_MESSAGE], "prompt": "hi"}
+    if with_tools:
+        body["tools"] = TOOLS_OK
+
+    async def go():
+        response = await GARBAGE_APP.handle(Request("POST", path, [("host", "x")], json.dumps(body).encode()))
+        if response.stream is not None:
+            async for _ in response.stream:
+                pass
+        return response.status
+    assert LOOP.run_until_complete(go()) in (200, 400, 502)
+
+
+def test_a_stream_that_fails_midway_frees_its_slot_at_once():
+    GARBAGE.chunks = [{"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "tiny",
+                       "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]},
+                      {"choices": "broken"}]
+    GARBAGE_APP.service.breakers.clear()
+    body = {"model": "tiny", "stream": True, "messages": [VALID_MESSAGE]}
+
+    async def go():
+        response = await GARBAGE_APP.handle(Request("POST", "/v1/chat/completions", [("host", "x")],
+                                                    json.dumps(body).encode()))
+        frames = [frame async for frame in response.stream]
+        return frames, GARBAGE_APP.service.stats()["num_running"]
+    frames, num_running = LOOP.run_until_complete(go())
+    assert frames[-1].startswith(b'data: {"error":') and b"cannot read" in frames[-1]
+    assert num_running == 0                      # not left to the garbage collector

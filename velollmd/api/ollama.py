@@ -21,6 +21,7 @@ from ..backends.ollama_convert import (done_reason_of, now_rfc3339, ollama_chat_
 from ..errors import BadRequest, VeloError
 from ..http.message import Request, Response
 from .request import GenerateRequest, check_message_tool_calls, validate_chat, validate_completion
+from ..streams import closing
 
 NDJSON = [("content-type", "application/x-ndjson")]
 
@@ -197,8 +198,9 @@ def _check_ollama_fields(body: dict) -> None:
 
 async def _relay(upstream) -> AsyncIterator[bytes]:
     try:
-        async for data in upstream.iter_raw():
-            yield data
+        async with closing(upstream.iter_raw()) as source_iter:
+            async for data in source_iter:
+                yield data
     finally:
         upstream.close()
 
@@ -244,13 +246,14 @@ async def _ndjson_from_chunks(chunks, model: str, started: int, message: bool) -
     calls: dict[int, dict] = {}
     finish, usage = None, None
     try:
-        async for chunk in chunks:
-            usage = chunk.get("usage") or usage
-            for choice in chunk.get("choices") or []:
-                finish = choice.get("finish_reason") or finish
-                text = _gather_delta(choice, calls)
-                if text:
-                    yield ndjson_line(_partial(model, text, message))
+        async with closing(chunks) as source_iter:
+            async for chunk in source_iter:
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices") or []:
+                    finish = choice.get("finish_reason") or finish
+                    text = _gather_delta(choice, calls)
+                    if text:
+                        yield ndjson_line(_partial(model, text, message))
     except VeloError as exc:
         yield ndjson_line({"error": exc.message})
         return

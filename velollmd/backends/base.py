@@ -19,6 +19,7 @@ from ..config import BackendConfig
 from ..errors import BackendError, BadRequest, NotFound, NotImplementedByBackend, VeloError
 from ..http.client import ClientResponse, HTTPClient
 from ..http.sse import iter_sse_data
+from ..streams import closing
 
 log = logging.getLogger("velollmd.backends")
 
@@ -134,14 +135,15 @@ class Backend:
             raise await self.error_from(response, body.get("model"))
         payloads = iter_sse_data(response.iter_lines()) if sse else response.iter_lines()
         try:
-            async for data in payloads:
-                if not data.strip() or data == b"[DONE]":
-                    continue
-                event = self._decode_event(data)
-                if "error" in event:
-                    raise BackendError(f"backend {self.name} failed mid-stream: "
-                                       f"{_error_text(event['error'])}", code="backend_error")
-                yield event
+            async with closing(payloads) as source_iter:
+                async for data in source_iter:
+                    if not data.strip() or data == b"[DONE]":
+                        continue
+                    event = self._decode_event(data)
+                    if "error" in event:
+                        raise BackendError(f"backend {self.name} failed mid-stream: "
+                                           f"{_error_text(event['error'])}", code="backend_error")
+                    yield event
         finally:
             response.close()
 

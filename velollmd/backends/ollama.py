@@ -14,6 +14,7 @@ from ..ids import response_id
 from .base import Backend, ModelInfo
 from .ollama_convert import (OllamaChatStream, ollama_chat_to_openai, ollama_generate_to_openai,
                              openai_to_ollama_chat, openai_to_ollama_generate)
+from ..streams import closing
 
 
 class OllamaBackend(Backend):
@@ -37,16 +38,18 @@ class OllamaBackend(Backend):
     async def chat_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
         converter = OllamaChatStream(request.model, response_id())
         body = openai_to_ollama_chat(request.body, self.config.num_ctx)
-        async for reply in self.ndjson("/api/chat", body):
-            for chunk in converter.feed(reply):
-                yield chunk
+        async with closing(self.ndjson("/api/chat", body)) as source_iter:
+            async for reply in source_iter:
+                for chunk in converter.feed(reply):
+                    yield chunk
 
     async def completion_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
         converter = OllamaChatStream(request.model, response_id("cmpl"), chat=False)
         body = openai_to_ollama_generate(request.body, self.config.num_ctx)
-        async for reply in self.ndjson("/api/generate", body):
-            for chunk in converter.feed(reply):
-                yield chunk
+        async with closing(self.ndjson("/api/generate", body)) as source_iter:
+            async for reply in source_iter:
+                for chunk in converter.feed(reply):
+                    yield chunk
 
     async def embeddings(self, body: dict) -> dict:
         started = time.monotonic()

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from ..errors import BackendError, BackendTimeout
 from .connection import EndOfMessage, Head, HTTPParser, ProtocolError
+from ..streams import closing
 
 READ_SIZE = 65536
 
@@ -93,11 +94,12 @@ class ClientResponse:
     async def iter_lines(self) -> AsyncIterator[bytes]:
         """Body split into lines (without line endings); blank lines are kept (SSE needs them)."""
         pending = b""
-        async for data in self.iter_raw():
-            pending += data
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield line[:-1] if line.endswith(b"\r") else line
+        async with closing(self.iter_raw()) as source_iter:
+            async for data in source_iter:
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line[:-1] if line.endswith(b"\r") else line
         if pending:
             yield pending
 

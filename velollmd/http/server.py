@@ -20,6 +20,7 @@ from .connection import EndOfMessage, Head, HTTPParser, ProtocolError
 from .message import Request, Response
 from .writer import (READ_SIZE, WRITE_HIGH_WATER, CorkedBody, IdlePinger, encode_head, error_response,
                      send_final_response)
+from ..streams import aclose
 
 log = logging.getLogger("velollmd.http")
 
@@ -132,12 +133,6 @@ async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, me
     response = error_response(503, message, "api_error")
     response.headers.append(("retry-after", "1"))
     await send_final_response(reader, writer, response)
-
-
-async def _close_stream(stream) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 class Connection:
@@ -308,7 +303,7 @@ class Connection:
             headers = [*headers, ("transfer-encoding", "chunked")]
         self.writer.write(encode_head(response.status, headers))
         if head_only:
-            await _close_stream(response.stream)
+            await aclose(response.stream)
             return
         await self._write_stream(response, chunked=request.version != "1.0")
 
@@ -331,7 +326,7 @@ class Connection:
         finally:
             if pinger is not None:
                 pinger.cancel()
-            await _close_stream(response.stream)
+            await aclose(response.stream)
         out.flush()
         if chunked:
             self.writer.write(b"0\r\n\r\n")

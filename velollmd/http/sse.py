@@ -15,6 +15,7 @@ from typing import AsyncIterator
 
 from ..errors import VeloError
 from .message import Response
+from ..streams import closing
 
 PING = b": ping\n\n"
 DONE = b"data: [DONE]\n\n"
@@ -32,8 +33,9 @@ def encode_event(event) -> bytes:
 async def sse_frames(events: AsyncIterator, done: bool = True) -> AsyncIterator[bytes]:
     """Frames for `events`; a VeloError raised by the source becomes an error event."""
     try:
-        async for event in events:
-            yield encode_event(event)
+        async with closing(events) as source_iter:
+            async for event in source_iter:
+                yield encode_event(event)
     except VeloError as exc:
         yield encode_event(exc.to_dict())
         return
@@ -50,13 +52,14 @@ def sse_response(events: AsyncIterator, ping_s: float = 15.0, headers=None, done
 async def iter_sse_data(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """Client side: the payload of each event from a stream of SSE lines (comments skipped)."""
     data: list[bytes] = []
-    async for line in lines:
-        if not line:
-            if data:
-                yield b"\n".join(data)
-                data = []
-        elif line.startswith(b"data:"):
-            value = line[5:]
-            data.append(value[1:] if value.startswith(b" ") else value)
+    async with closing(lines) as source_iter:
+        async for line in source_iter:
+            if not line:
+                if data:
+                    yield b"\n".join(data)
+                    data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
     if data:
         yield b"\n".join(data)

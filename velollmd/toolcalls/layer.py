@@ -17,6 +17,7 @@ from ..metrics import Metrics
 from .choice import parse_tool_choice, retry_messages
 from .pipeline import ToolResult, process_output
 from .stream import ToolCallStream
+from ..streams import closing
 
 Regenerate = Callable[[GenerateRequest], Awaitable]
 REPAIR_HEADER = "x-velollm-tool-repair"
@@ -88,25 +89,26 @@ class ToolCallLayer:
                                 messages=body.get("messages"))
         backend_calls: dict[int, dict] = {}
         template, finish = None, None
-        async for chunk in chunks:
-            choices = chunk.get("choices") or []
-            if not choices:                                   # the usage chunk
-                for out in self._close(stream, backend_calls, template, finish):
+        async with closing(chunks) as source_iter:
+            async for chunk in source_iter:
+                choices = chunk.get("choices") or []
+                if not choices:                                   # the usage chunk
+                    for out in self._close(stream, backend_calls, template, finish):
+                        yield out
+                    template = None
+                    yield chunk
+                    continue
+                template = template or chunk
+                delta = choices[0].get("delta") or {}
+                finish = choices[0].get("finish_reason") or finish
+                _merge_backend_calls(delta.get("tool_calls"), backend_calls)
+                if delta.get("role") and not delta.get("content"):
+                    yield chunk
+                    continue
+                if delta.get("reasoning_content"):
+                    yield _chunk_like(chunk, {"reasoning_content": delta["reasoning_content"]})
+                for out in _emit(stream.feed(delta.get("content") or ""), chunk):
                     yield out
-                template = None
-                yield chunk
-                continue
-            template = template or chunk
-            delta = choices[0].get("delta") or {}
-            finish = choices[0].get("finish_reason") or finish
-            _merge_backend_calls(delta.get("tool_calls"), backend_calls)
-            if delta.get("role") and not delta.get("content"):
-                yield chunk
-                continue
-            if delta.get("reasoning_content"):
-                yield _chunk_like(chunk, {"reasoning_content": delta["reasoning_content"]})
-            for out in _emit(stream.feed(delta.get("content") or ""), chunk):
-                yield out
         if template is not None:
             for out in self._close(stream, backend_calls, template, finish):
                 yield out

@@ -1,0 +1,59 @@
+"""What a backend answer must look like before anything downstream reads it.
+
+Everything after the backend (tool-call repair, cache recording, the Ollama translation)
+indexes into `choices[0]`, `message`, `delta`. A backend that sends another shape, or whose
+native reply a converter cannot read, is a 502 naming the backend, never a 500.
+"""
+from __future__ import annotations
+
+from ..errors import BackendError
+
+UNREADABLE = (TypeError, KeyError, AttributeError, IndexError, ValueError)
+
+
+def _fail(backend_name: str, what: str):
+    raise BackendError(f"backend {backend_name} sent an answer velollmd cannot read: {what}",
+                       code="bad_backend_response")
+
+
+def check_answer(body, endpoint: str, backend_name: str) -> dict:
+    """A whole chat.completion / text_completion."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
+        _fail(backend_name, "no choices")
+    _check_usage(body, backend_name)
+    for choice in choices:
+        if endpoint == "chat":
+            message = choice.get("message")
+            if not isinstance(message, dict) or not isinstance(message.get("content"), (str, type(None))):
+                _fail(backend_name, "a choice without a message")
+            if not isinstance(message.get("tool_calls") or [], list):
+                _fail(backend_name, "tool_calls is not a list")
+        elif not isinstance(choice.get("text", ""), str):
+            _fail(backend_name, "a choice without text")
+    return body
+
+
+def check_chunk(chunk, endpoint: str, backend_name: str) -> dict:
+    """One stream chunk (choices may be empty: the usage chunk)."""
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        _fail(backend_name, "a stream chunk without choices")
+    _check_usage(chunk, backend_name)
+    for choice in choices:
+        if endpoint == "chat":
+            delta = choice.get("delta", {})
+            if not isinstance(delta, dict) or not isinstance(delta.get("content"), (str, type(None))) \
+                    or not isinstance(delta.get("tool_calls") or [], list):
+                _fail(backend_name, "a stream chunk with a malformed delta")
+        elif not isinstance(choice.get("text", ""), str):
+            _fail(backend_name, "a stream chunk without text")
+    return chunk
+
+
+def _check_usage(body: dict, backend_name: str) -> None:
+    usage = body.get("usage")
+    if usage is not None and not (isinstance(usage, dict) and all(
+            isinstance(usage.get(k, 0), int) and not isinstance(usage.get(k, 0), bool)
+            for k in ("prompt_tokens", "completion_tokens", "total_tokens"))):
+        _fail(backend_name, "usage is not an object of token counts")
