@@ -5,11 +5,11 @@ kvblocks.c into the extension `velollmd.sched._kvblocks`. Only velollmd/sched/kv
 imports that extension.
 """
 import pathlib
+import re
 
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
-
 
 
 def _source_path(path: pathlib.Path) -> str:
@@ -20,33 +20,22 @@ def _source_path(path: pathlib.Path) -> str:
         return str(path)
 
 
-CDEF = """
-#define KV_OK 0
-#define KV_NO_FIT 1
-#define KV_ENOMEM -1
-#define KV_EINVAL -2
-#define KV_ENOSEQ -3
-#define KV_ROOT_HASH 0xcbf29ce484222325
+def cdef_from_header(text: str) -> str:
+    """kvblocks.h as cffi's cdef: comments and preprocessor plumbing dropped, every constant
+    `#define NAME ...` (its value is read from the compiled header, API mode). One source of
+    truth for the C interface."""
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    lines = []
+    for line in text.splitlines():
+        define = re.match(r"#define (KV_\w+) ", line)
+        if define:
+            lines.append(f"#define {define.group(1)} ...")
+        elif not line.startswith("#"):
+            lines.append(line)
+    return "\n".join(lines)
 
-typedef struct kv_pool kv_pool;
 
-kv_pool *kv_pool_new(int32_t num_blocks, int32_t block_size);
-void kv_pool_delete(kv_pool *pool);
-int kv_allocate(kv_pool *pool, const int32_t *token_ids, int64_t num_tokens,
-                int64_t num_extra_tokens, int32_t *out_block_ids, int32_t *out_seq,
-                int32_t *out_num_cached_blocks);
-int kv_append(kv_pool *pool, int32_t seq, const int32_t *token_ids, int64_t num_tokens,
-              int32_t *out_copy_src, int32_t *out_copy_dst);
-int kv_fork(kv_pool *pool, int32_t parent_seq, int32_t *out_child_seq);
-int kv_free(kv_pool *pool, int32_t seq);
-int32_t kv_block_table(const kv_pool *pool, int32_t seq, int32_t *out, int32_t cap);
-int64_t kv_num_tokens(const kv_pool *pool, int32_t seq);
-int32_t kv_find_cached_prefix(const kv_pool *pool, const int32_t *token_ids, int64_t num_tokens);
-int32_t kv_num_free_blocks(const kv_pool *pool);
-int32_t kv_num_cached_blocks(const kv_pool *pool);
-int32_t kv_ref_cnt(const kv_pool *pool, int32_t block_id);
-uint64_t kv_hash_block(uint64_t parent_hash, const int32_t *token_ids, int32_t num_tokens);
-"""
+CDEF = cdef_from_header((HERE / "kvblocks.h").read_text())
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
