@@ -209,10 +209,27 @@ class Service:
     # ---- embeddings and stats ----
 
     async def embeddings(self, body: dict) -> Outcome:
-        backend = self.registry.pick(body["model"])
-        answer = await backend.embeddings(body)
-        answer["model"] = body["model"]
-        return Outcome({"x-velollm-backend": backend.name}, body=answer)
+        """Embeddings need no slot, but get the same health, breaker and one-retry failover."""
+        last_error: BackendError | None = None
+        num_attempts = 0
+        for backend in self.registry.candidates(body["model"]):
+            if num_attempts >= MAX_ATTEMPTS or not self.breaker(backend).allow(self.clock()):
+                continue
+            num_attempts += 1
+            try:
+                answer = await backend.embeddings(body)
+            except BackendError as exc:
+                self._failed(backend, exc)
+                last_error = exc
+                continue
+            self.breaker(backend).record_success()
+            if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+                raise BackendError(f"backend {backend.name} sent embeddings velollmd cannot read",
+                                   code="bad_backend_response")
+            answer["model"] = body["model"]
+            return Outcome({"x-velollm-backend": backend.name}, body=answer)
+        raise last_error or Unavailable(f"no backend for model '{body['model']}' accepts requests now",
+                                        code="no_healthy_backend", headers={"retry-after": "1"})
 
     def stats(self) -> dict:
         """Queue depth, running requests, rejections, preemptions per backend; routing hits."""

@@ -82,3 +82,17 @@ def test_invalid_json_is_400_and_the_daemon_keeps_serving(daemon):
     ok = httpx.post(daemon.url + "/v1/chat/completions", timeout=30,
                     json={"model": "tiny", "messages": MESSAGES, "max_tokens": 2})
     assert ok.status_code == 200
+
+
+def test_embeddings_fail_over_to_another_backend(daemon_factory, ollama_emulator):
+    dead = {"name": "dead", "kind": "ollama", "url": f"http://127.0.0.1:{closed_port()}",
+            "models": ["nomic*"], "health_interval_s": 600}
+    daemon = daemon_factory({"backends": [dead, ollama_backend(ollama_emulator)]})
+    dead_backend, live_backend = daemon.app.registry.backends
+    dead_backend.healthy, dead_backend.models = None, list(live_backend.models)   # looks fine: tried first
+    failures_before = daemon.app.service.breaker(dead_backend).consecutive_failures
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    response = client.embeddings.with_raw_response.create(model="nomic-embed-text:latest", input="hi")
+    assert response.headers["x-velollm-backend"] == "ollama"
+    assert len(response.parse().data[0].embedding) == 64
+    assert daemon.app.service.breaker(dead_backend).consecutive_failures == failures_before + 1
