@@ -1,6 +1,6 @@
 """Block allocator benchmark: CFFI BlockPool vs the pure-Python PyBlockPool, interleaved.
 
-Part 1 times allocate / free / fork per block (and append per decoded token) on fresh random
+Part 1 times allocate / free / fork (one child, and FORK_CHILDREN children in one call) per block (and append per decoded token) on fresh random
 prompts, rounds alternating C, Python, C, Python..., every call timed on its own.
 Part 2 replays a synthetic request-length trace (fixed seed) and reports memory waste:
 allocated token slots left unused / allocated, for paged on-demand blocks (the engine), paged
@@ -26,6 +26,7 @@ NUM_BLOCKS = 4096
 REQUESTS_PER_ROUND = 48
 PROMPT_TOKENS = 512                 # 32 blocks per request
 DECODE_STEPS = 16
+FORK_CHILDREN = 4                   # n-way sampling / beam search: one fork call, n children
 IMPLS = {"cffi": BlockPool, "python": PyBlockPool}
 
 
@@ -34,16 +35,26 @@ def percentile(samples, q):
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def pool_blocks(prompt_tokens):
+    """NUM_BLOCKS, or room for every request of a round with longer prompts."""
+    return max(NUM_BLOCKS, 2 * REQUESTS_PER_ROUND * math.ceil(prompt_tokens / BLOCK_SIZE))
+
+
 def one_round(pool_cls, prompts, samples):
     """Allocate, fork, decode and free REQUESTS_PER_ROUND requests; ns per block per call."""
-    pool = pool_cls(NUM_BLOCKS, BLOCK_SIZE)
+    pool = pool_cls(pool_blocks(len(prompts[0])), BLOCK_SIZE)
     clock = time.perf_counter_ns
-    num_blocks = math.ceil(PROMPT_TOKENS / BLOCK_SIZE)
+    num_blocks = math.ceil(len(prompts[0]) / BLOCK_SIZE)
     for i, prompt in enumerate(prompts):
+        beams = [("beam", i, n) for n in range(FORK_CHILDREN)]
         t0 = clock(); pool.allocate(i, prompt); t1 = clock()
         pool.fork(i, ("child", i)); t2 = clock()
+        pool.fork(i, *beams); t3 = clock()
         samples["allocate"].append((t1 - t0) / num_blocks)
         samples["fork"].append((t2 - t1) / num_blocks)
+        samples[f"fork x{FORK_CHILDREN} (one call)"].append((t3 - t2) / (num_blocks * FORK_CHILDREN))
+        for beam in beams:
+            pool.free(beam)
     for i in range(len(prompts)):
         for step in range(DECODE_STEPS):
             t0 = clock(); pool.append_tokens(i, [step]); t1 = clock()
@@ -55,12 +66,13 @@ def one_round(pool_cls, prompts, samples):
         samples["free"].append((t1 - t0) / num_blocks)
 
 
-def bench_ops(rounds, rng):
-    samples = {name: {op: [] for op in ("allocate", "free", "fork", "append (per token)")}
+def bench_ops(rounds, rng, prompt_tokens=PROMPT_TOKENS):
+    samples = {name: {op: [] for op in ("allocate", "free", "fork", f"fork x{FORK_CHILDREN} (one call)",
+                                        "append (per token)")}
                for name in IMPLS}
     for _ in range(rounds):
         for name, pool_cls in IMPLS.items():     # A B A B: the same kind of fresh prompts
-            prompts = [[rng.randrange(32000) for _ in range(PROMPT_TOKENS)]
+            prompts = [[rng.randrange(32000) for _ in range(prompt_tokens)]
                        for _ in range(REQUESTS_PER_ROUND)]
             one_round(pool_cls, prompts, samples[name])
     return samples
@@ -105,15 +117,16 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--trace", type=int, default=2000)
+    parser.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS)
     args = parser.parse_args()
-    samples = bench_ops(args.rounds, random.Random(42))
+    samples = bench_ops(args.rounds, random.Random(42), args.prompt_tokens)
     trace = synthetic_trace(args.trace)
     waste_by_policy = waste(trace)
     replayed = check_trace_against_pool(trace)
     print(f"### KV block allocator (benchmarks/kvblocks.py, {time.strftime('%Y-%m-%d')}, "
           f"{platform.machine()}, Python {platform.python_version()})\n")
-    print(f"block_size={BLOCK_SIZE}, pool={NUM_BLOCKS} blocks, {REQUESTS_PER_ROUND} requests x "
-          f"{PROMPT_TOKENS} prompt tokens per round, {args.rounds} rounds each, interleaved.\n")
+    print(f"block_size={BLOCK_SIZE}, pool={pool_blocks(args.prompt_tokens)} blocks, {REQUESTS_PER_ROUND} requests x "
+          f"{args.prompt_tokens} prompt tokens per round, {args.rounds} rounds each, interleaved.\n")
     print("| op | unit | cffi p50 | cffi p99 | python p50 | python p99 | speed-up (p50) | n |")
     print("|---|---|---|---|---|---|---|---|")
     for op in samples["cffi"]:

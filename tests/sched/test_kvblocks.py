@@ -123,6 +123,28 @@ def test_fork_at_block_boundary_needs_no_copy(pool_cls):
     assert pool.num_free_blocks == 8
 
 
+def test_fork_into_several_children_in_one_call(pool_cls):
+    pool = pool_cls(8, block_size=4)
+    pool.allocate("a", tokens(0, 6))
+    pool.fork("a", "b", "c", "d")
+    assert [pool.ref_cnt(b) for b in (0, 1)] == [4, 4]
+    assert all(pool.block_table(r) == [0, 1] and pool.num_tokens(r) == 6 for r in "bcd")
+    assert pool.append_tokens("c", [7]) and pool.append_tokens("d", [8])
+    assert pool.pop_copies() == [(1, 2), (1, 3)]
+    for request_id in "abcd":
+        pool.free(request_id)
+    assert pool.num_free_blocks == 8 and len(pool) == 0
+
+
+@pytest.mark.parametrize("child_ids", [(), ("b", "b"), ("a",), ("c", "a")])
+def test_fork_rejects_missing_repeated_or_live_child_ids_and_changes_nothing(pool_cls, child_ids):
+    pool = pool_cls(8, block_size=4)
+    pool.allocate("a", tokens(0, 6))
+    with pytest.raises(ValueError):
+        pool.fork("a", *child_ids)
+    assert len(pool) == 1 and pool.ref_cnt(0) == 1
+
+
 def test_append_that_does_not_fit_changes_nothing(pool_cls):
     pool = pool_cls(2, block_size=4)
     pool.allocate("a", tokens(0, 4))

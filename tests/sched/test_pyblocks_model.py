@@ -25,8 +25,8 @@ def random_op(rng, live, next_id):
         return "allocate", (next_id, random_prompt(rng), rng.choice([0, 0, 2, 5]))
     if kind == "append":
         return "append_tokens", (rng.choice(live), [rng.randrange(50) for _ in range(rng.randrange(1, 7))])
-    if kind == "fork":
-        return "fork", (rng.choice(live), next_id)
+    if kind == "fork":        # 1 to 3 children in one call
+        return "fork", (rng.choice(live), *[(next_id, n) for n in range(rng.randrange(1, 4))])
     if kind == "free":
         return "free", (rng.choice(live),)
     return "find_cached_prefix", (random_prompt(rng),)
@@ -48,8 +48,10 @@ def test_cffi_pool_matches_python_model(seed):
         name, args = random_op(rng, live, next_id)
         c_result = getattr(c_pool, name)(*args)
         assert c_result == getattr(py_pool, name)(*args), (seed, step, name, args)
-        if name in ("allocate", "fork") and (c_result is not None):
+        if name == "allocate" and c_result is not None:
             live.append(next_id)
+        if name == "fork":
+            live.extend(args[1:])
         if name == "free":
             live.remove(args[0])
         next_id += 1

@@ -341,8 +341,7 @@ int kv_append(kv_pool *p, int32_t seq, const int32_t *tokens, int64_t num_tokens
     return KV_OK;
 }
 
-int kv_fork(kv_pool *p, int32_t parent_seq, int32_t *out_child_seq) {
-    if (!get_seq(p, parent_seq)) return KV_ENOSEQ;
+static int fork_one(kv_pool *p, int32_t parent_seq, int32_t *out_child_seq) {
     int32_t id;
     if (new_seq(p, p->seqs[parent_seq].num_blocks, &id) != KV_OK) return KV_ENOMEM;
     kv_seq *parent = &p->seqs[parent_seq], *child = &p->seqs[id]; /* seqs may have moved */
@@ -356,6 +355,18 @@ int kv_fork(kv_pool *p, int32_t parent_seq, int32_t *out_child_seq) {
     child->num_tokens = parent->num_tokens;
     child->last_hash = parent->last_hash;
     *out_child_seq = id;
+    return KV_OK;
+}
+
+int kv_fork(kv_pool *p, int32_t parent_seq, int32_t num_children, int32_t *out_child_seqs) {
+    if (!get_seq(p, parent_seq)) return KV_ENOSEQ;
+    if (num_children < 1) return KV_EINVAL;
+    for (int32_t n = 0; n < num_children; n++) {
+        if (fork_one(p, parent_seq, &out_child_seqs[n]) != KV_OK) {
+            while (n-- > 0) kv_free(p, out_child_seqs[n]);
+            return KV_ENOMEM;
+        }
+    }
     return KV_OK;
 }
 

@@ -35,7 +35,10 @@ int kv_allocate(kv_pool *pool, const int32_t *token_ids, int64_t num_tokens,
 int kv_append(kv_pool *pool, int32_t seq, const int32_t *token_ids, int64_t num_tokens,
               int32_t *out_copy_src, int32_t *out_copy_dst);
 
-int kv_fork(kv_pool *pool, int32_t parent_seq, int32_t *out_child_seq);
+/* Fork a sequence into num_children children sharing all of its blocks (ref_cnt + 1 each;
+ * copy-on-write on the next write into a shared block): one call for n-way sampling or beam
+ * search. Writes the child seq ids to out_child_seqs; on an error no child is left behind. */
+int kv_fork(kv_pool *pool, int32_t parent_seq, int32_t num_children, int32_t *out_child_seqs);
 int kv_free(kv_pool *pool, int32_t seq);
 
 /* Copies up to cap block ids of seq into out; returns the table length, or KV_ENOSEQ. */

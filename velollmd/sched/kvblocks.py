@@ -121,14 +121,30 @@ class BlockPool:
         copies, self._copies = self._copies, []
         return copies
 
-    def fork(self, parent_id: Hashable, child_id: Hashable) -> None:
-        """The child shares all of the parent's blocks (copy-on-write)."""
-        if child_id in self._seqs:
-            raise ValueError(f"kvblocks: request {child_id!r} already allocated")
-        rc = _kv_fork(self._pool, self._seq(parent_id), self._out_a)
+    def fork(self, parent_id: Hashable, *child_ids: Hashable) -> None:
+        """Each child shares all of the parent's blocks (copy-on-write); one C call for all."""
+        seqs = self._seqs
+        num_children = len(child_ids)
+        if not num_children or not seqs.keys().isdisjoint(child_ids):
+            raise ValueError(f"kvblocks: fork needs new child ids, got {child_ids!r}")
+        out = self._out if num_children <= self.num_blocks else ffi.new("int32_t[]", num_children)
+        rc = _kv_fork(self._pool, seqs.get(parent_id, -1), num_children, out)
         if rc:
             _fits(rc, parent_id)
-        self._seqs[child_id] = self._out_a[0]
+        if num_children == 1:
+            seqs[child_ids[0]] = out[0]
+            return
+        num_before = len(seqs)
+        seqs.update(zip(child_ids, ffi.unpack(out, num_children)))
+        if len(seqs) != num_before + num_children:      # a child id given twice: undo
+            self._undo_fork(child_ids, ffi.unpack(out, num_children))
+
+    def _undo_fork(self, child_ids: tuple, child_seqs: list[int]) -> None:
+        for seq in child_seqs:
+            _kv_free(self._pool, seq)
+        for child_id in child_ids:
+            self._seqs.pop(child_id, None)
+        raise ValueError(f"kvblocks: fork got a child id twice: {child_ids!r}")
 
     def free(self, request_id: Hashable) -> None:
         rc = _kv_free(self._pool, self._seq(request_id))

@@ -170,15 +170,17 @@ class PyBlockPool:
         copies, self._copies = self._copies, []
         return copies
 
-    def fork(self, parent_id: Hashable, child_id: Hashable) -> None:
-        if child_id in self._seqs:
-            raise ValueError(f"kvblocks: request {child_id!r} already allocated")
+    def fork(self, parent_id: Hashable, *child_ids: Hashable) -> None:
+        if not child_ids or len(set(child_ids)) < len(child_ids) \
+                or not self._seqs.keys().isdisjoint(child_ids):
+            raise ValueError(f"kvblocks: fork needs new, distinct child ids, got {child_ids!r}")
         parent = self._seq(parent_id)
-        for block_id in parent.block_ids:
-            assert self._ref_cnt[block_id] > 0
-            self._ref_cnt[block_id] += 1
-        self._seqs[child_id] = _Seq(list(parent.block_ids), parent.num_tokens,
-                                    parent.last_hash, list(parent.partial))
+        for child_id in child_ids:
+            for block_id in parent.block_ids:
+                assert self._ref_cnt[block_id] > 0
+                self._ref_cnt[block_id] += 1
+            self._seqs[child_id] = _Seq(list(parent.block_ids), parent.num_tokens,
+                                        parent.last_hash, list(parent.partial))
 
     def free(self, request_id: Hashable) -> None:
         seq = self._seq(request_id)
