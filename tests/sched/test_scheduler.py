@@ -149,6 +149,28 @@ def test_requests_waiting_past_queue_timeout_are_returned_as_timed_out():
     assert queue_timeout_error(make("a")).status == 503
 
 
+def test_aging_is_applied_when_due_even_after_many_quiet_schedules():
+    sched = scheduler(num_slots=1, aging_s=10.0)
+    add(sched, make("busy", 0, 0.0), make("low", 9, 0.0))
+    for tick in range(0, 40):                  # nothing is due before 10 s, then every 10 s
+        sched.schedule(float(tick))
+    assert sched.get_request("low").effective_priority == 6
+    sched.schedule(45.0)
+    assert sched.get_request("low").effective_priority == 5
+
+
+def test_a_preempted_request_times_out_from_its_requeue_once():
+    sched = scheduler(num_slots=1, preempt=True, queue_timeout_s=5.0)
+    add(sched, make("a", 7, 0.0))
+    sched.schedule(0.0)                         # a runs, so its first wait is over
+    add(sched, make("vip", 0, 4.0))
+    assert sched.schedule(4.0).preempted == ("a",)  # a waits again from 4.0
+    assert sched.schedule(8.0).timed_out == ()
+    out = sched.schedule(9.5)
+    assert out.timed_out == ("a",) and sched.get_request("a") is None
+    assert sched.schedule(20.0).timed_out == ()
+
+
 def test_abort_waiting_and_running_requests():
     sched = scheduler(num_slots=1)
     add(sched, make("run"), make("wait", arrival=1.0))

@@ -8,6 +8,7 @@ lowered (made more urgent) by aging in the scheduler. Status changes go through
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 MAX_PRIORITY = 9   # lowest urgency; 0 is the highest
@@ -99,6 +100,16 @@ class Request:
     def set_status(self, status: RequestStatus) -> None:
         assert status in TRANSITIONS[self.status], f"{self.request_id}: {self.status} -> {status}"
         self.status = status
+
+    @property
+    def is_waiting(self) -> bool:
+        return self.status is RequestStatus.WAITING or self.status is RequestStatus.PREEMPTED
+
+    def next_aging_at(self, aging_s: float) -> float:
+        """When age() will next lower effective_priority (inf once it is 0)."""
+        if self.effective_priority == 0:
+            return math.inf
+        return self.queued_at + (self.priority - self.effective_priority + 1) * aging_s
 
     def age(self, now: float, aging_s: float) -> bool:
         """Lower effective_priority by one level per aging_s waited; True if it changed."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -71,6 +72,10 @@ class Scheduler:
         self._reported_models: frozenset[str] = frozenset()
         self._last_model: str | None = None
         self._mean_service_s = 1.0                       # EWMA, for Retry-After
+        # Aging and expiry without a pass over the queue on every schedule(): the next time
+        # any waiting request ages, and every wait in the order it began (pruned lazily).
+        self._next_aging_at = math.inf
+        self._wait_order: deque[tuple[float, int, Request]] = deque()  # (queued_at, num_preemptions, r)
 
     @classmethod
     def for_backend(cls, config: SchedulerConfig, num_slots: int, num_ctx: int) -> Scheduler:
@@ -92,7 +97,7 @@ class Scheduler:
                              param="max_tokens", code="context_length_exceeded")
         request.queued_at = now
         self._requests[request.request_id] = request
-        heapq.heappush(self.waiting, request)
+        self._enqueue(request)
 
     def abort_request(self, request_id: str) -> Request | None:
         """Drop a waiting or running request (client gone); None if not known here."""
@@ -128,8 +133,7 @@ class Scheduler:
 
     def schedule(self, now: float) -> SchedulerOutput:
         timed_out = self._expire(now)
-        if any([r.age(now, self.config.aging_s) for r in self.waiting]):
-            heapq.heapify(self.waiting)
+        self._age_waiting(now)
         scheduled: list[ScheduledRequest] = []
         preempted: list[str] = []
         while self.waiting:
@@ -191,12 +195,35 @@ class Scheduler:
         return True
 
     def _expire(self, now: float) -> list[str]:
-        expired = [r for r in self.waiting if now - r.queued_at > self.config.queue_timeout_s]
-        for request in expired:
-            self._remove_waiting(request)
-            request.set_status(RequestStatus.FINISHED_TIMED_OUT)
-            del self._requests[request.request_id]
-        return [r.request_id for r in expired]
+        """Time out requests waiting longer than queue_timeout_s, oldest wait first."""
+        expired: list[str] = []
+        order = self._wait_order
+        while order:
+            queued_at, num_preemptions, request = order[0]
+            if request.is_waiting and request.queued_at == queued_at \
+                    and request.num_preemptions == num_preemptions:
+                if now - queued_at <= self.config.queue_timeout_s:
+                    break
+                self._remove_waiting(request)
+                request.set_status(RequestStatus.FINISHED_TIMED_OUT)
+                del self._requests[request.request_id]
+                expired.append(request.request_id)
+            order.popleft()                 # expired now, or a wait that already ended
+        return expired
+
+    def _age_waiting(self, now: float) -> None:
+        """Re-rank the queue, but only once some request is due to gain a level."""
+        if now < self._next_aging_at:
+            return
+        aging_s = self.config.aging_s
+        if any([r.age(now, aging_s) for r in self.waiting]):
+            heapq.heapify(self.waiting)
+        self._next_aging_at = min((r.next_aging_at(aging_s) for r in self.waiting), default=math.inf)
+
+    def _enqueue(self, request: Request) -> None:
+        heapq.heappush(self.waiting, request)
+        self._wait_order.append((request.queued_at, request.num_preemptions, request))
+        self._next_aging_at = min(self._next_aging_at, request.next_aging_at(self.config.aging_s))
 
     # ---- preemption ----
 
@@ -224,7 +251,7 @@ class Scheduler:
         request.effective_priority = request.priority
         if discard_output:
             request.output_token_ids.clear()
-        heapq.heappush(self.waiting, request)
+        self._enqueue(request)
 
     # ---- bookkeeping ----
 
