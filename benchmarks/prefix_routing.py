@@ -1,24 +1,31 @@
 """Prefix-aware routing vs round-robin vs direct, on multi-turn conversations, in one run.
 
-Two llama-servers (tiny model, --parallel 2 each: 4 slots, 4096 tokens per slot) and two
-velollmd processes in front of both: one with `[scheduler] prefix_routing = true`, one with
-`false` (least load, ties round-robin). 8 concurrent conversations, each starting from its
-own ~1,600-token history and growing by a question and an answer per turn, are run through
-each mode in turn (A B C, rotated every round), with fresh conversation texts for every mode
-and round so no mode inherits another's cache. "direct" sends conversation i straight to
-server i % 2 (a client that pins conversations itself; llama-server picks the slot).
+Two llama-servers (tiny model, --parallel 4 each, 4096 tokens per slot, one compute thread
+each) and two velollmd processes in front of both: one with `[scheduler] prefix_routing =
+true`, one with `false` (least load, ties round-robin). 8 concurrent conversations, each
+starting from its own ~1,600-token history and growing by a question and an answer per turn,
+with a random 0..300 ms think time before each turn (seeded, the same in every mode), are run
+through each mode in turn (A B C, rotated every round), with fresh conversation texts for
+every mode and round so no mode inherits another's cache. "direct" sends conversation i
+straight to server i % 2 (a client that pins conversations itself; llama-server picks the
+slot): the ideal affinity, without the proxy hop.
+
+`--cache-ram 0` turns off llama-server's host prompt cache (new in recent llama.cpp; older
+builds and Ollama have none): then only the slot's own KV cache can serve a prefix. With it on
+(the default here), a server can restore a conversation it saw before into any slot.
 
 Measured per streamed turn: time to first token (client side), and the prompt tokens the
 server found cached (usage.prompt_tokens_details.cached_tokens). The first turn of each
 conversation is cold in every mode and reported apart.
 
-    .venv/bin/python benchmarks/prefix_routing.py [--rounds 3] [--turns 6] [--cache-ram 8192]
+    .venv/bin/python benchmarks/prefix_routing.py [--rounds 3] [--turns 6] [--cache-ram 0]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import time
 
@@ -59,28 +66,33 @@ async def turn(client: HTTPClient, messages: list[dict]) -> tuple[float, int, in
     return ttft, usage.get("prompt_tokens", 0), cached, "".join(reply)
 
 
-async def conversation(client: HTTPClient, text: str, num_turns: int, results: list) -> None:
+async def conversation(client: HTTPClient, text: str, num_turns: int, results: list,
+                       think: random.Random, think_ms: float) -> None:
+    """Turns of one conversation, a random think time (0..think_ms) before each: real users do
+    not answer in lockstep, and lockstep turns would let plain round-robin land every
+    conversation on the same server by accident."""
     messages = [{"role": "user", "content": text}]
     for index in range(num_turns):
+        await asyncio.sleep(think.uniform(0, think_ms) / 1e3)
         ttft, prompt_tokens, cached, reply = await turn(client, messages)
         results.append({"turn": index, "ttft": ttft, "prompt": prompt_tokens, "cached": cached})
         messages += [{"role": "assistant", "content": reply},
                      {"role": "user", "content": f"question {index}: tell me more about line{index * 7}"}]
 
 
-async def run_mode(mode: str, clients: list[HTTPClient], round_index: int, num_turns: int,
-                   num_conversations: int = NUM_CONVERSATIONS) -> list[dict]:
+async def run_mode(mode: str, clients: list[HTTPClient], round_index: int, args) -> list[dict]:
     results: list[dict] = []
     await asyncio.gather(*[
-        conversation(clients[i % len(clients)], history(mode, round_index, i), num_turns, results)
-        for i in range(num_conversations)])
+        conversation(clients[i % len(clients)], history(mode, round_index, i), args.turns, results,
+                     random.Random(f"{round_index}-{i}"), args.think_ms)
+        for i in range(args.conversations)])
     return results
 
 
 def report(results: dict[str, list[dict]], args) -> str:
-    lines = [f"### Prefix-aware routing (2 llama-servers x 2 slots, tiny model, {args.conversations} "
+    lines = [f"### Prefix-aware routing (2 llama-servers x {args.parallel} slots, tiny model, {args.conversations} "
              f"concurrent conversations x {args.turns} turns x {args.rounds} rounds, cache-ram {args.cache_ram}, "
-             f"{args.llama_threads} llama thread(s) per server)",
+             f"{args.llama_threads} llama thread(s) per server, think time 0..{args.think_ms:g} ms)",
              "", "| mode | n | mean TTFT ms | p50 ms | p99 ms | cold turn-1 mean ms | cache reuse |",
              "|---|---|---|---|---|---|---|"]
     means = {}
@@ -105,7 +117,7 @@ async def main_async(args, urls: dict[str, list[str]]) -> dict[str, list[dict]]:
     for round_index in range(args.rounds):
         order = modes[round_index % len(modes):] + modes[:round_index % len(modes)]
         for mode in order:
-            results[mode] += await run_mode(mode, clients[mode], round_index, args.turns, args.conversations)
+            results[mode] += await run_mode(mode, clients[mode], round_index, args)
     for mode_clients in clients.values():
         for client in mode_clients:
             await client.close()
@@ -118,6 +130,9 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--cache-ram", type=int, default=8192,
                         help="llama-server --cache-ram MiB (its host prompt cache; 0 = off)")
+    parser.add_argument("--parallel", type=int, default=4, help="slots per llama-server")
+    parser.add_argument("--think-ms", type=float, default=300.0,
+                        help="each turn waits a random 0..think-ms first (seeded, equal across modes)")
     parser.add_argument("--conversations", type=int, default=NUM_CONVERSATIONS)
     parser.add_argument("--llama-threads", type=int, default=1, help="llama-server --threads for each server")
     args = parser.parse_args()
@@ -126,7 +141,8 @@ def main() -> None:
     # core each oversubscribe it, and ggml's spinning thread pool then slows every task ~8x
     # whenever both servers compute at once (seen: 5.6 s instead of 0.7 s per turn).
     extra = ["--cache-ram", str(args.cache_ram), "--threads", str(args.llama_threads)]
-    servers = [start_llama_server(model, parallel=2, ctx_size=8192, extra_args=extra) for _ in range(2)]
+    servers = [start_llama_server(model, parallel=args.parallel, ctx_size=4096 * args.parallel,
+                                  extra_args=extra) for _ in range(2)]
     backends = "".join(backend_toml(f"llama{i}", "llamacpp", s.url) for i, s in enumerate(servers))
     daemons = {flag: Daemon(f"[scheduler]\nprefix_routing = {flag}\n{backends}").start()
                for flag in ("true", "false")}

@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 
-from common import Daemon, backend_toml, start_llama_server, summary, tiny_model
+from common import Daemon, backend_toml, cpu_seconds, start_llama_server, summary, tiny_model
 
 from velollmd.http.client import HTTPClient
 from velollmd.http.sse import iter_sse_data
@@ -63,22 +63,46 @@ async def run_batch(client: HTTPClient, concurrency: int, num_requests: int, str
     return results, num_requests / (time.perf_counter() - started)
 
 
-async def measure(direct_url: str, proxy_url: str, args) -> list[dict]:
+class CpuMeter:
+    """CPU ms per request of llama-server and the daemon, per target (direct / proxy)."""
+
+    def __init__(self, pids: dict[str, int]):
+        self.pids = pids
+        self.totals: dict[str, dict[str, float]] = {}
+        self.num_requests = {"direct": 0, "proxy": 0}
+
+    def start(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self, target: str, started: dict[str, float], num_requests: int) -> None:
+        totals = self.totals.setdefault(target, dict.fromkeys(self.pids, 0.0))
+        for name, pid in self.pids.items():
+            totals[name] += cpu_seconds(pid) - started[name]
+        self.num_requests[target] += num_requests
+
+    def per_request_ms(self, target: str, name: str) -> float:
+        return self.totals[target][name] * 1e3 / max(1, self.num_requests[target])
+
+
+async def measure(direct_url: str, proxy_url: str, args, pids: dict[str, int]) -> list[dict]:
     clients = {"direct": HTTPClient(direct_url), "proxy": HTTPClient(proxy_url)}
     rows = []
-    for stream in (False, True):
+    for stream in [s for s in (False, True) if args.only in (None, "stream" if s else "non-stream")]:
         for concurrency in CONCURRENCY:
             num_requests = max(40, concurrency * 4)
             samples = {"direct": [], "proxy": []}
             rates = {"direct": [], "proxy": []}
+            cpu = CpuMeter(pids)
             for round_no in range(args.rounds):
                 order = ("direct", "proxy") if round_no % 2 == 0 else ("proxy", "direct")
                 for target in order:
+                    started = cpu.start()
                     results, rate = await run_batch(clients[target], concurrency, num_requests, stream,
                                                     args.max_tokens)
+                    cpu.stop(target, started, num_requests)
                     samples[target] += results
                     rates[target].append(rate)
-            rows.append(row_of(stream, concurrency, samples, rates))
+            rows.append(row_of(stream, concurrency, samples, rates) | cpu_of(cpu))
     for client in clients.values():
         await client.close()
     return rows
@@ -97,6 +121,12 @@ def row_of(stream: bool, concurrency: int, samples: dict, rates: dict) -> dict:
         row["chunks_equal"] = all(len(r["chunks"]) == len(samples["direct"][0]["chunks"])
                                   for r in samples["direct"] + samples["proxy"])
     return row
+
+
+def cpu_of(cpu: CpuMeter) -> dict:
+    return {"llama_cpu_direct": cpu.per_request_ms("direct", "llama"),
+            "llama_cpu_proxy": cpu.per_request_ms("proxy", "llama"),
+            "daemon_cpu": cpu.per_request_ms("proxy", "daemon")}
 
 
 async def fidelity(direct_url: str, proxy_url: str, max_tokens: int) -> bool:
@@ -120,6 +150,12 @@ def report(rows: list[dict], fidelity_ok: bool, args) -> None:
         ttft = f"{r['added_ttft_p50']:+.2f}" if "added_ttft_p50" in r else "-"
         print(f"| {r['mode']} | {r['concurrency']} | {r['n']} | {r['direct_p50']:.2f} | {r['proxy_p50']:.2f} | "
               f"{r['added_p50']:+.2f} | {r['added_p99']:+.2f} | {r['throughput_ratio'] * 100:.1f} % | {ttft} |")
+    print("\nCPU per request (ms, from /proc): what the backend's compute gives up to the proxy\n")
+    print("| mode | conc. | llama-server direct | llama-server proxied | velollmd | velollmd / llama direct |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['concurrency']} | {r['llama_cpu_direct']:.2f} | {r['llama_cpu_proxy']:.2f} | "
+              f"{r['daemon_cpu']:.2f} | {r['daemon_cpu'] / r['llama_cpu_direct'] * 100:.0f} % |")
     same_counts = all(r.get("chunks_equal", True) for r in rows)
     print(f"\nStreaming fidelity: identical chunks in identical order = {fidelity_ok}; "
           f"every stream had the same chunk count = {same_counts}")
@@ -131,13 +167,16 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--llama-threads", type=int, default=0,
                         help="llama-server --threads (0 = its default: every core)")
+    parser.add_argument("--slots", type=int, default=0, help="the daemon's [[backends]] slots (0 = discover)")
+    parser.add_argument("--only", choices=("stream", "non-stream"), default=None)
     args = parser.parse_args()
-    threads = ("--threads", str(args.llama_threads)) if args.llama_threads else ()
-    server = start_llama_server(tiny_model(), parallel=4, extra_args=threads)
+    extra = ("--threads", str(args.llama_threads)) if args.llama_threads else ()
+    server = start_llama_server(tiny_model(), parallel=4, extra_args=extra)
     try:
-        daemon_config = backend_toml("llama", "llamacpp", server.url, '["tiny*"]') + "[cache]\nenabled = false\n"
+        daemon_config = backend_toml("llama", "llamacpp", server.url, '["tiny*"]', f"slots = {args.slots}") + "[cache]\nenabled = false\n"
         with Daemon(daemon_config) as daemon:
-            rows = asyncio.run(measure(server.url, daemon.url, args))
+            pids = {"llama": server.proc.pid, "daemon": daemon.proc.pid}
+            rows = asyncio.run(measure(server.url, daemon.url, args, pids))
             fidelity_ok = asyncio.run(fidelity(server.url, daemon.url, args.max_tokens))
     finally:
         server.stop()
