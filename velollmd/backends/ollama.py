@@ -9,6 +9,7 @@ import time
 from typing import AsyncIterator
 
 from ..api.request import GenerateRequest
+from ..errors import VeloError
 from ..http.client import ClientResponse
 from ..ids import response_id
 from .base import Backend, ModelInfo
@@ -17,9 +18,33 @@ from .ollama_convert import (OllamaChatStream, ollama_chat_to_openai, ollama_gen
 from ..streams import closing
 
 
+def _model_names(models) -> list[str]:
+    """Each running model under its full name and, for ":latest", its bare name too (what
+    clients usually send)."""
+    names = []
+    for model in models if isinstance(models, list) else []:
+        name = model.get("name") or model.get("model") if isinstance(model, dict) else None
+        if isinstance(name, str):
+            names += [name, name.removesuffix(":latest")]
+    return names
+
+
 class OllamaBackend(Backend):
     kind = "ollama"
     defaults = {"temperature": 0.8, "top_p": 0.9, "top_k": 40}
+
+    loaded_models: frozenset[str] | None = None   # from /api/ps; None until known
+
+    async def discover(self) -> None:
+        """The models Ollama holds in memory now (/api/ps), for the scheduler's model
+        grouping: requests for a loaded model go first among equals, so Ollama does not
+        unload one model to load another and back. An Ollama without /api/ps: unknown."""
+        try:
+            body = await self.get_json("/api/ps")
+        except VeloError:
+            self.loaded_models = None
+            return
+        self.loaded_models = frozenset(_model_names(body.get("models") if isinstance(body, dict) else None))
 
     async def list_models(self) -> list[ModelInfo]:
         body = await self.get_json("/api/tags")

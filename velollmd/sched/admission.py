@@ -120,8 +120,8 @@ class Admission:
 
     def _pump(self, backend: Any, queue: BackendQueue) -> None:
         """schedule() once and deliver the outcome to the waiting tasks."""
-        loaded = getattr(backend, "loaded_models", None)
-        if loaded:
+        loaded = getattr(backend, "loaded_models", None)     # Ollama's /api/ps, if known
+        if loaded is not None:
             queue.scheduler.set_loaded_models(loaded)
         output = queue.scheduler.schedule(self.clock())
         for scheduled in output.scheduled:
