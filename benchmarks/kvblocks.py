@@ -1,7 +1,8 @@
 """Block allocator benchmark: CFFI BlockPool vs the pure-Python PyBlockPool, interleaved.
 
-Part 1 times allocate / free / fork (one child, and FORK_CHILDREN children in one call) per block (and append per decoded token) on fresh random
-prompts, rounds alternating C, Python, C, Python..., every call timed on its own.
+Part 1 times allocate / free / fork (one child, and FORK_CHILDREN children in one call) per block
+and append per decoded token (one call per request, and one call per decode step for the whole
+batch) on fresh random prompts, rounds alternating C, Python, C, Python..., every call timed on its own.
 Part 2 replays a synthetic request-length trace (fixed seed) and reports memory waste:
 allocated token slots left unused / allocated, for paged on-demand blocks (the engine), paged
 blocks reserving max_tokens (backends), and contiguous per-slot max-context buffers.
@@ -59,6 +60,10 @@ def one_round(pool_cls, prompts, samples):
         for step in range(DECODE_STEPS):
             t0 = clock(); pool.append_tokens(i, [step]); t1 = clock()
             samples["append (per token)"].append(t1 - t0)
+    everyone = list(range(len(prompts)))
+    for step in range(DECODE_STEPS):
+        t0 = clock(); pool.append_step(everyone, [step] * len(everyone)); t1 = clock()
+        samples["append step (batch, per token)"].append((t1 - t0) / len(everyone))
     for i in range(len(prompts)):
         pool.free(("child", i))
         num_blocks = len(pool.block_table(i))
@@ -68,7 +73,7 @@ def one_round(pool_cls, prompts, samples):
 
 def bench_ops(rounds, rng, prompt_tokens=PROMPT_TOKENS):
     samples = {name: {op: [] for op in ("allocate", "free", "fork", f"fork x{FORK_CHILDREN} (one call)",
-                                        "append (per token)")}
+                                        "append (per token)", "append step (batch, per token)")}
                for name in IMPLS}
     for _ in range(rounds):
         for name, pool_cls in IMPLS.items():     # A B A B: the same kind of fresh prompts

@@ -145,6 +145,28 @@ def test_fork_rejects_missing_repeated_or_live_child_ids_and_changes_nothing(poo
     assert len(pool) == 1 and pool.ref_cnt(0) == 1
 
 
+def test_append_step_grows_each_request_by_one_token_and_reports_who_did_not_fit(pool_cls):
+    pool = pool_cls(3, block_size=4)
+    pool.allocate("a", tokens(0, 4))                # block 0, full
+    pool.allocate("b", tokens(10, 3))               # block 1, one slot left
+    pool.fork("b", "c")                             # c shares block 1
+    assert pool.append_step(["b", "c", "a"], [13, 23, 4]) == ["a"]
+    assert pool.pop_copies() == [(1, 2)]            # b wrote first into the shared block: copied
+    assert pool.block_table("b") == [2] and pool.block_table("c") == [1]   # c then had it alone
+    assert pool.block_table("a") == [0] and pool.num_tokens("a") == 4   # no block left: unchanged
+    assert [pool.num_tokens(r) for r in "bc"] == [4, 4]
+
+
+def test_append_step_with_an_unknown_request_changes_nothing(pool_cls):
+    pool = pool_cls(4, block_size=4)
+    pool.allocate("a", tokens(0, 2))
+    with pytest.raises(KeyError):
+        pool.append_step(["a", "ghost"], [1, 2])
+    assert pool.num_tokens("a") == 2
+    with pytest.raises(ValueError):
+        pool.append_step(["a"], [1, 2])
+
+
 def test_append_that_does_not_fit_changes_nothing(pool_cls):
     pool = pool_cls(2, block_size=4)
     pool.allocate("a", tokens(0, 4))

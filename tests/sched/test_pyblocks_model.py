@@ -18,13 +18,16 @@ def random_prompt(rng):
 
 def random_op(rng, live, next_id):
     """One operation as (name, args); ids are ints so both pools see the same keys."""
-    kind = rng.choices(["allocate", "append", "fork", "free", "find"], [3, 3, 1, 3, 1])[0]
-    if kind in ("append", "fork", "free") and not live:
+    kind = rng.choices(["allocate", "append", "step", "fork", "free", "find"], [3, 3, 1, 1, 3, 1])[0]
+    if kind in ("append", "step", "fork", "free") and not live:
         kind = "allocate"
     if kind == "allocate":
         return "allocate", (next_id, random_prompt(rng), rng.choice([0, 0, 2, 5]))
     if kind == "append":
         return "append_tokens", (rng.choice(live), [rng.randrange(50) for _ in range(rng.randrange(1, 7))])
+    if kind == "step":        # one decode step over some live requests
+        batch = rng.sample(live, rng.randrange(1, len(live) + 1))
+        return "append_step", (batch, [rng.randrange(50) for _ in batch])
     if kind == "fork":        # 1 to 3 children in one call
         return "fork", (rng.choice(live), *[(next_id, n) for n in range(rng.randrange(1, 4))])
     if kind == "free":

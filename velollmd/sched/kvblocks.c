@@ -341,6 +341,15 @@ int kv_append(kv_pool *p, int32_t seq, const int32_t *tokens, int64_t num_tokens
     return KV_OK;
 }
 
+int kv_append_step(kv_pool *p, int32_t num_seqs, const int32_t *seqs, const int32_t *token_ids,
+                   int32_t *out_rc, int32_t *out_copy_src, int32_t *out_copy_dst) {
+    for (int32_t i = 0; i < num_seqs; i++)
+        if (!get_seq(p, seqs[i])) return KV_ENOSEQ;
+    for (int32_t i = 0; i < num_seqs; i++)
+        out_rc[i] = kv_append(p, seqs[i], &token_ids[i], 1, &out_copy_src[i], &out_copy_dst[i]);
+    return KV_OK;
+}
+
 static int fork_one(kv_pool *p, int32_t parent_seq, int32_t *out_child_seq) {
     int32_t id;
     if (new_seq(p, p->seqs[parent_seq].num_blocks, &id) != KV_OK) return KV_ENOMEM;

@@ -35,6 +35,13 @@ int kv_allocate(kv_pool *pool, const int32_t *token_ids, int64_t num_tokens,
 int kv_append(kv_pool *pool, int32_t seq, const int32_t *token_ids, int64_t num_tokens,
               int32_t *out_copy_src, int32_t *out_copy_dst);
 
+/* One decode step of a batch: append token_ids[i] to seqs[i], for i < num_seqs, in order.
+ * out_rc[i] is KV_OK or KV_NO_FIT (that sequence unchanged); out_copy_src/dst[i] the
+ * copy-on-write pair or -1. Returns KV_OK, or KV_ENOSEQ (and changes nothing) if any seq
+ * is unknown. */
+int kv_append_step(kv_pool *pool, int32_t num_seqs, const int32_t *seqs, const int32_t *token_ids,
+                   int32_t *out_rc, int32_t *out_copy_src, int32_t *out_copy_dst);
+
 /* Fork a sequence into num_children children sharing all of its blocks (ref_cnt + 1 each;
  * copy-on-write on the next write into a shared block): one call for n-way sampling or beam
  * search. Writes the child seq ids to out_child_seqs; on an error no child is left behind. */

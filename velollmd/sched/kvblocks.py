@@ -29,6 +29,7 @@ _INT32_ARRAY = ffi.typeof("int32_t[]")
 _from_buffer = ffi.from_buffer
 # Bound once: attribute lookups on `lib` cost as much as a short C call.
 _kv_allocate, _kv_append, _kv_fork, _kv_free = lib.kv_allocate, lib.kv_append, lib.kv_fork, lib.kv_free
+_kv_append_step = lib.kv_append_step
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,22 @@ class BlockPool:
         if src[0] >= 0:
             self._copies.append((src[0], dst[0]))
         return True
+
+    def append_step(self, request_ids: Sequence[Hashable], token_ids: Sequence[int]) -> list[Hashable]:
+        """One decode step: token_ids[i] appended to request_ids[i], all in one C call.
+        Returns the requests that did not fit (those are unchanged; the rest grew)."""
+        num = len(request_ids)
+        if num != len(token_ids):
+            raise ValueError("kvblocks: append_step needs one token per request")
+        seqs = self._seqs
+        seq_ids = _int_array("i", [seqs.get(r, -1) for r in request_ids])
+        tokens, _ = _int32_array(token_ids)
+        rcs, src, dst = ffi.new("int32_t[]", num), ffi.new("int32_t[]", num), ffi.new("int32_t[]", num)
+        rc = _kv_append_step(self._pool, num, _from_buffer(_INT32_ARRAY, seq_ids), tokens, rcs, src, dst)
+        if rc:
+            _fits(rc, request_ids)
+        self._copies += [(s, d) for s, d in zip(ffi.unpack(src, num), ffi.unpack(dst, num)) if s >= 0]
+        return [r for r, fit in zip(request_ids, ffi.unpack(rcs, num)) if fit]
 
     def pop_copies(self) -> list[tuple[int, int]]:
         """(src_block_id, dst_block_id) copy-on-write pairs since the last call."""

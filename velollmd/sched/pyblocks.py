@@ -123,6 +123,13 @@ class PyBlockPool:
                                       token_ids[num_full * bs:])
         return Allocation(block_ids, len(hits) * bs)
 
+    def append_step(self, request_ids: Sequence[Hashable], token_ids: Sequence[int]) -> list[Hashable]:
+        if len(request_ids) != len(token_ids):
+            raise ValueError("kvblocks: append_step needs one token per request")
+        for request_id in request_ids:
+            self._seq(request_id)
+        return [r for r, token in zip(request_ids, token_ids) if not self.append_tokens(r, [token])]
+
     def append_tokens(self, request_id: Hashable, token_ids: Sequence[int]) -> bool:
         seq = self._seq(request_id)
         token_ids = list(token_ids)

@@ -147,12 +147,16 @@ class Scheduler:
 
     def update_from_output(self, output: RunnerOutput, now: float) -> list[Request]:
         """Account new tokens, retire finished requests; returns the finished ones."""
-        for request_id, token_ids in output.new_token_ids.items():
-            request = self.running.get(request_id)
-            if request is None:
-                continue                    # aborted or preempted meanwhile
+        new_tokens = {rid: ids for rid, ids in output.new_token_ids.items() if rid in self.running}
+        # A decode step (one token each) is one allocator call; a longer run goes one by one.
+        step = [rid for rid, ids in new_tokens.items() if len(ids) == 1]
+        no_room = set(self.pool.append_step(step, [new_tokens[rid][0] for rid in step])) if step else set()
+        for request_id, token_ids in new_tokens.items():
+            request = self.running[request_id]
             request.output_token_ids.extend(token_ids)
-            if not self.pool.append_tokens(request_id, token_ids) and not self.reserve_output:
+            fits = request_id not in no_room if len(token_ids) == 1 \
+                else self.pool.append_tokens(request_id, token_ids)
+            if not fits and not self.reserve_output:
                 self._preempt(request, now, discard_output=False)   # engine: recompute later
         finished = []
         for request_id, status in output.finished.items():
