@@ -171,6 +171,8 @@ class Scheduler:
     def _next_waiting(self) -> Request:
         """The head, or an equally urgent request for a loaded model (model grouping)."""
         head = self.waiting[0]
+        if head.model == self._last_model or head.model in self._reported_models:
+            return head                     # loaded: the common one-model case, cheaply
         loaded = self.loaded_models
         if not loaded or head.model in loaded:
             return head
