@@ -142,15 +142,20 @@ class BlockPool:
         """Each child shares all of the parent's blocks (copy-on-write); one C call for all."""
         seqs = self._seqs
         num_children = len(child_ids)
+        if num_children == 1:               # the common case, kept lean: it is on hot paths
+            if child_ids[0] in seqs:
+                raise ValueError(f"kvblocks: request {child_ids[0]!r} already allocated")
+            rc = _kv_fork(self._pool, seqs.get(parent_id, -1), 1, self._out_a)
+            if rc:
+                _fits(rc, parent_id)
+            seqs[child_ids[0]] = self._out_a[0]
+            return
         if not num_children or not seqs.keys().isdisjoint(child_ids):
             raise ValueError(f"kvblocks: fork needs new child ids, got {child_ids!r}")
         out = self._out if num_children <= self.num_blocks else ffi.new("int32_t[]", num_children)
         rc = _kv_fork(self._pool, seqs.get(parent_id, -1), num_children, out)
         if rc:
             _fits(rc, parent_id)
-        if num_children == 1:
-            seqs[child_ids[0]] = out[0]
-            return
         num_before = len(seqs)
         seqs.update(zip(child_ids, ffi.unpack(out, num_children)))
         if len(seqs) != num_before + num_children:      # a child id given twice: undo
