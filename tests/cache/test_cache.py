@@ -97,6 +97,30 @@ def test_snapshot_restore_round_trip(tmp_path):
     assert para.status == "hit-semantic"
 
 
+class OtherEmbedder(HashingEmbedder):
+    """Same dimension as the builtin one, different vectors' meaning."""
+
+    def __init__(self, dim):
+        super().__init__(dim)
+        self.identity = "backend:other/model/%d" % dim
+
+
+def test_restore_with_another_embedder_keeps_exact_entries_and_drops_their_vectors(tmp_path, caplog):
+    cache = ResponseCache(config(path=str(tmp_path)))
+    req = chat("How do I reverse a list in Python?")
+    cache.store(cache.lookup(req, {}, **IDENT), req, ANSWER)
+    cache.snapshot()
+    fresh = ResponseCache(config(path=str(tmp_path)), embedder=OtherEmbedder(cache.semantic.dim))
+    assert fresh.restore() == 1
+    assert fresh.lookup(req, {}, **IDENT).status == "hit-exact"
+    para = fresh.lookup(chat("how can i reverse a list in python please"), {}, **IDENT)
+    assert para.status == "miss"
+    assert "semantic rows dropped" in caplog.text
+    same = ResponseCache(config(path=str(tmp_path)))
+    assert same.restore() == 1
+    assert same.lookup(chat("how can i reverse a list in python please"), {}, **IDENT).status == "hit-semantic"
+
+
 class AsyncEmbedder:
     def __init__(self):
         self.inner, self.dim, self.calls = HashingEmbedder(64), 64, 0

@@ -14,6 +14,7 @@ from ..errors import BackendError
 class BackendEmbedder:
     def __init__(self, registry, backend_name: str, model: str, dim: int):
         self.registry, self.backend_name, self.model, self.dim = registry, backend_name, model, dim
+        self.identity = f"backend:{backend_name}/{model}/{dim}"
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         backend = next(b for b in self.registry.backends if b.name == self.backend_name)

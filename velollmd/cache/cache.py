@@ -12,6 +12,7 @@ so the byte bound, TTL and LRU of the exact tier apply to semantic hits too. Wit
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from .exact import CachedResponse, ExactCache
 from .keys import exact_key, partition_key, query_text
 from .semantic import SemanticIndex
 from .store import SNAPSHOT_NAME, SnapshotState, encode_snapshot, read_snapshot, write_snapshot
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("hit-exact", "hit-semantic", "miss", "bypass")
 
@@ -165,7 +168,7 @@ class ResponseCache:
     # -- persistence -------------------------------------------------------------------
     def snapshot_state(self) -> SnapshotState:
         rows, vectors = self.semantic.export_rows()
-        return SnapshotState(self.exact.items(), rows, vectors)
+        return SnapshotState(self.exact.items(), rows, vectors, self.embedder_identity)
 
     def snapshot(self, directory: str | None = None) -> str | None:
         """Write the snapshot file; returns its path, None when persistence is off."""
@@ -173,6 +176,21 @@ class ResponseCache:
         if not directory:
             return None
         return write_snapshot(directory, encode_snapshot(self.snapshot_state()), SNAPSHOT_NAME)
+
+    @property
+    def embedder_identity(self) -> str:
+        return getattr(self.embedder, "identity", type(self.embedder).__name__)
+
+    def _vectors_usable(self, state: SnapshotState) -> bool:
+        """Vectors from another embedder (or another dimension) would match wrongly: then only
+        the exact entries are restored (they still hit; their paraphrases miss until stored anew)."""
+        if state.semantic_vectors is None or not len(state.semantic_rows):
+            return False
+        if state.embedder != self.embedder_identity or state.semantic_vectors.shape[1:] != (self.semantic.dim,):
+            log.warning("cache snapshot vectors come from embedder %r, now %r: semantic rows dropped",
+                        state.embedder or "unknown", self.embedder_identity)
+            return False
+        return True
 
     def restore(self, directory: str | None = None) -> int:
         """Load the snapshot (if any and intact); returns the number of entries restored."""
@@ -184,8 +202,7 @@ class ResponseCache:
         for key, entry, expires_at in state.exact:
             if expires_at > now:
                 self.exact.put(key, entry, expires_at=expires_at)
-        if state.semantic_vectors is not None and state.semantic_vectors.shape[1:] == (
-                self.semantic.dim,):
+        if self._vectors_usable(state):
             keep = [i for i, (_, key, _) in enumerate(state.semantic_rows) if key in self.exact]
             self.semantic.import_rows([state.semantic_rows[i] for i in keep],
                                       state.semantic_vectors[keep])

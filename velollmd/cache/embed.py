@@ -77,6 +77,7 @@ class HashingEmbedder:
 
     def __init__(self, dim: int = 384):
         self.dim = dim
+        self.identity = f"builtin-hashing-v1/{dim}"   # change the version with the features
 
     def _accumulate(self, vec: np.ndarray, hashes: np.ndarray, weight: float) -> None:
         if not len(hashes):

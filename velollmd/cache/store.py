@@ -2,7 +2,8 @@
 
 File layout (little endian):
     header   magic b"VELOCACH" | version u32 | payload_len u64 | blake2b-256(payload)
-    payload  json_len u64 | JSON (exact entries, semantic rows metadata) | vectors .tobytes()
+    payload  json_len u64 | JSON (exact entries, semantic rows metadata, embedder identity)
+             | vectors .tobytes()
 
 Write: temp file in the same directory, fsync, rename over the old snapshot, fsync the
 directory; a crash at any point leaves either the old or the new snapshot, never a mix.
@@ -43,6 +44,7 @@ class SnapshotState:
     exact: list = field(default_factory=list)        # [(key, CachedResponse, expires_at)]
     semantic_rows: list = field(default_factory=list)  # [(partition, key, text)]
     semantic_vectors: np.ndarray | None = None       # (num_rows, dim) float32|float16
+    embedder: str = ""                               # identity of what made the vectors
 
 
 def _checksum(payload: bytes) -> bytes:
@@ -55,7 +57,7 @@ def encode_snapshot(state: SnapshotState) -> bytes:
         vectors = np.zeros((0, 0), np.float32)                       # (0, 0)
     doc = {
         "exact": [[k, e.to_dict(), None if math.isinf(t) else t] for k, e, t in state.exact],
-        "semantic": {"rows": [list(r) for r in state.semantic_rows],
+        "semantic": {"rows": [list(r) for r in state.semantic_rows], "embedder": state.embedder,
                      "shape": list(vectors.shape), "dtype": vectors.dtype.name},
     }
     body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
@@ -90,11 +92,12 @@ def decode_snapshot(data: bytes) -> SnapshotState:
         exact = [(k, CachedResponse.from_dict(e), math.inf if t is None else t)
                  for k, e, t in doc["exact"]]
         rows = [tuple(r) for r in sem["rows"]]
+        embedder = str(sem.get("embedder", ""))
     except (ValueError, KeyError, TypeError, struct.error) as exc:
         raise SnapshotError(f"bad payload: {exc}") from None
     if len(rows) != len(vectors):
         raise SnapshotError("semantic rows and vectors disagree")
-    return SnapshotState(exact, rows, vectors)
+    return SnapshotState(exact, rows, vectors, embedder)
 
 
 def _fsync_dir(directory: str) -> None:
