@@ -64,8 +64,12 @@ def test_corpus_whole_and_streamed_through_the_daemon(tool_daemon, ollama_emulat
     assert (content or None) == expected_content(case)
     assert calls_of(fragments) == case["calls"]
     assert [f["index"] for f in fragments] == list(range(len(fragments)))
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert finishes == [("tool_calls" if case["calls"] else "stop")]
+    finishes = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finishes] == [("tool_calls" if case["calls"] else "stop")]
+    report = (finishes[0].model_extra or {}).get("velollm", {})   # a stream's "headers"
+    assert report.get("tool_loop", False) == bool(case.get("loop"))
+    if set(case["fixes"]) - {"dedup"}:
+        assert set(case["fixes"]) <= set(report["tool_repair"])
 
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {

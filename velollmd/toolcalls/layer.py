@@ -70,6 +70,7 @@ class ToolCallLayer:
         return replace(request, body={**request.body, "messages": messages})
 
     def _headers(self, headers: dict, result: ToolResult) -> None:
+        """What was fixed, for a whole answer (a stream's head is gone by then: see _report)."""
         if result.fixes:
             headers[REPAIR_HEADER] = ",".join(dict.fromkeys(result.fixes))
         if result.loop:
@@ -120,8 +121,19 @@ class ToolCallLayer:
         self._count(stream.result)
         out = list(_emit(events, template))
         reason = stream.finish_reason or ("stop" if finish == "tool_calls" else finish) or "stop"
-        out.append(_chunk_like(template, {}, finish_reason=reason))
+        out.append(_chunk_like(template, {}, finish_reason=reason) | _report(stream.result))
         return out
+
+
+def _report(result: ToolResult) -> dict:
+    """The headers' news for a stream, on its finish chunk: {"velollm": {"tool_repair": [...],
+    "tool_loop": true}}, or nothing when nothing was fixed."""
+    report = {}
+    if result.fixes:
+        report["tool_repair"] = list(dict.fromkeys(result.fixes))
+    if result.loop:
+        report["tool_loop"] = True
+    return {"velollm": report} if report else {}
 
 
 def _merge_backend_calls(fragments, calls: dict[int, dict]) -> None:
