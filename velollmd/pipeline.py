@@ -100,7 +100,7 @@ class Pipeline:
         return outcome
 
     async def _lookup(self, request: GenerateRequest) -> Lookup:
-        if self.cache is None or request.endpoint != "chat":
+        if self.cache is None:
             return Lookup("bypass")
         backend = self.registry.pick(request.model)
         identity = backend.identity(request.model)
@@ -119,9 +119,10 @@ class Pipeline:
         if lookup.status == "hit-semantic":
             headers["x-velollm-similarity"] = f"{lookup.similarity:.4f}"
         if not request.stream:
-            return Outcome(headers, body=to_json(lookup.entry, response_id(), model=request.model))
-        chunks = to_sse_chunks(lookup.entry, response_id(), model=request.model,
-                               include_usage=request.include_usage)
+            return Outcome(headers, body=to_json(lookup.entry, _id_for(request), model=request.model,
+                                                 endpoint=request.endpoint))
+        chunks = to_sse_chunks(lookup.entry, _id_for(request), model=request.model,
+                               include_usage=request.include_usage, endpoint=request.endpoint)
         return Outcome(headers, chunks=_iterate(chunks))
 
     async def _upstream(self, request: GenerateRequest) -> Outcome:
@@ -161,7 +162,8 @@ class Pipeline:
             await flight.wait_done()
         finally:
             flight.leave()
-        return Outcome(headers, body=to_json(_recorded(flight), response_id(), model=request.model))
+        return Outcome(headers, body=to_json(_recorded(flight), _id_for(request), model=request.model,
+                                             endpoint=request.endpoint))
 
     async def _stream_from(self, flight: Flight, request: GenerateRequest) -> AsyncIterator[dict]:
         """A stream for one consumer: live chunks, or a replay of a whole answer."""
@@ -172,7 +174,8 @@ class Pipeline:
             return
         flight.leave()
         entry = from_json_response(flight.outcome.body)
-        for chunk in to_sse_chunks(entry, response_id(), model=request.model, include_usage=True):
+        for chunk in to_sse_chunks(entry, _id_for(request), model=request.model, include_usage=True,
+                                   endpoint=request.endpoint):
             yield chunk
 
     async def _record(self, request: GenerateRequest, lookup: Lookup) -> Outcome:
@@ -242,3 +245,8 @@ def _recorded(flight: Flight):
 async def _iterate(items) -> AsyncIterator:
     for item in items:
         yield item
+
+
+def _id_for(request: GenerateRequest) -> str:
+    """A fresh response id in OpenAI's style for the endpoint: chatcmpl-... or cmpl-..."""
+    return response_id("chatcmpl" if request.endpoint == "chat" else "cmpl")

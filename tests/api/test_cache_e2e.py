@@ -82,6 +82,25 @@ def test_non_stream_entry_replays_as_sse_and_back(cached, ollama_emulator):
     assert ollama_emulator.count("/api/chat") == 2
 
 
+def test_completions_are_cached_and_replayed_as_text_completions(cached, ollama_emulator):
+    ollama_emulator.script(chunks=["Once", " upon", " a", " time"])
+    client = openai.OpenAI(base_url=cached.url + "/v1", api_key="x", max_retries=0)
+    args = dict(model=MODEL, prompt="Begin a story:", temperature=0, max_tokens=8)
+    first = client.completions.with_raw_response.create(**args)
+    again = client.completions.with_raw_response.create(**args)
+    assert [first.headers["x-velollm-cache"], again.headers["x-velollm-cache"]] == ["miss", "hit-exact"]
+    whole = again.parse()
+    assert whole.object == "text_completion" and whole.id.startswith("cmpl-")
+    assert whole.choices[0].text == first.parse().choices[0].text == "Once upon a time"
+    stream = list(client.completions.create(**args, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in stream if c.choices) == "Once upon a time"
+    assert [c.choices[0].finish_reason for c in stream if c.choices][-1] == whole.choices[0].finish_reason
+    assert stream[-1].usage.completion_tokens == whole.usage.completion_tokens
+    chat = post(cached, ask("Begin a story:", max_tokens=8))          # another endpoint, another key
+    assert chat.headers["x-velollm-cache"] == "miss"
+    assert ollama_emulator.count("/api/generate") == 1
+
+
 def test_tool_calls_survive_the_cache(cached, ollama_emulator):
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
     ollama_emulator.script(tool_calls=[{"name": "f", "arguments": {"x": 1}}])

@@ -2,7 +2,8 @@
 
 `to_json` and `to_sse_chunks` replay an entry; `from_json_response` and
 `from_stream_chunks` record one. Content, tool calls and usage survive any round trip
-(JSON -> entry -> chunks -> entry -> JSON).
+(JSON -> entry -> chunks -> entry -> JSON). `endpoint` "chat" speaks chat.completion(.chunk),
+"completion" speaks text_completion (`choices[].text`); recording reads either.
 """
 from __future__ import annotations
 
@@ -23,8 +24,13 @@ def _envelope(entry: CachedResponse, request_id: str, obj: str, created, model) 
 
 
 def to_json(entry: CachedResponse, request_id: str, *, created: int | None = None,
-            model: str | None = None) -> dict:
-    """An OpenAI chat.completion body for `entry`."""
+            model: str | None = None, endpoint: str = "chat") -> dict:
+    """An OpenAI chat.completion (or text_completion) body for `entry`."""
+    if endpoint == "completion":
+        body = _envelope(entry, request_id, "text_completion", created, model)
+        body["choices"] = [{"index": 0, "text": entry.content, "logprobs": None,
+                            "finish_reason": entry.finish_reason}]
+        return _with_usage(body, entry)
     message = {"role": "assistant",
                "content": entry.content if entry.content or not entry.tool_calls else None}
     if entry.reasoning_content:
@@ -34,6 +40,10 @@ def to_json(entry: CachedResponse, request_id: str, *, created: int | None = Non
     body = _envelope(entry, request_id, "chat.completion", created, model)
     body["choices"] = [{"index": 0, "message": message, "logprobs": None,
                         "finish_reason": entry.finish_reason}]
+    return _with_usage(body, entry)
+
+
+def _with_usage(body: dict, entry: CachedResponse) -> dict:
     if entry.usage is not None:
         body["usage"] = dict(entry.usage)
     return body
@@ -69,17 +79,24 @@ def _deltas(entry: CachedResponse, piece_chars: int) -> list[dict]:
 
 def to_sse_chunks(entry: CachedResponse, request_id: str, *, created: int | None = None,
                   model: str | None = None, include_usage: bool = False,
-                  piece_chars: int = DEFAULT_PIECE_CHARS) -> list[dict]:
-    """The chat.completion.chunk dicts a streaming client would have received.
+                  piece_chars: int = DEFAULT_PIECE_CHARS, endpoint: str = "chat") -> list[dict]:
+    """The chat.completion.chunk (or text_completion) dicts a streaming client would have
+    received.
 
     With include_usage every chunk carries "usage": null and a last chunk with
     "choices": [] carries the usage, as OpenAI does for stream_options.include_usage.
     """
-    head = _envelope(entry, request_id, "chat.completion.chunk", created, model)
-    choices = [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}
-               for d in _deltas(entry, piece_chars)]
-    choices.append({"index": 0, "delta": {}, "logprobs": None,
-                    "finish_reason": entry.finish_reason})
+    if endpoint == "completion":
+        head = _envelope(entry, request_id, "text_completion", created, model)
+        choices = [{"index": 0, "text": p, "logprobs": None, "finish_reason": None}
+                   for p in split_content(entry.content, entry.chunk_sizes, piece_chars)]
+        choices.append({"index": 0, "text": "", "logprobs": None, "finish_reason": entry.finish_reason})
+    else:
+        head = _envelope(entry, request_id, "chat.completion.chunk", created, model)
+        choices = [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}
+                   for d in _deltas(entry, piece_chars)]
+        choices.append({"index": 0, "delta": {}, "logprobs": None,
+                        "finish_reason": entry.finish_reason})
     chunks = [{**head, "choices": [c]} for c in choices]
     if include_usage:
         for chunk in chunks:
@@ -89,13 +106,15 @@ def to_sse_chunks(entry: CachedResponse, request_id: str, *, created: int | None
 
 
 def from_json_response(body: dict) -> CachedResponse | None:
-    """Record a chat.completion body; None when it has no complete first choice."""
+    """Record a chat.completion or text_completion body; None when it has no complete first
+    choice."""
     choices = body.get("choices") or []
     if len(choices) != 1 or not choices[0].get("finish_reason"):
         return None
     message = choices[0].get("message") or {}
+    content = message.get("content") if "message" in choices[0] else choices[0].get("text")
     return CachedResponse(
-        model=body.get("model", ""), content=message.get("content") or "",
+        model=body.get("model", ""), content=content or "",
         tool_calls=tuple(message.get("tool_calls") or ()),
         finish_reason=choices[0]["finish_reason"], usage=body.get("usage"),
         created=int(body.get("created") or 0),
@@ -123,7 +142,7 @@ class _StreamRecorder:
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
             self.num_choices_seen.add(choice.get("index", 0))
-            self._feed_delta(choice.get("delta") or {})
+            self._feed_delta(choice.get("delta") or {"content": choice.get("text")})
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
 
     def _feed_delta(self, delta: dict) -> None:
