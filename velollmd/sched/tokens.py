@@ -32,7 +32,7 @@ MAX_TOKENS = 1_000_000        # ids held in all, about 36 MB as tuples of Python
 MIN_CHARS = 256               # shorter texts keep the estimate
 TIMEOUT_S = 1.0               # per /tokenize call
 RETRY_AFTER_S = 10.0          # after a failure, leave that backend alone this long
-MAX_CONCURRENT = 4            # /tokenize calls in flight (a long history's first request)
+MAX_CONCURRENT = 4            # /tokenize calls in flight per request (a long history's first)
 TOKENIZER_KINDS = frozenset({"llamacpp"})
 
 Key = tuple[str, bytes]       # (model identity, blake2b digest of the text)
@@ -56,7 +56,6 @@ class TokenCache:
         self.clock = clock
         self._entries: OrderedDict[Key, tuple[int, ...]] = OrderedDict()
         self._resting_until: dict[str, float] = {}      # backend name -> no calls before
-        self._limit = asyncio.Semaphore(MAX_CONCURRENT)
         self.num_tokens = 0           # ids held now
         self.num_tokenized = 0        # /tokenize calls that returned ids
         self.num_failed = 0           # /tokenize calls that did not
@@ -85,18 +84,26 @@ class TokenCache:
                 missing[text] = key
             else:
                 found[text] = ids
-        if missing and self._resting_until.get(backend.name, 0.0) <= self.clock():
-            tokenized = await asyncio.gather(*(self._tokenize(backend, text) for text in missing))
-            for (text, key), ids in zip(missing.items(), tokenized):
-                if ids is not None:
-                    self._put(key, ids)
-                    found[text] = ids
+        for text, ids in await self._tokenize_all(backend, list(missing)):
+            if ids is not None:
+                self._put(missing[text], ids)
+                found[text] = ids
         return found
+
+    async def _tokenize_all(self, backend: Any, texts: list[str]) -> list[tuple[str, tuple[int, ...] | None]]:
+        """(text, ids or None) per text, MAX_CONCURRENT calls at a time; none while the
+        backend rests after a failure."""
+        results: list[tuple[str, tuple[int, ...] | None]] = []
+        for start in range(0, len(texts), MAX_CONCURRENT):
+            if self._resting_until.get(backend.name, 0.0) > self.clock():
+                break
+            batch = texts[start:start + MAX_CONCURRENT]
+            results += zip(batch, await asyncio.gather(*(self._tokenize(backend, t) for t in batch)))
+        return results
 
     async def _tokenize(self, backend: Any, text: str) -> tuple[int, ...] | None:
         try:
-            async with self._limit:
-                ids = await asyncio.wait_for(backend.tokenize(text), self.timeout_s)
+            ids = await asyncio.wait_for(backend.tokenize(text), self.timeout_s)
             if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids):
                 raise ValueError(f"not a list of token ids: {str(ids)[:80]}")
         except Exception as exc:       # timeout, error answer, no /tokenize, bad shape: estimate
