@@ -4,7 +4,9 @@
 or a stream of OpenAI chunks, plus response headers. In order:
 
 1. route: the model's healthy backends whose circuit is closed, ranked by the PrefixRouter
-   (longest cached prefix, then least load); the rest of the ranking is the failover order;
+   (longest cached prefix, then least load); the rest of the ranking is the failover order.
+   The prompt's fingerprint carries real token ids when a llama.cpp backend is among them
+   (sched/tokens.py: /tokenize, cached per message), estimates otherwise;
 2. admit: wait for a slot and KV budget on that backend (sched/admission.py: priorities,
    429 when the queue is full, 503 after queue_timeout_s, preemption);
 3. pin: on llama.cpp, send `id_slot` + `cache_prompt` for the slot that holds the prefix;
@@ -38,6 +40,7 @@ from .sched.breaker import CircuitBreaker
 from .sched.fingerprint import Fingerprint, fingerprint_of
 from .sched.request import Request
 from .sched.router import PrefixRouter
+from .sched.tokens import TokenCache
 from .streams import aclose, closing
 
 log = logging.getLogger("velollmd.service")
@@ -60,6 +63,7 @@ class Service:
         self.clock = clock
         self.admission = Admission(self.config, clock)
         self.router = PrefixRouter(self.config.prefix_routing)
+        self.tokens = TokenCache()
         self.breakers: dict[str, CircuitBreaker] = {}
         self.num_failovers = 0
         self._ids = itertools.count()
@@ -68,10 +72,11 @@ class Service:
     # ---- generation ----
 
     async def generate(self, request: GenerateRequest) -> Outcome:
-        fingerprint = fingerprint_of(request)
+        allowed = self._allowed(request.model)
+        fingerprint = await self._fingerprint(request, allowed)
         last_error: BackendError | None = None
         num_attempts = 0
-        for backend in self._ranked(request.model, fingerprint):
+        for backend in self.router.rank(allowed, fingerprint, self.admission.load):
             if num_attempts >= MAX_ATTEMPTS:
                 break
             if not self.breaker(backend).allow(self.clock()):
@@ -146,14 +151,21 @@ class Service:
     def _sched_request(self, backend: Backend, request: GenerateRequest,
                        fingerprint: Fingerprint) -> Request:
         max_tokens = min(max_tokens_of(request.body) or DEFAULT_MAX_TOKENS, num_ctx_of(backend))
-        return Request(f"req-{next(self._ids)}", request.model, fingerprint.pseudo_token_ids(),
+        return Request(f"req-{next(self._ids)}", request.model, fingerprint.token_ids(),
                        max_tokens, arrival_time=self.clock(), priority=request.priority,
                        stream=request.stream)
 
     # ---- routing and health ----
 
-    def _ranked(self, model: str, fingerprint: Fingerprint) -> list[Backend]:
-        """Candidates whose circuit lets requests through, best first (404/503 when none)."""
+    async def _fingerprint(self, request: GenerateRequest, backends: list[Backend]) -> Fingerprint:
+        """The prompt's fingerprint; with prefix routing and `[scheduler] tokenize` on, its long
+        texts carry the real token ids of a llama.cpp backend among `backends`."""
+        if not (self.config.prefix_routing and self.config.tokenize):
+            return fingerprint_of(request)
+        return fingerprint_of(request, await self.tokens.for_request(request, backends))
+
+    def _allowed(self, model: str) -> list[Backend]:
+        """Candidates whose circuit lets requests through (404/503 when none)."""
         now = self.clock()
         candidates = self.registry.candidates(model)
         allowed = [b for b in candidates if self.breaker(b).would_allow(now)]
@@ -161,7 +173,7 @@ class Service:
             raise Unavailable(f"every backend for model '{model}' is failing; retry later",
                               code="no_healthy_backend",
                               headers={"retry-after": str(max(1, round(self._cooldown_left(candidates, now))))})
-        return self.router.rank(allowed, fingerprint, self.admission.load)
+        return allowed
 
     def breaker(self, backend: Backend) -> CircuitBreaker:
         breaker = self.breakers.get(backend.name)
@@ -193,7 +205,8 @@ class Service:
         """An Ollama-native request passed through `backend` under admission (priorities,
         backpressure). The iterator yields the upstream ClientResponse first, then its body
         bytes; the slot is held until the body ends or the client goes away."""
-        scheduled = self._sched_request(backend, request, fingerprint_of(request))
+        fingerprint = await self._fingerprint(request, self.registry.candidates(request.model))
+        scheduled = self._sched_request(backend, request, fingerprint)
 
         async def relay():
             async with self.admission.slot(backend, scheduled):
@@ -241,6 +254,8 @@ class Service:
         totals = {key: sum(b.get(key, 0) for b in backends.values())
                   for key in ("num_running", "num_waiting", "num_rejected", "num_timed_out", "num_preempted")}
         return {**totals, "num_failovers": self.num_failovers, "routing": self.router.stats(),
+                "tokenize": {"enabled": self.config.prefix_routing and self.config.tokenize,
+                             **self.tokens.stats()},
                 "backends": backends}
 
 

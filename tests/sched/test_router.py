@@ -24,7 +24,7 @@ def test_a_later_turn_shares_the_whole_earlier_prompt():
     first = chat(HISTORY)
     later = chat(HISTORY, "an answer", "a follow-up question")
     assert later.common_prefix_tokens(first) == first.total_tokens
-    assert later.pseudo_token_ids()[:first.total_tokens] == first.pseudo_token_ids()
+    assert later.token_ids()[:first.total_tokens] == first.token_ids()
 
 
 def test_appending_to_one_message_keeps_the_prefix_at_chunk_granularity():
@@ -38,7 +38,7 @@ def test_appending_to_one_message_keeps_the_prefix_at_chunk_granularity():
 def test_different_conversations_share_only_the_role_marker():
     a, b = chat("x" * 600), chat("y" * 600)
     assert a.common_prefix_tokens(b) == 4
-    assert a.pseudo_token_ids()[4:] != b.pseudo_token_ids()[4:]
+    assert a.token_ids()[4:] != b.token_ids()[4:]
 
 
 def test_completion_prompts_are_fingerprinted_too():

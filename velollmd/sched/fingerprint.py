@@ -1,38 +1,45 @@
-"""A prompt's fingerprint: a cheap stand-in for its token ids, good enough to route by prefix.
+"""A prompt's fingerprint: its pieces' hashes, token counts and token ids, to route by prefix.
 
-Tokenizing every prompt would cost a backend round trip per request. Instead a prompt is cut
-into pieces (a role marker per message, then the content in CHUNK_CHARS-character chunks)
-and each piece is hashed. Two prompts share a prefix of pieces exactly when they share that
-prefix of text at piece boundaries, so a conversation that grows turn by turn (or a prompt
-that grows by appending) keeps matching its earlier turns. Token counts are estimated
-(CHARS_PER_TOKEN) so that matches can be weighed in tokens and the Scheduler's block budget
-can be fed stable pseudo-token ids: equal pieces give equal ids.
+A prompt is cut into pieces: a role marker per message, then the message's text. A text the
+backend tokenized (`token_ids` maps it to its real ids, see tokens.py) becomes runs of
+TOKENS_PER_PIECE real ids with exact counts. Any other text is cut into CHUNK_CHARS-character
+chunks whose token counts are estimated (CHARS_PER_TOKEN). Each piece is hashed. Two prompts
+share a prefix of pieces exactly when they share that prefix of text (or ids) at piece
+boundaries, so a conversation that grows turn by turn (or a prompt that grows by appending)
+keeps matching its earlier turns. `token_ids()` feeds the Scheduler's block budget: the real
+ids where known, else stable pseudo-token ids (equal pieces give equal ids).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from ..api.request import GenerateRequest
 
 CHUNK_CHARS = 256
 CHARS_PER_TOKEN = 4           # rough; real tokenizers give 2-5 characters per token
+TOKENS_PER_PIECE = CHUNK_CHARS // CHARS_PER_TOKEN   # real ids per piece: as fine as an estimate
 MESSAGE_OVERHEAD_TOKENS = 4   # role header and separators of a chat template
 _ID_MASK = 0x3FFFFFFF         # pseudo-token ids are non-negative int32
+
+TokenIds = Mapping[str, Sequence[int]]      # text -> its real token ids
 
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """Piece hashes and their estimated token counts, in prompt order."""
+    """Piece hashes and token counts in prompt order; per piece its real ids, or None where
+    the count is an estimate (empty: all estimated)."""
     hashes: tuple[int, ...]
     num_tokens: tuple[int, ...]
+    piece_ids: tuple[tuple[int, ...] | None, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def total_tokens(self) -> int:
         return sum(self.num_tokens)
 
     def common_prefix_tokens(self, other: Fingerprint | None) -> int:
-        """Estimated tokens of the longest common prefix of pieces."""
+        """Tokens of the longest common prefix of pieces."""
         if other is None:
             return 0
         total = 0
@@ -42,27 +49,41 @@ class Fingerprint:
             total += num
         return total
 
-    def pseudo_token_ids(self) -> list[int]:
-        """num_tokens ids per piece, derived from its hash: equal prefixes, equal ids."""
+    def token_ids(self) -> list[int]:
+        """num_tokens ids per piece: its real ids, or pseudo ids derived from its hash."""
         ids: list[int] = []
-        for piece_hash, num in zip(self.hashes, self.num_tokens):
-            base = piece_hash & _ID_MASK
-            ids.extend((base + i) & _ID_MASK for i in range(num))
+        piece_ids = self.piece_ids or (None,) * len(self.hashes)
+        for piece_hash, num, real in zip(self.hashes, self.num_tokens, piece_ids):
+            if real is not None:
+                ids.extend(real)
+            else:
+                base = piece_hash & _ID_MASK
+                ids.extend((base + i) & _ID_MASK for i in range(num))
         return ids
 
 
-def fingerprint_of(request: GenerateRequest) -> Fingerprint:
-    """The fingerprint of a chat request's messages or a completion request's prompt."""
-    hashes: list[int] = []
-    num_tokens: list[int] = []
+def fingerprint_of(request: GenerateRequest, token_ids: TokenIds | None = None) -> Fingerprint:
+    """The fingerprint of a chat request's messages or a completion request's prompt;
+    texts found in `token_ids` are pieced by their real ids."""
+    pieces = _Pieces(token_ids or {})
     if request.endpoint == "chat":
-        for message in request.body.get("messages") or []:
-            _add_piece(hashes, num_tokens, ("role", message.get("role")), MESSAGE_OVERHEAD_TOKENS)
-            _add_text(hashes, num_tokens, _message_text(message))
+        for message in _messages(request):
+            pieces.add(("role", message.get("role")), MESSAGE_OVERHEAD_TOKENS)
+            pieces.add_text(_message_text(message))
     else:
-        prompt = request.body.get("prompt")
-        _add_text(hashes, num_tokens, prompt if isinstance(prompt, str) else json.dumps(prompt))
-    return Fingerprint(tuple(hashes), tuple(num_tokens))
+        pieces.add_text(_prompt_text(request))
+    return Fingerprint(tuple(pieces.hashes), tuple(pieces.num_tokens), tuple(pieces.ids))
+
+
+def texts_of(request: GenerateRequest) -> list[str]:
+    """The texts fingerprint_of pieces, in prompt order (the ones worth tokenizing)."""
+    if request.endpoint == "chat":
+        return [_message_text(message) for message in _messages(request)]
+    return [_prompt_text(request)]
+
+
+def _messages(request: GenerateRequest) -> list[dict]:
+    return request.body.get("messages") or []
 
 
 def _message_text(message: dict) -> str:
@@ -73,12 +94,32 @@ def _message_text(message: dict) -> str:
     return text
 
 
-def _add_text(hashes: list[int], num_tokens: list[int], text: str) -> None:
-    for start in range(0, len(text), CHUNK_CHARS):
-        chunk = text[start:start + CHUNK_CHARS]
-        _add_piece(hashes, num_tokens, chunk, -(-len(chunk) // CHARS_PER_TOKEN))
+def _prompt_text(request: GenerateRequest) -> str:
+    prompt = request.body.get("prompt")
+    return prompt if isinstance(prompt, str) else json.dumps(prompt)
 
 
-def _add_piece(hashes: list[int], num_tokens: list[int], piece, num: int) -> None:
-    hashes.append(hash(piece))
-    num_tokens.append(num)
+class _Pieces:
+    """The three columns of a Fingerprint, appended piece by piece."""
+
+    def __init__(self, token_ids: TokenIds):
+        self.token_ids = token_ids
+        self.hashes: list[int] = []
+        self.num_tokens: list[int] = []
+        self.ids: list[tuple[int, ...] | None] = []
+
+    def add(self, key, num: int, ids: tuple[int, ...] | None = None) -> None:
+        self.hashes.append(hash(key))
+        self.num_tokens.append(num)
+        self.ids.append(ids)
+
+    def add_text(self, text: str) -> None:
+        real = self.token_ids.get(text)
+        if real is not None:
+            for start in range(0, len(real), TOKENS_PER_PIECE):
+                run = tuple(real[start:start + TOKENS_PER_PIECE])
+                self.add(run, len(run), run)
+            return
+        for start in range(0, len(text), CHUNK_CHARS):
+            chunk = text[start:start + CHUNK_CHARS]
+            self.add(chunk, -(-len(chunk) // CHARS_PER_TOKEN))
