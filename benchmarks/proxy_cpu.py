@@ -1,18 +1,24 @@
-"""velollmd's own CPU per request, with the backend's compute taken out of the picture.
+"""velollmd's own cost per request, with the backend's compute taken out of the picture.
 
 The backend is an instant OpenAI-compatible answerer (a few lines of asyncio in its own
-process: a fixed 16-token chat completion, no inference), so every CPU second the daemon
-spends is its own: parse, validate, route, admit, call the backend, check, re-encode, write.
-`GET /health` on the same daemon is the floor (HTTP server only). Rounds alternate
-health, chat, health, chat; CPU comes from /proc (user + system, all threads).
+process, no inference): a fixed 16-token chat completion, or a stream of 16 content chunks
+(plus finish, usage and [DONE]) written `--gap-ms` apart, as a model would produce them.
 
-    .venv/bin/python benchmarks/proxy_cpu.py [--rounds 4] [--requests 4000] [--concurrency 64]
+Part 1, whole answers at concurrency 64: daemon CPU per chat request, with `GET /health` on
+the same daemon as the floor (HTTP server only).
+Part 2, streams at concurrency 1: time per stream and proxy CPU per stream for the backend
+direct, through a bare byte relay (uvloop, forwards bytes and parses nothing: the floor for
+any Python proxy on this machine), and through velollmd.
+Rounds alternate the targets; CPU comes from /proc (user + system, all threads).
+
+    .venv/bin/python benchmarks/proxy_cpu.py [--rounds 4] [--requests 4000] [--streams 300]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -20,18 +26,38 @@ import time
 from common import Daemon, backend_toml, cpu_seconds, free_port, wait_listening
 
 from velollmd.http.client import HTTPClient
+from velollmd.http.sse import iter_sse_data
 
-ANSWER = {"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": "tiny",
-          "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello " * 16},
-                       "finish_reason": "length"}],
-          "usage": {"prompt_tokens": 10, "completion_tokens": 16, "total_tokens": 26}}
-MODELS = {"object": "list", "data": [{"id": "tiny", "object": "model"}]}
 CHAT = {"model": "tiny", "max_tokens": 16,
         "messages": [{"role": "user", "content": "Tell me a story number 1."}]}
+NUM_CHUNKS = 16
 
 INSTANT_BACKEND = r'''
-import asyncio, sys
-ANSWER, MODELS = sys.argv[2].encode(), sys.argv[3].encode()
+import asyncio, json, sys
+GAP_S = float(sys.argv[2]) / 1e3
+MODELS = json.dumps({"object": "list", "data": [{"id": "tiny", "object": "model"}]}).encode()
+ANSWER = json.dumps({"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": "tiny",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello " * 16},
+                 "finish_reason": "length"}],
+    "usage": {"prompt_tokens": 10, "completion_tokens": 16, "total_tokens": 26}}).encode()
+
+def event(choices, **extra):
+    body = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1, "model": "tiny",
+            "choices": choices, **extra}
+    return framed(b"data: " + json.dumps(body).encode() + b"\n\n")
+
+def framed(data):
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+async def stream(writer):
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                 b"transfer-encoding: chunked\r\n\r\n")
+    for _ in range(16):
+        writer.write(event([{"index": 0, "delta": {"content": "hello "}, "finish_reason": None}]))
+        await asyncio.sleep(GAP_S)
+    usage = {"prompt_tokens": 10, "completion_tokens": 16, "total_tokens": 26}
+    writer.write(event([{"index": 0, "delta": {}, "finish_reason": "length"}]) + event([], usage=usage)
+                 + framed(b"data: [DONE]\n\n") + b"0\r\n\r\n")
 
 async def handle(reader, writer):
     try:
@@ -41,11 +67,16 @@ async def handle(reader, writer):
             for line in head.split(b"\r\n"):
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
-            if length:
-                await reader.readexactly(length)
-            body = MODELS if b"/models" in head.split(b"\r\n")[0] else ANSWER
+            body = await reader.readexactly(length) if length else b""
+            if b"/models" in head.split(b"\r\n")[0]:
+                reply = MODELS
+            elif b'"stream":true' in body:
+                await stream(writer)
+                continue
+            else:
+                reply = ANSWER
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                         b"content-length: %d\r\n\r\n" % len(body) + body)
+                         b"content-length: %d\r\n\r\n" % len(reply) + reply)
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()
 
@@ -56,60 +87,134 @@ async def main():
 asyncio.run(main())
 '''
 
+BYTE_RELAY = r'''
+import asyncio, sys, uvloop
 
-async def batch(url: str, path: str, num_requests: int, concurrency: int, pid: int) -> tuple[float, float]:
-    """(requests per second, daemon CPU microseconds per request)."""
+async def pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+async def handle(reader, writer):
+    up_reader, up_writer = await asyncio.open_connection("127.0.0.1", int(sys.argv[2]))
+    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+
+uvloop.install()
+asyncio.run(main())
+'''
+
+
+def start(script: str, *args: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", script, str(port), *args])
+    wait_listening(port)
+    return proc, port
+
+
+async def run_requests(url: str, path: str, num_requests: int, concurrency: int,
+                       pid: int | None) -> tuple[float, float]:
+    """(seconds per request per worker, CPU microseconds per request of `pid`)."""
     client = HTTPClient(url)
     queue = list(range(num_requests))
 
     async def worker():
         while queue:
             queue.pop()
-            response = await (client.request("POST", path, json=CHAT) if path != "/health"
-                              else client.request("GET", path))
-            await response.read()
-            assert response.status == 200, response.status
+            await one(client, path)
 
-    cpu_before, started = cpu_seconds(pid), time.perf_counter()
+    cpu_before, started = cpu_seconds(pid) if pid else 0.0, time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed, cpu = time.perf_counter() - started, cpu_seconds(pid) - cpu_before
+    elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
     await client.close()
-    return num_requests / elapsed, cpu * 1e6 / num_requests
+    return elapsed * concurrency / num_requests, cpu * 1e6 / num_requests
 
 
-async def measure(daemon: Daemon, args) -> dict[str, list[tuple[float, float]]]:
-    results: dict[str, list[tuple[float, float]]] = {"/health": [], "/v1/chat/completions": []}
-    for _ in range(args.rounds):
-        for path in results:
-            results[path].append(await batch(daemon.url, path, args.requests, args.concurrency,
-                                             daemon.proc.pid))
+async def one(client: HTTPClient, path: str) -> None:
+    if path == "/health":
+        response = await client.request("GET", path)
+        await response.read()
+    elif path == "stream":
+        response = await client.request("POST", "/v1/chat/completions", json={**CHAT, "stream": True})
+        num_events = 0
+        async for data in iter_sse_data(response.iter_lines()):
+            num_events += 1
+            if data == b"[DONE]":
+                break
+        assert num_events >= NUM_CHUNKS + 2, num_events
+    else:
+        response = await client.request("POST", path, json=CHAT)
+        await response.read()
+    assert response.status == 200, response.status
+
+
+async def measure(targets: dict[str, tuple[str, str, int | None]], rounds: int, num_requests: int,
+                  concurrency: int) -> dict[str, list[tuple[float, float]]]:
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
+    for round_no in range(rounds):
+        names = list(targets) if round_no % 2 == 0 else list(reversed(targets))
+        for name in names:
+            url, path, pid = targets[name]
+            results[name].append(await run_requests(url, path, num_requests, concurrency, pid))
     return results
+
+
+def medians(rows: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(r for r, _ in rows), statistics.median(c for _, c in rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=4000)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=4000, help="whole answers per round and target")
+    parser.add_argument("--streams", type=int, default=300, help="streams per round and target")
+    parser.add_argument("--gap-ms", type=float, default=0.5, help="time between streamed chunks")
     args = parser.parse_args()
-    port = free_port()
-    backend = subprocess.Popen([sys.executable, "-c", INSTANT_BACKEND, str(port), json.dumps(ANSWER),
-                                json.dumps(MODELS)])
+    backend, port = start(INSTANT_BACKEND, str(args.gap_ms))
+    relay, relay_port = start(BYTE_RELAY, str(port))
     try:
-        wait_listening(port)
         config = backend_toml("instant", "openai", f"http://127.0.0.1:{port}", '["tiny*"]',
-                              f"slots = {args.concurrency}") + "[cache]\nenabled = false\n"
+                              "slots = 64") + "[cache]\nenabled = false\n"
         with Daemon(config) as daemon:
-            results = asyncio.run(measure(daemon, args))
+            pid = daemon.proc.pid
+            whole = asyncio.run(measure({"/health": (daemon.url, "/health", pid),
+                                         "/v1/chat/completions": (daemon.url, "/v1/chat/completions", pid)},
+                                        args.rounds, args.requests, 64))
+            streams = asyncio.run(measure({"direct": (f"http://127.0.0.1:{port}", "stream", None),
+                                           "byte relay": (f"http://127.0.0.1:{relay_port}", "stream", relay.pid),
+                                           "velollmd": (daemon.url, "stream", pid)},
+                                          args.rounds, args.streams, 1))
     finally:
         backend.kill()
-    print(f"### velollmd CPU per request, instant backend ({args.rounds} rounds x {args.requests} "
-          f"requests, concurrency {args.concurrency}, medians)\n")
+        relay.kill()
+    report(whole, streams, args)
+
+
+def report(whole: dict, streams: dict, args) -> None:
+    print(f"### Proxy cost with an instant backend ({args.rounds} rounds, medians)\n")
+    print(f"Whole answers, concurrency 64, {args.requests} requests per round:\n")
     print("| request | req/s | daemon CPU us/request |")
     print("|---|---:|---:|")
-    for path, rows in results.items():
-        rates, cpus = sorted(r for r, _ in rows), sorted(c for _, c in rows)
-        print(f"| {path} | {rates[len(rates) // 2]:,.0f} | {cpus[len(cpus) // 2]:.0f} |")
+    for path, rows in whole.items():
+        seconds, cpu = medians(rows)
+        print(f"| {path} | {64 / seconds:,.0f} | {cpu:.0f} |")
+    print(f"\nStreams of {NUM_CHUNKS} chunks {args.gap_ms:g} ms apart, concurrency 1, "
+          f"{args.streams} per round:\n")
+    print("| path | ms per stream | added ms | proxy CPU us/stream | proxy CPU us/chunk |")
+    print("|---|---:|---:|---:|---:|")
+    direct, _ = medians(streams["direct"])
+    for name, rows in streams.items():
+        seconds, cpu = medians(rows)
+        cpu_cells = "- | -" if name == "direct" else f"{cpu:.0f} | {cpu / (NUM_CHUNKS + 3):.0f}"
+        print(f"| {name} | {seconds * 1e3:.2f} | {(seconds - direct) * 1e3:+.2f} | {cpu_cells} |")
 
 
 if __name__ == "__main__":
