@@ -69,7 +69,7 @@ class CpuMeter:
     def __init__(self, pids: dict[str, int]):
         self.pids = pids
         self.totals: dict[str, dict[str, float]] = {}
-        self.num_requests = {"direct": 0, "proxy": 0}
+        self.num_requests: dict[str, int] = {}
 
     def start(self) -> dict[str, float]:
         return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
@@ -78,23 +78,24 @@ class CpuMeter:
         totals = self.totals.setdefault(target, dict.fromkeys(self.pids, 0.0))
         for name, pid in self.pids.items():
             totals[name] += cpu_seconds(pid) - started[name]
-        self.num_requests[target] += num_requests
+        self.num_requests[target] = self.num_requests.get(target, 0) + num_requests
 
     def per_request_ms(self, target: str, name: str) -> float:
         return self.totals[target][name] * 1e3 / max(1, self.num_requests[target])
 
 
-async def measure(direct_url: str, proxy_url: str, args, pids: dict[str, int]) -> list[dict]:
-    clients = {"direct": HTTPClient(direct_url), "proxy": HTTPClient(proxy_url)}
+async def measure(urls: dict[str, str], args, pids: dict[str, int]) -> list[dict]:
+    """Each mode and concurrency: every target (direct, proxy, maybe relay) in rotated order."""
+    clients = {target: HTTPClient(url) for target, url in urls.items()}
     rows = []
     for stream in [s for s in (False, True) if args.only in (None, "stream" if s else "non-stream")]:
         for concurrency in CONCURRENCY:
             num_requests = max(40, concurrency * 4)
-            samples = {"direct": [], "proxy": []}
-            rates = {"direct": [], "proxy": []}
+            samples = {target: [] for target in clients}
+            rates = {target: [] for target in clients}
             cpu = CpuMeter(pids)
             for round_no in range(args.rounds):
-                order = ("direct", "proxy") if round_no % 2 == 0 else ("proxy", "direct")
+                order = list(clients) if round_no % 2 == 0 else list(reversed(clients))
                 for target in order:
                     started = cpu.start()
                     results, rate = await run_batch(clients[target], concurrency, num_requests, stream,
@@ -115,11 +116,14 @@ def row_of(stream: bool, concurrency: int, samples: dict, rates: dict) -> dict:
            "added_p50": lat["proxy"]["p50"] - lat["direct"]["p50"],
            "added_p99": lat["proxy"]["p99"] - lat["direct"]["p99"],
            "throughput_ratio": sum(rates["proxy"]) / sum(rates["direct"])}
+    if "relay" in samples:
+        row["relay_added_p50"] = lat["relay"]["p50"] - lat["direct"]["p50"]
+        row["relay_throughput_ratio"] = sum(rates["relay"]) / sum(rates["direct"])
     if stream:
         ttft = {t: summary([r["ttft"] * 1e3 for r in samples[t]]) for t in samples}
         row["added_ttft_p50"] = ttft["proxy"]["p50"] - ttft["direct"]["p50"]
         row["chunks_equal"] = all(len(r["chunks"]) == len(samples["direct"][0]["chunks"])
-                                  for r in samples["direct"] + samples["proxy"])
+                                  for rows in samples.values() for r in rows)
     return row
 
 
@@ -156,9 +160,22 @@ def report(rows: list[dict], fidelity_ok: bool, args) -> None:
     for r in rows:
         print(f"| {r['mode']} | {r['concurrency']} | {r['llama_cpu_direct']:.2f} | {r['llama_cpu_proxy']:.2f} | "
               f"{r['daemon_cpu']:.2f} | {r['daemon_cpu'] / r['llama_cpu_direct'] * 100:.0f} % |")
+    if "relay_throughput_ratio" in rows[0]:
+        print("\nThe same through a bare uvloop byte relay (parses nothing; the floor for a Python proxy):\n")
+        print("| mode | conc. | relay added p50 ms | relay throughput / direct | velollmd throughput / direct |")
+        print("|---|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['mode']} | {r['concurrency']} | {r['relay_added_p50']:+.2f} | "
+                  f"{r['relay_throughput_ratio'] * 100:.1f} % | {r['throughput_ratio'] * 100:.1f} % |")
     same_counts = all(r.get("chunks_equal", True) for r in rows)
     print(f"\nStreaming fidelity: identical chunks in identical order = {fidelity_ok}; "
           f"every stream had the same chunk count = {same_counts}")
+
+
+def start_relay(backend_port: int):
+    """(process, port) of proxy_cpu's bare byte relay in front of the backend."""
+    from proxy_cpu import BYTE_RELAY, start
+    return start(BYTE_RELAY, str(backend_port))
 
 
 def main() -> None:
@@ -169,6 +186,8 @@ def main() -> None:
                         help="llama-server --threads (0 = its default: every core)")
     parser.add_argument("--slots", type=int, default=0, help="the daemon's [[backends]] slots (0 = discover)")
     parser.add_argument("--only", choices=("stream", "non-stream"), default=None)
+    parser.add_argument("--relay", action="store_true",
+                        help="also measure a bare byte relay in front of llama-server")
     args = parser.parse_args()
     extra = ("--threads", str(args.llama_threads)) if args.llama_threads else ()
     server = start_llama_server(tiny_model(), parallel=4, extra_args=extra)
@@ -176,7 +195,15 @@ def main() -> None:
         daemon_config = backend_toml("llama", "llamacpp", server.url, '["tiny*"]', f"slots = {args.slots}") + "[cache]\nenabled = false\n"
         with Daemon(daemon_config) as daemon:
             pids = {"llama": server.proc.pid, "daemon": daemon.proc.pid}
-            rows = asyncio.run(measure(server.url, daemon.url, args, pids))
+            urls = {"direct": server.url, "proxy": daemon.url}
+            relay = start_relay(server.port) if args.relay else None
+            if relay is not None:
+                urls["relay"] = f"http://127.0.0.1:{relay[1]}"
+            try:
+                rows = asyncio.run(measure(urls, args, pids))
+            finally:
+                if relay is not None:
+                    relay[0].kill()
             fidelity_ok = asyncio.run(fidelity(server.url, daemon.url, args.max_tokens))
     finally:
         server.stop()
