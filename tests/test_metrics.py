@@ -37,6 +37,11 @@ def test_daemon_exports_requests_cache_and_tokens(ollama_emulator):
     assert 'velollm_cache_lookups_total{result="miss"} 1' in text
     assert 'velollm_tokens_total{kind="completion",model="llama3.2:latest"}' in text
     assert 'velollm_backend_healthy{backend="ollama"} 1' in text
+    assert 'velollm_queue_admitted_total{backend="ollama"} 1' in text      # the hit took no slot
+    assert 'velollm_queue_waiting{backend="ollama"} 0' in text
+    assert 'velollm_queue_rejected_total{backend="ollama"} 0' in text
+    assert 'velollm_routing_total{outcome="routed"} 1' in text
+    assert "# TYPE velollm_failovers_total counter" in text and "velollm_failovers_total 0" in text
 
 
 def test_queue_stats_route(ollama_emulator):

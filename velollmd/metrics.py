@@ -61,6 +61,44 @@ class Histogram:
         return lines
 
 
+def sampled(name: str, kind: str, help_text: str, samples) -> list[str]:
+    """A metric whose values are read at scrape time from state kept elsewhere (gauges, or
+    counters the scheduler keeps): `samples` is [(labels dict, value)]."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    lines += [f"{name}{_labels(tuple(sorted(labels.items())))} {value:g}" for labels, value in samples]
+    return lines
+
+
+QUEUE_METRICS = (   # (key in the scheduler's per-backend stats, metric name, type, help)
+    ("num_waiting", "velollm_queue_waiting", "gauge", "Requests waiting for a slot, by backend"),
+    ("num_running", "velollm_queue_running", "gauge", "Requests holding a slot, by backend"),
+    ("block_usage", "velollm_kv_block_usage", "gauge", "Fraction of the backend's KV block budget held"),
+    ("num_admitted", "velollm_queue_admitted_total", "counter", "Requests admitted to a slot"),
+    ("num_rejected", "velollm_queue_rejected_total", "counter", "Requests refused with 429, queue full"),
+    ("num_timed_out", "velollm_queue_timed_out_total", "counter", "Requests answered 503 after queue_timeout_s"),
+    ("num_preempted", "velollm_queue_preempted_total", "counter", "Requests preempted for a priority-0 one"),
+)
+
+
+def scheduler_lines(stats: dict) -> list[str]:
+    """Service.stats() as Prometheus text: queues per backend, failovers, routing, tokenize."""
+    backends = sorted(stats["backends"].items())
+    lines = []
+    for key, name, kind, help_text in QUEUE_METRICS:
+        lines += sampled(name, kind, help_text, [({"backend": b}, s[key]) for b, s in backends if key in s])
+    routing, tokenize = stats["routing"], stats["tokenize"]
+    lines += sampled("velollm_failovers_total", "counter", "Requests retried on another backend",
+                     [({}, stats["num_failovers"])])
+    lines += sampled("velollm_routing_total", "counter", "Requests routed; of them, to the backend or the "
+                     "llama.cpp slot holding their prefix", [({"outcome": "routed"}, routing["num_routed"]),
+                                                             ({"outcome": "backend_affinity"}, routing["num_affinity_hits"]),
+                                                             ({"outcome": "slot_affinity"}, routing["num_slot_hits"])])
+    lines += sampled("velollm_tokenize_total", "counter", "Prompt texts tokenized by the backend, or found cached",
+                     [({"result": "tokenized"}, tokenize["num_tokenized"]), ({"result": "failed"}, tokenize["num_failed"]),
+                      ({"result": "cached"}, tokenize["num_hits"])])
+    return lines
+
+
 class Metrics:
     """Every metric the daemon exports, created in one place so names stay consistent."""
 

@@ -6,6 +6,7 @@ import time
 from .. import __version__
 from ..errors import Unauthorized, VeloError
 from ..http.message import Request, Response
+from ..metrics import sampled, scheduler_lines
 
 LOOPBACK = ("127.0.0.1", "::1")
 
@@ -52,14 +53,15 @@ class AdminRoutes:
         if not app.config.metrics.enabled:
             raise VeloError("metrics are disabled ([metrics] enabled = false)", status=404,
                             error_type="invalid_request_error", code="metrics_disabled")
-        gauges = ["# TYPE velollm_backend_healthy gauge"]
-        gauges += [f'velollm_backend_healthy{{backend="{b.name}"}} {int(bool(b.healthy))}'
-                   for b in app.registry.backends]
-        gauges += ["# TYPE velollm_inflight_flights gauge", f"velollm_inflight_flights {len(app.pipeline.flights)}"]
+        gauges = sampled("velollm_backend_healthy", "gauge", "1 when the backend's last health check passed",
+                         [({"backend": b.name}, int(bool(b.healthy))) for b in app.registry.backends])
+        gauges += sampled("velollm_inflight_flights", "gauge", "Upstream calls shared by identical requests",
+                          [({}, len(app.pipeline.flights))])
         if app.pipeline.cache is not None:
             stats = app.pipeline.cache.stats()
-            gauges += ["# TYPE velollm_cache_entries gauge", f"velollm_cache_entries {stats['entries']}",
-                       "# TYPE velollm_cache_bytes gauge", f"velollm_cache_bytes {stats['bytes']}"]
+            gauges += sampled("velollm_cache_entries", "gauge", "Responses cached", [({}, stats["entries"])])
+            gauges += sampled("velollm_cache_bytes", "gauge", "Bytes of cached responses", [({}, stats["bytes"])])
+        gauges += scheduler_lines(app.service.stats())
         body = app.metrics.render(gauges).encode()
         return Response(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")], body)
 
