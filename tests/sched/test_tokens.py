@@ -143,6 +143,19 @@ def test_missing_texts_are_tokenized_concurrently_a_few_at_a_time():
     assert backend.max_inflight == MAX_CONCURRENT and len(backend.tokenized) == len(texts)
 
 
+def test_concurrent_requests_with_the_same_new_text_share_one_call():
+    backend, cache = WordTokenizer(), TokenCache()
+    shared, own = words("system", 40), words("own", 35)
+
+    async def burst():
+        return await asyncio.gather(*(cache.lookup(backend, "m", [shared] + ([own] if i == 0 else []))
+                                      for i in range(5)))
+    results = run(burst())
+    assert all(r[shared] == (13,) * 40 for r in results) and results[0][own] == (10,) * 35
+    assert sorted(backend.tokenized) == sorted([shared, own])
+    assert cache.stats()["num_tokenized"] == 2
+
+
 def test_tokenizer_of_takes_the_first_healthy_llamacpp_backend():
     down, up, other = WordTokenizer("down"), WordTokenizer("up"), WordTokenizer("ollama")
     down.healthy, other.kind = False, "ollama"

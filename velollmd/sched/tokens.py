@@ -56,6 +56,7 @@ class TokenCache:
         self.clock = clock
         self._entries: OrderedDict[Key, tuple[int, ...]] = OrderedDict()
         self._resting_until: dict[str, float] = {}      # backend name -> no calls before
+        self._inflight: dict[Key, asyncio.Future] = {}   # texts being tokenized now
         self.num_tokens = 0           # ids held now
         self.num_tokenized = 0        # /tokenize calls that returned ids
         self.num_failed = 0           # /tokenize calls that did not
@@ -84,22 +85,38 @@ class TokenCache:
                 missing[text] = key
             else:
                 found[text] = ids
-        for text, ids in await self._tokenize_all(backend, list(missing)):
+        for text, ids in await self._tokenize_all(backend, missing):
             if ids is not None:
                 self._put(missing[text], ids)
                 found[text] = ids
         return found
 
-    async def _tokenize_all(self, backend: Any, texts: list[str]) -> list[tuple[str, tuple[int, ...] | None]]:
+    async def _tokenize_all(self, backend: Any, missing: dict[str, Key]) -> list[tuple[str, tuple[int, ...] | None]]:
         """(text, ids or None) per text, MAX_CONCURRENT calls at a time; none while the
         backend rests after a failure."""
+        texts = list(missing)
         results: list[tuple[str, tuple[int, ...] | None]] = []
         for start in range(0, len(texts), MAX_CONCURRENT):
             if self._resting_until.get(backend.name, 0.0) > self.clock():
                 break
             batch = texts[start:start + MAX_CONCURRENT]
-            results += zip(batch, await asyncio.gather(*(self._tokenize(backend, t) for t in batch)))
+            results += zip(batch, await asyncio.gather(*(self._shared(backend, t, missing[t]) for t in batch)))
         return results
+
+    async def _shared(self, backend: Any, text: str, key: Key) -> tuple[int, ...] | None:
+        """One /tokenize call per text at a time: requests arriving together with the same
+        new text (a burst sharing a long system prompt) wait for the first one's answer."""
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = self._inflight[key] = asyncio.get_running_loop().create_future()
+        ids = None
+        try:
+            ids = await self._tokenize(backend, text)
+        finally:
+            del self._inflight[key]
+            pending.set_result(ids)            # None if this call failed or was cancelled
+        return ids
 
     async def _tokenize(self, backend: Any, text: str) -> tuple[int, ...] | None:
         try:
