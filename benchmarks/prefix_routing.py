@@ -1,11 +1,13 @@
 """Prefix-aware routing vs round-robin vs direct, on multi-turn conversations, in one run.
 
 Two llama-servers (tiny model, --parallel 4 each, 4096 tokens per slot, one compute thread
-each) and two velollmd processes in front of both: one with `[scheduler] prefix_routing =
-true`, one with `false` (least load, ties round-robin). 8 concurrent conversations, each
-starting from its own ~1,600-token history and growing by a question and an answer per turn,
+each) and three velollmd processes in front of both: `[scheduler] prefix_routing = true`
+(backend and slot chosen by prefix, `id_slot` pinned), the same with `pin_slots = false`
+(backend chosen by prefix, llama-server picks the slot), and `prefix_routing = false` (least
+load, ties round-robin). 8 concurrent conversations, each
+starting from its own ~2,800-token history and growing by a question and an answer per turn,
 with a random 0..300 ms think time before each turn (seeded, the same in every mode), are run
-through each mode in turn (A B C, rotated every round), with fresh conversation texts for
+through each mode in turn (rotated every round), with fresh conversation texts for
 every mode and round so no mode inherits another's cache. "direct" sends conversation i
 straight to server i % 2 (a client that pins conversations itself; llama-server picks the
 slot): the ideal affinity, without the proxy hop.
@@ -28,6 +30,7 @@ import json
 import random
 import statistics
 import time
+import urllib.request
 
 from common import Daemon, backend_toml, start_llama_server, summary, tiny_model
 
@@ -35,12 +38,18 @@ from velollmd.http.client import HTTPClient
 from velollmd.http.sse import iter_sse_data
 
 NUM_CONVERSATIONS = 8
-HISTORY_LINES = 110            # ~1,600 tokens of the tiny vocab
+DAEMON_MODES = {              # mode -> [scheduler] settings of its velollmd
+    "prefix-aware": "prefix_routing = true",
+    "prefix-aware, backend only": "prefix_routing = true\npin_slots = false",
+    "round-robin": "prefix_routing = false",
+}
+MODES = [*DAEMON_MODES, "direct"]
+HISTORY_LINES = 110            # ~2,800 tokens of the tiny vocab
 MAX_TOKENS = 16
 
 
 def history(mode: str, round_index: int, index: int) -> str:
-    tag = f"{mode[0]}{round_index}c{index}"
+    tag = f"{MODES.index(mode)}r{round_index}c{index}"               # fresh text per mode
     return " ".join(f"note {tag} line{i} alpha beta gamma delta" for i in range(HISTORY_LINES))
 
 
@@ -104,8 +113,12 @@ def report(results: dict[str, list[dict]], args) -> str:
         means[mode] = stats["mean"]
         lines.append(f"| {mode} | {stats['n']} | {stats['mean']:.1f} | {stats['p50']:.1f} | "
                      f"{stats['p99']:.1f} | {cold:.1f} | {reuse:.1%} |")
-    lines += ["", f"Mean TTFT of later turns, round-robin / prefix-aware: "
-                  f"**{means['round-robin'] / means['prefix-aware']:.2f}x**; "
+    first_turns = [r["prompt"] for rows in results.values() for r in rows if r["turn"] == 0]
+    lines += ["", f"History: {statistics.fmean(first_turns):,.0f} prompt tokens at turn 1 on average.",
+              "", f"Mean TTFT of later turns, round-robin / prefix-aware: "
+                  f"**{means['round-robin'] / means['prefix-aware']:.2f}x**, "
+                  f"round-robin / prefix-aware backend only: "
+                  f"**{means['round-robin'] / means['prefix-aware, backend only']:.2f}x**; "
                   f"direct / prefix-aware: {means['direct'] / means['prefix-aware']:.2f}x"]
     return "\n".join(lines)
 
@@ -144,18 +157,26 @@ def main() -> None:
     servers = [start_llama_server(model, parallel=args.parallel, ctx_size=4096 * args.parallel,
                                   extra_args=extra) for _ in range(2)]
     backends = "".join(backend_toml(f"llama{i}", "llamacpp", s.url) for i, s in enumerate(servers))
-    daemons = {flag: Daemon(f"[scheduler]\nprefix_routing = {flag}\n{backends}").start()
-               for flag in ("true", "false")}
+    daemons = {mode: Daemon(f"[scheduler]\n{settings}\n{backends}").start()
+               for mode, settings in DAEMON_MODES.items()}
     try:
-        urls = {"prefix-aware": [daemons["true"].url], "round-robin": [daemons["false"].url],
+        urls = {**{mode: [daemon.url] for mode, daemon in daemons.items()},
                 "direct": [s.url for s in servers]}
         results = asyncio.run(main_async(args, urls))
+        routing = queue_stats(daemons["prefix-aware"].url)
     finally:
         for daemon in daemons.values():
             daemon.stop()
         for server in servers:
             server.__exit__(None, None, None)
     print(report(results, args))
+    print(f"\nPrefix-aware daemon: routing {json.dumps(routing['routing'])}, "
+          f"tokenize {json.dumps(routing['tokenize'])}")
+
+
+def queue_stats(url: str) -> dict:
+    with urllib.request.urlopen(url + "/v1/velollm/queue", timeout=10) as response:
+        return json.load(response)
 
 
 if __name__ == "__main__":

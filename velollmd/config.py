@@ -92,6 +92,7 @@ class SchedulerConfig:
     preempt: bool = False
     block_size: int = _opt(16, min=1, max=1024)
     prefix_routing: bool = True
+    pin_slots: bool = True                         # llama.cpp: id_slot for the slot holding the prefix
     tokenize: bool = True                          # prefix routing on llama.cpp's real token ids
     breaker_failures: int = _opt(3, min=1)         # consecutive failures that open a backend's circuit
     breaker_cooldown_s: float = _opt(5.0, min=0.0) # open circuit: wait this long, then one probe

@@ -62,7 +62,7 @@ class Service:
         self.config = config or SchedulerConfig()
         self.clock = clock
         self.admission = Admission(self.config, clock)
-        self.router = PrefixRouter(self.config.prefix_routing)
+        self.router = PrefixRouter(self.config.prefix_routing, pin_slots=self.config.pin_slots)
         self.tokens = TokenCache()
         self.breakers: dict[str, CircuitBreaker] = {}
         self.num_failovers = 0

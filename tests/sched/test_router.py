@@ -118,3 +118,13 @@ def test_claim_pins_llamacpp_only_and_forget_drops_affinity():
     assert router.rank([llama, ollama], later, lambda b: 0.0)[0] is ollama   # sticky to ollama now
     assert router.claim(llama, later, now=2) == 0
     assert router.num_slot_hits == 0
+
+
+def test_without_slot_pinning_the_backend_is_still_chosen_by_prefix():
+    router = PrefixRouter(pin_slots=False)
+    one, two = backend("one"), backend("two")
+    fp = chat(HISTORY)
+    assert router.claim(two, fp, now=1) is None                   # llama-server picks the slot
+    later = chat(HISTORY, "r", "n")
+    assert [router.rank([one, two], later, lambda b: 0.0)[0].name for _ in range(3)] == ["two"] * 3
+    assert router.num_affinity_hits == 3 and router.num_slot_hits == 0

@@ -5,7 +5,9 @@ prefix of this prompt recently goes first (its KV cache or prompt cache still ho
 unless it is busier than the least loaded backend by `balance_slack` requests per slot; then,
 and when nothing matches, the least loaded backend goes first. On llama.cpp the request is
 pinned (`id_slot`) to the free slot that shares the longest prefix, so a conversation keeps
-landing on the slot that holds its KV cache. Off: least load, ties in round-robin order.
+landing on the slot that holds its KV cache (`pin_slots = false` leaves the slot to
+llama-server, which recent builds choose by prompt similarity themselves). Off: least load,
+ties in round-robin order.
 
 The rest of the ranking is the failover order. Backends are duck-typed: `name`, `kind`,
 `num_slots` are all the router reads.
@@ -23,9 +25,10 @@ PINNED_KINDS = frozenset({"llamacpp"})
 
 
 class PrefixRouter:
-    def __init__(self, prefix_routing: bool = True, *, min_match_tokens: int = MIN_MATCH_TOKENS,
-                 balance_slack: float = 1.0):
+    def __init__(self, prefix_routing: bool = True, *, pin_slots: bool = True,
+                 min_match_tokens: int = MIN_MATCH_TOKENS, balance_slack: float = 1.0):
         self.prefix_routing = prefix_routing
+        self.pin_slots = pin_slots
         self.min_match_tokens = min_match_tokens
         self.balance_slack = balance_slack
         self._recent: dict[str, RecentTable] = {}
@@ -57,7 +60,7 @@ class PrefixRouter:
         if not self.prefix_routing:
             return None
         self._recent_of(backend).record(fingerprint, now)
-        if backend.kind not in PINNED_KINDS:
+        if backend.kind not in PINNED_KINDS or not self.pin_slots:
             return None
         slot, matched = self._slots_of(backend).claim(fingerprint, now)
         if matched >= self.min_match_tokens:
