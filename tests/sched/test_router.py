@@ -75,6 +75,23 @@ def test_recent_table_replaces_a_conversation_by_its_next_turn_and_evicts_lru():
     assert table.best_match(c1) == c1.total_tokens
 
 
+def test_recent_table_finds_the_longest_shared_prefix_and_forgets_evicted_prefixes():
+    table = RecentTable(num_entries=2)
+    system = "You are a careful assistant. " * 20                 # ~600 characters shared
+    a, b = chat(system + "question a " * 40), chat(system + "question b " * 40)
+    table.record(a, now=1)
+    table.record(b, now=2)
+    shared = chat(system).common_prefix_tokens(a)
+    assert 0 < shared < a.total_tokens
+    assert table.best_match(chat(system + "question c " * 40)) == shared
+    assert table.best_match(chat(system + "question a " * 40, "answer", "more")) == a.total_tokens
+    table.record(chat("x" * 600), now=3)                          # evicts a
+    assert table.best_match(a) == shared                           # b still holds the system prompt
+    table.record(chat("y" * 600), now=4)                          # evicts b
+    assert table.best_match(a) == table.best_match(b) == 4         # the role marker only
+    assert len(table.entries) == 2
+
+
 def test_rank_sends_a_conversation_back_to_the_backend_that_served_it():
     router = PrefixRouter()
     one, two = backend("one"), backend("two")

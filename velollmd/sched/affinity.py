@@ -9,7 +9,6 @@ Two tables per backend:
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .fingerprint import Fingerprint
@@ -58,35 +57,51 @@ class SlotTable:
 
 
 class RecentTable:
-    """The last conversations one backend served (an LRU of fingerprints)."""
+    """The last `num_entries` conversations one backend served (an LRU of fingerprints).
+
+    Every prefix of every entry is counted under its prefix key, so the longest cached prefix
+    of a prompt is a walk along its own keys (one dict lookup per piece), however many
+    conversations are recorded: a flat radix tree of the backend's recent prompts."""
 
     def __init__(self, num_entries: int = NUM_RECENT):
         self.num_entries = num_entries
-        self.entries: list[Entry] = []
+        self.entries: dict[int, Entry] = {}          # full-prompt key -> entry
+        self._prefix_counts: dict[int, int] = {}     # prefix key -> entries having that prefix
 
     def best_match(self, fingerprint: Fingerprint) -> int:
-        return max((fingerprint.common_prefix_tokens(e.fingerprint) for e in self.entries), default=0)
+        total = 0
+        for key, num in zip(fingerprint.prefix_keys, fingerprint.num_tokens):
+            if key not in self._prefix_counts:
+                break
+            total += num
+        return total
 
     def record(self, fingerprint: Fingerprint, now: float) -> None:
         """Replace the entry this prompt extends (its conversation), else evict the LRU one."""
-        index = _best_index(self.entries, fingerprint)
-        if index is not None:
-            self.entries[index] = Entry(fingerprint, now)
+        if not fingerprint.hashes:
             return
-        if len(self.entries) >= self.num_entries:
-            self.entries.remove(min(self.entries, key=lambda e: e.last_used))
-        self.entries.append(Entry(fingerprint, now))
+        earlier = self._extended_by(fingerprint)
+        if earlier is not None:
+            self._remove(earlier)
+        elif len(self.entries) >= self.num_entries:
+            self._remove(min(self.entries, key=lambda k: self.entries[k].last_used))
+        self.entries[fingerprint.prefix_keys[-1]] = Entry(fingerprint, now)
+        for key in fingerprint.prefix_keys:
+            self._prefix_counts[key] = self._prefix_counts.get(key, 0) + 1
 
     def clear(self) -> None:
-        self.entries = []
+        self.entries = {}
+        self._prefix_counts = {}
 
+    def _extended_by(self, fingerprint: Fingerprint) -> int | None:
+        """The key of the longest entry whose whole prompt is a prefix of this one (the same
+        conversation, a turn earlier), if any."""
+        return next((k for k in reversed(fingerprint.prefix_keys) if k in self.entries), None)
 
-def _best_index(entries: Iterable[Entry], fingerprint: Fingerprint) -> int | None:
-    """Index of the entry whose whole prompt is a prefix of this one (the same conversation,
-    one turn earlier), if any."""
-    for index, entry in enumerate(entries):
-        old = entry.fingerprint
-        if old is not None and len(old.hashes) <= len(fingerprint.hashes) \
-                and fingerprint.hashes[:len(old.hashes)] == old.hashes:
-            return index
-    return None
+    def _remove(self, full_key: int) -> None:
+        for key in self.entries.pop(full_key).fingerprint.prefix_keys:
+            left = self._prefix_counts[key] - 1
+            if left:
+                self._prefix_counts[key] = left
+            else:
+                del self._prefix_counts[key]

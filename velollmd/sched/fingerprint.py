@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ..api.request import GenerateRequest
 
@@ -37,6 +38,16 @@ class Fingerprint:
     @property
     def total_tokens(self) -> int:
         return sum(self.num_tokens)
+
+    @cached_property
+    def prefix_keys(self) -> tuple[int, ...]:
+        """prefix_keys[i] stands for pieces[:i + 1]: two prompts share their first i + 1
+        pieces exactly when these keys are equal (up to 64-bit hash collisions)."""
+        keys, key = [], 0
+        for piece_hash in self.hashes:
+            key = hash((key, piece_hash))
+            keys.append(key)
+        return tuple(keys)
 
     def common_prefix_tokens(self, other: Fingerprint | None) -> int:
         """Tokens of the longest common prefix of pieces."""

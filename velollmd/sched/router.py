@@ -48,8 +48,9 @@ class PrefixRouter:
         by_load = sorted(list(backends[start:]) + list(backends[:start]), key=load)
         if not self.prefix_routing or len(by_load) < 2:
             return by_load
-        best = max(by_load, key=lambda b: self._recent_of(b).best_match(fingerprint))
-        matched = self._recent_of(best).best_match(fingerprint)
+        matches = {b.name: self._recent_of(b).best_match(fingerprint) for b in by_load}
+        best = max(by_load, key=lambda b: matches[b.name])
+        matched = matches[best.name]
         if matched < self.min_match_tokens or load(best) - load(by_load[0]) >= self.balance_slack:
             return by_load
         self.num_affinity_hits += 1
