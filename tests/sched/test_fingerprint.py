@@ -34,14 +34,14 @@ def test_a_tokenized_text_becomes_runs_of_its_real_ids_with_exact_counts():
     ids = fake_ids(SYSTEM) * 3                            # 300 ids
     fp = fingerprint_of(request, {SYSTEM: ids})
     assert fp.num_tokens == (TOKENS_PER_PIECE,) * 4 + (300 - 4 * TOKENS_PER_PIECE,)
-    assert fp.total_tokens == 300 and fp.token_ids() == list(ids)
+    assert fp.total_tokens == 300 and list(fp.token_ids()) == list(ids)
 
 
 def test_chat_pieces_are_role_markers_plus_real_ids():
     request = chat_request(SYSTEM, QUESTION)
     fp = real(request)
     assert fp.total_tokens == 2 * OVERHEAD + len(fake_ids(SYSTEM)) + len(fake_ids(QUESTION))
-    ids = fp.token_ids()
+    ids = list(fp.token_ids())
     assert len(ids) == fp.total_tokens
     start = OVERHEAD + len(fake_ids(SYSTEM)) + OVERHEAD
     assert ids[OVERHEAD:OVERHEAD + len(fake_ids(SYSTEM))] == list(fake_ids(SYSTEM))
@@ -63,7 +63,7 @@ def test_a_grown_prompt_matches_its_earlier_ids_at_piece_granularity():
     fp_short, fp_grown = real(short), real(grown)
     num_full = len(fake_ids(SYSTEM)) // TOKENS_PER_PIECE * TOKENS_PER_PIECE
     assert fp_grown.common_prefix_tokens(fp_short) == num_full
-    assert fp_grown.token_ids()[:len(fake_ids(SYSTEM))] == list(fake_ids(SYSTEM))
+    assert list(fp_grown.token_ids()[:len(fake_ids(SYSTEM))]) == list(fake_ids(SYSTEM))
 
 
 def test_real_and_estimated_pieces_mix_in_prompt_order():
@@ -71,12 +71,12 @@ def test_real_and_estimated_pieces_mix_in_prompt_order():
     fp = real(request, only={SYSTEM, ANSWER})
     estimate = -(-len("short question") // CHARS_PER_TOKEN)
     assert fp.total_tokens == 3 * OVERHEAD + len(fake_ids(SYSTEM)) + estimate + len(fake_ids(ANSWER))
-    ids = fp.token_ids()
+    ids = list(fp.token_ids())
     assert len(ids) == fp.total_tokens
     assert ids[-len(fake_ids(ANSWER)):] == list(fake_ids(ANSWER))
     assert fp.piece_ids.count(None) == 3 + 1              # role markers and the short question
     same = real(chat_request(SYSTEM, "short question", ANSWER), only={SYSTEM, ANSWER})
-    assert same.hashes == fp.hashes and same.token_ids() == ids
+    assert same.hashes == fp.hashes and list(same.token_ids()) == ids
 
 
 def test_an_estimated_text_does_not_match_its_tokenized_self():

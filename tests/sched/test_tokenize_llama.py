@@ -42,7 +42,7 @@ def record_scheduled(service) -> list:
 
     def recording(backend, request, fingerprint):
         scheduled = make(backend, request, fingerprint)
-        seen.append((request.body.get("messages"), scheduled.prompt_token_ids))
+        seen.append((request.body.get("messages"), list(scheduled.prompt_token_ids)))
         return scheduled
     service._sched_request = recording
     return seen

@@ -191,5 +191,5 @@ def test_service_builds_the_scheduler_request_from_real_ids():
     original = svc._sched_request
     svc._sched_request = lambda b, r, fp: seen.append(original(b, r, fp)) or seen[-1]
     run(svc.generate(chat_request(words("a", 40), "hi")))
-    ids = seen[0].prompt_token_ids
+    ids = list(seen[0].prompt_token_ids)
     assert len(ids) == 4 + 40 + 4 + 1 and ids[4:44] == [8] * 40     # "hi": one estimated token

@@ -12,6 +12,7 @@ ids where known, else stable pseudo-token ids (equal pieces give equal ids).
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -60,15 +61,19 @@ class Fingerprint:
             total += num
         return total
 
-    def token_ids(self) -> list[int]:
-        """num_tokens ids per piece: its real ids, or pseudo ids derived from its hash."""
-        ids: list[int] = []
+    def token_ids(self) -> array:
+        """num_tokens ids per piece: its real ids, or pseudo ids derived from its hash; as an
+        int32 array, which the block allocator reads without a copy."""
+        ids = array("i")
         piece_ids = self.piece_ids or (None,) * len(self.hashes)
         for piece_hash, num, real in zip(self.hashes, self.num_tokens, piece_ids):
             if real is not None:
                 ids.extend(real)
-            else:
-                base = piece_hash & _ID_MASK
+                continue
+            base = piece_hash & _ID_MASK
+            if base + num <= _ID_MASK + 1:
+                ids.extend(range(base, base + num))
+            else:                                           # wraps past the int32 range
                 ids.extend((base + i) & _ID_MASK for i in range(num))
         return ids
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 MAX_PRIORITY = 9   # lowest urgency; 0 is the highest
@@ -58,7 +59,7 @@ class Request:
     """
     request_id: str
     model: str
-    prompt_token_ids: list[int]
+    prompt_token_ids: Sequence[int]                # a list, or an int32 array (backends)
     max_tokens: int
     arrival_time: float
     priority: int = 5
@@ -86,8 +87,12 @@ class Request:
         return (self.effective_priority, self.arrival_time, self.request_id)
 
     @property
-    def all_token_ids(self) -> list[int]:
-        return self.prompt_token_ids + self.output_token_ids
+    def all_token_ids(self) -> Sequence[int]:
+        """Prompt then output ids; the prompt itself (list or int32 array) while nothing was
+        generated, so the allocator can read it without a copy."""
+        if not self.output_token_ids:
+            return self.prompt_token_ids
+        return [*self.prompt_token_ids, *self.output_token_ids]
 
     @property
     def num_tokens(self) -> int:
