@@ -4,8 +4,8 @@ The backend is an instant OpenAI-compatible answerer (a few lines of asyncio in 
 process, no inference): a fixed 16-token chat completion, or a stream of 16 content chunks
 (plus finish, usage and [DONE]) written `--gap-ms` apart, as a model would produce them.
 
-Part 1, whole answers at concurrency 64: daemon CPU per chat request, with `GET /health` on
-the same daemon as the floor (HTTP server only).
+Part 1, whole answers at concurrency 64: daemon CPU per chat request (a one-line question, and
+a 16 KB history), with `GET /health` on the same daemon as the floor (HTTP server only).
 Part 2, streams at concurrency 1: time per stream and proxy CPU per stream for the backend
 direct, through a bare byte relay (uvloop, forwards bytes and parses nothing: the floor for
 any Python proxy on this machine), and through velollmd.
@@ -30,6 +30,10 @@ from velollmd.http.sse import iter_sse_data
 
 CHAT = {"model": "tiny", "max_tokens": 16,
         "messages": [{"role": "user", "content": "Tell me a story number 1."}]}
+LONG_CHAT = {"model": "tiny", "max_tokens": 16, "messages": [                 # a 16 KB history
+    {"role": "user", "content": " ".join(f"note line{i} alpha beta gamma delta" for i in range(400))},
+    {"role": "assistant", "content": "ok " * 20}, {"role": "user", "content": "tell me more"}]}
+LONG = "/v1/chat/completions, 16 KB history"
 NUM_CHUNKS = 16
 
 INSTANT_BACKEND = r'''
@@ -151,7 +155,8 @@ async def one(client: HTTPClient, path: str) -> None:
                 break
         assert num_events >= NUM_CHUNKS + 2, num_events
     else:
-        response = await client.request("POST", path, json=CHAT)
+        body = LONG_CHAT if path == LONG else CHAT
+        response = await client.request("POST", "/v1/chat/completions", json=body)
         await response.read()
     assert response.status == 200, response.status
 
@@ -186,7 +191,8 @@ def main() -> None:
         with Daemon(config) as daemon:
             pid = daemon.proc.pid
             whole = asyncio.run(measure({"/health": (daemon.url, "/health", pid),
-                                         "/v1/chat/completions": (daemon.url, "/v1/chat/completions", pid)},
+                                         "/v1/chat/completions": (daemon.url, "/v1/chat/completions", pid),
+                                         LONG: (daemon.url, LONG, pid)},
                                         args.rounds, args.requests, 64))
             streams = asyncio.run(measure({"direct": (f"http://127.0.0.1:{port}", "stream", None),
                                            "byte relay": (f"http://127.0.0.1:{relay_port}", "stream", relay.pid),
