@@ -45,7 +45,8 @@ def words(tag, num_words):
 
 
 def lookup(cache, backend, texts, model="m"):
-    return run(cache.lookup(backend, model, texts))
+    """text -> ids as tuples (the cache keeps int32 arrays)."""
+    return {text: tuple(ids) for text, ids in run(cache.lookup(backend, model, texts)).items()}
 
 
 def test_long_texts_are_tokenized_once_then_hit_and_short_ones_never():
@@ -98,6 +99,7 @@ def test_a_text_longer_than_the_whole_cache_is_returned_but_not_kept():
     (None, []),                                # no ids for a long text
     (None, ["a", "b"]),                        # pieces, not ids
     (None, [1, True]),
+    (None, [1, 2 ** 40]),                      # past int32
 ])
 def test_a_failed_or_malformed_answer_leaves_the_text_out(tokenize_error, answer):
     backend, cache = WordTokenizer(tokenize_error=tokenize_error, answer=answer), TokenCache()
@@ -151,7 +153,7 @@ def test_concurrent_requests_with_the_same_new_text_share_one_call():
         return await asyncio.gather(*(cache.lookup(backend, "m", [shared] + ([own] if i == 0 else []))
                                       for i in range(5)))
     results = run(burst())
-    assert all(r[shared] == (13,) * 40 for r in results) and results[0][own] == (10,) * 35
+    assert all(tuple(r[shared]) == (13,) * 40 for r in results) and tuple(results[0][own]) == (10,) * 35
     assert sorted(backend.tokenized) == sorted([shared, own])
     assert cache.stats()["num_tokenized"] == 2
 

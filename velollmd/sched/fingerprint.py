@@ -25,7 +25,7 @@ TOKENS_PER_PIECE = CHUNK_CHARS // CHARS_PER_TOKEN   # real ids per piece: as fin
 MESSAGE_OVERHEAD_TOKENS = 4   # role header and separators of a chat template
 _ID_MASK = 0x3FFFFFFF         # pseudo-token ids are non-negative int32
 
-TokenIds = Mapping[str, Sequence[int]]      # text -> its real token ids
+TokenIds = Mapping[str, Sequence[int]]      # text -> its real token ids (int32 arrays best)
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Fingerprint:
     the count is an estimate (empty: all estimated)."""
     hashes: tuple[int, ...]
     num_tokens: tuple[int, ...]
-    piece_ids: tuple[tuple[int, ...] | None, ...] = field(default=(), repr=False, compare=False)
+    piece_ids: tuple[array | None, ...] = field(default=(), repr=False, compare=False)  # int32 runs
 
     @property
     def total_tokens(self) -> int:
@@ -62,19 +62,13 @@ class Fingerprint:
         return total
 
     def token_ids(self) -> array:
-        """num_tokens ids per piece: its real ids, or pseudo ids derived from its hash; as an
-        int32 array, which the block allocator reads without a copy."""
+        """num_tokens ids per piece as one int32 array (the block allocator reads it without a
+        copy): a piece's real ids, or its hash-derived pseudo id repeated (equal prefixes,
+        equal ids; the allocator's block hashes chain positions in)."""
         ids = array("i")
         piece_ids = self.piece_ids or (None,) * len(self.hashes)
         for piece_hash, num, real in zip(self.hashes, self.num_tokens, piece_ids):
-            if real is not None:
-                ids.extend(real)
-                continue
-            base = piece_hash & _ID_MASK
-            if base + num <= _ID_MASK + 1:
-                ids.extend(range(base, base + num))
-            else:                                           # wraps past the int32 range
-                ids.extend((base + i) & _ID_MASK for i in range(num))
+            ids.extend(real if real is not None else array("i", [piece_hash & _ID_MASK]) * num)
         return ids
 
 
@@ -122,9 +116,9 @@ class _Pieces:
         self.token_ids = token_ids
         self.hashes: list[int] = []
         self.num_tokens: list[int] = []
-        self.ids: list[tuple[int, ...] | None] = []
+        self.ids: list[array | None] = []
 
-    def add(self, key, num: int, ids: tuple[int, ...] | None = None) -> None:
+    def add(self, key, num: int, ids: array | None = None) -> None:
         self.hashes.append(hash(key))
         self.num_tokens.append(num)
         self.ids.append(ids)
@@ -132,9 +126,10 @@ class _Pieces:
     def add_text(self, text: str) -> None:
         real = self.token_ids.get(text)
         if real is not None:
+            real = real if isinstance(real, array) and real.typecode == "i" else array("i", real)
             for start in range(0, len(real), TOKENS_PER_PIECE):
-                run = tuple(real[start:start + TOKENS_PER_PIECE])
-                self.add(run, len(run), run)
+                run = real[start:start + TOKENS_PER_PIECE]                  # (<= 64,) int32
+                self.add(run.tobytes(), len(run), run)
             return
         for start in range(0, len(text), CHUNK_CHARS):
             chunk = text[start:start + CHUNK_CHARS]

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -28,7 +29,7 @@ from .fingerprint import texts_of
 
 log = logging.getLogger("velollmd.sched.tokens")
 
-MAX_TOKENS = 1_000_000        # ids held in all, about 36 MB as tuples of Python ints
+MAX_TOKENS = 1_000_000        # ids held in all: 4 MB as int32 arrays
 MIN_CHARS = 256               # shorter texts keep the estimate
 TIMEOUT_S = 1.0               # per /tokenize call
 RETRY_AFTER_S = 10.0          # after a failure, leave that backend alone this long
@@ -54,7 +55,7 @@ class TokenCache:
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
         self.clock = clock
-        self._entries: OrderedDict[Key, tuple[int, ...]] = OrderedDict()
+        self._entries: OrderedDict[Key, array] = OrderedDict()
         self._resting_until: dict[str, float] = {}      # backend name -> no calls before
         self._inflight: dict[Key, asyncio.Future] = {}   # texts being tokenized now
         self.num_tokens = 0           # ids held now
@@ -63,7 +64,7 @@ class TokenCache:
         self.num_hits = 0             # texts found here
 
     async def for_request(self, request: GenerateRequest,
-                          backends: Iterable[Any]) -> dict[str, tuple[int, ...]]:
+                          backends: Iterable[Any]) -> dict[str, array]:
         """Real ids of the request's long texts, from the first healthy llama.cpp backend
         among `backends`; {} when none of them can tokenize."""
         backend = tokenizer_of(backends)
@@ -71,10 +72,10 @@ class TokenCache:
             return {}
         return await self.lookup(backend, backend.identity(request.model), texts_of(request))
 
-    async def lookup(self, backend: Any, model: str, texts: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    async def lookup(self, backend: Any, model: str, texts: Sequence[str]) -> dict[str, array]:
         """text -> ids for the texts of at least min_chars that are cached or that `backend`
         tokenized now (concurrently); texts it failed on are left out."""
-        found: dict[str, tuple[int, ...]] = {}
+        found: dict[str, array] = {}
         missing: dict[str, Key] = {}
         for text in texts:
             if len(text) < self.min_chars or text in found or text in missing:
@@ -91,11 +92,11 @@ class TokenCache:
                 found[text] = ids
         return found
 
-    async def _tokenize_all(self, backend: Any, missing: dict[str, Key]) -> list[tuple[str, tuple[int, ...] | None]]:
+    async def _tokenize_all(self, backend: Any, missing: dict[str, Key]) -> list[tuple[str, array | None]]:
         """(text, ids or None) per text, MAX_CONCURRENT calls at a time; none while the
         backend rests after a failure."""
         texts = list(missing)
-        results: list[tuple[str, tuple[int, ...] | None]] = []
+        results: list[tuple[str, array | None]] = []
         for start in range(0, len(texts), MAX_CONCURRENT):
             if self._resting_until.get(backend.name, 0.0) > self.clock():
                 break
@@ -103,7 +104,7 @@ class TokenCache:
             results += zip(batch, await asyncio.gather(*(self._shared(backend, t, missing[t]) for t in batch)))
         return results
 
-    async def _shared(self, backend: Any, text: str, key: Key) -> tuple[int, ...] | None:
+    async def _shared(self, backend: Any, text: str, key: Key) -> array | None:
         """One /tokenize call per text at a time: requests arriving together with the same
         new text (a burst sharing a long system prompt) wait for the first one's answer."""
         pending = self._inflight.get(key)
@@ -118,27 +119,28 @@ class TokenCache:
             pending.set_result(ids)            # None if this call failed or was cancelled
         return ids
 
-    async def _tokenize(self, backend: Any, text: str) -> tuple[int, ...] | None:
+    async def _tokenize(self, backend: Any, text: str) -> array | None:
         try:
-            ids = await asyncio.wait_for(backend.tokenize(text), self.timeout_s)
-            if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids):
-                raise ValueError(f"not a list of token ids: {str(ids)[:80]}")
+            answer = await asyncio.wait_for(backend.tokenize(text), self.timeout_s)
+            if not isinstance(answer, list) or not answer or not all(type(i) is int for i in answer):
+                raise ValueError(f"not a list of token ids: {str(answer)[:80]}")
+            ids = array("i", answer)                    # OverflowError past int32: a bad answer
         except Exception as exc:       # timeout, error answer, no /tokenize, bad shape: estimate
             self.num_failed += 1
             self._resting_until[backend.name] = self.clock() + self.retry_after_s
             log.debug("tokenize failed", extra={"fields": {"backend": backend.name, "error": repr(exc)}})
             return None
         self.num_tokenized += 1
-        return tuple(ids)
+        return ids
 
-    def _get(self, key: Key) -> tuple[int, ...] | None:
+    def _get(self, key: Key) -> array | None:
         ids = self._entries.get(key)
         if ids is not None:
             self._entries.move_to_end(key)
             self.num_hits += 1
         return ids
 
-    def _put(self, key: Key, ids: tuple[int, ...]) -> None:
+    def _put(self, key: Key, ids: array) -> None:
         if key in self._entries or len(ids) > self.max_tokens:
             return
         self._entries[key] = ids
