@@ -15,6 +15,18 @@ def _labels(labels: tuple[tuple[str, str], ...]) -> str:
     return "{" + inner + "}"
 
 
+def _header(name: str, kind: str, help_text: str) -> list[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+
+
+def sampled(name: str, kind: str, help_text: str, samples) -> list[str]:
+    """A metric as Prometheus text from `samples`, [(labels dict, value)]: the Counters
+    here, and values read at scrape time from state kept elsewhere (gauges, or counters the
+    scheduler keeps)."""
+    return _header(name, kind, help_text) + [
+        f"{name}{_labels(tuple(sorted(labels.items())))} {value:g}" for labels, value in samples]
+
+
 class Counter:
     def __init__(self, name: str, help_text: str):
         self.name, self.help = name, help_text
@@ -27,9 +39,7 @@ class Counter:
         return self.values.get(tuple(sorted(labels.items())), 0.0)
 
     def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        lines += [f"{self.name}{_labels(k)} {v:g}" for k, v in sorted(self.values.items())]
-        return lines
+        return sampled(self.name, "counter", self.help, [(dict(k), v) for k, v in sorted(self.values.items())])
 
 
 class Histogram:
@@ -49,7 +59,7 @@ class Histogram:
         series[-1] += 1
 
     def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        lines = _header(self.name, "histogram", self.help)
         for key, series in sorted(self.series.items()):
             cumulative = 0
             for bound, count in zip(self.buckets, series):
@@ -59,14 +69,6 @@ class Histogram:
             lines.append(f"{self.name}_sum{_labels(key)} {series[-2]:.6f}")
             lines.append(f"{self.name}_count{_labels(key)} {series[-1]}")
         return lines
-
-
-def sampled(name: str, kind: str, help_text: str, samples) -> list[str]:
-    """A metric whose values are read at scrape time from state kept elsewhere (gauges, or
-    counters the scheduler keeps): `samples` is [(labels dict, value)]."""
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-    lines += [f"{name}{_labels(tuple(sorted(labels.items())))} {value:g}" for labels, value in samples]
-    return lines
 
 
 QUEUE_METRICS = (   # (key in the scheduler's per-backend stats, metric name, type, help)

@@ -23,7 +23,7 @@ def _model_names(models) -> list[str]:
     clients usually send)."""
     names = []
     for model in models if isinstance(models, list) else []:
-        name = model.get("name") or model.get("model") if isinstance(model, dict) else None
+        name = (model.get("name") or model.get("model")) if isinstance(model, dict) else None
         if isinstance(name, str):
             names += [name, name.removesuffix(":latest")]
     return names
