@@ -1,6 +1,7 @@
 """Shared pieces of the benchmark scripts: percentiles, real servers, the daemon as a process."""
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import statistics
@@ -26,6 +27,19 @@ def percentile(values: list[float], q: float) -> float:
 def summary(values: list[float]) -> dict:
     return {"n": len(values), "p50": percentile(values, 50), "p99": percentile(values, 99),
             "mean": statistics.fmean(values)}
+
+
+async def run_concurrently(num_requests: int, concurrency: int, one_request) -> list:
+    """`one_request(i)` for i in 0..num_requests-1, `concurrency` at a time (workers taking
+    the next index as each finishes); the results, in completion order."""
+    queue = list(range(num_requests))
+    results = []
+
+    async def worker():
+        while queue:
+            results.append(await one_request(queue.pop()))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
 
 
 def cpu_seconds(pid: int) -> float:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import subprocess
 import sys
 import time
 
-from common import Daemon, backend_toml, cpu_seconds, free_port, wait_listening
+from common import Daemon, backend_toml, cpu_seconds, free_port, run_concurrently, wait_listening
 
 from velollmd.http.client import HTTPClient
 from velollmd.http.sse import iter_sse_data
@@ -127,15 +126,8 @@ async def run_requests(url: str, path: str, num_requests: int, concurrency: int,
                        pid: int | None) -> tuple[float, float]:
     """(seconds per request per worker, CPU microseconds per request of `pid`)."""
     client = HTTPClient(url)
-    queue = list(range(num_requests))
-
-    async def worker():
-        while queue:
-            queue.pop()
-            await one(client, path)
-
     cpu_before, started = cpu_seconds(pid) if pid else 0.0, time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await run_concurrently(num_requests, concurrency, lambda i: one(client, path))
     elapsed = time.perf_counter() - started
     cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
     await client.close()

@@ -16,7 +16,8 @@ import asyncio
 import json
 import time
 
-from common import Daemon, backend_toml, cpu_seconds, start_llama_server, summary, tiny_model
+from common import (Daemon, backend_toml, cpu_seconds, run_concurrently, start_llama_server, summary,
+                    tiny_model)
 
 from velollmd.http.client import HTTPClient
 from velollmd.http.sse import iter_sse_data
@@ -51,15 +52,9 @@ async def one_request(client: HTTPClient, body: dict) -> dict:
 
 
 async def run_batch(client: HTTPClient, concurrency: int, num_requests: int, stream: bool, max_tokens: int):
-    queue = list(range(num_requests))
-    results = []
-
-    async def worker():
-        while queue:
-            i = queue.pop()
-            results.append(await one_request(client, chat_body(max_tokens, stream, i)))
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    results = await run_concurrently(num_requests, concurrency,
+                                     lambda i: one_request(client, chat_body(max_tokens, stream, i)))
     return results, num_requests / (time.perf_counter() - started)
 
 
