@@ -35,7 +35,6 @@ import urllib.request
 from common import Daemon, backend_toml, start_llama_server, summary, tiny_model
 
 from velollmd.http.client import HTTPClient
-from velollmd.http.sse import iter_sse_data
 
 NUM_CONVERSATIONS = 8
 DAEMON_MODES = {              # mode -> [scheduler] settings of its velollmd
@@ -61,7 +60,7 @@ async def turn(client: HTTPClient, messages: list[dict]) -> tuple[float, int, in
     response = await client.request("POST", "/v1/chat/completions", json=body)
     assert response.status == 200, await response.read()
     ttft, reply, usage = None, [], {}
-    async for data in iter_sse_data(response.iter_lines()):
+    async for data in response.iter_sse():
         if data == b"[DONE]":
             break
         event = json.loads(data)

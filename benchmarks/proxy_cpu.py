@@ -25,7 +25,6 @@ import time
 from common import Daemon, backend_toml, cpu_seconds, free_port, run_concurrently, wait_listening
 
 from velollmd.http.client import HTTPClient
-from velollmd.http.sse import iter_sse_data
 
 CHAT = {"model": "tiny", "max_tokens": 16,
         "messages": [{"role": "user", "content": "Tell me a story number 1."}]}
@@ -141,7 +140,7 @@ async def one(client: HTTPClient, path: str) -> None:
     elif path == "stream":
         response = await client.request("POST", "/v1/chat/completions", json={**CHAT, "stream": True})
         num_events = 0
-        async for data in iter_sse_data(response.iter_lines()):
+        async for data in response.iter_sse():
             num_events += 1
             if data == b"[DONE]":
                 break

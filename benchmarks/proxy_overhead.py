@@ -20,7 +20,6 @@ from common import (Daemon, backend_toml, cpu_seconds, run_concurrently, start_l
                     tiny_model)
 
 from velollmd.http.client import HTTPClient
-from velollmd.http.sse import iter_sse_data
 
 CONCURRENCY = (1, 16, 64)
 
@@ -38,7 +37,7 @@ async def one_request(client: HTTPClient, body: dict) -> dict:
         assert response.status == 200, answer
         return {"latency": time.perf_counter() - started, "ttft": None, "chunks": None}
     ttft, contents = None, []
-    async for data in iter_sse_data(response.iter_lines()):
+    async for data in response.iter_sse():
         if data == b"[DONE]":
             break
         event = json.loads(data)

@@ -1,6 +1,6 @@
 import httpx
 
-from velollmd.metrics import Counter, Histogram, Metrics
+from velollmd.metrics import Counter, Histogram
 from tests.daemon_rig import RunningDaemon, ollama_backend
 
 

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .errors import VeloError
 from .http.client import HTTPClient
-from .http.sse import iter_sse_data
 
 CACHE_HEADER = "x-velollm-cache"
 APIS = ("auto", "openai", "ollama")
@@ -135,7 +134,7 @@ class Endpoint:
         cache_hit = _is_cache_hit(response)
         if response.status != 200:
             return cache_hit, _error_text(response.status, await response.read())
-        async for data in iter_sse_data(response.iter_lines()):
+        async for data in response.iter_sse():
             if data == b"[DONE]":
                 continue          # read on to the end so that the connection can be reused
             event = json.loads(data)

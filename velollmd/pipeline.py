@@ -25,7 +25,8 @@ from .errors import BackendError, VeloError
 from .flight import Flight, FlightTable
 from .ids import response_id
 from .metrics import Metrics
-from .service import Outcome, Service, strip_usage
+from .relay import Passthrough, strip_usage
+from .service import Outcome, Service
 from .toolcalls.layer import ToolCallLayer
 from .streams import closing
 
@@ -82,7 +83,9 @@ class Pipeline:
             if len(self.memo) > MEMO_SIZE:
                 self.memo.popitem(last=False)
 
-    async def generate(self, request: GenerateRequest) -> Outcome:
+    async def generate(self, request: GenerateRequest, frames: bool = False) -> Outcome:
+        """The answer to `request`. `frames`: the caller writes a stream as OpenAI SSE and takes
+        chunks as JSON bytes, so a stream nothing else must read passes through (relay.py)."""
         lookup = await self._lookup(request)
         if lookup.status.startswith("hit"):
             self.metrics.cache.inc(result=lookup.status)
@@ -91,6 +94,9 @@ class Pipeline:
             return self._replay(request, lookup)
         if lookup.status == "miss" and lookup.storable:
             outcome = await self._coalesced(request, lookup)
+        elif frames and request.stream and not self.tools.applies(request):
+            outcome = await self.service.generate(request, Passthrough(request.include_usage,
+                                                                       self.metrics.record_usage))
         else:
             outcome = await self._upstream(request)
             if outcome.chunks is not None:

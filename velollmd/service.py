@@ -31,10 +31,11 @@ from typing import AsyncIterator, Callable
 
 from .api.request import GenerateRequest, max_tokens_of
 from .backends.base import Backend
-from .backends.shape import UNREADABLE, check_answer, check_chunk
+from .backends.shape import UNREADABLE, check_answer
 from .backends.registry import Registry
 from .config import SchedulerConfig
 from .errors import BackendError, Unavailable
+from .relay import ChunkRelay, Passthrough
 from .sched.admission import Admission, Preempted, num_ctx_of
 from .sched.breaker import CircuitBreaker
 from .sched.fingerprint import Fingerprint, fingerprint_of
@@ -71,7 +72,9 @@ class Service:
 
     # ---- generation ----
 
-    async def generate(self, request: GenerateRequest) -> Outcome:
+    async def generate(self, request: GenerateRequest, passthrough: Passthrough | None = None) -> Outcome:
+        """The answer from the best backend; a stream's chunks may be JSON bytes (see relay.py)
+        when `passthrough` says they go straight to the SSE writer."""
         allowed = self._allowed(request.model)
         fingerprint = await self._fingerprint(request, allowed)
         last_error: BackendError | None = None
@@ -84,7 +87,7 @@ class Service:
             num_attempts += 1
             self.num_failovers += num_attempts > 1
             try:
-                outcome = await self._generate_on(backend, request, fingerprint)
+                outcome = await self._generate_on(backend, request, fingerprint, passthrough)
             except BackendError as exc:    # before the first byte reached the client
                 self._failed(backend, exc)
                 last_error = exc
@@ -94,12 +97,13 @@ class Service:
         raise last_error or Unavailable(f"no backend for model '{request.model}' accepts requests now",
                                         code="no_healthy_backend", headers={"retry-after": "1"})
 
-    async def _generate_on(self, backend: Backend, request: GenerateRequest,
-                           fingerprint: Fingerprint) -> Outcome:
+    async def _generate_on(self, backend: Backend, request: GenerateRequest, fingerprint: Fingerprint,
+                           passthrough: Passthrough | None) -> Outcome:
         scheduled = self._sched_request(backend, request, fingerprint)
         headers = {"x-velollm-backend": backend.name}
         if request.stream:
-            chunks = await prime(self._stream(backend, request, scheduled, fingerprint))
+            relay = ChunkRelay(backend, request.model, request.endpoint, request.include_usage, passthrough)
+            chunks = await prime(self._stream(backend, request, scheduled, fingerprint, relay))
             return Outcome(headers, chunks=chunks)
         body = await self._complete(backend, request, scheduled, fingerprint)
         body["model"] = request.model
@@ -125,15 +129,17 @@ class Service:
         return check_answer(body, request.endpoint, backend.name)
 
     async def _stream(self, backend: Backend, request: GenerateRequest, scheduled: Request,
-                      fingerprint: Fingerprint) -> AsyncIterator[dict]:
+                      fingerprint: Fingerprint, relay: ChunkRelay) -> AsyncIterator[dict | bytes]:
         async with self.admission.slot(backend, scheduled):
             with self._pinned(backend, request, fingerprint) as pinned:
-                source = backend.chat_stream(pinned) if pinned.endpoint == "chat" \
-                    else backend.completion_stream(pinned)
-                async for chunk in strip_usage(_checked(source, request.endpoint, backend.name),
-                                               request.include_usage):
-                    chunk["model"] = request.model
-                    yield chunk
+                async with closing(backend.answer_events(pinned)) as batches:
+                    try:
+                        async for batch in batches:
+                            for chunk in relay.convert_batch(batch):
+                                yield chunk
+                    except UNREADABLE as exc:        # a converter could not read the native stream
+                        raise BackendError(f"backend {backend.name} sent a stream velollmd cannot read: "
+                                           f"{exc!r}", code="bad_backend_response") from None
 
     @contextlib.contextmanager
     def _pinned(self, backend: Backend, request: GenerateRequest, fingerprint: Fingerprint):
@@ -257,33 +263,6 @@ class Service:
                 "tokenize": {"enabled": self.config.prefix_routing and self.config.tokenize,
                              **self.tokens.stats()},
                 "backends": backends}
-
-
-async def _checked(chunks: AsyncIterator[dict], endpoint: str, backend_name: str) -> AsyncIterator[dict]:
-    """Stream chunks, each checked for the shape downstream code reads."""
-    try:
-        async with closing(chunks) as source_iter:
-            async for chunk in source_iter:
-                yield check_chunk(chunk, endpoint, backend_name)
-    except UNREADABLE as exc:
-        raise BackendError(f"backend {backend_name} sent a stream velollmd cannot read: {exc!r}",
-                           code="bad_backend_response") from None
-
-
-async def strip_usage(chunks: AsyncIterator[dict], include_usage: bool) -> AsyncIterator[dict]:
-    """Drop the usage-only chunk (choices == []) unless the client asked for it; usage
-    on ordinary chunks is removed too, as OpenAI sends it only in that last chunk."""
-    async with closing(chunks) as source_iter:
-        async for chunk in source_iter:
-            if not chunk.get("choices"):
-                if include_usage and chunk.get("usage") is not None:
-                    yield chunk
-                continue
-            if not include_usage:
-                chunk.pop("usage", None)
-            elif "usage" in chunk and chunk["usage"] is not None:
-                chunk["usage"] = None
-            yield chunk
 
 
 async def prime(stream: AsyncIterator) -> AsyncIterator:

@@ -37,6 +37,11 @@ class MemoryBackend(LlamaCppBackend):
 
     completion_stream = chat_stream
 
+    async def answer_events(self, request):
+        """The stream as an OpenAI server sends it: each chunk's JSON bytes, a read each."""
+        async for chunk in self.chat_stream(request):
+            yield [json.dumps(chunk).encode()]
+
     async def embeddings(self, body):
         return {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}]}
 

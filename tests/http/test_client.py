@@ -8,7 +8,7 @@ from tests.aio import run, serving
 from velollmd.errors import BackendError, BackendTimeout
 from velollmd.http.client import HTTPClient
 from velollmd.http.message import Response
-from velollmd.http.sse import iter_sse_data, sse_response
+from velollmd.http.sse import sse_response
 
 
 async def app(request):
@@ -79,7 +79,7 @@ def test_streaming_sse_and_ndjson_bodies():
         async with serving(app) as server:
             client = HTTPClient(f"http://127.0.0.1:{server.port}")
             response = await client.request("GET", "/stream")
-            events = [e async for e in iter_sse_data(response.iter_lines())]
+            events = [e async for e in response.iter_sse()]
             response = await client.request("GET", "/ndjson")
             lines = [line async for line in response.iter_lines()]
             await client.close()
@@ -168,3 +168,44 @@ def test_stale_pooled_connection_is_retried_on_a_fresh_one():
             body = await (await client.request("GET", "/b")).json()
             return body["path"], client.num_connects
     assert run(main()) == ("/b", 2)
+
+
+def test_read_timeout_counts_silence_not_the_whole_answer():
+    """A slow but steady stream outlives read_timeout; the watchdog only fires on silence."""
+    async def slow_app(request):
+        async def lines():
+            for i in range(6):
+                await asyncio.sleep(0.1)
+                yield b"%d\n" % i
+        return Response(200, [("content-type", "text/plain")], stream=lines())
+
+    async def main():
+        async with serving(slow_app) as server:
+            client = HTTPClient(f"http://127.0.0.1:{server.port}", read_timeout=0.25)
+            response = await client.request("GET", "/")
+            lines = [line async for line in response.iter_lines()]
+            again = await client.request("GET", "/")       # the pooled connection still works
+            lines += [line async for line in again.iter_lines()]
+            await client.close()
+            return lines
+    assert run(main()) == [b"%d" % i for i in range(6)] * 2
+
+
+def test_a_stream_that_goes_silent_times_out():
+    async def stalled_app(request):
+        async def lines():
+            yield b"first\n"
+            await asyncio.sleep(5)
+            yield b"never\n"
+        return Response(200, [("content-type", "text/plain")], stream=lines())
+
+    async def main():
+        async with serving(stalled_app) as server:
+            client = HTTPClient(f"http://127.0.0.1:{server.port}", read_timeout=0.2)
+            response = await client.request("GET", "/")
+            seen = []
+            with pytest.raises(BackendTimeout):
+                async for line in response.iter_lines():
+                    seen.append(line)
+            return seen
+    assert run(main()) == [b"first"]

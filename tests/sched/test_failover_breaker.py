@@ -1,5 +1,4 @@
 """CircuitBreaker states, and Service failover / breaker use with plain fake backends."""
-from types import SimpleNamespace
 
 import pytest
 

@@ -42,7 +42,7 @@ class OpenAIRoutes:
         generate = GenerateRequest(endpoint, body, headers=request_headers(request),
                                    api_key=self.app.api_key_of(request), priority=self.app.priority_of(request),
                                    raw_key=raw_key)
-        outcome = await self.app.pipeline.generate(generate)
+        outcome = await self.app.pipeline.generate(generate, frames=True)
         return to_response(outcome, self.app.config.server.sse_ping_s)
 
     async def list_models(self, request: Request) -> Response:

@@ -18,7 +18,6 @@ from ..api.request import GenerateRequest
 from ..config import BackendConfig
 from ..errors import BackendError, BadRequest, NotFound, NotImplementedByBackend, VeloError
 from ..http.client import ClientResponse, HTTPClient
-from ..http.sse import iter_sse_data
 from ..streams import closing
 
 log = logging.getLogger("velollmd.backends")
@@ -113,6 +112,16 @@ class Backend:
     def completion_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
         raise NotImplementedByBackend(f"backend {self.name} ({self.kind}) cannot stream completions")
 
+    async def answer_events(self, request: GenerateRequest) -> AsyncIterator[list[bytes] | list[dict]]:
+        """The streamed answer as it comes, a batch per backend read: the backend's own JSON
+        bytes per event where it speaks OpenAI's chunks already (decoded later, re-encoded
+        only when something must change), else chunk dicts. The default: the dict stream,
+        one chunk per batch."""
+        chunks = self.chat_stream(request) if request.endpoint == "chat" else self.completion_stream(request)
+        async with closing(chunks) as source_iter:
+            async for chunk in source_iter:
+                yield [chunk]
+
     async def embeddings(self, body: dict) -> dict:
         raise NotImplementedByBackend(f"backend {self.name} ({self.kind}) cannot compute embeddings")
 
@@ -126,34 +135,41 @@ class Backend:
         response = await self.client.request("GET", path)
         return await self.json_or_raise(response)
 
-    async def stream_json(self, path: str, body: dict, *, sse: bool) -> AsyncIterator[dict]:
-        """POST and yield each JSON object of an SSE (OpenAI) or NDJSON (Ollama) stream; an
-        `{"error": ...}` event mid-stream raises BackendError. The body is read to its end so
-        the connection can be reused."""
+    async def stream_events(self, path: str, body: dict, *, sse: bool) -> AsyncIterator[list[bytes]]:
+        """POST and yield the JSON bytes of the events that each read of an SSE (OpenAI) or
+        NDJSON (Ollama) stream completes, blank events and `[DONE]` left out (never an empty
+        list). The body is read to its end so the connection can be reused."""
         response = await self.client.request("POST", path, json=body)
         if response.status >= 400:
             raise await self.error_from(response, body.get("model"))
-        payloads = iter_sse_data(response.iter_lines()) if sse else response.iter_lines()
+        batches = response.iter_sse_batches() if sse else response.iter_line_batches()
         try:
-            async with closing(payloads) as source_iter:
-                async for data in source_iter:
-                    if not data.strip() or data == b"[DONE]":
-                        continue
-                    event = self._decode_event(data)
-                    if "error" in event:
-                        raise BackendError(f"backend {self.name} failed mid-stream: "
-                                           f"{_error_text(event['error'])}", code="backend_error")
-                    yield event
+            async with closing(batches) as source_iter:
+                async for batch in source_iter:
+                    events = [data for data in batch if data and not data.isspace() and data != b"[DONE]"]
+                    if events:
+                        yield events
         finally:
             response.close()
 
-    def _decode_event(self, data: bytes) -> dict:
+    async def stream_json(self, path: str, body: dict, *, sse: bool) -> AsyncIterator[dict]:
+        """`stream_events`, one decoded event at a time (see `decode_event`)."""
+        async with closing(self.stream_events(path, body, sse=sse)) as source_iter:
+            async for events in source_iter:
+                for data in events:
+                    yield self.decode_event(data)
+
+    def decode_event(self, data: bytes) -> dict:
+        """One stream event as a JSON object; an `{"error": ...}` event raises BackendError."""
         try:
             event = json.loads(data)
         except ValueError:
             raise BackendError(f"backend {self.name} sent a stream event that is not JSON: {data[:200]!r}") from None
         if not isinstance(event, dict):
             raise BackendError(f"backend {self.name} sent a stream event that is not an object")
+        if "error" in event:
+            raise BackendError(f"backend {self.name} failed mid-stream: {_error_text(event['error'])}",
+                               code="backend_error")
         return event
 
     async def json_or_raise(self, response: ClientResponse, model: str | None = None) -> dict:

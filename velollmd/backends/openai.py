@@ -40,5 +40,9 @@ class OpenAIBackend(Backend):
     def completion_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
         return self.stream_json("/v1/completions", self.upstream_body(request), sse=True)
 
+    def answer_events(self, request: GenerateRequest) -> AsyncIterator[list[bytes]]:
+        path = "/v1/chat/completions" if request.endpoint == "chat" else "/v1/completions"
+        return self.stream_events(path, self.upstream_body(request), sse=True)
+
     async def embeddings(self, body: dict) -> dict:
         return await self.post_json("/v1/embeddings", body)

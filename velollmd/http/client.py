@@ -1,9 +1,10 @@
 """HTTP/1.1 client over raw asyncio sockets, using the same sans-IO parser in client role.
 
 `HTTPClient` keeps a pool of keep-alive connections to one backend. A response body is read
-whole (`read`, `json`) or streamed (`iter_raw`, `iter_lines` for NDJSON and SSE). A response
-whose body was read to the end goes back to the pool; one abandoned halfway, or whose reader
-was cancelled, closes its socket at once, so a client that goes away stops the backend's work.
+whole (`read`, `json`) or streamed (`iter_raw`, `iter_lines` for NDJSON, `iter_sse` for SSE).
+A response whose body was read to the end goes back to the pool; one abandoned halfway, or
+whose reader was cancelled, closes its socket at once, so a client that goes away stops the
+backend's work.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 from ..errors import BackendError, BackendTimeout
 from .connection import EndOfMessage, Head, HTTPParser, ProtocolError
+from .sse import SSEDecoder
 from ..streams import closing
 
 READ_SIZE = 65536
@@ -45,19 +47,50 @@ class Origin:
 
 
 class _Conn:
-    __slots__ = ("reader", "writer", "parser", "last_chunked")
+    """One keep-alive connection, with a read watchdog while a request is out.
+
+    The watchdog is one timer per request, moved lazily: a read only records its time, where an
+    `asyncio.timeout` around every read would arm and cancel a timer per streamed chunk."""
+    __slots__ = ("reader", "writer", "parser", "last_chunked", "loop", "last_read", "timeout",
+                 "timed_out", "watchdog")
 
     def __init__(self, reader, writer):
         self.reader = reader
         self.writer = writer
         self.parser = HTTPParser("client", max_header_bytes=65536, max_body_bytes=1 << 40)
         self.last_chunked = False           # did the last response on it stream (chunked)?
+        self.loop = asyncio.get_running_loop()
+        self.last_read = 0.0
+        self.timeout = 0.0
+        self.timed_out = False
+        self.watchdog: asyncio.TimerHandle | None = None
+
+    def arm(self, timeout: float) -> None:
+        """Start watching: from now on, `timeout` seconds without a byte abort the connection."""
+        self.timeout, self.timed_out = timeout, False
+        self.last_read = self.loop.time()
+        if self.watchdog is None:
+            self.watchdog = self.loop.call_at(self.last_read + timeout, self._check)
+
+    def disarm(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+
+    def _check(self) -> None:
+        due = self.last_read + self.timeout
+        if self.loop.time() < due:
+            self.watchdog = self.loop.call_at(due, self._check)
+            return
+        self.watchdog, self.timed_out = None, True
+        self.abort()                        # the pending read sees EOF and reports the timeout
 
     def usable(self) -> bool:
         return not self.writer.transport.is_closing() and not self.reader.at_eof() \
             and self.parser.between_messages
 
     def abort(self) -> None:
+        self.disarm()
         self.writer.transport.abort()
 
 
@@ -91,17 +124,36 @@ class ClientResponse:
             if not self._done:
                 self.close()
 
-    async def iter_lines(self) -> AsyncIterator[bytes]:
-        """Body split into lines (without line endings); blank lines are kept (SSE needs them)."""
+    def iter_lines(self) -> AsyncIterator[bytes]:
+        """Body split into lines (without line endings); blank lines are kept."""
+        return _each(self.iter_line_batches())
+
+    async def iter_line_batches(self) -> AsyncIterator[list[bytes]]:
+        """The lines completed by each read of the body (never an empty list)."""
         pending = b""
         async with closing(self.iter_raw()) as source_iter:
             async for data in source_iter:
-                pending += data
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    yield line[:-1] if line.endswith(b"\r") else line
+                *lines, pending = (pending + data).split(b"\n")
+                if lines:
+                    yield [line[:-1] if line.endswith(b"\r") else line for line in lines]
         if pending:
-            yield pending
+            yield [pending]
+
+    def iter_sse(self) -> AsyncIterator[bytes]:
+        """The payload of each Server-Sent Event of the body (comments skipped)."""
+        return _each(self.iter_sse_batches())
+
+    async def iter_sse_batches(self) -> AsyncIterator[list[bytes]]:
+        """The event payloads completed by each read of the body (never an empty list)."""
+        decoder = SSEDecoder()
+        async with closing(self.iter_raw()) as source_iter:
+            async for data in source_iter:
+                payloads = decoder.feed(data)
+                if payloads:
+                    yield payloads
+        payloads = decoder.end()
+        if payloads:
+            yield payloads
 
     async def read(self) -> bytes:
         return b"".join([data async for data in self.iter_raw()])
@@ -130,6 +182,13 @@ class ClientResponse:
 
     async def __aexit__(self, *exc) -> None:
         self.close()
+
+
+async def _each(batches: AsyncIterator[list]) -> AsyncIterator:
+    async with closing(batches) as source_iter:
+        async for batch in source_iter:
+            for item in batch:
+                yield item
 
 
 class HTTPClient:
@@ -182,6 +241,7 @@ class HTTPClient:
     async def _exchange(self, conn: _Conn, method: str, payload: bytes) -> ClientResponse:
         try:
             conn.parser.expect_response(method)
+            conn.arm(self.read_timeout)
             conn.writer.write(payload)
             await conn.writer.drain()
             event = await self._next_event(conn, stale_ok=True)
@@ -203,13 +263,11 @@ class HTTPClient:
                 raise BackendError(f"backend broke HTTP: {exc.message}") from None
             if event is not None:
                 return event
-            try:
-                async with asyncio.timeout(self.read_timeout):
-                    data = await conn.reader.read(READ_SIZE)
-            except TimeoutError:
-                conn.abort()
+            data = await conn.reader.read(READ_SIZE)
+            conn.last_read = conn.loop.time()
+            if conn.timed_out:
                 raise BackendTimeout(f"backend {self.origin.host_header} sent nothing for "
-                                     f"{self.read_timeout:g} s") from None
+                                     f"{self.read_timeout:g} s")
             if not data:
                 if stale_ok and parser.between_messages:
                     raise _StaleConnection()
@@ -239,6 +297,7 @@ class HTTPClient:
         return None
 
     def _release(self, conn: _Conn, reusable: bool) -> None:
+        conn.disarm()
         if conn.last_chunked and self.closes_after_chunked:
             reusable = False
         if reusable and conn.usable() and len(self._idle) < self.max_idle:

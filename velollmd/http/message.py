@@ -20,6 +20,12 @@ REASONS = {
 }
 
 
+class Burst(bytes):
+    """Stream body bytes that are all there is for now (a whole backend read, relayed): the
+    server sends them at once instead of corking them until the end of the loop turn."""
+    __slots__ = ()
+
+
 @dataclass(slots=True)
 class Request:
     method: str

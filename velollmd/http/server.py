@@ -327,9 +327,7 @@ class Connection:
             if pinger is not None:
                 pinger.cancel()
             await aclose(response.stream)
-        out.flush()
-        if chunked:
-            self.writer.write(b"0\r\n\r\n")
+        out.finish()
         await self.writer.drain()
 
     async def _send_error_and_close(self, status: int, message: str) -> None:

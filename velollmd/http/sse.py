@@ -14,7 +14,7 @@ import json
 from typing import AsyncIterator
 
 from ..errors import VeloError
-from .message import Response
+from .message import Burst, Response
 from ..streams import closing
 
 PING = b": ping\n\n"
@@ -24,7 +24,10 @@ SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"),
 
 
 def encode_event(event) -> bytes:
-    """One `data:` frame; `event` is a dict (JSON-encoded) or pre-encoded bytes."""
+    """One `data:` frame; `event` is a dict (JSON-encoded) or pre-encoded bytes; a Burst is
+    framed already (relay.py) and passes as it is."""
+    if type(event) is Burst:
+        return event
     if isinstance(event, (bytes, bytearray)):
         return b"data: " + bytes(event) + b"\n\n"
     return b"data: " + json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
@@ -49,17 +52,43 @@ def sse_response(events: AsyncIterator, ping_s: float = 15.0, headers=None, done
                     idle_ping=PING, idle_ping_s=ping_s)
 
 
-async def iter_sse_data(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Client side: the payload of each event from a stream of SSE lines (comments skipped)."""
-    data: list[bytes] = []
-    async with closing(lines) as source_iter:
-        async for line in source_iter:
-            if not line:
-                if data:
-                    yield b"\n".join(data)
-                    data = []
-            elif line.startswith(b"data:"):
-                value = line[5:]
-                data.append(value[1:] if value.startswith(b" ") else value)
-    if data:
-        yield b"\n".join(data)
+class SSEDecoder:
+    """Client side, sans-IO: bytes in, the payload of each complete event out.
+
+    Works on whole reads rather than line by line: a read of one or more `data: {...}` events
+    is split once on the blank line between events, and a one-line event (what every OpenAI
+    server sends) costs one slice. Comments, `event:`/`id:` fields and multi-line data follow
+    the SSE rules; CRLF and CR line endings are turned into LF first."""
+
+    def __init__(self):
+        self.pending = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        pending = self.pending + data if self.pending else data
+        if b"\r" in pending:
+            pending = _to_lf(pending)
+        *events, self.pending = pending.split(b"\n\n")
+        return [payload for payload in map(_payload, events) if payload is not None]
+
+    def end(self) -> list[bytes]:
+        """Payloads of an event cut short by the end of the body (no final blank line)."""
+        pending, self.pending = self.pending, b""
+        event = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n").strip(b"\n")
+        payload = _payload(event) if event else None
+        return [] if payload is None else [payload]
+
+
+def _to_lf(data: bytes) -> bytes:
+    """CRLF and CR to LF, but a CR that ends `data` stays: its LF may be in the next read."""
+    data = data.replace(b"\r\n", b"\n")
+    if data.endswith(b"\r"):
+        return data[:-1].replace(b"\r", b"\n") + b"\r"
+    return data.replace(b"\r", b"\n")
+
+
+def _payload(event: bytes) -> bytes | None:
+    """The data of one event (its `data:` lines joined by LF), or None when it has none."""
+    if event.startswith(b"data: ") and b"\n" not in event:
+        return event[6:]                            # the common case: one `data: ` line
+    data = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(data) if data else None

@@ -6,7 +6,7 @@ import email.utils
 import time
 
 from ..errors import VeloError
-from .message import REASONS, Response
+from .message import REASONS, Burst, Response
 
 READ_SIZE = 65536               # bytes per socket read
 WRITE_HIGH_WATER = 65536        # below this, a whole response is left to the transport
@@ -45,7 +45,9 @@ class CorkedBody:
 
     A backend read often carries several tokens; the generator chain turns them into
     several frames without yielding to the loop, and sends are costly syscalls. The flush is
-    scheduled with call_soon, so nothing waits longer than the current loop turn."""
+    scheduled with call_soon, so nothing waits longer than the current loop turn. A `Burst`
+    (a relayed read, framed whole already) goes out at once: corking it would only cost the
+    loop one more turn per chunk."""
 
     def __init__(self, loop, writer, chunked: bool):
         self.loop, self.writer, self.chunked = loop, writer, chunked
@@ -53,15 +55,25 @@ class CorkedBody:
         self.last_write = loop.time()
 
     def write(self, piece: bytes) -> None:
+        framed = b"%x\r\n%b\r\n" % (len(piece), piece) if self.chunked else piece
+        self.last_write = self.loop.time()
+        if type(piece) is Burst and not self.pending:
+            self.writer.write(framed)       # nothing more is coming this turn: no cork
+            return
         if not self.pending:
             self.loop.call_soon(self.flush)
-        self.pending += b"%x\r\n%b\r\n" % (len(piece), piece) if self.chunked else piece
-        self.last_write = self.loop.time()
+        self.pending += framed
 
     def flush(self) -> None:
         if self.pending and not self.writer.transport.is_closing():
             self.writer.write(bytes(self.pending))
         self.pending.clear()
+
+    def finish(self) -> None:
+        """Send what is pending and the chunked terminator, in one send."""
+        if self.chunked:
+            self.pending += b"0\r\n\r\n"
+        self.flush()
 
     def must_drain(self) -> bool:
         return self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER

@@ -29,8 +29,13 @@ class ToolCallLayer:
         self.config = config
         self.metrics = metrics
 
+    @staticmethod
+    def applies(request: GenerateRequest) -> bool:
+        """Does this layer read the answer to `request`? (chat requests with tools)"""
+        return request.endpoint == "chat" and bool(request.tools)
+
     async def apply(self, request: GenerateRequest, outcome, regenerate: Regenerate):
-        if request.endpoint != "chat" or not request.tools:
+        if not self.applies(request):
             return outcome
         if outcome.chunks is not None:
             outcome.chunks = self._stream(request, outcome.chunks)

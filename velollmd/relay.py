@@ -1,0 +1,115 @@
+"""Stream events from a backend to the client, touching as little as possible.
+
+Every event a backend streams is decoded (json.loads, in C: proves it is JSON, shows an
+error event or usage) and its shape checked (backends/shape.py). What the client then gets:
+
+- the usage-only chunk (`choices: []`): counted (`on_usage`), kept only if usage was asked for;
+- usage on an ordinary chunk: removed, or null when usage was asked for (OpenAI's shape);
+- `model`: the name the client asked for.
+
+When the stream goes straight to the OpenAI SSE writer (a `Passthrough`: no tool repair, no
+cache recording, no translation reads it), an event that needs nothing but the model name is
+passed on as the backend's own bytes with the name replaced in place (re-encoding every chunk
+cost more than the rest of its way through the daemon), and the frames of one backend read
+go out as one Burst: one send per read, with no wait for the end of the loop turn.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+from .backends.shape import check_chunk
+from .http.message import Burst
+from .http.sse import encode_event
+from .streams import closing
+
+UsageSink = Callable[[str, dict], None]
+
+
+@dataclass(frozen=True)
+class Passthrough:
+    """A stream headed straight for the OpenAI SSE writer, which takes JSON bytes as they are."""
+    include_usage: bool                 # the client's stream_options.include_usage
+    on_usage: UsageSink                 # counts the usage chunk (metrics)
+
+
+class ChunkRelay:
+    """Turns one stream's backend events (JSON bytes or dicts) into client chunks."""
+
+    def __init__(self, backend, model: str, endpoint: str, include_usage: bool,
+                 passthrough: Passthrough | None = None):
+        self.backend = backend
+        self.model = model
+        self.endpoint = endpoint
+        self.frames = passthrough is not None
+        self.include_usage = passthrough.include_usage if passthrough else include_usage
+        self.on_usage = passthrough.on_usage if passthrough else None
+        self.model_field = _model_field(model, b":")
+        self.upstream: tuple[str, bytes | None] | None = None   # backend's name, its bytes
+
+    def convert_batch(self, events: list[bytes] | list[dict]) -> list[dict] | list[Burst]:
+        """The client's chunks for one backend read; in passthrough, one Burst of SSE frames."""
+        chunks = [chunk for chunk in map(self.convert, events) if chunk is not None]
+        if not self.frames or not chunks:
+            return chunks
+        return [Burst(b"".join(map(encode_event, chunks)))]
+
+    def convert(self, event: bytes | dict) -> bytes | dict | None:
+        """The client's chunk for `event` (bytes only in passthrough), or None to drop it."""
+        chunk = event if isinstance(event, dict) else self.backend.decode_event(event)
+        check_chunk(chunk, self.endpoint, self.backend.name)
+        if not chunk["choices"]:
+            if self.on_usage is not None and chunk.get("usage"):
+                self.on_usage(self.model, chunk["usage"])
+        elif "usage" not in chunk or (self.include_usage and chunk["usage"] is None):
+            return self._renamed(event, chunk)         # nothing to change but the model
+        chunk = usage_rules(chunk, self.include_usage)
+        if chunk is not None:
+            chunk["model"] = self.model
+        return chunk
+
+    def _renamed(self, event: bytes | dict, chunk: dict) -> bytes | dict:
+        """The event with the client's model name: its own bytes where that is safe."""
+        if self.frames and isinstance(event, bytes):
+            upstream = chunk.get("model")
+            if upstream == self.model:
+                return event
+            field = self._upstream_field(upstream, event)
+            if field is not None and event.count(field) == 1:
+                return event.replace(field, self.model_field)
+        chunk["model"] = self.model
+        return chunk
+
+    def _upstream_field(self, upstream, event: bytes) -> bytes | None:
+        """How the backend writes `"model": name` (compact or with a space), learnt once."""
+        if self.upstream is None or self.upstream[0] != upstream:
+            fields = [_model_field(upstream, sep) for sep in (b":", b": ")] if isinstance(upstream, str) else []
+            self.upstream = (upstream, next((f for f in fields if f in event), None))
+        return self.upstream[1]
+
+
+def usage_rules(chunk: dict, include_usage: bool) -> dict | None:
+    """OpenAI's usage rules for one chunk, applied in place: the usage-only chunk (choices
+    == []) only when the client asked for usage (None: drop it); usage on other chunks
+    removed, or null when asked for, as OpenAI sends it only in that last chunk."""
+    if not chunk.get("choices"):
+        return chunk if include_usage and chunk.get("usage") is not None else None
+    if not include_usage:
+        chunk.pop("usage", None)
+    elif chunk.get("usage") is not None:
+        chunk["usage"] = None
+    return chunk
+
+
+async def strip_usage(chunks: AsyncIterator[dict], include_usage: bool) -> AsyncIterator[dict]:
+    """`usage_rules` over a stream of chunk dicts."""
+    async with closing(chunks) as source_iter:
+        async for chunk in source_iter:
+            if usage_rules(chunk, include_usage) is not None:
+                yield chunk
+
+
+def _model_field(name: str, separator: bytes) -> bytes:
+    return b'"model"' + separator + json.dumps(name, ensure_ascii=False).encode()
+
