@@ -91,6 +91,7 @@ class SchedulerConfig:
     aging_s: float = _opt(10.0, min=0.001)         # a waiting request gains one level per aging_s
     preempt: bool = False
     block_size: int = _opt(16, min=1, max=1024)
+    backend_queue_per_slot: int = _opt(1, min=0, max=64)   # admitted beyond the slots, queued in the backend
     prefix_routing: bool = True
     pin_slots: bool = True                         # llama.cpp: id_slot for the slot holding the prefix
     tokenize: bool = True                          # prefix routing on llama.cpp's real token ids

@@ -11,6 +11,11 @@ from velollmd.sched.admission import Admission, Preempted, num_ctx_of
 from velollmd.sched.request import Request
 
 
+def slot_config(**fields) -> SchedulerConfig:
+    """Exactly num_slots requests at a backend at once (no requests queued ahead in it)."""
+    return SchedulerConfig(backend_queue_per_slot=0, **fields)
+
+
 def backend(num_slots=1, num_ctx=4096, name="b"):
     return SimpleNamespace(name=name, kind="llamacpp", num_slots=num_slots,
                            config=SimpleNamespace(num_ctx=0),
@@ -42,7 +47,7 @@ def test_num_ctx_comes_from_props_then_config_then_default():
 
 def test_waiters_are_admitted_by_priority_when_a_slot_frees():
     async def main():
-        admission, target = Admission(SchedulerConfig()), backend(num_slots=1)
+        admission, target = Admission(slot_config()), backend(num_slots=1)
         started, release = [], asyncio.Event()
         first = asyncio.ensure_future(hold(admission, target, request("first"), started, release))
         await settle()
@@ -61,9 +66,26 @@ def test_waiters_are_admitted_by_priority_when_a_slot_frees():
     assert stats["num_running"] == stats["num_waiting"] == 0 and stats["block_usage"] == 0
 
 
+def test_by_default_one_request_per_slot_is_sent_ahead_to_wait_in_the_backend():
+    async def main():
+        admission, target = Admission(SchedulerConfig()), backend(num_slots=2)
+        started, release = [], asyncio.Event()
+        tasks = [asyncio.ensure_future(hold(admission, target, request(f"r{i}"), started, release))
+                 for i in range(5)]
+        await settle()
+        at_once, stats = list(started), admission.stats()["b"]
+        release.set()
+        await asyncio.gather(*tasks)
+        return at_once, stats, started
+    at_once, stats, started = run(main())
+    assert at_once == ["r0", "r1", "r2", "r3"]          # 2 slots + 1 ahead per slot
+    assert stats["num_slots"] == 2 and stats["num_running"] == 4 and stats["num_waiting"] == 1
+    assert started == ["r0", "r1", "r2", "r3", "r4"]
+
+
 def test_full_queue_is_429_with_retry_after():
     async def main():
-        admission = Admission(SchedulerConfig(max_queue=1))
+        admission = Admission(slot_config(max_queue=1))
         target, started, release = backend(), [], asyncio.Event()
         tasks = [asyncio.ensure_future(hold(admission, target, request(f"r{i}"), started, release))
                  for i in range(2)]
@@ -81,7 +103,7 @@ def test_full_queue_is_429_with_retry_after():
 
 def test_waiting_past_queue_timeout_is_503():
     async def main():
-        admission = Admission(SchedulerConfig(queue_timeout_s=0.05))
+        admission = Admission(slot_config(queue_timeout_s=0.05))
         target, started, release = backend(), [], asyncio.Event()
         holder = asyncio.ensure_future(hold(admission, target, request("holder"), started, release))
         await settle()
@@ -98,7 +120,7 @@ def test_waiting_past_queue_timeout_is_503():
 
 def test_a_prompt_larger_than_the_whole_budget_is_400():
     async def main():
-        admission = Admission(SchedulerConfig(block_size=16))
+        admission = Admission(slot_config(block_size=16))
         async with admission.slot(backend(num_slots=1, num_ctx=64), request("big", num_tokens=100)):
             pass
     with pytest.raises(BadRequest):
@@ -107,7 +129,7 @@ def test_a_prompt_larger_than_the_whole_budget_is_400():
 
 def test_cancelling_a_holder_or_a_waiter_frees_its_place():
     async def main():
-        admission, target = Admission(SchedulerConfig()), backend(num_slots=1)
+        admission, target = Admission(slot_config()), backend(num_slots=1)
         started, release = [], asyncio.Event()
         holder = asyncio.ensure_future(hold(admission, target, request("holder"), started, release))
         await settle()
@@ -129,7 +151,7 @@ def test_cancelling_a_holder_or_a_waiter_frees_its_place():
 def test_token_budget_holds_back_a_request_until_blocks_free():
     async def main():
         # 2 slots but 128 tokens in all: two 100-token requests cannot run together
-        admission = Admission(SchedulerConfig(block_size=16))
+        admission = Admission(slot_config(block_size=16))
         target, started, release = backend(num_slots=2, num_ctx=64), [], asyncio.Event()
         tasks = [asyncio.ensure_future(hold(admission, target, request(f"r{i}", num_tokens=90), started, release))
                  for i in range(2)]
@@ -144,7 +166,7 @@ def test_token_budget_holds_back_a_request_until_blocks_free():
 
 def test_preempt_cancels_a_low_priority_non_streaming_request_and_requeues_it():
     async def main():
-        admission = Admission(SchedulerConfig(preempt=True))
+        admission = Admission(slot_config(preempt=True))
         target, log, release = backend(num_slots=1), [], asyncio.Event()
 
         async def victim():
@@ -174,7 +196,7 @@ def test_preempt_cancels_a_low_priority_non_streaming_request_and_requeues_it():
 
 def test_streaming_requests_are_never_preempted():
     async def main():
-        admission = Admission(SchedulerConfig(preempt=True))
+        admission = Admission(slot_config(preempt=True))
         target, started, release = backend(num_slots=1), [], asyncio.Event()
         streaming = asyncio.ensure_future(hold(admission, target, request("s", priority=9, stream=True),
                                                started, release))

@@ -21,7 +21,7 @@ def gate():
 def start_daemon(gate, **scheduler):
     table = {"backends": [{"name": "gate", "kind": "openai", "url": gate.url, "models": ["gate"],
                            "slots": 1, "health_interval_s": 60}],
-             "scheduler": {"prefix_routing": False, **scheduler}}
+             "scheduler": {"prefix_routing": False, "backend_queue_per_slot": 0, **scheduler}}
     return RunningDaemon(table)
 
 

@@ -45,7 +45,7 @@ def test_an_ollama_without_api_ps_stays_healthy_with_loaded_models_unknown(ollam
 def grouped_order(loaded_models) -> list[str]:
     """One slot, busy; then a request for model "a" and, later, one for model "b"."""
     async def main():
-        admission = Admission(SchedulerConfig())
+        admission = Admission(SchedulerConfig(backend_queue_per_slot=0))
         target = SimpleNamespace(name="o", kind="ollama", num_slots=1, config=SimpleNamespace(num_ctx=0),
                                  loaded_models=loaded_models)
         started, release = [], asyncio.Event()

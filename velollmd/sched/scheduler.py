@@ -79,9 +79,12 @@ class Scheduler:
 
     @classmethod
     def for_backend(cls, config: SchedulerConfig, num_slots: int, num_ctx: int) -> Scheduler:
-        """A backend's scheduler: token budget = num_ctx x num_slots, in blocks."""
+        """A backend's scheduler: token budget = num_ctx x num_slots, in blocks; up to
+        `backend_queue_per_slot` more requests per slot run at once (they wait in the backend's
+        own queue, so a slot that frees is busy again without a round trip through the daemon)."""
         num_blocks = max(1, math.ceil(num_ctx * num_slots / config.block_size))
-        return cls(config, num_slots, BlockPool(num_blocks, config.block_size))
+        max_running = num_slots * (1 + config.backend_queue_per_slot)
+        return cls(config, max_running, BlockPool(num_blocks, config.block_size))
 
     # ---- intake ----
 
