@@ -61,6 +61,20 @@ def test_slot_table_pins_the_free_slot_with_the_longest_prefix():
     assert table.claim(later_a, now=6) == (None, 0)      # every slot busy
 
 
+def test_while_an_unpinned_request_runs_nothing_is_pinned():
+    """llama-server gave the unpinned request whichever slot freed first, so the table no
+    longer knows which slots are free until that request is done."""
+    table = SlotTable(2, min_match_tokens=32)
+    a, b = chat(HISTORY), chat("other " * 300)
+    assert [table.claim(a, now=1)[0], table.claim(b, now=2)[0], table.claim(a, now=3)[0]] == [0, 1, None]
+    table.release(0)
+    assert table.claim(a, now=4) == (None, 0)            # slot 0 may hold the unpinned one now
+    table.release(None)
+    table.release(None)
+    table.release(1)
+    assert table.claim(a, now=5) == (0, a.total_tokens)  # all known again: pinned by prefix
+
+
 def test_recent_table_replaces_a_conversation_by_its_next_turn_and_evicts_lru():
     table = RecentTable(num_entries=2)
     a1, b1, c1 = chat(HISTORY), chat("b" * 400), chat("c" * 400)

@@ -23,12 +23,18 @@ class Entry:
 
 
 class SlotTable:
-    """Per-slot fingerprints of one llama-server; `busy` are slots running a request now."""
+    """Per-slot fingerprints of one llama-server; `busy` are slots running a request now.
+
+    A request that finds every slot busy (admission sends some ahead to wait in the backend)
+    goes unpinned, and llama-server gives it whichever slot frees first. While any such request
+    is in flight, which slots are free is unknown, so nothing is pinned: a pin to a slot that
+    llama-server already gave away would wait for that slot while others free up."""
 
     def __init__(self, num_slots: int, min_match_tokens: int = 1):
         self.min_match_tokens = min_match_tokens
         self.entries = [Entry() for _ in range(num_slots)]
         self.busy: set[int] = set()
+        self.num_unpinned = 0               # in flight on a slot llama-server chose
 
     @property
     def num_slots(self) -> int:
@@ -36,9 +42,11 @@ class SlotTable:
 
     def claim(self, fingerprint: Fingerprint, now: float) -> tuple[int | None, int]:
         """(slot, cached tokens): the free slot with the longest common prefix (of at least
-        min_match_tokens), else the least recently used one; (None, 0) when all are busy."""
-        free = [s for s in range(self.num_slots) if s not in self.busy]
+        min_match_tokens), else the least recently used one; (None, 0) when none is surely
+        free. Every claim is released, pinned or not."""
+        free = [s for s in range(self.num_slots) if s not in self.busy] if not self.num_unpinned else []
         if not free:
+            self.num_unpinned += 1
             return None, 0
         matches = {s: fingerprint.common_prefix_tokens(self.entries[s].fingerprint) for s in free}
         slot = max(free, key=lambda s: (matches[s] if matches[s] >= self.min_match_tokens else 0,
@@ -49,7 +57,10 @@ class SlotTable:
         return slot, matched
 
     def release(self, slot: int | None) -> None:
-        self.busy.discard(slot)
+        if slot is None:
+            self.num_unpinned = max(0, self.num_unpinned - 1)
+        else:
+            self.busy.discard(slot)
 
     def clear(self) -> None:
         """The backend restarted or failed: its slots hold nothing we know of."""

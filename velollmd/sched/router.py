@@ -70,8 +70,9 @@ class PrefixRouter:
         return slot
 
     def release(self, backend: Any, slot: int | None) -> None:
+        """Pair of every claim that went through the backend's slot table."""
         table = self._slots.get(backend.name)
-        if table is not None and slot is not None:
+        if table is not None and backend.kind in PINNED_KINDS and self.prefix_routing and self.pin_slots:
             table.release(slot)
 
     def forget(self, backend: Any) -> None:
