@@ -71,11 +71,28 @@ def test_the_usage_chunk_is_counted_and_kept_only_when_asked_for():
     assert counted == [("asked-for", USAGE)]
 
 
-def test_usage_on_an_ordinary_chunk_is_removed_or_null():
+def test_usage_on_a_choice_chunk_moves_to_a_usage_chunk_of_its_own():
+    """llama.cpp's completion streams carry usage on the last choice chunk; OpenAI clients
+    look for it in a chunk with `choices: []` after it."""
+    event = compact(chunk(usage=USAGE, system_fingerprint="b1"))
+    out, counted = relay(include_usage=False)
+    assert out.convert(event) == [chunk(model="asked-for", system_fingerprint="b1")]
+    assert counted == [("asked-for", USAGE)]
+    out, counted = relay(include_usage=True)
+    head, tail = out.convert(event)
+    assert head == chunk(model="asked-for", system_fingerprint="b1", usage=None)
+    assert tail == {"id": "c1", "object": "chat.completion.chunk", "created": 1, "system_fingerprint": "b1",
+                    "choices": [], "usage": USAGE, "model": "asked-for"}
+    assert counted == [("asked-for", USAGE)]
+    [burst] = out.convert_batch([event])
+    assert [json.loads(f[6:]).get("usage") for f in burst.split(b"\n\n")[:-1]] == [None, USAGE]
+
+
+def test_null_usage_on_an_ordinary_chunk_stays_only_when_usage_was_asked_for():
     out, _ = relay(include_usage=False)
-    assert "usage" not in out.convert(compact(chunk(usage=USAGE)))
+    assert "usage" not in out.convert(compact(chunk(usage=None)))
     out, _ = relay(include_usage=True)
-    assert out.convert(compact(chunk(usage=USAGE)))["usage"] is None
+    assert json.loads(out.convert(compact(chunk(usage=None))))["usage"] is None
     assert usage_rules(chunk(usage=None), include_usage=False) == chunk()
 
 

@@ -50,24 +50,45 @@ class ChunkRelay:
 
     def convert_batch(self, events: list[bytes] | list[dict]) -> list[dict] | list[Burst]:
         """The client's chunks for one backend read; in passthrough, one Burst of SSE frames."""
-        chunks = [chunk for chunk in map(self.convert, events) if chunk is not None]
+        chunks = []
+        for event in events:
+            chunk = self.convert(event)
+            if type(chunk) is list:
+                chunks += chunk
+            elif chunk is not None:
+                chunks.append(chunk)
         if not self.frames or not chunks:
             return chunks
         return [Burst(b"".join(map(encode_event, chunks)))]
 
-    def convert(self, event: bytes | dict) -> bytes | dict | None:
-        """The client's chunk for `event` (bytes only in passthrough), or None to drop it."""
+    def convert(self, event: bytes | dict) -> bytes | dict | list[dict] | None:
+        """The client's chunk for `event` (bytes only in passthrough), None to drop it, or
+        two chunks when a choice chunk carried the usage."""
         chunk = event if isinstance(event, dict) else self.backend.decode_event(event)
         check_chunk(chunk, self.endpoint, self.backend.name)
         if not chunk["choices"]:
             if self.on_usage is not None and chunk.get("usage"):
                 self.on_usage(self.model, chunk["usage"])
-        elif "usage" not in chunk or (self.include_usage and chunk["usage"] is None):
+        elif chunk.get("usage"):
+            return self._split_usage(chunk)
+        elif "usage" not in chunk or self.include_usage:
             return self._renamed(event, chunk)         # nothing to change but the model
         chunk = usage_rules(chunk, self.include_usage)
         if chunk is not None:
             chunk["model"] = self.model
         return chunk
+
+    def _split_usage(self, chunk: dict) -> list[dict]:
+        """llama.cpp puts a completion stream's usage on its last choice chunk; OpenAI sends it
+        in a chunk of its own after it (choices == []), which is what the client gets."""
+        usage_chunk = {key: chunk[key] for key in ("id", "object", "created", "system_fingerprint")
+                       if key in chunk}
+        usage_chunk.update(choices=[], usage=chunk.pop("usage"))
+        if self.include_usage:
+            chunk["usage"] = None
+        chunk["model"] = self.model
+        tail = self.convert(usage_chunk)
+        return [chunk] if tail is None else [chunk, tail]
 
     def _renamed(self, event: bytes | dict, chunk: dict) -> bytes | dict:
         """The event with the client's model name: its own bytes where that is safe."""

@@ -62,6 +62,17 @@ def test_completions_stream_and_not(client):
     assert len([p for p in pieces if p]) == 5
 
 
+def test_completions_stream_usage_comes_in_a_chunk_of_its_own(client):
+    """llama-server puts a completion stream's usage on its last text chunk; OpenAI clients get
+    it in a final chunk with no choices, as OpenAI sends it."""
+    chunks = list(client.completions.create(model="tiny", prompt="Once", max_tokens=5, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+    assert all(c.usage is None for c in chunks[:-1]) and all(c.model == "tiny" for c in chunks)
+    assert len([c for c in chunks[:-1] if c.choices[0].text]) == 5
+    assert chunks[-2].choices[0].finish_reason == "length"
+
+
 def test_async_client_concurrent_requests(daemon):
     async def main():
         client = openai.AsyncOpenAI(base_url=daemon.url + "/v1", api_key="none", max_retries=0)
