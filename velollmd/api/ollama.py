@@ -13,7 +13,7 @@ import json
 import time
 from typing import AsyncIterator
 
-from .. import __version__
+from .. import __version__, wirejson
 from ..backends.ollama import OllamaBackend
 from ..backends.ollama_convert import (done_reason_of, now_rfc3339, ollama_chat_request_to_openai,
                                        ollama_final_fields, ollama_generate_request_to_openai,
@@ -41,7 +41,7 @@ def ollama_route(handler):
 
 
 def ndjson_line(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return wirejson.dumps(obj) + b"\n"
 
 
 class OllamaRoutes:

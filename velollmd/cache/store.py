@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import wirejson
 from .exact import CachedResponse
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def encode_snapshot(state: SnapshotState) -> bytes:
         "semantic": {"rows": [list(r) for r in state.semantic_rows], "embedder": state.embedder,
                      "shape": list(vectors.shape), "dtype": vectors.dtype.name},
     }
-    body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    body = wirejson.dumps(doc)
     payload = _JSON_LEN.pack(len(body)) + body + np.ascontiguousarray(vectors).tobytes()
     return _HEADER.pack(MAGIC, VERSION, len(payload), _checksum(payload)) + payload
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 from urllib.parse import urlsplit
 
+from .. import wirejson
 from ..errors import BackendError, BackendTimeout
 from .connection import EndOfMessage, Head, HTTPParser, ProtocolError
 from .sse import SSEDecoder
@@ -212,7 +213,7 @@ class HTTPClient:
                       headers: dict[str, str] | None = None) -> ClientResponse:
         """Send a request and return once the response head has arrived."""
         if json is not None:
-            body = jsonlib.dumps(json, separators=(",", ":"), ensure_ascii=False).encode()
+            body = wirejson.dumps(json)
             headers = {"content-type": "application/json", **(headers or {})}
         payload = self._encode_request(method, self.origin.base_path + path, body, headers)
         conn = self._take_idle()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 from urllib.parse import parse_qsl
 
+from .. import wirejson
 from ..errors import BadRequest, VeloError
 
 JSON_TYPE = "application/json"
@@ -75,7 +76,7 @@ class Response:
 
     @classmethod
     def json(cls, value, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Response:
-        body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        body = wirejson.dumps(value)
         return cls(status, [("content-type", JSON_TYPE), *(headers or [])], body)
 
     @classmethod

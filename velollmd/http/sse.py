@@ -10,9 +10,9 @@ An event that is an `SSEError` is sent as `data: {"error": ...}` and ends the st
 """
 from __future__ import annotations
 
-import json
 from typing import AsyncIterator
 
+from .. import wirejson
 from ..errors import VeloError
 from .message import Burst, Response
 from ..streams import closing
@@ -30,7 +30,7 @@ def encode_event(event) -> bytes:
         return event
     if isinstance(event, (bytes, bytearray)):
         return b"data: " + bytes(event) + b"\n\n"
-    return b"data: " + json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + wirejson.dumps(event) + b"\n\n"
 
 
 async def sse_frames(events: AsyncIterator, done: bool = True) -> AsyncIterator[bytes]:
