@@ -76,7 +76,7 @@ class RecentTable:
 
     def __init__(self, num_entries: int = NUM_RECENT):
         self.num_entries = num_entries
-        self.entries: dict[int, Entry] = {}          # full-prompt key -> entry
+        self.entries: dict[int, Entry] = {}          # full-prompt key -> entry, least recent first
         self._prefix_counts: dict[int, int] = {}     # prefix key -> entries having that prefix
 
     def best_match(self, fingerprint: Fingerprint) -> int:
@@ -95,7 +95,7 @@ class RecentTable:
         if earlier is not None:
             self._remove(earlier)
         elif len(self.entries) >= self.num_entries:
-            self._remove(min(self.entries, key=lambda k: self.entries[k].last_used))
+            self._remove(next(iter(self.entries)))  # least recent: entries are only ever re-inserted
         self.entries[fingerprint.prefix_keys[-1]] = Entry(fingerprint, now)
         for key in fingerprint.prefix_keys:
             self._prefix_counts[key] = self._prefix_counts.get(key, 0) + 1
