@@ -51,6 +51,8 @@ class Backend:
         self.healthy: bool | None = None        # None = not checked yet
         self.last_error = ""
         self.models: list[ModelInfo] = []
+        self._names: set[str] = set()                 # ids and untagged names of `models`
+        self._names_of: list[ModelInfo] | None = None   # the `models` list they were made from
         self.checked_at = 0.0
         self.num_slots = config.slots or 1
 
@@ -60,7 +62,11 @@ class Backend:
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.config.models)
 
     def has_model(self, model: str) -> bool:
-        return any(m.id == model or m.id.split(":")[0] == model for m in self.models)
+        """Listed by its id, or by its name without the tag (`llama3.2` for `llama3.2:latest`)."""
+        if self._names_of is not self.models:           # the catalogue was refreshed
+            self._names = {m.id for m in self.models} | {m.id.split(":")[0] for m in self.models}
+            self._names_of = self.models
+        return model in self._names
 
     def identity(self, model: str) -> str:
         for info in self.models:

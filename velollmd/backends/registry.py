@@ -14,6 +14,7 @@ from .ollama import OllamaBackend
 from .openai import OpenAIBackend
 
 log = logging.getLogger("velollmd.backends")
+MAX_GLOB_MEMO = 4096        # model names whose glob matches are remembered
 KINDS = {"ollama": OllamaBackend, "llamacpp": LlamaCppBackend, "openai": OpenAIBackend,
          "engine": EngineBackend}
 
@@ -29,6 +30,7 @@ class Registry:
         # Called as listener(backend, was_healthy) after every health check (the Service
         # feeds its circuit breakers and drops cache affinity with it).
         self.listeners: list[Callable[[Backend, bool | None], None]] = []
+        self._by_glob: dict[str, list[Backend]] = {}    # model -> backends whose globs match it
 
     async def start(self) -> None:
         """One refresh of every backend now (bounded), then a health loop per backend."""
@@ -56,7 +58,7 @@ class Registry:
 
     def candidates(self, model: str) -> list[Backend]:
         """Backends that may serve `model`, best first: healthy ones that list it, then by glob."""
-        matching = [b for b in self.backends if b.matches(model)]
+        matching = self._matching(model)
         if not matching:
             raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
         listed = [b for b in matching if b.has_model(model)]
@@ -67,6 +69,16 @@ class Registry:
             raise Unavailable(f"no healthy backend serves model '{model}' ({errors})",
                               code="no_healthy_backend", headers={"retry-after": "2"})
         return alive
+
+    def _matching(self, model: str) -> list[Backend]:
+        """Backends whose `models` globs match: configuration only, so remembered (every
+        request asks two or three times, and fnmatch is not free)."""
+        matching = self._by_glob.get(model)
+        if matching is None:
+            if len(self._by_glob) >= MAX_GLOB_MEMO:
+                self._by_glob.clear()
+            matching = self._by_glob[model] = [b for b in self.backends if b.matches(model)]
+        return matching
 
     def pick(self, model: str) -> Backend:
         return self.candidates(model)[0]

@@ -1,0 +1,51 @@
+"""Registry.candidates: glob matches remembered, catalogue listings followed as they change."""
+import pytest
+
+from velollmd.backends.base import ModelInfo
+from velollmd.backends.registry import Registry
+from velollmd.config import config_from_table
+from velollmd.errors import NotFound, Unavailable
+
+
+def registry() -> Registry:
+    config = config_from_table({"backends": [
+        {"name": "a", "kind": "openai", "url": "http://127.0.0.1:9", "models": ["*"]},
+        {"name": "b", "kind": "ollama", "url": "http://127.0.0.1:9", "models": ["llama*", "qwen*"]}]})
+    reg = Registry(config.backends)
+    for backend in reg.backends:
+        backend.healthy = True
+    return reg
+
+
+def names(backends) -> list[str]:
+    return [b.name for b in backends]
+
+
+def test_listed_backends_go_first_and_follow_each_catalogue_refresh():
+    reg = registry()
+    a, b = reg.backends
+    assert names(reg.candidates("llama3.2")) == ["a", "b"]          # by glob, config order
+    b.models = [ModelInfo("llama3.2:latest", "b")]                   # a refresh: a new list
+    assert names(reg.candidates("llama3.2")) == ["b"]               # the untagged name counts
+    assert names(reg.candidates("llama3.2:latest")) == ["b"]
+    a.models = [ModelInfo("llama3.2", "a")]
+    assert names(reg.candidates("llama3.2")) == ["a", "b"]
+    b.models = []
+    assert names(reg.candidates("llama3.2")) == ["a"]
+    assert names(reg.candidates("mistral")) == ["a"]                # only a's glob matches
+
+
+def test_health_is_read_on_every_call_and_unknown_models_are_404():
+    reg = registry()
+    a, b = reg.backends
+    assert names(reg.candidates("qwen3")) == ["a", "b"]
+    a.healthy = False
+    assert names(reg.candidates("qwen3")) == ["b"]
+    b.healthy = False
+    with pytest.raises(Unavailable):
+        reg.candidates("qwen3")
+    only_b = Registry([b.config])
+    with pytest.raises(NotFound):
+        only_b.candidates("mistral")
+    with pytest.raises(NotFound):                                  # asked twice: remembered
+        only_b.candidates("mistral")
