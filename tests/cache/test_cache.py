@@ -61,6 +61,7 @@ def test_bypass_and_unstorable():
     sampled = {**chat("tell a story"), "temperature": None}      # backend default 0.8
     lk = cache.lookup(sampled, {}, **IDENT)
     assert lk.status == "bypass" and not cache.store(lk, sampled, ANSWER)
+    assert lk.key is None and lk.query is None      # a sampled request costs no key at all
     miss = cache.lookup(chat("new question"), {}, **IDENT)
     assert not cache.store(miss, chat("new question"), ANSWER, status=502)
     assert not cache.store(miss, chat("new question"), ANSWER, aborted=True)

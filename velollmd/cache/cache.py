@@ -66,12 +66,13 @@ class ResponseCache:
         cfg = self.config
         if not cfg.enabled:
             return self._count(Lookup("bypass"))
+        if not policy.reproducible(request, defaults=defaults, cache_sampled=cfg.cache_sampled):
+            return Lookup("bypass")          # nothing to find or to store: no key needed
         ident = dict(endpoint=endpoint, model_identity=model_identity, tenant=tenant,
                      defaults=defaults)
         lookup = Lookup("miss", key=exact_key(request, **ident), query=query_text(request))
-        reproducible = policy.reproducible(request, defaults=defaults, cache_sampled=cfg.cache_sampled)
-        lookup.storable = reproducible and not policy.client_forbids_store(headers)
-        if not reproducible or policy.client_bypass(headers):
+        lookup.storable = not policy.client_forbids_store(headers)
+        if policy.client_bypass(headers):
             lookup.status = "bypass"
         elif cfg.exact and (entry := self.exact.get(lookup.key)) is not None:
             lookup.status, lookup.entry, lookup.similarity = "hit-exact", entry, 1.0
