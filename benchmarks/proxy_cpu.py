@@ -5,7 +5,9 @@ process, no inference): a fixed 16-token chat completion, or a stream of 16 cont
 (plus finish, usage and [DONE]) written `--gap-ms` apart, as a model would produce them.
 
 Part 1, whole answers at concurrency 64: daemon CPU per chat request (a one-line question, and
-a 16 KB history), with `GET /health` on the same daemon as the floor (HTTP server only).
+a 16 KB history), with `GET /health` on the same daemon as the floor (HTTP server only); the
+one-line question also through a second daemon with the response cache on, as configured by
+default (the request is sampled, so the cache must only see that and step aside).
 Part 2, streams at concurrency 1: time per stream and proxy CPU per stream for the backend
 direct, through a bare byte relay (uvloop, forwards bytes and parses nothing: the floor for
 any Python proxy on this machine), and through velollmd.
@@ -32,6 +34,7 @@ LONG_CHAT = {"model": "tiny", "max_tokens": 16, "messages": [                 # 
     {"role": "user", "content": " ".join(f"note line{i} alpha beta gamma delta" for i in range(400))},
     {"role": "assistant", "content": "ok " * 20}, {"role": "user", "content": "tell me more"}]}
 LONG = "/v1/chat/completions, 16 KB history"
+CACHE_ON = "/v1/chat/completions, cache on (the default; sampled, so not cacheable)"
 NUM_CHUNKS = 16
 
 INSTANT_BACKEND = r'''
@@ -177,12 +180,13 @@ def main() -> None:
     backend, port = start(INSTANT_BACKEND, str(args.gap_ms))
     relay, relay_port = start(BYTE_RELAY, str(port))
     try:
-        config = backend_toml("instant", "openai", f"http://127.0.0.1:{port}", '["tiny*"]',
-                              "slots = 64") + "[cache]\nenabled = false\n"
-        with Daemon(config) as daemon:
+        backend_config = backend_toml("instant", "openai", f"http://127.0.0.1:{port}", '["tiny*"]', "slots = 64")
+        with Daemon(backend_config + "[cache]\nenabled = false\n") as daemon, \
+                Daemon(backend_config + "[cache]\npath = \"\"\n") as cache_on:
             pid = daemon.proc.pid
             whole = asyncio.run(measure({"/health": (daemon.url, "/health", pid),
                                          "/v1/chat/completions": (daemon.url, "/v1/chat/completions", pid),
+                                         CACHE_ON: (cache_on.url, "/v1/chat/completions", cache_on.proc.pid),
                                          LONG: (daemon.url, LONG, pid)},
                                         args.rounds, args.requests, 64))
             streams = asyncio.run(measure({"direct": (f"http://127.0.0.1:{port}", "stream", None),
