@@ -8,7 +8,7 @@ from velollmd.backends.openai import OpenAIBackend
 from velollmd.config import config_from_table
 from velollmd.errors import BackendError
 from velollmd.http.message import Burst
-from velollmd.relay import ChunkRelay, Passthrough, usage_rules
+from velollmd.relay import ChunkRelay, Delivery, usage_rules
 
 BACKEND = OpenAIBackend(config_from_table({"backends": [
     {"name": "b", "kind": "openai", "url": "http://127.0.0.1:9", "models": ["*"]}]}).backends[0])
@@ -26,8 +26,8 @@ def compact(value) -> bytes:
 
 def relay(include_usage=False, passthrough=True, model="asked-for"):
     counted = []
-    sink = Passthrough(include_usage, lambda m, u: counted.append((m, u))) if passthrough else None
-    return ChunkRelay(BACKEND, model, "chat", include_usage, sink), counted
+    delivery = Delivery(include_usage, lambda m, u: counted.append((m, u)), frames=passthrough)
+    return ChunkRelay(BACKEND, model, "chat", delivery), counted
 
 
 @pytest.mark.parametrize("encode", [compact, lambda v: json.dumps(v).encode()])   # ":" and ": "

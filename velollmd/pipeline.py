@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from dataclasses import replace
 from typing import AsyncIterator
 
 from .api.request import GenerateRequest
@@ -25,7 +24,7 @@ from .errors import BackendError, VeloError
 from .flight import Flight, FlightTable
 from .ids import response_id
 from .metrics import Metrics
-from .relay import Passthrough, strip_usage
+from .relay import Delivery, strip_usage
 from .service import Outcome, Service
 from .toolcalls.layer import ToolCallLayer
 from .streams import closing
@@ -95,8 +94,8 @@ class Pipeline:
         if lookup.status == "miss" and lookup.storable:
             outcome = await self._coalesced(request, lookup)
         elif frames and request.stream and not self.tools.applies(request):
-            outcome = await self.service.generate(request, Passthrough(request.include_usage,
-                                                                       self.metrics.record_usage))
+            outcome = await self.service.generate(request, Delivery(request.include_usage,
+                                                                    self.metrics.record_usage, frames=True))
         else:
             outcome = await self._upstream(request)
             if outcome.chunks is not None:
@@ -132,24 +131,13 @@ class Pipeline:
         return Outcome(headers, chunks=_iterate(chunks))
 
     async def _upstream(self, request: GenerateRequest) -> Outcome:
-        """The Service call, streams always asking for usage, then tool-call repair."""
-        if request.stream:
-            options = {**(request.body.get("stream_options") or {}), "include_usage": True}
-            request = replace(request, body={**request.body, "stream_options": options})
-        outcome = await self.service.generate(request)
+        """The Service call, a stream keeping its usage chunk (counted there) for what follows
+        to read, then tool-call repair."""
+        outcome = await self.service.generate(request, Delivery(True, self.metrics.record_usage))
         outcome = await self.tools.apply(request, outcome, self.service.generate)
         if outcome.body is not None:
             self.metrics.record_usage(request.model, outcome.body.get("usage"))
-        else:
-            outcome.chunks = self._count_usage(outcome.chunks, request.model)
         return outcome
-
-    async def _count_usage(self, chunks, model: str) -> AsyncIterator[dict]:
-        async with closing(chunks) as source_iter:
-            async for chunk in source_iter:
-                if chunk.get("usage") and not chunk.get("choices"):
-                    self.metrics.record_usage(model, chunk["usage"])
-                yield chunk
 
     # -- single-flight and recording ------------------------------------------------------
 

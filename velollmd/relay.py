@@ -7,7 +7,7 @@ error event or usage) and its shape checked (backends/shape.py). What the client
 - usage on an ordinary chunk: removed, or null when usage was asked for (OpenAI's shape);
 - `model`: the name the client asked for.
 
-When the stream goes straight to the OpenAI SSE writer (a `Passthrough`: no tool repair, no
+When the stream goes straight to the OpenAI SSE writer (`Delivery.frames`: no tool repair, no
 cache recording, no translation reads it), an event that needs nothing but the model name is
 passed on as the backend's own bytes with the name replaced in place (re-encoding every chunk
 cost more than the rest of its way through the daemon), and the frames of one backend read
@@ -15,10 +15,10 @@ go out as one Burst: one send per read, with no wait for the end of the loop tur
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
+from . import wirejson
 from .backends.shape import check_chunk
 from .http.message import Burst
 from .http.sse import encode_event
@@ -28,23 +28,23 @@ UsageSink = Callable[[str, dict], None]
 
 
 @dataclass(frozen=True)
-class Passthrough:
-    """A stream headed straight for the OpenAI SSE writer, which takes JSON bytes as they are."""
-    include_usage: bool                 # the client's stream_options.include_usage
-    on_usage: UsageSink                 # counts the usage chunk (metrics)
+class Delivery:
+    """Where a stream's chunks go and what they owe on the way."""
+    include_usage: bool                 # keep the usage-only chunk
+    on_usage: UsageSink | None = None   # counts it (metrics)
+    frames: bool = False                # straight to the OpenAI SSE writer: JSON bytes welcome
 
 
 class ChunkRelay:
     """Turns one stream's backend events (JSON bytes or dicts) into client chunks."""
 
-    def __init__(self, backend, model: str, endpoint: str, include_usage: bool,
-                 passthrough: Passthrough | None = None):
+    def __init__(self, backend, model: str, endpoint: str, delivery: Delivery):
         self.backend = backend
         self.model = model
         self.endpoint = endpoint
-        self.frames = passthrough is not None
-        self.include_usage = passthrough.include_usage if passthrough else include_usage
-        self.on_usage = passthrough.on_usage if passthrough else None
+        self.frames = delivery.frames
+        self.include_usage = delivery.include_usage
+        self.on_usage = delivery.on_usage
         self.model_field = _model_field(model, b":")
         self.upstream: tuple[str, bytes | None] | None = None   # backend's name, its bytes
 
@@ -132,5 +132,5 @@ async def strip_usage(chunks: AsyncIterator[dict], include_usage: bool) -> Async
 
 
 def _model_field(name: str, separator: bytes) -> bytes:
-    return b'"model"' + separator + json.dumps(name, ensure_ascii=False).encode()
+    return b'"model"' + separator + wirejson.dumps(name)
 

@@ -35,7 +35,7 @@ from .backends.shape import UNREADABLE, check_answer
 from .backends.registry import Registry
 from .config import SchedulerConfig
 from .errors import BackendError, Unavailable
-from .relay import ChunkRelay, Passthrough
+from .relay import ChunkRelay, Delivery
 from .sched.admission import Admission, Preempted, num_ctx_of
 from .sched.breaker import CircuitBreaker
 from .sched.fingerprint import Fingerprint, fingerprint_of
@@ -72,9 +72,10 @@ class Service:
 
     # ---- generation ----
 
-    async def generate(self, request: GenerateRequest, passthrough: Passthrough | None = None) -> Outcome:
-        """The answer from the best backend; a stream's chunks may be JSON bytes (see relay.py)
-        when `passthrough` says they go straight to the SSE writer."""
+    async def generate(self, request: GenerateRequest, delivery: Delivery | None = None) -> Outcome:
+        """The answer from the best backend. A stream follows `delivery` (relay.py): its usage
+        chunk kept and counted, its chunks JSON bytes when they go straight to the SSE writer;
+        by default, dicts with usage as the request asked."""
         allowed = self._allowed(request.model)
         fingerprint = await self._fingerprint(request, allowed)
         last_error: BackendError | None = None
@@ -87,7 +88,7 @@ class Service:
             num_attempts += 1
             self.num_failovers += num_attempts > 1
             try:
-                outcome = await self._generate_on(backend, request, fingerprint, passthrough)
+                outcome = await self._generate_on(backend, request, fingerprint, delivery)
             except BackendError as exc:    # before the first byte reached the client
                 self._failed(backend, exc)
                 last_error = exc
@@ -98,11 +99,12 @@ class Service:
                                         code="no_healthy_backend", headers={"retry-after": "1"})
 
     async def _generate_on(self, backend: Backend, request: GenerateRequest, fingerprint: Fingerprint,
-                           passthrough: Passthrough | None) -> Outcome:
+                           delivery: Delivery | None) -> Outcome:
         scheduled = self._sched_request(backend, request, fingerprint)
         headers = {"x-velollm-backend": backend.name}
         if request.stream:
-            relay = ChunkRelay(backend, request.model, request.endpoint, request.include_usage, passthrough)
+            relay = ChunkRelay(backend, request.model, request.endpoint,
+                               delivery or Delivery(request.include_usage))
             chunks = await prime(self._stream(backend, request, scheduled, fingerprint, relay))
             return Outcome(headers, chunks=chunks)
         body = await self._complete(backend, request, scheduled, fingerprint)
