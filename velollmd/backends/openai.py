@@ -8,6 +8,9 @@ from ..errors import BadRequest
 from .base import Backend, ModelInfo
 
 
+PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}   # by request endpoint
+
+
 class OpenAIBackend(Backend):
     kind = "openai"
     supports_n = True
@@ -29,20 +32,19 @@ class OpenAIBackend(Backend):
         return body
 
     async def chat(self, request: GenerateRequest) -> dict:
-        return await self.post_json("/v1/chat/completions", self.upstream_body(request))
+        return await self.post_json(PATHS["chat"], self.upstream_body(request))
 
     def chat_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
-        return self.stream_json("/v1/chat/completions", self.upstream_body(request), sse=True)
+        return self.stream_json(PATHS["chat"], self.upstream_body(request), sse=True)
 
     async def completion(self, request: GenerateRequest) -> dict:
-        return await self.post_json("/v1/completions", self.upstream_body(request))
+        return await self.post_json(PATHS["completion"], self.upstream_body(request))
 
     def completion_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
-        return self.stream_json("/v1/completions", self.upstream_body(request), sse=True)
+        return self.stream_json(PATHS["completion"], self.upstream_body(request), sse=True)
 
     def answer_events(self, request: GenerateRequest) -> AsyncIterator[list[bytes]]:
-        path = "/v1/chat/completions" if request.endpoint == "chat" else "/v1/completions"
-        return self.stream_events(path, self.upstream_body(request), sse=True)
+        return self.stream_events(PATHS[request.endpoint], self.upstream_body(request), sse=True)
 
     async def embeddings(self, body: dict) -> dict:
         return await self.post_json("/v1/embeddings", body)
