@@ -61,7 +61,7 @@ class PrefixRouter:
         if not self.prefix_routing:
             return None
         self._recent_of(backend).record(fingerprint, now)
-        if backend.kind not in PINNED_KINDS or not self.pin_slots:
+        if not self._pins(backend):
             return None
         slot, matched = self._slots_of(backend).claim(fingerprint, now)
         if matched >= self.min_match_tokens:
@@ -72,8 +72,12 @@ class PrefixRouter:
     def release(self, backend: Any, slot: int | None) -> None:
         """Pair of every claim that went through the backend's slot table."""
         table = self._slots.get(backend.name)
-        if table is not None and backend.kind in PINNED_KINDS and self.prefix_routing and self.pin_slots:
+        if table is not None and self._pins(backend):
             table.release(slot)
+
+    def _pins(self, backend: Any) -> bool:
+        """Do claims on `backend` go through its slot table (pinned or not)?"""
+        return self.prefix_routing and self.pin_slots and backend.kind in PINNED_KINDS
 
     def forget(self, backend: Any) -> None:
         """Drop what we believed the backend caches (it failed, restarted or went away)."""
