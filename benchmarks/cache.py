@@ -156,6 +156,7 @@ def daemon_exact_hit(num: int = 2000) -> dict:
     import asyncio
 
     from common import Daemon, backend_toml, summary
+
     from tests.rig.ollama_emulator import OllamaEmulator
     from velollmd.http.client import HTTPClient
 

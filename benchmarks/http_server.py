@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 from common import ROOT, free_port, wait_listening
+
 BODY = b'{"message":"hello, world"}'
 
 VELOLLMD = f"""

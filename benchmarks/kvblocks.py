@@ -19,8 +19,8 @@ import time
 
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 
+from tests.sched.pyblocks import PyBlockPool  # noqa: E402
 from velollmd.sched.kvblocks import BlockPool  # noqa: E402
-from velollmd.sched.pyblocks import PyBlockPool  # noqa: E402
 
 BLOCK_SIZE = 16
 NUM_BLOCKS = 4096

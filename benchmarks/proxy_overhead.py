@@ -16,8 +16,15 @@ import asyncio
 import json
 import time
 
-from common import (Daemon, backend_toml, cpu_seconds, run_concurrently, start_llama_server, summary,
-                    tiny_model)
+from common import (
+    Daemon,
+    backend_toml,
+    cpu_seconds,
+    run_concurrently,
+    start_llama_server,
+    summary,
+    tiny_model,
+)
 
 from velollmd.http.client import HTTPClient
 

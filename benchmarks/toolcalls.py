@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import json_repair  # noqa: E402  (benchmark-only dependency)
 
 from tests.toolcalls.corpus import load_cases, load_repair_cases  # noqa: E402
-from velollmd.toolcalls.pipeline import process_output  # noqa: E402
+from velollmd.toolcalls.assemble import process_output  # noqa: E402
 from velollmd.toolcalls.repair import loads_repaired  # noqa: E402
 
 _now = time.perf_counter_ns

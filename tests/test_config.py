@@ -21,6 +21,7 @@ def test_shipped_config_is_valid_and_documents_the_defaults():
 def test_every_key_of_every_section_is_documented_in_the_shipped_file():
     text = (ROOT / "etc/velollm.toml").read_text()
     import dataclasses
+
     from velollmd.config import SECTIONS, BackendConfig
     for cls in [*SECTIONS.values(), BackendConfig]:
         for f in dataclasses.fields(cls):

@@ -1,7 +1,7 @@
 import httpx
 
-from velollmd.metrics import Counter, Histogram
 from tests.daemon_rig import RunningDaemon, ollama_backend
+from velollmd.metrics import Counter, Histogram
 
 
 def test_counter_and_histogram_render_prometheus_text():

@@ -10,14 +10,14 @@ import time
 from .api.admin import AdminRoutes
 from .api.ollama import OllamaRoutes
 from .api.openai import OpenAIRoutes
-from .api.router import Router
+from .api.routes import Router
 from .backends.registry import Registry
 from .config import Config
+from .core.pipeline import Pipeline
+from .core.service import Service
 from .errors import BadRequest, Unauthorized, Unavailable, VeloError
 from .http.message import Request, Response
 from .metrics import Metrics
-from .pipeline import Pipeline
-from .service import Service
 
 PUBLIC_PATHS = frozenset({"/health", "/", "/metrics"})
 PRIORITY_HEADER = "x-velollm-priority"

@@ -4,8 +4,8 @@ import asyncio
 import json
 
 import pytest
-
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from velollmd.app import App
 from velollmd.backends.base import ModelInfo

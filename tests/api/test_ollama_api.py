@@ -41,7 +41,7 @@ def test_chat_stream_translated_for_llamacpp(client):
 
 def test_tool_calls_translated_back_to_objects(client):
     from tests.rig.llama import force_tool_call_bias
-    from velollmd.backends.ollama_convert import ollama_chat_request_to_openai
+    from velollmd.wire.ollama import ollama_chat_request_to_openai
     tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
     # the ollama client has no logit_bias: send it through options, which pass to llama-server

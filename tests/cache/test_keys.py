@@ -1,7 +1,13 @@
 import pytest
 
-from velollmd.cache.keys import (canonical_json, exact_key, last_user_text, partition_key,
-                                 query_text, tenant_namespace)
+from velollmd.cache.keys import (
+    canonical_json,
+    exact_key,
+    last_user_text,
+    partition_key,
+    query_text,
+    tenant_namespace,
+)
 
 BASE = {"model": "llama3", "messages": [{"role": "system", "content": "be brief"},
                                         {"role": "user", "content": "hi"}]}

@@ -1,8 +1,7 @@
 import pytest
 
 from velollmd.cache.exact import CachedResponse
-from velollmd.cache.policy import (bypass_reason, client_bypass, request_storable,
-                                   response_storable)
+from velollmd.cache.policy import bypass_reason, client_bypass, request_storable, response_storable
 
 GREEDY = {"model": "m", "messages": [], "temperature": 0}
 

@@ -1,8 +1,13 @@
 import json
 
 from velollmd.cache.exact import CachedResponse
-from velollmd.cache.replay import (from_json_response, from_stream_chunks, split_content,
-                                   to_json, to_sse_chunks)
+from velollmd.cache.replay import (
+    from_json_response,
+    from_stream_chunks,
+    split_content,
+    to_json,
+    to_sse_chunks,
+)
 
 USAGE = {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}
 TOOL_CALLS = (

@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 
 from velollmd.cache.exact import CachedResponse
-from velollmd.cache.store import (SNAPSHOT_NAME, SnapshotState, decode_snapshot, encode_snapshot,
-                                  read_snapshot, write_snapshot)
+from velollmd.cache.store import (
+    SNAPSHOT_NAME,
+    SnapshotState,
+    decode_snapshot,
+    encode_snapshot,
+    read_snapshot,
+    write_snapshot,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -2,9 +2,9 @@ import struct
 
 import pytest
 
-from velollmd.hw import modelinfo
-from velollmd.hw.gguf_header import ArrayInfo, GGUFError, read_gguf_header
 from tests.hw.ggufs import write_gguf
+from velollmd.ctl import modelinfo
+from velollmd.hw.gguf_header import ArrayInfo, GGUFError, read_gguf_header
 
 
 def test_reads_llama_metadata(tmp_path):

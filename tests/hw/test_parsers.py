@@ -2,8 +2,8 @@
 
 import pytest
 
-from velollmd.hw import amd, apple, cpu, nvidia
 from tests.hw.fixtures import FIXTURES, fixture
+from velollmd.hw import amd, apple, cpu, nvidia
 
 
 def test_nvidia_query_one_gpu():

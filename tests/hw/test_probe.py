@@ -1,8 +1,8 @@
 """detect() against fake nvidia-smi / rocm-smi / lspci executables on PATH."""
 import pytest
 
-from velollmd.hw import probe
 from tests.hw.fakebin import fake_path, hangs, live_group_members, prints, write_tool
+from velollmd.hw import probe
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-from velollmd.hw.run import FAILED, MISSING, OK, TIMEOUT, run_command
 from tests.hw.fakebin import hangs, live_group_members, write_tool
+from velollmd.hw.run import FAILED, MISSING, OK, TIMEOUT, run_command
 
 
 def test_ok_captures_stdout(tmp_path):

@@ -26,10 +26,14 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable
 
-from tests.rig.ollama_routes import ROUTES
 from tests.rig.ollama_replies import (
-    DEFAULT_MODELS, EmulatedModel, ScriptedReply, default_reply, parse_keep_alive,
+    DEFAULT_MODELS,
+    EmulatedModel,
+    ScriptedReply,
+    default_reply,
+    parse_keep_alive,
 )
+from tests.rig.ollama_routes import ROUTES
 
 
 class ClientGone(Exception):

@@ -8,8 +8,18 @@ from typing import Any
 
 from tests.rig import ollama_openai_compat
 from tests.rig.ollama_replies import (
-    EMBED_DIM, OLLAMA_VERSION, EmulatedModel, ScriptedReply, apply_stop, count_tokens,
-    embed_text, now_rfc3339, parse_keep_alive, prompt_text, timings, tool_calls_json,
+    EMBED_DIM,
+    OLLAMA_VERSION,
+    EmulatedModel,
+    ScriptedReply,
+    apply_stop,
+    count_tokens,
+    embed_text,
+    now_rfc3339,
+    parse_keep_alive,
+    prompt_text,
+    timings,
+    tool_calls_json,
 )
 
 

@@ -3,12 +3,12 @@
 import pytest
 
 from tests.aio import run
-from velollmd.api.request import GenerateRequest
 from velollmd.config import BackendConfig, SchedulerConfig
+from velollmd.core.service import Service
 from velollmd.errors import BackendError, BadRequest, Unavailable
 from velollmd.sched.breaker import BreakerState, CircuitBreaker
 from velollmd.sched.fingerprint import fingerprint_of
-from velollmd.service import Service
+from velollmd.wire.request import GenerateRequest
 
 
 def test_breaker_opens_after_n_consecutive_failures_and_probes_once_after_cooldown():

@@ -1,9 +1,13 @@
 """Fingerprints built from real token ids: pieces, counts, ids, prefixes across turns, and
 real pieces mixed with estimated ones."""
-from velollmd.api.request import GenerateRequest
 from velollmd.sched.fingerprint import (
-    CHARS_PER_TOKEN, MESSAGE_OVERHEAD_TOKENS, TOKENS_PER_PIECE, fingerprint_of, texts_of,
+    CHARS_PER_TOKEN,
+    MESSAGE_OVERHEAD_TOKENS,
+    TOKENS_PER_PIECE,
+    fingerprint_of,
+    texts_of,
 )
+from velollmd.wire.request import GenerateRequest
 
 SYSTEM = "you are a careful assistant. " * 20
 QUESTION = "what does the long report say about the harbour? " * 10

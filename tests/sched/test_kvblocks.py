@@ -4,9 +4,9 @@ import array
 import numpy as np
 import pytest
 
+from tests.sched.pyblocks import PyBlockPool
+from tests.sched.pyblocks import hash_block as py_hash_block
 from velollmd.sched.kvblocks import ROOT_HASH, BlockPool, hash_block
-from velollmd.sched.pyblocks import PyBlockPool
-from velollmd.sched.pyblocks import hash_block as py_hash_block
 
 
 @pytest.fixture(params=[BlockPool, PyBlockPool], ids=["cffi", "python"])

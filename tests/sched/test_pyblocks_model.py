@@ -3,8 +3,8 @@ import random
 
 import pytest
 
+from tests.sched.pyblocks import PyBlockPool
 from velollmd.sched.kvblocks import BlockPool
-from velollmd.sched.pyblocks import PyBlockPool
 
 BLOCK_SIZE = 4
 PREFIXES = [[p * 1000 + i for i in range(12)] for p in range(3)]  # shared system prompts

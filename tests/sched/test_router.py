@@ -1,10 +1,10 @@
 """Fingerprints, affinity tables and the PrefixRouter, with plain objects as backends."""
 from types import SimpleNamespace
 
-from velollmd.api.request import GenerateRequest
 from velollmd.sched.affinity import RecentTable, SlotTable
 from velollmd.sched.fingerprint import CHUNK_CHARS, fingerprint_of
 from velollmd.sched.router import PrefixRouter
+from velollmd.wire.request import GenerateRequest
 
 
 def chat(*contents):

@@ -12,8 +12,8 @@ import openai
 import pytest
 
 from tests.daemon_rig import RunningDaemon, llama_backend, ollama_backend
-from velollmd.api.request import GenerateRequest
 from velollmd.sched.fingerprint import MESSAGE_OVERHEAD_TOKENS, fingerprint_of
+from velollmd.wire.request import GenerateRequest
 
 NUM_TURNS = 3
 

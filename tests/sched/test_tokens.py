@@ -7,11 +7,11 @@ import pytest
 
 from tests.aio import run
 from tests.sched.test_failover_breaker import FakeBackend, FakeRegistry
-from velollmd.api.request import GenerateRequest
 from velollmd.config import SchedulerConfig
+from velollmd.core.service import Service
 from velollmd.errors import BackendError, NotFound
 from velollmd.sched.tokens import MAX_CONCURRENT, TokenCache, tokenizer_of
-from velollmd.service import Service
+from velollmd.wire.request import GenerateRequest
 
 
 class WordTokenizer(FakeBackend):

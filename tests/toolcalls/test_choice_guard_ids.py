@@ -1,10 +1,11 @@
 import json
 
 from tests.toolcalls.corpus import load_tools
-from velollmd.toolcalls.choice import (check_tool_choice, ollama_format, parse_tool_choice,
-                                       retry_messages)
-from velollmd.toolcalls.guard import detect_loop
-from velollmd.toolcalls.ids import ensure_call_id, new_call_id
+from velollmd.toolcalls.choice import check_tool_choice, retry_messages
+from velollmd.toolcalls.loopguard import detect_loop
+from velollmd.wire.ids import ensure_call_id, new_call_id
+from velollmd.wire.ollama import ollama_format
+from velollmd.wire.tools import parse_tool_choice
 
 TOOLS = load_tools()["default"]
 CALL = {"id": "call_1", "type": "function", "function": {"name": "search", "arguments": '{"query": "x"}'}}

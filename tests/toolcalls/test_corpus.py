@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.toolcalls.corpus import load_cases
-from velollmd.toolcalls.pipeline import process_output
+from velollmd.toolcalls.assemble import process_output
 from velollmd.toolcalls.stream import ToolCallStream
 
 CASES = load_cases()

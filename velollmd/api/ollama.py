@@ -13,15 +13,22 @@ import json
 import time
 from typing import AsyncIterator
 
-from .. import __version__, wirejson
+from .. import __version__
 from ..backends.ollama import OllamaBackend
-from ..backends.ollama_convert import (done_reason_of, now_rfc3339, ollama_chat_request_to_openai,
-                                       ollama_final_fields, ollama_generate_request_to_openai,
-                                       ollama_tool_calls)
 from ..errors import BadRequest, VeloError
 from ..http.message import Request, Response
-from .request import GenerateRequest, check_message_tool_calls, validate_chat, validate_completion
-from ..streams import closing
+from ..wire import wirejson
+from ..wire.ollama import (
+    done_reason_of,
+    now_rfc3339,
+    ollama_chat_request_to_openai,
+    ollama_final_fields,
+    ollama_generate_request_to_openai,
+    ollama_tool_calls,
+)
+from ..wire.request import GenerateRequest
+from ..wire.streams import closing
+from .validate import check_message_tool_calls, validate_chat, validate_completion
 
 NDJSON = [("content-type", "application/x-ndjson")]
 

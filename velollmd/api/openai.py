@@ -10,8 +10,9 @@ import numpy as np
 from ..errors import BadRequest
 from ..http.message import Request, Response
 from ..http.sse import sse_response
-from ..service import Outcome
-from .request import GenerateRequest, validate_chat, validate_completion, validate_embeddings
+from ..wire.outcome import Outcome
+from ..wire.request import GenerateRequest
+from .validate import validate_chat, validate_completion, validate_embeddings
 
 
 class OpenAIRoutes:

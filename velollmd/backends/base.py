@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from ..api.request import GenerateRequest
 from ..config import BackendConfig
 from ..errors import BackendError, BadRequest, NotFound, NotImplementedByBackend, VeloError
 from ..http.client import ClientResponse, HTTPClient
-from ..streams import closing
+from ..wire.request import GenerateRequest
+from ..wire.streams import closing
 
 log = logging.getLogger("velollmd.backends")
 

@@ -8,14 +8,19 @@ from __future__ import annotations
 import time
 from typing import AsyncIterator
 
-from ..api.request import GenerateRequest
 from ..errors import VeloError
 from ..http.client import ClientResponse
-from ..ids import response_id
+from ..wire.ids import response_id
+from ..wire.ollama import (
+    OllamaChatStream,
+    ollama_chat_to_openai,
+    ollama_generate_to_openai,
+    openai_to_ollama_chat,
+    openai_to_ollama_generate,
+)
+from ..wire.request import GenerateRequest
+from ..wire.streams import closing
 from .base import Backend, ModelInfo
-from .ollama_convert import (OllamaChatStream, ollama_chat_to_openai, ollama_generate_to_openai,
-                             openai_to_ollama_chat, openai_to_ollama_generate)
-from ..streams import closing
 
 
 def _model_names(models) -> list[str]:

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
-from ..api.request import GenerateRequest
 from ..errors import BadRequest
+from ..wire.request import GenerateRequest
 from .base import Backend, ModelInfo
-
 
 PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}   # by request endpoint
 

@@ -9,10 +9,9 @@ rows when it is small. Full index: the least recently used row is evicted.
 from __future__ import annotations
 
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
-
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 

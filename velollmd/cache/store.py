@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import wirejson
+from ..wire import wirejson
 from .exact import CachedResponse
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 from urllib.parse import urlsplit
 
-from .. import wirejson
 from ..errors import BackendError, BackendTimeout
-from .connection import EndOfMessage, Head, HTTPParser, ProtocolError
+from ..wire import wirejson
+from ..wire.streams import closing
+from .parser import EndOfMessage, Head, HTTPParser, ProtocolError
 from .sse import SSEDecoder
-from ..streams import closing
 
 READ_SIZE = 65536
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 from urllib.parse import parse_qsl
 
-from .. import wirejson
 from ..errors import BadRequest, VeloError
+from ..wire import wirejson
 
 JSON_TYPE = "application/json"
 REASONS = {

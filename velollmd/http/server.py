@@ -16,11 +16,18 @@ from typing import Awaitable, Callable
 
 from ..config import ServerConfig
 from ..errors import VeloError
-from .connection import EndOfMessage, Head, HTTPParser, ProtocolError
+from ..wire.streams import aclose
 from .message import Request, Response
-from .writer import (READ_SIZE, WRITE_HIGH_WATER, CorkedBody, IdlePinger, encode_head, error_response,
-                     send_final_response)
-from ..streams import aclose
+from .parser import EndOfMessage, Head, HTTPParser, ProtocolError
+from .writer import (
+    READ_SIZE,
+    WRITE_HIGH_WATER,
+    CorkedBody,
+    IdlePinger,
+    encode_head,
+    error_response,
+    send_final_response,
+)
 
 log = logging.getLogger("velollmd.http")
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
-from .. import wirejson
 from ..errors import VeloError
+from ..wire import wirejson
+from ..wire.streams import closing
 from .message import Burst, Response
-from ..streams import closing
 
 PING = b": ping\n\n"
 DONE = b"data: [DONE]\n\n"

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ..api.request import GenerateRequest
+from ..wire.request import GenerateRequest
 
 CHUNK_CHARS = 256
 CHARS_PER_TOKEN = 4           # rough; real tokenizers give 2-5 characters per token

@@ -5,7 +5,7 @@ C return codes become Python values: KV_NO_FIT becomes `None` / `False` (not fit
 ordinary outcome), KV_ENOMEM MemoryError, KV_EINVAL ValueError, KV_ENOSEQ KeyError.
 Every per-request call is one C call; token ids cross as one int32 array.
 
-Semantics (shared with the pure-Python model in pyblocks.py):
+Semantics (shared with the pure-Python model in tests/sched/pyblocks.py, the tests' oracle):
 - blocks of `block_size` token slots; a request's block table covers its tokens plus any
   reserved `num_extra_tokens`;
 - never-hashed free blocks are reused LIFO; a full block is registered under

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..api.request import GenerateRequest
+from ..wire.request import GenerateRequest
 from .fingerprint import texts_of
 
 log = logging.getLogger("velollmd.sched.tokens")

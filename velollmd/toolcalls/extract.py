@@ -9,8 +9,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .formats import (Loads, looks_pythonic, parse_function_xml, parse_json_values,
-                      parse_mistral_named, parse_pythonic, value_to_calls)
+from .formats import (
+    Loads,
+    looks_pythonic,
+    parse_function_xml,
+    parse_json_values,
+    parse_mistral_named,
+    parse_pythonic,
+    value_to_calls,
+)
 from .scan import find_value_end
 from .tools import RawCall, ToolIndex
 

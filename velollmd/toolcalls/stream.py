@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import ToolsConfig
-from .pipeline import (CallAssembler, ToolResult, backend_raw_call, finish_result,
-                       new_segmenter)
+from .assemble import CallAssembler, ToolResult, backend_raw_call, finish_result, new_segmenter
 from .tools import ToolIndex
 
 

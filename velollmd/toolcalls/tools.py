@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..wire.tools import name_and_schema
+
 _NAME_PREFIXES = ("functions.", "function.", "tools.", "tool.")
 
 
@@ -21,7 +23,7 @@ class ToolIndex:
     def __init__(self, tools: list[dict] | None):
         self.schemas: dict[str, dict] = {}
         for tool in tools or ():
-            name, schema = _name_and_schema(tool)
+            name, schema = name_and_schema(tool)
             if name:
                 self.schemas[name] = schema
         self._folded = {_fold(name): name for name in self.schemas}
@@ -46,16 +48,6 @@ class ToolIndex:
 
     def schema(self, name: str) -> dict:
         return self.schemas.get(name) or {}
-
-
-def _name_and_schema(tool: dict) -> tuple[str | None, dict]:
-    """OpenAI {"type": "function", "function": {...}} or a flat {"name", "parameters"}."""
-    if not isinstance(tool, dict):
-        return None, {}
-    spec = tool.get("function") if isinstance(tool.get("function"), dict) else tool
-    name = spec.get("name")
-    schema = spec.get("parameters") or spec.get("input_schema") or {}
-    return (name if isinstance(name, str) else None), (schema if isinstance(schema, dict) else {})
 
 
 def _fold(name: str) -> str:

@@ -1,0 +1,82 @@
+"""`velollmctl status` against the real daemon, a scripted daemon with cache/metrics, a closed port."""
+from __future__ import annotations
+
+import json
+
+from tests.ctl.bench.helpers import run_ctl, run_ctl_process
+from tests.ctl.bench.scripted_server import ScriptedServer
+from tests.daemon_rig import RunningDaemon, llama_backend
+from tests.rig.llama import free_port
+
+
+def test_status_of_a_healthy_daemon(capsys, daemon, llama_server):
+    rc, out, err = run_ctl(capsys, "status", "--url", daemon.url)
+    assert rc == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0].split() == ["velollmd", daemon.url] and lines[1].split() == ["status", "ok"]
+    assert lines[2].split() == ["version", "0.1.0"]
+    assert next(l for l in lines if l.startswith("cache ")).split()[1:3] == ["0", "entries,"]
+    assert next(l for l in lines if l.startswith("queue ")).split()[1:3] == ["running", "0,"]
+    assert any(l.split()[:2] == ["llama:", "0"] for l in lines)
+    header = next(i for i, line in enumerate(lines) if line.startswith("backend "))
+    assert lines[header].split() == ["backend", "kind", "healthy", "slots", "models", "error"]
+    assert lines[header + 1].split() == ["llama", "llamacpp", "yes", "4", "tiny"]
+    assert lines[header + 2].split()[:3] == ["ollama", "ollama", "yes"]
+
+
+def test_status_json(capsys, daemon):
+    rc, out, _ = run_ctl(capsys, "status", "--url", daemon.url + "/v1/", "--json")
+    result = json.loads(out)
+    assert rc == 0 and result["healthy"] is True and result["url"] == daemon.url
+    assert [b["name"] for b in result["health"]["backends"]] == ["llama", "ollama"]
+    assert result["cache"]["available"] and result["cache"]["data"]["entries"] == 0
+    assert result["queue"]["available"] and result["queue"]["data"]["num_waiting"] == 0
+    assert result["metrics"]["available"] and result["metrics"]["data"]["num_samples"] > 0
+
+
+def test_unhealthy_backend_is_shown_but_the_daemon_is_up(capsys):
+    dead = {"name": "dead", "kind": "llamacpp", "url": f"http://127.0.0.1:{free_port()}", "models": ["x*"]}
+    with RunningDaemon({"backends": [dead]}) as daemon:
+        rc, out, _ = run_ctl(capsys, "status", "--url", daemon.url)
+    row = next(line for line in out.splitlines() if line.startswith("dead "))
+    assert rc == 0 and row.split()[:3] == ["dead", "llamacpp", "no"] and "connect" in row
+
+
+def test_draining_daemon_exits_1(capsys, llama_server):
+    with RunningDaemon({"backends": [llama_backend(llama_server)]}) as daemon:
+        daemon.app.draining = True
+        rc, out, _ = run_ctl(capsys, "status", "--url", daemon.url)
+    assert rc == 1 and out.splitlines()[1].split() == ["status", "draining"]
+
+
+def test_cache_and_queue_metrics_when_the_daemon_has_them(capsys):
+    health = {"status": "ok", "version": "9.9", "uptime_s": 3725.5, "backends": []}
+    cache = {"exact": {"entries": 12, "hits": 7}, "hit_rate": 0.5}
+    metrics = (b"# HELP x\nvelollm_queue_depth 3\nvelollm_http_requests_total{status=\"200\"} 41\n"
+               b"velollm_http_requests_total{status=\"404\"} 1\n")
+    routes = {"/health": (200, "application/json", json.dumps(health).encode()),
+              "/v1/velollm/cache": (200, "application/json", json.dumps(cache).encode()),
+              "/metrics": (200, "text/plain", metrics)}
+    with ScriptedServer(routes) as server:
+        rc, out, _ = run_ctl(capsys, "status", "--url", server.url)
+    lines = [line.split() for line in out.splitlines()]
+    assert rc == 0 and ["uptime", "1h", "02m", "05s"] in lines
+    assert ["cache", "exact.entries", "12"] in lines and ["exact.hits", "7"] in lines and ["hit_rate", "0.5"] in lines
+    assert ["metrics", "3", "samples"] in lines and ["velollm_http_requests_total", "42"] in lines
+    assert ["queue", "not", "available", "(HTTP", "404)"] in lines
+    assert ["backends", "none", "configured"] in lines
+
+
+def test_closed_port_is_one_clear_line_and_exit_1():
+    port = free_port()
+    result = run_ctl_process("status", "--url", f"http://127.0.0.1:{port}")
+    assert result.returncode == 1 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        result.stderr.strip()]                                         # one line
+    assert result.stderr.startswith(f"velollmctl status: cannot reach velollmd at http://127.0.0.1:{port}")
+
+
+def test_not_velollmd_is_a_clear_error(capsys):
+    with ScriptedServer({"/health": (200, "text/html", b"<html>hello</html>")}) as server:
+        rc, out, err = run_ctl(capsys, "status", "--url", server.url)
+    assert rc == 1 and out == "" and "did not answer with a JSON object" in err

@@ -1,0 +1,266 @@
+"""Table-driven tests of the sans-IO parser: every smuggling case is a row."""
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from velollmd.http.parser import Data, EndOfMessage, Head, HTTPParser, ProtocolError
+
+
+def parse_all(raw: bytes, role="server", eof=True, **limits):
+    parser = HTTPParser(role, **limits)
+    parser.feed(raw)
+    if eof:
+        parser.feed_eof()
+    events = []
+    while (event := parser.next_event()) is not None:
+        events.append(event)
+        if parser._state == "done":
+            break
+    return events
+
+
+def messages(events):
+    """[(head, body, trailers)] from a list of events."""
+    out, head, body = [], None, b""
+    for event in events:
+        if isinstance(event, Head):
+            head, body = event, b""
+        elif isinstance(event, Data):
+            body += event.data
+        elif isinstance(event, EndOfMessage):
+            out.append((head, body, event.trailers))
+    return out
+
+
+H = b"Host: a\r\n"
+
+VALID = [
+    ("simple GET", b"GET / HTTP/1.1\r\n" + H + b"\r\n", "GET", b""),
+    ("content-length body", b"POST /x HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello", "POST", b"hello"),
+    ("chunked body", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", "POST", b"hello world"),
+    ("chunked upper hex + ext", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nA;name=v\r\n0123456789\r\n0\r\n\r\n", "POST", b"0123456789"),
+    ("chunked with trailer", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nX-T: 1\r\n\r\n", "POST", b"x"),
+    ("TE case-insensitive", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: Chunked\r\n\r\n0\r\n\r\n", "POST", b""),
+    ("HTTP/1.0 without host", b"GET / HTTP/1.0\r\n\r\n", "GET", b""),
+    ("leading empty line", b"\r\nGET / HTTP/1.1\r\n" + H + b"\r\n", "GET", b""),
+    ("identical duplicate CL", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\nok", "POST", b"ok"),
+    ("header value OWS trimmed", b"POST / HTTP/1.1\r\n" + H + b"Content-Length:\t 2 \t\r\n\r\nok", "POST", b"ok"),
+    ("zero CL", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 0\r\n\r\n", "POST", b""),
+    ("obs-text in value", b"GET / HTTP/1.1\r\n" + H + b"X-A: caf\xc3\xa9\r\n\r\n", "GET", b""),
+]
+
+
+@pytest.mark.parametrize("name,raw,method,body", VALID, ids=[v[0] for v in VALID])
+def test_valid_requests(name, raw, method, body):
+    [(head, got_body, _)] = messages(parse_all(raw))
+    assert head.method == method
+    assert got_body == body
+
+
+BAD = [
+    # smuggling: framing conflicts
+    ("CL and TE", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("two different CL", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
+    ("CL list", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 5, 5\r\n\r\nhello", 400),
+    ("CL plus sign", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: +5\r\n\r\nhello", 400),
+    ("CL hex", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 0x5\r\n\r\nhello", 400),
+    ("CL underscore", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 1_0\r\n\r\n0123456789", 400),
+    ("CL unicode digits", b"POST / HTTP/1.1\r\n" + H + "Content-Length: \u0665\r\n\r\n".encode() + b"hello", 400),
+    ("CL negative", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: -1\r\n\r\n", 400),
+    ("CL 20 digits", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 00000000000000000001\r\n\r\nx", 400),
+    ("CL empty", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: \r\n\r\n", 400),
+    ("TE gzip", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n", 501),
+    ("TE chunked not last", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, gzip\r\n\r\n", 400),
+    ("TE chunked twice", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 400),
+    ("TE chunked twice in two headers", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("TE identity", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: identity\r\n\r\n", 501),
+    ("TE with vertical tab", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: \x0bchunked\r\n\r\n0\r\n\r\n", 400),
+    ("chunked on HTTP/1.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("chunk size not hex", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400),
+    ("chunk size 0x prefix", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n", 400),
+    ("chunk size plus", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n", 400),
+    ("chunk size too long", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n00000000000000005\r\nhello\r\n0\r\n\r\n", 400),
+    ("chunk size leading space", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n 5\r\nhello\r\n0\r\n\r\n", 400),
+    ("chunk data without CRLF", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n", 400),
+    ("chunk size bare LF", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", 400),
+    # header syntax
+    ("space before colon", b"GET / HTTP/1.1\r\n" + H + b"Content-Length : 0\r\n\r\n", 400),
+    ("obs-fold", b"GET / HTTP/1.1\r\n" + H + b"X-A: 1\r\n  continued\r\n\r\n", 400),
+    ("bare LF line endings", b"GET / HTTP/1.1\nHost: a\n\n", 400),
+    ("bare LF in one header line", b"GET / HTTP/1.1\r\nHost: a\nX: 1\r\n\r\n", 400),
+    ("bare CR in value", b"GET / HTTP/1.1\r\n" + H + b"X-A: 1\r2\r\n\r\n", 400),
+    ("NUL in value", b"GET / HTTP/1.1\r\n" + H + b"X-A: a\x00b\r\n\r\n", 400),
+    ("control byte in name", b"GET / HTTP/1.1\r\n" + H + b"X\x01A: 1\r\n\r\n", 400),
+    ("non-token byte in name", b"GET / HTTP/1.1\r\n" + H + b"X(A): 1\r\n\r\n", 400),
+    ("empty header name", b"GET / HTTP/1.1\r\n" + H + b": 1\r\n\r\n", 400),
+    ("no colon", b"GET / HTTP/1.1\r\n" + H + b"X-A 1\r\n\r\n", 400),
+    ("HTTP/1.1 without Host", b"GET / HTTP/1.1\r\n\r\n", 400),
+    ("two Hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    # request line
+    ("bad method token", b"G@T / HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("lowercase version", b"GET / http/1.1\r\n" + H + b"\r\n", 400),
+    ("HTTP/2.0", b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505),
+    ("HTTP/1.2", b"GET / HTTP/1.2\r\n" + H + b"\r\n", 505),
+    ("two spaces in request line", b"GET  / HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("missing version", b"GET /\r\n" + H + b"\r\n", 400),
+    ("control byte in target", b"GET /a\x7fb HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("request line too long", b"GET /" + b"a" * 8200 + b" HTTP/1.1\r\n" + H + b"\r\n", 414),
+    # limits
+    ("headers too large", b"GET / HTTP/1.1\r\n" + H + b"X-A: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    ("too many fields", b"GET / HTTP/1.1\r\n" + H + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n", 431),
+    ("body too large", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 1000001\r\n\r\n", 413),
+    ("chunked body too large", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\nFFFFFFFF\r\n", 413),
+    # truncation
+    ("eof inside body", b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 10\r\n\r\nabc", 400),
+    ("eof inside head", b"GET / HTTP/1.1\r\nHo", 400),
+]
+
+
+@pytest.mark.parametrize("name,raw,status", BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_raise_with_status(name, raw, status):
+    with pytest.raises(ProtocolError) as info:
+        parse_all(raw, max_body_bytes=1_000_000)
+    assert info.value.status == status
+
+
+def test_body_limit_is_checked_before_reading_the_body():
+    parser = HTTPParser("server", max_body_bytes=10)
+    parser.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n")
+    with pytest.raises(ProtocolError) as info:
+        parser.next_event()
+    assert info.value.status == 413
+
+
+def test_pipelined_requests_come_out_in_order():
+    raw = (b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
+           b"POST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+           b"POST /3 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nz\r\n0\r\n\r\n")
+    got = [(h.target, body) for h, body, _ in messages(parse_all(raw))]
+    assert got == [("/1", b""), ("/2", b"abc"), ("/3", b"z")]
+
+
+def test_byte_by_byte_feeding_gives_the_same_events():
+    raw = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    parser = HTTPParser("server")
+    body, heads, ends = b"", [], 0
+    for i in range(len(raw)):
+        parser.feed(raw[i:i + 1])
+        while (event := parser.next_event()) is not None:
+            if isinstance(event, Head):
+                heads.append(event.target)
+            elif isinstance(event, Data):
+                body += event.data
+            else:
+                ends += 1
+    assert (heads, body, ends) == (["/x"], b"abcde", 1)
+
+
+@pytest.mark.parametrize("raw,keep_alive", [
+    (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", True),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", False),
+    (b"GET / HTTP/1.0\r\n\r\n", False),
+    (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True),
+])
+def test_keep_alive_rules(raw, keep_alive):
+    [(head, _, _)] = messages(parse_all(raw))
+    assert head.keep_alive is keep_alive
+
+
+def test_expect_continue_flag():
+    [(head, _, _)] = messages(parse_all(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx"))
+    assert head.expect_continue
+
+
+def test_header_names_are_lower_case_and_values_trimmed():
+    [(head, _, _)] = messages(parse_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Thing:   v 1  \r\n\r\n"))
+    assert head.get("x-thing") == "v 1"
+
+
+# -- client role --------------------------------------------------------------------------
+
+def client_messages(raw: bytes, methods=("GET",)):
+    parser = HTTPParser("client")
+    for method in methods:
+        parser.expect_response(method)
+    parser.feed(raw)
+    parser.feed_eof()
+    events = []
+    while (event := parser.next_event()) is not None:
+        events.append(event)
+        if parser._state == "done":
+            break
+    return messages(events)
+
+
+def test_client_reads_until_close_without_framing():
+    [(head, body, _)] = client_messages(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it")
+    assert (head.status, body, head.keep_alive) == (200, b"all of it", False)
+
+
+def test_client_head_and_204_have_no_body():
+    raw = (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n"
+           b"HTTP/1.1 204 No Content\r\n\r\n"
+           b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    got = [(h.status, b) for h, b, _ in client_messages(raw, ("HEAD", "DELETE", "GET"))]
+    assert got == [(200, b""), (204, b""), (200, b"ok")]
+
+
+def test_client_skips_informational_responses():
+    raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nx"
+    got = [(h.status, b) for h, b, _ in client_messages(raw, ("POST",))]
+    assert got == [(100, b""), (201, b"x")]
+
+
+def test_client_rejects_garbage_status_line_as_bad_gateway():
+    with pytest.raises(ProtocolError) as info:
+        client_messages(b"HTTP/1.1 2000 OK\r\n\r\n")
+    assert info.value.status == 502
+
+
+# -- fuzzing ------------------------------------------------------------------------------
+
+SEEDS = [row[1] for row in VALID + BAD if len(row[1]) < 2000]
+
+
+def _mutate(data: bytes, edits) -> bytes:
+    buf = bytearray(data)
+    for kind, pos, byte in edits:
+        pos = pos % (len(buf) + 1)
+        if kind == 0:
+            buf.insert(pos, byte)
+        elif kind == 1 and buf:
+            del buf[pos % len(buf)]
+        elif buf:
+            buf[pos % len(buf)] = byte
+    return bytes(buf)
+
+
+def _drive(raw: bytes, split: int) -> None:
+    parser = HTTPParser("server", max_header_bytes=4096, max_body_bytes=100_000)
+    try:
+        for piece in (raw[:split], raw[split:]):
+            parser.feed(piece)
+            for _ in range(10_000):
+                if parser.next_event() is None:
+                    break
+        parser.feed_eof()
+        for _ in range(10_000):
+            if parser.next_event() is None:
+                break
+    except ProtocolError as exc:
+        assert 400 <= exc.status < 600
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(SEEDS),
+       st.lists(st.tuples(st.integers(0, 2), st.integers(0, 4000), st.integers(0, 255)), max_size=6),
+       st.integers(0, 4000))
+def test_fuzz_mutated_requests_only_raise_protocol_errors(seed, edits, split):
+    raw = _mutate(seed, edits)
+    _drive(raw, split % (len(raw) + 1))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=600), st.integers(0, 600))
+def test_fuzz_random_bytes_only_raise_protocol_errors(raw, split):
+    _drive(raw, split % (len(raw) + 1))

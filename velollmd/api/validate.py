@@ -1,0 +1,177 @@
+"""Validation of OpenAI request bodies (chat, completions, embeddings).
+
+Validation names the offending field in a 400 (`param`), the way OpenAI does; fields we do
+not know pass through untouched (backends such as llama.cpp and vLLM accept extras like
+top_k or min_p).
+"""
+from __future__ import annotations
+
+from ..errors import BadRequest
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+NUMBER = (int, float)
+
+
+def _fail(param: str, message: str):
+    raise BadRequest(f"Invalid '{param}': {message}", param=param, code="invalid_value")
+
+
+def _check_type(body: dict, name: str, types, what: str) -> None:
+    if name in body and body[name] is not None:
+        value = body[name]
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            _fail(name, f"expected {what}, got a boolean")
+        if not isinstance(value, types):
+            _fail(name, f"expected {what}, got {type(value).__name__}")
+
+
+def _check_range(body: dict, name: str, low, high) -> None:
+    value = body.get(name)
+    if value is not None and not (low <= value <= high):
+        _fail(name, f"must be between {low} and {high}, got {value}")
+
+
+def _check_sampling(body: dict) -> None:
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p",
+                 "repetition_penalty", "repeat_penalty"):
+        _check_type(body, name, NUMBER, "a number")
+    for name in ("max_tokens", "max_completion_tokens", "seed", "n", "top_k", "top_logprobs"):
+        _check_type(body, name, int, "an integer")
+    _check_range(body, "temperature", 0, 2)
+    _check_range(body, "top_p", 0, 1)
+    _check_range(body, "presence_penalty", -2, 2)
+    _check_range(body, "frequency_penalty", -2, 2)
+    _check_range(body, "max_tokens", 1, 1 << 30)
+    _check_range(body, "max_completion_tokens", 1, 1 << 30)
+    _check_range(body, "n", 1, 128)
+    _check_range(body, "top_logprobs", 0, 20)
+    _check_type(body, "stream", bool, "a boolean")
+    _check_type(body, "logprobs", (bool, int), "a boolean")
+    _check_type(body, "user", str, "a string")
+    _check_type(body, "logit_bias", dict, "an object")
+    _check_stop(body.get("stop"))
+    _check_stream_options(body)
+
+
+def _check_stop(stop) -> None:
+    if stop is None or isinstance(stop, str):
+        return
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        _fail("stop", "expected a string or an array of strings")
+    if len(stop) > 16:
+        _fail("stop", "at most 16 stop sequences")
+
+
+def _check_stream_options(body: dict) -> None:
+    options = body.get("stream_options")
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        _fail("stream_options", "expected an object")
+    if not body.get("stream"):
+        _fail("stream_options", "only allowed when 'stream' is true")
+    _check_type(options, "include_usage", bool, "a boolean")
+
+
+def _check_model(body: dict) -> None:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        _fail("model", "a non-empty string is required")
+
+
+def _check_messages(messages) -> None:
+    if not isinstance(messages, list) or not messages:
+        _fail("messages", "a non-empty array of messages is required")
+    for i, message in enumerate(messages):
+        param = f"messages[{i}]"
+        if not isinstance(message, dict):
+            _fail(param, "expected an object")
+        if not isinstance(message.get("role"), str) or message["role"] not in ROLES:
+            _fail(f"{param}.role", f"must be one of {', '.join(sorted(ROLES))}")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            _fail(f"{param}.content", "expected a string or an array of content parts")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    _fail(f"{param}.content[{j}]", "expected a content part object with a 'type'")
+        if content is None and not message.get("tool_calls") and message.get("role") != "assistant":
+            _fail(f"{param}.content", "is required")
+        check_message_tool_calls(message.get("tool_calls"), f"{param}.tool_calls")
+
+
+def check_message_tool_calls(calls, param: str) -> None:
+    """Tool calls in a message: objects whose function has a name (arguments: string or object)."""
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        _fail(param, "expected an array of tool calls")
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            _fail(f"{param}[{i}].function.name", "each tool call needs a function with a name")
+        if not isinstance(function.get("arguments", ""), (str, dict)):
+            _fail(f"{param}[{i}].function.arguments", "expected a JSON string or an object")
+
+
+def _check_tools(body: dict) -> None:
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            _fail("tools", "expected an array")
+        for i, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                _fail(f"tools[{i}].function.name", "each tool needs a function with a name")
+            if "parameters" in function and not isinstance(function["parameters"], dict):
+                _fail(f"tools[{i}].function.parameters", "expected a JSON Schema object")
+    choice = body.get("tool_choice")
+    if choice is None or choice in ("none", "auto", "required"):
+        return
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    if not isinstance(name, str):
+        _fail("tool_choice", "expected 'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}")
+    if not any(t["function"]["name"] == name for t in tools or []):
+        _fail("tool_choice", f"function {name!r} is not among the request's tools")
+
+
+def _check_response_format(body: dict) -> None:
+    fmt = body.get("response_format")
+    if fmt is None:
+        return
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        _fail("response_format", "type must be 'text', 'json_object' or 'json_schema'")
+    if kind == "json_schema" and not isinstance((fmt.get("json_schema") or {}).get("schema"), dict):
+        _fail("response_format.json_schema.schema", "a JSON Schema object is required")
+
+
+def validate_chat(body: dict) -> dict:
+    _check_model(body)
+    _check_messages(body.get("messages"))
+    _check_sampling(body)
+    _check_tools(body)
+    _check_response_format(body)
+    return body
+
+
+def validate_completion(body: dict) -> dict:
+    _check_model(body)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, (str, list)):
+        _fail("prompt", "a string or an array of strings is required")
+    if isinstance(prompt, list) and not all(isinstance(p, (str, int)) for p in prompt):
+        _fail("prompt", "expected a string, an array of strings or an array of token ids")
+    _check_sampling(body)
+    _check_type(body, "echo", bool, "a boolean")
+    return body
+
+
+def validate_embeddings(body: dict) -> dict:
+    _check_model(body)
+    value = body.get("input")
+    if isinstance(value, str):
+        return body
+    if not isinstance(value, list) or not value or not all(isinstance(v, (str, int, list)) for v in value):
+        _fail("input", "a string or a non-empty array of strings is required")
+    return body

@@ -1,0 +1,1 @@
+"""The request path: pipeline, single-flight, service (route, admit, failover), relay."""

@@ -1,0 +1,260 @@
+"""One request through the daemon, whatever API it came in by.
+
+`Service.generate` takes a GenerateRequest and returns an Outcome: a whole OpenAI response
+or a stream of OpenAI chunks, plus response headers. In order:
+
+1. route: the model's healthy backends whose circuit is closed, ranked by the PrefixRouter
+   (longest cached prefix, then least load); the rest of the ranking is the failover order.
+   The prompt's fingerprint carries real token ids when a llama.cpp backend is among them
+   (sched/tokens.py: /tokenize, cached per message), estimates otherwise;
+2. admit: wait for a slot and KV budget on that backend (sched/admission.py: priorities,
+   429 when the queue is full, 503 after queue_timeout_s, preemption);
+3. pin: on llama.cpp, send `id_slot` + `cache_prompt` for the slot that holds the prefix;
+4. call the backend. A failure before the first byte reaches the client (connection
+   refused/reset, a 5xx from the backend: BackendError) counts against the backend's circuit
+   breaker and is retried once on the next backend.
+
+A stream is primed (its first chunk awaited) before the Outcome is returned, so that a
+backend failing before its first byte still gets a proper HTTP error status (or a retry),
+and the queue wait happens inside that first await. The slot is held until the stream ends
+or the client goes away (the server closes the stream / cancels the handler).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import logging
+import time
+from typing import AsyncIterator, Callable
+
+from ..backends.base import Backend
+from ..backends.registry import Registry
+from ..config import SchedulerConfig
+from ..errors import BackendError, Unavailable
+from ..sched.admission import Admission, Preempted, num_ctx_of
+from ..sched.breaker import CircuitBreaker
+from ..sched.fingerprint import Fingerprint, fingerprint_of
+from ..sched.request import Request
+from ..sched.router import PrefixRouter
+from ..sched.tokens import TokenCache
+from ..wire.outcome import Delivery, Outcome
+from ..wire.request import GenerateRequest, max_tokens_of
+from ..wire.shape import UNREADABLE, check_answer
+from ..wire.streams import closing, prime
+from .relay import ChunkRelay
+
+log = logging.getLogger("velollmd.core.service")
+MAX_ATTEMPTS = 2                 # the first backend, then one retry on another
+DEFAULT_MAX_TOKENS = 256         # reserved in the KV budget when the request sets none
+
+
+class Service:
+    def __init__(self, registry: Registry, config: SchedulerConfig | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.registry = registry
+        self.config = config or SchedulerConfig()
+        self.clock = clock
+        self.admission = Admission(self.config, clock)
+        self.router = PrefixRouter(self.config.prefix_routing, pin_slots=self.config.pin_slots)
+        self.tokens = TokenCache()
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.num_failovers = 0
+        self._ids = itertools.count()
+        registry.listeners.append(self.on_health)
+
+    # ---- generation ----
+
+    async def generate(self, request: GenerateRequest, delivery: Delivery | None = None) -> Outcome:
+        """The answer from the best backend. A stream follows `delivery` (relay.py): its usage
+        chunk kept and counted, its chunks JSON bytes when they go straight to the SSE writer;
+        by default, dicts with usage as the request asked."""
+        allowed = self._allowed(request.model)
+        fingerprint = await self._fingerprint(request, allowed)
+        last_error: BackendError | None = None
+        num_attempts = 0
+        for backend in self.router.rank(allowed, fingerprint, self.admission.load):
+            if num_attempts >= MAX_ATTEMPTS:
+                break
+            if not self.breaker(backend).allow(self.clock()):
+                continue                   # half-open and its one probe is out
+            num_attempts += 1
+            self.num_failovers += num_attempts > 1
+            try:
+                outcome = await self._generate_on(backend, request, fingerprint, delivery)
+            except BackendError as exc:    # before the first byte reached the client
+                self._failed(backend, exc)
+                last_error = exc
+                continue
+            self.breaker(backend).record_success()
+            return outcome
+        raise last_error or Unavailable(f"no backend for model '{request.model}' accepts requests now",
+                                        code="no_healthy_backend", headers={"retry-after": "1"})
+
+    async def _generate_on(self, backend: Backend, request: GenerateRequest, fingerprint: Fingerprint,
+                           delivery: Delivery | None) -> Outcome:
+        scheduled = self._sched_request(backend, request, fingerprint)
+        headers = {"x-velollm-backend": backend.name}
+        if request.stream:
+            relay = ChunkRelay(backend, request.model, request.endpoint,
+                               delivery or Delivery(request.include_usage))
+            chunks = await prime(self._stream(backend, request, scheduled, fingerprint, relay))
+            return Outcome(headers, chunks=chunks)
+        body = await self._complete(backend, request, scheduled, fingerprint)
+        body["model"] = request.model
+        return Outcome(headers, body=body)
+
+    async def _complete(self, backend: Backend, request: GenerateRequest, scheduled: Request,
+                        fingerprint: Fingerprint) -> dict:
+        while True:
+            try:
+                async with self.admission.slot(backend, scheduled):
+                    with self._pinned(backend, request, fingerprint) as pinned:
+                        return await self._call(backend, pinned)
+            except Preempted:
+                continue                   # back in the queue; wait for a slot again
+
+    async def _call(self, backend: Backend, request: GenerateRequest) -> dict:
+        call = backend.chat if request.endpoint == "chat" else backend.completion
+        try:
+            body = await call(request)
+        except UNREADABLE as exc:                   # a converter could not read the native reply
+            raise BackendError(f"backend {backend.name} sent an answer velollmd cannot read: {exc!r}",
+                               code="bad_backend_response") from None
+        return check_answer(body, request.endpoint, backend.name)
+
+    async def _stream(self, backend: Backend, request: GenerateRequest, scheduled: Request,
+                      fingerprint: Fingerprint, relay: ChunkRelay) -> AsyncIterator[dict | bytes]:
+        async with self.admission.slot(backend, scheduled):
+            with self._pinned(backend, request, fingerprint) as pinned:
+                async with closing(backend.answer_events(pinned)) as batches:
+                    try:
+                        async for batch in batches:
+                            for chunk in relay.convert_batch(batch):
+                                yield chunk
+                    except UNREADABLE as exc:        # a converter could not read the native stream
+                        raise BackendError(f"backend {backend.name} sent a stream velollmd cannot read: "
+                                           f"{exc!r}", code="bad_backend_response") from None
+
+    @contextlib.contextmanager
+    def _pinned(self, backend: Backend, request: GenerateRequest, fingerprint: Fingerprint):
+        """The request with `id_slot` for the llama.cpp slot holding its prefix (if any)."""
+        slot = self.router.claim(backend, fingerprint, self.clock())
+        try:
+            if slot is None:
+                yield request
+            else:
+                yield dataclasses.replace(request, body={**request.body, "id_slot": slot,
+                                                         "cache_prompt": True})
+        finally:
+            self.router.release(backend, slot)
+
+    def _sched_request(self, backend: Backend, request: GenerateRequest,
+                       fingerprint: Fingerprint) -> Request:
+        max_tokens = min(max_tokens_of(request.body) or DEFAULT_MAX_TOKENS, num_ctx_of(backend))
+        return Request(f"req-{next(self._ids)}", request.model, fingerprint.token_ids(),
+                       max_tokens, arrival_time=self.clock(), priority=request.priority,
+                       stream=request.stream)
+
+    # ---- routing and health ----
+
+    async def _fingerprint(self, request: GenerateRequest, backends: list[Backend]) -> Fingerprint:
+        """The prompt's fingerprint; with prefix routing and `[scheduler] tokenize` on, its long
+        texts carry the real token ids of a llama.cpp backend among `backends`."""
+        if not (self.config.prefix_routing and self.config.tokenize):
+            return fingerprint_of(request)
+        return fingerprint_of(request, await self.tokens.for_request(request, backends))
+
+    def _allowed(self, model: str) -> list[Backend]:
+        """Candidates whose circuit lets requests through (404/503 when none)."""
+        now = self.clock()
+        candidates = self.registry.candidates(model)
+        allowed = [b for b in candidates if self.breaker(b).would_allow(now)]
+        if not allowed:
+            raise Unavailable(f"every backend for model '{model}' is failing; retry later",
+                              code="no_healthy_backend",
+                              headers={"retry-after": str(max(1, round(self._cooldown_left(candidates, now))))})
+        return allowed
+
+    def breaker(self, backend: Backend) -> CircuitBreaker:
+        breaker = self.breakers.get(backend.name)
+        if breaker is None:
+            breaker = self.breakers[backend.name] = CircuitBreaker(
+                self.config.breaker_failures, self.config.breaker_cooldown_s)
+        return breaker
+
+    def _failed(self, backend: Backend, exc: BackendError) -> None:
+        if self.breaker(backend).record_failure(self.clock()):
+            self.router.forget(backend)
+        log.warning("backend request failed", extra={"fields": {
+            "backend": backend.name, "error": exc.message, "breaker": self.breaker(backend).state.value}})
+
+    def on_health(self, backend: Backend, was_healthy: bool | None) -> None:
+        """Registry hook after each health check: feeds the breaker; a change of health (down,
+        or back up after a restart) drops what we believed the backend caches."""
+        if backend.healthy:
+            self.breaker(backend).record_success()
+        elif self.breaker(backend).record_failure(self.clock()):
+            self.router.forget(backend)
+        if was_healthy is not None and was_healthy != backend.healthy:
+            self.router.forget(backend)
+
+    def _cooldown_left(self, backends: list[Backend], now: float) -> float:
+        return min(self.breaker(b).opened_at + self.breaker(b).cooldown_s - now for b in backends)
+
+    async def native(self, backend: Backend, request: GenerateRequest, path: str, body: dict) -> AsyncIterator:
+        """An Ollama-native request passed through `backend` under admission (priorities,
+        backpressure). The iterator yields the upstream ClientResponse first, then its body
+        bytes; the slot is held until the body ends or the client goes away."""
+        fingerprint = await self._fingerprint(request, self.registry.candidates(request.model))
+        scheduled = self._sched_request(backend, request, fingerprint)
+
+        async def relay():
+            async with self.admission.slot(backend, scheduled):
+                upstream = await backend.native("POST", path, body)
+                try:
+                    yield upstream
+                    async for data in upstream.iter_raw():
+                        yield data
+                finally:
+                    upstream.close()
+        return await prime(relay())
+
+    # ---- embeddings and stats ----
+
+    async def embeddings(self, body: dict) -> Outcome:
+        """Embeddings need no slot, but get the same health, breaker and one-retry failover."""
+        last_error: BackendError | None = None
+        num_attempts = 0
+        for backend in self.registry.candidates(body["model"]):
+            if num_attempts >= MAX_ATTEMPTS or not self.breaker(backend).allow(self.clock()):
+                continue
+            num_attempts += 1
+            try:
+                answer = await backend.embeddings(body)
+            except BackendError as exc:
+                self._failed(backend, exc)
+                last_error = exc
+                continue
+            self.breaker(backend).record_success()
+            if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+                raise BackendError(f"backend {backend.name} sent embeddings velollmd cannot read",
+                                   code="bad_backend_response")
+            answer["model"] = body["model"]
+            return Outcome({"x-velollm-backend": backend.name}, body=answer)
+        raise last_error or Unavailable(f"no backend for model '{body['model']}' accepts requests now",
+                                        code="no_healthy_backend", headers={"retry-after": "1"})
+
+    def stats(self) -> dict:
+        """Queue depth, running requests, rejections, preemptions per backend; routing hits."""
+        backends = self.admission.stats()
+        for backend in self.registry.backends:            # not admitted to yet: idle
+            backends.setdefault(backend.name, {"num_slots": backend.num_slots, "num_running": 0, "num_waiting": 0})
+        for name, breaker in self.breakers.items():
+            backends.setdefault(name, {})["breaker"] = breaker.state.value
+        totals = {key: sum(b.get(key, 0) for b in backends.values())
+                  for key in ("num_running", "num_waiting", "num_rejected", "num_timed_out", "num_preempted")}
+        return {**totals, "num_failovers": self.num_failovers, "routing": self.router.stats(),
+                "tokenize": {"enabled": self.config.prefix_routing and self.config.tokenize,
+                             **self.tokens.stats()},
+                "backends": backends}

@@ -1,0 +1,166 @@
+"""The tool-call layer in the daemon: cleans every answer to a request that has `tools`.
+
+Whole answers go through `process_output`; streams through a `ToolCallStream`, so content
+passes through untouched until something that may be a call appears. tool_choice
+"required" / a named function: Ollama is constrained with a `format` schema (see the Ollama
+backend); elsewhere a non-streaming answer that breaks it is retried `max_retries` times with
+a message telling the model what was wrong.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import AsyncIterator, Awaitable, Callable
+
+from ..config import ToolsConfig
+from ..metrics import Metrics
+from ..toolcalls.assemble import ToolResult, process_output
+from ..toolcalls.choice import retry_messages
+from ..toolcalls.stream import ToolCallStream
+from ..wire.request import GenerateRequest
+from ..wire.streams import closing
+from ..wire.tools import parse_tool_choice
+
+Regenerate = Callable[[GenerateRequest], Awaitable]
+REPAIR_HEADER = "x-velollm-tool-repair"
+LOOP_HEADER = "x-velollm-tool-loop"
+
+
+class ToolCallLayer:
+    def __init__(self, config: ToolsConfig, metrics: Metrics):
+        self.config = config
+        self.metrics = metrics
+
+    @staticmethod
+    def applies(request: GenerateRequest) -> bool:
+        """Does this layer read the answer to `request`? (chat requests with tools)"""
+        return request.endpoint == "chat" and bool(request.tools)
+
+    async def apply(self, request: GenerateRequest, outcome, regenerate: Regenerate):
+        if not self.applies(request):
+            return outcome
+        if outcome.chunks is not None:
+            outcome.chunks = self._stream(request, outcome.chunks)
+            return outcome
+        result = self._clean_body(request, outcome.body)
+        retries = self.config.max_retries if parse_tool_choice(request.body.get("tool_choice"))[0] in (
+            "required", "named") else 0
+        while result.error and retries > 0:
+            retries -= 1
+            self.metrics.tool_repairs.inc(kind="retry")
+            outcome = await regenerate(self._retry_request(request, outcome.body, result))
+            result = self._clean_body(request, outcome.body)
+        self._headers(outcome.headers, result)
+        return outcome
+
+    def _clean_body(self, request: GenerateRequest, body: dict) -> ToolResult:
+        choice = body["choices"][0]
+        message = choice.setdefault("message", {})
+        result = process_output(message.get("content"), message.get("tool_calls"), request.tools,
+                                tool_choice=request.body.get("tool_choice"), config=self.config,
+                                messages=request.body.get("messages"))
+        message["content"] = result.content
+        if result.tool_calls:
+            message["tool_calls"] = result.tool_calls
+            choice["finish_reason"] = "tool_calls"
+        else:
+            message.pop("tool_calls", None)
+            if choice.get("finish_reason") == "tool_calls":
+                choice["finish_reason"] = "stop"
+        self._count(result)
+        return result
+
+    def _retry_request(self, request: GenerateRequest, body: dict, result: ToolResult) -> GenerateRequest:
+        content = (body["choices"][0].get("message") or {}).get("content")
+        messages = retry_messages(request.body["messages"], content, result.error, request.tools,
+                                  request.body.get("tool_choice"))
+        return replace(request, body={**request.body, "messages": messages})
+
+    def _headers(self, headers: dict, result: ToolResult) -> None:
+        """What was fixed, for a whole answer (a stream's head is gone by then: see _report)."""
+        if result.fixes:
+            headers[REPAIR_HEADER] = ",".join(dict.fromkeys(result.fixes))
+        if result.loop:
+            headers[LOOP_HEADER] = "1"
+
+    def _count(self, result: ToolResult) -> None:
+        for fix in dict.fromkeys(result.fixes):
+            self.metrics.tool_repairs.inc(kind=fix)
+        if result.loop:
+            self.metrics.tool_loops.inc()
+
+    async def _stream(self, request: GenerateRequest, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
+        """Content deltas pass through until a call may start; calls come out whole, each as
+        one `delta.tool_calls` entry with index, id, type, name and arguments."""
+        body = request.body
+        stream = ToolCallStream(request.tools, tool_choice=body.get("tool_choice"), config=self.config,
+                                messages=body.get("messages"))
+        backend_calls: dict[int, dict] = {}
+        template, finish = None, None
+        async with closing(chunks) as source_iter:
+            async for chunk in source_iter:
+                choices = chunk.get("choices") or []
+                if not choices:                                   # the usage chunk
+                    for out in self._close(stream, backend_calls, template, finish):
+                        yield out
+                    template = None
+                    yield chunk
+                    continue
+                template = template or chunk
+                delta = choices[0].get("delta") or {}
+                finish = choices[0].get("finish_reason") or finish
+                _merge_backend_calls(delta.get("tool_calls"), backend_calls)
+                if delta.get("role") and not delta.get("content"):
+                    yield chunk
+                    continue
+                if delta.get("reasoning_content"):
+                    yield _chunk_like(chunk, {"reasoning_content": delta["reasoning_content"]})
+                for out in _emit(stream.feed(delta.get("content") or ""), chunk):
+                    yield out
+        if template is not None:
+            for out in self._close(stream, backend_calls, template, finish):
+                yield out
+
+    def _close(self, stream: ToolCallStream, backend_calls, template, finish) -> list[dict]:
+        if template is None:
+            return []
+        events = stream.add_calls([backend_calls[i] for i in sorted(backend_calls)]) + stream.finish()
+        self._count(stream.result)
+        out = list(_emit(events, template))
+        reason = stream.finish_reason or ("stop" if finish == "tool_calls" else finish) or "stop"
+        out.append(_chunk_like(template, {}, finish_reason=reason) | _report(stream.result))
+        return out
+
+
+def _report(result: ToolResult) -> dict:
+    """The headers' news for a stream, on its finish chunk: {"velollm": {"tool_repair": [...],
+    "tool_loop": true}}, or nothing when nothing was fixed."""
+    report = {}
+    if result.fixes:
+        report["tool_repair"] = list(dict.fromkeys(result.fixes))
+    if result.loop:
+        report["tool_loop"] = True
+    return {"velollm": report} if report else {}
+
+
+def _merge_backend_calls(fragments, calls: dict[int, dict]) -> None:
+    """OpenAI tool-call fragments from the backend, merged by index."""
+    for fragment in fragments or []:
+        call = calls.setdefault(fragment.get("index", len(calls)),
+                                {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        call["id"] = fragment.get("id") or call["id"]
+        function = fragment.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
+
+
+def _emit(events, template: dict):
+    for event in events:
+        if event.is_call:
+            yield _chunk_like(template, {"tool_calls": [event.tool_call_delta()]})
+        elif event.content:
+            yield _chunk_like(template, {"content": event.content})
+
+
+def _chunk_like(template: dict, delta: dict, finish_reason=None) -> dict:
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    return {**{k: v for k, v in template.items() if k not in ("choices", "usage")}, "choices": [choice]}

@@ -1,0 +1,1 @@
+"""velollmctl bench: workloads, a client, statistics and reports."""

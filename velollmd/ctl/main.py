@@ -1,0 +1,147 @@
+"""`velollmctl`: detect hardware, tune Ollama / llama.cpp, benchmark, status.
+
+One argparse subparser per verb; each verb is one `cmd_*` function returning an exit code.
+`bench` lives in bench/cli.py, `status` in status.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..hw import probe
+from ..hw.gguf_header import GGUFError
+from ..hw.run import DEFAULT_TIMEOUT_S
+from . import llamacpp_cmd, modelinfo, report, settings, tune
+from .bench.cli import add_bench_arguments
+from .status import add_status_arguments
+
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+
+
+def cmd_detect(args) -> int:
+    hw = probe.detect(timeout_s=args.timeout)
+    if args.json:
+        print(json.dumps(hw.to_dict(), indent=2))
+    else:
+        sys.stdout.write(report.format_hardware(hw))
+    return 0
+
+
+def load_model(args) -> modelinfo.ModelInfo:
+    """From --gguf, --ollama-model or --model-size (raises ValueError/OSError/GGUFError)."""
+    if args.gguf:
+        return modelinfo.from_gguf(args.gguf)
+    if args.ollama_model:
+        show = modelinfo.fetch_ollama_show(args.ollama_url, args.ollama_model, args.timeout)
+        return modelinfo.from_ollama_show(show, args.ollama_model)
+    return modelinfo.from_size(args.model_size, args.quant)
+
+
+def _draft(args, p: tune.TunePlan):
+    paths = list(args.draft_candidates or [])
+    if args.models_dir:
+        paths += llamacpp_cmd.scan_gguf_files(args.models_dir)
+    candidates, notes = llamacpp_cmd.load_candidates(paths)
+    return llamacpp_cmd.choose_draft(p, candidates), notes
+
+
+def cmd_optimize(args) -> int:
+    try:
+        model = load_model(args)
+    except (ValueError, OSError, GGUFError) as exc:
+        print(f"velollmctl optimize: cannot read the model: {exc}", file=sys.stderr)
+        return 2
+    hw = probe.detect(timeout_s=args.timeout)
+    p = tune.plan(hw, model, args.context, args.vram_mib)
+    recs = tune.recommendations(hw, p)
+    current = settings.read_current(dict(os.environ), args.dropin_dir)
+    if args.json:
+        print(json.dumps(_json_result(hw, p, recs, current), indent=2))
+        return 0
+    print(report.format_plan(p, hw.notes))
+    print(report.format_diff(tune.diff(recs, current), written=bool(args.write_systemd or args.write_env)))
+    print(report.format_request_options(recs))
+    if args.llamacpp:
+        draft, notes = _draft(args, p)
+        argv = llamacpp_cmd.llama_server_argv(p, model.path or "MODEL.gguf", draft)
+        print("llama.cpp server:\n  " + llamacpp_cmd.format_command(argv))
+        print("\n".join(f"  # {line}" for line in llamacpp_cmd.explain(p, draft) + notes) + "\n")
+    return _write_outputs(args, model, hw, recs)
+
+
+def _write_outputs(args, model, hw, recs) -> int:
+    env = tune.env_values(recs)
+    header = (f"Written by velollmctl optimize for {model.name} on "
+              f"{', '.join(g.name for g in hw.gpus) or hw.cpu.model}.")
+    try:
+        if args.write_systemd:
+            path = Path(args.write_systemd) / settings.DROPIN_NAME
+            backup = settings.write_atomic(path, settings.render_dropin(env, header))
+            print(f"wrote {path}" + (f" (previous file kept as {backup})" if backup else ""))
+            print("apply with: sudo systemctl daemon-reload && sudo systemctl restart ollama")
+        if args.write_env:
+            backup = settings.write_atomic(args.write_env, settings.render_env_file(env, header))
+            print(f"wrote {args.write_env}" + (f" (previous file kept as {backup})" if backup else ""))
+    except OSError as exc:
+        print(f"velollmctl optimize: cannot write: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _json_result(hw, p, recs, current) -> dict:
+    return {"hardware": hw.to_dict(),
+            "plan": {"model": p.model.name, "weights_mib": p.model.weights_mib,
+                     "budget_mib": p.budget.mib, "device": p.budget.device,
+                     "context": p.context, "parallel": p.parallel, "cache_type": p.cache_type,
+                     "kv_cache_mib": p.kv_mib, "headroom_mib": p.headroom_mib,
+                     "num_gpu_layers": p.num_gpu_layers, "notes": list(p.notes)},
+            "recommendations": [{"key": r.key, "value": r.value, "reason": r.reason, "scope": r.scope,
+                                 "current": current[r.key].value if r.key in current else None}
+                                for r in recs]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="velollmctl", description=__doc__.splitlines()[0])
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help="seconds allowed to each hardware probe tool (default 5)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    detect = sub.add_parser("detect", help="show GPUs, CPU, memory and OS")
+    detect.add_argument("--json", action="store_true", help="machine-readable output")
+    detect.set_defaults(func=cmd_detect)
+    _add_optimize(sub.add_parser("optimize", help="recommend Ollama / llama.cpp settings"))
+    add_bench_arguments(sub.add_parser("bench", help="benchmark the daemon or any OpenAI / Ollama endpoint"))
+    add_status_arguments(sub.add_parser("status", help="show the daemon's health, backends and cache"))
+    return parser
+
+
+def _add_optimize(opt: argparse.ArgumentParser) -> None:
+    model = opt.add_mutually_exclusive_group()
+    model.add_argument("--model-size", default="8B", help="parameter count, e.g. 8B or 500M (default 8B)")
+    model.add_argument("--gguf", metavar="PATH", help="read the model's shape from a GGUF file")
+    model.add_argument("--ollama-model", metavar="NAME", help="ask Ollama's /api/show about NAME")
+    opt.add_argument("--quant", default=modelinfo.DEFAULT_QUANT, help="with --model-size (default Q4_K_M)")
+    opt.add_argument("--ollama-url", default=DEFAULT_OLLAMA_URL)
+    opt.add_argument("--context", type=int, default=tune.DEFAULT_CONTEXT, help="wanted context per request")
+    opt.add_argument("--vram-mib", type=int, help="override the detected free GPU memory (e.g. a MIG slice)")
+    opt.add_argument("--dropin-dir", default=settings.DROPIN_DIR, help="where current drop-ins are read")
+    opt.add_argument("--dry-run", action="store_true", default=True, help="show the diff only (default)")
+    opt.add_argument("--write-systemd", nargs="?", const=settings.DROPIN_DIR, metavar="DIR",
+                     help=f"write DIR/{settings.DROPIN_NAME} (default DIR {settings.DROPIN_DIR})")
+    opt.add_argument("--write-env", metavar="FILE", help="write a shell file of `export` lines")
+    opt.add_argument("--llamacpp", action="store_true", help="print a tuned llama-server command")
+    opt.add_argument("--draft-candidates", nargs="+", metavar="PATH", help="GGUF files to draft with")
+    opt.add_argument("--models-dir", metavar="DIR", help="scan DIR for GGUF draft candidates")
+    opt.add_argument("--json", action="store_true", help="machine-readable output")
+    opt.set_defaults(func=cmd_optimize)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

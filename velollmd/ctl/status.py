@@ -1,0 +1,166 @@
+"""`velollmctl status`: the daemon's health, backends, cache and queue in one short table.
+
+Reads GET /health (always there), then GET /v1/velollm/cache and GET /metrics when the daemon
+has them: a 404 (or any non-200) of those reads as "not available", not as a failure.
+Exit code 0 when the daemon answers and is healthy, 1 when it is unreachable or draining.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from ..errors import VeloError
+from ..http.client import HTTPClient
+from .bench.client import base_url
+from .report import format_columns
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+HEADLINE_METRICS = ("velollm_http_requests_total", "velollm_tokens_total", "velollm_tool_call_repairs_total",
+                    "velollm_tool_call_loops_total")
+
+
+async def _get(client: HTTPClient, path: str) -> tuple[int, bytes]:
+    response = await client.request("GET", path)
+    return response.status, await response.read()
+
+
+async def _optional_json(client: HTTPClient, path: str) -> dict:
+    """{"available": bool, "status": int, "data": ...}; never raises for HTTP errors."""
+    try:
+        status, body = await _get(client, path)
+        data = json.loads(body) if status == 200 else None
+    except (VeloError, ValueError):
+        return {"available": False, "status": None, "data": None}
+    return {"available": status == 200 and data is not None, "status": status, "data": data}
+
+
+async def _metrics_summary(client: HTTPClient) -> dict:
+    """Headline totals from the Prometheus text at /metrics, plus the number of samples."""
+    try:
+        status, body = await _get(client, "/metrics")
+    except VeloError:
+        return {"available": False, "status": None, "data": None}
+    if status != 200:
+        return {"available": False, "status": status, "data": None}
+    samples = [line.split() for line in body.decode("utf-8", "replace").splitlines()
+               if line and not line.startswith("#") and len(line.split()) >= 2]
+    totals = dict.fromkeys(HEADLINE_METRICS, 0.0)
+    for name, value, *_ in samples:
+        family = name.split("{", 1)[0]
+        if family in totals:
+            totals[family] += float(value)
+    return {"available": True, "status": status, "data": {"num_samples": len(samples), "totals": totals}}
+
+
+async def fetch_status(url: str, api_key: str | None = None, timeout_s: float = 5.0) -> dict:
+    """Everything `status` shows, as a JSON-able dict (`reachable` False and `error` on failure)."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else None
+    client = HTTPClient(base_url(url), connect_timeout=timeout_s, read_timeout=timeout_s, headers=headers)
+    result = {"url": base_url(url), "reachable": False, "healthy": False, "error": None,
+              "health": None, "cache": None, "queue": None, "metrics": None}
+    try:
+        status, body = await _get(client, "/health")
+        result["health"] = json.loads(body)
+        result["reachable"] = True
+        result["healthy"] = status == 200 and result["health"].get("status") == "ok"
+        result["cache"] = await _optional_json(client, "/v1/velollm/cache")
+        result["queue"] = await _optional_json(client, "/v1/velollm/queue")
+        result["metrics"] = await _metrics_summary(client)
+    except VeloError as exc:
+        result["error"] = f"cannot reach velollmd at {result['url']}: {exc.message.replace('backend ', '')}"
+    except (ValueError, AttributeError):
+        result["error"] = f"{result['url']}/health did not answer with a JSON object: is this velollmd?"
+    finally:
+        await client.close()
+    return result
+
+
+def _uptime(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _yes_no(flag) -> str:
+    return {True: "yes", False: "no", None: "unknown"}.get(flag, str(flag))
+
+
+def _backend_rows(backends: list[dict]) -> list[str]:
+    rows = [["backend", "kind", "healthy", "slots", "models", "error"]]
+    for b in backends:
+        rows.append([str(b.get("name", "?")), str(b.get("kind", "")), _yes_no(b.get("healthy")),
+                     str(b.get("slots", "-")), ", ".join(b.get("models") or []) or "-",
+                     str(b.get("error") or "")])
+    return format_columns(rows, right={3})
+
+
+def _optional_rows(name: str, part: dict | None, render) -> list[list[str]]:
+    if not part or not part["available"]:
+        why = f"HTTP {part['status']}" if part and part["status"] else "no answer"
+        return [[name, f"not available ({why})"]]
+    return [[name if i == 0 else "", text] for i, text in enumerate(render(part["data"]) or ["-"])]
+
+
+def _flatten(data, prefix: str = "") -> list[str]:
+    if not isinstance(data, dict):
+        return [f"{prefix}{data}"]
+    lines = []
+    for key, value in data.items():
+        lines += _flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key} {value}"]
+    return lines
+
+
+def _cache_lines(data: dict) -> list[str]:
+    """velollmd's own cache stats in one line; any other shape flattened."""
+    if not {"entries", "bytes", "hits", "semantic_hits", "misses"} <= set(data):
+        return _flatten(data)
+    return [f"{data['entries']} entries, {data['bytes'] / 1e6:.1f} MB; hits {data['hits']} exact + "
+            f"{data['semantic_hits']} semantic, misses {data['misses']}, bypasses {data.get('bypasses', 0)}"]
+
+
+def _queue_lines(data: dict) -> list[str]:
+    lines = [f"running {data.get('num_running', 0)}, waiting {data.get('num_waiting', 0)}, "
+             f"rejected {data.get('num_rejected', 0)}, timed out {data.get('num_timed_out', 0)}, "
+             f"failovers {data.get('num_failovers', 0)}"]
+    for name, backend in (data.get("backends") or {}).items():
+        lines.append(f"{name}: {backend.get('num_running', 0)} running / {backend.get('num_slots', '?')} slots, "
+                     f"{backend.get('num_waiting', 0)} waiting, breaker {backend.get('breaker', 'closed')}")
+    return lines
+
+
+def _metrics_lines(data: dict) -> list[str]:
+    totals = data.get("totals") or {}
+    return [f"{data['num_samples']} samples"] + [f"{name} {value:g}" for name, value in totals.items()]
+
+
+def format_status(result: dict) -> str:
+    health = result["health"]
+    rows = [["velollmd", result["url"]], ["status", str(health.get("status"))],
+            ["version", str(health.get("version", "-"))], ["uptime", _uptime(health.get("uptime_s"))]]
+    rows += _optional_rows("cache", result["cache"], _cache_lines)
+    rows += _optional_rows("queue", result.get("queue"), _queue_lines)
+    rows += _optional_rows("metrics", result["metrics"], _metrics_lines)
+    backends = health.get("backends") or []
+    table = _backend_rows(backends) if backends else ["backends  none configured"]
+    return "\n".join(format_columns(rows) + [""] + table) + "\n"
+
+
+def add_status_arguments(parser) -> None:
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"the daemon (default {DEFAULT_URL})")
+    parser.add_argument("--api-key", help="for the daemon's protected routes (cache stats)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=cmd_status)
+
+
+def cmd_status(args) -> int:
+    result = asyncio.run(fetch_status(args.url, args.api_key, min(args.timeout, 30.0)))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif result["error"]:
+        print(f"velollmctl status: {result['error']}", file=sys.stderr)
+    else:
+        sys.stdout.write(format_status(result))
+    return 0 if result["healthy"] else 1

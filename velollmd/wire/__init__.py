@@ -1,0 +1,1 @@
+"""The plain data every layer passes: requests, outcomes, chunks, ids, translations."""

@@ -1,0 +1,322 @@
+"""Translation between OpenAI shapes and Ollama's /api/chat and /api/generate shapes.
+
+Both directions live here: OpenAI requests going to an Ollama backend, and Ollama-native
+requests from clients going to any other backend. Ollama differs from OpenAI in ways that
+break clients when forgotten: tool-call arguments are objects (OpenAI: JSON strings) and
+carry no ids, durations are nanoseconds, usage is prompt_eval_count / eval_count, sampling
+parameters live in `options`, and streams are NDJSON ending with a `done: true` object.
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+from .ids import new_call_id
+from .request import max_tokens_of
+from .tools import name_and_schema, parse_tool_choice
+
+OPTION_FIELDS = {          # OpenAI field -> Ollama option
+    "temperature": "temperature", "top_p": "top_p", "seed": "seed", "top_k": "top_k",
+    "min_p": "min_p", "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty", "repeat_penalty": "repeat_penalty",
+}
+# Ollama options that configure the model load, not one request: nothing to pass on.
+LOAD_OPTIONS = frozenset({"num_ctx", "num_gpu", "main_gpu", "num_thread", "num_batch", "use_mmap",
+                          "use_mlock", "numa", "low_vram", "vocab_only", "f16_kv", "num_keep"})
+
+
+def ollama_format(tools: list[dict], tool_choice) -> dict | None:
+    """A JSON schema for Ollama's `format` that forces a {"name", "arguments"} call, or None
+    when tool_choice does not force a call."""
+    mode, name = parse_tool_choice(tool_choice)
+    if mode not in ("required", "named"):
+        return None
+    schemas = dict(map(name_and_schema, tools or ()))
+    schemas.pop(None, None)
+    names = [name] if mode == "named" else list(schemas)
+    options = [{"type": "object", "required": ["name", "arguments"],
+                "properties": {"name": {"const": n, "enum": [n]},
+                               "arguments": schemas[n] or {"type": "object"}}}
+               for n in names if n in schemas]
+    if not options:
+        return None
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# -- OpenAI request -> Ollama request ------------------------------------------------------
+
+def openai_to_ollama_chat(body: dict, num_ctx: int = 0) -> dict:
+    out = {"model": body["model"], "messages": [_message_to_ollama(m) for m in body["messages"]],
+           "stream": bool(body.get("stream")), "options": _options_to_ollama(body, num_ctx)}
+    if body.get("tools") and body.get("tool_choice") != "none":
+        out["tools"] = body["tools"]
+    fmt = _format_to_ollama(body.get("response_format"))
+    if fmt is None and body.get("tools"):
+        fmt = ollama_format(body["tools"], body.get("tool_choice"))   # forces required/named calls
+    if fmt is not None:
+        out["format"] = fmt
+    for passthrough in ("keep_alive", "think"):
+        if passthrough in body:
+            out[passthrough] = body[passthrough]
+    return out
+
+
+def openai_to_ollama_generate(body: dict, num_ctx: int = 0) -> dict:
+    prompt = body.get("prompt", "")
+    out = {"model": body["model"], "prompt": prompt if isinstance(prompt, str) else "".join(map(str, prompt)),
+           "raw": True, "stream": bool(body.get("stream")), "options": _options_to_ollama(body, num_ctx)}
+    if "suffix" in body:
+        out["suffix"] = body["suffix"]
+    return out
+
+
+def _options_to_ollama(body: dict, num_ctx: int) -> dict:
+    options = {ollama: body[name] for name, ollama in OPTION_FIELDS.items() if body.get(name) is not None}
+    max_tokens = max_tokens_of(body)
+    if max_tokens:
+        options["num_predict"] = max_tokens
+    stop = body.get("stop")
+    if stop:
+        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+    num_ctx = body.get("num_ctx") or num_ctx
+    if num_ctx:
+        options["num_ctx"] = num_ctx
+    options.update(body.get("options") or {})      # Ollama options given explicitly win
+    return options
+
+
+def _format_to_ollama(response_format):
+    if not isinstance(response_format, dict):
+        return None
+    if response_format.get("type") == "json_object":
+        return "json"
+    if response_format.get("type") == "json_schema":
+        return (response_format.get("json_schema") or {}).get("schema")
+    return None
+
+
+def _message_to_ollama(message: dict) -> dict:
+    role = "system" if message.get("role") == "developer" else message.get("role")
+    out = {"role": role, "content": ""}
+    content = message.get("content")
+    if isinstance(content, str):
+        out["content"] = content
+    elif isinstance(content, list):
+        out["content"] = "".join(p.get("text", "") for p in content if p.get("type") == "text")
+        images = [_image_data(p) for p in content if p.get("type") == "image_url"]
+        if any(images):
+            out["images"] = [i for i in images if i]
+    if message.get("tool_calls"):
+        out["tool_calls"] = [{"function": {"name": c["function"]["name"],
+                                           "arguments": _arguments_object(c["function"].get("arguments"))}}
+                             for c in message["tool_calls"]]
+    if role == "tool" and message.get("name"):
+        out["tool_name"] = message["name"]
+    return out
+
+
+def _image_data(part: dict) -> str:
+    url = (part.get("image_url") or {}).get("url", "") if isinstance(part.get("image_url"), dict) else part.get("image_url", "")
+    return url.split(",", 1)[1] if url.startswith("data:") and "," in url else ""
+
+
+def _arguments_object(arguments):
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# -- Ollama response -> OpenAI response ----------------------------------------------------
+
+def _finish_reason(reply: dict, has_tool_calls: bool) -> str:
+    if has_tool_calls:
+        return "tool_calls"
+    return "length" if reply.get("done_reason") == "length" else "stop"
+
+
+def ollama_usage(reply: dict) -> dict:
+    prompt, completion = int(reply.get("prompt_eval_count") or 0), int(reply.get("eval_count") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def ollama_timings(reply: dict) -> dict:
+    """llama.cpp-style timings from Ollama's nanosecond durations (kept for clients)."""
+    prompt_ms = (reply.get("prompt_eval_duration") or 0) / 1e6
+    predicted_ms = (reply.get("eval_duration") or 0) / 1e6
+    predicted_n = reply.get("eval_count") or 0
+    return {"prompt_n": reply.get("prompt_eval_count") or 0, "prompt_ms": prompt_ms,
+            "predicted_n": predicted_n, "predicted_ms": predicted_ms,
+            "predicted_per_second": predicted_n / (predicted_ms / 1e3) if predicted_ms else 0.0,
+            "total_duration_ns": reply.get("total_duration") or 0,
+            "load_duration_ns": reply.get("load_duration") or 0}
+
+
+def openai_tool_calls(calls: list[dict]) -> list[dict]:
+    return [{"id": c.get("id") or new_call_id(), "type": "function",
+             "function": {"name": c["function"]["name"],
+                          "arguments": json.dumps(c["function"].get("arguments") or {}, ensure_ascii=False)
+                          if not isinstance(c["function"].get("arguments"), str) else c["function"]["arguments"]}}
+            for c in calls]
+
+
+def ollama_chat_to_openai(reply: dict, model: str, request_id: str) -> dict:
+    message = reply.get("message") or {}
+    tool_calls = openai_tool_calls(message.get("tool_calls") or [])
+    out_message = {"role": "assistant", "content": message.get("content") or ("" if not tool_calls else None)}
+    if message.get("thinking"):
+        out_message["reasoning_content"] = message["thinking"]
+    if tool_calls:
+        out_message["tool_calls"] = tool_calls
+    return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": out_message, "logprobs": None,
+                         "finish_reason": _finish_reason(reply, bool(tool_calls))}],
+            "usage": ollama_usage(reply), "timings": ollama_timings(reply)}
+
+
+def ollama_generate_to_openai(reply: dict, model: str, request_id: str) -> dict:
+    return {"id": request_id, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": reply.get("response", ""), "logprobs": None,
+                         "finish_reason": _finish_reason(reply, False)}],
+            "usage": ollama_usage(reply), "timings": ollama_timings(reply)}
+
+
+class OllamaChatStream:
+    """Ollama NDJSON chat objects -> OpenAI chat.completion.chunk dicts."""
+
+    def __init__(self, model: str, request_id: str, chat: bool = True):
+        self.model, self.request_id, self.chat = model, request_id, chat
+        self.created = int(time.time())
+        self.started = False
+        self.num_tool_calls = 0
+
+    def chunk(self, delta_or_text, finish_reason=None, usage=None) -> dict:
+        if self.chat:
+            choices = [{"index": 0, "delta": delta_or_text, "logprobs": None, "finish_reason": finish_reason}]
+            kind = "chat.completion.chunk"
+        else:
+            choices = [{"index": 0, "text": delta_or_text, "logprobs": None, "finish_reason": finish_reason}]
+            kind = "text_completion"
+        out = {"id": self.request_id, "object": kind, "created": self.created, "model": self.model,
+               "choices": choices}
+        if usage is not None:
+            out["usage"] = usage
+        return out
+
+    def feed(self, reply: dict) -> list[dict]:
+        chunks = []
+        if self.chat and not self.started:
+            chunks.append(self.chunk({"role": "assistant", "content": ""}))
+        self.started = True
+        chunks += self._content_chunks(reply)
+        if reply.get("done"):
+            finish = _finish_reason(reply, self.num_tool_calls > 0)
+            chunks.append(self.chunk({} if self.chat else "", finish_reason=finish))
+            usage_chunk = self.chunk({}, usage=ollama_usage(reply))
+            usage_chunk["choices"] = []
+            usage_chunk["timings"] = ollama_timings(reply)
+            chunks.append(usage_chunk)
+        return chunks
+
+    def _content_chunks(self, reply: dict) -> list[dict]:
+        if not self.chat:
+            text = reply.get("response", "")
+            return [self.chunk(text)] if text else []
+        message = reply.get("message") or {}
+        chunks = []
+        if message.get("thinking"):
+            chunks.append(self.chunk({"reasoning_content": message["thinking"]}))
+        if message.get("content"):
+            chunks.append(self.chunk({"content": message["content"]}))
+        for call in openai_tool_calls(message.get("tool_calls") or []):
+            chunks.append(self.chunk({"tool_calls": [{"index": self.num_tool_calls, **call}]}))
+            self.num_tool_calls += 1
+        return chunks
+
+
+# -- Ollama-native request (from a client) -> OpenAI request --------------------------------
+
+def ollama_chat_request_to_openai(body: dict) -> dict:
+    out = {"model": body.get("model"), "messages": [_message_from_ollama(m) for m in body.get("messages") or []],
+           "stream": body.get("stream", True) is not False}
+    if body.get("tools"):
+        out["tools"] = body["tools"]
+    _options_from_ollama(body, out)
+    return out
+
+
+def ollama_generate_request_to_openai(body: dict) -> tuple[str, dict]:
+    """("chat" | "completion", OpenAI body): raw prompts go to /v1/completions."""
+    base = {"model": body.get("model"), "stream": body.get("stream", True) is not False}
+    _options_from_ollama(body, base)
+    if body.get("raw"):
+        return "completion", {**base, "prompt": body.get("prompt", "")}
+    messages = [{"role": "system", "content": body["system"]}] if body.get("system") else []
+    user = {"role": "user", "content": body.get("prompt", "")}
+    if body.get("images"):
+        user["content"] = [{"type": "text", "text": body.get("prompt", "")},
+                           *({"type": "image_url", "image_url": {"url": f"data:image/png;base64,{i}"}}
+                             for i in body["images"])]
+    return "chat", {**base, "messages": [*messages, user]}
+
+
+def _options_from_ollama(body: dict, out: dict) -> None:
+    options = dict(body.get("options") or {})
+    reverse = {ollama: name for name, ollama in OPTION_FIELDS.items()}
+    for key in list(options):
+        if key in reverse:
+            out[reverse[key]] = options.pop(key)
+    if "num_predict" in options and options["num_predict"] not in (None, -1, -2):
+        out["max_tokens"] = options.pop("num_predict")
+    if options.get("stop"):
+        out["stop"] = options.pop("stop")
+    for key, value in options.items():                # top_k, mirostat, logit_bias...: llama.cpp and
+        if key not in LOAD_OPTIONS:                    # vLLM take these at the top level
+            out[key] = value
+    fmt = body.get("format")
+    if fmt == "json":
+        out["response_format"] = {"type": "json_object"}
+    elif isinstance(fmt, dict):
+        out["response_format"] = {"type": "json_schema", "json_schema": {"name": "format", "schema": fmt}}
+    if "keep_alive" in body:
+        out["keep_alive"] = body["keep_alive"]
+
+
+def _message_from_ollama(message: dict) -> dict:
+    out = {"role": message.get("role"), "content": message.get("content", "")}
+    if message.get("images"):
+        out["content"] = [{"type": "text", "text": message.get("content", "")},
+                          *({"type": "image_url", "image_url": {"url": f"data:image/png;base64,{i}"}}
+                            for i in message["images"])]
+    if message.get("tool_calls"):
+        out["tool_calls"] = openai_tool_calls(message["tool_calls"])
+    if message.get("tool_name"):
+        out["name"] = message["tool_name"]
+    return out
+
+
+# -- OpenAI response -> Ollama-native response (to a client) --------------------------------
+
+def ollama_final_fields(usage: dict | None, started_ns: int, done_reason: str) -> dict:
+    usage = usage or {}
+    total = time.monotonic_ns() - started_ns
+    return {"done": True, "done_reason": done_reason, "total_duration": total, "load_duration": 0,
+            "prompt_eval_count": usage.get("prompt_tokens", 0), "prompt_eval_duration": 0,
+            "eval_count": usage.get("completion_tokens", 0), "eval_duration": total}
+
+
+def ollama_tool_calls(calls: list[dict]) -> list[dict]:
+    return [{"function": {"name": c["function"]["name"],
+                          "arguments": _arguments_object(c["function"].get("arguments"))}} for c in calls]
+
+
+def done_reason_of(finish_reason: str | None) -> str:
+    return "length" if finish_reason == "length" else "stop"

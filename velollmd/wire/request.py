@@ -1,0 +1,38 @@
+"""The one internal request shape.
+
+Every API dialect (OpenAI, Ollama, ...) turns its requests into a `GenerateRequest` whose
+`body` is an OpenAI-shaped chat or completion request, validated by `api/validate.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GenerateRequest:
+    endpoint: str                       # "chat" | "completion"
+    body: dict                          # OpenAI-shaped request, validated
+    headers: dict[str, str] = field(default_factory=dict)
+    api_key: str = ""
+    priority: int = 5
+    raw_key: str = ""                   # hash of path + raw body + API key (the replay memo)
+
+    @property
+    def model(self) -> str:
+        return self.body["model"]
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.body.get("stream_options") or {}).get("include_usage"))
+
+    @property
+    def tools(self) -> list[dict]:
+        return self.body.get("tools") or []
+
+
+def max_tokens_of(body: dict) -> int | None:
+    return body.get("max_completion_tokens") or body.get("max_tokens")
