@@ -111,7 +111,8 @@ class Metrics:
         self.tokens = Counter("velollm_tokens_total", "Tokens by kind (prompt, completion) and model")
         self.tool_repairs = Counter("velollm_tool_call_repairs_total", "Tool-call fixes by kind")
         self.tool_loops = Counter("velollm_tool_call_loops_total", "Repeated identical tool calls flagged")
-        self.backend_errors = Counter("velollm_backend_errors_total", "Backend failures by backend")
+        self.backend_errors = Counter("velollm_backend_errors_total",
+                                      "Failed backend requests by backend and kind (error code)")
 
     def all(self):
         return [self.requests, self.latency, self.cache, self.tokens, self.tool_repairs,

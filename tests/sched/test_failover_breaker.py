@@ -3,6 +3,7 @@
 import pytest
 
 from tests.aio import run
+from velollmd.backends.base import Backend
 from velollmd.config import BackendConfig, SchedulerConfig
 from velollmd.core.service import Service
 from velollmd.errors import BackendError, BadRequest, Unavailable
@@ -28,13 +29,13 @@ def test_breaker_opens_after_n_consecutive_failures_and_probes_once_after_cooldo
     assert breaker.num_opens == 2
 
 
-class FakeBackend:
+class FakeBackend(Backend):
+    """A backend answering in-process: its name as the content, or `fail_with` raised."""
     kind = "fake"
 
     def __init__(self, name, fail_with=None):
-        self.name, self.fail_with = name, fail_with
-        self.config = BackendConfig(name=name, kind="openai", url="http://127.0.0.1:9")
-        self.num_slots, self.healthy, self.calls = 1, True, 0
+        super().__init__(BackendConfig(name=name, kind="openai", url="http://127.0.0.1:9"))
+        self.fail_with, self.healthy, self.calls = fail_with, True, 0
 
     async def chat(self, request):
         self.calls += 1

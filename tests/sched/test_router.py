@@ -13,8 +13,8 @@ def chat(*contents):
     return fingerprint_of(GenerateRequest("chat", {"model": "m", "messages": messages}))
 
 
-def backend(name, kind="llamacpp", num_slots=2):
-    return SimpleNamespace(name=name, kind=kind, num_slots=num_slots)
+def backend(name, pins_slots=True, num_slots=2):
+    return SimpleNamespace(name=name, pins_slots=pins_slots, num_slots=num_slots)
 
 
 HISTORY = "the quick brown fox " * 100          # 2000 characters
@@ -137,9 +137,9 @@ def test_rank_without_prefix_routing_is_least_load_then_round_robin():
     assert router.claim(one, fp, now=1) is None          # no slot pinning either
 
 
-def test_claim_pins_llamacpp_only_and_forget_drops_affinity():
+def test_claim_pins_only_backends_that_pin_slots_and_forget_drops_affinity():
     router = PrefixRouter()
-    llama, ollama = backend("llama"), backend("ollama", kind="ollama", num_slots=1)
+    llama, ollama = backend("llama"), backend("ollama", pins_slots=False, num_slots=1)
     fp = chat(HISTORY)
     assert router.claim(llama, fp, now=1) == 0
     assert router.claim(ollama, fp, now=1) is None

@@ -128,7 +128,7 @@ def test_full_queue_raises_429_with_retry_after():
     with pytest.raises(RateLimited) as info:
         sched.add_request(make("c"), now=0.0)
     assert info.value.status == 429
-    assert int(info.value.headers["Retry-After"]) >= 1
+    assert int(info.value.headers["retry-after"]) >= 1
     assert sched.get_request("c") is None
 
 

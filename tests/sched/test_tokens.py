@@ -15,8 +15,8 @@ from velollmd.wire.request import GenerateRequest
 
 
 class WordTokenizer(FakeBackend):
-    """A llama.cpp-kind backend whose /tokenize gives one id per word (the word's length)."""
-    kind = "llamacpp"
+    """A backend that can tokenize, like llama.cpp: one id per word (the word's length)."""
+    can_tokenize = True
 
     def __init__(self, name="llama", tokenize_error=None, answer=None):
         super().__init__(name)
@@ -158,9 +158,9 @@ def test_concurrent_requests_with_the_same_new_text_share_one_call():
     assert cache.stats()["num_tokenized"] == 2
 
 
-def test_tokenizer_of_takes_the_first_healthy_llamacpp_backend():
+def test_tokenizer_of_takes_the_first_healthy_backend_that_can_tokenize():
     down, up, other = WordTokenizer("down"), WordTokenizer("up"), WordTokenizer("ollama")
-    down.healthy, other.kind = False, "ollama"
+    down.healthy, other.can_tokenize = False, False
     assert tokenizer_of([other, down, up]) is up
     assert tokenizer_of([other]) is None
 

@@ -21,6 +21,7 @@ from ..wire.request import GenerateRequest
 from ..wire.streams import closing
 
 log = logging.getLogger("velollmd.backends")
+DEFAULT_NUM_CTX = 4096        # per slot, when neither the backend nor the config says
 
 
 @dataclass
@@ -36,8 +37,14 @@ class ModelInfo:
 
 
 class Backend:
+    """A backend says what it can do through its capabilities, so that the scheduler and the
+    API layer ask those instead of testing a kind or a class."""
     kind = "base"
     supports_n = False
+    can_tokenize = False        # `tokenize(text)` gives the model's own token ids
+    pins_slots = False          # a request may name the slot (`id_slot`) that holds its prefix
+    native_ollama = False       # speaks Ollama's own API: Ollama clients pass through (`native`)
+    loaded_models: frozenset[str] | None = None   # models held in memory now; None = unknown
     # Sampling defaults the server applies to omitted fields: the cache key applies them too,
     # so that an explicit default and an omitted field share one entry.
     defaults: dict = {}
@@ -74,6 +81,10 @@ class Backend:
                 return info.identity or info.id
         return model
 
+    def context_size(self) -> int:
+        """Tokens of context per slot: what the server reports, else `num_ctx`, else 4096."""
+        return self.config.num_ctx or DEFAULT_NUM_CTX
+
     def status(self) -> dict:
         return {"name": self.name, "kind": self.kind, "url": self.config.url,
                 "healthy": self.healthy, "slots": self.num_slots, "error": self.last_error or None,
@@ -95,7 +106,7 @@ class Backend:
         return bool(self.healthy)
 
     async def discover(self) -> None:
-        """Learn slots and the like (llama.cpp /props); optional."""
+        """Learn what the server says of itself (slots, context, loaded models); optional."""
 
     async def close(self) -> None:
         if self.client is not None:

@@ -1,4 +1,4 @@
-"""llama.cpp's llama-server: its OpenAI endpoints plus /props, /slots, /tokenize, /completion."""
+"""llama.cpp's llama-server: its OpenAI endpoints plus /props (slots, context) and /tokenize."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,8 @@ from .openai import OpenAIBackend
 class LlamaCppBackend(OpenAIBackend):
     kind = "llamacpp"
     supports_n = False
+    can_tokenize = True
+    pins_slots = True
     defaults = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
 
     def __init__(self, config):
@@ -38,8 +40,10 @@ class LlamaCppBackend(OpenAIBackend):
             if path and os.path.exists(path):
                 model.size = os.path.getsize(path)
 
-    async def slots(self) -> list[dict]:
-        return await self.get_json("/slots")
+    def context_size(self) -> int:
+        """Per-slot context from /props (`n_ctx`), else the configured one."""
+        n_ctx = (self.props.get("default_generation_settings") or {}).get("n_ctx")
+        return int(n_ctx) if n_ctx else super().context_size()
 
     async def tokenize(self, content: str) -> list[int]:
         body = await self.post_json("/tokenize", {"content": content, "add_special": False})

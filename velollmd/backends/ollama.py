@@ -36,9 +36,8 @@ def _model_names(models) -> list[str]:
 
 class OllamaBackend(Backend):
     kind = "ollama"
+    native_ollama = True
     defaults = {"temperature": 0.8, "top_p": 0.9, "top_k": 40}
-
-    loaded_models: frozenset[str] | None = None   # from /api/ps; None until known
 
     async def discover(self) -> None:
         """The models Ollama holds in memory now (/api/ps), for the scheduler's model

@@ -26,13 +26,14 @@ import dataclasses
 import itertools
 import logging
 import time
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
 from ..backends.base import Backend
 from ..backends.registry import Registry
 from ..config import SchedulerConfig
 from ..errors import BackendError, Unavailable
-from ..sched.admission import Admission, Preempted, num_ctx_of
+from ..metrics import Metrics
+from ..sched.admission import Admission, Preempted
 from ..sched.breaker import CircuitBreaker
 from ..sched.fingerprint import Fingerprint, fingerprint_of
 from ..sched.request import Request
@@ -47,12 +48,14 @@ from .relay import ChunkRelay
 log = logging.getLogger("velollmd.core.service")
 MAX_ATTEMPTS = 2                 # the first backend, then one retry on another
 DEFAULT_MAX_TOKENS = 256         # reserved in the KV budget when the request sets none
+T = TypeVar("T")
 
 
 class Service:
     def __init__(self, registry: Registry, config: SchedulerConfig | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None):
         self.registry = registry
+        self.metrics = metrics or Metrics()
         self.config = config or SchedulerConfig()
         self.clock = clock
         self.admission = Admission(self.config, clock)
@@ -71,24 +74,33 @@ class Service:
         by default, dicts with usage as the request asked."""
         allowed = self._allowed(request.model)
         fingerprint = await self._fingerprint(request, allowed)
+        ranked = self.router.rank(allowed, fingerprint, self.admission.load)
+        return await self._failover(request.model, ranked,
+                                    lambda backend: self._generate_on(backend, request, fingerprint, delivery))
+
+    async def _failover(self, model: str, backends: Iterable[Backend],
+                        attempt: Callable[[Backend], Awaitable[T]]) -> T:
+        """`attempt` on each backend in turn until one answers, MAX_ATTEMPTS tries at most. A
+        backend whose circuit is half-open with its one probe out is skipped; a BackendError
+        (raised before any byte reached the client) counts against that backend's breaker."""
         last_error: BackendError | None = None
         num_attempts = 0
-        for backend in self.router.rank(allowed, fingerprint, self.admission.load):
+        for backend in backends:
             if num_attempts >= MAX_ATTEMPTS:
                 break
             if not self.breaker(backend).allow(self.clock()):
-                continue                   # half-open and its one probe is out
+                continue
             num_attempts += 1
             self.num_failovers += num_attempts > 1
             try:
-                outcome = await self._generate_on(backend, request, fingerprint, delivery)
-            except BackendError as exc:    # before the first byte reached the client
+                result = await attempt(backend)
+            except BackendError as exc:
                 self._failed(backend, exc)
                 last_error = exc
                 continue
             self.breaker(backend).record_success()
-            return outcome
-        raise last_error or Unavailable(f"no backend for model '{request.model}' accepts requests now",
+            return result
+        raise last_error or Unavailable(f"no backend for model '{model}' accepts requests now",
                                         code="no_healthy_backend", headers={"retry-after": "1"})
 
     async def _generate_on(self, backend: Backend, request: GenerateRequest, fingerprint: Fingerprint,
@@ -151,7 +163,7 @@ class Service:
 
     def _sched_request(self, backend: Backend, request: GenerateRequest,
                        fingerprint: Fingerprint) -> Request:
-        max_tokens = min(max_tokens_of(request.body) or DEFAULT_MAX_TOKENS, num_ctx_of(backend))
+        max_tokens = min(max_tokens_of(request.body) or DEFAULT_MAX_TOKENS, backend.context_size())
         return Request(f"req-{next(self._ids)}", request.model, fingerprint.token_ids(),
                        max_tokens, arrival_time=self.clock(), priority=request.priority,
                        stream=request.stream)
@@ -184,6 +196,7 @@ class Service:
         return breaker
 
     def _failed(self, backend: Backend, exc: BackendError) -> None:
+        self.metrics.backend_errors.inc(backend=backend.name, kind=exc.code or "backend_error")
         if self.breaker(backend).record_failure(self.clock()):
             self.router.forget(backend)
         log.warning("backend request failed", extra={"fields": {
@@ -224,26 +237,18 @@ class Service:
 
     async def embeddings(self, body: dict) -> Outcome:
         """Embeddings need no slot, but get the same health, breaker and one-retry failover."""
-        last_error: BackendError | None = None
-        num_attempts = 0
-        for backend in self.registry.candidates(body["model"]):
-            if num_attempts >= MAX_ATTEMPTS or not self.breaker(backend).allow(self.clock()):
-                continue
-            num_attempts += 1
-            try:
-                answer = await backend.embeddings(body)
-            except BackendError as exc:
-                self._failed(backend, exc)
-                last_error = exc
-                continue
-            self.breaker(backend).record_success()
-            if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
-                raise BackendError(f"backend {backend.name} sent embeddings velollmd cannot read",
-                                   code="bad_backend_response")
-            answer["model"] = body["model"]
-            return Outcome({"x-velollm-backend": backend.name}, body=answer)
-        raise last_error or Unavailable(f"no backend for model '{body['model']}' accepts requests now",
-                                        code="no_healthy_backend", headers={"retry-after": "1"})
+        model = body["model"]
+        backend, answer = await self._failover(model, self.registry.candidates(model),
+                                               lambda backend: self._embed_on(backend, body))
+        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+            raise BackendError(f"backend {backend.name} sent embeddings velollmd cannot read",
+                               code="bad_backend_response")
+        answer["model"] = model
+        return Outcome({"x-velollm-backend": backend.name}, body=answer)
+
+    @staticmethod
+    async def _embed_on(backend: Backend, body: dict) -> tuple[Backend, dict]:
+        return backend, await backend.embeddings(body)
 
     def stats(self) -> dict:
         """Queue depth, running requests, rejections, preemptions per backend; routing hits."""

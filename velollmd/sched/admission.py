@@ -27,8 +27,6 @@ from ..config import SchedulerConfig
 from .request import Request, RequestStatus
 from .scheduler import RunnerOutput, ScheduledRequest, Scheduler, queue_timeout_error
 
-DEFAULT_NUM_CTX = 4096        # per slot, when neither the backend nor the config says
-
 
 class Preempted(Exception):
     """The request was preempted for a more urgent one; enter slot() again to wait."""
@@ -62,7 +60,7 @@ class Admission:
         """The backend's queue; rebuilt when its slot count changed and nothing is in it."""
         queue = self.queues.get(backend.name)
         if queue is None or queue.num_slots != backend.num_slots and not queue.scheduler._requests:
-            scheduler = Scheduler.for_backend(self.config, backend.num_slots, num_ctx_of(backend))
+            scheduler = Scheduler.for_backend(self.config, backend.num_slots, backend.context_size())
             queue = self.queues[backend.name] = BackendQueue(scheduler, backend.num_slots)
         return queue
 
@@ -120,7 +118,7 @@ class Admission:
 
     def _pump(self, backend: Any, queue: BackendQueue) -> None:
         """schedule() once and deliver the outcome to the waiting tasks."""
-        loaded = getattr(backend, "loaded_models", None)     # Ollama's /api/ps, if known
+        loaded = backend.loaded_models                        # Ollama's /api/ps, if known
         if loaded is not None:
             queue.scheduler.set_loaded_models(loaded)
         output = queue.scheduler.schedule(self.clock())
@@ -177,13 +175,6 @@ class Admission:
                        "num_admitted": q.num_admitted, "num_rejected": q.num_rejected,
                        "num_timed_out": q.num_timed_out, "num_preempted": q.num_preempted}
                 for name, q in self.queues.items()}
-
-
-def num_ctx_of(backend: Any) -> int:
-    """Per-slot context: llama.cpp /props n_ctx, else the backend's num_ctx config, else 4096."""
-    props = getattr(backend, "props", None) or {}
-    n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
-    return int(n_ctx or getattr(backend.config, "num_ctx", 0) or DEFAULT_NUM_CTX)
 
 
 def _resolve(grant: asyncio.Future | None, value) -> None:

@@ -21,7 +21,6 @@ from .affinity import RecentTable, SlotTable
 from .fingerprint import Fingerprint
 
 MIN_MATCH_TOKENS = 32         # a shared role marker or a short system prompt is no affinity
-PINNED_KINDS = frozenset({"llamacpp"})
 
 
 class PrefixRouter:
@@ -77,7 +76,7 @@ class PrefixRouter:
 
     def _pins(self, backend: Any) -> bool:
         """Do claims on `backend` go through its slot table (pinned or not)?"""
-        return self.prefix_routing and self.pin_slots and backend.kind in PINNED_KINDS
+        return self.prefix_routing and self.pin_slots and backend.pins_slots
 
     def forget(self, backend: Any) -> None:
         """Drop what we believed the backend caches (it failed, restarted or went away)."""

@@ -94,7 +94,7 @@ class Scheduler:
             raise ValueError(f"duplicate request id {request.request_id!r}")
         if len(self.waiting) >= self.config.max_queue:
             raise RateLimited("too many requests waiting; retry later",
-                              headers={"Retry-After": str(self._retry_after_s())})
+                              headers={"retry-after": str(self._retry_after_s())})
         if self._num_blocks_needed(request) > self.pool.num_blocks:
             raise BadRequest("prompt plus max_tokens exceed the backend's context",
                              param="max_tokens", code="context_length_exceeded")

@@ -34,14 +34,13 @@ MIN_CHARS = 256               # shorter texts keep the estimate
 TIMEOUT_S = 1.0               # per /tokenize call
 RETRY_AFTER_S = 10.0          # after a failure, leave that backend alone this long
 MAX_CONCURRENT = 4            # /tokenize calls in flight per request (a long history's first)
-TOKENIZER_KINDS = frozenset({"llamacpp"})
 
 Key = tuple[str, bytes]       # (model identity, blake2b digest of the text)
 
 
 def tokenizer_of(backends: Iterable[Any]) -> Any | None:
-    """The first healthy backend that can tokenize (llama.cpp), or None."""
-    return next((b for b in backends if b.kind in TOKENIZER_KINDS and b.healthy), None)
+    """The first healthy backend that can tokenize, or None."""
+    return next((b for b in backends if b.can_tokenize and b.healthy), None)
 
 
 class TokenCache:
