@@ -1,7 +1,7 @@
 import pytest
 
 from velollmd.cache.exact import CachedResponse
-from velollmd.cache.policy import bypass_reason, client_bypass, request_storable, response_storable
+from velollmd.cache.policy import client_bypass, client_forbids_store, reproducible, response_storable
 
 GREEDY = {"model": "m", "messages": [], "temperature": 0}
 
@@ -12,32 +12,31 @@ GREEDY = {"model": "m", "messages": [], "temperature": 0}
 ])
 def test_client_opt_out(headers):
     assert client_bypass(headers) == "bypass"
-    assert bypass_reason(GREEDY, headers) == "bypass"
 
 
 def test_no_opt_out():
     assert client_bypass({"cache-control": "max-age=60", "x-velollm-cache": "on"}) is None
-    assert bypass_reason(GREEDY, {}) is None
+    assert client_bypass({}) is None and reproducible(GREEDY)
 
 
 def test_no_cache_still_stores_fresh_answer_but_no_store_does_not():
-    assert request_storable(GREEDY, {"cache-control": "no-cache"})
-    assert not request_storable(GREEDY, {"cache-control": "no-store"})
-    assert not request_storable(GREEDY, {"x-velollm-cache": "bypass"})
+    assert not client_forbids_store({"cache-control": "no-cache"})
+    assert client_forbids_store({"Cache-Control": "no-store"})
+    assert client_forbids_store({"x-velollm-cache": "bypass"})
 
 
 @pytest.mark.parametrize("request_,defaults,sampled,expected", [
-    ({"temperature": 0.7}, None, False, "bypass"),
-    ({"temperature": 0.7, "seed": 1}, None, False, None),
-    ({"temperature": 0.7}, None, True, None),
-    ({}, {"temperature": 0.8}, False, "bypass"),         # backend default samples
-    ({}, {"temperature": 0.0}, False, None),
-    ({"options": {"temperature": 0}}, {"temperature": 0.8}, False, None),
-    ({"temperature": 0, "n": 2}, None, True, "bypass"),
-    ({"temperature": 0, "logprobs": True}, None, False, "bypass"),
+    ({"temperature": 0.7}, None, False, False),
+    ({"temperature": 0.7, "seed": 1}, None, False, True),
+    ({"temperature": 0.7}, None, True, True),
+    ({}, {"temperature": 0.8}, False, False),            # backend default samples
+    ({}, {"temperature": 0.0}, False, True),
+    ({"options": {"temperature": 0}}, {"temperature": 0.8}, False, True),
+    ({"temperature": 0, "n": 2}, None, True, False),
+    ({"temperature": 0, "logprobs": True}, None, False, False),
 ])
 def test_reproducibility(request_, defaults, sampled, expected):
-    assert bypass_reason(request_, {}, defaults=defaults, cache_sampled=sampled) == expected
+    assert reproducible(request_, defaults=defaults, cache_sampled=sampled) is expected
 
 
 def test_response_storable():

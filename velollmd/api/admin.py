@@ -1,33 +1,40 @@
-"""Operator endpoints: /health, cache stats and flush."""
+"""Operator endpoints: /health, /metrics, cache stats and flush, queue stats."""
 from __future__ import annotations
 
 import time
 
 from .. import __version__
+from ..backends.registry import Registry
+from ..config import MetricsConfig
+from ..core.pipeline import Pipeline
+from ..core.service import Service
 from ..errors import Unauthorized, VeloError
 from ..http.message import Request, Response
-from ..metrics import sampled, scheduler_lines
+from ..metrics import Metrics, sampled, scheduler_lines
+from .access import Access
 
 LOOPBACK = ("127.0.0.1", "::1")
 
 
 class AdminRoutes:
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, access: Access, registry: Registry, pipeline: Pipeline, service: Service,
+                 metrics: Metrics, metrics_config: MetricsConfig):
+        self.access, self.registry, self.pipeline, self.service = access, registry, pipeline, service
+        self.metrics, self.metrics_config = metrics, metrics_config
 
     def register(self, router) -> None:
         router.add("GET", "/health", self.health)
         router.add("GET", "/", self.root)
         router.add("GET", "/v1/velollm/cache", self.cache_stats)
         router.add("DELETE", "/v1/velollm/cache", self.cache_flush)
-        router.add("GET", "/metrics", self.metrics)
+        router.add("GET", "/metrics", self.prometheus)
         router.add("GET", "/v1/velollm/queue", self.queue)
 
     async def health(self, request: Request) -> Response:
-        app = self.app
-        body = {"status": "draining" if app.draining else "ok", "version": __version__,
-                "uptime_s": round(time.time() - app.started_at, 3), "backends": app.registry.status()}
-        return Response.json(body, status=503 if app.draining else 200)
+        draining = self.access.draining
+        body = {"status": "draining" if draining else "ok", "version": __version__,
+                "uptime_s": round(time.time() - self.access.started_at, 3), "backends": self.registry.status()}
+        return Response.json(body, status=503 if draining else 200)
 
     async def root(self, request: Request) -> Response:
         return Response.json({"name": "velollmd", "version": __version__})
@@ -35,38 +42,37 @@ class AdminRoutes:
     async def cache_stats(self, request: Request) -> Response:
         cache = self._cache()
         return Response.json({"object": "cache.stats", **cache.stats(),
-                              "inflight": len(self.app.pipeline.flights),
-                              "coalesced": self.app.pipeline.flights.num_coalesced})
+                              "inflight": len(self.pipeline.flights),
+                              "coalesced": self.pipeline.flights.num_coalesced})
 
     async def cache_flush(self, request: Request) -> Response:
         """Flushing needs a valid API key; with no keys configured, a loopback client."""
-        if not self.app.config.server.api_keys and (request.client or ("",))[0] not in LOOPBACK:
+        if not self.access.keys_required and (request.client or ("",))[0] not in LOOPBACK:
             raise Unauthorized("flushing the cache needs an API key or a loopback client")
         return Response.json({"object": "cache.flush", "deleted": self._cache().flush()})
 
     async def queue(self, request: Request) -> Response:
         """Scheduler state: waiting and running requests per backend, 429s, failovers."""
-        return Response.json({"object": "queue.stats", **self.app.service.stats()})
+        return Response.json({"object": "queue.stats", **self.service.stats()})
 
-    async def metrics(self, request: Request) -> Response:
-        app = self.app
-        if not app.config.metrics.enabled:
+    async def prometheus(self, request: Request) -> Response:
+        if not self.metrics_config.enabled:
             raise VeloError("metrics are disabled ([metrics] enabled = false)", status=404,
                             error_type="invalid_request_error", code="metrics_disabled")
         gauges = sampled("velollm_backend_healthy", "gauge", "1 when the backend's last health check passed",
-                         [({"backend": b.name}, int(bool(b.healthy))) for b in app.registry.backends])
+                         [({"backend": b.name}, int(bool(b.healthy))) for b in self.registry.backends])
         gauges += sampled("velollm_inflight_flights", "gauge", "Upstream calls shared by identical requests",
-                          [({}, len(app.pipeline.flights))])
-        if app.pipeline.cache is not None:
-            stats = app.pipeline.cache.stats()
+                          [({}, len(self.pipeline.flights))])
+        if self.pipeline.cache is not None:
+            stats = self.pipeline.cache.stats()
             gauges += sampled("velollm_cache_entries", "gauge", "Responses cached", [({}, stats["entries"])])
             gauges += sampled("velollm_cache_bytes", "gauge", "Bytes of cached responses", [({}, stats["bytes"])])
-        gauges += scheduler_lines(app.service.stats())
-        body = app.metrics.render(gauges).encode()
+        gauges += scheduler_lines(self.service.stats())
+        body = self.metrics.render(gauges).encode()
         return Response(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")], body)
 
     def _cache(self):
-        cache = self.app.pipeline.cache
+        cache = self.pipeline.cache
         if cache is None:
             raise VeloError("the response cache is disabled ([cache] enabled = false)", status=404,
                             error_type="invalid_request_error", code="cache_disabled")

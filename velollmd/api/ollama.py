@@ -14,7 +14,10 @@ import time
 from typing import AsyncIterator
 
 from .. import __version__
-from ..backends.ollama import OllamaBackend
+from ..backends.base import Backend
+from ..backends.registry import Registry
+from ..core.pipeline import Pipeline
+from ..core.service import Service
 from ..errors import BadRequest, VeloError
 from ..http.message import Request, Response
 from ..wire import wirejson
@@ -28,6 +31,7 @@ from ..wire.ollama import (
 )
 from ..wire.request import GenerateRequest
 from ..wire.streams import closing
+from .access import Access
 from .validate import check_message_tool_calls, validate_chat, validate_completion
 
 NDJSON = [("content-type", "application/x-ndjson")]
@@ -52,8 +56,8 @@ def ndjson_line(obj: dict) -> bytes:
 
 
 class OllamaRoutes:
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, access: Access, registry: Registry, pipeline: Pipeline, service: Service):
+        self.access, self.registry, self.pipeline, self.service = access, registry, pipeline, service
 
     def register(self, router) -> None:
         router.add("POST", "/api/chat", self.chat)
@@ -69,9 +73,9 @@ class OllamaRoutes:
     @ollama_route
     async def chat(self, request: Request) -> Response:
         body = _model_body(request)
-        backend = self.app.registry.pick(body["model"])
+        backend = self.registry.pick(body["model"])
         openai_body = ollama_chat_request_to_openai(body)
-        if isinstance(backend, OllamaBackend):
+        if backend.native_ollama:
             return await self._admitted_passthrough(request, backend, "/api/chat", body, "chat", openai_body)
         validate_chat(openai_body)
         return await self._translated(request, "chat", openai_body, message=True)
@@ -79,8 +83,8 @@ class OllamaRoutes:
     @ollama_route
     async def generate(self, request: Request) -> Response:
         body = _model_body(request)
-        backend = self.app.registry.pick(body["model"])
-        if isinstance(backend, OllamaBackend):
+        backend = self.registry.pick(body["model"])
+        if backend.native_ollama:
             endpoint, openai_body = ollama_generate_request_to_openai(body)
             return await self._admitted_passthrough(request, backend, "/api/generate", body, endpoint, openai_body)
         if not body.get("prompt") and not body.get("images"):
@@ -90,35 +94,35 @@ class OllamaRoutes:
         validate = validate_chat if endpoint == "chat" else validate_completion
         return await self._translated(request, endpoint, validate(openai_body), message=False)
 
-    async def _passthrough(self, backend: OllamaBackend, path: str, body: dict) -> Response:
-        self.app.refuse_if_draining()
+    async def _passthrough(self, backend: Backend, path: str, body: dict) -> Response:
+        self.access.refuse_if_draining()
         upstream = await backend.native("POST", path, body)
         content_type = upstream.header("content-type", "application/json")
         headers = [("content-type", content_type), ("x-velollm-backend", backend.name)]
-        return Response(upstream.status, headers, stream=_relay(upstream))
+        return Response(upstream.status, headers, stream=upstream.iter_raw())   # closes itself when left early
 
-    async def _admitted_passthrough(self, request: Request, backend: OllamaBackend, path: str, body: dict,
+    async def _admitted_passthrough(self, request: Request, backend: Backend, path: str, body: dict,
                                     endpoint: str, openai_body: dict) -> Response:
         """Pass through to Ollama, but through the scheduler: priorities and backpressure apply."""
-        self.app.refuse_if_draining()
+        self.access.refuse_if_draining()
         generate = GenerateRequest(endpoint, openai_body, headers=dict(request.headers),
-                                   api_key=self.app.api_key_of(request), priority=self.app.priority_of(request))
-        relay = await self.app.service.native(backend, generate, path, body)
+                                   api_key=self.access.key_of(request), priority=self.access.priority_of(request))
+        relay = await self.service.native(backend, generate, path, body)
         upstream = await relay.__anext__()
         headers = [("content-type", upstream.header("content-type", "application/json")),
                    ("x-velollm-backend", backend.name)]
         return Response(upstream.status, headers, stream=relay)
 
     async def _translated(self, request: Request, endpoint: str, body: dict, message: bool) -> Response:
-        self.app.refuse_if_draining()
+        self.access.refuse_if_draining()
         stream = body.get("stream", True)
         body["stream"] = stream
         if stream:
             body["stream_options"] = {"include_usage": True}
         generate = GenerateRequest(endpoint, body, headers=dict(request.headers),
-                                   api_key=self.app.api_key_of(request), priority=self.app.priority_of(request))
+                                   api_key=self.access.key_of(request), priority=self.access.priority_of(request))
         started = time.monotonic_ns()
-        outcome = await self.app.pipeline.generate(generate)
+        outcome = await self.pipeline.generate(generate)
         headers = list(outcome.headers.items())
         if outcome.chunks is None:
             reply = _reply_from_openai(outcome.body, body["model"], started, message)
@@ -130,15 +134,15 @@ class OllamaRoutes:
 
     @ollama_route
     async def tags(self, request: Request) -> Response:
-        return Response.json({"models": [_tag_entry(m) for m in self.app.registry.catalogue()]})
+        return Response.json({"models": [_tag_entry(m) for m in self.registry.catalogue()]})
 
     @ollama_route
     async def show(self, request: Request) -> Response:
         body = _model_body(request)
-        backend = self.app.registry.pick(body["model"])
-        if isinstance(backend, OllamaBackend):
+        backend = self.registry.pick(body["model"])
+        if backend.native_ollama:
             return await self._passthrough(backend, "/api/show", body)
-        info = self.app.registry.find_model(body["model"])
+        info = self.registry.find_model(body["model"])
         return Response.json({"modelfile": f"# served by velollmd from backend {info.backend}\nFROM {info.id}\n",
                               "parameters": "", "template": "", "details": _details(info),
                               "model_info": {"general.architecture": info.details.get("family", "")},
@@ -147,10 +151,10 @@ class OllamaRoutes:
     @ollama_route
     async def ps(self, request: Request) -> Response:
         models = []
-        for backend in self.app.registry.backends:
+        for backend in self.registry.backends:
             if backend.healthy is False:
                 continue
-            if isinstance(backend, OllamaBackend):
+            if backend.native_ollama:
                 models += await _ollama_ps(backend)
             else:
                 models += [{**_tag_entry(m), "expires_at": "0001-01-01T00:00:00Z", "size_vram": 0}
@@ -160,11 +164,11 @@ class OllamaRoutes:
     @ollama_route
     async def embed(self, request: Request) -> Response:
         body = _model_body(request)
-        backend = self.app.registry.pick(body["model"])
-        if isinstance(backend, OllamaBackend):
+        backend = self.registry.pick(body["model"])
+        if backend.native_ollama:
             return await self._passthrough(backend, "/api/embed", body)
         started = time.monotonic_ns()
-        outcome = await self.app.service.embeddings({"model": body["model"], "input": body.get("input", "")})
+        outcome = await self.service.embeddings({"model": body["model"], "input": body.get("input", "")})
         answer = outcome.body
         return Response.json({"model": body["model"], "embeddings": [d["embedding"] for d in answer["data"]],
                               "total_duration": time.monotonic_ns() - started, "load_duration": 0,
@@ -203,16 +207,7 @@ def _check_ollama_fields(body: dict) -> None:
             raise BadRequest(f"{name} must be base64 strings", param=name)
 
 
-async def _relay(upstream) -> AsyncIterator[bytes]:
-    try:
-        async with closing(upstream.iter_raw()) as source_iter:
-            async for data in source_iter:
-                yield data
-    finally:
-        upstream.close()
-
-
-async def _ollama_ps(backend: OllamaBackend) -> list[dict]:
+async def _ollama_ps(backend: Backend) -> list[dict]:
     upstream = await backend.native("GET", "/api/ps")
     if upstream.status != 200:
         upstream.close()

@@ -7,17 +7,23 @@ import time
 
 import numpy as np
 
+from ..backends.registry import Registry
+from ..core.pipeline import Pipeline
+from ..core.service import Service
 from ..errors import BadRequest
 from ..http.message import Request, Response
 from ..http.sse import sse_response
 from ..wire.outcome import Outcome
 from ..wire.request import GenerateRequest
+from .access import Access
 from .validate import validate_chat, validate_completion, validate_embeddings
 
 
 class OpenAIRoutes:
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, access: Access, registry: Registry, pipeline: Pipeline, service: Service, *,
+                 sse_ping_s: float):
+        self.access, self.registry, self.pipeline, self.service = access, registry, pipeline, service
+        self.sse_ping_s = sse_ping_s
 
     def register(self, router) -> None:
         router.add("POST", "/v1/chat/completions", self.chat_completions)
@@ -27,10 +33,10 @@ class OpenAIRoutes:
         router.add("POST", "/v1/embeddings", self.embeddings)
 
     async def chat_completions(self, request: Request) -> Response:
-        raw_key = raw_request_key(request, self.app.api_key_of(request))
-        replay = self.app.pipeline.replay_memo(raw_key, request_headers(request))
+        raw_key = raw_request_key(request, self.access.key_of(request))
+        replay = self.pipeline.replay_memo(raw_key, request_headers(request))
         if replay is not None:
-            return to_response(replay, self.app.config.server.sse_ping_s)
+            return to_response(replay, self.sse_ping_s)
         body = validate_chat(request.json())
         return await self._generate(request, "chat", body, raw_key)
 
@@ -39,26 +45,26 @@ class OpenAIRoutes:
         return await self._generate(request, "completion", body)
 
     async def _generate(self, request: Request, endpoint: str, body: dict, raw_key: str = "") -> Response:
-        self.app.refuse_if_draining()
+        self.access.refuse_if_draining()
         generate = GenerateRequest(endpoint, body, headers=request_headers(request),
-                                   api_key=self.app.api_key_of(request), priority=self.app.priority_of(request),
+                                   api_key=self.access.key_of(request), priority=self.access.priority_of(request),
                                    raw_key=raw_key)
-        outcome = await self.app.pipeline.generate(generate, frames=True)
-        return to_response(outcome, self.app.config.server.sse_ping_s)
+        outcome = await self.pipeline.generate(generate, frames=True)
+        return to_response(outcome, self.sse_ping_s)
 
     async def list_models(self, request: Request) -> Response:
-        data = [model_object(m) for m in self.app.registry.catalogue()]
+        data = [model_object(m) for m in self.registry.catalogue()]
         return Response.json({"object": "list", "data": data})
 
     async def get_model(self, request: Request, model_id: str) -> Response:
-        return Response.json(model_object(self.app.registry.find_model(model_id)))
+        return Response.json(model_object(self.registry.find_model(model_id)))
 
     async def embeddings(self, request: Request) -> Response:
         body = validate_embeddings(request.json())
         encoding = body.pop("encoding_format", None) or "float"
         if encoding not in ("float", "base64"):
             raise BadRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
-        outcome = await self.app.service.embeddings(body)
+        outcome = await self.service.embeddings(body)
         if encoding == "base64":
             for item in outcome.body.get("data", []):
                 item["embedding"] = base64_floats(item["embedding"])

@@ -9,6 +9,7 @@ and `bypass` do not.
 """
 from __future__ import annotations
 
+from ..wire.headers import header_value
 from .exact import CachedResponse
 from .keys import normalize_params
 
@@ -17,10 +18,7 @@ BYPASS_HEADER = "x-velollm-cache"
 
 
 def _header(headers: dict | None, name: str) -> str:
-    for key, value in (headers or {}).items():
-        if key.lower() == name:
-            return str(value).lower()
-    return ""
+    return str(header_value(headers, name, "")).lower()
 
 
 def _cache_control(headers: dict | None) -> set[str]:
@@ -50,22 +48,6 @@ def reproducible(request: dict, *, defaults: dict | None = None,
     temperature = params.get("temperature", 1.0)    # OpenAI's default when none is known
     sampled = isinstance(temperature, (int, float)) and temperature > 0
     return cache_sampled or not sampled or params.get("seed") is not None
-
-
-def bypass_reason(request: dict, headers: dict | None, *, defaults: dict | None = None,
-                  cache_sampled: bool = False) -> str | None:
-    """"bypass" when the lookup must be skipped (client opt-out or not reproducible)."""
-    if client_bypass(headers):
-        return "bypass"
-    if not reproducible(request, defaults=defaults, cache_sampled=cache_sampled):
-        return "bypass"
-    return None
-
-
-def request_storable(request: dict, headers: dict | None, *, defaults: dict | None = None,
-                     cache_sampled: bool = False) -> bool:
-    return (not client_forbids_store(headers)
-            and reproducible(request, defaults=defaults, cache_sampled=cache_sampled))
 
 
 def response_storable(response: CachedResponse | None, *, status: int = 200,

@@ -8,6 +8,7 @@ from urllib.parse import parse_qsl
 
 from ..errors import BadRequest, VeloError
 from ..wire import wirejson
+from ..wire.headers import header_value
 
 JSON_TYPE = "application/json"
 REASONS = {
@@ -43,10 +44,7 @@ class Request:
             self.path, _, self.query = self.target.partition("?")
 
     def header(self, name: str, default: str | None = None) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return default
+        return header_value(self.headers, name, default)
 
     def query_params(self) -> dict[str, str]:
         return dict(parse_qsl(self.query))
@@ -85,7 +83,4 @@ class Response:
         return cls(exc.status, headers, exc.to_json_bytes())
 
     def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
+        return header_value(self.headers, name)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..wire.headers import header_value
+
 MAX_REQUEST_LINE = 8190
 MAX_FIELDS = 100
 MAX_CHUNK_LINE = 1024
@@ -60,10 +62,7 @@ class Head:
     expect_continue: bool = False
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return default
+        return header_value(self.headers, name, default)
 
     def get_all(self, name: str) -> list[str]:
         return [value for key, value in self.headers if key == name]
