@@ -21,6 +21,7 @@ from ..core.service import Service
 from ..errors import BadRequest, VeloError
 from ..http.message import Request, Response
 from ..wire import wirejson
+from ..wire.chunks import merge_tool_call_fragments
 from ..wire.ollama import (
     done_reason_of,
     now_rfc3339,
@@ -279,9 +280,5 @@ def _gather_delta(choice: dict, calls: dict[int, dict]) -> str:
     if "text" in choice:
         return choice.get("text") or ""
     delta = choice.get("delta") or {}
-    for fragment in delta.get("tool_calls") or []:
-        call = calls.setdefault(fragment.get("index", 0), {"function": {"name": "", "arguments": ""}})
-        function = fragment.get("function") or {}
-        call["function"]["name"] += function.get("name") or ""
-        call["function"]["arguments"] += function.get("arguments") or ""
+    merge_tool_call_fragments(delta.get("tool_calls"), calls)
     return delta.get("content") or ""

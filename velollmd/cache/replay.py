@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from ..wire.chunks import chunk_choice
 from .exact import CachedResponse
 
 DEFAULT_PIECE_CHARS = 16          # size of replayed content deltas without recorded boundaries
@@ -88,15 +89,13 @@ def to_sse_chunks(entry: CachedResponse, request_id: str, *, created: int | None
     """
     if endpoint == "completion":
         head = _envelope(entry, request_id, "text_completion", created, model)
-        choices = [{"index": 0, "text": p, "logprobs": None, "finish_reason": None}
-                   for p in split_content(entry.content, entry.chunk_sizes, piece_chars)]
-        choices.append({"index": 0, "text": "", "logprobs": None, "finish_reason": entry.finish_reason})
+        pieces = split_content(entry.content, entry.chunk_sizes, piece_chars)
+        choices = [chunk_choice(p, chat=False) for p in pieces]
+        choices.append(chunk_choice("", entry.finish_reason, chat=False))
     else:
         head = _envelope(entry, request_id, "chat.completion.chunk", created, model)
-        choices = [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}
-                   for d in _deltas(entry, piece_chars)]
-        choices.append({"index": 0, "delta": {}, "logprobs": None,
-                        "finish_reason": entry.finish_reason})
+        choices = [chunk_choice(d) for d in _deltas(entry, piece_chars)]
+        choices.append(chunk_choice({}, entry.finish_reason))
     chunks = [{**head, "choices": [c]} for c in choices]
     if include_usage:
         for chunk in chunks:

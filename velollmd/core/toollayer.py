@@ -16,6 +16,7 @@ from ..metrics import Metrics
 from ..toolcalls.assemble import ToolResult, process_output
 from ..toolcalls.choice import retry_messages
 from ..toolcalls.stream import ToolCallStream
+from ..wire.chunks import chunk_like, merge_tool_call_fragments
 from ..wire.request import GenerateRequest
 from ..wire.streams import closing
 from ..wire.tools import parse_tool_choice
@@ -108,12 +109,12 @@ class ToolCallLayer:
                 template = template or chunk
                 delta = choices[0].get("delta") or {}
                 finish = choices[0].get("finish_reason") or finish
-                _merge_backend_calls(delta.get("tool_calls"), backend_calls)
+                merge_tool_call_fragments(delta.get("tool_calls"), backend_calls)
                 if delta.get("role") and not delta.get("content"):
                     yield chunk
                     continue
                 if delta.get("reasoning_content"):
-                    yield _chunk_like(chunk, {"reasoning_content": delta["reasoning_content"]})
+                    yield chunk_like(chunk, {"reasoning_content": delta["reasoning_content"]})
                 for out in _emit(stream.feed(delta.get("content") or ""), chunk):
                     yield out
         if template is not None:
@@ -127,7 +128,7 @@ class ToolCallLayer:
         self._count(stream.result)
         out = list(_emit(events, template))
         reason = stream.finish_reason or ("stop" if finish == "tool_calls" else finish) or "stop"
-        out.append(_chunk_like(template, {}, finish_reason=reason) | _report(stream.result))
+        out.append(chunk_like(template, {}, finish_reason=reason) | _report(stream.result))
         return out
 
 
@@ -142,25 +143,9 @@ def _report(result: ToolResult) -> dict:
     return {"velollm": report} if report else {}
 
 
-def _merge_backend_calls(fragments, calls: dict[int, dict]) -> None:
-    """OpenAI tool-call fragments from the backend, merged by index."""
-    for fragment in fragments or []:
-        call = calls.setdefault(fragment.get("index", len(calls)),
-                                {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-        call["id"] = fragment.get("id") or call["id"]
-        function = fragment.get("function") or {}
-        call["function"]["name"] += function.get("name") or ""
-        call["function"]["arguments"] += function.get("arguments") or ""
-
-
 def _emit(events, template: dict):
     for event in events:
         if event.is_call:
-            yield _chunk_like(template, {"tool_calls": [event.tool_call_delta()]})
+            yield chunk_like(template, {"tool_calls": [event.tool_call_delta()]})
         elif event.content:
-            yield _chunk_like(template, {"content": event.content})
-
-
-def _chunk_like(template: dict, delta: dict, finish_reason=None) -> dict:
-    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-    return {**{k: v for k, v in template.items() if k not in ("choices", "usage")}, "choices": [choice]}
+            yield chunk_like(template, {"content": event.content})

@@ -19,10 +19,9 @@ from urllib.parse import urlsplit
 from ..errors import BackendError, BackendTimeout
 from ..wire import wirejson
 from ..wire.streams import closing
+from .message import READ_SIZE
 from .parser import EndOfMessage, Head, HTTPParser, ProtocolError
 from .sse import SSEDecoder
-
-READ_SIZE = 65536
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from ..errors import BadRequest, VeloError
 from ..wire import wirejson
 from ..wire.headers import header_value
 
+READ_SIZE = 65536               # bytes per socket read, server and client alike
+
 JSON_TYPE = "application/json"
 REASONS = {
     100: "Continue", 200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified",

@@ -6,9 +6,8 @@ import email.utils
 import time
 
 from ..errors import VeloError
-from .message import REASONS, Burst, Response
+from .message import READ_SIZE, REASONS, Burst, Response
 
-READ_SIZE = 65536               # bytes per socket read
 WRITE_HIGH_WATER = 65536        # below this, a whole response is left to the transport
 
 

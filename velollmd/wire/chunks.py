@@ -1,4 +1,8 @@
-"""OpenAI chat/completion chunks: usage rules for streams."""
+"""OpenAI stream chunks (`chat.completion.chunk`, `text_completion`): building them, merging
+their tool-call fragments, and the usage rules.
+
+Every layer that makes chunks (a translated Ollama stream, a cache replay, the tool-call
+layer) builds them here, so they all carry the same fields in the same order."""
 from __future__ import annotations
 
 from typing import AsyncIterator
@@ -25,3 +29,33 @@ async def strip_usage(chunks: AsyncIterator[dict], include_usage: bool) -> Async
         async for chunk in source_iter:
             if usage_rules(chunk, include_usage) is not None:
                 yield chunk
+
+
+def chunk_head(request_id: str, model: str, created: int, *, chat: bool = True) -> dict:
+    """The fields every chunk of one stream shares."""
+    return {"id": request_id, "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created, "model": model}
+
+
+def chunk_choice(delta_or_text, finish_reason: str | None = None, *, chat: bool = True) -> dict:
+    """Choice 0 of a chunk: a chat `delta` dict, or a completion's `text`."""
+    return {"index": 0, "delta" if chat else "text": delta_or_text, "logprobs": None,
+            "finish_reason": finish_reason}
+
+
+def chunk_like(template: dict, delta: dict, finish_reason: str | None = None) -> dict:
+    """A chat chunk with `template`'s head (id, created, model, ...) and one new delta."""
+    head = {k: v for k, v in template.items() if k not in ("choices", "usage")}
+    return {**head, "choices": [chunk_choice(delta, finish_reason)]}
+
+
+def merge_tool_call_fragments(fragments: list[dict] | None, calls: dict[int, dict]) -> None:
+    """Streamed tool-call fragments (`delta.tool_calls`) merged into whole calls by index:
+    the name and the arguments arrive in pieces, the id once."""
+    for fragment in fragments or []:
+        call = calls.setdefault(fragment.get("index", len(calls)),
+                                {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        call["id"] = fragment.get("id") or call["id"]
+        function = fragment.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""

@@ -12,6 +12,7 @@ import json
 import time
 from datetime import datetime, timezone
 
+from .chunks import chunk_choice, chunk_head
 from .ids import new_call_id
 from .request import max_tokens_of
 from .tools import name_and_schema, parse_tool_choice
@@ -193,23 +194,13 @@ class OllamaChatStream:
     """Ollama NDJSON chat objects -> OpenAI chat.completion.chunk dicts."""
 
     def __init__(self, model: str, request_id: str, chat: bool = True):
-        self.model, self.request_id, self.chat = model, request_id, chat
-        self.created = int(time.time())
+        self.chat = chat
+        self.head = chunk_head(request_id, model, int(time.time()), chat=chat)
         self.started = False
         self.num_tool_calls = 0
 
-    def chunk(self, delta_or_text, finish_reason=None, usage=None) -> dict:
-        if self.chat:
-            choices = [{"index": 0, "delta": delta_or_text, "logprobs": None, "finish_reason": finish_reason}]
-            kind = "chat.completion.chunk"
-        else:
-            choices = [{"index": 0, "text": delta_or_text, "logprobs": None, "finish_reason": finish_reason}]
-            kind = "text_completion"
-        out = {"id": self.request_id, "object": kind, "created": self.created, "model": self.model,
-               "choices": choices}
-        if usage is not None:
-            out["usage"] = usage
-        return out
+    def chunk(self, delta_or_text, finish_reason=None) -> dict:
+        return {**self.head, "choices": [chunk_choice(delta_or_text, finish_reason, chat=self.chat)]}
 
     def feed(self, reply: dict) -> list[dict]:
         chunks = []
@@ -220,10 +211,8 @@ class OllamaChatStream:
         if reply.get("done"):
             finish = _finish_reason(reply, self.num_tool_calls > 0)
             chunks.append(self.chunk({} if self.chat else "", finish_reason=finish))
-            usage_chunk = self.chunk({}, usage=ollama_usage(reply))
-            usage_chunk["choices"] = []
-            usage_chunk["timings"] = ollama_timings(reply)
-            chunks.append(usage_chunk)
+            chunks.append({**self.head, "choices": [], "usage": ollama_usage(reply),
+                           "timings": ollama_timings(reply)})
         return chunks
 
     def _content_chunks(self, reply: dict) -> list[dict]:
