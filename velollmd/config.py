@@ -92,6 +92,10 @@ class SchedulerConfig:
     preempt: bool = False
     block_size: int = _opt(16, min=1, max=1024)
     backend_queue_per_slot: int = _opt(1, min=0, max=64)   # admitted beyond the slots, queued in the backend
+    adaptive_concurrency: bool = True              # learn the width of backends that do not say it
+    initial_concurrency: int = _opt(8, min=1, max=4096)    # where the adaptive limit starts
+    min_concurrency: int = _opt(1, min=1, max=4096)
+    max_concurrency: int = _opt(256, min=1, max=4096)      # per backend of unknown width
     prefix_routing: bool = True
     pin_slots: bool = True                         # llama.cpp: id_slot for the slot holding the prefix
     tokenize: bool = True                          # prefix routing on llama.cpp's real token ids
@@ -152,6 +156,7 @@ def config_from_table(table: dict, path: str = "<table>") -> Config:
         sections[name] = build_section(cls, sub, path, name)
     backends = _build_backends(table.get("backends", []), path)
     _check_embedder(sections["cache"], backends, path)
+    _check_concurrency(sections["scheduler"], path)
     return Config(backends=backends, path=path, **sections)
 
 
@@ -162,6 +167,15 @@ def _check_embedder(cache: CacheConfig, backends, path: str) -> None:
         raise ConfigError(path, "cache.embed_backend", f"names no [[backends]] entry: {cache.embed_backend!r}")
     if not cache.embed_model:
         raise ConfigError(path, "cache.embed_model", 'is required when embedder = "backend"')
+
+
+def _check_concurrency(scheduler: SchedulerConfig, path: str) -> None:
+    if scheduler.min_concurrency > scheduler.max_concurrency:
+        raise ConfigError(path, "scheduler.min_concurrency",
+                          f"must be <= max_concurrency ({scheduler.max_concurrency}), got {scheduler.min_concurrency}")
+    if not scheduler.min_concurrency <= scheduler.initial_concurrency <= scheduler.max_concurrency:
+        raise ConfigError(path, "scheduler.initial_concurrency",
+                          f"must be between min_concurrency and max_concurrency, got {scheduler.initial_concurrency}")
 
 
 def _build_backends(items, path: str) -> tuple[BackendConfig, ...]:

@@ -74,6 +74,8 @@ class Histogram:
 QUEUE_METRICS = (   # (key in the scheduler's per-backend stats, metric name, type, help)
     ("num_waiting", "velollm_queue_waiting", "gauge", "Requests waiting for a slot, by backend"),
     ("num_running", "velollm_queue_running", "gauge", "Requests holding a slot, by backend"),
+    ("concurrency_limit", "velollm_backend_concurrency_limit", "gauge",
+     "Requests a backend may run at once: its slots plus those sent ahead, or the adaptive limit"),
     ("block_usage", "velollm_kv_block_usage", "gauge", "Fraction of the backend's KV block budget held"),
     ("num_admitted", "velollm_queue_admitted_total", "counter", "Requests admitted to a slot"),
     ("num_rejected", "velollm_queue_rejected_total", "counter", "Requests refused with 429, queue full"),

@@ -17,7 +17,7 @@ def slot_config(**fields) -> SchedulerConfig:
 
 
 def backend(num_slots=1, num_ctx=4096, name="b"):
-    return SimpleNamespace(name=name, num_slots=num_slots, loaded_models=None,
+    return SimpleNamespace(name=name, num_slots=num_slots, slots_source="config", loaded_models=None,
                            context_size=lambda: num_ctx)
 
 

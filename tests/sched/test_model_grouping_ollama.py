@@ -46,7 +46,7 @@ def grouped_order(loaded_models) -> list[str]:
     """One slot, busy; then a request for model "a" and, later, one for model "b"."""
     async def main():
         admission = Admission(SchedulerConfig(backend_queue_per_slot=0))
-        target = SimpleNamespace(name="o", num_slots=1, context_size=lambda: 4096,
+        target = SimpleNamespace(name="o", num_slots=1, slots_source="config", context_size=lambda: 4096,
                                  loaded_models=loaded_models)
         started, release = [], asyncio.Event()
         tasks = [asyncio.ensure_future(hold(admission, target, request("busy"), started, release))]

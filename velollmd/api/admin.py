@@ -33,8 +33,18 @@ class AdminRoutes:
     async def health(self, request: Request) -> Response:
         draining = self.access.draining
         body = {"status": "draining" if draining else "ok", "version": __version__,
-                "uptime_s": round(time.time() - self.access.started_at, 3), "backends": self.registry.status()}
+                "uptime_s": round(time.time() - self.access.started_at, 3), "backends": self._backends()}
         return Response.json(body, status=503 if draining else 200)
+
+    def _backends(self) -> list[dict]:
+        """Each backend's health, its width and where it was learnt, and the limit in force."""
+        queues = self.service.stats()["backends"]
+        statuses = self.registry.status()
+        for status in statuses:
+            queue = queues.get(status["name"], {})
+            status["concurrency_limit"] = queue.get("concurrency_limit")
+            status["adaptive"] = queue.get("adaptive", status["slots_source"] is None)
+        return statuses
 
     async def root(self, request: Request) -> Response:
         return Response.json({"name": "velollmd", "version": __version__})

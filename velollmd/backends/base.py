@@ -62,6 +62,7 @@ class Backend:
         self._names_of: list[ModelInfo] | None = None   # the `models` list they were made from
         self.checked_at = 0.0
         self.num_slots = config.slots or 1
+        self.slots_source: str | None = "config" if config.slots else None   # None: width unknown
 
     # -- routing -------------------------------------------------------------------------
 
@@ -87,7 +88,8 @@ class Backend:
 
     def status(self) -> dict:
         return {"name": self.name, "kind": self.kind, "url": self.config.url,
-                "healthy": self.healthy, "slots": self.num_slots, "error": self.last_error or None,
+                "healthy": self.healthy, "error": self.last_error or None,
+                "slots": self.num_slots if self.slots_source else None, "slots_source": self.slots_source,
                 "models": [m.id for m in self.models]}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -102,8 +104,13 @@ class Backend:
             self.healthy, self.last_error = False, exc.message
         except Exception as exc:                       # a broken backend must not kill the loop
             self.healthy, self.last_error = False, f"{type(exc).__name__}: {exc}"
+        if not self.healthy:
+            self.forget_server()
         self.checked_at = time.time()
         return bool(self.healthy)
+
+    def forget_server(self) -> None:
+        """The server is down: what was learnt of it may not hold when it is back."""
 
     async def discover(self) -> None:
         """Learn what the server says of itself (slots, context, loaded models); optional."""

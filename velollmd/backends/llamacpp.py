@@ -10,6 +10,7 @@ from .openai import OpenAIBackend
 
 class LlamaCppBackend(OpenAIBackend):
     kind = "llamacpp"
+    server = "llama.cpp"
     supports_n = False
     can_tokenize = True
     pins_slots = True
@@ -26,14 +27,17 @@ class LlamaCppBackend(OpenAIBackend):
             model.identity = f"llamacpp:{path or model.id}"
         return models
 
+    def forget_server(self) -> None:
+        """/props is read again at every health check."""
+
     async def discover(self) -> None:
         """Slots and the model file from /props (config `slots` wins when set)."""
         try:
             self.props = await self.get_json("/props")
         except VeloError:
             return
-        if not self.config.slots:
-            self.num_slots = int(self.props.get("total_slots") or 1)
+        if not self.config.slots and self.props.get("total_slots"):
+            self.num_slots, self.slots_source = int(self.props["total_slots"]), "/props"
         path = self.props.get("model_path", "")
         for model in self.models:
             model.identity = f"llamacpp:{path or model.id}"

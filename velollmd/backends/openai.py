@@ -1,19 +1,65 @@
-"""Any OpenAI-compatible server (vLLM, LocalAI, LM Studio, llama.cpp's OpenAI endpoints)."""
+"""Any OpenAI-compatible server (vLLM, SGLang, TGI, LocalAI, LM Studio, llama.cpp's OpenAI endpoints).
+
+How many requests it runs at once is asked where the server says it (SGLang's
+/get_server_info `max_running_requests`, TGI's /info `max_concurrent_requests`), once per
+start of the server; vLLM is recognised by its /metrics but does not state a width, and
+neither do the others: those get the scheduler's adaptive limit.
+"""
 from __future__ import annotations
 
+import json
 from typing import AsyncIterator
 
-from ..errors import BadRequest
+from ..errors import BadRequest, VeloError
 from ..wire.request import GenerateRequest
 from .base import Backend, ModelInfo
 
 PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}   # by request endpoint
+WIDTH_PROBES = (    # (path, server, the JSON field that states how many requests it runs at once)
+    ("/get_server_info", "SGLang", "max_running_requests"),
+    ("/info", "TGI", "max_concurrent_requests"),
+)
+VLLM_MARK = b"vllm:num_requests_running"    # a gauge only vLLM's /metrics exports
 
 
 class OpenAIBackend(Backend):
     kind = "openai"
     supports_n = True
     defaults = {"temperature": 1.0, "top_p": 1.0}
+
+    server: str | None = None        # which server it turned out to be, when it said
+
+    async def discover(self) -> None:
+        """The server's width, asked once per start (config `slots` wins when set)."""
+        if self.config.slots or self.server is not None:
+            return
+        self.server = ""                                  # asked; unknown unless found below
+        for path, server, field in WIDTH_PROBES:
+            body = await self._probe(path)
+            width = _json_field(body, field)
+            if isinstance(width, int) and not isinstance(width, bool) and width > 0:
+                self.server, self.num_slots, self.slots_source = server, width, path
+                return
+        if VLLM_MARK in (await self._probe("/metrics") or b""):
+            self.server = "vLLM"
+
+    async def _probe(self, path: str) -> bytes | None:
+        """The body of GET `path` when it answers 200, else None (most servers lack it)."""
+        try:
+            response = await self.client.request("GET", path)
+            body = await response.read()
+        except VeloError:
+            return None
+        return body if response.status == 200 else None
+
+    def forget_server(self) -> None:
+        """The server went away: ask again when it is back (it may be another one)."""
+        self.server = None
+        if not self.config.slots:
+            self.num_slots, self.slots_source = 1, None
+
+    def status(self) -> dict:
+        return {**super().status(), "server": self.server or None}
 
     async def list_models(self) -> list[ModelInfo]:
         body = await self.get_json("/v1/models")
@@ -47,3 +93,11 @@ class OpenAIBackend(Backend):
 
     async def embeddings(self, body: dict) -> dict:
         return await self.post_json("/v1/embeddings", body)
+
+
+def _json_field(body: bytes | None, field: str):
+    try:
+        value = json.loads(body) if body else None
+    except ValueError:
+        return None
+    return value.get(field) if isinstance(value, dict) else None

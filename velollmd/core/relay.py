@@ -35,6 +35,7 @@ class ChunkRelay:
         self.on_usage = delivery.on_usage
         self.model_field = _model_field(model, b":")
         self.upstream: tuple[str, bytes | None] | None = None   # backend's name, its bytes
+        self.num_output_tokens: int | None = None    # from the usage chunk, when one came
 
     def convert_batch(self, events: list[bytes] | list[dict]) -> list[dict] | list[Burst]:
         """The client's chunks for one backend read; in passthrough, one Burst of SSE frames."""
@@ -55,8 +56,11 @@ class ChunkRelay:
         chunk = event if isinstance(event, dict) else self.backend.decode_event(event)
         check_chunk(chunk, self.endpoint, self.backend.name)
         if not chunk["choices"]:
-            if self.on_usage is not None and chunk.get("usage"):
-                self.on_usage(self.model, chunk["usage"])
+            usage = chunk.get("usage")
+            if usage:
+                self.num_output_tokens = usage.get("completion_tokens")
+                if self.on_usage is not None:
+                    self.on_usage(self.model, usage)
         elif chunk.get("usage"):
             return self._split_usage(chunk)
         elif "usage" not in chunk or self.include_usage:

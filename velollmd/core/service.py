@@ -122,7 +122,9 @@ class Service:
             try:
                 async with self.admission.slot(backend, scheduled):
                     with self._pinned(backend, request, fingerprint) as pinned:
-                        return await self._call(backend, pinned)
+                        body = await self._call(backend, pinned)
+                    scheduled.num_output_tokens = (body.get("usage") or {}).get("completion_tokens")
+                    return body
             except Preempted:
                 continue                   # back in the queue; wait for a slot again
 
@@ -144,6 +146,7 @@ class Service:
                         async for batch in batches:
                             for chunk in relay.convert_batch(batch):
                                 yield chunk
+                        scheduled.num_output_tokens = relay.num_output_tokens
                     except UNREADABLE as exc:        # a converter could not read the native stream
                         raise BackendError(f"backend {backend.name} sent a stream velollmd cannot read: "
                                            f"{exc!r}", code="bad_backend_response") from None

@@ -3,8 +3,9 @@
     async with admission.slot(backend, request):    # waits; 429 when the queue is full,
         ...call the backend...                      # 503 after queue_timeout_s
 
-Each backend gets a Scheduler sized from its slots (config or llama.cpp /props) and a token
-budget of num_ctx x slots. `slot()` queues the request, pumps the scheduler (schedule() and
+Each backend gets a Scheduler sized from the width it says it has (config, llama.cpp /props,
+...) plus the requests sent ahead per slot, or, when it does not say, from an adaptive limit
+that follows its latency (limiter.py); the token budget is num_ctx per request it may run. `slot()` queues the request, pumps the scheduler (schedule() and
 hand out what it admitted) and sleeps on a future until admitted or expired. Leaving the
 block, however it is left (return, error, cancel by a client that went away), finishes the
 request in the scheduler, which frees its slot and blocks, and pumps again to wake the next
@@ -24,6 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..config import SchedulerConfig
+from .limiter import AdaptiveLimit, per_token
 from .request import Request, RequestStatus
 from .scheduler import RunnerOutput, ScheduledRequest, Scheduler, queue_timeout_error
 
@@ -36,7 +38,8 @@ class Preempted(Exception):
 class BackendQueue:
     """One backend's scheduler plus the asyncio state of its requests."""
     scheduler: Scheduler
-    num_slots: int
+    num_slots: int | None             # the width the backend said it has; None: unknown
+    limit: AdaptiveLimit | None = None    # learns the width of a backend that does not say it
     grants: dict[str, asyncio.Future] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task] = field(default_factory=dict)
     preempted: set[str] = field(default_factory=set)
@@ -46,8 +49,15 @@ class BackendQueue:
     num_preempted: int = 0
 
     def load(self) -> float:
-        """Requests running or waiting per slot."""
-        return (len(self.scheduler.running) + len(self.scheduler.waiting)) / self.num_slots
+        """Requests running or waiting per request it may run."""
+        return (len(self.scheduler.running) + len(self.scheduler.waiting)) / self.scheduler.max_running
+
+    def record(self, request: Request, now: float) -> None:
+        """A request finished well: its latency feeds the adaptive limit, if any."""
+        if self.limit is not None:
+            latency = per_token(now - request.started_at, request.num_output_tokens)
+            self.limit.on_sample(latency, len(self.scheduler.running))
+            self.scheduler.set_max_running(self.limit.limit)
 
 
 class Admission:
@@ -57,12 +67,26 @@ class Admission:
         self.queues: dict[str, BackendQueue] = {}
 
     def queue_of(self, backend: Any) -> BackendQueue:
-        """The backend's queue; rebuilt when its slot count changed and nothing is in it."""
+        """The backend's queue; rebuilt when its width changed and nothing is in it."""
         queue = self.queues.get(backend.name)
-        if queue is None or queue.num_slots != backend.num_slots and not queue.scheduler._requests:
-            scheduler = Scheduler.for_backend(self.config, backend.num_slots, backend.context_size())
-            queue = self.queues[backend.name] = BackendQueue(scheduler, backend.num_slots)
+        width = backend.num_slots if backend.slots_source else None
+        if queue is None or queue.num_slots != width and not queue.scheduler._requests:
+            queue = self.queues[backend.name] = self._new_queue(backend, width)
         return queue
+
+    def _new_queue(self, backend: Any, width: int | None) -> BackendQueue:
+        """A known width runs its slots plus `backend_queue_per_slot` each; an unknown one
+        starts at `initial_concurrency` and follows the adaptive limit up to `max_concurrency`."""
+        config = self.config
+        if width is not None:
+            max_running = width * (1 + config.backend_queue_per_slot)
+            scheduler = Scheduler.for_backend(config, max_running, backend.context_size())
+            return BackendQueue(scheduler, width)
+        limit = AdaptiveLimit(config.initial_concurrency, config.min_concurrency, config.max_concurrency) \
+            if config.adaptive_concurrency else None
+        scheduler = Scheduler.for_backend(config, config.initial_concurrency, backend.context_size(),
+                                          max_limit=config.max_concurrency)
+        return BackendQueue(scheduler, None, limit)
 
     def load(self, backend: Any) -> float:
         return self.queue_of(backend).load()
@@ -160,7 +184,10 @@ class Admission:
         rid = request.request_id
         scheduler = queue.scheduler
         if rid in scheduler.running:
-            scheduler.update_from_output(RunnerOutput(finished={rid: status}), self.clock())
+            now = self.clock()
+            if status is RequestStatus.FINISHED_STOPPED:
+                queue.record(request, now)
+            scheduler.update_from_output(RunnerOutput(finished={rid: status}), now)
         elif scheduler.get_request(rid) is not None:
             scheduler.abort_request(rid)
         queue.grants.pop(rid, None)
@@ -169,7 +196,8 @@ class Admission:
         self._pump(backend, queue)
 
     def stats(self) -> dict:
-        return {name: {"num_slots": q.num_slots, "num_running": len(q.scheduler.running),
+        return {name: {"num_slots": q.num_slots, "concurrency_limit": q.scheduler.max_running,
+                       "adaptive": q.limit is not None, "num_running": len(q.scheduler.running),
                        "num_waiting": len(q.scheduler.waiting),
                        "block_usage": round(q.scheduler.pool.usage(), 4),
                        "num_admitted": q.num_admitted, "num_rejected": q.num_rejected,

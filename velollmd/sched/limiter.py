@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import deque
 
 MIN_WINDOW = 8                # samples per limit update, at least
 ALPHA, BETA = 2, 4            # hold while alpha x log10(limit) <= queue <= beta x log10(limit)
@@ -30,7 +29,7 @@ TOLERANCE = 0.1               # a window within 10 % of the unloaded latency sho
 
 def per_token(seconds: float, num_tokens: int | None) -> float:
     """A request's latency per generated token (the whole time when the count is unknown)."""
-    return seconds / num_tokens if num_tokens and num_tokens > 1 else seconds
+    return seconds / num_tokens if isinstance(num_tokens, int) and num_tokens > 1 else seconds
 
 
 class AdaptiveLimit:

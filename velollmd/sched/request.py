@@ -72,6 +72,7 @@ class Request:
     output_token_ids: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
     num_preemptions: int = 0
+    num_output_tokens: int | None = None          # as the backend's answer reported them
 
     def __post_init__(self):
         if not 0 <= self.priority <= MAX_PRIORITY:

@@ -68,6 +68,7 @@ class Scheduler:
         self.waiting: list[Request] = []                 # heap by Request.sort_key
         self.running: dict[str, Request] = {}
         self._requests: dict[str, Request] = {}          # waiting + running, by id
+        self.max_running = num_slots                     # slots: requests run at once
         self._free_slots = list(range(num_slots))        # heap: lowest slot id first
         self._reported_models: frozenset[str] = frozenset()
         self._last_model: str | None = None
@@ -78,13 +79,26 @@ class Scheduler:
         self._wait_order: deque[tuple[float, int, Request]] = deque()  # (queued_at, num_preemptions, r)
 
     @classmethod
-    def for_backend(cls, config: SchedulerConfig, num_slots: int, num_ctx: int) -> Scheduler:
-        """A backend's scheduler: token budget = num_ctx x num_slots, in blocks; up to
-        `backend_queue_per_slot` more requests per slot run at once (they wait in the backend's
-        own queue, so a slot that frees is busy again without a round trip through the daemon)."""
-        num_blocks = max(1, math.ceil(num_ctx * num_slots / config.block_size))
-        max_running = num_slots * (1 + config.backend_queue_per_slot)
+    def for_backend(cls, config: SchedulerConfig, max_running: int, num_ctx: int, *,
+                    max_limit: int | None = None) -> Scheduler:
+        """A backend's scheduler running `max_running` requests at once (it may grow to
+        `max_limit`), with a token budget of num_ctx per request it may run, in blocks."""
+        num_blocks = max(1, math.ceil(num_ctx * (max_limit or max_running) / config.block_size))
         return cls(config, max_running, BlockPool(num_blocks, config.block_size))
+
+    def set_max_running(self, max_running: int) -> None:
+        """Run up to `max_running` requests at once (an adaptive limit moved). Growing frees
+        the new slots at once; shrinking takes the slots above the limit out as they free."""
+        max_running = max(1, max_running)
+        if max_running > self.max_running:
+            busy = {r.slot for r in self.running.values()}
+            for slot in range(self.max_running, max_running):
+                if slot not in busy:
+                    heapq.heappush(self._free_slots, slot)
+        elif max_running < self.max_running:
+            self._free_slots = [s for s in self._free_slots if s < max_running]
+            heapq.heapify(self._free_slots)
+        self.max_running = max_running
 
     # ---- intake ----
 
@@ -276,7 +290,8 @@ class Scheduler:
         """Give back the slot and blocks of a running request."""
         self.pool.free(request.request_id)
         del self.running[request.request_id]
-        heapq.heappush(self._free_slots, request.slot)
+        if request.slot < self.max_running:
+            heapq.heappush(self._free_slots, request.slot)
         request.slot = None
 
     def _remove_waiting(self, request: Request) -> None:
@@ -292,5 +307,4 @@ class Scheduler:
 
     def _retry_after_s(self) -> int:
         """Seconds until a slot is likely free: mean service time x queue depth per slot."""
-        num_slots = len(self.running) + len(self._free_slots)
-        return max(1, math.ceil(self._mean_service_s * len(self.waiting) / num_slots))
+        return max(1, math.ceil(self._mean_service_s * len(self.waiting) / self.max_running))

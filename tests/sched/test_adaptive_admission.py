@@ -1,0 +1,79 @@
+"""Admission with the adaptive limit: a backend that does not say its width starts at
+initial_concurrency and follows its latency; one that says it keeps its slots plus queue-ahead."""
+import asyncio
+from types import SimpleNamespace
+
+from tests.aio import run
+from velollmd.config import SchedulerConfig
+from velollmd.sched.admission import Admission
+from velollmd.sched.request import Request
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def backend(slots_source=None, num_slots=1):
+    return SimpleNamespace(name="b", num_slots=num_slots, slots_source=slots_source, loaded_models=None,
+                           context_size=lambda: 4096)
+
+
+async def one_round(admission, target, clock, num_requests: int, seconds: float, round_no: int) -> int:
+    """`num_requests` at once, each answered `seconds` of fake time after it was admitted;
+    returns how many were admitted before the first answer."""
+    running, first = set(), None
+
+    async def hold(i):
+        request = Request(f"r{round_no}-{i}", "m", [i], 8, arrival_time=clock.now)
+        async with admission.slot(target, request):
+            running.add(i)
+            until = clock.now + seconds
+            while clock.now < until:
+                await asyncio.sleep(0)
+            request.num_output_tokens = 8
+            running.discard(i)
+    tasks = [asyncio.ensure_future(hold(i)) for i in range(num_requests)]
+    while not all(t.done() for t in tasks):
+        for _ in range(3):
+            await asyncio.sleep(0)
+        first = len(running) if first is None else first
+        clock.now += 0.001
+    return first
+
+
+def test_unknown_width_starts_at_initial_concurrency_and_grows_while_latency_is_flat():
+    async def main():
+        clock = FakeClock()
+        admission, target = Admission(SchedulerConfig(), clock), backend()
+        first = await one_round(admission, target, clock, 64, 0.020, 0)
+        for round_no in range(1, 40):
+            await one_round(admission, target, clock, 64, 0.020, round_no)
+        stats = admission.stats()["b"]
+        return first, stats
+    first, stats = run(main())
+    assert first == 8                                 # [scheduler] initial_concurrency
+    assert stats["adaptive"] and stats["concurrency_limit"] >= 64
+
+
+def test_a_known_width_runs_its_slots_plus_queue_ahead_and_is_not_adaptive():
+    async def main():
+        clock = FakeClock()
+        admission = Admission(SchedulerConfig(backend_queue_per_slot=1), clock)
+        target = backend(slots_source="/props", num_slots=4)
+        at_once = [await one_round(admission, target, clock, 32, 0.020, r) for r in range(10)]
+        return at_once, admission.stats()["b"]
+    at_once, stats = run(main())
+    assert at_once == [8] * 10
+    assert not stats["adaptive"] and stats["concurrency_limit"] == 8
+
+
+def test_adaptive_off_keeps_initial_concurrency():
+    async def main():
+        clock = FakeClock()
+        admission = Admission(SchedulerConfig(adaptive_concurrency=False, initial_concurrency=3), clock)
+        return [await one_round(admission, backend(), clock, 16, 0.020, r) for r in range(10)]
+    assert run(main()) == [3] * 10
