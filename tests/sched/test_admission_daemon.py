@@ -19,9 +19,13 @@ def gate():
 
 
 def start_daemon(gate, **scheduler):
+    """One backend of one slot; queue-ahead off unless the test says (None: the default)."""
+    scheduler = {"backend_queue_per_slot": 0, **scheduler}
+    if scheduler["backend_queue_per_slot"] is None:
+        del scheduler["backend_queue_per_slot"]
     table = {"backends": [{"name": "gate", "kind": "openai", "url": gate.url, "models": ["gate"],
                            "slots": 1, "health_interval_s": 60}],
-             "scheduler": {"prefix_routing": False, "backend_queue_per_slot": 0, **scheduler}}
+             "scheduler": {"prefix_routing": False, **scheduler}}
     return RunningDaemon(table)
 
 
@@ -87,15 +91,20 @@ def test_waiting_past_queue_timeout_is_503(gate):
     assert stats["num_timed_out"] == 1 and gate.arrivals == ["holder"]
 
 
-def test_priority_zero_is_admitted_before_earlier_priority_nine_requests(gate):
-    with start_daemon(gate) as daemon:
+@pytest.mark.parametrize("queue_ahead", [0, None])       # None: the default configuration
+def test_priority_zero_runs_before_earlier_priority_nine_requests(gate, queue_ahead):
+    """With queue-ahead (the default) the first priority-9 request is sent ahead into the
+    backend's queue; the urgent one withdraws it (the backend drops it unstarted) and takes
+    its place, so the backend runs them in priority order all the same."""
+    with start_daemon(gate, backend_queue_per_slot=queue_ahead) as daemon:
         threads = [in_thread(post_chat, daemon.port, "holder")]
         gate.wait_arrivals(1)
         for i in range(2):
             threads.append(in_thread(post_chat, daemon.port, f"batch{i}", priority=9))
-            wait_stats(daemon, lambda s, n=i + 1: s["num_waiting"] == n)
+            wait_stats(daemon, lambda s, n=i + 1: s["num_waiting"] + s["num_running"] == n + 1)
         threads.append(in_thread(post_chat, daemon.port, "urgent", priority=0))
-        wait_stats(daemon, lambda s: s["num_waiting"] == 3)
+        wait_stats(daemon, lambda s: s["num_waiting"] + s["num_running"] == 4 and (
+            queue_ahead == 0 or s["backends"]["gate"]["num_preempted"] == 1))
         for expected in range(2, 5):
             gate.open(1)
             gate.wait_arrivals(expected)
@@ -104,6 +113,7 @@ def test_priority_zero_is_admitted_before_earlier_priority_nine_requests(gate):
             thread.join(10)
     assert gate.arrivals == ["holder", "urgent", "batch0", "batch1"]
     assert all(result["value"][0] == 200 for _, result in threads)
+    assert gate.num_dropped == (0 if queue_ahead == 0 else 1)
 
 
 def test_a_client_that_goes_away_frees_its_slot(gate):

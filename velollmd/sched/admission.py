@@ -80,7 +80,8 @@ class Admission:
         config = self.config
         if width is not None:
             max_running = width * (1 + config.backend_queue_per_slot)
-            scheduler = Scheduler.for_backend(config, max_running, backend.context_size())
+            scheduler = Scheduler.for_backend(config, max_running, backend.context_size(),
+                                              num_backend_slots=width)
             return BackendQueue(scheduler, width)
         limit = AdaptiveLimit(config.initial_concurrency, config.min_concurrency, config.max_concurrency) \
             if config.adaptive_concurrency else None

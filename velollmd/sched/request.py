@@ -73,6 +73,8 @@ class Request:
     num_cached_tokens: int = 0
     num_preemptions: int = 0
     num_output_tokens: int | None = None          # as the backend's answer reported them
+    generating: bool = False                      # its first output reached the daemon
+    admission_seq: int = 0                        # order among admissions to its backend
 
     def __post_init__(self):
         if not 0 <= self.priority <= MAX_PRIORITY:

@@ -59,7 +59,7 @@ def queue_timeout_error(request: Request) -> Unavailable:
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, num_slots: int, pool: BlockPool, *,
-                 reserve_output: bool = True):
+                 reserve_output: bool = True, num_backend_slots: int | None = None):
         if num_slots < 1:
             raise ValueError("num_slots must be >= 1")
         self.config = config
@@ -69,6 +69,10 @@ class Scheduler:
         self.running: dict[str, Request] = {}
         self._requests: dict[str, Request] = {}          # waiting + running, by id
         self.max_running = num_slots                     # slots: requests run at once
+        # The backend's own slots when it runs fewer than max_running: the rest were sent
+        # ahead to wait in its queue, and may be withdrawn for a more urgent request.
+        self.num_backend_slots = num_backend_slots or num_slots
+        self._num_admitted = 0
         self._free_slots = list(range(num_slots))        # heap: lowest slot id first
         self._reported_models: frozenset[str] = frozenset()
         self._last_model: str | None = None
@@ -80,11 +84,13 @@ class Scheduler:
 
     @classmethod
     def for_backend(cls, config: SchedulerConfig, max_running: int, num_ctx: int, *,
-                    max_limit: int | None = None) -> Scheduler:
+                    max_limit: int | None = None, num_backend_slots: int | None = None) -> Scheduler:
         """A backend's scheduler running `max_running` requests at once (it may grow to
-        `max_limit`), with a token budget of num_ctx per request it may run, in blocks."""
+        `max_limit`), of which the backend itself runs `num_backend_slots` (the others wait
+        in its queue), with a token budget of num_ctx per request it may run, in blocks."""
         num_blocks = max(1, math.ceil(num_ctx * (max_limit or max_running) / config.block_size))
-        return cls(config, max_running, BlockPool(num_blocks, config.block_size))
+        return cls(config, max_running, BlockPool(num_blocks, config.block_size),
+                   num_backend_slots=num_backend_slots)
 
     def set_max_running(self, max_running: int) -> None:
         """Run up to `max_running` requests at once (an adaptive limit moved). Growing frees
@@ -157,7 +163,8 @@ class Scheduler:
             request = self._next_waiting()
             if self._admit(request, now, scheduled):
                 continue
-            if not self._preempt_for(request, now, scheduled, preempted):
+            if not (self._withdraw_for(request, now, preempted)
+                    or self._preempt_for(request, now, scheduled, preempted)):
                 break       # strict priority: nothing behind the head jumps it
         return SchedulerOutput(tuple(scheduled), tuple(preempted), tuple(timed_out),
                                tuple(self.running))
@@ -209,6 +216,8 @@ class Scheduler:
         request.slot = heapq.heappop(self._free_slots)
         request.num_cached_tokens = allocation.num_cached_tokens
         request.started_at = now
+        self._num_admitted += 1
+        request.admission_seq = self._num_admitted
         request.set_status(RequestStatus.RUNNING)
         self.running[request.request_id] = request
         self._last_model = request.model
@@ -249,6 +258,27 @@ class Scheduler:
         self._next_aging_at = min(self._next_aging_at, request.next_aging_at(self.config.aging_s))
 
     # ---- preemption ----
+
+    def _withdraw_for(self, request: Request, now: float, preempted: list[str]) -> bool:
+        """Take back one request of lower priority that was sent ahead into the backend's
+        own queue and has not started there, to make room for `request` (llama.cpp and Ollama
+        drop a queued request whose client left, so the backend never runs it)."""
+        victims = [r for r in self._sent_ahead() if r.priority > request.priority]
+        if not victims:
+            return False
+        victim = max(victims, key=lambda r: (r.priority, r.admission_seq))
+        self._preempt(victim, now, discard_output=True)
+        preempted.append(victim.request_id)
+        return True
+
+    def _sent_ahead(self) -> list[Request]:
+        """Running requests the backend has not started yet, as far as the daemon can tell:
+        it runs `num_backend_slots` at once in the order they were sent, and a request whose
+        first output arrived has started."""
+        if len(self.running) <= self.num_backend_slots:
+            return []
+        in_order = sorted(self.running.values(), key=lambda r: r.admission_seq)
+        return [r for r in in_order[self.num_backend_slots:] if not r.generating]
 
     def _preempt_for(self, request: Request, now: float, scheduled: list[ScheduledRequest],
                      preempted: list[str]) -> bool:
