@@ -14,7 +14,7 @@ from pathlib import Path
 from ..hw import probe
 from ..hw.gguf_header import GGUFError
 from ..hw.run import DEFAULT_TIMEOUT_S
-from . import llamacpp_cmd, modelinfo, report, settings, tune
+from . import llamacpp_cmd, modelspec, report, settings, tune
 from .bench.cli import add_bench_arguments
 from .status import add_status_arguments
 
@@ -30,14 +30,14 @@ def cmd_detect(args) -> int:
     return 0
 
 
-def load_model(args) -> modelinfo.ModelInfo:
+def load_model(args) -> modelspec.ModelSpec:
     """From --gguf, --ollama-model or --model-size (raises ValueError/OSError/GGUFError)."""
     if args.gguf:
-        return modelinfo.from_gguf(args.gguf)
+        return modelspec.from_gguf(args.gguf)
     if args.ollama_model:
-        show = modelinfo.fetch_ollama_show(args.ollama_url, args.ollama_model, args.timeout)
-        return modelinfo.from_ollama_show(show, args.ollama_model)
-    return modelinfo.from_size(args.model_size, args.quant)
+        show = modelspec.fetch_ollama_show(args.ollama_url, args.ollama_model, args.timeout)
+        return modelspec.from_ollama_show(show, args.ollama_model)
+    return modelspec.from_size(args.model_size, args.quant)
 
 
 def _draft(args, p: tune.TunePlan):
@@ -131,7 +131,7 @@ def _add_optimize(opt: argparse.ArgumentParser) -> None:
     model.add_argument("--model-size", default="8B", help="parameter count, e.g. 8B or 500M (default 8B)")
     model.add_argument("--gguf", metavar="PATH", help="read the model's shape from a GGUF file")
     model.add_argument("--ollama-model", metavar="NAME", help="ask Ollama's /api/show about NAME")
-    opt.add_argument("--quant", default=modelinfo.DEFAULT_QUANT, help="with --model-size (default Q4_K_M)")
+    opt.add_argument("--quant", default=modelspec.DEFAULT_QUANT, help="with --model-size (default Q4_K_M)")
     opt.add_argument("--ollama-url", default=DEFAULT_OLLAMA_URL)
     opt.add_argument("--context", type=int, default=tune.DEFAULT_CONTEXT, help="wanted context per request")
     opt.add_argument("--vram-mib", type=int, help="override the detected free GPU memory (e.g. a MIG slice)")

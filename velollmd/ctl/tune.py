@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..hw.info import HardwareInfo
-from .modelinfo import ModelInfo
+from .modelspec import ModelSpec
 
 _MIB = 1024 * 1024
 KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}   # ggml block sizes
@@ -46,7 +46,7 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class TunePlan:
-    model: ModelInfo
+    model: ModelSpec
     budget: MemoryBudget
     context: int                 # per slot
     parallel: int
@@ -62,7 +62,7 @@ class TunePlan:
     notes: tuple[str, ...] = ()
 
 
-def kv_cache_mib(model: ModelInfo, context: int, parallel: int, cache_type: str) -> float:
+def kv_cache_mib(model: ModelSpec, context: int, parallel: int, cache_type: str) -> float:
     per_token = 2 * model.num_layers * model.num_kv_heads * model.head_dim
     return per_token * context * KV_BYTES_PER_ELEMENT[cache_type] * parallel / _MIB
 
@@ -120,7 +120,7 @@ def _parallel_and_growth(model, free_kv_mib, context, cache_type, max_parallel, 
     return parallel, context
 
 
-def plan(hw: HardwareInfo, model: ModelInfo, target_context: int = DEFAULT_CONTEXT,
+def plan(hw: HardwareInfo, model: ModelSpec, target_context: int = DEFAULT_CONTEXT,
          vram_mib: int | None = None) -> TunePlan:
     budget = memory_budget(hw, vram_mib)
     fa, _ = flash_attention_ok(hw)

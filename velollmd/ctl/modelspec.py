@@ -1,8 +1,12 @@
 """What the tuner needs to know about a model: weight size and KV-cache shape.
 
-Three sources, one result (`ModelInfo`): a size label (`--model-size 8B --quant Q4_K_M`,
+Three sources, one result (`ModelSpec`): a size label (`--model-size 8B --quant Q4_K_M`,
 shape taken from a typical model of that size), a GGUF header, or Ollama's `/api/show`
 JSON (whose `model_info` uses the same keys as GGUF metadata).
+
+The name: `ModelSpec`, not `ModelInfo`, because `velollmd.backends.base.ModelInfo` is another
+thing, a model a backend lists (its id and backend); this one is a model's size and shape as
+`velollmctl optimize` sizes memory for it, and reads like the spec sheet it is.
 """
 from __future__ import annotations
 
@@ -41,7 +45,8 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bBmM])\s*$")
 
 
 @dataclass(frozen=True)
-class ModelInfo:
+class ModelSpec:
+    """A model's weights and attention shape, for memory planning (see the module's note on the name)."""
     name: str
     params_b: float                   # parameters, billions
     quant: str
@@ -73,11 +78,11 @@ def weights_mib(params_b: float, quant: str) -> int:
     return int(params_b * 1e9 * bits / 8 / _MIB)
 
 
-def from_size(label: str, quant: str = DEFAULT_QUANT) -> ModelInfo:
+def from_size(label: str, quant: str = DEFAULT_QUANT) -> ModelSpec:
     params_b = parse_size_label(label)
     row = next(r for r in TYPICAL_SHAPES if params_b <= r[0])
     _, layers, kv_heads, heads, head_dim, ctx, ref = row
-    return ModelInfo(f"{label} {quant.upper()}", params_b, quant.upper(), weights_mib(params_b, quant),
+    return ModelSpec(f"{label} {quant.upper()}", params_b, quant.upper(), weights_mib(params_b, quant),
                      layers, kv_heads, heads, head_dim, ctx, shape_source=f"typical shape of {ref}")
 
 
@@ -86,7 +91,7 @@ def _int(value) -> int | None:
 
 
 def from_metadata(kv: dict, name: str, file_size: int | None = None, quant: str | None = None,
-                  path: str | None = None) -> ModelInfo:
+                  path: str | None = None) -> ModelSpec:
     """From GGUF metadata keys (`llama.block_count`, `llama.attention.head_count_kv`, ...)."""
     arch = kv.get("general.architecture", "llama")
     get = lambda key: _int(kv.get(f"{arch}.{key}"))  # noqa: E731
@@ -99,7 +104,7 @@ def from_metadata(kv: dict, name: str, file_size: int | None = None, quant: str 
     params = _int(kv.get("general.parameter_count"))
     params_b = params / 1e9 if params else (file_size or 0) * 8 / BITS_PER_WEIGHT.get(quant, 16) / 1e9
     size_mib = file_size // _MIB if file_size else weights_mib(params_b, quant)
-    return ModelInfo(name, params_b, quant, size_mib, layers, kv_heads, heads, head_dim,
+    return ModelSpec(name, params_b, quant, size_mib, layers, kv_heads, heads, head_dim,
                      get("context_length") or 4096, arch, path, _vocab_key(kv), f"{arch} metadata")
 
 
@@ -112,13 +117,13 @@ def _vocab_key(kv: dict) -> tuple | None:
             kv.get("tokenizer.ggml.eos_token_id"))
 
 
-def from_gguf(path: str) -> ModelInfo:
+def from_gguf(path: str) -> ModelSpec:
     header = read_gguf_header(path)
     name = header.metadata.get("general.name") or path.rsplit("/", 1)[-1]
     return from_metadata(header.metadata, str(name), header.file_size, path=path)
 
 
-def from_ollama_show(show: dict, name: str) -> ModelInfo:
+def from_ollama_show(show: dict, name: str) -> ModelSpec:
     """From the parsed JSON of Ollama's POST /api/show."""
     details = show.get("details") or {}
     quant = details.get("quantization_level") or None
