@@ -16,9 +16,8 @@ from ..hw.gguf_header import GGUFError
 from ..hw.run import DEFAULT_TIMEOUT_S
 from . import llamacpp_cmd, modelspec, report, settings, tune
 from .bench.cli import add_bench_arguments
+from .remote import OLLAMA_URL
 from .status import add_status_arguments
-
-DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 
 
 def cmd_detect(args) -> int:
@@ -132,7 +131,7 @@ def _add_optimize(opt: argparse.ArgumentParser) -> None:
     model.add_argument("--gguf", metavar="PATH", help="read the model's shape from a GGUF file")
     model.add_argument("--ollama-model", metavar="NAME", help="ask Ollama's /api/show about NAME")
     opt.add_argument("--quant", default=modelspec.DEFAULT_QUANT, help="with --model-size (default Q4_K_M)")
-    opt.add_argument("--ollama-url", default=DEFAULT_OLLAMA_URL)
+    opt.add_argument("--ollama-url", default=OLLAMA_URL, help=f"with --ollama-model (default {OLLAMA_URL})")
     opt.add_argument("--context", type=int, default=tune.DEFAULT_CONTEXT, help="wanted context per request")
     opt.add_argument("--vram-mib", type=int, help="override the detected free GPU memory (e.g. a MIG slice)")
     opt.add_argument("--dropin-dir", default=settings.DROPIN_DIR, help="where current drop-ins are read")

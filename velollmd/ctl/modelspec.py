@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
 from dataclasses import dataclass
 
 from ..hw.gguf_header import ArrayInfo, read_gguf_header
+from . import remote
 
 _MIB = 1024 * 1024
 DEFAULT_QUANT = "Q4_K_M"
@@ -131,9 +131,19 @@ def from_ollama_show(show: dict, name: str) -> ModelSpec:
 
 
 def fetch_ollama_show(base_url: str, model: str, timeout_s: float = 5.0) -> dict:
-    """The one HTTP call of `velollmctl optimize --ollama-model` (stdlib, ctl only)."""
-    request = urllib.request.Request(base_url.rstrip("/") + "/api/show",
-                                     data=json.dumps({"model": model}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        return json.load(response)
+    """The parsed JSON of Ollama's POST /api/show for `model` (`velollmctl optimize --ollama-model`).
+
+    Raises remote.ServerError (an OSError) when Ollama is unreachable or answers an error, and
+    ValueError when the answer is not a JSON object; each says what happened in one line.
+    """
+    url = base_url.rstrip("/") + "/api/show"
+    status, body = remote.request(base_url, "POST", "/api/show", {"model": model}, timeout_s)
+    if status != 200:
+        raise remote.ServerError(f"{url} answered HTTP {status}: {remote.error_message(body)}")
+    try:
+        show = json.loads(body)
+    except ValueError:
+        show = None
+    if not isinstance(show, dict):
+        raise ValueError(f"{url} did not answer with a JSON object: is this Ollama?")
+    return show

@@ -12,10 +12,9 @@ import sys
 
 from ..errors import VeloError
 from ..http.client import HTTPClient
-from .bench.client import base_url
+from .remote import DAEMON_URL, base_url, error_line
 from .report import format_columns
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 HEADLINE_METRICS = ("velollm_http_requests_total", "velollm_tokens_total", "velollm_tool_call_repairs_total",
                     "velollm_tool_call_loops_total")
 
@@ -68,7 +67,7 @@ async def fetch_status(url: str, api_key: str | None = None, timeout_s: float = 
         result["queue"] = await _optional_json(client, "/v1/velollm/queue")
         result["metrics"] = await _metrics_summary(client)
     except VeloError as exc:
-        result["error"] = f"cannot reach velollmd at {result['url']}: {exc.message.replace('backend ', '')}"
+        result["error"] = f"cannot reach velollmd at {result['url']}: {error_line(exc)}"
     except (ValueError, AttributeError):
         result["error"] = f"{result['url']}/health did not answer with a JSON object: is this velollmd?"
     finally:
@@ -149,7 +148,7 @@ def format_status(result: dict) -> str:
 
 
 def add_status_arguments(parser) -> None:
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"the daemon (default {DEFAULT_URL})")
+    parser.add_argument("--url", default=DAEMON_URL, help=f"the daemon (default {DAEMON_URL})")
     parser.add_argument("--api-key", help="for the daemon's protected routes (cache stats)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=cmd_status)

@@ -6,12 +6,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from velollmd.ctl.bench.client import RequestResult, base_url
+from velollmd.ctl.bench.client import RequestResult
 from velollmd.ctl.bench.report import Progress
 from velollmd.ctl.bench.run import compare
 from velollmd.ctl.bench.stats import distribution, summarize
 from velollmd.ctl.bench.svg import nice_ticks, render_chart
 from velollmd.ctl.bench.workload import PROFILES, Conversation, Workload
+from velollmd.ctl.remote import base_url
 
 
 def test_distribution_of_nothing_has_every_key():
