@@ -15,9 +15,9 @@ import re
 from dataclasses import dataclass
 
 from ..hw.gguf_header import ArrayInfo, read_gguf_header
+from ..hw.info import MIB
 from . import remote
 
-_MIB = 1024 * 1024
 DEFAULT_QUANT = "Q4_K_M"
 
 # Effective bits per weight (scales included) of llama.cpp quantizations.
@@ -75,7 +75,7 @@ def weights_mib(params_b: float, quant: str) -> int:
     bits = BITS_PER_WEIGHT.get(quant.upper())
     if bits is None:
         raise ValueError(f"unknown quantization {quant!r}; known: {', '.join(BITS_PER_WEIGHT)}")
-    return int(params_b * 1e9 * bits / 8 / _MIB)
+    return int(params_b * 1e9 * bits / 8 / MIB)
 
 
 def from_size(label: str, quant: str = DEFAULT_QUANT) -> ModelSpec:
@@ -103,7 +103,7 @@ def from_metadata(kv: dict, name: str, file_size: int | None = None, quant: str 
     quant = (quant or FILE_TYPES.get(_int(kv.get("general.file_type")), "F16")).upper()
     params = _int(kv.get("general.parameter_count"))
     params_b = params / 1e9 if params else (file_size or 0) * 8 / BITS_PER_WEIGHT.get(quant, 16) / 1e9
-    size_mib = file_size // _MIB if file_size else weights_mib(params_b, quant)
+    size_mib = file_size // MIB if file_size else weights_mib(params_b, quant)
     return ModelSpec(name, params_b, quant, size_mib, layers, kv_heads, heads, head_dim,
                      get("context_length") or 4096, arch, path, _vocab_key(kv), f"{arch} metadata")
 

@@ -13,7 +13,7 @@ import sys
 from ..errors import VeloError
 from ..http.client import HTTPClient
 from .remote import DAEMON_URL, base_url, error_line
-from .report import format_columns
+from .report import format_columns, yes_no
 
 HEADLINE_METRICS = ("velollm_http_requests_total", "velollm_tokens_total", "velollm_tool_call_repairs_total",
                     "velollm_tool_call_loops_total")
@@ -83,14 +83,10 @@ def _uptime(seconds) -> str:
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
-def _yes_no(flag) -> str:
-    return {True: "yes", False: "no", None: "unknown"}.get(flag, str(flag))
-
-
 def _backend_rows(backends: list[dict]) -> list[str]:
     rows = [["backend", "kind", "healthy", "slots", "models", "error"]]
     for b in backends:
-        rows.append([str(b.get("name", "?")), str(b.get("kind", "")), _yes_no(b.get("healthy")),
+        rows.append([str(b.get("name", "?")), str(b.get("kind", "")), yes_no(b.get("healthy"), "unknown"),
                      str(b.get("slots", "-")), ", ".join(b.get("models") or []) or "-",
                      str(b.get("error") or "")])
     return format_columns(rows, right={3})
