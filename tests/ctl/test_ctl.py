@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.hw.fakebin import prints, write_tool
-from tests.hw.ggufs import write_gguf
+from tests.ctl.ggufs import write_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 CTL = ROOT / "tools" / "velollmctl"

@@ -1,4 +1,4 @@
-from tests.hw.ggufs import write_gguf
+from tests.ctl.ggufs import write_gguf
 from velollmd.ctl import llamacpp_cmd, modelspec, tune
 from velollmd.hw.info import CpuInfo, GpuInfo, HardwareInfo, MemoryInfo
 

@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..hw.gguf_header import GGUF_MAGIC, GGUFError
+from .gguf_header import GGUF_MAGIC, GGUFError
 from .modelspec import ModelSpec, from_gguf
 from .tune import TunePlan, kv_cache_mib
 

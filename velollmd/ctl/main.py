@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from ..hw import probe
-from ..hw.gguf_header import GGUFError
 from ..hw.run import DEFAULT_TIMEOUT_S
 from . import llamacpp_cmd, modelspec, report, settings, tune
 from .bench.cli import add_bench_arguments
+from .gguf_header import GGUFError
 from .remote import OLLAMA_URL
 from .status import add_status_arguments
 

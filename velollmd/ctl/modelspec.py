@@ -14,9 +14,9 @@ import json
 import re
 from dataclasses import dataclass
 
-from ..hw.gguf_header import ArrayInfo, read_gguf_header
 from ..hw.info import MIB
 from . import remote
+from .gguf_header import ArrayInfo, read_gguf_header
 
 DEFAULT_QUANT = "Q4_K_M"
 

@@ -1,10 +1,11 @@
+"""GGUF headers (ctl/gguf_header.py) and the model specs built from them, from /api/show and from size labels."""
 import struct
 
 import pytest
 
-from tests.hw.ggufs import write_gguf
+from tests.ctl.ggufs import write_gguf
 from velollmd.ctl import modelspec
-from velollmd.hw.gguf_header import ArrayInfo, GGUFError, read_gguf_header
+from velollmd.ctl.gguf_header import ArrayInfo, GGUFError, read_gguf_header
 
 
 def test_reads_llama_metadata(tmp_path):
