@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from velollmd.cache.embed import HashingEmbedder  # noqa: E402
+from velollmd.ctl.bench.stats import percentile  # noqa: E402
 from velollmd.cache.semantic import SemanticIndex  # noqa: E402
 
 PAIRS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paraphrase_set.json")
@@ -35,7 +36,7 @@ GB = 1e9
 
 
 def percentile_ms(samples: list[float], q: float) -> float:
-    return float(np.percentile(samples, q)) * 1e3
+    return percentile(samples, q) * 1e3
 
 
 def random_unit_rows(num: int, dim: int, rng) -> np.ndarray:
@@ -74,7 +75,7 @@ def bench_lookup(num: int, dim: int, dtype: str, reps: int, rng) -> dict:
         for name, fn in cases.items():
             times[name].append(time_once(fn))
     scanned = index.vectors[:num].nbytes
-    p50 = {name: float(np.median(t)) for name, t in times.items()}
+    p50 = {name: percentile(t, 50) for name, t in times.items()}
     return {"num": num, "dim": dim, "dtype": dtype, "reps": reps,
             "p50_ms": p50["lookup"] * 1e3, "p99_ms": percentile_ms(times["lookup"], 99),
             "gbps": scanned / p50["lookup"] / GB,
@@ -123,8 +124,8 @@ def embed_timing(dim: int = 384, reps: int = 2000) -> dict:
     embedder = HashingEmbedder(dim)
     text = "How do I reverse a list in Python without modifying the original list?"
     times = [time_once(lambda: embedder.embed_one(text)) for _ in range(reps)]
-    return {"reps": reps, "chars": len(text), "p50_us": float(np.median(times)) * 1e6,
-            "p99_us": float(np.percentile(times, 99)) * 1e6}
+    return {"reps": reps, "chars": len(text), "p50_us": percentile(times, 50) * 1e6,
+            "p99_us": percentile(times, 99) * 1e6}
 
 
 def markdown(lookups: list[dict], quality: dict, embed: dict) -> str:

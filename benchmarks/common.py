@@ -15,13 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.rig.llama import LlamaServer, make_tiny_model  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+from velollmd.ctl.bench.stats import percentile  # noqa: E402  (the one definition, as in velollmctl bench)
 
 
 def summary(values: list[float]) -> dict:

@@ -20,6 +20,7 @@ import time
 sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
 
 from tests.sched.pyblocks import PyBlockPool  # noqa: E402
+from velollmd.ctl.bench.stats import percentile  # noqa: E402
 from velollmd.sched.kvblocks import BlockPool  # noqa: E402
 
 BLOCK_SIZE = 16
@@ -29,11 +30,6 @@ PROMPT_TOKENS = 512                 # 32 blocks per request
 DECODE_STEPS = 16
 FORK_CHILDREN = 4                   # n-way sampling / beam search: one fork call, n children
 IMPLS = {"cffi": BlockPool, "python": PyBlockPool}
-
-
-def percentile(samples, q):
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def pool_blocks(prompt_tokens):
@@ -137,8 +133,8 @@ def main():
     for op in samples["cffi"]:
         c, p = samples["cffi"][op], samples["python"][op]
         unit = "ns/token" if "token" in op else "ns/block"
-        print(f"| {op} | {unit} | {percentile(c, .5):.0f} | {percentile(c, .99):.0f} | "
-              f"{percentile(p, .5):.0f} | {percentile(p, .99):.0f} | "
+        print(f"| {op} | {unit} | {percentile(c, 50):.0f} | {percentile(c, 99):.0f} | "
+              f"{percentile(p, 50):.0f} | {percentile(p, 99):.0f} | "
               f"{statistics.median(p) / statistics.median(c):.1f}x | {len(c)} |")
     total_c = sum(sum(s) for s in samples["cffi"].values())
     total_p = sum(sum(s) for s in samples["python"].values())

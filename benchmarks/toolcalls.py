@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import json_repair  # noqa: E402  (benchmark-only dependency)
 
 from tests.toolcalls.corpus import load_cases, load_repair_cases  # noqa: E402
+from velollmd.ctl.bench.stats import percentile  # noqa: E402
 from velollmd.toolcalls.assemble import process_output  # noqa: E402
 from velollmd.toolcalls.repair import loads_repaired  # noqa: E402
 
@@ -52,8 +53,8 @@ def interleaved(inputs: list[str], fn_a, fn_b, rounds: int) -> tuple[list, list]
 
 
 def pct(values: list[int], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000.0
+    """The q-th percentile (0..100) of nanosecond samples, in microseconds."""
+    return percentile(values, q) / 1000.0
 
 
 def summarize(name_a: str, name_b: str, samples_a: list, samples_b: list) -> dict:
@@ -62,8 +63,8 @@ def summarize(name_a: str, name_b: str, samples_a: list, samples_b: list) -> dic
     med_a = [statistics.median(s) for s in samples_a]
     med_b = [statistics.median(s) for s in samples_b]
     return {"a": name_a, "b": name_b, "n": len(flat_a), "cases": len(samples_a),
-            "a_p50": pct(flat_a, 0.5), "a_p99": pct(flat_a, 0.99),
-            "b_p50": pct(flat_b, 0.5), "b_p99": pct(flat_b, 0.99),
+            "a_p50": pct(flat_a, 50), "a_p99": pct(flat_a, 99),
+            "b_p50": pct(flat_b, 50), "b_p99": pct(flat_b, 99),
             "total_ratio": sum(med_a) / sum(med_b),
             "median_ratio": statistics.median(a / b for a, b in zip(med_a, med_b))}
 
@@ -139,7 +140,7 @@ def main() -> None:
     print(f"- Valid JSON overhead vs json.loads: {s_valid['total_ratio']:.2f}x total, "
           f"{s_valid['median_ratio']:.2f}x median per case; target <= 1.2x.")
     print(f"- Whole pipeline (extract + repair + schema) on {len(load_cases())} raw outputs: "
-          f"p50 {pct(pipe, 0.5):.1f} us, p99 {pct(pipe, 0.99):.1f} us ({len(pipe)} samples).")
+          f"p50 {pct(pipe, 50):.1f} us, p99 {pct(pipe, 99):.1f} us ({len(pipe)} samples).")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.hw.fakebin import prints, write_tool
-from tests.hw.ggufs import write_gguf
+from tests.ctl.ggufs import write_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 CTL = ROOT / "tools" / "velollmctl"
@@ -81,6 +81,32 @@ def test_optimize_writes_dropin_with_backup_and_env_file(fake_bin, tmp_path):
     assert (dropins / "velollm.conf.bak").read_text() == "[Service]\n# old\n"
     assert "export OLLAMA_KV_CACHE_TYPE=f16" in env_file.read_text()
     assert "daemon-reload" in result.stdout
+
+
+def test_optimize_explicit_dry_run_writes_nothing(fake_bin, tmp_path):
+    dropins = tmp_path / "ollama.service.d"
+    result = velollmctl("optimize", "--dry-run", "--dropin-dir", str(dropins), bin_dir=fake_bin)
+    assert result.returncode == 0, result.stderr
+    assert "dry run: nothing written" in result.stdout and "wrote" not in result.stdout
+    assert not dropins.exists()
+
+
+@pytest.mark.parametrize("option, name", [("--write-systemd", "ollama.service.d"), ("--write-env", "ollama.env")])
+def test_optimize_dry_run_with_a_write_option_is_a_usage_error(fake_bin, tmp_path, option, name):
+    target = tmp_path / name
+    result = velollmctl("optimize", "--dry-run", option, str(target), bin_dir=fake_bin)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("velollmctl optimize: --dry-run contradicts --write-systemd / --write-env")
+    assert not target.exists()
+
+
+def test_optimize_json_still_writes_what_was_asked(fake_bin, tmp_path):
+    env_file = tmp_path / "ollama.env"
+    result = velollmctl("optimize", "--json", "--write-env", str(env_file), bin_dir=fake_bin)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["plan"]["parallel"] == 4           # stdout stays pure JSON
+    assert "export OLLAMA_NUM_PARALLEL=4" in env_file.read_text() and f"wrote {env_file}" in result.stderr
 
 
 def test_optimize_llamacpp_with_draft(fake_bin, tmp_path):

@@ -1,5 +1,5 @@
-from tests.hw.ggufs import write_gguf
-from velollmd.ctl import llamacpp_cmd, modelinfo, tune
+from tests.ctl.ggufs import write_gguf
+from velollmd.ctl import llamacpp_cmd, modelspec, tune
 from velollmd.hw.info import CpuInfo, GpuInfo, HardwareInfo, MemoryInfo
 
 MIB = 1024 * 1024
@@ -8,7 +8,7 @@ HW = HardwareInfo(cpu=CpuInfo("c", "x86_64", 8, 16), memory=MemoryInfo(65536, 60
 
 
 def test_llama_server_argv_from_plan():
-    p = tune.plan(HW, modelinfo.from_size("8B"))
+    p = tune.plan(HW, modelspec.from_size("8B"))
     argv = llamacpp_cmd.llama_server_argv(p, "/models/llama.gguf")
     assert argv == ["llama-server", "-m", "/models/llama.gguf", "-ngl", "33", "-c", "131072",
                     "--parallel", "4", "-b", "2048", "-ub", "1024", "--flash-attn", "on",
@@ -27,7 +27,7 @@ def test_draft_chosen_from_same_vocabulary(tmp_path):
     write_gguf(tmp_path / "other.gguf", name="OtherVocab", vocab=2000, pad_bytes=4 * MIB)
     write_gguf(tmp_path / "too-big.gguf", name="Medium", pad_bytes=30 * MIB)
     (tmp_path / "notes.txt").write_text("not a model")
-    p = tune.plan(HW, modelinfo.from_gguf(target))
+    p = tune.plan(HW, modelspec.from_gguf(target))
     paths = llamacpp_cmd.scan_gguf_files(str(tmp_path))
     assert len(paths) == 4
     candidates, notes = llamacpp_cmd.load_candidates(paths)
@@ -42,6 +42,6 @@ def test_draft_chosen_from_same_vocabulary(tmp_path):
 
 
 def test_no_draft_without_target_vocabulary():
-    p = tune.plan(HW, modelinfo.from_size("8B"))
+    p = tune.plan(HW, modelspec.from_size("8B"))
     assert llamacpp_cmd.choose_draft(p, []) is None
     assert "no speculative draft" in llamacpp_cmd.explain(p, None)[-1]

@@ -1,13 +1,13 @@
 """Known hardware -> known recommendations."""
 from tests.hw.fixtures import fixture
-from velollmd.ctl import modelinfo, tune
+from velollmd.ctl import modelspec, tune
 from velollmd.ctl.settings import Setting
 from velollmd.hw.info import CpuInfo, GpuInfo, HardwareInfo, MemoryInfo
 from velollmd.hw.nvidia import parse_query_csv
 
 CPU8 = CpuInfo("Test CPU", "x86_64", 8, 16, None, True, False, None)
 RAM64 = MemoryInfo(65536, 60000, 8192, 8192)
-LLAMA8B = modelinfo.from_size("8B")            # 4625 MiB, 32 layers, 8 KV heads x 128
+LLAMA8B = modelspec.from_size("8B")            # 4625 MiB, 32 layers, 8 KV heads x 128
 
 
 def rtx4090() -> HardwareInfo:
@@ -55,7 +55,7 @@ def values_reasons(recs) -> dict:
 
 def test_70b_on_24gb_is_partially_offloaded():
     hw = rtx4090()
-    model = modelinfo.from_size("70B")
+    model = modelspec.from_size("70B")
     p = tune.plan(hw, model)
     assert (p.full_offload, p.fits, p.parallel, p.cache_type) == (False, False, 1, "q4_0")
     assert p.num_gpu_layers == int((23892 - 768) // ((model.weights_mib + p.kv_mib) / 80)) == 44
@@ -90,7 +90,7 @@ def test_apple_unified_memory_budget():
 
 
 def test_model_context_caps_the_plan():
-    small_ctx = modelinfo.ModelInfo("tiny", 1.0, "Q4_K_M", 600, 16, 8, 32, 64, 4096)
+    small_ctx = modelspec.ModelSpec("tiny", 1.0, "Q4_K_M", 600, 16, 8, 32, 64, 4096)
     p = tune.plan(rtx4090(), small_ctx)
     assert (p.context, p.parallel) == (4096, 4)
 

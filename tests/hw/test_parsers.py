@@ -3,7 +3,7 @@
 import pytest
 
 from tests.hw.fixtures import FIXTURES, fixture
-from velollmd.hw import amd, apple, cpu, nvidia
+from velollmd.hw import amd, apple, cpu, fields, nvidia
 
 
 def test_nvidia_query_one_gpu():
@@ -155,3 +155,19 @@ def test_cpuinfo_empty():
 
 def test_fixture_count():
     assert len(list(FIXTURES.iterdir())) >= 12
+
+
+@pytest.mark.parametrize("name, vendor", [
+    ("NVIDIA Corporation AD102 [GeForce RTX 4090]", "nvidia"),
+    ("Advanced Micro Devices, Inc. [AMD/ATI] Navi 21 [Radeon RX 6800]", "amd"),
+    ("ATI (0x1002)", "amd"),                          # system_profiler's Vendor on older Macs
+    ("Intel Corporation Alder Lake-P GT2", "intel"), ("Intel", "intel"),
+    ("Matrox Electronics Systems Ltd. G200eR2", "other"), ("", "other")])
+def test_vendor_of_names(name, vendor):
+    assert fields.vendor_of(name) == vendor
+
+
+@pytest.mark.parametrize("text, value", [("24564", 24564), ("24564.0", 24564), ("17163091968", 17163091968),
+                                         (" 7 ", 7), ("[N/A]", None), ("", None), (None, None), ("inf", None)])
+def test_to_int_fields(text, value):
+    assert fields.to_int(text) == value

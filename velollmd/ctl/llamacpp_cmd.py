@@ -1,7 +1,7 @@
 """A tuned `llama-server` command line from a TunePlan, with a speculative-decoding draft.
 
 A draft model must share the target's vocabulary (llama.cpp checks tokenizer type, size and
-special tokens), so candidates are matched on `ModelInfo.vocab_key` read from GGUF headers.
+special tokens), so candidates are matched on `ModelSpec.vocab_key` read from GGUF headers.
 Expected gain per target step (Leviathan et al. 2023) with acceptance rate a, draft length k
 and draft/target cost ratio c (about their size ratio, decoding being memory-bound):
 
@@ -14,8 +14,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..hw.gguf_header import GGUF_MAGIC, GGUFError
-from .modelinfo import ModelInfo, from_gguf
+from .gguf_header import GGUF_MAGIC, GGUFError
+from .modelspec import ModelSpec, from_gguf
 from .tune import TunePlan, kv_cache_mib
 
 DRAFT_MAX_CHOICES = (4, 8, 16)
@@ -27,7 +27,7 @@ MAX_SCAN_FILES = 500
 
 @dataclass(frozen=True)
 class DraftChoice:
-    model: ModelInfo
+    model: ModelSpec
     size_ratio: float            # draft weights / target weights
     draft_max: int
     extra_mib: int               # the draft's weights + KV cache
@@ -55,7 +55,7 @@ def scan_gguf_files(directory: str) -> list[str]:
     return found
 
 
-def load_candidates(paths: list[str]) -> tuple[list[ModelInfo], list[str]]:
+def load_candidates(paths: list[str]) -> tuple[list[ModelSpec], list[str]]:
     models, notes = [], []
     for path in paths:
         try:
@@ -65,7 +65,7 @@ def load_candidates(paths: list[str]) -> tuple[list[ModelInfo], list[str]]:
     return models, notes
 
 
-def choose_draft(p: TunePlan, candidates: list[ModelInfo]) -> DraftChoice | None:
+def choose_draft(p: TunePlan, candidates: list[ModelSpec]) -> DraftChoice | None:
     """The compatible candidate whose size ratio is closest to 1/10 (log scale)."""
     target = p.model
     if target.vocab_key is None:

@@ -12,13 +12,12 @@ import sys
 from pathlib import Path
 
 from ..hw import probe
-from ..hw.gguf_header import GGUFError
 from ..hw.run import DEFAULT_TIMEOUT_S
-from . import llamacpp_cmd, modelinfo, report, settings, tune
+from . import llamacpp_cmd, modelspec, report, settings, tune
 from .bench.cli import add_bench_arguments
+from .gguf_header import GGUFError
+from .remote import OLLAMA_URL
 from .status import add_status_arguments
-
-DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 
 
 def cmd_detect(args) -> int:
@@ -30,14 +29,14 @@ def cmd_detect(args) -> int:
     return 0
 
 
-def load_model(args) -> modelinfo.ModelInfo:
+def load_model(args) -> modelspec.ModelSpec:
     """From --gguf, --ollama-model or --model-size (raises ValueError/OSError/GGUFError)."""
     if args.gguf:
-        return modelinfo.from_gguf(args.gguf)
+        return modelspec.from_gguf(args.gguf)
     if args.ollama_model:
-        show = modelinfo.fetch_ollama_show(args.ollama_url, args.ollama_model, args.timeout)
-        return modelinfo.from_ollama_show(show, args.ollama_model)
-    return modelinfo.from_size(args.model_size, args.quant)
+        show = modelspec.fetch_ollama_show(args.ollama_url, args.ollama_model, args.timeout)
+        return modelspec.from_ollama_show(show, args.ollama_model)
+    return modelspec.from_size(args.model_size, args.quant)
 
 
 def _draft(args, p: tune.TunePlan):
@@ -49,6 +48,10 @@ def _draft(args, p: tune.TunePlan):
 
 
 def cmd_optimize(args) -> int:
+    if args.dry_run and (args.write_systemd or args.write_env):
+        print("velollmctl optimize: --dry-run contradicts --write-systemd / --write-env "
+              "(showing the diff is the default; a --write-* option writes)", file=sys.stderr)
+        return 2
     try:
         model = load_model(args)
     except (ValueError, OSError, GGUFError) as exc:
@@ -60,7 +63,7 @@ def cmd_optimize(args) -> int:
     current = settings.read_current(dict(os.environ), args.dropin_dir)
     if args.json:
         print(json.dumps(_json_result(hw, p, recs, current), indent=2))
-        return 0
+        return _write_outputs(args, model, hw, recs, out=sys.stderr)
     print(report.format_plan(p, hw.notes))
     print(report.format_diff(tune.diff(recs, current), written=bool(args.write_systemd or args.write_env)))
     print(report.format_request_options(recs))
@@ -72,23 +75,28 @@ def cmd_optimize(args) -> int:
     return _write_outputs(args, model, hw, recs)
 
 
-def _write_outputs(args, model, hw, recs) -> int:
+def _write_outputs(args, model, hw, recs, out=None) -> int:
+    """The files asked for with --write-systemd / --write-env (none: nothing is written)."""
+    out = out or sys.stdout
     env = tune.env_values(recs)
     header = (f"Written by velollmctl optimize for {model.name} on "
               f"{', '.join(g.name for g in hw.gpus) or hw.cpu.model}.")
     try:
         if args.write_systemd:
             path = Path(args.write_systemd) / settings.DROPIN_NAME
-            backup = settings.write_atomic(path, settings.render_dropin(env, header))
-            print(f"wrote {path}" + (f" (previous file kept as {backup})" if backup else ""))
-            print("apply with: sudo systemctl daemon-reload && sudo systemctl restart ollama")
+            _wrote(path, settings.write_atomic(path, settings.render_dropin(env, header)), out)
+            print("apply with: sudo systemctl daemon-reload && sudo systemctl restart ollama", file=out)
         if args.write_env:
-            backup = settings.write_atomic(args.write_env, settings.render_env_file(env, header))
-            print(f"wrote {args.write_env}" + (f" (previous file kept as {backup})" if backup else ""))
+            text = settings.render_env_file(env, header)
+            _wrote(args.write_env, settings.write_atomic(args.write_env, text), out)
     except OSError as exc:
         print(f"velollmctl optimize: cannot write: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _wrote(path, backup, out) -> None:
+    print(f"wrote {path}" + (f" (previous file kept as {backup})" if backup else ""), file=out)
 
 
 def _json_result(hw, p, recs, current) -> dict:
@@ -122,12 +130,13 @@ def _add_optimize(opt: argparse.ArgumentParser) -> None:
     model.add_argument("--model-size", default="8B", help="parameter count, e.g. 8B or 500M (default 8B)")
     model.add_argument("--gguf", metavar="PATH", help="read the model's shape from a GGUF file")
     model.add_argument("--ollama-model", metavar="NAME", help="ask Ollama's /api/show about NAME")
-    opt.add_argument("--quant", default=modelinfo.DEFAULT_QUANT, help="with --model-size (default Q4_K_M)")
-    opt.add_argument("--ollama-url", default=DEFAULT_OLLAMA_URL)
+    opt.add_argument("--quant", default=modelspec.DEFAULT_QUANT, help="with --model-size (default Q4_K_M)")
+    opt.add_argument("--ollama-url", default=OLLAMA_URL, help=f"with --ollama-model (default {OLLAMA_URL})")
     opt.add_argument("--context", type=int, default=tune.DEFAULT_CONTEXT, help="wanted context per request")
     opt.add_argument("--vram-mib", type=int, help="override the detected free GPU memory (e.g. a MIG slice)")
     opt.add_argument("--dropin-dir", default=settings.DROPIN_DIR, help="where current drop-ins are read")
-    opt.add_argument("--dry-run", action="store_true", default=True, help="show the diff only (default)")
+    opt.add_argument("--dry-run", action="store_true",
+                     help="show the diff and write nothing (the default without --write-*)")
     opt.add_argument("--write-systemd", nargs="?", const=settings.DROPIN_DIR, metavar="DIR",
                      help=f"write DIR/{settings.DROPIN_NAME} (default DIR {settings.DROPIN_DIR})")
     opt.add_argument("--write-env", metavar="FILE", help="write a shell file of `export` lines")

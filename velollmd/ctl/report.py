@@ -4,8 +4,9 @@ from __future__ import annotations
 from ..hw.info import CpuInfo, HardwareInfo, MemoryInfo, OsInfo
 
 
-def _yes_no(flag: bool | None) -> str:
-    return "n/a" if flag is None else ("yes" if flag else "no")
+def yes_no(flag, unknown: str = "n/a") -> str:
+    """yes / no for a bool, `unknown` for None; any other value as it is."""
+    return {True: "yes", False: "no", None: unknown}.get(flag, str(flag))
 
 
 def _num(value) -> str:
@@ -29,7 +30,7 @@ def _summary_rows(os_info: OsInfo, cpu: CpuInfo, mem: MemoryInfo) -> list[list[s
         cores += f" ({cpu.performance_cores} performance)"
     return [["os", f"{os_info.system} {os_info.release} {os_info.machine} ({os_info.distro})"],
             ["cpu", f"{cpu.model}, {cores}"],
-            ["simd", f"AVX2 {_yes_no(cpu.avx2)}, AVX-512 {_yes_no(cpu.avx512)}, NEON {_yes_no(cpu.neon)}"],
+            ["simd", f"AVX2 {yes_no(cpu.avx2)}, AVX-512 {yes_no(cpu.avx512)}, NEON {yes_no(cpu.neon)}"],
             ["ram", f"{_gib(mem.ram_total_mib)} total, {_gib(mem.ram_available_mib)} available"],
             ["swap", f"{_gib(mem.swap_total_mib)} total, {_gib(mem.swap_free_mib)} free"]]
 
@@ -42,7 +43,7 @@ def format_hardware(hw: HardwareInfo) -> str:
         name = gpu.name + (" (unified memory)" if gpu.unified_memory else "")
         rows.append([str(gpu.index), gpu.vendor, name, _num(gpu.memory_total_mib),
                      _num(gpu.memory_free_mib), gpu.driver or "?", gpu.compute_capability or "?",
-                     _yes_no(gpu.mig)])
+                     yes_no(gpu.mig)])
     lines += format_columns(rows, right={3, 4}) if hw.gpus else ["gpus  none detected"]
     if hw.notes:
         lines += ["", "notes:"] + [f"  - {note}" for note in hw.notes]

@@ -12,10 +12,9 @@ import sys
 
 from ..errors import VeloError
 from ..http.client import HTTPClient
-from .bench.client import base_url
-from .report import format_columns
+from .remote import DAEMON_URL, base_url, error_line
+from .report import format_columns, yes_no
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 HEADLINE_METRICS = ("velollm_http_requests_total", "velollm_tokens_total", "velollm_tool_call_repairs_total",
                     "velollm_tool_call_loops_total")
 
@@ -25,24 +24,19 @@ async def _get(client: HTTPClient, path: str) -> tuple[int, bytes]:
     return response.status, await response.read()
 
 
-async def _optional_json(client: HTTPClient, path: str) -> dict:
-    """{"available": bool, "status": int, "data": ...}; never raises for HTTP errors."""
+async def _optional(client: HTTPClient, path: str, parse) -> dict:
+    """{"available", "status", "data"} of GET `path`, data = parse(body) on a 200; never raises
+    for HTTP errors or a body that `parse` cannot read (ValueError)."""
     try:
         status, body = await _get(client, path)
-        data = json.loads(body) if status == 200 else None
+        data = parse(body) if status == 200 else None
     except (VeloError, ValueError):
         return {"available": False, "status": None, "data": None}
-    return {"available": status == 200 and data is not None, "status": status, "data": data}
+    return {"available": data is not None, "status": status, "data": data}
 
 
-async def _metrics_summary(client: HTTPClient) -> dict:
-    """Headline totals from the Prometheus text at /metrics, plus the number of samples."""
-    try:
-        status, body = await _get(client, "/metrics")
-    except VeloError:
-        return {"available": False, "status": None, "data": None}
-    if status != 200:
-        return {"available": False, "status": status, "data": None}
+def metrics_summary(body: bytes) -> dict:
+    """Headline totals from Prometheus text (label sets summed), plus the number of samples."""
     samples = [line.split() for line in body.decode("utf-8", "replace").splitlines()
                if line and not line.startswith("#") and len(line.split()) >= 2]
     totals = dict.fromkeys(HEADLINE_METRICS, 0.0)
@@ -50,7 +44,7 @@ async def _metrics_summary(client: HTTPClient) -> dict:
         family = name.split("{", 1)[0]
         if family in totals:
             totals[family] += float(value)
-    return {"available": True, "status": status, "data": {"num_samples": len(samples), "totals": totals}}
+    return {"num_samples": len(samples), "totals": totals}
 
 
 async def fetch_status(url: str, api_key: str | None = None, timeout_s: float = 5.0) -> dict:
@@ -64,11 +58,11 @@ async def fetch_status(url: str, api_key: str | None = None, timeout_s: float = 
         result["health"] = json.loads(body)
         result["reachable"] = True
         result["healthy"] = status == 200 and result["health"].get("status") == "ok"
-        result["cache"] = await _optional_json(client, "/v1/velollm/cache")
-        result["queue"] = await _optional_json(client, "/v1/velollm/queue")
-        result["metrics"] = await _metrics_summary(client)
+        result["cache"] = await _optional(client, "/v1/velollm/cache", json.loads)
+        result["queue"] = await _optional(client, "/v1/velollm/queue", json.loads)
+        result["metrics"] = await _optional(client, "/metrics", metrics_summary)
     except VeloError as exc:
-        result["error"] = f"cannot reach velollmd at {result['url']}: {exc.message.replace('backend ', '')}"
+        result["error"] = f"cannot reach velollmd at {result['url']}: {error_line(exc)}"
     except (ValueError, AttributeError):
         result["error"] = f"{result['url']}/health did not answer with a JSON object: is this velollmd?"
     finally:
@@ -84,14 +78,10 @@ def _uptime(seconds) -> str:
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
-def _yes_no(flag) -> str:
-    return {True: "yes", False: "no", None: "unknown"}.get(flag, str(flag))
-
-
 def _backend_rows(backends: list[dict]) -> list[str]:
     rows = [["backend", "kind", "healthy", "slots", "models", "error"]]
     for b in backends:
-        rows.append([str(b.get("name", "?")), str(b.get("kind", "")), _yes_no(b.get("healthy")),
+        rows.append([str(b.get("name", "?")), str(b.get("kind", "")), yes_no(b.get("healthy"), "unknown"),
                      str(b.get("slots", "-")), ", ".join(b.get("models") or []) or "-",
                      str(b.get("error") or "")])
     return format_columns(rows, right={3})
@@ -149,7 +139,7 @@ def format_status(result: dict) -> str:
 
 
 def add_status_arguments(parser) -> None:
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"the daemon (default {DEFAULT_URL})")
+    parser.add_argument("--url", default=DAEMON_URL, help=f"the daemon (default {DAEMON_URL})")
     parser.add_argument("--api-key", help="for the daemon's protected routes (cache stats)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=cmd_status)

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..hw.info import HardwareInfo
-from .modelinfo import ModelInfo
+from ..hw.info import MIB, HardwareInfo
+from .modelspec import ModelSpec
 
-_MIB = 1024 * 1024
 KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}   # ggml block sizes
 OVERHEAD_MIB = {"gpu": 768, "unified": 512, "cpu": 512}
 MIN_CONTEXT, DEFAULT_CONTEXT, MAX_CONTEXT = 2048, 8192, 32768
@@ -46,7 +45,7 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class TunePlan:
-    model: ModelInfo
+    model: ModelSpec
     budget: MemoryBudget
     context: int                 # per slot
     parallel: int
@@ -62,9 +61,9 @@ class TunePlan:
     notes: tuple[str, ...] = ()
 
 
-def kv_cache_mib(model: ModelInfo, context: int, parallel: int, cache_type: str) -> float:
+def kv_cache_mib(model: ModelSpec, context: int, parallel: int, cache_type: str) -> float:
     per_token = 2 * model.num_layers * model.num_kv_heads * model.head_dim
-    return per_token * context * KV_BYTES_PER_ELEMENT[cache_type] * parallel / _MIB
+    return per_token * context * KV_BYTES_PER_ELEMENT[cache_type] * parallel / MIB
 
 
 def memory_budget(hw: HardwareInfo, vram_mib: int | None = None) -> MemoryBudget:
@@ -120,7 +119,7 @@ def _parallel_and_growth(model, free_kv_mib, context, cache_type, max_parallel, 
     return parallel, context
 
 
-def plan(hw: HardwareInfo, model: ModelInfo, target_context: int = DEFAULT_CONTEXT,
+def plan(hw: HardwareInfo, model: ModelSpec, target_context: int = DEFAULT_CONTEXT,
          vram_mib: int | None = None) -> TunePlan:
     budget = memory_budget(hw, vram_mib)
     fa, _ = flash_attention_ok(hw)
@@ -169,7 +168,7 @@ def max_loaded_models(p: TunePlan) -> int:
 
 
 def keep_alive(p: TunePlan) -> tuple[str, str]:
-    load_s = p.model.weights_mib * _MIB / 1e9 / LOAD_GB_PER_S
+    load_s = p.model.weights_mib * MIB / 1e9 / LOAD_GB_PER_S
     if p.full_offload:
         return "30m", f"reloading {p.model.weights_mib / 1024:.1f} GiB costs ~{load_s:.0f} s; keep it warm between bursts"
     return "5m", "the model runs partly or fully on the CPU: give RAM back soon after use"

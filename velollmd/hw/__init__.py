@@ -1,1 +1,1 @@
-"""velollmd.hw"""
+"""Probe the machine (hardware, memory, OS) and parse what its tools print; nothing else."""

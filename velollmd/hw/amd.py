@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import re
 
-from .info import GpuInfo
+from .fields import to_int
+from .info import MIB, GpuInfo
 
 JSON_ARGV = ("rocm-smi", "--showproductname", "--showmeminfo", "vram", "--json")
 TEXT_ARGV = ("rocm-smi", "--showproductname", "--showmeminfo", "vram")
 
 _TEXT_LINE = re.compile(r"^GPU\[(\d+)\]\s*:\s*([^:]+?):\s*(.*?)\s*$")
-_MIB = 1024 * 1024
 
 
 def parse_rocm_json(text: str) -> list[GpuInfo]:
@@ -39,17 +39,10 @@ def parse_rocm_text(text: str) -> list[GpuInfo]:
 
 
 def _gpu(index: int, fields: dict[str, str], driver: str | None, source: str) -> GpuInfo:
-    total = _bytes(fields.get("vram total memory (b)"))
-    used = _bytes(fields.get("vram total used memory (b)"))
-    free = (total - used) // _MIB if total is not None and used is not None else None
-    total = total // _MIB if total is not None else None
+    total = to_int(fields.get("vram total memory (b)"))
+    used = to_int(fields.get("vram total used memory (b)"))
+    free = (total - used) // MIB if total is not None and used is not None else None
+    total = total // MIB if total is not None else None
     name = fields.get("card series") or fields.get("card model") or "AMD GPU"
     return GpuInfo("amd", index, name, total, free, driver, fields.get("gfx version"),
                    None, source=source)
-
-
-def _bytes(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import re
 
-from .info import CpuInfo, GpuInfo
+from .fields import to_int, vendor_of
+from .info import MIB, CpuInfo, GpuInfo
 
 SYSCTL_KEYS = ("machdep.cpu.brand_string", "hw.memsize", "hw.physicalcpu", "hw.logicalcpu",
                "hw.perflevel0.physicalcpu", "hw.perflevel1.physicalcpu", "hw.optional.neon",
@@ -28,10 +29,7 @@ def parse_sysctl(text: str) -> dict[str, str]:
 
 
 def _int(values: dict, key: str) -> int | None:
-    try:
-        return int(values[key])
-    except (KeyError, ValueError):
-        return None
+    return to_int(values.get(key))
 
 
 def _flag(values: dict, key: str) -> bool | None:
@@ -53,7 +51,7 @@ def cpu_from_sysctl(values: dict[str, str], arch: str) -> CpuInfo:
 
 def memsize_mib(values: dict[str, str]) -> int | None:
     size = _int(values, "hw.memsize")
-    return size // (1024 * 1024) if size is not None else None
+    return size // MIB if size is not None else None
 
 
 def parse_system_profiler_displays(text: str, memsize_mib: int | None = None) -> list[GpuInfo]:
@@ -76,7 +74,7 @@ def _gpu(index: int, block: dict[str, str], memsize_mib: int | None) -> GpuInfo:
     unified = vendor_field.startswith("Apple") or name.startswith("Apple")
     vram = next((v for k, v in block.items() if k.startswith("VRAM")), None)
     total = memsize_mib if unified else _vram_mib(vram)
-    vendor = "apple" if unified else _vendor(vendor_field)
+    vendor = "apple" if unified else vendor_of(vendor_field)
     cores = block.get("Total Number of Cores")
     metal = block.get("Metal Support") or block.get("Metal Family")
     return GpuInfo(vendor, index, name, total, None, None, metal, None, unified,
@@ -88,11 +86,3 @@ def _vram_mib(text: str | None) -> int | None:
     if not match:
         return None
     return int(match.group(1)) * (1024 if match.group(2).upper() == "GB" else 1)
-
-
-def _vendor(text: str) -> str:
-    lowered = text.lower()
-    for vendor in ("nvidia", "amd", "intel"):
-        if vendor in lowered:
-            return vendor
-    return "other"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from .fields import vendor_of
 from .info import CpuInfo, GpuInfo
 
 LSPCI_ARGV = ("lspci",)
@@ -61,14 +62,5 @@ def parse_lspci(text: str) -> list[GpuInfo]:
         match = _LSPCI_GPU.match(line)
         if match:
             name = match.group(2)
-            gpus.append(GpuInfo(_vendor(name), len(gpus), name, source=f"lspci {match.group(1)}"))
+            gpus.append(GpuInfo(vendor_of(name), len(gpus), name, source=f"lspci {match.group(1)}"))
     return gpus
-
-
-def _vendor(name: str) -> str:
-    lowered = name.lower()
-    if "nvidia" in lowered:
-        return "nvidia"
-    if "amd" in lowered or "ati" in lowered.split():
-        return "amd"
-    return "intel" if "intel" in lowered else "other"

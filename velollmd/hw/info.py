@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 UNKNOWN = "unknown"
+MIB = 1024 * 1024                               # bytes per MiB, the unit of every *_mib field
 
 
 @dataclass(frozen=True)

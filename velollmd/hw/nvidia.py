@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from .fields import to_int
 from .info import GpuInfo
 
 QUERY_FIELDS = ("index", "name", "memory.total", "memory.free", "driver_version",
@@ -48,13 +49,6 @@ def _value(field: str) -> str | None:
     return None if field.lower() in _MISSING else field
 
 
-def _int(field: str | None) -> int | None:
-    try:
-        return int(float(field)) if field is not None else None
-    except ValueError:
-        return None
-
-
 def _mig(field: str | None) -> bool | None:
     if field is None:
         return None
@@ -66,10 +60,10 @@ def parse_query_csv(text: str) -> list[GpuInfo]:
     gpus = []
     for line in text.splitlines():
         fields = [_value(f) for f in line.split(",")]
-        if len(fields) != len(QUERY_FIELDS) or _int(fields[0]) is None:
+        if len(fields) != len(QUERY_FIELDS) or to_int(fields[0]) is None:
             continue
         index, name, total, free, driver, cc, mig = fields
-        gpus.append(GpuInfo("nvidia", int(index), name or "unknown", _int(total), _int(free),
+        gpus.append(GpuInfo("nvidia", int(index), name or "unknown", to_int(total), to_int(free),
                             driver, cc, _mig(mig), source="nvidia-smi --query-gpu"))
     return gpus
 

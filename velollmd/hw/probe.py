@@ -21,10 +21,8 @@ except ImportError:        # tools/velollmctl may run on a bare python3
     psutil = None
 
 from . import amd, apple, cpu, nvidia
-from .info import CpuInfo, GpuInfo, HardwareInfo, MemoryInfo, OsInfo
+from .info import MIB, CpuInfo, GpuInfo, HardwareInfo, MemoryInfo, OsInfo
 from .run import DEFAULT_TIMEOUT_S, MISSING, TIMEOUT, CommandResult, run_command
-
-_MIB = 1024 * 1024
 
 
 class Deadline:
@@ -111,12 +109,12 @@ def read_cpuinfo(path: str, arch: str) -> CpuInfo:
 def read_memory() -> MemoryInfo:
     if psutil is None:      # total RAM only; available / swap stay unknown
         try:
-            return MemoryInfo(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // _MIB)
+            return MemoryInfo(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // MIB)
         except (ValueError, OSError):
             return MemoryInfo()
     ram, swap = psutil.virtual_memory(), psutil.swap_memory()
-    return MemoryInfo(ram.total // _MIB, ram.available // _MIB, swap.total // _MIB,
-                      swap.free // _MIB)
+    return MemoryInfo(ram.total // MIB, ram.available // MIB, swap.total // MIB,
+                      swap.free // MIB)
 
 
 def read_os(os_release: str = "/etc/os-release") -> OsInfo:

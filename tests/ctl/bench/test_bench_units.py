@@ -1,4 +1,4 @@
-"""Pure parts of the bench: percentiles, summaries, ticks, workloads, the TTY progress bar."""
+"""Pure parts of the bench: summaries, ticks, workloads, the TTY progress bar."""
 from __future__ import annotations
 
 import io
@@ -6,19 +6,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from velollmd.ctl.bench.client import RequestResult, base_url
+from velollmd.ctl.bench.client import RequestResult
 from velollmd.ctl.bench.report import Progress
 from velollmd.ctl.bench.run import compare
-from velollmd.ctl.bench.stats import distribution, percentile, summarize
+from velollmd.ctl.bench.stats import distribution, summarize
 from velollmd.ctl.bench.svg import nice_ticks, render_chart
 from velollmd.ctl.bench.workload import PROFILES, Conversation, Workload
-
-
-def test_percentile_interpolates_like_numpy():
-    values = [1.0, 2.0, 3.0, 4.0]
-    assert percentile(values, 50) == 2.5 and percentile(values, 0) == 1.0 and percentile(values, 100) == 4.0
-    assert percentile(values, 90) == pytest.approx(3.7)
-    assert percentile([5.0], 99) == 5.0
+from velollmd.ctl.remote import base_url
 
 
 def test_distribution_of_nothing_has_every_key():

@@ -80,3 +80,13 @@ def test_not_velollmd_is_a_clear_error(capsys):
     with ScriptedServer({"/health": (200, "text/html", b"<html>hello</html>")}) as server:
         rc, out, err = run_ctl(capsys, "status", "--url", server.url)
     assert rc == 1 and out == "" and "did not answer with a JSON object" in err
+
+
+def test_unreadable_metrics_read_as_not_available(capsys):
+    health = {"status": "ok", "version": "9.9", "uptime_s": 1, "backends": []}
+    routes = {"/health": (200, "application/json", json.dumps(health).encode()),
+              "/metrics": (200, "text/plain", b"velollm_tokens_total not-a-number\n")}
+    with ScriptedServer(routes) as server:
+        rc, out, err = run_ctl(capsys, "status", "--url", server.url)
+    assert rc == 0 and err == ""
+    assert ["metrics", "not", "available", "(no", "answer)"] in [line.split() for line in out.splitlines()]

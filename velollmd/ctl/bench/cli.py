@@ -11,14 +11,12 @@ import json
 import os
 import sys
 
+from ..remote import DAEMON_URL
 from .client import APIS, Endpoint, EndpointError
 from .report import Progress, format_comparison, format_endpoints, format_results
 from .run import BenchPlan, run_bench
 from .svg import render_chart
 from .workload import PROFILES
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-
 
 def concurrency_levels(text: str) -> tuple[int, ...]:
     try:
@@ -41,7 +39,7 @@ def positive_int(text: str) -> int:
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"endpoint A (default the daemon, {DEFAULT_URL})")
+    parser.add_argument("--url", default=DAEMON_URL, help=f"endpoint A (default the daemon, {DAEMON_URL})")
     parser.add_argument("--api", choices=APIS, default="auto",
                         help="openai (SSE) or ollama (NDJSON /api/chat); auto tries /v1/models, then /api/tags")
     parser.add_argument("--model", help="model name (default: the endpoint's first model)")

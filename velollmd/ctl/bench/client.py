@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
 from ...errors import VeloError
 from ...http.client import HTTPClient
+from ..remote import base_url, error_line, error_message
 
 CACHE_HEADER = "x-velollm-cache"
 APIS = ("auto", "openai", "ollama")
@@ -45,15 +45,6 @@ class RequestResult:
         if self.num_tokens > 1 and gen_s > 0:
             return (self.num_tokens - 1) / gen_s
         return self.num_tokens / self.latency_s if self.latency_s > 0 else None
-
-
-def base_url(url: str) -> str:
-    """`http://h:p/v1` and `http://h:p/` both become `http://h:p` (the routes add /v1)."""
-    parts = urlsplit(url)
-    path = parts.path.rstrip("/")
-    if path.endswith("/v1"):
-        path = path[:-3]
-    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
 class Endpoint:
@@ -88,7 +79,7 @@ class Endpoint:
             response = await self.client.request("GET", path)
             body = await response.read()
         except VeloError as exc:
-            raise EndpointError(f"{self.url}: {exc.message}") from None
+            raise EndpointError(f"{self.url}: {error_line(exc)}") from None
         if response.status != 200:
             return None
         try:
@@ -120,7 +111,7 @@ class Endpoint:
             else:
                 cache_hit, error = await self._stream_openai(messages, max_tokens, timer)
         except VeloError as exc:
-            cache_hit, error = False, exc.message
+            cache_hit, error = False, error_line(exc)
         except ValueError:
             cache_hit, error = False, "the stream carried invalid JSON"
         except OSError as exc:
@@ -215,10 +206,5 @@ def _is_cache_hit(response) -> bool:
 
 def _error_text(status: int, body: bytes) -> str:
     """`HTTP 400: message` from an OpenAI- or Ollama-shaped error body."""
-    try:
-        error = json.loads(body).get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-    except (ValueError, AttributeError):
-        message = None
-    text = message or body[:200].decode("utf-8", "replace").strip() or "(empty body)"
+    text = error_message(body)
     return f"HTTP {status}: {text}" if status != 200 else f"stream error: {text}"

@@ -1,19 +1,23 @@
 """What the tuner needs to know about a model: weight size and KV-cache shape.
 
-Three sources, one result (`ModelInfo`): a size label (`--model-size 8B --quant Q4_K_M`,
+Three sources, one result (`ModelSpec`): a size label (`--model-size 8B --quant Q4_K_M`,
 shape taken from a typical model of that size), a GGUF header, or Ollama's `/api/show`
 JSON (whose `model_info` uses the same keys as GGUF metadata).
+
+The name: `ModelSpec`, not `ModelInfo`, because `velollmd.backends.base.ModelInfo` is another
+thing, a model a backend lists (its id and backend); this one is a model's size and shape as
+`velollmctl optimize` sizes memory for it, and reads like the spec sheet it is.
 """
 from __future__ import annotations
 
 import json
 import re
-import urllib.request
 from dataclasses import dataclass
 
-from ..hw.gguf_header import ArrayInfo, read_gguf_header
+from ..hw.info import MIB
+from . import remote
+from .gguf_header import ArrayInfo, read_gguf_header
 
-_MIB = 1024 * 1024
 DEFAULT_QUANT = "Q4_K_M"
 
 # Effective bits per weight (scales included) of llama.cpp quantizations.
@@ -41,7 +45,8 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bBmM])\s*$")
 
 
 @dataclass(frozen=True)
-class ModelInfo:
+class ModelSpec:
+    """A model's weights and attention shape, for memory planning (see the module's note on the name)."""
     name: str
     params_b: float                   # parameters, billions
     quant: str
@@ -70,14 +75,14 @@ def weights_mib(params_b: float, quant: str) -> int:
     bits = BITS_PER_WEIGHT.get(quant.upper())
     if bits is None:
         raise ValueError(f"unknown quantization {quant!r}; known: {', '.join(BITS_PER_WEIGHT)}")
-    return int(params_b * 1e9 * bits / 8 / _MIB)
+    return int(params_b * 1e9 * bits / 8 / MIB)
 
 
-def from_size(label: str, quant: str = DEFAULT_QUANT) -> ModelInfo:
+def from_size(label: str, quant: str = DEFAULT_QUANT) -> ModelSpec:
     params_b = parse_size_label(label)
     row = next(r for r in TYPICAL_SHAPES if params_b <= r[0])
     _, layers, kv_heads, heads, head_dim, ctx, ref = row
-    return ModelInfo(f"{label} {quant.upper()}", params_b, quant.upper(), weights_mib(params_b, quant),
+    return ModelSpec(f"{label} {quant.upper()}", params_b, quant.upper(), weights_mib(params_b, quant),
                      layers, kv_heads, heads, head_dim, ctx, shape_source=f"typical shape of {ref}")
 
 
@@ -86,7 +91,7 @@ def _int(value) -> int | None:
 
 
 def from_metadata(kv: dict, name: str, file_size: int | None = None, quant: str | None = None,
-                  path: str | None = None) -> ModelInfo:
+                  path: str | None = None) -> ModelSpec:
     """From GGUF metadata keys (`llama.block_count`, `llama.attention.head_count_kv`, ...)."""
     arch = kv.get("general.architecture", "llama")
     get = lambda key: _int(kv.get(f"{arch}.{key}"))  # noqa: E731
@@ -98,8 +103,8 @@ def from_metadata(kv: dict, name: str, file_size: int | None = None, quant: str 
     quant = (quant or FILE_TYPES.get(_int(kv.get("general.file_type")), "F16")).upper()
     params = _int(kv.get("general.parameter_count"))
     params_b = params / 1e9 if params else (file_size or 0) * 8 / BITS_PER_WEIGHT.get(quant, 16) / 1e9
-    size_mib = file_size // _MIB if file_size else weights_mib(params_b, quant)
-    return ModelInfo(name, params_b, quant, size_mib, layers, kv_heads, heads, head_dim,
+    size_mib = file_size // MIB if file_size else weights_mib(params_b, quant)
+    return ModelSpec(name, params_b, quant, size_mib, layers, kv_heads, heads, head_dim,
                      get("context_length") or 4096, arch, path, _vocab_key(kv), f"{arch} metadata")
 
 
@@ -112,13 +117,13 @@ def _vocab_key(kv: dict) -> tuple | None:
             kv.get("tokenizer.ggml.eos_token_id"))
 
 
-def from_gguf(path: str) -> ModelInfo:
+def from_gguf(path: str) -> ModelSpec:
     header = read_gguf_header(path)
     name = header.metadata.get("general.name") or path.rsplit("/", 1)[-1]
     return from_metadata(header.metadata, str(name), header.file_size, path=path)
 
 
-def from_ollama_show(show: dict, name: str) -> ModelInfo:
+def from_ollama_show(show: dict, name: str) -> ModelSpec:
     """From the parsed JSON of Ollama's POST /api/show."""
     details = show.get("details") or {}
     quant = details.get("quantization_level") or None
@@ -126,9 +131,19 @@ def from_ollama_show(show: dict, name: str) -> ModelInfo:
 
 
 def fetch_ollama_show(base_url: str, model: str, timeout_s: float = 5.0) -> dict:
-    """The one HTTP call of `velollmctl optimize --ollama-model` (stdlib, ctl only)."""
-    request = urllib.request.Request(base_url.rstrip("/") + "/api/show",
-                                     data=json.dumps({"model": model}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        return json.load(response)
+    """The parsed JSON of Ollama's POST /api/show for `model` (`velollmctl optimize --ollama-model`).
+
+    Raises remote.ServerError (an OSError) when Ollama is unreachable or answers an error, and
+    ValueError when the answer is not a JSON object; each says what happened in one line.
+    """
+    url = base_url.rstrip("/") + "/api/show"
+    status, body = remote.request(base_url, "POST", "/api/show", {"model": model}, timeout_s)
+    if status != 200:
+        raise remote.ServerError(f"{url} answered HTTP {status}: {remote.error_message(body)}")
+    try:
+        show = json.loads(body)
+    except ValueError:
+        show = None
+    if not isinstance(show, dict):
+        raise ValueError(f"{url} did not answer with a JSON object: is this Ollama?")
+    return show

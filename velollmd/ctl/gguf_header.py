@@ -4,7 +4,8 @@ Layout (GGUF v2/v3, little-endian): magic b"GGUF", uint32 version, uint64 tensor
 uint64 kv_count, then kv_count times: string key, uint32 value type, value. A string is a
 uint64 length + UTF-8 bytes; an array is uint32 item type + uint64 count + items. Arrays
 (tokenizer vocabularies: 100k+ strings) are skipped and stored as `ArrayInfo(type, count)`,
-which is all the tuner needs (the vocabulary size).
+which is all the tuner needs (the vocabulary size). It lives in ctl/ beside the tuner, its one
+user: hw/ probes the machine, and a model file is not the machine.
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
+"""GGUF headers (ctl/gguf_header.py) and the model specs built from them, from /api/show and from size labels."""
 import struct
 
 import pytest
 
-from tests.hw.ggufs import write_gguf
-from velollmd.ctl import modelinfo
-from velollmd.hw.gguf_header import ArrayInfo, GGUFError, read_gguf_header
+from tests.ctl.ggufs import write_gguf
+from velollmd.ctl import modelspec
+from velollmd.ctl.gguf_header import ArrayInfo, GGUFError, read_gguf_header
 
 
 def test_reads_llama_metadata(tmp_path):
@@ -18,12 +19,12 @@ def test_reads_llama_metadata(tmp_path):
     assert header.file_size == (tmp_path / "m.gguf").stat().st_size
 
 
-def test_model_info_from_gguf(tmp_path):
+def test_model_spec_from_gguf(tmp_path):
     path = write_gguf(tmp_path / "m.gguf", name="Llama-3.1-8B", pad_bytes=3 * 1024 * 1024)
-    info = modelinfo.from_gguf(path)
-    assert (info.name, info.num_layers, info.num_kv_heads, info.head_dim) == ("Llama-3.1-8B", 32, 8, 128)
-    assert (info.quant, info.context_length, info.weights_mib, info.path) == ("Q4_K_M", 131072, 3, path)
-    assert info.vocab_key == ("gpt2", 1000, 1, 2)
+    spec = modelspec.from_gguf(path)
+    assert (spec.name, spec.num_layers, spec.num_kv_heads, spec.head_dim) == ("Llama-3.1-8B", 32, 8, 128)
+    assert (spec.quant, spec.context_length, spec.weights_mib, spec.path) == ("Q4_K_M", 131072, 3, path)
+    assert spec.vocab_key == ("gpt2", 1000, 1, 2)
 
 
 @pytest.mark.parametrize("data, message", [
@@ -44,16 +45,16 @@ def test_ollama_show_uses_same_keys():
                            "llama.block_count": 32, "llama.attention.head_count": 32,
                            "llama.attention.head_count_kv": 8, "llama.embedding_length": 4096,
                            "llama.context_length": 131072}}
-    info = modelinfo.from_ollama_show(show, "llama3.1:8b")
-    assert (info.num_layers, info.num_kv_heads, info.head_dim, info.quant) == (32, 8, 128, "Q4_K_M")
-    assert info.weights_mib == modelinfo.weights_mib(8.030261248, "Q4_K_M")
+    spec = modelspec.from_ollama_show(show, "llama3.1:8b")
+    assert (spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.quant) == (32, 8, 128, "Q4_K_M")
+    assert spec.weights_mib == modelspec.weights_mib(8.030261248, "Q4_K_M")
 
 
 def test_size_labels():
-    assert modelinfo.parse_size_label("8B") == 8.0 and modelinfo.parse_size_label("500M") == 0.5
-    info = modelinfo.from_size("70B", "q8_0")
-    assert (info.num_layers, info.quant, info.weights_mib) == (80, "Q8_0", 70929)
+    assert modelspec.parse_size_label("8B") == 8.0 and modelspec.parse_size_label("500M") == 0.5
+    spec = modelspec.from_size("70B", "q8_0")
+    assert (spec.num_layers, spec.quant, spec.weights_mib) == (80, "Q8_0", 70929)
     with pytest.raises(ValueError):
-        modelinfo.from_size("big")
+        modelspec.from_size("big")
     with pytest.raises(ValueError):
-        modelinfo.from_size("8B", "Q9_X")
+        modelspec.from_size("8B", "Q9_X")
