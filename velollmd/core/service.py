@@ -271,9 +271,9 @@ class Service:
 
     def stats(self) -> dict:
         """Queue depth, running requests, rejections, preemptions per backend; routing hits."""
+        for backend in self.registry.backends:            # a queue for each, its width as known now
+            self.admission.queue_of(backend)
         backends = self.admission.stats()
-        for backend in self.registry.backends:            # not admitted to yet: idle
-            backends.setdefault(backend.name, {"num_slots": backend.num_slots, "num_running": 0, "num_waiting": 0})
         for name, breaker in self.breakers.items():
             backends.setdefault(name, {})["breaker"] = breaker.state.value
         totals = {key: sum(b.get(key, 0) for b in backends.values())

@@ -79,12 +79,16 @@ def _uptime(seconds) -> str:
 
 
 def _backend_rows(backends: list[dict]) -> list[str]:
-    rows = [["backend", "kind", "healthy", "slots", "models", "error"]]
+    """One row per backend: its width and where it was learnt ("adaptive" when the server does
+    not say), and the number of requests the daemon lets run on it at once now."""
+    rows = [["backend", "kind", "healthy", "slots", "from", "limit", "models", "error"]]
     for b in backends:
+        slots = b.get("slots")
         rows.append([str(b.get("name", "?")), str(b.get("kind", "")), yes_no(b.get("healthy"), "unknown"),
-                     str(b.get("slots", "-")), ", ".join(b.get("models") or []) or "-",
+                     "-" if slots is None else str(slots), str(b.get("slots_source") or "adaptive"),
+                     str(b.get("concurrency_limit") or "-"), ", ".join(b.get("models") or []) or "-",
                      str(b.get("error") or "")])
-    return format_columns(rows, right={3})
+    return format_columns(rows, right={3, 5})
 
 
 def _optional_rows(name: str, part: dict | None, render) -> list[list[str]]:
@@ -116,7 +120,7 @@ def _queue_lines(data: dict) -> list[str]:
              f"rejected {data.get('num_rejected', 0)}, timed out {data.get('num_timed_out', 0)}, "
              f"failovers {data.get('num_failovers', 0)}"]
     for name, backend in (data.get("backends") or {}).items():
-        lines.append(f"{name}: {backend.get('num_running', 0)} running / {backend.get('num_slots', '?')} slots, "
+        lines.append(f"{name}: {backend.get('num_running', 0)} running / {backend.get('concurrency_limit', '?')} at once, "
                      f"{backend.get('num_waiting', 0)} waiting, breaker {backend.get('breaker', 'closed')}")
     return lines
 

@@ -19,9 +19,9 @@ def test_status_of_a_healthy_daemon(capsys, daemon, llama_server):
     assert next(l for l in lines if l.startswith("queue ")).split()[1:3] == ["running", "0,"]
     assert any(l.split()[:2] == ["llama:", "0"] for l in lines)
     header = next(i for i, line in enumerate(lines) if line.startswith("backend "))
-    assert lines[header].split() == ["backend", "kind", "healthy", "slots", "models", "error"]
-    assert lines[header + 1].split() == ["llama", "llamacpp", "yes", "4", "tiny"]
-    assert lines[header + 2].split()[:3] == ["ollama", "ollama", "yes"]
+    assert lines[header].split() == ["backend", "kind", "healthy", "slots", "from", "limit", "models", "error"]
+    assert lines[header + 1].split() == ["llama", "llamacpp", "yes", "4", "/props", "8", "tiny"]
+    assert lines[header + 2].split()[:6] == ["ollama", "ollama", "yes", "-", "adaptive", "8"]
 
 
 def test_status_json(capsys, daemon):
