@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.hw.fakebin import prints, write_tool
 from tests.ctl.ggufs import write_gguf
+from tests.hw.fakebin import prints, write_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CTL = ROOT / "tools" / "velollmctl"

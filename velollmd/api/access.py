@@ -11,6 +11,7 @@ import time
 from ..config import SchedulerConfig, ServerConfig
 from ..errors import BadRequest, Unauthorized, Unavailable
 from ..http.message import Request
+from ..wire.request import GenerateRequest
 
 PUBLIC_PATHS = frozenset({"/health", "/", "/metrics"})
 PRIORITY_HEADER = "x-velollm-priority"
@@ -40,14 +41,24 @@ class Access:
         auth = request.header("authorization", "")
         return auth[7:].strip() if auth[:7].lower() == "bearer " else request.header("x-api-key", "")
 
-    def priority_of(self, request: Request) -> int:
+    def priority_of(self, request: Request, key: str | None = None) -> int:
         """x-velollm-priority (0 highest .. 9), else the API key's configured priority."""
         raw = request.header(PRIORITY_HEADER)
         if raw is not None:
             if not (len(raw) == 1 and raw in "0123456789"):
                 raise BadRequest(f"{PRIORITY_HEADER} must be a digit 0..9", param=PRIORITY_HEADER)
             return int(raw)
-        return self.scheduler.key_priorities.get(self.key_of(request), self.scheduler.default_priority)
+        key = self.key_of(request) if key is None else key
+        return self.scheduler.key_priorities.get(key, self.scheduler.default_priority)
+
+    def generate_request(self, request: Request, endpoint: str, body: dict, *, key: str | None = None,
+                         raw_key: str = "") -> GenerateRequest:
+        """The internal request for an API call, with its headers, the caller's key and
+        priority (each read once); 503 while the daemon drains."""
+        self.refuse_if_draining()
+        key = self.key_of(request) if key is None else key
+        return GenerateRequest(endpoint, body, headers=dict(request.headers), api_key=key,
+                               priority=self.priority_of(request, key), raw_key=raw_key)
 
     def refuse_if_draining(self) -> None:
         if self.draining:

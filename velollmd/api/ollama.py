@@ -30,7 +30,6 @@ from ..wire.ollama import (
     ollama_generate_request_to_openai,
     ollama_tool_calls,
 )
-from ..wire.request import GenerateRequest
 from ..wire.streams import closing
 from .access import Access
 from .validate import check_message_tool_calls, validate_chat, validate_completion
@@ -105,9 +104,7 @@ class OllamaRoutes:
     async def _admitted_passthrough(self, request: Request, backend: Backend, path: str, body: dict,
                                     endpoint: str, openai_body: dict) -> Response:
         """Pass through to Ollama, but through the scheduler: priorities and backpressure apply."""
-        self.access.refuse_if_draining()
-        generate = GenerateRequest(endpoint, openai_body, headers=dict(request.headers),
-                                   api_key=self.access.key_of(request), priority=self.access.priority_of(request))
+        generate = self.access.generate_request(request, endpoint, openai_body)
         relay = await self.service.native(backend, generate, path, body)
         upstream = await relay.__anext__()
         headers = [("content-type", upstream.header("content-type", "application/json")),
@@ -115,13 +112,11 @@ class OllamaRoutes:
         return Response(upstream.status, headers, stream=relay)
 
     async def _translated(self, request: Request, endpoint: str, body: dict, message: bool) -> Response:
-        self.access.refuse_if_draining()
         stream = body.get("stream", True)
         body["stream"] = stream
         if stream:
             body["stream_options"] = {"include_usage": True}
-        generate = GenerateRequest(endpoint, body, headers=dict(request.headers),
-                                   api_key=self.access.key_of(request), priority=self.access.priority_of(request))
+        generate = self.access.generate_request(request, endpoint, body)
         started = time.monotonic_ns()
         outcome = await self.pipeline.generate(generate)
         headers = list(outcome.headers.items())

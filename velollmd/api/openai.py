@@ -14,7 +14,6 @@ from ..errors import BadRequest
 from ..http.message import Request, Response
 from ..http.sse import sse_response
 from ..wire.outcome import Outcome
-from ..wire.request import GenerateRequest
 from .access import Access
 from .validate import validate_chat, validate_completion, validate_embeddings
 
@@ -33,22 +32,21 @@ class OpenAIRoutes:
         router.add("POST", "/v1/embeddings", self.embeddings)
 
     async def chat_completions(self, request: Request) -> Response:
-        raw_key = raw_request_key(request, self.access.key_of(request))
+        key = self.access.key_of(request)
+        raw_key = raw_request_key(request, key)
         replay = self.pipeline.replay_memo(raw_key, request_headers(request))
         if replay is not None:
             return to_response(replay, self.sse_ping_s)
         body = validate_chat(request.json())
-        return await self._generate(request, "chat", body, raw_key)
+        return await self._generate(request, "chat", body, key=key, raw_key=raw_key)
 
     async def completions(self, request: Request) -> Response:
         body = validate_completion(request.json())
         return await self._generate(request, "completion", body)
 
-    async def _generate(self, request: Request, endpoint: str, body: dict, raw_key: str = "") -> Response:
-        self.access.refuse_if_draining()
-        generate = GenerateRequest(endpoint, body, headers=request_headers(request),
-                                   api_key=self.access.key_of(request), priority=self.access.priority_of(request),
-                                   raw_key=raw_key)
+    async def _generate(self, request: Request, endpoint: str, body: dict, *, key: str | None = None,
+                        raw_key: str = "") -> Response:
+        generate = self.access.generate_request(request, endpoint, body, key=key, raw_key=raw_key)
         outcome = await self.pipeline.generate(generate, frames=True)
         return to_response(outcome, self.sse_ping_s)
 

@@ -18,6 +18,7 @@ from .run import BenchPlan, run_bench
 from .svg import render_chart
 from .workload import PROFILES
 
+
 def concurrency_levels(text: str) -> tuple[int, ...]:
     try:
         levels = tuple(int(part) for part in text.split(",") if part.strip())
