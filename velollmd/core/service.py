@@ -145,27 +145,21 @@ class Service:
             try:
                 async with self.admission.slot(backend, scheduled):
                     with self._pinned(backend, request, fingerprint) as pinned:
-                        async with closing(self._events(backend, pinned, scheduled, relay)) as chunks:
-                            async for chunk in chunks:
-                                yield chunk
+                        async with closing(backend.answer_events(pinned)) as batches:
+                            try:
+                                async for batch in batches:
+                                    scheduled.generating = True
+                                    for chunk in relay.convert_batch(batch):
+                                        yield chunk
+                            except UNREADABLE as exc:    # a converter could not read the native stream
+                                raise BackendError(f"backend {backend.name} sent a stream velollmd cannot "
+                                                   f"read: {exc!r}", code="bad_backend_response") from None
+                    scheduled.num_output_tokens = relay.num_output_tokens
                 return
             except Preempted:
                 if scheduled.generating:       # never chosen once output flowed; be sure
                     raise BackendError(f"backend {backend.name}: a started stream was preempted",
                                        code="backend_error") from None
-
-    async def _events(self, backend: Backend, request: GenerateRequest, scheduled: Request,
-                      relay: ChunkRelay) -> AsyncIterator[dict | bytes]:
-        async with closing(backend.answer_events(request)) as batches:
-            try:
-                async for batch in batches:
-                    scheduled.generating = True
-                    for chunk in relay.convert_batch(batch):
-                        yield chunk
-                scheduled.num_output_tokens = relay.num_output_tokens
-            except UNREADABLE as exc:        # a converter could not read the native stream
-                raise BackendError(f"backend {backend.name} sent a stream velollmd cannot read: "
-                                   f"{exc!r}", code="bad_backend_response") from None
 
     @contextlib.contextmanager
     def _pinned(self, backend: Backend, request: GenerateRequest, fingerprint: Fingerprint):
