@@ -77,7 +77,8 @@ def start_llama_server(model: Path, parallel: int = 4, ctx_size: int = 4096, ext
 class Daemon:
     """velollmd as its own process, configured by a TOML text."""
 
-    def __init__(self, toml_body: str):
+    def __init__(self, toml_body: str, root: Path = ROOT):
+        self.root = root                     # a checkout: another one runs a before/after
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="velollmd-bench-"))
         self.config = self.dir / "velollm.toml"
@@ -89,7 +90,7 @@ class Daemon:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Daemon:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(self.root)}
         self.proc = subprocess.Popen([sys.executable, "-m", "velollmd", "--config", str(self.config)],
                                      env=env, stderr=open(self.dir / "daemon.log", "wb"))
         wait_listening(self.port)

@@ -14,15 +14,21 @@ any Python proxy on this machine), and through velollmd.
 Rounds alternate the targets; CPU comes from /proc (user + system, all threads).
 
     .venv/bin/python benchmarks/proxy_cpu.py [--rounds 4] [--requests 4000] [--streams 300]
+                                             [--baseline DIR]
+
+`--baseline DIR` runs a second daemon from another checkout (e.g. `git worktree add DIR REV`,
+with its CFFI extension built) beside this one in the same rounds: a before/after in one run.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from common import Daemon, backend_toml, cpu_seconds, free_port, run_concurrently, wait_listening
 
@@ -170,29 +176,39 @@ def medians(rows: list[tuple[float, float]]) -> tuple[float, float]:
     return statistics.median(r for r, _ in rows), statistics.median(c for _, c in rows)
 
 
+def targets_of(daemon: Daemon, paths, suffix: str) -> dict[str, tuple[str, str, int]]:
+    """Measured rows for `daemon`: name -> (url, path, pid)."""
+    return {path + suffix: (daemon.url, path, daemon.proc.pid) for path in paths}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--requests", type=int, default=4000, help="whole answers per round and target")
     parser.add_argument("--streams", type=int, default=300, help="streams per round and target")
     parser.add_argument("--gap-ms", type=float, default=0.5, help="time between streamed chunks")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a checkout whose velollmd runs beside this one (rows marked 'baseline')")
     args = parser.parse_args()
     backend, port = start(INSTANT_BACKEND, str(args.gap_ms))
     relay, relay_port = start(BYTE_RELAY, str(port))
     try:
         backend_config = backend_toml("instant", "openai", f"http://127.0.0.1:{port}", '["tiny*"]', "slots = 64")
-        with Daemon(backend_config + "[cache]\nenabled = false\n") as daemon, \
-                Daemon(backend_config + "[cache]\npath = \"\"\n") as cache_on:
-            pid = daemon.proc.pid
-            whole = asyncio.run(measure({"/health": (daemon.url, "/health", pid),
-                                         "/v1/chat/completions": (daemon.url, "/v1/chat/completions", pid),
-                                         CACHE_ON: (cache_on.url, "/v1/chat/completions", cache_on.proc.pid),
-                                         LONG: (daemon.url, LONG, pid)},
-                                        args.rounds, args.requests, 64))
-            streams = asyncio.run(measure({"direct": (f"http://127.0.0.1:{port}", "stream", None),
-                                           "byte relay": (f"http://127.0.0.1:{relay_port}", "stream", relay.pid),
-                                           "velollmd": (daemon.url, "stream", pid)},
-                                          args.rounds, args.streams, 1))
+        with contextlib.ExitStack() as stack:
+            daemon = stack.enter_context(Daemon(backend_config + "[cache]\nenabled = false\n"))
+            cache_on = stack.enter_context(Daemon(backend_config + "[cache]\npath = \"\"\n"))
+            whole_targets = targets_of(daemon, ("/health", "/v1/chat/completions", LONG), "")
+            whole_targets[CACHE_ON] = (cache_on.url, "/v1/chat/completions", cache_on.proc.pid)
+            stream_targets = {"direct": (f"http://127.0.0.1:{port}", "stream", None),
+                              "byte relay": (f"http://127.0.0.1:{relay_port}", "stream", relay.pid),
+                              "velollmd": (daemon.url, "stream", daemon.proc.pid)}
+            if args.baseline is not None:
+                before = stack.enter_context(Daemon(backend_config + "[cache]\nenabled = false\n",
+                                                    root=args.baseline.resolve()))
+                whole_targets |= targets_of(before, ("/health", "/v1/chat/completions", LONG), " (baseline)")
+                stream_targets["velollmd (baseline)"] = (before.url, "stream", before.proc.pid)
+            whole = asyncio.run(measure(whole_targets, args.rounds, args.requests, 64))
+            streams = asyncio.run(measure(stream_targets, args.rounds, args.streams, 1))
     finally:
         backend.kill()
         relay.kill()
