@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "velollmd"
 TOP_LEVEL = {"__init__", "__main__", "daemon", "app", "config", "errors", "log", "systemd", "metrics"}
@@ -33,23 +35,21 @@ def test_every_import_contract_is_kept():
     assert "0 broken" in result.stdout
 
 
-def test_an_upward_import_breaks_the_layers_contract_by_name(tmp_path):
+@pytest.mark.parametrize("module,line,contract,expected", [
+    ("wire/request.py", "from ..core import service", "imports point down",
+     "velollmd.wire.request -> velollmd.core.service"),
+    ("cache/keys.py", "import socket", "cache/ and toolcalls/ do no network or process I/O",
+     "velollmd.cache is not allowed to import socket"),
+])
+def test_a_deliberate_violation_breaks_its_contract_by_name(tmp_path, module, line, contract, expected):
+    """An upward import, and a socket in the pure cache: `lint-imports` fails naming both."""
     root = copy_package(tmp_path)
-    with open(root / "velollmd/wire/request.py", "a") as f:
-        f.write("\nfrom ..core import service  # noqa: E402,F401  deliberately upward\n")
+    with open(root / "velollmd" / module, "a") as f:
+        f.write(f"\n{line}  # noqa: E402,F401  deliberately breaks a contract\n")
     result = lint_imports(root)
     assert result.returncode != 0
-    assert "imports point down" in result.stdout and "BROKEN" in result.stdout
-    assert "velollmd.wire.request -> velollmd.core.service" in result.stdout
-
-
-def test_io_in_the_pure_packages_breaks_its_contract(tmp_path):
-    root = copy_package(tmp_path)
-    with open(root / "velollmd/cache/keys.py", "a") as f:
-        f.write("\nimport socket  # noqa: E402,F401  deliberately impure\n")
-    result = lint_imports(root)
-    assert result.returncode != 0
-    assert "velollmd.cache is not allowed to import socket" in result.stdout
+    assert f"{contract}" in result.stdout and "BROKEN" in result.stdout
+    assert expected in result.stdout
 
 
 def test_top_level_holds_only_the_entry_and_cross_cutting_modules():
