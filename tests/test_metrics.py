@@ -40,6 +40,7 @@ def test_daemon_exports_requests_cache_and_tokens(ollama_emulator):
     assert 'velollm_queue_admitted_total{backend="ollama"} 1' in text      # the hit took no slot
     assert 'velollm_queue_waiting{backend="ollama"} 0' in text
     assert 'velollm_queue_rejected_total{backend="ollama"} 0' in text
+    assert 'velollm_backend_concurrency_limit{backend="ollama"} 8' in text   # adaptive: Ollama says no width
     assert 'velollm_routing_total{outcome="routed"} 1' in text
     assert "# TYPE velollm_failovers_total counter" in text and "velollm_failovers_total 0" in text
 
@@ -51,3 +52,4 @@ def test_queue_stats_route(ollama_emulator):
         stats = httpx.get(daemon.url + "/v1/velollm/queue").json()
     assert stats["object"] == "queue.stats"
     assert stats["backends"]["ollama"]["num_admitted"] == 1 and stats["num_waiting"] == 0
+    assert stats["backends"]["ollama"]["adaptive"] and stats["backends"]["ollama"]["concurrency_limit"] == 8
