@@ -4,7 +4,7 @@ import contextlib
 
 import pytest
 
-from tests.aio import run, serving
+from tests.aio import FakeClock, run, serving, until
 from velollmd.errors import BackendError, BackendTimeout
 from velollmd.http.client import HTTPClient
 from velollmd.http.message import Response
@@ -146,11 +146,13 @@ def test_cancelling_a_streaming_read_closes_the_socket_at_once():
             client = HTTPClient(f"http://127.0.0.1:{server.port}")
             response = await client.request("GET", "/")
 
+            reading = asyncio.Event()
+
             async def consume():
                 async for _ in response.iter_raw():
-                    pass
+                    reading.set()
             task = asyncio.ensure_future(consume())
-            await asyncio.sleep(0.1)
+            await reading.wait()
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await asyncio.wait_for(closed.wait(), 5)
@@ -161,10 +163,13 @@ def test_cancelling_a_streaming_read_closes_the_socket_at_once():
 
 def test_stale_pooled_connection_is_retried_on_a_fresh_one():
     async def main():
-        async with serving(app, keepalive_timeout_s=0.1) as server:
+        clock = FakeClock()
+        async with serving(app, clock=clock, keepalive_timeout_s=3) as server:
             client = HTTPClient(f"http://127.0.0.1:{server.port}")
             await (await client.request("GET", "/a")).read()
-            await asyncio.sleep(0.3)           # the server closes the idle connection
+            clock.advance(4)                   # the server closes the idle connection
+            server.expire_deadlines()
+            await until(lambda: not server.connections, "the server closed the idle connection")
             body = await (await client.request("GET", "/b")).json()
             return body["path"], client.num_connects
     assert run(main()) == ("/b", 2)
