@@ -6,17 +6,36 @@ from hypothesis import strategies as st
 from velollmd.http.parser import Data, EndOfMessage, Head, HTTPParser, ProtocolError
 
 
-def parse_all(raw: bytes, role="server", eof=True, **limits):
+def pull_events(parser: HTTPParser) -> list:
+    """Every event the parser has for the bytes fed so far; fails on a step without progress.
+
+    Progress: a Head or Data event consumes bytes, and an EndOfMessage comes only after bytes
+    were consumed since the last one. So the loop is bounded by the bytes fed: a parser that
+    stalls (an event that eats nothing, again and again) fails here instead of spinning."""
+    events, num_consumed = [], 0          # bytes consumed since the last EndOfMessage
+    while True:
+        num_before = parser.buffered
+        event = parser.next_event()
+        if event is None:
+            return events
+        step = num_before - parser.buffered
+        num_consumed += step
+        ends = isinstance(event, EndOfMessage)
+        assert step > 0 or (ends and num_consumed > 0), (
+            f"parser made no progress: {event!r} consumed no bytes after {len(events)} events "
+            f"(state {parser._state}, {parser.buffered} bytes buffered)")
+        num_consumed = 0 if ends else num_consumed
+        events.append(event)
+
+
+def parse_all(raw: bytes, role="server", eof=True, methods=(), **limits):
     parser = HTTPParser(role, **limits)
+    for method in methods:
+        parser.expect_response(method)
     parser.feed(raw)
     if eof:
         parser.feed_eof()
-    events = []
-    while (event := parser.next_event()) is not None:
-        events.append(event)
-        if parser._state == "done":
-            break
-    return events
+    return pull_events(parser)
 
 
 def messages(events):
@@ -142,17 +161,12 @@ def test_pipelined_requests_come_out_in_order():
 def test_byte_by_byte_feeding_gives_the_same_events():
     raw = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
     parser = HTTPParser("server")
-    body, heads, ends = b"", [], 0
+    events = []
     for i in range(len(raw)):
         parser.feed(raw[i:i + 1])
-        while (event := parser.next_event()) is not None:
-            if isinstance(event, Head):
-                heads.append(event.target)
-            elif isinstance(event, Data):
-                body += event.data
-            else:
-                ends += 1
-    assert (heads, body, ends) == (["/x"], b"abcde", 1)
+        events += pull_events(parser)
+    [(head, body, _)] = messages(events)
+    assert (head.target, body) == ("/x", b"abcde")
 
 
 @pytest.mark.parametrize("raw,keep_alive", [
@@ -179,17 +193,7 @@ def test_header_names_are_lower_case_and_values_trimmed():
 # -- client role --------------------------------------------------------------------------
 
 def client_messages(raw: bytes, methods=("GET",)):
-    parser = HTTPParser("client")
-    for method in methods:
-        parser.expect_response(method)
-    parser.feed(raw)
-    parser.feed_eof()
-    events = []
-    while (event := parser.next_event()) is not None:
-        events.append(event)
-        if parser._state == "done":
-            break
-    return messages(events)
+    return messages(parse_all(raw, "client", methods=methods))
 
 
 def test_client_reads_until_close_without_framing():
@@ -236,19 +240,19 @@ def _mutate(data: bytes, edits) -> bytes:
 
 
 def _drive(raw: bytes, split: int) -> None:
+    """Feed `raw` in two pieces, then EOF: the parser either raises a ProtocolError with an
+    error status or ends between messages, making progress at every step (pull_events)."""
     parser = HTTPParser("server", max_header_bytes=4096, max_body_bytes=100_000)
     try:
         for piece in (raw[:split], raw[split:]):
             parser.feed(piece)
-            for _ in range(10_000):
-                if parser.next_event() is None:
-                    break
+            pull_events(parser)
         parser.feed_eof()
-        for _ in range(10_000):
-            if parser.next_event() is None:
-                break
+        pull_events(parser)
     except ProtocolError as exc:
         assert 400 <= exc.status < 600
+        return
+    assert parser.between_messages, f"input ended mid-message without an error: {raw!r}"
 
 
 @settings(max_examples=1500, deadline=None)
