@@ -10,11 +10,7 @@ import urllib.request
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.rig.net import free_port
 
 
 def write_config(tmp_path, port, extra=""):
