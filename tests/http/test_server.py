@@ -141,44 +141,31 @@ def test_slowloris_gets_408_at_the_absolute_header_deadline():
     assert out.startswith(b"HTTP/1.1 408 ") and b"request head not received in time" in out
 
 
-def test_a_body_that_stops_coming_gets_408():
-    async def main():
-        clock = FakeClock()
-        async with serving(echo, clock=clock, header_timeout_s=10) as server:
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
-            await until(lambda: phase(server) == "body", "the body is awaited")
-            clock.advance(9.5)
-            early = server.expire_deadlines()
-            clock.advance(1)
-            late = server.expire_deadlines()
-            out = await asyncio.wait_for(reader.read(-1), 5)
-            writer.close()
-            return early, late, out
-    early, late, out = run(main())
-    assert (early, late) == (0, 1)
-    assert out.startswith(b"HTTP/1.1 408 ") and b"request body not received in time" in out
-
-
-@pytest.mark.parametrize("request_first,idle_s", [(False, 10), (True, 3)], ids=["fresh", "keep-alive"])
-def test_an_idle_connection_is_closed_silently_at_its_timeout(request_first, idle_s):
-    """Before the first request the header timeout counts, after one the keep-alive timeout."""
+@pytest.mark.parametrize("sent,waiting_for,timeout_s,answers", [
+    (b"", "idle", 10, []),                                        # no first request: header timeout
+    (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "idle", 3, [b"HTTP/1.1 200 OK"]),   # then keep-alive timeout
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc", "body", 10,
+     [b"HTTP/1.1 408 Request Timeout"]),
+], ids=["fresh", "keep-alive", "stalled body"])
+def test_a_connection_is_expired_at_the_timeout_of_what_it_waits_for(sent, waiting_for, timeout_s, answers):
+    """An idle connection is closed silently; a request cut short gets a 408."""
     async def main():
         clock = FakeClock()
         async with serving(echo, clock=clock, header_timeout_s=10, keepalive_timeout_s=3) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            if request_first:
-                writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-                await reader.readuntil(b"}")
-            await until(lambda: phase(server) == "idle", "the connection waits for a request")
-            clock.advance(idle_s - 0.5)
+            writer.write(sent)
+            answered = await reader.readuntil(b"}") if sent.startswith(b"GET") else b""
+            await until(lambda: phase(server) == waiting_for, f"the connection waits for its {waiting_for}")
+            clock.advance(timeout_s - 0.5)
             early = server.expire_deadlines()
             clock.advance(1)
             late = server.expire_deadlines()
-            rest = await asyncio.wait_for(reader.read(-1), 5)
+            out = answered + await asyncio.wait_for(reader.read(-1), 5)
             writer.close()
-            return early, late, rest
-    assert run(main()) == (0, 1, b"")
+            return early, late, out
+    early, late, out = run(main())
+    assert (early, late) == (0, 1)
+    assert [line for line in out.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")] == answers
 
 
 def test_connection_cap_answers_503():
@@ -239,6 +226,7 @@ def test_drain_finishes_in_flight_requests_and_refuses_new_ones():
                 refused = b"refused"
             release.set()
             answer = await asyncio.wait_for(reader.read(-1), 5)
+            writer.close()
             await drain
             return answer, refused
     answer, refused = run(main())
@@ -271,6 +259,7 @@ def test_drain_cancels_requests_past_the_deadline():
             clock.advance(2)
             await asyncio.wait_for(drain, 5)
             out = await asyncio.wait_for(reader.read(-1), 5)
+            writer.close()
             return before, cancelled.is_set(), out, len(server.connections)
     assert run(main()) == (False, True, b"", 0)
 
