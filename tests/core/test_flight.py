@@ -67,6 +67,17 @@ def run(coro):
     return run_steps(asyncio.wait_for(coro, 10))
 
 
+async def streaming(upstream: Upstream, num_consumers: int = 2):
+    """A table with one streaming flight under way and the chunk iterators of
+    `num_consumers` consumers that have its head."""
+    table = FlightTable()
+    upstream.answer.set()
+    flight, _ = table.join_or_start("k", upstream.start)
+    for _ in range(num_consumers):
+        await flight.head()
+    return table, flight, [flight.replay_chunks() for _ in range(num_consumers)]
+
+
 async def rest(chunks) -> list[dict]:
     return [chunk async for chunk in chunks]
 
@@ -98,12 +109,8 @@ def test_a_consumer_joining_mid_stream_gets_every_chunk_from_the_start():
 
 def test_each_consumer_gets_its_own_copy_of_a_chunk():
     async def main():
-        table, upstream = FlightTable(), Upstream()
-        upstream.answer.set()
-        flight, _ = table.join_or_start("k", upstream.start)
-        await flight.head()
-        await flight.head()
-        first, second = flight.replay_chunks(), flight.replay_chunks()
+        upstream = Upstream()
+        _, flight, (first, second) = await streaming(upstream)
         upstream.send({"n": 0}, END)
         mine = await anext(first)
         mine["n"] = "changed by the first consumer"
@@ -133,12 +140,8 @@ def test_a_whole_answer_is_shared_by_everyone_who_asked_while_it_was_coming():
 
 def test_the_stream_goes_on_while_one_consumer_remains():
     async def main():
-        table, upstream = FlightTable(), Upstream()
-        upstream.answer.set()
-        flight, _ = table.join_or_start("k", upstream.start)
-        await flight.head()
-        await flight.head()
-        leaving, staying = flight.replay_chunks(), flight.replay_chunks()
+        upstream = Upstream()
+        _, flight, (leaving, staying) = await streaming(upstream)
         upstream.send({"n": 0})
         await anext(leaving)
         await leaving.aclose()                 # one client disconnects
@@ -153,12 +156,8 @@ def test_the_stream_goes_on_while_one_consumer_remains():
 
 def test_the_last_consumer_leaving_cancels_the_upstream_and_closes_its_stream():
     async def main():
-        table, upstream = FlightTable(), Upstream()
-        upstream.answer.set()
-        flight, _ = table.join_or_start("k", upstream.start)
-        await flight.head()
-        await flight.head()
-        first, second = flight.replay_chunks(), flight.replay_chunks()
+        upstream = Upstream()
+        table, flight, (first, second) = await streaming(upstream)
         upstream.send({"n": 0})
         await anext(first)
         await anext(second)
@@ -202,12 +201,8 @@ def test_an_error_before_the_answer_reaches_every_consumer():
 def test_an_error_mid_stream_reaches_every_consumer_after_the_chunks_before_it():
     async def main():
         error = BackendError("stream broke")
-        table, upstream = FlightTable(), Upstream()
-        upstream.answer.set()
-        flight, _ = table.join_or_start("k", upstream.start)
-        await flight.head()
-        await flight.head()
-        consumers = [flight.replay_chunks(), flight.replay_chunks()]
+        upstream = Upstream()
+        table, flight, consumers = await streaming(upstream)
         upstream.send({"n": 0}, error)
         results = []
         for chunks in consumers:
@@ -227,10 +222,8 @@ def test_a_request_after_the_flight_ended_starts_a_new_one_that_the_old_one_leav
     """The old flight's cleanup runs after its last consumer wakes; a flight started by that
     consumer under the same key must stay in the table."""
     async def main():
-        table, old, new = FlightTable(), Upstream(), Upstream(body={"again": True})
-        old.answer.set()
-        flight, _ = table.join_or_start("k", old.start)
-        await flight.head()
+        old, new = Upstream(), Upstream(body={"again": True})
+        table, flight, _ = await streaming(old, num_consumers=1)
         old.send(END)
         await flight.wait_done()               # woken before the old flight's cleanup runs
         again, leader = table.join_or_start("k", new.start)
