@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.rig.llama import LlamaServer, make_tiny_model  # noqa: E402
+from tests.rig.net import free_port  # noqa: E402,F401  (the scripts import it from here)
 from velollmd.ctl.bench.stats import percentile  # noqa: E402  (the one definition, as in velollmctl bench)
 
 
@@ -41,12 +42,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_listening(port: int, timeout: float = 30.0) -> None:

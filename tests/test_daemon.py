@@ -1,4 +1,5 @@
 """The daemon as a real process: READY/STOPPING over sd_notify, /health, JSON logs, SIGTERM."""
+import contextlib
 import json
 import os
 import signal
@@ -10,11 +11,7 @@ import urllib.request
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.rig.net import free_port
 
 
 def write_config(tmp_path, port, extra=""):
@@ -36,6 +33,17 @@ def start(config, notify, extra_env=None, **kwargs):
     env = {**os.environ, "NOTIFY_SOCKET": notify.getsockname(), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     return subprocess.Popen(kwargs.pop("argv", [sys.executable, "-m", "velollmd", "--config", str(config)]),
                             env=env, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@contextlib.contextmanager
+def running(config, notify, **kwargs):
+    """The daemon as a process; afterwards terminated, reaped and its stderr pipe closed."""
+    with start(config, notify, **kwargs) as proc:
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
 
 
 def get(url):
@@ -62,6 +70,7 @@ def test_ready_health_sigterm_stopping(tmp_path, notify):
     finally:
         proc.kill()
         stderr = proc.stderr.read()
+        proc.stderr.close()
     records = [json.loads(line) for line in stderr.splitlines()]
     assert [r["msg"] for r in records] == ["listening", "draining", "stopped"]
     assert all(r["level"] == "info" and r["ts"].endswith("Z") for r in records)
@@ -71,8 +80,7 @@ def test_api_keys_protect_everything_but_health(tmp_path, notify):
     port = free_port()
     config = write_config(tmp_path, port).read_text().replace("[cache]", 'api_keys = ["sk-1"]\n[cache]')
     (tmp_path / "velollm.toml").write_text(config)
-    proc = start(tmp_path / "velollm.toml", notify)
-    try:
+    with running(tmp_path / "velollm.toml", notify):
         notify.recv(4096)
         assert get(f"http://127.0.0.1:{port}/health")[0] == 200
         status, body = get(f"http://127.0.0.1:{port}/v1/anything")
@@ -80,9 +88,6 @@ def test_api_keys_protect_everything_but_health(tmp_path, notify):
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/anything",
                                          headers={"Authorization": "Bearer sk-1"})
         assert get(request)[0] == 404                # authenticated: on to routing
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 def test_socket_activation_serves_on_the_passed_socket(tmp_path, notify):
@@ -97,23 +102,14 @@ def test_socket_activation_serves_on_the_passed_socket(tmp_path, notify):
                 "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
                 f"os.execv(sys.executable, [sys.executable, '-m', 'velollmd', '--config', {str(config)!r}])")
     argv = [sys.executable, "-c", launcher]
-    proc = start(config, notify, argv=argv, pass_fds=(fd,))
-    try:
+    with listener, running(config, notify, argv=argv, pass_fds=(fd,)):
         assert notify.recv(4096).startswith(b"READY=1")
         assert get(f"http://127.0.0.1:{port}/health")[0] == 200
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        listener.close()
 
 
 def test_watchdog_pings_from_the_event_loop(tmp_path, notify):
     port = free_port()
-    proc = start(write_config(tmp_path, port), notify, extra_env={"WATCHDOG_USEC": "200000"})
-    try:
+    with running(write_config(tmp_path, port), notify, extra_env={"WATCHDOG_USEC": "200000"}):
         states = [notify.recv(4096).decode() for _ in range(4)]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
     assert any(s.startswith("READY=1") for s in states)
     assert states.count("WATCHDOG=1") >= 2

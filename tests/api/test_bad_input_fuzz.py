@@ -56,16 +56,20 @@ def make_app() -> App:
 
 
 APP = make_app()
-LOOP = asyncio.new_event_loop()
-LOOP.run_until_complete(APP.start())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _close_apps():
-    yield
-    LOOP.run_until_complete(APP.close())
-    LOOP.run_until_complete(GARBAGE_APP.close())
-    LOOP.close()
+@pytest.fixture(scope="module")
+def loop():
+    """One loop for the module's many examples, closed with the apps it started."""
+    with asyncio.Runner() as runner:
+        runner.run(APP.start())
+        runner.run(GARBAGE_APP.start())
+        try:
+            yield runner
+        finally:
+            runner.run(APP.close())
+            runner.run(GARBAGE_APP.close())
+
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-10, 10**6) | st.floats(allow_nan=False) | st.text(max_size=12),
@@ -98,26 +102,26 @@ def bodies():
     return st.builds(lambda b, e: {**b, **e}, base, extra)
 
 
-def call(path: str, raw: bytes) -> int:
+def call(loop: asyncio.Runner, path: str, raw: bytes) -> int:
     async def go():
         response = await APP.handle(Request("POST", path, [("host", "x")], raw))
         if response.stream is not None:
             async for _ in response.stream:
                 pass
         return response.status
-    return LOOP.run_until_complete(go())
+    return loop.run(go())
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(PATHS), bodies())
-def test_random_json_bodies_never_cause_a_500(path, body):
-    assert call(path, json.dumps(body).encode()) != 500
+def test_random_json_bodies_never_cause_a_500(loop, path, body):
+    assert call(loop, path, json.dumps(body).encode()) != 500
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.sampled_from(PATHS), st.binary(max_size=64))
-def test_random_bytes_never_cause_a_500(path, raw):
-    assert call(path, raw) in (400, 404, 405, 413, 422)
+def test_random_bytes_never_cause_a_500(loop, path, raw):
+    assert call(loop, path, raw) in (400, 404, 405, 413, 422)
 
 
 TOOLS_OK = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
@@ -135,8 +139,8 @@ TOOLS_OK = [{"type": "function", "function": {"name": "f", "parameters": {"type"
             {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "c", "content": "r"}]}, 200),
 ])
-def test_found_by_fuzzing(path, body, status):
-    assert call(path, json.dumps(body).encode()) == status
+def test_found_by_fuzzing(loop, path, body, status):
+    assert call(loop, path, json.dumps(body).encode()) == status
 
 
 class GarbageBackend(MemoryBackend):
@@ -164,7 +168,6 @@ def make_garbage_app() -> tuple[App, GarbageBackend]:
 
 
 GARBAGE_APP, GARBAGE = make_garbage_app()
-LOOP.run_until_complete(GARBAGE_APP.start())
 CHOICE = st.fixed_dictionaries({}, optional={"message": JSON_VALUES, "delta": JSON_VALUES, "text": JSON_VALUES,
                                              "finish_reason": JSON_VALUES, "index": JSON_VALUES})
 ANSWERS = JSON_VALUES | st.fixed_dictionaries({"choices": st.lists(CHOICE | JSON_VALUES, max_size=2) | JSON_VALUES},
@@ -174,7 +177,7 @@ ANSWERS = JSON_VALUES | st.fixed_dictionaries({"choices": st.lists(CHOICE | JSON
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(["/v1/chat/completions", "/v1/completions", "/api/chat", "/api/generate"]),
        st.booleans(), ANSWERS, st.lists(ANSWERS, max_size=3), st.booleans())
-def test_malformed_backend_answers_are_502_never_500(path, stream, answer, chunks, with_tools):
+def test_malformed_backend_answers_are_502_never_500(loop, path, stream, answer, chunks, with_tools):
     GARBAGE.answer, GARBAGE.chunks = answer, chunks
     GARBAGE_APP.service.breakers.clear()          # each example meets a closed circuit
     body = {"model": "tiny", "stream": stream, "messages": [VALID_MESSAGE], "prompt": "hi"}
@@ -187,10 +190,10 @@ def test_malformed_backend_answers_are_502_never_500(path, stream, answer, chunk
             async for _ in response.stream:
                 pass
         return response.status
-    assert LOOP.run_until_complete(go()) in (200, 400, 502)
+    assert loop.run(go()) in (200, 400, 502)
 
 
-def test_a_stream_that_fails_midway_frees_its_slot_at_once():
+def test_a_stream_that_fails_midway_frees_its_slot_at_once(loop):
     GARBAGE.chunks = [{"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "tiny",
                        "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]},
                       {"choices": "broken"}]
@@ -202,6 +205,6 @@ def test_a_stream_that_fails_midway_frees_its_slot_at_once():
                                                     json.dumps(body).encode()))
         frames = [frame async for frame in response.stream]
         return frames, GARBAGE_APP.service.stats()["num_running"]
-    frames, num_running = LOOP.run_until_complete(go())
+    frames, num_running = loop.run(go())
     assert frames[-1].startswith(b'data: {"error":') and b"cannot read" in frames[-1]
     assert num_running == 0                      # not left to the garbage collector

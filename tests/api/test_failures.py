@@ -1,5 +1,4 @@
 """Failure behaviour: disconnects, dead and slow backends, health-based routing."""
-import socket
 import time
 
 import httpx
@@ -7,14 +6,9 @@ import openai
 import pytest
 
 from tests.daemon_rig import llama_backend, ollama_backend
+from tests.rig.net import free_port
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, limit_s=5.0) -> bool:
@@ -38,7 +32,7 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_request(daemon, ollam
 
 def test_unreachable_backend_is_503_no_healthy_backend(daemon_factory):
     daemon = daemon_factory({"backends": [{"name": "dead", "kind": "llamacpp",
-                                           "url": f"http://127.0.0.1:{closed_port()}", "models": ["*"]}]})
+                                           "url": f"http://127.0.0.1:{free_port()}", "models": ["*"]}]})
     client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
     with pytest.raises(openai.APIStatusError) as info:
         client.chat.completions.create(model="anything", messages=MESSAGES)
@@ -67,7 +61,7 @@ def test_upstream_timeout_is_504(daemon_factory, ollama_emulator):
 
 
 def test_unhealthy_backend_is_skipped(daemon_factory, llama_server):
-    dead = {"name": "dead", "kind": "llamacpp", "url": f"http://127.0.0.1:{closed_port()}", "models": ["tiny*"]}
+    dead = {"name": "dead", "kind": "llamacpp", "url": f"http://127.0.0.1:{free_port()}", "models": ["tiny*"]}
     daemon = daemon_factory({"backends": [dead, llama_backend(llama_server)]})
     client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
     response = client.chat.completions.with_raw_response.create(model="tiny", messages=MESSAGES, max_tokens=2)
@@ -85,7 +79,7 @@ def test_invalid_json_is_400_and_the_daemon_keeps_serving(daemon):
 
 
 def test_embeddings_fail_over_to_another_backend(daemon_factory, ollama_emulator):
-    dead = {"name": "dead", "kind": "ollama", "url": f"http://127.0.0.1:{closed_port()}",
+    dead = {"name": "dead", "kind": "ollama", "url": f"http://127.0.0.1:{free_port()}",
             "models": ["nomic*"], "health_interval_s": 600}
     daemon = daemon_factory({"backends": [dead, ollama_backend(ollama_emulator)]})
     dead_backend, live_backend = daemon.app.registry.backends

@@ -2,21 +2,27 @@ import pytest
 
 from velollmd.cache.guard import mismatch, numbers, quoted, within_one_edit
 
-MUST_MISS = [
-    ("How do I enable SSH on Ubuntu?", "How do I disable SSH on Ubuntu?", "content"),
-    ("Is Python fast?", "Isn't Python fast?", "negation"),
-    ("Show files that contain errors", "Show files that don't contain errors", "negation"),
-    ("Turn the lights on", "Turn the lights off", "negation"),
-    ("Coffee with sugar", "Coffee without sugar", "negation"),
-    ("I can do it", "I cannot do it", "negation"),
-    ("I can do it", "I cant do it", "negation"),
-    ("List 5 prime numbers", "List 6 prime numbers", "number"),
-    ("List five prime numbers", "List six prime numbers", "number"),
-    ("What is 3.14 rounded", "What is 3.15 rounded", "number"),
-    ('Translate "Hello" to French', 'Translate "Goodbye" to French', "quoted"),
-    ("What is the capital of France?", "What is the capital of Spain?", "content"),
-    ("Sort in ascending order", "Sort in descending order", "content"),
-]
+MUST_MISS = {                  # why the guard refuses: pairs that must not share an answer
+    "negation": [
+        ("Is Python fast?", "Isn't Python fast?"),
+        ("Show files that contain errors", "Show files that don't contain errors"),
+        ("Turn the lights on", "Turn the lights off"),
+        ("Coffee with sugar", "Coffee without sugar"),
+        ("I can do it", "I cannot do it"),
+        ("I can do it", "I cant do it"),
+    ],
+    "number": [
+        ("List 5 prime numbers", "List 6 prime numbers"),
+        ("List five prime numbers", "List six prime numbers"),
+        ("What is 3.14 rounded", "What is 3.15 rounded"),
+    ],
+    "quoted": [('Translate "Hello" to French', 'Translate "Goodbye" to French')],
+    "content": [
+        ("How do I enable SSH on Ubuntu?", "How do I disable SSH on Ubuntu?"),
+        ("What is the capital of France?", "What is the capital of Spain?"),
+        ("Sort in ascending order", "Sort in descending order"),
+    ],
+}
 MAY_HIT = [
     ("How do I reverse a list in Python?", "how can i reverse a list in python please"),
     ("Don't use recursion", "Do not use recursion"),
@@ -26,8 +32,8 @@ MAY_HIT = [
 ]
 
 
-@pytest.mark.parametrize("a,b,reason", MUST_MISS)
-def test_near_misses_are_rejected(a, b, reason):
+@pytest.mark.parametrize("reason,a,b", [(reason, a, b) for reason, pairs in MUST_MISS.items() for a, b in pairs])
+def test_near_misses_are_rejected(reason, a, b):
     assert mismatch(a, b) == reason
     assert mismatch(b, a) == reason
 

@@ -4,7 +4,7 @@ import contextlib
 
 import pytest
 
-from tests.aio import run, serving
+from tests.aio import FakeClock, run, serving, until
 from velollmd.errors import BackendError, BackendTimeout
 from velollmd.http.client import HTTPClient
 from velollmd.http.message import Response
@@ -26,15 +26,19 @@ async def app(request):
 
 
 @contextlib.asynccontextmanager
-async def raw_server(answer: bytes, hold: float = 0.0):
-    """A socket server that answers every request with fixed bytes and closes."""
+async def raw_server(answer: bytes, silent: bool = False):
+    """A socket server that answers every request with fixed bytes and closes; a silent one
+    never answers and closes once the client has gone."""
     async def handle(reader, writer):
-        await reader.readuntil(b"\r\n\r\n")
-        if hold:
-            await asyncio.sleep(hold)
-        writer.write(answer)
-        await writer.drain()
-        writer.close()
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            if silent:
+                await reader.read()
+                return
+            writer.write(answer)
+            await writer.drain()
+        finally:
+            writer.close()
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1]
@@ -101,7 +105,7 @@ def test_read_until_close_body():
 
 def test_read_timeout_raises_backend_timeout():
     async def main():
-        async with raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", hold=5) as port:
+        async with raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", silent=True) as port:
             client = HTTPClient(f"http://127.0.0.1:{port}", read_timeout=0.2)
             await client.request("GET", "/")
     with pytest.raises(BackendTimeout):
@@ -146,11 +150,13 @@ def test_cancelling_a_streaming_read_closes_the_socket_at_once():
             client = HTTPClient(f"http://127.0.0.1:{server.port}")
             response = await client.request("GET", "/")
 
+            reading = asyncio.Event()
+
             async def consume():
                 async for _ in response.iter_raw():
-                    pass
+                    reading.set()
             task = asyncio.ensure_future(consume())
-            await asyncio.sleep(0.1)
+            await reading.wait()
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await asyncio.wait_for(closed.wait(), 5)
@@ -161,11 +167,15 @@ def test_cancelling_a_streaming_read_closes_the_socket_at_once():
 
 def test_stale_pooled_connection_is_retried_on_a_fresh_one():
     async def main():
-        async with serving(app, keepalive_timeout_s=0.1) as server:
+        clock = FakeClock()
+        async with serving(app, clock=clock, keepalive_timeout_s=3) as server:
             client = HTTPClient(f"http://127.0.0.1:{server.port}")
             await (await client.request("GET", "/a")).read()
-            await asyncio.sleep(0.3)           # the server closes the idle connection
+            clock.advance(4)                   # the server closes the idle connection
+            server.expire_deadlines()
+            await until(lambda: not server.connections, "the server closed the idle connection")
             body = await (await client.request("GET", "/b")).json()
+            await client.close()
             return body["path"], client.num_connects
     assert run(main()) == ("/b", 2)
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.aio import raw_exchange, run, serving
+from tests.aio import FakeClock, raw_exchange, run, serving, until
 from velollmd.errors import BadRequest
 from velollmd.http.message import Response
 from velollmd.http.sse import sse_response
@@ -109,34 +109,63 @@ def test_handler_errors_are_json_never_tracebacks_and_the_connection_survives():
     assert json.loads(out[1][1])["error"]["param"] == "x"
 
 
+def only_connection(server):
+    [connection] = server.connections
+    return connection
+
+
+def phase(server) -> str | None:
+    """What the one open connection is waiting for (idle | head | body), None if none is open."""
+    return only_connection(server).phase if len(server.connections) == 1 else None
+
+
 def test_slowloris_gets_408_at_the_absolute_header_deadline():
+    """Each trickled byte is read before the clock moves on; the head's deadline still holds."""
     async def main():
-        async with serving(echo, header_timeout_s=0.3) as server:
+        clock = FakeClock()
+        async with serving(echo, clock=clock, header_timeout_s=10) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(b"GET / HTTP/1.1\r\n")
-            answer = asyncio.ensure_future(reader.read(-1))
-            for _ in range(40):          # one header byte every 50 ms: never completes
-                await asyncio.wait({answer}, timeout=0.05)
-                if answer.done():
-                    break
+            expired = []
+            for num_sent in range(1, 4):          # one header byte every 4 s: never completes
                 writer.write(b"X")
-            out = await asyncio.wait_for(answer, 5)
+                await until(lambda: phase(server) == "head"
+                            and only_connection(server).parser.buffered == 16 + num_sent, "the byte is read")
+                clock.advance(4)
+                expired.append(server.expire_deadlines())
+            out = await asyncio.wait_for(reader.read(-1), 5)
             writer.close()
-            return out
-    out = run(main())
-    assert out.startswith(b"HTTP/1.1 408 ")
+            return expired, out
+    expired, out = run(main())
+    assert expired == [0, 0, 1]
+    assert out.startswith(b"HTTP/1.1 408 ") and b"request head not received in time" in out
 
 
-def test_idle_keep_alive_connection_is_closed_silently():
+@pytest.mark.parametrize("sent,waiting_for,timeout_s,answers", [
+    (b"", "idle", 10, []),                                        # no first request: header timeout
+    (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "idle", 3, [b"HTTP/1.1 200 OK"]),   # then keep-alive timeout
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc", "body", 10,
+     [b"HTTP/1.1 408 Request Timeout"]),
+], ids=["fresh", "keep-alive", "stalled body"])
+def test_a_connection_is_expired_at_the_timeout_of_what_it_waits_for(sent, waiting_for, timeout_s, answers):
+    """An idle connection is closed silently; a request cut short gets a 408."""
     async def main():
-        async with serving(echo, keepalive_timeout_s=0.2) as server:
+        clock = FakeClock()
+        async with serving(echo, clock=clock, header_timeout_s=10, keepalive_timeout_s=3) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            await reader.readuntil(b"}")
-            rest = await asyncio.wait_for(reader.read(-1), 5)
+            writer.write(sent)
+            answered = await reader.readuntil(b"}") if sent.startswith(b"GET") else b""
+            await until(lambda: phase(server) == waiting_for, f"the connection waits for its {waiting_for}")
+            clock.advance(timeout_s - 0.5)
+            early = server.expire_deadlines()
+            clock.advance(1)
+            late = server.expire_deadlines()
+            out = answered + await asyncio.wait_for(reader.read(-1), 5)
             writer.close()
-            return rest
-    assert run(main()) == b""
+            return early, late, out
+    early, late, out = run(main())
+    assert (early, late) == (0, 1)
+    assert [line for line in out.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")] == answers
 
 
 def test_connection_cap_answers_503():
@@ -159,7 +188,7 @@ def test_client_disconnect_cancels_the_handler():
         async def slow(request):
             started.set()
             try:
-                await asyncio.sleep(30)
+                await asyncio.Event().wait()
             except asyncio.CancelledError:
                 cancelled.set()
                 raise
@@ -176,26 +205,28 @@ def test_client_disconnect_cancels_the_handler():
 
 
 def test_drain_finishes_in_flight_requests_and_refuses_new_ones():
+    """The clock never reaches the drain deadline, so only the handler decides when it ends."""
     async def main():
-        release = asyncio.Event()
+        started, release = asyncio.Event(), asyncio.Event()
 
         async def slow(request):
+            started.set()
             await release.wait()
             return Response.json({"done": True})
 
-        async with serving(slow) as server:
+        async with serving(slow, clock=FakeClock()) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            await asyncio.sleep(0.05)
+            await started.wait()
             drain = asyncio.ensure_future(server.shutdown(timeout=5))
-            await asyncio.sleep(0.05)
-            refused = None
+            await until(lambda: server.draining, "the drain begins")
             try:
                 refused = await raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
             except OSError:
                 refused = b"refused"
             release.set()
             answer = await asyncio.wait_for(reader.read(-1), 5)
+            writer.close()
             await drain
             return answer, refused
     answer, refused = run(main())
@@ -206,19 +237,31 @@ def test_drain_finishes_in_flight_requests_and_refuses_new_ones():
 
 def test_drain_cancels_requests_past_the_deadline():
     async def main():
-        async def forever(request):
-            await asyncio.sleep(60)
-            return Response.json({})
+        started, cancelled = asyncio.Event(), asyncio.Event()
 
-        async with serving(forever) as server:
+        async def forever(request):
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                cancelled.set()
+
+        clock = FakeClock()
+        # header_timeout_s sets the tick: the drain reads the clock every 10 ms
+        async with serving(forever, clock=clock, header_timeout_s=0.04) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            await asyncio.sleep(0.05)
-            await server.shutdown(timeout=0.2)
+            await started.wait()
+            drain = asyncio.ensure_future(server.shutdown(timeout=30))
+            await until(lambda: server.draining, "the drain begins")
+            clock.advance(29)
+            before = cancelled.is_set()
+            clock.advance(2)
+            await asyncio.wait_for(drain, 5)
             out = await asyncio.wait_for(reader.read(-1), 5)
-            return out, len(server.connections)
-    out, remaining = run(main())
-    assert out == b"" and remaining == 0
+            writer.close()
+            return before, cancelled.is_set(), out, len(server.connections)
+    assert run(main()) == (False, True, b"", 0)
 
 
 def test_streamed_response_uses_chunked_framing():
@@ -240,17 +283,27 @@ def test_streamed_response_uses_chunked_framing():
 
 
 def test_sse_pings_fill_long_silences_without_losing_events():
-    async def events():
-        yield {"early": True}
-        await asyncio.sleep(0.35)
-        yield {"late": True}
-
-    async def handler(request):
-        return sse_response(events(), ping_s=0.1)
-
     async def main():
+        release = asyncio.Event()
+
+        async def events():
+            yield {"early": True}
+            await release.wait()
+            yield {"late": True}
+
+        async def handler(request):
+            return sse_response(events(), ping_s=0.05)
+
         async with serving(handler) as server:
-            return await raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            out = b""
+            for _ in range(2):                    # the silence lasts until two pings came
+                out += await asyncio.wait_for(reader.readuntil(b": ping\n\n"), 5)
+            release.set()
+            out += await asyncio.wait_for(reader.read(-1), 5)
+            writer.close()
+            return out
     body = run(main()).partition(b"\r\n\r\n")[2]
     frames = [line for line in body.split(b"\r\n") if line and not line.rstrip(b"0123456789abcdef") == b""]
     assert frames[0] == b'data: {"early":true}\n\n'

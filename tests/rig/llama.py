@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from types import ModuleType
 from typing import Sequence
+
+from tests.rig.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_ALIAS = "tiny"
@@ -63,12 +64,6 @@ def force_tool_call_bias() -> dict[str, float]:
     """`logit_bias` for a chat request with `tools`: the tiny model makes exactly one real
     tool call, parsed by llama-server (finish_reason "tool_calls")."""
     return tiny_gguf_tool().force_tool_call_bias()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class LlamaServer:

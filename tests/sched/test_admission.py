@@ -33,6 +33,23 @@ async def hold(admission, target, req, started: list, release: asyncio.Event):
         await release.wait()
 
 
+class Clients:
+    """Clients of one backend behind an Admission: each holds its admitted slot until
+    `release` is set; `started` names them in the order they were admitted."""
+
+    def __init__(self, config: SchedulerConfig, **backend_fields):
+        self.admission, self.target = Admission(config), backend(**backend_fields)
+        self.started: list[str] = []
+        self.release = asyncio.Event()
+
+    def send(self, rid: str, **request_fields) -> asyncio.Future:
+        req = request(rid, **request_fields)
+        return asyncio.ensure_future(hold(self.admission, self.target, req, self.started, self.release))
+
+    def stats(self) -> dict:
+        return self.admission.stats()["b"]
+
+
 async def settle():
     for _ in range(5):
         await asyncio.sleep(0)
@@ -40,20 +57,18 @@ async def settle():
 
 def test_waiters_are_admitted_by_priority_when_a_slot_frees():
     async def main():
-        admission, target = Admission(slot_config()), backend(num_slots=1)
-        started, release = [], asyncio.Event()
-        first = asyncio.ensure_future(hold(admission, target, request("first"), started, release))
+        clients = Clients(slot_config(), num_slots=1)
+        first = clients.send("first")
         await settle()
-        low = [asyncio.ensure_future(hold(admission, target, request(f"low{i}", priority=9), started, release))
-               for i in range(2)]
+        low = [clients.send(f"low{i}", priority=9) for i in range(2)]
         await settle()
-        urgent = asyncio.ensure_future(hold(admission, target, request("urgent", priority=0), started, release))
+        urgent = clients.send("urgent", priority=0)
         await settle()
-        assert started == ["first"]
-        assert admission.stats()["b"]["num_waiting"] == 3
-        release.set()
+        assert clients.started == ["first"]
+        assert clients.stats()["num_waiting"] == 3
+        clients.release.set()
         await asyncio.gather(first, urgent, *low)
-        return started, admission.stats()["b"]
+        return clients.started, clients.stats()
     started, stats = run(main())
     assert started == ["first", "urgent", "low0", "low1"]
     assert stats["num_running"] == stats["num_waiting"] == 0 and stats["block_usage"] == 0
@@ -61,15 +76,13 @@ def test_waiters_are_admitted_by_priority_when_a_slot_frees():
 
 def test_by_default_one_request_per_slot_is_sent_ahead_to_wait_in_the_backend():
     async def main():
-        admission, target = Admission(SchedulerConfig()), backend(num_slots=2)
-        started, release = [], asyncio.Event()
-        tasks = [asyncio.ensure_future(hold(admission, target, request(f"r{i}"), started, release))
-                 for i in range(5)]
+        clients = Clients(SchedulerConfig(), num_slots=2)
+        tasks = [clients.send(f"r{i}") for i in range(5)]
         await settle()
-        at_once, stats = list(started), admission.stats()["b"]
-        release.set()
+        at_once, stats = list(clients.started), clients.stats()
+        clients.release.set()
         await asyncio.gather(*tasks)
-        return at_once, stats, started
+        return at_once, stats, clients.started
     at_once, stats, started = run(main())
     assert at_once == ["r0", "r1", "r2", "r3"]          # 2 slots + 1 ahead per slot
     assert stats["num_slots"] == 2 and stats["num_running"] == 4 and stats["num_waiting"] == 1
@@ -78,17 +91,15 @@ def test_by_default_one_request_per_slot_is_sent_ahead_to_wait_in_the_backend():
 
 def test_full_queue_is_429_with_retry_after():
     async def main():
-        admission = Admission(slot_config(max_queue=1))
-        target, started, release = backend(), [], asyncio.Event()
-        tasks = [asyncio.ensure_future(hold(admission, target, request(f"r{i}"), started, release))
-                 for i in range(2)]
+        clients = Clients(slot_config(max_queue=1))
+        tasks = [clients.send(f"r{i}") for i in range(2)]
         await settle()
         with pytest.raises(RateLimited) as caught:
-            async with admission.slot(target, request("r2")):
+            async with clients.admission.slot(clients.target, request("r2")):
                 pass
-        release.set()
+        clients.release.set()
         await asyncio.gather(*tasks)
-        return caught.value, admission.stats()["b"]
+        return caught.value, clients.stats()
     error, stats = run(main())
     assert error.status == 429 and int(error.headers["retry-after"]) >= 1
     assert stats["num_rejected"] == 1 and stats["num_admitted"] == 2
@@ -96,16 +107,15 @@ def test_full_queue_is_429_with_retry_after():
 
 def test_waiting_past_queue_timeout_is_503():
     async def main():
-        admission = Admission(slot_config(queue_timeout_s=0.05))
-        target, started, release = backend(), [], asyncio.Event()
-        holder = asyncio.ensure_future(hold(admission, target, request("holder"), started, release))
+        clients = Clients(slot_config(queue_timeout_s=0.05))
+        holder = clients.send("holder")
         await settle()
         with pytest.raises(Unavailable) as caught:
-            async with admission.slot(target, request("late")):
+            async with clients.admission.slot(clients.target, request("late")):
                 pass
-        release.set()
+        clients.release.set()
         await holder
-        return caught.value, admission.stats()["b"]
+        return caught.value, clients.stats()
     error, stats = run(main())
     assert error.status == 503 and error.code == "queue_timeout"
     assert stats["num_timed_out"] == 1 and stats["num_waiting"] == 0
@@ -122,20 +132,18 @@ def test_a_prompt_larger_than_the_whole_budget_is_400():
 
 def test_cancelling_a_holder_or_a_waiter_frees_its_place():
     async def main():
-        admission, target = Admission(slot_config()), backend(num_slots=1)
-        started, release = [], asyncio.Event()
-        holder = asyncio.ensure_future(hold(admission, target, request("holder"), started, release))
+        clients = Clients(slot_config(), num_slots=1)
+        holder = clients.send("holder")
         await settle()
-        waiter = asyncio.ensure_future(hold(admission, target, request("waiter"), started, release))
-        last = asyncio.ensure_future(hold(admission, target, request("last"), started, release))
+        waiter, last = clients.send("waiter"), clients.send("last")
         await settle()
         waiter.cancel()                       # a client that leaves while queued
         holder.cancel()                       # a client that leaves while running
         await settle()
-        assert started == ["holder", "last"]
-        release.set()
+        assert clients.started == ["holder", "last"]
+        clients.release.set()
         await last
-        return admission.stats()["b"], holder.cancelled(), waiter.cancelled()
+        return clients.stats(), holder.cancelled(), waiter.cancelled()
     stats, holder_cancelled, waiter_cancelled = run(main())
     assert holder_cancelled and waiter_cancelled
     assert stats["num_running"] == 0 and stats["num_waiting"] == 0
@@ -144,15 +152,13 @@ def test_cancelling_a_holder_or_a_waiter_frees_its_place():
 def test_token_budget_holds_back_a_request_until_blocks_free():
     async def main():
         # 2 slots but 128 tokens in all: two 100-token requests cannot run together
-        admission = Admission(slot_config(block_size=16))
-        target, started, release = backend(num_slots=2, num_ctx=64), [], asyncio.Event()
-        tasks = [asyncio.ensure_future(hold(admission, target, request(f"r{i}", num_tokens=90), started, release))
-                 for i in range(2)]
+        clients = Clients(slot_config(block_size=16), num_slots=2, num_ctx=64)
+        tasks = [clients.send(f"r{i}", num_tokens=90) for i in range(2)]
         await settle()
-        seen = list(started)
-        release.set()
+        seen = list(clients.started)
+        clients.release.set()
         await asyncio.gather(*tasks)
-        return seen, started
+        return seen, clients.started
     seen, started = run(main())
     assert seen == ["r0"] and started == ["r0", "r1"]
 
@@ -189,16 +195,14 @@ def test_preempt_cancels_a_low_priority_non_streaming_request_and_requeues_it():
 
 def test_streaming_requests_are_never_preempted():
     async def main():
-        admission = Admission(slot_config(preempt=True))
-        target, started, release = backend(num_slots=1), [], asyncio.Event()
-        streaming = asyncio.ensure_future(hold(admission, target, request("s", priority=9, stream=True),
-                                               started, release))
+        clients = Clients(slot_config(preempt=True), num_slots=1)
+        streaming = clients.send("s", priority=9, stream=True)
         await settle()
-        urgent = asyncio.ensure_future(hold(admission, target, request("urgent", priority=0), started, release))
+        urgent = clients.send("urgent", priority=0)
         await settle()
-        seen = list(started)
-        release.set()
+        seen = list(clients.started)
+        clients.release.set()
         await asyncio.gather(streaming, urgent)
-        return seen, admission.stats()["b"]["num_preempted"]
+        return seen, clients.stats()["num_preempted"]
     seen, num_preempted = run(main())
     assert seen == ["s"] and num_preempted == 0

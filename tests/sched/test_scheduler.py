@@ -80,24 +80,19 @@ def test_a_repeated_prompt_is_admitted_with_its_cached_prefix():
     assert sched.schedule(2.0).scheduled[0].num_cached_tokens == 8
 
 
-def test_aging_lets_an_old_low_priority_request_tie_and_win_by_arrival():
+@pytest.mark.parametrize("now,first,low_priority", [
+    (40.0, "low", 5),          # low: 9 - 4 levels = 5, ties high, arrived first
+    (39.0, "high", 6),         # without enough waiting low is only at 9 - 3 = 6: high goes first
+])
+def test_aging_raises_a_waiting_request_one_level_per_aging_s(now, first, low_priority):
     sched = scheduler(num_slots=1, aging_s=10.0)
     add(sched, make("busy", 0, 0.0))
     sched.schedule(0.0)
     add(sched, make("low", 9, 0.0), make("high", 5, 39.0))
-    finish(sched, "busy", now=40.0)
-    out = sched.schedule(40.0)                  # low: 9 - 4 levels = 5, ties high, arrived first
-    assert started(out) == [("low", 0)]
+    finish(sched, "busy", now=now)
+    assert started(sched.schedule(now)) == [(first, 0)]
+    assert sched.get_request("low").effective_priority == low_priority
     assert sched.get_request("high").effective_priority == 5
-
-
-def test_without_enough_waiting_the_higher_priority_goes_first():
-    sched = scheduler(num_slots=1, aging_s=10.0)
-    add(sched, make("busy", 0, 0.0))
-    sched.schedule(0.0)
-    add(sched, make("low", 9, 0.0), make("high", 5, 39.0))
-    finish(sched, "busy", now=39.0)
-    assert started(sched.schedule(39.0)) == [("high", 0)]  # low is only at 9 - 3 = 6
 
 
 def test_equal_priority_prefers_the_loaded_model():

@@ -7,11 +7,16 @@ keep-alive idle timeout, body size limits (413 before reading). While a handler 
 socket is watched: a client that goes away cancels the handler, so a disconnect stops the
 backend's work. `HTTPServer.shutdown()` drains: stop accepting, close idle connections, let
 in-flight requests finish up to a deadline, then cancel the rest.
+
+Every deadline (idle, head, body, drain) is read from one injectable `clock` (seconds,
+monotonic), so tests move time with a fake clock instead of sleeping; the sweeper only
+decides how often the clock is looked at.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Awaitable, Callable
 
 from ..config import ServerConfig
@@ -54,9 +59,13 @@ class _WatchedReader(asyncio.StreamReader):
 
 
 class HTTPServer:
-    def __init__(self, handler: Handler, config: ServerConfig):
+    def __init__(self, handler: Handler, config: ServerConfig,
+                 clock: Callable[[], float] = time.monotonic):
         self.handler = handler
         self.config = config
+        self.clock = clock
+        # How often deadlines are checked (real seconds): a fraction of the shortest timeout.
+        self.tick = min(max(min(config.header_timeout_s, config.keepalive_timeout_s) / 4, 0.01), 1.0)
         self.draining = False
         self.connections: set[Connection] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -81,16 +90,17 @@ class HTTPServer:
         self._sweeper = loop.create_task(self._sweep_deadlines())
 
     async def _sweep_deadlines(self) -> None:
-        """Expire connections past their idle / head / body deadline."""
-        config = self.config
-        tick = min(max(min(config.header_timeout_s, config.keepalive_timeout_s) / 4, 0.01), 1.0)
-        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(tick)
-            now = loop.time()
-            for connection in list(self.connections):
-                if 0.0 < connection.deadline <= now:
-                    connection.expire()
+            await asyncio.sleep(self.tick)
+            self.expire_deadlines()
+
+    def expire_deadlines(self) -> int:
+        """Expire connections past their idle / head / body deadline; how many were."""
+        now = self.clock()
+        overdue = [c for c in self.connections if 0.0 < c.deadline <= now]
+        for connection in overdue:
+            connection.expire()
+        return len(overdue)
 
     @property
     def sockets(self):
@@ -125,7 +135,7 @@ class HTTPServer:
             connection.close_if_idle()
         tasks = [c.task for c in self.connections if c.task is not None]
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            pending = await self._wait_until(tasks, self.clock() + timeout)
             for task in pending:
                 task.cancel()
             if pending:
@@ -134,6 +144,17 @@ class HTTPServer:
             self._sweeper.cancel()
         if self._server is not None:
             await self._server.wait_closed()
+
+    async def _wait_until(self, tasks, deadline: float) -> set[asyncio.Task]:
+        """Wait for `tasks` until `deadline` on the server's clock; the ones still running.
+        The clock is read again at least every tick, so a fake clock's jumps are seen."""
+        pending = {task for task in tasks if not task.done()}
+        while pending:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                break
+            _, pending = await asyncio.wait(pending, timeout=min(remaining, self.tick))
+        return pending
 
 
 async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: str) -> None:
@@ -154,9 +175,10 @@ class Connection:
                                  max_body_bytes=self.config.max_body_bytes)
         self.task = asyncio.current_task()
         self.loop = asyncio.get_running_loop()
+        self.clock = server.clock
         self.idle = True
         self.phase: str | None = None     # idle | head | body: what the deadline is for
-        self.deadline = 0.0               # loop time; 0 = none
+        self.deadline = 0.0               # server clock time; 0 = none
         self.expired: str | None = None
         self.client = writer.get_extra_info("peername")
 
@@ -168,7 +190,7 @@ class Connection:
         """Arm (or with None, disarm) the timeout of the current phase; the server's
         sweeper enforces it. Cheaper than an asyncio timer per read on the hot path."""
         self.phase = phase
-        self.deadline = self.loop.time() + seconds if phase else 0.0
+        self.deadline = self.clock() + seconds if phase else 0.0
 
     def expire(self) -> None:
         """Called by the sweeper once the deadline has passed."""

@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 
 from tests.ctl.bench.helpers import DISTRIBUTION_KEYS, bench_json, run_ctl, run_ctl_process
 from tests.ctl.bench.scripted_server import ScriptedServer
-from tests.rig.llama import free_port
+from tests.rig.net import free_port
 
 SVG = "{http://www.w3.org/2000/svg}"
 ENTRY_KEYS = {"endpoint", "label", "api", "model", "profile", "concurrency", "requests", "errors",

@@ -6,7 +6,7 @@ import json
 from tests.ctl.bench.helpers import run_ctl, run_ctl_process
 from tests.ctl.bench.scripted_server import ScriptedServer
 from tests.daemon_rig import RunningDaemon, llama_backend
-from tests.rig.llama import free_port
+from tests.rig.net import free_port
 
 
 def test_status_of_a_healthy_daemon(capsys, daemon, llama_server):
