@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from velollmd.cache.embed import HashingEmbedder  # noqa: E402
-from velollmd.ctl.bench.stats import percentile  # noqa: E402
 from velollmd.cache.semantic import SemanticIndex  # noqa: E402
+from velollmd.ctl.bench.stats import percentile  # noqa: E402
 
 PAIRS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paraphrase_set.json")
 GB = 1e9

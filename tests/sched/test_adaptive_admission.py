@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from tests.aio import run
 from velollmd.config import SchedulerConfig
 from velollmd.sched.admission import Admission
-from velollmd.sched.request import Request
+from velollmd.sched.request import SchedRequest
 
 
 class FakeClock:
@@ -28,7 +28,7 @@ async def one_round(admission, target, clock, num_requests: int, seconds: float,
     running, first = set(), None
 
     async def hold(i):
-        request = Request(f"r{round_no}-{i}", "m", [i], 8, arrival_time=clock.now)
+        request = SchedRequest(f"r{round_no}-{i}", "m", [i], 8, arrival_time=clock.now)
         async with admission.slot(target, request):
             running.add(i)
             until = clock.now + seconds

@@ -8,7 +8,7 @@ from tests.aio import run
 from velollmd.config import SchedulerConfig
 from velollmd.errors import BadRequest, RateLimited, Unavailable
 from velollmd.sched.admission import Admission, Preempted
-from velollmd.sched.request import Request
+from velollmd.sched.request import SchedRequest
 
 
 def slot_config(**fields) -> SchedulerConfig:
@@ -23,7 +23,7 @@ def backend(num_slots=1, num_ctx=4096, name="b"):
 
 def request(rid, priority=5, num_tokens=8, max_tokens=8, stream=False):
     start = sum(map(ord, rid)) * 1000
-    return Request(rid, "m", list(range(start, start + num_tokens)), max_tokens,
+    return SchedRequest(rid, "m", list(range(start, start + num_tokens)), max_tokens,
                    arrival_time=0.0, priority=priority, stream=stream)
 
 

@@ -3,13 +3,13 @@ import heapq
 
 import pytest
 
-from velollmd.sched.request import FINISHED, TRANSITIONS, Request, RequestStatus
+from velollmd.sched.request import FINISHED, TRANSITIONS, RequestStatus, SchedRequest
 
 S = RequestStatus
 
 
 def make(request_id, priority=5, arrival=0.0):
-    return Request(request_id, "m", [1, 2, 3], max_tokens=4, arrival_time=arrival,
+    return SchedRequest(request_id, "m", [1, 2, 3], max_tokens=4, arrival_time=arrival,
                    priority=priority)
 
 

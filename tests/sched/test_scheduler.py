@@ -6,7 +6,7 @@ import pytest
 from velollmd.config import SchedulerConfig
 from velollmd.errors import BadRequest, RateLimited
 from velollmd.sched.kvblocks import BlockPool
-from velollmd.sched.request import Request, RequestStatus
+from velollmd.sched.request import RequestStatus, SchedRequest
 from velollmd.sched.scheduler import RunnerOutput, Scheduler, queue_timeout_error
 
 S = RequestStatus
@@ -15,7 +15,7 @@ S = RequestStatus
 def make(request_id, priority=5, arrival=0.0, model="m", num_tokens=4, max_tokens=4,
          stream=False, first_token=None):
     start = zlib.crc32(request_id.encode()) % 10_000 * 100 if first_token is None else first_token
-    return Request(request_id, model, list(range(start, start + num_tokens)), max_tokens,
+    return SchedRequest(request_id, model, list(range(start, start + num_tokens)), max_tokens,
                    arrival_time=arrival, priority=priority, stream=stream)
 
 

@@ -36,7 +36,7 @@ from ..metrics import Metrics
 from ..sched.admission import Admission, Preempted
 from ..sched.breaker import CircuitBreaker
 from ..sched.fingerprint import Fingerprint, fingerprint_of
-from ..sched.request import Request
+from ..sched.request import SchedRequest
 from ..sched.router import PrefixRouter
 from ..sched.tokens import TokenCache
 from ..wire.outcome import Delivery, Outcome
@@ -116,7 +116,7 @@ class Service:
         body["model"] = request.model
         return Outcome(headers, body=body)
 
-    async def _complete(self, backend: Backend, request: GenerateRequest, scheduled: Request,
+    async def _complete(self, backend: Backend, request: GenerateRequest, scheduled: SchedRequest,
                         fingerprint: Fingerprint) -> dict:
         while True:
             try:
@@ -137,7 +137,7 @@ class Service:
                                code="bad_backend_response") from None
         return check_answer(body, request.endpoint, backend.name)
 
-    async def _stream(self, backend: Backend, request: GenerateRequest, scheduled: Request,
+    async def _stream(self, backend: Backend, request: GenerateRequest, scheduled: SchedRequest,
                       fingerprint: Fingerprint, relay: ChunkRelay) -> AsyncIterator[dict | bytes]:
         """The stream's chunks; a request taken back before its first output (preempted, or
         withdrawn from the backend's queue for a more urgent one) waits for a slot again."""
@@ -175,9 +175,9 @@ class Service:
             self.router.release(backend, slot)
 
     def _sched_request(self, backend: Backend, request: GenerateRequest,
-                       fingerprint: Fingerprint) -> Request:
+                       fingerprint: Fingerprint) -> SchedRequest:
         max_tokens = min(max_tokens_of(request.body) or DEFAULT_MAX_TOKENS, backend.context_size())
-        return Request(f"req-{next(self._ids)}", request.model, fingerprint.token_ids(),
+        return SchedRequest(f"req-{next(self._ids)}", request.model, fingerprint.token_ids(),
                        max_tokens, arrival_time=self.clock(), priority=request.priority,
                        stream=request.stream)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..config import SchedulerConfig
 from .limiter import AdaptiveLimit, per_token
-from .request import Request, RequestStatus
+from .request import RequestStatus, SchedRequest
 from .scheduler import RunnerOutput, ScheduledRequest, Scheduler, queue_timeout_error
 
 
@@ -52,7 +52,7 @@ class BackendQueue:
         """Requests running or waiting per request it may run."""
         return (len(self.scheduler.running) + len(self.scheduler.waiting)) / self.scheduler.max_running
 
-    def record(self, request: Request, now: float) -> None:
+    def record(self, request: SchedRequest, now: float) -> None:
         """A request finished well: its latency feeds the adaptive limit, if any."""
         if self.limit is not None:
             latency = per_token(now - request.started_at, request.num_output_tokens)
@@ -93,7 +93,7 @@ class Admission:
         return self.queue_of(backend).load()
 
     @contextlib.asynccontextmanager
-    async def slot(self, backend: Any, request: Request) -> AsyncIterator[ScheduledRequest]:
+    async def slot(self, backend: Any, request: SchedRequest) -> AsyncIterator[ScheduledRequest]:
         queue = self.queue_of(backend)
         granted = await self._acquire(backend, queue, request)
         status, preempted = RequestStatus.FINISHED_ERROR, False
@@ -112,7 +112,7 @@ class Admission:
 
     # ---- waiting ----
 
-    async def _acquire(self, backend: Any, queue: BackendQueue, request: Request) -> ScheduledRequest:
+    async def _acquire(self, backend: Any, queue: BackendQueue, request: SchedRequest) -> ScheduledRequest:
         rid = request.request_id
         if queue.scheduler.get_request(rid) is None:
             try:
@@ -129,7 +129,7 @@ class Admission:
             self._finish(backend, queue, request, RequestStatus.FINISHED_ABORTED)
             raise
 
-    async def _wait(self, backend: Any, queue: BackendQueue, request: Request) -> ScheduledRequest:
+    async def _wait(self, backend: Any, queue: BackendQueue, request: SchedRequest) -> ScheduledRequest:
         while True:
             grant = queue.grants[request.request_id]
             if grant.done() and not queue.preempted:   # admitted at once: no loop turn, no timer
@@ -167,7 +167,7 @@ class Admission:
         if task is not None:
             task.cancel()
 
-    def _take_preempted(self, queue: BackendQueue, request: Request) -> bool:
+    def _take_preempted(self, queue: BackendQueue, request: SchedRequest) -> bool:
         """True when the CancelledError came from preemption alone (not a client leaving)."""
         if request.request_id not in queue.preempted:
             return False
@@ -180,7 +180,7 @@ class Admission:
 
     # ---- finishing ----
 
-    def _finish(self, backend: Any, queue: BackendQueue, request: Request, status: RequestStatus) -> None:
+    def _finish(self, backend: Any, queue: BackendQueue, request: SchedRequest, status: RequestStatus) -> None:
         """Retire the request (running: finished; waiting: aborted) and wake waiters."""
         rid = request.request_id
         scheduler = queue.scheduler

@@ -50,7 +50,7 @@ TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
 
 
 @dataclass(eq=False)
-class Request:
+class SchedRequest:
     """One generation request as the scheduler sees it.
 
     `prompt_token_ids` may be real token ids (engine) or stable pseudo-token ids derived from
@@ -82,7 +82,7 @@ class Request:
         self.effective_priority = self.priority
         self.queued_at = self.arrival_time
 
-    def __lt__(self, other: Request) -> bool:
+    def __lt__(self, other: SchedRequest) -> bool:
         return self.sort_key < other.sort_key
 
     @property

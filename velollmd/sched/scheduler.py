@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from ..config import SchedulerConfig
 from ..errors import BadRequest, RateLimited, Unavailable
 from .kvblocks import BlockPool
-from .request import Request, RequestStatus
+from .request import RequestStatus, SchedRequest
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class RunnerOutput:
     finished: Mapping[str, RequestStatus] = field(default_factory=dict)  # FINISHED_* only
 
 
-def queue_timeout_error(request: Request) -> Unavailable:
+def queue_timeout_error(request: SchedRequest) -> Unavailable:
     return Unavailable(f"request {request.request_id} waited too long in the queue",
                        code="queue_timeout")
 
@@ -65,9 +65,9 @@ class Scheduler:
         self.config = config
         self.pool = pool
         self.reserve_output = reserve_output
-        self.waiting: list[Request] = []                 # heap by Request.sort_key
-        self.running: dict[str, Request] = {}
-        self._requests: dict[str, Request] = {}          # waiting + running, by id
+        self.waiting: list[SchedRequest] = []                 # heap by SchedRequest.sort_key
+        self.running: dict[str, SchedRequest] = {}
+        self._requests: dict[str, SchedRequest] = {}          # waiting + running, by id
         self.max_running = num_slots                     # slots: requests run at once
         # The backend's own slots when it runs fewer than max_running: the rest were sent
         # ahead to wait in its queue, and may be withdrawn for a more urgent request.
@@ -80,7 +80,7 @@ class Scheduler:
         # Aging and expiry without a pass over the queue on every schedule(): the next time
         # any waiting request ages, and every wait in the order it began (pruned lazily).
         self._next_aging_at = math.inf
-        self._wait_order: deque[tuple[float, int, Request]] = deque()  # (queued_at, num_preemptions, r)
+        self._wait_order: deque[tuple[float, int, SchedRequest]] = deque()  # (queued_at, num_preemptions, r)
 
     @classmethod
     def for_backend(cls, config: SchedulerConfig, max_running: int, num_ctx: int, *,
@@ -108,7 +108,7 @@ class Scheduler:
 
     # ---- intake ----
 
-    def add_request(self, request: Request, now: float) -> None:
+    def add_request(self, request: SchedRequest, now: float) -> None:
         """Queue a request; RateLimited (429 + Retry-After) when the queue is full."""
         if request.request_id in self._requests:
             raise ValueError(f"duplicate request id {request.request_id!r}")
@@ -122,7 +122,7 @@ class Scheduler:
         self._requests[request.request_id] = request
         self._enqueue(request)
 
-    def abort_request(self, request_id: str) -> Request | None:
+    def abort_request(self, request_id: str) -> SchedRequest | None:
         """Drop a waiting or running request (client gone); None if not known here."""
         request = self._requests.get(request_id)
         if request is None:
@@ -149,7 +149,7 @@ class Scheduler:
     def num_free_slots(self) -> int:
         return len(self._free_slots)
 
-    def get_request(self, request_id: str) -> Request | None:
+    def get_request(self, request_id: str) -> SchedRequest | None:
         return self._requests.get(request_id)
 
     # ---- the two verbs ----
@@ -169,7 +169,7 @@ class Scheduler:
         return SchedulerOutput(tuple(scheduled), tuple(preempted), tuple(timed_out),
                                tuple(self.running))
 
-    def update_from_output(self, output: RunnerOutput, now: float) -> list[Request]:
+    def update_from_output(self, output: RunnerOutput, now: float) -> list[SchedRequest]:
         """Account new tokens, retire finished requests; returns the finished ones."""
         new_tokens = {rid: ids for rid, ids in output.new_token_ids.items() if rid in self.running}
         # A decode step (one token each) is one allocator call; a longer run goes one by one.
@@ -192,7 +192,7 @@ class Scheduler:
 
     # ---- admission ----
 
-    def _next_waiting(self) -> Request:
+    def _next_waiting(self) -> SchedRequest:
         """The head, or an equally urgent request for a loaded model (model grouping)."""
         head = self.waiting[0]
         if head.model == self._last_model or head.model in self._reported_models:
@@ -204,7 +204,7 @@ class Scheduler:
                       if r.effective_priority == head.effective_priority and r.model in loaded]
         return min(same_model, default=head)
 
-    def _admit(self, request: Request, now: float, scheduled: list[ScheduledRequest]) -> bool:
+    def _admit(self, request: SchedRequest, now: float, scheduled: list[ScheduledRequest]) -> bool:
         if not self._free_slots:
             return False
         num_extra = max(0, request.max_tokens - len(request.output_token_ids))
@@ -252,14 +252,14 @@ class Scheduler:
             heapq.heapify(self.waiting)
         self._next_aging_at = min((r.next_aging_at(aging_s) for r in self.waiting), default=math.inf)
 
-    def _enqueue(self, request: Request) -> None:
+    def _enqueue(self, request: SchedRequest) -> None:
         heapq.heappush(self.waiting, request)
         self._wait_order.append((request.queued_at, request.num_preemptions, request))
         self._next_aging_at = min(self._next_aging_at, request.next_aging_at(self.config.aging_s))
 
     # ---- preemption ----
 
-    def _withdraw_for(self, request: Request, now: float, preempted: list[str]) -> bool:
+    def _withdraw_for(self, request: SchedRequest, now: float, preempted: list[str]) -> bool:
         """Take back one request of lower priority that was sent ahead into the backend's
         own queue and has not started there, to make room for `request` (llama.cpp and Ollama
         drop a queued request whose client left, so the backend never runs it)."""
@@ -271,7 +271,7 @@ class Scheduler:
         preempted.append(victim.request_id)
         return True
 
-    def _sent_ahead(self) -> list[Request]:
+    def _sent_ahead(self) -> list[SchedRequest]:
         """Running requests the backend has not started yet, as far as the daemon can tell:
         it runs `num_backend_slots` at once in the order they were sent, and a request whose
         first output arrived has started."""
@@ -280,7 +280,7 @@ class Scheduler:
         in_order = sorted(self.running.values(), key=lambda r: r.admission_seq)
         return [r for r in in_order[self.num_backend_slots:] if not r.generating]
 
-    def _preempt_for(self, request: Request, now: float, scheduled: list[ScheduledRequest],
+    def _preempt_for(self, request: SchedRequest, now: float, scheduled: list[ScheduledRequest],
                      preempted: list[str]) -> bool:
         """Make room for a waiting priority-0 request by preempting one victim."""
         if not (self.config.preempt and request.priority == 0):
@@ -295,7 +295,7 @@ class Scheduler:
         preempted.append(victim.request_id)
         return True
 
-    def _preempt(self, request: Request, now: float, *, discard_output: bool) -> None:
+    def _preempt(self, request: SchedRequest, now: float, *, discard_output: bool) -> None:
         """Back to the queue; a cancelled backend call restarts from the prompt."""
         self._release(request)
         request.set_status(RequestStatus.PREEMPTED)
@@ -308,7 +308,7 @@ class Scheduler:
 
     # ---- bookkeeping ----
 
-    def _finish(self, request: Request, status: RequestStatus, now: float) -> None:
+    def _finish(self, request: SchedRequest, status: RequestStatus, now: float) -> None:
         assert status.is_finished, status
         self._release(request)
         request.set_status(status)
@@ -316,7 +316,7 @@ class Scheduler:
         service_s = max(0.0, now - request.started_at)
         self._mean_service_s += 0.2 * (service_s - self._mean_service_s)
 
-    def _release(self, request: Request) -> None:
+    def _release(self, request: SchedRequest) -> None:
         """Give back the slot and blocks of a running request."""
         self.pool.free(request.request_id)
         del self.running[request.request_id]
@@ -324,14 +324,14 @@ class Scheduler:
             heapq.heappush(self._free_slots, request.slot)
         request.slot = None
 
-    def _remove_waiting(self, request: Request) -> None:
+    def _remove_waiting(self, request: SchedRequest) -> None:
         if self.waiting[0] is request:
             heapq.heappop(self.waiting)
         else:
             self.waiting.remove(request)
             heapq.heapify(self.waiting)
 
-    def _num_blocks_needed(self, request: Request) -> int:
+    def _num_blocks_needed(self, request: SchedRequest) -> int:
         num_tokens = request.num_tokens + (request.max_tokens if self.reserve_output else 0)
         return math.ceil(num_tokens / self.pool.block_size)
 
