@@ -533,7 +533,8 @@ def bench_backend(backend: str, url: str, port: int, backend_pids: list[int], ki
     """Start velollmd (default configuration, cache off), the relay and nginx in front of the
     backend, measure, stop them. Returns the rows, stream fidelity and the daemon's log."""
     slots = f"slots = {args.slots}" if args.slots else ""
-    daemon = Daemon(backend_toml(backend, kind, url, '["tiny*"]', slots) + CACHE_OFF, cpus=cpus).start()
+    daemon = Daemon(backend_toml(backend, kind, url, '["tiny*"]', slots) + CACHE_OFF + args.daemon_toml,
+                    cpus=cpus).start()
     relay, relay_port = start(BYTE_RELAY, str(port), cpus=cpus)
     nginx = Nginx(port, cpus).start() if NGINX.exists() and not args.no_nginx else None
     try:
@@ -563,6 +564,8 @@ def main() -> None:
                         help="the daemon's [[backends]] slots (0 = not set: the default configuration)")
     parser.add_argument("--only", choices=("stream", "non-stream"), default=None)
     parser.add_argument("--no-nginx", action="store_true", help="leave nginx out even when installed")
+    parser.add_argument("--daemon-toml", default="",
+                        help="TOML appended to velollmd's configuration (for experiments; not the default)")
     parser.add_argument("--relay", action="store_true", help="(kept for old command lines: the relay is always measured)")
     args = parser.parse_args()
     backends = ("llama", "wide") if args.backend == "both" else (args.backend,)
@@ -577,8 +580,10 @@ def main() -> None:
         os.sched_setaffinity(0, LOAD_CPUS)
     placement = ("the load generator and the scripted backend on CPU 0, the proxies on CPU 1, "
                  "llama-server on every core" if pin else "no CPU pinning (fewer than 2 CPUs)")
-    note = (f"velollmd: default configuration, response cache off (every request reaches the "
-            f"backend). {args.rounds} rounds, targets rotated; max_tokens {args.max_tokens}; {placement}.")
+    config = (f"configuration + {args.daemon_toml!r}" if args.daemon_toml
+              else "default configuration") + (f", slots = {args.slots}" if args.slots else "")
+    note = (f"velollmd: {config}, response cache off (every request reaches the backend). "
+            f"{args.rounds} rounds, targets rotated; max_tokens {args.max_tokens}; {placement}.")
     try:
         for backend in backends:
             if backend == "llama":
