@@ -41,7 +41,16 @@ test: $(VENV)/.test-installed
 /usr/bin/wrk:
 	(apt-get install -y -qq wrk || (apt-get update -qq && apt-get install -y -qq wrk)) >/dev/null
 
-bench: $(VENV)/.bench-installed /usr/bin/wrk
+# nginx is a peer row of benchmarks/proxy_overhead.py, which starts its own (own prefix and
+# config, daemon off). The package's service must not start: a policy-rc.d that denies it is
+# put in place for the install when the machine has none.
+/usr/sbin/nginx:
+	@denied=; if [ ! -e /usr/sbin/policy-rc.d ]; then denied=1; \
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
+	(apt-get install -y -qq nginx || (apt-get update -qq && apt-get install -y -qq nginx)) >/dev/null; rc=$$?; \
+	if [ -n "$$denied" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc
+
+bench: $(VENV)/.bench-installed /usr/bin/wrk /usr/sbin/nginx
 	@tools/llama-server >/dev/null
 	@for script in $(filter-out benchmarks/common.py,$(wildcard benchmarks/*.py)); do \
 		echo "== $$script"; $(PY) $$script || exit 1; done

@@ -61,18 +61,42 @@ def tiny_model(directory: Path | None = None) -> Path:
 
 
 def start_llama_server(model: Path, parallel: int = 4, ctx_size: int = 4096, extra_args=(),
-                       **kwargs) -> LlamaServer:
+                       http_threads: int = 128, **kwargs) -> LlamaServer:
     """A llama-server with enough HTTP threads for 64 keep-alive clients: its default pool is
     small, and a keep-alive connection holds a thread until it idles out (5 s), which showed
-    up as 10 s stalls of the *direct* path at concurrency 16."""
-    extra_args = ("--threads-http", "128", *extra_args)
+    up as 10 s stalls of the *direct* path at concurrency 16. Scripts whose targets open more
+    connections than that in turn (several proxies at 64 each) ask for more."""
+    extra_args = ("--threads-http", str(http_threads), *extra_args)
     return LlamaServer(model, parallel=parallel, ctx_size=ctx_size, extra_args=extra_args, **kwargs).start()
 
 
-class Daemon:
-    """velollmd as its own process, configured by a TOML text."""
+def pinned_to(cpus: set[int] | None):
+    """A Popen preexec_fn that pins the child, and every thread it will start, to `cpus`
+    (None: no pin, the parent's set)."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
 
-    def __init__(self, toml_body: str, root: Path = ROOT):
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (nginx's workers under its master), from /proc."""
+    pids, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as children:
+                todo += [int(child) for child in children.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+class Daemon:
+    """velollmd as its own process, configured by a TOML text; `cpus` pins it (None: no pin)."""
+
+    def __init__(self, toml_body: str, cpus: set[int] | None = None, root: Path = ROOT):
+        self.cpus = cpus
         self.root = root                     # a checkout: another one runs a before/after
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="velollmd-bench-"))
@@ -87,7 +111,8 @@ class Daemon:
     def start(self) -> Daemon:
         env = {**os.environ, "PYTHONPATH": str(self.root)}
         self.proc = subprocess.Popen([sys.executable, "-m", "velollmd", "--config", str(self.config)],
-                                     env=env, stderr=open(self.dir / "daemon.log", "wb"))
+                                     env=env, stderr=open(self.dir / "daemon.log", "wb"),
+                                     preexec_fn=pinned_to(self.cpus))
         wait_listening(self.port)
         time.sleep(0.3)                      # first health refresh of the backends
         return self

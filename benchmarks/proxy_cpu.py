@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import Daemon, backend_toml, cpu_seconds, free_port, run_concurrently, wait_listening
+from common import Daemon, backend_toml, cpu_seconds, free_port, pinned_to, run_concurrently, wait_listening
 
 from velollmd.http.client import HTTPClient
 
@@ -123,9 +123,10 @@ asyncio.run(main())
 '''
 
 
-def start(script: str, *args: str) -> tuple[subprocess.Popen, int]:
+def start(script: str, *args: str, cpus: set[int] | None = None) -> tuple[subprocess.Popen, int]:
+    """(process, port) of `script` run as `python -c script PORT *args`, pinned to `cpus`."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", script, str(port), *args])
+    proc = subprocess.Popen([sys.executable, "-c", script, str(port), *args], preexec_fn=pinned_to(cpus))
     wait_listening(port)
     return proc, port
 
