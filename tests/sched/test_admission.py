@@ -24,7 +24,7 @@ def backend(num_slots=1, num_ctx=4096, name="b"):
 def request(rid, priority=5, num_tokens=8, max_tokens=8, stream=False):
     start = sum(map(ord, rid)) * 1000
     return SchedRequest(rid, "m", list(range(start, start + num_tokens)), max_tokens,
-                   arrival_time=0.0, priority=priority, stream=stream)
+                        arrival_time=0.0, priority=priority, stream=stream)
 
 
 async def hold(admission, target, req, started: list, release: asyncio.Event):

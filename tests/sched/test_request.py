@@ -10,7 +10,7 @@ S = RequestStatus
 
 def make(request_id, priority=5, arrival=0.0):
     return SchedRequest(request_id, "m", [1, 2, 3], max_tokens=4, arrival_time=arrival,
-                   priority=priority)
+                        priority=priority)
 
 
 def test_heap_orders_by_priority_then_arrival_then_id():

@@ -16,7 +16,7 @@ def make(request_id, priority=5, arrival=0.0, model="m", num_tokens=4, max_token
          stream=False, first_token=None):
     start = zlib.crc32(request_id.encode()) % 10_000 * 100 if first_token is None else first_token
     return SchedRequest(request_id, model, list(range(start, start + num_tokens)), max_tokens,
-                   arrival_time=arrival, priority=priority, stream=stream)
+                        arrival_time=arrival, priority=priority, stream=stream)
 
 
 def scheduler(num_slots=4, num_blocks=64, **config):

@@ -178,8 +178,8 @@ class Service:
                        fingerprint: Fingerprint) -> SchedRequest:
         max_tokens = min(max_tokens_of(request.body) or DEFAULT_MAX_TOKENS, backend.context_size())
         return SchedRequest(f"req-{next(self._ids)}", request.model, fingerprint.token_ids(),
-                       max_tokens, arrival_time=self.clock(), priority=request.priority,
-                       stream=request.stream)
+                            max_tokens, arrival_time=self.clock(), priority=request.priority,
+                            stream=request.stream)
 
     # ---- routing and health ----
 

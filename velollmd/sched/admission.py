@@ -5,8 +5,9 @@
 
 Each backend gets a Scheduler sized from the width it says it has (config, llama.cpp /props,
 ...) plus the requests sent ahead per slot, or, when it does not say, from an adaptive limit
-that follows its latency (limiter.py); the token budget is num_ctx per request it may run. `slot()` queues the request, pumps the scheduler (schedule() and
-hand out what it admitted) and sleeps on a future until admitted or expired. Leaving the
+that follows its latency (limiter.py); the token budget is num_ctx per request it may run.
+`slot()` queues the request, pumps the scheduler (schedule() and hand out what it admitted)
+and sleeps on a future until admitted or expired. Leaving the
 block, however it is left (return, error, cancel by a client that went away), finishes the
 request in the scheduler, which frees its slot and blocks, and pumps again to wake the next
 waiter. With `[scheduler] preempt`, a priority-0 request that finds no free slot makes the

@@ -65,9 +65,9 @@ class Scheduler:
         self.config = config
         self.pool = pool
         self.reserve_output = reserve_output
-        self.waiting: list[SchedRequest] = []                 # heap by SchedRequest.sort_key
+        self.waiting: list[SchedRequest] = []            # heap by SchedRequest.sort_key
         self.running: dict[str, SchedRequest] = {}
-        self._requests: dict[str, SchedRequest] = {}          # waiting + running, by id
+        self._requests: dict[str, SchedRequest] = {}     # waiting + running, by id
         self.max_running = num_slots                     # slots: requests run at once
         # The backend's own slots when it runs fewer than max_running: the rest were sent
         # ahead to wait in its queue, and may be withdrawn for a more urgent request.
@@ -264,12 +264,7 @@ class Scheduler:
         own queue and has not started there, to make room for `request` (llama.cpp and Ollama
         drop a queued request whose client left, so the backend never runs it)."""
         victims = [r for r in self._sent_ahead() if r.priority > request.priority]
-        if not victims:
-            return False
-        victim = max(victims, key=lambda r: (r.priority, r.admission_seq))
-        self._preempt(victim, now, discard_output=True)
-        preempted.append(victim.request_id)
-        return True
+        return self._take_back(victims, lambda r: (r.priority, r.admission_seq), now, preempted)
 
     def _sent_ahead(self) -> list[SchedRequest]:
         """Running requests the backend has not started yet, as far as the daemon can tell:
@@ -288,9 +283,13 @@ class Scheduler:
         just_started = {s.request_id for s in scheduled}
         victims = [r for r in self.running.values()
                    if not r.stream and r.priority > 0 and r.request_id not in just_started]
+        return self._take_back(victims, lambda r: (r.priority, r.arrival_time, r.request_id), now, preempted)
+
+    def _take_back(self, victims: list[SchedRequest], worst_first, now: float, preempted: list[str]) -> bool:
+        """Requeue the victim ranked highest by `worst_first`; False when there is none."""
         if not victims:
             return False
-        victim = max(victims, key=lambda r: (r.priority, r.arrival_time, r.request_id))
+        victim = max(victims, key=worst_first)
         self._preempt(victim, now, discard_output=True)
         preempted.append(victim.request_id)
         return True
