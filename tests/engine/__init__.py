@@ -1,0 +1,1 @@
+"""Tests of velollmd/engine/ (mirrors the package)."""
