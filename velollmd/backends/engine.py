@@ -22,7 +22,7 @@ from ..config import BackendConfig, SchedulerConfig
 from ..engine import loader, store
 from ..engine.loader import EngineOptions, LoadedModel
 from ..engine.runner import Event
-from ..engine.sampling import SamplingParams
+from ..engine.sampling import SamplingParamError, SamplingParams
 from ..errors import BadRequest, NotFound, Unavailable, VeloError
 from ..wire.ids import response_id
 from ..wire.request import GenerateRequest
@@ -198,9 +198,10 @@ class EngineBackend(Backend):
         _refuse_unsupported(body)
         model = await self.model(request.model)
         try:
-            params = SamplingParams.from_request(body)
-        except ValueError as exc:
-            raise BadRequest(str(exc), param=getattr(exc, "param", None)) from None
+            params = SamplingParams.from_request(body, eos_token_ids=tuple(model.tokenizer.eog_ids),
+                                                 vocab_size=model.config.n_vocab)
+        except SamplingParamError as exc:
+            raise BadRequest(str(exc), param=exc.param) from None
         prompt_ids = self._prompt_ids(model, body, chat=chat)
         return model, prompt_ids, params
 
@@ -263,9 +264,9 @@ class _Run:
         try:
             for index in range(self.params.n):
                 request_id = self.backend.new_request_id()
-                runner.submit(request_id, self.prompt_ids, self.params.for_choice(index),
-                              _deliverer(loop, self.queue, index), priority=self.request.priority,
-                              model_name=self.model.name)
+                runner.submit(request_id, self.prompt_ids, self.params, _deliverer(loop, self.queue, index),
+                              priority=self.request.priority, model_name=self.model.name,
+                              choice_index=index)
                 self.ids.append(request_id)
         except BaseException:
             await self.__aexit__(None, None, None)      # the choices already queued

@@ -62,6 +62,7 @@ class EngineSeq:
     request: SchedRequest
     params: SamplingParams
     on_event: Callable[[Event], None]
+    choice_index: int
     sampler: Sampler
     text: TextStream
     num_computed: int = 0           # tokens whose K/V are in the cache
@@ -100,7 +101,8 @@ class Runner:
     # ---- intake (any thread) ----
 
     def submit(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
-               on_event: Callable[[Event], None], *, priority: int = 5, model_name: str = "") -> None:
+               on_event: Callable[[Event], None], *, priority: int = 5, model_name: str = "",
+               choice_index: int = 0) -> None:
         """Queue a request; RateLimited (429) when the queue is full, BadRequest when the prompt
         does not fit the context."""
         if not prompt_ids:
@@ -111,8 +113,8 @@ class Runner:
         max_tokens = min(params.max_tokens or self.num_ctx, self.num_ctx - len(prompt_ids))
         request = SchedRequest(request_id, model_name, list(prompt_ids), max_tokens, self.clock(),
                                priority=priority, stream=True)
-        seq = EngineSeq(request, params, on_event, Sampler(params, self.model.config.n_vocab),
-                        TextStream(params.stop))
+        seq = EngineSeq(request, params, on_event, choice_index,
+                        Sampler(params, self.model.config.n_vocab, choice_index), TextStream(params.stop))
         with self._lock:
             self.scheduler.add_request(request, self.clock())
             self._seqs[request_id] = seq
@@ -211,7 +213,7 @@ class Runner:
 
     def _restart(self, seq: EngineSeq) -> None:
         """Preempted with its output discarded: it will start again from the prompt."""
-        seq.sampler = Sampler(seq.params, self.model.config.n_vocab)
+        seq.sampler = Sampler(seq.params, self.model.config.n_vocab, seq.choice_index)
         seq.text = TextStream(seq.params.stop)
         seq.tokens.clear()
 
@@ -283,7 +285,7 @@ class Runner:
     def _emit(self, seq: EngineSeq, result: SampleResult) -> str | None:
         """Send the sampled token's text; the finish reason when the sequence ends here."""
         token_id = result.token_id
-        if token_id in self.tokenizer.eog_ids and not seq.params.ignore_eos:
+        if token_id in seq.params.stop_token_ids:        # end of generation (unless ignore_eos)
             return self._finish(seq, "stop", ())
         seq.tokens.append(token_id)
         text = seq.text.push(self.tokenizer.token_bytes(token_id))
