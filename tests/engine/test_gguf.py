@@ -5,7 +5,7 @@ import gguf
 import numpy as np
 import pytest
 
-from tests.rig.llama import make_tiny_model
+from tests.rig.llama import make_tiny_model, tiny_gguf_tool
 from velollmd.engine.gguf import GGUFError, read_gguf
 
 Q = gguf.GGMLQuantizationType
@@ -19,7 +19,8 @@ def scalar_metadata() -> dict:
         "test.i32": (-2_000_000_000, gguf.GGUFValueType.INT32),
         "test.u64": (2**63 + 5, gguf.GGUFValueType.UINT64), "test.i64": (-(2**62), gguf.GGUFValueType.INT64),
         "test.f32": (0.1, gguf.GGUFValueType.FLOAT32), "test.f64": (0.1, gguf.GGUFValueType.FLOAT64),
-        "test.bool": (True, gguf.GGUFValueType.BOOL), "test.str": ("h\u00e9llo \u2581\u4e16", gguf.GGUFValueType.STRING),
+        "test.bool": (True, gguf.GGUFValueType.BOOL),
+        "test.str": ("h\u00e9llo \u2581\u4e16", gguf.GGUFValueType.STRING),
     }
 
 
@@ -210,3 +211,16 @@ def test_random_garbage_after_a_valid_magic_fails_cleanly(tmp_path):
             read_gguf(path).close()
         except GGUFError as err:
             assert str(path) in str(err)
+
+
+@pytest.mark.parametrize("arch, dtype", [("qwen2", "f16"), ("qwen3", "q4_k"), ("llama", "q8_0"),
+                                         ("llama", "q4_0"), ("llama", "q6_k"), ("llama", "f32")])
+def test_tiny_variants_read_and_dequantise_like_gguf_py(tmp_path, arch, dtype):
+    path = tiny_gguf_tool().build_tiny_gguf(tmp_path / "m.gguf", dtype=dtype, arch=arch)
+    assert_matches_gguf_py(path)
+    reference = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    with read_gguf(path) as f:
+        assert f.architecture == arch
+        for name, info in f.tensors.items():
+            expected = gguf.quants.dequantize(reference[name].data, reference[name].tensor_type)
+            assert np.array_equal(f.dequantize(name), expected.reshape(info.shape)), name

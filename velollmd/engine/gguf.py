@@ -184,7 +184,8 @@ def _parse(buf: mmap.mmap, path: str) -> GGUFFile:
         raise cursor.fail(f"not a GGUF file (bad magic {bytes(buf[:4])!r})")
     version = cursor.scalar("<I")
     if version not in SUPPORTED_VERSIONS:
-        hint = " (a big-endian file?)" if int.from_bytes(version.to_bytes(4, "little"), "big") in (2, 3) else ""
+        swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
+        hint = " (a big-endian file?)" if swapped in SUPPORTED_VERSIONS else ""
         raise cursor.fail(f"unsupported GGUF version {version}{hint}; supported: 2, 3")
     tensor_count, kv_count = cursor.scalar("<Q"), cursor.scalar("<Q")
     metadata = _read_metadata(cursor, kv_count)
