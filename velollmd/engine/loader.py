@@ -21,7 +21,7 @@ from ..sched.scheduler import Scheduler
 from .gguf import GGUFFile, read_gguf
 from .kvcache import PagedKVCache
 from .model import Model, ModelConfig
-from .quants import GGML_TYPE_NAMES, dequantize
+from .quants import GGML_TYPE_NAMES, SUPPORTED_TYPES, dequantize
 from .runner import Runner
 from .templates import ChatTemplate, find_template
 from .tokenizer import Tokenizer
@@ -64,9 +64,10 @@ def probe(path: Path, chat_template: str = "") -> str | None:
     try:
         with read_gguf(path) as gguf:
             ModelConfig.from_metadata(gguf.metadata, gguf.tensors.keys())
-            unsupported = sorted({info.ggml_type for info in gguf.tensors.values()} - set(GGML_TYPE_NAMES))
+            unsupported = {info.ggml_type for info in gguf.tensors.values()} - SUPPORTED_TYPES
             if unsupported:
-                return f"{path}: unsupported tensor type(s) {unsupported}"
+                names = ", ".join(sorted(GGML_TYPE_NAMES.get(t, str(t)) for t in unsupported))
+                return f"{path}: tensor type(s) the engine cannot dequantise: {names}"
             Tokenizer.from_gguf(gguf.metadata)
     except (OSError, ValueError) as exc:
         return f"{path}: {exc}"
