@@ -142,6 +142,8 @@ CASES = {
     "google-gemma-2-2b-it.jinja": ("gemma", ["no_system", "content_parts"]),
     "google-gemma-3-it.jinja": ("gemma", BASIC),
     "microsoft-Phi-3.5-mini-instruct.jinja": ("phi3", BASIC + TOOLS),
+    "llama-cpp-microsoft-Phi-4-mini-instruct.jinja": ("phi4-mini", BASIC + TOOLS + ["two_calls"]),
+    "microsoft-phi-4.jinja": ("phi4", BASIC + TOOLS),
 }
 RENDER_CASES = [(fx, conv) for fx, (_family, convs) in CASES.items() for conv in convs]
 
@@ -261,5 +263,6 @@ def test_every_name_has_stop_strings_and_a_tool_call_format_the_extractor_knows(
     for name in TEMPLATE_NAMES:
         template = find_template(None, override=name)
         assert template.name == name and template.stop
-        assert template.tool_call_format in (None, "hermes", "llama3", "mistral")
-    assert {"hermes", "mistral", "python-tag"} <= kinds
+        assert template.tool_call_format in (None, "hermes", "llama3", "mistral", "phi4-mini")
+    # hermes: <tool_call>; mistral: [TOOL_CALLS]; llama3: bare JSON or <|python_tag|>; phi4-mini: <|tool_call|>
+    assert {"hermes", "mistral", "python-tag", "granite"} <= kinds

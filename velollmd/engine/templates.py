@@ -11,6 +11,7 @@ templates in tests/fixtures/chat_templates/).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,7 +20,7 @@ from .templates_gemma import render_gemma
 from .templates_llama3 import render_llama31, render_llama32
 from .templates_messages import Conversation, TemplateError, normalize_messages
 from .templates_mistral import render_mistral
-from .templates_phi3 import render_phi3
+from .templates_phi import render_phi3, render_phi4, render_phi4_mini
 
 __all__ = ["ChatTemplate", "TEMPLATE_NAMES", "TemplateError", "TemplateUnknown", "detect_family",
            "find_template", "get_template"]
@@ -64,16 +65,22 @@ _TEMPLATES = (
     ChatTemplate("mistral", ("</s>",), "mistral", render_mistral),
     ChatTemplate("gemma", ("<end_of_turn>", "<eos>"), None, render_gemma),
     ChatTemplate("phi3", ("<|end|>", "<|endoftext|>"), None, render_phi3),
+    ChatTemplate("phi4-mini", ("<|end|>", "<|endoftext|>"), "phi4-mini", render_phi4_mini),
+    ChatTemplate("phi4", ("<|im_end|>", "<|endoftext|>"), None, render_phi4),
 )
 TEMPLATES = {template.name: template for template in _TEMPLATES}
 TEMPLATE_NAMES = tuple(TEMPLATES)
+# '<|user|>\n' (a newline or the \n escape), or '<|' + message['role'] + '|>' + '\n'
+_PHI3_NEWLINE_RE = re.compile(r"\|>(?:\n|\\n|' \+ '(?:\n|\\n))")
 
 
 def detect_family(source: str) -> str | None:
     """The family of a jinja chat template by its markers (llama.cpp's order), or None."""
     if "<|im_start|>" in source:
-        if "<|im_sep|>" in source or "<end_of_utterance>" in source:
-            return None                          # Phi-4 / SmolVLM: ChatML tokens, other layout
+        if "<|im_sep|>" in source:
+            return "phi4"
+        if "<end_of_utterance>" in source:
+            return None                          # SmolVLM: ChatML tokens, another layout
         if "<think>" in source:
             return "qwen3"
         return "qwen2" if "You are Qwen, created by Alibaba Cloud" in source else "chatml"
@@ -86,10 +93,17 @@ def detect_family(source: str) -> str | None:
             return None                          # Llama 3.0 has no dated system turn
         return "llama3.2" if "strftime_now" in source else "llama3"
     if "<|assistant|>" in source and "<|end|>" in source:
-        return "phi3"
+        return _phi_family(source)
     if "<start_of_turn>" in source:
         return "gemma"
     return None
+
+
+def _phi_family(source: str) -> str | None:
+    """Phi-3 writes a newline after each role tag; Phi-4-mini writes `<|role|>content<|end|>`."""
+    if _PHI3_NEWLINE_RE.search(source):
+        return "phi3"
+    return "phi4-mini" if "'<|' + message['role'] + '|>'" in source else None
 
 
 def get_template(name: str) -> ChatTemplate:
