@@ -118,7 +118,8 @@ CONVERSATIONS = {
                     "tool_calls": [call("call1abcd", "get_weather", '{"city": "Oslo"}'),
                                    call("call2abcd", "get_time", '{"tz": "Europe/Oslo"}')]},
                    {"role": "tool", "tool_call_id": "call1abcd", "content": "snow"},
-                   {"role": "tool", "tool_call_id": "call2abcd", "content": "09:00"}], [WEATHER_TOOL, TIME_TOOL]),
+                   {"role": "tool", "tool_call_id": "call2abcd", "content": "09:00"}],
+                  [WEATHER_TOOL, TIME_TOOL]),
     "tools_no_call": ([{"role": "user", "content": "Just chat."}], [WEATHER_TOOL]),
     "think_last": ([{"role": "user", "content": "Why?"},
                     {"role": "assistant", "content": "<think>\nBecause.\n</think>\n\nIt is so."}], None),
@@ -168,7 +169,8 @@ def test_llama_default_dates_match_the_templates():
     messages = CONVERSATIONS["system_user"][0]
     llama31 = fixture_text("meta-llama-Llama-3.3-70B-Instruct.jinja")
     assert "Today Date: 26 Jul 2024\n" in find_template(llama31).render(messages)
-    assert find_template(llama31).render(messages) == jinja_render(llama31, messages, add_generation_prompt=True)
+    expected = jinja_render(llama31, messages, add_generation_prompt=True)
+    assert find_template(llama31).render(messages) == expected
     llama32 = find_template(fixture_text("meta-llama-Llama-3.2-3B-Instruct.jinja"))
     today = datetime.datetime.now().strftime("%d %b %Y")
     assert f"Today Date: {today}\n" in llama32.render(messages)
@@ -213,7 +215,8 @@ def test_conversations_the_template_refuses_raise_template_error(fixture, messag
     ([{"content": "no role"}], "messages[0]: missing 'role'"),
     ([{"role": "user", "content": "ok"}, {"role": "narrator", "content": "x"}], "messages[1].role"),
     ([{"role": "user", "content": 42}], "messages[0].content"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+     "messages[0].content[0]"),
     ([], "messages: empty"),
 ])
 def test_malformed_messages_raise_a_value_error_naming_the_field(messages, field):
@@ -264,5 +267,6 @@ def test_every_name_has_stop_strings_and_a_tool_call_format_the_extractor_knows(
         template = find_template(None, override=name)
         assert template.name == name and template.stop
         assert template.tool_call_format in (None, "hermes", "llama3", "mistral", "phi4-mini")
-    # hermes: <tool_call>; mistral: [TOOL_CALLS]; llama3: bare JSON or <|python_tag|>; phi4-mini: <|tool_call|>
+    # hermes: <tool_call>; mistral: [TOOL_CALLS]; llama3: bare JSON or <|python_tag|>;
+    # phi4-mini: <|tool_call|> (the extractor's "granite" marker)
     assert {"hermes", "mistral", "python-tag", "granite"} <= kinds

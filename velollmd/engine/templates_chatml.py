@@ -93,7 +93,8 @@ def _last_query_index(messages: tuple[Message, ...]) -> int:
     """Index of the last user turn that is not a wrapped tool response (Qwen3's ns.last_query_index)."""
     for i in range(len(messages) - 1, -1, -1):
         message = messages[i]
-        wrapped = message.content.startswith("<tool_response>") and message.content.endswith("</tool_response>")
+        text = message.content
+        wrapped = text.startswith("<tool_response>") and text.endswith("</tool_response>")
         if message.role == "user" and not wrapped:
             return i
     return len(messages) - 1

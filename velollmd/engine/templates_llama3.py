@@ -39,7 +39,8 @@ def _render(conv: Conversation, date_string: str) -> str:
            system, "<|eot_id|>"]
     if has_tools:
         if not messages:
-            raise TemplateError("messages: Llama 3 puts the tools in the first user message, and there is none")
+            raise TemplateError("messages: Llama 3 puts the tools in the first user message, "
+                                "and there is none")
         out.append(_tools_turn(conv.tools, messages.pop(0).content.strip()))
     out.extend(_message(message) for message in messages)
     if conv.add_generation_prompt:

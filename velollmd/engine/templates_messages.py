@@ -91,7 +91,8 @@ def content_text(content: object, where: str) -> str:
     if isinstance(content, list):
         texts = []
         for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            is_text = isinstance(part, dict) and part.get("type") == "text"
+            if not is_text or not isinstance(part.get("text"), str):
                 raise TemplateError(f"{where}.content[{j}]: only {{\"type\": \"text\", \"text\": ...}} parts "
                                     "can be rendered")
             texts.append(part["text"])

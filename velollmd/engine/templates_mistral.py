@@ -40,8 +40,8 @@ def render_mistral(conv: Conversation) -> str:
             out.append('[TOOL_RESULTS]{"content": ' + message.content + ", "
                        + '"call_id": "' + mistral_call_id(message.tool_call_id) + '"}[/TOOL_RESULTS]')
         else:
-            raise TemplateError(f"messages[{i + (system is not None)}].role: Mistral renders only user, assistant "
-                                "and tool turns after one optional leading system message")
+            raise TemplateError(f"messages[{i + (system is not None)}].role: Mistral renders only user, "
+                                "assistant and tool turns after one optional leading system message")
     return "".join(out)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from .templates_messages import Conversation, tojson
 
 _PHI3_TAGS = {"system": "<|system|>\n", "user": "<|user|>\n", "assistant": "<|assistant|>\n"}
-PHI4_MINI_TOOLS_HINT = ("You are a helpful assistant with some tools.\nTo use a tool, respond in this format: "
+PHI4_MINI_TOOLS_HINT = ("You are a helpful assistant with some tools.\n"
+                        "To use a tool, respond in this format: "
                         '<|tool_call|>{"name": "foo", "arguments": {"a": 1}}<|/tool_call|>')
 
 
