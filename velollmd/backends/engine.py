@@ -14,6 +14,7 @@ output: tool calls in it are found by the daemon's tool-call layer, as for any b
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import AsyncIterator
@@ -203,6 +204,8 @@ class EngineBackend(Backend):
         except SamplingParamError as exc:
             raise BadRequest(str(exc), param=exc.param) from None
         prompt_ids = self._prompt_ids(model, body, chat=chat)
+        if chat:       # the turn's end as text too, should the model spell it out in pieces
+            params = dataclasses.replace(params, stop=tuple(dict.fromkeys(params.stop + model.template.stop)))
         return model, prompt_ids, params
 
     def _prompt_ids(self, model: LoadedModel, body: dict, *, chat: bool) -> list[int]:

@@ -1,0 +1,176 @@
+"""The engine behind the real daemon, driven by the official openai and ollama clients.
+
+One daemon per module serves the tiny model (tools/make_tiny_gguf.py) from a models_dir,
+beside a broken file and a truncated one, so the catalogue, the errors and every API route are
+checked against one real engine.
+"""
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import ollama
+import openai
+import pytest
+
+from tests.daemon_rig import RunningDaemon
+from tests.rig.llama import make_tiny_model, tiny_gguf_tool
+
+MODEL = "tiny-engine"
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("engine-models")
+    make_tiny_model(folder / f"{MODEL}.gguf")
+    (folder / "broken.gguf").write_bytes(b"not a gguf at all")
+    whole = (folder / f"{MODEL}.gguf").read_bytes()
+    (folder / "truncated.gguf").write_bytes(whole[: len(whole) // 2])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def daemon(models_dir):
+    table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(models_dir),
+                           "ollama_store": False, "max_running": 4, "num_ctx": 512}],
+             "cache": {"enabled": False}}
+    with RunningDaemon(table) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(daemon):
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_models_list_the_good_file_and_health_names_the_bad_ones(daemon, client, models_dir):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    engine = get_json(daemon.url + "/health")["backends"][0]["engine"]
+    assert "bad magic" in engine["unavailable"]["broken"] or "not a GGUF" in engine["unavailable"]["broken"]
+    assert "truncated" in engine["unavailable"]["truncated"]
+    assert str(models_dir / "broken.gguf") in engine["unavailable"]["broken"]
+
+
+def test_a_broken_model_is_a_503_naming_the_file(client, models_dir):
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="truncated", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == 503
+    assert "truncated.gguf" in info.value.message and "truncated" in info.value.message
+
+
+def test_an_unknown_model_is_a_404(client):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_chat_answers_with_usage_and_exactly_max_tokens(client):
+    answer = client.chat.completions.create(model=MODEL, max_tokens=12, temperature=0,
+                                            messages=[{"role": "user", "content": "hello there"}])
+    assert answer.choices[0].finish_reason == "length"
+    assert answer.usage.completion_tokens == 12 and answer.usage.prompt_tokens > 5
+    assert answer.choices[0].message.content.strip()
+    assert answer.model_extra["timings"]["predicted_n"] == 12
+
+
+def test_greedy_is_deterministic_and_stream_equals_whole(client):
+    messages = [{"role": "user", "content": "the water is"}]
+    whole = client.chat.completions.create(model=MODEL, max_tokens=16, temperature=0, messages=messages)
+    again = client.chat.completions.create(model=MODEL, max_tokens=16, temperature=0, messages=messages)
+    chunks = list(client.chat.completions.create(model=MODEL, max_tokens=16, temperature=0, messages=messages,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert whole.choices[0].message.content == again.choices[0].message.content == text
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+def test_same_seed_same_text_and_n_choices(client):
+    kwargs = dict(model=MODEL, max_tokens=10, temperature=1.0, seed=7,
+                  messages=[{"role": "user", "content": "tell me a story"}])
+    first = client.chat.completions.create(**kwargs)
+    second = client.chat.completions.create(**kwargs)
+    assert first.choices[0].message.content == second.choices[0].message.content
+    several = client.chat.completions.create(n=3, **kwargs)
+    assert [c.index for c in several.choices] == [0, 1, 2]
+    assert several.choices[0].message.content == first.choices[0].message.content   # choice i: seed + i
+    assert several.usage.completion_tokens == 30
+
+
+def test_logprobs_and_stop_strings(client):
+    answer = client.chat.completions.create(model=MODEL, max_tokens=5, temperature=0, logprobs=True,
+                                            top_logprobs=3, messages=[{"role": "user", "content": "hi"}])
+    content = answer.choices[0].logprobs.content
+    assert len(content) == 5 and all(len(t.top_logprobs) == 3 for t in content)
+    assert all(t.logprob <= 0 and t.top_logprobs[0].logprob >= t.top_logprobs[-1].logprob for t in content)
+    text = answer.choices[0].message.content
+    word = text.split()[1] if len(text.split()) > 1 else text.split()[0]
+    stopped = client.chat.completions.create(model=MODEL, max_tokens=5, temperature=0, stop=[word],
+                                             messages=[{"role": "user", "content": "hi"}])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert word not in stopped.choices[0].message.content
+    assert text.startswith(stopped.choices[0].message.content)
+
+
+def test_completions_endpoint(client):
+    answer = client.completions.create(model=MODEL, prompt="the sun", max_tokens=8, temperature=0)
+    assert answer.choices[0].finish_reason == "length" and answer.usage.completion_tokens == 8
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=MODEL, prompt="the sun", max_tokens=8, temperature=0, stream=True) if c.choices)
+    assert streamed == answer.choices[0].text
+
+
+def test_response_format_with_a_schema_is_refused_by_name(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                       response_format={"type": "json_schema", "json_schema": {
+                                           "name": "x", "schema": {"type": "object"}}})
+    assert info.value.body["param"] == "response_format"
+
+
+def test_tool_calls_come_back_as_openai_tool_calls(client):
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    bias = tiny_gguf_tool().force_tool_call_bias()
+    answer = client.chat.completions.create(model=MODEL, max_tokens=40, temperature=0, tools=[tool],
+                                            messages=[{"role": "user", "content": "weather?"}],
+                                            extra_body={"logit_bias": bias})
+    calls = answer.choices[0].message.tool_calls
+    assert answer.choices[0].finish_reason == "tool_calls"
+    assert calls and calls[0].function.name == "get_weather"
+
+
+def test_embeddings_are_normalised(client):
+    result = client.embeddings.create(model=MODEL, input=["the sun", "the moon"])
+    vectors = [d.embedding for d in result.data]
+    assert len(vectors) == 2 and len(vectors[0]) == tiny_gguf_tool().N_EMBD
+    assert abs(sum(x * x for x in vectors[0]) - 1.0) < 1e-4 and vectors[0] != vectors[1]
+
+
+def test_ollama_client_chat_and_tags(daemon):
+    client = ollama.Client(host=daemon.url)
+    assert MODEL in [m.model for m in client.list().models]
+    reply = client.chat(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                        options={"num_predict": 6, "temperature": 0})
+    assert reply.message.content and reply.eval_count == 6
+    parts = list(client.chat(model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True,
+                             options={"num_predict": 6, "temperature": 0}))
+    assert "".join(p.message.content for p in parts) == reply.message.content
+
+
+def test_concurrent_requests_equal_each_alone(client):
+    import concurrent.futures
+    prompts = [f"story number {i} about the sea" for i in range(6)]
+
+    def ask(prompt, max_tokens):
+        return client.chat.completions.create(model=MODEL, max_tokens=max_tokens, temperature=0,
+                                              messages=[{"role": "user", "content": prompt}]
+                                              ).choices[0].message.content
+    alone = [ask(p, 8 + i) for i, p in enumerate(prompts)]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(ask, prompts, [8 + i for i in range(6)]))
+    assert together == alone
