@@ -1,4 +1,5 @@
-"""Pre-tokenizer word splits and the byte-level encoding of GPT-2 style BPE vocabularies.
+"""From text to vocabulary pieces, without a vocabulary's state: llama.cpp's pre-tokenizer word
+splits, the GPT-2 byte encoding, and the two merge loops (SentencePiece by score, BPE by rank).
 
 llama.cpp (src/unicode.cpp) splits text into words with a list of regexes per `tokenizer.ggml.pre`,
 each applied to the pieces the previous one left (matches and the gaps between them both become
@@ -11,8 +12,10 @@ Llama-3 splitters of llama.cpp follow the same regexes, so one mechanism covers 
 """
 from __future__ import annotations
 
+import heapq
 import re
 import unicodedata
+from typing import Mapping
 
 # Unicode's White_Space property (what llama.cpp's tables call whitespace).
 WHITESPACE = frozenset(
@@ -125,9 +128,23 @@ UNICODE_TO_BYTE = {char: b for b, char in enumerate(BYTE_TO_UNICODE)}
 _LATIN1_TO_BYTE_CHARS = {b: char for b, char in enumerate(BYTE_TO_UNICODE)}
 
 
+def utf8(text: str) -> bytes:
+    """UTF-8 bytes; a vocabulary's invalid bytes (read with surrogateescape) come back as they were,
+    other lone surrogates become U+FFFD as llama.cpp reads invalid input."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
+
+
+def as_text(value: str | bytes) -> str:
+    """A GGUF string as str (bytes decoded with surrogateescape, so utf8() restores them)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
 def byte_encode(word: str) -> str:
     """The UTF-8 bytes of `word`, each shown as its GPT-2 byte character."""
-    return word.encode("utf-8", "surrogatepass").decode("latin-1").translate(_LATIN1_TO_BYTE_CHARS)
+    return utf8(word).decode("latin-1").translate(_LATIN1_TO_BYTE_CHARS)
 
 
 def byte_decode(text: str) -> bytes:
@@ -138,6 +155,80 @@ def byte_decode(text: str) -> bytes:
         if byte is not None:
             out.append(byte)
         else:
-            utf8 = char.encode("utf-8", "surrogatepass")
-            out += b"[UNK_BYTE_0x" + utf8.hex().encode() + text.encode("utf-8", "surrogatepass") + b"]"
+            out += b"[UNK_BYTE_0x" + utf8(char).hex().encode() + utf8(text) + b"]"
     return bytes(out)
+
+
+# ---- merge loops: llama.cpp's llm_tokenizer_spm_session / llm_tokenizer_bpe_session, same tie-breaks ----
+
+
+def spm_merge(text: str, token_to_id: Mapping[str, int], scores: list[float]) -> list[str]:
+    """SentencePiece BPE: merge the adjacent pair forming the highest-scoring token (leftmost on
+    ties) until no adjacent pair forms a token. Symbols start as single code points."""
+    symbols = list(text)                      # "" once merged into its left neighbour
+    links = _Links(len(symbols))
+    heap: list[tuple[float, int, int, int]] = []   # (-score, left, right, merged length)
+
+    def push(left: int, right: int) -> None:
+        if left >= 0 and right >= 0:
+            token_id = token_to_id.get(symbols[left] + symbols[right])
+            if token_id is not None:
+                size = len(symbols[left]) + len(symbols[right])
+                heapq.heappush(heap, (-scores[token_id], left, right, size))
+
+    for right in range(1, len(symbols)):
+        push(right - 1, right)
+    while heap:
+        _, left, right, size = heapq.heappop(heap)
+        if not symbols[left] or not symbols[right] or len(symbols[left]) + len(symbols[right]) != size:
+            continue                          # stale: a side changed after this pair was queued
+        symbols[left] += symbols[right]
+        symbols[right] = ""
+        links.unlink(right)
+        push(links.prev[left], left)
+        push(left, links.next[left])
+    return [symbol for symbol in symbols if symbol]
+
+
+def bpe_merge(word: str, ranks: Mapping[tuple[str, str], int]) -> list[str]:
+    """Byte-level BPE: merge the adjacent pair of lowest merge rank (leftmost on ties) until no
+    adjacent pair has a rank."""
+    symbols = list(word)
+    links = _Links(len(symbols))
+    heap: list[tuple[int, int, int, str]] = []     # (rank, left, right, merged text)
+
+    def push(left: int, right: int) -> None:
+        if left >= 0 and right >= 0:
+            rank = ranks.get((symbols[left], symbols[right]))
+            if rank is not None:
+                heapq.heappush(heap, (rank, left, right, symbols[left] + symbols[right]))
+
+    for right in range(1, len(symbols)):
+        push(right - 1, right)
+    while heap:
+        _, left, right, merged = heapq.heappop(heap)
+        if not symbols[left] or not symbols[right] or symbols[left] + symbols[right] != merged:
+            continue
+        symbols[left] = merged
+        symbols[right] = ""
+        links.unlink(right)
+        push(links.prev[left], left)
+        push(left, links.next[left])
+    return [symbol for symbol in symbols if symbol]
+
+
+class _Links:
+    """prev/next positions of a doubly linked list over symbols (-1: none)."""
+
+    def __init__(self, size: int):
+        self.prev = list(range(-1, size - 1))
+        self.next = list(range(1, size + 1))
+        if size:
+            self.next[-1] = -1
+
+    def unlink(self, index: int) -> None:
+        before, after = self.prev[index], self.next[index]
+        if before >= 0:
+            self.next[before] = after
+        if after >= 0:
+            self.prev[after] = before

@@ -9,10 +9,10 @@ attributes (phi-3, jina), and pre-tokenizers other than the gpt2/llama3/qwen2/de
 from __future__ import annotations
 
 import enum
-import heapq
 from typing import Any, Iterable, Mapping
 
-from velollmd.engine.pretokenize import PRE_PATTERNS, byte_decode, byte_encode, split_words
+from velollmd.engine import pretokenize
+from velollmd.engine.pretokenize import as_text, byte_decode, byte_encode, utf8
 
 SPACE_MARK = "\u2581"        # SentencePiece's visible space
 
@@ -83,12 +83,12 @@ class Tokenizer:
         self.pre = pre
         self._tokens = tokens
         self._scores = scores
-        self._attrs = attrs
+        self._attrs = list(attrs)        # detection below adds CONTROL etc., as llama.cpp does
         self._token_to_id = {text: token_id for token_id, text in enumerate(tokens)}
         self._ranks = _merge_ranks(merges)
         self._is_bpe = model == "gpt2"
         kind, self._ignore_merges, _ = _PRE_KINDS[pre] if self._is_bpe else ("", False, False)
-        self._patterns = PRE_PATTERNS.get(kind, ())
+        self._patterns = pretokenize.PRE_PATTERNS.get(kind, ())
         self.bos_id = special_ids.get("bos")
         self.eos_id = special_ids.get("eos")
         self.eot_id = special_ids.get("eot")
@@ -102,7 +102,7 @@ class Tokenizer:
         self.eog_ids = self._end_of_generation_ids()
         self._special_by_length = sorted(
             (i for i, attr in enumerate(attrs) if attr & (_SPECIAL_ATTRS | TokenAttr.USER_DEFINED)),
-            key=lambda i: -len(tokens[i].encode("utf-8", "surrogatepass")))
+            key=lambda i: -len(utf8(tokens[i])))
         self._piece_cache: list[bytes | None] = [None] * len(tokens)
         self._word_cache: dict[str, tuple[int, ...]] = {}
 
@@ -115,7 +115,7 @@ class Tokenizer:
         if model not in ("llama", "gpt2"):
             raise TokenizerError(f"tokenizer.ggml.model: unsupported tokenizer {model!r} "
                                  "(supported: 'llama' = SentencePiece, 'gpt2' = byte-level BPE)")
-        tokens = [str(t) for t in _read_array(metadata, "tokenizer.ggml.tokens")]
+        tokens = [as_text(t) for t in _read_array(metadata, "tokenizer.ggml.tokens")]
         if not tokens:
             raise TokenizerError("tokenizer.ggml.tokens: empty vocabulary")
         if len(set(tokens)) != len(tokens):
@@ -124,7 +124,7 @@ class Tokenizer:
         scores = _read_numbers(metadata, "tokenizer.ggml.scores", len(tokens), float, 0.0)
         types = _read_numbers(metadata, "tokenizer.ggml.token_type", len(tokens), int, 1)
         attrs = [_TYPE_ATTR.get(t, TokenAttr.UNDEFINED) for t in types]
-        merges = [str(m) for m in metadata.get("tokenizer.ggml.merges", ())]
+        merges = [as_text(m) for m in metadata.get("tokenizer.ggml.merges", ())]
         if model == "gpt2" and "tokenizer.ggml.merges" not in metadata:
             raise TokenizerError("tokenizer.ggml.merges: missing (required for a gpt2 vocabulary)")
         add_bos_default = _PRE_KINDS[pre][2] if model == "gpt2" else True
@@ -243,14 +243,15 @@ class Tokenizer:
                 prev_special = True
                 continue
             text = (" " + fragment) if self.add_space_prefix and prev_special else fragment
-            for symbol in spm_merge(text.replace(" ", SPACE_MARK), self._token_to_id, self._scores):
+            text = text.replace(" ", SPACE_MARK)
+            for symbol in pretokenize.spm_merge(text, self._token_to_id, self._scores):
                 token_id = self._token_to_id.get(symbol)
                 ids.extend((token_id,) if token_id is not None else self._byte_fallback(symbol))
             prev_special = False
 
     def _byte_fallback(self, symbol: str) -> list[int]:
         ids = []
-        for byte in symbol.encode("utf-8", "surrogatepass"):
+        for byte in utf8(symbol):
             token_id = self._token_to_id.get(f"<0x{byte:02X}>")
             if token_id is None and byte < 0x80:
                 token_id = self._token_to_id.get(chr(byte))
@@ -260,7 +261,7 @@ class Tokenizer:
 
     def _bpe_fragment(self, text: str) -> list[int]:
         ids: list[int] = []
-        for word in split_words(text, self._patterns):
+        for word in pretokenize.split_words(text, self._patterns):
             cached = self._word_cache.get(word)
             if cached is None:
                 if len(self._word_cache) > 65536:
@@ -273,12 +274,12 @@ class Tokenizer:
         if self._ignore_merges and word in self._token_to_id:
             return [self._token_to_id[word]]
         ids = []
-        for symbol in bpe_merge(word, self._ranks):
+        for symbol in pretokenize.bpe_merge(word, self._ranks):
             token_id = self._token_to_id.get(symbol)
             if token_id is not None:
                 ids.append(token_id)
                 continue
-            for byte in symbol.encode("utf-8"):  # llama.cpp looks up each raw byte; only ASCII can hit
+            for byte in utf8(symbol):  # llama.cpp looks up each raw byte; only ASCII can hit
                 byte_id = self._token_to_id.get(chr(byte)) if byte < 0x80 else None
                 if byte_id is not None:
                     ids.append(byte_id)
@@ -289,13 +290,14 @@ class Tokenizer:
     def _render(self, token_id: int) -> bytes:
         attr, text = self._attrs[token_id], self._tokens[token_id]
         if attr & (_SPECIAL_ATTRS | TokenAttr.USER_DEFINED):
-            return text.encode("utf-8", "surrogatepass")
+            return utf8(text)
         if attr & TokenAttr.NORMAL:
             if self._is_bpe:
                 return byte_decode(text)
-            return text.replace(SPACE_MARK, " ").encode("utf-8", "surrogatepass")
-        if attr & TokenAttr.BYTE:
-            return bytes([int(text[3:5], 16)])
+            return utf8(text.replace(SPACE_MARK, " "))
+        if attr & TokenAttr.BYTE:                  # "<0xNN>"; like strtol, a malformed one gives 0
+            digits = text[3:5]
+            return bytes([int(digits, 16) if len(digits) == 2 and _is_hex(digits) else 0])
         return b""                       # unused / undefined tokens render as nothing
 
     def _check_id(self, token_id: int) -> int:
@@ -310,79 +312,8 @@ class Tokenizer:
         return token_id
 
 
-# ---- merge algorithms (llama.cpp's llm_tokenizer_spm_session / llm_tokenizer_bpe_session) --------
-
-
-def spm_merge(text: str, token_to_id: Mapping[str, int], scores: list[float]) -> list[str]:
-    """SentencePiece BPE: merge the adjacent pair forming the highest-scoring token (leftmost on
-    ties) until no adjacent pair forms a token. Symbols start as single code points."""
-    symbols = list(text)                      # "" once merged into its left neighbour
-    links = _Links(len(symbols))
-    heap: list[tuple[float, int, int, int]] = []   # (-score, left, right, merged length)
-
-    def push(left: int, right: int) -> None:
-        if left >= 0 and right >= 0:
-            token_id = token_to_id.get(symbols[left] + symbols[right])
-            if token_id is not None:
-                size = len(symbols[left]) + len(symbols[right])
-                heapq.heappush(heap, (-scores[token_id], left, right, size))
-
-    for right in range(1, len(symbols)):
-        push(right - 1, right)
-    while heap:
-        _, left, right, size = heapq.heappop(heap)
-        if not symbols[left] or not symbols[right] or len(symbols[left]) + len(symbols[right]) != size:
-            continue                          # stale: a side changed after this pair was queued
-        symbols[left] += symbols[right]
-        symbols[right] = ""
-        links.unlink(right)
-        push(links.prev[left], left)
-        push(left, links.next[left])
-    return [symbol for symbol in symbols if symbol]
-
-
-def bpe_merge(word: str, ranks: Mapping[tuple[str, str], int]) -> list[str]:
-    """Byte-level BPE: merge the adjacent pair of lowest merge rank (leftmost on ties) until no
-    adjacent pair has a rank."""
-    symbols = list(word)
-    links = _Links(len(symbols))
-    heap: list[tuple[int, int, int, str]] = []     # (rank, left, right, merged text)
-
-    def push(left: int, right: int) -> None:
-        if left >= 0 and right >= 0:
-            rank = ranks.get((symbols[left], symbols[right]))
-            if rank is not None:
-                heapq.heappush(heap, (rank, left, right, symbols[left] + symbols[right]))
-
-    for right in range(1, len(symbols)):
-        push(right - 1, right)
-    while heap:
-        _, left, right, merged = heapq.heappop(heap)
-        if not symbols[left] or not symbols[right] or symbols[left] + symbols[right] != merged:
-            continue
-        symbols[left] = merged
-        symbols[right] = ""
-        links.unlink(right)
-        push(links.prev[left], left)
-        push(left, links.next[left])
-    return [symbol for symbol in symbols if symbol]
-
-
-class _Links:
-    """prev/next positions of a doubly linked list over symbols (-1: none)."""
-
-    def __init__(self, size: int):
-        self.prev = list(range(-1, size - 1))
-        self.next = list(range(1, size + 1))
-        if size:
-            self.next[-1] = -1
-
-    def unlink(self, index: int) -> None:
-        before, after = self.prev[index], self.next[index]
-        if before >= 0:
-            self.next[before] = after
-        if after >= 0:
-            self.prev[after] = before
+def _is_hex(text: str) -> bool:
+    return all(char in "0123456789abcdefABCDEF" for char in text)
 
 
 def _split_at(fragments: list[str | int], piece: str, token_id: int) -> list[str | int]:
