@@ -3,6 +3,7 @@ tools/make_tiny_gguf.py writes (SentencePiece, and byte-level BPE under each sup
 from __future__ import annotations
 
 import json
+import random
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -32,6 +33,12 @@ EDGE_CASES = (
     "ÀÉÎõü ñ x\u0301y", "\u00a0nbsp\u3000ideographic\u2003em", "12345678901 ٣٤٥ ①②",
     "'s 'S 'll 'LL 're", "?!... --- $$$ +++ <=> ^~| `", "hello    world\t\t\tend",
 )
+
+# Random texts are drawn from these: letters, digits, accents, CJK, Cyrillic, Arabic, emoji,
+# odd whitespace, punctuation runs, contractions and special tokens.
+FUZZ_PIECES = [*"aAbZz09 '\t\n\r.,!?-_$+<=>^~|`\"{}()[]", *"éüßñ日本中文こんにちは語Пмиرب😀🎉",
+               *"\u00a0\u3000\u2003\u0301٣①", "<|im_end|>", "<|im_start|>", "<tool_call>", "'s", "'T",
+               "don't", " the", "Hello", "  ", "\n\n", "123456"]
 
 
 def gguf_metadata(path: Path) -> dict:
@@ -104,6 +111,16 @@ def test_edge_cases_match_llama_server(vocab_server):
         if tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
         != server_tokens(server, text, add_special=add_special, parse_special=parse_special)
     ]
+    assert mismatches == []
+
+
+def test_random_texts_match_llama_server(vocab_server):
+    tokenizer, server = vocab_server
+    rng = random.Random(20261201)
+    texts = ["".join(rng.choice(FUZZ_PIECES) for _ in range(rng.randint(1, 30))) for _ in range(40)]
+    mismatches = [text for text in texts for parse_special in (True, False)
+                  if tokenizer.encode(text, parse_special=parse_special)
+                  != server_tokens(server, text, parse_special=parse_special)]
     assert mismatches == []
 
 
