@@ -14,6 +14,7 @@ import pytest
 from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
 from tests.rig.llama import LlamaServer, make_tiny_model, tiny_gguf_tool
+from velollmd.engine.gguf import read_gguf
 from velollmd.engine.tokenizer import Tokenizer, TokenizerError
 
 # "spm+prefix": the SPM file rewritten with SentencePiece's usual add_space_prefix and add_bos.
@@ -122,6 +123,15 @@ def test_random_texts_match_llama_server(vocab_server):
                   if tokenizer.encode(text, parse_special=parse_special)
                   != server_tokens(server, text, parse_special=parse_special)]
     assert mismatches == []
+
+
+def test_engine_gguf_reader_metadata_gives_the_same_tokenizer(vocab_server):
+    tokenizer, server = vocab_server
+    with read_gguf(server.model_path) as gguf_file:
+        ours = Tokenizer.from_gguf(gguf_file.metadata)
+    assert ours.encode(MULTILINGUAL) == tokenizer.encode(MULTILINGUAL)
+    assert (ours.eog_ids, ours.bos_id, ours.add_bos) == \
+        (tokenizer.eog_ids, tokenizer.bos_id, tokenizer.add_bos)
 
 
 def test_special_tokens_are_whole_tokens_only_when_parsed(vocab_server):
