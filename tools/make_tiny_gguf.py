@@ -213,6 +213,101 @@ def tiny_vocab() -> tuple[list[str], list[int], list[float]]:
     return tokens, [int(t) for t in types], scores
 
 
+# ---- the byte-level BPE ("gpt2") vocabulary: `--vocab bpe` (pre qwen2) or `--vocab bpe:<pre>` ----
+BPE_PRES = ("qwen2", "llama3", "gpt-2", "default")
+VOCABS = ("spm", "bpe", *(f"bpe:{pre}" for pre in BPE_PRES))
+BPE_CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Merged before the common words, so tokenizer tests meet merged non-ASCII text, digit groups,
+# whitespace runs, contractions and a prefix of the special tokens ("<|").
+BPE_FIRST_WORDS = [
+    STRING_VALUE, " " + STRING_VALUE, "Hello", " world", "über", " über", "Straße", "café", " café",
+    "日本", "中文", "東京", "こんにちは", "привет", " мир", "مرحبا", "😀", "12", "123", "000",
+    "  ", "    ", "\n\n", "\t", "'t", "'s", "don", " don", "<|", "|>",
+]
+
+
+def gpt2_byte_chars() -> list[str]:
+    """GPT-2's byte -> character map (printable Latin-1 bytes stand for themselves)."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars = {b: chr(b) for b in printable}
+    for b in range(256):
+        chars.setdefault(b, chr(256 + len(chars) - len(printable)))
+    return [chars[b] for b in range(256)]
+
+
+def bpe_pieces(text: str, byte_chars: list[str]) -> str:
+    return "".join(byte_chars[b] for b in text.encode("utf-8"))
+
+
+def apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Plain BPE: merge the lowest-ranked adjacent pair (leftmost first) until none is left."""
+    while True:
+        candidates = [(ranks[pair], i) for i, pair in enumerate(zip(symbols, symbols[1:])) if pair in ranks]
+        if not candidates:
+            return symbols
+        _, i = min(candidates)
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2:]
+
+
+def bpe_merges(words: list[str], num_tokens: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """Merges that turn each word, in order, into one token, until num_tokens tokens exist.
+    A later merge has a higher rank than every earlier one, so earlier words stay one token."""
+    byte_chars = gpt2_byte_chars()
+    tokens = sorted(byte_chars)               # GPT-2's id order for the 256 byte symbols
+    known = set(tokens)
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+    for word in words:
+        symbols = apply_merges(list(bpe_pieces(word, byte_chars)), ranks)
+        while len(symbols) > 1:
+            if len(tokens) == num_tokens:
+                return tokens, merges
+            pair = (symbols[0], symbols[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            if pair[0] + pair[1] not in known:
+                known.add(pair[0] + pair[1])
+                tokens.append(pair[0] + pair[1])
+            symbols = apply_merges(symbols, ranks)
+    raise AssertionError(f"only {len(tokens)} BPE tokens; add words")
+
+
+def tiny_bpe_vocab() -> tuple[list[str], list[int], list[str]]:
+    """Return (tokens, token_types, merges) of the GPT-2 style vocab, VOCAB_SIZE tokens: the 256
+    byte symbols, merged pieces, then <|endoftext|>/<|im_start|>/<|im_end|> (CONTROL) and the
+    tool tags (USER_DEFINED)."""
+    T = gguf.TokenType
+    specials = BPE_CONTROL_TOKENS + TOOL_TAGS
+    words = BPE_FIRST_WORDS + [text for word in WORDS for text in (word, " " + word)]
+    tokens, merges = bpe_merges(words, VOCAB_SIZE - len(specials))
+    types = [T.NORMAL] * len(tokens) + [T.CONTROL] * len(BPE_CONTROL_TOKENS)
+    types += [T.USER_DEFINED] * len(TOOL_TAGS)
+    return tokens + specials, [int(t) for t in types], [f"{a} {b}" for a, b in merges]
+
+
+def sampling_view(vocab: str = "spm") -> tuple[list[str], list[int]]:
+    """(pieces, types) that logit_bias_column and FORCED_NEXT read: the SPM vocab as it is; BPE
+    tokens in SPM notation ("Ġthe" -> "▁the", "Ċ" -> "\n"), with the tokens that are not valid
+    UTF-8 on their own, ASCII controls and whitespace-only tokens typed BYTE (suppressed)."""
+    if vocab == "spm":
+        tokens, types, _ = tiny_vocab()
+        return tokens, types
+    tokens, types, _ = tiny_bpe_vocab()
+    byte_of = {char: b for b, char in enumerate(gpt2_byte_chars())}
+    pieces, view_types = [], []
+    for token, typ in zip(tokens, types):
+        if typ != gguf.TokenType.NORMAL:
+            pieces.append(token)
+            view_types.append(typ)
+            continue
+        raw = bytes(byte_of[c] for c in token)
+        text = raw.decode("utf-8", errors="replace")
+        byte_ish = "\ufffd" in text or (len(raw) == 1 and not text.isspace() and not 0x20 < raw[0] < 0x7F)
+        pieces.append(token if byte_ish else text.replace(" ", SPACE))
+        view_types.append(int(gguf.TokenType.BYTE) if byte_ish or text.isspace() else typ)
+    return pieces, view_types
+
+
 def logit_bias_column(tokens: list[str], types: list[int]) -> np.ndarray:
     """The per-token logit bias carried by output.weight[:, BIAS_DIM]."""
     T = gguf.TokenType
@@ -426,7 +521,10 @@ def add_metadata(writer: gguf.GGUFWriter, seed: int, file_type: int,
         writer.add_value_length(shape.head_dim)
 
 
-def add_tokenizer(writer: gguf.GGUFWriter) -> None:
+def add_tokenizer(writer: gguf.GGUFWriter, vocab: str = "spm") -> None:
+    if vocab != "spm":
+        add_bpe_tokenizer(writer, pre=vocab.partition(":")[2] or "qwen2")
+        return
     tokens, types, scores = tiny_vocab()
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
@@ -441,14 +539,33 @@ def add_tokenizer(writer: gguf.GGUFWriter) -> None:
     writer.add_chat_template(CHAT_TEMPLATE)
 
 
+def add_bpe_tokenizer(writer: gguf.GGUFWriter, pre: str) -> None:
+    """No scores (as converted GPT-2 style vocabs); bos/pad <|endoftext|>, eos <|im_end|>; pre
+    llama3 adds BOS as real Llama-3 files do, the others do not."""
+    tokens, types, merges = tiny_bpe_vocab()
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(tokens.index("<|endoftext|>"))
+    writer.add_eos_token_id(tokens.index(EOS))
+    writer.add_pad_token_id(tokens.index("<|endoftext|>"))
+    writer.add_add_bos_token(pre == "llama3")
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+
 def build_tiny_gguf(out_path: str | os.PathLike, seed: int = 0, dtype: str = "f16",
-                    arch: str = "llama", shape: str = "tiny") -> Path:
-    """Write the tiny model to out_path (atomically: temp file + rename); return the path."""
+                    arch: str = "llama", shape: str = "tiny", vocab: str = "spm") -> Path:
+    """Write the tiny model to out_path (atomically: temp file + rename); return the path.
+    vocab: "spm" (SentencePiece), "bpe" (GPT-2 byte-level BPE, pre qwen2) or "bpe:<pre>"."""
     check_choice("dtype", dtype, DTYPES)
     check_choice("arch", arch, ARCHS)
     check_choice("shape", shape, SHAPES)
+    check_choice("vocab", vocab, VOCABS)
     out_path = Path(out_path)
-    tokens, types, _ = tiny_vocab()
+    tokens, types = sampling_view(vocab)
     forced_pairs = [(tokens.index(a), tokens.index(b)) for a, b in FORCED_NEXT]
     tensors = model_tensors(np.random.default_rng(seed), logit_bias_column(tokens, types), forced_pairs,
                             SHAPES[shape], arch)
@@ -456,7 +573,7 @@ def build_tiny_gguf(out_path: str | os.PathLike, seed: int = 0, dtype: str = "f1
     writer = gguf.GGUFWriter(str(tmp_path), arch)
     try:
         add_metadata(writer, seed, int(DTYPES[dtype][1]), SHAPES[shape], arch)
-        add_tokenizer(writer)
+        add_tokenizer(writer, vocab)
         for name, array in tensors.items():
             qtype = tensor_type(name, array, dtype)
             encoded = encode_tensor(array, qtype)
@@ -488,8 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="f16")
     parser.add_argument("--arch", choices=ARCHS, default="llama")
     parser.add_argument("--shape", choices=tuple(SHAPES), default="tiny")
+    parser.add_argument("--vocab", choices=VOCABS, default="spm")
     args = parser.parse_args(argv)
-    path = build_tiny_gguf(args.out, seed=args.seed, dtype=args.dtype, arch=args.arch, shape=args.shape)
+    path = build_tiny_gguf(args.out, seed=args.seed, dtype=args.dtype, arch=args.arch, shape=args.shape,
+                           vocab=args.vocab)
     print(path)
     return 0
 
