@@ -4,9 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 CONFIG ?= etc/velollm.toml
+# The engine's models_dir in etc/velollm.toml: `make run` writes a demo model there when it
+# holds no GGUF (random weights: its text is noise; see the README to serve a real model).
+MODELS_DIR ?= /var/lib/velollm/models
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench llama-server clean
+.PHONY: install run test bench llama-server clean demo-model
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +17,10 @@ $(PY):
 # Runtime install: the package (with its CFFI extension built in place) and its runtime deps.
 $(VENV)/.installed: $(PY) setup.cfg setup.py pyproject.toml $(wildcard velollmd/sched/*.c velollmd/sched/_kvblocks_build.py)
 	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.tools-installed: $(VENV)/.installed requirements-tools.txt
+	$(PIP) install -r requirements-tools.txt
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
@@ -26,7 +33,11 @@ $(VENV)/.bench-installed: $(VENV)/.test-installed requirements-bench.txt
 
 install: $(VENV)/.installed
 
-run: install
+demo-model: $(VENV)/.tools-installed
+	@mkdir -p $(MODELS_DIR)
+	@ls $(MODELS_DIR)/*.gguf >/dev/null 2>&1 || $(PY) tools/make_tiny_gguf.py $(MODELS_DIR)/velollm-demo.gguf
+
+run: install demo-model
 	$(VENV)/bin/velollmd --config $(CONFIG)
 
 # The real llama-server is built once into ~/.cache/velollm (outside the repo) and reused.

@@ -104,3 +104,23 @@ def test_backend_embedder_needs_a_backend_and_a_model(cache, key):
     with pytest.raises(ConfigError) as info:
         config_from_table(table, "x.toml")
     assert info.value.key == key
+
+
+@pytest.mark.parametrize("item,key,reason", [
+    ({"kind": "llamacpp", "url": "http://x", "model": "/m.gguf"}, "backends[0].model", 'only to kind = "engine"'),
+    ({"kind": "openai", "url": "http://x", "max_running": 4}, "backends[0].max_running", 'only to kind = "engine"'),
+    ({"kind": "engine", "device": "tpu"}, "backends[0].device", "one of"),
+    ({"kind": "engine", "max_running": 0}, "backends[0].max_running", ">= 1"),
+    ({"kind": "engine", "block_size": 0}, "backends[0].block_size", ">= 1"),
+    ({"kind": "engine", "ollama_store": "yes"}, "backends[0].ollama_store", "must be bool"),
+])
+def test_engine_keys_are_checked(item, key, reason):
+    with pytest.raises(ConfigError) as info:
+        config_from_table({"backends": [{"name": "b", **item}]}, "t.toml")
+    assert key in str(info.value) and reason in str(info.value)
+
+
+def test_engine_backend_needs_no_url():
+    config = config_from_table({"backends": [{"name": "e", "kind": "engine", "model": "/m.gguf",
+                                              "max_running": 4, "keep_alive_s": 0}]})
+    assert (config.backends[0].model, config.backends[0].max_running) == ("/m.gguf", 4)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Write a tiny random-weight Llama GGUF for tests: `make_tiny_gguf.py OUT.gguf [--seed N]`.
+"""Write a tiny random-weight Llama GGUF for tests: `make_tiny_gguf.py OUT.gguf [--seed N] [--dtype D]
+[--arch A] [--shape S]`.
 
 The model is useless as a language model but has properties tests rely on:
 
@@ -21,6 +22,21 @@ The model is useless as a language model but has properties tests rely on:
 - Deterministic: the same seed and dtype give identical bytes. The file is written to a
   temporary name and renamed, so a running server that memory-mapped OUT is never hurt.
 
+Variants (defaults give the same bytes as before these options existed):
+
+- arch llama (adjacent-pair RoPE), qwen2 (Q/K/V biases `blk.N.attn_{q,k,v}.bias`, NEOX RoPE),
+  qwen3 (per-head Q/K RMSNorm `blk.N.attn_{q,k}_norm.weight`, NEOX RoPE, no biases). Weights
+  are random, so no Q/K permutation is involved; only llama.cpp's choice of RoPE differs.
+- shape tiny (n_embd 128, 2 layers, ~1 MB) or small (n_embd 1024, 8 layers, 16/4 heads, n_ff
+  2816: ~92M parameters, ~185 MB in F16: loads in llama-server, too big for `make test`).
+- dtype f32, f16, q8_0, q4_0, q4_k, q6_k: 1-D tensors (norms, biases) stay F32 as ggml
+  requires. For quantised dtypes, token_embd and output stay Q8_0: they carry the logit-bias
+  tricks (exact zeros, and -1000 or 5000 next to 2.0 in one block), which 4-bit blocks cannot
+  hold. A matrix whose rows are not whole blocks of the dtype falls back as llama.cpp's
+  quantizer does (Q4_K -> Q5_0, Q6_K -> Q8_0): in the tiny shape only ffn_down (rows of 256)
+  is Q4_K/Q6_K; in the small shape every inner matrix is. gguf-py cannot quantise K-quants,
+  so quantize_q4_k / quantize_q6_k below do it (simple min/max scales, not llama.cpp's search).
+
 Usable as a script or imported (tests load it by path): build_tiny_gguf(), tiny_vocab().
 """
 from __future__ import annotations
@@ -29,6 +45,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import gguf
 import numpy as np
@@ -41,6 +58,35 @@ N_HEAD = 4
 N_HEAD_KV = 2
 HEAD_DIM = N_EMBD // N_HEAD
 CONTEXT_LENGTH = 8192
+
+
+class ModelShape(NamedTuple):     # not a dataclass: tests load this file without sys.modules
+    n_embd: int
+    n_ff: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+SHAPES = {
+    "tiny": ModelShape(N_EMBD, N_FF, N_LAYER, N_HEAD, N_HEAD_KV),
+    "small": ModelShape(n_embd=1024, n_ff=2816, n_layer=8, n_head=16, n_head_kv=4),
+}
+ARCHS = ("llama", "qwen2", "qwen3")
+Q = gguf.GGMLQuantizationType
+DTYPES = {   # dtype -> (ggml type of inner matrices, file type, fallback when rows do not fit)
+    "f32": (Q.F32, gguf.LlamaFileType.ALL_F32, Q.F32),
+    "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16, Q.F16),
+    "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0, Q.F16),
+    "q4_0": (Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0, Q.F16),
+    "q4_k": (Q.Q4_K, gguf.LlamaFileType.MOSTLY_Q4_K_S, Q.Q5_0),
+    "q6_k": (Q.Q6_K, gguf.LlamaFileType.MOSTLY_Q6_K, Q.Q8_0),
+}
+TRICK_TENSORS = ("token_embd.weight", "output.weight")   # Q8_0 in every quantised dtype
 BIAS_DIM = 0                 # residual dimension held at 1: output.weight[:, BIAS_DIM] = logit bias
 SUPPRESS_BIAS = -1000.0      # control / byte / unk tokens: never sampled
 RARE_BIAS = -30.0            # never sampled in free text, only when a request or a grammar asks
@@ -182,21 +228,24 @@ def logit_bias_column(tokens: list[str], types: list[int]) -> np.ndarray:
     return bias
 
 
-def model_tensors(rng: np.random.Generator, bias: np.ndarray,
-                  forced_pairs: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+def model_tensors(rng: np.random.Generator, bias: np.ndarray, forced_pairs: list[tuple[int, int]],
+                  shape: ModelShape = SHAPES["tiny"], arch: str = "llama") -> dict[str, np.ndarray]:
     """All weights as float32 numpy arrays, shaped (out, in) as gguf expects."""
-    def normal(*shape: int, std: float) -> np.ndarray:
-        return rng.normal(0.0, std, size=shape).astype(np.float32)
+    def normal(*dims: int, std: float) -> np.ndarray:
+        return rng.normal(0.0, std, size=dims).astype(np.float32)
 
-    tensors = {"token_embd.weight": token_embedding(normal, forced_pairs)}
-    for layer in range(N_LAYER):
-        tensors.update(layer_tensors(normal, layer))
-    tensors.update(output_tensors(normal, bias, forced_pairs))
+    vocab_size = len(bias)
+    tensors = {"token_embd.weight": token_embedding(normal, forced_pairs, shape, vocab_size)}
+    for layer in range(shape.n_layer):
+        tensors.update(layer_tensors(normal, layer, shape))
+        tensors.update(arch_layer_tensors(normal, layer, shape, arch))
+    tensors.update(output_tensors(normal, bias, forced_pairs, shape))
     return tensors
 
 
-def token_embedding(normal, forced_pairs: list[tuple[int, int]]) -> np.ndarray:
-    token_embd = normal(VOCAB_SIZE, N_EMBD, std=EMBED_STD)  # (vocab, n_embd)
+def token_embedding(normal, forced_pairs: list[tuple[int, int]], shape: ModelShape,
+                    vocab_size: int) -> np.ndarray:
+    token_embd = normal(vocab_size, shape.n_embd, std=EMBED_STD)  # (vocab, n_embd)
     token_embd[:, RESERVED_DIMS] = 0.0
     token_embd[:, BIAS_DIM] = 1.0
     for dim, (token_id, _) in zip(FORCED_DIMS, forced_pairs):
@@ -204,37 +253,71 @@ def token_embedding(normal, forced_pairs: list[tuple[int, int]]) -> np.ndarray:
     return token_embd
 
 
-def layer_tensors(normal, layer: int) -> dict[str, np.ndarray]:
+def layer_tensors(normal, layer: int, shape: ModelShape) -> dict[str, np.ndarray]:
     """One transformer block that neither reads nor writes the reserved dimensions."""
-    content = np.ones(N_EMBD, dtype=np.float32)  # (n_embd,) norm weight: 0 on reserved dims
+    n_embd, n_ff = shape.n_embd, shape.n_ff
+    q_dim, kv_dim = shape.n_head * shape.head_dim, shape.n_head_kv * shape.head_dim
+    std, down_std = layer_stds(shape)
+    content = np.ones(n_embd, dtype=np.float32)  # (n_embd,) norm weight: 0 on reserved dims
     content[RESERVED_DIMS] = 0.0
-    attn_output = normal(N_EMBD, N_HEAD * HEAD_DIM, std=LAYER_STD)  # (n_embd, n_head*head_dim)
-    ffn_down = normal(N_EMBD, N_FF, std=LAYER_STD)                   # (n_embd, n_ff)
+    attn_output = normal(n_embd, q_dim, std=std)      # (n_embd, n_head*head_dim)
+    ffn_down = normal(n_embd, n_ff, std=down_std)     # (n_embd, n_ff)
     attn_output[RESERVED_DIMS, :] = 0.0
     ffn_down[RESERVED_DIMS, :] = 0.0
     prefix = f"blk.{layer}."
     return {
         prefix + "attn_norm.weight": content,
-        prefix + "attn_q.weight": normal(N_HEAD * HEAD_DIM, N_EMBD, std=LAYER_STD),     # (n_head*head_dim, n_embd)
-        prefix + "attn_k.weight": normal(N_HEAD_KV * HEAD_DIM, N_EMBD, std=LAYER_STD),  # (n_head_kv*head_dim, n_embd)
-        prefix + "attn_v.weight": normal(N_HEAD_KV * HEAD_DIM, N_EMBD, std=LAYER_STD),  # (n_head_kv*head_dim, n_embd)
+        prefix + "attn_q.weight": normal(q_dim, n_embd, std=std),    # (n_head*head_dim, n_embd)
+        prefix + "attn_k.weight": normal(kv_dim, n_embd, std=std),   # (n_head_kv*head_dim, n_embd)
+        prefix + "attn_v.weight": normal(kv_dim, n_embd, std=std),   # (n_head_kv*head_dim, n_embd)
         prefix + "attn_output.weight": attn_output,
         prefix + "ffn_norm.weight": content.copy(),
-        prefix + "ffn_gate.weight": normal(N_FF, N_EMBD, std=LAYER_STD),  # (n_ff, n_embd)
-        prefix + "ffn_up.weight": normal(N_FF, N_EMBD, std=LAYER_STD),    # (n_ff, n_embd)
+        prefix + "ffn_gate.weight": normal(n_ff, n_embd, std=std),   # (n_ff, n_embd)
+        prefix + "ffn_up.weight": normal(n_ff, n_embd, std=std),     # (n_ff, n_embd)
         prefix + "ffn_down.weight": ffn_down,
     }
 
 
-def output_tensors(normal, bias: np.ndarray, forced_pairs: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+def layer_stds(shape: ModelShape) -> tuple[float, float]:
+    """Weight std of the layer matrices, and of ffn_down: LAYER_STD scaled by fan-in and depth.
+
+    Wider and deeper models would otherwise grow the residual's content dimensions until they
+    drown the reserved ones after output_norm, and the logit-bias tricks would fade. Exactly
+    LAYER_STD for the tiny shape.
+    """
+    tiny = SHAPES["tiny"]
+    std = LAYER_STD * float(np.sqrt(tiny.n_embd * tiny.n_layer / (shape.n_embd * shape.n_layer)))
+    return std, std * float(np.sqrt(tiny.n_ff / shape.n_ff))
+
+
+def arch_layer_tensors(normal, layer: int, shape: ModelShape, arch: str) -> dict[str, np.ndarray]:
+    """qwen2: Q/K/V biases; qwen3: per-head Q/K RMSNorm weights; llama: nothing more.
+
+    Drawn after the llama tensors of the layer, so arch llama keeps its bytes.
+    """
+    prefix = f"blk.{layer}."
+    if arch == "qwen2":   # a V bias as large as Q/K's would make every token's output the same
+        q_dim, kv_dim = shape.n_head * shape.head_dim, shape.n_head_kv * shape.head_dim
+        return {prefix + "attn_q.bias": normal(q_dim, std=0.1),    # (n_head*head_dim,)
+                prefix + "attn_k.bias": normal(kv_dim, std=0.1),   # (n_head_kv*head_dim,)
+                prefix + "attn_v.bias": normal(kv_dim, std=layer_stds(shape)[0])}  # (n_head_kv*head_dim,)
+    if arch == "qwen3":
+        return {prefix + "attn_q_norm.weight": 1.0 + normal(shape.head_dim, std=0.1),   # (head_dim,)
+                prefix + "attn_k_norm.weight": 1.0 + normal(shape.head_dim, std=0.1)}   # (head_dim,)
+    return {}
+
+
+def output_tensors(normal, bias: np.ndarray, forced_pairs: list[tuple[int, int]],
+                   shape: ModelShape) -> dict[str, np.ndarray]:
     """output_norm + output: random logits from content dims, bias and forcing from reserved dims."""
     # After output_norm a reserved dimension at 1 is about sqrt(n_embd) (it dominates the RMS);
     # its norm weight scales it back to ~1.0, so output.weight columns are logits directly.
-    bias_norm_value = np.sqrt(N_EMBD / (1.0 + (N_EMBD - 1) * EMBED_STD**2))
-    output_norm = np.ones(N_EMBD, dtype=np.float32)  # (n_embd,)
+    n_embd = shape.n_embd
+    bias_norm_value = np.sqrt(n_embd / (1.0 + (n_embd - 1) * EMBED_STD**2))
+    output_norm = np.ones(n_embd, dtype=np.float32)  # (n_embd,)
     output_norm[RESERVED_DIMS] = 1.0 / bias_norm_value
     content_value = EMBED_STD * bias_norm_value  # a content dimension after output_norm
-    output = normal(VOCAB_SIZE, N_EMBD, std=OUTPUT_STD / (np.sqrt(N_EMBD) * content_value))  # (vocab, n_embd)
+    output = normal(len(bias), n_embd, std=OUTPUT_STD / (np.sqrt(n_embd) * content_value))  # (vocab, n_embd)
     output[:, RESERVED_DIMS] = 0.0
     output[:, BIAS_DIM] = bias
     for dim, (_, next_id) in zip(FORCED_DIMS, forced_pairs):
@@ -242,19 +325,105 @@ def output_tensors(normal, bias: np.ndarray, forced_pairs: list[tuple[int, int]]
     return {"output_norm.weight": output_norm, "output.weight": output}
 
 
-def add_metadata(writer: gguf.GGUFWriter, seed: int, file_type: int) -> None:
+def tensor_type(name: str, array: np.ndarray, dtype: str) -> Q:
+    """The ggml type a tensor is written in (see "Variants" in the module docstring)."""
+    wanted, _, fallback = DTYPES[dtype]
+    if array.ndim == 1 or wanted == Q.F32:
+        return Q.F32
+    if wanted != Q.F16 and name in TRICK_TENSORS:
+        return Q.Q8_0
+    for qtype in (wanted, fallback):
+        if array.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0] == 0:
+            return qtype
+    return Q.F16
+
+
+def encode_tensor(array: np.ndarray, qtype: Q) -> np.ndarray:
+    """float32 (rows, cols) -> what GGUFWriter.add_tensor takes for qtype."""
+    if qtype == Q.F32:
+        return array
+    if qtype == Q.F16:
+        return array.astype(np.float16)
+    if qtype == Q.Q4_K:
+        return quantize_q4_k(array)
+    if qtype == Q.Q6_K:
+        return quantize_q6_k(array)
+    return gguf.quants.quantize(array, qtype)
+
+
+def _f16_bytes(values: np.ndarray) -> np.ndarray:
+    """(n,) float32 -> (n, 2) uint8 little-endian halves."""
+    return values.astype("<f2").view(np.uint8).reshape(-1, 2)
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), 0).astype(np.float32)
+
+
+def quantize_q4_k(array: np.ndarray) -> np.ndarray:
+    """(rows, cols) float32, cols % 256 == 0 -> (rows, cols / 256 * 144) Q4_K bytes.
+
+    Per 32-value sub-block x ~ d*sc*q - dmin*m with 6-bit sc, m and 4-bit q; an all-zero
+    sub-block stays exactly zero.
+    """
+    rows = array.shape[0]
+    x = array.reshape(-1, 8, 32).astype(np.float32)                        # (blocks, 8, 32)
+    low = np.minimum(x.min(axis=-1), 0.0)                                  # (blocks, 8)
+    scale = (x.max(axis=-1) - low) / 15.0                                  # (blocks, 8)
+    d = (scale.max(axis=-1) / 63.0).astype(np.float16).astype(np.float32)  # (blocks,)
+    dmin = ((-low).max(axis=-1) / 63.0).astype(np.float16).astype(np.float32)  # (blocks,)
+    sc = np.clip(np.round(_safe_div(scale, d[:, None])), 0, 63).astype(np.uint8)   # (blocks, 8)
+    m = np.clip(np.round(_safe_div(-low, dmin[:, None])), 0, 63).astype(np.uint8)  # (blocks, 8)
+    step = (d[:, None] * sc)[..., None]                                    # (blocks, 8, 1)
+    offset = (dmin[:, None] * m)[..., None]                                # (blocks, 8, 1)
+    q = np.clip(np.round(_safe_div(x + offset, np.broadcast_to(step, x.shape))), 0, 15).astype(np.uint8)
+    packed_scales = np.concatenate([sc[:, :4] | ((sc[:, 4:] >> 4) << 6), m[:, :4] | ((m[:, 4:] >> 4) << 6),
+                                    (sc[:, 4:] & 0x0F) | ((m[:, 4:] & 0x0F) << 4)], axis=-1)  # (blocks, 12)
+    qs = (q[:, 0::2, :] | (q[:, 1::2, :] << 4)).reshape(-1, 128)           # (blocks, 128)
+    blocks = np.concatenate([_f16_bytes(d), _f16_bytes(dmin), packed_scales, qs], axis=-1)  # (blocks, 144)
+    return blocks.reshape(rows, -1)
+
+
+def quantize_q6_k(array: np.ndarray) -> np.ndarray:
+    """(rows, cols) float32, cols % 256 == 0 -> (rows, cols / 256 * 210) Q6_K bytes.
+
+    Per 16-value sub-block x ~ d*sc*(q - 32) with int8 sc and 6-bit q; zeros stay zeros.
+    """
+    rows = array.shape[0]
+    x = array.reshape(-1, 16, 16).astype(np.float32)                       # (blocks, 16, 16)
+    scale = np.abs(x).max(axis=-1) / 31.0                                  # (blocks, 16)
+    d = (scale.max(axis=-1) / 127.0).astype(np.float16).astype(np.float32) # (blocks,)
+    sc = np.clip(np.round(_safe_div(scale, d[:, None])), 0, 127).astype(np.int8)  # (blocks, 16)
+    step = np.broadcast_to((d[:, None] * sc)[..., None], x.shape)          # (blocks, 16, 16)
+    q = (np.clip(np.round(_safe_div(x, step)), -32, 31) + 32).astype(np.uint8)
+    q = q.reshape(-1, 2, 4, 32)                                            # (blocks, half, group, 32)
+    nib = q & 0x0F
+    ql = (nib[:, :, 0:2, :] | (nib[:, :, 2:4, :] << 4)).reshape(-1, 128)   # (blocks, 128)
+    hi = q >> 4                                                            # (blocks, 2, 4, 32)
+    qh = (hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)).reshape(-1, 64)
+    blocks = np.concatenate([ql, qh, sc.view(np.uint8), _f16_bytes(d)], axis=-1)  # (blocks, 210)
+    return blocks.reshape(rows, -1)
+
+
+def add_metadata(writer: gguf.GGUFWriter, seed: int, file_type: int,
+                 shape: ModelShape = SHAPES["tiny"], arch: str = "llama") -> None:
+    """Hyperparameters under `{arch}.*` (the writer prefixes its architecture)."""
     writer.add_name(f"velollm-tiny-seed{seed}")
     writer.add_file_type(file_type)
     writer.add_context_length(CONTEXT_LENGTH)
-    writer.add_embedding_length(N_EMBD)
-    writer.add_block_count(N_LAYER)
-    writer.add_feed_forward_length(N_FF)
-    writer.add_head_count(N_HEAD)
-    writer.add_head_count_kv(N_HEAD_KV)
-    writer.add_rope_dimension_count(HEAD_DIM)
+    writer.add_embedding_length(shape.n_embd)
+    writer.add_block_count(shape.n_layer)
+    writer.add_feed_forward_length(shape.n_ff)
+    writer.add_head_count(shape.n_head)
+    writer.add_head_count_kv(shape.n_head_kv)
+    writer.add_rope_dimension_count(shape.head_dim)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(VOCAB_SIZE)
+    if arch == "qwen3":
+        writer.add_key_length(shape.head_dim)
+        writer.add_value_length(shape.head_dim)
 
 
 def add_tokenizer(writer: gguf.GGUFWriter) -> None:
@@ -272,24 +441,26 @@ def add_tokenizer(writer: gguf.GGUFWriter) -> None:
     writer.add_chat_template(CHAT_TEMPLATE)
 
 
-def build_tiny_gguf(out_path: str | os.PathLike, seed: int = 0, dtype: str = "f16") -> Path:
+def build_tiny_gguf(out_path: str | os.PathLike, seed: int = 0, dtype: str = "f16",
+                    arch: str = "llama", shape: str = "tiny") -> Path:
     """Write the tiny model to out_path (atomically: temp file + rename); return the path."""
-    if dtype not in ("f16", "f32"):
-        raise ValueError(f"dtype must be f16 or f32, not {dtype!r}")
+    check_choice("dtype", dtype, DTYPES)
+    check_choice("arch", arch, ARCHS)
+    check_choice("shape", shape, SHAPES)
     out_path = Path(out_path)
     tokens, types, _ = tiny_vocab()
     forced_pairs = [(tokens.index(a), tokens.index(b)) for a, b in FORCED_NEXT]
-    tensors = model_tensors(np.random.default_rng(seed), logit_bias_column(tokens, types), forced_pairs)
-    file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
+    tensors = model_tensors(np.random.default_rng(seed), logit_bias_column(tokens, types), forced_pairs,
+                            SHAPES[shape], arch)
     tmp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(str(tmp_path), "llama")
+    writer = gguf.GGUFWriter(str(tmp_path), arch)
     try:
-        add_metadata(writer, seed, int(file_type))
+        add_metadata(writer, seed, int(DTYPES[dtype][1]), SHAPES[shape], arch)
         add_tokenizer(writer)
         for name, array in tensors.items():
-            # 1-D norm weights stay F32 (ggml requires it); matrices follow dtype.
-            keep_f32 = dtype == "f32" or array.ndim == 1
-            writer.add_tensor(name, array if keep_f32 else array.astype(np.float16))
+            qtype = tensor_type(name, array, dtype)
+            encoded = encode_tensor(array, qtype)
+            writer.add_tensor(name, encoded, raw_dtype=qtype if encoded.dtype == np.uint8 else None)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -297,6 +468,11 @@ def build_tiny_gguf(out_path: str | os.PathLike, seed: int = 0, dtype: str = "f1
         writer.close()
     os.replace(tmp_path, out_path)
     return out_path
+
+
+def check_choice(what: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {', '.join(choices)}, not {value!r}")
 
 
 def force_tool_call_bias() -> dict[str, float]:
@@ -309,9 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="path of the GGUF file to write")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", choices=("f16", "f32"), default="f16")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="f16")
+    parser.add_argument("--arch", choices=ARCHS, default="llama")
+    parser.add_argument("--shape", choices=tuple(SHAPES), default="tiny")
     args = parser.parse_args(argv)
-    path = build_tiny_gguf(args.out, seed=args.seed, dtype=args.dtype)
+    path = build_tiny_gguf(args.out, seed=args.seed, dtype=args.dtype, arch=args.arch, shape=args.shape)
     print(path)
     return 0
 

@@ -16,6 +16,7 @@ from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/velollm.toml"
 BACKEND_KINDS = ("ollama", "llamacpp", "openai", "engine")
+ENGINE_DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -52,6 +53,25 @@ class BackendConfig:
     connect_timeout_s: float = _opt(5.0, min=0.001)
     timeout_s: float = _opt(600.0, min=0.001)      # read timeout between bytes of a response
     health_interval_s: float = _opt(5.0, min=0.05)
+    # kind = "engine" only (the in-process engine): what it serves and how.
+    model: str = ""                                # one GGUF file, served under its stem or `alias`
+    alias: str = ""
+    models_dir: str = ""                           # every *.gguf in this folder
+    ollama_store: bool = True                      # and Ollama's local model store, by Ollama's names
+    device: str = _opt("auto", choices=ENGINE_DEVICES)
+    threads: int = _opt(0, min=0, max=1024)        # 0 = every core
+    kv_cache_mb: int = _opt(0, min=0)              # 0 = num_ctx x max_running tokens of KV
+    block_size: int = _opt(16, min=1, max=1024)    # tokens per KV block
+    max_batch_tokens: int = _opt(512, min=1)       # tokens per engine step (prefill chunk + decodes)
+    max_running: int = _opt(16, min=1, max=1024)   # sequences decoded together
+    keep_alive_s: float = _opt(300.0, min=0.0)     # unload a model idle this long (0 = never)
+    max_loaded_models: int = _opt(1, min=1, max=64)
+    chat_template: str = ""                        # a family name when the GGUF's is not recognised
+
+
+ENGINE_KEYS = ("model", "alias", "models_dir", "ollama_store", "device", "threads", "kv_cache_mb",
+               "block_size", "max_batch_tokens", "max_running", "keep_alive_s", "max_loaded_models",
+               "chat_template")
 
 
 @dataclass(frozen=True)
@@ -192,6 +212,10 @@ def _build_backends(items, path: str) -> tuple[BackendConfig, ...]:
                 raise ConfigError(path, f"{prefix}.{required}", "is required")
         if backend.kind != "engine" and not backend.url.startswith(("http://", "https://")):
             raise ConfigError(path, f"{prefix}.url", "must be an http:// URL")
+        if backend.kind != "engine":
+            for key in ENGINE_KEYS:
+                if key in item:
+                    raise ConfigError(path, f"{prefix}.{key}", 'applies only to kind = "engine"')
         if backend.name in seen:
             raise ConfigError(path, f"{prefix}.name", f"duplicate backend name {backend.name!r}")
         seen.add(backend.name)

@@ -4,8 +4,10 @@ import os
 import urllib.request
 
 import gguf
+import numpy as np
+import pytest
 
-from tests.rig.llama import make_tiny_model, tiny_gguf_tool, token_id
+from tests.rig.llama import force_tool_call_bias, make_tiny_model, tiny_gguf_tool, token_id
 
 
 def test_same_seed_gives_identical_bytes(tmp_path):
@@ -62,3 +64,84 @@ def test_loads_in_real_llama_server(llama_server, tiny_model_path):
     assert props["total_slots"] == 4
     with urllib.request.urlopen(llama_server.url + "/v1/models") as resp:
         assert [m["id"] for m in json.load(resp)["data"]] == ["tiny"]
+
+
+# --- variants: arch, quantised dtypes (shape "small" is checked by hand: too big for make test) ---
+
+def build_variant(tmp_path, arch="llama", dtype="f16", seed=0):
+    out = tmp_path / f"{arch}-{dtype}.gguf"
+    return tiny_gguf_tool().build_tiny_gguf(out, seed=seed, dtype=dtype, arch=arch)
+
+
+def tensor_types(path) -> dict[str, str]:
+    return {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+
+
+def test_default_arch_and_shape_keep_the_bytes(tmp_path):
+    tool = tiny_gguf_tool()
+    explicit = tool.build_tiny_gguf(tmp_path / "a.gguf", seed=5, dtype="f16", arch="llama", shape="tiny")
+    assert explicit.read_bytes() == make_tiny_model(tmp_path / "b.gguf", seed=5).read_bytes()
+
+
+def test_qwen2_has_qkv_biases_and_qwen3_qk_norms(tmp_path):
+    qwen2 = gguf.GGUFReader(build_variant(tmp_path, "qwen2"))
+    assert qwen2.fields["general.architecture"].contents() == "qwen2"
+    assert qwen2.fields["qwen2.block_count"].contents() == 2
+    shapes = {t.name: tuple(t.shape.tolist()) for t in qwen2.tensors}
+    biases = [shapes[f"blk.1.attn_{x}.bias"] for x in "qkv"]
+    assert biases == [(128,), (64,), (64,)]
+    qwen3 = gguf.GGUFReader(build_variant(tmp_path, "qwen3"))
+    assert qwen3.fields["qwen3.attention.key_length"].contents() == 32
+    names = {t.name for t in qwen3.tensors}
+    assert {"blk.0.attn_q_norm.weight", "blk.0.attn_k_norm.weight"} <= names
+    assert not any(name.endswith(".bias") for name in names)
+    types = tensor_types(tmp_path / "qwen3-f16.gguf")
+    assert types["blk.0.attn_q_norm.weight"] == "F32" and types["blk.0.attn_q.weight"] == "F16"
+
+
+@pytest.mark.parametrize("dtype, inner, ffn_down", [
+    ("q8_0", "Q8_0", "Q8_0"), ("q4_0", "Q4_0", "Q4_0"), ("q4_k", "Q5_0", "Q4_K"), ("q6_k", "Q8_0", "Q6_K")])
+def test_quantised_types_per_tensor(tmp_path, dtype, inner, ffn_down):
+    types = tensor_types(build_variant(tmp_path, dtype=dtype))
+    assert types["token_embd.weight"] == types["output.weight"] == "Q8_0"    # the logit-bias tricks
+    assert types["blk.0.attn_norm.weight"] == "F32"
+    assert types["blk.0.attn_q.weight"] == inner                              # rows of 128
+    assert types["blk.1.ffn_down.weight"] == ffn_down                         # rows of 256
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+def test_k_quantisers_round_trip_through_gguf_py(qtype):
+    tool = tiny_gguf_tool()
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(3, 512)).astype(np.float32)   # (rows, cols)
+    values[1] = 0.0
+    values[2, :64] = 0.0
+    quantise = tool.quantize_q4_k if qtype == "Q4_K" else tool.quantize_q6_k
+    decoded = gguf.quants.dequantize(quantise(values), gguf.GGMLQuantizationType[qtype])
+    step = 0.42 if qtype == "Q4_K" else 0.13                # a 4-bit / 6-bit step on N(0, 1)
+    assert np.abs(decoded - values).max() < step / 2 + 1e-3
+    assert not decoded[1].any()                              # zero rows stay exactly zero
+    assert qtype == "Q4_K" or not decoded[2, :64].any()      # Q6_K is symmetric: zeros exact
+
+
+def chat(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.load(resp)
+
+
+@pytest.mark.parametrize("arch, dtype", [("qwen2", "f16"), ("qwen3", "f16"), ("llama", "q8_0"),
+                                         ("llama", "q4_k"), ("qwen3", "q4_k")])
+def test_variant_answers_in_real_llama_server(tmp_path, llama_server_factory, arch, dtype):
+    server = llama_server_factory(build_variant(tmp_path, arch, dtype), parallel=1)
+    reply = chat(server.url, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6})
+    assert reply["usage"]["completion_tokens"] == 6          # bias tricks: no early end token
+    assert reply["choices"][0]["finish_reason"] == "length"
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    reply = chat(server.url, {"messages": [{"role": "user", "content": "weather?"}], "max_tokens": 64,
+                              "tools": tools, "logit_bias": force_tool_call_bias()})
+    assert reply["choices"][0]["finish_reason"] == "tool_calls"
+    call = reply["choices"][0]["message"]["tool_calls"][0]["function"]
+    assert (call["name"], json.loads(call["arguments"])) == ("get_weather", {"city": "paris"})

@@ -1,11 +1,307 @@
-"""The in-process engine backend: a placeholder that answers 501 until the engine lands."""
+"""The in-process engine as a backend: GGUF models served by velollmd itself.
+
+Models come from the catalogue (engine/store.py: a file, a folder, Ollama's store). Each file
+is probed once (header only); one that cannot be served is listed in /health with the reason,
+and a request for it gets 503 `model_unavailable` naming the file and the reason. A model is
+loaded on its first request (weights dequantised in a thread, so the daemon keeps serving),
+kept while used, unloaded after `keep_alive_s` idle, and at most `max_loaded_models` stay
+loaded (least recently used unloaded first).
+
+Requests become token ids (chat template + tokenizer), run on the model's Runner (a worker
+thread), and come back as OpenAI answers or chunks (engine_answer.py). Text is plain model
+output: tool calls in it are found by the daemon's tool-call layer, as for any backend.
+"""
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from typing import AsyncIterator
+
+from ..config import BackendConfig, SchedulerConfig
+from ..engine import loader, store
+from ..engine.loader import EngineOptions, LoadedModel
+from ..engine.runner import Event
+from ..engine.sampling import SamplingParamError, SamplingParams
+from ..errors import BadRequest, NotFound, Unavailable, VeloError
+from ..wire.ids import response_id
+from ..wire.request import GenerateRequest
 from .base import Backend, ModelInfo
+from .engine_answer import AnswerBuilder, embeddings_answer
+
+log = logging.getLogger("velollmd.engine")
 
 
 class EngineBackend(Backend):
     kind = "engine"
+    supports_n = True
+
+    def __init__(self, config: BackendConfig, scheduler_config: SchedulerConfig | None = None):
+        super().__init__(config)
+        self.scheduler_config = scheduler_config or SchedulerConfig()
+        self.num_slots = config.max_running
+        self.slots_source = "engine"
+        self.options = EngineOptions(num_ctx=config.num_ctx, kv_cache_mb=config.kv_cache_mb,
+                                     block_size=config.block_size, max_batch_tokens=config.max_batch_tokens,
+                                     max_running=config.max_running, chat_template=config.chat_template)
+        self.files: dict[str, store.ModelFile] = {}
+        self.unavailable: dict[str, str] = {}          # name -> why it cannot be served
+        self._probed: dict[str, str | None] = {}        # file identity -> problem (None: fine)
+        self.loaded: dict[str, LoadedModel] = {}        # in least recently used order
+        self._loading: dict[str, asyncio.Future] = {}
+        self._next_id = 0
+
+    # ---- catalogue ----
 
     async def list_models(self) -> list[ModelInfo]:
-        return []
+        catalogue = await asyncio.to_thread(self._scan)
+        self.files = catalogue.models
+        self.unavailable = dict(catalogue.problems)
+        for name, found in catalogue.models.items():
+            problem = self._probed.get(found.identity)
+            if problem:
+                self.unavailable[name] = problem
+        self._unload_idle()
+        self.loaded_models = frozenset(self.loaded)
+        return [self._info(f) for name, f in self.files.items() if name not in self.unavailable]
+
+    def _scan(self) -> store.Catalogue:
+        """Find the files and probe the ones not seen before (a thread: it reads headers)."""
+        dirs = store.ollama_store_dirs() if self.config.ollama_store else []
+        catalogue = store.find_models(self.config.model, self.config.alias, self.config.models_dir, dirs)
+        for found in catalogue.models.values():
+            if found.identity not in self._probed:
+                self._probed[found.identity] = loader.probe(found.path, self.config.chat_template)
+        return catalogue
+
+    def _info(self, found: store.ModelFile) -> ModelInfo:
+        details = {"format": "gguf", "family": "", "parameter_size": "", "quantization_level": ""}
+        model = self.loaded.get(found.name)
+        if model is not None:
+            details.update(family=model.config.arch, quantization_level=model.file_type)
+        return ModelInfo(id=found.name, backend=self.name, identity=f"engine:{found.identity}",
+                         size=found.size, created=int(found.mtime), details=details)
+
+    def context_size(self) -> int:
+        return self.config.num_ctx or loader.DEFAULT_NUM_CTX
+
+    def status(self) -> dict:
+        status = super().status()
+        status["engine"] = {
+            "unavailable": dict(self.unavailable),
+            "loaded": {name: {"path": str(m.path), "arch": m.config.arch, "num_ctx": m.num_ctx,
+                              "kv_blocks": m.kv.num_blocks, "kv_usage": round(m.runner.scheduler.pool.usage(), 4),
+                              "requests": m.runner.num_requests, "steps": m.runner.num_steps}
+                       for name, m in self.loaded.items()}}
+        return status
+
+    # ---- loading ----
+
+    async def model(self, name: str) -> LoadedModel:
+        if name in self.loaded:
+            model = self.loaded.pop(name)
+            self.loaded[name] = model                  # most recently used last
+            model.last_used = time.monotonic()
+            return model
+        if name in self.unavailable:
+            raise Unavailable(f"model {name!r} cannot be served: {self.unavailable[name]}",
+                              code="model_unavailable")
+        if name not in self.files:
+            raise NotFound(f"The model '{name}' does not exist", param="model", code="model_not_found")
+        if name not in self._loading:
+            self._loading[name] = asyncio.ensure_future(self._load(name))
+        return await asyncio.shield(self._loading[name])
+
+    async def _load(self, name: str) -> LoadedModel:
+        found = self.files[name]
+        try:
+            self._make_room()
+            started = time.monotonic()
+            model = await asyncio.to_thread(loader.load, name, found.path, self.options, self.scheduler_config)
+        except (OSError, ValueError, MemoryError) as exc:
+            self.unavailable[name] = f"{found.path}: {exc}"
+            raise Unavailable(f"model {name!r} cannot be served: {found.path}: {exc}",
+                              code="model_unavailable") from None
+        finally:
+            self._loading.pop(name, None)
+        model.runner.start()
+        model.last_used = time.monotonic()
+        self.loaded[name] = model
+        self.loaded_models = frozenset(self.loaded)
+        log.info("engine loaded a model", extra={"fields": {
+            "model": name, "path": str(found.path), "seconds": round(time.monotonic() - started, 3)}})
+        return model
+
+    def _make_room(self) -> None:
+        """Unload idle models, least recently used first, until one more fits."""
+        for name in [n for n, m in self.loaded.items() if not m.runner.num_requests]:
+            if len(self.loaded) < self.config.max_loaded_models:
+                return
+            self._unload(name)
+
+    def _unload_idle(self) -> None:
+        keep_alive_s = self.config.keep_alive_s
+        if not keep_alive_s:
+            return
+        now = time.monotonic()
+        for name, model in list(self.loaded.items()):
+            if not model.runner.num_requests and now - model.last_used > keep_alive_s:
+                self._unload(name)
+
+    def _unload(self, name: str) -> None:
+        model = self.loaded.pop(name)
+        model.runner.stop()
+        self.loaded_models = frozenset(self.loaded)
+        log.info("engine unloaded a model", extra={"fields": {"model": name}})
+
+    async def close(self) -> None:
+        for name in list(self.loaded):
+            self._unload(name)
+
+    # ---- the API ----
+
+    async def chat(self, request: GenerateRequest) -> dict:
+        return await self._answer(request, chat=True)
+
+    async def completion(self, request: GenerateRequest) -> dict:
+        return await self._answer(request, chat=False)
+
+    def chat_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
+        return self._stream(request, chat=True)
+
+    def completion_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
+        return self._stream(request, chat=False)
+
+    async def _answer(self, request: GenerateRequest, *, chat: bool) -> dict:
+        model, prompt_ids, params = await self._prepare(request, chat=chat)
+        builder = AnswerBuilder(response_id("chatcmpl" if chat else "cmpl"), request.model, chat=chat,
+                                tokenizer=model.tokenizer, n=params.n)
+        async with self._running(model, request, prompt_ids, params) as events:
+            async for index, event in events:
+                builder.add(index, event)
+        return builder.response()
+
+    async def _stream(self, request: GenerateRequest, *, chat: bool) -> AsyncIterator[dict]:
+        model, prompt_ids, params = await self._prepare(request, chat=chat)
+        builder = AnswerBuilder(response_id("chatcmpl" if chat else "cmpl"), request.model, chat=chat,
+                                tokenizer=model.tokenizer, n=params.n)
+        async with self._running(model, request, prompt_ids, params) as events:
+            for chunk in builder.first_chunks():
+                yield chunk
+            async for index, event in events:
+                for chunk in builder.chunks(index, event):
+                    yield chunk
+        yield builder.usage_chunk()
+
+    async def _prepare(self, request: GenerateRequest, *, chat: bool):
+        body = request.body
+        _refuse_unsupported(body)
+        model = await self.model(request.model)
+        try:
+            params = SamplingParams.from_request(body, eos_token_ids=tuple(model.tokenizer.eog_ids),
+                                                 vocab_size=model.config.n_vocab)
+        except SamplingParamError as exc:
+            raise BadRequest(str(exc), param=exc.param) from None
+        prompt_ids = self._prompt_ids(model, body, chat=chat)
+        return model, prompt_ids, params
+
+    def _prompt_ids(self, model: LoadedModel, body: dict, *, chat: bool) -> list[int]:
+        if not chat:
+            prompt = body.get("prompt", "")
+            if isinstance(prompt, list):
+                if prompt and all(isinstance(t, int) for t in prompt):
+                    return list(prompt)
+                prompt = "".join(p for p in prompt if isinstance(p, str))
+            return model.tokenizer.encode(prompt, add_special=True, parse_special=True)
+        if model.template is None:
+            raise BadRequest(f"model {body['model']!r} has a chat template the engine does not know "
+                             f"({model.template_error}); set chat_template in the engine's [[backends]] "
+                             "entry, or use /v1/completions", param="messages", code="unknown_chat_template")
+        try:
+            text = model.template.render(body["messages"], tools=body.get("tools") or None)
+        except ValueError as exc:
+            raise BadRequest(f"cannot render the chat template: {exc}", param="messages") from None
+        return model.tokenizer.encode(text, add_special=True, parse_special=True)
+
+    def _running(self, model: LoadedModel, request: GenerateRequest, prompt_ids: list[int],
+                 params: SamplingParams):
+        return _Run(self, model, request, prompt_ids, params)
+
+    def new_request_id(self) -> str:
+        self._next_id += 1
+        return f"{self.name}-{self._next_id}"
+
+    async def embeddings(self, body: dict) -> dict:
+        model = await self.model(body["model"])
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        if not texts:
+            raise BadRequest("input must be a string or a non-empty list", param="input")
+        vectors, num_tokens = [], 0
+        for text in texts:
+            ids = text if isinstance(text, list) else model.tokenizer.encode(str(text), add_special=True)
+            if not ids or len(ids) > model.num_ctx:
+                raise BadRequest(f"each input must be 1 to {model.num_ctx} tokens, got {len(ids)}", param="input")
+            vectors.append(await asyncio.to_thread(model.runner.embed, ids))
+            num_tokens += len(ids)
+        model.last_used = time.monotonic()
+        return embeddings_answer(body["model"], vectors, num_tokens)
+
+
+class _Run:
+    """`async with` one request's n sequences on a runner: events in, cancelled on exit."""
+
+    def __init__(self, backend: EngineBackend, model: LoadedModel, request: GenerateRequest,
+                 prompt_ids: list[int], params: SamplingParams):
+        self.backend, self.model, self.request = backend, model, request
+        self.prompt_ids, self.params = prompt_ids, params
+        self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        self.ids: list[str] = []
+
+    async def __aenter__(self) -> AsyncIterator[tuple[int, Event]]:
+        loop = asyncio.get_running_loop()
+        runner = self.model.runner
+        try:
+            for index in range(self.params.n):
+                request_id = self.backend.new_request_id()
+                runner.submit(request_id, self.prompt_ids, self.params, _deliverer(loop, self.queue, index),
+                              priority=self.request.priority, model_name=self.model.name,
+                              choice_index=index)
+                self.ids.append(request_id)
+        except BaseException:
+            await self.__aexit__(None, None, None)      # the choices already queued
+            raise
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[tuple[int, Event]]:
+        num_open = len(self.ids)
+        while num_open:
+            index, event = await self.queue.get()
+            if event.error is not None:
+                raise event.error if isinstance(event.error, VeloError) else Unavailable(
+                    f"the engine failed: {type(event.error).__name__}: {event.error}", code="engine_error")
+            if event.finish_reason is not None:
+                num_open -= 1
+            yield index, event
+
+    async def __aexit__(self, *exc_info) -> None:
+        for request_id in self.ids:
+            self.model.runner.cancel(request_id)       # no-op for the finished ones
+        self.model.last_used = time.monotonic()
+
+
+def _deliverer(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, index: int):
+    def deliver(event: Event) -> None:                  # called in the engine's thread
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (index, event))
+        except RuntimeError:                            # the loop is closed: nobody listens
+            pass
+    return deliver
+
+
+def _refuse_unsupported(body: dict) -> None:
+    """Fields the engine cannot honour get a 400 naming them, never a silent ignore."""
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
+        raise BadRequest(f"response_format {response_format.get('type')!r} needs constrained decoding, "
+                         "which the engine does not do yet", param="response_format")

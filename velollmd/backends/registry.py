@@ -5,7 +5,7 @@ import asyncio
 import logging
 from typing import Callable
 
-from ..config import BackendConfig
+from ..config import BackendConfig, SchedulerConfig
 from ..errors import NotFound, Unavailable
 from .base import Backend, ModelInfo
 from .engine import EngineBackend
@@ -19,13 +19,16 @@ KINDS = {"ollama": OllamaBackend, "llamacpp": LlamaCppBackend, "openai": OpenAIB
          "engine": EngineBackend}
 
 
-def make_backend(config: BackendConfig) -> Backend:
+def make_backend(config: BackendConfig, scheduler: SchedulerConfig | None = None) -> Backend:
+    if config.kind == "engine":             # the engine runs its own scheduler: its queue limits
+        return EngineBackend(config, scheduler)
     return KINDS[config.kind](config)
 
 
 class Registry:
-    def __init__(self, configs, backends: list[Backend] | None = None):
-        self.backends: list[Backend] = backends if backends is not None else [make_backend(c) for c in configs]
+    def __init__(self, configs, backends: list[Backend] | None = None, scheduler: SchedulerConfig | None = None):
+        self.backends: list[Backend] = backends if backends is not None \
+            else [make_backend(c, scheduler) for c in configs]
         self._tasks: list[asyncio.Task] = []
         # Called as listener(backend, was_healthy) after every health check (the Service
         # feeds its circuit breakers and drops cache affinity with it).

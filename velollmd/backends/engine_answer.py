@@ -1,0 +1,127 @@
+"""Engine events as OpenAI answers: whole responses, stream chunks, logprobs, usage, timings.
+
+One AnswerBuilder per request gathers the events of its `n` sequences (choice index ->
+text, finish reason, logprobs) and the clock readings behind llama.cpp-style `timings`.
+"""
+from __future__ import annotations
+
+import time
+
+from ..engine.runner import Event
+from ..wire.chunks import chunk_choice, chunk_head
+
+
+class AnswerBuilder:
+    def __init__(self, request_id: str, model: str, *, chat: bool, tokenizer, n: int = 1):
+        self.request_id, self.model, self.chat, self.tokenizer = request_id, model, chat, tokenizer
+        self.created = int(time.time())
+        self.texts = [""] * n
+        self.finish = [None] * n
+        self.logprobs: list[list] = [[] for _ in range(n)]
+        self.num_output = [0] * n
+        self.num_prompt = self.num_cached = 0
+        self.started = time.monotonic()
+        self.first_token_at: float | None = None
+
+    # ---- gathering ----
+
+    def add(self, index: int, event: Event) -> None:
+        self.texts[index] += event.text
+        self.logprobs[index] += event.logprobs
+        self.num_output[index] = event.num_output_tokens
+        self.num_prompt, self.num_cached = event.num_prompt_tokens, event.num_cached_tokens
+        if event.finish_reason is not None:
+            self.finish[index] = event.finish_reason
+        if self.first_token_at is None and event.token_ids:
+            self.first_token_at = time.monotonic()
+
+    # ---- a whole answer ----
+
+    def response(self) -> dict:
+        choices = [self._choice(i) for i in range(len(self.texts))]
+        return {"id": self.request_id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": choices,
+                "usage": self.usage(), "timings": self.timings()}
+
+    def _choice(self, index: int) -> dict:
+        if self.chat:
+            body = {"message": {"role": "assistant", "content": self.texts[index]}}
+        else:
+            body = {"text": self.texts[index]}
+        return {"index": index, **body, "logprobs": self._logprobs(self.logprobs[index]),
+                "finish_reason": self.finish[index] or "stop"}
+
+    # ---- a stream ----
+
+    def first_chunks(self) -> list[dict]:
+        if not self.chat:
+            return []
+        return [self._chunk(i, {"role": "assistant", "content": ""}) for i in range(len(self.texts))]
+
+    def chunks(self, index: int, event: Event) -> list[dict]:
+        self.add(index, event)
+        chunks = []
+        if event.text or event.logprobs:
+            delta = {"content": event.text} if self.chat else event.text
+            chunk = self._chunk(index, delta)
+            chunk["choices"][0]["logprobs"] = self._logprobs(list(event.logprobs))
+            chunks.append(chunk)
+        if event.finish_reason is not None:
+            chunks.append(self._chunk(index, {} if self.chat else "", event.finish_reason))
+        return chunks
+
+    def usage_chunk(self) -> dict:
+        return {**chunk_head(self.request_id, self.model, self.created, chat=self.chat), "choices": [],
+                "usage": self.usage(), "timings": self.timings()}
+
+    def _chunk(self, index: int, delta, finish_reason: str | None = None) -> dict:
+        choice = chunk_choice(delta, finish_reason, chat=self.chat)
+        choice["index"] = index
+        return {**chunk_head(self.request_id, self.model, self.created, chat=self.chat), "choices": [choice]}
+
+    # ---- accounting ----
+
+    def usage(self) -> dict:
+        completion = sum(self.num_output)
+        return {"prompt_tokens": self.num_prompt, "completion_tokens": completion,
+                "total_tokens": self.num_prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": self.num_cached}}
+
+    def timings(self) -> dict:
+        """llama.cpp's names: prompt (until the first token) and predicted (the rest)."""
+        now = time.monotonic()
+        first = self.first_token_at or now
+        prompt_ms, predicted_ms = (first - self.started) * 1e3, (now - first) * 1e3
+        predicted_n = sum(self.num_output)
+        return {"cache_n": self.num_cached, "prompt_n": self.num_prompt - self.num_cached,
+                "prompt_ms": round(prompt_ms, 3), "predicted_n": predicted_n,
+                "predicted_ms": round(predicted_ms, 3),
+                "predicted_per_second": round(predicted_n / (predicted_ms / 1e3), 2) if predicted_ms > 0 else None}
+
+    def _logprobs(self, results: list) -> dict | None:
+        if not results:
+            return None
+        if self.chat:
+            return {"content": [self._token_logprob(r.token_id, r.logprob,
+                                                    [self._token_logprob(t, lp) for t, lp in r.top_logprobs])
+                                for r in results]}
+        return {"tokens": [self._text(r.token_id) for r in results],
+                "token_logprobs": [r.logprob for r in results],
+                "top_logprobs": [{self._text(t): lp for t, lp in r.top_logprobs} for r in results]}
+
+    def _token_logprob(self, token_id: int, logprob: float, top: list | None = None) -> dict:
+        entry = {"token": self._text(token_id), "logprob": logprob,
+                 "bytes": list(self.tokenizer.token_bytes(token_id))}
+        if top is not None:
+            entry["top_logprobs"] = top
+        return entry
+
+    def _text(self, token_id: int) -> str:
+        return self.tokenizer.token_bytes(token_id).decode("utf-8", "replace")
+
+
+def embeddings_answer(model: str, vectors: list, num_tokens: int) -> dict:
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": [float(x) for x in vector]}
+                     for i, vector in enumerate(vectors)],
+            "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}}

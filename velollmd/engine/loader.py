@@ -1,0 +1,125 @@
+"""From a GGUF file to a running engine: probe it, load it, size its KV cache.
+
+`probe(path)` reads only the header (metadata and tensor table, mmapped) and says why a file
+cannot be served, or None: not a GGUF, truncated, an architecture or tensor type the engine
+does not run, a tokenizer or chat template it does not know. `load(path, options)` does the
+work: weights dequantised to float32, the tokenizer, the template, a paged KV cache on the
+CFFI block allocator, the scheduler and the runner (not started).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import SchedulerConfig
+from ..sched.kvblocks import BlockPool
+from ..sched.scheduler import Scheduler
+from .gguf import GGUFFile, read_gguf
+from .kvcache import PagedKVCache
+from .model import Model, ModelConfig
+from .quants import GGML_TYPE_NAMES, SUPPORTED_TYPES, dequantize
+from .runner import Runner
+from .templates import ChatTemplate, find_template
+from .tokenizer import Tokenizer
+
+DEFAULT_NUM_CTX = 4096          # per sequence, when neither the config nor a smaller model says
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    num_ctx: int = 0                # 0: min(the model's context, DEFAULT_NUM_CTX)
+    kv_cache_mb: int = 0            # 0: num_ctx x max_running tokens
+    block_size: int = 16
+    max_batch_tokens: int = 512
+    max_running: int = 16
+    chat_template: str = ""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    config: ModelConfig
+    tokenizer: Tokenizer
+    template: ChatTemplate | None       # None: completions only (the reason in template_error)
+    template_error: str
+    runner: Runner
+    num_ctx: int
+    file_type: str
+    nbytes_weights: int
+    last_used: float = 0.0
+
+    @property
+    def kv(self) -> PagedKVCache:
+        return self.runner.kv
+
+
+def probe(path: Path, chat_template: str = "") -> str | None:
+    """Why this file cannot be served, or None. Reads the header only."""
+    try:
+        with read_gguf(path) as gguf:
+            ModelConfig.from_metadata(gguf.metadata, gguf.tensors.keys())
+            unsupported = {info.ggml_type for info in gguf.tensors.values()} - SUPPORTED_TYPES
+            if unsupported:
+                names = ", ".join(sorted(GGML_TYPE_NAMES.get(t, str(t)) for t in unsupported))
+                return f"{path}: tensor type(s) the engine cannot dequantise: {names}"
+            Tokenizer.from_gguf(gguf.metadata)
+    except (OSError, ValueError) as exc:
+        return f"{path}: {exc}"
+    return None
+
+
+def load(name: str, path: Path, options: EngineOptions, scheduler_config: SchedulerConfig) -> LoadedModel:
+    with read_gguf(path) as gguf:
+        config = ModelConfig.from_metadata(gguf.metadata, gguf.tensors.keys())
+        tokenizer = Tokenizer.from_gguf(gguf.metadata)
+        template, template_error = _template(gguf.metadata.get("tokenizer.chat_template"), options.chat_template)
+        model = Model(config, lambda tensor: _tensor(gguf, tensor))
+        file_type = _file_type(gguf)
+    num_ctx = options.num_ctx or min(config.context_length or DEFAULT_NUM_CTX, DEFAULT_NUM_CTX)
+    kv = PagedKVCache(config.n_layer, _num_blocks(config, options, num_ctx), options.block_size,
+                      config.n_head_kv, config.head_dim)
+    scheduler = Scheduler(dataclasses.replace(scheduler_config, block_size=options.block_size),
+                          options.max_running, BlockPool(kv.num_blocks, options.block_size),
+                          reserve_output=False)
+    runner = Runner(model, kv, scheduler, tokenizer, max_batch_tokens=options.max_batch_tokens, num_ctx=num_ctx)
+    return LoadedModel(name, path, config, tokenizer, template, template_error, runner, num_ctx,
+                       file_type, model.nbytes)
+
+
+def _tensor(gguf: GGUFFile, name: str) -> np.ndarray:
+    info = gguf.tensors[name]
+    return dequantize(gguf.raw(name), info.ggml_type, info.shape)
+
+
+def _template(source: str | None, override: str) -> tuple[ChatTemplate | None, str]:
+    try:
+        return find_template(source, override or None), ""
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def _num_blocks(config: ModelConfig, options: EngineOptions, num_ctx: int) -> int:
+    """KV blocks for the budget: kv_cache_mb, else num_ctx tokens for each running sequence."""
+    bytes_per_token = 2 * config.n_layer * config.n_head_kv * config.head_dim * 4   # K and V, float32
+    if options.kv_cache_mb:
+        num_tokens = options.kv_cache_mb * MIB // bytes_per_token
+    else:
+        num_tokens = num_ctx * options.max_running
+    return max(1, math.ceil(num_tokens / options.block_size))
+
+
+def _file_type(gguf: GGUFFile) -> str:
+    """The most common weight type, as Ollama's `quantization_level` names it (Q4_K, F16...)."""
+    counts: dict[int, int] = {}
+    for info in gguf.tensors.values():
+        if len(info.shape) == 2:
+            counts[info.ggml_type] = counts.get(info.ggml_type, 0) + info.nbytes
+    if not counts:
+        return "unknown"
+    return GGML_TYPE_NAMES.get(max(counts, key=counts.get), "unknown")

@@ -1,0 +1,355 @@
+"""The engine loop: continuous batching of one model over its paged KV cache.
+
+    runner = Runner(model, kv, scheduler, tokenizer, max_batch_tokens=512, num_ctx=4096)
+    runner.start()                                   # a worker thread steps while there is work
+    runner.submit(request_id, prompt_ids, params, on_event, priority=5)
+    ...                                              # on_event(Event) from the worker thread
+    runner.cancel(request_id)                        # client gone: its blocks are freed
+
+Each step (vLLM v1's two verbs on the shared scheduler):
+1. `scheduler.schedule(now)` admits waiting requests (their prompt's blocks allocated, the
+   cached prefix found by chained block hashes and then checked token by token against what
+   this runner really wrote into those blocks);
+2. the plan: every running sequence that is generating feeds its one new token (decode), then
+   prefill chunks of the others in admission order until `max_batch_tokens`, so a long prompt
+   holds running decodes up for at most one chunk;
+3. one `model.forward` over the packed batch (numpy releases the GIL: the event loop runs);
+4. sampling where a sequence reached its last token, stop checks, events to the consumers, and
+   `scheduler.update_from_output`, which grows each sequence's blocks by its new token and
+   preempts (recompute later) a sequence whose token found no free block.
+
+A sequence's last sampled token is never appended when it finishes: its KV would never be
+computed, and a block registered with it would be a wrong prefix-cache hit.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import BadRequest, Unavailable
+from ..sched.request import RequestStatus, SchedRequest
+from ..sched.scheduler import RunnerOutput, Scheduler
+from .detokenize import TextStream
+from .kvcache import PagedKVCache
+from .model import Batch, Model
+from .sampling import Sampler, SampleResult, SamplingParams
+
+log = logging.getLogger("velollmd.engine")
+
+
+@dataclass(frozen=True)
+class Event:
+    """What one step gives one request: new text and tokens, or its end."""
+    request_id: str
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[SampleResult, ...] = ()     # one per token when the request asked for them
+    finish_reason: str | None = None            # "stop" | "length" | "abort" | "error"
+    error: Exception | None = None
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_output_tokens: int = 0
+
+
+@dataclass
+class EngineSeq:
+    """The runner's side of one request: sampling and text state, KV progress."""
+    request: SchedRequest
+    params: SamplingParams
+    on_event: Callable[[Event], None]
+    choice_index: int
+    sampler: Sampler
+    text: TextStream
+    num_computed: int = 0           # tokens whose K/V are in the cache
+    num_cached_tokens: int = 0      # of the prompt, found in the prefix cache at admission
+    tokens: list[int] = field(default_factory=list)    # output emitted so far
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+
+class Runner:
+    def __init__(self, model: Model, kv: PagedKVCache, scheduler: Scheduler, tokenizer, *,
+                 max_batch_tokens: int, num_ctx: int, clock: Callable[[], float] = time.monotonic):
+        self.model = model
+        self.kv = kv
+        self.scheduler = scheduler
+        self.tokenizer = tokenizer
+        self.max_batch_tokens = max_batch_tokens
+        self.num_ctx = num_ctx
+        self.clock = clock
+        self.block_size = scheduler.pool.block_size
+        # What each KV slot holds, as this runner wrote it: the token comparison behind every
+        # prefix-cache hit. -1: never written.
+        self.slot_tokens = np.full((kv.num_blocks, self.block_size), -1, np.int32)  # (num_blocks, block_size)
+        self._seqs: dict[str, EngineSeq] = {}
+        self._cancelled: list[str] = []
+        self._lock = threading.Lock()           # scheduler and sequence state
+        self._model_lock = threading.Lock()     # one forward at a time (steps, embeddings)
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.num_steps = 0
+        self.num_tokens_computed = 0
+
+    # ---- intake (any thread) ----
+
+    def submit(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
+               on_event: Callable[[Event], None], *, priority: int = 5, model_name: str = "",
+               choice_index: int = 0) -> None:
+        """Queue a request; RateLimited (429) when the queue is full, BadRequest when the prompt
+        does not fit the context."""
+        if not prompt_ids:
+            raise BadRequest("the prompt is empty after tokenization", param="messages")
+        if len(prompt_ids) >= self.num_ctx:
+            raise BadRequest(f"the prompt ({len(prompt_ids)} tokens) exceeds the context size "
+                             f"({self.num_ctx} tokens)", param="messages", code="context_length_exceeded")
+        max_tokens = min(params.max_tokens or self.num_ctx, self.num_ctx - len(prompt_ids))
+        request = SchedRequest(request_id, model_name, list(prompt_ids), max_tokens, self.clock(),
+                               priority=priority, stream=True)
+        seq = EngineSeq(request, params, on_event, choice_index,
+                        Sampler(params, self.model.config.n_vocab, choice_index), TextStream(params.stop))
+        with self._lock:
+            self.scheduler.add_request(request, self.clock())
+            self._seqs[request_id] = seq
+            self._wake.notify()
+
+    def cancel(self, request_id: str) -> None:
+        """The client went away: drop the request at the next step, freeing its blocks."""
+        with self._lock:
+            self._cancelled.append(request_id)
+            self._wake.notify()
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._seqs)
+
+    # ---- the worker thread ----
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="velollm-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+        for seq in list(self._seqs.values()):
+            self._end(seq, "abort", error=Unavailable("the engine unloaded the model", code="engine_stopped"))
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._seqs and not self._cancelled:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+            try:
+                self.step()
+            except Exception as exc:           # a bug must not leave every client hanging
+                log.exception("engine step failed")
+                self._fail_all(exc)
+
+    # ---- one step ----
+
+    def step(self) -> bool:
+        """One engine step; False when there was nothing to run."""
+        with self._lock:
+            self._apply_cancels()
+            plan = self._schedule()
+            if not plan:
+                return False
+            batch = self._batch(plan)
+        with self._model_lock:
+            logits = self.model.forward(batch, self.kv)         # (num_logits, n_vocab)
+        with self._lock:
+            self._record_written(plan)
+            self._after_forward(plan, logits)
+        self.num_steps += 1
+        return True
+
+    def _apply_cancels(self) -> None:
+        cancelled, self._cancelled = self._cancelled, []
+        for request_id in cancelled:
+            seq = self._seqs.get(request_id)
+            if seq is not None and self.scheduler.abort_request(request_id) is not None:
+                self._end(seq, "abort")
+
+    def _schedule(self) -> list[tuple[EngineSeq, int, int]]:
+        """Admit what fits, then plan: (sequence, first token, end token) chunks to compute."""
+        output = self.scheduler.schedule(self.clock())
+        for request_id in output.timed_out:
+            seq = self._seqs.get(request_id)
+            if seq is not None:
+                self._end(seq, "error", error=Unavailable(
+                    f"request {request_id} waited too long in the engine's queue", code="queue_timeout"))
+        for request_id in output.preempted:                 # priority preemption: output dropped
+            self._restart(self._seqs[request_id])
+        for scheduled in output.scheduled:
+            self._admitted(self._seqs[scheduled.request_id], scheduled.num_cached_tokens)
+        copies = self.scheduler.pool.pop_copies()
+        if copies:
+            self.kv.copy_blocks(copies)
+            for src, dst in copies:
+                self.slot_tokens[dst] = self.slot_tokens[src]
+        return self._plan()
+
+    def _admitted(self, seq: EngineSeq, num_cached: int) -> None:
+        """Started (again): trust only the cached tokens this runner really wrote."""
+        tokens = seq.request.all_token_ids
+        table = self.scheduler.pool.block_table(seq.request_id)
+        verified = _verified_prefix(self.slot_tokens, table, tokens, num_cached, self.block_size)
+        seq.num_computed = verified
+        if seq.request.num_preemptions == 0 or not seq.tokens:
+            seq.num_cached_tokens = verified
+
+    def _restart(self, seq: EngineSeq) -> None:
+        """Preempted with its output discarded: it will start again from the prompt."""
+        seq.sampler = Sampler(seq.params, self.model.config.n_vocab, seq.choice_index)
+        seq.text = TextStream(seq.params.stop)
+        seq.tokens.clear()
+
+    def _plan(self) -> list[tuple[EngineSeq, int, int]]:
+        decodes, prefills = [], []
+        for request_id in self.scheduler.running:
+            seq = self._seqs[request_id]
+            num_left = seq.request.num_tokens - seq.num_computed
+            (decodes if num_left == 1 else prefills).append(seq)
+        budget = self.max_batch_tokens
+        plan = []
+        for seq in decodes:
+            plan.append((seq, seq.num_computed, seq.num_computed + 1))
+            budget -= 1
+        for seq in sorted(prefills, key=lambda s: s.request.admission_seq):
+            if budget <= 0 and plan:
+                break
+            end = min(seq.request.num_tokens, seq.num_computed + max(budget, 1))
+            plan.append((seq, seq.num_computed, end))
+            budget -= end - seq.num_computed
+        return plan
+
+    def _batch(self, plan: list[tuple[EngineSeq, int, int]]) -> Batch:
+        token_ids, positions, tables, computed, lens, logit_rows = [], [], [], [], [], []
+        row = 0
+        for seq, start, end in plan:
+            tokens = seq.request.all_token_ids
+            token_ids.extend(tokens[start:end])
+            positions.extend(range(start, end))
+            tables.append(self.scheduler.pool.block_table(seq.request_id))
+            computed.append(start)
+            lens.append(end - start)
+            row += end - start
+            if end == seq.request.num_tokens:
+                logit_rows.append(row - 1)
+        return Batch.build(np.asarray(token_ids, np.int32), np.asarray(positions, np.int32),
+                           lens, tables, computed, np.asarray(logit_rows, np.int64), self.block_size)
+
+    def _record_written(self, plan: list[tuple[EngineSeq, int, int]]) -> None:
+        """Remember which token each written KV slot holds (the prefix-hit check)."""
+        for seq, start, end in plan:
+            table = np.asarray(self.scheduler.pool.block_table(seq.request_id), np.int64)
+            positions = np.arange(start, end)                                   # (num_new,)
+            self.slot_tokens[table[positions // self.block_size], positions % self.block_size] = \
+                seq.request.all_token_ids[start:end]
+            self.num_tokens_computed += end - start
+
+    def _after_forward(self, plan: list[tuple[EngineSeq, int, int]], logits: np.ndarray) -> None:
+        new_tokens: dict[str, list[int]] = {}
+        finished: dict[str, RequestStatus] = {}
+        row = 0
+        for seq, start, end in plan:
+            seq.num_computed = end
+            if end != seq.request.num_tokens:
+                continue                            # a chunk in the middle of the prompt
+            result = seq.sampler.sample(logits[row], seq.request.all_token_ids)
+            row += 1
+            reason = self._emit(seq, result)
+            if reason is None:
+                new_tokens[seq.request_id] = [result.token_id]
+            else:
+                finished[seq.request_id] = _STATUS[reason]
+        self.scheduler.update_from_output(RunnerOutput(new_tokens, finished), self.clock())
+        for request_id in finished:
+            seq = self._seqs.get(request_id)
+            if seq is not None:
+                del self._seqs[request_id]
+
+    def _emit(self, seq: EngineSeq, result: SampleResult) -> str | None:
+        """Send the sampled token's text; the finish reason when the sequence ends here."""
+        token_id = result.token_id
+        if token_id in seq.params.stop_token_ids:        # end of generation (unless ignore_eos)
+            return self._finish(seq, "stop", ())
+        seq.tokens.append(token_id)
+        text = seq.text.push(self.tokenizer.token_bytes(token_id))
+        logprobs = (result,) if seq.params.logprobs else ()
+        if seq.text.stopped:
+            return self._finish(seq, "stop", (token_id,), text, logprobs)
+        if len(seq.tokens) >= seq.request.max_tokens or seq.request.num_tokens + 1 >= self.num_ctx:
+            return self._finish(seq, "length", (token_id,), text + seq.text.finish(), logprobs)
+        seq.on_event(Event(seq.request_id, text, (token_id,), logprobs,
+                           num_prompt_tokens=len(seq.request.prompt_token_ids),
+                           num_cached_tokens=seq.num_cached_tokens, num_output_tokens=len(seq.tokens)))
+        return None
+
+    def _finish(self, seq: EngineSeq, reason: str, token_ids: tuple[int, ...], text: str = "",
+                logprobs: tuple = ()) -> str:
+        if reason == "stop" and not seq.text.stopped:
+            text += seq.text.finish()
+        self._send_end(seq, reason, text, token_ids, logprobs)
+        return reason
+
+    def _end(self, seq: EngineSeq, reason: str, error: Exception | None = None) -> None:
+        """Ended outside a forward (cancel, timeout, failure): tell the consumer, forget it."""
+        self._seqs.pop(seq.request_id, None)
+        self._send_end(seq, reason, "", (), (), error)
+
+    def _send_end(self, seq: EngineSeq, reason: str, text: str, token_ids: tuple[int, ...],
+                  logprobs: tuple, error: Exception | None = None) -> None:
+        seq.on_event(Event(seq.request_id, text, token_ids, logprobs, reason, error,
+                           num_prompt_tokens=len(seq.request.prompt_token_ids),
+                           num_cached_tokens=seq.num_cached_tokens, num_output_tokens=len(seq.tokens)))
+
+    def _fail_all(self, exc: Exception) -> None:
+        with self._lock:
+            for seq in list(self._seqs.values()):
+                self.scheduler.abort_request(seq.request_id)
+                self._end(seq, "error", error=exc)
+
+    # ---- embeddings ----
+
+    def embed(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Mean-pooled final hidden state, L2-normalised: (n_embd,). Uses a private KV cache."""
+        num_tokens = len(token_ids)
+        num_blocks = -(-num_tokens // self.block_size)
+        kv = PagedKVCache.like(self.kv, num_blocks)
+        batch = Batch.build(np.asarray(token_ids, np.int32), np.arange(num_tokens, dtype=np.int32),
+                            [num_tokens], [list(range(num_blocks))], [0],
+                            np.arange(num_tokens, dtype=np.int64), self.block_size)
+        with self._model_lock:
+            hidden = self.model.hidden(batch, kv)              # (num_tokens, n_embd)
+        pooled = hidden.mean(axis=0)                           # (n_embd,)
+        norm = float(np.linalg.norm(pooled))
+        return pooled / norm if norm > 0 else pooled
+
+
+_STATUS = {"stop": RequestStatus.FINISHED_STOPPED, "length": RequestStatus.FINISHED_LENGTH}
+
+
+def _verified_prefix(slot_tokens: np.ndarray, table: Sequence[int], tokens: Sequence[int],
+                     num_cached: int, block_size: int) -> int:
+    """How many of the first `num_cached` tokens this cache really holds, slot by slot."""
+    if num_cached == 0:
+        return 0
+    positions = np.arange(num_cached)                                           # (num_cached,)
+    blocks = np.asarray(table, np.int64)[positions // block_size]
+    held = slot_tokens[blocks, positions % block_size]                           # (num_cached,)
+    mismatch = np.flatnonzero(held != np.asarray(tokens[:num_cached], np.int32))
+    return int(mismatch[0]) if mismatch.size else num_cached
