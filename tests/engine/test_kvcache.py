@@ -39,6 +39,8 @@ def test_shape_nbytes_and_budget():
     assert num_blocks_for_budget(0.001, 24, 16, 8, 64) == 1
     with pytest.raises(ValueError):
         PagedKVCache(1, 0, 16, 1, 8)
+    small = PagedKVCache.like(cache, 3)
+    assert small.k.shape == (LAYERS, 3, BLOCK_SIZE, KV_HEADS, HEAD_DIM) and small.k.dtype == cache.k.dtype
 
 
 def test_written_tokens_come_back_in_order_through_allocator_tables():

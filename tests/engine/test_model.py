@@ -16,7 +16,7 @@ from tests.engine.weights import (
     tensor_of,
     write_random_gguf,
 )
-from tests.rig.llama import make_tiny_model, token_id
+from tests.rig.llama import make_tiny_model, tiny_gguf_tool, token_id
 from velollmd.engine.kvcache import PagedKVCache
 from velollmd.engine.model import Batch, Model, ModelConfig, SeqChunk, UnsupportedModel
 from velollmd.sched.kvblocks import BlockPool
@@ -198,7 +198,7 @@ def test_mixed_prefill_and_decode_in_one_pass_and_hidden_states():
     assert engine.pool.append_tokens("a", [11])
     batch = Batch.pack([SeqChunk([11], 5, engine.pool.block_table("a")),
                         SeqChunk([9, 8, 7, 6], 0, engine.pool.block_table("b"))])
-    hidden = model.hidden_states(batch, engine.kv)                   # (T, n_embd), all five rows
+    hidden = model.hidden(batch, engine.kv)                   # (T, n_embd), all five rows
     assert hidden.shape == (5, 64)
     _, dense_b = dense_forward(model.config, tensors.__getitem__, [9, 8, 7, 6])
     _, dense_a = dense_forward(model.config, tensors.__getitem__, [1, 2, 3, 4, 5, 11])
@@ -218,6 +218,23 @@ def test_chunked_prefill_equals_one_pass_prefill():
         logits = model.forward(batch, engine.kv)
         assert logits.shape == ((1, 1024) if stop == 29 else (0, 1024))
     np.testing.assert_allclose(logits[0], whole, atol=1e-5)
+
+
+def test_batch_build_equals_pack_and_checks_its_parts():
+    model, _ = random_model("llama")
+    engine = Engine(model)
+    table_a = engine.pool.allocate("a", [1, 2, 3]).block_table
+    table_b = engine.pool.allocate("b", [4]).block_table
+    packed = Batch.pack([SeqChunk([1, 2, 3], 0, table_a), SeqChunk([4], 0, table_b)])
+    built = Batch.build(np.array([1, 2, 3, 4]), np.array([0, 1, 2, 0]), [3, 1], [table_a, table_b], [0, 0],
+                        np.array([2, 3]), BLOCK_SIZE)
+    np.testing.assert_array_equal(model.forward(built, engine.kv), model.forward(packed, engine.kv))
+    with pytest.raises(ValueError, match="query lengths summing to 3"):
+        Batch.build(np.array([1, 2]), np.array([0, 1]), [3], [table_a], [0], np.array([1]))
+    other_block_size = Batch.build(np.array([4]), np.array([0]), [1], [table_b], [0], np.array([0]), 16)
+    with pytest.raises(ValueError, match="block size 16"):
+        model.forward(other_block_size, engine.kv)
+    assert model.nbytes == sum(a.nbytes for a in random_model("llama")[1].values())
 
 
 def test_bad_batches_are_refused():
@@ -255,8 +272,17 @@ def server_top_probs(server, prompt: str) -> tuple[list[int], dict[int, float]]:
     return ids, {entry["id"]: float(np.exp(entry["logprob"])) for entry in top}
 
 
+def tool_model(arch: str, dtype: str):
+    """A file from tools/make_tiny_gguf.py (its tiny shape)."""
+    return lambda path: tiny_gguf_tool().build_tiny_gguf(path, seed=5, dtype=dtype, arch=arch)
+
+
 GGUF_FILES = {
     "tiny-llama": lambda path: make_tiny_model(path, dtype="f32"),
+    "tiny-qwen2": tool_model("qwen2", "f32"),
+    "tiny-qwen3": tool_model("qwen3", "f32"),
+    "tiny-qwen2-q8_0": tool_model("qwen2", "q8_0"),
+    "tiny-llama-q4_k": tool_model("llama", "q4_k"),
     "qwen2": lambda path: write_random_gguf(path, "qwen2", seed=1),
     "qwen3-tied": lambda path: write_random_gguf(path, "qwen3", seed=2, head_dim=32, tied=True),
     "llama-rope-scaled": lambda path: write_random_gguf(path, "llama", seed=3, rope_freqs=True,

@@ -40,6 +40,12 @@ class PagedKVCache:
         self._k_slots = self.k.reshape(flat)   # (num_layers, num_slots, num_kv_heads, head_dim) view
         self._v_slots = self.v.reshape(flat)   # (num_layers, num_slots, num_kv_heads, head_dim) view
 
+    @classmethod
+    def like(cls, other: "PagedKVCache", num_blocks: int) -> "PagedKVCache":
+        """An empty cache of the same layers, block size, heads and dtype with num_blocks blocks."""
+        return cls(other.num_layers, num_blocks, other.block_size, other.num_kv_heads, other.head_dim,
+                   other.k.dtype)
+
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes

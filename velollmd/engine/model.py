@@ -148,6 +148,20 @@ class Batch:
     block_tables: list[list[int]]
     num_computed: list[int]      # per sequence: tokens already in the KV cache before this pass
     logits_indices: np.ndarray   # (num_logits,) int64: rows whose logits forward() returns
+    block_size: int = 0          # the KV cache's block size the tables were made for (0: not checked)
+
+    @classmethod
+    def build(cls, token_ids: np.ndarray, positions: np.ndarray, query_lens: Sequence[int],
+              block_tables: Sequence[Sequence[int]], num_computed: Sequence[int],
+              logits_indices: np.ndarray, block_size: int = 0) -> "Batch":
+        """A batch from its parts, as an engine loop gathers them (the runner's constructor)."""
+        query_start = np.concatenate([[0], np.cumsum(np.asarray(query_lens, dtype=np.int64))])
+        if query_start[-1] != len(token_ids) or len(positions) != len(token_ids):
+            raise ValueError(f"Batch: {len(token_ids)} token ids, {len(positions)} positions, "
+                             f"query lengths summing to {query_start[-1]}")
+        return cls(np.asarray(token_ids, dtype=np.int32), np.asarray(positions, dtype=np.int32),
+                   query_start, [list(t) for t in block_tables], [int(n) for n in num_computed],
+                   np.asarray(logits_indices, dtype=np.int64), block_size)
 
     @classmethod
     def pack(cls, chunks: Sequence[SeqChunk]) -> "Batch":
@@ -180,6 +194,9 @@ class AttentionPlan:
 
     def __init__(self, batch: Batch, block_size: int, num_blocks: int):
         seq_lens, query_lens = batch.seq_lens(), batch.query_lens()
+        if batch.block_size and batch.block_size != block_size:
+            raise ValueError(f"Batch: block tables for block size {batch.block_size}, "
+                             f"the KV cache has {block_size}")
         slots = []
         for i, table in enumerate(batch.block_tables):
             if len(table) * block_size < seq_lens[i]:
@@ -278,7 +295,14 @@ class Model:
         h = ops.rms_norm(x, self.output_norm, self.config.rms_norm_eps)   # (num_logits, n_embd)
         return h @ self.lm_head                                           # (num_logits, n_vocab)
 
-    def hidden_states(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the float32 weights held (a tied LM head counted once)."""
+        arrays = [self.token_embd, self.output_norm]
+        arrays += [a for layer in self.layers for a in vars(layer).values() if a is not None]
+        return sum(a.nbytes for a in arrays) + (0 if self.config.tied_embeddings else self.lm_head.nbytes)
+
+    def hidden(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
         """Final normed hidden states of all T rows (T, n_embd), e.g. for mean-pooled embeddings."""
         return ops.rms_norm(self._residual(batch, kv), self.output_norm, self.config.rms_norm_eps)
 
