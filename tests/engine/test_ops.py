@@ -103,3 +103,11 @@ def test_decode_attention_of_padded_batch_matches_one_sequence_at_a_time():
     for b, length in enumerate(context_lens):
         expected = dense_attention(q[b:b + 1], k[b, :length], v[b, :length], length - 1, 0.3)[0]
         np.testing.assert_allclose(out[b], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_causal_attention_in_query_chunks_equals_one_chunk(monkeypatch):
+    q, k, v = randn(13, 4, 8), randn(18, 2, 8), randn(18, 2, 8)            # 5 cached + 13 new
+    whole = ops.causal_attention(q, k, v, 5, 0.35)
+    monkeypatch.setattr(ops, "MAX_SCORES", 4 * 18 * 3)                      # chunks of 3 queries
+    np.testing.assert_allclose(ops.causal_attention(q, k, v, 5, 0.35), whole, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(whole, dense_attention(q, k, v, 5, 0.35), rtol=1e-4, atol=1e-5)

@@ -74,6 +74,9 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> n
     return out
 
 
+MAX_SCORES = 1 << 22   # causal_attention works in query chunks of at most this many scores (16 MiB)
+
+
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_computed: int,
                      scale: float) -> np.ndarray:
     """Attention of one sequence's new tokens over its whole context, GQA without repeating heads.
@@ -81,20 +84,25 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_computed: 
     q (T, n_head, head_dim): the new tokens at positions num_computed .. num_computed + T - 1;
     k, v (num_computed + T, n_head_kv, head_dim): the cached prefix followed by the new tokens.
     Query head h reads KV head h // (n_head / n_head_kv), as llama.cpp broadcasts.
-    Returns (T, n_head, head_dim).
+    Long prompts go in query chunks so the scores stay small. Returns (T, n_head, head_dim).
     """
     num_q, n_head, head_dim = q.shape
     num_k, n_head_kv, _ = k.shape
     group = n_head // n_head_kv
     qg = q.reshape(num_q, n_head_kv, group, head_dim).transpose(1, 2, 0, 3)  # (kv, group, T, d)
     kt = k.transpose(1, 2, 0)[:, None]                                       # (kv, 1, d, num_k)
-    scores = np.matmul(qg, kt) * np.float32(scale)                           # (kv, group, T, num_k)
-    if num_q > 1:
-        query_pos = num_computed + np.arange(num_q)                          # (T,)
-        future = np.arange(num_k)[None, :] > query_pos[:, None]              # (T, num_k)
-        scores[..., future] = -np.inf
-    probs = softmax(scores)                                                  # (kv, group, T, num_k)
-    out = np.matmul(probs, v.transpose(1, 0, 2)[:, None])                    # (kv, group, T, d)
+    vt = v.transpose(1, 0, 2)[:, None]                                       # (kv, 1, num_k, d)
+    out = np.empty((n_head_kv, group, num_q, head_dim), dtype=np.float32)    # (kv, group, T, d)
+    chunk = max(1, MAX_SCORES // (n_head * num_k))
+    for start in range(0, num_q, chunk):
+        stop = min(num_q, start + chunk)
+        scores = np.matmul(qg[:, :, start:stop], kt)                         # (kv, group, chunk, num_k)
+        scores *= np.float32(scale)
+        if stop > 1:
+            query_pos = num_computed + np.arange(start, stop)                # (chunk,)
+            future = np.arange(num_k)[None, :] > query_pos[:, None]          # (chunk, num_k)
+            scores += np.where(future, np.float32(-np.inf), np.float32(0))
+        out[:, :, start:stop] = np.matmul(softmax(scores), vt)
     return out.transpose(2, 0, 1, 3).reshape(num_q, n_head, head_dim)
 
 
