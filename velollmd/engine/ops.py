@@ -25,11 +25,16 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax; rows that are all -inf are not expected."""
-    shifted = x - np.max(x, axis=axis, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= np.sum(shifted, axis=axis, keepdims=True)
-    return shifted
+    """Numerically stable softmax (a new array); rows that are all -inf are not expected."""
+    return softmax_(np.array(x, dtype=np.float32), axis)
+
+
+def softmax_(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """softmax in place (x is a float32 temporary the caller owns): no large allocations."""
+    x -= np.max(x, axis=axis, keepdims=True)
+    np.exp(x, out=x)
+    x *= 1.0 / np.sum(x, axis=axis, keepdims=True)
+    return x
 
 
 def rope_inv_freq(n_rot: int, freq_base: float, freq_scale: float = 1.0,
@@ -74,7 +79,8 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> n
     return out
 
 
-MAX_SCORES = 1 << 22   # causal_attention works in query chunks of at most this many scores (16 MiB)
+MAX_SCORES = 1 << 22   # causal_attention's query chunks hold at most this many scores (16 MiB)
+QUERY_CHUNK = 64       # ... and at most this many queries: each chunk skips the keys after it
 
 
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_computed: int,
@@ -84,25 +90,27 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_computed: 
     q (T, n_head, head_dim): the new tokens at positions num_computed .. num_computed + T - 1;
     k, v (num_computed + T, n_head_kv, head_dim): the cached prefix followed by the new tokens.
     Query head h reads KV head h // (n_head / n_head_kv), as llama.cpp broadcasts.
-    Long prompts go in query chunks so the scores stay small. Returns (T, n_head, head_dim).
+    Queries go in chunks, each over the keys up to its last query only (bounded memory, and
+    most of the causal upper triangle is never computed). Returns (T, n_head, head_dim).
     """
     num_q, n_head, head_dim = q.shape
     num_k, n_head_kv, _ = k.shape
     group = n_head // n_head_kv
+    q = q * np.float32(scale)                                                # (T, n_head, d) scaled
     qg = q.reshape(num_q, n_head_kv, group, head_dim).transpose(1, 2, 0, 3)  # (kv, group, T, d)
     kt = k.transpose(1, 2, 0)[:, None]                                       # (kv, 1, d, num_k)
     vt = v.transpose(1, 0, 2)[:, None]                                       # (kv, 1, num_k, d)
     out = np.empty((n_head_kv, group, num_q, head_dim), dtype=np.float32)    # (kv, group, T, d)
-    chunk = max(1, MAX_SCORES // (n_head * num_k))
+    chunk = max(1, min(QUERY_CHUNK, MAX_SCORES // (n_head * num_k)))
     for start in range(0, num_q, chunk):
         stop = min(num_q, start + chunk)
-        scores = np.matmul(qg[:, :, start:stop], kt)                         # (kv, group, chunk, num_k)
-        scores *= np.float32(scale)
-        if stop > 1:
+        num_visible = num_computed + stop                                    # keys any query here sees
+        scores = np.matmul(qg[:, :, start:stop], kt[..., :num_visible])     # (kv, group, chunk, visible)
+        if stop - start > 1:
             query_pos = num_computed + np.arange(start, stop)                # (chunk,)
-            future = np.arange(num_k)[None, :] > query_pos[:, None]          # (chunk, num_k)
-            scores += np.where(future, np.float32(-np.inf), np.float32(0))
-        out[:, :, start:stop] = np.matmul(softmax(scores), vt)
+            future = np.arange(num_visible)[None, :] > query_pos[:, None]    # (chunk, visible)
+            scores[:, :, future] = -np.inf
+        out[:, :, start:stop] = np.matmul(softmax_(scores), vt[:, :, :num_visible])
     return out.transpose(2, 0, 1, 3).reshape(num_q, n_head, head_dim)
 
 
@@ -116,11 +124,12 @@ def decode_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, context_lens: 
     batch, n_head, head_dim = q.shape
     max_len, n_head_kv = k.shape[1], k.shape[2]
     group = n_head // n_head_kv
-    qg = q.reshape(batch, n_head_kv, group, head_dim)                        # (B, kv, group, d)
-    scores = np.matmul(qg, k.transpose(0, 2, 3, 1)) * np.float32(scale)      # (B, kv, group, max_len)
+    q = q * np.float32(scale)                                                # (B, n_head, d) scaled
+    qt = q.reshape(batch, n_head_kv, group, head_dim).transpose(0, 1, 3, 2)  # (B, kv, d, group)
+    # K @ q^T keeps K's rows as BLAS reads them (q @ K^T over this layout is ~2x slower)
+    scores = np.matmul(k.transpose(0, 2, 1, 3), qt).transpose(0, 1, 3, 2).copy()  # (B, kv, group, max_len)
     padding = np.arange(max_len)[None, :] >= context_lens[:, None]           # (B, max_len)
     if padding.any():
         scores += np.where(padding, np.float32(-np.inf), np.float32(0))[:, None, None, :]
-    probs = softmax(scores)                                                  # (B, kv, group, max_len)
-    out = np.matmul(probs, v.transpose(0, 2, 1, 3))                          # (B, kv, group, d)
+    out = np.matmul(softmax_(scores), v.transpose(0, 2, 1, 3))               # (B, kv, group, d)
     return out.reshape(batch, n_head, head_dim)
