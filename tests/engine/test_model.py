@@ -1,0 +1,312 @@
+"""Model: config from metadata, the paged batched forward against a dense one-sequence forward,
+chunked prefill, and logits against the real llama-server on the same GGUF files."""
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+
+from tests.engine.weights import (
+    metadata_of,
+    random_metadata,
+    random_tensors,
+    tensor_names_of,
+    tensor_of,
+    write_random_gguf,
+)
+from tests.rig.llama import make_tiny_model, tiny_gguf_tool, token_id
+from velollmd.engine.kvcache import PagedKVCache
+from velollmd.engine.model import Batch, Model, ModelConfig, SeqChunk, UnsupportedModel
+from velollmd.sched.kvblocks import BlockPool
+
+BLOCK_SIZE = 8
+# (arch, random_tensors/random_metadata options): every supported arch and feature
+VARIANTS = {
+    "llama": ("llama", {}),
+    "llama-rope-scaled": ("llama", {"rope_freqs": True, "rope_scale": 4.0}),
+    "qwen2": ("qwen2", {}),
+    "qwen3-tied": ("qwen3", {"head_dim": 32, "tied": True}),
+}
+
+
+def random_model(variant: str, seed: int = 0) -> tuple[Model, dict[str, np.ndarray]]:
+    arch, options = VARIANTS[variant]
+    tensor_opts = {k: v for k, v in options.items() if k != "rope_scale"}
+    tensors = random_tensors(arch, seed, **tensor_opts)
+    meta_opts = {k: v for k, v in options.items() if k in ("head_dim", "rope_scale")}
+    config = ModelConfig.from_metadata(random_metadata(arch, tensors, **meta_opts), tensors)
+    return Model(config, tensors.__getitem__), tensors
+
+
+# --- the oracle: one sequence, no cache, heads repeated, RoPE as complex numbers -----------------
+
+def dense_rms_norm(x, weight, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def dense_rope(x, positions, config, freq_factors):
+    """x (T, H, d) float64; pairs as complex numbers rotated by e^(i * pos * theta_j)."""
+    n_rot, half = config.n_rot, config.n_rot // 2
+    theta = config.rope_freq_scale * config.rope_freq_base ** (-np.arange(0, n_rot, 2) / n_rot)
+    if freq_factors is not None:
+        theta = theta / freq_factors
+    rot = np.exp(1j * positions[:, None, None] * theta)                    # (T, 1, n_rot/2)
+    out = x.copy()
+    if config.rope_style == "norm":
+        z = (x[..., 0:n_rot:2] + 1j * x[..., 1:n_rot:2]) * rot
+        out[..., 0:n_rot:2], out[..., 1:n_rot:2] = z.real, z.imag
+    else:
+        z = (x[..., :half] + 1j * x[..., half:n_rot]) * rot
+        out[..., :half], out[..., half:n_rot] = z.real, z.imag
+    return out
+
+
+def dense_forward(config: ModelConfig, get_tensor, token_ids) -> tuple[np.ndarray, np.ndarray]:
+    """(logits (T, n_vocab), final normed hidden (T, n_embd)) in float64 from the raw tensors."""
+    c = config
+    w = lambda name: np.asarray(get_tensor(name), dtype=np.float64)  # noqa: E731
+    num, pos, eps = len(token_ids), np.arange(len(token_ids)), c.rms_norm_eps
+    factors = w("rope_freqs.weight") if c.has_rope_freqs else None
+    x = w("token_embd.weight")[token_ids]                                  # (T, n_embd)
+    for layer in range(c.n_layer):
+        p = f"blk.{layer}."
+        h = dense_rms_norm(x, w(p + "attn_norm.weight"), eps)
+        q, k, v = (h @ w(p + f"attn_{n}.weight").T for n in "qkv")
+        if c.qkv_bias:
+            q, k, v = q + w(p + "attn_q.bias"), k + w(p + "attn_k.bias"), v + w(p + "attn_v.bias")
+        q, k, v = (a.reshape(num, -1, c.head_dim) for a in (q, k, v))
+        if c.qk_norm:
+            q = dense_rms_norm(q, w(p + "attn_q_norm.weight"), eps)
+            k = dense_rms_norm(k, w(p + "attn_k_norm.weight"), eps)
+        q, k = dense_rope(q, pos, c, factors), dense_rope(k, pos, c, factors)
+        group = c.n_head // c.n_head_kv
+        k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)     # (T, n_head, d)
+        scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(c.head_dim)     # (n_head, T, T)
+        scores[:, np.triu(np.ones((num, num), dtype=bool), 1)] = -np.inf
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        attn = np.einsum("hqk,khd->qhd", probs, v).reshape(num, -1)
+        x = x + attn @ w(p + "attn_output.weight").T
+        h = dense_rms_norm(x, w(p + "ffn_norm.weight"), eps)
+        gate, up = h @ w(p + "ffn_gate.weight").T, h @ w(p + "ffn_up.weight").T
+        x = x + (gate / (1 + np.exp(-gate)) * up) @ w(p + "ffn_down.weight").T
+    hidden = dense_rms_norm(x, w("output_norm.weight"), eps)
+    head = w("token_embd.weight") if c.tied_embeddings else w("output.weight")
+    return hidden @ head.T, hidden
+
+
+# --- config ----------------------------------------------------------------------------------
+
+def test_config_reads_each_architecture():
+    configs = {name: random_model(name)[0].config for name in VARIANTS}
+    assert [c.rope_style for c in configs.values()] == ["norm", "norm", "neox", "neox"]
+    qwen2, qwen3, scaled = configs["qwen2"], configs["qwen3-tied"], configs["llama-rope-scaled"]
+    assert qwen2.qkv_bias and not qwen2.qk_norm and not qwen2.tied_embeddings
+    assert qwen3.qk_norm and qwen3.tied_embeddings and qwen3.head_dim == 32 and qwen3.n_embd == 64
+    assert scaled.has_rope_freqs and scaled.rope_freq_scale == 0.25
+    assert (qwen2.n_vocab, qwen2.n_layer, qwen2.n_head, qwen2.n_head_kv, qwen2.n_ff) == (1024, 2, 4, 2, 128)
+
+
+def test_config_refuses_what_it_cannot_run():
+    tensors = random_tensors("llama")
+    meta = random_metadata("llama", tensors)
+    with pytest.raises(UnsupportedModel, match="'gpt2' is not supported"):
+        ModelConfig.from_metadata({**meta, "general.architecture": "gpt2"}, tensors)
+    with pytest.raises(UnsupportedModel, match="missing tensor 'blk.1.ffn_gate.weight'"):
+        ModelConfig.from_metadata(meta, [n for n in tensors if n != "blk.1.ffn_gate.weight"])
+    with pytest.raises(UnsupportedModel, match="missing tensor 'blk.0.attn_q.bias'"):
+        ModelConfig.from_metadata(random_metadata("qwen2", tensors), tensors)
+    with pytest.raises(UnsupportedModel, match="yarn"):
+        ModelConfig.from_metadata({**meta, "llama.rope.scaling.type": "yarn"}, tensors)
+    with pytest.raises(UnsupportedModel, match="llama.block_count"):
+        ModelConfig.from_metadata({k: v for k, v in meta.items() if k != "llama.block_count"}, tensors)
+    config = ModelConfig.from_metadata(meta, tensors)
+    wrong = {**tensors, "blk.0.ffn_up.weight": tensors["blk.0.ffn_up.weight"][:, :10]}
+    with pytest.raises(UnsupportedModel, match=r"'blk.0.ffn_up.weight' has shape \(128, 10\)"):
+        Model(config, wrong.__getitem__)
+
+
+# --- the paged batched forward against the dense oracle --------------------------------------
+
+class Engine:
+    """Just enough of an engine loop: the real allocator's block tables, greedy decode."""
+
+    def __init__(self, model: Model, num_blocks: int = 64):
+        self.model, self.pool = model, BlockPool(num_blocks, BLOCK_SIZE)
+        c = model.config
+        self.kv = PagedKVCache(c.n_layer, num_blocks, BLOCK_SIZE, c.n_head_kv, c.head_dim)
+        self.tokens: dict[str, list[int]] = {}
+
+    def prefill(self, prompts: dict[str, list[int]]) -> dict[str, np.ndarray]:
+        chunks = []
+        for name, prompt in prompts.items():
+            allocation = self.pool.allocate(name, prompt)
+            cached = allocation.num_cached_tokens
+            chunks.append(SeqChunk(prompt[cached:], cached, allocation.block_table))
+            self.tokens[name] = list(prompt)
+        return dict(zip(prompts, self.model.forward(Batch.pack(chunks), self.kv)))
+
+    def decode(self, next_tokens: dict[str, int]) -> dict[str, np.ndarray]:
+        chunks = []
+        for name, token in next_tokens.items():
+            assert self.pool.append_tokens(name, [token])
+            chunks.append(SeqChunk([token], len(self.tokens[name]), self.pool.block_table(name)))
+            self.tokens[name].append(token)
+        self.kv.copy_blocks(self.pool.pop_copies())
+        return dict(zip(next_tokens, self.model.forward(Batch.pack(chunks), self.kv)))
+
+    def fork(self, parent: str, child: str) -> None:
+        self.pool.fork(parent, child)
+        self.tokens[child] = list(self.tokens[parent])
+
+
+def assert_matches_dense(engine: Engine, tensors, logits: dict[str, np.ndarray], report: list[float]) -> None:
+    for name, row in logits.items():
+        expected = dense_forward(engine.model.config, tensors.__getitem__, engine.tokens[name])[0][-1]
+        report.append(float(np.abs(row - expected).max()))
+        np.testing.assert_allclose(row, expected, atol=1e-4, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_paged_batched_forward_matches_dense_forward(variant):
+    model, tensors = random_model(variant)
+    engine, rng, diffs = Engine(model), np.random.default_rng(7), []
+    prompts = {name: rng.integers(0, 1024, n).tolist() for name, n in (("a", 19), ("b", 3), ("c", 8))}
+    logits = engine.prefill(prompts)                                  # three lengths in one pass
+    assert_matches_dense(engine, tensors, logits, diffs)
+    # prefix-cache hit: "d" shares a's first two full blocks, only its tail is computed
+    logits = engine.prefill({"d": prompts["a"][:16] + [5, 6, 7]})
+    assert engine.pool.find_cached_prefix(engine.tokens["d"]) == 16
+    assert_matches_dense(engine, tensors, logits, diffs)
+    engine.fork("a", "a2")                                            # shares a's partial block
+    for step in range(4):
+        next_tokens = {name: 7 * step + 100 * i for i, name in enumerate(("a", "a2", "b", "c", "d"))}
+        logits = engine.decode(next_tokens)                           # five decodes, one pass
+        assert_matches_dense(engine, tensors, logits, diffs)
+    assert engine.tokens["a"][:19] == engine.tokens["a2"][:19] and engine.tokens["a"] != engine.tokens["a2"]
+    print(f"{variant}: max abs logit difference paged vs dense = {max(diffs):.2e}")
+    assert max(diffs) < 1e-4
+
+
+def test_mixed_prefill_and_decode_in_one_pass_and_hidden_states():
+    model, tensors = random_model("qwen2")
+    engine = Engine(model)
+    engine.prefill({"a": [1, 2, 3, 4, 5]})
+    engine.pool.allocate("b", [9, 8, 7, 6])
+    assert engine.pool.append_tokens("a", [11])
+    batch = Batch.pack([SeqChunk([11], 5, engine.pool.block_table("a")),
+                        SeqChunk([9, 8, 7, 6], 0, engine.pool.block_table("b"))])
+    hidden = model.hidden(batch, engine.kv)                   # (T, n_embd), all five rows
+    assert hidden.shape == (5, 64)
+    _, dense_b = dense_forward(model.config, tensors.__getitem__, [9, 8, 7, 6])
+    _, dense_a = dense_forward(model.config, tensors.__getitem__, [1, 2, 3, 4, 5, 11])
+    np.testing.assert_allclose(hidden[1:], dense_b, atol=1e-4)
+    np.testing.assert_allclose(hidden[0], dense_a[-1], atol=1e-4)
+
+
+def test_chunked_prefill_equals_one_pass_prefill():
+    model, _ = random_model("qwen3-tied")
+    prompt = np.random.default_rng(3).integers(0, 1024, 29).tolist()
+    whole = Engine(model).prefill({"p": prompt})["p"]
+    engine = Engine(model)
+    table = engine.pool.allocate("p", prompt).block_table
+    bounds = [0, 11, 20, 29]                                          # three chunks
+    for start, stop in zip(bounds, bounds[1:]):
+        batch = Batch.pack([SeqChunk(prompt[start:stop], start, table, want_logits=stop == 29)])
+        logits = model.forward(batch, engine.kv)
+        assert logits.shape == ((1, 1024) if stop == 29 else (0, 1024))
+    np.testing.assert_allclose(logits[0], whole, atol=1e-5)
+
+
+def test_batch_build_equals_pack_and_checks_its_parts():
+    model, _ = random_model("llama")
+    engine = Engine(model)
+    table_a = engine.pool.allocate("a", [1, 2, 3]).block_table
+    table_b = engine.pool.allocate("b", [4]).block_table
+    packed = Batch.pack([SeqChunk([1, 2, 3], 0, table_a), SeqChunk([4], 0, table_b)])
+    built = Batch.build(np.array([1, 2, 3, 4]), np.array([0, 1, 2, 0]), [3, 1], [table_a, table_b], [0, 0],
+                        np.array([2, 3]), BLOCK_SIZE)
+    np.testing.assert_array_equal(model.forward(built, engine.kv), model.forward(packed, engine.kv))
+    with pytest.raises(ValueError, match="query lengths summing to 3"):
+        Batch.build(np.array([1, 2]), np.array([0, 1]), [3], [table_a], [0], np.array([1]))
+    other_block_size = Batch.build(np.array([4]), np.array([0]), [1], [table_b], [0], np.array([0]), 16)
+    with pytest.raises(ValueError, match="block size 16"):
+        model.forward(other_block_size, engine.kv)
+    assert model.nbytes == sum(a.nbytes for a in random_model("llama")[1].values())
+
+
+def test_bad_batches_are_refused():
+    model, _ = random_model("llama")
+    engine = Engine(model, num_blocks=4)
+    with pytest.raises(ValueError, match="covers 8"):
+        model.forward(Batch.pack([SeqChunk(list(range(9)), 0, [0])]), engine.kv)
+    with pytest.raises(ValueError, match="outside the KV cache"):
+        model.forward(Batch.pack([SeqChunk([1, 2], 0, [4])]), engine.kv)
+    with pytest.raises(ValueError, match="vocabulary"):
+        model.forward(Batch.pack([SeqChunk([1024], 0, [0])]), engine.kv)
+
+
+# --- against the real llama-server -------------------------------------------------------------
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+def server_top_probs(server, prompt: str) -> tuple[list[int], dict[int, float]]:
+    """llama-server's token ids for prompt, and its top-10 next-token probabilities: the
+    pre-sampling softmax of the raw logits over the whole vocabulary (post_sampling_probs is
+    false). The logit_bias only keeps the sampled token off the byte tokens (a lone byte is
+    incomplete UTF-8 and the server would hold back the probabilities with it); the reported
+    probabilities are computed before any sampler, so byte tokens still appear in them."""
+    ids = post(server.url + "/tokenize", {"content": prompt})["tokens"]
+    no_bytes = [[token_id("<0x00>") + byte, False] for byte in range(256)]
+    reply = post(server.url + "/completion", {"prompt": ids, "n_predict": 1, "n_probs": 10,
+                                              "temperature": 0, "cache_prompt": False,
+                                              "logit_bias": no_bytes})
+    top = reply["completion_probabilities"][0]["top_logprobs"]
+    return ids, {entry["id"]: float(np.exp(entry["logprob"])) for entry in top}
+
+
+def tool_model(arch: str, dtype: str):
+    """A file from tools/make_tiny_gguf.py (its tiny shape)."""
+    return lambda path: tiny_gguf_tool().build_tiny_gguf(path, seed=5, dtype=dtype, arch=arch)
+
+
+GGUF_FILES = {
+    "tiny-llama": lambda path: make_tiny_model(path, dtype="f32"),
+    "tiny-qwen2": tool_model("qwen2", "f32"),
+    "tiny-qwen3": tool_model("qwen3", "f32"),
+    "tiny-qwen2-q8_0": tool_model("qwen2", "q8_0"),
+    "tiny-llama-q4_k": tool_model("llama", "q4_k"),
+    "qwen2": lambda path: write_random_gguf(path, "qwen2", seed=1),
+    "qwen3-tied": lambda path: write_random_gguf(path, "qwen3", seed=2, head_dim=32, tied=True),
+    "llama-rope-scaled": lambda path: write_random_gguf(path, "llama", seed=3, rope_freqs=True,
+                                                        rope_scale=4.0),
+}
+
+
+@pytest.mark.parametrize("variant", list(GGUF_FILES))
+def test_top10_probabilities_match_llama_server(variant, tmp_path, llama_server_factory):
+    path = GGUF_FILES[variant](tmp_path / f"{variant}.gguf")
+    config = ModelConfig.from_metadata(metadata_of(path), tensor_names_of(path))
+    model = Model(config, tensor_of(path))
+    server = llama_server_factory(model_path=path, parallel=1, ctx_size=512,
+                                  extra_args=["-ctk", "f32", "-ctv", "f32"])
+    ids, theirs = server_top_probs(server, "the world of water and fire is a great story")
+    kv = PagedKVCache(config.n_layer, 4, 16, config.n_head_kv, config.head_dim)
+    logits = model.forward(Batch.pack([SeqChunk(ids, 0, [0, 1, 2, 3])]), kv)[0].astype(np.float64)
+    ours = np.exp(logits - logits.max())
+    ours /= ours.sum()                                               # (n_vocab,)
+    top_ids = list(theirs)
+    p, q = np.array([theirs[i] for i in top_ids]), ours[top_ids]
+    nmse = float(np.sum((q - p) ** 2) / np.sum(p ** 2))
+    print(f"{variant}: {len(ids)} prompt tokens, top-10 normalised MSE vs llama-server = {nmse:.2e}")
+    assert len(ids) > 5 and len(theirs) == 10
+    assert int(np.argmax(ours)) == top_ids[0]
+    assert len(set(np.argsort(-ours)[:10].tolist()) & set(top_ids)) >= 8
+    assert nmse < 1e-3

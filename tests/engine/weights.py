@@ -1,0 +1,139 @@
+"""Test helper: GGUF files read with the `gguf` package (test-only), and small random models of
+every supported architecture written with it (the tiny vocab of tools/make_tiny_gguf.py, so
+the real llama-server loads them).
+
+    metadata_of(path) -> dict of plain Python values
+    tensor_of(path)   -> get_tensor(name) -> float32 array, (out, in) for matrices
+    write_random_gguf(path, arch="qwen2", seed=0, ...) -> path
+"""
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from tests.rig.llama import tiny_gguf_tool
+
+
+@functools.cache
+def _reader(path: str) -> gguf.GGUFReader:
+    return gguf.GGUFReader(path)
+
+
+def metadata_of(path: str | os.PathLike) -> dict:
+    """Every key-value of the file (not the GGUF.* header fields) as str / int / float / list."""
+    reader = _reader(str(path))
+    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+
+
+def tensor_names_of(path: str | os.PathLike) -> list[str]:
+    return [tensor.name for tensor in _reader(str(path)).tensors]
+
+
+def tensor_of(path: str | os.PathLike) -> Callable[[str], np.ndarray]:
+    """get_tensor(name): the tensor dequantised to float32, in numpy (out, in) order."""
+    tensors = {tensor.name: tensor for tensor in _reader(str(path)).tensors}
+
+    def get_tensor(name: str) -> np.ndarray:
+        tensor = tensors[name]
+        return np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+    return get_tensor
+
+
+def random_tensors(arch: str, seed: int = 0, *, n_vocab: int = 1024, n_embd: int = 64, n_layer: int = 2,
+                   n_head: int = 4, n_head_kv: int = 2, head_dim: int | None = None, n_ff: int = 128,
+                   tied: bool = False, rope_freqs: bool = False) -> dict[str, np.ndarray]:
+    """Weights scaled so that attention is sharp and logits spread (a wrong RoPE or mask shows)."""
+    rng = np.random.default_rng(seed)
+    head_dim = head_dim or n_embd // n_head
+
+    def normal(*shape: int, std: float) -> np.ndarray:
+        return rng.normal(0.0, std, size=shape).astype(np.float32)
+
+    def norm_weight(dim: int) -> np.ndarray:
+        return (1.0 + normal(dim, std=0.1)).astype(np.float32)
+
+    # tied: token_embd is also the LM head, scaled like output.weight (logits of std ~3)
+    tensors = {"token_embd.weight": normal(n_vocab, n_embd, std=3.0 / np.sqrt(n_embd) if tied else 1.0)}
+    q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
+    for layer in range(n_layer):
+        p = f"blk.{layer}."
+        tensors.update({
+            p + "attn_norm.weight": norm_weight(n_embd),
+            p + "attn_q.weight": normal(q_dim, n_embd, std=1.5 / np.sqrt(n_embd)),
+            p + "attn_k.weight": normal(kv_dim, n_embd, std=1.5 / np.sqrt(n_embd)),
+            p + "attn_v.weight": normal(kv_dim, n_embd, std=1.0 / np.sqrt(n_embd)),
+            p + "attn_output.weight": normal(n_embd, q_dim, std=1.0 / np.sqrt(q_dim)),
+            p + "ffn_norm.weight": norm_weight(n_embd),
+            p + "ffn_gate.weight": normal(n_ff, n_embd, std=1.0 / np.sqrt(n_embd)),
+            p + "ffn_up.weight": normal(n_ff, n_embd, std=1.0 / np.sqrt(n_embd)),
+            p + "ffn_down.weight": normal(n_embd, n_ff, std=0.7 / np.sqrt(n_ff)),
+        })
+        if arch == "qwen2":
+            for name, dim in (("attn_q.bias", q_dim), ("attn_k.bias", kv_dim), ("attn_v.bias", kv_dim)):
+                tensors[p + name] = normal(dim, std=0.3)
+        if arch == "qwen3":
+            tensors[p + "attn_q_norm.weight"] = norm_weight(head_dim)
+            tensors[p + "attn_k_norm.weight"] = norm_weight(head_dim)
+    tensors["output_norm.weight"] = norm_weight(n_embd)
+    if not tied:
+        tensors["output.weight"] = normal(n_vocab, n_embd, std=3.0 / np.sqrt(n_embd))
+    if rope_freqs:
+        tensors["rope_freqs.weight"] = np.geomspace(1.0, 8.0, head_dim // 2).astype(np.float32)
+    return tensors
+
+
+def random_metadata(arch: str, tensors: dict[str, np.ndarray], *, n_head: int = 4, n_head_kv: int = 2,
+                    head_dim: int | None = None, context_length: int = 4096, freq_base: float = 10000.0,
+                    rope_scale: float | None = None) -> dict:
+    """The metadata keys a loader reads, matching tensors (as metadata_of would return them)."""
+    n_vocab, n_embd = tensors["token_embd.weight"].shape
+    n_layer = sum(1 for name in tensors if name.endswith("attn_norm.weight"))
+    head_dim = head_dim or n_embd // n_head
+    meta = {"general.architecture": arch, f"{arch}.context_length": context_length,
+            f"{arch}.embedding_length": n_embd, f"{arch}.block_count": n_layer,
+            f"{arch}.feed_forward_length": tensors["blk.0.ffn_up.weight"].shape[0],
+            f"{arch}.attention.head_count": n_head, f"{arch}.attention.head_count_kv": n_head_kv,
+            f"{arch}.attention.key_length": head_dim, f"{arch}.attention.value_length": head_dim,
+            f"{arch}.rope.dimension_count": head_dim, f"{arch}.rope.freq_base": freq_base,
+            f"{arch}.attention.layer_norm_rms_epsilon": 1e-6, f"{arch}.vocab_size": n_vocab}
+    if rope_scale:
+        meta[f"{arch}.rope.scaling.type"] = "linear"
+        meta[f"{arch}.rope.scaling.factor"] = rope_scale
+    return meta
+
+
+def write_random_gguf(path: str | os.PathLike, arch: str = "qwen2", seed: int = 0, *, tied: bool = False,
+                      head_dim: int | None = None, rope_freqs: bool = False,
+                      rope_scale: float | None = None) -> Path:
+    """An F32 GGUF of random_tensors(...) with the tiny SentencePiece vocab (1024 tokens)."""
+    tensors = random_tensors(arch, seed, head_dim=head_dim, tied=tied, rope_freqs=rope_freqs)
+    meta = random_metadata(arch, tensors, head_dim=head_dim, rope_scale=rope_scale)
+    writer = gguf.GGUFWriter(str(path), arch)
+    try:
+        for key, value in meta.items():
+            if key != "general.architecture":
+                _add_value(writer, key, value)
+        writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+        tiny_gguf_tool().add_tokenizer(writer)
+        for name, array in tensors.items():
+            writer.add_tensor(name, array)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    return Path(path)
+
+
+def _add_value(writer: gguf.GGUFWriter, key: str, value: object) -> None:
+    if isinstance(value, str):
+        writer.add_string(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    else:
+        writer.add_uint32(key, int(value))

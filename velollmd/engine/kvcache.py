@@ -1,0 +1,86 @@
+"""PagedKVCache: the K/V memory whose blocks the CFFI allocator (sched/kvblocks.BlockPool) hands out.
+
+A token at position `pos` of a sequence lives in slot
+`block_table[pos // block_size] * block_size + pos % block_size`; the cache knows slots and
+block ids only, never sequences (the allocator owns that mapping).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def slot_mapping(block_table: Sequence[int], positions: np.ndarray, block_size: int) -> np.ndarray:
+    """Cache slot of each position of one sequence: (T,) int64."""
+    table = np.asarray(block_table, dtype=np.int64)                  # (num_blocks_of_seq,)
+    return table[positions // block_size] * block_size + positions % block_size
+
+
+def num_blocks_for_budget(budget_mb: float, num_layers: int, block_size: int, num_kv_heads: int,
+                          head_dim: int, dtype: np.dtype | type = np.float32) -> int:
+    """How many blocks of K and V fit in budget_mb megabytes (2**20 bytes); at least 1."""
+    block_bytes = 2 * num_layers * block_size * num_kv_heads * head_dim * np.dtype(dtype).itemsize
+    return max(1, int(budget_mb * 2**20) // block_bytes)
+
+
+class PagedKVCache:
+    """K and V, each (num_layers, num_blocks, block_size, num_kv_heads, head_dim)."""
+
+    def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int,
+                 head_dim: int, dtype: np.dtype | type = np.float32):
+        if min(num_layers, num_blocks, block_size, num_kv_heads, head_dim) < 1:
+            raise ValueError("PagedKVCache: every dimension must be >= 1")
+        shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
+        self.k = np.zeros(shape, dtype=dtype)  # (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
+        self.v = np.zeros(shape, dtype=dtype)  # (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
+        self.num_layers, self.num_blocks, self.block_size = num_layers, num_blocks, block_size
+        self.num_kv_heads, self.head_dim = num_kv_heads, head_dim
+        flat = (num_layers, num_blocks * block_size, num_kv_heads, head_dim)
+        self._k_slots = self.k.reshape(flat)   # (num_layers, num_slots, num_kv_heads, head_dim) view
+        self._v_slots = self.v.reshape(flat)   # (num_layers, num_slots, num_kv_heads, head_dim) view
+
+    @classmethod
+    def like(cls, other: "PagedKVCache", num_blocks: int) -> "PagedKVCache":
+        """An empty cache of the same layers, block size, heads and dtype with num_blocks blocks."""
+        return cls(other.num_layers, num_blocks, other.block_size, other.num_kv_heads, other.head_dim,
+                   other.k.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    def write(self, layer: int, slots: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        """Store k, v (T, num_kv_heads, head_dim) at slots (T,)."""
+        self._k_slots[layer, slots] = k
+        self._v_slots[layer, slots] = v
+
+    def gather(self, layer: int, block_table: Sequence[int],
+               num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first num_tokens of a sequence: (k, v), each (num_tokens, num_kv_heads, head_dim) (copies)."""
+        num_blocks = -(-num_tokens // self.block_size)
+        blocks = np.asarray(block_table[:num_blocks], dtype=np.int64)     # (num_blocks,)
+        shape = (num_blocks * self.block_size, self.num_kv_heads, self.head_dim)
+        k = self.k[layer, blocks].reshape(shape)[:num_tokens]
+        v = self.v[layer, blocks].reshape(shape)[:num_tokens]
+        return k, v
+
+    def gather_padded(self, layer: int, block_tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """K/V of B sequences at once: block_tables (B, max_blocks), padded with any valid id.
+
+        Returns (k, v), each (B, max_blocks * block_size, num_kv_heads, head_dim).
+        """
+        batch, max_blocks = block_tables.shape
+        shape = (batch, max_blocks * self.block_size, self.num_kv_heads, self.head_dim)
+        return self.k[layer, block_tables].reshape(shape), self.v[layer, block_tables].reshape(shape)
+
+    def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Copy-on-write: block src -> block dst in every layer, for each (src, dst) pair.
+
+        The pairs come from BlockPool.pop_copies(); a dst is a fresh block, never another src.
+        """
+        if not pairs:
+            return
+        src, dst = np.asarray(pairs, dtype=np.int64).T   # (num_pairs,) each
+        self.k[:, dst] = self.k[:, src]
+        self.v[:, dst] = self.v[:, src]

@@ -1,0 +1,359 @@
+"""The transformer forward pass in numpy float32 over a packed batch and the paged KV cache.
+
+    config = ModelConfig.from_metadata(metadata, tensor_names)
+    model = Model(config, get_tensor)                  # get_tensor(name) -> float32 (out, in)
+    batch = Batch.pack([SeqChunk(prompt_ids, 0, block_table), SeqChunk([tok], 37, table2)])
+    logits = model.forward(batch, kv)                  # (num_logits, n_vocab)
+
+Architectures: llama (and mistral), qwen2 (Q/K/V biases), qwen3 (per-head Q/K RMSNorm); tied
+embeddings when output.weight is absent. Every matrix is stored pre-transposed, (in, out)
+contiguous, so that all T rows of a batch (prefill tokens of several sequences and single
+decode tokens alike) go through one matmul per weight; only attention is per sequence, and
+all decoding sequences share one padded attention call.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from velollmd.engine import ops
+from velollmd.engine.kvcache import PagedKVCache, slot_mapping
+
+ROPE_STYLE_OF_ARCH = {"llama": ops.ROPE_NORM, "mistral": ops.ROPE_NORM,
+                      "qwen2": ops.ROPE_NEOX, "qwen3": ops.ROPE_NEOX}
+LAYER_TENSORS = ("attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
+                 "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight",
+                 "ffn_down.weight")
+QKV_BIAS_TENSORS = ("attn_q.bias", "attn_k.bias", "attn_v.bias")
+QK_NORM_TENSORS = ("attn_q_norm.weight", "attn_k_norm.weight")
+REQUIRED_OF_ARCH = {"qwen2": QKV_BIAS_TENSORS, "qwen3": QK_NORM_TENSORS}
+_MISSING = object()
+
+
+class UnsupportedModel(ValueError):
+    """The GGUF describes a model this engine cannot run (architecture, tensor, metadata)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_rot: int                 # leading dims of each head that RoPE rotates
+    n_ff: int
+    rms_norm_eps: float
+    rope_freq_base: float
+    rope_freq_scale: float     # 1 / linear scaling factor
+    rope_style: str            # ops.ROPE_NORM (llama) or ops.ROPE_NEOX (qwen2/qwen3)
+    has_rope_freqs: bool       # llama3-style per-dimension factors in rope_freqs.weight
+    context_length: int
+    qkv_bias: bool
+    qk_norm: bool
+    tied_embeddings: bool      # no output.weight: the LM head is token_embd.weight
+
+    @classmethod
+    def from_metadata(cls, metadata: dict, tensor_names: Sequence[str] | set[str]) -> "ModelConfig":
+        names = set(tensor_names)
+        arch = metadata.get("general.architecture")
+        if arch not in ROPE_STYLE_OF_ARCH:
+            raise UnsupportedModel(f"architecture {arch!r} is not supported "
+                                   f"(supported: {', '.join(ROPE_STYLE_OF_ARCH)})")
+        def key(name: str, default: object = _MISSING) -> object:
+            return _metadata_value(metadata, f"{arch}.{name}", default)
+        n_embd, n_head = int(key("embedding_length")), int(key("attention.head_count"))
+        head_dim = int(key("attention.key_length", n_embd // n_head))
+        n_layer = int(key("block_count"))
+        _check_tensors(arch, names, n_layer)
+        return cls(
+            arch=arch, n_vocab=_vocab_size(metadata, arch), n_embd=n_embd, n_layer=n_layer,
+            n_head=n_head, n_head_kv=_uniform(key("attention.head_count_kv", n_head), "head_count_kv"),
+            head_dim=head_dim, n_rot=int(key("rope.dimension_count", head_dim)),
+            n_ff=_uniform(key("feed_forward_length"), "feed_forward_length"),
+            rms_norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_freq_base=float(key("rope.freq_base", 10000.0)),
+            rope_freq_scale=_rope_freq_scale(metadata, arch), rope_style=ROPE_STYLE_OF_ARCH[arch],
+            has_rope_freqs="rope_freqs.weight" in names,
+            context_length=int(key("context_length", 4096)),
+            qkv_bias="blk.0.attn_q.bias" in names, qk_norm="blk.0.attn_q_norm.weight" in names,
+            tied_embeddings="output.weight" not in names)
+
+
+def _metadata_value(metadata: dict, name: str, default: object = _MISSING) -> object:
+    value = metadata.get(name, default)
+    if value is _MISSING:
+        raise UnsupportedModel(f"GGUF metadata has no {name!r}")
+    return value
+
+
+def _uniform(value: object, what: str) -> int:
+    """A per-layer array key (some GGUFs store head_count_kv per layer) must be one value."""
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise UnsupportedModel(f"{what} differs between layers ({sorted(set(value))})")
+        value = value[0]
+    return int(value)
+
+
+def _vocab_size(metadata: dict, arch: str) -> int:
+    if f"{arch}.vocab_size" in metadata:
+        return int(metadata[f"{arch}.vocab_size"])
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise UnsupportedModel(f"GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
+    return len(tokens)
+
+
+def _rope_freq_scale(metadata: dict, arch: str) -> float:
+    """1 / the RoPE scaling factor (as llama.cpp reads it, whatever the type says); yarn and
+    longrope need more than a factor and are unsupported."""
+    kind = metadata.get(f"{arch}.rope.scaling.type", "linear")
+    if kind not in ("none", "linear"):
+        raise UnsupportedModel(f"{arch}.rope.scaling.type {kind!r} is not supported (only linear)")
+    legacy = metadata.get(f"{arch}.rope.scale_linear", 0.0)
+    factor = float(metadata.get(f"{arch}.rope.scaling.factor", legacy))
+    return 1.0 / factor if factor > 0 else 1.0
+
+
+def _check_tensors(arch: str, names: set[str], n_layer: int) -> None:
+    required = ["token_embd.weight", "output_norm.weight"]
+    per_layer = LAYER_TENSORS + REQUIRED_OF_ARCH.get(arch, ())
+    required += [f"blk.{layer}.{name}" for layer in range(n_layer) for name in per_layer]
+    missing = [name for name in required if name not in names]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UnsupportedModel(f"{arch} model is missing tensor {missing[0]!r}{more}")
+
+
+class SeqChunk(NamedTuple):
+    """One sequence's share of a batch: its new tokens after num_computed cached ones."""
+    token_ids: Sequence[int]
+    num_computed: int
+    block_table: Sequence[int]
+    want_logits: bool = True   # logits for its last new token (False: a non-final prefill chunk)
+
+
+@dataclass
+class Batch:
+    """Several sequences packed into one pass; sequence i owns rows query_start[i]:query_start[i+1]."""
+    token_ids: np.ndarray        # (T,) int32
+    positions: np.ndarray        # (T,) int32
+    query_start: np.ndarray      # (num_seqs + 1,) int64
+    block_tables: list[list[int]]
+    num_computed: list[int]      # per sequence: tokens already in the KV cache before this pass
+    logits_indices: np.ndarray   # (num_logits,) int64: rows whose logits forward() returns
+    block_size: int = 0          # the KV cache's block size the tables were made for (0: not checked)
+
+    @classmethod
+    def build(cls, token_ids: np.ndarray, positions: np.ndarray, query_lens: Sequence[int],
+              block_tables: Sequence[Sequence[int]], num_computed: Sequence[int],
+              logits_indices: np.ndarray, block_size: int = 0) -> "Batch":
+        """A batch from its parts, as an engine loop gathers them (the runner's constructor)."""
+        query_start = np.concatenate([[0], np.cumsum(np.asarray(query_lens, dtype=np.int64))])
+        if query_start[-1] != len(token_ids) or len(positions) != len(token_ids):
+            raise ValueError(f"Batch: {len(token_ids)} token ids, {len(positions)} positions, "
+                             f"query lengths summing to {query_start[-1]}")
+        return cls(np.asarray(token_ids, dtype=np.int32), np.asarray(positions, dtype=np.int32),
+                   query_start, [list(t) for t in block_tables], [int(n) for n in num_computed],
+                   np.asarray(logits_indices, dtype=np.int64), block_size)
+
+    @classmethod
+    def pack(cls, chunks: Sequence[SeqChunk]) -> "Batch":
+        if not chunks or any(len(chunk.token_ids) == 0 for chunk in chunks):
+            raise ValueError("Batch.pack: needs at least one sequence, each with >= 1 new token")
+        query_lens = np.array([len(chunk.token_ids) for chunk in chunks], dtype=np.int64)  # (num_seqs,)
+        query_start = np.concatenate([[0], np.cumsum(query_lens)])                         # (num_seqs + 1,)
+        positions = np.concatenate([np.arange(chunk.num_computed, chunk.num_computed + n)
+                                    for chunk, n in zip(chunks, query_lens)]).astype(np.int32)
+        return cls(
+            token_ids=np.concatenate([np.asarray(c.token_ids, dtype=np.int32) for c in chunks]),
+            positions=positions, query_start=query_start,
+            block_tables=[list(chunk.block_table) for chunk in chunks],
+            num_computed=[int(chunk.num_computed) for chunk in chunks],
+            logits_indices=(query_start[1:] - 1)[[chunk.want_logits for chunk in chunks]])
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.num_computed)
+
+    def query_lens(self) -> np.ndarray:
+        return np.diff(self.query_start)                            # (num_seqs,)
+
+    def seq_lens(self) -> np.ndarray:
+        return np.asarray(self.num_computed) + self.query_lens()    # (num_seqs,) context after this pass
+
+
+class AttentionPlan:
+    """Per-pass bookkeeping shared by all layers: cache slots, the decode group, prefill sequences."""
+
+    def __init__(self, batch: Batch, block_size: int, num_blocks: int):
+        seq_lens, query_lens = batch.seq_lens(), batch.query_lens()
+        if batch.block_size and batch.block_size != block_size:
+            raise ValueError(f"Batch: block tables for block size {batch.block_size}, "
+                             f"the KV cache has {block_size}")
+        slots = []
+        for i, table in enumerate(batch.block_tables):
+            if len(table) * block_size < seq_lens[i]:
+                raise ValueError(f"Batch: sequence {i} has {seq_lens[i]} tokens but its block table "
+                                 f"covers {len(table) * block_size}")
+            rows = slice(batch.query_start[i], batch.query_start[i + 1])
+            slots.append(slot_mapping(table, batch.positions[rows], block_size))
+        self.slots = np.concatenate(slots)                              # (T,) int64
+        if self.slots.max() >= num_blocks * block_size or self.slots.min() < 0:
+            raise ValueError("Batch: a block table holds a block id outside the KV cache")
+        decode = np.flatnonzero(query_lens == 1)                        # (num_decode,) seq indices
+        self.decode_rows = batch.query_start[decode]                    # (num_decode,) row of each
+        self.decode_lens = seq_lens[decode]                             # (num_decode,)
+        self.decode_tables = _padded_tables([batch.block_tables[i] for i in decode],
+                                            -(-int(self.decode_lens.max(initial=0)) // block_size))
+        self.prefill = [i for i in range(batch.num_seqs) if query_lens[i] > 1]
+
+
+def _padded_tables(tables: list[list[int]], num_blocks: int) -> np.ndarray:
+    """(num_seqs, num_blocks) int64 block ids, short tables padded with block 0 (masked anyway)."""
+    padded = np.zeros((len(tables), num_blocks), dtype=np.int64)
+    for row, table in enumerate(tables):
+        used = table[:num_blocks]
+        padded[row, :len(used)] = used
+    return padded
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: np.ndarray           # (n_embd,)
+    wqkv: np.ndarray                # (n_embd, q_dim + 2 * kv_dim): Q, K, V fused, pre-transposed
+    bqkv: np.ndarray | None         # (q_dim + 2 * kv_dim,) qwen2
+    q_norm: np.ndarray | None       # (head_dim,) qwen3
+    k_norm: np.ndarray | None       # (head_dim,) qwen3
+    wo: np.ndarray                  # (q_dim, n_embd)
+    ffn_norm: np.ndarray            # (n_embd,)
+    w_gate_up: np.ndarray           # (n_embd, 2 * n_ff): gate then up, fused
+    w_down: np.ndarray              # (n_ff, n_embd)
+
+
+class Model:
+    """Float32 weights of one model and its forward pass; stateless between calls (the KV
+    cache is the caller's)."""
+
+    def __init__(self, config: ModelConfig, get_tensor: Callable[[str], np.ndarray]):
+        self.config = config
+        self._get_tensor = get_tensor
+        c = config
+        self.q_dim, self.kv_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
+        self.token_embd = self._load("token_embd.weight", (c.n_vocab, c.n_embd))  # (n_vocab, n_embd)
+        self.layers = [self._load_layer(layer) for layer in range(c.n_layer)]
+        self.output_norm = self._load("output_norm.weight", (c.n_embd,))        # (n_embd,)
+        # (n_embd, n_vocab); tied: a transposed view of token_embd (BLAS reads it as is, no copy)
+        self.lm_head = (self.token_embd.T if c.tied_embeddings
+                        else self._load_t("output.weight", (c.n_vocab, c.n_embd)))
+        factors = self._load("rope_freqs.weight", (c.n_rot // 2,)) if c.has_rope_freqs else None
+        self.inv_freq = ops.rope_inv_freq(c.n_rot, c.rope_freq_base, c.rope_freq_scale, factors)  # (n_rot/2,)
+        self.attn_scale = 1.0 / np.sqrt(c.head_dim)
+        self._get_tensor = None  # do not keep the loader (and what it maps) alive
+
+    def _load(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        array = np.ascontiguousarray(self._get_tensor(name), dtype=np.float32)
+        if array.shape != shape:
+            raise UnsupportedModel(f"tensor {name!r} has shape {array.shape}, expected {shape}")
+        return array
+
+    def _load_t(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+        """A (out, in) matrix stored as (in, out), contiguous."""
+        return np.ascontiguousarray(self._load(name, shape).T)
+
+    def _load_layer(self, layer: int) -> LayerWeights:
+        c, p = self.config, f"blk.{layer}."
+        wq = self._load(p + "attn_q.weight", (self.q_dim, c.n_embd))
+        wk = self._load(p + "attn_k.weight", (self.kv_dim, c.n_embd))
+        wv = self._load(p + "attn_v.weight", (self.kv_dim, c.n_embd))
+        bqkv = None
+        if c.qkv_bias:
+            bqkv = np.concatenate([self._load(p + "attn_q.bias", (self.q_dim,)),
+                                   self._load(p + "attn_k.bias", (self.kv_dim,)),
+                                   self._load(p + "attn_v.bias", (self.kv_dim,))])
+        gate = self._load(p + "ffn_gate.weight", (c.n_ff, c.n_embd))
+        up = self._load(p + "ffn_up.weight", (c.n_ff, c.n_embd))
+        return LayerWeights(
+            attn_norm=self._load(p + "attn_norm.weight", (c.n_embd,)),
+            wqkv=np.ascontiguousarray(np.concatenate([wq, wk, wv]).T), bqkv=bqkv,
+            q_norm=self._load(p + "attn_q_norm.weight", (c.head_dim,)) if c.qk_norm else None,
+            k_norm=self._load(p + "attn_k_norm.weight", (c.head_dim,)) if c.qk_norm else None,
+            wo=self._load_t(p + "attn_output.weight", (c.n_embd, self.q_dim)),
+            ffn_norm=self._load(p + "ffn_norm.weight", (c.n_embd,)),
+            w_gate_up=np.ascontiguousarray(np.concatenate([gate, up]).T),
+            w_down=self._load_t(p + "ffn_down.weight", (c.n_embd, c.n_ff)))
+
+    def forward(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
+        """Run the batch, write its K/V into kv; logits of the logits_indices rows (num_logits, n_vocab)."""
+        x = self._residual(batch, kv)[batch.logits_indices]               # (num_logits, n_embd)
+        h = ops.rms_norm(x, self.output_norm, self.config.rms_norm_eps)   # (num_logits, n_embd)
+        return h @ self.lm_head                                           # (num_logits, n_vocab)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the float32 weights held (a tied LM head counted once)."""
+        arrays = [self.token_embd, self.output_norm]
+        arrays += [a for layer in self.layers for a in vars(layer).values() if a is not None]
+        return sum(a.nbytes for a in arrays) + (0 if self.config.tied_embeddings else self.lm_head.nbytes)
+
+    def hidden(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
+        """Final normed hidden states of all T rows (T, n_embd), e.g. for mean-pooled embeddings."""
+        return ops.rms_norm(self._residual(batch, kv), self.output_norm, self.config.rms_norm_eps)
+
+    def _residual(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
+        if batch.token_ids.min() < 0 or batch.token_ids.max() >= self.config.n_vocab:
+            raise ValueError(f"Batch: a token id is outside the vocabulary (0..{self.config.n_vocab - 1})")
+        plan = AttentionPlan(batch, kv.block_size, kv.num_blocks)
+        cos, sin = ops.rope_cos_sin(batch.positions, self.inv_freq)      # (T, n_rot/2) each
+        x = self.token_embd[batch.token_ids]                             # (T, n_embd)
+        for index, layer in enumerate(self.layers):
+            x += self._attention_block(index, layer, x, cos, sin, batch, plan, kv)
+            x += self._ffn_block(layer, x)
+        return x
+
+    def _attention_block(self, index: int, layer: LayerWeights, x: np.ndarray, cos: np.ndarray,
+                         sin: np.ndarray, batch: Batch, plan: AttentionPlan, kv: PagedKVCache) -> np.ndarray:
+        c, num_tokens = self.config, x.shape[0]
+        h = ops.rms_norm(x, layer.attn_norm, c.rms_norm_eps)             # (T, n_embd)
+        qkv = h @ layer.wqkv                                             # (T, q_dim + 2 * kv_dim)
+        if layer.bqkv is not None:
+            qkv += layer.bqkv
+        q = qkv[:, :self.q_dim].reshape(num_tokens, c.n_head, c.head_dim)
+        k = qkv[:, self.q_dim:self.q_dim + self.kv_dim].reshape(num_tokens, c.n_head_kv, c.head_dim)
+        v = qkv[:, self.q_dim + self.kv_dim:].reshape(num_tokens, c.n_head_kv, c.head_dim)
+        if layer.q_norm is not None:
+            q = ops.rms_norm(q, layer.q_norm, c.rms_norm_eps)            # (T, n_head, head_dim)
+            k = ops.rms_norm(k, layer.k_norm, c.rms_norm_eps)            # (T, n_head_kv, head_dim)
+        q = ops.apply_rope(q, cos, sin, c.rope_style)                    # (T, n_head, head_dim)
+        k = ops.apply_rope(k, cos, sin, c.rope_style)                    # (T, n_head_kv, head_dim)
+        kv.write(index, plan.slots, k, v)
+        out = self._attention(index, q, batch, plan, kv)                 # (T, n_head, head_dim)
+        return out.reshape(num_tokens, self.q_dim) @ layer.wo           # (T, n_embd)
+
+    def _attention(self, index: int, q: np.ndarray, batch: Batch, plan: AttentionPlan,
+                   kv: PagedKVCache) -> np.ndarray:
+        """All decoding sequences in one padded call, each prefilling sequence on its own."""
+        out = np.empty_like(q)                                           # (T, n_head, head_dim)
+        if plan.decode_rows.size:
+            k, v = kv.gather_padded(index, plan.decode_tables)           # (B, max_len, kv, d) each
+            out[plan.decode_rows] = ops.decode_attention(q[plan.decode_rows], k, v, plan.decode_lens,
+                                                         self.attn_scale)
+        for seq in plan.prefill:
+            rows = slice(batch.query_start[seq], batch.query_start[seq + 1])
+            num_computed = batch.num_computed[seq]
+            k, v = kv.gather(index, batch.block_tables[seq], num_computed + rows.stop - rows.start)
+            out[rows] = ops.causal_attention(q[rows], k, v, num_computed, self.attn_scale)
+        return out
+
+    def _ffn_block(self, layer: LayerWeights, x: np.ndarray) -> np.ndarray:
+        h = ops.rms_norm(x, layer.ffn_norm, self.config.rms_norm_eps)    # (T, n_embd)
+        gate_up = h @ layer.w_gate_up                                    # (T, 2 * n_ff)
+        n_ff = self.config.n_ff
+        act = ops.silu(gate_up[:, :n_ff]) * gate_up[:, n_ff:]           # (T, n_ff)
+        return act @ layer.w_down                                        # (T, n_embd)
