@@ -26,7 +26,6 @@ of its batches (GET /v1/velollm/queue).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Write a tiny random-weight Llama GGUF for tests: `make_tiny_gguf.py OUT.gguf [--seed N] [--dtype D]
-[--arch A] [--shape S]`.
+[--arch A] [--shape S] [--vocab V]`.
 
 The model is useless as a language model but has properties tests rely on:
 
@@ -106,6 +106,14 @@ FORCED_NEXT = [
     ("<tool_call>", "\n"), ("}", "</tool_call>"), ("</tool_call>", "<|im_end|>"),
     ('"', STRING_VALUE), (STRING_VALUE, '"'),
 ]
+# `--vocab spm-call`: for engines without a grammar (velollmd's own), the SPM vocab's last
+# piece becomes one USER_DEFINED token holding a whole Hermes call body, and the chain writes
+# "<tool_call>" SCRIPTED_CALL "</tool_call>" "<|im_end|>": a real tool call in plain model text.
+SCRIPTED_CALL = '{"name": "get_weather", "arguments": {"city": "paris"}}'
+SCRIPTED_FORCED_NEXT = [
+    ("<tool_call>", SCRIPTED_CALL), (SCRIPTED_CALL, "</tool_call>"), ("</tool_call>", "<|im_end|>"),
+    ('"', STRING_VALUE), (STRING_VALUE, '"'),
+]
 FORCED_DIMS = list(range(1, 1 + len(FORCED_NEXT)))
 RESERVED_DIMS = [BIAS_DIM] + FORCED_DIMS   # no layer reads or writes these
 FORCE_BIAS = 5000.0
@@ -187,8 +195,9 @@ CHAT_TEMPLATE = """\
 """
 
 
-def tiny_vocab() -> tuple[list[str], list[int], list[float]]:
-    """Return (tokens, token_types, scores), VOCAB_SIZE each, in token-id order."""
+def tiny_vocab(scripted_call: bool = False) -> tuple[list[str], list[int], list[float]]:
+    """Return (tokens, token_types, scores), VOCAB_SIZE each, in token-id order; with
+    scripted_call, the last piece is SCRIPTED_CALL (USER_DEFINED)."""
     T = gguf.TokenType
     tokens = [UNK, "<s>", "</s>"]
     types = [T.UNKNOWN, T.CONTROL, T.CONTROL]
@@ -209,13 +218,15 @@ def tiny_vocab() -> tuple[list[str], list[int], list[float]]:
         tokens.append(piece)
         types.append(T.NORMAL)
     assert len(tokens) == VOCAB_SIZE, f"only {len(tokens)} tokens; add words"
+    if scripted_call:
+        tokens[-1], types[-1] = SCRIPTED_CALL, T.USER_DEFINED
     scores = [float(len(tok)) if typ == T.NORMAL else 0.0 for tok, typ in zip(tokens, types)]
     return tokens, [int(t) for t in types], scores
 
 
 # ---- the byte-level BPE ("gpt2") vocabulary: `--vocab bpe` (pre qwen2) or `--vocab bpe:<pre>` ----
 BPE_PRES = ("qwen2", "llama3", "gpt-2", "default")
-VOCABS = ("spm", "bpe", *(f"bpe:{pre}" for pre in BPE_PRES))
+VOCABS = ("spm", "spm-call", "bpe", *(f"bpe:{pre}" for pre in BPE_PRES))
 BPE_CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Merged before the common words, so tokenizer tests meet merged non-ASCII text, digit groups,
 # whitespace runs, contractions and a prefix of the special tokens ("<|").
@@ -289,8 +300,8 @@ def sampling_view(vocab: str = "spm") -> tuple[list[str], list[int]]:
     """(pieces, types) that logit_bias_column and FORCED_NEXT read: the SPM vocab as it is; BPE
     tokens in SPM notation ("Ġthe" -> "▁the", "Ċ" -> "\n"), with the tokens that are not valid
     UTF-8 on their own, ASCII controls and whitespace-only tokens typed BYTE (suppressed)."""
-    if vocab == "spm":
-        tokens, types, _ = tiny_vocab()
+    if vocab in ("spm", "spm-call"):
+        tokens, types, _ = tiny_vocab(scripted_call=vocab == "spm-call")
         return tokens, types
     tokens, types, _ = tiny_bpe_vocab()
     byte_of = {char: b for b, char in enumerate(gpt2_byte_chars())}
@@ -522,10 +533,10 @@ def add_metadata(writer: gguf.GGUFWriter, seed: int, file_type: int,
 
 
 def add_tokenizer(writer: gguf.GGUFWriter, vocab: str = "spm") -> None:
-    if vocab != "spm":
+    if vocab not in ("spm", "spm-call"):
         add_bpe_tokenizer(writer, pre=vocab.partition(":")[2] or "qwen2")
         return
-    tokens, types, scores = tiny_vocab()
+    tokens, types, scores = tiny_vocab(scripted_call=vocab == "spm-call")
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
@@ -566,7 +577,8 @@ def build_tiny_gguf(out_path: str | os.PathLike, seed: int = 0, dtype: str = "f1
     check_choice("vocab", vocab, VOCABS)
     out_path = Path(out_path)
     tokens, types = sampling_view(vocab)
-    forced_pairs = [(tokens.index(a), tokens.index(b)) for a, b in FORCED_NEXT]
+    chain = SCRIPTED_FORCED_NEXT if vocab == "spm-call" else FORCED_NEXT
+    forced_pairs = [(tokens.index(a), tokens.index(b)) for a, b in chain]
     tensors = model_tensors(np.random.default_rng(seed), logit_bias_column(tokens, types), forced_pairs,
                             SHAPES[shape], arch)
     tmp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")

@@ -17,12 +17,14 @@ from tests.daemon_rig import RunningDaemon
 from tests.rig.llama import make_tiny_model, tiny_gguf_tool
 
 MODEL = "tiny-engine"
+CALLER = "tiny-caller"        # its vocab holds a whole Hermes call that a logit_bias opens
 
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("engine-models")
     make_tiny_model(folder / f"{MODEL}.gguf")
+    tiny_gguf_tool().build_tiny_gguf(folder / f"{CALLER}.gguf", vocab="spm-call")
     (folder / "broken.gguf").write_bytes(b"not a gguf at all")
     whole = (folder / f"{MODEL}.gguf").read_bytes()
     (folder / "truncated.gguf").write_bytes(whole[: len(whole) // 2])
@@ -49,7 +51,7 @@ def get_json(url: str) -> dict:
 
 
 def test_models_list_the_good_file_and_health_names_the_bad_ones(daemon, client, models_dir):
-    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert sorted(m.id for m in client.models.list().data) == sorted([MODEL, CALLER])
     engine = get_json(daemon.url + "/health")["backends"][0]["engine"]
     assert "bad magic" in engine["unavailable"]["broken"] or "not a GGUF" in engine["unavailable"]["broken"]
     assert "truncated" in engine["unavailable"]["truncated"]
@@ -136,12 +138,20 @@ def test_tool_calls_come_back_as_openai_tool_calls(client):
     tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
     bias = tiny_gguf_tool().force_tool_call_bias()
-    answer = client.chat.completions.create(model=MODEL, max_tokens=40, temperature=0, tools=[tool],
+    answer = client.chat.completions.create(model=CALLER, max_tokens=40, temperature=0, tools=[tool],
                                             messages=[{"role": "user", "content": "weather?"}],
                                             extra_body={"logit_bias": bias})
     calls = answer.choices[0].message.tool_calls
     assert answer.choices[0].finish_reason == "tool_calls"
-    assert calls and calls[0].function.name == "get_weather"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == \
+        [("get_weather", {"city": "paris"})]
+    assert calls[0].id.startswith("call_") and not answer.choices[0].message.content
+    streamed = list(client.chat.completions.create(model=CALLER, max_tokens=40, temperature=0, tools=[tool],
+                                                   messages=[{"role": "user", "content": "weather?"}],
+                                                   extra_body={"logit_bias": bias}, stream=True))
+    fragments = [t for c in streamed if c.choices for t in (c.choices[0].delta.tool_calls or [])]
+    assert fragments and fragments[0].function.name == "get_weather"
+    assert [c.choices[0].finish_reason for c in streamed if c.choices][-1] == "tool_calls"
 
 
 def test_embeddings_are_normalised(client):
