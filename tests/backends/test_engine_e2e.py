@@ -184,3 +184,19 @@ def test_concurrent_requests_equal_each_alone(client):
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         together = list(pool.map(ask, prompts, [8 + i for i in range(6)]))
     assert together == alone
+
+
+def test_models_in_ollamas_store_are_served_under_ollamas_names(tmp_path, monkeypatch):
+    """A user with Ollama models serves them without Ollama running: the manifest's model layer
+    is the GGUF blob, the name is Ollama's own."""
+    from tests.engine.test_store import write_ollama_model
+    store = tmp_path / "ollama-models"
+    model = make_tiny_model(tmp_path / "blob.gguf")
+    write_ollama_model(store, ("registry.ollama.ai", "library", "tinyllama", "1b"), model.read_bytes())
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    table = {"backends": [{"name": "engine", "kind": "engine", "num_ctx": 256}], "cache": {"enabled": False}}
+    with RunningDaemon(table) as running:
+        client = ollama.Client(host=running.url)
+        assert "tinyllama:1b" in [m.model for m in client.list().models]
+        reply = client.generate(model="tinyllama:1b", prompt="the sun", options={"num_predict": 4, "temperature": 0})
+        assert reply.eval_count == 4 and reply.response

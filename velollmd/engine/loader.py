@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from ..config import SchedulerConfig
 from ..sched.kvblocks import BlockPool
@@ -33,7 +34,7 @@ MIB = 1 << 20
 @dataclass(frozen=True)
 class EngineOptions:
     num_ctx: int = 0                # 0: min(the model's context, DEFAULT_NUM_CTX)
-    kv_cache_mb: int = 0            # 0: num_ctx x max_running tokens
+    kv_cache_mb: int = 0            # 0: num_ctx x max_running tokens, at most 1/4 of free memory
     block_size: int = 16
     max_batch_tokens: int = 512
     max_running: int = 16
@@ -109,8 +110,9 @@ def _num_blocks(config: ModelConfig, options: EngineOptions, num_ctx: int) -> in
     bytes_per_token = 2 * config.n_layer * config.n_head_kv * config.head_dim * 4   # K and V, float32
     if options.kv_cache_mb:
         num_tokens = options.kv_cache_mb * MIB // bytes_per_token
-    else:
-        num_tokens = num_ctx * options.max_running
+    else:       # never more than a quarter of the memory available now
+        num_tokens = min(num_ctx * options.max_running,
+                         psutil.virtual_memory().available // 4 // bytes_per_token)
     return max(1, math.ceil(num_tokens / options.block_size))
 
 
