@@ -1,0 +1,88 @@
+"""The engine backend's model life cycle: load on first use, keep-alive, the loaded-model cap."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.rig.llama import make_tiny_model
+from velollmd.backends.engine import EngineBackend
+from velollmd.config import config_from_table
+from velollmd.errors import NotFound, Unavailable
+from velollmd.wire.request import GenerateRequest
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lifecycle")
+    for name, seed in (("one", 0), ("two", 1), ("three", 2)):
+        make_tiny_model(folder / f"{name}.gguf", seed=seed)
+    (folder / "bad.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    return folder
+
+
+def engine(models_dir, **extra) -> EngineBackend:
+    table = {"backends": [{"name": "e", "kind": "engine", "models_dir": str(models_dir),
+                           "ollama_store": False, "num_ctx": 256, **extra}]}
+    return EngineBackend(config_from_table(table).backends[0])
+
+
+def chat(model: str) -> GenerateRequest:
+    return GenerateRequest("chat", {"model": model, "max_tokens": 3, "temperature": 0,
+                                    "messages": [{"role": "user", "content": "hi"}]})
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_models_load_on_first_use_and_the_cap_unloads_the_least_recent(models_dir):
+    async def scenario():
+        backend = engine(models_dir, max_loaded_models=2)
+        try:
+            assert await backend.refresh()
+            assert sorted(m.id for m in backend.models) == ["one", "three", "two"]
+            assert backend.loaded == {}
+            await backend.chat(chat("one"))
+            await backend.chat(chat("two"))
+            await backend.chat(chat("one"))             # one is now the most recent
+            await backend.chat(chat("three"))           # over the cap: two goes
+            return list(backend.loaded)
+        finally:
+            await backend.close()
+    assert run(scenario()) == ["one", "three"]
+
+
+def test_idle_models_unload_after_keep_alive(models_dir):
+    async def scenario():
+        backend = engine(models_dir, keep_alive_s=60)
+        try:
+            await backend.refresh()
+            await backend.chat(chat("one"))
+            backend.loaded["one"].last_used -= 30
+            await backend.refresh()                     # idle 30 s < 60 s: kept
+            kept = list(backend.loaded)
+            backend.loaded["one"].last_used -= 60
+            await backend.refresh()                     # idle 90 s: unloaded
+            return kept, list(backend.loaded), backend.loaded_models
+        finally:
+            await backend.close()
+    kept, after, loaded_models = run(scenario())
+    assert kept == ["one"] and after == [] and loaded_models == frozenset()
+
+
+def test_unknown_and_unusable_models(models_dir):
+    async def scenario():
+        backend = engine(models_dir)
+        try:
+            await backend.refresh()
+            with pytest.raises(NotFound):
+                await backend.chat(chat("nope"))
+            with pytest.raises(Unavailable) as info:
+                await backend.chat(chat("bad"))
+            return info.value, backend.status()["engine"]["unavailable"]
+        finally:
+            await backend.close()
+    error, unavailable = run(scenario())
+    assert error.status == 503 and error.code == "model_unavailable"
+    assert str(models_dir / "bad.gguf") in error.message and "bad" in unavailable
