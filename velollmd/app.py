@@ -9,6 +9,7 @@ import time
 
 from .api.access import Access
 from .api.admin import AdminRoutes
+from .api.anthropic import AnthropicRoutes, anthropic_error, wants_anthropic_errors
 from .api.ollama import OllamaRoutes
 from .api.openai import OpenAIRoutes
 from .api.routes import Router
@@ -32,8 +33,10 @@ class App:
         self.router = Router()
         services = (self.access, self.registry, self.pipeline, self.service)
         AdminRoutes(*services, self.metrics, config.metrics).register(self.router)
-        OpenAIRoutes(*services, sse_ping_s=config.server.sse_ping_s).register(self.router)
+        openai = OpenAIRoutes(*services, sse_ping_s=config.server.sse_ping_s)
+        openai.register(self.router)
         OllamaRoutes(*services).register(self.router)
+        AnthropicRoutes(*services, openai, sse_ping_s=config.server.sse_ping_s).register(self.router)
 
     @property
     def draining(self) -> bool:
@@ -59,7 +62,7 @@ class App:
             self.access.check(request)
             response = await self.router.dispatch(request)
         except VeloError as exc:
-            response = Response.error(exc)
+            response = anthropic_error(exc) if wants_anthropic_errors(request) else Response.error(exc)
         route = request.path if self.router.is_route(request.path) else "other"
         self.metrics.requests.inc(route=route, status=str(response.status))
         self.metrics.latency.observe(time.perf_counter() - started, route=route)

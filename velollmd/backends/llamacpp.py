@@ -52,3 +52,13 @@ class LlamaCppBackend(OpenAIBackend):
     async def tokenize(self, content: str) -> list[int]:
         body = await self.post_json("/tokenize", {"content": content, "add_special": False})
         return body.get("tokens", [])
+
+    async def count_prompt_tokens(self, body: dict) -> int | None:
+        """The server's own chat template (/apply-template), then /tokenize: exact counts."""
+        template = {k: body[k] for k in ("messages", "tools", "tool_choice") if body.get(k) is not None}
+        prompt = (await self.post_json("/apply-template", template)).get("prompt")
+        if not isinstance(prompt, str):
+            return None
+        tokens = (await self.post_json("/tokenize", {"content": prompt, "add_special": True,
+                                                     "parse_special": True})).get("tokens")
+        return len(tokens) if isinstance(tokens, list) else None
