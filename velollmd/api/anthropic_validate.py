@@ -76,7 +76,8 @@ def _check_system(system) -> None:
     if not isinstance(system, list):
         _fail("system", "expected a string or an array of text blocks")
     for i, block in enumerate(system):
-        if not (isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)):
+        is_text = isinstance(block, dict) and block.get("type") == "text"
+        if not (is_text and isinstance(block.get("text"), str)):
             _fail(f"system.{i}", "expected a text block {'type': 'text', 'text': ...}")
 
 
