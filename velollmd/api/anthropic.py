@@ -80,6 +80,7 @@ class AnthropicRoutes:
         body = check_messages_request(request.json())
         chat = validate_chat(anthropic_to_chat(body))
         generate = self.access.generate_request(request, "chat", chat)
+        generate.report_stop_word = bool(body.get("stop_sequences"))
         outcome = await self.pipeline.generate(generate)
         headers = list(outcome.headers.items())
         stops = body.get("stop_sequences")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from ..errors import VeloError
+from ..wire.request import GenerateRequest
 from .base import ModelInfo
 from .openai import OpenAIBackend
 
@@ -48,6 +49,14 @@ class LlamaCppBackend(OpenAIBackend):
         """Per-slot context from /props (`n_ctx`), else the configured one."""
         n_ctx = (self.props.get("default_generation_settings") or {}).get("n_ctx")
         return int(n_ctx) if n_ctx else super().context_size()
+
+    def upstream_body(self, request: GenerateRequest) -> dict:
+        """`verbose` when the caller needs the stop string that ended the answer: llama.cpp
+        names it (`__verbose.stopping_word`) only there; OpenAI's answer shape has no field."""
+        body = super().upstream_body(request)
+        if request.report_stop_word and body.get("stop"):
+            body["verbose"] = True
+        return body
 
     async def tokenize(self, content: str) -> list[int]:
         body = await self.post_json("/tokenize", {"content": content, "add_special": False})

@@ -52,18 +52,24 @@ def anthropic_usage(usage: dict | None) -> dict:
             "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}
 
 
-def stop_reason_of(finish_reason: str | None, choice: dict, stop_sequences: list[str] | None,
+def stop_word_of(answer: dict, choice: dict) -> str | None:
+    """The stop string that ended an answer, where the backend said: vLLM's
+    `choice.stop_reason`, llama.cpp's `__verbose.stopping_word` (asked for by
+    GenerateRequest.report_stop_word)."""
+    word = choice.get("stop_reason") or (answer.get("__verbose") or {}).get("stopping_word")
+    return word if isinstance(word, str) and word else None
+
+
+def stop_reason_of(finish_reason: str | None, stop_word: str | None, stop_sequences: list[str] | None,
                    num_tool_uses: int) -> tuple[str, str | None]:
-    """(stop_reason, stop_sequence). A backend that says which stop string matched (vLLM's
-    `choice.stop_reason`, llama.cpp's `stopping_word`) gives stop_sequence; any other stop is
-    end_turn, since an end-of-turn token and a stop string look alike in OpenAI's answer."""
+    """(stop_reason, stop_sequence). Only a backend that names the stop string gives
+    stop_sequence: in OpenAI's answer an end-of-turn token and a stop string look alike."""
     if num_tool_uses and finish_reason in (None, "stop", "tool_calls"):
         return "tool_use", None
     if finish_reason in STOP_REASONS:
         return STOP_REASONS[finish_reason], None
-    matched = choice.get("stop_reason") or choice.get("stopping_word")
-    if isinstance(matched, str) and matched in (stop_sequences or ()):
-        return "stop_sequence", matched
+    if stop_word is not None and stop_word in (stop_sequences or ()):
+        return "stop_sequence", stop_word
     return "end_turn", None
 
 
@@ -95,8 +101,8 @@ def chat_to_message(answer: dict, model: str, stop_sequences: list[str] | None =
         function = call.get("function") or {}
         content.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name", ""),
                         "input": tool_input(function.get("arguments"))})
-    stop_reason, stop_sequence = stop_reason_of(choice.get("finish_reason"), choice, stop_sequences,
-                                                len(calls))
+    stop_reason, stop_sequence = stop_reason_of(choice.get("finish_reason"), stop_word_of(answer, choice),
+                                                stop_sequences, len(calls))
     return {"id": message_id(), "type": "message", "role": "assistant", "model": model, "content": content,
             "stop_reason": stop_reason, "stop_sequence": stop_sequence,
             "usage": anthropic_usage(answer.get("usage"))}
@@ -115,7 +121,7 @@ class MessageEvents:
         self.pending: dict[int, dict] = {}           # tool-call index -> {id, name, arguments}
         self.started_tools: set[int] = set()
         self.finish_reason: str | None = None
-        self.last_choice: dict = {}
+        self.stop_word: str | None = None
         self.usage: dict | None = None
 
     def start(self) -> list[Event]:
@@ -139,12 +145,13 @@ class MessageEvents:
             for fragment in delta.get("tool_calls") or []:
                 events += self._tool_fragment(fragment)
             if choice.get("finish_reason"):
-                self.finish_reason, self.last_choice = choice["finish_reason"], choice
+                self.finish_reason = choice["finish_reason"]
+            self.stop_word = stop_word_of(chunk, choice) or self.stop_word
         return events
 
     def finish(self) -> list[Event]:
         events = self._flush_pending() + self._close()
-        stop_reason, stop_sequence = stop_reason_of(self.finish_reason, self.last_choice, self.stop_sequences,
+        stop_reason, stop_sequence = stop_reason_of(self.finish_reason, self.stop_word, self.stop_sequences,
                                                     len(self.started_tools))
         usage = anthropic_usage(self.usage) if self.usage else {
             "input_tokens": self.input_tokens, "output_tokens": 0}
