@@ -88,7 +88,7 @@ def _check_messages(messages) -> None:
         path = f"messages.{i}"
         if not isinstance(message, dict):
             _fail(path, "expected an object")
-        if message.get("role") not in ROLES:
+        if not isinstance(message.get("role"), str) or message["role"] not in ROLES:
             _fail(f"{path}.role", "must be 'user' or 'assistant'")
         content = message.get("content")
         if isinstance(content, str):
@@ -174,7 +174,8 @@ def _check_tools(tools) -> set[str]:
 def _check_tool_choice(choice, names: set[str]) -> None:
     if choice is None:
         return
-    if not isinstance(choice, dict) or choice.get("type") not in TOOL_CHOICES:
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if not isinstance(kind, str) or kind not in TOOL_CHOICES:
         _fail("tool_choice", "expected {'type': 'auto' | 'any' | 'tool' | 'none'}")
     _expect(choice, "disable_parallel_tool_use", bool, "a boolean", "tool_choice.")
     if choice["type"] == "tool":
