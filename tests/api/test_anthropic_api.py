@@ -2,6 +2,8 @@
 against the Ollama emulator: text, streams (the SDK's accumulator rebuilds the message),
 thinking, tool round trips and repair, tool_choice, cache hits and their stream replays,
 count_tokens, /v1/models, errors and auth."""
+import json
+
 import anthropic
 import httpx
 import pytest
@@ -237,3 +239,15 @@ def test_auth_by_x_api_key_or_bearer(daemon_factory, ollama_emulator):
                                                               "message": "invalid or missing API key"}}
     with pytest.raises(anthropic.AuthenticationError):
         client_of(daemon, api_key="wrong").messages.count_tokens(model=MODEL, messages=HI)
+
+
+def test_ping_while_the_backend_is_silent(daemon_factory, ollama_emulator):
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False},
+                             "server": {"sse_ping_s": 0.05}})
+    ollama_emulator.script("slow words", delay_s=0.3)
+    events = raw_events(daemon, {"model": MODEL, "max_tokens": 50, "messages": HI})
+    names = [name for name, _ in events]
+    assert ("ping", '{"type":"ping"}') in events
+    assert names[0] == "message_start" and names[-1] == "message_stop"
+    text = "".join(json.loads(data)["delta"].get("text", "") for name, data in events if name == "content_block_delta")
+    assert text == "slow words"
