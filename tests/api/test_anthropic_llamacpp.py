@@ -50,6 +50,13 @@ def test_stop_sequence_is_named(client):
                                 stop_sequences=[stop], extra_headers={"x-velollm-cache": "bypass"}) as stream:
         streamed = stream.get_final_message()
     assert (streamed.stop_reason, streamed.stop_sequence, text_of(streamed)) == ("stop_sequence", stop, full[:start])
+    args = dict(model="tiny", max_tokens=16, messages=HI, extra_body=GREEDY, stop_sequences=["never-there", stop])
+    replayed = client.messages.with_raw_response.create(**args)      # the cache keeps the stop string
+    assert replayed.headers["x-velollm-cache"] == "hit-exact"
+    assert (replayed.parse().stop_reason, replayed.parse().stop_sequence) == ("stop_sequence", stop)
+    with client.messages.stream(**args) as stream:
+        assert stream.response.headers["x-velollm-cache"] == "hit-exact"
+        assert stream.get_final_message().stop_sequence == stop
 
 
 def test_count_tokens_is_exact_on_llama_server(client):

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from velollmd.cache.keys import exact_key
+from velollmd.cache.replay import from_json_response, from_stream_chunks, to_json, to_sse_chunks
 from velollmd.sched.fingerprint import fingerprint_of
 from velollmd.wire.anthropic import anthropic_to_chat
 from velollmd.wire.anthropic_reply import MessageEvents, chat_to_message, error_body
@@ -199,3 +200,15 @@ def test_stream_stop_sequence_and_empty_answer():
     (504, "timeout_error"), (529, "overloaded_error")])
 def test_error_types(status, kind):
     assert error_body(status, "m") == {"type": "error", "error": {"type": kind, "message": "m"}}
+
+
+def test_the_cache_keeps_the_stop_string():
+    whole = answer({"role": "assistant", "content": "a"}, "stop", __verbose={"stopping_word": "END"})
+    entry = from_json_response(whole)
+    assert chat_to_message(to_json(entry, "id"), "m", ["END"])["stop_sequence"] == "END"
+    replay = to_sse_chunks(entry, "id", include_usage=True)
+    assert from_stream_chunks(replay).stop_word == "END"
+    events = run_events(replay, ["END"])
+    assert events[-2][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
+    plain = from_json_response(answer({"role": "assistant", "content": "a"}, "stop"))
+    assert "stop_reason" not in to_json(plain, "id")["choices"][0]

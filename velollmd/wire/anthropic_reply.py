@@ -13,6 +13,7 @@ import hashlib
 import json
 
 from .ids import new_call_id, response_id
+from .stopword import stop_word_of
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                403: "permission_error", 404: "not_found_error", 413: "request_too_large",
@@ -50,14 +51,6 @@ def anthropic_usage(usage: dict | None) -> dict:
     cached = min(cached, prompt)
     return {"input_tokens": prompt - cached, "output_tokens": int(usage.get("completion_tokens") or 0),
             "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}
-
-
-def stop_word_of(answer: dict, choice: dict) -> str | None:
-    """The stop string that ended an answer, where the backend said: vLLM's
-    `choice.stop_reason`, llama.cpp's `__verbose.stopping_word` (asked for by
-    GenerateRequest.report_stop_word)."""
-    word = choice.get("stop_reason") or (answer.get("__verbose") or {}).get("stopping_word")
-    return word if isinstance(word, str) and word else None
 
 
 def stop_reason_of(finish_reason: str | None, stop_word: str | None, stop_sequences: list[str] | None,
