@@ -56,6 +56,14 @@ class App:
         await self.pipeline.close()
         await self.registry.close()
 
+    def refused(self, head, status: int, message: str) -> Response:
+        """The answer to a request the HTTP server refused (413, 431, 408...): in Anthropic's
+        shape for Anthropic requests, else OpenAI's."""
+        exc = VeloError(message, status=status, error_type="invalid_request_error")
+        if head is not None and wants_anthropic_errors(Request(head.method, head.target, head.headers)):
+            return anthropic_error(exc)
+        return Response.error(exc)
+
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         try:

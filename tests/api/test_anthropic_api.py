@@ -251,3 +251,14 @@ def test_ping_while_the_backend_is_silent(daemon_factory, ollama_emulator):
     assert names[0] == "message_start" and names[-1] == "message_stop"
     text = "".join(json.loads(data)["delta"].get("text", "") for name, data in events if name == "content_block_delta")
     assert text == "slow words"
+
+
+def test_body_over_the_limit_is_request_too_large(daemon_factory, ollama_emulator):
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "server": {"max_body_bytes": 4096}})
+    huge = [{"role": "user", "content": "x" * 8192}]
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        client_of(daemon).messages.create(model=MODEL, max_tokens=5, messages=huge)
+    assert refused.value.status_code == 413
+    assert refused.value.body["error"]["type"] == "request_too_large"
+    openai_shape = httpx.post(daemon.url + "/v1/chat/completions", json={"model": MODEL, "messages": huge})
+    assert openai_shape.status_code == 413 and openai_shape.json()["error"]["type"] == "invalid_request_error"
