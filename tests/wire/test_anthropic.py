@@ -212,3 +212,16 @@ def test_the_cache_keeps_the_stop_string():
     assert events[-2][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
     plain = from_json_response(answer({"role": "assistant", "content": "a"}, "stop"))
     assert "stop_reason" not in to_json(plain, "id")["choices"][0]
+
+
+def test_system_turns_and_images_in_tool_results():
+    chat = anthropic_to_chat({"model": "m", "max_tokens": 5, "messages": [
+        {"role": "system", "content": "Rules."},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "shot", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
+            {"type": "text", "text": "see"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "QQ=="}}]}]}]})
+    system, call, result = chat["messages"]
+    assert system == {"role": "system", "content": "Rules."}
+    assert call["content"] == "" and call["tool_calls"][0]["function"] == {"name": "shot", "arguments": "{}"}
+    assert result["role"] == "tool" and result["content"][1]["image_url"]["url"] == "data:image/png;base64,QQ=="
