@@ -11,6 +11,8 @@ from .api.access import Access
 from .api.admin import AdminRoutes
 from .api.ollama import OllamaRoutes
 from .api.openai import OpenAIRoutes
+from .api.response_store import ResponseStore
+from .api.responses import ResponsesRoutes
 from .api.routes import Router
 from .backends.registry import Registry
 from .config import Config
@@ -34,6 +36,9 @@ class App:
         AdminRoutes(*services, self.metrics, config.metrics).register(self.router)
         OpenAIRoutes(*services, sse_ping_s=config.server.sse_ping_s).register(self.router)
         OllamaRoutes(*services).register(self.router)
+        self.responses = ResponseStore(config.responses.store_max_entries, config.responses.store_max_bytes)
+        ResponsesRoutes(self.access, self.pipeline, self.responses,
+                        sse_ping_s=config.server.sse_ping_s).register(self.router)
 
     @property
     def draining(self) -> bool:

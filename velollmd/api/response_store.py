@@ -1,0 +1,54 @@
+"""Stored Responses API responses, in memory, bounded by count and by bytes (LRU).
+
+A response created with `store: true` is kept with the input items that led to it, so that a
+later request can continue the conversation with `previous_response_id` (its input and output
+items are put before the new input) and GET / DELETE /v1/responses/{id} find it. Each record is
+kept as its compact JSON bytes: the byte bound is exact, and a reader gets its own copy.
+Records are scoped to the API key that made them: another key sees a 404, as for a missing id.
+"""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+from ..wire import wirejson
+
+
+class ResponseStore:
+    def __init__(self, max_entries: int, max_bytes: int):
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.num_bytes = 0
+        self._records: OrderedDict[str, tuple[str, bytes]] = OrderedDict()   # id -> (owner, JSON)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def put(self, response_id: str, owner: str, record: dict) -> bool:
+        """Keep `record` (least recently used ones go first); False when it alone is over the
+        byte bound or the store is off (max_entries 0)."""
+        data = wirejson.dumps(record)
+        if self.max_entries == 0 or len(data) > self.max_bytes:
+            return False
+        self.delete(response_id, owner)
+        self._records[response_id] = (owner, data)
+        self.num_bytes += len(data)
+        while len(self._records) > self.max_entries or self.num_bytes > self.max_bytes:
+            _, (_, evicted) = self._records.popitem(last=False)
+            self.num_bytes -= len(evicted)
+        return True
+
+    def get(self, response_id: str, owner: str) -> dict | None:
+        entry = self._records.get(response_id)
+        if entry is None or entry[0] != owner:
+            return None
+        self._records.move_to_end(response_id)
+        return json.loads(entry[1])
+
+    def delete(self, response_id: str, owner: str) -> bool:
+        entry = self._records.get(response_id)
+        if entry is None or entry[0] != owner:
+            return False
+        del self._records[response_id]
+        self.num_bytes -= len(entry[1])
+        return True
