@@ -26,8 +26,7 @@ def validate_responses(body: dict) -> dict:
             _fail(name, why)
     for name in ("temperature", "top_p"):
         _check_type(body, name, NUMBER, "a number")
-    for name in ("max_output_tokens", "top_logprobs"):
-        _check_type(body, name, int, "an integer")
+    _check_type(body, "max_output_tokens", int, "an integer")
     for name in ("stream", "store", "parallel_tool_calls"):
         _check_type(body, name, bool, "a boolean")
     for name in ("instructions", "previous_response_id", "user"):
@@ -36,7 +35,6 @@ def validate_responses(body: dict) -> dict:
     _check_range(body, "temperature", 0, 2)
     _check_range(body, "top_p", 0, 1)
     _check_range(body, "max_output_tokens", 1, 1 << 30)
-    _check_range(body, "top_logprobs", 0, 20)
     _check_metadata(body.get("metadata"))
     return body
 

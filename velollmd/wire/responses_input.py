@@ -21,7 +21,11 @@ TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "re
 IGNORED_TOOL_TYPES = frozenset({"web_search", "web_search_preview", "web_search_preview_2025_03_11"})
 IGNORED_ITEM_TYPES = frozenset({"reasoning"})     # kept by the client, not sent on to the backend
 SAMPLING = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens": "max_tokens",
-            "parallel_tool_calls": "parallel_tool_calls", "user": "user", "top_logprobs": "top_logprobs"}
+            "parallel_tool_calls": "parallel_tool_calls", "user": "user"}
+# Not in the Responses API, but what local backends take and chat passes on (validated there);
+# every other field is OpenAI's own (include, truncation, service_tier, ...) and stays here.
+BACKEND_EXTRAS = ("top_k", "min_p", "seed", "stop", "logit_bias", "presence_penalty", "frequency_penalty",
+                  "repeat_penalty", "repetition_penalty")
 
 
 def _fail(param: str, message: str):
@@ -208,6 +212,7 @@ def chat_body(body: dict, messages: list[dict]) -> dict:
     for name, chat_name in SAMPLING.items():
         if body.get(name) is not None:
             chat[chat_name] = body[name]
+    chat.update((name, body[name]) for name in BACKEND_EXTRAS if body.get(name) is not None)
     response_format = chat_response_format(body.get("text"))
     if response_format is not None:
         chat["response_format"] = response_format
