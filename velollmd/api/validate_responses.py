@@ -32,6 +32,8 @@ def validate_responses(body: dict) -> dict:
     for name in ("instructions", "previous_response_id", "user"):
         _check_type(body, name, str, "a string")
     _check_type(body, "reasoning", dict, "an object")
+    if body.get("truncation") not in (None, "auto", "disabled"):
+        _fail("truncation", "must be 'auto' or 'disabled'")
     _check_range(body, "temperature", 0, 2)
     _check_range(body, "top_p", 0, 1)
     _check_range(body, "max_output_tokens", 1, 1 << 30)

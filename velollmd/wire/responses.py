@@ -16,6 +16,16 @@ from .ids import item_id
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
+def text_of(value) -> str:
+    """A string field of a backend's answer; anything else (wire/shape.py checks only what
+    every dialect reads) counts as empty."""
+    return value if isinstance(value, str) else ""
+
+
+def dict_of(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 @dataclass
 class ResponseDraft:
     """What a response echoes of its request, fixed before the answer comes."""
@@ -49,7 +59,7 @@ def response_object(draft: ResponseDraft, status: str, output: list[dict], usage
 
 def status_of(finish_reason: str | None) -> tuple[str, dict | None]:
     """("completed" | "incomplete", incomplete_details) for a chat finish_reason."""
-    reason = INCOMPLETE_REASONS.get(finish_reason)
+    reason = INCOMPLETE_REASONS.get(text_of(finish_reason))
     return ("incomplete", {"reason": reason}) if reason else ("completed", None)
 
 
@@ -58,12 +68,16 @@ def usage_of(usage: dict | None) -> dict | None:
     if not usage:
         return None
     num_input, num_output = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    cached = dict_of(usage.get("prompt_tokens_details")).get("cached_tokens")
+    reasoning = dict_of(usage.get("completion_tokens_details")).get("reasoning_tokens")
     return {"input_tokens": num_input,
-            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
-            "output_tokens": num_output, "output_tokens_details": {"reasoning_tokens": reasoning},
+            "input_tokens_details": {"cached_tokens": _count(cached), "cache_write_tokens": 0},
+            "output_tokens": num_output, "output_tokens_details": {"reasoning_tokens": _count(reasoning)},
             "total_tokens": num_input + num_output}
+
+
+def _count(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 # -- output items --------------------------------------------------------------------------
@@ -89,21 +103,21 @@ def reasoning_item(text: str | None, status: str = "completed", id_: str | None 
 
 def function_call_item(call: dict, status: str = "completed", id_: str | None = None) -> dict:
     """A chat tool call ({"id", "function": {"name", "arguments"}}) as a function_call item."""
-    function = call.get("function") or {}
+    function = dict_of(call.get("function"))
     return {"id": id_ or item_id("fc"), "type": "function_call", "status": status,
-            "call_id": call.get("id") or "", "name": function.get("name") or "",
-            "arguments": function.get("arguments") or ""}
+            "call_id": text_of(call.get("id")), "name": text_of(function.get("name")),
+            "arguments": text_of(function.get("arguments"))}
 
 
 def output_items(message: dict, status: str = "completed") -> list[dict]:
     """The output items of one chat answer message, in the order a stream sends them;
     `status` is the last item's ("incomplete" when the answer was cut at max tokens)."""
     items = []
-    if message.get("reasoning_content"):
+    if text_of(message.get("reasoning_content")):
         items.append(reasoning_item(message["reasoning_content"]))
-    calls = message.get("tool_calls") or []
+    calls = [call for call in message.get("tool_calls") or () if isinstance(call, dict)]
     if message.get("content") or not calls:
-        items.append(message_item(message.get("content") or ""))
+        items.append(message_item(text_of(message.get("content"))))
     items += [function_call_item(call) for call in calls]
     items[-1]["status"] = status
     return items

@@ -32,6 +32,12 @@ def _fail(param: str, message: str):
     raise BadRequest(f"Invalid '{param}': {message}", param=param, code="invalid_value")
 
 
+def _kind(obj, default: str | None = None) -> str | None:
+    """The `type` of an item, part or tool when it is a string (anything else: None)."""
+    kind = obj.get("type", default) if isinstance(obj, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 def input_items(value) -> list[dict]:
     """The request's `input` as a list of items: a string is one user message."""
     if isinstance(value, str):
@@ -49,7 +55,7 @@ def items_to_messages(items: list[dict], param: str, messages: list[dict]) -> li
         where = f"{param}[{i}]"
         if not isinstance(item, dict):
             _fail(where, "expected an input item object")
-        kind = item.get("type", "message")
+        kind = _kind(item, "message")
         if kind == "message":
             messages.append(_message(item, where))
         elif kind == "function_call":
@@ -67,7 +73,7 @@ def _call_names(messages: list[dict]) -> dict[str, str]:
 
 
 def _message(item: dict, where: str) -> dict:
-    role = ROLES.get(item.get("role"))
+    role = ROLES.get(item["role"]) if isinstance(item.get("role"), str) else None
     if role is None:
         _fail(f"{where}.role", f"must be one of {', '.join(ROLES)}")
     content = item.get("content")
@@ -84,7 +90,7 @@ def _message(item: dict, where: str) -> dict:
 
 
 def _part(part, where: str) -> dict:
-    kind = part.get("type") if isinstance(part, dict) else None
+    kind = _kind(part)
     if kind in TEXT_PARTS or kind == "refusal":
         text = part.get("text", part.get("refusal"))
         if not isinstance(text, str):
@@ -144,7 +150,7 @@ def chat_tools(tools) -> list[dict]:
         _fail("tools", "expected an array")
     out = []
     for i, tool in enumerate(tools):
-        kind = tool.get("type") if isinstance(tool, dict) else None
+        kind = _kind(tool)
         if kind in IGNORED_TOOL_TYPES:
             continue
         if kind != "function":
@@ -165,7 +171,7 @@ def chat_tool_choice(choice, tools: list[dict]):
     """"auto" | "none" | "required" | {"type": "function", "name"} -> chat's tool_choice."""
     if choice is None or choice in ("auto", "none", "required"):
         return choice
-    kind = choice.get("type") if isinstance(choice, dict) else None
+    kind = _kind(choice)
     if kind is not None and kind != "function":
         _fail("tool_choice", f"tool_choice of type {kind!r} is not supported; only 'function' tools are")
     name = choice.get("name") if kind == "function" else None
@@ -183,7 +189,7 @@ def chat_response_format(text) -> dict | None:
     if not isinstance(text, dict):
         _fail("text", "expected an object")
     fmt = text.get("format")
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    kind = _kind(fmt)
     if fmt is None or kind == "text":
         return None
     if kind == "json_object":

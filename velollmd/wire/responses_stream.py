@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from .responses import (
     ResponseDraft,
+    dict_of,
     function_call_item,
     message_item,
     reasoning_item,
     reasoning_part,
     response_object,
     status_of,
+    text_of,
     text_part,
     usage_of,
 )
@@ -61,14 +63,15 @@ class ResponseEvents:
         if not choices:
             return []
         delta = choices[0].get("delta") or {}
-        self.finish_reason = choices[0].get("finish_reason") or self.finish_reason
+        self.finish_reason = text_of(choices[0].get("finish_reason")) or self.finish_reason
         events = []
-        if delta.get("reasoning_content"):
+        if text_of(delta.get("reasoning_content")):
             events += self._text("reasoning", delta["reasoning_content"])
         if delta.get("content"):
             events += self._text("message", delta["content"])
         for fragment in delta.get("tool_calls") or ():
-            events += self._call(fragment)
+            if isinstance(fragment, dict):
+                events += self._call(fragment)
         return events
 
     def finish(self) -> list[dict]:
@@ -99,14 +102,14 @@ class ResponseEvents:
         return events + [self.event(name, **self._where(), content_index=0, delta=piece, **extra)]
 
     def _call(self, fragment: dict) -> list[dict]:
-        index, function = fragment.get("index", 0), fragment.get("function") or {}
+        index, function = fragment.get("index", 0), dict_of(fragment.get("function"))
         if self.item is None or self.item["type"] != "function_call" or index != self.call_index:
             events = self._close() + self._open("function_call", fragment)
             self.call_index = index
         else:                                   # a later piece of the open call
             events = []
-            self.item["name"] += function.get("name") or ""
-        arguments = function.get("arguments") or ""
+            self.item["name"] += text_of(function.get("name"))
+        arguments = text_of(function.get("arguments"))
         if arguments:
             self.pieces.append(arguments)
             events.append(self.event("response.function_call_arguments.delta", **self._where(),
@@ -115,7 +118,7 @@ class ResponseEvents:
 
     def _open(self, kind: str, fragment: dict | None = None) -> list[dict]:
         if kind == "function_call":
-            function = {**(fragment.get("function") or {}), "arguments": ""}
+            function = {**dict_of(fragment.get("function")), "arguments": ""}
             self.item = function_call_item({"id": fragment.get("id"), "function": function}, "in_progress")
             return [self.event("response.output_item.added", output_index=len(self.output),
                                item=dict(self.item))]
