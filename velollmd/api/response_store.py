@@ -30,7 +30,9 @@ class ResponseStore:
         data = wirejson.dumps(record)
         if self.max_entries == 0 or len(data) > self.max_bytes:
             return False
-        self.delete(response_id, owner)
+        replaced = self._records.pop(response_id, None)
+        if replaced is not None:
+            self.num_bytes -= len(replaced[1])
         self._records[response_id] = (owner, data)
         self.num_bytes += len(data)
         while len(self._records) > self.max_entries or self.num_bytes > self.max_bytes:
