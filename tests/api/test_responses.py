@@ -262,3 +262,18 @@ def test_llama_forced_tool_call_round_trip_with_the_stream_helper(llama_client):
         model="tiny", previous_response_id=final.id, max_output_tokens=5,
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
     assert follow.output_text and follow.usage.input_tokens > final.usage.input_tokens
+
+
+def test_a_repeated_request_is_an_exact_cache_hit_whole_and_streamed(daemon_factory, ollama_emulator):
+    client = client_for(daemon_factory({"backends": [ollama_backend(ollama_emulator)]}))
+    ollama_emulator.script("Cached words here.")
+    args = dict(model=MODEL, input="Repeat me.", temperature=0)
+    first = client.responses.with_raw_response.create(**args)
+    again = client.responses.with_raw_response.create(**args)
+    assert (first.headers["x-velollm-cache"], again.headers["x-velollm-cache"]) == ("miss", "hit-exact")
+    assert again.parse().output_text == first.parse().output_text == "Cached words here."
+    assert again.parse().id != first.parse().id and ollama_emulator.count("/api/chat") == 1
+    with client.responses.stream(**args) as stream:
+        final = stream.get_final_response()
+    assert final.output_text == "Cached words here." and ollama_emulator.count("/api/chat") == 1
+    assert client.responses.retrieve(final.id).output_text == "Cached words here."
