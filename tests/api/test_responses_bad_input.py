@@ -104,6 +104,7 @@ def test_malformed_bodies_are_4xx_in_openai_shape(loop, body, status, param):
 
 @pytest.mark.parametrize("method,path,status", [
     ("GET", "/v1/responses/resp_none", 404), ("DELETE", "/v1/responses/resp_none", 404),
+    ("GET", "/v1/responses/resp_none?stream=true", 400),
     ("PUT", "/v1/responses", 405), ("GET", "/v1/responses", 405)])
 def test_unknown_ids_and_methods(loop, method, path, status):
     got, answer = call(loop, b"", method=method, path=path)

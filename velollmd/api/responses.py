@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import AsyncIterator, Callable
 
 from ..core.pipeline import Pipeline
-from ..errors import NotFound, VeloError
+from ..errors import BadRequest, NotFound, VeloError
 from ..http.message import Request, Response
 from ..http.sse import PING, SSE_HEADERS
 from ..wire import wirejson
@@ -69,6 +69,9 @@ class ResponsesRoutes:
                         idle_ping=PING, idle_ping_s=self.sse_ping_s)
 
     async def retrieve(self, request: Request, response_id: str) -> Response:
+        if request.query_params().get("stream") in ("true", "1"):
+            raise BadRequest("streaming a stored response again is not supported; retrieve it whole",
+                             param="stream")
         return Response.json(self._record(response_id, self.access.key_of(request))["response"])
 
     async def delete(self, request: Request, response_id: str) -> Response:
