@@ -4,6 +4,7 @@ real llama-server."""
 import json
 
 import openai
+import pydantic
 import pytest
 
 from tests.daemon_rig import llama_backend, ollama_backend
@@ -252,14 +253,15 @@ def test_llama_stream_events_follow_openai(llama_client):
 
 
 def test_llama_forced_tool_call_round_trip_with_the_stream_helper(llama_client):
-    args = dict(model="tiny", tools=[WEATHER], max_output_tokens=100, extra_body={"logit_bias": force_tool_call_bias()})
+    args = dict(model="tiny", tools=[WEATHER], max_output_tokens=100,
+                extra_body={"logit_bias": force_tool_call_bias()})     # the tiny model's one real call
     with llama_client.responses.stream(input="Weather?", **args) as stream:
         final = stream.get_final_response()
     [call] = [o for o in final.output if o.type == "function_call"]
     assert final.status == "completed" and call.name == "get_weather"
     assert json.loads(call.arguments)["unit"] in ("celsius", "fahrenheit")
-    follow = llama_client.responses.create(
-        model="tiny", previous_response_id=final.id, max_output_tokens=5,
+    follow = llama_client.responses.create(                  # the call and its result reach the prompt
+        model="tiny", previous_response_id=final.id, max_output_tokens=5, tools=[WEATHER],
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
     assert follow.output_text and follow.usage.input_tokens > final.usage.input_tokens
 
@@ -277,3 +279,14 @@ def test_a_repeated_request_is_an_exact_cache_hit_whole_and_streamed(daemon_fact
         final = stream.get_final_response()
     assert final.output_text == "Cached words here." and ollama_emulator.count("/api/chat") == 1
     assert client.responses.retrieve(final.id).output_text == "Cached words here."
+
+
+def test_llama_text_format_json_schema_is_enforced_by_llama_server(llama_client):
+    class Verdict(pydantic.BaseModel):
+        ok: bool
+
+    parsed = llama_client.responses.parse(model="tiny", input="Answer.", text_format=Verdict, max_output_tokens=40)
+    assert parsed.status == "completed" and isinstance(parsed.output_parsed, Verdict)
+    free = llama_client.responses.create(model="tiny", input="Answer.", max_output_tokens=40)
+    with pytest.raises(ValueError):                           # without the schema: the tiny model's noise
+        json.loads(free.output_text)
