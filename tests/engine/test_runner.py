@@ -206,3 +206,155 @@ def test_a_request_longer_than_the_whole_pool_ends_at_the_pool_size(parts):
     assert recorder.finish_reason("big") == "length"
     assert len(recorder.tokens("big")) == 4 * BLOCK_SIZE - 10
     assert_idle(runner)
+
+
+# ---- 4. chunked prefill -------------------------------------------------------------------------
+
+def test_a_long_prompt_is_chunked_and_every_running_decode_gets_a_token_every_step(parts):
+    runner, recorder = make_runner(parts, max_batch_tokens=8), Recorder()
+    decoders = ["d0", "d1", "d2"]
+    for i, request_id in enumerate(decoders):
+        runner.submit(request_id, [20 + i, 30 + i], SamplingParams(temperature=0.0, max_tokens=40),
+                      recorder.on(request_id))
+    runner.step()                                           # the three short prompts, prefilled
+    assert all(len(recorder.tokens(r)) == 1 for r in decoders)
+    long_prompt = random_prompt(np.random.default_rng(4), 60)
+    runner.submit("long", long_prompt, GREEDY, recorder.on("long"))
+    chunks = []
+    while not recorder.tokens("long"):
+        before = {r: len(recorder.tokens(r)) for r in decoders}
+        runner.step()
+        plan = {request_id: (start, end) for request_id, start, end in runner.last_plan}
+        for request_id in decoders:                         # each decode: one token, this step
+            start, end = plan[request_id]
+            assert end - start == 1 and len(recorder.tokens(request_id)) == before[request_id] + 1
+        chunks.append(plan["long"])
+        assert sum(end - start for start, end in plan.values()) <= 8
+    # 60 prompt tokens in chunks of 8 - 3 decodes = 5, back to back, the last one sampled
+    assert chunks == [(start, min(start + 5, 60)) for start in range(0, 60, 5)]
+    run_until_done(runner, recorder, [*decoders, "long"])
+    assert recorder.tokens("long") == alone(parts, long_prompt, GREEDY)
+    assert_idle(runner)
+
+
+# ---- 5. prefix cache ----------------------------------------------------------------------------
+
+def test_a_prefix_hit_reuses_blocks_it_compared_token_by_token(parts):
+    runner, recorder = make_runner(parts), Recorder()
+    prompt = random_prompt(np.random.default_rng(5), 10)          # 2 full blocks + 2 tokens
+    runner.submit("first", prompt, GREEDY, recorder.on("first"))
+    run_until_done(runner, recorder, ["first"])
+    computed = runner.num_tokens_computed
+    runner.submit("again", prompt, GREEDY, recorder.on("again"))
+    run_until_done(runner, recorder, ["again"])
+    assert recorder.events["again"][-1].num_cached_tokens == 8
+    assert runner.num_tokens_computed - computed == computed - 8     # the 8 cached were not recomputed
+    assert recorder.tokens("again") == recorder.tokens("first") == alone(parts, prompt, GREEDY)
+
+
+def test_a_cached_block_holding_other_tokens_is_recomputed(parts):
+    """What a hash collision leaves: a block found under this prompt's hash that holds other
+    tokens' K/V. The token comparison catches it; the engine recomputes from there."""
+    runner, recorder = make_runner(parts), Recorder()
+    prompt = random_prompt(np.random.default_rng(6), 10)
+    runner.submit("first", prompt, GREEDY, recorder.on("first"))
+    run_until_done(runner, recorder, ["first"])
+    block = runner.scheduler.pool.allocate("peek", prompt).block_table[1]   # the 2nd cached block
+    runner.scheduler.pool.free("peek")
+    runner.slot_tokens.tokens[block] = [1, 2, 3, 4]                 # another prompt's tokens ...
+    runner.kv.k[:, block] = runner.kv.v[:, block] = 7.0            # ... and its K/V
+    runner.submit("again", prompt, GREEDY, recorder.on("again"))
+    run_until_done(runner, recorder, ["again"])
+    assert recorder.events["again"][-1].num_cached_tokens == 4     # block 0 only
+    assert recorder.tokens("again") == alone(parts, prompt, GREEDY)
+
+
+def test_a_stale_slot_of_another_prefix_is_no_hit_even_with_equal_tokens(parts):
+    """Block X held tokens x after prefix p (request A). It is then handed to B, whose prompt
+    q r x registers X under hash(q r x) before B computes it; B is cancelled. C = B's prompt
+    finds X by hash and X's slots hold the tokens x: equal, but computed after p at other
+    positions. C must recompute X, not attend to A's K/V."""
+    rng = np.random.default_rng(7)
+    p, q, r, x = (random_prompt(rng, BLOCK_SIZE) for _ in range(4))
+    runner, recorder = make_runner(parts, num_blocks=4, max_batch_tokens=8), Recorder()
+    runner.submit("A", p + x, SamplingParams(temperature=0.0, max_tokens=1), recorder.on("A"))
+    run_until_done(runner, recorder, ["A"])
+    x_block = runner.scheduler.pool.allocate("peek", p + x + [9]).block_table[1]
+    runner.scheduler.pool.free("peek")
+    prompt = q + r + x + [5]
+    runner.submit("B", prompt, GREEDY, recorder.on("B"))
+    runner.step()                                           # B computes q r (8 tokens), not x
+    assert runner.last_plan == (("B", 0, 8),)
+    assert runner.scheduler.pool.block_table("B")[2] == x_block
+    runner.cancel("B")
+    runner.step()
+    params = SamplingParams(temperature=0.0, max_tokens=3)
+    runner.submit("C", prompt, params, recorder.on("C"))
+    run_until_done(runner, recorder, ["C"])
+    assert recorder.tokens("C") == alone(parts, prompt, params)
+    assert recorder.events["C"][-1].num_cached_tokens == 8          # q r, not the stale x
+    assert_idle(runner)
+
+
+# ---- 6. n > 1: one prefill, a copy-on-write fork ------------------------------------------------
+
+def peak_blocks_held(runner: Runner, recorder: Recorder, request_ids: Sequence[str]) -> int:
+    pool, peak = runner.scheduler.pool, 0
+    while not recorder.done(request_ids):
+        runner.step()
+        peak = max(peak, pool.num_blocks - pool.num_free_blocks)
+    return peak
+
+
+@pytest.mark.parametrize("prompt_len", [12, 14])            # ends on a block boundary, or inside one
+def test_n_choices_fork_once_and_equal_seed_plus_i(parts, prompt_len):
+    prompt = random_prompt(np.random.default_rng(8), prompt_len)
+    params = SamplingParams(temperature=0.8, seed=42, max_tokens=10, n=4)
+    ids = [f"n{i}" for i in range(4)]
+    forked, recorder = make_runner(parts), Recorder()
+    forked.submit_choices(ids, prompt, params, [recorder.on(i) for i in ids])
+    peak_forked = peak_blocks_held(forked, recorder, ids)
+    separate, recorder_separate = make_runner(parts), Recorder()
+    for index, request_id in enumerate(ids):
+        separate.submit(request_id, prompt, params, recorder_separate.on(request_id), choice_index=index)
+    peak_separate = peak_blocks_held(separate, recorder_separate, ids)
+    for index, request_id in enumerate(ids):
+        assert recorder.tokens(request_id) == alone(parts, prompt, params, choice_index=index)
+        assert recorder.tokens(request_id) == recorder_separate.tokens(request_id)
+    assert len({tuple(recorder.tokens(i)) for i in ids}) > 1, "seed + i: the choices differ"
+    assert forked.num_tokens_computed == separate.num_tokens_computed - 3 * prompt_len
+    assert peak_forked < peak_separate if prompt_len % BLOCK_SIZE == 0 else peak_forked <= peak_separate
+    assert_idle(forked)
+
+
+def test_n_choices_cancelled_before_and_after_the_fork_free_every_block(parts):
+    prompt = random_prompt(np.random.default_rng(9), 30)
+    params = SamplingParams(temperature=0.8, seed=1, max_tokens=30, n=3)
+    runner, recorder = make_runner(parts, max_batch_tokens=8), Recorder()
+    early, late = ["e0", "e1", "e2"], ["l0", "l1", "l2"]
+    runner.submit_choices(early, prompt, params, [recorder.on(i) for i in early])
+    runner.submit_choices(late, prompt[::-1], params, [recorder.on(i) for i in late])
+    runner.step()                                           # both prompts still prefilling
+    for request_id in early:
+        runner.cancel(request_id)
+    while not recorder.tokens("l2"):
+        runner.step()
+    runner.step()                                           # the forked choices decode
+    for request_id in late:
+        runner.cancel(request_id)
+    run_until_done(runner, recorder, early + late)
+    assert {recorder.finish_reason(i) for i in early + late} == {"abort"}
+    assert all(not recorder.tokens(i) for i in early)
+    assert_idle(runner)
+
+
+def test_more_choices_than_free_slots_run_the_rest_on_their_own(parts):
+    prompt = random_prompt(np.random.default_rng(10), 9)
+    params = SamplingParams(temperature=0.8, seed=5, max_tokens=6, n=4)
+    ids = [f"s{i}" for i in range(4)]
+    runner, recorder = make_runner(parts, max_running=2), Recorder()
+    runner.submit_choices(ids, prompt, params, [recorder.on(i) for i in ids])
+    run_until_done(runner, recorder, ids)
+    for index, request_id in enumerate(ids):
+        assert recorder.tokens(request_id) == alone(parts, prompt, params, choice_index=index)
+    assert_idle(runner)

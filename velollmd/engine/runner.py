@@ -127,13 +127,15 @@ class Runner:
                        on_events: Sequence[Callable[[Event], None]], *, priority: int = 5,
                        model_name: str = "") -> None:
         """The n choices of one request: the prompt is computed once (choice 0) and forked."""
-        children = [self._new_seq(request_id, prompt_ids, params, on_event, priority, model_name, index)
-                    for index, (request_id, on_event) in enumerate(zip(request_ids, on_events)) if index]
-        self.submit(request_ids[0], prompt_ids, params, on_events[0], priority=priority,
-                    model_name=model_name)
-        with self._lock:
-            self._forks[request_ids[0]] = children
-            self._seqs.update((child.request_id, child) for child in children)
+        parent, *children = [self._new_seq(request_id, prompt_ids, params, on_event, priority, model_name, index)
+                             for index, (request_id, on_event) in enumerate(zip(request_ids, on_events))]
+        with self._lock:                    # all at once: the worker must not sample the parent first
+            self.scheduler.add_request(parent.request, self.clock())
+            self._seqs[parent.request_id] = parent
+            if children:
+                self._forks[parent.request_id] = children
+                self._seqs.update((child.request_id, child) for child in children)
+            self._wake.notify()
 
     def _new_seq(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
                  on_event: Callable[[Event], None], priority: int, model_name: str,
