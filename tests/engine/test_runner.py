@@ -358,3 +358,29 @@ def test_more_choices_than_free_slots_run_the_rest_on_their_own(parts):
     for index, request_id in enumerate(ids):
         assert recorder.tokens(request_id) == alone(parts, prompt, params, choice_index=index)
     assert_idle(runner)
+
+
+def test_a_block_grown_by_decoding_forgets_its_last_owner(parts):
+    """The same stale slot through growth: S decodes into block X (A's old block, whose last
+    slot held S's 4th output token g4, after A's prefix) and is cancelled once g4 filled X's
+    slots in the allocator but before its K/V was computed. C = S's prompt + g1..g4 finds X by
+    hash; only X's first three slots may count."""
+    rng = np.random.default_rng(11)
+    s_prompt = random_prompt(rng, 2 * BLOCK_SIZE)
+    g = alone(parts, s_prompt, GREEDY)[:4]
+    runner, recorder = make_runner(parts, num_blocks=4, max_batch_tokens=16), Recorder()
+    a_prompt = random_prompt(rng, BLOCK_SIZE) + random_prompt(rng, BLOCK_SIZE - 1) + g[3:4]
+    runner.submit("A", a_prompt, SamplingParams(temperature=0.0, max_tokens=1), recorder.on("A"))
+    run_until_done(runner, recorder, ["A"])
+    runner.submit("S", s_prompt, GREEDY, recorder.on("S"))
+    while len(recorder.tokens("S")) < 4:
+        runner.step()
+    assert recorder.tokens("S") == g and runner.scheduler.pool.num_tokens("S") == 3 * BLOCK_SIZE
+    runner.cancel("S")
+    runner.step()
+    prompt, params = s_prompt + g + [5], SamplingParams(temperature=0.0, max_tokens=3)
+    runner.submit("C", prompt, params, recorder.on("C"))
+    run_until_done(runner, recorder, ["C"])
+    assert recorder.tokens("C") == alone(parts, prompt, params)
+    assert recorder.events["C"][-1].num_cached_tokens == 3 * BLOCK_SIZE - 1
+    assert_idle(runner)
