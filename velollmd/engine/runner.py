@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import BadRequest, Unavailable
+from ..errors import BadRequest, Unavailable, VeloError
 from ..sched.request import RequestStatus, SchedRequest
 from ..sched.scheduler import RunnerOutput, Scheduler
 from .detokenize import TextStream
@@ -117,11 +117,7 @@ class Runner:
                choice_index: int = 0) -> None:
         """Queue a request; RateLimited (429) when the queue is full, BadRequest when the prompt
         does not fit the context."""
-        seq = self._new_seq(request_id, prompt_ids, params, on_event, priority, model_name, choice_index)
-        with self._lock:
-            self.scheduler.add_request(seq.request, self.clock())
-            self._seqs[request_id] = seq
-            self._wake.notify()
+        self._queue(self._new_seq(request_id, prompt_ids, params, on_event, priority, model_name, choice_index))
 
     def submit_choices(self, request_ids: Sequence[str], prompt_ids: Sequence[int], params: SamplingParams,
                        on_events: Sequence[Callable[[Event], None]], *, priority: int = 5,
@@ -129,11 +125,14 @@ class Runner:
         """The n choices of one request: the prompt is computed once (choice 0) and forked."""
         parent, *children = [self._new_seq(request_id, prompt_ids, params, on_event, priority, model_name, index)
                              for index, (request_id, on_event) in enumerate(zip(request_ids, on_events))]
-        with self._lock:                    # all at once: the worker must not sample the parent first
-            self.scheduler.add_request(parent.request, self.clock())
-            self._seqs[parent.request_id] = parent
+        self._queue(parent, children)
+
+    def _queue(self, seq: EngineSeq, children: Sequence[EngineSeq] = ()) -> None:
+        with self._lock:                    # at once: the worker must not sample seq before its choices wait
+            self.scheduler.add_request(seq.request, self.clock())
+            self._seqs[seq.request_id] = seq
             if children:
-                self._forks[parent.request_id] = children
+                self._forks[seq.request_id] = list(children)
                 self._seqs.update((child.request_id, child) for child in children)
             self._wake.notify()
 
@@ -238,7 +237,7 @@ class Runner:
     def _queue_alone(self, seq: EngineSeq) -> None:
         try:
             self.scheduler.add_request(seq.request, self.clock())
-        except Exception as exc:                        # queue full: this choice fails alone
+        except VeloError as exc:                        # queue full: this choice fails alone
             self._end(seq, "error", error=exc)
 
     def _schedule(self) -> list[tuple[EngineSeq, int, int]]:
