@@ -32,7 +32,7 @@ def run_stream(case, cuts: list[int]):
         events += stream.feed(raw[start:cut])
         start = cut
     events += stream.finish()
-    content = "".join(e.content for e in events if not e.is_call)
+    content = "".join(e.content for e in events if e.content is not None)
     calls = [{"id": e.id, "type": "function", "function": {"name": e.name, "arguments": e.arguments}}
              for e in events if e.is_call]
     assert [e.index for e in events if e.is_call] == list(range(len(calls)))
