@@ -24,7 +24,7 @@ from .metrics import Metrics
 class App:
     def __init__(self, config: Config, registry: Registry | None = None):
         self.config = config
-        self.registry = registry or Registry(config.backends, scheduler=config.scheduler)
+        self.registry = registry or Registry(config.backends, scheduler=config.scheduler, aliases=config.aliases)
         self.metrics = Metrics()
         self.service = Service(self.registry, config.scheduler, metrics=self.metrics)
         self.pipeline = Pipeline(config, self.service, metrics=self.metrics)

@@ -8,6 +8,7 @@ the reason on one line.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -124,6 +125,9 @@ class SchedulerConfig:
     key_priorities: dict[str, int] = field(default_factory=dict)  # api key -> priority
 
 
+GLOB_CHARS = frozenset("*?[")
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = True
@@ -143,6 +147,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    aliases: tuple[tuple[str, str], ...] = ()       # [aliases]: client's model name (or glob) -> served model
     path: str = "<defaults>"
 
 
@@ -165,7 +170,7 @@ def load_config(path: str = DEFAULT_PATH) -> Config:
 
 
 def config_from_table(table: dict, path: str = "<table>") -> Config:
-    unknown = set(table) - set(SECTIONS) - {"backends"}
+    unknown = set(table) - set(SECTIONS) - {"backends", "aliases"}
     if unknown:
         raise ConfigError(path, sorted(unknown)[0], "unknown section or key")
     sections = {}
@@ -177,7 +182,30 @@ def config_from_table(table: dict, path: str = "<table>") -> Config:
     backends = _build_backends(table.get("backends", []), path)
     _check_embedder(sections["cache"], backends, path)
     _check_concurrency(sections["scheduler"], path)
-    return Config(backends=backends, path=path, **sections)
+    aliases = _build_aliases(table.get("aliases", {}), path)
+    return Config(backends=backends, aliases=aliases, path=path, **sections)
+
+
+def is_glob(name: str) -> bool:
+    """A model name with fnmatch wildcards (`models` patterns, glob aliases)."""
+    return not GLOB_CHARS.isdisjoint(name)
+
+
+def _build_aliases(table, path: str) -> tuple[tuple[str, str], ...]:
+    """`[aliases]` as ordered (name, target) pairs; a glob name applies in file order."""
+    if not isinstance(table, dict):
+        raise ConfigError(path, "aliases", "must be a table [aliases]")
+    for name, target in table.items():
+        key = f"aliases.{name}" if name else "aliases"
+        if not name.strip():
+            raise ConfigError(path, key, "an alias name must not be empty")
+        if not isinstance(target, str) or not target.strip():
+            raise ConfigError(path, key, "must be the name of a served model (a non-empty string)")
+        if is_glob(target):
+            raise ConfigError(path, key, f"the target must be one model name, not a glob: {target!r}")
+        if any(target == other or (is_glob(other) and fnmatch.fnmatchcase(target, other)) for other in table):
+            raise ConfigError(path, key, f"aliases do not chain: the target {target!r} is itself an alias")
+    return tuple(table.items())
 
 
 def _check_embedder(cache: CacheConfig, backends, path: str) -> None:

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from typing import Callable
+from typing import Callable, Iterable
 
 from ..config import BackendConfig, SchedulerConfig
 from ..errors import NotFound, Unavailable
+from ..wire.request import GenerateRequest
+from .aliases import ModelAliases
 from .base import Backend, ModelInfo
 from .engine import EngineBackend
 from .llamacpp import LlamaCppBackend
@@ -26,7 +29,9 @@ def make_backend(config: BackendConfig, scheduler: SchedulerConfig | None = None
 
 
 class Registry:
-    def __init__(self, configs, backends: list[Backend] | None = None, scheduler: SchedulerConfig | None = None):
+    def __init__(self, configs, backends: list[Backend] | None = None, scheduler: SchedulerConfig | None = None,
+                 aliases: Iterable[tuple[str, str]] = ()):
+        self.aliases = ModelAliases(aliases)
         self.backends: list[Backend] = backends if backends is not None \
             else [make_backend(c, scheduler) for c in configs]
         self._tasks: list[asyncio.Task] = []
@@ -59,8 +64,24 @@ class Registry:
                 log.warning("backend health changed", extra={"fields": {
                     "backend": backend.name, "healthy": backend.healthy, "error": backend.last_error}})
 
+    def resolve(self, model: str) -> str:
+        """The served model for a client's model name: its alias target, else the name."""
+        return self.aliases.resolve(model, self.is_listed) if self.aliases else model
+
+    def is_listed(self, model: str) -> bool:
+        return any(b.has_model(model) for b in self.backends)
+
+    def aliased(self, request: GenerateRequest) -> GenerateRequest:
+        """`request` for the served model, remembering the client's name for the answers."""
+        target = self.resolve(request.model)
+        if target == request.model:
+            return request
+        return dataclasses.replace(request, body={**request.body, "model": target}, client_model=request.model)
+
     def candidates(self, model: str) -> list[Backend]:
-        """Backends that may serve `model`, best first: healthy ones that list it, then by glob."""
+        """Backends that may serve `model` (a client's name: aliases apply), best first:
+        healthy ones that list it, then by glob."""
+        model = self.resolve(model)
         matching = self._matching(model)
         if not matching:
             raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
@@ -87,7 +108,8 @@ class Registry:
         return self.candidates(model)[0]
 
     def catalogue(self) -> list[ModelInfo]:
-        """Models of all healthy backends, first backend wins on a name clash."""
+        """Models of all healthy backends, first backend wins on a name clash; each exact
+        alias listed after the model it names, so that clients' model pickers find it."""
         seen, models = set(), []
         for backend in self.backends:
             if backend.healthy is False:
@@ -96,12 +118,16 @@ class Registry:
                 if model.id not in seen:
                     seen.add(model.id)
                     models.append(model)
+        if self.aliases:
+            models += [dataclasses.replace(model, id=alias) for model in list(models)
+                       for alias in self.aliases.aliases_of(model.id) if alias not in seen]
         return models
 
     def find_model(self, model: str) -> ModelInfo:
+        target = self.resolve(model)
         for info in self.catalogue():
-            if info.id == model or info.id == f"{model}:latest":
-                return info
+            if info.id == target or info.id == f"{target}:latest":
+                return info if target == model else dataclasses.replace(info, id=model)
         raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
 
     def status(self) -> list[dict]:

@@ -86,6 +86,7 @@ class Pipeline:
     async def generate(self, request: GenerateRequest, frames: bool = False) -> Outcome:
         """The answer to `request`. `frames`: the caller writes a stream as OpenAI SSE and takes
         chunks as JSON bytes, so a stream nothing else must read passes through (relay.py)."""
+        request = self.registry.aliased(request)
         lookup = await self._lookup(request)
         if lookup.status.startswith("hit"):
             self.metrics.cache.inc(result=lookup.status)
@@ -125,9 +126,9 @@ class Pipeline:
         if lookup.status == "hit-semantic":
             headers["x-velollm-similarity"] = f"{lookup.similarity:.4f}"
         if not request.stream:
-            return Outcome(headers, body=to_json(lookup.entry, _id_for(request), model=request.model,
+            return Outcome(headers, body=to_json(lookup.entry, _id_for(request), model=request.echo_model,
                                                  endpoint=request.endpoint))
-        chunks = to_sse_chunks(lookup.entry, _id_for(request), model=request.model,
+        chunks = to_sse_chunks(lookup.entry, _id_for(request), model=request.echo_model,
                                include_usage=request.include_usage, endpoint=request.endpoint)
         return Outcome(headers, chunks=_iterate(chunks))
 
@@ -157,7 +158,7 @@ class Pipeline:
             await flight.wait_done()
         finally:
             flight.leave()
-        return Outcome(headers, body=to_json(_recorded(flight), _id_for(request), model=request.model,
+        return Outcome(headers, body=to_json(_recorded(flight), _id_for(request), model=request.echo_model,
                                              endpoint=request.endpoint))
 
     async def _stream_from(self, flight: Flight, request: GenerateRequest) -> AsyncIterator[dict]:
@@ -169,7 +170,7 @@ class Pipeline:
             return
         flight.leave()
         entry = from_json_response(flight.outcome.body)
-        for chunk in to_sse_chunks(entry, _id_for(request), model=request.model, include_usage=True,
+        for chunk in to_sse_chunks(entry, _id_for(request), model=request.echo_model, include_usage=True,
                                    endpoint=request.endpoint):
             yield chunk
 

@@ -108,12 +108,12 @@ class Service:
         scheduled = self._sched_request(backend, request, fingerprint)
         headers = {"x-velollm-backend": backend.name}
         if request.stream:
-            relay = ChunkRelay(backend, request.model, request.endpoint,
+            relay = ChunkRelay(backend, request.echo_model, request.endpoint,
                                delivery or Delivery(request.include_usage))
             chunks = await prime(self._stream(backend, request, scheduled, fingerprint, relay))
             return Outcome(headers, chunks=chunks)
         body = await self._complete(backend, request, scheduled, fingerprint)
-        body["model"] = request.model
+        body["model"] = request.echo_model
         return Outcome(headers, body=body)
 
     async def _complete(self, backend: Backend, request: GenerateRequest, scheduled: SchedRequest,
@@ -251,6 +251,7 @@ class Service:
     async def embeddings(self, body: dict) -> Outcome:
         """Embeddings need no slot, but get the same health, breaker and one-retry failover."""
         model = body["model"]
+        body = {**body, "model": self.registry.resolve(model)}
         backend, answer = await self._failover(model, self.registry.candidates(model),
                                                lambda backend: self._embed_on(backend, body))
         if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
