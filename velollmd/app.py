@@ -64,9 +64,9 @@ class App:
                 "changed": sorted(b.name for b in retired if b.name in names)}
 
     async def _retire(self, backend: Backend) -> None:
-        finished = await self.service.retire(backend, self.config.server.drain_timeout_s)
+        await self.service.retire(backend)
         self._retiring.pop(backend, None)
-        log.info("backend retired", extra={"fields": {"backend": backend.name, "requests_finished": finished}})
+        log.info("backend retired", extra={"fields": {"backend": backend.name}})
 
     @property
     def draining(self) -> bool:

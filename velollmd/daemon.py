@@ -91,8 +91,8 @@ async def serve(config: Config, app: App | None = None, ready=None,
     watchdog = _start_watchdog()
     address = server.sockets[0].getsockname()
     log.info("listening", extra={"fields": {"address": list(address[:2]), "backends": len(config.backends)}})
-    systemd.notify("READY=1", f"STATUS={_listening(server)}")
     _write_pid_file(pid_file)
+    systemd.notify("READY=1", f"STATUS={_listening(server)}")
     if ready is not None:
         ready(server)
     try:

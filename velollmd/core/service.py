@@ -191,16 +191,15 @@ class Service:
         for breaker in self.breakers.values():
             breaker.num_failures, breaker.cooldown_s = config.breaker_failures, config.breaker_cooldown_s
 
-    async def retire(self, backend: Backend, timeout: float) -> bool:
-        """Close a backend a reload took out, once its requests are done (or after `timeout`);
-        what was kept about it goes unless a changed successor carries its name."""
-        finished = await self.admission.drained(backend, timeout)
+    async def retire(self, backend: Backend) -> None:
+        """Close a backend a reload took out once its requests are done, however long they
+        stream; what was kept about it goes unless a changed successor carries its name."""
+        await self.admission.drained(backend)
         await backend.close()
         if all(b.name != backend.name for b in self.registry.backends):
             self.admission.forget(backend.name)
             self.breakers.pop(backend.name, None)
         self.router.forget(backend)
-        return finished
 
     # ---- routing and health ----
 

@@ -83,18 +83,11 @@ class Admission:
             queue = self.queues[backend.name] = self._new_queue(backend, width)
         return queue
 
-    async def drained(self, backend: Any, timeout: float) -> bool:
+    async def drained(self, backend: Any) -> None:
         """Wait until no request waits for or holds a slot on `backend` (this object, not its
-        name: a changed backend's successor shares the name); False after `timeout`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        name: a changed backend's successor shares the name)."""
         while self._num_users.get(id(backend)):
-            event = self._idle.setdefault(id(backend), asyncio.Event())
-            try:
-                await asyncio.wait_for(event.wait(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                return False
-        return True
+            await self._idle.setdefault(id(backend), asyncio.Event()).wait()
 
     def forget(self, name: str) -> None:
         """Drop an empty queue of a backend that is no longer configured."""
