@@ -38,5 +38,6 @@ class ModelAliases:
         return model
 
     def aliases_of(self, model: str) -> list[str]:
-        """The exact aliases that name `model` (globs name no model a picker could list)."""
-        return [name for name, target in self.exact.items() if target == model]
+        """The exact aliases that name `model` (globs name no model a picker could list); a
+        target without a tag names the `:latest` model, as Ollama reads it."""
+        return [name for name, target in self.exact.items() if target == model or f"{target}:latest" == model]

@@ -34,7 +34,7 @@ class Registry:
         self.aliases = ModelAliases(aliases)
         self.backends: list[Backend] = backends if backends is not None \
             else [make_backend(c, scheduler) for c in configs]
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: dict[Backend, asyncio.Task] = {}   # each backend's health loop
         # Called as listener(backend, was_healthy) after every health check (the Service
         # feeds its circuit breakers and drops cache affinity with it).
         self.listeners: list[Callable[[Backend, bool | None], None]] = []
@@ -42,14 +42,40 @@ class Registry:
 
     async def start(self) -> None:
         """One refresh of every backend now (bounded), then a health loop per backend."""
-        if self.backends:
-            await asyncio.wait([asyncio.ensure_future(b.refresh()) for b in self.backends], timeout=5)
-        self._tasks = [asyncio.ensure_future(self._health_loop(b)) for b in self.backends]
+        await self._start(self.backends)
+
+    async def _start(self, backends: list[Backend]) -> None:
+        if backends:
+            await asyncio.wait([asyncio.ensure_future(b.refresh()) for b in backends], timeout=5)
+        for backend in backends:
+            self._tasks[backend] = asyncio.ensure_future(self._health_loop(backend))
+
+    async def apply(self, configs, scheduler: SchedulerConfig | None = None,
+                    aliases: Iterable[tuple[str, str]] = ()) -> list[Backend]:
+        """Serve a new set of backends (a reload). Unchanged ones are kept as they are (health,
+        catalogue, loaded models); added and changed ones are made and checked once before they
+        take requests. Returns the ones taken out (removed, or replaced by a changed config):
+        no new request goes to them, and the caller closes them once their requests are done."""
+        current = {b.name: b for b in self.backends}
+        kept = {c.name: current[c.name] for c in configs
+                if c.name in current and current[c.name].config == c}
+        fresh = {c.name: make_backend(c, scheduler) for c in configs if c.name not in kept}
+        await self._start(list(fresh.values()))
+        self.backends = [kept.get(c.name) or fresh[c.name] for c in configs]
+        self.aliases = ModelAliases(aliases)
+        self._by_glob.clear()
+        retired = [b for b in current.values() if b not in self.backends]
+        for backend in retired:
+            backend.retired = True
+            task = self._tasks.pop(backend, None)
+            if task is not None:
+                task.cancel()
+        return retired
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         for backend in self.backends:
             await backend.close()
 

@@ -53,6 +53,24 @@ class Pipeline:
             return None                               # the builtin hashed n-gram embedder
         return BackendEmbedder(self.registry, cache.embed_backend, cache.embed_model, cache.embed_dim)
 
+    def configure(self, config: Config) -> None:
+        """New settings (a reload): tool-call settings at once; a changed [cache] section makes
+        a new cache that takes over the old one's entries (as far as its limits allow)."""
+        old, self.config = self.config, config
+        self.tools.config = config.tools
+        if config.cache == old.cache:
+            return
+        if self._snapshot_task is not None:
+            self._snapshot_task.cancel()
+            self._snapshot_task = None
+        state = self.cache.snapshot_state() if self.cache is not None else None
+        self.cache = ResponseCache(config.cache, embedder=self._embedder()) if config.cache.enabled else None
+        self.memo.clear()
+        if self.cache is not None and state is not None:
+            self.cache.adopt(state)
+        if self.cache is not None and config.cache.path and config.cache.snapshot_interval_s > 0:
+            self._snapshot_task = asyncio.ensure_future(self._snapshot_loop())
+
     # -- one request ---------------------------------------------------------------------
 
     def replay_memo(self, raw_key: str, request_headers: dict) -> Outcome | None:

@@ -88,7 +88,7 @@ class Service:
         for backend in backends:
             if num_attempts >= MAX_ATTEMPTS:
                 break
-            if not self.breaker(backend).allow(self.clock()):
+            if backend.retired or not self.breaker(backend).allow(self.clock()):
                 continue
             num_attempts += 1
             self.num_failovers += num_attempts > 1
@@ -180,6 +180,26 @@ class Service:
         return SchedRequest(f"req-{next(self._ids)}", request.model, fingerprint.token_ids(),
                             max_tokens, arrival_time=self.clock(), priority=request.priority,
                             stream=request.stream)
+
+    # ---- reload ----
+
+    def configure(self, config: SchedulerConfig) -> None:
+        """New scheduler settings: routing at once, queues once empty, breakers' thresholds."""
+        self.config = config
+        self.admission.configure(config)
+        self.router.prefix_routing, self.router.pin_slots = config.prefix_routing, config.pin_slots
+        for breaker in self.breakers.values():
+            breaker.num_failures, breaker.cooldown_s = config.breaker_failures, config.breaker_cooldown_s
+
+    async def retire(self, backend: Backend) -> None:
+        """Close a backend a reload took out once its requests are done, however long they
+        stream; what was kept about it goes unless a changed successor carries its name."""
+        await self.admission.drained(backend)
+        await backend.close()
+        if all(b.name != backend.name for b in self.registry.backends):
+            self.admission.forget(backend.name)
+            self.breakers.pop(backend.name, None)
+        self.router.forget(backend)
 
     # ---- routing and health ----
 
