@@ -59,3 +59,12 @@ def test_putting_an_id_again_replaces_it():
     store.put("resp_0", "k", record(0, 10))
     store.put("resp_0", "k", record(0, 20))
     assert len(store) == 1 and store.num_bytes == size_of(record(0, 20))
+
+
+def test_resize_evicts_at_once():
+    store = ResponseStore(max_entries=10, max_bytes=1 << 20)
+    for n in range(4):
+        store.put(f"resp_{n}", "k", record(n))
+    store.resize(2, 1 << 20)
+    assert len(store) == 2 and store.get("resp_0", "k") is None and store.get("resp_3", "k") == record(3)
+    assert store.num_bytes == 2 * size_of(record(0))

@@ -290,3 +290,11 @@ def test_llama_text_format_json_schema_is_enforced_by_llama_server(llama_client)
     free = llama_client.responses.create(model="tiny", input="Answer.", max_output_tokens=40)
     with pytest.raises(ValueError):                           # without the schema: the tiny model's noise
         json.loads(free.output_text)
+
+
+def test_a_model_alias_serves_responses_under_the_clients_name(daemon_factory, ollama_emulator):
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "aliases": {"gpt-5-codex": MODEL}})
+    ollama_emulator.script("Aliased.")
+    response = client_for(daemon).responses.create(model="gpt-5-codex", input="x")
+    assert response.model == "gpt-5-codex" and response.output_text == "Aliased."
+    assert ollama_emulator.last_request("/api/chat")["model"] == MODEL

@@ -24,6 +24,11 @@ class ResponseStore:
     def __len__(self) -> int:
         return len(self._records)
 
+    def resize(self, max_entries: int, max_bytes: int) -> None:
+        """New bounds (a config reload): the least recently used go until both hold."""
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._evict()
+
     def put(self, response_id: str, owner: str, record: dict) -> bool:
         """Keep `record` (least recently used ones go first); False when it alone is over the
         byte bound or the store is off (max_entries 0)."""
@@ -35,10 +40,13 @@ class ResponseStore:
             self.num_bytes -= len(replaced[1])
         self._records[response_id] = (owner, data)
         self.num_bytes += len(data)
+        self._evict()
+        return True
+
+    def _evict(self) -> None:
         while len(self._records) > self.max_entries or self.num_bytes > self.max_bytes:
             _, (_, evicted) = self._records.popitem(last=False)
             self.num_bytes -= len(evicted)
-        return True
 
     def get(self, response_id: str, owner: str) -> dict | None:
         entry = self._records.get(response_id)
