@@ -10,9 +10,7 @@ from velollmd.daemon import build_app, serve
 
 class RunningDaemon:
     def __init__(self, table: dict):
-        table = {**table, "server": {"port": 0, "drain_timeout_s": 2, **table.get("server", {})},
-                 "cache": {"path": "", **table.get("cache", {})}}
-        self.config = config_from_table(table, "<test>")
+        self.config = test_config(table)
         self.app = build_app(self.config)
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -50,6 +48,11 @@ class RunningDaemon:
         """Run `coro_fn()` on the daemon's loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coro_fn(), self._loop).result(timeout)
 
+    def reload(self, table: dict) -> dict:
+        """App.reload with the config `table` makes (what SIGHUP applies); returns its changes."""
+        self.config = test_config(table)
+        return self.call(lambda: self.app.reload(self.config))
+
     def stop(self) -> None:
         if self._loop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
@@ -60,6 +63,13 @@ class RunningDaemon:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def test_config(table: dict):
+    """The config of `table` on a free port, with quick drains and no cache snapshots."""
+    table = {**table, "server": {"port": 0, "drain_timeout_s": 2, **table.get("server", {})},
+             "cache": {"path": "", **table.get("cache", {})}}
+    return config_from_table(table, "<test>")
 
 
 def llama_backend(server, **extra) -> dict:

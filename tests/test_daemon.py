@@ -9,8 +9,6 @@ import sys
 import urllib.error
 import urllib.request
 
-import pytest
-
 from tests.rig.net import free_port
 
 
@@ -18,15 +16,6 @@ def write_config(tmp_path, port, extra=""):
     path = tmp_path / "velollm.toml"
     path.write_text(f'[server]\nport = {port}\ndrain_timeout_s = 2\n[cache]\npath = ""\n{extra}')
     return path
-
-
-@pytest.fixture
-def notify(tmp_path):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify.sock"))
-    sock.settimeout(20)
-    yield sock
-    sock.close()
 
 
 def start(config, notify, extra_env=None, **kwargs):

@@ -5,6 +5,8 @@ group of routes gets only the services it uses.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 from .api.access import Access
@@ -12,7 +14,10 @@ from .api.admin import AdminRoutes
 from .api.anthropic import AnthropicRoutes, anthropic_error, wants_anthropic_errors
 from .api.ollama import OllamaRoutes
 from .api.openai import OpenAIRoutes
+from .api.response_store import ResponseStore
+from .api.responses import ResponsesRoutes
 from .api.routes import Router
+from .backends.base import Backend
 from .backends.registry import Registry
 from .config import Config
 from .core.pipeline import Pipeline
@@ -21,22 +26,56 @@ from .errors import VeloError
 from .http.message import Request, Response
 from .metrics import Metrics
 
+log = logging.getLogger("velollmd")
+
 
 class App:
     def __init__(self, config: Config, registry: Registry | None = None):
         self.config = config
-        self.registry = registry or Registry(config.backends, scheduler=config.scheduler)
+        self.registry = registry or Registry(config.backends, scheduler=config.scheduler, aliases=config.aliases)
         self.metrics = Metrics()
         self.service = Service(self.registry, config.scheduler, metrics=self.metrics)
         self.pipeline = Pipeline(config, self.service, metrics=self.metrics)
         self.access = Access(config.server, config.scheduler)
-        self.router = Router()
+        self.responses = ResponseStore(config.responses.store_max_entries, config.responses.store_max_bytes)
+        self.router = self._routes(config)
+        self._retiring: dict[Backend, asyncio.Task] = {}    # backends a reload took out
+
+    def _routes(self, config: Config) -> Router:
+        router = Router()
         services = (self.access, self.registry, self.pipeline, self.service)
-        AdminRoutes(*services, self.metrics, config.metrics).register(self.router)
+        AdminRoutes(*services, self.metrics, config.metrics).register(router)
         openai = OpenAIRoutes(*services, sse_ping_s=config.server.sse_ping_s)
-        openai.register(self.router)
-        OllamaRoutes(*services).register(self.router)
-        AnthropicRoutes(*services, openai, sse_ping_s=config.server.sse_ping_s).register(self.router)
+        openai.register(router)
+        OllamaRoutes(*services).register(router)
+        AnthropicRoutes(*services, openai, sse_ping_s=config.server.sse_ping_s).register(router)
+        ResponsesRoutes(self.access, self.pipeline, self.responses,
+                        sse_ping_s=config.server.sse_ping_s).register(router)
+        return router
+
+    async def reload(self, config: Config) -> dict:
+        """Serve a new (validated) configuration without dropping a connection: backends added,
+        removed and changed (a request already on a removed one finishes there; new requests
+        see the new set), aliases, cache, tools, scheduler, keys and routes. Requests already inside
+        a handler finish with the settings they started with. Returns what changed."""
+        old_names = {b.name for b in self.registry.backends}
+        retired = await self.registry.apply(config.backends, config.scheduler, config.aliases)
+        self.service.configure(config.scheduler)
+        self.pipeline.configure(config)
+        self.access.configure(config.server, config.scheduler)
+        self.responses.resize(config.responses.store_max_entries, config.responses.store_max_bytes)
+        self.router = self._routes(config)
+        self.config = config
+        for backend in retired:
+            self._retiring[backend] = asyncio.ensure_future(self._retire(backend))
+        names = {b.name for b in self.registry.backends}
+        return {"added": sorted(names - old_names), "removed": sorted(old_names - names),
+                "changed": sorted(b.name for b in retired if b.name in names)}
+
+    async def _retire(self, backend: Backend) -> None:
+        await self.service.retire(backend)
+        self._retiring.pop(backend, None)
+        log.info("backend retired", extra={"fields": {"backend": backend.name}})
 
     @property
     def draining(self) -> bool:
@@ -55,6 +94,9 @@ class App:
         """Stop background work and release backend connections."""
         await self.pipeline.close()
         await self.registry.close()
+        for backend, task in list(self._retiring.items()):
+            task.cancel()
+            await backend.close()
 
     def refused(self, head, status: int, message: str) -> Response:
         """The answer to a request the HTTP server refused (413, 431, 408...): in Anthropic's

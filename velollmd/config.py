@@ -8,6 +8,9 @@ the reason on one line.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import hashlib
+import ipaddress
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ DEFAULT_PATH = "/etc/velollm.toml"
 BACKEND_KINDS = ("ollama", "llamacpp", "openai", "engine")
 ENGINE_DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DIGEST_PREFIX = "sha256:"                          # an API key given as its SHA-256 hex digest
 
 
 def _opt(default, **meta):
@@ -38,7 +42,9 @@ class ServerConfig:
     keepalive_timeout_s: float = _opt(30.0, min=0.001)
     drain_timeout_s: float = _opt(30.0, min=0.0)
     sse_ping_s: float = _opt(15.0, min=0.01)
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()                 # plain keys or "sha256:<64 hex digits>"
+    metrics_key: str = ""                          # also lets GET /metrics in (a scraper's key)
+    allow_open: bool = False                       # serve a non-loopback address with no api_keys
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,16 @@ class SchedulerConfig:
     key_priorities: dict[str, int] = field(default_factory=dict)  # api key -> priority
 
 
+GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class ResponsesConfig:
+    """The Responses API's store of responses (previous_response_id, GET /v1/responses/{id})."""
+    store_max_entries: int = _opt(1000, min=0)     # 0 = keep none
+    store_max_bytes: int = _opt(67108864, min=0)   # their JSON, in all
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = True
@@ -141,13 +157,16 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    responses: ResponsesConfig = field(default_factory=ResponsesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    aliases: tuple[tuple[str, str], ...] = ()       # [aliases]: client's model name (or glob) -> served model
     path: str = "<defaults>"
 
 
 SECTIONS = {"server": ServerConfig, "cache": CacheConfig, "tools": ToolsConfig,
-            "scheduler": SchedulerConfig, "metrics": MetricsConfig, "log": LogConfig}
+            "scheduler": SchedulerConfig, "responses": ResponsesConfig, "metrics": MetricsConfig,
+            "log": LogConfig}
 
 
 def load_config(path: str = DEFAULT_PATH) -> Config:
@@ -165,7 +184,7 @@ def load_config(path: str = DEFAULT_PATH) -> Config:
 
 
 def config_from_table(table: dict, path: str = "<table>") -> Config:
-    unknown = set(table) - set(SECTIONS) - {"backends"}
+    unknown = set(table) - set(SECTIONS) - {"backends", "aliases"}
     if unknown:
         raise ConfigError(path, sorted(unknown)[0], "unknown section or key")
     sections = {}
@@ -177,7 +196,32 @@ def config_from_table(table: dict, path: str = "<table>") -> Config:
     backends = _build_backends(table.get("backends", []), path)
     _check_embedder(sections["cache"], backends, path)
     _check_concurrency(sections["scheduler"], path)
-    return Config(backends=backends, path=path, **sections)
+    _check_keys(sections["server"], sections["scheduler"], path)
+    check_exposure(sections["server"], sections["server"].host, path)
+    aliases = _build_aliases(table.get("aliases", {}), path)
+    return Config(backends=backends, aliases=aliases, path=path, **sections)
+
+
+def is_glob(name: str) -> bool:
+    """A model name with fnmatch wildcards (`models` patterns, glob aliases)."""
+    return not GLOB_CHARS.isdisjoint(name)
+
+
+def _build_aliases(table, path: str) -> tuple[tuple[str, str], ...]:
+    """`[aliases]` as ordered (name, target) pairs; a glob name applies in file order."""
+    if not isinstance(table, dict):
+        raise ConfigError(path, "aliases", "must be a table [aliases]")
+    for name, target in table.items():
+        key = f"aliases.{name}" if name else "aliases"
+        if not name.strip():
+            raise ConfigError(path, key, "an alias name must not be empty")
+        if not isinstance(target, str) or not target.strip():
+            raise ConfigError(path, key, "must be the name of a served model (a non-empty string)")
+        if is_glob(target):
+            raise ConfigError(path, key, f"the target must be one model name, not a glob: {target!r}")
+        if any(target == other or (is_glob(other) and fnmatch.fnmatchcase(target, other)) for other in table):
+            raise ConfigError(path, key, f"aliases do not chain: the target {target!r} is itself an alias")
+    return tuple(table.items())
 
 
 def _check_embedder(cache: CacheConfig, backends, path: str) -> None:
@@ -196,6 +240,55 @@ def _check_concurrency(scheduler: SchedulerConfig, path: str) -> None:
     if not scheduler.min_concurrency <= scheduler.initial_concurrency <= scheduler.max_concurrency:
         raise ConfigError(path, "scheduler.initial_concurrency",
                           f"must be between min_concurrency and max_concurrency, got {scheduler.initial_concurrency}")
+
+
+def _check_keys(server: ServerConfig, scheduler: SchedulerConfig, path: str) -> None:
+    for i, key in enumerate(server.api_keys):
+        _check_key(key, path, f"server.api_keys[{i}]")
+    if server.metrics_key:
+        _check_key(server.metrics_key, path, "server.metrics_key")
+    for key in scheduler.key_priorities:
+        _check_key(key, path, f"scheduler.key_priorities.{key[:16]}")
+
+
+def _check_key(key: str, path: str, name: str) -> None:
+    if not key:
+        raise ConfigError(path, name, "must not be empty")
+    if key.startswith(DIGEST_PREFIX):
+        hexdigest = key[len(DIGEST_PREFIX):]
+        if len(hexdigest) != 64 or not all(c in "0123456789abcdefABCDEF" for c in hexdigest):
+            raise ConfigError(path, name, f"{DIGEST_PREFIX} must be followed by 64 hex digits")
+
+
+def configured_digest(entry: str) -> bytes:
+    """The SHA-256 digest of a key in the file: a `sha256:<hex>` entry as given, a plain key
+    hashed. (What a client sends is always hashed: see `supplied_digest`.)"""
+    if entry.startswith(DIGEST_PREFIX):
+        return bytes.fromhex(entry[len(DIGEST_PREFIX):])
+    return supplied_digest(entry)
+
+
+def supplied_digest(key: str) -> bytes:
+    """The digest of a key a client sent: hashed whatever it looks like, so that knowing a
+    configured digest is not knowing the key."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False                                  # a name or "" (every address)
+
+
+def check_exposure(server: ServerConfig, host: str, path: str) -> None:
+    """A server reachable from the network needs API keys, unless the operator says open."""
+    if not server.api_keys and not server.allow_open and not is_loopback(host):
+        raise ConfigError(path, "server.host", f"{host or '(every address)'!s} is not loopback and "
+                          "api_keys is empty: set api_keys, or [server] allow_open = true to serve "
+                          "it unauthenticated")
 
 
 def _build_backends(items, path: str) -> tuple[BackendConfig, ...]:

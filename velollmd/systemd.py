@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 
 SD_LISTEN_FDS_START = 3
 
@@ -27,6 +28,11 @@ def notify(*states: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in microseconds, as `MONOTONIC_USEC=` with `RELOADING=1` wants it."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
 def watchdog_interval() -> float | None:

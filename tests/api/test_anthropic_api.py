@@ -262,3 +262,17 @@ def test_body_over_the_limit_is_request_too_large(daemon_factory, ollama_emulato
     assert refused.value.body["error"]["type"] == "request_too_large"
     openai_shape = httpx.post(daemon.url + "/v1/chat/completions", json={"model": MODEL, "messages": huge})
     assert openai_shape.status_code == 413 and openai_shape.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_claude_model_names_served_by_an_alias(daemon_factory, ollama_emulator):
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "aliases": {"claude-*": MODEL}})
+    client = client_of(daemon)
+    ollama_emulator.script("Served locally.")
+    message = client.messages.create(model="claude-sonnet-4-5", max_tokens=20, messages=HI)
+    assert message.model == "claude-sonnet-4-5" and message.content[0].text == "Served locally."
+    assert ollama_emulator.last_request("/api/chat")["model"] == MODEL
+    ollama_emulator.script("Streamed locally.")
+    with client.messages.stream(model="claude-haiku-4-5", max_tokens=20, messages=HI) as stream:
+        final = stream.get_final_message()
+    assert final.model == "claude-haiku-4-5" and final.content[0].text == "Streamed locally."
+    assert client.messages.count_tokens(model="claude-opus-4-1", messages=HI).input_tokens > 0

@@ -52,6 +52,7 @@ def test_corpus_whole_and_streamed_through_the_daemon(tool_daemon, ollama_emulat
         assert ids == case["ids"]
     else:
         assert all(i.startswith("call_") for i in ids)
+    assert (reply.message.model_extra or {}).get("reasoning_content") == case.get("reasoning")
     if case.get("loop"):
         assert raw.headers.get("x-velollm-tool-loop") == "1"
     if set(case["fixes"]) - {"dedup"}:
@@ -61,7 +62,10 @@ def test_corpus_whole_and_streamed_through_the_daemon(tool_daemon, ollama_emulat
     chunks = list(client.chat.completions.create(**request_args(case), stream=True))
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     fragments = [tc.model_dump() for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+                        for c in chunks if c.choices)
     assert (content or None) == expected_content(case)
+    assert (reasoning or None) == case.get("reasoning")
     assert calls_of(fragments) == case["calls"]
     assert [f["index"] for f in fragments] == list(range(len(fragments)))
     finishes = [c for c in chunks if c.choices and c.choices[0].finish_reason]

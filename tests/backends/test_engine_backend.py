@@ -86,3 +86,63 @@ def test_unknown_and_unusable_models(models_dir):
     error, unavailable = run(scenario())
     assert error.status == 503 and error.code == "model_unavailable"
     assert str(models_dir / "bad.gguf") in error.message and "bad" in unavailable
+
+
+def wait_until(condition, timeout_s: float = 30.0):
+    """Poll (the engine's worker thread acts on its own); the deadline only bounds a hang."""
+    async def waiting():
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not condition():
+            assert asyncio.get_running_loop().time() < deadline, "condition never held"
+            await asyncio.sleep(0.01)
+    return waiting()
+
+
+def test_a_client_that_goes_away_cancels_its_request_and_frees_its_blocks(models_dir):
+    async def scenario():
+        backend = engine(models_dir)
+        try:
+            await backend.refresh()
+            request = chat("one")
+            request.body.update(max_tokens=200, stream=True)
+            stream = backend.chat_stream(request)
+            chunks = [await anext(stream) for _ in range(3)]       # role, then tokens are flowing
+            await stream.aclose()                                  # the client is gone
+            runner = backend.loaded["one"].runner
+            pool = runner.scheduler.pool
+            await wait_until(lambda: runner.num_requests == 0 and len(pool) == 0)
+            return chunks, runner.num_tokens_computed, pool.num_free_blocks, pool.num_blocks
+        finally:
+            await backend.close()
+    chunks, num_computed, num_free, num_blocks = run(scenario())
+    assert chunks[-1]["choices"][0]["delta"].get("content")
+    assert num_computed < 200 and num_free == num_blocks
+
+
+def test_n_choices_compute_the_prompt_once_and_equal_seed_plus_i(models_dir):
+    def sampled(n: int, seed: int) -> GenerateRequest:
+        request = chat("two")
+        request.body.update(n=n, seed=seed, temperature=0.9, max_tokens=8)
+        return request
+
+    async def scenario():
+        backend = engine(models_dir)
+        try:
+            await backend.refresh()
+            await backend.model("two")
+            runner = backend.loaded["two"].runner
+            together = await backend.chat(sampled(3, 7))
+            computed_together = runner.num_tokens_computed
+            pool = runner.scheduler.pool
+            idle = (runner.num_requests, len(pool), pool.num_free_blocks == pool.num_blocks)
+            alone = [await backend.chat(sampled(1, 7 + i)) for i in range(3)]
+            return together, computed_together, idle, alone
+        finally:
+            await backend.close()
+    together, computed_together, idle, alone = run(scenario())
+    num_prompt = together["usage"]["prompt_tokens"]
+    assert computed_together == num_prompt + 3 * 7          # the prompt once, then 7 decodes each
+    assert [c["message"]["content"] for c in together["choices"]] == \
+        [a["choices"][0]["message"]["content"] for a in alone]
+    assert together["usage"]["completion_tokens"] == 24
+    assert idle == (0, 0, True)

@@ -1,9 +1,11 @@
-"""pytest fixtures for real parts: a llama-server on the tiny model, and the Ollama emulator.
+"""pytest fixtures for real parts: a llama-server on the tiny model, the Ollama emulator, and an
+sd_notify socket.
 
 Pull them into a conftest.py with `from tests.rig.fixtures import *  # noqa: F401,F403`.
 """
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -13,7 +15,7 @@ from tests.rig.llama import LlamaServer, llama_server_binary, make_tiny_model
 from tests.rig.ollama_emulator import OllamaEmulator
 
 __all__ = ["llama_binary", "tiny_model_path", "llama_server", "llama_server_factory",
-           "ollama_emulator"]
+           "ollama_emulator", "notify"]
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +59,13 @@ def ollama_emulator() -> Iterator[OllamaEmulator]:
     """A fresh Ollama emulator (empty script, zero counters) on 127.0.0.1:<free port>."""
     with OllamaEmulator() as emulator:
         yield emulator
+
+
+@pytest.fixture
+def notify(tmp_path) -> Iterator[socket.socket]:
+    """A real AF_UNIX datagram socket for a daemon's NOTIFY_SOCKET (sd_notify messages)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(20)
+    yield sock
+    sock.close()

@@ -225,3 +225,22 @@ def test_engine_mode_grows_blocks_and_preempts_when_they_run_out():
     sched.update_from_output(RunnerOutput(new_token_ids={"a": [5]}), 2.0)
     request = sched.get_request("a")
     assert request.status is S.PREEMPTED and request.output_token_ids == [1, 2, 3, 4, 5]
+
+
+def test_fork_request_shares_the_parents_blocks_one_free_slot_per_child():
+    sched = Scheduler(SchedulerConfig(block_size=4), 3, BlockPool(16, 4), reserve_output=False)
+    parent = make("p", num_tokens=6, max_tokens=8, stream=True)
+    add(sched, parent)
+    sched.schedule(now=0.0)
+    table = sched.pool.block_table("p")
+    children = [SchedRequest(f"p/{i}", "m", parent.prompt_token_ids, 8, 0.0, stream=True) for i in range(3)]
+    started_children = sched.fork_request("p", children, now=1.0)
+    assert [c.request_id for c in started_children] == ["p/0", "p/1"]      # two slots were free
+    assert sorted(c.slot for c in started_children) == [1, 2] and sched.num_free_slots == 0
+    assert all(sched.pool.block_table(c.request_id) == table for c in started_children)
+    assert [sched.pool.ref_cnt(b) for b in table] == [3, 3]
+    assert children[2].status is S.WAITING and "p/2" not in sched.pool
+    sched.update_from_output(RunnerOutput({"p": [1], "p/0": [2], "p/1": [3]}), now=2.0)
+    assert len(sched.pool.pop_copies()) == 2                               # the shared partial block
+    finish(sched, "p", "p/0", "p/1")
+    assert sched.pool.num_free_blocks == 16 and not sched.running

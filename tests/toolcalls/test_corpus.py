@@ -32,7 +32,9 @@ def run_stream(case, cuts: list[int]):
         events += stream.feed(raw[start:cut])
         start = cut
     events += stream.finish()
-    content = "".join(e.content for e in events if not e.is_call)
+    content = "".join(e.content for e in events if e.content is not None)
+    reasoning = "".join(e.reasoning for e in events if e.reasoning is not None)
+    assert (reasoning or None) == stream.result.reasoning
     calls = [{"id": e.id, "type": "function", "function": {"name": e.name, "arguments": e.arguments}}
              for e in events if e.is_call]
     assert [e.index for e in events if e.is_call] == list(range(len(calls)))
@@ -44,7 +46,8 @@ def test_corpus_size_and_families():
     assert len({c["name"] for c in CASES}) == len(CASES)
     families = {c["family"] for c in CASES}
     assert {"hermes", "mistral", "llama", "pythonic", "granite", "openai_shapes", "layout",
-            "breakage", "schema", "negatives", "choice_loop"} <= families
+            "breakage", "schema", "negatives", "choice_loop", "deepseek", "harmony", "kimi", "glm",
+            "command_r", "functionary"} <= families
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
@@ -53,6 +56,7 @@ def test_case_whole(case):
     assert result.content == case["content"]
     assert call_summary(result.tool_calls) == [(c["name"], c["arguments"]) for c in case["calls"]]
     assert set(case["fixes"]) <= set(result.fixes), result.fixes
+    assert result.reasoning == case.get("reasoning")
     if not case["calls"] and case["family"] == "negatives":
         assert result.fixes == [] and result.error is None
     if "error" in case:
@@ -81,6 +85,7 @@ def assert_same(whole, content, calls, result):
     assert result.fixes == whole.fixes
     assert result.error == whole.error
     assert result.loop == whole.loop
+    assert result.reasoning == whole.reasoning
 
 
 @settings(max_examples=400, deadline=None, derandomize=True)

@@ -94,6 +94,7 @@ class AnthropicRoutes:
     async def count_tokens(self, request: Request) -> Response:
         body = check_messages_request(request.json(), count_only=True)
         chat = validate_chat(anthropic_to_chat(body))
+        chat["model"] = self.registry.resolve(chat["model"])          # an alias counts as its model
         for backend in self.registry.candidates(chat["model"]):
             try:
                 count = await backend.count_prompt_tokens(chat)

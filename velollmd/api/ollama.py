@@ -96,7 +96,7 @@ class OllamaRoutes:
 
     async def _passthrough(self, backend: Backend, path: str, body: dict) -> Response:
         self.access.refuse_if_draining()
-        upstream = await backend.native("POST", path, body)
+        upstream = await backend.native("POST", path, self._served(body))
         content_type = upstream.header("content-type", "application/json")
         headers = [("content-type", content_type), ("x-velollm-backend", backend.name)]
         return Response(upstream.status, headers, stream=upstream.iter_raw())   # closes itself when left early
@@ -105,7 +105,7 @@ class OllamaRoutes:
                                     endpoint: str, openai_body: dict) -> Response:
         """Pass through to Ollama, but through the scheduler: priorities and backpressure apply."""
         generate = self.access.generate_request(request, endpoint, openai_body)
-        relay = await self.service.native(backend, generate, path, body)
+        relay = await self.service.native(backend, generate, path, self._served(body))
         upstream = await relay.__anext__()
         headers = [("content-type", upstream.header("content-type", "application/json")),
                    ("x-velollm-backend", backend.name)]
@@ -125,6 +125,11 @@ class OllamaRoutes:
             return Response.json(reply, headers=headers)
         lines = _ndjson_from_chunks(outcome.chunks, body["model"], started, message)
         return Response(200, NDJSON + headers, stream=lines)
+
+    def _served(self, body: dict) -> dict:
+        """A native body for Ollama names the served model, not the client's alias."""
+        target = self.registry.resolve(body["model"])
+        return body if target == body["model"] else {**body, "model": target}
 
     # -- catalogue -----------------------------------------------------------------------
 
@@ -218,8 +223,8 @@ def _details(info) -> dict:
 
 
 def _tag_entry(info) -> dict:
-    if info.raw.get("digest"):
-        return info.raw
+    if info.raw.get("digest"):                  # Ollama's own entry (renamed when an alias lists it)
+        return info.raw if info.raw.get("name") == info.id else {**info.raw, "name": info.id, "model": info.id}
     digest = hashlib.sha256((info.identity or info.id).encode()).hexdigest()
     return {"name": info.id, "model": info.id, "modified_at": now_rfc3339(), "size": info.size,
             "digest": digest, "details": _details(info)}

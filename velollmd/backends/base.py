@@ -45,6 +45,7 @@ class Backend:
     pins_slots = False          # a request may name the slot (`id_slot`) that holds its prefix
     native_ollama = False       # speaks Ollama's own API: Ollama clients pass through (`native`)
     loaded_models: frozenset[str] | None = None   # models held in memory now; None = unknown
+    retired = False             # taken out by a reload: finishes its requests, takes no new one
     # Sampling defaults the server applies to omitted fields: the cache key applies them too,
     # so that an explicit default and an omitted field share one entry.
     defaults: dict = {}

@@ -268,17 +268,12 @@ class _Run:
 
     async def __aenter__(self) -> AsyncIterator[tuple[int, Event]]:
         loop = asyncio.get_running_loop()
-        runner = self.model.runner
-        try:
-            for index in range(self.params.n):
-                request_id = self.backend.new_request_id()
-                runner.submit(request_id, self.prompt_ids, self.params, _deliverer(loop, self.queue, index),
-                              priority=self.request.priority, model_name=self.model.name,
-                              choice_index=index)
-                self.ids.append(request_id)
-        except BaseException:
-            await self.__aexit__(None, None, None)      # the choices already queued
-            raise
+        ids = [self.backend.new_request_id() for _ in range(self.params.n)]
+        deliverers = [_deliverer(loop, self.queue, index) for index in range(self.params.n)]
+        # n > 1: the prompt is computed once, then forked copy-on-write (choice i: seed + i)
+        self.model.runner.submit_choices(ids, self.prompt_ids, self.params, deliverers,
+                                         priority=self.request.priority, model_name=self.model.name)
+        self.ids = ids
         return self._events()
 
     async def _events(self) -> AsyncIterator[tuple[int, Event]]:

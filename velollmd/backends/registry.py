@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from typing import Callable
+from typing import Callable, Iterable
 
 from ..config import BackendConfig, SchedulerConfig
 from ..errors import NotFound, Unavailable
+from ..wire.request import GenerateRequest
+from .aliases import ModelAliases
 from .base import Backend, ModelInfo
 from .engine import EngineBackend
 from .llamacpp import LlamaCppBackend
@@ -26,10 +29,12 @@ def make_backend(config: BackendConfig, scheduler: SchedulerConfig | None = None
 
 
 class Registry:
-    def __init__(self, configs, backends: list[Backend] | None = None, scheduler: SchedulerConfig | None = None):
+    def __init__(self, configs, backends: list[Backend] | None = None, scheduler: SchedulerConfig | None = None,
+                 aliases: Iterable[tuple[str, str]] = ()):
+        self.aliases = ModelAliases(aliases)
         self.backends: list[Backend] = backends if backends is not None \
             else [make_backend(c, scheduler) for c in configs]
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: dict[Backend, asyncio.Task] = {}   # each backend's health loop
         # Called as listener(backend, was_healthy) after every health check (the Service
         # feeds its circuit breakers and drops cache affinity with it).
         self.listeners: list[Callable[[Backend, bool | None], None]] = []
@@ -37,14 +42,40 @@ class Registry:
 
     async def start(self) -> None:
         """One refresh of every backend now (bounded), then a health loop per backend."""
-        if self.backends:
-            await asyncio.wait([asyncio.ensure_future(b.refresh()) for b in self.backends], timeout=5)
-        self._tasks = [asyncio.ensure_future(self._health_loop(b)) for b in self.backends]
+        await self._start(self.backends)
+
+    async def _start(self, backends: list[Backend]) -> None:
+        if backends:
+            await asyncio.wait([asyncio.ensure_future(b.refresh()) for b in backends], timeout=5)
+        for backend in backends:
+            self._tasks[backend] = asyncio.ensure_future(self._health_loop(backend))
+
+    async def apply(self, configs, scheduler: SchedulerConfig | None = None,
+                    aliases: Iterable[tuple[str, str]] = ()) -> list[Backend]:
+        """Serve a new set of backends (a reload). Unchanged ones are kept as they are (health,
+        catalogue, loaded models); added and changed ones are made and checked once before they
+        take requests. Returns the ones taken out (removed, or replaced by a changed config):
+        no new request goes to them, and the caller closes them once their requests are done."""
+        current = {b.name: b for b in self.backends}
+        kept = {c.name: current[c.name] for c in configs
+                if c.name in current and current[c.name].config == c}
+        fresh = {c.name: make_backend(c, scheduler) for c in configs if c.name not in kept}
+        await self._start(list(fresh.values()))
+        self.backends = [kept.get(c.name) or fresh[c.name] for c in configs]
+        self.aliases = ModelAliases(aliases)
+        self._by_glob.clear()
+        retired = [b for b in current.values() if b not in self.backends]
+        for backend in retired:
+            backend.retired = True
+            task = self._tasks.pop(backend, None)
+            if task is not None:
+                task.cancel()
+        return retired
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         for backend in self.backends:
             await backend.close()
 
@@ -59,8 +90,24 @@ class Registry:
                 log.warning("backend health changed", extra={"fields": {
                     "backend": backend.name, "healthy": backend.healthy, "error": backend.last_error}})
 
+    def resolve(self, model: str) -> str:
+        """The served model for a client's model name: its alias target, else the name."""
+        return self.aliases.resolve(model, self.is_listed) if self.aliases else model
+
+    def is_listed(self, model: str) -> bool:
+        return any(b.has_model(model) for b in self.backends)
+
+    def aliased(self, request: GenerateRequest) -> GenerateRequest:
+        """`request` for the served model, remembering the client's name for the answers."""
+        target = self.resolve(request.model)
+        if target == request.model:
+            return request
+        return dataclasses.replace(request, body={**request.body, "model": target}, client_model=request.model)
+
     def candidates(self, model: str) -> list[Backend]:
-        """Backends that may serve `model`, best first: healthy ones that list it, then by glob."""
+        """Backends that may serve `model` (a client's name: aliases apply), best first:
+        healthy ones that list it, then by glob."""
+        model = self.resolve(model)
         matching = self._matching(model)
         if not matching:
             raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
@@ -87,7 +134,8 @@ class Registry:
         return self.candidates(model)[0]
 
     def catalogue(self) -> list[ModelInfo]:
-        """Models of all healthy backends, first backend wins on a name clash."""
+        """Models of all healthy backends, first backend wins on a name clash; each exact
+        alias listed after the model it names, so that clients' model pickers find it."""
         seen, models = set(), []
         for backend in self.backends:
             if backend.healthy is False:
@@ -96,12 +144,18 @@ class Registry:
                 if model.id not in seen:
                     seen.add(model.id)
                     models.append(model)
+        for model in list(models) if self.aliases else ():
+            for alias in self.aliases.aliases_of(model.id):
+                if alias not in seen:
+                    seen.add(alias)
+                    models.append(dataclasses.replace(model, id=alias))
         return models
 
     def find_model(self, model: str) -> ModelInfo:
+        target = self.resolve(model)
         for info in self.catalogue():
-            if info.id == model or info.id == f"{model}:latest":
-                return info
+            if info.id == target or info.id == f"{target}:latest":
+                return info if target == model else dataclasses.replace(info, id=model)
         raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
 
     def status(self) -> list[dict]:

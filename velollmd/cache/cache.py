@@ -197,8 +197,11 @@ class ResponseCache:
         """Load the snapshot (if any and intact); returns the number of entries restored."""
         directory = directory if directory is not None else self.config.path
         state = read_snapshot(directory) if directory and os.path.isdir(directory) else None
-        if state is None:
-            return 0
+        return 0 if state is None else self.adopt(state)
+
+    def adopt(self, state: SnapshotState) -> int:
+        """Take the entries of a snapshot (read from disk, or another cache's on a reload) that
+        have not expired, within this cache's limits; returns the number of exact entries."""
         now = self.exact.clock()
         for key, entry, expires_at in state.exact:
             if expires_at > now:

@@ -53,6 +53,24 @@ class Pipeline:
             return None                               # the builtin hashed n-gram embedder
         return BackendEmbedder(self.registry, cache.embed_backend, cache.embed_model, cache.embed_dim)
 
+    def configure(self, config: Config) -> None:
+        """New settings (a reload): tool-call settings at once; a changed [cache] section makes
+        a new cache that takes over the old one's entries (as far as its limits allow)."""
+        old, self.config = self.config, config
+        self.tools.config = config.tools
+        if config.cache == old.cache:
+            return
+        if self._snapshot_task is not None:
+            self._snapshot_task.cancel()
+            self._snapshot_task = None
+        state = self.cache.snapshot_state() if self.cache is not None else None
+        self.cache = ResponseCache(config.cache, embedder=self._embedder()) if config.cache.enabled else None
+        self.memo.clear()
+        if self.cache is not None and state is not None:
+            self.cache.adopt(state)
+        if self.cache is not None and config.cache.path and config.cache.snapshot_interval_s > 0:
+            self._snapshot_task = asyncio.ensure_future(self._snapshot_loop())
+
     # -- one request ---------------------------------------------------------------------
 
     def replay_memo(self, raw_key: str, request_headers: dict) -> Outcome | None:
@@ -86,6 +104,7 @@ class Pipeline:
     async def generate(self, request: GenerateRequest, frames: bool = False) -> Outcome:
         """The answer to `request`. `frames`: the caller writes a stream as OpenAI SSE and takes
         chunks as JSON bytes, so a stream nothing else must read passes through (relay.py)."""
+        request = self.registry.aliased(request)
         lookup = await self._lookup(request)
         if lookup.status.startswith("hit"):
             self.metrics.cache.inc(result=lookup.status)
@@ -125,9 +144,9 @@ class Pipeline:
         if lookup.status == "hit-semantic":
             headers["x-velollm-similarity"] = f"{lookup.similarity:.4f}"
         if not request.stream:
-            return Outcome(headers, body=to_json(lookup.entry, _id_for(request), model=request.model,
+            return Outcome(headers, body=to_json(lookup.entry, _id_for(request), model=request.echo_model,
                                                  endpoint=request.endpoint))
-        chunks = to_sse_chunks(lookup.entry, _id_for(request), model=request.model,
+        chunks = to_sse_chunks(lookup.entry, _id_for(request), model=request.echo_model,
                                include_usage=request.include_usage, endpoint=request.endpoint)
         return Outcome(headers, chunks=_iterate(chunks))
 
@@ -157,7 +176,7 @@ class Pipeline:
             await flight.wait_done()
         finally:
             flight.leave()
-        return Outcome(headers, body=to_json(_recorded(flight), _id_for(request), model=request.model,
+        return Outcome(headers, body=to_json(_recorded(flight), _id_for(request), model=request.echo_model,
                                              endpoint=request.endpoint))
 
     async def _stream_from(self, flight: Flight, request: GenerateRequest) -> AsyncIterator[dict]:
@@ -169,7 +188,7 @@ class Pipeline:
             return
         flight.leave()
         entry = from_json_response(flight.outcome.body)
-        for chunk in to_sse_chunks(entry, _id_for(request), model=request.model, include_usage=True,
+        for chunk in to_sse_chunks(entry, _id_for(request), model=request.echo_model, include_usage=True,
                                    endpoint=request.endpoint):
             yield chunk
 

@@ -88,7 +88,7 @@ class Service:
         for backend in backends:
             if num_attempts >= MAX_ATTEMPTS:
                 break
-            if not self.breaker(backend).allow(self.clock()):
+            if backend.retired or not self.breaker(backend).allow(self.clock()):
                 continue
             num_attempts += 1
             self.num_failovers += num_attempts > 1
@@ -108,12 +108,12 @@ class Service:
         scheduled = self._sched_request(backend, request, fingerprint)
         headers = {"x-velollm-backend": backend.name}
         if request.stream:
-            relay = ChunkRelay(backend, request.model, request.endpoint,
+            relay = ChunkRelay(backend, request.echo_model, request.endpoint,
                                delivery or Delivery(request.include_usage))
             chunks = await prime(self._stream(backend, request, scheduled, fingerprint, relay))
             return Outcome(headers, chunks=chunks)
         body = await self._complete(backend, request, scheduled, fingerprint)
-        body["model"] = request.model
+        body["model"] = request.echo_model
         return Outcome(headers, body=body)
 
     async def _complete(self, backend: Backend, request: GenerateRequest, scheduled: SchedRequest,
@@ -180,6 +180,26 @@ class Service:
         return SchedRequest(f"req-{next(self._ids)}", request.model, fingerprint.token_ids(),
                             max_tokens, arrival_time=self.clock(), priority=request.priority,
                             stream=request.stream)
+
+    # ---- reload ----
+
+    def configure(self, config: SchedulerConfig) -> None:
+        """New scheduler settings: routing at once, queues once empty, breakers' thresholds."""
+        self.config = config
+        self.admission.configure(config)
+        self.router.prefix_routing, self.router.pin_slots = config.prefix_routing, config.pin_slots
+        for breaker in self.breakers.values():
+            breaker.num_failures, breaker.cooldown_s = config.breaker_failures, config.breaker_cooldown_s
+
+    async def retire(self, backend: Backend) -> None:
+        """Close a backend a reload took out once its requests are done, however long they
+        stream; what was kept about it goes unless a changed successor carries its name."""
+        await self.admission.drained(backend)
+        await backend.close()
+        if all(b.name != backend.name for b in self.registry.backends):
+            self.admission.forget(backend.name)
+            self.breakers.pop(backend.name, None)
+        self.router.forget(backend)
 
     # ---- routing and health ----
 
@@ -251,6 +271,7 @@ class Service:
     async def embeddings(self, body: dict) -> Outcome:
         """Embeddings need no slot, but get the same health, breaker and one-retry failover."""
         model = body["model"]
+        body = {**body, "model": self.registry.resolve(model)}
         backend, answer = await self._failover(model, self.registry.candidates(model),
                                                lambda backend: self._embed_on(backend, body))
         if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):

@@ -60,6 +60,8 @@ class ToolCallLayer:
                                 tool_choice=request.body.get("tool_choice"), config=self.config,
                                 messages=request.body.get("messages"))
         message["content"] = result.content
+        if result.reasoning:
+            message["reasoning_content"] = (message.get("reasoning_content") or "") + result.reasoning
         if result.tool_calls:
             message["tool_calls"] = result.tool_calls
             choice["finish_reason"] = "tool_calls"
@@ -147,5 +149,7 @@ def _emit(events, template: dict):
     for event in events:
         if event.is_call:
             yield chunk_like(template, {"tool_calls": [event.tool_call_delta()]})
+        elif event.reasoning:
+            yield chunk_like(template, {"reasoning_content": event.reasoning})
         elif event.content:
             yield chunk_like(template, {"content": event.content})

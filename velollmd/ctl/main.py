@@ -16,6 +16,7 @@ from ..hw.run import DEFAULT_TIMEOUT_S
 from . import llamacpp_cmd, modelspec, report, settings, tune
 from .bench.cli import add_bench_arguments
 from .gguf_header import GGUFError
+from .reload import add_reload_arguments
 from .remote import OLLAMA_URL
 from .status import add_status_arguments
 
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optimize(sub.add_parser("optimize", help="recommend Ollama / llama.cpp settings"))
     add_bench_arguments(sub.add_parser("bench", help="benchmark the daemon or any OpenAI / Ollama endpoint"))
     add_status_arguments(sub.add_parser("status", help="show the daemon's health, backends and cache"))
+    add_reload_arguments(sub.add_parser("reload", help="make the running daemon re-read its config file"))
     return parser
 
 

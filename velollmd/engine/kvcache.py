@@ -84,3 +84,43 @@ class PagedKVCache:
         src, dst = np.asarray(pairs, dtype=np.int64).T   # (num_pairs,) each
         self.k[:, dst] = self.k[:, src]
         self.v[:, dst] = self.v[:, src]
+
+
+class SlotTokens:
+    """Which token each KV slot holds, as the runner computed it: the token comparison behind
+    every prefix-cache hit (a block hash says what a block should hold, this says what it does).
+
+    -1 marks a slot that holds nothing trustworthy: never written, or written before its block
+    was handed to another sequence (`forget`): the KV there belongs to another prefix, so even
+    an equal token at that slot must not count as a hit.
+    """
+
+    def __init__(self, num_blocks: int, block_size: int):
+        self.block_size = block_size
+        self.tokens = np.full((num_blocks, block_size), -1, np.int32)   # (num_blocks, block_size)
+
+    def record(self, block_table: Sequence[int], start: int, token_ids: Sequence[int]) -> None:
+        """token_ids were just computed at positions start.. of the sequence with this table."""
+        positions = np.arange(start, start + len(token_ids))                    # (num_new,)
+        blocks = np.asarray(block_table, np.int64)[positions // self.block_size]
+        self.tokens[blocks, positions % self.block_size] = token_ids
+
+    def forget(self, block_ids: Sequence[int]) -> None:
+        """These blocks were just (re)assigned: whatever they held is another prefix's KV."""
+        if len(block_ids):
+            self.tokens[np.asarray(block_ids, np.int64)] = -1
+
+    def copy(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Follow PagedKVCache.copy_blocks: block dst now holds what src holds."""
+        for src, dst in pairs:
+            self.tokens[dst] = self.tokens[src]
+
+    def verified_prefix(self, block_table: Sequence[int], token_ids: Sequence[int], num_cached: int) -> int:
+        """How many of the first `num_cached` tokens these blocks really hold, slot by slot."""
+        if num_cached == 0:
+            return 0
+        positions = np.arange(num_cached)                                       # (num_cached,)
+        blocks = np.asarray(block_table, np.int64)[positions // self.block_size]
+        held = self.tokens[blocks, positions % self.block_size]                 # (num_cached,)
+        mismatch = np.flatnonzero(held != np.asarray(token_ids[:num_cached], np.int32))
+        return int(mismatch[0]) if mismatch.size else num_cached

@@ -16,7 +16,18 @@ Each step (vLLM v1's two verbs on the shared scheduler):
 3. one `model.forward` over the packed batch (numpy releases the GIL: the event loop runs);
 4. sampling where a sequence reached its last token, stop checks, events to the consumers, and
    `scheduler.update_from_output`, which grows each sequence's blocks by its new token and
-   preempts (recompute later) a sequence whose token found no free block.
+   preempts (recompute later) a sequence whose token found no free block; the copy-on-write
+   pairs it made are applied to the K/V arrays at once.
+
+`n > 1` (`submit_choices`): choice 0 prefills the prompt; at its first token the runner forks
+it (BlockPool.fork: every block shared, ref-counted) into the other choices, each sampling that
+same first distribution with its own seed (seed + i); the shared partial last block is copied
+when a child first writes into it.
+
+What each KV slot holds is tracked token by token (kvcache.SlotTokens): a prefix-cache hit
+counts only as far as the cached blocks really hold this prompt's tokens, and a block handed
+to a new sequence forgets what it held, so a stale slot of another prefix never passes for a
+hit (however equal its token).
 
 A sequence's last sampled token is never appended when it finishes: its KV would never be
 computed, and a block registered with it would be a wrong prefix-cache hit.
@@ -31,11 +42,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import BadRequest, Unavailable
+from ..errors import BadRequest, Unavailable, VeloError
 from ..sched.request import RequestStatus, SchedRequest
 from ..sched.scheduler import RunnerOutput, Scheduler
 from .detokenize import TextStream
-from .kvcache import PagedKVCache
+from .kvcache import PagedKVCache, SlotTokens
 from .model import Batch, Model
 from .sampling import Sampler, SampleResult, SamplingParams
 
@@ -85,10 +96,9 @@ class Runner:
         self.num_ctx = num_ctx
         self.clock = clock
         self.block_size = scheduler.pool.block_size
-        # What each KV slot holds, as this runner wrote it: the token comparison behind every
-        # prefix-cache hit. -1: never written.
-        self.slot_tokens = np.full((kv.num_blocks, self.block_size), -1, np.int32)  # (num_blocks, block_size)
+        self.slot_tokens = SlotTokens(kv.num_blocks, self.block_size)
         self._seqs: dict[str, EngineSeq] = {}
+        self._forks: dict[str, list[EngineSeq]] = {}    # n > 1: choice 0's id -> choices waiting for its prompt
         self._cancelled: list[str] = []
         self._lock = threading.Lock()           # scheduler and sequence state
         self._model_lock = threading.Lock()     # one forward at a time (steps, embeddings)
@@ -97,6 +107,8 @@ class Runner:
         self._stopping = False
         self.num_steps = 0
         self.num_tokens_computed = 0
+        self.num_preemptions = 0
+        self.last_plan: tuple[tuple[str, int, int], ...] = ()   # (request id, first, end token) of the last step
 
     # ---- intake (any thread) ----
 
@@ -105,20 +117,40 @@ class Runner:
                choice_index: int = 0) -> None:
         """Queue a request; RateLimited (429) when the queue is full, BadRequest when the prompt
         does not fit the context."""
+        self._queue(self._new_seq(request_id, prompt_ids, params, on_event, priority, model_name, choice_index))
+
+    def submit_choices(self, request_ids: Sequence[str], prompt_ids: Sequence[int], params: SamplingParams,
+                       on_events: Sequence[Callable[[Event], None]], *, priority: int = 5,
+                       model_name: str = "") -> None:
+        """The n choices of one request: the prompt is computed once (choice 0) and forked."""
+        parent, *children = [self._new_seq(request_id, prompt_ids, params, on_event, priority, model_name, index)
+                             for index, (request_id, on_event) in enumerate(zip(request_ids, on_events))]
+        self._queue(parent, children)
+
+    def _queue(self, seq: EngineSeq, children: Sequence[EngineSeq] = ()) -> None:
+        with self._lock:                    # at once: the worker must not sample seq before its choices wait
+            self.scheduler.add_request(seq.request, self.clock())
+            self._seqs[seq.request_id] = seq
+            if children:
+                self._forks[seq.request_id] = list(children)
+                self._seqs.update((child.request_id, child) for child in children)
+            self._wake.notify()
+
+    def _new_seq(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
+                 on_event: Callable[[Event], None], priority: int, model_name: str,
+                 choice_index: int) -> EngineSeq:
         if not prompt_ids:
             raise BadRequest("the prompt is empty after tokenization", param="messages")
         if len(prompt_ids) >= self.num_ctx:
             raise BadRequest(f"the prompt ({len(prompt_ids)} tokens) exceeds the context size "
                              f"({self.num_ctx} tokens)", param="messages", code="context_length_exceeded")
-        max_tokens = min(params.max_tokens or self.num_ctx, self.num_ctx - len(prompt_ids))
+        # A sequence never outgrows the context nor the whole KV pool (alone it always fits).
+        room = min(self.num_ctx, self.scheduler.pool.num_blocks * self.block_size) - len(prompt_ids)
+        max_tokens = max(1, min(params.max_tokens or self.num_ctx, room))
         request = SchedRequest(request_id, model_name, list(prompt_ids), max_tokens, self.clock(),
                                priority=priority, stream=True)
-        seq = EngineSeq(request, params, on_event, choice_index,
-                        Sampler(params, self.model.config.n_vocab, choice_index), TextStream(params.stop))
-        with self._lock:
-            self.scheduler.add_request(request, self.clock())
-            self._seqs[request_id] = seq
-            self._wake.notify()
+        return EngineSeq(request, params, on_event, choice_index,
+                         Sampler(params, self.model.config.n_vocab, choice_index), TextStream(params.stop))
 
     def cancel(self, request_id: str) -> None:
         """The client went away: drop the request at the next step, freeing its blocks."""
@@ -153,7 +185,9 @@ class Runner:
                 if self._stopping:
                     return
             try:
-                self.step()
+                if not self.step():            # nothing runnable now: do not spin
+                    with self._lock:
+                        self._wake.wait(0.01)
             except Exception as exc:           # a bug must not leave every client hanging
                 log.exception("engine step failed")
                 self._fail_all(exc)
@@ -173,6 +207,7 @@ class Runner:
         with self._lock:
             self._record_written(plan)
             self._after_forward(plan, logits)
+        self.last_plan = tuple((seq.request_id, start, end) for seq, start, end in plan)
         self.num_steps += 1
         return True
 
@@ -180,8 +215,30 @@ class Runner:
         cancelled, self._cancelled = self._cancelled, []
         for request_id in cancelled:
             seq = self._seqs.get(request_id)
-            if seq is not None and self.scheduler.abort_request(request_id) is not None:
+            if seq is None:
+                continue                                # finished already
+            if self._drop_waiting_child(seq) or self.scheduler.abort_request(request_id) is not None:
                 self._end(seq, "abort")
+                self._orphan_children(request_id)
+
+    def _drop_waiting_child(self, seq: EngineSeq) -> bool:
+        """A choice still waiting for its parent's prompt: it has nothing to free."""
+        for children in self._forks.values():
+            if seq in children:
+                children.remove(seq)
+                return True
+        return False
+
+    def _orphan_children(self, parent_id: str) -> None:
+        """The parent left before its prompt was computed: its choices run on their own."""
+        for child in self._forks.pop(parent_id, ()):
+            self._queue_alone(child)
+
+    def _queue_alone(self, seq: EngineSeq) -> None:
+        try:
+            self.scheduler.add_request(seq.request, self.clock())
+        except VeloError as exc:                        # queue full: this choice fails alone
+            self._end(seq, "error", error=exc)
 
     def _schedule(self) -> list[tuple[EngineSeq, int, int]]:
         """Admit what fits, then plan: (sequence, first token, end token) chunks to compute."""
@@ -189,24 +246,23 @@ class Runner:
         for request_id in output.timed_out:
             seq = self._seqs.get(request_id)
             if seq is not None:
-                self._end(seq, "error", error=Unavailable(
-                    f"request {request_id} waited too long in the engine's queue", code="queue_timeout"))
+                error = Unavailable(f"request {request_id} waited too long in the engine's queue",
+                                    code="queue_timeout")
+                self._end(seq, "error", error=error)
+                for child in self._forks.pop(request_id, ()):
+                    self._end(child, "error", error=error)
         for request_id in output.preempted:                 # priority preemption: output dropped
             self._restart(self._seqs[request_id])
         for scheduled in output.scheduled:
             self._admitted(self._seqs[scheduled.request_id], scheduled.num_cached_tokens)
-        copies = self.scheduler.pool.pop_copies()
-        if copies:
-            self.kv.copy_blocks(copies)
-            for src, dst in copies:
-                self.slot_tokens[dst] = self.slot_tokens[src]
         return self._plan()
 
     def _admitted(self, seq: EngineSeq, num_cached: int) -> None:
         """Started (again): trust only the cached tokens this runner really wrote."""
         tokens = seq.request.all_token_ids
         table = self.scheduler.pool.block_table(seq.request_id)
-        verified = _verified_prefix(self.slot_tokens, table, tokens, num_cached, self.block_size)
+        self.slot_tokens.forget(table[num_cached // self.block_size:])   # fresh from the pool
+        verified = self.slot_tokens.verified_prefix(table, tokens, num_cached)
         seq.num_computed = verified
         if seq.request.num_preemptions == 0 or not seq.tokens:
             seq.num_cached_tokens = verified
@@ -255,10 +311,8 @@ class Runner:
     def _record_written(self, plan: list[tuple[EngineSeq, int, int]]) -> None:
         """Remember which token each written KV slot holds (the prefix-hit check)."""
         for seq, start, end in plan:
-            table = np.asarray(self.scheduler.pool.block_table(seq.request_id), np.int64)
-            positions = np.arange(start, end)                                   # (num_new,)
-            self.slot_tokens[table[positions // self.block_size], positions % self.block_size] = \
-                seq.request.all_token_ids[start:end]
+            table = self.scheduler.pool.block_table(seq.request_id)
+            self.slot_tokens.record(table, start, seq.request.all_token_ids[start:end])
             self.num_tokens_computed += end - start
 
     def _after_forward(self, plan: list[tuple[EngineSeq, int, int]], logits: np.ndarray) -> None:
@@ -269,18 +323,48 @@ class Runner:
             seq.num_computed = end
             if end != seq.request.num_tokens:
                 continue                            # a chunk in the middle of the prompt
-            result = seq.sampler.sample(logits[row], seq.request.all_token_ids)
+            choices = [seq, *self._fork(seq)]
+            for choice in choices:
+                self._sample(choice, logits[row], new_tokens, finished)
             row += 1
-            reason = self._emit(seq, result)
-            if reason is None:
-                new_tokens[seq.request_id] = [result.token_id]
-            else:
-                finished[seq.request_id] = _STATUS[reason]
         self.scheduler.update_from_output(RunnerOutput(new_tokens, finished), self.clock())
+        self._after_growth(new_tokens)
         for request_id in finished:
-            seq = self._seqs.get(request_id)
-            if seq is not None:
-                del self._seqs[request_id]
+            self._seqs.pop(request_id, None)
+
+    def _sample(self, seq: EngineSeq, logits: np.ndarray, new_tokens: dict, finished: dict) -> None:
+        result = seq.sampler.sample(logits, seq.request.all_token_ids)          # logits: (n_vocab,)
+        reason = self._emit(seq, result)
+        if reason is None:
+            new_tokens[seq.request_id] = [result.token_id]
+        else:
+            finished[seq.request_id] = _STATUS[reason]
+
+    def _fork(self, parent: EngineSeq) -> list[EngineSeq]:
+        """At the parent's first token: its waiting choices share its prompt's blocks from now
+        on; choices beyond the free slots run on their own (they find the prompt cached)."""
+        children = self._forks.pop(parent.request_id, [])
+        started = self.scheduler.fork_request(parent.request_id, [c.request for c in children], self.clock())
+        for child in children[len(started):]:
+            self._queue_alone(child)
+        children = children[:len(started)]
+        for child in children:
+            child.num_computed, child.num_cached_tokens = parent.num_computed, parent.num_cached_tokens
+        return children
+
+    def _after_growth(self, new_tokens: dict[str, list[int]]) -> None:
+        """Copy-on-write pairs into the K/V arrays; fresh blocks forget; count preemptions."""
+        pool = self.scheduler.pool
+        copies = pool.pop_copies()
+        if copies:
+            self.kv.copy_blocks(copies)
+            self.slot_tokens.copy(copies)
+        for request_id in new_tokens:
+            request = self.scheduler.running.get(request_id)
+            if request is None:
+                self.num_preemptions += 1               # no block for its token: recompute later
+            elif (request.num_tokens - 1) % self.block_size == 0:
+                self.slot_tokens.forget(pool.block_table(request_id)[-1:])   # its token opened a block
 
     def _emit(self, seq: EngineSeq, result: SampleResult) -> str | None:
         """Send the sampled token's text; the finish reason when the sequence ends here."""
@@ -319,6 +403,7 @@ class Runner:
 
     def _fail_all(self, exc: Exception) -> None:
         with self._lock:
+            self._forks.clear()
             for seq in list(self._seqs.values()):
                 self.scheduler.abort_request(seq.request_id)
                 self._end(seq, "error", error=exc)
@@ -342,14 +427,3 @@ class Runner:
 
 _STATUS = {"stop": RequestStatus.FINISHED_STOPPED, "length": RequestStatus.FINISHED_LENGTH}
 
-
-def _verified_prefix(slot_tokens: np.ndarray, table: Sequence[int], tokens: Sequence[int],
-                     num_cached: int, block_size: int) -> int:
-    """How many of the first `num_cached` tokens this cache really holds, slot by slot."""
-    if num_cached == 0:
-        return 0
-    positions = np.arange(num_cached)                                           # (num_cached,)
-    blocks = np.asarray(table, np.int64)[positions // block_size]
-    held = slot_tokens[blocks, positions % block_size]                           # (num_cached,)
-    mismatch = np.flatnonzero(held != np.asarray(tokens[:num_cached], np.int32))
-    return int(mismatch[0]) if mismatch.size else num_cached

@@ -41,6 +41,7 @@ class BackendQueue:
     scheduler: Scheduler
     num_slots: int | None             # the width the backend said it has; None: unknown
     limit: AdaptiveLimit | None = None    # learns the width of a backend that does not say it
+    config: SchedulerConfig | None = None  # the settings it was built with
     grants: dict[str, asyncio.Future] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task] = field(default_factory=dict)
     preempted: set[str] = field(default_factory=set)
@@ -66,14 +67,33 @@ class Admission:
         self.config = config
         self.clock = clock
         self.queues: dict[str, BackendQueue] = {}
+        self._num_users: dict[int, int] = {}        # id(backend) -> requests waiting or running on it
+        self._idle: dict[int, asyncio.Event] = {}   # set when that count drops to 0
+
+    def configure(self, config: SchedulerConfig) -> None:
+        """New settings (a reload): each queue is rebuilt with them once nothing is in it."""
+        self.config = config
 
     def queue_of(self, backend: Any) -> BackendQueue:
-        """The backend's queue; rebuilt when its width changed and nothing is in it."""
+        """The backend's queue; rebuilt when its width or the settings changed and nothing is in it."""
         queue = self.queues.get(backend.name)
         width = backend.num_slots if backend.slots_source else None
-        if queue is None or queue.num_slots != width and not queue.scheduler._requests:
+        if queue is None or (queue.num_slots != width or queue.config is not self.config) \
+                and not queue.scheduler._requests:
             queue = self.queues[backend.name] = self._new_queue(backend, width)
         return queue
+
+    async def drained(self, backend: Any) -> None:
+        """Wait until no request waits for or holds a slot on `backend` (this object, not its
+        name: a changed backend's successor shares the name)."""
+        while self._num_users.get(id(backend)):
+            await self._idle.setdefault(id(backend), asyncio.Event()).wait()
+
+    def forget(self, name: str) -> None:
+        """Drop an empty queue of a backend that is no longer configured."""
+        queue = self.queues.get(name)
+        if queue is not None and not queue.scheduler._requests:
+            del self.queues[name]
 
     def _new_queue(self, backend: Any, width: int | None) -> BackendQueue:
         """A known width runs its slots plus `backend_queue_per_slot` each; an unknown one
@@ -83,33 +103,46 @@ class Admission:
             max_running = width * (1 + config.backend_queue_per_slot)
             scheduler = Scheduler.for_backend(config, max_running, backend.context_size(),
                                               num_backend_slots=width)
-            return BackendQueue(scheduler, width)
+            return BackendQueue(scheduler, width, config=config)
         limit = AdaptiveLimit(config.initial_concurrency, config.min_concurrency, config.max_concurrency) \
             if config.adaptive_concurrency else None
         scheduler = Scheduler.for_backend(config, config.initial_concurrency, backend.context_size(),
                                           max_limit=config.max_concurrency)
-        return BackendQueue(scheduler, None, limit)
+        return BackendQueue(scheduler, None, limit, config=config)
 
     def load(self, backend: Any) -> float:
         return self.queue_of(backend).load()
 
     @contextlib.asynccontextmanager
     async def slot(self, backend: Any, request: SchedRequest) -> AsyncIterator[ScheduledRequest]:
-        queue = self.queue_of(backend)
-        granted = await self._acquire(backend, queue, request)
-        status, preempted = RequestStatus.FINISHED_ERROR, False
+        self._num_users[id(backend)] = self._num_users.get(id(backend), 0) + 1
         try:
-            yield granted
-            status = RequestStatus.FINISHED_STOPPED
-        except asyncio.CancelledError:
-            preempted = self._take_preempted(queue, request)
-            if preempted:
-                raise Preempted(request.request_id) from None
-            status = RequestStatus.FINISHED_ABORTED
-            raise
+            queue = self.queue_of(backend)
+            granted = await self._acquire(backend, queue, request)
+            status, preempted = RequestStatus.FINISHED_ERROR, False
+            try:
+                yield granted
+                status = RequestStatus.FINISHED_STOPPED
+            except asyncio.CancelledError:
+                preempted = self._take_preempted(queue, request)
+                if preempted:
+                    raise Preempted(request.request_id) from None
+                status = RequestStatus.FINISHED_ABORTED
+                raise
+            finally:
+                if not preempted:              # a preempted request is back in the queue
+                    self._finish(backend, queue, request, status)
         finally:
-            if not preempted:              # a preempted request is back in the queue
-                self._finish(backend, queue, request, status)
+            self._leave(backend)
+
+    def _leave(self, backend: Any) -> None:
+        key = id(backend)               # backends need not be hashable; a counted one is alive
+        self._num_users[key] -= 1
+        if not self._num_users[key]:
+            del self._num_users[key]
+            idle = self._idle.pop(key, None)
+            if idle is not None:
+                idle.set()
 
     # ---- waiting ----
 

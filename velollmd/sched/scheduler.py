@@ -190,6 +190,24 @@ class Scheduler:
                 finished.append(request)
         return finished
 
+    def fork_request(self, parent_id: str, children: Sequence[SchedRequest], now: float) -> list[SchedRequest]:
+        """Start children of a running request that share all of its blocks (copy-on-write),
+        one free slot each, as many as there are free slots; returns the ones started. Each
+        child's prompt is the parent's tokens so far (n > 1: the prompt, once prefilled)."""
+        started = list(children[:len(self._free_slots)])
+        if not started:
+            return []
+        self.pool.fork(parent_id, *[child.request_id for child in started])
+        for child in started:
+            child.slot = heapq.heappop(self._free_slots)
+            child.started_at = child.queued_at = now
+            self._num_admitted += 1
+            child.admission_seq = self._num_admitted
+            child.set_status(RequestStatus.RUNNING)
+            self.running[child.request_id] = child
+            self._requests[child.request_id] = child
+        return started
+
     # ---- admission ----
 
     def _next_waiting(self) -> SchedRequest:

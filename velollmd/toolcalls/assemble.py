@@ -30,6 +30,7 @@ class ToolResult:
     fixes: list[str] = field(default_factory=list)   # for x-velollm-tool-repair
     loop: bool = False                                 # for x-velollm-tool-loop
     error: str | None = None                           # schema / tool_choice text for a retry
+    reasoning: str | None = None                       # Harmony analysis, Command R7B thinking
 
     @property
     def finish_reason(self) -> str | None:
@@ -162,20 +163,23 @@ def process_output(content: str | None, tool_calls: list[dict] | None, tools: li
     for call in tool_calls or ():
         if isinstance(call, dict):
             assembler.add(backend_raw_call(call))
-    out_content = content
+    out_content, reasoning = content, []
     if content:
         segmenter = new_segmenter(index, config)
         pieces = segmenter.feed(content) + segmenter.finish()
-        out_content = collect_pieces(pieces, assembler)
-    return finish_result(out_content, assembler, messages)
+        out_content = collect_pieces(pieces, assembler, reasoning)
+    return finish_result(out_content, assembler, messages, "".join(reasoning))
 
 
-def collect_pieces(pieces: list, assembler: CallAssembler) -> str | None:
-    """Content text of the pieces; their calls go into the assembler."""
+def collect_pieces(pieces: list, assembler: CallAssembler, reasoning: list[str]) -> str | None:
+    """Content text of the pieces; their calls go into the assembler, reasoning text into
+    `reasoning`."""
     texts = []
     for kind, value in pieces:
         if kind == "content":
             texts.append(value)
+        elif kind == "reasoning":
+            reasoning.append(value)
         else:
             assembler.fix(*value.fixes)
             for raw in value.calls:
@@ -184,9 +188,10 @@ def collect_pieces(pieces: list, assembler: CallAssembler) -> str | None:
 
 
 def finish_result(content: str | None, assembler: CallAssembler,
-                  messages: list[dict] | None) -> ToolResult:
+                  messages: list[dict] | None, reasoning: str = "") -> ToolResult:
     calls = assembler.calls
     if calls and not content:
         content = None
     return ToolResult(content=content, tool_calls=calls, fixes=list(assembler.fixes),
-                      loop=detect_loop(calls, messages), error=assembler.error())
+                      loop=detect_loop(calls, messages), error=assembler.error(),
+                      reasoning=reasoning or None)

@@ -9,6 +9,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .families import (
+    harmony_call,
+    is_functionary_text_header,
+    is_harmony_analysis,
+    parse_deepseek,
+    parse_functionary,
+    parse_glm,
+    parse_kimi,
+    split_harmony,
+    strip_fence,
+)
 from .formats import (
     Loads,
     looks_pythonic,
@@ -18,37 +29,41 @@ from .formats import (
     parse_pythonic,
     value_to_calls,
 )
+from .markers import MARKERS
 from .scan import find_value_end
 from .tools import RawCall, ToolIndex
 
-# marker -> (segment kind, closing tag or None)
-MARKERS = {
-    "<tool_call>": ("hermes", "</tool_call>"),
-    "<|tool_call|>": ("granite", None),
-    "[TOOL_CALLS]": ("mistral", None),
-    "<|python_tag|>": ("python-tag", None),
-    "<function=": ("qwen-xml", "</function>"),
-    "functools[": ("functools", None),
-}
-MARKER_OF_KIND = {kind: marker for marker, (kind, _close) in MARKERS.items()}
 _SPECIAL_TOKENS_RE = re.compile(
     r"<\|eom_id\|>|<\|eot_id\|>|<\|im_end\|>|</tool_call>|</s>|\[/TOOL_CALLS\]|<\|end_of_text\|>")
 _FENCE_OPEN_RE = re.compile(r"[ \t]*```[^\n]*\n?")
 _FENCE_CLOSE_RE = re.compile(r"\n?[ \t]*```\s*$")
+_GLM_START_RE = re.compile(r"\s*[\w.\-]+[ \t]*(?:\n|<arg_key>|$)")
 
 
 @dataclass
 class Extracted:
-    """Calls found in one segment, the text left after them, and what was fixed."""
+    """Calls found in one segment, the text left after them, and what was fixed. A segment
+    with no calls (a channel header, a thinking block) drops its text; `reasoning` is what it
+    held for the reasoning channel."""
     calls: list[RawCall]
     leftover: str = ""
     fixes: list[str] = field(default_factory=list)
+    reasoning: str = ""
 
 
 def parse_segment(kind: str, segment: str, index: ToolIndex, loads: Loads) -> Extracted | None:
+    reader = _FAMILY_READERS.get(kind)
+    if reader is not None:
+        return reader(segment, index, loads)
     fixes: list[str] = []
     body = _segment_body(kind, segment, fixes)
     calls, end = _parse_body(kind, body, index, loads, fixes)
+    return _known_calls(calls, index, fixes, _SPECIAL_TOKENS_RE.sub("", body[end:]))
+
+
+def _known_calls(calls: list[RawCall] | None, index: ToolIndex, fixes: list[str],
+                 leftover: str = "") -> Extracted | None:
+    """The calls that name a tool of the request; None (not a call) when none does."""
     if not calls:
         return None
     known = [call for call in calls if _resolve_name(call, index)]
@@ -56,7 +71,6 @@ def parse_segment(kind: str, segment: str, index: ToolIndex, loads: Loads) -> Ex
         return None
     if len(known) < len(calls):
         fixes.append("dropped-unknown-tool")
-    leftover = _SPECIAL_TOKENS_RE.sub("", body[end:])
     return Extracted(known, leftover, fixes)
 
 
@@ -67,9 +81,9 @@ def _segment_body(kind: str, segment: str, fixes: list[str]) -> str:
         fixes.append("fence")
         body = segment[_FENCE_OPEN_RE.match(segment).end():]
         return _FENCE_CLOSE_RE.sub("", body)
-    marker = MARKER_OF_KIND[kind]
+    marker = next(m for m in MARKERS if segment.startswith(m))
     body = segment[len(marker) - (kind == "functools"):]  # functools[ keeps its bracket
-    close = MARKERS[MARKER_OF_KIND[kind]][1]
+    close = MARKERS[marker][1]
     if close and body.rstrip().endswith(close):
         body = body.rstrip()[:-len(close)]
     return body
@@ -81,6 +95,9 @@ def _parse_body(kind: str, body: str, index: ToolIndex, loads: Loads, fixes: lis
     if stripped.startswith("<function="):
         fixes.append("extracted-qwen-xml")
         return parse_function_xml(body, loads, fixes), len(body)
+    if kind == "hermes" and _GLM_START_RE.match(body):
+        fixes.append("extracted-glm")
+        return parse_glm(body), len(body)
     fixes.append("extracted-" + (kind if kind != "fence" else "json"))
     if looks_pythonic(body):
         calls, end = _parse_pythonic_prefix(body, index)
@@ -136,3 +153,70 @@ def _resolve_name(call: RawCall, index: ToolIndex) -> bool:
     if fix:
         call.fixes.append(fix)
     return True
+
+
+# -- families whose segments are more than calls -------------------------------------------
+def _deepseek(segment: str, index: ToolIndex, loads: Loads) -> Extracted | None:
+    return _known_calls(parse_deepseek(_segment_body("deepseek", segment, [])), index, ["extracted-deepseek"])
+
+
+def _kimi(segment: str, index: ToolIndex, loads: Loads) -> Extracted | None:
+    return _known_calls(parse_kimi(_segment_body("kimi", segment, [])), index, ["extracted-kimi"])
+
+
+def _command_r_action(segment: str, index: ToolIndex, loads: Loads) -> Extracted | None:
+    """Command-R's `Action: ```json [{"tool_name", "parameters"}]```` (its own fence: no fix)."""
+    fixes: list[str] = []
+    body = strip_fence(segment[len("Action:"):])
+    calls, _end = _parse_body("command-r", body, index, loads, fixes)
+    return _directly_answer(calls) or _known_calls(calls, index, fixes)
+
+
+def _command_r(segment: str, index: ToolIndex, loads: Loads) -> Extracted | None:
+    """Command R7B's `<|START_ACTION|>[...]<|END_ACTION|>`."""
+    fixes: list[str] = []
+    calls, _end = _parse_body("command-r", _segment_body("command-r", segment, fixes), index, loads, fixes)
+    return _directly_answer(calls) or _known_calls(calls, index, fixes)
+
+
+def _directly_answer(calls: list[RawCall] | None) -> Extracted | None:
+    """Command-R's `directly-answer` pseudo tool means: no call, the answer follows."""
+    if calls and all(call.name in ("directly-answer", "directly_answer") for call in calls):
+        return Extracted([])
+    return None
+
+
+def _functionary(segment: str, index: ToolIndex, loads: Loads) -> Extracted | None:
+    if is_functionary_text_header(segment):
+        return Extracted([])
+    return _known_calls(parse_functionary(segment), index, ["extracted-functionary"])
+
+
+def _harmony(segment: str, index: ToolIndex, loads: Loads) -> Extracted | None:
+    """One Harmony message: a call (with a recipient), reasoning (analysis), or the header of
+    content (final, a commentary preamble). An analysis body is never read for calls."""
+    parts = split_harmony(segment)
+    if parts is None:
+        return None
+    header, body = parts
+    calls = harmony_call(header, body)
+    if calls:
+        return _known_calls(calls, index, ["extracted-harmony"])
+    if is_harmony_analysis(header):
+        return Extracted([], reasoning=body.strip())
+    return Extracted([])
+
+
+def _thinking(segment: str, index: ToolIndex, loads: Loads) -> Extracted:
+    """Command R7B's `<|START_THINKING|>...<|END_THINKING|>`: reasoning."""
+    return Extracted([], reasoning=_segment_body("thinking", segment, []).strip())
+
+
+def _control(segment: str, index: ToolIndex, loads: Loads) -> Extracted:
+    """A token that only frames a message (`<|end|>`, `<|START_RESPONSE|>`): dropped."""
+    return Extracted([])
+
+
+_FAMILY_READERS = {"deepseek": _deepseek, "kimi": _kimi, "command-r": _command_r,
+                   "command-r-action": _command_r_action, "functionary": _functionary,
+                   "harmony": _harmony, "thinking": _thinking, "control": _control}

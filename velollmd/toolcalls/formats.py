@@ -21,7 +21,7 @@ Loads = Callable[[str], tuple[object, list[str]]]
 
 NAME_KEYS = ("name", "function", "tool", "tool_name", "function_name", "recipient_name")
 ARG_KEYS = ("arguments", "parameters", "args", "input", "params")
-_ALLOWED_EXTRA = {"id", "type", "call_id", "index"}
+_ALLOWED_EXTRA = {"id", "type", "call_id", "index", "tool_call_id"}  # tool_call_id: Command R7B
 _LIST_KEYS = ("tool_calls", "tool_uses", "calls")
 _SEPARATORS_RE = re.compile(r"[\s,;]*")
 _PYTHONIC_RE = re.compile(r"\s*\[?\s*[A-Za-z_][\w.]*\s*\(")

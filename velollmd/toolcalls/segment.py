@@ -1,14 +1,17 @@
 """Split model text into content and call segments, incrementally (sans-IO, like h11).
 
-Feed text in any chunks; get back pieces: ("content", text) and ("calls", Extracted). The
+Feed text in any chunks; get back pieces: ("content", text), ("reasoning", text) and
+("calls", Extracted). The
 whole-text path (`pipeline.process_output`) and the stream (`stream.ToolCallStream`) both run
 this one state machine, so chunking can never change the result.
 
 Rules, decided on text alone (every decision is stable once made, whatever comes later):
-- A segment starts at a tool-call marker (anywhere), at `{` or a ```json-ish fence at the
-  start of a line, or at `[` / `"{` / `"[` when nothing but whitespace came before.
-- It ends at its closing tag, at the next marker of its kind, where its JSON value closes,
-  at the closing fence, or at the end of the text.
+- A segment starts at a tool-call marker (markers.py; anywhere, `Action:` at a line's start),
+  at `{` or a ```json-ish fence at the start of a line, or at `[` / `"{` / `"[` when nothing
+  but whitespace came before.
+- It ends at its closing tag, at the next marker of its spelling, where its JSON value closes,
+  at the closing fence, where its header says (headers.py: Harmony, Functionary, Command-R),
+  or at the end of the text. A framing token (`<|end|>`) is a segment alone and is dropped.
 - Text that might still become a marker or fence (`<tool_ca`, "``") is held back.
 - Whitespace next to a call is dropped, except that text before and after a call stays
   separated by the whitespace that preceded the call; a segment that is no call is released
@@ -19,13 +22,23 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from .extract import MARKERS, Extracted
-from .scan import ValueEndScanner
+from .ends import FenceEnd, Here, Until, ValueEnd
+from .extract import Extracted
+from .headers import read_header
+from .markers import (
+    HEADER_KINDS,
+    LINE_START_MARKERS,
+    LONGEST_MARKER,
+    MARKER_FIRST_CHARS,
+    MARKER_PREFIXES,
+    MARKERS,
+    WHOLE_KINDS,
+)
 
-_CANDIDATE_RE = re.compile("|".join(re.escape(m) for m in MARKERS) + r"|[{\[\"`]")
-_FENCE_CLOSE_RE = re.compile(r"\n[ \t]*```")
+_BY_LENGTH = sorted(MARKERS, key=len, reverse=True)
+_MARKER_RE = re.compile("|".join(re.escape(m) for m in _BY_LENGTH))
+_CANDIDATE_RE = re.compile(_MARKER_RE.pattern + r"|[{\[\"`]")
 FENCE_LANGS = {"", "json", "jsonc", "json5", "tool_call", "tool_calls", "tool_code"}
-_LONGEST_MARKER = max(map(len, MARKERS))
 _MORE = "more"  # undecidable until more text arrives
 
 ParseSegment = Callable[[str, str], "Extracted | None"]
@@ -80,7 +93,10 @@ class Segmenter:
         if found is None:
             self._content(text, pieces)
         else:
-            pieces.append(("calls", found))
+            if found.reasoning:
+                pieces.append(("reasoning", found.reasoning))
+            if found.calls or found.fixes:
+                pieces.append(("calls", found))
             self.after_call = True
             self._content(found.leftover, pieces)
         self.at_start = False
@@ -118,7 +134,10 @@ def find_segment_start(text: str, pos: int, at_start: bool, eof: bool) -> tuple[
             break
         start, token = match.start(), match.group()
         if token in MARKERS:
-            return start, MARKERS[token][0]
+            if token not in LINE_START_MARKERS or _at_line_start(text, start):
+                return start, MARKERS[token][0]
+            i = start + 1
+            continue
         if not eof and _partial_marker_start(text, start) == start:
             return start, None  # `[TOOL_CA...` may still become a marker
         leading = at_start and not text[pos:start].strip()
@@ -163,60 +182,37 @@ def _at_line_start(text: str, i: int) -> bool:
 
 def _partial_marker_start(text: str, pos: int) -> int:
     """Where a marker may be starting at the very end of text (else len(text))."""
-    for k in range(max(pos, len(text) - _LONGEST_MARKER + 1), len(text)):
-        tail = text[k:]
-        if any(marker.startswith(tail) for marker in MARKERS):
+    for k in range(max(pos, len(text) - LONGEST_MARKER + 1), len(text)):
+        if text[k] in MARKER_FIRST_CHARS and text[k:] in MARKER_PREFIXES:
             return k
     return len(text)
 
 
 class _OpenSegment:
-    """A segment whose start is known; finds its end as text arrives."""
+    """A segment whose start is known; finds its end as text arrives (see ends.py)."""
 
     def __init__(self, kind: str, start: int, text: str):
         self.kind = kind
         self.start = start
-        self.scanner: ValueEndScanner | None = None
-        self.close: str | None = None
-        self.next_marker: str | None = None
-        if kind == "json":
-            self.scanner = ValueEndScanner(start)
-        elif kind == "functools":
-            self.scanner = ValueEndScanner(start + len("functools"))
-        elif kind == "fence":
-            self.search_from = text.find("\n", start)
-        else:
-            marker = next(m for m, (k, _) in MARKERS.items() if k == kind)
-            self.close = MARKERS[marker][1]
-            self.next_marker = marker
-            self.search_from = start + len(marker)
+        self.finder = None if kind in HEADER_KINDS else _body_finder(kind, start, text)
 
     def find_end(self, text: str, eof: bool) -> int | None:
-        if self.scanner is not None:
-            end = self.scanner.scan(text)
-        elif self.kind == "fence":
-            end = self._fence_end(text)
-        else:
-            end = self._tag_end(text)
-        return len(text) if end is None and eof else end
+        if self.finder is None:
+            self.finder = read_header(self.kind, text, self.start, eof)
+            if self.finder is None:
+                return None
+        return self.finder.find_end(text, eof)
 
-    def _fence_end(self, text: str) -> int | None:
-        match = _FENCE_CLOSE_RE.search(text, self.search_from)
-        if match:
-            return match.end()
-        self.search_from = max(self.search_from, len(text) - 16)
-        return None
 
-    def _tag_end(self, text: str) -> int | None:
-        ends = []
-        if self.close:
-            found = text.find(self.close, self.search_from)
-            if found >= 0:
-                ends.append(found + len(self.close))
-        found = text.find(self.next_marker, self.search_from)
-        if found >= 0:
-            ends.append(found)
-        if ends:
-            return min(ends)
-        self.search_from = max(self.search_from, len(text) - _LONGEST_MARKER)
-        return None
+def _body_finder(kind: str, start: int, text: str):
+    if kind == "json":
+        return ValueEnd(start)
+    if kind == "functools":
+        return ValueEnd(start + len("functools"))
+    if kind == "fence":
+        return FenceEnd(text.find("\n", start))
+    marker = _MARKER_RE.match(text, start).group()
+    if kind in WHOLE_KINDS:
+        return Here(start + len(marker))
+    close = MARKERS[marker][1]
+    return Until(start + len(marker), (close,) if close else (), (marker,))

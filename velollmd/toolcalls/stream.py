@@ -17,8 +17,10 @@ from .tools import ToolIndex
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """Either content text (`content`) or one complete call (index, id, name, arguments)."""
+    """Content text (`content`), reasoning text (`reasoning`: a Harmony analysis message, a
+    Command R7B thinking block) or one complete call (index, id, name, arguments)."""
     content: str | None = None
+    reasoning: str | None = None
     index: int | None = None
     id: str | None = None
     name: str | None = None
@@ -43,6 +45,7 @@ class ToolCallStream:
         self.assembler = CallAssembler(index, tool_choice, config)
         self.segmenter = new_segmenter(index, config)
         self.content_parts: list[str] = []
+        self.reasoning_parts: list[str] = []
         self.result: ToolResult | None = None   # set by finish()
 
     def feed(self, text: str) -> list[StreamEvent]:
@@ -62,7 +65,7 @@ class ToolCallStream:
     def finish(self) -> list[StreamEvent]:
         events = [] if self.passthrough else self._events(self.segmenter.finish())
         content = "".join(self.content_parts)
-        self.result = finish_result(content, self.assembler, self.messages)
+        self.result = finish_result(content, self.assembler, self.messages, "".join(self.reasoning_parts))
         return events
 
     @property
@@ -75,6 +78,10 @@ class ToolCallStream:
             if kind == "content":
                 self.content_parts.append(value)
                 events.append(StreamEvent(content=value))
+                continue
+            if kind == "reasoning":
+                self.reasoning_parts.append(value)
+                events.append(StreamEvent(reasoning=value))
                 continue
             self.assembler.fix(*value.fixes)
             for raw in value.calls:

@@ -17,10 +17,16 @@ class GenerateRequest:
     priority: int = 5
     raw_key: str = ""                   # hash of path + raw body + API key (the replay memo)
     report_stop_word: bool = False      # ask the backend which stop string ended the answer
+    client_model: str = ""              # the name the client asked for, when an alias renamed it
 
     @property
     def model(self) -> str:
         return self.body["model"]
+
+    @property
+    def echo_model(self) -> str:
+        """The model name answers carry: the client's own, even when an alias served it."""
+        return self.client_model or self.body["model"]
 
     @property
     def stream(self) -> bool:

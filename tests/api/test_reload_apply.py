@@ -1,0 +1,65 @@
+"""What a reload applies in a running daemon: keys, scheduler, tool-call and metrics settings,
+a changed cache that keeps its entries, backends added and taken out (App.reload, which SIGHUP
+calls; tests/test_reload.py drives the signal on a real process)."""
+import hashlib
+
+import httpx
+
+from tests.daemon_rig import ollama_backend
+
+
+def ask(text):
+    return {"model": "llama3.2", "messages": [{"role": "user", "content": text}], "temperature": 0}
+
+
+def test_reload_applies_keys_scheduler_tools_metrics_and_keeps_cache_entries(daemon_factory, ollama_emulator):
+    table = {"backends": [ollama_backend(ollama_emulator)], "server": {"api_keys": ["k1"]}}
+    daemon = daemon_factory(table)
+    auth, other = {"Authorization": "Bearer k1"}, {"Authorization": "Bearer k2"}
+    first = httpx.post(daemon.url + "/v1/chat/completions", json=ask("Remember me"), headers=auth)
+    assert first.headers["x-velollm-cache"] == "miss"
+    assert httpx.get(daemon.url + "/v1/models", headers=other).status_code == 401
+
+    digest = "sha256:" + hashlib.sha256(b"k1").hexdigest()
+    changes = daemon.reload({**table, "server": {"api_keys": [digest, "k2"]}, "scheduler": {"default_priority": 8},
+                             "tools": {"repair": False}, "metrics": {"enabled": False},
+                             "cache": {"max_entries": 50}})
+
+    assert changes == {"added": [], "removed": [], "changed": []}
+    assert httpx.get(daemon.url + "/v1/models", headers=other).status_code == 200
+    assert httpx.get(daemon.url + "/v1/models").status_code == 401
+    again = httpx.post(daemon.url + "/v1/chat/completions", json=ask("Remember me"), headers=auth)
+    assert again.headers["x-velollm-cache"] == "hit-exact"        # the new cache took the entry over
+    assert again.json()["choices"] == first.json()["choices"]
+    assert daemon.app.pipeline.cache.config.max_entries == 50
+    assert daemon.app.service.config.default_priority == 8
+    assert daemon.app.pipeline.tools.config.repair is False
+    assert httpx.get(daemon.url + "/metrics", headers=auth).status_code == 404
+    assert httpx.get(daemon.url + "/health").status_code == 200
+
+
+def test_reload_changes_a_backend_in_place(daemon_factory, ollama_emulator):
+    table = {"backends": [ollama_backend(ollama_emulator)]}
+    daemon = daemon_factory(table)
+    before = daemon.app.registry.backends[0]
+
+    changes = daemon.reload({"backends": [ollama_backend(ollama_emulator, models=["llama3*"])]})
+
+    assert changes == {"added": [], "removed": [], "changed": ["ollama"]}
+    after = daemon.app.registry.backends[0]
+    assert after is not before and before.retired and not after.retired
+    answer = httpx.post(daemon.url + "/v1/chat/completions", json=ask("Changed"))
+    assert answer.status_code == 200 and answer.headers["x-velollm-backend"] == "ollama"
+    assert httpx.post(daemon.url + "/v1/chat/completions",
+                      json={**ask("x"), "model": "nomic-embed-text"}).status_code == 404
+
+
+def test_reload_applies_aliases(daemon_factory, ollama_emulator):
+    table = {"backends": [ollama_backend(ollama_emulator)]}
+    daemon = daemon_factory(table)
+    before = httpx.post(daemon.url + "/v1/chat/completions", json={**ask("hi"), "model": "gpt-4o"})
+    assert before.status_code == 404
+    daemon.reload({**table, "aliases": {"gpt-4o": "llama3.2"}})
+    after = httpx.post(daemon.url + "/v1/chat/completions", json={**ask("hi"), "model": "gpt-4o"})
+    assert after.status_code == 200 and after.json()["model"] == "gpt-4o"
+    assert "gpt-4o" in [m["id"] for m in httpx.get(daemon.url + "/v1/models").json()["data"]]
