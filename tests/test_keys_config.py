@@ -15,7 +15,8 @@ def test_named_keys_with_limits_and_digests():
         {"name": "bob", "key_sha256": DIGEST},
     ]})
     alice, bob = config.keys
-    assert (alice.rpm, alice.tpm, alice.tokens_per_day, alice.priority, alice.models) == (5, 1000, 0, 1, ("llama3*",))
+    assert (alice.rpm, alice.tpm, alice.tokens_per_day, alice.priority) == (5, 1000, 0, 1)
+    assert alice.models == ("llama3*",)
     assert bob == KeyConfig(name="bob", key_sha256=DIGEST)
     assert bob.digest == hashlib.sha256(b"sk-bob").digest() == KeyConfig(key="sha256:" + DIGEST).digest
 
@@ -35,7 +36,7 @@ def test_named_keys_alone_open_a_network_address():
     ([{"name": "has space", "key": "k"}], "keys[0].name", "letters, digits"),
     ([{"name": "a", "key": "k"}, {"name": "a", "key": "j"}], "keys.a.name", "duplicate key name"),
     ([{"name": "a", "key": "k"}, {"name": "b", "key": "k"}], "keys.b", "the same key as keys.a"),
-    ([{"name": "a", "key": "sk-bob"}, {"name": "b", "key_sha256": DIGEST}], "keys.b", "the same key as keys.a"),
+    ([{"name": "a", "key": "sk-bob"}, {"name": "b", "key_sha256": DIGEST}], "keys.b", "the same key as"),
     ([{"name": "a"}], "keys.a", "exactly one of key and key_sha256"),
     ([{"name": "a", "key": "k", "key_sha256": DIGEST}], "keys.a", "exactly one of key and key_sha256"),
     ([{"name": "a", "key_sha256": "abc"}], "keys.a.key_sha256", "64 hex digits"),

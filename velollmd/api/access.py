@@ -31,7 +31,8 @@ class Access:
         self.ledger = ledger or KeyLedger()
         self.configure(server, scheduler, keys)
 
-    def configure(self, server: ServerConfig, scheduler: SchedulerConfig, keys: tuple[KeyConfig, ...] = ()) -> None:
+    def configure(self, server: ServerConfig, scheduler: SchedulerConfig,
+                  keys: tuple[KeyConfig, ...] = ()) -> None:
         """Take (new) keys, limits and priorities; requests already admitted keep going, and
         keys whose name stays keep their usage and limit windows."""
         self.server = server

@@ -100,12 +100,12 @@ def key_usage_lines(usage: list[dict]) -> list[str]:
     """The keys' usage (KeyLedger.usage()) as Prometheus counters, labelled by key name."""
     lines = sampled("velollm_key_requests_total", "counter", "Requests let in, by API key name",
                     [({"key": u["name"]}, u["requests"]) for u in usage])
-    lines += sampled("velollm_key_tokens_total", "counter", "Tokens used from answers, by API key name and kind",
+    lines += sampled("velollm_key_tokens_total", "counter", "Tokens used by answers, by key name and kind",
                      [({"key": u["name"], "kind": kind}, u[f"{kind}_tokens"])
                       for u in usage for kind in ("prompt", "completion")])
-    lines += sampled("velollm_key_cache_hits_total", "counter", "Requests answered from the cache, by API key name",
+    lines += sampled("velollm_key_cache_hits_total", "counter", "Requests answered from the cache, by key",
                      [({"key": u["name"]}, u["cache_hits"]) for u in usage])
-    lines += sampled("velollm_key_rate_limited_total", "counter", "Requests refused with 429 by a key's limit",
+    lines += sampled("velollm_key_rate_limited_total", "counter", "Requests refused (429) by a key's limit",
                      [({"key": u["name"], "limit": limit}, num) for u in usage
                       for limit, num in u["rate_limited"].items()])
     return lines

@@ -197,7 +197,8 @@ class KeyLedger:
         account = self.accounts.get(name)
         if account is None or not isinstance(usage, dict):
             return
-        account.add_tokens(self.clock(), _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+        prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+        account.add_tokens(self.clock(), prompt, completion)
 
     def record_cache_hit(self, name: str) -> None:
         account = self.accounts.get(name)
