@@ -5,12 +5,14 @@ process, no inference): a fixed 16-token chat completion, or a stream of 16 cont
 (plus finish, usage and [DONE]) written `--gap-ms` apart, as a model would produce them.
 
 Part 1, whole answers at concurrency 64: daemon CPU per chat request (a one-line question, and
-a 16 KB history), with `GET /health` on the same daemon as the floor (HTTP server only); the
+a 16 KB history), the same question as an OpenAI Responses API request (`/v1/responses`:
+translated to chat and back, and stored for previous_response_id as by default), with
+`GET /health` on the same daemon as the floor (HTTP server only); the
 one-line question also through a second daemon with the response cache on, as configured by
 default (the request is sampled, so the cache must only see that and step aside).
 Part 2, streams at concurrency 1: time per stream and proxy CPU per stream for the backend
 direct, through a bare byte relay (uvloop, forwards bytes and parses nothing: the floor for
-any Python proxy on this machine), and through velollmd.
+any Python proxy on this machine), and through velollmd, as chat chunks and as Responses events.
 Rounds alternate the targets; CPU comes from /proc (user + system, all threads).
 
     .venv/bin/python benchmarks/proxy_cpu.py [--rounds 4] [--requests 4000] [--streams 300]
@@ -39,6 +41,7 @@ CHAT = {"model": "tiny", "max_tokens": 16,
 LONG_CHAT = {"model": "tiny", "max_tokens": 16, "messages": [                 # a 16 KB history
     {"role": "user", "content": " ".join(f"note line{i} alpha beta gamma delta" for i in range(400))},
     {"role": "assistant", "content": "ok " * 20}, {"role": "user", "content": "tell me more"}]}
+RESPONSES = {"model": "tiny", "max_output_tokens": 16, "input": "Tell me a story number 1."}
 LONG = "/v1/chat/completions, 16 KB history"
 CACHE_ON = "/v1/chat/completions, cache on (the default; sampled, so not cacheable)"
 NUM_CHUNKS = 16
@@ -155,6 +158,13 @@ async def one(client: HTTPClient, path: str) -> None:
             if data == b"[DONE]":
                 break
         assert num_events >= NUM_CHUNKS + 2, num_events
+    elif path == "responses stream":                  # no [DONE]: the stream ends after response.incomplete
+        response = await client.request("POST", "/v1/responses", json={**RESPONSES, "stream": True})
+        num_events = sum([1 async for _ in response.iter_sse()])
+        assert num_events >= NUM_CHUNKS + 8, num_events
+    elif path == "/v1/responses":
+        response = await client.request("POST", path, json=RESPONSES)
+        await response.read()
     else:
         body = LONG_CHAT if path == LONG else CHAT
         response = await client.request("POST", "/v1/chat/completions", json=body)
@@ -198,11 +208,12 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             daemon = stack.enter_context(Daemon(backend_config + "[cache]\nenabled = false\n"))
             cache_on = stack.enter_context(Daemon(backend_config + "[cache]\npath = \"\"\n"))
-            whole_targets = targets_of(daemon, ("/health", "/v1/chat/completions", LONG), "")
+            whole_targets = targets_of(daemon, ("/health", "/v1/chat/completions", "/v1/responses", LONG), "")
             whole_targets[CACHE_ON] = (cache_on.url, "/v1/chat/completions", cache_on.proc.pid)
             stream_targets = {"direct": (f"http://127.0.0.1:{port}", "stream", None),
                               "byte relay": (f"http://127.0.0.1:{relay_port}", "stream", relay.pid),
-                              "velollmd": (daemon.url, "stream", daemon.proc.pid)}
+                              "velollmd": (daemon.url, "stream", daemon.proc.pid),
+                              "velollmd /v1/responses": (daemon.url, "responses stream", daemon.proc.pid)}
             if args.baseline is not None:
                 before = stack.enter_context(Daemon(backend_config + "[cache]\nenabled = false\n",
                                                     root=args.baseline.resolve()))

@@ -13,6 +13,8 @@ from .api.access import Access
 from .api.admin import AdminRoutes
 from .api.ollama import OllamaRoutes
 from .api.openai import OpenAIRoutes
+from .api.response_store import ResponseStore
+from .api.responses import ResponsesRoutes
 from .api.routes import Router
 from .backends.base import Backend
 from .backends.registry import Registry
@@ -36,6 +38,7 @@ class App:
         self.service = Service(self.registry, config.scheduler, metrics=self.metrics)
         self.pipeline = Pipeline(config, self.service, metrics=self.metrics, ledger=self.ledger)
         self.access = Access(config.server, config.scheduler, config.keys, ledger=self.ledger)
+        self.responses = ResponseStore(config.responses.store_max_entries, config.responses.store_max_bytes)
         self.router = self._routes(config)
         self._retiring: dict[Backend, asyncio.Task] = {}    # backends a reload took out
 
@@ -45,6 +48,8 @@ class App:
         AdminRoutes(*services, self.metrics, config.metrics).register(router)
         OpenAIRoutes(*services, sse_ping_s=config.server.sse_ping_s).register(router)
         OllamaRoutes(*services).register(router)
+        ResponsesRoutes(self.access, self.pipeline, self.responses,
+                        sse_ping_s=config.server.sse_ping_s).register(router)
         return router
 
     async def reload(self, config: Config) -> dict:
@@ -58,6 +63,7 @@ class App:
         self.service.configure(config.scheduler)
         self.pipeline.configure(config)
         self.access.configure(config.server, config.scheduler, config.keys)
+        self.responses.resize(config.responses.store_max_entries, config.responses.store_max_bytes)
         self.router = self._routes(config)
         self.config = config
         for backend in retired:

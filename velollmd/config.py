@@ -154,6 +154,13 @@ class KeyConfig:
 
 
 @dataclass(frozen=True)
+class ResponsesConfig:
+    """The Responses API's store of responses (previous_response_id, GET /v1/responses/{id})."""
+    store_max_entries: int = _opt(1000, min=0)     # 0 = keep none
+    store_max_bytes: int = _opt(67108864, min=0)   # their JSON, in all
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = True
 
@@ -170,6 +177,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    responses: ResponsesConfig = field(default_factory=ResponsesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     aliases: tuple[tuple[str, str], ...] = ()       # [aliases]: client's model name (or glob) -> served model
@@ -178,7 +186,8 @@ class Config:
 
 
 SECTIONS = {"server": ServerConfig, "cache": CacheConfig, "tools": ToolsConfig,
-            "scheduler": SchedulerConfig, "metrics": MetricsConfig, "log": LogConfig}
+            "scheduler": SchedulerConfig, "responses": ResponsesConfig, "metrics": MetricsConfig,
+            "log": LogConfig}
 
 
 def load_config(path: str = DEFAULT_PATH) -> Config:

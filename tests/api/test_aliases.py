@@ -102,4 +102,6 @@ def test_ollama_api_through_aliases(daemon):
 
 def test_embeddings_through_an_alias(client):
     answer = client.embeddings.create(model="text-embedding-3-small", input="hello")
-    assert answer.model == "text-embedding-3-small" and len(answer.data[0].embedding) == 768
+    direct = client.embeddings.create(model="nomic-embed-text", input="hello")
+    assert answer.model == "text-embedding-3-small" and direct.model == "nomic-embed-text"
+    assert answer.data[0].embedding == direct.data[0].embedding and len(direct.data[0].embedding) > 0

@@ -251,8 +251,8 @@ def _details(info) -> dict:
 
 
 def _tag_entry(info) -> dict:
-    if info.raw.get("digest"):
-        return info.raw
+    if info.raw.get("digest"):                  # Ollama's own entry (renamed when an alias lists it)
+        return info.raw if info.raw.get("name") == info.id else {**info.raw, "name": info.id, "model": info.id}
     digest = hashlib.sha256((info.identity or info.id).encode()).hexdigest()
     return {"name": info.id, "model": info.id, "modified_at": now_rfc3339(), "size": info.size,
             "digest": digest, "details": _details(info)}

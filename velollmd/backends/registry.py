@@ -144,9 +144,11 @@ class Registry:
                 if model.id not in seen:
                     seen.add(model.id)
                     models.append(model)
-        if self.aliases:
-            models += [dataclasses.replace(model, id=alias) for model in list(models)
-                       for alias in self.aliases.aliases_of(model.id) if alias not in seen]
+        for model in list(models) if self.aliases else ():
+            for alias in self.aliases.aliases_of(model.id):
+                if alias not in seen:
+                    seen.add(alias)
+                    models.append(dataclasses.replace(model, id=alias))
         return models
 
     def find_model(self, model: str) -> ModelInfo:

@@ -1,4 +1,5 @@
-"""Ids the daemon mints: response ids (`chatcmpl-...`) and tool-call ids (`call_...`).
+"""Ids the daemon mints: response ids (`chatcmpl-...`), tool-call ids (`call_...`), and the
+Responses API's ids (`resp_...` to look a stored response up, `msg_...`/`fc_...` for items).
 
 Response ids are unique per process run and cheap to make (no urandom per id); a call id is
 `call_` + 24 random letters and digits, as OpenAI writes them.
@@ -17,6 +18,16 @@ ID_LENGTH = 24
 
 def response_id(kind: str = "chatcmpl") -> str:
     return f"{kind}-{_PREFIX}{next(_COUNTER):012x}"
+
+
+def item_id(kind: str) -> str:
+    """An output item id of the Responses API: `msg_...`, `fc_...`, `rs_...` (unique per run)."""
+    return f"{kind}_{_PREFIX}{next(_COUNTER):012x}"
+
+
+def stored_response_id() -> str:
+    """`resp_` + 48 random hex digits: the key of a stored response, so not guessable."""
+    return "resp_" + secrets.token_hex(24)
 
 
 def new_call_id() -> str:

@@ -1,0 +1,300 @@
+"""The OpenAI Responses API through velollmd, driven by the official openai SDK
+(client.responses.create / .stream / .retrieve / .delete) against the Ollama emulator and the
+real llama-server."""
+import json
+
+import openai
+import pydantic
+import pytest
+
+from tests.daemon_rig import llama_backend, ollama_backend
+from tests.rig.llama import force_tool_call_bias
+
+MODEL = "llama3.2:latest"
+WEATHER = {"type": "function", "name": "get_weather", "description": "Current weather in a city",
+           "parameters": {"type": "object", "properties": {
+               "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+               "required": ["city"]}}
+
+
+def client_for(daemon, key: str = "x") -> openai.OpenAI:
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key=key, max_retries=0)
+
+
+@pytest.fixture
+def emu_daemon(daemon_factory, ollama_emulator):
+    return daemon_factory({"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False}})
+
+
+@pytest.fixture
+def client(emu_daemon):
+    return client_for(emu_daemon)
+
+
+def sent_messages(emulator) -> list[dict]:
+    return [{k: v for k, v in m.items() if k in ("role", "content", "tool_calls", "tool_name")}
+            for m in emulator.last_request("/api/chat")["messages"]]
+
+
+# -- the Ollama emulator -------------------------------------------------------------------
+
+def test_create_retrieve_delete(client, ollama_emulator):
+    ollama_emulator.script("Hello there.")
+    response = client.responses.create(model=MODEL, input="Hi", instructions="Be brief.",
+                                       metadata={"ticket": "42"}, temperature=0.2)
+    assert response.id.startswith("resp_") and response.object == "response"
+    assert response.status == "completed" and response.output_text == "Hello there."
+    assert response.model == MODEL and response.metadata == {"ticket": "42"} and response.temperature == 0.2
+    [item] = response.output
+    assert item.type == "message" and item.id.startswith("msg_") and item.content[0].annotations == []
+    assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens > 0
+    assert sent_messages(ollama_emulator) == [{"role": "system", "content": "Be brief."},
+                                              {"role": "user", "content": "Hi"}]
+    assert ollama_emulator.last_request("/api/chat")["options"]["temperature"] == 0.2
+
+    again = client.responses.retrieve(response.id)
+    assert again.output_text == "Hello there." and again.metadata == {"ticket": "42"}
+    client.responses.delete(response.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(response.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.delete(response.id)
+
+
+def test_previous_response_id_continues_the_conversation(client, ollama_emulator):
+    ollama_emulator.script("Nice to meet you, Ada.")
+    first = client.responses.create(model=MODEL, input="My name is Ada.", instructions="Be kind.")
+    ollama_emulator.script("Your name is Ada.")
+    second = client.responses.create(model=MODEL, input="What is my name?", previous_response_id=first.id)
+    assert second.previous_response_id == first.id and second.output_text == "Your name is Ada."
+    assert sent_messages(ollama_emulator) == [                   # instructions are not carried over
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Nice to meet you, Ada."},
+        {"role": "user", "content": "What is my name?"}]
+    ollama_emulator.script("Bye.")
+    client.responses.create(model=MODEL, input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "Thanks!"}]}], previous_response_id=second.id)
+    assert [m["content"] for m in sent_messages(ollama_emulator)] == [
+        "My name is Ada.", "Nice to meet you, Ada.", "What is my name?", "Your name is Ada.", "Thanks!"]
+
+
+def test_a_missing_previous_response_is_a_clean_404(client):
+    with pytest.raises(openai.NotFoundError) as error:
+        client.responses.create(model=MODEL, input="x", previous_response_id="resp_nope")
+    assert error.value.body["code"] == "previous_response_not_found"
+    assert error.value.body["param"] == "previous_response_id" and "resp_nope" in error.value.body["message"]
+
+
+def test_store_false_keeps_nothing(client, ollama_emulator):
+    response = client.responses.create(model=MODEL, input="x", store=False)
+    assert response.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(response.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model=MODEL, input="y", previous_response_id=response.id)
+
+
+def test_function_call_round_trip_by_id_and_by_items(client, ollama_emulator):
+    ollama_emulator.script(tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}])
+    first = client.responses.create(model=MODEL, input="Weather in Oslo?", tools=[WEATHER])
+    [call] = first.output
+    assert call.type == "function_call" and call.name == "get_weather" and call.status == "completed"
+    assert json.loads(call.arguments) == {"city": "Oslo"} and call.call_id and call.id.startswith("fc_")
+    assert ollama_emulator.last_request("/api/chat")["tools"][0]["function"]["name"] == "get_weather"
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}
+    expected = [{"role": "user", "content": "Weather in Oslo?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+                {"role": "tool", "content": "sunny, 21 C", "tool_name": "get_weather"}]
+
+    ollama_emulator.script("It is sunny in Oslo.")
+    answer = client.responses.create(model=MODEL, input=[result], previous_response_id=first.id, tools=[WEATHER])
+    assert answer.output_text == "It is sunny in Oslo." and sent_messages(ollama_emulator) == expected
+
+    ollama_emulator.script("Still sunny.")                    # stateless: the client sends the items back
+    items = [{"role": "user", "content": "Weather in Oslo?"}, *[o.model_dump() for o in first.output], result]
+    answer = client.responses.create(model=MODEL, input=items, tools=[WEATHER], store=False)
+    assert answer.output_text == "Still sunny." and sent_messages(ollama_emulator) == expected
+
+
+def test_the_stream_helper_rebuilds_the_final_response(client, ollama_emulator):
+    ollama_emulator.script("One two three.")
+    with client.responses.stream(model=MODEL, input="Count.") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    types = [e.type for e in events]
+    assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert types[-4:] == ["response.output_text.done", "response.content_part.done",
+                          "response.output_item.done", "response.completed"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) == 3 and "".join(deltas) == "One two three." == final.output_text
+    assert final.usage.output_tokens > 0 and final.status == "completed"
+    assert client.responses.retrieve(final.id).output_text == "One two three."     # stored after the stream
+
+
+def test_a_streamed_call_comes_out_as_a_function_call_item(client, ollama_emulator):
+    ollama_emulator.script(tool_calls=[{"name": "get_weather", "arguments": {"city": "Rome", "unit": "celsius"}}])
+    with client.responses.stream(model=MODEL, input="Rome?", tools=[WEATHER]) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert len(done) == 1 and json.loads(done[0].arguments) == {"city": "Rome", "unit": "celsius"}
+    [call] = [o for o in final.output if o.type == "function_call"]
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Rome", "unit": "celsius"}
+
+
+BROKEN = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius",},}\n</tool_call>'
+
+
+def test_a_broken_tool_call_reaches_the_client_repaired(client, ollama_emulator):
+    ollama_emulator.script(BROKEN)
+    raw = client.responses.with_raw_response.create(model=MODEL, input="Paris?", tools=[WEATHER])
+    [call] = raw.parse().output
+    assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Paris", "unit": "celsius"}
+    assert "trailing-comma" in raw.headers["x-velollm-tool-repair"]
+    ollama_emulator.script(BROKEN)
+    with client.responses.stream(model=MODEL, input="Paris?", tools=[WEATHER]) as stream:
+        final = stream.get_final_response()
+    [call] = final.output
+    assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Paris", "unit": "celsius"}
+
+
+def test_text_format_json_schema_reaches_ollama_as_its_format(client, ollama_emulator):
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    ollama_emulator.script('{"answer": 4}')
+    response = client.responses.create(model=MODEL, input="2+2?", text={"format": {
+        "type": "json_schema", "name": "sum", "schema": schema, "strict": True}})
+    assert ollama_emulator.last_request("/api/chat")["format"] == schema
+    assert json.loads(response.output_text) == {"answer": 4}
+    assert response.text.format.type == "json_schema"
+
+
+def test_a_failure_midway_is_a_response_failed_event(client, ollama_emulator):
+    ollama_emulator.script("one two three four", error_after=2)
+    events = list(client.responses.create(model=MODEL, input="x", stream=True))
+    assert events[-1].type == "response.failed" and events[-1].response.status == "failed"
+    assert events[-1].response.error.code == "server_error"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "one two"
+
+
+def test_codex_style_request_with_ignorable_fields(client, ollama_emulator):
+    ollama_emulator.script("Done.")
+    response = client.responses.create(
+        model=MODEL, store=False, parallel_tool_calls=False, tool_choice="auto",
+        instructions="You are a coding agent.", include=["reasoning.encrypted_content"],
+        reasoning={"effort": "medium", "summary": "auto"}, prompt_cache_key="abc",
+        tools=[WEATHER, {"type": "web_search"}],
+        input=[{"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "env"}]},
+               {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAA"},
+               {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "fix it"}]}])
+    assert response.output_text == "Done."
+    sent = ollama_emulator.last_request("/api/chat")
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"]     # web_search dropped
+    assert [m["role"] for m in sent["messages"]] == ["system", "system", "user"]
+
+
+def test_other_tool_types_are_a_400_naming_them(client):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.responses.create(model=MODEL, input="x", tools=[{"type": "code_interpreter", "container": "auto"}])
+    assert "code_interpreter" in error.value.body["message"] and error.value.body["param"] == "tools[0].type"
+
+
+def test_responses_are_scoped_to_their_api_key(daemon_factory, ollama_emulator):
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "server": {"api_keys": ["k1", "k2"]}})
+    response = client_for(daemon, "k1").responses.create(model=MODEL, input="x")
+    assert client_for(daemon, "k1").responses.retrieve(response.id).id == response.id
+    with pytest.raises(openai.NotFoundError):
+        client_for(daemon, "k2").responses.retrieve(response.id)
+    with pytest.raises(openai.NotFoundError):
+        client_for(daemon, "k2").responses.create(model=MODEL, input="y", previous_response_id=response.id)
+
+
+def test_the_store_bound_evicts_the_oldest(daemon_factory, ollama_emulator):
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)],
+                             "responses": {"store_max_entries": 2}})
+    client = client_for(daemon)
+    ids = [client.responses.create(model=MODEL, input=f"n{i}").id for i in range(3)]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(ids[0])
+    with pytest.raises(openai.NotFoundError) as error:
+        client.responses.create(model=MODEL, input="y", previous_response_id=ids[0])
+    assert error.value.body["code"] == "previous_response_not_found"
+    assert [client.responses.retrieve(i).id for i in ids[1:]] == ids[1:]
+
+
+# -- the real llama-server -----------------------------------------------------------------
+
+@pytest.fixture
+def llama_client(daemon_factory, llama_server):
+    return client_for(daemon_factory({"backends": [llama_backend(llama_server)]}))
+
+
+def test_llama_max_output_tokens_makes_an_incomplete_response(llama_client):
+    response = llama_client.responses.create(model="tiny", input="Say something.", max_output_tokens=8,
+                                             temperature=0)
+    assert response.status == "incomplete" and response.incomplete_details.reason == "max_output_tokens"
+    assert response.usage.output_tokens == 8 and response.output_text
+    assert response.output[0].status == "incomplete" and response.max_output_tokens == 8
+
+
+def test_llama_stream_events_follow_openai(llama_client):
+    events = list(llama_client.responses.create(model="tiny", input="Say something.", max_output_tokens=6,
+                                                stream=True))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) == 6 and len({(e.item_id, e.output_index, e.content_index) for e in deltas}) == 1
+    final = events[-1]
+    assert final.type == "response.incomplete" and final.response.usage.output_tokens == 6
+    assert final.response.output[0].content[0].text == "".join(e.delta for e in deltas)
+    [done] = [e for e in events if e.type == "response.output_text.done"]
+    assert done.text == final.response.output[0].content[0].text
+
+
+def test_llama_forced_tool_call_round_trip_with_the_stream_helper(llama_client):
+    args = dict(model="tiny", tools=[WEATHER], max_output_tokens=100,
+                extra_body={"logit_bias": force_tool_call_bias()})     # the tiny model's one real call
+    with llama_client.responses.stream(input="Weather?", **args) as stream:
+        final = stream.get_final_response()
+    [call] = [o for o in final.output if o.type == "function_call"]
+    assert final.status == "completed" and call.name == "get_weather"
+    assert json.loads(call.arguments)["unit"] in ("celsius", "fahrenheit")
+    follow = llama_client.responses.create(                  # the call and its result reach the prompt
+        model="tiny", previous_response_id=final.id, max_output_tokens=5, tools=[WEATHER],
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    assert follow.output_text and follow.usage.input_tokens > final.usage.input_tokens
+
+
+def test_a_repeated_request_is_an_exact_cache_hit_whole_and_streamed(daemon_factory, ollama_emulator):
+    client = client_for(daemon_factory({"backends": [ollama_backend(ollama_emulator)]}))
+    ollama_emulator.script("Cached words here.")
+    args = dict(model=MODEL, input="Repeat me.", temperature=0)
+    first = client.responses.with_raw_response.create(**args)
+    again = client.responses.with_raw_response.create(**args)
+    assert (first.headers["x-velollm-cache"], again.headers["x-velollm-cache"]) == ("miss", "hit-exact")
+    assert again.parse().output_text == first.parse().output_text == "Cached words here."
+    assert again.parse().id != first.parse().id and ollama_emulator.count("/api/chat") == 1
+    with client.responses.stream(**args) as stream:
+        final = stream.get_final_response()
+    assert final.output_text == "Cached words here." and ollama_emulator.count("/api/chat") == 1
+    assert client.responses.retrieve(final.id).output_text == "Cached words here."
+
+
+def test_llama_text_format_json_schema_is_enforced_by_llama_server(llama_client):
+    class Verdict(pydantic.BaseModel):
+        ok: bool
+
+    parsed = llama_client.responses.parse(model="tiny", input="Answer.", text_format=Verdict, max_output_tokens=40)
+    assert parsed.status == "completed" and isinstance(parsed.output_parsed, Verdict)
+    free = llama_client.responses.create(model="tiny", input="Answer.", max_output_tokens=40)
+    with pytest.raises(ValueError):                           # without the schema: the tiny model's noise
+        json.loads(free.output_text)
+
+
+def test_a_model_alias_serves_responses_under_the_clients_name(daemon_factory, ollama_emulator):
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "aliases": {"gpt-5-codex": MODEL}})
+    ollama_emulator.script("Aliased.")
+    response = client_for(daemon).responses.create(model="gpt-5-codex", input="x")
+    assert response.model == "gpt-5-codex" and response.output_text == "Aliased."
+    assert ollama_emulator.last_request("/api/chat")["model"] == MODEL

@@ -1,0 +1,132 @@
+"""The OpenAI Responses API: POST /v1/responses, GET and DELETE /v1/responses/{id}.
+
+A translation layer, as the Ollama dialect is: the request becomes an internal chat body
+(wire/responses_input.py) and goes through the same pipeline as /v1/chat/completions (cache,
+single-flight, scheduling, the tool-call layer that repairs broken calls); the chat answer or
+chunks become a `response` object or its event stream (wire/responses.py,
+wire/responses_stream.py). Responses made with `store: true` (the default) are kept in a
+bounded ResponseStore so that `previous_response_id` continues a conversation. Errors keep
+OpenAI's shape; a mid-stream failure is a `response.failed` event.
+"""
+from __future__ import annotations
+
+from typing import AsyncIterator, Callable
+
+from ..core.pipeline import Pipeline
+from ..errors import BadRequest, NotFound, VeloError
+from ..http.message import Request, Response
+from ..http.sse import PING, SSE_HEADERS
+from ..wire import wirejson
+from ..wire.ids import stored_response_id
+from ..wire.responses import ResponseDraft, response_from_chat
+from ..wire.responses_input import chat_body, input_items, instructions_message, items_to_messages
+from ..wire.responses_stream import ResponseEvents
+from ..wire.streams import closing
+from .access import Access
+from .response_store import ResponseStore
+from .validate import validate_chat
+from .validate_responses import validate_responses
+
+Keep = Callable[[dict], None]
+
+
+def event_frame(event: dict) -> bytes:
+    """One SSE event named by its type, as OpenAI sends them (`event:` then `data:`)."""
+    return b"event: " + event["type"].encode() + b"\ndata: " + wirejson.dumps(event) + b"\n\n"
+
+
+def frames(events: list[dict]) -> bytes:
+    return b"".join(map(event_frame, events))
+
+
+class ResponsesRoutes:
+    def __init__(self, access: Access, pipeline: Pipeline, store: ResponseStore, *, sse_ping_s: float):
+        self.access, self.pipeline, self.store = access, pipeline, store
+        self.sse_ping_s = sse_ping_s
+
+    def register(self, router) -> None:
+        router.add("POST", "/v1/responses", self.create)
+        router.add("GET", "/v1/responses/{response_id}", self.retrieve)
+        router.add("DELETE", "/v1/responses/{response_id}", self.delete)
+
+    async def create(self, request: Request) -> Response:
+        key = self.access.key_of(request)
+        body = validate_responses(request.json())
+        history = self._history(body.get("previous_response_id"), key)
+        items = input_items(body["input"])
+        messages = instructions_message(body.get("instructions"))
+        items_to_messages(history, "previous_response_id", messages)
+        chat = validate_chat(chat_body(body, items_to_messages(items, "input", messages)))
+        outcome = await self.pipeline.generate(self.access.generate_request(request, "chat", chat, key=key))
+        draft = ResponseDraft(stored_response_id(), body)
+        keep = self._keeper(key, history + items) if body.get("store", True) else _forget
+        headers = list(outcome.headers.items())
+        if outcome.chunks is None:
+            response = response_from_chat(draft, outcome.body)
+            keep(response)
+            return Response.json(response, headers=headers)
+        return Response(200, [*SSE_HEADERS, *headers], stream=self._events(outcome.chunks, draft, keep),
+                        idle_ping=PING, idle_ping_s=self.sse_ping_s)
+
+    async def retrieve(self, request: Request, response_id: str) -> Response:
+        if request.query_params().get("stream") in ("true", "1"):
+            raise BadRequest("streaming a stored response again is not supported; retrieve it whole",
+                             param="stream")
+        return Response.json(self._record(response_id, self.access.key_of(request))["response"])
+
+    async def delete(self, request: Request, response_id: str) -> Response:
+        if not self.store.delete(response_id, self.access.key_of(request)):
+            raise _not_found(response_id)
+        return Response.json({"id": response_id, "object": "response", "deleted": True})
+
+    # -- the store -----------------------------------------------------------------------
+
+    def _history(self, previous_id: str | None, key: str) -> list[dict]:
+        """The items a continuation starts from: the earlier input, then the earlier output."""
+        if previous_id is None:
+            return []
+        record = self.store.get(previous_id, key)
+        if record is None:
+            raise NotFound(f"Previous response with id '{previous_id}' not found.",
+                           param="previous_response_id", code="previous_response_not_found")
+        return record["input"] + record["response"]["output"]
+
+    def _record(self, response_id: str, key: str) -> dict:
+        record = self.store.get(response_id, key)
+        if record is None:
+            raise _not_found(response_id)
+        return record
+
+    def _keeper(self, key: str, items: list[dict]) -> Keep:
+        def keep(response: dict) -> None:
+            self.store.put(response["id"], key, {"response": response, "input": items})
+        return keep
+
+    # -- streaming -----------------------------------------------------------------------
+
+    async def _events(self, chunks: AsyncIterator[dict], draft: ResponseDraft,
+                      keep: Keep) -> AsyncIterator[bytes]:
+        """Chat chunks -> Responses event frames, one write per chunk; stored before the last."""
+        events = ResponseEvents(draft)
+        yield frames(events.start())
+        try:
+            async with closing(chunks) as source_iter:
+                async for chunk in source_iter:
+                    out = events.feed(chunk)
+                    if out:
+                        yield frames(out)
+        except VeloError as exc:
+            last = events.fail(exc.message, exc.status)
+        else:
+            last = events.finish()
+        keep(events.response)
+        yield frames(last)
+
+
+def _not_found(response_id: str) -> NotFound:
+    return NotFound(f"Response with id '{response_id}' not found.", param="response_id",
+                    code="response_not_found")
+
+
+def _forget(response: dict) -> None:
+    """store: false: nothing is kept."""

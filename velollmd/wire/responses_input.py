@@ -1,0 +1,230 @@
+"""OpenAI Responses API requests -> the internal chat body (`wire/request.py`).
+
+A Responses request is a list of *items* rather than chat messages: messages whose content
+is a list of typed parts (`input_text`, `output_text`, `input_image`), `function_call` items
+(the model's calls, one item each) and `function_call_output` items (their results), plus
+`reasoning` items that carry a model's thoughts between turns. In chat shape a run of calls
+is one assistant message with `tool_calls`, and a result is a `tool` message.
+
+Tools are flat (`{"type": "function", "name", "parameters"}`) where chat nests them under
+`function`; `text.format` is chat's `response_format`; `max_output_tokens` is `max_tokens`.
+Anything the daemon cannot serve is a 400 naming the field and the item.
+"""
+from __future__ import annotations
+
+from ..errors import BadRequest
+
+ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
+TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
+# Hosted tools that OpenAI runs on its side; a client such as Codex CLI sends them by default.
+# Without them the model simply answers from what it knows, so they are dropped, not refused.
+IGNORED_TOOL_TYPES = frozenset({"web_search", "web_search_preview", "web_search_preview_2025_03_11"})
+IGNORED_ITEM_TYPES = frozenset({"reasoning"})     # kept by the client, not sent on to the backend
+SAMPLING = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens": "max_tokens",
+            "parallel_tool_calls": "parallel_tool_calls", "user": "user"}
+# Not in the Responses API, but what local backends take and chat passes on (validated there);
+# every other field is OpenAI's own (include, truncation, service_tier, ...) and stays here.
+BACKEND_EXTRAS = ("top_k", "min_p", "seed", "stop", "logit_bias", "presence_penalty", "frequency_penalty",
+                  "repeat_penalty", "repetition_penalty")
+
+
+def _fail(param: str, message: str):
+    raise BadRequest(f"Invalid '{param}': {message}", param=param, code="invalid_value")
+
+
+def _kind(obj, default: str | None = None) -> str | None:
+    """The `type` of an item, part or tool when it is a string (anything else: None)."""
+    kind = obj.get("type", default) if isinstance(obj, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def input_items(value) -> list[dict]:
+    """The request's `input` as a list of items: a string is one user message."""
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        _fail("input", "expected a string or a non-empty array of input items")
+    return value
+
+
+def items_to_messages(items: list[dict], param: str, messages: list[dict]) -> list[dict]:
+    """Append the chat messages for `items` to `messages` (a run of function calls joins the
+    assistant message before it, as chat has them); `param` names the items in errors."""
+    names: dict[str, str] = _call_names(messages)
+    for i, item in enumerate(items):
+        where = f"{param}[{i}]"
+        if not isinstance(item, dict):
+            _fail(where, "expected an input item object")
+        kind = _kind(item, "message")
+        if kind == "message":
+            messages.append(_message(item, where))
+        elif kind == "function_call":
+            _add_call(messages, _function_call(item, where), names)
+        elif kind == "function_call_output":
+            messages.append(_call_output(item, where, names))
+        elif kind not in IGNORED_ITEM_TYPES:
+            _fail(f"{where}.type", f"input items of type {kind!r} are not supported here; "
+                                   "use message, function_call or function_call_output")
+    return messages
+
+
+def _call_names(messages: list[dict]) -> dict[str, str]:
+    return {c["id"]: c["function"]["name"] for m in messages for c in m.get("tool_calls") or ()}
+
+
+def _message(item: dict, where: str) -> dict:
+    role = ROLES.get(item["role"]) if isinstance(item.get("role"), str) else None
+    if role is None:
+        _fail(f"{where}.role", f"must be one of {', '.join(ROLES)}")
+    content = item.get("content")
+    if isinstance(content, str):
+        return {"role": role, "content": content}
+    if not isinstance(content, list):
+        _fail(f"{where}.content", "expected a string or an array of content parts")
+    parts = [_part(part, f"{where}.content[{j}]") for j, part in enumerate(content)]
+    if all(p["type"] == "text" for p in parts):          # text only: one string, as every template takes
+        return {"role": role, "content": "".join(p["text"] for p in parts)}
+    if role != "user":
+        _fail(f"{where}.content", "images are accepted in user messages only")
+    return {"role": role, "content": parts}
+
+
+def _part(part, where: str) -> dict:
+    kind = _kind(part)
+    if kind in TEXT_PARTS or kind == "refusal":
+        text = part.get("text", part.get("refusal"))
+        if not isinstance(text, str):
+            _fail(f"{where}.text", "expected a string")
+        return {"type": "text", "text": text}
+    if kind == "input_image":
+        url = part.get("image_url")
+        if not isinstance(url, str) or not url:
+            _fail(f"{where}.image_url", "an image URL or a data: URL is required (file_id is not supported)")
+        return {"type": "image_url", "image_url": {"url": url, "detail": part.get("detail") or "auto"}}
+    _fail(f"{where}.type", f"content parts of type {kind!r} are not supported; "
+                           "use input_text, output_text or input_image")
+
+
+def _function_call(item: dict, where: str) -> dict:
+    call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments", "")
+    if not isinstance(call_id, str) or not call_id:
+        _fail(f"{where}.call_id", "a non-empty string is required")
+    if not isinstance(name, str) or not name:
+        _fail(f"{where}.name", "a non-empty string is required")
+    if not isinstance(arguments, str):
+        _fail(f"{where}.arguments", "expected a JSON string")
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments or "{}"}}
+
+
+def _add_call(messages: list[dict], call: dict, names: dict[str, str]) -> None:
+    names[call["id"]] = call["function"]["name"]
+    last = messages[-1] if messages else None
+    if last is not None and last["role"] == "assistant" and not isinstance(last.get("content"), list):
+        last.setdefault("tool_calls", []).append(call)
+    else:
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def _call_output(item: dict, where: str, names: dict[str, str]) -> dict:
+    call_id, output = item.get("call_id"), item.get("output")
+    if not isinstance(call_id, str) or not call_id:
+        _fail(f"{where}.call_id", "a non-empty string is required")
+    if isinstance(output, list):
+        output = "".join(_part(p, f"{where}.output[{j}]").get("text", "") for j, p in enumerate(output))
+    if not isinstance(output, str):
+        _fail(f"{where}.output", "expected a string or an array of text parts")
+    message = {"role": "tool", "tool_call_id": call_id, "content": output}
+    if call_id in names:
+        message["name"] = names[call_id]
+    return message
+
+
+# -- tools, tool_choice, text.format, sampling ---------------------------------------------
+
+def chat_tools(tools) -> list[dict]:
+    """Responses function tools -> chat tools; hosted tools a client sends by default are
+    dropped (IGNORED_TOOL_TYPES); any other type is a 400 naming it."""
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        _fail("tools", "expected an array")
+    out = []
+    for i, tool in enumerate(tools):
+        kind = _kind(tool)
+        if kind in IGNORED_TOOL_TYPES:
+            continue
+        if kind != "function":
+            _fail(f"tools[{i}].type", f"tools of type {kind!r} are not supported; only 'function' tools are")
+        if not isinstance(tool.get("name"), str) or not tool["name"]:
+            _fail(f"tools[{i}].name", "a non-empty string is required")
+        parameters = tool.get("parameters") or {"type": "object", "properties": {}}
+        function = {"name": tool["name"], "parameters": parameters}
+        if not isinstance(function["parameters"], dict):
+            _fail(f"tools[{i}].parameters", "expected a JSON Schema object")
+        if isinstance(tool.get("description"), str):
+            function["description"] = tool["description"]
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def chat_tool_choice(choice, tools: list[dict]):
+    """"auto" | "none" | "required" | {"type": "function", "name"} -> chat's tool_choice."""
+    if choice is None or choice in ("auto", "none", "required"):
+        return choice
+    kind = _kind(choice)
+    if kind is not None and kind != "function":
+        _fail("tool_choice", f"tool_choice of type {kind!r} is not supported; only 'function' tools are")
+    name = choice.get("name") if kind == "function" else None
+    if not isinstance(name, str):
+        _fail("tool_choice", "expected 'none', 'auto', 'required' or {'type': 'function', 'name': ...}")
+    if not any(t["function"]["name"] == name for t in tools):
+        _fail("tool_choice", f"function {name!r} is not among the request's tools")
+    return {"type": "function", "function": {"name": name}}
+
+
+def chat_response_format(text) -> dict | None:
+    """`text.format` -> chat's `response_format` (json_schema reaches backends that constrain)."""
+    if text is None:
+        return None
+    if not isinstance(text, dict):
+        _fail("text", "expected an object")
+    fmt = text.get("format")
+    kind = _kind(fmt)
+    if fmt is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind != "json_schema":
+        _fail("text.format.type", "must be 'text', 'json_object' or 'json_schema'")
+    if not isinstance(fmt.get("schema"), dict):
+        _fail("text.format.schema", "a JSON Schema object is required")
+    schema = {"name": fmt.get("name") or "response", "schema": fmt["schema"]}
+    if fmt.get("strict") is not None:
+        schema["strict"] = bool(fmt["strict"])
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def chat_body(body: dict, messages: list[dict]) -> dict:
+    """The internal chat request for a validated Responses body and its chat `messages`."""
+    tools = chat_tools(body.get("tools"))
+    chat = {"model": body["model"], "messages": messages, "stream": bool(body.get("stream"))}
+    if chat["stream"]:
+        chat["stream_options"] = {"include_usage": True}      # usage goes in response.completed
+    choice = chat_tool_choice(body.get("tool_choice"), tools)
+    if tools:
+        chat["tools"] = tools
+        if choice is not None:
+            chat["tool_choice"] = choice
+    for name, chat_name in SAMPLING.items():
+        if body.get(name) is not None:
+            chat[chat_name] = body[name]
+    chat.update((name, body[name]) for name in BACKEND_EXTRAS if body.get(name) is not None)
+    response_format = chat_response_format(body.get("text"))
+    if response_format is not None:
+        chat["response_format"] = response_format
+    return chat
+
+
+def instructions_message(instructions) -> list[dict]:
+    """`instructions` as the leading system message (not carried over by previous_response_id)."""
+    return [{"role": "system", "content": instructions}] if instructions else []
