@@ -17,6 +17,7 @@ class GenerateRequest:
     priority: int = 5
     raw_key: str = ""                   # hash of path + raw body + API key (the replay memo)
     client_model: str = ""              # the name the client asked for, when an alias renamed it
+    key_name: str = ""                  # the caller's configured key's name ("" = none): usage, access log
 
     @property
     def model(self) -> str:
