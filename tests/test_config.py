@@ -22,10 +22,12 @@ def test_every_key_of_every_section_is_documented_in_the_shipped_file():
     text = (ROOT / "etc/velollm.toml").read_text()
     import dataclasses
 
-    from velollmd.config import SECTIONS, BackendConfig
+    from velollmd.config import SECTIONS, BackendConfig, KeyConfig
     for cls in [*SECTIONS.values(), BackendConfig]:
         for f in dataclasses.fields(cls):
             assert f"\n{f.name} =" in text or f"\n{f.name}=" in text or f.name == "key_priorities", f.name
+    for f in dataclasses.fields(KeyConfig):                # [[keys]] is an example: commented out
+        assert f"\n# {f.name} =" in text, f.name
 
 
 @pytest.mark.parametrize("table,key,reason", [

@@ -25,6 +25,7 @@ from .core.service import Service
 from .errors import VeloError
 from .http.message import Request, Response
 from .metrics import Metrics
+from .sched.keylimits import KeyLedger
 
 log = logging.getLogger("velollmd")
 
@@ -34,9 +35,10 @@ class App:
         self.config = config
         self.registry = registry or Registry(config.backends, scheduler=config.scheduler, aliases=config.aliases)
         self.metrics = Metrics()
+        self.ledger = KeyLedger()                            # usage and limits per key name
         self.service = Service(self.registry, config.scheduler, metrics=self.metrics)
-        self.pipeline = Pipeline(config, self.service, metrics=self.metrics)
-        self.access = Access(config.server, config.scheduler)
+        self.pipeline = Pipeline(config, self.service, metrics=self.metrics, ledger=self.ledger)
+        self.access = Access(config.server, config.scheduler, config.keys, ledger=self.ledger)
         self.responses = ResponseStore(config.responses.store_max_entries, config.responses.store_max_bytes)
         self.router = self._routes(config)
         self._retiring: dict[Backend, asyncio.Task] = {}    # backends a reload took out
@@ -56,13 +58,14 @@ class App:
     async def reload(self, config: Config) -> dict:
         """Serve a new (validated) configuration without dropping a connection: backends added,
         removed and changed (a request already on a removed one finishes there; new requests
-        see the new set), aliases, cache, tools, scheduler, keys and routes. Requests already inside
+        see the new set), aliases, cache, tools, scheduler, keys (with their limits: a key whose name
+        stays keeps its usage and windows) and routes. Requests already inside
         a handler finish with the settings they started with. Returns what changed."""
         old_names = {b.name for b in self.registry.backends}
         retired = await self.registry.apply(config.backends, config.scheduler, config.aliases)
         self.service.configure(config.scheduler)
         self.pipeline.configure(config)
-        self.access.configure(config.server, config.scheduler)
+        self.access.configure(config.server, config.scheduler, config.keys)
         self.responses.resize(config.responses.store_max_entries, config.responses.store_max_bytes)
         self.router = self._routes(config)
         self.config = config

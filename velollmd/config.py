@@ -11,6 +11,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import ipaddress
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -131,6 +132,25 @@ class SchedulerConfig:
 
 
 GLOB_CHARS = frozenset("*?[")
+KEY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    """One [[keys]] table: a named API key with its own priority, limits and models."""
+    name: str = ""                                 # in /metrics, the usage route and the access log
+    key: str = ""                                  # the key (or "sha256:<hex>"), or else
+    key_sha256: str = ""                           # its SHA-256 digest: 64 hex digits
+    priority: int = _opt(-1, min=-1, max=9)        # -1 = [scheduler] key_priorities / default_priority
+    rpm: int = _opt(0, min=0)                      # requests per minute (0 = no limit)
+    tpm: int = _opt(0, min=0)                      # prompt + completion tokens per minute (0 = no limit)
+    tokens_per_day: int = _opt(0, min=0)           # ... per 24 hours, rolling (0 = no limit)
+    models: tuple[str, ...] = ("*",)               # globs of the model names it may ask for
+
+    @property
+    def digest(self) -> bytes:
+        return bytes.fromhex(self.key_sha256) if self.key_sha256 else configured_digest(self.key)
 
 
 @dataclass(frozen=True)
@@ -161,6 +181,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     aliases: tuple[tuple[str, str], ...] = ()       # [aliases]: client's model name (or glob) -> served model
+    keys: tuple[KeyConfig, ...] = ()                # [[keys]]: named keys with limits
     path: str = "<defaults>"
 
 
@@ -184,7 +205,7 @@ def load_config(path: str = DEFAULT_PATH) -> Config:
 
 
 def config_from_table(table: dict, path: str = "<table>") -> Config:
-    unknown = set(table) - set(SECTIONS) - {"backends", "aliases"}
+    unknown = set(table) - set(SECTIONS) - {"backends", "aliases", "keys"}
     if unknown:
         raise ConfigError(path, sorted(unknown)[0], "unknown section or key")
     sections = {}
@@ -197,9 +218,10 @@ def config_from_table(table: dict, path: str = "<table>") -> Config:
     _check_embedder(sections["cache"], backends, path)
     _check_concurrency(sections["scheduler"], path)
     _check_keys(sections["server"], sections["scheduler"], path)
-    check_exposure(sections["server"], sections["server"].host, path)
+    keys = _build_named_keys(table.get("keys", []), path)
+    check_exposure(sections["server"], sections["server"].host, path, keys)
     aliases = _build_aliases(table.get("aliases", {}), path)
-    return Config(backends=backends, aliases=aliases, path=path, **sections)
+    return Config(backends=backends, aliases=aliases, keys=keys, path=path, **sections)
 
 
 def is_glob(name: str) -> bool:
@@ -254,10 +276,48 @@ def _check_keys(server: ServerConfig, scheduler: SchedulerConfig, path: str) -> 
 def _check_key(key: str, path: str, name: str) -> None:
     if not key:
         raise ConfigError(path, name, "must not be empty")
-    if key.startswith(DIGEST_PREFIX):
-        hexdigest = key[len(DIGEST_PREFIX):]
-        if len(hexdigest) != 64 or not all(c in "0123456789abcdefABCDEF" for c in hexdigest):
-            raise ConfigError(path, name, f"{DIGEST_PREFIX} must be followed by 64 hex digits")
+    if key.startswith(DIGEST_PREFIX) and not _is_hex_digest(key[len(DIGEST_PREFIX):]):
+        raise ConfigError(path, name, f"{DIGEST_PREFIX} must be followed by 64 hex digits")
+
+
+def _is_hex_digest(text: str) -> bool:
+    return len(text) == 64 and HEX_DIGITS.issuperset(text)
+
+
+def _build_named_keys(items, path: str) -> tuple[KeyConfig, ...]:
+    """`[[keys]]`: each needs a unique name and one unique key (plain or its digest)."""
+    if not isinstance(items, list):
+        raise ConfigError(path, "keys", "must be an array of tables [[keys]]")
+    keys, names, digests = [], set(), {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ConfigError(path, f"keys[{i}]", "must be a table")
+        name = item.get("name")
+        if not isinstance(name, str) or not KEY_NAME_RE.fullmatch(name):
+            raise ConfigError(path, f"keys[{i}].name", "is required: 1-64 letters, digits, '_' or '-', "
+                              f"got {name!r}")
+        prefix = f"keys.{name}"
+        if name in names:
+            raise ConfigError(path, f"{prefix}.name", f"duplicate key name {name!r}")
+        names.add(name)
+        entry = build_section(KeyConfig, item, path, prefix)
+        _check_named_key(entry, path, prefix)
+        if entry.digest in digests:
+            raise ConfigError(path, prefix, f"the same key as keys.{digests[entry.digest]}")
+        digests[entry.digest] = name
+        keys.append(entry)
+    return tuple(keys)
+
+
+def _check_named_key(entry: KeyConfig, path: str, prefix: str) -> None:
+    if bool(entry.key) == bool(entry.key_sha256):
+        raise ConfigError(path, prefix, "needs exactly one of key and key_sha256")
+    if entry.key:
+        _check_key(entry.key, path, f"{prefix}.key")
+    elif not _is_hex_digest(entry.key_sha256):
+        raise ConfigError(path, f"{prefix}.key_sha256", "must be 64 hex digits (printf %s KEY | sha256sum)")
+    if not entry.models or not all(m.strip() for m in entry.models):
+        raise ConfigError(path, f"{prefix}.models", 'must list model names or globs ("*" for every model)')
 
 
 def configured_digest(entry: str) -> bytes:
@@ -283,12 +343,12 @@ def is_loopback(host: str) -> bool:
         return False                                  # a name or "" (every address)
 
 
-def check_exposure(server: ServerConfig, host: str, path: str) -> None:
+def check_exposure(server: ServerConfig, host: str, path: str, keys: tuple[KeyConfig, ...] = ()) -> None:
     """A server reachable from the network needs API keys, unless the operator says open."""
-    if not server.api_keys and not server.allow_open and not is_loopback(host):
+    if not server.api_keys and not keys and not server.allow_open and not is_loopback(host):
         raise ConfigError(path, "server.host", f"{host or '(every address)'!s} is not loopback and "
-                          "api_keys is empty: set api_keys, or [server] allow_open = true to serve "
-                          "it unauthenticated")
+                          "api_keys and [[keys]] are empty: set api_keys or [[keys]], or [server] "
+                          "allow_open = true to serve it unauthenticated")
 
 
 def _build_backends(items, path: str) -> tuple[BackendConfig, ...]:

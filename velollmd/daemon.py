@@ -79,7 +79,7 @@ async def serve(config: Config, app: App | None = None, ready=None,
     sockets = systemd.listen_sockets()
     await server.start(sock=sockets[0] if sockets else None)
     host = server.sockets[0].getsockname()[0]
-    check_exposure(config.server, host, config.path)          # socket activation may bind elsewhere
+    check_exposure(config.server, host, config.path, config.keys)  # socket activation may bind elsewhere
     await app.start()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -144,7 +144,7 @@ class Reloader:
         """Apply the file at `path`; returns the status line for systemd."""
         try:
             config = self._keep_address(load_config(path))
-            check_exposure(config.server, self.server.sockets[0].getsockname()[0], path)
+            check_exposure(config.server, self.server.sockets[0].getsockname()[0], path, config.keys)
         except ConfigError as exc:
             log.error(f"reload refused, running configuration kept: {exc}",
                       extra={"fields": {"key": exc.key, "path": exc.path}})

@@ -1,16 +1,21 @@
-"""Who is calling and whether the daemon takes their request: API keys, priorities, draining.
+"""Who is calling and whether the daemon takes their request: API keys, their names, models,
+limits and priorities, draining.
 
 Every route asks the same `Access`, so that the OpenAI and Ollama front doors (and the next
-ones) read keys and priorities one way.
+ones) read keys, limits and priorities one way. A key has a name: a [[keys]] entry's own, or
+for a flat `api_keys` entry "sha256:" and the first 8 hex digits of its digest; the name is
+what usage, /metrics and the access log show, never the key.
 """
 from __future__ import annotations
 
+import fnmatch
 import hmac
 import time
 
-from ..config import SchedulerConfig, ServerConfig, configured_digest, supplied_digest
-from ..errors import BadRequest, Unauthorized, Unavailable
+from ..config import KeyConfig, SchedulerConfig, ServerConfig, configured_digest, supplied_digest
+from ..errors import BadRequest, NotFound, Unauthorized, Unavailable
 from ..http.message import Request
+from ..sched.keylimits import KeyLedger, KeyLimits
 from ..wire.request import GenerateRequest
 
 PUBLIC_PATHS = frozenset({"/health"})
@@ -19,19 +24,29 @@ PRIORITY_HEADER = "x-velollm-priority"
 
 
 class Access:
-    def __init__(self, server: ServerConfig, scheduler: SchedulerConfig):
+    def __init__(self, server: ServerConfig, scheduler: SchedulerConfig, keys: tuple[KeyConfig, ...] = (),
+                 ledger: KeyLedger | None = None):
         self.draining = False
         self.started_at = time.time()
-        self.configure(server, scheduler)
+        self.ledger = ledger or KeyLedger()
+        self.configure(server, scheduler, keys)
 
-    def configure(self, server: ServerConfig, scheduler: SchedulerConfig) -> None:
-        """Take (new) keys and priorities; requests already admitted keep going."""
+    def configure(self, server: ServerConfig, scheduler: SchedulerConfig,
+                  keys: tuple[KeyConfig, ...] = ()) -> None:
+        """Take (new) keys, limits and priorities; requests already admitted keep going, and
+        keys whose name stays keep their usage and limit windows."""
         self.server = server
         self.scheduler = scheduler
-        self._api_keys = tuple(configured_digest(k) for k in server.api_keys)     # SHA-256 digests
+        flat = {configured_digest(k): flat_key_name(configured_digest(k)) for k in server.api_keys}
+        self._names = {**flat, **{k.digest: k.name for k in keys}}               # SHA-256 digest -> name
+        self._api_keys = tuple(self._names)
         metrics_key = (configured_digest(server.metrics_key),) if server.metrics_key else ()
         self._metrics_keys = self._api_keys + metrics_key
         self._priorities = {configured_digest(k): p for k, p in scheduler.key_priorities.items()}
+        self._priorities.update({k.digest: k.priority for k in keys if k.priority >= 0})
+        self._models = {k.name: k.models for k in keys if k.models != ("*",)}   # name -> model globs
+        self.ledger.configure({**{name: KeyLimits() for name in flat.values()},
+                               **{k.name: KeyLimits(k.rpm, k.tpm, k.tokens_per_day) for k in keys}})
 
     @property
     def keys_required(self) -> bool:
@@ -51,6 +66,39 @@ class Access:
         auth = request.header("authorization", "")
         return auth[7:].strip() if auth[:7].lower() == "bearer " else request.header("x-api-key", "")
 
+    def key_name_of(self, request: Request, key: str | None = None) -> str:
+        """The name of the caller's configured key ("" when it has none, or no keys are set)."""
+        if not self._names:
+            return ""
+        return self._names.get(supplied_digest(self.key_of(request) if key is None else key), "")
+
+    def may_use(self, key_name: str, model) -> bool:
+        """Whether the key's `models` globs match the model name the client asked for."""
+        globs = self._models.get(key_name)
+        return globs is None or isinstance(model, str) and any(fnmatch.fnmatchcase(model, g) for g in globs)
+
+    def visible_models(self, request: Request, models: list) -> list:
+        """The catalogue entries (with an `id`) the caller's key may use."""
+        name = self.key_name_of(request)
+        return models if name not in self._models else [m for m in models if self.may_use(name, m.id)]
+
+    def check_model(self, key_name: str, model) -> None:
+        """404 model_not_found (as OpenAI answers a model a key may not use) unless the key's
+        `models` globs match the name the client asked for."""
+        if not self.may_use(key_name, model):
+            raise NotFound(f"The model '{model}' does not exist or you do not have access to it.",
+                           param="model", code="model_not_found")
+
+    def admit(self, request: Request, model=None, *, key: str | None = None) -> str:
+        """Let one API request of the caller in: its key may use `model` (when one is named)
+        and is under its limits (429 rate_limit_exceeded with Retry-After otherwise). Counts the
+        request against the key and returns the key's name."""
+        name = self.key_name_of(request, key)
+        if model is not None:
+            self.check_model(name, model)
+        self.ledger.admit(name)
+        return name
+
     def priority_of(self, request: Request, key: str | None = None) -> int:
         """x-velollm-priority (0 highest .. 9), else the API key's configured priority."""
         raw = request.header(PRIORITY_HEADER)
@@ -65,16 +113,25 @@ class Access:
 
     def generate_request(self, request: Request, endpoint: str, body: dict, *, key: str | None = None,
                          raw_key: str = "") -> GenerateRequest:
-        """The internal request for an API call, with its headers, the caller's key and
-        priority (each read once); 503 while the daemon drains."""
+        """The internal request for an API call, with its headers, the caller's key, its name
+        and priority (each read once), once the key may use the model and is under its limits
+        (`admit`); 503 while the daemon drains."""
         self.refuse_if_draining()
         key = self.key_of(request) if key is None else key
+        priority = self.priority_of(request, key)
+        key_name = self.admit(request, body.get("model"), key=key)
         return GenerateRequest(endpoint, body, headers=dict(request.headers), api_key=key,
-                               priority=self.priority_of(request, key), raw_key=raw_key)
+                               priority=priority, raw_key=raw_key, key_name=key_name)
 
     def refuse_if_draining(self) -> None:
         if self.draining:
             raise Unavailable("server is shutting down", headers={"retry-after": "1"})
+
+
+def flat_key_name(digest: bytes) -> str:
+    """The name of a flat `api_keys` entry: stable across reloads and reorderings, and it
+    tells nothing usable about the key."""
+    return "sha256:" + digest.hex()[:8]
 
 
 def _any_matches(digest: bytes, keys: tuple[bytes, ...]) -> bool:

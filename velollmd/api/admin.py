@@ -1,4 +1,4 @@
-"""Operator endpoints: /health, /metrics, cache stats and flush, queue stats."""
+"""Operator endpoints: /health, /metrics, cache stats and flush, queue stats, usage per key."""
 from __future__ import annotations
 
 import time
@@ -29,6 +29,7 @@ class AdminRoutes:
         router.add("DELETE", "/v1/velollm/cache", self.cache_flush)
         router.add("GET", "/metrics", self.prometheus)
         router.add("GET", "/v1/velollm/queue", self.queue)
+        router.add("GET", "/v1/velollm/usage", self.usage)
 
     async def health(self, request: Request) -> Response:
         draining = self.access.draining
@@ -65,6 +66,11 @@ class AdminRoutes:
         """Scheduler state: waiting and running requests per backend, 429s, failovers."""
         return Response.json({"object": "queue.stats", **self.service.stats()})
 
+    async def usage(self, request: Request) -> Response:
+        """Each configured key's usage since the daemon started (names, never keys): requests,
+        prompt and completion tokens, cache hits, refusals by limit, its limits and windows."""
+        return Response.json({"object": "usage", "keys": self.access.ledger.usage()})
+
     async def prometheus(self, request: Request) -> Response:
         if not self.metrics_config.enabled:
             raise VeloError("metrics are disabled ([metrics] enabled = false)", status=404,
@@ -78,6 +84,7 @@ class AdminRoutes:
             gauges += sampled("velollm_cache_entries", "gauge", "Responses cached", [({}, stats["entries"])])
             gauges += sampled("velollm_cache_bytes", "gauge", "Bytes of cached responses", [({}, stats["bytes"])])
         gauges += scheduler_lines(self.service.stats())
+        gauges += key_usage_lines(self.access.ledger.usage())
         body = self.metrics.render(gauges).encode()
         return Response(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")], body)
 
@@ -87,3 +94,18 @@ class AdminRoutes:
             raise VeloError("the response cache is disabled ([cache] enabled = false)", status=404,
                             error_type="invalid_request_error", code="cache_disabled")
         return cache
+
+
+def key_usage_lines(usage: list[dict]) -> list[str]:
+    """The keys' usage (KeyLedger.usage()) as Prometheus counters, labelled by key name."""
+    lines = sampled("velollm_key_requests_total", "counter", "Requests let in, by API key name",
+                    [({"key": u["name"]}, u["requests"]) for u in usage])
+    lines += sampled("velollm_key_tokens_total", "counter", "Tokens used by answers, by key name and kind",
+                     [({"key": u["name"], "kind": kind}, u[f"{kind}_tokens"])
+                      for u in usage for kind in ("prompt", "completion")])
+    lines += sampled("velollm_key_cache_hits_total", "counter", "Requests answered from the cache, by key",
+                     [({"key": u["name"]}, u["cache_hits"]) for u in usage])
+    lines += sampled("velollm_key_rate_limited_total", "counter", "Requests refused (429) by a key's limit",
+                     [({"key": u["name"], "limit": limit}, num) for u in usage
+                      for limit, num in u["rate_limited"].items()])
+    return lines

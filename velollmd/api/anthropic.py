@@ -94,6 +94,7 @@ class AnthropicRoutes:
     async def count_tokens(self, request: Request) -> Response:
         body = check_messages_request(request.json(), count_only=True)
         chat = validate_chat(anthropic_to_chat(body))
+        self.access.check_model(self.access.key_name_of(request), chat["model"])   # a key's model globs
         chat["model"] = self.registry.resolve(chat["model"])          # an alias counts as its model
         for backend in self.registry.candidates(chat["model"]):
             try:
@@ -111,7 +112,7 @@ class AnthropicRoutes:
     async def list_models(self, request: Request) -> Response:
         if request.header("anthropic-version") is None:
             return await self.openai.list_models(request)
-        models = [self._model(m) for m in self.registry.catalogue()]
+        models = [self._model(m) for m in self.access.visible_models(request, self.registry.catalogue())]
         page, has_more = _page(models, request.query_params())
         return Response.json({"data": page, "has_more": has_more,
                               "first_id": page[0]["id"] if page else None,
@@ -121,6 +122,7 @@ class AnthropicRoutes:
     async def get_model(self, request: Request, model_id: str) -> Response:
         if request.header("anthropic-version") is None:
             return await self.openai.get_model(request, model_id)
+        self.access.check_model(self.access.key_name_of(request), model_id)
         return Response.json(self._model(self.registry.find_model(model_id)))
 
     def _model(self, info) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from typing import AsyncIterator
 
@@ -35,6 +36,9 @@ from .access import Access
 from .validate import check_message_tool_calls, validate_chat, validate_completion
 
 NDJSON = [("content-type", "application/x-ndjson")]
+USAGE_TAIL_BYTES = 2048                  # the end of a native answer, where its token counts are
+PROMPT_COUNT_RE = re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)')
+EVAL_COUNT_RE = re.compile(rb'"eval_count"\s*:\s*(\d+)')
 
 
 def ollama_error(exc: VeloError) -> Response:
@@ -109,7 +113,17 @@ class OllamaRoutes:
         upstream = await relay.__anext__()
         headers = [("content-type", upstream.header("content-type", "application/json")),
                    ("x-velollm-backend", backend.name)]
-        return Response(upstream.status, headers, stream=relay)
+        return Response(upstream.status, headers, stream=self._counted(relay, generate))
+
+    async def _counted(self, relay: AsyncIterator[bytes], generate) -> AsyncIterator[bytes]:
+        """A native answer's bytes, untouched; once it has ended, the token counts of its final
+        object are recorded (metrics, the caller's key budgets)."""
+        tail = b""
+        async with closing(relay) as source:
+            async for data in source:
+                tail = (tail + data)[-USAGE_TAIL_BYTES:]
+                yield data
+        self.pipeline.record_usage(generate, generate.model, native_usage(tail))
 
     async def _translated(self, request: Request, endpoint: str, body: dict, message: bool) -> Response:
         stream = body.get("stream", True)
@@ -135,11 +149,13 @@ class OllamaRoutes:
 
     @ollama_route
     async def tags(self, request: Request) -> Response:
-        return Response.json({"models": [_tag_entry(m) for m in self.registry.catalogue()]})
+        models = self.access.visible_models(request, self.registry.catalogue())
+        return Response.json({"models": [_tag_entry(m) for m in models]})
 
     @ollama_route
     async def show(self, request: Request) -> Response:
         body = _model_body(request)
+        self.access.check_model(self.access.key_name_of(request), body["model"])
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/show", body)
@@ -165,18 +181,30 @@ class OllamaRoutes:
     @ollama_route
     async def embed(self, request: Request) -> Response:
         body = _model_body(request)
+        key_name = self.access.admit(request, body["model"])
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embed", body)
         started = time.monotonic_ns()
         outcome = await self.service.embeddings({"model": body["model"], "input": body.get("input", "")})
         answer = outcome.body
+        self.access.ledger.record_usage(key_name, answer.get("usage"))
         return Response.json({"model": body["model"], "embeddings": [d["embedding"] for d in answer["data"]],
                               "total_duration": time.monotonic_ns() - started, "load_duration": 0,
                               "prompt_eval_count": (answer.get("usage") or {}).get("prompt_tokens", 0)})
 
     async def version(self, request: Request) -> Response:
         return Response.json({"version": __version__})
+
+
+def native_usage(tail: bytes) -> dict | None:
+    """OpenAI-style usage from the end of an Ollama answer (its last prompt_eval_count and
+    eval_count), None when it has none."""
+    prompt, completion = PROMPT_COUNT_RE.findall(tail), EVAL_COUNT_RE.findall(tail)
+    if not prompt and not completion:
+        return None
+    return {"prompt_tokens": int(prompt[-1]) if prompt else 0,
+            "completion_tokens": int(completion[-1]) if completion else 0}
 
 
 def _model_body(request: Request) -> dict:

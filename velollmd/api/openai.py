@@ -36,6 +36,8 @@ class OpenAIRoutes:
         raw_key = raw_request_key(request, key)
         replay = self.pipeline.replay_memo(raw_key, request_headers(request))
         if replay is not None:
+            key_name = self.access.admit(request, key=key)   # limits count cache hits too (the model
+            self.access.ledger.record_cache_hit(key_name)    # was checked when the memo was made)
             return to_response(replay, self.sse_ping_s)
         body = validate_chat(request.json())
         return await self._generate(request, "chat", body, key=key, raw_key=raw_key)
@@ -51,10 +53,11 @@ class OpenAIRoutes:
         return to_response(outcome, self.sse_ping_s)
 
     async def list_models(self, request: Request) -> Response:
-        data = [model_object(m) for m in self.registry.catalogue()]
+        data = [model_object(m) for m in self.access.visible_models(request, self.registry.catalogue())]
         return Response.json({"object": "list", "data": data})
 
     async def get_model(self, request: Request, model_id: str) -> Response:
+        self.access.check_model(self.access.key_name_of(request), model_id)
         return Response.json(model_object(self.registry.find_model(model_id)))
 
     async def embeddings(self, request: Request) -> Response:
@@ -62,7 +65,9 @@ class OpenAIRoutes:
         encoding = body.pop("encoding_format", None) or "float"
         if encoding not in ("float", "base64"):
             raise BadRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
+        key_name = self.access.admit(request, body["model"])
         outcome = await self.service.embeddings(body)
+        self.access.ledger.record_usage(key_name, outcome.body.get("usage"))
         if encoding == "base64":
             for item in outcome.body.get("data", []):
                 item["embedding"] = base64_floats(item["embedding"])

@@ -20,9 +20,10 @@ from ..cache.store import SNAPSHOT_NAME, encode_snapshot, write_snapshot
 from ..config import Config
 from ..errors import BackendError, VeloError
 from ..metrics import Metrics
+from ..sched.keylimits import KeyLedger
 from ..wire.chunks import strip_usage
 from ..wire.ids import response_id
-from ..wire.outcome import Delivery, Outcome
+from ..wire.outcome import Delivery, Outcome, UsageSink
 from ..wire.request import GenerateRequest
 from ..wire.streams import closing
 from .embedder import BackendEmbedder
@@ -36,9 +37,11 @@ MEMO_SIZE = 4096
 
 
 class Pipeline:
-    def __init__(self, config: Config, service: Service, metrics: Metrics | None = None):
+    def __init__(self, config: Config, service: Service, metrics: Metrics | None = None,
+                 ledger: KeyLedger | None = None):
         self.config = config
         self.metrics = metrics or Metrics()
+        self.ledger = ledger or KeyLedger()             # per-key usage: tokens, cache hits
         self.tools = ToolCallLayer(config.tools, self.metrics)
         self.service = service
         self.registry = service.registry
@@ -58,6 +61,8 @@ class Pipeline:
         a new cache that takes over the old one's entries (as far as its limits allow)."""
         old, self.config = self.config, config
         self.tools.config = config.tools
+        if config.keys != old.keys:
+            self.memo.clear()                         # a replay skips the check of a key's models
         if config.cache == old.cache:
             return
         if self._snapshot_task is not None:
@@ -108,6 +113,7 @@ class Pipeline:
         lookup = await self._lookup(request)
         if lookup.status.startswith("hit"):
             self.metrics.cache.inc(result=lookup.status)
+            self.ledger.record_cache_hit(request.key_name)
             if lookup.status == "hit-exact":
                 self._remember(request, lookup)
             return self._replay(request, lookup)
@@ -115,7 +121,7 @@ class Pipeline:
             outcome = await self._coalesced(request, lookup)
         elif frames and request.stream and not self.tools.applies(request):
             outcome = await self.service.generate(request, Delivery(request.include_usage,
-                                                                    self.metrics.record_usage, frames=True))
+                                                                    self.usage_sink(request), frames=True))
         else:
             outcome = await self._upstream(request)
             if outcome.chunks is not None:
@@ -153,11 +159,22 @@ class Pipeline:
     async def _upstream(self, request: GenerateRequest) -> Outcome:
         """The Service call, a stream keeping its usage chunk (counted there) for what follows
         to read, then tool-call repair."""
-        outcome = await self.service.generate(request, Delivery(True, self.metrics.record_usage))
+        outcome = await self.service.generate(request, Delivery(True, self.usage_sink(request)))
         outcome = await self.tools.apply(request, outcome, self.service.generate)
         if outcome.body is not None:
-            self.metrics.record_usage(request.model, outcome.body.get("usage"))
+            self.record_usage(request, request.model, outcome.body.get("usage"))
         return outcome
+
+    def record_usage(self, request: GenerateRequest, model: str, usage: dict | None) -> None:
+        """An answer's token usage: in the metrics, and against the caller's key budgets."""
+        self.metrics.record_usage(model, usage)
+        self.ledger.record_usage(request.key_name, usage)
+
+    def usage_sink(self, request: GenerateRequest) -> UsageSink:
+        """Where a stream's usage chunk is counted: the metrics, and the caller's key."""
+        if not request.key_name:
+            return self.metrics.record_usage
+        return lambda model, usage: self.record_usage(request, model, usage)
 
     # -- single-flight and recording ------------------------------------------------------
 

@@ -18,6 +18,7 @@ class GenerateRequest:
     raw_key: str = ""                   # hash of path + raw body + API key (the replay memo)
     report_stop_word: bool = False      # ask the backend which stop string ended the answer
     client_model: str = ""              # the name the client asked for, when an alias renamed it
+    key_name: str = ""                  # the caller's configured key's name ("" = none): usage, access log
 
     @property
     def model(self) -> str:
