@@ -276,3 +276,19 @@ def test_claude_model_names_served_by_an_alias(daemon_factory, ollama_emulator):
         final = stream.get_final_message()
     assert final.model == "claude-haiku-4-5" and final.content[0].text == "Streamed locally."
     assert client.messages.count_tokens(model="claude-opus-4-1", messages=HI).input_tokens > 0
+
+
+def test_named_keys_limit_and_scope_anthropic_clients(daemon_factory, ollama_emulator):
+    keys = [{"name": "cc", "key": "sk-cc", "rpm": 2, "models": ["llama3*"]}]
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "keys": keys, "cache": {"enabled": False}})
+    client = client_of(daemon, api_key="sk-cc")
+    assert [m.id for m in client.models.list().data] == [MODEL]                 # only what the key may use
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.count_tokens(model="nomic-embed-text:latest", messages=HI)
+    for _ in range(2):
+        ollama_emulator.script("ok")
+        client.messages.create(model=MODEL, max_tokens=5, messages=HI)
+    with pytest.raises(anthropic.RateLimitError) as limited:
+        client.messages.create(model=MODEL, max_tokens=5, messages=HI)
+    assert limited.value.body["error"]["type"] == "rate_limit_error"
+    assert int(limited.value.response.headers["retry-after"]) >= 1
