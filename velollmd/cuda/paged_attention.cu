@@ -71,8 +71,7 @@ __device__ void attend_tokens(const float* __restrict__ q, const kv_t* __restric
         kv_load_row<VPT>(k_cache + row, k);
         kv_load_row<VPT>(v_cache + row, v);
 #pragma unroll
-        for (int g = 0; g < MAX_GROUP; ++g) {
-            if (g >= group) break;
+        for (int g = 0; g < MAX_GROUP; ++g) {   // all MAX_GROUP (q = 0 past group): no branch around the shuffles
             float partial = 0.f;
 #pragma unroll
             for (int i = 0; i < VPT; ++i) partial += q_reg[g][i] * k[i];
