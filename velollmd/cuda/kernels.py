@@ -53,25 +53,34 @@ class Kernels:
     def _define(self, name: str, default: int) -> int:
         return int(self.defines.get(name, default))
 
-    def paged_attention_decode(self, q, k_cache, v_cache, block_tables, context_lens, scale: float,
-                               max_context_len: int, partition_size: int | None = None):
-        """q (B, H, D) f32; caches (blocks, block_size, kv, D); tables (B, max_blocks) i32; lens (B,) i32."""
+    @staticmethod
+    def decode_workspace(q, max_context_len: int, partition_size: int) -> tuple:
+        """(out, tmp_out, max_logits, exp_sums) for the partitioned decode, reusable across calls."""
         from pycuda import gpuarray
         num_seqs, num_heads, head_dim = q.shape
+        num_parts = math.ceil(max_context_len / partition_size)
+        max_logits = gpuarray.empty((num_seqs, num_heads, num_parts), np.float32)
+        return (gpuarray.empty_like(q), gpuarray.empty((num_seqs, num_heads, num_parts, head_dim), np.float32),
+                max_logits, gpuarray.empty_like(max_logits))
+
+    def paged_attention_decode(self, q, k_cache, v_cache, block_tables, context_lens, scale: float,
+                               max_context_len: int, partition_size: int | None = None, workspace=None):
+        """q (B, H, D) f32; caches (blocks, block_size, kv, D); tables (B, max_blocks) i32; lens (B,) i32.
+
+        workspace: decode_workspace(...)'s arrays (the output among them), else allocated here.
+        """
+        num_seqs, num_heads, head_dim = q.shape
         num_kv_heads = k_cache.shape[2]
-        group = num_heads // num_kv_heads
         threads = (self._define("NUM_WARPS", sources.NUM_WARPS) * 32, 1, 1)
         args = (q, k_cache, v_cache, block_tables, context_lens, I32(block_tables.shape[1]),
-                I32(num_kv_heads), I32(group), F32(scale))
-        out = gpuarray.empty_like(q)
+                I32(num_kv_heads), I32(num_heads // num_kv_heads), F32(scale))
+        out, tmp_out, max_logits, exp_sums = workspace or self.decode_workspace(
+            q, max_context_len, partition_size or max_context_len)
         if partition_size is None:
             self.function("paged_attention.cu", "paged_attention_decode")(
                 out, *args, block=threads, grid=(num_kv_heads, num_seqs, 1))
             return out
         num_parts = math.ceil(max_context_len / partition_size)
-        tmp_out = gpuarray.empty((num_seqs, num_heads, num_parts, head_dim), np.float32)
-        max_logits = gpuarray.empty((num_seqs, num_heads, num_parts), np.float32)
-        exp_sums = gpuarray.empty_like(max_logits)
         self.function("paged_attention.cu", "paged_attention_decode_partitioned")(
             tmp_out, max_logits, exp_sums, *args, I32(partition_size), block=threads,
             grid=(num_kv_heads, num_seqs, num_parts))
