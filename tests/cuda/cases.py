@@ -8,6 +8,12 @@ import numpy as np
 
 from velollmd.cuda import reference
 
+LENS = [1, 15, 16, 17, 203]          # decode contexts: one token, block tails, a long-ish one
+
+
+def max_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+
 
 @dataclass
 class PagedCase:

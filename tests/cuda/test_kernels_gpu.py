@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.cuda import cases
-from tests.cuda.test_mirror import LENS, max_error
+from tests.cuda.cases import LENS, max_error
 from velollmd.cuda import kernels, reference, sources
 from velollmd.engine import ops, quants
 

@@ -14,11 +14,7 @@ from velollmd.engine import ops, quants
 
 # float32 sums in another order than numpy's BLAS: errors of a few ulps of the O(1) outputs
 ATTENTION_BOUND = {np.float32: 1e-5, np.float16: 1e-5}   # f16 caches: the reference reads the same halves
-LENS = [1, 15, 16, 17, 203]                               # one token, block tails, a long-ish context
-
-
-def max_error(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+LENS, max_error = cases.LENS, cases.max_error
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])

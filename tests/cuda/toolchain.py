@@ -42,7 +42,8 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def compile_ptx(file: str, defines: dict[str, int], out_dir: Path) -> tuple[Path, subprocess.CompletedProcess]:
-    ptx = out_dir / f"{Path(file).stem}-{abs(hash(tuple(sorted(defines.items()))))}.ptx"
+    tag = "-".join(f"{name}{value}" for name, value in sorted(defines.items())) or "default"
+    ptx = out_dir / f"{Path(file).stem}-{tag}.ptx"
     result = run(["nvcc", "--ptx", f"-arch={PTX_ARCH}", "-Werror", "all-warnings",
                   *sources.define_flags(defines), "-o", str(ptx), str(sources.source_path(file))], out_dir)
     return ptx, result
