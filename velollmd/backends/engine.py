@@ -21,6 +21,7 @@ from typing import AsyncIterator
 
 from ..config import BackendConfig, SchedulerConfig
 from ..engine import loader, store
+from ..engine.device import choose_device
 from ..engine.loader import EngineOptions, LoadedModel
 from ..engine.runner import Event
 from ..engine.sampling import SamplingParamError, SamplingParams
@@ -51,6 +52,9 @@ class EngineBackend(Backend):
         self.loaded: dict[str, LoadedModel] = {}        # in least recently used order
         self._loading: dict[str, asyncio.Future] = {}
         self._next_id = 0
+        self.device = choose_device(config.device)
+        log.log(logging.WARNING if config.device == "cuda" and self.device.used != "cuda" else logging.INFO,
+                "engine device", extra={"fields": {"backend": config.name, **self.device.to_dict()}})
 
     # ---- catalogue ----
 
@@ -89,6 +93,7 @@ class EngineBackend(Backend):
     def status(self) -> dict:
         status = super().status()
         status["engine"] = {
+            "device": self.device.to_dict(),
             "unavailable": dict(self.unavailable),
             "loaded": {name: {"path": str(m.path), "arch": m.config.arch, "num_ctx": m.num_ctx,
                               "kv_blocks": m.kv.num_blocks, "kv_usage": round(m.runner.scheduler.pool.usage(), 4),

@@ -1,0 +1,49 @@
+"""The engine's device choice: `device = "cuda"` on a machine without a usable CUDA device (or,
+today, with one: the CUDA forward pass is not wired yet) starts, serves on the CPU, and says why
+in /health."""
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import openai
+import pytest
+
+from tests.daemon_rig import RunningDaemon
+from tests.rig.llama import make_tiny_model
+from velollmd.cuda import kernels
+from velollmd.engine.device import choose_device
+
+MODEL = "tiny-device"
+
+
+def test_cpu_is_taken_as_asked_and_auto_says_why_not_cuda():
+    assert choose_device("cpu").to_dict() == {"requested": "cpu", "used": "cpu",
+                                              "reason": 'device = "cpu" in the config'}
+    auto = choose_device("auto")
+    assert auto.used == "cpu"
+    found = kernels.probe()
+    expected = "not wired yet" if found.ok else f"no CUDA device: {found.detail}"
+    assert expected in auto.reason
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("device-models")
+    make_tiny_model(folder / f"{MODEL}.gguf")
+    table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(folder), "device": "cuda",
+                           "ollama_store": False, "max_running": 2, "num_ctx": 256}],
+             "cache": {"enabled": False}}
+    with RunningDaemon(table) as running:
+        yield running
+
+
+def test_device_cuda_without_a_usable_gpu_serves_on_the_cpu_and_health_says_why(daemon):
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    answer = client.chat.completions.create(model=MODEL, max_tokens=4,
+                                            messages=[{"role": "user", "content": "hi"}])
+    assert answer.usage.completion_tokens == 4
+    with urllib.request.urlopen(daemon.url + "/health", timeout=30) as response:
+        device = json.loads(response.read())["backends"][0]["engine"]["device"]
+    assert device["requested"] == "cuda" and device["used"] == "cpu"
+    assert "no CUDA device" in device["reason"] or "not wired yet" in device["reason"]

@@ -1,0 +1,153 @@
+"""PyCUDA launchers for the kernels in this folder; pycuda is imported only when used.
+
+Arrays are pycuda GPUArrays with the shapes and dtypes each .cu file states; scalars go as
+numpy int32 / float32. `probe()` says whether a CUDA device answers, and why not.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from . import sources
+
+I32, F32 = np.int32, np.float32
+
+
+class Probe(NamedTuple):
+    ok: bool
+    detail: str     # the device's name, or why there is no device
+
+
+def probe() -> Probe:
+    """Is there a CUDA device pycuda can use? Never raises."""
+    try:
+        import pycuda.driver as driver
+    except ImportError as exc:        # no pycuda, or pycuda built but no libcuda.so.1 (no driver)
+        return Probe(False, f"pycuda.driver does not import: {exc}")
+    try:
+        driver.init()
+        if driver.Device.count() == 0:
+            return Probe(False, "the CUDA driver reports no device")
+        return Probe(True, driver.Device(0).name())
+    except Exception as exc:          # pycuda.driver.Error and friends: no usable device
+        return Probe(False, f"CUDA driver: {exc}")
+
+
+class Kernels:
+    """The kernels compiled for one set of defines, on the caller's current CUDA context."""
+
+    def __init__(self, defines: dict[str, int] | None = None):
+        self.defines = dict(defines or {})
+        self._modules: dict[str, object] = {}
+
+    def function(self, file: str, name: str):
+        if file not in self._modules:
+            from pycuda.compiler import SourceModule
+            self._modules[file] = SourceModule(
+                sources.source_path(file).read_text(), no_extern_c=True,
+                options=sources.define_flags(self.defines), include_dirs=[str(sources.CUDA_DIR)])
+        return self._modules[file].get_function(name)
+
+    def _define(self, name: str, default: int) -> int:
+        return int(self.defines.get(name, default))
+
+    @staticmethod
+    def decode_workspace(q, max_context_len: int, partition_size: int) -> tuple:
+        """(out, tmp_out, max_logits, exp_sums) for the partitioned decode, reusable across calls."""
+        from pycuda import gpuarray
+        num_seqs, num_heads, head_dim = q.shape
+        num_parts = math.ceil(max_context_len / partition_size)
+        max_logits = gpuarray.empty((num_seqs, num_heads, num_parts), np.float32)
+        return (gpuarray.empty_like(q), gpuarray.empty((num_seqs, num_heads, num_parts, head_dim), np.float32),
+                max_logits, gpuarray.empty_like(max_logits))
+
+    def paged_attention_decode(self, q, k_cache, v_cache, block_tables, context_lens, scale: float,
+                               max_context_len: int, partition_size: int | None = None, workspace=None):
+        """q (B, H, D) f32; caches (blocks, block_size, kv, D); tables (B, max_blocks) i32; lens (B,) i32.
+
+        workspace: decode_workspace(...)'s arrays (the output among them), else allocated here.
+        """
+        num_seqs, num_heads, head_dim = q.shape
+        num_kv_heads = k_cache.shape[2]
+        threads = (self._define("NUM_WARPS", sources.NUM_WARPS) * 32, 1, 1)
+        args = (q, k_cache, v_cache, block_tables, context_lens, I32(block_tables.shape[1]),
+                I32(num_kv_heads), I32(num_heads // num_kv_heads), F32(scale))
+        out, tmp_out, max_logits, exp_sums = workspace or self.decode_workspace(
+            q, max_context_len, partition_size or max_context_len)
+        if partition_size is None:
+            self.function("paged_attention.cu", "paged_attention_decode")(
+                out, *args, block=threads, grid=(num_kv_heads, num_seqs, 1))
+            return out
+        num_parts = math.ceil(max_context_len / partition_size)
+        self.function("paged_attention.cu", "paged_attention_decode_partitioned")(
+            tmp_out, max_logits, exp_sums, *args, I32(partition_size), block=threads,
+            grid=(num_kv_heads, num_seqs, num_parts))
+        self.function("paged_attention.cu", "paged_attention_reduce")(
+            out, tmp_out, max_logits, exp_sums, context_lens, I32(num_parts), I32(partition_size),
+            block=(min(head_dim, 128), 1, 1), grid=(num_heads, num_seqs))
+        return out
+
+    def reshape_and_cache(self, k_cache, v_cache, key, value, slot_mapping) -> None:
+        """key, value (T, kv, D) f32; slot_mapping (T,) int64; caches written in place."""
+        self.function("cache_write.cu", "reshape_and_cache")(
+            k_cache, v_cache, key, value, slot_mapping, I32(key.shape[1]),
+            block=(128, 1, 1), grid=(key.shape[0], 1))
+
+    def prefill_attention(self, q, k_cache, v_cache, query_start, context_lens, block_tables,
+                          scale: float, max_query_len: int):
+        from pycuda import gpuarray
+        num_heads, num_kv_heads = q.shape[1], k_cache.shape[2]
+        q_tile = self._define("Q_TILE", sources.Q_TILE)
+        out = gpuarray.empty_like(q)
+        self.function("prefill_attention.cu", "prefill_attention")(
+            out, q, k_cache, v_cache, query_start, context_lens, block_tables, I32(block_tables.shape[1]),
+            I32(num_kv_heads), I32(num_heads // num_kv_heads), F32(scale),
+            block=(q_tile * 32, 1, 1), grid=(math.ceil(max_query_len / q_tile), num_heads, len(context_lens)))
+        return out
+
+    def rms_norm(self, out, x, weight, eps: float) -> None:
+        threads = self._define("NORM_THREADS", sources.NORM_THREADS)
+        self.function("layer_ops.cu", "rms_norm")(out, x, weight, I32(x.shape[-1]), F32(eps),
+                                                  block=(threads, 1, 1), grid=(x.shape[0], 1))
+
+    def rope(self, x, cos, sin, neox: bool) -> None:
+        """x (T, heads, D) in place; cos, sin (T, n_rot/2)."""
+        self.function("layer_ops.cu", "rope")(x, cos, sin, I32(x.shape[1]), I32(x.shape[2]),
+                                              I32(2 * cos.shape[1]), I32(int(neox)),
+                                              block=(128, 1, 1), grid=(x.shape[0], 1))
+
+    def silu_mul(self, gate_up):
+        from pycuda import gpuarray
+        num_tokens, n_ff = gate_up.shape[0], gate_up.shape[1] // 2
+        out = gpuarray.empty((num_tokens, n_ff), np.float32)
+        blocks = min(4096, math.ceil(num_tokens * n_ff / 256))
+        self.function("layer_ops.cu", "silu_mul")(out, gate_up, I32(num_tokens), I32(n_ff),
+                                                  block=(256, 1, 1), grid=(blocks, 1))
+        return out
+
+    def embedding(self, table, token_ids):
+        from pycuda import gpuarray
+        out = gpuarray.empty((token_ids.shape[0], table.shape[1]), np.float32)
+        name = "embedding_f16" if table.dtype == np.float16 else "embedding_f32"
+        self.function("layer_ops.cu", name)(out, table, token_ids, I32(table.shape[1]),
+                                            block=(256, 1, 1), grid=(token_ids.shape[0], 1))
+        return out
+
+    def matmul(self, x, weight_bytes, kind: str, num_out: int):
+        """x (M, K) f32 @ W^T for W (num_out, K) as raw GGUF bytes of kind "f16" or "q8_0"."""
+        from pycuda import gpuarray
+        rows, k = x.shape
+        y = gpuarray.empty((rows, num_out), np.float32)
+        dims = (I32(rows), I32(num_out), I32(k))
+        if rows <= self._define("GEMV_MAX_ROWS", sources.GEMV_MAX_ROWS):
+            warps = self._define("GEMV_WARPS", sources.GEMV_WARPS)
+            self.function("matmul.cu", f"gemv_{kind}")(y, x, weight_bytes, *dims, block=(warps * 32, 1, 1),
+                                                      grid=(math.ceil(num_out / warps), 1))
+        else:
+            tile = sources.TILE
+            self.function("matmul.cu", f"matmul_{kind}")(
+                y, x, weight_bytes, *dims, block=(tile, sources.TILE_ROWS, 1),
+                grid=(math.ceil(num_out / tile), math.ceil(rows / tile)))
+        return y
