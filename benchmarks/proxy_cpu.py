@@ -10,9 +10,11 @@ translated to chat and back, and stored for previous_response_id as by default),
 `GET /health` on the same daemon as the floor (HTTP server only); the
 one-line question also through a second daemon with the response cache on, as configured by
 default (the request is sampled, so the cache must only see that and step aside).
+The one-line question also as an Anthropic Messages request (/v1/messages: translated both ways).
 Part 2, streams at concurrency 1: time per stream and proxy CPU per stream for the backend
 direct, through a bare byte relay (uvloop, forwards bytes and parses nothing: the floor for
-any Python proxy on this machine), and through velollmd, as chat chunks and as Responses events.
+any Python proxy on this machine), and through velollmd, as chat chunks, as Responses events and
+as Anthropic Messages events.
 Rounds alternate the targets; CPU comes from /proc (user + system, all threads).
 
     .venv/bin/python benchmarks/proxy_cpu.py [--rounds 4] [--requests 4000] [--streams 300]
@@ -42,7 +44,11 @@ LONG_CHAT = {"model": "tiny", "max_tokens": 16, "messages": [                 # 
     {"role": "user", "content": " ".join(f"note line{i} alpha beta gamma delta" for i in range(400))},
     {"role": "assistant", "content": "ok " * 20}, {"role": "user", "content": "tell me more"}]}
 RESPONSES = {"model": "tiny", "max_output_tokens": 16, "input": "Tell me a story number 1."}
+MESSAGES = {"model": "tiny", "max_tokens": 16,                                # the same question, Anthropic's way
+            "messages": [{"role": "user", "content": "Tell me a story number 1."}]}
 LONG = "/v1/chat/completions, 16 KB history"
+ANTHROPIC = "/v1/messages, the same question"
+ANTHROPIC_STREAM = "anthropic stream"
 CACHE_ON = "/v1/chat/completions, cache on (the default; sampled, so not cacheable)"
 NUM_CHUNKS = 16
 
@@ -150,6 +156,17 @@ async def one(client: HTTPClient, path: str) -> None:
     if path == "/health":
         response = await client.request("GET", path)
         await response.read()
+    elif path == ANTHROPIC_STREAM:
+        response = await client.request("POST", "/v1/messages", json={**MESSAGES, "stream": True})
+        num_events = 0
+        async for data in response.iter_sse():
+            num_events += 1
+            if data == b'{"type":"message_stop"}':
+                break
+        assert num_events >= NUM_CHUNKS + 4, num_events
+    elif path == ANTHROPIC:
+        response = await client.request("POST", "/v1/messages", json=MESSAGES)
+        await response.read()
     elif path == "stream":
         response = await client.request("POST", "/v1/chat/completions", json={**CHAT, "stream": True})
         num_events = 0
@@ -208,12 +225,14 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             daemon = stack.enter_context(Daemon(backend_config + "[cache]\nenabled = false\n"))
             cache_on = stack.enter_context(Daemon(backend_config + "[cache]\npath = \"\"\n"))
-            whole_targets = targets_of(daemon, ("/health", "/v1/chat/completions", "/v1/responses", LONG), "")
+            whole_targets = targets_of(daemon, ("/health", "/v1/chat/completions", "/v1/responses", ANTHROPIC,
+                                                LONG), "")
             whole_targets[CACHE_ON] = (cache_on.url, "/v1/chat/completions", cache_on.proc.pid)
             stream_targets = {"direct": (f"http://127.0.0.1:{port}", "stream", None),
                               "byte relay": (f"http://127.0.0.1:{relay_port}", "stream", relay.pid),
                               "velollmd": (daemon.url, "stream", daemon.proc.pid),
-                              "velollmd /v1/responses": (daemon.url, "responses stream", daemon.proc.pid)}
+                              "velollmd /v1/responses": (daemon.url, "responses stream", daemon.proc.pid),
+                              "velollmd /v1/messages": (daemon.url, ANTHROPIC_STREAM, daemon.proc.pid)}
             if args.baseline is not None:
                 before = stack.enter_context(Daemon(backend_config + "[cache]\nenabled = false\n",
                                                     root=args.baseline.resolve()))

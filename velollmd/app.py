@@ -11,6 +11,7 @@ import time
 
 from .api.access import Access
 from .api.admin import AdminRoutes
+from .api.anthropic import AnthropicRoutes, anthropic_error, wants_anthropic_errors
 from .api.ollama import OllamaRoutes
 from .api.openai import OpenAIRoutes
 from .api.response_store import ResponseStore
@@ -46,8 +47,10 @@ class App:
         router = Router()
         services = (self.access, self.registry, self.pipeline, self.service)
         AdminRoutes(*services, self.metrics, config.metrics).register(router)
-        OpenAIRoutes(*services, sse_ping_s=config.server.sse_ping_s).register(router)
+        openai = OpenAIRoutes(*services, sse_ping_s=config.server.sse_ping_s)
+        openai.register(router)
         OllamaRoutes(*services).register(router)
+        AnthropicRoutes(*services, openai, sse_ping_s=config.server.sse_ping_s).register(router)
         ResponsesRoutes(self.access, self.pipeline, self.responses,
                         sse_ping_s=config.server.sse_ping_s).register(router)
         return router
@@ -98,13 +101,21 @@ class App:
             task.cancel()
             await backend.close()
 
+    def refused(self, head, status: int, message: str) -> Response:
+        """The answer to a request the HTTP server refused (413, 431, 408...): in Anthropic's
+        shape for Anthropic requests, else OpenAI's."""
+        exc = VeloError(message, status=status, error_type="invalid_request_error")
+        if head is not None and wants_anthropic_errors(Request(head.method, head.target, head.headers)):
+            return anthropic_error(exc)
+        return Response.error(exc)
+
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         try:
             self.access.check(request)
             response = await self.router.dispatch(request)
         except VeloError as exc:
-            response = Response.error(exc)
+            response = anthropic_error(exc) if wants_anthropic_errors(request) else Response.error(exc)
         route = request.path if self.router.is_route(request.path) else "other"
         self.metrics.requests.inc(route=route, status=str(response.status))
         self.metrics.latency.observe(time.perf_counter() - started, route=route)

@@ -75,7 +75,7 @@ async def serve(config: Config, app: App | None = None, ready=None,
 
     `ready(server)` is called once listening; tests run the daemon in a thread with it."""
     app = app or build_app(config)
-    server = HTTPServer(app.handle, config.server)
+    server = HTTPServer(app.handle, config.server, render_error=app.refused)
     sockets = systemd.listen_sockets()
     await server.start(sock=sockets[0] if sockets else None)
     host = server.sockets[0].getsockname()[0]

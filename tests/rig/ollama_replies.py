@@ -66,6 +66,7 @@ class ScriptedReply:
     """
     content: str = ""
     chunks: list[str] | None = None
+    thinking: str = ""                  # message.thinking (reasoning), sent before the content
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     done_reason: str = "stop"
     delay_s: float = 0.0

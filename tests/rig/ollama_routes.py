@@ -131,6 +131,8 @@ def _generate(h, body: dict[str, Any], chat: bool) -> None:
     text = "" if body.get("stream", True) else "".join(pieces)
     if chat:
         final["message"] = {"role": "assistant", "content": text}
+        if reply.thinking and not body.get("stream", True):
+            final["message"]["thinking"] = reply.thinking
         if reply.tool_calls and not body.get("stream", True):
             final["message"]["tool_calls"] = tool_calls_json(reply.tool_calls)
     else:
@@ -150,6 +152,9 @@ def _stream_native(h, reply: ScriptedReply, pieces: list[str], head: dict, chat:
         return dict(head, created_at=now_rfc3339(), **field, done=False)
 
     h.start_stream("application/x-ndjson")
+    if chat and reply.thinking:
+        message = {"role": "assistant", "content": "", "thinking": reply.thinking}
+        h.send_chunk(ndjson(dict(head, created_at=now_rfc3339(), message=message, done=False)))
     h.stream_ok = h.stream_pieces(reply, pieces, make_chunk, ndjson)
     if h.stream_ok and chat and reply.tool_calls:
         message = {"role": "assistant", "content": "", "tool_calls": tool_calls_json(reply.tool_calls)}

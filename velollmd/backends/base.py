@@ -147,6 +147,11 @@ class Backend:
             async for chunk in source_iter:
                 yield [chunk]
 
+    async def count_prompt_tokens(self, body: dict) -> int | None:
+        """Tokens of an OpenAI chat body's prompt as the model sees it (chat template and
+        tools included), or None when this backend cannot tell (callers then estimate)."""
+        return None
+
     async def embeddings(self, body: dict) -> dict:
         raise NotImplementedByBackend(f"backend {self.name} ({self.kind}) cannot compute embeddings")
 

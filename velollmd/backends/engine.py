@@ -231,6 +231,11 @@ class EngineBackend(Backend):
             raise BadRequest(f"cannot render the chat template: {exc}", param="messages") from None
         return model.tokenizer.encode(text, add_special=True, parse_special=True)
 
+    async def count_prompt_tokens(self, body: dict) -> int | None:
+        """The engine's own chat template and tokenizer: exact counts."""
+        model = await self.model(body["model"])
+        return len(self._prompt_ids(model, body, chat=True))
+
     def _running(self, model: LoadedModel, request: GenerateRequest, prompt_ids: list[int],
                  params: SamplingParams):
         return _Run(self, model, request, prompt_ids, params)

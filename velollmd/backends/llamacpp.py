@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from ..errors import VeloError
+from ..wire.request import GenerateRequest
 from .base import ModelInfo
 from .openai import OpenAIBackend
 
@@ -49,6 +50,24 @@ class LlamaCppBackend(OpenAIBackend):
         n_ctx = (self.props.get("default_generation_settings") or {}).get("n_ctx")
         return int(n_ctx) if n_ctx else super().context_size()
 
+    def upstream_body(self, request: GenerateRequest) -> dict:
+        """`verbose` when the caller needs the stop string that ended the answer: llama.cpp
+        names it (`__verbose.stopping_word`) only there; OpenAI's answer shape has no field."""
+        body = super().upstream_body(request)
+        if request.report_stop_word and body.get("stop"):
+            body["verbose"] = True
+        return body
+
     async def tokenize(self, content: str) -> list[int]:
         body = await self.post_json("/tokenize", {"content": content, "add_special": False})
         return body.get("tokens", [])
+
+    async def count_prompt_tokens(self, body: dict) -> int | None:
+        """The server's own chat template (/apply-template), then /tokenize: exact counts."""
+        template = {k: body[k] for k in ("messages", "tools", "tool_choice") if body.get(k) is not None}
+        prompt = (await self.post_json("/apply-template", template)).get("prompt")
+        if not isinstance(prompt, str):
+            return None
+        tokens = (await self.post_json("/tokenize", {"content": prompt, "add_special": True,
+                                                     "parse_special": True})).get("tokens")
+        return len(tokens) if isinstance(tokens, list) else None

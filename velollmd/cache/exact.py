@@ -28,6 +28,7 @@ class CachedResponse:
     reasoning_content: str = ""
     chunk_sizes: tuple[int, ...] = ()   # content delta lengths when recorded from a stream
     system_fingerprint: str | None = None
+    stop_word: str | None = None        # the stop string that ended it, where known (wire/stopword.py)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from ..wire.billing import without_billing_header
+
 KEY_BYTES = 16
 # Transport-only fields: never change the generated tokens.
 IGNORED_FIELDS = frozenset({
@@ -103,9 +105,10 @@ def _strip_query(message: dict) -> dict:
 
 
 def _messages(request: dict):
-    """Chat messages, or an Ollama/completions `prompt` seen as one user turn."""
+    """Chat messages (without Claude Code's per-request billing line, wire/billing.py), or an
+    Ollama/completions `prompt` seen as one user turn."""
     if "messages" in request:
-        return request.get("messages") or []
+        return without_billing_header(request.get("messages") or [])
     if request.get("prompt") is not None:
         return [{"role": "user", "content": request["prompt"]}]
     return []

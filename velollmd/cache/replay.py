@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from ..wire.chunks import chunk_choice
+from ..wire.stopword import stop_word_of
 from .exact import CachedResponse
 
 DEFAULT_PIECE_CHARS = 16          # size of replayed content deltas without recorded boundaries
@@ -39,9 +40,16 @@ def to_json(entry: CachedResponse, request_id: str, *, created: int | None = Non
     if entry.tool_calls:
         message["tool_calls"] = [dict(tc) for tc in entry.tool_calls]
     body = _envelope(entry, request_id, "chat.completion", created, model)
-    body["choices"] = [{"index": 0, "message": message, "logprobs": None,
-                        "finish_reason": entry.finish_reason}]
+    body["choices"] = [_with_stop_word({"index": 0, "message": message, "logprobs": None,
+                                        "finish_reason": entry.finish_reason}, entry)]
     return _with_usage(body, entry)
+
+
+def _with_stop_word(choice: dict, entry: CachedResponse) -> dict:
+    """The finishing choice names the stop string as vLLM does (`stop_reason`), when known."""
+    if entry.stop_word:
+        choice["stop_reason"] = entry.stop_word
+    return choice
 
 
 def _with_usage(body: dict, entry: CachedResponse) -> dict:
@@ -95,7 +103,7 @@ def to_sse_chunks(entry: CachedResponse, request_id: str, *, created: int | None
     else:
         head = _envelope(entry, request_id, "chat.completion.chunk", created, model)
         choices = [chunk_choice(d) for d in _deltas(entry, piece_chars)]
-        choices.append(chunk_choice({}, entry.finish_reason))
+        choices.append(_with_stop_word(chunk_choice({}, entry.finish_reason), entry))
     chunks = [{**head, "choices": [c]} for c in choices]
     if include_usage:
         for chunk in chunks:
@@ -118,7 +126,7 @@ def from_json_response(body: dict) -> CachedResponse | None:
         finish_reason=choices[0]["finish_reason"], usage=body.get("usage"),
         created=int(body.get("created") or 0),
         reasoning_content=message.get("reasoning_content") or "",
-        system_fingerprint=body.get("system_fingerprint"))
+        system_fingerprint=body.get("system_fingerprint"), stop_word=stop_word_of(body, choices[0]))
 
 
 class _StreamRecorder:
@@ -132,6 +140,7 @@ class _StreamRecorder:
         self.finish_reason: str | None = None
         self.usage: dict | None = None
         self.num_choices_seen: set[int] = set()
+        self.stop_word: str | None = None
 
     def feed(self, chunk: dict) -> None:
         self.model = chunk.get("model") or self.model
@@ -143,6 +152,7 @@ class _StreamRecorder:
             self.num_choices_seen.add(choice.get("index", 0))
             self._feed_delta(choice.get("delta") or {"content": choice.get("text")})
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            self.stop_word = stop_word_of(chunk, choice) or self.stop_word
 
     def _feed_delta(self, delta: dict) -> None:
         if delta.get("content"):
@@ -175,4 +185,5 @@ def from_stream_chunks(chunks) -> CachedResponse | None:
         tool_calls=tuple(rec.tool_calls[i] for i in sorted(rec.tool_calls)),
         finish_reason=rec.finish_reason, usage=rec.usage, created=int(rec.created),
         reasoning_content="".join(rec.reasoning),
-        chunk_sizes=tuple(len(p) for p in rec.content), system_fingerprint=rec.fingerprint)
+        chunk_sizes=tuple(len(p) for p in rec.content), system_fingerprint=rec.fingerprint,
+        stop_word=rec.stop_word)

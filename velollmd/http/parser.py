@@ -45,6 +45,7 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.head: Head | None = None   # the head it refused, once parsed (413 on Content-Length)
 
 
 @dataclass(slots=True)
@@ -157,7 +158,11 @@ class HTTPParser:
         fields = bytes(buf[line_end + 2:end + 2])       # each field line with its CRLF
         del buf[:end + 4]
         head.headers = self._parse_fields(fields)
-        self._frame_message(head)
+        try:
+            self._frame_message(head)
+        except ProtocolError as exc:
+            exc.head = head
+            raise
         return head
 
     def _skip_leading_crlf(self) -> None:

@@ -37,6 +37,12 @@ from .writer import (
 log = logging.getLogger("velollmd.http")
 
 Handler = Callable[[Request], Awaitable[Response]]
+# The answer to a request refused before any handler ran: (its head if parsed, status, message).
+ErrorRenderer = Callable[[Head | None, int, str], Response]
+
+
+def default_error(head: Head | None, status: int, message: str) -> Response:
+    return error_response(status, message)
 
 
 class _WatchedReader(asyncio.StreamReader):
@@ -60,8 +66,9 @@ class _WatchedReader(asyncio.StreamReader):
 
 class HTTPServer:
     def __init__(self, handler: Handler, config: ServerConfig,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, render_error: ErrorRenderer = default_error):
         self.handler = handler
+        self.render_error = render_error
         self.config = config
         self.clock = clock
         # How often deadlines are checked (real seconds): a fraction of the shortest timeout.
@@ -201,6 +208,7 @@ class Connection:
         first = True
         try:
             while True:
+                head = None                        # a head refused as it is read is not the last one
                 head = await self._read_head(first)
                 if head is None:
                     return
@@ -211,11 +219,11 @@ class Connection:
                 if not await self._respond(request, keep_alive):
                     return
         except ProtocolError as exc:
-            await self._send_error_and_close(exc.status, exc.message)
+            await self._send_error_and_close(exc.status, exc.message, exc.head or head)
         except asyncio.CancelledError:
             if self.expired in ("head", "body"):
                 self.task.uncancel()
-                await self._send_error_and_close(408, f"request {self.expired} not received in time")
+                await self._send_error_and_close(408, f"request {self.expired} not received in time", head)
         except ConnectionError:
             pass
         finally:
@@ -359,5 +367,5 @@ class Connection:
         out.finish()
         await self.writer.drain()
 
-    async def _send_error_and_close(self, status: int, message: str) -> None:
-        await send_final_response(self.reader, self.writer, error_response(status, message))
+    async def _send_error_and_close(self, status: int, message: str, head: Head | None = None) -> None:
+        await send_final_response(self.reader, self.writer, self.server.render_error(head, status, message))

@@ -33,6 +33,11 @@ def encode_event(event) -> bytes:
     return b"data: " + wirejson.dumps(event) + b"\n\n"
 
 
+def named_event(name: str, data: dict) -> bytes:
+    """One `event: NAME` frame with a JSON `data:` line (Anthropic's streams name every event)."""
+    return b"event: " + name.encode() + b"\ndata: " + wirejson.dumps(data) + b"\n\n"
+
+
 async def sse_frames(events: AsyncIterator, done: bool = True) -> AsyncIterator[bytes]:
     """Frames for `events`; a VeloError raised by the source becomes an error event."""
     try:

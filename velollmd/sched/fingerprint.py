@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ..wire.billing import without_billing_header
 from ..wire.request import GenerateRequest
 
 CHUNK_CHARS = 256
@@ -93,7 +94,8 @@ def texts_of(request: GenerateRequest) -> list[str]:
 
 
 def _messages(request: GenerateRequest) -> list[dict]:
-    return request.body.get("messages") or []
+    """The messages, without Claude Code's per-request billing line (wire/billing.py)."""
+    return without_billing_header(request.body.get("messages") or [])
 
 
 def _message_text(message: dict) -> str:

@@ -16,6 +16,7 @@ class GenerateRequest:
     api_key: str = ""
     priority: int = 5
     raw_key: str = ""                   # hash of path + raw body + API key (the replay memo)
+    report_stop_word: bool = False      # ask the backend which stop string ended the answer
     client_model: str = ""              # the name the client asked for, when an alias renamed it
     key_name: str = ""                  # the caller's configured key's name ("" = none): usage, access log
 

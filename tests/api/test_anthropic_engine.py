@@ -1,0 +1,37 @@
+"""The Anthropic Messages API over the in-process engine (the tiny model): whole and streamed
+answers, and count_tokens from the engine's own chat template and tokenizer."""
+import anthropic
+import pytest
+
+from tests.daemon_rig import RunningDaemon
+from tests.rig.llama import make_tiny_model
+
+MODEL = "tiny-engine"
+HI = [{"role": "user", "content": "Say something."}]
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("engine-models")
+    make_tiny_model(folder / f"{MODEL}.gguf")
+    table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(folder),
+                           "ollama_store": False, "max_running": 2, "num_ctx": 512}],
+             "cache": {"enabled": False}}
+    with RunningDaemon(table) as daemon:
+        yield anthropic.Anthropic(base_url=daemon.url, api_key="none", max_retries=0)
+
+
+def test_whole_and_streamed_answers(client):
+    whole = client.messages.create(model=MODEL, max_tokens=6, messages=HI, extra_body={"temperature": 0})
+    assert whole.stop_reason == "max_tokens" and whole.usage.output_tokens == 6 and whole.content[0].text
+    with client.messages.stream(model=MODEL, max_tokens=6, messages=HI, extra_body={"temperature": 0}) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.content[0].text == whole.content[0].text and streamed.usage.output_tokens == 6
+
+
+def test_count_tokens_is_exact_on_the_engine(client):
+    args = dict(model=MODEL, messages=HI, system="You are terse.")
+    raw = client.messages.with_raw_response.count_tokens(**args)
+    assert raw.headers["x-velollm-token-count"] == "exact"
+    served = client.messages.create(max_tokens=2, **args).usage
+    assert raw.parse().input_tokens == served.input_tokens + served.cache_read_input_tokens > 0
