@@ -7,6 +7,7 @@ BOS lost the template's BOS.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,9 @@ def test_a_vocab_without_bos_renders_an_empty_bos(tmp_path):
     tokenizer.bos_id = None
     text = chat_prompt(find_template(MISTRAL), tokenizer, CONVERSATIONS["system_user"][0])
     assert text.startswith("[INST]")
+
+
+def test_llama3_prompts_carry_today_as_llama_cpp_dates_them(tmp_path):
+    source = (FIXTURES / "meta-llama-Llama-3.3-70B-Instruct.jinja").read_text(encoding="utf-8")
+    text = chat_prompt(find_template(source), tokenizer_of(tmp_path, True), CONVERSATIONS["system_user"][0])
+    assert f"Today Date: {time.strftime('%d %b %Y')}\n" in text and "26 Jul 2024" not in text
