@@ -532,9 +532,12 @@ def add_metadata(writer: gguf.GGUFWriter, seed: int, file_type: int,
         writer.add_value_length(shape.head_dim)
 
 
-def add_tokenizer(writer: gguf.GGUFWriter, vocab: str = "spm") -> None:
+def add_tokenizer(writer: gguf.GGUFWriter, vocab: str = "spm", chat_template: str = CHAT_TEMPLATE,
+                  add_bos: bool | None = None) -> None:
+    """The vocab's tokenizer keys; chat_template and add_bos (None: the vocab's default) may differ."""
     if vocab not in ("spm", "spm-call"):
-        add_bpe_tokenizer(writer, pre=vocab.partition(":")[2] or "qwen2")
+        add_bpe_tokenizer(writer, pre=vocab.partition(":")[2] or "qwen2", chat_template=chat_template,
+                          add_bos=add_bos)
         return
     tokens, types, scores = tiny_vocab(scripted_call=vocab == "spm-call")
     writer.add_tokenizer_model("llama")
@@ -544,13 +547,14 @@ def add_tokenizer(writer: gguf.GGUFWriter, vocab: str = "spm") -> None:
     writer.add_bos_token_id(tokens.index(BOS))
     writer.add_eos_token_id(tokens.index(EOS))
     writer.add_unk_token_id(tokens.index(UNK))
-    writer.add_add_bos_token(False)
+    writer.add_add_bos_token(bool(add_bos))
     writer.add_add_eos_token(False)
     writer.add_add_space_prefix(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_chat_template(chat_template)
 
 
-def add_bpe_tokenizer(writer: gguf.GGUFWriter, pre: str) -> None:
+def add_bpe_tokenizer(writer: gguf.GGUFWriter, pre: str, chat_template: str = CHAT_TEMPLATE,
+                      add_bos: bool | None = None) -> None:
     """No scores (as converted GPT-2 style vocabs); bos/pad <|endoftext|>, eos <|im_end|>; pre
     llama3 adds BOS as real Llama-3 files do, the others do not."""
     tokens, types, merges = tiny_bpe_vocab()
@@ -562,9 +566,9 @@ def add_bpe_tokenizer(writer: gguf.GGUFWriter, pre: str) -> None:
     writer.add_bos_token_id(tokens.index("<|endoftext|>"))
     writer.add_eos_token_id(tokens.index(EOS))
     writer.add_pad_token_id(tokens.index("<|endoftext|>"))
-    writer.add_add_bos_token(pre == "llama3")
+    writer.add_add_bos_token(pre == "llama3" if add_bos is None else add_bos)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_chat_template(chat_template)
 
 
 def build_tiny_gguf(out_path: str | os.PathLike, seed: int = 0, dtype: str = "f16",

@@ -109,25 +109,49 @@ def random_metadata(arch: str, tensors: dict[str, np.ndarray], *, n_head: int = 
 
 def write_random_gguf(path: str | os.PathLike, arch: str = "qwen2", seed: int = 0, *, tied: bool = False,
                       head_dim: int | None = None, rope_freqs: bool = False,
-                      rope_scale: float | None = None) -> Path:
-    """An F32 GGUF of random_tensors(...) with the tiny SentencePiece vocab (1024 tokens)."""
-    tensors = random_tensors(arch, seed, head_dim=head_dim, tied=tied, rope_freqs=rope_freqs)
+                      rope_scale: float | None = None, dtype: str = "f32", vocab: str = "spm",
+                      n_embd: int = 64, n_ff: int = 128, chat_template: str | None = None,
+                      add_bos: bool | None = None, rounded_as: str | None = None) -> Path:
+    """A GGUF of random_tensors(...) with a tiny vocab of tools/make_tiny_gguf.py (1024 tokens).
+
+    dtype: as make_tiny_gguf's (f32, f16, q8_0, q4_k...), with its rules: 1-D tensors stay F32,
+    token_embd/output are Q8_0 in quantised files, rows that are not whole blocks fall back.
+    vocab: "spm" or "bpe[:pre]"; chat_template / add_bos override the vocab's defaults.
+    rounded_as: weights quantised to that dtype and back first (with dtype "f32": the same
+    weights as the `rounded_as` file, which llama.cpp then multiplies without quantised kernels).
+    """
+    tool = tiny_gguf_tool()
+    tensors = random_tensors(arch, seed, head_dim=head_dim, tied=tied, rope_freqs=rope_freqs,
+                             n_embd=n_embd, n_ff=n_ff)
     meta = random_metadata(arch, tensors, head_dim=head_dim, rope_scale=rope_scale)
     writer = gguf.GGUFWriter(str(path), arch)
     try:
         for key, value in meta.items():
             if key != "general.architecture":
                 _add_value(writer, key, value)
-        writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
-        tiny_gguf_tool().add_tokenizer(writer)
+        writer.add_file_type(int(tool.DTYPES[dtype][1]))
+        tool.add_tokenizer(writer, vocab, chat_template=chat_template or tool.CHAT_TEMPLATE, add_bos=add_bos)
         for name, array in tensors.items():
-            writer.add_tensor(name, array)
+            if rounded_as:
+                array = _rounded(tool, name, array, rounded_as)
+            qtype = tool.tensor_type(name, array, dtype)
+            encoded = tool.encode_tensor(array, qtype)
+            writer.add_tensor(name, encoded, raw_dtype=qtype if encoded.dtype == np.uint8 else None)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
     finally:
         writer.close()
     return Path(path)
+
+
+def _rounded(tool, name: str, array: np.ndarray, dtype: str) -> np.ndarray:
+    """array as a `dtype` file stores it, dequantised back to float32 (same shape)."""
+    qtype = tool.tensor_type(name, array, dtype)
+    encoded = tool.encode_tensor(array, qtype)
+    if encoded.dtype != np.uint8:
+        return encoded.astype(np.float32)
+    return gguf.quants.dequantize(encoded, qtype).astype(np.float32).reshape(array.shape)
 
 
 def _add_value(writer: gguf.GGUFWriter, key: str, value: object) -> None:

@@ -23,6 +23,7 @@ from ..config import BackendConfig, SchedulerConfig
 from ..engine import loader, store
 from ..engine.device import choose_device
 from ..engine.loader import EngineOptions, LoadedModel
+from ..engine.prompt import chat_prompt
 from ..engine.runner import Event
 from ..engine.sampling import SamplingParamError, SamplingParams
 from ..errors import BadRequest, NotFound, Unavailable, VeloError
@@ -226,7 +227,8 @@ class EngineBackend(Backend):
                              f"({model.template_error}); set chat_template in the engine's [[backends]] "
                              "entry, or use /v1/completions", param="messages", code="unknown_chat_template")
         try:
-            text = model.template.render(body["messages"], tools=body.get("tools") or None)
+            text = chat_prompt(model.template, model.tokenizer, body["messages"],
+                               tools=body.get("tools") or None)
         except ValueError as exc:
             raise BadRequest(f"cannot render the chat template: {exc}", param="messages") from None
         return model.tokenizer.encode(text, add_special=True, parse_special=True)

@@ -9,6 +9,7 @@ One module a job:
     pretokenize.py   the BPE pre-tokenizer splits (llama3, qwen2, gpt2) and merge loops
     templates.py     chat templates recognised from tokenizer.chat_template, rendered in Python
                      (one templates_<family>.py per family, templates_messages.py for messages)
+    prompt.py        chat_prompt: a template rendered with the vocab's BOS/EOS, as llama.cpp does
     sampling.py      SamplingParams, Sampler (per sequence), sample_batch
     detokenize.py    TextStream: UTF-8 and stop strings across token boundaries
     ops.py           RMSNorm, RoPE (both pairings), attention over a cached prefix

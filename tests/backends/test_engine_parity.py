@@ -1,0 +1,364 @@
+"""The engine against the real llama-server on the same GGUF files: tokens, logits, greedy text.
+
+Files: random weights with sharp attention (tests/engine/weights.py), so that a wrong RoPE
+pairing, a missing bias or a broken mask changes the text; llama with the SentencePiece vocab
+and qwen2 with the byte-level BPE vocab of tools/make_tiny_gguf.py; F32, F16, Q8_0 and Q4_K
+(n_embd 256, n_ff 512: every inner matrix is whole Q4_K blocks). One llama-server per file
+(one slot, -c 512, F32 KV cache) for the whole module, one daemon serving all files with the
+engine, driven by the official openai client.
+
+Both sides get the same `logit_bias`: -100 on control, byte, unknown, user-defined and
+whitespace-only tokens, so that every generated token is whole UTF-8 text that names one token
+id (the engine's completion logprobs give text; llama-server's give ids), and EOS never ends
+a sequence early.
+
+The greedy rule. Random-weight models have near-ties, and llama.cpp computes in other orders
+(F16 and Q8_0 files: on activations rounded to F16 or quantised to Q8_0). So: the two greedy
+sequences must agree token for token until they first differ, and they may only differ at a
+step where llama-server's own top-2 margin (logprob of its first minus its second allowed token)
+is below TIE_NATS[dtype]; after that the contexts differ and the comparison stops. Each prompt
+reports how many of its 64 steps were checked, and for F32 and F16 most steps must be
+(MIN_CHECKED_FRACTION). Q8_0 is held to the rule only: llama.cpp rounds activations to 8 bits
+for Q8_0 weights (see the logits section), which makes near-ties early on the qwen2 file
+(measured: [2, 39, 15] of 64 steps checked, no difference at a clear margin).
+test_the_greedy_rule_catches_a_wrong_rope_or_a_missing_bias shows that the rule fails an
+engine with the other RoPE pairing, or without qwen2's Q/K/V biases.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+
+from tests.daemon_rig import RunningDaemon
+from tests.engine.conversations import CASES, CONVERSATIONS
+from tests.engine.weights import write_random_gguf
+from tests.rig.llama import LlamaServer, tiny_gguf_tool
+from velollmd.engine import ops
+from velollmd.engine.gguf import read_gguf
+from velollmd.engine.kvcache import PagedKVCache
+from velollmd.engine.model import Batch, Model, ModelConfig, SeqChunk
+from velollmd.engine.prompt import chat_prompt
+from velollmd.engine.quants import dequantize
+from velollmd.engine.templates import find_template
+from velollmd.engine.tokenizer import Tokenizer
+
+VOCAB_OF_ARCH = {"llama": "spm", "qwen2": "bpe"}
+SEED_OF_ARCH = {"llama": 11, "qwen2": 12}
+SHAPE = {"n_embd": 256, "n_ff": 512}
+LOGIT_DTYPES = ("f32", "f16", "q8_0", "q4_k")
+GREEDY_DTYPES = ("f32", "f16", "q8_0")
+QUANTISED = ("q8_0", "q4_k")
+FILES = [f"{arch}-{dtype}" for arch in VOCAB_OF_ARCH for dtype in LOGIT_DTYPES]
+# the same weights as a quantised file, dequantised and written as F32 (see the logits section)
+F32_COPIES = [f"{arch}-{dtype}-as-f32" for arch in VOCAB_OF_ARCH for dtype in QUANTISED]
+# make_tiny_gguf's own files (mild weights) that tests/engine/test_model.py does not cover
+TINY_FILES = ["tiny-llama-f16", "tiny-qwen2-f16", "tiny-llama-q8_0", "tiny-qwen2-q4_k"]
+PROMPTS = [
+    "the world of water and fire is a great story",
+    "once upon a time there was a king who lived near the sea",
+    "Über den Wolken in Zürich: 東京の夜, привет мир, café 😀 and 123 don't",
+]
+NUM_GREEDY = 64
+SUPPRESS = -100.0
+TIE_NATS = {"f32": 0.01, "f16": 0.05, "q8_0": 0.1}
+MIN_CHECKED_FRACTION = 0.75
+NMSE_LIMIT = 1e-3
+QUANTISED_NMSE_LIMIT = 1e-2          # llama.cpp's 8-bit activations on the sharp files (see logits)
+BLOCK_SIZE = 16
+
+
+# --- files, servers, the daemon ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("parity-models")
+    for name in FILES:
+        arch, dtype = name.split("-")
+        write_random_gguf(folder / f"{name}.gguf", arch, SEED_OF_ARCH[arch], dtype=dtype,
+                          vocab=VOCAB_OF_ARCH[arch], **SHAPE)
+    for name in F32_COPIES:
+        arch, dtype, _ = name.split("-", 2)
+        write_random_gguf(folder / f"{name}.gguf", arch, SEED_OF_ARCH[arch], dtype="f32",
+                          vocab=VOCAB_OF_ARCH[arch], rounded_as=dtype, **SHAPE)
+    for name in TINY_FILES:
+        _, arch, dtype = name.split("-")
+        tiny_gguf_tool().build_tiny_gguf(folder / f"{name}.gguf", seed=5, dtype=dtype, arch=arch,
+                                         vocab=VOCAB_OF_ARCH[arch])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def servers(llama_binary, models_dir):
+    """servers[name] -> a LlamaServer on models_dir/name.gguf, started on first use."""
+    started: dict[str, LlamaServer] = {}
+
+    class Servers(dict):
+        def __missing__(self, name: str) -> LlamaServer:
+            server = LlamaServer(models_dir / f"{name}.gguf", binary=llama_binary, parallel=1, ctx_size=512,
+                                 extra_args=["-ctk", "f32", "-ctv", "f32"])
+            started[name] = server
+            self[name] = server.start()
+            return server
+
+    yield Servers()
+    for server in started.values():
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def client(models_dir):
+    table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(models_dir),
+                           "ollama_store": False, "num_ctx": 512, "max_loaded_models": len(FILES)}],
+             "cache": {"enabled": False}}
+    with RunningDaemon(table) as daemon:
+        yield openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+def suppressed_ids(arch: str) -> list[int]:
+    """Token ids that neither side may generate (see the module docstring)."""
+    tool = tiny_gguf_tool()
+    pieces, types = tool.sampling_view(VOCAB_OF_ARCH[arch])
+    normal = int(tool.gguf.TokenType.NORMAL)
+    return [i for i, (piece, typ) in enumerate(zip(pieces, types))
+            if typ != normal or piece in tool.WHITESPACE_TOKENS]
+
+
+def load_engine_model(path: Path, **config_changes) -> tuple[Model, Tokenizer]:
+    """The engine's Model and Tokenizer for a file (config_changes: to break it on purpose)."""
+    with read_gguf(path) as gguf:
+        config = ModelConfig.from_metadata(gguf.metadata, gguf.tensors.keys())
+        tensor = lambda name: dequantize(gguf.raw(name), gguf.tensors[name].ggml_type,  # noqa: E731
+                                         gguf.tensors[name].shape)
+        model = Model(dataclasses.replace(config, **config_changes), tensor)
+        tokenizer = Tokenizer.from_gguf(gguf.metadata)
+    return model, tokenizer
+
+
+def new_kv(model: Model, num_tokens: int) -> tuple[PagedKVCache, list[int]]:
+    num_blocks = -(-num_tokens // BLOCK_SIZE)
+    c = model.config
+    return PagedKVCache(c.n_layer, num_blocks, BLOCK_SIZE, c.n_head_kv, c.head_dim), list(range(num_blocks))
+
+
+def engine_greedy(model: Model, prompt_ids: list[int], bias: np.ndarray, num: int) -> list[int]:
+    """Greedy ids in process: one prefill, then one decode step per token on the paged cache."""
+    kv, table = new_kv(model, len(prompt_ids) + num)
+    logits = model.forward(Batch.pack([SeqChunk(prompt_ids, 0, table)]), kv)[0]        # (n_vocab,)
+    out: list[int] = []
+    for _ in range(num):
+        out.append(int(np.argmax(logits + bias)))
+        position = len(prompt_ids) + len(out) - 1
+        logits = model.forward(Batch.pack([SeqChunk([out[-1]], position, table)]), kv)[0]
+    return out
+
+
+def server_greedy(server: LlamaServer, prompt: str | list[int], num: int,
+                  suppressed: list[int]) -> tuple[list[int], list[float]]:
+    """llama-server's greedy ids and, at each step, its top-2 margin among allowed tokens (nats)."""
+    reply = post(server.url + "/completion", {
+        "prompt": prompt, "n_predict": num, "temperature": 0, "n_probs": 20, "cache_prompt": False,
+        "repeat_penalty": 1.0, "logit_bias": [[i, SUPPRESS] for i in suppressed]})
+    steps = reply["completion_probabilities"]
+    banned = set(suppressed)
+    margins = []
+    for step in steps:
+        allowed = [e["logprob"] for e in step["top_logprobs"] if e["id"] not in banned]
+        margins.append(allowed[0] - allowed[1] if len(allowed) > 1 else float("inf"))
+    return [step["id"] for step in steps], margins
+
+
+def num_checked(ours: list[int], theirs: list[int], margins: list[float], tie: float) -> int:
+    """The greedy rule (module docstring): steps verified equal; AssertionError on a real difference."""
+    assert len(ours) == len(theirs)
+    for step, (a, b) in enumerate(zip(ours, theirs)):
+        if a != b:
+            assert margins[step] < tie, (f"step {step}: engine token {a}, llama-server {b}, whose own "
+                                         f"top-2 margin is {margins[step]:.4f} nats (>= {tie})")
+            return step
+    return len(theirs)
+
+
+# --- logits ------------------------------------------------------------------------------------
+#
+# llama.cpp multiplies Q8_0 and Q4_K weights by activations it first rounds to 8 bits (Q8_0 /
+# Q8_K blocks); the engine multiplies dequantised weights in float32. On the sharp random
+# files that rounding moves llama-server's own probabilities by up to ~4e-3 nMSE (measured:
+# llama q8_0 5.6e-4, q4_k 6.0e-4; qwen2 q8_0 3.8e-3, q4_k 1.2e-3), while an F32 copy of the
+# same dequantised weights matches the engine to ~5e-6: the dequantisation and the forward
+# pass are exact, the rest is llama.cpp's kernels. So the sharp quantised files get
+# QUANTISED_NMSE_LIMIT; everything else, the F32 copies and make_tiny_gguf's mild Q8_0/Q4_K
+# files included, gets the issue's NMSE_LIMIT.
+
+def arch_of(name: str) -> str:
+    parts = name.split("-")
+    return parts[1] if parts[0] == "tiny" else parts[0]
+
+
+def nmse_limit(name: str) -> float:
+    sharp_quantised = not name.startswith("tiny-") and not name.endswith("-as-f32") and \
+        name.split("-")[1] in QUANTISED
+    return QUANTISED_NMSE_LIMIT if sharp_quantised else NMSE_LIMIT
+
+
+def top10_nmse(server: LlamaServer, model: Model, ids: list[int], suppressed: list[int]) -> float:
+    """Normalised MSE of the engine's probabilities on llama-server's top-10 next tokens; both are
+    softmaxes of raw logits (llama-server's n_probs are taken before any sampler). The logit_bias
+    only keeps the one sampled token whole UTF-8, or the server would hold its probabilities back."""
+    reply = post(server.url + "/completion", {"prompt": ids, "n_predict": 1, "n_probs": 10, "temperature": 0,
+                                              "cache_prompt": False,
+                                              "logit_bias": [[i, SUPPRESS] for i in suppressed]})
+    top = reply["completion_probabilities"][0]["top_logprobs"]
+    theirs = {entry["id"]: float(np.exp(entry["logprob"])) for entry in top}
+    kv, table = new_kv(model, len(ids))
+    logits = model.forward(Batch.pack([SeqChunk(ids, 0, table)]), kv)[0].astype(np.float64)  # (n_vocab,)
+    ours = np.exp(logits - logits.max())
+    ours /= ours.sum()
+    p, q = np.array(list(theirs.values())), ours[list(theirs)]
+    assert int(np.argmax(ours)) == next(iter(theirs))
+    return float(np.sum((q - p) ** 2) / np.sum(p ** 2))
+
+
+@pytest.mark.parametrize("name", FILES + F32_COPIES + TINY_FILES)
+def test_tokens_and_top10_probabilities_match_llama_server(name, models_dir, servers):
+    """Prompt ids equal llama-server's /tokenize; next-token top-10 nMSE, max over the prompts."""
+    model, tokenizer = load_engine_model(models_dir / f"{name}.gguf")
+    server, nmses = servers[name], []
+    for prompt in PROMPTS:
+        ids = post(server.url + "/tokenize", {"content": prompt, "add_special": True})["tokens"]
+        assert tokenizer.encode(prompt) == ids
+        nmses.append(top10_nmse(server, model, ids, suppressed_ids(arch_of(name))))
+    print(f"{name}: top-10 normalised MSE vs llama-server, max over {len(PROMPTS)} prompts = {max(nmses):.2e}")
+    assert max(nmses) < nmse_limit(name)
+
+
+# --- greedy text -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [f"{arch}-{dtype}" for arch in VOCAB_OF_ARCH for dtype in GREEDY_DTYPES])
+def test_greedy_text_matches_llama_server(name, servers, client):
+    """64 greedy tokens through the daemon's /v1/completions against llama-server's /completion."""
+    arch, dtype = name.split("-")
+    suppressed = suppressed_ids(arch)
+    _, tokenizer = load_engine_model(servers[name].model_path)
+    allowed = sorted(set(range(tokenizer.vocab_size)) - set(suppressed))
+    id_of_text = {tokenizer.token_bytes(i).decode("utf-8"): i for i in allowed}
+    assert len(id_of_text) == len(allowed)                    # each allowed text names one id
+    checked = []
+    for prompt in PROMPTS:
+        theirs, margins = server_greedy(servers[name], prompt, NUM_GREEDY, suppressed)
+        answer = client.completions.create(model=name, prompt=prompt, max_tokens=NUM_GREEDY, temperature=0,
+                                           logprobs=1, logit_bias={str(i): SUPPRESS for i in suppressed})
+        ours = [id_of_text[text] for text in answer.choices[0].logprobs.tokens]
+        assert answer.choices[0].text == tokenizer.decode(ours)
+        checked.append(num_checked(ours, theirs, margins, TIE_NATS[dtype]))
+    print(f"{name}: greedy tokens checked per prompt {checked} of {NUM_GREEDY}")
+    if dtype not in QUANTISED:
+        assert sum(checked) >= MIN_CHECKED_FRACTION * NUM_GREEDY * len(PROMPTS)
+
+
+@pytest.mark.parametrize("arch,broken", [
+    ("llama", {"rope_style": ops.ROPE_NEOX}),
+    ("qwen2", {"rope_style": ops.ROPE_NORM}),
+    ("qwen2", {"qkv_bias": False}),
+])
+def test_the_greedy_rule_catches_a_wrong_rope_or_a_missing_bias(arch, broken, servers):
+    """The same rule on the in-process engine: the real one passes (first prompt), a broken one
+    fails on every prompt."""
+    name = f"{arch}-f32"
+    path = servers[name].model_path
+    suppressed = suppressed_ids(arch)
+    bias = np.zeros(1024, dtype=np.float32)                                          # (n_vocab,)
+    bias[suppressed] = SUPPRESS
+    (model, tokenizer), (wrong, _) = load_engine_model(path), load_engine_model(path, **broken)
+    failures = 0
+    for prompt in PROMPTS:
+        ids = tokenizer.encode(prompt)
+        theirs, margins = server_greedy(servers[name], ids, NUM_GREEDY, suppressed)
+        if prompt == PROMPTS[0]:
+            assert num_checked(engine_greedy(model, ids, bias, NUM_GREEDY), theirs, margins,
+                               TIE_NATS["f32"]) == NUM_GREEDY
+        try:
+            num_checked(engine_greedy(wrong, ids, bias, NUM_GREEDY), theirs, margins, TIE_NATS["f32"])
+        except AssertionError:
+            failures += 1
+    assert failures == len(PROMPTS)
+
+
+# --- chat templates ----------------------------------------------------------------------------
+
+TEMPLATE_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
+
+
+def template_source(fixture: str) -> str:
+    return tiny_gguf_tool().CHAT_TEMPLATE if fixture == "tiny" else \
+        (TEMPLATE_FIXTURES / fixture).read_text(encoding="utf-8")
+
+
+def write_template_model(folder: Path, fixture: str) -> Path:
+    """A tiny file whose tokenizer.chat_template is the fixture; add_bos as such models have it:
+    on when the template writes bos_token (Llama 3, Mistral, Gemma), else off."""
+    source = template_source(fixture)
+    name = fixture.removesuffix(".jinja").lower().replace(".", "-")
+    return write_random_gguf(folder / f"tpl-{name}.gguf", "llama", chat_template=source,
+                             add_bos="bos_token" in source)
+
+
+# Where the engine still renders otherwise than llama-server (asserted to differ, so that a fix
+# shows): a conversation ending in an assistant turn is a prefill for llama.cpp (rendered open,
+# continued by the model), a finished turn for the engine; Gemma 3's template joins a list of
+# text parts itself, with nothing between them, where the engine joins parts with newlines first.
+KNOWN_DIFFERENCES = {("Qwen-Qwen3-0.6B.jinja", "think_last"), ("google-gemma-3-it.jinja", "content_parts")}
+
+
+@pytest.fixture(scope="module")
+def template_models(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("template-models")
+    return {fixture: write_template_model(folder, fixture) for fixture in CASES}
+
+
+@pytest.fixture(scope="module")
+def template_client(template_models):
+    folder = next(iter(template_models.values())).parent
+    table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(folder),
+                           "ollama_store": False, "num_ctx": 512, "max_running": 1}],
+             "cache": {"enabled": False}}
+    with RunningDaemon(table) as daemon:
+        yield openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+
+
+@pytest.mark.parametrize("fixture", list(CASES))
+def test_chat_prompt_matches_llama_server_apply_template(fixture, template_models, template_client,
+                                                         llama_server_factory):
+    """The engine's prompt text equals llama-server's --jinja /apply-template for every conversation
+    the real template accepts; through the daemon, the prompt's token count equals llama-server's."""
+    path = template_models[fixture]
+    server = llama_server_factory(model_path=path, parallel=1, ctx_size=512)
+    _, tokenizer = load_engine_model(path)
+    template = find_template(template_source(fixture))
+    for conversation in CASES[fixture][1]:
+        messages, tools = CONVERSATIONS[conversation]
+        body = {"messages": messages, **({"tools": tools} if tools else {})}
+        theirs = post(server.url + "/apply-template", body)["prompt"]
+        ours = chat_prompt(template, tokenizer, messages, tools=tools)
+        if (fixture, conversation) in KNOWN_DIFFERENCES:
+            assert ours != theirs, f"{fixture} {conversation}: now equal; drop it from KNOWN_DIFFERENCES"
+            continue
+        assert ours == theirs, conversation
+    messages = CONVERSATIONS["no_system"][0]
+    theirs = post(server.url + "/v1/chat/completions", {"messages": messages, "max_tokens": 1})
+    ours = template_client.chat.completions.create(model=path.stem, messages=messages, max_tokens=1)
+    assert ours.usage.prompt_tokens == theirs["usage"]["prompt_tokens"]
