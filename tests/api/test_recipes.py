@@ -122,3 +122,72 @@ def test_open_webui_openai_connection_streams_with_usage(http):
         events = sse_events(response)
     assert events[-1] == "[DONE]"
     assert events[-2]["choices"] == [] and events[-2]["usage"]["completion_tokens"] == 8
+
+
+# -- Claude Code (docs/recipes/claude-code.md) ----------------------------------------------
+
+CLAUDE_HEADERS = {"anthropic-version": "2023-06-01", "x-app": "cli", "user-agent": "claude-cli/2.1.119 (external, cli)",
+                  "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14"}
+BASH_TOOL = {"name": "Bash", "description": "Executes a given bash command",
+             "input_schema": {"type": "object", "properties": {"command": {"type": "string"},
+                                                               "timeout": {"type": "number"}},
+                              "required": ["command"], "additionalProperties": False}}
+
+
+def claude_code_body(billing: str, text: str) -> dict:
+    return {"model": "claude-sonnet-4-5-20250929", "max_tokens": 32000, "stream": True, "temperature": 1,
+            "metadata": {"user_id": "user_abc_account__session_123"},
+            "system": [{"type": "text", "text": f"x-anthropic-billing-header: cc_version=2.1.119.{billing}; "
+                                                f"cc_entrypoint=cli; cch={billing};"},
+                       {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.",
+                        "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "<system-reminder>This is a reminder.</system-reminder>"},
+                {"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]}],
+            "tools": [BASH_TOOL]}
+
+
+def anthropic_events(response: httpx.Response) -> list[tuple[str, dict]]:
+    events, name = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[6:])))
+    return events
+
+
+def test_claude_code_start_check_and_count_tokens(http):
+    check = http.post("/v1/messages?beta=true", headers=CLAUDE_HEADERS,
+                      json={"model": "claude-haiku-4-5", "max_tokens": 1,
+                            "messages": [{"role": "user", "content": "quota"}]})
+    assert check.status_code == 200 and check.json()["type"] == "message"
+    assert check.json()["model"] == "claude-haiku-4-5" and check.json()["stop_reason"] == "max_tokens"
+    count = http.post("/v1/messages/count_tokens?beta=true", headers=CLAUDE_HEADERS,
+                      json={"model": "claude-sonnet-4-5", "tools": [BASH_TOOL],
+                            "messages": [{"role": "user", "content": "How many tokens?"}]})
+    assert count.status_code == 200 and count.json()["input_tokens"] > 0
+
+
+def test_claude_code_streams_and_its_billing_header_does_not_defeat_the_cache(http):
+    seen = []
+    for billing in ("a7754", "b1234"):              # the header changes on every request
+        body = {**claude_code_body(billing, "List the files here."), "temperature": 0, "max_tokens": 12}
+        with http.stream("POST", "/v1/messages?beta=true", headers=CLAUDE_HEADERS, json=body) as response:
+            assert response.status_code == 200
+            seen.append(response.headers["x-velollm-cache"])
+            events = anthropic_events(response)
+        names = [name for name, _ in events if name != "ping"]
+        assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+        assert events[0][1]["message"]["model"] == "claude-sonnet-4-5-20250929"
+        started = {data["index"] for name, data in events if name == "content_block_start"}
+        assert all(data["index"] in started for name, data in events if name == "content_block_delta")
+        assert dict(events)["message_delta"]["usage"]["output_tokens"] >= 1
+    assert seen == ["miss", "hit-exact"]
+
+
+def test_claude_code_without_its_key_gets_anthropics_error_shape(daemon):
+    response = httpx.post(daemon.url + "/v1/messages?beta=true", headers={**CLAUDE_HEADERS, "x-api-key": "wrong"},
+                          json=claude_code_body("x", "hi"))
+    assert response.status_code == 401
+    assert response.json()["type"] == "error" and response.json()["error"]["type"] == "authentication_error"
