@@ -63,7 +63,7 @@ def test_ready_health_sigterm_stopping(tmp_path, notify):
         status, body = get(f"http://127.0.0.1:{port}/health")
         assert status == 200 and body["status"] == "ok"
         status, body = get(f"http://127.0.0.1:{port}/no/such/route")
-        assert status == 404 and set(body["error"]) == {"message", "type", "param", "code"}
+        assert status == 404 and set(body["error"]) == {"message", "type", "param", "code", "request_id"}
         proc.send_signal(signal.SIGTERM)
         assert notify.recv(4096).decode().startswith("STOPPING=1")
         assert proc.wait(timeout=20) == 0

@@ -18,6 +18,7 @@ from .core.pipeline import Pipeline
 from .core.service import Service
 from .errors import VeloError
 from .http.message import Request, Response
+from .log import AccessLog, RequestTrace, current_request
 from .metrics import Metrics
 
 
@@ -29,6 +30,7 @@ class App:
         self.service = Service(self.registry, config.scheduler, metrics=self.metrics)
         self.pipeline = Pipeline(config, self.service, metrics=self.metrics)
         self.access = Access(config.server, config.scheduler)
+        self.access_log = AccessLog(config.log.access)
         self.router = Router()
         services = (self.access, self.registry, self.pipeline, self.service)
         AdminRoutes(*services, self.metrics, config.metrics).register(self.router)
@@ -55,6 +57,7 @@ class App:
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
+        trace = current_request()
         try:
             self.access.check(request)
             response = await self.router.dispatch(request)
@@ -63,4 +66,22 @@ class App:
         route = request.path if self.router.is_route(request.path) else "other"
         self.metrics.requests.inc(route=route, status=str(response.status))
         self.metrics.latency.observe(time.perf_counter() - started, route=route)
+        if trace is not None and (self.access_log.enabled or self.config.metrics.enabled):
+            self._follow(trace, request, response)
         return response
+
+    def _follow(self, trace: RequestTrace, request: Request, response: Response) -> None:
+        """What the answer says about the request, read once; the rest when it is sent."""
+        trace.cache = response.header("x-velollm-cache")
+        trace.backend = trace.backend or response.header("x-velollm-backend")
+        trace.stream = response.stream is not None
+        if self.access_log.enabled:
+            trace.key = self.access_log.key_label(self.access.key_of(request))
+        trace.on_done = self._finished
+
+    def _finished(self, trace: RequestTrace) -> None:
+        """The answer is sent: its metrics and its access-log line."""
+        if self.config.metrics.enabled:
+            self.metrics.record_request(trace)
+        if self.access_log.enabled:
+            self.access_log.write(trace)

@@ -11,6 +11,7 @@ import time
 from ..config import SchedulerConfig, ServerConfig
 from ..errors import BadRequest, Unauthorized, Unavailable
 from ..http.message import Request
+from ..log import current_request
 from ..wire.request import GenerateRequest
 
 PUBLIC_PATHS = frozenset({"/health", "/", "/metrics"})
@@ -57,6 +58,9 @@ class Access:
         priority (each read once); 503 while the daemon drains."""
         self.refuse_if_draining()
         key = self.key_of(request) if key is None else key
+        trace = current_request()
+        if trace is not None:
+            trace.model = body.get("model")
         return GenerateRequest(endpoint, body, headers=dict(request.headers), api_key=key,
                                priority=self.priority_of(request, key), raw_key=raw_key)
 

@@ -19,6 +19,7 @@ from ..cache.replay import from_json_response, from_stream_chunks, to_json, to_s
 from ..cache.store import SNAPSHOT_NAME, encode_snapshot, write_snapshot
 from ..config import Config
 from ..errors import BackendError, VeloError
+from ..log import current_request
 from ..metrics import Metrics
 from ..wire.chunks import strip_usage
 from ..wire.ids import response_id
@@ -96,7 +97,7 @@ class Pipeline:
             outcome = await self._coalesced(request, lookup)
         elif frames and request.stream and not self.tools.applies(request):
             outcome = await self.service.generate(request, Delivery(request.include_usage,
-                                                                    self.metrics.record_usage, frames=True))
+                                                                    self.count_usage, frames=True))
         else:
             outcome = await self._upstream(request)
             if outcome.chunks is not None:
@@ -134,11 +135,18 @@ class Pipeline:
     async def _upstream(self, request: GenerateRequest) -> Outcome:
         """The Service call, a stream keeping its usage chunk (counted there) for what follows
         to read, then tool-call repair."""
-        outcome = await self.service.generate(request, Delivery(True, self.metrics.record_usage))
+        outcome = await self.service.generate(request, Delivery(True, self.count_usage))
         outcome = await self.tools.apply(request, outcome, self.service.generate)
         if outcome.body is not None:
-            self.metrics.record_usage(request.model, outcome.body.get("usage"))
+            self.count_usage(request.model, outcome.body.get("usage"))
         return outcome
+
+    def count_usage(self, model: str, usage: dict | None) -> None:
+        """An upstream answer's usage: to the metrics and to the request's trace (access log)."""
+        self.metrics.record_usage(model, usage)
+        trace = current_request()
+        if usage and trace is not None:
+            trace.note_usage(usage)
 
     # -- single-flight and recording ------------------------------------------------------
 
