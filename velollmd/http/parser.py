@@ -39,12 +39,14 @@ SUPPORTED_VERSION = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 
 
 class ProtocolError(Exception):
-    """The peer broke HTTP/1.1. `status` is what a server answers before closing."""
+    """The peer broke HTTP/1.1. `status` is what a server answers before closing; `head`
+    is the message head when it was read whole (its framing was wrong), else None."""
 
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.head: Head | None = None
 
 
 @dataclass(slots=True)
@@ -157,7 +159,11 @@ class HTTPParser:
         fields = bytes(buf[line_end + 2:end + 2])       # each field line with its CRLF
         del buf[:end + 4]
         head.headers = self._parse_fields(fields)
-        self._frame_message(head)
+        try:
+            self._frame_message(head)
+        except ProtocolError as exc:
+            exc.head = head
+            raise
         return head
 
     def _skip_leading_crlf(self) -> None:

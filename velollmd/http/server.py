@@ -218,6 +218,8 @@ class Connection:
                 if not await self._respond(request, keep_alive):
                     return
         except ProtocolError as exc:
+            if exc.head is not None and self.trace is None:
+                self._begin(exc.head)                  # e.g. a 413: the head is there
             await self._send_error_and_close(exc.status, exc.message)
         except asyncio.CancelledError:
             if self.expired in ("head", "body"):
