@@ -72,8 +72,11 @@ def test_ready_health_sigterm_stopping(tmp_path, notify):
         stderr = proc.stderr.read()
         proc.stderr.close()
     records = [json.loads(line) for line in stderr.splitlines()]
-    assert [r["msg"] for r in records] == ["listening", "draining", "stopped"]
+    assert [r["msg"] for r in records] == ["listening", "access", "access", "draining", "stopped"]
     assert all(r["level"] == "info" and r["ts"].endswith("Z") for r in records)
+    access = [r for r in records if r["logger"] == "velollmd.access"]      # one JSON line per request
+    assert [(r["path"], r["status"]) for r in access] == [("/health", 200), ("/no/such/route", 404)]
+    assert access[1]["request_id"] == body["error"]["request_id"]
 
 
 def test_api_keys_protect_everything_but_health(tmp_path, notify):
