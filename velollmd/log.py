@@ -27,25 +27,42 @@ ACCESS_LOGGER = "velollmd.access"
 
 
 class JSONFormatter(logging.Formatter):
+    """A record as one compact JSON object. The access log writes a line per request, so
+    this is on the hot path: one encoder built once, the time formatted once per second."""
+
+    _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+    def __init__(self):
+        super().__init__()
+        self._second, self._second_text = -1, ""
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                  + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+        entry = {"ts": self._timestamp(record), "level": record.levelname.lower(), "logger": record.name,
+                 "msg": record.getMessage()}
         trace = _CURRENT.get()
         if trace is not None:
             entry["request_id"] = trace.request_id
-        entry.update(getattr(record, "fields", {}))
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return self._encode(entry)
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int(record.msecs):03d}Z"
 
 
 def setup_logging(level: str = "info", stream=None, access: bool = True) -> None:
-    """JSON lines on `stream`; the access log follows `access`, whatever the level."""
+    """JSON lines on `stream`; the access log follows `access`, whatever the level. Records
+    skip what no line shows (thread, process and task names, the caller's source line)."""
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging.logAsyncioTasks = False
+    logging._srcfile = None                   # no findCaller(): the docs' own optimisation
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()
