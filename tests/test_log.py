@@ -66,3 +66,15 @@ def test_the_ring_keeps_the_newest_records_and_keys_appear_only_hashed():
     assert log.recent(1) == records[-1:]
     assert records[0]["key"].startswith("sha256:") and "secret" not in json.dumps(records)
     assert log.key_label("") is None
+
+
+def test_the_access_line_is_json_of_the_entry_even_with_odd_values():
+    trace = RequestTrace('id-1', "POST", '/p"a\\th\n', started=0.0)
+    trace.model, trace.backend, trace.cache = "m\u00e9\"x", None, "miss"
+    trace.prompt_tokens, trace.completion_tokens = 7, "12"        # a backend's odd usage: no number
+    trace.note_upstream("b", 0.5)
+    trace.total_s, trace.status = 0.75, 200
+    line = json.loads(trace.access_line(1_700_000_000.25))
+    assert line.pop("ts") == "2023-11-14T22:13:20.250Z"
+    assert (line.pop("level"), line.pop("logger"), line.pop("msg")) == ("info", "velollmd.access", "access")
+    assert line == {**trace.entry(), "completion_tokens": None}
