@@ -95,13 +95,13 @@ def process_tree(pid: int) -> list[int]:
 class Daemon:
     """velollmd as its own process, configured by a TOML text; `cpus` pins it (None: no pin)."""
 
-    def __init__(self, toml_body: str, cpus: set[int] | None = None, root: Path = ROOT):
+    def __init__(self, toml_body: str, cpus: set[int] | None = None, root: Path = ROOT, log_toml: str = ""):
         self.cpus = cpus
         self.root = root                     # a checkout: another one runs a before/after
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="velollmd-bench-"))
         self.config = self.dir / "velollm.toml"
-        self.config.write_text(f"[server]\nport = {self.port}\n[log]\nlevel = \"warning\"\n{toml_body}")
+        self.config.write_text(f"[server]\nport = {self.port}\n[log]\nlevel = \"warning\"\n{log_toml}{toml_body}")
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -15,10 +15,13 @@ Part 2, streams at concurrency 1: time per stream and proxy CPU per stream for t
 direct, through a bare byte relay (uvloop, forwards bytes and parses nothing: the floor for
 any Python proxy on this machine), and through velollmd, as chat chunks, as Responses events and
 as Anthropic Messages events.
-Rounds alternate the targets; CPU comes from /proc (user + system, all threads).
+Both parts also run a daemon with the access log and the timing metrics off (`[log] access =
+false`, `[metrics] enabled = false`) beside the default one (both on): the last lines give
+their CPU cost per request. Rounds alternate the targets; CPU comes from /proc (user + system,
+all threads). The default daemon writes its access log to a file, one line per request.
 
     .venv/bin/python benchmarks/proxy_cpu.py [--rounds 4] [--requests 4000] [--streams 300]
-                                             [--baseline DIR]
+                                             [--baseline DIR] [--ops-only]
 
 `--baseline DIR` runs a second daemon from another checkout (e.g. `git worktree add DIR REV`,
 with its CFFI extension built) beside this one in the same rounds: a before/after in one run.
@@ -50,6 +53,8 @@ LONG = "/v1/chat/completions, 16 KB history"
 ANTHROPIC = "/v1/messages, the same question"
 ANTHROPIC_STREAM = "anthropic stream"
 CACHE_ON = "/v1/chat/completions, cache on (the default; sampled, so not cacheable)"
+OPS_OFF = "/v1/chat/completions, access log + metrics off"
+STREAM_OPS_OFF = "velollmd, access log + metrics off"
 NUM_CHUNKS = 16
 
 INSTANT_BACKEND = r'''
@@ -217,6 +222,8 @@ def main() -> None:
     parser.add_argument("--gap-ms", type=float, default=0.5, help="time between streamed chunks")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="a checkout whose velollmd runs beside this one (rows marked 'baseline')")
+    parser.add_argument("--ops-only", action="store_true",
+                        help="only the access log + metrics on/off rows (more rounds in the same time)")
     args = parser.parse_args()
     backend, port = start(INSTANT_BACKEND, str(args.gap_ms))
     relay, relay_port = start(BYTE_RELAY, str(port))
@@ -225,19 +232,27 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             daemon = stack.enter_context(Daemon(backend_config + "[cache]\nenabled = false\n"))
             cache_on = stack.enter_context(Daemon(backend_config + "[cache]\npath = \"\"\n"))
+            ops_off = stack.enter_context(Daemon(backend_config + "[cache]\nenabled = false\n"
+                                                 "[metrics]\nenabled = false\n", log_toml="access = false\n"))
             whole_targets = targets_of(daemon, ("/health", "/v1/chat/completions", "/v1/responses", ANTHROPIC,
                                                 LONG), "")
             whole_targets[CACHE_ON] = (cache_on.url, "/v1/chat/completions", cache_on.proc.pid)
+            whole_targets[OPS_OFF] = (ops_off.url, "/v1/chat/completions", ops_off.proc.pid)
             stream_targets = {"direct": (f"http://127.0.0.1:{port}", "stream", None),
                               "byte relay": (f"http://127.0.0.1:{relay_port}", "stream", relay.pid),
                               "velollmd": (daemon.url, "stream", daemon.proc.pid),
                               "velollmd /v1/responses": (daemon.url, "responses stream", daemon.proc.pid),
-                              "velollmd /v1/messages": (daemon.url, ANTHROPIC_STREAM, daemon.proc.pid)}
+                              "velollmd /v1/messages": (daemon.url, ANTHROPIC_STREAM, daemon.proc.pid),
+                              STREAM_OPS_OFF: (ops_off.url, "stream", ops_off.proc.pid)}
             if args.baseline is not None:
                 before = stack.enter_context(Daemon(backend_config + "[cache]\nenabled = false\n",
                                                     root=args.baseline.resolve()))
                 whole_targets |= targets_of(before, ("/health", "/v1/chat/completions", LONG), " (baseline)")
                 stream_targets["velollmd (baseline)"] = (before.url, "stream", before.proc.pid)
+            if args.ops_only:
+                whole_targets = {k: v for k, v in whole_targets.items() if k in ("/v1/chat/completions", OPS_OFF)}
+                stream_targets = {k: v for k, v in stream_targets.items()
+                                  if k in ("direct", "velollmd", STREAM_OPS_OFF)}
             whole = asyncio.run(measure(whole_targets, args.rounds, args.requests, 64))
             streams = asyncio.run(measure(stream_targets, args.rounds, args.streams, 1))
     finally:
@@ -263,6 +278,13 @@ def report(whole: dict, streams: dict, args) -> None:
         seconds, cpu = medians(rows)
         cpu_cells = "- | -" if name == "direct" else f"{cpu:.0f} | {cpu / (NUM_CHUNKS + 3):.0f}"
         print(f"| {name} | {seconds * 1e3:.2f} | {(seconds - direct) * 1e3:+.2f} | {cpu_cells} |")
+    print("\nAccess log + metrics on (the default) vs off, daemon CPU per request (target: <= +5 %):\n")
+    for label, on, off in (("whole answers", whole["/v1/chat/completions"], whole[OPS_OFF]),
+                           ("streams", streams["velollmd"], streams[STREAM_OPS_OFF])):
+        cpu_on, cpu_off = medians(on)[1], medians(off)[1]
+        per_round = sorted(a[1] / b[1] for a, b in zip(on, off))
+        print(f"- {label}: {cpu_on:.0f} vs {cpu_off:.0f} us, {cpu_on / cpu_off - 1:+.1%} "
+              f"(per round: {', '.join(f'{r - 1:+.1%}' for r in per_round)})")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def test_ready_health_sigterm_stopping(tmp_path, notify):
         status, body = get(f"http://127.0.0.1:{port}/health")
         assert status == 200 and body["status"] == "ok"
         status, body = get(f"http://127.0.0.1:{port}/no/such/route")
-        assert status == 404 and set(body["error"]) == {"message", "type", "param", "code"}
+        assert status == 404 and set(body["error"]) == {"message", "type", "param", "code", "request_id"}
         proc.send_signal(signal.SIGTERM)
         assert notify.recv(4096).decode().startswith("STOPPING=1")
         assert proc.wait(timeout=20) == 0
@@ -61,8 +61,11 @@ def test_ready_health_sigterm_stopping(tmp_path, notify):
         stderr = proc.stderr.read()
         proc.stderr.close()
     records = [json.loads(line) for line in stderr.splitlines()]
-    assert [r["msg"] for r in records] == ["listening", "draining", "stopped"]
+    assert [r["msg"] for r in records] == ["listening", "access", "access", "draining", "stopped"]
     assert all(r["level"] == "info" and r["ts"].endswith("Z") for r in records)
+    access = [r for r in records if r["logger"] == "velollmd.access"]      # one JSON line per request
+    assert [(r["path"], r["status"]) for r in access] == [("/health", 200), ("/no/such/route", 404)]
+    assert access[1]["request_id"] == body["error"]["request_id"]
 
 
 def test_api_keys_protect_everything_but_health(tmp_path, notify):

@@ -24,6 +24,7 @@ from .core.pipeline import Pipeline
 from .core.service import Service
 from .errors import VeloError
 from .http.message import Request, Response
+from .log import AccessLog, RequestTrace, current_request
 from .metrics import Metrics
 from .sched.keylimits import KeyLedger
 
@@ -39,6 +40,7 @@ class App:
         self.service = Service(self.registry, config.scheduler, metrics=self.metrics)
         self.pipeline = Pipeline(config, self.service, metrics=self.metrics, ledger=self.ledger)
         self.access = Access(config.server, config.scheduler, config.keys, ledger=self.ledger)
+        self.access_log = AccessLog(config.log.access)
         self.responses = ResponseStore(config.responses.store_max_entries, config.responses.store_max_bytes)
         self.router = self._routes(config)
         self._retiring: dict[Backend, asyncio.Task] = {}    # backends a reload took out
@@ -67,6 +69,7 @@ class App:
         self.pipeline.configure(config)
         self.access.configure(config.server, config.scheduler, config.keys)
         self.responses.resize(config.responses.store_max_entries, config.responses.store_max_bytes)
+        self.access_log.enabled = config.log.access
         self.router = self._routes(config)
         self.config = config
         for backend in retired:
@@ -111,6 +114,7 @@ class App:
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
+        trace = current_request()
         try:
             self.access.check(request)
             response = await self.router.dispatch(request)
@@ -119,4 +123,23 @@ class App:
         route = request.path if self.router.is_route(request.path) else "other"
         self.metrics.requests.inc(route=route, status=str(response.status))
         self.metrics.latency.observe(time.perf_counter() - started, route=route)
+        if trace is not None and (self.access_log.enabled or self.config.metrics.enabled):
+            self._follow(trace, request, response)
         return response
+
+    def _follow(self, trace: RequestTrace, request: Request, response: Response) -> None:
+        """What the answer says about the request, read once; the rest when it is sent."""
+        trace.cache = response.header("x-velollm-cache")
+        trace.backend = trace.backend or response.header("x-velollm-backend")
+        trace.stream = response.stream is not None
+        if self.access_log.enabled:                # a [[keys]] name, else a short hash of the key
+            key = self.access.key_of(request)
+            trace.key = self.access.key_name_of(request, key) or self.access_log.key_label(key)
+        trace.on_done = self._finished
+
+    def _finished(self, trace: RequestTrace) -> None:
+        """The answer is sent: its metrics and its access-log line."""
+        if self.config.metrics.enabled:
+            self.metrics.record_request(trace)
+        if self.access_log.enabled:
+            self.access_log.write(trace)

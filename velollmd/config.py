@@ -168,6 +168,7 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class LogConfig:
     level: str = _opt("info", choices=LOG_LEVELS)
+    access: bool = True                            # one JSON access-log line per request
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     if args.check_config is not None:
         print(f"{path}: ok ({len(config.backends)} backends)")
         return 0
-    setup_logging(config.log.level)
+    setup_logging(config.log.level, access=config.log.access)
     _install_uvloop()
     try:
         asyncio.run(serve(config, pid_file=args.pid_file))

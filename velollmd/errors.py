@@ -29,12 +29,16 @@ class VeloError(Exception):
         self.code = code
         self.headers = dict(headers or {})
 
-    def to_dict(self) -> dict:
-        return {"error": {"message": self.message, "type": self.error_type,
-                          "param": self.param, "code": self.code}}
+    def to_dict(self, request_id: str | None = None) -> dict:
+        """The OpenAI error shape; `request_id` (the x-request-id answered) is added inside
+        `error` when given, which OpenAI clients ignore and people can quote."""
+        error = {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}
+        if request_id is not None:
+            error["request_id"] = request_id
+        return {"error": error}
 
-    def to_json_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+    def to_json_bytes(self, request_id: str | None = None) -> bytes:
+        return json.dumps(self.to_dict(request_id), separators=(",", ":")).encode()
 
 
 class BadRequest(VeloError):

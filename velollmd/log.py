@@ -1,33 +1,242 @@
-"""Logging: one JSON object per line on stderr (journald keeps each line as one record)."""
+"""Logging: one JSON object per line on stderr (journald keeps each line as one record).
+
+Every line logged while a request is served carries its id: the HTTP server puts a
+`RequestTrace` in a context variable when it reads the request head, and the formatter reads
+it, so no layer has to pass the id along. The same trace collects the request's timings
+(queue wait, upstream, first byte, total) for the access log and the metrics.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import re
 import sys
 import time
+from collections import deque
+from contextvars import ContextVar
 
 # syslog priorities in journald's "<N>" prefix convention are left to systemd; the level
 # is a field instead, so `journalctl -o cat | jq` works.
 
+REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID_CHARS = 128
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:@+=/-]")
+ACCESS_LOGGER = "velollmd.access"
+
 
 class JSONFormatter(logging.Formatter):
+    """A record as one compact JSON object. The access log writes a line per request, so
+    this is on the hot path: one encoder built once, the time formatted once per second."""
+
+    _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                  + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        entry.update(getattr(record, "fields", {}))
+        line = getattr(record, "line", None)
+        if line is not None:                      # written whole by its logger (the access log)
+            return line
+        entry = {"ts": self._timestamp(record), "level": record.levelname.lower(), "logger": record.name,
+                 "msg": record.getMessage()}
+        trace = _CURRENT.get()
+        if trace is not None:
+            entry["request_id"] = trace.request_id
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return self._encode(entry)
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        return utc_timestamp(record.created)
 
 
-def setup_logging(level: str = "info", stream=None) -> None:
+_second, _second_text = -1, ""
+
+
+def utc_timestamp(created: float) -> str:
+    """`created` (time.time()) as 2026-01-02T03:04:05.678Z; the second formatted once."""
+    global _second, _second_text
+    second = int(created)
+    if second != _second:
+        _second, _second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second_text}.{int((created - second) * 1000):03d}Z"
+
+
+def setup_logging(level: str = "info", stream=None, access: bool = True) -> None:
+    """JSON lines on `stream`; the access log follows `access`, whatever the level. Records
+    skip what no line shows (thread, process and task names, the caller's source line)."""
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging.logAsyncioTasks = False
+    logging._srcfile = None                   # no findCaller(): the docs' own optimisation
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO if access else logging.CRITICAL + 1)
+
+
+# -- request ids and the request's trace ---------------------------------------------------
+
+def new_request_id() -> str:
+    return os.urandom(16).hex()
+
+
+def request_id_from(value: str | None) -> str:
+    """The client's x-request-id when usable: its safe characters ([A-Za-z0-9._:@+=/-]), at
+    most MAX_REQUEST_ID_CHARS of them; a fresh id when nothing usable is left."""
+    if value:
+        if len(value) > MAX_REQUEST_ID_CHARS or _UNSAFE_ID_CHARS.search(value):
+            value = _UNSAFE_ID_CHARS.sub("", value)[:MAX_REQUEST_ID_CHARS]
+        if value:
+            return value
+    return new_request_id()
+
+
+class RequestTrace:
+    """What is known about one request as it goes through the daemon; times are seconds
+    from `started` (perf_counter), None until known."""
+
+    __slots__ = ("request_id", "method", "path", "started", "status", "key", "model", "backend",
+                 "cache", "stream", "prompt_tokens", "completion_tokens", "queue_wait_s", "upstream_s",
+                 "first_byte_s", "total_s", "on_done")
+
+    def __init__(self, request_id: str, method: str = "", path: str = "", started: float | None = None):
+        self.request_id, self.method, self.path = request_id, method, path
+        self.started = time.perf_counter() if started is None else started
+        self.status: int | None = None
+        self.key = self.model = self.backend = self.cache = None
+        self.stream = False
+        self.prompt_tokens = self.completion_tokens = None
+        self.queue_wait_s = 0.0
+        self.upstream_s: float | None = None
+        self.first_byte_s: float | None = None
+        self.total_s: float | None = None
+        self.on_done = None                  # called once with the trace when the answer is sent
+
+    def note_queue_wait(self, seconds: float) -> None:
+        self.queue_wait_s += seconds
+
+    def note_upstream(self, backend: str, seconds: float) -> None:
+        self.backend = backend
+        self.upstream_s = (self.upstream_s or 0.0) + seconds
+
+    def note_usage(self, usage: dict) -> None:
+        self.prompt_tokens = usage.get("prompt_tokens")
+        self.completion_tokens = usage.get("completion_tokens")
+
+    def note_first_byte(self) -> None:
+        if self.first_byte_s is None:
+            self.first_byte_s = time.perf_counter() - self.started
+
+    @property
+    def overhead_s(self) -> float | None:
+        """Time the daemon itself added: total minus upstream minus queue wait."""
+        if self.total_s is None:
+            return None
+        return max(0.0, self.total_s - (self.upstream_s or 0.0) - self.queue_wait_s)
+
+    def finish(self, status: int) -> None:
+        """The answer is sent (or abandoned, status 499): fix the total, tell `on_done` once."""
+        if self.total_s is not None:
+            return
+        self.total_s = time.perf_counter() - self.started
+        self.status = status
+        if self.on_done is not None:
+            self.on_done(self)
+
+    def access_line(self, created: float) -> str:
+        """entry() as the JSON log line, written field by field: encoding the dict cost three
+        times as much, once per request."""
+        q, n, s = _json_str, _json_int, _json_seconds
+        return (f'{{"ts":"{utc_timestamp(created)}","level":"info","logger":"{ACCESS_LOGGER}","msg":"access",'
+                f'"request_id":{q(self.request_id)},"key":{q(self.key)},"method":{q(self.method)},'
+                f'"path":{q(self.path)},"status":{n(self.status)},"model":{q(self.model)},'
+                f'"backend":{q(self.backend)},"cache":{q(self.cache)},"prompt_tokens":{n(self.prompt_tokens)},'
+                f'"completion_tokens":{n(self.completion_tokens)},"queue_wait_s":{s(self.queue_wait_s)},'
+                f'"upstream_s":{s(self.upstream_s)},"first_byte_s":{s(self.first_byte_s)},'
+                f'"total_s":{s(self.total_s)},"overhead_s":{s(self.overhead_s)}}}')
+
+    def entry(self) -> dict:
+        """The access-log record of a finished request."""
+        return {"request_id": self.request_id, "key": self.key, "method": self.method, "path": self.path,
+                "status": self.status, "model": self.model, "backend": self.backend, "cache": self.cache,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "queue_wait_s": _rounded(self.queue_wait_s), "upstream_s": _rounded(self.upstream_s),
+                "first_byte_s": _rounded(self.first_byte_s), "total_s": _rounded(self.total_s),
+                "overhead_s": _rounded(self.overhead_s)}
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 6)
+
+
+_quote = json.encoder.encode_basestring           # escapes and quotes a str (in C)
+
+
+def _json_str(value) -> str:
+    return _quote(value) if type(value) is str else "null"
+
+
+def _json_int(value) -> str:
+    return str(value) if type(value) is int else "null"
+
+
+def _json_seconds(value) -> str:
+    return "null" if value is None else f"{value:.6f}"
+
+
+_CURRENT: ContextVar[RequestTrace | None] = ContextVar("velollm_request", default=None)
+
+
+def current_request() -> RequestTrace | None:
+    """The trace of the request being served by this task (None outside a request)."""
+    return _CURRENT.get()
+
+
+def current_request_id() -> str | None:
+    trace = _CURRENT.get()
+    return None if trace is None else trace.request_id
+
+
+def begin_request(trace: RequestTrace | None) -> RequestTrace | None:
+    """Make `trace` the current request of this task (and of tasks it starts from now on)."""
+    _CURRENT.set(trace)
+    return trace
+
+
+# -- the access log --------------------------------------------------------------------------
+
+class AccessLog:
+    """One JSON line per request on the `velollmd.access` logger, and a ring of the recent
+    requests (newest last) for whoever shows them (the dashboard)."""
+
+    def __init__(self, enabled: bool = True, ring_size: int = 512):
+        self.enabled = enabled
+        self.logger = logging.getLogger(ACCESS_LOGGER)
+        self.ring: deque[RequestTrace] = deque(maxlen=ring_size)
+        self._key_labels: dict[str, str] = {}
+
+    def write(self, trace: RequestTrace) -> None:
+        trace.on_done = None
+        self.ring.append(trace)
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info("access", extra={"line": trace.access_line(time.time())})
+
+    def recent(self, limit: int | None = None) -> list[dict]:
+        """The last `limit` records (all kept when None), oldest first."""
+        traces = list(self.ring)
+        return [trace.entry() for trace in (traces if limit is None else traces[-limit:])]
+
+    def key_label(self, key: str) -> str | None:
+        """How a caller's API key appears in the log: a short hash, never the key."""
+        if not key:
+            return None
+        label = self._key_labels.get(key)
+        if label is None:
+            if len(self._key_labels) >= 1024:
+                self._key_labels.clear()
+            label = self._key_labels[key] = "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+        return label

@@ -5,6 +5,8 @@ import bisect
 from collections import defaultdict
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+QUEUE_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 def _labels(labels: tuple[tuple[str, str], ...]) -> str:
@@ -115,10 +117,30 @@ class Metrics:
         self.tool_loops = Counter("velollm_tool_call_loops_total", "Repeated identical tool calls flagged")
         self.backend_errors = Counter("velollm_backend_errors_total",
                                       "Failed backend requests by backend and kind (error code)")
+        self.ttft = Histogram("velollm_time_to_first_token_seconds",
+                              "Streamed answers: time from the request head to the first byte of the answer")
+        self.upstream = Histogram("velollm_upstream_seconds",
+                                  "Time a backend took to answer, by backend (streams: until their end)")
+        self.queue_wait = Histogram("velollm_queue_wait_seconds", "Time waiting for a backend slot, by backend",
+                                    buckets=QUEUE_BUCKETS_S)
+        self.overhead = Histogram("velollm_overhead_seconds", "Time velollmd itself added to a request "
+                                  "answered by a backend or the cache: total minus upstream minus queue wait",
+                                  buckets=OVERHEAD_BUCKETS_S)
 
     def all(self):
         return [self.requests, self.latency, self.cache, self.tokens, self.tool_repairs,
-                self.tool_loops, self.backend_errors]
+                self.tool_loops, self.backend_errors, self.ttft, self.upstream, self.queue_wait, self.overhead]
+
+    def record_request(self, trace) -> None:
+        """A finished generation request's time to first token and overhead (a log.RequestTrace).
+        Counted: answers from a backend this request called itself, and cache hits (not a
+        request that only shared another one's call: its wait is no overhead)."""
+        if trace.upstream_s is None and not (trace.cache or "").startswith("hit"):
+            return
+        if trace.stream and trace.first_byte_s is not None:
+            self.ttft.observe(trace.first_byte_s)
+        if trace.status is not None and trace.status < 400:
+            self.overhead.observe(trace.overhead_s)
 
     def record_usage(self, model: str, usage: dict | None) -> None:
         if usage:

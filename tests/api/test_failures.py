@@ -58,6 +58,8 @@ def test_upstream_timeout_is_504(daemon_factory, ollama_emulator):
     with pytest.raises(openai.APIStatusError) as info:
         client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES)
     assert info.value.status_code == 504
+    metrics = httpx.get(daemon.url + "/metrics").text
+    assert 'velollm_backend_errors_total{backend="ollama",kind="timeout"} 1' in metrics
 
 
 def test_unhealthy_backend_is_skipped(daemon_factory, llama_server):

@@ -89,10 +89,12 @@ def test_bad_requests_get_an_openai_error_and_the_connection_closes(raw, status)
     async def main():
         async with serving(echo, max_header_bytes=4096, max_body_bytes=1024) as server:
             return await raw_exchange(server.port, raw + b"GET /never HTTP/1.1\r\nHost: a\r\n\r\n")
-    [(got_status, body)] = responses(run(main()))
+    raw_answer = run(main())
+    [(got_status, body)] = responses(raw_answer)
     error = json.loads(body)["error"]
     assert got_status == status
-    assert set(error) == {"message", "type", "param", "code"}
+    assert set(error) == {"message", "type", "param", "code", "request_id"}
+    assert f"x-request-id: {error['request_id']}\r\n".encode() in raw_answer
 
 
 def test_handler_errors_are_json_never_tracebacks_and_the_connection_survives():

@@ -15,6 +15,7 @@ import time
 from ..config import KeyConfig, SchedulerConfig, ServerConfig, configured_digest, supplied_digest
 from ..errors import BadRequest, NotFound, Unauthorized, Unavailable
 from ..http.message import Request
+from ..log import current_request
 from ..sched.keylimits import KeyLedger, KeyLimits
 from ..wire.request import GenerateRequest
 
@@ -120,6 +121,9 @@ class Access:
         key = self.key_of(request) if key is None else key
         priority = self.priority_of(request, key)
         key_name = self.admit(request, body.get("model"), key=key)
+        trace = current_request()
+        if trace is not None:
+            trace.model = body.get("model")
         return GenerateRequest(endpoint, body, headers=dict(request.headers), api_key=key,
                                priority=priority, raw_key=raw_key, key_name=key_name)
 

@@ -21,6 +21,7 @@ from ..core.pipeline import Pipeline
 from ..core.service import Service
 from ..errors import BadRequest, VeloError
 from ..http.message import Request, Response
+from ..log import current_request_id
 from ..wire import wirejson
 from ..wire.chunks import merge_tool_call_fragments
 from ..wire.ollama import (
@@ -42,8 +43,17 @@ EVAL_COUNT_RE = re.compile(rb'"eval_count"\s*:\s*(\d+)')
 
 
 def ollama_error(exc: VeloError) -> Response:
+    """Ollama's error shape, plus the request id beside `error` (Ollama clients read `error`)."""
     return Response(exc.status, [("content-type", "application/json"), *exc.headers.items()],
-                    json.dumps({"error": exc.message}).encode())
+                    json.dumps(ollama_error_body(exc)).encode())
+
+
+def ollama_error_body(exc: VeloError) -> dict:
+    body = {"error": exc.message}
+    request_id = current_request_id()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
 
 
 def ollama_route(handler):
@@ -286,7 +296,7 @@ async def _ndjson_from_chunks(chunks, model: str, started: int, message: bool) -
                     if text:
                         yield ndjson_line(_partial(model, text, message))
     except VeloError as exc:
-        yield ndjson_line({"error": exc.message})
+        yield ndjson_line(ollama_error_body(exc))
         return
     final = _partial(model, "", message)
     if calls and message:

@@ -19,6 +19,7 @@ from ..cache.replay import from_json_response, from_stream_chunks, to_json, to_s
 from ..cache.store import SNAPSHOT_NAME, encode_snapshot, write_snapshot
 from ..config import Config
 from ..errors import BackendError, VeloError
+from ..log import current_request
 from ..metrics import Metrics
 from ..sched.keylimits import KeyLedger
 from ..wire.chunks import strip_usage
@@ -166,14 +167,16 @@ class Pipeline:
         return outcome
 
     def record_usage(self, request: GenerateRequest, model: str, usage: dict | None) -> None:
-        """An answer's token usage: in the metrics, and against the caller's key budgets."""
+        """An answer's token usage: in the metrics, against the caller's key budgets, and in
+        the request's trace (the access log)."""
         self.metrics.record_usage(model, usage)
         self.ledger.record_usage(request.key_name, usage)
+        trace = current_request()
+        if usage and trace is not None:
+            trace.note_usage(usage)
 
     def usage_sink(self, request: GenerateRequest) -> UsageSink:
-        """Where a stream's usage chunk is counted: the metrics, and the caller's key."""
-        if not request.key_name:
-            return self.metrics.record_usage
+        """Where a stream's usage chunk is counted: as record_usage counts a whole answer's."""
         return lambda model, usage: self.record_usage(request, model, usage)
 
     # -- single-flight and recording ------------------------------------------------------

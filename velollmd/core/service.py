@@ -18,6 +18,12 @@ A stream is primed (its first chunk awaited) before the Outcome is returned, so 
 backend failing before its first byte still gets a proper HTTP error status (or a retry),
 and the queue wait happens inside that first await. The slot is held until the stream ends
 or the client goes away (the server closes the stream / cancels the handler).
+
+Timings go to the metrics and to the current request's trace (log.py): the wait for a slot
+(`velollm_queue_wait_seconds`) and the backend's own time, from the call to its answer or
+the end of its stream (`velollm_upstream_seconds`). Every failed backend call is counted in
+`velollm_backend_errors_total{backend,kind}`: before the first byte (retried), a timeout,
+or a stream that broke after output flowed.
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 from ..backends.base import Backend
 from ..backends.registry import Registry
 from ..config import SchedulerConfig
-from ..errors import BackendError, Unavailable
+from ..errors import BackendError, BackendTimeout, Unavailable, VeloError
+from ..log import current_request
 from ..metrics import Metrics
 from ..sched.admission import Admission, Preempted
 from ..sched.breaker import CircuitBreaker
@@ -98,6 +105,9 @@ class Service:
                 self._failed(backend, exc)
                 last_error = exc
                 continue
+            except BackendTimeout as exc:
+                self.count_error(backend, exc)
+                raise
             self.breaker(backend).record_success()
             return result
         raise last_error or Unavailable(f"no backend for model '{model}' accepts requests now",
@@ -120,9 +130,11 @@ class Service:
                         fingerprint: Fingerprint) -> dict:
         while True:
             try:
-                async with self.admission.slot(backend, scheduled):
+                async with self._admitted(backend, scheduled):
                     with self._pinned(backend, request, fingerprint) as pinned:
+                        started = time.perf_counter()
                         body = await self._call(backend, pinned)
+                        self._answered(backend, time.perf_counter() - started)
                     scheduled.num_output_tokens = (body.get("usage") or {}).get("completion_tokens")
                     return body
             except Preempted:
@@ -141,25 +153,53 @@ class Service:
                       fingerprint: Fingerprint, relay: ChunkRelay) -> AsyncIterator[dict | bytes]:
         """The stream's chunks; a request taken back before its first output (preempted, or
         withdrawn from the backend's queue for a more urgent one) waits for a slot again."""
+        num_yielded = 0
         while True:
             try:
-                async with self.admission.slot(backend, scheduled):
+                async with self._admitted(backend, scheduled):
                     with self._pinned(backend, request, fingerprint) as pinned:
+                        started = time.perf_counter()
                         async with closing(backend.answer_events(pinned)) as batches:
                             try:
                                 async for batch in batches:
                                     scheduled.generating = True
                                     for chunk in relay.convert_batch(batch):
+                                        num_yielded += 1
                                         yield chunk
                             except UNREADABLE as exc:    # a converter could not read the native stream
-                                raise BackendError(f"backend {backend.name} sent a stream velollmd cannot "
-                                                   f"read: {exc!r}", code="bad_backend_response") from None
+                                error = BackendError(f"backend {backend.name} sent a stream velollmd cannot "
+                                                     f"read: {exc!r}", code="bad_backend_response")
+                                self._broke(backend, error, num_yielded)
+                                raise error from None
+                            except (BackendError, BackendTimeout) as exc:
+                                self._broke(backend, exc, num_yielded)
+                                raise
+                        self._answered(backend, time.perf_counter() - started)
                     scheduled.num_output_tokens = relay.num_output_tokens
                 return
             except Preempted:
                 if scheduled.generating:       # never chosen once output flowed; be sure
                     raise BackendError(f"backend {backend.name}: a started stream was preempted",
                                        code="backend_error") from None
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self, backend: Backend, scheduled: SchedRequest):
+        """admission.slot(), its wait measured (a preempted request measures each wait)."""
+        waiting = time.perf_counter()
+        async with self.admission.slot(backend, scheduled) as granted:
+            seconds = time.perf_counter() - waiting
+            self.metrics.queue_wait.observe(seconds, backend=backend.name)
+            trace = current_request()
+            if trace is not None:
+                trace.note_queue_wait(seconds)
+            yield granted
+
+    def _answered(self, backend: Backend, seconds: float) -> None:
+        """The backend answered (a whole answer, or a stream to its end) in `seconds`."""
+        self.metrics.upstream.observe(seconds, backend=backend.name)
+        trace = current_request()
+        if trace is not None:
+            trace.note_upstream(backend.name, seconds)
 
     @contextlib.contextmanager
     def _pinned(self, backend: Backend, request: GenerateRequest, fingerprint: Fingerprint):
@@ -228,8 +268,18 @@ class Service:
                 self.config.breaker_failures, self.config.breaker_cooldown_s)
         return breaker
 
+    def count_error(self, backend: Backend, exc: VeloError) -> None:
+        kind = exc.code or ("timeout" if isinstance(exc, BackendTimeout) else "backend_error")
+        self.metrics.backend_errors.inc(backend=backend.name, kind=kind)
+
+    def _broke(self, backend: Backend, exc: VeloError, num_yielded: int) -> None:
+        """A stream failed: counted here once output flowed (no retry follows); before that,
+        the failover counts it."""
+        if num_yielded:
+            self.count_error(backend, exc)
+
     def _failed(self, backend: Backend, exc: BackendError) -> None:
-        self.metrics.backend_errors.inc(backend=backend.name, kind=exc.code or "backend_error")
+        self.count_error(backend, exc)
         if self.breaker(backend).record_failure(self.clock()):
             self.router.forget(backend)
         log.warning("backend request failed", extra={"fields": {
@@ -256,12 +306,18 @@ class Service:
         scheduled = self._sched_request(backend, request, fingerprint)
 
         async def relay():
-            async with self.admission.slot(backend, scheduled):
-                upstream = await backend.native("POST", path, body)
+            async with self._admitted(backend, scheduled):
+                started = time.perf_counter()
+                try:
+                    upstream = await backend.native("POST", path, body)
+                except (BackendError, BackendTimeout) as exc:
+                    self.count_error(backend, exc)
+                    raise
                 try:
                     yield upstream
                     async for data in upstream.iter_raw():
                         yield data
+                    self._answered(backend, time.perf_counter() - started)
                 finally:
                     upstream.close()
         return await prime(relay())

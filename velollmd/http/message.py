@@ -7,6 +7,7 @@ from typing import AsyncIterator
 from urllib.parse import parse_qsl
 
 from ..errors import BadRequest, VeloError
+from ..log import current_request_id
 from ..wire import wirejson
 from ..wire.headers import header_value
 
@@ -81,8 +82,9 @@ class Response:
 
     @classmethod
     def error(cls, exc: VeloError) -> Response:
+        """The error in the OpenAI shape, with the current request's id in it."""
         headers = [("content-type", JSON_TYPE), *exc.headers.items()]
-        return cls(exc.status, headers, exc.to_json_bytes())
+        return cls(exc.status, headers, exc.to_json_bytes(current_request_id()))
 
     def header(self, name: str) -> str | None:
         return header_value(self.headers, name)

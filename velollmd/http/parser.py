@@ -39,7 +39,8 @@ SUPPORTED_VERSION = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 
 
 class ProtocolError(Exception):
-    """The peer broke HTTP/1.1. `status` is what a server answers before closing."""
+    """The peer broke HTTP/1.1. `status` is what a server answers before closing; `head`
+    is the message head when it was read whole (its framing was wrong), else None."""
 
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)

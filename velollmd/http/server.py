@@ -5,7 +5,9 @@ order), calls the application handler, and writes the response. Limits: a connec
 (503 over it), an absolute deadline for each request head (408: defeats slowloris), a
 keep-alive idle timeout, body size limits (413 before reading). While a handler runs, the
 socket is watched: a client that goes away cancels the handler, so a disconnect stops the
-backend's work. `HTTPServer.shutdown()` drains: stop accepting, close idle connections, let
+backend's work. Every answer carries `x-request-id`: the client's (sanitised) or a new one,
+the id of the `RequestTrace` that each request gets when its head is read (log.py); the trace
+learns when the first byte and the last one went out. `HTTPServer.shutdown()` drains: stop accepting, close idle connections, let
 in-flight requests finish up to a deadline, then cancel the rest.
 
 Every deadline (idle, head, body, drain) is read from one injectable `clock` (seconds,
@@ -21,6 +23,8 @@ from typing import Awaitable, Callable
 
 from ..config import ServerConfig
 from ..errors import VeloError
+from ..log import REQUEST_ID_HEADER, RequestTrace, begin_request, new_request_id, request_id_from
+from ..wire.headers import header_value
 from ..wire.streams import aclose
 from .message import Request, Response
 from .parser import EndOfMessage, Head, HTTPParser, ProtocolError
@@ -165,8 +169,9 @@ class HTTPServer:
 
 
 async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: str) -> None:
+    trace = begin_request(RequestTrace(new_request_id()))
     response = error_response(503, message, "api_error")
-    response.headers.append(("retry-after", "1"))
+    response.headers += [("retry-after", "1"), (REQUEST_ID_HEADER, trace.request_id)]
     await send_final_response(reader, writer, response)
 
 
@@ -188,6 +193,7 @@ class Connection:
         self.deadline = 0.0               # server clock time; 0 = none
         self.expired: str | None = None
         self.client = writer.get_extra_info("peername")
+        self.trace: RequestTrace | None = None   # the request being read or answered
 
     def close_if_idle(self) -> None:
         if self.idle and self.task is not None:
@@ -213,12 +219,15 @@ class Connection:
                 if head is None:
                     return
                 first = False
+                self._begin(head)
                 body = await self._read_body(head)
                 request = Request(head.method, head.target, head.headers, body, head.version, self.client)
                 keep_alive = head.keep_alive and not self.server.draining
                 if not await self._respond(request, keep_alive):
                     return
         except ProtocolError as exc:
+            if exc.head is not None and self.trace is None:
+                self._begin(exc.head)                  # e.g. a 413: the head is there
             await self._send_error_and_close(exc.status, exc.message, exc.head or head)
         except asyncio.CancelledError:
             if self.expired in ("head", "body"):
@@ -230,6 +239,11 @@ class Connection:
             self.writer.close()
 
     # -- reading -------------------------------------------------------------------------
+
+    def _begin(self, head: Head) -> None:
+        """A trace for the request whose head was just read, current for its task."""
+        request_id = request_id_from(header_value(head.headers, REQUEST_ID_HEADER))
+        self.trace = begin_request(RequestTrace(request_id, head.method, head.target.partition("?")[0]))
 
     async def _read_head(self, first: bool) -> Head | None:
         """The next request head, or None when the client closed or stayed idle too long."""
@@ -301,12 +315,16 @@ class Connection:
     async def _respond(self, request: Request, keep_alive: bool) -> bool:
         """Run the handler and write its response; False when the connection must close."""
         self.reader.on_close = self.task.cancel     # a client that leaves cancels its request
+        trace, status = self.trace, 499             # nginx's "client closed request"
         try:
             response = await self._call_handler(request)
             keep_alive = keep_alive and not self.server.draining
             await self._write_response(request, response, keep_alive)
+            status = response.status
         finally:
             self.reader.on_close = None
+            trace.finish(status)
+            self.trace = begin_request(None)
         return keep_alive
 
     async def _call_handler(self, request: Request) -> Response:
@@ -321,7 +339,7 @@ class Connection:
             return error_response(500, "internal server error", "server_error")
 
     async def _write_response(self, request: Request, response: Response, keep_alive: bool) -> None:
-        headers = response.headers
+        headers = [*response.headers, (REQUEST_ID_HEADER, self.trace.request_id)]
         if not keep_alive:
             headers = [*headers, ("connection", "close")]
         elif request.version == "1.0":
@@ -330,6 +348,7 @@ class Connection:
         if response.stream is None:
             out = encode_head(response.status, [*headers, ("content-length", str(len(response.body)))])
             self.writer.write(out if head_only else out + response.body)
+            self.trace.note_first_byte()
             if self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
                 await self.writer.drain()
             return
@@ -339,6 +358,7 @@ class Connection:
         else:
             headers = [*headers, ("transfer-encoding", "chunked")]
         self.writer.write(encode_head(response.status, headers))
+        self.trace.note_first_byte()
         if head_only:
             await aclose(response.stream)
             return
@@ -368,4 +388,10 @@ class Connection:
         await self.writer.drain()
 
     async def _send_error_and_close(self, status: int, message: str, head: Head | None = None) -> None:
-        await send_final_response(self.reader, self.writer, self.server.render_error(head, status, message))
+        """A protocol error (400, 408, 413, 431...) in the shape of the route it was sent to
+        (render_error), with the request's id when its head was read."""
+        trace = begin_request(self.trace or RequestTrace(new_request_id()))
+        response = self.server.render_error(head, status, message)
+        response.headers.append((REQUEST_ID_HEADER, trace.request_id))
+        await send_final_response(self.reader, self.writer, response)
+        trace.finish(status)

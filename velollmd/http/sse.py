@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import AsyncIterator
 
 from ..errors import VeloError
+from ..log import current_request_id
 from ..wire import wirejson
 from ..wire.streams import closing
 from .message import Burst, Response
@@ -45,7 +46,7 @@ async def sse_frames(events: AsyncIterator, done: bool = True) -> AsyncIterator[
             async for event in source_iter:
                 yield encode_event(event)
     except VeloError as exc:
-        yield encode_event(exc.to_dict())
+        yield encode_event(exc.to_dict(current_request_id()))
         return
     if done:
         yield DONE

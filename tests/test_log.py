@@ -1,0 +1,80 @@
+"""log.py as plain objects: the request trace, its id in log lines, the access-log ring."""
+import asyncio
+import io
+import json
+import logging
+
+from velollmd.log import AccessLog, JSONFormatter, RequestTrace, begin_request, current_request_id
+
+
+def test_overhead_is_total_minus_upstream_minus_queue_wait():
+    trace = RequestTrace("r1", "POST", "/v1/chat/completions", started=0.0)
+    trace.note_queue_wait(0.25)
+    trace.note_queue_wait(0.25)                    # preempted once: both waits count
+    trace.note_upstream("b", 1.0)
+    trace.total_s = 2.0
+    assert trace.overhead_s == 0.5 and trace.backend == "b"
+
+
+def test_finish_calls_on_done_once_with_the_status():
+    seen = []
+    trace = RequestTrace("r2")
+    trace.on_done = seen.append
+    trace.finish(200)
+    trace.finish(499)                              # a second finish changes nothing
+    assert seen == [trace] and trace.status == 200 and trace.total_s >= 0
+
+
+def test_log_lines_in_a_request_carry_its_id_and_tasks_started_inside_inherit_it():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JSONFormatter())
+    logger = logging.getLogger("velollmd.test_log")
+    logger.addHandler(handler)
+    logger.propagate = False
+
+    async def in_a_task():
+        await asyncio.sleep(0)
+        logger.warning("in a task")
+
+    async def main():
+        begin_request(RequestTrace("outer-1"))
+        logger.warning("inside", extra={"fields": {"n": 1}})
+        task = asyncio.create_task(in_a_task())
+        begin_request(None)
+        await task
+        logger.warning("outside")
+    try:
+        asyncio.run(main())
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["msg"], line.get("request_id")) for line in lines] == [
+        ("inside", "outer-1"), ("in a task", "outer-1"), ("outside", None)]
+    assert lines[0]["n"] == 1 and lines[0]["ts"].endswith("Z") and current_request_id() is None
+
+
+def test_the_ring_keeps_the_newest_records_and_keys_appear_only_hashed():
+    log = AccessLog(enabled=True, ring_size=3)
+    for i in range(5):
+        trace = RequestTrace(f"r{i}")
+        trace.key = log.key_label("sk-secret")
+        trace.finish(200)
+        log.write(trace)
+    records = log.recent()
+    assert [r["request_id"] for r in records] == ["r2", "r3", "r4"]
+    assert log.recent(1) == records[-1:]
+    assert records[0]["key"].startswith("sha256:") and "secret" not in json.dumps(records)
+    assert log.key_label("") is None
+
+
+def test_the_access_line_is_json_of_the_entry_even_with_odd_values():
+    trace = RequestTrace('id-1', "POST", '/p"a\\th\n', started=0.0)
+    trace.model, trace.backend, trace.cache = "m\u00e9\"x", None, "miss"
+    trace.prompt_tokens, trace.completion_tokens = 7, "12"        # a backend's odd usage: no number
+    trace.note_upstream("b", 0.5)
+    trace.total_s, trace.status = 0.75, 200
+    line = json.loads(trace.access_line(1_700_000_000.25))
+    assert line.pop("ts") == "2023-11-14T22:13:20.250Z"
+    assert (line.pop("level"), line.pop("logger"), line.pop("msg")) == ("info", "velollmd.access", "access")
+    assert line == {**trace.entry(), "completion_tokens": None}
