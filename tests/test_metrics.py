@@ -53,3 +53,10 @@ def test_queue_stats_route(ollama_emulator):
     assert stats["object"] == "queue.stats"
     assert stats["backends"]["ollama"]["num_admitted"] == 1 and stats["num_waiting"] == 0
     assert stats["backends"]["ollama"]["adaptive"] and stats["backends"]["ollama"]["concurrency_limit"] == 8
+
+
+def test_sample_values_keep_every_digit():
+    from velollmd.metrics import number, sampled
+    assert number(12_345_678) == "12345678" and number(3.0) == "3" and number(0.25) == "0.25"
+    assert number(float("inf")) == "+Inf" and number(float("nan")) == "NaN"
+    assert sampled("velollm_x_total", "counter", "x", [({}, 1_234_567_891)])[-1] == "velollm_x_total 1234567891"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 from collections import defaultdict
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -21,12 +22,20 @@ def _header(name: str, kind: str, help_text: str) -> list[str]:
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
 
 
+def number(value: float) -> str:
+    """A sample value in full: whole numbers as integers (a token counter past 1e6 must not
+    round to six digits as `:g` does), others as Python's shortest exact repr."""
+    if math.isfinite(value) and value == int(value) and abs(value) < 2 ** 53:
+        return str(int(value))
+    return {math.inf: "+Inf", -math.inf: "-Inf"}.get(value, "NaN" if math.isnan(value) else repr(float(value)))
+
+
 def sampled(name: str, kind: str, help_text: str, samples) -> list[str]:
     """A metric as Prometheus text from `samples`, [(labels dict, value)]: the Counters
     here, and values read at scrape time from state kept elsewhere (gauges, or counters the
     scheduler keeps)."""
     return _header(name, kind, help_text) + [
-        f"{name}{_labels(tuple(sorted(labels.items())))} {value:g}" for labels, value in samples]
+        f"{name}{_labels(tuple(sorted(labels.items())))} {number(value)}" for labels, value in samples]
 
 
 class Counter:
