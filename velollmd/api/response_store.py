@@ -5,7 +5,7 @@ later request can continue the conversation with `previous_response_id` (its inp
 items are put before the new input) and GET / DELETE /v1/responses/{id} find it. Each record is
 kept as its compact JSON bytes: the byte bound is exact, and a reader gets its own copy.
 Records are scoped to the API key that made them: another key sees a 404, as for a missing id.
-An index from item id to the newest record holding it lets an `item_reference` find a stored
+An index from item id to the records holding it lets an `item_reference` find a stored
 input or output item (`find_item`).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ class ResponseStore:
         self.num_bytes = 0
         self._records: OrderedDict[str, tuple[str, bytes]] = OrderedDict()   # id -> (owner, JSON)
         self._item_ids: dict[str, list[str]] = {}     # response id -> the ids of its items
-        self._items: dict[str, str] = {}              # item id -> the newest response id holding it
+        self._items: dict[str, list[str]] = {}        # item id -> the response ids holding it, oldest first
 
     def __len__(self) -> int:
         return len(self._records)
@@ -43,9 +43,10 @@ class ResponseStore:
         self._remove(response_id)
         self._records[response_id] = (owner, data)
         self.num_bytes += len(data)
-        ids = [item["id"] for item in _items_of(record) if isinstance(item.get("id"), str)]
+        ids = list(dict.fromkeys(item["id"] for item in _items_of(record) if isinstance(item.get("id"), str)))
         self._item_ids[response_id] = ids
-        self._items.update(dict.fromkeys(ids, response_id))
+        for item in ids:
+            self._items.setdefault(item, []).append(response_id)
         self._evict()
         return True
 
@@ -59,14 +60,19 @@ class ResponseStore:
             return
         self.num_bytes -= len(entry[1])
         for item in self._item_ids.pop(response_id, ()):
-            if self._items.get(item) == response_id:
+            holders = self._items[item]
+            holders.remove(response_id)
+            if not holders:
                 del self._items[item]
 
     def find_item(self, item: str, owner: str) -> dict | None:
-        """The stored input or output item with id `item`, from a response of `owner`."""
-        response_id = self._items.get(item)
-        record = self.get(response_id, owner) if response_id is not None else None
-        return find_item(_items_of(record), item) if record is not None else None
+        """The stored input or output item with id `item`, from the newest response of `owner`
+        that holds it."""
+        for response_id in reversed(self._items.get(item, ())):
+            record = self.get(response_id, owner)
+            if record is not None:
+                return find_item(_items_of(record), item)
+        return None
 
     def get(self, response_id: str, owner: str) -> dict | None:
         entry = self._records.get(response_id)
