@@ -59,9 +59,10 @@ class ResponsesRoutes:
 
     def register(self, router) -> None:
         router.add("POST", "/v1/responses", self.create)
+        # before /v1/responses/{response_id}: a path parameter matches slashes, the first pattern wins
+        router.add("GET", "/v1/responses/{response_id}/input_items", self.list_input_items)
         router.add("GET", "/v1/responses/{response_id}", self.retrieve)
         router.add("DELETE", "/v1/responses/{response_id}", self.delete)
-        router.add("GET", "/v1/responses/{response_id}/input_items", self.list_input_items)
 
     async def create(self, request: Request) -> Response:
         key = self.access.key_of(request)
