@@ -68,3 +68,22 @@ def test_resize_evicts_at_once():
     store.resize(2, 1 << 20)
     assert len(store) == 2 and store.get("resp_0", "k") is None and store.get("resp_3", "k") == record(3)
     assert store.num_bytes == 2 * size_of(record(0))
+
+
+def with_items(n: int, input_ids: list[str], output_ids: list[str]) -> dict:
+    return {"response": {"id": f"resp_{n}", "output": [{"id": i, "type": "message"} for i in output_ids]},
+            "input": [{"id": i, "type": "message"} for i in input_ids]}
+
+
+def test_find_item_looks_up_input_and_output_items_by_id_per_key():
+    store = ResponseStore(max_entries=2, max_bytes=1 << 20)
+    store.put("resp_0", "k", with_items(0, ["msg_in0"], ["msg_out0"]))
+    store.put("resp_1", "k", with_items(1, ["msg_in0", "msg_out0", "msg_in1"], ["fc_1"]))
+    assert store.find_item("msg_in1", "k") == {"id": "msg_in1", "type": "message"}
+    assert store.find_item("fc_1", "k")["id"] == "fc_1" and store.find_item("fc_1", "other") is None
+    store.delete("resp_1", "k")                    # its items go; those resp_0 holds too stay
+    assert store.find_item("msg_in1", "k") is None and store.find_item("fc_1", "k") is None
+    assert store.find_item("msg_in0", "k")["id"] == "msg_in0"
+    store.put("resp_2", "k", with_items(2, [], ["msg_out2"]))
+    store.put("resp_3", "k", with_items(3, [], ["msg_out3"]))     # evicts resp_0
+    assert store.find_item("msg_out0", "k") is None and store.find_item("msg_out3", "k")["id"] == "msg_out3"

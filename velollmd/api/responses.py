@@ -1,11 +1,14 @@
-"""The OpenAI Responses API: POST /v1/responses, GET and DELETE /v1/responses/{id}.
+"""The OpenAI Responses API: POST /v1/responses, GET and DELETE /v1/responses/{id},
+GET /v1/responses/{id}/input_items.
 
 A translation layer, as the Ollama dialect is: the request becomes an internal chat body
 (wire/responses_input.py) and goes through the same pipeline as /v1/chat/completions (cache,
 single-flight, scheduling, the tool-call layer that repairs broken calls); the chat answer or
 chunks become a `response` object or its event stream (wire/responses.py,
 wire/responses_stream.py). Responses made with `store: true` (the default) are kept in a
-bounded ResponseStore so that `previous_response_id` continues a conversation. Errors keep
+bounded ResponseStore so that `previous_response_id` continues a conversation and an
+`item_reference` names a stored item. Hosted tools that cannot run here but that clients send
+by default (web_search) are dropped, said in the `x-velollm-dropped-tools` header. Errors keep
 OpenAI's shape; a mid-stream failure is a `response.failed` event.
 """
 from __future__ import annotations
@@ -19,7 +22,15 @@ from ..http.sse import PING, SSE_HEADERS
 from ..wire import wirejson
 from ..wire.ids import stored_response_id
 from ..wire.responses import ResponseDraft, response_from_chat
-from ..wire.responses_input import chat_body, input_items, instructions_message, items_to_messages
+from ..wire.responses_input import (
+    chat_body,
+    dropped_tool_types,
+    input_items,
+    instructions_message,
+    items_to_messages,
+    resolve_references,
+)
+from ..wire.responses_items import item_page, stored_item
 from ..wire.responses_stream import ResponseEvents
 from ..wire.streams import closing
 from .access import Access
@@ -28,6 +39,8 @@ from .validate import validate_chat
 from .validate_responses import validate_responses
 
 Keep = Callable[[dict], None]
+DROPPED_TOOLS_HEADER = "x-velollm-dropped-tools"
+ORDERS = ("asc", "desc")
 
 
 def event_frame(event: dict) -> bytes:
@@ -46,6 +59,8 @@ class ResponsesRoutes:
 
     def register(self, router) -> None:
         router.add("POST", "/v1/responses", self.create)
+        # before /v1/responses/{response_id}: a path parameter matches slashes, the first pattern wins
+        router.add("GET", "/v1/responses/{response_id}/input_items", self.list_input_items)
         router.add("GET", "/v1/responses/{response_id}", self.retrieve)
         router.add("DELETE", "/v1/responses/{response_id}", self.delete)
 
@@ -53,14 +68,18 @@ class ResponsesRoutes:
         key = self.access.key_of(request)
         body = validate_responses(request.json())
         history = self._history(body.get("previous_response_id"), key)
-        items = input_items(body["input"])
+        items = resolve_references(input_items(body["input"]), lambda item: self.store.find_item(item, key))
         messages = instructions_message(body.get("instructions"))
         items_to_messages(history, "previous_response_id", messages)
         chat = validate_chat(chat_body(body, items_to_messages(items, "input", messages)))
         outcome = await self.pipeline.generate(self.access.generate_request(request, "chat", chat, key=key))
         draft = ResponseDraft(stored_response_id(), body)
-        keep = self._keeper(key, history + items) if body.get("store", True) else _forget
+        stored = history + [stored_item(item) for item in items]
+        keep = self._keeper(key, stored) if body.get("store", True) else _forget
         headers = list(outcome.headers.items())
+        dropped = dropped_tool_types(body.get("tools"))
+        if dropped:
+            headers.append((DROPPED_TOOLS_HEADER, ",".join(dropped)))
         if outcome.chunks is None:
             response = response_from_chat(draft, outcome.body)
             keep(response)
@@ -78,6 +97,18 @@ class ResponsesRoutes:
         if not self.store.delete(response_id, self.access.key_of(request)):
             raise _not_found(response_id)
         return Response.json({"id": response_id, "object": "response", "deleted": True})
+
+    async def list_input_items(self, request: Request, response_id: str) -> Response:
+        """The input items that led to a stored response (earlier turns included), paged."""
+        record = self._record(response_id, self.access.key_of(request))
+        params = request.query_params()
+        order, limit = params.get("order", "desc"), params.get("limit", "20")
+        if order not in ORDERS:
+            raise BadRequest("Invalid 'order': must be 'asc' or 'desc'", param="order")
+        if not limit.isdigit() or not 1 <= int(limit) <= 100:
+            raise BadRequest("Invalid 'limit': must be an integer between 1 and 100", param="limit")
+        page = item_page(record["input"], order=order, after=params.get("after"), limit=int(limit))
+        return Response.json(page)
 
     # -- the store -----------------------------------------------------------------------
 

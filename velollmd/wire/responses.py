@@ -2,16 +2,18 @@
 
 A chat answer has one message holding everything; a Response lists *output items* in order:
 a `reasoning` item when the backend gave `reasoning_content`, a `message` item with one
-`output_text` part, then one `function_call` item per tool call. A chat `finish_reason` of
+`output_text` part, then one item per tool call: `function_call`, or for Codex's tools
+`custom_tool_call` / `local_shell_call` (responses_tools.py). A chat `finish_reason` of
 "length" makes the response `incomplete` (reason `max_output_tokens`). The streamed form
 (responses_stream.py) builds the same items with the same helpers.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .ids import item_id
+from .responses_tools import call_kinds, custom_tool_call_item, local_shell_call_item
 
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
@@ -32,9 +34,11 @@ class ResponseDraft:
     id: str
     request: dict                       # the validated Responses body (model, tools, metadata...)
     created_at: int = 0
+    kinds: dict[str, str] = field(init=False)   # function name -> "custom" | "local_shell"
 
     def __post_init__(self):
         self.created_at = self.created_at or int(time.time())
+        self.kinds = call_kinds(self.request.get("tools"))
 
 
 def response_object(draft: ResponseDraft, status: str, output: list[dict], usage: dict | None = None,
@@ -109,7 +113,20 @@ def function_call_item(call: dict, status: str = "completed", id_: str | None = 
             "arguments": text_of(function.get("arguments"))}
 
 
-def output_items(message: dict, status: str = "completed") -> list[dict]:
+def call_item(call: dict, kinds: dict[str, str], status: str = "completed", id_: str | None = None) -> dict:
+    """A chat tool call as the item of its tool's type (`kinds`: ResponseDraft.kinds)."""
+    function = dict_of(call.get("function"))
+    call_id, name = text_of(call.get("id")), text_of(function.get("name"))
+    arguments = text_of(function.get("arguments"))
+    kind = kinds.get(name)
+    if kind == "custom":
+        return custom_tool_call_item(call_id, name, arguments, status, id_)
+    if kind == "local_shell":
+        return local_shell_call_item(call_id, arguments, status, id_)
+    return function_call_item(call, status, id_)
+
+
+def output_items(message: dict, kinds: dict[str, str], status: str = "completed") -> list[dict]:
     """The output items of one chat answer message, in the order a stream sends them;
     `status` is the last item's ("incomplete" when the answer was cut at max tokens)."""
     items = []
@@ -118,7 +135,7 @@ def output_items(message: dict, status: str = "completed") -> list[dict]:
     calls = [call for call in message.get("tool_calls") or () if isinstance(call, dict)]
     if message.get("content") or not calls:
         items.append(message_item(text_of(message.get("content"))))
-    items += [function_call_item(call) for call in calls]
+    items += [call_item(call, kinds) for call in calls]
     items[-1]["status"] = status
     return items
 
@@ -127,5 +144,5 @@ def response_from_chat(draft: ResponseDraft, answer: dict) -> dict:
     """A whole chat.completion -> the `response` object."""
     choice = (answer.get("choices") or [{}])[0]
     status, incomplete = status_of(choice.get("finish_reason"))
-    return response_object(draft, status, output_items(choice.get("message") or {}, status),
+    return response_object(draft, status, output_items(choice.get("message") or {}, draft.kinds, status),
                            usage_of(answer.get("usage")), incomplete)

@@ -2,9 +2,11 @@
 
 A Responses request is a list of *items* rather than chat messages: messages whose content
 is a list of typed parts (`input_text`, `output_text`, `input_image`), `function_call` items
-(the model's calls, one item each) and `function_call_output` items (their results), plus
-`reasoning` items that carry a model's thoughts between turns. In chat shape a run of calls
-is one assistant message with `tool_calls`, and a result is a `tool` message.
+(the model's calls, one item each) and `function_call_output` items (their results), the same
+pair for Codex's `custom` and `local_shell` tools (responses_tools.py), `reasoning` items
+that carry a model's thoughts between turns, and `item_reference`s to stored items. In chat
+shape a run of calls is one assistant message with `tool_calls`, and a result is a `tool`
+message.
 
 Tools are flat (`{"type": "function", "name", "parameters"}`) where chat nests them under
 `function`; `text.format` is chat's `response_format`; `max_output_tokens` is `max_tokens`.
@@ -12,7 +14,17 @@ Anything the daemon cannot serve is a 400 naming the field and the item.
 """
 from __future__ import annotations
 
-from ..errors import BadRequest
+from typing import Callable
+
+from ..errors import BadRequest, NotFound
+from .responses_tools import (
+    LOCAL_SHELL,
+    LOCAL_SHELL_FUNCTION,
+    custom_call_to_chat,
+    custom_function,
+    local_shell_call_to_chat,
+    output_call_id,
+)
 
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
@@ -47,6 +59,27 @@ def input_items(value) -> list[dict]:
     return value
 
 
+def is_reference(item) -> bool:
+    """An `item_reference` (its `type` may be left out: then it is an object with only an `id`)."""
+    return isinstance(item, dict) and (item.get("type") == "item_reference" or item.keys() == {"id"})
+
+
+def resolve_references(items: list[dict], find: Callable[[str], dict | None]) -> list[dict]:
+    """`items` with each `item_reference` replaced by the stored item it names (`find`: item
+    id -> the item, or None when no stored response of this key holds it: a 404)."""
+    out = []
+    for i, item in enumerate(items):
+        if not is_reference(item):
+            out.append(item)
+            continue
+        found = find(item["id"]) if isinstance(item.get("id"), str) else None
+        if found is None:
+            raise NotFound(f"Item with id {item.get('id')!r} not found.", param=f"input[{i}].id",
+                           code="item_not_found")
+        out.append(found)
+    return out
+
+
 def items_to_messages(items: list[dict], param: str, messages: list[dict]) -> list[dict]:
     """Append the chat messages for `items` to `messages` (a run of function calls joins the
     assistant message before it, as chat has them); `param` names the items in errors."""
@@ -58,13 +91,13 @@ def items_to_messages(items: list[dict], param: str, messages: list[dict]) -> li
         kind = _kind(item, "message")
         if kind == "message":
             messages.append(_message(item, where))
-        elif kind == "function_call":
-            _add_call(messages, _function_call(item, where), names)
-        elif kind == "function_call_output":
+        elif kind in CALLS:
+            _add_call(messages, CALLS[kind](item, where), names)
+        elif kind in CALL_OUTPUTS:
             messages.append(_call_output(item, where, names))
         elif kind not in IGNORED_ITEM_TYPES:
-            _fail(f"{where}.type", f"input items of type {kind!r} are not supported here; "
-                                   "use message, function_call or function_call_output")
+            _fail(f"{where}.type", f"input items of type {kind!r} are not supported here; use message, "
+                                   "reasoning, item_reference, " + ", ".join([*CALLS, *CALL_OUTPUTS]))
     return messages
 
 
@@ -126,9 +159,7 @@ def _add_call(messages: list[dict], call: dict, names: dict[str, str]) -> None:
 
 
 def _call_output(item: dict, where: str, names: dict[str, str]) -> dict:
-    call_id, output = item.get("call_id"), item.get("output")
-    if not isinstance(call_id, str) or not call_id:
-        _fail(f"{where}.call_id", "a non-empty string is required")
+    call_id, output = output_call_id(item, where), item.get("output")
     if isinstance(output, list):
         output = "".join(_part(p, f"{where}.output[{j}]").get("text", "") for j, p in enumerate(output))
     if not isinstance(output, str):
@@ -139,42 +170,68 @@ def _call_output(item: dict, where: str, names: dict[str, str]) -> dict:
     return message
 
 
+CALLS = {"function_call": _function_call, "custom_tool_call": custom_call_to_chat,
+         "local_shell_call": local_shell_call_to_chat}
+CALL_OUTPUTS = ("function_call_output", "custom_tool_call_output", "local_shell_call_output")
+
+
 # -- tools, tool_choice, text.format, sampling ---------------------------------------------
 
 def chat_tools(tools) -> list[dict]:
-    """Responses function tools -> chat tools; hosted tools a client sends by default are
-    dropped (IGNORED_TOOL_TYPES); any other type is a 400 naming it."""
+    """Responses tools -> chat function tools: function tools as they are, Codex's `custom`
+    and `local_shell` tools as functions (responses_tools.py); hosted tools a client sends by
+    default are dropped (IGNORED_TOOL_TYPES); any other type is a 400 naming it."""
     if tools is None:
         return []
     if not isinstance(tools, list):
         _fail("tools", "expected an array")
-    out = []
+    out, seen = [], set()
     for i, tool in enumerate(tools):
         kind = _kind(tool)
         if kind in IGNORED_TOOL_TYPES:
             continue
-        if kind != "function":
-            _fail(f"tools[{i}].type", f"tools of type {kind!r} are not supported; only 'function' tools are")
-        if not isinstance(tool.get("name"), str) or not tool["name"]:
-            _fail(f"tools[{i}].name", "a non-empty string is required")
-        parameters = tool.get("parameters") or {"type": "object", "properties": {}}
-        function = {"name": tool["name"], "parameters": parameters}
-        if not isinstance(function["parameters"], dict):
-            _fail(f"tools[{i}].parameters", "expected a JSON Schema object")
-        if isinstance(tool.get("description"), str):
-            function["description"] = tool["description"]
+        function = _tool_function(tool, kind, f"tools[{i}]")
+        if function["name"] in seen:
+            _fail(f"tools[{i}].name", f"the tool name {function['name']!r} is used twice")
+        seen.add(function["name"])
         out.append({"type": "function", "function": function})
     return out
 
 
+def _tool_function(tool: dict, kind: str | None, where: str) -> dict:
+    if kind == "custom":
+        return custom_function(tool, where)
+    if kind == LOCAL_SHELL:
+        return dict(LOCAL_SHELL_FUNCTION)
+    if kind != "function":
+        _fail(f"{where}.type", f"tools of type {kind!r} are not supported; "
+                               "only 'function', 'custom' and 'local_shell' tools are")
+    if not isinstance(tool.get("name"), str) or not tool["name"]:
+        _fail(f"{where}.name", "a non-empty string is required")
+    parameters = tool.get("parameters") or {"type": "object", "properties": {}}
+    function = {"name": tool["name"], "parameters": parameters}
+    if not isinstance(function["parameters"], dict):
+        _fail(f"{where}.parameters", "expected a JSON Schema object")
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    return function
+
+
+def dropped_tool_types(tools) -> list[str]:
+    """The hosted tool types of the request that chat_tools drops, in order, once each."""
+    kinds = [_kind(tool) for tool in tools] if isinstance(tools, list) else []
+    return list(dict.fromkeys(kind for kind in kinds if kind in IGNORED_TOOL_TYPES))
+
+
 def chat_tool_choice(choice, tools: list[dict]):
-    """"auto" | "none" | "required" | {"type": "function", "name"} -> chat's tool_choice."""
+    """"auto" | "none" | "required" | {"type": "function" | "custom", "name"} -> chat's tool_choice."""
     if choice is None or choice in ("auto", "none", "required"):
         return choice
     kind = _kind(choice)
-    if kind is not None and kind != "function":
-        _fail("tool_choice", f"tool_choice of type {kind!r} is not supported; only 'function' tools are")
-    name = choice.get("name") if kind == "function" else None
+    if kind is not None and kind not in ("function", "custom"):
+        _fail("tool_choice", f"tool_choice of type {kind!r} is not supported; "
+                             "only 'function' and 'custom' tools are")
+    name = choice.get("name") if kind is not None else None
     if not isinstance(name, str):
         _fail("tool_choice", "expected 'none', 'auto', 'required' or {'type': 'function', 'name': ...}")
     if not any(t["function"]["name"] == name for t in tools):

@@ -9,6 +9,11 @@ response) around output items, each opened and closed by its own events:
     reasoning      the same with reasoning_text.delta / reasoning_text.done
     function_call  output_item.added -> function_call_arguments.delta* ->
                    function_call_arguments.done -> output_item.done
+    custom_tool_call  output_item.added -> custom_tool_call_input.delta ->
+                   custom_tool_call_input.done -> output_item.done (the input is the string
+                   inside the function arguments {"input": ...}: it is sent once they are whole,
+                   which the tool-call layer makes them anyway)
+    local_shell_call  output_item.added -> output_item.done (the action, as OpenAI sends it)
 
 One item is open at a time (reasoning, then text, then calls, as a chat stream sends them);
 every event carries `sequence_number`, and `output_index` / `item_id` (/ `content_index`) as
@@ -18,8 +23,8 @@ from __future__ import annotations
 
 from .responses import (
     ResponseDraft,
+    call_item,
     dict_of,
-    function_call_item,
     message_item,
     reasoning_item,
     reasoning_part,
@@ -29,7 +34,9 @@ from .responses import (
     text_part,
     usage_of,
 )
+from .responses_tools import custom_input, exec_action
 
+CALL_TYPES = frozenset({"function_call", "custom_tool_call", "local_shell_call"})
 TERMINAL = {"completed": "response.completed", "incomplete": "response.incomplete"}
 
 
@@ -103,23 +110,26 @@ class ResponseEvents:
 
     def _call(self, fragment: dict) -> list[dict]:
         index, function = fragment.get("index", 0), dict_of(fragment.get("function"))
-        if self.item is None or self.item["type"] != "function_call" or index != self.call_index:
-            events = self._close() + self._open("function_call", fragment)
+        if self.item is None or self.item["type"] not in CALL_TYPES or index != self.call_index:
+            events = self._close() + self._open("call", fragment)
             self.call_index = index
         else:                                   # a later piece of the open call
             events = []
-            self.item["name"] += text_of(function.get("name"))
+            if "name" in self.item:
+                self.item["name"] += text_of(function.get("name"))
         arguments = text_of(function.get("arguments"))
         if arguments:
             self.pieces.append(arguments)
-            events.append(self.event("response.function_call_arguments.delta", **self._where(),
-                                     delta=arguments))
+            if self.item["type"] == "function_call":
+                events.append(self.event("response.function_call_arguments.delta", **self._where(),
+                                         delta=arguments))
         return events
 
     def _open(self, kind: str, fragment: dict | None = None) -> list[dict]:
-        if kind == "function_call":
+        if kind == "call":
             function = {**dict_of(fragment.get("function")), "arguments": ""}
-            self.item = function_call_item({"id": fragment.get("id"), "function": function}, "in_progress")
+            call = {"id": fragment.get("id"), "function": function}
+            self.item = call_item(call, self.draft.kinds, "in_progress")
             return [self.event("response.output_item.added", output_index=len(self.output),
                                item=dict(self.item))]
         make, part = (message_item, text_part) if kind == "message" else (reasoning_item, reasoning_part)
@@ -131,25 +141,37 @@ class ResponseEvents:
         if self.item is None:
             return []
         item, text = self.item, "".join(self.pieces)
-        if item["type"] == "function_call":
-            item.update(arguments=text, status=status)
-            events = [self.event("response.function_call_arguments.done", **self._where(), name=item["name"],
-                                 arguments=text)]
-        elif item["type"] == "message":
-            item.update(content=[text_part(text)], status=status)
-            events = [self.event("response.output_text.done", **self._where(), content_index=0, text=text,
-                                 logprobs=[]),
-                      self.event("response.content_part.done", **self._where(), content_index=0,
-                                 part=text_part(text))]
-        else:
-            item.update(content=[reasoning_part(text)], status=status)
-            events = [self.event("response.reasoning_text.done", **self._where(), content_index=0, text=text),
-                      self.event("response.content_part.done", **self._where(), content_index=0,
-                                 part=reasoning_part(text))]
+        item["status"] = status
+        events = self._finish_call(item, text) if item["type"] in CALL_TYPES else self._finish_text(item, text)
         events.append(self.event("response.output_item.done", output_index=len(self.output), item=item))
         self.output.append(item)
         self.item, self.pieces, self.call_index = None, [], None
         return events
+
+    def _finish_call(self, item: dict, arguments: str) -> list[dict]:
+        """The open call's last events before output_item.done, its whole arguments known."""
+        if item["type"] == "function_call":
+            item["arguments"] = arguments
+            return [self.event("response.function_call_arguments.done", **self._where(), name=item["name"],
+                               arguments=arguments)]
+        if item["type"] == "custom_tool_call":
+            item["input"] = custom_input(arguments)
+            return [self.event("response.custom_tool_call_input.delta", **self._where(), delta=item["input"]),
+                    self.event("response.custom_tool_call_input.done", **self._where(), input=item["input"])]
+        item["action"] = exec_action(arguments)        # local_shell_call: no events of its own
+        return []
+
+    def _finish_text(self, item: dict, text: str) -> list[dict]:
+        if item["type"] == "message":
+            item["content"] = [text_part(text)]
+            return [self.event("response.output_text.done", **self._where(), content_index=0, text=text,
+                               logprobs=[]),
+                    self.event("response.content_part.done", **self._where(), content_index=0,
+                               part=text_part(text))]
+        item["content"] = [reasoning_part(text)]
+        return [self.event("response.reasoning_text.done", **self._where(), content_index=0, text=text),
+                self.event("response.content_part.done", **self._where(), content_index=0,
+                           part=reasoning_part(text))]
 
     def _where(self) -> dict:
         return {"item_id": self.item["id"], "output_index": len(self.output)}
