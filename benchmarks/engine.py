@@ -192,7 +192,7 @@ async def measure_health(url: str, model: str, args) -> dict:
     """GET /health p50/p99 idle, then while the engine streams at concurrency 8."""
     client = HTTPClient(url)
     idle = await health_latencies(client, args.health_samples)
-    load = asyncio.ensure_future(decode_batch(HTTPClient(url), model, 8, args.max_tokens * 4))
+    load = asyncio.ensure_future(decode_batch(HTTPClient(url), model, 8, args.max_tokens))
     loaded = []
     while not load.done():
         loaded += await health_latencies(client, 10)
@@ -228,6 +228,46 @@ def measure_kv_waste(path: Path, args) -> dict:
     return {"waste": waste, "steps": runner.num_steps}
 
 
+# ---- the decode step, in-process ----
+
+PROFILED = ("linear", "_attention", "decode_attention", "gather_padded", "rms_norm", "apply_rope",
+            "silu", "write", "__init__", "rope_cos_sin")
+
+
+def profile_decode(path: Path, args) -> None:
+    """Per-op ms of one decode step at B = 1 and 8 (context 128), and the compiled matmul vs
+    OpenBLAS for the same steps (model.DECODE_ROWS 0: every matmul through OpenBLAS)."""
+    import cProfile
+    import pstats
+
+    from velollmd.engine import model as model_module
+    from velollmd.engine.model import Batch, SeqChunk
+    loaded = loader.load("p", path, loader.EngineOptions(num_ctx=1024, kv_cache_mb=256, threads=args.threads),
+                         SchedulerConfig())
+    model, kv = loaded.runner.model, loaded.runner.kv
+    num_blocks = -(-129 // kv.block_size)
+    for batch_size in (1, 8):
+        batch = Batch.pack([SeqChunk([7], 128, range(i * num_blocks, (i + 1) * num_blocks))
+                            for i in range(batch_size)])
+        times = {"compiled": [], "openblas": []}
+        for _ in range(args.rounds * 3):                   # A B A B ...
+            for name, rows in (("compiled", 16), ("openblas", 0)):
+                model_module.DECODE_ROWS = rows
+                started = time.perf_counter()
+                model.forward(batch, kv)
+                times[name].append((time.perf_counter() - started) * 1e3)
+        model_module.DECODE_ROWS = 16
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: [model.forward(batch, kv) for _ in range(10)])
+        stats = pstats.Stats(profiler).stats
+        per_op = {func[2]: cum / 10 * 1e3 for func, (_, _, _, cum, _) in stats.items() if func[2] in PROFILED
+                  and ("engine" in func[0])}
+        print(f"  decode step B={batch_size}: compiled {fmt_range(times['compiled'], 1)} ms, OpenBLAS only "
+              f"{fmt_range(times['openblas'], 1)} ms (ratio {fmt_range([o / c for o, c in zip(times['openblas'], times['compiled'])], 2)}); "
+              "per op ms: " + ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(per_op.items(), key=lambda x: -x[1])),
+              flush=True)
+
+
 # ---- one model ----
 
 def bench_model(shape: str, args) -> dict:
@@ -260,7 +300,6 @@ def bench_model(shape: str, args) -> dict:
     finally:
         daemon.stop()
         llama.stop()
-    result["kv"] = measure_kv_waste(path, args)
     return result
 
 
@@ -274,7 +313,7 @@ def fmt_range(values: list[float], digits: int = 0) -> str:
     return f"{med:.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
 
 
-def report(results: list[dict], args) -> None:
+def report(results: list[dict], kv: dict, args) -> None:
     print(f"\n## Summary (threads {args.threads}, max_tokens {args.max_tokens}, {args.rounds} rounds, "
           f"{args.dtype}, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, extension compiled: "
           f"{kernels.COMPILED})")
@@ -309,8 +348,8 @@ def report(results: list[dict], args) -> None:
         print(f"\n/health p50/p99 ms: idle {h['idle']['p50']:.2f}/{h['idle']['p99']:.2f}, engine at c=8 "
               f"{h['load']['p50']:.2f}/{h['load']['p99']:.2f} (p99 ratio {h['load']['p99'] / h['idle']['p99']:.2f})")
         print(f"RSS MiB: daemon {result['rss_idle_mb']:.0f} idle -> {result['rss_loaded_mb']:.0f} loaded -> "
-              f"{result['rss_after_mb']:.0f} after the runs; llama-server {result['rss_llama_mb']:.0f}; "
-              f"KV waste {result['kv']['waste'] * 100:.2f} %")
+              f"{result['rss_after_mb']:.0f} after the runs; llama-server {result['rss_llama_mb']:.0f}")
+    print(f"\nKV waste: {kv['waste'] * 100:.2f} % of allocated block tokens unused ({kv['steps']} steps)")
 
 
 def main() -> None:
@@ -326,6 +365,7 @@ def main() -> None:
     parser.add_argument("--history-samples", type=int, default=2)
     parser.add_argument("--health-samples", type=int, default=200)
     parser.add_argument("--skip-history", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="only the in-process decode-step profile")
     args = parser.parse_args()
     if args.quick:
         args.shapes, args.rounds, args.max_tokens = "tiny", 1, 16
@@ -333,8 +373,15 @@ def main() -> None:
     args.threads = args.threads or kernels.default_num_threads()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     os.chdir(ROOT)
+    if args.profile:
+        for shape in args.shapes.split(","):
+            print(f"== {shape}: decode step in-process, threads {args.threads}")
+            profile_decode(model_file(shape, args.dtype), args)
+        return
     results = [bench_model(shape, args) for shape in args.shapes.split(",")]
-    report(results, args)
+    print("\n== KV waste (tiny model: waste depends on lengths and block size, not on weights)")
+    kv = measure_kv_waste(model_file("tiny", args.dtype), args)
+    report(results, kv, args)
 
 
 if __name__ == "__main__":
