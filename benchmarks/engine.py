@@ -16,7 +16,11 @@ generates max_tokens (the counts are reported, from each server's own usage chun
 5. KV waste (in-process, the real runner, scheduler and allocator): allocated block tokens vs
    tokens held, every step of 16 concurrent requests of mixed lengths.
 
+6. --profile (only this): the decode step in-process, per op, at B = 1, 8, 16, and the compiled
+   matmul against OpenBLAS on the same steps (A B A B ...).
+
     .venv/bin/python benchmarks/engine.py [--quick] [--shapes tiny,small] [--rounds 2] [--threads N]
+    .venv/bin/python benchmarks/engine.py --profile --shapes small
 """
 from __future__ import annotations
 
@@ -235,8 +239,8 @@ PROFILED = ("linear", "_attention", "decode_attention", "gather_padded", "rms_no
 
 
 def profile_decode(path: Path, args) -> None:
-    """Per-op ms of one decode step at B = 1 and 8 (context 128), and the compiled matmul vs
-    OpenBLAS for the same steps (model.DECODE_ROWS 0: every matmul through OpenBLAS)."""
+    """Per-op ms of one decode step at B = 1, 8 and 16 (context 128), and the compiled matmul vs
+    OpenBLAS for the same steps (model.DECODE_ROWS B: the compiled kernel, 0: OpenBLAS)."""
     import cProfile
     import pstats
 
@@ -245,18 +249,18 @@ def profile_decode(path: Path, args) -> None:
     loaded = loader.load("p", path, loader.EngineOptions(num_ctx=1024, kv_cache_mb=256, threads=args.threads),
                          SchedulerConfig())
     model, kv = loaded.runner.model, loaded.runner.kv
-    num_blocks = -(-129 // kv.block_size)
-    for batch_size in (1, 8):
+    num_blocks, default_rows = -(-129 // kv.block_size), model_module.DECODE_ROWS
+    for batch_size in (1, 8, 16):
         batch = Batch.pack([SeqChunk([7], 128, range(i * num_blocks, (i + 1) * num_blocks))
                             for i in range(batch_size)])
         times = {"compiled": [], "openblas": []}
         for _ in range(args.rounds * 3):                   # A B A B ...
-            for name, rows in (("compiled", 16), ("openblas", 0)):
+            for name, rows in (("compiled", batch_size), ("openblas", 0)):
                 model_module.DECODE_ROWS = rows
                 started = time.perf_counter()
                 model.forward(batch, kv)
                 times[name].append((time.perf_counter() - started) * 1e3)
-        model_module.DECODE_ROWS = 16
+        model_module.DECODE_ROWS = default_rows
         profiler = cProfile.Profile()
         profiler.runcall(lambda: [model.forward(batch, kv) for _ in range(10)])
         stats = pstats.Stats(profiler).stats
