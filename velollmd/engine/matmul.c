@@ -16,8 +16,10 @@ typedef float v8f __attribute__((vector_size(32)));
 #define VL_CLONES
 #endif
 
-#define ROWS 4      /* weight rows per tile (N) */
-#define COLS 2      /* inputs per tile (B) */
+#define ROWS 3          /* weight rows per tile for each 4 inputs: 12 accumulators */
+#define COLS 4
+#define ROWS_ONE 6      /* weight rows per tile for an input left over (B % 4): 6 streams */
+#define MAX_ROWS 6
 
 static inline __attribute__((always_inline)) v8f load8(const float *p) {
     v8f v;
@@ -35,7 +37,7 @@ static inline __attribute__((always_inline)) float hsum(v8f v) {
  * the scalar tail, so a result does not depend on B. */
 static inline __attribute__((always_inline)) void tile(const float *w, const float *x, float *y,
                                                       int64_t K, int64_t N, int rows, int cols) {
-    v8f acc[ROWS][COLS] = {{{0}}};
+    v8f acc[MAX_ROWS][COLS] = {{{0}}};
     int64_t k = 0;
     for (; k + 8 <= K; k += 8) {
         v8f xv[COLS];
@@ -56,24 +58,26 @@ static inline __attribute__((always_inline)) void tile(const float *w, const flo
         }
 }
 
-/* Rows [n0, n1) of w against all B inputs. */
+/* Rows [n0, n1) of w against all B inputs; each block of ROWS_ONE rows is read from memory once
+ * and from L1 for the other inputs. */
 VL_CLONES
 static void rows_kernel(const float *x, const float *w, float *y, int64_t B, int64_t K, int64_t N,
                         int64_t n0, int64_t n1) {
     int64_t n = n0;
-    for (; n + ROWS <= n1; n += ROWS) {
+    for (; n + ROWS_ONE <= n1; n += ROWS_ONE) {
         int64_t b = 0;
         for (; b + COLS <= B; b += COLS)
-            tile(w + n * K, x + b * K, y + b * N + n, K, N, ROWS, COLS);
+            for (int r = 0; r < ROWS_ONE; r += ROWS)
+                tile(w + (n + r) * K, x + b * K, y + b * N + n + r, K, N, ROWS, COLS);
         for (; b < B; b++)
-            tile(w + n * K, x + b * K, y + b * N + n, K, N, ROWS, 1);
+            tile(w + n * K, x + b * K, y + b * N + n, K, N, ROWS_ONE, 1);
     }
     for (; n < n1; n++)
         for (int64_t b = 0; b < B; b++)
             tile(w + n * K, x + b * K, y + b * N + n, K, N, 1, 1);
 }
 
-#define ROWS_PER_TASK 64    /* a task's weights: 64 rows (256 KiB at K = 1024) */
+#define ROWS_PER_TASK 48    /* a task's weights: 48 rows (192 KiB at K = 1024) */
 
 void vl_matmul_nt(const float *x, const float *w, float *y, int64_t B, int64_t K, int64_t N,
                   int num_threads) {
