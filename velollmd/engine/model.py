@@ -240,9 +240,9 @@ class LayerWeights:
 
 
 # Up to this many rows a matmul reads each weight row once (kernels.matmul_nt). Measured on the
-# small model (benchmarks/RESULTS.md, Engine), a whole decode step against OpenBLAS: 1.40x at 8
-# rows, 1.00x at 16, 0.90x at 1 (gemv is one pass too): kept for every step up to the default
-# max_running, so that a decoding sequence's logits do not depend on what it is batched with.
+# small model (benchmarks/RESULTS.md, Engine), a whole decode step against OpenBLAS: 1.01x at 1
+# row, 1.38x at 8, 1.25x at 16. Up to the default max_running a decoding sequence's logits then
+# do not depend on what it is batched with.
 DECODE_ROWS = 16
 
 
