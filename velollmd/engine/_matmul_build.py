@@ -34,7 +34,7 @@ ffibuilder.set_source(
     sources=[_source_path(HERE / "matmul.c")],
     include_dirs=[str(HERE)],
     # gnu11: GCC's vector extensions; fp-contract: a * b + c as one FMA where the CPU has it
-    extra_compile_args=["-O3", "-std=gnu11", "-fopenmp", "-ffp-contract=fast"],
+    extra_compile_args=["-O3", "-std=gnu11", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"],
     extra_link_args=["-fopenmp"],
 )
 
