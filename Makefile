@@ -15,7 +15,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Runtime install: the package (with its CFFI extension built in place) and its runtime deps.
-$(VENV)/.installed: $(PY) setup.cfg setup.py pyproject.toml $(wildcard velollmd/sched/*.c velollmd/sched/_kvblocks_build.py)
+$(VENV)/.installed: $(PY) setup.cfg setup.py pyproject.toml $(wildcard velollmd/sched/*.c velollmd/sched/_kvblocks_build.py velollmd/engine/*.c velollmd/engine/*.h velollmd/engine/_matmul_build.py)
 	$(PIP) install -e .
 	touch $@
 
@@ -67,4 +67,5 @@ bench: $(VENV)/.bench-installed /usr/bin/wrk /usr/sbin/nginx
 		echo "== $$script"; $(PY) $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info velollmd/sched/_kvblocks*.so velollmd/sched/_kvblocks.c
+	rm -rf $(VENV) build *.egg-info velollmd/sched/_kvblocks*.so velollmd/sched/_kvblocks.c \
+		velollmd/engine/_matmul*.so velollmd/engine/_matmul.c

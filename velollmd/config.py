@@ -66,7 +66,7 @@ class BackendConfig:
     models_dir: str = ""                           # every *.gguf in this folder
     ollama_store: bool = True                      # and Ollama's local model store, by Ollama's names
     device: str = _opt("auto", choices=ENGINE_DEVICES)
-    threads: int = _opt(0, min=0, max=1024)        # 0 = every core
+    threads: int = _opt(0, min=0, max=1024)        # matmul + BLAS threads; 0 = physical cores
     kv_cache_mb: int = _opt(0, min=0)              # 0 = num_ctx x max_running tokens of KV
     block_size: int = _opt(16, min=1, max=1024)    # tokens per KV block
     max_batch_tokens: int = _opt(512, min=1)       # tokens per engine step (prefill chunk + decodes)

@@ -46,7 +46,8 @@ class EngineBackend(Backend):
         self.slots_source = "engine"
         self.options = EngineOptions(num_ctx=config.num_ctx, kv_cache_mb=config.kv_cache_mb,
                                      block_size=config.block_size, max_batch_tokens=config.max_batch_tokens,
-                                     max_running=config.max_running, chat_template=config.chat_template)
+                                     max_running=config.max_running, chat_template=config.chat_template,
+                                     threads=config.threads)
         self.files: dict[str, store.ModelFile] = {}
         self.unavailable: dict[str, str] = {}          # name -> why it cannot be served
         self._probed: dict[str, str | None] = {}        # file identity -> problem (None: fine)

@@ -19,6 +19,7 @@ import psutil
 from ..config import SchedulerConfig
 from ..sched.kvblocks import BlockPool
 from ..sched.scheduler import Scheduler
+from . import kernels
 from .gguf import GGUFFile, read_gguf
 from .kvcache import PagedKVCache
 from .model import Model, ModelConfig
@@ -39,6 +40,7 @@ class EngineOptions:
     max_batch_tokens: int = 512
     max_running: int = 16
     chat_template: str = ""
+    threads: int = 0                # matmul and BLAS threads, process-wide (0: physical cores)
 
 
 @dataclass
@@ -76,6 +78,7 @@ def probe(path: Path, chat_template: str = "") -> str | None:
 
 
 def load(name: str, path: Path, options: EngineOptions, scheduler_config: SchedulerConfig) -> LoadedModel:
+    kernels.set_num_threads(options.threads)
     with read_gguf(path) as gguf:
         config = ModelConfig.from_metadata(gguf.metadata, gguf.tensors.keys())
         tokenizer = Tokenizer.from_gguf(gguf.metadata)

@@ -6,10 +6,12 @@
     logits = model.forward(batch, kv)                  # (num_logits, n_vocab)
 
 Architectures: llama (and mistral), qwen2 (Q/K/V biases), qwen3 (per-head Q/K RMSNorm); tied
-embeddings when output.weight is absent. Every matrix is stored pre-transposed, (in, out)
-contiguous, so that all T rows of a batch (prefill tokens of several sequences and single
-decode tokens alike) go through one matmul per weight; only attention is per sequence, and
-all decoding sequences share one padded attention call.
+embeddings when output.weight is absent. Every matrix is stored as the GGUF holds it, (out, in)
+contiguous float32 (Q, K, V fused; gate and up fused), and all T rows of a batch (prefill
+tokens of several sequences and single decode tokens alike) go through one matmul per weight:
+`linear` below, OpenBLAS for a prefill's many rows, the compiled kernel (kernels.py) for a
+decode step's few. Only attention is per sequence, and all decoding sequences share one padded
+attention call.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from velollmd.engine import ops
+from velollmd.engine import kernels, ops
 from velollmd.engine.kvcache import PagedKVCache, slot_mapping
 
 ROPE_STYLE_OF_ARCH = {"llama": ops.ROPE_NORM, "mistral": ops.ROPE_NORM,
@@ -227,14 +229,30 @@ def _padded_tables(tables: list[list[int]], num_blocks: int) -> np.ndarray:
 @dataclass
 class LayerWeights:
     attn_norm: np.ndarray           # (n_embd,)
-    wqkv: np.ndarray                # (n_embd, q_dim + 2 * kv_dim): Q, K, V fused, pre-transposed
+    wqkv: np.ndarray                # (q_dim + 2 * kv_dim, n_embd): Q, K, V fused
     bqkv: np.ndarray | None         # (q_dim + 2 * kv_dim,) qwen2
     q_norm: np.ndarray | None       # (head_dim,) qwen3
     k_norm: np.ndarray | None       # (head_dim,) qwen3
-    wo: np.ndarray                  # (q_dim, n_embd)
+    wo: np.ndarray                  # (n_embd, q_dim)
     ffn_norm: np.ndarray            # (n_embd,)
-    w_gate_up: np.ndarray           # (n_embd, 2 * n_ff): gate then up, fused
-    w_down: np.ndarray              # (n_ff, n_embd)
+    w_gate_up: np.ndarray           # (2 * n_ff, n_embd): gate then up, fused
+    w_down: np.ndarray              # (n_embd, n_ff)
+
+
+# Up to this many rows a matmul reads each weight row once (kernels.matmul_nt). Measured on the
+# small model (benchmarks/RESULTS.md, Engine), a whole decode step against OpenBLAS: 1.01x at 1
+# row, 1.38x at 8, 1.25x at 16. Up to the default max_running a decoding sequence's logits then
+# do not depend on what it is batched with.
+DECODE_ROWS = 16
+
+
+def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x (T, in) @ w (out, in)^T -> (T, out). A decode step's few rows: the compiled kernel,
+    which reads the weights once (OpenBLAS's sgemm would first pack all of them); a prefill's
+    many rows: OpenBLAS, which computes faster once the packing pays off."""
+    if x.shape[0] <= DECODE_ROWS:
+        return kernels.matmul_nt(x, w)
+    return x @ w.T
 
 
 class Model:
@@ -249,9 +267,9 @@ class Model:
         self.token_embd = self._load("token_embd.weight", (c.n_vocab, c.n_embd))  # (n_vocab, n_embd)
         self.layers = [self._load_layer(layer) for layer in range(c.n_layer)]
         self.output_norm = self._load("output_norm.weight", (c.n_embd,))        # (n_embd,)
-        # (n_embd, n_vocab); tied: a transposed view of token_embd (BLAS reads it as is, no copy)
-        self.lm_head = (self.token_embd.T if c.tied_embeddings
-                        else self._load_t("output.weight", (c.n_vocab, c.n_embd)))
+        # (n_vocab, n_embd); tied: token_embd itself, no copy
+        self.lm_head = (self.token_embd if c.tied_embeddings
+                        else self._load("output.weight", (c.n_vocab, c.n_embd)))
         factors = self._load("rope_freqs.weight", (c.n_rot // 2,)) if c.has_rope_freqs else None
         self.inv_freq = ops.rope_inv_freq(c.n_rot, c.rope_freq_base, c.rope_freq_scale, factors)  # (n_rot/2,)
         self.attn_scale = 1.0 / np.sqrt(c.head_dim)
@@ -262,10 +280,6 @@ class Model:
         if array.shape != shape:
             raise UnsupportedModel(f"tensor {name!r} has shape {array.shape}, expected {shape}")
         return array
-
-    def _load_t(self, name: str, shape: tuple[int, int]) -> np.ndarray:
-        """A (out, in) matrix stored as (in, out), contiguous."""
-        return np.ascontiguousarray(self._load(name, shape).T)
 
     def _load_layer(self, layer: int) -> LayerWeights:
         c, p = self.config, f"blk.{layer}."
@@ -281,19 +295,19 @@ class Model:
         up = self._load(p + "ffn_up.weight", (c.n_ff, c.n_embd))
         return LayerWeights(
             attn_norm=self._load(p + "attn_norm.weight", (c.n_embd,)),
-            wqkv=np.ascontiguousarray(np.concatenate([wq, wk, wv]).T), bqkv=bqkv,
+            wqkv=np.concatenate([wq, wk, wv]), bqkv=bqkv,
             q_norm=self._load(p + "attn_q_norm.weight", (c.head_dim,)) if c.qk_norm else None,
             k_norm=self._load(p + "attn_k_norm.weight", (c.head_dim,)) if c.qk_norm else None,
-            wo=self._load_t(p + "attn_output.weight", (c.n_embd, self.q_dim)),
+            wo=self._load(p + "attn_output.weight", (c.n_embd, self.q_dim)),
             ffn_norm=self._load(p + "ffn_norm.weight", (c.n_embd,)),
-            w_gate_up=np.ascontiguousarray(np.concatenate([gate, up]).T),
-            w_down=self._load_t(p + "ffn_down.weight", (c.n_embd, c.n_ff)))
+            w_gate_up=np.concatenate([gate, up]),
+            w_down=self._load(p + "ffn_down.weight", (c.n_embd, c.n_ff)))
 
     def forward(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
         """Run the batch, write its K/V into kv; logits of the logits_indices rows (num_logits, n_vocab)."""
         x = self._residual(batch, kv)[batch.logits_indices]               # (num_logits, n_embd)
         h = ops.rms_norm(x, self.output_norm, self.config.rms_norm_eps)   # (num_logits, n_embd)
-        return h @ self.lm_head                                           # (num_logits, n_vocab)
+        return linear(h, self.lm_head)                                    # (num_logits, n_vocab)
 
     @property
     def nbytes(self) -> int:
@@ -321,7 +335,7 @@ class Model:
                          sin: np.ndarray, batch: Batch, plan: AttentionPlan, kv: PagedKVCache) -> np.ndarray:
         c, num_tokens = self.config, x.shape[0]
         h = ops.rms_norm(x, layer.attn_norm, c.rms_norm_eps)             # (T, n_embd)
-        qkv = h @ layer.wqkv                                             # (T, q_dim + 2 * kv_dim)
+        qkv = linear(h, layer.wqkv)                                      # (T, q_dim + 2 * kv_dim)
         if layer.bqkv is not None:
             qkv += layer.bqkv
         q = qkv[:, :self.q_dim].reshape(num_tokens, c.n_head, c.head_dim)
@@ -334,7 +348,7 @@ class Model:
         k = ops.apply_rope(k, cos, sin, c.rope_style)                    # (T, n_head_kv, head_dim)
         kv.write(index, plan.slots, k, v)
         out = self._attention(index, q, batch, plan, kv)                 # (T, n_head, head_dim)
-        return out.reshape(num_tokens, self.q_dim) @ layer.wo           # (T, n_embd)
+        return linear(out.reshape(num_tokens, self.q_dim), layer.wo)    # (T, n_embd)
 
     def _attention(self, index: int, q: np.ndarray, batch: Batch, plan: AttentionPlan,
                    kv: PagedKVCache) -> np.ndarray:
@@ -353,7 +367,7 @@ class Model:
 
     def _ffn_block(self, layer: LayerWeights, x: np.ndarray) -> np.ndarray:
         h = ops.rms_norm(x, layer.ffn_norm, self.config.rms_norm_eps)    # (T, n_embd)
-        gate_up = h @ layer.w_gate_up                                    # (T, 2 * n_ff)
+        gate_up = linear(h, layer.w_gate_up)                             # (T, 2 * n_ff)
         n_ff = self.config.n_ff
         act = ops.silu(gate_up[:, :n_ff]) * gate_up[:, n_ff:]           # (T, n_ff)
-        return act @ layer.w_down                                        # (T, n_embd)
+        return linear(act, layer.w_down)                                 # (T, n_embd)

@@ -97,21 +97,29 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_computed: 
     num_k, n_head_kv, _ = k.shape
     group = n_head // n_head_kv
     q = q * np.float32(scale)                                                # (T, n_head, d) scaled
-    qg = q.reshape(num_q, n_head_kv, group, head_dim).transpose(1, 2, 0, 3)  # (kv, group, T, d)
-    kt = k.transpose(1, 2, 0)[:, None]                                       # (kv, 1, d, num_k)
-    vt = v.transpose(1, 0, 2)[:, None]                                       # (kv, 1, num_k, d)
-    out = np.empty((n_head_kv, group, num_q, head_dim), dtype=np.float32)    # (kv, group, T, d)
+    qg = q.reshape(num_q, n_head_kv, group, head_dim).transpose(1, 0, 2, 3)  # (kv, T, group, d)
+    # contiguous per KV head: one BLAS product covers the group's heads and the chunk's queries
+    kc = np.ascontiguousarray(k.transpose(1, 0, 2))                          # (kv, num_k, d)
+    vc = np.ascontiguousarray(v.transpose(1, 0, 2))                          # (kv, num_k, d)
+    out = np.empty((n_head_kv, num_q, group, head_dim), dtype=np.float32)    # (kv, T, group, d)
     chunk = max(1, min(QUERY_CHUNK, MAX_SCORES // (n_head * num_k)))
     for start in range(0, num_q, chunk):
         stop = min(num_q, start + chunk)
         num_visible = num_computed + stop                                    # keys any query here sees
-        scores = np.matmul(qg[:, :, start:stop], kt[..., :num_visible])     # (kv, group, chunk, visible)
-        if stop - start > 1:
-            query_pos = num_computed + np.arange(start, stop)                # (chunk,)
-            future = np.arange(num_visible)[None, :] > query_pos[:, None]    # (chunk, visible)
-            scores[:, :, future] = -np.inf
-        out[:, :, start:stop] = np.matmul(softmax_(scores), vt[:, :, :num_visible])
-    return out.transpose(2, 0, 1, 3).reshape(num_q, n_head, head_dim)
+        rows = qg[:, start:stop].reshape(n_head_kv, (stop - start) * group, head_dim)  # (kv, chunk*group, d)
+        scores = np.matmul(rows, kc[:, :num_visible].transpose(0, 2, 1))    # (kv, chunk*group, visible)
+        if stop - start > 1:     # only the chunk's own keys can be in a query's future
+            per_query = scores.reshape(n_head_kv, stop - start, group, num_visible)
+            per_query[..., num_computed + start:] += _future_mask(stop - start)[:, None, :]
+        probs = softmax_(scores)                                             # (kv, chunk*group, visible)
+        out[:, start:stop] = np.matmul(probs, vc[:, :num_visible]).reshape(
+            n_head_kv, stop - start, group, head_dim)
+    return out.transpose(1, 0, 2, 3).reshape(num_q, n_head, head_dim)
+
+
+def _future_mask(num: int) -> np.ndarray:
+    """(num, num) float32: -inf above the diagonal (key j after query i), 0 elsewhere."""
+    return np.triu(np.full((num, num), -np.inf, dtype=np.float32), k=1)
 
 
 def decode_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, context_lens: np.ndarray,
