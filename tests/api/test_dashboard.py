@@ -123,8 +123,8 @@ def test_feed_shows_the_traffic_it_was_sent(open_daemon):
 
 @pytest.fixture
 def keyed_daemon(daemon_factory, ollama_emulator):
-    return daemon_factory({"server": {"api_keys": [KEY]}, "keys": [{"name": "team-a", "key": "sk-team-a", "rpm": 5}],
-                           "backends": [ollama_backend(ollama_emulator)]})
+    return daemon_factory({"server": {"api_keys": [KEY]}, "backends": [ollama_backend(ollama_emulator)],
+                           "keys": [{"name": "team-a", "key": "sk-team-a", "rpm": 5}]})
 
 
 def test_with_keys_the_page_is_public_and_the_feed_needs_a_key(keyed_daemon):
