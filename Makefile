@@ -44,9 +44,13 @@ run: install demo-model
 llama-server:
 	@tools/llama-server
 
-test: $(VENV)/.test-installed
+test: $(VENV)/.test-installed /usr/bin/chromium
 	@tools/llama-server >/dev/null
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# chromium (headless) runs the dashboard's page in tests/api/test_dashboard_browser.py.
+/usr/bin/chromium:
+	(apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)) >/dev/null
 
 # wrk is the load generator of benchmarks/http_server.py (a separate C process).
 /usr/bin/wrk:

@@ -12,6 +12,7 @@ import time
 from .api.access import Access
 from .api.admin import AdminRoutes
 from .api.anthropic import AnthropicRoutes, anthropic_error, wants_anthropic_errors
+from .api.dashboard import DashboardRoutes
 from .api.ollama import OllamaRoutes
 from .api.openai import OpenAIRoutes
 from .api.response_store import ResponseStore
@@ -49,6 +50,7 @@ class App:
         router = Router()
         services = (self.access, self.registry, self.pipeline, self.service)
         AdminRoutes(*services, self.metrics, config.metrics).register(router)
+        DashboardRoutes(*services, self.metrics, self.access_log).register(router)
         openai = OpenAIRoutes(*services, sse_ping_s=config.server.sse_ping_s)
         openai.register(router)
         OllamaRoutes(*services).register(router)

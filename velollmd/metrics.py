@@ -69,6 +69,18 @@ class Histogram:
         series[-2] += value
         series[-1] += 1
 
+    def merged(self) -> list:
+        """Every series added up: [bucket counts..., +Inf bucket count, sum, count] (the
+        counts per bucket, not cumulative), for summaries across labels (the dashboard)."""
+        merged = [0] * (len(self.buckets) + 1) + [0.0, 0]
+        for series in self.series.values():
+            for index, count in enumerate(series[:-2]):
+                merged[index] += count
+            merged[-2] += series[-2]
+            merged[-1] += series[-1]
+        merged[len(self.buckets)] = merged[-1] - sum(merged[:len(self.buckets)])
+        return merged
+
     def render(self) -> list[str]:
         lines = _header(self.name, "histogram", self.help)
         for key, series in sorted(self.series.items()):
@@ -80,6 +92,23 @@ class Histogram:
             lines.append(f"{self.name}_sum{_labels(key)} {series[-2]:.6f}")
             lines.append(f"{self.name}_count{_labels(key)} {series[-1]}")
         return lines
+
+
+def bucket_quantile(q: float, bounds, counts) -> float | None:
+    """The q-quantile (0..1) of observations counted in buckets, as Prometheus's
+    histogram_quantile() estimates it: linear within the bucket that holds the rank, the
+    highest finite bound when the rank falls in the +Inf bucket. `counts`: per bucket, not
+    cumulative, len(bounds) + 1 (the last is +Inf). None when nothing was observed."""
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank, cumulative = q * total, 0
+    for index, count in enumerate(counts[:len(bounds)]):
+        if count and cumulative + count >= rank:
+            lower = bounds[index - 1] if index else 0.0
+            return lower + (bounds[index] - lower) * (rank - cumulative) / count
+        cumulative += count
+    return float(bounds[-1])
 
 
 QUEUE_METRICS = (   # (key in the scheduler's per-backend stats, metric name, type, help)

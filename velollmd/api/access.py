@@ -55,8 +55,10 @@ class Access:
 
     def check(self, request: Request) -> None:
         """401 unless the path is public or the request carries a configured key: an API key,
-        or on /metrics also the metrics key. With no API keys, only a metrics key guards."""
-        if request.path in PUBLIC_PATHS:
+        or on /metrics also the metrics key. With no API keys, only a metrics key guards.
+        The dashboard's page is public (it holds no data: it asks for a key and sends it on
+        its feed, which is guarded like every API path)."""
+        if request.path in PUBLIC_PATHS or is_dashboard_page(request):
             return
         keys = self._metrics_keys if request.path == METRICS_PATH else self._api_keys
         if keys and not _any_matches(supplied_digest(self.key_of(request)), keys):
@@ -130,6 +132,21 @@ class Access:
     def refuse_if_draining(self) -> None:
         if self.draining:
             raise Unavailable("server is shutting down", headers={"retry-after": "1"})
+
+
+def accepts_html(request: Request) -> bool:
+    """Whether the Accept header names text/html (with q > 0): a browser. `*/*` alone (curl,
+    API clients) does not count, so they keep getting JSON."""
+    for media_range in (request.header("accept") or "").split(","):
+        kind, *params = media_range.split(";")
+        if kind.strip().lower() == "text/html":
+            return not any(p.strip().replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
+    return False
+
+
+def is_dashboard_page(request: Request) -> bool:
+    """GET / from a browser: the dashboard's page."""
+    return request.path == "/" and request.method in ("GET", "HEAD") and accepts_html(request)
 
 
 def flat_key_name(digest: bytes) -> str:

@@ -1,4 +1,5 @@
-"""Operator endpoints: /health, /metrics, cache stats and flush, queue stats, usage per key."""
+"""Operator endpoints: /health, /metrics, cache stats and flush, queue stats, usage per key.
+(`/` and the dashboard's feed are in dashboard.py.)"""
 from __future__ import annotations
 
 import time
@@ -24,7 +25,6 @@ class AdminRoutes:
 
     def register(self, router) -> None:
         router.add("GET", "/health", self.health)
-        router.add("GET", "/", self.root)
         router.add("GET", "/v1/velollm/cache", self.cache_stats)
         router.add("DELETE", "/v1/velollm/cache", self.cache_flush)
         router.add("GET", "/metrics", self.prometheus)
@@ -34,21 +34,9 @@ class AdminRoutes:
     async def health(self, request: Request) -> Response:
         draining = self.access.draining
         body = {"status": "draining" if draining else "ok", "version": __version__,
-                "uptime_s": round(time.time() - self.access.started_at, 3), "backends": self._backends()}
+                "uptime_s": round(time.time() - self.access.started_at, 3),
+                "backends": backend_rows(self.registry, self.service.stats())}
         return Response.json(body, status=503 if draining else 200)
-
-    def _backends(self) -> list[dict]:
-        """Each backend's health, its width and where it was learnt, and the limit in force."""
-        queues = self.service.stats()["backends"]
-        statuses = self.registry.status()
-        for status in statuses:
-            queue = queues.get(status["name"], {})
-            status["concurrency_limit"] = queue.get("concurrency_limit")
-            status["adaptive"] = queue.get("adaptive", status["slots_source"] is None)
-        return statuses
-
-    async def root(self, request: Request) -> Response:
-        return Response.json({"name": "velollmd", "version": __version__})
 
     async def cache_stats(self, request: Request) -> Response:
         cache = self._cache()
@@ -94,6 +82,18 @@ class AdminRoutes:
             raise VeloError("the response cache is disabled ([cache] enabled = false)", status=404,
                             error_type="invalid_request_error", code="cache_disabled")
         return cache
+
+
+def backend_rows(registry: Registry, stats: dict) -> list[dict]:
+    """Each backend's health, its width and where it was learnt, and the limit in force
+    (`stats`: Service.stats())."""
+    queues = stats["backends"]
+    statuses = registry.status()
+    for status in statuses:
+        queue = queues.get(status["name"], {})
+        status["concurrency_limit"] = queue.get("concurrency_limit")
+        status["adaptive"] = queue.get("adaptive", status["slots_source"] is None)
+    return statuses
 
 
 def key_usage_lines(usage: list[dict]) -> list[str]:
