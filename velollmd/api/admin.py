@@ -35,6 +35,8 @@ class AdminRoutes:
         draining = self.access.draining
         body = {"status": "draining" if draining else "ok", "version": __version__,
                 "uptime_s": round(time.time() - self.access.started_at, 3), "backends": self._backends()}
+        if self.pipeline.shared is not None:            # Redis down is degraded sharing, still "ok"
+            body["redis"] = self.pipeline.shared.health()
         return Response.json(body, status=503 if draining else 200)
 
     def _backends(self) -> list[dict]:
