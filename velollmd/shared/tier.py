@@ -62,10 +62,16 @@ class SharedTier:
         """The shared entry of `key` and its expiry, or None (absent, foreign, corrupt, or Redis
         unavailable: a miss either way)."""
         try:
-            data = await self.client.execute("GET", self.prefix + b"e:" + key.encode())
+            data = await self.client.execute("GET", self._entry_key(key))
         except (RedisUnavailable, ReplyError) as exc:
             self._failed("get", exc)
             return None
+        return self._decode(data)
+
+    def _entry_key(self, key: str) -> bytes:
+        return self.prefix + b"e:" + key.encode()
+
+    def _decode(self, data) -> tuple[CachedResponse, float] | None:
         found = decode_entry(data) if data is not None else None
         if found is not None and found[1] <= time.time():
             found = None
@@ -81,7 +87,7 @@ class SharedTier:
         ttl_ms = math.ceil((expires_at - time.time()) * 1000) if math.isfinite(expires_at) else 0
         if math.isfinite(expires_at) and ttl_ms <= 0:
             return None
-        return ("SET", self.prefix + b"e:" + key.encode(), data, *(("PX", ttl_ms) if ttl_ms else ()))
+        return ("SET", self._entry_key(key), data, *(("PX", ttl_ms) if ttl_ms else ()))
 
     def put(self, key: str, entry: CachedResponse, expires_at: float, lease: Lease | None = None) -> None:
         """Share an answer (in the background): SET it, tell waiters, release the lock if held."""
@@ -119,12 +125,21 @@ class SharedTier:
         self._num_leases += 1
         token = f"{self.instance}:{self._num_leases}"
         while True:
-            try:
-                taken = await self.client.execute("SET", self._lock_key(key), token, "PX",
-                                                  self.config.redis_lock_ttl_ms, "NX")
+            try:                                  # the lock and, in the same round trip, the entry:
+                taken, data = await self.client.pipeline([  # a leader may have finished since the lookup
+                    ("SET", self._lock_key(key), token, "PX", self.config.redis_lock_ttl_ms, "NX"),
+                    ("GET", self._entry_key(key))])
+                if isinstance(taken, ReplyError):
+                    raise taken
             except (RedisUnavailable, ReplyError) as exc:
                 self._failed("lock", exc)
                 return None, None
+            found = self._decode(data)
+            if found is not None:
+                if taken == "OK":
+                    self.release(Lease(key, token))
+                self.results.inc(op="flight", result="shared")
+                return None, found
             if taken == "OK":
                 self.results.inc(op="flight", result="lead")
                 return Lease(key, token), None
