@@ -44,7 +44,7 @@ run: install demo-model
 llama-server:
 	@tools/llama-server
 
-test: $(VENV)/.test-installed /usr/bin/chromium
+test: $(VENV)/.test-installed /usr/bin/chromium /usr/bin/redis-server
 	@tools/llama-server >/dev/null
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -65,7 +65,15 @@ test: $(VENV)/.test-installed /usr/bin/chromium
 	(apt-get install -y -qq nginx || (apt-get update -qq && apt-get install -y -qq nginx)) >/dev/null; rc=$$?; \
 	if [ -n "$$denied" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc
 
-bench: $(VENV)/.bench-installed /usr/bin/wrk /usr/sbin/nginx
+# redis-server is the shared tier's real server in tests and benchmarks/cache.py, which start their
+# own (random loopback port, no persistence). Its service must not start: as nginx below.
+/usr/bin/redis-server:
+	@denied=; if [ ! -e /usr/sbin/policy-rc.d ]; then denied=1; \
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
+	(apt-get install -y -qq redis-server || (apt-get update -qq && apt-get install -y -qq redis-server)) >/dev/null; rc=$$?; \
+	if [ -n "$$denied" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc
+
+bench: $(VENV)/.bench-installed /usr/bin/wrk /usr/sbin/nginx /usr/bin/redis-server
 	@tools/llama-server >/dev/null
 	@for script in $(filter-out benchmarks/common.py,$(wildcard benchmarks/*.py)); do \
 		echo "== $$script"; $(PY) $$script || exit 1; done

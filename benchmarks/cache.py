@@ -10,8 +10,11 @@
 3. Exact-hit latency through the daemon (a separate process, in front of the Ollama
    emulator): a cached chat completion vs the /health round trip, interleaved on one
    keep-alive connection each, as a ratio of p50s.
+4. Shared hit: two daemons on one private redis-server; B keeps no local entries
+   (max_entries = 0), so each of its hits is read from Redis. Interleaved in one run: a local
+   hit on A, a shared hit on B, /health on A. Target: shared hit p50 <= 2x local hit p50.
 
-Run: .venv/bin/python benchmarks/cache.py [--quick] [--no-daemon]
+Run: .venv/bin/python benchmarks/cache.py [--quick] [--no-daemon] [--shared-only]
 """
 from __future__ import annotations
 
@@ -197,17 +200,68 @@ def daemon_markdown(result: dict) -> str:
         "", f"hit / health p50 ratio: {hit['p50'] / health['p50']:.2f}x"])
 
 
+def shared_hit(num: int = 1000) -> dict:
+    """p50/p99 of a local exact hit (A), a hit read through Redis (B), GET /health (A), interleaved."""
+    import asyncio
+
+    from common import Daemon, backend_toml, summary
+
+    from tests.rig.ollama_emulator import OllamaEmulator
+    from tests.rig.redis import RedisServer
+    from velollmd.http.client import HTTPClient
+
+    body = {"model": "llama3.2:latest", "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of Italy?"}]}
+
+    async def measure(url_a: str, url_b: str) -> dict:
+        local, shared, health = HTTPClient(url_a), HTTPClient(url_b), HTTPClient(url_a)
+        await (await local.request("POST", "/v1/chat/completions", json=body)).read()
+        rows = (("local hit (A)", local, "POST", "/v1/chat/completions", "hit-exact"),
+                ("shared hit via Redis (B)", shared, "POST", "/v1/chat/completions", "hit-exact"),
+                ("GET /health (A)", health, "GET", "/health", None))
+        times = {row[0]: [] for row in rows}
+        for _ in range(num):
+            for name, client, method, path, expected in rows:
+                started = time.perf_counter()
+                response = await client.request(method, path, json=body if expected else None)
+                await response.read()
+                times[name].append((time.perf_counter() - started) * 1e3)
+                assert response.header("x-velollm-cache") == expected
+        return {name: summary(values) for name, values in times.items()}
+
+    with OllamaEmulator() as emulator, RedisServer() as redis:
+        toml = backend_toml("ollama", "ollama", emulator.url, '["llama3*"]')
+        cache = f'[cache]\npath = ""\nredis_url = "{redis.url}"\n'
+        with Daemon(toml + cache) as a, Daemon(toml + cache + "max_entries = 0\n") as b:
+            result = asyncio.run(measure(a.url, b.url))
+        assert emulator.count("/api/chat") == 1
+    return result
+
+
+def shared_markdown(result: dict) -> str:
+    lines = ["", "Shared hit through Redis vs a local hit vs /health (two daemons, one redis-server, "
+             "interleaved):", "", "| request | n | p50 ms | p99 ms |", "|---|---|---|---|"]
+    lines += [f"| {name} | {r['n']} | {r['p50']:.3f} | {r['p99']:.3f} |" for name, r in result.items()]
+    local, shared = result["local hit (A)"]["p50"], result["shared hit via Redis (B)"]["p50"]
+    return "\n".join(lines + ["", f"shared / local hit p50 ratio: {shared / local:.2f}x (target <= 2x)"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip N = 100k")
     parser.add_argument("--no-daemon", action="store_true", help="skip the exact-hit daemon part")
+    parser.add_argument("--shared-only", action="store_true", help="only the shared-hit part")
     args = parser.parse_args()
+    if args.shared_only:
+        print(shared_markdown(shared_hit()))
+        return
     quality = embedder_quality()
     embed = embed_timing()
     lookups = lookup_table(args.quick)
     print(markdown(lookups, quality, embed))
     if not args.no_daemon:
         print(daemon_markdown(daemon_exact_hit()))
+        print(shared_markdown(shared_hit()))
     for t, kinds in quality["misses_at"].items():
         print(f"\nparaphrases missed at {t}: {', '.join(kinds) or '-'}")
 

@@ -22,6 +22,7 @@ DEFAULT_PATH = "/etc/velollm.toml"
 BACKEND_KINDS = ("ollama", "llamacpp", "openai", "engine")
 ENGINE_DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 DIGEST_PREFIX = "sha256:"                          # an API key given as its SHA-256 hex digest
 
 
@@ -99,6 +100,13 @@ class CacheConfig:
     cache_sampled: bool = False
     path: str = "/var/lib/velollm/cache"           # empty = memory only
     snapshot_interval_s: float = _opt(300.0, min=0.0)  # 0 = only on shutdown
+    # The shared tier: instances on one Redis share exact entries, single-flight and key limits.
+    redis_url: str = ""                            # redis://[:password@]host:port/db, rediss://, unix:///path
+    redis_prefix: str = "velollm:"                 # every key and channel starts with it
+    redis_timeout_ms: int = _opt(250, min=1, max=60000)   # a slower answer is a fallback to local tiers
+    redis_max_entry_bytes: int = _opt(1048576, min=0)     # larger entries stay local
+    redis_lock_ttl_ms: int = _opt(30000, min=100)  # single-flight lock: a crashed holder blocks no longer
+    redis_flight_wait_ms: int = _opt(30000, min=0) # how long another instance's answer is waited for
 
 
 @dataclass(frozen=True)
@@ -217,6 +225,7 @@ def config_from_table(table: dict, path: str = "<table>") -> Config:
         sections[name] = build_section(cls, sub, path, name)
     backends = _build_backends(table.get("backends", []), path)
     _check_embedder(sections["cache"], backends, path)
+    _check_redis(sections["cache"], path)
     _check_concurrency(sections["scheduler"], path)
     _check_keys(sections["server"], sections["scheduler"], path)
     keys = _build_named_keys(table.get("keys", []), path)
@@ -245,6 +254,13 @@ def _build_aliases(table, path: str) -> tuple[tuple[str, str], ...]:
         if any(target == other or (is_glob(other) and fnmatch.fnmatchcase(target, other)) for other in table):
             raise ConfigError(path, key, f"aliases do not chain: the target {target!r} is itself an alias")
     return tuple(table.items())
+
+
+def _check_redis(cache: CacheConfig, path: str) -> None:
+    if cache.redis_url and not cache.redis_url.startswith(REDIS_SCHEMES):
+        raise ConfigError(path, "cache.redis_url", "must be a redis://, rediss:// or unix:// URL")
+    if cache.redis_url.startswith(("redis://", "rediss://")) and not cache.redis_url.split("://", 1)[1].strip("/"):
+        raise ConfigError(path, "cache.redis_url", "names no host")
 
 
 def _check_embedder(cache: CacheConfig, backends, path: str) -> None:

@@ -161,13 +161,17 @@ class Metrics:
                                   "Time a backend took to answer, by backend (streams: until their end)")
         self.queue_wait = Histogram("velollm_queue_wait_seconds", "Time waiting for a backend slot, by backend",
                                     buckets=QUEUE_BUCKETS_S)
+        self.redis_errors = Counter("velollm_cache_redis_errors_total", "Shared-tier (Redis) calls that failed "
+                                    "or timed out, by operation: the instance went on with its local tiers")
+        self.redis = Counter("velollm_cache_redis_total", "Shared-tier (Redis) results by operation and result")
         self.overhead = Histogram("velollm_overhead_seconds", "Time velollmd itself added to a request "
                                   "answered by a backend or the cache: total minus upstream minus queue wait",
                                   buckets=OVERHEAD_BUCKETS_S)
 
     def all(self):
         return [self.requests, self.latency, self.cache, self.tokens, self.tool_repairs,
-                self.tool_loops, self.backend_errors, self.ttft, self.upstream, self.queue_wait, self.overhead]
+                self.tool_loops, self.backend_errors, self.ttft, self.upstream, self.queue_wait, self.overhead,
+                self.redis_errors, self.redis]
 
     def record_request(self, trace) -> None:
         """A finished generation request's time to first token and overhead (a log.RequestTrace).

@@ -92,14 +92,15 @@ class Access:
             raise NotFound(f"The model '{model}' does not exist or you do not have access to it.",
                            param="model", code="model_not_found")
 
-    def admit(self, request: Request, model=None, *, key: str | None = None) -> str:
+    def admit(self, request: Request, model=None, *, key: str | None = None, defer: bool = False) -> str:
         """Let one API request of the caller in: its key may use `model` (when one is named)
         and is under its limits (429 rate_limit_exceeded with Retry-After otherwise). Counts the
-        request against the key and returns the key's name."""
+        request against the key and returns the key's name. `defer`: the pipeline checks shared
+        limits (Pipeline.admit) when the request reaches it."""
         name = self.key_name_of(request, key)
         if model is not None:
             self.check_model(name, model)
-        self.ledger.admit(name)
+        self.ledger.admit(name, defer=defer)
         return name
 
     def priority_of(self, request: Request, key: str | None = None) -> int:
@@ -122,7 +123,7 @@ class Access:
         self.refuse_if_draining()
         key = self.key_of(request) if key is None else key
         priority = self.priority_of(request, key)
-        key_name = self.admit(request, body.get("model"), key=key)
+        key_name = self.admit(request, body.get("model"), key=key, defer=True)
         trace = current_request()
         if trace is not None:
             trace.model = body.get("model")

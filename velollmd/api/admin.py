@@ -36,6 +36,8 @@ class AdminRoutes:
         body = {"status": "draining" if draining else "ok", "version": __version__,
                 "uptime_s": round(time.time() - self.access.started_at, 3),
                 "backends": backend_rows(self.registry, self.service.stats())}
+        if self.pipeline.shared is not None:            # Redis down is degraded sharing, still "ok"
+            body["redis"] = self.pipeline.shared.health()
         return Response.json(body, status=503 if draining else 200)
 
     async def cache_stats(self, request: Request) -> Response:

@@ -36,8 +36,9 @@ class OpenAIRoutes:
         raw_key = raw_request_key(request, key)
         replay = self.pipeline.replay_memo(raw_key, request_headers(request))
         if replay is not None:
-            key_name = self.access.admit(request, key=key)   # limits count cache hits too (the model
-            self.access.ledger.record_cache_hit(key_name)    # was checked when the memo was made)
+            key_name = self.access.admit(request, key=key, defer=True)  # limits count cache hits too (the
+            await self.pipeline.admit(key_name)                          # model was checked for the memo)
+            self.access.ledger.record_cache_hit(key_name)
             return to_response(replay, self.sse_ping_s)
         body = validate_chat(request.json())
         return await self._generate(request, "chat", body, key=key, raw_key=raw_key)

@@ -108,10 +108,18 @@ class ResponseCache:
 
     async def alookup(self, request: dict, headers: dict | None = None, *, endpoint: str,
                       model_identity: str, tenant: str | None = None,
-                      defaults: dict | None = None) -> Lookup:
-        """lookup() for an async embedder (sync embedders work here too)."""
+                      defaults: dict | None = None, shared=None) -> Lookup:
+        """lookup() for an async embedder (sync embedders work here too). `shared`: an async
+        callable, exact key -> (entry, expires_at) or None, asked after a local exact miss and
+        before the semantic tier (the shared tier); what it finds is kept locally too."""
         lookup = self._begin(request, headers, endpoint=endpoint, model_identity=model_identity,
                              tenant=tenant, defaults=defaults)
+        if shared is not None and lookup.status == "miss" and self.config.exact:
+            found = await shared(lookup.key)
+            if found is not None:
+                self.exact.put(lookup.key, found[0], expires_at=found[1])
+                lookup.status, lookup.entry, lookup.similarity = "hit-exact", found[0], 1.0
+                return self._count(lookup)
         if not self._wants_semantic(lookup):
             return self._count(lookup)
         vectors = self.embedder.embed([lookup.query])
@@ -152,6 +160,10 @@ class ResponseCache:
             self.semantic.add(lookup.partition, lookup.key, query, vector)
 
     # -- admin -------------------------------------------------------------------------
+    def expires_at(self) -> float:
+        """When an entry stored now expires (wall clock; inf without a TTL)."""
+        return self.exact.clock() + self.config.ttl_s if self.config.ttl_s > 0 else float("inf")
+
     def stats(self) -> dict:
         ex, sem = self.exact, self.semantic
         return {"entries": len(ex), "bytes": ex.num_bytes, **self.counters,

@@ -22,6 +22,7 @@ from ..errors import BackendError, VeloError
 from ..log import current_request
 from ..metrics import Metrics
 from ..sched.keylimits import KeyLedger
+from ..shared.tier import Lease, SharedTier
 from ..wire.chunks import strip_usage
 from ..wire.ids import response_id
 from ..wire.outcome import Delivery, Outcome, UsageSink
@@ -47,6 +48,7 @@ class Pipeline:
         self.service = service
         self.registry = service.registry
         self.cache = ResponseCache(config.cache, embedder=self._embedder()) if config.cache.enabled else None
+        self.shared = self._shared_tier(config)
         self.flights = FlightTable()
         self.memo: OrderedDict[str, tuple] = OrderedDict()   # raw request key -> exact key
         self._snapshot_task: asyncio.Task | None = None
@@ -57,6 +59,26 @@ class Pipeline:
             return None                               # the builtin hashed n-gram embedder
         return BackendEmbedder(self.registry, cache.embed_backend, cache.embed_model, cache.embed_dim)
 
+    def _shared_tier(self, config: Config) -> SharedTier | None:
+        """The Redis tier when [cache] redis_url is set: shared exact entries (with the cache on),
+        single-flight and key limits."""
+        if not config.cache.redis_url:
+            self.ledger.shared = False
+            return None
+        self.ledger.shared = True
+        return SharedTier(config.cache, self.metrics.redis_errors, self.metrics.redis)
+
+    def _retarget_shared(self, old: Config, config: Config) -> None:
+        """A reload that changed a redis_* setting: a new tier; the old one closes behind it."""
+        redis_fields = [f for f in vars(config.cache) if f.startswith("redis_")]
+        if all(getattr(old.cache, f) == getattr(config.cache, f) for f in redis_fields):
+            return
+        if self.shared is not None:
+            asyncio.ensure_future(self.shared.close())
+        self.shared = self._shared_tier(config)
+        if self.shared is not None:
+            self.shared.start()
+
     def configure(self, config: Config) -> None:
         """New settings (a reload): tool-call settings at once; a changed [cache] section makes
         a new cache that takes over the old one's entries (as far as its limits allow)."""
@@ -64,6 +86,7 @@ class Pipeline:
         self.tools.config = config.tools
         if config.keys != old.keys:
             self.memo.clear()                         # a replay skips the check of a key's models
+        self._retarget_shared(old, config)
         if config.cache == old.cache:
             return
         if self._snapshot_task is not None:
@@ -107,9 +130,26 @@ class Pipeline:
             if len(self.memo) > MEMO_SIZE:
                 self.memo.popitem(last=False)
 
+    async def admit(self, key_name: str) -> None:
+        """The key's limits, checked across every instance when they are shared (Access.admit
+        deferred them here); the local ledger when Redis cannot answer. 429 when over."""
+        account = self.ledger.accounts.get(key_name)
+        if self.shared is None or account is None:
+            return
+        limits = account.limits
+        waits = await self.shared.limits.admit(key_name, limits) if (
+            limits.rpm or limits.tpm or limits.tokens_per_day) else {}
+        if waits is None:
+            self.ledger.admit(key_name)                # Redis unavailable: this instance's windows
+        elif waits:
+            raise self.ledger.refuse(key_name, waits)
+        else:
+            self.ledger.admitted(key_name)
+
     async def generate(self, request: GenerateRequest, frames: bool = False) -> Outcome:
         """The answer to `request`. `frames`: the caller writes a stream as OpenAI SSE and takes
         chunks as JSON bytes, so a stream nothing else must read passes through (relay.py)."""
+        await self.admit(request.key_name)
         request = self.registry.aliased(request)
         lookup = await self._lookup(request)
         if lookup.status.startswith("hit"):
@@ -139,7 +179,8 @@ class Pipeline:
         args = dict(endpoint=request.endpoint, model_identity=identity, tenant=request.api_key or None,
                     defaults=backend.defaults)
         try:
-            lookup = await self.cache.alookup(request.body, request.headers, **args)
+            lookup = await self.cache.alookup(request.body, request.headers, **args,
+                                              shared=self.shared.get if self.shared is not None else None)
         except VeloError as exc:                      # the embedding backend failed: exact tier only
             log.warning("semantic cache lookup failed", extra={"fields": {"error": exc.message}})
             lookup = self.cache.lookup(request.body, request.headers, **args)
@@ -171,9 +212,21 @@ class Pipeline:
         the request's trace (the access log)."""
         self.metrics.record_usage(model, usage)
         self.ledger.record_usage(request.key_name, usage)
+        self._share_usage(request.key_name, usage)
         trace = current_request()
         if usage and trace is not None:
             trace.note_usage(usage)
+
+    def _share_usage(self, key_name: str, usage: dict | None) -> None:
+        """An answer's tokens to the key's shared token windows (keys with a token limit)."""
+        account = self.ledger.accounts.get(key_name)
+        if self.shared is None or account is None or not (account.limits.tpm or account.limits.tokens_per_day):
+            return
+        usage = usage if isinstance(usage, dict) else {}
+        tokens = sum(v for v in (usage.get("prompt_tokens"), usage.get("completion_tokens"))
+                     if type(v) is int and v > 0)
+        if tokens:
+            self.shared._spawn(self.shared.limits.record_tokens(key_name, tokens))
 
     def usage_sink(self, request: GenerateRequest) -> UsageSink:
         """Where a stream's usage chunk is counted: as record_usage counts a whole answer's."""
@@ -213,28 +266,62 @@ class Pipeline:
             yield chunk
 
     async def _record(self, request: GenerateRequest, lookup: Lookup) -> Outcome:
-        outcome = await self._upstream(request)
+        """The upstream call of a flight, recorded for the cache. With the shared tier, only the
+        instance holding the key's lock calls upstream; the others answer from its entry."""
+        lease = None
+        if self.shared is not None:
+            lease, found = await self.shared.lead_or_wait(lookup.key)
+            if found is not None:
+                return self._adopt_shared(request, lookup, *found)
+        try:
+            outcome = await self._upstream(request)
+        except BaseException:
+            if lease is not None:
+                self.shared.release(lease)
+            raise
         if outcome.body is not None:
-            self._store(lookup, request, from_json_response(outcome.body))
+            self._store(lookup, request, from_json_response(outcome.body), lease)
             return outcome
-        outcome.chunks = self._recording(outcome.chunks, lookup, request)
+        outcome.chunks = self._recording(outcome.chunks, lookup, request, lease)
         return outcome
 
-    async def _recording(self, chunks, lookup: Lookup, request: GenerateRequest) -> AsyncIterator[dict]:
-        seen = []
-        async with closing(chunks) as source_iter:
-            async for chunk in source_iter:
-                seen.append(chunk)
-                yield chunk
-        self._store(lookup, request, from_stream_chunks(seen))
+    async def _recording(self, chunks, lookup: Lookup, request: GenerateRequest,
+                         lease: Lease | None) -> AsyncIterator[dict]:
+        seen, stored = [], False
+        try:
+            async with closing(chunks) as source_iter:
+                async for chunk in source_iter:
+                    seen.append(chunk)
+                    yield chunk
+            stored = True
+            self._store(lookup, request, from_stream_chunks(seen), lease)
+        finally:
+            if lease is not None and not stored:
+                self.shared.release(lease)
 
-    def _store(self, lookup: Lookup, request: GenerateRequest, entry) -> None:
-        if self.cache is not None and entry is not None and self.cache.store(lookup, request.body, entry):
+    def _store(self, lookup: Lookup, request: GenerateRequest, entry, lease: Lease | None = None) -> None:
+        stored = self.cache is not None and entry is not None and self.cache.store(lookup, request.body, entry)
+        if stored:
             self._remember(request, lookup)
+        if self.shared is not None and (stored or lease is not None):
+            self.shared.put(lookup.key, entry if stored else None, self.cache.expires_at(), lease)
+
+    def _adopt_shared(self, request: GenerateRequest, lookup: Lookup, entry, expires_at: float) -> Outcome:
+        """Another instance's answer to the same request: kept locally, replayed to this flight."""
+        if self.cache is not None and self.cache.exact.put(lookup.key, entry, expires_at=expires_at):
+            self._remember(request, lookup)
+        headers = {"x-velollm-coalesced": "shared"}
+        if not request.stream:
+            return Outcome(headers, body=to_json(entry, _id_for(request), model=request.echo_model,
+                                                 endpoint=request.endpoint))
+        return Outcome(headers, chunks=_iterate(to_sse_chunks(entry, _id_for(request), model=request.echo_model,
+                                                              include_usage=True, endpoint=request.endpoint)))
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.shared is not None:
+            self.shared.start()
         if self.cache is None or not self.config.cache.path:
             return
         try:
@@ -267,6 +354,8 @@ class Pipeline:
         if self._snapshot_task is not None:
             self._snapshot_task.cancel()
         await self.snapshot()
+        if self.shared is not None:
+            await self.shared.close()
 
 
 def _recorded(flight: Flight):

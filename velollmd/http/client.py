@@ -24,6 +24,16 @@ from .parser import EndOfMessage, Head, HTTPParser, ProtocolError
 from .sse import SSEDecoder
 
 
+async def open_stream(host: str, port: int, *, tls: bool = False, timeout: float, unix_path: str = ""):
+    """A connected (reader, writer) pair: TCP, TLS (the system's CA store, the host name checked)
+    or a Unix socket. Raises TimeoutError after `timeout` s, OSError when it cannot connect."""
+    async with asyncio.timeout(timeout):
+        if unix_path:
+            return await asyncio.open_unix_connection(unix_path, limit=READ_SIZE)
+        context = ssl.create_default_context() if tls else None
+        return await asyncio.open_connection(host, port, ssl=context, limit=READ_SIZE)
+
+
 @dataclass(frozen=True)
 class Origin:
     scheme: str
@@ -275,11 +285,9 @@ class HTTPClient:
             parser.feed(data)
 
     async def _connect(self) -> _Conn:
-        context = ssl.create_default_context() if self.origin.scheme == "https" else None
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    self.origin.host, self.origin.port, ssl=context, limit=READ_SIZE)
+            reader, writer = await open_stream(self.origin.host, self.origin.port,
+                                               tls=self.origin.scheme == "https", timeout=self.connect_timeout)
         except TimeoutError:
             raise BackendTimeout(f"connecting to backend {self.origin.host_header} timed out") from None
         except OSError as exc:

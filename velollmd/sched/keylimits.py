@@ -163,6 +163,7 @@ class KeyLedger:
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.accounts: dict[str, KeyAccount] = {}
+        self.shared = False      # limits are checked by the shared tier (Redis): see admit(defer=)
 
     def configure(self, limits: dict[str, KeyLimits]) -> None:
         """The keys now configured: accounts of names that stay keep their windows and counters."""
@@ -176,21 +177,34 @@ class KeyLedger:
             accounts[name] = account
         self.accounts = accounts
 
-    def admit(self, name: str) -> None:
+    def admit(self, name: str, *, defer: bool = False) -> None:
         """Count one request of key `name`, or refuse it: RateLimited (429) with Retry-After,
-        the whole seconds until every limit it is over lets it in."""
+        the whole seconds until every limit it is over lets it in. With `defer` while the limits
+        are shared, nothing happens here: the caller awaits the shared check, then calls
+        admitted() or refuse() (or admit() again, when the shared tier cannot answer)."""
+        account = self.accounts.get(name)
+        if account is None or defer and self.shared:
+            return
+        waits = account.waits(self.clock())
+        if waits:
+            raise self.refuse(name, waits)
+        self.admitted(name)
+
+    def admitted(self, name: str) -> None:
+        """Count a request let in (its own instance's window keeps it too, for a fallback)."""
         account = self.accounts.get(name)
         if account is None:
             return
-        now = self.clock()
-        waits = account.waits(now)
-        if waits:
-            for limit in waits:
-                account.rate_limited[limit] += 1
-            raise _refusal(account, waits)
         if account.requests is not None:
-            account.requests.add(now)
+            account.requests.add(self.clock())
         account.num_requests += 1
+
+    def refuse(self, name: str, waits: dict[str, float]) -> RateLimited:
+        """Count a refusal of key `name` over the limits in `waits` ({limit: seconds}); the 429."""
+        account = self.accounts[name]
+        for limit in waits:
+            account.rate_limited[limit] += 1
+        return _refusal(account, waits)
 
     def record_usage(self, name: str, usage: dict | None) -> None:
         """An answer's usage: its prompt and completion tokens go to the key's budgets."""
