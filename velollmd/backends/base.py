@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from ..config import BackendConfig
-from ..errors import BackendError, BadRequest, NotFound, NotImplementedByBackend, VeloError
+from ..errors import BackendBusy, BackendError, BadRequest, NotFound, NotImplementedByBackend, VeloError
 from ..http.client import ClientResponse, HTTPClient
 from ..wire.request import GenerateRequest
 from ..wire.streams import closing
@@ -212,8 +212,18 @@ class Backend:
             return BadRequest(f"backend {self.name} rejected the request: {message}")
         if response.status == 501:
             return NotImplementedByBackend(f"backend {self.name}: {message}")
+        if response.status in (429, 503):
+            retry_after = response.header("retry-after", "")
+            return BackendBusy(f"backend {self.name} is busy ({response.status}): {message}",
+                               code="backend_busy",
+                               headers={"retry-after": retry_after} if _is_seconds(retry_after) else {})
         return BackendError(f"backend {self.name} answered {response.status}: {message}",
                             code="backend_error")
+
+
+def _is_seconds(value: str) -> bool:
+    """A Retry-After worth passing on: whole seconds, under a day (not a date, not junk)."""
+    return value.isascii() and value.isdigit() and int(value) < 86400
 
 
 def _error_text(error) -> str:

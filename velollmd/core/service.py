@@ -154,6 +154,9 @@ class Service:
                             except UNREADABLE as exc:    # a converter could not read the native stream
                                 raise BackendError(f"backend {backend.name} sent a stream velollmd cannot "
                                                    f"read: {exc!r}", code="bad_backend_response") from None
+                        if not scheduled.generating:       # not one event: no answer, not an empty one
+                            raise BackendError(f"backend {backend.name} ended the stream without any event",
+                                               code="bad_backend_response")
                     scheduled.num_output_tokens = relay.num_output_tokens
                 return
             except Preempted:

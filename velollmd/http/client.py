@@ -225,9 +225,9 @@ class HTTPClient:
         conn = await self._connect()
         try:
             return await self._exchange(conn, method, payload)
-        except _StaleConnection:
+        except (ConnectionError, _StaleConnection):
             raise BackendError(f"backend {self.origin.host_header} closed the connection "
-                               "before answering") from None
+                               "before answering", code="backend_reset") from None
 
     def _encode_request(self, method: str, target: str, body: bytes | None,
                         headers: dict[str, str] | None) -> bytes:
@@ -263,7 +263,14 @@ class HTTPClient:
                 raise BackendError(f"backend broke HTTP: {exc.message}") from None
             if event is not None:
                 return event
-            data = await conn.reader.read(READ_SIZE)
+            try:
+                data = await conn.reader.read(READ_SIZE)
+            except ConnectionError:             # a reset: to the caller, a broken backend
+                if stale_ok and parser.between_messages:
+                    raise
+                conn.abort()
+                raise BackendError(f"backend {self.origin.host_header} reset the connection "
+                                   "mid-response", code="backend_reset") from None
             conn.last_read = conn.loop.time()
             if conn.timed_out:
                 raise BackendTimeout(f"backend {self.origin.host_header} sent nothing for "
