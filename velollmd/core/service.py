@@ -26,6 +26,7 @@ import dataclasses
 import itertools
 import logging
 import time
+from array import array
 from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
 from ..backends.base import Backend
@@ -180,7 +181,8 @@ class Service:
     def _sched_request(self, backend: Backend, request: GenerateRequest,
                        fingerprint: Fingerprint) -> SchedRequest:
         max_tokens = min(max_tokens_of(request.body) or DEFAULT_MAX_TOKENS, backend.context_size())
-        return SchedRequest(f"req-{next(self._ids)}", request.model, fingerprint.token_ids(),
+        token_ids = fingerprint.token_ids() or array("i", [0])   # no prompt (Ollama's "load"): one position
+        return SchedRequest(f"req-{next(self._ids)}", request.model, token_ids,
                             max_tokens, arrival_time=self.clock(), priority=request.priority,
                             stream=request.stream)
 
