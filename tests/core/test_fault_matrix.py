@@ -7,8 +7,10 @@ circuit breaker opens and closes; nothing leaks (backend connections, admission 
 tasks); and the next request succeeds. The faulty backend is tests/rig/fault_backend.py.
 """
 import asyncio
+import json
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -216,3 +218,20 @@ def test_the_circuit_opens_after_failures_then_a_probe_closes_it():
             assert queue(daemon)["backends"]["a"]["breaker"] == "closed"
         finally:
             daemon.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "ndjson"])
+@pytest.mark.parametrize("fault", sorted(MATRIX))
+def test_the_ollama_route_gets_the_same_statuses_in_its_own_error_shape(solo, backends, fault, stream):
+    backends[0].fault(fault, fault)
+    body = {"model": MODEL, "messages": MESSAGES, "stream": stream}
+    with httpx.Client(base_url=solo.url, timeout=10) as http:
+        response = http.post("/api/chat", json=body)
+        expected = MATRIX[fault][stream]
+        if expected == "event":                             # bytes flowed: a last NDJSON line says why
+            lines = [json.loads(line) for line in response.text.splitlines()]
+            assert response.status_code == 200 and isinstance(lines[-1]["error"], str)
+        else:
+            assert response.status_code == expected and isinstance(response.json()["error"], str)
+        backends[0]._faults.clear()
+        assert http.post("/api/chat", json={**body, "stream": False}).json()["message"]["content"] == "alpha beta gamma"
