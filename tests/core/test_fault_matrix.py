@@ -133,6 +133,7 @@ def assert_nothing_leaked(daemon: RunningDaemon, backend: FaultBackend, tasks_be
     assert wait_for(lambda: backend.num_open <= 1), backend.num_open   # at most the pooled one
     stats = queue(daemon)
     assert stats["num_running"] == 0 and stats["num_waiting"] == 0
+    assert all(b["block_usage"] == 0 for b in stats["backends"].values())     # KV budget given back
     assert wait_for(lambda: num_tasks(daemon) <= tasks_before), (sorted(task_names(daemon)), tasks_before)
 
 
