@@ -33,6 +33,7 @@ MATRIX = {
     "bad_chunked": (502, 502),
     "not_json": (502, 502),
     "wrong_shape": (502, 502),
+    "deep_json": (502, 502),
     "status_429": (503, 503),
     "status_429_retry_after": (503, 503),
     "status_500": (502, 502),

@@ -59,6 +59,7 @@ def _chunked(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+DEEP_LEVELS = 100_000                # deep_json: nesting of its answer
 SSE_HEAD = _head(200, [("content-type", "text/event-stream"), ("transfer-encoding", "chunked")])
 
 
@@ -189,6 +190,16 @@ async def wrong_shape(ex: Exchange) -> bool:
     return True
 
 
+async def deep_json(ex: Exchange) -> bool:
+    """An answer nested far deeper than any decoder recurses."""
+    deep = b'{"choices":' + b"[" * DEEP_LEVELS + b"]" * DEEP_LEVELS + b"}"
+    if ex.stream:
+        ex.writer.write(SSE_HEAD + _chunked(b"data: " + deep + b"\n\n") + b"0\r\n\r\n")
+    else:
+        ex.writer.write(_head(200, [("content-type", "application/json"), ("content-length", str(len(deep)))]) + deep)
+    return True
+
+
 def status(code: int, retry_after: str | None = None):
     async def answer(ex: Exchange) -> bool:
         extra = [("retry-after", retry_after)] if retry_after is not None else []
@@ -201,7 +212,7 @@ def status(code: int, retry_after: str | None = None):
 
 FAULTS = {f.__name__: f for f in (ok, refuse_once, reset_before_head, reset_mid_body, silent_after_head,
                                   silent_mid_stream, trickle, garbage, short_content_length,
-                                  long_content_length, bad_chunked, not_json, wrong_shape)}
+                                  long_content_length, bad_chunked, not_json, wrong_shape, deep_json)}
 FAULTS["reset_mid_stream"] = reset_mid_stream
 for _code in (429, 500, 503):
     for _after in (None, "7"):

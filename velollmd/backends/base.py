@@ -187,7 +187,7 @@ class Backend:
         """One stream event as a JSON object; an `{"error": ...}` event raises BackendError."""
         try:
             event = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):     # not JSON, or nested past any decoder
             raise BackendError(f"backend {self.name} sent a stream event that is not JSON: {data[:200]!r}") from None
         if not isinstance(event, dict):
             raise BackendError(f"backend {self.name} sent a stream event that is not an object")
@@ -234,7 +234,7 @@ def extract_error_message(body: bytes) -> str:
     """The message of an OpenAI ({"error": {"message"}}) or Ollama ({"error": "..."}) error."""
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body[:300].decode("utf-8", "replace").strip()
     error = value.get("error") if isinstance(value, dict) else None
     if isinstance(error, dict):

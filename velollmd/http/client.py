@@ -162,7 +162,7 @@ class ClientResponse:
         body = await self.read()
         try:
             return jsonlib.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):     # not JSON, or nested past any decoder
             raise BackendError(f"backend sent invalid JSON (status {self.status}): {body[:200]!r}") from None
 
     def _finish(self, reusable: bool) -> None:
