@@ -11,6 +11,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import ipaddress
+import math
 import re
 import tomllib
 import typing
@@ -24,6 +25,10 @@ ENGINE_DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 DIGEST_PREFIX = "sha256:"                          # an API key given as its SHA-256 hex digest
+# A backend URL: scheme, host (or [IPv6]), optional port, optional path. Not urllib: config sits
+# below cache/ and toolcalls/, which may not import the network modules (tests/test_layers.py).
+URL_RE = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[^\s/:@\[\]?#]+)(?::(\d{1,5}))?(?:/\S*)?")
+MAX_SECONDS = 1e9                  # any *_s setting: beyond this, timers overflow (about 31 years)
 
 
 def _opt(default, **meta):
@@ -136,7 +141,8 @@ class SchedulerConfig:
     tokenize: bool = True                          # prefix routing on llama.cpp's real token ids
     breaker_failures: int = _opt(3, min=1)         # consecutive failures that open a backend's circuit
     breaker_cooldown_s: float = _opt(5.0, min=0.0) # open circuit: wait this long, then one probe
-    key_priorities: dict[str, int] = field(default_factory=dict)  # api key -> priority
+    key_priorities: dict[str, int] = field(default_factory=dict,   # api key -> priority
+                                           metadata={"min": 0, "max": 9})
 
 
 GLOB_CHARS = frozenset("*?[")
@@ -380,8 +386,8 @@ def _build_backends(items, path: str) -> tuple[BackendConfig, ...]:
         for required in ("name", "kind"):
             if not getattr(backend, required):
                 raise ConfigError(path, f"{prefix}.{required}", "is required")
-        if backend.kind != "engine" and not backend.url.startswith(("http://", "https://")):
-            raise ConfigError(path, f"{prefix}.url", "must be an http:// URL")
+        if backend.kind != "engine":
+            _check_url(backend.url, path, f"{prefix}.url")
         if backend.kind != "engine":
             for key in ENGINE_KEYS:
                 if key in item:
@@ -391,6 +397,12 @@ def _build_backends(items, path: str) -> tuple[BackendConfig, ...]:
         seen.add(backend.name)
         backends.append(backend)
     return tuple(backends)
+
+
+def _check_url(url: str, path: str, key: str) -> None:
+    match = URL_RE.fullmatch(url)
+    if match is None or int(match[2] or 80) > 65535:
+        raise ConfigError(path, key, f"must be an http:// URL with a host (and a port up to 65535), got {url!r}")
 
 
 def build_section(cls, table: dict, path: str, prefix: str):
@@ -409,11 +421,20 @@ def _check_value(value, hint, meta, path: str, key: str):
     value = _check_type(value, hint, path, key)
     if "choices" in meta and value not in meta["choices"]:
         raise ConfigError(path, key, f"must be one of {', '.join(map(repr, meta['choices']))}, got {value!r}")
+    for item_key, item in (value.items() if isinstance(value, dict) else [(key, value)]):
+        _check_bounds(item, meta, path, item_key if item_key == key else f"{key}.{item_key}")
+    return value
+
+
+def _check_bounds(value, meta, path: str, key: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(path, key, f"must be a finite number, got {value!r}")
     if "min" in meta and value < meta["min"]:
         raise ConfigError(path, key, f"must be >= {meta['min']}, got {value!r}")
     if "max" in meta and value > meta["max"]:
         raise ConfigError(path, key, f"must be <= {meta['max']}, got {value!r}")
-    return value
+    if key.endswith("_s") and value > MAX_SECONDS:
+        raise ConfigError(path, key, f"must be <= {MAX_SECONDS:g} seconds, got {value!r}")
 
 
 def _check_type(value, hint, path: str, key: str):
@@ -428,6 +449,8 @@ def _check_type(value, hint, path: str, key: str):
             raise ConfigError(path, key, f"must be a table of integers, got {value!r}")
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > MAX_SECONDS:               # float() of a huge int overflows
+            raise ConfigError(path, key, f"is out of range, got {value!r}")
         return float(value)
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(path, key, f"must be {hint.__name__}, got {type(value).__name__} {value!r}")

@@ -67,8 +67,15 @@ class Unavailable(VeloError):
     status, error_type = 503, "api_error"
 
 
-class BackendTimeout(VeloError):
+class BackendTimeout(BackendError):
+    """The backend went silent: a backend failure like the others (breaker, failover), 504."""
     status, error_type = 504, "timeout_error"
+
+
+class BackendBusy(BackendError):
+    """The backend said 429 or 503 (overloaded, loading): 503 to the client, with the
+    backend's Retry-After when it gave one, so that clients back off instead of hammering."""
+    status, error_type = 503, "api_error"
 
 
 class NotImplementedByBackend(VeloError):

@@ -124,7 +124,7 @@ def default_reply(body: dict[str, Any]) -> ScriptedReply:
     if fmt:
         return ScriptedReply(content=json_for_format(fmt, body), done_reason="stop")
     seed_text = f"{body.get('model')}|{options.get('seed')}|{prompt_text(body)}"
-    digest = hashlib.sha256(seed_text.encode()).digest()
+    digest = hashlib.sha256(seed_text.encode("utf-8", "surrogatepass")).digest()   # a lone \ud800 too
     words = [REPLY_WORDS[digest[i % len(digest)] % len(REPLY_WORDS)] for i in range(num_predict)]
     pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
     return ScriptedReply(chunks=pieces, content="".join(pieces), done_reason="length")

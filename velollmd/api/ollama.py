@@ -234,6 +234,8 @@ def _check_ollama_fields(body: dict) -> None:
     for name, kind in OLLAMA_FIELD_TYPES.items():
         if body.get(name) is not None and not isinstance(body[name], kind):
             raise BadRequest(f"invalid {name!r}: wrong type {type(body[name]).__name__}", param=name)
+    if isinstance(body.get("format"), str) and body["format"] not in ("", "json"):
+        raise BadRequest('invalid format: expected "json" or a JSON schema', param="format")
     for i, message in enumerate(body.get("messages") or []):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BadRequest(f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}]")

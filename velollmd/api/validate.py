@@ -10,6 +10,7 @@ from ..errors import BadRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 NUMBER = (int, float)
+MAX_TOOLS = 1024        # OpenAI allows 128; each tool costs parsing and schema work on the loop
 
 
 def _fail(param: str, message: str):
@@ -119,6 +120,8 @@ def _check_tools(body: dict) -> None:
     if tools is not None:
         if not isinstance(tools, list):
             _fail("tools", "expected an array")
+        if len(tools) > MAX_TOOLS:
+            _fail("tools", f"at most {MAX_TOOLS} tools, got {len(tools)}")
         for i, tool in enumerate(tools):
             function = tool.get("function") if isinstance(tool, dict) else None
             if not isinstance(function, dict) or not isinstance(function.get("name"), str):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from ..config import BackendConfig
-from ..errors import BackendError, BadRequest, NotFound, NotImplementedByBackend, VeloError
+from ..errors import BackendBusy, BackendError, BadRequest, NotFound, NotImplementedByBackend, VeloError
 from ..http.client import ClientResponse, HTTPClient
 from ..wire.request import GenerateRequest
 from ..wire.streams import closing
@@ -193,7 +193,7 @@ class Backend:
         """One stream event as a JSON object; an `{"error": ...}` event raises BackendError."""
         try:
             event = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):     # not JSON, or nested past any decoder
             raise BackendError(f"backend {self.name} sent a stream event that is not JSON: {data[:200]!r}") from None
         if not isinstance(event, dict):
             raise BackendError(f"backend {self.name} sent a stream event that is not an object")
@@ -218,8 +218,18 @@ class Backend:
             return BadRequest(f"backend {self.name} rejected the request: {message}")
         if response.status == 501:
             return NotImplementedByBackend(f"backend {self.name}: {message}")
+        if response.status in (429, 503):
+            retry_after = response.header("retry-after", "")
+            return BackendBusy(f"backend {self.name} is busy ({response.status}): {message}",
+                               code="backend_busy",
+                               headers={"retry-after": retry_after} if _is_seconds(retry_after) else {})
         return BackendError(f"backend {self.name} answered {response.status}: {message}",
                             code="backend_error")
+
+
+def _is_seconds(value: str) -> bool:
+    """A Retry-After worth passing on: whole seconds, under a day (not a date, not junk)."""
+    return value.isascii() and value.isdigit() and int(value) < 86400
 
 
 def _error_text(error) -> str:
@@ -230,7 +240,7 @@ def extract_error_message(body: bytes) -> str:
     """The message of an OpenAI ({"error": {"message"}}) or Ollama ({"error": "..."}) error."""
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body[:300].decode("utf-8", "replace").strip()
     error = value.get("error") if isinstance(value, dict) else None
     if isinstance(error, dict):

@@ -98,6 +98,6 @@ class OpenAIBackend(Backend):
 def _json_field(body: bytes | None, field: str):
     try:
         value = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return value.get(field) if isinstance(value, dict) else None

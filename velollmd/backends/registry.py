@@ -4,10 +4,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from typing import Callable, Iterable
 
 from ..config import BackendConfig, SchedulerConfig
-from ..errors import NotFound, Unavailable
+from ..errors import BadRequest, NotFound, Unavailable
 from ..wire.request import GenerateRequest
 from .aliases import ModelAliases
 from .base import Backend, ModelInfo
@@ -18,6 +19,8 @@ from .openai import OpenAIBackend
 
 log = logging.getLogger("velollmd.backends")
 MAX_GLOB_MEMO = 4096        # model names whose glob matches are remembered
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")     # never in a model name (NUL, CR, LF: logs, paths)
+MAX_MODEL_NAME = 1024       # characters; the glob memo keeps up to MAX_GLOB_MEMO names
 KINDS = {"ollama": OllamaBackend, "llamacpp": LlamaCppBackend, "openai": OpenAIBackend,
          "engine": EngineBackend}
 
@@ -107,6 +110,9 @@ class Registry:
     def candidates(self, model: str) -> list[Backend]:
         """Backends that may serve `model` (a client's name: aliases apply), best first:
         healthy ones that list it, then by glob."""
+        if len(model) > MAX_MODEL_NAME or CONTROL_CHARS.search(model):
+            raise BadRequest(f"a model name has at most {MAX_MODEL_NAME} characters and no control "
+                             "characters", param="model", code="invalid_model")
         model = self.resolve(model)
         matching = self._matching(model)
         if not matching:

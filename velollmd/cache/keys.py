@@ -33,7 +33,7 @@ QUERY_PLACEHOLDER = "\x00velollm-query\x00"
 def canonical_json(obj) -> bytes:
     """Sorted keys, no whitespace, UTF-8: equal data -> equal bytes."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str).encode()
+                      default=str).encode("utf-8", "surrogatepass")    # a lone "\ud800" too
 
 
 def _digest(material: bytes, person: bytes) -> str:

@@ -24,6 +24,7 @@ class Flight:
         self.num_consumers = 0
         self._changed = asyncio.Event()
         self._head = asyncio.get_running_loop().create_future()
+        self._head.add_done_callback(_mark_retrieved)    # every client may have left already
         self._task = asyncio.ensure_future(self._run(start))
 
     async def _run(self, start) -> None:
@@ -88,6 +89,13 @@ class Flight:
         self.num_consumers -= 1
         if self.num_consumers <= 0 and not self.done:
             self._task.cancel()
+
+
+def _mark_retrieved(future: asyncio.Future) -> None:
+    """An error no consumer is left to read is expected (all clients left), not a leak for
+    asyncio to log as "Future exception was never retrieved"."""
+    if not future.cancelled():
+        future.exception()
 
 
 class FlightTable:

@@ -32,6 +32,7 @@ import dataclasses
 import itertools
 import logging
 import time
+from array import array
 from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
 from ..backends.base import Backend
@@ -174,6 +175,9 @@ class Service:
                             except (BackendError, BackendTimeout) as exc:
                                 self._broke(backend, exc, num_yielded)
                                 raise
+                        if not scheduled.generating:       # not one event: no answer, not an empty one
+                            raise BackendError(f"backend {backend.name} ended the stream without any event",
+                                               code="bad_backend_response")
                         self._answered(backend, time.perf_counter() - started)
                     scheduled.num_output_tokens = relay.num_output_tokens
                 return
@@ -217,7 +221,8 @@ class Service:
     def _sched_request(self, backend: Backend, request: GenerateRequest,
                        fingerprint: Fingerprint) -> SchedRequest:
         max_tokens = min(max_tokens_of(request.body) or DEFAULT_MAX_TOKENS, backend.context_size())
-        return SchedRequest(f"req-{next(self._ids)}", request.model, fingerprint.token_ids(),
+        token_ids = fingerprint.token_ids() or array("i", [0])   # no prompt (Ollama's "load"): one position
+        return SchedRequest(f"req-{next(self._ids)}", request.model, token_ids,
                             max_tokens, arrival_time=self.clock(), priority=request.priority,
                             stream=request.stream)
 

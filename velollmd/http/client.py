@@ -172,7 +172,7 @@ class ClientResponse:
         body = await self.read()
         try:
             return jsonlib.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):     # not JSON, or nested past any decoder
             raise BackendError(f"backend sent invalid JSON (status {self.status}): {body[:200]!r}") from None
 
     def _finish(self, reusable: bool) -> None:
@@ -235,9 +235,9 @@ class HTTPClient:
         conn = await self._connect()
         try:
             return await self._exchange(conn, method, payload)
-        except _StaleConnection:
+        except (ConnectionError, _StaleConnection):
             raise BackendError(f"backend {self.origin.host_header} closed the connection "
-                               "before answering") from None
+                               "before answering", code="backend_reset") from None
 
     def _encode_request(self, method: str, target: str, body: bytes | None,
                         headers: dict[str, str] | None) -> bytes:
@@ -273,7 +273,14 @@ class HTTPClient:
                 raise BackendError(f"backend broke HTTP: {exc.message}") from None
             if event is not None:
                 return event
-            data = await conn.reader.read(READ_SIZE)
+            try:
+                data = await conn.reader.read(READ_SIZE)
+            except ConnectionError:             # a reset: to the caller, a broken backend
+                if stale_ok and parser.between_messages:
+                    raise
+                conn.abort()
+                raise BackendError(f"backend {self.origin.host_header} reset the connection "
+                                   "mid-response", code="backend_reset") from None
             conn.last_read = conn.loop.time()
             if conn.timed_out:
                 raise BackendTimeout(f"backend {self.origin.host_header} sent nothing for "

@@ -1,7 +1,6 @@
 """Request and Response as the application sees them (no sockets, no parsing)."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 from urllib.parse import parse_qsl
@@ -57,8 +56,8 @@ class Request:
         if not self.body:
             raise BadRequest("request body is empty; expected a JSON object")
         try:
-            value = json.loads(self.body)
-        except (UnicodeDecodeError, ValueError) as exc:
+            value = wirejson.loads(self.body)
+        except ValueError as exc:                    # UnicodeDecodeError, too deep, NaN
             raise BadRequest(f"request body is not valid JSON: {exc}") from None
         if not isinstance(value, dict):
             raise BadRequest("request body must be a JSON object")

@@ -113,7 +113,7 @@ async def send_final_response(reader, writer, response: Response, linger_s: floa
             await writer.drain()
             while await reader.read(READ_SIZE):
                 pass
-    except (ConnectionError, TimeoutError):
+    except (OSError, TimeoutError):       # the client left already (ENOTCONN on the half-close)
         pass
     finally:
         writer.close()

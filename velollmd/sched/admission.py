@@ -156,8 +156,8 @@ class Admission:
                 raise
             queue.grants[rid] = asyncio.get_running_loop().create_future()
         queue.tasks[rid] = asyncio.current_task()
-        self._pump(backend, queue)
-        try:
+        try:                                   # whatever fails, the request leaves the queue
+            self._pump(backend, queue)
             return await self._wait(backend, queue, request)
         except BaseException:
             self._finish(backend, queue, request, RequestStatus.FINISHED_ABORTED)

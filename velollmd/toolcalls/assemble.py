@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from ..config import ToolsConfig
+from ..wire import wirejson
 from ..wire.ids import ensure_call_id
 from ..wire.tools import parse_tool_choice
 from .choice import check_tool_choice
@@ -38,7 +39,7 @@ class ToolResult:
 
 
 def strict_loads(text: str) -> tuple[object, list[str]]:
-    return json.loads(text), []
+    return wirejson.loads(text), []
 
 
 def loads_for(config: ToolsConfig) -> Loads:

@@ -13,6 +13,7 @@ import json
 import re
 from json.decoder import scanstring
 
+from ..wire import wirejson
 from .spotfix import UNSET, spot_repair
 
 _DECODER = json.JSONDecoder()
@@ -40,8 +41,18 @@ class _Truncated(Exception):
 def loads_repaired(text: str) -> tuple[object, list[str]]:
     """Parse `text` as JSON, repairing what models break. Returns (value, fixes).
 
-    Raises ValueError when no JSON value can be recovered.
+    Raises ValueError when no JSON value can be recovered, or when it nests deeper than
+    wirejson.MAX_DEPTH (the repairing parser recurses).
     """
+    try:
+        value, fixes = _loads_repaired(text)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {wirejson.MAX_DEPTH} levels") from None
+    wirejson.check_depth(value, text)
+    return value, fixes
+
+
+def _loads_repaired(text: str) -> tuple[object, list[str]]:
     try:
         return json.loads(text), []
     except json.JSONDecodeError as error:
@@ -60,9 +71,12 @@ def parse_prefix(text: str, *, document: bool = False) -> tuple[object, int, lis
     With document=True, text around the value (prose, fences) is allowed and reported.
     """
     parser = _Parser(text)
-    if document:
-        return parser.document()
-    value = parser.value()
+    try:
+        if document:
+            return parser.document()
+        value = parser.value()
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {wirejson.MAX_DEPTH} levels") from None
     return value, parser.pos, parser.fixes
 
 

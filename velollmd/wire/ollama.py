@@ -12,6 +12,7 @@ import json
 import time
 from datetime import datetime, timezone
 
+from . import wirejson
 from .chunks import chunk_choice, chunk_head
 from .ids import new_call_id
 from .request import max_tokens_of
@@ -130,8 +131,8 @@ def _arguments_object(arguments):
     if isinstance(arguments, dict):
         return arguments
     try:
-        value = json.loads(arguments or "{}")
-    except ValueError:
+        value = wirejson.loads(arguments or "{}")
+    except (TypeError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
 
