@@ -36,7 +36,9 @@ def test_detect_json(fake_bin):
     result = velollmctl("detect", "--json", bin_dir=fake_bin)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert list(out) == ["os", "cpu", "memory", "gpus", "notes"]
+    assert list(out) == ["os", "cpu", "memory", "gpus", "notes", "engine_device"]
+    device = out["engine_device"]                  # no pycuda / no driver on a test machine: the CPU, and why
+    assert device["requested"] == "auto" and device["used"] in ("cpu", "cuda") and device["reason"]
     assert out["gpus"][0]["name"] == "NVIDIA GeForce RTX 4090" and out["gpus"][0]["memory_free_mib"] == 23892
     assert out["memory"]["ram_total_mib"] > 0 and out["cpu"]["logical_cores"] >= 1
 
@@ -46,6 +48,7 @@ def test_detect_table(fake_bin):
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert lines[0].startswith("os    ") and any(l.startswith("cpu   ") for l in lines)
+    assert lines[-1].startswith("engine device (auto): ") and "(" in lines[-1]
     header = next(l for l in lines if l.startswith("GPU"))
     row = lines[lines.index(header) + 1]
     assert row.index("24564") + len("24564") == header.index("TOTAL MiB") + len("TOTAL MiB")  # right-aligned

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..engine.device import choose_device
 from ..hw import probe
 from ..hw.run import DEFAULT_TIMEOUT_S
 from . import llamacpp_cmd, modelspec, report, settings, tune
@@ -23,10 +24,12 @@ from .status import add_status_arguments
 
 def cmd_detect(args) -> int:
     hw = probe.detect(timeout_s=args.timeout)
+    engine = choose_device("auto")           # what `device = "auto"` would compute on, and why
     if args.json:
-        print(json.dumps(hw.to_dict(), indent=2))
+        print(json.dumps({**hw.to_dict(), "engine_device": engine.to_dict()}, indent=2))
     else:
         sys.stdout.write(report.format_hardware(hw))
+        print(f"engine device (auto): {engine.used} ({engine.reason})")
     return 0
 
 
