@@ -95,9 +95,11 @@ def process_tree(pid: int) -> list[int]:
 class Daemon:
     """velollmd as its own process, configured by a TOML text; `cpus` pins it (None: no pin)."""
 
-    def __init__(self, toml_body: str, cpus: set[int] | None = None, root: Path = ROOT, log_toml: str = ""):
+    def __init__(self, toml_body: str, cpus: set[int] | None = None, root: Path = ROOT, log_toml: str = "",
+                 switch_interval: float | None = None):
         self.cpus = cpus
         self.root = root                     # a checkout: another one runs a before/after
+        self.switch_interval = switch_interval   # sys.setswitchinterval in the daemon (None: as it sets)
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="velollmd-bench-"))
         self.config = self.dir / "velollm.toml"
@@ -110,7 +112,11 @@ class Daemon:
 
     def start(self) -> Daemon:
         env = {**os.environ, "PYTHONPATH": str(self.root)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "velollmd", "--config", str(self.config)],
+        start = ["-m", "velollmd"]
+        if self.switch_interval is not None:
+            start = ["-c", f"import runpy, sys; sys.setswitchinterval({self.switch_interval}); "
+                           "runpy.run_module('velollmd', run_name='__main__', alter_sys=True)"]
+        self.proc = subprocess.Popen([sys.executable, *start, "--config", str(self.config)],
                                      env=env, stderr=open(self.dir / "daemon.log", "wb"),
                                      preexec_fn=pinned_to(self.cpus))
         wait_listening(self.port)

@@ -19,14 +19,19 @@ generates max_tokens (the counts are reported, from each server's own usage chun
 6. --profile (only this): the decode step in-process, per op, at B = 1, 8, 16, and the compiled
    matmul against OpenBLAS on the same steps (A B A B ...).
 
+7. --health-only (only this): /health idle vs under load, the daemon of this tree next to a
+   --before checkout and/or this tree under other --switch-intervals, A B A B over --rounds.
+
     .venv/bin/python benchmarks/engine.py [--quick] [--shapes tiny,small] [--rounds 2] [--threads N]
     .venv/bin/python benchmarks/engine.py --profile --shapes small
+    .venv/bin/python benchmarks/engine.py --health-only --shapes tiny --rounds 4 --before /tmp/base
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import statistics
@@ -192,20 +197,88 @@ async def health_latencies(client: HTTPClient, num: int) -> list[float]:
     return samples
 
 
-async def measure_health(url: str, model: str, args) -> dict:
-    """GET /health p50/p99 idle, then while the engine streams at concurrency 8."""
-    client = HTTPClient(url)
-    idle = await health_latencies(client, args.health_samples)
-    load = asyncio.ensure_future(decode_batch(HTTPClient(url), model, 8, args.max_tokens))
-    loaded = []
-    while not load.done():
-        loaded += await health_latencies(client, 10)
-    await load
-    result = {"idle": summary(idle), "load": summary(loaded)}
-    print(f"  /health ms: idle p50 {result['idle']['p50']:.2f} p99 {result['idle']['p99']:.2f} (n={len(idle)}); "
-          f"engine at c=8 p50 {result['load']['p50']:.2f} p99 {result['load']['p99']:.2f} (n={len(loaded)}); "
-          f"p99 ratio {result['load']['p99'] / result['idle']['p99']:.2f}", flush=True)
+def probe_health(url: str, num_taken, stop, results) -> None:
+    """In a process of its own (the load's SSE parsing must not delay the probe's reads): GET
+    /health every 10 ms until `stop` is set, counting in `num_taken`; the samples to `results`."""
+    async def probe() -> list[float]:
+        client, samples = HTTPClient(url), []
+        while not stop.is_set():
+            samples += await health_latencies(client, 1)
+            num_taken.value = len(samples)
+        return samples
+    results.put(uvloop.run(probe()))
+
+
+class HealthProbe:
+    """`with HealthProbe(url) as probe:` samples /health in a child process meanwhile."""
+
+    def __init__(self, url: str):
+        context = multiprocessing.get_context("spawn")
+        self.num_taken, self.stop, self.results = context.Value("i", 0), context.Event(), context.Queue()
+        self.process = context.Process(target=probe_health, args=(url, self.num_taken, self.stop, self.results))
+        self.samples: list[float] = []
+
+    def __enter__(self) -> HealthProbe:
+        self.process.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.samples = self.results.get(timeout=60)
+        self.process.join()
+
+
+async def measure_health(url: str, model: str, args, quiet: bool = False) -> dict:
+    """GET /health p50/p99 (from another process) idle, then while the engine streams at
+    concurrency 8 (batches of 16 requests until as many samples as idle); tok/s meanwhile."""
+    with HealthProbe(url) as idle:
+        while idle.num_taken.value < args.health_samples:
+            await asyncio.sleep(0.05)
+    with HealthProbe(url) as loaded:
+        tok_s = []
+        while loaded.num_taken.value < args.health_samples:
+            tok_s.append((await decode_batch(HTTPClient(url), model, 8, args.max_tokens))["tok_s"])
+    result = {"idle": summary(idle.samples), "load": summary(loaded.samples), "tok_s": statistics.median(tok_s)}
+    result["ratio"] = result["load"]["p99"] / result["idle"]["p99"]
+    if not quiet:
+        print(f"  /health ms: idle p50 {result['idle']['p50']:.2f} p99 {result['idle']['p99']:.2f} "
+              f"(n={len(idle.samples)}); engine at c=8 p50 {result['load']['p50']:.2f} p99 "
+              f"{result['load']['p99']:.2f} (n={len(loaded.samples)}); p99 ratio {result['ratio']:.2f}", flush=True)
     return result
+
+
+def bench_health(shape: str, args) -> None:
+    """--health-only: /health idle vs under engine load for each daemon variant (this tree,
+    --before's checkout, this tree with each --switch-intervals value), measured in turn."""
+    path = model_file(shape, args.dtype)
+    toml = engine_toml(path, args)
+    variants = {"this tree": Daemon(toml)}
+    if args.before:
+        variants["before"] = Daemon(toml, root=Path(args.before).resolve())
+    for interval in args.switch_intervals:
+        variants[f"this tree, switch interval {interval * 1e3:g} ms"] = Daemon(toml, switch_interval=interval)
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    print(f"\n== {shape}: /health idle vs engine at c=8, {args.rounds} rounds, threads {args.threads}", flush=True)
+    try:
+        for daemon in variants.values():
+            daemon.start()
+            uvloop.run(decode_batch(HTTPClient(daemon.url), "tiny", 1, 4))     # loads the model
+        for round_index in range(args.rounds):                              # A B A B ...
+            for name, daemon in variants.items():
+                run = uvloop.run(measure_health(daemon.url, "tiny", args, quiet=True))
+                runs[name].append(run)
+                print(f"  round {round_index + 1} {name}: idle p99 {run['idle']['p99']:.2f} ms, load p50/p99 "
+                      f"{run['load']['p50']:.2f}/{run['load']['p99']:.2f} ms, ratio {run['ratio']:.2f}, "
+                      f"{run['tok_s']:.0f} tok/s", flush=True)
+    finally:
+        for daemon in variants.values():
+            daemon.stop()
+    print(f"\n| {shape} | idle p50 / p99 ms | load p50 / p99 ms | load p99 / idle p99 | tok/s at c=8 |")
+    print("|---|---|---|---|---|")
+    for name, rs in runs.items():
+        print(f"| {name} | {fmt_range([r['idle']['p50'] for r in rs], 2)} / {fmt_range([r['idle']['p99'] for r in rs], 2)} "
+              f"| {fmt_range([r['load']['p50'] for r in rs], 2)} / {fmt_range([r['load']['p99'] for r in rs], 2)} "
+              f"| **{fmt_range([r['ratio'] for r in rs], 2)}** | {fmt_range([r['tok_s'] for r in rs])} |")
 
 
 # ---- KV waste, in-process ----
@@ -274,6 +347,12 @@ def profile_decode(path: Path, args) -> None:
 
 # ---- one model ----
 
+def engine_toml(path: Path, args) -> str:
+    return (f'[[backends]]\nname = "engine"\nkind = "engine"\nmodel = "{path}"\nalias = "tiny"\n'
+            f'ollama_store = false\nthreads = {args.threads}\nmax_running = {PARALLEL}\n'
+            f'num_ctx = {NUM_CTX}\nkv_cache_mb = {args.kv_cache_mb}\n[cache]\nenabled = false\n')
+
+
 def bench_model(shape: str, args) -> dict:
     path = model_file(shape, args.dtype)
     print(f"\n== {shape} ({path.name}, {path.stat().st_size / 2**20:.0f} MiB), threads {args.threads}", flush=True)
@@ -282,10 +361,7 @@ def bench_model(shape: str, args) -> dict:
     llama = start_llama_server(path, parallel=PARALLEL, ctx_size=PARALLEL * NUM_CTX,
                                extra_args=("--threads", str(args.threads), "--threads-batch", str(args.threads),
                                            "--cont-batching"))
-    engine_toml = (f'[[backends]]\nname = "engine"\nkind = "engine"\nmodel = "{path}"\nalias = "tiny"\n'
-                   f'ollama_store = false\nthreads = {args.threads}\nmax_running = {PARALLEL}\n'
-                   f'num_ctx = {NUM_CTX}\nkv_cache_mb = {args.kv_cache_mb}\n[cache]\nenabled = false\n')
-    daemon = Daemon(engine_toml).start()
+    daemon = Daemon(engine_toml(path, args)).start()
     try:
         urls = {"engine": daemon.url, "llama": llama.url}
         result = {"shape": shape, "file_mb": path.stat().st_size / 2**20, "rss_idle_mb": rss_mb(daemon.proc.pid)}
@@ -370,13 +446,23 @@ def main() -> None:
     parser.add_argument("--health-samples", type=int, default=200)
     parser.add_argument("--skip-history", action="store_true")
     parser.add_argument("--profile", action="store_true", help="only the in-process decode-step profile")
+    parser.add_argument("--health-only", action="store_true",
+                        help="only /health idle vs under load, A B A B over the variants below")
+    parser.add_argument("--before", default="", help="--health-only: a checkout of the code before, side by side")
+    parser.add_argument("--switch-intervals", default="",
+                        help="--health-only: also this tree with sys.setswitchinterval(s), e.g. 0.001,0.0005")
     args = parser.parse_args()
     if args.quick:
         args.shapes, args.rounds, args.max_tokens = "tiny", 1, 16
         args.history_samples, args.health_samples = 1, 50
     args.threads = args.threads or kernels.default_num_threads()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.switch_intervals = [float(s) for s in args.switch_intervals.split(",") if s]
     os.chdir(ROOT)
+    if args.health_only:
+        for shape in args.shapes.split(","):
+            bench_health(shape, args)
+        return
     if args.profile:
         for shape in args.shapes.split(","):
             print(f"== {shape}: decode step in-process, threads {args.threads}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from typing import AsyncIterator
 
@@ -54,6 +55,7 @@ class EngineBackend(Backend):
         self.loaded: dict[str, LoadedModel] = {}        # in least recently used order
         self._loading: dict[str, asyncio.Future] = {}
         self._next_id = 0
+        self._mailbox: _Mailbox | None = None
         self.device = choose_device(config.device)
         log.log(logging.WARNING if config.device == "cuda" and self.device.used != "cuda" else logging.INFO,
                 "engine device", extra={"fields": {"backend": config.name, **self.device.to_dict()}})
@@ -243,6 +245,12 @@ class EngineBackend(Backend):
                  params: SamplingParams):
         return _Run(self, model, request, prompt_ids, params)
 
+    def mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
+        """The one mailbox of this backend's requests on `loop` (a new loop gets a new one)."""
+        if self._mailbox is None or self._mailbox.loop is not loop:
+            self._mailbox = _Mailbox(loop)
+        return self._mailbox
+
     def new_request_id(self) -> str:
         self._next_id += 1
         return f"{self.name}-{self._next_id}"
@@ -277,7 +285,8 @@ class _Run:
     async def __aenter__(self) -> AsyncIterator[tuple[int, Event]]:
         loop = asyncio.get_running_loop()
         ids = [self.backend.new_request_id() for _ in range(self.params.n)]
-        deliverers = [_deliverer(loop, self.queue, index) for index in range(self.params.n)]
+        mailbox = self.backend.mailbox(loop)
+        deliverers = [_deliverer(mailbox, self.queue, index) for index in range(self.params.n)]
         # n > 1: the prompt is computed once, then forked copy-on-write (choice i: seed + i)
         self.model.runner.submit_choices(ids, self.prompt_ids, self.params, deliverers,
                                          priority=self.request.priority, model_name=self.model.name)
@@ -301,12 +310,41 @@ class _Run:
         self.model.last_used = time.monotonic()
 
 
-def _deliverer(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, index: int):
-    def deliver(event: Event) -> None:                  # called in the engine's thread
+class _Mailbox:
+    """Events from the engine's thread to the event loop: one loop wake-up per burst.
+
+    `loop.call_soon_threadsafe` per event writes the loop's self-pipe once per token per stream
+    (16 streams: 16 wake-ups a step, each a GIL hand-over). Here the worker appends under a lock
+    and only the post that finds the box empty schedules a drain; the drain, on the loop, hands
+    everything waiting to its request's queue, in the order posted.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Queue, tuple[int, Event]]] = []
+
+    def post(self, queue: asyncio.Queue, item: tuple[int, Event]) -> None:
+        """Called in the engine's thread."""
+        with self._lock:
+            self._items.append((queue, item))
+            if len(self._items) > 1:
+                return                                  # a drain is scheduled already
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, (index, event))
+            self.loop.call_soon_threadsafe(self._drain)
         except RuntimeError:                            # the loop is closed: nobody listens
             pass
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
+def _deliverer(mailbox: _Mailbox, queue: asyncio.Queue, index: int):
+    def deliver(event: Event) -> None:                  # called in the engine's thread
+        mailbox.post(queue, (index, event))
     return deliver
 
 

@@ -48,7 +48,7 @@ from ..sched.scheduler import RunnerOutput, Scheduler
 from .detokenize import TextStream
 from .kvcache import PagedKVCache, SlotTokens
 from .model import Batch, Model
-from .sampling import Sampler, SampleResult, SamplingParams
+from .sampling import Sampler, SampleResult, SamplingParams, sample_batch
 
 log = logging.getLogger("velollmd.engine")
 
@@ -296,8 +296,7 @@ class Runner:
         token_ids, positions, tables, computed, lens, logit_rows = [], [], [], [], [], []
         row = 0
         for seq, start, end in plan:
-            tokens = seq.request.all_token_ids
-            token_ids.extend(tokens[start:end])
+            token_ids.extend(_token_slice(seq.request, start, end))
             positions.extend(range(start, end))
             tables.append(self.scheduler.pool.block_table(seq.request_id))
             computed.append(start)
@@ -312,33 +311,43 @@ class Runner:
         """Remember which token each written KV slot holds (the prefix-hit check)."""
         for seq, start, end in plan:
             table = self.scheduler.pool.block_table(seq.request_id)
-            self.slot_tokens.record(table, start, seq.request.all_token_ids[start:end])
+            self.slot_tokens.record(table, start, _token_slice(seq.request, start, end))
             self.num_tokens_computed += end - start
 
     def _after_forward(self, plan: list[tuple[EngineSeq, int, int]], logits: np.ndarray) -> None:
-        new_tokens: dict[str, list[int]] = {}
-        finished: dict[str, RequestStatus] = {}
+        # logits: (num_logits, n_vocab), one row per sequence that reached its last token
+        choices, rows = [], []
         row = 0
         for seq, start, end in plan:
             seq.num_computed = end
             if end != seq.request.num_tokens:
                 continue                            # a chunk in the middle of the prompt
-            choices = [seq, *self._fork(seq)]
-            for choice in choices:
-                self._sample(choice, logits[row], new_tokens, finished)
+            for choice in (seq, *self._fork(seq)):  # n > 1: the choices share the parent's row
+                choices.append(choice)
+                rows.append(row)
             row += 1
+        results = self._sample(choices, logits, rows)
+        new_tokens: dict[str, list[int]] = {}
+        finished: dict[str, RequestStatus] = {}
+        for choice, result in zip(choices, results):
+            reason = self._emit(choice, result)
+            if reason is None:
+                new_tokens[choice.request_id] = [result.token_id]
+            else:
+                finished[choice.request_id] = _STATUS[reason]
         self.scheduler.update_from_output(RunnerOutput(new_tokens, finished), self.clock())
         self._after_growth(new_tokens)
         for request_id in finished:
             self._seqs.pop(request_id, None)
 
-    def _sample(self, seq: EngineSeq, logits: np.ndarray, new_tokens: dict, finished: dict) -> None:
-        result = seq.sampler.sample(logits, seq.request.all_token_ids)          # logits: (n_vocab,)
-        reason = self._emit(seq, result)
-        if reason is None:
-            new_tokens[seq.request_id] = [result.token_id]
-        else:
-            finished[seq.request_id] = _STATUS[reason]
+    def _sample(self, choices: list[EngineSeq], logits: np.ndarray, rows: list[int]) -> list[SampleResult]:
+        """Every choice's next token at once: the plain greedy ones share one argmax; only the
+        choices with penalties get their token history (a copy of prompt + output)."""
+        if not choices:
+            return []
+        histories = [c.request.all_token_ids if c.params.has_penalties else () for c in choices]
+        by_choice = logits if rows == list(range(logits.shape[0])) else logits[rows]   # (len(choices), n_vocab)
+        return sample_batch([c.sampler for c in choices], by_choice, histories)
 
     def _fork(self, parent: EngineSeq) -> list[EngineSeq]:
         """At the parent's first token: its waiting choices share its prompt's blocks from now
@@ -423,6 +432,17 @@ class Runner:
         pooled = hidden.mean(axis=0)                           # (n_embd,)
         norm = float(np.linalg.norm(pooled))
         return pooled / norm if norm > 0 else pooled
+
+
+def _token_slice(request: SchedRequest, start: int, end: int) -> Sequence[int]:
+    """request.all_token_ids[start:end] without copying the whole sequence (a decode reads one)."""
+    prompt, output = request.prompt_token_ids, request.output_token_ids
+    num_prompt = len(prompt)
+    if end <= num_prompt:
+        return prompt[start:end]
+    if start >= num_prompt:
+        return output[start - num_prompt:end - num_prompt]
+    return [*prompt[start:], *output[:end - num_prompt]]
 
 
 _STATUS = {"stop": RequestStatus.FINISHED_STOPPED, "length": RequestStatus.FINISHED_LENGTH}

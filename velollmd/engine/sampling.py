@@ -445,7 +445,8 @@ def sample_batch(samplers: Sequence[Sampler], logits: np.ndarray,
     results: list[SampleResult | None] = [None] * len(samplers)
     greedy_rows = [i for i, s in enumerate(samplers) if s.plain_greedy]
     if greedy_rows:
-        tokens = np.argmax(logits[greedy_rows], axis=1)       # (g,)
+        greedy = logits if len(greedy_rows) == len(samplers) else logits[greedy_rows]   # (g, vocab)
+        tokens = np.argmax(greedy, axis=1)                    # (g,): no copy when all rows are greedy
         for row, token_id in zip(greedy_rows, tokens.tolist()):
             results[row] = samplers[row].result(logits[row], token_id)
     for row, sampler in enumerate(samplers):
