@@ -122,7 +122,9 @@ def test_cache_flush_from_a_non_loopback_address_needs_a_key(backend, keys):
     address = non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
-    with RunningDaemon(daemon_table(backend, host="0.0.0.0", api_keys=list(keys))) as daemon:
+    # no keys on 0.0.0.0 needs allow_open (the exposure rule); cache admin stays loopback-only even then
+    open_server = {} if keys else {"allow_open": True}
+    with RunningDaemon(daemon_table(backend, host="0.0.0.0", api_keys=list(keys), **open_server)) as daemon:
         auth = [f"authorization: Bearer {keys[0]}"] if keys else []
         cached = [*post("/v1/chat/completions", CACHED), *auth]
         assert exchange(daemon.port, cached, CACHED)[0] == 200                    # one entry cached
