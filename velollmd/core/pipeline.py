@@ -28,7 +28,7 @@ from ..wire.outcome import Delivery, Outcome, UsageSink
 from ..wire.request import GenerateRequest
 from ..wire.streams import closing
 from .embedder import BackendEmbedder
-from .flight import Flight, FlightTable
+from .flight import MAX_SHARED_CHUNKS, Flight, FlightTable
 from .service import Service
 from .toollayer import ToolCallLayer
 
@@ -222,12 +222,16 @@ class Pipeline:
         return outcome
 
     async def _recording(self, chunks, lookup: Lookup, request: GenerateRequest) -> AsyncIterator[dict]:
-        seen = []
+        seen: list | None = []                          # None: too long to cache, no longer kept
         async with closing(chunks) as source_iter:
             async for chunk in source_iter:
-                seen.append(chunk)
+                if seen is not None:
+                    seen.append(chunk)
+                    if len(seen) > MAX_SHARED_CHUNKS:
+                        seen = None
                 yield chunk
-        self._store(lookup, request, from_stream_chunks(seen))
+        if seen is not None:
+            self._store(lookup, request, from_stream_chunks(seen))
 
     def _store(self, lookup: Lookup, request: GenerateRequest, entry) -> None:
         if self.cache is not None and entry is not None and self.cache.store(lookup, request.body, entry):
