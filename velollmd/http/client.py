@@ -27,7 +27,7 @@ from .message import READ_SIZE
 from .parser import EndOfMessage, Head, HTTPParser, ProtocolError
 from .sse import SSEDecoder
 
-MAX_BODY_BYTES = 256 * 1024 * 1024          # a whole (non-streamed) response body
+MAX_BODY_BYTES = 64 * 1024 * 1024           # a whole (non-streamed) response body
 MAX_EVENT_BYTES = 16 * 1024 * 1024          # one NDJSON line or one SSE event of a stream
 
 
@@ -141,16 +141,21 @@ class ClientResponse:
 
     async def iter_line_batches(self) -> AsyncIterator[list[bytes]]:
         """The lines completed by each read of the body (never an empty list)."""
-        pending = b""
+        parts: list[bytes] = []                       # the unfinished line, never re-scanned
+        num_pending = 0
         async with closing(self.iter_raw()) as source_iter:
             async for data in source_iter:
-                *lines, pending = (pending + data).split(b"\n")
-                if len(pending) > MAX_EVENT_BYTES:
-                    raise _too_big("a line", MAX_EVENT_BYTES)
-                if lines:
-                    yield [line[:-1] if line.endswith(b"\r") else line for line in lines]
-        if pending:
-            yield [pending]
+                if b"\n" not in data:
+                    parts.append(data)
+                    num_pending += len(data)
+                    if num_pending > MAX_EVENT_BYTES:
+                        raise _too_big("a line", MAX_EVENT_BYTES)
+                    continue
+                *lines, pending = (b"".join(parts) + data if parts else data).split(b"\n")
+                parts, num_pending = ([pending] if pending else []), len(pending)
+                yield [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        if parts:
+            yield [b"".join(parts)]
 
     def iter_sse(self) -> AsyncIterator[bytes]:
         """The payload of each Server-Sent Event of the body (comments skipped)."""
@@ -162,7 +167,7 @@ class ClientResponse:
         async with closing(self.iter_raw()) as source_iter:
             async for data in source_iter:
                 payloads = decoder.feed(data)
-                if len(decoder.pending) > MAX_EVENT_BYTES:
+                if decoder.num_pending > MAX_EVENT_BYTES:
                     raise _too_big("an event", MAX_EVENT_BYTES)
                 if payloads:
                     yield payloads
@@ -309,6 +314,11 @@ class HTTPClient:
                                f"{exc.strerror or exc}", code="backend_unreachable") from None
         self.num_connects += 1
         return _Conn(reader, writer)
+
+    @property
+    def num_idle(self) -> int:
+        """Keep-alive connections waiting in the pool (open sockets that are not a leak)."""
+        return len(self._idle)
 
     def _take_idle(self) -> _Conn | None:
         while self._idle:
