@@ -54,5 +54,5 @@ def test_mixed_load_against_the_real_llama_server(tmp_path, llama_server):
     toml = DAEMON + (f'[[backends]]\nname = "llama"\nkind = "llamacpp"\nurl = "{backend["url"]}"\n'
                      f'models = ["tiny*"]\n')
     with DaemonProcess(toml, tmp_path, SERVER) as daemon:
-        result = asyncio.run(driver.mixed_load(daemon.url, 60, 8, with_tools=False, warmup=20))
+        result = asyncio.run(driver.mixed_load(daemon.url, 30, 6, with_tools=False, warmup=10))
     no_leaks(result)
