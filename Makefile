@@ -9,7 +9,7 @@ CONFIG ?= etc/velollm.toml
 MODELS_DIR ?= /var/lib/velollm/models
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench llama-server clean demo-model
+.PHONY: install run test bench soak llama-server clean demo-model
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ test: $(VENV)/.test-installed /usr/bin/chromium /usr/bin/redis-server
 # chromium (headless) runs the dashboard's page in tests/api/test_dashboard_browser.py.
 /usr/bin/chromium:
 	(apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)) >/dev/null
+
+# The soak (minutes; not part of `make test`, which runs tests/soak/ small): one table of
+# unexpected statuses, leaked fds/tasks, RSS and p50/p99 per case. SOAK_ARGS="--requests 20000" etc.
+SOAK_ARGS ?=
+soak: $(VENV)/.test-installed
+	@tools/llama-server >/dev/null
+	$(PY) benchmarks/soak.py $(SOAK_ARGS)
 
 # wrk is the load generator of benchmarks/http_server.py (a separate C process).
 /usr/bin/wrk:

@@ -57,7 +57,7 @@ def _corrupt_variants():
     flipped[len(good) // 2] ^= 0xFF
     return {"truncated": good[: len(good) - 7], "truncated_header": good[:10],
             "bitflip": bytes(flipped), "foreign": b"PK\x03\x04 this is a zip file" * 10,
-            "empty": b"", "future_version": good[:8] + b"\x63\x00\x00\x00" + good[12:]}
+            "empty": b"", "old_version": good[:8] + b"\x00\x00\x00\x00" + good[12:]}
 
 
 @pytest.mark.parametrize("name", sorted(_corrupt_variants()))

@@ -1,8 +1,12 @@
-"""Operator endpoints: /health, /metrics, cache stats and flush, queue stats, usage per key.
+"""Operator endpoints: /health, /metrics, cache stats and flush, queue stats, usage per key,
+the process's own resources (tasks, open files, memory: what the soak watches for leaks).
 (`/` and the dashboard's feed are in dashboard.py.)"""
 from __future__ import annotations
 
+import asyncio
 import time
+
+import psutil
 
 from .. import __version__
 from ..backends.registry import Registry
@@ -30,6 +34,7 @@ class AdminRoutes:
         router.add("GET", "/metrics", self.prometheus)
         router.add("GET", "/v1/velollm/queue", self.queue)
         router.add("GET", "/v1/velollm/usage", self.usage)
+        router.add("GET", "/v1/velollm/runtime", self.runtime)
 
     async def health(self, request: Request) -> Response:
         draining = self.access.draining
@@ -51,6 +56,18 @@ class AdminRoutes:
         if not self.access.keys_required and (request.client or ("",))[0] not in LOOPBACK:
             raise Unauthorized("flushing the cache needs an API key or a loopback client")
         return Response.json({"object": "cache.flush", "deleted": self._cache().flush()})
+
+    async def runtime(self, request: Request) -> Response:
+        """The daemon process's asyncio tasks, open file descriptors, threads and RSS: the
+        numbers a leak shows in (less the pooled backend connections, which are open by design). Needs a valid API key; with no keys configured, a loopback client."""
+        if not self.access.keys_required and (request.client or ("",))[0] not in LOOPBACK:
+            raise Unauthorized("the runtime route needs an API key or a loopback client")
+        process = psutil.Process()
+        return Response.json({"object": "runtime", "tasks": len(asyncio.all_tasks()),
+                              "open_fds": process.num_fds(), "threads": process.num_threads(),
+                              "rss_bytes": process.memory_info().rss,
+                              "backend_idle_connections": sum(getattr(b.client, "num_idle", 0)
+                                                              for b in self.registry.backends)})
 
     async def queue(self, request: Request) -> Response:
         """Scheduler state: waiting and running requests per backend, 429s, failovers."""

@@ -5,10 +5,14 @@ File layout (little endian):
     payload  json_len u64 | JSON (exact entries, semantic rows metadata, embedder identity)
              | vectors .tobytes()
 
-Write: temp file in the same directory, fsync, rename over the old snapshot, fsync the
-directory; a crash at any point leaves either the old or the new snapshot, never a mix.
+Write: temp file in the same directory, fsync, hard-link the old snapshot as `cache.snap.prev`,
+rename the temp file over the old snapshot, fsync the directory; a crash at any point leaves
+either the old or the new snapshot, never a mix. A failed write (full disk, read-only
+directory) removes its temp file and leaves both snapshots as they were.
 Load: a missing file is an empty cache; a corrupt, truncated or foreign file is renamed to
-`cache.snap.corrupt-<timestamp>` with a warning and the cache starts empty.
+`cache.snap.corrupt-<timestamp>` and `cache.snap.prev` (the last good one) is loaded instead;
+a file from a newer format version is set aside as `cache.snap.v<N>-<timestamp>` (a newer
+daemon can take it back), never overwritten. Each of these is one warning line.
 """
 from __future__ import annotations
 
@@ -38,6 +42,14 @@ _JSON_LEN = struct.Struct("<Q")
 
 class SnapshotError(ValueError):
     """The snapshot file is not one we wrote, or not whole."""
+
+
+class FutureSnapshotError(SnapshotError):
+    """The snapshot was written by a newer velollmd, in a format this one cannot read."""
+
+    def __init__(self, version: int):
+        super().__init__(f"format version {version} is newer than this daemon's {VERSION}")
+        self.version = version
 
 
 @dataclass
@@ -72,6 +84,8 @@ def _check_header(data: bytes) -> bytes:
     magic, version, length, digest = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise SnapshotError("not a velollm cache snapshot")
+    if version > VERSION:
+        raise FutureSnapshotError(version)
     if version != VERSION:
         raise SnapshotError(f"unsupported snapshot version {version}")
     payload = data[_HEADER.size:]
@@ -109,46 +123,91 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+PREVIOUS_SUFFIX = ".prev"
+
+
 def write_snapshot(directory: str, data: bytes, name: str = SNAPSHOT_NAME) -> str:
-    """Atomically replace `directory/name` with `data`; returns the path."""
+    """Atomically replace `directory/name` with `data`, keeping the old one as `name.prev`;
+    returns the path. On failure (OSError) nothing but the temp file was touched, and it is gone."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _keep_previous(path)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
     _fsync_dir(directory)
     return path
 
 
-def _quarantine(path: str, reason: str) -> None:
-    aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-    log.warning("cache snapshot %s unusable (%s); moved to %s, starting empty",
-                path, reason, aside)
-    os.replace(path, aside)
+def _keep_previous(path: str) -> None:
+    """Hard-link the current snapshot as `path.prev` (atomically, through a temp name)."""
+    if not os.path.exists(path):
+        return
+    link = f"{path}.tmp-prev-{os.getpid()}"
+    _unlink_quietly(link)
+    os.link(path, link)
+    os.replace(link, path + PREVIOUS_SUFFIX)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _set_aside(path: str, label: str) -> str:
+    """Rename `path` to `path.<label>-<timestamp>`; returns what happened, for the log line."""
+    aside = f"{path}.{label}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    try:
+        os.replace(path, aside)
+    except OSError as exc:
+        return f"left in place ({exc.strerror or exc})"
+    return f"moved to {aside}"
 
 
 def _remove_stale_temps(path: str) -> None:
     for tmp in glob.glob(glob.escape(path) + ".tmp-*"):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
 
 
-def read_snapshot(directory: str, name: str = SNAPSHOT_NAME) -> SnapshotState | None:
-    """The saved state, or None (no file, or a bad file that was quarantined)."""
-    path = os.path.join(directory, name)
-    _remove_stale_temps(path)
+def _load(path: str) -> SnapshotState | None:
+    """The state in `path`; None when there is no file; raises SnapshotError."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
         return None
+    return decode_snapshot(data)
+
+
+def read_snapshot(directory: str, name: str = SNAPSHOT_NAME) -> SnapshotState | None:
+    """The saved state, or None (no file, or no usable one). A bad snapshot is set aside and
+    the previous good one is loaded in its place; one warning line says what happened."""
+    path = os.path.join(directory, name)
+    _remove_stale_temps(path)
     try:
-        return decode_snapshot(data)
+        return _load(path)
+    except FutureSnapshotError as exc:
+        moved, label = _set_aside(path, f"v{exc.version}"), "left for a newer velollmd"
+        reason = str(exc)
     except SnapshotError as exc:
-        _quarantine(path, str(exc))
+        moved, label, reason = _set_aside(path, "corrupt"), "unusable", str(exc)
+    previous = _load_previous(path + PREVIOUS_SUFFIX)
+    outcome = "starting empty" if previous is None else "restoring the previous snapshot"
+    log.warning("cache snapshot %s %s (%s); %s, %s", path, label, reason, moved, outcome)
+    return previous
+
+
+def _load_previous(path: str) -> SnapshotState | None:
+    try:
+        return _load(path)
+    except SnapshotError:
         return None

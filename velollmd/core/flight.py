@@ -5,19 +5,29 @@ whole answer, or every stream chunk in order. Each client (the first one include
 consumer that reads from the recording, so a client that joins mid-stream still gets the
 stream from its start. When the last consumer goes away the upstream call is cancelled,
 which is how a client disconnect still stops the backend's work.
+
+The recording is bounded: past MAX_SHARED_CHUNKS a stream stops being shared (no new client
+joins it) and the chunks every reader has passed are dropped, so a backend's endless stream
+costs the memory of the readers' lag, not of its length.
 """
 from __future__ import annotations
 
 import asyncio
 from typing import AsyncIterator, Awaitable, Callable
 
+from ..errors import BackendError
 from ..wire.outcome import Outcome
 from ..wire.streams import closing
+
+MAX_SHARED_CHUNKS = 8192
 
 
 class Flight:
     def __init__(self, start: Callable[[], Awaitable[Outcome]]):
-        self.chunks: list[dict] = []          # recorded stream chunks, in order
+        self.chunks: list[dict] = []          # recorded stream chunks, in order, from number `base`
+        self.base = 0                         # chunks before this one were dropped (all readers passed)
+        self.shareable = True                 # False once the recording was trimmed
+        self._positions: dict[object, int] = {}   # reader -> number of the next chunk it reads
         self.outcome: Outcome | None = None   # set once the upstream answered (head)
         self.error: BaseException | None = None
         self.done = False
@@ -36,6 +46,8 @@ class Flight:
                 async with closing(outcome.chunks) as source_iter:
                     async for chunk in source_iter:
                         self.chunks.append(chunk)
+                        if len(self.chunks) > 2 * MAX_SHARED_CHUNKS:
+                            self._trim()
                         self._wake()
         except asyncio.CancelledError:
             self.error = self.error or ConnectionAbortedError("all clients left")
@@ -49,6 +61,14 @@ class Flight:
             if not self._head.done():
                 self._head.set_exception(self.error or ConnectionAbortedError("flight ended"))
             self._wake()
+
+    def _trim(self) -> None:
+        """Drop the chunks every reader has passed; from now on nobody new may join."""
+        self.shareable = False
+        low = min(self._positions.values(), default=self.base + len(self.chunks))
+        if low > self.base:
+            del self.chunks[:low - self.base]
+            self.base = low
 
     def _wake(self) -> None:
         self._changed.set()
@@ -65,25 +85,32 @@ class Flight:
 
     async def replay_chunks(self) -> AsyncIterator[dict]:
         """Every chunk from the first, then the live ones; ends when the upstream ends."""
-        index = 0
+        reader = object()
+        self._positions[reader] = 0
         try:
             while True:
-                while index < len(self.chunks):
-                    yield dict(self.chunks[index])
-                    index += 1
+                while self._positions[reader] < self.base + len(self.chunks):
+                    index = self._positions[reader]
+                    self._positions[reader] = index + 1
+                    yield dict(self.chunks[index - self.base])
                 if self.done:
                     if self.error is not None:
                         raise self.error
                     return
                 await self._changed.wait()
         finally:
+            del self._positions[reader]
             self.leave()
 
     async def wait_done(self) -> None:
+        """Until the upstream ended, which the caller reads whole from `chunks` (a recording
+        that had to be trimmed cannot give it: an error, as for a stream cut short)."""
         while not self.done:
             await self._changed.wait()
         if self.error is not None:
             raise self.error
+        if self.base > 0:
+            raise BackendError("the shared upstream stream was too long to record")
 
     def leave(self) -> None:
         self.num_consumers -= 1
@@ -107,7 +134,7 @@ class FlightTable:
 
     def join_or_start(self, key: str, start) -> tuple[Flight, bool]:
         flight = self._flights.get(key)
-        if flight is not None and not flight.done:
+        if flight is not None and not flight.done and flight.shareable:
             self.num_coalesced += 1
             return flight, False
         flight = Flight(start)

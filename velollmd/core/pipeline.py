@@ -29,7 +29,7 @@ from ..wire.outcome import Delivery, Outcome, UsageSink
 from ..wire.request import GenerateRequest
 from ..wire.streams import closing
 from .embedder import BackendEmbedder
-from .flight import Flight, FlightTable
+from .flight import MAX_SHARED_CHUNKS, Flight, FlightTable
 from .service import Service
 from .toollayer import ToolCallLayer
 
@@ -52,6 +52,7 @@ class Pipeline:
         self.flights = FlightTable()
         self.memo: OrderedDict[str, tuple] = OrderedDict()   # raw request key -> exact key
         self._snapshot_task: asyncio.Task | None = None
+        self._snapshot_error = ""                       # the last failure, logged once until it changes
 
     def _embedder(self):
         cache = self.config.cache
@@ -287,14 +288,19 @@ class Pipeline:
 
     async def _recording(self, chunks, lookup: Lookup, request: GenerateRequest,
                          lease: Lease | None) -> AsyncIterator[dict]:
-        seen, stored = [], False
+        seen: list | None = []                          # None: too long to cache, no longer kept
+        stored = False
         try:
             async with closing(chunks) as source_iter:
                 async for chunk in source_iter:
-                    seen.append(chunk)
+                    if seen is not None:
+                        seen.append(chunk)
+                        if len(seen) > MAX_SHARED_CHUNKS:
+                            seen = None
                     yield chunk
-            stored = True
-            self._store(lookup, request, from_stream_chunks(seen), lease)
+            if seen is not None:
+                stored = True
+                self._store(lookup, request, from_stream_chunks(seen), lease)
         finally:
             if lease is not None and not stored:
                 self.shared.release(lease)
@@ -344,11 +350,23 @@ class Pipeline:
         state = self.cache.snapshot_state()              # copies, taken on the loop
         path = self.config.cache.path
         try:
-            return await asyncio.get_running_loop().run_in_executor(
+            written = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: write_snapshot(path, encode_snapshot(state), SNAPSHOT_NAME))
         except OSError as exc:
-            log.warning("cache snapshot failed", extra={"fields": {"error": str(exc)}})
+            self._snapshot_failed(str(exc))
             return None
+        if self._snapshot_error:
+            log.info("cache snapshot written again", extra={"fields": {"path": written}})
+            self._snapshot_error = ""
+        return written
+
+    def _snapshot_failed(self, error: str) -> None:
+        """One warning per distinct failure (a full disk or a read-only directory would
+        otherwise log a line every interval); the previous snapshot stays as it was."""
+        if error != self._snapshot_error:
+            log.warning("cache snapshot failed; the previous snapshot is kept",
+                        extra={"fields": {"error": error, "path": self.config.cache.path}})
+        self._snapshot_error = error
 
     async def close(self) -> None:
         if self._snapshot_task is not None:

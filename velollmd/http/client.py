@@ -5,6 +5,10 @@ whole (`read`, `json`) or streamed (`iter_raw`, `iter_lines` for NDJSON, `iter_s
 A response whose body was read to the end goes back to the pool; one abandoned halfway, or
 whose reader was cancelled, closes its socket at once, so a client that goes away stops the
 backend's work.
+
+Every buffer is bounded: a whole body over MAX_BODY_BYTES, or one NDJSON line or SSE event over
+MAX_EVENT_BYTES, is a BackendError (a 502 or an error event), never a daemon that grows until
+the OOM killer comes: a broken backend may answer an endless body.
 """
 from __future__ import annotations
 
@@ -22,6 +26,13 @@ from ..wire.streams import closing
 from .message import READ_SIZE
 from .parser import EndOfMessage, Head, HTTPParser, ProtocolError
 from .sse import SSEDecoder
+
+MAX_BODY_BYTES = 64 * 1024 * 1024           # a whole (non-streamed) response body
+MAX_EVENT_BYTES = 16 * 1024 * 1024          # one NDJSON line or one SSE event of a stream
+
+
+def _too_big(what: str, limit: int) -> BackendError:
+    return BackendError(f"backend sent {what} over {limit // (1024 * 1024)} MiB; connection closed")
 
 
 async def open_stream(host: str, port: int, *, tls: bool = False, timeout: float, unix_path: str = ""):
@@ -140,14 +151,21 @@ class ClientResponse:
 
     async def iter_line_batches(self) -> AsyncIterator[list[bytes]]:
         """The lines completed by each read of the body (never an empty list)."""
-        pending = b""
+        parts: list[bytes] = []                       # the unfinished line, never re-scanned
+        num_pending = 0
         async with closing(self.iter_raw()) as source_iter:
             async for data in source_iter:
-                *lines, pending = (pending + data).split(b"\n")
-                if lines:
-                    yield [line[:-1] if line.endswith(b"\r") else line for line in lines]
-        if pending:
-            yield [pending]
+                if b"\n" not in data:
+                    parts.append(data)
+                    num_pending += len(data)
+                    if num_pending > MAX_EVENT_BYTES:
+                        raise _too_big("a line", MAX_EVENT_BYTES)
+                    continue
+                *lines, pending = (b"".join(parts) + data if parts else data).split(b"\n")
+                parts, num_pending = ([pending] if pending else []), len(pending)
+                yield [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        if parts:
+            yield [b"".join(parts)]
 
     def iter_sse(self) -> AsyncIterator[bytes]:
         """The payload of each Server-Sent Event of the body (comments skipped)."""
@@ -159,14 +177,23 @@ class ClientResponse:
         async with closing(self.iter_raw()) as source_iter:
             async for data in source_iter:
                 payloads = decoder.feed(data)
+                if decoder.num_pending > MAX_EVENT_BYTES:
+                    raise _too_big("an event", MAX_EVENT_BYTES)
                 if payloads:
                     yield payloads
         payloads = decoder.end()
         if payloads:
             yield payloads
 
-    async def read(self) -> bytes:
-        return b"".join([data async for data in self.iter_raw()])
+    async def read(self, limit: int = MAX_BODY_BYTES) -> bytes:
+        parts, size = [], 0
+        async with closing(self.iter_raw()) as source_iter:
+            async for data in source_iter:
+                size += len(data)
+                if size > limit:
+                    raise _too_big("a body", limit)
+                parts.append(data)
+        return b"".join(parts)
 
     async def json(self):
         body = await self.read()
@@ -302,6 +329,11 @@ class HTTPClient:
                                f"{exc.strerror or exc}", code="backend_unreachable") from None
         self.num_connects += 1
         return _Conn(reader, writer)
+
+    @property
+    def num_idle(self) -> int:
+        """Keep-alive connections waiting in the pool (open sockets that are not a leak)."""
+        return len(self._idle)
 
     def _take_idle(self) -> _Conn | None:
         while self._idle:

@@ -67,29 +67,35 @@ class SSEDecoder:
     the SSE rules; CRLF and CR line endings are turned into LF first."""
 
     def __init__(self):
-        self.pending = b""
+        self._parts: list[bytes] = []              # the unfinished event, LF line endings
+        self.num_pending = 0                       # its size in bytes
+        self._cr = False                           # the last read ended in CR (its LF may follow)
 
     def feed(self, data: bytes) -> list[bytes]:
-        pending = self.pending + data if self.pending else data
-        if b"\r" in pending:
-            pending = _to_lf(pending)
-        *events, self.pending = pending.split(b"\n\n")
+        if self._cr:
+            data, self._cr = b"\r" + data, False
+        if b"\r" in data:
+            if data.endswith(b"\r"):
+                data, self._cr = data[:-1], True
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        last = self._parts[-1][-1:] if self._parts else b""
+        if b"\n\n" not in last + data:               # mid-event: kept as a piece, never re-scanned
+            if data:
+                self._parts.append(data)
+                self.num_pending += len(data)
+            return []
+        pending = b"".join(self._parts) + data if self._parts else data
+        *events, rest = pending.split(b"\n\n")
+        self._parts, self.num_pending = ([rest] if rest else []), len(rest)
         return [payload for payload in map(_payload, events) if payload is not None]
 
     def end(self) -> list[bytes]:
         """Payloads of an event cut short by the end of the body (no final blank line)."""
-        pending, self.pending = self.pending, b""
-        event = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n").strip(b"\n")
+        pending = b"".join(self._parts)
+        self._parts, self.num_pending, self._cr = [], 0, False
+        event = pending.strip(b"\n")
         payload = _payload(event) if event else None
         return [] if payload is None else [payload]
-
-
-def _to_lf(data: bytes) -> bytes:
-    """CRLF and CR to LF, but a CR that ends `data` stays: its LF may be in the next read."""
-    data = data.replace(b"\r\n", b"\n")
-    if data.endswith(b"\r"):
-        return data[:-1].replace(b"\r", b"\n") + b"\r"
-    return data.replace(b"\r", b"\n")
 
 
 def _payload(event: bytes) -> bytes | None:
