@@ -240,8 +240,8 @@ class LayerWeights:
 
 
 # Up to this many rows a matmul reads each weight row once (kernels.matmul_nt). Measured on the
-# small model (benchmarks/RESULTS.md, Engine), a whole decode step against OpenBLAS: 1.01x at 1
-# row, 1.38x at 8, 1.25x at 16. Up to the default max_running a decoding sequence's logits then
+# small model (benchmarks/RESULTS.md, Engine), a whole decode step against OpenBLAS: 0.94-1.02x
+# at 1 row, 1.79-1.87x at 8, 1.40-1.44x at 16. Up to the default max_running a decoding sequence's logits then
 # do not depend on what it is batched with.
 DECODE_ROWS = 16
 
