@@ -35,6 +35,17 @@ def _too_big(what: str, limit: int) -> BackendError:
     return BackendError(f"backend sent {what} over {limit // (1024 * 1024)} MiB; connection closed")
 
 
+def take_usable(idle: list):
+    """The most recently pooled connection that is still usable, or None; the dead ones met on
+    the way are aborted and dropped. Any pool of connections with usable() and abort()."""
+    while idle:
+        conn = idle.pop()
+        if conn.usable():
+            return conn
+        conn.abort()
+    return None
+
+
 async def open_stream(host: str, port: int, *, tls: bool = False, timeout: float, unix_path: str = ""):
     """A connected (reader, writer) pair: TCP, TLS (the system's CA store, the host name checked)
     or a Unix socket. Raises TimeoutError after `timeout` s, OSError when it cannot connect."""
@@ -336,12 +347,7 @@ class HTTPClient:
         return len(self._idle)
 
     def _take_idle(self) -> _Conn | None:
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.usable():
-                return conn
-            conn.abort()
-        return None
+        return take_usable(self._idle)
 
     def _release(self, conn: _Conn, reusable: bool) -> None:
         conn.disarm()

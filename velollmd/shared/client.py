@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
-from ..http.client import open_stream
+from ..http.client import open_stream, take_usable
 from .resp import INCOMPLETE, ProtocolError, Push, ReplyError, RespParser, encode_command
 
 READ_SIZE = 65536
@@ -191,12 +191,7 @@ class RedisClient:
 
     # -- connections -------------------------------------------------------------------
     def _take_idle(self) -> RedisConnection | None:
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.usable():
-                return conn
-            conn.abort()
-        return None
+        return take_usable(self._idle)
 
     async def _connect(self) -> RedisConnection:
         """A new connection, authenticated and on its database (one round trip for all of it)."""
