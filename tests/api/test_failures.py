@@ -1,5 +1,4 @@
 """Failure behaviour: disconnects, dead and slow backends, health-based routing."""
-import time
 
 import httpx
 import openai
@@ -7,17 +6,9 @@ import pytest
 
 from tests.daemon_rig import llama_backend, ollama_backend
 from tests.rig.net import free_port
+from tests.rig.waiting import wait_for
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-def wait_for(predicate, limit_s=5.0) -> bool:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_client_disconnect_mid_stream_cancels_the_upstream_request(daemon, ollama_emulator):

@@ -8,7 +8,6 @@ tasks); and the next request succeeds. The faulty backend is tests/rig/fault_bac
 """
 import asyncio
 import json
-import time
 
 import httpx
 import openai
@@ -16,6 +15,7 @@ import pytest
 
 from tests.daemon_rig import RunningDaemon
 from tests.rig.fault_backend import MODEL, FaultBackend
+from tests.rig.waiting import wait_for
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 READ_TIMEOUT_S = 0.3           # the daemon's backend read timeout here: silence ends quickly
@@ -41,15 +41,6 @@ MATRIX = {
     "status_503": (503, 503),
     "status_503_retry_after": (503, 503),
 }
-
-
-def wait_for(predicate, limit_s=5.0) -> bool:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def backend_entry(backend: FaultBackend, name: str) -> dict:
