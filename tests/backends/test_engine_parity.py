@@ -42,9 +42,9 @@ from tests.rig.llama import LlamaServer, tiny_gguf_tool
 from velollmd.engine import ops
 from velollmd.engine.gguf import read_gguf
 from velollmd.engine.kvcache import PagedKVCache
+from velollmd.engine.loader import read_model
 from velollmd.engine.model import Batch, Model, ModelConfig, SeqChunk
 from velollmd.engine.prompt import chat_prompt
-from velollmd.engine.quants import dequantize
 from velollmd.engine.templates import find_template
 from velollmd.engine.tokenizer import Tokenizer
 
@@ -71,6 +71,10 @@ MIN_CHECKED_FRACTION = 0.75
 NMSE_LIMIT = 1e-3
 QUANTISED_NMSE_LIMIT = 1e-2          # llama.cpp's 8-bit activations on the sharp files (see logits)
 BLOCK_SIZE = 16
+# F32 KV cache (flash attention stays auto: on, and F32 too with F32 K/V); no repacking: the
+# repacked/AMX kernels quantise activations the same way but are host-dependent, and AMX tile
+# instructions fault (SIGILL) in VMs that advertise AMX without enabling its state.
+LLAMA_ARGS = ["-ctk", "f32", "-ctv", "f32", "--no-repack"]
 
 
 # --- files, servers, the daemon ------------------------------------------------------------------
@@ -101,7 +105,7 @@ def servers(llama_binary, models_dir):
     class Servers(dict):
         def __missing__(self, name: str) -> LlamaServer:
             server = LlamaServer(models_dir / f"{name}.gguf", binary=llama_binary, parallel=1, ctx_size=512,
-                                 extra_args=["-ctk", "f32", "-ctv", "f32"])
+                                 extra_args=LLAMA_ARGS)
             started[name] = server
             self[name] = server.start()
             return server
@@ -142,9 +146,7 @@ def load_engine_model(path: Path, **config_changes) -> tuple[Model, Tokenizer]:
     """The engine's Model and Tokenizer for a file (config_changes: to break it on purpose)."""
     with read_gguf(path) as gguf:
         config = ModelConfig.from_metadata(gguf.metadata, gguf.tensors.keys())
-        tensor = lambda name: dequantize(gguf.raw(name), gguf.tensors[name].ggml_type,  # noqa: E731
-                                         gguf.tensors[name].shape)
-        model = Model(dataclasses.replace(config, **config_changes), tensor)
+        model = read_model(gguf, dataclasses.replace(config, **config_changes))
         tokenizer = Tokenizer.from_gguf(gguf.metadata)
     return model, tokenizer
 
