@@ -317,7 +317,8 @@ class Model:
         # (n_vocab, n_embd); tied: token_embd itself, no copy
         self.lm_head = (self.token_embd if c.tied_embeddings
                         else self._load("output.weight", (c.n_vocab, c.n_embd)))
-        self.lm_head_act = self._act(("token_embd.weight" if c.tied_embeddings else "output.weight", c.n_vocab))
+        head_name = "token_embd.weight" if c.tied_embeddings else "output.weight"
+        self.lm_head_act = self._act((head_name, c.n_vocab))
         factors = self._load("rope_freqs.weight", (c.n_rot // 2,)) if c.has_rope_freqs else None
         self.inv_freq = ops.rope_inv_freq(c.n_rot, c.rope_freq_base, c.rope_freq_scale, factors)  # (n_rot/2,)
         self.attn_scale = 1.0 / np.sqrt(c.head_dim)

@@ -11,12 +11,13 @@ multiplying in float32 as before:
     act = activation_type(ggml_type_of_weight)     # e.g. Q8_0 for a Q8_0 weight
     y = round_activations(x, act) @ w.T            # x (T, K): what llama.cpp's kernel sees
 
-What stays different: the order of float32 sums, and two details of the SIMD quantisers on x86
-(Q8_0 there scales by 127 / amax and rounds halves to even; this module follows ggml's reference
-quantize_row_q8_0_ref, as gguf-py does: x * (1 / d), halves away from zero; they differ only on
-exact ties), and Q8_1's F16 sum (llama.cpp's Q4_1/Q5_1 offset term uses it; here the sum of the
-rounded values). The engine's KV cache and attention are float32, as llama-server's with
-`-ctk f32 -ctv f32`.
+tests/engine/test_vecdot.py checks model.linear this way against ggml's own mul_mat (the cached
+llama.cpp build): equal up to float32 sums for Q8_0, Q4_0, Q5_0, Q4_K, Q6_K, F16 and BF16 weights.
+What stays different: the order of float32 sums; the x86 SIMD Q8_0 quantiser scales by 127 / amax
+and rounds halves to even, where this module follows ggml's reference quantize_row_q8_0_ref (as
+gguf-py does: x * (1 / d), halves away from zero; they differ only on exact ties); and Q8_1's F16
+block sum, which llama.cpp's Q4_1/Q5_1 offset term uses (here the sum of the rounded values). The
+engine's KV cache and attention are float32, as llama-server's with `-ctk f32 -ctv f32`.
 """
 from __future__ import annotations
 
@@ -55,8 +56,9 @@ def round_activations(x: np.ndarray, act_type: int) -> np.ndarray:
 def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ggml's quantize_row_q8_0_ref over rows of whole blocks: x (..., K) float32 ->
     d (n, 1) float16 and q (n, 32) int8, n = x.size / 32 blocks in row order."""
-    d, q = _q8_0_blocks(np.asarray(x, dtype=np.float32).reshape(-1, QK8_0))
-    return d.astype(np.float16), q.astype(np.int8)
+    blocks = np.asarray(x, dtype=np.float32).reshape(-1, QK8_0)                    # (n, 32)
+    d, magnitude = _q8_0_magnitudes(blocks)
+    return d.astype(np.float16), np.copysign(magnitude, blocks).astype(np.int8)
 
 
 def quantize_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,11 +71,15 @@ def quantize_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return d, q.astype(np.int8)
 
 
-def _q8_0_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 32) float32 -> d (n, 1) float32 (not yet F16) and q (n, 32) float32 integers."""
-    d = _block_max(np.abs(blocks)) / np.float32(127)                               # (n, 1)
-    inv_d = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)         # (n, 1)
-    return d, _roundf(blocks * inv_d)
+def _q8_0_magnitudes(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 32) float32 -> d (n, 1) float32 (before its F16 rounding) and |q| (n, 32) float32:
+    roundf(|x| * (1 / d)), which is |roundf(x * (1 / d))| (the product is sign-symmetric). The
+    caller puts the sign back last: one pass fewer than rounding signed values."""
+    magnitude = np.abs(blocks)                                                      # (n, 32)
+    d = _block_max(magnitude) / np.float32(127)                                     # (n, 1)
+    magnitude *= np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0)
+    magnitude += _JUST_BELOW_HALF       # roundf of a value >= 0, exactly: floor(v + 0.49999997)
+    return d, np.floor(magnitude, out=magnitude)
 
 
 def _block_max(values: np.ndarray) -> np.ndarray:
@@ -85,34 +91,31 @@ def _block_max(values: np.ndarray) -> np.ndarray:
     return flat.reshape(-1, 1)
 
 
-_JUST_BELOW_HALF = np.nextafter(np.float32(0.5), np.float32(0))    # 0.49999997
-
-
-def _roundf(v: np.ndarray) -> np.ndarray:
-    """C roundf (halves away from zero) of float32 v, |v| < 2**22, in place: trunc(v + 0.49999997
-    with v's sign). With 0.5 itself, 0.49999997 would round up to 1; every true half still rounds
-    away, as the float32 sum rounds up to the next integer."""
-    v += np.copysign(_JUST_BELOW_HALF, v)
-    return np.trunc(v, out=v)
+# C's roundf (halves away from zero) of v >= 0 is floor(v + 0.49999997), exactly, for v < 2**22:
+# with 0.5 itself, 0.49999997 would round up to 1; a true half still rounds up, as the float32
+# sum rounds to the next integer.
+_JUST_BELOW_HALF = np.nextafter(np.float32(0.5), np.float32(0))
 
 
 def _q8_k_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n, 256) float32 -> iscale (n, 1) and q (n, 256) float32 integers. The scale comes from
     the signed value of largest magnitude (the first such): iscale = -127 / max (d = 1 / iscale);
-    q = nearest_int (halves to even, as np.rint) of iscale * x, at most 127. An all-zero block
-    gets iscale -127 here (any finite scale gives q = 0; ggml stores d = 0)."""
+    q = nearest_int (halves to even, as np.rint) of iscale * x. ggml then takes min(127, q), a
+    no-op: |iscale * x| <= |iscale * max| rounds to at most 127. An all-zero block gets iscale
+    -127 here (any finite scale gives q = 0; ggml stores d = 0)."""
     first = np.abs(blocks).argmax(axis=1)[:, None]                                  # (n, 1)
     peak = np.take_along_axis(blocks, first, axis=1)                                # (n, 1) signed
     peak[peak == 0] = 1
     iscale = np.float32(-127) / peak                                                # (n, 1)
-    q = np.rint(blocks * iscale)                                                    # (n, 256)
-    return iscale, np.minimum(q, np.float32(127), out=q)
+    q = blocks * iscale                                                             # (n, 256)
+    return iscale, np.rint(q, out=q)
 
 
 def _round_q8_0(x: np.ndarray) -> np.ndarray:
-    d, q = _q8_0_blocks(x.reshape(-1, QK8_0))                                       # (n, 1), (n, 32)
-    q *= d.astype(np.float16).astype(np.float32)                                    # the stored F16 d
-    return q.reshape(x.shape)
+    blocks = x.reshape(-1, QK8_0)                                                   # (n, 32)
+    d, values = _q8_0_magnitudes(blocks)                                            # (n, 1), (n, 32)
+    values *= d.astype(np.float16).astype(np.float32)                               # the stored F16 d
+    return np.copysign(values, blocks, out=values).reshape(x.shape)
 
 
 def _round_q8_k(x: np.ndarray) -> np.ndarray:
