@@ -20,9 +20,11 @@ stops. Each prompt reports how many of its 64 steps were checked, and at least
 MIN_CHECKED_FRACTION[dtype] of all steps must be. Both sides round activations to F16 or 8 bits
 before F16 and quantised matmuls (llama.cpp's CPU kernels; the engine's vecdot.py), which
 makes a quantised file's result jump where a float32 difference moves a value across a rounding
-boundary, hence Q8_0's low fraction (see the logits section; measured, this llama.cpp build,
---no-repack: llama [63, 10, 46], qwen2 [2, 47, 56] of 64 steps checked; without the engine's
-rounding [46, 10, 64] and [2, 64, 15]; F16 now [64, 64, 64] for both, qwen2 [64, 1, 19] without).
+boundary, hence Q8_0's low fraction (see the logits section). Measured (llama.cpp b11434,
+--no-repack), steps checked per prompt, engine rounding / not: llama Q8_0 [63, 10, 46] /
+[46, 10, 64], and [10, 10, 46] with OpenBLAS's summation order instead of the compiled kernel's;
+qwen2 Q8_0 [2, 47, 56] / [2, 64, 15]; F16 [64, 64, 64] for both archs in both orders, qwen2
+F16 [64, 1, 19] without the rounding.
 test_the_greedy_rule_catches_a_wrong_rope_or_a_missing_bias shows that the rule fails an
 engine with the other RoPE pairing, or without qwen2's Q/K/V biases.
 """
@@ -69,10 +71,10 @@ PROMPTS = [
 NUM_GREEDY = 64
 SUPPRESS = -100.0
 TIE_NATS = {"f32": 0.01, "f16": 0.05, "q8_0": 0.1}
-MIN_CHECKED_FRACTION = {"f32": 0.75, "f16": 0.75, "q8_0": 0.25}
+MIN_CHECKED_FRACTION = {"f32": 0.75, "f16": 0.9, "q8_0": 0.15}
 NMSE_LIMIT = 1e-3
 # the sharp quantised files: rounding boundaries crossed by float32 differences (see logits)
-SHARP_NMSE_LIMIT = {"q8_0": 2e-3, "q4_k": 1e-2}
+SHARP_NMSE_LIMIT = {"q8_0": 5e-3, "q4_k": 1e-2}
 BLOCK_SIZE = 16
 # F32 KV cache (flash attention stays auto: on, and F32 too with F32 K/V); no repacking: the
 # repacked/AMX kernels quantise activations the same way but are host-dependent, and AMX tile
@@ -208,12 +210,13 @@ def num_checked(ours: list[int], theirs: list[int], margins: list[float], tie: f
 # sharp random files amplify one such flip. Measured on llama q8_0: the engine against itself,
 # compiled kernel vs OpenBLAS order, 2.8e-4 top-10 nMSE with the rounding, 3e-13 without; with
 # 1e-6 relative noise added before each rounding, up to 3e-4 (1e-5: 1.2e-3). So the sharp
-# quantised files stay at ~1e-3 (measured, max over the prompts: llama q8_0 6.5e-4, q4_k
-# 2.3e-3; qwen2 q8_0 7.6e-4, q4_k 5.0e-3) and get SHARP_NMSE_LIMIT, while make_tiny_gguf's mild
-# files went, with the rounding, from llama q8_0 4.1e-4 to 4.1e-5 and llama q4_k (in
-# tests/engine/test_model.py) from 1.7e-3 to 3.2e-5.
-# Everything else gets the issue's NMSE_LIMIT: F32, F16, the F32 copies of the quantised files
-# (same weights, no rounding on either side: ~5e-6) and the mild Q8_0/Q4_K files.
+# quantised files stay near 1e-3, with the engine's rounding as without it: max over PROMPTS
+# llama q8_0 6.5e-4, q4_k 2.3e-3, qwen2 q8_0 7.6e-4, q4_k 5.0e-3; over 40 other prompts
+# (median, max) llama q8_0 3.4e-4, 2.8e-3, q4_k 8.6e-4, 7.6e-3, qwen2 q4_k 7.5e-4, 7.4e-3
+# (q8_0, 20 prompts: 4.5e-4, 1.2e-3). They get SHARP_NMSE_LIMIT. make_tiny_gguf's mild files
+# show the rounding: llama q8_0 4.1e-4 -> 4.1e-5, llama q4_k (tests/engine/test_model.py)
+# 1.7e-3 -> 3.2e-5. Everything else gets the issue's NMSE_LIMIT: F32, F16, the F32 copies of
+# the quantised files (same weights, no rounding on either side: ~5e-6), the mild files.
 
 def arch_of(name: str) -> str:
     parts = name.split("-")
