@@ -17,7 +17,10 @@ What stays different: the order of float32 sums; the x86 SIMD Q8_0 quantiser sca
 and rounds halves to even, where this module follows ggml's reference quantize_row_q8_0_ref (as
 gguf-py does: x * (1 / d), halves away from zero; they differ only on exact ties); and Q8_1's F16
 block sum, which llama.cpp's Q4_1/Q5_1 offset term uses (here the sum of the rounded values). The
-engine's KV cache and attention are float32, as llama-server's with `-ctk f32 -ctv f32`.
+repacked kernels (llama-server's default on AVX2) round the same way; its AMX kernels (when the
+OS enables AMX) quantise K-quant activations with an F16 d instead (quantize_row_q8_K_vnni), not
+emulated. The engine's KV cache and attention are float32, as llama-server's with `-ctk f32
+-ctv f32` (flash attention on or off: F32 throughout with an F32 cache).
 """
 from __future__ import annotations
 
