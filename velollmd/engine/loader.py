@@ -3,9 +3,9 @@
 `probe(path)` reads only the header (metadata and tensor table, mmapped) and says why a file
 cannot be served, or None: not a GGUF, truncated, an architecture or tensor type the engine
 does not run, a tokenizer or chat template it does not know. `load(path, options)` does the
-work: weights dequantised to float32 (each with its ggml type, so that the model rounds
-activations as llama.cpp does: model.py, vecdot.py), the tokenizer, the template, a paged KV cache on the
-CFFI block allocator, the scheduler and the runner (not started).
+work: weights dequantised to float32 (with each one's ggml type, so that the model rounds
+activations as llama.cpp does: model.py, vecdot.py), the tokenizer, the template, a paged KV
+cache on the CFFI block allocator, the scheduler and the runner (not started).
 """
 from __future__ import annotations
 

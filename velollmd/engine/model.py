@@ -267,9 +267,12 @@ def linear(x: np.ndarray, w: np.ndarray, act: ActBands = ()) -> np.ndarray:
     if len(act) <= 1:
         return _matmul(vecdot.round_activations(x, act[0][1]) if act else x, w)
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)                  # (T, out)
+    rounded: dict[int, np.ndarray] = {}
     start = 0
     for stop, act_type in act:
-        out[:, start:stop] = _matmul(vecdot.round_activations(x, act_type), w[start:stop])
+        if act_type not in rounded:
+            rounded[act_type] = vecdot.round_activations(x, act_type)
+        out[:, start:stop] = _matmul(rounded[act_type], w[start:stop])
         start = stop
     return out
 
