@@ -74,7 +74,7 @@ TIE_NATS = {"f32": 0.01, "f16": 0.05, "q8_0": 0.1}
 MIN_CHECKED_FRACTION = {"f32": 0.75, "f16": 0.9, "q8_0": 0.15}
 NMSE_LIMIT = 1e-3
 # the sharp quantised files: rounding boundaries crossed by float32 differences (see logits)
-SHARP_NMSE_LIMIT = {"q8_0": 5e-3, "q4_k": 1e-2}
+SHARP_NMSE_LIMIT = {"q8_0": 1e-2, "q4_k": 1e-2}
 BLOCK_SIZE = 16
 # F32 KV cache (flash attention stays auto: on, and F32 too with F32 K/V); no repacking: the
 # repacked/AMX kernels quantise activations the same way but are host-dependent, and AMX tile
@@ -211,9 +211,10 @@ def num_checked(ours: list[int], theirs: list[int], margins: list[float], tie: f
 # compiled kernel vs OpenBLAS order, 2.8e-4 top-10 nMSE with the rounding, 3e-13 without; with
 # 1e-6 relative noise added before each rounding, up to 3e-4 (1e-5: 1.2e-3). So the sharp
 # quantised files stay near 1e-3, with the engine's rounding as without it: max over PROMPTS
-# llama q8_0 6.5e-4, q4_k 2.3e-3, qwen2 q8_0 7.6e-4, q4_k 5.0e-3; over 40 other prompts
-# (median, max) llama q8_0 3.4e-4, 2.8e-3, q4_k 8.6e-4, 7.6e-3, qwen2 q4_k 7.5e-4, 7.4e-3
-# (q8_0, 20 prompts: 4.5e-4, 1.2e-3). They get SHARP_NMSE_LIMIT. make_tiny_gguf's mild files
+# llama q8_0 6.5e-4, q4_k 2.3e-3, qwen2 q8_0 7.6e-4, q4_k 5.0e-3; over 100 other prompts
+# (median, max) llama q8_0 5.9e-4, 4.5e-3, q4_k 8.6e-4, 7.6e-3, qwen2 q8_0 max 5.5e-3, q4_k max
+# 7.4e-3 (without the rounding: max 4.0e-3, 1.1e-2, 5.0e-3, 6.4e-3). So they keep
+# SHARP_NMSE_LIMIT = 1e-2: anything tighter fails some summation order. make_tiny_gguf's mild files
 # show the rounding: llama q8_0 4.1e-4 -> 4.1e-5, llama q4_k (tests/engine/test_model.py)
 # 1.7e-3 -> 3.2e-5. Everything else gets the NMSE_LIMIT: F32, F16, the F32 copies of
 # the quantised files (same weights, no rounding on either side: ~5e-6), the mild files.
