@@ -214,8 +214,9 @@ def num_checked(ours: list[int], theirs: list[int], margins: list[float], tie: f
 # llama q8_0 6.5e-4, q4_k 2.3e-3, qwen2 q8_0 7.6e-4, q4_k 5.0e-3; over 100 other prompts
 # (median, max) llama q8_0 5.9e-4, 4.5e-3, q4_k 8.6e-4, 7.6e-3, qwen2 q8_0 max 5.5e-3, q4_k max
 # 7.4e-3 (without the rounding: max 4.0e-3, 1.1e-2, 5.0e-3, 6.4e-3). So they keep
-# SHARP_NMSE_LIMIT = 1e-2: anything tighter fails some summation order. make_tiny_gguf's mild files
-# show the rounding: llama q8_0 4.1e-4 -> 4.1e-5, llama q4_k (tests/engine/test_model.py)
+# SHARP_NMSE_LIMIT = 1e-2: a tighter limit fails some prompts, and could fail these under
+# another summation order (the compiled kernel changes). make_tiny_gguf's mild files show the
+# rounding: llama q8_0 4.1e-4 -> 4.1e-5, llama q4_k (tests/engine/test_model.py)
 # 1.7e-3 -> 3.2e-5. Everything else gets the NMSE_LIMIT: F32, F16, the F32 copies of
 # the quantised files (same weights, no rounding on either side: ~5e-6), the mild files.
 
