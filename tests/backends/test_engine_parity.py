@@ -12,15 +12,19 @@ whitespace-only tokens, so that every generated token is whole UTF-8 text that n
 id (the engine's completion logprobs give text; llama-server's give ids), and EOS never ends
 a sequence early.
 
-The greedy rule. Random-weight models have near-ties, and llama.cpp computes in other orders
-(F16 and Q8_0 files: on activations rounded to F16 or quantised to Q8_0). So: the two greedy
-sequences must agree token for token until they first differ, and they may only differ at a
-step where llama-server's own top-2 margin (logprob of its first minus its second allowed token)
-is below TIE_NATS[dtype]; after that the contexts differ and the comparison stops. Each prompt
-reports how many of its 64 steps were checked, and for F32 and F16 most steps must be
-(MIN_CHECKED_FRACTION). Q8_0 is held to the rule only: llama.cpp rounds activations to 8 bits
-for Q8_0 weights (see the logits section), which makes near-ties early on the qwen2 file
-(measured: [2, 39, 15] of 64 steps checked, no difference at a clear margin).
+The greedy rule. Random-weight models have near-ties, and llama.cpp sums in other orders. So:
+the two greedy sequences must agree token for token until they first differ, and they may only
+differ at a step where llama-server's own top-2 margin (logprob of its first minus its second
+allowed token) is below TIE_NATS[dtype]; after that the contexts differ and the comparison
+stops. Each prompt reports how many of its 64 steps were checked, and at least
+MIN_CHECKED_FRACTION[dtype] of all steps must be. Both sides round activations to F16 or 8 bits
+before F16 and quantised matmuls (llama.cpp's CPU kernels; the engine's vecdot.py), which
+makes a quantised file's result jump where a float32 difference moves a value across a rounding
+boundary, hence Q8_0's low fraction (see the logits section). Measured (llama.cpp b11434,
+--no-repack), steps checked per prompt, engine rounding / not: llama Q8_0 [63, 10, 46] /
+[46, 10, 64], and [10, 10, 46] with OpenBLAS's summation order instead of the compiled kernel's;
+qwen2 Q8_0 [2, 47, 56] / [2, 64, 15]; F16 [64, 64, 64] for both archs in both orders, qwen2
+F16 [64, 1, 19] without the rounding.
 test_the_greedy_rule_catches_a_wrong_rope_or_a_missing_bias shows that the rule fails an
 engine with the other RoPE pairing, or without qwen2's Q/K/V biases.
 """
@@ -42,9 +46,9 @@ from tests.rig.llama import LlamaServer, tiny_gguf_tool
 from velollmd.engine import ops
 from velollmd.engine.gguf import read_gguf
 from velollmd.engine.kvcache import PagedKVCache
+from velollmd.engine.loader import read_model
 from velollmd.engine.model import Batch, Model, ModelConfig, SeqChunk
 from velollmd.engine.prompt import chat_prompt
-from velollmd.engine.quants import dequantize
 from velollmd.engine.templates import find_template
 from velollmd.engine.tokenizer import Tokenizer
 
@@ -67,10 +71,15 @@ PROMPTS = [
 NUM_GREEDY = 64
 SUPPRESS = -100.0
 TIE_NATS = {"f32": 0.01, "f16": 0.05, "q8_0": 0.1}
-MIN_CHECKED_FRACTION = 0.75
+MIN_CHECKED_FRACTION = {"f32": 0.75, "f16": 0.9, "q8_0": 0.15}
 NMSE_LIMIT = 1e-3
-QUANTISED_NMSE_LIMIT = 1e-2          # llama.cpp's 8-bit activations on the sharp files (see logits)
+# the sharp quantised files: rounding boundaries crossed by float32 differences (see logits)
+SHARP_NMSE_LIMIT = {"q8_0": 1e-2, "q4_k": 1e-2}
 BLOCK_SIZE = 16
+# F32 KV cache (flash attention stays auto: on, and F32 too with F32 K/V); no repacking: the
+# repacked/AMX kernels quantise activations the same way but are host-dependent, and AMX tile
+# instructions fault (SIGILL) in VMs that advertise AMX without enabling its state.
+LLAMA_ARGS = ["-ctk", "f32", "-ctv", "f32", "--no-repack"]
 
 
 # --- files, servers, the daemon ------------------------------------------------------------------
@@ -101,7 +110,7 @@ def servers(llama_binary, models_dir):
     class Servers(dict):
         def __missing__(self, name: str) -> LlamaServer:
             server = LlamaServer(models_dir / f"{name}.gguf", binary=llama_binary, parallel=1, ctx_size=512,
-                                 extra_args=["-ctk", "f32", "-ctv", "f32"])
+                                 extra_args=LLAMA_ARGS)
             started[name] = server
             self[name] = server.start()
             return server
@@ -142,9 +151,7 @@ def load_engine_model(path: Path, **config_changes) -> tuple[Model, Tokenizer]:
     """The engine's Model and Tokenizer for a file (config_changes: to break it on purpose)."""
     with read_gguf(path) as gguf:
         config = ModelConfig.from_metadata(gguf.metadata, gguf.tensors.keys())
-        tensor = lambda name: dequantize(gguf.raw(name), gguf.tensors[name].ggml_type,  # noqa: E731
-                                         gguf.tensors[name].shape)
-        model = Model(dataclasses.replace(config, **config_changes), tensor)
+        model = read_model(gguf, dataclasses.replace(config, **config_changes))
         tokenizer = Tokenizer.from_gguf(gguf.metadata)
     return model, tokenizer
 
@@ -195,14 +202,23 @@ def num_checked(ours: list[int], theirs: list[int], margins: list[float], tie: f
 
 # --- logits ------------------------------------------------------------------------------------
 #
-# llama.cpp multiplies Q8_0 and Q4_K weights by activations it first rounds to 8 bits (Q8_0 /
-# Q8_K blocks); the engine multiplies dequantised weights in float32. On the sharp random
-# files that rounding moves llama-server's own probabilities by up to ~4e-3 nMSE (measured:
-# llama q8_0 5.6e-4, q4_k 6.0e-4; qwen2 q8_0 3.8e-3, q4_k 1.2e-3), while an F32 copy of the
-# same dequantised weights matches the engine to ~5e-6: the dequantisation and the forward
-# pass are exact, the rest is llama.cpp's kernels. So the sharp quantised files get
-# QUANTISED_NMSE_LIMIT; everything else, the F32 copies and make_tiny_gguf's mild Q8_0/Q4_K
-# files included, gets the issue's NMSE_LIMIT.
+# llama.cpp multiplies Q8_0 weights by activations it first rounds to Q8_0 blocks, Q4_K weights
+# by Q8_K blocks, F16 weights by F16 activations; the engine rounds its float32 activations the
+# same way (vecdot.py, held equal to ggml's own mul_mat by tests/engine/test_vecdot.py) and
+# multiplies in float32. That rounding is a step function: where the two sides' float32 sums
+# differ in the last bits, a value can land on either side of a rounding boundary, and the
+# sharp random files amplify one such flip. Measured on llama q8_0: the engine against itself,
+# compiled kernel vs OpenBLAS order, 2.8e-4 top-10 nMSE with the rounding, 3e-13 without; with
+# 1e-6 relative noise added before each rounding, up to 3e-4 (1e-5: 1.2e-3). So the sharp
+# quantised files stay near 1e-3, with the engine's rounding as without it: max over PROMPTS
+# llama q8_0 6.5e-4, q4_k 2.3e-3, qwen2 q8_0 7.6e-4, q4_k 5.0e-3; over 100 other prompts
+# (median, max) llama q8_0 5.9e-4, 4.5e-3, q4_k 8.6e-4, 7.6e-3, qwen2 q8_0 max 5.5e-3, q4_k max
+# 7.4e-3 (without the rounding: max 4.0e-3, 1.1e-2, 5.0e-3, 6.4e-3). So they keep
+# SHARP_NMSE_LIMIT = 1e-2: a tighter limit fails some prompts, and could fail these under
+# another summation order (the compiled kernel changes). make_tiny_gguf's mild files show the
+# rounding: llama q8_0 4.1e-4 -> 4.1e-5, llama q4_k (tests/engine/test_model.py)
+# 1.7e-3 -> 3.2e-5. Everything else gets the issue's NMSE_LIMIT: F32, F16, the F32 copies of
+# the quantised files (same weights, no rounding on either side: ~5e-6), the mild files.
 
 def arch_of(name: str) -> str:
     parts = name.split("-")
@@ -212,7 +228,7 @@ def arch_of(name: str) -> str:
 def nmse_limit(name: str) -> float:
     sharp_quantised = not name.startswith("tiny-") and not name.endswith("-as-f32") and \
         name.split("-")[1] in QUANTISED
-    return QUANTISED_NMSE_LIMIT if sharp_quantised else NMSE_LIMIT
+    return SHARP_NMSE_LIMIT[name.split("-")[1]] if sharp_quantised else NMSE_LIMIT
 
 
 def top10_nmse(server: LlamaServer, model: Model, ids: list[int], suppressed: list[int]) -> float:
@@ -266,8 +282,7 @@ def test_greedy_text_matches_llama_server(name, servers, client):
         assert answer.choices[0].text == tokenizer.decode(ours)
         checked.append(num_checked(ours, theirs, margins, TIE_NATS[dtype]))
     print(f"{name}: greedy tokens checked per prompt {checked} of {NUM_GREEDY}")
-    if dtype not in QUANTISED:
-        assert sum(checked) >= MIN_CHECKED_FRACTION * NUM_GREEDY * len(PROMPTS)
+    assert sum(checked) >= MIN_CHECKED_FRACTION[dtype] * NUM_GREEDY * len(PROMPTS)
 
 
 @pytest.mark.parametrize("arch,broken", [

@@ -14,6 +14,7 @@ from tests.engine.weights import (
     random_tensors,
     tensor_names_of,
     tensor_of,
+    tensor_types_of,
     write_random_gguf,
 )
 from tests.rig.llama import make_tiny_model, tiny_gguf_tool, token_id
@@ -22,6 +23,7 @@ from velollmd.engine.model import Batch, Model, ModelConfig, SeqChunk, Unsupport
 from velollmd.sched.kvblocks import BlockPool
 
 BLOCK_SIZE = 8
+LLAMA_ARGS = ["-ctk", "f32", "-ctv", "f32", "--no-repack"]     # as tests/backends/test_engine_parity.py
 # (arch, random_tensors/random_metadata options): every supported arch and feature
 VARIANTS = {
     "llama": ("llama", {}),
@@ -294,9 +296,8 @@ GGUF_FILES = {
 def test_top10_probabilities_match_llama_server(variant, tmp_path, llama_server_factory):
     path = GGUF_FILES[variant](tmp_path / f"{variant}.gguf")
     config = ModelConfig.from_metadata(metadata_of(path), tensor_names_of(path))
-    model = Model(config, tensor_of(path))
-    server = llama_server_factory(model_path=path, parallel=1, ctx_size=512,
-                                  extra_args=["-ctk", "f32", "-ctv", "f32"])
+    model = Model(config, tensor_of(path), tensor_types_of(path))     # rounding as llama.cpp's
+    server = llama_server_factory(model_path=path, parallel=1, ctx_size=512, extra_args=LLAMA_ARGS)
     ids, theirs = server_top_probs(server, "the world of water and fire is a great story")
     kv = PagedKVCache(config.n_layer, 4, 16, config.n_head_kv, config.head_dim)
     logits = model.forward(Batch.pack([SeqChunk(ids, 0, [0, 1, 2, 3])]), kv)[0].astype(np.float64)

@@ -4,6 +4,7 @@ the real llama-server loads them).
 
     metadata_of(path) -> dict of plain Python values
     tensor_of(path)   -> get_tensor(name) -> float32 array, (out, in) for matrices
+    tensor_types_of(path) -> {name: ggml type} (Model's tensor_types)
     write_random_gguf(path, arch="qwen2", seed=0, ...) -> path
 """
 from __future__ import annotations
@@ -32,6 +33,10 @@ def metadata_of(path: str | os.PathLike) -> dict:
 
 def tensor_names_of(path: str | os.PathLike) -> list[str]:
     return [tensor.name for tensor in _reader(str(path)).tensors]
+
+
+def tensor_types_of(path: str | os.PathLike) -> dict[str, int]:
+    return {tensor.name: int(tensor.tensor_type) for tensor in _reader(str(path)).tensors}
 
 
 def tensor_of(path: str | os.PathLike) -> Callable[[str], np.ndarray]:

@@ -3,8 +3,9 @@
 `probe(path)` reads only the header (metadata and tensor table, mmapped) and says why a file
 cannot be served, or None: not a GGUF, truncated, an architecture or tensor type the engine
 does not run, a tokenizer or chat template it does not know. `load(path, options)` does the
-work: weights dequantised to float32, the tokenizer, the template, a paged KV cache on the
-CFFI block allocator, the scheduler and the runner (not started).
+work: weights dequantised to float32 (with each one's ggml type, so that the model rounds
+activations as llama.cpp does: model.py, vecdot.py), the tokenizer, the template, a paged KV
+cache on the CFFI block allocator, the scheduler and the runner (not started).
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
         config = ModelConfig.from_metadata(gguf.metadata, gguf.tensors.keys())
         tokenizer = Tokenizer.from_gguf(gguf.metadata)
         template, template_error = _template(gguf.metadata.get("tokenizer.chat_template"), options.chat_template)
-        model = Model(config, lambda tensor: _tensor(gguf, tensor))
+        model = read_model(gguf, config)
         file_type = _file_type(gguf)
     num_ctx = options.num_ctx or min(config.context_length or DEFAULT_NUM_CTX, DEFAULT_NUM_CTX)
     kv = PagedKVCache(config.n_layer, _num_blocks(config, options, num_ctx), options.block_size,
@@ -94,6 +95,12 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
     runner = Runner(model, kv, scheduler, tokenizer, max_batch_tokens=options.max_batch_tokens, num_ctx=num_ctx)
     return LoadedModel(name, path, config, tokenizer, template, template_error, runner, num_ctx,
                        file_type, model.nbytes)
+
+
+def read_model(gguf: GGUFFile, config: ModelConfig) -> Model:
+    """The file's weights dequantised to float32, and their types for the activation rounding."""
+    types = {name: info.ggml_type for name, info in gguf.tensors.items()}
+    return Model(config, lambda tensor: _tensor(gguf, tensor), types)
 
 
 def _tensor(gguf: GGUFFile, name: str) -> np.ndarray:

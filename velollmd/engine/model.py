@@ -1,7 +1,7 @@
 """The transformer forward pass in numpy float32 over a packed batch and the paged KV cache.
 
     config = ModelConfig.from_metadata(metadata, tensor_names)
-    model = Model(config, get_tensor)                  # get_tensor(name) -> float32 (out, in)
+    model = Model(config, get_tensor, tensor_types)    # get_tensor(name) -> float32 (out, in)
     batch = Batch.pack([SeqChunk(prompt_ids, 0, block_table), SeqChunk([tok], 37, table2)])
     logits = model.forward(batch, kv)                  # (num_logits, n_vocab)
 
@@ -12,16 +12,21 @@ tokens of several sequences and single decode tokens alike) go through one matmu
 `linear` below, OpenBLAS for a prefill's many rows, the compiled kernel (kernels.py) for a
 decode step's few. Only attention is per sequence, and all decoding sequences share one padded
 attention call.
+
+Given each tensor's ggml type (tensor_types, as loader.read_model passes them), `linear` first
+rounds its input rows the way llama.cpp's CPU backend does for that weight type (vecdot.py:
+Q8_0 blocks for Q8_0/Q4_0/Q5_0 weights, Q8_K for K-quants, F16 for F16), so that the engine's
+logits are llama.cpp's; the multiplication itself stays float32. Without types, no rounding.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-from velollmd.engine import kernels, ops
+from velollmd.engine import kernels, ops, vecdot
 from velollmd.engine.kvcache import PagedKVCache, slot_mapping
 
 ROPE_STYLE_OF_ARCH = {"llama": ops.ROPE_NORM, "mistral": ops.ROPE_NORM,
@@ -226,6 +231,12 @@ def _padded_tables(tables: list[list[int]], num_blocks: int) -> np.ndarray:
     return padded
 
 
+# How the input of one (possibly fused) weight is rounded: (stop_row, activation ggml type) for
+# consecutive bands of its output rows, each band one weight type's vecdot.activation_type;
+# () when the input stays float32 as it is (F32 weights, or types unknown).
+ActBands = tuple[tuple[int, int], ...]
+
+
 @dataclass
 class LayerWeights:
     attn_norm: np.ndarray           # (n_embd,)
@@ -237,6 +248,10 @@ class LayerWeights:
     ffn_norm: np.ndarray            # (n_embd,)
     w_gate_up: np.ndarray           # (2 * n_ff, n_embd): gate then up, fused
     w_down: np.ndarray              # (n_embd, n_ff)
+    qkv_act: ActBands = ()          # the activation rounding of each weight (see ActBands)
+    wo_act: ActBands = ()
+    gate_up_act: ActBands = ()
+    down_act: ActBands = ()
 
 
 # Up to this many rows a matmul reads each weight row once (kernels.matmul_nt). Measured on the
@@ -246,22 +261,57 @@ class LayerWeights:
 DECODE_ROWS = 16
 
 
-def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """x (T, in) @ w (out, in)^T -> (T, out). A decode step's few rows: the compiled kernel,
-    which reads the weights once (OpenBLAS's sgemm would first pack all of them); a prefill's
-    many rows: OpenBLAS, which computes faster once the packing pays off."""
+def linear(x: np.ndarray, w: np.ndarray, act: ActBands = ()) -> np.ndarray:
+    """x (T, in) @ w (out, in)^T -> (T, out), x first rounded as llama.cpp would for w's type
+    (act, one rounding per band of w's rows; () none)."""
+    if len(act) <= 1:
+        return _matmul(vecdot.round_activations(x, act[0][1]) if act else x, w)
+    out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)                  # (T, out)
+    rounded: dict[int, np.ndarray] = {}
+    start = 0
+    for stop, act_type in act:
+        if act_type not in rounded:
+            rounded[act_type] = vecdot.round_activations(x, act_type)
+        out[:, start:stop] = _matmul(rounded[act_type], w[start:stop])
+        start = stop
+    return out
+
+
+def _matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """A decode step's few rows: the compiled kernel, which reads the weights once (OpenBLAS's
+    sgemm would first pack all of them); a prefill's many rows: OpenBLAS, which computes faster
+    once the packing pays off."""
     if x.shape[0] <= DECODE_ROWS:
         return kernels.matmul_nt(x, w)
     return x @ w.T
+
+
+def act_bands(bands: Sequence[tuple[int, int]]) -> ActBands:
+    """ActBands of a fused weight from (num_rows, weight ggml type) of its parts in order:
+    neighbours with the same activation type merged; () when every part stays float32."""
+    merged: list[tuple[int, int]] = []
+    stop = 0
+    for num_rows, weight_type in bands:
+        stop += num_rows
+        act_type = vecdot.activation_type(weight_type)
+        if merged and merged[-1][1] == act_type:
+            merged[-1] = (stop, act_type)
+        else:
+            merged.append((stop, act_type))
+    return () if all(act_type == vecdot.F32 for _, act_type in merged) else tuple(merged)
 
 
 class Model:
     """Float32 weights of one model and its forward pass; stateless between calls (the KV
     cache is the caller's)."""
 
-    def __init__(self, config: ModelConfig, get_tensor: Callable[[str], np.ndarray]):
+    def __init__(self, config: ModelConfig, get_tensor: Callable[[str], np.ndarray],
+                 tensor_types: Mapping[str, int] | None = None):
+        """tensor_types: each tensor's ggml type (GGUFFile.tensors[name].ggml_type), so that
+        linear rounds activations as llama.cpp does for it; None: float32 throughout."""
         self.config = config
         self._get_tensor = get_tensor
+        self._types = tensor_types or {}
         c = config
         self.q_dim, self.kv_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
         self.token_embd = self._load("token_embd.weight", (c.n_vocab, c.n_embd))  # (n_vocab, n_embd)
@@ -270,16 +320,24 @@ class Model:
         # (n_vocab, n_embd); tied: token_embd itself, no copy
         self.lm_head = (self.token_embd if c.tied_embeddings
                         else self._load("output.weight", (c.n_vocab, c.n_embd)))
+        head_name = "token_embd.weight" if c.tied_embeddings else "output.weight"
+        self.lm_head_act = self._act((head_name, c.n_vocab))
         factors = self._load("rope_freqs.weight", (c.n_rot // 2,)) if c.has_rope_freqs else None
         self.inv_freq = ops.rope_inv_freq(c.n_rot, c.rope_freq_base, c.rope_freq_scale, factors)  # (n_rot/2,)
         self.attn_scale = 1.0 / np.sqrt(c.head_dim)
-        self._get_tensor = None  # do not keep the loader (and what it maps) alive
+        self._get_tensor = self._types = None  # do not keep the loader (and what it maps) alive
 
     def _load(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         array = np.ascontiguousarray(self._get_tensor(name), dtype=np.float32)
         if array.shape != shape:
             raise UnsupportedModel(f"tensor {name!r} has shape {array.shape}, expected {shape}")
         return array
+
+    def _act(self, *parts: tuple[str, int]) -> ActBands:
+        """ActBands of a weight fused from (tensor name, rows) parts; () when types are unknown."""
+        if not self._types:
+            return ()
+        return act_bands([(num_rows, self._types[name]) for name, num_rows in parts])
 
     def _load_layer(self, layer: int) -> LayerWeights:
         c, p = self.config, f"blk.{layer}."
@@ -301,19 +359,24 @@ class Model:
             wo=self._load(p + "attn_output.weight", (c.n_embd, self.q_dim)),
             ffn_norm=self._load(p + "ffn_norm.weight", (c.n_embd,)),
             w_gate_up=np.concatenate([gate, up]),
-            w_down=self._load(p + "ffn_down.weight", (c.n_embd, c.n_ff)))
+            w_down=self._load(p + "ffn_down.weight", (c.n_embd, c.n_ff)),
+            qkv_act=self._act((p + "attn_q.weight", self.q_dim), (p + "attn_k.weight", self.kv_dim),
+                              (p + "attn_v.weight", self.kv_dim)),
+            wo_act=self._act((p + "attn_output.weight", c.n_embd)),
+            gate_up_act=self._act((p + "ffn_gate.weight", c.n_ff), (p + "ffn_up.weight", c.n_ff)),
+            down_act=self._act((p + "ffn_down.weight", c.n_embd)))
 
     def forward(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
         """Run the batch, write its K/V into kv; logits of the logits_indices rows (num_logits, n_vocab)."""
         x = self._residual(batch, kv)[batch.logits_indices]               # (num_logits, n_embd)
         h = ops.rms_norm(x, self.output_norm, self.config.rms_norm_eps)   # (num_logits, n_embd)
-        return linear(h, self.lm_head)                                    # (num_logits, n_vocab)
+        return linear(h, self.lm_head, self.lm_head_act)                  # (num_logits, n_vocab)
 
     @property
     def nbytes(self) -> int:
         """Bytes of the float32 weights held (a tied LM head counted once)."""
         arrays = [self.token_embd, self.output_norm]
-        arrays += [a for layer in self.layers for a in vars(layer).values() if a is not None]
+        arrays += [a for layer in self.layers for a in vars(layer).values() if isinstance(a, np.ndarray)]
         return sum(a.nbytes for a in arrays) + (0 if self.config.tied_embeddings else self.lm_head.nbytes)
 
     def hidden(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
@@ -335,7 +398,7 @@ class Model:
                          sin: np.ndarray, batch: Batch, plan: AttentionPlan, kv: PagedKVCache) -> np.ndarray:
         c, num_tokens = self.config, x.shape[0]
         h = ops.rms_norm(x, layer.attn_norm, c.rms_norm_eps)             # (T, n_embd)
-        qkv = linear(h, layer.wqkv)                                      # (T, q_dim + 2 * kv_dim)
+        qkv = linear(h, layer.wqkv, layer.qkv_act)                       # (T, q_dim + 2 * kv_dim)
         if layer.bqkv is not None:
             qkv += layer.bqkv
         q = qkv[:, :self.q_dim].reshape(num_tokens, c.n_head, c.head_dim)
@@ -348,7 +411,7 @@ class Model:
         k = ops.apply_rope(k, cos, sin, c.rope_style)                    # (T, n_head_kv, head_dim)
         kv.write(index, plan.slots, k, v)
         out = self._attention(index, q, batch, plan, kv)                 # (T, n_head, head_dim)
-        return linear(out.reshape(num_tokens, self.q_dim), layer.wo)    # (T, n_embd)
+        return linear(out.reshape(num_tokens, self.q_dim), layer.wo, layer.wo_act)  # (T, n_embd)
 
     def _attention(self, index: int, q: np.ndarray, batch: Batch, plan: AttentionPlan,
                    kv: PagedKVCache) -> np.ndarray:
@@ -367,7 +430,7 @@ class Model:
 
     def _ffn_block(self, layer: LayerWeights, x: np.ndarray) -> np.ndarray:
         h = ops.rms_norm(x, layer.ffn_norm, self.config.rms_norm_eps)    # (T, n_embd)
-        gate_up = linear(h, layer.w_gate_up)                             # (T, 2 * n_ff)
+        gate_up = linear(h, layer.w_gate_up, layer.gate_up_act)          # (T, 2 * n_ff)
         n_ff = self.config.n_ff
         act = ops.silu(gate_up[:, :n_ff]) * gate_up[:, n_ff:]           # (T, n_ff)
-        return linear(act, layer.w_down)                                 # (T, n_embd)
+        return linear(act, layer.w_down, layer.down_act)                 # (T, n_embd)
