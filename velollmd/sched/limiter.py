@@ -1,35 +1,62 @@
 """How many requests one backend gets at once: a limit learnt from the latency it shows.
 
 A backend that does not say how wide it is (vLLM, SGLang, LM Studio, LocalAI, an Ollama with
-OLLAMA_NUM_PARALLEL unknown) must neither be throttled nor buried. The limit follows TCP Vegas,
-as Netflix's concurrency-limits `VegasLimit` does: with `rtt_base` the latency the backend shows
-unloaded and `rtt` the latency of the last window of requests, the requests queued inside the
-backend are about `queue = limit x (1 - rtt_base / rtt)`. Below `alpha` the limit grows, above
-`beta` it shrinks, in between it holds (alpha = 3 log10 limit, beta = 6 log10 limit): the band is
-what keeps it from oscillating. It grows only while the limit is in use (half of it in flight),
-so an idle backend's limit does not drift upward.
+OLLAMA_NUM_PARALLEL unknown) must neither be throttled nor buried. Each window of finished
+requests gives a latency `rtt`; `rtt_base` is the lowest window latency seen (the backend
+unloaded) and the gradient `rtt / rtt_base` says whether requests queue inside the backend, as
+in Envoy's adaptive concurrency filter and Netflix's Gradient limits:
+
+- gradient <= GROW_BELOW (1.25): no queue. The limit grows by an eighth per window (at least 1),
+  but only while half of it is in use, so an idle backend's limit does not drift upward.
+- gradient >= SHRINK_ABOVE (1.5): a queue. The limit moves SMOOTHING of the way towards what
+  the backend showed it serves without queueing, `limit x GROW_BELOW / gradient` (Little's
+  law), by at least 1: an exponentially smoothed step, not a cut to the target.
+- in between it holds. The band is in latency, not in requests queued (Vegas' alpha/beta x
+  log10 limit), so it means the same at a limit of 8 as at 200, and a backend whose latency
+  doubles past its width cannot park the limit above the width.
+
+What keeps it from oscillating around a backend whose latency steps up past its width:
+- the `ceiling`, the limit at which the last queue showed. Growth stops one short of it and
+  then probes by PROBE (1/8) per window; above it, growth starts at PROBE and speeds up with
+  the distance, as CUBIC's window does around its last maximum. So the limit spends its time
+  just under the width and a backend that got wider is found again in a few dozen windows;
+- stale samples are skipped: after the limit changed, the requests that were in flight
+  finish under the old limit and say nothing about the new one;
+- a window's latency is its mean without its fastest and slowest sample: one slow answer is
+  no signal,
+  and the mean moves with the share of requests that queued where a median flips between none
+  and all of them at the width.
 
 Latencies are per output token where the answer says how many (`per_token`): a long generation
-is not mistaken for queueing. Each window's latency is its median, so one slow answer is no
-signal; the unloaded latency `rtt_base` is the lowest window median, with 10 % tolerance for
-noise. It is learnt again when it cannot be right: a queue estimate longer than the requests
-in flight means the backend got slower for good (a bigger model loaded), not busier.
+is not mistaken for queueing. The unloaded latency is learnt again when it cannot be right: a
+gradient larger than the requests in flight (x 1.1) means the backend got slower for good (a
+bigger model loaded), not busier.
 
 Pure: no clock, no I/O; the caller reports samples (sched/admission.py).
 """
 from __future__ import annotations
 
 import math
-import statistics
 
-MIN_WINDOW = 8                # samples per limit update, at least
-ALPHA, BETA = 2, 4            # hold while alpha x log10(limit) <= queue <= beta x log10(limit)
-TOLERANCE = 0.1               # a window within 10 % of the unloaded latency shows no queue
+MIN_WINDOW = 8                # samples per limit update, at least (and half the limit)
+GROW_BELOW = 1.25             # a window within 25 % of the unloaded latency shows no queue
+SHRINK_ABOVE = 1.5            # 50 % above it shows one
+GROWTH = 0.125                # per window without a queue, away from the ceiling
+SMOOTHING = 0.3               # share of the way to the queue-free limit per window with a queue
+PROBE = 0.125                 # per window next to the ceiling
+STALE_BASE = 1.1              # gradient > this x requests in flight: the unloaded latency is stale
 
 
 def per_token(seconds: float, num_tokens: int | None) -> float:
     """A request's latency per generated token (the whole time when the count is unknown)."""
     return seconds / num_tokens if isinstance(num_tokens, int) and num_tokens > 1 else seconds
+
+
+def window_latency(samples: list[float]) -> float:
+    """The mean of a window's latencies without its fastest and its slowest one."""
+    if len(samples) <= 2:
+        return sum(samples) / len(samples)
+    return (sum(samples) - max(samples) - min(samples)) / (len(samples) - 2)
 
 
 class AdaptiveLimit:
@@ -39,9 +66,10 @@ class AdaptiveLimit:
         self.min_limit, self.max_limit = min_limit, max(min_limit, max_limit)
         self.estimate = float(min(max(initial, min_limit), self.max_limit))
         self.rtt_base = math.inf         # the lowest window latency seen: the unloaded backend
+        self.ceiling = math.inf          # the limit at which the last queue showed
         self.window: list[float] = []
         self.max_inflight = 0            # in the current window
-        self.slow_start = True           # grow by a quarter per window until the first queue
+        self.num_stale = 0               # samples still to skip: admitted before the last change
         self.num_updates = 0
 
     @property
@@ -52,28 +80,38 @@ class AdaptiveLimit:
         """One request finished: its latency (per token) and how many were in flight with it."""
         if latency <= 0 or not math.isfinite(latency):
             return
+        if self.num_stale:
+            self.num_stale -= 1
+            return
         self.window.append(latency)
         self.max_inflight = max(self.max_inflight, num_inflight)
         if len(self.window) >= max(MIN_WINDOW, self.limit // 2):
-            self._update(statistics.median(self.window), self.max_inflight)
+            before = self.limit
+            self._update(window_latency(self.window), self.max_inflight)
+            if self.limit != before:
+                self.num_stale = num_inflight - 1
             self.window.clear()
             self.max_inflight = 0
 
     def _update(self, rtt: float, num_inflight: int) -> None:
+        if rtt < self.rtt_base or rtt > self.rtt_base * STALE_BASE * max(2, num_inflight):
+            self.rtt_base = rtt
+        gradient = rtt / self.rtt_base
         limit = self.estimate
-        queue = self._queue(limit, rtt)
-        if rtt < self.rtt_base or queue > max(1, num_inflight - 1):
-            self.rtt_base = rtt          # a queue longer than the requests behind one: stale base
-            queue = self._queue(limit, rtt)
-        log_limit = max(1.0, math.log10(limit))
-        if queue > BETA * log_limit:
-            limit -= log_limit
-            self.slow_start = False
-        elif queue < ALPHA * log_limit and num_inflight * 2 >= limit:
-            limit += max(log_limit, limit / 4) if self.slow_start and queue < 1 else log_limit
+        if gradient >= SHRINK_ABOVE:
+            self.ceiling = limit
+            limit -= max(1.0, SMOOTHING * limit * (1 - GROW_BELOW / gradient))
+        elif gradient <= GROW_BELOW and num_inflight * 2 >= limit:
+            limit += self._growth(limit)
         self.estimate = min(max(limit, self.min_limit), self.max_limit)
         self.num_updates += 1
 
-    def _queue(self, limit: float, rtt: float) -> float:
-        """Requests waiting inside the backend, by Vegas: limit x (1 - unloaded / measured)."""
-        return max(0.0, limit * (1 - self.rtt_base * (1 + TOLERANCE) / rtt))
+    def _growth(self, limit: float) -> float:
+        """An eighth (at least 1) away from the ceiling; PROBE next to it, and above it PROBE
+        plus an eighth of the distance, so growth past an old ceiling speeds up again."""
+        step = max(1.0, limit * GROWTH)
+        if limit >= self.ceiling:
+            return min(step, PROBE + (limit - self.ceiling) * GROWTH)
+        if limit + step > self.ceiling - 1:
+            return max(min(step, self.ceiling - 1 - limit), PROBE)
+        return step
