@@ -10,6 +10,7 @@ sharing), so `speed` models a backend that slows down every request when overloa
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from dataclasses import dataclass
 from typing import Callable
@@ -66,22 +67,25 @@ def simulate(limit: AdaptiveLimit, backend: Backend, *, num_clients: int, num_re
             heapq.heappush(sending, (now + rng.uniform(0, daemon_s), seq, now))
             seq += 1
         speed = backend.speed(len(at_backend))
-        finish = now + (at_backend[0][0] - work_done) / speed if at_backend else float("inf")
-        when = min(finish, sending[0][0] if sending else float("inf"), leaving[0][0] if leaving else float("inf"))
+        finish = now + (_first(at_backend) - work_done) / speed
+        when = min(finish, _first(sending), _first(leaving))
         work_done += (when - now) * speed if at_backend else 0.0
         now = when
-        if sending and sending[0][0] == when:
+        if _first(sending) == when:
             _, number, admitted = heapq.heappop(sending)
             seconds = backend.work(len(at_backend) + 1) * (1 + rng.uniform(-jitter, jitter))
             heapq.heappush(at_backend, (work_done + seconds, number, admitted))
-        elif leaving and leaving[0][0] == when:
+        elif _first(leaving) == when:
             num_inflight = len(sending) + len(at_backend) + len(leaving)
             _, _, admitted = heapq.heappop(leaving)
             limit.on_sample(now - admitted, num_inflight)
             num_waiting += 1
             history.append(limit.limit)
-        else:
-            _, number, admitted = heapq.heappop(at_backend)
-            work_done = max(work_done, _)
+        else:                          # the backend answered: its work is done
+            work_done, number, admitted = heapq.heappop(at_backend)
             heapq.heappush(leaving, (now + rng.uniform(0, daemon_s), number, admitted))
     return history
+
+
+def _first(heap: list[tuple]) -> float:
+    return heap[0][0] if heap else math.inf

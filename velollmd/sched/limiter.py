@@ -6,31 +6,33 @@ requests gives a latency `rtt`; `rtt_base` is the lowest window latency seen (th
 unloaded) and the gradient `rtt / rtt_base` says whether requests queue inside the backend, as
 in Envoy's adaptive concurrency filter and Netflix's Gradient limits:
 
-- gradient <= GROW_BELOW (1.25): no queue. The limit grows by an eighth per window (at least 1),
+- gradient <= GROW_BELOW (1.2): no queue. The limit grows by an eighth per window (at least 1),
   but only while half of it is in use, so an idle backend's limit does not drift upward.
-- gradient >= SHRINK_ABOVE (1.5): a queue. The limit moves SMOOTHING of the way towards what
-  the backend showed it serves without queueing, `limit x GROW_BELOW / gradient` (Little's
+- gradient >= SHRINK_ABOVE (1.35): a queue. The limit moves SMOOTHING (0.3) of the way towards
+  what the backend showed it serves without queueing, `limit x GROW_BELOW / gradient` (Little's
   law), by at least 1: an exponentially smoothed step, not a cut to the target.
 - in between it holds. The band is in latency, not in requests queued (Vegas' alpha/beta x
   log10 limit), so it means the same at a limit of 8 as at 200, and a backend whose latency
-  doubles past its width cannot park the limit above the width.
+  doubles past its width cannot park the limit above the width (Vegas parked it at 11).
 
 What keeps it from oscillating around a backend whose latency steps up past its width:
-- the `ceiling`, the limit at which the last queue showed. Growth stops one short of it and
-  then probes by PROBE (1/8) per window; above it, growth starts at PROBE and speeds up with
-  the distance, as CUBIC's window does around its last maximum. So the limit spends its time
-  just under the width and a backend that got wider is found again in a few dozen windows;
+- the `ceiling`, the limit at which the last queue showed. Growth stops one short of it; from
+  there on it needs two windows in a row without a queue and then probes by PROBE (1/8);
+  above the ceiling it starts at PROBE and speeds up with the distance, as CUBIC's window
+  does around its last maximum. So the limit spends its time just under the width, and a
+  backend that got wider is found again in a few dozen windows;
 - stale samples are skipped: after the limit changed, the requests that were in flight
   finish under the old limit and say nothing about the new one;
 - a window's latency is its mean without its fastest and slowest sample: one slow answer is
-  no signal,
-  and the mean moves with the share of requests that queued where a median flips between none
-  and all of them at the width.
+  no signal, and the mean moves with the share of requests that queued, where a median flips
+  between none and all of them at the width.
 
 Latencies are per output token where the answer says how many (`per_token`): a long generation
 is not mistaken for queueing. The unloaded latency is learnt again when it cannot be right: a
 gradient larger than the requests in flight (x 1.1) means the backend got slower for good (a
-bigger model loaded), not busier.
+bigger model loaded), not busier. It is not probed for (Envoy drops to a low limit now and
+then to measure it): a limit that starts above the width of a backend that slows every
+request when overloaded learns the overloaded latency as unloaded; velollmd starts at 8.
 
 Pure: no clock, no I/O; the caller reports samples (sched/admission.py).
 """
@@ -39,8 +41,8 @@ from __future__ import annotations
 import math
 
 MIN_WINDOW = 8                # samples per limit update, at least (and half the limit)
-GROW_BELOW = 1.25             # a window within 25 % of the unloaded latency shows no queue
-SHRINK_ABOVE = 1.5            # 50 % above it shows one
+GROW_BELOW = 1.2              # a window within 20 % of the unloaded latency shows no queue
+SHRINK_ABOVE = 1.35           # 35 % above it shows one
 GROWTH = 0.125                # per window without a queue, away from the ceiling
 SMOOTHING = 0.3               # share of the way to the queue-free limit per window with a queue
 PROBE = 0.125                 # per window next to the ceiling
@@ -70,6 +72,7 @@ class AdaptiveLimit:
         self.window: list[float] = []
         self.max_inflight = 0            # in the current window
         self.num_stale = 0               # samples still to skip: admitted before the last change
+        self.num_quiet = 0               # windows in a row without a queue
         self.num_updates = 0
 
     @property
@@ -98,18 +101,23 @@ class AdaptiveLimit:
             self.rtt_base = rtt
         gradient = rtt / self.rtt_base
         limit = self.estimate
+        quiet = gradient <= GROW_BELOW
+        self.num_quiet = self.num_quiet + 1 if quiet else 0
         if gradient >= SHRINK_ABOVE:
             self.ceiling = limit
             limit -= max(1.0, SMOOTHING * limit * (1 - GROW_BELOW / gradient))
-        elif gradient <= GROW_BELOW and num_inflight * 2 >= limit:
+        elif quiet and num_inflight * 2 >= limit:
             limit += self._growth(limit)
         self.estimate = min(max(limit, self.min_limit), self.max_limit)
         self.num_updates += 1
 
     def _growth(self, limit: float) -> float:
-        """An eighth (at least 1) away from the ceiling; PROBE next to it, and above it PROBE
-        plus an eighth of the distance, so growth past an old ceiling speeds up again."""
+        """An eighth (at least 1) away from the ceiling; within 1 of it or above it, only after
+        two quiet windows in a row: PROBE below it, and above it PROBE plus an eighth of the
+        distance, so growth past an old ceiling speeds up again."""
         step = max(1.0, limit * GROWTH)
+        if limit + step > self.ceiling - 1 and self.num_quiet < 2:
+            return 0.0
         if limit >= self.ceiling:
             return min(step, PROBE + (limit - self.ceiling) * GROWTH)
         if limit + step > self.ceiling - 1:
