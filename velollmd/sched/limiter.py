@@ -47,6 +47,7 @@ GROWTH = 0.125                # per window without a queue, away from the ceilin
 SMOOTHING = 0.3               # share of the way to the queue-free limit per window with a queue
 PROBE = 0.125                 # per window next to the ceiling
 STALE_BASE = 1.1              # gradient > this x requests in flight: the unloaded latency is stale
+PATIENCE = 64                 # windows held after a shrink in vain before the next one
 
 
 def per_token(seconds: float, num_tokens: int | None) -> float:
@@ -73,6 +74,9 @@ class AdaptiveLimit:
         self.max_inflight = 0            # in the current window
         self.num_stale = 0               # samples still to skip: admitted before the last change
         self.num_quiet = 0               # windows in a row without a queue
+        self.first_cut: tuple[int, float] | None = None   # (in flight, gradient) at the first of
+                                                          # the shrinks in a row
+        self.num_held = 0                # windows held since a shrink in vain
         self.num_updates = 0
 
     @property
@@ -103,13 +107,37 @@ class AdaptiveLimit:
         limit = self.estimate
         quiet = gradient <= GROW_BELOW
         self.num_quiet = self.num_quiet + 1 if quiet else 0
-        if gradient >= SHRINK_ABOVE:
+        queue = gradient >= SHRINK_ABOVE
+        if not queue:
+            self.first_cut, self.num_held = None, 0
+        if queue and self._may_shrink(num_inflight, gradient):
             self.ceiling = limit
+            self.first_cut = self.first_cut or (num_inflight, gradient)
             limit -= max(1.0, SMOOTHING * limit * (1 - GROW_BELOW / gradient))
         elif quiet and num_inflight * 2 >= limit:
             limit += self._growth(limit)
         self.estimate = min(max(limit, self.min_limit), self.max_limit)
         self.num_updates += 1
+
+    def _may_shrink(self, num_inflight: int, gradient: float) -> bool:
+        """False while the shrinks so far did not shorten the queue as a queue of this
+        backend's requests would shorten, but once every PATIENCE windows.
+
+        A queue of our requests shortens at least in proportion to the requests in flight (a
+        FIFO: latency in proportion to them; past a width: back to unloaded). Latency that
+        does not fall with them comes from elsewhere: the daemon's own CPU shared with other
+        processes, other clients of the backend; shrinking further would only cost throughput.
+        Measured against the first shrink of the series, so that noise cannot walk the limit
+        down one shrink at a time. It may also be a limit far above a backend that slows down
+        every request past its width (latency falls only below the width): the shrink once
+        every PATIENCE windows still brings it down."""
+        if self.first_cut is None:
+            return True
+        cut_inflight, cut_gradient = self.first_cut
+        if gradient <= cut_gradient * num_inflight / cut_inflight:
+            return True
+        self.num_held = (self.num_held + 1) % PATIENCE
+        return self.num_held == 0
 
     def _growth(self, limit: float) -> float:
         """An eighth (at least 1) away from the ceiling; within 1 of it or above it, only after
