@@ -71,6 +71,29 @@ def test_a_wide_backend_is_found_again_past_an_old_ceiling():
     assert first_reaching(history, 64) <= 5_000 and min(settled(history)) >= 64
 
 
+def test_latency_from_elsewhere_does_not_throttle_a_wide_backend():
+    """The daemon's own time doubles and triples every latency for a while (its CPU shared with
+    other processes): shrinking does not shorten it, so the limit holds above the clients
+    instead of falling to where Vegas would put it, and grows again afterwards."""
+    limit = AdaptiveLimit(8, max_limit=512)
+    simulate(limit, wide(), num_clients=64, num_requests=5_000, jitter=0.2)
+    slowed = simulate(limit, wide(), num_clients=64, num_requests=5_000, jitter=0.2, daemon_s=0.040)
+    after = simulate(limit, wide(), num_clients=64, num_requests=5_000, jitter=0.2)
+    assert min(slowed) >= 64 and min(after[1_000:]) >= 64
+
+
+def test_one_stall_does_not_reset_the_unloaded_latency():
+    """A window 25x slower (the daemon stalled) while the limit is one past the width, then the
+    backend's own overload (2x): the unloaded latency stays 20 ms and the limit comes down."""
+    limit = AdaptiveLimit(8)
+    for _ in range(8):
+        limit.on_sample(0.020, 8)
+    limit.num_stale = 0
+    for latency in [0.500] * 8 + [0.040] * 64:
+        limit.on_sample(latency, 9)
+    assert limit.rtt_base == pytest.approx(0.020) and limit.limit <= 8
+
+
 def test_an_idle_limit_does_not_drift_upward():
     """Two clients on a wide backend: the limit has no reason to grow past what is used."""
     history = simulate(AdaptiveLimit(8), wide(), num_clients=2, num_requests=5_000)

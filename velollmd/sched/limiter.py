@@ -27,12 +27,19 @@ What keeps it from oscillating around a backend whose latency steps up past its 
   no signal, and the mean moves with the share of requests that queued, where a median flips
   between none and all of them at the width.
 
+What keeps latency that is not the backend's from throttling it (the daemon's own CPU shared
+with other processes, other clients of the backend): shrinks that do not shorten the queue as
+a queue of our requests would (in proportion to the requests in flight, measured from the
+first shrink of the series) are in vain; the limit then holds, and shrinks once per PATIENCE
+(64) windows only. And the unloaded latency is learnt again only after STALE_WINDOWS (8)
+windows in a row slower than any queue of the requests in flight could make them (the backend
+got slower for good: a bigger model loaded), not after one stall.
+
 Latencies are per output token where the answer says how many (`per_token`): a long generation
-is not mistaken for queueing. The unloaded latency is learnt again when it cannot be right: a
-gradient larger than the requests in flight (x 1.1) means the backend got slower for good (a
-bigger model loaded), not busier. It is not probed for (Envoy drops to a low limit now and
-then to measure it): a limit that starts above the width of a backend that slows every
-request when overloaded learns the overloaded latency as unloaded; velollmd starts at 8.
+is not mistaken for queueing. The unloaded latency is not probed for (Envoy drops to a low
+limit now and then to measure it): a limit that starts above the width of a backend that
+slows every request when overloaded learns the overloaded latency as unloaded; velollmd
+starts at 8.
 
 Pure: no clock, no I/O; the caller reports samples (sched/admission.py).
 """
@@ -46,7 +53,8 @@ SHRINK_ABOVE = 1.35           # 35 % above it shows one
 GROWTH = 0.125                # per window without a queue, away from the ceiling
 SMOOTHING = 0.3               # share of the way to the queue-free limit per window with a queue
 PROBE = 0.125                 # per window next to the ceiling
-STALE_BASE = 1.1              # gradient > this x requests in flight: the unloaded latency is stale
+STALE_BASE = 1.1              # gradient > this x requests in flight, STALE_WINDOWS windows in a
+STALE_WINDOWS = 8             # row: the unloaded latency is stale
 PATIENCE = 64                 # windows held after a shrink in vain before the next one
 
 
@@ -77,6 +85,7 @@ class AdaptiveLimit:
         self.first_cut: tuple[int, float] | None = None   # (in flight, gradient) at the first of
                                                           # the shrinks in a row
         self.num_held = 0                # windows held since a shrink in vain
+        self.slower: list[float] = []    # window latencies in a row too slow for rtt_base
         self.num_updates = 0
 
     @property
@@ -101,8 +110,7 @@ class AdaptiveLimit:
             self.max_inflight = 0
 
     def _update(self, rtt: float, num_inflight: int) -> None:
-        if rtt < self.rtt_base or rtt > self.rtt_base * STALE_BASE * max(2, num_inflight):
-            self.rtt_base = rtt
+        self._learn_base(rtt, num_inflight)
         gradient = rtt / self.rtt_base
         limit = self.estimate
         quiet = gradient <= GROW_BELOW
@@ -118,6 +126,22 @@ class AdaptiveLimit:
             limit += self._growth(limit)
         self.estimate = min(max(limit, self.min_limit), self.max_limit)
         self.num_updates += 1
+
+    def _learn_base(self, rtt: float, num_inflight: int) -> None:
+        """The lowest window latency; learnt again, as the lowest of them, after STALE_WINDOWS
+        windows in a row slower than any queue of the requests in flight could make them: the
+        backend got slower for good (a bigger model loaded). One stall (the daemon's CPU taken
+        for a moment) must not reset it: the next window, at a limit already past the width,
+        would then pass for unloaded."""
+        if rtt < self.rtt_base:
+            self.rtt_base = rtt
+        if rtt <= self.rtt_base * STALE_BASE * max(2, num_inflight):
+            self.slower.clear()
+            return
+        self.slower.append(rtt)
+        if len(self.slower) >= STALE_WINDOWS:
+            self.rtt_base = min(self.slower)
+            self.slower.clear()
 
     def _may_shrink(self, num_inflight: int, gradient: float) -> bool:
         """False while the shrinks so far did not shorten the queue as a queue of this
