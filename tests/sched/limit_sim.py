@@ -47,14 +47,19 @@ def queues_past(width: int, base_s: float = 0.020) -> Backend:
 
 
 def simulate(limit: AdaptiveLimit, backend: Backend, *, num_clients: int, num_requests: int,
-             jitter: float = 0.0, daemon_s: float = 0.0, seed: int = 1) -> list[int]:
+             jitter: float = 0.0, daemon_s: float = 0.0, stalls: tuple[float, float] = (0.0, 0.0),
+             seed: int = 1) -> list[int]:
     """Closed loop: each client sends its next request when its last one is answered, and
     the daemon admits requests while fewer than the limit are in flight. `jitter` spreads each
     request's work by +-that fraction. `daemon_s`: a request spends up to that long (uniform)
     in the daemon after admission before it reaches the backend, and again after the backend
     answered before its slot is free: it holds a slot, and its measured latency includes
-    that time, while the backend does not see it. Returns the limit after each finished request."""
+    that time, while the backend does not see it. `stalls` = (every_s, stall_s): the daemon
+    stops for stall_s at random times, every_s apart on average (its CPU taken by another
+    process): nothing reaches the backend or leaves it meanwhile. Returns the limit after each
+    finished request."""
     rng = random.Random(seed)
+    stall = _Stalls(rng, *stalls)
     now = work_done = 0.0              # seconds; work done at full speed by each request at the backend
     num_waiting, history = num_clients, []
     sending: list[tuple[float, int, float]] = []      # heap of (reaches the backend at, seq, admitted at)
@@ -71,7 +76,11 @@ def simulate(limit: AdaptiveLimit, backend: Backend, *, num_clients: int, num_re
         when = min(finish, _first(sending), _first(leaving))
         work_done += (when - now) * speed if at_backend else 0.0
         now = when
-        if _first(sending) == when:
+        if _first(sending) == when and stall.until(when) > when:
+            heapq.heapreplace(sending, (stall.until(when), *sending[0][1:]))
+        elif _first(leaving) == when and stall.until(when) > when:
+            heapq.heapreplace(leaving, (stall.until(when), *leaving[0][1:]))
+        elif _first(sending) == when:
             _, number, admitted = heapq.heappop(sending)
             seconds = backend.work(len(at_backend) + 1) * (1 + rng.uniform(-jitter, jitter))
             heapq.heappush(at_backend, (work_done + seconds, number, admitted))
@@ -89,3 +98,22 @@ def simulate(limit: AdaptiveLimit, backend: Backend, *, num_clients: int, num_re
 
 def _first(heap: list[tuple]) -> float:
     return heap[0][0] if heap else math.inf
+
+
+class _Stalls:
+    """Stalls of the daemon: (start, end) intervals drawn as they are needed."""
+
+    def __init__(self, rng: random.Random, every_s: float, stall_s: float):
+        self.rng, self.every_s, self.stall_s = rng, every_s, stall_s
+        self.start = self.end = 0.0
+        self._draw()
+
+    def _draw(self) -> None:
+        self.start = self.end + (self.rng.expovariate(1 / self.every_s) if self.every_s else math.inf)
+        self.end = self.start + self.stall_s
+
+    def until(self, now: float) -> float:
+        """When the daemon runs again: `now` unless a stall holds it."""
+        while now >= self.end:
+            self._draw()
+        return self.end if now >= self.start else now

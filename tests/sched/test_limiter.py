@@ -34,6 +34,17 @@ def test_settles_near_the_width_of_a_backend_that_degrades_past_it(model, initia
     assert middle - 2 <= min(tail) and max(tail) <= middle + 2
 
 
+@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("seed", [1, 2])
+def test_stalls_of_the_daemon_do_not_walk_the_limit_down(model, seed):
+    """The daemon stops for 100 ms every half second on average (its CPU taken by another
+    process): each stall is a window or two of high latency, which alone must not cost a
+    shrink, or the limit ratchets down one stall at a time (it fell to 1-4 that way)."""
+    history = simulate(AdaptiveLimit(8), MODELS[model], num_clients=32, num_requests=20_000,
+                       jitter=0.05, daemon_s=0.001, stalls=(0.5, 0.1), seed=seed)
+    assert 6 <= min(settled(history)) and max(settled(history)) <= 10
+
+
 def test_a_limit_that_starts_above_the_width_comes_down_to_it():
     """Started at 16 in front of the `arrival` backend: its first 8 answers are fast, so the
     unloaded latency is right from the first window. (With `rate` every answer is slow from the

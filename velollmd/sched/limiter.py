@@ -28,12 +28,16 @@ What keeps it from oscillating around a backend whose latency steps up past its 
   between none and all of them at the width.
 
 What keeps latency that is not the backend's from throttling it (the daemon's own CPU shared
-with other processes, other clients of the backend): shrinks that do not shorten the queue as
-a queue of our requests would (in proportion to the requests in flight, measured from the
-first shrink of the series) are in vain; the limit then holds, and shrinks once per PATIENCE
-(64) windows only. And the unloaded latency is learnt again only after STALE_WINDOWS (8)
-windows in a row slower than any queue of the requests in flight could make them (the backend
-got slower for good: a bigger model loaded), not after one stall.
+with other processes, other clients of the backend):
+- below the ceiling, where the backend ran without a queue, a queue counts only after CONFIRM
+  (3) windows in a row: a stall of the daemon is a window or two of high latency, and a
+  shrink per stall (then the slow probe back) ratchets the limit down;
+- shrinks that do not shorten the queue as a queue of our requests would (in proportion to
+  the requests in flight, measured from the first shrink of the series) are in vain; the
+  limit then holds, and shrinks once per PATIENCE (64) windows only;
+- the unloaded latency is learnt again only after STALE_WINDOWS (8) windows in a row slower
+  than any queue of the requests in flight could make them (the backend got slower for
+  good: a bigger model loaded), not after one stall.
 
 Latencies are per output token where the answer says how many (`per_token`): a long generation
 is not mistaken for queueing. The unloaded latency is not probed for (Envoy drops to a low
@@ -56,6 +60,7 @@ PROBE = 0.125                 # per window next to the ceiling
 STALE_BASE = 1.1              # gradient > this x requests in flight, STALE_WINDOWS windows in a
 STALE_WINDOWS = 8             # row: the unloaded latency is stale
 PATIENCE = 64                 # windows held after a shrink in vain before the next one
+CONFIRM = 3                   # windows in a row with a queue before a shrink below the ceiling
 
 
 def per_token(seconds: float, num_tokens: int | None) -> float:
@@ -82,6 +87,7 @@ class AdaptiveLimit:
         self.max_inflight = 0            # in the current window
         self.num_stale = 0               # samples still to skip: admitted before the last change
         self.num_quiet = 0               # windows in a row without a queue
+        self.queued: list[float] = []    # gradients of the windows in a row with a queue
         self.first_cut: tuple[int, float] | None = None   # (in flight, gradient) at the first of
                                                           # the shrinks in a row
         self.num_held = 0                # windows held since a shrink in vain
@@ -118,7 +124,11 @@ class AdaptiveLimit:
         queue = gradient >= SHRINK_ABOVE
         if not queue:
             self.first_cut, self.num_held = None, 0
-        if queue and self._may_shrink(num_inflight, gradient):
+            self.queued.clear()
+        else:
+            self.queued.append(gradient)
+        if queue and self._confirmed(limit) and self._may_shrink(num_inflight, gradient):
+            gradient = min(self.queued[-CONFIRM:])
             self.ceiling = limit
             self.first_cut = self.first_cut or (num_inflight, gradient)
             limit -= max(1.0, SMOOTHING * limit * (1 - GROW_BELOW / gradient))
@@ -126,6 +136,13 @@ class AdaptiveLimit:
             limit += self._growth(limit)
         self.estimate = min(max(limit, self.min_limit), self.max_limit)
         self.num_updates += 1
+
+    def _confirmed(self, limit: float) -> bool:
+        """A queue at or above the ceiling is new ground and counts at once; below it, where
+        the backend ran without one, only CONFIRM windows in a row count: one stall of the
+        daemon (its CPU taken for a moment) would otherwise cost a shrink, and the slow probe
+        back to the ceiling, each time."""
+        return limit >= self.ceiling or len(self.queued) >= CONFIRM
 
     def _learn_base(self, rtt: float, num_inflight: int) -> None:
         """The lowest window latency; learnt again, as the lowest of them, after STALE_WINDOWS
