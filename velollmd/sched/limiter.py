@@ -39,8 +39,12 @@ with other processes, other clients of the backend):
   than any queue of the requests in flight could make them (the backend got slower for
   good: a bigger model loaded), not after one stall.
 
+The first WARMUP (3) windows only learn the unloaded latency, at the initial limit: the first
+one is slow when connections to the backend are opened, and a limit grown past the width on
+it would take the overloaded latency of the next window for unloaded.
+
 Latencies are per output token where the answer says how many (`per_token`): a long generation
-is not mistaken for queueing. The unloaded latency is not probed for (Envoy drops to a low
+is not mistaken for queueing. The unloaded latency is not otherwise probed for (Envoy drops to a low
 limit now and then to measure it): a limit that starts above the width of a backend that
 slows every request when overloaded learns the overloaded latency as unloaded; velollmd
 starts at 8.
@@ -61,6 +65,7 @@ STALE_BASE = 1.1              # gradient > this x requests in flight, STALE_WIND
 STALE_WINDOWS = 8             # row: the unloaded latency is stale
 PATIENCE = 64                 # windows held after a shrink in vain before the next one
 CONFIRM = 3                   # windows in a row with a queue before a shrink below the ceiling
+WARMUP = 3                    # first windows: the unloaded latency is learnt, the limit does not grow
 
 
 def per_token(seconds: float, num_tokens: int | None) -> float:
@@ -132,7 +137,7 @@ class AdaptiveLimit:
             self.ceiling = limit
             self.first_cut = self.first_cut or (num_inflight, gradient)
             limit -= max(1.0, SMOOTHING * limit * (1 - GROW_BELOW / gradient))
-        elif quiet and num_inflight * 2 >= limit:
+        elif quiet and num_inflight * 2 >= limit and self.num_updates >= WARMUP:
             limit += self._growth(limit)
         self.estimate = min(max(limit, self.min_limit), self.max_limit)
         self.num_updates += 1
