@@ -92,7 +92,7 @@ class AdaptiveLimit:
         self.max_inflight = 0            # in the current window
         self.num_stale = 0               # samples still to skip: admitted before the last change
         self.num_quiet = 0               # windows in a row without a queue
-        self.queued: list[float] = []    # gradients of the windows in a row with a queue
+        self.queued: list[float] = []    # gradients of the last windows in a row with a queue (<= CONFIRM)
         self.first_cut: tuple[int, float] | None = None   # (in flight, gradient) at the first of
                                                           # the shrinks in a row
         self.num_held = 0                # windows held since a shrink in vain
@@ -131,9 +131,9 @@ class AdaptiveLimit:
             self.first_cut, self.num_held = None, 0
             self.queued.clear()
         else:
-            self.queued.append(gradient)
+            self.queued = self.queued[1 - CONFIRM:] + [gradient]
         if queue and self._confirmed(limit) and self._may_shrink(num_inflight, gradient):
-            gradient = min(self.queued[-CONFIRM:])
+            gradient = min(self.queued)
             self.ceiling = limit
             self.first_cut = self.first_cut or (num_inflight, gradient)
             limit -= max(1.0, SMOOTHING * limit * (1 - GROW_BELOW / gradient))
