@@ -1,35 +1,83 @@
 """How many requests one backend gets at once: a limit learnt from the latency it shows.
 
 A backend that does not say how wide it is (vLLM, SGLang, LM Studio, LocalAI, an Ollama with
-OLLAMA_NUM_PARALLEL unknown) must neither be throttled nor buried. The limit follows TCP Vegas,
-as Netflix's concurrency-limits `VegasLimit` does: with `rtt_base` the latency the backend shows
-unloaded and `rtt` the latency of the last window of requests, the requests queued inside the
-backend are about `queue = limit x (1 - rtt_base / rtt)`. Below `alpha` the limit grows, above
-`beta` it shrinks, in between it holds (alpha = 3 log10 limit, beta = 6 log10 limit): the band is
-what keeps it from oscillating. It grows only while the limit is in use (half of it in flight),
-so an idle backend's limit does not drift upward.
+OLLAMA_NUM_PARALLEL unknown) must neither be throttled nor buried. Each window of finished
+requests gives a latency `rtt`; `rtt_base` is the lowest window latency seen (the backend
+unloaded) and the gradient `rtt / rtt_base` says whether requests queue inside the backend, as
+in Envoy's adaptive concurrency filter and Netflix's Gradient limits:
+
+- gradient <= GROW_BELOW (1.2): no queue. The limit grows by an eighth per window (at least 1),
+  but only while half of it is in use, so an idle backend's limit does not drift upward.
+- gradient >= SHRINK_ABOVE (1.35): a queue. The limit moves SMOOTHING (0.3) of the way towards
+  what the backend showed it serves without queueing, `limit x GROW_BELOW / gradient` (Little's
+  law), by at least 1: an exponentially smoothed step, not a cut to the target.
+- in between it holds. The band is in latency, not in requests queued (Vegas' alpha/beta x
+  log10 limit), so it means the same at a limit of 8 as at 200, and a backend whose latency
+  doubles past its width cannot park the limit above the width (Vegas parked it at 11).
+
+What keeps it from oscillating around a backend whose latency steps up past its width:
+- the `ceiling`, the limit at which the last queue showed. Growth stops one short of it; from
+  there on it needs two windows in a row without a queue and then probes by PROBE (1/8);
+  above the ceiling it starts at PROBE and speeds up with the distance, as CUBIC's window
+  does around its last maximum. So the limit spends its time just under the width, and a
+  backend that got wider is found again in a few dozen windows;
+- stale samples are skipped: after the limit changed, the requests that were in flight
+  finish under the old limit and say nothing about the new one;
+- a window's latency is its mean without its fastest and slowest sample: one slow answer is
+  no signal, and the mean moves with the share of requests that queued, where a median flips
+  between none and all of them at the width.
+
+What keeps latency that is not the backend's from throttling it (the daemon's own CPU shared
+with other processes, other clients of the backend):
+- below the ceiling, where the backend ran without a queue, a queue counts only after CONFIRM
+  (3) windows in a row: a stall of the daemon is a window or two of high latency, and a
+  shrink per stall (then the slow probe back) ratchets the limit down;
+- shrinks that do not shorten the queue as a queue of our requests would (in proportion to
+  the requests in flight, measured from the first shrink of the series) are in vain; the
+  limit then holds, and shrinks once per PATIENCE (64) windows only;
+- the unloaded latency is learnt again only after STALE_WINDOWS (8) windows in a row slower
+  than any queue of the requests in flight could make them (the backend got slower for
+  good: a bigger model loaded), not after one stall.
+
+The first WARMUP (3) windows only learn the unloaded latency, at the initial limit: the first
+one is slow when connections to the backend are opened, and a limit grown past the width on
+it would take the overloaded latency of the next window for unloaded.
 
 Latencies are per output token where the answer says how many (`per_token`): a long generation
-is not mistaken for queueing. Each window's latency is its median, so one slow answer is no
-signal; the unloaded latency `rtt_base` is the lowest window median, with 10 % tolerance for
-noise. It is learnt again when it cannot be right: a queue estimate longer than the requests
-in flight means the backend got slower for good (a bigger model loaded), not busier.
+is not mistaken for queueing. The unloaded latency is not otherwise probed for (Envoy drops to a low
+limit now and then to measure it): a limit that starts above the width of a backend that
+slows every request when overloaded learns the overloaded latency as unloaded; velollmd
+starts at 8.
 
 Pure: no clock, no I/O; the caller reports samples (sched/admission.py).
 """
 from __future__ import annotations
 
 import math
-import statistics
 
-MIN_WINDOW = 8                # samples per limit update, at least
-ALPHA, BETA = 2, 4            # hold while alpha x log10(limit) <= queue <= beta x log10(limit)
-TOLERANCE = 0.1               # a window within 10 % of the unloaded latency shows no queue
+MIN_WINDOW = 8                # samples per limit update, at least (and half the limit)
+GROW_BELOW = 1.2              # a window within 20 % of the unloaded latency shows no queue
+SHRINK_ABOVE = 1.35           # 35 % above it shows one
+GROWTH = 0.125                # per window without a queue, away from the ceiling
+SMOOTHING = 0.3               # share of the way to the queue-free limit per window with a queue
+PROBE = 0.125                 # per window next to the ceiling
+STALE_BASE = 1.1              # gradient > this x requests in flight, STALE_WINDOWS windows in a
+STALE_WINDOWS = 8             # row: the unloaded latency is stale
+PATIENCE = 64                 # windows held after a shrink in vain before the next one
+CONFIRM = 3                   # windows in a row with a queue before a shrink below the ceiling
+WARMUP = 3                    # first windows: the unloaded latency is learnt, the limit does not grow
 
 
 def per_token(seconds: float, num_tokens: int | None) -> float:
     """A request's latency per generated token (the whole time when the count is unknown)."""
     return seconds / num_tokens if isinstance(num_tokens, int) and num_tokens > 1 else seconds
+
+
+def window_latency(samples: list[float]) -> float:
+    """The mean of a window's latencies without its fastest and its slowest one."""
+    if len(samples) <= 2:
+        return sum(samples) / len(samples)
+    return (sum(samples) - max(samples) - min(samples)) / (len(samples) - 2)
 
 
 class AdaptiveLimit:
@@ -39,9 +87,16 @@ class AdaptiveLimit:
         self.min_limit, self.max_limit = min_limit, max(min_limit, max_limit)
         self.estimate = float(min(max(initial, min_limit), self.max_limit))
         self.rtt_base = math.inf         # the lowest window latency seen: the unloaded backend
+        self.ceiling = math.inf          # the limit at which the last queue showed
         self.window: list[float] = []
         self.max_inflight = 0            # in the current window
-        self.slow_start = True           # grow by a quarter per window until the first queue
+        self.num_stale = 0               # samples still to skip: admitted before the last change
+        self.num_quiet = 0               # windows in a row without a queue
+        self.queued: list[float] = []    # gradients of the last windows in a row with a queue (<= CONFIRM)
+        self.first_cut: tuple[int, float] | None = None   # (in flight, gradient) at the first of
+                                                          # the shrinks in a row
+        self.num_held = 0                # windows held since a shrink in vain
+        self.slower: list[float] = []    # window latencies in a row too slow for rtt_base
         self.num_updates = 0
 
     @property
@@ -52,28 +107,93 @@ class AdaptiveLimit:
         """One request finished: its latency (per token) and how many were in flight with it."""
         if latency <= 0 or not math.isfinite(latency):
             return
+        if self.num_stale:
+            self.num_stale -= 1
+            return
         self.window.append(latency)
         self.max_inflight = max(self.max_inflight, num_inflight)
         if len(self.window) >= max(MIN_WINDOW, self.limit // 2):
-            self._update(statistics.median(self.window), self.max_inflight)
+            before = self.limit
+            self._update(window_latency(self.window), self.max_inflight)
+            if self.limit != before:
+                self.num_stale = num_inflight - 1
             self.window.clear()
             self.max_inflight = 0
 
     def _update(self, rtt: float, num_inflight: int) -> None:
+        self._learn_base(rtt, num_inflight)
+        gradient = rtt / self.rtt_base
         limit = self.estimate
-        queue = self._queue(limit, rtt)
-        if rtt < self.rtt_base or queue > max(1, num_inflight - 1):
-            self.rtt_base = rtt          # a queue longer than the requests behind one: stale base
-            queue = self._queue(limit, rtt)
-        log_limit = max(1.0, math.log10(limit))
-        if queue > BETA * log_limit:
-            limit -= log_limit
-            self.slow_start = False
-        elif queue < ALPHA * log_limit and num_inflight * 2 >= limit:
-            limit += max(log_limit, limit / 4) if self.slow_start and queue < 1 else log_limit
+        quiet = gradient <= GROW_BELOW
+        self.num_quiet = self.num_quiet + 1 if quiet else 0
+        queue = gradient >= SHRINK_ABOVE
+        if not queue:
+            self.first_cut, self.num_held = None, 0
+            self.queued.clear()
+        else:
+            self.queued = self.queued[1 - CONFIRM:] + [gradient]
+        if queue and self._confirmed(limit) and self._may_shrink(num_inflight, gradient):
+            gradient = min(self.queued)
+            self.ceiling = limit
+            self.first_cut = self.first_cut or (num_inflight, gradient)
+            limit -= max(1.0, SMOOTHING * limit * (1 - GROW_BELOW / gradient))
+        elif quiet and num_inflight * 2 >= limit and self.num_updates >= WARMUP:
+            limit += self._growth(limit)
         self.estimate = min(max(limit, self.min_limit), self.max_limit)
         self.num_updates += 1
 
-    def _queue(self, limit: float, rtt: float) -> float:
-        """Requests waiting inside the backend, by Vegas: limit x (1 - unloaded / measured)."""
-        return max(0.0, limit * (1 - self.rtt_base * (1 + TOLERANCE) / rtt))
+    def _confirmed(self, limit: float) -> bool:
+        """A queue at or above the ceiling is new ground and counts at once; below it, where
+        the backend ran without one, only CONFIRM windows in a row count: one stall of the
+        daemon (its CPU taken for a moment) would otherwise cost a shrink, and the slow probe
+        back to the ceiling, each time."""
+        return limit >= self.ceiling or len(self.queued) >= CONFIRM
+
+    def _learn_base(self, rtt: float, num_inflight: int) -> None:
+        """The lowest window latency; learnt again, as the lowest of them, after STALE_WINDOWS
+        windows in a row slower than any queue of the requests in flight could make them: the
+        backend got slower for good (a bigger model loaded). One stall (the daemon's CPU taken
+        for a moment) must not reset it: the next window, at a limit already past the width,
+        would then pass for unloaded."""
+        if rtt < self.rtt_base:
+            self.rtt_base = rtt
+        if rtt <= self.rtt_base * STALE_BASE * max(2, num_inflight):
+            self.slower.clear()
+            return
+        self.slower.append(rtt)
+        if len(self.slower) >= STALE_WINDOWS:
+            self.rtt_base = min(self.slower)
+            self.slower.clear()
+
+    def _may_shrink(self, num_inflight: int, gradient: float) -> bool:
+        """False while the shrinks so far did not shorten the queue as a queue of this
+        backend's requests would shorten, but once every PATIENCE windows.
+
+        A queue of our requests shortens at least in proportion to the requests in flight (a
+        FIFO: latency in proportion to them; past a width: back to unloaded). Latency that
+        does not fall with them comes from elsewhere: the daemon's own CPU shared with other
+        processes, other clients of the backend; shrinking further would only cost throughput.
+        Measured against the first shrink of the series, so that noise cannot walk the limit
+        down one shrink at a time. It may also be a limit far above a backend that slows down
+        every request past its width (latency falls only below the width): the shrink once
+        every PATIENCE windows still brings it down."""
+        if self.first_cut is None:
+            return True
+        cut_inflight, cut_gradient = self.first_cut
+        if gradient <= cut_gradient * num_inflight / cut_inflight:
+            return True
+        self.num_held = (self.num_held + 1) % PATIENCE
+        return self.num_held == 0
+
+    def _growth(self, limit: float) -> float:
+        """An eighth (at least 1) away from the ceiling; within 1 of it or above it, only after
+        two quiet windows in a row: PROBE below it, and above it PROBE plus an eighth of the
+        distance, so growth past an old ceiling speeds up again."""
+        step = max(1.0, limit * GROWTH)
+        if limit + step > self.ceiling - 1 and self.num_quiet < 2:
+            return 0.0
+        if limit >= self.ceiling:
+            return min(step, PROBE + (limit - self.ceiling) * GROWTH)
+        if limit + step > self.ceiling - 1:
+            return max(min(step, self.ceiling - 1 - limit), PROBE)
+        return step
