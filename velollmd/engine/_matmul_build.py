@@ -1,7 +1,8 @@
-"""CFFI build script (API mode, out-of-line) for the engine's decode matmul (matmul.c).
+"""CFFI build script (API mode, out-of-line) for the engine's decode kernels: the matmul (matmul.c)
+and the paged decode attention (attention.c).
 
 setup.py lists this file in `cffi_modules` beside the block allocator's, so `pip install -e .`
-(make install) compiles matmul.c into `velollmd.engine._matmul`, with OpenMP for its threads.
+(make install) compiles both into `velollmd.engine._matmul`, with OpenMP for its threads.
 Only velollmd/engine/kernels.py imports that extension.
 """
 import pathlib
@@ -20,22 +21,27 @@ def _source_path(path: pathlib.Path) -> str:
         return str(path)
 
 
+HEADERS = ("matmul.h", "attention.h")
+SOURCES = ("matmul.c", "attention.c")
+
+
 def cdef_from_header(text: str) -> str:
-    """matmul.h as cffi's cdef: comments and preprocessor lines dropped."""
+    """A header as cffi's cdef: comments and preprocessor lines dropped."""
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(cdef_from_header((HERE / "matmul.h").read_text()))
+ffibuilder.cdef("\n".join(cdef_from_header((HERE / name).read_text()) for name in HEADERS))
 ffibuilder.set_source(
     "velollmd.engine._matmul",
-    '#include "matmul.h"',
-    sources=[_source_path(HERE / "matmul.c")],
+    "\n".join(f'#include "{name}"' for name in HEADERS),
+    sources=[_source_path(HERE / name) for name in SOURCES],
     include_dirs=[str(HERE)],
     # gnu11: GCC's vector extensions; fp-contract: a * b + c as one FMA where the CPU has it
     extra_compile_args=["-O3", "-std=gnu11", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"],
     extra_link_args=["-fopenmp"],
+    libraries=["m"],                                    # expf (attention.c)
 )
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
-"""The engine's compiled decode matmul (matmul.c through cffi) and its thread settings.
+"""The engine's compiled decode kernels (matmul.c, attention.c through cffi) and their threads.
 
     y = matmul_nt(x, w)          # x (B, K) @ w (N, K)^T -> (B, N) float32
+    out = paged_decode_attention(q, k_pages, v_pages, tables, lens, scale)   # (B, n_head, d)
     set_num_threads(4)           # this kernel's OpenMP threads and numpy's OpenBLAS threads
 
 Only this module imports the extension `velollmd.engine._matmul`. Without it (a checkout whose
 extension is not built yet) matmul_nt is numpy's `x @ w.T`: same results within float32
-rounding, slower for a few decoding rows (`COMPILED` says which one runs).
+rounding, slower for a few decoding rows (`COMPILED` says which one runs); the paged attention
+has no numpy twin here: kvcache.PagedKVCache.decode_attention falls back to a dense gather and
+ops.decode_attention (its reference).
 """
 from __future__ import annotations
 
@@ -91,3 +94,27 @@ def matmul_nt(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     lib.vl_matmul_nt(ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", w),
                      ffi.from_buffer("float[]", y), batch, k, n, _num_threads)
     return y
+
+
+def paged_decode_attention(q: np.ndarray, k_pages: np.ndarray, v_pages: np.ndarray,
+                           block_tables: np.ndarray, context_lens: np.ndarray, scale: float) -> np.ndarray:
+    """B single-token queries over their paged contexts, read in place (attention.c; COMPILED only).
+
+    q (B, n_head, d); k_pages, v_pages (num_blocks, block_size, n_head_kv, d) float32 C-contiguous
+    (one layer of the cache); block_tables (B, max_blocks) and context_lens (B,) already checked
+    (kvcache.PagedKVCache.decode_attention). Returns (B, n_head, d).
+    """
+    q = np.ascontiguousarray(q, dtype=np.float32)                         # (B, n_head, d)
+    batch, n_head, head_dim = q.shape
+    _, block_size, n_head_kv, _ = k_pages.shape
+    tables = np.ascontiguousarray(block_tables, dtype=np.int64)           # (B, max_blocks)
+    lens = np.ascontiguousarray(context_lens, dtype=np.int64)             # (B,)
+    assert k_pages.flags.c_contiguous and v_pages.flags.c_contiguous and k_pages.dtype == np.float32
+    scores = np.empty((batch, n_head, tables.shape[1] * block_size), dtype=np.float32)  # scratch
+    out = np.empty_like(q)                                                # (B, n_head, d)
+    lib.vl_decode_attention(
+        ffi.from_buffer("float[]", q), ffi.from_buffer("float[]", k_pages), ffi.from_buffer("float[]", v_pages),
+        ffi.from_buffer("int64_t[]", tables), ffi.from_buffer("int64_t[]", lens),
+        ffi.from_buffer("float[]", scores), ffi.from_buffer("float[]", out),
+        batch, n_head, n_head_kv, head_dim, block_size, tables.shape[1], scale, _num_threads)
+    return out

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from velollmd.engine import kernels, ops
+
 
 def slot_mapping(block_table: Sequence[int], positions: np.ndarray, block_size: int) -> np.ndarray:
     """Cache slot of each position of one sequence: (T,) int64."""
@@ -73,6 +75,34 @@ class PagedKVCache:
         batch, max_blocks = block_tables.shape
         shape = (batch, max_blocks * self.block_size, self.num_kv_heads, self.head_dim)
         return self.k[layer, block_tables].reshape(shape), self.v[layer, block_tables].reshape(shape)
+
+    def decode_attention(self, layer: int, q: np.ndarray, block_tables: np.ndarray,
+                         context_lens: np.ndarray, scale: float) -> np.ndarray:
+        """B single-token queries q (B, n_head, head_dim) over their first context_lens[b] tokens
+        in this layer; block_tables (B, max_blocks) padded with any valid id. (B, n_head, head_dim).
+
+        float32 with the extension built: the compiled kernel reads K/V in place from the pages;
+        otherwise a dense padded copy and ops.decode_attention (the kernel's reference).
+        """
+        self._check_decode(q, block_tables, context_lens)
+        if kernels.COMPILED and self.k.dtype == np.float32:
+            return kernels.paged_decode_attention(q, self.k[layer], self.v[layer], block_tables,
+                                                  context_lens, scale)
+        k, v = self.gather_padded(layer, block_tables)          # (B, max_len, kv, d) each
+        return ops.decode_attention(q, k, v, context_lens, scale)
+
+    def _check_decode(self, q: np.ndarray, block_tables: np.ndarray, context_lens: np.ndarray) -> None:
+        """What the compiled kernel trusts: block ids inside the cache, lengths inside the tables."""
+        batch, max_blocks = block_tables.shape
+        if q.ndim != 3 or q.shape[0] != batch or len(context_lens) != batch or q.shape[2] != self.head_dim \
+                or q.shape[1] % self.num_kv_heads:
+            raise ValueError(f"decode_attention: q {q.shape}, tables {block_tables.shape}, "
+                             f"{len(context_lens)} lengths, cache heads {self.num_kv_heads} x {self.head_dim}")
+        if batch and (block_tables.min() < 0 or block_tables.max() >= self.num_blocks):
+            raise ValueError("decode_attention: a block id outside the KV cache")
+        lens = np.asarray(context_lens)                             # (B,)
+        if batch and (lens.min() < 1 or lens.max() > max_blocks * self.block_size):
+            raise ValueError("decode_attention: a context length outside 1 .. its block table")
 
     def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
         """Copy-on-write: block src -> block dst in every layer, for each (src, dst) pair.

@@ -3,17 +3,10 @@
  * extension runs on any x86-64 and is fast on the common one. */
 #include "matmul.h"
 
-#include <string.h>
+#include "vecf.h"
+
 #ifdef _OPENMP
 #include <omp.h>
-#endif
-
-typedef float v8f __attribute__((vector_size(32)));
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VL_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define VL_CLONES
 #endif
 
 #define ROWS 3          /* weight rows per tile for each 4 inputs: 12 accumulators */
@@ -21,17 +14,6 @@ typedef float v8f __attribute__((vector_size(32)));
 #define ROWS_ONE 6      /* weight rows per tile for an input left over (B % 4): 6 streams */
 #define MAX_ROWS 6
 #define PF_AHEAD 6      /* the weight rows a block prefetches: the next block's */
-
-static inline __attribute__((always_inline)) v8f load8(const float *p) {
-    v8f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-/* Lanes 0..7 added pairwise in a fixed order. */
-static inline __attribute__((always_inline)) float hsum(v8f v) {
-    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-}
 
 /* `rows` weight rows x `cols` inputs (compile-time constants at each call site). Every
  * (row, input) pair gets the same arithmetic whatever the tile: 8 lane sums over k, hsum, then

@@ -418,9 +418,8 @@ class Model:
         """All decoding sequences in one padded call, each prefilling sequence on its own."""
         out = np.empty_like(q)                                           # (T, n_head, head_dim)
         if plan.decode_rows.size:
-            k, v = kv.gather_padded(index, plan.decode_tables)           # (B, max_len, kv, d) each
-            out[plan.decode_rows] = ops.decode_attention(q[plan.decode_rows], k, v, plan.decode_lens,
-                                                         self.attn_scale)
+            out[plan.decode_rows] = kv.decode_attention(index, q[plan.decode_rows], plan.decode_tables,
+                                                        plan.decode_lens, self.attn_scale)
         for seq in plan.prefill:
             rows = slice(batch.query_start[seq], batch.query_start[seq + 1])
             num_computed = batch.num_computed[seq]

@@ -1,0 +1,103 @@
+"""The compiled paged decode attention (engine/attention.c) against its numpy reference
+(kvcache.gather_padded + ops.decode_attention), its batch invariance, and the cache's checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from velollmd.engine import kernels, ops
+from velollmd.engine.kvcache import PagedKVCache
+
+LAYERS, BLOCKS = 2, 40
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    before = kernels.num_threads()
+    yield
+    kernels.set_num_threads(before)
+
+
+def filled_cache(block_size: int, n_head_kv: int, head_dim: int, seed: int = 0) -> PagedKVCache:
+    cache = PagedKVCache(LAYERS, BLOCKS, block_size, n_head_kv, head_dim)
+    rng = np.random.default_rng(seed)
+    cache.k[...] = rng.standard_normal(cache.k.shape, dtype=np.float32) * 2
+    cache.v[...] = rng.standard_normal(cache.v.shape, dtype=np.float32)
+    return cache
+
+
+def random_tables(lens: list[int], block_size: int, seed: int) -> np.ndarray:
+    """(B, max_blocks): each sequence its own shuffled blocks; padding ids are valid blocks too."""
+    needed = [-(-n // block_size) for n in lens]
+    order = np.random.default_rng(seed).permutation(BLOCKS)
+    tables = np.zeros((len(lens), max(needed)), dtype=np.int64)   # (B, max_blocks)
+    start = 0
+    for row, n in enumerate(needed):
+        tables[row, :n] = order[start:start + n]
+        tables[row, n:] = order[-1]          # another sequence's block: must be ignored
+        start += n
+    return tables
+
+
+def reference(cache: PagedKVCache, layer: int, q: np.ndarray, tables: np.ndarray, lens: np.ndarray,
+              scale: float) -> np.ndarray:
+    k, v = cache.gather_padded(layer, tables)                      # (B, max_len, kv, d) each
+    return ops.decode_attention(q, k, v, lens, scale)              # (B, n_head, d)
+
+
+def test_the_kernel_is_built():
+    assert kernels.COMPILED, "velollmd/engine/_matmul is not built: run `make install`"
+
+
+@pytest.mark.parametrize("n_head, n_head_kv, head_dim", [(16, 4, 64), (4, 4, 8), (7, 1, 13), (6, 2, 72),
+                                                        (8, 2, 128)])
+@pytest.mark.parametrize("block_size, lens", [(16, [129, 1, 16, 17, 40, 8, 9, 100]), (3, [1, 2, 7, 30]),
+                                              (8, [64])])
+def test_paged_kernel_equals_the_numpy_reference(n_head, n_head_kv, head_dim, block_size, lens):
+    cache = filled_cache(block_size, n_head_kv, head_dim, seed=head_dim)
+    tables, context_lens = random_tables(lens, block_size, seed=len(lens)), np.array(lens)
+    q = np.random.default_rng(1).standard_normal((len(lens), n_head, head_dim), dtype=np.float32)
+    got = kernels.paged_decode_attention(q, cache.k[1], cache.v[1], tables, context_lens, 0.3)
+    assert got.shape == q.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, reference(cache, 1, q, tables, context_lens, 0.3), rtol=1e-5, atol=1e-5)
+
+
+def test_a_sequence_does_not_depend_on_its_batch_or_the_thread_count():
+    """Bit for bit: alone, in any batch, with 1 or 3 threads (a decode step's greedy tokens)."""
+    lens = [33, 5, 128, 1, 70, 16]
+    cache, tables = filled_cache(16, 4, 64), random_tables(lens, 16, seed=5)
+    q = np.random.default_rng(2).standard_normal((len(lens), 16, 64), dtype=np.float32)
+    kernels.set_num_threads(3)
+    batched = cache.decode_attention(0, q, tables, np.array(lens), 0.125)
+    kernels.set_num_threads(1)
+    for row, n in enumerate(lens):
+        alone = cache.decode_attention(0, q[row:row + 1], tables[row:row + 1, :-(-n // 16)], np.array([n]), 0.125)
+        assert np.array_equal(alone[0], batched[row]), row
+    assert np.array_equal(cache.decode_attention(0, q[2:5], tables[2:5], np.array(lens[2:5]), 0.125),
+                          batched[2:5])
+
+
+def test_without_the_extension_the_cache_uses_the_numpy_reference(monkeypatch):
+    lens = [20, 3]
+    cache, tables = filled_cache(8, 2, 16), random_tables(lens, 8, seed=9)
+    q = np.random.default_rng(3).standard_normal((2, 4, 16), dtype=np.float32)
+    compiled = cache.decode_attention(1, q, tables, np.array(lens), 0.25)
+    monkeypatch.setattr(kernels, "COMPILED", False)
+    fallback = cache.decode_attention(1, q, tables, np.array(lens), 0.25)
+    assert np.array_equal(fallback, reference(cache, 1, q, tables, np.array(lens), 0.25))
+    np.testing.assert_allclose(compiled, fallback, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("what, tables, lens, q_shape", [
+    ("block id past the cache", [[0, BLOCKS]], [20], (1, 4, 16)),
+    ("negative block id", [[-1, 2]], [5], (1, 4, 16)),
+    ("empty context", [[0, 1]], [0], (1, 4, 16)),
+    ("context past the table", [[0, 1]], [17], (1, 4, 16)),
+    ("lengths for another batch", [[0, 1]], [3, 4], (1, 4, 16)),
+    ("head_dim of another model", [[0, 1]], [3], (1, 4, 8)),
+    ("query heads not a multiple of KV heads", [[0, 1]], [3], (1, 3, 16)),
+])
+def test_the_cache_refuses_what_the_kernel_would_read_out_of_bounds(what, tables, lens, q_shape):
+    cache = filled_cache(8, 2, 16)
+    with pytest.raises(ValueError):
+        cache.decode_attention(0, np.zeros(q_shape, np.float32), np.array(tables), np.array(lens), 0.25)

@@ -1,0 +1,17 @@
+/* Decode attention straight from the paged KV cache (velollmd.engine._matmul, attention.c).
+ *
+ * B sequences, one new token each: q (B, n_head, head_dim) attends over its sequence's first
+ * context_lens[b] positions, read where they live in one layer's pages, k_cache and v_cache
+ * (num_blocks, block_size, n_head_kv, head_dim); position t of sequence b is in block
+ * block_tables[b, t / block_size] (block_tables (B, max_blocks)). Query head h reads KV head
+ * h / (n_head / n_head_kv). scores (B, n_head, max_blocks * block_size) is scratch; out
+ * (B, n_head, head_dim). No dense copy of the K/V is made, and each (sequence, KV head) is
+ * computed alone in a fixed order: a sequence's result does not depend on its batch or the
+ * thread count. The caller checks the block ids and lengths (kvcache.py).
+ */
+#include <stdint.h>
+
+void vl_decode_attention(const float *q, const float *k_cache, const float *v_cache,
+                         const int64_t *block_tables, const int64_t *context_lens, float *scores,
+                         float *out, int64_t B, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
+                         int64_t block_size, int64_t max_blocks, float scale, int num_threads);
