@@ -22,9 +22,13 @@ generates max_tokens (the counts are reported, from each server's own usage chun
 7. --health-only (only this): /health idle vs under load, the daemon of this tree next to a
    --before checkout and/or this tree under other --switch-intervals, A B A B over --rounds.
 
+8. --scaling-only (only this): the engine's tok/s at c=1 and c=8 and their ratio, the same
+   variants A B A B (no llama-server: for a machine where it cannot run, and for a before/after).
+
     .venv/bin/python benchmarks/engine.py [--quick] [--shapes tiny,small] [--rounds 2] [--threads N]
     .venv/bin/python benchmarks/engine.py --profile --shapes small
     .venv/bin/python benchmarks/engine.py --health-only --shapes tiny --rounds 4 --before /tmp/base
+    .venv/bin/python benchmarks/engine.py --scaling-only --shapes small --rounds 4 --before /tmp/base
 """
 from __future__ import annotations
 
@@ -250,19 +254,11 @@ async def measure_health(url: str, model: str, args, quiet: bool = False) -> dic
 def bench_health(shape: str, args) -> None:
     """--health-only: /health idle vs under engine load for each daemon variant (this tree,
     --before's checkout, this tree with each --switch-intervals value), measured in turn."""
-    path = model_file(shape, args.dtype)
-    toml = engine_toml(path, args)
-    variants = {"this tree": Daemon(toml)}
-    if args.before:
-        variants["before"] = Daemon(toml, root=Path(args.before).resolve())
-    for interval in args.switch_intervals:
-        variants[f"this tree, switch interval {interval * 1e3:g} ms"] = Daemon(toml, switch_interval=interval)
+    variants = daemon_variants(shape, args)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     print(f"\n== {shape}: /health idle vs engine at c=8, {args.rounds} rounds, threads {args.threads}", flush=True)
     try:
-        for daemon in variants.values():
-            daemon.start()
-            uvloop.run(decode_batch(HTTPClient(daemon.url), "tiny", 1, 4))     # loads the model
+        start_warm(variants)
         for round_index in range(args.rounds):                              # A B A B ...
             for name, daemon in variants.items():
                 run = uvloop.run(measure_health(daemon.url, "tiny", args, quiet=True))
@@ -279,6 +275,49 @@ def bench_health(shape: str, args) -> None:
         print(f"| {name} | {fmt_range([r['idle']['p50'] for r in rs], 2)} / {fmt_range([r['idle']['p99'] for r in rs], 2)} "
               f"| {fmt_range([r['load']['p50'] for r in rs], 2)} / {fmt_range([r['load']['p99'] for r in rs], 2)} "
               f"| **{fmt_range([r['ratio'] for r in rs], 2)}** | {fmt_range([r['tok_s'] for r in rs])} |")
+
+
+def daemon_variants(shape: str, args) -> dict[str, Daemon]:
+    """The engine daemons to compare (not started): this tree, --before's checkout, this tree
+    with each --switch-intervals value."""
+    toml = engine_toml(model_file(shape, args.dtype), args)
+    variants = {"this tree": Daemon(toml)}
+    if args.before:
+        variants["before"] = Daemon(toml, root=Path(args.before).resolve())
+    for interval in args.switch_intervals:
+        variants[f"this tree, switch interval {interval * 1e3:g} ms"] = Daemon(toml, switch_interval=interval)
+    return variants
+
+
+def start_warm(variants: dict[str, Daemon]) -> None:
+    for daemon in variants.values():
+        daemon.start()
+        uvloop.run(decode_batch(HTTPClient(daemon.url), "tiny", 1, 4))     # loads the model
+
+
+def bench_scaling(shape: str, args) -> None:
+    """--scaling-only: the engine's tok/s at c=1 and c=8 and c=8 / c=1 (issue 14's target) for each
+    daemon variant, A B A B: every round runs each variant's c=1 then its c=8 (no llama-server)."""
+    variants = daemon_variants(shape, args)
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    print(f"\n== {shape}: engine c=1 and c=8, {args.rounds} rounds, threads {args.threads}", flush=True)
+    try:
+        start_warm(variants)
+        for round_index in range(args.rounds):                              # A B A B ...
+            for name, daemon in variants.items():
+                c1, c8 = (uvloop.run(decode_batch(HTTPClient(daemon.url), "tiny", c, args.max_tokens))["tok_s"]
+                          for c in (1, 8))
+                runs[name].append((c1, c8))
+                print(f"  round {round_index + 1} {name}: c=1 {c1:.1f} tok/s, c=8 {c8:.1f} tok/s, "
+                      f"c=8 / c=1 {c8 / c1:.2f} (load average {os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        for daemon in variants.values():
+            daemon.stop()
+    print(f"\n| {shape} | c=1 tok/s | c=8 tok/s | c=8 / c=1 |")
+    print("|---|---|---|---|")
+    for name, rs in runs.items():
+        print(f"| {name} | {fmt_range([c1 for c1, _ in rs], 1)} | {fmt_range([c8 for _, c8 in rs], 1)} "
+              f"| **{fmt_range([c8 / c1 for c1, c8 in rs], 2)}** |")
 
 
 # ---- KV waste, in-process ----
@@ -448,9 +487,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="only the in-process decode-step profile")
     parser.add_argument("--health-only", action="store_true",
                         help="only /health idle vs under load, A B A B over the variants below")
-    parser.add_argument("--before", default="", help="--health-only: a checkout of the code before, side by side")
+    parser.add_argument("--scaling-only", action="store_true",
+                        help="only the engine's c=8 / c=1 tok/s, A B A B over the variants below")
+    parser.add_argument("--before", default="",
+                        help="--health-only, --scaling-only: a checkout of the code before, side by side")
     parser.add_argument("--switch-intervals", default="",
-                        help="--health-only: also this tree with sys.setswitchinterval(s), e.g. 0.001,0.0005")
+                        help="--health-only, --scaling-only: also this tree with sys.setswitchinterval(s), e.g. 0.001,0.0005")
     args = parser.parse_args()
     if args.quick:
         args.shapes, args.rounds, args.max_tokens = "tiny", 1, 16
@@ -462,6 +504,10 @@ def main() -> None:
     if args.health_only:
         for shape in args.shapes.split(","):
             bench_health(shape, args)
+        return
+    if args.scaling_only:
+        for shape in args.shapes.split(","):
+            bench_scaling(shape, args)
         return
     if args.profile:
         for shape in args.shapes.split(","):
