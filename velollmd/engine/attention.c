@@ -62,23 +62,53 @@ typedef struct {
     float scale;
 } shape_t;
 
-/* Row of position t's KV head h, for the unit's table (pages of block_size slots of row floats). */
+/* Where position t's K (or V) row for KV head h starts, as floats into the layer's pages. */
 static inline __attribute__((always_inline)) int64_t row_of(const shape_t *s, const int64_t *table,
                                                             int64_t t, int64_t h) {
     int64_t slot = table[t / s->block_size] * s->block_size + t % s->block_size;
     return (slot * s->n_head_kv + h) * s->head_dim;
 }
 
+/* Pointers to the K (or V) rows of KV head h at positions t0 .. t0 + 7, the ones past len
+ * repeating the last valid row. One division for the 8 (the first position's block). */
+static inline __attribute__((always_inline)) void rows8(const shape_t *s, const float *cache,
+                                                        const int64_t *table, int64_t t0, int64_t len,
+                                                        int64_t h, const float *rows[8]) {
+    int64_t step = s->n_head_kv * s->head_dim;            /* floats from one slot to the next */
+    int64_t valid = len - t0 < 8 ? len - t0 : 8, left = s->block_size - t0 % s->block_size;
+    rows[0] = cache + row_of(s, table, t0, h);
+    for (int i = 1; i < 8; i++) {                          /* the next slot, or the next block's first */
+        if (i < valid && --left == 0)
+            left = s->block_size;
+        rows[i] = i >= valid ? rows[i - 1] : left == s->block_size ? cache + row_of(s, table, t0 + i, h)
+                                                                   : rows[i - 1] + step;
+    }
+}
+
+/* Ask for head_dim floats at each of the 8 rows (one request per 64-byte line). */
+static inline __attribute__((always_inline)) void prefetch8(const float *const rows[8], int64_t d) {
+    for (int i = 0; i < 8; i++)
+        for (int64_t j = 0; j < d; j += 16)
+            __builtin_prefetch(rows[i] + j, 0, 3);
+}
+
+#define AHEAD 16    /* positions between the rows computed on and the rows prefetched */
+
 /* scores[g][t] for the group's queries over positions [0, len), 8 positions at a time (a last
- * partial 8 repeats its last row and keeps the valid lanes only: one code path for every score). */
+ * partial 8 repeats its last row and keeps the valid lanes only: one code path for every score);
+ * the rows AHEAD positions on are prefetched meanwhile (the pages are scattered: the hardware
+ * prefetcher sees a stride for a block's few rows only). Then the V rows of the first positions. */
 static inline __attribute__((always_inline)) void unit_scores(const shape_t *s, const float *q,
-                                                              const float *k_cache, const int64_t *table,
-                                                              int64_t len, int64_t h, float *scores,
-                                                              int64_t stride) {
+                                                              const float *k_cache, const float *v_cache,
+                                                              const int64_t *table, int64_t len, int64_t h,
+                                                              float *scores, int64_t stride) {
+    const float *k[8], *later[8];
     for (int64_t t0 = 0; t0 < len; t0 += 8) {
-        const float *k[8];
-        for (int i = 0; i < 8; i++)
-            k[i] = k_cache + row_of(s, table, t0 + i < len ? t0 + i : len - 1, h);
+        if (t0 + AHEAD < len) {
+            rows8(s, k_cache, table, t0 + AHEAD, len, h, later);
+            prefetch8(later, s->head_dim);
+        }
+        rows8(s, k_cache, table, t0, len, h, k);
         int64_t valid = len - t0 < 8 ? len - t0 : 8;
         for (int64_t g = 0; g < s->group; g++) {
             v8f sums = dot8(q + g * s->head_dim, k, s->head_dim, s->scale);
@@ -89,19 +119,33 @@ static inline __attribute__((always_inline)) void unit_scores(const shape_t *s, 
                     scores[g * stride + t0 + i] = sums[i];
         }
     }
+    for (int64_t t0 = 0; t0 < len && t0 < AHEAD; t0 += 8) {
+        rows8(s, v_cache, table, t0, len, h, later);
+        prefetch8(later, s->head_dim);
+    }
 }
 
-/* out[j0 .. j0 + 8 * cols) of one query = sum over t (in order, from 0) of p[t] * V[t] there. */
+/* out[j0 .. j0 + 8 * cols) of one query = sum over t (in order, from 0) of p[t] * V[t] there;
+ * the rows AHEAD positions on are prefetched meanwhile. */
 static inline __attribute__((always_inline)) void weighted_v(const shape_t *s, const float *p,
                                                              const float *v_cache, const int64_t *table,
                                                              int64_t len, int64_t h, int64_t j0, int cols,
                                                              float *out) {
     v8f acc[8] = {{0}};
-    for (int64_t t = 0; t < len; t++) {
-        const float *v = v_cache + row_of(s, table, t, h) + j0;
-        v8f pv = {p[t], p[t], p[t], p[t], p[t], p[t], p[t], p[t]};
-        for (int c = 0; c < cols; c++)
-            acc[c] += pv * load8(v + 8 * c);
+    const float *v[8], *later[8];
+    for (int64_t t0 = 0; t0 < len; t0 += 8) {
+        if (t0 + AHEAD < len) {
+            rows8(s, v_cache, table, t0 + AHEAD, len, h, later);
+            prefetch8(later, s->head_dim);
+        }
+        rows8(s, v_cache, table, t0, len, h, v);
+        int64_t valid = len - t0 < 8 ? len - t0 : 8;
+        for (int64_t i = 0; i < valid; i++) {
+            float pt = p[t0 + i];
+            v8f pv = {pt, pt, pt, pt, pt, pt, pt, pt};
+            for (int c = 0; c < cols; c++)
+                acc[c] += pv * load8(v[i] + j0 + 8 * c);
+        }
     }
     for (int c = 0; c < cols; c++)
         store8(out + j0 + 8 * c, acc[c]);
@@ -114,7 +158,7 @@ static void attend(const shape_t *s, const float *q, const float *k_cache, const
                    const int64_t *table, int64_t len, int64_t h, float *scores, int64_t stride,
                    float *out) {
     int64_t d = s->head_dim;
-    unit_scores(s, q, k_cache, table, len, h, scores, stride);
+    unit_scores(s, q, k_cache, v_cache, table, len, h, scores, stride);
     for (int64_t g = 0; g < s->group; g++) {
         const float *p = scores + g * stride;
         float *o = out + g * d;
