@@ -160,9 +160,8 @@ static void attend(const shape_t *s, const float *q, const float *k_cache, const
     int64_t d = s->head_dim;
     unit_scores(s, q, k_cache, v_cache, table, len, h, scores, stride);
     for (int64_t g = 0; g < s->group; g++) {
-        const float *p = scores + g * stride;
-        float *o = out + g * d;
-        softmax(scores + g * stride, len);
+        float *p = scores + g * stride, *o = out + g * d;
+        softmax(p, len);
         int64_t j = 0;
         for (; j + 64 <= d; j += 64)
             weighted_v(s, p, v_cache, table, len, h, j, 8, o);
