@@ -32,11 +32,13 @@ def test_matmul_nt_equals_numpy(batch, k, n):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
-def test_a_row_does_not_depend_on_its_batch_or_the_thread_count():
-    """A sequence's logits are the same alone and batched with others (and with 1 or 3 threads)."""
+@pytest.mark.parametrize("batch, k", [(11, 300), (16, 64), (21, 1027)])
+def test_a_row_does_not_depend_on_its_batch_or_the_thread_count(batch, k):
+    """A sequence's logits are the same alone and batched with others (and with 1 or 3 threads):
+    groups of 8 (the wide tile, with AVX-512), of 4 and single inputs all sum alike."""
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((11, 300), dtype=np.float32)       # (B, K)
-    w = rng.standard_normal((517, 300), dtype=np.float32)      # (N, K)
+    x = rng.standard_normal((batch, k), dtype=np.float32)      # (B, K)
+    w = rng.standard_normal((517, k), dtype=np.float32)        # (N, K)
     kernels.set_num_threads(3)
     batched = kernels.matmul_nt(x, w)                          # (B, N)
     kernels.set_num_threads(1)

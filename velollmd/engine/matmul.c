@@ -1,7 +1,10 @@
 /* See matmul.h. Portable C with GCC vector extensions (8 float lanes); on x86-64 GCC also
  * builds an AVX2+FMA clone of the kernel and picks it at load time (target_clones), so the
- * extension runs on any x86-64 and is fast on the common one. */
+ * extension runs on any x86-64 and is fast on the common one; on a CPU with AVX-512, groups of
+ * 8 inputs take a wide tile (tile_x8) that does the same 8-lane sums two pairs at a time. */
 #include "matmul.h"
+
+#include <stdlib.h>
 
 #include "vecf.h"
 
@@ -44,33 +47,127 @@ static inline __attribute__((always_inline)) void tile(const float *w, const flo
         for (int c = 0; c < cols; c++) {
             float sum = hsum(acc[r][c]);
             for (int64_t t = k; t < K; t++)
-                sum += w[r * K + t] * x[c * K + t];
+                sum = __builtin_fmaf(w[r * K + t], x[c * K + t], sum);   /* one FMA in every build */
+            y[c * N + r] = sum;
+        }
+}
+
+typedef float v16f __attribute__((vector_size(64)));
+
+static inline __attribute__((always_inline)) v16f load16(const float *p) {
+    v16f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* [p[0..7], p[0..7]]: one weight row's 8 floats for both inputs of a pair. */
+static inline __attribute__((always_inline)) v16f dup8(const float *p) {
+    v8f h = load8(p);
+    return __builtin_shufflevector(h, h, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+
+#define X8 8            /* inputs per wide tile, in 4 pairs */
+
+/* ROWS_ONE weight rows x 8 inputs, the 16 lanes of acc[r][p] holding inputs 2p (lanes 0-7) and
+ * 2p + 1 (lanes 8-15): lane for lane the arithmetic of tile() (each lane an FMA chain over its
+ * k's, then hsum and the scalar tail), so the results are tile()'s bit for bit, with 24 of the
+ * 32 registers of AVX-512 as accumulators. xp: the 8 inputs packed (K / 8, 8 inputs, 8 floats)
+ * (pack_x8); x: the same inputs unpacked, for the tail of K. Prefetch as in tile(). */
+static inline __attribute__((always_inline)) void tile_x8(const float *w, const float *xp, const float *x,
+                                                         float *y, int64_t K, int64_t N, const float *pf,
+                                                         int64_t spread) {
+    v16f acc[ROWS_ONE][X8 / 2] = {{{0}}};
+    int64_t k = 0, countdown = 1;
+    for (; k + 8 <= K; k += 8, xp += 8 * X8) {
+        v16f xv[X8 / 2];
+        for (int p = 0; p < X8 / 2; p++)
+            xv[p] = load16(xp + 16 * p);
+        for (int r = 0; r < ROWS_ONE; r++) {
+            v16f wv = dup8(w + r * K + k);
+            for (int p = 0; p < X8 / 2; p++)
+                acc[r][p] += wv * xv[p];
+        }
+        if (pf && --countdown == 0) {
+            for (int r = 0; r < ROWS_ONE; r++)
+                __builtin_prefetch(pf + r * K, 0, 2);
+            pf += 16;
+            countdown = 2 * spread;
+        }
+    }
+    for (int r = 0; r < ROWS_ONE; r++)
+        for (int c = 0; c < X8; c++) {
+            v16f pair = acc[r][c / 2];
+            v8f lanes = c % 2 ? __builtin_shufflevector(pair, pair, 8, 9, 10, 11, 12, 13, 14, 15)
+                              : __builtin_shufflevector(pair, pair, 0, 1, 2, 3, 4, 5, 6, 7);
+            float sum = hsum(lanes);
+            for (int64_t t = k; t < K; t++)
+                sum = __builtin_fmaf(w[r * K + t], x[c * K + t], sum);   /* one FMA in every build */
             y[c * N + r] = sum;
         }
 }
 
 /* Rows [n0, n1) of w against all B inputs; each block of ROWS_ONE rows is read from memory once
  * and from L1 for the other inputs. From 4 inputs on, the block's tiles also prefetch the next
- * block, each group of 4 inputs its 1 / groups share of K, so that memory streams the next
- * weights while the core computes on these (without it a step's time was memory's plus the
- * FMAs', not the larger of the two: benchmarks/RESULTS.md, Engine). */
-VL_CLONES
-static void rows_kernel(const float *x, const float *w, float *y, int64_t B, int64_t K, int64_t N,
-                        int64_t n0, int64_t n1) {
-    int64_t n = n0, groups = B / COLS;
+ * block, each pass over the block (a group of 8 or 4 inputs) its 1 / passes share of K, so that
+ * memory streams the next weights while the core computes on these (without it a step's time was
+ * memory's plus the FMAs', not the larger of the two: benchmarks/RESULTS.md, Engine). With xp
+ * (the wide build only), groups of 8 inputs go through tile_x8. */
+static inline __attribute__((always_inline)) void rows_body(const float *x, const float *xp, const float *w,
+                                                           float *y, int64_t B, int64_t K, int64_t N,
+                                                           int64_t n0, int64_t n1) {
+    int64_t n = n0, wide = xp ? B / X8 : 0, passes = wide + (B - wide * X8) / COLS;
     for (; n + ROWS_ONE <= n1; n += ROWS_ONE) {
-        int64_t b = 0;
+        int64_t b = 0, pass = 0;
         const float *ahead = n + PF_AHEAD + ROWS_ONE <= N ? w + (n + PF_AHEAD) * K : NULL;
-        for (; b + COLS <= B; b += COLS)
+        for (; b < wide * X8; b += X8, pass++)
+            tile_x8(w + n * K, xp + b * (K / 8 * 8), x + b * K, y + b * N + n, K, N,
+                    ahead ? ahead + pass * K / passes : NULL, passes);
+        for (; b + COLS <= B; b += COLS, pass++)
             for (int r = 0; r < ROWS_ONE; r += ROWS)
                 tile(w + (n + r) * K, x + b * K, y + b * N + n + r, K, N, ROWS, COLS,
-                     ahead ? ahead + r * K + (b / COLS) * K / groups : NULL, groups);
+                     ahead ? ahead + r * K + pass * K / passes : NULL, passes);
         for (; b < B; b++)
             tile(w + n * K, x + b * K, y + b * N + n, K, N, ROWS_ONE, 1, NULL, 1);
     }
     for (; n < n1; n++)
         for (int64_t b = 0; b < B; b++)
             tile(w + n * K, x + b * K, y + b * N + n, K, N, 1, 1, NULL, 1);
+}
+
+VL_CLONES
+static void rows_kernel(const float *x, const float *w, float *y, int64_t B, int64_t K, int64_t N,
+                        int64_t n0, int64_t n1) {
+    rows_body(x, NULL, w, y, B, K, N, n0, n1);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VL_WIDE 1
+__attribute__((target("arch=x86-64-v4")))
+static void rows_kernel_wide(const float *x, const float *xp, const float *w, float *y, int64_t B, int64_t K,
+                             int64_t N, int64_t n0, int64_t n1) {
+    rows_body(x, xp, w, y, B, K, N, n0, n1);
+}
+
+static int has_avx512(void) {
+    static int known = -1;
+    if (known < 0)
+        known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+                && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+    return known;
+}
+#endif
+
+/* The first B / 8 * 8 inputs as tile_x8 reads them: per group of 8, (K / 8, 8 inputs, 8 floats). */
+static float *pack_x8(const float *x, int64_t B, int64_t K) {
+    int64_t groups = B / X8, blocks = K / 8;
+    float *xp = malloc(sizeof(float) * (size_t)(groups * X8 * blocks * 8 + 1));
+    if (!xp)
+        return NULL;
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t kb = 0; kb < blocks; kb++)
+            for (int c = 0; c < X8; c++)
+                memcpy(xp + ((g * blocks + kb) * X8 + c) * 8, x + (g * X8 + c) * K + kb * 8, 8 * sizeof(float));
+    return xp;
 }
 
 #define ROWS_PER_TASK 48    /* a task's weights: 48 rows (192 KiB at K = 1024) */
@@ -82,12 +179,24 @@ void vl_matmul_nt(const float *x, const float *w, float *y, int64_t B, int64_t K
         num_threads = 1;
     if (num_threads > num_tasks)
         num_threads = (int)num_tasks;
+    float *xp = NULL;
+#ifdef VL_WIDE
+    if (B >= X8 && has_avx512())
+        xp = pack_x8(x, B, K);         /* NULL (out of memory): the 8-lane tiles do it all */
+#endif
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
     for (int64_t task = 0; task < num_tasks; task++) {
         int64_t n0 = task * ROWS_PER_TASK;
         int64_t n1 = n0 + ROWS_PER_TASK < N ? n0 + ROWS_PER_TASK : N;
+#ifdef VL_WIDE
+        if (xp) {
+            rows_kernel_wide(x, xp, w, y, B, K, N, n0, n1);
+            continue;
+        }
+#endif
         rows_kernel(x, w, y, B, K, N, n0, n1);
     }
+    free(xp);
 }
 
 int vl_max_threads(void) {
