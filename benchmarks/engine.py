@@ -350,9 +350,14 @@ PROFILED = ("linear", "_attention", "decode_attention", "gather_padded", "rms_no
             "silu", "write", "__init__", "rope_cos_sin")
 
 
+BATCH_SIZES = (1, 8, 16)
+
+
 def profile_decode(path: Path, args) -> None:
     """Per-op ms of one decode step at B = 1, 8 and 16 (context 128), and the compiled matmul vs
-    OpenBLAS for the same steps (model.DECODE_ROWS B: the compiled kernel, 0: OpenBLAS)."""
+    OpenBLAS for the same steps (model.DECODE_ROWS B: the compiled kernel, 0: OpenBLAS). The
+    steps of all batch sizes and both variants are interleaved, so that the machine's load moves
+    them alike; then each B's step over B=1's (issue 14: c=8 / c=1 is about 8 / that ratio)."""
     import cProfile
     import pstats
 
@@ -362,26 +367,33 @@ def profile_decode(path: Path, args) -> None:
                          SchedulerConfig())
     model, kv = loaded.runner.model, loaded.runner.kv
     num_blocks, default_rows = -(-129 // kv.block_size), model_module.DECODE_ROWS
-    for batch_size in (1, 8, 16):
-        batch = Batch.pack([SeqChunk([7], 128, range(i * num_blocks, (i + 1) * num_blocks))
-                            for i in range(batch_size)])
-        times = {"compiled": [], "openblas": []}
-        for _ in range(args.rounds * 3):                   # A B A B ...
+    batches = {b: Batch.pack([SeqChunk([7], 128, range(i * num_blocks, (i + 1) * num_blocks)) for i in range(b)])
+               for b in BATCH_SIZES}
+    times = {(b, name): [] for b in BATCH_SIZES for name in ("compiled", "openblas")}
+    for _ in range(args.rounds * 3):                       # A B A B ..., every B in each round
+        for batch_size, batch in batches.items():
             for name, rows in (("compiled", batch_size), ("openblas", 0)):
                 model_module.DECODE_ROWS = rows
                 started = time.perf_counter()
                 model.forward(batch, kv)
-                times[name].append((time.perf_counter() - started) * 1e3)
-        model_module.DECODE_ROWS = default_rows
+                times[batch_size, name].append((time.perf_counter() - started) * 1e3)
+    model_module.DECODE_ROWS = default_rows
+    for batch_size, batch in batches.items():
         profiler = cProfile.Profile()
         profiler.runcall(lambda: [model.forward(batch, kv) for _ in range(10)])
         stats = pstats.Stats(profiler).stats
         per_op = {func[2]: cum / 10 * 1e3 for func, (_, _, _, cum, _) in stats.items() if func[2] in PROFILED
                   and ("engine" in func[0])}
-        print(f"  decode step B={batch_size}: compiled {fmt_range(times['compiled'], 1)} ms, OpenBLAS only "
-              f"{fmt_range(times['openblas'], 1)} ms (ratio {fmt_range([o / c for o, c in zip(times['openblas'], times['compiled'])], 2)}); "
+        compiled, openblas = times[batch_size, "compiled"], times[batch_size, "openblas"]
+        print(f"  decode step B={batch_size}: compiled {fmt_range(compiled, 1)} ms, OpenBLAS only "
+              f"{fmt_range(openblas, 1)} ms (ratio {fmt_range([o / c for o, c in zip(openblas, compiled)], 2)}); "
               "per op ms: " + ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(per_op.items(), key=lambda x: -x[1])),
               flush=True)
+    one = times[1, "compiled"]
+    for batch_size in BATCH_SIZES[1:]:
+        many = times[batch_size, "compiled"]
+        print(f"  step B={batch_size} / B=1, compiled: {statistics.median(many) / statistics.median(one):.2f} "
+              f"(medians), {min(many) / min(one):.2f} (minimums)", flush=True)
 
 
 # ---- one model ----
