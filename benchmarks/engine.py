@@ -254,21 +254,13 @@ async def measure_health(url: str, model: str, args, quiet: bool = False) -> dic
 def bench_health(shape: str, args) -> None:
     """--health-only: /health idle vs under engine load for each daemon variant (this tree,
     --before's checkout, this tree with each --switch-intervals value), measured in turn."""
-    variants = daemon_variants(shape, args)
-    runs: dict[str, list[dict]] = {name: [] for name in variants}
     print(f"\n== {shape}: /health idle vs engine at c=8, {args.rounds} rounds, threads {args.threads}", flush=True)
-    try:
-        start_warm(variants)
-        for round_index in range(args.rounds):                              # A B A B ...
-            for name, daemon in variants.items():
-                run = uvloop.run(measure_health(daemon.url, "tiny", args, quiet=True))
-                runs[name].append(run)
-                print(f"  round {round_index + 1} {name}: idle p99 {run['idle']['p99']:.2f} ms, load p50/p99 "
-                      f"{run['load']['p50']:.2f}/{run['load']['p99']:.2f} ms, ratio {run['ratio']:.2f}, "
-                      f"{run['tok_s']:.0f} tok/s", flush=True)
-    finally:
-        for daemon in variants.values():
-            daemon.stop()
+
+    def describe(run: dict) -> str:
+        return (f"idle p99 {run['idle']['p99']:.2f} ms, load p50/p99 {run['load']['p50']:.2f}/"
+                f"{run['load']['p99']:.2f} ms, ratio {run['ratio']:.2f}, {run['tok_s']:.0f} tok/s")
+    runs = run_rounds(daemon_variants(shape, args), args.rounds,
+                      lambda daemon: uvloop.run(measure_health(daemon.url, "tiny", args, quiet=True)), describe)
     print(f"\n| {shape} | idle p50 / p99 ms | load p50 / p99 ms | load p99 / idle p99 | tok/s at c=8 |")
     print("|---|---|---|---|---|")
     for name, rs in runs.items():
@@ -289,30 +281,38 @@ def daemon_variants(shape: str, args) -> dict[str, Daemon]:
     return variants
 
 
-def start_warm(variants: dict[str, Daemon]) -> None:
-    for daemon in variants.values():
-        daemon.start()
-        uvloop.run(decode_batch(HTTPClient(daemon.url), "tiny", 1, 4))     # loads the model
+def run_rounds(variants: dict[str, Daemon], rounds: int, measure, describe) -> dict[str, list]:
+    """Start and warm every variant, then `rounds` times measure(daemon) for each in turn (A B A
+    B ...), printing describe(result); the daemons are stopped at the end. {name: [result, ...]}."""
+    runs: dict[str, list] = {name: [] for name in variants}
+    try:
+        for daemon in variants.values():
+            daemon.start()
+            uvloop.run(decode_batch(HTTPClient(daemon.url), "tiny", 1, 4))     # loads the model
+        for round_index in range(rounds):
+            for name, daemon in variants.items():
+                runs[name].append(measure(daemon))
+                print(f"  round {round_index + 1} {name}: {describe(runs[name][-1])}", flush=True)
+    finally:
+        for daemon in variants.values():
+            daemon.stop()
+    return runs
 
 
 def bench_scaling(shape: str, args) -> None:
     """--scaling-only: the engine's tok/s at c=1 and c=8 and c=8 / c=1 (issue 14's target) for each
     daemon variant, A B A B: every round runs each variant's c=1 then its c=8 (no llama-server)."""
-    variants = daemon_variants(shape, args)
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     print(f"\n== {shape}: engine c=1 and c=8, {args.rounds} rounds, threads {args.threads}", flush=True)
-    try:
-        start_warm(variants)
-        for round_index in range(args.rounds):                              # A B A B ...
-            for name, daemon in variants.items():
-                c1, c8 = (uvloop.run(decode_batch(HTTPClient(daemon.url), "tiny", c, args.max_tokens))["tok_s"]
-                          for c in (1, 8))
-                runs[name].append((c1, c8))
-                print(f"  round {round_index + 1} {name}: c=1 {c1:.1f} tok/s, c=8 {c8:.1f} tok/s, "
-                      f"c=8 / c=1 {c8 / c1:.2f} (load average {os.getloadavg()[0]:.1f})", flush=True)
-    finally:
-        for daemon in variants.values():
-            daemon.stop()
+
+    def measure(daemon: Daemon) -> tuple[float, float]:
+        return tuple(uvloop.run(decode_batch(HTTPClient(daemon.url), "tiny", c, args.max_tokens))["tok_s"]
+                     for c in (1, 8))
+
+    def describe(run: tuple[float, float]) -> str:
+        c1, c8 = run
+        return (f"c=1 {c1:.1f} tok/s, c=8 {c8:.1f} tok/s, c=8 / c=1 {c8 / c1:.2f} "
+                f"(load average {os.getloadavg()[0]:.1f})")
+    runs = run_rounds(daemon_variants(shape, args), args.rounds, measure, describe)
     print(f"\n| {shape} | c=1 tok/s | c=8 tok/s | c=8 / c=1 |")
     print("|---|---|---|---|")
     for name, rs in runs.items():

@@ -94,22 +94,29 @@ static inline __attribute__((always_inline)) void prefetch8(const float *const r
 
 #define AHEAD 16    /* positions between the rows computed on and the rows prefetched */
 
+/* rows8 for t0, after a prefetch of the rows AHEAD positions on (the pages are scattered: the
+ * hardware prefetcher sees a stride for a block's few rows only); how many of the 8 are valid. */
+static inline __attribute__((always_inline)) int64_t rows8_ahead(const shape_t *s, const float *cache,
+                                                                 const int64_t *table, int64_t t0, int64_t len,
+                                                                 int64_t h, const float *rows[8]) {
+    if (t0 + AHEAD < len) {
+        rows8(s, cache, table, t0 + AHEAD, len, h, rows);
+        prefetch8(rows, s->head_dim);
+    }
+    rows8(s, cache, table, t0, len, h, rows);
+    return len - t0 < 8 ? len - t0 : 8;
+}
+
 /* scores[g][t] for the group's queries over positions [0, len), 8 positions at a time (a last
  * partial 8 repeats its last row and keeps the valid lanes only: one code path for every score);
- * the rows AHEAD positions on are prefetched meanwhile (the pages are scattered: the hardware
- * prefetcher sees a stride for a block's few rows only). Then the V rows of the first positions. */
+ * then a prefetch of the V rows of the first positions. */
 static inline __attribute__((always_inline)) void unit_scores(const shape_t *s, const float *q,
                                                               const float *k_cache, const float *v_cache,
                                                               const int64_t *table, int64_t len, int64_t h,
                                                               float *scores, int64_t stride) {
-    const float *k[8], *later[8];
+    const float *k[8];
     for (int64_t t0 = 0; t0 < len; t0 += 8) {
-        if (t0 + AHEAD < len) {
-            rows8(s, k_cache, table, t0 + AHEAD, len, h, later);
-            prefetch8(later, s->head_dim);
-        }
-        rows8(s, k_cache, table, t0, len, h, k);
-        int64_t valid = len - t0 < 8 ? len - t0 : 8;
+        int64_t valid = rows8_ahead(s, k_cache, table, t0, len, h, k);
         for (int64_t g = 0; g < s->group; g++) {
             v8f sums = dot8(q + g * s->head_dim, k, s->head_dim, s->scale);
             if (valid == 8)
@@ -120,8 +127,8 @@ static inline __attribute__((always_inline)) void unit_scores(const shape_t *s, 
         }
     }
     for (int64_t t0 = 0; t0 < len && t0 < AHEAD; t0 += 8) {
-        rows8(s, v_cache, table, t0, len, h, later);
-        prefetch8(later, s->head_dim);
+        rows8(s, v_cache, table, t0, len, h, k);
+        prefetch8(k, s->head_dim);
     }
 }
 
@@ -132,14 +139,9 @@ static inline __attribute__((always_inline)) void weighted_v(const shape_t *s, c
                                                              int64_t len, int64_t h, int64_t j0, int cols,
                                                              float *out) {
     v8f acc[8] = {{0}};
-    const float *v[8], *later[8];
+    const float *v[8];
     for (int64_t t0 = 0; t0 < len; t0 += 8) {
-        if (t0 + AHEAD < len) {
-            rows8(s, v_cache, table, t0 + AHEAD, len, h, later);
-            prefetch8(later, s->head_dim);
-        }
-        rows8(s, v_cache, table, t0, len, h, v);
-        int64_t valid = len - t0 < 8 ? len - t0 : 8;
+        int64_t valid = rows8_ahead(s, v_cache, table, t0, len, h, v);
         for (int64_t i = 0; i < valid; i++) {
             float pt = p[t0 + i];
             v8f pv = {pt, pt, pt, pt, pt, pt, pt, pt};
