@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..config import SchedulerConfig
+from ..core.looplag import busy_lag
 from .limiter import AdaptiveLimit, per_token
 from .request import RequestStatus, SchedRequest
 from .scheduler import RunnerOutput, ScheduledRequest, Scheduler, queue_timeout_error
@@ -55,10 +56,12 @@ class BackendQueue:
         return (len(self.scheduler.running) + len(self.scheduler.waiting)) / self.scheduler.max_running
 
     def record(self, request: SchedRequest, now: float) -> None:
-        """A request finished well: its latency feeds the adaptive limit, if any."""
+        """A request finished well: its latency feeds the adaptive limit, if any, with the
+        daemon's own event-loop lag when it is busy (each streamed token waits about one lag
+        for its turn): latency the daemon added, not the backend's queue."""
         if self.limit is not None:
             latency = per_token(now - request.started_at, request.num_output_tokens)
-            self.limit.on_sample(latency, len(self.scheduler.running))
+            self.limit.on_sample(latency, len(self.scheduler.running), busy_lag())
             self.scheduler.set_max_running(self.limit.limit)
 
 
