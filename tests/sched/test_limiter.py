@@ -238,3 +238,16 @@ def test_a_daemon_busy_from_its_start_still_warms_up():
     for _ in range(9):
         limit.on_sample(0.020, 9)
     assert limit.rtt_base == pytest.approx(0.020)
+
+
+def test_a_busy_daemon_does_not_grow_the_limit_up_to_a_queue_met_before():
+    """benchmarks/adaptive_limit.py --model arrival once took the limit from 10 to 69 in a
+    second when the lag, over-estimated, left nothing of the latency: busy windows grow only to
+    one short of the ceiling; past it an idle daemon's windows must show the queue is gone."""
+    limit = AdaptiveLimit(8)
+    simulate(limit, degrades_past(WIDTH), num_clients=32, num_requests=5_000, jitter=0.05)
+    ceiling = limit.ceiling
+    assert ceiling <= 11
+    for _ in range(2_000):
+        limit.on_sample(0.040, 32, lag=0.040)       # all of it the daemon's, as far as it knows
+    assert limit.limit <= ceiling - 1

@@ -49,8 +49,8 @@ noise. When the daemon's CPU is saturated (a wide backend, many streams) every r
 for the loop's turns, latency grows with the requests in flight as in a queue, and shrinking
 cannot help (the backend is not the bottleneck). A window where half the samples or more
 carry lag is the daemon's, not the backend's: it cannot shrink the limit, count towards a
-queue, or teach the unloaded latency; it may grow the limit when its latency less the lag
-shows no queue.
+queue, or teach the unloaded latency; it may grow the limit, up to one short of the ceiling,
+when its latency less the lag shows no queue.
 
 Latencies are per output token where the answer says how many (`per_token`): a long generation
 is not mistaken for queueing. The unloaded latency is not otherwise probed for (Envoy drops to a low
@@ -143,8 +143,9 @@ class AdaptiveLimit:
 
     def _update_busy(self, rtt: float, own_rtt: float, num_inflight: int) -> None:
         """A window of the busy daemon: `rtt` as measured, `own_rtt` less the loop's lag. It
-        grows the limit when `own_rtt` shows no queue; it does not shrink it, count towards a
-        queue or relearn the unloaded latency (the lag is an estimate). In the warm-up it
+        grows the limit when `own_rtt` shows no queue, up to one short of the ceiling (the lag
+        is an estimate: that a queue met there is gone is for a window of an idle daemon to
+        show); it does not shrink it, count towards a queue or relearn the unloaded latency. In the warm-up it
         counts, with `rtt` as the unloaded latency if it is the lowest yet: too high at worst,
         the first window of an idle daemon lowers it, and a daemon busy from its start must
         not keep the limit at its initial value."""
@@ -153,8 +154,9 @@ class AdaptiveLimit:
         else:
             quiet = own_rtt <= self.rtt_base * GROW_BELOW
             self.num_quiet = self.num_quiet + 1 if quiet else 0
-            if quiet and num_inflight * 2 >= self.estimate:
-                self.estimate = min(self.estimate + self._growth(self.estimate), self.max_limit)
+            if quiet and num_inflight * 2 >= self.estimate and self.estimate < self.ceiling - 1:
+                grown = self.estimate + self._growth(self.estimate)
+                self.estimate = min(grown, self.ceiling - 1, self.max_limit)
         self.num_updates += 1
 
     def _update(self, rtt: float, num_inflight: int) -> None:
