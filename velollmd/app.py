@@ -21,6 +21,7 @@ from .api.routes import Router
 from .backends.base import Backend
 from .backends.registry import Registry
 from .config import Config
+from .core.looplag import LoopLag
 from .core.pipeline import Pipeline
 from .core.service import Service
 from .errors import VeloError
@@ -45,6 +46,7 @@ class App:
         self.responses = ResponseStore(config.responses.store_max_entries, config.responses.store_max_bytes)
         self.router = self._routes(config)
         self._retiring: dict[Backend, asyncio.Task] = {}    # backends a reload took out
+        self.loop_lag = LoopLag()                            # the event loop's lag (core/looplag.py)
 
     def _routes(self, config: Config) -> Router:
         router = Router()
@@ -95,6 +97,7 @@ class App:
 
     async def start(self) -> None:
         """Start background work (health checks, snapshots); called once the loop runs."""
+        self.loop_lag.start()
         await self.registry.start()
         await self.pipeline.start()
 
@@ -102,6 +105,7 @@ class App:
         """Stop background work and release backend connections."""
         await self.pipeline.close()
         await self.registry.close()
+        self.loop_lag.stop()
         for backend, task in list(self._retiring.items()):
             task.cancel()
             await backend.close()

@@ -5,6 +5,8 @@ import bisect
 import math
 from collections import defaultdict
 
+from .core.looplag import monitor
+
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 QUEUE_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -191,4 +193,13 @@ class Metrics:
 
     def render(self, extra: list[str] | None = None) -> str:
         lines = [line for metric in self.all() for line in metric.render()]
-        return "\n".join(lines + (extra or [])) + "\n"
+        return "\n".join(lines + loop_lag_lines() + (extra or [])) + "\n"
+
+
+def loop_lag_lines() -> list[str]:
+    """The running loop's recent lag (core/looplag.py), when a monitor runs on it."""
+    current = monitor()
+    if current is None:
+        return []
+    return sampled("velollm_event_loop_lag_seconds", "gauge", "How late the daemon's event loop ran a timer "
+                   "due, the largest of the last second: its CPU saturated or taken", [({}, current.recent())])

@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
+from velollmd.core.looplag import BUSY_LAG_S
 from velollmd.sched.limiter import AdaptiveLimit
 
 
@@ -48,7 +49,7 @@ def queues_past(width: int, base_s: float = 0.020) -> Backend:
 
 def simulate(limit: AdaptiveLimit, backend: Backend, *, num_clients: int, num_requests: int,
              jitter: float = 0.0, daemon_s: float = 0.0, stalls: tuple[float, float] = (0.0, 0.0),
-             seed: int = 1) -> list[int]:
+             busy_s: float = 0.0, monitor: bool = False, seed: int = 1) -> list[int]:
     """Closed loop: each client sends its next request when its last one is answered, and
     the daemon admits requests while fewer than the limit are in flight. `jitter` spreads each
     request's work by +-that fraction. `daemon_s`: a request spends up to that long (uniform)
@@ -56,8 +57,13 @@ def simulate(limit: AdaptiveLimit, backend: Backend, *, num_clients: int, num_re
     answered before its slot is free: it holds a slot, and its measured latency includes
     that time, while the backend does not see it. `stalls` = (every_s, stall_s): the daemon
     stops for stall_s at random times, every_s apart on average (its CPU taken by another
-    process): nothing reaches the backend or leaves it meanwhile. Returns the limit after each
-    finished request."""
+    process): nothing reaches the backend or leaves it meanwhile. `busy_s`: the daemon's CPU is
+    saturated, each request waits busy_s per request in flight for its turns (half on the way to
+    the backend, half back), as a CPU-bound event loop makes every request wait. `monitor`: each
+    sample carries the lag the event-loop monitor (core/looplag.py) would report: busy_s x in
+    flight, or the length of a stall that ended while the request was in the daemon, when past
+    BUSY_LAG_S (admission passes none below it). Returns the
+    limit after each finished request."""
     rng = random.Random(seed)
     stall = _Stalls(rng, *stalls)
     now = work_done = 0.0              # seconds; work done at full speed by each request at the backend
@@ -69,7 +75,8 @@ def simulate(limit: AdaptiveLimit, backend: Backend, *, num_clients: int, num_re
     while len(history) < num_requests:
         while num_waiting and len(sending) + len(at_backend) + len(leaving) < limit.limit:
             num_waiting -= 1
-            heapq.heappush(sending, (now + rng.uniform(0, daemon_s), seq, now))
+            in_daemon = rng.uniform(0, daemon_s) + busy_s * (len(sending) + len(at_backend) + len(leaving)) / 2
+            heapq.heappush(sending, (now + in_daemon, seq, now))
             seq += 1
         speed = backend.speed(len(at_backend))
         finish = now + (_first(at_backend) - work_done) / speed
@@ -87,12 +94,15 @@ def simulate(limit: AdaptiveLimit, backend: Backend, *, num_clients: int, num_re
         elif _first(leaving) == when:
             num_inflight = len(sending) + len(at_backend) + len(leaving)
             _, _, admitted = heapq.heappop(leaving)
-            limit.on_sample(now - admitted, num_inflight)
+            lag = max(busy_s * num_inflight, stall.ended_within(admitted, now)) if monitor else 0.0
+            lag = lag if lag >= BUSY_LAG_S else 0.0
+            limit.on_sample(now - admitted, num_inflight, lag)
             num_waiting += 1
             history.append(limit.limit)
         else:                          # the backend answered: its work is done
             work_done, number, admitted = heapq.heappop(at_backend)
-            heapq.heappush(leaving, (now + rng.uniform(0, daemon_s), number, admitted))
+            in_daemon = rng.uniform(0, daemon_s) + busy_s * (len(sending) + len(at_backend) + len(leaving)) / 2
+            heapq.heappush(leaving, (now + in_daemon, number, admitted))
     return history
 
 
@@ -105,10 +115,11 @@ class _Stalls:
 
     def __init__(self, rng: random.Random, every_s: float, stall_s: float):
         self.rng, self.every_s, self.stall_s = rng, every_s, stall_s
-        self.start = self.end = 0.0
+        self.start = self.end = self.last_end = 0.0
         self._draw()
 
     def _draw(self) -> None:
+        self.last_end = self.end
         self.start = self.end + (self.rng.expovariate(1 / self.every_s) if self.every_s else math.inf)
         self.end = self.start + self.stall_s
 
@@ -117,3 +128,7 @@ class _Stalls:
         while now >= self.end:
             self._draw()
         return self.end if now >= self.start else now
+
+    def ended_within(self, since: float, now: float) -> float:
+        """The stall's length if one ended in (since, now], else 0."""
+        return self.stall_s if since < self.last_end <= now else 0.0

@@ -1,10 +1,12 @@
 """Admission with the adaptive limit: a backend that does not say its width starts at
 initial_concurrency and follows its latency; one that says it keeps its slots plus queue-ahead."""
 import asyncio
+import time
 from types import SimpleNamespace
 
 from tests.aio import run
 from velollmd.config import SchedulerConfig
+from velollmd.core.looplag import LoopLag
 from velollmd.sched.admission import Admission
 from velollmd.sched.request import SchedRequest
 
@@ -77,3 +79,27 @@ def test_adaptive_off_keeps_initial_concurrency():
         admission = Admission(SchedulerConfig(adaptive_concurrency=False, initial_concurrency=3), clock)
         return [await one_round(admission, backend(), clock, 16, 0.020, r) for r in range(10)]
     assert run(main()) == [3] * 10
+
+
+def test_a_sample_taken_while_the_loop_lags_carries_the_lag_per_hop():
+    """The loop held 100 ms (core/looplag.py sees it): a stream's sample carries the mean lag
+    per token (a hop per token), an answer in one piece the lag once, spread over its tokens;
+    the same sample without a lagging loop carries none."""
+    def finished(rid: str, stream: bool) -> SchedRequest:
+        request = SchedRequest(rid, "m", [1], 8, arrival_time=0.0, stream=stream)
+        request.started_at, request.num_output_tokens = 0.0, 8
+        return request
+
+    async def main():
+        queue = Admission(SchedulerConfig(), FakeClock()).queue_of(backend())
+        queue.record(finished("idle", stream=True), 0.020)
+        monitor = LoopLag(interval_s=0.01)
+        monitor.start()
+        await asyncio.sleep(0.03)
+        time.sleep(0.1)
+        queue.record(finished("stream", stream=True), 0.020)
+        queue.record(finished("whole", stream=False), 0.020)
+        monitor.stop()
+        return list(queue.limit.window_lags)
+    idle, stream, whole = run(main())
+    assert idle == 0.0 and stream > 0.0 and whole == stream / 8

@@ -1,10 +1,12 @@
 """The adaptive concurrency limit, driven by a deterministic simulation (tests/sched/limit_sim.py):
 the two backends of benchmarks/adaptive_limit.py that degrade past 8 in flight, a wide one and
 a queueing one, with the daemon's own time in each request (`daemon_s`) as the benchmark has it."""
+import math
+
 import pytest
 
 from tests.sched.limit_sim import degrades_past, queues_past, simulate, slows_past, wide
-from velollmd.sched.limiter import WARMUP, AdaptiveLimit, per_token, window_latency
+from velollmd.sched.limiter import CONFIRM, WARMUP, AdaptiveLimit, per_token, window_latency
 
 SETTLED = 5000                # finished requests before the limit counts as settled
 WIDTH = 8
@@ -167,3 +169,85 @@ def test_bad_samples_are_ignored_and_latency_is_per_token():
         limit.on_sample(value, 8)
     assert limit.window == []
     assert per_token(2.0, 100) == 0.02 and per_token(2.0, None) == 2.0 and per_token(2.0, 1) == 2.0
+
+
+@pytest.mark.parametrize("busy_s", [0.0005, 0.001])
+def test_a_busy_daemon_does_not_throttle_a_wide_backend(busy_s):
+    """The daemon's CPU is saturated (issue 13: 64 streams on a wide backend): each request
+    waits busy_s per request in flight for the loop's turns, which reads as a queue and took
+    the limit below the clients (13-17 here without the lag). With the loop's lag passed, those
+    windows do not shrink it and their latency less the lag lets it grow past the clients."""
+    def run(monitor: bool) -> list[int]:
+        return settled(simulate(AdaptiveLimit(8, max_limit=512), wide(), num_clients=64, num_requests=20_000,
+                                jitter=0.2, daemon_s=0.001, busy_s=busy_s, monitor=monitor))
+    assert max(run(monitor=False)) < 64
+    assert min(run(monitor=True)) >= 64
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("seed", [1, 2])
+def test_stalls_the_monitor_sees_do_not_move_the_limit_off_the_width(model, seed):
+    """The stalls of test_stalls_of_the_daemon_do_not_walk_the_limit_down, now with their lag
+    passed: the limit still settles near the width of a backend that degrades past it."""
+    history = simulate(AdaptiveLimit(8), MODELS[model], num_clients=32, num_requests=20_000,
+                       jitter=0.05, daemon_s=0.001, stalls=(0.5, 0.1), monitor=True, seed=seed)
+    assert 6 <= min(settled(history)) and max(settled(history)) <= 10
+
+
+def warmed_up(limit: AdaptiveLimit, latency: float = 0.020) -> AdaptiveLimit:
+    for _ in range(8 * WARMUP):
+        limit.on_sample(latency, limit.limit)
+    return limit
+
+
+def test_a_window_of_the_busy_daemon_does_not_shrink_or_count_as_a_queue():
+    """Latency 3x the unloaded, but every sample carries the loop's lag: the limit holds and no
+    queue is counted; the same windows without the lag are a queue (CONFIRM in a row)."""
+    limit = warmed_up(AdaptiveLimit(8))
+    for _ in range(8 * CONFIRM):
+        limit.on_sample(0.060, 8, lag=0.010)
+    assert limit.limit == 8 and limit.queued == [] and limit.ceiling == math.inf
+    assert limit.rtt_base == pytest.approx(0.020)
+    for _ in range(8 * CONFIRM):
+        limit.on_sample(0.060, 8)
+    assert limit.limit < 8 and limit.ceiling == 8
+
+
+def test_a_window_of_the_busy_daemon_grows_when_its_latency_less_the_lag_shows_no_queue():
+    limit = warmed_up(AdaptiveLimit(8))
+    for _ in range(8):
+        limit.on_sample(0.030, 8, lag=0.010)        # 20 ms of it the backend's: no queue
+    assert limit.limit == 9
+    limit = warmed_up(AdaptiveLimit(8))
+    for _ in range(8):
+        limit.on_sample(0.060, 8, lag=0.010)        # 50 ms the backend's: a queue, held
+    assert limit.limit == 8
+
+
+def test_a_daemon_busy_from_its_start_still_warms_up():
+    """Every window busy from the first: the warm-up learns the measured latency, so the limit
+    is not stuck at its initial value; the first idle window lowers the unloaded latency."""
+    limit = AdaptiveLimit(8)
+    for _ in range(8 * WARMUP):
+        limit.on_sample(0.030, 8, lag=0.010)
+    assert limit.num_updates == WARMUP and limit.rtt_base == pytest.approx(0.030)
+    for _ in range(8):
+        limit.on_sample(0.030, 8, lag=0.010)
+    assert limit.limit == 9
+    limit.num_stale = 0
+    for _ in range(9):
+        limit.on_sample(0.020, 9)
+    assert limit.rtt_base == pytest.approx(0.020)
+
+
+def test_a_busy_daemon_does_not_grow_the_limit_up_to_a_queue_met_before():
+    """benchmarks/adaptive_limit.py --model arrival once took the limit from 10 to 69 in a
+    second when the lag, over-estimated, left nothing of the latency: busy windows grow only to
+    one short of the ceiling; past it an idle daemon's windows must show the queue is gone."""
+    limit = AdaptiveLimit(8)
+    simulate(limit, degrades_past(WIDTH), num_clients=32, num_requests=5_000, jitter=0.05)
+    ceiling = limit.ceiling
+    assert ceiling <= 11
+    for _ in range(2_000):
+        limit.on_sample(0.040, 32, lag=0.040)       # all of it the daemon's, as far as it knows
+    assert limit.limit <= ceiling - 1

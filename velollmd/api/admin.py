@@ -11,6 +11,7 @@ import psutil
 from .. import __version__
 from ..backends.registry import Registry
 from ..config import MetricsConfig
+from ..core.looplag import recent_lag
 from ..core.pipeline import Pipeline
 from ..core.service import Service
 from ..errors import Unauthorized, VeloError
@@ -65,7 +66,7 @@ class AdminRoutes:
         process = psutil.Process()
         return Response.json({"object": "runtime", "tasks": len(asyncio.all_tasks()),
                               "open_fds": process.num_fds(), "threads": process.num_threads(),
-                              "rss_bytes": process.memory_info().rss,
+                              "rss_bytes": process.memory_info().rss, "loop_lag_s": round(recent_lag(), 6),
                               "backend_idle_connections": sum(getattr(b.client, "num_idle", 0)
                                                               for b in self.registry.backends)})
 

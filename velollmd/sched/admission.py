@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..config import SchedulerConfig
+from ..core.looplag import busy_lag
 from .limiter import AdaptiveLimit, per_token
 from .request import RequestStatus, SchedRequest
 from .scheduler import RunnerOutput, ScheduledRequest, Scheduler, queue_timeout_error
@@ -55,10 +56,16 @@ class BackendQueue:
         return (len(self.scheduler.running) + len(self.scheduler.waiting)) / self.scheduler.max_running
 
     def record(self, request: SchedRequest, now: float) -> None:
-        """A request finished well: its latency feeds the adaptive limit, if any."""
+        """A request finished well: its latency feeds the adaptive limit, if any, with the
+        part of it the daemon's own event loop added when busy: latency that is not the
+        backend's queue. Each hop of a request waits about one lag for its turn: a stream has
+        a hop per token, so per token about one lag; an answer in one piece is counted one hop
+        (it has a few: the lag is under-subtracted rather than over)."""
         if self.limit is not None:
             latency = per_token(now - request.started_at, request.num_output_tokens)
-            self.limit.on_sample(latency, len(self.scheduler.running))
+            lag = busy_lag()
+            lag = lag if request.stream else per_token(lag, request.num_output_tokens)
+            self.limit.on_sample(latency, len(self.scheduler.running), lag)
             self.scheduler.set_max_running(self.limit.limit)
 
 

@@ -43,6 +43,15 @@ The first WARMUP (3) windows only learn the unloaded latency, at the initial lim
 one is slow when connections to the backend are opened, and a limit grown past the width on
 it would take the overloaded latency of the next window for unloaded.
 
+What keeps the daemon's own load from throttling a backend it is not waiting for: the caller
+passes with each sample the lag of the daemon's event loop (core/looplag.py) when it is past
+noise. When the daemon's CPU is saturated (a wide backend, many streams) every request waits
+for the loop's turns, latency grows with the requests in flight as in a queue, and shrinking
+cannot help (the backend is not the bottleneck). A window where half the samples or more
+carry lag is the daemon's, not the backend's: it cannot shrink the limit, count towards a
+queue, or teach the unloaded latency; it may grow the limit, up to one short of the ceiling,
+when its latency less the lag shows no queue.
+
 Latencies are per output token where the answer says how many (`per_token`): a long generation
 is not mistaken for queueing. The unloaded latency is not otherwise probed for (Envoy drops to a low
 limit now and then to measure it): a limit that starts above the width of a backend that
@@ -89,6 +98,7 @@ class AdaptiveLimit:
         self.rtt_base = math.inf         # the lowest window latency seen: the unloaded backend
         self.ceiling = math.inf          # the limit at which the last queue showed
         self.window: list[float] = []
+        self.window_lags: list[float] = []   # the daemon's loop lag with each sample of the window
         self.max_inflight = 0            # in the current window
         self.num_stale = 0               # samples still to skip: admitted before the last change
         self.num_quiet = 0               # windows in a row without a queue
@@ -103,22 +113,51 @@ class AdaptiveLimit:
     def limit(self) -> int:
         return max(self.min_limit, int(self.estimate))
 
-    def on_sample(self, latency: float, num_inflight: int) -> None:
-        """One request finished: its latency (per token) and how many were in flight with it."""
+    def on_sample(self, latency: float, num_inflight: int, lag: float = 0.0) -> None:
+        """One request finished: its latency (per token), how many were in flight with it, and
+        the lag of the daemon's event loop as it finished (0.0: none past noise)."""
         if latency <= 0 or not math.isfinite(latency):
             return
         if self.num_stale:
             self.num_stale -= 1
             return
         self.window.append(latency)
+        self.window_lags.append(lag if lag > 0 and math.isfinite(lag) else 0.0)
         self.max_inflight = max(self.max_inflight, num_inflight)
         if len(self.window) >= max(MIN_WINDOW, self.limit // 2):
             before = self.limit
-            self._update(window_latency(self.window), self.max_inflight)
+            if self._daemon_busy():
+                own = [max(0.0, sample - lag) for sample, lag in zip(self.window, self.window_lags)]
+                self._update_busy(window_latency(self.window), window_latency(own), self.max_inflight)
+            else:
+                self._update(window_latency(self.window), self.max_inflight)
             if self.limit != before:
                 self.num_stale = num_inflight - 1
             self.window.clear()
+            self.window_lags.clear()
             self.max_inflight = 0
+
+    def _daemon_busy(self) -> bool:
+        """Half the window's samples or more finished while the daemon's loop lagged."""
+        return 2 * sum(1 for lag in self.window_lags if lag > 0) >= len(self.window_lags)
+
+    def _update_busy(self, rtt: float, own_rtt: float, num_inflight: int) -> None:
+        """A window of the busy daemon: `rtt` as measured, `own_rtt` less the loop's lag. It
+        grows the limit when `own_rtt` shows no queue, up to one short of the ceiling (the lag
+        is an estimate: that a queue met there is gone is for a window of an idle daemon to
+        show); it does not shrink it, count towards a queue or relearn the unloaded latency. In the warm-up it
+        counts, with `rtt` as the unloaded latency if it is the lowest yet: too high at worst,
+        the first window of an idle daemon lowers it, and a daemon busy from its start must
+        not keep the limit at its initial value."""
+        if self.num_updates < WARMUP:
+            self.rtt_base = min(self.rtt_base, rtt)
+        else:
+            quiet = own_rtt <= self.rtt_base * GROW_BELOW
+            self.num_quiet = self.num_quiet + 1 if quiet else 0
+            if quiet and num_inflight * 2 >= self.estimate and self.estimate < self.ceiling - 1:
+                grown = self.estimate + self._growth(self.estimate)
+                self.estimate = min(grown, self.ceiling - 1, self.max_limit)
+        self.num_updates += 1
 
     def _update(self, rtt: float, num_inflight: int) -> None:
         self._learn_base(rtt, num_inflight)

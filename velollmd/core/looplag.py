@@ -1,0 +1,103 @@
+"""How late the daemon's event loop runs what is due: its own CPU load, seen from inside.
+
+A timer due every INTERVAL_S measures how late it ran. When the loop is saturated (the daemon's
+CPU full, or taken by other processes), every callback waits for the turn in front of it, and so
+does every hop of a request (each chunk of a stream read from the backend and written to the
+client): that wait is in each latency sample the adaptive limit gets (sched/admission.py), where
+it reads like a queue in the backend. `recent_lag()` is the largest lateness of the last
+HISTORY ticks (about a second), or of a tick overdue now: past BUSY_LAG_S the daemon is busy,
+and admission passes the mean lag (about one hop's wait) with each sample.
+
+One monitor per loop, started and stopped with the daemon (App.start / App.close); the module
+functions find the running loop's monitor, so daemons in threads (tests) each see their own.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+INTERVAL_S = 0.025            # a tick every 25 ms
+HISTORY = 40                  # ticks remembered: the recent lag covers about a second
+BUSY_LAG_S = 0.005            # recent lag past this: the daemon is busy. Measured 2026-12-02
+                              # (proxy_overhead.py --backend wide): idle 0.4-4.2 ms, with the
+                              # daemon's CPU saturated (16-64 clients) 6-33 ms
+
+_monitors: dict[asyncio.AbstractEventLoop, LoopLag] = {}
+
+
+class LoopLag:
+    """A periodic loop.call_later tick that records how late it ran (seconds)."""
+
+    def __init__(self, interval_s: float = INTERVAL_S, history: int = HISTORY):
+        self.interval_s = interval_s
+        self.lags: deque[float] = deque(maxlen=history)    # the last ticks' lateness, seconds
+        self.max_lag = 0.0                                   # since start
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0                                      # time.monotonic() the next tick is due
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Tick on `loop` (the running one by default); `recent_lag()` finds it there."""
+        if self.running:
+            return
+        self._loop = loop or asyncio.get_running_loop()
+        _monitors[self._loop] = self
+        self._schedule()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._loop is not None and _monitors.get(self._loop) is self:
+            del _monitors[self._loop]
+
+    def recent(self) -> float:
+        """The largest lateness of the last ticks, or that of a tick overdue now (the loop is
+        stuck in, or just came out of, a long callback), seconds."""
+        overdue = time.monotonic() - self._due if self.running else 0.0
+        return max(max(self.lags, default=0.0), overdue)
+
+    def mean(self) -> float:
+        """The mean lateness of the last ticks: about the wait of one hop of a request for
+        its turn, where `recent()` is the worst of them."""
+        return sum(self.lags) / len(self.lags) if self.lags else 0.0
+
+    def _schedule(self) -> None:
+        # time.monotonic(), not loop.time(): uvloop's clock is read once per loop turn, so it
+        # would not see a turn that is still running.
+        self._due = time.monotonic() + self.interval_s
+        self._handle = self._loop.call_later(self.interval_s, self._tick)
+
+    def _tick(self) -> None:
+        lag = max(0.0, time.monotonic() - self._due)
+        self.lags.append(lag)
+        self.max_lag = max(self.max_lag, lag)
+        self._schedule()
+
+
+def monitor() -> LoopLag | None:
+    """The running loop's monitor (None outside a loop or when none was started)."""
+    try:
+        return _monitors.get(asyncio.get_running_loop())
+    except RuntimeError:
+        return None
+
+
+def recent_lag() -> float:
+    """The running loop's recent lag in seconds; 0.0 without a monitor."""
+    current = monitor()
+    return current.recent() if current is not None else 0.0
+
+
+def busy_lag() -> float:
+    """The lag a request finishing now carries per hop (the mean of the recent ticks) when the
+    daemon is busy (recent lag past BUSY_LAG_S), else 0.0; 0.0 without a monitor."""
+    current = monitor()
+    if current is None or current.recent() < BUSY_LAG_S:
+        return 0.0
+    return max(current.mean(), 1e-6)
