@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "velollmd"
-TOP_LEVEL = {"__init__", "__main__", "daemon", "app", "config", "errors", "log", "systemd", "metrics"}
+TOP_LEVEL = {"__init__", "__main__", "daemon", "app", "config", "errors", "log", "systemd", "metrics", "looplag"}
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess:

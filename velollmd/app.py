@@ -21,12 +21,12 @@ from .api.routes import Router
 from .backends.base import Backend
 from .backends.registry import Registry
 from .config import Config
-from .core.looplag import LoopLag
 from .core.pipeline import Pipeline
 from .core.service import Service
 from .errors import VeloError
 from .http.message import Request, Response
 from .log import AccessLog, RequestTrace, current_request
+from .looplag import LoopLag
 from .metrics import Metrics
 from .sched.keylimits import KeyLedger
 
@@ -46,7 +46,7 @@ class App:
         self.responses = ResponseStore(config.responses.store_max_entries, config.responses.store_max_bytes)
         self.router = self._routes(config)
         self._retiring: dict[Backend, asyncio.Task] = {}    # backends a reload took out
-        self.loop_lag = LoopLag()                            # the event loop's lag (core/looplag.py)
+        self.loop_lag = LoopLag()                            # the event loop's lag (velollmd/looplag.py)
 
     def _routes(self, config: Config) -> Router:
         router = Router()

@@ -5,7 +5,7 @@ import bisect
 import math
 from collections import defaultdict
 
-from .core.looplag import monitor
+from .looplag import monitor
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
@@ -197,7 +197,7 @@ class Metrics:
 
 
 def loop_lag_lines() -> list[str]:
-    """The running loop's recent lag (core/looplag.py), when a monitor runs on it."""
+    """The running loop's recent lag (velollmd/looplag.py), when a monitor runs on it."""
     current = monitor()
     if current is None:
         return []

@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from velollmd.core.looplag import BUSY_LAG_S
+from velollmd.looplag import BUSY_LAG_S
 from velollmd.sched.limiter import AdaptiveLimit
 
 
@@ -60,7 +60,7 @@ def simulate(limit: AdaptiveLimit, backend: Backend, *, num_clients: int, num_re
     process): nothing reaches the backend or leaves it meanwhile. `busy_s`: the daemon's CPU is
     saturated, each request waits busy_s per request in flight for its turns (half on the way to
     the backend, half back), as a CPU-bound event loop makes every request wait. `monitor`: each
-    sample carries the lag the event-loop monitor (core/looplag.py) would report: busy_s x in
+    sample carries the lag the event-loop monitor (velollmd/looplag.py) would report: busy_s x in
     flight, or the length of a stall that ended while the request was in the daemon, when past
     BUSY_LAG_S (admission passes none below it). Returns the
     limit after each finished request."""

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from tests.aio import run
 from velollmd.config import SchedulerConfig
-from velollmd.core.looplag import LoopLag
+from velollmd.looplag import LoopLag
 from velollmd.sched.admission import Admission
 from velollmd.sched.request import SchedRequest
 
@@ -82,7 +82,7 @@ def test_adaptive_off_keeps_initial_concurrency():
 
 
 def test_a_sample_taken_while_the_loop_lags_carries_the_lag_per_hop():
-    """The loop held 100 ms (core/looplag.py sees it): a stream's sample carries the mean lag
+    """The loop held 100 ms (velollmd/looplag.py sees it): a stream's sample carries the mean lag
     per token (a hop per token), an answer in one piece the lag once, spread over its tokens;
     the same sample without a lagging loop carries none."""
     def finished(rid: str, stream: bool) -> SchedRequest:

@@ -11,11 +11,11 @@ import psutil
 from .. import __version__
 from ..backends.registry import Registry
 from ..config import MetricsConfig
-from ..core.looplag import recent_lag
 from ..core.pipeline import Pipeline
 from ..core.service import Service
 from ..errors import Unauthorized, VeloError
 from ..http.message import Request, Response
+from ..looplag import recent_lag
 from ..metrics import Metrics, sampled, scheduler_lines
 from .access import Access
 

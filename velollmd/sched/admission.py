@@ -26,7 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..config import SchedulerConfig
-from ..core.looplag import busy_lag
+from ..looplag import busy_lag
 from .limiter import AdaptiveLimit, per_token
 from .request import RequestStatus, SchedRequest
 from .scheduler import RunnerOutput, ScheduledRequest, Scheduler, queue_timeout_error

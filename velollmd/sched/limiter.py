@@ -44,7 +44,7 @@ one is slow when connections to the backend are opened, and a limit grown past t
 it would take the overloaded latency of the next window for unloaded.
 
 What keeps the daemon's own load from throttling a backend it is not waiting for: the caller
-passes with each sample the lag of the daemon's event loop (core/looplag.py) when it is past
+passes with each sample the lag of the daemon's event loop (velollmd/looplag.py) when it is past
 noise. When the daemon's CPU is saturated (a wide backend, many streams) every request waits
 for the loop's turns, latency grows with the requests in flight as in a queue, and shrinking
 cannot help (the backend is not the bottleneck). A window where half the samples or more

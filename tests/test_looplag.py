@@ -5,8 +5,8 @@ import time
 import pytest
 import uvloop
 
-from velollmd.core import looplag
-from velollmd.core.looplag import BUSY_LAG_S, LoopLag
+from velollmd import looplag
+from velollmd.looplag import BUSY_LAG_S, LoopLag
 from velollmd.metrics import Metrics
 
 
