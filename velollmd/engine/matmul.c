@@ -18,6 +18,16 @@
 #define MAX_ROWS 6
 #define PF_AHEAD 6      /* the weight rows a block prefetches: the next block's */
 
+/* hsum of one (row, input) pair's 8 lane sums, then the scalar tail of K from k: the same
+ * arithmetic in tile() and tile_x8(), so a result does not depend on which tile ran it. */
+static inline __attribute__((always_inline)) float finish(v8f lanes, const float *w_row, const float *x_row,
+                                                         int64_t k, int64_t K) {
+    float sum = hsum(lanes);
+    for (int64_t t = k; t < K; t++)
+        sum = __builtin_fmaf(w_row[t], x_row[t], sum);   /* one FMA in every build */
+    return sum;
+}
+
 /* `rows` weight rows x `cols` inputs (compile-time constants at each call site). Every
  * (row, input) pair gets the same arithmetic whatever the tile: 8 lane sums over k, hsum, then
  * the scalar tail, so a result does not depend on B. With `pf`, the tile also prefetches K / spread
@@ -44,12 +54,8 @@ static inline __attribute__((always_inline)) void tile(const float *w, const flo
         }
     }
     for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++) {
-            float sum = hsum(acc[r][c]);
-            for (int64_t t = k; t < K; t++)
-                sum = __builtin_fmaf(w[r * K + t], x[c * K + t], sum);   /* one FMA in every build */
-            y[c * N + r] = sum;
-        }
+        for (int c = 0; c < cols; c++)
+            y[c * N + r] = finish(acc[r][c], w + r * K, x + c * K, k, K);
 }
 
 typedef float v16f __attribute__((vector_size(64)));
@@ -99,10 +105,7 @@ static inline __attribute__((always_inline)) void tile_x8(const float *w, const 
             v16f pair = acc[r][c / 2];
             v8f lanes = c % 2 ? __builtin_shufflevector(pair, pair, 8, 9, 10, 11, 12, 13, 14, 15)
                               : __builtin_shufflevector(pair, pair, 0, 1, 2, 3, 4, 5, 6, 7);
-            float sum = hsum(lanes);
-            for (int64_t t = k; t < K; t++)
-                sum = __builtin_fmaf(w[r * K + t], x[c * K + t], sum);   /* one FMA in every build */
-            y[c * N + r] = sum;
+            y[c * N + r] = finish(lanes, w + r * K, x + c * K, k, K);
         }
 }
 
