@@ -32,7 +32,6 @@ class LoopLag:
     def __init__(self, interval_s: float = INTERVAL_S, history: int = HISTORY):
         self.interval_s = interval_s
         self.lags: deque[float] = deque(maxlen=history)    # the last ticks' lateness, seconds
-        self.max_lag = 0.0                                   # since start
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0                                      # time.monotonic() the next tick is due
@@ -76,7 +75,6 @@ class LoopLag:
     def _tick(self) -> None:
         lag = max(0.0, time.monotonic() - self._due)
         self.lags.append(lag)
-        self.max_lag = max(self.max_lag, lag)
         self._schedule()
 
 
