@@ -96,6 +96,7 @@ def test_a_weight_keeps_the_files_values():
     assert np.array_equal(embedding_rows(w, ids), expected[ids])
     both = Q8Weight.concat([w, Q8Weight.from_raw(raw, (40, 96))])
     assert np.array_equal(both.rows(slice(None)), np.concatenate([expected, expected]))
+    assert w.matmul(np.zeros((0, 96), np.float32)).shape == (0, 40)
     with pytest.raises(QuantError):
         Q8Weight.from_raw(raw[:-1], (40, 96))
 

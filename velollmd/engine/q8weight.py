@@ -57,6 +57,8 @@ class Q8Weight:
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
         """x (T, K) float32 @ self^T -> (T, N), x rounded to Q8_0 blocks first."""
+        if x.shape[0] == 0:                 # e.g. a pass with no logits wanted
+            return np.empty((0, self.shape[0]), dtype=np.float32)
         if not kernels.COMPILED:
             return vecdot.round_activations(x, vecdot.Q8_0) @ self.rows(slice(None)).T
         xq, xd = quantize_rows(x)
