@@ -9,6 +9,7 @@ import pytest
 
 from tests.engine.ggml_lib import GgmlMulMat
 from tests.engine.q8_reference import int_lanes, reference_matmul_q8_0
+from tests.engine.test_vecdot import activations
 from tests.engine.weights import write_random_gguf
 from tests.rig.llama import tiny_gguf_tool
 from velollmd.engine import kernels, q8weight, vecdot
@@ -69,6 +70,20 @@ def test_a_row_does_not_depend_on_its_batch_or_the_thread_count(k):
                 assert np.array_equal(kernels.matmul_q8_0(xq[:batch], xd[:batch], wq, wd), alone[:batch])
     finally:
         kernels.set_num_threads(1)
+
+
+def test_the_compiled_quantiser_equals_vecdots():
+    """Mixed scales, zero blocks, -0.0, tiny and F16-extreme values, exact halves either side."""
+    rng = np.random.default_rng(6)
+    halves = np.arange(127, dtype=np.float32) + np.float32(0.5)                  # d = 1 below
+    near = (halves.view(np.int32)[None, :] + np.arange(-15, 16, dtype=np.int32)[:, None]).view(np.float32)
+    values = np.concatenate([near.ravel(), -near.ravel(), [0.49999997, 0.5, 2.5]]).astype(np.float32)
+    values = np.concatenate([values, np.zeros(-values.size % 31, np.float32)]).reshape(-1, 31)
+    ties = np.concatenate([np.full((len(values), 1), 127.0, np.float32), values], axis=1)  # (n, 32)
+    for x in (activations(rng, 6, 1024), ties, (rng.standard_normal((64, 2816)) * 3).astype(np.float32)):
+        d, q = vecdot.quantize_q8_0(x)                                            # (n, 1), (n, 32)
+        xq, xd = kernels.quantize_q8_0(x)
+        assert np.array_equal(xq, q.reshape(x.shape)) and np.array_equal(xd.ravel(), d.astype(np.float32).ravel())
 
 
 def test_an_unknown_path_is_refused():

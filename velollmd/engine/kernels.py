@@ -1,7 +1,8 @@
 """The engine's compiled decode kernels (matmul.c, matmul_q8.c, attention.c through cffi) and their threads.
 
     y = matmul_nt(x, w)          # x (B, K) @ w (N, K)^T -> (B, N) float32
-    y = matmul_q8_0(xq, xd, wq, wd)   # the same for Q8_0 x and w, integer dot products per block
+    xq, xd = quantize_q8_0(x)     # x (B, K) -> int8 (B, K), scales (B, K / 32), as vecdot's
+    y = matmul_q8_0(xq, xd, wq, wd)   # the same product for Q8_0 x and w: integer dot products
     out = paged_decode_attention(q, k_pages, v_pages, tables, lens, scale)   # (B, n_head, d)
     set_num_threads(4)           # this kernel's OpenMP threads and numpy's OpenBLAS threads
 
@@ -105,6 +106,18 @@ def q8_0_paths() -> list[str]:
     """The Q8_0 kernel's paths this CPU can run (COMPILED only), slowest first."""
     available = lib.vl_q8_0_paths()
     return [name for name, bit in Q8_PATHS.items() if bit and available & (1 << bit)]
+
+
+def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x (T, K) float32 -> Q8_0 values (T, K) int8 and scales (T, K / 32) float32 (COMPILED
+    only): vecdot.quantize_q8_0's, bit for bit, without numpy's per-call overhead."""
+    x = np.ascontiguousarray(x, dtype=np.float32)                                 # (T, K)
+    assert x.shape[-1] % 32 == 0, x.shape
+    xq = np.empty(x.shape, dtype=np.int8)                                         # (T, K)
+    xd = np.empty((x.shape[0], x.shape[1] // 32), dtype=np.float32)               # (T, K / 32)
+    lib.vl_quantize_q8_0(ffi.from_buffer("float[]", x), ffi.from_buffer("int8_t[]", xq),
+                         ffi.from_buffer("float[]", xd), xd.size)
+    return xq, xd
 
 
 def matmul_q8_0(xq: np.ndarray, xd: np.ndarray, wq: np.ndarray, wd: np.ndarray,

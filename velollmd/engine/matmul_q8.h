@@ -18,6 +18,10 @@ int vl_matmul_q8_0(const int8_t *xq, const float *xd, const int8_t *wq, const fl
                    int64_t B, int64_t K, int64_t N, int num_threads, int path);
 int vl_q8_0_paths(void);    /* bit (1 << path) set for each available path */
 
+/* ggml's quantize_row_q8_0_ref over num_blocks blocks of 32 floats: q (num_blocks * 32) int8,
+ * d (num_blocks) the F16 scale as float32 (vecdot.quantize_q8_0's values, bit for bit). */
+void vl_quantize_q8_0(const float *x, int8_t *q, float *d, int64_t num_blocks);
+
 #define VL_Q8_BEST 0
 #define VL_Q8_PORTABLE 1
 #define VL_Q8_AVX2 2

@@ -66,6 +66,9 @@ class Q8Weight:
 
 
 def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x (T, K) float32 -> its Q8_0 values xq (T, K) int8 and scales xd (T, K / 32) float32."""
+    """x (T, K) float32 -> its Q8_0 values xq (T, K) int8 and scales xd (T, K / 32) float32
+    (the compiled twin of vecdot.quantize_q8_0 when there is one: the same bits)."""
+    if kernels.COMPILED:
+        return kernels.quantize_q8_0(x)
     d, q = vecdot.quantize_q8_0(x)                                   # (n, 1) float16, (n, 32) int8
     return q.reshape(x.shape), d.astype(np.float32).reshape(x.shape[0], -1)
