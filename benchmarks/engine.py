@@ -357,7 +357,9 @@ def profile_decode(path: Path, args) -> None:
     """Per-op ms of one decode step at B = 1, 8 and 16 (context 128), and the compiled matmul vs
     OpenBLAS for the same steps (model.DECODE_ROWS B: the compiled kernel, 0: OpenBLAS). The
     steps of all batch sizes and both variants are interleaved, so that the machine's load moves
-    them alike; then each B's step over B=1's (issue 14: c=8 / c=1 is about 8 / that ratio)."""
+    them alike; then each B's step over B=1's (issue 14: c=8 / c=1 is about 8 / that ratio).
+    A Q8_0 file's matrices are Q8Weights, which take their integer kernel for any number of rows:
+    there the two variants differ only in the matrices of other types."""
     import cProfile
     import pstats
 

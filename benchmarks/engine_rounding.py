@@ -1,8 +1,10 @@
 """What the activation rounding (velollmd/engine/vecdot.py) costs the engine, in one process.
 
-The same loaded model runs each pass twice, A B A B ...: with its activation rounding (as
-loader.load sets it from the weight types) and with the rounding switched off (every ActBands
-emptied): a decode step at B = 1, 8, 16 (context 128) and a prefill of --prefill tokens. Also
+The same loaded model runs each pass three ways, A B C A B C ...: as loader.load makes it
+("rounded": Q8_0 matrices kept quantised and multiplied with integer dot products, q8weight.py;
+the other types' activations rounded as their ActBands say), "dequantised" (every Q8Weight
+replaced by its float32 values, activations still rounded: the engine before Q8Weight) and
+"float32" (dequantised, no rounding at all: every ActBands emptied): a decode step at B = 1, 8, 16 (context 128) and a prefill of --prefill tokens. Also
 the rounding alone on the decode step's inputs (round_activations per call, x its real shape).
 
     .venv/bin/python benchmarks/engine_rounding.py [--shapes small] [--dtype q8_0] [--threads 1]
@@ -21,15 +23,31 @@ from engine import fmt_range, model_file
 from velollmd.config import SchedulerConfig
 from velollmd.engine import loader, vecdot
 from velollmd.engine.model import Batch, Model, SeqChunk
+from velollmd.engine.q8weight import Q8Weight
 
 ACT_FIELDS = ("qkv_act", "wo_act", "gate_up_act", "down_act")
 
 
+WEIGHT_FIELDS = ("wqkv", "wo", "w_gate_up", "w_down")
+
+
+def dequantised(model: Model) -> Model:
+    """A shallow copy of model with every Q8Weight as its float32 values (ActBands kept)."""
+    def plain(w):
+        return w.rows(slice(None)) if isinstance(w, Q8Weight) else w
+    copy = Model.__new__(Model)
+    copy.__dict__.update(model.__dict__)
+    copy.layers = [dataclasses.replace(layer, **{f: plain(getattr(layer, f)) for f in WEIGHT_FIELDS})
+                   for layer in model.layers]
+    copy.token_embd = plain(model.token_embd)
+    copy.lm_head = copy.token_embd if model.lm_head is model.token_embd else plain(model.lm_head)
+    return copy
+
+
 def without_rounding(model: Model) -> Model:
-    """A shallow copy of model sharing its weights, every ActBands emptied."""
-    plain = Model.__new__(Model)
-    plain.__dict__.update(model.__dict__)
-    plain.layers = [dataclasses.replace(layer, **{f: () for f in ACT_FIELDS}) for layer in model.layers]
+    """dequantised(model), every ActBands emptied."""
+    plain = dequantised(model)
+    plain.layers = [dataclasses.replace(layer, **{f: () for f in ACT_FIELDS}) for layer in plain.layers]
     plain.lm_head_act = ()
     return plain
 
@@ -49,10 +67,12 @@ def compare(label: str, passes: dict, rounds: int) -> None:
     for _ in range(rounds):
         for name, run in passes.items():
             times[name] += timed_ms(run, 1)
-    rounded, plain = times["rounded"], times["float32"]
-    ratios = [r / p for r, p in zip(rounded, plain)]
-    print(f"  {label}: rounded {fmt_range(rounded, 1)} ms, float32 {fmt_range(plain, 1)} ms, "
-          f"ratio {fmt_range(ratios, 3)} (median {statistics.median(ratios):.3f})", flush=True)
+    first, *others = passes
+    parts = [f"{name} {fmt_range(times[name], 1)} ms" for name in passes]
+    for name in others:
+        ratios = [a / b for a, b in zip(times[first], times[name])]
+        parts.append(f"{first}/{name} {fmt_range(ratios, 3)} (median {statistics.median(ratios):.3f})")
+    print(f"  {label}: " + ", ".join(parts), flush=True)
 
 
 def rounding_alone(model: Model, batch_size: int, rounds: int) -> float:
@@ -75,7 +95,7 @@ def bench(shape: str, args) -> None:
     options = loader.EngineOptions(num_ctx=1024, kv_cache_mb=256, threads=args.threads)
     loaded = loader.load("r", path, options, SchedulerConfig())
     model, kv = loaded.runner.model, loaded.runner.kv
-    models = {"rounded": model, "float32": without_rounding(model)}
+    models = {"rounded": model, "dequantised": dequantised(model), "float32": without_rounding(model)}
     print(f"== {shape} {args.dtype}: threads {args.threads}, layer 0 Q/K/V bands {model.layers[0].qkv_act}",
           flush=True)
     num_blocks = -(-129 // kv.block_size)

@@ -1,6 +1,8 @@
-"""The engine's compiled decode kernels (matmul.c, attention.c through cffi) and their threads.
+"""The engine's compiled decode kernels (matmul.c, matmul_q8.c, attention.c through cffi) and their threads.
 
     y = matmul_nt(x, w)          # x (B, K) @ w (N, K)^T -> (B, N) float32
+    xq, xd = quantize_q8_0(x)     # x (B, K) -> int8 (B, K), scales (B, K / 32), as vecdot's
+    y = matmul_q8_0(xq, xd, wq, wd)   # the same product for Q8_0 x and w: integer dot products
     out = paged_decode_attention(q, k_pages, v_pages, tables, lens, scale)   # (B, n_head, d)
     set_num_threads(4)           # this kernel's OpenMP threads and numpy's OpenBLAS threads
 
@@ -93,6 +95,48 @@ def matmul_nt(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     y = np.empty((batch, n), dtype=np.float32)                    # (B, N)
     lib.vl_matmul_nt(ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", w),
                      ffi.from_buffer("float[]", y), batch, k, n, _num_threads)
+    return y
+
+
+# matmul_q8.h's paths: "best" (the fastest this CPU has) or one named
+Q8_PATHS = {"best": 0, "portable": 1, "avx2": 2, "vnni": 3}
+
+
+def q8_0_paths() -> list[str]:
+    """The Q8_0 kernel's paths this CPU can run (COMPILED only), slowest first."""
+    available = lib.vl_q8_0_paths()
+    return [name for name, bit in Q8_PATHS.items() if bit and available & (1 << bit)]
+
+
+def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x (T, K) float32 -> Q8_0 values (T, K) int8 and scales (T, K / 32) float32 (COMPILED
+    only): vecdot.quantize_q8_0's, bit for bit, without numpy's per-call overhead."""
+    x = np.ascontiguousarray(x, dtype=np.float32)                                 # (T, K)
+    assert x.shape[-1] % 32 == 0, x.shape
+    xq = np.empty(x.shape, dtype=np.int8)                                         # (T, K)
+    xd = np.empty((x.shape[0], x.shape[1] // 32), dtype=np.float32)               # (T, K / 32)
+    lib.vl_quantize_q8_0(ffi.from_buffer("float[]", x), ffi.from_buffer("int8_t[]", xq),
+                         ffi.from_buffer("float[]", xd), xd.size)
+    return xq, xd
+
+
+def matmul_q8_0(xq: np.ndarray, xd: np.ndarray, wq: np.ndarray, wd: np.ndarray,
+                path: str = "best") -> np.ndarray:
+    """Q8_0 x (B, K) @ Q8_0 w (N, K)^T -> (B, N) float32, as ggml_vec_dot_q8_0_q8_0 (matmul_q8.h;
+    COMPILED only). xq (B, K) and wq (N, K) int8; xd (B, K / 32) and wd (N, K / 32) float32."""
+    xq = np.ascontiguousarray(xq, dtype=np.int8)                                  # (B, K)
+    xd = np.ascontiguousarray(xd, dtype=np.float32)                               # (B, K / 32)
+    batch, k = xq.shape
+    n = wq.shape[0]
+    assert k % 32 == 0 and xd.shape == (batch, k // 32), (xq.shape, xd.shape)
+    assert wq.dtype == np.int8 and wq.flags.c_contiguous and wq.shape[1] == k, (wq.dtype, wq.shape, k)
+    assert wd.dtype == np.float32 and wd.flags.c_contiguous and wd.shape == (n, k // 32), wd.shape
+    y = np.empty((batch, n), dtype=np.float32)                                    # (B, N)
+    ran = lib.vl_matmul_q8_0(ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xd),
+                             ffi.from_buffer("int8_t[]", wq), ffi.from_buffer("float[]", wd),
+                             ffi.from_buffer("float[]", y), batch, k, n, _num_threads, Q8_PATHS[path])
+    if ran < 0:
+        raise ValueError(f"matmul_q8_0: path {path!r} is not available on this CPU ({q8_0_paths()})")
     return y
 
 

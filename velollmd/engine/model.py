@@ -17,6 +17,11 @@ Given each tensor's ggml type (tensor_types, as loader.read_model passes them), 
 rounds its input rows the way llama.cpp's CPU backend does for that weight type (vecdot.py:
 Q8_0 blocks for Q8_0/Q4_0/Q5_0 weights, Q8_K for K-quants, F16 for F16), so that the engine's
 logits are llama.cpp's; the multiplication itself stays float32. Without types, no rounding.
+
+Given get_q8 too (the loader's), a weight whose every part is Q8_0 (token_embd, the LM head,
+a fused Q/K/V...) stays quantised (q8weight.Q8Weight, ~1.1 bytes a value instead of 4) and is
+multiplied with integer dot products per block, as ggml_vec_dot_q8_0_q8_0 does, for prefill
+and decode rows alike.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import numpy as np
 
 from velollmd.engine import kernels, ops, vecdot
 from velollmd.engine.kvcache import PagedKVCache, slot_mapping
+from velollmd.engine.q8weight import Q8Weight
 
 ROPE_STYLE_OF_ARCH = {"llama": ops.ROPE_NORM, "mistral": ops.ROPE_NORM,
                       "qwen2": ops.ROPE_NEOX, "qwen3": ops.ROPE_NEOX}
@@ -38,6 +44,8 @@ QKV_BIAS_TENSORS = ("attn_q.bias", "attn_k.bias", "attn_v.bias")
 QK_NORM_TENSORS = ("attn_q_norm.weight", "attn_k_norm.weight")
 REQUIRED_OF_ARCH = {"qwen2": QKV_BIAS_TENSORS, "qwen3": QK_NORM_TENSORS}
 _MISSING = object()
+Q8_0 = vecdot.Q8_0
+Matrix = np.ndarray | Q8Weight      # a weight (out, in): float32, or Q8_0 kept quantised
 
 
 class UnsupportedModel(ValueError):
@@ -240,14 +248,14 @@ ActBands = tuple[tuple[int, int], ...]
 @dataclass
 class LayerWeights:
     attn_norm: np.ndarray           # (n_embd,)
-    wqkv: np.ndarray                # (q_dim + 2 * kv_dim, n_embd): Q, K, V fused
+    wqkv: Matrix                    # (q_dim + 2 * kv_dim, n_embd): Q, K, V fused
     bqkv: np.ndarray | None         # (q_dim + 2 * kv_dim,) qwen2
     q_norm: np.ndarray | None       # (head_dim,) qwen3
     k_norm: np.ndarray | None       # (head_dim,) qwen3
-    wo: np.ndarray                  # (n_embd, q_dim)
+    wo: Matrix                      # (n_embd, q_dim)
     ffn_norm: np.ndarray            # (n_embd,)
-    w_gate_up: np.ndarray           # (2 * n_ff, n_embd): gate then up, fused
-    w_down: np.ndarray              # (n_embd, n_ff)
+    w_gate_up: Matrix               # (2 * n_ff, n_embd): gate then up, fused
+    w_down: Matrix                  # (n_embd, n_ff)
     qkv_act: ActBands = ()          # the activation rounding of each weight (see ActBands)
     wo_act: ActBands = ()
     gate_up_act: ActBands = ()
@@ -261,9 +269,11 @@ class LayerWeights:
 DECODE_ROWS = 16
 
 
-def linear(x: np.ndarray, w: np.ndarray, act: ActBands = ()) -> np.ndarray:
+def linear(x: np.ndarray, w: Matrix, act: ActBands = ()) -> np.ndarray:
     """x (T, in) @ w (out, in)^T -> (T, out), x first rounded as llama.cpp would for w's type
-    (act, one rounding per band of w's rows; () none)."""
+    (act, one rounding per band of w's rows; () none). A Q8Weight rounds x to Q8_0 itself."""
+    if isinstance(w, Q8Weight):
+        return w.matmul(x)
     if len(act) <= 1:
         return _matmul(vecdot.round_activations(x, act[0][1]) if act else x, w)
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)                  # (T, out)
@@ -286,6 +296,11 @@ def _matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return x @ w.T
 
 
+def embedding_rows(table: Matrix, token_ids: np.ndarray) -> np.ndarray:
+    """The rows of token ids (T,) as a new float32 array (T, n_embd)."""
+    return table.rows(token_ids) if isinstance(table, Q8Weight) else table[token_ids]
+
+
 def act_bands(bands: Sequence[tuple[int, int]]) -> ActBands:
     """ActBands of a fused weight from (num_rows, weight ggml type) of its parts in order:
     neighbours with the same activation type merged; () when every part stays float32."""
@@ -302,36 +317,50 @@ def act_bands(bands: Sequence[tuple[int, int]]) -> ActBands:
 
 
 class Model:
-    """Float32 weights of one model and its forward pass; stateless between calls (the KV
+    """The weights of one model and its forward pass; stateless between calls (the KV
     cache is the caller's)."""
 
     def __init__(self, config: ModelConfig, get_tensor: Callable[[str], np.ndarray],
-                 tensor_types: Mapping[str, int] | None = None):
+                 tensor_types: Mapping[str, int] | None = None,
+                 get_q8: Callable[[str], Q8Weight] | None = None):
         """tensor_types: each tensor's ggml type (GGUFFile.tensors[name].ggml_type), so that
-        linear rounds activations as llama.cpp does for it; None: float32 throughout."""
+        linear rounds activations as llama.cpp does for it; None: float32 throughout.
+        get_q8: a Q8_0 tensor kept quantised (with tensor_types), for matrices all of Q8_0."""
         self.config = config
-        self._get_tensor = get_tensor
+        self._get_tensor, self._get_q8 = get_tensor, get_q8
         self._types = tensor_types or {}
         c = config
         self.q_dim, self.kv_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
-        self.token_embd = self._load("token_embd.weight", (c.n_vocab, c.n_embd))  # (n_vocab, n_embd)
+        self.token_embd = self._matrix(("token_embd.weight", c.n_vocab), cols=c.n_embd)  # (n_vocab, n_embd)
         self.layers = [self._load_layer(layer) for layer in range(c.n_layer)]
         self.output_norm = self._load("output_norm.weight", (c.n_embd,))        # (n_embd,)
         # (n_vocab, n_embd); tied: token_embd itself, no copy
         self.lm_head = (self.token_embd if c.tied_embeddings
-                        else self._load("output.weight", (c.n_vocab, c.n_embd)))
+                        else self._matrix(("output.weight", c.n_vocab), cols=c.n_embd))
         head_name = "token_embd.weight" if c.tied_embeddings else "output.weight"
         self.lm_head_act = self._act((head_name, c.n_vocab))
         factors = self._load("rope_freqs.weight", (c.n_rot // 2,)) if c.has_rope_freqs else None
         self.inv_freq = ops.rope_inv_freq(c.n_rot, c.rope_freq_base, c.rope_freq_scale, factors)  # (n_rot/2,)
         self.attn_scale = 1.0 / np.sqrt(c.head_dim)
-        self._get_tensor = self._types = None  # do not keep the loader (and what it maps) alive
+        self._get_tensor = self._get_q8 = self._types = None  # do not keep the loader (and its mapping) alive
 
     def _load(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         array = np.ascontiguousarray(self._get_tensor(name), dtype=np.float32)
         if array.shape != shape:
             raise UnsupportedModel(f"tensor {name!r} has shape {array.shape}, expected {shape}")
         return array
+
+    def _matrix(self, *parts: tuple[str, int], cols: int) -> Matrix:
+        """A weight fused from (tensor name, rows) parts stacked by rows, each (rows, cols):
+        kept Q8_0 when get_q8 is given and every part is Q8_0, else float32."""
+        if self._get_q8 is None or any(self._types.get(name) != Q8_0 for name, _ in parts):
+            arrays = [self._load(name, (num_rows, cols)) for name, num_rows in parts]
+            return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        weights = [self._get_q8(name) for name, _ in parts]
+        for (name, num_rows), weight in zip(parts, weights):
+            if weight.shape != (num_rows, cols):
+                raise UnsupportedModel(f"tensor {name!r} has shape {weight.shape}, expected {(num_rows, cols)}")
+        return weights[0] if len(weights) == 1 else Q8Weight.concat(weights)
 
     def _act(self, *parts: tuple[str, int]) -> ActBands:
         """ActBands of a weight fused from (tensor name, rows) parts; () when types are unknown."""
@@ -341,29 +370,25 @@ class Model:
 
     def _load_layer(self, layer: int) -> LayerWeights:
         c, p = self.config, f"blk.{layer}."
-        wq = self._load(p + "attn_q.weight", (self.q_dim, c.n_embd))
-        wk = self._load(p + "attn_k.weight", (self.kv_dim, c.n_embd))
-        wv = self._load(p + "attn_v.weight", (self.kv_dim, c.n_embd))
+        qkv = ((p + "attn_q.weight", self.q_dim), (p + "attn_k.weight", self.kv_dim),
+               (p + "attn_v.weight", self.kv_dim))
+        gate_up = ((p + "ffn_gate.weight", c.n_ff), (p + "ffn_up.weight", c.n_ff))
         bqkv = None
         if c.qkv_bias:
             bqkv = np.concatenate([self._load(p + "attn_q.bias", (self.q_dim,)),
                                    self._load(p + "attn_k.bias", (self.kv_dim,)),
                                    self._load(p + "attn_v.bias", (self.kv_dim,))])
-        gate = self._load(p + "ffn_gate.weight", (c.n_ff, c.n_embd))
-        up = self._load(p + "ffn_up.weight", (c.n_ff, c.n_embd))
         return LayerWeights(
             attn_norm=self._load(p + "attn_norm.weight", (c.n_embd,)),
-            wqkv=np.concatenate([wq, wk, wv]), bqkv=bqkv,
+            wqkv=self._matrix(*qkv, cols=c.n_embd), bqkv=bqkv,
             q_norm=self._load(p + "attn_q_norm.weight", (c.head_dim,)) if c.qk_norm else None,
             k_norm=self._load(p + "attn_k_norm.weight", (c.head_dim,)) if c.qk_norm else None,
-            wo=self._load(p + "attn_output.weight", (c.n_embd, self.q_dim)),
+            wo=self._matrix((p + "attn_output.weight", c.n_embd), cols=self.q_dim),
             ffn_norm=self._load(p + "ffn_norm.weight", (c.n_embd,)),
-            w_gate_up=np.concatenate([gate, up]),
-            w_down=self._load(p + "ffn_down.weight", (c.n_embd, c.n_ff)),
-            qkv_act=self._act((p + "attn_q.weight", self.q_dim), (p + "attn_k.weight", self.kv_dim),
-                              (p + "attn_v.weight", self.kv_dim)),
-            wo_act=self._act((p + "attn_output.weight", c.n_embd)),
-            gate_up_act=self._act((p + "ffn_gate.weight", c.n_ff), (p + "ffn_up.weight", c.n_ff)),
+            w_gate_up=self._matrix(*gate_up, cols=c.n_embd),
+            w_down=self._matrix((p + "ffn_down.weight", c.n_embd), cols=c.n_ff),
+            qkv_act=self._act(*qkv), wo_act=self._act((p + "attn_output.weight", c.n_embd)),
+            gate_up_act=self._act(*gate_up),
             down_act=self._act((p + "ffn_down.weight", c.n_embd)))
 
     def forward(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
@@ -374,9 +399,9 @@ class Model:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the float32 weights held (a tied LM head counted once)."""
+        """Bytes of the weights held (a tied LM head counted once)."""
         arrays = [self.token_embd, self.output_norm]
-        arrays += [a for layer in self.layers for a in vars(layer).values() if isinstance(a, np.ndarray)]
+        arrays += [a for layer in self.layers for a in vars(layer).values() if isinstance(a, Matrix)]
         return sum(a.nbytes for a in arrays) + (0 if self.config.tied_embeddings else self.lm_head.nbytes)
 
     def hidden(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
@@ -388,7 +413,7 @@ class Model:
             raise ValueError(f"Batch: a token id is outside the vocabulary (0..{self.config.n_vocab - 1})")
         plan = AttentionPlan(batch, kv.block_size, kv.num_blocks)
         cos, sin = ops.rope_cos_sin(batch.positions, self.inv_freq)      # (T, n_rot/2) each
-        x = self.token_embd[batch.token_ids]                             # (T, n_embd)
+        x = embedding_rows(self.token_embd, batch.token_ids)             # (T, n_embd)
         for index, layer in enumerate(self.layers):
             x += self._attention_block(index, layer, x, cos, sin, batch, plan, kv)
             x += self._ffn_block(layer, x)

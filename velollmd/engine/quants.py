@@ -92,6 +92,22 @@ def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.nd
     return out.reshape(shape)
 
 
+def split_q8_0(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A Q8_0 matrix's bytes, kept quantised: q (N, K) int8 and d (N, K / 32) float32 (each
+    block's F16 scale); q * d per block is dequantize's value, bit for bit."""
+    rows, cols = (int(n) for n in shape)
+    block_size, type_size = GGML_BLOCK_SIZES[GGML_TYPES["Q8_0"]]
+    if cols % block_size:
+        raise QuantError(f"row length {cols} is not a multiple of the Q8_0 block size {block_size}")
+    raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1)                    # (nbytes,)
+    if raw.size != rows * cols // block_size * type_size:
+        raise QuantError(f"{raw.size} bytes for {shape} Q8_0, expected {rows * cols // block_size * type_size}")
+    blocks = raw.reshape(-1, type_size)                                            # (n, 34)
+    d = _f16(blocks[:, :2]).reshape(rows, cols // block_size)                       # (N, K / 32)
+    q = np.ascontiguousarray(blocks[:, 2:]).view(np.int8).reshape(rows, cols)       # (N, K)
+    return q, d
+
+
 # Each decoder maps (n, type_size) uint8 blocks to (n, block_size) float32 values.
 
 def _f16(field: np.ndarray) -> np.ndarray:

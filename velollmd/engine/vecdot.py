@@ -11,6 +11,11 @@ multiplying in float32 as before:
     act = activation_type(ggml_type_of_weight)     # e.g. Q8_0 for a Q8_0 weight
     y = round_activations(x, act) @ w.T            # x (T, K): what llama.cpp's kernel sees
 
+A Q8_0 weight is not dequantised at all (q8weight.Q8Weight): its product quantises x with
+quantize_q8_0 (or its compiled twin) and takes ggml's integer dot products (kernels.matmul_q8_0),
+equal to ggml's mul_mat bit for bit (tests/engine/test_q8weight.py); round_activations serves
+the other types, and a Q8_0 weight fused with other types.
+
 tests/engine/test_vecdot.py checks model.linear this way against ggml's own mul_mat (the cached
 llama.cpp build): equal up to float32 sums for Q8_0, Q4_0, Q5_0, Q4_K, Q6_K, F16 and BF16 weights.
 What stays different: the order of float32 sums; the x86 SIMD Q8_0 quantiser scales by 127 / amax
