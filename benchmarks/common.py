@@ -118,6 +118,7 @@ class Daemon:
                            "runpy.run_module('velollmd', run_name='__main__', alter_sys=True)"]
         self.proc = subprocess.Popen([sys.executable, *start, "--config", str(self.config)],
                                      env=env, stderr=open(self.dir / "daemon.log", "wb"),
+                                     cwd=self.root,      # `-m` puts the cwd first on sys.path
                                      preexec_fn=pinned_to(self.cpus))
         wait_listening(self.port)
         time.sleep(0.3)                      # first health refresh of the backends
