@@ -66,7 +66,8 @@ class BackendQueue:
             lag = busy_lag()
             lag = lag if request.stream else per_token(lag, request.num_output_tokens)
             self.limit.on_sample(latency, len(self.scheduler.running), lag)
-            self.scheduler.set_max_running(self.limit.limit)
+            if self.limit.limit != self.scheduler.max_running:
+                self.scheduler.set_max_running(self.limit.limit)
 
 
 class Admission:
@@ -235,7 +236,8 @@ class Admission:
         queue.grants.pop(rid, None)
         queue.tasks.pop(rid, None)
         queue.preempted.discard(rid)
-        self._pump(backend, queue)
+        if scheduler.waiting:              # a freed slot only matters to a waiting request
+            self._pump(backend, queue)
 
     def stats(self) -> dict:
         return {name: {"num_slots": q.num_slots, "concurrency_limit": q.scheduler.max_running,
