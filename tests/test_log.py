@@ -4,7 +4,15 @@ import io
 import json
 import logging
 
-from velollmd.log import AccessLog, JSONFormatter, RequestTrace, begin_request, current_request_id
+from velollmd.log import (
+    AccessLog,
+    JSONFormatter,
+    RequestTrace,
+    begin_request,
+    current_request_id,
+    direct_handler,
+    setup_logging,
+)
 
 
 def test_overhead_is_total_minus_upstream_minus_queue_wait():
@@ -78,3 +86,39 @@ def test_the_access_line_is_json_of_the_entry_even_with_odd_values():
     assert line.pop("ts") == "2023-11-14T22:13:20.250Z"
     assert (line.pop("level"), line.pop("logger"), line.pop("msg")) == ("info", "velollmd.access", "access")
     assert line == {**trace.entry(), "completion_tokens": None}
+
+
+def test_the_access_line_skips_the_log_record_only_where_nothing_else_would_see_it():
+    """Behind setup_logging's handler alone the line is written straight to it; a handler or
+    a filter added anywhere on the way (tests, embedders) gets the record as before. The
+    line is the same either way."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    direct, extra = io.StringIO(), io.StringIO()
+    try:
+        setup_logging("warning", stream=direct)
+        access = AccessLog()
+        assert direct_handler(access.logger) is root.handlers[0]
+        trace = RequestTrace("r9", "POST", "/v1/chat/completions", started=0.0)
+        trace.finish(200)
+        access.write(trace)
+        other = logging.StreamHandler(extra)
+        other.setFormatter(JSONFormatter())
+        logging.getLogger("velollmd").addHandler(other)
+        try:
+            assert direct_handler(access.logger) is None
+            access.write(trace)
+        finally:
+            logging.getLogger("velollmd").removeHandler(other)
+        first, second = direct.getvalue().splitlines()
+        assert json.loads(first)["request_id"] == "r9" and extra.getvalue().splitlines() == [second]
+        strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "ts"}   # noqa: E731
+        assert strip(first) == strip(second)
+        access.logger.addFilter(lambda record: True)
+        try:
+            assert direct_handler(access.logger) is None
+        finally:
+            access.logger.filters.clear()
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)

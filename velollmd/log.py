@@ -64,13 +64,49 @@ def utc_timestamp(created: float) -> str:
     return f"{_second_text}.{int((created - second) * 1000):03d}Z"
 
 
+class LineHandler(logging.StreamHandler):
+    """The daemon's own handler (setup_logging's): it also takes a line written whole."""
+
+    def write_line(self, line: str) -> bool:
+        """`line` as emit() writes a formatted record: one write and a flush, under the lock.
+        False when the stream failed (the caller logs the line the usual way, which reports it)."""
+        try:
+            with self.lock:
+                self.stream.write(line + self.terminator)
+                self.stream.flush()
+        except Exception:
+            return False
+        return True
+
+
+def direct_handler(logger: logging.Logger) -> LineHandler | None:
+    """The one handler a record of `logger` would reach, when it is a LineHandler that takes
+    every INFO record and nothing on the way filters: a line can go to it without a
+    LogRecord. None otherwise (another handler or a filter added, as tests and embedders do)."""
+    node = logger
+    while node is not None:
+        if node.filters:
+            return None
+        if node.handlers:
+            handlers = node.handlers
+            if node.parent is not None or len(handlers) != 1:
+                return None
+            handler = handlers[0]
+            return handler if type(handler) is LineHandler and handler.level <= logging.INFO \
+                and not handler.filters else None
+        if not node.propagate:
+            return None
+        node = node.parent
+    return None
+
+
 def setup_logging(level: str = "info", stream=None, access: bool = True) -> None:
     """JSON lines on `stream`; the access log follows `access`, whatever the level. Records
     skip what no line shows (thread, process and task names, the caller's source line)."""
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.logAsyncioTasks = False
     logging._srcfile = None                   # no findCaller(): the docs' own optimisation
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = LineHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -223,7 +259,10 @@ class AccessLog:
         trace.on_done = None
         self.ring.append(trace)
         if self.logger.isEnabledFor(logging.INFO):
-            self.logger.info("access", extra={"line": trace.access_line(time.time())})
+            line = trace.access_line(time.time())
+            handler = direct_handler(self.logger)    # the same line without a LogRecord and its trip
+            if handler is None or not handler.write_line(line):
+                self.logger.info("access", extra={"line": line})
 
     def recent(self, limit: int | None = None) -> list[dict]:
         """The last `limit` records (all kept when None), oldest first."""

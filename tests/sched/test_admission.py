@@ -206,3 +206,38 @@ def test_streaming_requests_are_never_preempted():
         return seen, clients.stats()["num_preempted"]
     seen, num_preempted = run(main())
     assert seen == ["s"] and num_preempted == 0
+
+
+def test_a_slot_ended_well_is_given_back_after_the_task_step_that_left_it():
+    """The bookkeeping of a request that ended well waits for a callback of the same loop
+    turn (its task writes the answer first); then the slot goes to the waiter. One that
+    failed gives its slot back at once."""
+    async def main():
+        admission, target = Admission(slot_config()), backend(num_slots=1)
+        async with admission.slot(target, request("r1")):
+            pass
+        left = admission.stats()["b"]["num_running"]
+        await asyncio.sleep(0)
+        after = admission.stats()["b"]["num_running"]
+        with pytest.raises(ValueError):
+            async with admission.slot(target, request("r2")):
+                raise ValueError("backend answer unreadable")
+        failed = admission.stats()["b"]["num_running"]
+        first = asyncio.ensure_future(hold_until(admission, target, request("r3")))
+        await settle()
+        waiter = asyncio.ensure_future(hold_until(admission, target, request("r4")))
+        await settle()
+        waiting = admission.stats()["b"]["num_waiting"]
+        first.cancel()                      # r3 leaves by cancel: r4 is admitted
+        await settle()
+        assert (left, after, failed, waiting) == (1, 0, 0, 1)
+        assert admission.stats()["b"]["num_running"] == 1 and not waiter.done()
+        waiter.cancel()
+        await settle()
+        await admission.drained(target)
+    run(main())
+
+
+async def hold_until(admission, target, req):
+    async with admission.slot(target, req):
+        await asyncio.Event().wait()

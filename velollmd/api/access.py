@@ -116,10 +116,10 @@ class Access:
         return self._priorities.get(supplied_digest(key), self.scheduler.default_priority)
 
     def generate_request(self, request: Request, endpoint: str, body: dict, *, key: str | None = None,
-                         raw_key: str = "") -> GenerateRequest:
-        """The internal request for an API call, with its headers, the caller's key, its name
-        and priority (each read once), once the key may use the model and is under its limits
-        (`admit`); 503 while the daemon drains."""
+                         raw_key: str = "", headers: dict[str, str] | None = None) -> GenerateRequest:
+        """The internal request for an API call, with its headers (`headers`: the request's,
+        as a dict already), the caller's key, its name and priority (each read once), once the
+        key may use the model and is under its limits (`admit`); 503 while the daemon drains."""
         self.refuse_if_draining()
         key = self.key_of(request) if key is None else key
         priority = self.priority_of(request, key)
@@ -127,7 +127,8 @@ class Access:
         trace = current_request()
         if trace is not None:
             trace.model = body.get("model")
-        return GenerateRequest(endpoint, body, headers=dict(request.headers), api_key=key,
+        headers = dict(request.headers) if headers is None else headers
+        return GenerateRequest(endpoint, body, headers=headers, api_key=key,
                                priority=priority, raw_key=raw_key, key_name=key_name)
 
     def refuse_if_draining(self) -> None:

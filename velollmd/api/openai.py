@@ -33,23 +33,27 @@ class OpenAIRoutes:
 
     async def chat_completions(self, request: Request) -> Response:
         key = self.access.key_of(request)
-        raw_key = raw_request_key(request, key)
-        replay = self.pipeline.replay_memo(raw_key, request_headers(request))
-        if replay is not None:
-            key_name = self.access.admit(request, key=key, defer=True)  # limits count cache hits too (the
-            await self.pipeline.admit(key_name)                          # model was checked for the memo)
-            self.access.ledger.record_cache_hit(key_name)
-            return to_response(replay, self.sse_ping_s)
+        headers = request_headers(request)
+        raw_key = ""
+        if self.pipeline.cache is not None:           # the memo of exact hits is the cache's
+            raw_key = raw_request_key(request, key)
+            replay = self.pipeline.replay_memo(raw_key, headers)
+            if replay is not None:
+                key_name = self.access.admit(request, key=key, defer=True)  # limits count cache hits too
+                await self.pipeline.admit(key_name)                 # (the model was checked for the memo)
+                self.access.ledger.record_cache_hit(key_name)
+                return to_response(replay, self.sse_ping_s)
         body = validate_chat(request.json())
-        return await self._generate(request, "chat", body, key=key, raw_key=raw_key)
+        return await self._generate(request, "chat", body, key=key, raw_key=raw_key, headers=headers)
 
     async def completions(self, request: Request) -> Response:
         body = validate_completion(request.json())
         return await self._generate(request, "completion", body)
 
     async def _generate(self, request: Request, endpoint: str, body: dict, *, key: str | None = None,
-                        raw_key: str = "") -> Response:
-        generate = self.access.generate_request(request, endpoint, body, key=key, raw_key=raw_key)
+                        raw_key: str = "", headers: dict[str, str] | None = None) -> Response:
+        generate = self.access.generate_request(request, endpoint, body, key=key, raw_key=raw_key,
+                                                headers=headers)
         outcome = await self.pipeline.generate(generate, frames=True)
         return to_response(outcome, self.sse_ping_s)
 

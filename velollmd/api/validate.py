@@ -32,26 +32,36 @@ def _check_range(body: dict, name: str, low, high) -> None:
         _fail(name, f"must be between {low} and {high}, got {value}")
 
 
+# Checked in this order, each only when the body has the field: (name, types, what) then
+# (name, low, high). A request names a few of them; a call per absent field cost more than
+# the checks of the present ones.
+SAMPLING_TYPES = (
+    *((name, NUMBER, "a number") for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty",
+                                              "min_p", "repetition_penalty", "repeat_penalty")),
+    *((name, int, "an integer") for name in ("max_tokens", "max_completion_tokens", "seed", "n", "top_k",
+                                             "top_logprobs")),
+)
+SAMPLING_RANGES = (("temperature", 0, 2), ("top_p", 0, 1), ("presence_penalty", -2, 2),
+                   ("frequency_penalty", -2, 2), ("max_tokens", 1, 1 << 30),
+                   ("max_completion_tokens", 1, 1 << 30), ("n", 1, 128), ("top_logprobs", 0, 20))
+OTHER_TYPES = (("stream", bool, "a boolean"), ("logprobs", (bool, int), "a boolean"), ("user", str, "a string"),
+               ("logit_bias", dict, "an object"))
+
+
 def _check_sampling(body: dict) -> None:
-    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p",
-                 "repetition_penalty", "repeat_penalty"):
-        _check_type(body, name, NUMBER, "a number")
-    for name in ("max_tokens", "max_completion_tokens", "seed", "n", "top_k", "top_logprobs"):
-        _check_type(body, name, int, "an integer")
-    _check_range(body, "temperature", 0, 2)
-    _check_range(body, "top_p", 0, 1)
-    _check_range(body, "presence_penalty", -2, 2)
-    _check_range(body, "frequency_penalty", -2, 2)
-    _check_range(body, "max_tokens", 1, 1 << 30)
-    _check_range(body, "max_completion_tokens", 1, 1 << 30)
-    _check_range(body, "n", 1, 128)
-    _check_range(body, "top_logprobs", 0, 20)
-    _check_type(body, "stream", bool, "a boolean")
-    _check_type(body, "logprobs", (bool, int), "a boolean")
-    _check_type(body, "user", str, "a string")
-    _check_type(body, "logit_bias", dict, "an object")
-    _check_stop(body.get("stop"))
-    _check_stream_options(body)
+    for name, types, what in SAMPLING_TYPES:
+        if name in body:
+            _check_type(body, name, types, what)
+    for name, low, high in SAMPLING_RANGES:
+        if name in body:
+            _check_range(body, name, low, high)
+    for name, types, what in OTHER_TYPES:
+        if name in body:
+            _check_type(body, name, types, what)
+    if "stop" in body:
+        _check_stop(body["stop"])
+    if "stream_options" in body:
+        _check_stream_options(body)
 
 
 def _check_stop(stop) -> None:

@@ -66,7 +66,8 @@ class BackendQueue:
             lag = busy_lag()
             lag = lag if request.stream else per_token(lag, request.num_output_tokens)
             self.limit.on_sample(latency, len(self.scheduler.running), lag)
-            self.scheduler.set_max_running(self.limit.limit)
+            if self.limit.limit != self.scheduler.max_running:
+                self.scheduler.set_max_running(self.limit.limit)
 
 
 class Admission:
@@ -123,6 +124,7 @@ class Admission:
     @contextlib.asynccontextmanager
     async def slot(self, backend: Any, request: SchedRequest) -> AsyncIterator[ScheduledRequest]:
         self._num_users[id(backend)] = self._num_users.get(id(backend), 0) + 1
+        finishing_soon = False
         try:
             queue = self.queue_of(backend)
             granted = await self._acquire(backend, queue, request)
@@ -137,10 +139,29 @@ class Admission:
                 status = RequestStatus.FINISHED_ABORTED
                 raise
             finally:
-                if not preempted:              # a preempted request is back in the queue
+                if status is RequestStatus.FINISHED_STOPPED:
+                    finishing_soon = self._finish_soon(backend, queue, request)
+                elif not preempted:            # a preempted request is back in the queue
                     self._finish(backend, queue, request, status)
         finally:
-            self._leave(backend)
+            if not finishing_soon:
+                self._leave(backend)
+
+    def _finish_soon(self, backend: Any, queue: BackendQueue, request: SchedRequest) -> bool:
+        """A request that ended well gives its slot back (and its latency to the limit) a moment
+        later, in a callback of this loop turn: what its task does next, writing the answer,
+        comes first, and the scheduler's, allocator's and limiter's bookkeeping stay off the
+        answer's path. It can no longer be preempted (no task to cancel); its latency ends now."""
+        queue.tasks.pop(request.request_id, None)
+        now = self.clock()
+
+        def finish() -> None:
+            try:
+                self._finish(backend, queue, request, RequestStatus.FINISHED_STOPPED, now)
+            finally:
+                self._leave(backend)
+        asyncio.get_running_loop().call_soon(finish)
+        return True
 
     def _leave(self, backend: Any) -> None:
         key = id(backend)               # backends need not be hashable; a counted one is alive
@@ -221,12 +242,13 @@ class Admission:
 
     # ---- finishing ----
 
-    def _finish(self, backend: Any, queue: BackendQueue, request: SchedRequest, status: RequestStatus) -> None:
+    def _finish(self, backend: Any, queue: BackendQueue, request: SchedRequest, status: RequestStatus,
+                now: float | None = None) -> None:
         """Retire the request (running: finished; waiting: aborted) and wake waiters."""
         rid = request.request_id
         scheduler = queue.scheduler
         if rid in scheduler.running:
-            now = self.clock()
+            now = self.clock() if now is None else now
             if status is RequestStatus.FINISHED_STOPPED:
                 queue.record(request, now)
             scheduler.update_from_output(RunnerOutput(finished={rid: status}), now)
@@ -235,7 +257,8 @@ class Admission:
         queue.grants.pop(rid, None)
         queue.tasks.pop(rid, None)
         queue.preempted.discard(rid)
-        self._pump(backend, queue)
+        if scheduler.waiting:              # a freed slot only matters to a waiting request
+            self._pump(backend, queue)
 
     def stats(self) -> dict:
         return {name: {"num_slots": q.num_slots, "concurrency_limit": q.scheduler.max_running,
