@@ -105,3 +105,18 @@ def test_watchdog_pings_from_the_event_loop(tmp_path, notify):
         states = [notify.recv(4096).decode() for _ in range(4)]
     assert any(s.startswith("READY=1") for s in states)
     assert states.count("WATCHDOG=1") >= 2
+
+
+def test_settle_gc_freezes_what_startup_built_and_spaces_young_collections():
+    import gc
+
+    from velollmd.daemon import GC_YOUNG_FACTOR, settle_gc
+
+    before = gc.get_threshold()
+    try:
+        settle_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (before[0] * GC_YOUNG_FACTOR, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
