@@ -45,7 +45,7 @@ async def _burst():
     assert len(wakeups) == 3
     for index, inbox in enumerate(inboxes):
         got = await inbox.take()                        # all three steps' events at once
-        assert got == [(index, Event(f"r{index}", text=f"{step}")) for step in range(3)]
+        assert got == [(index, Event(f"r{index}", text=f"{step}"), None) for step in range(3)]
 
 
 def test_posts_after_a_drain_schedule_the_next_one():
@@ -57,16 +57,16 @@ async def _posts_after_drain():
     mailbox = _Mailbox(loop)
     inbox = _Inbox()
     for step in range(5):
-        await asyncio.to_thread(mailbox.post, inbox, (0, Event("r", text=str(step))))
-        assert [event.text for _, event in await asyncio.wait_for(inbox.take(), 30)] == [str(step)]
+        await asyncio.to_thread(mailbox.post, inbox, (0, Event("r", text=str(step)), None))
+        assert [event.text for _, event, _ in await asyncio.wait_for(inbox.take(), 30)] == [str(step)]
 
 
 def test_a_closed_loop_swallows_posts():
     other = asyncio.new_event_loop()
     mailbox = _Mailbox(other)
     other.close()
-    mailbox.post(_Inbox(), (0, Event("r")))             # no RuntimeError into the engine's thread
-    mailbox.post(_Inbox(), (0, Event("r")))
+    mailbox.post(_Inbox(), (0, Event("r"), None))             # no RuntimeError into the engine's thread
+    mailbox.post(_Inbox(), (0, Event("r"), None))
 
 
 def test_the_backend_keeps_one_mailbox_per_loop(tmp_path):
