@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 import uvloop
-from common import ROOT, Daemon, run_concurrently, start_llama_server, summary
+from common import ROOT, Daemon, run_concurrently, start_llama_server, summary, thread_cpu_seconds
 
 from tests.rig.llama import tiny_gguf_tool
 from velollmd.config import SchedulerConfig
@@ -133,7 +133,7 @@ async def decode_batch(client: HTTPClient, model: str, concurrency: int, max_tok
     elapsed = time.perf_counter() - started
     tokens = [r["completion_tokens"] for r in results]
     return {"tok_s": sum(tokens) / elapsed, "ttft_ms": [r["ttft"] * 1e3 for r in results],
-            "tokens": sorted(set(tokens))}
+            "tokens": sorted(set(tokens)), "num_tokens": sum(tokens)}
 
 
 async def measure_decode(urls: dict[str, str], model: str, args) -> list[dict]:
@@ -232,41 +232,57 @@ class HealthProbe:
         self.process.join()
 
 
-async def measure_health(url: str, model: str, args, quiet: bool = False) -> dict:
+async def measure_health(url: str, model: str, args, quiet: bool = False, pid: int | None = None,
+                         concurrency: int = 8) -> dict:
     """GET /health p50/p99 (from another process) idle, then while the engine streams at
-    concurrency 8 (batches of 16 requests until as many samples as idle); tok/s meanwhile."""
+    `concurrency` (batches of 2 x concurrency requests until as many samples as idle); tok/s
+    meanwhile and, given the daemon's pid, its event loop's CPU time per generated token (the
+    main thread's: the engine computes in a thread of its own)."""
     with HealthProbe(url) as idle:
         while idle.num_taken.value < args.health_samples:
             await asyncio.sleep(0.05)
+    loop_cpu = thread_cpu_seconds(pid) if pid else 0.0
     with HealthProbe(url) as loaded:
-        tok_s = []
+        tok_s, num_tokens = [], 0
         while loaded.num_taken.value < args.health_samples:
-            tok_s.append((await decode_batch(HTTPClient(url), model, 8, args.max_tokens))["tok_s"])
+            batch = await decode_batch(HTTPClient(url), model, concurrency, args.max_tokens)
+            tok_s.append(batch["tok_s"])
+            num_tokens += batch["num_tokens"]
     result = {"idle": summary(idle.samples), "load": summary(loaded.samples), "tok_s": statistics.median(tok_s)}
     result["ratio"] = result["load"]["p99"] / result["idle"]["p99"]
+    result["loop_us"] = (thread_cpu_seconds(pid) - loop_cpu) / num_tokens * 1e6 if pid else float("nan")
     if not quiet:
         print(f"  /health ms: idle p50 {result['idle']['p50']:.2f} p99 {result['idle']['p99']:.2f} "
-              f"(n={len(idle.samples)}); engine at c=8 p50 {result['load']['p50']:.2f} p99 "
+              f"(n={len(idle.samples)}); engine at c={concurrency} p50 {result['load']['p50']:.2f} p99 "
               f"{result['load']['p99']:.2f} (n={len(loaded.samples)}); p99 ratio {result['ratio']:.2f}", flush=True)
     return result
 
 
 def bench_health(shape: str, args) -> None:
     """--health-only: /health idle vs under engine load for each daemon variant (this tree,
-    --before's checkout, this tree with each --switch-intervals value), measured in turn."""
-    print(f"\n== {shape}: /health idle vs engine at c=8, {args.rounds} rounds, threads {args.threads}", flush=True)
+    --before's checkout, this tree with each --switch-intervals value), measured in turn, at
+    each --health-concurrency."""
+    for concurrency in args.health_concurrency:
+        print(f"\n== {shape}: /health idle vs engine at c={concurrency}, {args.rounds} rounds, "
+              f"threads {args.threads}", flush=True)
 
-    def describe(run: dict) -> str:
-        return (f"idle p99 {run['idle']['p99']:.2f} ms, load p50/p99 {run['load']['p50']:.2f}/"
-                f"{run['load']['p99']:.2f} ms, ratio {run['ratio']:.2f}, {run['tok_s']:.0f} tok/s")
-    runs = run_rounds(daemon_variants(shape, args), args.rounds,
-                      lambda daemon: uvloop.run(measure_health(daemon.url, "tiny", args, quiet=True)), describe)
-    print(f"\n| {shape} | idle p50 / p99 ms | load p50 / p99 ms | load p99 / idle p99 | tok/s at c=8 |")
-    print("|---|---|---|---|---|")
-    for name, rs in runs.items():
-        print(f"| {name} | {fmt_range([r['idle']['p50'] for r in rs], 2)} / {fmt_range([r['idle']['p99'] for r in rs], 2)} "
-              f"| {fmt_range([r['load']['p50'] for r in rs], 2)} / {fmt_range([r['load']['p99'] for r in rs], 2)} "
-              f"| **{fmt_range([r['ratio'] for r in rs], 2)}** | {fmt_range([r['tok_s'] for r in rs])} |")
+        def describe(run: dict) -> str:
+            return (f"idle p99 {run['idle']['p99']:.2f} ms, load p50/p99 {run['load']['p50']:.2f}/"
+                    f"{run['load']['p99']:.2f} ms, ratio {run['ratio']:.2f}, {run['tok_s']:.0f} tok/s, "
+                    f"loop {run['loop_us']:.1f} us/token (load average {os.getloadavg()[0]:.1f})")
+
+        def measure(daemon: Daemon, concurrency: int = concurrency) -> dict:
+            return uvloop.run(measure_health(daemon.url, "tiny", args, quiet=True, pid=daemon.proc.pid,
+                                             concurrency=concurrency))
+        runs = run_rounds(daemon_variants(shape, args), args.rounds, measure, describe)
+        print(f"\n| {shape}, c={concurrency} | idle p50 / p99 ms | load p50 / p99 ms | load p99 / idle p99 "
+              "| tok/s | loop us/token |")
+        print("|---|---|---|---|---|---|")
+        for name, rs in runs.items():
+            print(f"| {name} | {fmt_range([r['idle']['p50'] for r in rs], 2)} / {fmt_range([r['idle']['p99'] for r in rs], 2)} "
+                  f"| {fmt_range([r['load']['p50'] for r in rs], 2)} / {fmt_range([r['load']['p99'] for r in rs], 2)} "
+                  f"| **{fmt_range([r['ratio'] for r in rs], 2)}** | {fmt_range([r['tok_s'] for r in rs])} "
+                  f"| {fmt_range([r['loop_us'] for r in rs], 1)} |")
 
 
 def daemon_variants(shape: str, args) -> dict[str, Daemon]:
@@ -497,6 +513,7 @@ def main() -> None:
     parser.add_argument("--kv-cache-mb", type=int, default=1024)
     parser.add_argument("--history-samples", type=int, default=2)
     parser.add_argument("--health-samples", type=int, default=200)
+    parser.add_argument("--health-concurrency", default="8", help="--health-only: the load's concurrency, e.g. 8,16")
     parser.add_argument("--skip-history", action="store_true")
     parser.add_argument("--profile", action="store_true", help="only the in-process decode-step profile")
     parser.add_argument("--health-only", action="store_true",
@@ -513,6 +530,7 @@ def main() -> None:
         args.history_samples, args.health_samples = 1, 50
     args.threads = args.threads or kernels.default_num_threads()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.health_concurrency = [int(c) for c in args.health_concurrency.split(",")]
     args.switch_intervals = [float(s) for s in args.switch_intervals.split(",") if s]
     os.chdir(ROOT)
     if args.health_only:

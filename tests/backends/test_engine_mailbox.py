@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from velollmd.backends.engine import EngineBackend, _deliverer, _Mailbox
+from velollmd.backends.engine import EngineBackend, _deliverer, _Inbox, _Mailbox
 from velollmd.config import config_from_table
 from velollmd.engine.runner import Event
 
@@ -30,8 +30,8 @@ async def _burst():
     loop = asyncio.get_running_loop()
     wakeups = _counting(loop)
     mailbox = _Mailbox(loop)
-    queues = [asyncio.Queue() for _ in range(16)]
-    deliverers = [_deliverer(mailbox, queue, index) for index, queue in enumerate(queues)]
+    inboxes = [_Inbox() for _ in range(16)]
+    deliverers = [_deliverer(mailbox, inbox, index) for index, inbox in enumerate(inboxes)]
 
     def one_step(step: int) -> None:                    # the engine's thread: a token to every stream
         for index, deliver in enumerate(deliverers):
@@ -43,9 +43,9 @@ async def _burst():
         thread.join()
         await asyncio.sleep(0)
     assert len(wakeups) == 3
-    for index, queue in enumerate(queues):
-        got = [queue.get_nowait() for _ in range(queue.qsize())]
-        assert got == [(index, Event(f"r{index}", text=f"{step}")) for step in range(3)]
+    for index, inbox in enumerate(inboxes):
+        got = await inbox.take()                        # all three steps' events at once
+        assert got == [(index, Event(f"r{index}", text=f"{step}"), None) for step in range(3)]
 
 
 def test_posts_after_a_drain_schedule_the_next_one():
@@ -55,18 +55,18 @@ def test_posts_after_a_drain_schedule_the_next_one():
 async def _posts_after_drain():
     loop = asyncio.get_running_loop()
     mailbox = _Mailbox(loop)
-    queue: asyncio.Queue = asyncio.Queue()
+    inbox = _Inbox()
     for step in range(5):
-        await asyncio.to_thread(mailbox.post, queue, (0, Event("r", text=str(step))))
-        assert (await asyncio.wait_for(queue.get(), 30))[1].text == str(step)
+        await asyncio.to_thread(mailbox.post, inbox, (0, Event("r", text=str(step)), None))
+        assert [event.text for _, event, _ in await asyncio.wait_for(inbox.take(), 30)] == [str(step)]
 
 
 def test_a_closed_loop_swallows_posts():
     other = asyncio.new_event_loop()
     mailbox = _Mailbox(other)
     other.close()
-    mailbox.post(asyncio.Queue(), (0, Event("r")))      # no RuntimeError into the engine's thread
-    mailbox.post(asyncio.Queue(), (0, Event("r")))
+    mailbox.post(_Inbox(), (0, Event("r"), None))             # no RuntimeError into the engine's thread
+    mailbox.post(_Inbox(), (0, Event("r"), None))
 
 
 def test_the_backend_keeps_one_mailbox_per_loop(tmp_path):

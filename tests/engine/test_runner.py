@@ -7,6 +7,7 @@ or events, never about time.
 """
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -383,4 +384,26 @@ def test_a_block_grown_by_decoding_forgets_its_last_owner(parts):
     run_until_done(runner, recorder, ["C"])
     assert recorder.tokens("C") == alone(parts, prompt, params)
     assert recorder.events["C"][-1].num_cached_tokens == 3 * BLOCK_SIZE - 1
+    assert_idle(runner)
+
+
+def test_events_are_sent_with_the_lock_released_and_a_cancel_takes_no_lock(parts):
+    """A consumer's callback (the engine backend encodes chunks there) never holds the lock a
+    submit on the event loop waits for; a cancel does not wait for a step at all."""
+    runner, held = make_runner(parts), []
+
+    def on_event(event: Event) -> None:
+        free = runner._lock.acquire(blocking=False)
+        held.append(not free)
+        if free:
+            runner._lock.release()
+    runner.submit("a", [5, 6, 7], GREEDY, on_event)
+    runner.step()
+    with runner._lock:                                      # a step in progress, seen from the loop
+        cancelling = threading.Thread(target=runner.cancel, args=("a",))
+        cancelling.start()
+        cancelling.join(30)                                 # the bound only ends a hang
+        assert not cancelling.is_alive()
+    runner.step()
+    assert len(held) == 2 and not any(held)                 # a token, then the abort
     assert_idle(runner)

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from ..config import BackendConfig, SchedulerConfig
 from ..engine import loader, store
@@ -30,10 +30,13 @@ from ..engine.sampling import SamplingParamError, SamplingParams
 from ..errors import BadRequest, NotFound, Unavailable, VeloError
 from ..wire.ids import response_id
 from ..wire.request import GenerateRequest
+from ..wire.streams import closing
 from .base import Backend, ModelInfo
-from .engine_answer import AnswerBuilder, embeddings_answer
+from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer
 
 log = logging.getLogger("velollmd.engine")
+Prepare = Callable[[int, Event], Any]       # (choice index, event) -> what the stream makes of it
+Item = tuple[int, Event, Any]               # choice index, event, what `prepare` made of it (or None)
 
 
 class EngineBackend(Backend):
@@ -182,26 +185,45 @@ class EngineBackend(Backend):
     def completion_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
         return self._stream(request, chat=False)
 
+    def answer_events(self, request: GenerateRequest) -> AsyncIterator[list[dict]]:
+        return self._batches(request, chat=request.endpoint == "chat")
+
     async def _answer(self, request: GenerateRequest, *, chat: bool) -> dict:
         model, prompt_ids, params = await self._prepare(request, chat=chat)
         builder = AnswerBuilder(response_id("chatcmpl" if chat else "cmpl"), request.model, chat=chat,
                                 tokenizer=model.tokenizer, n=params.n)
-        async with self._running(model, request, prompt_ids, params) as events:
-            async for index, event in events:
-                builder.add(index, event)
+        async with self._running(model, request, prompt_ids, params) as batches:
+            async for events in batches:
+                for index, event, _ in events:
+                    builder.add(index, event)
         return builder.response()
 
     async def _stream(self, request: GenerateRequest, *, chat: bool) -> AsyncIterator[dict]:
+        async with closing(self._batches(request, chat=chat)) as batches:
+            async for chunks in batches:
+                for chunk in chunks:
+                    yield chunk.chunk if type(chunk) is ChunkBytes else chunk
+
+    def decode_event(self, data: bytes) -> dict:
+        """The engine's own chunks carry their dict: nothing to parse."""
+        return data.chunk if type(data) is ChunkBytes else super().decode_event(data)
+
+    async def _batches(self, request: GenerateRequest, *, chat: bool) -> AsyncIterator[list[dict | ChunkBytes]]:
+        """The stream's chunks, a list per loop wake-up: every event of the request waiting by
+        then, so that tokens ready together go through the relay and the socket as one. The
+        token chunks come made and encoded from the engine's thread (AnswerBuilder.frames)."""
         model, prompt_ids, params = await self._prepare(request, chat=chat)
         builder = AnswerBuilder(response_id("chatcmpl" if chat else "cmpl"), request.model, chat=chat,
                                 tokenizer=model.tokenizer, n=params.n)
-        async with self._running(model, request, prompt_ids, params) as events:
-            for chunk in builder.first_chunks():
-                yield chunk
-            async for index, event in events:
-                for chunk in builder.chunks(index, event):
-                    yield chunk
-        yield builder.usage_chunk()
+        first = builder.first_chunks()
+        async with self._running(model, request, prompt_ids, params, prepare=builder.frames) as batches:
+            if first:
+                yield first
+            async for events in batches:
+                chunks = [frame for _, _, frames in events for frame in frames]
+                if chunks:
+                    yield chunks
+        yield [builder.usage_chunk()]
 
     async def _prepare(self, request: GenerateRequest, *, chat: bool):
         body = request.body
@@ -242,8 +264,8 @@ class EngineBackend(Backend):
         return len(self._prompt_ids(model, body, chat=True))
 
     def _running(self, model: LoadedModel, request: GenerateRequest, prompt_ids: list[int],
-                 params: SamplingParams):
-        return _Run(self, model, request, prompt_ids, params)
+                 params: SamplingParams, prepare: Prepare | None = None):
+        return _Run(self, model, request, prompt_ids, params, prepare)
 
     def mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
         """The one mailbox of this backend's requests on `loop` (a new loop gets a new one)."""
@@ -273,41 +295,70 @@ class EngineBackend(Backend):
 
 
 class _Run:
-    """`async with` one request's n sequences on a runner: events in, cancelled on exit."""
+    """`async with` one request's n sequences on a runner: batches of events in, cancelled on
+    exit. `prepare`, when given, is called in the engine's thread on each event as it is sent
+    (work taken off the event loop); its result travels with the event."""
 
     def __init__(self, backend: EngineBackend, model: LoadedModel, request: GenerateRequest,
-                 prompt_ids: list[int], params: SamplingParams):
+                 prompt_ids: list[int], params: SamplingParams, prepare: Prepare | None = None):
         self.backend, self.model, self.request = backend, model, request
-        self.prompt_ids, self.params = prompt_ids, params
-        self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        self.prompt_ids, self.params, self.prepare = prompt_ids, params, prepare
+        self.inbox = _Inbox()
         self.ids: list[str] = []
 
-    async def __aenter__(self) -> AsyncIterator[tuple[int, Event]]:
+    async def __aenter__(self) -> AsyncIterator[list[Item]]:
         loop = asyncio.get_running_loop()
         ids = [self.backend.new_request_id() for _ in range(self.params.n)]
         mailbox = self.backend.mailbox(loop)
-        deliverers = [_deliverer(mailbox, self.queue, index) for index in range(self.params.n)]
+        deliverers = [_deliverer(mailbox, self.inbox, index, self.prepare) for index in range(self.params.n)]
         # n > 1: the prompt is computed once, then forked copy-on-write (choice i: seed + i)
         self.model.runner.submit_choices(ids, self.prompt_ids, self.params, deliverers,
                                          priority=self.request.priority, model_name=self.model.name)
         self.ids = ids
-        return self._events()
+        return self._batches()
 
-    async def _events(self) -> AsyncIterator[tuple[int, Event]]:
+    async def _batches(self) -> AsyncIterator[list[Item]]:
+        """(choice index, event, prepared) items, all that arrived since the last batch, until
+        every choice has ended; an engine error is raised after the events before it."""
         num_open = len(self.ids)
         while num_open:
-            index, event = await self.queue.get()
-            if event.error is not None:
-                raise event.error if isinstance(event.error, VeloError) else Unavailable(
-                    f"the engine failed: {type(event.error).__name__}: {event.error}", code="engine_error")
-            if event.finish_reason is not None:
-                num_open -= 1
-            yield index, event
+            items = await self.inbox.take()
+            for position, (_, event, _) in enumerate(items):
+                if event.error is not None:
+                    if position:
+                        yield items[:position]
+                    raise event.error if isinstance(event.error, VeloError) else Unavailable(
+                        f"the engine failed: {type(event.error).__name__}: {event.error}", code="engine_error")
+                if event.finish_reason is not None:
+                    num_open -= 1
+            yield items
 
     async def __aexit__(self, *exc_info) -> None:
         for request_id in self.ids:
             self.model.runner.cancel(request_id)       # no-op for the finished ones
         self.model.last_used = time.monotonic()
+
+
+class _Inbox:
+    """One request's events on the loop: the mailbox's drain puts them in, the request's task
+    takes all that wait at once (one wake-up per drain, however many choices or tokens)."""
+
+    def __init__(self):
+        self.items: list[Item] = []
+        self._waiter: asyncio.Future | None = None
+
+    def put_nowait(self, item: Item) -> None:
+        self.items.append(item)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> list[Item]:
+        while not self.items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        items, self.items = self.items, []
+        return items
 
 
 class _Mailbox:
@@ -316,18 +367,18 @@ class _Mailbox:
     `loop.call_soon_threadsafe` per event writes the loop's self-pipe once per token per stream
     (16 streams: 16 wake-ups a step, each a GIL hand-over). Here the worker appends under a lock
     and only the post that finds the box empty schedules a drain; the drain, on the loop, hands
-    everything waiting to its request's queue, in the order posted.
+    everything waiting to its request's inbox, in the order posted.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self._lock = threading.Lock()
-        self._items: list[tuple[asyncio.Queue, tuple[int, Event]]] = []
+        self._items: list[tuple[_Inbox, Item]] = []
 
-    def post(self, queue: asyncio.Queue, item: tuple[int, Event]) -> None:
+    def post(self, inbox: _Inbox, item: Item) -> None:
         """Called in the engine's thread."""
         with self._lock:
-            self._items.append((queue, item))
+            self._items.append((inbox, item))
             if len(self._items) > 1:
                 return                                  # a drain is scheduled already
         try:
@@ -338,13 +389,13 @@ class _Mailbox:
     def _drain(self) -> None:
         with self._lock:
             items, self._items = self._items, []
-        for queue, item in items:
-            queue.put_nowait(item)
+        for inbox, item in items:
+            inbox.put_nowait(item)
 
 
-def _deliverer(mailbox: _Mailbox, queue: asyncio.Queue, index: int):
+def _deliverer(mailbox: _Mailbox, inbox: _Inbox, index: int, prepare: Prepare | None = None):
     def deliver(event: Event) -> None:                  # called in the engine's thread
-        mailbox.post(queue, (index, event))
+        mailbox.post(inbox, (index, event, None if prepare is None else prepare(index, event)))
     return deliver
 
 

@@ -2,13 +2,24 @@
 
 One AnswerBuilder per request gathers the events of its `n` sequences (choice index ->
 text, finish reason, logprobs) and the clock readings behind llama.cpp-style `timings`.
+
+A stream's token chunks are made and JSON-encoded in the engine's thread (`frames`), so that
+the event loop only relays them: ChunkBytes are the bytes `wirejson.dumps` would write, and
+carry their chunk for whatever reads it (EngineBackend.decode_event hands it to the relay).
 """
 from __future__ import annotations
 
 import time
+from json.encoder import encode_basestring
 
 from ..engine.runner import Event
+from ..wire import wirejson
 from ..wire.chunks import chunk_choice, chunk_head
+
+
+class ChunkBytes(bytes):
+    """One chunk's compact JSON, with the chunk itself as `.chunk` (not to be changed)."""
+    chunk: dict
 
 
 class AnswerBuilder:
@@ -22,6 +33,11 @@ class AnswerBuilder:
         self.num_prompt = self.num_cached = 0
         self.started = time.monotonic()
         self.first_token_at: float | None = None
+        # a token's chunk as bytes: head + index + middle + JSON string + tail (what dumps writes)
+        head = wirejson.dumps(chunk_head(request_id, model, self.created, chat=chat))
+        self._text_head = head[:-1] + b',"choices":[{"index":'
+        self._text_middle = b',"delta":{"content":' if chat else b',"text":'
+        self._text_tail = (b'}' if chat else b'') + b',"logprobs":null,"finish_reason":null}]}'
 
     # ---- gathering ----
 
@@ -69,6 +85,30 @@ class AnswerBuilder:
         if event.finish_reason is not None:
             chunks.append(self._chunk(index, {} if self.chat else "", event.finish_reason))
         return chunks
+
+    def frames(self, index: int, event: Event) -> list[ChunkBytes]:
+        """`chunks` as ChunkBytes. Called in the engine's thread, in order, once per event; an
+        event with an error makes none (the stream raises it instead)."""
+        if event.error is not None:
+            return []
+        frames = []
+        for chunk in self.chunks(index, event):
+            frame = ChunkBytes(self._encode(index, chunk))
+            frame.chunk = chunk
+            frames.append(frame)
+        return frames
+
+    def _encode(self, index: int, chunk: dict) -> bytes:
+        """wirejson.dumps(chunk); a plain token's chunk from the template (20x cheaper)."""
+        choice = chunk["choices"][0]
+        if choice["logprobs"] is None and choice["finish_reason"] is None:
+            text = choice["delta"]["content"] if self.chat else choice["text"]
+            try:
+                return b"%s%d%s%s%s" % (self._text_head, index, self._text_middle,
+                                        encode_basestring(text).encode(), self._text_tail)
+            except UnicodeEncodeError:          # a lone surrogate: dumps escapes it
+                pass
+        return wirejson.dumps(chunk)
 
     def usage_chunk(self) -> dict:
         return {**chunk_head(self.request_id, self.model, self.created, chat=self.chat), "choices": [],

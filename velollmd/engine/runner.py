@@ -14,10 +14,13 @@ Each step (vLLM v1's two verbs on the shared scheduler):
    prefill chunks of the others in admission order until `max_batch_tokens`, so a long prompt
    holds running decodes up for at most one chunk;
 3. one `model.forward` over the packed batch (numpy releases the GIL: the event loop runs);
-4. sampling where a sequence reached its last token, stop checks, events to the consumers, and
+4. sampling where a sequence reached its last token, stop checks, and
    `scheduler.update_from_output`, which grows each sequence's blocks by its new token and
    preempts (recompute later) a sequence whose token found no free block; the copy-on-write
-   pairs it made are applied to the K/V arrays at once.
+   pairs it made are applied to the K/V arrays at once;
+5. the step's events go to the consumers, after the lock is released: their callbacks (the
+   engine backend encodes each token's chunk there) never hold up a submit on the event loop.
+   A cancel takes no lock at all: the next step applies it.
 
 `n > 1` (`submit_choices`): choice 0 prefills the prompt; at its first token the runner forks
 it (BlockPool.fork: every block shared, ref-counted) into the other choices, each sampling that
@@ -99,7 +102,8 @@ class Runner:
         self.slot_tokens = SlotTokens(kv.num_blocks, self.block_size)
         self._seqs: dict[str, EngineSeq] = {}
         self._forks: dict[str, list[EngineSeq]] = {}    # n > 1: choice 0's id -> choices waiting for its prompt
-        self._cancelled: list[str] = []
+        self._cancelled: list[str] = []         # appended to without the lock (atomic), swapped by the worker
+        self._outbox: list[tuple[Callable[[Event], None], Event]] = []   # the worker's events, sent unlocked
         self._lock = threading.Lock()           # scheduler and sequence state
         self._model_lock = threading.Lock()     # one forward at a time (steps, embeddings)
         self._wake = threading.Condition(self._lock)
@@ -153,10 +157,10 @@ class Runner:
                          Sampler(params, self.model.config.n_vocab, choice_index), TextStream(params.stop))
 
     def cancel(self, request_id: str) -> None:
-        """The client went away: drop the request at the next step, freeing its blocks."""
-        with self._lock:
-            self._cancelled.append(request_id)
-            self._wake.notify()
+        """The client went away: drop the request at the next step, freeing its blocks. No lock
+        and no wake-up (the event loop must not wait for a step): a worker that sleeps has no
+        sequence to cancel, and one that is busy applies it at its next step."""
+        self._cancelled.append(request_id)
 
     @property
     def num_requests(self) -> int:
@@ -176,6 +180,7 @@ class Runner:
             self._thread.join()
         for seq in list(self._seqs.values()):
             self._end(seq, "abort", error=Unavailable("the engine unloaded the model", code="engine_stopped"))
+        self._send_events()
 
     def _loop(self) -> None:
         while True:
@@ -191,17 +196,25 @@ class Runner:
             except Exception as exc:           # a bug must not leave every client hanging
                 log.exception("engine step failed")
                 self._fail_all(exc)
+                self._send_events()
 
     # ---- one step ----
 
     def step(self) -> bool:
         """One engine step; False when there was nothing to run."""
+        try:
+            return self._step()
+        finally:
+            self._send_events()
+
+    def _step(self) -> bool:
         with self._lock:
             self._apply_cancels()
             plan = self._schedule()
             if not plan:
                 return False
             batch = self._batch(plan)
+        self._send_events()                                     # the aborts and timeouts, at once
         with self._model_lock:
             logits = self.model.forward(batch, self.kv)         # (num_logits, n_vocab)
         with self._lock:
@@ -387,9 +400,9 @@ class Runner:
             return self._finish(seq, "stop", (token_id,), text, logprobs)
         if len(seq.tokens) >= seq.request.max_tokens or seq.request.num_tokens + 1 >= self.num_ctx:
             return self._finish(seq, "length", (token_id,), text + seq.text.finish(), logprobs)
-        seq.on_event(Event(seq.request_id, text, (token_id,), logprobs,
-                           num_prompt_tokens=len(seq.request.prompt_token_ids),
-                           num_cached_tokens=seq.num_cached_tokens, num_output_tokens=len(seq.tokens)))
+        self._outbox.append((seq.on_event, Event(
+            seq.request_id, text, (token_id,), logprobs, num_prompt_tokens=len(seq.request.prompt_token_ids),
+            num_cached_tokens=seq.num_cached_tokens, num_output_tokens=len(seq.tokens))))
         return None
 
     def _finish(self, seq: EngineSeq, reason: str, token_ids: tuple[int, ...], text: str = "",
@@ -406,9 +419,16 @@ class Runner:
 
     def _send_end(self, seq: EngineSeq, reason: str, text: str, token_ids: tuple[int, ...],
                   logprobs: tuple, error: Exception | None = None) -> None:
-        seq.on_event(Event(seq.request_id, text, token_ids, logprobs, reason, error,
-                           num_prompt_tokens=len(seq.request.prompt_token_ids),
-                           num_cached_tokens=seq.num_cached_tokens, num_output_tokens=len(seq.tokens)))
+        self._outbox.append((seq.on_event, Event(
+            seq.request_id, text, token_ids, logprobs, reason, error, num_prompt_tokens=len(seq.request.prompt_token_ids),
+            num_cached_tokens=seq.num_cached_tokens, num_output_tokens=len(seq.tokens))))
+
+    def _send_events(self) -> None:
+        """The events queued under the lock, to their consumers in order (the worker's thread,
+        or the caller of step/stop, without the lock)."""
+        outbox, self._outbox = self._outbox, []
+        for on_event, event in outbox:
+            on_event(event)
 
     def _fail_all(self, exc: Exception) -> None:
         with self._lock:

@@ -355,14 +355,22 @@ class Sampler:
 
     def __init__(self, params: SamplingParams, vocab_size: int, choice_index: int = 0):
         self.params, self.vocab_size = params, vocab_size
-        seed = None if params.seed is None else (params.seed + choice_index) % 2**64
-        self.rng = np.random.default_rng(seed)
+        self._seed = None if params.seed is None else (params.seed + choice_index) % 2**64
+        self._rng: np.random.Generator | None = None
         bad = [t for t in params.logit_bias if t >= vocab_size]
         if bad:
             raise SamplingParamError("logit_bias", f"token id {bad[0]} is outside the vocabulary "
                                                    f"(size {vocab_size})")
         self._bias_ids = np.fromiter(params.logit_bias.keys(), np.int64, len(params.logit_bias))  # (b,)
         self._bias = np.fromiter(params.logit_bias.values(), np.float32, len(params.logit_bias))  # (b,)
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """Made at the first draw: an unseeded generator reads the OS's entropy (tens of us on
+        the event loop, where sequences are submitted), which greedy sequences never need."""
+        if self._rng is None:
+            self._rng = np.random.default_rng(self._seed)
+        return self._rng
 
     @property
     def plain_greedy(self) -> bool:
