@@ -1,0 +1,52 @@
+"""What the weight types kept quantised in memory share (q8weight.Q8Weight, q4kweight.Q4KWeight).
+
+A subclass is a frozen dataclass of arrays with one leading row per weight row, so that parts
+stack by rows field by field (concat: a fused Q/K/V). It says its activation type (act_type,
+what ggml-cpu rounds x to for it), its shape, its dequantised rows and its compiled product.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import TypeVar
+
+import numpy as np
+
+from . import kernels, vecdot
+
+W = TypeVar("W", bound="QuantWeight")
+
+
+@dataclass(frozen=True)
+class QuantWeight:
+    act_type = vecdot.F32       # (a class attribute) the subclass's vecdot.activation_type
+
+    @classmethod
+    def concat(cls: type[W], parts: Sequence[W]) -> W:
+        """Parts stacked by rows, e.g. Q, K, V into one (q_dim + 2 * kv_dim, K) weight."""
+        return cls(*(np.concatenate([getattr(part, f.name) for part in parts]) for f in fields(cls)))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, f.name).nbytes for f in fields(self))
+
+    def rows(self, index: np.ndarray | slice) -> np.ndarray:
+        """Dequantised rows (len, K) float32, bit for bit quants.dequantize's values."""
+        raise NotImplementedError
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        """x (T, K) float32 @ self^T -> (T, N), x rounded to act_type first (ggml's product).
+        Without the compiled extension: the same rounded x times the dequantised weight."""
+        if x.shape[0] == 0:                 # e.g. a pass with no logits wanted
+            return np.empty((0, self.shape[0]), dtype=np.float32)
+        if not kernels.COMPILED:
+            return vecdot.round_activations(x, self.act_type) @ self.rows(slice(None)).T
+        return self._product(np.ascontiguousarray(x, dtype=np.float32))
+
+    def _product(self, x: np.ndarray) -> np.ndarray:
+        """The compiled kernel's x (T, K) @ self^T (T >= 1)."""
+        raise NotImplementedError
