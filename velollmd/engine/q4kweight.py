@@ -50,4 +50,8 @@ class Q4KWeight(QuantWeight):
         return (scale[..., None] * q - offset[..., None]).reshape(num_rows, -1)
 
     def _product(self, x: np.ndarray) -> np.ndarray:
-        return kernels.matmul_q4_k(kernels.quantize_q8_k(x), self.qs, self.sc, self.mn, self.d, self.dmin)
+        return self.matmul_quantised(kernels.quantize_q8_k(x))
+
+    def matmul_quantised(self, x: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        """x already Q8_K (kernels.quantize_q8_k's xq, xd, bsums) @ self^T -> (B, N) float32."""
+        return kernels.matmul_q4_k(x, self.qs, self.sc, self.mn, self.d, self.dmin)

@@ -22,6 +22,11 @@ class QuantWeight:
     act_type = vecdot.F32       # (a class attribute) the subclass's vecdot.activation_type
 
     @classmethod
+    def from_raw(cls: type[W], raw: np.ndarray, shape: tuple[int, int]) -> W:
+        """From a GGUF tensor's bytes of the subclass's type (copied: the file's mapping may close)."""
+        raise NotImplementedError
+
+    @classmethod
     def concat(cls: type[W], parts: Sequence[W]) -> W:
         """Parts stacked by rows, e.g. Q, K, V into one (q_dim + 2 * kv_dim, K) weight."""
         return cls(*(np.concatenate([getattr(part, f.name) for part in parts]) for f in fields(cls)))
