@@ -42,15 +42,29 @@ def exact_weight(rng: np.random.Generator, n: int, k: int) -> Q4KWeight:
     return Q4KWeight(uint(256, k // 2), uint(64, k // 32), uint(64, k // 32), *powers)
 
 
+@pytest.mark.parametrize("path", kernels.q4_k_paths() if kernels.COMPILED else [])
 @pytest.mark.parametrize("batch, k, n", [(1, 256, 7), (3, 512, 70), (5, 1024, 129), (16, 768, 65)])
-def test_the_kernel_equals_the_reference(batch, k, n):
+def test_each_path_equals_the_reference(path, batch, k, n):
+    """Exact int sums (power-of-two scales), then the float part: the same bits."""
     rng = np.random.default_rng(batch * 1000 + k)
     x = kernels.quantize_q8_k(random_x(rng, batch, k))
     exact_x = (x[0], np.exp2(rng.integers(-8, -4, x[1].shape)).astype(np.float32), x[2])
     w = exact_weight(rng, n, k)
-    assert np.array_equal(w.matmul_quantised(exact_x), reference_matmul_q4_k(exact_x, w))
+    assert np.array_equal(w.matmul_quantised(exact_x, path), reference_matmul_q4_k(exact_x, w))
     w = Q4KWeight.from_raw(q4k_tensor(rng, n, k), (n, k))
-    assert np.array_equal(w.matmul_quantised(x), reference_matmul_q4_k(x, w))
+    y = w.matmul_quantised(x, path)
+    assert np.array_equal(y, reference_matmul_q4_k(x, w))
+    assert np.array_equal(y, w.matmul_quantised(x, "best"))
+
+
+def test_an_unknown_path_is_refused():
+    rng = np.random.default_rng(0)
+    w = exact_weight(rng, 1, 256)
+    x = kernels.quantize_q8_k(random_x(rng, 1, 256))
+    with pytest.raises(KeyError):
+        w.matmul_quantised(x, "sse9")
+    with pytest.raises(ValueError):
+        w.matmul_quantised(x, "vnni")
 
 
 def test_the_reference_lanes_are_exact_scaled_dot_products():

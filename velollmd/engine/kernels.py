@@ -155,8 +155,13 @@ def quantize_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return xq, xd, bsums
 
 
+def q4_k_paths() -> list[str]:
+    """The Q4_K kernel's paths this CPU can run (COMPILED only), slowest first: Q8_PATHS' but VNNI."""
+    return [name for name in q8_0_paths() if name != "vnni"]
+
+
 def matmul_q4_k(x: tuple[np.ndarray, np.ndarray, np.ndarray], qs: np.ndarray, sc: np.ndarray,
-                mn: np.ndarray, wd: np.ndarray, wdmin: np.ndarray) -> np.ndarray:
+                mn: np.ndarray, wd: np.ndarray, wdmin: np.ndarray, path: str = "best") -> np.ndarray:
     """Q8_K x (B, K) @ Q4_K w (N, K)^T -> (B, N) float32, as ggml_vec_dot_q4_K_q8_K (matmul_q4k.h;
     COMPILED only). x: quantize_q8_k's (xq, xd, bsums); w unpacked by row: qs (N, K / 2) uint8,
     sc and mn (N, K / 32) uint8, wd and wdmin (N, K / 256) float32."""
@@ -168,11 +173,13 @@ def matmul_q4_k(x: tuple[np.ndarray, np.ndarray, np.ndarray], qs: np.ndarray, sc
                                (wd, np.float32, k // 256), (wdmin, np.float32, k // 256)):
         assert array.dtype == dtype and array.flags.c_contiguous and array.shape == (n, cols), array.shape
     y = np.empty((batch, n), dtype=np.float32)                                    # (B, N)
-    lib.vl_matmul_q4_k(ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xd),
-                       ffi.from_buffer("int16_t[]", bsums), ffi.from_buffer("uint8_t[]", qs),
-                       ffi.from_buffer("uint8_t[]", sc), ffi.from_buffer("uint8_t[]", mn),
-                       ffi.from_buffer("float[]", wd), ffi.from_buffer("float[]", wdmin),
-                       ffi.from_buffer("float[]", y), batch, k, n, _num_threads)
+    ran = lib.vl_matmul_q4_k(ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xd),
+                             ffi.from_buffer("int16_t[]", bsums), ffi.from_buffer("uint8_t[]", qs),
+                             ffi.from_buffer("uint8_t[]", sc), ffi.from_buffer("uint8_t[]", mn),
+                             ffi.from_buffer("float[]", wd), ffi.from_buffer("float[]", wdmin),
+                             ffi.from_buffer("float[]", y), batch, k, n, _num_threads, Q8_PATHS[path])
+    if ran < 0:
+        raise ValueError(f"matmul_q4_k: path {path!r} is not available on this CPU ({q4_k_paths()})")
     return y
 
 

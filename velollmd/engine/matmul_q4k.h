@@ -13,13 +13,16 @@
  * acc_m[m] = fma(dmin, mn[2m] * (bs[4m] + bs[4m+1]) + mn[2m+1] * (bs[4m+2] + bs[4m+3]), acc_m[m]);
  * then hsum_float_8(acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3])). Exact int sums and
  * the same float operations in the same order for every pair: y does not depend on the batch
- * size B or the thread count.
+ * size B, the thread count or the path.
+ *
+ * path: matmul_q8.h's VL_Q8_BEST, VL_Q8_PORTABLE or VL_Q8_AVX2 (no VNNI path: ggml has none for
+ * Q4_K either); returns the path that ran, or -1 (not available here: nothing written).
  */
 #include <stdint.h>
 
-void vl_matmul_q4_k(const int8_t *xq, const float *xd, const int16_t *xbsums, const uint8_t *qs,
-                    const uint8_t *sc, const uint8_t *mn, const float *wd, const float *wdmin, float *y,
-                    int64_t B, int64_t K, int64_t N, int num_threads);
+int vl_matmul_q4_k(const int8_t *xq, const float *xd, const int16_t *xbsums, const uint8_t *qs,
+                   const uint8_t *sc, const uint8_t *mn, const float *wd, const float *wdmin, float *y,
+                   int64_t B, int64_t K, int64_t N, int num_threads, int path);
 
 /* ggml's quantize_row_q8_K_ref over num_blocks blocks of 256 floats: q (num_blocks * 256) int8,
  * d (num_blocks) float32, bsums (num_blocks * 16) int16 (vecdot.quantize_q8_k's values). */

@@ -52,6 +52,7 @@ class Q4KWeight(QuantWeight):
     def _product(self, x: np.ndarray) -> np.ndarray:
         return self.matmul_quantised(kernels.quantize_q8_k(x))
 
-    def matmul_quantised(self, x: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-        """x already Q8_K (kernels.quantize_q8_k's xq, xd, bsums) @ self^T -> (B, N) float32."""
-        return kernels.matmul_q4_k(x, self.qs, self.sc, self.mn, self.d, self.dmin)
+    def matmul_quantised(self, x: tuple[np.ndarray, np.ndarray, np.ndarray], path: str = "best") -> np.ndarray:
+        """x already Q8_K (kernels.quantize_q8_k's xq, xd, bsums) @ self^T -> (B, N) float32
+        (path: one of kernels.q4_k_paths(), for tests)."""
+        return kernels.matmul_q4_k(x, self.qs, self.sc, self.mn, self.d, self.dmin, path)
