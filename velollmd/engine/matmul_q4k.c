@@ -107,73 +107,97 @@ static void rows_portable(const int8_t *xq, const float *xd, const int16_t *xbs,
 #include <immintrin.h>
 
 #define T_AVX2 __attribute__((target("avx2,fma"), always_inline))
+#define AVX2_ROWS 2
 #define AVX2_COLS 4
 
-/* One weight row n x `cols` inputs from b, ggml's AVX2 steps: per super-block and 64 values,
- * the low and high nibbles times x by maddubs (int16 pairs, at most 2 * 15 * 127), madd with
- * the sub-block's scale (int32 lanes); the mins by madd of 8 mins with the bsums' pair sums. */
+/* `rows` weight rows from n x `cols` inputs from b, ggml's AVX2 steps: per super-block and 64
+ * values, the low and high nibbles times x by maddubs (int16 pairs, at most 2 * 15 * 127), madd
+ * with the sub-block's scale (int32 lanes); the mins by madd of 8 mins with the bsums' pair sums.
+ * pf: the weight rows PF_AHEAD further on, prefetched by the first tile of a row block. */
 static inline T_AVX2 void tile_avx2(const int8_t *xq, const float *xd, const int16_t *xbs, const uint8_t *qs,
                                     const uint8_t *sc, const uint8_t *mn, const float *wd, const float *wdmin,
-                                    float *y, int64_t K, int64_t N, int64_t n, int64_t b, int cols,
+                                    float *y, int64_t K, int64_t N, int64_t n, int64_t b, int rows, int cols,
                                     const uint8_t *pf) {
     int64_t nbk = K / QK_K;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256 acc[AVX2_COLS];
-    __m128 acc_m[AVX2_COLS];
-    for (int c = 0; c < cols; c++) {
-        acc[c] = _mm256_setzero_ps();
-        acc_m[c] = _mm_setzero_ps();
-    }
-    const uint8_t *row = qs + n * (K / 2);
-    for (int64_t i = 0; i < nbk; i++) {
-        int64_t row_block = n * nbk + i, sub = row_block * (QK_K / SUB);
-        if (pf) {
-            __builtin_prefetch(pf + i * (QK_K / 2), 0, 2);
-            __builtin_prefetch(pf + i * (QK_K / 2) + 64, 0, 2);
+    __m256 acc[AVX2_ROWS][AVX2_COLS];
+    __m128 acc_m[AVX2_ROWS][AVX2_COLS];
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+            acc[r][c] = _mm256_setzero_ps();
+            acc_m[r][c] = _mm_setzero_ps();
         }
-        __m256i sumi[AVX2_COLS];
-        for (int c = 0; c < cols; c++)
-            sumi[c] = _mm256_setzero_si256();
+    for (int64_t i = 0; i < nbk; i++) {
+        if (pf)
+            for (int r = 0; r < rows; r++) {
+                __builtin_prefetch(pf + r * (K / 2) + i * (QK_K / 2), 0, 2);
+                __builtin_prefetch(pf + r * (K / 2) + i * (QK_K / 2) + 64, 0, 2);
+            }
+        __m256i sumi[AVX2_ROWS][AVX2_COLS];
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                sumi[r][c] = _mm256_setzero_si256();
         for (int j = 0; j < QK_K / 64; j++) {
-            __m256i bits = _mm256_loadu_si256((const __m256i *)(row + i * (QK_K / 2) + 32 * j));
-            __m256i low = _mm256_and_si256(bits, m4), high = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-            __m256i scale_l = _mm256_set1_epi16(sc[sub + 2 * j]), scale_h = _mm256_set1_epi16(sc[sub + 2 * j + 1]);
+            __m256i low[AVX2_ROWS], high[AVX2_ROWS];
+            for (int r = 0; r < rows; r++) {
+                __m256i bits = _mm256_loadu_si256((const __m256i *)(qs + (n + r) * (K / 2) + i * (QK_K / 2) + 32 * j));
+                low[r] = _mm256_and_si256(bits, m4);
+                high[r] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            }
             for (int c = 0; c < cols; c++) {
                 const int8_t *x = xq + ((b + c) * nbk + i) * QK_K + 64 * j;
-                __m256i pl = _mm256_madd_epi16(scale_l, _mm256_maddubs_epi16(low, _mm256_loadu_si256((const __m256i *)x)));
-                __m256i ph = _mm256_madd_epi16(scale_h,
-                                               _mm256_maddubs_epi16(high, _mm256_loadu_si256((const __m256i *)(x + 32))));
-                sumi[c] = _mm256_add_epi32(sumi[c], _mm256_add_epi32(pl, ph));
+                __m256i xl = _mm256_loadu_si256((const __m256i *)x), xh = _mm256_loadu_si256((const __m256i *)(x + 32));
+                for (int r = 0; r < rows; r++) {
+                    const uint8_t *s = sc + ((n + r) * nbk + i) * (QK_K / SUB) + 2 * j;
+                    __m256i pl = _mm256_madd_epi16(_mm256_set1_epi16(s[0]), _mm256_maddubs_epi16(low[r], xl));
+                    __m256i ph = _mm256_madd_epi16(_mm256_set1_epi16(s[1]), _mm256_maddubs_epi16(high[r], xh));
+                    sumi[r][c] = _mm256_add_epi32(sumi[r][c], _mm256_add_epi32(pl, ph));
+                }
             }
         }
-        __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(mn + sub)));
-        for (int c = 0; c < cols; c++) {
-            int64_t col_block = (b + c) * nbk + i;
-            const int16_t *bs = xbs + col_block * (QK_K / 16);
-            __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bs), _mm_loadu_si128((const __m128i *)(bs + 8)));
-            __m128 prod = _mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs));
-            acc_m[c] = _mm_fmadd_ps(_mm_set1_ps(-xd[col_block] * wdmin[row_block]), prod, acc_m[c]);
-            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(xd[col_block] * wd[row_block]), _mm256_cvtepi32_ps(sumi[c]), acc[c]);
+        for (int r = 0; r < rows; r++) {
+            int64_t row_block = (n + r) * nbk + i;
+            __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(mn + row_block * (QK_K / SUB))));
+            for (int c = 0; c < cols; c++) {
+                int64_t col_block = (b + c) * nbk + i;
+                const int16_t *bs = xbs + col_block * (QK_K / 16);
+                __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bs),
+                                               _mm_loadu_si128((const __m128i *)(bs + 8)));
+                __m128 prod = _mm_cvtepi32_ps(_mm_madd_epi16(mins, pairs));
+                acc_m[r][c] = _mm_fmadd_ps(_mm_set1_ps(-xd[col_block] * wdmin[row_block]), prod, acc_m[r][c]);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(xd[col_block] * wd[row_block]),
+                                            _mm256_cvtepi32_ps(sumi[r][c]), acc[r][c]);
+            }
         }
     }
-    for (int c = 0; c < cols; c++) {
-        v4f a = (v4f)acc_m[c];
-        y[(b + c) * N + n] = hsum_ggml((v8f)acc[c]) + ((a[0] + a[2]) + (a[1] + a[3]));
-    }
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+            v4f a = (v4f)acc_m[r][c];
+            y[(b + c) * N + n + r] = hsum_ggml((v8f)acc[r][c]) + ((a[0] + a[2]) + (a[1] + a[3]));
+        }
 }
 
+/* Rows [n0, n1) against all B inputs in tiles of 2 rows x 4 inputs, as rows_portable. */
 __attribute__((target("avx2,fma")))
 static void rows_avx2(const int8_t *xq, const float *xd, const int16_t *xbs, const uint8_t *qs,
                       const uint8_t *sc, const uint8_t *mn, const float *wd, const float *wdmin,
                       float *y, int64_t B, int64_t K, int64_t N, int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *pf = n + PF_AHEAD < N ? qs + (n + PF_AHEAD) * (K / 2) : NULL;
+#define TILE(R, C) tile_avx2(xq, xd, xbs, qs, sc, mn, wd, wdmin, y, K, N, n, b, (R), (C), pf)
+    int64_t n = n0;
+    for (; n + AVX2_ROWS <= n1; n += AVX2_ROWS) {
+        const uint8_t *pf = n + PF_AHEAD + AVX2_ROWS <= N ? qs + (n + PF_AHEAD) * (K / 2) : NULL;
         int64_t b = 0;
         for (; b + AVX2_COLS <= B; b += AVX2_COLS, pf = NULL)
-            tile_avx2(xq, xd, xbs, qs, sc, mn, wd, wdmin, y, K, N, n, b, AVX2_COLS, pf);
+            TILE(AVX2_ROWS, AVX2_COLS);
         for (; b < B; b++, pf = NULL)
-            tile_avx2(xq, xd, xbs, qs, sc, mn, wd, wdmin, y, K, N, n, b, 1, pf);
+            TILE(AVX2_ROWS, 1);
     }
+    for (; n < n1; n++) {
+        const uint8_t *pf = NULL;
+        for (int64_t b = 0; b < B; b++)
+            TILE(1, 1);
+    }
+#undef TILE
 }
 #endif
 
