@@ -19,11 +19,11 @@ Q8_0 blocks for Q8_0/Q4_0/Q5_0 weights, Q8_K for K-quants, F16 for F16), so that
 logits are llama.cpp's; the multiplication itself stays float32. Without types, no rounding.
 
 Given get_quantised too (the loader's), a weight whose parts (token_embd, the LM head, a fused
-Q/K/V...) are all Q8_0, or all Q4_K, stays quantised (KEPT_WEIGHTS: q8weight.Q8Weight, ~1.1
-bytes a value instead of 4; q4kweight.Q4KWeight, ~0.6) and is multiplied with integer dot
-products per block, as ggml_vec_dot_q8_0_q8_0 / ggml_vec_dot_q4_K_q8_K do, for prefill and
-decode rows alike. A fused weight of mixed types (a Q4_K_M file's Q/K/V with a Q6_K V) stays
-float32.
+Q/K/V...) are all of KEPT_WEIGHTS' types stays quantised (q8weight.Q8Weight, ~1.1 bytes a value
+instead of 4; q4kweight.Q4KWeight, ~0.6; q6kweight.Q6KWeight, ~1.1) and is multiplied with
+integer dot products per block, as ggml's vec_dot for its type does, for prefill and decode
+rows alike; parts of different kept types (a Q4_K_M file's Q/K/V with a Q6_K V) stack as a
+quantweight.StackedWeight. A part of another type makes the whole weight float32.
 """
 from __future__ import annotations
 
@@ -36,9 +36,10 @@ import numpy as np
 from velollmd.engine import kernels, ops, vecdot
 from velollmd.engine.kvcache import PagedKVCache, slot_mapping
 from velollmd.engine.q4kweight import Q4KWeight
+from velollmd.engine.q6kweight import Q6KWeight
 from velollmd.engine.q8weight import Q8Weight
 from velollmd.engine.quants import GGML_TYPES
-from velollmd.engine.quantweight import QuantWeight
+from velollmd.engine.quantweight import QuantWeight, StackedWeight
 
 ROPE_STYLE_OF_ARCH = {"llama": ops.ROPE_NORM, "mistral": ops.ROPE_NORM,
                       "qwen2": ops.ROPE_NEOX, "qwen3": ops.ROPE_NEOX}
@@ -51,8 +52,10 @@ REQUIRED_OF_ARCH = {"qwen2": QKV_BIAS_TENSORS, "qwen3": QK_NORM_TENSORS}
 _MISSING = object()
 Q8_0 = vecdot.Q8_0
 # ggml type -> the class that keeps a weight of that type quantised
-KEPT_WEIGHTS: dict[int, type[QuantWeight]] = {Q8_0: Q8Weight, GGML_TYPES["Q4_K"]: Q4KWeight}
-Matrix = np.ndarray | QuantWeight   # a weight (out, in): float32, or kept quantised
+KEPT_WEIGHTS: dict[int, type[QuantWeight]] = {Q8_0: Q8Weight, GGML_TYPES["Q4_K"]: Q4KWeight,
+                                              GGML_TYPES["Q6_K"]: Q6KWeight}
+Matrix = np.ndarray | QuantWeight | StackedWeight   # a weight (out, in): float32, or kept quantised
+QUANTISED = (QuantWeight, StackedWeight)
 
 
 class UnsupportedModel(ValueError):
@@ -279,7 +282,7 @@ DECODE_ROWS = 16
 def linear(x: np.ndarray, w: Matrix, act: ActBands = ()) -> np.ndarray:
     """x (T, in) @ w (out, in)^T -> (T, out), x first rounded as llama.cpp would for w's type
     (act, one rounding per band of w's rows; () none). A QuantWeight rounds x itself."""
-    if isinstance(w, QuantWeight):
+    if isinstance(w, QUANTISED):
         return w.matmul(x)
     if len(act) <= 1:
         return _matmul(vecdot.round_activations(x, act[0][1]) if act else x, w)
@@ -305,7 +308,7 @@ def _matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def embedding_rows(table: Matrix, token_ids: np.ndarray) -> np.ndarray:
     """The rows of token ids (T,) as a new float32 array (T, n_embd)."""
-    return table.rows(token_ids) if isinstance(table, QuantWeight) else table[token_ids]
+    return table.rows(token_ids) if isinstance(table, QUANTISED) else table[token_ids]
 
 
 def act_bands(bands: Sequence[tuple[int, int]]) -> ActBands:
@@ -360,17 +363,23 @@ class Model:
 
     def _matrix(self, *parts: tuple[str, int], cols: int) -> Matrix:
         """A weight fused from (tensor name, rows) parts stacked by rows, each (rows, cols):
-        kept quantised when get_quantised is given and every part is of one KEPT_WEIGHTS type,
-        else float32."""
-        kinds = {self._types.get(name) for name, _ in parts}
-        if self._get_quantised is None or len(kinds) != 1 or kinds.pop() not in KEPT_WEIGHTS:
+        kept quantised when get_quantised is given and every part is of a KEPT_WEIGHTS type (runs
+        of one type concatenated, a StackedWeight of the runs when there are several), else float32."""
+        if self._get_quantised is None or any(self._types.get(name) not in KEPT_WEIGHTS for name, _ in parts):
             arrays = [self._load(name, (num_rows, cols)) for name, num_rows in parts]
             return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         weights = [self._get_quantised(name) for name, _ in parts]
         for (name, num_rows), weight in zip(parts, weights):
             if weight.shape != (num_rows, cols):
                 raise UnsupportedModel(f"tensor {name!r} has shape {weight.shape}, expected {(num_rows, cols)}")
-        return weights[0] if len(weights) == 1 else type(weights[0]).concat(weights)
+        runs: list[list[QuantWeight]] = []
+        for weight in weights:
+            if runs and type(runs[-1][0]) is type(weight):
+                runs[-1].append(weight)
+            else:
+                runs.append([weight])
+        stacked = [run[0] if len(run) == 1 else type(run[0]).concat(run) for run in runs]
+        return stacked[0] if len(stacked) == 1 else StackedWeight(tuple(stacked))
 
     def _act(self, *parts: tuple[str, int]) -> ActBands:
         """ActBands of a weight fused from (tensor name, rows) parts; () when types are unknown."""

@@ -115,6 +115,17 @@ def split_q4_k(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, ...
             _f16(blocks[:, :2]).reshape(rows, per_row), _f16(blocks[:, 2:4]).reshape(rows, per_row))
 
 
+def split_q6_k(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Q6_K matrix's bytes, unpacked by row: q (N, K) uint8 the 6-bit values (0..63) in order;
+    sc (N, K / 16) int8 one scale per 16 values; d (N, K / 256) float32 (the F16 values);
+    (d * sc) * (q - 32) per 16 values is dequantize's value."""
+    rows, cols = (int(n) for n in shape)
+    blocks = _matrix_blocks(raw, GGML_TYPES["Q6_K"], rows, cols)                  # (n, 210)
+    scales = np.ascontiguousarray(blocks[:, 192:208]).view(np.int8)                # (n, 16)
+    return (_q6_k_values(blocks).reshape(rows, cols), scales.reshape(rows, cols // 16),
+            _f16(blocks[:, 208:210]).reshape(rows, cols // QK_K))
+
+
 def _matrix_blocks(raw: np.ndarray, ggml_type: int, rows: int, cols: int) -> np.ndarray:
     """A (rows, cols) matrix's bytes as (n, type_size) uint8 blocks, its size checked."""
     block_size, type_size = GGML_BLOCK_SIZES[ggml_type]
@@ -228,16 +239,20 @@ def _decode_q5_k(blocks: np.ndarray) -> np.ndarray:
     return (scale * q - offset).reshape(-1, QK_K)
 
 
-def _decode_q6_k(blocks: np.ndarray) -> np.ndarray:
-    """Two halves of 128: ql nibbles give the low 4 bits, qh 2-bit fields the high 2."""
+def _q6_k_values(blocks: np.ndarray) -> np.ndarray:
+    """Q6_K: (n, 210) blocks -> (n, 256) uint8 values 0..63 (the weight is d * sc * (q - 32)) in
+    order. Two halves of 128: ql nibbles give the low 4 bits, qh 2-bit fields the high 2."""
     ql = blocks[:, :128].reshape(-1, 2, 64)                   # (n, 2, 64)
     qh = blocks[:, 128:192].reshape(-1, 2, 1, 32)             # (n, 2, 1, 32)
-    scales = np.ascontiguousarray(blocks[:, 192:208]).view(np.int8).astype(np.float32)  # (n, 16)
-    d = _f16(blocks[:, 208:210])                              # (n, 1)
     low = _nibbles(ql).reshape(-1, 2, 4, 32)                  # (n, 2, 4, 32)
     high = (qh >> np.array([0, 2, 4, 6], dtype=np.uint8)[None, None, :, None]) & 3  # (n, 2, 4, 32)
-    q = (low | (high << 4)).astype(np.int8) - np.int8(32)     # (n, 2, 4, 32)
-    q = q.reshape(-1, 16, 16).astype(np.float32)              # (n, 16, 16): one scale each
+    return (low | (high << 4)).reshape(-1, QK_K)
+
+
+def _decode_q6_k(blocks: np.ndarray) -> np.ndarray:
+    scales = np.ascontiguousarray(blocks[:, 192:208]).view(np.int8).astype(np.float32)  # (n, 16)
+    d = _f16(blocks[:, 208:210])                              # (n, 1)
+    q = (_q6_k_values(blocks).astype(np.int8) - np.int8(32)).reshape(-1, 16, 16).astype(np.float32)  # one scale per 16
     return ((d * scales)[:, :, None] * q).reshape(-1, QK_K)
 
 

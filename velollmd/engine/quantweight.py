@@ -1,4 +1,5 @@
-"""What the weight types kept quantised in memory share (q8weight.Q8Weight, q4kweight.Q4KWeight).
+"""What the weight types kept quantised in memory share (q8weight.Q8Weight, q4kweight.Q4KWeight,
+q6kweight.Q6KWeight), and StackedWeight: parts of different such types stacked by rows.
 
 A subclass is a frozen dataclass of arrays with one leading row per weight row, so that parts
 stack by rows field by field (concat: a fused Q/K/V). It says its activation type (act_type,
@@ -55,3 +56,27 @@ class QuantWeight:
     def _product(self, x: np.ndarray) -> np.ndarray:
         """The compiled kernel's x (T, K) @ self^T (T >= 1)."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class StackedWeight:
+    """Kept-quantised parts of different types stacked by rows (a Q4_K_M file's fused Q/K/V
+    with a Q6_K V): each part multiplies x its own way, so the product is each part's, side by
+    side (y's columns in the parts' order)."""
+    parts: tuple[QuantWeight, ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return sum(part.shape[0] for part in self.parts), self.parts[0].shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(part.nbytes for part in self.parts)
+
+    def rows(self, index: np.ndarray | slice) -> np.ndarray:
+        """Dequantised rows (len, K) float32 (all of them dequantised first: for tests and tools)."""
+        return np.concatenate([part.rows(slice(None)) for part in self.parts])[index]
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        """x (T, K) float32 @ self^T -> (T, N)."""
+        return np.concatenate([part.matmul(x) for part in self.parts], axis=1)
