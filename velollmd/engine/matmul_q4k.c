@@ -3,7 +3,6 @@
  * its inputs) and AVX2 (ggml's maddubs on the nibbles, madd with the scales). */
 #include "matmul_q4k.h"
 
-#include "matmul_q8.h"
 #include "qdot.h"
 
 #ifdef _OPENMP
@@ -204,10 +203,8 @@ static void rows_avx2(const int8_t *xq, const float *xd, const int16_t *xbs, con
 int vl_matmul_q4_k(const int8_t *xq, const float *xd, const int16_t *xbsums, const uint8_t *qs,
                    const uint8_t *sc, const uint8_t *mn, const float *wd, const float *wdmin, float *y,
                    int64_t B, int64_t K, int64_t N, int num_threads, int path) {
-    int paths = vl_q8_0_paths() & ((1 << VL_Q8_PORTABLE) | (1 << VL_Q8_AVX2));
-    if (path == VL_Q8_BEST)
-        path = paths & (1 << VL_Q8_AVX2) ? VL_Q8_AVX2 : VL_Q8_PORTABLE;
-    if (path < VL_Q8_PORTABLE || path > VL_Q8_AVX2 || !(paths & (1 << path)))
+    path = k_quant_path(path);
+    if (path < 0)
         return -1;
     int64_t num_tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
     if (num_threads < 1)

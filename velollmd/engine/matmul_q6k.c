@@ -3,7 +3,6 @@
  * term from the bsums). */
 #include "matmul_q6k.h"
 
-#include "matmul_q8.h"
 #include "qdot.h"
 
 #ifdef _OPENMP
@@ -143,10 +142,8 @@ static void rows_avx2(const int8_t *xq, const float *xd, const int16_t *xbs, con
 
 int vl_matmul_q6_k(const int8_t *xq, const float *xd, const int16_t *xbsums, const uint8_t *wq, const int8_t *sc,
                    const float *wd, float *y, int64_t B, int64_t K, int64_t N, int num_threads, int path) {
-    int paths = vl_q8_0_paths() & ((1 << VL_Q8_PORTABLE) | (1 << VL_Q8_AVX2));
-    if (path == VL_Q8_BEST)
-        path = paths & (1 << VL_Q8_AVX2) ? VL_Q8_AVX2 : VL_Q8_PORTABLE;
-    if (path < VL_Q8_PORTABLE || path > VL_Q8_AVX2 || !(paths & (1 << path)))
+    path = k_quant_path(path);
+    if (path < 0)
         return -1;
     int64_t num_tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
     if (num_threads < 1)

@@ -1,10 +1,11 @@
-/* Internal to the quantised kernels (matmul_q8.c, matmul_q4k.c): ggml's integer lane sums and
+/* Internal to the quantised kernels (matmul_q8.c, matmul_q4k.c, matmul_q6k.c): ggml's lane sums and
  * its final float reduction, shared so that every kernel adds the same way. */
 #ifndef VL_QDOT_H
 #define VL_QDOT_H
 
 #include <stdint.h>
 
+#include "matmul_q8.h"
 #include "vecf.h"
 
 typedef int32_t v8i __attribute__((vector_size(32)));
@@ -26,6 +27,15 @@ static inline __attribute__((always_inline)) v8i lanes_portable(const int8_t *w,
         s[l] = t;
     }
     return s;
+}
+
+/* The K-quant kernels' path (matmul_q4k.c, matmul_q6k.c: portable or AVX2, as ggml has no VNNI
+ * path for them): VL_Q8_BEST resolved to the fastest here; -1 when not available here. */
+static inline int k_quant_path(int path) {
+    int paths = vl_q8_0_paths() & ((1 << VL_Q8_PORTABLE) | (1 << VL_Q8_AVX2));
+    if (path == VL_Q8_BEST)
+        path = paths & (1 << VL_Q8_AVX2) ? VL_Q8_AVX2 : VL_Q8_PORTABLE;
+    return path >= VL_Q8_PORTABLE && path <= VL_Q8_AVX2 && (paths & (1 << path)) ? path : -1;
 }
 
 #endif
