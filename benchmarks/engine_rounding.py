@@ -1,9 +1,10 @@
 """What the activation rounding (velollmd/engine/vecdot.py) costs the engine, in one process.
 
 The same loaded model runs each pass three ways, A B C A B C ...: as loader.load makes it
-("rounded": Q8_0 matrices kept quantised and multiplied with integer dot products, q8weight.py;
-the other types' activations rounded as their ActBands say), "dequantised" (every Q8Weight
-replaced by its float32 values, activations still rounded: the engine before Q8Weight) and
+("rounded": Q8_0 and Q4_K matrices kept quantised and multiplied with integer dot products,
+q8weight.py, q4kweight.py; the other types' activations rounded as their ActBands say),
+"dequantised" (every kept-quantised weight replaced by its float32 values, activations still rounded: the
+engine before Q8Weight / Q4KWeight) and
 "float32" (dequantised, no rounding at all: every ActBands emptied): a decode step at B = 1, 8, 16 (context 128) and a prefill of --prefill tokens. Also
 the rounding alone on the decode step's inputs (round_activations per call, x its real shape).
 
@@ -22,8 +23,7 @@ from engine import fmt_range, model_file
 
 from velollmd.config import SchedulerConfig
 from velollmd.engine import loader, vecdot
-from velollmd.engine.model import Batch, Model, SeqChunk
-from velollmd.engine.q8weight import Q8Weight
+from velollmd.engine.model import QUANTISED, Batch, Model, SeqChunk
 
 ACT_FIELDS = ("qkv_act", "wo_act", "gate_up_act", "down_act")
 
@@ -32,9 +32,9 @@ WEIGHT_FIELDS = ("wqkv", "wo", "w_gate_up", "w_down")
 
 
 def dequantised(model: Model) -> Model:
-    """A shallow copy of model with every Q8Weight as its float32 values (ActBands kept)."""
+    """A shallow copy of model with every kept-quantised weight as its float32 values (ActBands kept)."""
     def plain(w):
-        return w.rows(slice(None)) if isinstance(w, Q8Weight) else w
+        return w.rows(slice(None)) if isinstance(w, QUANTISED) else w
     copy = Model.__new__(Model)
     copy.__dict__.update(model.__dict__)
     copy.layers = [dataclasses.replace(layer, **{f: plain(getattr(layer, f)) for f in WEIGHT_FIELDS})

@@ -1,8 +1,11 @@
-"""The engine's compiled decode kernels (matmul.c, matmul_q8.c, attention.c through cffi) and their threads.
+"""The engine's compiled decode kernels (matmul.c, matmul_q8.c, matmul_q4k.c, matmul_q6k.c,
+attention.c through cffi) and their threads.
 
     y = matmul_nt(x, w)          # x (B, K) @ w (N, K)^T -> (B, N) float32
     xq, xd = quantize_q8_0(x)     # x (B, K) -> int8 (B, K), scales (B, K / 32), as vecdot's
     y = matmul_q8_0(xq, xd, wq, wd)   # the same product for Q8_0 x and w: integer dot products
+    y = matmul_q4_k(quantize_q8_k(x), qs, sc, mn, wd, wdmin)   # Q8_K x, Q4_K w (ggml's product)
+    y = matmul_q6_k(quantize_q8_k(x), wq, sc, wd)              # Q8_K x, Q6_K w
     out = paged_decode_attention(q, k_pages, v_pages, tables, lens, scale)   # (B, n_head, d)
     set_num_threads(4)           # this kernel's OpenMP threads and numpy's OpenBLAS threads
 
@@ -137,6 +140,69 @@ def matmul_q8_0(xq: np.ndarray, xd: np.ndarray, wq: np.ndarray, wd: np.ndarray,
                              ffi.from_buffer("float[]", y), batch, k, n, _num_threads, Q8_PATHS[path])
     if ran < 0:
         raise ValueError(f"matmul_q8_0: path {path!r} is not available on this CPU ({q8_0_paths()})")
+    return y
+
+
+def quantize_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (T, K) float32 -> Q8_K values (T, K) int8, scales (T, K / 256) float32 and sums of 16
+    values (T, K / 16) int16 (COMPILED only): vecdot.quantize_q8_k's values, bit for bit."""
+    x = np.ascontiguousarray(x, dtype=np.float32)                                 # (T, K)
+    assert x.shape[-1] % 256 == 0, x.shape
+    xq = np.empty(x.shape, dtype=np.int8)                                         # (T, K)
+    xd = np.empty((x.shape[0], x.shape[1] // 256), dtype=np.float32)              # (T, K / 256)
+    bsums = np.empty((x.shape[0], x.shape[1] // 16), dtype=np.int16)              # (T, K / 16)
+    lib.vl_quantize_q8_k(ffi.from_buffer("float[]", x), ffi.from_buffer("int8_t[]", xq),
+                         ffi.from_buffer("float[]", xd), ffi.from_buffer("int16_t[]", bsums), xd.size)
+    return xq, xd, bsums
+
+
+def q4_k_paths() -> list[str]:
+    """The Q4_K kernel's paths this CPU can run (COMPILED only), slowest first: Q8_PATHS' but VNNI."""
+    return [name for name in q8_0_paths() if name != "vnni"]
+
+
+def matmul_q4_k(x: tuple[np.ndarray, np.ndarray, np.ndarray], qs: np.ndarray, sc: np.ndarray,
+                mn: np.ndarray, wd: np.ndarray, wdmin: np.ndarray, path: str = "best") -> np.ndarray:
+    """Q8_K x (B, K) @ Q4_K w (N, K)^T -> (B, N) float32, as ggml_vec_dot_q4_K_q8_K (matmul_q4k.h;
+    COMPILED only). x: quantize_q8_k's (xq, xd, bsums); w unpacked by row: qs (N, K / 2) uint8,
+    sc and mn (N, K / 32) uint8, wd and wdmin (N, K / 256) float32."""
+    xq, xd, bsums = x
+    batch, k = xq.shape
+    n = qs.shape[0]
+    assert xd.shape == (batch, k // 256) and bsums.shape == (batch, k // 16), (xq.shape, xd.shape, bsums.shape)
+    for array, dtype, cols in ((qs, np.uint8, k // 2), (sc, np.uint8, k // 32), (mn, np.uint8, k // 32),
+                               (wd, np.float32, k // 256), (wdmin, np.float32, k // 256)):
+        assert array.dtype == dtype and array.flags.c_contiguous and array.shape == (n, cols), array.shape
+    y = np.empty((batch, n), dtype=np.float32)                                    # (B, N)
+    ran = lib.vl_matmul_q4_k(ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xd),
+                             ffi.from_buffer("int16_t[]", bsums), ffi.from_buffer("uint8_t[]", qs),
+                             ffi.from_buffer("uint8_t[]", sc), ffi.from_buffer("uint8_t[]", mn),
+                             ffi.from_buffer("float[]", wd), ffi.from_buffer("float[]", wdmin),
+                             ffi.from_buffer("float[]", y), batch, k, n, _num_threads, Q8_PATHS[path])
+    if ran < 0:
+        raise ValueError(f"matmul_q4_k: path {path!r} is not available on this CPU ({q4_k_paths()})")
+    return y
+
+
+def matmul_q6_k(x: tuple[np.ndarray, np.ndarray, np.ndarray], wq: np.ndarray, sc: np.ndarray, wd: np.ndarray,
+                path: str = "best") -> np.ndarray:
+    """Q8_K x (B, K) @ Q6_K w (N, K)^T -> (B, N) float32, as ggml_vec_dot_q6_K_q8_K (matmul_q6k.h;
+    COMPILED only). x: quantize_q8_k's; w unpacked by row: wq (N, K) uint8 (0..63),
+    sc (N, K / 16) int8, wd (N, K / 256) float32. path: one of q4_k_paths()."""
+    xq, xd, bsums = x
+    batch, k = xq.shape
+    n = wq.shape[0]
+    assert xd.shape == (batch, k // 256) and bsums.shape == (batch, k // 16), (xq.shape, xd.shape, bsums.shape)
+    for array, dtype, cols in ((wq, np.uint8, k), (sc, np.int8, k // 16), (wd, np.float32, k // 256)):
+        assert array.dtype == dtype and array.flags.c_contiguous and array.shape == (n, cols), array.shape
+    y = np.empty((batch, n), dtype=np.float32)                                    # (B, N)
+    ran = lib.vl_matmul_q6_k(ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xd),
+                             ffi.from_buffer("int16_t[]", bsums),
+                             ffi.from_buffer("uint8_t[]", wq), ffi.from_buffer("int8_t[]", sc),
+                             ffi.from_buffer("float[]", wd), ffi.from_buffer("float[]", y),
+                             batch, k, n, _num_threads, Q8_PATHS[path])
+    if ran < 0:
+        raise ValueError(f"matmul_q6_k: path {path!r} is not available on this CPU ({q4_k_paths()})")
     return y
 
 

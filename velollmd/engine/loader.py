@@ -3,7 +3,7 @@
 `probe(path)` reads only the header (metadata and tensor table, mmapped) and says why a file
 cannot be served, or None: not a GGUF, truncated, an architecture or tensor type the engine
 does not run, a tokenizer or chat template it does not know. `load(path, options)` does the
-work: Q8_0 matrices kept quantised (q8weight.py), the other weights dequantised to float32
+work: Q8_0 and Q4_K matrices kept quantised (q8weight.py, q4kweight.py), the other weights dequantised to float32
 (with each one's ggml type, so that the model rounds activations as llama.cpp does: model.py,
 vecdot.py), the tokenizer, the template, a paged KV
 cache on the CFFI block allocator, the scheduler and the runner (not started).
@@ -24,9 +24,9 @@ from ..sched.scheduler import Scheduler
 from . import kernels
 from .gguf import GGUFFile, read_gguf
 from .kvcache import PagedKVCache
-from .model import Model, ModelConfig
-from .q8weight import Q8Weight
+from .model import KEPT_WEIGHTS, Model, ModelConfig
 from .quants import GGML_TYPE_NAMES, SUPPORTED_TYPES, dequantize
+from .quantweight import QuantWeight
 from .runner import Runner
 from .templates import ChatTemplate, find_template
 from .tokenizer import Tokenizer
@@ -100,11 +100,15 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
 
 
 def read_model(gguf: GGUFFile, config: ModelConfig) -> Model:
-    """The file's weights (Q8_0 matrices kept quantised, the rest dequantised to float32), and
+    """The file's weights (Q8_0 and Q4_K matrices kept quantised, the rest dequantised to float32), and
     their types for the activation rounding."""
     types = {name: info.ggml_type for name, info in gguf.tensors.items()}
-    return Model(config, lambda tensor: _tensor(gguf, tensor), types,
-                 lambda tensor: Q8Weight.from_raw(gguf.raw(tensor), gguf.tensors[tensor].shape))
+    return Model(config, lambda tensor: _tensor(gguf, tensor), types, lambda tensor: _kept(gguf, tensor))
+
+
+def _kept(gguf: GGUFFile, name: str) -> QuantWeight:
+    info = gguf.tensors[name]
+    return KEPT_WEIGHTS[info.ggml_type].from_raw(gguf.raw(name), info.shape)
 
 
 def _tensor(gguf: GGUFFile, name: str) -> np.ndarray:

@@ -5,7 +5,7 @@
 
 #include <stdlib.h>
 
-#include "vecf.h"
+#include "qdot.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -16,26 +16,6 @@
 #define MAX_COLS 4
 #define ROWS_PER_TASK 64    /* a task's weights: 64 rows (72 KiB at K = 1024) */
 #define PF_AHEAD 16         /* the x86 tiles prefetch the weight rows this far ahead */
-
-typedef int32_t v8i __attribute__((vector_size(32)));
-
-/* ggml's hsum_float_8: (lanes 0-3 + lanes 4-7), then (0 + 2) + (1 + 3). */
-static inline __attribute__((always_inline)) float hsum_ggml(v8f v) {
-    float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
-    return (a0 + a2) + (a1 + a3);
-}
-
-/* The 8 lane sums of one block pair: lane l = sum of w[4l + i] * x[4l + i], i < 4 (exact). */
-static inline __attribute__((always_inline)) v8i lanes_portable(const int8_t *w, const int8_t *x) {
-    v8i s = {0};
-    for (int l = 0; l < 8; l++) {
-        int32_t t = 0;
-        for (int i = 0; i < 4; i++)
-            t += (int32_t)w[4 * l + i] * (int32_t)x[4 * l + i];
-        s[l] = t;
-    }
-    return s;
-}
 
 /* `rows` weight rows x `cols` inputs (constants at each call site); x, xd: the first input's. */
 static inline __attribute__((always_inline)) void tile_portable(const int8_t *x, const float *xd,

@@ -18,10 +18,12 @@ rounds its input rows the way llama.cpp's CPU backend does for that weight type 
 Q8_0 blocks for Q8_0/Q4_0/Q5_0 weights, Q8_K for K-quants, F16 for F16), so that the engine's
 logits are llama.cpp's; the multiplication itself stays float32. Without types, no rounding.
 
-Given get_q8 too (the loader's), a weight whose every part is Q8_0 (token_embd, the LM head,
-a fused Q/K/V...) stays quantised (q8weight.Q8Weight, ~1.1 bytes a value instead of 4) and is
-multiplied with integer dot products per block, as ggml_vec_dot_q8_0_q8_0 does, for prefill
-and decode rows alike.
+Given get_quantised too (the loader's), a weight whose parts (token_embd, the LM head, a fused
+Q/K/V...) are all of KEPT_WEIGHTS' types stays quantised (q8weight.Q8Weight, ~1.1 bytes a value
+instead of 4; q4kweight.Q4KWeight, ~0.6; q6kweight.Q6KWeight, ~1.1) and is multiplied with
+integer dot products per block, as ggml's vec_dot for its type does, for prefill and decode
+rows alike; parts of different kept types (a Q4_K_M file's Q/K/V with a Q6_K V) stack as a
+quantweight.StackedWeight. A part of another type makes the whole weight float32.
 """
 from __future__ import annotations
 
@@ -33,7 +35,11 @@ import numpy as np
 
 from velollmd.engine import kernels, ops, vecdot
 from velollmd.engine.kvcache import PagedKVCache, slot_mapping
+from velollmd.engine.q4kweight import Q4KWeight
+from velollmd.engine.q6kweight import Q6KWeight
 from velollmd.engine.q8weight import Q8Weight
+from velollmd.engine.quants import GGML_TYPES
+from velollmd.engine.quantweight import QuantWeight, StackedWeight
 
 ROPE_STYLE_OF_ARCH = {"llama": ops.ROPE_NORM, "mistral": ops.ROPE_NORM,
                       "qwen2": ops.ROPE_NEOX, "qwen3": ops.ROPE_NEOX}
@@ -45,7 +51,11 @@ QK_NORM_TENSORS = ("attn_q_norm.weight", "attn_k_norm.weight")
 REQUIRED_OF_ARCH = {"qwen2": QKV_BIAS_TENSORS, "qwen3": QK_NORM_TENSORS}
 _MISSING = object()
 Q8_0 = vecdot.Q8_0
-Matrix = np.ndarray | Q8Weight      # a weight (out, in): float32, or Q8_0 kept quantised
+# ggml type -> the class that keeps a weight of that type quantised
+KEPT_WEIGHTS: dict[int, type[QuantWeight]] = {Q8_0: Q8Weight, GGML_TYPES["Q4_K"]: Q4KWeight,
+                                              GGML_TYPES["Q6_K"]: Q6KWeight}
+Matrix = np.ndarray | QuantWeight | StackedWeight   # a weight (out, in): float32, or kept quantised
+QUANTISED = (QuantWeight, StackedWeight)
 
 
 class UnsupportedModel(ValueError):
@@ -271,8 +281,8 @@ DECODE_ROWS = 16
 
 def linear(x: np.ndarray, w: Matrix, act: ActBands = ()) -> np.ndarray:
     """x (T, in) @ w (out, in)^T -> (T, out), x first rounded as llama.cpp would for w's type
-    (act, one rounding per band of w's rows; () none). A Q8Weight rounds x to Q8_0 itself."""
-    if isinstance(w, Q8Weight):
+    (act, one rounding per band of w's rows; () none). A QuantWeight rounds x itself."""
+    if isinstance(w, QUANTISED):
         return w.matmul(x)
     if len(act) <= 1:
         return _matmul(vecdot.round_activations(x, act[0][1]) if act else x, w)
@@ -298,7 +308,7 @@ def _matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def embedding_rows(table: Matrix, token_ids: np.ndarray) -> np.ndarray:
     """The rows of token ids (T,) as a new float32 array (T, n_embd)."""
-    return table.rows(token_ids) if isinstance(table, Q8Weight) else table[token_ids]
+    return table.rows(token_ids) if isinstance(table, QUANTISED) else table[token_ids]
 
 
 def act_bands(bands: Sequence[tuple[int, int]]) -> ActBands:
@@ -322,12 +332,13 @@ class Model:
 
     def __init__(self, config: ModelConfig, get_tensor: Callable[[str], np.ndarray],
                  tensor_types: Mapping[str, int] | None = None,
-                 get_q8: Callable[[str], Q8Weight] | None = None):
+                 get_quantised: Callable[[str], QuantWeight] | None = None):
         """tensor_types: each tensor's ggml type (GGUFFile.tensors[name].ggml_type), so that
         linear rounds activations as llama.cpp does for it; None: float32 throughout.
-        get_q8: a Q8_0 tensor kept quantised (with tensor_types), for matrices all of Q8_0."""
+        get_quantised: a tensor of a KEPT_WEIGHTS type kept quantised (with tensor_types), for
+        matrices whose parts are all of one such type."""
         self.config = config
-        self._get_tensor, self._get_q8 = get_tensor, get_q8
+        self._get_tensor, self._get_quantised = get_tensor, get_quantised
         self._types = tensor_types or {}
         c = config
         self.q_dim, self.kv_dim = c.n_head * c.head_dim, c.n_head_kv * c.head_dim
@@ -342,7 +353,7 @@ class Model:
         factors = self._load("rope_freqs.weight", (c.n_rot // 2,)) if c.has_rope_freqs else None
         self.inv_freq = ops.rope_inv_freq(c.n_rot, c.rope_freq_base, c.rope_freq_scale, factors)  # (n_rot/2,)
         self.attn_scale = 1.0 / np.sqrt(c.head_dim)
-        self._get_tensor = self._get_q8 = self._types = None  # do not keep the loader (and its mapping) alive
+        self._get_tensor = self._get_quantised = self._types = None  # do not keep the loader (and its mapping) alive
 
     def _load(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         array = np.ascontiguousarray(self._get_tensor(name), dtype=np.float32)
@@ -352,15 +363,23 @@ class Model:
 
     def _matrix(self, *parts: tuple[str, int], cols: int) -> Matrix:
         """A weight fused from (tensor name, rows) parts stacked by rows, each (rows, cols):
-        kept Q8_0 when get_q8 is given and every part is Q8_0, else float32."""
-        if self._get_q8 is None or any(self._types.get(name) != Q8_0 for name, _ in parts):
+        kept quantised when get_quantised is given and every part is of a KEPT_WEIGHTS type (runs
+        of one type concatenated, a StackedWeight of the runs when there are several), else float32."""
+        if self._get_quantised is None or any(self._types.get(name) not in KEPT_WEIGHTS for name, _ in parts):
             arrays = [self._load(name, (num_rows, cols)) for name, num_rows in parts]
             return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        weights = [self._get_q8(name) for name, _ in parts]
+        weights = [self._get_quantised(name) for name, _ in parts]
         for (name, num_rows), weight in zip(parts, weights):
             if weight.shape != (num_rows, cols):
                 raise UnsupportedModel(f"tensor {name!r} has shape {weight.shape}, expected {(num_rows, cols)}")
-        return weights[0] if len(weights) == 1 else Q8Weight.concat(weights)
+        runs: list[list[QuantWeight]] = []
+        for weight in weights:
+            if runs and type(runs[-1][0]) is type(weight):
+                runs[-1].append(weight)
+            else:
+                runs.append([weight])
+        stacked = [run[0] if len(run) == 1 else type(run[0]).concat(run) for run in runs]
+        return stacked[0] if len(stacked) == 1 else StackedWeight(tuple(stacked))
 
     def _act(self, *parts: tuple[str, int]) -> ActBands:
         """ActBands of a weight fused from (tensor name, rows) parts; () when types are unknown."""

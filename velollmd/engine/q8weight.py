@@ -14,53 +14,40 @@ the same rounded x times the dequantised weight, in float32.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import kernels, vecdot
 from .quants import split_q8_0
+from .quantweight import QuantWeight
 
 QK8_0 = vecdot.QK8_0
 
 
 @dataclass(frozen=True)
-class Q8Weight:
+class Q8Weight(QuantWeight):
     q: np.ndarray       # (N, K) int8, C-contiguous
     d: np.ndarray       # (N, K / 32) float32: each block's F16 scale
+
+    act_type = vecdot.Q8_0
 
     @classmethod
     def from_raw(cls, raw: np.ndarray, shape: tuple[int, int]) -> "Q8Weight":
         """From a GGUF tensor's Q8_0 bytes (copied: the file's mapping may close)."""
         return cls(*split_q8_0(raw, shape))
 
-    @classmethod
-    def concat(cls, parts: Sequence["Q8Weight"]) -> "Q8Weight":
-        """Parts stacked by rows, e.g. Q, K, V into one (q_dim + 2 * kv_dim, K) weight."""
-        return cls(np.concatenate([p.q for p in parts]), np.concatenate([p.d for p in parts]))
-
     @property
     def shape(self) -> tuple[int, int]:
         return self.q.shape
 
-    @property
-    def nbytes(self) -> int:
-        return self.q.nbytes + self.d.nbytes
-
     def rows(self, index: np.ndarray | slice) -> np.ndarray:
-        """Dequantised rows (len, K) float32, bit for bit quants.dequantize's values."""
         q, d = self.q[index], self.d[index]                                   # (R, K), (R, K / 32)
         values = q.reshape(q.shape[0], -1, QK8_0).astype(np.float32)          # (R, K / 32, 32)
         values *= d[:, :, None]
         return values.reshape(q.shape)
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x (T, K) float32 @ self^T -> (T, N), x rounded to Q8_0 blocks first."""
-        if x.shape[0] == 0:                 # e.g. a pass with no logits wanted
-            return np.empty((0, self.shape[0]), dtype=np.float32)
-        if not kernels.COMPILED:
-            return vecdot.round_activations(x, vecdot.Q8_0) @ self.rows(slice(None)).T
+    def _product(self, x: np.ndarray) -> np.ndarray:
         xq, xd = quantize_rows(x)
         return kernels.matmul_q8_0(xq, xd, self.q, self.d)
 

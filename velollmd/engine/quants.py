@@ -96,16 +96,47 @@ def split_q8_0(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.
     """A Q8_0 matrix's bytes, kept quantised: q (N, K) int8 and d (N, K / 32) float32 (each
     block's F16 scale); q * d per block is dequantize's value, bit for bit."""
     rows, cols = (int(n) for n in shape)
-    block_size, type_size = GGML_BLOCK_SIZES[GGML_TYPES["Q8_0"]]
-    if cols % block_size:
-        raise QuantError(f"row length {cols} is not a multiple of the Q8_0 block size {block_size}")
-    raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1)                    # (nbytes,)
-    if raw.size != rows * cols // block_size * type_size:
-        raise QuantError(f"{raw.size} bytes for {shape} Q8_0, expected {rows * cols // block_size * type_size}")
-    blocks = raw.reshape(-1, type_size)                                            # (n, 34)
-    d = _f16(blocks[:, :2]).reshape(rows, cols // block_size)                       # (N, K / 32)
+    blocks = _matrix_blocks(raw, GGML_TYPES["Q8_0"], rows, cols)                  # (n, 34)
+    d = _f16(blocks[:, :2]).reshape(rows, cols // 32)                               # (N, K / 32)
     q = np.ascontiguousarray(blocks[:, 2:]).view(np.int8).reshape(rows, cols)       # (N, K)
     return q, d
+
+
+def split_q4_k(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """A Q4_K matrix's bytes, kept quantised and unpacked by row: qs (N, K / 2) uint8 (the nibble
+    bytes as stored), sc and mn (N, K / 32) uint8 (6-bit scales and mins), d and dmin (N, K / 256)
+    float32 (the F16 values); (d * sc) * q - dmin * mn per sub-block is dequantize's value."""
+    rows, cols = (int(n) for n in shape)
+    blocks = _matrix_blocks(raw, GGML_TYPES["Q4_K"], rows, cols)                  # (n, 144)
+    scales, mins = _k_scales_mins(blocks[:, 4:16])                                 # (n, 8) each
+    per_row = cols // QK_K
+    return (np.ascontiguousarray(blocks[:, 16:]).reshape(rows, cols // 2),
+            scales.reshape(rows, cols // 32), mins.reshape(rows, cols // 32),
+            _f16(blocks[:, :2]).reshape(rows, per_row), _f16(blocks[:, 2:4]).reshape(rows, per_row))
+
+
+def split_q6_k(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Q6_K matrix's bytes, unpacked by row: q (N, K) uint8 the 6-bit values (0..63) in order;
+    sc (N, K / 16) int8 one scale per 16 values; d (N, K / 256) float32 (the F16 values);
+    (d * sc) * (q - 32) per 16 values is dequantize's value."""
+    rows, cols = (int(n) for n in shape)
+    blocks = _matrix_blocks(raw, GGML_TYPES["Q6_K"], rows, cols)                  # (n, 210)
+    scales = np.ascontiguousarray(blocks[:, 192:208]).view(np.int8)                # (n, 16)
+    return (_q6_k_values(blocks).reshape(rows, cols), scales.reshape(rows, cols // 16),
+            _f16(blocks[:, 208:210]).reshape(rows, cols // QK_K))
+
+
+def _matrix_blocks(raw: np.ndarray, ggml_type: int, rows: int, cols: int) -> np.ndarray:
+    """A (rows, cols) matrix's bytes as (n, type_size) uint8 blocks, its size checked."""
+    block_size, type_size = GGML_BLOCK_SIZES[ggml_type]
+    name = GGML_TYPE_NAMES[ggml_type]
+    if cols % block_size:
+        raise QuantError(f"row length {cols} is not a multiple of the {name} block size {block_size}")
+    raw = np.ascontiguousarray(raw).view(np.uint8).reshape(-1)                    # (nbytes,)
+    expected = rows * cols // block_size * type_size
+    if raw.size != expected:
+        raise QuantError(f"{raw.size} bytes for {(rows, cols)} {name}, expected {expected}")
+    return raw.reshape(-1, type_size)
 
 
 # Each decoder maps (n, type_size) uint8 blocks to (n, block_size) float32 values.
@@ -208,16 +239,20 @@ def _decode_q5_k(blocks: np.ndarray) -> np.ndarray:
     return (scale * q - offset).reshape(-1, QK_K)
 
 
-def _decode_q6_k(blocks: np.ndarray) -> np.ndarray:
-    """Two halves of 128: ql nibbles give the low 4 bits, qh 2-bit fields the high 2."""
+def _q6_k_values(blocks: np.ndarray) -> np.ndarray:
+    """Q6_K: (n, 210) blocks -> (n, 256) uint8 values 0..63 (the weight is d * sc * (q - 32)) in
+    order. Two halves of 128: ql nibbles give the low 4 bits, qh 2-bit fields the high 2."""
     ql = blocks[:, :128].reshape(-1, 2, 64)                   # (n, 2, 64)
     qh = blocks[:, 128:192].reshape(-1, 2, 1, 32)             # (n, 2, 1, 32)
-    scales = np.ascontiguousarray(blocks[:, 192:208]).view(np.int8).astype(np.float32)  # (n, 16)
-    d = _f16(blocks[:, 208:210])                              # (n, 1)
     low = _nibbles(ql).reshape(-1, 2, 4, 32)                  # (n, 2, 4, 32)
     high = (qh >> np.array([0, 2, 4, 6], dtype=np.uint8)[None, None, :, None]) & 3  # (n, 2, 4, 32)
-    q = (low | (high << 4)).astype(np.int8) - np.int8(32)     # (n, 2, 4, 32)
-    q = q.reshape(-1, 16, 16).astype(np.float32)              # (n, 16, 16): one scale each
+    return (low | (high << 4)).reshape(-1, QK_K)
+
+
+def _decode_q6_k(blocks: np.ndarray) -> np.ndarray:
+    scales = np.ascontiguousarray(blocks[:, 192:208]).view(np.int8).astype(np.float32)  # (n, 16)
+    d = _f16(blocks[:, 208:210])                              # (n, 1)
+    q = (_q6_k_values(blocks).astype(np.int8) - np.int8(32)).reshape(-1, 16, 16).astype(np.float32)  # one scale per 16
     return ((d * scales)[:, :, None] * q).reshape(-1, QK_K)
 
 

@@ -11,10 +11,12 @@ multiplying in float32 as before:
     act = activation_type(ggml_type_of_weight)     # e.g. Q8_0 for a Q8_0 weight
     y = round_activations(x, act) @ w.T            # x (T, K): what llama.cpp's kernel sees
 
-A Q8_0 weight is not dequantised at all (q8weight.Q8Weight): its product quantises x with
-quantize_q8_0 (or its compiled twin) and takes ggml's integer dot products (kernels.matmul_q8_0),
-equal to ggml's mul_mat bit for bit (tests/engine/test_q8weight.py); round_activations serves
-the other types, and a Q8_0 weight fused with other types.
+Q8_0, Q4_K and Q6_K weights are not dequantised at all (q8weight.Q8Weight, q4kweight.Q4KWeight,
+q6kweight.Q6KWeight): their product quantises x with quantize_q8_0 / quantize_q8_k (or their
+compiled twins) and takes ggml's integer dot products (kernels.matmul_q8_0, matmul_q4_k,
+matmul_q6_k), equal to ggml's vec_dot bit for bit (tests/engine/test_q8weight.py,
+test_q4kweight.py, test_q6kweight.py); round_activations serves the other types, and those
+weights when fused with a part of another type.
 
 tests/engine/test_vecdot.py checks model.linear this way against ggml's own mul_mat (the cached
 llama.cpp build): equal up to float32 sums for Q8_0, Q4_0, Q5_0, Q4_K, Q6_K, F16 and BF16 weights.
@@ -71,7 +73,7 @@ def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def quantize_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ggml's quantize_row_q8_K_ref: x (..., K) float32 -> d (n, 1) float32 and q (n, 256) int8
-    (the block sums, bsums, are not needed here)."""
+    (the block sums, bsums, are not needed here; kernels.quantize_q8_k is the compiled twin)."""
     blocks = np.asarray(x, dtype=np.float32).reshape(-1, QK_K)                     # (n, 256)
     iscale, q = _q8_k_blocks(blocks)
     d = np.float32(1) / iscale                                                      # (n, 1)
