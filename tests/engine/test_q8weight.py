@@ -160,3 +160,15 @@ def test_read_model_keeps_q8_0_matrices_quantised(tmp_path):
         assert isinstance(weight, Q8Weight) == (name is None or types[f"blk.0.{name}.weight"] == Q8_0)
     assert model.lm_head is model.token_embd and isinstance(model.lm_head, Q8Weight)
     assert model.lm_head.shape == (config.n_vocab, config.n_embd)
+
+
+def test_read_model_dequantises_where_the_integer_kernels_do_not_pay(tmp_path, monkeypatch):
+    """No AVX2 (or no compiled extension): every matrix float32, as before the integer kernels."""
+    monkeypatch.setattr(kernels, "integer_kernels_pay", lambda: False)
+    path = write_random_gguf(tmp_path / "q8.gguf", "llama", dtype="q8_0", tied=True)
+    with read_gguf(path) as gguf_file:
+        config = ModelConfig.from_metadata(gguf_file.metadata, gguf_file.tensors)
+        model = read_model(gguf_file, config)
+    layer = model.layers[0]
+    for weight in (layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down, model.token_embd, model.lm_head):
+        assert isinstance(weight, np.ndarray) and weight.dtype == np.float32

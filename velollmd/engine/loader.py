@@ -100,10 +100,11 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
 
 
 def read_model(gguf: GGUFFile, config: ModelConfig) -> Model:
-    """The file's weights (Q8_0 and Q4_K matrices kept quantised, the rest dequantised to float32), and
-    their types for the activation rounding."""
+    """The file's weights (Q8_0, Q4_K and Q6_K matrices kept quantised where the integer kernels pay,
+    the rest dequantised to float32), and their types for the activation rounding."""
     types = {name: info.ggml_type for name, info in gguf.tensors.items()}
-    return Model(config, lambda tensor: _tensor(gguf, tensor), types, lambda tensor: _kept(gguf, tensor))
+    kept = (lambda tensor: _kept(gguf, tensor)) if kernels.integer_kernels_pay() else None
+    return Model(config, lambda tensor: _tensor(gguf, tensor), types, kept)
 
 
 def _kept(gguf: GGUFFile, name: str) -> QuantWeight:
