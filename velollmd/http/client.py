@@ -142,19 +142,38 @@ class ClientResponse:
         return self._head.get(name, default)
 
     async def iter_raw(self) -> AsyncIterator[bytes]:
-        """Body bytes as they arrive (chunk framing removed)."""
-        if self._done:
-            return
+        """Body bytes as they arrive (chunk framing removed), one piece per socket read."""
         try:
-            while True:
-                event = await self._client._next_event(self._conn)
-                if isinstance(event, EndOfMessage):
-                    self._finish(reusable=self._head.keep_alive)
-                    return
-                yield event.data
+            while (data := await self._next_data()) is not None:
+                yield data
         finally:
             if not self._done:
                 self.close()
+
+    async def _next_data(self) -> bytes | None:
+        """The body bytes that the next socket read brings (every chunk of it, joined), or
+        None at the end of the body. A read often carries several chunks of a stream (several
+        tokens, or the last one with the usage and `[DONE]`): they go up as one piece, so the
+        layers above split and relay them once per read, not once per chunk."""
+        if self._done:
+            return None
+        conn, parts = self._conn, []
+        try:
+            event = await self._client._next_event(conn)
+            while True:
+                if type(event) is EndOfMessage:
+                    self._finish(reusable=self._head.keep_alive)
+                    break
+                parts.append(event.data)
+                event = self._client._parsed(conn)
+                if event is None:
+                    break
+        except BaseException:
+            self.close()
+            raise
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def iter_lines(self) -> AsyncIterator[bytes]:
         """Body split into lines (without line endings); blank lines are kept."""
@@ -164,8 +183,8 @@ class ClientResponse:
         """The lines completed by each read of the body (never an empty list)."""
         parts: list[bytes] = []                       # the unfinished line, never re-scanned
         num_pending = 0
-        async with closing(self.iter_raw()) as source_iter:
-            async for data in source_iter:
+        try:
+            while (data := await self._next_data()) is not None:
                 if b"\n" not in data:
                     parts.append(data)
                     num_pending += len(data)
@@ -175,6 +194,8 @@ class ClientResponse:
                 *lines, pending = (b"".join(parts) + data if parts else data).split(b"\n")
                 parts, num_pending = ([pending] if pending else []), len(pending)
                 yield [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        finally:
+            self.close()
         if parts:
             yield [b"".join(parts)]
 
@@ -185,25 +206,29 @@ class ClientResponse:
     async def iter_sse_batches(self) -> AsyncIterator[list[bytes]]:
         """The event payloads completed by each read of the body (never an empty list)."""
         decoder = SSEDecoder()
-        async with closing(self.iter_raw()) as source_iter:
-            async for data in source_iter:
+        try:
+            while (data := await self._next_data()) is not None:
                 payloads = decoder.feed(data)
                 if decoder.num_pending > MAX_EVENT_BYTES:
                     raise _too_big("an event", MAX_EVENT_BYTES)
                 if payloads:
                     yield payloads
+        finally:
+            self.close()
         payloads = decoder.end()
         if payloads:
             yield payloads
 
     async def read(self, limit: int = MAX_BODY_BYTES) -> bytes:
         parts, size = [], 0
-        async with closing(self.iter_raw()) as source_iter:
-            async for data in source_iter:
+        try:
+            while (data := await self._next_data()) is not None:
                 size += len(data)
                 if size > limit:
                     raise _too_big("a body", limit)
                 parts.append(data)
+        finally:
+            self.close()
         return b"".join(parts)
 
     async def json(self):
@@ -301,14 +326,19 @@ class HTTPClient:
             conn.abort()
             raise
 
+    @staticmethod
+    def _parsed(conn: _Conn):
+        """The next event already in the connection's buffer, or None."""
+        try:
+            return conn.parser.next_event()
+        except ProtocolError as exc:
+            conn.abort()
+            raise BackendError(f"backend broke HTTP: {exc.message}") from None
+
     async def _next_event(self, conn: _Conn, stale_ok: bool = False):
         parser = conn.parser
         while True:
-            try:
-                event = parser.next_event()
-            except ProtocolError as exc:
-                conn.abort()
-                raise BackendError(f"backend broke HTTP: {exc.message}") from None
+            event = self._parsed(conn)
             if event is not None:
                 return event
             try:
