@@ -179,8 +179,9 @@ class ClientResponse:
         """Body split into lines (without line endings); blank lines are kept."""
         return _each(self.iter_line_batches())
 
-    async def iter_line_batches(self) -> AsyncIterator[list[bytes]]:
-        """The lines completed by each read of the body (never an empty list)."""
+    async def iter_line_batches(self, events: bool = False) -> AsyncIterator[list[bytes]]:
+        """The lines completed by each read of the body (never an empty list); `events`:
+        the events of a stream only (blank lines and `[DONE]` left out, see `_events`)."""
         parts: list[bytes] = []                       # the unfinished line, never re-scanned
         num_pending = 0
         try:
@@ -193,29 +194,41 @@ class ClientResponse:
                     continue
                 *lines, pending = (b"".join(parts) + data if parts else data).split(b"\n")
                 parts, num_pending = ([pending] if pending else []), len(pending)
-                yield [line[:-1] if line.endswith(b"\r") else line for line in lines]
+                lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+                if events:
+                    lines = _events(lines)
+                if lines:
+                    yield lines
         finally:
             self.close()
-        if parts:
-            yield [b"".join(parts)]
+        lines = [b"".join(parts)] if parts else []
+        if events:
+            lines = _events(lines)
+        if lines:
+            yield lines
 
     def iter_sse(self) -> AsyncIterator[bytes]:
         """The payload of each Server-Sent Event of the body (comments skipped)."""
         return _each(self.iter_sse_batches())
 
-    async def iter_sse_batches(self) -> AsyncIterator[list[bytes]]:
-        """The event payloads completed by each read of the body (never an empty list)."""
+    async def iter_sse_batches(self, events: bool = False) -> AsyncIterator[list[bytes]]:
+        """The event payloads completed by each read of the body (never an empty list);
+        `events`: a stream's events only (blank ones and `[DONE]` left out, see `_events`)."""
         decoder = SSEDecoder()
         try:
             while (data := await self._next_data()) is not None:
                 payloads = decoder.feed(data)
                 if decoder.num_pending > MAX_EVENT_BYTES:
                     raise _too_big("an event", MAX_EVENT_BYTES)
+                if events and payloads:
+                    payloads = _events(payloads)
                 if payloads:
                     yield payloads
         finally:
             self.close()
         payloads = decoder.end()
+        if events:
+            payloads = _events(payloads)
         if payloads:
             yield payloads
 
@@ -255,6 +268,11 @@ class ClientResponse:
 
     async def __aexit__(self, *exc) -> None:
         self.close()
+
+
+def _events(payloads: list[bytes]) -> list[bytes]:
+    """The JSON events of a stream: blank payloads and OpenAI's `[DONE]` terminator dropped."""
+    return [data for data in payloads if data and not data.isspace() and data != b"[DONE]"]
 
 
 async def _each(batches: AsyncIterator[list]) -> AsyncIterator:

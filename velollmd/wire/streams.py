@@ -75,3 +75,33 @@ class Primed:
 
 async def _ready(item):
     return item
+
+
+class Deferred:
+    """The items of the async iterator that `opener()` (a coroutine) returns, opened on the
+    first `__anext__` (where its errors surface); every later item comes straight from that
+    iterator's own `__anext__`. Closed before it was opened, it opens nothing."""
+    __slots__ = ("opener", "iterator")
+
+    def __init__(self, opener):
+        self.opener, self.iterator = opener, None
+
+    def __aiter__(self) -> Deferred:
+        return self
+
+    def __anext__(self):
+        if self.iterator is None:
+            return self._open_first()
+        return self.iterator.__anext__()
+
+    async def _open_first(self):
+        opener, self.opener = self.opener, None
+        if opener is None:                  # closed, or its opening failed
+            raise StopAsyncIteration
+        self.iterator = (await opener()).__aiter__()
+        return await self.iterator.__anext__()
+
+    async def aclose(self) -> None:
+        self.opener = None
+        if self.iterator is not None:
+            await aclose(self.iterator)
