@@ -181,7 +181,7 @@ class ClientResponse:
 
     async def iter_line_batches(self, events: bool = False) -> AsyncIterator[list[bytes]]:
         """The lines completed by each read of the body (never an empty list); `events`:
-        the events of a stream only (blank lines and `[DONE]` left out, see `_events`)."""
+        the events of a stream only (blank lines and `[DONE]` left out)."""
         parts: list[bytes] = []                       # the unfinished line, never re-scanned
         num_pending = 0
         try:
@@ -194,16 +194,12 @@ class ClientResponse:
                     continue
                 *lines, pending = (b"".join(parts) + data if parts else data).split(b"\n")
                 parts, num_pending = ([pending] if pending else []), len(pending)
-                lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
-                if events:
-                    lines = _events(lines)
+                lines = _kept([line[:-1] if line.endswith(b"\r") else line for line in lines], events)
                 if lines:
                     yield lines
         finally:
             self.close()
-        lines = [b"".join(parts)] if parts else []
-        if events:
-            lines = _events(lines)
+        lines = _kept([b"".join(parts)] if parts else [], events)
         if lines:
             yield lines
 
@@ -213,22 +209,18 @@ class ClientResponse:
 
     async def iter_sse_batches(self, events: bool = False) -> AsyncIterator[list[bytes]]:
         """The event payloads completed by each read of the body (never an empty list);
-        `events`: a stream's events only (blank ones and `[DONE]` left out, see `_events`)."""
+        `events`: a stream's events only (blank ones and `[DONE]` left out)."""
         decoder = SSEDecoder()
         try:
             while (data := await self._next_data()) is not None:
-                payloads = decoder.feed(data)
+                payloads = _kept(decoder.feed(data), events)
                 if decoder.num_pending > MAX_EVENT_BYTES:
                     raise _too_big("an event", MAX_EVENT_BYTES)
-                if events and payloads:
-                    payloads = _events(payloads)
                 if payloads:
                     yield payloads
         finally:
             self.close()
-        payloads = decoder.end()
-        if events:
-            payloads = _events(payloads)
+        payloads = _kept(decoder.end(), events)
         if payloads:
             yield payloads
 
@@ -270,8 +262,11 @@ class ClientResponse:
         self.close()
 
 
-def _events(payloads: list[bytes]) -> list[bytes]:
-    """The JSON events of a stream: blank payloads and OpenAI's `[DONE]` terminator dropped."""
+def _kept(payloads: list[bytes], events: bool) -> list[bytes]:
+    """`payloads`; with `events`, a stream's JSON events only: blank payloads and OpenAI's
+    `[DONE]` terminator dropped."""
+    if not events or not payloads:
+        return payloads
     return [data for data in payloads if data and not data.isspace() and data != b"[DONE]"]
 
 
