@@ -114,3 +114,34 @@ def test_a_batch_becomes_one_burst_of_sse_frames():
     assert frames[-1] == b"" and all(f.startswith(b"data: ") for f in frames[:-1])
     assert [json.loads(f[6:])["choices"][0]["delta"]["content"] for f in frames[:-1]] == ["a", "b"]
     assert out.convert_batch([compact({**chunk(), "choices": [], "usage": USAGE})]) == []
+
+
+@pytest.mark.parametrize("encode", [compact, lambda v: json.dumps(v).encode()])
+def test_events_that_differ_only_in_their_text_are_relayed_without_decoding(encode, monkeypatch):
+    out, _ = relay()
+    out.convert(encode(chunk("first")))                     # learns the template
+    events = [encode(chunk(text)) for text in ("a", "", "say \"model\": \"served-name\"", "caf\u00e9 \u2603",
+                                                "back\\slash\n\t")]
+    expected = [relay()[0].convert(event) for event in events]      # what a fresh relay makes of them
+    decoded = []
+    monkeypatch.setattr(out.backend, "decode_event", lambda data: decoded.append(data) or json.loads(data))
+    assert [out.convert(event) for event in events] == expected
+    assert decoded == []
+    for event in (encode(chunk("x", model="other")), encode({**chunk(), "created": 2})):
+        assert json.loads(out.convert(event))["model"] == "asked-for"
+    assert len(decoded) == 2                                 # another head: decoded, learnt again
+
+
+def test_an_event_that_only_looks_like_the_template_is_decoded_and_refused():
+    out, _ = relay()
+    template = compact(chunk("ok"))
+    out.convert(template)
+    head, tail = template.split(b'"ok"')
+    for text in (b'a"b', b"a\\", b"\x01", b"\xff\xfe"):          # a bare quote, a broken escape,
+        with pytest.raises(BackendError):                       # a control byte, not UTF-8
+            out.convert(head + b'"' + text + b'"' + tail)
+    with pytest.raises(BackendError):
+        out.convert(b'{"error": {"message": "boom"}}')
+    for text in ("fine", "caf\u00e9"):                      # raw UTF-8 is JSON too
+        relayed = out.convert(head + b'"' + text.encode() + b'"' + tail)
+        assert json.loads(relayed)["choices"][0]["delta"]["content"] == text

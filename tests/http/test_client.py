@@ -219,3 +219,26 @@ def test_a_stream_that_goes_silent_times_out():
                     seen.append(line)
             return seen
     assert run(main()) == [b"first"]
+
+
+def test_the_chunks_of_one_read_go_up_as_one_piece_and_one_batch():
+    """A backend read that carries several chunks (tokens, or the last one with `[DONE]`) is
+    split and relayed once; the stream's events leave out blank ones and `[DONE]`."""
+    def chunk(data: bytes) -> bytes:
+        return b"%x\r\n%b\r\n" % (len(data), data)
+    frames = [b'data: {"i":0}\n\n', b"data: \n\n", b'data: {"i":1}\n\n', b"data: [DONE]\n\n"]
+    answer = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+              + b"".join(map(chunk, frames)) + b"0\r\n\r\n")
+
+    async def main():
+        async with raw_server(answer) as port:
+            client = HTTPClient(f"http://127.0.0.1:{port}")
+            await asyncio.sleep(0)
+            pieces = [piece async for piece in (await client.request("GET", "/")).iter_raw()]
+            batches = [b async for b in (await client.request("GET", "/")).iter_sse_batches()]
+            events = [b async for b in (await client.request("GET", "/")).iter_sse_batches(events=True)]
+            return pieces, batches, events
+    pieces, batches, events = run(main())
+    assert pieces == [b"".join(frames)]
+    assert batches == [[b'{"i":0}', b"", b'{"i":1}', b"[DONE]"]]
+    assert events == [[b'{"i":0}', b'{"i":1}']]

@@ -18,7 +18,7 @@ from ..config import BackendConfig
 from ..errors import BackendBusy, BackendError, BadRequest, NotFound, NotImplementedByBackend, VeloError
 from ..http.client import ClientResponse, HTTPClient
 from ..wire.request import GenerateRequest
-from ..wire.streams import closing
+from ..wire.streams import Deferred, closing
 
 log = logging.getLogger("velollmd.backends")
 DEFAULT_NUM_CTX = 4096        # per slot, when neither the backend nor the config says
@@ -165,22 +165,19 @@ class Backend:
         response = await self.client.request("GET", path)
         return await self.json_or_raise(response)
 
-    async def stream_events(self, path: str, body: dict, *, sse: bool) -> AsyncIterator[list[bytes]]:
+    def stream_events(self, path: str, body: dict, *, sse: bool) -> AsyncIterator[list[bytes]]:
         """POST and yield the JSON bytes of the events that each read of an SSE (OpenAI) or
         NDJSON (Ollama) stream completes, blank events and `[DONE]` left out (never an empty
-        list). The body is read to its end so the connection can be reused."""
+        list). The body is read to its end so the connection can be reused. The request goes
+        out on the first `__anext__`; after it, each batch comes straight from the response's
+        own iterator (no generator level of ours in between)."""
+        return Deferred(lambda: self._open_events(path, body, sse))
+
+    async def _open_events(self, path: str, body: dict, sse: bool) -> AsyncIterator[list[bytes]]:
         response = await self.client.request("POST", path, json=body)
         if response.status >= 400:
             raise await self.error_from(response, body.get("model"))
-        batches = response.iter_sse_batches() if sse else response.iter_line_batches()
-        try:
-            async with closing(batches) as source_iter:
-                async for batch in source_iter:
-                    events = [data for data in batch if data and not data.isspace() and data != b"[DONE]"]
-                    if events:
-                        yield events
-        finally:
-            response.close()
+        return response.iter_sse_batches(events=True) if sse else response.iter_line_batches(events=True)
 
     async def stream_json(self, path: str, body: dict, *, sse: bool) -> AsyncIterator[dict]:
         """`stream_events`, one decoded event at a time (see `decode_event`)."""

@@ -12,8 +12,14 @@ cache recording, no translation reads it), an event that needs nothing but the m
 passed on as the backend's own bytes with the name replaced in place (re-encoding every chunk
 cost more than the rest of its way through the daemon), and the frames of one backend read
 go out as one Burst: one send per read, with no wait for the end of the loop turn.
+
+Most events of a stream differ from the one before only in the text of the delta (a
+ContentTemplate): such an event is proved JSON of the same shape by comparing bytes and checking
+the new text is a well-formed JSON string, and relayed without decoding it.
 """
 from __future__ import annotations
+
+import re
 
 from ..http.message import Burst
 from ..http.sse import encode_event
@@ -36,6 +42,7 @@ class ChunkRelay:
         self.model_field = _model_field(model, b":")
         self.upstream: tuple[str, bytes | None] | None = None   # backend's name, its bytes
         self.num_output_tokens: int | None = None    # from the usage chunk, when one came
+        self.template: ContentTemplate | None = None  # the last event relayed as its own bytes
 
     def convert_batch(self, events: list[bytes] | list[dict]) -> list[dict] | list[Burst]:
         """The client's chunks for one backend read; in passthrough, one Burst of SSE frames."""
@@ -53,6 +60,10 @@ class ChunkRelay:
     def convert(self, event: bytes | dict) -> bytes | dict | list[dict] | None:
         """The client's chunk for `event` (bytes only in passthrough), None to drop it, or
         two chunks when a choice chunk carried the usage."""
+        if self.template is not None and type(event) is bytes:
+            relayed = self.template.fill(event)
+            if relayed is not None:
+                return relayed
         chunk = event if isinstance(event, dict) else self.backend.decode_event(event)
         check_chunk(chunk, self.endpoint, self.backend.name)
         if not chunk["choices"]:
@@ -87,9 +98,11 @@ class ChunkRelay:
         if self.frames and isinstance(event, bytes):
             upstream = chunk.get("model")
             if upstream == self.model:
+                self.template = ContentTemplate.of(event, None, None)
                 return event
             field = self._upstream_field(upstream, event)
             if field is not None and event.count(field) == 1:
+                self.template = ContentTemplate.of(event, field, self.model_field)
                 return event.replace(field, self.model_field)
         chunk["model"] = self.model
         return chunk
@@ -105,3 +118,59 @@ class ChunkRelay:
 def _model_field(name: str, separator: bytes) -> bytes:
     return b'"model"' + separator + wirejson.dumps(name)
 
+
+
+CONTENT_KEYS = (b'"content":', b'"text":')          # a chat delta's text, a completion's
+JSON_STRING_BODY = re.compile(rb'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*')
+
+
+class ContentTemplate:
+    """A relayed event cut around the one JSON string that holds its text: `head` + text + `tail`.
+
+    An event with the same head and tail and a well-formed JSON string body between them is
+    the same JSON object but for that text, so every check the event passed holds for it, and
+    its relayed bytes are the relayed head + its text + the relayed tail (the model field lies
+    in the head or the tail: a string body has no bare quote)."""
+    __slots__ = ("head", "tail", "out_head", "out_tail")
+
+    def __init__(self, head: bytes, tail: bytes, field: bytes | None, renamed: bytes | None):
+        self.head, self.tail = head, tail
+        self.out_head = head if field is None else head.replace(field, renamed)
+        self.out_tail = tail if field is None else tail.replace(field, renamed)
+
+    @classmethod
+    def of(cls, event: bytes, field: bytes | None, renamed: bytes | None) -> ContentTemplate | None:
+        """The template of a relayed event with one text key (`"content":` or `"text":`)."""
+        for key in CONTENT_KEYS:
+            at = event.find(key)
+            if at >= 0:
+                break
+        else:
+            return None
+        if event.count(key) != 1:
+            return None
+        start = at + len(key)
+        while event[start:start + 1] in (b" ", b"\t", b"\n", b"\r"):
+            start += 1
+        if event[start:start + 1] != b'"':
+            return None                                 # null, or not a string
+        end = JSON_STRING_BODY.match(event, start + 1).end()
+        return cls(event[:start + 1], event[end:], field, renamed)
+
+    def fill(self, event: bytes) -> bytes | None:
+        """The relayed bytes of `event` when it fits the template, else None."""
+        head, tail = self.head, self.tail
+        if not (event.startswith(head) and event.endswith(tail)) or len(event) < len(head) + len(tail):
+            return None
+        text = event[len(head):len(event) - len(tail)]
+        if JSON_STRING_BODY.fullmatch(text) is None or not (text.isascii() or _utf8(text)):
+            return None
+        return self.out_head + text + self.out_tail
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

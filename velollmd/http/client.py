@@ -142,30 +142,50 @@ class ClientResponse:
         return self._head.get(name, default)
 
     async def iter_raw(self) -> AsyncIterator[bytes]:
-        """Body bytes as they arrive (chunk framing removed)."""
-        if self._done:
-            return
+        """Body bytes as they arrive (chunk framing removed), one piece per socket read."""
         try:
-            while True:
-                event = await self._client._next_event(self._conn)
-                if isinstance(event, EndOfMessage):
-                    self._finish(reusable=self._head.keep_alive)
-                    return
-                yield event.data
+            while (data := await self._next_data()) is not None:
+                yield data
         finally:
             if not self._done:
                 self.close()
+
+    async def _next_data(self) -> bytes | None:
+        """The body bytes that the next socket read brings (every chunk of it, joined), or
+        None at the end of the body. A read often carries several chunks of a stream (several
+        tokens, or the last one with the usage and `[DONE]`): they go up as one piece, so the
+        layers above split and relay them once per read, not once per chunk."""
+        if self._done:
+            return None
+        conn, parts = self._conn, []
+        try:
+            event = await self._client._next_event(conn)
+            while True:
+                if type(event) is EndOfMessage:
+                    self._finish(reusable=self._head.keep_alive)
+                    break
+                parts.append(event.data)
+                event = self._client._parsed(conn)
+                if event is None:
+                    break
+        except BaseException:
+            self.close()
+            raise
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def iter_lines(self) -> AsyncIterator[bytes]:
         """Body split into lines (without line endings); blank lines are kept."""
         return _each(self.iter_line_batches())
 
-    async def iter_line_batches(self) -> AsyncIterator[list[bytes]]:
-        """The lines completed by each read of the body (never an empty list)."""
+    async def iter_line_batches(self, events: bool = False) -> AsyncIterator[list[bytes]]:
+        """The lines completed by each read of the body (never an empty list); `events`:
+        the events of a stream only (blank lines and `[DONE]` left out)."""
         parts: list[bytes] = []                       # the unfinished line, never re-scanned
         num_pending = 0
-        async with closing(self.iter_raw()) as source_iter:
-            async for data in source_iter:
+        try:
+            while (data := await self._next_data()) is not None:
                 if b"\n" not in data:
                     parts.append(data)
                     num_pending += len(data)
@@ -174,36 +194,46 @@ class ClientResponse:
                     continue
                 *lines, pending = (b"".join(parts) + data if parts else data).split(b"\n")
                 parts, num_pending = ([pending] if pending else []), len(pending)
-                yield [line[:-1] if line.endswith(b"\r") else line for line in lines]
-        if parts:
-            yield [b"".join(parts)]
+                lines = _kept([line[:-1] if line.endswith(b"\r") else line for line in lines], events)
+                if lines:
+                    yield lines
+        finally:
+            self.close()
+        lines = _kept([b"".join(parts)] if parts else [], events)
+        if lines:
+            yield lines
 
     def iter_sse(self) -> AsyncIterator[bytes]:
         """The payload of each Server-Sent Event of the body (comments skipped)."""
         return _each(self.iter_sse_batches())
 
-    async def iter_sse_batches(self) -> AsyncIterator[list[bytes]]:
-        """The event payloads completed by each read of the body (never an empty list)."""
+    async def iter_sse_batches(self, events: bool = False) -> AsyncIterator[list[bytes]]:
+        """The event payloads completed by each read of the body (never an empty list);
+        `events`: a stream's events only (blank ones and `[DONE]` left out)."""
         decoder = SSEDecoder()
-        async with closing(self.iter_raw()) as source_iter:
-            async for data in source_iter:
-                payloads = decoder.feed(data)
+        try:
+            while (data := await self._next_data()) is not None:
+                payloads = _kept(decoder.feed(data), events)
                 if decoder.num_pending > MAX_EVENT_BYTES:
                     raise _too_big("an event", MAX_EVENT_BYTES)
                 if payloads:
                     yield payloads
-        payloads = decoder.end()
+        finally:
+            self.close()
+        payloads = _kept(decoder.end(), events)
         if payloads:
             yield payloads
 
     async def read(self, limit: int = MAX_BODY_BYTES) -> bytes:
         parts, size = [], 0
-        async with closing(self.iter_raw()) as source_iter:
-            async for data in source_iter:
+        try:
+            while (data := await self._next_data()) is not None:
                 size += len(data)
                 if size > limit:
                     raise _too_big("a body", limit)
                 parts.append(data)
+        finally:
+            self.close()
         return b"".join(parts)
 
     async def json(self):
@@ -230,6 +260,14 @@ class ClientResponse:
 
     async def __aexit__(self, *exc) -> None:
         self.close()
+
+
+def _kept(payloads: list[bytes], events: bool) -> list[bytes]:
+    """`payloads`; with `events`, a stream's JSON events only: blank payloads and OpenAI's
+    `[DONE]` terminator dropped."""
+    if not events or not payloads:
+        return payloads
+    return [data for data in payloads if data and not data.isspace() and data != b"[DONE]"]
 
 
 async def _each(batches: AsyncIterator[list]) -> AsyncIterator:
@@ -301,14 +339,19 @@ class HTTPClient:
             conn.abort()
             raise
 
+    @staticmethod
+    def _parsed(conn: _Conn):
+        """The next event already in the connection's buffer, or None."""
+        try:
+            return conn.parser.next_event()
+        except ProtocolError as exc:
+            conn.abort()
+            raise BackendError(f"backend broke HTTP: {exc.message}") from None
+
     async def _next_event(self, conn: _Conn, stale_ok: bool = False):
         parser = conn.parser
         while True:
-            try:
-                event = parser.next_event()
-            except ProtocolError as exc:
-                conn.abort()
-                raise BackendError(f"backend broke HTTP: {exc.message}") from None
+            event = self._parsed(conn)
             if event is not None:
                 return event
             try:

@@ -357,15 +357,16 @@ class Connection:
             keep_alive = False
         else:
             headers = [*headers, ("transfer-encoding", "chunked")]
-        self.writer.write(encode_head(response.status, headers))
+        head = encode_head(response.status, headers)
         self.trace.note_first_byte()
         if head_only:
+            self.writer.write(head)
             await aclose(response.stream)
             return
-        await self._write_stream(response, chunked=request.version != "1.0")
+        await self._write_stream(response, chunked=request.version != "1.0", head=head)
 
-    async def _write_stream(self, response: Response, chunked: bool) -> None:
-        out = CorkedBody(self.loop, self.writer, chunked)
+    async def _write_stream(self, response: Response, chunked: bool, head: bytes) -> None:
+        out = CorkedBody(self.loop, self.writer, chunked, head)
         pinger = IdlePinger(self.loop, out, response) if response.idle_ping else None
         try:
             async for piece in response.stream:
@@ -378,6 +379,7 @@ class Connection:
         except Exception:
             # The head is gone already: the only honest signal left is to cut the stream.
             log.exception("stream failed mid-response")
+            out.flush()                            # the head, if it still waits in the cork
             self.writer.transport.abort()
             raise ConnectionResetError("stream failed") from None
         finally:

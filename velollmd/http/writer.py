@@ -46,18 +46,26 @@ class CorkedBody:
     several frames without yielding to the loop, and sends are costly syscalls. The flush is
     scheduled with call_soon, so nothing waits longer than the current loop turn. A `Burst`
     (a relayed read, framed whole already) goes out at once: corking it would only cost the
-    loop one more turn per chunk."""
+    loop one more turn per chunk. The response head waits in the cork too, so that a stream
+    whose first piece is ready (a primed one) sends its head and that piece in one send."""
 
-    def __init__(self, loop, writer, chunked: bool):
+    def __init__(self, loop, writer, chunked: bool, head: bytes = b""):
         self.loop, self.writer, self.chunked = loop, writer, chunked
         self.pending = bytearray()
         self.last_write = loop.time()
+        if head:
+            self.pending += head
+            loop.call_soon(self.flush)
 
     def write(self, piece: bytes) -> None:
         framed = b"%x\r\n%b\r\n" % (len(piece), piece) if self.chunked else piece
         self.last_write = self.loop.time()
-        if type(piece) is Burst and not self.pending:
-            self.writer.write(framed)       # nothing more is coming this turn: no cork
+        if type(piece) is Burst:            # nothing more is coming this turn: no cork
+            if self.pending:
+                self.pending += framed
+                self.flush()
+            else:
+                self.writer.write(framed)
             return
         if not self.pending:
             self.loop.call_soon(self.flush)
