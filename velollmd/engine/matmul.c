@@ -6,6 +6,7 @@
 
 #include <stdlib.h>
 
+#include "tasks.h"
 #include "vecf.h"
 
 #ifdef _OPENMP
@@ -177,11 +178,7 @@ static float *pack_x8(const float *x, int64_t B, int64_t K) {
 
 void vl_matmul_nt(const float *x, const float *w, float *y, int64_t B, int64_t K, int64_t N,
                   int num_threads) {
-    int64_t num_tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-    if (num_threads < 1)
-        num_threads = 1;
-    if (num_threads > num_tasks)
-        num_threads = (int)num_tasks;
+    int64_t num_tasks = row_tasks(N, ROWS_PER_TASK, &num_threads);
     float *xp = NULL;
 #ifdef VL_WIDE
     if (B >= X8 && has_avx512())
@@ -189,8 +186,7 @@ void vl_matmul_nt(const float *x, const float *w, float *y, int64_t B, int64_t K
 #endif
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
     for (int64_t task = 0; task < num_tasks; task++) {
-        int64_t n0 = task * ROWS_PER_TASK;
-        int64_t n1 = n0 + ROWS_PER_TASK < N ? n0 + ROWS_PER_TASK : N;
+        int64_t n0 = task * ROWS_PER_TASK, n1 = task_end(n0, ROWS_PER_TASK, N);
 #ifdef VL_WIDE
         if (xp) {
             rows_kernel_wide(x, xp, w, y, B, K, N, n0, n1);

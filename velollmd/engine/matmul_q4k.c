@@ -4,6 +4,7 @@
 #include "matmul_q4k.h"
 
 #include "qdot.h"
+#include "tasks.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -206,15 +207,10 @@ int vl_matmul_q4_k(const int8_t *xq, const float *xd, const int16_t *xbsums, con
     path = k_quant_path(path);
     if (path < 0)
         return -1;
-    int64_t num_tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-    if (num_threads < 1)
-        num_threads = 1;
-    if (num_threads > num_tasks)
-        num_threads = (int)num_tasks;
+    int64_t num_tasks = row_tasks(N, ROWS_PER_TASK, &num_threads);
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
     for (int64_t task = 0; task < num_tasks; task++) {
-        int64_t n0 = task * ROWS_PER_TASK;
-        int64_t n1 = n0 + ROWS_PER_TASK < N ? n0 + ROWS_PER_TASK : N;
+        int64_t n0 = task * ROWS_PER_TASK, n1 = task_end(n0, ROWS_PER_TASK, N);
 #ifdef VL_Q4K_X86
         if (path == VL_Q8_AVX2) {
             rows_avx2(xq, xd, xbsums, qs, sc, mn, wd, wdmin, y, B, K, N, n0, n1);

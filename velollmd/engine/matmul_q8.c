@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "qdot.h"
+#include "tasks.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -256,15 +257,10 @@ int vl_matmul_q8_0(const int8_t *xq, const float *xd, const int8_t *wq, const fl
             for (int64_t i = 0; i < B * K; i++)
                 xu[i] = (uint8_t)xq[i] ^ 0x80;      /* x + 128 as an unsigned byte */
     }
-    int64_t num_tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-    if (num_threads < 1)
-        num_threads = 1;
-    if (num_threads > num_tasks)
-        num_threads = (int)num_tasks;
+    int64_t num_tasks = row_tasks(N, ROWS_PER_TASK, &num_threads);
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
     for (int64_t task = 0; task < num_tasks; task++) {
-        int64_t n0 = task * ROWS_PER_TASK;
-        int64_t n1 = n0 + ROWS_PER_TASK < N ? n0 + ROWS_PER_TASK : N;
+        int64_t n0 = task * ROWS_PER_TASK, n1 = task_end(n0, ROWS_PER_TASK, N);
 #ifdef VL_Q8_X86
         if (path == VL_Q8_VNNI) {
             rows_vnni(xu, xd, wq, wd, y, B, K, N, n0, n1);
