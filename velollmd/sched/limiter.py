@@ -266,12 +266,15 @@ class AdaptiveLimit:
         return bool(lower) and all(served >= rate * (level / n) ** PAYS for n, rate in lower)
 
     def _rising(self, level: int) -> bool:
-        """Throughput still rises with the limit at `level`: it serves the most of all levels
-        measured, and no level above it was measured whose concurrency did not pay over it
-        (throughput stops rising there, until that level's record is forgotten)."""
+        """Throughput still rises with the limit at `level`: it serves more than every lower
+        level measured in the last FRESH updates (older ones were passed on the way up, one
+        window each: one lucky window must not stop the growth), and no level above it was
+        measured whose concurrency did not pay over it (throughput stops rising there, until
+        that level's record is forgotten)."""
         served = self.served[level][0]
         return all(rate <= served if n < level else rate >= served * (n / level) ** PAYS
-                   for n, (rate, _) in self.served.items() if n != level)
+                   for n, (rate, when) in self.served.items()
+                   if n > level or (n < level and self.num_updates - when <= FRESH))
 
     def _may_shrink(self, num_inflight: int, gradient: float) -> bool:
         """False while the shrinks so far did not shorten the queue as a queue of this
