@@ -64,7 +64,8 @@ the lowest below it) by at least PAYS (0.1) of the rise in concurrency, log for 
 0; past a width that slows requests: below 0; batching at 2% per request in flight, or a
 shared core at twice the unloaded latency: about 0.5). A window that paid neither shrinks the
 limit nor counts as a queue; it grows the limit as a quiet window does while throughput still
-rises there: its level serves the most of all, and no level above it measured less. So the
+rises there: its level serves more than the lower levels measured lately, and no level above
+it measured less. So the
 limit does not climb past a width that slows requests on throughput (each level past it
 serves less), and with no level below measured (a limit that starts high) the latency alone
 decides, the shrinks measuring the levels below.
