@@ -47,6 +47,22 @@ def queues_past(width: int, base_s: float = 0.020) -> Backend:
     return Backend(lambda num_inflight: base_s * max(1.0, num_inflight / width))
 
 
+def batches(width: int = 64, slope: float = 0.02, base_s: float = 0.020) -> Backend:
+    """A server that batches (vLLM, llama.cpp with many slots, Ollama with NUM_PARALLEL): each
+    request takes longer the more run with it, base x (1 + slope x in flight), but far less than
+    in proportion, so throughput keeps rising up to `width`; past it the rest queue."""
+    return Backend(lambda num_inflight: base_s * (1 + slope * min(num_inflight, width))
+                   * max(1.0, num_inflight / width))
+
+
+def shares_cpu(cpu_s: float = 0.0004, base_s: float = 0.020) -> Backend:
+    """The wide backend on a core shared with its load: each request waits base_s in parallel
+    with the others and needs cpu_s of a core that serves the requests in flight in turn, so
+    latency grows with them, base_s + cpu_s x in flight, while throughput still rises towards
+    1 / cpu_s (flat only at saturation): fewer in flight, fewer answers per second."""
+    return Backend(lambda num_inflight: base_s + cpu_s * num_inflight)
+
+
 def simulate(limit: AdaptiveLimit, backend: Backend, *, num_clients: int, num_requests: int,
              jitter: float = 0.0, daemon_s: float = 0.0, stalls: tuple[float, float] = (0.0, 0.0),
              busy_s: float = 0.0, monitor: bool = False, seed: int = 1) -> list[int]:

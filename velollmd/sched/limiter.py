@@ -52,6 +52,24 @@ carry lag is the daemon's, not the backend's: it cannot shrink the limit, count 
 queue, or teach the unloaded latency; it may grow the limit, up to one short of the ceiling,
 when its latency less the lag shows no queue.
 
+What keeps a backend that batches from being throttled (vLLM, llama.cpp with many slots,
+Ollama with OLLAMA_NUM_PARALLEL: latency at 32 in flight 1.3-2x that at 1, throughput 10-25x),
+or a wide one whose latency grows with load on a shared core: Little's law. A window's
+throughput is its mean requests in flight / its latency, kept per level of requests in flight
+(smoothed; forgotten after MEMORY windows unmeasured, when the unloaded latency is relearnt,
+and all of them when a level's throughput moves 2x: the backend changed). A latency rise
+counts as a queue only when the concurrency that caused it did not pay: it pays when the
+throughput at this level beats that of every level of at most SPAN (0.7) of it (with none,
+the lowest below it) by at least PAYS (0.1) of the rise in concurrency, log for log (a queue:
+0; past a width that slows requests: below 0; batching at 2% per request in flight, or a
+shared core at twice the unloaded latency: about 0.5). A window that paid neither shrinks the
+limit nor counts as a queue; it grows the limit as a quiet window does while throughput still
+rises there: its level serves more than the lower levels measured lately, and no level above
+it measured less. So the
+limit does not climb past a width that slows requests on throughput (each level past it
+serves less), and with no level below measured (a limit that starts high) the latency alone
+decides, the shrinks measuring the levels below.
+
 Latencies are per output token where the answer says how many (`per_token`): a long generation
 is not mistaken for queueing. The unloaded latency is not otherwise probed for (Envoy drops to a low
 limit now and then to measure it): a limit that starts above the width of a backend that
@@ -75,6 +93,12 @@ STALE_WINDOWS = 8             # row: the unloaded latency is stale
 PATIENCE = 64                 # windows held after a shrink in vain before the next one
 CONFIRM = 3                   # windows in a row with a queue before a shrink below the ceiling
 WARMUP = 3                    # first windows: the unloaded latency is learnt, the limit does not grow
+PAYS = 0.1                    # throughput elasticity (log-log) from which more in flight pays
+SPAN = 0.7                    # compared with the levels of at most this share of the requests in flight
+SMOOTH_SERVED = 0.25          # weight of a window's throughput in its level's record
+CHANGED = 2.0                 # a level's throughput this far off its record: all records are stale
+FRESH = 16                    # updates within which a level's record is smoothed, not replaced
+MEMORY = 1024                 # windows a level's throughput is kept without being measured again
 
 
 def per_token(seconds: float, num_tokens: int | None) -> float:
@@ -100,6 +124,9 @@ class AdaptiveLimit:
         self.window: list[float] = []
         self.window_lags: list[float] = []   # the daemon's loop lag with each sample of the window
         self.max_inflight = 0            # in the current window
+        self.sum_inflight = 0            # in the current window, over its samples
+        self.served: dict[int, tuple[float, int]] = {}   # requests in flight -> (throughput, the
+                                                          # update it was last measured in)
         self.num_stale = 0               # samples still to skip: admitted before the last change
         self.num_quiet = 0               # windows in a row without a queue
         self.queued: list[float] = []    # gradients of the last windows in a row with a queue (<= CONFIRM)
@@ -124,18 +151,20 @@ class AdaptiveLimit:
         self.window.append(latency)
         self.window_lags.append(lag if lag > 0 and math.isfinite(lag) else 0.0)
         self.max_inflight = max(self.max_inflight, num_inflight)
+        self.sum_inflight += num_inflight
         if len(self.window) >= max(MIN_WINDOW, self.limit // 2):
             before = self.limit
             if self._daemon_busy():
                 own = [max(0.0, sample - lag) for sample, lag in zip(self.window, self.window_lags)]
                 self._update_busy(window_latency(self.window), window_latency(own), self.max_inflight)
             else:
-                self._update(window_latency(self.window), self.max_inflight)
+                self._update(window_latency(self.window), self.max_inflight,
+                             self.sum_inflight / len(self.window))
             if self.limit != before:
                 self.num_stale = num_inflight - 1
             self.window.clear()
             self.window_lags.clear()
-            self.max_inflight = 0
+            self.max_inflight = self.sum_inflight = 0
 
     def _daemon_busy(self) -> bool:
         """Half the window's samples or more finished while the daemon's loop lagged."""
@@ -159,15 +188,19 @@ class AdaptiveLimit:
                 self.estimate = min(grown, self.ceiling - 1, self.max_limit)
         self.num_updates += 1
 
-    def _update(self, rtt: float, num_inflight: int) -> None:
+    def _update(self, rtt: float, num_inflight: int, mean_inflight: float) -> None:
         self._learn_base(rtt, num_inflight)
+        level = self._record(rtt, mean_inflight)
+        pays = self._pays(level)
         gradient = rtt / self.rtt_base
         limit = self.estimate
-        quiet = gradient <= GROW_BELOW
+        quiet = gradient <= GROW_BELOW or (pays and self._rising(level))
         self.num_quiet = self.num_quiet + 1 if quiet else 0
-        queue = gradient >= SHRINK_ABOVE
-        if not queue:
+        slow = gradient >= SHRINK_ABOVE
+        queue = slow and not pays
+        if not slow:                     # shrinks in vain stay in vain through windows that paid
             self.first_cut, self.num_held = None, 0
+        if not queue:
             self.queued.clear()
         else:
             self.queued = self.queued[1 - CONFIRM:] + [gradient]
@@ -203,6 +236,46 @@ class AdaptiveLimit:
         if len(self.slower) >= STALE_WINDOWS:
             self.rtt_base = min(self.slower)
             self.slower.clear()
+            self.served.clear()
+
+    def _record(self, rtt: float, mean_inflight: float) -> int:
+        """The window's throughput (Little's law: in flight / latency) into its level's record,
+        smoothed with a record at most FRESH updates old, else in its place (the backend may
+        have changed since); levels not measured for MEMORY updates are forgotten. A window
+        CHANGED (2x) off its level's record forgets every level: the backend, or the time spent
+        outside it, changed, and the other levels' records with it. Returns the level."""
+        level = max(1, round(mean_inflight))
+        served = mean_inflight / rtt
+        before, when = self.served.get(level, (served, -math.inf))
+        if max(served / before, before / served) >= CHANGED:
+            self.served.clear()
+        elif self.num_updates - when <= FRESH:
+            served += (1 - SMOOTH_SERVED) * (before - served)
+        self.served[level] = (served, self.num_updates)
+        for old in [n for n, (_, when) in self.served.items() if self.num_updates - when > MEMORY]:
+            del self.served[old]
+        return level
+
+    def _pays(self, level: int) -> bool:
+        """More in flight paid in throughput at `level`: it serves more than every level of at
+        most SPAN of it (or, with none measured, than the lowest level below it), by at least
+        PAYS of the rise in concurrency (log for log). False with no level below measured:
+        then the latency alone decides."""
+        served = self.served[level][0]
+        below = sorted((n, rate) for n, (rate, _) in self.served.items() if n < level)
+        lower = [(n, rate) for n, rate in below if n <= SPAN * level] or below[:1]
+        return bool(lower) and all(served >= rate * (level / n) ** PAYS for n, rate in lower)
+
+    def _rising(self, level: int) -> bool:
+        """Throughput still rises with the limit at `level`: it serves more than every lower
+        level measured in the last FRESH updates (older ones were passed on the way up, one
+        window each: one lucky window must not stop the growth), and no level above it was
+        measured whose concurrency did not pay over it (throughput stops rising there, until
+        that level's record is forgotten)."""
+        served = self.served[level][0]
+        return all(rate <= served if n < level else rate >= served * (n / level) ** PAYS
+                   for n, (rate, when) in self.served.items()
+                   if n > level or (n < level and self.num_updates - when <= FRESH))
 
     def _may_shrink(self, num_inflight: int, gradient: float) -> bool:
         """False while the shrinks so far did not shorten the queue as a queue of this
