@@ -269,3 +269,14 @@ def test_a_pooled_connection_keeps_its_watchdog_idle_and_still_times_out_later()
             await client.close()
             return same_timer, idle_kept, client.num_connects
     assert run(main()) == (True, True, 1)
+
+
+@pytest.mark.parametrize("url, headers", [("http://127.0.0.1:9", None),
+                                          ("http://h:81/base/", {"authorization": "Bearer k"}),
+                                          ("http://h", {"content-type": "text/plain", "x-a": "b"})])
+def test_a_json_request_is_encoded_as_the_general_encoder_would(url, headers):
+    client = HTTPClient(url, headers=headers)
+    body = b'{"model":"m"}'
+    for method, target in (("POST", "/v1/chat/completions"), ("GET", "")):
+        expected = client._encode_request(method, target, body, {"content-type": "application/json"})
+        assert client._encode_json_request(method, target, body) == expected

@@ -300,6 +300,10 @@ class HTTPClient:
         self.read_timeout = read_timeout
         self.max_idle = max_idle
         self.default_headers = {"host": self.origin.host_header, **(headers or {})}
+        # The header block of a JSON request with no headers of its own (every backend call):
+        # the fields _encode_request would write before content-length, encoded once.
+        self._json_fields = "".join(f"{name}: {value}\r\n" for name, value in {
+            **self.default_headers, "content-type": "application/json"}.items()).encode("latin-1")
         self._idle: deque[_Conn] = deque()
         self.num_connects = 0          # connections opened so far (tests check reuse with it)
         # Some servers (llama.cpp's cpp-httplib) close the connection after every chunked
@@ -310,10 +314,14 @@ class HTTPClient:
     async def request(self, method: str, path: str, *, body: bytes | None = None, json=None,
                       headers: dict[str, str] | None = None) -> ClientResponse:
         """Send a request and return once the response head has arrived."""
-        if json is not None:
-            body = wirejson.dumps(json)
-            headers = {"content-type": "application/json", **(headers or {})}
-        payload = self._encode_request(method, self.origin.base_path + path, body, headers)
+        target = self.origin.base_path + path
+        if json is not None and not headers:
+            payload = self._encode_json_request(method, target, wirejson.dumps(json))
+        else:
+            if json is not None:
+                body = wirejson.dumps(json)
+                headers = {"content-type": "application/json", **headers}
+            payload = self._encode_request(method, target, body, headers)
         conn = self._take_idle()
         if conn is not None:
             try:
@@ -336,6 +344,11 @@ class HTTPClient:
         lines = [f"{method} {target or '/'} HTTP/1.1"]
         lines += [f"{name}: {value}" for name, value in merged.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+    def _encode_json_request(self, method: str, target: str, body: bytes) -> bytes:
+        """_encode_request's bytes for a JSON body and no headers of the request's own."""
+        return b"%s %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n%s" % (
+            method.encode("latin-1"), (target or "/").encode("latin-1"), self._json_fields, len(body), body)
 
     async def _exchange(self, conn: _Conn, method: str, payload: bytes) -> ClientResponse:
         try:
