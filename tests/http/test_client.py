@@ -242,3 +242,41 @@ def test_the_chunks_of_one_read_go_up_as_one_piece_and_one_batch():
     assert pieces == [b"".join(frames)]
     assert batches == [[b'{"i":0}', b"", b'{"i":1}', b"[DONE]"]]
     assert events == [[b'{"i":0}', b'{"i":1}']]
+
+
+def test_a_pooled_connection_keeps_its_watchdog_idle_and_still_times_out_later():
+    """The watchdog outlives a request (no timer per request on a pooled connection): it spares
+    the connection while it sits idle past read_timeout, and fires on silence in the next one."""
+    gate = asyncio.Event()
+
+    async def gated_app(request):
+        if request.path == "/silent":
+            await gate.wait()
+        return Response.json({"path": request.path})
+
+    async def main():
+        async with serving(gated_app) as server:
+            client = HTTPClient(f"http://127.0.0.1:{server.port}", read_timeout=0.2)
+            await (await client.request("GET", "/a")).json()
+            watchdog = client._idle[0].watchdog
+            await (await client.request("GET", "/b")).json()
+            same_timer = watchdog is not None and client._idle[0].watchdog is watchdog
+            await asyncio.sleep(0.35)                  # idle past read_timeout: not aborted
+            idle_kept = client.num_idle == 1 and client._idle[0].usable()
+            with pytest.raises(BackendTimeout):
+                await client.request("GET", "/silent")
+            gate.set()
+            await client.close()
+            return same_timer, idle_kept, client.num_connects
+    assert run(main()) == (True, True, 1)
+
+
+@pytest.mark.parametrize("url, headers", [("http://127.0.0.1:9", None),
+                                          ("http://h:81/base/", {"authorization": "Bearer k"}),
+                                          ("http://h", {"content-type": "text/plain", "x-a": "b"})])
+def test_a_json_request_is_encoded_as_the_general_encoder_would(url, headers):
+    client = HTTPClient(url, headers=headers)
+    body = b'{"model":"m"}'
+    for method, target in (("POST", "/v1/chat/completions"), ("GET", "")):
+        expected = client._encode_request(method, target, body, {"content-type": "application/json"})
+        assert client._encode_json_request(method, target, body) == expected

@@ -27,7 +27,6 @@ or a stream that broke after output flowed.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -186,17 +185,9 @@ class Service:
                     raise BackendError(f"backend {backend.name}: a started stream was preempted",
                                        code="backend_error") from None
 
-    @contextlib.asynccontextmanager
-    async def _admitted(self, backend: Backend, scheduled: SchedRequest):
+    def _admitted(self, backend: Backend, scheduled: SchedRequest) -> _Admitted:
         """admission.slot(), its wait measured (a preempted request measures each wait)."""
-        waiting = time.perf_counter()
-        async with self.admission.slot(backend, scheduled) as granted:
-            seconds = time.perf_counter() - waiting
-            self.metrics.queue_wait.observe(seconds, backend=backend.name)
-            trace = current_request()
-            if trace is not None:
-                trace.note_queue_wait(seconds)
-            yield granted
+        return _Admitted(self, backend, scheduled)
 
     def _answered(self, backend: Backend, seconds: float) -> None:
         """The backend answered (a whole answer, or a stream to its end) in `seconds`."""
@@ -205,18 +196,9 @@ class Service:
         if trace is not None:
             trace.note_upstream(backend.name, seconds)
 
-    @contextlib.contextmanager
-    def _pinned(self, backend: Backend, request: GenerateRequest, fingerprint: Fingerprint):
+    def _pinned(self, backend: Backend, request: GenerateRequest, fingerprint: Fingerprint) -> _Pinned:
         """The request with `id_slot` for the llama.cpp slot holding its prefix (if any)."""
-        slot = self.router.claim(backend, fingerprint, self.clock())
-        try:
-            if slot is None:
-                yield request
-            else:
-                yield dataclasses.replace(request, body={**request.body, "id_slot": slot,
-                                                         "cache_prompt": True})
-        finally:
-            self.router.release(backend, slot)
+        return _Pinned(self.router, backend, request, fingerprint, self.clock())
 
     def _sched_request(self, backend: Backend, request: GenerateRequest,
                        fingerprint: Fingerprint) -> SchedRequest:
@@ -358,3 +340,54 @@ class Service:
                 "tokenize": {"enabled": self.config.prefix_routing and self.config.tokenize,
                              **self.tokens.stats()},
                 "backends": backends}
+
+
+class _Admitted:
+    """`async with`: admission.slot() entered, the wait observed, the grant given; a class
+    rather than an @asynccontextmanager (no generator and its frame per request)."""
+    __slots__ = ("service", "backend", "scheduled", "slot")
+
+    def __init__(self, service: Service, backend: Backend, scheduled: SchedRequest):
+        self.service, self.backend, self.scheduled = service, backend, scheduled
+
+    async def __aenter__(self):
+        waiting = time.perf_counter()
+        self.slot = self.service.admission.slot(self.backend, self.scheduled)
+        granted = await self.slot.__aenter__()
+        try:
+            seconds = time.perf_counter() - waiting
+            self.service.metrics.queue_wait.observe(seconds, backend=self.backend.name)
+            trace = current_request()
+            if trace is not None:
+                trace.note_queue_wait(seconds)
+        except BaseException as exc:
+            await self.slot.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return granted
+
+    def __aexit__(self, *exc_info):
+        return self.slot.__aexit__(*exc_info)
+
+
+class _Pinned:
+    """`with`: the request pinned by the router for as long as it runs, released after."""
+    __slots__ = ("router", "backend", "request", "fingerprint", "now", "slot")
+
+    def __init__(self, router: PrefixRouter, backend: Backend, request: GenerateRequest,
+                 fingerprint: Fingerprint, now: float):
+        self.router, self.backend, self.request = router, backend, request
+        self.fingerprint, self.now = fingerprint, now
+
+    def __enter__(self) -> GenerateRequest:
+        self.slot = slot = self.router.claim(self.backend, self.fingerprint, self.now)
+        if slot is None:
+            return self.request
+        try:
+            return dataclasses.replace(self.request, body={**self.request.body, "id_slot": slot,
+                                                           "cache_prompt": True})
+        except BaseException:
+            self.router.release(self.backend, slot)
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        self.router.release(self.backend, self.slot)

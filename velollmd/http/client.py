@@ -81,10 +81,12 @@ class Origin:
 class _Conn:
     """One keep-alive connection, with a read watchdog while a request is out.
 
-    The watchdog is one timer per request, moved lazily: a read only records its time, where an
-    `asyncio.timeout` around every read would arm and cancel a timer per streamed chunk."""
+    The watchdog is one timer per connection, moved lazily: a read only records its time, where an
+    `asyncio.timeout` around every read would arm and cancel a timer per streamed chunk. Between
+    requests the timer is left to run out (it finds the connection idle and stops), so a request on
+    a pooled connection usually finds it still pending and arms no timer of its own."""
     __slots__ = ("reader", "writer", "parser", "last_chunked", "loop", "last_read", "timeout",
-                 "timed_out", "watchdog")
+                 "timed_out", "watchdog", "watching")
 
     def __init__(self, reader, writer):
         self.reader = reader
@@ -95,21 +97,29 @@ class _Conn:
         self.last_read = 0.0
         self.timeout = 0.0
         self.timed_out = False
+        self.watching = False               # a request is out: silence past `timeout` aborts
         self.watchdog: asyncio.TimerHandle | None = None
 
     def arm(self, timeout: float) -> None:
         """Start watching: from now on, `timeout` seconds without a byte abort the connection."""
-        self.timeout, self.timed_out = timeout, False
+        self.timeout, self.timed_out, self.watching = timeout, False, True
         self.last_read = self.loop.time()
-        if self.watchdog is None:
-            self.watchdog = self.loop.call_at(self.last_read + timeout, self._check)
+        due = self.last_read + timeout
+        watchdog = self.watchdog
+        if watchdog is not None and watchdog.when() > due:      # a shorter timeout than before
+            watchdog.cancel()
+            watchdog = None
+        if watchdog is None:
+            self.watchdog = self.loop.call_at(due, self._check)
 
     def disarm(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.cancel()
-            self.watchdog = None
+        """Stop watching; the pending timer, if any, stays and finds the connection idle."""
+        self.watching = False
 
     def _check(self) -> None:
+        if not self.watching:
+            self.watchdog = None
+            return
         due = self.last_read + self.timeout
         if self.loop.time() < due:
             self.watchdog = self.loop.call_at(due, self._check)
@@ -122,7 +132,10 @@ class _Conn:
             and self.parser.between_messages
 
     def abort(self) -> None:
-        self.disarm()
+        self.watching = False
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         self.writer.transport.abort()
 
 
@@ -158,8 +171,8 @@ class ClientResponse:
         if self._done:
             return None
         conn, parts = self._conn, []
-        try:
-            event = await self._client._next_event(conn)
+        try:                                    # what the last read brought needs no await
+            event = self._client._parsed(conn) or await self._client._next_event(conn)
             while True:
                 if type(event) is EndOfMessage:
                     self._finish(reusable=self._head.keep_alive)
@@ -227,7 +240,7 @@ class ClientResponse:
     async def read(self, limit: int = MAX_BODY_BYTES) -> bytes:
         parts, size = [], 0
         try:
-            while (data := await self._next_data()) is not None:
+            while not self._done and (data := await self._next_data()) is not None:
                 size += len(data)
                 if size > limit:
                     raise _too_big("a body", limit)
@@ -287,6 +300,10 @@ class HTTPClient:
         self.read_timeout = read_timeout
         self.max_idle = max_idle
         self.default_headers = {"host": self.origin.host_header, **(headers or {})}
+        # The header block of a JSON request with no headers of its own (every backend call):
+        # the fields _encode_request would write before content-length, encoded once.
+        self._json_fields = "".join(f"{name}: {value}\r\n" for name, value in {
+            **self.default_headers, "content-type": "application/json"}.items()).encode("latin-1")
         self._idle: deque[_Conn] = deque()
         self.num_connects = 0          # connections opened so far (tests check reuse with it)
         # Some servers (llama.cpp's cpp-httplib) close the connection after every chunked
@@ -297,10 +314,14 @@ class HTTPClient:
     async def request(self, method: str, path: str, *, body: bytes | None = None, json=None,
                       headers: dict[str, str] | None = None) -> ClientResponse:
         """Send a request and return once the response head has arrived."""
-        if json is not None:
-            body = wirejson.dumps(json)
-            headers = {"content-type": "application/json", **(headers or {})}
-        payload = self._encode_request(method, self.origin.base_path + path, body, headers)
+        target = self.origin.base_path + path
+        if json is not None and not headers:
+            payload = self._encode_json_request(method, target, wirejson.dumps(json))
+        else:
+            if json is not None:
+                body = wirejson.dumps(json)
+                headers = {"content-type": "application/json", **headers}
+            payload = self._encode_request(method, target, body, headers)
         conn = self._take_idle()
         if conn is not None:
             try:
@@ -323,6 +344,11 @@ class HTTPClient:
         lines = [f"{method} {target or '/'} HTTP/1.1"]
         lines += [f"{name}: {value}" for name, value in merged.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+    def _encode_json_request(self, method: str, target: str, body: bytes) -> bytes:
+        """_encode_request's bytes for a JSON body and no headers of the request's own."""
+        return b"%s %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n%s" % (
+            method.encode("latin-1"), (target or "/").encode("latin-1"), self._json_fields, len(body), body)
 
     async def _exchange(self, conn: _Conn, method: str, payload: bytes) -> ClientResponse:
         try:

@@ -15,7 +15,6 @@ import json
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from ..wire.billing import without_billing_header
 from ..wire.request import GenerateRequest
@@ -41,15 +40,20 @@ class Fingerprint:
     def total_tokens(self) -> int:
         return sum(self.num_tokens)
 
-    @cached_property
+    @property
     def prefix_keys(self) -> tuple[int, ...]:
         """prefix_keys[i] stands for pieces[:i + 1]: two prompts share their first i + 1
-        pieces exactly when these keys are equal (up to 64-bit hash collisions)."""
-        keys, key = [], 0
-        for piece_hash in self.hashes:
-            key = hash((key, piece_hash))
-            keys.append(key)
-        return tuple(keys)
+        pieces exactly when these keys are equal (up to 64-bit hash collisions). Computed once
+        (kept in the instance's dict: functools.cached_property takes a lock per first use on
+        Python 3.11)."""
+        keys = self.__dict__.get("_prefix_keys")
+        if keys is None:
+            keys, key = [], 0
+            for piece_hash in self.hashes:
+                key = hash((key, piece_hash))
+                keys.append(key)
+            keys = self.__dict__["_prefix_keys"] = tuple(keys)
+        return keys
 
     def common_prefix_tokens(self, other: Fingerprint | None) -> int:
         """Tokens of the longest common prefix of pieces."""

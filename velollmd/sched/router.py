@@ -43,6 +43,8 @@ class PrefixRouter:
         """Backends best first; the rest are the failover order."""
         self._turn += 1
         self.num_routed += 1
+        if len(backends) < 2:                       # nothing to rank (load is not asked)
+            return list(backends)
         start = self._turn % len(backends) if backends else 0
         by_load = sorted(list(backends[start:]) + list(backends[:start]), key=load)
         if not self.prefix_routing or len(by_load) < 2:

@@ -171,7 +171,20 @@ class Scheduler:
 
     def update_from_output(self, output: RunnerOutput, now: float) -> list[SchedRequest]:
         """Account new tokens, retire finished requests; returns the finished ones."""
-        new_tokens = {rid: ids for rid, ids in output.new_token_ids.items() if rid in self.running}
+        if output.new_token_ids:
+            self._account_tokens(output.new_token_ids, now)
+        finished = []
+        for request_id, status in output.finished.items():
+            request = self.running.get(request_id)
+            if request is not None:
+                self._finish(request, status, now)
+                finished.append(request)
+        return finished
+
+    def _account_tokens(self, new_token_ids: Mapping[str, Sequence[int]], now: float) -> None:
+        """The running requests' new tokens into their blocks (the engine's are preempted when
+        the pool has no room)."""
+        new_tokens = {rid: ids for rid, ids in new_token_ids.items() if rid in self.running}
         # A decode step (one token each) is one allocator call; a longer run goes one by one.
         step = [rid for rid, ids in new_tokens.items() if len(ids) == 1]
         no_room = set(self.pool.append_step(step, [new_tokens[rid][0] for rid in step])) if step else set()
@@ -182,13 +195,6 @@ class Scheduler:
                 else self.pool.append_tokens(request_id, token_ids)
             if not fits and not self.reserve_output:
                 self._preempt(request, now, discard_output=False)   # engine: recompute later
-        finished = []
-        for request_id, status in output.finished.items():
-            request = self.running.get(request_id)
-            if request is not None:
-                self._finish(request, status, now)
-                finished.append(request)
-        return finished
 
     def fork_request(self, parent_id: str, children: Sequence[SchedRequest], now: float) -> list[SchedRequest]:
         """Start children of a running request that share all of its blocks (copy-on-write),
@@ -281,7 +287,10 @@ class Scheduler:
         """Take back one request of lower priority that was sent ahead into the backend's
         own queue and has not started there, to make room for `request` (llama.cpp and Ollama
         drop a queued request whose client left, so the backend never runs it)."""
-        victims = [r for r in self._sent_ahead() if r.priority > request.priority]
+        priority = request.priority
+        if not any(r.priority > priority for r in self.running.values()):
+            return False                    # nothing to outrank: no order of the running needed
+        victims = [r for r in self._sent_ahead() if r.priority > priority]
         return self._take_back(victims, lambda r: (r.priority, r.admission_seq), now, preempted)
 
     def _sent_ahead(self) -> list[SchedRequest]:
