@@ -15,25 +15,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels, vecdot
+from . import kernels
 from .quants import QK_K, split_q4_k
-from .quantweight import QuantWeight
+from .quantweight import KQuantWeight
 
 
 @dataclass(frozen=True)
-class Q4KWeight(QuantWeight):
+class Q4KWeight(KQuantWeight):
     qs: np.ndarray      # (N, K / 2) uint8: per 256 values, 4 x 32 bytes (sub-blocks 2j low, 2j + 1 high)
     sc: np.ndarray      # (N, K / 32) uint8: each sub-block's 6-bit scale
     mn: np.ndarray      # (N, K / 32) uint8: each sub-block's 6-bit min
     d: np.ndarray       # (N, K / 256) float32: each super-block's F16 d
     dmin: np.ndarray    # (N, K / 256) float32: each super-block's F16 dmin
 
-    act_type = vecdot.Q8_K
-
-    @classmethod
-    def from_raw(cls, raw: np.ndarray, shape: tuple[int, int]) -> "Q4KWeight":
-        """From a GGUF tensor's Q4_K bytes (copied: the file's mapping may close)."""
-        return cls(*split_q4_k(raw, shape))
+    split = staticmethod(split_q4_k)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -48,9 +43,6 @@ class Q4KWeight(QuantWeight):
         scale = self.d[index][:, :, None] * self.sc[index].reshape(num_rows, num_blocks, 8).astype(np.float32)
         offset = self.dmin[index][:, :, None] * self.mn[index].reshape(num_rows, num_blocks, 8).astype(np.float32)
         return (scale[..., None] * q - offset[..., None]).reshape(num_rows, -1)
-
-    def _product(self, x: np.ndarray) -> np.ndarray:
-        return self.matmul_quantised(kernels.quantize_q8_k(x))
 
     def matmul_quantised(self, x: tuple[np.ndarray, np.ndarray, np.ndarray], path: str = "best") -> np.ndarray:
         """x already Q8_K (kernels.quantize_q8_k's xq, xd, bsums) @ self^T -> (B, N) float32

@@ -14,23 +14,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels, vecdot
+from . import kernels
 from .quants import split_q6_k
-from .quantweight import QuantWeight
+from .quantweight import KQuantWeight
 
 
 @dataclass(frozen=True)
-class Q6KWeight(QuantWeight):
+class Q6KWeight(KQuantWeight):
     q: np.ndarray       # (N, K) uint8: the 6-bit values (0..63; the weight is d * sc * (q - 32)), in order
     sc: np.ndarray      # (N, K / 16) int8: one scale per 16 values
     d: np.ndarray       # (N, K / 256) float32: each super-block's F16 d
 
-    act_type = vecdot.Q8_K
-
-    @classmethod
-    def from_raw(cls, raw: np.ndarray, shape: tuple[int, int]) -> "Q6KWeight":
-        """From a GGUF tensor's Q6_K bytes (copied: the file's mapping may close)."""
-        return cls(*split_q6_k(raw, shape))
+    split = staticmethod(split_q6_k)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -42,9 +37,6 @@ class Q6KWeight(QuantWeight):
         scale = self.d[index][:, :, None] * self.sc[index].reshape(num_rows, -1, 16).astype(np.float32)
         values = (q.astype(np.int8) - np.int8(32)).reshape(num_rows, -1, 16, 16).astype(np.float32)
         return (scale[..., None] * values).reshape(num_rows, -1)
-
-    def _product(self, x: np.ndarray) -> np.ndarray:
-        return self.matmul_quantised(kernels.quantize_q8_k(x))
 
     def matmul_quantised(self, x: tuple[np.ndarray, np.ndarray, np.ndarray], path: str = "best") -> np.ndarray:
         """x already Q8_K (kernels.quantize_q8_k's) @ self^T -> (B, N) float32 (path: for tests)."""

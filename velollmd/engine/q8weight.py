@@ -31,11 +31,7 @@ class Q8Weight(QuantWeight):
     d: np.ndarray       # (N, K / 32) float32: each block's F16 scale
 
     act_type = vecdot.Q8_0
-
-    @classmethod
-    def from_raw(cls, raw: np.ndarray, shape: tuple[int, int]) -> "Q8Weight":
-        """From a GGUF tensor's Q8_0 bytes (copied: the file's mapping may close)."""
-        return cls(*split_q8_0(raw, shape))
+    split = staticmethod(split_q8_0)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -47,9 +43,12 @@ class Q8Weight(QuantWeight):
         values *= d[:, :, None]
         return values.reshape(q.shape)
 
-    def _product(self, x: np.ndarray) -> np.ndarray:
-        xq, xd = quantize_rows(x)
-        return kernels.matmul_q8_0(xq, xd, self.q, self.d)
+    def quantize_input(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return quantize_rows(x)
+
+    def matmul_quantised(self, x: tuple[np.ndarray, np.ndarray], path: str = "best") -> np.ndarray:
+        xq, xd = x
+        return kernels.matmul_q8_0(xq, xd, self.q, self.d, path)
 
 
 def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,12 +20,13 @@ W = TypeVar("W", bound="QuantWeight")
 
 @dataclass(frozen=True)
 class QuantWeight:
-    act_type = vecdot.F32       # (a class attribute) the subclass's vecdot.activation_type
+    act_type = vecdot.F32       # (class attributes) the subclass's vecdot.activation_type, and
+    split = None                # its quants.split_* (raw bytes, (N, K)) -> its fields in order
 
     @classmethod
     def from_raw(cls: type[W], raw: np.ndarray, shape: tuple[int, int]) -> W:
         """From a GGUF tensor's bytes of the subclass's type (copied: the file's mapping may close)."""
-        raise NotImplementedError
+        return cls(*cls.split(raw, shape))
 
     @classmethod
     def concat(cls: type[W], parts: Sequence[W]) -> W:
@@ -55,7 +56,23 @@ class QuantWeight:
 
     def _product(self, x: np.ndarray) -> np.ndarray:
         """The compiled kernel's x (T, K) @ self^T (T >= 1)."""
+        return self.matmul_quantised(self.quantize_input(x))
+
+    def quantize_input(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """x (T, K) float32 rounded to act_type, as matmul_quantised takes it (COMPILED only)."""
         raise NotImplementedError
+
+    def matmul_quantised(self, x: tuple[np.ndarray, ...], path: str = "best") -> np.ndarray:
+        """x already quantize_input's @ self^T -> (T, N) float32 (path: the kernel's, for tests)."""
+        raise NotImplementedError
+
+
+class KQuantWeight(QuantWeight):
+    """What the K-quant types share: their inputs are rounded to Q8_K blocks."""
+    act_type = vecdot.Q8_K
+
+    def quantize_input(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return kernels.quantize_q8_k(x)
 
 
 @dataclass(frozen=True)
@@ -78,5 +95,13 @@ class StackedWeight:
         return np.concatenate([part.rows(slice(None)) for part in self.parts])[index]
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x (T, K) float32 @ self^T -> (T, N)."""
-        return np.concatenate([part.matmul(x) for part in self.parts], axis=1)
+        """x (T, K) float32 @ self^T -> (T, N), x rounded once per activation type of the parts
+        (a Q4_K_M Q/K/V's Q4_K and Q6_K parts share one Q8_K rounding)."""
+        if x.shape[0] == 0 or not kernels.COMPILED:
+            return np.concatenate([part.matmul(x) for part in self.parts], axis=1)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        rounded: dict[int, tuple[np.ndarray, ...]] = {}
+        for part in self.parts:
+            if part.act_type not in rounded:
+                rounded[part.act_type] = part.quantize_input(x)
+        return np.concatenate([part.matmul_quantised(rounded[part.act_type]) for part in self.parts], axis=1)
