@@ -181,11 +181,9 @@ class AdaptiveLimit:
         if self.num_updates < WARMUP:
             self.rtt_base = min(self.rtt_base, rtt)
         else:
-            quiet = own_rtt <= self.rtt_base * GROW_BELOW
-            self.num_quiet = self.num_quiet + 1 if quiet else 0
-            if quiet and num_inflight * 2 >= self.estimate and self.estimate < self.ceiling - 1:
-                grown = self.estimate + self._growth(self.estimate)
-                self.estimate = min(grown, self.ceiling - 1, self.max_limit)
+            growth = self._quiet_growth(own_rtt <= self.rtt_base * GROW_BELOW, num_inflight, self.estimate)
+            if self.estimate < self.ceiling - 1:
+                self.estimate = min(self.estimate + growth, self.ceiling - 1, self.max_limit)
         self.num_updates += 1
 
     def _update(self, rtt: float, num_inflight: int, mean_inflight: float) -> None:
@@ -194,8 +192,7 @@ class AdaptiveLimit:
         pays = self._pays(level)
         gradient = rtt / self.rtt_base
         limit = self.estimate
-        quiet = gradient <= GROW_BELOW or (pays and self._rising(level))
-        self.num_quiet = self.num_quiet + 1 if quiet else 0
+        growth = self._quiet_growth(gradient <= GROW_BELOW or (pays and self._rising(level)), num_inflight, limit)
         slow = gradient >= SHRINK_ABOVE
         queue = slow and not pays
         if not slow:                     # shrinks in vain stay in vain through windows that paid
@@ -209,10 +206,18 @@ class AdaptiveLimit:
             self.ceiling = limit
             self.first_cut = self.first_cut or (num_inflight, gradient)
             limit -= max(1.0, SMOOTHING * limit * (1 - GROW_BELOW / gradient))
-        elif quiet and num_inflight * 2 >= limit and self.num_updates >= WARMUP:
-            limit += self._growth(limit)
+        else:
+            limit += growth
         self.estimate = min(max(limit, self.min_limit), self.max_limit)
         self.num_updates += 1
+
+    def _quiet_growth(self, quiet: bool, num_inflight: int, limit: float) -> float:
+        """Counts a window towards the quiet streak (or ends it) and returns the growth it
+        earns: none unless it was quiet, used at least half the limit and came after the warm-up."""
+        self.num_quiet = self.num_quiet + 1 if quiet else 0
+        if not quiet or num_inflight * 2 < limit or self.num_updates < WARMUP:
+            return 0.0
+        return self._growth(limit)
 
     def _confirmed(self, limit: float) -> bool:
         """A queue at or above the ceiling is new ground and counts at once; below it, where
