@@ -18,7 +18,11 @@
 #define GROUP_BLOCK 512     /* bytes of one group's block: 8 vectors of 16 rows x 4 bytes */
 #define MAX_COLS 8          /* inputs a tile multiplies at once */
 #define GROUPS_PER_TASK 4   /* a task's weights: 64 rows (64 KiB at K = 1024) */
-#define PF_BYTES 2048       /* the x86 tiles prefetch the packed weights this far ahead */
+/* The x86 tiles prefetch the packed weights PF_NEAR bytes ahead for 1-2 inputs, PF_FAR for more
+ * (measured: from 3 inputs on the far distance was 1.2-1.4x faster, for 1-2 the near one). */
+#define PF_NEAR 2048
+#define PF_FAR 8192
+#define PF_FAR_COLS 3
 
 /* The 4 input bytes x[4q..4q+3] as one int32 (a vpbroadcastd's source). */
 static inline __attribute__((always_inline)) int32_t x_word(const int8_t *x, int q) {
@@ -95,51 +99,63 @@ static void groups_portable(const int8_t *xq, const float *xd, const uint8_t *wp
 #define T_AVX2 __attribute__((target("avx2,fma"), always_inline))
 #define T_VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni"), always_inline))
 
-/* Rows [8h, 8h + 8) of a group, `cols` (<= 4) inputs: per 4-byte step q, the signed weights
- * (w_u ^ 0x80) and their magnitudes once, then per input ggml's sign trick: maddubs(|w|, x with
- * w's sign) to int16 pairs (at most 2 * 128 * 127: no saturation; x is never -128), madd to the
- * row's int32 lane. The block's exact int32 sums, then the float part as the other paths. */
-static inline T_AVX2 void half_avx2(const int8_t *x, const float *xd, const uint8_t *wp, const float *wd,
-                                    float *y, int64_t K, int64_t N, int h, int rows, int cols) {
+/* Rows [8 h0, 8 (h0 + halves)) of a group (halves: 1 or 2), `cols` (<= 4) inputs: per 4-byte step
+ * q, the signed weights (w_u ^ 0x80) and their magnitudes once, then per input ggml's sign trick:
+ * maddubs(|w|, x with w's sign) to int16 pairs (at most 2 * 128 * 127: no saturation; x is never
+ * -128), madd to the row's int32 lane. The block's exact int32 sums, then the float part as the
+ * other paths. */
+static inline T_AVX2 void halves_avx2(const int8_t *x, const float *xd, const uint8_t *wp, const float *wd,
+                                      float *y, int64_t K, int64_t N, int h0, int halves, int rows, int cols) {
     int64_t nb = K / QK;
     const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
-    __m256 acc[MAX_COLS];
-    for (int c = 0; c < cols; c++)
-        acc[c] = _mm256_setzero_ps();
+    __m256 acc[2][MAX_COLS];
+    for (int h = 0; h < halves; h++)
+        for (int c = 0; c < cols; c++)
+            acc[h][c] = _mm256_setzero_ps();
     for (int64_t j = 0; j < nb; j++) {
-        const uint8_t *wb = wp + j * GROUP_BLOCK + 32 * h;
-        if (j % 4 == 0)
-            __builtin_prefetch(wb + PF_BYTES, 0, 2);
-        __m256i s[MAX_COLS];
-        for (int c = 0; c < cols; c++)
-            s[c] = _mm256_setzero_si256();
-        for (int q = 0; q < 8; q++) {
-            __m256i w = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(wb + 64 * q)), flip);
-            __m256i aw = _mm256_sign_epi8(w, w);
-            for (int c = 0; c < cols; c++) {
-                __m256i xv = _mm256_set1_epi32(x_word(x + c * K + j * QK, q));
-                __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, w));
-                s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(p, ones));
+        const uint8_t *wb = wp + j * GROUP_BLOCK;
+        for (int line = 0; h0 == 0 && line < GROUP_BLOCK; line += 64)
+            __builtin_prefetch(wb + (cols >= PF_FAR_COLS ? PF_FAR : PF_NEAR) + line, 0, 2);
+        for (int h = 0; h < halves; h++) {
+            __m256i s[MAX_COLS];
+            for (int c = 0; c < cols; c++)
+                s[c] = _mm256_setzero_si256();
+            for (int q = 0; q < 8; q++) {
+                __m256i w = _mm256_loadu_si256((const __m256i *)(wb + 64 * q + 32 * (h0 + h)));
+                w = _mm256_xor_si256(w, flip);
+                __m256i aw = _mm256_sign_epi8(w, w);
+                for (int c = 0; c < cols; c++) {
+                    __m256i xv = _mm256_set1_epi32(x_word(x + c * K + j * QK, q));
+                    __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, w));
+                    s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(p, ones));
+                }
             }
+            __m256 d = _mm256_loadu_ps(wd + j * GROUP + 8 * (h0 + h));
+            for (int c = 0; c < cols; c++)
+                acc[h][c] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xd[c * nb + j])),
+                                            _mm256_cvtepi32_ps(s[c]), acc[h][c]);
         }
-        __m256 d = _mm256_loadu_ps(wd + j * GROUP + 8 * h);
-        for (int c = 0; c < cols; c++)
-            acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xd[c * nb + j])),
-                                     _mm256_cvtepi32_ps(s[c]), acc[c]);
     }
-    for (int c = 0; c < cols; c++) {
-        float out[8];
-        _mm256_storeu_ps(out, acc[c]);
-        for (int r = 0; r < rows - 8 * h && r < 8; r++)
-            y[c * N + 8 * h + r] = out[r];
-    }
+    for (int h = 0; h < halves; h++)
+        for (int c = 0; c < cols; c++) {
+            float out[8];
+            _mm256_storeu_ps(out, acc[h][c]);
+            for (int r = 8 * (h0 + h); r < rows && r < 8 * (h0 + h + 1); r++)
+                y[c * N + r] = out[r % 8];
+        }
 }
 
+/* 1-2 inputs: both halves in one pass over the blocks (the weights stream from memory once, at
+ * the rate of the work); more: a pass per half (16 accumulators would not fit 16 registers). */
 static inline T_AVX2 void tile_avx2(const int8_t *x, const float *xd, const uint8_t *wp, const float *wd,
                                     float *y, int64_t K, int64_t N, int rows, int cols) {
-    half_avx2(x, xd, wp, wd, y, K, N, 0, rows, cols);
+    if (cols <= 2) {
+        halves_avx2(x, xd, wp, wd, y, K, N, 0, rows > 8 ? 2 : 1, rows, cols);
+        return;
+    }
+    halves_avx2(x, xd, wp, wd, y, K, N, 0, 1, rows, cols);
     if (rows > 8)
-        half_avx2(x, xd, wp, wd, y, K, N, 1, rows, cols);
+        halves_avx2(x, xd, wp, wd, y, K, N, 1, 1, rows, cols);
 }
 
 /* VNNI: per block the group's 8 weight vectors (unsigned, w + 128) once, then per input
@@ -154,19 +170,20 @@ static inline T_VNNI void tile_vnni(const int8_t *x, const int32_t *bias, const 
     for (int64_t j = 0; j < nb; j++) {
         const uint8_t *wb = wp + j * GROUP_BLOCK;
         for (int line = 0; line < GROUP_BLOCK; line += 64)
-            __builtin_prefetch(wb + PF_BYTES + line, 0, 2);
+            __builtin_prefetch(wb + (cols >= PF_FAR_COLS ? PF_FAR : PF_NEAR) + line, 0, 2);
         __m512i w[8];
         for (int q = 0; q < 8; q++)
             w[q] = _mm512_loadu_si512((const void *)(wb + 64 * q));
+        __m512i s[MAX_COLS];
+        for (int c = 0; c < cols; c++)
+            s[c] = _mm512_set1_epi32(bias[c * nb + j]);
+        for (int q = 0; q < 8; q++)         /* the inputs' chains interleaved: vpdpbusd's latency */
+            for (int c = 0; c < cols; c++)
+                s[c] = _mm512_dpbusd_epi32(s[c], w[q], _mm512_set1_epi32(x_word(x + c * K + j * QK, q)));
         __m512 d = _mm512_loadu_ps(wd + j * GROUP);
-        for (int c = 0; c < cols; c++) {
-            const int8_t *xb = x + c * K + j * QK;
-            __m512i s = _mm512_set1_epi32(bias[c * nb + j]);
-            for (int q = 0; q < 8; q++)
-                s = _mm512_dpbusd_epi32(s, w[q], _mm512_set1_epi32(x_word(xb, q)));
+        for (int c = 0; c < cols; c++)
             acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(xd[c * nb + j])),
-                                     _mm512_cvtepi32_ps(s), acc[c]);
-        }
+                                     _mm512_cvtepi32_ps(s[c]), acc[c]);
     }
     __mmask16 valid = (__mmask16)((1u << rows) - 1);
     for (int c = 0; c < cols; c++)
