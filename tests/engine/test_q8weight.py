@@ -126,6 +126,17 @@ def test_packing_interleaves_16_rows_by_4_bytes_as_unsigned_bytes():
         assert np.array_equal(got_q, q[index]) and np.array_equal(got_d, d[index])
 
 
+@pytest.mark.parametrize("part_rows", [(16, 32, 7), (16, 7, 32), (21, 21)])
+def test_concat_equals_packing_the_stacked_rows(part_rows):
+    """Whole groups stacked as they are, or (a part ending mid-group) repacked: the same arrays."""
+    rng = np.random.default_rng(9)
+    rows = [exact_q8(rng, n, 64) for n in part_rows]
+    both = Q8Weight.concat([Q8Weight.from_rows(q, d) for q, d in rows])
+    expected = Q8Weight.from_rows(np.concatenate([q for q, _ in rows]), np.concatenate([d for _, d in rows]))
+    assert both.shape == expected.shape == (sum(part_rows), 64)
+    assert np.array_equal(both.packed, expected.packed) and np.array_equal(both.scales, expected.scales)
+
+
 def q8_tensor(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     """A GGUF's bytes of a random (n, k) Q8_0 matrix (ggml's own quantiser)."""
     w = (rng.standard_normal((n, k)) / 16).astype(np.float32)

@@ -50,7 +50,12 @@ class Q8Weight(QuantWeight):
 
     @classmethod
     def concat(cls, parts: Sequence[Q8Weight]) -> Q8Weight:
-        """Parts stacked by rows (unpacked, stacked, packed again: a part's N need not be a multiple of 16)."""
+        """Parts stacked by rows: their groups stacked where every part but the last fills its
+        groups (the usual Q/K/V), else unpacked, stacked and packed again."""
+        num_rows = sum(part.num_rows for part in parts)
+        if all(part.num_rows % GROUP == 0 for part in parts[:-1]):
+            return cls(np.concatenate([part.packed for part in parts]),
+                       np.concatenate([part.scales for part in parts]), num_rows)
         rows = [part.unpacked(slice(None)) for part in parts]
         return cls.from_rows(np.concatenate([q for q, _ in rows]), np.concatenate([d for _, d in rows]))
 
@@ -89,9 +94,9 @@ def pack_rows(q: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (byte [g, j, v, r, i] = q[16g + r, 32j + 4v + i] + 128) and scales (G, K / 32, 16) float32,
     N padded with zero rows to G * 16."""
     n, k = q.shape
-    pad = -n % GROUP
-    q = np.pad(q, ((0, pad), (0, 0)))                                                    # (16G, K)
-    d = np.pad(d, ((0, pad), (0, 0)))                                                    # (16G, K / 32)
+    if n % GROUP:
+        q = np.pad(q, ((0, -n % GROUP), (0, 0)))                                         # (16G, K)
+        d = np.pad(d, ((0, -n % GROUP), (0, 0)))                                         # (16G, K / 32)
     groups = q.view(np.uint8).reshape(-1, GROUP, k // QK8_0, QK8_0 // WORD, WORD)       # (G, 16, nb, 8, 4)
     packed = np.ascontiguousarray(groups.transpose(0, 2, 3, 1, 4))                     # (G, nb, 8, 16, 4)
     packed ^= 0x80
