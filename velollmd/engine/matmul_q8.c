@@ -1,6 +1,6 @@
-/* See matmul_q8.h. Three paths with one arithmetic on the packed layout: portable C (GCC vector
- * extensions, built twice by target_clones like matmul.c), AVX2 (maddubs/madd on sign-adjusted
- * bytes, 8 rows a vector) and AVX-512 VNNI (vpdpbusd on 512-bit vectors, 16 rows a vector). */
+/* See matmul_q8.h. Three paths with one arithmetic on the packed layout: portable C (plain loops,
+ * built twice by target_clones like matmul.c), AVX2 (maddubs/madd on sign-adjusted bytes, 8 rows
+ * a vector) and AVX-512 VNNI (vpdpbusd on 512-bit vectors, 16 rows a vector). */
 #include "matmul_q8.h"
 
 #include <stdlib.h>
@@ -71,7 +71,8 @@ static inline __attribute__((always_inline)) void tile_portable(const int8_t *x,
 
 /* The tasks' shared loop: inputs in chunks of up to C, each chunk against the task's groups
  * [g0, g1) in order, so that a chunk's inputs stay in L1 and the task's weights in L2. Every
- * (row, input) pair gets the same arithmetic whatever its chunk. BIAS: the VNNI tile's argument. */
+ * (row, input) pair gets the same arithmetic whatever its chunk. The variable arguments: the
+ * tile's extra ones before xd (the VNNI tile's bias, with a trailing comma). */
 #define GROUPS_BODY(TILE, C, ...)                                                                   \
     int64_t nb = K / QK;                                                                            \
     for (int64_t b = 0; b < B; b += (C)) {                                                          \

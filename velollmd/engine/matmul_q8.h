@@ -3,14 +3,15 @@
  * per 4-byte lane, on weights packed at load (q8weight.pack_rows) so that one 512-bit vpdpbusd
  * multiplies 16 rows by 4 bytes of an input.
  *
- * y (B, N) = x (B, K) @ w (N, K)^T with both sides in blocks of 32: xq (B, K) int8 and xd (B, K / 32)
- * float32 scales; w packed by groups of 16 rows (N padded with zero rows to G = ceil(N / 16)
+ * y (B, N) = x (B, K) @ w (N, K)^T with both sides in blocks of 32: xq (B, K) int8 in [-127, 127]
+ * (vl_quantize_q8_0 never makes -128, which the AVX2 path's sign trick could not take) and xd
+ * (B, K / 32) float32 scales; w packed by groups of 16 rows (N padded with zero rows to G = ceil(N / 16)
  * groups): wp (G, K / 32, 8, 16, 4) uint8, byte [g, j, q, r, i] = w[16g + r, 32j + 4q + i] + 128,
  * wd (G, K / 32, 16) float32 the F16 scales of those rows. For each (input, row) pair: per block j
  * in order, the exact int32 sum s_j of its 32 products, then acc = fma(wd * xd, (float)s_j, acc)
  * (wd * xd is exact: two F16 values; s_j is exact in float). Every path (portable C, AVX2, AVX-512
- * VNNI) computes exactly this, so y does not depend on the path (with FMA hardware), the batch
- * size B or the thread count.
+ * VNNI) computes exactly this, so y does not depend on the path, the batch size B or the thread
+ * count.
  *
  * path: VL_Q8_BEST (the fastest this CPU has) or one of VL_Q8_PORTABLE, VL_Q8_AVX2, VL_Q8_VNNI;
  * returns the path that ran, or -1 (that path is not available here: nothing written).
