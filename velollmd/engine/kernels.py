@@ -3,7 +3,7 @@ attention.c through cffi) and their threads.
 
     y = matmul_nt(x, w)          # x (B, K) @ w (N, K)^T -> (B, N) float32
     xq, xd = quantize_q8_0(x)     # x (B, K) -> int8 (B, K), scales (B, K / 32), as vecdot's
-    y = matmul_q8_0(xq, xd, wq, wd)   # the same product for Q8_0 x and w: integer dot products
+    y = matmul_q8_0(xq, xd, wp, wd, n)   # the same product for Q8_0 x and packed w: integer dot products
     y = matmul_q4_k(quantize_q8_k(x), qs, sc, mn, wd, wdmin)   # Q8_K x, Q4_K w (ggml's product)
     y = matmul_q6_k(quantize_q8_k(x), wq, sc, wd)              # Q8_K x, Q6_K w
     out = paged_decode_attention(q, k_pages, v_pages, tables, lens, scale)   # (B, n_head, d)
@@ -131,20 +131,21 @@ def quantize_q8_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return xq, xd
 
 
-def matmul_q8_0(xq: np.ndarray, xd: np.ndarray, wq: np.ndarray, wd: np.ndarray,
+def matmul_q8_0(xq: np.ndarray, xd: np.ndarray, wp: np.ndarray, wd: np.ndarray, n: int,
                 path: str = "best") -> np.ndarray:
-    """Q8_0 x (B, K) @ Q8_0 w (N, K)^T -> (B, N) float32, as ggml_vec_dot_q8_0_q8_0 (matmul_q8.h;
-    COMPILED only). xq (B, K) and wq (N, K) int8; xd (B, K / 32) and wd (N, K / 32) float32."""
+    """Q8_0 x (B, K) @ Q8_0 w (N, K)^T -> (B, N) float32: ggml's int32 block sums, one float
+    rounding per block (matmul_q8.h; COMPILED only). xq (B, K) int8, xd (B, K / 32) float32; w
+    packed by q8weight.pack_rows: wp (G, K / 32, 8, 16, 4) uint8, wd (G, K / 32, 16) float32."""
     xq = np.ascontiguousarray(xq, dtype=np.int8)                                  # (B, K)
     xd = np.ascontiguousarray(xd, dtype=np.float32)                               # (B, K / 32)
     batch, k = xq.shape
-    n = wq.shape[0]
+    groups = -(-n // 16)
     assert k % 32 == 0 and xd.shape == (batch, k // 32), (xq.shape, xd.shape)
-    assert wq.dtype == np.int8 and wq.flags.c_contiguous and wq.shape[1] == k, (wq.dtype, wq.shape, k)
-    assert wd.dtype == np.float32 and wd.flags.c_contiguous and wd.shape == (n, k // 32), wd.shape
+    assert wp.dtype == np.uint8 and wp.flags.c_contiguous and wp.shape == (groups, k // 32, 8, 16, 4), wp.shape
+    assert wd.dtype == np.float32 and wd.flags.c_contiguous and wd.shape == (groups, k // 32, 16), wd.shape
     y = np.empty((batch, n), dtype=np.float32)                                    # (B, N)
     ran = lib.vl_matmul_q8_0(ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xd),
-                             ffi.from_buffer("int8_t[]", wq), ffi.from_buffer("float[]", wd),
+                             ffi.from_buffer("uint8_t[]", wp), ffi.from_buffer("float[]", wd),
                              ffi.from_buffer("float[]", y), batch, k, n, _num_threads, Q8_PATHS[path])
     if ran < 0:
         raise ValueError(f"matmul_q8_0: path {path!r} is not available on this CPU ({q8_0_paths()})")

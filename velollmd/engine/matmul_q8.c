@@ -1,9 +1,10 @@
-/* See matmul_q8.h. Three paths with one arithmetic: portable C (GCC vector extensions, built
- * twice by target_clones like matmul.c), AVX2 (ggml's maddubs/madd on sign-adjusted bytes) and
- * AVX-512 VNNI (vpdpbusd on 256-bit vectors, as ggml does with AVX512VNNI + VL). */
+/* See matmul_q8.h. Three paths with one arithmetic on the packed layout: portable C (plain loops,
+ * built twice by target_clones like matmul.c), AVX2 (maddubs/madd on sign-adjusted bytes, 8 rows
+ * a vector) and AVX-512 VNNI (vpdpbusd on 512-bit vectors, 16 rows a vector). */
 #include "matmul_q8.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "qdot.h"
 #include "tasks.h"
@@ -13,53 +14,83 @@
 #endif
 
 #define QK 32               /* values per Q8_0 block */
-#define MAX_ROWS 4
-#define MAX_COLS 4
-#define ROWS_PER_TASK 64    /* a task's weights: 64 rows (72 KiB at K = 1024) */
-#define PF_AHEAD 16         /* the x86 tiles prefetch the weight rows this far ahead */
+#define GROUP 16            /* weight rows interleaved in one packed group */
+#define GROUP_BLOCK 512     /* bytes of one group's block: 8 vectors of 16 rows x 4 bytes */
+#define MAX_COLS 8          /* inputs a tile multiplies at once */
+#define GROUPS_PER_TASK 4   /* a task's weights: 64 rows (64 KiB at K = 1024) */
+/* The x86 tiles prefetch the packed weights PF_NEAR bytes ahead for 1-2 inputs, PF_FAR for more
+ * (measured: from 3 inputs on the far distance was 1.2-1.4x faster, for 1-2 the near one). */
+#define PF_NEAR 2048
+#define PF_FAR 8192
+#define PF_FAR_COLS 3
 
-/* `rows` weight rows x `cols` inputs (constants at each call site); x, xd: the first input's. */
-static inline __attribute__((always_inline)) void tile_portable(const int8_t *x, const float *xd,
-                                                               const int8_t *w, const float *wd, float *y,
-                                                               int64_t K, int64_t N, int rows, int cols,
-                                                               const int8_t *pf) {
-    (void)pf;                               /* no prefetch in the portable path */
-    int64_t nb = K / QK;
-    v8f acc[MAX_ROWS][MAX_COLS] = {{{0}}};
-    for (int64_t j = 0; j < nb; j++)
-        for (int r = 0; r < rows; r++)
-            for (int c = 0; c < cols; c++) {
-                v8f q = __builtin_convertvector(lanes_portable(w + r * K + j * QK, x + c * K + j * QK), v8f);
-                float d = wd[r * nb + j] * xd[c * nb + j];
-                for (int l = 0; l < 8; l++)     /* one rounding per lane in every build */
-                    acc[r][c][l] = __builtin_fmaf(d, q[l], acc[r][c][l]);
-            }
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++)
-            y[c * N + r] = hsum_ggml(acc[r][c]);
+/* The 4 input bytes x[4q..4q+3] as one int32 (a vpbroadcastd's source). */
+static inline __attribute__((always_inline)) int32_t x_word(const int8_t *x, int q) {
+    int32_t v;
+    memcpy(&v, x + 4 * q, sizeof v);
+    return v;
 }
 
-/* Rows [n0, n1) against all B inputs, in tiles of R rows x C inputs, leftover inputs one at a
- * time with R rows, leftover rows one by one: every (row, input) pair gets the same arithmetic.
- * The first tile of each row block also prefetches the rows PF_AHEAD further on (pf). */
-#define ROWS_BODY(TILE, X, R, C)                                                                    \
-    int64_t nb = K / QK, n = n0;                                                                    \
-    for (; n + (R) <= n1; n += (R)) {                                                               \
-        const int8_t *pf = n + PF_AHEAD + (R) <= N ? wq + (n + PF_AHEAD) * K : NULL;               \
-        int64_t b = 0;                                                                              \
-        for (; b + (C) <= B; b += (C), pf = NULL)                                                   \
-            TILE((X) + b * K, xd + b * nb, wq + n * K, wd + n * nb, y + b * N + n, K, N, (R), (C), pf); \
-        for (; b < B; b++, pf = NULL)                                                               \
-            TILE((X) + b * K, xd + b * nb, wq + n * K, wd + n * nb, y + b * N + n, K, N, (R), 1, pf); \
-    }                                                                                               \
-    for (; n < n1; n++)                                                                             \
-        for (int64_t b = 0; b < B; b++)                                                             \
-            TILE((X) + b * K, xd + b * nb, wq + n * K, wd + n * nb, y + b * N + n, K, N, 1, 1, NULL);
+/* One group's `cols` inputs (constants at each call site): y[c * N + r] for r < rows (<= 16),
+ * x, xd, y: the first input's. wp, wd: the group's (K / 32, 512) bytes and (K / 32, 16) scales. */
+static inline __attribute__((always_inline)) void tile_portable(const int8_t *x, const float *xd,
+                                                               const uint8_t *wp, const float *wd, float *y,
+                                                               int64_t K, int64_t N, int rows, int cols) {
+    int64_t nb = K / QK;
+    float acc[MAX_COLS][GROUP] = {{0}};
+    for (int64_t j = 0; j < nb; j++) {
+        const uint8_t *wb = wp + j * GROUP_BLOCK;
+        for (int c = 0; c < cols; c++) {
+            const int8_t *xb = x + c * K + j * QK;
+            int32_t s[GROUP] = {0};
+            for (int q = 0; q < 8; q++)
+                for (int r = 0; r < GROUP; r++)
+                    for (int i = 0; i < 4; i++)
+                        s[r] += ((int32_t)wb[64 * q + 4 * r + i] - 128) * (int32_t)xb[4 * q + i];
+            for (int r = 0; r < GROUP; r++)
+                acc[c][r] = __builtin_fmaf(wd[j * GROUP + r] * xd[c * nb + j], (float)s[r], acc[c][r]);
+        }
+    }
+    for (int c = 0; c < cols; c++)
+        for (int r = 0; r < rows; r++)
+            y[c * N + r] = acc[c][r];
+}
+
+/* TILE(args..., cols) with cols a constant (1..MAXC) at each call: the tiles are always_inline. */
+#define TILE_COLS(TILE, MAXC, cols, ...)                                                            \
+    switch (cols) {                                                                                 \
+    case 1: TILE(__VA_ARGS__, 1); break;                                                            \
+    case 2: TILE(__VA_ARGS__, 2); break;                                                            \
+    case 3: TILE(__VA_ARGS__, 3); break;                                                            \
+    case 4: TILE(__VA_ARGS__, 4); break;                                                            \
+    case 5: if ((MAXC) >= 5) TILE(__VA_ARGS__, 5); break;                                           \
+    case 6: if ((MAXC) >= 6) TILE(__VA_ARGS__, 6); break;                                           \
+    case 7: if ((MAXC) >= 7) TILE(__VA_ARGS__, 7); break;                                           \
+    default: if ((MAXC) >= 8) TILE(__VA_ARGS__, 8); break;                                          \
+    }
+
+/* The tasks' shared loop: inputs in chunks of up to C, each chunk against the task's groups
+ * [g0, g1) in order, so that a chunk's inputs stay in L1 and the task's weights in L2. Every
+ * (row, input) pair gets the same arithmetic whatever its chunk. The variable arguments: the
+ * tile's extra ones before xd (the VNNI tile's bias, with a trailing comma). */
+#define GROUPS_BODY(TILE, C, ...)                                                                   \
+    int64_t nb = K / QK;                                                                            \
+    for (int64_t b = 0; b < B; b += (C)) {                                                          \
+        int cols = B - b < (C) ? (int)(B - b) : (C);                                                \
+        for (int64_t g = g0; g < g1; g++)                                                           \
+            TILE_COLS(TILE, C, cols, xq + b * K, __VA_ARGS__ xd + b * nb, wp + g * nb * GROUP_BLOCK, \
+                      wd + g * nb * GROUP, y + b * N + g * GROUP, K, N, group_rows(g, N))            \
+    }
+
+/* Rows of group g that exist (the last group's padding rows are computed, not stored). */
+static inline int group_rows(int64_t g, int64_t N) {
+    return N - g * GROUP < GROUP ? (int)(N - g * GROUP) : GROUP;
+}
 
 VL_CLONES
-static void rows_portable(const int8_t *xq, const float *xd, const int8_t *wq, const float *wd, float *y,
-                          int64_t B, int64_t K, int64_t N, int64_t n0, int64_t n1) {
-    ROWS_BODY(tile_portable, xq, 2, 4)
+static void groups_portable(const int8_t *xq, const float *xd, const uint8_t *wp, const float *wd, float *y,
+                            int64_t B, int64_t K, int64_t N, int64_t g0, int64_t g1) {
+    GROUPS_BODY(tile_portable, 4)
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -67,112 +98,109 @@ static void rows_portable(const int8_t *xq, const float *xd, const int8_t *wq, c
 #include <immintrin.h>
 
 #define T_AVX2 __attribute__((target("avx2,fma"), always_inline))
-#define T_VNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni"), always_inline))
+#define T_VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni"), always_inline))
 
-static inline T_AVX2 void finish_avx2(__m256 acc[MAX_ROWS][MAX_COLS], float *y, int64_t N, int rows, int cols) {
-    for (int r = 0; r < rows; r++)
+/* Rows [8 h0, 8 (h0 + halves)) of a group (halves: 1 or 2), `cols` (<= 4) inputs: per 4-byte step
+ * q, the signed weights (w_u ^ 0x80) and their magnitudes once, then per input ggml's sign trick:
+ * maddubs(|w|, x with w's sign) to int16 pairs (at most 2 * 128 * 127: no saturation; x is never
+ * -128), madd to the row's int32 lane. The block's exact int32 sums, then the float part as the
+ * other paths. */
+static inline T_AVX2 void halves_avx2(const int8_t *x, const float *xd, const uint8_t *wp, const float *wd,
+                                      float *y, int64_t K, int64_t N, int h0, int halves, int rows, int cols) {
+    int64_t nb = K / QK;
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
+    __m256 acc[2][MAX_COLS];
+    for (int h = 0; h < halves; h++)
         for (int c = 0; c < cols; c++)
-            y[c * N + r] = hsum_ggml((v8f)acc[r][c]);
-}
-
-/* ds[r][c][i] = wd[r, j + i] * xd[c, j + i] for the tile's next `count` (<= 8) blocks from j: the
- * products of each block's two scales, 8 at a time, so that the block loop loads its d from L1
- * (a broadcast on a load port) instead of multiplying on the float ports it is bound by. */
-static inline T_AVX2 void block_scales(float ds[MAX_ROWS][MAX_COLS][8], const float *wd, const float *xd,
-                                       int64_t nb, int64_t j, int count, int rows, int cols) {
-    for (int r = 0; r < rows; r++)
+            acc[h][c] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < nb; j++) {
+        const uint8_t *wb = wp + j * GROUP_BLOCK;
+        for (int line = 0; h0 == 0 && line < GROUP_BLOCK; line += 64)
+            __builtin_prefetch(wb + (cols >= PF_FAR_COLS ? PF_FAR : PF_NEAR) + line, 0, 2);
+        for (int h = 0; h < halves; h++) {
+            __m256i s[MAX_COLS];
+            for (int c = 0; c < cols; c++)
+                s[c] = _mm256_setzero_si256();
+            for (int q = 0; q < 8; q++) {
+                __m256i w = _mm256_loadu_si256((const __m256i *)(wb + 64 * q + 32 * (h0 + h)));
+                w = _mm256_xor_si256(w, flip);
+                __m256i aw = _mm256_sign_epi8(w, w);
+                for (int c = 0; c < cols; c++) {
+                    __m256i xv = _mm256_set1_epi32(x_word(x + c * K + j * QK, q));
+                    __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, w));
+                    s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(p, ones));
+                }
+            }
+            __m256 d = _mm256_loadu_ps(wd + j * GROUP + 8 * (h0 + h));
+            for (int c = 0; c < cols; c++)
+                acc[h][c] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xd[c * nb + j])),
+                                            _mm256_cvtepi32_ps(s[c]), acc[h][c]);
+        }
+    }
+    for (int h = 0; h < halves; h++)
         for (int c = 0; c < cols; c++) {
-            if (count == 8) {
-                store8(ds[r][c], load8(wd + r * nb + j) * load8(xd + c * nb + j));
-                continue;
-            }
-            for (int i = 0; i < count; i++)
-                ds[r][c][i] = wd[r * nb + j + i] * xd[c * nb + j + i];
+            float out[8];
+            _mm256_storeu_ps(out, acc[h][c]);
+            for (int r = 8 * (h0 + h); r < rows && r < 8 * (h0 + h + 1); r++)
+                y[c * N + r] = out[r % 8];
         }
 }
 
-/* The cache line of block j (and j + 1) of `rows` weight rows from pf, into L2: memory streams
- * the rows PF_AHEAD ahead while the core computes on these (the hardware prefetcher alone left a
- * decode step at about half the bandwidth the float kernel reaches). */
-static inline T_AVX2 void prefetch_rows(const int8_t *pf, int64_t K, int64_t j, int rows) {
-    for (int r = 0; r < rows; r++)
-        __builtin_prefetch(pf + r * K + j * QK, 0, 2);
-}
-
-/* ggml's mul_sum_i8_pairs_float on AVX2: |w| (unsigned) times x with w's sign, pairs to int16
- * (at most 2 * 128 * 127: no saturation), pairs of those to int32 lanes. */
-static inline T_AVX2 void tile_avx2(const int8_t *x, const float *xd, const int8_t *w, const float *wd,
-                                    float *y, int64_t K, int64_t N, int rows, int cols, const int8_t *pf) {
-    int64_t nb = K / QK;
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[MAX_ROWS][MAX_COLS];
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++)
-            acc[r][c] = _mm256_setzero_ps();
-    float ds[MAX_ROWS][MAX_COLS][8];
-    for (int64_t j = 0; j < nb; j++) {
-        if (j % 8 == 0)
-            block_scales(ds, wd, xd, nb, j, nb - j < 8 ? (int)(nb - j) : 8, rows, cols);
-        if (pf && j % 2 == 0)
-            prefetch_rows(pf, K, j, rows);
-        __m256i xv[MAX_COLS];
-        for (int c = 0; c < cols; c++)
-            xv[c] = _mm256_loadu_si256((const __m256i *)(x + c * K + j * QK));
-        for (int r = 0; r < rows; r++) {
-            __m256i wv = _mm256_loadu_si256((const __m256i *)(w + r * K + j * QK));
-            __m256i aw = _mm256_sign_epi8(wv, wv);
-            for (int c = 0; c < cols; c++) {
-                __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv[c], wv)), ones);
-                __m256 d = _mm256_set1_ps(ds[r][c][j % 8]);
-                acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][c]);
-            }
-        }
+/* 1-2 inputs: both halves in one pass over the blocks (the weights stream from memory once, at
+ * the rate of the work); more: a pass per half (16 accumulators would not fit 16 registers). */
+static inline T_AVX2 void tile_avx2(const int8_t *x, const float *xd, const uint8_t *wp, const float *wd,
+                                    float *y, int64_t K, int64_t N, int rows, int cols) {
+    if (cols <= 2) {
+        halves_avx2(x, xd, wp, wd, y, K, N, 0, rows > 8 ? 2 : 1, rows, cols);
+        return;
     }
-    finish_avx2(acc, y, N, rows, cols);
+    halves_avx2(x, xd, wp, wd, y, K, N, 0, 1, rows, cols);
+    if (rows > 8)
+        halves_avx2(x, xd, wp, wd, y, K, N, 1, 1, rows, cols);
 }
 
-/* VNNI: x arrives offset to unsigned (xu = x + 128, vl_matmul_q8_0 makes it), so one vpdpbusd
- * per pair adds dot(xu, w) to -128 * sum(w) (per row and block, shared by the inputs): dot(x, w). */
-static inline T_VNNI void tile_vnni(const uint8_t *xu, const float *xd, const int8_t *w, const float *wd,
-                                    float *y, int64_t K, int64_t N, int rows, int cols, const int8_t *pf) {
+/* VNNI: per block the group's 8 weight vectors (unsigned, w + 128) once, then per input
+ * int32 acc = -128 * sum(x's block) (bias) + 8 vpdpbusd(w_u, broadcast x[4q..4q+3]): the 16 rows'
+ * exact block sums; then fma(wd * xd, sum, acc) in float. */
+static inline T_VNNI void tile_vnni(const int8_t *x, const int32_t *bias, const float *xd, const uint8_t *wp,
+                                    const float *wd, float *y, int64_t K, int64_t N, int rows, int cols) {
     int64_t nb = K / QK;
-    const __m256i offset = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
-    __m256 acc[MAX_ROWS][MAX_COLS];
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++)
-            acc[r][c] = _mm256_setzero_ps();
-    float ds[MAX_ROWS][MAX_COLS][8];
+    __m512 acc[MAX_COLS];
+    for (int c = 0; c < cols; c++)
+        acc[c] = _mm512_setzero_ps();
     for (int64_t j = 0; j < nb; j++) {
-        if (j % 8 == 0)
-            block_scales(ds, wd, xd, nb, j, nb - j < 8 ? (int)(nb - j) : 8, rows, cols);
-        if (pf && j % 2 == 0)
-            prefetch_rows(pf, K, j, rows);
-        __m256i xv[MAX_COLS];
+        const uint8_t *wb = wp + j * GROUP_BLOCK;
+        for (int line = 0; line < GROUP_BLOCK; line += 64)
+            __builtin_prefetch(wb + (cols >= PF_FAR_COLS ? PF_FAR : PF_NEAR) + line, 0, 2);
+        __m512i w[8];
+        for (int q = 0; q < 8; q++)
+            w[q] = _mm512_loadu_si512((const void *)(wb + 64 * q));
+        __m512i s[MAX_COLS];
         for (int c = 0; c < cols; c++)
-            xv[c] = _mm256_loadu_si256((const __m256i *)(xu + c * K + j * QK));
-        for (int r = 0; r < rows; r++) {
-            __m256i wv = _mm256_loadu_si256((const __m256i *)(w + r * K + j * QK));
-            __m256i base = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, offset, wv));
-            for (int c = 0; c < cols; c++) {
-                __m256i p = _mm256_dpbusd_epi32(base, xv[c], wv);
-                __m256 d = _mm256_set1_ps(ds[r][c][j % 8]);
-                acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[r][c]);
-            }
-        }
+            s[c] = _mm512_set1_epi32(bias[c * nb + j]);
+        for (int q = 0; q < 8; q++)         /* the inputs' chains interleaved: vpdpbusd's latency */
+            for (int c = 0; c < cols; c++)
+                s[c] = _mm512_dpbusd_epi32(s[c], w[q], _mm512_set1_epi32(x_word(x + c * K + j * QK, q)));
+        __m512 d = _mm512_loadu_ps(wd + j * GROUP);
+        for (int c = 0; c < cols; c++)
+            acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(xd[c * nb + j])),
+                                     _mm512_cvtepi32_ps(s[c]), acc[c]);
     }
-    finish_avx2(acc, y, N, rows, cols);
+    __mmask16 valid = (__mmask16)((1u << rows) - 1);
+    for (int c = 0; c < cols; c++)
+        _mm512_mask_storeu_ps(y + c * N, valid, acc[c]);
 }
 
 __attribute__((target("avx2,fma")))
-static void rows_avx2(const int8_t *xq, const float *xd, const int8_t *wq, const float *wd, float *y,
-                      int64_t B, int64_t K, int64_t N, int64_t n0, int64_t n1) {
-    ROWS_BODY(tile_avx2, xq, 2, 4)
+static void groups_avx2(const int8_t *xq, const float *xd, const uint8_t *wp, const float *wd, float *y,
+                        int64_t B, int64_t K, int64_t N, int64_t g0, int64_t g1) {
+    GROUPS_BODY(tile_avx2, 4)
 }
 
-__attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
-static void rows_vnni(const uint8_t *xu, const float *xd, const int8_t *wq, const float *wd, float *y,
-                      int64_t B, int64_t K, int64_t N, int64_t n0, int64_t n1) {
-    ROWS_BODY(tile_vnni, xu, 4, 4)
+__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+static void groups_vnni(const int8_t *xq, const int32_t *bias, const float *xd, const uint8_t *wp,
+                        const float *wd, float *y, int64_t B, int64_t K, int64_t N, int64_t g0, int64_t g1) {
+    GROUPS_BODY(tile_vnni, MAX_COLS, bias + b * nb,)
 }
 #endif
 
@@ -241,38 +269,48 @@ static int best_path(int paths) {
     return VL_Q8_PORTABLE;
 }
 
-int vl_matmul_q8_0(const int8_t *xq, const float *xd, const int8_t *wq, const float *wd, float *y,
+/* bias[c, j] = -128 * sum(x[c, block j]): the VNNI tile's start, which undoes its w + 128. */
+static void block_bias(const int8_t *xq, int32_t *bias, int64_t num_blocks) {
+    for (int64_t j = 0; j < num_blocks; j++) {
+        int32_t sum = 0;
+        for (int i = 0; i < QK; i++)
+            sum += xq[j * QK + i];
+        bias[j] = -128 * sum;
+    }
+}
+
+int vl_matmul_q8_0(const int8_t *xq, const float *xd, const uint8_t *wp, const float *wd, float *y,
                    int64_t B, int64_t K, int64_t N, int num_threads, int path) {
     int paths = vl_q8_0_paths();
     if (path == VL_Q8_BEST)
         path = best_path(paths);
     if (path < VL_Q8_PORTABLE || path > VL_Q8_VNNI || !(paths & (1 << path)))
         return -1;
-    uint8_t *xu = NULL;
+    int32_t *bias = NULL;
     if (path == VL_Q8_VNNI) {
-        xu = malloc((size_t)(B * K) + 1);
-        if (!xu)
-            path = VL_Q8_AVX2;
+        bias = malloc((size_t)(B * (K / QK)) * sizeof *bias + 1);
+        if (bias)
+            block_bias(xq, bias, B * (K / QK));
         else
-            for (int64_t i = 0; i < B * K; i++)
-                xu[i] = (uint8_t)xq[i] ^ 0x80;      /* x + 128 as an unsigned byte */
+            path = VL_Q8_AVX2;                  /* the same results, without the bias array */
     }
-    int64_t num_tasks = row_tasks(N, ROWS_PER_TASK, &num_threads);
+    int64_t num_groups = (N + GROUP - 1) / GROUP;
+    int64_t num_tasks = row_tasks(num_groups, GROUPS_PER_TASK, &num_threads);
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
     for (int64_t task = 0; task < num_tasks; task++) {
-        int64_t n0 = task * ROWS_PER_TASK, n1 = task_end(n0, ROWS_PER_TASK, N);
+        int64_t g0 = task * GROUPS_PER_TASK, g1 = task_end(g0, GROUPS_PER_TASK, num_groups);
 #ifdef VL_Q8_X86
         if (path == VL_Q8_VNNI) {
-            rows_vnni(xu, xd, wq, wd, y, B, K, N, n0, n1);
+            groups_vnni(xq, bias, xd, wp, wd, y, B, K, N, g0, g1);
             continue;
         }
         if (path == VL_Q8_AVX2) {
-            rows_avx2(xq, xd, wq, wd, y, B, K, N, n0, n1);
+            groups_avx2(xq, xd, wp, wd, y, B, K, N, g0, g1);
             continue;
         }
 #endif
-        rows_portable(xq, xd, wq, wd, y, B, K, N, n0, n1);
+        groups_portable(xq, xd, wp, wd, y, B, K, N, g0, g1);
     }
-    free(xu);
+    free(bias);
     return path;
 }

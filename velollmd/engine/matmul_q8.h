@@ -1,20 +1,24 @@
-/* Q8_0 x Q8_0 matrix-vector products for the engine (velollmd.engine._matmul), as ggml-cpu's
- * ggml_vec_dot_q8_0_q8_0 computes them.
+/* Q8_0 x Q8_0 matrix products for the engine (velollmd.engine._matmul): ggml-cpu's exact int32
+ * block sums (ggml_vec_dot_q8_0_q8_0's), with one float rounding per block instead of ggml's one
+ * per 4-byte lane, on weights packed at load (q8weight.pack_rows) so that one 512-bit vpdpbusd
+ * multiplies 16 rows by 4 bytes of an input.
  *
- * y (B, N) = x (B, K) @ w (N, K)^T with both sides in blocks of 32: xq (B, K) and wq (N, K) int8,
- * xd (B, K / 32) and wd (N, K / 32) float32 scales (F16 values). For each (input, row) pair and
- * block j: 8 exact int32 lane sums (lane l: bytes 4l..4l+3 of the block), each converted to
- * float and added into 8 float lanes as fma(wd * xd, lane, acc); then ggml's hsum_float_8 of
- * the lanes. Every path (portable C, AVX2, AVX-512 VNNI) computes the same int sums and the same
- * float operations in the same order, so y does not depend on the path (with FMA hardware), the
- * batch size B or the thread count.
+ * y (B, N) = x (B, K) @ w (N, K)^T with both sides in blocks of 32: xq (B, K) int8 in [-127, 127]
+ * (vl_quantize_q8_0 never makes -128, which the AVX2 path's sign trick could not take) and xd
+ * (B, K / 32) float32 scales; w packed by groups of 16 rows (N padded with zero rows to G = ceil(N / 16)
+ * groups): wp (G, K / 32, 8, 16, 4) uint8, byte [g, j, q, r, i] = w[16g + r, 32j + 4q + i] + 128,
+ * wd (G, K / 32, 16) float32 the F16 scales of those rows. For each (input, row) pair: per block j
+ * in order, the exact int32 sum s_j of its 32 products, then acc = fma(wd * xd, (float)s_j, acc)
+ * (wd * xd is exact: two F16 values; s_j is exact in float). Every path (portable C, AVX2, AVX-512
+ * VNNI) computes exactly this, so y does not depend on the path, the batch size B or the thread
+ * count.
  *
  * path: VL_Q8_BEST (the fastest this CPU has) or one of VL_Q8_PORTABLE, VL_Q8_AVX2, VL_Q8_VNNI;
  * returns the path that ran, or -1 (that path is not available here: nothing written).
  */
 #include <stdint.h>
 
-int vl_matmul_q8_0(const int8_t *xq, const float *xd, const int8_t *wq, const float *wd, float *y,
+int vl_matmul_q8_0(const int8_t *xq, const float *xd, const uint8_t *wp, const float *wd, float *y,
                    int64_t B, int64_t K, int64_t N, int num_threads, int path);
 int vl_q8_0_paths(void);    /* bit (1 << path) set for each available path */
 

@@ -1,6 +1,6 @@
-"""Q8_0 weights kept quantised in memory, multiplied as llama.cpp's CPU backend multiplies them.
+"""Q8_0 weights kept quantised in memory, packed at load for the integer kernel (matmul_q8.c).
 
-    w = Q8Weight.from_raw(gguf.raw(name), (N, K))     # int8 values + one scale per 32
+    w = Q8Weight.from_raw(gguf.raw(name), (N, K))     # int8 values + one scale per 32, packed
     w = Q8Weight.concat([wq, wk, wv])                  # a fused weight (all parts Q8_0)
     y = w.matmul(x)                                    # x (T, K) float32 -> (T, N)
     rows = w.rows(token_ids)                           # dequantised rows (embedding lookup)
@@ -8,12 +8,15 @@
 A float32 copy of a Q8_0 weight is 3.8x its bytes, and a decode step reads every weight once:
 keeping the int8 values makes the step read ~1.1 bytes per weight instead of 4. The product
 rounds x to Q8_0 blocks (vecdot.quantize_q8_0, as ggml-cpu converts activations to a Q8_0
-weight's vec_dot_type) and sums each block's exact int32 products, then scales them in float
-(kernels.matmul_q8_0: ggml_vec_dot_q8_0_q8_0's arithmetic). Without the compiled extension:
-the same rounded x times the dequantised weight, in float32.
+weight's vec_dot_type), sums each block's exact int32 products as ggml does, then adds them up
+in float with one rounding per block (kernels.matmul_q8_0). The rows are stored interleaved by
+16 (pack_rows: matmul_q8.h's layout), so that one vector instruction multiplies 16 rows by 4
+bytes of an input, and as unsigned bytes (w + 128). Without the compiled extension: the same
+rounded x times the dequantised weight, in float32.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,22 +26,57 @@ from .quants import split_q8_0
 from .quantweight import QuantWeight
 
 QK8_0 = vecdot.QK8_0
+GROUP = 16          # rows interleaved in one packed group
+WORD = 4            # bytes of a row next to each other in a packed vector
 
 
 @dataclass(frozen=True)
 class Q8Weight(QuantWeight):
-    q: np.ndarray       # (N, K) int8, C-contiguous
-    d: np.ndarray       # (N, K / 32) float32: each block's F16 scale
+    packed: np.ndarray  # (G, K / 32, 8, 16, 4) uint8, G = ceil(N / 16): pack_rows' layout
+    scales: np.ndarray  # (G, K / 32, 16) float32: each block's F16 scale (0 in the padding rows)
+    num_rows: int       # N (the last group's rows past N are zero padding)
 
     act_type = vecdot.Q8_0
-    split = staticmethod(split_q8_0)
+
+    @classmethod
+    def from_raw(cls, raw: np.ndarray, shape: tuple[int, int]) -> Q8Weight:
+        """From a GGUF tensor's Q8_0 bytes (copied: the file's mapping may close)."""
+        return cls.from_rows(*split_q8_0(raw, shape))
+
+    @classmethod
+    def from_rows(cls, q: np.ndarray, d: np.ndarray) -> Q8Weight:
+        """From q (N, K) int8 and d (N, K / 32) float32 in row order."""
+        return cls(*pack_rows(q, d), num_rows=q.shape[0])
+
+    @classmethod
+    def concat(cls, parts: Sequence[Q8Weight]) -> Q8Weight:
+        """Parts stacked by rows: their groups stacked where every part but the last fills its
+        groups (the usual Q/K/V), else unpacked, stacked and packed again."""
+        num_rows = sum(part.num_rows for part in parts)
+        if all(part.num_rows % GROUP == 0 for part in parts[:-1]):
+            return cls(np.concatenate([part.packed for part in parts]),
+                       np.concatenate([part.scales for part in parts]), num_rows)
+        rows = [part.unpacked(slice(None)) for part in parts]
+        return cls.from_rows(np.concatenate([q for q, _ in rows]), np.concatenate([d for _, d in rows]))
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.q.shape
+        return self.num_rows, self.packed.shape[1] * QK8_0
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.scales.nbytes
+
+    def unpacked(self, index: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray]:
+        """The rows' values (R, K) int8 and scales (R, K / 32) float32, in the index's order."""
+        ids = np.arange(self.num_rows)[index]                                   # (R,)
+        group, lane = np.divmod(ids, GROUP)
+        values = self.packed[group, :, :, lane, :]                              # (R, K / 32, 8, 4) uint8
+        q = (values ^ 0x80).view(np.int8).reshape(len(ids), -1)                 # (R, K)
+        return q, self.scales[group, :, lane]                                   # (R, K), (R, K / 32)
 
     def rows(self, index: np.ndarray | slice) -> np.ndarray:
-        q, d = self.q[index], self.d[index]                                   # (R, K), (R, K / 32)
+        q, d = self.unpacked(index)                                           # (R, K), (R, K / 32)
         values = q.reshape(q.shape[0], -1, QK8_0).astype(np.float32)          # (R, K / 32, 32)
         values *= d[:, :, None]
         return values.reshape(q.shape)
@@ -48,7 +86,22 @@ class Q8Weight(QuantWeight):
 
     def matmul_quantised(self, x: tuple[np.ndarray, np.ndarray], path: str = "best") -> np.ndarray:
         xq, xd = x
-        return kernels.matmul_q8_0(xq, xd, self.q, self.d, path)
+        return kernels.matmul_q8_0(xq, xd, self.packed, self.scales, self.num_rows, path)
+
+
+def pack_rows(q: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """q (N, K) int8, d (N, K / 32) float32 -> matmul_q8.h's packed (G, K / 32, 8, 16, 4) uint8
+    (byte [g, j, v, r, i] = q[16g + r, 32j + 4v + i] + 128) and scales (G, K / 32, 16) float32,
+    N padded with zero rows to G * 16."""
+    n, k = q.shape
+    if n % GROUP:
+        q = np.pad(q, ((0, -n % GROUP), (0, 0)))                                         # (16G, K)
+        d = np.pad(d, ((0, -n % GROUP), (0, 0)))                                         # (16G, K / 32)
+    groups = q.view(np.uint8).reshape(-1, GROUP, k // QK8_0, QK8_0 // WORD, WORD)       # (G, 16, nb, 8, 4)
+    packed = np.ascontiguousarray(groups.transpose(0, 2, 3, 1, 4))                     # (G, nb, 8, 16, 4)
+    packed ^= 0x80
+    scales = np.ascontiguousarray(d.reshape(-1, GROUP, k // QK8_0).transpose(0, 2, 1))  # (G, nb, 16)
+    return packed, scales
 
 
 def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

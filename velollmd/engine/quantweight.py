@@ -2,7 +2,8 @@
 q6kweight.Q6KWeight), and StackedWeight: parts of different such types stacked by rows.
 
 A subclass is a frozen dataclass of arrays with one leading row per weight row, so that parts
-stack by rows field by field (concat: a fused Q/K/V). It says its activation type (act_type,
+stack by rows field by field (concat: a fused Q/K/V; Q8Weight, whose rows are packed by
+groups of 16, has its own from_raw, concat and nbytes). It says its activation type (act_type,
 what ggml-cpu rounds x to for it), its shape, its dequantised rows and its compiled product.
 """
 from __future__ import annotations
