@@ -158,6 +158,19 @@ def test_an_unknown_path_is_refused():
         packed_product(xq, xd, wq, wd, "sse9")
 
 
+def test_a_path_this_cpu_lacks_is_refused():
+    """E.g. AVX-VNNI (ymm vpdpbusd) on a CPU with only AVX-512 VNNI: named, never run here."""
+    rng = np.random.default_rng(0)
+    (xq, xd), (wq, wd) = random_q8(rng, 1, 32), random_q8(rng, 17, 32)
+    w = Q8Weight.from_rows(wq, wd)
+    for path in set(kernels.Q8_PATHS) - set(kernels.q8_0_paths()) - {"best"}:
+        with pytest.raises(ValueError, match="not available"):
+            kernels.q8_0_reads_unsigned(path)
+        for weight in (w, w.with_format(not w.unsigned)):
+            with pytest.raises(ValueError, match="not available"):
+                weight.matmul_quantised((xq, xd), path)
+
+
 @pytest.mark.parametrize("unsigned", [False, True])
 def test_packing_interleaves_16_rows_by_4_bytes_in_either_format(unsigned):
     rng = np.random.default_rng(8)

@@ -106,7 +106,7 @@ static void groups_portable(const int8_t *xq, const float *xd, const uint8_t *wp
  * cols): rows [V p0, V (p0 + parts)) of a group, V = BITS / 32 rows a vector (a "part": 8 rows of
  * a ymm, 16 of a zmm), `cols` inputs. Per block j and part: s = S0 (an expression of c and j),
  * then per 4-byte step q the part's weight vector w once (PREP: what DOT needs of it) and per
- * input s = DOT (of s[c], w and xv = x[4q..4q+3] broadcast): the rows' exact int32 block sums;
+ * input s = DOT (of s[p][c], w and xv = x[4q..4q+3] broadcast): the rows' exact int32 block sums;
  * then acc = fma(wd * xd, (float)s, acc). So every tile is the portable path's arithmetic. */
 #define PARTS_TILE(NAME, ATTR, BITS, S0, PREP, DOT)                                                  \
 static inline ATTR void NAME(const int8_t *x, const int32_t *bias, const float *xd, const uint8_t *wp, \
@@ -122,30 +122,33 @@ static inline ATTR void NAME(const int8_t *x, const int32_t *bias, const float *
         const uint8_t *wb = wp + j * GROUP_BLOCK;                                                    \
         for (int line = 0; p0 == 0 && line < GROUP_BLOCK; line += 64)                                \
             __builtin_prefetch(wb + (cols >= PF_FAR_COLS ? PF_FAR : PF_NEAR) + line, 0, 2);         \
-        for (int p = 0; p < parts; p++) {                                                            \
-            __m##BITS##i s[MAX_COLS];                                                                \
+        __m##BITS##i s[GROUP / V][MAX_COLS];                                                         \
+        for (int p = 0; p < parts; p++)                                                              \
             for (int c = 0; c < cols; c++)                                                           \
-                s[c] = S0;                                                                           \
-            for (int q = 0; q < 8; q++) {  /* the inputs' chains interleaved: the dot's latency */   \
+                s[p][c] = S0;                                                                        \
+        for (int q = 0; q < 8; q++)     /* the parts inside: each x word used while in a register */ \
+            for (int p = 0; p < parts; p++) {                                                        \
                 __m##BITS##i w = _mm##BITS##_loadu_si##BITS((const void *)(wb + 64 * q + 4 * V * (p0 + p))); \
                 PREP;                                                                                \
-                for (int c = 0; c < cols; c++) {                                                     \
+                for (int c = 0; c < cols; c++) {   /* the inputs' chains interleaved: DOT's latency */ \
                     __m##BITS##i xv = _mm##BITS##_set1_epi32(x_word(x + c * K + j * QK, q));         \
-                    s[c] = DOT;                                                                      \
+                    s[p][c] = DOT;                                                                   \
                 }                                                                                    \
             }                                                                                        \
+        for (int p = 0; p < parts; p++) {                                                            \
             __m##BITS d = _mm##BITS##_loadu_ps(wd + j * GROUP + V * (p0 + p));                       \
             for (int c = 0; c < cols; c++)                                                           \
                 acc[p][c] = _mm##BITS##_fmadd_ps(_mm##BITS##_mul_ps(d, _mm##BITS##_set1_ps(xd[c * nb + j])), \
-                                                 _mm##BITS##_cvtepi32_ps(s[c]), acc[p][c]);          \
+                                                 _mm##BITS##_cvtepi32_ps(s[p][c]), acc[p][c]);       \
         }                                                                                            \
     }                                                                                                \
-    for (int p = 0; p < parts; p++)                                                                  \
+    for (int p = 0; p < parts; p++)     /* the part's rows that exist: all but in the last group */ \
         for (int c = 0; c < cols; c++) {                                                             \
+            int first = V * (p0 + p), valid = rows - first < V ? rows - first : V;                   \
             float out[V];                                                                            \
-            _mm##BITS##_storeu_ps(out, acc[p][c]);                                                   \
-            for (int r = V * (p0 + p); r < rows && r < V * (p0 + p + 1); r++)                        \
-                y[c * N + r] = out[r % V];                                                           \
+            _mm##BITS##_storeu_ps(valid == V ? y + c * N + first : out, acc[p][c]);                  \
+            if (valid < V)                                                                           \
+                memcpy(y + c * N + first, out, (size_t)valid * sizeof *out);                         \
         }                                                                                            \
 }
 
@@ -153,15 +156,15 @@ static inline ATTR void NAME(const int8_t *x, const int32_t *bias, const float *
  * most 2 * 128 * 127: no saturation; x is never -128), madd to the row's int32 lane. */
 PARTS_TILE(parts_avx2, T_AVX2, 256, _mm256_setzero_si256(),
            const __m256i ones = _mm256_set1_epi16(1); const __m256i aw = _mm256_abs_epi8(w),
-           _mm256_add_epi32(s[c], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, w)), ones)))
+           _mm256_add_epi32(s[p][c], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, w)), ones)))
 
 /* VNNI on unsigned weights (w + 128): s starts at bias = -128 * sum(x's block), which undoes the
  * offset, and vpdpbusd adds the 4 products of each row's lane. AVX-512 VNNI: a zmm, the whole group
  * at once; AVX-VNNI (VEX, Alder Lake and later, Zen 5): a ymm, half a group. */
 PARTS_TILE(parts_vnni, T_VNNI, 512, _mm512_set1_epi32(bias[c * nb + j]), (void)0,
-           _mm512_dpbusd_epi32(s[c], w, xv))
+           _mm512_dpbusd_epi32(s[p][c], w, xv))
 PARTS_TILE(parts_avxvnni, T_AVXVNNI, 256, _mm256_set1_epi32(bias[c * nb + j]), (void)0,
-           _mm256_dpbusd_avx_epi32(s[c], w, xv))
+           _mm256_dpbusd_avx_epi32(s[p][c], w, xv))
 
 /* A ymm tile over a group's two halves: for 1-2 inputs both in one pass over the blocks (the
  * weights stream from memory once, at the rate of the work); more: a pass per half (16
