@@ -98,6 +98,11 @@ static void groups_portable(const int8_t *xq, const float *xd, const uint8_t *wp
 #define VL_Q8_X86 1
 #include <immintrin.h>
 
+/* AVX-VNNI (target "avxvnni", _mm256_dpbusd_avx_epi32) came with GCC 11: older ones build without it. */
+#if __GNUC__ >= 11
+#define VL_Q8_AVXVNNI_BUILT 1
+#endif
+
 #define T_AVX2 __attribute__((target("avx2,fma"), always_inline))
 #define T_AVXVNNI __attribute__((target("avx2,fma,avxvnni"), always_inline))
 #define T_VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni"), always_inline))
@@ -163,8 +168,10 @@ PARTS_TILE(parts_avx2, T_AVX2, 256, _mm256_setzero_si256(),
  * at once; AVX-VNNI (VEX, Alder Lake and later, Zen 5): a ymm, half a group. */
 PARTS_TILE(parts_vnni, T_VNNI, 512, _mm512_set1_epi32(bias[c * nb + j]), (void)0,
            _mm512_dpbusd_epi32(s[p][c], w, xv))
+#ifdef VL_Q8_AVXVNNI_BUILT
 PARTS_TILE(parts_avxvnni, T_AVXVNNI, 256, _mm256_set1_epi32(bias[c * nb + j]), (void)0,
            _mm256_dpbusd_avx_epi32(s[p][c], w, xv))
+#endif
 
 /* A ymm tile over a group's two halves: for 1-2 inputs both in one pass over the blocks (the
  * weights stream from memory once, at the rate of the work); more: a pass per half (16
@@ -185,11 +192,13 @@ static inline T_AVX2 void tile_avx2(const int8_t *x, const float *xd, const uint
     HALVES(parts_avx2, x, NULL, xd, wp, wd, y, K, N, rows, cols);
 }
 
+#ifdef VL_Q8_AVXVNNI_BUILT
 static inline T_AVXVNNI void tile_avxvnni(const int8_t *x, const int32_t *bias, const float *xd,
                                           const uint8_t *wp, const float *wd, float *y, int64_t K, int64_t N,
                                           int rows, int cols) {
     HALVES(parts_avxvnni, x, bias, xd, wp, wd, y, K, N, rows, cols);
 }
+#endif
 
 static inline T_VNNI void tile_vnni(const int8_t *x, const int32_t *bias, const float *xd, const uint8_t *wp,
                                     const float *wd, float *y, int64_t K, int64_t N, int rows, int cols) {
@@ -202,11 +211,13 @@ static void groups_avx2(const int8_t *xq, const float *xd, const uint8_t *wp, co
     GROUPS_BODY(tile_avx2, 4)
 }
 
+#ifdef VL_Q8_AVXVNNI_BUILT
 __attribute__((target("avx2,fma,avxvnni")))
 static void groups_avxvnni(const int8_t *xq, const int32_t *bias, const float *xd, const uint8_t *wp,
                            const float *wd, float *y, int64_t B, int64_t K, int64_t N, int64_t g0, int64_t g1) {
     GROUPS_BODY(tile_avxvnni, 4, bias + b * nb,)
 }
+#endif
 
 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
 static void groups_vnni(const int8_t *xq, const int32_t *bias, const float *xd, const uint8_t *wp,
@@ -264,8 +275,10 @@ int vl_q8_0_paths(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         paths |= 1 << VL_Q8_AVX2;
+#ifdef VL_Q8_AVXVNNI_BUILT
         if (__builtin_cpu_supports("avxvnni"))
             paths |= 1 << VL_Q8_AVXVNNI;
+#endif
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
             && __builtin_cpu_supports("avx512vnni"))
             paths |= 1 << VL_Q8_VNNI;
@@ -341,10 +354,12 @@ int vl_matmul_q8_0(const int8_t *xq, const float *xd, const void *weights, const
             groups_vnni(xq, bias, xd, wp, wd, y, B, K, N, g0, g1);
             continue;
         }
+#ifdef VL_Q8_AVXVNNI_BUILT
         if (path == VL_Q8_AVXVNNI) {
             groups_avxvnni(xq, bias, xd, wp, wd, y, B, K, N, g0, g1);
             continue;
         }
+#endif
         if (path == VL_Q8_AVX2) {
             groups_avx2(xq, xd, wp, wd, y, B, K, N, g0, g1);
             continue;
