@@ -163,19 +163,33 @@ static inline T_AVX2 void values_avx2(const uint8_t *qs, __m256i hbits, int j, _
 #endif
 }
 
-/* The mins' 4 int lanes of one (row, input) pair by ggml's hadd + madd, added as mins_add does
- * (Q5_K: the lanes' int sum, by ggml's two _mm_hadd_epi32, exact either way). */
-static inline T_AVX2 mins_acc mins_add_avx2(mins_acc acc, float dmin, __m128i mins, const int16_t *bs) {
-    __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bs), _mm_loadu_si128((const __m128i *)(bs + 8)));
-    __m128i prod = _mm_madd_epi16(mins, pairs);
-#if SM_HIGH_BITS
-    __m128i zero = _mm_setzero_si128();
-    float total = (float)_mm_cvtsi128_si32(_mm_hadd_epi32(_mm_hadd_epi32(prod, zero), zero));
-    return __builtin_fmaf(dmin, total, acc);
-#else
-    return (mins_acc)_mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), (__m128)acc);
-#endif
+/* ggml's pair sums of one input's 16 bsums (_mm_hadd_epi16), for every row of a tile. */
+static inline T_AVX2 __m128i bsum_pairs_avx2(const int16_t *bs) {
+    return _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bs), _mm_loadu_si128((const __m128i *)(bs + 8)));
 }
+
+#if SM_HIGH_BITS
+/* Q5_K: one row's mins against `cols` inputs, lane c for input c: the int sum of the 4 lanes of
+ * mins madd pairs[c] (exact, as ggml's two _mm_hadd_epi32), then fma(dmins lane c, it, acc lane
+ * c): each lane is ggml's scalar summs = fma(dmin, sum, summs), 4 inputs in one instruction. */
+static inline T_AVX2 __m128 mins_add_cols_avx2(__m128 acc, __m128 dmins, __m128i mins, const __m128i *pairs,
+                                               int cols) {
+    __m128i prod[MAX_COLS], zero = _mm_setzero_si128(), totals;
+    for (int c = 0; c < MAX_COLS; c++)
+        prod[c] = c < cols ? _mm_madd_epi16(mins, pairs[c]) : zero;
+    if (cols == 1)          /* one input (decoding alone): 2 hadds, not 3 */
+        totals = _mm_hadd_epi32(_mm_hadd_epi32(prod[0], zero), zero);
+    else
+        totals = _mm_hadd_epi32(_mm_hadd_epi32(prod[0], prod[1]), _mm_hadd_epi32(prod[2], prod[3]));
+    return _mm_fmadd_ps(dmins, _mm_cvtepi32_ps(totals), acc);
+}
+#else
+/* Q4_K: the mins' 4 int lanes of one (row, input) pair by ggml's madd, added as mins_add does. */
+static inline T_AVX2 mins_acc mins_add_avx2(mins_acc acc, float dmin, __m128i mins, const int16_t *bs) {
+    __m128i prod = _mm_madd_epi16(mins, bsum_pairs_avx2(bs));
+    return (mins_acc)_mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), (__m128)acc);
+}
+#endif
 
 /* `rows` weight rows from n x `cols` inputs from b, ggml's AVX2 steps: per super-block and 64
  * values, the two vectors of values times x by maddubs (int16 pairs, at most 2 * 31 * 128),
@@ -188,11 +202,19 @@ static inline T_AVX2 void tile_avx2(const int8_t *xq, const float *xd, const int
                                     int rows, int cols, const uint8_t *pf, const uint8_t *pfh) {
     int64_t nbk = K / QK_K;
     __m256 acc[MAX_ROWS][MAX_COLS];
+#if SM_HIGH_BITS
+    __m128 summs[MAX_ROWS];                 /* lane c: input b + c's */
+    for (int r = 0; r < rows; r++)
+        summs[r] = _mm_setzero_ps();
+#else
     mins_acc acc_m[MAX_ROWS][MAX_COLS];
+#endif
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) {
             acc[r][c] = _mm256_setzero_ps();
+#if !SM_HIGH_BITS
             acc_m[r][c] = (mins_acc){0};
+#endif
         }
     for (int64_t i = 0; i < nbk; i++) {
         if (pf)
@@ -224,21 +246,45 @@ static inline T_AVX2 void tile_avx2(const int8_t *xq, const float *xd, const int
                 }
             }
         }
+#if SM_HIGH_BITS
+        __m128i pairs[MAX_COLS];
+        float neg_xd[MAX_COLS] = {0};       /* -xd per input: ggml's dmin = -xd * wdmin */
+        for (int c = 0; c < cols; c++) {
+            pairs[c] = bsum_pairs_avx2(xbs + ((b + c) * nbk + i) * (QK_K / 16));
+            neg_xd[c] = -xd[(b + c) * nbk + i];
+        }
+        /* in registers (a vector load of the 4 stores just made would stall their forwarding) */
+        __m128 neg_xds = _mm_setr_ps(neg_xd[0], neg_xd[1], neg_xd[2], neg_xd[3]);
+#endif
         for (int r = 0; r < rows; r++) {
             int64_t row_block = (n + r) * nbk + i;
             __m128i mins = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(mn + row_block * (QK_K / SUB))));
+#if SM_HIGH_BITS
+            __m128 dmins = _mm_mul_ps(neg_xds, _mm_set1_ps(wdmin[row_block]));
+            summs[r] = mins_add_cols_avx2(summs[r], dmins, mins, pairs, cols);
+#endif
             for (int c = 0; c < cols; c++) {
                 int64_t col_block = (b + c) * nbk + i;
+#if !SM_HIGH_BITS
                 acc_m[r][c] = mins_add_avx2(acc_m[r][c], -xd[col_block] * wdmin[row_block], mins,
                                             xbs + col_block * (QK_K / 16));
+#endif
                 acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(xd[col_block] * wd[row_block]),
                                             _mm256_cvtepi32_ps(sumi[r][c]), acc[r][c]);
             }
         }
     }
-    for (int r = 0; r < rows; r++)
+    for (int r = 0; r < rows; r++) {
+        float total[MAX_COLS];              /* the mins' total per input */
+#if SM_HIGH_BITS
+        _mm_storeu_ps(total, summs[r]);
+#else
         for (int c = 0; c < cols; c++)
-            y[(b + c) * N + n + r] = hsum_ggml((v8f)acc[r][c]) + mins_total(acc_m[r][c]);
+            total[c] = mins_total(acc_m[r][c]);
+#endif
+        for (int c = 0; c < cols; c++)
+            y[(b + c) * N + n + r] = hsum_ggml((v8f)acc[r][c]) + total[c];
+    }
 }
 
 /* Rows [n0, n1) against all B inputs in tiles of 2 rows x 4 inputs, as rows_portable. */
