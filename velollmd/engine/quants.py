@@ -108,10 +108,26 @@ def split_q4_k(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, ...
     float32 (the F16 values); (d * sc) * q - dmin * mn per sub-block is dequantize's value."""
     rows, cols = (int(n) for n in shape)
     blocks = _matrix_blocks(raw, GGML_TYPES["Q4_K"], rows, cols)                  # (n, 144)
+    return (np.ascontiguousarray(blocks[:, 16:]).reshape(rows, cols // 2),
+            *_split_scales_mins(blocks, rows, cols))
+
+
+def split_q5_k(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """A Q5_K matrix's bytes, unpacked by row as split_q4_k's (qs the low 4 bits of each value),
+    then qh (N, K / 8) uint8: per 256 values the 32 bytes as stored, bit s of byte i the 5th bit
+    of value i of sub-block s."""
+    rows, cols = (int(n) for n in shape)
+    blocks = _matrix_blocks(raw, GGML_TYPES["Q5_K"], rows, cols)                  # (n, 176)
+    return (np.ascontiguousarray(blocks[:, 48:]).reshape(rows, cols // 2),
+            *_split_scales_mins(blocks, rows, cols),
+            np.ascontiguousarray(blocks[:, 16:48]).reshape(rows, cols // 8))
+
+
+def _split_scales_mins(blocks: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, ...]:
+    """Q4_K/Q5_K blocks (n, type_size) -> sc, mn (N, K / 32) uint8 and d, dmin (N, K / 256) float32."""
     scales, mins = _k_scales_mins(blocks[:, 4:16])                                 # (n, 8) each
     per_row = cols // QK_K
-    return (np.ascontiguousarray(blocks[:, 16:]).reshape(rows, cols // 2),
-            scales.reshape(rows, cols // 32), mins.reshape(rows, cols // 32),
+    return (scales.reshape(rows, cols // 32), mins.reshape(rows, cols // 32),
             _f16(blocks[:, :2]).reshape(rows, per_row), _f16(blocks[:, 2:4]).reshape(rows, per_row))
 
 
