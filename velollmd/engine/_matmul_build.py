@@ -1,6 +1,6 @@
 """CFFI build script (API mode, out-of-line) for the engine's decode kernels: the matmul (matmul.c),
-the Q8_0, Q4_K, Q6_K and Q4_0 integer matmuls (matmul_q8.c, matmul_q4k.c,
-matmul_q6k.c, matmul_q4_0.c) and the paged decode attention (attention.c).
+the Q8_0, Q4_K, Q6_K, Q4_0 and Q5_0 integer matmuls (matmul_q8.c, matmul_q4k.c,
+matmul_q6k.c, matmul_legacy.c) and the paged decode attention (attention.c).
 
 setup.py lists this file in `cffi_modules` beside the block allocator's, so `pip install -e .`
 (make install) compiles both into `velollmd.engine._matmul`, with OpenMP for its threads.
@@ -23,9 +23,9 @@ def _source_path(path: pathlib.Path) -> str:
 
 
 HEADERS = ("matmul.h", "matmul_q8.h", "matmul_q4k.h", "matmul_q6k.h", "attention.h",
-           "matmul_q4_0.h")
+           "matmul_legacy.h")
 SOURCES = ("matmul.c", "matmul_q8.c", "matmul_q4k.c", "matmul_q6k.c", "attention.c",
-           "matmul_q4_0.c")
+           "matmul_legacy.c")
 
 
 def cdef_from_header(text: str) -> str:

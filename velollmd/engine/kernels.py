@@ -1,12 +1,12 @@
 """The engine's compiled decode kernels (matmul.c, matmul_q8.c, matmul_q4k.c, matmul_q6k.c,
-matmul_q4_0.c, attention.c through cffi) and their threads.
+matmul_legacy.c, attention.c through cffi) and their threads.
 
     y = matmul_nt(x, w)          # x (B, K) @ w (N, K)^T -> (B, N) float32
     xq, xd = quantize_q8_0(x)     # x (B, K) -> int8 (B, K), scales (B, K / 32), as vecdot's
     y = matmul_q8_0(xq, xd, wq, wd)   # the same product for Q8_0 x and w: integer dot products
     y = matmul_q4_k(quantize_q8_k(x), qs, sc, mn, wd, wdmin)   # Q8_K x, Q4_K w (ggml's product)
     y = matmul_q6_k(quantize_q8_k(x), wq, sc, wd)              # Q8_K x, Q6_K w
-    y = matmul_q4_0(xq, xd, qs, wd)   # Q8_0 x, Q4_0 w (nibbles as stored)
+    y = matmul_q4_0(xq, xd, qs, wd)   # Q8_0 x, Q4_0 w (nibbles as stored); matmul_q5_0 likewise
     out = paged_decode_attention(q, k_pages, v_pages, tables, lens, scale)   # (B, n_head, d)
     set_num_threads(4)           # this kernel's OpenMP threads and numpy's OpenBLAS threads
 
@@ -217,23 +217,41 @@ def matmul_q6_k(x: tuple[np.ndarray, np.ndarray, np.ndarray], wq: np.ndarray, sc
 
 def matmul_q4_0(xq: np.ndarray, xd: np.ndarray, qs: np.ndarray, wd: np.ndarray,
                 path: str = "best") -> np.ndarray:
-    """Q8_0 x (B, K) @ Q4_0 w (N, K)^T -> (B, N) float32, as ggml_vec_dot_q4_0_q8_0 (matmul_q4_0.h;
+    """Q8_0 x (B, K) @ Q4_0 w (N, K)^T -> (B, N) float32, as ggml_vec_dot_q4_0_q8_0 (matmul_legacy.h;
     COMPILED only). xq (B, K) int8 and xd (B, K / 32) float32 (quantize_q8_0's); w by row: qs
     (N, K / 2) uint8 (each block's 16 nibble bytes as stored), wd (N, K / 32) float32.
     path: one of q8_0_paths()."""
+    return _matmul_legacy("q4_0", xq, xd, path, ("uint8_t[]", qs, 2), ("float[]", wd, 32))
+
+
+def matmul_q5_0(xq: np.ndarray, xd: np.ndarray, qs: np.ndarray, qh: np.ndarray, wd: np.ndarray,
+                path: str = "best") -> np.ndarray:
+    """Q8_0 x (B, K) @ Q5_0 w (N, K)^T -> (B, N) float32, as ggml_vec_dot_q5_0_q8_0 (matmul_legacy.h;
+    COMPILED only): as matmul_q4_0, with qh (N, K / 8) uint8 each block's 4 bytes of fifth bits."""
+    return _matmul_legacy("q5_0", xq, xd, path, ("uint8_t[]", qs, 2), ("uint8_t[]", qh, 8),
+                          ("float[]", wd, 32))
+
+
+def _matmul_legacy(name: str, xq: np.ndarray, xd: np.ndarray, path: str,
+                   *weight: tuple[str, np.ndarray, int]) -> np.ndarray:
+    """lib.vl_matmul_<name>(xq, xd, *weight arrays, y, ...): weight as (cffi type, array (N, K /
+    divisor) C-contiguous, divisor), each checked."""
     xq = np.ascontiguousarray(xq, dtype=np.int8)                                  # (B, K)
     xd = np.ascontiguousarray(xd, dtype=np.float32)                               # (B, K / 32)
     batch, k = xq.shape
-    n = qs.shape[0]
+    n = weight[0][1].shape[0]
     assert k % 32 == 0 and xd.shape == (batch, k // 32), (xq.shape, xd.shape)
-    for array, dtype, cols in ((qs, np.uint8, k // 2), (wd, np.float32, k // 32)):
-        assert array.dtype == dtype and array.flags.c_contiguous and array.shape == (n, cols), array.shape
+    dtypes = {"uint8_t[]": np.uint8, "float[]": np.float32}
+    for ctype, array, divisor in weight:
+        fits = array.dtype == dtypes[ctype] and array.flags.c_contiguous and array.shape == (n, k // divisor)
+        assert fits, (name, array.dtype, array.shape)
     y = np.empty((batch, n), dtype=np.float32)                                    # (B, N)
-    ran = lib.vl_matmul_q4_0(ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xd),
-                             ffi.from_buffer("uint8_t[]", qs), ffi.from_buffer("float[]", wd),
-                             ffi.from_buffer("float[]", y), batch, k, n, _num_threads, Q8_PATHS[path])
+    ran = getattr(lib, f"vl_matmul_{name}")(
+        ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xd),
+        *(ffi.from_buffer(ctype, array) for ctype, array, _ in weight),
+        ffi.from_buffer("float[]", y), batch, k, n, _num_threads, Q8_PATHS[path])
     if ran < 0:
-        raise ValueError(f"matmul_q4_0: path {path!r} is not available on this CPU ({q8_0_paths()})")
+        raise ValueError(f"matmul_{name}: path {path!r} is not available on this CPU ({q8_0_paths()})")
     return y
 
 

@@ -3,8 +3,8 @@
 `probe(path)` reads only the header (metadata and tensor table, mmapped) and says why a file
 cannot be served, or None: not a GGUF, truncated, an architecture or tensor type the engine
 does not run, a tokenizer or chat template it does not know. `load(path, options)` does the
-work: matrices of model.KEPT_WEIGHTS' types (Q8_0, Q4_K, Q6_K, Q4_0) kept quantised (q8weight.py,
-q4kweight.py, q6kweight.py, q40weight.py), the other weights dequantised to float32 (with each
+work: matrices of model.KEPT_WEIGHTS' types (Q8_0, Q4_K, Q6_K, Q4_0, Q5_0) kept quantised (q8weight.py,
+q4kweight.py, q6kweight.py, legacyweight.py), the other weights dequantised to float32 (with each
 one's ggml type, so that the model rounds activations as llama.cpp does: model.py, vecdot.py),
 the tokenizer, the template, a paged KV cache on the CFFI block allocator, the scheduler and the
 runner (not started).
@@ -101,7 +101,7 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
 
 
 def read_model(gguf: GGUFFile, config: ModelConfig) -> Model:
-    """The file's weights (Q8_0, Q4_K, Q6_K and Q4_0 matrices kept quantised where the integer
+    """The file's weights (Q8_0, Q4_K, Q6_K, Q4_0 and Q5_0 matrices kept quantised where the integer
     kernels pay, the rest dequantised to float32), and their types for the activation rounding."""
     types = {name: info.ggml_type for name, info in gguf.tensors.items()}
     kept = (lambda tensor: _kept(gguf, tensor)) if kernels.integer_kernels_pay() else None

@@ -1,9 +1,12 @@
-/* See matmul_q4_0.h. Three paths with one arithmetic: portable C (GCC vector extensions, built
- * twice by target_clones like matmul.c), AVX2 and AVX-512 VNNI. The x86 paths multiply the
- * unsigned nibbles u by x and subtract 8 * (x's lane sums), once per input and block: the same
- * exact int32 lanes as ggml's (u - 8) * x, in fewer operations per (row, input) pair (AVX2:
- * maddubs, madd, sub; VNNI: one vpdpbusd starting from -8 * the lane sums). */
-#include "matmul_q4_0.h"
+/* See matmul_legacy.h. Three paths with one arithmetic: portable C (GCC vector extensions, built
+ * twice by target_clones like matmul.c), AVX2 and AVX-512 VNNI. The weights are u - offset with
+ * u unsigned (Q4_0: the nibble, offset 8; Q5_0: nibble + 16 * bit, offset 16): the x86 paths
+ * multiply u by x and subtract offset * (x's lane sums), once per input and block. The same exact
+ * int32 lanes as ggml's (u - offset) * x, in fewer operations per (row, input) pair (AVX2:
+ * maddubs, madd, sub; VNNI: one vpdpbusd starting from -offset * the lane sums). */
+#include "matmul_legacy.h"
+
+#include <string.h>
 
 #include "matmul_q8.h"
 #include "qdot.h"
@@ -15,31 +18,45 @@
 
 #define QK 32               /* values per block */
 #define QBYTES 16           /* nibble bytes per block */
-#define OFFSET 8            /* a weight is its nibble - 8 */
+#define HBYTES 4            /* Q5_0: bytes of fifth bits per block */
 #define MAX_ROWS 4
 #define MAX_COLS 4
 #define ROWS_PER_TASK 64
 #define PF_AHEAD 16         /* the x86 tiles prefetch the weight rows this far ahead */
 #define AI __attribute__((always_inline))
 
-/* One block's 32 weights in x's order: nibble - 8 of the low nibbles, then of the high ones. */
-static inline AI void unpack_block(const uint8_t *qs, int8_t *w) {
+/* The weights' offset: Q5_0 (with fifth bits qh) or Q4_0. */
+static inline AI int offset_of(const uint8_t *qh) {
+    return qh ? 16 : 8;
+}
+
+/* One block's 32 weights in x's order: the low nibbles, then the high ones, with bit i of qh
+ * (Q5_0; NULL for Q4_0) as bit 4 of value i, minus the offset. */
+static inline AI void unpack_block(const uint8_t *qs, const uint8_t *qh, int8_t *w) {
+    uint32_t high = 0;
+    if (qh)
+        memcpy(&high, qh, HBYTES);
     for (int i = 0; i < QBYTES; i++) {
-        w[i] = (int8_t)((qs[i] & 0x0F) - OFFSET);
-        w[QBYTES + i] = (int8_t)((qs[i] >> 4) - OFFSET);
+        w[i] = (int8_t)(((qs[i] & 0x0F) | ((high >> i) & 1) << 4) - offset_of(qh));
+        w[QBYTES + i] = (int8_t)(((qs[i] >> 4) | ((high >> (QBYTES + i)) & 1) << 4) - offset_of(qh));
     }
 }
 
+/* Row r's block j: its nibble bytes and (Q5_0) its fifth bits. */
+#define QS(r, j) (qs + (r) * (K / 2) + (j) * QBYTES)
+#define QH(r, j) (qh ? qh + (r) * (K / QK * HBYTES) + (j) * HBYTES : NULL)
+
 /* `rows` weight rows x `cols` inputs (constants at each call site); x, xd: the first input's. */
-static inline AI void tile_portable(const int8_t *x, const float *xd, const uint8_t *qs, const float *wd,
-                                    float *y, int64_t K, int64_t N, int rows, int cols, const uint8_t *pf) {
+static inline AI void tile_portable(const int8_t *x, const float *xd, const uint8_t *qs, const uint8_t *qh,
+                                    const float *wd, float *y, int64_t K, int64_t N, int rows, int cols,
+                                    const uint8_t *pf) {
     (void)pf;                               /* no prefetch in the portable path */
     int64_t nb = K / QK;
     v8f acc[MAX_ROWS][MAX_COLS] = {{{0}}};
     int8_t w[MAX_ROWS][QK];
     for (int64_t j = 0; j < nb; j++) {
         for (int r = 0; r < rows; r++)
-            unpack_block(qs + r * (K / 2) + j * QBYTES, w[r]);
+            unpack_block(QS(r, j), QH(r, j), w[r]);
         for (int r = 0; r < rows; r++)
             for (int c = 0; c < cols; c++) {
                 v8f q = __builtin_convertvector(lanes_portable(w[r], x + c * K + j * QK), v8f);
@@ -56,28 +73,30 @@ static inline AI void tile_portable(const int8_t *x, const float *xd, const uint
 /* Rows [n0, n1) against all B inputs, in tiles of R rows x C inputs, leftover inputs one at a
  * time with R rows, leftover rows one by one: every (row, input) pair gets the same arithmetic.
  * The first tile of each row block also prefetches the rows PF_AHEAD further on (pf). */
+#define TILE_AT(n, b) xq + (b) * K, xd + (b) * nb, QS(n, 0), QH(n, 0), wd + (n) * nb, y + (b) * N + (n), K, N
 #define ROWS_BODY(TILE, R, C)                                                                       \
     int64_t nb = K / QK, n = n0;                                                                    \
     for (; n + (R) <= n1; n += (R)) {                                                               \
-        const uint8_t *pf = n + PF_AHEAD + (R) <= N ? qs + (n + PF_AHEAD) * (K / 2) : NULL;        \
+        const uint8_t *pf = n + PF_AHEAD + (R) <= N ? QS(n + PF_AHEAD, 0) : NULL;                  \
         int64_t b = 0;                                                                              \
         for (; b + (C) <= B; b += (C), pf = NULL)                                                   \
-            TILE(xq + b * K, xd + b * nb, qs + n * (K / 2), wd + n * nb, y + b * N + n, K, N, (R), (C), pf); \
+            TILE(TILE_AT(n, b), (R), (C), pf);                                                      \
         for (; b < B; b++, pf = NULL)                                                               \
-            TILE(xq + b * K, xd + b * nb, qs + n * (K / 2), wd + n * nb, y + b * N + n, K, N, (R), 1, pf); \
+            TILE(TILE_AT(n, b), (R), 1, pf);                                                        \
     }                                                                                               \
     for (; n < n1; n++)                                                                             \
         for (int64_t b = 0; b < B; b++)                                                             \
-            TILE(xq + b * K, xd + b * nb, qs + n * (K / 2), wd + n * nb, y + b * N + n, K, N, 1, 1, NULL);
+            TILE(TILE_AT(n, b), 1, 1, NULL);
 
 VL_CLONES
-static void rows_portable(const int8_t *xq, const float *xd, const uint8_t *qs, const float *wd, float *y,
-                          int64_t B, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+static void rows_portable(const int8_t *xq, const float *xd, const uint8_t *qs, const uint8_t *qh,
+                          const float *wd, float *y, int64_t B, int64_t K, int64_t N, int64_t n0,
+                          int64_t n1) {
     ROWS_BODY(tile_portable, 2, 4)
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VL_Q40_X86 1
+#define VL_LEGACY_X86 1
 #include <immintrin.h>
 
 #define T_AVX2 __attribute__((target("avx2,fma"), always_inline))
@@ -90,23 +109,40 @@ static inline T_AVX2 __m256i nibbles_avx2(const uint8_t *qs) {
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
 }
 
-/* 8 * x's lane sums (lane l: values 4l..4l+3), the part of (u - 8) * x that the rows share. */
-static inline T_AVX2 __m256i offset_avx2(__m256i xv) {
-    __m256i pairs = _mm256_maddubs_epi16(_mm256_set1_epi8(1), xv);
-    return _mm256_slli_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), 3);
+/* Bit i of the block's 4 bytes qh as 16 in byte i (ggml's bytes_from_bits_32, masked). */
+static inline T_AVX2 __m256i high_bits_avx2(const uint8_t *qh) {
+    int32_t bits;
+    memcpy(&bits, qh, HBYTES);
+    const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);
+    __m256i bytes = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(bits), spread), bit);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(bytes, bit), _mm256_set1_epi8(16));
 }
 
-/* The lanes of (u - 8) * x: u * x in int16 pairs (at most 2 * 15 * 128), int32 quads, minus the
- * offset part. */
+/* A block's 32 unsigned values u in x's order: the nibbles, plus 16 * the fifth bits (Q5_0). */
+static inline T_AVX2 __m256i values_avx2(const uint8_t *qs, const uint8_t *qh) {
+    __m256i u = nibbles_avx2(qs);
+    return qh ? _mm256_or_si256(u, high_bits_avx2(qh)) : u;
+}
+
+/* offset * x's lane sums (lane l: values 4l..4l+3), the part of (u - offset) * x that the rows
+ * share. */
+static inline T_AVX2 __m256i offset_avx2(__m256i xv, int offset) {
+    __m256i pairs = _mm256_maddubs_epi16(_mm256_set1_epi8(1), xv);
+    return _mm256_mullo_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), _mm256_set1_epi32(offset));
+}
+
+/* The lanes of (u - offset) * x: u * x in int16 pairs (at most 2 * 31 * 128), int32 quads, minus
+ * the offset part. */
 static inline T_AVX2 __m256i lanes_avx2(__m256i u, __m256i xv, __m256i offset) {
     __m256i quads = _mm256_madd_epi16(_mm256_maddubs_epi16(u, xv), _mm256_set1_epi16(1));
     return _mm256_sub_epi32(quads, offset);
 }
 
-/* VNNI: the lanes start from -8 * x's lane sums, and one vpdpbusd adds u * x to them. */
-static inline T_VNNI __m256i offset_vnni(__m256i xv) {
+/* VNNI: the lanes start from -offset * x's lane sums, and one vpdpbusd adds u * x to them. */
+static inline T_VNNI __m256i offset_vnni(__m256i xv, int offset) {
     __m256i zero = _mm256_setzero_si256();
-    return _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, _mm256_set1_epi8(OFFSET), xv));
+    return _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, _mm256_set1_epi8((char)offset), xv));
 }
 
 static inline T_VNNI __m256i lanes_vnni(__m256i u, __m256i xv, __m256i offset) {
@@ -132,8 +168,9 @@ static inline T_AVX2 void block_scales(float ds[MAX_ROWS][MAX_COLS][8], const fl
  * nibbles once, then LANES and fma(d, lanes, acc) per pair; ggml's hsum_float_8 at the end.
  * Every 4 blocks (one cache line of each row) the rows PF_AHEAD further on are prefetched. */
 #define X86_TILE(NAME, TARGET, OFFSET_LANES, LANES)                                                 \
-static inline TARGET void NAME(const int8_t *x, const float *xd, const uint8_t *qs, const float *wd, \
-                               float *y, int64_t K, int64_t N, int rows, int cols, const uint8_t *pf) { \
+static inline TARGET void NAME(const int8_t *x, const float *xd, const uint8_t *qs, const uint8_t *qh, \
+                               const float *wd, float *y, int64_t K, int64_t N, int rows, int cols,    \
+                               const uint8_t *pf) {                                                    \
     int64_t nb = K / QK;                                                                            \
     __m256 acc[MAX_ROWS][MAX_COLS];                                                                 \
     for (int r = 0; r < rows; r++)                                                                  \
@@ -145,14 +182,14 @@ static inline TARGET void NAME(const int8_t *x, const float *xd, const uint8_t *
             block_scales(ds, wd, xd, nb, j, nb - j < 8 ? (int)(nb - j) : 8, rows, cols);           \
         if (pf && j % 4 == 0)                                                                       \
             for (int r = 0; r < rows; r++)                                                          \
-                __builtin_prefetch(pf + r * (K / 2) + j * QBYTES, 0, 2);                           \
+                __builtin_prefetch(pf + r * (K / 2) + j * QBYTES, 0, 2);  /* qs only */           \
         __m256i xv[MAX_COLS], offset[MAX_COLS];                                                     \
         for (int c = 0; c < cols; c++) {                                                            \
             xv[c] = _mm256_loadu_si256((const __m256i *)(x + c * K + j * QK));                     \
-            offset[c] = OFFSET_LANES(xv[c]);                                                        \
+            offset[c] = OFFSET_LANES(xv[c], offset_of(qh));                                         \
         }                                                                                           \
         for (int r = 0; r < rows; r++) {                                                            \
-            __m256i u = nibbles_avx2(qs + r * (K / 2) + j * QBYTES);                               \
+            __m256i u = values_avx2(QS(r, j), QH(r, j));                                           \
             for (int c = 0; c < cols; c++) {                                                        \
                 __m256 d = _mm256_set1_ps(ds[r][c][j % 8]);                                         \
                 acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(LANES(u, xv[c], offset[c])), acc[r][c]); \
@@ -168,20 +205,20 @@ X86_TILE(tile_avx2, T_AVX2, offset_avx2, lanes_avx2)
 X86_TILE(tile_vnni, T_VNNI, offset_vnni, lanes_vnni)
 
 __attribute__((target("avx2,fma")))
-static void rows_avx2(const int8_t *xq, const float *xd, const uint8_t *qs, const float *wd, float *y,
-                      int64_t B, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+static void rows_avx2(const int8_t *xq, const float *xd, const uint8_t *qs, const uint8_t *qh,
+                      const float *wd, float *y, int64_t B, int64_t K, int64_t N, int64_t n0, int64_t n1) {
     ROWS_BODY(tile_avx2, 2, 4)
 }
 
 __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
-static void rows_vnni(const int8_t *xq, const float *xd, const uint8_t *qs, const float *wd, float *y,
-                      int64_t B, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+static void rows_vnni(const int8_t *xq, const float *xd, const uint8_t *qs, const uint8_t *qh,
+                      const float *wd, float *y, int64_t B, int64_t K, int64_t N, int64_t n0, int64_t n1) {
     ROWS_BODY(tile_vnni, 4, 4)
 }
 #endif
 
 /* VL_Q8_BEST resolved to the fastest path here; -1 when the path is not available here. */
-static int q4_0_path(int path) {
+static int legacy_path(int path) {
     int paths = vl_q8_0_paths();
     if (path == VL_Q8_BEST)
         for (path = VL_Q8_VNNI; path > VL_Q8_PORTABLE && !(paths & (1 << path)); path--)
@@ -189,26 +226,38 @@ static int q4_0_path(int path) {
     return path >= VL_Q8_PORTABLE && path <= VL_Q8_VNNI && (paths & (1 << path)) ? path : -1;
 }
 
-int vl_matmul_q4_0(const int8_t *xq, const float *xd, const uint8_t *qs, const float *wd, float *y,
-                   int64_t B, int64_t K, int64_t N, int num_threads, int path) {
-    path = q4_0_path(path);
+/* Both types' product: qh NULL for Q4_0. */
+static int matmul_legacy(const int8_t *xq, const float *xd, const uint8_t *qs, const uint8_t *qh,
+                         const float *wd, float *y, int64_t B, int64_t K, int64_t N, int num_threads,
+                         int path) {
+    path = legacy_path(path);
     if (path < 0)
         return -1;
     int64_t num_tasks = row_tasks(N, ROWS_PER_TASK, &num_threads);
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
     for (int64_t task = 0; task < num_tasks; task++) {
         int64_t n0 = task * ROWS_PER_TASK, n1 = task_end(n0, ROWS_PER_TASK, N);
-#ifdef VL_Q40_X86
+#ifdef VL_LEGACY_X86
         if (path == VL_Q8_VNNI) {
-            rows_vnni(xq, xd, qs, wd, y, B, K, N, n0, n1);
+            rows_vnni(xq, xd, qs, qh, wd, y, B, K, N, n0, n1);
             continue;
         }
         if (path == VL_Q8_AVX2) {
-            rows_avx2(xq, xd, qs, wd, y, B, K, N, n0, n1);
+            rows_avx2(xq, xd, qs, qh, wd, y, B, K, N, n0, n1);
             continue;
         }
 #endif
-        rows_portable(xq, xd, qs, wd, y, B, K, N, n0, n1);
+        rows_portable(xq, xd, qs, qh, wd, y, B, K, N, n0, n1);
     }
     return path;
+}
+
+int vl_matmul_q4_0(const int8_t *xq, const float *xd, const uint8_t *qs, const float *wd, float *y,
+                   int64_t B, int64_t K, int64_t N, int num_threads, int path) {
+    return matmul_legacy(xq, xd, qs, NULL, wd, y, B, K, N, num_threads, path);
+}
+
+int vl_matmul_q5_0(const int8_t *xq, const float *xd, const uint8_t *qs, const uint8_t *qh, const float *wd,
+                   float *y, int64_t B, int64_t K, int64_t N, int num_threads, int path) {
+    return matmul_legacy(xq, xd, qs, qh, wd, y, B, K, N, num_threads, path);
 }
