@@ -1,11 +1,13 @@
 /* See matmul_legacy.h. Three paths with one arithmetic: portable C (GCC vector extensions, built
  * twice by target_clones like matmul.c), AVX2 and AVX-512 VNNI. The weights are u - offset with
  * u unsigned (Q4_0: the nibble, offset 8; Q5_0: nibble + 16 * bit, offset 16): the x86 paths
- * multiply u by x and subtract offset * (x's lane sums), once per input and block. The same exact
- * int32 lanes as ggml's (u - offset) * x, in fewer operations per (row, input) pair (AVX2:
- * maddubs, madd, sub; VNNI: one vpdpbusd starting from -offset * the lane sums). */
+ * multiply u by x and add -offset * (x's lane sums), computed once per call for every input and
+ * block (offset_lanes). The same exact int32 lanes as ggml's (u - offset) * x, in fewer
+ * operations per (row, input) pair (AVX2: maddubs, madd, add; VNNI: one vpdpbusd starting from
+ * the offset lanes). */
 #include "matmul_legacy.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "matmul_q8.h"
@@ -47,10 +49,10 @@ static inline AI void unpack_block(const uint8_t *qs, const uint8_t *qh, int8_t 
 #define QH(r, j) (qh ? qh + (r) * (K / QK * HBYTES) + (j) * HBYTES : NULL)
 
 /* `rows` weight rows x `cols` inputs (constants at each call site); x, xd: the first input's. */
-static inline AI void tile_portable(const int8_t *x, const float *xd, const uint8_t *qs, const uint8_t *qh,
-                                    const float *wd, float *y, int64_t K, int64_t N, int rows, int cols,
-                                    const uint8_t *pf) {
-    (void)pf;                               /* no prefetch in the portable path */
+static inline AI void tile_portable(const int8_t *x, const float *xd, const int32_t *off, const uint8_t *qs,
+                                    const uint8_t *qh, const float *wd, float *y, int64_t K, int64_t N,
+                                    int rows, int cols, const uint8_t *pf) {
+    (void)off, (void)pf;                    /* signed values, no prefetch in the portable path */
     int64_t nb = K / QK;
     v8f acc[MAX_ROWS][MAX_COLS] = {{{0}}};
     int8_t w[MAX_ROWS][QK];
@@ -73,7 +75,8 @@ static inline AI void tile_portable(const int8_t *x, const float *xd, const uint
 /* Rows [n0, n1) against all B inputs, in tiles of R rows x C inputs, leftover inputs one at a
  * time with R rows, leftover rows one by one: every (row, input) pair gets the same arithmetic.
  * The first tile of each row block also prefetches the rows PF_AHEAD further on (pf). */
-#define TILE_AT(n, b) xq + (b) * K, xd + (b) * nb, QS(n, 0), QH(n, 0), wd + (n) * nb, y + (b) * N + (n), K, N
+#define TILE_AT(n, b) xq + (b) * K, xd + (b) * nb, off + (b) * nb * 8, QS(n, 0), QH(n, 0), wd + (n) * nb, \
+                      y + (b) * N + (n), K, N
 #define ROWS_BODY(TILE, R, C)                                                                       \
     int64_t nb = K / QK, n = n0;                                                                    \
     for (; n + (R) <= n1; n += (R)) {                                                               \
@@ -89,9 +92,9 @@ static inline AI void tile_portable(const int8_t *x, const float *xd, const uint
             TILE(TILE_AT(n, b), 1, 1, NULL);
 
 VL_CLONES
-static void rows_portable(const int8_t *xq, const float *xd, const uint8_t *qs, const uint8_t *qh,
-                          const float *wd, float *y, int64_t B, int64_t K, int64_t N, int64_t n0,
-                          int64_t n1) {
+static void rows_portable(const int8_t *xq, const float *xd, const int32_t *off, const uint8_t *qs,
+                          const uint8_t *qh, const float *wd, float *y, int64_t B, int64_t K, int64_t N,
+                          int64_t n0, int64_t n1) {
     ROWS_BODY(tile_portable, 2, 4)
 }
 
@@ -102,11 +105,12 @@ static void rows_portable(const int8_t *xq, const float *xd, const uint8_t *qs, 
 #define T_AVX2 __attribute__((target("avx2,fma"), always_inline))
 #define T_VNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni"), always_inline))
 
-/* A block's 32 nibbles as bytes 0..15 in x's order (ggml's bytes_from_nibbles_32). */
+/* A block's 32 nibbles as bytes 0..15 in x's order (ggml's bytes_from_nibbles_32): the 16 bytes
+ * in both halves (a broadcast load), the upper half shifted by 4. */
 static inline T_AVX2 __m256i nibbles_avx2(const uint8_t *qs) {
-    __m128i bytes = _mm_loadu_si128((const __m128i *)qs);
-    __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(bytes), _mm_srli_epi16(bytes, 4), 1);
-    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+    __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    __m256i shifted = _mm256_srlv_epi64(both, _mm256_set_epi64x(4, 4, 0, 0));
+    return _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F));
 }
 
 /* Bit i of the block's 4 bytes qh as 16 in byte i (ggml's bytes_from_bits_32, masked). */
@@ -125,28 +129,16 @@ static inline T_AVX2 __m256i values_avx2(const uint8_t *qs, const uint8_t *qh) {
     return qh ? _mm256_or_si256(u, high_bits_avx2(qh)) : u;
 }
 
-/* offset * x's lane sums (lane l: values 4l..4l+3), the part of (u - offset) * x that the rows
- * share. */
-static inline T_AVX2 __m256i offset_avx2(__m256i xv, int offset) {
-    __m256i pairs = _mm256_maddubs_epi16(_mm256_set1_epi8(1), xv);
-    return _mm256_mullo_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), _mm256_set1_epi32(offset));
-}
-
-/* The lanes of (u - offset) * x: u * x in int16 pairs (at most 2 * 31 * 128), int32 quads, minus
- * the offset part. */
-static inline T_AVX2 __m256i lanes_avx2(__m256i u, __m256i xv, __m256i offset) {
+/* The lanes of (u - offset) * x: u * x in int16 pairs (at most 2 * 31 * 128), int32 quads, plus
+ * the offset lanes (off: 8 int32). */
+static inline T_AVX2 __m256i lanes_avx2(__m256i u, __m256i xv, const int32_t *off) {
     __m256i quads = _mm256_madd_epi16(_mm256_maddubs_epi16(u, xv), _mm256_set1_epi16(1));
-    return _mm256_sub_epi32(quads, offset);
+    return _mm256_add_epi32(quads, _mm256_loadu_si256((const __m256i *)off));
 }
 
-/* VNNI: the lanes start from -offset * x's lane sums, and one vpdpbusd adds u * x to them. */
-static inline T_VNNI __m256i offset_vnni(__m256i xv, int offset) {
-    __m256i zero = _mm256_setzero_si256();
-    return _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, _mm256_set1_epi8((char)offset), xv));
-}
-
-static inline T_VNNI __m256i lanes_vnni(__m256i u, __m256i xv, __m256i offset) {
-    return _mm256_dpbusd_epi32(offset, u, xv);
+/* VNNI: the lanes start from the offset lanes, and one vpdpbusd adds u * x to them. */
+static inline T_VNNI __m256i lanes_vnni(__m256i u, __m256i xv, const int32_t *off) {
+    return _mm256_dpbusd_epi32(_mm256_loadu_si256((const __m256i *)off), u, xv);
 }
 
 /* ds[r][c][i] = wd[r, j + i] * xd[c, j + i] for the tile's next `count` (<= 8) blocks from j,
@@ -164,13 +156,14 @@ static inline T_AVX2 void block_scales(float ds[MAX_ROWS][MAX_COLS][8], const fl
         }
 }
 
-/* The x86 tile for one target: per block, each input's x and offset lanes once, each row's
- * nibbles once, then LANES and fma(d, lanes, acc) per pair; ggml's hsum_float_8 at the end.
- * Every 4 blocks (one cache line of each row) the rows PF_AHEAD further on are prefetched. */
-#define X86_TILE(NAME, TARGET, OFFSET_LANES, LANES)                                                 \
-static inline TARGET void NAME(const int8_t *x, const float *xd, const uint8_t *qs, const uint8_t *qh, \
-                               const float *wd, float *y, int64_t K, int64_t N, int rows, int cols,    \
-                               const uint8_t *pf) {                                                    \
+/* The x86 tile for one target: per block, each input's x once, each row's values once, then
+ * LANES (with the input's offset lanes, off) and fma(d, lanes, acc) per pair; ggml's
+ * hsum_float_8 at the end. Every 4 blocks (one cache line of each row) the rows PF_AHEAD further
+ * on are prefetched. */
+#define X86_TILE(NAME, TARGET, LANES)                                                               \
+static inline TARGET void NAME(const int8_t *x, const float *xd, const int32_t *off, const uint8_t *qs, \
+                               const uint8_t *qh, const float *wd, float *y, int64_t K, int64_t N,     \
+                               int rows, int cols, const uint8_t *pf) {                                \
     int64_t nb = K / QK;                                                                            \
     __m256 acc[MAX_ROWS][MAX_COLS];                                                                 \
     for (int r = 0; r < rows; r++)                                                                  \
@@ -183,16 +176,15 @@ static inline TARGET void NAME(const int8_t *x, const float *xd, const uint8_t *
         if (pf && j % 4 == 0)                                                                       \
             for (int r = 0; r < rows; r++)                                                          \
                 __builtin_prefetch(pf + r * (K / 2) + j * QBYTES, 0, 2);  /* qs only */           \
-        __m256i xv[MAX_COLS], offset[MAX_COLS];                                                     \
-        for (int c = 0; c < cols; c++) {                                                            \
+        __m256i xv[MAX_COLS];                                                                       \
+        for (int c = 0; c < cols; c++)                                                              \
             xv[c] = _mm256_loadu_si256((const __m256i *)(x + c * K + j * QK));                     \
-            offset[c] = OFFSET_LANES(xv[c], offset_of(qh));                                         \
-        }                                                                                           \
         for (int r = 0; r < rows; r++) {                                                            \
             __m256i u = values_avx2(QS(r, j), QH(r, j));                                           \
             for (int c = 0; c < cols; c++) {                                                        \
                 __m256 d = _mm256_set1_ps(ds[r][c][j % 8]);                                         \
-                acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(LANES(u, xv[c], offset[c])), acc[r][c]); \
+                __m256i lanes = LANES(u, xv[c], off + (c * nb + j) * 8);                            \
+                acc[r][c] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), acc[r][c]);               \
             }                                                                                       \
         }                                                                                           \
     }                                                                                               \
@@ -201,18 +193,20 @@ static inline TARGET void NAME(const int8_t *x, const float *xd, const uint8_t *
             y[c * N + r] = hsum_ggml((v8f)acc[r][c]);                                               \
 }
 
-X86_TILE(tile_avx2, T_AVX2, offset_avx2, lanes_avx2)
-X86_TILE(tile_vnni, T_VNNI, offset_vnni, lanes_vnni)
+X86_TILE(tile_avx2, T_AVX2, lanes_avx2)
+X86_TILE(tile_vnni, T_VNNI, lanes_vnni)
 
 __attribute__((target("avx2,fma")))
-static void rows_avx2(const int8_t *xq, const float *xd, const uint8_t *qs, const uint8_t *qh,
-                      const float *wd, float *y, int64_t B, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+static void rows_avx2(const int8_t *xq, const float *xd, const int32_t *off, const uint8_t *qs,
+                      const uint8_t *qh, const float *wd, float *y, int64_t B, int64_t K, int64_t N,
+                      int64_t n0, int64_t n1) {
     ROWS_BODY(tile_avx2, 2, 4)
 }
 
 __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
-static void rows_vnni(const int8_t *xq, const float *xd, const uint8_t *qs, const uint8_t *qh,
-                      const float *wd, float *y, int64_t B, int64_t K, int64_t N, int64_t n0, int64_t n1) {
+static void rows_vnni(const int8_t *xq, const float *xd, const int32_t *off, const uint8_t *qs,
+                      const uint8_t *qh, const float *wd, float *y, int64_t B, int64_t K, int64_t N,
+                      int64_t n0, int64_t n1) {
     ROWS_BODY(tile_vnni, 4, 4)
 }
 #endif
@@ -226,6 +220,15 @@ static int legacy_path(int path) {
     return path >= VL_Q8_PORTABLE && path <= VL_Q8_VNNI && (paths & (1 << path)) ? path : -1;
 }
 
+/* off (B, K / 32, 8): -offset * each input's lane sums per block (lane l: values 4l..4l+3),
+ * the part of (u - offset) * x that all rows share (exact int32). */
+static void offset_lanes(const int8_t *xq, int64_t B, int64_t K, int offset, int32_t *off) {
+    for (int64_t i = 0; i < B * K / 4; i++) {
+        const int8_t *x = xq + 4 * i;
+        off[i] = -offset * ((int32_t)x[0] + x[1] + x[2] + x[3]);
+    }
+}
+
 /* Both types' product: qh NULL for Q4_0. */
 static int matmul_legacy(const int8_t *xq, const float *xd, const uint8_t *qs, const uint8_t *qh,
                          const float *wd, float *y, int64_t B, int64_t K, int64_t N, int num_threads,
@@ -233,22 +236,31 @@ static int matmul_legacy(const int8_t *xq, const float *xd, const uint8_t *qs, c
     path = legacy_path(path);
     if (path < 0)
         return -1;
+    int32_t *off = NULL;
+    if (path != VL_Q8_PORTABLE) {
+        off = malloc((size_t)(B * K / 4) * sizeof *off + 1);
+        if (!off)
+            path = VL_Q8_PORTABLE;
+        else
+            offset_lanes(xq, B, K, offset_of(qh), off);
+    }
     int64_t num_tasks = row_tasks(N, ROWS_PER_TASK, &num_threads);
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
     for (int64_t task = 0; task < num_tasks; task++) {
         int64_t n0 = task * ROWS_PER_TASK, n1 = task_end(n0, ROWS_PER_TASK, N);
 #ifdef VL_LEGACY_X86
         if (path == VL_Q8_VNNI) {
-            rows_vnni(xq, xd, qs, qh, wd, y, B, K, N, n0, n1);
+            rows_vnni(xq, xd, off, qs, qh, wd, y, B, K, N, n0, n1);
             continue;
         }
         if (path == VL_Q8_AVX2) {
-            rows_avx2(xq, xd, qs, qh, wd, y, B, K, N, n0, n1);
+            rows_avx2(xq, xd, off, qs, qh, wd, y, B, K, N, n0, n1);
             continue;
         }
 #endif
-        rows_portable(xq, xd, qs, qh, wd, y, B, K, N, n0, n1);
+        rows_portable(xq, xd, off, qs, qh, wd, y, B, K, N, n0, n1);
     }
+    free(off);
     return path;
 }
 
