@@ -1,9 +1,11 @@
-"""Q4_0 and Q5_0 weights kept quantised (engine/legacyweight.py) and their integer kernels
-(matmul_legacy.c): bit for bit the numpy reference (matmul_q8.c's arithmetic on the unpacked
-values, tests/engine/q8_reference.py) and ggml's own mul_mat, on every path this CPU has,
-whatever the batch size and thread count; Q4_0 and Q5_0 models' logits against the real
-llama-server."""
+"""Q4_0, Q5_0, Q4_1 and Q5_1 weights kept quantised (engine/legacyweight.py) and their integer
+kernels (matmul_legacy.c): bit for bit the numpy reference (matmul_q8.c's arithmetic on the
+unpacked values, tests/engine/q8_reference.py, plus the min term of the *_1 types) and ggml's own
+mul_mat, on every path this CPU has, whatever the batch size and thread count; such models'
+logits against the real llama-server."""
 from __future__ import annotations
+
+import dataclasses
 
 import gguf
 import numpy as np
@@ -17,17 +19,25 @@ from tests.rig.llama import tiny_gguf_tool
 from velollmd.engine import kernels, quantweight, vecdot
 from velollmd.engine.gguf import read_gguf
 from velollmd.engine.kvcache import PagedKVCache
-from velollmd.engine.legacyweight import LegacyWeight, Q40Weight, Q50Weight
+from velollmd.engine.legacyweight import (
+    LegacyMinWeight,
+    LegacyWeight,
+    Q40Weight,
+    Q41Weight,
+    Q50Weight,
+    Q51Weight,
+    quantize_rows_q8_1,
+)
 from velollmd.engine.loader import read_model
 from velollmd.engine.model import Batch, ModelConfig, SeqChunk, embedding_rows, linear
 from velollmd.engine.q8weight import Q8Weight, quantize_rows
 from velollmd.engine.quants import QuantError, dequantize
 from velollmd.engine.quantweight import StackedWeight
 
-Q4_0 = int(gguf.GGMLQuantizationType.Q4_0)
-Q5_0 = int(gguf.GGMLQuantizationType.Q5_0)
-Q8_0 = int(gguf.GGMLQuantizationType.Q8_0)
-TYPES = {"q4_0": (Q40Weight, Q4_0), "q5_0": (Q50Weight, Q5_0)}     # dtype -> (class, ggml type)
+Q = gguf.GGMLQuantizationType
+Q8_0 = int(Q.Q8_0)
+TYPES = {"q4_0": (Q40Weight, int(Q.Q4_0)), "q5_0": (Q50Weight, int(Q.Q5_0)),     # dtype -> (class,
+         "q4_1": (Q41Weight, int(Q.Q4_1)), "q5_1": (Q51Weight, int(Q.Q5_1))}     # ggml type)
 pytestmark = pytest.mark.skipif(not kernels.COMPILED, reason="the compiled extension is not built")
 
 
@@ -48,17 +58,31 @@ def random_x(rng: np.random.Generator, rows: int, k: int) -> np.ndarray:
 
 
 def exact_weight(rng: np.random.Generator, dtype: str, n: int, k: int) -> LegacyWeight:
-    """Every nibble byte and fifth bit, and power-of-two scales: with x's d powers of two too,
-    every float operation is exact, so only the int sums can make a difference."""
-    qs = rng.integers(0, 256, (n, k // 2)).astype(np.uint8)
-    d = np.exp2(rng.integers(-12, -6, (n, k // 32))).astype(np.float32)
-    if dtype == "q4_0":
-        return Q40Weight(qs, d)
-    return Q50Weight(qs, rng.integers(0, 256, (n, k // 8)).astype(np.uint8), d)
+    """Every nibble byte and fifth bit, and power-of-two scales and mins: with x's d and sums
+    powers of two too, every float operation is exact, so only the int sums can make a difference."""
+    def powers(low, high):
+        return np.exp2(rng.integers(low, high, (n, k // 32))).astype(np.float32)
+    arrays = {"qs": rng.integers(0, 256, (n, k // 2)).astype(np.uint8),
+              "qh": rng.integers(0, 256, (n, k // 8)).astype(np.uint8),
+              "d": powers(-12, -6), "m": powers(-10, -4)}
+    cls = TYPES[dtype][0]
+    return cls(**{f.name: arrays[f.name] for f in dataclasses.fields(cls)})
 
 
-def reference(x: tuple[np.ndarray, np.ndarray], w: LegacyWeight) -> np.ndarray:
-    return reference_matmul_q8_0(x[0], x[1], w.values(slice(None)).reshape(w.shape), w.d)
+def quantize_input(x: np.ndarray, w: LegacyWeight) -> tuple[np.ndarray, ...]:
+    return quantize_rows_q8_1(x) if isinstance(w, LegacyMinWeight) else quantize_rows(x)
+
+
+def reference(x: tuple[np.ndarray, ...], w: LegacyWeight) -> np.ndarray:
+    """matmul_q8.c's arithmetic on the weights' integers, plus ggml's min term (Q4_1, Q5_1):
+    summs = fma(m, s, summs) per block (emulated in float64, exact for exact operands), added last."""
+    lanes = reference_matmul_q8_0(x[0], x[1], w.values(slice(None)).reshape(w.shape), w.d)  # (B, N)
+    if not isinstance(w, LegacyMinWeight):
+        return lanes
+    summs = np.zeros(lanes.shape, dtype=np.float32)                              # (B, N)
+    for j in range(w.m.shape[1]):
+        summs = (x[2][:, None, j].astype(np.float64) * w.m[None, :, j] + summs).astype(np.float32)
+    return lanes + summs
 
 
 @pytest.mark.parametrize("dtype", TYPES)
@@ -67,20 +91,21 @@ def reference(x: tuple[np.ndarray, np.ndarray], w: LegacyWeight) -> np.ndarray:
 def test_each_path_equals_the_reference(dtype, path, batch, k, n):
     """Exact int sums (power-of-two scales), then the float part: the same bits."""
     rng = np.random.default_rng(batch * 1000 + k)
-    xq, xd = quantize_rows(random_x(rng, batch, k))
-    exact_x = (xq, np.exp2(rng.integers(-8, -4, xd.shape)).astype(np.float32))
     w = exact_weight(rng, dtype, n, k)
+    x = quantize_input(random_x(rng, batch, k), w)
+    exact_x = (x[0], *(np.exp2(rng.integers(-8, -4, a.shape)).astype(np.float32) for a in x[1:]))
     assert np.array_equal(w.matmul_quantised(exact_x, path), reference(exact_x, w))
     w = weight(rng, dtype, n, k)
-    y = w.matmul_quantised((xq, xd), path)
-    assert np.array_equal(y, reference((xq, xd), w))
-    assert np.array_equal(y, w.matmul_quantised((xq, xd), "best"))
+    y = w.matmul_quantised(x, path)
+    assert np.array_equal(y, reference(x, w))
+    assert np.array_equal(y, w.matmul_quantised(x, "best"))
 
 
-@pytest.mark.parametrize("dtype, low, high", [("q4_0", -8, 7), ("q5_0", -16, 15)])
+@pytest.mark.parametrize("dtype, low, high", [("q4_0", -8, 7), ("q5_0", -16, 15), ("q4_1", 0, 15),
+                                              ("q5_1", 0, 31)])
 def test_the_values_are_the_files_integers(dtype, low, high):
     """Low nibbles first, then high ones (with their fifth bits), minus the offset: dequantize's
-    values divided by the scales, over the whole range."""
+    values (less the mins) divided by the scales, over the whole range."""
     rng = np.random.default_rng(4)
     cls, ggml_type = TYPES[dtype]
     raw = tensor(rng, ggml_type, 64, 256)
@@ -88,8 +113,10 @@ def test_the_values_are_the_files_integers(dtype, low, high):
     values = w.values(slice(None))                                                # (64, 8, 32) int8
     assert values.dtype == np.int8 and values.min() == low and values.max() == high
     scales = np.repeat(w.d, 32, axis=1)                                           # (64, 256)
-    expected = dequantize(raw, ggml_type, (64, 256))                              # (64, 256) float32
-    assert np.array_equal(scales * values.reshape(64, 256).astype(np.float32), expected)
+    scaled = scales * values.reshape(64, 256).astype(np.float32)
+    if isinstance(w, LegacyMinWeight):
+        scaled += np.repeat(w.m, 32, axis=1)
+    assert np.array_equal(scaled, dequantize(raw, ggml_type, (64, 256)))
 
 
 def test_an_unknown_path_is_refused():
@@ -115,7 +142,8 @@ def test_a_row_does_not_depend_on_its_batch_or_the_thread_count(dtype, k):
         kernels.set_num_threads(1)
 
 
-@pytest.mark.parametrize("dtype, bytes_per_row", [("q4_0", 48 + 3 * 4), ("q5_0", 48 + 12 + 3 * 4)])
+@pytest.mark.parametrize("dtype, bytes_per_row", [("q4_0", 48 + 3 * 4), ("q5_0", 48 + 12 + 3 * 4),
+                                                  ("q4_1", 48 + 2 * 3 * 4), ("q5_1", 48 + 12 + 2 * 3 * 4)])
 def test_a_weight_keeps_the_files_values(dtype, bytes_per_row):
     rng = np.random.default_rng(1)
     cls, ggml_type = TYPES[dtype]
@@ -142,18 +170,21 @@ def test_without_the_extension_a_weight_multiplies_its_dequantised_values(dtype,
     compiled = w.matmul(x)
     monkeypatch.setattr(quantweight.kernels, "COMPILED", False)
     fallback = w.matmul(x)
-    assert np.allclose(fallback, compiled, rtol=1e-4, atol=1e-4)
-    assert np.array_equal(fallback, vecdot.round_activations(x, vecdot.Q8_0) @ w.rows(slice(None)).T)
+    # Q4_1, Q5_1: vecdot's Q8_1 rounding sums the rounded values exactly, ggml's an F16 d * sum
+    tolerance = 5e-3 if isinstance(w, LegacyMinWeight) else 1e-4
+    assert np.allclose(fallback, compiled, rtol=tolerance, atol=tolerance)
+    assert np.array_equal(fallback, vecdot.round_activations(x, w.act_type) @ w.rows(slice(None)).T)
 
 
-def test_q4_0_and_q5_0_parts_stack_with_a_q8_0_part_on_one_rounding_of_x():
-    """All take Q8_0 activations: a fused weight of these parts is each part's product side by side."""
+def test_legacy_parts_stack_with_a_q8_0_part_on_one_rounding_of_x_per_type():
+    """A fused weight of these parts is each part's product side by side (Q4_0, Q5_0 and Q8_0
+    share a Q8_0 x, Q4_1 and Q5_1 a Q8_1 x)."""
     rng = np.random.default_rng(7)
-    parts = (weight(rng, "q4_0", 48, 256), weight(rng, "q5_0", 8, 256),
-             Q8Weight.from_raw(tensor(rng, Q8_0, 16, 256), (16, 256)))
+    parts = (weight(rng, "q4_0", 48, 256), weight(rng, "q5_1", 8, 256), weight(rng, "q5_0", 8, 256),
+             Q8Weight.from_raw(tensor(rng, Q8_0, 16, 256), (16, 256)), weight(rng, "q4_1", 8, 256))
     x = random_x(rng, 5, 256)
     stacked = StackedWeight(parts)
-    assert stacked.shape == (72, 256)
+    assert stacked.shape == (88, 256)
     assert np.array_equal(stacked.matmul(x), np.concatenate([part.matmul(x) for part in parts], axis=1))
 
 
@@ -164,9 +195,9 @@ def ggml_mul_mat(llama_binary) -> GgmlMulMat:
 
 @pytest.mark.parametrize("dtype", TYPES)
 def test_a_weight_multiplies_as_ggml_mul_mat_does(dtype, ggml_mul_mat):
-    """ggml_vec_dot_q4_0_q8_0 / ggml_vec_dot_q5_0_q8_0 (and llamafile's sgemm for many rows, for
-    Q4_0) against the engine's weights at 1..21 rows: the same bits, where the engine's float32
-    product of the same rounded values is ~1e-6 off."""
+    """ggml_vec_dot_q4_0_q8_0, _q5_0_q8_0, _q4_1_q8_1, _q5_1_q8_1 (and llamafile's sgemm for
+    many rows, for Q4_0 and Q5_0) against the engine's weights at 1..21 rows: the same bits, where
+    the engine's float32 product of the same rounded values is ~1e-6 off."""
     rng = np.random.default_rng(3)
     n, k = 130, 1024
     cls, ggml_type = TYPES[dtype]
@@ -175,13 +206,13 @@ def test_a_weight_multiplies_as_ggml_mul_mat_does(dtype, ggml_mul_mat):
     x = rng.standard_normal((21, k)).astype(np.float32)                            # (T, K)
     for rows in range(1, 22):
         theirs = ggml_mul_mat(raw, ggml_type, (n, k), x[:rows])                    # (T, N)
-        assert np.array_equal(linear(x[:rows], w, ((n, vecdot.Q8_0),)), theirs), rows
-    float32 = linear(x, w.rows(slice(None)), ((n, vecdot.Q8_0),))
+        assert np.array_equal(linear(x[:rows], w, ((n, w.act_type),)), theirs), rows
+    float32 = linear(x, w.rows(slice(None)), ((n, w.act_type),))
     assert not np.array_equal(float32, ggml_mul_mat(raw, ggml_type, (n, k), x))
 
 
 @pytest.mark.parametrize("dtype", TYPES)
-def test_read_model_keeps_q4_0_and_q5_0_matrices_quantised(dtype, tmp_path):
+def test_read_model_keeps_legacy_matrices_quantised(dtype, tmp_path):
     path = write_random_gguf(tmp_path / f"{dtype}.gguf", "llama", dtype=dtype, n_embd=256, n_ff=512)
     cls, ggml_type = TYPES[dtype]
     with read_gguf(path) as gguf_file:
@@ -197,9 +228,9 @@ def test_read_model_keeps_q4_0_and_q5_0_matrices_quantised(dtype, tmp_path):
 
 
 @pytest.mark.parametrize("arch, dtype", [("llama", "q4_0"), ("qwen2", "q4_0"), ("llama", "q5_0"),
-                                         ("qwen2", "q5_0")])
+                                         ("qwen2", "q5_0"), ("llama", "q4_1"), ("qwen2", "q5_1")])
 def test_top10_probabilities_match_llama_server(arch, dtype, tmp_path, llama_server_factory):
-    """make_tiny_gguf's Q4_0 / Q5_0 file, its matrices kept quantised, against llama-server (no
+    """make_tiny_gguf's file of the type, its matrices kept quantised, against llama-server (no
     repacking: its repacked Q4_0 kernels are host-dependent)."""
     path = tiny_gguf_tool().build_tiny_gguf(tmp_path / f"{arch}-{dtype}.gguf", seed=5, dtype=dtype, arch=arch)
     with read_gguf(path) as gguf_file:

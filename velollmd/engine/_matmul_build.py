@@ -1,5 +1,5 @@
 """CFFI build script (API mode, out-of-line) for the engine's decode kernels: the matmul (matmul.c),
-the Q8_0, Q4_K, Q6_K, Q4_0 and Q5_0 integer matmuls (matmul_q8.c, matmul_q4k.c,
+the Q8_0, Q4_K, Q6_K, Q4_0, Q5_0, Q4_1 and Q5_1 integer matmuls (matmul_q8.c, matmul_q4k.c,
 matmul_q6k.c, matmul_legacy.c) and the paged decode attention (attention.c).
 
 setup.py lists this file in `cffi_modules` beside the block allocator's, so `pip install -e .`

@@ -1,8 +1,9 @@
-"""Q4_0 and Q5_0 weights kept quantised in memory, multiplied as llama.cpp's CPU backend
-multiplies them.
+"""Q4_0, Q5_0, Q4_1 and Q5_1 weights kept quantised in memory, multiplied as llama.cpp's CPU
+backend multiplies them.
 
     w = Q40Weight.from_raw(gguf.raw(name), (N, K))    # nibbles + one scale per 32
     w = Q50Weight.from_raw(gguf.raw(name), (N, K))    # nibbles + fifth bits + one scale per 32
+    w = Q41Weight.from_raw(...); Q51Weight.from_raw(...)   # the same + one min per 32
     y = w.matmul(x)                                   # x (T, K) float32 -> (T, N)
     rows = w.rows(token_ids)                          # dequantised rows (embedding lookup)
 
@@ -13,7 +14,8 @@ as the nibble bytes (and Q5_0's 4 bytes of fifth bits per block) with d as float
 vec_dot_type for both is Q8_0: the product rounds x as for a Q8_0 weight
 (q8weight.quantize_rows) and takes ggml_vec_dot_q4_0_q8_0's / ggml_vec_dot_q5_0_q8_0's integer
 lanes and float steps (kernels.matmul_q4_0, matmul_q5_0), so these parts stack with Q8_0 parts
-on one rounding of x.
+on one rounding of x. Q4_1 and Q5_1 (rarer; a min per block too) take Q8_1 inputs: the same
+values plus each block's F16 d * sum (quantize_rows_q8_1), for ggml's min term.
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ from .quants import GGML_TYPES, _f16, _matrix_blocks
 from .quantweight import QuantWeight
 
 QK = 32             # values per block
-Q4_0_OFFSET = 8     # a Q4_0 weight is d * (nibble - 8)
-Q5_0_OFFSET = 16    # a Q5_0 weight is d * (nibble + 16 * bit - 16)
+Q4_0_OFFSET = 8     # a Q4_0 weight is d * (nibble - 8); Q4_1: d * nibble + m
+Q5_0_OFFSET = 16    # a Q5_0 weight is d * (nibble + 16 * bit - 16); Q5_1: d * (nibble + 16 * bit) + m
 
 
 def split_q4_0(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -51,6 +53,37 @@ def split_q5_0(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.
     return qs, qh, _f16(blocks[:, :2]).reshape(rows, cols // QK)
 
 
+def split_q4_1(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Q4_1 matrix's bytes: qs (N, K / 2) uint8, d and m (N, K / 32) float32 (the F16 scales and
+    mins); d * nibble + m is dequantize's value."""
+    rows, cols = (int(n) for n in shape)
+    blocks = _matrix_blocks(raw, GGML_TYPES["Q4_1"], rows, cols)                  # (n, 20)
+    qs = np.ascontiguousarray(blocks[:, 4:]).reshape(rows, cols // 2)             # (N, K / 2)
+    return qs, _f16(blocks[:, :2]).reshape(rows, cols // QK), _f16(blocks[:, 2:4]).reshape(rows, cols // QK)
+
+
+def split_q5_1(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """A Q5_1 matrix's bytes: qs (N, K / 2) and qh (N, K / 8) uint8 as Q5_0's, d and m (N, K / 32)
+    float32; d * (nibble + 16 * bit) + m is dequantize's value."""
+    rows, cols = (int(n) for n in shape)
+    blocks = _matrix_blocks(raw, GGML_TYPES["Q5_1"], rows, cols)                  # (n, 24)
+    qs = np.ascontiguousarray(blocks[:, 8:]).reshape(rows, cols // 2)             # (N, K / 2)
+    qh = np.ascontiguousarray(blocks[:, 4:8]).reshape(rows, cols // 8)            # (N, K / 8)
+    return (qs, qh, _f16(blocks[:, :2]).reshape(rows, cols // QK),
+            _f16(blocks[:, 2:4]).reshape(rows, cols // QK))
+
+
+def quantize_rows_q8_1(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (T, K) float32 -> Q8_1: quantize_rows' xq (T, K) int8 and xd (T, K / 32) float32, and xs
+    (T, K / 32) float32 each block's F16 (amax / 127) * sum(xq), as ggml's quantize_row_q8_1
+    (its d before the F16 rounding)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    xq, xd = quantize_rows(x)
+    amax = np.abs(x.reshape(x.shape[0], -1, QK)).max(axis=-1)                     # (T, K / 32)
+    sums = xq.reshape(x.shape[0], -1, QK).sum(axis=-1, dtype=np.int32).astype(np.float32)
+    return xq, xd, (sums * (amax / np.float32(127))).astype(np.float16).astype(np.float32)
+
+
 def nibble_values(qs: np.ndarray) -> np.ndarray:
     """qs (R, K / 2) uint8 -> the nibbles (R, K / 32, 32) uint8 in x's order: per block the 16
     low nibbles, then the 16 high ones."""
@@ -63,10 +96,15 @@ def fifth_bits(qh: np.ndarray) -> np.ndarray:
     return np.unpackbits(qh.reshape(qh.shape[0], -1, 4), axis=-1, bitorder="little")
 
 
+def five_bit_values(qs: np.ndarray, qh: np.ndarray) -> np.ndarray:
+    """The nibbles plus 16 * their fifth bits: (R, K / 32, 32) uint8, 0..31."""
+    return nibble_values(qs) | (fifth_bits(qh) << 4)
+
+
 @dataclass(frozen=True)
 class LegacyWeight(QuantWeight):
-    """What Q40Weight and Q50Weight share: fields qs (N, K / 2) and d (N, K / 32) first, Q8_0
-    inputs, and the product of the compiled kernel for the type (_kernel)."""
+    """What the four types share: fields qs (N, K / 2) and d (N, K / 32), Q8_0 inputs (Q8_1 for
+    LegacyMinWeight), values (the weights' integers) and the rows they make."""
     act_type = vecdot.Q8_0
 
     @property
@@ -110,9 +148,56 @@ class Q50Weight(LegacyWeight):
     split = staticmethod(split_q5_0)
 
     def values(self, index: np.ndarray | slice) -> np.ndarray:
-        unsigned = nibble_values(self.qs[index]) | (fifth_bits(self.qh[index]) << 4)   # (R, nb, 32)
-        return unsigned.astype(np.int8) - np.int8(Q5_0_OFFSET)
+        return five_bit_values(self.qs[index], self.qh[index]).astype(np.int8) - np.int8(Q5_0_OFFSET)
 
     def matmul_quantised(self, x: tuple[np.ndarray, np.ndarray], path: str = "best") -> np.ndarray:
         """As Q40Weight's."""
         return kernels.matmul_q5_0(*x, self.qs, self.qh, self.d, path)
+
+
+@dataclass(frozen=True)
+class LegacyMinWeight(LegacyWeight):
+    """Q4_1 and Q5_1: a field m (N, K / 32) too (each block's min, added to its scaled values),
+    and Q8_1 inputs for ggml's min term."""
+    act_type = vecdot.Q8_1
+
+    def rows(self, index: np.ndarray | slice) -> np.ndarray:
+        values = self.values(index).astype(np.float32)                           # (R, K / 32, 32)
+        scaled = self.d[index][:, :, None] * values + self.m[index][:, :, None]
+        return scaled.reshape(values.shape[0], -1)
+
+    def quantize_input(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return quantize_rows_q8_1(x)
+
+
+@dataclass(frozen=True)
+class Q41Weight(LegacyMinWeight):
+    qs: np.ndarray      # (N, K / 2) uint8: as Q40Weight's
+    d: np.ndarray       # (N, K / 32) float32: each block's F16 scale
+    m: np.ndarray       # (N, K / 32) float32: each block's F16 min
+
+    split = staticmethod(split_q4_1)
+
+    def values(self, index: np.ndarray | slice) -> np.ndarray:
+        return nibble_values(self.qs[index]).astype(np.int8)
+
+    def matmul_quantised(self, x: tuple[np.ndarray, ...], path: str = "best") -> np.ndarray:
+        """x already Q8_1 (quantize_rows_q8_1's xq, xd, xs) @ self^T -> (B, N) float32."""
+        return kernels.matmul_q4_1(*x, self.qs, self.d, self.m, path)
+
+
+@dataclass(frozen=True)
+class Q51Weight(LegacyMinWeight):
+    qs: np.ndarray      # (N, K / 2) uint8: as Q40Weight's
+    qh: np.ndarray      # (N, K / 8) uint8: as Q50Weight's
+    d: np.ndarray       # (N, K / 32) float32: each block's F16 scale
+    m: np.ndarray       # (N, K / 32) float32: each block's F16 min
+
+    split = staticmethod(split_q5_1)
+
+    def values(self, index: np.ndarray | slice) -> np.ndarray:
+        return five_bit_values(self.qs[index], self.qh[index]).astype(np.int8)
+
+    def matmul_quantised(self, x: tuple[np.ndarray, ...], path: str = "best") -> np.ndarray:
+        """As Q41Weight's."""
+        return kernels.matmul_q5_1(*x, self.qs, self.qh, self.d, self.m, path)
