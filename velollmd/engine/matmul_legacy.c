@@ -45,9 +45,14 @@ typedef struct {
     const int32_t *off;     /* x86 paths: (B, K / 32, 8) -offset * x's lane sums (offset_lanes) */
 } inputs_t;
 
-/* Row n's block j: its nibble bytes and (Q5_*) its 4 bytes of fifth bits. */
+/* A type's parts beyond qs and wd, as the bits of a constant `type` that the tiles and row
+ * loops take, so that each type compiles to its own loops without tests inside them. */
+#define FIVE 1              /* fifth bits qh: Q5_0, Q5_1 */
+#define MINS 2              /* mins wm and input sums xs: Q4_1, Q5_1 */
+
+/* Row n's block j: its nibble bytes and (FIVE) its 4 bytes of fifth bits. */
 #define QS(n, j) (w->qs + (n) * (K / 2) + (j) * QBYTES)
-#define QH(n, j) (w->qh ? w->qh + ((n) * nb + (j)) * HBYTES : NULL)
+#define QH(n, j) ((type) & FIVE ? w->qh + ((n) * nb + (j)) * HBYTES : NULL)
 
 /* One block's 32 integers in x's order: the low nibbles, then the high ones, with bit i of qh
  * (Q5_*; NULL for Q4_*) as bit 4 of value i, minus the offset. */
@@ -76,7 +81,7 @@ static inline AI void store_tile(v8f acc[MAX_ROWS][MAX_COLS], float summs[MAX_RO
 
 /* `rows` weight rows from n x `cols` inputs from b (constants at each call site). */
 static inline AI void tile_portable(const inputs_t *in, const weights_t *w, float *y, int64_t K, int64_t N,
-                                    int64_t n, int64_t b, int rows, int cols, const uint8_t *pf) {
+                                    int64_t n, int64_t b, int rows, int cols, int type, const uint8_t *pf) {
     (void)pf;                               /* no prefetch in the portable path */
     int64_t nb = K / QK;
     v8f acc[MAX_ROWS][MAX_COLS] = {{{0}}};
@@ -92,34 +97,45 @@ static inline AI void tile_portable(const inputs_t *in, const weights_t *w, floa
                 float d = w->wd[row_block] * in->xd[col_block];
                 for (int l = 0; l < 8; l++)     /* one rounding per lane in every build */
                     acc[r][c][l] = __builtin_fmaf(d, q[l], acc[r][c][l]);
-                if (w->wm)
+                if (type & MINS)
                     summs[r][c] = min_step(summs[r][c], w->wm[row_block], in->xs[col_block]);
             }
     }
-    store_tile(acc, summs, y, N, n, b, rows, cols, w->wm != NULL);
+    store_tile(acc, summs, y, N, n, b, rows, cols, type & MINS);
 }
 
 /* Rows [n0, n1) against all B inputs, in tiles of R rows x C inputs, leftover inputs one at a
  * time with R rows, leftover rows one by one: every (row, input) pair gets the same arithmetic.
  * The first tile of each row block also prefetches the rows PF_AHEAD further on (pf). */
-#define ROWS_BODY(TILE, R, C)                                                                       \
-    int64_t n = n0;                                                                                 \
-    for (; n + (R) <= n1; n += (R)) {                                                               \
-        const uint8_t *pf = n + PF_AHEAD + (R) <= N ? w->qs + (n + PF_AHEAD) * (K / 2) : NULL;     \
-        int64_t b = 0;                                                                              \
-        for (; b + (C) <= B; b += (C), pf = NULL)                                                   \
-            TILE(in, w, y, K, N, n, b, (R), (C), pf);                                               \
-        for (; b < B; b++, pf = NULL)                                                               \
-            TILE(in, w, y, K, N, n, b, (R), 1, pf);                                                 \
-    }                                                                                               \
-    for (; n < n1; n++)                                                                             \
-        for (int64_t b = 0; b < B; b++)                                                             \
-            TILE(in, w, y, K, N, n, b, 1, 1, NULL);
+#define ROWS_BODY(TILE, R, C, TYPE)                                                                 \
+    {                                                                                               \
+        int64_t n = n0;                                                                             \
+        for (; n + (R) <= n1; n += (R)) {                                                           \
+            const uint8_t *pf = n + PF_AHEAD + (R) <= N ? w->qs + (n + PF_AHEAD) * (K / 2) : NULL; \
+            int64_t b = 0;                                                                          \
+            for (; b + (C) <= B; b += (C), pf = NULL)                                               \
+                TILE(in, w, y, K, N, n, b, (R), (C), (TYPE), pf);                                   \
+            for (; b < B; b++, pf = NULL)                                                           \
+                TILE(in, w, y, K, N, n, b, (R), 1, (TYPE), pf);                                     \
+        }                                                                                           \
+        for (; n < n1; n++)                                                                         \
+            for (int64_t b = 0; b < B; b++)                                                         \
+                TILE(in, w, y, K, N, n, b, 1, 1, (TYPE), NULL);                                     \
+    }
+
+/* ROWS_BODY for w's type, each type with its own constant. */
+#define ROWS_OF_TYPE(TILE, R, C)                                                                    \
+    switch ((w->qh ? FIVE : 0) | (w->wm ? MINS : 0)) {                                             \
+    case 0: ROWS_BODY(TILE, R, C, 0) break;                                                         \
+    case FIVE: ROWS_BODY(TILE, R, C, FIVE) break;                                                   \
+    case MINS: ROWS_BODY(TILE, R, C, MINS) break;                                                   \
+    default: ROWS_BODY(TILE, R, C, FIVE | MINS) break;                                              \
+    }
 
 VL_CLONES
 static void rows_portable(const inputs_t *in, const weights_t *w, float *y, int64_t B, int64_t K, int64_t N,
                           int64_t n0, int64_t n1) {
-    ROWS_BODY(tile_portable, 2, 4)
+    ROWS_OF_TYPE(tile_portable, 2, 4)
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -127,7 +143,8 @@ static void rows_portable(const inputs_t *in, const weights_t *w, float *y, int6
 #include <immintrin.h>
 
 #define T_AVX2 __attribute__((target("avx2,fma"), always_inline))
-#define T_VNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni"), always_inline))
+#define VNNI_TARGET "avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni"
+#define T_VNNI __attribute__((target(VNNI_TARGET), always_inline))
 
 /* A block's 32 nibbles as bytes 0..15 in x's order (ggml's bytes_from_nibbles_32): the 16 bytes
  * in both halves (a broadcast load), the upper half shifted by 4. */
@@ -151,6 +168,16 @@ static inline T_AVX2 __m256i high_bits_avx2(const uint8_t *qh) {
 static inline T_AVX2 __m256i values_avx2(const uint8_t *qs, const uint8_t *qh) {
     __m256i u = nibbles_avx2(qs);
     return qh ? _mm256_or_si256(u, high_bits_avx2(qh)) : u;
+}
+
+/* VNNI (AVX-512): the fifth bits as a byte mask, 16 added where set (2 operations, not 5). */
+static inline T_VNNI __m256i values_vnni(const uint8_t *qs, const uint8_t *qh) {
+    __m256i u = nibbles_avx2(qs);
+    if (!qh)
+        return u;
+    uint32_t bits;
+    memcpy(&bits, qh, HBYTES);
+    return _mm256_mask_add_epi8(u, _cvtu32_mask32(bits), u, _mm256_set1_epi8(16));
 }
 
 /* The lanes of (u - offset) * x: u * x in int16 pairs (at most 2 * 31 * 128), int32 quads, plus
@@ -185,9 +212,9 @@ static inline T_AVX2 void block_scales(float ds[MAX_ROWS][MAX_COLS][8], const fl
  * LANES (with the input's offset lanes) and fma(d, lanes, acc) per pair (and the min term);
  * ggml's hsum_float_8 at the end. Every 4 blocks (one cache line of each row's qs) the rows
  * PF_AHEAD further on are prefetched. */
-#define X86_TILE(NAME, TARGET, LANES)                                                               \
+#define X86_TILE(NAME, TARGET, VALUES, LANES)                                                               \
 static inline TARGET void NAME(const inputs_t *in, const weights_t *w, float *y, int64_t K, int64_t N,  \
-                               int64_t n, int64_t b, int rows, int cols, const uint8_t *pf) {          \
+                               int64_t n, int64_t b, int rows, int cols, int type, const uint8_t *pf) { \
     int64_t nb = K / QK;                                                                            \
     v8f acc[MAX_ROWS][MAX_COLS];                                                                    \
     float summs[MAX_ROWS][MAX_COLS] = {{0}};                                                        \
@@ -206,38 +233,43 @@ static inline TARGET void NAME(const inputs_t *in, const weights_t *w, float *y,
         for (int c = 0; c < cols; c++)                                                              \
             xv[c] = _mm256_loadu_si256((const __m256i *)(in->xq + (b + c) * K + j * QK));          \
         for (int r = 0; r < rows; r++) {                                                            \
-            __m256i u = values_avx2(QS(n + r, j), QH(n + r, j));                                   \
+            __m256i u = VALUES(QS(n + r, j), QH(n + r, j));                                        \
             for (int c = 0; c < cols; c++) {                                                        \
                 __m256 d = _mm256_set1_ps(ds[r][c][j % 8]);                                         \
                 __m256i lanes = LANES(u, xv[c], in->off + ((b + c) * nb + j) * 8);                  \
                 acc[r][c] = (v8f)_mm256_fmadd_ps(d, _mm256_cvtepi32_ps(lanes), (__m256)acc[r][c]); \
-                if (w->wm)                                                                          \
+                if (type & MINS)                                                                    \
                     summs[r][c] = min_step(summs[r][c], w->wm[(n + r) * nb + j], in->xs[(b + c) * nb + j]); \
             }                                                                                       \
         }                                                                                           \
     }                                                                                               \
-    store_tile(acc, summs, y, N, n, b, rows, cols, w->wm != NULL);                                  \
+    store_tile(acc, summs, y, N, n, b, rows, cols, type & MINS);                                    \
 }
 
-X86_TILE(tile_avx2, T_AVX2, lanes_avx2)
-X86_TILE(tile_vnni, T_VNNI, lanes_vnni)
+X86_TILE(tile_avx2, T_AVX2, values_avx2, lanes_avx2)
+X86_TILE(tile_vnni, T_VNNI, values_vnni, lanes_vnni)
 
 __attribute__((target("avx2,fma")))
 static void rows_avx2(const inputs_t *in, const weights_t *w, float *y, int64_t B, int64_t K, int64_t N,
                       int64_t n0, int64_t n1) {
-    ROWS_BODY(tile_avx2, 2, 4)
+    ROWS_OF_TYPE(tile_avx2, 2, 4)
 }
 
-__attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni")))
+__attribute__((target(VNNI_TARGET)))
 static void rows_vnni(const inputs_t *in, const weights_t *w, float *y, int64_t B, int64_t K, int64_t N,
                       int64_t n0, int64_t n1) {
-    ROWS_BODY(tile_vnni, 4, 4)
+    ROWS_OF_TYPE(tile_vnni, 4, 4)
 }
 #endif
 
-/* VL_Q8_BEST resolved to the fastest path here; -1 when the path is not available here. */
+/* VL_Q8_BEST resolved to the fastest path here; -1 when the path is not available here (the VNNI
+ * path here also takes AVX-512 BW, which every AVX-512 VNNI CPU has). */
 static int legacy_path(int path) {
     int paths = vl_q8_0_paths();
+#ifdef VL_LEGACY_X86
+    if (!__builtin_cpu_supports("avx512bw"))
+        paths &= ~(1 << VL_Q8_VNNI);
+#endif
     if (path == VL_Q8_BEST)
         for (path = VL_Q8_VNNI; path > VL_Q8_PORTABLE && !(paths & (1 << path)); path--)
             ;
