@@ -1,8 +1,7 @@
 """Q4_0, Q5_0, Q4_1 and Q5_1 weights kept quantised (engine/legacyweight.py) and their integer
-kernels (matmul_legacy.c): bit for bit the numpy reference (matmul_q8.c's arithmetic on the
-unpacked values, tests/engine/q8_reference.py, plus the min term of the *_1 types) and ggml's own
-mul_mat, on every path this CPU has, whatever the batch size and thread count; such models'
-logits against the real llama-server."""
+kernels (matmul_legacy.c): bit for bit the numpy reference (ggml's vec_dot arithmetic, `reference`
+below) and ggml's own mul_mat, on every path this CPU has, whatever the batch size and thread
+count; such models' logits against the real llama-server."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +11,6 @@ import numpy as np
 import pytest
 
 from tests.engine.ggml_lib import GgmlMulMat
-from tests.engine.q8_reference import reference_matmul_q8_0
 from tests.engine.test_model import LLAMA_ARGS, server_top_probs
 from tests.engine.weights import write_random_gguf
 from tests.rig.llama import tiny_gguf_tool
@@ -73,16 +71,30 @@ def quantize_input(x: np.ndarray, w: LegacyWeight) -> tuple[np.ndarray, ...]:
     return quantize_rows_q8_1(x) if isinstance(w, LegacyMinWeight) else quantize_rows(x)
 
 
+def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 a * b + c with one rounding, emulated in float64 (the product is exact there; the
+    sum is rounded twice, so within 1 ulp, and exact whenever the float arithmetic is)."""
+    return (a.astype(np.float64) * b + c).astype(np.float32)
+
+
 def reference(x: tuple[np.ndarray, ...], w: LegacyWeight) -> np.ndarray:
-    """matmul_q8.c's arithmetic on the weights' integers, plus ggml's min term (Q4_1, Q5_1):
-    summs = fma(m, s, summs) per block (emulated in float64, exact for exact operands), added last."""
-    lanes = reference_matmul_q8_0(x[0], x[1], w.values(slice(None)).reshape(w.shape), w.d)  # (B, N)
-    if not isinstance(w, LegacyMinWeight):
-        return lanes
-    summs = np.zeros(lanes.shape, dtype=np.float32)                              # (B, N)
-    for j in range(w.m.shape[1]):
-        summs = (x[2][:, None, j].astype(np.float64) * w.m[None, :, j] + summs).astype(np.float32)
-    return lanes + summs
+    """ggml's vec_dot for the weight's type, per (input, row): per block j, 8 exact int32 lanes
+    (lane l: values 4l..4l+3 of integer * x), acc = fma(wd * xd, lane, acc) per lane; then
+    hsum_float_8 of acc, plus (Q4_1, Q5_1) the min term summs = fma(m, s, summs) per block."""
+    xq, xd = x[0], x[1]
+    batch, k = xq.shape
+    values = w.values(slice(None)).reshape(1, w.shape[0], k // 32, 8, 4).astype(np.int32)
+    lanes = (xq.reshape(batch, 1, k // 32, 8, 4).astype(np.int32) * values).sum(axis=-1)  # (B, N, nb, 8)
+    d = w.d[None, :, :] * xd[:, None, :]                                          # (B, N, nb) float32
+    acc = np.zeros((batch, w.shape[0], 8), dtype=np.float32)                       # (B, N, 8)
+    summs = np.zeros((batch, w.shape[0]), dtype=np.float32)                        # (B, N)
+    for j in range(k // 32):
+        acc = fma32(d[:, :, j, None], lanes[:, :, j].astype(np.float32), acc)
+        if isinstance(w, LegacyMinWeight):
+            summs = fma32(x[2][:, None, j], w.m[None, :, j], summs)
+    a = acc[..., :4] + acc[..., 4:]                                               # (B, N, 4)
+    y = (a[..., 0] + a[..., 2]) + (a[..., 1] + a[..., 3])                         # ggml's hsum_float_8
+    return y + summs if isinstance(w, LegacyMinWeight) else y
 
 
 @pytest.mark.parametrize("dtype", TYPES)
