@@ -28,6 +28,7 @@ from velollmd.engine.legacyweight import (
 )
 from velollmd.engine.loader import read_model
 from velollmd.engine.model import Batch, ModelConfig, SeqChunk, embedding_rows, linear
+from velollmd.engine.q4kweight import Q4KWeight
 from velollmd.engine.q8weight import Q8Weight, quantize_rows
 from velollmd.engine.quants import QuantError, dequantize
 from velollmd.engine.quantweight import StackedWeight
@@ -188,15 +189,17 @@ def test_without_the_extension_a_weight_multiplies_its_dequantised_values(dtype,
     assert np.array_equal(fallback, vecdot.round_activations(x, w.act_type) @ w.rows(slice(None)).T)
 
 
-def test_legacy_parts_stack_with_a_q8_0_part_on_one_rounding_of_x_per_type():
+def test_legacy_parts_stack_with_q8_0_and_q4_k_parts_on_one_rounding_of_x_per_type():
     """A fused weight of these parts is each part's product side by side (Q4_0, Q5_0 and Q8_0
-    share a Q8_0 x, Q4_1 and Q5_1 a Q8_1 x)."""
+    share a Q8_0 x, Q4_1 and Q5_1 a Q8_1 x; a Q4_K part, as in a Q4_K_M file with Q5_0
+    fallbacks, a Q8_K x)."""
     rng = np.random.default_rng(7)
     parts = (weight(rng, "q4_0", 48, 256), weight(rng, "q5_1", 8, 256), weight(rng, "q5_0", 8, 256),
-             Q8Weight.from_raw(tensor(rng, Q8_0, 16, 256), (16, 256)), weight(rng, "q4_1", 8, 256))
+             Q8Weight.from_raw(tensor(rng, Q8_0, 16, 256), (16, 256)), weight(rng, "q4_1", 8, 256),
+             Q4KWeight.from_raw(tensor(rng, int(Q.Q4_K), 8, 256), (8, 256)))
     x = random_x(rng, 5, 256)
     stacked = StackedWeight(parts)
-    assert stacked.shape == (88, 256)
+    assert stacked.shape == (96, 256)
     assert np.array_equal(stacked.matmul(x), np.concatenate([part.matmul(x) for part in parts], axis=1))
 
 
