@@ -29,7 +29,7 @@ Variants (defaults give the same bytes as before these options existed):
   are random, so no Q/K permutation is involved; only llama.cpp's choice of RoPE differs.
 - shape tiny (n_embd 128, 2 layers, ~1 MB) or small (n_embd 1024, 8 layers, 16/4 heads, n_ff
   2816: ~92M parameters, ~185 MB in F16: loads in llama-server, too big for `make test`).
-- dtype f32, f16, q8_0, q4_0, q4_k, q5_k, q6_k: 1-D tensors (norms, biases) stay F32 as ggml
+- dtype f32, f16, q8_0, q4_0, q5_0, q4_1, q5_1, q4_k, q5_k, q6_k: 1-D tensors (norms, biases) stay F32 as ggml
   requires. For quantised dtypes, token_embd and output stay Q8_0: they carry the logit-bias
   tricks (exact zeros, and -1000 or 5000 next to 2.0 in one block), which 4-bit blocks cannot
   hold. A matrix whose rows are not whole blocks of the dtype falls back as llama.cpp's
@@ -84,6 +84,9 @@ DTYPES = {   # dtype -> (ggml type of inner matrices, file type, fallback when r
     "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16, Q.F16),
     "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0, Q.F16),
     "q4_0": (Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0, Q.F16),
+    "q5_0": (Q.Q5_0, gguf.LlamaFileType.MOSTLY_Q5_0, Q.F16),
+    "q4_1": (Q.Q4_1, gguf.LlamaFileType.MOSTLY_Q4_1, Q.F16),
+    "q5_1": (Q.Q5_1, gguf.LlamaFileType.MOSTLY_Q5_1, Q.F16),
     "q4_k": (Q.Q4_K, gguf.LlamaFileType.MOSTLY_Q4_K_S, Q.Q5_0),
     "q5_k": (Q.Q5_K, gguf.LlamaFileType.MOSTLY_Q5_K_S, Q.Q5_1),
     "q6_k": (Q.Q6_K, gguf.LlamaFileType.MOSTLY_Q6_K, Q.Q8_0),
