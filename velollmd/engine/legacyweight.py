@@ -25,52 +25,12 @@ import numpy as np
 
 from . import kernels, vecdot
 from .q8weight import quantize_rows
-from .quants import GGML_TYPES, _f16, _matrix_blocks
+from .quants import five_bit_values, nibble_values, split_q4_0, split_q4_1, split_q5_0, split_q5_1
 from .quantweight import QuantWeight
 
 QK = 32             # values per block
 Q4_0_OFFSET = 8     # a Q4_0 weight is d * (nibble - 8); Q4_1: d * nibble + m
 Q5_0_OFFSET = 16    # a Q5_0 weight is d * (nibble + 16 * bit - 16); Q5_1: d * (nibble + 16 * bit) + m
-
-
-def split_q4_0(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """A Q4_0 matrix's bytes, kept quantised: qs (N, K / 2) uint8 (each block's 16 nibble bytes
-    as stored) and d (N, K / 32) float32 (the F16 scales); d * (nibble - 8) is dequantize's value."""
-    rows, cols = (int(n) for n in shape)
-    blocks = _matrix_blocks(raw, GGML_TYPES["Q4_0"], rows, cols)                  # (n, 18)
-    qs = np.ascontiguousarray(blocks[:, 2:]).reshape(rows, cols // 2)             # (N, K / 2)
-    return qs, _f16(blocks[:, :2]).reshape(rows, cols // QK)
-
-
-def split_q5_0(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A Q5_0 matrix's bytes, kept quantised: qs (N, K / 2) uint8 (each block's 16 nibble bytes),
-    qh (N, K / 8) uint8 (each block's 4 bytes of fifth bits), d (N, K / 32) float32 (the F16
-    scales); d * (nibble + 16 * bit - 16) is dequantize's value."""
-    rows, cols = (int(n) for n in shape)
-    blocks = _matrix_blocks(raw, GGML_TYPES["Q5_0"], rows, cols)                  # (n, 22)
-    qs = np.ascontiguousarray(blocks[:, 6:]).reshape(rows, cols // 2)             # (N, K / 2)
-    qh = np.ascontiguousarray(blocks[:, 2:6]).reshape(rows, cols // 8)            # (N, K / 8)
-    return qs, qh, _f16(blocks[:, :2]).reshape(rows, cols // QK)
-
-
-def split_q4_1(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A Q4_1 matrix's bytes: qs (N, K / 2) uint8, d and m (N, K / 32) float32 (the F16 scales and
-    mins); d * nibble + m is dequantize's value."""
-    rows, cols = (int(n) for n in shape)
-    blocks = _matrix_blocks(raw, GGML_TYPES["Q4_1"], rows, cols)                  # (n, 20)
-    qs = np.ascontiguousarray(blocks[:, 4:]).reshape(rows, cols // 2)             # (N, K / 2)
-    return qs, _f16(blocks[:, :2]).reshape(rows, cols // QK), _f16(blocks[:, 2:4]).reshape(rows, cols // QK)
-
-
-def split_q5_1(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
-    """A Q5_1 matrix's bytes: qs (N, K / 2) and qh (N, K / 8) uint8 as Q5_0's, d and m (N, K / 32)
-    float32; d * (nibble + 16 * bit) + m is dequantize's value."""
-    rows, cols = (int(n) for n in shape)
-    blocks = _matrix_blocks(raw, GGML_TYPES["Q5_1"], rows, cols)                  # (n, 24)
-    qs = np.ascontiguousarray(blocks[:, 8:]).reshape(rows, cols // 2)             # (N, K / 2)
-    qh = np.ascontiguousarray(blocks[:, 4:8]).reshape(rows, cols // 8)            # (N, K / 8)
-    return (qs, qh, _f16(blocks[:, :2]).reshape(rows, cols // QK),
-            _f16(blocks[:, 2:4]).reshape(rows, cols // QK))
 
 
 def quantize_rows_q8_1(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -82,23 +42,6 @@ def quantize_rows_q8_1(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     amax = np.abs(x.reshape(x.shape[0], -1, QK)).max(axis=-1)                     # (T, K / 32)
     sums = xq.reshape(x.shape[0], -1, QK).sum(axis=-1, dtype=np.int32).astype(np.float32)
     return xq, xd, (sums * (amax / np.float32(127))).astype(np.float16).astype(np.float32)
-
-
-def nibble_values(qs: np.ndarray) -> np.ndarray:
-    """qs (R, K / 2) uint8 -> the nibbles (R, K / 32, 32) uint8 in x's order: per block the 16
-    low nibbles, then the 16 high ones."""
-    packed = qs.reshape(qs.shape[0], -1, 1, QK // 2)                              # (R, nb, 1, 16)
-    return np.concatenate([packed & 0x0F, packed >> 4], axis=2).reshape(qs.shape[0], -1, QK)
-
-
-def fifth_bits(qh: np.ndarray) -> np.ndarray:
-    """qh (R, K / 8) uint8 -> (R, K / 32, 32) uint8 0/1: bit i of each block's little-endian uint32."""
-    return np.unpackbits(qh.reshape(qh.shape[0], -1, 4), axis=-1, bitorder="little")
-
-
-def five_bit_values(qs: np.ndarray, qh: np.ndarray) -> np.ndarray:
-    """The nibbles plus 16 * their fifth bits: (R, K / 32, 32) uint8, 0..31."""
-    return nibble_values(qs) | (fifth_bits(qh) << 4)
 
 
 @dataclass(frozen=True)
