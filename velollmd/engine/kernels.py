@@ -1,11 +1,13 @@
-"""The engine's compiled decode kernels (matmul.c, matmul_q8.c, matmul_q4k.c, matmul_q6k.c,
-attention.c through cffi) and their threads.
+"""The engine's compiled decode kernels (matmul.c, matmul_q8.c, matmul_q4k.c, matmul_q5k.c,
+matmul_q6k.c, matmul_legacy.c, attention.c through cffi) and their threads.
 
     y = matmul_nt(x, w)          # x (B, K) @ w (N, K)^T -> (B, N) float32
     xq, xd = quantize_q8_0(x)     # x (B, K) -> int8 (B, K), scales (B, K / 32), as vecdot's
     y = matmul_q8_0(xq, xd, wp, wd, n)   # the same product for Q8_0 x and packed w: integer dot products
     y = matmul_q4_k(quantize_q8_k(x), qs, sc, mn, wd, wdmin)   # Q8_K x, Q4_K w (ggml's product)
+    y = matmul_q5_k(quantize_q8_k(x), qs, qh, sc, mn, wd, wdmin)   # Q8_K x, Q5_K w
     y = matmul_q6_k(quantize_q8_k(x), wq, sc, wd)              # Q8_K x, Q6_K w
+    y = matmul_q4_0(xq, xd, qs, wd)   # Q8_0 x, Q4_0 w (nibbles as stored); matmul_q5_0, _q4_1, _q5_1 likewise
     out = paged_decode_attention(q, k_pages, v_pages, tables, lens, scale)   # (B, n_head, d)
     set_num_threads(4)           # this kernel's OpenMP threads and numpy's OpenBLAS threads
 
@@ -121,7 +123,7 @@ def q8_0_reads_unsigned(path: str = "best") -> bool:
 
 
 def integer_kernels_pay() -> bool:
-    """Whether keeping Q8_0/Q4_K/Q6_K weights quantised pays on this CPU: the integer kernels are
+    """Whether keeping Q8_0/Q4_K/Q5_K/Q6_K weights quantised pays on this CPU: the integer kernels are
     built and have their AVX2 path. Their portable path measured 14-25x slower than AVX2, slower
     than the float32 kernel on dequantised weights, so a CPU without AVX2 (or a tree without the
     compiled extension, where they do not exist) dequantises at load as before."""
@@ -192,21 +194,49 @@ def matmul_q4_k(x: tuple[np.ndarray, np.ndarray, np.ndarray], qs: np.ndarray, sc
     COMPILED only). x: quantize_q8_k's (xq, xd, bsums); w unpacked by row: qs (N, K / 2) uint8,
     sc and mn (N, K / 32) uint8, wd and wdmin (N, K / 256) float32."""
     xq, xd, bsums = x
+    y = _scale_min_output(x, qs, sc, mn, wd, wdmin)                               # (B, N)
+    ran = lib.vl_matmul_q4_k(ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xd),
+                             ffi.from_buffer("int16_t[]", bsums), ffi.from_buffer("uint8_t[]", qs),
+                             ffi.from_buffer("uint8_t[]", sc), ffi.from_buffer("uint8_t[]", mn),
+                             ffi.from_buffer("float[]", wd), ffi.from_buffer("float[]", wdmin),
+                             ffi.from_buffer("float[]", y), y.shape[0], qs.shape[1] * 2, y.shape[1],
+                             _num_threads, Q8_PATHS[path])
+    if ran < 0:
+        raise ValueError(f"matmul_q4_k: path {path!r} is not available on this CPU ({q4_k_paths()})")
+    return y
+
+
+def matmul_q5_k(x: tuple[np.ndarray, np.ndarray, np.ndarray], qs: np.ndarray, qh: np.ndarray, sc: np.ndarray,
+                mn: np.ndarray, wd: np.ndarray, wdmin: np.ndarray, path: str = "best") -> np.ndarray:
+    """Q8_K x (B, K) @ Q5_K w (N, K)^T -> (B, N) float32, as ggml_vec_dot_q5_K_q8_K (matmul_q5k.h;
+    COMPILED only). w as matmul_q4_k's plus qh (N, K / 8) uint8, the 5th bits as stored.
+    path: one of q4_k_paths()."""
+    xq, xd, bsums = x
+    y = _scale_min_output(x, qs, sc, mn, wd, wdmin)                               # (B, N)
+    assert qh.dtype == np.uint8 and qh.flags.c_contiguous, qh.dtype
+    assert qh.shape == (qs.shape[0], qs.shape[1] // 4), (qh.shape, qs.shape)
+    ran = lib.vl_matmul_q5_k(ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xd),
+                             ffi.from_buffer("int16_t[]", bsums), ffi.from_buffer("uint8_t[]", qs),
+                             ffi.from_buffer("uint8_t[]", qh), ffi.from_buffer("uint8_t[]", sc),
+                             ffi.from_buffer("uint8_t[]", mn), ffi.from_buffer("float[]", wd),
+                             ffi.from_buffer("float[]", wdmin), ffi.from_buffer("float[]", y),
+                             y.shape[0], qs.shape[1] * 2, y.shape[1], _num_threads, Q8_PATHS[path])
+    if ran < 0:
+        raise ValueError(f"matmul_q5_k: path {path!r} is not available on this CPU ({q4_k_paths()})")
+    return y
+
+
+def _scale_min_output(x: tuple[np.ndarray, np.ndarray, np.ndarray], qs: np.ndarray, sc: np.ndarray,
+                      mn: np.ndarray, wd: np.ndarray, wdmin: np.ndarray) -> np.ndarray:
+    """The (B, N) float32 output of a Q4_K/Q5_K product, once x's and w's shared fields are checked."""
+    xq, xd, bsums = x
     batch, k = xq.shape
     n = qs.shape[0]
     assert xd.shape == (batch, k // 256) and bsums.shape == (batch, k // 16), (xq.shape, xd.shape, bsums.shape)
     for array, dtype, cols in ((qs, np.uint8, k // 2), (sc, np.uint8, k // 32), (mn, np.uint8, k // 32),
                                (wd, np.float32, k // 256), (wdmin, np.float32, k // 256)):
         assert array.dtype == dtype and array.flags.c_contiguous and array.shape == (n, cols), array.shape
-    y = np.empty((batch, n), dtype=np.float32)                                    # (B, N)
-    ran = lib.vl_matmul_q4_k(ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xd),
-                             ffi.from_buffer("int16_t[]", bsums), ffi.from_buffer("uint8_t[]", qs),
-                             ffi.from_buffer("uint8_t[]", sc), ffi.from_buffer("uint8_t[]", mn),
-                             ffi.from_buffer("float[]", wd), ffi.from_buffer("float[]", wdmin),
-                             ffi.from_buffer("float[]", y), batch, k, n, _num_threads, Q8_PATHS[path])
-    if ran < 0:
-        raise ValueError(f"matmul_q4_k: path {path!r} is not available on this CPU ({q4_k_paths()})")
-    return y
+    return np.empty((batch, n), dtype=np.float32)
 
 
 def matmul_q6_k(x: tuple[np.ndarray, np.ndarray, np.ndarray], wq: np.ndarray, sc: np.ndarray, wd: np.ndarray,
@@ -228,6 +258,63 @@ def matmul_q6_k(x: tuple[np.ndarray, np.ndarray, np.ndarray], wq: np.ndarray, sc
                              batch, k, n, _num_threads, Q8_PATHS[path])
     if ran < 0:
         raise ValueError(f"matmul_q6_k: path {path!r} is not available on this CPU ({q4_k_paths()})")
+    return y
+
+
+def matmul_q4_0(xq: np.ndarray, xd: np.ndarray, qs: np.ndarray, wd: np.ndarray,
+                path: str = "best") -> np.ndarray:
+    """Q8_0 x (B, K) @ Q4_0 w (N, K)^T -> (B, N) float32, as ggml_vec_dot_q4_0_q8_0 (matmul_legacy.h;
+    COMPILED only). xq (B, K) int8 and xd (B, K / 32) float32 (quantize_q8_0's); w by row: qs
+    (N, K / 2) uint8 (each block's 16 nibble bytes as stored), wd (N, K / 32) float32.
+    path: one of q8_0_paths()."""
+    return _matmul_legacy("q4_0", (xq, xd), path, (qs, 2), (wd, 32))
+
+
+def matmul_q5_0(xq: np.ndarray, xd: np.ndarray, qs: np.ndarray, qh: np.ndarray, wd: np.ndarray,
+                path: str = "best") -> np.ndarray:
+    """Q8_0 x (B, K) @ Q5_0 w (N, K)^T -> (B, N) float32, as ggml_vec_dot_q5_0_q8_0 (matmul_legacy.h;
+    COMPILED only): as matmul_q4_0, with qh (N, K / 8) uint8 each block's 4 bytes of fifth bits."""
+    return _matmul_legacy("q5_0", (xq, xd), path, (qs, 2), (qh, 8), (wd, 32))
+
+
+def matmul_q4_1(xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, qs: np.ndarray, wd: np.ndarray,
+                wm: np.ndarray, path: str = "best") -> np.ndarray:
+    """Q8_1 x (B, K) @ Q4_1 w (N, K)^T -> (B, N) float32, as ggml_vec_dot_q4_1_q8_1 (matmul_legacy.h;
+    COMPILED only): as matmul_q4_0, with xs (B, K / 32) float32 each block's F16 d * sum(xq)
+    and wm (N, K / 32) float32 the weight's mins."""
+    return _matmul_legacy("q4_1", (xq, xd, xs), path, (qs, 2), (wd, 32), (wm, 32))
+
+
+def matmul_q5_1(xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, qs: np.ndarray, qh: np.ndarray,
+                wd: np.ndarray, wm: np.ndarray, path: str = "best") -> np.ndarray:
+    """Q8_1 x (B, K) @ Q5_1 w (N, K)^T -> (B, N) float32, as ggml_vec_dot_q5_1_q8_1 (matmul_legacy.h;
+    COMPILED only): matmul_q4_1's arrays and matmul_q5_0's qh."""
+    return _matmul_legacy("q5_1", (xq, xd, xs), path, (qs, 2), (qh, 8), (wd, 32), (wm, 32))
+
+
+_CTYPES = {np.dtype(np.int8): "int8_t[]", np.dtype(np.uint8): "uint8_t[]", np.dtype(np.float32): "float[]"}
+
+
+def _matmul_legacy(name: str, x: tuple[np.ndarray, ...], path: str,
+                   *weight: tuple[np.ndarray, int]) -> np.ndarray:
+    """lib.vl_matmul_<name>(*x, *weight arrays, y, B, K, N, ...): x = (xq (B, K) int8, then
+    (B, K / 32) float32 arrays); weight as (array (N, K / divisor) C-contiguous, divisor) in the
+    header's order, each checked."""
+    xq = np.ascontiguousarray(x[0], dtype=np.int8)                                # (B, K)
+    scales = [np.ascontiguousarray(a, dtype=np.float32) for a in x[1:]]           # (B, K / 32) each
+    batch, k = xq.shape
+    n = weight[0][0].shape[0]
+    assert k % 32 == 0 and all(a.shape == (batch, k // 32) for a in scales), (name, xq.shape)
+    for array, divisor in weight:
+        fits = array.dtype in (np.uint8, np.float32) and array.flags.c_contiguous
+        assert fits and array.shape == (n, k // divisor), (name, array.dtype, array.shape)
+    y = np.empty((batch, n), dtype=np.float32)                                    # (B, N)
+    arrays = (xq, *scales, *(array for array, _ in weight))
+    ran = getattr(lib, f"vl_matmul_{name}")(
+        *(ffi.from_buffer(_CTYPES[a.dtype], a) for a in arrays),
+        ffi.from_buffer("float[]", y), batch, k, n, _num_threads, Q8_PATHS[path])
+    if ran < 0:
+        raise ValueError(f"matmul_{name}: path {path!r} is not available on this CPU ({q8_0_paths()})")
     return y
 
 
