@@ -105,6 +105,7 @@ def matmul_nt(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 # matmul_q8.h's paths: "best" (the fastest this CPU has) or one named, slowest first
 Q8_PATHS = {"best": 0, "portable": 1, "avx2": 2, "avxvnni": 4, "vnni": 3}
+Q8_SIGNED, Q8_UNSIGNED = 0, 1       # matmul_q8.h's byte formats of packed weights: int8 w, uint8 w + 128
 
 
 def q8_0_paths() -> list[str]:
@@ -119,7 +120,7 @@ def q8_0_reads_unsigned(path: str = "best") -> bool:
     fmt = lib.vl_q8_0_format(Q8_PATHS[path])
     if fmt < 0:
         raise ValueError(f"matmul_q8_0: path {path!r} is not available on this CPU ({q8_0_paths()})")
-    return fmt == 1
+    return fmt == Q8_UNSIGNED
 
 
 def integer_kernels_pay() -> bool:
@@ -161,12 +162,12 @@ def matmul_q8_0(xq: np.ndarray, xd: np.ndarray, wp: np.ndarray, wd: np.ndarray, 
     ran = lib.vl_matmul_q8_0(ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xd),
                              ffi.from_buffer(wp), ffi.from_buffer("float[]", wd),
                              ffi.from_buffer("float[]", y), batch, k, n, _num_threads, Q8_PATHS[path],
-                             int(wp.dtype == np.uint8))
+                             Q8_UNSIGNED if wp.dtype == np.uint8 else Q8_SIGNED)
     if ran == -2:
         raise MemoryError("matmul_q8_0: no memory for the VNNI bias")
     if ran < 0:
-        raise ValueError(f"matmul_q8_0: path {path!r} is not available on this CPU ({q8_0_paths()}) "
-                         f"for {wp.dtype} weights")
+        raise ValueError(f"matmul_q8_0: path {path!r} is not available for {wp.dtype} weights on this CPU "
+                         f"(its paths {q8_0_paths()}; the VNNI ones read uint8 w + 128, the others int8)")
     return y
 
 
