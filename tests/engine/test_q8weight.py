@@ -64,12 +64,12 @@ def test_each_path_equals_the_reference(path, batch, k, n):
 
 
 def test_each_path_reads_its_own_byte_format():
+    q, d = exact_q8(np.random.default_rng(0), 3, 32)
     for path in kernels.q8_0_paths():
         assert kernels.q8_0_reads_unsigned(path) == (path in VNNI_PATHS), path
-        assert Q8Weight.from_rows(*exact_q8(np.random.default_rng(0), 3, 32), path).unsigned == (path in VNNI_PATHS)
+        assert Q8Weight.from_rows(q, d, path).unsigned == (path in VNNI_PATHS)
     fastest = kernels.q8_0_paths()[-1]
-    assert packs_unsigned("best") == (fastest in VNNI_PATHS) == Q8Weight.from_rows(*exact_q8(
-        np.random.default_rng(0), 3, 32)).unsigned
+    assert packs_unsigned("best") == (fastest in VNNI_PATHS) == Q8Weight.from_rows(q, d).unsigned
 
 
 def test_a_weight_packed_for_the_other_format_is_refused_and_converted():
@@ -183,11 +183,13 @@ def test_packing_interleaves_16_rows_by_4_bytes_in_either_format(unsigned):
     assert np.all(packed[1, :, :, 5:] == offset) and np.all(scales[1, :, 5:] == 0)   # zero padding rows
     w = Q8Weight(packed, scales, 21)
     other = w.with_format(not unsigned)
-    assert other.unsigned != unsigned and np.array_equal(other.packed.view(np.uint8), packed.view(np.uint8) ^ 0x80)
+    assert other.unsigned != unsigned
+    assert np.array_equal(other.packed.view(np.uint8), packed.view(np.uint8) ^ 0x80)
     for weight in (w, other):
         for index in (slice(None), np.array([20, 0, 17, 16, 15, 20]), slice(3, 19, 2)):
             got_q, got_d = weight.unpacked(index)
-            assert got_q.dtype == np.int8 and np.array_equal(got_q, q[index]) and np.array_equal(got_d, d[index])
+            assert got_q.dtype == np.int8
+            assert np.array_equal(got_q, q[index]) and np.array_equal(got_d, d[index])
 
 
 @pytest.mark.parametrize("part_rows", [(16, 32, 7), (16, 7, 32), (21, 21)])
@@ -198,7 +200,8 @@ def test_concat_equals_packing_the_stacked_rows(part_rows, formats):
     in the first part's format."""
     rng = np.random.default_rng(9)
     rows = [exact_q8(rng, n, 64) for n in part_rows]
-    both = Q8Weight.concat([Q8Weight(*pack_rows(q, d, unsigned), len(q)) for (q, d), unsigned in zip(rows, formats)])
+    both = Q8Weight.concat([Q8Weight(*pack_rows(q, d, unsigned), len(q))
+                            for (q, d), unsigned in zip(rows, formats)])
     q, d = np.concatenate([q for q, _ in rows]), np.concatenate([d for _, d in rows])
     expected = Q8Weight(*pack_rows(q, d, formats[0]), len(q))
     assert both.shape == expected.shape == (sum(part_rows), 64)

@@ -185,7 +185,7 @@ def quantize_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def q4_k_paths() -> list[str]:
-    """The Q4_K kernel's paths this CPU can run (COMPILED only), slowest first: Q8_PATHS' but the VNNI ones."""
+    """The Q4_K kernel's paths this CPU can run (COMPILED only), slowest first: portable and AVX2."""
     return [name for name in q8_0_paths() if name in ("portable", "avx2")]
 
 

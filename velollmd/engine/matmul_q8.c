@@ -161,7 +161,8 @@ static inline ATTR void NAME(const int8_t *x, const int32_t *bias, const float *
  * most 2 * 128 * 127: no saturation; x is never -128), madd to the row's int32 lane. */
 PARTS_TILE(parts_avx2, T_AVX2, 256, _mm256_setzero_si256(),
            const __m256i ones = _mm256_set1_epi16(1); const __m256i aw = _mm256_abs_epi8(w),
-           _mm256_add_epi32(s[p][c], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, w)), ones)))
+           _mm256_add_epi32(s[p][c],
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, w)), ones)))
 
 /* VNNI on unsigned weights (w + 128): s starts at bias = -128 * sum(x's block), which undoes the
  * offset, and vpdpbusd adds the 4 products of each row's lane. AVX-512 VNNI: a zmm, the whole group
@@ -214,7 +215,8 @@ static void groups_avx2(const int8_t *xq, const float *xd, const uint8_t *wp, co
 #ifdef VL_Q8_AVXVNNI_BUILT
 __attribute__((target("avx2,fma,avxvnni")))
 static void groups_avxvnni(const int8_t *xq, const int32_t *bias, const float *xd, const uint8_t *wp,
-                           const float *wd, float *y, int64_t B, int64_t K, int64_t N, int64_t g0, int64_t g1) {
+                           const float *wd, float *y, int64_t B, int64_t K, int64_t N, int64_t g0,
+                           int64_t g1) {
     GROUPS_BODY(tile_avxvnni, 4, bias + b * nb,)
 }
 #endif
