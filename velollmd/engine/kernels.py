@@ -103,14 +103,24 @@ def matmul_nt(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return y
 
 
-# matmul_q8.h's paths: "best" (the fastest this CPU has) or one named
-Q8_PATHS = {"best": 0, "portable": 1, "avx2": 2, "vnni": 3}
+# matmul_q8.h's paths: "best" (the fastest this CPU has) or one named, slowest first
+Q8_PATHS = {"best": 0, "portable": 1, "avx2": 2, "avxvnni": 4, "vnni": 3}
+Q8_SIGNED, Q8_UNSIGNED = 0, 1       # matmul_q8.h's byte formats of packed weights: int8 w, uint8 w + 128
 
 
 def q8_0_paths() -> list[str]:
     """The Q8_0 kernel's paths this CPU can run (COMPILED only), slowest first."""
     available = lib.vl_q8_0_paths()
     return [name for name, bit in Q8_PATHS.items() if bit and available & (1 << bit)]
+
+
+def q8_0_reads_unsigned(path: str = "best") -> bool:
+    """Whether the Q8_0 kernel's path (COMPILED only) reads packed weights as unsigned bytes w + 128
+    (the VNNI paths) rather than signed (matmul_q8.h's formats)."""
+    fmt = lib.vl_q8_0_format(Q8_PATHS[path])
+    if fmt < 0:
+        raise ValueError(f"matmul_q8_0: path {path!r} is not available on this CPU ({q8_0_paths()})")
+    return fmt == Q8_UNSIGNED
 
 
 def integer_kernels_pay() -> bool:
@@ -137,20 +147,27 @@ def matmul_q8_0(xq: np.ndarray, xd: np.ndarray, wp: np.ndarray, wd: np.ndarray, 
                 path: str = "best") -> np.ndarray:
     """Q8_0 x (B, K) @ Q8_0 w (N, K)^T -> (B, N) float32: ggml's int32 block sums, one float
     rounding per block (matmul_q8.h; COMPILED only). xq (B, K) int8, xd (B, K / 32) float32; w
-    packed by q8weight.pack_rows: wp (G, K / 32, 8, 16, 4) uint8, wd (G, K / 32, 16) float32."""
+    packed by q8weight.pack_rows: wp (G, K / 32, 8, 16, 4) int8 (signed bytes) or uint8 (w + 128),
+    wd (G, K / 32, 16) float32. path "best": the fastest path that reads wp's format; a path named
+    that reads the other format (or is not on this CPU) raises ValueError."""
     xq = np.ascontiguousarray(xq, dtype=np.int8)                                  # (B, K)
     xd = np.ascontiguousarray(xd, dtype=np.float32)                               # (B, K / 32)
     batch, k = xq.shape
     groups = -(-n // 16)
     assert k % 32 == 0 and xd.shape == (batch, k // 32), (xq.shape, xd.shape)
-    assert wp.dtype == np.uint8 and wp.flags.c_contiguous and wp.shape == (groups, k // 32, 8, 16, 4), wp.shape
+    assert wp.dtype in (np.int8, np.uint8) and wp.flags.c_contiguous, wp.dtype
+    assert wp.shape == (groups, k // 32, 8, 16, 4), wp.shape
     assert wd.dtype == np.float32 and wd.flags.c_contiguous and wd.shape == (groups, k // 32, 16), wd.shape
     y = np.empty((batch, n), dtype=np.float32)                                    # (B, N)
     ran = lib.vl_matmul_q8_0(ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xd),
-                             ffi.from_buffer("uint8_t[]", wp), ffi.from_buffer("float[]", wd),
-                             ffi.from_buffer("float[]", y), batch, k, n, _num_threads, Q8_PATHS[path])
+                             ffi.from_buffer(wp), ffi.from_buffer("float[]", wd),
+                             ffi.from_buffer("float[]", y), batch, k, n, _num_threads, Q8_PATHS[path],
+                             Q8_UNSIGNED if wp.dtype == np.uint8 else Q8_SIGNED)
+    if ran == -2:
+        raise MemoryError("matmul_q8_0: no memory for the VNNI bias")
     if ran < 0:
-        raise ValueError(f"matmul_q8_0: path {path!r} is not available on this CPU ({q8_0_paths()})")
+        raise ValueError(f"matmul_q8_0: path {path!r} is not available for {wp.dtype} weights on this CPU "
+                         f"(its paths {q8_0_paths()}; the VNNI ones read uint8 w + 128, the others int8)")
     return y
 
 
@@ -168,8 +185,8 @@ def quantize_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def q4_k_paths() -> list[str]:
-    """The Q4_K kernel's paths this CPU can run (COMPILED only), slowest first: Q8_PATHS' but VNNI."""
-    return [name for name in q8_0_paths() if name != "vnni"]
+    """The Q4_K kernel's paths this CPU can run (COMPILED only), slowest first: portable and AVX2."""
+    return [name for name in q8_0_paths() if name in ("portable", "avx2")]
 
 
 def matmul_q4_k(x: tuple[np.ndarray, np.ndarray, np.ndarray], qs: np.ndarray, sc: np.ndarray,
