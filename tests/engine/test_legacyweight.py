@@ -99,7 +99,7 @@ def reference(x: tuple[np.ndarray, ...], w: LegacyWeight) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", TYPES)
-@pytest.mark.parametrize("path", kernels.q8_0_paths() if kernels.COMPILED else [])
+@pytest.mark.parametrize("path", kernels.legacy_paths() if kernels.COMPILED else [])
 @pytest.mark.parametrize("batch, k, n", [(1, 32, 7), (3, 288, 70), (5, 1024, 129), (16, 512, 65)])
 def test_each_path_equals_the_reference(dtype, path, batch, k, n):
     """Exact int sums (power-of-two scales), then the float part: the same bits."""

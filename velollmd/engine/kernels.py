@@ -184,6 +184,12 @@ def quantize_q8_k(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return xq, xd, bsums
 
 
+def legacy_paths() -> list[str]:
+    """The Q4_0 / Q5_0 / Q4_1 / Q5_1 kernels' paths this CPU can run (COMPILED only), slowest
+    first: portable, AVX2 and AVX-512 VNNI (matmul_legacy.c has no AVX-VNNI path)."""
+    return [name for name in q8_0_paths() if name in ("portable", "avx2", "vnni")]
+
+
 def q4_k_paths() -> list[str]:
     """The Q4_K kernel's paths this CPU can run (COMPILED only), slowest first: portable and AVX2."""
     return [name for name in q8_0_paths() if name in ("portable", "avx2")]
@@ -267,7 +273,7 @@ def matmul_q4_0(xq: np.ndarray, xd: np.ndarray, qs: np.ndarray, wd: np.ndarray,
     """Q8_0 x (B, K) @ Q4_0 w (N, K)^T -> (B, N) float32, as ggml_vec_dot_q4_0_q8_0 (matmul_legacy.h;
     COMPILED only). xq (B, K) int8 and xd (B, K / 32) float32 (quantize_q8_0's); w by row: qs
     (N, K / 2) uint8 (each block's 16 nibble bytes as stored), wd (N, K / 32) float32.
-    path: one of q8_0_paths()."""
+    path: one of legacy_paths()."""
     return _matmul_legacy("q4_0", (xq, xd), path, (qs, 2), (wd, 32))
 
 
@@ -315,7 +321,7 @@ def _matmul_legacy(name: str, x: tuple[np.ndarray, ...], path: str,
         *(ffi.from_buffer(_CTYPES[a.dtype], a) for a in arrays),
         ffi.from_buffer("float[]", y), batch, k, n, _num_threads, Q8_PATHS[path])
     if ran < 0:
-        raise ValueError(f"matmul_{name}: path {path!r} is not available on this CPU ({q8_0_paths()})")
+        raise ValueError(f"matmul_{name}: path {path!r} is not available on this CPU ({legacy_paths()})")
     return y
 
 
