@@ -617,17 +617,23 @@ def build_tiny_gguf(out_path: str | os.PathLike, seed: int = 0, dtype: str = "f1
     try:
         add_metadata(writer, seed, int(DTYPES[dtype][1]), SHAPES[shape], arch)
         add_tokenizer(writer, vocab)
-        for name, array in tensors.items():
-            qtype = tensor_type(name, array, dtype)
-            encoded = encode_tensor(array, qtype)
-            writer.add_tensor(name, encoded, raw_dtype=qtype if encoded.dtype == np.uint8 else None)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        write_tensors(writer, tensors, dtype)
     finally:
         writer.close()
     os.replace(tmp_path, out_path)
     return out_path
+
+
+def write_tensors(writer: gguf.GGUFWriter, tensors: dict[str, np.ndarray], dtype: str) -> None:
+    """The tensors stored as a `dtype` file stores them (tensor_type's rules), then the whole file
+    written: header, metadata (already added) and tensors."""
+    for name, array in tensors.items():
+        qtype = tensor_type(name, array, dtype)
+        encoded = encode_tensor(array, qtype)
+        writer.add_tensor(name, encoded, raw_dtype=qtype if encoded.dtype == np.uint8 else None)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
 
 
 def check_choice(what: str, value: str, choices) -> None:

@@ -1,7 +1,8 @@
-"""Test helper: matmul_q4k.c's arithmetic in numpy (ggml_vec_dot_q4_K_q8_K's on AVX2, per
-(input, row)).
+"""Test helper: matmul_q4k.c's and matmul_q5k.c's arithmetic in numpy (ggml_vec_dot_q4_K_q8_K's
+and _q5_K_q8_K's on AVX2, per (input, row)).
 
     y = reference_matmul_q4_k((xq, xd, bsums), w)      # w a Q4KWeight -> (B, N) float32
+    y = reference_matmul_q5_k((xq, xd, bsums), w)      # w a Q5KWeight -> (B, N) float32
 
 Per super-block: 8 int lanes of sub-block scales times 4-value dot products and 4 int lanes of
 mins times pair sums of bsums (exact, int64), each added into float32 lanes by an FMA (emulated
@@ -64,3 +65,25 @@ def reference_matmul_q4_k(x: tuple[np.ndarray, np.ndarray, np.ndarray], w) -> np
     acc_m = fma_lanes(dmin, int_min_lanes(bsums, w))                             # (B, N, 4)
     m = (acc_m[..., 0] + acc_m[..., 2]) + (acc_m[..., 1] + acc_m[..., 3])
     return hsum_float_8(acc) + m
+
+
+def values_5bit(w) -> np.ndarray:
+    """w a Q5KWeight -> (N, K / 256, 8, 32) values 0..31 from its bytes, independently of
+    Q5KWeight.values."""
+    n = w.qs.shape[0]
+    qh = w.qh.reshape(n, -1, 32)                                                  # (N, nb, 32)
+    high = np.stack([(qh >> s) & 1 for s in range(8)], axis=2)                    # (N, nb, 8, 32)
+    return unpacked_values(w.qs) + 16 * high
+
+
+def reference_matmul_q5_k(x: tuple[np.ndarray, np.ndarray, np.ndarray], w) -> np.ndarray:
+    """ggml_vec_dot_q5_K_q8_K on AVX2: Q4_K's 8 scale lanes on the 5-bit values, the 4 mins
+    lanes summed as int, summs = fma(dmin, that sum, summs), then hsum_float_8(acc) + summs."""
+    xq, xd, bsums = x
+    d = xd[:, None, :] * w.d[None, :, :]                                          # (B, N, nb) float32
+    dmin = -xd[:, None, :] * w.dmin[None, :, :]
+    acc = fma_lanes(d, int_lanes(xq, w, values_5bit(w)))                          # (B, N, 8)
+    mins = int_min_lanes(bsums, w)                                                # (B, N, nb, 4)
+    pairs = (mins[..., 0] + mins[..., 1]) + (mins[..., 2] + mins[..., 3])         # (B, N, nb)
+    summs = fma_lanes(dmin, pairs[..., None])[..., 0]                             # (B, N)
+    return hsum_float_8(acc) + summs

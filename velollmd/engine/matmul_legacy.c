@@ -15,10 +15,6 @@
 #include "qdot.h"
 #include "tasks.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #define QK 32               /* values per block */
 #define QBYTES 16           /* nibble bytes per block */
 #define HBYTES 4            /* Q5_*: bytes of fifth bits per block */
@@ -285,39 +281,49 @@ static void offset_lanes(const int8_t *xq, int64_t B, int64_t K, int offset, int
     }
 }
 
+/* One call: its inputs (with the offset lanes on the x86 paths), weights and resolved path. */
+typedef struct {
+    inputs_t in;
+    const weights_t *w;
+    float *y;
+    int64_t B, K, N;
+    int path;
+} legacy_call;
+
+/* Rows [n0, n1) of the call (a run_row_tasks task) on its path. */
+static void legacy_rows(const void *args, int64_t n0, int64_t n1) {
+    const legacy_call *c = args;
+#ifdef VL_LEGACY_X86
+    if (c->path == VL_Q8_VNNI) {
+        rows_vnni(&c->in, c->w, c->y, c->B, c->K, c->N, n0, n1);
+        return;
+    }
+    if (c->path == VL_Q8_AVX2) {
+        rows_avx2(&c->in, c->w, c->y, c->B, c->K, c->N, n0, n1);
+        return;
+    }
+#endif
+    rows_portable(&c->in, c->w, c->y, c->B, c->K, c->N, n0, n1);
+}
+
 /* Every type's product. */
 static int matmul_legacy(inputs_t in, const weights_t *w, float *y, int64_t B, int64_t K, int64_t N,
                          int num_threads, int path) {
-    path = legacy_path(path);
-    if (path < 0)
+    legacy_call call = {in, w, y, B, K, N, legacy_path(path)};
+    if (call.path < 0)
         return -1;
     int32_t *off = NULL;
-    if (path != VL_Q8_PORTABLE) {
+    if (call.path != VL_Q8_PORTABLE) {
         off = malloc((size_t)(B * K / 4) * sizeof *off + 1);
         if (!off)
-            path = VL_Q8_PORTABLE;
+            call.path = VL_Q8_PORTABLE;
         else
             offset_lanes(in.xq, B, K, w->offset, off);
     }
-    in.off = off;
-    int64_t num_tasks = row_tasks(N, ROWS_PER_TASK, &num_threads);
-#pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
-    for (int64_t task = 0; task < num_tasks; task++) {
-        int64_t n0 = task * ROWS_PER_TASK, n1 = task_end(n0, ROWS_PER_TASK, N);
-#ifdef VL_LEGACY_X86
-        if (path == VL_Q8_VNNI) {
-            rows_vnni(&in, w, y, B, K, N, n0, n1);
-            continue;
-        }
-        if (path == VL_Q8_AVX2) {
-            rows_avx2(&in, w, y, B, K, N, n0, n1);
-            continue;
-        }
-#endif
-        rows_portable(&in, w, y, B, K, N, n0, n1);
-    }
+    call.in.off = off;
+    run_row_tasks(legacy_rows, &call, N, ROWS_PER_TASK, num_threads);
     free(off);
-    return path;
+    return call.path;
 }
 
 int vl_matmul_q4_0(const int8_t *xq, const float *xd, const uint8_t *qs, const float *wd, float *y,

@@ -10,15 +10,16 @@
  *     one float per pair, summs = fma(dmin, that sum, summs), added at the end.
  *
  * Either way y = hsum_float_8(acc) + the mins' total, acc[l] = fma(d, sumi[l], acc[l]) with
- * sumi[l] = sum over sub-blocks s of sc[s] * (lane l of s's 32 byte products). Defines the
- * static sm_rows(..., path) that computes rows [n0, n1) against all B inputs; the including
- * file splits rows among threads.
+ * sumi[l] = sum over sub-blocks s of sc[s] * (lane l of s's 32 byte products). Defines
+ * sm_matmul(call, num_threads), the whole product on a path (rows shared out among threads as
+ * tasks.h does), which the including file's entry function calls.
  */
 #ifndef SM_HIGH_BITS
 #error "define SM_HIGH_BITS (0: Q4_K, 1: Q5_K) before including scale_min_tiles.h"
 #endif
 
 #include "qdot.h"
+#include "tasks.h"
 
 #define QK_K 256            /* values per super-block */
 #define SUB 32              /* values per sub-block (one scale and min each) */
@@ -26,6 +27,7 @@
 #define MAX_ROWS 2
 #define MAX_COLS 4
 #define PF_AHEAD 16         /* the AVX2 tile prefetches the weight rows this far ahead */
+#define ROWS_PER_TASK 64
 
 typedef float v4f __attribute__((vector_size(16)));
 typedef int32_t v4i __attribute__((vector_size(16)));
@@ -313,17 +315,38 @@ static void rows_avx2(const int8_t *xq, const float *xd, const int16_t *xbs, con
 }
 #endif
 
-/* Rows [n0, n1) on `path` (k_quant_path's, already resolved). */
-static inline void sm_rows(const int8_t *xq, const float *xd, const int16_t *xbs, const uint8_t *qs,
-                           const uint8_t *qh, const uint8_t *sc, const uint8_t *mn, const float *wd,
-                           const float *wdmin, float *y, int64_t B, int64_t K, int64_t N, int64_t n0,
-                           int64_t n1, int path) {
+/* One call's operands (matmul_q4k.h, matmul_q5k.h; qh NULL for Q4_K) and its resolved path. */
+typedef struct {
+    const int8_t *xq;
+    const float *xd;
+    const int16_t *xbs;
+    const uint8_t *qs, *qh, *sc, *mn;
+    const float *wd, *wdmin;
+    float *y;
+    int64_t B, K, N;
+    int path;
+} sm_call;
+
+/* Rows [n0, n1) of the call (a run_row_tasks task) on its path. */
+static void sm_rows(const void *args, int64_t n0, int64_t n1) {
+    const sm_call *c = args;
 #ifdef SM_X86
-    if (path == VL_Q8_AVX2) {
-        rows_avx2(xq, xd, xbs, qs, qh, sc, mn, wd, wdmin, y, B, K, N, n0, n1);
+    if (c->path == VL_Q8_AVX2) {
+        rows_avx2(c->xq, c->xd, c->xbs, c->qs, c->qh, c->sc, c->mn, c->wd, c->wdmin, c->y, c->B, c->K, c->N,
+                  n0, n1);
         return;
     }
 #endif
-    (void)path;
-    rows_portable(xq, xd, xbs, qs, qh, sc, mn, wd, wdmin, y, B, K, N, n0, n1);
+    rows_portable(c->xq, c->xd, c->xbs, c->qs, c->qh, c->sc, c->mn, c->wd, c->wdmin, c->y, c->B, c->K, c->N,
+                  n0, n1);
+}
+
+/* The whole product on call.path (VL_Q8_BEST resolved), rows shared out among threads; returns
+ * the path that ran, or -1 (not available here: nothing written). */
+static inline int sm_matmul(sm_call call, int num_threads) {
+    call.path = k_quant_path(call.path);
+    if (call.path < 0)
+        return -1;
+    run_row_tasks(sm_rows, &call, call.N, ROWS_PER_TASK, num_threads);
+    return call.path;
 }
