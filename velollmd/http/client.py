@@ -238,6 +238,12 @@ class ClientResponse:
             yield payloads
 
     async def read(self, limit: int = MAX_BODY_BYTES) -> bytes:
+        body = None if self._done else self._conn.parser.take_body()
+        if body is not None:                      # all of it came with the head
+            self._finish(reusable=self._head.keep_alive)
+            if len(body) > limit:
+                raise _too_big("a body", limit)
+            return body
         parts, size = [], 0
         try:
             while not self._done and (data := await self._next_data()) is not None:
