@@ -344,6 +344,8 @@ class HTTPParser:
 
     def _read_chunk_size(self):
         buf = self._buf
+        if not buf and not self._eof:                 # between reads of a stream
+            return None
         end = buf.find(b"\r\n")
         if end < 0:
             if len(buf) > MAX_CHUNK_LINE or b"\n" in buf:
@@ -385,7 +387,7 @@ class HTTPParser:
             raise ProtocolError("chunk data not followed by CRLF")
         del buf[:2]
         self._state = "chunk_size"
-        return self.next_event()
+        return self._read_chunk_size()
 
     def _read_trailers(self):
         buf = self._buf
