@@ -378,6 +378,9 @@ class HTTPParser:
             data = bytes(buf[:self._remaining])
             del buf[:len(data)]
             self._remaining -= len(data)
+            if not self._remaining and buf[:2] == b"\r\n":    # the chunk's end came with it
+                del buf[:2]
+                self._state = "chunk_size"
             return Data(data)
         if len(buf) < 2:
             if self._eof:
