@@ -240,7 +240,7 @@ class ClientResponse:
     async def read(self, limit: int = MAX_BODY_BYTES) -> bytes:
         body = None if self._done else self._conn.parser.take_body()
         if body is not None:                      # all of it came with the head
-            self._finish(reusable=self._head.keep_alive)
+            self._finish(reusable=self._head.keep_alive and len(body) <= limit)
             if len(body) > limit:
                 raise _too_big("a body", limit)
             return body
