@@ -60,3 +60,24 @@ def test_endless_answers_are_cut_at_the_limit(monkeypatch, kind):
         await server.wait_closed()
 
     run(scenario())
+
+
+def test_a_whole_body_over_the_limit_in_one_read_closes_the_connection():
+    async def scenario():
+        async def handle(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n" + b"x" * 20)
+            await writer.drain()
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        response = await client.request("GET", "/")
+        await asyncio.sleep(0.05)                  # the whole body is in the client's buffer
+        with pytest.raises(BackendError, match="connection closed"):
+            await response.read(limit=10)
+        assert client.num_idle == 0                # not pooled
+        response = await client.request("GET", "/")
+        assert await response.read() == b"x" * 20 and client.num_idle == 1
+        await client.close()
+        server.close()
+        await server.wait_closed()
+    run(scenario())

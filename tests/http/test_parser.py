@@ -188,6 +188,45 @@ def test_byte_by_byte_feeding_gives_the_same_events():
     assert (head.target, body) == ("/x", b"abcde")
 
 
+@pytest.mark.parametrize("split", range(0, 12))
+def test_take_body_waits_for_all_of_it_and_leaves_the_next_request(split):
+    body = b"0123456789"
+    raw = b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n"
+    parser = HTTPParser("server")
+    parser.feed(raw + body[:split])
+    assert parser.next_event().target == "/1"
+    if split < len(body):
+        num_buffered = parser.buffered
+        assert parser.take_body() is None and parser.buffered == num_buffered   # nothing taken
+        parser.feed(body[split:])
+    parser.feed(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert parser.take_body() == body
+    assert parser.next_event().target == "/2"                 # the message ended with it
+    assert isinstance(parser.next_event(), EndOfMessage)
+
+
+def test_take_body_gives_no_chunked_body_and_an_empty_one_at_once():
+    parser = HTTPParser("server")
+    parser.feed(CHUNKED + b"1\r\nz\r\n0\r\n\r\n" + GET + b"\r\n")
+    parser.next_event()
+    assert parser.take_body() is None                         # chunked: the events read it
+    assert [type(e) for e in pull_events(parser)] == [Data, EndOfMessage, Head, EndOfMessage]
+    parser = HTTPParser("server")
+    parser.feed(POST + b"Content-Length: 0\r\n\r\n")
+    parser.next_event()
+    assert parser.take_body() == b"" and parser.between_messages
+
+
+def test_a_chunks_closing_crlf_is_taken_with_its_data():
+    parser = HTTPParser("server")
+    parser.feed(CHUNKED + b"3\r\nabc\r\n")
+    parser.next_event()
+    assert parser.next_event() == Data(b"abc")
+    assert parser.buffered == 0 and parser.next_event() is None
+    parser.feed(b"2\r\nde\r\n0\r\n\r\n")
+    assert pull_events(parser) == [Data(b"de"), EndOfMessage()]
+
+
 @pytest.mark.parametrize("raw,keep_alive", [
     (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", True),
     (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", False),

@@ -172,7 +172,7 @@ class ClientResponse:
             return None
         conn, parts = self._conn, []
         try:                                    # what the last read brought needs no await
-            event = self._client._parsed(conn) or await self._client._next_event(conn)
+            event = self._client._parsed(conn) or await self._client._read_event(conn)
             while True:
                 if type(event) is EndOfMessage:
                     self._finish(reusable=self._head.keep_alive)
@@ -238,6 +238,12 @@ class ClientResponse:
             yield payloads
 
     async def read(self, limit: int = MAX_BODY_BYTES) -> bytes:
+        body = None if self._done else self._conn.parser.take_body()
+        if body is not None:                      # all of it came with the head
+            self._finish(reusable=self._head.keep_alive and len(body) <= limit)
+            if len(body) > limit:
+                raise _too_big("a body", limit)
+            return body
         parts, size = [], 0
         try:
             while not self._done and (data := await self._next_data()) is not None:
@@ -355,8 +361,9 @@ class HTTPClient:
             conn.parser.expect_response(method)
             conn.arm(self.read_timeout)
             conn.writer.write(payload)
-            await conn.writer.drain()
-            event = await self._next_event(conn, stale_ok=True)
+            if conn.writer.transport.get_write_buffer_size():   # else drain() has nothing to wait for
+                await conn.writer.drain()
+            event = await self._read_event(conn, stale_ok=True)  # a pooled connection has nothing buffered
             while isinstance(event, Head) and 100 <= event.status < 200:
                 await self._next_event(conn)           # the 1xx's empty EndOfMessage
                 event = await self._next_event(conn)
@@ -375,11 +382,12 @@ class HTTPClient:
             raise BackendError(f"backend broke HTTP: {exc.message}") from None
 
     async def _next_event(self, conn: _Conn, stale_ok: bool = False):
+        return self._parsed(conn) or await self._read_event(conn, stale_ok)
+
+    async def _read_event(self, conn: _Conn, stale_ok: bool = False):
+        """The next event once more bytes came: the caller found none in the buffer."""
         parser = conn.parser
         while True:
-            event = self._parsed(conn)
-            if event is not None:
-                return event
             try:
                 data = await conn.reader.read(READ_SIZE)
             except ConnectionError:             # a reset: to the caller, a broken backend
@@ -397,6 +405,9 @@ class HTTPClient:
                     raise _StaleConnection()
                 parser.feed_eof()
             parser.feed(data)
+            event = self._parsed(conn)
+            if event is not None:
+                return event
 
     async def _connect(self) -> _Conn:
         try:

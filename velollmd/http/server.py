@@ -292,6 +292,9 @@ class Connection:
         return True
 
     async def _read_body(self, head: Head) -> bytes:
+        body = self.parser.take_body()                # all of it came with the head
+        if body is not None:
+            return body
         event = self.parser.next_event()
         if isinstance(event, EndOfMessage):           # no body, or all of it already here
             return b""

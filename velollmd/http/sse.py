@@ -44,7 +44,7 @@ async def sse_frames(events: AsyncIterator, done: bool = True) -> AsyncIterator[
     try:
         async with closing(events) as source_iter:
             async for event in source_iter:
-                yield encode_event(event)
+                yield event if type(event) is Burst else encode_event(event)    # a relayed read: framed
     except VeloError as exc:
         yield encode_event(exc.to_dict(current_request_id()))
         return

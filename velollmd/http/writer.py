@@ -51,6 +51,7 @@ class CorkedBody:
 
     def __init__(self, loop, writer, chunked: bool, head: bytes = b""):
         self.loop, self.writer, self.chunked = loop, writer, chunked
+        self.transport = writer.transport
         self.pending = bytearray()
         self.last_write = loop.time()
         if head:
@@ -72,7 +73,7 @@ class CorkedBody:
         self.pending += framed
 
     def flush(self) -> None:
-        if self.pending and not self.writer.transport.is_closing():
+        if self.pending and not self.transport.is_closing():
             self.writer.write(bytes(self.pending))
         self.pending.clear()
 
@@ -83,7 +84,7 @@ class CorkedBody:
         self.flush()
 
     def must_drain(self) -> bool:
-        return self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER
+        return self.transport.get_write_buffer_size() > WRITE_HIGH_WATER
 
 
 class IdlePinger:
