@@ -137,13 +137,15 @@ static inline __attribute__((always_inline)) void prefetch8(const float *const r
 #define AHEAD 16    /* positions between the rows computed on and the rows prefetched */
 
 /* rows8 for t0, after a prefetch of the rows AHEAD positions on (the pages are scattered: the
- * hardware prefetcher sees a stride for a block's few rows only); how many of the 8 are valid. */
+ * hardware prefetcher sees a stride for a block's few rows only); how many of the 8 are valid.
+ * KV head 0 prefetches whole slots (every KV head's row: one contiguous run), so that the
+ * sequence's other heads, computed next on this thread, find their rows in cache. */
 static inline __attribute__((always_inline)) int64_t rows8_ahead(const shape_t *s, const float *cache,
                                                                  const int64_t *table, int64_t t0, int64_t len,
                                                                  int64_t h, const float *rows[8]) {
     if (t0 + AHEAD < len) {
         rows8(s, cache, table, t0 + AHEAD, len, h, rows);
-        prefetch8(rows, s->head_dim);
+        prefetch8(rows, h == 0 ? s->n_head_kv * s->head_dim : s->head_dim);
     }
     rows8(s, cache, table, t0, len, h, rows);
     return len - t0 < 8 ? len - t0 : 8;
@@ -177,7 +179,7 @@ static inline __attribute__((always_inline)) void unit_scores(const shape_t *s, 
         }
     }
     prefetch_run(v_cache + row_of(s, table, 0, h), len < s->block_size ? len : s->block_size,
-                 s->n_head_kv * s->head_dim, s->head_dim);       /* the first V block, for weighted_v */
+                 s->n_head_kv * s->head_dim, h == 0 ? s->n_head_kv * s->head_dim : s->head_dim);       /* the first V block, for weighted_v */
 }
 
 /* out[g][j0 .. j0 + 8 * COLS) for the NG queries g of p (rows stride apart) = sum over t (in
@@ -193,7 +195,7 @@ static inline __attribute__((always_inline)) void weighted_v(const shape_t *s, c
         int64_t n = len - t0 < s->block_size ? len - t0 : s->block_size, t1 = t0 + s->block_size;
         if (j0 == 0 && t1 < len)         /* the first pass brings the next block's rows in whole */
             prefetch_run(v_cache + row_of(s, table, t1, h), len - t1 < s->block_size ? len - t1 : s->block_size,
-                         step, s->head_dim);
+                         step, h == 0 ? step : s->head_dim);
         for (int64_t i = 0; i < n; i++, v += step) {
             v8f x[2];
             for (int c = 0; c < COLS; c++)
