@@ -445,14 +445,16 @@ class Model:
         qkv = linear(h, layer.wqkv, layer.qkv_act)                       # (T, q_dim + 2 * kv_dim)
         if layer.bqkv is not None:
             qkv += layer.bqkv
-        q = qkv[:, :self.q_dim].reshape(num_tokens, c.n_head, c.head_dim)
-        k = qkv[:, self.q_dim:self.q_dim + self.kv_dim].reshape(num_tokens, c.n_head_kv, c.head_dim)
         v = qkv[:, self.q_dim + self.kv_dim:].reshape(num_tokens, c.n_head_kv, c.head_dim)
-        if layer.q_norm is not None:
-            q = ops.rms_norm(q, layer.q_norm, c.rms_norm_eps)            # (T, n_head, head_dim)
-            k = ops.rms_norm(k, layer.k_norm, c.rms_norm_eps)            # (T, n_head_kv, head_dim)
-        q = ops.apply_rope(q, cos, sin, c.rope_style)                    # (T, n_head, head_dim)
-        k = ops.apply_rope(k, cos, sin, c.rope_style)                    # (T, n_head_kv, head_dim)
+        if layer.q_norm is None:     # Q's and K's heads side by side: one rotation for both
+            qk = ops.apply_rope(qkv[:, :self.q_dim + self.kv_dim].reshape(num_tokens, -1, c.head_dim), cos, sin,
+                                c.rope_style)                            # (T, n_head + n_head_kv, head_dim)
+            q, k = qk[:, :c.n_head], qk[:, c.n_head:]
+        else:
+            q = qkv[:, :self.q_dim].reshape(num_tokens, c.n_head, c.head_dim)
+            k = qkv[:, self.q_dim:self.q_dim + self.kv_dim].reshape(num_tokens, c.n_head_kv, c.head_dim)
+            q = ops.apply_rope(ops.rms_norm(q, layer.q_norm, c.rms_norm_eps), cos, sin, c.rope_style)
+            k = ops.apply_rope(ops.rms_norm(k, layer.k_norm, c.rms_norm_eps), cos, sin, c.rope_style)
         kv.write(index, plan.slots, k, v)
         out = self._attention(index, q, batch, plan, kv)                 # (T, n_head, head_dim)
         return linear(out.reshape(num_tokens, self.q_dim), layer.wo, layer.wo_act)  # (T, n_embd)
