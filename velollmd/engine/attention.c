@@ -4,8 +4,6 @@
 
 #include "vecf.h"
 
-typedef int v8i __attribute__((vector_size(32)));
-
 /* [x0 + x1, x2 + x3, y0 + y1, y2 + y3, x4 + x5, x6 + x7, y4 + y5, y6 + y7] (AVX's vhaddps). */
 static inline __attribute__((always_inline)) v8f hadd(v8f x, v8f y) {
     return __builtin_shuffle(x, y, (v8i){0, 2, 8, 10, 4, 6, 12, 14})
@@ -40,32 +38,6 @@ static inline __attribute__((always_inline)) v8f dot8(const float *q, const floa
     return sums * scales;
 }
 
-/* Lane-wise a > b ? a : b (GCC's C has no vector ?:; this compiles to vmaxps). */
-static inline __attribute__((always_inline)) v8f max8(v8f a, v8f b) {
-    v8i take = a > b;
-    return (v8f)(((v8i)a & take) | ((v8i)b & ~take));
-}
-
-/* e^x lane-wise for x <= 0 (a score minus its row's max): Cephes' expf, a degree-6 polynomial
- * on x - n ln 2 scaled by 2^n, within 2 ulp of expf; x below -87 gives e^-87 (~1.6e-38, where
- * the row's largest term is 1). */
-static inline __attribute__((always_inline)) v8f exp8(v8f x) {
-    const v8f lo = {-87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f};
-    x = max8(x, lo);
-    v8f n = x * 1.44269504088896341f + 12582912.0f - 12582912.0f;  /* round(x / ln 2), |.| < 2^22 */
-    v8f r = x - n * 0.693359375f - n * -2.12194440e-4f;             /* ln 2 in two parts */
-    v8f y = 1.9875691500e-4f * r + 1.3981999507e-3f;
-    y = y * r + 8.3334519073e-3f;
-    y = y * r + 4.1665795894e-2f;
-    y = y * r + 1.6666665459e-1f;
-    y = y * r + 5.0000001201e-1f;
-    y = y * (r * r) + r + 1.0f;
-    v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;       /* 2^n, n >= -126 */
-    v8f scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return y * scale;
-}
-
 /* s[0..n) = exp(s - max) in place (8 lanes at a time, the last partial 8 on a padded copy);
  * returns 1 / their sum: weighted_v scales its sums by it (softmax = that product). */
 static inline __attribute__((always_inline)) float softmax_unnormalised(float *s, int64_t n) {
@@ -73,7 +45,7 @@ static inline __attribute__((always_inline)) float softmax_unnormalised(float *s
     int64_t t = 0;
     for (; t + 8 <= n; t += 8) {
         v8f x = load8(s + t);
-        vmax = max8(x, vmax);
+        vmax = vmax8(x, vmax);
     }
     float max = s[0];
     for (int i = 0; i < 8; i++)
