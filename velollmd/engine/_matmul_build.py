@@ -1,6 +1,6 @@
 """CFFI build script (API mode, out-of-line) for the engine's decode kernels: the matmul (matmul.c),
 the Q8_0, Q4_K and Q6_K integer matmuls (matmul_q8.c, matmul_q4k.c,
-matmul_q6k.c) and the paged decode attention (attention.c).
+matmul_q6k.c), the paged decode attention (attention.c) and the FFN's silu(gate) * up (activations.c).
 
 setup.py lists this file in `cffi_modules` beside the block allocator's, so `pip install -e .`
 (make install) compiles both into `velollmd.engine._matmul`, with OpenMP for its threads.
@@ -22,8 +22,8 @@ def _source_path(path: pathlib.Path) -> str:
         return str(path)
 
 
-HEADERS = ("matmul.h", "matmul_q8.h", "matmul_q4k.h", "matmul_q6k.h", "attention.h")
-SOURCES = ("matmul.c", "matmul_q8.c", "matmul_q4k.c", "matmul_q6k.c", "attention.c")
+HEADERS = ("matmul.h", "matmul_q8.h", "matmul_q4k.h", "matmul_q6k.h", "attention.h", "activations.h")
+SOURCES = ("matmul.c", "matmul_q8.c", "matmul_q4k.c", "matmul_q6k.c", "attention.c", "activations.c")
 
 
 def cdef_from_header(text: str) -> str:
@@ -42,7 +42,7 @@ ffibuilder.set_source(
     # gnu11: GCC's vector extensions; fp-contract: a * b + c as one FMA where the CPU has it
     extra_compile_args=["-O3", "-std=gnu11", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"],
     extra_link_args=["-fopenmp"],
-    libraries=["m"],                                    # expf (attention.c)
+    libraries=["m"],
 )
 
 if __name__ == "__main__":

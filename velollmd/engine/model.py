@@ -306,6 +306,14 @@ def _matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return x @ w.T
 
 
+def _silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up (T, n): the compiled kernel (one pass, no temporaries: ~5x numpy's at 8
+    rows), else ops.silu, its reference."""
+    if kernels.COMPILED:
+        return kernels.silu_mul(gate, up)
+    return ops.silu(gate) * up
+
+
 def embedding_rows(table: Matrix, token_ids: np.ndarray) -> np.ndarray:
     """The rows of token ids (T,) as a new float32 array (T, n_embd)."""
     return table.rows(token_ids) if isinstance(table, QUANTISED) else table[token_ids]
@@ -477,5 +485,5 @@ class Model:
         h = ops.rms_norm(x, layer.ffn_norm, self.config.rms_norm_eps)    # (T, n_embd)
         gate_up = linear(h, layer.w_gate_up, layer.gate_up_act)          # (T, 2 * n_ff)
         n_ff = self.config.n_ff
-        act = ops.silu(gate_up[:, :n_ff]) * gate_up[:, n_ff:]           # (T, n_ff)
+        act = _silu_mul(gate_up[:, :n_ff], gate_up[:, n_ff:])          # (T, n_ff)
         return linear(act, layer.w_down, layer.down_act)                 # (T, n_embd)
