@@ -9,7 +9,8 @@ time: on a shared 2-vCPU VM the scheduler's waits would swamp a kernel's differe
    on the same blocks: they stay in L2, the kernel's arithmetic alone), "L3" (the same calls
    again: 18 MiB of pages) or "cold" (64 MiB touched in between, as the weights a decode step
    streams evict them);
-2. with --model: a decode forward at B=1 and B=8 (context 128), kernels.lib swapped per call.
+2. with --model: a decode forward at B=1 and B=8 (context 128) of this tree, with the other
+   build's vl_decode_attention or this one's (every other kernel this tree's).
 
     PYTHONPATH=. .venv/bin/python benchmarks/engine_attention.py /tmp/base/velollmd/engine/_matmul.abi3.so
     ... --model ~/.cache/velollm/bench-models/small-q8_0.gguf
@@ -100,6 +101,16 @@ def bench_kernel(libs: dict, rounds: int) -> None:
                f"(max |diff| {diff:.1e})", times)
 
 
+class AttentionFrom:
+    """This build's lib, but for vl_decode_attention taken from `other`."""
+
+    def __init__(self, this, other):
+        self._this, self.vl_decode_attention = this, other.vl_decode_attention
+
+    def __getattr__(self, name: str):
+        return getattr(self._this, name)
+
+
 def bench_forward(libs: dict, model_path: str, rounds: int) -> None:
     from velollmd.config import SchedulerConfig
     from velollmd.engine import loader
@@ -110,13 +121,15 @@ def bench_forward(libs: dict, model_path: str, rounds: int) -> None:
     num_blocks = -(-129 // kv.block_size)
     batches = {b: Batch.pack([SeqChunk([7], 128, range(i * num_blocks, (i + 1) * num_blocks)) for i in range(b)])
                for b in (1, 8)}
+    this = libs["this"]
+    libs = {"other": AttentionFrom(this, libs["other"]), "this": this}
     times = {(b, name): [] for b in batches for name in libs}
     for _ in range(rounds):
         for b, batch in batches.items():
             for name, lib in libs.items():
                 kernels.lib = lib
                 times[b, name].append(timed(lambda: model.forward(batch, kv)))
-    kernels.lib = libs["this"]
+    kernels.lib = this
     for b in batches:
         report(f"decode forward B={b}, context 128", {name: times[b, name] for name in libs})
     for name in libs:
