@@ -28,31 +28,39 @@ def fused(rows: int, n: int, scale: float, seed: int = 0) -> np.ndarray:
                                             (2, 9, 1e-3)])
 def test_the_kernel_equals_the_numpy_reference_on_halves_of_one_product(rows, n, scale):
     gate_up = fused(rows, n, scale)
-    gate, up = gate_up[:, :n], gate_up[:, n:]
-    got = kernels.silu_mul(gate, up)
+    got = kernels.silu_mul(gate_up)
     assert got.shape == (rows, n) and got.dtype == np.float32
-    np.testing.assert_allclose(got, reference(gate, up), rtol=2e-6, atol=1e-30)
+    np.testing.assert_allclose(got, reference(gate_up[:, :n], gate_up[:, n:]), rtol=2e-6, atol=1e-30)
 
 
 def test_extremes_saturate_as_silu_does():
     gate = np.array([[-200.0, -88.0, -20.0, -0.0, 0.0, 1e-30, 20.0, 88.0, 200.0]], dtype=np.float32)
     up = np.ones_like(gate)
-    got = kernels.silu_mul(gate, up)
+    got = kernels.silu_mul(np.concatenate([gate, up], axis=1))
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, reference(gate, up), rtol=2e-6, atol=1e-30)
 
 
 def test_a_row_does_not_depend_on_its_batch_or_the_thread_count():
     gate_up = fused(300, 300, 4.0, seed=3)                     # 90,000 values: enough for threads
-    gate, up = gate_up[:, :300], gate_up[:, 300:]
     kernels.set_num_threads(3)
-    batched = kernels.silu_mul(gate, up)
+    batched = kernels.silu_mul(gate_up)
     kernels.set_num_threads(1)
     for row in (0, 7, 299):
-        assert np.array_equal(kernels.silu_mul(gate[row:row + 1], up[row:row + 1])[0], batched[row])
+        assert np.array_equal(kernels.silu_mul(gate_up[row:row + 1])[0], batched[row])
 
 
-def test_rows_without_unit_column_stride_are_refused():
-    gate_up = fused(2, 8, 1.0)
+@pytest.mark.parametrize("gate_up", [np.zeros((2, 7), np.float32), np.zeros((4,), np.float32),
+                                     np.zeros((2, 8), np.float64), np.zeros((2, 16), np.float32)[:, ::2]])
+def test_what_is_not_a_contiguous_float32_pair_of_halves_is_refused(gate_up):
     with pytest.raises(ValueError):
-        kernels.silu_mul(gate_up[:, ::2], gate_up[:, 1::2])
+        kernels.silu_mul(gate_up)
+
+
+def test_the_model_falls_back_to_the_reference_without_the_extension(monkeypatch):
+    from velollmd.engine import model
+    gate_up = fused(3, 40, 2.0, seed=4)
+    compiled = model._silu_mul(gate_up, 40)
+    monkeypatch.setattr(kernels, "COMPILED", False)
+    assert np.array_equal(model._silu_mul(gate_up, 40), reference(gate_up[:, :40], gate_up[:, 40:]))
+    np.testing.assert_allclose(compiled, reference(gate_up[:, :40], gate_up[:, 40:]), rtol=2e-6)

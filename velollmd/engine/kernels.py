@@ -7,7 +7,7 @@ attention.c, activations.c through cffi) and their threads.
     y = matmul_q4_k(quantize_q8_k(x), qs, sc, mn, wd, wdmin)   # Q8_K x, Q4_K w (ggml's product)
     y = matmul_q6_k(quantize_q8_k(x), wq, sc, wd)              # Q8_K x, Q6_K w
     out = paged_decode_attention(q, k_pages, v_pages, tables, lens, scale)   # (B, n_head, d)
-    act = silu_mul(gate, up)      # silu(gate) * up, each (T, n) (ops.silu's twin, a few ulps off)
+    act = silu_mul(gate_up)       # (T, 2n) -> silu(gate_up[:, :n]) * gate_up[:, n:] (ops.silu's twin)
     set_num_threads(4)           # this kernel's OpenMP threads and numpy's OpenBLAS threads
 
 Only this module imports the extension `velollmd.engine._matmul`. Without it (a checkout whose
@@ -240,22 +240,14 @@ def paged_decode_attention(q: np.ndarray, k_pages: np.ndarray, v_pages: np.ndarr
     return out
 
 
-def silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """silu(gate) * up (activations.c; COMPILED only): gate, up (T, n) float32 with unit column
-    stride (e.g. the halves of one fused product, not copied). Returns (T, n) float32."""
-    rows, n = gate.shape
-    if up.shape != gate.shape or gate.dtype != np.float32 or up.dtype != np.float32:
-        raise ValueError(f"silu_mul: gate {gate.shape} {gate.dtype}, up {up.shape} {up.dtype}")
+def silu_mul(gate_up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up (activations.c; COMPILED only) for gate_up (T, 2n) float32 C-contiguous,
+    gate its first n columns and up the rest (the FFN's one fused product). Returns (T, n)."""
+    if gate_up.ndim != 2 or gate_up.shape[1] % 2 or gate_up.dtype != np.float32 \
+            or not gate_up.flags.c_contiguous:
+        raise ValueError(f"silu_mul: gate_up {gate_up.shape} {gate_up.dtype}, C-contiguous (T, 2n) wanted")
+    rows, n = gate_up.shape[0], gate_up.shape[1] // 2
     out = np.empty((rows, n), dtype=np.float32)                          # (T, n)
-    gate_buf, up_buf = _rows_buffer(gate), _rows_buffer(up)
-    lib.vl_silu_mul(gate_buf, up_buf, ffi.from_buffer("float[]", out), rows, n,
-                    gate.strides[0] // 4, up.strides[0] // 4, _num_threads)
+    gate = ffi.from_buffer("float[]", gate_up)
+    lib.vl_silu_mul(gate, gate + n, ffi.from_buffer("float[]", out), rows, n, 2 * n, 2 * n, _num_threads)
     return out
-
-
-def _rows_buffer(x: np.ndarray):
-    """A float* to x's first element (x stays the caller's: alive through the call), for rows
-    x.strides[0] apart (unit column stride)."""
-    if x.strides[1] != 4 or x.strides[0] % 4 or x.strides[0] < 0:
-        raise ValueError(f"silu_mul: rows of unit column stride wanted, strides {x.strides}")
-    return ffi.cast("float *", x.ctypes.data)

@@ -306,12 +306,12 @@ def _matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return x @ w.T
 
 
-def _silu_mul(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """silu(gate) * up (T, n): the compiled kernel (one pass, no temporaries: ~5x numpy's at 8
-    rows), else ops.silu, its reference."""
-    if kernels.COMPILED:
-        return kernels.silu_mul(gate, up)
-    return ops.silu(gate) * up
+def _silu_mul(gate_up: np.ndarray, n_ff: int) -> np.ndarray:
+    """silu(gate) * up (T, n_ff) from gate_up (T, 2 n_ff): the compiled kernel (one pass, no
+    temporaries) when built, else ops.silu, its reference."""
+    if kernels.COMPILED and gate_up.shape[1] == 2 * n_ff:
+        return kernels.silu_mul(np.ascontiguousarray(gate_up, dtype=np.float32))
+    return ops.silu(gate_up[:, :n_ff]) * gate_up[:, n_ff:]
 
 
 def embedding_rows(table: Matrix, token_ids: np.ndarray) -> np.ndarray:
@@ -485,5 +485,5 @@ class Model:
         h = ops.rms_norm(x, layer.ffn_norm, self.config.rms_norm_eps)    # (T, n_embd)
         gate_up = linear(h, layer.w_gate_up, layer.gate_up_act)          # (T, 2 * n_ff)
         n_ff = self.config.n_ff
-        act = _silu_mul(gate_up[:, :n_ff], gate_up[:, n_ff:])          # (T, n_ff)
+        act = _silu_mul(gate_up, n_ff)                                   # (T, n_ff)
         return linear(act, layer.w_down, layer.down_act)                 # (T, n_embd)
