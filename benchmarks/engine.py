@@ -317,23 +317,25 @@ def run_rounds(variants: dict[str, Daemon], rounds: int, measure, describe) -> d
 
 def bench_scaling(shape: str, args) -> None:
     """--scaling-only: the engine's tok/s at c=1 and c=8 and c=8 / c=1 (issue 14's target) for each
-    daemon variant, A B A B: every round runs each variant's c=1 then its c=8 (no llama-server)."""
+    daemon variant, A B A B: every round runs each variant's c=1 then its c=8 (no llama-server),
+    then reads the daemon's RSS (its model loaded)."""
     print(f"\n== {shape}: engine c=1 and c=8, {args.rounds} rounds, threads {args.threads}", flush=True)
 
-    def measure(daemon: Daemon) -> tuple[float, float]:
-        return tuple(uvloop.run(decode_batch(HTTPClient(daemon.url), "tiny", c, args.max_tokens))["tok_s"]
-                     for c in (1, 8))
+    def measure(daemon: Daemon) -> tuple[float, float, float]:
+        c1, c8 = (uvloop.run(decode_batch(HTTPClient(daemon.url), "tiny", c, args.max_tokens))["tok_s"]
+                  for c in (1, 8))
+        return c1, c8, rss_mb(daemon.proc.pid)
 
-    def describe(run: tuple[float, float]) -> str:
-        c1, c8 = run
-        return (f"c=1 {c1:.1f} tok/s, c=8 {c8:.1f} tok/s, c=8 / c=1 {c8 / c1:.2f} "
+    def describe(run: tuple[float, float, float]) -> str:
+        c1, c8, rss = run
+        return (f"c=1 {c1:.1f} tok/s, c=8 {c8:.1f} tok/s, c=8 / c=1 {c8 / c1:.2f}, RSS {rss:.0f} MiB "
                 f"(load average {os.getloadavg()[0]:.1f})")
     runs = run_rounds(daemon_variants(shape, args), args.rounds, measure, describe)
-    print(f"\n| {shape} | c=1 tok/s | c=8 tok/s | c=8 / c=1 |")
-    print("|---|---|---|---|")
+    print(f"\n| {shape} | c=1 tok/s | c=8 tok/s | c=8 / c=1 | RSS MiB |")
+    print("|---|---|---|---|---|")
     for name, rs in runs.items():
-        print(f"| {name} | {fmt_range([c1 for c1, _ in rs], 1)} | {fmt_range([c8 for _, c8 in rs], 1)} "
-              f"| **{fmt_range([c8 / c1 for c1, c8 in rs], 2)}** |")
+        print(f"| {name} | {fmt_range([c1 for c1, _, _ in rs], 1)} | {fmt_range([c8 for _, c8, _ in rs], 1)} "
+              f"| **{fmt_range([c8 / c1 for c1, c8, _ in rs], 2)}** | {fmt_range([r for _, _, r in rs], 0)} |")
 
 
 # ---- KV waste, in-process ----

@@ -1,8 +1,9 @@
 """What the activation rounding (velollmd/engine/vecdot.py) costs the engine, in one process.
 
 The same loaded model runs each pass three ways, A B C A B C ...: as loader.load makes it
-("rounded": Q8_0 and Q4_K matrices kept quantised and multiplied with integer dot products,
-q8weight.py, q4kweight.py; the other types' activations rounded as their ActBands say),
+("rounded": matrices of model.KEPT_WEIGHTS' types kept quantised and multiplied with integer dot
+products, q8weight.py, q4kweight.py, q5kweight.py, q6kweight.py, legacyweight.py; the other types'
+activations rounded as their ActBands say),
 "dequantised" (every kept-quantised weight replaced by its float32 values, activations still rounded: the
 engine before Q8Weight / Q4KWeight) and
 "float32" (dequantised, no rounding at all: every ActBands emptied): a decode step at B = 1, 8, 16 (context 128) and a prefill of --prefill tokens. Also

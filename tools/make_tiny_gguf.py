@@ -29,13 +29,14 @@ Variants (defaults give the same bytes as before these options existed):
   are random, so no Q/K permutation is involved; only llama.cpp's choice of RoPE differs.
 - shape tiny (n_embd 128, 2 layers, ~1 MB) or small (n_embd 1024, 8 layers, 16/4 heads, n_ff
   2816: ~92M parameters, ~185 MB in F16: loads in llama-server, too big for `make test`).
-- dtype f32, f16, q8_0, q4_0, q4_k, q6_k: 1-D tensors (norms, biases) stay F32 as ggml
+- dtype f32, f16, q8_0, q4_0, q5_0, q4_1, q5_1, q4_k, q5_k, q6_k: 1-D tensors (norms, biases) stay F32 as ggml
   requires. For quantised dtypes, token_embd and output stay Q8_0: they carry the logit-bias
   tricks (exact zeros, and -1000 or 5000 next to 2.0 in one block), which 4-bit blocks cannot
   hold. A matrix whose rows are not whole blocks of the dtype falls back as llama.cpp's
-  quantizer does (Q4_K -> Q5_0, Q6_K -> Q8_0): in the tiny shape only ffn_down (rows of 256)
-  is Q4_K/Q6_K; in the small shape every inner matrix is. gguf-py cannot quantise K-quants,
-  so quantize_q4_k / quantize_q6_k below do it (simple min/max scales, not llama.cpp's search).
+  quantizer does (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0): in the tiny shape only ffn_down
+  (rows of 256) is a K-quant; in the small shape every inner matrix is. gguf-py cannot quantise
+  K-quants, so quantize_q4_k / quantize_q5_k / quantize_q6_k below do it (simple min/max
+  scales, not llama.cpp's search).
 
 Usable as a script or imported (tests load it by path): build_tiny_gguf(), tiny_vocab().
 """
@@ -83,7 +84,11 @@ DTYPES = {   # dtype -> (ggml type of inner matrices, file type, fallback when r
     "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16, Q.F16),
     "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0, Q.F16),
     "q4_0": (Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0, Q.F16),
+    "q5_0": (Q.Q5_0, gguf.LlamaFileType.MOSTLY_Q5_0, Q.F16),
+    "q4_1": (Q.Q4_1, gguf.LlamaFileType.MOSTLY_Q4_1, Q.F16),
+    "q5_1": (Q.Q5_1, gguf.LlamaFileType.MOSTLY_Q5_1, Q.F16),
     "q4_k": (Q.Q4_K, gguf.LlamaFileType.MOSTLY_Q4_K_S, Q.Q5_0),
+    "q5_k": (Q.Q5_K, gguf.LlamaFileType.MOSTLY_Q5_K_S, Q.Q5_1),
     "q6_k": (Q.Q6_K, gguf.LlamaFileType.MOSTLY_Q6_K, Q.Q8_0),
 }
 TRICK_TENSORS = ("token_embd.weight", "output.weight")   # Q8_0 in every quantised dtype
@@ -452,6 +457,8 @@ def encode_tensor(array: np.ndarray, qtype: Q) -> np.ndarray:
         return array.astype(np.float16)
     if qtype == Q.Q4_K:
         return quantize_q4_k(array)
+    if qtype == Q.Q5_K:
+        return quantize_q5_k(array)
     if qtype == Q.Q6_K:
         return quantize_q6_k(array)
     return gguf.quants.quantize(array, qtype)
@@ -473,22 +480,42 @@ def quantize_q4_k(array: np.ndarray) -> np.ndarray:
     Per 32-value sub-block x ~ d*sc*q - dmin*m with 6-bit sc, m and 4-bit q; an all-zero
     sub-block stays exactly zero.
     """
-    rows = array.shape[0]
+    head, q = _scale_min_blocks(array, 15)                                 # (blocks, 16), (blocks, 8, 32)
+    blocks = np.concatenate([head, _nibble_bytes(q)], axis=-1)             # (blocks, 144)
+    return blocks.reshape(array.shape[0], -1)
+
+
+def quantize_q5_k(array: np.ndarray) -> np.ndarray:
+    """(rows, cols) float32, cols % 256 == 0 -> (rows, cols / 256 * 176) Q5_K bytes: as Q4_K
+    with 5-bit q, the 5th bits in 32 bytes (bit s of byte i: value i of sub-block s)."""
+    head, q = _scale_min_blocks(array, 31)                                 # (blocks, 16), (blocks, 8, 32)
+    bits = np.arange(8, dtype=np.uint8)[None, :, None]                     # (1, 8, 1)
+    qh = np.bitwise_or.reduce((q >> 4) << bits, axis=1).astype(np.uint8)   # (blocks, 32)
+    blocks = np.concatenate([head, qh, _nibble_bytes(q & 0x0F)], axis=-1)  # (blocks, 176)
+    return blocks.reshape(array.shape[0], -1)
+
+
+def _scale_min_blocks(array: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K: (rows, cols) float32 -> per 256 values the 16 bytes d, dmin, packed scales and
+    mins (blocks, 16) uint8, and q (blocks, 8, 32) uint8 in 0..levels."""
     x = array.reshape(-1, 8, 32).astype(np.float32)                        # (blocks, 8, 32)
     low = np.minimum(x.min(axis=-1), 0.0)                                  # (blocks, 8)
-    scale = (x.max(axis=-1) - low) / 15.0                                  # (blocks, 8)
+    scale = (x.max(axis=-1) - low) / float(levels)                         # (blocks, 8)
     d = (scale.max(axis=-1) / 63.0).astype(np.float16).astype(np.float32)  # (blocks,)
     dmin = ((-low).max(axis=-1) / 63.0).astype(np.float16).astype(np.float32)  # (blocks,)
     sc = np.clip(np.round(_safe_div(scale, d[:, None])), 0, 63).astype(np.uint8)   # (blocks, 8)
     m = np.clip(np.round(_safe_div(-low, dmin[:, None])), 0, 63).astype(np.uint8)  # (blocks, 8)
     step = (d[:, None] * sc)[..., None]                                    # (blocks, 8, 1)
     offset = (dmin[:, None] * m)[..., None]                                # (blocks, 8, 1)
-    q = np.clip(np.round(_safe_div(x + offset, np.broadcast_to(step, x.shape))), 0, 15).astype(np.uint8)
+    q = np.clip(np.round(_safe_div(x + offset, np.broadcast_to(step, x.shape))), 0, levels).astype(np.uint8)
     packed_scales = np.concatenate([sc[:, :4] | ((sc[:, 4:] >> 4) << 6), m[:, :4] | ((m[:, 4:] >> 4) << 6),
                                     (sc[:, 4:] & 0x0F) | ((m[:, 4:] & 0x0F) << 4)], axis=-1)  # (blocks, 12)
-    qs = (q[:, 0::2, :] | (q[:, 1::2, :] << 4)).reshape(-1, 128)           # (blocks, 128)
-    blocks = np.concatenate([_f16_bytes(d), _f16_bytes(dmin), packed_scales, qs], axis=-1)  # (blocks, 144)
-    return blocks.reshape(rows, -1)
+    return np.concatenate([_f16_bytes(d), _f16_bytes(dmin), packed_scales], axis=-1), q
+
+
+def _nibble_bytes(q: np.ndarray) -> np.ndarray:
+    """(blocks, 8, 32) values 0..15 -> (blocks, 128) bytes: sub-block 2j low, 2j + 1 high."""
+    return (q[:, 0::2, :] | (q[:, 1::2, :] << 4)).reshape(-1, 128)
 
 
 def quantize_q6_k(array: np.ndarray) -> np.ndarray:
@@ -590,17 +617,23 @@ def build_tiny_gguf(out_path: str | os.PathLike, seed: int = 0, dtype: str = "f1
     try:
         add_metadata(writer, seed, int(DTYPES[dtype][1]), SHAPES[shape], arch)
         add_tokenizer(writer, vocab)
-        for name, array in tensors.items():
-            qtype = tensor_type(name, array, dtype)
-            encoded = encode_tensor(array, qtype)
-            writer.add_tensor(name, encoded, raw_dtype=qtype if encoded.dtype == np.uint8 else None)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        write_tensors(writer, tensors, dtype)
     finally:
         writer.close()
     os.replace(tmp_path, out_path)
     return out_path
+
+
+def write_tensors(writer: gguf.GGUFWriter, tensors: dict[str, np.ndarray], dtype: str) -> None:
+    """The tensors stored as a `dtype` file stores them (tensor_type's rules), then the whole file
+    written: header, metadata (already added) and tensors."""
+    for name, array in tensors.items():
+        qtype = tensor_type(name, array, dtype)
+        encoded = encode_tensor(array, qtype)
+        writer.add_tensor(name, encoded, raw_dtype=qtype if encoded.dtype == np.uint8 else None)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
 
 
 def check_choice(what: str, value: str, choices) -> None:

@@ -2,8 +2,8 @@
 
 Files: random weights with sharp attention (tests/engine/weights.py), so that a wrong RoPE
 pairing, a missing bias or a broken mask changes the text; llama with the SentencePiece vocab
-and qwen2 with the byte-level BPE vocab of tools/make_tiny_gguf.py; F32, F16, Q8_0 and Q4_K
-(n_embd 256, n_ff 512: every inner matrix is whole Q4_K blocks). One llama-server per file
+and qwen2 with the byte-level BPE vocab of tools/make_tiny_gguf.py; F32, F16, Q8_0, Q4_K and
+Q5_K (n_embd 256, n_ff 512: every inner matrix is whole K-quant blocks). One llama-server per file
 (one slot, -c 512, F32 KV cache) for the whole module, one daemon serving all files with the
 engine, driven by the official openai client.
 
@@ -55,9 +55,9 @@ from velollmd.engine.tokenizer import Tokenizer
 VOCAB_OF_ARCH = {"llama": "spm", "qwen2": "bpe"}
 SEED_OF_ARCH = {"llama": 11, "qwen2": 12}
 SHAPE = {"n_embd": 256, "n_ff": 512}
-LOGIT_DTYPES = ("f32", "f16", "q8_0", "q4_k")
+LOGIT_DTYPES = ("f32", "f16", "q8_0", "q4_k", "q5_k")
 GREEDY_DTYPES = ("f32", "f16", "q8_0")
-QUANTISED = ("q8_0", "q4_k")
+QUANTISED = ("q8_0", "q4_k", "q5_k")
 FILES = [f"{arch}-{dtype}" for arch in VOCAB_OF_ARCH for dtype in LOGIT_DTYPES]
 # the same weights as a quantised file, dequantised and written as F32 (see the logits section)
 F32_COPIES = [f"{arch}-{dtype}-as-f32" for arch in VOCAB_OF_ARCH for dtype in QUANTISED]
@@ -74,7 +74,7 @@ TIE_NATS = {"f32": 0.01, "f16": 0.05, "q8_0": 0.1}
 MIN_CHECKED_FRACTION = {"f32": 0.75, "f16": 0.9, "q8_0": 0.15}
 NMSE_LIMIT = 1e-3
 # the sharp quantised files: rounding boundaries crossed by float32 differences (see logits)
-SHARP_NMSE_LIMIT = {"q8_0": 1e-2, "q4_k": 1e-2}
+SHARP_NMSE_LIMIT = {"q8_0": 1e-2, "q4_k": 1e-2, "q5_k": 1e-2}
 BLOCK_SIZE = 16
 # F32 KV cache (flash attention stays auto: on, and F32 too with F32 K/V); no repacking: the
 # repacked/AMX kernels quantise activations the same way but are host-dependent, and AMX tile

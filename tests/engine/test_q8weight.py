@@ -1,6 +1,7 @@
 """Q8_0 weights kept quantised and packed (engine/q8weight.py) and their integer kernel
 (matmul_q8.c): bit for bit the numpy reference (tests/engine/q8_reference.py) on every path this
-CPU has, whatever the batch size and thread count; within float32 ulps of ggml's own mul_mat."""
+CPU has, each on its own byte format (signed or w + 128), whatever the batch size and thread
+count; within float32 ulps of ggml's own mul_mat."""
 from __future__ import annotations
 
 import gguf
@@ -16,7 +17,7 @@ from velollmd.engine import kernels, q8weight, vecdot
 from velollmd.engine.gguf import read_gguf
 from velollmd.engine.loader import read_model
 from velollmd.engine.model import ModelConfig, embedding_rows, linear
-from velollmd.engine.q8weight import Q8Weight, pack_rows, quantize_rows
+from velollmd.engine.q8weight import Q8Weight, pack_rows, packs_unsigned, quantize_rows
 from velollmd.engine.quants import QuantError, dequantize
 
 Q8_0 = int(gguf.GGMLQuantizationType.Q8_0)
@@ -38,8 +39,11 @@ def exact_q8(rng: np.random.Generator, rows: int, k: int) -> tuple[np.ndarray, n
 
 
 def packed_product(xq, xd, wq, wd, path="best"):
-    """The kernel's x @ w^T for w given by rows (q, d), packed first."""
-    return Q8Weight.from_rows(wq, wd).matmul_quantised((xq, xd), path)
+    """The kernel's x @ w^T for w given by rows (q, d), packed first for that path."""
+    return Q8Weight.from_rows(wq, wd, path).matmul_quantised((xq, xd), path)
+
+
+VNNI_PATHS = ("vnni", "avxvnni")        # the paths that read unsigned bytes w + 128
 
 
 @pytest.mark.parametrize("path", kernels.q8_0_paths() if kernels.COMPILED else [])
@@ -54,6 +58,46 @@ def test_each_path_equals_the_reference(path, batch, k, n):
     y = packed_product(xq, xd, wq, wd, path)
     assert np.array_equal(y, reference_matmul_q8_0(xq, xd, wq, wd))
     assert np.array_equal(y, packed_product(xq, xd, wq, wd, "best"))
+    for other in kernels.q8_0_paths():          # the weight in the other format: the same bits
+        converted = Q8Weight.from_rows(wq, wd, path).for_path(other)
+        assert np.array_equal(converted.matmul_quantised((xq, xd), other), y), other
+
+
+def test_each_path_reads_its_own_byte_format():
+    q, d = exact_q8(np.random.default_rng(0), 3, 32)
+    for path in kernels.q8_0_paths():
+        assert kernels.q8_0_reads_unsigned(path) == (path in VNNI_PATHS), path
+        assert Q8Weight.from_rows(q, d, path).unsigned == (path in VNNI_PATHS)
+    fastest = kernels.q8_0_paths()[-1]
+    assert packs_unsigned("best") == (fastest in VNNI_PATHS) == Q8Weight.from_rows(q, d).unsigned
+
+
+def test_a_weight_packed_for_the_other_format_is_refused_and_converted():
+    """A path given the other format's bytes refuses them (nothing would be right); for_path
+    converts; "best" runs the fastest path of the weight's format (signed: AVX2 even on a VNNI CPU)."""
+    rng = np.random.default_rng(4)
+    (xq, xd), (wq, wd) = random_q8(rng, 3, 64), random_q8(rng, 21, 64)
+    expected = reference_matmul_q8_0(xq, xd, wq, wd)
+    for path in kernels.q8_0_paths():
+        for other in kernels.q8_0_paths():
+            w = Q8Weight.from_rows(wq, wd, other)
+            if (path in VNNI_PATHS) != (other in VNNI_PATHS):
+                with pytest.raises(ValueError, match="for (u?int8) weights"):
+                    w.matmul_quantised((xq, xd), path)
+                assert w.for_path(path).unsigned != w.unsigned
+            assert np.array_equal(w.for_path(path).matmul_quantised((xq, xd), path), expected), (path, other)
+            assert np.array_equal(w.matmul_quantised((xq, xd), "best"), expected), (path, other)
+            assert w.for_path(other) is w
+
+
+def test_the_benchmarks_path_override_packs_and_multiplies_for_that_path(monkeypatch):
+    rng = np.random.default_rng(10)
+    (xq, xd), (wq, wd) = random_q8(rng, 2, 96), random_q8(rng, 33, 96)
+    for path in kernels.q8_0_paths():
+        monkeypatch.setattr(q8weight, "PATH", path)
+        w = Q8Weight.from_rows(wq, wd)
+        assert w.unsigned == (path in VNNI_PATHS)
+        assert np.array_equal(w.matmul_quantised((xq, xd)), reference_matmul_q8_0(xq, xd, wq, wd))
 
 
 def test_the_reference_block_sums_are_exact_int_dot_products():
@@ -81,13 +125,14 @@ def test_extreme_values_sum_exactly():
 def test_a_row_does_not_depend_on_its_batch_or_the_thread_count(k):
     rng = np.random.default_rng(k)
     (xq, xd), (wq, wd) = random_q8(rng, 21, k), random_q8(rng, 200, k)
-    w = Q8Weight.from_rows(wq, wd)
-    alone = np.concatenate([w.matmul_quantised((xq[i:i + 1], xd[i:i + 1])) for i in range(21)])
+    alone = np.concatenate([packed_product(xq[i:i + 1], xd[i:i + 1], wq, wd) for i in range(21)])
     try:
-        for threads in (1, 2, 3):
-            kernels.set_num_threads(threads)
-            for batch in range(1, 22):
-                assert np.array_equal(w.matmul_quantised((xq[:batch], xd[:batch])), alone[:batch])
+        for path in kernels.q8_0_paths()[1:]:       # the SIMD paths (portable: the test above)
+            w = Q8Weight.from_rows(wq, wd, path)
+            for threads in (1, 2, 3):
+                kernels.set_num_threads(threads)
+                for batch in range(1, 22):
+                    assert np.array_equal(w.matmul_quantised((xq[:batch], xd[:batch]), path), alone[:batch])
     finally:
         kernels.set_num_threads(1)
 
@@ -113,27 +158,54 @@ def test_an_unknown_path_is_refused():
         packed_product(xq, xd, wq, wd, "sse9")
 
 
-def test_packing_interleaves_16_rows_by_4_bytes_as_unsigned_bytes():
+def test_a_path_this_cpu_lacks_is_refused():
+    """E.g. AVX-VNNI (ymm vpdpbusd) on a CPU with only AVX-512 VNNI: named, never run here."""
+    rng = np.random.default_rng(0)
+    (xq, xd), (wq, wd) = random_q8(rng, 1, 32), random_q8(rng, 17, 32)
+    w = Q8Weight.from_rows(wq, wd)
+    for path in set(kernels.Q8_PATHS) - set(kernels.q8_0_paths()) - {"best"}:
+        with pytest.raises(ValueError, match="not available"):
+            kernels.q8_0_reads_unsigned(path)
+        for weight in (w, w.with_format(not w.unsigned)):
+            with pytest.raises(ValueError, match="not available"):
+                weight.matmul_quantised((xq, xd), path)
+
+
+@pytest.mark.parametrize("unsigned", [False, True])
+def test_packing_interleaves_16_rows_by_4_bytes_in_either_format(unsigned):
     rng = np.random.default_rng(8)
     q, d = exact_q8(rng, 21, 64)
-    packed, scales = pack_rows(q, d)
+    packed, scales = pack_rows(q, d, unsigned)
+    offset = 128 if unsigned else 0
+    assert packed.dtype == (np.uint8 if unsigned else np.int8)
     assert packed.shape == (2, 2, 8, 16, 4) and scales.shape == (2, 2, 16)
-    assert packed[1, 1, 3, 4, 2] == (int(q[20, 32 + 14]) + 128) and scales[1, 1, 4] == d[20, 1]
-    assert np.all(packed[1, :, :, 5:] == 128) and np.all(scales[1, :, 5:] == 0)   # zero padding rows
-    w = Q8Weight.from_rows(q, d)
-    for index in (slice(None), np.array([20, 0, 17, 16, 15, 20]), slice(3, 19, 2)):
-        got_q, got_d = w.unpacked(index)
-        assert np.array_equal(got_q, q[index]) and np.array_equal(got_d, d[index])
+    assert packed[1, 1, 3, 4, 2] == int(q[20, 32 + 14]) + offset and scales[1, 1, 4] == d[20, 1]
+    assert np.all(packed[1, :, :, 5:] == offset) and np.all(scales[1, :, 5:] == 0)   # zero padding rows
+    w = Q8Weight(packed, scales, 21)
+    other = w.with_format(not unsigned)
+    assert other.unsigned != unsigned
+    assert np.array_equal(other.packed.view(np.uint8), packed.view(np.uint8) ^ 0x80)
+    for weight in (w, other):
+        for index in (slice(None), np.array([20, 0, 17, 16, 15, 20]), slice(3, 19, 2)):
+            got_q, got_d = weight.unpacked(index)
+            assert got_q.dtype == np.int8
+            assert np.array_equal(got_q, q[index]) and np.array_equal(got_d, d[index])
 
 
 @pytest.mark.parametrize("part_rows", [(16, 32, 7), (16, 7, 32), (21, 21)])
-def test_concat_equals_packing_the_stacked_rows(part_rows):
-    """Whole groups stacked as they are, or (a part ending mid-group) repacked: the same arrays."""
+@pytest.mark.parametrize("formats", [(False, False, False), (True, True, True), (True, False, True),
+                                     (False, True, False)])
+def test_concat_equals_packing_the_stacked_rows(part_rows, formats):
+    """Whole groups stacked as they are, or (a part ending mid-group) repacked: the same arrays,
+    in the first part's format."""
     rng = np.random.default_rng(9)
     rows = [exact_q8(rng, n, 64) for n in part_rows]
-    both = Q8Weight.concat([Q8Weight.from_rows(q, d) for q, d in rows])
-    expected = Q8Weight.from_rows(np.concatenate([q for q, _ in rows]), np.concatenate([d for _, d in rows]))
+    both = Q8Weight.concat([Q8Weight(*pack_rows(q, d, unsigned), len(q))
+                            for (q, d), unsigned in zip(rows, formats)])
+    q, d = np.concatenate([q for q, _ in rows]), np.concatenate([d for _, d in rows])
+    expected = Q8Weight(*pack_rows(q, d, formats[0]), len(q))
     assert both.shape == expected.shape == (sum(part_rows), 64)
+    assert both.packed.dtype == expected.packed.dtype
     assert np.array_equal(both.packed, expected.packed) and np.array_equal(both.scales, expected.scales)
 
 
@@ -148,7 +220,7 @@ def test_a_weight_keeps_the_files_values():
     raw = q8_tensor(rng, 40, 96)
     w = Q8Weight.from_raw(raw, (40, 96))
     expected = dequantize(raw, Q8_0, (40, 96))                                    # (40, 96) float32
-    assert w.shape == (40, 96) and w.packed.dtype == np.uint8 and w.scales.shape == (3, 3, 16)
+    assert w.shape == (40, 96) and w.unsigned == packs_unsigned("best") and w.scales.shape == (3, 3, 16)
     assert w.nbytes == 48 * 96 + 48 * 3 * 4                                        # 40 rows padded to 48
     assert np.array_equal(w.rows(slice(None)), expected)
     ids = np.array([3, 0, 39, 3])

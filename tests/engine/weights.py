@@ -136,15 +136,9 @@ def write_random_gguf(path: str | os.PathLike, arch: str = "qwen2", seed: int = 
                 _add_value(writer, key, value)
         writer.add_file_type(int(tool.DTYPES[dtype][1]))
         tool.add_tokenizer(writer, vocab, chat_template=chat_template or tool.CHAT_TEMPLATE, add_bos=add_bos)
-        for name, array in tensors.items():
-            if rounded_as:
-                array = _rounded(tool, name, array, rounded_as)
-            qtype = tool.tensor_type(name, array, dtype)
-            encoded = tool.encode_tensor(array, qtype)
-            writer.add_tensor(name, encoded, raw_dtype=qtype if encoded.dtype == np.uint8 else None)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        if rounded_as:
+            tensors = {name: _rounded(tool, name, array, rounded_as) for name, array in tensors.items()}
+        tool.write_tensors(writer, tensors, dtype)
     finally:
         writer.close()
     return Path(path)

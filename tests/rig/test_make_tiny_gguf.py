@@ -100,7 +100,8 @@ def test_qwen2_has_qkv_biases_and_qwen3_qk_norms(tmp_path):
 
 
 @pytest.mark.parametrize("dtype, inner, ffn_down", [
-    ("q8_0", "Q8_0", "Q8_0"), ("q4_0", "Q4_0", "Q4_0"), ("q4_k", "Q5_0", "Q4_K"), ("q6_k", "Q8_0", "Q6_K")])
+    ("q8_0", "Q8_0", "Q8_0"), ("q4_0", "Q4_0", "Q4_0"), ("q4_k", "Q5_0", "Q4_K"), ("q5_k", "Q5_1", "Q5_K"),
+    ("q6_k", "Q8_0", "Q6_K")])
 def test_quantised_types_per_tensor(tmp_path, dtype, inner, ffn_down):
     types = tensor_types(build_variant(tmp_path, dtype=dtype))
     assert types["token_embd.weight"] == types["output.weight"] == "Q8_0"    # the logit-bias tricks
@@ -109,16 +110,16 @@ def test_quantised_types_per_tensor(tmp_path, dtype, inner, ffn_down):
     assert types["blk.1.ffn_down.weight"] == ffn_down                         # rows of 256
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q5_K", "Q6_K"])
 def test_k_quantisers_round_trip_through_gguf_py(qtype):
     tool = tiny_gguf_tool()
     rng = np.random.default_rng(0)
     values = rng.normal(size=(3, 512)).astype(np.float32)   # (rows, cols)
     values[1] = 0.0
     values[2, :64] = 0.0
-    quantise = tool.quantize_q4_k if qtype == "Q4_K" else tool.quantize_q6_k
+    quantise = {"Q4_K": tool.quantize_q4_k, "Q5_K": tool.quantize_q5_k, "Q6_K": tool.quantize_q6_k}[qtype]
     decoded = gguf.quants.dequantize(quantise(values), gguf.GGMLQuantizationType[qtype])
-    step = 0.42 if qtype == "Q4_K" else 0.13                # a 4-bit / 6-bit step on N(0, 1)
+    step = {"Q4_K": 0.42, "Q5_K": 0.21, "Q6_K": 0.13}[qtype]   # a 4-, 5- or 6-bit step on N(0, 1)
     assert np.abs(decoded - values).max() < step / 2 + 1e-3
     assert not decoded[1].any()                              # zero rows stay exactly zero
     assert qtype == "Q4_K" or not decoded[2, :64].any()      # Q6_K is symmetric: zeros exact
@@ -132,7 +133,7 @@ def chat(url: str, body: dict) -> dict:
 
 
 @pytest.mark.parametrize("arch, dtype", [("qwen2", "f16"), ("qwen3", "f16"), ("llama", "q8_0"),
-                                         ("llama", "q4_k"), ("qwen3", "q4_k")])
+                                         ("llama", "q4_k"), ("qwen3", "q4_k"), ("llama", "q5_k")])
 def test_variant_answers_in_real_llama_server(tmp_path, llama_server_factory, arch, dtype):
     server = llama_server_factory(build_variant(tmp_path, arch, dtype), parallel=1)
     reply = chat(server.url, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6})

@@ -3,10 +3,11 @@
 `probe(path)` reads only the header (metadata and tensor table, mmapped) and says why a file
 cannot be served, or None: not a GGUF, truncated, an architecture or tensor type the engine
 does not run, a tokenizer or chat template it does not know. `load(path, options)` does the
-work: Q8_0 and Q4_K matrices kept quantised (q8weight.py, q4kweight.py), the other weights dequantised to float32
-(with each one's ggml type, so that the model rounds activations as llama.cpp does: model.py,
-vecdot.py), the tokenizer, the template, a paged KV
-cache on the CFFI block allocator, the scheduler and the runner (not started).
+work: matrices of model.KEPT_WEIGHTS' types (Q8_0, Q4_K, Q5_K, Q6_K, Q4_0, Q5_0, Q4_1, Q5_1) kept
+quantised (q8weight.py, q4kweight.py, q5kweight.py, q6kweight.py, legacyweight.py), the other
+weights dequantised to float32 (with each one's ggml type, so that the model rounds activations as
+llama.cpp does: model.py, vecdot.py), the tokenizer, the template, a paged KV cache on the CFFI
+block allocator, the scheduler and the runner (not started).
 """
 from __future__ import annotations
 
@@ -100,8 +101,8 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
 
 
 def read_model(gguf: GGUFFile, config: ModelConfig) -> Model:
-    """The file's weights (Q8_0, Q4_K and Q6_K matrices kept quantised where the integer kernels pay,
-    the rest dequantised to float32), and their types for the activation rounding."""
+    """The file's weights (Q8_0, Q4_K, Q5_K, Q6_K and the legacy 4/5-bit matrices kept quantised where the integer
+    kernels pay, the rest dequantised to float32), and their types for the activation rounding."""
     types = {name: info.ggml_type for name, info in gguf.tensors.items()}
     kept = (lambda tensor: _kept(gguf, tensor)) if kernels.integer_kernels_pay() else None
     return Model(config, lambda tensor: _tensor(gguf, tensor), types, kept)

@@ -6,10 +6,6 @@
 #include "qdot.h"
 #include "tasks.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #define QK_K 256
 #define CHUNK 32            /* values per maddubs register: two scales of 16 */
 #define MAX_ROWS 2
@@ -141,22 +137,36 @@ static void rows_avx2(const int8_t *xq, const float *xd, const int16_t *xbs, con
 }
 #endif
 
+/* One call's operands (matmul_q6k.h) and its resolved path. */
+typedef struct {
+    const int8_t *xq;
+    const float *xd;
+    const int16_t *xbs;
+    const uint8_t *wq;
+    const int8_t *sc;
+    const float *wd;
+    float *y;
+    int64_t B, K, N;
+    int path;
+} q6k_call;
+
+/* Rows [n0, n1) of the call (a run_row_tasks task) on its path. */
+static void q6k_rows(const void *args, int64_t n0, int64_t n1) {
+    const q6k_call *c = args;
+#ifdef VL_Q6K_X86
+    if (c->path == VL_Q8_AVX2) {
+        rows_avx2(c->xq, c->xd, c->xbs, c->wq, c->sc, c->wd, c->y, c->B, c->K, c->N, n0, n1);
+        return;
+    }
+#endif
+    rows_portable(c->xq, c->xd, c->xbs, c->wq, c->sc, c->wd, c->y, c->B, c->K, c->N, n0, n1);
+}
+
 int vl_matmul_q6_k(const int8_t *xq, const float *xd, const int16_t *xbsums, const uint8_t *wq, const int8_t *sc,
                    const float *wd, float *y, int64_t B, int64_t K, int64_t N, int num_threads, int path) {
-    path = k_quant_path(path);
-    if (path < 0)
+    q6k_call call = {xq, xd, xbsums, wq, sc, wd, y, B, K, N, k_quant_path(path)};
+    if (call.path < 0)
         return -1;
-    int64_t num_tasks = row_tasks(N, ROWS_PER_TASK, &num_threads);
-#pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
-    for (int64_t task = 0; task < num_tasks; task++) {
-        int64_t n0 = task * ROWS_PER_TASK, n1 = task_end(n0, ROWS_PER_TASK, N);
-#ifdef VL_Q6K_X86
-        if (path == VL_Q8_AVX2) {
-            rows_avx2(xq, xd, xbsums, wq, sc, wd, y, B, K, N, n0, n1);
-            continue;
-        }
-#endif
-        rows_portable(xq, xd, xbsums, wq, sc, wd, y, B, K, N, n0, n1);
-    }
-    return path;
+    run_row_tasks(q6k_rows, &call, N, ROWS_PER_TASK, num_threads);
+    return call.path;
 }

@@ -1,6 +1,7 @@
-/* See matmul_q8.h. Three paths with one arithmetic on the packed layout: portable C (plain loops,
- * built twice by target_clones like matmul.c), AVX2 (maddubs/madd on sign-adjusted bytes, 8 rows
- * a vector) and AVX-512 VNNI (vpdpbusd on 512-bit vectors, 16 rows a vector). */
+/* See matmul_q8.h. Four paths with one arithmetic on the packed layout: portable C (plain loops,
+ * built twice by target_clones like matmul.c) and AVX2 (ggml's maddubs/madd sign trick, 8 rows a
+ * vector) on signed bytes; AVX-512 VNNI (vpdpbusd on zmm, 16 rows a vector) and AVX-VNNI (the same
+ * on ymm, 8 rows) on unsigned bytes w + 128, the operand vpdpbusd takes unsigned. */
 #include "matmul_q8.h"
 
 #include <stdlib.h>
@@ -32,21 +33,21 @@ static inline __attribute__((always_inline)) int32_t x_word(const int8_t *x, int
 }
 
 /* One group's `cols` inputs (constants at each call site): y[c * N + r] for r < rows (<= 16),
- * x, xd, y: the first input's. wp, wd: the group's (K / 32, 512) bytes and (K / 32, 16) scales. */
+ * x, xd, y: the first input's. wp, wd: the group's (K / 32, 512) signed bytes and (K / 32, 16) scales. */
 static inline __attribute__((always_inline)) void tile_portable(const int8_t *x, const float *xd,
                                                                const uint8_t *wp, const float *wd, float *y,
                                                                int64_t K, int64_t N, int rows, int cols) {
     int64_t nb = K / QK;
     float acc[MAX_COLS][GROUP] = {{0}};
     for (int64_t j = 0; j < nb; j++) {
-        const uint8_t *wb = wp + j * GROUP_BLOCK;
+        const int8_t *wb = (const int8_t *)wp + j * GROUP_BLOCK;
         for (int c = 0; c < cols; c++) {
             const int8_t *xb = x + c * K + j * QK;
             int32_t s[GROUP] = {0};
             for (int q = 0; q < 8; q++)
                 for (int r = 0; r < GROUP; r++)
                     for (int i = 0; i < 4; i++)
-                        s[r] += ((int32_t)wb[64 * q + 4 * r + i] - 128) * (int32_t)xb[4 * q + i];
+                        s[r] += (int32_t)wb[64 * q + 4 * r + i] * (int32_t)xb[4 * q + i];
             for (int r = 0; r < GROUP; r++)
                 acc[c][r] = __builtin_fmaf(wd[j * GROUP + r] * xd[c * nb + j], (float)s[r], acc[c][r]);
         }
@@ -72,7 +73,7 @@ static inline __attribute__((always_inline)) void tile_portable(const int8_t *x,
 /* The tasks' shared loop: inputs in chunks of up to C, each chunk against the task's groups
  * [g0, g1) in order, so that a chunk's inputs stay in L1 and the task's weights in L2. Every
  * (row, input) pair gets the same arithmetic whatever its chunk. The variable arguments: the
- * tile's extra ones before xd (the VNNI tile's bias, with a trailing comma). */
+ * tile's extra ones before xd (the VNNI tiles' bias, with a trailing comma). */
 #define GROUPS_BODY(TILE, C, ...)                                                                   \
     int64_t nb = K / QK;                                                                            \
     for (int64_t b = 0; b < B; b += (C)) {                                                          \
@@ -97,98 +98,112 @@ static void groups_portable(const int8_t *xq, const float *xd, const uint8_t *wp
 #define VL_Q8_X86 1
 #include <immintrin.h>
 
+/* AVX-VNNI (target "avxvnni", _mm256_dpbusd_avx_epi32) came with GCC 11: older ones build without it. */
+#if __GNUC__ >= 11
+#define VL_Q8_AVXVNNI_BUILT 1
+#endif
+
 #define T_AVX2 __attribute__((target("avx2,fma"), always_inline))
+#define T_AVXVNNI __attribute__((target("avx2,fma,avxvnni"), always_inline))
 #define T_VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni"), always_inline))
 
-/* Rows [8 h0, 8 (h0 + halves)) of a group (halves: 1 or 2), `cols` (<= 4) inputs: per 4-byte step
- * q, the signed weights (w_u ^ 0x80) and their magnitudes once, then per input ggml's sign trick:
- * maddubs(|w|, x with w's sign) to int16 pairs (at most 2 * 128 * 127: no saturation; x is never
- * -128), madd to the row's int32 lane. The block's exact int32 sums, then the float part as the
- * other paths. */
-static inline T_AVX2 void halves_avx2(const int8_t *x, const float *xd, const uint8_t *wp, const float *wd,
-                                      float *y, int64_t K, int64_t N, int h0, int halves, int rows, int cols) {
-    int64_t nb = K / QK;
-    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
-    __m256 acc[2][MAX_COLS];
-    for (int h = 0; h < halves; h++)
-        for (int c = 0; c < cols; c++)
-            acc[h][c] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < nb; j++) {
-        const uint8_t *wb = wp + j * GROUP_BLOCK;
-        for (int line = 0; h0 == 0 && line < GROUP_BLOCK; line += 64)
-            __builtin_prefetch(wb + (cols >= PF_FAR_COLS ? PF_FAR : PF_NEAR) + line, 0, 2);
-        for (int h = 0; h < halves; h++) {
-            __m256i s[MAX_COLS];
-            for (int c = 0; c < cols; c++)
-                s[c] = _mm256_setzero_si256();
-            for (int q = 0; q < 8; q++) {
-                __m256i w = _mm256_loadu_si256((const __m256i *)(wb + 64 * q + 32 * (h0 + h)));
-                w = _mm256_xor_si256(w, flip);
-                __m256i aw = _mm256_sign_epi8(w, w);
-                for (int c = 0; c < cols; c++) {
-                    __m256i xv = _mm256_set1_epi32(x_word(x + c * K + j * QK, q));
-                    __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, w));
-                    s[c] = _mm256_add_epi32(s[c], _mm256_madd_epi16(p, ones));
-                }
-            }
-            __m256 d = _mm256_loadu_ps(wd + j * GROUP + 8 * (h0 + h));
-            for (int c = 0; c < cols; c++)
-                acc[h][c] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(xd[c * nb + j])),
-                                            _mm256_cvtepi32_ps(s[c]), acc[h][c]);
-        }
-    }
-    for (int h = 0; h < halves; h++)
-        for (int c = 0; c < cols; c++) {
-            float out[8];
-            _mm256_storeu_ps(out, acc[h][c]);
-            for (int r = 8 * (h0 + h); r < rows && r < 8 * (h0 + h + 1); r++)
-                y[c * N + r] = out[r % 8];
-        }
+/* The x86 tiles, one macro for every vector width and dot product. NAME(..., p0, parts, rows,
+ * cols): rows [V p0, V (p0 + parts)) of a group, V = BITS / 32 rows a vector (a "part": 8 rows of
+ * a ymm, 16 of a zmm), `cols` inputs. Per block j and part: s = S0 (an expression of c and j),
+ * then per 4-byte step q the part's weight vector w once (PREP: what DOT needs of it) and per
+ * input s = DOT (of s[p][c], w and xv = x[4q..4q+3] broadcast): the rows' exact int32 block sums;
+ * then acc = fma(wd * xd, (float)s, acc). So every tile is the portable path's arithmetic. */
+#define PARTS_TILE(NAME, ATTR, BITS, S0, PREP, DOT)                                                  \
+static inline ATTR void NAME(const int8_t *x, const int32_t *bias, const float *xd, const uint8_t *wp, \
+                             const float *wd, float *y, int64_t K, int64_t N, int p0, int parts,     \
+                             int rows, int cols) {                                                   \
+    enum { V = (BITS) / 32 };                                                                        \
+    int64_t nb = K / QK;                                                                             \
+    __m##BITS acc[GROUP / V][MAX_COLS];                                                              \
+    for (int p = 0; p < parts; p++)                                                                  \
+        for (int c = 0; c < cols; c++)                                                               \
+            acc[p][c] = _mm##BITS##_setzero_ps();                                                    \
+    for (int64_t j = 0; j < nb; j++) {                                                               \
+        const uint8_t *wb = wp + j * GROUP_BLOCK;                                                    \
+        for (int line = 0; p0 == 0 && line < GROUP_BLOCK; line += 64)                                \
+            __builtin_prefetch(wb + (cols >= PF_FAR_COLS ? PF_FAR : PF_NEAR) + line, 0, 2);         \
+        __m##BITS##i s[GROUP / V][MAX_COLS];                                                         \
+        for (int p = 0; p < parts; p++)                                                              \
+            for (int c = 0; c < cols; c++)                                                           \
+                s[p][c] = S0;                                                                        \
+        for (int q = 0; q < 8; q++)     /* the parts inside: each x word used while in a register */ \
+            for (int p = 0; p < parts; p++) {                                                        \
+                __m##BITS##i w = _mm##BITS##_loadu_si##BITS((const void *)(wb + 64 * q + 4 * V * (p0 + p))); \
+                PREP;                                                                                \
+                for (int c = 0; c < cols; c++) {   /* the inputs' chains interleaved: DOT's latency */ \
+                    __m##BITS##i xv = _mm##BITS##_set1_epi32(x_word(x + c * K + j * QK, q));         \
+                    s[p][c] = DOT;                                                                   \
+                }                                                                                    \
+            }                                                                                        \
+        for (int p = 0; p < parts; p++) {                                                            \
+            __m##BITS d = _mm##BITS##_loadu_ps(wd + j * GROUP + V * (p0 + p));                       \
+            for (int c = 0; c < cols; c++)                                                           \
+                acc[p][c] = _mm##BITS##_fmadd_ps(_mm##BITS##_mul_ps(d, _mm##BITS##_set1_ps(xd[c * nb + j])), \
+                                                 _mm##BITS##_cvtepi32_ps(s[p][c]), acc[p][c]);       \
+        }                                                                                            \
+    }                                                                                                \
+    for (int p = 0; p < parts; p++)     /* the part's rows that exist: all but in the last group */ \
+        for (int c = 0; c < cols; c++) {                                                             \
+            int first = V * (p0 + p), valid = rows - first < V ? rows - first : V;                   \
+            float out[V];                                                                            \
+            _mm##BITS##_storeu_ps(valid == V ? y + c * N + first : out, acc[p][c]);                  \
+            if (valid < V)                                                                           \
+                memcpy(y + c * N + first, out, (size_t)valid * sizeof *out);                         \
+        }                                                                                            \
 }
 
-/* 1-2 inputs: both halves in one pass over the blocks (the weights stream from memory once, at
- * the rate of the work); more: a pass per half (16 accumulators would not fit 16 registers). */
+/* AVX2 on signed weights: ggml's sign trick, maddubs(|w|, x with w's sign) to int16 pairs (at
+ * most 2 * 128 * 127: no saturation; x is never -128), madd to the row's int32 lane. */
+PARTS_TILE(parts_avx2, T_AVX2, 256, _mm256_setzero_si256(),
+           const __m256i ones = _mm256_set1_epi16(1); const __m256i aw = _mm256_abs_epi8(w),
+           _mm256_add_epi32(s[p][c],
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, w)), ones)))
+
+/* VNNI on unsigned weights (w + 128): s starts at bias = -128 * sum(x's block), which undoes the
+ * offset, and vpdpbusd adds the 4 products of each row's lane. AVX-512 VNNI: a zmm, the whole group
+ * at once; AVX-VNNI (VEX, Alder Lake and later, Zen 5): a ymm, half a group. */
+PARTS_TILE(parts_vnni, T_VNNI, 512, _mm512_set1_epi32(bias[c * nb + j]), (void)0,
+           _mm512_dpbusd_epi32(s[p][c], w, xv))
+#ifdef VL_Q8_AVXVNNI_BUILT
+PARTS_TILE(parts_avxvnni, T_AVXVNNI, 256, _mm256_set1_epi32(bias[c * nb + j]), (void)0,
+           _mm256_dpbusd_avx_epi32(s[p][c], w, xv))
+#endif
+
+/* A ymm tile over a group's two halves: for 1-2 inputs both in one pass over the blocks (the
+ * weights stream from memory once, at the rate of the work); more: a pass per half (16
+ * accumulators would not fit 16 registers). */
+#define HALVES(PARTS, x, bias, xd, wp, wd, y, K, N, rows, cols)                                      \
+    do {                                                                                             \
+        if ((cols) <= 2) {                                                                           \
+            PARTS(x, bias, xd, wp, wd, y, K, N, 0, (rows) > 8 ? 2 : 1, rows, cols);                  \
+            break;                                                                                   \
+        }                                                                                            \
+        PARTS(x, bias, xd, wp, wd, y, K, N, 0, 1, rows, cols);                                       \
+        if ((rows) > 8)                                                                              \
+            PARTS(x, bias, xd, wp, wd, y, K, N, 1, 1, rows, cols);                                   \
+    } while (0)
+
 static inline T_AVX2 void tile_avx2(const int8_t *x, const float *xd, const uint8_t *wp, const float *wd,
                                     float *y, int64_t K, int64_t N, int rows, int cols) {
-    if (cols <= 2) {
-        halves_avx2(x, xd, wp, wd, y, K, N, 0, rows > 8 ? 2 : 1, rows, cols);
-        return;
-    }
-    halves_avx2(x, xd, wp, wd, y, K, N, 0, 1, rows, cols);
-    if (rows > 8)
-        halves_avx2(x, xd, wp, wd, y, K, N, 1, 1, rows, cols);
+    HALVES(parts_avx2, x, NULL, xd, wp, wd, y, K, N, rows, cols);
 }
 
-/* VNNI: per block the group's 8 weight vectors (unsigned, w + 128) once, then per input
- * int32 acc = -128 * sum(x's block) (bias) + 8 vpdpbusd(w_u, broadcast x[4q..4q+3]): the 16 rows'
- * exact block sums; then fma(wd * xd, sum, acc) in float. */
+#ifdef VL_Q8_AVXVNNI_BUILT
+static inline T_AVXVNNI void tile_avxvnni(const int8_t *x, const int32_t *bias, const float *xd,
+                                          const uint8_t *wp, const float *wd, float *y, int64_t K, int64_t N,
+                                          int rows, int cols) {
+    HALVES(parts_avxvnni, x, bias, xd, wp, wd, y, K, N, rows, cols);
+}
+#endif
+
 static inline T_VNNI void tile_vnni(const int8_t *x, const int32_t *bias, const float *xd, const uint8_t *wp,
                                     const float *wd, float *y, int64_t K, int64_t N, int rows, int cols) {
-    int64_t nb = K / QK;
-    __m512 acc[MAX_COLS];
-    for (int c = 0; c < cols; c++)
-        acc[c] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < nb; j++) {
-        const uint8_t *wb = wp + j * GROUP_BLOCK;
-        for (int line = 0; line < GROUP_BLOCK; line += 64)
-            __builtin_prefetch(wb + (cols >= PF_FAR_COLS ? PF_FAR : PF_NEAR) + line, 0, 2);
-        __m512i w[8];
-        for (int q = 0; q < 8; q++)
-            w[q] = _mm512_loadu_si512((const void *)(wb + 64 * q));
-        __m512i s[MAX_COLS];
-        for (int c = 0; c < cols; c++)
-            s[c] = _mm512_set1_epi32(bias[c * nb + j]);
-        for (int q = 0; q < 8; q++)         /* the inputs' chains interleaved: vpdpbusd's latency */
-            for (int c = 0; c < cols; c++)
-                s[c] = _mm512_dpbusd_epi32(s[c], w[q], _mm512_set1_epi32(x_word(x + c * K + j * QK, q)));
-        __m512 d = _mm512_loadu_ps(wd + j * GROUP);
-        for (int c = 0; c < cols; c++)
-            acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(xd[c * nb + j])),
-                                     _mm512_cvtepi32_ps(s[c]), acc[c]);
-    }
-    __mmask16 valid = (__mmask16)((1u << rows) - 1);
-    for (int c = 0; c < cols; c++)
-        _mm512_mask_storeu_ps(y + c * N, valid, acc[c]);
+    parts_vnni(x, bias, xd, wp, wd, y, K, N, 0, 1, rows, cols);
 }
 
 __attribute__((target("avx2,fma")))
@@ -196,6 +211,15 @@ static void groups_avx2(const int8_t *xq, const float *xd, const uint8_t *wp, co
                         int64_t B, int64_t K, int64_t N, int64_t g0, int64_t g1) {
     GROUPS_BODY(tile_avx2, 4)
 }
+
+#ifdef VL_Q8_AVXVNNI_BUILT
+__attribute__((target("avx2,fma,avxvnni")))
+static void groups_avxvnni(const int8_t *xq, const int32_t *bias, const float *xd, const uint8_t *wp,
+                           const float *wd, float *y, int64_t B, int64_t K, int64_t N, int64_t g0,
+                           int64_t g1) {
+    GROUPS_BODY(tile_avxvnni, 4, bias + b * nb,)
+}
+#endif
 
 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
 static void groups_vnni(const int8_t *xq, const int32_t *bias, const float *xd, const uint8_t *wp,
@@ -253,6 +277,10 @@ int vl_q8_0_paths(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         paths |= 1 << VL_Q8_AVX2;
+#ifdef VL_Q8_AVXVNNI_BUILT
+        if (__builtin_cpu_supports("avxvnni"))
+            paths |= 1 << VL_Q8_AVXVNNI;
+#endif
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
             && __builtin_cpu_supports("avx512vnni"))
             paths |= 1 << VL_Q8_VNNI;
@@ -262,14 +290,38 @@ int vl_q8_0_paths(void) {
     return known;
 }
 
-static int best_path(int paths) {
-    for (int path = VL_Q8_VNNI; path > VL_Q8_PORTABLE; path--)
-        if (paths & (1 << path))
-            return path;
-    return VL_Q8_PORTABLE;
+static int path_format(int path) {
+    return path == VL_Q8_VNNI || path == VL_Q8_AVXVNNI ? VL_Q8_UNSIGNED : VL_Q8_SIGNED;
 }
 
-/* bias[c, j] = -128 * sum(x[c, block j]): the VNNI tile's start, which undoes its w + 128. */
+/* The fastest available path that reads `format` (-1: none; any format: format < 0). */
+static int best_path(int paths, int format) {
+    static const int fastest_first[] = {VL_Q8_VNNI, VL_Q8_AVXVNNI, VL_Q8_AVX2, VL_Q8_PORTABLE};
+    for (size_t i = 0; i < sizeof fastest_first / sizeof fastest_first[0]; i++) {
+        int path = fastest_first[i];
+        if ((paths & (1 << path)) && (format < 0 || path_format(path) == format))
+            return path;
+    }
+    return -1;
+}
+
+/* The path that runs for (path, format): VL_Q8_BEST resolved; -1 when not available here or
+ * when it reads the other format. */
+static int resolve_path(int path, int format) {
+    int paths = vl_q8_0_paths();
+    if (path == VL_Q8_BEST)
+        return best_path(paths, format);
+    if (path < VL_Q8_PORTABLE || path > VL_Q8_AVXVNNI || !(paths & (1 << path)))
+        return -1;
+    return format < 0 || path_format(path) == format ? path : -1;
+}
+
+int vl_q8_0_format(int path) {
+    path = resolve_path(path, -1);
+    return path < 0 ? -1 : path_format(path);
+}
+
+/* bias[c, j] = -128 * sum(x[c, block j]): the VNNI tiles' start, which undoes their w + 128. */
 static void block_bias(const int8_t *xq, int32_t *bias, int64_t num_blocks) {
     for (int64_t j = 0; j < num_blocks; j++) {
         int32_t sum = 0;
@@ -279,20 +331,20 @@ static void block_bias(const int8_t *xq, int32_t *bias, int64_t num_blocks) {
     }
 }
 
-int vl_matmul_q8_0(const int8_t *xq, const float *xd, const uint8_t *wp, const float *wd, float *y,
-                   int64_t B, int64_t K, int64_t N, int num_threads, int path) {
-    int paths = vl_q8_0_paths();
-    if (path == VL_Q8_BEST)
-        path = best_path(paths);
-    if (path < VL_Q8_PORTABLE || path > VL_Q8_VNNI || !(paths & (1 << path)))
+int vl_matmul_q8_0(const int8_t *xq, const float *xd, const void *weights, const float *wd, float *y,
+                   int64_t B, int64_t K, int64_t N, int num_threads, int path, int format) {
+    const uint8_t *wp = weights;
+    if (format != VL_Q8_SIGNED && format != VL_Q8_UNSIGNED)
+        return -1;
+    path = resolve_path(path, format);
+    if (path < 0)
         return -1;
     int32_t *bias = NULL;
-    if (path == VL_Q8_VNNI) {
+    if (format == VL_Q8_UNSIGNED) {
         bias = malloc((size_t)(B * (K / QK)) * sizeof *bias + 1);
-        if (bias)
-            block_bias(xq, bias, B * (K / QK));
-        else
-            path = VL_Q8_AVX2;                  /* the same results, without the bias array */
+        if (!bias)
+            return -2;
+        block_bias(xq, bias, B * (K / QK));
     }
     int64_t num_groups = (N + GROUP - 1) / GROUP;
     int64_t num_tasks = row_tasks(num_groups, GROUPS_PER_TASK, &num_threads);
@@ -304,6 +356,12 @@ int vl_matmul_q8_0(const int8_t *xq, const float *xd, const uint8_t *wp, const f
             groups_vnni(xq, bias, xd, wp, wd, y, B, K, N, g0, g1);
             continue;
         }
+#ifdef VL_Q8_AVXVNNI_BUILT
+        if (path == VL_Q8_AVXVNNI) {
+            groups_avxvnni(xq, bias, xd, wp, wd, y, B, K, N, g0, g1);
+            continue;
+        }
+#endif
         if (path == VL_Q8_AVX2) {
             groups_avx2(xq, xd, wp, wd, y, B, K, N, g0, g1);
             continue;

@@ -20,9 +20,10 @@ logits are llama.cpp's; the multiplication itself stays float32. Without types, 
 
 Given get_quantised too (the loader's), a weight whose parts (token_embd, the LM head, a fused
 Q/K/V...) are all of KEPT_WEIGHTS' types stays quantised (q8weight.Q8Weight, ~1.1 bytes a value
-instead of 4; q4kweight.Q4KWeight, ~0.6; q6kweight.Q6KWeight, ~1.1) and is multiplied with
-integer dot products per block, as ggml's vec_dot for its type does, for prefill and decode
-rows alike; parts of different kept types (a Q4_K_M file's Q/K/V with a Q6_K V) stack as a
+instead of 4; q4kweight.Q4KWeight, ~0.6; q5kweight.Q5KWeight, ~0.7; q6kweight.Q6KWeight, ~1.1;
+legacyweight's Q4_0, Q5_0, Q4_1, Q5_1 weights, ~0.6-0.9) and is multiplied with integer dot
+products per block, as ggml's vec_dot for its type does, for prefill and decode rows alike; parts
+of different kept types (a Q4_K_M or Q5_K_M file's Q/K/V with a Q6_K V) stack as a
 quantweight.StackedWeight. A part of another type makes the whole weight float32.
 """
 from __future__ import annotations
@@ -35,7 +36,9 @@ import numpy as np
 
 from velollmd.engine import kernels, ops, vecdot
 from velollmd.engine.kvcache import PagedKVCache, slot_mapping
+from velollmd.engine.legacyweight import Q40Weight, Q41Weight, Q50Weight, Q51Weight
 from velollmd.engine.q4kweight import Q4KWeight
+from velollmd.engine.q5kweight import Q5KWeight
 from velollmd.engine.q6kweight import Q6KWeight
 from velollmd.engine.q8weight import Q8Weight
 from velollmd.engine.quants import GGML_TYPES
@@ -53,7 +56,10 @@ _MISSING = object()
 Q8_0 = vecdot.Q8_0
 # ggml type -> the class that keeps a weight of that type quantised
 KEPT_WEIGHTS: dict[int, type[QuantWeight]] = {Q8_0: Q8Weight, GGML_TYPES["Q4_K"]: Q4KWeight,
-                                              GGML_TYPES["Q6_K"]: Q6KWeight}
+                                              GGML_TYPES["Q6_K"]: Q6KWeight,
+                                              GGML_TYPES["Q5_K"]: Q5KWeight,
+                                              GGML_TYPES["Q4_0"]: Q40Weight, GGML_TYPES["Q5_0"]: Q50Weight,
+                                              GGML_TYPES["Q4_1"]: Q41Weight, GGML_TYPES["Q5_1"]: Q51Weight}
 Matrix = np.ndarray | QuantWeight | StackedWeight   # a weight (out, in): float32, or kept quantised
 QUANTISED = (QuantWeight, StackedWeight)
 

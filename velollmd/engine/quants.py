@@ -108,10 +108,26 @@ def split_q4_k(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, ...
     float32 (the F16 values); (d * sc) * q - dmin * mn per sub-block is dequantize's value."""
     rows, cols = (int(n) for n in shape)
     blocks = _matrix_blocks(raw, GGML_TYPES["Q4_K"], rows, cols)                  # (n, 144)
+    return (np.ascontiguousarray(blocks[:, 16:]).reshape(rows, cols // 2),
+            *_split_scales_mins(blocks, rows, cols))
+
+
+def split_q5_k(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """A Q5_K matrix's bytes, unpacked by row as split_q4_k's (qs the low 4 bits of each value),
+    then qh (N, K / 8) uint8: per 256 values the 32 bytes as stored, bit s of byte i the 5th bit
+    of value i of sub-block s."""
+    rows, cols = (int(n) for n in shape)
+    blocks = _matrix_blocks(raw, GGML_TYPES["Q5_K"], rows, cols)                  # (n, 176)
+    return (np.ascontiguousarray(blocks[:, 48:]).reshape(rows, cols // 2),
+            *_split_scales_mins(blocks, rows, cols),
+            np.ascontiguousarray(blocks[:, 16:48]).reshape(rows, cols // 8))
+
+
+def _split_scales_mins(blocks: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, ...]:
+    """Q4_K/Q5_K blocks (n, type_size) -> sc, mn (N, K / 32) uint8 and d, dmin (N, K / 256) float32."""
     scales, mins = _k_scales_mins(blocks[:, 4:16])                                 # (n, 8) each
     per_row = cols // QK_K
-    return (np.ascontiguousarray(blocks[:, 16:]).reshape(rows, cols // 2),
-            scales.reshape(rows, cols // 32), mins.reshape(rows, cols // 32),
+    return (scales.reshape(rows, cols // 32), mins.reshape(rows, cols // 32),
             _f16(blocks[:, :2]).reshape(rows, per_row), _f16(blocks[:, 2:4]).reshape(rows, per_row))
 
 
@@ -124,6 +140,66 @@ def split_q6_k(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.
     scales = np.ascontiguousarray(blocks[:, 192:208]).view(np.int8)                # (n, 16)
     return (_q6_k_values(blocks).reshape(rows, cols), scales.reshape(rows, cols // 16),
             _f16(blocks[:, 208:210]).reshape(rows, cols // QK_K))
+
+
+# the legacy types' block fields after d (and m for Q4_1 / Q5_1): (name, bytes), in block order
+_LEGACY_FIELDS = {"Q4_0": (("qs", 16),), "Q5_0": (("qh", 4), ("qs", 16)),
+                  "Q4_1": (("qs", 16),), "Q5_1": (("qh", 4), ("qs", 16))}
+
+
+def split_legacy(raw: np.ndarray, shape: tuple[int, int], type_name: str) -> dict[str, np.ndarray]:
+    """A Q4_0 / Q5_0 / Q4_1 / Q5_1 matrix's bytes, kept quantised: qs (N, K / 2) uint8 (each
+    block's 16 nibble bytes as stored), qh (N, K / 8) uint8 (Q5_*: each block's 4 bytes of fifth
+    bits), d (N, K / 32) float32 (the F16 scales) and m (N, K / 32) float32 (*_1: the F16 mins)."""
+    rows, cols = (int(n) for n in shape)
+    blocks = _matrix_blocks(raw, GGML_TYPES[type_name], rows, cols)           # (n, block bytes)
+    per_row = cols // 32
+    fields = {"d": _f16(blocks[:, :2]).reshape(rows, per_row)}
+    start = 2
+    if type_name.endswith("_1"):
+        fields["m"] = _f16(blocks[:, 2:4]).reshape(rows, per_row)
+        start = 4
+    for name, size in _LEGACY_FIELDS[type_name]:
+        fields[name] = np.ascontiguousarray(blocks[:, start:start + size]).reshape(rows, per_row * size)
+        start += size
+    return fields
+
+
+def split_q4_0(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """qs, d (split_legacy's); d * (nibble - 8) is dequantize's value."""
+    f = split_legacy(raw, shape, "Q4_0")
+    return f["qs"], f["d"]
+
+
+def split_q5_0(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """qs, qh, d; d * (nibble + 16 * bit - 16) is dequantize's value."""
+    f = split_legacy(raw, shape, "Q5_0")
+    return f["qs"], f["qh"], f["d"]
+
+
+def split_q4_1(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """qs, d, m; d * nibble + m is dequantize's value."""
+    f = split_legacy(raw, shape, "Q4_1")
+    return f["qs"], f["d"], f["m"]
+
+
+def split_q5_1(raw: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """qs, qh, d, m; d * (nibble + 16 * bit) + m is dequantize's value."""
+    f = split_legacy(raw, shape, "Q5_1")
+    return f["qs"], f["qh"], f["d"], f["m"]
+
+
+def nibble_values(qs: np.ndarray) -> np.ndarray:
+    """qs (R, K / 2) uint8 (16 bytes a block) -> the nibbles (R, K / 32, 32) uint8 in x's order:
+    per block the 16 low nibbles, then the 16 high ones."""
+    return _nibbles(qs.reshape(qs.shape[0], -1, 16))
+
+
+def five_bit_values(qs: np.ndarray, qh: np.ndarray) -> np.ndarray:
+    """The nibbles plus 16 * their fifth bits (qh (R, K / 8): bit i of each block's little-endian
+    uint32 is value i's): (R, K / 32, 32) uint8, 0..31."""
+    bits = np.unpackbits(qh.reshape(qh.shape[0], -1, 4), axis=-1, bitorder="little")   # (R, K / 32, 32)
+    return nibble_values(qs) | (bits << 4)
 
 
 def _matrix_blocks(raw: np.ndarray, ggml_type: int, rows: int, cols: int) -> np.ndarray:
@@ -149,11 +225,6 @@ def _f16(field: np.ndarray) -> np.ndarray:
 def _nibbles(qs: np.ndarray) -> np.ndarray:
     """(n, k, m) packed bytes -> (n, k, 2*m): low nibbles of all m bytes, then high nibbles."""
     return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
-
-
-def _bits(packed: np.ndarray, num_bits: int) -> np.ndarray:
-    """(n, num_bits // 8) bytes -> (n, num_bits) uint8 0/1, bit i of the little-endian field."""
-    return np.unpackbits(packed, axis=-1, count=num_bits, bitorder="little")
 
 
 def _decode_f32(blocks: np.ndarray) -> np.ndarray:
@@ -184,7 +255,7 @@ def _decode_q4_1(blocks: np.ndarray) -> np.ndarray:
 
 def _q5_values(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
     """(n, 4) high-bit field + (n, 16) nibbles -> (n, 32) uint8 values 0..31."""
-    return _nibbles(qs[:, None, :])[:, 0] | (_bits(qh, 32) << 4)
+    return five_bit_values(qs, qh)[:, 0]
 
 
 def _decode_q5_0(blocks: np.ndarray) -> np.ndarray:

@@ -14,9 +14,11 @@ multiplying in float32 as before:
 Q8_0, Q4_K and Q6_K weights are not dequantised at all (q8weight.Q8Weight, q4kweight.Q4KWeight,
 q6kweight.Q6KWeight): their product quantises x with quantize_q8_0 / quantize_q8_k (or their
 compiled twins) and takes ggml's integer dot products (kernels.matmul_q8_0, matmul_q4_k,
-matmul_q6_k), equal to ggml's vec_dot bit for bit (tests/engine/test_q8weight.py,
-test_q4kweight.py, test_q6kweight.py); round_activations serves the other types, and those
-weights when fused with a part of another type.
+matmul_q6_k): for Q4_K and Q6_K equal to ggml's vec_dot bit for bit (test_q4kweight.py,
+test_q6kweight.py); for Q8_0 the same exact int32 block sums, added up in float32 with one
+rounding per block where ggml rounds once per 4-byte lane of each block, so within a few float32
+ulps of ggml's result, not its bits (test_q8weight.py). round_activations serves the other types,
+and those weights when fused with a part of another type.
 
 tests/engine/test_vecdot.py checks model.linear this way against ggml's own mul_mat (the cached
 llama.cpp build): equal up to float32 sums for Q8_0, Q4_0, Q5_0, Q4_K, Q6_K, F16 and BF16 weights.
