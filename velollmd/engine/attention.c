@@ -2,20 +2,16 @@
  * tests/engine/test_attention_kernel.py checks one against the other. */
 #include "attention.h"
 
-#include <math.h>
-
 #include "vecf.h"
 
 /* [x0 + x1, x2 + x3, y0 + y1, y2 + y3, x4 + x5, x6 + x7, y4 + y5, y6 + y7] (AVX's vhaddps). */
 static inline __attribute__((always_inline)) v8f hadd(v8f x, v8f y) {
-    typedef int v8i __attribute__((vector_size(32)));
     return __builtin_shuffle(x, y, (v8i){0, 2, 8, 10, 4, 6, 12, 14})
          + __builtin_shuffle(x, y, (v8i){1, 3, 9, 11, 5, 7, 13, 15});
 }
 
 /* [hsum(a[0]), ..., hsum(a[7])], each lane summed in exactly hsum's order. */
 static inline __attribute__((always_inline)) v8f hsum8(const v8f a[8]) {
-    typedef int v8i __attribute__((vector_size(32)));
     v8f x[4];
     for (int i = 0; i < 4; i++)      /* [a_i halves folded, a_{i+4} halves folded] */
         x[i] = __builtin_shuffle(a[i], a[i + 4], (v8i){0, 1, 2, 3, 8, 9, 10, 11})
@@ -42,18 +38,36 @@ static inline __attribute__((always_inline)) v8f dot8(const float *q, const floa
     return sums * scales;
 }
 
-/* softmax of s[0..n) in place: exp(s - max) / sum, summed in order. */
-static void softmax(float *s, int64_t n) {
-    float max = s[0], sum = 0.0f;
-    for (int64_t t = 1; t < n; t++)
-        max = s[t] > max ? s[t] : max;
-    for (int64_t t = 0; t < n; t++) {
-        s[t] = expf(s[t] - max);
-        sum += s[t];
+/* s[0..n) = exp(s - max) in place (8 lanes at a time, the last partial 8 on a padded copy);
+ * returns 1 / their sum: weighted_v scales its sums by it (softmax = that product). */
+static inline __attribute__((always_inline)) float softmax_unnormalised(float *s, int64_t n) {
+    v8f vmax = {s[0], s[0], s[0], s[0], s[0], s[0], s[0], s[0]}, vsum = {0};
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        v8f x = load8(s + t);
+        vmax = vmax8(x, vmax);
     }
-    float inv = 1.0f / sum;
-    for (int64_t t = 0; t < n; t++)
-        s[t] *= inv;
+    float max = s[0];
+    for (int i = 0; i < 8; i++)
+        max = vmax[i] > max ? vmax[i] : max;
+    for (int64_t u = t; u < n; u++)
+        max = s[u] > max ? s[u] : max;
+    v8f m = {max, max, max, max, max, max, max, max};
+    for (t = 0; t + 8 <= n; t += 8) {
+        v8f e = exp8(load8(s + t) - m);
+        store8(s + t, e);
+        vsum += e;
+    }
+    if (t < n) {                                       /* the last partial 8: its valid lanes only */
+        v8f x = m, e;
+        memcpy(&x, s + t, (size_t)(n - t) * sizeof(float));
+        e = exp8(x - m);
+        for (int64_t i = 0; i < n - t; i++) {
+            s[t + i] = e[i];
+            vsum[i] += e[i];
+        }
+    }
+    return 1.0f / hsum(vsum);
 }
 
 /* Geometry of one call: what every (sequence, KV head) unit needs besides its own pointers. */
@@ -95,21 +109,31 @@ static inline __attribute__((always_inline)) void prefetch8(const float *const r
 #define AHEAD 16    /* positions between the rows computed on and the rows prefetched */
 
 /* rows8 for t0, after a prefetch of the rows AHEAD positions on (the pages are scattered: the
- * hardware prefetcher sees a stride for a block's few rows only); how many of the 8 are valid. */
+ * hardware prefetcher sees a stride for a block's few rows only); how many of the 8 are valid.
+ * KV head 0 prefetches whole slots (every KV head's row: one contiguous run), so that the
+ * sequence's other heads, computed next on this thread, find their rows in cache. */
 static inline __attribute__((always_inline)) int64_t rows8_ahead(const shape_t *s, const float *cache,
                                                                  const int64_t *table, int64_t t0, int64_t len,
                                                                  int64_t h, const float *rows[8]) {
     if (t0 + AHEAD < len) {
         rows8(s, cache, table, t0 + AHEAD, len, h, rows);
-        prefetch8(rows, s->head_dim);
+        prefetch8(rows, h == 0 ? s->n_head_kv * s->head_dim : s->head_dim);
     }
     rows8(s, cache, table, t0, len, h, rows);
     return len - t0 < 8 ? len - t0 : 8;
 }
 
+/* Prefetch the n rows of one block's run of a KV head from `row` on (step floats apart), whole. */
+static inline __attribute__((always_inline)) void prefetch_run(const float *row, int64_t n, int64_t step,
+                                                               int64_t d) {
+    for (int64_t i = 0; i < n; i++, row += step)
+        for (int64_t j = 0; j < d; j += 16)
+            __builtin_prefetch(row + j, 0, 3);
+}
+
 /* scores[g][t] for the group's queries over positions [0, len), 8 positions at a time (a last
  * partial 8 repeats its last row and keeps the valid lanes only: one code path for every score);
- * then a prefetch of the V rows of the first positions. */
+ * then a prefetch of the first block's V rows. */
 static inline __attribute__((always_inline)) void unit_scores(const shape_t *s, const float *q,
                                                               const float *k_cache, const float *v_cache,
                                                               const int64_t *table, int64_t len, int64_t h,
@@ -126,31 +150,61 @@ static inline __attribute__((always_inline)) void unit_scores(const shape_t *s, 
                     scores[g * stride + t0 + i] = sums[i];
         }
     }
-    for (int64_t t0 = 0; t0 < len && t0 < AHEAD; t0 += 8) {
-        rows8(s, v_cache, table, t0, len, h, k);
-        prefetch8(k, s->head_dim);
+    prefetch_run(v_cache + row_of(s, table, 0, h), len < s->block_size ? len : s->block_size,
+                 s->n_head_kv * s->head_dim, h == 0 ? s->n_head_kv * s->head_dim : s->head_dim);       /* the first V block, for weighted_v */
+}
+
+/* out[g][j0 .. j0 + 8 * COLS) for the NG queries g of p (rows stride apart) = sum over t (in
+ * order, from 0) of p[g][t] * V[t] there: each V load serves the NG queries. */
+static inline __attribute__((always_inline)) void weighted_v(const shape_t *s, const float *p, int64_t stride,
+                                                             const float *v_cache, const int64_t *table,
+                                                             int64_t len, int64_t h, int64_t j0, const int NG,
+                                                             const int COLS, const float *inv, float *out) {
+    v8f acc[4][2] = {{{0}}};
+    int64_t step = s->n_head_kv * s->head_dim;
+    for (int64_t t0 = 0; t0 < len; t0 += s->block_size) {
+        const float *v = v_cache + row_of(s, table, t0, h) + j0;
+        int64_t n = len - t0 < s->block_size ? len - t0 : s->block_size, t1 = t0 + s->block_size;
+        if (j0 == 0 && t1 < len)         /* the first pass brings the next block's rows in whole */
+            prefetch_run(v_cache + row_of(s, table, t1, h), len - t1 < s->block_size ? len - t1 : s->block_size,
+                         step, h == 0 ? step : s->head_dim);
+        for (int64_t i = 0; i < n; i++, v += step) {
+            v8f x[2];
+            for (int c = 0; c < COLS; c++)
+                x[c] = load8(v + 8 * c);
+            for (int g = 0; g < NG; g++) {
+                float pt = p[g * stride + t0 + i];
+                v8f pv = {pt, pt, pt, pt, pt, pt, pt, pt};
+                for (int c = 0; c < COLS; c++)
+                    acc[g][c] += pv * x[c];
+            }
+        }
+    }
+    for (int g = 0; g < NG; g++) {
+        v8f scale = {inv[g], inv[g], inv[g], inv[g], inv[g], inv[g], inv[g], inv[g]};
+        for (int c = 0; c < COLS; c++)
+            store8(out + g * s->head_dim + j0 + 8 * c, acc[g][c] * scale);
     }
 }
 
-/* out[j0 .. j0 + 8 * cols) of one query = sum over t (in order, from 0) of p[t] * V[t] there;
- * the rows AHEAD positions on are prefetched meanwhile. */
-static inline __attribute__((always_inline)) void weighted_v(const shape_t *s, const float *p,
-                                                             const float *v_cache, const int64_t *table,
-                                                             int64_t len, int64_t h, int64_t j0, int cols,
-                                                             float *out) {
-    v8f acc[8] = {{0}};
-    const float *v[8];
-    for (int64_t t0 = 0; t0 < len; t0 += 8) {
-        int64_t valid = rows8_ahead(s, v_cache, table, t0, len, h, v);
-        for (int64_t i = 0; i < valid; i++) {
-            float pt = p[t0 + i];
-            v8f pv = {pt, pt, pt, pt, pt, pt, pt, pt};
-            for (int c = 0; c < cols; c++)
-                acc[c] += pv * load8(v[i] + j0 + 8 * c);
+/* weighted_v over every column of the NG queries: 16 columns a pass (one 64-byte line of each
+ * row), then 8, then the scalar rest. */
+static inline __attribute__((always_inline)) void weighted_v_all(const shape_t *s, const float *p, int64_t stride,
+                                                                 const float *v_cache, const int64_t *table,
+                                                                 int64_t len, int64_t h, const int NG, const float *inv,
+                                                                 float *out) {
+    int64_t d = s->head_dim, j = 0;
+    for (; j + 16 <= d; j += 16)
+        weighted_v(s, p, stride, v_cache, table, len, h, j, NG, 2, inv, out);
+    for (; j + 8 <= d; j += 8)
+        weighted_v(s, p, stride, v_cache, table, len, h, j, NG, 1, inv, out);
+    for (; j < d; j++)
+        for (int g = 0; g < NG; g++) {
+            float sum = 0.0f;
+            for (int64_t t = 0; t < len; t++)
+                sum += p[g * stride + t] * v_cache[row_of(s, table, t, h) + j];
+            out[g * d + j] = sum * inv[g];
         }
-    }
-    for (int c = 0; c < cols; c++)
-        store8(out + j0 + 8 * c, acc[c]);
 }
 
 /* One sequence's `group` query heads q (group, head_dim) over KV head `h` of its first `len`
@@ -161,20 +215,16 @@ static void attend(const shape_t *s, const float *q, const float *k_cache, const
                    float *out) {
     int64_t d = s->head_dim;
     unit_scores(s, q, k_cache, v_cache, table, len, h, scores, stride);
-    for (int64_t g = 0; g < s->group; g++) {
-        float *p = scores + g * stride, *o = out + g * d;
-        softmax(p, len);
-        int64_t j = 0;
-        for (; j + 64 <= d; j += 64)
-            weighted_v(s, p, v_cache, table, len, h, j, 8, o);
-        for (; j + 8 <= d; j += 8)
-            weighted_v(s, p, v_cache, table, len, h, j, 1, o);
-        for (; j < d; j++) {
-            float sum = 0.0f;
-            for (int64_t t = 0; t < len; t++)
-                sum += p[t] * v_cache[row_of(s, table, t, h) + j];
-            o[j] = sum;
-        }
+    float inv[s->group];                               /* 1 / each query's sum of exponentials */
+    for (int64_t g = 0; g < s->group; g++)
+        inv[g] = softmax_unnormalised(scores + g * stride, len);
+    int64_t g = 0;
+    for (; g + 4 <= s->group; g += 4)
+        weighted_v_all(s, scores + g * stride, stride, v_cache, table, len, h, 4, inv + g, out + g * d);
+    switch (s->group - g) {
+    case 3: weighted_v_all(s, scores + g * stride, stride, v_cache, table, len, h, 3, inv + g, out + g * d); break;
+    case 2: weighted_v_all(s, scores + g * stride, stride, v_cache, table, len, h, 2, inv + g, out + g * d); break;
+    case 1: weighted_v_all(s, scores + g * stride, stride, v_cache, table, len, h, 1, inv + g, out + g * d); break;
     }
 }
 

@@ -1,5 +1,5 @@
 """The engine's compiled decode kernels (matmul.c, matmul_q8.c, matmul_q4k.c, matmul_q5k.c,
-matmul_q6k.c, matmul_legacy.c, attention.c through cffi) and their threads.
+matmul_q6k.c, matmul_legacy.c, attention.c, activations.c through cffi) and their threads.
 
     y = matmul_nt(x, w)          # x (B, K) @ w (N, K)^T -> (B, N) float32
     xq, xd = quantize_q8_0(x)     # x (B, K) -> int8 (B, K), scales (B, K / 32), as vecdot's
@@ -9,6 +9,7 @@ matmul_q6k.c, matmul_legacy.c, attention.c through cffi) and their threads.
     y = matmul_q6_k(quantize_q8_k(x), wq, sc, wd)              # Q8_K x, Q6_K w
     y = matmul_q4_0(xq, xd, qs, wd)   # Q8_0 x, Q4_0 w (nibbles as stored); matmul_q5_0, _q4_1, _q5_1 likewise
     out = paged_decode_attention(q, k_pages, v_pages, tables, lens, scale)   # (B, n_head, d)
+    act = silu_mul(gate_up)       # (T, 2n) -> silu(gate_up[:, :n]) * gate_up[:, n:] (ops.silu's twin)
     set_num_threads(4)           # this kernel's OpenMP threads and numpy's OpenBLAS threads
 
 Only this module imports the extension `velollmd.engine._matmul`. Without it (a checkout whose
@@ -346,4 +347,17 @@ def paged_decode_attention(q: np.ndarray, k_pages: np.ndarray, v_pages: np.ndarr
         ffi.from_buffer("int64_t[]", tables), ffi.from_buffer("int64_t[]", lens),
         ffi.from_buffer("float[]", scores), ffi.from_buffer("float[]", out),
         batch, n_head, n_head_kv, head_dim, block_size, tables.shape[1], scale, _num_threads)
+    return out
+
+
+def silu_mul(gate_up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up (activations.c; COMPILED only) for gate_up (T, 2n) float32 C-contiguous,
+    gate its first n columns and up the rest (the FFN's one fused product). Returns (T, n)."""
+    if gate_up.ndim != 2 or gate_up.shape[1] % 2 or gate_up.dtype != np.float32 \
+            or not gate_up.flags.c_contiguous:
+        raise ValueError(f"silu_mul: gate_up {gate_up.shape} {gate_up.dtype}, C-contiguous (T, 2n) wanted")
+    rows, n = gate_up.shape[0], gate_up.shape[1] // 2
+    out = np.empty((rows, n), dtype=np.float32)                          # (T, n)
+    gate = ffi.from_buffer("float[]", gate_up)
+    lib.vl_silu_mul(gate, gate + n, ffi.from_buffer("float[]", out), rows, n, 2 * n, 2 * n, _num_threads)
     return out

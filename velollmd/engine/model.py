@@ -312,6 +312,14 @@ def _matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return x @ w.T
 
 
+def _silu_mul(gate_up: np.ndarray, n_ff: int) -> np.ndarray:
+    """silu(gate) * up (T, n_ff) from gate_up (T, 2 n_ff): the compiled kernel (one pass, no
+    temporaries) when built, else ops.silu, its reference."""
+    if kernels.COMPILED and gate_up.shape[1] == 2 * n_ff:
+        return kernels.silu_mul(np.ascontiguousarray(gate_up, dtype=np.float32))
+    return ops.silu(gate_up[:, :n_ff]) * gate_up[:, n_ff:]
+
+
 def embedding_rows(table: Matrix, token_ids: np.ndarray) -> np.ndarray:
     """The rows of token ids (T,) as a new float32 array (T, n_embd)."""
     return table.rows(token_ids) if isinstance(table, QUANTISED) else table[token_ids]
@@ -451,14 +459,16 @@ class Model:
         qkv = linear(h, layer.wqkv, layer.qkv_act)                       # (T, q_dim + 2 * kv_dim)
         if layer.bqkv is not None:
             qkv += layer.bqkv
-        q = qkv[:, :self.q_dim].reshape(num_tokens, c.n_head, c.head_dim)
-        k = qkv[:, self.q_dim:self.q_dim + self.kv_dim].reshape(num_tokens, c.n_head_kv, c.head_dim)
         v = qkv[:, self.q_dim + self.kv_dim:].reshape(num_tokens, c.n_head_kv, c.head_dim)
-        if layer.q_norm is not None:
-            q = ops.rms_norm(q, layer.q_norm, c.rms_norm_eps)            # (T, n_head, head_dim)
-            k = ops.rms_norm(k, layer.k_norm, c.rms_norm_eps)            # (T, n_head_kv, head_dim)
-        q = ops.apply_rope(q, cos, sin, c.rope_style)                    # (T, n_head, head_dim)
-        k = ops.apply_rope(k, cos, sin, c.rope_style)                    # (T, n_head_kv, head_dim)
+        if layer.q_norm is None:     # Q's and K's heads side by side: one rotation for both
+            qk = ops.apply_rope(qkv[:, :self.q_dim + self.kv_dim].reshape(num_tokens, -1, c.head_dim), cos, sin,
+                                c.rope_style)                            # (T, n_head + n_head_kv, head_dim)
+            q, k = qk[:, :c.n_head], qk[:, c.n_head:]
+        else:
+            q = qkv[:, :self.q_dim].reshape(num_tokens, c.n_head, c.head_dim)
+            k = qkv[:, self.q_dim:self.q_dim + self.kv_dim].reshape(num_tokens, c.n_head_kv, c.head_dim)
+            q = ops.apply_rope(ops.rms_norm(q, layer.q_norm, c.rms_norm_eps), cos, sin, c.rope_style)
+            k = ops.apply_rope(ops.rms_norm(k, layer.k_norm, c.rms_norm_eps), cos, sin, c.rope_style)
         kv.write(index, plan.slots, k, v)
         out = self._attention(index, q, batch, plan, kv)                 # (T, n_head, head_dim)
         return linear(out.reshape(num_tokens, self.q_dim), layer.wo, layer.wo_act)  # (T, n_embd)
@@ -481,5 +491,5 @@ class Model:
         h = ops.rms_norm(x, layer.ffn_norm, self.config.rms_norm_eps)    # (T, n_embd)
         gate_up = linear(h, layer.w_gate_up, layer.gate_up_act)          # (T, 2 * n_ff)
         n_ff = self.config.n_ff
-        act = ops.silu(gate_up[:, :n_ff]) * gate_up[:, n_ff:]           # (T, n_ff)
+        act = _silu_mul(gate_up, n_ff)                                   # (T, n_ff)
         return linear(act, layer.w_down, layer.down_act)                 # (T, n_embd)

@@ -218,7 +218,7 @@ class Runner:
         with self._model_lock:
             logits = self.model.forward(batch, self.kv)         # (num_logits, n_vocab)
         with self._lock:
-            self._record_written(plan)
+            self._record_written(plan, batch)
             self._after_forward(plan, logits)
         self.last_plan = tuple((seq.request_id, start, end) for seq, start, end in plan)
         self.num_steps += 1
@@ -320,10 +320,10 @@ class Runner:
         return Batch.build(np.asarray(token_ids, np.int32), np.asarray(positions, np.int32),
                            lens, tables, computed, np.asarray(logit_rows, np.int64), self.block_size)
 
-    def _record_written(self, plan: list[tuple[EngineSeq, int, int]]) -> None:
-        """Remember which token each written KV slot holds (the prefix-hit check)."""
-        for seq, start, end in plan:
-            table = self.scheduler.pool.block_table(seq.request_id)
+    def _record_written(self, plan: list[tuple[EngineSeq, int, int]], batch: Batch) -> None:
+        """Remember which token each written KV slot holds (the prefix-hit check); the tables are
+        the batch's (the pool's, unchanged since: only this thread grows or frees them)."""
+        for (seq, start, end), table in zip(plan, batch.block_tables):
             self.slot_tokens.record(table, start, _token_slice(seq.request, start, end))
             self.num_tokens_computed += end - start
 

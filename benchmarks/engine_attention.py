@@ -1,0 +1,153 @@
+"""Paged decode attention (attention.c) of two builds of velollmd.engine._matmul in one process.
+
+The other build is another checkout's .so (e.g. a worktree at main); the two are called in turn
+(A B A B ...) so that the machine's load moves both alike, CPU time of this thread (not wall
+time: on a shared 2-vCPU VM the scheduler's waits would swamp a kernel's difference).
+
+1. the kernel alone: B=8 sequences x 8 layers (16 query heads over 4 KV heads, head_dim 64,
+   block_size 16, each sequence on shuffled blocks), with its pages "shared" (every sequence
+   on the same blocks: they stay in L2, the kernel's arithmetic alone), "L3" (the same calls
+   again: 18 MiB of pages) or "cold" (64 MiB touched in between, as the weights a decode step
+   streams evict them);
+2. with --model: a decode forward at B=1 and B=8 (context 128) of this tree, with the other
+   build's vl_decode_attention or this one's (every other kernel this tree's).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/engine_attention.py /tmp/base/velollmd/engine/_matmul.abi3.so
+    ... --model ~/.cache/velollm/bench-models/small-q8_0.gguf
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from velollmd.engine import kernels
+
+B, N_HEAD, N_HEAD_KV, HEAD_DIM, BLOCK_SIZE, LAYERS = 8, 16, 4, 64, 16, 8
+
+
+def load_build(path: str):
+    """Another build of the extension, under a module name of its own."""
+    spec = importlib.util.spec_from_file_location("other._matmul", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.lib
+
+
+def evict() -> None:
+    np.ones(1 << 24, dtype=np.float32).sum()       # 64 MiB: more than the L3
+
+
+def kernel_case(context: int, pages: str):
+    """A call of the whole batch over every layer with a given lib: (lib) -> out (B, n_head, d)."""
+    rng = np.random.default_rng(0)
+    max_blocks = context // BLOCK_SIZE + 1
+    num_blocks = max(B * max_blocks, 4096 if pages == "cold" else 0)
+    shape = (LAYERS, num_blocks, BLOCK_SIZE, N_HEAD_KV, HEAD_DIM)
+    k, v = rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
+    tables = rng.permutation(num_blocks)[:B * max_blocks].reshape(B, max_blocks).astype(np.int64)
+    if pages == "shared":
+        tables[:] = tables[0]
+    lens = np.array([context - i for i in range(B)], dtype=np.int64)           # (B,)
+    q = rng.standard_normal((B, N_HEAD, HEAD_DIM), dtype=np.float32)            # (B, n_head, d)
+    scores = np.empty((B, N_HEAD, max_blocks * BLOCK_SIZE), dtype=np.float32)
+    ffi = kernels.ffi
+
+    def run(lib) -> np.ndarray:
+        out = np.empty_like(q)
+        for layer in range(LAYERS):
+            lib.vl_decode_attention(
+                ffi.from_buffer("float[]", q), ffi.from_buffer("float[]", k[layer]),
+                ffi.from_buffer("float[]", v[layer]), ffi.from_buffer("int64_t[]", tables),
+                ffi.from_buffer("int64_t[]", lens), ffi.from_buffer("float[]", scores),
+                ffi.from_buffer("float[]", out), B, N_HEAD, N_HEAD_KV, HEAD_DIM, BLOCK_SIZE, max_blocks,
+                0.125, 1)
+        return out
+    return run
+
+
+def timed(call, before=None) -> float:
+    """CPU ms of call() on this thread."""
+    if before is not None:
+        before()
+    started = time.thread_time()
+    call()
+    return (time.thread_time() - started) * 1e3
+
+
+def report(name: str, times: dict[str, list[float]]) -> None:
+    other, this = times["other"], times["this"]
+    ratios = [o / t for o, t in zip(other, this)]
+    print(f"  {name}: other {statistics.median(other):.2f} ms (min {min(other):.2f}), this "
+          f"{statistics.median(this):.2f} ms (min {min(this):.2f}); other / this median "
+          f"{statistics.median(ratios):.2f} [quartiles {np.percentile(ratios, 25):.2f}-"
+          f"{np.percentile(ratios, 75):.2f}]", flush=True)
+
+
+def bench_kernel(libs: dict, rounds: int) -> None:
+    for context, pages in ((128, "shared"), (128, "L3"), (128, "cold"), (512, "cold")):
+        run = kernel_case(context, pages)
+        outs = {name: run(lib) for name, lib in libs.items()}
+        diff = float(np.abs(outs["other"] - outs["this"]).max())
+        times = {name: [] for name in libs}
+        for _ in range(rounds):
+            for name, lib in libs.items():
+                times[name].append(timed(lambda: run(lib), evict if pages == "cold" else None))
+        report(f"kernel B={B} x {LAYERS} layers, context {context}, {pages} pages "
+               f"(max |diff| {diff:.1e})", times)
+
+
+class AttentionFrom:
+    """This build's lib, but for vl_decode_attention taken from `other`."""
+
+    def __init__(self, this, other):
+        self._this, self.vl_decode_attention = this, other.vl_decode_attention
+
+    def __getattr__(self, name: str):
+        return getattr(self._this, name)
+
+
+def bench_forward(libs: dict, model_path: str, rounds: int) -> None:
+    from velollmd.config import SchedulerConfig
+    from velollmd.engine import loader
+    from velollmd.engine.model import Batch, SeqChunk
+    loaded = loader.load("p", Path(model_path).expanduser(),
+                         loader.EngineOptions(num_ctx=1024, kv_cache_mb=256, threads=1), SchedulerConfig())
+    model, kv = loaded.runner.model, loaded.runner.kv
+    num_blocks = -(-129 // kv.block_size)
+    batches = {b: Batch.pack([SeqChunk([7], 128, range(i * num_blocks, (i + 1) * num_blocks)) for i in range(b)])
+               for b in (1, 8)}
+    this = libs["this"]
+    libs = {"other": AttentionFrom(this, libs["other"]), "this": this}
+    times = {(b, name): [] for b in batches for name in libs}
+    for _ in range(rounds):
+        for b, batch in batches.items():
+            for name, lib in libs.items():
+                kernels.lib = lib
+                times[b, name].append(timed(lambda: model.forward(batch, kv)))
+    kernels.lib = this
+    for b in batches:
+        report(f"decode forward B={b}, context 128", {name: times[b, name] for name in libs})
+    for name in libs:
+        print(f"  {name}: B=8 / B=1 (medians) "
+              f"{statistics.median(times[8, name]) / statistics.median(times[1, name]):.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("other", help="the other build's _matmul .so")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--model", default="", help="also a decode forward of this GGUF at B=1 and 8")
+    args = parser.parse_args()
+    libs = {"other": load_build(args.other), "this": kernels.lib}
+    bench_kernel(libs, args.rounds)
+    if args.model:
+        bench_forward(libs, args.model, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
