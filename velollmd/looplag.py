@@ -78,12 +78,16 @@ class LoopLag:
         self._schedule()
 
 
-def monitor() -> LoopLag | None:
-    """The running loop's monitor (None outside a loop or when none was started)."""
-    try:
-        return _monitors.get(asyncio.get_running_loop())
-    except RuntimeError:
-        return None
+def monitor(loop: asyncio.AbstractEventLoop | None = None) -> LoopLag | None:
+    """`loop`'s monitor, by default the running loop's (None outside a loop or when none was
+    started). A caller that knows its loop passes it: asyncio.get_running_loop() costs a
+    getpid syscall on Python 3.11."""
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+    return _monitors.get(loop)
 
 
 def recent_lag() -> float:
@@ -92,10 +96,11 @@ def recent_lag() -> float:
     return current.recent() if current is not None else 0.0
 
 
-def busy_lag() -> float:
+def busy_lag(loop: asyncio.AbstractEventLoop | None = None) -> float:
     """The lag a request finishing now carries per hop (the mean of the recent ticks) when the
-    daemon is busy (recent lag past BUSY_LAG_S), else 0.0; 0.0 without a monitor."""
-    current = monitor()
+    daemon is busy (recent lag past BUSY_LAG_S), else 0.0; 0.0 without a monitor. `loop`: as
+    for monitor()."""
+    current = monitor(loop)
     if current is None or current.recent() < BUSY_LAG_S:
         return 0.0
     return max(current.mean(), 1e-6)
