@@ -46,7 +46,7 @@ class App:
         self.responses = ResponseStore(config.responses.store_max_entries, config.responses.store_max_bytes)
         self.router = self._routes(config)
         self._retiring: dict[Backend, asyncio.Task] = {}    # backends a reload took out
-        self.loop_lag = LoopLag()                            # the event loop's lag (velollmd/looplag.py)
+        self.loop_lag = LoopLag(while_held=True)    # the event loop's lag (velollmd/looplag.py)
 
     def _routes(self, config: Config) -> Router:
         router = Router()

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..config import SchedulerConfig
-from ..looplag import busy_lag
+from ..looplag import LoopLag, busy_lag, monitor
 from .limiter import AdaptiveLimit, per_token
 from .request import RequestStatus, SchedRequest
 from .scheduler import RunnerOutput, ScheduledRequest, Scheduler, queue_timeout_error
@@ -126,7 +126,8 @@ class Admission:
         docstring)."""
         return Slot(self, backend, request)
 
-    def _finish_soon(self, backend: Any, queue: BackendQueue, request: SchedRequest) -> None:
+    def _finish_soon(self, backend: Any, queue: BackendQueue, request: SchedRequest,
+                     lag: LoopLag | None = None) -> None:
         """A request that ended well gives its slot back (and its latency to the limit) a moment
         later, in a callback of this loop turn: what its task does next, writing the answer,
         comes first, and the scheduler's, allocator's and limiter's bookkeeping stay off the
@@ -139,10 +140,13 @@ class Admission:
             try:
                 self._finish(backend, queue, request, RequestStatus.FINISHED_STOPPED, now, loop)
             finally:
-                self._leave(backend)
+                self._leave(backend, lag)
         loop.call_soon(finish)
 
-    def _leave(self, backend: Any) -> None:
+    def _leave(self, backend: Any, lag: LoopLag | None = None) -> None:
+        """One request less on `backend` (and in flight for the loop's lag monitor `lag`)."""
+        if lag is not None:
+            lag.release()
         key = id(backend)               # backends need not be hashable; a counted one is alive
         self._num_users[key] -= 1
         if not self._num_users[key]:
@@ -153,9 +157,9 @@ class Admission:
 
     # ---- waiting ----
 
-    async def _acquire(self, backend: Any, queue: BackendQueue, request: SchedRequest) -> ScheduledRequest:
+    async def _acquire(self, backend: Any, queue: BackendQueue, request: SchedRequest,
+                       task: asyncio.Task) -> ScheduledRequest:
         rid = request.request_id
-        task = asyncio.current_task()
         if queue.scheduler.get_request(rid) is None:
             try:
                 queue.scheduler.add_request(request, self.clock())
@@ -255,29 +259,33 @@ class Slot:
     @asynccontextmanager (no async generator registered in the loop's WeakSet, no contextlib
     frames per request). Leaving the block well gives the slot back a moment later
     (`_finish_soon`); a preemption raises Preempted; any other way out finishes the request."""
-    __slots__ = ("admission", "backend", "request", "queue")
+    __slots__ = ("admission", "backend", "request", "queue", "lag")
 
     def __init__(self, admission: Admission, backend: Any, request: SchedRequest):
         self.admission, self.backend, self.request = admission, backend, request
 
     async def __aenter__(self) -> ScheduledRequest:
         admission, backend = self.admission, self.backend
+        task = asyncio.current_task()
+        self.lag = lag = monitor(task.get_loop())      # it ticks while requests are in flight
+        if lag is not None:
+            lag.hold()
         users = admission._num_users
         users[id(backend)] = users.get(id(backend), 0) + 1
         try:
             self.queue = admission.queue_of(backend)
-            return await admission._acquire(backend, self.queue, self.request)
+            return await admission._acquire(backend, self.queue, self.request, task)
         except BaseException:
-            admission._leave(backend)
+            admission._leave(backend, lag)
             raise
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         admission, backend, queue, request = self.admission, self.backend, self.queue, self.request
         if exc_type is None:
             try:
-                admission._finish_soon(backend, queue, request)  # it leaves in that callback
+                admission._finish_soon(backend, queue, request, self.lag)  # leaves in that callback
             except BaseException:
-                admission._leave(backend)
+                admission._leave(backend, self.lag)
                 raise
             return False
         preempted = False
@@ -293,7 +301,7 @@ class Slot:
                 if not preempted:            # a preempted request is back in the queue
                     admission._finish(backend, queue, request, status)
             finally:
-                admission._leave(backend)
+                admission._leave(backend, self.lag)
         return False
 
 
