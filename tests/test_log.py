@@ -122,3 +122,50 @@ def test_the_access_line_skips_the_log_record_only_where_nothing_else_would_see_
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+
+
+class _CountingStream(io.StringIO):
+    """Counts the writes that reach it."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_writes = 0
+
+    def write(self, text: str) -> int:
+        self.num_writes += 1
+        return super().write(text)
+
+
+def test_access_lines_of_one_loop_iteration_are_written_together_in_order_and_none_lost_at_stop():
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    stream = _CountingStream()
+
+    def trace(i: int) -> RequestTrace:
+        t = RequestTrace(f"r{i}", "POST", "/v1/chat/completions", started=0.0)
+        t.finish(200)
+        return t
+
+    async def main():
+        access = AccessLog()
+        access.start(asyncio.get_running_loop())
+        access.write(trace(1))
+        access.write(trace(2))
+        waiting = stream.getvalue()
+        await asyncio.sleep(0)                     # the iteration ends: both lines, one write
+        after_turn = (stream.getvalue().count("\n"), stream.num_writes)
+        access.write(trace(3))
+        logging.getLogger("velollmd.test").warning("between")      # the waiting line goes first
+        access.write(trace(4))
+        access.stop()                              # a clean stop writes what waits
+        return waiting, after_turn
+
+    try:
+        setup_logging("warning", stream=stream)
+        waiting, after_turn = asyncio.run(main())
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    assert waiting == "" and after_turn == (2, 1)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line.get("request_id") or line["msg"] for line in lines] == ["r1", "r2", "r3", "between", "r4"]

@@ -78,3 +78,30 @@ def test_the_lag_is_a_metric_while_a_monitor_runs():
     assert float(line.split()[1]) >= 0.1
     assert "# TYPE velollm_event_loop_lag_seconds gauge" in running
     assert "velollm_event_loop_lag_seconds" not in stopped
+
+
+def test_a_monitor_while_held_ticks_only_while_requests_hold_it():
+    """The daemon's kind: no tick while nothing is held; hold() starts the ticks, the first
+    tick after the last release() is the last and forgets the lags; a late tick still shows."""
+    async def main():
+        monitor = LoopLag(interval_s=0.01, while_held=True)
+        monitor.start()
+        idle = monitor._handle
+        monitor.hold()
+        await asyncio.sleep(0.035)
+        held = (monitor._handle is not None, len(monitor.lags))
+        time.sleep(0.1)                             # a callback holds the loop
+        busy = looplag.busy_lag(asyncio.get_running_loop())
+        monitor.release()
+        await asyncio.sleep(0.03)                   # the late tick, then the last one
+        quiet = (monitor._handle, list(monitor.lags), monitor.recent())
+        monitor.hold()
+        again = monitor._handle is not None
+        monitor.release()
+        monitor.stop()
+        return idle, held, busy, quiet, again
+
+    idle, (ticking, num_lags), busy, quiet, again = run(main, uvloop.new_event_loop)
+    assert idle is None and ticking and num_lags >= 2
+    assert busy > 0.0
+    assert quiet == (None, [], 0.0) and again

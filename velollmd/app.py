@@ -46,7 +46,7 @@ class App:
         self.responses = ResponseStore(config.responses.store_max_entries, config.responses.store_max_bytes)
         self.router = self._routes(config)
         self._retiring: dict[Backend, asyncio.Task] = {}    # backends a reload took out
-        self.loop_lag = LoopLag()                            # the event loop's lag (velollmd/looplag.py)
+        self.loop_lag = LoopLag(while_held=True)    # the event loop's lag (velollmd/looplag.py)
 
     def _routes(self, config: Config) -> Router:
         router = Router()
@@ -97,7 +97,9 @@ class App:
 
     async def start(self) -> None:
         """Start background work (health checks, snapshots); called once the loop runs."""
-        self.loop_lag.start()
+        loop = asyncio.get_running_loop()
+        self.loop_lag.start(loop)
+        self.access_log.start(loop)
         await self.registry.start()
         await self.pipeline.start()
 
@@ -106,6 +108,7 @@ class App:
         await self.pipeline.close()
         await self.registry.close()
         self.loop_lag.stop()
+        self.access_log.stop()
         for backend, task in list(self._retiring.items()):
             task.cancel()
             await backend.close()

@@ -10,6 +10,11 @@ and admission passes the mean lag (about one hop's wait) with each sample.
 
 One monitor per loop, started and stopped with the daemon (App.start / App.close); the module
 functions find the running loop's monitor, so daemons in threads (tests) each see their own.
+
+The daemon's monitor (`while_held=True`) ticks only while requests hold or wait for a backend
+slot (`hold()` / `release()`, from admission), the only time the adaptive limit reads it: a
+tick that finds none in flight is the last and forgets the lags, so an idle daemon does not
+wake 40 times a second, and its recent lag (/metrics, /health) reads 0 until requests come.
 """
 from __future__ import annotations
 
@@ -29,36 +34,47 @@ _monitors: dict[asyncio.AbstractEventLoop, LoopLag] = {}
 class LoopLag:
     """A periodic loop.call_later tick that records how late it ran (seconds)."""
 
-    def __init__(self, interval_s: float = INTERVAL_S, history: int = HISTORY):
+    def __init__(self, interval_s: float = INTERVAL_S, history: int = HISTORY, while_held: bool = False):
         self.interval_s = interval_s
+        self.while_held = while_held                         # tick only while hold() is in force
         self.lags: deque[float] = deque(maxlen=history)    # the last ticks' lateness, seconds
+        self.running = False                                 # between start() and stop()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.TimerHandle | None = None     # the next tick; None: none due
         self._due = 0.0                                      # time.monotonic() the next tick is due
-
-    @property
-    def running(self) -> bool:
-        return self._handle is not None
+        self._holds = 0                                      # hold() calls not yet released
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Tick on `loop` (the running one by default); `recent_lag()` finds it there."""
         if self.running:
             return
+        self.running = True
         self._loop = loop or asyncio.get_running_loop()
         _monitors[self._loop] = self
-        self._schedule()
+        if not self.while_held or self._holds:
+            self._schedule()
 
     def stop(self) -> None:
+        self.running = False
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
         if self._loop is not None and _monitors.get(self._loop) is self:
             del _monitors[self._loop]
 
+    def hold(self) -> None:
+        """A request is in flight: tick (again, if it had stopped) until it is released."""
+        self._holds += 1
+        if self._handle is None and self.running:
+            self._schedule()
+
+    def release(self) -> None:
+        self._holds -= 1
+
     def recent(self) -> float:
         """The largest lateness of the last ticks, or that of a tick overdue now (the loop is
         stuck in, or just came out of, a long callback), seconds."""
-        overdue = time.monotonic() - self._due if self.running else 0.0
+        overdue = time.monotonic() - self._due if self._handle is not None else 0.0
         return max(max(self.lags, default=0.0), overdue)
 
     def mean(self) -> float:
@@ -75,15 +91,23 @@ class LoopLag:
     def _tick(self) -> None:
         lag = max(0.0, time.monotonic() - self._due)
         self.lags.append(lag)
-        self._schedule()
+        if self._holds or not self.while_held:
+            self._schedule()
+        else:                                  # idle: the last tick; its lags are the past
+            self._handle = None
+            self.lags.clear()
 
 
-def monitor() -> LoopLag | None:
-    """The running loop's monitor (None outside a loop or when none was started)."""
-    try:
-        return _monitors.get(asyncio.get_running_loop())
-    except RuntimeError:
-        return None
+def monitor(loop: asyncio.AbstractEventLoop | None = None) -> LoopLag | None:
+    """`loop`'s monitor, by default the running loop's (None outside a loop or when none was
+    started). A caller that knows its loop passes it: asyncio.get_running_loop() costs a
+    getpid syscall on Python 3.11."""
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+    return _monitors.get(loop)
 
 
 def recent_lag() -> float:
@@ -92,10 +116,11 @@ def recent_lag() -> float:
     return current.recent() if current is not None else 0.0
 
 
-def busy_lag() -> float:
+def busy_lag(loop: asyncio.AbstractEventLoop | None = None) -> float:
     """The lag a request finishing now carries per hop (the mean of the recent ticks) when the
-    daemon is busy (recent lag past BUSY_LAG_S), else 0.0; 0.0 without a monitor."""
-    current = monitor()
+    daemon is busy (recent lag past BUSY_LAG_S), else 0.0; 0.0 without a monitor. `loop`: as
+    for monitor()."""
+    current = monitor(loop)
     if current is None or current.recent() < BUSY_LAG_S:
         return 0.0
     return max(current.mean(), 1e-6)

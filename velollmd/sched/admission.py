@@ -18,15 +18,14 @@ with the same request, which is already back in the queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 from ..config import SchedulerConfig
-from ..looplag import busy_lag
+from ..looplag import LoopLag, busy_lag, monitor
 from .limiter import AdaptiveLimit, per_token
 from .request import RequestStatus, SchedRequest
 from .scheduler import RunnerOutput, ScheduledRequest, Scheduler, queue_timeout_error
@@ -55,15 +54,16 @@ class BackendQueue:
         """Requests running or waiting per request it may run."""
         return (len(self.scheduler.running) + len(self.scheduler.waiting)) / self.scheduler.max_running
 
-    def record(self, request: SchedRequest, now: float) -> None:
+    def record(self, request: SchedRequest, now: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """A request finished well: its latency feeds the adaptive limit, if any, with the
         part of it the daemon's own event loop added when busy: latency that is not the
         backend's queue. Each hop of a request waits about one lag for its turn: a stream has
         a hop per token, so per token about one lag; an answer in one piece is counted one hop
-        (it has a few: the lag is under-subtracted rather than over)."""
+        (it has a few: the lag is under-subtracted rather than over). `loop`: the one it ran on,
+        when known (else the running one)."""
         if self.limit is not None:
             latency = per_token(now - request.started_at, request.num_output_tokens)
-            lag = busy_lag()
+            lag = busy_lag(loop)
             lag = lag if request.stream else per_token(lag, request.num_output_tokens)
             self.limit.on_sample(latency, len(self.scheduler.running), lag)
             if self.limit.limit != self.scheduler.max_running:
@@ -121,49 +121,32 @@ class Admission:
     def load(self, backend: Any) -> float:
         return self.queue_of(backend).load()
 
-    @contextlib.asynccontextmanager
-    async def slot(self, backend: Any, request: SchedRequest) -> AsyncIterator[ScheduledRequest]:
-        self._num_users[id(backend)] = self._num_users.get(id(backend), 0) + 1
-        finishing_soon = False
-        try:
-            queue = self.queue_of(backend)
-            granted = await self._acquire(backend, queue, request)
-            status, preempted = RequestStatus.FINISHED_ERROR, False
-            try:
-                yield granted
-                status = RequestStatus.FINISHED_STOPPED
-            except asyncio.CancelledError:
-                preempted = self._take_preempted(queue, request)
-                if preempted:
-                    raise Preempted(request.request_id) from None
-                status = RequestStatus.FINISHED_ABORTED
-                raise
-            finally:
-                if status is RequestStatus.FINISHED_STOPPED:
-                    finishing_soon = self._finish_soon(backend, queue, request)
-                elif not preempted:            # a preempted request is back in the queue
-                    self._finish(backend, queue, request, status)
-        finally:
-            if not finishing_soon:
-                self._leave(backend)
+    def slot(self, backend: Any, request: SchedRequest) -> Slot:
+        """`async with`: wait for a slot on `backend`, hold it for the block (see the module's
+        docstring)."""
+        return Slot(self, backend, request)
 
-    def _finish_soon(self, backend: Any, queue: BackendQueue, request: SchedRequest) -> bool:
+    def _finish_soon(self, backend: Any, queue: BackendQueue, request: SchedRequest,
+                     lag: LoopLag | None = None) -> None:
         """A request that ended well gives its slot back (and its latency to the limit) a moment
         later, in a callback of this loop turn: what its task does next, writing the answer,
         comes first, and the scheduler's, allocator's and limiter's bookkeeping stay off the
         answer's path. It can no longer be preempted (no task to cancel); its latency ends now."""
-        queue.tasks.pop(request.request_id, None)
+        task = queue.tasks.pop(request.request_id, None)
+        loop = task.get_loop() if task is not None else asyncio.get_running_loop()
         now = self.clock()
 
         def finish() -> None:
             try:
-                self._finish(backend, queue, request, RequestStatus.FINISHED_STOPPED, now)
+                self._finish(backend, queue, request, RequestStatus.FINISHED_STOPPED, now, loop)
             finally:
-                self._leave(backend)
-        asyncio.get_running_loop().call_soon(finish)
-        return True
+                self._leave(backend, lag)
+        loop.call_soon(finish)
 
-    def _leave(self, backend: Any) -> None:
+    def _leave(self, backend: Any, lag: LoopLag | None = None) -> None:
+        """One request less on `backend` (and in flight for the loop's lag monitor `lag`)."""
+        if lag is not None:
+            lag.release()
         key = id(backend)               # backends need not be hashable; a counted one is alive
         self._num_users[key] -= 1
         if not self._num_users[key]:
@@ -174,7 +157,8 @@ class Admission:
 
     # ---- waiting ----
 
-    async def _acquire(self, backend: Any, queue: BackendQueue, request: SchedRequest) -> ScheduledRequest:
+    async def _acquire(self, backend: Any, queue: BackendQueue, request: SchedRequest,
+                       task: asyncio.Task) -> ScheduledRequest:
         rid = request.request_id
         if queue.scheduler.get_request(rid) is None:
             try:
@@ -182,8 +166,8 @@ class Admission:
             except Exception:
                 queue.num_rejected += 1
                 raise
-            queue.grants[rid] = asyncio.get_running_loop().create_future()
-        queue.tasks[rid] = asyncio.current_task()
+            queue.grants[rid] = task.get_loop().create_future()    # the task's loop: no getpid
+        queue.tasks[rid] = task
         try:                                   # whatever fails, the request leaves the queue
             self._pump(backend, queue)
             return await self._wait(backend, queue, request)
@@ -243,14 +227,14 @@ class Admission:
     # ---- finishing ----
 
     def _finish(self, backend: Any, queue: BackendQueue, request: SchedRequest, status: RequestStatus,
-                now: float | None = None) -> None:
+                now: float | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Retire the request (running: finished; waiting: aborted) and wake waiters."""
         rid = request.request_id
         scheduler = queue.scheduler
         if rid in scheduler.running:
             now = self.clock() if now is None else now
             if status is RequestStatus.FINISHED_STOPPED:
-                queue.record(request, now)
+                queue.record(request, now, loop)
             scheduler.update_from_output(RunnerOutput(finished={rid: status}), now)
         elif scheduler.get_request(rid) is not None:
             scheduler.abort_request(rid)
@@ -268,6 +252,57 @@ class Admission:
                        "num_admitted": q.num_admitted, "num_rejected": q.num_rejected,
                        "num_timed_out": q.num_timed_out, "num_preempted": q.num_preempted}
                 for name, q in self.queues.items()}
+
+
+class Slot:
+    """`async with admission.slot(backend, request)`: a class rather than an
+    @asynccontextmanager (no async generator registered in the loop's WeakSet, no contextlib
+    frames per request). Leaving the block well gives the slot back a moment later
+    (`_finish_soon`); a preemption raises Preempted; any other way out finishes the request."""
+    __slots__ = ("admission", "backend", "request", "queue", "lag")
+
+    def __init__(self, admission: Admission, backend: Any, request: SchedRequest):
+        self.admission, self.backend, self.request = admission, backend, request
+
+    async def __aenter__(self) -> ScheduledRequest:
+        admission, backend = self.admission, self.backend
+        task = asyncio.current_task()
+        self.lag = lag = monitor(task.get_loop())      # it ticks while requests are in flight
+        if lag is not None:
+            lag.hold()
+        users = admission._num_users
+        users[id(backend)] = users.get(id(backend), 0) + 1
+        try:
+            self.queue = admission.queue_of(backend)
+            return await admission._acquire(backend, self.queue, self.request, task)
+        except BaseException:
+            admission._leave(backend, lag)
+            raise
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        admission, backend, queue, request = self.admission, self.backend, self.queue, self.request
+        if exc_type is None:
+            try:
+                admission._finish_soon(backend, queue, request, self.lag)  # leaves in that callback
+            except BaseException:
+                admission._leave(backend, self.lag)
+                raise
+            return False
+        preempted = False
+        try:
+            status = RequestStatus.FINISHED_ERROR
+            if issubclass(exc_type, asyncio.CancelledError):
+                preempted = admission._take_preempted(queue, request)
+                if preempted:
+                    raise Preempted(request.request_id) from None
+                status = RequestStatus.FINISHED_ABORTED
+        finally:
+            try:
+                if not preempted:            # a preempted request is back in the queue
+                    admission._finish(backend, queue, request, status)
+            finally:
+                admission._leave(backend, self.lag)
+        return False
 
 
 def _resolve(grant: asyncio.Future | None, value) -> None:
