@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from velollmd.ctl.bench.stats import percentile
 from velollmd.engine import kernels
 
 B, N_HEAD, N_HEAD_KV, HEAD_DIM, BLOCK_SIZE, LAYERS = 8, 16, 4, 64, 16, 8
@@ -84,8 +85,8 @@ def report(name: str, times: dict[str, list[float]]) -> None:
     ratios = [o / t for o, t in zip(other, this)]
     print(f"  {name}: other {statistics.median(other):.2f} ms (min {min(other):.2f}), this "
           f"{statistics.median(this):.2f} ms (min {min(this):.2f}); other / this median "
-          f"{statistics.median(ratios):.2f} [quartiles {np.percentile(ratios, 25):.2f}-"
-          f"{np.percentile(ratios, 75):.2f}]", flush=True)
+          f"{statistics.median(ratios):.2f} [quartiles {percentile(ratios, 25):.2f}-"
+          f"{percentile(ratios, 75):.2f}]", flush=True)
 
 
 def bench_kernel(libs: dict, rounds: int) -> None:
