@@ -94,10 +94,13 @@ class LineHandler(logging.StreamHandler):
         return True
 
     def write_line_soon(self, line: str, loop: asyncio.AbstractEventLoop) -> None:
-        """`line` written with the other lines of this iteration of `loop` (the caller's)."""
-        pending = self._pending
-        pending.append(line)
-        if len(pending) == 1:
+        """`line` written with the other lines of this iteration of `loop` (the caller's). Under
+        the lock: a record another thread emits meanwhile swaps the batch out and writes it, and a
+        line appended to the batch it took would be lost."""
+        with self.lock:
+            self._pending.append(line)
+            first = len(self._pending) == 1
+        if first:
             loop.call_soon(self.write_pending)
 
     def write_pending(self) -> None:
