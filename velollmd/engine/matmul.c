@@ -176,26 +176,33 @@ static float *pack_x8(const float *x, int64_t B, int64_t K) {
 
 #define ROWS_PER_TASK 48    /* a task's weights: 48 rows (192 KiB at K = 1024) */
 
+/* One product's arguments, for run_row_tasks (xp: pack_x8's inputs, NULL: the 8-lane tiles). */
+struct nt_args {
+    const float *x, *xp, *w;
+    float *y;
+    int64_t B, K, N;
+};
+
+static void nt_rows(const void *args, int64_t n0, int64_t n1) {
+    const struct nt_args *a = args;
+#ifdef VL_WIDE
+    if (a->xp) {
+        rows_kernel_wide(a->x, a->xp, a->w, a->y, a->B, a->K, a->N, n0, n1);
+        return;
+    }
+#endif
+    rows_kernel(a->x, a->w, a->y, a->B, a->K, a->N, n0, n1);
+}
+
 void vl_matmul_nt(const float *x, const float *w, float *y, int64_t B, int64_t K, int64_t N,
                   int num_threads) {
-    int64_t num_tasks = row_tasks(N, ROWS_PER_TASK, &num_threads);
-    float *xp = NULL;
+    struct nt_args args = {x, NULL, w, y, B, K, N};
 #ifdef VL_WIDE
     if (B >= X8 && has_avx512())
-        xp = pack_x8(x, B, K);         /* NULL (out of memory): the 8-lane tiles do it all */
+        args.xp = pack_x8(x, B, K);    /* NULL (out of memory): the 8-lane tiles do it all */
 #endif
-#pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1)
-    for (int64_t task = 0; task < num_tasks; task++) {
-        int64_t n0 = task * ROWS_PER_TASK, n1 = task_end(n0, ROWS_PER_TASK, N);
-#ifdef VL_WIDE
-        if (xp) {
-            rows_kernel_wide(x, xp, w, y, B, K, N, n0, n1);
-            continue;
-        }
-#endif
-        rows_kernel(x, w, y, B, K, N, n0, n1);
-    }
-    free(xp);
+    run_row_tasks(nt_rows, &args, N, ROWS_PER_TASK, num_threads);
+    free((void *)args.xp);
 }
 
 int vl_max_threads(void) {
