@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 from tests.engine.quant_harness import CASES, encoded_tensor, file_weight, random_x
-from tests.engine.test_model import LLAMA_ARGS, server_top_probs
+from tests.engine.test_model import LLAMA_ARGS, engine_probs, server_top_probs, top10_nmse
 from tests.rig.llama import tiny_gguf_tool
 from velollmd.engine import kernels
 from velollmd.engine.gguf import read_gguf
-from velollmd.engine.kvcache import PagedKVCache
 from velollmd.engine.legacyweight import LegacyMinWeight
 from velollmd.engine.loader import read_model
-from velollmd.engine.model import Batch, ModelConfig, SeqChunk
+from velollmd.engine.model import ModelConfig
 from velollmd.engine.q4kweight import Q4KWeight
 from velollmd.engine.q8weight import Q8Weight
 from velollmd.engine.quants import dequantize
@@ -74,13 +73,9 @@ def test_top10_probabilities_match_llama_server(arch, dtype, tmp_path, llama_ser
     assert isinstance(model.layers[0].w_gate_up, CASES[dtype].cls)
     server = llama_server_factory(model_path=path, parallel=1, ctx_size=512, extra_args=LLAMA_ARGS)
     ids, theirs = server_top_probs(server, "the world of water and fire is a great story")
-    kv = PagedKVCache(config.n_layer, 4, 16, config.n_head_kv, config.head_dim)
-    logits = model.forward(Batch.pack([SeqChunk(ids, 0, [0, 1, 2, 3])]), kv)[0].astype(np.float64)
-    ours = np.exp(logits - logits.max())
-    ours /= ours.sum()                                                            # (n_vocab,)
+    ours = engine_probs(model, config, ids)                                       # (n_vocab,)
     top_ids = list(theirs)
-    p, q = np.array([theirs[i] for i in top_ids]), ours[top_ids]
-    nmse = float(np.sum((q - p) ** 2) / np.sum(p ** 2))
+    nmse = top10_nmse(ours, theirs)
     print(f"{arch} {dtype}: top-10 normalised MSE vs llama-server = {nmse:.2e}")
     assert len(theirs) == 10 and int(np.argmax(ours)) == top_ids[0]
     assert nmse < 1e-3

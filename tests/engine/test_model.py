@@ -274,6 +274,21 @@ def server_top_probs(server, prompt: str) -> tuple[list[int], dict[int, float]]:
     return ids, {entry["id"]: float(np.exp(entry["logprob"])) for entry in top}
 
 
+def engine_probs(model: Model, config: ModelConfig, ids: list[int]) -> np.ndarray:
+    """The model's next-token probabilities after ids (one sequence on a fresh 4 x 16-slot
+    cache): (n_vocab,) float64, the softmax of its raw logits."""
+    kv = PagedKVCache(config.n_layer, 4, 16, config.n_head_kv, config.head_dim)
+    logits = model.forward(Batch.pack([SeqChunk(ids, 0, [0, 1, 2, 3])]), kv)[0].astype(np.float64)
+    ours = np.exp(logits - logits.max())
+    return ours / ours.sum()
+
+
+def top10_nmse(ours: np.ndarray, theirs: dict[int, float]) -> float:
+    """Normalised MSE of our probabilities on llama-server's top-10 tokens (server_top_probs')."""
+    p, q = np.array(list(theirs.values())), ours[list(theirs)]
+    return float(np.sum((q - p) ** 2) / np.sum(p ** 2))
+
+
 def tool_model(arch: str, dtype: str):
     """A file from tools/make_tiny_gguf.py (its tiny shape)."""
     return lambda path: tiny_gguf_tool().build_tiny_gguf(path, seed=5, dtype=dtype, arch=arch)
@@ -299,13 +314,9 @@ def test_top10_probabilities_match_llama_server(variant, tmp_path, llama_server_
     model = Model(config, tensor_of(path), tensor_types_of(path))     # rounding as llama.cpp's
     server = llama_server_factory(model_path=path, parallel=1, ctx_size=512, extra_args=LLAMA_ARGS)
     ids, theirs = server_top_probs(server, "the world of water and fire is a great story")
-    kv = PagedKVCache(config.n_layer, 4, 16, config.n_head_kv, config.head_dim)
-    logits = model.forward(Batch.pack([SeqChunk(ids, 0, [0, 1, 2, 3])]), kv)[0].astype(np.float64)
-    ours = np.exp(logits - logits.max())
-    ours /= ours.sum()                                               # (n_vocab,)
+    ours = engine_probs(model, config, ids)                          # (n_vocab,)
     top_ids = list(theirs)
-    p, q = np.array([theirs[i] for i in top_ids]), ours[top_ids]
-    nmse = float(np.sum((q - p) ** 2) / np.sum(p ** 2))
+    nmse = top10_nmse(ours, theirs)
     print(f"{variant}: {len(ids)} prompt tokens, top-10 normalised MSE vs llama-server = {nmse:.2e}")
     assert len(ids) > 5 and len(theirs) == 10
     assert int(np.argmax(ours)) == top_ids[0]
