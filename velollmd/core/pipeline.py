@@ -204,8 +204,10 @@ class Pipeline:
     async def _upstream(self, request: GenerateRequest) -> Outcome:
         """The Service call, a stream keeping its usage chunk (counted there) for what follows
         to read, then tool-call repair."""
-        outcome = await self.service.generate(request, Delivery(True, self.usage_sink(request)))
-        outcome = await self.tools.apply(request, outcome, self.service.generate)
+        delivery = Delivery(True, self.usage_sink(request)) if request.stream else None   # (streams only)
+        outcome = await self.service.generate(request, delivery)
+        if self.tools.applies(request):
+            outcome = await self.tools.apply(request, outcome, self.service.generate)
         if outcome.body is not None:
             self.record_usage(request, request.model, outcome.body.get("usage"))
         return outcome
@@ -215,7 +217,8 @@ class Pipeline:
         the request's trace (the access log)."""
         self.metrics.record_usage(model, usage)
         self.ledger.record_usage(request.key_name, usage)
-        self._share_usage(request.key_name, usage)
+        if self.shared is not None:
+            self._share_usage(request.key_name, usage)
         trace = current_request()
         if usage and trace is not None:
             trace.note_usage(usage)
