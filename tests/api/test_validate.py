@@ -1,11 +1,11 @@
-"""validate.py's sampling checks: the fast pass over the fields a body has decides as the
-in-order checks do, and a body with several bad fields names the same one."""
+"""validate.py's sampling and message checks: the fast passes decide as the full checks do,
+and a body with several bad fields names the same one."""
 import itertools
 
 import pytest
 
-from velollmd.api.validate import (SAMPLING_FIELDS, _check_sampling, _check_sampling_in_order,
-                                   validate_chat)
+from velollmd.api.validate import (SAMPLING_FIELDS, _check_message, _check_messages, _check_sampling,
+                                   _check_sampling_in_order, validate_chat)
 from velollmd.errors import BadRequest
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -50,3 +50,15 @@ def test_plain_bodies_pass():
     body = {"model": "m", "messages": MESSAGES, "max_tokens": 16, "temperature": 0.7, "top_p": 1, "stream": True,
             "stream_options": {"include_usage": True}, "stop": ["\n"], "seed": 3, "user": "u", "logprobs": True}
     assert validate_chat(body) is body
+
+
+def test_messages_decided_as_by_the_full_checks():
+    calls = [{"function": {"name": "f", "arguments": "{}"}}]
+    roles = ("user", "assistant", "tool", "robot", None, ["user"])
+    contents = ("hi", "", None, 3, [{"type": "text", "text": "x"}], [{"text": "x"}], [])
+    for role, content, tool_calls in itertools.product(roles, contents, (None, [], calls, "x", [{}])):
+        message = {"role": role, "content": content, "tool_calls": tool_calls}
+        for shown in ({k: v for k, v in message.items() if v is not None}, message):
+            assert verdict(_check_messages, [MESSAGES[0], shown]) == verdict(
+                lambda m: _check_message(m, "messages[1]"), shown), shown
+    assert verdict(_check_messages, [MESSAGES[0], "hi"])[0] == "messages[1]"

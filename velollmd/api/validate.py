@@ -119,21 +119,29 @@ def _check_messages(messages) -> None:
     if not isinstance(messages, list) or not messages:
         _fail("messages", "a non-empty array of messages is required")
     for i, message in enumerate(messages):
-        param = f"messages[{i}]"
-        if not isinstance(message, dict):
-            _fail(param, "expected an object")
-        if not isinstance(message.get("role"), str) or message["role"] not in ROLES:
-            _fail(f"{param}.role", f"must be one of {', '.join(sorted(ROLES))}")
-        content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            _fail(f"{param}.content", "expected a string or an array of content parts")
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    _fail(f"{param}.content[{j}]", "expected a content part object with a 'type'")
-        if content is None and not message.get("tool_calls") and message.get("role") != "assistant":
-            _fail(f"{param}.content", "is required")
-        check_message_tool_calls(message.get("tool_calls"), f"{param}.tool_calls")
+        if type(message) is dict:              # the plain message, passed at once: a role and text
+            role = message.get("role")
+            if type(role) is str and role in ROLES and type(message.get("content")) is str \
+                    and message.get("tool_calls") is None:
+                continue
+        _check_message(message, f"messages[{i}]")
+
+
+def _check_message(message, param: str) -> None:
+    if not isinstance(message, dict):
+        _fail(param, "expected an object")
+    if not isinstance(message.get("role"), str) or message["role"] not in ROLES:
+        _fail(f"{param}.role", f"must be one of {', '.join(sorted(ROLES))}")
+    content = message.get("content")
+    if content is not None and not isinstance(content, (str, list)):
+        _fail(f"{param}.content", "expected a string or an array of content parts")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                _fail(f"{param}.content[{j}]", "expected a content part object with a 'type'")
+    if content is None and not message.get("tool_calls") and message.get("role") != "assistant":
+        _fail(f"{param}.content", "is required")
+    check_message_tool_calls(message.get("tool_calls"), f"{param}.tool_calls")
 
 
 def check_message_tool_calls(calls, param: str) -> None:
