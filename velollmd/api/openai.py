@@ -44,18 +44,13 @@ class OpenAIRoutes:
                 self.access.ledger.record_cache_hit(key_name)
                 return to_response(replay, self.sse_ping_s)
         body = validate_chat(request.json())
-        return await self._generate(request, "chat", body, key=key, raw_key=raw_key, headers=headers)
+        generate = self.access.generate_request(request, "chat", body, key=key, raw_key=raw_key, headers=headers)
+        return to_response(await self.pipeline.generate(generate, frames=True), self.sse_ping_s)
 
     async def completions(self, request: Request) -> Response:
         body = validate_completion(request.json())
-        return await self._generate(request, "completion", body)
-
-    async def _generate(self, request: Request, endpoint: str, body: dict, *, key: str | None = None,
-                        raw_key: str = "", headers: dict[str, str] | None = None) -> Response:
-        generate = self.access.generate_request(request, endpoint, body, key=key, raw_key=raw_key,
-                                                headers=headers)
-        outcome = await self.pipeline.generate(generate, frames=True)
-        return to_response(outcome, self.sse_ping_s)
+        generate = self.access.generate_request(request, "completion", body)
+        return to_response(await self.pipeline.generate(generate, frames=True), self.sse_ping_s)
 
     async def list_models(self, request: Request) -> Response:
         data = [model_object(m) for m in self.access.visible_models(request, self.registry.catalogue())]

@@ -54,6 +54,7 @@ class Router:
         """A fixed route (metrics label it by path; parametrised and unknown paths are "other")."""
         return path in self._exact
 
-    async def dispatch(self, request: Request) -> Response:
+    def dispatch(self, request: Request) -> Awaitable[Response]:
+        """The handler's coroutine, for the caller to await (404 and 405 raise here)."""
         handler, params = self.resolve(request.method, request.path)
-        return await handler(request, **params)
+        return handler(request, **params)

@@ -159,7 +159,9 @@ class Backend:
 
     async def post_json(self, path: str, body: dict) -> dict:
         response = await self.client.request("POST", path, json=body)
-        return await self.json_or_raise(response, body.get("model"))
+        if response.status >= 400:                      # (json_or_raise, one coroutine fewer per answer)
+            raise await self.error_from(response, body.get("model"))
+        return await response.json()
 
     async def get_json(self, path: str) -> dict:
         response = await self.client.request("GET", path)

@@ -8,7 +8,7 @@ neither do the others: those get the scheduler's adaptive limit.
 from __future__ import annotations
 
 import json
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable
 
 from ..errors import BadRequest, VeloError
 from ..wire.request import GenerateRequest
@@ -76,14 +76,15 @@ class OpenAIBackend(Backend):
                              param="n", code="unsupported_value")
         return body
 
-    async def chat(self, request: GenerateRequest) -> dict:
-        return await self.post_json(PATHS["chat"], self.upstream_body(request))
+    def chat(self, request: GenerateRequest) -> Awaitable[dict]:
+        """post_json's coroutine itself, awaited by the caller (no coroutine of ours around it)."""
+        return self.post_json(PATHS["chat"], self.upstream_body(request))
 
     def chat_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
         return self.stream_json(PATHS["chat"], self.upstream_body(request), sse=True)
 
-    async def completion(self, request: GenerateRequest) -> dict:
-        return await self.post_json(PATHS["completion"], self.upstream_body(request))
+    def completion(self, request: GenerateRequest) -> Awaitable[dict]:
+        return self.post_json(PATHS["completion"], self.upstream_body(request))
 
     def completion_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
         return self.stream_json(PATHS["completion"], self.upstream_body(request), sse=True)

@@ -150,16 +150,20 @@ class Pipeline:
     async def generate(self, request: GenerateRequest, frames: bool = False) -> Outcome:
         """The answer to `request`. `frames`: the caller writes a stream as OpenAI SSE and takes
         chunks as JSON bytes, so a stream nothing else must read passes through (relay.py)."""
-        await self.admit(request.key_name)
+        if self.shared is not None:                   # (else Access.admit counted the key's request)
+            await self.admit(request.key_name)
         request = self.registry.aliased(request)
-        lookup = await self._lookup(request)
-        if lookup.status.startswith("hit"):
-            self.metrics.cache.inc(result=lookup.status)
-            self.ledger.record_cache_hit(request.key_name)
-            if lookup.status == "hit-exact":
-                self._remember(request, lookup)
-            return self._replay(request, lookup)
-        if lookup.status == "miss" and lookup.storable:
+        status = "bypass"                             # the cache off: no lookup
+        if self.cache is not None:
+            lookup = await self._lookup(request)
+            status = lookup.status
+            if status.startswith("hit"):
+                self.metrics.cache.inc(result=status)
+                self.ledger.record_cache_hit(request.key_name)
+                if status == "hit-exact":
+                    self._remember(request, lookup)
+                return self._replay(request, lookup)
+        if status == "miss" and lookup.storable:
             outcome = await self._coalesced(request, lookup)
         elif frames and request.stream and not self.tools.applies(request):
             outcome = await self.service.generate(request, Delivery(request.include_usage,
@@ -168,13 +172,11 @@ class Pipeline:
             outcome = await self._upstream(request)
             if outcome.chunks is not None:
                 outcome.chunks = strip_usage(outcome.chunks, request.include_usage)
-        outcome.headers[CACHE_HEADER] = lookup.status
-        self.metrics.cache.inc(result=lookup.status)
+        outcome.headers[CACHE_HEADER] = status
+        self.metrics.cache.inc(result=status)
         return outcome
 
     async def _lookup(self, request: GenerateRequest) -> Lookup:
-        if self.cache is None:
-            return Lookup("bypass")
         backend = self.registry.pick(request.model)
         identity = backend.identity(request.model)
         args = dict(endpoint=request.endpoint, model_identity=identity, tenant=request.api_key or None,
@@ -202,8 +204,10 @@ class Pipeline:
     async def _upstream(self, request: GenerateRequest) -> Outcome:
         """The Service call, a stream keeping its usage chunk (counted there) for what follows
         to read, then tool-call repair."""
-        outcome = await self.service.generate(request, Delivery(True, self.usage_sink(request)))
-        outcome = await self.tools.apply(request, outcome, self.service.generate)
+        delivery = Delivery(True, self.usage_sink(request)) if request.stream else None   # (streams only)
+        outcome = await self.service.generate(request, delivery)
+        if self.tools.applies(request):
+            outcome = await self.tools.apply(request, outcome, self.service.generate)
         if outcome.body is not None:
             self.record_usage(request, request.model, outcome.body.get("usage"))
         return outcome
@@ -213,7 +217,8 @@ class Pipeline:
         the request's trace (the access log)."""
         self.metrics.record_usage(model, usage)
         self.ledger.record_usage(request.key_name, usage)
-        self._share_usage(request.key_name, usage)
+        if self.shared is not None:
+            self._share_usage(request.key_name, usage)
         trace = current_request()
         if usage and trace is not None:
             trace.note_usage(usage)
