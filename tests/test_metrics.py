@@ -60,3 +60,16 @@ def test_sample_values_keep_every_digit():
     assert number(12_345_678) == "12345678" and number(3.0) == "3" and number(0.25) == "0.25"
     assert number(float("inf")) == "+Inf" and number(float("nan")) == "NaN"
     assert sampled("velollm_x_total", "counter", "x", [({}, 1_234_567_891)])[-1] == "velollm_x_total 1234567891"
+
+
+def test_labels_in_any_order_count_in_one_series():
+    counter, histogram = Counter("c_total", "c"), Histogram("h_seconds", "h", buckets=(1, 2))
+    counter.inc(kind="prompt", model="m")
+    counter.inc(2, model="m", kind="prompt")
+    histogram.observe(0.5, b="x", a="y")
+    histogram.observe(3, a="y", b="x")
+    histogram.observe(1.5)
+    assert counter.values == {(("kind", "prompt"), ("model", "m")): 3.0}
+    assert counter.get(model="m", kind="prompt") == 3.0
+    assert histogram.series == {(("a", "y"), ("b", "x")): [1, 0, 3.5, 2], (): [0, 1, 1.5, 1]}
+    assert 'h_seconds_bucket{a="y",b="x",le="+Inf"} 2' in histogram.render()

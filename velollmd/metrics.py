@@ -1,8 +1,8 @@
 """Counters and histograms in the Prometheus text format (GET /metrics), no dependencies."""
 from __future__ import annotations
 
-import bisect
 import math
+from bisect import bisect_left as _bisect_left
 from collections import defaultdict
 
 from .looplag import monitor
@@ -43,10 +43,15 @@ def sampled(name: str, kind: str, help_text: str, samples) -> list[str]:
 class Counter:
     def __init__(self, name: str, help_text: str):
         self.name, self.help = name, help_text
-        self.values: dict[tuple, float] = defaultdict(float)
+        self.values: dict[tuple, float] = defaultdict(float)    # sorted labels -> value
+        self._keys: dict[tuple, tuple] = {}     # labels as passed -> sorted (no sort per inc)
 
     def inc(self, amount: float = 1.0, **labels) -> None:
-        self.values[tuple(sorted(labels.items()))] += amount
+        items = tuple(labels.items())
+        key = self._keys.get(items)
+        if key is None:
+            key = self._keys[items] = tuple(sorted(items))
+        self.values[key] += amount
 
     def get(self, **labels) -> float:
         return self.values.get(tuple(sorted(labels.items())), 0.0)
@@ -58,18 +63,27 @@ class Counter:
 class Histogram:
     def __init__(self, name: str, help_text: str, buckets=LATENCY_BUCKETS_S):
         self.name, self.help, self.buckets = name, help_text, tuple(buckets)
-        self.series: dict[tuple, list] = {}     # labels -> [bucket counts..., sum, count]
+        self.series: dict[tuple, list] = {}     # sorted labels -> [bucket counts..., sum, count]
+        self._by_items: dict[tuple, list] = {}  # labels as passed -> their series (no sort per observe)
 
     def observe(self, value: float, **labels) -> None:
-        key = tuple(sorted(labels.items()))
-        series = self.series.get(key)
+        items = tuple(labels.items())
+        series = self._by_items.get(items)
         if series is None:
-            series = self.series[key] = [0] * len(self.buckets) + [0.0, 0]
-        index = bisect.bisect_left(self.buckets, value)
-        if index < len(self.buckets):
+            series = self._series(items)
+        index = _bisect_left(self.buckets, value)
+        if index < len(series) - 2:
             series[index] += 1
         series[-2] += value
         series[-1] += 1
+
+    def _series(self, items: tuple) -> list:
+        key = tuple(sorted(items))
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = [0] * len(self.buckets) + [0.0, 0]
+        self._by_items[items] = series
+        return series
 
     def merged(self) -> list:
         """Every series added up: [bucket counts..., +Inf bucket count, sum, count] (the

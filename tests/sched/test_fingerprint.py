@@ -99,3 +99,11 @@ def test_texts_of_lists_message_texts_and_the_completion_prompt():
     texts = texts_of(request)
     assert texts[0] == "hi" and texts[1].startswith("null[") and '"name": "f"' in texts[1]
     assert texts_of(GenerateRequest("completion", {"model": "m", "prompt": "abc"})) == ["abc"]
+
+
+def test_estimated_pieces_a_short_text_one_chunk_an_empty_one_none():
+    request = chat_request("", "hi", "x" * (2 * 256 + 10))
+    fingerprint = fingerprint_of(request)
+    assert fingerprint.num_tokens == (OVERHEAD, OVERHEAD, 1, OVERHEAD, 64, 64, 3)
+    assert fingerprint.hashes[2] == hash("hi") and fingerprint.hashes[4] == hash("x" * 256)
+    assert fingerprint == fingerprint_of(request) and len(fingerprint.token_ids()) == sum(fingerprint.num_tokens)

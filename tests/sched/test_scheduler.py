@@ -57,6 +57,26 @@ def test_waits_for_a_free_slot_and_reuses_it():
     assert started(sched.schedule(5.0)) == [("c", 0)]
 
 
+def test_finish_request_retires_one_as_update_from_output_does():
+    sched = scheduler(num_slots=1)
+    add(sched, make("a", arrival=0), make("b", arrival=1))
+    assert started(sched.schedule(2.0)) == [("a", 0)]
+    assert sched.finish_request("b", S.FINISHED_STOPPED, 3.0) is None     # waiting, not running
+    done = sched.finish_request("a", S.FINISHED_LENGTH, 3.0)
+    assert done.request_id == "a" and done.status is S.FINISHED_LENGTH and done.slot is None
+    assert sched.get_request("a") is None and "a" not in sched.pool
+    assert started(sched.schedule(4.0)) == [("b", 0)]
+
+
+def test_statuses_hash_by_identity_and_keep_their_transitions():
+    assert {status: status.value for status in S}[S.RUNNING] == "running"
+    assert S.FINISHED_STOPPED.is_finished and not S.WAITING.is_finished
+    request = make("a")
+    request.set_status(S.RUNNING)
+    with pytest.raises(AssertionError):
+        request.set_status(S.WAITING)
+
+
 def test_waits_for_blocks_and_the_head_is_not_overtaken():
     sched = scheduler(num_slots=4, num_blocks=5)  # 20 token slots
     add(sched, make("a", num_tokens=8, max_tokens=4, arrival=0),    # 3 blocks

@@ -28,7 +28,9 @@ from ..config import SchedulerConfig
 from ..looplag import LoopLag, busy_lag, monitor
 from .limiter import AdaptiveLimit, per_token
 from .request import RequestStatus, SchedRequest
-from .scheduler import RunnerOutput, ScheduledRequest, Scheduler, queue_timeout_error
+from .scheduler import ScheduledRequest, Scheduler, queue_timeout_error
+
+_STOPPED = RequestStatus.FINISHED_STOPPED   # bound once: EnumType's attribute hook costs ~1k instructions
 
 
 class Preempted(Exception):
@@ -138,7 +140,7 @@ class Admission:
 
         def finish() -> None:
             try:
-                self._finish(backend, queue, request, RequestStatus.FINISHED_STOPPED, now, loop)
+                self._finish(backend, queue, request, _STOPPED, now, loop)
             finally:
                 self._leave(backend, lag)
         loop.call_soon(finish)
@@ -233,9 +235,9 @@ class Admission:
         scheduler = queue.scheduler
         if rid in scheduler.running:
             now = self.clock() if now is None else now
-            if status is RequestStatus.FINISHED_STOPPED:
+            if status is _STOPPED:
                 queue.record(request, now, loop)
-            scheduler.update_from_output(RunnerOutput(finished={rid: status}), now)
+            scheduler.finish_request(rid, status, now)
         elif scheduler.get_request(rid) is not None:
             scheduler.abort_request(rid)
         queue.grants.pop(rid, None)

@@ -36,6 +36,12 @@ class Fingerprint:
     num_tokens: tuple[int, ...]
     piece_ids: tuple[array | None, ...] = field(default=(), repr=False, compare=False)  # int32 runs
 
+    def __init__(self, hashes: tuple[int, ...], num_tokens: tuple[int, ...],
+                 piece_ids: tuple[array | None, ...] = ()):
+        # One dict update where the frozen dataclass's own __init__ makes an object.__setattr__
+        # call per field (a request makes one Fingerprint).
+        self.__dict__.update(hashes=hashes, num_tokens=num_tokens, piece_ids=piece_ids)
+
     @property
     def total_tokens(self) -> int:
         return sum(self.num_tokens)
@@ -130,12 +136,16 @@ class _Pieces:
         self.ids.append(ids)
 
     def add_text(self, text: str) -> None:
-        real = self.token_ids.get(text)
+        real = self.token_ids.get(text) if self.token_ids else None
         if real is not None:
             real = real if isinstance(real, array) and real.typecode == "i" else array("i", real)
             for start in range(0, len(real), TOKENS_PER_PIECE):
                 run = real[start:start + TOKENS_PER_PIECE]                  # (<= 64,) int32
                 self.add(run.tobytes(), len(run), run)
+            return
+        if len(text) <= CHUNK_CHARS:            # at most one chunk (a short message): no loop
+            if text:
+                self.add(text, -(-len(text) // CHARS_PER_TOKEN))
             return
         for start in range(0, len(text), CHUNK_CHARS):
             chunk = text[start:start + CHUNK_CHARS]
