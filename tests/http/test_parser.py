@@ -326,3 +326,16 @@ def test_fuzz_mutated_requests_only_raise_protocol_errors(seed, edits, split):
 @given(st.binary(max_size=600), st.integers(0, 600))
 def test_fuzz_random_bytes_only_raise_protocol_errors(raw, split):
     _drive(raw, split % (len(raw) + 1))
+
+
+def test_take_data_gives_every_buffered_chunk_in_one_call_and_the_end_after_it():
+    from velollmd.http.parser import HTTPParser
+    parser = HTTPParser("client")
+    parser.expect_response("POST")
+    parser.feed(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n1\r\n")
+    parser.next_event()
+    parts = []
+    assert parser.take_data(parts) is False and parts == [b"abc", b"de"]
+    parser.feed(b"f\r\n0\r\n\r\n")
+    assert parser.take_data(parts) is True and parts == [b"abc", b"de", b"f"]
+    assert parser.between_messages

@@ -154,88 +154,52 @@ class ClientResponse:
     def header(self, name: str, default: str | None = None) -> str | None:
         return self._head.get(name, default)
 
-    async def iter_raw(self) -> AsyncIterator[bytes]:
+    def iter_raw(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive (chunk framing removed), one piece per socket read."""
-        try:
-            while (data := await self._next_data()) is not None:
-                yield data
-        finally:
-            if not self._done:
-                self.close()
+        return _each(_BodyBatches(self, _RawPieces()))
 
     async def _next_data(self) -> bytes | None:
         """The body bytes that the next socket read brings (every chunk of it, joined), or
         None at the end of the body. A read often carries several chunks of a stream (several
         tokens, or the last one with the usage and `[DONE]`): they go up as one piece, so the
         layers above split and relay them once per read, not once per chunk."""
-        if self._done:
-            return None
-        conn, parts = self._conn, []
-        try:                                    # what the last read brought needs no await
-            event = self._client._parsed(conn) or await self._client._read_event(conn)
-            while True:
-                if type(event) is EndOfMessage:
-                    self._finish(reusable=self._head.keep_alive)
-                    break
-                parts.append(event.data)
-                event = self._client._parsed(conn)
-                if event is None:
-                    break
+        try:
+            while (data := self._take_data()) == b"":        # what the last read brought needs no await
+                await self._client._read_more(self._conn)
         except BaseException:
             self.close()
             raise
-        if not parts:
+        return data
+
+    def _take_data(self) -> bytes | None:
+        """The body bytes the buffer holds (every chunk in it, joined), b"" when it holds none,
+        None once the body has ended (a body's last bytes come first, the end on the next call)."""
+        if self._done:
             return None
+        parts = []
+        if self._client._take_data(self._conn, parts):
+            self._finish(reusable=self._head.keep_alive)
+            if not parts:
+                return None
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def iter_lines(self) -> AsyncIterator[bytes]:
         """Body split into lines (without line endings); blank lines are kept."""
         return _each(self.iter_line_batches())
 
-    async def iter_line_batches(self, events: bool = False) -> AsyncIterator[list[bytes]]:
+    def iter_line_batches(self, events: bool = False) -> AsyncIterator[list[bytes]]:
         """The lines completed by each read of the body (never an empty list); `events`:
         the events of a stream only (blank lines and `[DONE]` left out)."""
-        parts: list[bytes] = []                       # the unfinished line, never re-scanned
-        num_pending = 0
-        try:
-            while (data := await self._next_data()) is not None:
-                if b"\n" not in data:
-                    parts.append(data)
-                    num_pending += len(data)
-                    if num_pending > MAX_EVENT_BYTES:
-                        raise _too_big("a line", MAX_EVENT_BYTES)
-                    continue
-                *lines, pending = (b"".join(parts) + data if parts else data).split(b"\n")
-                parts, num_pending = ([pending] if pending else []), len(pending)
-                lines = _kept([line[:-1] if line.endswith(b"\r") else line for line in lines], events)
-                if lines:
-                    yield lines
-        finally:
-            self.close()
-        lines = _kept([b"".join(parts)] if parts else [], events)
-        if lines:
-            yield lines
+        return _BodyBatches(self, _LineSplitter(events))
 
     def iter_sse(self) -> AsyncIterator[bytes]:
         """The payload of each Server-Sent Event of the body (comments skipped)."""
         return _each(self.iter_sse_batches())
 
-    async def iter_sse_batches(self, events: bool = False) -> AsyncIterator[list[bytes]]:
+    def iter_sse_batches(self, events: bool = False) -> AsyncIterator[list[bytes]]:
         """The event payloads completed by each read of the body (never an empty list);
         `events`: a stream's events only (blank ones and `[DONE]` left out)."""
-        decoder = SSEDecoder()
-        try:
-            while (data := await self._next_data()) is not None:
-                payloads = _kept(decoder.feed(data), events)
-                if decoder.num_pending > MAX_EVENT_BYTES:
-                    raise _too_big("an event", MAX_EVENT_BYTES)
-                if payloads:
-                    yield payloads
-        finally:
-            self.close()
-        payloads = _kept(decoder.end(), events)
-        if payloads:
-            yield payloads
+        return _BodyBatches(self, SSEDecoder(events))
 
     async def read(self, limit: int = MAX_BODY_BYTES) -> bytes:
         body = None if self._done else self._conn.parser.take_body()
@@ -279,6 +243,96 @@ class ClientResponse:
 
     async def __aexit__(self, *exc) -> None:
         self.close()
+
+
+class _BodyBatches:
+    """The items that each read of a streamed body completes (never an empty list), split by
+    `splitter` (`feed(data)` -> items, `end()` -> the items cut short by the body's end).
+
+    A class, not an async generator over `_next_data`: a stream's every read resumes one frame
+    here (the socket read's own await included) instead of three. The body is closed (its
+    connection dropped unless read to the end) on any error, and by `aclose()`."""
+    __slots__ = ("response", "splitter", "starved", "ended")
+
+    def __init__(self, response: ClientResponse, splitter):
+        self.response, self.splitter = response, splitter
+        self.starved = False            # the buffer holds no body byte left to take: read first
+        self.ended = False
+
+    def __aiter__(self) -> _BodyBatches:
+        return self
+
+    async def __anext__(self) -> list:
+        response = self.response
+        try:
+            while not self.ended:
+                if self.starved and not response._done:     # the socket read, inlined: no frame more
+                    conn = response._conn
+                    try:
+                        read = await conn.reader.read(READ_SIZE)
+                    except ConnectionError:
+                        raise response._client._reset(conn) from None
+                    response._client._fed(conn, read)
+                self.starved = True
+                data = response._take_data()
+                if data is None:                        # the body's end
+                    self.ended = True
+                    items = self.splitter.end()
+                else:
+                    items = self.splitter.feed(data)
+                    if self.splitter.num_pending > MAX_EVENT_BYTES:
+                        raise _too_big(self.splitter.unit, MAX_EVENT_BYTES)
+                if items:
+                    return items
+        except BaseException:
+            response.close()
+            raise
+        response.close()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self.ended = True
+        self.response.close()
+
+
+class _RawPieces:
+    """Splits nothing: each read's body bytes are one item."""
+    __slots__ = ()
+    num_pending = 0
+
+    @staticmethod
+    def feed(data: bytes) -> list[bytes]:
+        return [data] if data else []
+
+    @staticmethod
+    def end() -> list[bytes]:
+        return []
+
+
+class _LineSplitter:
+    """A body's lines (without line endings), as the reads complete them; `events`: the
+    events of a stream only (blank lines and `[DONE]` left out)."""
+    __slots__ = ("events", "parts", "num_pending")
+    unit = "a line"
+
+    def __init__(self, events: bool):
+        self.events = events
+        self.parts: list[bytes] = []                  # the unfinished line, never re-scanned
+        self.num_pending = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if b"\n" not in data:
+            self.parts.append(data)
+            self.num_pending += len(data)
+            return []
+        *lines, pending = (b"".join(self.parts) + data if self.parts else data).split(b"\n")
+        self.parts, self.num_pending = ([pending] if pending else []), len(pending)
+        return _kept([line[:-1] if line.endswith(b"\r") else line for line in lines], self.events)
+
+    def end(self) -> list[bytes]:
+        lines = [b"".join(self.parts)] if self.parts else []
+        self.parts, self.num_pending = [], 0
+        return _kept(lines, self.events)
 
 
 def _kept(payloads: list[bytes], events: bool) -> list[bytes]:
@@ -381,33 +435,53 @@ class HTTPClient:
             conn.abort()
             raise BackendError(f"backend broke HTTP: {exc.message}") from None
 
+    @staticmethod
+    def _take_data(conn: _Conn, parts: list) -> bool:
+        """`parser.take_data`: the body pieces in the connection's buffer; True at the end."""
+        try:
+            return conn.parser.take_data(parts)
+        except ProtocolError as exc:
+            conn.abort()
+            raise BackendError(f"backend broke HTTP: {exc.message}") from None
+
     async def _next_event(self, conn: _Conn, stale_ok: bool = False):
         return self._parsed(conn) or await self._read_event(conn, stale_ok)
 
     async def _read_event(self, conn: _Conn, stale_ok: bool = False):
         """The next event once more bytes came: the caller found none in the buffer."""
-        parser = conn.parser
         while True:
-            try:
-                data = await conn.reader.read(READ_SIZE)
-            except ConnectionError:             # a reset: to the caller, a broken backend
-                if stale_ok and parser.between_messages:
-                    raise
-                conn.abort()
-                raise BackendError(f"backend {self.origin.host_header} reset the connection "
-                                   "mid-response", code="backend_reset") from None
-            conn.last_read = conn.loop.time()
-            if conn.timed_out:
-                raise BackendTimeout(f"backend {self.origin.host_header} sent nothing for "
-                                     f"{self.read_timeout:g} s")
-            if not data:
-                if stale_ok and parser.between_messages:
-                    raise _StaleConnection()
-                parser.feed_eof()
-            parser.feed(data)
+            await self._read_more(conn, stale_ok)
             event = self._parsed(conn)
             if event is not None:
                 return event
+
+    async def _read_more(self, conn: _Conn, stale_ok: bool = False) -> None:
+        """One socket read fed to the parser (its EOF, when the peer closed)."""
+        try:
+            data = await conn.reader.read(READ_SIZE)
+        except ConnectionError:
+            if stale_ok and conn.parser.between_messages:
+                raise
+            raise self._reset(conn) from None
+        self._fed(conn, data, stale_ok)
+
+    def _reset(self, conn: _Conn) -> BackendError:
+        """A reset mid-response: to the caller, a broken backend."""
+        conn.abort()
+        return BackendError(f"backend {self.origin.host_header} reset the connection "
+                            "mid-response", code="backend_reset")
+
+    def _fed(self, conn: _Conn, data: bytes, stale_ok: bool = False) -> None:
+        """A read's bytes to the parser (its EOF when empty), once the watchdog has seen it."""
+        conn.last_read = conn.loop.time()
+        if conn.timed_out:
+            raise BackendTimeout(f"backend {self.origin.host_header} sent nothing for "
+                                 f"{self.read_timeout:g} s")
+        if not data:
+            if stale_ok and conn.parser.between_messages:
+                raise _StaleConnection()
+            conn.parser.feed_eof()
+        conn.parser.feed(data)
 
     async def _connect(self) -> _Conn:
         try:

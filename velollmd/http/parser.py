@@ -326,6 +326,20 @@ class HTTPParser:
         self._state = "head"
         return data
 
+    def take_data(self, parts: list) -> bool:
+        """Append every body piece the buffer holds to `parts`; True once the message ended
+        (as after its EndOfMessage). A stream's read in one call, where the events take a call
+        per chunk and one more to find the buffer empty."""
+        buf = self._buf
+        while buf or self._eof or self._state == "body":    # an empty buffer yields no event, but
+            event = self.next_event()                       # the end of a body of known length
+            if event is None:
+                return False
+            if type(event) is EndOfMessage:
+                return True
+            parts.append(event.data)
+        return False
+
     def _end_message(self) -> EndOfMessage:
         self._state = "head"
         return EndOfMessage()

@@ -64,12 +64,15 @@ class SSEDecoder:
     Works on whole reads rather than line by line: a read of one or more `data: {...}` events
     is split once on the blank line between events, and a one-line event (what every OpenAI
     server sends) costs one slice. Comments, `event:`/`id:` fields and multi-line data follow
-    the SSE rules; CRLF and CR line endings are turned into LF first."""
+    the SSE rules; CRLF and CR line endings are turned into LF first. `events`: a stream's
+    JSON events only (blank payloads and OpenAI's `[DONE]` terminator left out)."""
+    unit = "an event"                              # what an over-long `num_pending` is
 
-    def __init__(self):
+    def __init__(self, events: bool = False):
         self._parts: list[bytes] = []              # the unfinished event, LF line endings
         self.num_pending = 0                       # its size in bytes
         self._cr = False                           # the last read ended in CR (its LF may follow)
+        self._events = events
 
     def feed(self, data: bytes) -> list[bytes]:
         if self._cr:
@@ -87,15 +90,22 @@ class SSEDecoder:
         pending = b"".join(self._parts) + data if self._parts else data
         *events, rest = pending.split(b"\n\n")
         self._parts, self.num_pending = ([rest] if rest else []), len(rest)
-        return [payload for payload in map(_payload, events) if payload is not None]
+        return self._kept(events)
 
     def end(self) -> list[bytes]:
         """Payloads of an event cut short by the end of the body (no final blank line)."""
         pending = b"".join(self._parts)
         self._parts, self.num_pending, self._cr = [], 0, False
         event = pending.strip(b"\n")
-        payload = _payload(event) if event else None
-        return [] if payload is None else [payload]
+        return self._kept([event]) if event else []
+
+    def _kept(self, events: list[bytes]) -> list[bytes]:
+        """The payloads of `events` (one-line `data: ` events sliced in place)."""
+        payloads = [event[6:] if event[:6] == b"data: " and b"\n" not in event else _payload(event)
+                    for event in events]
+        if self._events:
+            return [data for data in payloads if data and data != b"[DONE]" and not data.isspace()]
+        return [data for data in payloads if data is not None]
 
 
 def _payload(event: bytes) -> bytes | None:
