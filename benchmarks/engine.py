@@ -20,7 +20,9 @@ generates max_tokens (the counts are reported, from each server's own usage chun
    matmul against OpenBLAS on the same steps (A B A B ...).
 
 7. --health-only (only this): /health idle vs under load, the daemon of this tree next to a
-   --before checkout and/or this tree under other --switch-intervals, A B A B over --rounds.
+   --before checkout and/or this tree under other --switch-intervals, A B A B over --rounds;
+   --health-floor 1,2 adds the machine's own floor: /health while 1 or 2 CPU-bound processes
+   run instead of the engine's load (no GIL, no loop work, no load generator).
 
 8. --scaling-only (only this): the engine's tok/s at c=1 and c=8 and their ratio, the same
    variants A B A B (no llama-server: for a machine where it cannot run, and for a before/after).
@@ -258,6 +260,36 @@ async def measure_health(url: str, model: str, args, quiet: bool = False, pid: i
     return result
 
 
+def spin() -> None:
+    while True:
+        pass
+
+
+async def measure_health_floor(url: str, args, hogs: int) -> dict:
+    """GET /health p50/p99 idle, then while `hogs` processes each keep a core busy: the
+    engine's compute without its GIL, its event-loop work and the load generator. What this
+    machine's scheduler alone does to /health under that much CPU load."""
+    with HealthProbe(url) as idle:
+        while idle.num_taken.value < args.health_samples:
+            await asyncio.sleep(0.05)
+    context = multiprocessing.get_context("spawn")
+    spinners = [context.Process(target=spin, daemon=True) for _ in range(hogs)]
+    for process in spinners:
+        process.start()
+    try:
+        with HealthProbe(url) as loaded:
+            while loaded.num_taken.value < args.health_samples:
+                await asyncio.sleep(0.05)
+    finally:
+        for process in spinners:
+            process.kill()
+            process.join()
+    result = {"idle": summary(idle.samples), "load": summary(loaded.samples), "tok_s": 0.0,
+              "loop_us": float("nan")}
+    result["ratio"] = result["load"]["p99"] / result["idle"]["p99"]
+    return result
+
+
 def bench_health(shape: str, args) -> None:
     """--health-only: /health idle vs under engine load for each daemon variant (this tree,
     --before's checkout, this tree with each --switch-intervals value), measured in turn, at
@@ -271,10 +303,18 @@ def bench_health(shape: str, args) -> None:
                     f"{run['load']['p99']:.2f} ms, ratio {run['ratio']:.2f}, {run['tok_s']:.0f} tok/s, "
                     f"loop {run['loop_us']:.1f} us/token (load average {os.getloadavg()[0]:.1f})")
 
+        variants, floors = daemon_variants(shape, args), {}
+        for hogs in args.health_floor:
+            daemon = Daemon(engine_toml(model_file(shape, args.dtype), args))
+            floors[id(daemon)] = hogs
+            variants[f"floor: this tree, {hogs} CPU-bound process{'es' if hogs > 1 else ''}, no engine load"] = daemon
+
         def measure(daemon: Daemon, concurrency: int = concurrency) -> dict:
+            if id(daemon) in floors:
+                return uvloop.run(measure_health_floor(daemon.url, args, floors[id(daemon)]))
             return uvloop.run(measure_health(daemon.url, "tiny", args, quiet=True, pid=daemon.proc.pid,
                                              concurrency=concurrency))
-        runs = run_rounds(daemon_variants(shape, args), args.rounds, measure, describe)
+        runs = run_rounds(variants, args.rounds, measure, describe)
         print(f"\n| {shape}, c={concurrency} | idle p50 / p99 ms | load p50 / p99 ms | load p99 / idle p99 "
               "| tok/s | loop us/token |")
         print("|---|---|---|---|---|---|")
@@ -524,6 +564,8 @@ def main() -> None:
                         help="only the engine's c=8 / c=1 tok/s, A B A B over the variants below")
     parser.add_argument("--before", default="",
                         help="--health-only, --scaling-only: a checkout of the code before, side by side")
+    parser.add_argument("--health-floor", default="",
+                        help="--health-only: also /health idle vs N CPU-bound processes (no engine load), e.g. 1,2")
     parser.add_argument("--switch-intervals", default="",
                         help="--health-only, --scaling-only: also this tree with sys.setswitchinterval(s), e.g. 0.001,0.0005")
     args = parser.parse_args()
@@ -534,6 +576,7 @@ def main() -> None:
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.health_concurrency = [int(c) for c in args.health_concurrency.split(",")]
     args.switch_intervals = [float(s) for s in args.switch_intervals.split(",") if s]
+    args.health_floor = [int(n) for n in args.health_floor.split(",") if n]
     os.chdir(ROOT)
     if args.health_only:
         for shape in args.shapes.split(","):
