@@ -27,10 +27,8 @@ from typing import Any
 from ..config import SchedulerConfig
 from ..looplag import LoopLag, busy_lag, monitor
 from .limiter import AdaptiveLimit, per_token
-from .request import RequestStatus, SchedRequest
+from .request import STOPPED, RequestStatus, SchedRequest
 from .scheduler import ScheduledRequest, Scheduler, queue_timeout_error
-
-_STOPPED = RequestStatus.FINISHED_STOPPED   # bound once: EnumType's attribute hook costs ~1k instructions
 
 
 class Preempted(Exception):
@@ -140,7 +138,7 @@ class Admission:
 
         def finish() -> None:
             try:
-                self._finish(backend, queue, request, _STOPPED, now, loop)
+                self._finish(backend, queue, request, STOPPED, now, loop)
             finally:
                 self._leave(backend, lag)
         loop.call_soon(finish)
@@ -235,7 +233,7 @@ class Admission:
         scheduler = queue.scheduler
         if rid in scheduler.running:
             now = self.clock() if now is None else now
-            if status is _STOPPED:
+            if status is STOPPED:
                 queue.record(request, now, loop)
             scheduler.finish_request(rid, status, now)
         elif scheduler.get_request(rid) is not None:

@@ -40,9 +40,11 @@ class RequestStatus(enum.Enum):
 
 
 FINISHED = frozenset(s for s in RequestStatus if s.name.startswith("FINISHED_"))
-# Members bound once: RequestStatus.X goes through EnumType's attribute hook (about 1k
-# instructions per access on Python 3.11), a module global does not.
-_WAITING, _PREEMPTED = RequestStatus.WAITING, RequestStatus.PREEMPTED
+# The members on every request's path (here, scheduler.py, admission.py), bound once:
+# RequestStatus.X goes through EnumType's attribute hook (about 1k instructions per access on
+# Python 3.11), a module global does not.
+WAITING, RUNNING, PREEMPTED = RequestStatus.WAITING, RequestStatus.RUNNING, RequestStatus.PREEMPTED
+STOPPED = RequestStatus.FINISHED_STOPPED
 
 TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
     RequestStatus.WAITING: frozenset({RequestStatus.RUNNING, RequestStatus.FINISHED_ABORTED,
@@ -118,7 +120,7 @@ class SchedRequest:
 
     @property
     def is_waiting(self) -> bool:
-        return self.status is _WAITING or self.status is _PREEMPTED
+        return self.status is WAITING or self.status is PREEMPTED
 
     def next_aging_at(self, aging_s: float) -> float:
         """When age() will next lower effective_priority (inf once it is 0)."""

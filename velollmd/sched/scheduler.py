@@ -26,11 +26,7 @@ from typing import NamedTuple
 from ..config import SchedulerConfig
 from ..errors import BadRequest, RateLimited, Unavailable
 from .kvblocks import BlockPool
-from .request import FINISHED, RequestStatus, SchedRequest
-
-# Bound once: RequestStatus.X goes through EnumType's attribute hook (about 1k instructions per
-# access on Python 3.11); these are on every request's path.
-_RUNNING = RequestStatus.RUNNING
+from .request import FINISHED, RUNNING, RequestStatus, SchedRequest
 
 
 class ScheduledRequest(NamedTuple):
@@ -132,7 +128,7 @@ class Scheduler:
         request = self._requests.get(request_id)
         if request is None:
             return None
-        if request.status is _RUNNING:
+        if request.status is RUNNING:
             self._release(request)
         else:
             self._remove_waiting(request)
@@ -221,7 +217,7 @@ class Scheduler:
             child.started_at = child.queued_at = now
             self._num_admitted += 1
             child.admission_seq = self._num_admitted
-            child.set_status(_RUNNING)
+            child.set_status(RUNNING)
             self.running[child.request_id] = child
             self._requests[child.request_id] = child
         return started
@@ -254,7 +250,7 @@ class Scheduler:
         request.started_at = now
         self._num_admitted += 1
         request.admission_seq = self._num_admitted
-        request.set_status(_RUNNING)
+        request.set_status(RUNNING)
         self.running[request.request_id] = request
         self._last_model = request.model
         scheduled.append(ScheduledRequest(request.request_id, request.slot,
