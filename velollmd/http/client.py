@@ -24,7 +24,7 @@ from ..errors import BackendError, BackendTimeout
 from ..wire import wirejson
 from ..wire.streams import closing
 from .message import READ_SIZE
-from .parser import EndOfMessage, Head, HTTPParser, ProtocolError
+from .parser import Head, HTTPParser, ProtocolError
 from .sse import SSEDecoder
 
 MAX_BODY_BYTES = 64 * 1024 * 1024           # a whole (non-streamed) response body
@@ -335,6 +335,12 @@ class _LineSplitter:
         return _kept(lines, self.events)
 
 
+def _broke_http(conn: _Conn, exc: ProtocolError) -> BackendError:
+    """The backend's answer broke HTTP/1.1: its connection dropped, the error to raise."""
+    conn.abort()
+    return BackendError(f"backend broke HTTP: {exc.message}")
+
+
 def _kept(payloads: list[bytes], events: bool) -> list[bytes]:
     """`payloads`; with `events`, a stream's JSON events only: blank payloads and OpenAI's
     `[DONE]` terminator dropped."""
@@ -432,8 +438,7 @@ class HTTPClient:
         try:
             return conn.parser.next_event()
         except ProtocolError as exc:
-            conn.abort()
-            raise BackendError(f"backend broke HTTP: {exc.message}") from None
+            raise _broke_http(conn, exc) from None
 
     @staticmethod
     def _take_data(conn: _Conn, parts: list) -> bool:
@@ -441,8 +446,7 @@ class HTTPClient:
         try:
             return conn.parser.take_data(parts)
         except ProtocolError as exc:
-            conn.abort()
-            raise BackendError(f"backend broke HTTP: {exc.message}") from None
+            raise _broke_http(conn, exc) from None
 
     async def _next_event(self, conn: _Conn, stale_ok: bool = False):
         return self._parsed(conn) or await self._read_event(conn, stale_ok)
