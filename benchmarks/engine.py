@@ -234,15 +234,21 @@ class HealthProbe:
         self.process.join()
 
 
+async def sampled_health(url: str, num: int) -> list[float]:
+    """`num` /health latencies (ms) from a probe process, nothing else running meanwhile."""
+    with HealthProbe(url) as probe:
+        while probe.num_taken.value < num:
+            await asyncio.sleep(0.05)
+    return probe.samples
+
+
 async def measure_health(url: str, model: str, args, quiet: bool = False, pid: int | None = None,
                          concurrency: int = 8) -> dict:
     """GET /health p50/p99 (from another process) idle, then while the engine streams at
     `concurrency` (batches of 2 x concurrency requests until as many samples as idle); tok/s
     meanwhile and, given the daemon's pid, its event loop's CPU time per generated token (the
     main thread's: the engine computes in a thread of its own)."""
-    with HealthProbe(url) as idle:
-        while idle.num_taken.value < args.health_samples:
-            await asyncio.sleep(0.05)
+    idle = await sampled_health(url, args.health_samples)
     loop_cpu = thread_cpu_seconds(pid) if pid else 0.0
     with HealthProbe(url) as loaded:
         tok_s, num_tokens = [], 0
@@ -250,7 +256,7 @@ async def measure_health(url: str, model: str, args, quiet: bool = False, pid: i
             batch = await decode_batch(HTTPClient(url), model, concurrency, args.max_tokens)
             tok_s.append(batch["tok_s"])
             num_tokens += batch["num_tokens"]
-    result = {"idle": summary(idle.samples), "load": summary(loaded.samples), "tok_s": statistics.median(tok_s)}
+    result = {"idle": summary(idle), "load": summary(loaded.samples), "tok_s": statistics.median(tok_s)}
     result["ratio"] = result["load"]["p99"] / result["idle"]["p99"]
     result["loop_us"] = (thread_cpu_seconds(pid) - loop_cpu) / num_tokens * 1e6 if pid else float("nan")
     if not quiet:
@@ -269,22 +275,18 @@ async def measure_health_floor(url: str, args, hogs: int) -> dict:
     """GET /health p50/p99 idle, then while `hogs` processes each keep a core busy: the
     engine's compute without its GIL, its event-loop work and the load generator. What this
     machine's scheduler alone does to /health under that much CPU load."""
-    with HealthProbe(url) as idle:
-        while idle.num_taken.value < args.health_samples:
-            await asyncio.sleep(0.05)
+    idle = await sampled_health(url, args.health_samples)
     context = multiprocessing.get_context("spawn")
     spinners = [context.Process(target=spin, daemon=True) for _ in range(hogs)]
     for process in spinners:
         process.start()
     try:
-        with HealthProbe(url) as loaded:
-            while loaded.num_taken.value < args.health_samples:
-                await asyncio.sleep(0.05)
+        loaded = await sampled_health(url, args.health_samples)
     finally:
         for process in spinners:
             process.kill()
             process.join()
-    result = {"idle": summary(idle.samples), "load": summary(loaded.samples), "tok_s": 0.0,
+    result = {"idle": summary(idle), "load": summary(loaded), "tok_s": 0.0,
               "loop_us": float("nan")}
     result["ratio"] = result["load"]["p99"] / result["idle"]["p99"]
     return result
