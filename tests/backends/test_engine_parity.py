@@ -15,16 +15,20 @@ a sequence early.
 The greedy rule. Random-weight models have near-ties, and llama.cpp sums in other orders. So:
 the two greedy sequences must agree token for token until they first differ, and they may only
 differ at a step where llama-server's own top-2 margin (logprob of its first minus its second
-allowed token) is below TIE_NATS[dtype]; after that the contexts differ and the comparison
-stops. Each prompt reports how many of its 64 steps were checked, and at least
-MIN_CHECKED_FRACTION[dtype] of all steps must be. Both sides round activations to F16 or 8 bits
-before F16 and quantised matmuls (llama.cpp's CPU kernels; the engine's vecdot.py), which
-makes a quantised file's result jump where a float32 difference moves a value across a rounding
-boundary, hence Q8_0's low fraction (see the logits section). Measured (llama.cpp b11434,
---no-repack), steps checked per prompt, engine rounding / not: llama Q8_0 [63, 10, 46] /
-[46, 10, 64], and [10, 10, 46] with OpenBLAS's summation order instead of the compiled kernel's;
-qwen2 Q8_0 [2, 47, 56] / [2, 64, 15]; F16 [64, 64, 64] for both archs in both orders, qwen2
-F16 [64, 1, 19] without the rounding.
+allowed token) is below TIE_NATS[dtype]; both then go on from the prompt plus llama-server's
+tokens so far (its pick at the tie included), so a tie costs that one step and not the rest of
+the prompt (at most MAX_RESUMES times a prompt). Each prompt reports how many of its 64 steps
+were checked, and at least MIN_CHECKED_FRACTION[dtype] of all steps must be. Both sides round
+activations to F16 or 8 bits before F16 and quantised matmuls (llama.cpp's CPU kernels; the
+engine's vecdot.py), which makes a quantised file's result jump where a float32 difference moves
+a value across a rounding boundary, hence more ties on Q8_0 (see the logits section). Measured
+(llama.cpp b11434, --no-repack) before the resumes, steps until the first tie per prompt, engine
+rounding / not: llama Q8_0 [63, 10, 46] / [46, 10, 64], and [10, 10, 46] with OpenBLAS's
+summation order instead of the compiled kernel's; qwen2 Q8_0 [2, 47, 56] / [2, 64, 15]; F16
+[64, 64, 64] for both archs in both orders, qwen2 F16 [64, 1, 19] without the rounding, and
+[64, 64, 19] with it on an AMD EPYC VM without AVX-512 (a near-tie at step 19 of the third
+prompt), which failed the one-pass rule. With the resumes, that VM: F32 and F16 [64, 64, 64] and
+[64, 64, 63], Q8_0 [63, 63, 64] (llama) and [63, 63, 63] (qwen2).
 test_the_greedy_rule_catches_a_wrong_rope_or_a_missing_bias shows that the rule fails an
 engine with the other RoPE pairing, or without qwen2's Q/K/V biases.
 """
@@ -69,9 +73,10 @@ PROMPTS = [
     "Über den Wolken in Zürich: 東京の夜, привет мир, café 😀 and 123 don't",
 ]
 NUM_GREEDY = 64
+MAX_RESUMES = 4                                   # per prompt, after a tie
 SUPPRESS = -100.0
 TIE_NATS = {"f32": 0.01, "f16": 0.05, "q8_0": 0.1}
-MIN_CHECKED_FRACTION = {"f32": 0.75, "f16": 0.9, "q8_0": 0.15}
+MIN_CHECKED_FRACTION = {"f32": 0.9, "f16": 0.9, "q8_0": 0.75}
 NMSE_LIMIT = 1e-3
 # the sharp quantised files: rounding boundaries crossed by float32 differences (see logits)
 SHARP_NMSE_LIMIT = {"q8_0": 1e-2, "q4_k": 1e-2, "q5_k": 1e-2}
@@ -275,12 +280,21 @@ def test_greedy_text_matches_llama_server(name, servers, client):
     assert len(id_of_text) == len(allowed)                    # each allowed text names one id
     checked = []
     for prompt in PROMPTS:
-        theirs, margins = server_greedy(servers[name], prompt, NUM_GREEDY, suppressed)
-        answer = client.completions.create(model=name, prompt=prompt, max_tokens=NUM_GREEDY, temperature=0,
-                                           logprobs=1, logit_bias={str(i): SUPPRESS for i in suppressed})
-        ours = [id_of_text[text] for text in answer.choices[0].logprobs.tokens]
-        assert answer.choices[0].text == tokenizer.decode(ours)
-        checked.append(num_checked(ours, theirs, margins, TIE_NATS[dtype]))
+        context, taken, verified = prompt, [], 0          # the first pass sends the text, resumes ids
+        for _ in range(1 + MAX_RESUMES):
+            left = NUM_GREEDY - len(taken)
+            theirs, margins = server_greedy(servers[name], context, left, suppressed)
+            answer = client.completions.create(model=name, prompt=context, max_tokens=left, temperature=0,
+                                               logprobs=1, logit_bias={str(i): SUPPRESS for i in suppressed})
+            ours = [id_of_text[text] for text in answer.choices[0].logprobs.tokens]
+            assert answer.choices[0].text == tokenizer.decode(ours)
+            agreed = num_checked(ours, theirs, margins, TIE_NATS[dtype])
+            verified += agreed
+            taken += theirs[:agreed + 1]                   # llama-server's pick at the tie: not verified
+            if len(taken) >= NUM_GREEDY:
+                break
+            context = tokenizer.encode(prompt, add_special=True, parse_special=True) + taken
+        checked.append(verified)
     print(f"{name}: greedy tokens checked per prompt {checked} of {NUM_GREEDY}")
     assert sum(checked) >= MIN_CHECKED_FRACTION[dtype] * NUM_GREEDY * len(PROMPTS)
 
