@@ -6,6 +6,7 @@
 Each backend gets a Scheduler sized from the width it says it has (config, llama.cpp /props,
 ...) plus the requests sent ahead per slot, or, when it does not say, from an adaptive limit
 that follows its latency (limiter.py); the token budget is num_ctx per request it may run.
+A request that finds nothing waiting and room to start is admitted at once; otherwise
 `slot()` queues the request, pumps the scheduler (schedule() and hand out what it admitted)
 and sleeps on a future until admitted or expired. Leaving the
 block, however it is left (return, error, cancel by a client that went away), finishes the
@@ -157,6 +158,24 @@ class Admission:
 
     # ---- waiting ----
 
+    def _start_at_once(self, queue: BackendQueue, request: SchedRequest,
+                       task: asyncio.Task) -> ScheduledRequest | None:
+        """A new request that nothing waits ahead of and that can start now is admitted here
+        (Scheduler.start_at_once): no grant future, no schedule() pass, no waiting coroutine.
+        None when it must queue (_acquire), or when a preempted request has yet to stop (its
+        task gets the turn first: see _wait)."""
+        if queue.preempted or queue.scheduler.get_request(request.request_id) is not None:
+            return None
+        try:
+            scheduled = queue.scheduler.start_at_once(request, self.clock())
+        except Exception:
+            queue.num_rejected += 1
+            raise
+        if scheduled is not None:
+            queue.num_admitted += 1
+            queue.tasks[request.request_id] = task
+        return scheduled
+
     async def _acquire(self, backend: Any, queue: BackendQueue, request: SchedRequest,
                        task: asyncio.Task) -> ScheduledRequest:
         rid = request.request_id
@@ -273,8 +292,11 @@ class Slot:
         users = admission._num_users
         users[id(backend)] = users.get(id(backend), 0) + 1
         try:
-            self.queue = admission.queue_of(backend)
-            return await admission._acquire(backend, self.queue, self.request, task)
+            self.queue = queue = admission.queue_of(backend)
+            started = admission._start_at_once(queue, self.request, task)
+            if started is None:
+                started = await admission._acquire(backend, queue, self.request, task)
+            return started
         except BaseException:
             admission._leave(backend, lag)
             raise
