@@ -45,7 +45,7 @@ from ..sched.breaker import CircuitBreaker
 from ..sched.fingerprint import Fingerprint, fingerprint_of
 from ..sched.request import SchedRequest
 from ..sched.router import PrefixRouter
-from ..sched.tokens import TokenCache
+from ..sched.tokens import TokenCache, tokenizer_of
 from ..wire.outcome import Delivery, Outcome
 from ..wire.request import GenerateRequest, max_tokens_of
 from ..wire.shape import UNREADABLE, check_answer
@@ -80,7 +80,8 @@ class Service:
         chunk kept and counted, its chunks JSON bytes when they go straight to the SSE writer;
         by default, dicts with usage as the request asked."""
         allowed = self._allowed(request.model)
-        fingerprint = await self._fingerprint(request, allowed)
+        fingerprint = fingerprint_of(request) if self._tokenizer(allowed) is None \
+            else await self._fingerprint(request, allowed)   # no coroutine without /tokenize
         ranked = self.router.rank(allowed, fingerprint, self.admission.load)
         return await self._failover(request.model, ranked,
                                     lambda backend: self._generate_on(backend, request, fingerprint, delivery))
@@ -231,11 +232,19 @@ class Service:
     # ---- routing and health ----
 
     async def _fingerprint(self, request: GenerateRequest, backends: list[Backend]) -> Fingerprint:
-        """The prompt's fingerprint; with prefix routing and `[scheduler] tokenize` on, its long
-        texts carry the real token ids of a llama.cpp backend among `backends`."""
-        if not (self.config.prefix_routing and self.config.tokenize):
+        """The prompt's fingerprint; its long texts carry the real token ids of the tokenizer
+        among `backends`, if any (_tokenizer)."""
+        tokenizer = self._tokenizer(backends)
+        if tokenizer is None:
             return fingerprint_of(request)
-        return fingerprint_of(request, await self.tokens.for_request(request, backends))
+        return fingerprint_of(request, await self.tokens.for_request(request, tokenizer))
+
+    def _tokenizer(self, backends: list[Backend]) -> Backend | None:
+        """With prefix routing and `[scheduler] tokenize` on, the backend among `backends`
+        whose real token ids the prompt's fingerprint carries (a healthy llama.cpp), or None."""
+        if not (self.config.prefix_routing and self.config.tokenize):
+            return None
+        return tokenizer_of(backends)
 
     def _allowed(self, model: str) -> list[Backend]:
         """Candidates whose circuit lets requests through (404/503 when none)."""
