@@ -40,7 +40,7 @@ from ..config import SchedulerConfig
 from ..errors import BackendError, BackendTimeout, Unavailable, VeloError
 from ..log import current_request
 from ..metrics import Metrics
-from ..sched.admission import Admission, Preempted
+from ..sched.admission import Admission, Preempted, Slot
 from ..sched.breaker import CircuitBreaker
 from ..sched.fingerprint import Fingerprint, fingerprint_of
 from ..sched.request import SchedRequest
@@ -186,9 +186,16 @@ class Service:
                     raise BackendError(f"backend {backend.name}: a started stream was preempted",
                                        code="backend_error") from None
 
-    def _admitted(self, backend: Backend, scheduled: SchedRequest) -> _Admitted:
+    def _admitted(self, backend: Backend, scheduled: SchedRequest) -> Slot:
         """admission.slot(), its wait measured (a preempted request measures each wait)."""
-        return _Admitted(self, backend, scheduled)
+        return self.admission.slot(backend, scheduled, self._waited)
+
+    def _waited(self, backend: Backend, seconds: float) -> None:
+        """A request waited `seconds` for its slot on `backend`."""
+        self.metrics.queue_wait.observe(seconds, backend=backend.name)
+        trace = current_request()
+        if trace is not None:
+            trace.note_queue_wait(seconds)
 
     def _answered(self, backend: Backend, seconds: float) -> None:
         """The backend answered (a whole answer, or a stream to its end) in `seconds`."""
@@ -349,33 +356,6 @@ class Service:
                 "tokenize": {"enabled": self.config.prefix_routing and self.config.tokenize,
                              **self.tokens.stats()},
                 "backends": backends}
-
-
-class _Admitted:
-    """`async with`: admission.slot() entered, the wait observed, the grant given; a class
-    rather than an @asynccontextmanager (no generator and its frame per request)."""
-    __slots__ = ("service", "backend", "scheduled", "slot")
-
-    def __init__(self, service: Service, backend: Backend, scheduled: SchedRequest):
-        self.service, self.backend, self.scheduled = service, backend, scheduled
-
-    async def __aenter__(self):
-        waiting = time.perf_counter()
-        self.slot = self.service.admission.slot(self.backend, self.scheduled)
-        granted = await self.slot.__aenter__()
-        try:
-            seconds = time.perf_counter() - waiting
-            self.service.metrics.queue_wait.observe(seconds, backend=self.backend.name)
-            trace = current_request()
-            if trace is not None:
-                trace.note_queue_wait(seconds)
-        except BaseException as exc:
-            await self.slot.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return granted
-
-    def __aexit__(self, *exc_info):
-        return self.slot.__aexit__(*exc_info)
 
 
 class _Pinned:

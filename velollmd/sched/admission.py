@@ -122,10 +122,12 @@ class Admission:
     def load(self, backend: Any) -> float:
         return self.queue_of(backend).load()
 
-    def slot(self, backend: Any, request: SchedRequest) -> Slot:
+    def slot(self, backend: Any, request: SchedRequest,
+             on_admitted: Callable[[Any, float], None] | None = None) -> Slot:
         """`async with`: wait for a slot on `backend`, hold it for the block (see the module's
-        docstring)."""
-        return Slot(self, backend, request)
+        docstring). `on_admitted(backend, seconds waited)` runs once admitted, before the
+        block; if it raises, the slot is left as by an error in the block."""
+        return Slot(self, backend, request, on_admitted)
 
     def _finish_soon(self, backend: Any, queue: BackendQueue, request: SchedRequest,
                      lag: LoopLag | None = None) -> None:
@@ -278,13 +280,16 @@ class Slot:
     @asynccontextmanager (no async generator registered in the loop's WeakSet, no contextlib
     frames per request). Leaving the block well gives the slot back a moment later
     (`_finish_soon`); a preemption raises Preempted; any other way out finishes the request."""
-    __slots__ = ("admission", "backend", "request", "queue", "lag")
+    __slots__ = ("admission", "backend", "request", "on_admitted", "queue", "lag")
 
-    def __init__(self, admission: Admission, backend: Any, request: SchedRequest):
+    def __init__(self, admission: Admission, backend: Any, request: SchedRequest,
+                 on_admitted: Callable[[Any, float], None] | None = None):
         self.admission, self.backend, self.request = admission, backend, request
+        self.on_admitted = on_admitted
 
     async def __aenter__(self) -> ScheduledRequest:
         admission, backend = self.admission, self.backend
+        waiting = time.perf_counter()
         task = asyncio.current_task()
         self.lag = lag = monitor(task.get_loop())      # it ticks while requests are in flight
         if lag is not None:
@@ -296,10 +301,16 @@ class Slot:
             started = admission._start_at_once(queue, self.request, task)
             if started is None:
                 started = await admission._acquire(backend, queue, self.request, task)
-            return started
         except BaseException:
             admission._leave(backend, lag)
             raise
+        if self.on_admitted is not None:
+            try:
+                self.on_admitted(backend, time.perf_counter() - waiting)
+            except BaseException as exc:
+                await self.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        return started
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         admission, backend, queue, request = self.admission, self.backend, self.queue, self.request
