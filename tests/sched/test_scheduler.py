@@ -94,6 +94,16 @@ def test_start_at_once_admits_as_add_request_then_schedule_does():
         scheduler(max_queue=0).start_at_once(make("h"), 0.0)
 
 
+def test_a_backends_scheduler_accounts_blocks_without_reading_back_block_tables():
+    sched = Scheduler.for_backend(SchedulerConfig(block_size=4), 2, num_ctx=8)    # 4 blocks
+    add(sched, make("a", num_tokens=9, max_tokens=3), make("b", num_tokens=4, max_tokens=4))
+    out = sched.schedule(0.0)
+    assert started(out) == [("a", 0)] and out.scheduled[0].block_table == ()
+    assert sched.pool.block_table("a") == [0, 1, 2]      # held: "b" (2 blocks) waits for them
+    finish(sched, "a")
+    assert started(sched.schedule(1.0)) == [("b", 0)]
+
+
 def test_statuses_hash_by_identity_and_keep_their_transitions():
     assert {status: status.value for status in S}[S.RUNNING] == "running"
     assert S.FINISHED_STOPPED.is_finished and not S.WAITING.is_finished

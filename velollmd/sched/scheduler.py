@@ -60,12 +60,16 @@ def queue_timeout_error(request: SchedRequest) -> Unavailable:
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, num_slots: int, pool: BlockPool, *,
-                 reserve_output: bool = True, num_backend_slots: int | None = None):
+                 reserve_output: bool = True, num_backend_slots: int | None = None,
+                 block_tables: bool = True):
         if num_slots < 1:
             raise ValueError("num_slots must be >= 1")
         self.config = config
         self.pool = pool
         self.reserve_output = reserve_output
+        # False: the pool only accounts a backend's token budget (its KV cache is its own),
+        # and ScheduledRequest.block_table stays () instead of one id per block.
+        self.block_tables = block_tables
         self.waiting: list[SchedRequest] = []            # heap by SchedRequest.sort_key
         self.running: dict[str, SchedRequest] = {}
         self._requests: dict[str, SchedRequest] = {}     # waiting + running, by id
@@ -88,10 +92,11 @@ class Scheduler:
                     max_limit: int | None = None, num_backend_slots: int | None = None) -> Scheduler:
         """A backend's scheduler running `max_running` requests at once (it may grow to
         `max_limit`), of which the backend itself runs `num_backend_slots` (the others wait
-        in its queue), with a token budget of num_ctx per request it may run, in blocks."""
+        in its queue), with a token budget of num_ctx per request it may run, in blocks
+        (accounted only: its ScheduledRequests carry no block table)."""
         num_blocks = max(1, math.ceil(num_ctx * (max_limit or max_running) / config.block_size))
         return cls(config, max_running, BlockPool(num_blocks, config.block_size),
-                   num_backend_slots=num_backend_slots)
+                   num_backend_slots=num_backend_slots, block_tables=False)
 
     def set_max_running(self, max_running: int) -> None:
         """Run up to `max_running` requests at once (an adaptive limit moved). Growing frees
@@ -271,7 +276,7 @@ class Scheduler:
         generate); None when the pool has no room for them now."""
         num_extra = max(0, request.max_tokens - len(request.output_token_ids))
         return self.pool.allocate(request.request_id, request.all_token_ids,
-                                  num_extra if self.reserve_output else 0)
+                                  num_extra if self.reserve_output else 0, self.block_tables)
 
     def _start(self, request: SchedRequest, allocation: Allocation, now: float) -> ScheduledRequest:
         """Run an allocated request (out of the queue already) on the lowest free slot."""
