@@ -129,26 +129,23 @@ class Service:
 
     async def _complete(self, backend: Backend, request: GenerateRequest, scheduled: SchedRequest,
                         fingerprint: Fingerprint) -> dict:
+        call = backend.chat if request.endpoint == "chat" else backend.completion
         while True:
             try:
                 async with self._admitted(backend, scheduled):
                     with self._pinned(backend, request, fingerprint) as pinned:
                         started = time.perf_counter()
-                        body = await self._call(backend, pinned)
+                        try:
+                            body = await call(pinned)
+                        except UNREADABLE as exc:       # a converter could not read the native reply
+                            raise BackendError(f"backend {backend.name} sent an answer velollmd cannot "
+                                               f"read: {exc!r}", code="bad_backend_response") from None
+                        body = check_answer(body, request.endpoint, backend.name)
                         self._answered(backend, time.perf_counter() - started)
                     scheduled.num_output_tokens = (body.get("usage") or {}).get("completion_tokens")
                     return body
             except Preempted:
                 continue                   # back in the queue; wait for a slot again
-
-    async def _call(self, backend: Backend, request: GenerateRequest) -> dict:
-        call = backend.chat if request.endpoint == "chat" else backend.completion
-        try:
-            body = await call(request)
-        except UNREADABLE as exc:                   # a converter could not read the native reply
-            raise BackendError(f"backend {backend.name} sent an answer velollmd cannot read: {exc!r}",
-                               code="bad_backend_response") from None
-        return check_answer(body, request.endpoint, backend.name)
 
     async def _stream(self, backend: Backend, request: GenerateRequest, scheduled: SchedRequest,
                       fingerprint: Fingerprint, relay: ChunkRelay) -> AsyncIterator[dict | bytes]:
