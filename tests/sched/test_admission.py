@@ -241,3 +241,46 @@ def test_a_slot_ended_well_is_given_back_after_the_task_step_that_left_it():
 async def hold_until(admission, target, req):
     async with admission.slot(target, req):
         await asyncio.Event().wait()
+
+
+def test_a_request_that_finds_a_free_slot_is_admitted_without_a_loop_turn_or_a_grant():
+    """Nothing waiting and room to start: the slot is taken in the first step of entering
+    (no future to wait on); a request that must wait still queues for its grant."""
+    async def main():
+        admission, target = Admission(slot_config()), backend(num_slots=1)
+        entering = admission.slot(target, request("r1"))
+        step = entering.__aenter__()
+        with pytest.raises(StopIteration) as entered:
+            step.send(None)
+        queue = admission.queues["b"]
+        granted = (entered.value.value.request_id, entered.value.value.slot, dict(queue.grants))
+        waiter = asyncio.ensure_future(hold_until(admission, target, request("r2")))
+        await settle()
+        waited = (list(queue.grants), admission.stats()["b"]["num_waiting"])
+        await entering.__aexit__(None, None, None)
+        await settle()
+        admitted = admission.stats()["b"]["num_admitted"]
+        waiter.cancel()
+        await settle()
+        return granted, waited, admitted
+    granted, waited, admitted = run(main())
+    assert granted == ("r1", 0, {}) and waited == (["r2"], 1) and admitted == 2
+
+
+def test_on_admitted_gets_the_wait_and_a_failure_there_gives_the_slot_back():
+    async def main():
+        admission, target = Admission(slot_config()), backend(num_slots=1)
+        waits = []
+        async with admission.slot(target, request("r1"), lambda b, seconds: waits.append((b, seconds))):
+            inside = list(waits)
+
+        def broken(b, seconds):
+            raise RuntimeError("metrics gone")
+        with pytest.raises(RuntimeError):
+            async with admission.slot(target, request("r2"), broken):
+                pytest.fail("the block must not run")
+        stats = admission.stats()["b"]
+        return inside, stats["num_running"], stats["num_admitted"]
+    inside, num_running, num_admitted = run(main())
+    assert len(inside) == 1 and inside[0][0].name == "b" and inside[0][1] >= 0
+    assert num_running == 0 and num_admitted == 2

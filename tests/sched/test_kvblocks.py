@@ -227,3 +227,12 @@ def test_c_and_python_hashes_agree():
     for parent, block in [(ROOT_HASH, tokens(0, 16)), (12345, [-1, 2**31 - 1, 0]), (0, [])]:
         assert hash_block(parent, block) == py_hash_block(parent, block)
     assert hash_block(ROOT_HASH, [1, 2]) != hash_block(ROOT_HASH, [2, 1])
+
+
+def test_allocate_without_reading_back_the_table_still_allocates_and_finds_the_prefix():
+    pool = BlockPool(8, block_size=4)
+    assert pool.allocate("a", tokens(0, 9), with_table=False) == ((), 0)
+    assert pool.block_table("a") == [0, 1, 2]
+    pool.free("a")
+    assert pool.allocate("b", tokens(0, 9), num_extra_tokens=4, with_table=False) == ((), 8)
+    assert len(pool.block_table("b")) == 4

@@ -89,6 +89,19 @@ def test_recent_table_replaces_a_conversation_by_its_next_turn_and_evicts_lru():
     assert table.best_match(c1) == c1.total_tokens
 
 
+def test_recent_table_counts_each_prefix_once_per_entry_through_turns_repeats_and_evictions():
+    table = RecentTable(num_entries=2)
+    turns = [chat(HISTORY), chat(HISTORY), chat(HISTORY, "reply"), chat(HISTORY, "reply", "next"),
+             chat("b" * 400), chat("c" * 400), chat("b" * 400, "more")]
+    for now, fingerprint in enumerate(turns):
+        table.record(fingerprint, now)
+    expected: dict[int, int] = {}
+    for entry in table.entries.values():
+        for key in entry.fingerprint.prefix_keys:
+            expected[key] = expected.get(key, 0) + 1
+    assert table._prefix_counts == expected and len(table.entries) == 2
+
+
 def test_recent_table_finds_the_longest_shared_prefix_and_forgets_evicted_prefixes():
     table = RecentTable(num_entries=2)
     system = "You are a careful assistant. " * 20                 # ~600 characters shared

@@ -68,6 +68,42 @@ def test_finish_request_retires_one_as_update_from_output_does():
     assert started(sched.schedule(4.0)) == [("b", 0)]
 
 
+def test_start_at_once_admits_as_add_request_then_schedule_does():
+    queued, at_once = scheduler(num_slots=2, num_blocks=8), scheduler(num_slots=2, num_blocks=8)
+    for sched in (queued, at_once):                 # a cached prefix of 8 tokens, slot 1 busy
+        add(sched, make("a", num_tokens=9, first_token=0), make("busy", num_tokens=4))
+        sched.schedule(0.0)
+        finish(sched, "a")
+    add(queued, make("b", num_tokens=9, first_token=0))
+    expected = queued.schedule(1.0).scheduled[0]
+    got = at_once.start_at_once(make("b", num_tokens=9, first_token=0), 1.0)
+    assert got == expected and got.slot == 0 and got.num_cached_tokens == 8
+    b = at_once.get_request("b")
+    assert b.status is S.RUNNING and b.queued_at == b.started_at == 1.0 and not at_once.waiting
+    assert list(at_once.running) == list(queued.running)
+    assert at_once.start_at_once(make("c"), 2.0) is None          # no free slot
+    finish(at_once, "busy")
+    assert at_once.start_at_once(make("d", num_tokens=12, max_tokens=8), 2.0) is None  # 5 blocks of 4
+    add(at_once, make("e"))
+    assert at_once.start_at_once(make("f"), 2.0) is None          # "e" waits ahead of it
+    assert [at_once.get_request(r) for r in "cdf"] == [None, None, None]
+    assert "d" not in at_once.pool and "f" not in at_once.pool
+    with pytest.raises(BadRequest):
+        scheduler(num_blocks=4).start_at_once(make("g", num_tokens=12, max_tokens=8), 0.0)
+    with pytest.raises(RateLimited):
+        scheduler(max_queue=0).start_at_once(make("h"), 0.0)
+
+
+def test_a_backends_scheduler_accounts_blocks_without_reading_back_block_tables():
+    sched = Scheduler.for_backend(SchedulerConfig(block_size=4), 2, num_ctx=8)    # 4 blocks
+    add(sched, make("a", num_tokens=9, max_tokens=3), make("b", num_tokens=4, max_tokens=4))
+    out = sched.schedule(0.0)
+    assert started(out) == [("a", 0)] and out.scheduled[0].block_table == ()
+    assert sched.pool.block_table("a") == [0, 1, 2]      # held: "b" (2 blocks) waits for them
+    finish(sched, "a")
+    assert started(sched.schedule(1.0)) == [("b", 0)]
+
+
 def test_statuses_hash_by_identity_and_keep_their_transitions():
     assert {status: status.value for status in S}[S.RUNNING] == "running"
     assert S.FINISHED_STOPPED.is_finished and not S.WAITING.is_finished

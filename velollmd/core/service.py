@@ -40,12 +40,12 @@ from ..config import SchedulerConfig
 from ..errors import BackendError, BackendTimeout, Unavailable, VeloError
 from ..log import current_request
 from ..metrics import Metrics
-from ..sched.admission import Admission, Preempted
+from ..sched.admission import Admission, Preempted, Slot
 from ..sched.breaker import CircuitBreaker
 from ..sched.fingerprint import Fingerprint, fingerprint_of
 from ..sched.request import SchedRequest
 from ..sched.router import PrefixRouter
-from ..sched.tokens import TokenCache
+from ..sched.tokens import TokenCache, tokenizer_of
 from ..wire.outcome import Delivery, Outcome
 from ..wire.request import GenerateRequest, max_tokens_of
 from ..wire.shape import UNREADABLE, check_answer
@@ -80,7 +80,8 @@ class Service:
         chunk kept and counted, its chunks JSON bytes when they go straight to the SSE writer;
         by default, dicts with usage as the request asked."""
         allowed = self._allowed(request.model)
-        fingerprint = await self._fingerprint(request, allowed)
+        fingerprint = fingerprint_of(request) if self._tokenizer(allowed) is None \
+            else await self._fingerprint(request, allowed)   # no coroutine without /tokenize
         ranked = self.router.rank(allowed, fingerprint, self.admission.load)
         return await self._failover(request.model, ranked,
                                     lambda backend: self._generate_on(backend, request, fingerprint, delivery))
@@ -128,26 +129,23 @@ class Service:
 
     async def _complete(self, backend: Backend, request: GenerateRequest, scheduled: SchedRequest,
                         fingerprint: Fingerprint) -> dict:
+        call = backend.chat if request.endpoint == "chat" else backend.completion
         while True:
             try:
                 async with self._admitted(backend, scheduled):
                     with self._pinned(backend, request, fingerprint) as pinned:
                         started = time.perf_counter()
-                        body = await self._call(backend, pinned)
+                        try:
+                            body = await call(pinned)
+                        except UNREADABLE as exc:       # a converter could not read the native reply
+                            raise BackendError(f"backend {backend.name} sent an answer velollmd cannot "
+                                               f"read: {exc!r}", code="bad_backend_response") from None
+                        body = check_answer(body, request.endpoint, backend.name)
                         self._answered(backend, time.perf_counter() - started)
                     scheduled.num_output_tokens = (body.get("usage") or {}).get("completion_tokens")
                     return body
             except Preempted:
                 continue                   # back in the queue; wait for a slot again
-
-    async def _call(self, backend: Backend, request: GenerateRequest) -> dict:
-        call = backend.chat if request.endpoint == "chat" else backend.completion
-        try:
-            body = await call(request)
-        except UNREADABLE as exc:                   # a converter could not read the native reply
-            raise BackendError(f"backend {backend.name} sent an answer velollmd cannot read: {exc!r}",
-                               code="bad_backend_response") from None
-        return check_answer(body, request.endpoint, backend.name)
 
     async def _stream(self, backend: Backend, request: GenerateRequest, scheduled: SchedRequest,
                       fingerprint: Fingerprint, relay: ChunkRelay) -> AsyncIterator[dict | bytes]:
@@ -185,9 +183,16 @@ class Service:
                     raise BackendError(f"backend {backend.name}: a started stream was preempted",
                                        code="backend_error") from None
 
-    def _admitted(self, backend: Backend, scheduled: SchedRequest) -> _Admitted:
+    def _admitted(self, backend: Backend, scheduled: SchedRequest) -> Slot:
         """admission.slot(), its wait measured (a preempted request measures each wait)."""
-        return _Admitted(self, backend, scheduled)
+        return self.admission.slot(backend, scheduled, self._waited)
+
+    def _waited(self, backend: Backend, seconds: float) -> None:
+        """A request waited `seconds` for its slot on `backend`."""
+        self.metrics.queue_wait.observe(seconds, backend=backend.name)
+        trace = current_request()
+        if trace is not None:
+            trace.note_queue_wait(seconds)
 
     def _answered(self, backend: Backend, seconds: float) -> None:
         """The backend answered (a whole answer, or a stream to its end) in `seconds`."""
@@ -231,11 +236,19 @@ class Service:
     # ---- routing and health ----
 
     async def _fingerprint(self, request: GenerateRequest, backends: list[Backend]) -> Fingerprint:
-        """The prompt's fingerprint; with prefix routing and `[scheduler] tokenize` on, its long
-        texts carry the real token ids of a llama.cpp backend among `backends`."""
-        if not (self.config.prefix_routing and self.config.tokenize):
+        """The prompt's fingerprint; its long texts carry the real token ids of the tokenizer
+        among `backends`, if any (_tokenizer)."""
+        tokenizer = self._tokenizer(backends)
+        if tokenizer is None:
             return fingerprint_of(request)
-        return fingerprint_of(request, await self.tokens.for_request(request, backends))
+        return fingerprint_of(request, await self.tokens.for_request(request, tokenizer))
+
+    def _tokenizer(self, backends: list[Backend]) -> Backend | None:
+        """With prefix routing and `[scheduler] tokenize` on, the backend among `backends`
+        whose real token ids the prompt's fingerprint carries (a healthy llama.cpp), or None."""
+        if not (self.config.prefix_routing and self.config.tokenize):
+            return None
+        return tokenizer_of(backends)
 
     def _allowed(self, model: str) -> list[Backend]:
         """Candidates whose circuit lets requests through (404/503 when none)."""
@@ -340,33 +353,6 @@ class Service:
                 "tokenize": {"enabled": self.config.prefix_routing and self.config.tokenize,
                              **self.tokens.stats()},
                 "backends": backends}
-
-
-class _Admitted:
-    """`async with`: admission.slot() entered, the wait observed, the grant given; a class
-    rather than an @asynccontextmanager (no generator and its frame per request)."""
-    __slots__ = ("service", "backend", "scheduled", "slot")
-
-    def __init__(self, service: Service, backend: Backend, scheduled: SchedRequest):
-        self.service, self.backend, self.scheduled = service, backend, scheduled
-
-    async def __aenter__(self):
-        waiting = time.perf_counter()
-        self.slot = self.service.admission.slot(self.backend, self.scheduled)
-        granted = await self.slot.__aenter__()
-        try:
-            seconds = time.perf_counter() - waiting
-            self.service.metrics.queue_wait.observe(seconds, backend=self.backend.name)
-            trace = current_request()
-            if trace is not None:
-                trace.note_queue_wait(seconds)
-        except BaseException as exc:
-            await self.slot.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return granted
-
-    def __aexit__(self, *exc_info):
-        return self.slot.__aexit__(*exc_info)
 
 
 class _Pinned:

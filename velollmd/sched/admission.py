@@ -6,6 +6,7 @@
 Each backend gets a Scheduler sized from the width it says it has (config, llama.cpp /props,
 ...) plus the requests sent ahead per slot, or, when it does not say, from an adaptive limit
 that follows its latency (limiter.py); the token budget is num_ctx per request it may run.
+A request that finds nothing waiting and room to start is admitted at once; otherwise
 `slot()` queues the request, pumps the scheduler (schedule() and hand out what it admitted)
 and sleeps on a future until admitted or expired. Leaving the
 block, however it is left (return, error, cancel by a client that went away), finishes the
@@ -121,10 +122,12 @@ class Admission:
     def load(self, backend: Any) -> float:
         return self.queue_of(backend).load()
 
-    def slot(self, backend: Any, request: SchedRequest) -> Slot:
+    def slot(self, backend: Any, request: SchedRequest,
+             on_admitted: Callable[[Any, float], None] | None = None) -> Slot:
         """`async with`: wait for a slot on `backend`, hold it for the block (see the module's
-        docstring)."""
-        return Slot(self, backend, request)
+        docstring). `on_admitted(backend, seconds waited)` runs once admitted, before the
+        block; if it raises, the slot is left as by an error in the block."""
+        return Slot(self, backend, request, on_admitted)
 
     def _finish_soon(self, backend: Any, queue: BackendQueue, request: SchedRequest,
                      lag: LoopLag | None = None) -> None:
@@ -156,6 +159,24 @@ class Admission:
                 idle.set()
 
     # ---- waiting ----
+
+    def _start_at_once(self, queue: BackendQueue, request: SchedRequest,
+                       task: asyncio.Task) -> ScheduledRequest | None:
+        """A new request that nothing waits ahead of and that can start now is admitted here
+        (Scheduler.start_at_once): no grant future, no schedule() pass, no waiting coroutine.
+        None when it must queue (_acquire), or when a preempted request has yet to stop (its
+        task gets the turn first: see _wait)."""
+        if queue.preempted or queue.scheduler.get_request(request.request_id) is not None:
+            return None
+        try:
+            scheduled = queue.scheduler.start_at_once(request, self.clock())
+        except Exception:
+            queue.num_rejected += 1
+            raise
+        if scheduled is not None:
+            queue.num_admitted += 1
+            queue.tasks[request.request_id] = task
+        return scheduled
 
     async def _acquire(self, backend: Any, queue: BackendQueue, request: SchedRequest,
                        task: asyncio.Task) -> ScheduledRequest:
@@ -259,13 +280,16 @@ class Slot:
     @asynccontextmanager (no async generator registered in the loop's WeakSet, no contextlib
     frames per request). Leaving the block well gives the slot back a moment later
     (`_finish_soon`); a preemption raises Preempted; any other way out finishes the request."""
-    __slots__ = ("admission", "backend", "request", "queue", "lag")
+    __slots__ = ("admission", "backend", "request", "on_admitted", "queue", "lag")
 
-    def __init__(self, admission: Admission, backend: Any, request: SchedRequest):
+    def __init__(self, admission: Admission, backend: Any, request: SchedRequest,
+                 on_admitted: Callable[[Any, float], None] | None = None):
         self.admission, self.backend, self.request = admission, backend, request
+        self.on_admitted = on_admitted
 
     async def __aenter__(self) -> ScheduledRequest:
         admission, backend = self.admission, self.backend
+        waiting = time.perf_counter()
         task = asyncio.current_task()
         self.lag = lag = monitor(task.get_loop())      # it ticks while requests are in flight
         if lag is not None:
@@ -273,11 +297,20 @@ class Slot:
         users = admission._num_users
         users[id(backend)] = users.get(id(backend), 0) + 1
         try:
-            self.queue = admission.queue_of(backend)
-            return await admission._acquire(backend, self.queue, self.request, task)
+            self.queue = queue = admission.queue_of(backend)
+            started = admission._start_at_once(queue, self.request, task)
+            if started is None:
+                started = await admission._acquire(backend, queue, self.request, task)
         except BaseException:
             admission._leave(backend, lag)
             raise
+        if self.on_admitted is not None:
+            try:
+                self.on_admitted(backend, time.perf_counter() - waiting)
+            except BaseException as exc:
+                await self.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        return started
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
         admission, backend, queue, request = self.admission, self.backend, self.queue, self.request

@@ -88,26 +88,35 @@ class RecentTable:
         return total
 
     def record(self, fingerprint: Fingerprint, now: float) -> None:
-        """Replace the entry this prompt extends (its conversation), else evict the LRU one."""
+        """Replace the entry this prompt extends (its conversation), else evict the LRU one.
+        The replaced entry's prefixes are this prompt's first ones: they stay counted, and
+        only the pieces this prompt adds are counted anew."""
         if not fingerprint.hashes:
             return
-        earlier = self._extended_by(fingerprint)
-        if earlier is not None:
-            self._remove(earlier)
+        keys = fingerprint.prefix_keys
+        num_earlier = self._num_extended(keys)
+        if num_earlier:
+            del self.entries[keys[num_earlier - 1]]
         elif len(self.entries) >= self.num_entries:
             self._remove(next(iter(self.entries)))  # least recent: entries are only ever re-inserted
-        self.entries[fingerprint.prefix_keys[-1]] = Entry(fingerprint, now)
-        for key in fingerprint.prefix_keys:
-            self._prefix_counts[key] = self._prefix_counts.get(key, 0) + 1
+        self.entries[keys[-1]] = Entry(fingerprint, now)
+        counts = self._prefix_counts
+        for key in keys[num_earlier:]:
+            counts[key] = counts.get(key, 0) + 1
 
     def clear(self) -> None:
         self.entries = {}
         self._prefix_counts = {}
 
-    def _extended_by(self, fingerprint: Fingerprint) -> int | None:
-        """The key of the longest entry whose whole prompt is a prefix of this one (the same
-        conversation, a turn earlier), if any."""
-        return next((k for k in reversed(fingerprint.prefix_keys) if k in self.entries), None)
+    def _num_extended(self, keys: tuple[int, ...]) -> int:
+        """The pieces of the longest entry whose whole prompt is a prefix of this one with
+        prefix keys `keys` (the same conversation, a turn earlier, or the same prompt again);
+        0 when there is none."""
+        entries = self.entries
+        for num in range(len(keys), 0, -1):
+            if keys[num - 1] in entries:
+                return num
+        return 0
 
     def _remove(self, full_key: int) -> None:
         for key in self.entries.pop(full_key).fingerprint.prefix_keys:

@@ -35,7 +35,7 @@ _kv_append_step = lib.kv_append_step
 class Allocation(NamedTuple):
     """What allocate() gives a request: its block ids and how many tokens are already cached.
     (A NamedTuple: a frozen dataclass's __init__ costs about 4x the instructions, per request.)"""
-    block_table: list[int]
+    block_table: Sequence[int]        # a list; () when allocate() was told not to read it back
     num_cached_tokens: int
 
 
@@ -92,9 +92,11 @@ class BlockPool:
         self._out_b = ffi.new("int32_t *")           # num cached blocks / copy dst
         self._copies: list[tuple[int, int]] = []
 
-    def allocate(self, request_id: Hashable, token_ids: Sequence[int],
-                 num_extra_tokens: int = 0) -> Allocation | None:
-        """Blocks for the prompt (+ reserved slots), reusing its cached prefix; None if no fit."""
+    def allocate(self, request_id: Hashable, token_ids: Sequence[int], num_extra_tokens: int = 0,
+                 with_table: bool = True) -> Allocation | None:
+        """Blocks for the prompt (+ reserved slots), reusing its cached prefix; None if no fit.
+        `with_table=False`: the block ids are not read back (block_table is ()), for a caller
+        that only accounts a budget: a list of one id per block is not free for long prompts."""
         if request_id in self._seqs:
             raise ValueError(f"kvblocks: request {request_id!r} already allocated")
         tokens, num_tokens = _int32_array(token_ids)
@@ -103,8 +105,11 @@ class BlockPool:
         if rc and not _fits(rc, request_id):
             return None
         self._seqs[request_id] = self._out_a[0]
+        num_cached_tokens = self._out_b[0] * self.block_size
+        if not with_table:
+            return Allocation((), num_cached_tokens)
         num_table = -(-(num_tokens + num_extra_tokens) // self.block_size)
-        return Allocation(ffi.unpack(self._out, num_table), self._out_b[0] * self.block_size)
+        return Allocation(ffi.unpack(self._out, num_table), num_cached_tokens)
 
     def append_tokens(self, request_id: Hashable, token_ids: Sequence[int]) -> bool:
         """Grow the request by these tokens; False (and nothing changed) if it does not fit."""

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from ..config import SchedulerConfig
 from ..errors import BadRequest, RateLimited, Unavailable
-from .kvblocks import BlockPool
+from .kvblocks import Allocation, BlockPool
 from .request import FINISHED, RUNNING, RequestStatus, SchedRequest
 
 
@@ -60,12 +60,16 @@ def queue_timeout_error(request: SchedRequest) -> Unavailable:
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, num_slots: int, pool: BlockPool, *,
-                 reserve_output: bool = True, num_backend_slots: int | None = None):
+                 reserve_output: bool = True, num_backend_slots: int | None = None,
+                 block_tables: bool = True):
         if num_slots < 1:
             raise ValueError("num_slots must be >= 1")
         self.config = config
         self.pool = pool
         self.reserve_output = reserve_output
+        # False: the pool only accounts a backend's token budget (its KV cache is its own),
+        # and ScheduledRequest.block_table stays () instead of one id per block.
+        self.block_tables = block_tables
         self.waiting: list[SchedRequest] = []            # heap by SchedRequest.sort_key
         self.running: dict[str, SchedRequest] = {}
         self._requests: dict[str, SchedRequest] = {}     # waiting + running, by id
@@ -88,10 +92,11 @@ class Scheduler:
                     max_limit: int | None = None, num_backend_slots: int | None = None) -> Scheduler:
         """A backend's scheduler running `max_running` requests at once (it may grow to
         `max_limit`), of which the backend itself runs `num_backend_slots` (the others wait
-        in its queue), with a token budget of num_ctx per request it may run, in blocks."""
+        in its queue), with a token budget of num_ctx per request it may run, in blocks
+        (accounted only: its ScheduledRequests carry no block table)."""
         num_blocks = max(1, math.ceil(num_ctx * (max_limit or max_running) / config.block_size))
         return cls(config, max_running, BlockPool(num_blocks, config.block_size),
-                   num_backend_slots=num_backend_slots)
+                   num_backend_slots=num_backend_slots, block_tables=False)
 
     def set_max_running(self, max_running: int) -> None:
         """Run up to `max_running` requests at once (an adaptive limit moved). Growing frees
@@ -111,6 +116,29 @@ class Scheduler:
 
     def add_request(self, request: SchedRequest, now: float) -> None:
         """Queue a request; RateLimited (429 + Retry-After) when the queue is full."""
+        self._check_intake(request)
+        request.queued_at = now
+        self._requests[request.request_id] = request
+        self._enqueue(request)
+
+    def start_at_once(self, request: SchedRequest, now: float) -> ScheduledRequest | None:
+        """add_request() then schedule() for a request that finds nothing waiting and can
+        start now (a free slot, room in the pool): the same checks, errors and outcome without
+        the queue's heap, wait order, aging and expiry pass and the SchedulerOutput, which
+        only matter to a request that waits. None, with nothing changed, when it would wait:
+        add_request() it then."""
+        if self.waiting or not self._free_slots:
+            return None
+        self._check_intake(request)
+        allocation = self._allocate(request)
+        if allocation is None:
+            return None
+        request.queued_at = now
+        self._requests[request.request_id] = request
+        return self._start(request, allocation, now)
+
+    def _check_intake(self, request: SchedRequest) -> None:
+        """What add_request refuses: a known id, a full queue (429), more than the pool (400)."""
         if request.request_id in self._requests:
             raise ValueError(f"duplicate request id {request.request_id!r}")
         if len(self.waiting) >= self.config.max_queue:
@@ -119,9 +147,6 @@ class Scheduler:
         if self._num_blocks_needed(request) > self.pool.num_blocks:
             raise BadRequest("prompt plus max_tokens exceed the backend's context",
                              param="max_tokens", code="context_length_exceeded")
-        request.queued_at = now
-        self._requests[request.request_id] = request
-        self._enqueue(request)
 
     def abort_request(self, request_id: str) -> SchedRequest | None:
         """Drop a waiting or running request (client gone); None if not known here."""
@@ -239,12 +264,22 @@ class Scheduler:
     def _admit(self, request: SchedRequest, now: float, scheduled: list[ScheduledRequest]) -> bool:
         if not self._free_slots:
             return False
-        num_extra = max(0, request.max_tokens - len(request.output_token_ids))
-        allocation = self.pool.allocate(request.request_id, request.all_token_ids,
-                                        num_extra if self.reserve_output else 0)
+        allocation = self._allocate(request)
         if allocation is None:
             return False
         self._remove_waiting(request)
+        scheduled.append(self._start(request, allocation, now))
+        return True
+
+    def _allocate(self, request: SchedRequest) -> Allocation | None:
+        """Blocks for the request's tokens (and, reserving output, for what it may still
+        generate); None when the pool has no room for them now."""
+        num_extra = max(0, request.max_tokens - len(request.output_token_ids))
+        return self.pool.allocate(request.request_id, request.all_token_ids,
+                                  num_extra if self.reserve_output else 0, self.block_tables)
+
+    def _start(self, request: SchedRequest, allocation: Allocation, now: float) -> ScheduledRequest:
+        """Run an allocated request (out of the queue already) on the lowest free slot."""
         request.slot = heapq.heappop(self._free_slots)
         request.num_cached_tokens = allocation.num_cached_tokens
         request.started_at = now
@@ -253,10 +288,8 @@ class Scheduler:
         request.set_status(RUNNING)
         self.running[request.request_id] = request
         self._last_model = request.model
-        scheduled.append(ScheduledRequest(request.request_id, request.slot,
-                                          tuple(allocation.block_table),
-                                          allocation.num_cached_tokens))
-        return True
+        return ScheduledRequest(request.request_id, request.slot, tuple(allocation.block_table),
+                                allocation.num_cached_tokens)
 
     def _expire(self, now: float) -> list[str]:
         """Time out requests waiting longer than queue_timeout_s, oldest wait first."""

@@ -62,14 +62,9 @@ class TokenCache:
         self.num_failed = 0           # /tokenize calls that did not
         self.num_hits = 0             # texts found here
 
-    async def for_request(self, request: GenerateRequest,
-                          backends: Iterable[Any]) -> dict[str, array]:
-        """Real ids of the request's long texts, from the first healthy llama.cpp backend
-        among `backends`; {} when none of them can tokenize."""
-        backend = tokenizer_of(backends)
-        if backend is None:
-            return {}
-        return await self.lookup(backend, backend.identity(request.model), texts_of(request))
+    async def for_request(self, request: GenerateRequest, tokenizer: Any) -> dict[str, array]:
+        """Real ids of the request's long texts from `tokenizer` (a backend: tokenizer_of)."""
+        return await self.lookup(tokenizer, tokenizer.identity(request.model), texts_of(request))
 
     async def lookup(self, backend: Any, model: str, texts: Sequence[str]) -> dict[str, array]:
         """text -> ids for the texts of at least min_chars that are cached or that `backend`
