@@ -88,6 +88,26 @@ def test_the_access_line_is_json_of_the_entry_even_with_odd_values():
     assert line == {**trace.entry(), "completion_tokens": None}
 
 
+def test_the_access_line_bytes_with_every_time_known_and_with_some_unknown():
+    """The exact bytes: times with 6 decimals (rounded as format(x, ".6f") rounds), null when
+    unknown, milliseconds with 3 digits."""
+    known = RequestTrace("0123abcd", "POST", "/v1/chat/completions", started=0.0)
+    known.key, known.model, known.backend, known.cache = "team-a", "tiny", "wide", "bypass"
+    known.prompt_tokens, known.completion_tokens, known.status = 10, 16, 200
+    known.queue_wait_s, known.upstream_s, known.first_byte_s, known.total_s = 0.0000125, 0.0004565, 0.0011, 2
+    assert known.access_line(1_700_000_000.25) == (
+        '{"ts":"2023-11-14T22:13:20.250Z","level":"info","logger":"velollmd.access","msg":"access",'
+        '"request_id":"0123abcd","key":"team-a","method":"POST","path":"/v1/chat/completions","status":200,'
+        '"model":"tiny","backend":"wide","cache":"bypass","prompt_tokens":10,"completion_tokens":16,'
+        '"queue_wait_s":0.000013,"upstream_s":0.000456,"first_byte_s":0.001100,"total_s":2.000000,'
+        '"overhead_s":1.999531}')
+    unknown = RequestTrace("r2", "GET", "/x", started=0.0)
+    unknown.total_s, unknown.status = 0.0000005, 404
+    assert unknown.access_line(1_700_000_000.0999).endswith(
+        '"queue_wait_s":0.000000,"upstream_s":null,"first_byte_s":null,"total_s":0.000000,"overhead_s":0.000000}')
+    assert unknown.access_line(1_700_000_000.0999).startswith('{"ts":"2023-11-14T22:13:20.099Z",')
+
+
 def test_the_access_line_skips_the_log_record_only_where_nothing_else_would_see_it():
     """Behind setup_logging's handler alone the line is written straight to it; a handler or
     a filter added anywhere on the way (tests, embedders) gets the record as before. The

@@ -73,3 +73,18 @@ def test_labels_in_any_order_count_in_one_series():
     assert counter.get(model="m", kind="prompt") == 3.0
     assert histogram.series == {(("a", "y"), ("b", "x")): [1, 0, 3.5, 2], (): [0, 1, 1.5, 1]}
     assert 'h_seconds_bucket{a="y",b="x",le="+Inf"} 2' in histogram.render()
+
+
+def test_usage_counts_tokens_in_the_series_tokens_inc_counts():
+    from velollmd.metrics import Metrics
+    metrics = Metrics()
+    metrics.tokens.inc(5, model="m", kind="prompt")
+    metrics.record_usage("m", {"prompt_tokens": 10, "completion_tokens": 16, "total_tokens": 26})
+    metrics.record_usage("m", {"prompt_tokens": 1})             # no completion count: 0 more
+    metrics.record_usage("m", None)
+    metrics.record_usage("n", {"completion_tokens": 2})
+    assert metrics.tokens.values == {(("kind", "prompt"), ("model", "m")): 16,
+                                     (("kind", "completion"), ("model", "m")): 16,
+                                     (("kind", "prompt"), ("model", "n")): 0,
+                                     (("kind", "completion"), ("model", "n")): 2}
+    assert 'velollm_tokens_total{kind="prompt",model="m"} 16' in metrics.tokens.render()

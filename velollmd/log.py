@@ -63,7 +63,7 @@ def utc_timestamp(created: float) -> str:
     second = int(created)
     if second != _second:
         _second, _second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_second_text}.{int((created - second) * 1000):03d}Z"
+    return f"{_second_text}.{str(int((created - second) * 1000)).zfill(3)}Z"   # (zfill: :03d, cheaper)
 
 
 class LineHandler(logging.StreamHandler):
@@ -225,10 +225,12 @@ class RequestTrace:
 
     @property
     def overhead_s(self) -> float | None:
-        """Time the daemon itself added: total minus upstream minus queue wait."""
+        """Time the daemon itself added: total minus upstream minus queue wait (max(0.0, ...)
+        without the builtin's call)."""
         if self.total_s is None:
             return None
-        return max(0.0, self.total_s - (self.upstream_s or 0.0) - self.queue_wait_s)
+        overhead = self.total_s - (self.upstream_s or 0.0) - self.queue_wait_s
+        return overhead if overhead > 0.0 else 0.0
 
     def finish(self, status: int) -> None:
         """The answer is sent (or abandoned, status 499): fix the total, tell `on_done` once."""
@@ -242,14 +244,22 @@ class RequestTrace:
     def access_line(self, created: float) -> str:
         """entry() as the JSON log line, written field by field: encoding the dict cost three
         times as much, once per request."""
-        q, n, s = _json_str, _json_int, _json_seconds
+        q, n = _json_str, _json_int
         return (f'{{"ts":"{utc_timestamp(created)}","level":"info","logger":"{ACCESS_LOGGER}","msg":"access",'
                 f'"request_id":{q(self.request_id)},"key":{q(self.key)},"method":{q(self.method)},'
                 f'"path":{q(self.path)},"status":{n(self.status)},"model":{q(self.model)},'
                 f'"backend":{q(self.backend)},"cache":{q(self.cache)},"prompt_tokens":{n(self.prompt_tokens)},'
-                f'"completion_tokens":{n(self.completion_tokens)},"queue_wait_s":{s(self.queue_wait_s)},'
-                f'"upstream_s":{s(self.upstream_s)},"first_byte_s":{s(self.first_byte_s)},'
-                f'"total_s":{s(self.total_s)},"overhead_s":{s(self.overhead_s)}}}')
+                f'"completion_tokens":{n(self.completion_tokens)},{self._seconds_fields()}}}')
+
+    def _seconds_fields(self) -> str:
+        """The five times of the access line, each with 6 decimals (null when unknown): all
+        five in one %-format while all are known (each float's own format cost as much again);
+        a None in them fails it (TypeError) and they go one by one."""
+        seconds = (self.queue_wait_s, self.upstream_s, self.first_byte_s, self.total_s, self.overhead_s)
+        try:
+            return SECONDS_FIELDS % seconds
+        except TypeError:
+            return SECONDS_FIELDS_OR_NULL % tuple(map(_json_seconds, seconds))
 
     def entry(self) -> dict:
         """The access-log record of a finished request."""
@@ -266,6 +276,8 @@ def _rounded(seconds: float | None) -> float | None:
 
 
 _quote = json.encoder.encode_basestring           # escapes and quotes a str (in C)
+SECONDS_FIELDS = '"queue_wait_s":%.6f,"upstream_s":%.6f,"first_byte_s":%.6f,"total_s":%.6f,"overhead_s":%.6f'
+SECONDS_FIELDS_OR_NULL = SECONDS_FIELDS.replace("%.6f", "%s")
 
 
 def _json_str(value) -> str:

@@ -53,8 +53,13 @@ class Counter:
             key = self._keys[items] = tuple(sorted(items))
         self.values[key] += amount
 
+    @staticmethod
+    def key(**labels) -> tuple:
+        """The series of `labels` in `values`: their items sorted."""
+        return tuple(sorted(labels.items()))
+
     def get(self, **labels) -> float:
-        return self.values.get(tuple(sorted(labels.items())), 0.0)
+        return self.values.get(self.key(**labels), 0.0)
 
     def render(self) -> list[str]:
         return sampled(self.name, "counter", self.help, [(dict(k), v) for k, v in sorted(self.values.items())])
@@ -167,6 +172,7 @@ class Metrics:
         self.latency = Histogram("velollm_http_request_duration_seconds", "Time to the response head")
         self.cache = Counter("velollm_cache_lookups_total", "Response cache lookups by result")
         self.tokens = Counter("velollm_tokens_total", "Tokens by kind (prompt, completion) and model")
+        self._token_series: dict[str, tuple] = {}    # model -> its (prompt, completion) series of tokens
         self.tool_repairs = Counter("velollm_tool_call_repairs_total", "Tool-call fixes by kind")
         self.tool_loops = Counter("velollm_tool_call_loops_total", "Repeated identical tool calls flagged")
         self.backend_errors = Counter("velollm_backend_errors_total",
@@ -201,9 +207,16 @@ class Metrics:
             self.overhead.observe(trace.overhead_s)
 
     def record_usage(self, model: str, usage: dict | None) -> None:
+        """An answer's tokens by kind, as two tokens.inc() would count them: the model's two
+        series found with one lookup (every answer with usage comes here)."""
         if usage:
-            self.tokens.inc(usage.get("prompt_tokens") or 0, kind="prompt", model=model)
-            self.tokens.inc(usage.get("completion_tokens") or 0, kind="completion", model=model)
+            series = self._token_series.get(model)
+            if series is None:
+                series = self._token_series[model] = (self.tokens.key(kind="prompt", model=model),
+                                                      self.tokens.key(kind="completion", model=model))
+            values = self.tokens.values
+            values[series[0]] += usage.get("prompt_tokens") or 0
+            values[series[1]] += usage.get("completion_tokens") or 0
 
     def render(self, extra: list[str] | None = None) -> str:
         lines = [line for metric in self.all() for line in metric.render()]

@@ -19,19 +19,20 @@ class GenerateRequest:
     report_stop_word: bool = False      # ask the backend which stop string ended the answer
     client_model: str = ""              # the name the client asked for, when an alias renamed it
     key_name: str = ""                  # the caller's configured key's name ("" = none): usage, access log
+    model: str = field(init=False, repr=False, compare=False)      # body["model"]
+    stream: bool = field(init=False, repr=False, compare=False)    # body["stream"], made a bool
 
-    @property
-    def model(self) -> str:
-        return self.body["model"]
+    def __post_init__(self):
+        """`model` and `stream` read from the body once: every layer of a request's way asks
+        for them, ~10 times a request (a property's call each time cost more than this). A
+        new body comes with a new request (dataclasses.replace), which reads them again."""
+        self.model = self.body["model"]
+        self.stream = bool(self.body.get("stream"))
 
     @property
     def echo_model(self) -> str:
         """The model name answers carry: the client's own, even when an alias served it."""
-        return self.client_model or self.body["model"]
-
-    @property
-    def stream(self) -> bool:
-        return bool(self.body.get("stream"))
+        return self.client_model or self.model
 
     @property
     def include_usage(self) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from ..errors import BackendError
 
 UNREADABLE = (TypeError, KeyError, AttributeError, IndexError, ValueError)
+TEXT_OR_NONE = (str, type(None))
+TOKEN_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 def _fail(backend_name: str, what: str):
@@ -19,13 +21,13 @@ def _fail(backend_name: str, what: str):
 def check_answer(body, endpoint: str, backend_name: str) -> dict:
     """A whole chat.completion / text_completion."""
     choices = body.get("choices") if isinstance(body, dict) else None
-    if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
+    if not isinstance(choices, list) or not choices or not _all_objects(choices):
         _fail(backend_name, "no choices")
     _check_usage(body, backend_name)
     for choice in choices:
         if endpoint == "chat":
             message = choice.get("message")
-            if not isinstance(message, dict) or not isinstance(message.get("content"), (str, type(None))):
+            if not isinstance(message, dict) or not isinstance(message.get("content"), TEXT_OR_NONE):
                 _fail(backend_name, "a choice without a message")
             if not isinstance(message.get("tool_calls") or [], list):
                 _fail(backend_name, "tool_calls is not a list")
@@ -37,13 +39,13 @@ def check_answer(body, endpoint: str, backend_name: str) -> dict:
 def check_chunk(chunk, endpoint: str, backend_name: str) -> dict:
     """One stream chunk (choices may be empty: the usage chunk)."""
     choices = chunk.get("choices") if isinstance(chunk, dict) else None
-    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+    if not isinstance(choices, list) or not _all_objects(choices):
         _fail(backend_name, "a stream chunk without choices")
     _check_usage(chunk, backend_name)
     for choice in choices:
         if endpoint == "chat":
             delta = choice.get("delta", {})
-            if not isinstance(delta, dict) or not isinstance(delta.get("content"), (str, type(None))) \
+            if not isinstance(delta, dict) or not isinstance(delta.get("content"), TEXT_OR_NONE) \
                     or not isinstance(delta.get("tool_calls") or [], list):
                 _fail(backend_name, "a stream chunk with a malformed delta")
         elif not isinstance(choice.get("text", ""), str):
@@ -51,9 +53,26 @@ def check_chunk(chunk, endpoint: str, backend_name: str) -> dict:
     return chunk
 
 
+def _all_objects(choices: list) -> bool:
+    """Every item a dict (a loop: all() over a generator cost more for the usual one item)."""
+    for choice in choices:
+        if not isinstance(choice, dict):
+            return False
+    return True
+
+
 def _check_usage(body: dict, backend_name: str) -> None:
     usage = body.get("usage")
-    if usage is not None and not (isinstance(usage, dict) and all(
-            isinstance(usage.get(k, 0), int) and not isinstance(usage.get(k, 0), bool)
-            for k in ("prompt_tokens", "completion_tokens", "total_tokens"))):
+    if usage is not None and not _token_counts(usage):
         _fail(backend_name, "usage is not an object of token counts")
+
+
+def _token_counts(usage) -> bool:
+    """An object whose token counts (when present) are integers, not booleans."""
+    if not isinstance(usage, dict):
+        return False
+    for key in TOKEN_COUNTS:
+        count = usage.get(key, 0)
+        if not isinstance(count, int) or isinstance(count, bool):
+            return False
+    return True

@@ -2,10 +2,13 @@
 the one strict reader for JSON that comes from outside.
 
 One encoder built once: `json.dumps` with options builds a JSONEncoder per call, which cost as
-much as the encoding itself for a chat answer (11 us vs 5 us here)."""
+much as the encoding itself for a chat answer (11 us vs 5 us here); and JSONEncoder.encode
+builds its C encoder (and a float formatter closure) on every call, so the C encoder is built
+once here too and called directly (the same bytes as JSONEncoder.encode)."""
 from __future__ import annotations
 
 import json
+from json.encoder import c_make_encoder, encode_basestring
 
 MAX_DEPTH = 100        # nesting of arrays and objects accepted from outside (bodies, JSON in JSON)
 
@@ -13,8 +16,22 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
+def _c_encoder(encoder: json.JSONEncoder):
+    """`encoder`'s C encoder, built once: called as (value, 0), it returns the text's pieces.
+    No cycle check (JSONEncoder.encode's fresh `markers` dict per call): every value written
+    here is parsed JSON or dicts built from it, and a cycle (a bug) still ends in an exception
+    (RecursionError instead of ValueError). None where json has no C accelerator."""
+    if c_make_encoder is None:
+        return None
+    return c_make_encoder(None, encoder.default, encode_basestring, None, encoder.key_separator,
+                          encoder.item_separator, encoder.sort_keys, encoder.skipkeys, encoder.allow_nan)
+
+
+_C_ENCODE = _c_encoder(_ENCODER)
+
+
 def dumps(value) -> bytes:
-    text = _ENCODER.encode(value)
+    text = "".join(_C_ENCODE(value, 0)) if _C_ENCODE is not None else _ENCODER.encode(value)
     try:
         return text.encode()
     except UnicodeEncodeError:       # a lone surrogate (a "\ud800" escape came in): send it escaped
@@ -26,6 +43,18 @@ def _no_constant(name: str):
 
 
 _DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_SCAN = _DECODER.scan_once
+
+
+def _decode(text: str):
+    """_DECODER.decode(text): a document that starts at the first character and ends at the
+    last is the scanner's in one call (no whitespace matches, no raw_decode frame); anything
+    else, errors included, goes through decode() for its exact messages."""
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        return _DECODER.decode(text)
+    return value if end == len(text) else _DECODER.decode(text)
 
 
 def loads(data: bytes | str):
@@ -34,11 +63,12 @@ def loads(data: bytes | str):
     levels deep. Anything else is a ValueError, never a RecursionError, so that no later
     step (encoding, cache keys, schema checks) meets a value too deep for it."""
     if isinstance(data, (bytes, bytearray)):
-        data = bytes(data).decode(json.detect_encoding(data))    # strict: bad bytes raise
+        encoding = "utf-8" if data.startswith(b'{"') else json.detect_encoding(data)   # (no BOM, no NUL)
+        data = bytes(data).decode(encoding)                      # strict: bad bytes raise
     if data.startswith("\ufeff"):
         data = data[1:]
     try:
-        value = _DECODER.decode(data)
+        value = _decode(data)
     except RecursionError:
         raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
     check_depth(value, data)
