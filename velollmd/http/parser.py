@@ -158,9 +158,10 @@ class HTTPParser:
         head = self._parse_start_line(bytes(buf[:line_end]))
         fields = bytes(buf[line_end + 2:end + 2])       # each field line with its CRLF
         del buf[:end + 4]
-        head.headers = self._parse_fields(fields)
+        framing: dict[str, list[str]] = {}
+        head.headers = self._parse_fields(fields, framing)
         try:
-            self._frame_message(head)
+            self._frame_message(head, framing)
         except ProtocolError as exc:
             exc.head = head
             raise
@@ -207,8 +208,10 @@ class HTTPParser:
         return Head(headers=[], version=version.decode(), status=int(status),
                     reason=(reason or b"").decode("latin-1"))
 
-    def _parse_fields(self, block: bytes) -> list[tuple[str, str]]:
-        """Header fields of a head; `block` is the field lines, each ending in CRLF."""
+    def _parse_fields(self, block: bytes, framing: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """Header fields of a head; `block` is the field lines, each ending in CRLF. The values
+        of the fields that frame the message (FRAMING_FIELDS) also go into `framing`, by name,
+        in the same pass."""
         if block.count(b"\r\n") > self.max_fields:
             raise ProtocolError("too many header fields", 431)
         if not FIELD_BLOCK_RE.match(block):
@@ -216,7 +219,10 @@ class HTTPParser:
         headers = []
         for line in block[:-2].decode("latin-1").split("\r\n") if block else ():
             name, _, value = line.partition(":")
-            headers.append((name.lower(), value.strip(" \t")))
+            name, value = name.lower(), value.strip(" \t")
+            headers.append((name, value))
+            if name in FRAMING_FIELDS:
+                framing.setdefault(name, []).append(value)
         return headers
 
     def _raise_field_error(self, lines: list[bytes]) -> None:
@@ -232,15 +238,9 @@ class HTTPParser:
 
     # -- framing -----------------------------------------------------------------------
 
-    def _frame_message(self, head: Head) -> None:
-        """Decide keep-alive and how the body is delimited (RFC 9112 section 6)."""
-        framing: dict[str, list[str]] = {}
-        for name, value in head.headers:
-            if name in FRAMING_FIELDS:
-                if name in framing:
-                    framing[name].append(value)
-                else:
-                    framing[name] = [value]
+    def _frame_message(self, head: Head, framing: dict[str, list[str]]) -> None:
+        """Decide keep-alive and how the body is delimited (RFC 9112 section 6) from the
+        framing fields' values (`_parse_fields`)."""
         connection = framing.get("connection")
         if head.version == "1.0":
             head.keep_alive = connection is not None and "keep-alive" in ",".join(connection).lower()
@@ -420,7 +420,7 @@ class HTTPParser:
             return None
         block = bytes(buf[:end + 2])
         del buf[:end + 4]
-        trailers = self._parse_fields(block)
+        trailers = self._parse_fields(block, {})
         self._state = "head"
         return EndOfMessage(trailers)
 
