@@ -225,7 +225,9 @@ class Connection:
                     return
                 first = False
                 self._begin(head)
-                body = await self._read_body(head)
+                body = self.parser.take_body()     # all of it came with the head: no coroutine
+                if body is None:
+                    body = await self._read_body(head)
                 request = Request(head.method, head.target, head.headers, body, head.version, self.client)
                 keep_alive = head.keep_alive and not self.server.draining
                 if not await self._respond(request, keep_alive):
@@ -262,7 +264,7 @@ class Connection:
         try:
             if self.idle:
                 self.set_deadline("idle", config.header_timeout_s if first else config.keepalive_timeout_s)
-                if not await self._fill():
+                if not self._fed(await self.reader.read(READ_SIZE)):     # _fill, a coroutine fewer
                     return None
                 self.idle = False
                 event = self.parser.next_event()
@@ -289,7 +291,10 @@ class Connection:
                 return None
 
     async def _fill(self) -> bool:
-        data = await self.reader.read(READ_SIZE)
+        return self._fed(await self.reader.read(READ_SIZE))
+
+    def _fed(self, data: bytes) -> bool:
+        """A read's bytes to the parser; False (and EOF to the parser) when the client closed."""
         if not data:
             self.parser.feed_eof()
             return False
@@ -297,9 +302,7 @@ class Connection:
         return True
 
     async def _read_body(self, head: Head) -> bytes:
-        body = self.parser.take_body()                # all of it came with the head
-        if body is not None:
-            return body
+        """The body of the request, read as it comes (run takes one that came with the head)."""
         event = self.parser.next_event()
         if isinstance(event, EndOfMessage):           # no body, or all of it already here
             return b""
