@@ -123,9 +123,15 @@ class HTTPParser:
 
     def next_event(self):
         """Return the next event, or None when more bytes (or EOF) are needed."""
-        state = self._state
-        if state == "head":
+        if self._state == "head":
             return self._parse_head()
+        event = self._body_event()
+        return Data(event) if type(event) is bytes else event
+
+    def _body_event(self):
+        """The next body piece as bytes (next_event wraps it in a Data; take_data takes it as
+        it is: a stream's every chunk passes here), the EndOfMessage, or None (more bytes needed)."""
+        state = self._state
         if state == "body":
             return self._read_fixed_body()
         if state == "chunk_size":
@@ -332,12 +338,12 @@ class HTTPParser:
         per chunk and one more to find the buffer empty."""
         buf = self._buf
         while buf or self._eof or self._state == "body":    # an empty buffer yields no event, but
-            event = self.next_event()                       # the end of a body of known length
+            event = self._body_event()                      # the end of a body of known length
             if event is None:
                 return False
-            if type(event) is EndOfMessage:
+            if type(event) is not bytes:
                 return True
-            parts.append(event.data)
+            parts.append(event)
         return False
 
     def _end_message(self) -> EndOfMessage:
@@ -354,7 +360,7 @@ class HTTPParser:
         data = bytes(self._buf[:self._remaining])
         del self._buf[:len(data)]
         self._remaining -= len(data)
-        return Data(data)
+        return data
 
     def _read_chunk_size(self):
         buf = self._buf
@@ -395,7 +401,7 @@ class HTTPParser:
             if not self._remaining and buf[:2] == b"\r\n":    # the chunk's end came with it
                 del buf[:2]
                 self._state = "chunk_size"
-            return Data(data)
+            return data
         if len(buf) < 2:
             if self._eof:
                 raise ProtocolError("connection closed in a chunked body")
@@ -428,7 +434,7 @@ class HTTPParser:
         if self._buf:
             data = bytes(self._buf)
             self._buf.clear()
-            return Data(data)
+            return data
         if self._eof:
             self._state = "done"
             return EndOfMessage()
