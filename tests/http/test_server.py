@@ -312,3 +312,35 @@ def test_sse_pings_fill_long_silences_without_losing_events():
     assert frames[-2:] == [b'data: {"late":true}\n\n', b"data: [DONE]\n\n"]
     pings = frames[1:-2]
     assert len(pings) >= 2 and set(pings) == {b": ping\n\n"}
+
+
+async def _fixed_answer(request):
+    async def pieces():
+        yield b"ab"
+    headers = [("content-type", "text/plain"), ("connection", "upgrade")]
+    if request.path == "/stream":
+        return Response(200, headers, stream=pieces())
+    return Response(201, headers[:1], b"whole")
+
+
+@pytest.mark.parametrize("raw,head", [
+    (b"GET /w HTTP/1.1\r\nHost: a\r\nx-request-id: r1\r\nConnection: close\r\n\r\n",
+     b"HTTP/1.1 201 Created\r\ncontent-type: text/plain\r\nx-request-id: r1\r\nconnection: close\r\n"
+     b"content-length: 5\r\n"),
+    (b"GET /w HTTP/1.0\r\nx-request-id: r2\r\nConnection: keep-alive\r\n\r\n"
+     b"GET /w HTTP/1.0\r\nx-request-id: r3\r\n\r\n",
+     b"HTTP/1.1 201 Created\r\ncontent-type: text/plain\r\nx-request-id: r2\r\nconnection: keep-alive\r\n"
+     b"content-length: 5\r\n"),
+    (b"GET /stream HTTP/1.1\r\nHost: a\r\nx-request-id: r4\r\nConnection: close\r\n\r\n",
+     b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: upgrade\r\nx-request-id: r4\r\n"
+     b"connection: close\r\ntransfer-encoding: chunked\r\n"),
+    (b"GET /stream HTTP/1.0\r\nx-request-id: r5\r\n\r\n",
+     b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-request-id: r5\r\nconnection: close\r\n"),
+], ids=["close", "1.0 keep-alive", "chunked stream", "1.0 stream"])
+def test_answer_heads_are_the_handlers_fields_then_the_servers(raw, head):
+    """The exact head: the handler's fields, then x-request-id, connection and the framing,
+    then the date (a 1.0 stream drops the handler's connection field: its end is the close)."""
+    async def main():
+        async with serving(_fixed_answer) as server:
+            return await raw_exchange(server.port, raw)
+    assert run(main()).startswith(head + b"date: ")

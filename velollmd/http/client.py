@@ -202,12 +202,21 @@ class ClientResponse:
         return _BodyBatches(self, SSEDecoder(events))
 
     async def read(self, limit: int = MAX_BODY_BYTES) -> bytes:
+        body = self._buffered_body(limit)
+        return await self._read_rest(limit) if body is None else body
+
+    def _buffered_body(self, limit: int) -> bytes | None:
+        """The whole body when all of it came with the head (the response is then done), else
+        None: `read` and `json` take it without a coroutine of their own."""
         body = None if self._done else self._conn.parser.take_body()
-        if body is not None:                      # all of it came with the head
+        if body is not None:
             self._finish(reusable=self._head.keep_alive and len(body) <= limit)
             if len(body) > limit:
                 raise _too_big("a body", limit)
-            return body
+        return body
+
+    async def _read_rest(self, limit: int) -> bytes:
+        """The body as the reads bring it, up to its end (or none once the response is done)."""
         parts, size = [], 0
         try:
             while not self._done and (data := await self._next_data()) is not None:
@@ -220,7 +229,9 @@ class ClientResponse:
         return b"".join(parts)
 
     async def json(self):
-        body = await self.read()
+        body = self._buffered_body(MAX_BODY_BYTES)
+        if body is None:
+            body = await self._read_rest(MAX_BODY_BYTES)
         try:
             return jsonlib.loads(body)
         except (ValueError, RecursionError):     # not JSON, or nested past any decoder
@@ -389,18 +400,32 @@ class HTTPClient:
                 headers = {"content-type": "application/json", **headers}
             payload = self._encode_request(method, target, body, headers)
         conn = self._take_idle()
-        if conn is not None:
+        pooled = conn is not None
+        if not pooled:
+            conn = await self._connect()
+        while True:     # the exchange, inlined (a coroutine level fewer on every answer's path)
             try:
-                return await self._exchange(conn, method, payload)
+                conn.parser.expect_response(method)
+                conn.arm(self.read_timeout)
+                conn.writer.write(payload)
+                if conn.writer.transport.get_write_buffer_size():   # else drain() has nothing to wait for
+                    await conn.writer.drain()
+                await self._read_more(conn, stale_ok=True)      # a pooled connection has nothing buffered
+                event = self._parsed(conn) or await self._read_event(conn)
+                while isinstance(event, Head) and 100 <= event.status < 200:
+                    await self._next_event(conn)           # the 1xx's empty EndOfMessage
+                    event = await self._next_event(conn)
+                return ClientResponse(self, conn, event)
             except (ConnectionError, _StaleConnection):
-                conn.abort()      # the backend closed a pooled connection: one fresh try
+                conn.abort()
+                if not pooled:
+                    raise BackendError(f"backend {self.origin.host_header} closed the connection "
+                                       "before answering", code="backend_reset") from None
                 self.closes_after_chunked |= conn.last_chunked
-        conn = await self._connect()
-        try:
-            return await self._exchange(conn, method, payload)
-        except (ConnectionError, _StaleConnection):
-            raise BackendError(f"backend {self.origin.host_header} closed the connection "
-                               "before answering", code="backend_reset") from None
+            except BaseException:
+                conn.abort()
+                raise
+            conn, pooled = await self._connect(), False     # the backend closed a pooled one: one fresh try
 
     def _encode_request(self, method: str, target: str, body: bytes | None,
                         headers: dict[str, str] | None) -> bytes:
@@ -415,22 +440,6 @@ class HTTPClient:
         """_encode_request's bytes for a JSON body and no headers of the request's own."""
         return b"%s %s HTTP/1.1\r\n%scontent-length: %d\r\n\r\n%s" % (
             method.encode("latin-1"), (target or "/").encode("latin-1"), self._json_fields, len(body), body)
-
-    async def _exchange(self, conn: _Conn, method: str, payload: bytes) -> ClientResponse:
-        try:
-            conn.parser.expect_response(method)
-            conn.arm(self.read_timeout)
-            conn.writer.write(payload)
-            if conn.writer.transport.get_write_buffer_size():   # else drain() has nothing to wait for
-                await conn.writer.drain()
-            event = await self._read_event(conn, stale_ok=True)  # a pooled connection has nothing buffered
-            while isinstance(event, Head) and 100 <= event.status < 200:
-                await self._next_event(conn)           # the 1xx's empty EndOfMessage
-                event = await self._next_event(conn)
-            return ClientResponse(self, conn, event)
-        except BaseException:
-            conn.abort()
-            raise
 
     @staticmethod
     def _parsed(conn: _Conn):
@@ -448,13 +457,13 @@ class HTTPClient:
         except ProtocolError as exc:
             raise _broke_http(conn, exc) from None
 
-    async def _next_event(self, conn: _Conn, stale_ok: bool = False):
-        return self._parsed(conn) or await self._read_event(conn, stale_ok)
+    async def _next_event(self, conn: _Conn):
+        return self._parsed(conn) or await self._read_event(conn)
 
-    async def _read_event(self, conn: _Conn, stale_ok: bool = False):
+    async def _read_event(self, conn: _Conn):
         """The next event once more bytes came: the caller found none in the buffer."""
         while True:
-            await self._read_more(conn, stale_ok)
+            await self._read_more(conn)
             event = self._parsed(conn)
             if event is not None:
                 return event

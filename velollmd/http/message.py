@@ -40,13 +40,20 @@ class Request:
     client: tuple | None = None
     path: str = ""
     query: str = ""
+    _fields: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not self.path:
             self.path, _, self.query = self.target.partition("?")
 
     def header(self, name: str, default: str | None = None) -> str | None:
-        return header_value(self.headers, name, default)
+        """The first value of header `name` (lowercase). The fields are looked up several times
+        per request (key, priority, access line), so the first lookup makes a dict of them:
+        `headers` is not to be changed once a handler has the request."""
+        fields = self._fields
+        if fields is None:
+            fields = self._fields = dict(reversed(self.headers))    # the first value wins
+        return fields.get(name, default)
 
     def query_params(self) -> dict[str, str]:
         return dict(parse_qsl(self.query))

@@ -123,9 +123,15 @@ class HTTPParser:
 
     def next_event(self):
         """Return the next event, or None when more bytes (or EOF) are needed."""
-        state = self._state
-        if state == "head":
+        if self._state == "head":
             return self._parse_head()
+        event = self._body_event()
+        return Data(event) if type(event) is bytes else event
+
+    def _body_event(self):
+        """The next body piece as bytes (next_event wraps it in a Data; take_data takes it as
+        it is: a stream's every chunk passes here), the EndOfMessage, or None (more bytes needed)."""
+        state = self._state
         if state == "body":
             return self._read_fixed_body()
         if state == "chunk_size":
@@ -158,9 +164,10 @@ class HTTPParser:
         head = self._parse_start_line(bytes(buf[:line_end]))
         fields = bytes(buf[line_end + 2:end + 2])       # each field line with its CRLF
         del buf[:end + 4]
-        head.headers = self._parse_fields(fields)
+        framing: dict[str, list[str]] = {}
+        head.headers = self._parse_fields(fields, framing)
         try:
-            self._frame_message(head)
+            self._frame_message(head, framing)
         except ProtocolError as exc:
             exc.head = head
             raise
@@ -207,8 +214,10 @@ class HTTPParser:
         return Head(headers=[], version=version.decode(), status=int(status),
                     reason=(reason or b"").decode("latin-1"))
 
-    def _parse_fields(self, block: bytes) -> list[tuple[str, str]]:
-        """Header fields of a head; `block` is the field lines, each ending in CRLF."""
+    def _parse_fields(self, block: bytes, framing: dict[str, list[str]]) -> list[tuple[str, str]]:
+        """Header fields of a head; `block` is the field lines, each ending in CRLF. The values
+        of the fields that frame the message (FRAMING_FIELDS) also go into `framing`, by name,
+        in the same pass."""
         if block.count(b"\r\n") > self.max_fields:
             raise ProtocolError("too many header fields", 431)
         if not FIELD_BLOCK_RE.match(block):
@@ -216,7 +225,10 @@ class HTTPParser:
         headers = []
         for line in block[:-2].decode("latin-1").split("\r\n") if block else ():
             name, _, value = line.partition(":")
-            headers.append((name.lower(), value.strip(" \t")))
+            name, value = name.lower(), value.strip(" \t")
+            headers.append((name, value))
+            if name in FRAMING_FIELDS:
+                framing.setdefault(name, []).append(value)
         return headers
 
     def _raise_field_error(self, lines: list[bytes]) -> None:
@@ -232,15 +244,9 @@ class HTTPParser:
 
     # -- framing -----------------------------------------------------------------------
 
-    def _frame_message(self, head: Head) -> None:
-        """Decide keep-alive and how the body is delimited (RFC 9112 section 6)."""
-        framing: dict[str, list[str]] = {}
-        for name, value in head.headers:
-            if name in FRAMING_FIELDS:
-                if name in framing:
-                    framing[name].append(value)
-                else:
-                    framing[name] = [value]
+    def _frame_message(self, head: Head, framing: dict[str, list[str]]) -> None:
+        """Decide keep-alive and how the body is delimited (RFC 9112 section 6) from the
+        framing fields' values (`_parse_fields`)."""
         connection = framing.get("connection")
         if head.version == "1.0":
             head.keep_alive = connection is not None and "keep-alive" in ",".join(connection).lower()
@@ -332,12 +338,12 @@ class HTTPParser:
         per chunk and one more to find the buffer empty."""
         buf = self._buf
         while buf or self._eof or self._state == "body":    # an empty buffer yields no event, but
-            event = self.next_event()                       # the end of a body of known length
+            event = self._body_event()                      # the end of a body of known length
             if event is None:
                 return False
-            if type(event) is EndOfMessage:
+            if type(event) is not bytes:
                 return True
-            parts.append(event.data)
+            parts.append(event)
         return False
 
     def _end_message(self) -> EndOfMessage:
@@ -354,7 +360,7 @@ class HTTPParser:
         data = bytes(self._buf[:self._remaining])
         del self._buf[:len(data)]
         self._remaining -= len(data)
-        return Data(data)
+        return data
 
     def _read_chunk_size(self):
         buf = self._buf
@@ -395,7 +401,7 @@ class HTTPParser:
             if not self._remaining and buf[:2] == b"\r\n":    # the chunk's end came with it
                 del buf[:2]
                 self._state = "chunk_size"
-            return Data(data)
+            return data
         if len(buf) < 2:
             if self._eof:
                 raise ProtocolError("connection closed in a chunked body")
@@ -420,7 +426,7 @@ class HTTPParser:
             return None
         block = bytes(buf[:end + 2])
         del buf[:end + 4]
-        trailers = self._parse_fields(block)
+        trailers = self._parse_fields(block, {})
         self._state = "head"
         return EndOfMessage(trailers)
 
@@ -428,7 +434,7 @@ class HTTPParser:
         if self._buf:
             data = bytes(self._buf)
             self._buf.clear()
-            return Data(data)
+            return data
         if self._eof:
             self._state = "done"
             return EndOfMessage()

@@ -39,6 +39,11 @@ from .writer import (
 )
 
 log = logging.getLogger("velollmd.http")
+# The field lines the server adds to answers, after the handler's own headers.
+REQUEST_ID_NAME = REQUEST_ID_HEADER.encode("latin-1")
+CLOSE_FIELD = b"connection: close\r\n"
+KEEP_ALIVE_FIELD = b"connection: keep-alive\r\n"        # an HTTP/1.0 client's kept connection
+CHUNKED_FIELD = b"transfer-encoding: chunked\r\n"
 
 Handler = Callable[[Request], Awaitable[Response]]
 # The answer to a request refused before any handler ran: (its head if parsed, status, message).
@@ -220,7 +225,9 @@ class Connection:
                     return
                 first = False
                 self._begin(head)
-                body = await self._read_body(head)
+                body = self.parser.take_body()     # all of it came with the head: no coroutine
+                if body is None:
+                    body = await self._read_body(head)
                 request = Request(head.method, head.target, head.headers, body, head.version, self.client)
                 keep_alive = head.keep_alive and not self.server.draining
                 if not await self._respond(request, keep_alive):
@@ -257,7 +264,7 @@ class Connection:
         try:
             if self.idle:
                 self.set_deadline("idle", config.header_timeout_s if first else config.keepalive_timeout_s)
-                if not await self._fill():
+                if not self._fed(await self.reader.read(READ_SIZE)):     # _fill, a coroutine fewer
                     return None
                 self.idle = False
                 event = self.parser.next_event()
@@ -284,7 +291,10 @@ class Connection:
                 return None
 
     async def _fill(self) -> bool:
-        data = await self.reader.read(READ_SIZE)
+        return self._fed(await self.reader.read(READ_SIZE))
+
+    def _fed(self, data: bytes) -> bool:
+        """A read's bytes to the parser; False (and EOF to the parser) when the client closed."""
         if not data:
             self.parser.feed_eof()
             return False
@@ -292,9 +302,7 @@ class Connection:
         return True
 
     async def _read_body(self, head: Head) -> bytes:
-        body = self.parser.take_body()                # all of it came with the head
-        if body is not None:
-            return body
+        """The body of the request, read as it comes (run takes one that came with the head)."""
         event = self.parser.next_event()
         if isinstance(event, EndOfMessage):           # no body, or all of it already here
             return b""
@@ -322,7 +330,10 @@ class Connection:
         try:
             response = await self._call_handler(request)
             keep_alive = keep_alive and not self.server.draining
-            await self._write_response(request, response, keep_alive)
+            if response.stream is not None:
+                await self._write_stream_response(request, response, keep_alive)
+            elif self._write_whole_response(request, response, keep_alive):
+                await self.writer.drain()
             status = response.status
         finally:
             self.reader.on_close = None
@@ -341,32 +352,36 @@ class Connection:
             log.exception("handler failed for %s %s", request.method, request.path)
             return error_response(500, "internal server error", "server_error")
 
-    async def _write_response(self, request: Request, response: Response, keep_alive: bool) -> None:
-        headers = [*response.headers, (REQUEST_ID_HEADER, self.trace.request_id)]
-        if not keep_alive:
-            headers = [*headers, ("connection", "close")]
-        elif request.version == "1.0":
-            headers = [*headers, ("connection", "keep-alive")]
-        head_only = request.method == "HEAD"
-        if response.stream is None:
-            out = encode_head(response.status, [*headers, ("content-length", str(len(response.body)))])
-            self.writer.write(out if head_only else out + response.body)
-            self.trace.note_first_byte()
-            if self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-                await self.writer.drain()
-            return
-        if request.version == "1.0":
-            headers = [h for h in headers if h[0] != "connection"] + [("connection", "close")]
-            keep_alive = False
-        else:
-            headers = [*headers, ("transfer-encoding", "chunked")]
-        head = encode_head(response.status, headers)
+    def _write_whole_response(self, request: Request, response: Response, keep_alive: bool) -> bool:
+        """Write an answer with a whole body (a plain function: it seldom has to wait); True
+        when the transport's buffer is past its high-water mark and the caller must drain."""
+        connection = KEEP_ALIVE_FIELD if request.version == "1.0" else b""
+        body = response.body
+        fields = b"%s%scontent-length: %d\r\n" % (
+            self._request_id_field(), connection if keep_alive else CLOSE_FIELD, len(body))
+        out = encode_head(response.status, response.headers, fields)
+        self.writer.write(out if request.method == "HEAD" else out + body)
         self.trace.note_first_byte()
-        if head_only:
+        return self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER
+
+    async def _write_stream_response(self, request: Request, response: Response, keep_alive: bool) -> None:
+        if request.version == "1.0":            # no chunked framing: the end is the close
+            headers = [h for h in response.headers if h[0] != "connection"]
+            fields = self._request_id_field() + CLOSE_FIELD
+        else:
+            headers = response.headers
+            fields = self._request_id_field() + (b"" if keep_alive else CLOSE_FIELD) + CHUNKED_FIELD
+        head = encode_head(response.status, headers, fields)
+        self.trace.note_first_byte()
+        if request.method == "HEAD":
             self.writer.write(head)
             await aclose(response.stream)
             return
         await self._write_stream(response, chunked=request.version != "1.0", head=head)
+
+    def _request_id_field(self) -> bytes:
+        """The x-request-id field line of the request's answer (the id is sanitised ASCII)."""
+        return b"%s: %s\r\n" % (REQUEST_ID_NAME, self.trace.request_id.encode("latin-1"))
 
     async def _write_stream(self, response: Response, chunked: bool, head: bytes) -> None:
         out = CorkedBody(self.loop, self.writer, chunked, head)

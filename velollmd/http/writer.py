@@ -33,10 +33,19 @@ def error_response(status: int, message: str, error_type: str = "invalid_request
     return Response.error(VeloError(message, status=status, error_type=error_type))
 
 
-def encode_head(status: int, headers: list[tuple[str, str]], version: str = "1.1") -> bytes:
-    lines = [f"HTTP/{version} {status} {REASONS.get(status, 'Unknown')}"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    return ("\r\n".join(lines) + "\r\n").encode("latin-1") + DATE.get() + b"\r\n"
+def _status_line(status: int) -> bytes:
+    return f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n".encode("latin-1")
+
+
+STATUS_LINES = {status: _status_line(status) for status in REASONS}
+
+
+def encode_head(status: int, headers: list[tuple[str, str]], fields: bytes = b"") -> bytes:
+    """A response head: the status line, `headers`, then `fields` (field lines the caller
+    encoded itself, each with its CRLF), the Date and the blank line."""
+    return ((STATUS_LINES.get(status) or _status_line(status))
+            + "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
+            + fields + DATE.get() + b"\r\n")
 
 
 class CorkedBody:
@@ -113,9 +122,9 @@ async def send_final_response(reader, writer, response: Response, linger_s: floa
     the response before the client reads it. So: write, half-close, and discard what the
     client still sends for up to `linger_s`, then close.
     """
-    headers = [*with_length(response), ("connection", "close")]
+    fields = b"content-length: %d\r\nconnection: close\r\n" % len(response.body)
     try:
-        writer.write(encode_head(response.status, headers) + response.body)
+        writer.write(encode_head(response.status, response.headers, fields) + response.body)
         if writer.can_write_eof():
             writer.write_eof()
         async with asyncio.timeout(linger_s):
@@ -126,7 +135,3 @@ async def send_final_response(reader, writer, response: Response, linger_s: floa
         pass
     finally:
         writer.close()
-
-
-def with_length(response: Response) -> list[tuple[str, str]]:
-    return [*response.headers, ("content-length", str(len(response.body)))]
