@@ -344,3 +344,18 @@ def test_answer_heads_are_the_handlers_fields_then_the_servers(raw, head):
         async with serving(_fixed_answer) as server:
             return await raw_exchange(server.port, raw)
     assert run(main()).startswith(head + b"date: ")
+
+
+def test_a_streamed_answer_to_http_1_0_keep_alive_ends_with_the_close():
+    """HTTP/1.0 has no chunked framing, so a streamed body ends where the connection closes:
+    the server must close it after the stream even when the client asked for keep-alive (it
+    says `connection: close`), or the client waits for the end until the idle timeout."""
+    async def main():
+        async with serving(_fixed_answer) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            out = await asyncio.wait_for(reader.read(-1), 5)     # EOF: the server closed
+            writer.close()
+            return out
+    head, _, body = run(main()).partition(b"\r\n\r\n")
+    assert b"connection: close" in head and body == b"ab"

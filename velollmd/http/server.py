@@ -331,6 +331,7 @@ class Connection:
             response = await self._call_handler(request)
             keep_alive = keep_alive and not self.server.draining
             if response.stream is not None:
+                keep_alive = keep_alive and request.version != "1.0"   # 1.0: the close ends the body
                 await self._write_stream_response(request, response, keep_alive)
             elif self._write_whole_response(request, response, keep_alive):
                 await self.writer.drain()
