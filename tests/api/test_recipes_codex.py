@@ -4,9 +4,12 @@ the daemon to the real llama-server, read back as Codex reads it (SSE `event:` /
 frames, output items from `response.output_item.done`, the turn ends at `response.completed`).
 
 The tiny model calls a tool only when pushed: the tests add a `logit_bias` (see
-tests/rig/llama.py force_tool_call_bias), the one field here that Codex does not send. Its
-free text never ends before the token limit, so each turn here is a call (a turn that ends
-in a call is `response.completed`), the second one made after the first call's result."""
+tests/rig/llama.py force_tool_call_bias) and a fixed `seed`, the two fields here that Codex
+does not send. Its free text never ends before the token limit, so each turn here is a call (a
+turn that ends in a call is `response.completed`), the second one made after the first call's
+result. The seed: with a random one, a first call once held a number of 300+ digits (JSON, but
+past a double), which llama-server could not read back in the second turn's history (its 500,
+the daemon's 502): the random model's text, not the round trip under test."""
 import json
 import uuid
 
@@ -18,6 +21,7 @@ from tests.rig.llama import LlamaServer, force_tool_call_bias
 
 KEY = "sk-local"
 MODEL = "gpt-5-codex"                 # Codex's model name, mapped onto the tiny model by [aliases]
+SEED = 1                               # the sampler's, for both turns (module docstring)
 # A shortened stand-in for Codex's apply_patch grammar (the whole one, and Codex's instructions,
 # would not fit the tiny model's 1k-token slots).
 PATCH_GRAMMAR = ('start: begin_patch hunk+ end_patch\nbegin_patch: "*** Begin Patch" LF\n'
@@ -110,7 +114,7 @@ def result_of(item: dict) -> dict:
 
 def test_codex_turns_with_its_tools_round_trip_a_call(http):
     cache_key = str(uuid.uuid4())
-    body = {**codex_body(first_turn(), CODEX_TOOLS, cache_key), "logit_bias": force_tool_call_bias()}
+    body = {**codex_body(first_turn(), CODEX_TOOLS, cache_key), "logit_bias": force_tool_call_bias(), "seed": SEED}
     events, response = turn(http, body)
     [call] = done_items(events)
     assert response["output"] == [call] and response["model"] == MODEL and response["status"] == "completed"
@@ -134,7 +138,7 @@ def test_codex_turns_with_its_tools_round_trip_a_call(http):
 
 def test_codex_apply_patch_is_a_custom_tool_call_and_its_output_goes_back(http):
     cache_key = str(uuid.uuid4())
-    body = {**codex_body(first_turn(), [APPLY_PATCH], cache_key), "logit_bias": force_tool_call_bias()}
+    body = {**codex_body(first_turn(), [APPLY_PATCH], cache_key), "logit_bias": force_tool_call_bias(), "seed": SEED}
     events, response = turn(http, body)
     [call] = done_items(events)
     assert call["type"] == "custom_tool_call" and call["name"] == "apply_patch" and call["id"].startswith("ctc_")
