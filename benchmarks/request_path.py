@@ -14,8 +14,11 @@ are a few lines each, so what is counted is mostly the daemon's path.
         (neither)       wall time and process CPU per request (noisy: for a quick look only)
 
 Instructions are the measure to compare two trees by (`--root DIR`: another checkout, e.g. a
-`git worktree`, with its CFFI extensions built): they repeat within ~0.5 % run to run where
-wall time on these shared VMs varies 3-5x.
+`git worktree`, with its CFFI extensions built): they repeat within a few per cent run to run
+(0.5 % on some days, 3-4 % on others: 804k and 827k for one tree) where wall time on these
+shared VMs varies 3-5x. Compare with --clients 1 (with more, how many requests queue in
+admission while valgrind slows the daemon moves the count by up to 40k), over two runs or more
+each, and trust only differences well past that spread.
 """
 from __future__ import annotations
 
