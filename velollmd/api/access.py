@@ -17,13 +17,11 @@ from ..errors import BadRequest, NotFound, Unauthorized, Unavailable
 from ..http.message import Request
 from ..log import current_request
 from ..sched.keylimits import KeyLedger, KeyLimits
-from ..wire.headers import header_values
 from ..wire.request import GenerateRequest
 
 PUBLIC_PATHS = frozenset({"/health"})
 METRICS_PATH = "/metrics"
 PRIORITY_HEADER = "x-velollm-priority"
-KEY_HEADERS = frozenset({"authorization", "x-api-key"})
 
 
 class Access:
@@ -67,11 +65,9 @@ class Access:
             raise Unauthorized("invalid or missing API key", code="invalid_api_key")
 
     def key_of(self, request: Request) -> str:
-        """The caller's API key: a Bearer token or x-api-key ("" when none); both headers
-        looked up in one pass (this runs twice a request)."""
-        found = header_values(request.headers, KEY_HEADERS)
-        auth = found.get("authorization", "")
-        return auth[7:].strip() if auth[:7].lower() == "bearer " else found.get("x-api-key", "")
+        """The caller's API key: a Bearer token or x-api-key ("" when none)."""
+        auth = request.header("authorization", "")
+        return auth[7:].strip() if auth[:7].lower() == "bearer " else request.header("x-api-key", "")
 
     def key_name_of(self, request: Request, key: str | None = None) -> str:
         """The name of the caller's configured key ("" when it has none, or no keys are set)."""

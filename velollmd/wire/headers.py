@@ -23,12 +23,3 @@ def header_value(headers: dict[str, str] | Iterable[tuple[str, str]] | None, nam
             return value
     return default
 
-
-def header_values(headers: Iterable[tuple[str, str]], names: frozenset[str]) -> dict[str, str]:
-    """The first value of each header in `names` (given in lowercase) that `headers` has, as
-    header_value finds it, in one pass over (name, value) pairs: for several lookups a request."""
-    found: dict[str, str] = {}
-    for key, value in headers:
-        if key in names and key not in found:
-            found[key] = value
-    return found
