@@ -22,7 +22,7 @@ What keeps it from oscillating around a backend whose latency steps up past its 
   does around its last maximum. So the limit spends its time just under the width, and a
   backend that got wider is found again in a few dozen windows;
 - stale samples are skipped: after the limit changed, the requests that were in flight
-  finish under the old limit and say nothing about the new one;
+  finish under the old limit and say nothing about the new one (but in the ramp, below);
 - a window's latency is its mean without its fastest and slowest sample: one slow answer is
   no signal, and the mean moves with the share of requests that queued, where a median flips
   between none and all of them at the width.
@@ -34,7 +34,9 @@ with other processes, other clients of the backend):
   shrink per stall (then the slow probe back) ratchets the limit down;
 - shrinks that do not shorten the queue as a queue of our requests would (in proportion to
   the requests in flight, measured from the first shrink of the series) are in vain; the
-  limit then holds, and shrinks once per PATIENCE (64) windows only;
+  limit then holds, and shrinks once per PATIENCE (64) windows only. Shrinks that left the
+  requests in flight as they were (the limit above them) shortened nothing: a window a little
+  faster after them is noise;
 - the unloaded latency is learnt again only after STALE_WINDOWS (8) windows in a row slower
   than any queue of the requests in flight could make them (the backend got slower for
   good: a bigger model loaded), not after one stall.
@@ -42,6 +44,15 @@ with other processes, other clients of the backend):
 The first WARMUP (3) windows only learn the unloaded latency, at the initial limit: the first
 one is slow when connections to the backend are opened, and a limit grown past the width on
 it would take the overloaded latency of the next window for unloaded.
+
+The ramp: until the first window whose latency rose (gradient > GROW_BELOW), a window that
+used the whole limit (requests waited for it) grows it by the usual eighth and skips no samples
+after it. Skipping cost a round and a half of answers per step (a wide backend took 7-12 rounds
+to reach the clients in flight, issue 13's 16-client miss); the steps stay an eighth, so every
+level on the way has its throughput measured (wider steps left gaps that fooled the check
+below, and the limit stopped far past a width). The window that ends the ramp with a queue
+right after a step (whose samples are partly from before it) takes the limit back to where
+that step started and makes the limit it met the ceiling.
 
 What keeps the daemon's own load from throttling a backend it is not waiting for: the caller
 passes with each sample the lag of the daemon's event loop (velollmd/looplag.py) when it is past
@@ -134,6 +145,8 @@ class AdaptiveLimit:
                                                           # the shrinks in a row
         self.num_held = 0                # windows held since a shrink in vain
         self.slower: list[float] = []    # window latencies in a row too slow for rtt_base
+        self.ramping = True              # until the first window whose latency rose
+        self.ramp_from: float | None = None   # the limit before the last update, if that was a ramp step
         self.num_updates = 0
 
     @property
@@ -160,7 +173,7 @@ class AdaptiveLimit:
             else:
                 self._update(window_latency(self.window), self.max_inflight,
                              self.sum_inflight / len(self.window))
-            if self.limit != before:
+            if self.limit != before and self.ramp_from is None:
                 self.num_stale = num_inflight - 1
             self.window.clear()
             self.window_lags.clear()
@@ -192,9 +205,11 @@ class AdaptiveLimit:
         pays = self._pays(level)
         gradient = rtt / self.rtt_base
         limit = self.estimate
-        growth = self._quiet_growth(gradient <= GROW_BELOW or (pays and self._rising(level)), num_inflight, limit)
         slow = gradient >= SHRINK_ABOVE
         queue = slow and not pays
+        if self.ramping and gradient > GROW_BELOW and self.num_updates >= WARMUP and self._end_ramp(queue, limit):
+            return
+        growth = self._quiet_growth(gradient <= GROW_BELOW or (pays and self._rising(level)), num_inflight, limit)
         if not slow:                     # shrinks in vain stay in vain through windows that paid
             self.first_cut, self.num_held = None, 0
         if not queue:
@@ -215,9 +230,28 @@ class AdaptiveLimit:
         """Counts a window towards the quiet streak (or ends it) and returns the growth it
         earns: none unless it was quiet, used at least half the limit and came after the warm-up."""
         self.num_quiet = self.num_quiet + 1 if quiet else 0
+        self.ramp_from = None
         if not quiet or num_inflight * 2 < limit or self.num_updates < WARMUP:
             return 0.0
+        if self.ramping and num_inflight >= int(limit):
+            self.ramp_from = limit       # a step of the ramp: no samples are skipped after it
         return self._growth(limit)
+
+    def _end_ramp(self, queue: bool, limit: float) -> bool:
+        """The first window whose latency rose ends the ramp. If it shows a queue after a ramp
+        step, the limit goes back to where that step started (the last limit that showed
+        none) and the limit that met the queue becomes the ceiling: the ramp's steps are too
+        wide for the levels between them to have been measured; the eighths from there on
+        measure them. True when that took the window's update."""
+        self.ramping = False
+        ramp_from, self.ramp_from = self.ramp_from, None
+        if not queue or ramp_from is None:
+            return False
+        self.ceiling = limit
+        self.estimate = max(ramp_from, float(self.min_limit))
+        self.num_quiet = 0
+        self.num_updates += 1
+        return True
 
     def _confirmed(self, limit: float) -> bool:
         """A queue at or above the ceiling is new ground and counts at once; below it, where
@@ -297,7 +331,7 @@ class AdaptiveLimit:
         if self.first_cut is None:
             return True
         cut_inflight, cut_gradient = self.first_cut
-        if gradient <= cut_gradient * num_inflight / cut_inflight:
+        if num_inflight < cut_inflight and gradient <= cut_gradient * num_inflight / cut_inflight:
             return True
         self.num_held = (self.num_held + 1) % PATIENCE
         return self.num_held == 0
