@@ -238,11 +238,11 @@ class AdaptiveLimit:
         return self._growth(limit)
 
     def _end_ramp(self, queue: bool, limit: float) -> bool:
-        """The first window whose latency rose ends the ramp. If it shows a queue after a ramp
-        step, the limit goes back to where that step started (the last limit that showed
-        none) and the limit that met the queue becomes the ceiling: the ramp's steps are too
-        wide for the levels between them to have been measured; the eighths from there on
-        measure them. True when that took the window's update."""
+        """The first window whose latency rose ends the ramp. If it shows a queue right after a
+        ramp step, the limit goes back to where that step started and the limit that met the
+        queue becomes the ceiling: no samples were skipped after the step, so the queue may
+        have shown late, and the last limit known to show none is the step's start. True when
+        that took the window's update."""
         self.ramping = False
         ramp_from, self.ramp_from = self.ramp_from, None
         if not queue or ramp_from is None:
