@@ -80,8 +80,9 @@ class Service:
         chunk kept and counted, its chunks JSON bytes when they go straight to the SSE writer;
         by default, dicts with usage as the request asked."""
         allowed = self._allowed(request.model)
-        fingerprint = fingerprint_of(request) if self._tokenizer(allowed) is None \
-            else await self._fingerprint(request, allowed)   # no coroutine without /tokenize
+        tokenizer = self._tokenizer(allowed)
+        fingerprint = fingerprint_of(request) if tokenizer is None \
+            else await self._fingerprint(request, tokenizer)   # no coroutine without /tokenize
         ranked = self.router.rank(allowed, fingerprint, self.admission.load)
         return await self._failover(request.model, ranked,
                                     lambda backend: self._generate_on(backend, request, fingerprint, delivery))
@@ -235,10 +236,9 @@ class Service:
 
     # ---- routing and health ----
 
-    async def _fingerprint(self, request: GenerateRequest, backends: list[Backend]) -> Fingerprint:
-        """The prompt's fingerprint; its long texts carry the real token ids of the tokenizer
-        among `backends`, if any (_tokenizer)."""
-        tokenizer = self._tokenizer(backends)
+    async def _fingerprint(self, request: GenerateRequest, tokenizer: Backend | None) -> Fingerprint:
+        """The prompt's fingerprint; its long texts carry the real token ids of `tokenizer`
+        (_tokenizer), if there is one."""
         if tokenizer is None:
             return fingerprint_of(request)
         return fingerprint_of(request, await self.tokens.for_request(request, tokenizer))
@@ -302,7 +302,8 @@ class Service:
         """An Ollama-native request passed through `backend` under admission (priorities,
         backpressure). The iterator yields the upstream ClientResponse first, then its body
         bytes; the slot is held until the body ends or the client goes away."""
-        fingerprint = await self._fingerprint(request, self.registry.candidates(request.model))
+        tokenizer = self._tokenizer(self.registry.candidates(request.model))
+        fingerprint = await self._fingerprint(request, tokenizer)
         scheduled = self._sched_request(backend, request, fingerprint)
 
         async def relay():
