@@ -22,4 +22,3 @@ def header_value(headers: dict[str, str] | Iterable[tuple[str, str]] | None, nam
         if key == name:
             return value
     return default
-
