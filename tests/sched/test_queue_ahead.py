@@ -1,5 +1,8 @@
 """Requests sent ahead into a backend's own queue are taken back for a more urgent request
 that arrives later (priorities hold with queue-ahead on), and never once they started."""
+import random
+from collections import Counter
+
 from tests.sched.test_scheduler import add, finish, make, started
 from velollmd.config import SchedulerConfig
 from velollmd.sched.kvblocks import BlockPool
@@ -62,3 +65,27 @@ def test_when_a_slot_frees_the_oldest_sent_ahead_has_started():
     add(sched, make("third", priority=9, arrival=2), make("urgent", priority=0, arrival=3))
     output = sched.schedule(3.0)
     assert output.preempted == () and [rid for rid, _ in started(output)] == ["urgent"]
+
+
+def test_the_running_priority_counts_follow_every_start_and_end():
+    """Withdrawal asks the per-priority counts, not the running requests, whether anything
+    running could be outranked: the counts must follow starts, forks, finishes, aborts and
+    withdrawals exactly, or an urgent request would wait behind one sent ahead."""
+    rng = random.Random(7)
+    sched = ahead_scheduler(num_backend_slots=2, max_running=6)
+    now, serial = 0.0, 0
+    for _ in range(2000):
+        now += 1.0
+        action = rng.random()
+        if action < 0.45:
+            serial += 1
+            add(sched, make(f"r{serial}", priority=rng.randrange(10), arrival=now))
+        elif action < 0.6 and sched.running:
+            parent = rng.choice(list(sched.running))
+            sched.fork_request(parent, [make(f"{parent}-c{serial}", priority=sched.running[parent].priority)], now)
+        elif action < 0.8 and sched.running:
+            finish(sched, rng.choice(list(sched.running)), now=now)
+        elif action < 0.9 and sched.running:
+            sched.abort_request(rng.choice(list(sched.running)))
+        sched.schedule(now)
+        assert sched._running_priorities == Counter(r.priority for r in sched.running.values())

@@ -72,6 +72,9 @@ class Scheduler:
         self.block_tables = block_tables
         self.waiting: list[SchedRequest] = []            # heap by SchedRequest.sort_key
         self.running: dict[str, SchedRequest] = {}
+        # How many running requests there are of each priority: whether any running request
+        # could be withdrawn for a waiting one, without a pass over all of them.
+        self._running_priorities: dict[int, int] = {}
         self._requests: dict[str, SchedRequest] = {}     # waiting + running, by id
         self.max_running = num_slots                     # slots: requests run at once
         # The backend's own slots when it runs fewer than max_running: the rest were sent
@@ -243,7 +246,7 @@ class Scheduler:
             self._num_admitted += 1
             child.admission_seq = self._num_admitted
             child.set_status(RUNNING)
-            self.running[child.request_id] = child
+            self._add_running(child)
             self._requests[child.request_id] = child
         return started
 
@@ -286,7 +289,7 @@ class Scheduler:
         self._num_admitted += 1
         request.admission_seq = self._num_admitted
         request.set_status(RUNNING)
-        self.running[request.request_id] = request
+        self._add_running(request)
         self._last_model = request.model
         return ScheduledRequest(request.request_id, request.slot, tuple(allocation.block_table),
                                 allocation.num_cached_tokens)
@@ -329,7 +332,7 @@ class Scheduler:
         own queue and has not started there, to make room for `request` (llama.cpp and Ollama
         drop a queued request whose client left, so the backend never runs it)."""
         priority = request.priority
-        if not any(r.priority > priority for r in self.running.values()):
+        if not any(p > priority for p in self._running_priorities):
             return False                    # nothing to outrank: no order of the running needed
         victims = [r for r in self._sent_ahead() if r.priority > priority]
         return self._take_back(victims, lambda r: (r.priority, r.admission_seq), now, preempted)
@@ -386,10 +389,23 @@ class Scheduler:
     def _release(self, request: SchedRequest) -> None:
         """Give back the slot and blocks of a running request."""
         self.pool.free(request.request_id)
-        del self.running[request.request_id]
+        self._remove_running(request)
         if request.slot < self.max_running:
             heapq.heappush(self._free_slots, request.slot)
         request.slot = None
+
+    def _add_running(self, request: SchedRequest) -> None:
+        self.running[request.request_id] = request
+        priorities = self._running_priorities
+        priorities[request.priority] = priorities.get(request.priority, 0) + 1
+
+    def _remove_running(self, request: SchedRequest) -> None:
+        del self.running[request.request_id]
+        priorities = self._running_priorities
+        if priorities[request.priority] == 1:
+            del priorities[request.priority]
+        else:
+            priorities[request.priority] -= 1
 
     def _remove_waiting(self, request: SchedRequest) -> None:
         if self.waiting[0] is request:
