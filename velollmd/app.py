@@ -12,6 +12,7 @@ import time
 from .api.access import Access
 from .api.admin import AdminRoutes
 from .api.anthropic import AnthropicRoutes, anthropic_error, wants_anthropic_errors
+from .api.cors import Cors
 from .api.dashboard import DashboardRoutes
 from .api.ollama import OllamaRoutes
 from .api.openai import OpenAIRoutes
@@ -42,6 +43,7 @@ class App:
         self.service = Service(self.registry, config.scheduler, metrics=self.metrics)
         self.pipeline = Pipeline(config, self.service, metrics=self.metrics, ledger=self.ledger)
         self.access = Access(config.server, config.scheduler, config.keys, ledger=self.ledger)
+        self.cors = Cors(config.server.allowed_origins)
         self.access_log = AccessLog(config.log.access)
         self.responses = ResponseStore(config.responses.store_max_entries, config.responses.store_max_bytes)
         self.router = self._routes(config)
@@ -72,6 +74,7 @@ class App:
         self.service.configure(config.scheduler)
         self.pipeline.configure(config)
         self.access.configure(config.server, config.scheduler, config.keys)
+        self.cors = Cors(config.server.allowed_origins)
         self.responses.resize(config.responses.store_max_entries, config.responses.store_max_bytes)
         self.access_log.enabled = config.log.access
         self.router = self._routes(config)
@@ -124,11 +127,21 @@ class App:
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
         trace = current_request()
+        origin = request.header("origin")
+        cross_origin = False                 # a browser page's request, from an allowed origin
         try:
-            self.access.check(request)
-            response = await self.router.dispatch(request)
+            if origin is not None:
+                self.cors.check(origin, request)
+                cross_origin = True
+            if cross_origin and self.cors.is_preflight(request):
+                response = self.cors.preflight(request)
+            else:
+                self.access.check(request)
+                response = await self.router.dispatch(request)
         except VeloError as exc:
             response = anthropic_error(exc) if wants_anthropic_errors(request) else Response.error(exc)
+        if cross_origin:
+            response.headers = [*response.headers, *self.cors.answer_headers(origin)]
         route = request.path if self.router.is_route(request.path) else "other"
         self.metrics.requests.inc(route=route, status=str(response.status))
         self.metrics.latency.observe(time.perf_counter() - started, route=route)

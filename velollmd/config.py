@@ -28,6 +28,8 @@ DIGEST_PREFIX = "sha256:"                          # an API key given as its SHA
 # A backend URL: scheme, host (or [IPv6]), optional port, optional path. Not urllib: config sits
 # below cache/ and toolcalls/, which may not import the network modules (tests/test_layers.py).
 URL_RE = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[^\s/:@\[\]?#]+)(?::(\d{1,5}))?(?:/\S*)?")
+# A browser origin in [server] allowed_origins: scheme://host[:port], `*` anywhere after the scheme.
+ORIGIN_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/,?#]+/?")
 MAX_SECONDS = 1e9                  # any *_s setting: beyond this, timers overflow (about 31 years)
 
 
@@ -52,6 +54,7 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()                 # plain keys or "sha256:<64 hex digits>"
     metrics_key: str = ""                          # also lets GET /metrics in (a scraper's key)
     allow_open: bool = False                       # serve a non-loopback address with no api_keys
+    allowed_origins: tuple[str, ...] = ()          # browser origins (globs) beside the local ones
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,7 @@ def config_from_table(table: dict, path: str = "<table>") -> Config:
     _check_redis(sections["cache"], path)
     _check_concurrency(sections["scheduler"], path)
     _check_keys(sections["server"], sections["scheduler"], path)
+    _check_origins(sections["server"], path)
     keys = _build_named_keys(table.get("keys", []), path)
     check_exposure(sections["server"], sections["server"].host, path, keys)
     aliases = _build_aliases(table.get("aliases", {}), path)
@@ -285,6 +289,13 @@ def _check_concurrency(scheduler: SchedulerConfig, path: str) -> None:
     if not scheduler.min_concurrency <= scheduler.initial_concurrency <= scheduler.max_concurrency:
         raise ConfigError(path, "scheduler.initial_concurrency",
                           f"must be between min_concurrency and max_concurrency, got {scheduler.initial_concurrency}")
+
+
+def _check_origins(server: ServerConfig, path: str) -> None:
+    for i, origin in enumerate(server.allowed_origins):
+        if origin != "*" and not ORIGIN_RE.fullmatch(origin):
+            raise ConfigError(path, f"server.allowed_origins[{i}]", "must be an origin such as "
+                              f"\"https://app.example.com\" (globs allowed) or \"*\", got {origin!r}")
 
 
 def _check_keys(server: ServerConfig, scheduler: SchedulerConfig, path: str) -> None:

@@ -49,6 +49,10 @@ class Unauthorized(VeloError):
     status, error_type = 401, "authentication_error"
 
 
+class Forbidden(VeloError):
+    status, error_type = 403, "permission_error"
+
+
 class NotFound(VeloError):
     status, error_type = 404, "invalid_request_error"
 
