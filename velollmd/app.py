@@ -131,7 +131,7 @@ class App:
         cross_origin = False                 # a browser page's request, from an allowed origin
         try:
             if origin is not None:
-                self.cors.check(origin, request)
+                self.cors.check(origin)
                 cross_origin = True
             if cross_origin and self.cors.is_preflight(request):
                 response = self.cors.preflight(request)

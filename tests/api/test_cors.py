@@ -1,5 +1,5 @@
-"""Browser pages calling the daemon (CORS), decided as Ollama decides it: local pages, the
-daemon's own origin and `[server] allowed_origins` get the Access-Control-* headers (and a
+"""Browser pages calling the daemon (CORS), decided as Ollama decides it: local pages and
+`[server] allowed_origins` get the Access-Control-* headers (and a
 preflight without a key); a page from any other origin gets 403 before anything runs, so a
 site the user visits cannot make the daemon generate. A real daemon before the Ollama
 emulator; the last test drives a real headless Chromium."""
@@ -98,13 +98,13 @@ def test_allowed_origins_take_globs_and_star(daemon_factory, ollama_emulator):
     assert status("https://example.org") == 200
 
 
-def test_the_daemons_own_origin_is_allowed_by_any_address(daemon_factory, ollama_emulator):
+def test_a_lan_address_is_not_local_even_when_it_is_the_daemons_own(daemon_factory, ollama_emulator):
+    """A name made to resolve to the daemon (DNS rebinding) would be "its own origin" too."""
     daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)]})
-    answer = httpx.get(daemon.url + "/v1/models", headers={
-        "host": "192.168.1.5:8000", "origin": "http://192.168.1.5:8000"})
-    assert answer.status_code == 200
-    assert httpx.get(daemon.url + "/v1/models", headers={
-        "host": "192.168.1.5:8000", "origin": "http://192.168.1.5:9000"}).status_code == 403
+    own = {"host": "192.168.1.5:8000", "origin": "http://192.168.1.5:8000"}
+    assert httpx.get(daemon.url + "/v1/models", headers=own).status_code == 403
+    daemon.reload({"server": {"allowed_origins": ["http://192.168.1.5:*"]}, "backends": [ollama_backend(ollama_emulator)]})
+    assert httpx.get(daemon.url + "/v1/models", headers=own).status_code == 200
 
 
 class _Page(BaseHTTPRequestHandler):

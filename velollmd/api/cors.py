@@ -8,10 +8,11 @@ them); any other origin gets 403 before its request is looked at. Refusing outri
 leaving the headers off, matters: a page the user happens to visit may send a "simple"
 text/plain POST without asking first, and the daemon would otherwise generate for it.
 
-Allowed: the daemon's own origin (its dashboard, by whatever address it was reached), the
-loopback hosts and 0.0.0.0 on any port over http and https, the schemes desktop apps and
-editors load their pages from, and `[server] allowed_origins` (globs; "*" allows any origin):
-Ollama's defaults plus OLLAMA_ORIGINS. A preflight needs no API key (browsers never send one
+Allowed: the loopback hosts and 0.0.0.0 on any port over http and https, the schemes desktop
+apps and editors load their pages from, and `[server] allowed_origins` (globs; "*" allows any
+origin): Ollama's defaults plus OLLAMA_ORIGINS. Not the daemon's own address as such: a page
+whose name was made to resolve to the daemon (DNS rebinding) would have it, and the
+dashboard's own requests (GETs from its own origin) carry no Origin. A preflight needs no API key (browsers never send one
 with it); the request that follows is checked as usual.
 """
 from __future__ import annotations
@@ -41,8 +42,8 @@ class Cors:
         self._allowed = re.compile("|".join(fnmatch.translate(p) for p in patterns))
         self._known: dict[str, bool] = {}          # origin -> allowed (a page calls many times)
 
-    def allows(self, origin: str, request: Request) -> bool:
-        if self.any_origin or _same_origin(origin, request):
+    def allows(self, origin: str) -> bool:
+        if self.any_origin:
             return True
         allowed = self._known.get(origin)
         if allowed is None:
@@ -51,9 +52,9 @@ class Cors:
                 self._known[origin] = allowed
         return allowed
 
-    def check(self, origin: str, request: Request) -> None:
+    def check(self, origin: str) -> None:
         """403 for an origin that may not call the daemon."""
-        if not self.allows(origin, request):
+        if not self.allows(origin):
             raise Forbidden(f"origin {origin[:200]!r} may not call this server from a browser: add it "
                             f"to [server] allowed_origins", code="origin_not_allowed")
 
@@ -75,9 +76,3 @@ class Cors:
         return [("access-control-allow-origin", origin), ("vary", "origin"),
                 ("access-control-expose-headers", EXPOSE_HEADERS)]
 
-
-def _same_origin(origin: str, request: Request) -> bool:
-    """The page came from the daemon itself (the dashboard)."""
-    host = request.header("host")
-    scheme, _, rest = origin.partition("://")
-    return host is not None and scheme in ("http", "https") and rest.lower() == host.lower()
