@@ -14,7 +14,7 @@ from .api.admin import AdminRoutes
 from .api.anthropic import AnthropicRoutes, anthropic_error, wants_anthropic_errors
 from .api.cors import Cors
 from .api.dashboard import DashboardRoutes
-from .api.ollama import OllamaRoutes
+from .api.ollama import OllamaRoutes, ollama_error
 from .api.openai import OpenAIRoutes
 from .api.response_store import ResponseStore
 from .api.responses import ResponsesRoutes
@@ -117,12 +117,12 @@ class App:
             await backend.close()
 
     def refused(self, head, status: int, message: str) -> Response:
-        """The answer to a request the HTTP server refused (413, 431, 408...): in Anthropic's
-        shape for Anthropic requests, else OpenAI's."""
+        """The answer to a request the HTTP server refused (413, 431, 408...), in its API's
+        error shape when its head was read."""
         exc = VeloError(message, status=status, error_type="invalid_request_error")
-        if head is not None and wants_anthropic_errors(Request(head.method, head.target, head.headers)):
-            return anthropic_error(exc)
-        return Response.error(exc)
+        if head is None:
+            return Response.error(exc)
+        return error_response(Request(head.method, head.target, head.headers), exc)
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -139,7 +139,7 @@ class App:
                 self.access.check(request)
                 response = await self.router.dispatch(request)
         except VeloError as exc:
-            response = anthropic_error(exc) if wants_anthropic_errors(request) else Response.error(exc)
+            response = error_response(request, exc)
         if cross_origin:
             response.headers = [*response.headers, *self.cors.answer_headers(origin)]
         route = request.path if self.router.is_route(request.path) else "other"
@@ -165,3 +165,13 @@ class App:
             self.metrics.record_request(trace)
         if self.access_log.enabled:
             self.access_log.write(trace)
+
+
+def error_response(request: Request, exc: VeloError) -> Response:
+    """An error raised before a route's handler (no key, a refused origin, no such route) in
+    the shape the request's API answers errors in: Anthropic's, Ollama's or OpenAI's."""
+    if wants_anthropic_errors(request):
+        return anthropic_error(exc)
+    if request.path.startswith("/api/"):
+        return ollama_error(exc)
+    return Response.error(exc)
