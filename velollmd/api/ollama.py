@@ -191,12 +191,15 @@ class OllamaRoutes:
     @ollama_route
     async def embed(self, request: Request) -> Response:
         body = _model_body(request)
+        texts = _embed_inputs(body.get("input"))
         key_name = self.access.admit(request, body["model"])
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embed", body)
+        if not texts:                                   # Ollama's answer to an empty input: no vectors
+            return Response.json({"model": body["model"], "embeddings": []})
         started = time.monotonic_ns()
-        outcome = await self.service.embeddings({"model": body["model"], "input": body.get("input", "")})
+        outcome = await self.service.embeddings({"model": body["model"], "input": texts})
         answer = outcome.body
         self.access.ledger.record_usage(key_name, answer.get("usage"))
         return Response.json({"model": body["model"], "embeddings": [d["embedding"] for d in answer["data"]],
@@ -246,6 +249,18 @@ def _check_ollama_fields(body: dict) -> None:
     for name in ("images",):
         if any(not isinstance(item, str) for item in body.get(name) or []):
             raise BadRequest(f"{name} must be base64 strings", param=name)
+
+
+def _embed_inputs(value) -> list[str]:
+    """/api/embed's `input` as a list: a string or an array of strings (Ollama's docs); an
+    empty string or none at all means no input."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    raise BadRequest("invalid input type: expected a string or an array of strings", param="input")
 
 
 async def _ollama_ps(backend: Backend) -> list[dict]:

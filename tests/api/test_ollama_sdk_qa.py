@@ -1,0 +1,40 @@
+"""The Ollama-native API as the official `ollama` client uses it, against the in-process engine
+and the real llama-server: the documented corners (empty inputs, the older endpoints, the
+deprecated fields) that the main tests in test_ollama_api.py do not reach."""
+import ollama
+import pytest
+
+from tests.daemon_rig import RunningDaemon
+from tests.rig.llama import make_tiny_model
+
+ENGINE_MODEL = "tiny-engine"
+
+
+@pytest.fixture(scope="module")
+def engine_daemon(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ollama-qa-models")
+    make_tiny_model(folder / f"{ENGINE_MODEL}.gguf")
+    table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(folder),
+                           "ollama_store": False, "max_running": 2, "num_ctx": 256}],
+             "cache": {"enabled": False}}
+    with RunningDaemon(table) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def engine(engine_daemon):
+    return ollama.Client(host=engine_daemon.url)
+
+
+@pytest.mark.parametrize("bad_input", [5, True, {"a": 1}, [None], [[1, 2]], ["ok", 3]])
+def test_embed_input_of_the_wrong_type_is_a_400(engine, bad_input):
+    with pytest.raises(ollama.ResponseError) as info:
+        engine._request_raw("POST", "/api/embed", json={"model": ENGINE_MODEL, "input": bad_input})
+    assert info.value.status_code == 400 and "input" in info.value.error
+
+
+def test_embed_with_no_input_answers_no_vectors_as_ollama_does(engine):
+    assert engine.embed(model=ENGINE_MODEL, input="").embeddings == []
+    assert engine.embed(model=ENGINE_MODEL, input=[]).embeddings == []
+    reply = engine.embed(model=ENGINE_MODEL, input=["a cat", "a dog"])
+    assert len(reply.embeddings) == 2 and reply.embeddings[0] != reply.embeddings[1]
