@@ -38,3 +38,18 @@ def test_embed_with_no_input_answers_no_vectors_as_ollama_does(engine):
     assert engine.embed(model=ENGINE_MODEL, input=[]).embeddings == []
     reply = engine.embed(model=ENGINE_MODEL, input=["a cat", "a dog"])
     assert len(reply.embeddings) == 2 and reply.embeddings[0] != reply.embeddings[1]
+
+
+def test_the_older_embeddings_endpoint_answers_one_vector(engine):
+    vector = engine.embeddings(model=ENGINE_MODEL, prompt="a cat").embedding
+    assert vector == engine.embed(model=ENGINE_MODEL, input="a cat").embeddings[0]
+    assert engine.embeddings(model=ENGINE_MODEL, prompt="").embedding == []
+    with pytest.raises(ollama.ResponseError) as info:
+        engine.embeddings(model="no-such-model", prompt="x")
+    assert info.value.status_code == 404
+
+
+def test_the_older_embeddings_endpoint_passes_through_to_ollama(daemon, ollama_emulator):
+    client = ollama.Client(host=daemon.url)
+    assert len(client.embeddings(model="nomic-embed-text:latest", prompt="a cat").embedding) == 64
+    assert ollama_emulator.count("/api/embeddings") == 1

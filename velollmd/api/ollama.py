@@ -1,5 +1,5 @@
 """The Ollama-native API (/api/chat, /api/generate, /api/tags, /api/show, /api/ps, /api/embed,
-/api/version) for Ollama clients.
+/api/embeddings, /api/version) for Ollama clients.
 
 A request for a model on an Ollama backend passes through untouched (NDJSON preserved);
 for a model on any other backend it is translated to OpenAI shapes, served, and translated
@@ -80,6 +80,7 @@ class OllamaRoutes:
         router.add("POST", "/api/show", self.show)
         router.add("GET", "/api/ps", self.ps)
         router.add("POST", "/api/embed", self.embed)
+        router.add("POST", "/api/embeddings", self.embeddings)
         router.add("GET", "/api/version", self.version)
 
     # -- generation ----------------------------------------------------------------------
@@ -196,15 +197,30 @@ class OllamaRoutes:
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embed", body)
-        if not texts:                                   # Ollama's answer to an empty input: no vectors
-            return Response.json({"model": body["model"], "embeddings": []})
         started = time.monotonic_ns()
-        outcome = await self.service.embeddings({"model": body["model"], "input": texts})
-        answer = outcome.body
-        self.access.ledger.record_usage(key_name, answer.get("usage"))
-        return Response.json({"model": body["model"], "embeddings": [d["embedding"] for d in answer["data"]],
+        vectors, usage = await self._vectors(key_name, body["model"], texts)
+        return Response.json({"model": body["model"], "embeddings": vectors,
                               "total_duration": time.monotonic_ns() - started, "load_duration": 0,
-                              "prompt_eval_count": (answer.get("usage") or {}).get("prompt_tokens", 0)})
+                              "prompt_eval_count": usage.get("prompt_tokens", 0)})
+
+    @ollama_route
+    async def embeddings(self, request: Request) -> Response:
+        """The older /api/embeddings: one `prompt` in, one `embedding` out (empty for no prompt)."""
+        body = _model_body(request)
+        key_name = self.access.admit(request, body["model"])
+        backend = self.registry.pick(body["model"])
+        if backend.native_ollama:
+            return await self._passthrough(backend, "/api/embeddings", body)
+        vectors, _ = await self._vectors(key_name, body["model"], [body["prompt"]] if body.get("prompt") else [])
+        return Response.json({"embedding": vectors[0] if vectors else []})
+
+    async def _vectors(self, key_name: str, model: str, texts: list[str]) -> tuple[list[list[float]], dict]:
+        """One vector per text, and the usage; none for no text (Ollama's answer to an empty input)."""
+        if not texts:
+            return [], {}
+        answer = (await self.service.embeddings({"model": model, "input": texts})).body
+        self.access.ledger.record_usage(key_name, answer.get("usage"))
+        return [d["embedding"] for d in answer["data"]], answer.get("usage") or {}
 
     async def version(self, request: Request) -> Response:
         return Response.json({"version": __version__})
