@@ -53,3 +53,11 @@ def test_the_older_embeddings_endpoint_passes_through_to_ollama(daemon, ollama_e
     client = ollama.Client(host=daemon.url)
     assert len(client.embeddings(model="nomic-embed-text:latest", prompt="a cat").embedding) == 64
     assert ollama_emulator.count("/api/embeddings") == 1
+
+
+def test_chat_without_messages_loads_the_model_as_ollama_documents(engine, daemon):
+    for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
+        reply = client.chat(model=model, messages=[])
+        assert reply.done and reply.done_reason == "load" and reply.message.role == "assistant"
+        assert reply.message.content == ""
+        assert client.generate(model=model, prompt="").done_reason == "load"

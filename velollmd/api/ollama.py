@@ -92,6 +92,8 @@ class OllamaRoutes:
         openai_body = ollama_chat_request_to_openai(body)
         if backend.native_ollama:
             return await self._admitted_passthrough(request, backend, "/api/chat", body, "chat", openai_body)
+        if not body.get("messages"):
+            return Response.json(_load_reply(body["model"], message=True))
         validate_chat(openai_body)
         return await self._translated(request, "chat", openai_body, message=True)
 
@@ -103,8 +105,7 @@ class OllamaRoutes:
             endpoint, openai_body = ollama_generate_request_to_openai(body)
             return await self._admitted_passthrough(request, backend, "/api/generate", body, endpoint, openai_body)
         if not body.get("prompt") and not body.get("images"):
-            return Response.json({"model": body["model"], "created_at": now_rfc3339(), "response": "",
-                                  "done": True, "done_reason": "load"})
+            return Response.json(_load_reply(body["model"], message=False))
         endpoint, openai_body = ollama_generate_request_to_openai(body)
         validate = validate_chat if endpoint == "chat" else validate_completion
         return await self._translated(request, endpoint, validate(openai_body), message=False)
@@ -299,6 +300,13 @@ def _tag_entry(info) -> dict:
     digest = hashlib.sha256((info.identity or info.id).encode()).hexdigest()
     return {"name": info.id, "model": info.id, "modified_at": now_rfc3339(), "size": info.size,
             "digest": digest, "details": _details(info)}
+
+
+def _load_reply(model: str, message: bool) -> dict:
+    """Ollama's answer to a request with nothing to generate (no prompt, no messages): the
+    model is ready."""
+    text = {"message": {"role": "assistant", "content": ""}} if message else {"response": ""}
+    return {"model": model, "created_at": now_rfc3339(), **text, "done": True, "done_reason": "load"}
 
 
 def _reply_from_openai(answer: dict, model: str, started: int, message: bool) -> dict:
