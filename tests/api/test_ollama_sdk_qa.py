@@ -61,3 +61,27 @@ def test_chat_without_messages_loads_the_model_as_ollama_documents(engine, daemo
         assert reply.done and reply.done_reason == "load" and reply.message.role == "assistant"
         assert reply.message.content == ""
         assert client.generate(model=model, prompt="").done_reason == "load"
+
+
+def test_pull_of_a_served_model_succeeds_and_of_any_other_is_a_clear_501(engine):
+    assert engine.pull(ENGINE_MODEL).status == "success"
+    assert [p.status for p in engine.pull(ENGINE_MODEL, stream=True)] == ["success"]
+    with pytest.raises(ollama.ResponseError) as info:
+        engine.pull("llama3.2:latest")
+    assert info.value.status_code == 501 and "llama3.2:latest" in info.value.error
+
+
+@pytest.mark.parametrize("call", [lambda c: c.delete(ENGINE_MODEL), lambda c: c.copy(ENGINE_MODEL, "other"),
+                                  lambda c: c.create(model="other", from_=ENGINE_MODEL),
+                                  lambda c: c.push(ENGINE_MODEL)])
+def test_model_management_is_a_501_in_ollamas_error_shape(engine, call):
+    with pytest.raises(ollama.ResponseError) as info:
+        call(engine)
+    assert info.value.status_code == 501
+    assert isinstance(info.value.error, str) and "does not manage models" in info.value.error
+
+
+def test_blob_check_is_a_501(engine):
+    with pytest.raises(ollama.ResponseError) as info:
+        engine._request_raw("HEAD", "/api/blobs/sha256:" + "0" * 64)
+    assert info.value.status_code == 501

@@ -19,7 +19,7 @@ from ..backends.base import Backend
 from ..backends.registry import Registry
 from ..core.pipeline import Pipeline
 from ..core.service import Service
-from ..errors import BadRequest, VeloError
+from ..errors import BadRequest, NotFound, VeloError
 from ..http.message import Request, Response
 from ..log import current_request_id
 from ..wire import wirejson
@@ -37,6 +37,8 @@ from .access import Access
 from .validate import check_message_tool_calls, validate_chat, validate_completion
 
 NDJSON = [("content-type", "application/x-ndjson")]
+MANAGEMENT_ROUTES = [("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"),
+                     ("DELETE", "/api/delete"), ("GET", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}")]
 USAGE_TAIL_BYTES = 2048                  # the end of a native answer, where its token counts are
 PROMPT_COUNT_RE = re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)')
 EVAL_COUNT_RE = re.compile(rb'"eval_count"\s*:\s*(\d+)')
@@ -82,6 +84,9 @@ class OllamaRoutes:
         router.add("POST", "/api/embed", self.embed)
         router.add("POST", "/api/embeddings", self.embeddings)
         router.add("GET", "/api/version", self.version)
+        router.add("POST", "/api/pull", self.pull)
+        for method, path in MANAGEMENT_ROUTES:
+            router.add(method, path, self.not_managed)
 
     # -- generation ----------------------------------------------------------------------
 
@@ -225,6 +230,28 @@ class OllamaRoutes:
 
     async def version(self, request: Request) -> Response:
         return Response.json({"version": __version__})
+
+    # -- model management: the backends' own business -------------------------------------
+
+    @ollama_route
+    async def pull(self, request: Request) -> Response:
+        """A model that is served already is there: Ollama's final progress status, so that apps
+        that pull before they chat go on; any other is a clear 501."""
+        body = _model_body(request)
+        self.access.check_model(self.access.key_name_of(request), body["model"])
+        try:
+            self.registry.find_model(body["model"])
+        except NotFound:
+            raise VeloError(f"velollmd does not pull models: {body['model']!r} is not served by any backend; "
+                            "pull it on a backend", status=501, error_type="invalid_request_error") from None
+        if body.get("stream", True):
+            return Response(200, NDJSON, ndjson_line({"status": "success"}))
+        return Response.json({"status": "success"})
+
+    @ollama_route
+    async def not_managed(self, request: Request, **params) -> Response:
+        raise VeloError(f"velollmd does not manage models: {request.method} {request.path} is not supported; "
+                        "manage models on a backend", status=501, error_type="invalid_request_error")
 
 
 def native_usage(tail: bytes) -> dict | None:
