@@ -1,11 +1,15 @@
 """The Ollama-native API as the official `ollama` client uses it, against the in-process engine
 and the real llama-server: the documented corners (empty inputs, the older endpoints, the
 deprecated fields) that the main tests in test_ollama_api.py do not reach."""
+import asyncio
+import json
+
 import ollama
 import pytest
 
 from tests.daemon_rig import RunningDaemon
 from tests.rig.llama import make_tiny_model
+from velollmd.http.message import Request
 
 ENGINE_MODEL = "tiny-engine"
 
@@ -85,3 +89,55 @@ def test_blob_check_is_a_501(engine):
     with pytest.raises(ollama.ResponseError) as info:
         engine._request_raw("HEAD", "/api/blobs/sha256:" + "0" * 64)
     assert info.value.status_code == 501
+
+
+def reasoning_chunk(delta, finish=None):
+    return {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "tiny",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+REASONING_ANSWER = {"id": "x", "object": "chat.completion", "created": 1, "model": "tiny", "choices": [
+    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "42.",
+                                                      "reasoning_content": "Six times seven."}}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+REASONING_CHUNKS = [reasoning_chunk({"role": "assistant", "content": None}),
+                    reasoning_chunk({"reasoning_content": "Six times "}), reasoning_chunk({"reasoning_content": "seven."}),
+                    reasoning_chunk({"content": "42."}), reasoning_chunk({}, "stop")]
+
+
+@pytest.fixture(scope="module")
+def reasoning_app():
+    """The whole App before a backend that reasons (none of the real parts here can): the
+    scripted backend of the fuzz tests."""
+    from tests.api.test_bad_input_fuzz import make_garbage_app
+    app, backend = make_garbage_app()
+    backend.answer, backend.chunks = REASONING_ANSWER, REASONING_CHUNKS
+    with asyncio.Runner() as runner:
+        runner.run(app.start())
+        try:
+            yield lambda path, body: runner.run(_ndjson_objects(app, path, body))
+        finally:
+            runner.run(app.close())
+
+
+async def _ndjson_objects(app, path: str, body: dict) -> list[dict]:
+    response = await app.handle(Request("POST", path, [("host", "x")], json.dumps(body).encode()))
+    assert response.status == 200
+    data = response.body if response.stream is None else b"".join([part async for part in response.stream])
+    return [json.loads(line) for line in data.splitlines()]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_backend_reasoning_reaches_chat_clients_as_message_thinking(reasoning_app, stream):
+    objects = reasoning_app("/api/chat", {"model": "tiny", "stream": stream, "messages": [{"role": "user", "content": "6*7?"}]})
+    replies = [ollama.ChatResponse.model_validate(o) for o in objects]
+    assert "".join(r.message.thinking or "" for r in replies) == "Six times seven."
+    assert "".join(r.message.content for r in replies) == "42." and replies[-1].done
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_backend_reasoning_reaches_generate_clients_as_thinking(reasoning_app, stream):
+    objects = reasoning_app("/api/generate", {"model": "tiny", "stream": stream, "prompt": "6*7?"})
+    replies = [ollama.GenerateResponse.model_validate(o) for o in objects]
+    assert "".join(r.thinking or "" for r in replies) == "Six times seven."
+    assert "".join(r.response for r in replies) == "42." and replies[-1].done

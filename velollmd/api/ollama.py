@@ -340,14 +340,22 @@ def _reply_from_openai(answer: dict, model: str, started: int, message: bool) ->
     choice = answer["choices"][0]
     done = ollama_final_fields(answer.get("usage"), started, done_reason_of(choice.get("finish_reason")))
     out = {"model": model, "created_at": now_rfc3339()}
+    msg = choice.get("message") or {}
     if message:
-        msg = choice.get("message") or {}
         out["message"] = {"role": "assistant", "content": msg.get("content") or ""}
         if msg.get("tool_calls"):
             out["message"]["tool_calls"] = ollama_tool_calls(msg["tool_calls"])
     else:
-        out["response"] = choice.get("text") if "text" in choice else (choice.get("message") or {}).get("content") or ""
+        out["response"] = choice.get("text") if "text" in choice else msg.get("content") or ""
+    _add_thinking(out, msg.get("reasoning_content"), message)
     return {**out, **done}
+
+
+def _add_thinking(out: dict, thinking, message: bool) -> None:
+    """The backend's reasoning where Ollama puts it: `message.thinking` (chat), `thinking`
+    (generate)."""
+    if thinking and isinstance(thinking, str):
+        (out["message"] if message else out)["thinking"] = thinking
 
 
 async def _ndjson_from_chunks(chunks, model: str, started: int, message: bool) -> AsyncIterator[bytes]:
@@ -360,9 +368,9 @@ async def _ndjson_from_chunks(chunks, model: str, started: int, message: bool) -
                 usage = chunk.get("usage") or usage
                 for choice in chunk.get("choices") or []:
                     finish = choice.get("finish_reason") or finish
-                    text = _gather_delta(choice, calls)
-                    if text:
-                        yield ndjson_line(_partial(model, text, message))
+                    text, thinking = _gather_delta(choice, calls)
+                    if text or thinking:
+                        yield ndjson_line(_partial(model, text, message, thinking))
     except VeloError as exc:
         yield ndjson_line(ollama_error_body(exc))
         return
@@ -372,19 +380,20 @@ async def _ndjson_from_chunks(chunks, model: str, started: int, message: bool) -
     yield ndjson_line({**final, **ollama_final_fields(usage, started, done_reason_of(finish))})
 
 
-def _partial(model: str, text: str, message: bool) -> dict:
+def _partial(model: str, text: str, message: bool, thinking: str = "") -> dict:
     out = {"model": model, "created_at": now_rfc3339()}
     if message:
         out["message"] = {"role": "assistant", "content": text}
     else:
         out["response"] = text
+    _add_thinking(out, thinking, message)
     return {**out, "done": False}
 
 
-def _gather_delta(choice: dict, calls: dict[int, dict]) -> str:
-    """Content text of a chunk choice; tool-call fragments are merged into `calls`."""
+def _gather_delta(choice: dict, calls: dict[int, dict]) -> tuple[str, str]:
+    """(content text, reasoning text) of a chunk choice; tool-call fragments are merged into `calls`."""
     if "text" in choice:
-        return choice.get("text") or ""
+        return choice.get("text") or "", ""
     delta = choice.get("delta") or {}
     merge_tool_call_fragments(delta.get("tool_calls"), calls)
-    return delta.get("content") or ""
+    return delta.get("content") or "", delta.get("reasoning_content") or ""
