@@ -141,3 +141,24 @@ def test_backend_reasoning_reaches_generate_clients_as_thinking(reasoning_app, s
     replies = [ollama.GenerateResponse.model_validate(o) for o in objects]
     assert "".join(r.thinking or "" for r in replies) == "Six times seven."
     assert "".join(r.response for r in replies) == "42." and replies[-1].done
+
+
+IMAGE = "aGVsbG8="            # base64 of "hello": any image; the models here have no vision
+
+
+def test_images_to_a_model_without_vision_are_a_400_that_leaves_the_backend_serving(daemon):
+    client = ollama.Client(host=daemon.url)
+    for _ in range(4):                     # a backend's failures open its breaker after three
+        with pytest.raises(ollama.ResponseError) as info:
+            client.chat(model="tiny", messages=[{"role": "user", "content": "see?", "images": [IMAGE]}])
+        assert info.value.status_code == 400 and "does not support images" in info.value.error
+    with pytest.raises(ollama.ResponseError) as info:
+        client.generate(model="tiny", prompt="see?", images=[IMAGE])
+    assert info.value.status_code == 400
+    assert client.generate(model="tiny", prompt="hi", options={"num_predict": 2}).eval_count == 2
+
+
+def test_images_to_the_engine_are_a_400_naming_images(engine):
+    with pytest.raises(ollama.ResponseError) as info:
+        engine.generate(model=ENGINE_MODEL, prompt="see?", images=[IMAGE])
+    assert info.value.status_code == 400 and "does not support images" in info.value.error
