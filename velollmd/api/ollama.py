@@ -111,6 +111,8 @@ class OllamaRoutes:
             endpoint, openai_body = ollama_generate_request_to_openai(body)
             return await self._admitted_passthrough(request, backend, "/api/generate", body, endpoint, openai_body)
         _refuse_images(body, backend)
+        if body.get("suffix"):
+            raise BadRequest(f"model {body['model']!r} does not support insert (suffix)", param="suffix")
         if not body.get("prompt") and not body.get("images"):
             return Response.json(_load_reply(body["model"], message=False))
         endpoint, openai_body = ollama_generate_request_to_openai(body)
@@ -275,7 +277,7 @@ def _model_body(request: Request) -> dict:
 
 
 OLLAMA_FIELD_TYPES = {"messages": list, "options": dict, "images": list, "tools": list, "prompt": str,
-                      "system": str, "raw": bool, "stream": bool, "format": (str, dict), "think": (bool, str)}
+                      "system": str, "suffix": str, "raw": bool, "stream": bool, "format": (str, dict), "think": (bool, str)}
 
 
 def _check_ollama_fields(body: dict) -> None:
