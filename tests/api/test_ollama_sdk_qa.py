@@ -171,3 +171,13 @@ def test_suffix_is_refused_clearly_rather_than_ignored(engine, daemon):
         with pytest.raises(ollama.ResponseError) as info:
             client.generate(model=model, prompt="def add(a, b):", suffix="    return c")
         assert info.value.status_code == 400 and "does not support insert" in info.value.error
+
+
+def test_show_and_pull_take_the_deprecated_name_field(engine):
+    shown = engine._request_raw("POST", "/api/show", json={"name": ENGINE_MODEL}).json()
+    assert shown["details"]["format"] == "gguf"
+    assert engine._request_raw("POST", "/api/pull", json={"name": ENGINE_MODEL, "stream": False}).json() == \
+        {"status": "success"}
+    with pytest.raises(ollama.ResponseError) as info:
+        engine._request_raw("POST", "/api/show", json={})
+    assert info.value.status_code == 400 and "model is required" in info.value.error

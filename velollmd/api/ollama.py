@@ -175,7 +175,7 @@ class OllamaRoutes:
 
     @ollama_route
     async def show(self, request: Request) -> Response:
-        body = _model_body(request)
+        body = _model_body(request, name_too=True)
         self.access.check_model(self.access.key_name_of(request), body["model"])
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
@@ -241,7 +241,7 @@ class OllamaRoutes:
     async def pull(self, request: Request) -> Response:
         """A model that is served already is there: Ollama's final progress status, so that apps
         that pull before they chat go on; any other is a clear 501."""
-        body = _model_body(request)
+        body = _model_body(request, name_too=True)
         self.access.check_model(self.access.key_name_of(request), body["model"])
         try:
             self.registry.find_model(body["model"])
@@ -268,8 +268,12 @@ def native_usage(tail: bytes) -> dict | None:
             "completion_tokens": int(completion[-1]) if completion else 0}
 
 
-def _model_body(request: Request) -> dict:
+def _model_body(request: Request, *, name_too: bool = False) -> dict:
+    """The request's JSON body with its `model`; `name_too`: the deprecated `name` that
+    Ollama's /api/show and /api/pull still take stands in for a missing `model`."""
     body = request.json()
+    if name_too and not body.get("model") and body.get("name"):
+        body = {**body, "model": body["name"]}
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise BadRequest("model is required", param="model")
     _check_ollama_fields(body)
