@@ -181,3 +181,21 @@ def test_show_and_pull_take_the_deprecated_name_field(engine):
     with pytest.raises(ollama.ResponseError) as info:
         engine._request_raw("POST", "/api/show", json={})
     assert info.value.status_code == 400 and "model is required" in info.value.error
+
+
+@pytest.mark.parametrize("option,value,kind", [("num_predict", "3", "integer"), ("num_predict", 2.5, "integer"),
+                                               ("top_k", True, "integer"), ("temperature", "hot", "number"),
+                                               ("seed", [1], "integer"), ("min_p", {}, "number")])
+def test_an_option_of_the_wrong_type_is_a_400_naming_the_option(engine, option, value, kind):
+    with pytest.raises(ollama.ResponseError) as info:
+        engine.generate(model=ENGINE_MODEL, prompt="hi", options={option: value})
+    assert info.value.status_code == 400
+    assert info.value.error.startswith(f"option '{option}' must be of type {kind}")
+
+
+def test_num_predict_zero_or_negative_means_no_limit_as_in_ollama(engine):
+    for num_predict in (0, -1, -2):
+        reply = engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_predict": num_predict, "stop": [" "],
+                                                                     "temperature": 0})
+        assert reply.done and reply.done_reason == "stop"
+    assert engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_predict": 3.0}).eval_count == 3

@@ -284,11 +284,20 @@ OLLAMA_FIELD_TYPES = {"messages": list, "options": dict, "images": list, "tools"
                       "system": str, "suffix": str, "raw": bool, "stream": bool, "format": (str, dict), "think": (bool, str)}
 
 
+# Ollama's typed options (api/types.go Options); others pass on to the backend untouched.
+INTEGER_OPTIONS = frozenset({"num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "mirostat",
+                             "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread"})
+NUMBER_OPTIONS = frozenset({"temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
+                            "frequency_penalty", "mirostat_tau", "mirostat_eta", "tfs_z"})
+
+
 def _check_ollama_fields(body: dict) -> None:
     """The shapes Ollama's docs give; anything else is a 400 naming the field."""
     for name, kind in OLLAMA_FIELD_TYPES.items():
         if body.get(name) is not None and not isinstance(body[name], kind):
             raise BadRequest(f"invalid {name!r}: wrong type {type(body[name]).__name__}", param=name)
+    for key, value in (body.get("options") or {}).items():
+        _check_option(key, value)
     if isinstance(body.get("format"), str) and body["format"] not in ("", "json"):
         raise BadRequest('invalid format: expected "json" or a JSON schema', param="format")
     for i, message in enumerate(body.get("messages") or []):
@@ -321,6 +330,16 @@ def _embed_inputs(value) -> list[str]:
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return value
     raise BadRequest("invalid input type: expected a string or an array of strings", param="input")
+
+
+def _check_option(key: str, value) -> None:
+    """Ollama's own 400 for an option of the wrong type, naming the option (not the OpenAI
+    field it becomes)."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key in INTEGER_OPTIONS and value is not None and not (is_number and value == int(value)):
+        raise BadRequest(f"option {key!r} must be of type integer", param=f"options.{key}")
+    if key in NUMBER_OPTIONS and value is not None and not is_number:
+        raise BadRequest(f"option {key!r} must be of type number", param=f"options.{key}")
 
 
 async def _ollama_ps(backend: Backend) -> list[dict]:

@@ -264,8 +264,9 @@ def _options_from_ollama(body: dict, out: dict) -> None:
     for key in list(options):
         if key in reverse:
             out[reverse[key]] = options.pop(key)
-    if "num_predict" in options and options["num_predict"] not in (None, -1, -2):
-        out["max_tokens"] = options.pop("num_predict")
+    num_predict = options.pop("num_predict", None)
+    if isinstance(num_predict, (int, float)) and num_predict > 0:     # 0, -1, -2: no limit, as in Ollama
+        out["max_tokens"] = int(num_predict)
     if options.get("stop"):
         out["stop"] = options.pop("stop")
     for key, value in options.items():                # top_k, mirostat, logit_bias...: llama.cpp and
