@@ -199,3 +199,24 @@ def test_num_predict_zero_or_negative_means_no_limit_as_in_ollama(engine):
                                                                      "temperature": 0})
         assert reply.done and reply.done_reason == "stop"
     assert engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_predict": 3.0}).eval_count == 3
+
+
+def assert_logprobs(replies, num_tokens: int, num_top: int):
+    entries = [e for r in replies for e in (r.logprobs or [])]
+    assert len(entries) == num_tokens and all(e.logprob <= 0 and e.token for e in entries)
+    assert all(len(e.top_logprobs or []) >= num_top for e in entries)
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["templated", "raw"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_logprobs_are_answered_by_the_engine_and_llama_server(engine, daemon, raw, stream):
+    for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
+        reply = client.generate(model=model, prompt="hi", raw=raw, stream=stream, logprobs=True, top_logprobs=2,
+                                options={"num_predict": 3})
+        assert_logprobs(list(reply) if stream else [reply], 3, 2)
+        reply = client.generate(model=model, prompt="hi", raw=raw, stream=stream, logprobs=True,
+                                options={"num_predict": 2})
+        assert_logprobs(list(reply) if stream else [reply], 2, 0)
+        reply = client.chat(model=model, messages=[{"role": "user", "content": "hi"}], stream=stream, logprobs=True,
+                            top_logprobs=1, options={"num_predict": 2})
+        assert_logprobs(list(reply) if stream else [reply], 2, 1)

@@ -30,6 +30,7 @@ from ..wire.ollama import (
     ollama_chat_request_to_openai,
     ollama_final_fields,
     ollama_generate_request_to_openai,
+    ollama_logprobs,
     ollama_tool_calls,
 )
 from ..wire.streams import closing
@@ -281,7 +282,8 @@ def _model_body(request: Request, *, name_too: bool = False) -> dict:
 
 
 OLLAMA_FIELD_TYPES = {"messages": list, "options": dict, "images": list, "tools": list, "prompt": str,
-                      "system": str, "suffix": str, "raw": bool, "stream": bool, "format": (str, dict), "think": (bool, str)}
+                      "system": str, "suffix": str, "raw": bool, "stream": bool, "format": (str, dict), "think": (bool, str),
+                      "logprobs": bool, "top_logprobs": int}
 
 
 # Ollama's typed options (api/types.go Options); others pass on to the backend untouched.
@@ -383,7 +385,14 @@ def _reply_from_openai(answer: dict, model: str, started: int, message: bool) ->
     else:
         out["response"] = choice.get("text") if "text" in choice else msg.get("content") or ""
     _add_thinking(out, msg.get("reasoning_content"), message)
+    _add_logprobs(out, choice)
     return {**out, **done}
+
+
+def _add_logprobs(out: dict, choice: dict) -> None:
+    logprobs = ollama_logprobs(choice.get("logprobs"))
+    if logprobs:
+        out["logprobs"] = logprobs
 
 
 def _add_thinking(out: dict, thinking, message: bool) -> None:
@@ -404,8 +413,10 @@ async def _ndjson_from_chunks(chunks, model: str, started: int, message: bool) -
                 for choice in chunk.get("choices") or []:
                     finish = choice.get("finish_reason") or finish
                     text, thinking = _gather_delta(choice, calls)
-                    if text or thinking:
-                        yield ndjson_line(_partial(model, text, message, thinking))
+                    partial = _partial(model, text, message, thinking)
+                    _add_logprobs(partial, choice)
+                    if text or thinking or "logprobs" in partial:
+                        yield ndjson_line(partial)
     except VeloError as exc:
         yield ndjson_line(ollama_error_body(exc))
         return
