@@ -113,7 +113,9 @@ def encode(case, model: str) -> bytes:
 
 
 def assert_well_formed(path: str, response: httpx.Response) -> None:
-    assert response.status_code < 500, (path, response.status_code, response.text[:300])
+    # 501: what velollmd does not do whatever the body (Ollama's model management: /api/copy...)
+    assert response.status_code < 500 or response.status_code == 501, (path, response.status_code,
+                                                                         response.text[:300])
     assert b"Traceback" not in response.content
     if response.status_code >= 400:
         error = response.json()["error"]

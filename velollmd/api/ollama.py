@@ -1,5 +1,5 @@
 """The Ollama-native API (/api/chat, /api/generate, /api/tags, /api/show, /api/ps, /api/embed,
-/api/version) for Ollama clients.
+/api/embeddings, /api/version) for Ollama clients.
 
 A request for a model on an Ollama backend passes through untouched (NDJSON preserved);
 for a model on any other backend it is translated to OpenAI shapes, served, and translated
@@ -19,7 +19,7 @@ from ..backends.base import Backend
 from ..backends.registry import Registry
 from ..core.pipeline import Pipeline
 from ..core.service import Service
-from ..errors import BadRequest, VeloError
+from ..errors import BadRequest, NotFound, VeloError
 from ..http.message import Request, Response
 from ..log import current_request_id
 from ..wire import wirejson
@@ -30,6 +30,7 @@ from ..wire.ollama import (
     ollama_chat_request_to_openai,
     ollama_final_fields,
     ollama_generate_request_to_openai,
+    ollama_logprobs,
     ollama_tool_calls,
 )
 from ..wire.streams import closing
@@ -37,6 +38,8 @@ from .access import Access
 from .validate import check_message_tool_calls, validate_chat, validate_completion
 
 NDJSON = [("content-type", "application/x-ndjson")]
+MANAGEMENT_ROUTES = [("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"),
+                     ("DELETE", "/api/delete"), ("GET", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}")]
 USAGE_TAIL_BYTES = 2048                  # the end of a native answer, where its token counts are
 PROMPT_COUNT_RE = re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)')
 EVAL_COUNT_RE = re.compile(rb'"eval_count"\s*:\s*(\d+)')
@@ -80,7 +83,11 @@ class OllamaRoutes:
         router.add("POST", "/api/show", self.show)
         router.add("GET", "/api/ps", self.ps)
         router.add("POST", "/api/embed", self.embed)
+        router.add("POST", "/api/embeddings", self.embeddings)
         router.add("GET", "/api/version", self.version)
+        router.add("POST", "/api/pull", self.pull)
+        for method, path in MANAGEMENT_ROUTES:
+            router.add(method, path, self.not_managed)
 
     # -- generation ----------------------------------------------------------------------
 
@@ -91,6 +98,9 @@ class OllamaRoutes:
         openai_body = ollama_chat_request_to_openai(body)
         if backend.native_ollama:
             return await self._admitted_passthrough(request, backend, "/api/chat", body, "chat", openai_body)
+        _refuse_images(body, backend)
+        if not body.get("messages"):
+            return Response.json(_load_reply(body["model"], message=True))
         validate_chat(openai_body)
         return await self._translated(request, "chat", openai_body, message=True)
 
@@ -101,9 +111,11 @@ class OllamaRoutes:
         if backend.native_ollama:
             endpoint, openai_body = ollama_generate_request_to_openai(body)
             return await self._admitted_passthrough(request, backend, "/api/generate", body, endpoint, openai_body)
+        _refuse_images(body, backend)
+        if body.get("suffix"):
+            raise BadRequest(f"model {body['model']!r} does not support insert (suffix)", param="suffix")
         if not body.get("prompt") and not body.get("images"):
-            return Response.json({"model": body["model"], "created_at": now_rfc3339(), "response": "",
-                                  "done": True, "done_reason": "load"})
+            return Response.json(_load_reply(body["model"], message=False))
         endpoint, openai_body = ollama_generate_request_to_openai(body)
         validate = validate_chat if endpoint == "chat" else validate_completion
         return await self._translated(request, endpoint, validate(openai_body), message=False)
@@ -164,7 +176,7 @@ class OllamaRoutes:
 
     @ollama_route
     async def show(self, request: Request) -> Response:
-        body = _model_body(request)
+        body = _model_body(request, name_too=True)
         self.access.check_model(self.access.key_name_of(request), body["model"])
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
@@ -191,20 +203,60 @@ class OllamaRoutes:
     @ollama_route
     async def embed(self, request: Request) -> Response:
         body = _model_body(request)
+        texts = _embed_inputs(body.get("input"))
         key_name = self.access.admit(request, body["model"])
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embed", body)
         started = time.monotonic_ns()
-        outcome = await self.service.embeddings({"model": body["model"], "input": body.get("input", "")})
-        answer = outcome.body
-        self.access.ledger.record_usage(key_name, answer.get("usage"))
-        return Response.json({"model": body["model"], "embeddings": [d["embedding"] for d in answer["data"]],
+        vectors, usage = await self._vectors(key_name, body["model"], texts)
+        return Response.json({"model": body["model"], "embeddings": vectors,
                               "total_duration": time.monotonic_ns() - started, "load_duration": 0,
-                              "prompt_eval_count": (answer.get("usage") or {}).get("prompt_tokens", 0)})
+                              "prompt_eval_count": usage.get("prompt_tokens", 0)})
+
+    @ollama_route
+    async def embeddings(self, request: Request) -> Response:
+        """The older /api/embeddings: one `prompt` in, one `embedding` out (empty for no prompt)."""
+        body = _model_body(request)
+        key_name = self.access.admit(request, body["model"])
+        backend = self.registry.pick(body["model"])
+        if backend.native_ollama:
+            return await self._passthrough(backend, "/api/embeddings", body)
+        vectors, _ = await self._vectors(key_name, body["model"], [body["prompt"]] if body.get("prompt") else [])
+        return Response.json({"embedding": vectors[0] if vectors else []})
+
+    async def _vectors(self, key_name: str, model: str, texts: list[str]) -> tuple[list[list[float]], dict]:
+        """One vector per text, and the usage; none for no text (Ollama's answer to an empty input)."""
+        if not texts:
+            return [], {}
+        answer = (await self.service.embeddings({"model": model, "input": texts})).body
+        self.access.ledger.record_usage(key_name, answer.get("usage"))
+        return [d["embedding"] for d in answer["data"]], answer.get("usage") or {}
 
     async def version(self, request: Request) -> Response:
         return Response.json({"version": __version__})
+
+    # -- model management: the backends' own business -------------------------------------
+
+    @ollama_route
+    async def pull(self, request: Request) -> Response:
+        """A model that is served already is there: Ollama's final progress status, so that apps
+        that pull before they chat go on; any other is a clear 501."""
+        body = _model_body(request, name_too=True)
+        self.access.check_model(self.access.key_name_of(request), body["model"])
+        try:
+            self.registry.find_model(body["model"])
+        except NotFound:
+            raise VeloError(f"velollmd does not pull models: {body['model']!r} is not served by any backend; "
+                            "pull it on a backend", status=501, error_type="invalid_request_error") from None
+        if body.get("stream", True):
+            return Response(200, NDJSON, ndjson_line({"status": "success"}))
+        return Response.json({"status": "success"})
+
+    @ollama_route
+    async def not_managed(self, request: Request, **params) -> Response:
+        raise VeloError(f"velollmd does not manage models: {request.method} {request.path} is not supported; "
+                        "manage models on a backend", status=501, error_type="invalid_request_error")
 
 
 def native_usage(tail: bytes) -> dict | None:
@@ -217,8 +269,12 @@ def native_usage(tail: bytes) -> dict | None:
             "completion_tokens": int(completion[-1]) if completion else 0}
 
 
-def _model_body(request: Request) -> dict:
+def _model_body(request: Request, *, name_too: bool = False) -> dict:
+    """The request's JSON body with its `model`; `name_too`: the deprecated `name` that
+    Ollama's /api/show and /api/pull still take stands in for a missing `model`."""
     body = request.json()
+    if name_too and not body.get("model") and body.get("name"):
+        body = {**body, "model": body["name"]}
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise BadRequest("model is required", param="model")
     _check_ollama_fields(body)
@@ -226,7 +282,15 @@ def _model_body(request: Request) -> dict:
 
 
 OLLAMA_FIELD_TYPES = {"messages": list, "options": dict, "images": list, "tools": list, "prompt": str,
-                      "system": str, "raw": bool, "stream": bool, "format": (str, dict), "think": (bool, str)}
+                      "system": str, "suffix": str, "raw": bool, "stream": bool, "format": (str, dict), "think": (bool, str),
+                      "logprobs": bool, "top_logprobs": int}
+
+
+# Ollama's typed options (api/types.go Options); others pass on to the backend untouched.
+INTEGER_OPTIONS = frozenset({"num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "mirostat",
+                             "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread"})
+NUMBER_OPTIONS = frozenset({"temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
+                            "frequency_penalty", "mirostat_tau", "mirostat_eta", "tfs_z"})
 
 
 def _check_ollama_fields(body: dict) -> None:
@@ -234,6 +298,8 @@ def _check_ollama_fields(body: dict) -> None:
     for name, kind in OLLAMA_FIELD_TYPES.items():
         if body.get(name) is not None and not isinstance(body[name], kind):
             raise BadRequest(f"invalid {name!r}: wrong type {type(body[name]).__name__}", param=name)
+    for key, value in (body.get("options") or {}).items():
+        _check_option(key, value)
     if isinstance(body.get("format"), str) and body["format"] not in ("", "json"):
         raise BadRequest('invalid format: expected "json" or a JSON schema', param="format")
     for i, message in enumerate(body.get("messages") or []):
@@ -246,6 +312,36 @@ def _check_ollama_fields(body: dict) -> None:
     for name in ("images",):
         if any(not isinstance(item, str) for item in body.get(name) or []):
             raise BadRequest(f"{name} must be base64 strings", param=name)
+
+
+def _refuse_images(body: dict, backend: Backend) -> None:
+    """A 400 for images to a model that cannot see them, as Ollama answers, before a backend
+    takes them for a fault of its own (llama-server answers 500, which counts against it)."""
+    messages = body.get("messages") or []
+    if (body.get("images") or any(m.get("images") for m in messages)) and backend.sees_images() is False:
+        raise BadRequest(f"model {body['model']!r} does not support images", param="images")
+
+
+def _embed_inputs(value) -> list[str]:
+    """/api/embed's `input` as a list: a string or an array of strings (Ollama's docs); an
+    empty string or none at all means no input."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    raise BadRequest("invalid input type: expected a string or an array of strings", param="input")
+
+
+def _check_option(key: str, value) -> None:
+    """Ollama's own 400 for an option of the wrong type, naming the option (not the OpenAI
+    field it becomes)."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if key in INTEGER_OPTIONS and value is not None and not (is_number and value == int(value)):
+        raise BadRequest(f"option {key!r} must be of type integer", param=f"options.{key}")
+    if key in NUMBER_OPTIONS and value is not None and not is_number:
+        raise BadRequest(f"option {key!r} must be of type number", param=f"options.{key}")
 
 
 async def _ollama_ps(backend: Backend) -> list[dict]:
@@ -270,18 +366,40 @@ def _tag_entry(info) -> dict:
             "digest": digest, "details": _details(info)}
 
 
+def _load_reply(model: str, message: bool) -> dict:
+    """Ollama's answer to a request with nothing to generate (no prompt, no messages): the
+    model is ready."""
+    text = {"message": {"role": "assistant", "content": ""}} if message else {"response": ""}
+    return {"model": model, "created_at": now_rfc3339(), **text, "done": True, "done_reason": "load"}
+
+
 def _reply_from_openai(answer: dict, model: str, started: int, message: bool) -> dict:
     choice = answer["choices"][0]
     done = ollama_final_fields(answer.get("usage"), started, done_reason_of(choice.get("finish_reason")))
     out = {"model": model, "created_at": now_rfc3339()}
+    msg = choice.get("message") or {}
     if message:
-        msg = choice.get("message") or {}
         out["message"] = {"role": "assistant", "content": msg.get("content") or ""}
         if msg.get("tool_calls"):
             out["message"]["tool_calls"] = ollama_tool_calls(msg["tool_calls"])
     else:
-        out["response"] = choice.get("text") if "text" in choice else (choice.get("message") or {}).get("content") or ""
+        out["response"] = choice.get("text") if "text" in choice else msg.get("content") or ""
+    _add_thinking(out, msg.get("reasoning_content"), message)
+    _add_logprobs(out, choice)
     return {**out, **done}
+
+
+def _add_logprobs(out: dict, choice: dict) -> None:
+    logprobs = ollama_logprobs(choice.get("logprobs"))
+    if logprobs:
+        out["logprobs"] = logprobs
+
+
+def _add_thinking(out: dict, thinking, message: bool) -> None:
+    """The backend's reasoning where Ollama puts it: `message.thinking` (chat), `thinking`
+    (generate)."""
+    if thinking and isinstance(thinking, str):
+        (out["message"] if message else out)["thinking"] = thinking
 
 
 async def _ndjson_from_chunks(chunks, model: str, started: int, message: bool) -> AsyncIterator[bytes]:
@@ -294,9 +412,11 @@ async def _ndjson_from_chunks(chunks, model: str, started: int, message: bool) -
                 usage = chunk.get("usage") or usage
                 for choice in chunk.get("choices") or []:
                     finish = choice.get("finish_reason") or finish
-                    text = _gather_delta(choice, calls)
-                    if text:
-                        yield ndjson_line(_partial(model, text, message))
+                    text, thinking = _gather_delta(choice, calls)
+                    partial = _partial(model, text, message, thinking)
+                    _add_logprobs(partial, choice)
+                    if text or thinking or "logprobs" in partial:
+                        yield ndjson_line(partial)
     except VeloError as exc:
         yield ndjson_line(ollama_error_body(exc))
         return
@@ -306,19 +426,20 @@ async def _ndjson_from_chunks(chunks, model: str, started: int, message: bool) -
     yield ndjson_line({**final, **ollama_final_fields(usage, started, done_reason_of(finish))})
 
 
-def _partial(model: str, text: str, message: bool) -> dict:
+def _partial(model: str, text: str, message: bool, thinking: str = "") -> dict:
     out = {"model": model, "created_at": now_rfc3339()}
     if message:
         out["message"] = {"role": "assistant", "content": text}
     else:
         out["response"] = text
+    _add_thinking(out, thinking, message)
     return {**out, "done": False}
 
 
-def _gather_delta(choice: dict, calls: dict[int, dict]) -> str:
-    """Content text of a chunk choice; tool-call fragments are merged into `calls`."""
+def _gather_delta(choice: dict, calls: dict[int, dict]) -> tuple[str, str]:
+    """(content text, reasoning text) of a chunk choice; tool-call fragments are merged into `calls`."""
     if "text" in choice:
-        return choice.get("text") or ""
+        return choice.get("text") or "", ""
     delta = choice.get("delta") or {}
     merge_tool_call_fragments(delta.get("tool_calls"), calls)
-    return delta.get("content") or ""
+    return delta.get("content") or "", delta.get("reasoning_content") or ""

@@ -87,6 +87,10 @@ class Backend:
         """Tokens of context per slot: what the server reports, else `num_ctx`, else 4096."""
         return self.config.num_ctx or DEFAULT_NUM_CTX
 
+    def sees_images(self) -> bool | None:
+        """Whether its model takes image input; None when unknown (the server decides)."""
+        return None
+
     def status(self) -> dict:
         return {"name": self.name, "kind": self.kind, "url": self.config.url,
                 "healthy": self.healthy, "error": self.last_error or None,

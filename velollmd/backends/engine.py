@@ -97,6 +97,9 @@ class EngineBackend(Backend):
     def context_size(self) -> int:
         return self.config.num_ctx or loader.DEFAULT_NUM_CTX
 
+    def sees_images(self) -> bool:
+        return False                     # text models only: no vision projector
+
     def status(self) -> dict:
         status = super().status()
         status["engine"] = {

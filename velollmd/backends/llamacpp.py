@@ -50,6 +50,11 @@ class LlamaCppBackend(OpenAIBackend):
         n_ctx = (self.props.get("default_generation_settings") or {}).get("n_ctx")
         return int(n_ctx) if n_ctx else super().context_size()
 
+    def sees_images(self) -> bool | None:
+        """/props `modalities.vision` (a server started with a projector, --mmproj)."""
+        modalities = self.props.get("modalities")
+        return bool(modalities.get("vision")) if isinstance(modalities, dict) else None
+
     def upstream_body(self, request: GenerateRequest) -> dict:
         """`verbose` when the caller needs the stop string that ended the answer: llama.cpp
         names it (`__verbose.stopping_word`) only there; OpenAI's answer shape has no field."""

@@ -240,15 +240,26 @@ def ollama_chat_request_to_openai(body: dict) -> dict:
     if body.get("tools"):
         out["tools"] = body["tools"]
     _options_from_ollama(body, out)
+    out.update(_chat_logprobs(body))
     return out
+
+
+def _chat_logprobs(body: dict) -> dict:
+    """Ollama's `logprobs` / `top_logprobs` for chat; top_logprobs only when asked for (llama-server
+    streams no logprobs at all for top_logprobs 0)."""
+    if not body.get("logprobs"):
+        return {}
+    return {"logprobs": True, **({"top_logprobs": body["top_logprobs"]} if body.get("top_logprobs") else {})}
 
 
 def ollama_generate_request_to_openai(body: dict) -> tuple[str, dict]:
     """("chat" | "completion", OpenAI body): raw prompts go to /v1/completions."""
     base = {"model": body.get("model"), "stream": body.get("stream", True) is not False}
     _options_from_ollama(body, base)
-    if body.get("raw"):
-        return "completion", {**base, "prompt": body.get("prompt", "")}
+    if body.get("raw"):            # completions' logprobs counts alternatives; 0 gives none from llama-server
+        logprobs = {"logprobs": body.get("top_logprobs") or 1} if body.get("logprobs") else {}
+        return "completion", {**base, **logprobs, "prompt": body.get("prompt", "")}
+    base.update(_chat_logprobs(body))
     messages = [{"role": "system", "content": body["system"]}] if body.get("system") else []
     user = {"role": "user", "content": body.get("prompt", "")}
     if body.get("images"):
@@ -264,8 +275,9 @@ def _options_from_ollama(body: dict, out: dict) -> None:
     for key in list(options):
         if key in reverse:
             out[reverse[key]] = options.pop(key)
-    if "num_predict" in options and options["num_predict"] not in (None, -1, -2):
-        out["max_tokens"] = options.pop("num_predict")
+    num_predict = options.pop("num_predict", None)
+    if isinstance(num_predict, (int, float)) and num_predict > 0:     # 0, -1, -2: no limit, as in Ollama
+        out["max_tokens"] = int(num_predict)
     if options.get("stop"):
         out["stop"] = options.pop("stop")
     for key, value in options.items():                # top_k, mirostat, logit_bias...: llama.cpp and
@@ -301,6 +313,33 @@ def ollama_final_fields(usage: dict | None, started_ns: int, done_reason: str) -
     return {"done": True, "done_reason": done_reason, "total_duration": total, "load_duration": 0,
             "prompt_eval_count": usage.get("prompt_tokens", 0), "prompt_eval_duration": 0,
             "eval_count": usage.get("completion_tokens", 0), "eval_duration": total}
+
+
+def ollama_logprobs(logprobs) -> list[dict] | None:
+    """Ollama's `logprobs` ([{token, logprob, top_logprobs: [{token, logprob}]}]) from an OpenAI
+    choice's: chat's `content` list, or the completions' parallel `tokens` / `token_logprobs` /
+    `top_logprobs` (one {token: logprob} per token); None when it has none."""
+    if not isinstance(logprobs, dict):
+        return None
+    if "content" in logprobs:
+        return [{**_token_logprob(e.get("token"), e.get("logprob")),
+                 "top_logprobs": [_token_logprob(t.get("token"), t.get("logprob"))
+                                  for t in _list(e.get("top_logprobs")) if isinstance(t, dict)]}
+                for e in _list(logprobs["content"]) if isinstance(e, dict)]
+    tokens, values = _list(logprobs.get("tokens")), _list(logprobs.get("token_logprobs"))
+    tops = _list(logprobs.get("top_logprobs")) or [{}] * len(tokens)
+    return [{**_token_logprob(token, value),
+             "top_logprobs": [_token_logprob(t, v) for t, v in (top.items() if isinstance(top, dict) else ())]}
+            for token, value, top in zip(tokens, values, tops)]
+
+
+def _token_logprob(token, logprob) -> dict:
+    return {"token": token if isinstance(token, str) else "",
+            "logprob": logprob if isinstance(logprob, (int, float)) and not isinstance(logprob, bool) else 0.0}
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
 
 
 def ollama_tool_calls(calls: list[dict]) -> list[dict]:

@@ -1,0 +1,222 @@
+"""The Ollama-native API as the official `ollama` client uses it, against the in-process engine
+and the real llama-server: the documented corners (empty inputs, the older endpoints, the
+deprecated fields) that the main tests in test_ollama_api.py do not reach."""
+import asyncio
+import json
+
+import ollama
+import pytest
+
+from tests.daemon_rig import RunningDaemon
+from tests.rig.llama import make_tiny_model
+from velollmd.http.message import Request
+
+ENGINE_MODEL = "tiny-engine"
+
+
+@pytest.fixture(scope="module")
+def engine_daemon(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ollama-qa-models")
+    make_tiny_model(folder / f"{ENGINE_MODEL}.gguf")
+    table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(folder),
+                           "ollama_store": False, "max_running": 2, "num_ctx": 256}],
+             "cache": {"enabled": False}}
+    with RunningDaemon(table) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def engine(engine_daemon):
+    return ollama.Client(host=engine_daemon.url)
+
+
+@pytest.mark.parametrize("bad_input", [5, True, {"a": 1}, [None], [[1, 2]], ["ok", 3]])
+def test_embed_input_of_the_wrong_type_is_a_400(engine, bad_input):
+    with pytest.raises(ollama.ResponseError) as info:
+        engine._request_raw("POST", "/api/embed", json={"model": ENGINE_MODEL, "input": bad_input})
+    assert info.value.status_code == 400 and "input" in info.value.error
+
+
+def test_embed_with_no_input_answers_no_vectors_as_ollama_does(engine):
+    assert engine.embed(model=ENGINE_MODEL, input="").embeddings == []
+    assert engine.embed(model=ENGINE_MODEL, input=[]).embeddings == []
+    reply = engine.embed(model=ENGINE_MODEL, input=["a cat", "a dog"])
+    assert len(reply.embeddings) == 2 and reply.embeddings[0] != reply.embeddings[1]
+
+
+def test_the_older_embeddings_endpoint_answers_one_vector(engine):
+    vector = engine.embeddings(model=ENGINE_MODEL, prompt="a cat").embedding
+    assert vector == engine.embed(model=ENGINE_MODEL, input="a cat").embeddings[0]
+    assert engine.embeddings(model=ENGINE_MODEL, prompt="").embedding == []
+    with pytest.raises(ollama.ResponseError) as info:
+        engine.embeddings(model="no-such-model", prompt="x")
+    assert info.value.status_code == 404
+
+
+def test_the_older_embeddings_endpoint_passes_through_to_ollama(daemon, ollama_emulator):
+    client = ollama.Client(host=daemon.url)
+    assert len(client.embeddings(model="nomic-embed-text:latest", prompt="a cat").embedding) == 64
+    assert ollama_emulator.count("/api/embeddings") == 1
+
+
+def test_chat_without_messages_loads_the_model_as_ollama_documents(engine, daemon):
+    for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
+        reply = client.chat(model=model, messages=[])
+        assert reply.done and reply.done_reason == "load" and reply.message.role == "assistant"
+        assert reply.message.content == ""
+        assert client.generate(model=model, prompt="").done_reason == "load"
+
+
+def test_pull_of_a_served_model_succeeds_and_of_any_other_is_a_clear_501(engine):
+    assert engine.pull(ENGINE_MODEL).status == "success"
+    assert [p.status for p in engine.pull(ENGINE_MODEL, stream=True)] == ["success"]
+    with pytest.raises(ollama.ResponseError) as info:
+        engine.pull("llama3.2:latest")
+    assert info.value.status_code == 501 and "llama3.2:latest" in info.value.error
+
+
+@pytest.mark.parametrize("call", [lambda c: c.delete(ENGINE_MODEL), lambda c: c.copy(ENGINE_MODEL, "other"),
+                                  lambda c: c.create(model="other", from_=ENGINE_MODEL),
+                                  lambda c: c.push(ENGINE_MODEL)])
+def test_model_management_is_a_501_in_ollamas_error_shape(engine, call):
+    with pytest.raises(ollama.ResponseError) as info:
+        call(engine)
+    assert info.value.status_code == 501
+    assert isinstance(info.value.error, str) and "does not manage models" in info.value.error
+
+
+def test_blob_check_is_a_501(engine):
+    with pytest.raises(ollama.ResponseError) as info:
+        engine._request_raw("HEAD", "/api/blobs/sha256:" + "0" * 64)
+    assert info.value.status_code == 501
+
+
+def reasoning_chunk(delta, finish=None):
+    return {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "tiny",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+REASONING_ANSWER = {"id": "x", "object": "chat.completion", "created": 1, "model": "tiny", "choices": [
+    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "42.",
+                                                      "reasoning_content": "Six times seven."}}],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+REASONING_CHUNKS = [reasoning_chunk({"role": "assistant", "content": None}),
+                    reasoning_chunk({"reasoning_content": "Six times "}), reasoning_chunk({"reasoning_content": "seven."}),
+                    reasoning_chunk({"content": "42."}), reasoning_chunk({}, "stop")]
+
+
+@pytest.fixture(scope="module")
+def reasoning_app():
+    """The whole App before a backend that reasons (none of the real parts here can): the
+    scripted backend of the fuzz tests."""
+    from tests.api.test_bad_input_fuzz import make_garbage_app
+    app, backend = make_garbage_app()
+    backend.answer, backend.chunks = REASONING_ANSWER, REASONING_CHUNKS
+    with asyncio.Runner() as runner:
+        runner.run(app.start())
+        try:
+            yield lambda path, body: runner.run(_ndjson_objects(app, path, body))
+        finally:
+            runner.run(app.close())
+
+
+async def _ndjson_objects(app, path: str, body: dict) -> list[dict]:
+    response = await app.handle(Request("POST", path, [("host", "x")], json.dumps(body).encode()))
+    assert response.status == 200
+    data = response.body if response.stream is None else b"".join([part async for part in response.stream])
+    return [json.loads(line) for line in data.splitlines()]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_backend_reasoning_reaches_chat_clients_as_message_thinking(reasoning_app, stream):
+    objects = reasoning_app("/api/chat", {"model": "tiny", "stream": stream, "messages": [{"role": "user", "content": "6*7?"}]})
+    replies = [ollama.ChatResponse.model_validate(o) for o in objects]
+    assert "".join(r.message.thinking or "" for r in replies) == "Six times seven."
+    assert "".join(r.message.content for r in replies) == "42." and replies[-1].done
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_backend_reasoning_reaches_generate_clients_as_thinking(reasoning_app, stream):
+    objects = reasoning_app("/api/generate", {"model": "tiny", "stream": stream, "prompt": "6*7?"})
+    replies = [ollama.GenerateResponse.model_validate(o) for o in objects]
+    assert "".join(r.thinking or "" for r in replies) == "Six times seven."
+    assert "".join(r.response for r in replies) == "42." and replies[-1].done
+
+
+IMAGE = "aGVsbG8="            # base64 of "hello": any image; the models here have no vision
+
+
+def test_images_to_a_model_without_vision_are_a_400_that_leaves_the_backend_serving(daemon):
+    client = ollama.Client(host=daemon.url)
+    for _ in range(4):                     # a backend's failures open its breaker after three
+        with pytest.raises(ollama.ResponseError) as info:
+            client.chat(model="tiny", messages=[{"role": "user", "content": "see?", "images": [IMAGE]}])
+        assert info.value.status_code == 400 and "does not support images" in info.value.error
+    with pytest.raises(ollama.ResponseError) as info:
+        client.generate(model="tiny", prompt="see?", images=[IMAGE])
+    assert info.value.status_code == 400
+    assert client.generate(model="tiny", prompt="hi", options={"num_predict": 2}).eval_count == 2
+
+
+def test_images_to_the_engine_are_a_400_naming_images(engine):
+    with pytest.raises(ollama.ResponseError) as info:
+        engine.generate(model=ENGINE_MODEL, prompt="see?", images=[IMAGE])
+    assert info.value.status_code == 400 and "does not support images" in info.value.error
+
+
+def test_suffix_is_refused_clearly_rather_than_ignored(engine, daemon):
+    """Neither the engine nor llama-server's completions fill in the middle: Ollama's own answer
+    for a model without the insert capability, not an answer that ignores the suffix."""
+    for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
+        with pytest.raises(ollama.ResponseError) as info:
+            client.generate(model=model, prompt="def add(a, b):", suffix="    return c")
+        assert info.value.status_code == 400 and "does not support insert" in info.value.error
+
+
+def test_show_and_pull_take_the_deprecated_name_field(engine):
+    shown = engine._request_raw("POST", "/api/show", json={"name": ENGINE_MODEL}).json()
+    assert shown["details"]["format"] == "gguf"
+    assert engine._request_raw("POST", "/api/pull", json={"name": ENGINE_MODEL, "stream": False}).json() == \
+        {"status": "success"}
+    with pytest.raises(ollama.ResponseError) as info:
+        engine._request_raw("POST", "/api/show", json={})
+    assert info.value.status_code == 400 and "model is required" in info.value.error
+
+
+@pytest.mark.parametrize("option,value,kind", [("num_predict", "3", "integer"), ("num_predict", 2.5, "integer"),
+                                               ("top_k", True, "integer"), ("temperature", "hot", "number"),
+                                               ("seed", [1], "integer"), ("min_p", {}, "number")])
+def test_an_option_of_the_wrong_type_is_a_400_naming_the_option(engine, option, value, kind):
+    with pytest.raises(ollama.ResponseError) as info:
+        engine.generate(model=ENGINE_MODEL, prompt="hi", options={option: value})
+    assert info.value.status_code == 400
+    assert info.value.error.startswith(f"option '{option}' must be of type {kind}")
+
+
+def test_num_predict_zero_or_negative_means_no_limit_as_in_ollama(engine):
+    for num_predict in (0, -1, -2):
+        reply = engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_predict": num_predict, "stop": [" "],
+                                                                     "temperature": 0})
+        assert reply.done and reply.done_reason == "stop"
+    assert engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_predict": 3.0}).eval_count == 3
+
+
+def assert_logprobs(replies, num_tokens: int, num_top: int):
+    entries = [e for r in replies for e in (r.logprobs or [])]
+    assert len(entries) == num_tokens and all(e.logprob <= 0 and e.token for e in entries)
+    assert all(len(e.top_logprobs or []) >= num_top for e in entries)
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["templated", "raw"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_logprobs_are_answered_by_the_engine_and_llama_server(engine, daemon, raw, stream):
+    for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
+        reply = client.generate(model=model, prompt="hi", raw=raw, stream=stream, logprobs=True, top_logprobs=2,
+                                options={"num_predict": 3})
+        assert_logprobs(list(reply) if stream else [reply], 3, 2)
+        reply = client.generate(model=model, prompt="hi", raw=raw, stream=stream, logprobs=True,
+                                options={"num_predict": 2})
+        assert_logprobs(list(reply) if stream else [reply], 2, 0)
+        reply = client.chat(model=model, messages=[{"role": "user", "content": "hi"}], stream=stream, logprobs=True,
+                            top_logprobs=1, options={"num_predict": 2})
+        assert_logprobs(list(reply) if stream else [reply], 2, 1)
