@@ -183,6 +183,18 @@ def test_show_and_pull_take_the_deprecated_name_field(engine):
     assert info.value.status_code == 400 and "model is required" in info.value.error
 
 
+def test_show_tells_the_context_a_request_gets(engine, daemon):
+    """Continue and Open WebUI size prompts by `num_ctx` in `parameters` or by
+    `<architecture>.context_length` in model_info; without them they guess (2,048)."""
+    shown = engine.show(ENGINE_MODEL)
+    assert shown.parameters == "num_ctx 256"
+    assert shown.modelinfo["general.architecture"] == "llama" and shown.modelinfo["llama.context_length"] == 256
+    assert "vision" not in shown.capabilities and "completion" in shown.capabilities
+    llama = ollama.Client(host=daemon.url).show("tiny")
+    assert llama.parameters.startswith("num_ctx ") and int(llama.parameters.split()[1]) >= 256
+    assert "vision" not in llama.capabilities
+
+
 @pytest.mark.parametrize("option,value,kind", [("num_predict", "3", "integer"), ("num_predict", 2.5, "integer"),
                                                ("top_k", True, "integer"), ("temperature", "hot", "number"),
                                                ("seed", [1], "integer"), ("min_p", {}, "number")])

@@ -183,9 +183,10 @@ class OllamaRoutes:
             return await self._passthrough(backend, "/api/show", body)
         info = self.registry.find_model(body["model"])
         return Response.json({"modelfile": f"# served by velollmd from backend {info.backend}\nFROM {info.id}\n",
-                              "parameters": "", "template": "", "details": _details(info),
-                              "model_info": {"general.architecture": info.details.get("family", "")},
-                              "capabilities": ["completion", "tools"], "modified_at": now_rfc3339()})
+                              "parameters": f"num_ctx {backend.context_size()}", "template": "",
+                              "details": _details(info), "model_info": _model_info(info, backend),
+                              "capabilities": ["completion", "tools"] + (["vision"] if backend.sees_images() else []),
+                              "modified_at": now_rfc3339()})
 
     @ollama_route
     async def ps(self, request: Request) -> Response:
@@ -350,6 +351,13 @@ async def _ollama_ps(backend: Backend) -> list[dict]:
         upstream.close()
         return []
     return (await upstream.json()).get("models", [])
+
+
+def _model_info(info, backend: Backend) -> dict:
+    """What clients size their prompts by: `<architecture>.context_length` (Continue, Open WebUI
+    read it), the context a request gets on this backend, when the architecture is known."""
+    arch = info.details.get("family", "")
+    return {"general.architecture": arch, **({f"{arch}.context_length": backend.context_size()} if arch else {})}
 
 
 def _details(info) -> dict:

@@ -54,7 +54,7 @@ class EngineBackend(Backend):
                                      threads=config.threads)
         self.files: dict[str, store.ModelFile] = {}
         self.unavailable: dict[str, str] = {}          # name -> why it cannot be served
-        self._probed: dict[str, str | None] = {}        # file identity -> problem (None: fine)
+        self._probed: dict[str, loader.Probe] = {}      # file identity -> its problem or architecture
         self.loaded: dict[str, LoadedModel] = {}        # in least recently used order
         self._loading: dict[str, asyncio.Future] = {}
         self._next_id = 0
@@ -70,7 +70,7 @@ class EngineBackend(Backend):
         self.files = catalogue.models
         self.unavailable = dict(catalogue.problems)
         for name, found in catalogue.models.items():
-            problem = self._probed.get(found.identity)
+            problem = self._probed[found.identity].problem
             if problem:
                 self.unavailable[name] = problem
         self._unload_idle()
@@ -87,10 +87,11 @@ class EngineBackend(Backend):
         return catalogue
 
     def _info(self, found: store.ModelFile) -> ModelInfo:
-        details = {"format": "gguf", "family": "", "parameter_size": "", "quantization_level": ""}
+        details = {"format": "gguf", "family": self._probed[found.identity].arch, "parameter_size": "",
+                   "quantization_level": ""}
         model = self.loaded.get(found.name)
         if model is not None:
-            details.update(family=model.config.arch, quantization_level=model.file_type)
+            details.update(quantization_level=model.file_type)
         return ModelInfo(id=found.name, backend=self.name, identity=f"engine:{found.identity}",
                          size=found.size, created=int(found.mtime), details=details)
 

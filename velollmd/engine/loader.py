@@ -1,8 +1,8 @@
 """From a GGUF file to a running engine: probe it, load it, size its KV cache.
 
 `probe(path)` reads only the header (metadata and tensor table, mmapped) and says why a file
-cannot be served, or None: not a GGUF, truncated, an architecture or tensor type the engine
-does not run, a tokenizer or chat template it does not know. `load(path, options)` does the
+cannot be served (not a GGUF, truncated, an architecture or tensor type the engine does not
+run, a tokenizer or chat template it does not know), or else its architecture. `load(path, options)` does the
 work: matrices of model.KEPT_WEIGHTS' types (Q8_0, Q4_K, Q5_K, Q6_K, Q4_0, Q5_0, Q4_1, Q5_1) kept
 quantised (q8weight.py, q4kweight.py, q5kweight.py, q6kweight.py, legacyweight.py), the other
 weights dequantised to float32 (with each one's ggml type, so that the model rounds activations as
@@ -15,6 +15,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import psutil
@@ -66,19 +67,24 @@ class LoadedModel:
         return self.runner.kv
 
 
-def probe(path: Path, chat_template: str = "") -> str | None:
-    """Why this file cannot be served, or None. Reads the header only."""
+class Probe(NamedTuple):
+    problem: str | None                 # why the file cannot be served; None: it can
+    arch: str = ""                      # its architecture (llama, qwen2...) when it can
+
+
+def probe(path: Path, chat_template: str = "") -> Probe:
+    """Reads the header only."""
     try:
         with read_gguf(path) as gguf:
-            ModelConfig.from_metadata(gguf.metadata, gguf.tensors.keys())
+            config = ModelConfig.from_metadata(gguf.metadata, gguf.tensors.keys())
             unsupported = {info.ggml_type for info in gguf.tensors.values()} - SUPPORTED_TYPES
             if unsupported:
                 names = ", ".join(sorted(GGML_TYPE_NAMES.get(t, str(t)) for t in unsupported))
-                return f"{path}: tensor type(s) the engine cannot dequantise: {names}"
+                return Probe(f"{path}: tensor type(s) the engine cannot dequantise: {names}")
             Tokenizer.from_gguf(gguf.metadata)
     except (OSError, ValueError) as exc:
-        return f"{path}: {exc}"
-    return None
+        return Probe(f"{path}: {exc}")
+    return Probe(None, config.arch)
 
 
 def load(name: str, path: Path, options: EngineOptions, scheduler_config: SchedulerConfig) -> LoadedModel:
