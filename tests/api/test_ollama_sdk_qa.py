@@ -183,6 +183,49 @@ def test_show_and_pull_take_the_deprecated_name_field(engine):
     assert info.value.status_code == 400 and "model is required" in info.value.error
 
 
+def loaded_models(daemon) -> set[str]:
+    engine = next(b for b in daemon.app.registry.backends if b.name == "engine")
+    return set(engine.loaded)
+
+
+def test_keep_alive_zero_unloads_and_an_empty_request_loads_as_in_ollama(engine, engine_daemon):
+    assert engine.generate(model=ENGINE_MODEL, prompt="", keep_alive=0).done_reason == "unload"
+    assert ENGINE_MODEL not in loaded_models(engine_daemon)
+    assert engine.generate(model=ENGINE_MODEL, prompt="").done_reason == "load"     # preloads it
+    assert ENGINE_MODEL in loaded_models(engine_daemon)
+    assert engine.chat(model=ENGINE_MODEL, messages=[], keep_alive="0s").done_reason == "unload"
+    assert ENGINE_MODEL not in loaded_models(engine_daemon)
+    assert engine.chat(model=ENGINE_MODEL, messages=[], keep_alive="10m").done_reason == "load"
+    assert ENGINE_MODEL in loaded_models(engine_daemon)
+    with pytest.raises(ollama.ResponseError) as info:
+        engine.generate(model=ENGINE_MODEL, prompt="hi", keep_alive="5 fortnights")
+    assert info.value.status_code == 400 and "keep_alive" in info.value.error
+
+
+def test_a_requests_keep_alive_holds_the_model_that_long(engine, engine_daemon):
+    """keep_alive on a request sets how long the engine keeps the model idle (its own
+    keep_alive_s otherwise); negative keeps it for good, 0 lets it go once idle."""
+    backend = next(b for b in engine_daemon.app.registry.backends if b.name == "engine")
+    engine.generate(model=ENGINE_MODEL, prompt="hi", keep_alive=-1, options={"num_predict": 1})
+    backend.loaded[ENGINE_MODEL].last_used -= 10 ** 6                # idle for ages
+    engine_daemon.call(backend.list_models)                          # the catalogue refresh unloads the idle
+    assert ENGINE_MODEL in loaded_models(engine_daemon)
+    engine.generate(model=ENGINE_MODEL, prompt="hi", keep_alive="1h", options={"num_predict": 1})
+    backend.loaded[ENGINE_MODEL].last_used -= 3599
+    engine_daemon.call(backend.list_models)
+    assert ENGINE_MODEL in loaded_models(engine_daemon)
+    backend.loaded[ENGINE_MODEL].last_used -= 2
+    engine_daemon.call(backend.list_models)
+    assert ENGINE_MODEL not in loaded_models(engine_daemon)
+    engine.generate(model=ENGINE_MODEL, prompt="hi", keep_alive=0, options={"num_predict": 1})
+    engine_daemon.call(backend.list_models)
+    assert ENGINE_MODEL not in loaded_models(engine_daemon)
+    engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_predict": 1})   # the default again: 300 s
+    backend.loaded[ENGINE_MODEL].last_used -= 299
+    engine_daemon.call(backend.list_models)
+    assert ENGINE_MODEL in loaded_models(engine_daemon)
+
+
 def test_show_tells_the_context_a_request_gets(engine, daemon):
     """Continue and Open WebUI size prompts by `num_ctx` in `parameters` or by
     `<architecture>.context_length` in model_info; without them they guess (2,048)."""

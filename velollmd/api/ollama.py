@@ -26,6 +26,7 @@ from ..wire import wirejson
 from ..wire.chunks import merge_tool_call_fragments
 from ..wire.ollama import (
     done_reason_of,
+    keep_alive_seconds,
     now_rfc3339,
     ollama_chat_request_to_openai,
     ollama_final_fields,
@@ -99,8 +100,9 @@ class OllamaRoutes:
         if backend.native_ollama:
             return await self._admitted_passthrough(request, backend, "/api/chat", body, "chat", openai_body)
         _refuse_images(body, backend)
+        keep_alive_s = self._keep(request, backend, body)
         if not body.get("messages"):
-            return Response.json(_load_reply(body["model"], message=True))
+            return await self._load_or_unload(backend, body, keep_alive_s, message=True)
         validate_chat(openai_body)
         return await self._translated(request, "chat", openai_body, message=True)
 
@@ -114,11 +116,30 @@ class OllamaRoutes:
         _refuse_images(body, backend)
         if body.get("suffix"):
             raise BadRequest(f"model {body['model']!r} does not support insert (suffix)", param="suffix")
+        keep_alive_s = self._keep(request, backend, body)
         if not body.get("prompt") and not body.get("images"):
-            return Response.json(_load_reply(body["model"], message=False))
+            return await self._load_or_unload(backend, body, keep_alive_s, message=False)
         endpoint, openai_body = ollama_generate_request_to_openai(body)
         validate = validate_chat if endpoint == "chat" else validate_completion
         return await self._translated(request, endpoint, validate(openai_body), message=False)
+
+    def _keep(self, request: Request, backend: Backend, body: dict) -> float | None:
+        """The request's keep_alive (seconds), passed to the backend for its model."""
+        self.access.check_model(self.access.key_name_of(request), body["model"])
+        try:
+            keep_alive_s = keep_alive_seconds(body.get("keep_alive"))
+        except ValueError as exc:
+            raise BadRequest(str(exc), param="keep_alive") from None
+        backend.keep_model(self.registry.resolve(body["model"]), keep_alive_s)
+        return keep_alive_s
+
+    async def _load_or_unload(self, backend: Backend, body: dict, keep_alive_s: float | None,
+                              message: bool) -> Response:
+        """Nothing to generate: Ollama loads the model, or with keep_alive 0 unloads it."""
+        if keep_alive_s == 0:
+            return Response.json(_load_reply(body["model"], message, done_reason="unload"))
+        await backend.load_model(self.registry.resolve(body["model"]))
+        return Response.json(_load_reply(body["model"], message))
 
     async def _passthrough(self, backend: Backend, path: str, body: dict) -> Response:
         self.access.refuse_if_draining()
@@ -374,11 +395,11 @@ def _tag_entry(info) -> dict:
             "digest": digest, "details": _details(info)}
 
 
-def _load_reply(model: str, message: bool) -> dict:
+def _load_reply(model: str, message: bool, done_reason: str = "load") -> dict:
     """Ollama's answer to a request with nothing to generate (no prompt, no messages): the
-    model is ready."""
+    model is ready ("load"), or gone ("unload")."""
     text = {"message": {"role": "assistant", "content": ""}} if message else {"response": ""}
-    return {"model": model, "created_at": now_rfc3339(), **text, "done": True, "done_reason": "load"}
+    return {"model": model, "created_at": now_rfc3339(), **text, "done": True, "done_reason": done_reason}
 
 
 def _reply_from_openai(answer: dict, model: str, started: int, message: bool) -> dict:

@@ -91,6 +91,14 @@ class Backend:
         """Whether its model takes image input; None when unknown (the server decides)."""
         return None
 
+    def keep_model(self, model: str, keep_alive_s: float | None) -> None:
+        """Keep `model` loaded this long after its last use (Ollama's keep_alive: math.inf for
+        good, 0 to unload once idle, None for the backend's default). Only a backend that loads
+        models itself takes it; servers such as llama-server keep theirs."""
+
+    async def load_model(self, model: str) -> None:
+        """Load `model` now (a client warming it up) where the backend loads models itself."""
+
     def status(self) -> dict:
         return {"name": self.name, "kind": self.kind, "url": self.config.url,
                 "healthy": self.healthy, "error": self.last_error or None,

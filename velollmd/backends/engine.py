@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import threading
 import time
 from typing import Any, AsyncIterator, Callable
@@ -55,6 +56,7 @@ class EngineBackend(Backend):
         self.files: dict[str, store.ModelFile] = {}
         self.unavailable: dict[str, str] = {}          # name -> why it cannot be served
         self._probed: dict[str, loader.Probe] = {}      # file identity -> its problem or architecture
+        self._keep_alive_s: dict[str, float] = {}       # name -> seconds kept idle, as a client asked
         self.loaded: dict[str, LoadedModel] = {}        # in least recently used order
         self._loading: dict[str, asyncio.Future] = {}
         self._next_id = 0
@@ -156,13 +158,27 @@ class EngineBackend(Backend):
                 return
             self._unload(name)
 
-    def _unload_idle(self) -> None:
-        keep_alive_s = self.config.keep_alive_s
-        if not keep_alive_s:
+    def keep_model(self, model: str, keep_alive_s: float | None) -> None:
+        if model not in self.files:
             return
+        if keep_alive_s is None:
+            self._keep_alive_s.pop(model, None)
+        else:
+            self._keep_alive_s[model] = keep_alive_s
+        if keep_alive_s == 0:
+            self._unload_idle()
+
+    async def load_model(self, model: str) -> None:
+        await self.model(model)
+
+    def _unload_idle(self) -> None:
+        """Unload the models idle longer than their keep-alive (a client's, else keep_alive_s;
+        0 there means for good)."""
+        default_s = self.config.keep_alive_s or math.inf
         now = time.monotonic()
         for name, model in list(self.loaded.items()):
-            if not model.runner.num_requests and now - model.last_used > keep_alive_s:
+            keep_alive_s = self._keep_alive_s.get(name, default_s)
+            if not model.runner.num_requests and now - model.last_used >= keep_alive_s:
                 self._unload(name)
 
     def _unload(self, name: str) -> None:

@@ -9,6 +9,8 @@ parameters live in `options`, and streams are NDJSON ending with a `done: true` 
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from datetime import datetime, timezone
 
@@ -44,6 +46,38 @@ def ollama_format(tools: list[dict], tool_choice) -> dict | None:
     if not options:
         return None
     return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+DURATION_RE = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
+DURATION_UNITS_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def keep_alive_seconds(value) -> float | None:
+    """Ollama's `keep_alive` in seconds: a number of seconds or a Go duration ("5m", "1h30m",
+    "300ms"; a plain number string counts as seconds); negative keeps the model for good
+    (math.inf); None (absent or null) is the server's default. ValueError for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"invalid keep_alive {value!r}: expected a duration such as \"5m\" or seconds")
+    if isinstance(value, str):
+        value = _duration_s(value.strip())
+    if not math.isfinite(value):
+        raise ValueError(f"invalid keep_alive {value!r}")
+    return math.inf if value < 0 else float(value)
+
+
+def _duration_s(text: str) -> float:
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    try:
+        return sign * float(body)                     # "300": seconds
+    except ValueError:
+        pass
+    pieces = DURATION_RE.findall(body)
+    if not body or "".join(number + unit for number, unit in pieces) != body:
+        raise ValueError(f"invalid keep_alive {text!r}: expected a duration such as \"5m\" or seconds")
+    return sign * sum(float(number) * DURATION_UNITS_S[unit] for number, unit in pieces)
 
 
 def now_rfc3339() -> str:
