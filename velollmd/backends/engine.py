@@ -25,7 +25,7 @@ from ..config import BackendConfig, SchedulerConfig
 from ..engine import loader, store
 from ..engine.device import choose_device
 from ..engine.loader import EngineOptions, LoadedModel
-from ..engine.prompt import chat_prompt
+from ..engine.prompt import chat_prompt, enable_thinking_of
 from ..engine.runner import Event
 from ..engine.sampling import SamplingParamError, SamplingParams
 from ..errors import BadRequest, NotFound, Unavailable, VeloError
@@ -273,7 +273,7 @@ class EngineBackend(Backend):
                              "entry, or use /v1/completions", param="messages", code="unknown_chat_template")
         try:
             text = chat_prompt(model.template, model.tokenizer, body["messages"],
-                               tools=body.get("tools") or None)
+                               tools=body.get("tools") or None, enable_thinking=enable_thinking_of(body))
         except ValueError as exc:
             raise BadRequest(f"cannot render the chat template: {exc}", param="messages") from None
         return model.tokenizer.encode(text, add_special=True, parse_special=True)

@@ -17,11 +17,14 @@ from .tokenizer import Tokenizer
 
 
 def chat_prompt(template: ChatTemplate, tokenizer: Tokenizer, messages: list[dict], *,
-                tools: list[dict] | None = None, add_generation_prompt: bool = True) -> str:
-    """The prompt text for OpenAI-shaped messages; TemplateError (a ValueError) for bad ones."""
+                tools: list[dict] | None = None, add_generation_prompt: bool = True,
+                enable_thinking: bool | None = None) -> str:
+    """The prompt text for OpenAI-shaped messages; TemplateError (a ValueError) for bad ones.
+    `enable_thinking` False asks a template that thinks (Qwen3) to answer without it."""
     bos, eos = special_text(tokenizer, tokenizer.bos_id), special_text(tokenizer, tokenizer.eos_id)
     text = template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                           bos_token=bos, eos_token=eos, date_string=time.strftime("%d %b %Y"))
+                           bos_token=bos, eos_token=eos, date_string=time.strftime("%d %b %Y"),
+                           enable_thinking=enable_thinking)
     if tokenizer.add_bos and bos and text.startswith(bos):
         text = text[len(bos):]
     if tokenizer.add_eos and eos and text.endswith(eos):
@@ -34,3 +37,11 @@ def special_text(tokenizer: Tokenizer, token_id: int | None) -> str:
     if token_id is None:
         return ""
     return tokenizer.token_bytes(token_id).decode("utf-8", "replace")
+
+
+def enable_thinking_of(body: dict) -> bool | None:
+    """`chat_template_kwargs.enable_thinking` of an OpenAI request (vLLM's and llama-server's
+    switch; an Ollama request's `think` arrives as it), None when not given."""
+    kwargs = body.get("chat_template_kwargs")
+    value = kwargs.get("enable_thinking") if isinstance(kwargs, dict) else None
+    return value if isinstance(value, bool) else None

@@ -99,6 +99,9 @@ def openai_to_ollama_chat(body: dict, num_ctx: int = 0) -> dict:
     for passthrough in ("keep_alive", "think"):
         if passthrough in body:
             out[passthrough] = body[passthrough]
+    kwargs = body.get("chat_template_kwargs")
+    if "think" not in out and isinstance(kwargs, dict) and isinstance(kwargs.get("enable_thinking"), bool):
+        out["think"] = kwargs["enable_thinking"]
     return out
 
 
@@ -274,8 +277,15 @@ def ollama_chat_request_to_openai(body: dict) -> dict:
     if body.get("tools"):
         out["tools"] = body["tools"]
     _options_from_ollama(body, out)
-    out.update(_chat_logprobs(body))
+    out.update(_chat_logprobs(body), **_thinking_switch(body))
     return out
+
+
+def _thinking_switch(body: dict) -> dict:
+    """Ollama's `think: true|false` as the chat template switch that vLLM, llama-server and the
+    engine read (`chat_template_kwargs.enable_thinking`); a level ("high") is gpt-oss's, left out."""
+    think = body.get("think")
+    return {"chat_template_kwargs": {"enable_thinking": think}} if isinstance(think, bool) else {}
 
 
 def _chat_logprobs(body: dict) -> dict:
@@ -293,7 +303,7 @@ def ollama_generate_request_to_openai(body: dict) -> tuple[str, dict]:
     if body.get("raw"):            # completions' logprobs counts alternatives; 0 gives none from llama-server
         logprobs = {"logprobs": body.get("top_logprobs") or 1} if body.get("logprobs") else {}
         return "completion", {**base, **logprobs, "prompt": body.get("prompt", "")}
-    base.update(_chat_logprobs(body))
+    base.update(_chat_logprobs(body), **_thinking_switch(body))
     messages = [{"role": "system", "content": body["system"]}] if body.get("system") else []
     user = {"role": "user", "content": body.get("prompt", "")}
     if body.get("images"):

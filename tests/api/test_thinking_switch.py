@@ -1,0 +1,55 @@
+"""Turning a model's thinking off: Ollama's `think: false` and the OpenAI-side switch that vLLM
+and llama-server read (`chat_template_kwargs: {"enable_thinking": false}`) reach whatever
+serves the model: the engine renders Qwen3's empty think block, an Ollama backend gets
+`think`, llama-server gets the switch. A real daemon, the engine on a GGUF with Qwen3's real
+chat template, the Ollama emulator."""
+from pathlib import Path
+
+import ollama
+import openai
+import pytest
+
+from tests.daemon_rig import RunningDaemon, ollama_backend
+from tests.engine.weights import write_random_gguf
+
+QWEN3 = (Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates" / "Qwen-Qwen3-0.6B.jinja").read_text()
+MODEL = "tiny-qwen3"
+HI = [{"role": "user", "content": "hi"}]
+OFF = {"chat_template_kwargs": {"enable_thinking": False}}
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("thinking")
+    write_random_gguf(folder / f"{MODEL}.gguf", "qwen3", vocab="bpe:qwen2", chat_template=QWEN3)
+    table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(folder), "ollama_store": False,
+                           "models": [MODEL], "num_ctx": 256}], "cache": {"enabled": False}}
+    with RunningDaemon(table) as running:
+        yield running
+
+
+def prompt_tokens(daemon, **extra) -> int:
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="unused", max_retries=0)
+    return client.chat.completions.create(model=MODEL, messages=HI, max_tokens=1, **extra).usage.prompt_tokens
+
+
+def test_the_engine_answers_without_thinking_when_asked(daemon):
+    thinking = prompt_tokens(daemon)
+    not_thinking = prompt_tokens(daemon, extra_body=OFF)
+    assert not_thinking > thinking                    # "<think>\n\n</think>\n\n" opens the answer
+    assert prompt_tokens(daemon, extra_body={"chat_template_kwargs": {"enable_thinking": True}}) == thinking
+    native = ollama.Client(host=daemon.url)
+    assert native.chat(model=MODEL, messages=HI, think=False, options={"num_predict": 1}).prompt_eval_count \
+        == not_thinking
+    assert native.generate(model=MODEL, prompt="hi", think=False, options={"num_predict": 1}).prompt_eval_count \
+        == not_thinking
+    assert native.chat(model=MODEL, messages=HI, options={"num_predict": 1}).prompt_eval_count == thinking
+
+
+def test_an_ollama_backend_gets_think_from_the_openai_switch(daemon_factory, ollama_emulator):
+    proxy = daemon_factory({"backends": [ollama_backend(ollama_emulator)]})
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0)
+    client.chat.completions.create(model="llama3.2:latest", messages=HI, extra_body=OFF)
+    assert ollama_emulator.last_request("/api/chat")["think"] is False
+    client.chat.completions.create(model="llama3.2:latest", messages=HI)
+    assert "think" not in ollama_emulator.last_request("/api/chat")
