@@ -35,3 +35,11 @@ def test_count_tokens_is_exact_on_the_engine(client):
     assert raw.headers["x-velollm-token-count"] == "exact"
     served = client.messages.create(max_tokens=2, **args).usage
     assert raw.parse().input_tokens == served.input_tokens + served.cache_read_input_tokens > 0
+
+
+def test_count_tokens_for_an_unknown_model_is_not_found(client):
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.messages.count_tokens(model="no-such-model", messages=HI)
+    assert caught.value.body["type"] == "error" and caught.value.body["error"]["type"] == "not_found_error"
+    with pytest.raises(anthropic.NotFoundError):              # as /v1/messages says for the same name
+        client.messages.create(model="no-such-model", max_tokens=2, messages=HI)

@@ -19,7 +19,7 @@ from typing import AsyncIterator
 from ..backends.registry import Registry
 from ..core.pipeline import Pipeline
 from ..core.service import Service
-from ..errors import BadRequest, VeloError
+from ..errors import BadRequest, NotFound, VeloError
 from ..http.message import JSON_TYPE, Request, Response
 from ..http.sse import SSE_HEADERS, named_event
 from ..sched.fingerprint import CHARS_PER_TOKEN, fingerprint_of
@@ -99,6 +99,8 @@ class AnthropicRoutes:
         for backend in self.registry.candidates(chat["model"]):
             try:
                 count = await backend.count_prompt_tokens(chat)
+            except NotFound:                    # the model itself: a 404, as /v1/messages answers
+                raise
             except VeloError as exc:
                 log.info("count_tokens fell back to an estimate",
                          extra={"fields": {"backend": backend.name, "error": exc.message}})
