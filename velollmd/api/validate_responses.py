@@ -16,10 +16,12 @@ UNSUPPORTED = {"background": "background responses are not supported by this ser
 MAX_METADATA_KEYS = 16
 
 
-def validate_responses(body: dict) -> dict:
+def validate_responses(body: dict, *, count_only: bool = False) -> dict:
+    """A POST /v1/responses body (`count_only`: of /v1/responses/input_tokens, where `input`
+    may be left out)."""
     if not isinstance(body.get("model"), str) or not body["model"]:
         _fail("model", "a non-empty string is required")
-    if "input" not in body or body["input"] is None:
+    if body.get("input") is None and not count_only:
         _fail("input", "is required")
     for name, why in UNSUPPORTED.items():
         if body.get(name):
