@@ -29,6 +29,7 @@ def validate_responses(body: dict, *, count_only: bool = False) -> dict:
     for name in ("temperature", "top_p"):
         _check_type(body, name, NUMBER, "a number")
     _check_type(body, "max_output_tokens", int, "an integer")
+    _check_type(body, "top_logprobs", int, "an integer")
     for name in ("stream", "store", "parallel_tool_calls"):
         _check_type(body, name, bool, "a boolean")
     for name in ("instructions", "previous_response_id", "user"):
@@ -39,6 +40,7 @@ def validate_responses(body: dict, *, count_only: bool = False) -> dict:
     _check_range(body, "temperature", 0, 2)
     _check_range(body, "top_p", 0, 1)
     _check_range(body, "max_output_tokens", 1, 1 << 30)
+    _check_range(body, "top_logprobs", 0, 20)
     _check_metadata(body.get("metadata"))
     return body
 
