@@ -309,6 +309,8 @@ def test_llama_input_tokens_are_counted_exactly(llama_client):
     assert counted.input_tokens == served.usage.input_tokens
     follow = llama_client.responses.input_tokens.count(model="tiny", input="More.", previous_response_id=served.id)
     assert follow.input_tokens > llama_client.responses.input_tokens.count(model="tiny", input="More.").input_tokens
+    history = llama_client.responses.input_tokens.count(model="tiny", previous_response_id=served.id)
+    assert 0 < history.input_tokens < follow.input_tokens
 
 
 def test_input_tokens_estimated_where_the_backend_cannot_count(client):
@@ -320,6 +322,9 @@ def test_input_tokens_estimated_where_the_backend_cannot_count(client):
         client.responses.input_tokens.count(model=MODEL, input="x", previous_response_id="resp_nope")
     with pytest.raises(openai.BadRequestError):
         client.responses.input_tokens.count(input="x")
+    with pytest.raises(openai.BadRequestError) as error:
+        client.responses.input_tokens.count(model=MODEL)
+    assert error.value.body["param"] == "input"
 
 
 def test_only_background_responses_can_be_cancelled(client, ollama_emulator):

@@ -18,10 +18,10 @@ MAX_METADATA_KEYS = 16
 
 def validate_responses(body: dict, *, count_only: bool = False) -> dict:
     """A POST /v1/responses body (`count_only`: of /v1/responses/input_tokens, where `input`
-    may be left out)."""
+    may be left out when `previous_response_id` names the turns to count)."""
     if not isinstance(body.get("model"), str) or not body["model"]:
         _fail("model", "a non-empty string is required")
-    if body.get("input") is None and not count_only:
+    if body.get("input") is None and not (count_only and body.get("previous_response_id")):
         _fail("input", "is required")
     for name, why in UNSUPPORTED.items():
         if body.get(name):
