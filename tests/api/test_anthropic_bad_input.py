@@ -82,6 +82,10 @@ MALFORMED = [   # (name, body or raw bytes, expected status)
     ("tool_choice unknown type", with_(tools=[TOOL], tool_choice={"type": "required"}), 400),
     ("tool_choice names a missing tool", with_(tools=[TOOL], tool_choice={"type": "tool", "name": "g"}), 400),
     ("tool_choice tool without name", with_(tools=[TOOL], tool_choice={"type": "tool"}), 400),
+    ("output_config a list", with_(output_config=[]), 400),
+    ("output_config.format not json_schema", with_(output_config={"format": {"type": "json_object"}}), 400),
+    ("output_config.format without schema", with_(output_config={"format": {"type": "json_schema"}}), 400),
+    ("output_format schema a string", with_(output_format={"type": "json_schema", "schema": "x"}), 400),
 ]
 
 

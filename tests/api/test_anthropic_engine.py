@@ -35,3 +35,27 @@ def test_count_tokens_is_exact_on_the_engine(client):
     assert raw.headers["x-velollm-token-count"] == "exact"
     served = client.messages.create(max_tokens=2, **args).usage
     assert raw.parse().input_tokens == served.input_tokens + served.cache_read_input_tokens > 0
+
+
+def test_count_tokens_for_an_unknown_model_is_not_found(client):
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.messages.count_tokens(model="no-such-model", messages=HI)
+    assert caught.value.body["type"] == "error" and caught.value.body["error"]["type"] == "not_found_error"
+    with pytest.raises(anthropic.NotFoundError):              # as /v1/messages says for the same name
+        client.messages.create(model="no-such-model", max_tokens=2, messages=HI)
+
+
+def test_a_stop_sequence_is_named_whole_and_streamed(client):
+    greedy = dict(model=MODEL, max_tokens=16, messages=HI, extra_body={"temperature": 0})
+    full = client.messages.create(**greedy).content[0].text
+    stop = full[len(full) // 2:len(full) // 2 + 3]
+    start = full.index(stop)                              # its first occurrence ends the text
+    assert start > 0, full
+    message = client.messages.create(**greedy, stop_sequences=["never-there", stop])
+    assert (message.stop_reason, message.stop_sequence, message.content[0].text) == ("stop_sequence", stop,
+                                                                                        full[:start])
+    with client.messages.stream(**greedy, stop_sequences=[stop]) as stream:
+        streamed = stream.get_final_message()
+    assert (streamed.stop_reason, streamed.stop_sequence) == ("stop_sequence", stop)
+    unmatched = client.messages.create(**{**greedy, "max_tokens": 2}, stop_sequences=["never-there"])
+    assert (unmatched.stop_reason, unmatched.stop_sequence) == ("max_tokens", None)

@@ -2,7 +2,10 @@
 model), driven by the official `anthropic` SDK: text, streams, stop sequences, exact
 count_tokens, prompt-cache usage, and a real tool call (forced by a server-wide logit bias on
 `<tool_call>`) answered with a tool_result."""
+import json
+
 import anthropic
+import pydantic
 import pytest
 
 from tests.daemon_rig import llama_backend
@@ -103,3 +106,23 @@ def test_real_tool_call_round_trip(tool_daemon):
                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "12 C, rain"}]}]
     answer = client.messages.create(model="tiny", max_tokens=8, tools=[WEATHER], messages=history)
     assert answer.stop_reason == "max_tokens" and text_of(answer)
+
+
+def test_output_config_format_is_enforced_by_llama_server(client):
+    class Verdict(pydantic.BaseModel):
+        ok: bool
+
+    parsed = client.messages.parse(model="tiny", max_tokens=40, messages=HI, output_format=Verdict)
+    assert parsed.stop_reason == "end_turn" and isinstance(parsed.parsed_output, Verdict)
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}
+    with client.messages.stream(model="tiny", max_tokens=40, messages=HI,
+                                output_config={"format": {"type": "json_schema", "schema": schema}}) as stream:
+        streamed = stream.get_final_message()
+    assert isinstance(json.loads(text_of(streamed))["n"], int)
+    beta = client.messages.create(model="tiny", max_tokens=40, messages=HI,     # the beta's top-level field
+                                  extra_body={"output_format": {"type": "json_schema", "schema": schema}})
+    assert isinstance(json.loads(text_of(beta))["n"], int)
+    free = client.messages.create(model="tiny", max_tokens=40, messages=HI)
+    with pytest.raises(ValueError):                           # without the schema: the tiny model's noise
+        json.loads(text_of(free))

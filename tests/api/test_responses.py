@@ -298,3 +298,39 @@ def test_a_model_alias_serves_responses_under_the_clients_name(daemon_factory, o
     response = client_for(daemon).responses.create(model="gpt-5-codex", input="x")
     assert response.model == "gpt-5-codex" and response.output_text == "Aliased."
     assert ollama_emulator.last_request("/api/chat")["model"] == MODEL
+
+
+def test_llama_input_tokens_are_counted_exactly(llama_client):
+    args = dict(model="tiny", input="Say something.", instructions="Be terse.", tools=[WEATHER])
+    raw = llama_client.responses.input_tokens.with_raw_response.count(**args)
+    counted = raw.parse()
+    assert raw.headers["x-velollm-token-count"] == "exact" and counted.object == "response.input_tokens"
+    served = llama_client.responses.create(max_output_tokens=3, **args)
+    assert counted.input_tokens == served.usage.input_tokens
+    follow = llama_client.responses.input_tokens.count(model="tiny", input="More.", previous_response_id=served.id)
+    assert follow.input_tokens > llama_client.responses.input_tokens.count(model="tiny", input="More.").input_tokens
+    history = llama_client.responses.input_tokens.count(model="tiny", previous_response_id=served.id)
+    assert 0 < history.input_tokens < follow.input_tokens
+
+
+def test_input_tokens_estimated_where_the_backend_cannot_count(client):
+    raw = client.responses.input_tokens.with_raw_response.count(model=MODEL, input="Hello there, how are you?")
+    assert raw.headers["x-velollm-token-count"] == "estimate" and raw.parse().input_tokens > 0
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_tokens.count(model="no-such-model", input="x")
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_tokens.count(model=MODEL, input="x", previous_response_id="resp_nope")
+    with pytest.raises(openai.BadRequestError):
+        client.responses.input_tokens.count(input="x")
+    with pytest.raises(openai.BadRequestError) as error:
+        client.responses.input_tokens.count(model=MODEL)
+    assert error.value.body["param"] == "input"
+
+
+def test_only_background_responses_can_be_cancelled(client, ollama_emulator):
+    response = client.responses.create(model=MODEL, input="x")
+    with pytest.raises(openai.BadRequestError) as error:
+        client.responses.cancel(response.id)
+    assert "background" in error.value.body["message"]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.cancel("resp_nope")

@@ -105,6 +105,8 @@ BAD = [
     ({"model": "tiny", "input": "x", "truncation": "middle"}, 400, "truncation"),
     ({"model": "tiny", "input": "x", "previous_response_id": "resp_missing"}, 404, "previous_response_id"),
     ({"model": "nope", "input": "x"}, 404, None),
+    ({"model": "tiny", "input": "x", "top_logprobs": 21}, 400, "top_logprobs"),
+    ({"model": "tiny", "input": "x", "top_logprobs": True}, 400, "top_logprobs"),
 ]
 
 
@@ -123,7 +125,8 @@ def test_malformed_bodies_are_4xx_in_openai_shape(loop, body, status, param):
 @pytest.mark.parametrize("method,path,status", [
     ("GET", "/v1/responses/resp_none", 404), ("DELETE", "/v1/responses/resp_none", 404),
     ("GET", "/v1/responses/resp_none?stream=true", 400),
-    ("PUT", "/v1/responses", 405), ("GET", "/v1/responses", 405)])
+    ("PUT", "/v1/responses", 405), ("GET", "/v1/responses", 405),
+    ("POST", "/v1/responses/resp_none/cancel", 404), ("POST", "/v1/responses/input_tokens", 400)])
 def test_unknown_ids_and_methods(loop, method, path, status):
     got, answer = call(loop, b"", method=method, path=path)
     assert got == status and set(json.loads(answer)["error"]) == {"message", "type", "param", "code"}

@@ -11,7 +11,6 @@ a request that carries `anthropic-version`.
 """
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime, timezone
 from typing import AsyncIterator
@@ -22,20 +21,18 @@ from ..core.service import Service
 from ..errors import BadRequest, VeloError
 from ..http.message import JSON_TYPE, Request, Response
 from ..http.sse import SSE_HEADERS, named_event
-from ..sched.fingerprint import CHARS_PER_TOKEN, fingerprint_of
 from ..wire import wirejson
 from ..wire.anthropic import anthropic_to_chat
 from ..wire.anthropic_reply import MessageEvents, chat_to_message, error_body
-from ..wire.request import GenerateRequest
 from ..wire.streams import closing
 from .access import Access
 from .anthropic_validate import check_messages_request
 from .openai import OpenAIRoutes
+from .token_count import TOKEN_COUNT_HEADER, count_prompt_tokens, estimate_tokens
 from .validate import validate_chat
 
 log = logging.getLogger("velollmd.api.anthropic")
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
-TOKEN_COUNT_HEADER = "x-velollm-token-count"        # "exact" (the backend's tokenizer) or "estimate"
 MAX_PAGE = 1000
 
 
@@ -96,17 +93,8 @@ class AnthropicRoutes:
         chat = validate_chat(anthropic_to_chat(body))
         self.access.check_model(self.access.key_name_of(request), chat["model"])   # a key's model globs
         chat["model"] = self.registry.resolve(chat["model"])          # an alias counts as its model
-        for backend in self.registry.candidates(chat["model"]):
-            try:
-                count = await backend.count_prompt_tokens(chat)
-            except VeloError as exc:
-                log.info("count_tokens fell back to an estimate",
-                         extra={"fields": {"backend": backend.name, "error": exc.message}})
-                continue
-            if count is not None:
-                return Response.json({"input_tokens": count}, headers=[(TOKEN_COUNT_HEADER, "exact")])
-        count = estimate_tokens(GenerateRequest("chat", chat))
-        return Response.json({"input_tokens": count}, headers=[(TOKEN_COUNT_HEADER, "estimate")])
+        count, how = await count_prompt_tokens(self.registry, chat)
+        return Response.json({"input_tokens": count}, headers=[(TOKEN_COUNT_HEADER, how)])
 
     @anthropic_route
     async def list_models(self, request: Request) -> Response:
@@ -149,13 +137,6 @@ def _page(models: list[dict], params: dict[str, str]) -> tuple[list[dict], bool]
     if "after_id" in params and params["after_id"] not in ids:
         start = len(ids)
     return models[start:start + limit], start + limit < len(models)
-
-
-def estimate_tokens(request: GenerateRequest) -> int:
-    """The prompt's tokens as the router estimates them, plus the tool definitions."""
-    tools = request.body.get("tools")
-    extra = len(json.dumps(tools)) // CHARS_PER_TOKEN if tools else 0
-    return fingerprint_of(request).total_tokens + extra
 
 
 async def event_frames(events: MessageEvents, chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:

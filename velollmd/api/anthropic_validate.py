@@ -53,8 +53,10 @@ def check_messages_request(body: dict, *, count_only: bool = False) -> dict:
     _expect(body, "top_k", int, "an integer", "")
     _range(body, "top_k", 0, 1 << 20)
     _expect(body, "stream", bool, "a boolean", "")
-    for name in ("metadata", "thinking"):
+    for name in ("metadata", "thinking", "output_config"):
         _expect(body, name, dict, "an object", "")
+    _check_output_format((body.get("output_config") or {}).get("format"), "output_config.format")
+    _check_output_format(body.get("output_format"), "output_format")
     _check_stop_sequences(body.get("stop_sequences"))
     _check_system(body.get("system"))
     _check_messages(body.get("messages"))
@@ -68,6 +70,16 @@ def _check_stop_sequences(stop) -> None:
         return
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         _fail("stop_sequences", "expected an array of non-empty strings")
+
+
+def _check_output_format(fmt, path: str) -> None:
+    """Structured outputs: {"type": "json_schema", "schema": {...}} (GA: output_config.format;
+    the beta's top-level output_format)."""
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        _fail(f"{path}.type", "expected 'json_schema'")
+    _expect(fmt, "schema", dict, "a JSON Schema object", f"{path}.", required=True)
 
 
 def _check_system(system) -> None:

@@ -1,6 +1,9 @@
 """The OpenAI Responses API: POST /v1/responses, GET and DELETE /v1/responses/{id},
 GET /v1/responses/{id}/input_items.
 
+POST /v1/responses/input_tokens counts a request's prompt; POST /v1/responses/{id}/cancel
+answers that only background responses (which this server does not run) can be cancelled.
+
 A translation layer, as the Ollama dialect is: the request becomes an internal chat body
 (wire/responses_input.py) and goes through the same pipeline as /v1/chat/completions (cache,
 single-flight, scheduling, the tool-call layer that repairs broken calls); the chat answer or
@@ -35,6 +38,7 @@ from ..wire.responses_stream import ResponseEvents
 from ..wire.streams import closing
 from .access import Access
 from .response_store import ResponseStore
+from .token_count import TOKEN_COUNT_HEADER, count_prompt_tokens
 from .validate import validate_chat
 from .validate_responses import validate_responses
 
@@ -59,6 +63,8 @@ class ResponsesRoutes:
 
     def register(self, router) -> None:
         router.add("POST", "/v1/responses", self.create)
+        router.add("POST", "/v1/responses/input_tokens", self.input_tokens)
+        router.add("POST", "/v1/responses/{response_id}/cancel", self.cancel)
         # before /v1/responses/{response_id}: a path parameter matches slashes, the first pattern wins
         router.add("GET", "/v1/responses/{response_id}/input_items", self.list_input_items)
         router.add("GET", "/v1/responses/{response_id}", self.retrieve)
@@ -67,14 +73,9 @@ class ResponsesRoutes:
     async def create(self, request: Request) -> Response:
         key = self.access.key_of(request)
         body = validate_responses(request.json())
-        history = self._history(body.get("previous_response_id"), key)
-        items = resolve_references(input_items(body["input"]), lambda item: self.store.find_item(item, key))
-        messages = instructions_message(body.get("instructions"))
-        items_to_messages(history, "previous_response_id", messages)
-        chat = validate_chat(chat_body(body, items_to_messages(items, "input", messages)))
+        chat, stored = self._chat_of(body, key)
         outcome = await self.pipeline.generate(self.access.generate_request(request, "chat", chat, key=key))
         draft = ResponseDraft(stored_response_id(), body)
-        stored = history + [stored_item(item) for item in items]
         keep = self._keeper(key, stored) if body.get("store", True) else _forget
         headers = list(outcome.headers.items())
         dropped = dropped_tool_types(body.get("tools"))
@@ -86,6 +87,21 @@ class ResponsesRoutes:
             return Response.json(response, headers=headers)
         return Response(200, [*SSE_HEADERS, *headers], stream=self._events(outcome.chunks, draft, keep),
                         idle_ping=PING, idle_ping_s=self.sse_ping_s)
+
+    async def input_tokens(self, request: Request) -> Response:
+        """The prompt tokens a request with this body would have (previous turns included)."""
+        key = self.access.key_of(request)
+        chat, _ = self._chat_of(validate_responses(request.json(), count_only=True), key)
+        self.access.check_model(self.access.key_name_of(request, key), chat["model"])   # a key's model globs
+        chat["model"] = self.pipeline.registry.resolve(chat["model"])    # an alias counts as its model
+        count, how = await count_prompt_tokens(self.pipeline.registry, chat)
+        return Response.json({"object": "response.input_tokens", "input_tokens": count},
+                             headers=[(TOKEN_COUNT_HEADER, how)])
+
+    async def cancel(self, request: Request, response_id: str) -> Response:
+        self._record(response_id, self.access.key_of(request))          # an unknown id: 404
+        raise BadRequest("Only responses created with background=true can be cancelled, and this server "
+                         "does not run background responses", param="response_id")
 
     async def retrieve(self, request: Request, response_id: str) -> Response:
         if request.query_params().get("stream") in ("true", "1"):
@@ -109,6 +125,18 @@ class ResponsesRoutes:
             raise BadRequest("Invalid 'limit': must be an integer between 1 and 100", param="limit")
         page = item_page(record["input"], order=order, after=params.get("after"), limit=int(limit))
         return Response.json(page)
+
+    def _chat_of(self, body: dict, key: str) -> tuple[dict, list[dict]]:
+        """The chat body for a validated Responses body, and the input items a stored
+        response keeps (the earlier turns' first)."""
+        history = self._history(body.get("previous_response_id"), key)
+        raw = body.get("input")
+        items = [] if raw is None else resolve_references(input_items(raw),
+                                                          lambda item: self.store.find_item(item, key))
+        messages = instructions_message(body.get("instructions"))
+        items_to_messages(history, "previous_response_id", messages)
+        chat = validate_chat(chat_body(body, items_to_messages(items, "input", messages)))
+        return chat, history + [stored_item(item) for item in items]
 
     # -- the store -----------------------------------------------------------------------
 

@@ -16,10 +16,12 @@ UNSUPPORTED = {"background": "background responses are not supported by this ser
 MAX_METADATA_KEYS = 16
 
 
-def validate_responses(body: dict) -> dict:
+def validate_responses(body: dict, *, count_only: bool = False) -> dict:
+    """A POST /v1/responses body (`count_only`: of /v1/responses/input_tokens, where `input`
+    may be left out when `previous_response_id` names the turns to count)."""
     if not isinstance(body.get("model"), str) or not body["model"]:
         _fail("model", "a non-empty string is required")
-    if "input" not in body or body["input"] is None:
+    if body.get("input") is None and not (count_only and body.get("previous_response_id")):
         _fail("input", "is required")
     for name, why in UNSUPPORTED.items():
         if body.get(name):
@@ -27,6 +29,7 @@ def validate_responses(body: dict) -> dict:
     for name in ("temperature", "top_p"):
         _check_type(body, name, NUMBER, "a number")
     _check_type(body, "max_output_tokens", int, "an integer")
+    _check_type(body, "top_logprobs", int, "an integer")
     for name in ("stream", "store", "parallel_tool_calls"):
         _check_type(body, name, bool, "a boolean")
     for name in ("instructions", "previous_response_id", "user"):
@@ -37,6 +40,7 @@ def validate_responses(body: dict) -> dict:
     _check_range(body, "temperature", 0, 2)
     _check_range(body, "top_p", 0, 1)
     _check_range(body, "max_output_tokens", 1, 1 << 30)
+    _check_range(body, "top_logprobs", 0, 20)
     _check_metadata(body.get("metadata"))
     return body
 

@@ -28,6 +28,7 @@ class AnswerBuilder:
         self.created = int(time.time())
         self.texts = [""] * n
         self.finish = [None] * n
+        self.stop_strings: list[str | None] = [None] * n    # vLLM's choice.stop_reason (wire/stopword.py)
         self.logprobs: list[list] = [[] for _ in range(n)]
         self.num_output = [0] * n
         self.num_prompt = self.num_cached = 0
@@ -47,7 +48,7 @@ class AnswerBuilder:
         self.num_output[index] = event.num_output_tokens
         self.num_prompt, self.num_cached = event.num_prompt_tokens, event.num_cached_tokens
         if event.finish_reason is not None:
-            self.finish[index] = event.finish_reason
+            self.finish[index], self.stop_strings[index] = event.finish_reason, event.stop_string
         if self.first_token_at is None and event.token_ids:
             self.first_token_at = time.monotonic()
 
@@ -64,8 +65,9 @@ class AnswerBuilder:
             body = {"message": {"role": "assistant", "content": self.texts[index]}}
         else:
             body = {"text": self.texts[index]}
-        return {"index": index, **body, "logprobs": self._logprobs(self.logprobs[index]),
-                "finish_reason": self.finish[index] or "stop"}
+        choice = {"index": index, **body, "logprobs": self._logprobs(self.logprobs[index]),
+                  "finish_reason": self.finish[index] or "stop"}
+        return self._with_stop_string(index, choice)
 
     # ---- a stream ----
 
@@ -83,8 +85,16 @@ class AnswerBuilder:
             chunk["choices"][0]["logprobs"] = self._logprobs(list(event.logprobs))
             chunks.append(chunk)
         if event.finish_reason is not None:
-            chunks.append(self._chunk(index, {} if self.chat else "", event.finish_reason))
+            chunk = self._chunk(index, {} if self.chat else "", event.finish_reason)
+            self._with_stop_string(index, chunk["choices"][0])
+            chunks.append(chunk)
         return chunks
+
+    def _with_stop_string(self, index: int, choice: dict) -> dict:
+        """`choice` naming the stop string that ended it, as vLLM does (`stop_reason`)."""
+        if self.stop_strings[index] is not None:
+            choice["stop_reason"] = self.stop_strings[index]
+        return choice
 
     def frames(self, index: int, event: Event) -> list[ChunkBytes]:
         """`chunks` as ChunkBytes. Called in the engine's thread, in order, once per event; an

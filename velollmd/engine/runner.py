@@ -68,6 +68,7 @@ class Event:
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     num_output_tokens: int = 0
+    stop_string: str | None = None              # the stop string that ended it (finish_reason "stop")
 
 
 @dataclass
@@ -421,7 +422,8 @@ class Runner:
                   logprobs: tuple, error: Exception | None = None) -> None:
         self._outbox.append((seq.on_event, Event(
             seq.request_id, text, token_ids, logprobs, reason, error, num_prompt_tokens=len(seq.request.prompt_token_ids),
-            num_cached_tokens=seq.num_cached_tokens, num_output_tokens=len(seq.tokens))))
+            num_cached_tokens=seq.num_cached_tokens, num_output_tokens=len(seq.tokens),
+            stop_string=seq.text.stop_string)))
 
     def _send_events(self) -> None:
         """The events queued under the lock, to their consumers in order (the worker's thread,

@@ -5,7 +5,8 @@ prompt is a top-level field (string or text blocks), a turn is a list of content
 tool calls are `tool_use` blocks in the assistant turn and their results `tool_result` blocks
 in the next user turn (OpenAI: `tool` messages, which must directly follow the call), tool
 inputs are objects (OpenAI: JSON strings), `tool_choice` is {"type": auto|any|tool|none},
-and images carry a `source`. The body is validated first (api/anthropic_validate.py).
+images carry a `source`, and structured outputs are `output_config.format` (chat's
+`response_format`). The body is validated first (api/anthropic_validate.py).
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def anthropic_to_chat(body: dict) -> dict:
     if body.get("tools"):
         out["tools"] = [_tool(t) for t in body["tools"]]
     _tool_choice(body.get("tool_choice"), out)
+    fmt = (body.get("output_config") or {}).get("format") or body.get("output_format")
+    if fmt:                                  # structured outputs: chat's json_schema response_format
+        out["response_format"] = {"type": "json_schema",
+                                  "json_schema": {"name": "output", "schema": fmt["schema"], "strict": True}}
     if body.get("stream"):
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}

@@ -56,7 +56,7 @@ def response_object(draft: ResponseDraft, status: str, output: list[dict], usage
         "store": request.get("store", True), "temperature": request.get("temperature", 1.0),
         "text": request.get("text") or {"format": {"type": "text"}},
         "tool_choice": request.get("tool_choice") or "auto", "tools": request.get("tools") or [],
-        "top_p": request.get("top_p", 1.0), "truncation": request.get("truncation") or "disabled",
+        "top_logprobs": request.get("top_logprobs"), "top_p": request.get("top_p", 1.0), "truncation": request.get("truncation") or "disabled",
         "usage": usage, "user": request.get("user"), "metadata": request.get("metadata") or {},
     }
 
@@ -86,14 +86,22 @@ def _count(value) -> int:
 
 # -- output items --------------------------------------------------------------------------
 
-def text_part(text: str) -> dict:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def text_part(text: str, logprobs: list[dict] | None = None) -> dict:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
-def message_item(text: str | None, status: str = "completed", id_: str | None = None) -> dict:
+def logprobs_of(choice: dict) -> list[dict]:
+    """A chat choice's (or chunk choice's) token logprobs: chat's `logprobs.content` entries
+    ({token, logprob, bytes, top_logprobs}) are the Responses API's as they are."""
+    content = dict_of(choice.get("logprobs")).get("content")
+    return [entry for entry in content if isinstance(entry, dict)] if isinstance(content, list) else []
+
+
+def message_item(text: str | None, status: str = "completed", id_: str | None = None,
+                 logprobs: list[dict] | None = None) -> dict:
     """An assistant message item; `text` None: just added, no content part yet."""
     return {"id": id_ or item_id("msg"), "type": "message", "status": status, "role": "assistant",
-            "content": [] if text is None else [text_part(text)]}
+            "content": [] if text is None else [text_part(text, logprobs)]}
 
 
 def reasoning_part(text: str) -> dict:
@@ -126,7 +134,8 @@ def call_item(call: dict, kinds: dict[str, str], status: str = "completed", id_:
     return function_call_item(call, status, id_)
 
 
-def output_items(message: dict, kinds: dict[str, str], status: str = "completed") -> list[dict]:
+def output_items(message: dict, kinds: dict[str, str], status: str = "completed",
+                 logprobs: list[dict] | None = None) -> list[dict]:
     """The output items of one chat answer message, in the order a stream sends them;
     `status` is the last item's ("incomplete" when the answer was cut at max tokens)."""
     items = []
@@ -134,7 +143,7 @@ def output_items(message: dict, kinds: dict[str, str], status: str = "completed"
         items.append(reasoning_item(message["reasoning_content"]))
     calls = [call for call in message.get("tool_calls") or () if isinstance(call, dict)]
     if message.get("content") or not calls:
-        items.append(message_item(text_of(message.get("content"))))
+        items.append(message_item(text_of(message.get("content")), logprobs=logprobs))
     items += [call_item(call, kinds) for call in calls]
     items[-1]["status"] = status
     return items
@@ -144,5 +153,5 @@ def response_from_chat(draft: ResponseDraft, answer: dict) -> dict:
     """A whole chat.completion -> the `response` object."""
     choice = (answer.get("choices") or [{}])[0]
     status, incomplete = status_of(choice.get("finish_reason"))
-    return response_object(draft, status, output_items(choice.get("message") or {}, draft.kinds, status),
-                           usage_of(answer.get("usage")), incomplete)
+    output = output_items(choice.get("message") or {}, draft.kinds, status, logprobs_of(choice))
+    return response_object(draft, status, output, usage_of(answer.get("usage")), incomplete)

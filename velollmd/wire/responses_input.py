@@ -9,7 +9,8 @@ shape a run of calls is one assistant message with `tool_calls`, and a result is
 message.
 
 Tools are flat (`{"type": "function", "name", "parameters"}`) where chat nests them under
-`function`; `text.format` is chat's `response_format`; `max_output_tokens` is `max_tokens`.
+`function`; `text.format` is chat's `response_format`; `max_output_tokens` is `max_tokens`;
+`top_logprobs` (or `include` of the output text's logprobs) is chat's `logprobs`.
 Anything the daemon cannot serve is a 400 naming the field and the item.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ SAMPLING = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens":
             "parallel_tool_calls": "parallel_tool_calls", "user": "user"}
 # Not in the Responses API, but what local backends take and chat passes on (validated there);
 # every other field is OpenAI's own (include, truncation, service_tier, ...) and stays here.
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 BACKEND_EXTRAS = ("top_k", "min_p", "seed", "stop", "logit_bias", "presence_penalty", "frequency_penalty",
                   "repeat_penalty", "repetition_penalty")
 
@@ -276,10 +278,18 @@ def chat_body(body: dict, messages: list[dict]) -> dict:
         if body.get(name) is not None:
             chat[chat_name] = body[name]
     chat.update((name, body[name]) for name in BACKEND_EXTRAS if body.get(name) is not None)
+    if wants_logprobs(body):
+        chat["logprobs"], chat["top_logprobs"] = True, body.get("top_logprobs") or 0
     response_format = chat_response_format(body.get("text"))
     if response_format is not None:
         chat["response_format"] = response_format
     return chat
+
+
+def wants_logprobs(body: dict) -> bool:
+    """Output text log probabilities: asked by `top_logprobs` or by `include`."""
+    include = body.get("include")
+    return body.get("top_logprobs") is not None or (isinstance(include, list) and LOGPROBS_INCLUDE in include)
 
 
 def instructions_message(instructions) -> list[dict]:

@@ -25,6 +25,7 @@ from .responses import (
     ResponseDraft,
     call_item,
     dict_of,
+    logprobs_of,
     message_item,
     reasoning_item,
     reasoning_part,
@@ -49,6 +50,8 @@ class ResponseEvents:
         self.output: list[dict] = []    # closed items; the open one gets index len(output)
         self.item: dict | None = None   # the open item
         self.pieces: list[str] = []     # its text or arguments so far
+        self.logprobs: list[dict] = []  # its text's token logprobs so far (when asked for)
+        self.held_logprobs: list[dict] = []  # of tokens with no text yet (part of a character)
         self.call_index: int | None = None   # the chunk's tool_calls index of an open call
         self.finish_reason: str | None = None
         self.usage: dict | None = None
@@ -74,8 +77,11 @@ class ResponseEvents:
         events = []
         if text_of(delta.get("reasoning_content")):
             events += self._text("reasoning", delta["reasoning_content"])
+        logprobs = self.held_logprobs + logprobs_of(choices[0])
+        has_text = delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content")
+        self.held_logprobs = [] if has_text else logprobs
         if delta.get("content"):
-            events += self._text("message", delta["content"])
+            events += self._text("message", delta["content"], logprobs)
         for fragment in delta.get("tool_calls") or ():
             if isinstance(fragment, dict):
                 events += self._call(fragment)
@@ -100,12 +106,13 @@ class ResponseEvents:
 
     # -- items -------------------------------------------------------------------------------
 
-    def _text(self, kind: str, piece: str) -> list[dict]:
+    def _text(self, kind: str, piece: str, logprobs: list[dict] | None = None) -> list[dict]:
         is_open = self.item is not None and self.item["type"] == kind
         events = [] if is_open else self._close() + self._open(kind)
         self.pieces.append(piece)
+        self.logprobs += logprobs or []
         name = "response.output_text.delta" if kind == "message" else "response.reasoning_text.delta"
-        extra = {"logprobs": []} if kind == "message" else {}
+        extra = {"logprobs": logprobs or []} if kind == "message" else {}
         return events + [self.event(name, **self._where(), content_index=0, delta=piece, **extra)]
 
     def _call(self, fragment: dict) -> list[dict]:
@@ -145,7 +152,7 @@ class ResponseEvents:
         events = self._finish_call(item, text) if item["type"] in CALL_TYPES else self._finish_text(item, text)
         events.append(self.event("response.output_item.done", output_index=len(self.output), item=item))
         self.output.append(item)
-        self.item, self.pieces, self.call_index = None, [], None
+        self.item, self.pieces, self.logprobs, self.call_index = None, [], [], None
         return events
 
     def _finish_call(self, item: dict, arguments: str) -> list[dict]:
@@ -163,11 +170,11 @@ class ResponseEvents:
 
     def _finish_text(self, item: dict, text: str) -> list[dict]:
         if item["type"] == "message":
-            item["content"] = [text_part(text)]
+            item["content"] = [text_part(text, self.logprobs)]
             return [self.event("response.output_text.done", **self._where(), content_index=0, text=text,
-                               logprobs=[]),
+                               logprobs=self.logprobs),
                     self.event("response.content_part.done", **self._where(), content_index=0,
-                               part=text_part(text))]
+                               part=text_part(text, self.logprobs))]
         item["content"] = [reasoning_part(text)]
         return [self.event("response.reasoning_text.done", **self._where(), content_index=0, text=text),
                 self.event("response.content_part.done", **self._where(), content_index=0,
