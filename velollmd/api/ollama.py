@@ -99,7 +99,6 @@ class OllamaRoutes:
         openai_body = ollama_chat_request_to_openai(body)
         if backend.native_ollama:
             return await self._admitted_passthrough(request, backend, "/api/chat", body, "chat", openai_body)
-        _refuse_images(body, backend)
         keep_alive_s = self._keep(request, backend, body)
         if not body.get("messages"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=True)
@@ -113,7 +112,6 @@ class OllamaRoutes:
         if backend.native_ollama:
             endpoint, openai_body = ollama_generate_request_to_openai(body)
             return await self._admitted_passthrough(request, backend, "/api/generate", body, endpoint, openai_body)
-        _refuse_images(body, backend)
         if body.get("suffix"):
             raise BadRequest(f"model {body['model']!r} does not support insert (suffix)", param="suffix")
         keep_alive_s = self._keep(request, backend, body)
@@ -334,14 +332,6 @@ def _check_ollama_fields(body: dict) -> None:
     for name in ("images",):
         if any(not isinstance(item, str) for item in body.get(name) or []):
             raise BadRequest(f"{name} must be base64 strings", param=name)
-
-
-def _refuse_images(body: dict, backend: Backend) -> None:
-    """A 400 for images to a model that cannot see them, as Ollama answers, before a backend
-    takes them for a fault of its own (llama-server answers 500, which counts against it)."""
-    messages = body.get("messages") or []
-    if (body.get("images") or any(m.get("images") for m in messages)) and backend.sees_images() is False:
-        raise BadRequest(f"model {body['model']!r} does not support images", param="images")
 
 
 def _embed_inputs(value) -> list[str]:

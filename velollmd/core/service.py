@@ -37,7 +37,7 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 from ..backends.base import Backend
 from ..backends.registry import Registry
 from ..config import SchedulerConfig
-from ..errors import BackendError, BackendTimeout, Unavailable, VeloError
+from ..errors import BackendError, BackendTimeout, BadRequest, Unavailable, VeloError
 from ..log import current_request
 from ..metrics import Metrics
 from ..sched.admission import Admission, Preempted, Slot
@@ -79,7 +79,7 @@ class Service:
         """The answer from the best backend. A stream follows `delivery` (relay.py): its usage
         chunk kept and counted, its chunks JSON bytes when they go straight to the SSE writer;
         by default, dicts with usage as the request asked."""
-        allowed = self._allowed(request.model)
+        allowed = _seeing(self._allowed(request.model), request)
         tokenizer = self._tokenizer(allowed)
         fingerprint = fingerprint_of(request) if tokenizer is None \
             else await self._fingerprint(request, tokenizer)   # no coroutine without /tokenize
@@ -354,6 +354,27 @@ class Service:
                 "tokenize": {"enabled": self.config.prefix_routing and self.config.tokenize,
                              **self.tokens.stats()},
                 "backends": backends}
+
+
+def _seeing(backends: list[Backend], request: GenerateRequest) -> list[Backend]:
+    """The backends that can take the request's images. A model without vision gets a 400
+    here, not a backend's 500 (llama-server without --mmproj) that counts against its
+    breaker: three such requests from one client used to shut the model off for everyone."""
+    if all(b.sees_images() is not False for b in backends) or not _has_images(request.body):
+        return backends
+    seeing = [b for b in backends if b.sees_images() is not False]
+    if not seeing:
+        raise BadRequest(f"model {request.model!r} does not support images", param="messages",
+                         code="images_not_supported")
+    return seeing
+
+
+def _has_images(body: dict) -> bool:
+    for message in body.get("messages") or ():
+        content = message.get("content") if type(message) is dict else None
+        if type(content) is list and any(type(p) is dict and p.get("type") == "image_url" for p in content):
+            return True
+    return False
 
 
 class _Pinned:
