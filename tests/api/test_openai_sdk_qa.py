@@ -1,0 +1,39 @@
+"""The OpenAI API as a demanding user of the official `openai` SDK drives it: the in-process
+engine (a tiny GGUF) and the real llama-server behind one daemon, each case on both where the
+backend can answer it."""
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.daemon_rig import RunningDaemon, llama_backend
+from tests.rig.llama import make_tiny_model
+
+ENGINE = "tiny-engine"
+LLAMA = "tiny"
+MESSAGES = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture(scope="module")
+def daemon(llama_server, tmp_path_factory):
+    models_dir = tmp_path_factory.mktemp("qa-engine-models")
+    make_tiny_model(models_dir / f"{ENGINE}.gguf")
+    table = {"backends": [llama_backend(llama_server, models=[LLAMA]),
+                          {"name": "engine", "kind": "engine", "models_dir": str(models_dir),
+                           "ollama_store": False, "max_running": 4, "num_ctx": 512}],
+             "cache": {"enabled": False}}
+    with RunningDaemon(table) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(daemon):
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+
+
+def test_an_unknown_model_id_is_a_404_in_openais_error_shape(client):
+    """GET /v1/models/{id} is shared with Anthropic's API; an OpenAI client (no
+    anthropic-version header) gets OpenAI's error object, with its code and param."""
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("no-such-model")
+    assert info.value.body["code"] == "model_not_found" and info.value.body["param"] == "model"
