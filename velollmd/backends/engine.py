@@ -241,11 +241,9 @@ class EngineBackend(Backend):
 
     def _prompt_ids(self, model: LoadedModel, body: dict, *, chat: bool) -> list[int]:
         if not chat:
-            prompt = body.get("prompt", "")
+            prompt = _one_prompt(body.get("prompt", ""))
             if isinstance(prompt, list):
-                if prompt and all(isinstance(t, int) for t in prompt):
-                    return list(prompt)
-                prompt = "".join(p for p in prompt if isinstance(p, str))
+                return list(prompt)
             return model.tokenizer.encode(prompt, add_special=True, parse_special=True)
         if model.template is None:
             raise BadRequest(f"model {body['model']!r} has a chat template the engine does not know "
@@ -397,6 +395,17 @@ def _deliverer(mailbox: _Mailbox, inbox: _Inbox, index: int, prepare: Prepare | 
     def deliver(event: Event) -> None:                  # called in the engine's thread
         mailbox.post(inbox, (index, event, None if prepare is None else prepare(index, event)))
     return deliver
+
+
+def _one_prompt(prompt: str | list) -> str | list[int]:
+    """A completion's prompt: a string or token ids. A list of prompts (strings or token
+    arrays) asks for a completion each: one is served, several are refused, never joined."""
+    if not isinstance(prompt, list) or all(isinstance(t, int) for t in prompt) and prompt:
+        return prompt
+    if len(prompt) != 1:
+        raise BadRequest(f"the engine answers one prompt per request, got {len(prompt)}; "
+                         "send each prompt in a request of its own", param="prompt")
+    return prompt[0]
 
 
 def _refuse_unsupported(body: dict) -> None:
