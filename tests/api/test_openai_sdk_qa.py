@@ -48,3 +48,11 @@ def test_the_engine_refuses_several_prompts_instead_of_joining_them(client):
     alone = client.completions.create(model=ENGINE, prompt="the sun", max_tokens=3, temperature=0)
     listed = client.completions.create(model=ENGINE, prompt=["the sun"], max_tokens=3, temperature=0)
     assert listed.choices[0].text == alone.choices[0].text
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_top_logprobs_without_logprobs_is_a_400_naming_top_logprobs(client, model):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, top_logprobs=2)
+    assert info.value.body["param"] == "top_logprobs"
+

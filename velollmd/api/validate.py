@@ -192,10 +192,17 @@ def _check_response_format(body: dict) -> None:
         _fail("response_format.json_schema.schema", "a JSON Schema object is required")
 
 
+def _check_top_logprobs(body: dict) -> None:
+    """A chat's top_logprobs needs logprobs: true (OpenAI's rule), on every backend alike."""
+    if body.get("top_logprobs") and body.get("logprobs") is not True:
+        _fail("top_logprobs", "needs 'logprobs' to be true")
+
+
 def validate_chat(body: dict) -> dict:
     _check_model(body)
     _check_messages(body.get("messages"))
     _check_sampling(body)
+    _check_top_logprobs(body)
     _check_tools(body)
     _check_response_format(body)
     return body
