@@ -56,3 +56,11 @@ def test_top_logprobs_without_logprobs_is_a_400_naming_top_logprobs(client, mode
         client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, top_logprobs=2)
     assert info.value.body["param"] == "top_logprobs"
 
+
+def test_a_prompt_of_token_id_arrays_is_served(client):
+    """OpenAI's prompt may be an array of token arrays: llama-server answers a choice each, the
+    engine the one it is given."""
+    both = client.completions.create(model=LLAMA, prompt=[[5, 6, 7], [8, 9]], max_tokens=2, temperature=0)
+    assert sorted(c.index for c in both.choices) == [0, 1]
+    one = client.completions.create(model=ENGINE, prompt=[[5, 6, 7]], max_tokens=2, temperature=0)
+    assert one.usage.prompt_tokens == 3 and one.usage.completion_tokens == 2

@@ -213,11 +213,16 @@ def validate_completion(body: dict) -> dict:
     prompt = body.get("prompt")
     if not isinstance(prompt, (str, list)):
         _fail("prompt", "a string or an array of strings is required")
-    if isinstance(prompt, list) and not all(isinstance(p, (str, int)) for p in prompt):
-        _fail("prompt", "expected a string, an array of strings or an array of token ids")
+    if isinstance(prompt, list) and not all(isinstance(p, (str, int)) or _is_token_array(p) for p in prompt):
+        _fail("prompt", "expected a string, an array of strings, an array of token ids or an array of "
+                        "token id arrays")
     _check_sampling(body)
     _check_type(body, "echo", bool, "a boolean")
     return body
+
+
+def _is_token_array(value) -> bool:
+    return isinstance(value, list) and all(type(t) is int for t in value)
 
 
 def validate_embeddings(body: dict) -> dict:
