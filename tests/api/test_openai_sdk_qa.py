@@ -64,3 +64,13 @@ def test_a_prompt_of_token_id_arrays_is_served(client):
     assert sorted(c.index for c in both.choices) == [0, 1]
     one = client.completions.create(model=ENGINE, prompt=[[5, 6, 7]], max_tokens=2, temperature=0)
     assert one.usage.prompt_tokens == 3 and one.usage.completion_tokens == 2
+
+
+def test_a_developer_message_is_the_engines_system_message(client):
+    """OpenAI's "developer" role replaces "system": the engine renders it as the system turn."""
+    def answer(role: str):
+        return client.chat.completions.create(model=ENGINE, max_tokens=4, temperature=0, messages=[
+            {"role": role, "content": "be brief"}, *MESSAGES])
+    developer, system = answer("developer"), answer("system")
+    assert developer.usage.prompt_tokens == system.usage.prompt_tokens
+    assert developer.choices[0].message.content == system.choices[0].message.content
