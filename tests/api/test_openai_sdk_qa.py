@@ -74,3 +74,22 @@ def test_a_developer_message_is_the_engines_system_message(client):
     developer, system = answer("developer"), answer("system")
     assert developer.usage.prompt_tokens == system.usage.prompt_tokens
     assert developer.choices[0].message.content == system.choices[0].message.content
+
+
+def test_embeddings_dimensions_shortens_and_normalises_each_vector(client):
+    """OpenAI's `dimensions`: the vector's first numbers, of length 1 again; float and base64
+    (the SDK's default) alike."""
+    full = client.embeddings.create(model=ENGINE, input="the sun", encoding_format="float").data[0].embedding
+    for encoding in ("float", openai.NOT_GIVEN):         # not given: the SDK asks for base64, decodes it
+        short = client.embeddings.create(model=ENGINE, input="the sun", dimensions=8,
+                                         encoding_format=encoding).data[0].embedding
+        norm = sum(x * x for x in full[:8]) ** 0.5
+        assert len(short) == 8
+        assert short == pytest.approx([x / norm for x in full[:8]], abs=1e-5)
+
+
+@pytest.mark.parametrize("dimensions", [0, 100_000, "8"])
+def test_embeddings_dimensions_out_of_range_is_a_400_naming_it(client, dimensions):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=ENGINE, input="the sun", dimensions=dimensions)
+    assert info.value.body["param"] == "dimensions"

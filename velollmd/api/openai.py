@@ -65,11 +65,14 @@ class OpenAIRoutes:
         encoding = body.pop("encoding_format", None) or "float"
         if encoding not in ("float", "base64"):
             raise BadRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
+        dimensions = body.pop("dimensions", None)
         key_name = self.access.admit(request, body["model"])
         outcome = await self.service.embeddings(body)
         self.access.ledger.record_usage(key_name, outcome.body.get("usage"))
-        if encoding == "base64":
-            for item in outcome.body.get("data", []):
+        for item in outcome.body.get("data", []):
+            if dimensions is not None:
+                item["embedding"] = shortened(item["embedding"], dimensions)
+            if encoding == "base64":
                 item["embedding"] = base64_floats(item["embedding"])
         return to_response(outcome, 0)
 
@@ -81,6 +84,16 @@ def raw_request_key(request: Request, api_key: str) -> str:
 
 def request_headers(request: Request) -> dict[str, str]:
     return dict(request.headers)
+
+
+def shortened(vector: list[float], dimensions: int) -> list[float]:
+    """OpenAI's `dimensions`: the first `dimensions` numbers, normalised again to length 1."""
+    if dimensions > len(vector):
+        raise BadRequest(f"dimensions must be at most {len(vector)}, the model's embedding size, "
+                         f"got {dimensions}", param="dimensions")
+    head = np.asarray(vector[:dimensions], dtype=np.float64)       # (dimensions,)
+    norm = float(np.linalg.norm(head))
+    return (head / norm if norm else head).tolist()
 
 
 def base64_floats(vector: list[float]) -> str:

@@ -227,6 +227,8 @@ def _is_token_array(value) -> bool:
 
 def validate_embeddings(body: dict) -> dict:
     _check_model(body)
+    _check_type(body, "dimensions", int, "an integer")
+    _check_range(body, "dimensions", 1, 1 << 20)
     value = body.get("input")
     if isinstance(value, str):
         return body
