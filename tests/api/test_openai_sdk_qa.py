@@ -93,3 +93,24 @@ def test_embeddings_dimensions_out_of_range_is_a_400_naming_it(client, dimension
     with pytest.raises(openai.BadRequestError) as info:
         client.embeddings.create(model=ENGINE, input="the sun", dimensions=dimensions)
     assert info.value.body["param"] == "dimensions"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_completion_logprobs_from_llama_server_have_openais_completion_shape(client, stream):
+    """llama-server answers a completion's logprobs in the chat shape ({"content": [...]});
+    the SDK reads tokens, token_logprobs, top_logprobs and text_offset."""
+    kwargs = dict(model=LLAMA, prompt="the sun", max_tokens=3, logprobs=2, temperature=0)
+    if stream:
+        chunks = [c for c in client.completions.create(stream=True, **kwargs) if c.choices and c.choices[0].logprobs]
+        text = "".join(c.choices[0].text for c in chunks)
+        logprobs = [c.choices[0].logprobs for c in chunks]
+        tokens = [t for lp in logprobs for t in lp.tokens]
+        offsets = [o for lp in logprobs for o in lp.text_offset]
+        tops = [top for lp in logprobs for top in lp.top_logprobs]
+    else:
+        answer = client.completions.create(**kwargs)
+        text, logprobs = answer.choices[0].text, answer.choices[0].logprobs
+        tokens, offsets, tops = logprobs.tokens, logprobs.text_offset, logprobs.top_logprobs
+    assert "".join(tokens) == text and len(tokens) == 3
+    assert offsets == [0, len(tokens[0]), len(tokens[0]) + len(tokens[1])]
+    assert all(len(top) == 2 and all(lp <= 0 for lp in top.values()) for top in tops)

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+from typing import AsyncIterator
 
 from ..errors import VeloError
+from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest
+from ..wire.streams import closing
 from .base import ModelInfo
 from .openai import OpenAIBackend
 
@@ -58,6 +61,29 @@ class LlamaCppBackend(OpenAIBackend):
             body["verbose"] = True
         return body
 
+    async def completion(self, request: GenerateRequest) -> dict:
+        """llama.cpp answers a completion's logprobs in the chat shape: given in OpenAI's."""
+        body = await super().completion(request)
+        if _wants_logprobs(request):
+            to_completion_logprobs(body.get("choices") or [], {})
+        return body
+
+    def answer_events(self, request: GenerateRequest) -> AsyncIterator[list[bytes] | list[dict]]:
+        events = super().answer_events(request)
+        if request.endpoint == "completion" and _wants_logprobs(request):
+            return self._completion_logprob_chunks(events)
+        return events
+
+    async def _completion_logprob_chunks(self, events: AsyncIterator[list[bytes]]) -> AsyncIterator[list[dict]]:
+        """A completion stream's chunks with their logprobs in the completions shape."""
+        offsets: dict[int, int] = {}
+        async with closing(events) as batches:
+            async for batch in batches:
+                chunks = [self.decode_event(event) for event in batch]
+                for chunk in chunks:
+                    to_completion_logprobs(chunk.get("choices") or [], offsets)
+                yield chunks
+
     async def tokenize(self, content: str) -> list[int]:
         body = await self.post_json("/tokenize", {"content": content, "add_special": False})
         return body.get("tokens", [])
@@ -71,3 +97,7 @@ class LlamaCppBackend(OpenAIBackend):
         tokens = (await self.post_json("/tokenize", {"content": prompt, "add_special": True,
                                                      "parse_special": True})).get("tokens")
         return len(tokens) if isinstance(tokens, list) else None
+
+
+def _wants_logprobs(request: GenerateRequest) -> bool:
+    return request.body.get("logprobs") not in (None, False)
