@@ -114,3 +114,12 @@ def test_completion_logprobs_from_llama_server_have_openais_completion_shape(cli
     assert "".join(tokens) == text and len(tokens) == 3
     assert offsets == [0, len(tokens[0]), len(tokens[0]) + len(tokens[1])]
     assert all(len(top) == 2 and all(lp <= 0 for lp in top.values()) for top in tops)
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_a_suffix_the_backend_cannot_honour_is_a_400_naming_it(client, model):
+    """Fill-in-the-middle: neither the engine nor llama-server's /v1/completions does it; the
+    answer would be a plain completion that never meets the suffix."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model, prompt="def add(a, b):", suffix="\n\nprint(add(1, 2))", max_tokens=3)
+    assert info.value.body["param"] == "suffix"

@@ -410,6 +410,8 @@ def _one_prompt(prompt: str | list) -> str | list[int]:
 
 def _refuse_unsupported(body: dict) -> None:
     """Fields the engine cannot honour get a 400 naming them, never a silent ignore."""
+    if body.get("suffix"):
+        raise BadRequest("suffix (fill-in-the-middle) is not supported by the engine", param="suffix")
     response_format = body.get("response_format")
     if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
         raise BadRequest(f"response_format {response_format.get('type')!r} needs constrained decoding, "

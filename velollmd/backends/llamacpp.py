@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import AsyncIterator
 
-from ..errors import VeloError
+from ..errors import BadRequest, VeloError
 from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest
 from ..wire.streams import closing
@@ -57,6 +57,9 @@ class LlamaCppBackend(OpenAIBackend):
         """`verbose` when the caller needs the stop string that ended the answer: llama.cpp
         names it (`__verbose.stopping_word`) only there; OpenAI's answer shape has no field."""
         body = super().upstream_body(request)
+        if body.get("suffix"):            # its /v1/completions ignores it (fill-in-the-middle is /infill)
+            raise BadRequest(f"backend {self.name} ({self.kind}) does not support suffix", param="suffix",
+                             code="unsupported_value")
         if request.report_stop_word and body.get("stop"):
             body["verbose"] = True
         return body
