@@ -123,3 +123,27 @@ def test_a_suffix_the_backend_cannot_honour_is_a_400_naming_it(client, model):
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model=model, prompt="def add(a, b):", suffix="\n\nprint(add(1, 2))", max_tokens=3)
     assert info.value.body["param"] == "suffix"
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_echo_puts_the_prompt_before_the_completion(client, model):
+    kwargs = dict(model=model, prompt="the sun", max_tokens=3, temperature=0)
+    plain = client.completions.create(**kwargs).choices[0].text
+    assert client.completions.create(echo=True, **kwargs).choices[0].text == "the sun" + plain
+    streamed = [c.choices[0].text for c in client.completions.create(echo=True, stream=True, **kwargs) if c.choices]
+    assert streamed[0].startswith("the sun") and "".join(streamed) == "the sun" + plain
+
+
+def test_echo_numbers_its_prompts_as_openai_numbers_the_choices(client):
+    answer = client.completions.create(model=LLAMA, prompt=["the sun", "the moon"], max_tokens=2, echo=True)
+    texts = {c.index: c.text for c in answer.choices}
+    assert texts[0].startswith("the sun") and texts[1].startswith("the moon")
+    several = client.completions.create(model=ENGINE, prompt="the sea", n=2, max_tokens=2, echo=True, seed=1)
+    assert [c.text.startswith("the sea") for c in several.choices] == [True, True]
+
+
+@pytest.mark.parametrize("kwargs", [{"logprobs": 1}, {"prompt": [5, 6, 7]}])
+def test_echo_it_cannot_honour_is_a_400_naming_echo(client, kwargs):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(**{"model": ENGINE, "prompt": "the sun", "max_tokens": 2, "echo": True, **kwargs})
+    assert info.value.body["param"] == "echo"
