@@ -147,3 +147,13 @@ def test_echo_it_cannot_honour_is_a_400_naming_echo(client, kwargs):
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(**{"model": ENGINE, "prompt": "the sun", "max_tokens": 2, "echo": True, **kwargs})
     assert info.value.body["param"] == "echo"
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_best_of_over_n_is_a_400_naming_it_and_equal_to_n_is_served(client, model):
+    """No backend ranks candidate completions: best_of > n is refused rather than ignored."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model, prompt="the sun", max_tokens=2, best_of=3)
+    assert info.value.body["param"] == "best_of"
+    answer = client.completions.create(model=model, prompt="the sun", max_tokens=2, best_of=1)
+    assert answer.usage.completion_tokens == 2

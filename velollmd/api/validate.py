@@ -218,7 +218,19 @@ def validate_completion(body: dict) -> dict:
                         "token id arrays")
     _check_sampling(body)
     _check_type(body, "echo", bool, "a boolean")
+    _check_best_of(body)
     return body
+
+
+def _check_best_of(body: dict) -> None:
+    """best_of candidates, the n best returned: at least n (OpenAI's rule); more than n would
+    need the candidates ranked, which no backend here does, so that is refused, not ignored."""
+    _check_type(body, "best_of", int, "an integer")
+    best_of, n = body.get("best_of"), body.get("n") or 1
+    if best_of is not None and best_of < n:
+        _fail("best_of", f"must be at least n ({n}), got {best_of}")
+    if best_of is not None and best_of > n:
+        _fail("best_of", f"more candidates than n ({n}) is not supported, got {best_of}")
 
 
 def _is_token_array(value) -> bool:
