@@ -157,3 +157,11 @@ def test_best_of_over_n_is_a_400_naming_it_and_equal_to_n_is_served(client, mode
     assert info.value.body["param"] == "best_of"
     answer = client.completions.create(model=model, prompt="the sun", max_tokens=2, best_of=1)
     assert answer.usage.completion_tokens == 2
+
+
+def test_an_array_of_token_ids_is_one_embedding_input(client):
+    """OpenAI: `input` as an array of integers is one input, tokens of one text."""
+    result = client.embeddings.create(model=ENGINE, input=[5, 6, 7], encoding_format="float")
+    assert len(result.data) == 1 and result.usage.prompt_tokens == 3
+    same = client.embeddings.create(model=ENGINE, input=[[5, 6, 7]], encoding_format="float")
+    assert same.data[0].embedding == pytest.approx(result.data[0].embedding)

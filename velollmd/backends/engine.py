@@ -278,7 +278,8 @@ class EngineBackend(Backend):
     async def embeddings(self, body: dict) -> dict:
         model = await self.model(body["model"])
         inputs = body.get("input")
-        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        one = isinstance(inputs, str) or inputs and all(type(t) is int for t in inputs)   # a text or token ids
+        texts = [inputs] if one else list(inputs or [])
         if not texts:
             raise BadRequest("input must be a string or a non-empty list", param="input")
         vectors, num_tokens = [], 0
