@@ -159,6 +159,18 @@ def test_best_of_over_n_is_a_400_naming_it_and_equal_to_n_is_served(client, mode
     assert answer.usage.completion_tokens == 2
 
 
+@pytest.mark.parametrize("token_id", [1 << 30, -1])
+def test_token_ids_outside_the_engines_vocabulary_are_a_400_naming_the_field(client, token_id):
+    """Never the engine's failed batch (a 503 that fails the requests decoded beside it, or a 500)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=ENGINE, prompt=[5, token_id], max_tokens=2)
+    assert info.value.body["param"] == "prompt"
+    for embedding_input in ([5, token_id], [[5, token_id]]):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.embeddings.create(model=ENGINE, input=embedding_input)
+        assert info.value.body["param"] == "input"
+
+
 def test_an_array_of_token_ids_is_one_embedding_input(client):
     """OpenAI: `input` as an array of integers is one input, tokens of one text."""
     result = client.embeddings.create(model=ENGINE, input=[5, 6, 7], encoding_format="float")

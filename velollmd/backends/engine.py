@@ -243,7 +243,7 @@ class EngineBackend(Backend):
         if not chat:
             prompt = _one_prompt(body.get("prompt", ""))
             if isinstance(prompt, list):
-                return list(prompt)
+                return _in_vocab(list(prompt), model.config.n_vocab, "prompt")
             return model.tokenizer.encode(prompt, add_special=True, parse_special=True)
         if model.template is None:
             raise BadRequest(f"model {body['model']!r} has a chat template the engine does not know "
@@ -284,7 +284,8 @@ class EngineBackend(Backend):
             raise BadRequest("input must be a string or a non-empty list", param="input")
         vectors, num_tokens = [], 0
         for text in texts:
-            ids = text if isinstance(text, list) else model.tokenizer.encode(str(text), add_special=True)
+            ids = _in_vocab(text, model.config.n_vocab, "input") if isinstance(text, list) \
+                else model.tokenizer.encode(str(text), add_special=True)
             if not ids or len(ids) > model.num_ctx:
                 raise BadRequest(f"each input must be 1 to {model.num_ctx} tokens, got {len(ids)}", param="input")
             vectors.append(await asyncio.to_thread(model.runner.embed, ids))
@@ -407,6 +408,15 @@ def _one_prompt(prompt: str | list) -> str | list[int]:
         raise BadRequest(f"the engine answers one prompt per request, got {len(prompt)}; "
                          "send each prompt in a request of its own", param="prompt")
     return prompt[0]
+
+
+def _in_vocab(ids: list, vocab_size: int, param: str) -> list[int]:
+    """Token ids a client sent, each an integer of the vocabulary (else a 400 naming `param`:
+    an id outside it would fail the engine's whole batch)."""
+    for token_id in ids:
+        if type(token_id) is not int or not 0 <= token_id < vocab_size:
+            raise BadRequest(f"token id {token_id!r} is outside the vocabulary (0..{vocab_size - 1})", param=param)
+    return ids
 
 
 def _refuse_unsupported(body: dict) -> None:
