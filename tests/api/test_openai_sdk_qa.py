@@ -177,3 +177,12 @@ def test_an_array_of_token_ids_is_one_embedding_input(client):
     assert len(result.data) == 1 and result.usage.prompt_tokens == 3
     same = client.embeddings.create(model=ENGINE, input=[[5, 6, 7]], encoding_format="float")
     assert same.data[0].embedding == pytest.approx(result.data[0].embedding)
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+@pytest.mark.parametrize("part", [{"type": "text"}, {"type": "text", "text": 7}])
+def test_a_text_part_without_text_is_a_400_naming_it(client, model, part):
+    """llama-server answered it with a 500 (a 502 here); the engine with a 400 naming only messages."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=model, max_tokens=2, messages=[{"role": "user", "content": [part]}])
+    assert info.value.body["param"] == "messages[0].content[0].text"

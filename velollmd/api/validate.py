@@ -139,6 +139,8 @@ def _check_message(message, param: str) -> None:
         for j, part in enumerate(content):
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                 _fail(f"{param}.content[{j}]", "expected a content part object with a 'type'")
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                _fail(f"{param}.content[{j}].text", "a text part needs its text, a string")
     if content is None and not message.get("tool_calls") and message.get("role") != "assistant":
         _fail(f"{param}.content", "is required")
     check_message_tool_calls(message.get("tool_calls"), f"{param}.tool_calls")
