@@ -186,3 +186,15 @@ def test_a_text_part_without_text_is_a_400_naming_it(client, model, part):
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=model, max_tokens=2, messages=[{"role": "user", "content": [part]}])
     assert info.value.body["param"] == "messages[0].content[0].text"
+
+
+def test_a_stream_of_several_prompts_from_llama_server_is_relayed(client):
+    """llama-server opens such a stream with a `data: null` event; the client gets each
+    prompt's choice, not a stream broken by an error event."""
+    chunks = list(client.completions.create(model=LLAMA, prompt=["the sun", "the moon"], max_tokens=2, stream=True))
+    texts = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+    assert sorted(texts) == [0, 1] and all(texts.values())
+    assert sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason) == [0, 1]
