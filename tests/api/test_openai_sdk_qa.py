@@ -6,7 +6,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.daemon_rig import RunningDaemon, llama_backend
+from tests.daemon_rig import RunningDaemon, llama_backend, ollama_backend
 from tests.rig.llama import make_tiny_model
 
 ENGINE = "tiny-engine"
@@ -198,3 +198,17 @@ def test_a_stream_of_several_prompts_from_llama_server_is_relayed(client):
             texts[choice.index] = texts.get(choice.index, "") + choice.text
     assert sorted(texts) == [0, 1] and all(texts.values())
     assert sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason) == [0, 1]
+
+
+@pytest.mark.parametrize("prompt", [["the sun", "the moon"], [5, 6, 7], [[5, 6]]])
+def test_the_ollama_backend_refuses_prompts_it_cannot_take_instead_of_joining_them(daemon_factory, ollama_emulator,
+                                                                                    prompt):
+    """Ollama's /api/generate takes one text: several prompts were joined into one, token ids
+    sent as their digits ("567")."""
+    running = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False}})
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="llama3.2:latest", prompt=prompt, max_tokens=2)
+    assert info.value.body["param"] == "prompt"
+    listed = client.completions.create(model="llama3.2:latest", prompt=["the sun"], max_tokens=2)
+    assert listed.choices[0].text

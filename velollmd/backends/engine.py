@@ -29,7 +29,7 @@ from ..engine.runner import Event
 from ..engine.sampling import SamplingParamError, SamplingParams
 from ..errors import BadRequest, NotFound, Unavailable, VeloError
 from ..wire.ids import response_id
-from ..wire.request import GenerateRequest
+from ..wire.request import GenerateRequest, one_prompt
 from ..wire.streams import closing
 from .base import Backend, ModelInfo
 from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer
@@ -241,7 +241,7 @@ class EngineBackend(Backend):
 
     def _prompt_ids(self, model: LoadedModel, body: dict, *, chat: bool) -> list[int]:
         if not chat:
-            prompt = _one_prompt(body.get("prompt", ""))
+            prompt = one_prompt(body.get("prompt", ""), "the engine")
             if isinstance(prompt, list):
                 return _in_vocab(list(prompt), model.config.n_vocab, "prompt")
             return model.tokenizer.encode(prompt, add_special=True, parse_special=True)
@@ -397,17 +397,6 @@ def _deliverer(mailbox: _Mailbox, inbox: _Inbox, index: int, prepare: Prepare | 
     def deliver(event: Event) -> None:                  # called in the engine's thread
         mailbox.post(inbox, (index, event, None if prepare is None else prepare(index, event)))
     return deliver
-
-
-def _one_prompt(prompt: str | list) -> str | list[int]:
-    """A completion's prompt: a string or token ids. A list of prompts (strings or token
-    arrays) asks for a completion each: one is served, several are refused, never joined."""
-    if not isinstance(prompt, list) or all(isinstance(t, int) for t in prompt) and prompt:
-        return prompt
-    if len(prompt) != 1:
-        raise BadRequest(f"the engine answers one prompt per request, got {len(prompt)}; "
-                         "send each prompt in a request of its own", param="prompt")
-    return prompt[0]
 
 
 def _in_vocab(ids: list, vocab_size: int, param: str) -> list[int]:
