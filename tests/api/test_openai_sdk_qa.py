@@ -212,3 +212,13 @@ def test_the_ollama_backend_refuses_prompts_it_cannot_take_instead_of_joining_th
     assert info.value.body["param"] == "prompt"
     listed = client.completions.create(model="llama3.2:latest", prompt=["the sun"], max_tokens=2)
     assert listed.choices[0].text
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+@pytest.mark.parametrize("tools", [None, []])
+def test_tool_choice_required_without_tools_is_a_400_naming_it(client, model, tools):
+    """A call that must be made with no tool to call: both backends answered plain text."""
+    extra = {} if tools is None else {"tools": tools}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, tool_choice="required", **extra)
+    assert info.value.body["param"] == "tool_choice"

@@ -174,6 +174,8 @@ def _check_tools(body: dict) -> None:
             if "parameters" in function and not isinstance(function["parameters"], dict):
                 _fail(f"tools[{i}].function.parameters", "expected a JSON Schema object")
     choice = body.get("tool_choice")
+    if choice == "required" and not tools:
+        _fail("tool_choice", "'required' needs at least one tool in 'tools'")
     if choice is None or choice in ("none", "auto", "required"):
         return
     name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
