@@ -222,3 +222,11 @@ def test_tool_choice_required_without_tools_is_a_400_naming_it(client, model, to
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, tool_choice="required", **extra)
     assert info.value.body["param"] == "tool_choice"
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_top_logprobs_zero_without_logprobs_is_served(client, model):
+    """top_logprobs 0 asks for nothing; llama-server refused it unless logprobs is true."""
+    answer = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, logprobs=False,
+                                            top_logprobs=0)
+    assert answer.usage.completion_tokens == 2 and answer.choices[0].logprobs is None

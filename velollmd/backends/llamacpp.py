@@ -60,6 +60,8 @@ class LlamaCppBackend(OpenAIBackend):
         if body.get("suffix"):            # its /v1/completions ignores it (fill-in-the-middle is /infill)
             raise BadRequest(f"backend {self.name} ({self.kind}) does not support suffix", param="suffix",
                              code="unsupported_value")
+        if request.endpoint == "chat" and body.get("logprobs") is not True:
+            body.pop("top_logprobs", None)      # 0 (OpenAI's "none"): llama-server refuses it without logprobs
         if request.report_stop_word and body.get("stop"):
             body["verbose"] = True
         return body
