@@ -230,3 +230,14 @@ def test_top_logprobs_zero_without_logprobs_is_served(client, model):
     answer = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, logprobs=False,
                                             top_logprobs=0)
     assert answer.usage.completion_tokens == 2 and answer.choices[0].logprobs is None
+
+
+def test_a_model_whose_name_has_a_slash_is_retrieved(daemon_factory, tmp_path):
+    """The SDK percent-encodes the id in /v1/models/{id} (Ollama names such as
+    hf.co/org/model:tag hold slashes)."""
+    model_path = make_tiny_model(tmp_path / "tiny.gguf")
+    running = daemon_factory({"backends": [{"name": "engine", "kind": "engine", "model": str(model_path),
+                                            "alias": "acme/tiny model:1b", "ollama_store": False}],
+                              "cache": {"enabled": False}})
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+    assert client.models.retrieve("acme/tiny model:1b").id == "acme/tiny model:1b"
