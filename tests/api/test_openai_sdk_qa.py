@@ -95,11 +95,12 @@ def test_embeddings_dimensions_out_of_range_is_a_400_naming_it(client, dimension
     assert info.value.body["param"] == "dimensions"
 
 
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
 @pytest.mark.parametrize("stream", [False, True])
-def test_completion_logprobs_from_llama_server_have_openais_completion_shape(client, stream):
-    """llama-server answers a completion's logprobs in the chat shape ({"content": [...]});
-    the SDK reads tokens, token_logprobs, top_logprobs and text_offset."""
-    kwargs = dict(model=LLAMA, prompt="the sun", max_tokens=3, logprobs=2, temperature=0)
+def test_completion_logprobs_have_openais_completion_shape(client, model, stream):
+    """llama-server answers a completion's logprobs in the chat shape ({"content": [...]}), the
+    engine had no text_offset; the SDK reads tokens, token_logprobs, top_logprobs, text_offset."""
+    kwargs = dict(model=model, prompt="the sun", max_tokens=3, logprobs=2, temperature=0)
     if stream:
         chunks = [c for c in client.completions.create(stream=True, **kwargs) if c.choices and c.choices[0].logprobs]
         text = "".join(c.choices[0].text for c in chunks)
