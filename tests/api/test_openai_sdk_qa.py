@@ -242,3 +242,23 @@ def test_a_model_whose_name_has_a_slash_is_retrieved(daemon_factory, tmp_path):
                               "cache": {"enabled": False}})
     client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
     assert client.models.retrieve("acme/tiny model:1b").id == "acme/tiny model:1b"
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def test_n_choices_with_tools_stream_each_under_its_own_index(client):
+    """The tool-call layer reads a stream with tools: each choice keeps its index, its text and
+    its finish_reason (choice 1's text came under index 0, with one finish_reason in all)."""
+    kwargs = dict(model=ENGINE, messages=MESSAGES, max_tokens=3, n=2, seed=1, tools=[WEATHER])
+    whole = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    texts, finishes = {}, {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finishes[choice.index] = finishes.get(choice.index, []) + [choice.finish_reason]
+    assert texts == {c.index: c.message.content for c in whole.choices}
+    assert finishes == {0: ["length"], 1: ["length"]}

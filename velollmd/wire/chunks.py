@@ -44,9 +44,12 @@ def chunk_choice(delta_or_text, finish_reason: str | None = None, *, chat: bool 
 
 
 def chunk_like(template: dict, delta: dict, finish_reason: str | None = None) -> dict:
-    """A chat chunk with `template`'s head (id, created, model, ...) and one new delta."""
+    """A chat chunk with `template`'s head (id, created, model, ...), its choice's index and
+    one new delta."""
     head = {k: v for k, v in template.items() if k not in ("choices", "usage")}
-    return {**head, "choices": [chunk_choice(delta, finish_reason)]}
+    choice = chunk_choice(delta, finish_reason)
+    choice["index"] = (template.get("choices") or [{}])[0].get("index", 0)
+    return {**head, "choices": [choice]}
 
 
 def merge_tool_call_fragments(fragments: list[dict] | None, calls: dict[int, dict]) -> None:
