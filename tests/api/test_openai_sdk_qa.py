@@ -7,9 +7,10 @@ import openai
 import pytest
 
 from tests.daemon_rig import RunningDaemon, llama_backend, ollama_backend
-from tests.rig.llama import make_tiny_model
+from tests.rig.llama import make_tiny_model, tiny_gguf_tool
 
 ENGINE = "tiny-engine"
+CALLER = "tiny-caller"        # its vocab holds a whole Hermes call that a logit_bias opens
 LLAMA = "tiny"
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
@@ -18,6 +19,7 @@ MESSAGES = [{"role": "user", "content": "hello there"}]
 def daemon(llama_server, tmp_path_factory):
     models_dir = tmp_path_factory.mktemp("qa-engine-models")
     make_tiny_model(models_dir / f"{ENGINE}.gguf")
+    tiny_gguf_tool().build_tiny_gguf(models_dir / f"{CALLER}.gguf", vocab="spm-call")
     table = {"backends": [llama_backend(llama_server, models=[LLAMA]),
                           {"name": "engine", "kind": "engine", "models_dir": str(models_dir),
                            "ollama_store": False, "max_running": 4, "num_ctx": 512}],
@@ -262,3 +264,24 @@ def test_n_choices_with_tools_stream_each_under_its_own_index(client):
                 finishes[choice.index] = finishes.get(choice.index, []) + [choice.finish_reason]
     assert texts == {c.index: c.message.content for c in whole.choices}
     assert finishes == {0: ["length"], 1: ["length"]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_choice_of_n_makes_its_tool_call(client, stream):
+    """Each of n choices is read for tool calls, not only the first (choice 1's call was left
+    as raw text)."""
+    answer = client.chat.completions.create(model=CALLER, max_tokens=40, temperature=0, n=2, tools=[WEATHER],
+                                            messages=[{"role": "user", "content": "weather?"}], stream=stream,
+                                            extra_body={"logit_bias": tiny_gguf_tool().force_tool_call_bias()})
+    if stream:
+        calls, finishes = {}, {}
+        for chunk in answer:
+            for choice in chunk.choices:
+                calls.setdefault(choice.index, []).extend(choice.delta.tool_calls or [])
+                finishes[choice.index] = choice.finish_reason or finishes.get(choice.index)
+        names = {index: [c.function.name for c in found] for index, found in calls.items()}
+    else:
+        names = {c.index: [t.function.name for t in c.message.tool_calls or []] for c in answer.choices}
+        finishes = {c.index: c.finish_reason for c in answer.choices}
+    assert names == {0: ["get_weather"], 1: ["get_weather"]}
+    assert finishes == {0: "tool_calls", 1: "tool_calls"}

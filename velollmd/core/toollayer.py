@@ -54,7 +54,10 @@ class ToolCallLayer:
         return outcome
 
     def _clean_body(self, request: GenerateRequest, body: dict) -> ToolResult:
-        choice = body["choices"][0]
+        """Every choice cleaned (n > 1); the first one's result (what a retry reads)."""
+        return [self._clean_choice(request, choice) for choice in body["choices"]][0]
+
+    def _clean_choice(self, request: GenerateRequest, choice: dict) -> ToolResult:
         message = choice.setdefault("message", {})
         result = process_output(message.get("content"), message.get("tool_calls"), request.tools,
                                 tool_choice=request.body.get("tool_choice"), config=self.config,
