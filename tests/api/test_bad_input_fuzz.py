@@ -4,7 +4,7 @@ import asyncio
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from velollmd.app import App
@@ -177,6 +177,8 @@ ANSWERS = JSON_VALUES | st.fixed_dictionaries({"choices": st.lists(CHOICE | JSON
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(["/v1/chat/completions", "/v1/completions", "/api/chat", "/api/generate"]),
        st.booleans(), ANSWERS, st.lists(ANSWERS, max_size=3), st.booleans())
+@example(path="/v1/chat/completions", stream=True, answer=None, chunks=[{"choices": [{"index": []}]}],
+         with_tools=True)           # the tool-call layer keys its choices by index
 def test_malformed_backend_answers_are_502_never_500(loop, path, stream, answer, chunks, with_tools):
     GARBAGE.answer, GARBAGE.chunks = answer, chunks
     GARBAGE_APP.service.breakers.clear()          # each example meets a closed circuit

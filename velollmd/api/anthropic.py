@@ -47,15 +47,21 @@ def anthropic_error(exc: VeloError) -> Response:
 
 
 def anthropic_route(handler):
+    """Errors in Anthropic's shape for Anthropic requests; in OpenAI's for the others that a
+    shared route (GET /v1/models*) serves."""
     async def wrapped(self, request: Request, **params) -> Response:
         try:
             return await handler(self, request, **params)
         except VeloError as exc:
-            return anthropic_error(exc)
+            return _error(request, exc)
         except Exception:                        # never a traceback on the wire
             log.exception("anthropic route failed for %s %s", request.method, request.path)
-            return anthropic_error(VeloError("internal server error", status=500))
+            return _error(request, VeloError("internal server error", status=500))
     return wrapped
+
+
+def _error(request: Request, exc: VeloError) -> Response:
+    return anthropic_error(exc) if wants_anthropic_errors(request) else Response.error(exc)
 
 
 class AnthropicRoutes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+from typing import AsyncIterator
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from ..errors import BadRequest
 from ..http.message import Request, Response
 from ..http.sse import sse_response
 from ..wire.outcome import Outcome
+from ..wire.streams import closing
 from .access import Access
 from .validate import validate_chat, validate_completion, validate_embeddings
 
@@ -49,8 +51,12 @@ class OpenAIRoutes:
 
     async def completions(self, request: Request) -> Response:
         body = validate_completion(request.json())
+        prompts = echoed_prompts(body)
         generate = self.access.generate_request(request, "completion", body)
-        return to_response(await self.pipeline.generate(generate, frames=True), self.sse_ping_s)
+        outcome = await self.pipeline.generate(generate, frames=prompts is None)
+        if prompts is not None:
+            echo_prompts(outcome, prompts, body.get("n") or 1)
+        return to_response(outcome, self.sse_ping_s)
 
     async def list_models(self, request: Request) -> Response:
         data = [model_object(m) for m in self.access.visible_models(request, self.registry.catalogue())]
@@ -65,13 +71,57 @@ class OpenAIRoutes:
         encoding = body.pop("encoding_format", None) or "float"
         if encoding not in ("float", "base64"):
             raise BadRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
+        dimensions = body.pop("dimensions", None)
         key_name = self.access.admit(request, body["model"])
         outcome = await self.service.embeddings(body)
         self.access.ledger.record_usage(key_name, outcome.body.get("usage"))
-        if encoding == "base64":
-            for item in outcome.body.get("data", []):
+        for item in outcome.body.get("data", []):
+            if dimensions is not None:
+                item["embedding"] = shortened(item["embedding"], dimensions)
+            if encoding == "base64":
                 item["embedding"] = base64_floats(item["embedding"])
         return to_response(outcome, 0)
+
+
+def echoed_prompts(body: dict) -> list[str] | None:
+    """`echo`: the prompt texts the choices start with (None: no echo), taken out of the body:
+    the daemon echoes them itself, as no backend does (llama-server and Ollama ignore it)."""
+    if not body.pop("echo", False):
+        return None
+    if body.get("logprobs") is not None:
+        raise BadRequest("echo with logprobs is not supported: the prompt's own logprobs are not computed",
+                         param="echo")
+    prompts = [body["prompt"]] if isinstance(body["prompt"], str) else body["prompt"]
+    if not all(isinstance(p, str) for p in prompts):
+        raise BadRequest("echo needs a text prompt: token ids are not echoed", param="echo")
+    return prompts
+
+
+def echo_prompts(outcome: Outcome, prompts: list[str], n: int) -> None:
+    """Each choice's text (the first chunk of it in a stream) after its prompt: choice i
+    answers prompt i // n, as OpenAI numbers them."""
+    if outcome.chunks is None:
+        outcome.body = {**outcome.body, "choices": [_echoed(c, prompts, n) for c in outcome.body["choices"]]}
+    else:
+        outcome.chunks = _echoed_chunks(outcome.chunks, prompts, n)
+
+
+def _echoed(choice: dict, prompts: list[str], n: int) -> dict:
+    prompt_index = choice.get("index", 0) // n
+    prompt = prompts[prompt_index] if prompt_index < len(prompts) else ""
+    return {**choice, "text": prompt + (choice.get("text") or "")}
+
+
+async def _echoed_chunks(chunks: AsyncIterator[dict], prompts: list[str], n: int) -> AsyncIterator[dict]:
+    started: set[int] = set()
+    async with closing(chunks) as source_iter:
+        async for chunk in source_iter:
+            choices = chunk.get("choices") or []
+            if any(c.get("index", 0) not in started for c in choices):
+                chunk = {**chunk, "choices": [c if c.get("index", 0) in started else _echoed(c, prompts, n)
+                                              for c in choices]}
+                started.update(c.get("index", 0) for c in choices)
+            yield chunk
 
 
 def raw_request_key(request: Request, api_key: str) -> str:
@@ -81,6 +131,16 @@ def raw_request_key(request: Request, api_key: str) -> str:
 
 def request_headers(request: Request) -> dict[str, str]:
     return dict(request.headers)
+
+
+def shortened(vector: list[float], dimensions: int) -> list[float]:
+    """OpenAI's `dimensions`: the first `dimensions` numbers, normalised again to length 1."""
+    if dimensions > len(vector):
+        raise BadRequest(f"dimensions must be at most {len(vector)}, the model's embedding size, "
+                         f"got {dimensions}", param="dimensions")
+    head = np.asarray(vector[:dimensions], dtype=np.float64)       # (dimensions,)
+    norm = float(np.linalg.norm(head))
+    return (head / norm if norm else head).tolist()
 
 
 def base64_floats(vector: list[float]) -> str:

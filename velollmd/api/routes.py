@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from typing import Awaitable, Callable
+from urllib.parse import unquote
 
 from ..errors import NotFound, VeloError
 from ..http.message import Request, Response
@@ -38,8 +39,8 @@ class Router:
         if methods is None:
             for pattern, candidate in self._patterns:
                 match = pattern.match(path)
-                if match:
-                    methods, params = candidate, match.groupdict()
+                if match:          # a parameter percent-decoded: the openai SDK sends a model's "/" as %2F
+                    methods, params = candidate, {name: unquote(value) for name, value in match.groupdict().items()}
                     break
         if methods is None:
             raise NotFound(f"no route for {path}", code="not_found")

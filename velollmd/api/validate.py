@@ -139,6 +139,8 @@ def _check_message(message, param: str) -> None:
         for j, part in enumerate(content):
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                 _fail(f"{param}.content[{j}]", "expected a content part object with a 'type'")
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                _fail(f"{param}.content[{j}].text", "a text part needs its text, a string")
     if content is None and not message.get("tool_calls") and message.get("role") != "assistant":
         _fail(f"{param}.content", "is required")
     check_message_tool_calls(message.get("tool_calls"), f"{param}.tool_calls")
@@ -172,6 +174,8 @@ def _check_tools(body: dict) -> None:
             if "parameters" in function and not isinstance(function["parameters"], dict):
                 _fail(f"tools[{i}].function.parameters", "expected a JSON Schema object")
     choice = body.get("tool_choice")
+    if choice == "required" and not tools:
+        _fail("tool_choice", "'required' needs at least one tool in 'tools'")
     if choice is None or choice in ("none", "auto", "required"):
         return
     name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
@@ -192,10 +196,17 @@ def _check_response_format(body: dict) -> None:
         _fail("response_format.json_schema.schema", "a JSON Schema object is required")
 
 
+def _check_top_logprobs(body: dict) -> None:
+    """A chat's top_logprobs needs logprobs: true (OpenAI's rule), on every backend alike."""
+    if body.get("top_logprobs") and body.get("logprobs") is not True:
+        _fail("top_logprobs", "needs 'logprobs' to be true")
+
+
 def validate_chat(body: dict) -> dict:
     _check_model(body)
     _check_messages(body.get("messages"))
     _check_sampling(body)
+    _check_top_logprobs(body)
     _check_tools(body)
     _check_response_format(body)
     return body
@@ -206,15 +217,34 @@ def validate_completion(body: dict) -> dict:
     prompt = body.get("prompt")
     if not isinstance(prompt, (str, list)):
         _fail("prompt", "a string or an array of strings is required")
-    if isinstance(prompt, list) and not all(isinstance(p, (str, int)) for p in prompt):
-        _fail("prompt", "expected a string, an array of strings or an array of token ids")
+    if isinstance(prompt, list) and not all(isinstance(p, (str, int)) or _is_token_array(p) for p in prompt):
+        _fail("prompt", "expected a string, an array of strings, an array of token ids or an array of "
+                        "token id arrays")
     _check_sampling(body)
     _check_type(body, "echo", bool, "a boolean")
+    _check_best_of(body)
     return body
+
+
+def _check_best_of(body: dict) -> None:
+    """best_of candidates, the n best returned: at least n (OpenAI's rule); more than n would
+    need the candidates ranked, which no backend here does, so that is refused, not ignored."""
+    _check_type(body, "best_of", int, "an integer")
+    best_of, n = body.get("best_of"), body.get("n") or 1
+    if best_of is not None and best_of < n:
+        _fail("best_of", f"must be at least n ({n}), got {best_of}")
+    if best_of is not None and best_of > n:
+        _fail("best_of", f"more candidates than n ({n}) is not supported, got {best_of}")
+
+
+def _is_token_array(value) -> bool:
+    return isinstance(value, list) and all(type(t) is int for t in value)
 
 
 def validate_embeddings(body: dict) -> dict:
     _check_model(body)
+    _check_type(body, "dimensions", int, "an integer")
+    _check_range(body, "dimensions", 1, 1 << 20)
     value = body.get("input")
     if isinstance(value, str):
         return body

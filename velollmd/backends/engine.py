@@ -30,7 +30,7 @@ from ..engine.runner import Event
 from ..engine.sampling import SamplingParamError, SamplingParams
 from ..errors import BadRequest, NotFound, Unavailable, VeloError
 from ..wire.ids import response_id
-from ..wire.request import GenerateRequest
+from ..wire.request import GenerateRequest, one_prompt
 from ..wire.streams import closing
 from .base import Backend, ModelInfo
 from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer
@@ -261,11 +261,9 @@ class EngineBackend(Backend):
 
     def _prompt_ids(self, model: LoadedModel, body: dict, *, chat: bool) -> list[int]:
         if not chat:
-            prompt = body.get("prompt", "")
+            prompt = one_prompt(body.get("prompt", ""), "the engine")
             if isinstance(prompt, list):
-                if prompt and all(isinstance(t, int) for t in prompt):
-                    return list(prompt)
-                prompt = "".join(p for p in prompt if isinstance(p, str))
+                return _in_vocab(list(prompt), model.config.n_vocab, "prompt")
             return model.tokenizer.encode(prompt, add_special=True, parse_special=True)
         if model.template is None:
             raise BadRequest(f"model {body['model']!r} has a chat template the engine does not know "
@@ -300,12 +298,14 @@ class EngineBackend(Backend):
     async def embeddings(self, body: dict) -> dict:
         model = await self.model(body["model"])
         inputs = body.get("input")
-        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        one = isinstance(inputs, str) or inputs and all(type(t) is int for t in inputs)   # a text or token ids
+        texts = [inputs] if one else list(inputs or [])
         if not texts:
             raise BadRequest("input must be a string or a non-empty list", param="input")
         vectors, num_tokens = [], 0
         for text in texts:
-            ids = text if isinstance(text, list) else model.tokenizer.encode(str(text), add_special=True)
+            ids = _in_vocab(text, model.config.n_vocab, "input") if isinstance(text, list) \
+                else model.tokenizer.encode(str(text), add_special=True)
             if not ids or len(ids) > model.num_ctx:
                 raise BadRequest(f"each input must be 1 to {model.num_ctx} tokens, got {len(ids)}", param="input")
             vectors.append(await asyncio.to_thread(model.runner.embed, ids))
@@ -419,8 +419,19 @@ def _deliverer(mailbox: _Mailbox, inbox: _Inbox, index: int, prepare: Prepare | 
     return deliver
 
 
+def _in_vocab(ids: list, vocab_size: int, param: str) -> list[int]:
+    """Token ids a client sent, each an integer of the vocabulary (else a 400 naming `param`:
+    an id outside it would fail the engine's whole batch)."""
+    for token_id in ids:
+        if type(token_id) is not int or not 0 <= token_id < vocab_size:
+            raise BadRequest(f"token id {token_id!r} is outside the vocabulary (0..{vocab_size - 1})", param=param)
+    return ids
+
+
 def _refuse_unsupported(body: dict) -> None:
     """Fields the engine cannot honour get a 400 naming them, never a silent ignore."""
+    if body.get("suffix"):
+        raise BadRequest("suffix (fill-in-the-middle) is not supported by the engine", param="suffix")
     response_format = body.get("response_format")
     if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
         raise BadRequest(f"response_format {response_format.get('type')!r} needs constrained decoding, "

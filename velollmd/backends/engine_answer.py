@@ -14,7 +14,7 @@ from json.encoder import encode_basestring
 
 from ..engine.runner import Event
 from ..wire import wirejson
-from ..wire.chunks import chunk_choice, chunk_head
+from ..wire.chunks import chunk_choice, chunk_head, completion_logprobs
 
 
 class ChunkBytes(bytes):
@@ -82,7 +82,8 @@ class AnswerBuilder:
         if event.text or event.logprobs:
             delta = {"content": event.text} if self.chat else event.text
             chunk = self._chunk(index, delta)
-            chunk["choices"][0]["logprobs"] = self._logprobs(list(event.logprobs))
+            offset = len(self.texts[index]) - len(event.text)        # (add() appended the text)
+            chunk["choices"][0]["logprobs"] = self._logprobs(list(event.logprobs), offset)
             chunks.append(chunk)
         if event.finish_reason is not None:
             chunk = self._chunk(index, {} if self.chat else "", event.finish_reason)
@@ -148,16 +149,14 @@ class AnswerBuilder:
                 "predicted_ms": round(predicted_ms, 3),
                 "predicted_per_second": round(predicted_n / (predicted_ms / 1e3), 2) if predicted_ms > 0 else None}
 
-    def _logprobs(self, results: list) -> dict | None:
+    def _logprobs(self, results: list, offset: int = 0) -> dict | None:
+        """A chat's `content` entries; a completion's tokens, token_logprobs, top_logprobs
+        and text_offset (`offset`: where the first token starts in the choice's text)."""
         if not results:
             return None
-        if self.chat:
-            return {"content": [self._token_logprob(r.token_id, r.logprob,
-                                                    [self._token_logprob(t, lp) for t, lp in r.top_logprobs])
-                                for r in results]}
-        return {"tokens": [self._text(r.token_id) for r in results],
-                "token_logprobs": [r.logprob for r in results],
-                "top_logprobs": [{self._text(t): lp for t, lp in r.top_logprobs} for r in results]}
+        content = [self._token_logprob(r.token_id, r.logprob, [self._token_logprob(t, lp) for t, lp in r.top_logprobs])
+                   for r in results]
+        return {"content": content} if self.chat else completion_logprobs(content, offset)
 
     def _token_logprob(self, token_id: int, logprob: float, top: list | None = None) -> dict:
         entry = {"token": self._text(token_id), "logprob": logprob,

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+from typing import AsyncIterator
 
-from ..errors import VeloError
+from ..errors import BadRequest, VeloError
+from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest
+from ..wire.streams import closing
 from .base import ModelInfo
 from .openai import OpenAIBackend
 
@@ -59,9 +62,37 @@ class LlamaCppBackend(OpenAIBackend):
         """`verbose` when the caller needs the stop string that ended the answer: llama.cpp
         names it (`__verbose.stopping_word`) only there; OpenAI's answer shape has no field."""
         body = super().upstream_body(request)
+        if body.get("suffix"):            # its /v1/completions ignores it (fill-in-the-middle is /infill)
+            raise BadRequest(f"backend {self.name} ({self.kind}) does not support suffix", param="suffix",
+                             code="unsupported_value")
+        if request.endpoint == "chat" and body.get("logprobs") is not True:
+            body.pop("top_logprobs", None)      # 0 (OpenAI's "none"): llama-server refuses it without logprobs
         if request.report_stop_word and body.get("stop"):
             body["verbose"] = True
         return body
+
+    async def completion(self, request: GenerateRequest) -> dict:
+        """llama.cpp answers a completion's logprobs in the chat shape: given in OpenAI's."""
+        body = await super().completion(request)
+        if _wants_logprobs(request):
+            to_completion_logprobs(body.get("choices") or [], {})
+        return body
+
+    def answer_events(self, request: GenerateRequest) -> AsyncIterator[list[bytes] | list[dict]]:
+        events = super().answer_events(request)
+        if request.endpoint == "completion" and _wants_logprobs(request):
+            return self._completion_logprob_chunks(events)
+        return events
+
+    async def _completion_logprob_chunks(self, events: AsyncIterator[list[bytes]]) -> AsyncIterator[list[dict]]:
+        """A completion stream's chunks with their logprobs in the completions shape."""
+        offsets: dict[int, int] = {}
+        async with closing(events) as batches:
+            async for batch in batches:
+                chunks = [self.decode_event(event) for event in batch]
+                for chunk in chunks:
+                    to_completion_logprobs(chunk.get("choices") or [], offsets)
+                yield chunks
 
     async def tokenize(self, content: str) -> list[int]:
         body = await self.post_json("/tokenize", {"content": content, "add_special": False})
@@ -76,3 +107,7 @@ class LlamaCppBackend(OpenAIBackend):
         tokens = (await self.post_json("/tokenize", {"content": prompt, "add_special": True,
                                                      "parse_special": True})).get("tokens")
         return len(tokens) if isinstance(tokens, list) else None
+
+
+def _wants_logprobs(request: GenerateRequest) -> bool:
+    return request.body.get("logprobs") not in (None, False)

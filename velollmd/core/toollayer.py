@@ -8,7 +8,7 @@ a message telling the model what was wrong.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Awaitable, Callable
 
 from ..config import ToolsConfig
@@ -54,7 +54,10 @@ class ToolCallLayer:
         return outcome
 
     def _clean_body(self, request: GenerateRequest, body: dict) -> ToolResult:
-        choice = body["choices"][0]
+        """Every choice cleaned (n > 1); the first one's result (what a retry reads)."""
+        return [self._clean_choice(request, choice) for choice in body["choices"]][0]
+
+    def _clean_choice(self, request: GenerateRequest, choice: dict) -> ToolResult:
         message = choice.setdefault("message", {})
         result = process_output(message.get("content"), message.get("tool_calls"), request.tools,
                                 tool_choice=request.body.get("tool_choice"), config=self.config,
@@ -93,45 +96,60 @@ class ToolCallLayer:
 
     async def _stream(self, request: GenerateRequest, chunks: AsyncIterator[dict]) -> AsyncIterator[dict]:
         """Content deltas pass through until a call may start; calls come out whole, each as
-        one `delta.tool_calls` entry with index, id, type, name and arguments."""
-        body = request.body
-        stream = ToolCallStream(request.tools, tool_choice=body.get("tool_choice"), config=self.config,
-                                messages=body.get("messages"))
-        backend_calls: dict[int, dict] = {}
-        template, finish = None, None
+        one `delta.tool_calls` entry with index, id, type, name and arguments. Each choice
+        (n > 1) is read on its own, its chunks under its own index."""
+        open_choices: dict[int, _ChoiceStream] = {}
         async with closing(chunks) as source_iter:
             async for chunk in source_iter:
                 choices = chunk.get("choices") or []
                 if not choices:                                   # the usage chunk
-                    for out in self._close(stream, backend_calls, template, finish):
+                    for out in self._close(open_choices):
                         yield out
-                    template = None
                     yield chunk
                     continue
-                template = template or chunk
+                index = choices[0].get("index", 0)
+                choice = open_choices.get(index) or open_choices.setdefault(index, self._choice_stream(request, chunk))
                 delta = choices[0].get("delta") or {}
-                finish = choices[0].get("finish_reason") or finish
-                merge_tool_call_fragments(delta.get("tool_calls"), backend_calls)
+                choice.finish = choices[0].get("finish_reason") or choice.finish
+                merge_tool_call_fragments(delta.get("tool_calls"), choice.backend_calls)
                 if delta.get("role") and not delta.get("content"):
                     yield chunk
                     continue
                 if delta.get("reasoning_content"):
                     yield chunk_like(chunk, {"reasoning_content": delta["reasoning_content"]})
-                for out in _emit(stream.feed(delta.get("content") or ""), chunk):
+                for out in _emit(choice.stream.feed(delta.get("content") or ""), chunk):
                     yield out
-        if template is not None:
-            for out in self._close(stream, backend_calls, template, finish):
-                yield out
+        for out in self._close(open_choices):
+            yield out
 
-    def _close(self, stream: ToolCallStream, backend_calls, template, finish) -> list[dict]:
-        if template is None:
-            return []
-        events = stream.add_calls([backend_calls[i] for i in sorted(backend_calls)]) + stream.finish()
-        self._count(stream.result)
-        out = list(_emit(events, template))
-        reason = stream.finish_reason or ("stop" if finish == "tool_calls" else finish) or "stop"
-        out.append(chunk_like(template, {}, finish_reason=reason) | _report(stream.result))
+    def _choice_stream(self, request: GenerateRequest, template: dict) -> _ChoiceStream:
+        body = request.body
+        return _ChoiceStream(ToolCallStream(request.tools, tool_choice=body.get("tool_choice"), config=self.config,
+                                            messages=body.get("messages")), template)
+
+    def _close(self, open_choices: dict[int, _ChoiceStream]) -> list[dict]:
+        """The end of every open choice (its calls, its finish chunk), in index order."""
+        out = []
+        for index in sorted(open_choices):
+            choice = open_choices.pop(index)
+            events = choice.stream.add_calls([choice.backend_calls[i] for i in sorted(choice.backend_calls)])
+            events += choice.stream.finish()
+            self._count(choice.stream.result)
+            out += _emit(events, choice.template)
+            reason = choice.stream.finish_reason or ("stop" if choice.finish == "tool_calls" else choice.finish) \
+                or "stop"
+            out.append(chunk_like(choice.template, {}, finish_reason=reason) | _report(choice.stream.result))
         return out
+
+
+@dataclass
+class _ChoiceStream:
+    """One choice of a stream with tools: its call detector, its backend's own calls, the
+    chunk its chunks are made like, and its backend's finish_reason."""
+    stream: ToolCallStream
+    template: dict
+    backend_calls: dict[int, dict] = field(default_factory=dict)
+    finish: str | None = None
 
 
 def _report(result: ToolResult) -> dict:

@@ -6,6 +6,7 @@ messages brought to the same shape, as llama.cpp and vLLM do):
 - tool_calls: `function.arguments` (a JSON string on the wire) is parsed into its value, so
   templates that print it with `tojson` write canonical JSON; text that is not JSON stays a string.
 - an empty or null `tool_calls` is no tool call at all.
+- a "developer" message is a system message (OpenAI's newer name for it).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 from dataclasses import dataclass
 
 ROLES = ("system", "user", "assistant", "tool")
+ROLE_ALIASES = {"developer": "system"}
 
 
 class TemplateError(ValueError):
@@ -66,6 +68,7 @@ def _message(i: int, raw: object) -> Message:
     role = raw.get("role")
     if role is None:
         raise TemplateError(f"{where}: missing 'role'")
+    role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
     if role not in ROLES:
         raise TemplateError(f"{where}.role: {role!r} is not one of {', '.join(ROLES)}")
     calls = raw.get("tool_calls") or ()

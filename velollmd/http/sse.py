@@ -65,7 +65,8 @@ class SSEDecoder:
     is split once on the blank line between events, and a one-line event (what every OpenAI
     server sends) costs one slice. Comments, `event:`/`id:` fields and multi-line data follow
     the SSE rules; CRLF and CR line endings are turned into LF first. `events`: a stream's
-    JSON events only (blank payloads and OpenAI's `[DONE]` terminator left out)."""
+    JSON events only (blank payloads, OpenAI's `[DONE]` terminator and `null`, which
+    llama-server opens a stream of several prompts with, left out)."""
     unit = "an event"                              # what an over-long `num_pending` is
 
     def __init__(self, events: bool = False):
@@ -104,7 +105,7 @@ class SSEDecoder:
         payloads = [event[6:] if event[:6] == b"data: " and b"\n" not in event else _payload(event)
                     for event in events]
         if self._events:
-            return [data for data in payloads if data and data != b"[DONE]" and not data.isspace()]
+            return [data for data in payloads if data and data != b"[DONE]" and data != b"null" and not data.isspace()]
         return [data for data in payloads if data is not None]
 
 

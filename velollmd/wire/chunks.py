@@ -44,9 +44,12 @@ def chunk_choice(delta_or_text, finish_reason: str | None = None, *, chat: bool 
 
 
 def chunk_like(template: dict, delta: dict, finish_reason: str | None = None) -> dict:
-    """A chat chunk with `template`'s head (id, created, model, ...) and one new delta."""
+    """A chat chunk with `template`'s head (id, created, model, ...), its choice's index and
+    one new delta."""
     head = {k: v for k, v in template.items() if k not in ("choices", "usage")}
-    return {**head, "choices": [chunk_choice(delta, finish_reason)]}
+    choice = chunk_choice(delta, finish_reason)
+    choice["index"] = (template.get("choices") or [{}])[0].get("index", 0)
+    return {**head, "choices": [choice]}
 
 
 def merge_tool_call_fragments(fragments: list[dict] | None, calls: dict[int, dict]) -> None:
@@ -59,3 +62,30 @@ def merge_tool_call_fragments(fragments: list[dict] | None, calls: dict[int, dic
         function = fragment.get("function") or {}
         call["function"]["name"] += function.get("name") or ""
         call["function"]["arguments"] += function.get("arguments") or ""
+
+
+def completion_logprobs(content: list[dict], offset: int = 0) -> dict:
+    """A completion's logprobs in OpenAI's shape for completions (tokens, token_logprobs,
+    top_logprobs, text_offset) from the chat shape's `content` entries, which llama.cpp sends
+    for both; `offset`: where the first token starts in the choice's text."""
+    tokens = [entry.get("token") or "" for entry in content]
+    text_offset = []
+    for token in tokens:
+        text_offset.append(offset)
+        offset += len(token)
+    return {"tokens": tokens, "token_logprobs": [entry.get("logprob") for entry in content],
+            "top_logprobs": [{top.get("token") or "": top.get("logprob") for top in entry.get("top_logprobs") or []}
+                             for entry in content],
+            "text_offset": text_offset}
+
+
+def to_completion_logprobs(choices: list[dict], offsets: dict[int, int]) -> None:
+    """Each choice's chat-shaped logprobs (llama.cpp's) in the completions shape, in place;
+    `offsets`: the text length of each choice so far, kept across a stream's chunks."""
+    for choice in choices:
+        logprobs = choice.get("logprobs")
+        if not isinstance(logprobs, dict) or not isinstance(logprobs.get("content"), list):
+            continue
+        index = choice.get("index", 0)
+        choice["logprobs"] = completion_logprobs(logprobs["content"], offsets.get(index, 0))
+        offsets[index] = offsets.get(index, 0) + len(choice.get("text") or "")

@@ -14,10 +14,11 @@ import re
 import time
 from datetime import datetime, timezone
 
+from ..errors import BadRequest
 from . import wirejson
 from .chunks import chunk_choice, chunk_head
 from .ids import new_call_id
-from .request import max_tokens_of
+from .request import max_tokens_of, one_prompt
 from .tools import name_and_schema, parse_tool_choice
 
 OPTION_FIELDS = {          # OpenAI field -> Ollama option
@@ -106,9 +107,10 @@ def openai_to_ollama_chat(body: dict, num_ctx: int = 0) -> dict:
 
 
 def openai_to_ollama_generate(body: dict, num_ctx: int = 0) -> dict:
-    prompt = body.get("prompt", "")
-    out = {"model": body["model"], "prompt": prompt if isinstance(prompt, str) else "".join(map(str, prompt)),
-           "raw": True, "stream": bool(body.get("stream")), "options": _options_to_ollama(body, num_ctx)}
+    prompt = one_prompt(body.get("prompt", ""), "Ollama")
+    if not isinstance(prompt, str):
+        raise BadRequest("Ollama takes a text prompt, not token ids", param="prompt")
+    out = {"model": body["model"], "prompt": prompt, "raw": True, "stream": bool(body.get("stream")), "options": _options_to_ollama(body, num_ctx)}
     if "suffix" in body:
         out["suffix"] = body["suffix"]
     return out

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import BadRequest
+
 
 @dataclass
 class GenerateRequest:
@@ -45,3 +47,15 @@ class GenerateRequest:
 
 def max_tokens_of(body: dict) -> int | None:
     return body.get("max_completion_tokens") or body.get("max_tokens")
+
+
+def one_prompt(prompt: str | list, server: str) -> str | list[int]:
+    """A completion's prompt for a `server` that answers one prompt a request: a string or
+    token ids. A list of prompts (strings or token arrays) asks for a completion each: one is
+    served, several are refused, never joined."""
+    if not isinstance(prompt, list) or all(isinstance(t, int) for t in prompt) and prompt:
+        return prompt
+    if len(prompt) != 1:
+        raise BadRequest(f"{server} answers one prompt per request, got {len(prompt)}; "
+                         "send each prompt in a request of its own", param="prompt")
+    return prompt[0]

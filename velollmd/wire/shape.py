@@ -54,9 +54,10 @@ def check_chunk(chunk, endpoint: str, backend_name: str) -> dict:
 
 
 def _all_objects(choices: list) -> bool:
-    """Every item a dict (a loop: all() over a generator cost more for the usual one item)."""
+    """Every item a dict with an integer index, when it has one (a loop: all() over a
+    generator cost more for the usual one item)."""
     for choice in choices:
-        if not isinstance(choice, dict):
+        if not isinstance(choice, dict) or not isinstance(choice.get("index", 0), int):
             return False
     return True
 

@@ -1,0 +1,287 @@
+"""The OpenAI API as a demanding user of the official `openai` SDK drives it: the in-process
+engine (a tiny GGUF) and the real llama-server behind one daemon, each case on both where the
+backend can answer it."""
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.daemon_rig import RunningDaemon, llama_backend, ollama_backend
+from tests.rig.llama import make_tiny_model, tiny_gguf_tool
+
+ENGINE = "tiny-engine"
+CALLER = "tiny-caller"        # its vocab holds a whole Hermes call that a logit_bias opens
+LLAMA = "tiny"
+MESSAGES = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture(scope="module")
+def daemon(llama_server, tmp_path_factory):
+    models_dir = tmp_path_factory.mktemp("qa-engine-models")
+    make_tiny_model(models_dir / f"{ENGINE}.gguf")
+    tiny_gguf_tool().build_tiny_gguf(models_dir / f"{CALLER}.gguf", vocab="spm-call")
+    table = {"backends": [llama_backend(llama_server, models=[LLAMA]),
+                          {"name": "engine", "kind": "engine", "models_dir": str(models_dir),
+                           "ollama_store": False, "max_running": 4, "num_ctx": 512}],
+             "cache": {"enabled": False}}
+    with RunningDaemon(table) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(daemon):
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+
+
+def test_an_unknown_model_id_is_a_404_in_openais_error_shape(client):
+    """GET /v1/models/{id} is shared with Anthropic's API; an OpenAI client (no
+    anthropic-version header) gets OpenAI's error object, with its code and param."""
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("no-such-model")
+    assert info.value.body["code"] == "model_not_found" and info.value.body["param"] == "model"
+
+
+def test_the_engine_refuses_several_prompts_instead_of_joining_them(client):
+    """Each prompt of a list is a completion of its own (a choice per prompt); the engine
+    answers one prompt a request, so several are a 400 naming `prompt`, never one joined text."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=ENGINE, prompt=["the sun", "the moon"], max_tokens=3)
+    assert info.value.body["param"] == "prompt"
+    alone = client.completions.create(model=ENGINE, prompt="the sun", max_tokens=3, temperature=0)
+    listed = client.completions.create(model=ENGINE, prompt=["the sun"], max_tokens=3, temperature=0)
+    assert listed.choices[0].text == alone.choices[0].text
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_top_logprobs_without_logprobs_is_a_400_naming_top_logprobs(client, model):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, top_logprobs=2)
+    assert info.value.body["param"] == "top_logprobs"
+
+
+def test_a_prompt_of_token_id_arrays_is_served(client):
+    """OpenAI's prompt may be an array of token arrays: llama-server answers a choice each, the
+    engine the one it is given."""
+    both = client.completions.create(model=LLAMA, prompt=[[5, 6, 7], [8, 9]], max_tokens=2, temperature=0)
+    assert sorted(c.index for c in both.choices) == [0, 1]
+    one = client.completions.create(model=ENGINE, prompt=[[5, 6, 7]], max_tokens=2, temperature=0)
+    assert one.usage.prompt_tokens == 3 and one.usage.completion_tokens == 2
+
+
+def test_a_developer_message_is_the_engines_system_message(client):
+    """OpenAI's "developer" role replaces "system": the engine renders it as the system turn."""
+    def answer(role: str):
+        return client.chat.completions.create(model=ENGINE, max_tokens=4, temperature=0, messages=[
+            {"role": role, "content": "be brief"}, *MESSAGES])
+    developer, system = answer("developer"), answer("system")
+    assert developer.usage.prompt_tokens == system.usage.prompt_tokens
+    assert developer.choices[0].message.content == system.choices[0].message.content
+
+
+def test_embeddings_dimensions_shortens_and_normalises_each_vector(client):
+    """OpenAI's `dimensions`: the vector's first numbers, of length 1 again; float and base64
+    (the SDK's default) alike."""
+    full = client.embeddings.create(model=ENGINE, input="the sun", encoding_format="float").data[0].embedding
+    for encoding in ("float", openai.NOT_GIVEN):         # not given: the SDK asks for base64, decodes it
+        short = client.embeddings.create(model=ENGINE, input="the sun", dimensions=8,
+                                         encoding_format=encoding).data[0].embedding
+        norm = sum(x * x for x in full[:8]) ** 0.5
+        assert len(short) == 8
+        assert short == pytest.approx([x / norm for x in full[:8]], abs=1e-5)
+
+
+@pytest.mark.parametrize("dimensions", [0, 100_000, "8"])
+def test_embeddings_dimensions_out_of_range_is_a_400_naming_it(client, dimensions):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=ENGINE, input="the sun", dimensions=dimensions)
+    assert info.value.body["param"] == "dimensions"
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+@pytest.mark.parametrize("stream", [False, True])
+def test_completion_logprobs_have_openais_completion_shape(client, model, stream):
+    """llama-server answers a completion's logprobs in the chat shape ({"content": [...]}), the
+    engine had no text_offset; the SDK reads tokens, token_logprobs, top_logprobs, text_offset."""
+    kwargs = dict(model=model, prompt="the sun", max_tokens=3, logprobs=2, temperature=0)
+    if stream:
+        chunks = [c for c in client.completions.create(stream=True, **kwargs) if c.choices and c.choices[0].logprobs]
+        text = "".join(c.choices[0].text for c in chunks)
+        logprobs = [c.choices[0].logprobs for c in chunks]
+        tokens = [t for lp in logprobs for t in lp.tokens]
+        offsets = [o for lp in logprobs for o in lp.text_offset]
+        tops = [top for lp in logprobs for top in lp.top_logprobs]
+    else:
+        answer = client.completions.create(**kwargs)
+        text, logprobs = answer.choices[0].text, answer.choices[0].logprobs
+        tokens, offsets, tops = logprobs.tokens, logprobs.text_offset, logprobs.top_logprobs
+    assert "".join(tokens) == text and len(tokens) == 3
+    assert offsets == [0, len(tokens[0]), len(tokens[0]) + len(tokens[1])]
+    assert all(len(top) == 2 and all(lp <= 0 for lp in top.values()) for top in tops)
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_a_suffix_the_backend_cannot_honour_is_a_400_naming_it(client, model):
+    """Fill-in-the-middle: neither the engine nor llama-server's /v1/completions does it; the
+    answer would be a plain completion that never meets the suffix."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model, prompt="def add(a, b):", suffix="\n\nprint(add(1, 2))", max_tokens=3)
+    assert info.value.body["param"] == "suffix"
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_echo_puts_the_prompt_before_the_completion(client, model):
+    kwargs = dict(model=model, prompt="the sun", max_tokens=3, temperature=0)
+    plain = client.completions.create(**kwargs).choices[0].text
+    assert client.completions.create(echo=True, **kwargs).choices[0].text == "the sun" + plain
+    streamed = [c.choices[0].text for c in client.completions.create(echo=True, stream=True, **kwargs) if c.choices]
+    assert streamed[0].startswith("the sun") and "".join(streamed) == "the sun" + plain
+
+
+def test_echo_numbers_its_prompts_as_openai_numbers_the_choices(client):
+    answer = client.completions.create(model=LLAMA, prompt=["the sun", "the moon"], max_tokens=2, echo=True)
+    texts = {c.index: c.text for c in answer.choices}
+    assert texts[0].startswith("the sun") and texts[1].startswith("the moon")
+    several = client.completions.create(model=ENGINE, prompt="the sea", n=2, max_tokens=2, echo=True, seed=1)
+    assert [c.text.startswith("the sea") for c in several.choices] == [True, True]
+
+
+@pytest.mark.parametrize("kwargs", [{"logprobs": 1}, {"prompt": [5, 6, 7]}])
+def test_echo_it_cannot_honour_is_a_400_naming_echo(client, kwargs):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(**{"model": ENGINE, "prompt": "the sun", "max_tokens": 2, "echo": True, **kwargs})
+    assert info.value.body["param"] == "echo"
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_best_of_over_n_is_a_400_naming_it_and_equal_to_n_is_served(client, model):
+    """No backend ranks candidate completions: best_of > n is refused rather than ignored."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model, prompt="the sun", max_tokens=2, best_of=3)
+    assert info.value.body["param"] == "best_of"
+    answer = client.completions.create(model=model, prompt="the sun", max_tokens=2, best_of=1)
+    assert answer.usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("token_id", [1 << 30, -1])
+def test_token_ids_outside_the_engines_vocabulary_are_a_400_naming_the_field(client, token_id):
+    """Never the engine's failed batch (a 503 that fails the requests decoded beside it, or a 500)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=ENGINE, prompt=[5, token_id], max_tokens=2)
+    assert info.value.body["param"] == "prompt"
+    for embedding_input in ([5, token_id], [[5, token_id]]):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.embeddings.create(model=ENGINE, input=embedding_input)
+        assert info.value.body["param"] == "input"
+
+
+def test_an_array_of_token_ids_is_one_embedding_input(client):
+    """OpenAI: `input` as an array of integers is one input, tokens of one text."""
+    result = client.embeddings.create(model=ENGINE, input=[5, 6, 7], encoding_format="float")
+    assert len(result.data) == 1 and result.usage.prompt_tokens == 3
+    same = client.embeddings.create(model=ENGINE, input=[[5, 6, 7]], encoding_format="float")
+    assert same.data[0].embedding == pytest.approx(result.data[0].embedding)
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+@pytest.mark.parametrize("part", [{"type": "text"}, {"type": "text", "text": 7}])
+def test_a_text_part_without_text_is_a_400_naming_it(client, model, part):
+    """llama-server answered it with a 500 (a 502 here); the engine with a 400 naming only messages."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=model, max_tokens=2, messages=[{"role": "user", "content": [part]}])
+    assert info.value.body["param"] == "messages[0].content[0].text"
+
+
+def test_a_stream_of_several_prompts_from_llama_server_is_relayed(client):
+    """llama-server opens such a stream with a `data: null` event; the client gets each
+    prompt's choice, not a stream broken by an error event."""
+    chunks = list(client.completions.create(model=LLAMA, prompt=["the sun", "the moon"], max_tokens=2, stream=True))
+    texts = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+    assert sorted(texts) == [0, 1] and all(texts.values())
+    assert sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason) == [0, 1]
+
+
+@pytest.mark.parametrize("prompt", [["the sun", "the moon"], [5, 6, 7], [[5, 6]]])
+def test_the_ollama_backend_refuses_prompts_it_cannot_take_instead_of_joining_them(daemon_factory, ollama_emulator,
+                                                                                    prompt):
+    """Ollama's /api/generate takes one text: several prompts were joined into one, token ids
+    sent as their digits ("567")."""
+    running = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False}})
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="llama3.2:latest", prompt=prompt, max_tokens=2)
+    assert info.value.body["param"] == "prompt"
+    listed = client.completions.create(model="llama3.2:latest", prompt=["the sun"], max_tokens=2)
+    assert listed.choices[0].text
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+@pytest.mark.parametrize("tools", [None, []])
+def test_tool_choice_required_without_tools_is_a_400_naming_it(client, model, tools):
+    """A call that must be made with no tool to call: both backends answered plain text."""
+    extra = {} if tools is None else {"tools": tools}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, tool_choice="required", **extra)
+    assert info.value.body["param"] == "tool_choice"
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_top_logprobs_zero_without_logprobs_is_served(client, model):
+    """top_logprobs 0 asks for nothing; llama-server refused it unless logprobs is true."""
+    answer = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, logprobs=False,
+                                            top_logprobs=0)
+    assert answer.usage.completion_tokens == 2 and answer.choices[0].logprobs is None
+
+
+def test_a_model_whose_name_has_a_slash_is_retrieved(daemon_factory, tmp_path):
+    """The SDK percent-encodes the id in /v1/models/{id} (Ollama names such as
+    hf.co/org/model:tag hold slashes)."""
+    model_path = make_tiny_model(tmp_path / "tiny.gguf")
+    running = daemon_factory({"backends": [{"name": "engine", "kind": "engine", "model": str(model_path),
+                                            "alias": "acme/tiny model:1b", "ollama_store": False}],
+                              "cache": {"enabled": False}})
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+    assert client.models.retrieve("acme/tiny model:1b").id == "acme/tiny model:1b"
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def test_n_choices_with_tools_stream_each_under_its_own_index(client):
+    """The tool-call layer reads a stream with tools: each choice keeps its index, its text and
+    its finish_reason (choice 1's text came under index 0, with one finish_reason in all)."""
+    kwargs = dict(model=ENGINE, messages=MESSAGES, max_tokens=3, n=2, seed=1, tools=[WEATHER])
+    whole = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    texts, finishes = {}, {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finishes[choice.index] = finishes.get(choice.index, []) + [choice.finish_reason]
+    assert texts == {c.index: c.message.content for c in whole.choices}
+    assert finishes == {0: ["length"], 1: ["length"]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_choice_of_n_makes_its_tool_call(client, stream):
+    """Each of n choices is read for tool calls, not only the first (choice 1's call was left
+    as raw text)."""
+    answer = client.chat.completions.create(model=CALLER, max_tokens=40, temperature=0, n=2, tools=[WEATHER],
+                                            messages=[{"role": "user", "content": "weather?"}], stream=stream,
+                                            extra_body={"logit_bias": tiny_gguf_tool().force_tool_call_bias()})
+    if stream:
+        calls, finishes = {}, {}
+        for chunk in answer:
+            for choice in chunk.choices:
+                calls.setdefault(choice.index, []).extend(choice.delta.tool_calls or [])
+                finishes[choice.index] = choice.finish_reason or finishes.get(choice.index)
+        names = {index: [c.function.name for c in found] for index, found in calls.items()}
+    else:
+        names = {c.index: [t.function.name for t in c.message.tool_calls or []] for c in answer.choices}
+        finishes = {c.index: c.finish_reason for c in answer.choices}
+    assert names == {0: ["get_weather"], 1: ["get_weather"]}
+    assert finishes == {0: "tool_calls", 1: "tool_calls"}
