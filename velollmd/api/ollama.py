@@ -112,8 +112,6 @@ class OllamaRoutes:
         if backend.native_ollama:
             endpoint, openai_body = ollama_generate_request_to_openai(body)
             return await self._admitted_passthrough(request, backend, "/api/generate", body, endpoint, openai_body)
-        if body.get("suffix"):
-            raise BadRequest(f"model {body['model']!r} does not support insert (suffix)", param="suffix")
         keep_alive_s = self._keep(request, backend, body)
         if not body.get("prompt") and not body.get("images"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=False)

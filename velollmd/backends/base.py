@@ -238,6 +238,14 @@ class Backend:
                             code="backend_error")
 
 
+def refuse_insert(body: dict) -> None:
+    """`suffix` (fill in the middle) for a server whose completions would ignore it: a 400, as
+    Ollama answers for a model without the insert capability, never a silent ignore."""
+    if body.get("suffix"):
+        raise BadRequest(f"model {body.get('model')!r} does not support insert (suffix)", param="suffix",
+                         code="unsupported_value")
+
+
 def _is_seconds(value: str) -> bool:
     """A Retry-After worth passing on: whole seconds, under a day (not a date, not junk)."""
     return value.isascii() and value.isdigit() and int(value) < 86400

@@ -32,7 +32,7 @@ from ..errors import BadRequest, NotFound, Unavailable, VeloError
 from ..wire.ids import response_id
 from ..wire.request import GenerateRequest, one_prompt
 from ..wire.streams import closing
-from .base import Backend, ModelInfo
+from .base import Backend, ModelInfo, refuse_insert
 from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer
 
 log = logging.getLogger("velollmd.engine")
@@ -430,8 +430,7 @@ def _in_vocab(ids: list, vocab_size: int, param: str) -> list[int]:
 
 def _refuse_unsupported(body: dict) -> None:
     """Fields the engine cannot honour get a 400 naming them, never a silent ignore."""
-    if body.get("suffix"):
-        raise BadRequest("suffix (fill-in-the-middle) is not supported by the engine", param="suffix")
+    refuse_insert(body)
     response_format = body.get("response_format")
     if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
         raise BadRequest(f"response_format {response_format.get('type')!r} needs constrained decoding, "

@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 from typing import AsyncIterator
 
-from ..errors import BadRequest, VeloError
+from ..errors import VeloError
 from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest
 from ..wire.streams import closing
-from .base import ModelInfo
+from .base import ModelInfo, refuse_insert
 from .openai import OpenAIBackend
 
 
@@ -62,9 +62,7 @@ class LlamaCppBackend(OpenAIBackend):
         """`verbose` when the caller needs the stop string that ended the answer: llama.cpp
         names it (`__verbose.stopping_word`) only there; OpenAI's answer shape has no field."""
         body = super().upstream_body(request)
-        if body.get("suffix"):            # its /v1/completions ignores it (fill-in-the-middle is /infill)
-            raise BadRequest(f"backend {self.name} ({self.kind}) does not support suffix", param="suffix",
-                             code="unsupported_value")
+        refuse_insert(body)               # its /v1/completions ignores it (fill-in-the-middle is /infill)
         if request.endpoint == "chat" and body.get("logprobs") is not True:
             body.pop("top_logprobs", None)      # 0 (OpenAI's "none"): llama-server refuses it without logprobs
         if request.report_stop_word and body.get("stop"):

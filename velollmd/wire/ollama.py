@@ -301,6 +301,8 @@ def _chat_logprobs(body: dict) -> dict:
 def ollama_generate_request_to_openai(body: dict) -> tuple[str, dict]:
     """("chat" | "completion", OpenAI body): raw prompts go to /v1/completions."""
     base = {"model": body.get("model"), "stream": body.get("stream", True) is not False}
+    if body.get("suffix"):         # fill in the middle: served where the backend can, else a 400 there
+        base["suffix"] = body["suffix"]
     _options_from_ollama(body, base)
     if body.get("raw"):            # completions' logprobs counts alternatives; 0 gives none from llama-server
         logprobs = {"logprobs": body.get("top_logprobs") or 1} if body.get("logprobs") else {}
