@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
+from tests.rig.llama import make_tiny_model
 from velollmd.config import config_from_table
 from velollmd.daemon import build_app, serve
 
@@ -79,3 +81,15 @@ def llama_backend(server, **extra) -> dict:
 def ollama_backend(emulator, **extra) -> dict:
     return {"name": "ollama", "kind": "ollama", "url": emulator.url,
             "models": ["llama3*", "nomic*", "emu-*"], **extra}
+
+
+def engine_backend(models_dir, **extra) -> dict:
+    """The in-process engine serving every GGUF in `models_dir` (not Ollama's store)."""
+    return {"name": "engine", "kind": "engine", "models_dir": str(models_dir), "ollama_store": False,
+            "max_running": 2, "num_ctx": 512, **extra}
+
+
+def tiny_engine_daemon(folder, model: str, **extra) -> RunningDaemon:
+    """A daemon (not started) before the engine alone, serving the tiny model as `model`."""
+    make_tiny_model(Path(folder) / f"{model}.gguf")
+    return RunningDaemon({"backends": [engine_backend(folder, **extra)], "cache": {"enabled": False}})

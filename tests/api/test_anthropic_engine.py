@@ -3,8 +3,7 @@ answers, and count_tokens from the engine's own chat template and tokenizer."""
 import anthropic
 import pytest
 
-from tests.daemon_rig import RunningDaemon
-from tests.rig.llama import make_tiny_model
+from tests.daemon_rig import tiny_engine_daemon
 
 MODEL = "tiny-engine"
 HI = [{"role": "user", "content": "Say something."}]
@@ -12,12 +11,7 @@ HI = [{"role": "user", "content": "Say something."}]
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("engine-models")
-    make_tiny_model(folder / f"{MODEL}.gguf")
-    table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(folder),
-                           "ollama_store": False, "max_running": 2, "num_ctx": 512}],
-             "cache": {"enabled": False}}
-    with RunningDaemon(table) as daemon:
+    with tiny_engine_daemon(tmp_path_factory.mktemp("engine-models"), MODEL) as daemon:
         yield anthropic.Anthropic(base_url=daemon.url, api_key="none", max_retries=0)
 
 

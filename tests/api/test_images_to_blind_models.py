@@ -6,7 +6,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.daemon_rig import RunningDaemon
+from tests.daemon_rig import RunningDaemon, engine_backend
 from tests.rig.llama import make_tiny_model
 
 PNG = "data:image/png;base64,aGVsbG8="
@@ -34,7 +34,7 @@ def test_every_api_refuses_images_for_llama_server_without_vision_and_it_keeps_s
 
 def test_the_engine_refuses_images_the_same_way(tmp_path):
     make_tiny_model(tmp_path / "blind.gguf")
-    table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(tmp_path), "ollama_store": False}],
+    table = {"backends": [engine_backend(tmp_path)],
              "cache": {"enabled": False}}
     with RunningDaemon(table) as running:
         chat = openai.OpenAI(base_url=running.url + "/v1", api_key="unused", max_retries=0)

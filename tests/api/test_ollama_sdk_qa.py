@@ -7,7 +7,7 @@ import json
 import ollama
 import pytest
 
-from tests.daemon_rig import RunningDaemon
+from tests.daemon_rig import RunningDaemon, engine_backend
 from tests.rig.llama import make_tiny_model
 from velollmd.http.message import Request
 
@@ -18,8 +18,7 @@ ENGINE_MODEL = "tiny-engine"
 def engine_daemon(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ollama-qa-models")
     make_tiny_model(folder / f"{ENGINE_MODEL}.gguf")
-    table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(folder),
-                           "ollama_store": False, "max_running": 2, "num_ctx": 256}],
+    table = {"backends": [engine_backend(folder, num_ctx=256)],
              "cache": {"enabled": False}}
     with RunningDaemon(table) as running:
         yield running

@@ -6,7 +6,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.daemon_rig import RunningDaemon, llama_backend, ollama_backend
+from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend, ollama_backend
 from tests.rig.llama import make_tiny_model, tiny_gguf_tool
 
 ENGINE = "tiny-engine"
@@ -21,8 +21,7 @@ def daemon(llama_server, tmp_path_factory):
     make_tiny_model(models_dir / f"{ENGINE}.gguf")
     tiny_gguf_tool().build_tiny_gguf(models_dir / f"{CALLER}.gguf", vocab="spm-call")
     table = {"backends": [llama_backend(llama_server, models=[LLAMA]),
-                          {"name": "engine", "kind": "engine", "models_dir": str(models_dir),
-                           "ollama_store": False, "max_running": 4, "num_ctx": 512}],
+                          engine_backend(models_dir, max_running=4)],
              "cache": {"enabled": False}}
     with RunningDaemon(table) as running:
         yield running

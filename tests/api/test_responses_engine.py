@@ -5,8 +5,7 @@ import math
 import openai
 import pytest
 
-from tests.daemon_rig import RunningDaemon
-from tests.rig.llama import make_tiny_model
+from tests.daemon_rig import tiny_engine_daemon
 
 MODEL = "tiny-engine"
 LOGPROBS = ["message.output_text.logprobs"]
@@ -14,12 +13,7 @@ LOGPROBS = ["message.output_text.logprobs"]
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("engine-models")
-    make_tiny_model(folder / f"{MODEL}.gguf")
-    table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(folder),
-                           "ollama_store": False, "max_running": 2, "num_ctx": 512}],
-             "cache": {"enabled": False}}
-    with RunningDaemon(table) as daemon:
+    with tiny_engine_daemon(tmp_path_factory.mktemp("engine-models"), MODEL) as daemon:
         yield openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
 
 

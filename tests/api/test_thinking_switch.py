@@ -9,7 +9,7 @@ import ollama
 import openai
 import pytest
 
-from tests.daemon_rig import RunningDaemon, ollama_backend
+from tests.daemon_rig import RunningDaemon, engine_backend, ollama_backend
 from tests.engine.weights import write_random_gguf
 
 QWEN3 = (Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates" / "Qwen-Qwen3-0.6B.jinja").read_text()
@@ -22,8 +22,7 @@ OFF = {"chat_template_kwargs": {"enable_thinking": False}}
 def daemon(tmp_path_factory):
     folder = tmp_path_factory.mktemp("thinking")
     write_random_gguf(folder / f"{MODEL}.gguf", "qwen3", vocab="bpe:qwen2", chat_template=QWEN3)
-    table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(folder), "ollama_store": False,
-                           "models": [MODEL], "num_ctx": 256}], "cache": {"enabled": False}}
+    table = {"backends": [engine_backend(folder, models=[MODEL], num_ctx=256)], "cache": {"enabled": False}}
     with RunningDaemon(table) as running:
         yield running
 

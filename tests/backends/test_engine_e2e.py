@@ -13,7 +13,7 @@ import ollama
 import openai
 import pytest
 
-from tests.daemon_rig import RunningDaemon
+from tests.daemon_rig import RunningDaemon, engine_backend
 from tests.rig.llama import make_tiny_model, tiny_gguf_tool
 
 MODEL = "tiny-engine"
@@ -33,9 +33,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def daemon(models_dir):
-    table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(models_dir),
-                           "ollama_store": False, "max_running": 4, "num_ctx": 512}],
-             "cache": {"enabled": False}}
+    table = {"backends": [engine_backend(models_dir, max_running=4)], "cache": {"enabled": False}}
     with RunningDaemon(table) as running:
         yield running
 
