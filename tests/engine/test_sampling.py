@@ -64,7 +64,8 @@ def test_top_k_keeps_the_k_largest_ties_to_the_lowest_id():
     assert top_k_ids(logits, 0).tolist() == [1, 3, 2, 4, 0, 5]
 
 
-@pytest.mark.parametrize("top_p, kept", [(0.3, [0]), (0.7, [0, 1]), (0.9, [0, 1, 2]), (1.0, [0, 1, 2, 3])])
+@pytest.mark.parametrize("top_p, kept", [(0.0, [0]), (0.3, [0]), (0.7, [0, 1]), (0.9, [0, 1, 2]),
+                                         (1.0, [0, 1, 2, 3])])
 def test_top_p_keeps_the_shortest_prefix_reaching_the_mass(top_p, kept):
     assert top_p_ids(LOGITS, top_k_ids(LOGITS, 0), top_p).tolist() == kept
 
@@ -251,7 +252,7 @@ def test_absent_fields_keep_the_defaults_and_seed_minus_one_is_random():
 
 
 @pytest.mark.parametrize("body, param", [
-    ({"top_p": 0}, "top_p"),
+    ({"top_p": -0.1}, "top_p"),
     ({"top_p": 1.5}, "top_p"),
     ({"temperature": -0.1}, "temperature"),
     ({"temperature": "hot"}, "temperature"),
@@ -283,7 +284,7 @@ def test_bad_fields_raise_naming_the_field(body, param):
 
 def test_direct_construction_is_validated_too():
     with pytest.raises(SamplingParamError, match="top_p"):
-        SamplingParams(top_p=0.0)
+        SamplingParams(top_p=-0.5)
     with pytest.raises(SamplingParamError, match="logit_bias"):
         Sampler(SamplingParams(logit_bias={10: 1.0}), 4)
 
@@ -301,3 +302,10 @@ def test_top_p_over_a_large_vocab_equals_the_full_sort(top_p):
     full = np.sort(top_p_ids(logits, top_k_ids(logits, 0), top_p))
     assert sampler.candidates(logits).tolist() == full.tolist()
     assert 0 < full.size < 5000
+
+
+def test_top_p_zero_draws_the_most_likely_token_as_openai_and_llama_server_allow():
+    sampler = Sampler(SamplingParams(temperature=1.0, top_p=0.0, seed=5), 4)
+    logits = np.array([1.0, 3.0, 2.9, -1.0], dtype=np.float32)
+    assert {sampler.sample(logits, []).token_id for _ in range(30)} == {1}
+    assert SamplingParams.from_request({"top_p": 0}, vocab_size=50).top_p == 0

@@ -45,7 +45,7 @@ class SamplingParamError(ValueError):
 class SamplingParams:
     temperature: float = 1.0           # 0: greedy
     top_k: int = 0                     # 0 or -1: off
-    top_p: float = 1.0                 # in (0, 1]; 1: off
+    top_p: float = 1.0                 # in [0, 1]; 1: off, 0: the most likely token only
     min_p: float = 0.0                 # in [0, 1]; 0: off
     repeat_penalty: float = 1.0        # llama.cpp; 1: off
     presence_penalty: float = 0.0      # OpenAI
@@ -105,7 +105,7 @@ class SamplingParams:
 def _check_params(p: SamplingParams) -> None:
     _require(p, "temperature", math.isfinite(p.temperature) and p.temperature >= 0, "must be >= 0")
     _require(p, "top_k", p.top_k >= -1, "must be >= 0, or -1 for off")
-    _require(p, "top_p", 0 < p.top_p <= 1, "must be in (0, 1]")
+    _require(p, "top_p", 0 <= p.top_p <= 1, "must be in [0, 1]")
     _require(p, "min_p", 0 <= p.min_p <= 1, "must be in [0, 1]")
     _require(p, "repeat_penalty", math.isfinite(p.repeat_penalty) and p.repeat_penalty > 0, "must be > 0")
     _require(p, "presence_penalty", math.isfinite(p.presence_penalty), "must be a finite number")
