@@ -284,3 +284,12 @@ def test_every_choice_of_n_makes_its_tool_call(client, stream):
         finishes = {c.index: c.finish_reason for c in answer.choices}
     assert names == {0: ["get_weather"], 1: ["get_weather"]}
     assert finishes == {0: "tool_calls", 1: "tool_calls"}
+
+
+def test_a_completion_prompt_over_the_context_names_prompt(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=ENGINE, prompt="word " * 2000, max_tokens=2)
+    assert info.value.code == "context_length_exceeded" and info.value.body["param"] == "prompt"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=ENGINE, messages=[{"role": "user", "content": "word " * 2000}])
+    assert info.value.body["param"] == "messages"

@@ -26,7 +26,7 @@ from ..engine import loader, store
 from ..engine.device import choose_device
 from ..engine.loader import EngineOptions, LoadedModel
 from ..engine.prompt import chat_prompt, enable_thinking_of
-from ..engine.runner import Event
+from ..engine.runner import Event, check_prompt
 from ..engine.sampling import SamplingParamError, SamplingParams
 from ..errors import BadRequest, NotFound, Unavailable, VeloError
 from ..wire.ids import response_id
@@ -255,6 +255,7 @@ class EngineBackend(Backend):
         except SamplingParamError as exc:
             raise BadRequest(str(exc), param=exc.param) from None
         prompt_ids = self._prompt_ids(model, body, chat=chat)
+        check_prompt(prompt_ids, model.runner.num_ctx, "messages" if chat else "prompt")
         if chat:       # the turn's end as text too, should the model spell it out in pieces
             params = dataclasses.replace(params, stop=tuple(dict.fromkeys(params.stop + model.template.stop)))
         return model, prompt_ids, params

@@ -89,6 +89,15 @@ class EngineSeq:
         return self.request.request_id
 
 
+def check_prompt(prompt_ids: Sequence[int], num_ctx: int, param: str = "messages") -> None:
+    """A 400 naming `param` for a prompt that is empty or leaves no room to generate."""
+    if not prompt_ids:
+        raise BadRequest("the prompt is empty after tokenization", param=param)
+    if len(prompt_ids) >= num_ctx:
+        raise BadRequest(f"the prompt ({len(prompt_ids)} tokens) exceeds the context size "
+                         f"({num_ctx} tokens)", param=param, code="context_length_exceeded")
+
+
 class Runner:
     def __init__(self, model: Model, kv: PagedKVCache, scheduler: Scheduler, tokenizer, *,
                  max_batch_tokens: int, num_ctx: int, clock: Callable[[], float] = time.monotonic):
@@ -144,11 +153,7 @@ class Runner:
     def _new_seq(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
                  on_event: Callable[[Event], None], priority: int, model_name: str,
                  choice_index: int) -> EngineSeq:
-        if not prompt_ids:
-            raise BadRequest("the prompt is empty after tokenization", param="messages")
-        if len(prompt_ids) >= self.num_ctx:
-            raise BadRequest(f"the prompt ({len(prompt_ids)} tokens) exceeds the context size "
-                             f"({self.num_ctx} tokens)", param="messages", code="context_length_exceeded")
+        check_prompt(prompt_ids, self.num_ctx)
         # A sequence never outgrows the context nor the whole KV pool (alone it always fits).
         room = min(self.num_ctx, self.scheduler.pool.num_blocks * self.block_size) - len(prompt_ids)
         max_tokens = max(1, min(params.max_tokens or self.num_ctx, room))
