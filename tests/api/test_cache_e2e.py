@@ -6,7 +6,8 @@ import httpx
 import openai
 import pytest
 
-from tests.daemon_rig import RunningDaemon, ollama_backend
+from tests.daemon_rig import RunningDaemon, engine_backend, ollama_backend
+from tests.rig.llama import make_tiny_model
 
 MODEL = "llama3.2:latest"
 
@@ -18,6 +19,15 @@ def ask(text: str, **extra) -> dict:
 @pytest.fixture
 def cached(daemon_factory, ollama_emulator):
     return daemon_factory({"backends": [ollama_backend(ollama_emulator)]})
+
+
+@pytest.fixture(scope="module")
+def engine_cached(tmp_path_factory):
+    """The in-process engine serving the tiny model as "eng", with the cache on."""
+    folder = tmp_path_factory.mktemp("engine-models")
+    make_tiny_model(folder / "eng.gguf")
+    with RunningDaemon({"backends": [engine_backend(folder)]}) as daemon:
+        yield daemon
 
 
 def post(daemon, body, headers=None):
@@ -212,3 +222,11 @@ def test_backend_embedder_failure_falls_back_to_the_exact_tier(daemon_factory, o
     ollama_emulator.script("answer")
     assert post(daemon, ask("Question one?")).status_code == 200
     assert post(daemon, ask("Question one?")).headers["x-velollm-cache"] == "hit-exact"
+
+
+def test_a_completion_asking_logprobs_0_is_not_answered_without_them(engine_cached):
+    body = {"model": "eng", "prompt": "once upon", "temperature": 0, "max_tokens": 4, "logprobs": 0}
+    for _ in range(2):
+        answer = httpx.post(engine_cached.url + "/v1/completions", json=body, timeout=60)
+        assert answer.headers["x-velollm-cache"] == "bypass"
+        assert len(answer.json()["choices"][0]["logprobs"]["token_logprobs"]) == 4
