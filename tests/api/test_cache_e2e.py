@@ -165,6 +165,28 @@ def test_single_flight_20_concurrent_identical_requests_make_one_call(cached, ol
     assert ollama_emulator.count("/api/chat") == 1
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_coalesced_answers_have_ids_of_their_own(cached, ollama_emulator, stream):
+    ollama_emulator.script(chunks=["one", " shared", " answer"], delay_s=0.2)
+
+    async def main():
+        async with httpx.AsyncClient(timeout=30) as client:
+            body = ask("Same question, same time", stream=stream)
+            return await asyncio.gather(*(client.post(cached.url + "/v1/chat/completions", json=body)
+                                          for _ in range(4)))
+    responses = asyncio.run(main())
+    assert sorted(r.headers.get("x-velollm-coalesced", "") for r in responses) == ["", "1", "1", "1"]
+    ids = []
+    for response in responses:
+        if stream:
+            [answer_id] = {json.loads(l[6:])["id"] for l in response.text.splitlines() if l.startswith("data: {")}
+        else:
+            answer_id = response.json()["id"]
+        ids.append(answer_id)
+    assert len(set(ids)) == 4 and all(i.startswith("chatcmpl-") for i in ids)
+    assert ollama_emulator.count("/api/chat") == 1
+
+
 def test_restart_keeps_the_hits(tmp_path, ollama_emulator):
     table = {"backends": [ollama_backend(ollama_emulator)], "cache": {"path": str(tmp_path / "cache")}}
     ollama_emulator.script("persisted answer")

@@ -246,11 +246,14 @@ class Pipeline:
         headers = dict(head.headers)
         if not leader:
             headers["x-velollm-coalesced"] = "1"
+        own_id = None if leader else _id_for(request)     # a joiner's answer is an answer of its own
         if request.stream:
-            return Outcome(headers, chunks=strip_usage(self._stream_from(flight, request), request.include_usage))
+            return Outcome(headers, chunks=strip_usage(self._stream_from(flight, request, own_id),
+                                                       request.include_usage))
         if head.body is not None:
             flight.leave()
-            return Outcome(headers, body={**head.body, "choices": [dict(c) for c in head.body["choices"]]})
+            body = {**head.body, "choices": [dict(c) for c in head.body["choices"]]}
+            return Outcome(headers, body=body if own_id is None else {**body, "id": own_id})
         try:
             await flight.wait_done()
         finally:
@@ -258,11 +261,15 @@ class Pipeline:
         return Outcome(headers, body=to_json(_recorded(flight), _id_for(request), model=request.echo_model,
                                              endpoint=request.endpoint))
 
-    async def _stream_from(self, flight: Flight, request: GenerateRequest) -> AsyncIterator[dict]:
-        """A stream for one consumer: live chunks, or a replay of a whole answer."""
+    async def _stream_from(self, flight: Flight, request: GenerateRequest,
+                           own_id: str | None = None) -> AsyncIterator[dict]:
+        """A stream for one consumer: live chunks (under `own_id` when given), or a replay of a
+        whole answer."""
         if flight.outcome.chunks is not None:
             async with closing(flight.replay_chunks()) as source_iter:
                 async for chunk in source_iter:
+                    if own_id is not None and "id" in chunk:
+                        chunk["id"] = own_id                # (a copy: replay_chunks yields one each)
                     yield chunk
             return
         flight.leave()
