@@ -52,6 +52,14 @@ def test_parameters_that_change_output_miss(cached, ollama_emulator):
     assert ollama_emulator.count("/api/chat") == 5
 
 
+def test_explicit_neutral_values_hit_the_answer_cached_without_them(cached, ollama_emulator):
+    post(cached, ask("Name a fruit."))
+    neutral = dict(n=1, logprobs=False, stop=[], frequency_penalty=0, presence_penalty=0,
+                   response_format={"type": "text"}, tool_choice="none", logit_bias={})
+    assert post(cached, ask("Name a fruit.", **neutral)).headers["x-velollm-cache"] == "hit-exact"
+    assert ollama_emulator.count("/api/chat") == 1
+
+
 def test_semantic_hit_on_a_paraphrase(cached, ollama_emulator):
     ollama_emulator.script("Use the reset link on the login page.")
     post(cached, ask("How do I reset my password?"))
