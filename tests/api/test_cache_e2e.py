@@ -140,6 +140,19 @@ def test_client_opt_outs(cached, ollama_emulator):
     assert ollama_emulator.count("/api/chat") == 3
 
 
+def test_no_cache_refreshes_the_stored_answer(cached, ollama_emulator):
+    ollama_emulator.script("stale answer")
+    post(cached, ask("Refresh me"))
+    ollama_emulator.script("fresh answer")
+    fresh = post(cached, ask("Refresh me"), {"Cache-Control": "no-cache"})
+    assert fresh.headers["x-velollm-cache"] == "bypass"
+    assert fresh.json()["choices"][0]["message"]["content"] == "fresh answer"
+    again = post(cached, ask("Refresh me"))
+    assert again.headers["x-velollm-cache"] == "hit-exact"
+    assert again.json()["choices"][0]["message"]["content"] == "fresh answer"
+    assert ollama_emulator.count("/api/chat") == 2
+
+
 def test_sampled_requests_are_not_cached(cached, ollama_emulator):
     body = {"model": MODEL, "temperature": 0.9, "messages": [{"role": "user", "content": "Poem?"}]}
     assert post(cached, body).headers["x-velollm-cache"] == "bypass"

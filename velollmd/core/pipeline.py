@@ -163,7 +163,7 @@ class Pipeline:
                 if status == "hit-exact":
                     self._remember(request, lookup)
                 return self._replay(request, lookup)
-        if status == "miss" and lookup.storable:
+        if self.cache is not None and lookup.storable:   # a miss, or a no-cache refresh to store
             outcome = await self._coalesced(request, lookup)
         elif frames and request.stream and not self.tools.applies(request):
             outcome = await self.service.generate(request, Delivery(request.include_usage,
