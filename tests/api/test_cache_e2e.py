@@ -153,6 +153,19 @@ def test_no_cache_refreshes_the_stored_answer(cached, ollama_emulator):
     assert ollama_emulator.count("/api/chat") == 2
 
 
+def test_no_cache_is_not_answered_from_the_shared_tier(ollama_emulator):
+    from tests.rig.redis import RedisServer
+    ollama_emulator.script("stale answer")
+    with RedisServer() as redis:
+        table = {"backends": [ollama_backend(ollama_emulator)], "cache": {"redis_url": redis.url}}
+        with RunningDaemon(table) as a, RunningDaemon(table) as b:
+            assert post(a, ask("Refresh everywhere")).headers["x-velollm-cache"] == "miss"
+            ollama_emulator.script("fresh answer")
+            fresh = post(b, ask("Refresh everywhere"), {"Cache-Control": "no-cache"})
+            assert fresh.json()["choices"][0]["message"]["content"] == "fresh answer"
+            assert ollama_emulator.count("/api/chat") == 2
+
+
 def test_sampled_requests_are_not_cached(cached, ollama_emulator):
     body = {"model": MODEL, "temperature": 0.9, "messages": [{"role": "user", "content": "Poem?"}]}
     assert post(cached, body).headers["x-velollm-cache"] == "bypass"

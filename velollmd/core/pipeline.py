@@ -282,7 +282,7 @@ class Pipeline:
         """The upstream call of a flight, recorded for the cache. With the shared tier, only the
         instance holding the key's lock calls upstream; the others answer from its entry."""
         lease = None
-        if self.shared is not None:
+        if self.shared is not None and lookup.status == "miss":   # (no-cache: never a stored answer)
             lease, found = await self.shared.lead_or_wait(lookup.key)
             if found is not None:
                 return self._adopt_shared(request, lookup, *found)
