@@ -60,6 +60,17 @@ def test_explicit_neutral_values_hit_the_answer_cached_without_them(cached, olla
     assert ollama_emulator.count("/api/chat") == 1
 
 
+def test_the_exact_hit_memo_does_not_keep_request_bodies(cached, ollama_emulator):
+    long_question = "Summarise this: " + "lorem ipsum " * 20_000         # ~240 kB
+    for _ in range(2):
+        assert post(cached, ask(long_question)).status_code == 200
+    again = post(cached, ask(long_question))                              # the same bytes: from the memo
+    assert again.headers["x-velollm-cache"] == "hit-exact" and again.json()["choices"][0]["message"]["content"]
+    [(_, _, remembered)] = cached.app.pipeline.memo.values()
+    assert len(json.dumps(remembered.body)) < 1000
+    assert ollama_emulator.count("/api/chat") == 1
+
+
 def test_semantic_hit_on_a_paraphrase(cached, ollama_emulator):
     ollama_emulator.script("Use the reset link on the login page.")
     post(cached, ask("How do I reset my password?"))

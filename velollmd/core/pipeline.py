@@ -9,6 +9,7 @@ cache store. Read top to bottom, it is the data flow of one request:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import OrderedDict
 from typing import AsyncIterator
@@ -127,7 +128,7 @@ class Pipeline:
 
     def _remember(self, request: GenerateRequest, lookup: Lookup) -> None:
         if request.raw_key and lookup.key:
-            self.memo[request.raw_key] = (lookup.key, lookup.model_identity, request)
+            self.memo[request.raw_key] = (lookup.key, lookup.model_identity, _replay_request(request))
             if len(self.memo) > MEMO_SIZE:
                 self.memo.popitem(last=False)
 
@@ -386,6 +387,16 @@ class Pipeline:
         await self.snapshot()
         if self.shared is not None:
             await self.shared.close()
+
+
+REPLAY_FIELDS = ("model", "stream", "stream_options")
+
+
+def _replay_request(request: GenerateRequest) -> GenerateRequest:
+    """What a replay from the memo reads of a request: not its messages, which would keep up to
+    MEMO_SIZE request bodies (each up to max_body_bytes) alive beside the cache's own bound."""
+    body = {name: request.body[name] for name in REPLAY_FIELDS if name in request.body}
+    return dataclasses.replace(request, body=body, headers={})
 
 
 def _recorded(flight: Flight):
