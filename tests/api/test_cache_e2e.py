@@ -6,7 +6,8 @@ import httpx
 import openai
 import pytest
 
-from tests.daemon_rig import RunningDaemon, ollama_backend
+from tests.daemon_rig import RunningDaemon, engine_backend, ollama_backend
+from tests.rig.llama import make_tiny_model
 
 MODEL = "llama3.2:latest"
 
@@ -18,6 +19,15 @@ def ask(text: str, **extra) -> dict:
 @pytest.fixture
 def cached(daemon_factory, ollama_emulator):
     return daemon_factory({"backends": [ollama_backend(ollama_emulator)]})
+
+
+@pytest.fixture(scope="module")
+def engine_cached(tmp_path_factory):
+    """The in-process engine serving the tiny model as "eng", with the cache on."""
+    folder = tmp_path_factory.mktemp("engine-models")
+    make_tiny_model(folder / "eng.gguf")
+    with RunningDaemon({"backends": [engine_backend(folder)]}) as daemon:
+        yield daemon
 
 
 def post(daemon, body, headers=None):
@@ -42,6 +52,25 @@ def test_parameters_that_change_output_miss(cached, ollama_emulator):
     assert ollama_emulator.count("/api/chat") == 5
 
 
+def test_explicit_neutral_values_hit_the_answer_cached_without_them(cached, ollama_emulator):
+    post(cached, ask("Name a fruit."))
+    neutral = dict(n=1, logprobs=False, stop=[], frequency_penalty=0, presence_penalty=0,
+                   response_format={"type": "text"}, tool_choice="none", logit_bias={})
+    assert post(cached, ask("Name a fruit.", **neutral)).headers["x-velollm-cache"] == "hit-exact"
+    assert ollama_emulator.count("/api/chat") == 1
+
+
+def test_the_exact_hit_memo_does_not_keep_request_bodies(cached, ollama_emulator):
+    long_question = "Summarise this: " + "lorem ipsum " * 20_000         # ~240 kB
+    for _ in range(2):
+        assert post(cached, ask(long_question)).status_code == 200
+    again = post(cached, ask(long_question))                              # the same bytes: from the memo
+    assert again.headers["x-velollm-cache"] == "hit-exact" and again.json()["choices"][0]["message"]["content"]
+    [(_, _, remembered)] = cached.app.pipeline.memo.values()
+    assert len(json.dumps(remembered.body)) < 1000
+    assert ollama_emulator.count("/api/chat") == 1
+
+
 def test_semantic_hit_on_a_paraphrase(cached, ollama_emulator):
     ollama_emulator.script("Use the reset link on the login page.")
     post(cached, ask("How do I reset my password?"))
@@ -56,6 +85,7 @@ def test_semantic_hit_on_a_paraphrase(cached, ollama_emulator):
     ("Should I turn the heater on?", "Should I not turn the heater on?"),
     ("Is it safe to take 2 tablets?", "Is it safe to take 20 tablets?"),
     ("Translate 'yes' to French", "Translate 'no' to French"),
+    ("What is 2+2?", "What is 2-2?"),
 ])
 def test_negations_numbers_and_quotes_miss(cached, ollama_emulator, first, second):
     post(cached, ask(first))
@@ -121,6 +151,32 @@ def test_client_opt_outs(cached, ollama_emulator):
     assert ollama_emulator.count("/api/chat") == 3
 
 
+def test_no_cache_refreshes_the_stored_answer(cached, ollama_emulator):
+    ollama_emulator.script("stale answer")
+    post(cached, ask("Refresh me"))
+    ollama_emulator.script("fresh answer")
+    fresh = post(cached, ask("Refresh me"), {"Cache-Control": "no-cache"})
+    assert fresh.headers["x-velollm-cache"] == "bypass"
+    assert fresh.json()["choices"][0]["message"]["content"] == "fresh answer"
+    again = post(cached, ask("Refresh me"))
+    assert again.headers["x-velollm-cache"] == "hit-exact"
+    assert again.json()["choices"][0]["message"]["content"] == "fresh answer"
+    assert ollama_emulator.count("/api/chat") == 2
+
+
+def test_no_cache_is_not_answered_from_the_shared_tier(ollama_emulator):
+    from tests.rig.redis import RedisServer
+    ollama_emulator.script("stale answer")
+    with RedisServer() as redis:
+        table = {"backends": [ollama_backend(ollama_emulator)], "cache": {"redis_url": redis.url}}
+        with RunningDaemon(table) as a, RunningDaemon(table) as b:
+            assert post(a, ask("Refresh everywhere")).headers["x-velollm-cache"] == "miss"
+            ollama_emulator.script("fresh answer")
+            fresh = post(b, ask("Refresh everywhere"), {"Cache-Control": "no-cache"})
+            assert fresh.json()["choices"][0]["message"]["content"] == "fresh answer"
+            assert ollama_emulator.count("/api/chat") == 2
+
+
 def test_sampled_requests_are_not_cached(cached, ollama_emulator):
     body = {"model": MODEL, "temperature": 0.9, "messages": [{"role": "user", "content": "Poem?"}]}
     assert post(cached, body).headers["x-velollm-cache"] == "bypass"
@@ -151,6 +207,28 @@ def test_single_flight_20_concurrent_identical_requests_make_one_call(cached, ol
             return await asyncio.gather(*(one(i) for i in range(20)))
     answers = asyncio.run(main())
     assert answers == ["one shared answer"] * 20
+    assert ollama_emulator.count("/api/chat") == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_coalesced_answers_have_ids_of_their_own(cached, ollama_emulator, stream):
+    ollama_emulator.script(chunks=["one", " shared", " answer"], delay_s=0.2)
+
+    async def main():
+        async with httpx.AsyncClient(timeout=30) as client:
+            body = ask("Same question, same time", stream=stream)
+            return await asyncio.gather(*(client.post(cached.url + "/v1/chat/completions", json=body)
+                                          for _ in range(4)))
+    responses = asyncio.run(main())
+    assert sorted(r.headers.get("x-velollm-coalesced", "") for r in responses) == ["", "1", "1", "1"]
+    ids = []
+    for response in responses:
+        if stream:
+            [answer_id] = {json.loads(l[6:])["id"] for l in response.text.splitlines() if l.startswith("data: {")}
+        else:
+            answer_id = response.json()["id"]
+        ids.append(answer_id)
+    assert len(set(ids)) == 4 and all(i.startswith("chatcmpl-") for i in ids)
     assert ollama_emulator.count("/api/chat") == 1
 
 
@@ -211,3 +289,11 @@ def test_backend_embedder_failure_falls_back_to_the_exact_tier(daemon_factory, o
     ollama_emulator.script("answer")
     assert post(daemon, ask("Question one?")).status_code == 200
     assert post(daemon, ask("Question one?")).headers["x-velollm-cache"] == "hit-exact"
+
+
+def test_a_completion_asking_logprobs_0_is_not_answered_without_them(engine_cached):
+    body = {"model": "eng", "prompt": "once upon", "temperature": 0, "max_tokens": 4, "logprobs": 0}
+    for _ in range(2):
+        answer = httpx.post(engine_cached.url + "/v1/completions", json=body, timeout=60)
+        assert answer.headers["x-velollm-cache"] == "bypass"
+        assert len(answer.json()["choices"][0]["logprobs"]["token_logprobs"]) == 4

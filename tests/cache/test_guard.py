@@ -17,6 +17,13 @@ MUST_MISS = {                  # why the guard refuses: pairs that must not shar
         ("What is 3.14 rounded", "What is 3.15 rounded"),
     ],
     "quoted": [('Translate "Hello" to French', 'Translate "Goodbye" to French')],
+    "symbol": [                # operators and signs: same words, same numbers, another answer
+        ("What is 2+2?", "What is 2-2?"),
+        ("What is 6*3?", "What is 6/3?"),
+        ("Is 5 > 3?", "Is 5 < 3?"),
+        ("Is -3 greater than 2?", "Is 3 greater than 2?"),
+        ("What is 10% of 50?", "What is 10 of 50?"),
+    ],
     "content": [
         ("How do I enable SSH on Ubuntu?", "How do I disable SSH on Ubuntu?"),
         ("What is the capital of France?", "What is the capital of Spain?"),

@@ -73,6 +73,25 @@ def test_explicit_default_equals_omitted():
     assert key({**BASE, "options": {"top_k": 40}}) == key(BASE)
 
 
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {}}}
+
+
+@pytest.mark.parametrize("neutral", [
+    {"n": 1}, {"logprobs": False}, {"top_logprobs": 0}, {"stop": []}, {"logit_bias": {}},
+    {"frequency_penalty": 0}, {"presence_penalty": 0.0}, {"response_format": {"type": "text"}},
+    {"tool_choice": "none"}, {"tools": []}, {"parallel_tool_calls": True}, {"echo": False},
+    {"best_of": 1},
+])
+def test_the_apis_neutral_values_equal_omitted(neutral):
+    assert key({**BASE, **neutral}) == key(BASE)
+
+
+def test_tool_choice_auto_is_neutral_only_with_tools():
+    assert key({**BASE, "tools": [TOOL], "tool_choice": "auto"}) == key({**BASE, "tools": [TOOL]})
+    assert key({**BASE, "tools": [TOOL], "tool_choice": "none"}) != key({**BASE, "tools": [TOOL]})
+    assert key({**BASE, "logprobs": 0}) != key(BASE)          # a completion's chosen-token logprobs
+
+
 def test_aliases_are_folded():
     assert key({**BASE, "max_tokens": 5}) == key({**BASE, "max_completion_tokens": 5})
     assert key({**BASE, "max_tokens": 5}) == key({**BASE, "options": {"num_predict": 5}})

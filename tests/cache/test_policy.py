@@ -34,6 +34,8 @@ def test_no_cache_still_stores_fresh_answer_but_no_store_does_not():
     ({"options": {"temperature": 0}}, {"temperature": 0.8}, False, True),
     ({"temperature": 0, "n": 2}, None, True, False),
     ({"temperature": 0, "logprobs": True}, None, False, False),
+    ({"temperature": 0, "logprobs": 0}, None, False, False),    # a completion's chosen-token logprobs
+    ({"temperature": 0, "logprobs": False}, None, False, True),
 ])
 def test_reproducibility(request_, defaults, sampled, expected):
     assert reproducible(request_, defaults=defaults, cache_sampled=sampled) is expected

@@ -1,4 +1,5 @@
 import json
+import time
 
 from velollmd.cache.exact import CachedResponse
 from velollmd.cache.replay import (
@@ -33,7 +34,14 @@ def test_json_to_sse_to_entry_round_trip():
     chunks = to_sse_chunks(entry, "chatcmpl-2", include_usage=True)
     rebuilt = from_stream_chunks(json.loads(json.dumps(chunks)))
     assert essentials(rebuilt) == essentials(entry)
-    assert to_json(rebuilt, "chatcmpl-1") == JSON_BODY
+    assert to_json(rebuilt, "chatcmpl-1", created=1700000000) == JSON_BODY
+
+
+def test_a_replay_is_created_now_not_when_the_entry_was_recorded():
+    entry = from_json_response(JSON_BODY)                      # recorded at 1700000000
+    before = int(time.time())
+    assert to_json(entry, "chatcmpl-2")["created"] >= before
+    assert all(c["created"] >= before for c in to_sse_chunks(entry, "chatcmpl-3"))
 
 
 def test_sse_chunk_shapes():

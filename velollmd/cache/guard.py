@@ -2,8 +2,8 @@
 
 A cosine score cannot tell "how do I enable X" from "how do I disable X" reliably, nor a
 different number or quoted string. Before a semantic hit is served, `mismatch(query,
-candidate)` compares negations, numbers, quoted strings and content words; any difference
-is a miss; so is a different order of content words around a directional word (to,
+candidate)` compares negations, numbers, quoted strings, symbols (operators, signs,
+units: "2+2" is not "2-2", "-3" is not "3") and content words; any difference is a miss; so is a different order of content words around a directional word (to,
 from, than...). Small typos (one edit in a word of 5+ letters with the same first letter) and
 plural "s" are tolerated; everything else errs on the side of a miss.
 """
@@ -24,6 +24,9 @@ ninety hundred thousand million billion trillion first second third fourth fifth
 seventh eighth ninth tenth once twice thrice half double triple quarter dozen
 """.split())
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+# Characters that are neither word characters, spaces nor sentence punctuation: operators,
+# signs, comparison and currency symbols. The embedder and the word lists cannot see them.
+_SYMBOL = re.compile(r"[^\w\s.,;:?!'\"`()\[\]{}\u2018\u2019\u201c\u201d]")
 _QUOTED = re.compile(r'"([^"]*)"|\u201c([^\u201d]*)\u201d|`([^`]*)`|(?<!\w)\'([^\']*)\'(?!\w)')
 # With one of these, word order carries meaning ("from English to French"): shared
 # content words must then appear in the same order.
@@ -44,6 +47,11 @@ def numbers(text: str) -> list[str]:
 def quoted(text: str) -> list[str]:
     """Quoted strings, case kept: 'Hello' and 'hello' are different literals."""
     return ["".join(groups) for groups in _QUOTED.findall(text)]
+
+
+def symbols(text: str) -> list[str]:
+    """Operator, sign and unit symbols in order: "2+2" and "2-2", "-3" and "3" differ."""
+    return _SYMBOL.findall(normalize(text))
 
 
 def _stem(word: str) -> str:
@@ -96,14 +104,16 @@ def same_order_if_directional(query: str, candidate: str) -> bool:
 
 
 def mismatch(query: str, candidate: str) -> str | None:
-    """Why `candidate` must not answer `query` ("negation", "number", "quoted", "content",
-    "order"), or None when the semantic hit may be served."""
+    """Why `candidate` must not answer `query` ("negation", "number", "quoted", "symbol",
+    "content", "order"), or None when the semantic hit may be served."""
     if negations(query) != negations(candidate):
         return "negation"
     if numbers(query) != numbers(candidate):
         return "number"
     if quoted(query) != quoted(candidate):
         return "quoted"
+    if symbols(query) != symbols(candidate):
+        return "symbol"
     if not content_words_match(query, candidate):
         return "content"
     if not same_order_if_directional(query, candidate):

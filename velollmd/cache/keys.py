@@ -4,8 +4,10 @@ Two requests get the same exact key iff a deterministic backend would give them 
 answer: same endpoint, model (name and backend identity, e.g. an Ollama digest or a GGUF
 path), tenant, messages and output-changing parameters. Fields that only change the
 transport (stream, stream_options, user, metadata...) are dropped, backend defaults are
-applied before hashing, and aliases are folded (max_completion_tokens / num_predict ->
-max_tokens, a stop string -> a one-item list), so explicit-default and omitted fields match.
+applied before hashing, the API's own neutral values are dropped (n: 1, logprobs: false,
+stop: [], frequency_penalty: 0, response_format text, tool_choice "auto" with tools or "none"
+without...), and aliases are folded (max_completion_tokens / num_predict -> max_tokens, a stop
+string -> a one-item list), so explicit-default and omitted fields match.
 
 Unknown fields are kept in the key on purpose: a field we do not understand may change the
 output, and a miss is always safer than a wrong hit.
@@ -28,6 +30,12 @@ IGNORED_FIELDS = frozenset({
 })
 MAX_TOKENS_ALIASES = ("max_completion_tokens", "num_predict", "n_predict")
 QUERY_PLACEHOLDER = "\x00velollm-query\x00"
+# Values that mean the same as leaving the field out, for every backend (OpenAI's defaults).
+NEUTRAL_VALUES = {
+    "n": 1, "best_of": 1, "echo": False, "logprobs": False, "top_logprobs": 0,
+    "frequency_penalty": 0, "presence_penalty": 0, "stop": [], "logit_bias": {},
+    "response_format": {"type": "text"}, "tools": [], "parallel_tool_calls": True,
+}
 
 
 def canonical_json(obj) -> bytes:
@@ -63,10 +71,21 @@ def normalize_params(request: dict, defaults: dict | None = None) -> dict:
         params.pop(alias, None)
     if isinstance(params.get("stop"), str):
         params["stop"] = [params["stop"]]
-    params = {k: v for k, v in params.items() if v is not None}
+    params = {k: v for k, v in params.items() if v is not None and not _neutral(params, k, v)}
     for name, value in (defaults or {}).items():
         params.setdefault(name, value)
     return params
+
+
+def _neutral(params: dict, name: str, value) -> bool:
+    """Whether `value` of `name` means the same as its absence (a bool only equals a bool:
+    a completion's `logprobs: 0` is not `false`)."""
+    neutral = ("auto" if params.get("tools") else "none") if name == "tool_choice" else (
+        NEUTRAL_VALUES.get(name, _NO_VALUE))
+    return value == neutral and isinstance(value, bool) == isinstance(neutral, bool)
+
+
+_NO_VALUE = object()
 
 
 def _content_text(content) -> str | None:

@@ -1,8 +1,8 @@
 """What may be served from the cache and what may be stored in it. Pure functions.
 
 Read side: `Cache-Control: no-cache` / `no-store` and `x-velollm-cache: bypass` skip the
-lookup; so do requests whose answer is not reproducible (n > 1, logprobs, sampling with
-temperature > 0 and no seed unless cache_sampled).
+lookup; so do requests whose answer is not reproducible (n > 1, logprobs, a completion's
+`logprobs: 0` too, sampling with temperature > 0 and no seed unless cache_sampled).
 Write side: only complete, successful single-choice responses of such requests are stored;
 `no-cache` still stores the fresh answer (it only forbids serving a stored one), `no-store`
 and `bypass` do not.
@@ -39,11 +39,18 @@ def client_forbids_store(headers: dict | None) -> bool:
     return _header(headers, BYPASS_HEADER) == "bypass" or "no-store" in _cache_control(headers)
 
 
+def wants_logprobs(params: dict) -> bool:
+    """Logprobs asked for (the cache keeps none): chat's `logprobs: true`, or a legacy
+    completion's `logprobs: N`, where 0 too asks for the chosen tokens' logprobs."""
+    logprobs = params.get("logprobs")
+    return (logprobs is not None and logprobs is not False) or bool(params.get("top_logprobs"))
+
+
 def reproducible(request: dict, *, defaults: dict | None = None,
                  cache_sampled: bool = False) -> bool:
     """Whether the same request would give the same single answer again."""
     params = normalize_params(request, defaults)
-    if params.get("n", 1) != 1 or params.get("logprobs") or params.get("top_logprobs"):
+    if params.get("n", 1) != 1 or wants_logprobs(params):
         return False
     temperature = params.get("temperature", 1.0)    # OpenAI's default when none is known
     sampled = isinstance(temperature, (int, float)) and temperature > 0

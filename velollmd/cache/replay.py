@@ -1,7 +1,7 @@
 """Convert between OpenAI responses (JSON or stream chunks) and a CachedResponse.
 
-`to_json` and `to_sse_chunks` replay an entry; `from_json_response` and
-`from_stream_chunks` record one. Content, tool calls and usage survive any round trip
+`to_json` and `to_sse_chunks` replay an entry, as a new answer (its own id, `created` now);
+`from_json_response` and `from_stream_chunks` record one. Content, tool calls and usage survive any round trip
 (JSON -> entry -> chunks -> entry -> JSON). `endpoint` "chat" speaks chat.completion(.chunk),
 "completion" speaks text_completion (`choices[].text`); recording reads either.
 """
@@ -18,7 +18,7 @@ DEFAULT_PIECE_CHARS = 16          # size of replayed content deltas without reco
 
 def _envelope(entry: CachedResponse, request_id: str, obj: str, created, model) -> dict:
     body = {"id": request_id, "object": obj,
-            "created": int(created if created is not None else entry.created or time.time()),
+            "created": int(created if created is not None else time.time()),   # a new answer: now
             "model": model or entry.model}
     if entry.system_fingerprint is not None:
         body["system_fingerprint"] = entry.system_fingerprint

@@ -9,6 +9,7 @@ cache store. Read top to bottom, it is the data flow of one request:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import OrderedDict
 from typing import AsyncIterator
@@ -127,7 +128,7 @@ class Pipeline:
 
     def _remember(self, request: GenerateRequest, lookup: Lookup) -> None:
         if request.raw_key and lookup.key:
-            self.memo[request.raw_key] = (lookup.key, lookup.model_identity, request)
+            self.memo[request.raw_key] = (lookup.key, lookup.model_identity, _replay_request(request))
             if len(self.memo) > MEMO_SIZE:
                 self.memo.popitem(last=False)
 
@@ -163,7 +164,7 @@ class Pipeline:
                 if status == "hit-exact":
                     self._remember(request, lookup)
                 return self._replay(request, lookup)
-        if status == "miss" and lookup.storable:
+        if self.cache is not None and lookup.storable:   # a miss, or a no-cache refresh to store
             outcome = await self._coalesced(request, lookup)
         elif frames and request.stream and not self.tools.applies(request):
             outcome = await self.service.generate(request, Delivery(request.include_usage,
@@ -246,11 +247,14 @@ class Pipeline:
         headers = dict(head.headers)
         if not leader:
             headers["x-velollm-coalesced"] = "1"
+        own_id = None if leader else _id_for(request)     # a joiner's answer is an answer of its own
         if request.stream:
-            return Outcome(headers, chunks=strip_usage(self._stream_from(flight, request), request.include_usage))
+            return Outcome(headers, chunks=strip_usage(self._stream_from(flight, request, own_id),
+                                                       request.include_usage))
         if head.body is not None:
             flight.leave()
-            return Outcome(headers, body={**head.body, "choices": [dict(c) for c in head.body["choices"]]})
+            body = {**head.body, "choices": [dict(c) for c in head.body["choices"]]}
+            return Outcome(headers, body=body if own_id is None else {**body, "id": own_id})
         try:
             await flight.wait_done()
         finally:
@@ -258,11 +262,15 @@ class Pipeline:
         return Outcome(headers, body=to_json(_recorded(flight), _id_for(request), model=request.echo_model,
                                              endpoint=request.endpoint))
 
-    async def _stream_from(self, flight: Flight, request: GenerateRequest) -> AsyncIterator[dict]:
-        """A stream for one consumer: live chunks, or a replay of a whole answer."""
+    async def _stream_from(self, flight: Flight, request: GenerateRequest,
+                           own_id: str | None = None) -> AsyncIterator[dict]:
+        """A stream for one consumer: live chunks (under `own_id` when given), or a replay of a
+        whole answer."""
         if flight.outcome.chunks is not None:
             async with closing(flight.replay_chunks()) as source_iter:
                 async for chunk in source_iter:
+                    if own_id is not None and "id" in chunk:
+                        chunk["id"] = own_id                # (a copy: replay_chunks yields one each)
                     yield chunk
             return
         flight.leave()
@@ -275,7 +283,7 @@ class Pipeline:
         """The upstream call of a flight, recorded for the cache. With the shared tier, only the
         instance holding the key's lock calls upstream; the others answer from its entry."""
         lease = None
-        if self.shared is not None:
+        if self.shared is not None and lookup.status == "miss":   # (no-cache: never a stored answer)
             lease, found = await self.shared.lead_or_wait(lookup.key)
             if found is not None:
                 return self._adopt_shared(request, lookup, *found)
@@ -379,6 +387,16 @@ class Pipeline:
         await self.snapshot()
         if self.shared is not None:
             await self.shared.close()
+
+
+REPLAY_FIELDS = ("model", "stream", "stream_options")
+
+
+def _replay_request(request: GenerateRequest) -> GenerateRequest:
+    """What a replay from the memo reads of a request: not its messages, which would keep up to
+    MEMO_SIZE request bodies (each up to max_body_bytes) alive beside the cache's own bound."""
+    body = {name: request.body[name] for name in REPLAY_FIELDS if name in request.body}
+    return dataclasses.replace(request, body=body, headers={})
 
 
 def _recorded(flight: Flight):
