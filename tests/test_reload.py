@@ -163,3 +163,26 @@ def test_velollmctl_reload_refuses_a_pid_that_is_not_velollmd(tmp_path):
         finally:
             other.kill()
     assert ctl.returncode == 1 and "no running velollmd found" in ctl.stderr
+
+
+def test_a_reload_turns_the_access_log_on_and_off(tmp_path, notify):
+    port = free_port()
+    config = write_config(tmp_path, port, "[log]\naccess = false\n")
+    url = f"http://127.0.0.1:{port}/v1/models"
+
+    def ask(request_id):
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"x-request-id": request_id}), timeout=10):
+            pass
+
+    with running(config, notify) as proc:
+        assert next_message(notify).startswith("READY=1")
+        ask("while-off")
+        config.write_text(config.read_text().replace("access = false", "access = true"))
+        assert reload_and_wait(proc, notify).endswith("configuration reloaded")
+        ask("turned-on")
+        config.write_text(config.read_text().replace("access = true", "access = false"))
+        assert reload_and_wait(proc, notify).endswith("configuration reloaded")
+        ask("turned-off")
+        records = stop_and_read_log(proc)
+    logged = [r["request_id"] for r in records if r["msg"] == "access"]
+    assert logged == ["turned-on"]

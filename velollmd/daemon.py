@@ -16,7 +16,7 @@ from .app import App
 from .config import DEFAULT_PATH, Config, check_exposure, load_config
 from .errors import ConfigError
 from .http.server import HTTPServer
-from .log import setup_logging
+from .log import set_levels, setup_logging
 
 log = logging.getLogger("velollmd")
 GC_YOUNG_FACTOR = 10      # settle_gc: young collections this many times rarer than Python's default
@@ -164,7 +164,7 @@ class Reloader:
             return f"{_listening(self.server)}; reload failed ({exc.key}: {exc.reason}), old configuration kept"
         changes = await self.app.reload(config)
         self.server.config = config.server
-        logging.getLogger().setLevel(config.log.level.upper())
+        set_levels(config.log.level, config.log.access)
         log.info("reloaded", extra={"fields": {"path": path, "backends": len(config.backends), **changes}})
         return f"{_listening(self.server)}; configuration reloaded"
 
