@@ -305,6 +305,13 @@ def current_request() -> RequestTrace | None:
     return _CURRENT.get()
 
 
+def note_model(model) -> None:
+    """The model the client asked for, in the current request's trace (its access line)."""
+    trace = _CURRENT.get()
+    if trace is not None:
+        trace.model = model
+
+
 def current_request_id() -> str | None:
     trace = _CURRENT.get()
     return None if trace is None else trace.request_id
