@@ -186,3 +186,30 @@ def test_a_reload_turns_the_access_log_on_and_off(tmp_path, notify):
         records = stop_and_read_log(proc)
     logged = [r["request_id"] for r in records if r["msg"] == "access"]
     assert logged == ["turned-on"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_draining_leaves_the_drain_to_finish(tmp_path, notify, signum):
+    port = free_port()
+    words = "one two three four"
+    with OllamaEmulator() as emulator:
+        config = write_config(tmp_path, port, backend("emu", emulator))
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
+        with running(config, notify) as proc:
+            assert next_message(notify).startswith("READY=1")
+            emulator.script(words, delay_s=0.3)              # 1.2 s in all: inside drain_timeout_s (2)
+            chunks = iter(client.chat.completions.create(
+                model="llama3.2", messages=[{"role": "user", "content": "slow"}], stream=True))
+            first = next(chunks)
+            proc.send_signal(signal.SIGTERM)
+            assert next_message(notify).startswith("STOPPING=1")
+
+            proc.send_signal(signum)                      # logrotate's HUP, a second TERM, a Ctrl-C
+
+            rest = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+            assert "".join([first.choices[0].delta.content or ""] + rest).split() == words.split()
+            assert proc.wait(timeout=20) == 0
+            records = [json.loads(line) for line in proc.stderr.read().splitlines()]
+    messages = [r["msg"] for r in records if r["logger"] == "velollmd"]
+    assert messages[-3:] == ["draining", "signal ignored while draining", "stopped"]
+    assert [r["signal"] for r in records if "signal" in r] == [signal.Signals(signum).name]

@@ -111,13 +111,19 @@ async def serve(config: Config, app: App | None = None, ready=None,
     try:
         await stop.wait()
     finally:
-        for signum in handlers:
-            loop.remove_signal_handler(signum)
+        for signum in handlers:                 # the drain has its own deadline: a HUP (logrotate),
+            loop.add_signal_handler(signum, _ignored_while_draining, signum)  # a 2nd TERM must not kill it
         await reloader.wait()
         await _drain(app, server)
+        for signum in handlers:
+            loop.remove_signal_handler(signum)
         if watchdog is not None:
             watchdog.cancel()
         _remove_pid_file(pid_file)
+
+
+def _ignored_while_draining(signum: int) -> None:
+    log.info("signal ignored while draining", extra={"fields": {"signal": signal.Signals(signum).name}})
 
 
 class Reloader:
