@@ -1,6 +1,8 @@
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_rig import RunningDaemon, ollama_backend
+from tests.rig.net import free_port
 from velollmd.metrics import Counter, Histogram
 
 
@@ -22,6 +24,17 @@ def test_label_values_are_escaped():
     counter = Counter("y_total", "help")
     counter.inc(model='a"b\\c')
     assert 'y_total{model="a\\"b\\\\c"} 1' in "\n".join(counter.render())
+
+
+def test_a_label_value_with_a_line_feed_stays_on_its_sample_line():
+    dead = {"name": "gpu box\nrack 2", "kind": "llamacpp", "url": f"http://127.0.0.1:{free_port()}",
+            "models": ["x*"]}
+    with RunningDaemon({"backends": [dead]}) as daemon:
+        text = httpx.get(daemon.url + "/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    healthy = families["velollm_backend_healthy"].samples
+    assert [(s.labels, s.value) for s in healthy] == [({"backend": "gpu box\nrack 2"}, 0)]
+    assert 'velollm_backend_healthy{backend="gpu box\\nrack 2"} 0' in text.splitlines()
 
 
 def test_daemon_exports_requests_cache_and_tokens(ollama_emulator):

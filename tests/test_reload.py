@@ -163,3 +163,53 @@ def test_velollmctl_reload_refuses_a_pid_that_is_not_velollmd(tmp_path):
         finally:
             other.kill()
     assert ctl.returncode == 1 and "no running velollmd found" in ctl.stderr
+
+
+def test_a_reload_turns_the_access_log_on_and_off(tmp_path, notify):
+    port = free_port()
+    config = write_config(tmp_path, port, "[log]\naccess = false\n")
+    url = f"http://127.0.0.1:{port}/v1/models"
+
+    def ask(request_id):
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"x-request-id": request_id}), timeout=10):
+            pass
+
+    with running(config, notify) as proc:
+        assert next_message(notify).startswith("READY=1")
+        ask("while-off")
+        config.write_text(config.read_text().replace("access = false", "access = true"))
+        assert reload_and_wait(proc, notify).endswith("configuration reloaded")
+        ask("turned-on")
+        config.write_text(config.read_text().replace("access = true", "access = false"))
+        assert reload_and_wait(proc, notify).endswith("configuration reloaded")
+        ask("turned-off")
+        records = stop_and_read_log(proc)
+    logged = [r["request_id"] for r in records if r["msg"] == "access"]
+    assert logged == ["turned-on"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_draining_leaves_the_drain_to_finish(tmp_path, notify, signum):
+    port = free_port()
+    words = "one two three four"
+    with OllamaEmulator() as emulator:
+        config = write_config(tmp_path, port, backend("emu", emulator))
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
+        with running(config, notify) as proc:
+            assert next_message(notify).startswith("READY=1")
+            emulator.script(words, delay_s=0.3)              # 1.2 s in all: inside drain_timeout_s (2)
+            chunks = iter(client.chat.completions.create(
+                model="llama3.2", messages=[{"role": "user", "content": "slow"}], stream=True))
+            first = next(chunks)
+            proc.send_signal(signal.SIGTERM)
+            assert next_message(notify).startswith("STOPPING=1")
+
+            proc.send_signal(signum)                      # logrotate's HUP, a second TERM, a Ctrl-C
+
+            rest = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+            assert "".join([first.choices[0].delta.content or ""] + rest).split() == words.split()
+            assert proc.wait(timeout=20) == 0
+            records = [json.loads(line) for line in proc.stderr.read().splitlines()]
+    messages = [r["msg"] for r in records if r["logger"] == "velollmd"]
+    assert messages[-3:] == ["draining", "signal ignored while draining", "stopped"]
+    assert [r["signal"] for r in records if "signal" in r] == [signal.Signals(signum).name]

@@ -16,7 +16,7 @@ from .app import App
 from .config import DEFAULT_PATH, Config, check_exposure, load_config
 from .errors import ConfigError
 from .http.server import HTTPServer
-from .log import setup_logging
+from .log import set_levels, setup_logging
 
 log = logging.getLogger("velollmd")
 GC_YOUNG_FACTOR = 10      # settle_gc: young collections this many times rarer than Python's default
@@ -111,13 +111,19 @@ async def serve(config: Config, app: App | None = None, ready=None,
     try:
         await stop.wait()
     finally:
-        for signum in handlers:
-            loop.remove_signal_handler(signum)
+        for signum in handlers:                 # the drain has its own deadline: a HUP (logrotate),
+            loop.add_signal_handler(signum, _ignored_while_draining, signum)  # a 2nd TERM must not kill it
         await reloader.wait()
         await _drain(app, server)
+        for signum in handlers:
+            loop.remove_signal_handler(signum)
         if watchdog is not None:
             watchdog.cancel()
         _remove_pid_file(pid_file)
+
+
+def _ignored_while_draining(signum: int) -> None:
+    log.info("signal ignored while draining", extra={"fields": {"signal": signal.Signals(signum).name}})
 
 
 class Reloader:
@@ -164,7 +170,7 @@ class Reloader:
             return f"{_listening(self.server)}; reload failed ({exc.key}: {exc.reason}), old configuration kept"
         changes = await self.app.reload(config)
         self.server.config = config.server
-        logging.getLogger().setLevel(config.log.level.upper())
+        set_levels(config.log.level, config.log.access)
         log.info("reloaded", extra={"fields": {"path": path, "backends": len(config.backends), **changes}})
         return f"{_listening(self.server)}; configuration reloaded"
 

@@ -157,9 +157,14 @@ def setup_logging(level: str = "info", stream=None, access: bool = True) -> None
     logging._srcfile = None                   # no findCaller(): the docs' own optimisation
     handler = LineHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    logging.getLogger().handlers[:] = [handler]
+    set_levels(level, access)
+
+
+def set_levels(level: str, access: bool) -> None:
+    """The [log] settings (at start and on reload): the level of every logger, and the access
+    log on or off whatever that level is."""
+    logging.getLogger().setLevel(level.upper())
     logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO if access else logging.CRITICAL + 1)
 
 
@@ -298,6 +303,13 @@ _CURRENT: ContextVar[RequestTrace | None] = ContextVar("velollm_request", defaul
 def current_request() -> RequestTrace | None:
     """The trace of the request being served by this task (None outside a request)."""
     return _CURRENT.get()
+
+
+def note_model(model) -> None:
+    """The model the client asked for, in the current request's trace (its access line)."""
+    trace = _CURRENT.get()
+    if trace is not None:
+        trace.model = model
 
 
 def current_request_id() -> str | None:

@@ -63,3 +63,28 @@ def test_reload_applies_aliases(daemon_factory, ollama_emulator):
     after = httpx.post(daemon.url + "/v1/chat/completions", json={**ask("hi"), "model": "gpt-4o"})
     assert after.status_code == 200 and after.json()["model"] == "gpt-4o"
     assert "gpt-4o" in [m["id"] for m in httpx.get(daemon.url + "/v1/models").json()["data"]]
+
+
+def counter_samples(text: str, prefix: str) -> dict[str, float]:
+    """The samples of the metrics whose names start with `prefix`, by series."""
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith(prefix)}
+
+
+def test_queue_counters_stay_monotonic_across_reloads(daemon_factory, ollama_emulator):
+    table = {"backends": [ollama_backend(ollama_emulator)]}
+    daemon = daemon_factory(table)
+    for text in ("one", "two", "three"):
+        assert httpx.post(daemon.url + "/v1/chat/completions", json=ask(text)).status_code == 200
+    before = counter_samples(httpx.get(daemon.url + "/metrics").text, "velollm_queue_admitted_total")
+    assert before == {'velollm_queue_admitted_total{backend="ollama"}': 3}
+
+    daemon.reload({**table, "scheduler": {"aging_s": 5}})                         # settings only
+    after_settings = counter_samples(httpx.get(daemon.url + "/metrics").text, "velollm_queue_admitted_total")
+    daemon.reload({"backends": [ollama_backend(ollama_emulator, models=["llama3*"])]})   # the backend changed
+    assert httpx.post(daemon.url + "/v1/chat/completions", json=ask("four")).status_code == 200
+    after_change = counter_samples(httpx.get(daemon.url + "/metrics").text, "velollm_queue_admitted_total")
+
+    assert after_settings == before
+    assert after_change == {'velollm_queue_admitted_total{backend="ollama"}': 4}
+    assert httpx.get(daemon.url + "/v1/velollm/queue").json()["backends"]["ollama"]["num_admitted"] == 4

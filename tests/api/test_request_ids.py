@@ -144,6 +144,23 @@ def test_one_access_log_line_per_request_with_its_fields(keyed_daemon, log_lines
     assert [record["request_id"] for record in keyed_daemon.app.access_log.recent()] == ["acc-1", "acc-2", "acc-3"]
 
 
+def test_the_access_line_names_the_model_of_memo_hits_embeddings_and_refusals(daemon_factory, ollama_emulator,
+                                                                              log_lines):
+    limited = {"name": "ci", "key": KEY, "rpm": 3, "models": ["llama3*", "nomic*"]}
+    daemon = daemon_factory({"keys": [limited], "backends": [ollama_backend(ollama_emulator)]})
+    body = {**CHAT, "temperature": 0}
+    call(daemon, "POST", "/v1/chat/completions", "m-miss", json=body)
+    hit = call(daemon, "POST", "/v1/chat/completions", "m-hit", json=body)             # the raw-bytes memo
+    embedding = call(daemon, "POST", "/v1/embeddings", "m-embed", json={"model": "nomic-embed-text", "input": "x"})
+    refused = call(daemon, "POST", "/v1/chat/completions", "m-429", json=body)
+    hidden = call(daemon, "POST", "/v1/chat/completions", "m-404", json={**CHAT, "model": "emu-other"})
+    assert [hit.headers["x-velollm-cache"], embedding.status_code, refused.status_code, hidden.status_code] == \
+        ["hit-exact", 200, 429, 404]
+    models = {line["request_id"]: line["model"] for line in access_lines(log_lines, 5)}
+    assert models == {"m-miss": MODEL, "m-hit": MODEL, "m-embed": "nomic-embed-text", "m-429": MODEL,
+                      "m-404": "emu-other"}
+
+
 def test_log_lines_about_a_request_carry_its_id(keyed_daemon, ollama_emulator, log_lines):
     ollama_emulator.script(status=500, error="model crashed")
     response = call(keyed_daemon, "POST", "/v1/chat/completions", "fail-9", json=CHAT)

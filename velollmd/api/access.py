@@ -15,7 +15,7 @@ import time
 from ..config import KeyConfig, SchedulerConfig, ServerConfig, configured_digest, supplied_digest
 from ..errors import BadRequest, NotFound, Unauthorized, Unavailable
 from ..http.message import Request
-from ..log import current_request
+from ..log import note_model
 from ..sched.keylimits import KeyLedger, KeyLimits
 from ..wire.request import GenerateRequest
 
@@ -99,6 +99,7 @@ class Access:
         limits (Pipeline.admit) when the request reaches it."""
         name = self.key_name_of(request, key)
         if model is not None:
+            note_model(model)                    # in the access line, refused or not
             self.check_model(name, model)
         self.ledger.admit(name, defer=defer)
         return name
@@ -124,9 +125,6 @@ class Access:
         key = self.key_of(request) if key is None else key
         priority = self.priority_of(request, key)
         key_name = self.admit(request, body.get("model"), key=key, defer=True)
-        trace = current_request()
-        if trace is not None:
-            trace.model = body.get("model")
         headers = dict(request.headers) if headers is None else headers
         return GenerateRequest(endpoint, body, headers=headers, api_key=key,
                                priority=priority, raw_key=raw_key, key_name=key_name)

@@ -20,7 +20,7 @@ from ..cache.replay import from_json_response, from_stream_chunks, to_json, to_s
 from ..cache.store import SNAPSHOT_NAME, encode_snapshot, write_snapshot
 from ..config import Config
 from ..errors import BackendError, VeloError
-from ..log import current_request
+from ..log import current_request, note_model
 from ..metrics import Metrics
 from ..sched.keylimits import KeyLedger
 from ..shared.tier import Lease, SharedTier
@@ -123,6 +123,7 @@ class Pipeline:
             return None
         self.cache.counters["hits"] += 1
         self.metrics.cache.inc(result="hit-exact")
+        note_model(request.model)                    # the body was not parsed: the memo knows it
         self.memo.move_to_end(raw_key)
         return self._replay(request, Lookup("hit-exact", entry=entry, similarity=1.0, key=key))
 

@@ -37,14 +37,24 @@ async def _optional(client: HTTPClient, path: str, parse) -> dict:
 
 def metrics_summary(body: bytes) -> dict:
     """Headline totals from Prometheus text (label sets summed), plus the number of samples."""
-    samples = [line.split() for line in body.decode("utf-8", "replace").splitlines()
-               if line and not line.startswith("#") and len(line.split()) >= 2]
+    samples = [sample for line in body.decode("utf-8", "replace").splitlines()
+               if line and not line.startswith("#") and (sample := _sample(line)) is not None]
     totals = dict.fromkeys(HEADLINE_METRICS, 0.0)
-    for name, value, *_ in samples:
-        family = name.split("{", 1)[0]
+    for family, value in samples:
         if family in totals:
             totals[family] += float(value)
     return {"num_samples": len(samples), "totals": totals}
+
+
+def _sample(line: str) -> tuple[str, str] | None:
+    """(metric name, value) of a sample line, None when it has no value. Label values may
+    hold spaces and braces, so the value is what follows the last `}` (then a timestamp may)."""
+    if "{" in line:
+        name, _, rest = line.partition("{")
+        after = rest.rpartition("}")[2].split()
+    else:
+        name, *after = line.split()
+    return (name.strip(), after[0]) if after else None
 
 
 async def fetch_status(url: str, api_key: str | None = None, timeout_s: float = 5.0) -> dict:

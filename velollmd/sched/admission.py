@@ -32,6 +32,9 @@ from .request import STOPPED, RequestStatus, SchedRequest
 from .scheduler import ScheduledRequest, Scheduler, queue_timeout_error
 
 
+COUNT_FIELDS = ("num_admitted", "num_rejected", "num_timed_out", "num_preempted")   # BackendQueue's counters
+
+
 class Preempted(Exception):
     """The request was preempted for a more urgent one; enter slot() again to wait."""
 
@@ -50,6 +53,12 @@ class BackendQueue:
     num_rejected: int = 0             # 429: queue full
     num_timed_out: int = 0            # 503: waited past queue_timeout_s
     num_preempted: int = 0
+
+    def keep_counts(self, old: BackendQueue) -> None:
+        """Take over the counters of the queue this one replaces (a reload): /metrics exports
+        them as counters, which never go down while the process lives."""
+        for name in COUNT_FIELDS:
+            setattr(self, name, getattr(old, name))
 
     def load(self) -> float:
         """Requests running or waiting per request it may run."""
@@ -89,7 +98,10 @@ class Admission:
         width = backend.num_slots if backend.slots_source else None
         if queue is None or (queue.num_slots != width or queue.config is not self.config) \
                 and not queue.scheduler._requests:
-            queue = self.queues[backend.name] = self._new_queue(backend, width)
+            rebuilt = self._new_queue(backend, width)
+            if queue is not None:
+                rebuilt.keep_counts(queue)
+            queue = self.queues[backend.name] = rebuilt
         return queue
 
     async def drained(self, backend: Any) -> None:

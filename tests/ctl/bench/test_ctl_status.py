@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 
+import httpx
+
 from tests.ctl.bench.helpers import run_ctl, run_ctl_process
 from tests.ctl.bench.scripted_server import ScriptedServer
 from tests.daemon_rig import RunningDaemon, llama_backend
 from tests.rig.net import free_port
+from velollmd.ctl.status import metrics_summary
 
 
 def test_status_of_a_healthy_daemon(capsys, daemon, llama_server):
@@ -90,3 +93,23 @@ def test_unreadable_metrics_read_as_not_available(capsys):
         rc, out, err = run_ctl(capsys, "status", "--url", server.url)
     assert rc == 0 and err == ""
     assert ["metrics", "not", "available", "(no", "answer)"] in [line.split() for line in out.splitlines()]
+
+
+def test_metrics_totals_read_label_values_with_spaces_and_braces(capsys, daemon):
+    body = {"model": "tiny model", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+    answer = httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60)
+    assert answer.status_code == 200
+    tokens = answer.json()["usage"]["total_tokens"]
+    rc, out, err = run_ctl(capsys, "status", "--url", daemon.url)
+    lines = [line.split() for line in out.splitlines()]
+    assert rc == 0 and err == ""
+    assert ["velollm_tokens_total", str(tokens)] in lines
+
+
+def test_metrics_summary_takes_the_value_after_the_labels():
+    text = ('velollm_tokens_total{kind="prompt",model="a b} c \\" d"} 7\n'
+            'velollm_tokens_total{kind="completion",model="x"} 3 1700000000000\n')
+    summary = metrics_summary(text.encode())
+    assert summary == {"num_samples": 2, "totals": {"velollm_http_requests_total": 0.0, "velollm_tokens_total": 10.0,
+                                                    "velollm_tool_call_repairs_total": 0.0,
+                                                    "velollm_tool_call_loops_total": 0.0}}
