@@ -31,7 +31,6 @@ from .limiter import AdaptiveLimit, per_token
 from .request import STOPPED, RequestStatus, SchedRequest
 from .scheduler import ScheduledRequest, Scheduler, queue_timeout_error
 
-
 COUNT_FIELDS = ("num_admitted", "num_rejected", "num_timed_out", "num_preempted")   # BackendQueue's counters
 
 
