@@ -8,7 +8,7 @@ GREEDY = {"model": "m", "messages": [], "temperature": 0}
 
 @pytest.mark.parametrize("headers", [
     {"Cache-Control": "no-cache"}, {"cache-control": "max-age=0, no-store"},
-    {"X-VeloLLM-Cache": "bypass"}, {"x-velollm-cache": "BYPASS"},
+    {"X-VeloLLM-Cache": "bypass"}, {"x-velollm-cache": "BYPASS"}, {"Pragma": "no-cache"},
 ])
 def test_client_opt_out(headers):
     assert client_bypass(headers) == "bypass"
@@ -16,11 +16,13 @@ def test_client_opt_out(headers):
 
 def test_no_opt_out():
     assert client_bypass({"cache-control": "max-age=60", "x-velollm-cache": "on"}) is None
+    assert client_bypass({"cache-control": "max-age=60", "pragma": "no-cache"}) is None   # Cache-Control rules
     assert client_bypass({}) is None and reproducible(GREEDY)
 
 
 def test_no_cache_still_stores_fresh_answer_but_no_store_does_not():
     assert not client_forbids_store({"cache-control": "no-cache"})
+    assert not client_forbids_store({"pragma": "no-cache"})
     assert client_forbids_store({"Cache-Control": "no-store"})
     assert client_forbids_store({"x-velollm-cache": "bypass"})
 

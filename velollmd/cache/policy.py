@@ -22,8 +22,12 @@ def _header(headers: dict | None, name: str) -> str:
 
 
 def _cache_control(headers: dict | None) -> set[str]:
-    directives = _header(headers, "cache-control").split(",")
-    return {d.strip().split("=")[0] for d in directives if d.strip()}
+    """The Cache-Control directives; without that header, HTTP/1.0's `Pragma: no-cache` is
+    `no-cache` (RFC 9111 5.4)."""
+    control = _header(headers, "cache-control")
+    if not control:
+        return {"no-cache"} if "no-cache" in _header(headers, "pragma") else set()
+    return {d.strip().split("=")[0] for d in control.split(",") if d.strip()}
 
 
 def client_bypass(headers: dict | None) -> str | None:
