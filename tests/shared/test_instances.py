@@ -184,3 +184,18 @@ def test_redis_killed_mid_traffic_then_back(cluster):
         assert time.monotonic() < deadline, "sharing did not resume"
         time.sleep(0.2)
     assert get_json(b.url("/health"))[1]["redis"]["status"] == "ok"
+
+
+def test_a_flush_on_one_instance_flushes_the_shared_entries_for_all(cluster):
+    emulator, _, (a, b, c) = cluster
+    text = "Flush me everywhere."
+    assert a.chat(text)[0] == 200 and b.chat(text)[1]["x-velollm-cache"] == "hit-exact"
+    calls = emulator.count("/api/chat")
+    request = urllib.request.Request(a.url("/v1/velollm/cache"), method="DELETE",
+                                     headers={"authorization": f"Bearer {FREE}"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        flushed = json.loads(r.read())
+    assert flushed["shared_deleted"] >= 1
+    status, headers, _ = c.chat(text)                   # c never had it locally: only Redis could answer
+    assert status == 200 and headers["x-velollm-cache"] == "miss"
+    assert emulator.count("/api/chat") == calls + 1

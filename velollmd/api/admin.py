@@ -56,7 +56,10 @@ class AdminRoutes:
         """Flushing needs a valid API key; with no keys configured, a loopback client."""
         if not self.access.keys_required and (request.client or ("",))[0] not in LOOPBACK:
             raise Unauthorized("flushing the cache needs an API key or a loopback client")
-        return Response.json({"object": "cache.flush", "deleted": self._cache().flush()})
+        body = {"object": "cache.flush", "deleted": self._cache().flush()}
+        if self.pipeline.shared is not None:             # the Redis tier too: one flush for all instances
+            body["shared_deleted"] = await self.pipeline.shared.flush()
+        return Response.json(body)
 
     async def runtime(self, request: Request) -> Response:
         """The daemon process's asyncio tasks, open file descriptors, threads and RSS: the

@@ -32,6 +32,7 @@ from .resp import ReplyError
 
 log = logging.getLogger("velollmd.shared")
 POLL_S = 0.25
+FLUSH_PAGE = 500                 # keys per SCAN page of a flush
 RELEASE = Script("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
 
 
@@ -108,6 +109,22 @@ class SharedTier:
             return
         if command:
             self.results.inc(op="put", result="stored" if replies[0] == "OK" else "error")
+
+    async def flush(self) -> int | None:
+        """Delete every shared entry (a flush on any instance flushes them all); how many, or
+        None when Redis failed part way. SCAN in pages, so Redis never blocks on one call."""
+        cursor, deleted = b"0", 0
+        try:
+            while True:
+                cursor, keys = await self.client.execute("SCAN", cursor, "MATCH", self.prefix + b"e:*",
+                                                         "COUNT", FLUSH_PAGE)
+                if keys:
+                    deleted += await self.client.execute("DEL", *keys)
+                if cursor in (b"0", "0", 0):
+                    return deleted
+        except (RedisUnavailable, ReplyError) as exc:
+            self._failed("flush", exc)
+            return None
 
     def release(self, lease: Lease) -> None:
         """The leader has no answer to share (it failed): let a waiter take over now."""
