@@ -101,3 +101,18 @@ def test_usage_counts_tokens_in_the_series_tokens_inc_counts():
                                      (("kind", "prompt"), ("model", "n")): 0,
                                      (("kind", "completion"), ("model", "n")): 2}
     assert 'velollm_tokens_total{kind="prompt",model="m"} 16' in metrics.tokens.render()
+
+
+def test_model_names_past_the_limit_count_together_as_other():
+    """A backend serving "*" answers any model name a client makes up; each name must not
+    become a series of its own forever."""
+    from velollmd.metrics import MAX_MODEL_SERIES, OTHER_MODELS, Metrics
+    metrics = Metrics()
+    for i in range(MAX_MODEL_SERIES + 50):
+        metrics.record_usage(f"made-up-{i}", {"prompt_tokens": 1, "completion_tokens": 2})
+    metrics.record_usage("made-up-0", {"prompt_tokens": 1})          # a known one keeps its series
+    models = {dict(key)["model"] for key in metrics.tokens.values}
+    assert len(models) == MAX_MODEL_SERIES + 1 and OTHER_MODELS in models
+    assert metrics.tokens.get(kind="prompt", model=OTHER_MODELS) == 50
+    assert metrics.tokens.get(kind="completion", model=OTHER_MODELS) == 100
+    assert metrics.tokens.get(kind="prompt", model="made-up-0") == 2

@@ -12,6 +12,8 @@ OVERHEAD_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025
 QUEUE_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+MAX_MODEL_SERIES = 256                 # models counted by name in velollm_tokens_total
+OTHER_MODELS = "(other)"               # the label of the tokens of every model past them
 LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})   # the text format's three
 
 
@@ -212,13 +214,22 @@ class Metrics:
         """An answer's tokens by kind, as two tokens.inc() would count them: the model's two
         series found with one lookup (every answer with usage comes here)."""
         if usage:
-            series = self._token_series.get(model)
-            if series is None:
-                series = self._token_series[model] = (self.tokens.key(kind="prompt", model=model),
-                                                      self.tokens.key(kind="completion", model=model))
+            series = self._token_series.get(model) or self._new_token_series(model)
             values = self.tokens.values
             values[series[0]] += usage.get("prompt_tokens") or 0
             values[series[1]] += usage.get("completion_tokens") or 0
+
+    def _new_token_series(self, model: str) -> tuple:
+        """The two series of a model seen for the first time; past MAX_MODEL_SERIES models, those
+        of OTHER_MODELS: a backend serving "*" answers any name a client sends, and each name
+        would otherwise be a series of its own for as long as the process lives."""
+        if len(self._token_series) >= MAX_MODEL_SERIES:
+            model = OTHER_MODELS
+            if model in self._token_series:
+                return self._token_series[model]
+        series = self._token_series[model] = (self.tokens.key(kind="prompt", model=model),
+                                              self.tokens.key(kind="completion", model=model))
+        return series
 
     def render(self, extra: list[str] | None = None) -> str:
         lines = [line for metric in self.all() for line in metric.render()]
