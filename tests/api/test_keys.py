@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_rig import ollama_backend
 from tests.rig.ollama_replies import count_tokens, prompt_text
+from tests.rig.waiting import wait_for
 from velollmd.http.message import Request
 
 KEYS = [
@@ -123,6 +124,21 @@ def test_token_budgets_count_real_usage_of_answers_and_streams(keyed, ollama_emu
     spent = usage_of(daemon, "carol")
     assert spent["prompt_tokens"] == prompt_tokens_sent(ollama_emulator)
     assert spent["rate_limited"] == {"requests": 0, "tokens": 1, "tokens_per_day": 1}
+
+
+def test_a_stream_the_client_leaves_before_its_usage_is_charged_as_estimated(keyed, ollama_emulator):
+    """A client that reads a stream and hangs up before the usage chunk used to be charged
+    nothing, so token limits could be dodged; what was relayed is charged, estimated."""
+    daemon, _ = keyed
+    ollama_emulator.script(" ".join(f"w{i}" for i in range(40)), delay_s=0.05)
+    with httpx.stream("POST", daemon.url + "/v1/chat/completions", headers={"authorization": "Bearer sk-carol"},
+                      json={"model": "llama3.2:latest", "stream": True,
+                            "messages": [{"role": "user", "content": "a long answer please"}]}) as answer:
+        lines = answer.iter_lines()
+        assert [next(lines) for _ in range(6)]              # three events and their blank lines
+    assert wait_for(lambda: (usage_of(daemon, "carol") or {}).get("completion_tokens", 0) > 0)
+    spent = usage_of(daemon, "carol")
+    assert 3 <= spent["completion_tokens"] < 40 and spent["prompt_tokens"] > 0
 
 
 def test_native_ollama_answers_count_too(keyed, ollama_emulator):

@@ -42,10 +42,12 @@ class ChunkRelay:
         self.model_field = _model_field(model, b":")
         self.upstream: tuple[str, bytes | None] | None = None   # backend's name, its bytes
         self.num_output_tokens: int | None = None    # from the usage chunk, when one came
+        self.num_events = 0                          # the backend's events relayed so far
         self.template: ContentTemplate | None = None  # the last event relayed as its own bytes
 
     def convert_batch(self, events: list[bytes] | list[dict]) -> list[dict] | list[Burst]:
         """The client's chunks for one backend read; in passthrough, one Burst of SSE frames."""
+        self.num_events += len(events)
         chunks = []
         for event in events:
             chunk = self.convert(event)
@@ -80,6 +82,15 @@ class ChunkRelay:
         if chunk is not None:
             chunk["model"] = self.model
         return chunk
+
+    def count_unfinished(self, prompt_tokens: int) -> None:
+        """A stream that ended without a usage chunk (the client left, the backend broke or
+        sends none): its tokens as estimated here (the prompt's estimate, one per event
+        relayed), counted as a usage chunk is, so that a key's token limits see what was
+        generated. A client that disconnected before the usage chunk was charged nothing."""
+        if self.num_output_tokens is None and self.num_events and self.on_usage is not None:
+            self.on_usage(self.model, {"prompt_tokens": prompt_tokens, "completion_tokens": self.num_events,
+                                       "total_tokens": prompt_tokens + self.num_events})
 
     def _split_usage(self, chunk: dict) -> list[dict]:
         """llama.cpp puts a completion stream's usage on its last choice chunk; OpenAI sends it

@@ -151,38 +151,42 @@ class Service:
     async def _stream(self, backend: Backend, request: GenerateRequest, scheduled: SchedRequest,
                       fingerprint: Fingerprint, relay: ChunkRelay) -> AsyncIterator[dict | bytes]:
         """The stream's chunks; a request taken back before its first output (preempted, or
-        withdrawn from the backend's queue for a more urgent one) waits for a slot again."""
+        withdrawn from the backend's queue for a more urgent one) waits for a slot again. A
+        stream that ends without its usage chunk (the client left) is counted as estimated."""
         num_yielded = 0
-        while True:
-            try:
-                async with self._admitted(backend, scheduled):
-                    with self._pinned(backend, request, fingerprint) as pinned:
-                        started = time.perf_counter()
-                        async with closing(backend.answer_events(pinned)) as batches:
-                            try:
-                                async for batch in batches:
-                                    scheduled.generating = True
-                                    for chunk in relay.convert_batch(batch):
-                                        num_yielded += 1
-                                        yield chunk
-                            except UNREADABLE as exc:    # a converter could not read the native stream
-                                error = BackendError(f"backend {backend.name} sent a stream velollmd cannot "
-                                                     f"read: {exc!r}", code="bad_backend_response")
-                                self._broke(backend, error, num_yielded)
-                                raise error from None
-                            except (BackendError, BackendTimeout) as exc:
-                                self._broke(backend, exc, num_yielded)
-                                raise
-                        if not scheduled.generating:       # not one event: no answer, not an empty one
-                            raise BackendError(f"backend {backend.name} ended the stream without any event",
-                                               code="bad_backend_response")
-                        self._answered(backend, time.perf_counter() - started)
-                    scheduled.num_output_tokens = relay.num_output_tokens
-                return
-            except Preempted:
-                if scheduled.generating:       # never chosen once output flowed; be sure
-                    raise BackendError(f"backend {backend.name}: a started stream was preempted",
-                                       code="backend_error") from None
+        try:
+            while True:
+                try:
+                    async with self._admitted(backend, scheduled):
+                        with self._pinned(backend, request, fingerprint) as pinned:
+                            started = time.perf_counter()
+                            async with closing(backend.answer_events(pinned)) as batches:
+                                try:
+                                    async for batch in batches:
+                                        scheduled.generating = True
+                                        for chunk in relay.convert_batch(batch):
+                                            num_yielded += 1
+                                            yield chunk
+                                except UNREADABLE as exc:    # a converter could not read the native stream
+                                    error = BackendError(f"backend {backend.name} sent a stream velollmd cannot "
+                                                         f"read: {exc!r}", code="bad_backend_response")
+                                    self._broke(backend, error, num_yielded)
+                                    raise error from None
+                                except (BackendError, BackendTimeout) as exc:
+                                    self._broke(backend, exc, num_yielded)
+                                    raise
+                            if not scheduled.generating:       # not one event: no answer, not an empty one
+                                raise BackendError(f"backend {backend.name} ended the stream without any event",
+                                                   code="bad_backend_response")
+                            self._answered(backend, time.perf_counter() - started)
+                        scheduled.num_output_tokens = relay.num_output_tokens
+                    return
+                except Preempted:
+                    if scheduled.generating:       # never chosen once output flowed; be sure
+                        raise BackendError(f"backend {backend.name}: a started stream was preempted",
+                                           code="backend_error") from None
+        finally:
+            relay.count_unfinished(fingerprint.total_tokens)
 
     def _admitted(self, backend: Backend, scheduled: SchedRequest) -> Slot:
         """admission.slot(), its wait measured (a preempted request measures each wait)."""
