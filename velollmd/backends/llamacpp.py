@@ -76,11 +76,38 @@ class LlamaCppBackend(OpenAIBackend):
             to_completion_logprobs(body.get("choices") or [], {})
         return body
 
+    async def chat(self, request: GenerateRequest) -> dict:
+        """llama-server answers a prefilled assistant turn with the prefill again in front:
+        the answer is the continuation only, as vLLM, the engine and Anthropic give it."""
+        body = await super().chat(request)
+        prefill = _prefill(request.body)
+        for choice in body.get("choices") or [] if prefill else ():
+            message = choice.get("message") or {}
+            if isinstance(message.get("content"), str):
+                message["content"] = _without_echo(prefill, message["content"])[0]
+        return body
+
     def answer_events(self, request: GenerateRequest) -> AsyncIterator[list[bytes] | list[dict]]:
         events = super().answer_events(request)
         if request.endpoint == "completion" and _wants_logprobs(request):
             return self._completion_logprob_chunks(events)
-        return events
+        prefill = _prefill(request.body) if request.endpoint == "chat" else ""
+        return self._continuation_chunks(events, prefill) if prefill else events
+
+    async def _continuation_chunks(self, events: AsyncIterator[list[bytes]],
+                                   prefill: str) -> AsyncIterator[list[dict]]:
+        """A prefilled chat's stream without the prefill llama-server sends again first."""
+        expected: dict[int, str] = {}           # choice index -> what of the prefill may still come
+        async with closing(events) as batches:
+            async for batch in batches:
+                chunks = [self.decode_event(event) for event in batch]
+                for chunk in chunks:
+                    for choice in chunk.get("choices") or []:
+                        delta, index = choice.get("delta") or {}, choice.get("index", 0)
+                        rest = expected.setdefault(index, prefill)
+                        if rest and isinstance(delta.get("content"), str):
+                            delta["content"], expected[index] = _without_echo(rest, delta["content"])
+                yield chunks
 
     async def _completion_logprob_chunks(self, events: AsyncIterator[list[bytes]]) -> AsyncIterator[list[dict]]:
         """A completion stream's chunks with their logprobs in the completions shape."""
@@ -105,6 +132,28 @@ class LlamaCppBackend(OpenAIBackend):
         tokens = (await self.post_json("/tokenize", {"content": prompt, "add_special": True,
                                                      "parse_special": True})).get("tokens")
         return len(tokens) if isinstance(tokens, list) else None
+
+
+def _prefill(body: dict) -> str:
+    """The text of a trailing assistant message (a prefill the answer continues), else ""."""
+    messages = body.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        return ""
+    content = last.get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content if isinstance(content, str) else ""
+
+
+def _without_echo(expected: str, text: str) -> tuple[str, str]:
+    """(`text` without the echoed prefill at its start, what of the prefill may still come);
+    text that is not the echo is left as it is."""
+    if text.startswith(expected):
+        return text[len(expected):], ""
+    if expected.startswith(text):
+        return "", expected[len(text):]
+    return text, ""
 
 
 def _wants_logprobs(request: GenerateRequest) -> bool:
