@@ -58,10 +58,14 @@ def chat(openai_client, text="Say hello", model="llama3.2:latest", **extra):
                                                  max_tokens=MAX_TOKENS, **extra)
 
 
-def usage_of(daemon, name: str, key="sk-alice") -> dict:
+def usage_of_all(daemon, key: str = "sk-alice") -> list[dict]:
     reply = httpx.get(daemon.url + "/v1/velollm/usage", headers={"Authorization": f"Bearer {key}"})
     assert reply.status_code == 200
-    return {u["name"]: u for u in reply.json()["keys"]}.get(name)
+    return reply.json()["keys"]
+
+
+def usage_of(daemon, name: str, key="sk-alice") -> dict:
+    return {u["name"]: u for u in usage_of_all(daemon, key)}.get(name)
 
 
 def prompt_tokens_sent(emulator) -> int:
@@ -173,6 +177,13 @@ def test_models_globs_hide_and_refuse_other_models(keyed):
     assert refused.value.status_code == 404
     assert len(client(daemon, "sk-alice").models.list().data) == 3     # "*" by default
     assert usage_of(daemon, "dave")["requests"] == 1                   # refusals are not requests
+
+
+def test_a_flat_key_that_is_also_a_named_key_is_listed_once_by_its_name(daemon_factory, ollama_emulator):
+    daemon = daemon_factory(table(ollama_emulator, keys=[{"name": "erin", "key": FLAT}]))
+    chat(client(daemon, FLAT), "Counted once")
+    usage = {u["name"]: u for u in usage_of_all(daemon, FLAT)}
+    assert set(usage) == {"erin"} and usage["erin"]["requests"] == 1
 
 
 def test_usage_route_and_metrics_per_key(keyed):

@@ -38,7 +38,9 @@ class Access:
         keys whose name stays keep their usage and limit windows."""
         self.server = server
         self.scheduler = scheduler
-        flat = {configured_digest(k): flat_key_name(configured_digest(k)) for k in server.api_keys}
+        named = {k.digest for k in keys}                # a flat key also in [[keys]] goes by its name
+        flat = {configured_digest(k): flat_key_name(configured_digest(k)) for k in server.api_keys
+                if configured_digest(k) not in named}
         self._names = {**flat, **{k.digest: k.name for k in keys}}               # SHA-256 digest -> name
         self._api_keys = tuple(self._names)
         metrics_key = (configured_digest(server.metrics_key),) if server.metrics_key else ()
