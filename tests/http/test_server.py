@@ -359,3 +359,14 @@ def test_a_streamed_answer_to_http_1_0_keep_alive_ends_with_the_close():
             return out
     head, _, body = run(main()).partition(b"\r\n\r\n")
     assert b"connection: close" in head and body == b"ab"
+
+
+def test_an_absolute_form_target_is_served_on_its_path():
+    """What a client configured to use us as its HTTP proxy sends (RFC 9112 3.2.2: MUST accept)."""
+    raw = b"GET http://127.0.0.1:8000/v1/models?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nConnection: close\r\n\r\n"
+
+    async def main():
+        async with serving(echo) as server:
+            return await raw_exchange(server.port, raw)
+    [(status, body)] = responses(run(main()))
+    assert (status, json.loads(body)["path"]) == (200, "/v1/models")

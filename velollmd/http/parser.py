@@ -32,6 +32,9 @@ FIELD_BLOCK_RE = re.compile(rb"(?:" + TOKEN + rb":[\t !-~\x80-\xff]*\r\n)*\Z")
 FRAMING_FIELDS = frozenset({"connection", "transfer-encoding", "content-length", "host", "expect"})
 BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 TARGET_BAD_RE = re.compile(rb"[\x00-\x20\x7f]")
+# The scheme and authority of an absolute-form target (`http://host:port/path?q`), which a
+# client sends when it takes us for a proxy; the origin form is what follows them.
+ABSOLUTE_FORM_RE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://[^/?#]*")
 BARE_LF_RE = re.compile(rb"(?<!\r)\n")
 CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[\t !-~\x80-\xff]*)?\Z")
 SUPPORTED_VERSION = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
@@ -77,6 +80,17 @@ class Data:
 @dataclass(slots=True)
 class EndOfMessage:
     trailers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _origin_form(target: bytes) -> bytes:
+    """An absolute-form target as its origin form (RFC 9112 3.2.2: a server MUST accept the
+    absolute form): `http://host/v1/models?x` -> `/v1/models?x`. The asterisk and authority
+    forms pass as they are (no route takes them)."""
+    match = ABSOLUTE_FORM_RE.match(target)
+    if match is None:
+        return target
+    rest = target[match.end():]
+    return rest if rest[:1] == b"/" else b"/" + rest
 
 
 class HTTPParser:
@@ -203,6 +217,8 @@ class HTTPParser:
             raise ProtocolError("HTTP version not supported", 505)
         if TARGET_BAD_RE.search(target):
             raise ProtocolError("invalid request target")
+        if target[:1] != b"/":
+            target = _origin_form(target)
         return Head(headers=[], version=SUPPORTED_VERSION[version],
                     method=method.decode("ascii"), target=target.decode("latin-1"))
 
