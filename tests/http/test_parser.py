@@ -252,9 +252,11 @@ def test_a_target_comes_out_in_origin_form(target, expected):
     assert head.target == expected
 
 
-def test_expect_continue_flag():
-    [(head, _, _)] = messages(parse_all(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx"))
-    assert head.expect_continue
+@pytest.mark.parametrize("version,expected", [(b"1.1", True), (b"1.0", False)])   # 1.0 knows no 1xx
+def test_expect_continue_flag(version, expected):
+    raw = b"POST / HTTP/%s\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx" % version
+    [(head, _, _)] = messages(parse_all(raw))
+    assert head.expect_continue is expected
 
 
 def test_header_names_are_lower_case_and_values_trimmed():

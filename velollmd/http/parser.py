@@ -271,7 +271,9 @@ class HTTPParser:
         if self._server:
             self._check_host(head, framing.get("host", ()))
             expect = framing.get("expect")
-            head.expect_continue = expect is not None and ",".join(expect).lower() == "100-continue"
+            # RFC 9110 10.1.1: an HTTP/1.0 client's 100-continue is ignored (it knows no 1xx).
+            head.expect_continue = (expect is not None and head.version == "1.1"
+                                    and ",".join(expect).lower() == "100-continue")
         transfer_encodings = framing.get("transfer-encoding")
         content_lengths = framing.get("content-length")
         if transfer_encodings and content_lengths:
