@@ -35,6 +35,8 @@ TARGET_BAD_RE = re.compile(rb"[\x00-\x20\x7f]")
 # The scheme and authority of an absolute-form target (`http://host:port/path?q`), which a
 # client sends when it takes us for a proxy; the origin form is what follows them.
 ABSOLUTE_FORM_RE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://[^/?#]*")
+# The method and path at the start of a request head refused for its size (414, 431).
+REFUSED_PATH_RE = re.compile(rb"(" + TOKEN + rb") (/[^ ?#\x00-\x20\x7f]{0,1024})")
 BARE_LF_RE = re.compile(rb"(?<!\r)\n")
 CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[\t !-~\x80-\xff]*)?\Z")
 SUPPORTED_VERSION = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
@@ -172,15 +174,15 @@ class HTTPParser:
             return None
         line_end = buf.find(b"\r\n")
         if self._server and line_end > MAX_REQUEST_LINE:
-            raise ProtocolError("request line too long", 414)
+            raise self._too_large("request line too long", 414)
         if end + 4 > self.max_header_bytes:
-            raise ProtocolError("request header fields too large", 431)
+            raise self._too_large("request header fields too large", 431)
         head = self._parse_start_line(bytes(buf[:line_end]))
         fields = bytes(buf[line_end + 2:end + 2])       # each field line with its CRLF
         del buf[:end + 4]
         framing: dict[str, list[str]] = {}
-        head.headers = self._parse_fields(fields, framing)
         try:
+            head.headers = self._parse_fields(fields, framing)
             self._frame_message(head, framing)
         except ProtocolError as exc:
             exc.head = head
@@ -198,11 +200,21 @@ class HTTPParser:
             raise ProtocolError("bare LF line ending in message head")
         first_line_end = buf.find(b"\r\n")
         if first_line_end > MAX_REQUEST_LINE or first_line_end < 0 and len(buf) > MAX_REQUEST_LINE:
-            raise ProtocolError("request line too long", 414)
+            raise self._too_large("request line too long", 414)
         if len(buf) > self.max_header_bytes:
-            raise ProtocolError("request header fields too large", 431)
+            raise self._too_large("request header fields too large", 431)
         if self._eof and buf:
             raise ProtocolError("connection closed in the middle of a message head")
+
+    def _too_large(self, message: str, status: int) -> ProtocolError:
+        """The 414 or 431 for the head in the buffer, with a head of its method and path when
+        the request line starts with them: the answer then takes its route's error shape."""
+        exc = ProtocolError(message, status)
+        match = REFUSED_PATH_RE.match(self._buf) if self._server else None
+        if match is not None:
+            method, path = match.groups()
+            exc.head = Head(headers=[], method=method.decode("ascii"), target=path.decode("latin-1"))
+        return exc
 
     def _parse_start_line(self, line: bytes) -> Head:
         if not self._server:
