@@ -1,6 +1,7 @@
 """The HTTP server over real loopback sockets."""
 import asyncio
 import json
+import tracemalloc
 
 import pytest
 
@@ -370,3 +371,28 @@ def test_an_absolute_form_target_is_served_on_its_path():
             return await raw_exchange(server.port, raw)
     [(status, body)] = responses(run(main()))
     assert (status, json.loads(body)["path"]) == (200, "/v1/models")
+
+
+def test_a_body_of_many_tiny_chunks_takes_memory_for_its_bytes_not_per_chunk():
+    """A chunked body of 1-byte chunks (a hostile client's cheap way to multiply the memory a
+    body takes): its memory stays a small multiple of its size, not ~40 bytes per chunk."""
+    num_bytes = 200_000
+    raw = (b"POST /m HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+           + b"1\r\nx\r\n" * num_bytes + b"0\r\n\r\n")
+    seen = []
+
+    async def measure(request):
+        seen.append((len(request.body), tracemalloc.get_traced_memory()[1]))
+        return Response.json({})
+
+    async def main():
+        async with serving(measure) as server:
+            tracemalloc.start()
+            try:
+                await raw_exchange(server.port, raw)
+            finally:
+                tracemalloc.stop()
+    run(main())
+    [(body_size, peak)] = seen
+    assert body_size == num_bytes
+    assert peak < 20 * num_bytes, f"reading a {num_bytes} B body peaked at {peak} B"

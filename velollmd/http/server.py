@@ -308,7 +308,9 @@ class Connection:
             return b""
         if head.expect_continue:
             self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        parts = [] if event is None else [event.data]
+        # One growing buffer, not a list of pieces: a body of 1-byte chunks took ~40 bytes of
+        # memory per byte of body as a list (a 32 MB body over 1 GB).
+        body = bytearray() if event is None else bytearray(event.data)
         self.set_deadline("body", self.config.header_timeout_s)
         try:
             while True:
@@ -316,8 +318,8 @@ class Connection:
                 if event is None:
                     raise ConnectionResetError("client closed during the body")
                 if isinstance(event, EndOfMessage):
-                    return b"".join(parts)
-                parts.append(event.data)
+                    return bytes(body)
+                body += event.data
         finally:
             self.set_deadline(None)
 
