@@ -1,6 +1,7 @@
 """The HTTP server over real loopback sockets."""
 import asyncio
 import json
+import socket
 import tracemalloc
 
 import pytest
@@ -9,6 +10,7 @@ from tests.aio import FakeClock, raw_exchange, run, serving, until
 from velollmd.errors import BadRequest
 from velollmd.http.message import Response
 from velollmd.http.sse import sse_response
+from velollmd.http.writer import WRITE_HIGH_WATER
 
 
 async def echo(request):
@@ -396,3 +398,40 @@ def test_a_body_of_many_tiny_chunks_takes_memory_for_its_bytes_not_per_chunk():
     [(body_size, peak)] = seen
     assert body_size == num_bytes
     assert peak < 20 * num_bytes, f"reading a {num_bytes} B body peaked at {peak} B"
+
+
+def stuck(server) -> bool:
+    """The server's one connection holds more unsent bytes than it lets pile up."""
+    return any(c.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER for c in server.connections)
+
+
+def test_a_client_that_stops_reading_a_stream_is_dropped_after_send_timeout_and_the_stream_stops():
+    """A client that keeps its connection open but takes nothing (a laptop gone to sleep, a
+    stalled reader): past send_timeout_s without room in the socket, the connection is dropped
+    and the stream closed, so the backend's work stops instead of waiting forever."""
+    clock = FakeClock()
+    closed = asyncio.Event()
+
+    async def endless(request):
+        async def pieces():
+            try:
+                while True:
+                    await asyncio.sleep(0)
+                    yield b"x" * 4096
+            finally:
+                closed.set()
+        return Response(200, [("content-type", "text/plain")], stream=pieces())
+
+    async def main():
+        async with serving(endless, clock=clock, send_timeout_s=60) as server:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")            # and never reads
+            await until(lambda: stuck(server), "the answer fills the server's buffer")
+            clock.advance(61)
+            await until(lambda: server.expire_deadlines() == 1, "the connection is past its send deadline")
+            await until(closed.is_set, "the stream was closed")
+            await until(lambda: not server.connections, "the connection was dropped")
+            sock.close()
+    run(main())

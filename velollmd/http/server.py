@@ -240,6 +240,8 @@ class Connection:
             if self.expired in ("head", "body"):
                 self.task.uncancel()
                 await self._send_error_and_close(408, f"request {self.expired} not received in time", head)
+            elif self.expired == "send":
+                self.writer.transport.abort()      # a close would wait for the client to take the rest
         except ConnectionError:
             pass
         finally:
@@ -336,7 +338,7 @@ class Connection:
                 keep_alive = keep_alive and request.version != "1.0"   # 1.0: the close ends the body
                 await self._write_stream_response(request, response, keep_alive)
             elif self._write_whole_response(request, response, keep_alive):
-                await self.writer.drain()
+                await self._drain()
             status = response.status
         finally:
             self.reader.on_close = None
@@ -394,7 +396,7 @@ class Connection:
                 if piece:
                     out.write(piece)
                     if out.must_drain():
-                        await self.writer.drain()
+                        await self._drain()
         except (asyncio.CancelledError, ConnectionError):
             raise
         except Exception:
@@ -408,7 +410,18 @@ class Connection:
                 pinger.cancel()
             await aclose(response.stream)
         out.finish()
-        await self.writer.drain()
+        if out.must_drain():
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """Wait until the client has taken enough of the answer, for send_timeout_s at most: a
+        client that stops reading (gone to sleep, stalled) is dropped, and the stream it
+        stopped, instead of holding its backend slot forever."""
+        self.set_deadline("send", self.config.send_timeout_s)
+        try:
+            await self.writer.drain()
+        finally:
+            self.set_deadline(None)
 
     async def _send_error_and_close(self, status: int, message: str, head: Head | None = None) -> None:
         """A protocol error (400, 408, 413, 431...) in the shape of the route it was sent to
