@@ -122,7 +122,12 @@ class App:
         exc = VeloError(message, status=status, error_type="invalid_request_error")
         if head is None:
             return Response.error(exc)
-        return error_response(Request(head.method, head.target, head.headers), exc)
+        request = Request(head.method, head.target, head.headers)
+        response = error_response(request, exc)
+        origin = request.header("origin")
+        if origin is not None and self.cors.allows(origin):      # a page may read why (as handle)
+            response.headers = [*response.headers, *self.cors.answer_headers(origin)]
+        return response
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()

@@ -49,6 +49,7 @@ class ServerConfig:
     max_body_bytes: int = _opt(33554432, min=1)
     header_timeout_s: float = _opt(30.0, min=0.001)
     keepalive_timeout_s: float = _opt(30.0, min=0.001)
+    send_timeout_s: float = _opt(60.0, min=0.001)
     drain_timeout_s: float = _opt(30.0, min=0.0)
     sse_ping_s: float = _opt(15.0, min=0.01)
     api_keys: tuple[str, ...] = ()                 # plain keys or "sha256:<64 hex digits>"

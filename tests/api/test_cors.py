@@ -46,6 +46,18 @@ def test_a_local_page_gets_the_headers_on_answers_and_on_errors(daemon_factory, 
     assert streamed.headers["access-control-allow-origin"] == "http://127.0.0.1:3000"
 
 
+def test_a_local_page_gets_the_headers_on_a_request_the_http_server_refuses(daemon_factory, ollama_emulator):
+    """A body over max_body_bytes is refused (413) before any route runs; the page must still
+    be able to read that answer, not see an opaque network error."""
+    daemon = daemon_factory({"server": {"max_body_bytes": 1024}, "backends": [ollama_backend(ollama_emulator)]})
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 2048}]}
+    refused = httpx.post(daemon.url + "/v1/chat/completions", json=big, headers={"origin": LOCAL_PAGE})
+    assert refused.status_code == 413 and "too large" in refused.json()["error"]["message"]
+    assert refused.headers["access-control-allow-origin"] == LOCAL_PAGE
+    other = httpx.post(daemon.url + "/v1/chat/completions", json=big, headers={"origin": "https://evil.example"})
+    assert other.status_code == 413 and "access-control-allow-origin" not in other.headers
+
+
 def test_a_preflight_needs_no_key_and_names_the_methods_and_headers(daemon_factory, ollama_emulator):
     daemon = daemon_factory({"server": {"api_keys": [KEY]}, "backends": [ollama_backend(ollama_emulator)]})
     asked = "authorization, content-type, x-stainless-os"

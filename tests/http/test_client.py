@@ -180,6 +180,45 @@ def test_stale_pooled_connection_is_retried_on_a_fresh_one():
     assert run(main()) == ("/b", 2)
 
 
+@pytest.mark.parametrize("stray,close", [
+    (b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", True),  # Node, idle
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nSTALE", False),    # an answer nobody asked for
+])
+def test_bytes_a_pooled_connection_got_while_idle_are_never_the_next_answer(stray, close):
+    """A server may write to a connection between requests (Node's http server sends a 408
+    before closing an idle one); such a connection is not reused, the request goes out fresh."""
+    pooled, sent = asyncio.Event(), asyncio.Event()
+
+    async def handle(reader, writer):
+        request = await reader.readuntil(b"\r\n\r\n")
+        while request:
+            path = request.split(b" ")[1]
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(path), path))
+            if path == b"/first":
+                await pooled.wait()                      # once the client has pooled the connection
+                writer.write(stray)
+                if close:
+                    writer.close()
+                sent.set()
+            request = b""
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                request = await reader.readuntil(b"\r\n\r\n")
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        first = await (await client.request("GET", "/first")).read()
+        [conn] = client._idle
+        pooled.set()
+        await sent.wait()
+        await until(lambda: conn.reader._buffer, "the stray bytes reached the pooled connection")
+        second = await (await client.request("GET", "/second")).read()
+        await client.close()
+        server.close()
+        return first, second, client.num_connects
+    assert run(main()) == (b"/first", b"/second", 2)
+
+
 def test_read_timeout_counts_silence_not_the_whole_answer():
     """A slow but steady stream outlives read_timeout; the watchdog only fires on silence."""
     async def slow_app(request):

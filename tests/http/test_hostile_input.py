@@ -92,6 +92,26 @@ def test_floods_of_headers_are_served_or_431(daemon, num_headers, status):
     assert chat_status(daemon) == 200
 
 
+def error_shape(body: bytes) -> str:
+    """Which API's error shape `body` has: Ollama's, Anthropic's or OpenAI's."""
+    value = json.loads(body)
+    if isinstance(value.get("error"), str):
+        return "ollama"
+    return "anthropic" if value.get("type") == "error" else "openai"
+
+
+@pytest.mark.parametrize("path,shape", [("/api/chat", "ollama"), ("/v1/messages", "anthropic"),
+                                        ("/v1/chat/completions", "openai")])
+@pytest.mark.parametrize("status,head", [
+    (431, lambda path: [f"POST {path} HTTP/1.1", "host: x", "x-big: " + "a" * 20_000]),
+    (431, lambda path: [f"POST {path} HTTP/1.1", "host: x", *(f"x-h{i}: v" for i in range(101))]),
+    (414, lambda path: [f"POST {path}?q={'a' * 9000} HTTP/1.1", "host: x"]),
+], ids=["huge-field", "many-fields", "long-target"])
+def test_heads_refused_for_their_size_get_their_routes_error_shape(daemon, path, shape, status, head):
+    code, body = exchange(daemon.port, head(path))
+    assert (code, error_shape(body)) == (status, shape)
+
+
 @pytest.mark.parametrize("model,status", [
     ("*", 404), ("?", 404), ("[a-z]*", 404), ("../../etc/passwd", 404), ("%2e%2e%2f", 404),
     ("\\\\server\\share", 404), ("/etc/passwd", 404),

@@ -238,9 +238,25 @@ def test_keep_alive_rules(raw, keep_alive):
     assert head.keep_alive is keep_alive
 
 
-def test_expect_continue_flag():
-    [(head, _, _)] = messages(parse_all(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx"))
-    assert head.expect_continue
+@pytest.mark.parametrize("target,expected", [
+    (b"/v1/models?x=1", "/v1/models?x=1"),
+    (b"http://127.0.0.1:8000/v1/models?x=1", "/v1/models?x=1"),     # absolute form (RFC 9112 3.2.2)
+    (b"HTTPS://example.com/api/tags", "/api/tags"),
+    (b"http://example.com", "/"),
+    (b"http://example.com?q=1", "/?q=1"),
+    (b"*", "*"),                                                      # asterisk form: left for the routes
+    (b"ftp://example.com/x", "ftp://example.com/x"),
+])
+def test_a_target_comes_out_in_origin_form(target, expected):
+    [(head, _, _)] = messages(parse_all(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n"))
+    assert head.target == expected
+
+
+@pytest.mark.parametrize("version,expected", [(b"1.1", True), (b"1.0", False)])   # 1.0 knows no 1xx
+def test_expect_continue_flag(version, expected):
+    raw = b"POST / HTTP/%s\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx" % version
+    [(head, _, _)] = messages(parse_all(raw))
+    assert head.expect_continue is expected
 
 
 def test_header_names_are_lower_case_and_values_trimmed():

@@ -1,6 +1,8 @@
 """The HTTP server over real loopback sockets."""
 import asyncio
 import json
+import socket
+import tracemalloc
 
 import pytest
 
@@ -8,6 +10,7 @@ from tests.aio import FakeClock, raw_exchange, run, serving, until
 from velollmd.errors import BadRequest
 from velollmd.http.message import Response
 from velollmd.http.sse import sse_response
+from velollmd.http.writer import WRITE_HIGH_WATER
 
 
 async def echo(request):
@@ -359,3 +362,76 @@ def test_a_streamed_answer_to_http_1_0_keep_alive_ends_with_the_close():
             return out
     head, _, body = run(main()).partition(b"\r\n\r\n")
     assert b"connection: close" in head and body == b"ab"
+
+
+def test_an_absolute_form_target_is_served_on_its_path():
+    """What a client configured to use us as its HTTP proxy sends (RFC 9112 3.2.2: MUST accept)."""
+    raw = b"GET http://127.0.0.1:8000/v1/models?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nConnection: close\r\n\r\n"
+
+    async def main():
+        async with serving(echo) as server:
+            return await raw_exchange(server.port, raw)
+    [(status, body)] = responses(run(main()))
+    assert (status, json.loads(body)["path"]) == (200, "/v1/models")
+
+
+def test_a_body_of_many_tiny_chunks_takes_memory_for_its_bytes_not_per_chunk():
+    """A chunked body of 1-byte chunks (a hostile client's cheap way to multiply the memory a
+    body takes): its memory stays a small multiple of its size, not ~40 bytes per chunk."""
+    num_bytes = 200_000
+    raw = (b"POST /m HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+           + b"1\r\nx\r\n" * num_bytes + b"0\r\n\r\n")
+    seen = []
+
+    async def measure(request):
+        seen.append((len(request.body), tracemalloc.get_traced_memory()[1]))
+        return Response.json({})
+
+    async def main():
+        async with serving(measure) as server:
+            tracemalloc.start()
+            try:
+                await raw_exchange(server.port, raw)
+            finally:
+                tracemalloc.stop()
+    run(main())
+    [(body_size, peak)] = seen
+    assert body_size == num_bytes
+    assert peak < 20 * num_bytes, f"reading a {num_bytes} B body peaked at {peak} B"
+
+
+def stuck(server) -> bool:
+    """The server's one connection holds more unsent bytes than it lets pile up."""
+    return any(c.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER for c in server.connections)
+
+
+def test_a_client_that_stops_reading_a_stream_is_dropped_after_send_timeout_and_the_stream_stops():
+    """A client that keeps its connection open but takes nothing (a laptop gone to sleep, a
+    stalled reader): past send_timeout_s without room in the socket, the connection is dropped
+    and the stream closed, so the backend's work stops instead of waiting forever."""
+    clock = FakeClock()
+    closed = asyncio.Event()
+
+    async def endless(request):
+        async def pieces():
+            try:
+                while True:
+                    await asyncio.sleep(0)
+                    yield b"x" * 4096
+            finally:
+                closed.set()
+        return Response(200, [("content-type", "text/plain")], stream=pieces())
+
+    async def main():
+        async with serving(endless, clock=clock, send_timeout_s=60) as server:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")            # and never reads
+            await until(lambda: stuck(server), "the answer fills the server's buffer")
+            clock.advance(61)
+            await until(lambda: server.expire_deadlines() == 1, "the connection is past its send deadline")
+            await until(closed.is_set, "the stream was closed")
+            await until(lambda: not server.connections, "the connection was dropped")
+            sock.close()
+    run(main())

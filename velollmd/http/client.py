@@ -128,8 +128,11 @@ class _Conn:
         self.abort()                        # the pending read sees EOF and reports the timeout
 
     def usable(self) -> bool:
-        return not self.writer.transport.is_closing() and not self.reader.at_eof() \
-            and self.parser.between_messages
+        """Open, between responses, and with nothing unread: bytes that came while it was idle
+        (a server's stray 408 before its close, the rest of an over-long body) would be taken
+        for the answer to the next request. (StreamReader has no public count of its buffer.)"""
+        return not self.reader._buffer and not self.reader.at_eof() \
+            and not self.writer.transport.is_closing() and self.parser.between_messages
 
     def abort(self) -> None:
         self.watching = False

@@ -32,6 +32,11 @@ FIELD_BLOCK_RE = re.compile(rb"(?:" + TOKEN + rb":[\t !-~\x80-\xff]*\r\n)*\Z")
 FRAMING_FIELDS = frozenset({"connection", "transfer-encoding", "content-length", "host", "expect"})
 BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 TARGET_BAD_RE = re.compile(rb"[\x00-\x20\x7f]")
+# The scheme and authority of an absolute-form target (`http://host:port/path?q`), which a
+# client sends when it takes us for a proxy; the origin form is what follows them.
+ABSOLUTE_FORM_RE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://[^/?#]*")
+# The method and path at the start of a request head refused for its size (414, 431).
+REFUSED_PATH_RE = re.compile(rb"(" + TOKEN + rb") (/[^ ?#\x00-\x20\x7f]{0,1024})")
 BARE_LF_RE = re.compile(rb"(?<!\r)\n")
 CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[\t !-~\x80-\xff]*)?\Z")
 SUPPORTED_VERSION = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
@@ -77,6 +82,17 @@ class Data:
 @dataclass(slots=True)
 class EndOfMessage:
     trailers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _origin_form(target: bytes) -> bytes:
+    """An absolute-form target as its origin form (RFC 9112 3.2.2: a server MUST accept the
+    absolute form): `http://host/v1/models?x` -> `/v1/models?x`. The asterisk and authority
+    forms pass as they are (no route takes them)."""
+    match = ABSOLUTE_FORM_RE.match(target)
+    if match is None:
+        return target
+    rest = target[match.end():]
+    return rest if rest[:1] == b"/" else b"/" + rest
 
 
 class HTTPParser:
@@ -158,15 +174,15 @@ class HTTPParser:
             return None
         line_end = buf.find(b"\r\n")
         if self._server and line_end > MAX_REQUEST_LINE:
-            raise ProtocolError("request line too long", 414)
+            raise self._too_large("request line too long", 414)
         if end + 4 > self.max_header_bytes:
-            raise ProtocolError("request header fields too large", 431)
+            raise self._too_large("request header fields too large", 431)
         head = self._parse_start_line(bytes(buf[:line_end]))
         fields = bytes(buf[line_end + 2:end + 2])       # each field line with its CRLF
         del buf[:end + 4]
         framing: dict[str, list[str]] = {}
-        head.headers = self._parse_fields(fields, framing)
         try:
+            head.headers = self._parse_fields(fields, framing)
             self._frame_message(head, framing)
         except ProtocolError as exc:
             exc.head = head
@@ -184,11 +200,21 @@ class HTTPParser:
             raise ProtocolError("bare LF line ending in message head")
         first_line_end = buf.find(b"\r\n")
         if first_line_end > MAX_REQUEST_LINE or first_line_end < 0 and len(buf) > MAX_REQUEST_LINE:
-            raise ProtocolError("request line too long", 414)
+            raise self._too_large("request line too long", 414)
         if len(buf) > self.max_header_bytes:
-            raise ProtocolError("request header fields too large", 431)
+            raise self._too_large("request header fields too large", 431)
         if self._eof and buf:
             raise ProtocolError("connection closed in the middle of a message head")
+
+    def _too_large(self, message: str, status: int) -> ProtocolError:
+        """The 414 or 431 for the head in the buffer, with a head of its method and path when
+        the request line starts with them: the answer then takes its route's error shape."""
+        exc = ProtocolError(message, status)
+        match = REFUSED_PATH_RE.match(self._buf) if self._server else None
+        if match is not None:
+            method, path = match.groups()
+            exc.head = Head(headers=[], method=method.decode("ascii"), target=path.decode("latin-1"))
+        return exc
 
     def _parse_start_line(self, line: bytes) -> Head:
         if not self._server:
@@ -203,6 +229,8 @@ class HTTPParser:
             raise ProtocolError("HTTP version not supported", 505)
         if TARGET_BAD_RE.search(target):
             raise ProtocolError("invalid request target")
+        if target[:1] != b"/":
+            target = _origin_form(target)
         return Head(headers=[], version=SUPPORTED_VERSION[version],
                     method=method.decode("ascii"), target=target.decode("latin-1"))
 
@@ -255,7 +283,9 @@ class HTTPParser:
         if self._server:
             self._check_host(head, framing.get("host", ()))
             expect = framing.get("expect")
-            head.expect_continue = expect is not None and ",".join(expect).lower() == "100-continue"
+            # RFC 9110 10.1.1: an HTTP/1.0 client's 100-continue is ignored (it knows no 1xx).
+            head.expect_continue = (expect is not None and head.version == "1.1"
+                                    and ",".join(expect).lower() == "100-continue")
         transfer_encodings = framing.get("transfer-encoding")
         content_lengths = framing.get("content-length")
         if transfer_encodings and content_lengths:
