@@ -126,7 +126,7 @@ class App:
         response = error_response(request, exc)
         origin = request.header("origin")
         if origin is not None and self.cors.allows(origin):      # a page may read why (as handle)
-            response.headers = [*response.headers, *self.cors.answer_headers(origin)]
+            self.cors.add_headers(response, origin)
         return response
 
     async def handle(self, request: Request) -> Response:
@@ -146,7 +146,7 @@ class App:
         except VeloError as exc:
             response = error_response(request, exc)
         if cross_origin:
-            response.headers = [*response.headers, *self.cors.answer_headers(origin)]
+            self.cors.add_headers(response, origin)
         route = request.path if self.router.is_route(request.path) else "other"
         self.metrics.requests.inc(route=route, status=str(response.status))
         self.metrics.latency.observe(time.perf_counter() - started, route=route)

@@ -12,8 +12,8 @@ Allowed: the loopback hosts and 0.0.0.0 on any port over http and https, the sch
 apps and editors load their pages from, and `[server] allowed_origins` (globs; "*" allows any
 origin): Ollama's defaults plus OLLAMA_ORIGINS. Not the daemon's own address as such: a page
 whose name was made to resolve to the daemon (DNS rebinding) would have it, and the
-dashboard's own requests (GETs from its own origin) carry no Origin. A preflight needs no API key (browsers never send one
-with it); the request that follows is checked as usual.
+dashboard's own requests (GETs from its own origin) carry no Origin. A preflight needs no API
+key (browsers never send one with it); the request that follows is checked as usual.
 """
 from __future__ import annotations
 
@@ -72,7 +72,9 @@ class Cors:
         return Response(204, headers)
 
     @staticmethod
-    def answer_headers(origin: str) -> list[tuple[str, str]]:
-        return [("access-control-allow-origin", origin), ("vary", "origin"),
-                ("access-control-expose-headers", EXPOSE_HEADERS)]
+    def add_headers(response: Response, origin: str) -> Response:
+        """The answer to an allowed origin's request, with the headers that let its page read it."""
+        response.headers = [*response.headers, ("access-control-allow-origin", origin), ("vary", "origin"),
+                            ("access-control-expose-headers", EXPOSE_HEADERS)]
+        return response
 

@@ -362,8 +362,11 @@ class Connection:
         when the transport's buffer is past its high-water mark and the caller must drain."""
         connection = KEEP_ALIVE_FIELD if request.version == "1.0" else b""
         body = response.body
-        fields = b"%s%scontent-length: %d\r\n" % (
-            self._request_id_field(), connection if keep_alive else CLOSE_FIELD, len(body))
+        if response.status == 204:             # RFC 9110 8.6: a 204 has no Content-Length (a CORS preflight)
+            fields = self._request_id_field() + (connection if keep_alive else CLOSE_FIELD)
+        else:
+            fields = b"%s%scontent-length: %d\r\n" % (
+                self._request_id_field(), connection if keep_alive else CLOSE_FIELD, len(body))
         out = encode_head(response.status, response.headers, fields)
         self.writer.write(out if request.method == "HEAD" else out + body)
         self.trace.note_first_byte()
