@@ -435,3 +435,18 @@ def test_a_client_that_stops_reading_a_stream_is_dropped_after_send_timeout_and_
             await until(lambda: not server.connections, "the connection was dropped")
             sock.close()
     run(main())
+
+
+def test_the_deadline_check_follows_a_reloaded_configuration():
+    """A reload replaces the server's config: deadlines lowered by it are checked as often as
+    they need (the interval was fixed at start, so a 0.2 s header timeout fired up to 1 s late)."""
+    import dataclasses
+
+    from velollmd.config import ServerConfig
+    from velollmd.http.server import HTTPServer
+    server = HTTPServer(lambda request: None, ServerConfig())
+    assert server.tick == 1.0
+    server.config = dataclasses.replace(server.config, header_timeout_s=0.2)
+    assert server.tick == pytest.approx(0.05)
+    server.config = dataclasses.replace(server.config, header_timeout_s=30.0, send_timeout_s=2.0)
+    assert server.tick == pytest.approx(0.5)

@@ -80,13 +80,19 @@ class HTTPServer:
         self.render_error = render_error
         self.config = config
         self.clock = clock
-        # How often deadlines are checked (real seconds): a fraction of the shortest timeout.
-        self.tick = min(max(min(config.header_timeout_s, config.keepalive_timeout_s) / 4, 0.01), 1.0)
         self.draining = False
         self.connections: set[Connection] = set()
         self._server: asyncio.base_events.Server | None = None
         self._port: int | None = None
         self._sweeper: asyncio.Task | None = None
+
+    @property
+    def tick(self) -> float:
+        """How often deadlines are checked (real seconds): a fraction of the shortest timeout,
+        of the configuration now (a reload replaces `config`)."""
+        config = self.config
+        shortest = min(config.header_timeout_s, config.keepalive_timeout_s, config.send_timeout_s)
+        return min(max(shortest / 4, 0.01), 1.0)
 
     async def start(self, sock=None) -> None:
         """Listen on `sock` (socket activation) or on the configured host and port."""
