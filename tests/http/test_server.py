@@ -1,5 +1,6 @@
 """The HTTP server over real loopback sockets."""
 import asyncio
+import dataclasses
 import json
 import socket
 import tracemalloc
@@ -7,8 +8,10 @@ import tracemalloc
 import pytest
 
 from tests.aio import FakeClock, raw_exchange, run, serving, until
+from velollmd.config import ServerConfig
 from velollmd.errors import BadRequest
 from velollmd.http.message import Response
+from velollmd.http.server import HTTPServer
 from velollmd.http.sse import sse_response
 from velollmd.http.writer import WRITE_HIGH_WATER
 
@@ -440,10 +443,6 @@ def test_a_client_that_stops_reading_a_stream_is_dropped_after_send_timeout_and_
 def test_the_deadline_check_follows_a_reloaded_configuration():
     """A reload replaces the server's config: deadlines lowered by it are checked as often as
     they need (the interval was fixed at start, so a 0.2 s header timeout fired up to 1 s late)."""
-    import dataclasses
-
-    from velollmd.config import ServerConfig
-    from velollmd.http.server import HTTPServer
     server = HTTPServer(lambda request: None, ServerConfig())
     assert server.tick == 1.0
     server.config = dataclasses.replace(server.config, header_timeout_s=0.2)
