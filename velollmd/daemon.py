@@ -111,8 +111,8 @@ async def serve(config: Config, app: App | None = None, ready=None,
     try:
         await stop.wait()
     finally:
-        for signum in handlers:                 # the drain has its own deadline: a HUP (logrotate),
-            loop.add_signal_handler(signum, _ignored_while_draining, signum)  # a 2nd TERM must not kill it
+        for signum in handlers:                 # the drain has its own deadline: a HUP (logrotate) is
+            loop.add_signal_handler(signum, _while_draining, signum, server)  # ignored, a 2nd TERM hurries it
         await reloader.wait()
         await _drain(app, server)
         for signum in handlers:
@@ -122,8 +122,16 @@ async def serve(config: Config, app: App | None = None, ready=None,
         _remove_pid_file(pid_file)
 
 
-def _ignored_while_draining(signum: int) -> None:
-    log.info("signal ignored while draining", extra={"fields": {"signal": signal.Signals(signum).name}})
+def _while_draining(signum: int, server: HTTPServer) -> None:
+    """A signal during the drain: SIGHUP (logrotate, a reload) is ignored; a second SIGTERM or
+    SIGINT (Ctrl-C again) stops waiting for the requests in flight, which are cut, and the
+    daemon exits as after a drain (neither kills the process in the middle of it)."""
+    name = signal.Signals(signum).name
+    if signum == signal.SIGHUP:
+        log.info("signal ignored while draining", extra={"fields": {"signal": name}})
+        return
+    log.info("second stop signal: cutting the requests in flight", extra={"fields": {"signal": name}})
+    server.hurry()
 
 
 class Reloader:

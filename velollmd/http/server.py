@@ -81,6 +81,8 @@ class HTTPServer:
         self.config = config
         self.clock = clock
         self.draining = False
+        self.hurried = False                  # shutdown(): stop waiting for in-flight requests now
+        self._woken: asyncio.Future | None = None  # the drain's wait, which hurry() ends
         self.connections: set[Connection] = set()
         self._server: asyncio.base_events.Server | None = None
         self._port: int | None = None
@@ -171,12 +173,21 @@ class HTTPServer:
         """Wait for `tasks` until `deadline` on the server's clock; the ones still running.
         The clock is read again at least every tick, so a fake clock's jumps are seen."""
         pending = {task for task in tasks if not task.done()}
-        while pending:
+        self._woken = asyncio.get_running_loop().create_future()
+        while pending and not self.hurried:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 break
-            _, pending = await asyncio.wait(pending, timeout=min(remaining, self.tick))
+            await asyncio.wait(pending | {self._woken}, timeout=min(remaining, self.tick),
+                               return_when=asyncio.FIRST_COMPLETED)
+            pending = {task for task in pending if not task.done()}
         return pending
+
+    def hurry(self) -> None:
+        """Stop waiting for the requests in flight: shutdown() cancels them now."""
+        self.hurried = True
+        if self._woken is not None and not self._woken.done():
+            self._woken.set_result(None)
 
 
 async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: str) -> None:
