@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from tests.aio import run
+from tests.aio import run, until
 from tests.rig.redis import RedisServer
 from velollmd.shared.client import RedisAddress, RedisClient, RedisUnavailable, Script
 from velollmd.shared.resp import ReplyError
@@ -181,3 +181,36 @@ def test_url_forms(url, expected):
 def test_bad_urls(url):
     with pytest.raises(ValueError):
         RedisAddress.parse(url)
+
+
+def test_a_reply_that_came_while_a_connection_was_idle_is_never_the_next_reply():
+    """Bytes a server writes to a pooled connection between commands (a stray reply) must not
+    answer the next command: that connection is not reused (as the HTTP client's)."""
+    pooled, sent, connections = asyncio.Event(), asyncio.Event(), []
+
+    async def handle(reader, writer):
+        connections.append(writer)
+        number, answered = len(connections), 0
+        while data := await reader.read(4096):
+            for _ in range(data.count(b"PING")):
+                writer.write(b"+c%d\r\n" % number)
+                answered += 1
+            if number == 1 and answered == 2:        # the handshake's PING and the command's
+                await pooled.wait()
+                writer.write(b"+STALE\r\n")
+                sent.set()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        client = RedisClient(RedisAddress.parse(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}"),
+                             timeout_s=2.0)
+        first = await client.execute("PING")
+        [conn] = client._idle
+        pooled.set()
+        await sent.wait()
+        await until(lambda: conn.reader._buffer, "the stray reply reached the pooled connection")
+        second = await client.execute("PING")
+        await client.close()
+        server.close()
+        return first, second, client.num_connects
+    assert run(main()) == ("c1", "c2", 2)

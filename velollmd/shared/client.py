@@ -114,7 +114,11 @@ class RedisConnection:
         return reply
 
     def usable(self) -> bool:
-        return not self.writer.transport.is_closing() and not self.reader.at_eof()
+        """Open, and with nothing unread: bytes that came while it was idle (a stray reply, an
+        out-of-band push) would be taken for the reply to the next command, as the HTTP
+        client's pooled connections (StreamReader has no public count of its buffer)."""
+        return not self.reader._buffer and not self.parser.buffered and not self.reader.at_eof() \
+            and not self.writer.transport.is_closing()
 
     def abort(self) -> None:
         self.writer.transport.abort()

@@ -63,6 +63,11 @@ class RespParser:
             self._pos = 0
         self._buf += data
 
+    @property
+    def buffered(self) -> bool:
+        """Bytes fed and not yet parsed into a reply."""
+        return self._pos < len(self._buf)
+
     def next(self):
         """The next whole reply, or INCOMPLETE (nothing is consumed then)."""
         try:
