@@ -364,9 +364,9 @@ def _seeing(backends: list[Backend], request: GenerateRequest) -> list[Backend]:
     """The backends that can take the request's images. A model without vision gets a 400
     here, not a backend's 500 (llama-server without --mmproj) that counts against its
     breaker: three such requests from one client used to shut the model off for everyone."""
-    if all(b.sees_images() is not False for b in backends) or not _has_images(request.body):
-        return backends
     seeing = [b for b in backends if b.sees_images() is not False]
+    if len(seeing) == len(backends) or not _has_images(request.body):
+        return backends
     if not seeing:
         raise BadRequest(f"model {request.model!r} does not support images", param="messages",
                          code="images_not_supported")
