@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import os
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from ..errors import VeloError
 from ..wire.chunks import to_completion_logprobs
-from ..wire.request import GenerateRequest
+from ..wire.request import GenerateRequest, wants_logprobs
 from ..wire.streams import closing
 from .base import ModelInfo, refuse_insert
 from .openai import OpenAIBackend
@@ -72,7 +72,7 @@ class LlamaCppBackend(OpenAIBackend):
     async def completion(self, request: GenerateRequest) -> dict:
         """llama.cpp answers a completion's logprobs in the chat shape: given in OpenAI's."""
         body = await super().completion(request)
-        if _wants_logprobs(request):
+        if wants_logprobs(request.body):
             to_completion_logprobs(body.get("choices") or [], {})
         return body
 
@@ -89,34 +89,37 @@ class LlamaCppBackend(OpenAIBackend):
 
     def answer_events(self, request: GenerateRequest) -> AsyncIterator[list[bytes] | list[dict]]:
         events = super().answer_events(request)
-        if request.endpoint == "completion" and _wants_logprobs(request):
+        if request.endpoint == "completion" and wants_logprobs(request.body):
             return self._completion_logprob_chunks(events)
         prefill = _prefill(request.body) if request.endpoint == "chat" else ""
         return self._continuation_chunks(events, prefill) if prefill else events
 
-    async def _continuation_chunks(self, events: AsyncIterator[list[bytes]],
-                                   prefill: str) -> AsyncIterator[list[dict]]:
+    def _continuation_chunks(self, events: AsyncIterator[list[bytes]], prefill: str) -> AsyncIterator[list[dict]]:
         """A prefilled chat's stream without the prefill llama-server sends again first."""
         expected: dict[int, str] = {}           # choice index -> what of the prefill may still come
-        async with closing(events) as batches:
-            async for batch in batches:
-                chunks = [self.decode_event(event) for event in batch]
-                for chunk in chunks:
-                    for choice in chunk.get("choices") or []:
-                        delta, index = choice.get("delta") or {}, choice.get("index", 0)
-                        rest = expected.setdefault(index, prefill)
-                        if rest and isinstance(delta.get("content"), str):
-                            delta["content"], expected[index] = _without_echo(rest, delta["content"])
-                yield chunks
 
-    async def _completion_logprob_chunks(self, events: AsyncIterator[list[bytes]]) -> AsyncIterator[list[dict]]:
+        def without_prefill(chunk: dict) -> None:
+            for choice in chunk.get("choices") or []:
+                delta, index = choice.get("delta") or {}, choice.get("index", 0)
+                rest = expected.setdefault(index, prefill)
+                if rest and isinstance(delta.get("content"), str):
+                    delta["content"], expected[index] = _without_echo(rest, delta["content"])
+        return self._rewritten_chunks(events, without_prefill)
+
+    def _completion_logprob_chunks(self, events: AsyncIterator[list[bytes]]) -> AsyncIterator[list[dict]]:
         """A completion stream's chunks with their logprobs in the completions shape."""
         offsets: dict[int, int] = {}
+        return self._rewritten_chunks(events, lambda chunk: to_completion_logprobs(chunk.get("choices") or [],
+                                                                                   offsets))
+
+    async def _rewritten_chunks(self, events: AsyncIterator[list[bytes]],
+                                rewrite: Callable[[dict], None]) -> AsyncIterator[list[dict]]:
+        """A stream's events decoded, each chunk changed in place by `rewrite`, one batch a read."""
         async with closing(events) as batches:
             async for batch in batches:
                 chunks = [self.decode_event(event) for event in batch]
                 for chunk in chunks:
-                    to_completion_logprobs(chunk.get("choices") or [], offsets)
+                    rewrite(chunk)
                 yield chunks
 
     async def tokenize(self, content: str) -> list[int]:
@@ -156,5 +159,3 @@ def _without_echo(expected: str, text: str) -> tuple[str, str]:
     return text, ""
 
 
-def _wants_logprobs(request: GenerateRequest) -> bool:
-    return request.body.get("logprobs") not in (None, False)

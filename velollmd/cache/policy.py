@@ -10,6 +10,7 @@ and `bypass` do not.
 from __future__ import annotations
 
 from ..wire.headers import header_value
+from ..wire.request import wants_logprobs
 from .exact import CachedResponse
 from .keys import normalize_params
 
@@ -43,18 +44,11 @@ def client_forbids_store(headers: dict | None) -> bool:
     return _header(headers, BYPASS_HEADER) == "bypass" or "no-store" in _cache_control(headers)
 
 
-def wants_logprobs(params: dict) -> bool:
-    """Logprobs asked for (the cache keeps none): chat's `logprobs: true`, or a legacy
-    completion's `logprobs: N`, where 0 too asks for the chosen tokens' logprobs."""
-    logprobs = params.get("logprobs")
-    return (logprobs is not None and logprobs is not False) or bool(params.get("top_logprobs"))
-
-
 def reproducible(request: dict, *, defaults: dict | None = None,
                  cache_sampled: bool = False) -> bool:
     """Whether the same request would give the same single answer again."""
     params = normalize_params(request, defaults)
-    if params.get("n", 1) != 1 or wants_logprobs(params):
+    if params.get("n", 1) != 1 or wants_logprobs(params):     # the cache keeps no logprobs
         return False
     temperature = params.get("temperature", 1.0)    # OpenAI's default when none is known
     sampled = isinstance(temperature, (int, float)) and temperature > 0

@@ -49,6 +49,13 @@ def max_tokens_of(body: dict) -> int | None:
     return body.get("max_completion_tokens") or body.get("max_tokens")
 
 
+def wants_logprobs(body: dict) -> bool:
+    """Logprobs asked for by an OpenAI chat or completion body: chat's `logprobs: true`, or a
+    legacy completion's `logprobs: N`, where 0 too asks for the chosen tokens' logprobs."""
+    logprobs = body.get("logprobs")
+    return (logprobs is not None and logprobs is not False) or bool(body.get("top_logprobs"))
+
+
 def one_prompt(prompt: str | list, server: str) -> str | list[int]:
     """A completion's prompt for a `server` that answers one prompt a request: a string or
     token ids. A list of prompts (strings or token arrays) asks for a completion each: one is
