@@ -234,6 +234,23 @@ def test_top_logprobs_zero_without_logprobs_is_served(client, model):
     assert answer.usage.completion_tokens == 2 and answer.choices[0].logprobs is None
 
 
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("top", [None, 0, 2])
+def test_chat_logprobs_have_as_many_alternatives_as_asked(client, model, stream, top):
+    """OpenAI: logprobs without top_logprobs (or 0) gives each token with no alternatives.
+    llama-server gave 20 a token without top_logprobs, and no logprobs at all with 0."""
+    extra = {} if top is None else {"top_logprobs": top}
+    args = dict(model=model, messages=MESSAGES, max_tokens=3, logprobs=True, **extra)
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **args))
+        entries = [e for c in chunks for ch in c.choices if ch.logprobs for e in ch.logprobs.content or []]
+    else:
+        entries = client.chat.completions.create(**args).choices[0].logprobs.content
+    assert len(entries) == 3
+    assert all(len(e.top_logprobs) == (top or 0) and e.logprob <= 0 for e in entries)
+
+
 def test_a_model_whose_name_has_a_slash_is_retrieved(daemon_factory, tmp_path):
     """The SDK percent-encodes the id in /v1/models/{id} (Ollama names such as
     hf.co/org/model:tag hold slashes)."""

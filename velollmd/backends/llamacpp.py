@@ -65,6 +65,8 @@ class LlamaCppBackend(OpenAIBackend):
         refuse_insert(body)               # its /v1/completions ignores it (fill-in-the-middle is /infill)
         if request.endpoint == "chat" and body.get("logprobs") is not True:
             body.pop("top_logprobs", None)      # 0 (OpenAI's "none"): llama-server refuses it without logprobs
+        elif request.endpoint == "chat" and _no_alternatives(request.body):
+            body["top_logprobs"] = 1            # without it 20 alternatives, with 0 no logprobs at all
         if request.report_stop_word and body.get("stop"):
             body["verbose"] = True
         return body
@@ -78,33 +80,31 @@ class LlamaCppBackend(OpenAIBackend):
 
     async def chat(self, request: GenerateRequest) -> dict:
         """llama-server answers a prefilled assistant turn with the prefill again in front:
-        the answer is the continuation only, as vLLM, the engine and Anthropic give it."""
+        the answer is the continuation only, as vLLM, the engine and Anthropic give it. Token
+        logprobs without top_logprobs have no alternatives, as OpenAI gives them."""
         body = await super().chat(request)
         prefill = _prefill(request.body)
         for choice in body.get("choices") or [] if prefill else ():
             message = choice.get("message") or {}
             if isinstance(message.get("content"), str):
                 message["content"] = _without_echo(prefill, message["content"])[0]
+        if _no_alternatives(request.body):
+            _drop_alternatives(body)
         return body
 
     def answer_events(self, request: GenerateRequest) -> AsyncIterator[list[bytes] | list[dict]]:
         events = super().answer_events(request)
         if request.endpoint == "completion" and wants_logprobs(request.body):
             return self._completion_logprob_chunks(events)
-        prefill = _prefill(request.body) if request.endpoint == "chat" else ""
-        return self._continuation_chunks(events, prefill) if prefill else events
-
-    def _continuation_chunks(self, events: AsyncIterator[list[bytes]], prefill: str) -> AsyncIterator[list[dict]]:
-        """A prefilled chat's stream without the prefill llama-server sends again first."""
-        expected: dict[int, str] = {}           # choice index -> what of the prefill may still come
-
-        def without_prefill(chunk: dict) -> None:
-            for choice in chunk.get("choices") or []:
-                delta, index = choice.get("delta") or {}, choice.get("index", 0)
-                rest = expected.setdefault(index, prefill)
-                if rest and isinstance(delta.get("content"), str):
-                    delta["content"], expected[index] = _without_echo(rest, delta["content"])
-        return self._rewritten_chunks(events, without_prefill)
+        if request.endpoint != "chat":
+            return events
+        rewrites = [_drop_alternatives] if _no_alternatives(request.body) else []
+        prefill = _prefill(request.body)
+        if prefill:
+            rewrites.append(_prefill_remover(prefill))
+        if not rewrites:
+            return events
+        return self._rewritten_chunks(events, *rewrites)
 
     def _completion_logprob_chunks(self, events: AsyncIterator[list[bytes]]) -> AsyncIterator[list[dict]]:
         """A completion stream's chunks with their logprobs in the completions shape."""
@@ -113,13 +113,14 @@ class LlamaCppBackend(OpenAIBackend):
                                                                                    offsets))
 
     async def _rewritten_chunks(self, events: AsyncIterator[list[bytes]],
-                                rewrite: Callable[[dict], None]) -> AsyncIterator[list[dict]]:
-        """A stream's events decoded, each chunk changed in place by `rewrite`, one batch a read."""
+                                *rewrites: Callable[[dict], None]) -> AsyncIterator[list[dict]]:
+        """A stream's events decoded, each chunk changed in place by `rewrites`, one batch a read."""
         async with closing(events) as batches:
             async for batch in batches:
                 chunks = [self.decode_event(event) for event in batch]
                 for chunk in chunks:
-                    rewrite(chunk)
+                    for rewrite in rewrites:
+                        rewrite(chunk)
                 yield chunks
 
     async def tokenize(self, content: str) -> list[int]:
@@ -147,6 +148,34 @@ def _prefill(body: dict) -> str:
     if isinstance(content, list):
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     return content if isinstance(content, str) else ""
+
+
+def _prefill_remover(prefill: str) -> Callable[[dict], None]:
+    """Takes the prefill llama-server sends again first out of a prefilled chat's chunks."""
+    expected: dict[int, str] = {}               # choice index -> what of the prefill may still come
+
+    def without_prefill(chunk: dict) -> None:
+        for choice in chunk.get("choices") or []:
+            delta, index = choice.get("delta") or {}, choice.get("index", 0)
+            rest = expected.setdefault(index, prefill)
+            if rest and isinstance(delta.get("content"), str):
+                delta["content"], expected[index] = _without_echo(rest, delta["content"])
+    return without_prefill
+
+
+def _no_alternatives(body: dict) -> bool:
+    """A chat that asks for its tokens' logprobs and no alternatives (no top_logprobs, or 0)."""
+    return body.get("logprobs") is True and not body.get("top_logprobs")
+
+
+def _drop_alternatives(answer: dict) -> None:
+    """Each token's top_logprobs emptied, in a whole answer or a stream's chunk (llama-server
+    was asked for one, the least it gives with logprobs)."""
+    for choice in answer.get("choices") or []:
+        logprobs = choice.get("logprobs")
+        for entry in logprobs.get("content") or () if isinstance(logprobs, dict) else ():
+            if isinstance(entry, dict):
+                entry["top_logprobs"] = []
 
 
 def _without_echo(expected: str, text: str) -> tuple[str, str]:
