@@ -145,20 +145,30 @@ class App:
                 response = await self.router.dispatch(request)
         except VeloError as exc:
             response = error_response(request, exc)
+        except asyncio.CancelledError:        # the client left before the answer: a 499, counted and logged
+            self._count(request, trace, None, started)
+            raise
         if cross_origin:
             self.cors.add_headers(response, origin)
+        self._count(request, trace, response, started)
+        return response
+
+    def _count(self, request: Request, trace: RequestTrace | None, response: Response | None,
+               started: float) -> None:
+        """The request in the metrics; its trace followed to the access line (`response` None:
+        the client left before there was one)."""
         route = request.path if self.router.is_route(request.path) else "other"
-        self.metrics.requests.inc(route=route, status=str(response.status))
+        self.metrics.requests.inc(route=route, status="499" if response is None else str(response.status))
         self.metrics.latency.observe(time.perf_counter() - started, route=route)
         if trace is not None and (self.access_log.enabled or self.config.metrics.enabled):
             self._follow(trace, request, response)
-        return response
 
-    def _follow(self, trace: RequestTrace, request: Request, response: Response) -> None:
+    def _follow(self, trace: RequestTrace, request: Request, response: Response | None) -> None:
         """What the answer says about the request, read once; the rest when it is sent."""
-        trace.cache = response.header("x-velollm-cache")
-        trace.backend = trace.backend or response.header("x-velollm-backend")
-        trace.stream = response.stream is not None
+        if response is not None:
+            trace.cache = response.header("x-velollm-cache")
+            trace.backend = trace.backend or response.header("x-velollm-backend")
+            trace.stream = response.stream is not None
         if self.access_log.enabled:                # a [[keys]] name, else a short hash of the key
             key = self.access.key_of(request)
             trace.key = self.access.key_name_of(request, key) or self.access_log.key_label(key)

@@ -225,3 +225,26 @@ def test_overhead_stays_below_upstream_on_a_backend_that_sleeps_50ms(daemon_fact
     assert p50_bound(upstream, backend="ollama") >= 0.05               # the backend sleeps 50 ms
     assert p50_bound(overhead) < p50_bound(upstream, backend="ollama")
     assert metrics["velollm_backend_errors"].type == "counter"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_request_the_client_leaves_counts_its_backend_time_as_upstream(keyed_daemon, ollama_emulator,
+                                                                         log_lines, stream):
+    """A 499 has its access line and its count, whether the client left before the answer (it
+    had neither) or during a stream; the time the backend spent on it is upstream_s, not the
+    daemon's overhead_s (the whole time was reported as overhead, upstream_s null)."""
+    ollama_emulator.script("one two three four five six seven eight", delay_s=0.1)
+    body = json.dumps({**CHAT, "stream": stream}).encode()
+    with socket.create_connection(("127.0.0.1", keyed_daemon.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"authorization: Bearer %s\r\nx-request-id: gone-1\r\ncontent-length: %d\r\n\r\n%s"
+                     % (KEY.encode(), len(body), body))
+        if stream:
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")     # the head and a first chunk
+        time.sleep(0.3)
+    line, = access_lines(log_lines, 1)
+    assert line["request_id"] == "gone-1" and line["status"] == 499 and line["backend"] == "ollama"
+    assert line["upstream_s"] >= 0.2 and line["overhead_s"] < line["upstream_s"]
+    status = "200" if stream else "499"                # the status of the head sent, if one was
+    metrics = call(keyed_daemon, "GET", "/metrics").text
+    assert f'velollm_http_requests_total{{route="/v1/chat/completions",status="{status}"}} 1' in metrics

@@ -141,6 +141,9 @@ class Service:
                         except UNREADABLE as exc:       # a converter could not read the native reply
                             raise BackendError(f"backend {backend.name} sent an answer velollmd cannot "
                                                f"read: {exc!r}", code="bad_backend_response") from None
+                        except BaseException:           # the client left, the backend failed
+                            self._spent(backend, time.perf_counter() - started)
+                            raise
                         body = check_answer(body, request.endpoint, backend.name)
                         self._answered(backend, time.perf_counter() - started)
                     scheduled.num_output_tokens = (body.get("usage") or {}).get("completion_tokens")
@@ -153,7 +156,7 @@ class Service:
         """The stream's chunks; a request taken back before its first output (preempted, or
         withdrawn from the backend's queue for a more urgent one) waits for a slot again. A
         stream that ends without its usage chunk (the client left) is counted as estimated."""
-        num_yielded = 0
+        num_yielded, started = 0, None
         try:
             while True:
                 try:
@@ -179,6 +182,7 @@ class Service:
                                 raise BackendError(f"backend {backend.name} ended the stream without any event",
                                                    code="bad_backend_response")
                             self._answered(backend, time.perf_counter() - started)
+                            started = None
                         scheduled.num_output_tokens = relay.num_output_tokens
                     return
                 except Preempted:
@@ -187,6 +191,8 @@ class Service:
                                            code="backend_error") from None
         finally:
             relay.count_unfinished(fingerprint.total_tokens)
+            if started is not None:                 # cut short: the client left, the backend failed
+                self._spent(backend, time.perf_counter() - started)
 
     def _admitted(self, backend: Backend, scheduled: SchedRequest) -> Slot:
         """admission.slot(), its wait measured (a preempted request measures each wait)."""
@@ -202,6 +208,13 @@ class Service:
     def _answered(self, backend: Backend, seconds: float) -> None:
         """The backend answered (a whole answer, or a stream to its end) in `seconds`."""
         self.metrics.upstream.observe(seconds, backend=backend.name)
+        trace = current_request()
+        if trace is not None:
+            trace.note_upstream(backend.name, seconds)
+
+    def _spent(self, backend: Backend, seconds: float) -> None:
+        """A backend call that did not end in an answer took `seconds`: the request's upstream
+        time (its access line), not an answer's in the upstream metric."""
         trace = current_request()
         if trace is not None:
             trace.note_upstream(backend.name, seconds)
