@@ -17,7 +17,8 @@ config, `daemon off`, one worker, proxy_buffering off for SSE).
 
 CPUs, as issue 13 measured it (on a machine with 2 or more): this process (the load generator)
 and the scripted backend on CPU 0, velollmd, the relay and nginx on CPU 1; llama-server keeps
-every core. Non-stream and stream, at concurrency 1, 16 and 64: throughput vs direct, added
+every core, or with `--llama-on-load-cpu` runs one thread on CPU 0 beside the load generator as
+the issue places its backend (so a proxy's CPU is not taken from inference). Non-stream and stream, at concurrency 1, 16 and 64: throughput vs direct, added
 p50/p99, added TTFT, proxy CPU per request, and velollmd's concurrency limit at the end of each
 of its batches (GET /v1/velollm/queue).
 
@@ -559,6 +560,8 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the wide backend's time per answer")
     parser.add_argument("--llama-threads", type=int, default=0,
                         help="llama-server --threads (0 = its default: every core)")
+    parser.add_argument("--llama-on-load-cpu", action="store_true",
+                        help="llama-server with one thread on the load generator's CPU 0 (default: every core)")
     parser.add_argument("--slots", type=int, default=0,
                         help="the daemon's [[backends]] slots (0 = not set: the default configuration)")
     parser.add_argument("--only", choices=("stream", "non-stream"), default=None)
@@ -569,16 +572,20 @@ def main() -> None:
     args = parser.parse_args()
     backends = ("llama", "wide") if args.backend == "both" else (args.backend,)
     server = None
+    pin = len(os.sched_getaffinity(0)) >= 2
+    if pin and args.llama_on_load_cpu:
+        os.sched_setaffinity(0, LOAD_CPUS)        # before llama-server starts: it inherits CPU 0
+        args.llama_threads = 1
     if "llama" in backends:            # started before this process pins itself: it keeps every core
         extra = ("--threads", str(args.llama_threads)) if args.llama_threads else ()
         server = start_llama_server(tiny_model(), parallel=4, extra_args=extra,
                                     http_threads=64 * 5)        # 64 connections from each target, + slack
-    pin = len(os.sched_getaffinity(0)) >= 2
     load_cpus, proxy_cpus = (LOAD_CPUS, PROXY_CPUS) if pin else (None, None)
     if pin:
         os.sched_setaffinity(0, LOAD_CPUS)
-    placement = ("the load generator and the scripted backend on CPU 0, the proxies on CPU 1, "
-                 "llama-server on every core" if pin else "no CPU pinning (fewer than 2 CPUs)")
+    llama_cpus = "llama-server on CPU 0 (one thread)" if args.llama_on_load_cpu else "llama-server on every core"
+    placement = (f"the load generator and the scripted backend on CPU 0, the proxies on CPU 1, {llama_cpus}"
+                 if pin else "no CPU pinning (fewer than 2 CPUs)")
     config = (f"configuration + {args.daemon_toml!r}" if args.daemon_toml
               else "default configuration") + (f", slots = {args.slots}" if args.slots else "")
     note = (f"velollmd: {config}, response cache off (every request reaches the backend). "
