@@ -98,6 +98,16 @@ def _check_stop(stop) -> None:
         _fail("stop", "at most 16 stop sequences")
 
 
+def _drop_empty_stops(body: dict) -> None:
+    """An empty stop string matches nowhere (llama-server stopped at once on one, the engine
+    ignored it): dropped before any backend sees it, the same on every backend."""
+    stop = body.get("stop")
+    if stop == "":
+        del body["stop"]
+    elif isinstance(stop, list) and "" in stop:
+        body["stop"] = [s for s in stop if s != ""]
+
+
 def _check_stream_options(body: dict) -> None:
     options = body.get("stream_options")
     if options is None:
@@ -206,6 +216,7 @@ def validate_chat(body: dict) -> dict:
     _check_model(body)
     _check_messages(body.get("messages"))
     _check_sampling(body)
+    _drop_empty_stops(body)
     _check_top_logprobs(body)
     _check_tools(body)
     _check_response_format(body)
@@ -221,6 +232,7 @@ def validate_completion(body: dict) -> dict:
         _fail("prompt", "expected a string, an array of strings, an array of token ids or an array of "
                         "token id arrays")
     _check_sampling(body)
+    _drop_empty_stops(body)
     _check_type(body, "echo", bool, "a boolean")
     _check_best_of(body)
     return body
