@@ -172,6 +172,21 @@ def test_suffix_is_refused_clearly_rather_than_ignored(engine, daemon):
         assert info.value.status_code == 400 and "does not support insert" in info.value.error
 
 
+@pytest.mark.parametrize("field, value", [("context", [1, 2, 3]), ("template", "{{ .Prompt }}")])
+def test_generates_context_and_template_are_refused_clearly_rather_than_ignored(engine, daemon, ollama_emulator,
+                                                                                field, value):
+    """The deprecated `context` (an earlier answer's tokens) and a `template` override: neither
+    the engine nor llama-server behind velollmd takes them, so a 400 naming the field, never an
+    answer that ignored them; empty ones ask for nothing, and Ollama itself gets them as sent."""
+    for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
+        with pytest.raises(ollama.ResponseError) as info:
+            client.generate(model=model, prompt="hello", options={"num_predict": 2}, **{field: value})
+        assert info.value.status_code == 400 and repr(field) in info.value.error
+    assert engine.generate(model=ENGINE_MODEL, prompt="hello", options={"num_predict": 2}, context=[], template="").done
+    ollama.Client(host=daemon.url).generate(model="llama3.2", prompt="hello", **{field: value})
+    assert ollama_emulator.last_request("/api/generate")[field] == value
+
+
 def test_show_and_pull_take_the_deprecated_name_field(engine):
     shown = engine._request_raw("POST", "/api/show", json={"name": ENGINE_MODEL}).json()
     assert shown["details"]["format"] == "gguf"

@@ -112,6 +112,7 @@ class OllamaRoutes:
         if backend.native_ollama:
             endpoint, openai_body = ollama_generate_request_to_openai(body)
             return await self._admitted_passthrough(request, backend, "/api/generate", body, endpoint, openai_body)
+        refuse_untranslated(body)
         keep_alive_s = self._keep(request, backend, body)
         if not body.get("prompt") and not body.get("images"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=False)
@@ -301,7 +302,7 @@ def _model_body(request: Request, *, name_too: bool = False) -> dict:
 
 OLLAMA_FIELD_TYPES = {"messages": list, "options": dict, "images": list, "tools": list, "prompt": str,
                       "system": str, "suffix": str, "raw": bool, "stream": bool, "format": (str, dict), "think": (bool, str),
-                      "logprobs": bool, "top_logprobs": int}
+                      "logprobs": bool, "top_logprobs": int, "context": list, "template": str}
 
 
 # Ollama's typed options (api/types.go Options); others pass on to the backend untouched.
@@ -330,6 +331,22 @@ def _check_ollama_fields(body: dict) -> None:
     for name in ("images",):
         if any(not isinstance(item, str) for item in body.get(name) or []):
             raise BadRequest(f"{name} must be base64 strings", param=name)
+
+
+UNTRANSLATED_GENERATE_FIELDS = {
+    "context": "the tokens of an earlier answer are not taken by this backend; send the conversation "
+               "as messages to /api/chat",
+    "template": "a prompt template override is not taken by this backend; send the prompt with raw: true "
+                "instead",
+}
+
+
+def refuse_untranslated(body: dict) -> None:
+    """/api/generate fields only Ollama itself honours: a 400 naming the field for any other
+    backend, never an answer that ignored them (empty ones ask for nothing)."""
+    for name, why in UNTRANSLATED_GENERATE_FIELDS.items():
+        if body.get(name):
+            raise BadRequest(f"invalid {name!r}: {why}", param=name)
 
 
 def _embed_inputs(value) -> list[str]:
