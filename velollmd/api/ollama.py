@@ -36,7 +36,8 @@ from ..wire.ollama import (
 )
 from ..wire.streams import closing
 from .access import Access
-from .validate import check_message_tool_calls, validate_chat, validate_completion
+from .openai import shortened
+from .validate import check_dimensions, check_message_tool_calls, validate_chat, validate_completion
 
 NDJSON = [("content-type", "application/x-ndjson")]
 MANAGEMENT_ROUTES = [("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"),
@@ -227,8 +228,11 @@ class OllamaRoutes:
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embed", body)
+        check_dimensions(body)
         started = time.monotonic_ns()
-        vectors, usage = await self._vectors(key_name, body["model"], texts)
+        vectors, usage = await self._vectors(key_name, body["model"], texts, truncate=body.get("truncate", True))
+        if body.get("dimensions") is not None:
+            vectors = [shortened(vector, body["dimensions"]) for vector in vectors]
         return Response.json({"model": body["model"], "embeddings": vectors,
                               "total_duration": time.monotonic_ns() - started, "load_duration": 0,
                               "prompt_eval_count": usage.get("prompt_tokens", 0)})
@@ -244,11 +248,14 @@ class OllamaRoutes:
         vectors, _ = await self._vectors(key_name, body["model"], [body["prompt"]] if body.get("prompt") else [])
         return Response.json({"embedding": vectors[0] if vectors else []})
 
-    async def _vectors(self, key_name: str, model: str, texts: list[str]) -> tuple[list[list[float]], dict]:
-        """One vector per text, and the usage; none for no text (Ollama's answer to an empty input)."""
+    async def _vectors(self, key_name: str, model: str, texts: list[str],
+                       truncate: bool = True) -> tuple[list[list[float]], dict]:
+        """One vector per text, and the usage; none for no text (Ollama's answer to an empty input).
+        `truncate` (Ollama's default): a text over the model's context is cut to fit where the
+        backend can cut it, else it is a 400."""
         if not texts:
             return [], {}
-        answer = (await self.service.embeddings({"model": model, "input": texts})).body
+        answer = (await self.service.embeddings({"model": model, "input": texts, "truncate": truncate})).body
         self.access.ledger.record_usage(key_name, answer.get("usage"))
         return [d["embedding"] for d in answer["data"]], answer.get("usage") or {}
 
@@ -302,7 +309,7 @@ def _model_body(request: Request, *, name_too: bool = False) -> dict:
 
 OLLAMA_FIELD_TYPES = {"messages": list, "options": dict, "images": list, "tools": list, "prompt": str,
                       "system": str, "suffix": str, "raw": bool, "stream": bool, "format": (str, dict), "think": (bool, str),
-                      "logprobs": bool, "top_logprobs": int, "context": list, "template": str}
+                      "logprobs": bool, "top_logprobs": int, "context": list, "template": str, "truncate": bool}
 
 
 # Ollama's typed options (api/types.go Options); others pass on to the backend untouched.

@@ -253,10 +253,15 @@ def _is_token_array(value) -> bool:
     return isinstance(value, list) and all(type(t) is int for t in value)
 
 
-def validate_embeddings(body: dict) -> dict:
-    _check_model(body)
+def check_dimensions(body: dict) -> None:
+    """An embedding request's `dimensions` (OpenAI's and Ollama's): a positive integer."""
     _check_type(body, "dimensions", int, "an integer")
     _check_range(body, "dimensions", 1, 1 << 20)
+
+
+def validate_embeddings(body: dict) -> dict:
+    _check_model(body)
+    check_dimensions(body)
     value = body.get("input")
     if isinstance(value, str):
         return body
