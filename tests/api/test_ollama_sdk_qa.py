@@ -43,6 +43,32 @@ def test_embed_with_no_input_answers_no_vectors_as_ollama_does(engine):
     assert len(reply.embeddings) == 2 and reply.embeddings[0] != reply.embeddings[1]
 
 
+def test_embed_truncates_an_input_over_the_context_unless_told_not_to(engine):
+    """Ollama's `truncate` (default true) cuts an input to the model's context (num_ctx 256
+    here); `truncate: false` keeps the 400 for an input that does not fit."""
+    long_text = "word " * 400
+    reply = engine.embed(model=ENGINE_MODEL, input=["a cat", long_text])
+    assert len(reply.embeddings) == 2 and reply.prompt_eval_count < 2 * 256
+    assert reply.embeddings[1] == engine.embed(model=ENGINE_MODEL, input="word " * 300).embeddings[0]
+    with pytest.raises(ollama.ResponseError) as info:
+        engine.embed(model=ENGINE_MODEL, input=long_text, truncate=False)
+    assert info.value.status_code == 400 and "input" in info.value.error
+    assert engine.embed(model=ENGINE_MODEL, input="a cat", truncate=False).embeddings
+
+
+def test_embed_dimensions_shortens_and_normalises_each_vector(engine):
+    whole = engine.embed(model=ENGINE_MODEL, input=["a cat", "a dog"]).embeddings
+    short = engine.embed(model=ENGINE_MODEL, input=["a cat", "a dog"], dimensions=8).embeddings
+    for full, cut in zip(whole, short):
+        norm = sum(x * x for x in full[:8]) ** 0.5
+        assert cut == pytest.approx([x / norm for x in full[:8]])
+        assert sum(x * x for x in cut) == pytest.approx(1.0)
+    for bad in (0, len(whole[0]) + 1, "8", True):
+        with pytest.raises(ollama.ResponseError) as info:
+            engine._request_raw("POST", "/api/embed", json={"model": ENGINE_MODEL, "input": "a cat", "dimensions": bad})
+        assert info.value.status_code == 400 and "dimensions" in info.value.error
+
+
 def test_the_older_embeddings_endpoint_answers_one_vector(engine):
     vector = engine.embeddings(model=ENGINE_MODEL, prompt="a cat").embedding
     assert vector == engine.embed(model=ENGINE_MODEL, input="a cat").embeddings[0]
@@ -170,6 +196,21 @@ def test_suffix_is_refused_clearly_rather_than_ignored(engine, daemon):
         with pytest.raises(ollama.ResponseError) as info:
             client.generate(model=model, prompt="def add(a, b):", suffix="    return c")
         assert info.value.status_code == 400 and "does not support insert" in info.value.error
+
+
+@pytest.mark.parametrize("field, value", [("context", [1, 2, 3]), ("template", "{{ .Prompt }}")])
+def test_generates_context_and_template_are_refused_clearly_rather_than_ignored(engine, daemon, ollama_emulator,
+                                                                                field, value):
+    """The deprecated `context` (an earlier answer's tokens) and a `template` override: neither
+    the engine nor llama-server behind velollmd takes them, so a 400 naming the field, never an
+    answer that ignored them; empty ones ask for nothing, and Ollama itself gets them as sent."""
+    for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
+        with pytest.raises(ollama.ResponseError) as info:
+            client.generate(model=model, prompt="hello", options={"num_predict": 2}, **{field: value})
+        assert info.value.status_code == 400 and repr(field) in info.value.error
+    assert engine.generate(model=ENGINE_MODEL, prompt="hello", options={"num_predict": 2}, context=[], template="").done
+    ollama.Client(host=daemon.url).generate(model="llama3.2", prompt="hello", **{field: value})
+    assert ollama_emulator.last_request("/api/generate")[field] == value
 
 
 def test_show_and_pull_take_the_deprecated_name_field(engine):

@@ -310,3 +310,17 @@ def test_a_completion_prompt_over_the_context_names_prompt(client):
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=ENGINE, messages=[{"role": "user", "content": "word " * 2000}])
     assert info.value.body["param"] == "messages"
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+@pytest.mark.parametrize("stop", ["", [""], ["", "zzqq"]])
+def test_an_empty_stop_string_stops_nothing_on_every_backend(client, model, stop):
+    """An empty stop string matches nowhere: llama-server stopped at once on it (an empty
+    answer) while the engine ignored it; it is dropped before any backend sees it."""
+    kwargs = dict(model=model, max_tokens=4, temperature=0)
+    plain = client.chat.completions.create(messages=MESSAGES, **kwargs)
+    stopped = client.chat.completions.create(messages=MESSAGES, stop=stop, **kwargs)
+    assert stopped.choices[0].message.content == plain.choices[0].message.content
+    assert stopped.usage.completion_tokens == 4 and stopped.choices[0].finish_reason == "length"
+    text = client.completions.create(prompt="the sun", stop=stop, **kwargs)
+    assert text.usage.completion_tokens == 4 and text.choices[0].finish_reason == "length"

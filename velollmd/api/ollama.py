@@ -36,7 +36,8 @@ from ..wire.ollama import (
 )
 from ..wire.streams import closing
 from .access import Access
-from .validate import check_message_tool_calls, validate_chat, validate_completion
+from .openai import shortened
+from .validate import check_dimensions, check_message_tool_calls, validate_chat, validate_completion
 
 NDJSON = [("content-type", "application/x-ndjson")]
 MANAGEMENT_ROUTES = [("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"),
@@ -112,6 +113,7 @@ class OllamaRoutes:
         if backend.native_ollama:
             endpoint, openai_body = ollama_generate_request_to_openai(body)
             return await self._admitted_passthrough(request, backend, "/api/generate", body, endpoint, openai_body)
+        refuse_untranslated(body)
         keep_alive_s = self._keep(request, backend, body)
         if not body.get("prompt") and not body.get("images"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=False)
@@ -226,8 +228,11 @@ class OllamaRoutes:
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embed", body)
+        check_dimensions(body)
         started = time.monotonic_ns()
-        vectors, usage = await self._vectors(key_name, body["model"], texts)
+        vectors, usage = await self._vectors(key_name, body["model"], texts, truncate=body.get("truncate", True))
+        if body.get("dimensions") is not None:
+            vectors = [shortened(vector, body["dimensions"]) for vector in vectors]
         return Response.json({"model": body["model"], "embeddings": vectors,
                               "total_duration": time.monotonic_ns() - started, "load_duration": 0,
                               "prompt_eval_count": usage.get("prompt_tokens", 0)})
@@ -243,11 +248,14 @@ class OllamaRoutes:
         vectors, _ = await self._vectors(key_name, body["model"], [body["prompt"]] if body.get("prompt") else [])
         return Response.json({"embedding": vectors[0] if vectors else []})
 
-    async def _vectors(self, key_name: str, model: str, texts: list[str]) -> tuple[list[list[float]], dict]:
-        """One vector per text, and the usage; none for no text (Ollama's answer to an empty input)."""
+    async def _vectors(self, key_name: str, model: str, texts: list[str],
+                       truncate: bool = True) -> tuple[list[list[float]], dict]:
+        """One vector per text, and the usage; none for no text (Ollama's answer to an empty input).
+        `truncate` (Ollama's default): a text over the model's context is cut to fit where the
+        backend can cut it, else it is a 400."""
         if not texts:
             return [], {}
-        answer = (await self.service.embeddings({"model": model, "input": texts})).body
+        answer = (await self.service.embeddings({"model": model, "input": texts, "truncate": truncate})).body
         self.access.ledger.record_usage(key_name, answer.get("usage"))
         return [d["embedding"] for d in answer["data"]], answer.get("usage") or {}
 
@@ -301,7 +309,7 @@ def _model_body(request: Request, *, name_too: bool = False) -> dict:
 
 OLLAMA_FIELD_TYPES = {"messages": list, "options": dict, "images": list, "tools": list, "prompt": str,
                       "system": str, "suffix": str, "raw": bool, "stream": bool, "format": (str, dict), "think": (bool, str),
-                      "logprobs": bool, "top_logprobs": int}
+                      "logprobs": bool, "top_logprobs": int, "context": list, "template": str, "truncate": bool}
 
 
 # Ollama's typed options (api/types.go Options); others pass on to the backend untouched.
@@ -330,6 +338,22 @@ def _check_ollama_fields(body: dict) -> None:
     for name in ("images",):
         if any(not isinstance(item, str) for item in body.get(name) or []):
             raise BadRequest(f"{name} must be base64 strings", param=name)
+
+
+UNTRANSLATED_GENERATE_FIELDS = {
+    "context": "the tokens of an earlier answer are not taken by this backend; send the conversation "
+               "as messages to /api/chat",
+    "template": "a prompt template override is not taken by this backend; send the prompt with raw: true "
+                "instead",
+}
+
+
+def refuse_untranslated(body: dict) -> None:
+    """/api/generate fields only Ollama itself honours: a 400 naming the field for any other
+    backend, never an answer that ignored them (empty ones ask for nothing)."""
+    for name, why in UNTRANSLATED_GENERATE_FIELDS.items():
+        if body.get(name):
+            raise BadRequest(f"invalid {name!r}: {why}", param=name)
 
 
 def _embed_inputs(value) -> list[str]:

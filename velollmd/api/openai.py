@@ -14,6 +14,7 @@ from ..core.service import Service
 from ..errors import BadRequest
 from ..http.message import Request, Response
 from ..http.sse import sse_response
+from ..wire.functions import function_call_answer, function_call_chunks, has_legacy_functions, tools_from_functions
 from ..wire.outcome import Outcome
 from ..wire.streams import closing
 from .access import Access
@@ -45,9 +46,26 @@ class OpenAIRoutes:
                 await self.pipeline.admit(key_name)                 # (the model was checked for the memo)
                 self.access.ledger.record_cache_hit(key_name)
                 return to_response(replay, self.sse_ping_s)
-        body = validate_chat(request.json())
+        body = request.json()
+        if has_legacy_functions(body):
+            return await self._legacy_chat(request, body, key, headers)
+        body = validate_chat(body)
         generate = self.access.generate_request(request, "chat", body, key=key, raw_key=raw_key, headers=headers)
         return to_response(await self.pipeline.generate(generate, frames=True), self.sse_ping_s)
+
+    async def _legacy_chat(self, request: Request, body: dict, key: str, headers: dict) -> Response:
+        """A chat in legacy function calling, served as a tools request; an answer to
+        `functions` is given back in their shape, a cached one too. Not in the replay memo,
+        which replays without converting."""
+        legacy_answer = "functions" in body
+        body = validate_chat(tools_from_functions(body))
+        generate = self.access.generate_request(request, "chat", body, key=key, headers=headers)
+        outcome = await self.pipeline.generate(generate)
+        if legacy_answer and outcome.chunks is not None:
+            outcome.chunks = function_call_chunks(outcome.chunks)
+        elif legacy_answer:
+            outcome.body = function_call_answer(outcome.body)
+        return to_response(outcome, self.sse_ping_s)
 
     async def completions(self, request: Request) -> Response:
         body = validate_completion(request.json())

@@ -98,6 +98,16 @@ def _check_stop(stop) -> None:
         _fail("stop", "at most 16 stop sequences")
 
 
+def _drop_empty_stops(body: dict) -> None:
+    """An empty stop string matches nowhere (llama-server stopped at once on one, the engine
+    ignored it): dropped before any backend sees it, the same on every backend."""
+    stop = body.get("stop")
+    if stop == "":
+        del body["stop"]
+    elif isinstance(stop, list) and "" in stop:
+        body["stop"] = [s for s in stop if s != ""]
+
+
 def _check_stream_options(body: dict) -> None:
     options = body.get("stream_options")
     if options is None:
@@ -206,6 +216,7 @@ def validate_chat(body: dict) -> dict:
     _check_model(body)
     _check_messages(body.get("messages"))
     _check_sampling(body)
+    _drop_empty_stops(body)
     _check_top_logprobs(body)
     _check_tools(body)
     _check_response_format(body)
@@ -221,6 +232,7 @@ def validate_completion(body: dict) -> dict:
         _fail("prompt", "expected a string, an array of strings, an array of token ids or an array of "
                         "token id arrays")
     _check_sampling(body)
+    _drop_empty_stops(body)
     _check_type(body, "echo", bool, "a boolean")
     _check_best_of(body)
     return body
@@ -241,10 +253,15 @@ def _is_token_array(value) -> bool:
     return isinstance(value, list) and all(type(t) is int for t in value)
 
 
-def validate_embeddings(body: dict) -> dict:
-    _check_model(body)
+def check_dimensions(body: dict) -> None:
+    """An embedding request's `dimensions` (OpenAI's and Ollama's): a positive integer."""
     _check_type(body, "dimensions", int, "an integer")
     _check_range(body, "dimensions", 1, 1 << 20)
+
+
+def validate_embeddings(body: dict) -> dict:
+    _check_model(body)
+    check_dimensions(body)
     value = body.get("input")
     if isinstance(value, str):
         return body

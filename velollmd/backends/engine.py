@@ -307,6 +307,8 @@ class EngineBackend(Backend):
         for text in texts:
             ids = _in_vocab(text, model.config.n_vocab, "input") if isinstance(text, list) \
                 else model.tokenizer.encode(str(text), add_special=True)
+            if body.get("truncate") is True:
+                ids = ids[:model.num_ctx]              # Ollama's truncate: the input's start, to fit
             if not ids or len(ids) > model.num_ctx:
                 raise BadRequest(f"each input must be 1 to {model.num_ctx} tokens, got {len(ids)}", param="input")
             vectors.append(await asyncio.to_thread(model.runner.embed, ids))

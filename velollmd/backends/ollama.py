@@ -82,7 +82,8 @@ class OllamaBackend(Backend):
 
     async def embeddings(self, body: dict) -> dict:
         started = time.monotonic()
-        reply = await self.post_json("/api/embed", {"model": body["model"], "input": body["input"]})
+        truncate = {"truncate": body["truncate"]} if "truncate" in body else {}
+        reply = await self.post_json("/api/embed", {"model": body["model"], "input": body["input"], **truncate})
         vectors = reply.get("embeddings") or []
         return {"object": "list", "model": body["model"],
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],

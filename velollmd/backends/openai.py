@@ -93,7 +93,9 @@ class OpenAIBackend(Backend):
         return self.stream_events(PATHS[request.endpoint], self.upstream_body(request), sse=True)
 
     async def embeddings(self, body: dict) -> dict:
-        return await self.post_json("/v1/embeddings", body)
+        """OpenAI's embeddings; Ollama's `truncate` is no field of theirs (an over-long input
+        is the server's own error)."""
+        return await self.post_json("/v1/embeddings", {k: v for k, v in body.items() if k != "truncate"})
 
 
 def _json_field(body: bytes | None, field: str):
