@@ -14,7 +14,8 @@ from ..core.service import Service
 from ..errors import BadRequest
 from ..http.message import Request, Response
 from ..http.sse import sse_response
-from ..wire.functions import function_call_answer, function_call_chunks, has_legacy_functions, tools_from_functions
+from ..wire.functions import (function_call_answer, function_call_chunks, has_legacy_functions,
+                              tools_from_functions)
 from ..wire.outcome import Outcome
 from ..wire.streams import closing
 from .access import Access
