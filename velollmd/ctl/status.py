@@ -2,7 +2,8 @@
 
 Reads GET /health (always there), then GET /v1/velollm/cache and GET /metrics when the daemon
 has them: a 404 (or any non-200) of those reads as "not available", not as a failure.
-Exit code 0 when the daemon answers and is healthy, 1 when it is unreachable or draining.
+Exit code 0 when the daemon answers and is healthy, 1 when it is unreachable or draining, 2
+when --url is not an http(s) URL.
 """
 from __future__ import annotations
 
@@ -160,6 +161,11 @@ def add_status_arguments(parser) -> None:
 
 
 def cmd_status(args) -> int:
+    try:
+        base_url(args.url)
+    except ValueError as exc:
+        print(f"velollmctl status: {exc}", file=sys.stderr)
+        return 2
     result = asyncio.run(fetch_status(args.url, args.api_key, min(args.timeout, 30.0)))
     if args.json:
         print(json.dumps(result, indent=2))

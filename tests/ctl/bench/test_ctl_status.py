@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from tests.ctl.bench.helpers import run_ctl, run_ctl_process
 from tests.ctl.bench.scripted_server import ScriptedServer
@@ -77,6 +78,14 @@ def test_closed_port_is_one_clear_line_and_exit_1():
     assert result.stderr.strip().splitlines() == [
         result.stderr.strip()]                                         # one line
     assert result.stderr.startswith(f"velollmctl status: cannot reach velollmd at http://127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("url", ["localhost:8000", "ftp://127.0.0.1:8000", "http://[::1"])
+def test_a_url_that_is_not_http_is_one_line_and_exit_2(url):
+    result = run_ctl_process("status", "--url", url)
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("velollmctl status: ")
+    assert url in result.stderr
 
 
 def test_not_velollmd_is_a_clear_error(capsys):
