@@ -56,6 +56,17 @@ def test_nvidia_and_amd_together(bin_dir):
     assert [g.vendor for g in hw.gpus] == ["nvidia", "amd", "amd"]
 
 
+@pytest.mark.parametrize("output, note", [
+    ("NVIDIA-SMI has failed because of garbage\n???", "nvidia-smi: output not understood: NVIDIA-SMI has failed because of garbage"),
+    ("", "nvidia-smi: output not understood: (no output)")])
+def test_nvidia_smi_output_that_is_no_gpu_list_is_a_note(bin_dir, output, note):
+    write_tool(bin_dir, "nvidia-smi", f"printf '{output}'\nexit 0")
+    write_tool(bin_dir, "rocm-smi", 'case "$*" in *--json*) echo "not json";; *) echo "garbage";; esac')
+    hw = probe.detect(timeout_s=5)
+    assert hw.gpus == () and note in hw.notes
+    assert "rocm-smi: output not understood: garbage" in hw.notes
+
+
 def test_missing_tools_degrade_to_notes(tmp_path, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
