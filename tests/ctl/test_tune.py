@@ -103,3 +103,16 @@ def test_diff_marks_new_changed_unchanged():
     assert len(rows) == 6 and "num_ctx" not in rows
     assert (rows["OLLAMA_NUM_PARALLEL"].mark, rows["OLLAMA_KEEP_ALIVE"].mark, rows["OLLAMA_FLASH_ATTENTION"].mark) == ("=", "~", "+")
     assert rows["OLLAMA_KEEP_ALIVE"].current == "5m"
+
+
+def test_a_gpu_in_mig_mode_is_left_out_of_the_budget_with_a_note():
+    # GPU 0 is in MIG mode: a process gets one slice of it, not its 80 GB.
+    hw = HardwareInfo(cpu=CPU8, memory=RAM64, gpus=tuple(parse_query_csv(fixture("nvidia_smi_query_mig.csv"))))
+    p = tune.plan(hw, LLAMA8B)
+    assert (p.budget.device, p.budget.mib) == ("gpu", 81005)
+    assert p.notes[0] == ("GPU 0 in MIG mode: left out of the memory budget (a process runs on one MIG "
+                          "slice, not the whole GPU); give the slice's memory with --vram-mib")
+    only_mig = HardwareInfo(cpu=CPU8, memory=RAM64, gpus=hw.gpus[:1])
+    assert tune.plan(only_mig, LLAMA8B).budget.device == "cpu"
+    sliced = tune.plan(only_mig, LLAMA8B, vram_mib=20096)
+    assert (sliced.budget.mib, sliced.notes) == (20096, ())
