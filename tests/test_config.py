@@ -47,6 +47,8 @@ def test_every_key_of_every_section_is_documented_in_the_shipped_file():
     ({"backends": [{"name": "a", "kind": "vllm", "url": "http://x"}]}, "backends[0].kind", "one of"),
     ({"backends": [{"kind": "ollama", "url": "http://x"}]}, "backends[0].name", "required"),
     ({"backends": [{"name": "a", "kind": "ollama", "url": "localhost:11434"}]}, "backends[0].url", "http://"),
+    ({"backends": [{"name": "a", "kind": "ollama", "url": "http://127.0.0.1:0"}]}, "backends[0].url", "port from 1"),
+    ({"backends": [{"name": "a", "kind": "ollama", "url": "http://127.0.0.1:65536/"}]}, "backends[0].url", "port from 1"),
     ({"backends": [{"name": "a", "kind": "engine"}, {"name": "a", "kind": "engine"}]}, "backends[1].name", "duplicate"),
     ({"scheduler": {"key_priorities": {"k": "high"}}}, "scheduler.key_priorities", "integers"),
 ])

@@ -413,8 +413,8 @@ def _build_backends(items, path: str) -> tuple[BackendConfig, ...]:
 
 def _check_url(url: str, path: str, key: str) -> None:
     match = URL_RE.fullmatch(url)
-    if match is None or int(match[2] or 80) > 65535:
-        raise ConfigError(path, key, f"must be an http:// URL with a host (and a port up to 65535), got {url!r}")
+    if match is None or not 1 <= int(match[2] or 80) <= 65535:
+        raise ConfigError(path, key, f"must be an http:// URL with a host (and a port from 1 to 65535), got {url!r}")
 
 
 def build_section(cls, table: dict, path: str, prefix: str):
