@@ -154,7 +154,11 @@ def _add_optimize(opt: argparse.ArgumentParser) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:            # `velollmctl ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # for the exit-time flush
+        return 1
 
 
 if __name__ == "__main__":
