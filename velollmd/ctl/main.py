@@ -15,7 +15,7 @@ from ..engine.device import choose_device
 from ..hw import probe
 from ..hw.run import DEFAULT_TIMEOUT_S
 from . import llamacpp_cmd, modelspec, report, settings, tune
-from .bench.cli import add_bench_arguments, positive_int
+from .bench.cli import add_bench_arguments, positive_int, positive_seconds
 from .gguf_header import GGUFError
 from .reload import add_reload_arguments
 from .remote import OLLAMA_URL
@@ -117,7 +117,7 @@ def _json_result(hw, p, recs, current) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="velollmctl", description=__doc__.splitlines()[0])
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+    parser.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT_S,
                         help="seconds allowed to each hardware probe tool (default 5)")
     sub = parser.add_subparsers(dest="command", required=True)
     detect = sub.add_parser("detect", help="show GPUs, CPU, memory and OS")

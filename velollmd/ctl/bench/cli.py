@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 
@@ -39,6 +40,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < math.inf:                      # nan fails too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0: {text!r}")
+    return value
+
+
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=DAEMON_URL, help=f"endpoint A (default the daemon, {DAEMON_URL})")
     parser.add_argument("--api", choices=APIS, default="auto",
@@ -61,7 +72,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured requests per endpoint first (default 1)")
     parser.add_argument("--same-prompts", action="store_true", help="identical prompts (exercises the response cache)")
     parser.add_argument("--api-key", default=os.environ.get("VELOLLM_API_KEY"), help="Bearer token (default $VELOLLM_API_KEY)")
-    parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds of silence before a request fails")
+    parser.add_argument("--request-timeout", type=positive_seconds, default=300.0, help="seconds of silence before a request fails")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE ('-' for stdout)")
     parser.add_argument("--svg", metavar="FILE", help="write a throughput / TTFT chart to FILE")
     parser.set_defaults(func=cmd_bench)
