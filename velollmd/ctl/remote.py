@@ -15,6 +15,7 @@ from ..errors import VeloError
 from ..http.client import HTTPClient
 
 DAEMON_URL = "http://127.0.0.1:8000"
+API_KEY_ENV = "VELOLLM_API_KEY"               # the daemon's key when --api-key is not given
 OLLAMA_URL = "http://127.0.0.1:11434"
 
 

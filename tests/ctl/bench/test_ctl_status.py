@@ -122,3 +122,16 @@ def test_metrics_summary_takes_the_value_after_the_labels():
     assert summary == {"num_samples": 2, "totals": {"velollm_http_requests_total": 0.0, "velollm_tokens_total": 10.0,
                                                     "velollm_tool_call_repairs_total": 0.0,
                                                     "velollm_tool_call_loops_total": 0.0}}
+
+
+def test_a_daemon_with_keys_takes_the_key_from_velollm_api_key_as_bench_does(capsys, monkeypatch):
+    monkeypatch.delenv("VELOLLM_API_KEY", raising=False)
+    with RunningDaemon({"server": {"api_keys": ["sk-status"]}}) as daemon:
+        rc, out, _ = run_ctl(capsys, "status", "--url", daemon.url)
+        without = [line.split() for line in out.splitlines()]
+        monkeypatch.setenv("VELOLLM_API_KEY", "sk-status")
+        rc_with, out_with, _ = run_ctl(capsys, "status", "--url", daemon.url)
+    assert rc == 0 and ["queue", "not", "available", "(HTTP", "401:", "give", "a", "key", "with", "--api-key",
+                        "or", "$VELOLLM_API_KEY)"] in without
+    assert rc_with == 0 and "not available" not in out_with
+    assert next(l for l in out_with.splitlines() if l.startswith("cache ")).split()[1:3] == ["0", "entries,"]
