@@ -60,6 +60,23 @@ def test_invalid_values_name_the_key_and_reason(table, key, reason):
     assert str(info.value).startswith(f"x.toml: {key}: ")
 
 
+@pytest.mark.parametrize("table, key, reason", [
+    ({"servr": {}}, "servr", "unknown section or key (did you mean [server]?)"),
+    ({"backend": [{"name": "a", "kind": "engine"}]}, "backend", "unknown section or key (did you mean [[backends]]?)"),
+    ({"key": [{"name": "a", "key": "k"}]}, "key", "unknown section or key (did you mean [[keys]]?)"),
+    ({"alias": {"a": "b"}}, "alias", "unknown section or key (did you mean [aliases]?)"),
+    ({"server": {"prot": 1}}, "server.prot", "unknown key (did you mean port?)"),
+    ({"backends": [{"name": "a", "kind": "engine", "model_dir": "/m"}]}, "backends[0].model_dir",
+     "unknown key (did you mean models_dir?)"),
+    ({"server": {"colour": "red"}}, "server.colour", "unknown key"),
+    ({"zzz": {}}, "zzz", "unknown section or key"),
+])
+def test_an_unknown_name_suggests_the_closest_known_one(table, key, reason):
+    with pytest.raises(ConfigError) as info:
+        config_from_table(table, "x.toml")
+    assert (info.value.key, info.value.reason) == (key, reason)
+
+
 def test_ints_are_accepted_for_float_keys():
     assert config_from_table({"server": {"header_timeout_s": 5}}).server.header_timeout_s == 5.0
 
