@@ -60,6 +60,9 @@ def probe_nvidia(deadline: Deadline) -> tuple[list[GpuInfo], list[str]]:
     if result.status in (MISSING, TIMEOUT):
         return [], [result.note]
     note = nvidia.nvidia_error_note(result.output)
+    answered = nvidia.parse_query_csv(result.stdout)
+    if answered:                                    # one GPU failed (fell off the bus), the others answered
+        return answered, [note or result.note]
     if note and "query field" not in note:          # the driver itself is broken: no table
         return [], [note]
     table = deadline.run(nvidia.TABLE_ARGV)
