@@ -63,6 +63,13 @@ def test_70b_on_24gb_is_partially_offloaded():
     assert (recs["num_gpu"], recs["OLLAMA_KEEP_ALIVE"], recs["OLLAMA_MAX_LOADED_MODELS"]) == ("44", "5m", "1")
 
 
+def test_a_partial_offload_says_it_cut_the_context_asked_for():
+    p = tune.plan(rtx4090(), modelspec.from_size("70B"), target_context=32768)
+    assert (p.fits, p.context) == (False, 8192)
+    assert "context cut to 8192 (wanted 32768) to fit memory" in p.notes
+    assert not any("context cut" in n for n in tune.plan(rtx4090(), modelspec.from_size("70B")).notes)
+
+
 def test_old_gpu_gets_no_flash_attention():
     old = GpuInfo("nvidia", 0, "Tesla K80", 11441, 11379, "470.182.03", "3.7")
     hw = HardwareInfo(cpu=CPU8, memory=RAM64, gpus=(old,))

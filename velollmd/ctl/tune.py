@@ -154,9 +154,12 @@ def _fit(hw: HardwareInfo, model: ModelSpec, target_context: int, vram_mib: int 
     headroom = int(free_kv - kv)
     num_batch = 1024 if budget.device != "cpu" and headroom >= 2048 else 512
     layers = 0 if on_cpu else model.num_layers + 1
-    notes = () if context >= target else (f"context cut to {context} (wanted {target}) to fit memory",)
     return TunePlan(model, budget, context, parallel, cache_type, fa, layers, not on_cpu, True,
-                    num_batch, _physical_threads(hw), int(kv), headroom, notes)
+                    num_batch, _physical_threads(hw), int(kv), headroom, _context_notes(context, target))
+
+
+def _context_notes(context: int, target: int) -> tuple[str, ...]:
+    return () if context >= target else (f"context cut to {context} (wanted {target}) to fit memory",)
 
 
 def _partial_plan(hw, model, budget, target, fa, cache_type) -> TunePlan:
@@ -173,7 +176,7 @@ def _partial_plan(hw, model, budget, target, fa, cache_type) -> TunePlan:
     if cpu_share > budget.ram_available_mib:
         notes.append("not enough RAM for the CPU share either: pick a smaller model or quantization")
     return TunePlan(model, budget, context, 1, cache_type, fa, layers, False, False, 512,
-                    _physical_threads(hw), int(kv), 0, tuple(notes))
+                    _physical_threads(hw), int(kv), 0, tuple(notes) + _context_notes(context, target))
 
 
 def max_loaded_models(p: TunePlan) -> int:
