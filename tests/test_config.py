@@ -47,6 +47,8 @@ def test_every_key_of_every_section_is_documented_in_the_shipped_file():
     ({"backends": [{"name": "a", "kind": "vllm", "url": "http://x"}]}, "backends[0].kind", "one of"),
     ({"backends": [{"kind": "ollama", "url": "http://x"}]}, "backends[0].name", "required"),
     ({"backends": [{"name": "a", "kind": "ollama", "url": "localhost:11434"}]}, "backends[0].url", "http://"),
+    ({"backends": [{"name": "a", "kind": "ollama", "url": "http://127.0.0.1:0"}]}, "backends[0].url", "port from 1"),
+    ({"backends": [{"name": "a", "kind": "ollama", "url": "http://127.0.0.1:65536/"}]}, "backends[0].url", "port from 1"),
     ({"backends": [{"name": "a", "kind": "engine"}, {"name": "a", "kind": "engine"}]}, "backends[1].name", "duplicate"),
     ({"scheduler": {"key_priorities": {"k": "high"}}}, "scheduler.key_priorities", "integers"),
 ])
@@ -56,6 +58,23 @@ def test_invalid_values_name_the_key_and_reason(table, key, reason):
     assert info.value.key == key
     assert reason in info.value.reason
     assert str(info.value).startswith(f"x.toml: {key}: ")
+
+
+@pytest.mark.parametrize("table, key, reason", [
+    ({"servr": {}}, "servr", "unknown section or key (did you mean [server]?)"),
+    ({"backend": [{"name": "a", "kind": "engine"}]}, "backend", "unknown section or key (did you mean [[backends]]?)"),
+    ({"key": [{"name": "a", "key": "k"}]}, "key", "unknown section or key (did you mean [[keys]]?)"),
+    ({"alias": {"a": "b"}}, "alias", "unknown section or key (did you mean [aliases]?)"),
+    ({"server": {"prot": 1}}, "server.prot", "unknown key (did you mean port?)"),
+    ({"backends": [{"name": "a", "kind": "engine", "model_dir": "/m"}]}, "backends[0].model_dir",
+     "unknown key (did you mean models_dir?)"),
+    ({"server": {"colour": "red"}}, "server.colour", "unknown key"),
+    ({"zzz": {}}, "zzz", "unknown section or key"),
+])
+def test_an_unknown_name_suggests_the_closest_known_one(table, key, reason):
+    with pytest.raises(ConfigError) as info:
+        config_from_table(table, "x.toml")
+    assert (info.value.key, info.value.reason) == (key, reason)
 
 
 def test_ints_are_accepted_for_float_keys():

@@ -163,6 +163,15 @@ def test_velollmctl_reload_refuses_a_pid_that_is_not_velollmd(tmp_path):
         finally:
             other.kill()
     assert ctl.returncode == 1 and "no running velollmd found" in ctl.stderr
+    assert f"pid {other.pid} from {pid_file} is not a running velollmd" in ctl.stderr
+
+
+@pytest.mark.parametrize("pid", ["0", "-5", "999999999"])
+def test_velollmctl_reload_names_a_pid_given_that_is_not_velollmd(tmp_path, pid):
+    ctl = subprocess.run([str(ROOT / "tools" / "velollmctl"), "reload", "--pid", pid,
+                          "--pid-file", str(tmp_path / "none.pid")], capture_output=True, text=True, timeout=60)
+    assert ctl.returncode == 1 and "Traceback" not in ctl.stderr
+    assert ctl.stderr == f"velollmctl reload: no running velollmd found (pid {pid} from --pid is not a running velollmd)\n"
 
 
 def test_a_reload_turns_the_access_log_on_and_off(tmp_path, notify):

@@ -8,6 +8,7 @@ the reason on one line.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 import hashlib
 import ipaddress
@@ -223,10 +224,20 @@ def load_config(path: str = DEFAULT_PATH) -> Config:
     return config_from_table(table, path)
 
 
+TABLE_NAMES = {**{name: f"[{name}]" for name in SECTIONS}, "backends": "[[backends]]", "keys": "[[keys]]",
+               "aliases": "[aliases]"}
+
+
+def did_you_mean(name: str, known: dict[str, str]) -> str:
+    """` (did you mean X?)` for the known name closest to a misspelt one, else ""."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {known[close[0]]}?)" if close else ""
+
+
 def config_from_table(table: dict, path: str = "<table>") -> Config:
-    unknown = set(table) - set(SECTIONS) - {"backends", "aliases", "keys"}
+    unknown = sorted(set(table) - set(TABLE_NAMES))
     if unknown:
-        raise ConfigError(path, sorted(unknown)[0], "unknown section or key")
+        raise ConfigError(path, unknown[0], "unknown section or key" + did_you_mean(unknown[0], TABLE_NAMES))
     sections = {}
     for name, cls in SECTIONS.items():
         sub = table.get(name, {})
@@ -413,8 +424,8 @@ def _build_backends(items, path: str) -> tuple[BackendConfig, ...]:
 
 def _check_url(url: str, path: str, key: str) -> None:
     match = URL_RE.fullmatch(url)
-    if match is None or int(match[2] or 80) > 65535:
-        raise ConfigError(path, key, f"must be an http:// URL with a host (and a port up to 65535), got {url!r}")
+    if match is None or not 1 <= int(match[2] or 80) <= 65535:
+        raise ConfigError(path, key, f"must be an http:// URL with a host (and a port from 1 to 65535), got {url!r}")
 
 
 def build_section(cls, table: dict, path: str, prefix: str):
@@ -424,7 +435,7 @@ def build_section(cls, table: dict, path: str, prefix: str):
     values = {}
     for key, value in table.items():
         if key not in known:
-            raise ConfigError(path, f"{prefix}.{key}", "unknown key")
+            raise ConfigError(path, f"{prefix}.{key}", "unknown key" + did_you_mean(key, {k: k for k in known}))
         values[key] = _check_value(value, hints[key], known[key].metadata, path, f"{prefix}.{key}")
     return cls(**values)
 

@@ -133,3 +133,26 @@ def test_optimize_bad_gguf_is_one_line_error(tmp_path):
 
 def test_usage_error():
     assert velollmctl().returncode == 2
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--context", "0"], "--context"), (["--context", "-4096"], "--context"),
+    (["--vram-mib", "-5"], "--vram-mib"), (["--vram-mib", "0"], "--vram-mib"),
+    (["--model-size", "0B"], "model size"), (["--model-size", "0.0M"], "model size")])
+def test_optimize_refuses_sizes_that_are_not_positive(fake_bin, args, needle):
+    result = velollmctl("optimize", *args, bin_dir=fake_bin)
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert needle in result.stderr.splitlines()[-1]
+
+
+def test_output_into_a_closed_pipe_is_no_traceback(fake_bin):
+    # `velollmctl optimize | head -3`: the reader is gone before velollmctl writes.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "PATH": f"{fake_bin}{os.pathsep}/usr/bin{os.pathsep}/bin"}
+    try:
+        result = subprocess.run([sys.executable, "-m", "velollmd.ctl", "optimize"], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, timeout=60)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1 and result.stderr == ""

@@ -63,6 +63,13 @@ def test_70b_on_24gb_is_partially_offloaded():
     assert (recs["num_gpu"], recs["OLLAMA_KEEP_ALIVE"], recs["OLLAMA_MAX_LOADED_MODELS"]) == ("44", "5m", "1")
 
 
+def test_a_partial_offload_says_it_cut_the_context_asked_for():
+    p = tune.plan(rtx4090(), modelspec.from_size("70B"), target_context=32768)
+    assert (p.fits, p.context) == (False, 8192)
+    assert "context cut to 8192 (wanted 32768) to fit memory" in p.notes
+    assert not any("context cut" in n for n in tune.plan(rtx4090(), modelspec.from_size("70B")).notes)
+
+
 def test_old_gpu_gets_no_flash_attention():
     old = GpuInfo("nvidia", 0, "Tesla K80", 11441, 11379, "470.182.03", "3.7")
     hw = HardwareInfo(cpu=CPU8, memory=RAM64, gpus=(old,))
@@ -103,3 +110,16 @@ def test_diff_marks_new_changed_unchanged():
     assert len(rows) == 6 and "num_ctx" not in rows
     assert (rows["OLLAMA_NUM_PARALLEL"].mark, rows["OLLAMA_KEEP_ALIVE"].mark, rows["OLLAMA_FLASH_ATTENTION"].mark) == ("=", "~", "+")
     assert rows["OLLAMA_KEEP_ALIVE"].current == "5m"
+
+
+def test_a_gpu_in_mig_mode_is_left_out_of_the_budget_with_a_note():
+    # GPU 0 is in MIG mode: a process gets one slice of it, not its 80 GB.
+    hw = HardwareInfo(cpu=CPU8, memory=RAM64, gpus=tuple(parse_query_csv(fixture("nvidia_smi_query_mig.csv"))))
+    p = tune.plan(hw, LLAMA8B)
+    assert (p.budget.device, p.budget.mib) == ("gpu", 81005)
+    assert p.notes[0] == ("GPU 0 in MIG mode: left out of the memory budget (a process runs on one MIG "
+                          "slice, not the whole GPU); give the slice's memory with --vram-mib")
+    only_mig = HardwareInfo(cpu=CPU8, memory=RAM64, gpus=hw.gpus[:1])
+    assert tune.plan(only_mig, LLAMA8B).budget.device == "cpu"
+    sliced = tune.plan(only_mig, LLAMA8B, vram_mib=20096)
+    assert (sliced.budget.mib, sliced.notes) == (20096, ())

@@ -32,6 +32,14 @@ def test_nvidia_old_driver_falls_back_to_table(bin_dir):
     assert any("used the plain table" in n and "compute_cap" in n for n in hw.notes)
 
 
+def test_a_lost_gpu_leaves_the_others_listed_with_a_note(bin_dir):
+    write_tool(bin_dir, "nvidia-smi", prints("nvidia_smi_query_lost_gpu.csv", 15))
+    write_tool(bin_dir, "lspci", prints("lspci.txt"))
+    hw = probe.detect(timeout_s=5)
+    assert [(g.index, g.source) for g in hw.gpus] == [(0, "nvidia-smi --query-gpu"), (2, "nvidia-smi --query-gpu")]
+    assert "GPU 0000:0B:00.0 does not answer (Unknown Error): left out" in hw.notes
+
+
 def test_driver_mismatch_is_a_note_and_lspci_names_the_gpu(bin_dir):
     write_tool(bin_dir, "nvidia-smi", prints("nvidia_smi_nvml_mismatch.txt", 18))
     write_tool(bin_dir, "lspci", prints("lspci.txt"))
@@ -54,6 +62,17 @@ def test_nvidia_and_amd_together(bin_dir):
     write_tool(bin_dir, "rocm-smi", prints("rocm_smi.json"))
     hw = probe.detect(timeout_s=5)
     assert [g.vendor for g in hw.gpus] == ["nvidia", "amd", "amd"]
+
+
+@pytest.mark.parametrize("output, note", [
+    ("NVIDIA-SMI has failed because of garbage\n???", "nvidia-smi: output not understood: NVIDIA-SMI has failed because of garbage"),
+    ("", "nvidia-smi: output not understood: (no output)")])
+def test_nvidia_smi_output_that_is_no_gpu_list_is_a_note(bin_dir, output, note):
+    write_tool(bin_dir, "nvidia-smi", f"printf '{output}'\nexit 0")
+    write_tool(bin_dir, "rocm-smi", 'case "$*" in *--json*) echo "not json";; *) echo "garbage";; esac')
+    hw = probe.detect(timeout_s=5)
+    assert hw.gpus == () and note in hw.notes
+    assert "rocm-smi: output not understood: garbage" in hw.notes
 
 
 def test_missing_tools_degrade_to_notes(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from ..engine.device import choose_device
 from ..hw import probe
 from ..hw.run import DEFAULT_TIMEOUT_S
 from . import llamacpp_cmd, modelspec, report, settings, tune
-from .bench.cli import add_bench_arguments
+from .bench.cli import add_bench_arguments, positive_int, positive_seconds
 from .gguf_header import GGUFError
 from .reload import add_reload_arguments
 from .remote import OLLAMA_URL
@@ -117,7 +117,7 @@ def _json_result(hw, p, recs, current) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="velollmctl", description=__doc__.splitlines()[0])
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+    parser.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT_S,
                         help="seconds allowed to each hardware probe tool (default 5)")
     sub = parser.add_subparsers(dest="command", required=True)
     detect = sub.add_parser("detect", help="show GPUs, CPU, memory and OS")
@@ -137,8 +137,8 @@ def _add_optimize(opt: argparse.ArgumentParser) -> None:
     model.add_argument("--ollama-model", metavar="NAME", help="ask Ollama's /api/show about NAME")
     opt.add_argument("--quant", default=modelspec.DEFAULT_QUANT, help="with --model-size (default Q4_K_M)")
     opt.add_argument("--ollama-url", default=OLLAMA_URL, help=f"with --ollama-model (default {OLLAMA_URL})")
-    opt.add_argument("--context", type=int, default=tune.DEFAULT_CONTEXT, help="wanted context per request")
-    opt.add_argument("--vram-mib", type=int, help="override the detected free GPU memory (e.g. a MIG slice)")
+    opt.add_argument("--context", type=positive_int, default=tune.DEFAULT_CONTEXT, help="wanted context per request")
+    opt.add_argument("--vram-mib", type=positive_int, help="override the detected free GPU memory (e.g. a MIG slice)")
     opt.add_argument("--dropin-dir", default=settings.DROPIN_DIR, help="where current drop-ins are read")
     opt.add_argument("--dry-run", action="store_true",
                      help="show the diff and write nothing (the default without --write-*)")
@@ -154,7 +154,11 @@ def _add_optimize(opt: argparse.ArgumentParser) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:            # `velollmctl ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # for the exit-time flush
+        return 1
 
 
 if __name__ == "__main__":

@@ -65,9 +65,9 @@ class ModelSpec:
 def parse_size_label(label: str) -> float:
     """"8B" -> 8.0, "500M" -> 0.5; raises ValueError."""
     match = _SIZE.match(label)
-    if not match:
-        raise ValueError(f"model size {label!r}: expected a number with B or M, e.g. 8B")
-    value = float(match.group(1))
+    value = float(match.group(1)) if match else 0.0
+    if value <= 0:
+        raise ValueError(f"model size {label!r}: expected a number above 0 with B or M, e.g. 8B")
     return value if match.group(2) in "bB" else value / 1000
 
 

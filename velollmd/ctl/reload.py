@@ -25,10 +25,9 @@ def add_reload_arguments(parser) -> None:
 
 
 def cmd_reload(args) -> int:
-    found = find_daemon(args.pid, args.pid_file)
+    found, misses = find_daemon(args.pid, args.pid_file)
     if found is None:
-        print(f"velollmctl reload: no running velollmd found (no --pid, no pid file at {args.pid_file}, "
-              f"no MainPID for {UNIT})", file=sys.stderr)
+        print(f"velollmctl reload: no running velollmd found ({'; '.join(misses)})", file=sys.stderr)
         return 1
     pid, source = found
     try:
@@ -44,13 +43,18 @@ def cmd_reload(args) -> int:
     return 0
 
 
-def find_daemon(pid: int | None, pid_file: str) -> tuple[int, str] | None:
-    """(pid, where it was found) of a running velollmd, or None."""
-    candidates = [(pid, "--pid")] if pid else [(_read_pid_file(pid_file), pid_file), (_systemd_main_pid(), UNIT)]
+def find_daemon(pid: int | None, pid_file: str) -> tuple[tuple[int, str] | None, list[str]]:
+    """(pid, where it was found) of a running velollmd, or None; and why each place looked at
+    before gave none."""
+    candidates = [(pid, "--pid")] if pid is not None else [(_read_pid_file(pid_file), pid_file),
+                                                            (_systemd_main_pid(), UNIT)]
+    misses = []
     for candidate, source in candidates:
         if candidate and is_velollmd(candidate):
-            return candidate, source
-    return None
+            return (candidate, source), misses
+        misses.append(f"pid {candidate} from {source} is not a running velollmd" if candidate is not None
+                      else f"no pid from {source}")
+    return None, misses
 
 
 def is_velollmd(pid: int) -> bool:

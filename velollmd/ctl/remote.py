@@ -15,6 +15,7 @@ from ..errors import VeloError
 from ..http.client import HTTPClient
 
 DAEMON_URL = "http://127.0.0.1:8000"
+API_KEY_ENV = "VELOLLM_API_KEY"               # the daemon's key when --api-key is not given
 OLLAMA_URL = "http://127.0.0.1:11434"
 
 
@@ -23,8 +24,14 @@ class ServerError(OSError):
 
 
 def base_url(url: str) -> str:
-    """`http://h:p/v1` and `http://h:p/` both become `http://h:p` (the routes add /v1)."""
-    parts = urlsplit(url)
+    """`http://h:p/v1` and `http://h:p/` both become `http://h:p` (the routes add /v1);
+    ValueError naming `url` for anything but an http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:                                 # "http://[::1": an unclosed IPv6 bracket
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"not an http(s) URL: {url!r}")
     path = parts.path.rstrip("/")
     if path.endswith("/v1"):
         path = path[:-3]

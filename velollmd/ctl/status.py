@@ -2,17 +2,19 @@
 
 Reads GET /health (always there), then GET /v1/velollm/cache and GET /metrics when the daemon
 has them: a 404 (or any non-200) of those reads as "not available", not as a failure.
-Exit code 0 when the daemon answers and is healthy, 1 when it is unreachable or draining.
+Exit code 0 when the daemon answers and is healthy, 1 when it is unreachable or draining, 2
+when --url is not an http(s) URL.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 
 from ..errors import VeloError
 from ..http.client import HTTPClient
-from .remote import DAEMON_URL, base_url, error_line
+from .remote import API_KEY_ENV, DAEMON_URL, base_url, error_line
 from .report import format_columns, yes_no
 
 HEADLINE_METRICS = ("velollm_http_requests_total", "velollm_tokens_total", "velollm_tool_call_repairs_total",
@@ -104,6 +106,8 @@ def _backend_rows(backends: list[dict]) -> list[str]:
 def _optional_rows(name: str, part: dict | None, render) -> list[list[str]]:
     if not part or not part["available"]:
         why = f"HTTP {part['status']}" if part and part["status"] else "no answer"
+        if part and part["status"] == 401:
+            why += f": give a key with --api-key or ${API_KEY_ENV}"
         return [[name, f"not available ({why})"]]
     return [[name if i == 0 else "", text] for i, text in enumerate(render(part["data"]) or ["-"])]
 
@@ -154,12 +158,18 @@ def format_status(result: dict) -> str:
 
 def add_status_arguments(parser) -> None:
     parser.add_argument("--url", default=DAEMON_URL, help=f"the daemon (default {DAEMON_URL})")
-    parser.add_argument("--api-key", help="for the daemon's protected routes (cache stats)")
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                        help=f"for the daemon's protected routes: cache, queue, metrics (default ${API_KEY_ENV})")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=cmd_status)
 
 
 def cmd_status(args) -> int:
+    try:
+        base_url(args.url)
+    except ValueError as exc:
+        print(f"velollmctl status: {exc}", file=sys.stderr)
+        return 2
     result = asyncio.run(fetch_status(args.url, args.api_key, min(args.timeout, 30.0)))
     if args.json:
         print(json.dumps(result, indent=2))

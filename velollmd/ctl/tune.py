@@ -13,7 +13,7 @@ whose weights do not fit is split: as many layers as fit go to the GPU (num_gpu)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..hw.info import MIB, HardwareInfo
 from .modelspec import ModelSpec
@@ -74,7 +74,8 @@ def memory_budget(hw: HardwareInfo, vram_mib: int | None = None) -> MemoryBudget
     if any(g.unified_memory for g in hw.gpus):
         usable = int(min(ram, (hw.memory.ram_total_mib or ram) * UNIFIED_FRACTION))
         return MemoryBudget("unified", usable, ram, "unified memory: min(available RAM, 3/4 of RAM)")
-    gpus = [g for g in hw.gpus if g.memory_free_mib is not None and g.vendor in ("nvidia", "amd")]
+    gpus = [g for g in hw.gpus
+            if g.memory_free_mib is not None and g.vendor in ("nvidia", "amd") and not g.mig]
     if gpus:
         vendor = max(gpus, key=lambda g: g.memory_free_mib).vendor
         same = [g for g in gpus if g.vendor == vendor]
@@ -121,6 +122,20 @@ def _parallel_and_growth(model, free_kv_mib, context, cache_type, max_parallel, 
 
 def plan(hw: HardwareInfo, model: ModelSpec, target_context: int = DEFAULT_CONTEXT,
          vram_mib: int | None = None) -> TunePlan:
+    p = _fit(hw, model, target_context, vram_mib)
+    return replace(p, notes=_mig_notes(hw, vram_mib) + p.notes)
+
+
+def _mig_notes(hw: HardwareInfo, vram_mib: int | None) -> tuple[str, ...]:
+    """A GPU in MIG mode reports the whole GPU's memory, but a process runs on one slice."""
+    mig = [str(g.index) for g in hw.gpus if g.mig]
+    if not mig or vram_mib is not None:
+        return ()
+    return (f"GPU {', '.join(mig)} in MIG mode: left out of the memory budget (a process runs on one "
+            "MIG slice, not the whole GPU); give the slice's memory with --vram-mib",)
+
+
+def _fit(hw: HardwareInfo, model: ModelSpec, target_context: int, vram_mib: int | None) -> TunePlan:
     budget = memory_budget(hw, vram_mib)
     fa, _ = flash_attention_ok(hw)
     cache_types = ("f16", "q8_0", "q4_0") if fa else ("f16",)
@@ -139,9 +154,12 @@ def plan(hw: HardwareInfo, model: ModelSpec, target_context: int = DEFAULT_CONTE
     headroom = int(free_kv - kv)
     num_batch = 1024 if budget.device != "cpu" and headroom >= 2048 else 512
     layers = 0 if on_cpu else model.num_layers + 1
-    notes = () if context >= target else (f"context cut to {context} (wanted {target}) to fit memory",)
     return TunePlan(model, budget, context, parallel, cache_type, fa, layers, not on_cpu, True,
-                    num_batch, _physical_threads(hw), int(kv), headroom, notes)
+                    num_batch, _physical_threads(hw), int(kv), headroom, _context_notes(context, target))
+
+
+def _context_notes(context: int, target: int) -> tuple[str, ...]:
+    return () if context >= target else (f"context cut to {context} (wanted {target}) to fit memory",)
 
 
 def _partial_plan(hw, model, budget, target, fa, cache_type) -> TunePlan:
@@ -158,7 +176,7 @@ def _partial_plan(hw, model, budget, target, fa, cache_type) -> TunePlan:
     if cpu_share > budget.ram_available_mib:
         notes.append("not enough RAM for the CPU share either: pick a smaller model or quantization")
     return TunePlan(model, budget, context, 1, cache_type, fa, layers, False, False, 512,
-                    _physical_threads(hw), int(kv), 0, tuple(notes))
+                    _physical_threads(hw), int(kv), 0, tuple(notes) + _context_notes(context, target))
 
 
 def max_loaded_models(p: TunePlan) -> int:

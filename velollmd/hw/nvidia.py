@@ -25,6 +25,8 @@ _ERRORS = (
      "NVIDIA driver/library version mismatch (reboot or reload the nvidia module)"),
     (re.compile(r"Failed to initialize NVML:\s*(.+)", re.I), "NVML failed to initialize: {0}"),
     (re.compile(r"No devices were found", re.I), "nvidia-smi found no NVIDIA devices"),
+    (re.compile(r"Unable to determine the device handle for GPU\s*([0-9A-Fa-f:.]+):\s*(.+)", re.I),
+     "GPU {0} does not answer ({1}): left out"),
     (re.compile(r'Field "([^"]+)" is not a valid field', re.I),
      "nvidia-smi too old for query field {0!r}"),
 )

@@ -22,7 +22,7 @@ except ImportError:        # tools/velollmctl may run on a bare python3
 
 from . import amd, apple, cpu, nvidia
 from .info import MIB, CpuInfo, GpuInfo, HardwareInfo, MemoryInfo, OsInfo
-from .run import DEFAULT_TIMEOUT_S, MISSING, TIMEOUT, CommandResult, run_command
+from .run import DEFAULT_TIMEOUT_S, MISSING, TIMEOUT, CommandResult, first_line, run_command
 
 
 class Deadline:
@@ -44,18 +44,31 @@ class Deadline:
         return result
 
 
+def parsed(result: CommandResult, parse) -> tuple[list[GpuInfo], list[str]]:
+    """The GPUs `parse` reads in a tool's output; none is a note quoting the output: a tool
+    that exits 0 lists at least one GPU, else it said something we do not understand."""
+    gpus = parse(result.stdout)
+    if gpus:
+        return gpus, []
+    return [], [f"{result.argv[0]}: output not understood: {first_line(result.stdout) or '(no output)'}"]
+
+
 def probe_nvidia(deadline: Deadline) -> tuple[list[GpuInfo], list[str]]:
     result = deadline.run(nvidia.QUERY_ARGV)
     if result.ok:
-        return nvidia.parse_query_csv(result.stdout), []
+        return parsed(result, nvidia.parse_query_csv)
     if result.status in (MISSING, TIMEOUT):
         return [], [result.note]
     note = nvidia.nvidia_error_note(result.output)
+    answered = nvidia.parse_query_csv(result.stdout)
+    if answered:                                    # one GPU failed (fell off the bus), the others answered
+        return answered, [note or result.note]
     if note and "query field" not in note:          # the driver itself is broken: no table
         return [], [note]
     table = deadline.run(nvidia.TABLE_ARGV)
     if table.ok:
-        return nvidia.parse_table(table.stdout), [f"{note or result.note}; used the plain table"]
+        gpus, notes = parsed(table, nvidia.parse_table)
+        return gpus, [f"{note or result.note}; used the plain table"] + notes
     return [], [note or result.note, nvidia.nvidia_error_note(table.output) or table.note]
 
 
@@ -70,7 +83,8 @@ def probe_amd(deadline: Deadline) -> tuple[list[GpuInfo], list[str]]:
         return [], [result.note]
     text = deadline.run(amd.TEXT_ARGV)
     if text.ok:
-        return amd.parse_rocm_text(text.stdout), ["rocm-smi --json failed; used the text output"]
+        gpus, notes = parsed(text, amd.parse_rocm_text)
+        return gpus, ["rocm-smi --json failed; used the text output"] + notes
     return [], [text.note]
 
 

@@ -54,7 +54,7 @@ def run_command(argv, timeout_s: float = DEFAULT_TIMEOUT_S, env: dict | None = N
         return CommandResult(argv, TIMEOUT, None, "", "",
                              f"{name}: timed out after {timeout_s:g} s (killed)", proc.pid)
     if proc.returncode != 0:
-        first = _first_line(stdout + "\n" + stderr)
+        first = first_line(stdout + "\n" + stderr)
         note = f"{name}: exit {proc.returncode}" + (f": {first}" if first else "")
         return CommandResult(argv, FAILED, proc.returncode, stdout, stderr, note, proc.pid)
     return CommandResult(argv, OK, 0, stdout, stderr, "", proc.pid)
@@ -74,7 +74,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=1.0)
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
+    """The first non-blank line, stripped and cut to 200 characters ("" for none)."""
     for line in text.splitlines():
         if line.strip():
             return line.strip()[:200]

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+import pytest
+
 from tests.ctl.bench.helpers import DISTRIBUTION_KEYS, bench_json, run_ctl, run_ctl_process
 from tests.ctl.bench.scripted_server import ScriptedServer
 from tests.rig.net import free_port
@@ -156,3 +158,14 @@ def test_bad_concurrency_is_a_usage_error(capsys):
         assert exc.code == 2
     else:
         raise AssertionError("argparse accepted --concurrency 1,0")
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--timeout", "nan", "detect"], "--timeout"), (["--timeout", "inf", "detect"], "--timeout"),
+    (["--timeout", "0", "status"], "--timeout"), (["--timeout", "-1", "detect"], "--timeout"),
+    (["bench", "--request-timeout", "-1"], "--request-timeout"),
+    (["bench", "--request-timeout", "nan"], "--request-timeout")])
+def test_seconds_that_are_not_a_positive_number_are_a_usage_error(args, option):
+    result = run_ctl_process(*args)
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert f"argument {option}: must be a number of seconds above 0" in result.stderr.splitlines()[-1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from tests.ctl.bench.helpers import run_ctl, run_ctl_process
 from tests.ctl.bench.scripted_server import ScriptedServer
@@ -79,6 +80,14 @@ def test_closed_port_is_one_clear_line_and_exit_1():
     assert result.stderr.startswith(f"velollmctl status: cannot reach velollmd at http://127.0.0.1:{port}")
 
 
+@pytest.mark.parametrize("url", ["localhost:8000", "ftp://127.0.0.1:8000", "http://[::1"])
+def test_a_url_that_is_not_http_is_one_line_and_exit_2(url):
+    result = run_ctl_process("status", "--url", url)
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("velollmctl status: ")
+    assert url in result.stderr
+
+
 def test_not_velollmd_is_a_clear_error(capsys):
     with ScriptedServer({"/health": (200, "text/html", b"<html>hello</html>")}) as server:
         rc, out, err = run_ctl(capsys, "status", "--url", server.url)
@@ -113,3 +122,16 @@ def test_metrics_summary_takes_the_value_after_the_labels():
     assert summary == {"num_samples": 2, "totals": {"velollm_http_requests_total": 0.0, "velollm_tokens_total": 10.0,
                                                     "velollm_tool_call_repairs_total": 0.0,
                                                     "velollm_tool_call_loops_total": 0.0}}
+
+
+def test_a_daemon_with_keys_takes_the_key_from_velollm_api_key_as_bench_does(capsys, monkeypatch):
+    monkeypatch.delenv("VELOLLM_API_KEY", raising=False)
+    with RunningDaemon({"server": {"api_keys": ["sk-status"]}}) as daemon:
+        rc, out, _ = run_ctl(capsys, "status", "--url", daemon.url)
+        without = [line.split() for line in out.splitlines()]
+        monkeypatch.setenv("VELOLLM_API_KEY", "sk-status")
+        rc_with, out_with, _ = run_ctl(capsys, "status", "--url", daemon.url)
+    assert rc == 0 and ["queue", "not", "available", "(HTTP", "401:", "give", "a", "key", "with", "--api-key",
+                        "or", "$VELOLLM_API_KEY)"] in without
+    assert rc_with == 0 and "not available" not in out_with
+    assert next(l for l in out_with.splitlines() if l.startswith("cache ")).split()[1:3] == ["0", "entries,"]

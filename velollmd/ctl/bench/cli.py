@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 
-from ..remote import DAEMON_URL
+from ..remote import API_KEY_ENV, DAEMON_URL
 from .client import APIS, Endpoint, EndpointError
 from .report import Progress, format_comparison, format_endpoints, format_results
 from .run import BenchPlan, run_bench
@@ -39,6 +40,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < math.inf:                      # nan fails too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0: {text!r}")
+    return value
+
+
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=DAEMON_URL, help=f"endpoint A (default the daemon, {DAEMON_URL})")
     parser.add_argument("--api", choices=APIS, default="auto",
@@ -60,8 +71,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=positive_int, help="rounds per level (default 2 with --compare, else 1)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured requests per endpoint first (default 1)")
     parser.add_argument("--same-prompts", action="store_true", help="identical prompts (exercises the response cache)")
-    parser.add_argument("--api-key", default=os.environ.get("VELOLLM_API_KEY"), help="Bearer token (default $VELOLLM_API_KEY)")
-    parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds of silence before a request fails")
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), help=f"Bearer token (default ${API_KEY_ENV})")
+    parser.add_argument("--request-timeout", type=positive_seconds, default=300.0, help="seconds of silence before a request fails")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE ('-' for stdout)")
     parser.add_argument("--svg", metavar="FILE", help="write a throughput / TTFT chart to FILE")
     parser.set_defaults(func=cmd_bench)
