@@ -176,16 +176,75 @@ def test_a_connection_is_expired_at_the_timeout_of_what_it_waits_for(sent, waiti
     assert [line for line in out.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")] == answers
 
 
-def test_connection_cap_answers_503():
+async def kept_alive(port: int):
+    """A connection that had one request answered and now sits idle, kept alive."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    await reader.readuntil(b"}")
+    return reader, writer
+
+
+def test_a_new_connection_at_the_cap_closes_the_longest_idle_keep_alive_one():
+    """As nginx does: an idle keep-alive connection makes room; the newer idle one stays."""
+    async def main():
+        clock = FakeClock()
+        async with serving(echo, clock=clock, max_connections=2) as server:
+            oldest = await kept_alive(server.port)
+            await until(lambda: all(c.phase == "idle" for c in server.connections), "the first waits")
+            clock.advance(1)
+            newer = await kept_alive(server.port)
+            await until(lambda: len(server.connections) == 2 and all(c.phase == "idle" for c in server.connections),
+                        "both wait")
+            out = await raw_exchange(server.port, b"GET /new HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            closed = await asyncio.wait_for(oldest[0].read(), 5)
+            newer[1].write(b"GET /again HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            again = await asyncio.wait_for(newer[0].read(-1), 5)
+            for _, writer in (oldest, newer):
+                writer.close()
+            return out, closed, again
+    out, closed, again = run(main())
+    assert out.startswith(b"HTTP/1.1 200 ") and b'"/new"' in out
+    assert closed == b""                         # closed quietly, between requests
+    assert again.startswith(b"HTTP/1.1 200 ") and b'"/again"' in again
+
+
+def test_connection_cap_full_of_busy_connections_answers_503():
+    async def main():
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def slow(request):
+            started.set()
+            await release.wait()
+            return Response.json({})
+
+        async with serving(slow, max_connections=1) as server:
+            r1, w1 = await asyncio.open_connection("127.0.0.1", server.port)
+            w1.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            await started.wait()
+            out = await raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            release.set()
+            first = await r1.readuntil(b"}")
+            w1.close()
+            return out, first
+    out, first = run(main())
+    assert out.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1\r\n" in out
+    assert first.startswith(b"HTTP/1.1 200 ")          # the busy request was not cut
+
+
+def test_connection_cap_does_not_close_a_connection_in_the_middle_of_a_request_head():
     async def main():
         async with serving(echo, max_connections=1) as server:
             r1, w1 = await asyncio.open_connection("127.0.0.1", server.port)
-            w1.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            await r1.readuntil(b"}")
+            w1.write(b"GET /half HTTP/1.1\r\n")
+            await until(lambda: phase(server) == "head", "the head is being read")
             out = await raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            w1.write(b"Host: a\r\nConnection: close\r\n\r\n")
+            first = await asyncio.wait_for(r1.read(-1), 5)
             w1.close()
-            return out
-    assert run(main()).startswith(b"HTTP/1.1 503 ")
+            return out, first
+    out, first = run(main())
+    assert out.startswith(b"HTTP/1.1 503 ")
+    assert first.startswith(b"HTTP/1.1 200 ") and b'"/half"' in first
 
 
 def test_client_disconnect_cancels_the_handler():

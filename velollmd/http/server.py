@@ -2,8 +2,9 @@
 
 One `Connection` per socket reads requests in order (pipelined requests are answered in
 order), calls the application handler, and writes the response. Limits: a connection cap
-(503 over it), an absolute deadline for each request head (408: defeats slowloris), a
-keep-alive idle timeout, body size limits (413 before reading). While a handler runs, the
+(at it, a new connection closes the longest-idle one, as nginx does; 503 when none is
+idle), an absolute deadline for each request head (408: defeats slowloris), a keep-alive
+idle timeout, body size limits (413 before reading). While a handler runs, the
 socket is watched: a client that goes away cancels the handler, so a disconnect stops the
 backend's work. Every answer carries `x-request-id`: the client's (sanitised) or a new one,
 the id of the `RequestTrace` that each request gets when its head is read (log.py); the trace
@@ -72,6 +73,11 @@ class _WatchedReader(asyncio.StreamReader):
         if self.on_close is not None:
             self.on_close()
 
+    @property
+    def has_unread(self) -> bool:
+        """Bytes arrived that no read has taken yet (a request its connection is about to see)."""
+        return bool(self._buffer)
+
 
 class HTTPServer:
     def __init__(self, handler: Handler, config: ServerConfig,
@@ -138,7 +144,7 @@ class HTTPServer:
         return self._port
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.connections) >= self.config.max_connections or self.draining:
+        if self.draining or not self._make_room():
             await _refuse(reader, writer, "server is at its connection limit" if not self.draining
                           else "server is shutting down")
             return
@@ -148,6 +154,19 @@ class HTTPServer:
             await connection.run()
         finally:
             self.connections.discard(connection)
+
+    def _make_room(self) -> bool:
+        """Whether one more connection fits under max_connections, once the longest-idle
+        connections (between requests: kept alive, or not yet sent anything) are closed to make
+        room, as nginx does; False when every connection is busy with a request."""
+        while len(self.connections) >= self.config.max_connections:
+            idle = [c for c in self.connections if c.between_requests]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda c: c.idle_since)
+            oldest.expire()                        # closed quietly, as at its idle timeout
+            self.connections.discard(oldest)
+        return True
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Graceful drain: stop accepting, finish in-flight requests, cancel the rest."""
@@ -213,9 +232,15 @@ class Connection:
         self.idle = True
         self.phase: str | None = None     # idle | head | body: what the deadline is for
         self.deadline = 0.0               # server clock time; 0 = none
+        self.idle_since = 0.0             # server clock time the connection last went idle
         self.expired: str | None = None
         self.client = writer.get_extra_info("peername")
         self.trace: RequestTrace | None = None   # the request being read or answered
+
+    @property
+    def between_requests(self) -> bool:
+        """Waiting for a request of which nothing has come: closing it loses nothing."""
+        return self.phase == "idle" and not self.reader.has_unread
 
     def close_if_idle(self) -> None:
         if self.idle and self.task is not None:
@@ -283,6 +308,7 @@ class Connection:
         try:
             if self.idle:
                 self.set_deadline("idle", config.header_timeout_s if first else config.keepalive_timeout_s)
+                self.idle_since = self.clock()
                 if not self._fed(await self.reader.read(READ_SIZE)):     # _fill, a coroutine fewer
                     return None
                 self.idle = False
