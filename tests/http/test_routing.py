@@ -1,11 +1,13 @@
 """How a real daemon (the in-process engine on the tiny GGUF) answers the method and the path
-of a request before any API code runs: OPTIONS, 405 with its Allow (RFC 9110 9.3.7, 15.5.6)."""
+of a request before any API code runs: OPTIONS, 405 with its Allow (RFC 9110 9.3.7, 15.5.6), a
+path with a trailing slash (served as the path without it, as Ollama's gin redirects to it)."""
 import httpx
 import pytest
 
 from tests.daemon_rig import tiny_engine_daemon
 
 MODEL = "tiny-route"
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +49,24 @@ def test_a_405_carries_an_allow_with_head_and_options(daemon, method, path, meth
     assert sorted(allowed(answer)) == methods
     error = answer.json()["error"]                       # Ollama's shape on /api/, OpenAI's elsewhere
     assert (error if path.startswith("/api/") else error["message"]) == f"method {method} not allowed for {path}"
+
+
+@pytest.mark.parametrize("method,path,check", [
+    ("GET", "/v1/models/", lambda body: MODEL in [m["id"] for m in body["data"]]),
+    ("GET", "/api/tags/", lambda body: MODEL in [m["name"].partition(":")[0] for m in body["models"]]),
+    ("GET", "/v1/models/tiny-route/", lambda body: body["id"] == MODEL),
+    ("GET", "/health/", lambda body: body["status"] == "ok"),
+    ("POST", "/v1/chat/completions/", lambda body: body["object"] == "chat.completion"),
+    ("POST", "/api/chat/", lambda body: body["done"] is True),
+])
+def test_a_trailing_slash_is_served_as_the_path_without_it(daemon, method, path, check):
+    body = {**CHAT, "stream": False} if method == "POST" else None
+    answer = httpx.request(method, daemon.url + path, json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert check(answer.json())
+
+
+@pytest.mark.parametrize("path", ["/v1/no-such-route/", "/v1//", "/api/tags//", "/v1/chat/"])
+def test_paths_that_do_not_exist_stay_404_with_or_without_a_slash(daemon, path):
+    answer = httpx.get(daemon.url + path)
+    assert answer.status_code == 404
