@@ -1,6 +1,10 @@
-"""How a real daemon (the in-process engine on the tiny GGUF) answers the method and the path
-of a request before any API code runs: OPTIONS, 405 with its Allow (RFC 9110 9.3.7, 15.5.6), a
-path with a trailing slash (served as the path without it, as Ollama's gin redirects to it)."""
+"""How a real daemon (the in-process engine on the tiny GGUF) answers the method, the path
+and the body's coding of a request before any API code runs: OPTIONS, 405 with its Allow
+(RFC 9110 9.3.7, 15.5.6), a path with a trailing slash (served as the path without it, as
+Ollama's gin redirects to it), a gzip body (decoded) or one in a coding it does not take (415)."""
+import gzip
+import json
+
 import httpx
 import pytest
 
@@ -70,3 +74,13 @@ def test_a_trailing_slash_is_served_as_the_path_without_it(daemon, method, path,
 def test_paths_that_do_not_exist_stay_404_with_or_without_a_slash(daemon, path):
     answer = httpx.get(daemon.url + path)
     assert answer.status_code == 404
+
+
+def test_a_gzip_request_body_is_served_and_an_unknown_coding_is_a_415_in_the_apis_shape(daemon):
+    body = gzip.compress(json.dumps({**CHAT, "stream": False}).encode())
+    answer = httpx.post(daemon.url + "/v1/chat/completions", content=body, timeout=60,
+                        headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert answer.status_code == 200 and answer.json()["object"] == "chat.completion"
+    refused = httpx.post(daemon.url + "/api/chat", content=body, headers={"content-encoding": "br"})
+    assert refused.status_code == 415 and refused.headers["accept-encoding"] == "gzip, deflate"
+    assert "'br' is not supported" in refused.json()["error"]            # Ollama's shape: a string

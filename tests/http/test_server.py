@@ -1,9 +1,11 @@
 """The HTTP server over real loopback sockets."""
 import asyncio
 import dataclasses
+import gzip
 import json
 import socket
 import tracemalloc
+import zlib
 
 import pytest
 
@@ -460,6 +462,76 @@ def test_a_body_of_many_tiny_chunks_takes_memory_for_its_bytes_not_per_chunk():
     [(body_size, peak)] = seen
     assert body_size == num_bytes
     assert peak < 20 * num_bytes, f"reading a {num_bytes} B body peaked at {peak} B"
+
+
+def compressed(data: bytes, *codings: str) -> bytes:
+    """`data` with the content codings applied in the order named."""
+    for coding in codings:
+        data = gzip.compress(data) if coding == "gzip" else zlib.compress(data)
+    return data
+
+
+async def echo_fields(request):
+    return Response.json({"body": request.body.decode(), "fields": [name for name, _ in request.headers]})
+
+
+def send_encoded(body: bytes, coding: str, **limits) -> bytes:
+    raw = (b"POST /z HTTP/1.1\r\nHost: a\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n"
+           b"Connection: close\r\n\r\n%s" % (coding.encode(), len(body), body))
+
+    async def main():
+        async with serving(echo_fields, **limits) as server:
+            return await raw_exchange(server.port, raw)
+    return run(main())
+
+
+@pytest.mark.parametrize("codings,field", [
+    (("gzip",), "gzip"), (("gzip",), "X-GZIP"), (("deflate",), "deflate"),
+    (("deflate", "gzip"), "deflate, gzip"), (("gzip",), "identity, gzip"), ((), "identity"),
+])
+def test_a_gzip_or_deflate_body_reaches_the_handler_decoded(codings, field):
+    text = '{"messages": [{"role": "user", "content": "%s"}]}' % ("hello " * 500)
+    [(status, body)] = responses(send_encoded(compressed(text.encode(), *codings), field))
+    assert status == 200
+    fields = ["host", "content-encoding", "content-length", "connection"]
+    if codings:                                         # the body the handler gets has none
+        fields.remove("content-encoding")
+    assert json.loads(body) == {"body": text, "fields": fields}
+
+
+def test_gzip_members_back_to_back_are_one_body():
+    [(status, body)] = responses(send_encoded(gzip.compress(b"ab") + gzip.compress(b"cd"), "gzip"))
+    assert (status, json.loads(body)["body"]) == (200, "abcd")
+
+
+@pytest.mark.parametrize("sent,coding,status,says", [
+    (gzip.compress(b"x" * 100)[:-9], "gzip", 400, "cut short"),
+    (b"not gzip at all", "gzip", 400, "not valid gzip data"),
+    (gzip.compress(b"x" * 100) + b"junk", "gzip", 400, "not valid gzip data"),
+    (b"{}", "br", 415, "'br' is not supported"),
+    (b"{}", "gzip, zstd", 415, "'zstd' is not supported"),
+], ids=["truncated", "garbage", "trailing-junk", "br", "zstd"])
+def test_a_body_that_cannot_be_decoded_is_a_400_and_an_unknown_coding_a_415(sent, coding, status, says):
+    out = send_encoded(sent, coding)
+    [(got, body)] = responses(out)
+    assert got == status and says in json.loads(body)["error"]["message"]
+    assert (b"\r\naccept-encoding: gzip, deflate\r\n" in out) is (status == 415)
+
+
+def test_a_zip_bomb_is_a_413_once_its_decoded_bytes_pass_the_body_limit_without_taking_its_memory():
+    """100 MB of zeros in ~100 KB of gzip, under a 1 MB limit: decoding stops past the limit."""
+    bomb = gzip.compress(bytes(100 * 1024 * 1024), 9)
+    limit = 1024 * 1024
+    assert len(bomb) < limit
+    tracemalloc.start()
+    try:
+        out = send_encoded(bomb, "gzip", max_body_bytes=limit)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    [(status, body)] = responses(out)
+    assert status == 413 and "too large once decoded" in json.loads(body)["error"]["message"]
+    assert peak < 10 * limit, f"decoding the bomb peaked at {peak} B"
 
 
 def stuck(server) -> bool:

@@ -43,13 +43,15 @@ SUPPORTED_VERSION = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 
 
 class ProtocolError(Exception):
-    """The peer broke HTTP/1.1. `status` is what a server answers before closing; `head`
-    is the message head when it was read whole (its framing was wrong), else None."""
+    """The peer broke HTTP/1.1. `status` is what a server answers before closing, with
+    `headers` (e.g. a 415's Accept-Encoding); `head` is the message head when it was read
+    whole (its framing was wrong), else None."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.headers = headers or {}
         self.head: Head | None = None   # the head it refused, once parsed (413 on Content-Length)
 
 

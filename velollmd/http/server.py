@@ -4,7 +4,8 @@ One `Connection` per socket reads requests in order (pipelined requests are answ
 order), calls the application handler, and writes the response. Limits: a connection cap
 (at it, a new connection closes the longest-idle one, as nginx does; 503 when none is
 idle), an absolute deadline for each request head (408: defeats slowloris), a keep-alive
-idle timeout, body size limits (413 before reading). While a handler runs, the
+idle timeout, body size limits (413 before reading; a gzip or deflate body is decoded,
+to no more than the limit: codings.py). While a handler runs, the
 socket is watched: a client that goes away cancels the handler, so a disconnect stops the
 backend's work. Every answer carries `x-request-id`: the client's (sanitised) or a new one,
 the id of the `RequestTrace` that each request gets when its head is read (log.py); the trace
@@ -27,6 +28,7 @@ from ..errors import VeloError
 from ..log import REQUEST_ID_HEADER, RequestTrace, begin_request, new_request_id, request_id_from
 from ..wire.headers import header_value
 from ..wire.streams import aclose
+from .codings import decoded_body
 from .message import Request, Response
 from .parser import EndOfMessage, Head, HTTPParser, ProtocolError
 from .writer import (
@@ -270,14 +272,15 @@ class Connection:
                 body = self.parser.take_body()     # all of it came with the head: no coroutine
                 if body is None:
                     body = await self._read_body(head)
-                request = Request(head.method, head.target, head.headers, body, head.version, self.client)
+                headers, body = decoded_body(head.headers, body, self.config.max_body_bytes)
+                request = Request(head.method, head.target, headers, body, head.version, self.client)
                 keep_alive = head.keep_alive and not self.server.draining
                 if not await self._respond(request, keep_alive):
                     return
         except ProtocolError as exc:
             if exc.head is not None and self.trace is None:
                 self._begin(exc.head)                  # e.g. a 413: the head is there
-            await self._send_error_and_close(exc.status, exc.message, exc.head or head)
+            await self._send_error_and_close(exc.status, exc.message, exc.head or head, exc.headers)
         except asyncio.CancelledError:
             if self.expired in ("head", "body"):
                 self.task.uncancel()
@@ -469,11 +472,12 @@ class Connection:
         finally:
             self.set_deadline(None)
 
-    async def _send_error_and_close(self, status: int, message: str, head: Head | None = None) -> None:
-        """A protocol error (400, 408, 413, 431...) in the shape of the route it was sent to
-        (render_error), with the request's id when its head was read."""
+    async def _send_error_and_close(self, status: int, message: str, head: Head | None = None,
+                                    headers: dict[str, str] | None = None) -> None:
+        """A protocol error (400, 408, 413, 415, 431...) in the shape of the route it was sent
+        to (render_error), with `headers` and the request's id when its head was read."""
         trace = begin_request(self.trace or RequestTrace(new_request_id()))
         response = self.server.render_error(head, status, message)
-        response.headers.append((REQUEST_ID_HEADER, trace.request_id))
+        response.headers += [*(headers or {}).items(), (REQUEST_ID_HEADER, trace.request_id)]
         await send_final_response(self.reader, self.writer, response)
         trace.finish(status)
