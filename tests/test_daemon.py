@@ -68,6 +68,36 @@ def test_ready_health_sigterm_stopping(tmp_path, notify):
     assert access[1]["request_id"] == body["error"]["request_id"]
 
 
+def signal_mask(pid: int, field: str) -> int:
+    """A signal mask of /proc/PID/status (SigIgn, SigCgt): bit n-1 is signal n."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1], 16) for line in status if line.startswith(field + ":"))
+
+
+def test_a_sighup_during_start_up_is_ignored_not_fatal(tmp_path, notify):
+    """systemd's ExecReload=kill -HUP (or logrotate) can hit a daemon still importing, loading
+    models or binding: the default action of SIGHUP would kill it. The daemon ignores SIGHUP
+    from its first line until its reload handler is installed."""
+    port = free_port()
+    hup = 1 << (signal.SIGHUP - 1)
+    with running(write_config(tmp_path, port), notify) as proc:
+        ignored = False
+        while proc.poll() is None and not signal_mask(proc.pid, "SigCgt") & hup:   # no handler yet
+            if signal_mask(proc.pid, "SigIgn") & hup:
+                ignored = True
+                proc.send_signal(signal.SIGHUP)
+                break
+        assert ignored, "SIGHUP was not ignored while the daemon started"
+        assert notify.recv(4096).startswith(b"READY=1")
+        assert get(f"http://127.0.0.1:{port}/health")[0] == 200
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGHUP)                         # once started: a reload, as before
+        assert notify.recv(4096).startswith(b"RELOADING=1")
+        assert notify.recv(4096).startswith(b"READY=1")
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+
+
 def test_api_keys_protect_everything_but_health(tmp_path, notify):
     port = free_port()
     config = write_config(tmp_path, port).read_text().replace("[cache]", 'api_keys = ["sk-1"]\n[cache]')

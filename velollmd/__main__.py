@@ -1,8 +1,13 @@
 """`python -m velollmd` / the `velollmd` console script."""
+import signal
 import sys
 
 
 def main(argv=None) -> int:
+    # First of all: a SIGHUP (systemd's ExecReload=kill -HUP, logrotate) that comes while the
+    # daemon still imports, loads models or binds must not kill it by its default action;
+    # serve() installs the reload handler once it can reload.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from .daemon import main as daemon_main
     return daemon_main(argv)
 
