@@ -98,6 +98,20 @@ def test_a_sighup_during_start_up_is_ignored_not_fatal(tmp_path, notify):
         assert proc.wait(timeout=20) == 0
 
 
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path, notify):
+    proc = start(write_config(tmp_path, free_port()), notify)
+    try:
+        while proc.poll() is None and not signal_mask(proc.pid, "SigIgn") & (1 << (signal.SIGHUP - 1)):
+            pass                                        # until velollmd's main() runs
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+    finally:
+        proc.kill()
+        stderr = proc.stderr.read()
+        proc.stderr.close()
+    assert "Traceback" not in stderr and "velollmd: interrupted while starting" in stderr
+
+
 def test_api_keys_protect_everything_but_health(tmp_path, notify):
     port = free_port()
     config = write_config(tmp_path, port).read_text().replace("[cache]", 'api_keys = ["sk-1"]\n[cache]')
