@@ -112,6 +112,56 @@ def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path, notify):
     assert "Traceback" not in stderr and "velollmd: interrupted while starting" in stderr
 
 
+def raw_status(port: int, data: bytes) -> int:
+    """Send raw bytes, read the answer until the server closes; its status."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_requests_the_http_server_refuses_are_in_the_access_log_and_the_metrics(tmp_path, notify):
+    """An operator counts 408s, 413s, 431s and the 503s of a full connection cap as any other
+    answer: one access line each and velollm_http_requests_total, not silence."""
+    port = free_port()
+    config = write_config(tmp_path, port).read_text().replace(
+        "drain_timeout_s = 2\n", "drain_timeout_s = 2\nmax_body_bytes = 1024\nmax_connections = 1\n")
+    (tmp_path / "velollm.toml").write_text(config)
+    proc = start(tmp_path / "velollm.toml", notify)
+    try:
+        assert notify.recv(4096).startswith(b"READY=1")
+        sent = [
+            (b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 4096\r\n\r\n", 413),
+            (b"GET /v1/models HTTP/1.1\r\nHost: a\r\nX-Big: " + b"y" * 20000 + b"\r\n\r\n", 431),
+            (b"POST /api/chat HTTP/1.1\r\nHost: a\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}", 415),
+            (b"GARBAGE\r\n\r\n", 400),
+        ]
+        assert [raw_status(port, data) for data, _ in sent] == [status for _, status in sent]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as busy:
+            busy.sendall(b"GET /health HTTP/1.1\r\n")                  # mid-head: not idle
+            assert raw_status(port, b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n") == 503
+            busy.sendall(b"Host: a\r\nConnection: close\r\n\r\n")
+            busy.recv(65536)
+        status, metrics = 0, ""
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            status, metrics = answer.status, answer.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        stderr = proc.stderr.read()
+        proc.stderr.close()
+    access = [r for r in map(json.loads, stderr.splitlines()) if r["msg"] == "access"]
+    assert [(r["method"], r["path"], r["status"]) for r in access[:6]] == [
+        ("POST", "/v1/chat/completions", 413), ("GET", "/v1/models", 431), ("POST", "/api/chat", 415),
+        ("", "", 400), ("", "", 503), ("GET", "/health", 200)]
+    assert status == 200
+    for code in ("413", "431", "415", "400", "503"):
+        assert f'status="{code}"' in metrics, code
+
+
 def test_api_keys_protect_everything_but_health(tmp_path, notify):
     port = free_port()
     config = write_config(tmp_path, port).read_text().replace("[cache]", 'api_keys = ["sk-1"]\n[cache]')

@@ -38,6 +38,7 @@ from .writer import (
     IdlePinger,
     encode_head,
     error_response,
+    refusal,
     send_final_response,
 )
 
@@ -54,7 +55,7 @@ ErrorRenderer = Callable[[Head | None, int, str], Response]
 
 
 def default_error(head: Head | None, status: int, message: str) -> Response:
-    return error_response(status, message)
+    return Response.error(refusal(status, message))
 
 
 class _WatchedReader(asyncio.StreamReader):
@@ -147,8 +148,8 @@ class HTTPServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.draining or not self._make_room():
-            await _refuse(reader, writer, "server is at its connection limit" if not self.draining
-                          else "server is shutting down")
+            await self._refuse(reader, writer, "server is at its connection limit" if not self.draining
+                               else "server is shutting down")
             return
         connection = Connection(self, reader, writer)
         self.connections.add(connection)
@@ -156,6 +157,14 @@ class HTTPServer:
             await connection.run()
         finally:
             self.connections.discard(connection)
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: str) -> None:
+        """A 503 to a connection not taken, traced as a request (the access log, the metrics)."""
+        trace = begin_request(RequestTrace(new_request_id()))
+        response = self.render_error(None, 503, message)
+        response.headers += [("retry-after", "1"), (REQUEST_ID_HEADER, trace.request_id)]
+        await send_final_response(reader, writer, response)
+        trace.finish(503)
 
     def _make_room(self) -> bool:
         """Whether one more connection fits under max_connections, once the longest-idle
@@ -209,13 +218,6 @@ class HTTPServer:
         self.hurried = True
         if self._woken is not None and not self._woken.done():
             self._woken.set_result(None)
-
-
-async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: str) -> None:
-    trace = begin_request(RequestTrace(new_request_id()))
-    response = error_response(503, message, "api_error")
-    response.headers += [("retry-after", "1"), (REQUEST_ID_HEADER, trace.request_id)]
-    await send_final_response(reader, writer, response)
 
 
 class Connection:
