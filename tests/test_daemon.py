@@ -193,6 +193,35 @@ def test_socket_activation_serves_on_the_passed_socket(tmp_path, notify):
         assert get(f"http://127.0.0.1:{port}/health")[0] == 200
 
 
+def test_socket_activation_on_a_unix_socket_serves_without_keys(tmp_path, notify):
+    """ListenStream=/run/velollmd/api.sock: local only (its file's permissions guard it), so no
+    api_keys are needed, and the daemon says where it listens."""
+    path = str(tmp_path / "api.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    config = write_config(tmp_path, 1)
+    fd = listener.fileno()
+    launcher = (f"import os, sys; os.dup2({fd}, 3); "
+                "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
+                f"os.execv(sys.executable, [sys.executable, '-m', 'velollmd', '--config', {str(config)!r}])")
+    argv = [sys.executable, "-c", launcher]
+    with listener, running(config, notify, argv=argv, pass_fds=(fd,)) as proc:
+        ready = notify.recv(4096).decode()
+        assert ready.startswith(f"READY=1\nSTATUS=listening on {path}"), ready
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(10)
+            client.connect(path)
+            client.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        proc.send_signal(signal.SIGHUP)                      # a reload checks the address again
+        assert notify.recv(4096).startswith(b"RELOADING=1")
+        assert notify.recv(4096).decode().endswith(f"listening on {path}; configuration reloaded")
+
+
 def test_watchdog_pings_from_the_event_loop(tmp_path, notify):
     port = free_port()
     with running(write_config(tmp_path, port), notify, extra_env={"WATCHDOG_USEC": "200000"}):

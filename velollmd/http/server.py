@@ -140,10 +140,11 @@ class HTTPServer:
         return self._server.sockets if self._server else []
 
     @property
-    def port(self) -> int:
-        """The bound port (kept after the listening socket closes)."""
+    def port(self) -> int | None:
+        """The bound port (kept after the listening socket closes); None on a UNIX socket."""
         if self._port is None and self.sockets:
-            self._port = self.sockets[0].getsockname()[1]
+            address = self.sockets[0].getsockname()
+            self._port = address[1] if isinstance(address, tuple) else None
         return self._port
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
