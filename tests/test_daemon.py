@@ -68,6 +68,100 @@ def test_ready_health_sigterm_stopping(tmp_path, notify):
     assert access[1]["request_id"] == body["error"]["request_id"]
 
 
+def signal_mask(pid: int, field: str) -> int:
+    """A signal mask of /proc/PID/status (SigIgn, SigCgt): bit n-1 is signal n."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1], 16) for line in status if line.startswith(field + ":"))
+
+
+def test_a_sighup_during_start_up_is_ignored_not_fatal(tmp_path, notify):
+    """systemd's ExecReload=kill -HUP (or logrotate) can hit a daemon still importing, loading
+    models or binding: the default action of SIGHUP would kill it. The daemon ignores SIGHUP
+    from its first line until its reload handler is installed."""
+    port = free_port()
+    hup = 1 << (signal.SIGHUP - 1)
+    with running(write_config(tmp_path, port), notify) as proc:
+        ignored = False
+        while proc.poll() is None and not signal_mask(proc.pid, "SigCgt") & hup:   # no handler yet
+            if signal_mask(proc.pid, "SigIgn") & hup:
+                ignored = True
+                proc.send_signal(signal.SIGHUP)
+                break
+        assert ignored, "SIGHUP was not ignored while the daemon started"
+        assert notify.recv(4096).startswith(b"READY=1")
+        assert get(f"http://127.0.0.1:{port}/health")[0] == 200
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGHUP)                         # once started: a reload, as before
+        assert notify.recv(4096).startswith(b"RELOADING=1")
+        assert notify.recv(4096).startswith(b"READY=1")
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+
+
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path, notify):
+    proc = start(write_config(tmp_path, free_port()), notify)
+    try:
+        while proc.poll() is None and not signal_mask(proc.pid, "SigIgn") & (1 << (signal.SIGHUP - 1)):
+            pass                                        # until velollmd's main() runs
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+    finally:
+        proc.kill()
+        stderr = proc.stderr.read()
+        proc.stderr.close()
+    assert "Traceback" not in stderr and "velollmd: interrupted while starting" in stderr
+
+
+def raw_status(port: int, data: bytes) -> int:
+    """Send raw bytes, read the answer until the server closes; its status."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_requests_the_http_server_refuses_are_in_the_access_log_and_the_metrics(tmp_path, notify):
+    """An operator counts 408s, 413s, 431s and the 503s of a full connection cap as any other
+    answer: one access line each and velollm_http_requests_total, not silence."""
+    port = free_port()
+    config = write_config(tmp_path, port).read_text().replace(
+        "drain_timeout_s = 2\n", "drain_timeout_s = 2\nmax_body_bytes = 1024\nmax_connections = 1\n")
+    (tmp_path / "velollm.toml").write_text(config)
+    proc = start(tmp_path / "velollm.toml", notify)
+    try:
+        assert notify.recv(4096).startswith(b"READY=1")
+        sent = [
+            (b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 4096\r\n\r\n", 413),
+            (b"GET /v1/models HTTP/1.1\r\nHost: a\r\nX-Big: " + b"y" * 20000 + b"\r\n\r\n", 431),
+            (b"POST /api/chat HTTP/1.1\r\nHost: a\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}", 415),
+            (b"GARBAGE\r\n\r\n", 400),
+        ]
+        assert [raw_status(port, data) for data, _ in sent] == [status for _, status in sent]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as busy:
+            busy.sendall(b"GET /health HTTP/1.1\r\n")                  # mid-head: not idle
+            assert raw_status(port, b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n") == 503
+            busy.sendall(b"Host: a\r\nConnection: close\r\n\r\n")
+            busy.recv(65536)
+        status, metrics = 0, ""
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            status, metrics = answer.status, answer.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        stderr = proc.stderr.read()
+        proc.stderr.close()
+    access = [r for r in map(json.loads, stderr.splitlines()) if r["msg"] == "access"]
+    assert [(r["method"], r["path"], r["status"]) for r in access[:6]] == [
+        ("POST", "/v1/chat/completions", 413), ("GET", "/v1/models", 431), ("POST", "/api/chat", 415),
+        ("", "", 400), ("", "", 503), ("GET", "/health", 200)]
+    assert status == 200
+    for code in ("413", "431", "415", "400", "503"):
+        assert f'status="{code}"' in metrics, code
+
+
 def test_api_keys_protect_everything_but_health(tmp_path, notify):
     port = free_port()
     config = write_config(tmp_path, port).read_text().replace("[cache]", 'api_keys = ["sk-1"]\n[cache]')
@@ -97,6 +191,35 @@ def test_socket_activation_serves_on_the_passed_socket(tmp_path, notify):
     with listener, running(config, notify, argv=argv, pass_fds=(fd,)):
         assert notify.recv(4096).startswith(b"READY=1")
         assert get(f"http://127.0.0.1:{port}/health")[0] == 200
+
+
+def test_socket_activation_on_a_unix_socket_serves_without_keys(tmp_path, notify):
+    """ListenStream=/run/velollmd/api.sock: local only (its file's permissions guard it), so no
+    api_keys are needed, and the daemon says where it listens."""
+    path = str(tmp_path / "api.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    config = write_config(tmp_path, 1)
+    fd = listener.fileno()
+    launcher = (f"import os, sys; os.dup2({fd}, 3); "
+                "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
+                f"os.execv(sys.executable, [sys.executable, '-m', 'velollmd', '--config', {str(config)!r}])")
+    argv = [sys.executable, "-c", launcher]
+    with listener, running(config, notify, argv=argv, pass_fds=(fd,)) as proc:
+        ready = notify.recv(4096).decode()
+        assert ready.startswith(f"READY=1\nSTATUS=listening on {path}"), ready
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(10)
+            client.connect(path)
+            client.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        proc.send_signal(signal.SIGHUP)                      # a reload checks the address again
+        assert notify.recv(4096).startswith(b"RELOADING=1")
+        assert notify.recv(4096).decode().endswith(f"listening on {path}; configuration reloaded")
 
 
 def test_watchdog_pings_from_the_event_loop(tmp_path, notify):

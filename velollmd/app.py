@@ -26,6 +26,7 @@ from .core.pipeline import Pipeline
 from .core.service import Service
 from .errors import VeloError
 from .http.message import Request, Response
+from .http.writer import refusal
 from .log import AccessLog, RequestTrace, current_request
 from .looplag import LoopLag
 from .metrics import Metrics
@@ -117,16 +118,14 @@ class App:
             await backend.close()
 
     def refused(self, head, status: int, message: str) -> Response:
-        """The answer to a request the HTTP server refused (413, 431, 408...), in its API's
-        error shape when its head was read."""
-        exc = VeloError(message, status=status, error_type="invalid_request_error")
-        if head is None:
-            return Response.error(exc)
-        request = Request(head.method, head.target, head.headers)
-        response = error_response(request, exc)
+        """The answer to a request the HTTP server refused (413, 431, 408, 503 at the connection
+        cap...), in its API's error shape when its head was read; counted and logged as any."""
+        request = Request(head.method, head.target, head.headers) if head is not None else Request("", "", [])
+        response = error_response(request, refusal(status, message))
         origin = request.header("origin")
         if origin is not None and self.cors.allows(origin):      # a page may read why (as handle)
             self.cors.add_headers(response, origin)
+        self._account(request, response)
         return response
 
     async def handle(self, request: Request) -> Response:
@@ -146,22 +145,25 @@ class App:
         except VeloError as exc:
             response = error_response(request, exc)
         except asyncio.CancelledError:        # the client left before the answer: a 499, counted and logged
-            self._count(request, trace, None, started)
+            route = self._account(request, None, trace)
+            self.metrics.latency.observe(time.perf_counter() - started, route=route)
             raise
         if cross_origin:
             self.cors.add_headers(response, origin)
-        self._count(request, trace, response, started)
+        route = self._account(request, response, trace)
+        self.metrics.latency.observe(time.perf_counter() - started, route=route)
         return response
 
-    def _count(self, request: Request, trace: RequestTrace | None, response: Response | None,
-               started: float) -> None:
-        """The request in the metrics; its trace followed to the access line (`response` None:
-        the client left before there was one)."""
+    def _account(self, request: Request, response: Response | None, trace: RequestTrace | None = None) -> str:
+        """Count the answer by route and status (`response` None: the client left before there
+        was one, a 499), and follow its trace (the current request's) to the access log; the
+        route's label."""
         route = request.path if self.router.is_route(request.path) else "other"
         self.metrics.requests.inc(route=route, status="499" if response is None else str(response.status))
-        self.metrics.latency.observe(time.perf_counter() - started, route=route)
+        trace = trace or current_request()
         if trace is not None and (self.access_log.enabled or self.config.metrics.enabled):
             self._follow(trace, request, response)
+        return route
 
     def _follow(self, trace: RequestTrace, request: Request, response: Response | None) -> None:
         """What the answer says about the request, read once; the rest when it is sent."""

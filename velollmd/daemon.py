@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 
@@ -91,8 +92,7 @@ async def serve(config: Config, app: App | None = None, ready=None,
     server = HTTPServer(app.handle, config.server, render_error=app.refused)
     sockets = systemd.listen_sockets()
     await server.start(sock=sockets[0] if sockets else None)
-    host = server.sockets[0].getsockname()[0]
-    check_exposure(config.server, host, config.path, config.keys)  # socket activation may bind elsewhere
+    _check_exposure(config, server, config.path)     # socket activation may bind elsewhere
     await app.start()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -102,8 +102,7 @@ async def serve(config: Config, app: App | None = None, ready=None,
     for signum, handler in handlers.items():
         loop.add_signal_handler(signum, handler)
     watchdog = _start_watchdog()
-    address = server.sockets[0].getsockname()
-    log.info("listening", extra={"fields": {"address": list(address[:2]), "backends": len(config.backends)}})
+    log.info("listening", extra={"fields": {"address": _address(server), "backends": len(config.backends)}})
     _write_pid_file(pid_file)
     systemd.notify("READY=1", f"STATUS={_listening(server)}")
     if ready is not None:
@@ -171,7 +170,7 @@ class Reloader:
         """Apply the file at `path`; returns the status line for systemd."""
         try:
             config = self._keep_address(load_config(path))
-            check_exposure(config.server, self.server.sockets[0].getsockname()[0], path, config.keys)
+            _check_exposure(config, self.server, path)
         except ConfigError as exc:
             log.error(f"reload refused, running configuration kept: {exc}",
                       extra={"fields": {"key": exc.key, "path": exc.path}})
@@ -194,9 +193,22 @@ class Reloader:
         return dataclasses.replace(config, server=server)
 
 
-def _listening(server: HTTPServer) -> str:
+def _address(server: HTTPServer) -> list:
+    """Where the server listens: [host, port], or [path] for a UNIX socket (socket activation)."""
     address = server.sockets[0].getsockname()
-    return f"listening on {address[0]}:{address[1]}"
+    return [address] if isinstance(address, str) else list(address[:2])
+
+
+def _listening(server: HTTPServer) -> str:
+    return "listening on " + ":".join(map(str, _address(server)))
+
+
+def _check_exposure(config: Config, server: HTTPServer, path: str) -> None:
+    """check_exposure for the address the server is bound to; a UNIX socket is not reachable from
+    the network (its file's permissions say who may connect)."""
+    sock = server.sockets[0]
+    if sock.family != socket.AF_UNIX:
+        check_exposure(config.server, sock.getsockname()[0], path, config.keys)
 
 
 def _write_pid_file(path: str) -> None:

@@ -232,6 +232,13 @@ def test_a_chunks_closing_crlf_is_taken_with_its_data():
     (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", False),
     (b"GET / HTTP/1.0\r\n\r\n", False),
     (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True),
+    # Connection is a list of tokens (RFC 9110 7.6.1), matched whole and case-insensitively
+    (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: closed\r\n\r\n", True),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-close-later\r\n\r\n", True),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: TE, Close\r\n\r\n", False),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nConnection: close\r\n\r\n", False),
+    (b"GET / HTTP/1.0\r\nConnection: keep-alive-ish\r\n\r\n", False),
+    (b"GET / HTTP/1.0\r\nConnection: Upgrade ,\tKeep-Alive\r\n\r\n", True),
 ])
 def test_keep_alive_rules(raw, keep_alive):
     [(head, _, _)] = messages(parse_all(raw))

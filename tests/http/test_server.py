@@ -1,9 +1,11 @@
 """The HTTP server over real loopback sockets."""
 import asyncio
 import dataclasses
+import gzip
 import json
 import socket
 import tracemalloc
+import zlib
 
 import pytest
 
@@ -176,16 +178,75 @@ def test_a_connection_is_expired_at_the_timeout_of_what_it_waits_for(sent, waiti
     assert [line for line in out.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")] == answers
 
 
-def test_connection_cap_answers_503():
+async def kept_alive(port: int):
+    """A connection that had one request answered and now sits idle, kept alive."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    await reader.readuntil(b"}")
+    return reader, writer
+
+
+def test_a_new_connection_at_the_cap_closes_the_longest_idle_keep_alive_one():
+    """As nginx does: an idle keep-alive connection makes room; the newer idle one stays."""
+    async def main():
+        clock = FakeClock()
+        async with serving(echo, clock=clock, max_connections=2) as server:
+            oldest = await kept_alive(server.port)
+            await until(lambda: all(c.phase == "idle" for c in server.connections), "the first waits")
+            clock.advance(1)
+            newer = await kept_alive(server.port)
+            await until(lambda: len(server.connections) == 2 and all(c.phase == "idle" for c in server.connections),
+                        "both wait")
+            out = await raw_exchange(server.port, b"GET /new HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            closed = await asyncio.wait_for(oldest[0].read(), 5)
+            newer[1].write(b"GET /again HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            again = await asyncio.wait_for(newer[0].read(-1), 5)
+            for _, writer in (oldest, newer):
+                writer.close()
+            return out, closed, again
+    out, closed, again = run(main())
+    assert out.startswith(b"HTTP/1.1 200 ") and b'"/new"' in out
+    assert closed == b""                         # closed quietly, between requests
+    assert again.startswith(b"HTTP/1.1 200 ") and b'"/again"' in again
+
+
+def test_connection_cap_full_of_busy_connections_answers_503():
+    async def main():
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def slow(request):
+            started.set()
+            await release.wait()
+            return Response.json({})
+
+        async with serving(slow, max_connections=1) as server:
+            r1, w1 = await asyncio.open_connection("127.0.0.1", server.port)
+            w1.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            await started.wait()
+            out = await raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            release.set()
+            first = await r1.readuntil(b"}")
+            w1.close()
+            return out, first
+    out, first = run(main())
+    assert out.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1\r\n" in out
+    assert first.startswith(b"HTTP/1.1 200 ")          # the busy request was not cut
+
+
+def test_connection_cap_does_not_close_a_connection_in_the_middle_of_a_request_head():
     async def main():
         async with serving(echo, max_connections=1) as server:
             r1, w1 = await asyncio.open_connection("127.0.0.1", server.port)
-            w1.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            await r1.readuntil(b"}")
+            w1.write(b"GET /half HTTP/1.1\r\n")
+            await until(lambda: phase(server) == "head", "the head is being read")
             out = await raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            w1.write(b"Host: a\r\nConnection: close\r\n\r\n")
+            first = await asyncio.wait_for(r1.read(-1), 5)
             w1.close()
-            return out
-    assert run(main()).startswith(b"HTTP/1.1 503 ")
+            return out, first
+    out, first = run(main())
+    assert out.startswith(b"HTTP/1.1 503 ")
+    assert first.startswith(b"HTTP/1.1 200 ") and b'"/half"' in first
 
 
 def test_client_disconnect_cancels_the_handler():
@@ -394,13 +455,83 @@ def test_a_body_of_many_tiny_chunks_takes_memory_for_its_bytes_not_per_chunk():
         async with serving(measure) as server:
             tracemalloc.start()
             try:
-                await raw_exchange(server.port, raw)
+                await raw_exchange(server.port, raw, read_timeout=120)   # slow under tracemalloc: a bound, not a timing
             finally:
                 tracemalloc.stop()
     run(main())
     [(body_size, peak)] = seen
     assert body_size == num_bytes
     assert peak < 20 * num_bytes, f"reading a {num_bytes} B body peaked at {peak} B"
+
+
+def compressed(data: bytes, *codings: str) -> bytes:
+    """`data` with the content codings applied in the order named."""
+    for coding in codings:
+        data = gzip.compress(data) if coding == "gzip" else zlib.compress(data)
+    return data
+
+
+async def echo_fields(request):
+    return Response.json({"body": request.body.decode(), "fields": [name for name, _ in request.headers]})
+
+
+def send_encoded(body: bytes, coding: str, **limits) -> bytes:
+    raw = (b"POST /z HTTP/1.1\r\nHost: a\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n"
+           b"Connection: close\r\n\r\n%s" % (coding.encode(), len(body), body))
+
+    async def main():
+        async with serving(echo_fields, **limits) as server:
+            return await raw_exchange(server.port, raw)
+    return run(main())
+
+
+@pytest.mark.parametrize("codings,field", [
+    (("gzip",), "gzip"), (("gzip",), "X-GZIP"), (("deflate",), "deflate"),
+    (("deflate", "gzip"), "deflate, gzip"), (("gzip",), "identity, gzip"), ((), "identity"),
+])
+def test_a_gzip_or_deflate_body_reaches_the_handler_decoded(codings, field):
+    text = '{"messages": [{"role": "user", "content": "%s"}]}' % ("hello " * 500)
+    [(status, body)] = responses(send_encoded(compressed(text.encode(), *codings), field))
+    assert status == 200
+    fields = ["host", "content-encoding", "content-length", "connection"]
+    if codings:                                         # the body the handler gets has none
+        fields.remove("content-encoding")
+    assert json.loads(body) == {"body": text, "fields": fields}
+
+
+def test_gzip_members_back_to_back_are_one_body():
+    [(status, body)] = responses(send_encoded(gzip.compress(b"ab") + gzip.compress(b"cd"), "gzip"))
+    assert (status, json.loads(body)["body"]) == (200, "abcd")
+
+
+@pytest.mark.parametrize("sent,coding,status,says", [
+    (gzip.compress(b"x" * 100)[:-9], "gzip", 400, "cut short"),
+    (b"not gzip at all", "gzip", 400, "not valid gzip data"),
+    (gzip.compress(b"x" * 100) + b"junk", "gzip", 400, "not valid gzip data"),
+    (b"{}", "br", 415, "'br' is not supported"),
+    (b"{}", "gzip, zstd", 415, "'zstd' is not supported"),
+], ids=["truncated", "garbage", "trailing-junk", "br", "zstd"])
+def test_a_body_that_cannot_be_decoded_is_a_400_and_an_unknown_coding_a_415(sent, coding, status, says):
+    out = send_encoded(sent, coding)
+    [(got, body)] = responses(out)
+    assert got == status and says in json.loads(body)["error"]["message"]
+    assert (b"\r\naccept-encoding: gzip, deflate\r\n" in out) is (status == 415)
+
+
+def test_a_zip_bomb_is_a_413_once_its_decoded_bytes_pass_the_body_limit_without_taking_its_memory():
+    """100 MB of zeros in ~100 KB of gzip, under a 1 MB limit: decoding stops past the limit."""
+    bomb = gzip.compress(bytes(100 * 1024 * 1024), 9)
+    limit = 1024 * 1024
+    assert len(bomb) < limit
+    tracemalloc.start()
+    try:
+        out = send_encoded(bomb, "gzip", max_body_bytes=limit)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    [(status, body)] = responses(out)
+    assert status == 413 and "too large once decoded" in json.loads(body)["error"]["message"]
+    assert peak < 10 * limit, f"decoding the bomb peaked at {peak} B"
 
 
 def stuck(server) -> bool:

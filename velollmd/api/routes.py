@@ -1,10 +1,12 @@
 """Route table: (method, path pattern) -> async handler, with `{name}` path parameters.
 
-HEAD is served by the GET handler (the server drops the body). Unknown paths get 404,
-known paths with another method 405, both in the OpenAI error shape.
+HEAD is served by the GET handler (the server drops the body); OPTIONS (one that is not a
+CORS preflight) by a 204 whose Allow names the path's methods. Unknown paths get 404, known
+paths with another method 405 with that Allow (RFC 9110 15.5.6), both in the OpenAI error shape.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Awaitable, Callable
 from urllib.parse import unquote
@@ -45,10 +47,11 @@ class Router:
         if methods is None:
             raise NotFound(f"no route for {path}", code="not_found")
         handler = methods.get("GET" if method == "HEAD" else method)
+        if handler is None and method == "OPTIONS":
+            return functools.partial(_options, allow=_allow(methods)), {}
         if handler is None:
             raise VeloError(f"method {method} not allowed for {path}", status=405,
-                            error_type="invalid_request_error",
-                            headers={"allow": ", ".join(sorted(methods))})
+                            error_type="invalid_request_error", headers={"allow": _allow(methods)})
         return handler, params
 
     def is_route(self, path: str) -> bool:
@@ -59,3 +62,12 @@ class Router:
         """The handler's coroutine, for the caller to await (404 and 405 raise here)."""
         handler, params = self.resolve(request.method, request.path)
         return handler(request, **params)
+
+
+def _allow(methods) -> str:
+    """The Allow field of a path whose routes take `methods`: HEAD with GET, and OPTIONS."""
+    return ", ".join(sorted({*methods, "OPTIONS", *(("HEAD",) if "GET" in methods else ())}))
+
+
+async def _options(request: Request, allow: str) -> Response:
+    return Response(204, [("allow", allow)])

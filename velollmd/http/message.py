@@ -44,7 +44,10 @@ class Request:
 
     def __post_init__(self):
         if not self.path:
-            self.path, _, self.query = self.target.partition("?")
+            path, _, self.query = self.target.partition("?")
+            # `/v1/models/` is `/v1/models` (Ollama's router redirects there; answered in place,
+            # since a POST client may not follow a redirect), for the key check as for the routes
+            self.path = path[:-1] if path[-1:] == "/" and len(path) > 1 else path
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header `name` (lowercase). The fields are looked up several times

@@ -43,13 +43,15 @@ SUPPORTED_VERSION = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 
 
 class ProtocolError(Exception):
-    """The peer broke HTTP/1.1. `status` is what a server answers before closing; `head`
-    is the message head when it was read whole (its framing was wrong), else None."""
+    """The peer broke HTTP/1.1. `status` is what a server answers before closing, with
+    `headers` (e.g. a 415's Accept-Encoding); `head` is the message head when it was read
+    whole (its framing was wrong), else None."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.headers = headers or {}
         self.head: Head | None = None   # the head it refused, once parsed (413 on Content-Length)
 
 
@@ -93,6 +95,12 @@ def _origin_form(target: bytes) -> bytes:
         return target
     rest = target[match.end():]
     return rest if rest[:1] == b"/" else b"/" + rest
+
+
+def _list_elements(values) -> list[str]:
+    """The elements of a comma-separated field (all its lines), trimmed and lower-case
+    (RFC 9110 5.6.1): `Connection: Keep-Alive, Upgrade` -> ["keep-alive", "upgrade"]."""
+    return [element.strip(" \t").lower() for value in values for element in value.split(",")]
 
 
 class HTTPParser:
@@ -275,11 +283,11 @@ class HTTPParser:
     def _frame_message(self, head: Head, framing: dict[str, list[str]]) -> None:
         """Decide keep-alive and how the body is delimited (RFC 9112 section 6) from the
         framing fields' values (`_parse_fields`)."""
-        connection = framing.get("connection")
+        options = _list_elements(framing.get("connection", ()))    # tokens, not substrings: not "closed"
         if head.version == "1.0":
-            head.keep_alive = connection is not None and "keep-alive" in ",".join(connection).lower()
+            head.keep_alive = "keep-alive" in options
         else:
-            head.keep_alive = connection is None or "close" not in ",".join(connection).lower()
+            head.keep_alive = "close" not in options
         if self._server:
             self._check_host(head, framing.get("host", ()))
             expect = framing.get("expect")
@@ -321,7 +329,7 @@ class HTTPParser:
         return method == "HEAD" or head.status in (204, 304)
 
     def _frame_chunked(self, head: Head, values: list[str]) -> None:
-        codings = [c.strip().lower() for v in values for c in v.split(",")]
+        codings = _list_elements(values)
         if head.version == "1.0":
             raise ProtocolError("Transfer-Encoding in an HTTP/1.0 message")
         if codings.count("chunked") > 1:

@@ -2,8 +2,10 @@
 
 One `Connection` per socket reads requests in order (pipelined requests are answered in
 order), calls the application handler, and writes the response. Limits: a connection cap
-(503 over it), an absolute deadline for each request head (408: defeats slowloris), a
-keep-alive idle timeout, body size limits (413 before reading). While a handler runs, the
+(at it, a new connection closes the longest-idle one, as nginx does; 503 when none is
+idle), an absolute deadline for each request head (408: defeats slowloris), a keep-alive
+idle timeout, body size limits (413 before reading; a gzip or deflate body is decoded,
+to no more than the limit: codings.py). While a handler runs, the
 socket is watched: a client that goes away cancels the handler, so a disconnect stops the
 backend's work. Every answer carries `x-request-id`: the client's (sanitised) or a new one,
 the id of the `RequestTrace` that each request gets when its head is read (log.py); the trace
@@ -26,6 +28,7 @@ from ..errors import VeloError
 from ..log import REQUEST_ID_HEADER, RequestTrace, begin_request, new_request_id, request_id_from
 from ..wire.headers import header_value
 from ..wire.streams import aclose
+from .codings import decoded_body
 from .message import Request, Response
 from .parser import EndOfMessage, Head, HTTPParser, ProtocolError
 from .writer import (
@@ -35,6 +38,7 @@ from .writer import (
     IdlePinger,
     encode_head,
     error_response,
+    refusal,
     send_final_response,
 )
 
@@ -51,7 +55,7 @@ ErrorRenderer = Callable[[Head | None, int, str], Response]
 
 
 def default_error(head: Head | None, status: int, message: str) -> Response:
-    return error_response(status, message)
+    return Response.error(refusal(status, message))
 
 
 class _WatchedReader(asyncio.StreamReader):
@@ -71,6 +75,11 @@ class _WatchedReader(asyncio.StreamReader):
         super().set_exception(exc)
         if self.on_close is not None:
             self.on_close()
+
+    @property
+    def has_unread(self) -> bool:
+        """Bytes arrived that no read has taken yet (a request its connection is about to see)."""
+        return bool(self._buffer)
 
 
 class HTTPServer:
@@ -131,16 +140,17 @@ class HTTPServer:
         return self._server.sockets if self._server else []
 
     @property
-    def port(self) -> int:
-        """The bound port (kept after the listening socket closes)."""
+    def port(self) -> int | None:
+        """The bound port (kept after the listening socket closes); None on a UNIX socket."""
         if self._port is None and self.sockets:
-            self._port = self.sockets[0].getsockname()[1]
+            address = self.sockets[0].getsockname()
+            self._port = address[1] if isinstance(address, tuple) else None
         return self._port
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.connections) >= self.config.max_connections or self.draining:
-            await _refuse(reader, writer, "server is at its connection limit" if not self.draining
-                          else "server is shutting down")
+        if self.draining or not self._make_room():
+            await self._refuse(reader, writer, "server is at its connection limit" if not self.draining
+                               else "server is shutting down")
             return
         connection = Connection(self, reader, writer)
         self.connections.add(connection)
@@ -148,6 +158,27 @@ class HTTPServer:
             await connection.run()
         finally:
             self.connections.discard(connection)
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: str) -> None:
+        """A 503 to a connection not taken, traced as a request (the access log, the metrics)."""
+        trace = begin_request(RequestTrace(new_request_id()))
+        response = self.render_error(None, 503, message)
+        response.headers += [("retry-after", "1"), (REQUEST_ID_HEADER, trace.request_id)]
+        await send_final_response(reader, writer, response)
+        trace.finish(503)
+
+    def _make_room(self) -> bool:
+        """Whether one more connection fits under max_connections, once the longest-idle
+        connections (between requests: kept alive, or not yet sent anything) are closed to make
+        room, as nginx does; False when every connection is busy with a request."""
+        while len(self.connections) >= self.config.max_connections:
+            idle = [c for c in self.connections if c.between_requests]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda c: c.idle_since)
+            oldest.expire()                        # closed quietly, as at its idle timeout
+            self.connections.discard(oldest)
+        return True
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Graceful drain: stop accepting, finish in-flight requests, cancel the rest."""
@@ -190,13 +221,6 @@ class HTTPServer:
             self._woken.set_result(None)
 
 
-async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: str) -> None:
-    trace = begin_request(RequestTrace(new_request_id()))
-    response = error_response(503, message, "api_error")
-    response.headers += [("retry-after", "1"), (REQUEST_ID_HEADER, trace.request_id)]
-    await send_final_response(reader, writer, response)
-
-
 class Connection:
     """Serves the requests of one client socket, one at a time, in order."""
 
@@ -213,9 +237,15 @@ class Connection:
         self.idle = True
         self.phase: str | None = None     # idle | head | body: what the deadline is for
         self.deadline = 0.0               # server clock time; 0 = none
+        self.idle_since = 0.0             # server clock time the connection last went idle
         self.expired: str | None = None
         self.client = writer.get_extra_info("peername")
         self.trace: RequestTrace | None = None   # the request being read or answered
+
+    @property
+    def between_requests(self) -> bool:
+        """Waiting for a request of which nothing has come: closing it loses nothing."""
+        return self.phase == "idle" and not self.reader.has_unread
 
     def close_if_idle(self) -> None:
         if self.idle and self.task is not None:
@@ -245,14 +275,15 @@ class Connection:
                 body = self.parser.take_body()     # all of it came with the head: no coroutine
                 if body is None:
                     body = await self._read_body(head)
-                request = Request(head.method, head.target, head.headers, body, head.version, self.client)
+                headers, body = decoded_body(head.headers, body, self.config.max_body_bytes)
+                request = Request(head.method, head.target, headers, body, head.version, self.client)
                 keep_alive = head.keep_alive and not self.server.draining
                 if not await self._respond(request, keep_alive):
                     return
         except ProtocolError as exc:
             if exc.head is not None and self.trace is None:
                 self._begin(exc.head)                  # e.g. a 413: the head is there
-            await self._send_error_and_close(exc.status, exc.message, exc.head or head)
+            await self._send_error_and_close(exc.status, exc.message, exc.head or head, exc.headers)
         except asyncio.CancelledError:
             if self.expired in ("head", "body"):
                 self.task.uncancel()
@@ -283,6 +314,7 @@ class Connection:
         try:
             if self.idle:
                 self.set_deadline("idle", config.header_timeout_s if first else config.keepalive_timeout_s)
+                self.idle_since = self.clock()
                 if not self._fed(await self.reader.read(READ_SIZE)):     # _fill, a coroutine fewer
                     return None
                 self.idle = False
@@ -443,11 +475,12 @@ class Connection:
         finally:
             self.set_deadline(None)
 
-    async def _send_error_and_close(self, status: int, message: str, head: Head | None = None) -> None:
-        """A protocol error (400, 408, 413, 431...) in the shape of the route it was sent to
-        (render_error), with the request's id when its head was read."""
+    async def _send_error_and_close(self, status: int, message: str, head: Head | None = None,
+                                    headers: dict[str, str] | None = None) -> None:
+        """A protocol error (400, 408, 413, 415, 431...) in the shape of the route it was sent
+        to (render_error), with `headers` and the request's id when its head was read."""
         trace = begin_request(self.trace or RequestTrace(new_request_id()))
         response = self.server.render_error(head, status, message)
-        response.headers.append((REQUEST_ID_HEADER, trace.request_id))
+        response.headers += [*(headers or {}).items(), (REQUEST_ID_HEADER, trace.request_id)]
         await send_final_response(self.reader, self.writer, response)
         trace.finish(status)

@@ -33,6 +33,12 @@ def error_response(status: int, message: str, error_type: str = "invalid_request
     return Response.error(VeloError(message, status=status, error_type=error_type))
 
 
+def refusal(status: int, message: str) -> VeloError:
+    """The error of a request the HTTP server refused before any handler ran: the client's
+    fault (400, 408, 413...), or the server's state (503: at its connection cap, draining)."""
+    return VeloError(message, status=status, error_type="api_error" if status >= 500 else "invalid_request_error")
+
+
 def _status_line(status: int) -> bytes:
     return f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n".encode("latin-1")
 
