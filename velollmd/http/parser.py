@@ -29,7 +29,8 @@ HEADER_RE = re.compile(rb"(" + TOKEN + rb"):[ \t]*(.*?)[ \t]*\Z", re.S)
 # The whole field block at once (each line "name:value" + CRLF) in one C-level match: the
 # fast path. On a mismatch the per-line parser runs to name the exact fault.
 FIELD_BLOCK_RE = re.compile(rb"(?:" + TOKEN + rb":[\t !-~\x80-\xff]*\r\n)*\Z")
-FRAMING_FIELDS = frozenset({"connection", "transfer-encoding", "content-length", "host", "expect"})
+FRAMING_FIELDS = frozenset({"connection", "transfer-encoding", "content-length", "host", "expect",
+                            "content-encoding"})
 BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 TARGET_BAD_RE = re.compile(rb"[\x00-\x20\x7f]")
 # The scheme and authority of an absolute-form target (`http://host:port/path?q`), which a
@@ -68,6 +69,7 @@ class Head:
     chunked: bool = False
     keep_alive: bool = True
     expect_continue: bool = False
+    content_encoded: bool = False   # a Content-Encoding field is there (http/codings.py decodes the body)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         return header_value(self.headers, name, default)
@@ -284,6 +286,7 @@ class HTTPParser:
         """Decide keep-alive and how the body is delimited (RFC 9112 section 6) from the
         framing fields' values (`_parse_fields`)."""
         options = _list_elements(framing.get("connection", ()))    # tokens, not substrings: not "closed"
+        head.content_encoded = "content-encoding" in framing
         if head.version == "1.0":
             head.keep_alive = "keep-alive" in options
         else:

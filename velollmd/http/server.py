@@ -275,7 +275,9 @@ class Connection:
                 body = self.parser.take_body()     # all of it came with the head: no coroutine
                 if body is None:
                     body = await self._read_body(head)
-                headers, body = decoded_body(head.headers, body, self.config.max_body_bytes)
+                headers = head.headers
+                if head.content_encoded:
+                    headers, body = decoded_body(headers, body, self.config.max_body_bytes)
                 request = Request(head.method, head.target, headers, body, head.version, self.client)
                 keep_alive = head.keep_alive and not self.server.draining
                 if not await self._respond(request, keep_alive):
