@@ -261,7 +261,7 @@ async def measure_health(url: str, model: str, args, quiet: bool = False, pid: i
     result["loop_us"] = (thread_cpu_seconds(pid) - loop_cpu) / num_tokens * 1e6 if pid else float("nan")
     if not quiet:
         print(f"  /health ms: idle p50 {result['idle']['p50']:.2f} p99 {result['idle']['p99']:.2f} "
-              f"(n={len(idle.samples)}); engine at c={concurrency} p50 {result['load']['p50']:.2f} p99 "
+              f"(n={len(idle)}); engine at c={concurrency} p50 {result['load']['p50']:.2f} p99 "
               f"{result['load']['p99']:.2f} (n={len(loaded.samples)}); p99 ratio {result['ratio']:.2f}", flush=True)
     return result
 
