@@ -209,17 +209,24 @@ def test_socket_activation_on_a_unix_socket_serves_without_keys(tmp_path, notify
     with listener, running(config, notify, argv=argv, pass_fds=(fd,)) as proc:
         ready = notify.recv(4096).decode()
         assert ready.startswith(f"READY=1\nSTATUS=listening on {path}"), ready
-        with socket.socket(socket.AF_UNIX) as client:
-            client.settimeout(10)
-            client.connect(path)
-            client.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            answer = b""
-            while chunk := client.recv(65536):
-                answer += chunk
-        assert answer.startswith(b"HTTP/1.1 200 ")
+        assert unix_request(path, b"GET /health").startswith(b"HTTP/1.1 200 ")
+        flushed = unix_request(path, b"DELETE /v1/velollm/cache")     # local: no key needed, as on loopback
+        assert flushed.startswith(b"HTTP/1.1 200 ") and b'"cache.flush"' in flushed, flushed
         proc.send_signal(signal.SIGHUP)                      # a reload checks the address again
         assert notify.recv(4096).startswith(b"RELOADING=1")
         assert notify.recv(4096).decode().endswith(f"listening on {path}; configuration reloaded")
+
+
+def unix_request(path: str, request_line: bytes) -> bytes:
+    """The whole answer to one request without a body over the UNIX socket at `path`."""
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(10)
+        client.connect(path)
+        client.sendall(request_line + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    return answer
 
 
 def test_watchdog_pings_from_the_event_loop(tmp_path, notify):

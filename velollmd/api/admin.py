@@ -52,10 +52,17 @@ class AdminRoutes:
                               "inflight": len(self.pipeline.flights),
                               "coalesced": self.pipeline.flights.num_coalesced})
 
+    def _local_or_keyed(self, request: Request, what: str) -> None:
+        """With no keys configured, only a local client may: a loopback TCP peer, or one on a
+        UNIX socket (its peer name is a str; the socket file's permissions guard it)."""
+        client = request.client
+        local = isinstance(client, str) or isinstance(client, tuple) and client[0] in LOOPBACK
+        if not self.access.keys_required and not local:
+            raise Unauthorized(f"{what} needs an API key or a loopback client")
+
     async def cache_flush(self, request: Request) -> Response:
         """Flushing needs a valid API key; with no keys configured, a loopback client."""
-        if not self.access.keys_required and (request.client or ("",))[0] not in LOOPBACK:
-            raise Unauthorized("flushing the cache needs an API key or a loopback client")
+        self._local_or_keyed(request, "flushing the cache")
         body = {"object": "cache.flush", "deleted": self._cache().flush()}
         if self.pipeline.shared is not None:             # the Redis tier too: one flush for all instances
             body["shared_deleted"] = await self.pipeline.shared.flush()
@@ -64,8 +71,7 @@ class AdminRoutes:
     async def runtime(self, request: Request) -> Response:
         """The daemon process's asyncio tasks, open file descriptors, threads and RSS: the
         numbers a leak shows in (less the pooled backend connections, which are open by design). Needs a valid API key; with no keys configured, a loopback client."""
-        if not self.access.keys_required and (request.client or ("",))[0] not in LOOPBACK:
-            raise Unauthorized("the runtime route needs an API key or a loopback client")
+        self._local_or_keyed(request, "the runtime route")
         process = psutil.Process()
         return Response.json({"object": "runtime", "tasks": len(asyncio.all_tasks()),
                               "open_fds": process.num_fds(), "threads": process.num_threads(),
