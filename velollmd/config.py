@@ -92,6 +92,9 @@ ENGINE_KEYS = ("model", "alias", "models_dir", "ollama_store", "device", "thread
                "chat_template")
 
 
+SERVER_KEYS = ("url", "api_key")       # a backend reached over HTTP: nothing the engine uses
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     enabled: bool = True
@@ -411,10 +414,10 @@ def _build_backends(items, path: str) -> tuple[BackendConfig, ...]:
                 raise ConfigError(path, f"{prefix}.{required}", "is required")
         if backend.kind != "engine":
             _check_url(backend.url, path, f"{prefix}.url")
-        if backend.kind != "engine":
-            for key in ENGINE_KEYS:
-                if key in item:
-                    raise ConfigError(path, f"{prefix}.{key}", 'applies only to kind = "engine"')
+        for key in ENGINE_KEYS if backend.kind != "engine" else SERVER_KEYS:
+            if key in item:
+                raise ConfigError(path, f"{prefix}.{key}", 'applies only to kind = "engine"' if key in ENGINE_KEYS
+                                  else 'does not apply to kind = "engine" (it serves in this process)')
         if backend.name in seen:
             raise ConfigError(path, f"{prefix}.name", f"duplicate backend name {backend.name!r}")
         seen.add(backend.name)
