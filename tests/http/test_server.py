@@ -53,6 +53,20 @@ def test_keep_alive_serves_many_requests_on_one_connection():
     assert run(main()) == ["0", "1", "2", "3", "4"]
 
 
+def test_host_any_ipv6_address_serves_ipv4_clients_too():
+    """host = "::" (Ollama's OLLAMA_HOST=[::] listens on both): asyncio alone bound IPv6 only."""
+    async def main():
+        async with serving(echo, host="::") as server:
+            answers = []
+            for address in ("127.0.0.1", "::1"):
+                reader, writer = await asyncio.open_connection(address, server.port)
+                writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                answers.append((await reader.read()).split(b" ")[1])
+                writer.close()
+            return answers
+    assert run(main()) == [b"200", b"200"]
+
+
 def test_pipelined_requests_are_answered_in_order():
     raw = b"".join(b"GET /p%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(4))
     raw += b"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"

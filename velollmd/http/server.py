@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Awaitable, Callable
 
@@ -82,6 +83,15 @@ class _WatchedReader(asyncio.StreamReader):
         return bool(self._buffer)
 
 
+ANY_IPV6 = ("::", "[::]")
+
+
+def dual_stack_socket(port: int) -> socket.socket:
+    """A listening socket on every IPv6 and IPv4 address (`host = "::"`, as Go's listener and
+    so Ollama's takes it): asyncio's own would be IPv6 only (it sets IPV6_V6ONLY)."""
+    return socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=1024)
+
+
 class HTTPServer:
     def __init__(self, handler: Handler, config: ServerConfig,
                  clock: Callable[[], float] = time.monotonic, render_error: ErrorRenderer = default_error):
@@ -113,6 +123,8 @@ class HTTPServer:
             reader = _WatchedReader(limit=READ_SIZE, loop=loop)
             return asyncio.StreamReaderProtocol(reader, self._accept, loop=loop)
 
+        if sock is None and self.config.host in ANY_IPV6:
+            sock = dual_stack_socket(self.config.port)
         if sock is not None:
             self._server = await loop.create_server(protocol_factory, sock=sock, backlog=1024)
         else:
