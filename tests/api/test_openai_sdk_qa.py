@@ -251,6 +251,15 @@ def test_chat_logprobs_have_as_many_alternatives_as_asked(client, model, stream,
     assert all(len(e.top_logprobs) == (top or 0) and e.logprob <= 0 for e in entries)
 
 
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+@pytest.mark.parametrize("bias", [{"5": "x"}, {"x": 1}, {"5": None}])
+def test_a_logit_bias_no_backend_can_read_is_a_400_on_every_backend(client, model, bias):
+    """llama-server ignored what it could not read (a 200 as if no bias), the engine refused it."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, logit_bias=bias)
+    assert info.value.body["param"] == "logit_bias"
+
+
 def test_a_model_whose_name_has_a_slash_is_retrieved(daemon_factory, tmp_path):
     """The SDK percent-encodes the id in /v1/models/{id} (Ollama names such as
     hf.co/org/model:tag hold slashes)."""

@@ -7,6 +7,7 @@ top_k or min_p).
 from __future__ import annotations
 
 from ..errors import BadRequest
+from ..wire.request import logit_bias_of
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 NUMBER = (int, float)
@@ -96,6 +97,17 @@ def _check_stop(stop) -> None:
         _fail("stop", "expected a string or an array of strings")
     if len(stop) > 16:
         _fail("stop", "at most 16 stop sequences")
+
+
+def _check_logit_bias(body: dict) -> None:
+    """Token ids and numeric biases (or false), the same for every backend: llama-server ignored
+    a bias it could not read, the engine refused it."""
+    bias = body.get("logit_bias")
+    if bias:
+        try:
+            logit_bias_of(bias)
+        except ValueError as exc:
+            _fail("logit_bias", str(exc))
 
 
 def _drop_empty_stops(body: dict) -> None:
@@ -216,6 +228,7 @@ def validate_chat(body: dict) -> dict:
     _check_model(body)
     _check_messages(body.get("messages"))
     _check_sampling(body)
+    _check_logit_bias(body)
     _drop_empty_stops(body)
     _check_top_logprobs(body)
     _check_tools(body)
@@ -232,6 +245,7 @@ def validate_completion(body: dict) -> dict:
         _fail("prompt", "expected a string, an array of strings, an array of token ids or an array of "
                         "token id arrays")
     _check_sampling(body)
+    _check_logit_bias(body)
     _drop_empty_stops(body)
     _check_type(body, "echo", bool, "a boolean")
     _check_best_of(body)

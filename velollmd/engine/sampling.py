@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..wire.request import logit_bias_of
+
 MAX_TOP_LOGPROBS = 20
 RANDOM_SEED = -1                       # llama.cpp's and Ollama's "pick a random seed"
 NUCLEUS_HEAD = 1024                    # top_p sorts this many first, the whole vocab if short
@@ -228,27 +230,14 @@ def _read_stops(source: dict, param: str, values: dict, names: dict) -> None:
 
 
 def _read_logit_bias(bias, param: str, values: dict, names: dict) -> None:
-    """OpenAI's {"token id": bias} or llama.cpp's [[id, bias], ...]; bias false = never.
-    Biases are not clamped to OpenAI's [-100, 100]: llama.cpp takes any value."""
+    """OpenAI's {"token id": bias} or llama.cpp's [[id, bias], ...] (wire.request.logit_bias_of)."""
     if bias is None:
         return
-    if not isinstance(bias, (dict, list)):
-        raise SamplingParamError(param, "expected an object of token id -> bias")
-    pairs = list(bias.items()) if isinstance(bias, dict) else bias
-    out: dict[int, float] = {}
-    for pair in pairs:
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise SamplingParamError(param, f"expected [token id, bias] pairs, got {pair!r}")
-        key, value = pair
-        token_id = int(key) if isinstance(key, str) and key.strip().isdigit() else key
-        if not _is_int(token_id):
-            raise SamplingParamError(param, f"token id {key!r} is not an integer")
-        if value is False:
-            value = -math.inf
-        if not _is_number(value):
-            raise SamplingParamError(param, f"bias for token {key} must be a number, got {value!r}")
-        out[token_id] = float(value)
-    values["logit_bias"], names["logit_bias"] = out, param
+    try:
+        values["logit_bias"] = logit_bias_of(bias)
+    except ValueError as exc:
+        raise SamplingParamError(param, str(exc)) from None
+    names["logit_bias"] = param
 
 
 def _read_logprobs(body: dict, values: dict, names: dict) -> None:

@@ -5,6 +5,7 @@ Every API dialect (OpenAI, Ollama, ...) turns its requests into a `GenerateReque
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..errors import BadRequest
@@ -66,3 +67,26 @@ def one_prompt(prompt: str | list, server: str) -> str | list[int]:
         raise BadRequest(f"{server} answers one prompt per request, got {len(prompt)}; "
                          "send each prompt in a request of its own", param="prompt")
     return prompt[0]
+
+
+def logit_bias_of(bias: dict | list) -> dict[int, float]:
+    """OpenAI's {"token id": bias} or llama.cpp's [[id, bias], ...] as {id: bias}; a bias of
+    false means never (-inf). Not clamped to OpenAI's [-100, 100]: llama.cpp takes any value.
+    ValueError saying what is wrong."""
+    if not isinstance(bias, (dict, list)):
+        raise ValueError("expected an object of token id -> bias")
+    pairs = list(bias.items()) if isinstance(bias, dict) else bias
+    out: dict[int, float] = {}
+    for pair in pairs:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ValueError(f"expected [token id, bias] pairs, got {pair!r}")
+        key, value = pair
+        token_id = int(key) if isinstance(key, str) and key.strip().isdigit() else key
+        if not isinstance(token_id, int) or isinstance(token_id, bool):
+            raise ValueError(f"token id {key!r} is not an integer")
+        if value is False:
+            value = -math.inf
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"bias for token {key} must be a number, got {value!r}")
+        out[token_id] = float(value)
+    return out
