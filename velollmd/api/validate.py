@@ -7,7 +7,7 @@ top_k or min_p).
 from __future__ import annotations
 
 from ..errors import BadRequest
-from ..wire.request import logit_bias_of
+from ..wire.request import logit_bias_value
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 NUMBER = (int, float)
@@ -100,12 +100,13 @@ def _check_stop(stop) -> None:
 
 
 def _check_logit_bias(body: dict) -> None:
-    """Token ids and numeric biases (or false), the same for every backend: llama-server ignored
-    a bias it could not read, the engine refused it."""
+    """Numeric biases (or false), the same for every backend: llama-server skipped an entry it
+    could not read and answered as without it, the engine refused it. Keys may be text, which
+    llama-server tokenizes (the engine takes token ids only and says so)."""
     bias = body.get("logit_bias")
-    if bias:
+    for key, value in bias.items() if isinstance(bias, dict) else ():
         try:
-            logit_bias_of(bias)
+            logit_bias_value(key, value)
         except ValueError as exc:
             _fail("logit_bias", str(exc))
 

@@ -70,9 +70,9 @@ def one_prompt(prompt: str | list, server: str) -> str | list[int]:
 
 
 def logit_bias_of(bias: dict | list) -> dict[int, float]:
-    """OpenAI's {"token id": bias} or llama.cpp's [[id, bias], ...] as {id: bias}; a bias of
-    false means never (-inf). Not clamped to OpenAI's [-100, 100]: llama.cpp takes any value.
-    ValueError saying what is wrong."""
+    """OpenAI's {"token id": bias} or llama.cpp's [[id, bias], ...] as {id: bias}, for a server
+    that takes token ids only (the engine; llama-server also tokenizes text keys). Not clamped
+    to OpenAI's [-100, 100]: llama.cpp takes any value. ValueError saying what is wrong."""
     if not isinstance(bias, (dict, list)):
         raise ValueError("expected an object of token id -> bias")
     pairs = list(bias.items()) if isinstance(bias, dict) else bias
@@ -84,9 +84,15 @@ def logit_bias_of(bias: dict | list) -> dict[int, float]:
         token_id = int(key) if isinstance(key, str) and key.strip().isdigit() else key
         if not isinstance(token_id, int) or isinstance(token_id, bool):
             raise ValueError(f"token id {key!r} is not an integer")
-        if value is False:
-            value = -math.inf
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ValueError(f"bias for token {key} must be a number, got {value!r}")
-        out[token_id] = float(value)
+        out[token_id] = logit_bias_value(key, value)
     return out
+
+
+def logit_bias_value(key, value) -> float:
+    """One logit_bias entry's bias: a number, or false for never (-inf, llama.cpp's);
+    ValueError for anything else (llama-server skips such an entry without a word)."""
+    if value is False:
+        return -math.inf
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"bias for token {key} must be a number, got {value!r}")
+    return float(value)
