@@ -43,6 +43,13 @@ def get(url):
         return e.code, json.loads(e.read())
 
 
+def killed_stderr(proc) -> str:
+    """What a daemon process wrote on stderr, once it is killed (if it still ran)."""
+    proc.kill()
+    with proc.stderr:
+        return proc.stderr.read()
+
+
 def test_ready_health_sigterm_stopping(tmp_path, notify):
     port = free_port()
     proc = start(write_config(tmp_path, port), notify)
@@ -57,9 +64,7 @@ def test_ready_health_sigterm_stopping(tmp_path, notify):
         assert notify.recv(4096).decode().startswith("STOPPING=1")
         assert proc.wait(timeout=20) == 0
     finally:
-        proc.kill()
-        stderr = proc.stderr.read()
-        proc.stderr.close()
+        stderr = killed_stderr(proc)
     records = [json.loads(line) for line in stderr.splitlines()]
     assert [r["msg"] for r in records] == ["listening", "access", "access", "draining", "stopped"]
     assert all(r["level"] == "info" and r["ts"].endswith("Z") for r in records)
@@ -106,9 +111,7 @@ def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path, notify):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 130
     finally:
-        proc.kill()
-        stderr = proc.stderr.read()
-        proc.stderr.close()
+        stderr = killed_stderr(proc)
     assert "Traceback" not in stderr and "velollmd: interrupted while starting" in stderr
 
 
@@ -150,9 +153,7 @@ def test_requests_the_http_server_refuses_are_in_the_access_log_and_the_metrics(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:
-        proc.kill()
-        stderr = proc.stderr.read()
-        proc.stderr.close()
+        stderr = killed_stderr(proc)
     access = [r for r in map(json.loads, stderr.splitlines()) if r["msg"] == "access"]
     assert [(r["method"], r["path"], r["status"]) for r in access[:6]] == [
         ("POST", "/v1/chat/completions", 413), ("GET", "/v1/models", 431), ("POST", "/api/chat", 415),
@@ -176,6 +177,15 @@ def test_api_keys_protect_everything_but_health(tmp_path, notify):
         assert get(request)[0] == 404                # authenticated: on to routing
 
 
+def activated(fd: int, config) -> list[str]:
+    """What systemd does for socket activation: the argv of a launcher that puts `fd` at fd 3,
+    sets LISTEN_PID to its own pid (the one that execs the daemon) and execs velollmd."""
+    launcher = (f"import os, sys; os.dup2({fd}, 3); "
+                "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
+                f"os.execv(sys.executable, [sys.executable, '-m', 'velollmd', '--config', {str(config)!r}])")
+    return [sys.executable, "-c", launcher]
+
+
 def test_socket_activation_serves_on_the_passed_socket(tmp_path, notify):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -183,11 +193,7 @@ def test_socket_activation_serves_on_the_passed_socket(tmp_path, notify):
     port = listener.getsockname()[1]
     config = write_config(tmp_path, 1)          # the configured port is ignored
     fd = listener.fileno()
-    # What systemd does: the socket as fd 3, LISTEN_PID = the pid that execs the daemon.
-    launcher = (f"import os, sys; os.dup2({fd}, 3); "
-                "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
-                f"os.execv(sys.executable, [sys.executable, '-m', 'velollmd', '--config', {str(config)!r}])")
-    argv = [sys.executable, "-c", launcher]
+    argv = activated(fd, config)
     with listener, running(config, notify, argv=argv, pass_fds=(fd,)):
         assert notify.recv(4096).startswith(b"READY=1")
         assert get(f"http://127.0.0.1:{port}/health")[0] == 200
@@ -202,10 +208,7 @@ def test_socket_activation_on_a_unix_socket_serves_without_keys(tmp_path, notify
     listener.listen()
     config = write_config(tmp_path, 1)
     fd = listener.fileno()
-    launcher = (f"import os, sys; os.dup2({fd}, 3); "
-                "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
-                f"os.execv(sys.executable, [sys.executable, '-m', 'velollmd', '--config', {str(config)!r}])")
-    argv = [sys.executable, "-c", launcher]
+    argv = activated(fd, config)
     with listener, running(config, notify, argv=argv, pass_fds=(fd,)) as proc:
         ready = notify.recv(4096).decode()
         assert ready.startswith(f"READY=1\nSTATUS=listening on {path}"), ready

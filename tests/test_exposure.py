@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.rig.net import free_port
-from tests.test_daemon import get, running, write_config
+from tests.test_daemon import activated, get, running, write_config
 from velollmd.config import config_from_table
 from velollmd.errors import ConfigError
 
@@ -51,12 +51,8 @@ def test_socket_activation_on_a_network_address_needs_keys_too(tmp_path):
     listener.listen()
     config = write_config(tmp_path, 1)
     fd = listener.fileno()
-    launcher = (f"import os, sys; os.dup2({fd}, 3); "
-                "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); "
-                f"os.execv(sys.executable, [sys.executable, '-m', 'velollmd', '--config', {str(config)!r}])")
     with listener:
-        result = subprocess.run([sys.executable, "-c", launcher], pass_fds=(fd,), capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(activated(fd, config), pass_fds=(fd,), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "server.host: 0.0.0.0 is not loopback" in result.stderr.splitlines()[-1]
 
