@@ -161,8 +161,8 @@ class HTTPServer:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.draining or not self._make_room():
-            await self._refuse(reader, writer, "server is at its connection limit" if not self.draining
-                               else "server is shutting down")
+            await self.send_refusal(reader, writer, 503, "server is at its connection limit" if not self.draining
+                                    else "server is shutting down", headers={"retry-after": "1"})
             return
         connection = Connection(self, reader, writer)
         self.connections.add(connection)
@@ -171,13 +171,18 @@ class HTTPServer:
         finally:
             self.connections.discard(connection)
 
-    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: str) -> None:
-        """A 503 to a connection not taken, traced as a request (the access log, the metrics)."""
-        trace = begin_request(RequestTrace(new_request_id()))
-        response = self.render_error(None, 503, message)
-        response.headers += [("retry-after", "1"), (REQUEST_ID_HEADER, trace.request_id)]
+    async def send_refusal(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int,
+                           message: str, head: Head | None = None, headers: dict[str, str] | None = None,
+                           trace: RequestTrace | None = None) -> None:
+        """A refusal before any handler ran (a 503 to a connection not taken; a protocol error:
+        400, 408, 413, 415, 431...) in the shape of the route it was sent to (render_error), with
+        `headers` and the request's id, then the close; traced as a request (the access log, the
+        metrics), under `trace` when the request has one."""
+        trace = begin_request(trace or RequestTrace(new_request_id()))
+        response = self.render_error(head, status, message)
+        response.headers += [*(headers or {}).items(), (REQUEST_ID_HEADER, trace.request_id)]
         await send_final_response(reader, writer, response)
-        trace.finish(503)
+        trace.finish(status)
 
     def _make_room(self) -> bool:
         """Whether one more connection fits under max_connections, once the longest-idle
@@ -491,10 +496,5 @@ class Connection:
 
     async def _send_error_and_close(self, status: int, message: str, head: Head | None = None,
                                     headers: dict[str, str] | None = None) -> None:
-        """A protocol error (400, 408, 413, 415, 431...) in the shape of the route it was sent
-        to (render_error), with `headers` and the request's id when its head was read."""
-        trace = begin_request(self.trace or RequestTrace(new_request_id()))
-        response = self.server.render_error(head, status, message)
-        response.headers += [*(headers or {}).items(), (REQUEST_ID_HEADER, trace.request_id)]
-        await send_final_response(self.reader, self.writer, response)
-        trace.finish(status)
+        """A protocol error on this connection, under the trace of its request if one began."""
+        await self.server.send_refusal(self.reader, self.writer, status, message, head, headers, self.trace)
