@@ -208,13 +208,11 @@ class Service:
     def _answered(self, backend: Backend, seconds: float) -> None:
         """The backend answered (a whole answer, or a stream to its end) in `seconds`."""
         self.metrics.upstream.observe(seconds, backend=backend.name)
-        trace = current_request()
-        if trace is not None:
-            trace.note_upstream(backend.name, seconds)
+        self._spent(backend, seconds)
 
     def _spent(self, backend: Backend, seconds: float) -> None:
-        """A backend call that did not end in an answer took `seconds`: the request's upstream
-        time (its access line), not an answer's in the upstream metric."""
+        """A backend call took `seconds`: the request's upstream time (its access line); one that
+        did not end in an answer goes only there, not into the upstream metric (_answered)."""
         trace = current_request()
         if trace is not None:
             trace.note_upstream(backend.name, seconds)
