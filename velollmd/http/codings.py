@@ -12,12 +12,10 @@ ACCEPTED = "gzip, deflate"
 AUTO_HEADER_WBITS = zlib.MAX_WBITS | 32     # a gzip or a zlib header, whichever the data has
 
 
-def decoded_body(headers: list[tuple[str, str]], body: bytes,
+def decoded_body(headers: list[tuple[str, str]], codings: list[str], body: bytes,
                  max_bytes: int) -> tuple[list[tuple[str, str]], bytes]:
-    """The request's fields and body as if it had been sent without its Content-Encoding.
-    A request without one (nearly all of them) comes back as it is."""
-    codings = [c.strip(" \t").lower() for name, value in headers if name == "content-encoding"
-               for c in value.split(",")]
+    """The request's fields and body as if it had been sent without its Content-Encoding,
+    whose elements (the parser's, in order) are `codings`."""
     codings = [c for c in codings if c and c != "identity"]
     if not codings or not body:
         return headers, body

@@ -69,7 +69,7 @@ class Head:
     chunked: bool = False
     keep_alive: bool = True
     expect_continue: bool = False
-    content_encoded: bool = False   # a Content-Encoding field is there (http/codings.py decodes the body)
+    content_codings: list[str] | None = None   # Content-Encoding's elements, if sent (http/codings.py)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         return header_value(self.headers, name, default)
@@ -286,7 +286,8 @@ class HTTPParser:
         """Decide keep-alive and how the body is delimited (RFC 9112 section 6) from the
         framing fields' values (`_parse_fields`)."""
         options = _list_elements(framing.get("connection", ()))    # tokens, not substrings: not "closed"
-        head.content_encoded = "content-encoding" in framing
+        if "content-encoding" in framing:
+            head.content_codings = _list_elements(framing["content-encoding"])
         if head.version == "1.0":
             head.keep_alive = "keep-alive" in options
         else:

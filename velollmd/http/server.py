@@ -293,8 +293,8 @@ class Connection:
                 if body is None:
                     body = await self._read_body(head)
                 headers = head.headers
-                if head.content_encoded:
-                    headers, body = decoded_body(headers, body, self.config.max_body_bytes)
+                if head.content_codings is not None:
+                    headers, body = decoded_body(headers, head.content_codings, body, self.config.max_body_bytes)
                 request = Request(head.method, head.target, headers, body, head.version, self.client)
                 keep_alive = head.keep_alive and not self.server.draining
                 if not await self._respond(request, keep_alive):
