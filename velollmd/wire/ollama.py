@@ -291,8 +291,8 @@ def _thinking_switch(body: dict) -> dict:
 
 
 def _chat_logprobs(body: dict) -> dict:
-    """Ollama's `logprobs` / `top_logprobs` for chat; top_logprobs only when asked for (llama-server
-    streams no logprobs at all for top_logprobs 0)."""
+    """Ollama's `logprobs` / `top_logprobs` for chat; top_logprobs only when asked for (0 and
+    none mean the same: each token without alternatives)."""
     if not body.get("logprobs"):
         return {}
     return {"logprobs": True, **({"top_logprobs": body["top_logprobs"]} if body.get("top_logprobs") else {})}
