@@ -138,3 +138,13 @@ def test_embeddings_bad_input_is_400(client):
     with pytest.raises(openai.BadRequestError) as info:
         client.embeddings.create(model="tiny", input=[])
     assert info.value.body["param"] == "input"
+
+
+def test_completion_ids_are_cmpl_as_openai_gives_them(client):
+    """llama-server names its /v1/completions answers `chatcmpl-...`; OpenAI's are `cmpl-...`."""
+    whole = client.completions.create(model="tiny", prompt="Once upon", max_tokens=3)
+    chunks = list(client.completions.create(model="tiny", prompt="Once", max_tokens=3, stream=True))
+    assert whole.id.startswith("cmpl-") and whole.object == "text_completion"
+    assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].id.startswith("cmpl-")
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    assert chat.id.startswith("chatcmpl-")

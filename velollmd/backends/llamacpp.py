@@ -74,6 +74,7 @@ class LlamaCppBackend(OpenAIBackend):
     async def completion(self, request: GenerateRequest) -> dict:
         """llama.cpp answers a completion's logprobs in the chat shape: given in OpenAI's."""
         body = await super().completion(request)
+        _completion_id(body)
         if wants_logprobs(request.body):
             to_completion_logprobs(body.get("choices") or [], {})
         return body
@@ -97,7 +98,7 @@ class LlamaCppBackend(OpenAIBackend):
         if request.endpoint == "completion" and wants_logprobs(request.body):
             return self._completion_logprob_chunks(events)
         if request.endpoint != "chat":
-            return events
+            return _completion_id_events(events)
         rewrites = [_drop_alternatives] if _no_alternatives(request.body) else []
         prefill = _prefill(request.body)
         if prefill:
@@ -109,8 +110,8 @@ class LlamaCppBackend(OpenAIBackend):
     def _completion_logprob_chunks(self, events: AsyncIterator[list[bytes]]) -> AsyncIterator[list[dict]]:
         """A completion stream's chunks with their logprobs in the completions shape."""
         offsets: dict[int, int] = {}
-        return self._rewritten_chunks(events, lambda chunk: to_completion_logprobs(chunk.get("choices") or [],
-                                                                                   offsets))
+        return self._rewritten_chunks(events, _completion_id,
+                                      lambda chunk: to_completion_logprobs(chunk.get("choices") or [], offsets))
 
     async def _rewritten_chunks(self, events: AsyncIterator[list[bytes]],
                                 *rewrites: Callable[[dict], None]) -> AsyncIterator[list[dict]]:
@@ -136,6 +137,24 @@ class LlamaCppBackend(OpenAIBackend):
         tokens = (await self.post_json("/tokenize", {"content": prompt, "add_special": True,
                                                      "parse_special": True})).get("tokens")
         return len(tokens) if isinstance(tokens, list) else None
+
+
+def _completion_id(answer: dict) -> None:
+    """llama-server names a completion `chatcmpl-...` as it names a chat answer; OpenAI's is `cmpl-...`."""
+    answer_id = answer.get("id")
+    if isinstance(answer_id, str) and answer_id.startswith("chatcmpl-"):
+        answer["id"] = answer_id[len("chat"):]
+
+
+async def _completion_id_events(events: AsyncIterator[list[bytes]]) -> AsyncIterator[list[bytes]]:
+    """`_completion_id` on a completion stream's event bytes as llama-server writes them (no
+    spaces), without decoding them."""
+    async with closing(events) as batches:
+        async for batch in batches:
+            yield [event.replace(_CHAT_ID, _COMPLETION_ID, 1) for event in batch]
+
+
+_CHAT_ID, _COMPLETION_ID = b'"id":"chatcmpl-', b'"id":"cmpl-'
 
 
 def _prefill(body: dict) -> str:
