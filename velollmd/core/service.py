@@ -232,7 +232,8 @@ class Service:
     # ---- reload ----
 
     def configure(self, config: SchedulerConfig) -> None:
-        """New scheduler settings: routing at once, queues once empty, breakers' thresholds."""
+        """New scheduler settings: routing, queue limits and breakers' thresholds at once, a
+        queue's width and block size once it is empty (Admission.queue_of)."""
         self.config = config
         self.admission.configure(config)
         self.router.prefix_routing, self.router.pin_slots = config.prefix_routing, config.pin_slots
