@@ -103,12 +103,12 @@ class Service:
             self.num_failovers += num_attempts > 1
             try:
                 result = await attempt(backend)
-            except BackendError as exc:
+            except BackendError as exc:             # BackendTimeout too
                 self._failed(backend, exc)
                 last_error = exc
                 continue
-            except BackendTimeout as exc:
-                self.count_error(backend, exc)
+            except BaseException:                   # no verdict on the backend (client gone, 4xx)
+                self.breaker(backend).release_probe()
                 raise
             self.breaker(backend).record_success()
             return result
