@@ -1,5 +1,8 @@
 """Failure behaviour: disconnects, dead and slow backends, health-based routing."""
 
+import os
+import signal
+
 import httpx
 import openai
 import pytest
@@ -51,6 +54,23 @@ def test_upstream_timeout_is_504(daemon_factory, ollama_emulator):
     assert info.value.status_code == 504
     metrics = httpx.get(daemon.url + "/metrics").text
     assert 'velollm_backend_errors_total{backend="ollama",kind="timeout"} 1' in metrics
+
+
+def test_a_hung_backend_is_marked_down_by_its_health_check_and_up_again(daemon_factory, llama_server_factory):
+    """A llama-server that accepts connections but answers nothing (stopped, deadlocked) fails
+    its health check in seconds, not after the long read timeout meant for generations."""
+    server = llama_server_factory()
+    daemon = daemon_factory({"backends": [llama_backend(server, health_interval_s=0.2, timeout_s=600)]})
+
+    def health() -> dict:
+        return httpx.get(daemon.url + "/health", timeout=10).json()["backends"][0]
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        assert wait_for(lambda: health()["healthy"] is False, limit_s=30), health()
+        assert "health check" in health()["error"]
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    assert wait_for(lambda: health()["healthy"] is True, limit_s=30), health()
 
 
 def test_unhealthy_backend_is_skipped(daemon_factory, llama_server):

@@ -213,6 +213,27 @@ def test_the_circuit_opens_after_failures_then_a_probe_closes_it():
             daemon.stop()
 
 
+def test_a_probe_whose_client_leaves_lets_the_next_request_probe():
+    """The half-open circuit's one probe ends with no verdict on the backend (its client went
+    away): the next request is the probe, not a 503 until the next health check."""
+    with FaultBackend() as backend:
+        entry = {**backend_entry(backend, "a"), "timeout_s": 30}
+        daemon = RunningDaemon({"backends": [entry], "cache": {"enabled": False},
+                                "scheduler": {"prefix_routing": False, "breaker_failures": 1,
+                                              "breaker_cooldown_s": 0}}).start()
+        try:
+            backend.fault("status_500", "silent_after_head")
+            assert ask(daemon, False)[0] == 502                   # the circuit opens
+            with openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0, timeout=0.5) as sdk:
+                with pytest.raises(openai.APITimeoutError):       # the probe: its client leaves
+                    sdk.chat.completions.create(model=MODEL, messages=MESSAGES)
+            assert wait_for(lambda: backend.num_open == 0)
+            assert wait_for(lambda: ask(daemon, False)[0] == 200)
+            assert queue(daemon)["backends"]["a"]["breaker"] == "closed"
+        finally:
+            daemon.stop()
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "ndjson"])
 @pytest.mark.parametrize("fault", sorted(MATRIX))
 def test_the_ollama_route_gets_the_same_statuses_in_its_own_error_shape(solo, backends, fault, stream):

@@ -20,13 +20,16 @@ def gate():
 
 def start_daemon(gate, **scheduler):
     """One backend of one slot; queue-ahead off unless the test says (None: the default)."""
+    return RunningDaemon(daemon_table(gate, **scheduler))
+
+
+def daemon_table(gate, **scheduler) -> dict:
     scheduler = {"backend_queue_per_slot": 0, **scheduler}
     if scheduler["backend_queue_per_slot"] is None:
         del scheduler["backend_queue_per_slot"]
-    table = {"backends": [{"name": "gate", "kind": "openai", "url": gate.url, "models": ["gate"],
-                           "slots": 1, "health_interval_s": 60}],
-             "scheduler": {"prefix_routing": False, **scheduler}}
-    return RunningDaemon(table)
+    return {"backends": [{"name": "gate", "kind": "openai", "url": gate.url, "models": ["gate"],
+                          "slots": 1, "health_interval_s": 60}],
+            "scheduler": {"prefix_routing": False, **scheduler}}
 
 
 def post_chat(port, content, priority=None, timeout=30):
@@ -77,6 +80,25 @@ def test_full_queue_is_429_with_retry_after(gate):
     assert body["error"]["type"] == "rate_limit_error"
     assert holder[1]["value"][0] == waiter[1]["value"][0] == 200
     assert gate.arrivals == ["holder", "waiter"]
+
+
+def test_a_reload_raises_max_queue_at_once_while_requests_wait(gate):
+    """An operator who sees 429s raises max_queue and reloads: it applies to the busy queue
+    now, not once the queue has emptied (at saturation, never)."""
+    with start_daemon(gate, max_queue=1) as daemon:
+        threads = [in_thread(post_chat, daemon.port, "holder")]
+        gate.wait_arrivals(1)
+        threads.append(in_thread(post_chat, daemon.port, "waiter"))
+        wait_stats(daemon, lambda s: s["num_waiting"] == 1)
+        daemon.reload(daemon_table(gate, max_queue=3))
+        threads.append(in_thread(post_chat, daemon.port, "after reload"))
+        stats = wait_stats(daemon, lambda s: s["num_waiting"] + s["num_rejected"] == 2)
+        gate.open(3)
+        for thread, _ in threads:
+            thread.join(10)
+    assert stats["num_rejected"] == 0
+    assert [result["value"][0] for _, result in threads] == [200, 200, 200]
+    assert gate.arrivals == ["holder", "waiter", "after reload"]
 
 
 def test_waiting_past_queue_timeout_is_503(gate):

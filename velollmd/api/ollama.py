@@ -99,7 +99,7 @@ class OllamaRoutes:
         backend = self.registry.pick(body["model"])
         openai_body = ollama_chat_request_to_openai(body)
         if backend.native_ollama:
-            return await self._admitted_passthrough(request, backend, "/api/chat", body, "chat", openai_body)
+            return await self._admitted_passthrough(request, "/api/chat", body, "chat", openai_body)
         keep_alive_s = self._keep(request, backend, body)
         if not body.get("messages"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=True)
@@ -112,7 +112,7 @@ class OllamaRoutes:
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             endpoint, openai_body = ollama_generate_request_to_openai(body)
-            return await self._admitted_passthrough(request, backend, "/api/generate", body, endpoint, openai_body)
+            return await self._admitted_passthrough(request, "/api/generate", body, endpoint, openai_body)
         refuse_untranslated(body)
         keep_alive_s = self._keep(request, backend, body)
         if not body.get("prompt") and not body.get("images"):
@@ -146,11 +146,12 @@ class OllamaRoutes:
         headers = [("content-type", content_type), ("x-velollm-backend", backend.name)]
         return Response(upstream.status, headers, stream=upstream.iter_raw())   # closes itself when left early
 
-    async def _admitted_passthrough(self, request: Request, backend: Backend, path: str, body: dict,
+    async def _admitted_passthrough(self, request: Request, path: str, body: dict,
                                     endpoint: str, openai_body: dict) -> Response:
-        """Pass through to Ollama, but through the scheduler: priorities and backpressure apply."""
+        """Pass through to Ollama, but through the scheduler: priorities, backpressure,
+        routing among the model's Ollama backends and failover apply."""
         generate = self.access.generate_request(request, endpoint, openai_body)
-        relay = await self.service.native(backend, generate, path, self._served(body))
+        backend, relay = await self.service.native(generate, path, self._served(body))
         upstream = await relay.__anext__()
         headers = [("content-type", upstream.header("content-type", "application/json")),
                    ("x-velollm-backend", backend.name)]

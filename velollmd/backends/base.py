@@ -7,6 +7,7 @@ the backend module. Errors are VeloErrors: 404 model_not_found, 502 backend erro
 """
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import json
 import logging
@@ -22,6 +23,7 @@ from ..wire.streams import Deferred, closing
 
 log = logging.getLogger("velollmd.backends")
 DEFAULT_NUM_CTX = 4096        # per slot, when neither the backend nor the config says
+HEALTH_TIMEOUT_S = 5.0        # a health check's whole deadline (connect_timeout_s when longer)
 
 
 @dataclass
@@ -108,11 +110,16 @@ class Backend:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def refresh(self) -> bool:
-        """Health check plus catalogue refresh; never raises."""
+        """Health check plus catalogue refresh; never raises. A server reached over HTTP has
+        `health_timeout_s()` to answer: one that accepts connections but answers nothing
+        (stopped, deadlocked) is down, not healthy until the generations' read timeout."""
         try:
-            self.models = await self.list_models()
-            await self.discover()
+            async with asyncio.timeout(self.health_timeout_s()):
+                self.models = await self.list_models()
+                await self.discover()
             self.healthy, self.last_error = True, ""
+        except TimeoutError:
+            self.healthy, self.last_error = False, f"no answer to the health check in {self.health_timeout_s():g} s"
         except VeloError as exc:
             self.healthy, self.last_error = False, exc.message
         except Exception as exc:                       # a broken backend must not kill the loop
@@ -121,6 +128,12 @@ class Backend:
             self.forget_server()
         self.checked_at = time.time()
         return bool(self.healthy)
+
+    def health_timeout_s(self) -> float | None:
+        """How long a health check may take; None (no deadline) for an in-process backend."""
+        if self.client is None:
+            return None
+        return max(HEALTH_TIMEOUT_S, self.config.connect_timeout_s)
 
     def forget_server(self) -> None:
         """The server is down: what was learnt of it may not hold when it is back."""

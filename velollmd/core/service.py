@@ -103,12 +103,12 @@ class Service:
             self.num_failovers += num_attempts > 1
             try:
                 result = await attempt(backend)
-            except BackendError as exc:
+            except BackendError as exc:             # BackendTimeout too
                 self._failed(backend, exc)
                 last_error = exc
                 continue
-            except BackendTimeout as exc:
-                self.count_error(backend, exc)
+            except BaseException:                   # no verdict on the backend (client gone, 4xx)
+                self.breaker(backend).release_probe()
                 raise
             self.breaker(backend).record_success()
             return result
@@ -232,7 +232,8 @@ class Service:
     # ---- reload ----
 
     def configure(self, config: SchedulerConfig) -> None:
-        """New scheduler settings: routing at once, queues once empty, breakers' thresholds."""
+        """New scheduler settings: routing, queue limits and breakers' thresholds at once, a
+        queue's width and block size once it is empty (Admission.queue_of)."""
         self.config = config
         self.admission.configure(config)
         self.router.prefix_routing, self.router.pin_slots = config.prefix_routing, config.pin_slots
@@ -313,30 +314,40 @@ class Service:
     def _cooldown_left(self, backends: list[Backend], now: float) -> float:
         return min(self.breaker(b).opened_at + self.breaker(b).cooldown_s - now for b in backends)
 
-    async def native(self, backend: Backend, request: GenerateRequest, path: str, body: dict) -> AsyncIterator:
-        """An Ollama-native request passed through `backend` under admission (priorities,
-        backpressure). The iterator yields the upstream ClientResponse first, then its body
-        bytes; the slot is held until the body ends or the client goes away."""
+    async def native(self, request: GenerateRequest, path: str, body: dict) -> tuple[Backend, AsyncIterator]:
+        """An Ollama-native request passed through the best of the model's Ollama backends,
+        ranked and failed over as generate() does, under admission (priorities, backpressure).
+        Returns that backend and an iterator that yields the upstream ClientResponse first,
+        then its body bytes; the slot is held until the body ends or the client goes away."""
         tokenizer = self._tokenizer(self.registry.candidates(request.model))
         fingerprint = await self._fingerprint(request, tokenizer)
-        scheduled = self._sched_request(backend, request, fingerprint)
+        ranked = self.router.rank([b for b in self._allowed(request.model) if b.native_ollama],
+                                  fingerprint, self.admission.load)
+        return await self._failover(request.model, ranked,
+                                    lambda backend: self._native_on(backend, request, fingerprint, path, body))
 
-        async def relay():
-            async with self._admitted(backend, scheduled):
+    async def _native_on(self, backend: Backend, request: GenerateRequest, fingerprint: Fingerprint,
+                         path: str, body: dict) -> tuple[Backend, AsyncIterator]:
+        scheduled = self._sched_request(backend, request, fingerprint)
+        return backend, await prime(self._native_relay(backend, request, scheduled, fingerprint, path, body))
+
+    async def _native_relay(self, backend: Backend, request: GenerateRequest, scheduled: SchedRequest,
+                            fingerprint: Fingerprint, path: str, body: dict) -> AsyncIterator:
+        """The upstream response, then its body bytes. An error status (5xx: the backend
+        failed, before any byte reached the client) is a BackendError for the failover."""
+        async with self._admitted(backend, scheduled):
+            with self._pinned(backend, request, fingerprint):      # the router's affinity
                 started = time.perf_counter()
+                upstream = await backend.native("POST", path, body)
                 try:
-                    upstream = await backend.native("POST", path, body)
-                except (BackendError, BackendTimeout) as exc:
-                    self.count_error(backend, exc)
-                    raise
-                try:
+                    if upstream.status >= 500:
+                        raise await backend.error_from(upstream, body.get("model"))
                     yield upstream
                     async for data in upstream.iter_raw():
                         yield data
                     self._answered(backend, time.perf_counter() - started)
                 finally:
                     upstream.close()
-        return await prime(relay())
 
     # ---- embeddings and stats ----
 

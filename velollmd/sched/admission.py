@@ -88,11 +88,15 @@ class Admission:
         self._idle: dict[int, asyncio.Event] = {}   # set when that count drops to 0
 
     def configure(self, config: SchedulerConfig) -> None:
-        """New settings (a reload): each queue is rebuilt with them once nothing is in it."""
+        """New settings (a reload): each queue is rebuilt with them once nothing is in it, and
+        takes their queue limits at once (queue_of)."""
         self.config = config
 
     def queue_of(self, backend: Any) -> BackendQueue:
-        """The backend's queue; rebuilt when its width or the settings changed and nothing is in it."""
+        """The backend's queue; rebuilt when its width or the settings changed and nothing is in it.
+        A busy one takes new settings' queue limits at once (max_queue, queue_timeout_s,
+        aging_s, preempt: its scheduler reads them from its config); its width, block size and
+        requests sent ahead change with the rebuild."""
         queue = self.queues.get(backend.name)
         width = backend.num_slots if backend.slots_source else None
         if queue is None or (queue.num_slots != width or queue.config is not self.config) \
@@ -101,6 +105,8 @@ class Admission:
             if queue is not None:
                 rebuilt.keep_counts(queue)
             queue = self.queues[backend.name] = rebuilt
+        elif queue.scheduler.config is not self.config:
+            queue.scheduler.config = self.config
         return queue
 
     async def drained(self, backend: Any) -> None:

@@ -2,7 +2,7 @@
 
 closed --(num_failures consecutive failures)--> open --(cooldown_s)--> half-open
 half-open lets exactly one probe request through: success closes the circuit, failure
-opens it again for another cooldown. Health checks count as successes and failures too,
+opens it again for another cooldown, no verdict (its client left) lets the next request probe. Health checks count as successes and failures too,
 so a backend that comes back is closed by the next health check without a client paying
 for the probe. Time is passed in; nothing here reads a clock.
 """
@@ -52,6 +52,11 @@ class CircuitBreaker:
         if self.state is _OPEN:
             return now - self.opened_at >= self.cooldown_s
         return not self._probe_out
+
+    def release_probe(self) -> None:
+        """The probe ended with no verdict on the backend (its client left, the request was
+        refused before reaching it): the next request may probe."""
+        self._probe_out = False
 
     def record_success(self) -> None:
         self.state = _CLOSED
