@@ -235,8 +235,8 @@ def test_auth_by_x_api_key_or_bearer(daemon_factory, ollama_emulator):
     assert bearer.messages.create(model=MODEL, max_tokens=5, messages=HI).content
     with pytest.raises(anthropic.AuthenticationError) as refused:
         client_of(daemon, api_key="wrong").messages.create(model=MODEL, max_tokens=5, messages=HI)
-    assert refused.value.body == {"type": "error", "error": {"type": "authentication_error",
-                                                              "message": "invalid or missing API key"}}
+    assert refused.value.body == {"type": "error", "request_id": refused.value.response.headers["x-request-id"],
+                                  "error": {"type": "authentication_error", "message": "invalid or missing API key"}}
     with pytest.raises(anthropic.AuthenticationError):
         client_of(daemon, api_key="wrong").messages.count_tokens(model=MODEL, messages=HI)
 

@@ -112,6 +112,14 @@ def test_ollama_errors_carry_the_id_beside_error(keyed_daemon):
     assert set(response.json()) == {"error", "request_id"} and response.json()["request_id"] == "olla-1"
 
 
+def test_anthropic_errors_carry_the_id_at_the_top_as_anthropic_does(keyed_daemon):
+    body = {"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    response = call(keyed_daemon, "POST", "/v1/messages", "anth-1", json=body)
+    assert response.status_code == 404 and response.headers["x-request-id"] == "anth-1"
+    assert response.json() == {"type": "error", "request_id": "anth-1",
+                               "error": {"type": "not_found_error", "message": response.json()["error"]["message"]}}
+
+
 def test_http_layer_errors_carry_the_id(keyed_daemon):
     """413 is answered by the HTTP server itself, before any handler: the id is there too."""
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nx-request-id: big-1\r\n"

@@ -21,6 +21,7 @@ from ..core.service import Service
 from ..errors import BadRequest, VeloError
 from ..http.message import JSON_TYPE, Request, Response
 from ..http.sse import SSE_HEADERS, named_event
+from ..log import current_request_id
 from ..wire import wirejson
 from ..wire.anthropic import anthropic_to_chat
 from ..wire.anthropic_reply import MessageEvents, chat_to_message, error_body
@@ -43,7 +44,16 @@ def wants_anthropic_errors(request: Request) -> bool:
 
 def anthropic_error(exc: VeloError) -> Response:
     headers = [("content-type", JSON_TYPE), *exc.headers.items()]
-    return Response(exc.status, headers, wirejson.dumps(error_body(exc.status, exc.message)))
+    return Response(exc.status, headers, wirejson.dumps(anthropic_error_body(exc)))
+
+
+def anthropic_error_body(exc: VeloError) -> dict:
+    """Anthropic's error shape with its top-level `request_id` (the x-request-id answered)."""
+    body = error_body(exc.status, exc.message)
+    request_id = current_request_id()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
 
 
 def anthropic_route(handler):
@@ -157,6 +167,6 @@ async def event_frames(events: MessageEvents, chunks: AsyncIterator[dict]) -> As
                 if frames:
                     yield b"".join(named_event(name, data) for name, data in frames)
     except VeloError as exc:
-        yield named_event("error", error_body(exc.status, exc.message))
+        yield named_event("error", anthropic_error_body(exc))
         return
     yield b"".join(named_event(name, data) for name, data in events.finish())
