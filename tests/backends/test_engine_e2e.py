@@ -198,3 +198,29 @@ def test_models_in_ollamas_store_are_served_under_ollamas_names(tmp_path, monkey
         assert "tinyllama:1b" in [m.model for m in client.list().models]
         reply = client.generate(model="tinyllama:1b", prompt="the sun", options={"num_predict": 4, "temperature": 0})
         assert reply.eval_count == 4 and reply.response
+
+
+def test_a_name_without_a_tag_is_its_latest_as_in_ollama(tmp_path, monkeypatch):
+    """`ollama run llama3.2` means llama3.2:latest: the engine serves it under the bare name too,
+    and a bare name whose :latest manifest is broken is a 503 naming the problem, not a 404."""
+    from tests.engine.test_store import write_ollama_model
+    store = tmp_path / "ollama-models"
+    model = make_tiny_model(tmp_path / "blob.gguf")
+    write_ollama_model(store, ("registry.ollama.ai", "library", "tinyllama", "latest"), model.read_bytes())
+    ghost = store / "manifests" / "registry.ollama.ai" / "library" / "ghost" / "latest"
+    ghost.parent.mkdir(parents=True)
+    ghost.write_text(json.dumps({"layers": [{"mediaType": "application/vnd.ollama.image.model",
+                                             "digest": "sha256:" + "0" * 64}]}))
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    table = {"backends": [{"name": "engine", "kind": "engine", "num_ctx": 256}], "cache": {"enabled": False}}
+    with RunningDaemon(table) as running:
+        reply = ollama.Client(host=running.url).generate(model="tinyllama", prompt="the sun",
+                                                         options={"num_predict": 4, "temperature": 0})
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+        answer = client.chat.completions.create(model="tinyllama", max_tokens=3,
+                                                messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(openai.APIStatusError) as info:
+            client.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "hi"}])
+    assert reply.eval_count == 4 and reply.response
+    assert answer.usage.completion_tokens == 3 and answer.model == "tinyllama"
+    assert info.value.status_code == 503 and "missing blob" in info.value.message

@@ -116,7 +116,16 @@ class EngineBackend(Backend):
 
     # ---- loading ----
 
+    def _served_name(self, name: str) -> str:
+        """The catalogue's name for what a client asked: as Ollama reads it, a name without a
+        tag is its `:latest` (`llama3.2` is `llama3.2:latest`)."""
+        latest = f"{name}:latest"
+        if name not in self.files and (latest in self.files or latest in self.unavailable):
+            return latest
+        return name
+
     async def model(self, name: str) -> LoadedModel:
+        name = self._served_name(name)
         if name in self.loaded:
             model = self.loaded.pop(name)
             self.loaded[name] = model                  # most recently used last
@@ -159,6 +168,7 @@ class EngineBackend(Backend):
             self._unload(name)
 
     def keep_model(self, model: str, keep_alive_s: float | None) -> None:
+        model = self._served_name(model)
         if model not in self.files:
             return
         if keep_alive_s is None:
