@@ -71,6 +71,28 @@ def test_idle_models_unload_after_keep_alive(models_dir):
     assert kept == ["one"] and after == [] and loaded_models == frozenset()
 
 
+def test_keep_alive_zero_unloads_the_model_once_its_request_ends(models_dir):
+    """Ollama's keep_alive 0 on a request: the answer comes whole, then the model goes at once
+    (not at the next catalogue refresh); another model's request leaves it loaded."""
+    async def scenario():
+        backend = engine(models_dir, max_loaded_models=2)
+        try:
+            await backend.refresh()
+            await backend.chat(chat("two"))
+            backend.keep_model("one", 0)
+            answer = await backend.chat(chat("one"))
+            after_answer = list(backend.loaded)
+            request = chat("one")
+            request.body["stream"] = True
+            chunks = [chunk async for chunk in backend.chat_stream(request)]
+            return answer, after_answer, chunks, list(backend.loaded)
+        finally:
+            await backend.close()
+    answer, after_answer, chunks, after_stream = run(scenario())
+    assert answer["usage"]["completion_tokens"] == 3 and after_answer == ["two"]
+    assert chunks[-1]["usage"]["completion_tokens"] == 3 and after_stream == ["two"]
+
+
 def test_unknown_and_unusable_models(models_dir):
     async def scenario():
         backend = engine(models_dir)

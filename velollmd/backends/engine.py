@@ -370,6 +370,7 @@ class _Run:
         for request_id in self.ids:
             self.model.runner.cancel(request_id)       # no-op for the finished ones
         self.model.last_used = time.monotonic()
+        self.backend._unload_idle()                    # keep_alive 0: unloaded once idle
 
 
 class _Inbox:
