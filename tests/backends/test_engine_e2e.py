@@ -7,6 +7,7 @@ checked against one real engine.
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 import ollama
@@ -168,6 +169,22 @@ def test_ollama_client_chat_and_tags(daemon):
     parts = list(client.chat(model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True,
                              options={"num_predict": 6, "temperature": 0}))
     assert "".join(p.message.content for p in parts) == reply.message.content
+
+
+def test_ps_lists_the_loaded_model_alone_with_its_keep_alive_expiry(daemon):
+    """Ollama's /api/ps: only what is in memory (not every file the engine could load), and
+    expires_at its last use plus its keep_alive (`ollama ps` shows "Forever" for -1)."""
+    client = ollama.Client(host=daemon.url)
+    before = time.time()
+    client.generate(model=MODEL, prompt="hi", keep_alive="10m", options={"num_predict": 1})
+    after = time.time()
+    running = client.ps().models
+    client.generate(model=MODEL, prompt="hi", keep_alive=-1, options={"num_predict": 1})
+    for_good = client.ps().models
+    client.generate(model=MODEL, prompt="hi", options={"num_predict": 1})     # the default again
+    assert [m.model for m in running] == [MODEL] and [m.model for m in for_good] == [MODEL]
+    assert before + 600 - 1 <= running[0].expires_at.timestamp() <= after + 600 + 1
+    assert for_good[0].expires_at.year > 2200
 
 
 def test_concurrent_requests_equal_each_alone(client):

@@ -181,14 +181,24 @@ class EngineBackend(Backend):
     async def load_model(self, model: str) -> None:
         await self.model(model)
 
+    def loaded_until(self) -> dict[str, float]:
+        """Each loaded model's unload time: its keep-alive after its last use (from now while
+        it serves requests)."""
+        now, wall_now = time.monotonic(), time.time()
+        return {name: wall_now + self._keep_alive_of(name)
+                - (0 if model.runner.num_requests else now - model.last_used)
+                for name, model in self.loaded.items()}
+
+    def _keep_alive_of(self, name: str) -> float:
+        """How long `name` stays loaded idle: a client's keep_alive, else keep_alive_s (0 there
+        means for good)."""
+        return self._keep_alive_s.get(name, self.config.keep_alive_s or math.inf)
+
     def _unload_idle(self) -> None:
-        """Unload the models idle longer than their keep-alive (a client's, else keep_alive_s;
-        0 there means for good)."""
-        default_s = self.config.keep_alive_s or math.inf
+        """Unload the models idle longer than their keep-alive."""
         now = time.monotonic()
         for name, model in list(self.loaded.items()):
-            keep_alive_s = self._keep_alive_s.get(name, default_s)
-            if not model.runner.num_requests and now - model.last_used >= keep_alive_s:
+            if not model.runner.num_requests and now - model.last_used >= self._keep_alive_of(name):
                 self._unload(name)
 
     def _unload(self, name: str) -> None:
