@@ -147,8 +147,8 @@ class EngineBackend(Backend):
             started = time.monotonic()
             model = await asyncio.to_thread(loader.load, name, found.path, self.options, self.scheduler_config)
         except (OSError, ValueError, MemoryError) as exc:
-            self.unavailable[name] = f"{found.path}: {exc}"
-            raise Unavailable(f"model {name!r} cannot be served: {found.path}: {exc}",
+            self.unavailable[name] = loader.problem_with(found.path, exc)
+            raise Unavailable(f"model {name!r} cannot be served: {self.unavailable[name]}",
                               code="model_unavailable") from None
         finally:
             self._loading.pop(name, None)

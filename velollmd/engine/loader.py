@@ -83,8 +83,14 @@ def probe(path: Path, chat_template: str = "") -> Probe:
                 return Probe(f"{path}: tensor type(s) the engine cannot dequantise: {names}")
             Tokenizer.from_gguf(gguf.metadata)
     except (OSError, ValueError) as exc:
-        return Probe(f"{path}: {exc}")
+        return Probe(problem_with(path, exc))
     return Probe(None, config.arch)
+
+
+def problem_with(path: Path, exc: Exception) -> str:
+    """Why `path` cannot be served, naming it once (the GGUF reader's errors name it already)."""
+    reason = str(exc)
+    return reason if str(path) in reason else f"{path}: {reason}"
 
 
 def load(name: str, path: Path, options: EngineOptions, scheduler_config: SchedulerConfig) -> LoadedModel:
