@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 
 import pytest
 
@@ -91,6 +93,39 @@ def test_keep_alive_zero_unloads_the_model_once_its_request_ends(models_dir):
     answer, after_answer, chunks, after_stream = run(scenario())
     assert answer["usage"]["completion_tokens"] == 3 and after_answer == ["two"]
     assert chunks[-1]["usage"]["completion_tokens"] == 3 and after_stream == ["two"]
+
+
+def test_a_model_file_replaced_or_removed_is_let_go_at_the_next_refresh(tmp_path):
+    """`ollama pull` of a newer version, or a GGUF copied over the old one: once idle, the old
+    weights are unloaded and the next request loads the new file; a removed file is unloaded
+    and its name is a 404."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    make_tiny_model(folder / "swap.gguf", seed=0)
+    make_tiny_model(folder / "other.gguf", seed=1)
+
+    async def scenario():
+        backend = engine(folder, max_loaded_models=2)
+        try:
+            await backend.refresh()
+            before = await backend.chat(chat("swap"))
+            other = await backend.chat(chat("other"))
+            (folder / "swap.gguf").write_bytes((folder / "other.gguf").read_bytes())
+            os.utime(folder / "swap.gguf", (time.time() + 10, time.time() + 10))
+            await backend.refresh()
+            after = await backend.chat(chat("swap"))
+            (folder / "swap.gguf").unlink()
+            await backend.refresh()
+            loaded = list(backend.loaded)
+            with pytest.raises(NotFound):
+                await backend.chat(chat("swap"))
+            return before, other, after, loaded
+        finally:
+            await backend.close()
+    before, other, after, loaded = run(scenario())
+    text = [answer["choices"][0]["message"]["content"] for answer in (before, other, after)]
+    assert text[0] != text[1] and text[2] == text[1]
+    assert loaded == ["other"]
 
 
 def test_unknown_and_unusable_models(models_dir):

@@ -154,6 +154,7 @@ class EngineBackend(Backend):
             self._loading.pop(name, None)
         model.runner.start()
         model.last_used = time.monotonic()
+        model.identity = found.identity
         self.loaded[name] = model
         self.loaded_models = frozenset(self.loaded)
         log.info("engine loaded a model", extra={"fields": {
@@ -195,10 +196,15 @@ class EngineBackend(Backend):
         return self._keep_alive_s.get(name, self.config.keep_alive_s or math.inf)
 
     def _unload_idle(self) -> None:
-        """Unload the models idle longer than their keep-alive."""
+        """Unload the idle models that are past their keep-alive, or whose file is gone or
+        changed (a new version is loaded on the next request)."""
         now = time.monotonic()
         for name, model in list(self.loaded.items()):
-            if not model.runner.num_requests and now - model.last_used >= self._keep_alive_of(name):
+            if model.runner.num_requests:
+                continue
+            found = self.files.get(name)
+            if found is None or found.identity != model.identity or \
+                    now - model.last_used >= self._keep_alive_of(name):
                 self._unload(name)
 
     def _unload(self, name: str) -> None:

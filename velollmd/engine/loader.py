@@ -61,6 +61,7 @@ class LoadedModel:
     file_type: str
     nbytes_weights: int
     last_used: float = 0.0
+    identity: str = ""                  # the file's (store.ModelFile.identity) when it was loaded
 
     @property
     def kv(self) -> PagedKVCache:
