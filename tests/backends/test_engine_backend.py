@@ -55,6 +55,32 @@ def test_models_load_on_first_use_and_the_cap_unloads_the_least_recent(models_di
     assert run(scenario()) == ["one", "three"]
 
 
+def test_a_model_loaded_over_the_cap_while_the_others_were_busy_goes_back_to_the_cap(models_dir):
+    """max_loaded_models 1 and a request for another model while the loaded one streams: both
+    serve (the busy one cannot go), and once the first is idle the cap holds again, least
+    recently used unloaded, without waiting for keep_alive_s."""
+    async def scenario():
+        backend = engine(models_dir, max_loaded_models=1)
+        try:
+            await backend.refresh()
+            request = chat("one")
+            request.body.update(max_tokens=200, stream=True)
+            stream = backend.chat_stream(request)
+            for _ in range(3):
+                await anext(stream)
+            await backend.chat(chat("two"))
+            both = list(backend.loaded)
+            runner = backend.loaded["one"].runner
+            await stream.aclose()
+            await wait_until(lambda: runner.num_requests == 0)
+            await backend.refresh()
+            return both, list(backend.loaded)
+        finally:
+            await backend.close()
+    both, after = run(scenario())
+    assert both == ["one", "two"] and after == ["two"]
+
+
 def test_idle_models_unload_after_keep_alive(models_dir):
     async def scenario():
         backend = engine(models_dir, keep_alive_s=60)

@@ -76,6 +76,7 @@ class EngineBackend(Backend):
             if problem:
                 self.unavailable[name] = problem
         self._unload_idle()
+        self._trim(self.config.max_loaded_models)      # a load exceeds it while the others are busy
         self.loaded_models = frozenset(self.loaded)
         return [self._info(f) for name, f in self.files.items() if name not in self.unavailable]
 
@@ -143,7 +144,7 @@ class EngineBackend(Backend):
     async def _load(self, name: str) -> LoadedModel:
         found = self.files[name]
         try:
-            self._make_room()
+            self._trim(self.config.max_loaded_models - 1)      # room for one more
             started = time.monotonic()
             model = await asyncio.to_thread(loader.load, name, found.path, self.options, self.scheduler_config)
         except (OSError, ValueError, MemoryError) as exc:
@@ -161,10 +162,10 @@ class EngineBackend(Backend):
             "model": name, "path": str(found.path), "seconds": round(time.monotonic() - started, 3)}})
         return model
 
-    def _make_room(self) -> None:
-        """Unload idle models, least recently used first, until one more fits."""
+    def _trim(self, max_loaded: int) -> None:
+        """Unload idle models, least recently used first, until at most `max_loaded` stay."""
         for name in [n for n, m in self.loaded.items() if not m.runner.num_requests]:
-            if len(self.loaded) < self.config.max_loaded_models:
+            if len(self.loaded) <= max_loaded:
                 return
             self._unload(name)
 
