@@ -154,6 +154,26 @@ def test_a_model_file_replaced_or_removed_is_let_go_at_the_next_refresh(tmp_path
     assert loaded == ["other"]
 
 
+def test_a_model_added_while_running_serves_at_once(tmp_path):
+    """A GGUF copied in (or an `ollama pull`) after the last catalogue scan: its first request
+    finds it, rather than a 404 until the next health check."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    make_tiny_model(folder / "first.gguf")
+
+    async def scenario():
+        backend = engine(folder)
+        try:
+            await backend.refresh()
+            make_tiny_model(folder / "added.gguf", seed=3)
+            answer = await backend.chat(chat("added"))
+            return answer, sorted(m.id for m in backend.models)
+        finally:
+            await backend.close()
+    answer, listed = run(scenario())
+    assert answer["usage"]["completion_tokens"] == 3 and listed == ["added", "first"]
+
+
 def test_unknown_and_unusable_models(models_dir):
     async def scenario():
         backend = engine(models_dir)

@@ -125,8 +125,11 @@ class EngineBackend(Backend):
             return latest
         return name
 
-    async def model(self, name: str) -> LoadedModel:
-        name = self._served_name(name)
+    async def model(self, asked: str) -> LoadedModel:
+        name = self._served_name(asked)
+        if name not in self.files and name not in self.unavailable:
+            await self.refresh()                       # a file added since the last scan (`ollama pull`)
+            name = self._served_name(asked)
         if name in self.loaded:
             model = self.loaded.pop(name)
             self.loaded[name] = model                  # most recently used last
