@@ -187,6 +187,23 @@ def test_ps_lists_the_loaded_model_alone_with_its_keep_alive_expiry(daemon):
     assert for_good[0].expires_at.year > 2200
 
 
+def test_keep_alive_zero_answers_on_the_loaded_model_then_unloads_it(daemon):
+    """As in Ollama: a request with keep_alive 0 runs on the model already in memory (not a
+    fresh load of it) and the model goes when it ends; an empty prompt with 0 unloads at once."""
+    engine = next(b for b in daemon.app.registry.backends if b.name == "engine")
+    client = ollama.Client(host=daemon.url)
+    client.generate(model=MODEL, prompt="hi", options={"num_predict": 1})
+    loaded = engine.loaded[MODEL]
+    stream = client.generate(model=MODEL, prompt="hi", keep_alive=0, stream=True, options={"num_predict": 40})
+    next(stream)
+    during = engine.loaded.get(MODEL)
+    assert list(stream)[-1].done
+    after = set(engine.loaded)
+    client.generate(model=MODEL, prompt="hi", options={"num_predict": 1})
+    assert client.generate(model=MODEL, prompt="", keep_alive=0).done_reason == "unload"
+    assert during is loaded and MODEL not in after and MODEL not in engine.loaded
+
+
 def test_concurrent_requests_equal_each_alone(client):
     import concurrent.futures
     prompts = [f"story number {i} about the sea" for i in range(6)]

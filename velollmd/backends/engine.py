@@ -180,11 +180,14 @@ class EngineBackend(Backend):
             self._keep_alive_s.pop(model, None)
         else:
             self._keep_alive_s[model] = keep_alive_s
-        if keep_alive_s == 0:
-            self._unload_idle()
 
     async def load_model(self, model: str) -> None:
         await self.model(model)
+
+    def unload_model(self, model: str) -> None:
+        model = self._served_name(model)
+        if model in self.loaded and not self.loaded[model].runner.num_requests:
+            self._unload(model)
 
     def loaded_until(self) -> dict[str, float]:
         """Each loaded model's unload time: its keep-alive after its last use (from now while
