@@ -171,6 +171,14 @@ def test_ollama_client_chat_and_tags(daemon):
     assert "".join(p.message.content for p in parts) == reply.message.content
 
 
+def test_tags_give_each_models_quantization_loaded_or_not(daemon):
+    """Open WebUI shows /api/tags' quantization_level: read from the file's header, the same
+    before the model is first used as after."""
+    client = ollama.Client(host=daemon.url)
+    details = {m.model: m.details.quantization_level for m in client.list().models}
+    assert details == {MODEL: "F16", CALLER: "F16"}
+
+
 def test_ps_lists_the_loaded_model_alone_with_its_keep_alive_expiry(daemon):
     """Ollama's /api/ps: only what is in memory (not every file the engine could load), and
     expires_at its last use plus its keep_alive (`ollama ps` shows "Forever" for -1)."""

@@ -90,11 +90,9 @@ class EngineBackend(Backend):
         return catalogue
 
     def _info(self, found: store.ModelFile) -> ModelInfo:
-        details = {"format": "gguf", "family": self._probed[found.identity].arch, "parameter_size": "",
-                   "quantization_level": ""}
-        model = self.loaded.get(found.name)
-        if model is not None:
-            details.update(quantization_level=model.file_type)
+        probed = self._probed[found.identity]
+        details = {"format": "gguf", "family": probed.arch, "parameter_size": "",
+                   "quantization_level": probed.file_type}
         return ModelInfo(id=found.name, backend=self.name, identity=f"engine:{found.identity}",
                          size=found.size, created=int(found.mtime), details=details)
 
