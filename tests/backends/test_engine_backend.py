@@ -174,6 +174,26 @@ def test_a_model_added_while_running_serves_at_once(tmp_path):
     assert answer["usage"]["completion_tokens"] == 3 and listed == ["added", "first"]
 
 
+def test_a_model_unloaded_as_its_load_ends_is_loaded_again_for_the_waiting_request(models_dir):
+    """An unload (keep_alive 0 from another client, the cap, a refresh) that lands between the
+    end of a load and the wake-up of the request waiting for it: the request must not be
+    handed the stopped runner (it would wait forever), it gets the model loaded again."""
+    async def scenario():
+        backend = engine(models_dir)
+        try:
+            await backend.refresh()
+            waiting = asyncio.ensure_future(backend.chat(chat("one")))
+            while "one" not in backend.loaded:
+                await asyncio.sleep(0)
+            backend.unload_model("one")
+            answer = await asyncio.wait_for(waiting, 60)       # the deadline only bounds a hang
+            return answer, list(backend.loaded)
+        finally:
+            await backend.close()
+    answer, loaded = run(scenario())
+    assert answer["usage"]["completion_tokens"] == 3 and loaded == ["one"]
+
+
 def test_unknown_and_unusable_models(models_dir):
     async def scenario():
         backend = engine(models_dir)

@@ -140,7 +140,8 @@ class EngineBackend(Backend):
             raise NotFound(f"The model '{name}' does not exist", param="model", code="model_not_found")
         if name not in self._loading:
             self._loading[name] = asyncio.ensure_future(self._load(name))
-        return await asyncio.shield(self._loading[name])
+        await asyncio.shield(self._loading[name])
+        return await self.model(asked)     # unloaded before this woke up (keep_alive 0, the cap): again
 
     async def _load(self, name: str) -> LoadedModel:
         found = self.files[name]
