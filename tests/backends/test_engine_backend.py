@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 
 import pytest
 
@@ -53,6 +55,32 @@ def test_models_load_on_first_use_and_the_cap_unloads_the_least_recent(models_di
     assert run(scenario()) == ["one", "three"]
 
 
+def test_a_model_loaded_over_the_cap_while_the_others_were_busy_goes_back_to_the_cap(models_dir):
+    """max_loaded_models 1 and a request for another model while the loaded one streams: both
+    serve (the busy one cannot go), and once the first is idle the cap holds again, least
+    recently used unloaded, without waiting for keep_alive_s."""
+    async def scenario():
+        backend = engine(models_dir, max_loaded_models=1)
+        try:
+            await backend.refresh()
+            request = chat("one")
+            request.body.update(max_tokens=200, stream=True)
+            stream = backend.chat_stream(request)
+            for _ in range(3):
+                await anext(stream)
+            await backend.chat(chat("two"))
+            both = list(backend.loaded)
+            runner = backend.loaded["one"].runner
+            await stream.aclose()
+            await wait_until(lambda: runner.num_requests == 0)
+            await backend.refresh()
+            return both, list(backend.loaded)
+        finally:
+            await backend.close()
+    both, after = run(scenario())
+    assert both == ["one", "two"] and after == ["two"]
+
+
 def test_idle_models_unload_after_keep_alive(models_dir):
     async def scenario():
         backend = engine(models_dir, keep_alive_s=60)
@@ -69,6 +97,101 @@ def test_idle_models_unload_after_keep_alive(models_dir):
             await backend.close()
     kept, after, loaded_models = run(scenario())
     assert kept == ["one"] and after == [] and loaded_models == frozenset()
+
+
+def test_keep_alive_zero_unloads_the_model_once_its_request_ends(models_dir):
+    """Ollama's keep_alive 0 on a request: the answer comes whole, then the model goes at once
+    (not at the next catalogue refresh); another model's request leaves it loaded."""
+    async def scenario():
+        backend = engine(models_dir, max_loaded_models=2)
+        try:
+            await backend.refresh()
+            await backend.chat(chat("two"))
+            backend.keep_model("one", 0)
+            answer = await backend.chat(chat("one"))
+            after_answer = list(backend.loaded)
+            request = chat("one")
+            request.body["stream"] = True
+            chunks = [chunk async for chunk in backend.chat_stream(request)]
+            return answer, after_answer, chunks, list(backend.loaded)
+        finally:
+            await backend.close()
+    answer, after_answer, chunks, after_stream = run(scenario())
+    assert answer["usage"]["completion_tokens"] == 3 and after_answer == ["two"]
+    assert chunks[-1]["usage"]["completion_tokens"] == 3 and after_stream == ["two"]
+
+
+def test_a_model_file_replaced_or_removed_is_let_go_at_the_next_refresh(tmp_path):
+    """`ollama pull` of a newer version, or a GGUF copied over the old one: once idle, the old
+    weights are unloaded and the next request loads the new file; a removed file is unloaded
+    and its name is a 404."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    make_tiny_model(folder / "swap.gguf", seed=0)
+    make_tiny_model(folder / "other.gguf", seed=1)
+
+    async def scenario():
+        backend = engine(folder, max_loaded_models=2)
+        try:
+            await backend.refresh()
+            before = await backend.chat(chat("swap"))
+            other = await backend.chat(chat("other"))
+            (folder / "swap.gguf").write_bytes((folder / "other.gguf").read_bytes())
+            os.utime(folder / "swap.gguf", (time.time() + 10, time.time() + 10))
+            await backend.refresh()
+            after = await backend.chat(chat("swap"))
+            (folder / "swap.gguf").unlink()
+            await backend.refresh()
+            loaded = list(backend.loaded)
+            with pytest.raises(NotFound):
+                await backend.chat(chat("swap"))
+            return before, other, after, loaded
+        finally:
+            await backend.close()
+    before, other, after, loaded = run(scenario())
+    text = [answer["choices"][0]["message"]["content"] for answer in (before, other, after)]
+    assert text[0] != text[1] and text[2] == text[1]
+    assert loaded == ["other"]
+
+
+def test_a_model_added_while_running_serves_at_once(tmp_path):
+    """A GGUF copied in (or an `ollama pull`) after the last catalogue scan: its first request
+    finds it, rather than a 404 until the next health check."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    make_tiny_model(folder / "first.gguf")
+
+    async def scenario():
+        backend = engine(folder)
+        try:
+            await backend.refresh()
+            make_tiny_model(folder / "added.gguf", seed=3)
+            answer = await backend.chat(chat("added"))
+            return answer, sorted(m.id for m in backend.models)
+        finally:
+            await backend.close()
+    answer, listed = run(scenario())
+    assert answer["usage"]["completion_tokens"] == 3 and listed == ["added", "first"]
+
+
+def test_a_model_unloaded_as_its_load_ends_is_loaded_again_for_the_waiting_request(models_dir):
+    """An unload (keep_alive 0 from another client, the cap, a refresh) that lands between the
+    end of a load and the wake-up of the request waiting for it: the request must not be
+    handed the stopped runner (it would wait forever), it gets the model loaded again."""
+    async def scenario():
+        backend = engine(models_dir)
+        try:
+            await backend.refresh()
+            waiting = asyncio.ensure_future(backend.chat(chat("one")))
+            while "one" not in backend.loaded:
+                await asyncio.sleep(0)
+            backend.unload_model("one")
+            answer = await asyncio.wait_for(waiting, 60)       # the deadline only bounds a hang
+            return answer, list(backend.loaded)
+        finally:
+            await backend.close()
+    answer, loaded = run(scenario())
+    assert answer["usage"]["completion_tokens"] == 3 and loaded == ["one"]
 
 
 def test_unknown_and_unusable_models(models_dir):

@@ -7,6 +7,7 @@ checked against one real engine.
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 import ollama
@@ -53,14 +54,14 @@ def test_models_list_the_good_file_and_health_names_the_bad_ones(daemon, client,
     engine = get_json(daemon.url + "/health")["backends"][0]["engine"]
     assert "bad magic" in engine["unavailable"]["broken"] or "not a GGUF" in engine["unavailable"]["broken"]
     assert "truncated" in engine["unavailable"]["truncated"]
-    assert str(models_dir / "broken.gguf") in engine["unavailable"]["broken"]
+    assert engine["unavailable"]["broken"].count(str(models_dir / "broken.gguf")) == 1   # named once
 
 
 def test_a_broken_model_is_a_503_naming_the_file(client, models_dir):
     with pytest.raises(openai.APIStatusError) as info:
         client.chat.completions.create(model="truncated", messages=[{"role": "user", "content": "hi"}])
     assert info.value.status_code == 503
-    assert "truncated.gguf" in info.value.message and "truncated" in info.value.message
+    assert info.value.message.count(str(models_dir / "truncated.gguf")) == 1 and "truncated file" in info.value.message
 
 
 def test_an_unknown_model_is_a_404(client):
@@ -170,6 +171,47 @@ def test_ollama_client_chat_and_tags(daemon):
     assert "".join(p.message.content for p in parts) == reply.message.content
 
 
+def test_tags_give_each_models_quantization_loaded_or_not(daemon):
+    """Open WebUI shows /api/tags' quantization_level: read from the file's header, the same
+    before the model is first used as after."""
+    client = ollama.Client(host=daemon.url)
+    details = {m.model: m.details.quantization_level for m in client.list().models}
+    assert details == {MODEL: "F16", CALLER: "F16"}
+
+
+def test_ps_lists_the_loaded_model_alone_with_its_keep_alive_expiry(daemon):
+    """Ollama's /api/ps: only what is in memory (not every file the engine could load), and
+    expires_at its last use plus its keep_alive (`ollama ps` shows "Forever" for -1)."""
+    client = ollama.Client(host=daemon.url)
+    before = time.time()
+    client.generate(model=MODEL, prompt="hi", keep_alive="10m", options={"num_predict": 1})
+    after = time.time()
+    running = client.ps().models
+    client.generate(model=MODEL, prompt="hi", keep_alive=-1, options={"num_predict": 1})
+    for_good = client.ps().models
+    client.generate(model=MODEL, prompt="hi", options={"num_predict": 1})     # the default again
+    assert [m.model for m in running] == [MODEL] and [m.model for m in for_good] == [MODEL]
+    assert before + 600 - 1 <= running[0].expires_at.timestamp() <= after + 600 + 1
+    assert for_good[0].expires_at.year > 2200
+
+
+def test_keep_alive_zero_answers_on_the_loaded_model_then_unloads_it(daemon):
+    """As in Ollama: a request with keep_alive 0 runs on the model already in memory (not a
+    fresh load of it) and the model goes when it ends; an empty prompt with 0 unloads at once."""
+    engine = next(b for b in daemon.app.registry.backends if b.name == "engine")
+    client = ollama.Client(host=daemon.url)
+    client.generate(model=MODEL, prompt="hi", options={"num_predict": 1})
+    loaded = engine.loaded[MODEL]
+    stream = client.generate(model=MODEL, prompt="hi", keep_alive=0, stream=True, options={"num_predict": 40})
+    next(stream)
+    during = engine.loaded.get(MODEL)
+    assert list(stream)[-1].done
+    after = set(engine.loaded)
+    client.generate(model=MODEL, prompt="hi", options={"num_predict": 1})
+    assert client.generate(model=MODEL, prompt="", keep_alive=0).done_reason == "unload"
+    assert during is loaded and MODEL not in after and MODEL not in engine.loaded
+
+
 def test_concurrent_requests_equal_each_alone(client):
     import concurrent.futures
     prompts = [f"story number {i} about the sea" for i in range(6)]
@@ -198,3 +240,29 @@ def test_models_in_ollamas_store_are_served_under_ollamas_names(tmp_path, monkey
         assert "tinyllama:1b" in [m.model for m in client.list().models]
         reply = client.generate(model="tinyllama:1b", prompt="the sun", options={"num_predict": 4, "temperature": 0})
         assert reply.eval_count == 4 and reply.response
+
+
+def test_a_name_without_a_tag_is_its_latest_as_in_ollama(tmp_path, monkeypatch):
+    """`ollama run llama3.2` means llama3.2:latest: the engine serves it under the bare name too,
+    and a bare name whose :latest manifest is broken is a 503 naming the problem, not a 404."""
+    from tests.engine.test_store import write_ollama_model
+    store = tmp_path / "ollama-models"
+    model = make_tiny_model(tmp_path / "blob.gguf")
+    write_ollama_model(store, ("registry.ollama.ai", "library", "tinyllama", "latest"), model.read_bytes())
+    ghost = store / "manifests" / "registry.ollama.ai" / "library" / "ghost" / "latest"
+    ghost.parent.mkdir(parents=True)
+    ghost.write_text(json.dumps({"layers": [{"mediaType": "application/vnd.ollama.image.model",
+                                             "digest": "sha256:" + "0" * 64}]}))
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    table = {"backends": [{"name": "engine", "kind": "engine", "num_ctx": 256}], "cache": {"enabled": False}}
+    with RunningDaemon(table) as running:
+        reply = ollama.Client(host=running.url).generate(model="tinyllama", prompt="the sun",
+                                                         options={"num_predict": 4, "temperature": 0})
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+        answer = client.chat.completions.create(model="tinyllama", max_tokens=3,
+                                                messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(openai.APIStatusError) as info:
+            client.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "hi"}])
+    assert reply.eval_count == 4 and reply.response
+    assert answer.usage.completion_tokens == 3 and answer.model == "tinyllama"
+    assert info.value.status_code == 503 and "missing blob" in info.value.message

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
+from datetime import datetime, timezone
 from typing import AsyncIterator
 
 from .. import __version__
@@ -135,6 +137,7 @@ class OllamaRoutes:
                               message: bool) -> Response:
         """Nothing to generate: Ollama loads the model, or with keep_alive 0 unloads it."""
         if keep_alive_s == 0:
+            backend.unload_model(self.registry.resolve(body["model"]))
             return Response.json(_load_reply(body["model"], message, done_reason="unload"))
         await backend.load_model(self.registry.resolve(body["model"]))
         return Response.json(_load_reply(body["model"], message))
@@ -217,8 +220,7 @@ class OllamaRoutes:
             if backend.native_ollama:
                 models += await _ollama_ps(backend)
             else:
-                models += [{**_tag_entry(m), "expires_at": "0001-01-01T00:00:00Z", "size_vram": 0}
-                           for m in backend.models]
+                models += _running_entries(backend)
         return Response.json({"models": models})
 
     @ollama_route
@@ -385,6 +387,26 @@ async def _ollama_ps(backend: Backend) -> list[dict]:
         upstream.close()
         return []
     return (await upstream.json()).get("models", [])
+
+
+GO_MAX_DURATION_S = (2 ** 63 - 1) / 1e9     # Ollama's keep_alive "for good": time.Duration's maximum
+
+
+def _running_entries(backend: Backend) -> list[dict]:
+    """/api/ps for a backend that is not Ollama: the models it holds loaded (every listed one
+    where the server keeps its own) and when each is let go."""
+    until = backend.loaded_until()
+    if until is None:
+        return [{**_tag_entry(m), "expires_at": "0001-01-01T00:00:00Z", "size_vram": 0} for m in backend.models]
+    return [{**_tag_entry(m), "expires_at": _expires_at(until[m.id]), "size_vram": 0}
+            for m in backend.models if m.id in until]
+
+
+def _expires_at(wall_time: float) -> str:
+    """RFC 3339; a model kept for good expires as in Ollama, the longest Go duration from now."""
+    if math.isinf(wall_time):
+        wall_time = time.time() + GO_MAX_DURATION_S
+    return datetime.fromtimestamp(wall_time, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _model_info(info, backend: Backend) -> dict:

@@ -101,6 +101,15 @@ class Backend:
     async def load_model(self, model: str) -> None:
         """Load `model` now (a client warming it up) where the backend loads models itself."""
 
+    def unload_model(self, model: str) -> None:
+        """Unload `model` now if idle (Ollama's empty request with keep_alive 0) where the
+        backend loads models itself."""
+
+    def loaded_until(self) -> dict[str, float] | None:
+        """The models held in memory now, each with the wall-clock time it is unloaded once idle
+        (math.inf: never), for Ollama's /api/ps; None where the server keeps its models itself."""
+        return None
+
     def status(self) -> dict:
         return {"name": self.name, "kind": self.kind, "url": self.config.url,
                 "healthy": self.healthy, "error": self.last_error or None,

@@ -76,6 +76,7 @@ class EngineBackend(Backend):
             if problem:
                 self.unavailable[name] = problem
         self._unload_idle()
+        self._trim(self.config.max_loaded_models)      # a load exceeds it while the others are busy
         self.loaded_models = frozenset(self.loaded)
         return [self._info(f) for name, f in self.files.items() if name not in self.unavailable]
 
@@ -89,11 +90,9 @@ class EngineBackend(Backend):
         return catalogue
 
     def _info(self, found: store.ModelFile) -> ModelInfo:
-        details = {"format": "gguf", "family": self._probed[found.identity].arch, "parameter_size": "",
-                   "quantization_level": ""}
-        model = self.loaded.get(found.name)
-        if model is not None:
-            details.update(quantization_level=model.file_type)
+        probed = self._probed[found.identity]
+        details = {"format": "gguf", "family": probed.arch, "parameter_size": "",
+                   "quantization_level": probed.file_type}
         return ModelInfo(id=found.name, backend=self.name, identity=f"engine:{found.identity}",
                          size=found.size, created=int(found.mtime), details=details)
 
@@ -116,7 +115,19 @@ class EngineBackend(Backend):
 
     # ---- loading ----
 
-    async def model(self, name: str) -> LoadedModel:
+    def _served_name(self, name: str) -> str:
+        """The catalogue's name for what a client asked: as Ollama reads it, a name without a
+        tag is its `:latest` (`llama3.2` is `llama3.2:latest`)."""
+        latest = f"{name}:latest"
+        if name not in self.files and (latest in self.files or latest in self.unavailable):
+            return latest
+        return name
+
+    async def model(self, asked: str) -> LoadedModel:
+        name = self._served_name(asked)
+        if name not in self.files and name not in self.unavailable:
+            await self.refresh()                       # a file added since the last scan (`ollama pull`)
+            name = self._served_name(asked)
         if name in self.loaded:
             model = self.loaded.pop(name)
             self.loaded[name] = model                  # most recently used last
@@ -129,56 +140,77 @@ class EngineBackend(Backend):
             raise NotFound(f"The model '{name}' does not exist", param="model", code="model_not_found")
         if name not in self._loading:
             self._loading[name] = asyncio.ensure_future(self._load(name))
-        return await asyncio.shield(self._loading[name])
+        await asyncio.shield(self._loading[name])
+        return await self.model(asked)     # unloaded before this woke up (keep_alive 0, the cap): again
 
     async def _load(self, name: str) -> LoadedModel:
         found = self.files[name]
         try:
-            self._make_room()
+            self._trim(self.config.max_loaded_models - 1)      # room for one more
             started = time.monotonic()
             model = await asyncio.to_thread(loader.load, name, found.path, self.options, self.scheduler_config)
         except (OSError, ValueError, MemoryError) as exc:
-            self.unavailable[name] = f"{found.path}: {exc}"
-            raise Unavailable(f"model {name!r} cannot be served: {found.path}: {exc}",
+            self.unavailable[name] = loader.problem_with(found.path, exc)
+            raise Unavailable(f"model {name!r} cannot be served: {self.unavailable[name]}",
                               code="model_unavailable") from None
         finally:
             self._loading.pop(name, None)
         model.runner.start()
         model.last_used = time.monotonic()
+        model.identity = found.identity
         self.loaded[name] = model
         self.loaded_models = frozenset(self.loaded)
         log.info("engine loaded a model", extra={"fields": {
             "model": name, "path": str(found.path), "seconds": round(time.monotonic() - started, 3)}})
         return model
 
-    def _make_room(self) -> None:
-        """Unload idle models, least recently used first, until one more fits."""
+    def _trim(self, max_loaded: int) -> None:
+        """Unload idle models, least recently used first, until at most `max_loaded` stay."""
         for name in [n for n, m in self.loaded.items() if not m.runner.num_requests]:
-            if len(self.loaded) < self.config.max_loaded_models:
+            if len(self.loaded) <= max_loaded:
                 return
             self._unload(name)
 
     def keep_model(self, model: str, keep_alive_s: float | None) -> None:
+        model = self._served_name(model)
         if model not in self.files:
             return
         if keep_alive_s is None:
             self._keep_alive_s.pop(model, None)
         else:
             self._keep_alive_s[model] = keep_alive_s
-        if keep_alive_s == 0:
-            self._unload_idle()
 
     async def load_model(self, model: str) -> None:
         await self.model(model)
 
+    def unload_model(self, model: str) -> None:
+        model = self._served_name(model)
+        if model in self.loaded and not self.loaded[model].runner.num_requests:
+            self._unload(model)
+
+    def loaded_until(self) -> dict[str, float]:
+        """Each loaded model's unload time: its keep-alive after its last use (from now while
+        it serves requests)."""
+        now, wall_now = time.monotonic(), time.time()
+        return {name: wall_now + self._keep_alive_of(name)
+                - (0 if model.runner.num_requests else now - model.last_used)
+                for name, model in self.loaded.items()}
+
+    def _keep_alive_of(self, name: str) -> float:
+        """How long `name` stays loaded idle: a client's keep_alive, else keep_alive_s (0 there
+        means for good)."""
+        return self._keep_alive_s.get(name, self.config.keep_alive_s or math.inf)
+
     def _unload_idle(self) -> None:
-        """Unload the models idle longer than their keep-alive (a client's, else keep_alive_s;
-        0 there means for good)."""
-        default_s = self.config.keep_alive_s or math.inf
+        """Unload the idle models that are past their keep-alive, or whose file is gone or
+        changed (a new version is loaded on the next request)."""
         now = time.monotonic()
         for name, model in list(self.loaded.items()):
-            keep_alive_s = self._keep_alive_s.get(name, default_s)
-            if not model.runner.num_requests and now - model.last_used >= keep_alive_s:
+            if model.runner.num_requests:
+                continue
+            found = self.files.get(name)
+            if found is None or found.identity != model.identity or \
+                    now - model.last_used >= self._keep_alive_of(name):
                 self._unload(name)
 
     def _unload(self, name: str) -> None:
@@ -360,6 +392,7 @@ class _Run:
         for request_id in self.ids:
             self.model.runner.cancel(request_id)       # no-op for the finished ones
         self.model.last_used = time.monotonic()
+        self.backend._unload_idle()                    # keep_alive 0: unloaded once idle
 
 
 class _Inbox:

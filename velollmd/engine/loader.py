@@ -61,6 +61,7 @@ class LoadedModel:
     file_type: str
     nbytes_weights: int
     last_used: float = 0.0
+    identity: str = ""                  # the file's (store.ModelFile.identity) when it was loaded
 
     @property
     def kv(self) -> PagedKVCache:
@@ -70,6 +71,7 @@ class LoadedModel:
 class Probe(NamedTuple):
     problem: str | None                 # why the file cannot be served; None: it can
     arch: str = ""                      # its architecture (llama, qwen2...) when it can
+    file_type: str = ""                 # its most common weight type (Q4_K, F16...) when it can
 
 
 def probe(path: Path, chat_template: str = "") -> Probe:
@@ -82,9 +84,16 @@ def probe(path: Path, chat_template: str = "") -> Probe:
                 names = ", ".join(sorted(GGML_TYPE_NAMES.get(t, str(t)) for t in unsupported))
                 return Probe(f"{path}: tensor type(s) the engine cannot dequantise: {names}")
             Tokenizer.from_gguf(gguf.metadata)
+            file_type = _file_type(gguf)
     except (OSError, ValueError) as exc:
-        return Probe(f"{path}: {exc}")
-    return Probe(None, config.arch)
+        return Probe(problem_with(path, exc))
+    return Probe(None, config.arch, file_type)
+
+
+def problem_with(path: Path, exc: Exception) -> str:
+    """Why `path` cannot be served, naming it once (the GGUF reader's errors name it already)."""
+    reason = str(exc)
+    return reason if str(path) in reason else f"{path}: {reason}"
 
 
 def load(name: str, path: Path, options: EngineOptions, scheduler_config: SchedulerConfig) -> LoadedModel:
