@@ -58,7 +58,6 @@ class LoadedModel:
     template_error: str
     runner: Runner
     num_ctx: int
-    file_type: str
     nbytes_weights: int
     last_used: float = 0.0
     identity: str = ""                  # the file's (store.ModelFile.identity) when it was loaded
@@ -103,7 +102,6 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
         tokenizer = Tokenizer.from_gguf(gguf.metadata)
         template, template_error = _template(gguf.metadata.get("tokenizer.chat_template"), options.chat_template)
         model = read_model(gguf, config)
-        file_type = _file_type(gguf)
     num_ctx = options.num_ctx or min(config.context_length or DEFAULT_NUM_CTX, DEFAULT_NUM_CTX)
     kv = PagedKVCache(config.n_layer, _num_blocks(config, options, num_ctx), options.block_size,
                       config.n_head_kv, config.head_dim)
@@ -111,8 +109,7 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
                           options.max_running, BlockPool(kv.num_blocks, options.block_size),
                           reserve_output=False)
     runner = Runner(model, kv, scheduler, tokenizer, max_batch_tokens=options.max_batch_tokens, num_ctx=num_ctx)
-    return LoadedModel(name, path, config, tokenizer, template, template_error, runner, num_ctx,
-                       file_type, model.nbytes)
+    return LoadedModel(name, path, config, tokenizer, template, template_error, runner, num_ctx, model.nbytes)
 
 
 def read_model(gguf: GGUFFile, config: ModelConfig) -> Model:
