@@ -65,8 +65,8 @@ def test_generate_both_ways(client, ollama_emulator):
 def test_show_ps_embed_version(client):
     assert client.show("llama3.2:latest").details.family == "llama"
     assert client.show("tiny").details.format == "gguf"
-    running = {m.model for m in client.ps().models}
-    assert "tiny" in running
+    running = {m.model: m for m in client.ps().models}
+    assert running["tiny"].expires_at.year > 2200       # llama-server keeps it: `ollama ps` says Forever
     assert len(client.embed(model="nomic-embed-text:latest", input="hello").embeddings[0]) == 64
     assert client._request_raw("GET", "/api/version").json()["version"]
 

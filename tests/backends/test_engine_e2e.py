@@ -195,6 +195,11 @@ def test_ps_lists_the_loaded_model_alone_with_its_keep_alive_expiry(daemon):
     assert for_good[0].expires_at.year > 2200
 
 
+def test_tags_give_each_files_modification_time(daemon, models_dir):
+    tags = {m.model: m for m in ollama.Client(host=daemon.url).list().models}
+    assert tags[MODEL].modified_at.timestamp() == int((models_dir / f"{MODEL}.gguf").stat().st_mtime)
+
+
 def test_keep_alive_zero_answers_on_the_loaded_model_then_unloads_it(daemon):
     """As in Ollama: a request with keep_alive 0 runs on the model already in memory (not a
     fresh load of it) and the model goes when it ends; an empty prompt with 0 unloads at once."""

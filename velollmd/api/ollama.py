@@ -13,7 +13,6 @@ import json
 import math
 import re
 import time
-from datetime import datetime, timezone
 from typing import AsyncIterator
 
 from .. import __version__
@@ -30,6 +29,7 @@ from ..wire.ollama import (
     done_reason_of,
     keep_alive_seconds,
     now_rfc3339,
+    rfc3339,
     ollama_chat_request_to_openai,
     ollama_final_fields,
     ollama_generate_request_to_openai,
@@ -396,17 +396,16 @@ def _running_entries(backend: Backend) -> list[dict]:
     """/api/ps for a backend that is not Ollama: the models it holds loaded (every listed one
     where the server keeps its own) and when each is let go."""
     until = backend.loaded_until()
-    if until is None:
-        return [{**_tag_entry(m), "expires_at": "0001-01-01T00:00:00Z", "size_vram": 0} for m in backend.models]
+    if until is None:                   # loaded for good, as far as anyone here can tell
+        until = {m.id: math.inf for m in backend.models}
     return [{**_tag_entry(m), "expires_at": _expires_at(until[m.id]), "size_vram": 0}
             for m in backend.models if m.id in until]
 
 
 def _expires_at(wall_time: float) -> str:
-    """RFC 3339; a model kept for good expires as in Ollama, the longest Go duration from now."""
-    if math.isinf(wall_time):
-        wall_time = time.time() + GO_MAX_DURATION_S
-    return datetime.fromtimestamp(wall_time, timezone.utc).isoformat().replace("+00:00", "Z")
+    """RFC 3339; a model kept for good expires as in Ollama, the longest Go duration from now
+    (`ollama ps` shows it as Forever; 0001-01-01, the zero time, as Stopping...)."""
+    return rfc3339(time.time() + GO_MAX_DURATION_S if math.isinf(wall_time) else wall_time)
 
 
 def _model_info(info, backend: Backend) -> dict:
@@ -426,7 +425,8 @@ def _tag_entry(info) -> dict:
     if info.raw.get("digest"):                  # Ollama's own entry (renamed when an alias lists it)
         return info.raw if info.raw.get("name") == info.id else {**info.raw, "name": info.id, "model": info.id}
     digest = hashlib.sha256((info.identity or info.id).encode()).hexdigest()
-    return {"name": info.id, "model": info.id, "modified_at": now_rfc3339(), "size": info.size,
+    modified_at = rfc3339(info.created) if info.created else now_rfc3339()     # the file's mtime on the engine
+    return {"name": info.id, "model": info.id, "modified_at": modified_at, "size": info.size,
             "digest": digest, "details": _details(info)}
 
 

@@ -82,7 +82,12 @@ def _duration_s(text: str) -> float:
 
 
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return rfc3339(time.time())
+
+
+def rfc3339(wall_time: float) -> str:
+    """A wall-clock time as Ollama writes its times (UTC, `Z`)."""
+    return datetime.fromtimestamp(wall_time, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 # -- OpenAI request -> Ollama request ------------------------------------------------------
