@@ -140,11 +140,18 @@ def test_backend_embedder_needs_a_backend_and_a_model(cache, key):
     ({"kind": "engine", "ollama_store": "yes"}, "backends[0].ollama_store", "must be bool"),
     ({"kind": "engine", "url": "http://x"}, "backends[0].url", 'not apply to kind = "engine"'),   # was ignored
     ({"kind": "engine", "api_key": "k"}, "backends[0].api_key", 'not apply to kind = "engine"'),
+    ({"kind": "engine", "chat_template": "bogus"}, "backends[0].chat_template", "'chatml'"),   # was every chat a 400
 ])
 def test_engine_keys_are_checked(item, key, reason):
     with pytest.raises(ConfigError) as info:
         config_from_table({"backends": [{"name": "b", **item}]}, "t.toml")
     assert key in str(info.value) and reason in str(info.value)
+
+
+def test_the_chat_template_names_are_the_engines():
+    from velollmd.config import CHAT_TEMPLATES
+    from velollmd.engine.templates import TEMPLATE_NAMES
+    assert CHAT_TEMPLATES == TEMPLATE_NAMES
 
 
 def test_engine_backend_needs_no_url():

@@ -23,6 +23,8 @@ from .errors import ConfigError
 DEFAULT_PATH = "/etc/velollm.toml"
 BACKEND_KINDS = ("ollama", "llamacpp", "openai", "engine")
 ENGINE_DEVICES = ("auto", "cpu", "cuda")
+# The engine's chat templates by name (engine/templates.py renders them; a test keeps the two equal).
+CHAT_TEMPLATES = ("chatml", "qwen2", "qwen3", "llama3", "llama3.2", "mistral", "gemma", "phi3", "phi4-mini", "phi4")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 DIGEST_PREFIX = "sha256:"                          # an API key given as its SHA-256 hex digest
@@ -84,7 +86,7 @@ class BackendConfig:
     max_running: int = _opt(16, min=1, max=1024)   # sequences decoded together
     keep_alive_s: float = _opt(300.0, min=0.0)     # unload a model idle this long (0 = never)
     max_loaded_models: int = _opt(1, min=1, max=64)
-    chat_template: str = ""                        # a family name when the GGUF's is not recognised
+    chat_template: str = _opt("", choices=("", *CHAT_TEMPLATES))   # when the GGUF's is not recognised
 
 
 ENGINE_KEYS = ("model", "alias", "models_dir", "ollama_store", "device", "threads", "kv_cache_mb",
