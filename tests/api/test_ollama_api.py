@@ -62,6 +62,16 @@ def test_generate_both_ways(client, ollama_emulator):
     assert raw.eval_count == 3
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_durations_split_as_ollama_gives_them_from_llama_servers_timings(client, stream):
+    """`ollama run --verbose` and UIs divide counts by these: the prompt's time is not 0, the
+    generation's not the whole request's."""
+    reply = client.generate(model="tiny", prompt="Once upon a time", options={"num_predict": 4}, stream=stream)
+    final = list(reply)[-1] if stream else reply
+    assert final.prompt_eval_count > 0 and final.prompt_eval_duration > 0 and final.eval_duration > 0
+    assert final.load_duration + final.prompt_eval_duration + final.eval_duration == final.total_duration
+
+
 def test_show_ps_embed_version(client):
     assert client.show("llama3.2:latest").details.family == "llama"
     assert client.show("tiny").details.format == "gguf"

@@ -195,6 +195,12 @@ def test_ps_lists_the_loaded_model_alone_with_its_keep_alive_expiry(daemon):
     assert for_good[0].expires_at.year > 2200
 
 
+def test_ollama_durations_come_from_the_engines_timings(daemon):
+    reply = ollama.Client(host=daemon.url).chat(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                options={"num_predict": 3})
+    assert reply.prompt_eval_duration > 0 and 0 < reply.eval_duration < reply.total_duration
+
+
 def test_tags_give_each_files_modification_time(daemon, models_dir):
     tags = {m.model: m for m in ollama.Client(host=daemon.url).list().models}
     assert tags[MODEL].modified_at.timestamp() == int((models_dir / f"{MODEL}.gguf").stat().st_mtime)

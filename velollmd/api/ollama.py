@@ -439,7 +439,8 @@ def _load_reply(model: str, message: bool, done_reason: str = "load") -> dict:
 
 def _reply_from_openai(answer: dict, model: str, started: int, message: bool) -> dict:
     choice = answer["choices"][0]
-    done = ollama_final_fields(answer.get("usage"), started, done_reason_of(choice.get("finish_reason")))
+    done = ollama_final_fields(answer.get("usage"), answer.get("timings"), started,
+                               done_reason_of(choice.get("finish_reason")))
     out = {"model": model, "created_at": now_rfc3339()}
     msg = choice.get("message") or {}
     if message:
@@ -469,11 +470,12 @@ def _add_thinking(out: dict, thinking, message: bool) -> None:
 async def _ndjson_from_chunks(chunks, model: str, started: int, message: bool) -> AsyncIterator[bytes]:
     """OpenAI chunks -> Ollama NDJSON; tool calls are gathered and sent whole, as Ollama does."""
     calls: dict[int, dict] = {}
-    finish, usage = None, None
+    finish, usage, timings = None, None, None
     try:
         async with closing(chunks) as source_iter:
             async for chunk in source_iter:
                 usage = chunk.get("usage") or usage
+                timings = chunk.get("timings") or timings
                 for choice in chunk.get("choices") or []:
                     finish = choice.get("finish_reason") or finish
                     text, thinking = _gather_delta(choice, calls)
@@ -487,7 +489,7 @@ async def _ndjson_from_chunks(chunks, model: str, started: int, message: bool) -
     final = _partial(model, "", message)
     if calls and message:
         final["message"]["tool_calls"] = ollama_tool_calls([calls[i] for i in sorted(calls)])
-    yield ndjson_line({**final, **ollama_final_fields(usage, started, done_reason_of(finish))})
+    yield ndjson_line({**final, **ollama_final_fields(usage, timings, started, done_reason_of(finish))})
 
 
 def _partial(model: str, text: str, message: bool, thinking: str = "") -> dict:

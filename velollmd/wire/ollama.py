@@ -360,12 +360,26 @@ def _message_from_ollama(message: dict) -> dict:
 
 # -- OpenAI response -> Ollama-native response (to a client) --------------------------------
 
-def ollama_final_fields(usage: dict | None, started_ns: int, done_reason: str) -> dict:
+def ollama_final_fields(usage: dict | None, timings: dict | None, started_ns: int, done_reason: str) -> dict:
+    """Ollama's closing counts and durations (ns). With llama.cpp-style `timings` (llama-server,
+    the engine) the prompt's and the generation's own times, and the wait before them (queue,
+    model load: what Ollama's load_duration spans) as load_duration; else all of it as eval."""
     usage = usage or {}
     total = time.monotonic_ns() - started_ns
-    return {"done": True, "done_reason": done_reason, "total_duration": total, "load_duration": 0,
-            "prompt_eval_count": usage.get("prompt_tokens", 0), "prompt_eval_duration": 0,
-            "eval_count": usage.get("completion_tokens", 0), "eval_duration": total}
+    prompt_ns, eval_ns = _duration_ns(timings, "prompt_ms"), _duration_ns(timings, "predicted_ms")
+    if prompt_ns is None or eval_ns is None:
+        prompt_ns, eval_ns = 0, total
+    return {"done": True, "done_reason": done_reason, "total_duration": total,
+            "load_duration": max(0, total - prompt_ns - eval_ns),
+            "prompt_eval_count": usage.get("prompt_tokens", 0), "prompt_eval_duration": prompt_ns,
+            "eval_count": usage.get("completion_tokens", 0), "eval_duration": eval_ns}
+
+
+def _duration_ns(timings: dict | None, name: str) -> int | None:
+    value = timings.get(name) if isinstance(timings, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        return None
+    return int(value * 1e6)
 
 
 def ollama_logprobs(logprobs) -> list[dict] | None:
