@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from velollmd.backends.engine import EngineBackend, _deliverer, _Inbox, _Mailbox
+from velollmd.backends.engine import EngineBackend
+from velollmd.backends.engine_mailbox import Inbox, Mailbox, deliverer
 from velollmd.config import config_from_table
 from velollmd.engine.runner import Event
 
@@ -29,9 +30,9 @@ def test_a_burst_from_another_thread_wakes_the_loop_once_and_keeps_order():
 async def _burst():
     loop = asyncio.get_running_loop()
     wakeups = _counting(loop)
-    mailbox = _Mailbox(loop)
-    inboxes = [_Inbox() for _ in range(16)]
-    deliverers = [_deliverer(mailbox, inbox, index) for index, inbox in enumerate(inboxes)]
+    mailbox = Mailbox(loop)
+    inboxes = [Inbox() for _ in range(16)]
+    deliverers = [deliverer(mailbox, inbox, index) for index, inbox in enumerate(inboxes)]
 
     def one_step(step: int) -> None:                    # the engine's thread: a token to every stream
         for index, deliver in enumerate(deliverers):
@@ -54,8 +55,8 @@ def test_posts_after_a_drain_schedule_the_next_one():
 
 async def _posts_after_drain():
     loop = asyncio.get_running_loop()
-    mailbox = _Mailbox(loop)
-    inbox = _Inbox()
+    mailbox = Mailbox(loop)
+    inbox = Inbox()
     for step in range(5):
         await asyncio.to_thread(mailbox.post, inbox, (0, Event("r", text=str(step)), None))
         assert [event.text for _, event, _ in await asyncio.wait_for(inbox.take(), 30)] == [str(step)]
@@ -63,10 +64,10 @@ async def _posts_after_drain():
 
 def test_a_closed_loop_swallows_posts():
     other = asyncio.new_event_loop()
-    mailbox = _Mailbox(other)
+    mailbox = Mailbox(other)
     other.close()
-    mailbox.post(_Inbox(), (0, Event("r"), None))             # no RuntimeError into the engine's thread
-    mailbox.post(_Inbox(), (0, Event("r"), None))
+    mailbox.post(Inbox(), (0, Event("r"), None))             # no RuntimeError into the engine's thread
+    mailbox.post(Inbox(), (0, Event("r"), None))
 
 
 def test_the_backend_keeps_one_mailbox_per_loop(tmp_path):

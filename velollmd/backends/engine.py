@@ -17,16 +17,15 @@ import asyncio
 import dataclasses
 import logging
 import math
-import threading
 import time
-from typing import Any, AsyncIterator, Callable
+from typing import AsyncIterator
 
 from ..config import BackendConfig, SchedulerConfig
 from ..engine import loader, store
 from ..engine.device import choose_device
 from ..engine.loader import EngineOptions, LoadedModel
 from ..engine.prompt import chat_prompt, enable_thinking_of
-from ..engine.runner import Event, check_prompt
+from ..engine.runner import check_prompt
 from ..engine.sampling import SamplingParamError, SamplingParams
 from ..errors import BadRequest, NotFound, Unavailable, VeloError
 from ..wire.ids import response_id
@@ -34,10 +33,9 @@ from ..wire.request import GenerateRequest, one_prompt
 from ..wire.streams import closing
 from .base import Backend, ModelInfo, refuse_insert
 from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer
+from .engine_mailbox import Inbox, Item, Mailbox, Prepare, deliverer
 
 log = logging.getLogger("velollmd.engine")
-Prepare = Callable[[int, Event], Any]       # (choice index, event) -> what the stream makes of it
-Item = tuple[int, Event, Any]               # choice index, event, what `prepare` made of it (or None)
 
 
 class EngineBackend(Backend):
@@ -60,7 +58,7 @@ class EngineBackend(Backend):
         self.loaded: dict[str, LoadedModel] = {}        # in least recently used order
         self._loading: dict[str, asyncio.Future] = {}
         self._next_id = 0
-        self._mailbox: _Mailbox | None = None
+        self._mailbox: Mailbox | None = None
         self.device = choose_device(config.device)
         log.log(logging.WARNING if config.device == "cuda" and self.device.used != "cuda" else logging.INFO,
                 "engine device", extra={"fields": {"backend": config.name, **self.device.to_dict()}})
@@ -318,10 +316,10 @@ class EngineBackend(Backend):
                  params: SamplingParams, prepare: Prepare | None = None):
         return _Run(self, model, request, prompt_ids, params, prepare)
 
-    def mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
+    def mailbox(self, loop: asyncio.AbstractEventLoop) -> Mailbox:
         """The one mailbox of this backend's requests on `loop` (a new loop gets a new one)."""
         if self._mailbox is None or self._mailbox.loop is not loop:
-            self._mailbox = _Mailbox(loop)
+            self._mailbox = Mailbox(loop)
         return self._mailbox
 
     def new_request_id(self) -> str:
@@ -358,14 +356,14 @@ class _Run:
                  prompt_ids: list[int], params: SamplingParams, prepare: Prepare | None = None):
         self.backend, self.model, self.request = backend, model, request
         self.prompt_ids, self.params, self.prepare = prompt_ids, params, prepare
-        self.inbox = _Inbox()
+        self.inbox = Inbox()
         self.ids: list[str] = []
 
     async def __aenter__(self) -> AsyncIterator[list[Item]]:
         loop = asyncio.get_running_loop()
         ids = [self.backend.new_request_id() for _ in range(self.params.n)]
         mailbox = self.backend.mailbox(loop)
-        deliverers = [_deliverer(mailbox, self.inbox, index, self.prepare) for index in range(self.params.n)]
+        deliverers = [deliverer(mailbox, self.inbox, index, self.prepare) for index in range(self.params.n)]
         # n > 1: the prompt is computed once, then forked copy-on-write (choice i: seed + i)
         self.model.runner.submit_choices(ids, self.prompt_ids, self.params, deliverers,
                                          priority=self.request.priority, model_name=self.model.name)
@@ -393,66 +391,6 @@ class _Run:
             self.model.runner.cancel(request_id)       # no-op for the finished ones
         self.model.last_used = time.monotonic()
         self.backend._unload_idle()                    # keep_alive 0: unloaded once idle
-
-
-class _Inbox:
-    """One request's events on the loop: the mailbox's drain puts them in, the request's task
-    takes all that wait at once (one wake-up per drain, however many choices or tokens)."""
-
-    def __init__(self):
-        self.items: list[Item] = []
-        self._waiter: asyncio.Future | None = None
-
-    def put_nowait(self, item: Item) -> None:
-        self.items.append(item)
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def take(self) -> list[Item]:
-        while not self.items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        items, self.items = self.items, []
-        return items
-
-
-class _Mailbox:
-    """Events from the engine's thread to the event loop: one loop wake-up per burst.
-
-    `loop.call_soon_threadsafe` per event writes the loop's self-pipe once per token per stream
-    (16 streams: 16 wake-ups a step, each a GIL hand-over). Here the worker appends under a lock
-    and only the post that finds the box empty schedules a drain; the drain, on the loop, hands
-    everything waiting to its request's inbox, in the order posted.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self._lock = threading.Lock()
-        self._items: list[tuple[_Inbox, Item]] = []
-
-    def post(self, inbox: _Inbox, item: Item) -> None:
-        """Called in the engine's thread."""
-        with self._lock:
-            self._items.append((inbox, item))
-            if len(self._items) > 1:
-                return                                  # a drain is scheduled already
-        try:
-            self.loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:                            # the loop is closed: nobody listens
-            pass
-
-    def _drain(self) -> None:
-        with self._lock:
-            items, self._items = self._items, []
-        for inbox, item in items:
-            inbox.put_nowait(item)
-
-
-def _deliverer(mailbox: _Mailbox, inbox: _Inbox, index: int, prepare: Prepare | None = None):
-    def deliver(event: Event) -> None:                  # called in the engine's thread
-        mailbox.post(inbox, (index, event, None if prepare is None else prepare(index, event)))
-    return deliver
 
 
 def _in_vocab(ids: list, vocab_size: int, param: str) -> list[int]:
