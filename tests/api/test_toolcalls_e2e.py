@@ -2,6 +2,7 @@
 back with the openai SDK (whole and streamed), plus real calls from llama-server."""
 import json
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -151,3 +152,32 @@ def test_tool_loop_is_counted_in_metrics(daemon_factory, ollama_emulator):
                      json={"model": MODEL, "messages": messages, "tools": [WEATHER]})
     assert raw.headers["x-velollm-tool-loop"] == "1"
     assert "velollm_tool_call_loops_total 1" in httpx.get(daemon.url + "/metrics").text
+
+
+TWO_CALLS = ('<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+             '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>')
+
+
+def test_parallel_tool_calls_false_gives_one_call_on_every_api(tool_daemon, ollama_emulator):
+    client = openai.OpenAI(base_url=tool_daemon.url + "/v1", api_key="x", max_retries=0)
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "weather"}], "tools": [WEATHER],
+            "parallel_tool_calls": False}
+    ollama_emulator.script(TWO_CALLS)
+    [call] = client.chat.completions.create(**chat).choices[0].message.tool_calls
+    assert json.loads(call.function.arguments) == {"city": "Oslo"}
+    ollama_emulator.script(TWO_CALLS)
+    fragments = [tc.model_dump() for c in client.chat.completions.create(**chat, stream=True) if c.choices
+                 for tc in c.choices[0].delta.tool_calls or []]
+    assert calls_of(fragments) == [{"name": "get_weather", "arguments": {"city": "Oslo"}}]
+
+    ollama_emulator.script(TWO_CALLS)
+    message = anthropic.Anthropic(base_url=tool_daemon.url, api_key="x", max_retries=0).messages.create(
+        model=MODEL, max_tokens=100, messages=[{"role": "user", "content": "weather"}],
+        tools=[{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}],
+        tool_choice={"type": "auto", "disable_parallel_tool_use": True})
+    assert [(b.type, b.input) for b in message.content] == [("tool_use", {"city": "Oslo"})]
+
+    ollama_emulator.script(TWO_CALLS)
+    response = client.responses.create(model=MODEL, input="weather", parallel_tool_calls=False, tools=[
+        {"type": "function", "name": "get_weather", "parameters": WEATHER["function"]["parameters"]}])
+    assert [(item.type, item.arguments) for item in response.output] == [("function_call", '{"city": "Oslo"}')]

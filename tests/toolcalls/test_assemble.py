@@ -85,3 +85,12 @@ def test_config_repair_off_extracts_only_valid_json():
 def test_prose_around_calls_keeps_one_separator():
     raw = 'First.\n\n<tool_call>{"name": "search", "arguments": {"query": "a"}}</tool_call>\n\nThen.'
     assert process_output(raw, None, TOOLS).content == "First.\n\nThen."
+
+
+def test_parallel_tool_calls_false_keeps_only_the_first_call():
+    raw = ('<tool_call>{"name": "search", "arguments": {"query": "a"}}</tool_call>'
+           '<tool_call>{"name": "search", "arguments": {"query": "b"}}</tool_call>')
+    result = process_output(raw, None, TOOLS, parallel_tool_calls=False)
+    assert args_of(result) == [("search", {"query": "a", "max_results": 5})]
+    assert "dropped-parallel" in result.fixes
+    assert len(process_output(raw, None, TOOLS).tool_calls) == 2

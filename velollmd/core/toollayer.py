@@ -61,7 +61,8 @@ class ToolCallLayer:
         message = choice.setdefault("message", {})
         result = process_output(message.get("content"), message.get("tool_calls"), request.tools,
                                 tool_choice=request.body.get("tool_choice"), config=self.config,
-                                messages=request.body.get("messages"))
+                                messages=request.body.get("messages"),
+                                parallel_tool_calls=request.body.get("parallel_tool_calls", True))
         message["content"] = result.content
         if result.reasoning:
             message["reasoning_content"] = (message.get("reasoning_content") or "") + result.reasoning
@@ -125,7 +126,8 @@ class ToolCallLayer:
     def _choice_stream(self, request: GenerateRequest, template: dict) -> _ChoiceStream:
         body = request.body
         return _ChoiceStream(ToolCallStream(request.tools, tool_choice=body.get("tool_choice"), config=self.config,
-                                            messages=body.get("messages")), template)
+                                            messages=body.get("messages"),
+                                            parallel_tool_calls=body.get("parallel_tool_calls", True)), template)
 
     def _close(self, open_choices: dict[int, _ChoiceStream]) -> list[dict]:
         """The end of every open choice (its calls, its finish chunk), in index order."""

@@ -57,11 +57,13 @@ def _parse_segment(kind: str, text: str, *, index: ToolIndex, loads: Loads) -> E
 
 class CallAssembler:
     """Cleans calls one at a time: arguments decoded, names checked, tool_choice, schema,
-    dedup, ids. Keeps the fixes and errors seen so far."""
+    dedup, parallel_tool_calls, ids. Keeps the fixes and errors seen so far."""
 
-    def __init__(self, index: ToolIndex, tool_choice=None, config: ToolsConfig = ToolsConfig()):
+    def __init__(self, index: ToolIndex, tool_choice=None, config: ToolsConfig = ToolsConfig(),
+                 parallel_tool_calls: bool = True):
         self.index = index
         self.config = config
+        self.parallel = parallel_tool_calls is not False
         self.loads = loads_for(config)
         self.mode, self.chosen = parse_tool_choice(tool_choice)
         self.tool_choice = tool_choice
@@ -94,6 +96,9 @@ class CallAssembler:
             self.fix("dedup")
             return None
         self._keys.add(key)
+        if self.calls and not self.parallel:
+            self.fix("dropped-parallel")
+            return None
         self.fix(*raw.fixes, *([name_fix] if name_fix else []))
         call = {"id": ensure_call_id(raw.id, self._ids), "type": "function",
                 "function": {"name": name, "arguments": arguments_text}}
@@ -155,12 +160,12 @@ def backend_raw_call(call: dict) -> RawCall:
 
 def process_output(content: str | None, tool_calls: list[dict] | None, tools: list[dict], *,
                    tool_choice=None, config: ToolsConfig = ToolsConfig(),
-                   messages: list[dict] | None = None) -> ToolResult:
+                   messages: list[dict] | None = None, parallel_tool_calls: bool = True) -> ToolResult:
     """Clean one whole reply. Without tools the reply passes through unchanged."""
     index = ToolIndex(tools)
     if not index:
         return ToolResult(content, list(tool_calls or []))
-    assembler = CallAssembler(index, tool_choice, config)
+    assembler = CallAssembler(index, tool_choice, config, parallel_tool_calls)
     for call in tool_calls or ():
         if isinstance(call, dict):
             assembler.add(backend_raw_call(call))
