@@ -181,3 +181,19 @@ def test_parallel_tool_calls_false_gives_one_call_on_every_api(tool_daemon, olla
     response = client.responses.create(model=MODEL, input="weather", parallel_tool_calls=False, tools=[
         {"type": "function", "name": "get_weather", "parameters": WEATHER["function"]["parameters"]}])
     assert [(item.type, item.arguments) for item in response.output] == [("function_call", '{"city": "Oslo"}')]
+
+
+def test_backend_calls_in_the_role_chunk_reach_a_stream_once(daemon_factory, ollama_emulator):
+    """Ollama's OpenAI endpoint sends its calls in the chunk that carries the role: the client
+    must get each call once, cleaned, not the backend's raw fragments as well."""
+    backend = {"name": "compat", "kind": "openai", "url": ollama_emulator.url, "models": ["llama3*"]}
+    daemon = daemon_factory({"backends": [backend], "cache": {"enabled": False}})
+    ollama_emulator.script(tool_calls=[{"name": "get_weather", "arguments": {"city": "Rome", "unit": "Celsius"}},
+                                       {"name": "get_weather", "arguments": {"city": "Oslo"}}])
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "weather"}],
+                                                 tools=[WEATHER], stream=True))
+    fragments = [tc.model_dump() for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert calls_of(fragments) == [{"name": "get_weather", "arguments": {"city": "Rome", "unit": "celsius"}},
+                                   {"name": "get_weather", "arguments": {"city": "Oslo"}}]
+    assert [f["index"] for f in fragments] == [0, 1]

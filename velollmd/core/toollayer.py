@@ -114,7 +114,7 @@ class ToolCallLayer:
                 choice.finish = choices[0].get("finish_reason") or choice.finish
                 merge_tool_call_fragments(delta.get("tool_calls"), choice.backend_calls)
                 if delta.get("role") and not delta.get("content"):
-                    yield chunk
+                    yield _without_calls(chunk, delta)
                     continue
                 if delta.get("reasoning_content"):
                     yield chunk_like(chunk, {"reasoning_content": delta["reasoning_content"]})
@@ -163,6 +163,13 @@ def _report(result: ToolResult) -> dict:
     if result.loop:
         report["tool_loop"] = True
     return {"velollm": report} if report else {}
+
+
+def _without_calls(chunk: dict, delta: dict) -> dict:
+    """The chunk, less the backend's raw `tool_calls` (they come out cleaned at the end)."""
+    if not delta.get("tool_calls"):
+        return chunk
+    return chunk_like(chunk, {k: v for k, v in delta.items() if k != "tool_calls"})
 
 
 def _emit(events, template: dict):
