@@ -197,8 +197,9 @@ class SharedTier:
 
     # -- faults, health, lifecycle -----------------------------------------------------------
     def _failed(self, op: str, exc: BaseException) -> None:
+        """Counted; the client logs when an outage starts and ends (not each failed call)."""
         self.errors.inc(op=op)
-        log.warning("redis unavailable: local tiers only", extra={"fields": {"op": op, "error": str(exc)}})
+        log.debug("redis call failed", extra={"fields": {"op": op, "error": str(exc)}})
 
     def health(self) -> dict:
         client = self.client
