@@ -197,3 +197,27 @@ def test_backend_calls_in_the_role_chunk_reach_a_stream_once(daemon_factory, oll
     assert calls_of(fragments) == [{"name": "get_weather", "arguments": {"city": "Rome", "unit": "celsius"}},
                                    {"name": "get_weather", "arguments": {"city": "Oslo"}}]
     assert [f["index"] for f in fragments] == [0, 1]
+
+
+def test_a_call_with_arguments_that_are_no_json_is_not_an_empty_answer(tool_daemon, ollama_emulator):
+    client = openai.OpenAI(base_url=tool_daemon.url + "/v1", api_key="x", max_retries=0)
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "weather"}], "tools": [WEATHER]}
+    raw_text = '<tool_call>{"name": "get_weather", "arguments": "city=Oslo"}</tool_call>'
+    ollama_emulator.script(raw_text)
+    raw = client.chat.completions.with_raw_response.create(**chat)
+    reply = raw.parse().choices[0]
+    assert [(c.function.name, c.function.arguments) for c in reply.message.tool_calls] == [("get_weather", "city=Oslo")]
+    assert reply.finish_reason == "tool_calls" and "invalid-arguments" in raw.headers["x-velollm-tool-repair"]
+    ollama_emulator.script(raw_text)
+    chunks = list(client.chat.completions.create(**chat, stream=True))
+    fragments = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert [(f.function.name, f.function.arguments) for f in fragments] == [("get_weather", "city=Oslo")]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    messages = anthropic.Anthropic(base_url=tool_daemon.url, api_key="x", max_retries=0).messages
+    anthropic_args = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "weather"}],
+                      "tools": [{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}]}
+    ollama_emulator.script(raw_text)                    # a tool_use's input is an object: {} as whole
+    assert [(b.name, b.input) for b in messages.create(**anthropic_args).content] == [("get_weather", {})]
+    ollama_emulator.script(raw_text)
+    with messages.stream(**anthropic_args) as stream:
+        assert [(b.name, b.input) for b in stream.get_final_message().content] == [("get_weather", {})]

@@ -89,9 +89,7 @@ class CallAssembler:
             self.fix("dropped-by-tool-choice")
             return None
         arguments, arguments_text = self._arguments(raw, name)
-        if arguments is None:
-            return None
-        key = call_key(name, arguments)
+        key = call_key(name, arguments if arguments is not None else arguments_text)
         if self.config.dedup and key in self._keys:
             self.fix("dedup")
             return None
@@ -106,10 +104,14 @@ class CallAssembler:
         return call
 
     def _arguments(self, raw: RawCall, name: str) -> tuple[dict | None, str]:
-        """(arguments, their JSON text); keeps a backend's JSON string when nothing changed."""
+        """(arguments, their JSON text); keeps a backend's JSON string when nothing changed.
+        Arguments that are no JSON object go out as written, (None, text): the client decides,
+        as with OpenAI, and the error drives a retry."""
         arguments, fixes = self._decode(raw.arguments, name)
         if arguments is None:
-            return None, ""
+            self.fix("invalid-arguments")
+            written = raw.arguments
+            return None, written if isinstance(written, str) else json.dumps(written, ensure_ascii=False)
         if self.config.validate:
             arguments, schema_fixes, errors = validate_and_coerce(
                 arguments, self.index.schema(name), coerce=self.config.coerce)
