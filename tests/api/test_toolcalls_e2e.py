@@ -221,3 +221,9 @@ def test_a_call_with_arguments_that_are_no_json_is_not_an_empty_answer(tool_daem
     ollama_emulator.script(raw_text)
     with messages.stream(**anthropic_args) as stream:
         assert [(b.name, b.input) for b in stream.get_final_message().content] == [("get_weather", {})]
+
+
+def test_parallel_tool_calls_that_is_no_boolean_is_a_400_naming_it(tool_daemon):
+    reply = httpx.post(tool_daemon.url + "/v1/chat/completions", timeout=30, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "x"}], "tools": [WEATHER], "parallel_tool_calls": "no"})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "parallel_tool_calls"
