@@ -1,9 +1,12 @@
-"""The shared tier in one process against a real redis-server: what an outage costs the log."""
+"""The shared tier in one process against a real redis-server: what an outage costs the log,
+single-flight when an answer is too large to share."""
 import asyncio
 import logging
+import time
 
 from tests.aio import run
 from tests.rig.redis import RedisServer
+from velollmd.cache.exact import CachedResponse
 from velollmd.config import CacheConfig
 from velollmd.metrics import Counter
 from velollmd.shared.tier import SharedTier
@@ -37,3 +40,26 @@ def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(caplog):
         assert sum(errors.values.values()) == 6
     finally:
         server.stop()
+
+
+def test_waiters_for_an_answer_too_large_to_share_compute_at_once_not_one_after_another(redis_server):
+    """The leader's answer is over redis_max_entry_bytes: the instances that waited for it
+    compute on their own at once, instead of taking the lock in turn (each waiting for the
+    previous one's whole generation: the third of three answered after three generations)."""
+    async def main():
+        config = CacheConfig(redis_url=redis_server.url, redis_timeout_ms=1000, redis_max_entry_bytes=10,
+                             redis_prefix="big:")
+        a, b, c = (SharedTier(config, Counter("e", ""), Counter("r", "")) for _ in range(3))
+        for tier in (a, b, c):
+            tier.start()
+        lease, _ = await a.lead_or_wait("k")
+        waiters = [asyncio.ensure_future(tier.lead_or_wait("k")) for tier in (b, c)]
+        await asyncio.sleep(0.05)                             # both wait for a's answer
+        a.put("k", CachedResponse(model="m", content="x" * 100), time.time() + 60, lease)
+        outcomes = await asyncio.gather(*waiters)
+        for tier in (a, b, c):
+            await tier.close()
+        return lease, outcomes
+    lease, outcomes = run(main())
+    assert lease is not None
+    assert outcomes == [(None, None), (None, None)]
