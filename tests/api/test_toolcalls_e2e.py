@@ -227,3 +227,23 @@ def test_parallel_tool_calls_that_is_no_boolean_is_a_400_naming_it(tool_daemon):
     reply = httpx.post(tool_daemon.url + "/v1/chat/completions", timeout=30, json={
         "model": MODEL, "messages": [{"role": "user", "content": "x"}], "tools": [WEATHER], "parallel_tool_calls": "no"})
     assert reply.status_code == 400 and reply.json()["error"]["param"] == "parallel_tool_calls"
+
+
+def test_a_call_cut_by_max_tokens_keeps_finish_reason_length(tool_daemon, ollama_emulator):
+    """The repaired call goes out, but 'length' tells the client it was cut ({"city": "Os"}
+    is not what the model meant): as OpenAI answers, and as an agent checks."""
+    client = openai.OpenAI(base_url=tool_daemon.url + "/v1", api_key="x", max_retries=0)
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "weather"}], "tools": [WEATHER], "max_tokens": 9}
+    cut = '<tool_call>{"name": "get_weather", "arguments": {"city": "Os'
+    ollama_emulator.script(cut, done_reason="length")
+    reply = client.chat.completions.create(**chat).choices[0]
+    assert [c.function.arguments for c in reply.message.tool_calls] == ['{"city": "Os"}']
+    assert reply.finish_reason == "length"
+    ollama_emulator.script(cut, done_reason="length")
+    chunks = list(client.chat.completions.create(**chat, stream=True))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    ollama_emulator.script(cut, done_reason="length")
+    message = anthropic.Anthropic(base_url=tool_daemon.url, api_key="x", max_retries=0).messages.create(
+        model=MODEL, max_tokens=9, messages=[{"role": "user", "content": "weather"}],
+        tools=[{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}])
+    assert message.stop_reason == "max_tokens" and message.content[0].type == "tool_use"

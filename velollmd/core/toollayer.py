@@ -68,11 +68,9 @@ class ToolCallLayer:
             message["reasoning_content"] = (message.get("reasoning_content") or "") + result.reasoning
         if result.tool_calls:
             message["tool_calls"] = result.tool_calls
-            choice["finish_reason"] = "tool_calls"
         else:
             message.pop("tool_calls", None)
-            if choice.get("finish_reason") == "tool_calls":
-                choice["finish_reason"] = "stop"
+        choice["finish_reason"] = _finish_reason(choice.get("finish_reason"), bool(result.tool_calls))
         self._count(result)
         return result
 
@@ -138,8 +136,7 @@ class ToolCallLayer:
             events += choice.stream.finish()
             self._count(choice.stream.result)
             out += _emit(events, choice.template)
-            reason = choice.stream.finish_reason or ("stop" if choice.finish == "tool_calls" else choice.finish) \
-                or "stop"
+            reason = _finish_reason(choice.finish, bool(choice.stream.result.tool_calls))
             out.append(chunk_like(choice.template, {}, finish_reason=reason) | _report(choice.stream.result))
         return out
 
@@ -152,6 +149,17 @@ class _ChoiceStream:
     template: dict
     backend_calls: dict[int, dict] = field(default_factory=dict)
     finish: str | None = None
+
+
+def _finish_reason(backend: str | None, has_calls: bool) -> str:
+    """"tool_calls" when calls went out, "stop" for a backend's "tool_calls" when none did;
+    an answer cut by max_tokens stays "length", its calls and all (a call it cut short is
+    repaired, but the client must know it was cut)."""
+    if backend == "length":
+        return "length"
+    if has_calls:
+        return "tool_calls"
+    return "stop" if backend in (None, "tool_calls") else backend
 
 
 def _report(result: ToolResult) -> dict:
