@@ -16,7 +16,7 @@ from tests.rig.ollama_emulator import OllamaEmulator
 from tests.rig.redis import RedisServer
 
 MODEL = "llama3.2:latest"
-FREE, TEAM, EMBEDDER = "sk-free", "sk-team", "sk-embedder"
+FREE, TEAM, EMBEDDER, NATIVE = "sk-free", "sk-team", "sk-embedder", "sk-native"
 
 
 def config_text(port: int, emulator: OllamaEmulator, redis: RedisServer) -> str:
@@ -46,6 +46,10 @@ rpm = 10
 name = "embedder"
 key = "{EMBEDDER}"
 rpm = 4
+[[keys]]
+name = "native"
+key = "{NATIVE}"
+rpm = 2
 """
 
 
@@ -167,6 +171,12 @@ def test_embeddings_count_against_the_shared_key_limit(cluster):
     statuses = [instances[i % 3].post(routes[i % 3][0], {"model": "nomic-embed-text:latest", **routes[i % 3][1]},
                                       EMBEDDER) for i in range(9)]
     assert statuses == [200] * 4 + [429] * 5
+
+
+def test_ollama_native_requests_passed_through_count_against_the_shared_key_limit(cluster):
+    _, _, instances = cluster
+    body = {"model": MODEL, "stream": False, "messages": [{"role": "user", "content": "native"}]}
+    assert [instances[i % 3].post("/api/chat", body, NATIVE) for i in range(4)] == [200, 200, 429, 429]
 
 
 def test_redis_killed_mid_traffic_then_back(cluster):

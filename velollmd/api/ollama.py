@@ -154,6 +154,7 @@ class OllamaRoutes:
         """Pass through to Ollama, but through the scheduler: priorities, backpressure,
         routing among the model's Ollama backends and failover apply."""
         generate = self.access.generate_request(request, endpoint, openai_body)
+        await self.pipeline.admit(generate.key_name)     # the key's limits, shared when they are
         backend, relay = await self.service.native(generate, path, self._served(body))
         upstream = await relay.__anext__()
         headers = [("content-type", upstream.header("content-type", "application/json")),
