@@ -184,8 +184,8 @@ def test_parallel_tool_calls_false_gives_one_call_on_every_api(tool_daemon, olla
 
 
 def test_backend_calls_in_the_role_chunk_reach_a_stream_once(daemon_factory, ollama_emulator):
-    """Ollama's OpenAI endpoint sends its calls in the chunk that carries the role: the client
-    must get each call once, cleaned, not the backend's raw fragments as well."""
+    """Ollama's OpenAI endpoint sends its calls, and its finish_reason, in chunks that carry the
+    role: the client must get each call once, cleaned, and one finish_reason after them."""
     backend = {"name": "compat", "kind": "openai", "url": ollama_emulator.url, "models": ["llama3*"]}
     daemon = daemon_factory({"backends": [backend], "cache": {"enabled": False}})
     ollama_emulator.script(tool_calls=[{"name": "get_weather", "arguments": {"city": "Rome", "unit": "Celsius"}},
@@ -197,6 +197,7 @@ def test_backend_calls_in_the_role_chunk_reach_a_stream_once(daemon_factory, oll
     assert calls_of(fragments) == [{"name": "get_weather", "arguments": {"city": "Rome", "unit": "celsius"}},
                                    {"name": "get_weather", "arguments": {"city": "Oslo"}}]
     assert [f["index"] for f in fragments] == [0, 1]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
 
 def test_a_call_with_arguments_that_are_no_json_is_not_an_empty_answer(tool_daemon, ollama_emulator):

@@ -112,7 +112,7 @@ class ToolCallLayer:
                 choice.finish = choices[0].get("finish_reason") or choice.finish
                 merge_tool_call_fragments(delta.get("tool_calls"), choice.backend_calls)
                 if delta.get("role") and not delta.get("content"):
-                    yield _without_calls(chunk, delta)
+                    yield _role_chunk(chunk, delta)
                     continue
                 if delta.get("reasoning_content"):
                     yield chunk_like(chunk, {"reasoning_content": delta["reasoning_content"]})
@@ -173,9 +173,10 @@ def _report(result: ToolResult) -> dict:
     return {"velollm": report} if report else {}
 
 
-def _without_calls(chunk: dict, delta: dict) -> dict:
-    """The chunk, less the backend's raw `tool_calls` (they come out cleaned at the end)."""
-    if not delta.get("tool_calls"):
+def _role_chunk(chunk: dict, delta: dict) -> dict:
+    """A chunk that carries the role, less the backend's raw `tool_calls` and finish_reason
+    (Ollama sends both with the role): the layer sends its own, cleaned, at the end."""
+    if not delta.get("tool_calls") and not chunk["choices"][0].get("finish_reason"):
         return chunk
     return chunk_like(chunk, {k: v for k, v in delta.items() if k != "tool_calls"})
 
