@@ -4,7 +4,7 @@ import asyncio
 import logging
 import time
 
-from tests.aio import run
+from tests.aio import run, until
 from tests.rig.redis import RedisServer
 from velollmd.cache.exact import CachedResponse
 from velollmd.config import CacheConfig
@@ -63,3 +63,25 @@ def test_waiters_for_an_answer_too_large_to_share_compute_at_once_not_one_after_
     lease, outcomes = run(main())
     assert lease is not None
     assert outcomes == [(None, None), (None, None)]
+
+
+def test_the_subscription_coming_back_ends_an_outage_without_any_traffic(caplog):
+    """An idle instance: its subscription is what notices Redis is back (/health "ok", and
+    the log says so), not the next request."""
+    server = RedisServer().start()
+    try:
+        async def main():
+            tier = SharedTier(CacheConfig(redis_url=server.url, redis_timeout_ms=1000), Counter("e", ""), Counter("r", ""))
+            tier.start()
+            server.kill()
+            await until(lambda: tier.client.num_errors, "the subscription saw Redis go")
+            server.start()
+            await until(lambda: any(r.getMessage() == "redis available again" for r in caplog.records),
+                        "the subscription saw Redis come back", limit_s=10)
+            health = tier.health()
+            await tier.close()
+            return health
+        with caplog.at_level(logging.INFO, logger="velollmd.shared"):
+            assert run(main())["status"] == "ok"
+    finally:
+        server.stop()

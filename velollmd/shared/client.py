@@ -240,6 +240,7 @@ class RedisClient:
                     await conn.read_any()
         except (OSError, TimeoutError, ProtocolError, ReplyError) as exc:
             raise self._failed(exc) from None
+        self._succeeded()                        # reachable again, requests or not
         try:
             while True:
                 message = await conn.read_any()
