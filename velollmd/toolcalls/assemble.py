@@ -201,5 +201,5 @@ def finish_result(content: str | None, assembler: CallAssembler,
     if calls and not content:
         content = None
     return ToolResult(content=content, tool_calls=calls, fixes=list(assembler.fixes),
-                      loop=detect_loop(calls, messages), error=assembler.error(),
+                      loop=assembler.config.dedup and detect_loop(calls, messages), error=assembler.error(),
                       reasoning=reasoning or None)
