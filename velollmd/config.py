@@ -26,7 +26,10 @@ ENGINE_DEVICES = ("auto", "cpu", "cuda")
 # The engine's chat templates by name (engine/templates.py renders them; a test keeps the two equal).
 CHAT_TEMPLATES = ("chatml", "qwen2", "qwen3", "llama3", "llama3.2", "mistral", "gemma", "phi3", "phi4-mini", "phi4")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# A [cache] redis_url as shared/client.py's RedisAddress reads it (a regex, as URL_RE):
+# redis[s]://[[user]:password@]host[:port][/db][?...] or unix://[[user]:password@]/path[?db=N].
+REDIS_URL_RE = re.compile(r"rediss?://(?:[^/]*@)?(?:\[[0-9A-Fa-f:.]+\]|[^\s/:@\[\]?#]+)(?::(?P<port>\d{1,5}))?"
+                          r"(?:/\d*)?(?:\?\S*)?|unix://(?:[^/]*@)?/[^\s?#]+(?:\?db=\d+)?")
 DIGEST_PREFIX = "sha256:"                          # an API key given as its SHA-256 hex digest
 # A backend URL: scheme, host (or [IPv6]), optional port, optional path. Not urllib: config sits
 # below cache/ and toolcalls/, which may not import the network modules (tests/test_layers.py).
@@ -284,10 +287,14 @@ def _build_aliases(table, path: str) -> tuple[tuple[str, str], ...]:
 
 
 def _check_redis(cache: CacheConfig, path: str) -> None:
-    if cache.redis_url and not cache.redis_url.startswith(REDIS_SCHEMES):
-        raise ConfigError(path, "cache.redis_url", "must be a redis://, rediss:// or unix:// URL")
-    if cache.redis_url.startswith(("redis://", "rediss://")) and not cache.redis_url.split("://", 1)[1].strip("/"):
-        raise ConfigError(path, "cache.redis_url", "names no host")
+    if not cache.redis_url:
+        return
+    match = REDIS_URL_RE.fullmatch(cache.redis_url)
+    if match is None:
+        raise ConfigError(path, "cache.redis_url", "must be redis://[[user]:password@]host[:port][/db], "
+                          "rediss://... (TLS) or unix:///path[?db=N]")
+    if match["port"] and not 1 <= int(match["port"]) <= 65535:
+        raise ConfigError(path, "cache.redis_url", f"port must be 1..65535, got {match['port']}")
 
 
 def _check_embedder(cache: CacheConfig, backends, path: str) -> None:

@@ -2,6 +2,7 @@
 back with the openai SDK (whole and streamed), plus real calls from llama-server."""
 import json
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -151,3 +152,99 @@ def test_tool_loop_is_counted_in_metrics(daemon_factory, ollama_emulator):
                      json={"model": MODEL, "messages": messages, "tools": [WEATHER]})
     assert raw.headers["x-velollm-tool-loop"] == "1"
     assert "velollm_tool_call_loops_total 1" in httpx.get(daemon.url + "/metrics").text
+
+
+TWO_CALLS = ('<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+             '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>')
+
+
+def test_parallel_tool_calls_false_gives_one_call_on_every_api(tool_daemon, ollama_emulator):
+    client = openai.OpenAI(base_url=tool_daemon.url + "/v1", api_key="x", max_retries=0)
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "weather"}], "tools": [WEATHER],
+            "parallel_tool_calls": False}
+    ollama_emulator.script(TWO_CALLS)
+    [call] = client.chat.completions.create(**chat).choices[0].message.tool_calls
+    assert json.loads(call.function.arguments) == {"city": "Oslo"}
+    ollama_emulator.script(TWO_CALLS)
+    fragments = [tc.model_dump() for c in client.chat.completions.create(**chat, stream=True) if c.choices
+                 for tc in c.choices[0].delta.tool_calls or []]
+    assert calls_of(fragments) == [{"name": "get_weather", "arguments": {"city": "Oslo"}}]
+
+    ollama_emulator.script(TWO_CALLS)
+    message = anthropic.Anthropic(base_url=tool_daemon.url, api_key="x", max_retries=0).messages.create(
+        model=MODEL, max_tokens=100, messages=[{"role": "user", "content": "weather"}],
+        tools=[{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}],
+        tool_choice={"type": "auto", "disable_parallel_tool_use": True})
+    assert [(b.type, b.input) for b in message.content] == [("tool_use", {"city": "Oslo"})]
+
+    ollama_emulator.script(TWO_CALLS)
+    response = client.responses.create(model=MODEL, input="weather", parallel_tool_calls=False, tools=[
+        {"type": "function", "name": "get_weather", "parameters": WEATHER["function"]["parameters"]}])
+    assert [(item.type, item.arguments) for item in response.output] == [("function_call", '{"city": "Oslo"}')]
+
+
+def test_backend_calls_in_the_role_chunk_reach_a_stream_once(daemon_factory, ollama_emulator):
+    """Ollama's OpenAI endpoint sends its calls, and its finish_reason, in chunks that carry the
+    role: the client must get each call once, cleaned, and one finish_reason after them."""
+    backend = {"name": "compat", "kind": "openai", "url": ollama_emulator.url, "models": ["llama3*"]}
+    daemon = daemon_factory({"backends": [backend], "cache": {"enabled": False}})
+    ollama_emulator.script(tool_calls=[{"name": "get_weather", "arguments": {"city": "Rome", "unit": "Celsius"}},
+                                       {"name": "get_weather", "arguments": {"city": "Oslo"}}])
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "weather"}],
+                                                 tools=[WEATHER], stream=True))
+    fragments = [tc.model_dump() for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert calls_of(fragments) == [{"name": "get_weather", "arguments": {"city": "Rome", "unit": "celsius"}},
+                                   {"name": "get_weather", "arguments": {"city": "Oslo"}}]
+    assert [f["index"] for f in fragments] == [0, 1]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+
+
+def test_a_call_with_arguments_that_are_no_json_is_not_an_empty_answer(tool_daemon, ollama_emulator):
+    client = openai.OpenAI(base_url=tool_daemon.url + "/v1", api_key="x", max_retries=0)
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "weather"}], "tools": [WEATHER]}
+    raw_text = '<tool_call>{"name": "get_weather", "arguments": "city=Oslo"}</tool_call>'
+    ollama_emulator.script(raw_text)
+    raw = client.chat.completions.with_raw_response.create(**chat)
+    reply = raw.parse().choices[0]
+    assert [(c.function.name, c.function.arguments) for c in reply.message.tool_calls] == [("get_weather", "city=Oslo")]
+    assert reply.finish_reason == "tool_calls" and "invalid-arguments" in raw.headers["x-velollm-tool-repair"]
+    ollama_emulator.script(raw_text)
+    chunks = list(client.chat.completions.create(**chat, stream=True))
+    fragments = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert [(f.function.name, f.function.arguments) for f in fragments] == [("get_weather", "city=Oslo")]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    messages = anthropic.Anthropic(base_url=tool_daemon.url, api_key="x", max_retries=0).messages
+    anthropic_args = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "weather"}],
+                      "tools": [{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}]}
+    ollama_emulator.script(raw_text)                    # a tool_use's input is an object: {} as whole
+    assert [(b.name, b.input) for b in messages.create(**anthropic_args).content] == [("get_weather", {})]
+    ollama_emulator.script(raw_text)
+    with messages.stream(**anthropic_args) as stream:
+        assert [(b.name, b.input) for b in stream.get_final_message().content] == [("get_weather", {})]
+
+
+def test_parallel_tool_calls_that_is_no_boolean_is_a_400_naming_it(tool_daemon):
+    reply = httpx.post(tool_daemon.url + "/v1/chat/completions", timeout=30, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "x"}], "tools": [WEATHER], "parallel_tool_calls": "no"})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "parallel_tool_calls"
+
+
+def test_a_call_cut_by_max_tokens_keeps_finish_reason_length(tool_daemon, ollama_emulator):
+    """The repaired call goes out, but 'length' tells the client it was cut ({"city": "Os"}
+    is not what the model meant): as OpenAI answers, and as an agent checks."""
+    client = openai.OpenAI(base_url=tool_daemon.url + "/v1", api_key="x", max_retries=0)
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "weather"}], "tools": [WEATHER], "max_tokens": 9}
+    cut = '<tool_call>{"name": "get_weather", "arguments": {"city": "Os'
+    ollama_emulator.script(cut, done_reason="length")
+    reply = client.chat.completions.create(**chat).choices[0]
+    assert [c.function.arguments for c in reply.message.tool_calls] == ['{"city": "Os"}']
+    assert reply.finish_reason == "length"
+    ollama_emulator.script(cut, done_reason="length")
+    chunks = list(client.chat.completions.create(**chat, stream=True))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    ollama_emulator.script(cut, done_reason="length")
+    message = anthropic.Anthropic(base_url=tool_daemon.url, api_key="x", max_retries=0).messages.create(
+        model=MODEL, max_tokens=9, messages=[{"role": "user", "content": "weather"}],
+        tools=[{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}])
+    assert message.stop_reason == "max_tokens" and message.content[0].type == "tool_use"

@@ -82,9 +82,10 @@ def _stream_sse(h, reply, pieces, head, finish, usage, body) -> None:
     h.start_stream("text/event-stream")
     if not h.stream_pieces(reply, pieces, lambda p: chunk({"role": "assistant", "content": p}), sse):
         return
-    if reply.tool_calls:
-        h.send_chunk(sse(chunk({"role": "assistant", "tool_calls": tool_calls_openai(reply.tool_calls)})))
-    h.send_chunk(sse(chunk({}, finish)))
+    if reply.tool_calls:                 # as Ollama: the role (and an empty content) in every delta
+        h.send_chunk(sse(chunk({"role": "assistant", "content": "",
+                                "tool_calls": tool_calls_openai(reply.tool_calls)})))
+    h.send_chunk(sse(chunk({"role": "assistant", "content": ""}, finish)))
     if (body.get("stream_options") or {}).get("include_usage"):
         h.send_chunk(sse(dict(head, object="chat.completion.chunk", choices=[], usage=usage)))
     h.send_chunk(b"data: [DONE]\n\n")

@@ -7,6 +7,8 @@ import pytest
 
 from tests.aio import run, until
 from tests.rig.redis import RedisServer
+from velollmd.config import config_from_table
+from velollmd.errors import ConfigError
 from velollmd.shared.client import RedisAddress, RedisClient, RedisUnavailable, Script
 from velollmd.shared.resp import ReplyError
 
@@ -181,6 +183,28 @@ def test_url_forms(url, expected):
 def test_bad_urls(url):
     with pytest.raises(ValueError):
         RedisAddress.parse(url)
+
+
+@pytest.mark.parametrize("url,ok", [
+    ("redis://:p%40ss@h:7000/2", True), ("rediss://user:pw@example.com", True), ("redis://h:6379/", True),
+    ("redis://[::1]:6379/0", True), ("unix:///run/redis.sock?db=1", True), ("unix://:pw@/run/redis.sock", True),
+    ("redis://h/x", False), ("redis://h:99999/0", False), ("redis://h:abc/0", False), ("redis:///0", False),
+    ("redis://:pw@/0", False), ("unix://", False), ("unix:///run/redis.sock?db=x", False), ("http://h:1", False),
+])
+def test_the_config_refuses_every_url_the_client_cannot_read(url, ok):
+    """A redis_url the client would refuse at start (a traceback, exit 1) is a config error
+    naming the key (exit 2, and --check-config says so)."""
+    table = {"backends": [{"name": "b", "kind": "openai", "url": "http://127.0.0.1:9"}],
+             "cache": {"redis_url": url}}
+    if ok:
+        RedisAddress.parse(url)
+        assert config_from_table(table).cache.redis_url == url
+        return
+    with pytest.raises(ValueError):
+        RedisAddress.parse(url)
+    with pytest.raises(ConfigError) as caught:
+        config_from_table(table)
+    assert caught.value.key == "cache.redis_url"
 
 
 def test_a_reply_that_came_while_a_connection_was_idle_is_never_the_next_reply():

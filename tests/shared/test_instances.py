@@ -16,7 +16,7 @@ from tests.rig.ollama_emulator import OllamaEmulator
 from tests.rig.redis import RedisServer
 
 MODEL = "llama3.2:latest"
-FREE, TEAM = "sk-free", "sk-team"
+FREE, TEAM, EMBEDDER, NATIVE = "sk-free", "sk-team", "sk-embedder", "sk-native"
 
 
 def config_text(port: int, emulator: OllamaEmulator, redis: RedisServer) -> str:
@@ -34,7 +34,7 @@ redis_flight_wait_ms = 10000
 name = "ollama"
 kind = "ollama"
 url = "{emulator.url}"
-models = ["llama3*"]
+models = ["llama3*", "nomic*"]
 [[keys]]
 name = "free"
 key = "{FREE}"
@@ -42,6 +42,14 @@ key = "{FREE}"
 name = "team"
 key = "{TEAM}"
 rpm = 10
+[[keys]]
+name = "embedder"
+key = "{EMBEDDER}"
+rpm = 4
+[[keys]]
+name = "native"
+key = "{NATIVE}"
+rpm = 2
 """
 
 
@@ -76,6 +84,15 @@ class Instance:
                 return r.status, dict(r.headers), json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, dict(e.headers), json.loads(e.read())
+
+    def post(self, path: str, body: dict, key: str) -> int:
+        request = urllib.request.Request(self.url(path), data=json.dumps(body).encode(), method="POST",
+                                         headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
 
     def metric(self, name: str) -> float:
         request = urllib.request.Request(self.url("/metrics"), headers={"authorization": f"Bearer {FREE}"})
@@ -143,6 +160,23 @@ def test_a_key_limited_to_ten_per_minute_gets_ten_across_the_three(cluster):
     assert statuses[:10] == [200] * 10
     status, headers, body = instances[1].chat("limited again", key=TEAM)
     assert status == 429 and body["error"]["code"] == "rate_limit_exceeded" and int(headers["retry-after"]) >= 1
+
+
+def test_embeddings_count_against_the_shared_key_limit(cluster):
+    """/v1/embeddings, /api/embed and /api/embeddings are requests of the key as chat is: a key
+    limited to 4 per minute gets 4 across the three, not 4 on each."""
+    _, _, instances = cluster
+    routes = [("/v1/embeddings", {"input": "hello"}), ("/api/embed", {"input": "hello"}),
+              ("/api/embeddings", {"prompt": "hello"})]
+    statuses = [instances[i % 3].post(routes[i % 3][0], {"model": "nomic-embed-text:latest", **routes[i % 3][1]},
+                                      EMBEDDER) for i in range(9)]
+    assert statuses == [200] * 4 + [429] * 5
+
+
+def test_ollama_native_requests_passed_through_count_against_the_shared_key_limit(cluster):
+    _, _, instances = cluster
+    body = {"model": MODEL, "stream": False, "messages": [{"role": "user", "content": "native"}]}
+    assert [instances[i % 3].post("/api/chat", body, NATIVE) for i in range(4)] == [200, 200, 429, 429]
 
 
 def test_redis_killed_mid_traffic_then_back(cluster):

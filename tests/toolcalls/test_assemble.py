@@ -85,3 +85,25 @@ def test_config_repair_off_extracts_only_valid_json():
 def test_prose_around_calls_keeps_one_separator():
     raw = 'First.\n\n<tool_call>{"name": "search", "arguments": {"query": "a"}}</tool_call>\n\nThen.'
     assert process_output(raw, None, TOOLS).content == "First.\n\nThen."
+
+
+def test_parallel_tool_calls_false_keeps_only_the_first_call():
+    raw = ('<tool_call>{"name": "search", "arguments": {"query": "a"}}</tool_call>'
+           '<tool_call>{"name": "search", "arguments": {"query": "b"}}</tool_call>')
+    result = process_output(raw, None, TOOLS, parallel_tool_calls=False)
+    assert args_of(result) == [("search", {"query": "a", "max_results": 5})]
+    assert "dropped-parallel" in result.fixes
+    assert len(process_output(raw, None, TOOLS).tool_calls) == 2
+
+
+def test_a_call_whose_arguments_are_no_json_object_reaches_the_client_as_written():
+    """Not dropped with its text (an empty answer): OpenAI clients validate arguments
+    themselves; the error still drives a retry for tool_choice required / named."""
+    for raw, written in [('Looking.\n<tool_call>{"name": "search", "arguments": "q=cats"}</tool_call>', "q=cats"),
+                         ('[TOOL_CALLS][{"name": "search", "arguments": [1, 2]}]', "[1, 2]")]:
+        result = process_output(raw, None, TOOLS)
+        assert [(c["function"]["name"], c["function"]["arguments"]) for c in result.tool_calls] == [("search", written)]
+        assert result.finish_reason == "tool_calls" and "invalid-arguments" in result.fixes
+        assert result.error.startswith("search: arguments ")
+    backend = process_output(None, [{"id": "call_1", "function": {"name": "search", "arguments": "q=cats"}}], TOOLS)
+    assert [c["id"] for c in backend.tool_calls] == ["call_1"] and backend.error

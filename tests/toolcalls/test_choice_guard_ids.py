@@ -1,6 +1,8 @@
 import json
 
 from tests.toolcalls.corpus import load_tools
+from velollmd.config import ToolsConfig
+from velollmd.toolcalls.assemble import process_output
 from velollmd.toolcalls.choice import check_tool_choice, retry_messages
 from velollmd.toolcalls.loopguard import detect_loop
 from velollmd.wire.ids import ensure_call_id, new_call_id
@@ -69,3 +71,11 @@ def test_call_ids():
     assert ensure_call_id("abc", seen) == "abc"
     assert ensure_call_id("abc", seen) != "abc" and ensure_call_id("", seen).startswith("call_")
     assert json.dumps(sorted(seen))
+
+
+def test_dedup_off_neither_collapses_calls_nor_flags_loops():
+    """[tools] dedup = false: "collapse identical calls; flag loops" is off, both halves."""
+    again = '<tool_call>{"name": "search", "arguments": {"query": "x", "max_results": 5}}</tool_call>'
+    messages = history(arguments='{"query": "x", "max_results": 5}')   # the call as the client got it
+    assert process_output(again, None, TOOLS, messages=messages).loop is True
+    assert process_output(again, None, TOOLS, messages=messages, config=ToolsConfig(dedup=False)).loop is False

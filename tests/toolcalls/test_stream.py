@@ -62,3 +62,12 @@ def test_backend_parsed_calls_join_the_same_numbering():
     stream = ToolCallStream(TOOLS)
     events = stream.add_calls([{"function": {"name": "search", "arguments": '{"query": "z"}'}}])
     assert events[0].index == 0 and events[0].arguments == '{"query": "z", "max_results": 5}'
+
+
+def test_parallel_tool_calls_false_streams_only_the_first_call():
+    stream = ToolCallStream(TOOLS, parallel_tool_calls=False)
+    events = feed_all(stream, ['<tool_call>{"name": "search", "arguments": {"query": "a"}}</tool_call>',
+                               '<tool_call>{"name": "search", "arguments": {"query": "b"}}</tool_call>'])
+    calls = [e for batch in events for e in batch if e.is_call]
+    assert [(c.index, c.arguments) for c in calls] == [(0, '{"query": "a", "max_results": 5}')]
+    assert len(stream.result.tool_calls) == 1 and "dropped-parallel" in stream.result.fixes

@@ -154,6 +154,7 @@ class OllamaRoutes:
         """Pass through to Ollama, but through the scheduler: priorities, backpressure,
         routing among the model's Ollama backends and failover apply."""
         generate = self.access.generate_request(request, endpoint, openai_body)
+        await self.pipeline.admit(generate.key_name)     # the key's limits, shared when they are
         backend, relay = await self.service.native(generate, path, self._served(body))
         upstream = await relay.__anext__()
         headers = [("content-type", upstream.header("content-type", "application/json")),
@@ -227,7 +228,7 @@ class OllamaRoutes:
     async def embed(self, request: Request) -> Response:
         body = _model_body(request)
         texts = _embed_inputs(body.get("input"))
-        key_name = self.access.admit(request, body["model"])
+        key_name = await self._admit(request, body["model"])
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embed", body)
@@ -244,12 +245,18 @@ class OllamaRoutes:
     async def embeddings(self, request: Request) -> Response:
         """The older /api/embeddings: one `prompt` in, one `embedding` out (empty for no prompt)."""
         body = _model_body(request)
-        key_name = self.access.admit(request, body["model"])
+        key_name = await self._admit(request, body["model"])
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embeddings", body)
         vectors, _ = await self._vectors(key_name, body["model"], [body["prompt"]] if body.get("prompt") else [])
         return Response.json({"embedding": vectors[0] if vectors else []})
+
+    async def _admit(self, request: Request, model) -> str:
+        """The key may use `model` and is under its limits (shared ones too, when they are)."""
+        key_name = self.access.admit(request, model, defer=True)
+        await self.pipeline.admit(key_name)
+        return key_name
 
     async def _vectors(self, key_name: str, model: str, texts: list[str],
                        truncate: bool = True) -> tuple[list[list[float]], dict]:
@@ -259,7 +266,7 @@ class OllamaRoutes:
         if not texts:
             return [], {}
         answer = (await self.service.embeddings({"model": model, "input": texts, "truncate": truncate})).body
-        self.access.ledger.record_usage(key_name, answer.get("usage"))
+        self.pipeline.record_key_usage(key_name, answer.get("usage"))
         return [d["embedding"] for d in answer["data"]], answer.get("usage") or {}
 
     async def version(self, request: Request) -> Response:

@@ -91,9 +91,10 @@ class OpenAIRoutes:
         if encoding not in ("float", "base64"):
             raise BadRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
         dimensions = body.pop("dimensions", None)
-        key_name = self.access.admit(request, body["model"])
+        key_name = self.access.admit(request, body["model"], defer=True)
+        await self.pipeline.admit(key_name)                  # the key's limits, shared when they are
         outcome = await self.service.embeddings(body)
-        self.access.ledger.record_usage(key_name, outcome.body.get("usage"))
+        self.pipeline.record_key_usage(key_name, outcome.body.get("usage"))
         for item in outcome.body.get("data", []):
             if dimensions is not None:
                 item["embedding"] = shortened(item["embedding"], dimensions)

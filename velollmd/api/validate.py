@@ -196,6 +196,7 @@ def _check_tools(body: dict) -> None:
                 _fail(f"tools[{i}].function.name", "each tool needs a function with a name")
             if "parameters" in function and not isinstance(function["parameters"], dict):
                 _fail(f"tools[{i}].function.parameters", "expected a JSON Schema object")
+    _check_type(body, "parallel_tool_calls", bool, "a boolean")
     choice = body.get("tool_choice")
     if choice == "required" and not tools:
         _fail("tool_choice", "'required' needs at least one tool in 'tools'")

@@ -218,12 +218,17 @@ class Pipeline:
         """An answer's token usage: in the metrics, against the caller's key budgets, and in
         the request's trace (the access log)."""
         self.metrics.record_usage(model, usage)
-        self.ledger.record_usage(request.key_name, usage)
-        if self.shared is not None:
-            self._share_usage(request.key_name, usage)
+        self.record_key_usage(request.key_name, usage)
         trace = current_request()
         if usage and trace is not None:
             trace.note_usage(usage)
+
+    def record_key_usage(self, key_name: str, usage: dict | None) -> None:
+        """An answer's tokens against the key's budgets: this instance's, and the shared
+        windows when they are shared."""
+        self.ledger.record_usage(key_name, usage)
+        if self.shared is not None:
+            self._share_usage(key_name, usage)
 
     def _share_usage(self, key_name: str, usage: dict | None) -> None:
         """An answer's tokens to the key's shared token windows (keys with a token limit)."""

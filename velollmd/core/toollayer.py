@@ -61,17 +61,16 @@ class ToolCallLayer:
         message = choice.setdefault("message", {})
         result = process_output(message.get("content"), message.get("tool_calls"), request.tools,
                                 tool_choice=request.body.get("tool_choice"), config=self.config,
-                                messages=request.body.get("messages"))
+                                messages=request.body.get("messages"),
+                                parallel_tool_calls=request.body.get("parallel_tool_calls", True))
         message["content"] = result.content
         if result.reasoning:
             message["reasoning_content"] = (message.get("reasoning_content") or "") + result.reasoning
         if result.tool_calls:
             message["tool_calls"] = result.tool_calls
-            choice["finish_reason"] = "tool_calls"
         else:
             message.pop("tool_calls", None)
-            if choice.get("finish_reason") == "tool_calls":
-                choice["finish_reason"] = "stop"
+        choice["finish_reason"] = _finish_reason(choice.get("finish_reason"), bool(result.tool_calls))
         self._count(result)
         return result
 
@@ -113,7 +112,7 @@ class ToolCallLayer:
                 choice.finish = choices[0].get("finish_reason") or choice.finish
                 merge_tool_call_fragments(delta.get("tool_calls"), choice.backend_calls)
                 if delta.get("role") and not delta.get("content"):
-                    yield chunk
+                    yield _role_chunk(chunk, delta)
                     continue
                 if delta.get("reasoning_content"):
                     yield chunk_like(chunk, {"reasoning_content": delta["reasoning_content"]})
@@ -125,7 +124,8 @@ class ToolCallLayer:
     def _choice_stream(self, request: GenerateRequest, template: dict) -> _ChoiceStream:
         body = request.body
         return _ChoiceStream(ToolCallStream(request.tools, tool_choice=body.get("tool_choice"), config=self.config,
-                                            messages=body.get("messages")), template)
+                                            messages=body.get("messages"),
+                                            parallel_tool_calls=body.get("parallel_tool_calls", True)), template)
 
     def _close(self, open_choices: dict[int, _ChoiceStream]) -> list[dict]:
         """The end of every open choice (its calls, its finish chunk), in index order."""
@@ -136,8 +136,7 @@ class ToolCallLayer:
             events += choice.stream.finish()
             self._count(choice.stream.result)
             out += _emit(events, choice.template)
-            reason = choice.stream.finish_reason or ("stop" if choice.finish == "tool_calls" else choice.finish) \
-                or "stop"
+            reason = _finish_reason(choice.finish, bool(choice.stream.result.tool_calls))
             out.append(chunk_like(choice.template, {}, finish_reason=reason) | _report(choice.stream.result))
         return out
 
@@ -152,6 +151,17 @@ class _ChoiceStream:
     finish: str | None = None
 
 
+def _finish_reason(backend: str | None, has_calls: bool) -> str:
+    """"tool_calls" when calls went out, "stop" for a backend's "tool_calls" when none did;
+    an answer cut by max_tokens stays "length", its calls and all (a call it cut short is
+    repaired, but the client must know it was cut)."""
+    if backend == "length":
+        return "length"
+    if has_calls:
+        return "tool_calls"
+    return "stop" if backend in (None, "tool_calls") else backend
+
+
 def _report(result: ToolResult) -> dict:
     """The headers' news for a stream, on its finish chunk: {"velollm": {"tool_repair": [...],
     "tool_loop": true}}, or nothing when nothing was fixed."""
@@ -161,6 +171,14 @@ def _report(result: ToolResult) -> dict:
     if result.loop:
         report["tool_loop"] = True
     return {"velollm": report} if report else {}
+
+
+def _role_chunk(chunk: dict, delta: dict) -> dict:
+    """A chunk that carries the role, less the backend's raw `tool_calls` and finish_reason
+    (Ollama sends both with the role): the layer sends its own, cleaned, at the end."""
+    if not delta.get("tool_calls") and not chunk["choices"][0].get("finish_reason"):
+        return chunk
+    return chunk_like(chunk, {k: v for k, v in delta.items() if k != "tool_calls"})
 
 
 def _emit(events, template: dict):

@@ -9,13 +9,15 @@ Every failure to talk to the server (refused, reset, timed out, not RESP) is one
 `RedisUnavailable`, and closes the connection it happened on. After one, the client is "down"
 for a backoff (50 ms doubling to 2 s) in which calls fail at once without touching the network,
 so a dead server costs a request nothing; the first call after the backoff tries again, and a
-success ends the down state. Error replies are `ReplyError` (raised by execute(), returned in
-place by pipeline()).
+success ends the down state. The start and the end of an outage are logged once each, not
+every failed call. Error replies are `ReplyError` (raised by execute(), returned in place by
+pipeline()).
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 from ..http.client import open_stream, take_usable
 from .resp import INCOMPLETE, ProtocolError, Push, ReplyError, RespParser, encode_command
 
+log = logging.getLogger("velollmd.shared")
 READ_SIZE = 65536
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 2.0
@@ -146,12 +149,17 @@ class RedisClient:
 
     def _failed(self, exc: BaseException) -> RedisUnavailable:
         self.num_errors += 1
+        self.last_error = _describe(exc)
+        if not self._backoff_s:                  # the first failure since the last success
+            log.warning("redis unavailable: local tiers only",
+                        extra={"fields": {"address": str(self.address), "error": self.last_error}})
         self._backoff_s = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, self._backoff_s * 2))
         self._retry_at = self.clock() + self._backoff_s
-        self.last_error = _describe(exc)
         return RedisUnavailable(f"redis {self.address}: {self.last_error}")
 
     def _succeeded(self) -> None:
+        if self._backoff_s:
+            log.info("redis available again", extra={"fields": {"address": str(self.address)}})
         self._backoff_s, self._retry_at = 0.0, 0.0
 
     # -- commands ----------------------------------------------------------------------
@@ -232,6 +240,7 @@ class RedisClient:
                     await conn.read_any()
         except (OSError, TimeoutError, ProtocolError, ReplyError) as exc:
             raise self._failed(exc) from None
+        self._succeeded()                        # reachable again, requests or not
         try:
             while True:
                 message = await conn.read_any()

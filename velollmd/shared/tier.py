@@ -3,13 +3,15 @@
 Keys (under `redis_prefix`):
     e:<exact key>   an entry (cache/shared_format.py), with the cache's TTL
     l:<exact key>   the single-flight lock: the leader's token, PX redis_lock_ttl_ms
+    n:<exact key>   the leader's answer was not shared (too large), PX redis_lock_ttl_ms
     done            channel: the exact key of each answer a leader finished
 
 Single-flight: the instance whose `SET l:<key> NX PX` wins computes; the others wait for its
 `done` message (or poll, every POLL_S, in case the subscription is down), read the entry and
-answer from it. A waiter that finds the lock gone and no entry (the leader failed, crashed or
-its answer was too big to share) tries to take the lock itself; past `redis_flight_wait_ms` it
-computes alone. Every Redis failure is counted and means "no shared answer": the request goes
+answer from it. A waiter that finds the lock gone and no entry (the leader failed or crashed)
+tries to take the lock itself; past `redis_flight_wait_ms` it computes alone, and at once when
+the leader's answer was too large to share (`n:`: waiting for another leader would only
+queue the instances one generation after another). Every Redis failure is counted and means "no shared answer": the request goes
 on with the local tiers.
 """
 from __future__ import annotations
@@ -97,6 +99,8 @@ class SharedTier:
     async def _put(self, key: str, entry: CachedResponse | None, expires_at: float, lease: Lease | None) -> None:
         command = self._set_command(key, entry, expires_at) if entry is not None else None
         commands = [command] if command else []
+        if lease is not None and entry is not None and not command:      # not shared: waiters go alone
+            commands.append(("SET", self._local_key(key), b"1", "PX", self.config.redis_lock_ttl_ms))
         if lease is not None:
             commands += [("PUBLISH", self.prefix + b"done", key.encode()),
                          ("EVAL", RELEASE.source, 1, self._lock_key(key), lease.token)]
@@ -109,6 +113,9 @@ class SharedTier:
             return
         if command:
             self.results.inc(op="put", result="stored" if replies[0] == "OK" else "error")
+
+    def _local_key(self, key: str) -> bytes:
+        return self.prefix + b"n:" + key.encode()
 
     async def flush(self) -> int | None:
         """Delete every shared entry (a flush on any instance flushes them all); how many, or
@@ -143,19 +150,19 @@ class SharedTier:
         token = f"{self.instance}:{self._num_leases}"
         while True:
             try:                                  # the lock and, in the same round trip, the entry:
-                taken, data = await self.client.pipeline([  # a leader may have finished since the lookup
+                taken, data, not_shared = await self.client.pipeline([  # a leader may have finished
                     ("SET", self._lock_key(key), token, "PX", self.config.redis_lock_ttl_ms, "NX"),
-                    ("GET", self._entry_key(key))])
+                    ("GET", self._entry_key(key)), ("EXISTS", self._local_key(key))])
                 if isinstance(taken, ReplyError):
                     raise taken
             except (RedisUnavailable, ReplyError) as exc:
                 self._failed("lock", exc)
                 return None, None
             found = self._decode(data)
-            if found is not None:
+            if found is not None or not_shared == 1:
                 if taken == "OK":
                     self.release(Lease(key, token))
-                self.results.inc(op="flight", result="shared")
+                self.results.inc(op="flight", result="shared" if found is not None else "alone")
                 return None, found
             if taken == "OK":
                 self.results.inc(op="flight", result="lead")
@@ -197,8 +204,9 @@ class SharedTier:
 
     # -- faults, health, lifecycle -----------------------------------------------------------
     def _failed(self, op: str, exc: BaseException) -> None:
+        """Counted; the client logs when an outage starts and ends (not each failed call)."""
         self.errors.inc(op=op)
-        log.warning("redis unavailable: local tiers only", extra={"fields": {"op": op, "error": str(exc)}})
+        log.debug("redis call failed", extra={"fields": {"op": op, "error": str(exc)}})
 
     def health(self) -> dict:
         client = self.client

@@ -57,11 +57,13 @@ def _parse_segment(kind: str, text: str, *, index: ToolIndex, loads: Loads) -> E
 
 class CallAssembler:
     """Cleans calls one at a time: arguments decoded, names checked, tool_choice, schema,
-    dedup, ids. Keeps the fixes and errors seen so far."""
+    dedup, parallel_tool_calls, ids. Keeps the fixes and errors seen so far."""
 
-    def __init__(self, index: ToolIndex, tool_choice=None, config: ToolsConfig = ToolsConfig()):
+    def __init__(self, index: ToolIndex, tool_choice=None, config: ToolsConfig = ToolsConfig(),
+                 parallel_tool_calls: bool = True):
         self.index = index
         self.config = config
+        self.parallel = parallel_tool_calls is not False
         self.loads = loads_for(config)
         self.mode, self.chosen = parse_tool_choice(tool_choice)
         self.tool_choice = tool_choice
@@ -87,13 +89,14 @@ class CallAssembler:
             self.fix("dropped-by-tool-choice")
             return None
         arguments, arguments_text = self._arguments(raw, name)
-        if arguments is None:
-            return None
-        key = call_key(name, arguments)
+        key = call_key(name, arguments if arguments is not None else arguments_text)
         if self.config.dedup and key in self._keys:
             self.fix("dedup")
             return None
         self._keys.add(key)
+        if self.calls and not self.parallel:
+            self.fix("dropped-parallel")
+            return None
         self.fix(*raw.fixes, *([name_fix] if name_fix else []))
         call = {"id": ensure_call_id(raw.id, self._ids), "type": "function",
                 "function": {"name": name, "arguments": arguments_text}}
@@ -101,10 +104,14 @@ class CallAssembler:
         return call
 
     def _arguments(self, raw: RawCall, name: str) -> tuple[dict | None, str]:
-        """(arguments, their JSON text); keeps a backend's JSON string when nothing changed."""
+        """(arguments, their JSON text); keeps a backend's JSON string when nothing changed.
+        Arguments that are no JSON object go out as written, (None, text): the client decides,
+        as with OpenAI, and the error drives a retry."""
         arguments, fixes = self._decode(raw.arguments, name)
         if arguments is None:
-            return None, ""
+            self.fix("invalid-arguments")
+            written = raw.arguments
+            return None, written if isinstance(written, str) else json.dumps(written, ensure_ascii=False)
         if self.config.validate:
             arguments, schema_fixes, errors = validate_and_coerce(
                 arguments, self.index.schema(name), coerce=self.config.coerce)
@@ -155,12 +162,12 @@ def backend_raw_call(call: dict) -> RawCall:
 
 def process_output(content: str | None, tool_calls: list[dict] | None, tools: list[dict], *,
                    tool_choice=None, config: ToolsConfig = ToolsConfig(),
-                   messages: list[dict] | None = None) -> ToolResult:
+                   messages: list[dict] | None = None, parallel_tool_calls: bool = True) -> ToolResult:
     """Clean one whole reply. Without tools the reply passes through unchanged."""
     index = ToolIndex(tools)
     if not index:
         return ToolResult(content, list(tool_calls or []))
-    assembler = CallAssembler(index, tool_choice, config)
+    assembler = CallAssembler(index, tool_choice, config, parallel_tool_calls)
     for call in tool_calls or ():
         if isinstance(call, dict):
             assembler.add(backend_raw_call(call))
@@ -194,5 +201,5 @@ def finish_result(content: str | None, assembler: CallAssembler,
     if calls and not content:
         content = None
     return ToolResult(content=content, tool_calls=calls, fixes=list(assembler.fixes),
-                      loop=detect_loop(calls, messages), error=assembler.error(),
+                      loop=assembler.config.dedup and detect_loop(calls, messages), error=assembler.error(),
                       reasoning=reasoning or None)

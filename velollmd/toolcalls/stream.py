@@ -38,11 +38,11 @@ class StreamEvent:
 
 class ToolCallStream:
     def __init__(self, tools: list[dict], *, tool_choice=None, config: ToolsConfig = ToolsConfig(),
-                 messages: list[dict] | None = None):
+                 messages: list[dict] | None = None, parallel_tool_calls: bool = True):
         index = ToolIndex(tools)
         self.passthrough = not index
         self.messages = messages
-        self.assembler = CallAssembler(index, tool_choice, config)
+        self.assembler = CallAssembler(index, tool_choice, config, parallel_tool_calls)
         self.segmenter = new_segmenter(index, config)
         self.content_parts: list[str] = []
         self.reasoning_parts: list[str] = []

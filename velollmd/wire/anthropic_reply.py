@@ -66,6 +66,11 @@ def stop_reason_of(finish_reason: str | None, stop_word: str | None, stop_sequen
     return "end_turn", None
 
 
+def _input_json(arguments: str) -> str:
+    """A tool block's whole arguments as its input_json_delta: as sent when they are an object."""
+    return arguments if tool_input(arguments) else "{}"
+
+
 def tool_input(arguments) -> dict:
     """A tool call's arguments as the object Anthropic clients expect ({} if not an object:
     the tool-call layer has repaired what can be repaired by now)."""
@@ -104,7 +109,9 @@ def chat_to_message(answer: dict, model: str, stop_sequences: list[str] | None =
 class MessageEvents:
     """OpenAI chat chunks in, Anthropic stream events out: `start()`, `feed(chunk)` per chunk,
     `finish()` at the end. One block is open at a time; a tool call's fragments are held back
-    until its name is known, so its block starts with the name."""
+    until its name is known, so its block starts with the name, and its arguments until the
+    block closes, so its input is always an object ({} for arguments that are none, as
+    tool_input())."""
 
     def __init__(self, model: str, input_tokens: int = 0, stop_sequences: list[str] | None = None):
         self.model, self.input_tokens, self.stop_sequences = model, input_tokens, stop_sequences
@@ -113,6 +120,7 @@ class MessageEvents:
         self.thinking: list[str] = []
         self.pending: dict[int, dict] = {}           # tool-call index -> {id, name, arguments}
         self.started_tools: set[int] = set()
+        self.tool_arguments: dict[int, str] = {}     # an open tool block's arguments so far
         self.finish_reason: str | None = None
         self.stop_word: str | None = None
         self.usage: dict | None = None
@@ -170,6 +178,9 @@ class MessageEvents:
             signature = thinking_signature("".join(self.thinking))
             events.append(self._delta({"type": "signature_delta", "signature": signature}))
             self.thinking = []
+        arguments = self.tool_arguments.pop(self.open, "") if isinstance(self.open, int) else ""
+        if arguments:
+            events.append(self._delta({"type": "input_json_delta", "partial_json": _input_json(arguments)}))
         self.open = None
         return events + [("content_block_stop", {"type": "content_block_stop", "index": self.index})]
 
@@ -191,9 +202,8 @@ class MessageEvents:
         index = fragment.get("index", 0)
         function = fragment.get("function") or {}
         if index in self.started_tools:           # (a call's fragments come together, OpenAI-style)
-            arguments = function.get("arguments") or ""
-            if arguments and self.open == index:
-                return [self._delta({"type": "input_json_delta", "partial_json": arguments})]
+            if self.open == index:
+                self.tool_arguments[index] += function.get("arguments") or ""
             return []
         call = self.pending.setdefault(index, {"id": None, "name": "", "arguments": ""})
         call["id"] = fragment.get("id") or call["id"]
@@ -206,8 +216,7 @@ class MessageEvents:
         call["id"] = call["id"] or new_call_id()
         self.started_tools.add(index)
         events = self._open(index, {"type": "tool_use", "id": call["id"], "name": call["name"], "input": {}})
-        if call["arguments"]:
-            events.append(self._delta({"type": "input_json_delta", "partial_json": call["arguments"]}))
+        self.tool_arguments[index] = call["arguments"]
         return events
 
     def _flush_pending(self) -> list[Event]:
