@@ -148,3 +148,16 @@ def test_completion_ids_are_cmpl_as_openai_gives_them(client):
     assert {c.id for c in chunks} == {chunks[0].id} and chunks[0].id.startswith("cmpl-")
     chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
     assert chat.id.startswith("chatcmpl-")
+
+
+@pytest.mark.parametrize("arguments", ["city=Oslo", "{\"city\": \"Os", "[1, 2]", "42", ""])
+def test_a_history_call_whose_arguments_are_no_json_object_is_served(client, arguments):
+    """A call the model wrote badly goes to the client as written (as OpenAI's do), and an
+    agent sends it back in the next turn's history: llama-server refuses arguments it cannot
+    parse (a 500, so a 502 here), which would wedge the conversation."""
+    history = [{"role": "user", "content": "Weather?"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "error: arguments are not JSON"}]
+    reply = client.chat.completions.create(model="tiny", messages=history, tools=[WEATHER], max_tokens=3)
+    assert reply.choices[0].finish_reason in ("length", "stop", "tool_calls")

@@ -1,6 +1,7 @@
 """llama.cpp's llama-server: its OpenAI endpoints plus /props (slots, context) and /tokenize."""
 from __future__ import annotations
 
+import json
 import os
 from typing import AsyncIterator, Callable
 
@@ -69,6 +70,8 @@ class LlamaCppBackend(OpenAIBackend):
             body["top_logprobs"] = 1            # without it 20 alternatives, with 0 no logprobs at all
         if request.report_stop_word and body.get("stop"):
             body["verbose"] = True
+        if request.endpoint == "chat" and isinstance(body.get("messages"), list):
+            body["messages"] = [_with_parsable_arguments(m) for m in body["messages"]]
         return body
 
     async def completion(self, request: GenerateRequest) -> dict:
@@ -137,6 +140,34 @@ class LlamaCppBackend(OpenAIBackend):
         tokens = (await self.post_json("/tokenize", {"content": prompt, "add_special": True,
                                                      "parse_special": True})).get("tokens")
         return len(tokens) if isinstance(tokens, list) else None
+
+
+def _with_parsable_arguments(message):
+    """A history message whose tool calls' arguments llama-server can parse: it refuses a
+    request with arguments that are no JSON (a 500) where OpenAI takes any string. A call the
+    model wrote badly went to the client as written, and an agent sends it back: "" becomes
+    "{}" (no arguments), other text a JSON string of itself."""
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    if not isinstance(calls, list) or all(_parsable(c) for c in calls):
+        return message
+    return {**message, "tool_calls": [c if _parsable(c) else _arguments_as_json(c) for c in calls]}
+
+
+def _parsable(call) -> bool:
+    arguments = (call.get("function") or {}).get("arguments") if isinstance(call, dict) else None
+    if not isinstance(arguments, str):
+        return True                     # not ours to judge (the request checks refused what they must)
+    try:
+        json.loads(arguments)
+    except ValueError:
+        return False
+    return True
+
+
+def _arguments_as_json(call: dict) -> dict:
+    arguments = call["function"]["arguments"]
+    written = json.dumps(arguments) if arguments.strip() else "{}"
+    return {**call, "function": {**call["function"], "arguments": written}}
 
 
 def _completion_id(answer: dict) -> None:
