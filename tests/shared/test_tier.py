@@ -85,3 +85,21 @@ def test_the_subscription_coming_back_ends_an_outage_without_any_traffic(caplog)
             assert run(main())["status"] == "ok"
     finally:
         server.stop()
+
+
+def test_a_flush_deletes_its_own_prefixs_entries_only_whatever_the_prefix_holds(redis_server):
+    """SCAN MATCH reads the prefix as a glob: `app*` would match `apple:`'s entries too."""
+    async def main():
+        tiers = [SharedTier(CacheConfig(redis_url=redis_server.url, redis_timeout_ms=1000, redis_prefix=prefix),
+                            Counter("e", ""), Counter("r", "")) for prefix in ("app*", "apple", "[a]")]
+        client = tiers[0].client
+        keys = (b"app*e:1", b"applee:2", b"[a]e:3", b"ae:4")
+        for key in keys:
+            await client.execute("SET", key, b"x")
+        deleted = [await tier.flush() for tier in tiers]
+        left = [key for key in keys if await client.execute("EXISTS", key)]
+        for tier in tiers:
+            await tier.close()
+        return deleted, left
+    deleted, left = run(main())
+    assert deleted == [1, 1, 1] and left == [b"ae:4"]

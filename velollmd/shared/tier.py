@@ -20,6 +20,7 @@ import asyncio
 import logging
 import math
 import os
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class SharedTier:
     def __init__(self, config: CacheConfig, errors: Counter, results: Counter, client: RedisClient | None = None):
         self.config = config
         self.prefix = config.redis_prefix.encode()
+        self._entries_pattern = _glob_escaped(self.prefix) + b"e:*"        # SCAN MATCH: this prefix's entries
         self.client = client or RedisClient(RedisAddress.parse(config.redis_url),
                                             timeout_s=config.redis_timeout_ms / 1000)
         self.errors, self.results = errors, results           # velollm_cache_redis_{errors_,}total
@@ -123,7 +125,7 @@ class SharedTier:
         cursor, deleted = b"0", 0
         try:
             while True:
-                cursor, keys = await self.client.execute("SCAN", cursor, "MATCH", self.prefix + b"e:*",
+                cursor, keys = await self.client.execute("SCAN", cursor, "MATCH", self._entries_pattern,
                                                          "COUNT", FLUSH_PAGE)
                 if keys:
                     deleted += await self.client.execute("DEL", *keys)
@@ -228,3 +230,9 @@ class SharedTier:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.client.timeout_s * 2)
         await self.client.close()
+
+
+def _glob_escaped(text: bytes) -> bytes:
+    """`text` matched literally in a SCAN MATCH pattern: a prefix such as `app*` or `[v1]`
+    would match other deployments' keys, and a flush would delete them."""
+    return re.sub(rb"([*?\[\]\\])", rb"\\\1", text)
