@@ -76,6 +76,20 @@ def test_whole_thinking_answer(emu_daemon, ollama_emulator):
     assert [(b.type, getattr(b, "thinking", None)) for b in message.content] == [("thinking", "Hmm."), ("text", None)]
 
 
+def test_the_thinking_switch_reaches_the_backend(emu_daemon, ollama_emulator):
+    """`thinking` turns a thinking model's reasoning on or off, as chat's
+    chat_template_kwargs.enable_thinking does (Ollama's `think`); left out, the model's default."""
+    client = client_of(emu_daemon)
+    for thinking, think in (({"type": "disabled"}, False), ({"type": "enabled", "budget_tokens": 2048}, True)):
+        client.messages.create(model=MODEL, max_tokens=4096, messages=HI, thinking=thinking)
+        assert ollama_emulator.last_request("/api/chat")["think"] is think
+        with client.messages.stream(model=MODEL, max_tokens=4096, messages=HI, thinking=thinking) as stream:
+            stream.get_final_message()
+        assert ollama_emulator.last_request("/api/chat")["think"] is think
+    client.messages.create(model=MODEL, max_tokens=50, messages=HI)
+    assert "think" not in ollama_emulator.last_request("/api/chat")
+
+
 def test_tool_round_trip(emu_daemon, ollama_emulator):
     client = client_of(emu_daemon)
     ollama_emulator.script(tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}])

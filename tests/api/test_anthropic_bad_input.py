@@ -64,6 +64,8 @@ MALFORMED = [   # (name, body or raw bytes, expected status)
     ("tool_result with a tool_use inside", with_(messages=message(
         {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "tool_use"}]})), 400),
     ("thinking without text", with_(messages=[{"role": "assistant", "content": [{"type": "thinking"}]}]), 400),
+    ("thinking type unknown", with_(thinking={"type": "on"}), 400),
+    ("thinking budget_tokens a string", with_(thinking={"type": "enabled", "budget_tokens": "many"}), 400),
     ("system a number", with_(system=5), 400),
     ("system block not text", with_(system=[{"type": "image"}]), 400),
     ("temperature above 1", with_(temperature=1.5), 400),
