@@ -120,6 +120,24 @@ def test_streamed_tool_call(emu_daemon, ollama_emulator):
                                                                      "tool_use")
 
 
+def test_disable_parallel_tool_use_keeps_one_call_whole_and_streamed(emu_daemon, ollama_emulator):
+    """Ollama has no parallel_tool_calls switch: a second call the model makes anyway is dropped."""
+    two = [{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_weather", "arguments": {"city": "Rome"}}]
+    client = client_of(emu_daemon)
+    args = dict(model=MODEL, max_tokens=100, tools=[WEATHER], messages=HI,
+                tool_choice={"type": "auto", "disable_parallel_tool_use": True})
+    ollama_emulator.script(tool_calls=two)
+    message = client.messages.create(**args)
+    assert [(b.type, b.input) for b in message.content] == [("tool_use", {"city": "Oslo"})]
+    assert message.stop_reason == "tool_use"
+    ollama_emulator.script(tool_calls=two)
+    with client.messages.stream(**args) as stream:
+        final = stream.get_final_message()
+    assert [(b.type, b.input) for b in final.content] == [("tool_use", {"city": "Oslo"})]
+    ollama_emulator.script(tool_calls=two)                 # allowed: both come back
+    assert len(client.messages.create(**{**args, "tool_choice": {"type": "auto"}}).content) == 2
+
+
 def test_tool_choice_any_and_tool_reach_the_backend(daemon_factory, ollama_emulator):
     backend = {"name": "compat", "kind": "openai", "url": ollama_emulator.url, "models": ["llama3*"]}
     daemon = daemon_factory({"backends": [backend], "cache": {"enabled": False}, "tools": {"max_retries": 0}})

@@ -117,6 +117,19 @@ def test_function_call_round_trip_by_id_and_by_items(client, ollama_emulator):
     assert answer.output_text == "Still sunny." and sent_messages(ollama_emulator) == expected
 
 
+def test_parallel_tool_calls_false_keeps_one_call(client, ollama_emulator):
+    two = [{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_weather", "arguments": {"city": "Rome"}}]
+    ollama_emulator.script(tool_calls=two)
+    response = client.responses.create(model=MODEL, input="Oslo and Rome?", tools=[WEATHER], parallel_tool_calls=False)
+    assert [json.loads(o.arguments) for o in response.output] == [{"city": "Oslo"}]
+    assert response.parallel_tool_calls is False
+    ollama_emulator.script(tool_calls=two)
+    with client.responses.stream(model=MODEL, input="Oslo and Rome?", tools=[WEATHER],
+                                 parallel_tool_calls=False) as stream:
+        final = stream.get_final_response()
+    assert [json.loads(o.arguments) for o in final.output] == [{"city": "Oslo"}]
+
+
 def test_the_stream_helper_rebuilds_the_final_response(client, ollama_emulator):
     ollama_emulator.script("One two three.")
     with client.responses.stream(model=MODEL, input="Count.") as stream:
