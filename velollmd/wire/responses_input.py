@@ -227,6 +227,8 @@ def dropped_tool_types(tools) -> list[str]:
 
 def chat_tool_choice(choice, tools: list[dict]):
     """"auto" | "none" | "required" | {"type": "function" | "custom", "name"} -> chat's tool_choice."""
+    if choice == "required" and not tools:
+        _fail("tool_choice", "'required' needs at least one function, custom or local_shell tool in 'tools'")
     if choice is None or choice in ("auto", "none", "required"):
         return choice
     kind = _kind(choice)
