@@ -130,6 +130,18 @@ def test_parallel_tool_calls_false_keeps_one_call(client, ollama_emulator):
     assert [json.loads(o.arguments) for o in final.output] == [{"city": "Oslo"}]
 
 
+def test_an_image_a_tool_returns_reaches_the_model(client, ollama_emulator):
+    """Codex's view_image answers with an input_image in function_call_output; it was dropped."""
+    ollama_emulator.script("A cat.")
+    png = "data:image/png;base64,aGVsbG8="
+    client.responses.create(model=MODEL, input=[
+        {"type": "function_call", "call_id": "c1", "name": "view_image", "arguments": '{"path": "cat.png"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": [
+            {"type": "input_text", "text": "cat.png:"}, {"type": "input_image", "image_url": png}]}])
+    tool = ollama_emulator.last_request("/api/chat")["messages"][-1]
+    assert (tool["role"], tool["content"], tool["images"]) == ("tool", "cat.png:", ["aGVsbG8="])
+
+
 def test_the_stream_helper_rebuilds_the_final_response(client, ollama_emulator):
     ollama_emulator.script("One two three.")
     with client.responses.stream(model=MODEL, input="Count.") as stream:

@@ -116,12 +116,19 @@ def _message(item: dict, where: str) -> dict:
         return {"role": role, "content": content}
     if not isinstance(content, list):
         _fail(f"{where}.content", "expected a string or an array of content parts")
-    parts = [_part(part, f"{where}.content[{j}]") for j, part in enumerate(content)]
-    if all(p["type"] == "text" for p in parts):          # text only: one string, as every template takes
-        return {"role": role, "content": "".join(p["text"] for p in parts)}
-    if role != "user":
+    parts = _parts(content, f"{where}.content")
+    if isinstance(parts, list) and role != "user":
         _fail(f"{where}.content", "images are accepted in user messages only")
     return {"role": role, "content": parts}
+
+
+def _parts(content: list, where: str) -> str | list[dict]:
+    """Content parts as chat's: text only as one string (what every template takes), else
+    the text and image_url parts."""
+    parts = [_part(part, f"{where}[{j}]") for j, part in enumerate(content)]
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
 
 
 def _part(part, where: str) -> dict:
@@ -162,10 +169,10 @@ def _add_call(messages: list[dict], call: dict, names: dict[str, str]) -> None:
 
 def _call_output(item: dict, where: str, names: dict[str, str]) -> dict:
     call_id, output = output_call_id(item, where), item.get("output")
-    if isinstance(output, list):
-        output = "".join(_part(p, f"{where}.output[{j}]").get("text", "") for j, p in enumerate(output))
-    if not isinstance(output, str):
-        _fail(f"{where}.output", "expected a string or an array of text parts")
+    if isinstance(output, list):                 # an image a tool returns (Codex's view_image) stays
+        output = _parts(output, f"{where}.output")
+    if not isinstance(output, (str, list)):
+        _fail(f"{where}.output", "expected a string or an array of input_text and input_image parts")
     message = {"role": "tool", "tool_call_id": call_id, "content": output}
     if call_id in names:
         message["name"] = names[call_id]
