@@ -142,6 +142,22 @@ def test_an_image_a_tool_returns_reaches_the_model(client, ollama_emulator):
     assert (tool["role"], tool["content"], tool["images"]) == ("tool", "cat.png:", ["aGVsbG8="])
 
 
+def test_reasoning_items_sent_back_reach_the_backend(daemon_factory, ollama_emulator):
+    """Codex (store: false) sends the model's reasoning items back with the history; a backend
+    that reads reasoning_content (llama-server, vLLM, the engine) gets them on the call's turn."""
+    backend = {"name": "compat", "kind": "openai", "url": ollama_emulator.url, "models": ["llama3*"]}
+    client = client_for(daemon_factory({"backends": [backend], "cache": {"enabled": False}}))
+    ollama_emulator.script("Sunny in Oslo.")
+    client.responses.create(model=MODEL, tools=[WEATHER], store=False, input=[
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": None,
+         "content": [{"type": "reasoning_text", "text": "I should call get_weather."}]},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"}])
+    [turn] = [m for m in ollama_emulator.last_request("/v1/chat/completions")["messages"] if m["role"] == "assistant"]
+    assert turn["reasoning_content"] == "I should call get_weather." and turn["tool_calls"]
+
+
 def test_the_stream_helper_rebuilds_the_final_response(client, ollama_emulator):
     ollama_emulator.script("One two three.")
     with client.responses.stream(model=MODEL, input="Count.") as stream:

@@ -32,7 +32,6 @@ TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "re
 # Hosted tools that OpenAI runs on its side; a client such as Codex CLI sends them by default.
 # Without them the model simply answers from what it knows, so they are dropped, not refused.
 IGNORED_TOOL_TYPES = frozenset({"web_search", "web_search_preview", "web_search_preview_2025_03_11"})
-IGNORED_ITEM_TYPES = frozenset({"reasoning"})     # kept by the client, not sent on to the backend
 SAMPLING = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens": "max_tokens",
             "parallel_tool_calls": "parallel_tool_calls", "user": "user"}
 # Not in the Responses API, but what local backends take and chat passes on (validated there);
@@ -84,23 +83,50 @@ def resolve_references(items: list[dict], find: Callable[[str], dict | None]) ->
 
 def items_to_messages(items: list[dict], param: str, messages: list[dict]) -> list[dict]:
     """Append the chat messages for `items` to `messages` (a run of function calls joins the
-    assistant message before it, as chat has them); `param` names the items in errors."""
+    assistant message before it, as chat has them; reasoning items become the
+    `reasoning_content` of the assistant message that follows them); `param` names the items
+    in errors."""
     names: dict[str, str] = _call_names(messages)
+    reasoning: list[str] = []
     for i, item in enumerate(items):
         where = f"{param}[{i}]"
         if not isinstance(item, dict):
             _fail(where, "expected an input item object")
         kind = _kind(item, "message")
+        if kind == "reasoning":
+            reasoning.append(_reasoning_text(item))
+            continue
         if kind == "message":
             messages.append(_message(item, where))
         elif kind in CALLS:
             _add_call(messages, CALLS[kind](item, where), names)
         elif kind in CALL_OUTPUTS:
             messages.append(_call_output(item, where, names))
-        elif kind not in IGNORED_ITEM_TYPES:
+        else:
             _fail(f"{where}.type", f"input items of type {kind!r} are not supported here; use message, "
                                    "reasoning, item_reference, " + ", ".join([*CALLS, *CALL_OUTPUTS]))
+        _attach_reasoning(messages[-1], reasoning)
+        reasoning = []
     return messages
+
+
+def _reasoning_text(item: dict) -> str:
+    """The text of a reasoning item: its reasoning_text parts, else its summary (an item with
+    only encrypted_content has none)."""
+    for key, part_type in (("content", "reasoning_text"), ("summary", "summary_text")):
+        parts = item.get(key) if isinstance(item.get(key), list) else []
+        texts = [p["text"] for p in parts if _kind(p) == part_type and isinstance(p.get("text"), str)]
+        if texts:
+            return "".join(texts)
+    return ""
+
+
+def _attach_reasoning(message: dict, reasoning: list[str]) -> None:
+    """The thoughts before an assistant message, as its reasoning_content (before any other
+    item they led to nothing the model said, and are left out)."""
+    text = "".join(reasoning)
+    if text and message["role"] == "assistant":
+        message["reasoning_content"] = (message.get("reasoning_content") or "") + text
 
 
 def _call_names(messages: list[dict]) -> dict[str, str]:
