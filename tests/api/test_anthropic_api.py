@@ -76,6 +76,21 @@ def test_whole_thinking_answer(emu_daemon, ollama_emulator):
     assert [(b.type, getattr(b, "thinking", None)) for b in message.content] == [("thinking", "Hmm."), ("text", None)]
 
 
+def test_thinking_sent_back_reaches_ollama_as_the_turns_thinking(emu_daemon, ollama_emulator):
+    """Claude Code sends earlier thinking blocks back; Ollama renders an assistant message's
+    `thinking` where the template keeps it (gpt-oss, Qwen3)."""
+    ollama_emulator.script("Done.")
+    client_of(emu_daemon).messages.create(model=MODEL, max_tokens=50, tools=[WEATHER], messages=[
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "Ask the tool.", "signature": "s"},
+                                          {"type": "tool_use", "id": "t1", "name": "get_weather",
+                                           "input": {"city": "Oslo"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "sunny"}]}])
+    turn = ollama_emulator.last_request("/api/chat")["messages"][1]
+    assert (turn["role"], turn["thinking"], turn["tool_calls"][0]["function"]["name"]) == (
+        "assistant", "Ask the tool.", "get_weather")
+
+
 def test_the_thinking_switch_reaches_the_backend(emu_daemon, ollama_emulator):
     """`thinking` turns a thinking model's reasoning on or off, as chat's
     chat_template_kwargs.enable_thinking does (Ollama's `think`); left out, the model's default."""
