@@ -135,6 +135,17 @@ def test_malformed_count_tokens_body(app_loop, name, body, status):
     anthropic_error_of(response)
 
 
+@pytest.mark.parametrize("body, message", [
+    (with_(tool_choice={"type": "any"}), "tool_choice: 'any' needs at least one tool in 'tools'"),
+    (with_(tool_choice={"type": "any"}, tools=[]), "tool_choice: 'any' needs at least one tool in 'tools'"),
+    (with_(tools=[TOOL, TOOL]), f"tools.1.name: the tool name {TOOL['name']!r} is used twice"),
+], ids=["any without tools", "any with no tools", "a tool name twice"])
+def test_errors_name_anthropics_own_fields(app_loop, body, message):
+    """Not chat's ('required', a duplicate passed on to the backend), as Anthropic answers."""
+    response = call(app_loop, "/v1/messages", body)
+    assert response.status == 400 and anthropic_error_of(response)["message"] == message
+
+
 def test_the_valid_base_body_is_served(app_loop):
     response = call(app_loop, "/v1/messages", BASE)
     assert response.status == 200 and json.loads(response.body)["content"][0]["text"] == "ok"

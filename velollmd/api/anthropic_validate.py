@@ -190,6 +190,8 @@ def _check_tools(tools) -> set[str]:
         _expect(tool, "name", str, "a string", f"{path}.", required=True)
         _expect(tool, "description", str, "a string", f"{path}.")
         _expect(tool, "input_schema", dict, "a JSON Schema object", f"{path}.", required=True)
+        if tool["name"] in names:
+            _fail(f"{path}.name", f"the tool name {tool['name']!r} is used twice")
         names.add(tool["name"])
     return names
 
@@ -201,6 +203,8 @@ def _check_tool_choice(choice, names: set[str]) -> None:
     if not isinstance(kind, str) or kind not in TOOL_CHOICES:
         _fail("tool_choice", "expected {'type': 'auto' | 'any' | 'tool' | 'none'}")
     _expect(choice, "disable_parallel_tool_use", bool, "a boolean", "tool_choice.")
+    if kind in ("any", "tool") and not names:
+        _fail("tool_choice", f"{kind!r} needs at least one tool in 'tools'")
     if choice["type"] == "tool":
         _expect(choice, "name", str, "a string", "tool_choice.", required=True)
         if choice["name"] not in names:
