@@ -76,6 +76,35 @@ def test_whole_thinking_answer(emu_daemon, ollama_emulator):
     assert [(b.type, getattr(b, "thinking", None)) for b in message.content] == [("thinking", "Hmm."), ("text", None)]
 
 
+def test_thinking_sent_back_reaches_ollama_as_the_turns_thinking(emu_daemon, ollama_emulator):
+    """Claude Code sends earlier thinking blocks back; Ollama renders an assistant message's
+    `thinking` where the template keeps it (gpt-oss, Qwen3)."""
+    ollama_emulator.script("Done.")
+    client_of(emu_daemon).messages.create(model=MODEL, max_tokens=50, tools=[WEATHER], messages=[
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "Ask the tool.", "signature": "s"},
+                                          {"type": "tool_use", "id": "t1", "name": "get_weather",
+                                           "input": {"city": "Oslo"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "sunny"}]}])
+    turn = ollama_emulator.last_request("/api/chat")["messages"][1]
+    assert (turn["role"], turn["thinking"], turn["tool_calls"][0]["function"]["name"]) == (
+        "assistant", "Ask the tool.", "get_weather")
+
+
+def test_the_thinking_switch_reaches_the_backend(emu_daemon, ollama_emulator):
+    """`thinking` turns a thinking model's reasoning on or off, as chat's
+    chat_template_kwargs.enable_thinking does (Ollama's `think`); left out, the model's default."""
+    client = client_of(emu_daemon)
+    for thinking, think in (({"type": "disabled"}, False), ({"type": "enabled", "budget_tokens": 2048}, True)):
+        client.messages.create(model=MODEL, max_tokens=4096, messages=HI, thinking=thinking)
+        assert ollama_emulator.last_request("/api/chat")["think"] is think
+        with client.messages.stream(model=MODEL, max_tokens=4096, messages=HI, thinking=thinking) as stream:
+            stream.get_final_message()
+        assert ollama_emulator.last_request("/api/chat")["think"] is think
+    client.messages.create(model=MODEL, max_tokens=50, messages=HI)
+    assert "think" not in ollama_emulator.last_request("/api/chat")
+
+
 def test_tool_round_trip(emu_daemon, ollama_emulator):
     client = client_of(emu_daemon)
     ollama_emulator.script(tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}])
@@ -104,6 +133,24 @@ def test_streamed_tool_call(emu_daemon, ollama_emulator):
     [call] = final.content
     assert (call.type, call.name, call.input, final.stop_reason) == ("tool_use", "get_weather", {"city": "Oslo"},
                                                                      "tool_use")
+
+
+def test_disable_parallel_tool_use_keeps_one_call_whole_and_streamed(emu_daemon, ollama_emulator):
+    """Ollama has no parallel_tool_calls switch: a second call the model makes anyway is dropped."""
+    two = [{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_weather", "arguments": {"city": "Rome"}}]
+    client = client_of(emu_daemon)
+    args = dict(model=MODEL, max_tokens=100, tools=[WEATHER], messages=HI,
+                tool_choice={"type": "auto", "disable_parallel_tool_use": True})
+    ollama_emulator.script(tool_calls=two)
+    message = client.messages.create(**args)
+    assert [(b.type, b.input) for b in message.content] == [("tool_use", {"city": "Oslo"})]
+    assert message.stop_reason == "tool_use"
+    ollama_emulator.script(tool_calls=two)
+    with client.messages.stream(**args) as stream:
+        final = stream.get_final_message()
+    assert [(b.type, b.input) for b in final.content] == [("tool_use", {"city": "Oslo"})]
+    ollama_emulator.script(tool_calls=two)                 # allowed: both come back
+    assert len(client.messages.create(**{**args, "tool_choice": {"type": "auto"}}).content) == 2
 
 
 def test_tool_choice_any_and_tool_reach_the_backend(daemon_factory, ollama_emulator):

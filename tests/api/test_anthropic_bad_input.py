@@ -64,6 +64,8 @@ MALFORMED = [   # (name, body or raw bytes, expected status)
     ("tool_result with a tool_use inside", with_(messages=message(
         {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "tool_use"}]})), 400),
     ("thinking without text", with_(messages=[{"role": "assistant", "content": [{"type": "thinking"}]}]), 400),
+    ("thinking type unknown", with_(thinking={"type": "on"}), 400),
+    ("thinking budget_tokens a string", with_(thinking={"type": "enabled", "budget_tokens": "many"}), 400),
     ("system a number", with_(system=5), 400),
     ("system block not text", with_(system=[{"type": "image"}]), 400),
     ("temperature above 1", with_(temperature=1.5), 400),
@@ -131,6 +133,17 @@ def test_malformed_count_tokens_body(app_loop, name, body, status):
     response = call(app_loop, "/v1/messages/count_tokens", body)
     assert response.status == status
     anthropic_error_of(response)
+
+
+@pytest.mark.parametrize("body, message", [
+    (with_(tool_choice={"type": "any"}), "tool_choice: 'any' needs at least one tool in 'tools'"),
+    (with_(tool_choice={"type": "any"}, tools=[]), "tool_choice: 'any' needs at least one tool in 'tools'"),
+    (with_(tools=[TOOL, TOOL]), f"tools.1.name: the tool name {TOOL['name']!r} is used twice"),
+], ids=["any without tools", "any with no tools", "a tool name twice"])
+def test_errors_name_anthropics_own_fields(app_loop, body, message):
+    """Not chat's ('required', a duplicate passed on to the backend), as Anthropic answers."""
+    response = call(app_loop, "/v1/messages", body)
+    assert response.status == 400 and anthropic_error_of(response)["message"] == message
 
 
 def test_the_valid_base_body_is_served(app_loop):

@@ -53,3 +53,15 @@ def test_a_stop_sequence_is_named_whole_and_streamed(client):
     assert (streamed.stop_reason, streamed.stop_sequence) == ("stop_sequence", stop)
     unmatched = client.messages.create(**{**greedy, "max_tokens": 2}, stop_sequences=["never-there"])
     assert (unmatched.stop_reason, unmatched.stop_sequence) == ("max_tokens", None)
+
+
+def test_a_prompt_over_the_context_says_prompt_is_too_long(client):
+    """Anthropic has no error code for it: clients (Claude Code's compaction, LiteLLM) know an
+    overflow by the message Anthropic sends, 'prompt is too long: ...'."""
+    long = [{"role": "user", "content": "Say something. " * 200}]
+    for stream in (False, True):
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            client.messages.create(model=MODEL, max_tokens=4, messages=long, stream=stream)
+        error = caught.value.body["error"]
+        assert error["type"] == "invalid_request_error" and error["message"].startswith("prompt is too long: ")
+        assert "exceeds the context size (512 tokens)" in error["message"]

@@ -22,6 +22,10 @@ def test_every_api_refuses_images_for_llama_server_without_vision_and_it_keeps_s
     with pytest.raises(openai.BadRequestError):
         chat.responses.create(model="tiny", input=[{"role": "user", "content": [
             {"type": "input_text", "text": "see?"}, {"type": "input_image", "image_url": PNG}]}])
+    with pytest.raises(openai.BadRequestError):              # an image a tool returned (Codex's view_image)
+        chat.responses.create(model="tiny", input=[
+            {"type": "function_call", "call_id": "c1", "name": "view_image", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_image", "image_url": PNG}]}])
     claude = anthropic.Anthropic(base_url=daemon.url, api_key="unused", max_retries=0)
     with pytest.raises(anthropic.BadRequestError) as refused:
         claude.messages.create(model="tiny", max_tokens=2, messages=[{"role": "user", "content": [

@@ -117,6 +117,47 @@ def test_function_call_round_trip_by_id_and_by_items(client, ollama_emulator):
     assert answer.output_text == "Still sunny." and sent_messages(ollama_emulator) == expected
 
 
+def test_parallel_tool_calls_false_keeps_one_call(client, ollama_emulator):
+    two = [{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_weather", "arguments": {"city": "Rome"}}]
+    ollama_emulator.script(tool_calls=two)
+    response = client.responses.create(model=MODEL, input="Oslo and Rome?", tools=[WEATHER], parallel_tool_calls=False)
+    assert [json.loads(o.arguments) for o in response.output] == [{"city": "Oslo"}]
+    assert response.parallel_tool_calls is False
+    ollama_emulator.script(tool_calls=two)
+    with client.responses.stream(model=MODEL, input="Oslo and Rome?", tools=[WEATHER],
+                                 parallel_tool_calls=False) as stream:
+        final = stream.get_final_response()
+    assert [json.loads(o.arguments) for o in final.output] == [{"city": "Oslo"}]
+
+
+def test_an_image_a_tool_returns_reaches_the_model(client, ollama_emulator):
+    """Codex's view_image answers with an input_image in function_call_output; it was dropped."""
+    ollama_emulator.script("A cat.")
+    png = "data:image/png;base64,aGVsbG8="
+    client.responses.create(model=MODEL, input=[
+        {"type": "function_call", "call_id": "c1", "name": "view_image", "arguments": '{"path": "cat.png"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": [
+            {"type": "input_text", "text": "cat.png:"}, {"type": "input_image", "image_url": png}]}])
+    tool = ollama_emulator.last_request("/api/chat")["messages"][-1]
+    assert (tool["role"], tool["content"], tool["images"]) == ("tool", "cat.png:", ["aGVsbG8="])
+
+
+def test_reasoning_items_sent_back_reach_the_backend(daemon_factory, ollama_emulator):
+    """Codex (store: false) sends the model's reasoning items back with the history; a backend
+    that reads reasoning_content (llama-server, vLLM, the engine) gets them on the call's turn."""
+    backend = {"name": "compat", "kind": "openai", "url": ollama_emulator.url, "models": ["llama3*"]}
+    client = client_for(daemon_factory({"backends": [backend], "cache": {"enabled": False}}))
+    ollama_emulator.script("Sunny in Oslo.")
+    client.responses.create(model=MODEL, tools=[WEATHER], store=False, input=[
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": None,
+         "content": [{"type": "reasoning_text", "text": "I should call get_weather."}]},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "sunny"}])
+    [turn] = [m for m in ollama_emulator.last_request("/v1/chat/completions")["messages"] if m["role"] == "assistant"]
+    assert turn["reasoning_content"] == "I should call get_weather." and turn["tool_calls"]
+
+
 def test_the_stream_helper_rebuilds_the_final_response(client, ollama_emulator):
     ollama_emulator.script("One two three.")
     with client.responses.stream(model=MODEL, input="Count.") as stream:

@@ -5,6 +5,7 @@ serves the model: the engine renders Qwen3's empty think block, an Ollama backen
 chat template, the Ollama emulator."""
 from pathlib import Path
 
+import anthropic
 import ollama
 import openai
 import pytest
@@ -43,6 +44,17 @@ def test_the_engine_answers_without_thinking_when_asked(daemon):
     assert native.generate(model=MODEL, prompt="hi", think=False, options={"num_predict": 1}).prompt_eval_count \
         == not_thinking
     assert native.chat(model=MODEL, messages=HI, options={"num_predict": 1}).prompt_eval_count == thinking
+
+
+def test_anthropic_thinking_disabled_renders_the_empty_think_block(daemon):
+    claude = anthropic.Anthropic(base_url=daemon.url, api_key="unused", max_retries=0)
+    thinking, not_thinking = prompt_tokens(daemon), prompt_tokens(daemon, extra_body=OFF)
+    served = claude.messages.create(model=MODEL, max_tokens=1, messages=HI, thinking={"type": "disabled"}).usage
+    assert served.input_tokens + served.cache_read_input_tokens == not_thinking
+    counted = claude.messages.count_tokens(model=MODEL, messages=HI, thinking={"type": "disabled"})
+    assert counted.input_tokens == not_thinking
+    assert claude.messages.count_tokens(model=MODEL, messages=HI,
+                                        thinking={"type": "enabled", "budget_tokens": 1024}).input_tokens == thinking
 
 
 def test_an_ollama_backend_gets_think_from_the_openai_switch(daemon_factory, ollama_emulator):

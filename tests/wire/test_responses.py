@@ -43,6 +43,22 @@ def test_items_become_chat_messages_with_calls_joined_to_the_assistant_turn():
         {"role": "tool", "tool_call_id": "call_b", "content": "rain", "name": "get_weather"}]
 
 
+def test_reasoning_sent_back_joins_the_assistant_turn_after_it():
+    """A model's thoughts go back as the reasoning_content of the turn they led to (templates
+    such as gpt-oss's and Qwen3's render them); thoughts that led to no answer are left out."""
+    thought = {"type": "reasoning", "id": "rs_1", "summary": [],
+               "content": [{"type": "reasoning_text", "text": "Call the tool."}]}
+    items = [{"role": "user", "content": "Weather?"}, thought,
+             {"type": "function_call", "call_id": "call_a", "name": "get_weather", "arguments": "{}"},
+             {"type": "function_call_output", "call_id": "call_a", "output": "sunny"},
+             {"type": "reasoning", "summary": [{"type": "summary_text", "text": "Answer."}]},
+             {"role": "assistant", "content": "Sunny."},
+             {**thought, "id": "rs_3"}, {"role": "user", "content": "Thanks."}]
+    assistant = [m for m in messages_of(items) if m["role"] == "assistant"]
+    assert [m.get("reasoning_content") for m in assistant] == ["Call the tool.", "Answer."]
+    assert "reasoning_content" not in messages_of(items)[-1]
+
+
 def test_an_image_part_stays_a_part_list():
     [message] = messages_of([{"role": "user", "content": [
         {"type": "input_text", "text": "What is it?"},

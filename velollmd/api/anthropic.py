@@ -35,6 +35,8 @@ from .validate import validate_chat
 log = logging.getLogger("velollmd.api.anthropic")
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 MAX_PAGE = 1000
+CONTEXT_EXCEEDED = "context_length_exceeded"       # the code of a prompt over a backend's context
+PROMPT_TOO_LONG = "prompt is too long"
 
 
 def wants_anthropic_errors(request: Request) -> bool:
@@ -48,8 +50,13 @@ def anthropic_error(exc: VeloError) -> Response:
 
 
 def anthropic_error_body(exc: VeloError) -> dict:
-    """Anthropic's error shape with its top-level `request_id` (the x-request-id answered)."""
-    body = error_body(exc.status, exc.message)
+    """Anthropic's error shape with its top-level `request_id` (the x-request-id answered). A
+    prompt over the context starts as Anthropic's does ("prompt is too long: ..."): it has no
+    error code, and clients (Claude Code's compaction, LiteLLM) know it by that message."""
+    message = exc.message
+    if exc.code == CONTEXT_EXCEEDED:
+        message = f"{PROMPT_TOO_LONG}: {message}"
+    body = error_body(exc.status, message)
     request_id = current_request_id()
     if request_id is not None:
         body["request_id"] = request_id

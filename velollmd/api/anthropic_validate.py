@@ -11,6 +11,7 @@ from ..errors import BadRequest
 ROLES = frozenset({"user", "assistant", "system"})
 NUMBER = (int, float)
 TOOL_CHOICES = frozenset({"auto", "any", "tool", "none"})
+THINKING_TYPES = ("enabled", "adaptive", "disabled")
 
 
 def _fail(path: str, message: str):
@@ -55,6 +56,7 @@ def check_messages_request(body: dict, *, count_only: bool = False) -> dict:
     _expect(body, "stream", bool, "a boolean", "")
     for name in ("metadata", "thinking", "output_config"):
         _expect(body, name, dict, "an object", "")
+    _check_thinking(body.get("thinking"))
     _check_output_format((body.get("output_config") or {}).get("format"), "output_config.format")
     _check_output_format(body.get("output_format"), "output_format")
     _check_stop_sequences(body.get("stop_sequences"))
@@ -70,6 +72,15 @@ def _check_stop_sequences(stop) -> None:
         return
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         _fail("stop_sequences", "expected an array of non-empty strings")
+
+
+def _check_thinking(thinking) -> None:
+    """{"type": "enabled", "budget_tokens": N} | {"type": "adaptive"} | {"type": "disabled"}."""
+    if thinking is None:
+        return
+    if thinking.get("type") not in THINKING_TYPES:
+        _fail("thinking.type", "expected 'enabled', 'adaptive' or 'disabled'")
+    _expect(thinking, "budget_tokens", int, "an integer", "thinking.")
 
 
 def _check_output_format(fmt, path: str) -> None:
@@ -179,6 +190,8 @@ def _check_tools(tools) -> set[str]:
         _expect(tool, "name", str, "a string", f"{path}.", required=True)
         _expect(tool, "description", str, "a string", f"{path}.")
         _expect(tool, "input_schema", dict, "a JSON Schema object", f"{path}.", required=True)
+        if tool["name"] in names:
+            _fail(f"{path}.name", f"the tool name {tool['name']!r} is used twice")
         names.add(tool["name"])
     return names
 
@@ -190,6 +203,8 @@ def _check_tool_choice(choice, names: set[str]) -> None:
     if not isinstance(kind, str) or kind not in TOOL_CHOICES:
         _fail("tool_choice", "expected {'type': 'auto' | 'any' | 'tool' | 'none'}")
     _expect(choice, "disable_parallel_tool_use", bool, "a boolean", "tool_choice.")
+    if kind in ("any", "tool") and not names:
+        _fail("tool_choice", f"{kind!r} needs at least one tool in 'tools'")
     if choice["type"] == "tool":
         _expect(choice, "name", str, "a string", "tool_choice.", required=True)
         if choice["name"] not in names:

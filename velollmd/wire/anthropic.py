@@ -6,7 +6,9 @@ tool calls are `tool_use` blocks in the assistant turn and their results `tool_r
 in the next user turn (OpenAI: `tool` messages, which must directly follow the call), tool
 inputs are objects (OpenAI: JSON strings), `tool_choice` is {"type": auto|any|tool|none},
 images carry a `source`, and structured outputs are `output_config.format` (chat's
-`response_format`). The body is validated first (api/anthropic_validate.py).
+`response_format`), and `thinking` switches a thinking model's reasoning on or off as chat's
+`chat_template_kwargs.enable_thinking` does (its budget_tokens has no local counterpart). The
+body is validated first (api/anthropic_validate.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import json
 from .billing import strip_billing_line
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k")
+THINKING = {"enabled": True, "adaptive": True, "disabled": False}     # thinking.type -> enable_thinking
 
 
 def anthropic_to_chat(body: dict) -> dict:
@@ -33,6 +36,8 @@ def anthropic_to_chat(body: dict) -> dict:
     if body.get("tools"):
         out["tools"] = [_tool(t) for t in body["tools"]]
     _tool_choice(body.get("tool_choice"), out)
+    if body.get("thinking"):
+        out["chat_template_kwargs"] = {"enable_thinking": THINKING[body["thinking"]["type"]]}
     fmt = (body.get("output_config") or {}).get("format") or body.get("output_format")
     if fmt:                                  # structured outputs: chat's json_schema response_format
         out["response_format"] = {"type": "json_schema",

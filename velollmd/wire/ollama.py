@@ -163,6 +163,8 @@ def _message_to_ollama(message: dict) -> dict:
                              for c in message["tool_calls"]]
     if role == "tool" and message.get("name"):
         out["tool_name"] = message["name"]
+    if isinstance(message.get("reasoning_content"), str) and message["reasoning_content"]:
+        out["thinking"] = message["reasoning_content"]       # an earlier turn's thoughts, as Ollama keeps them
     return out
 
 

@@ -32,7 +32,6 @@ TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "re
 # Hosted tools that OpenAI runs on its side; a client such as Codex CLI sends them by default.
 # Without them the model simply answers from what it knows, so they are dropped, not refused.
 IGNORED_TOOL_TYPES = frozenset({"web_search", "web_search_preview", "web_search_preview_2025_03_11"})
-IGNORED_ITEM_TYPES = frozenset({"reasoning"})     # kept by the client, not sent on to the backend
 SAMPLING = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens": "max_tokens",
             "parallel_tool_calls": "parallel_tool_calls", "user": "user"}
 # Not in the Responses API, but what local backends take and chat passes on (validated there);
@@ -84,23 +83,50 @@ def resolve_references(items: list[dict], find: Callable[[str], dict | None]) ->
 
 def items_to_messages(items: list[dict], param: str, messages: list[dict]) -> list[dict]:
     """Append the chat messages for `items` to `messages` (a run of function calls joins the
-    assistant message before it, as chat has them); `param` names the items in errors."""
+    assistant message before it, as chat has them; reasoning items become the
+    `reasoning_content` of the assistant message that follows them); `param` names the items
+    in errors."""
     names: dict[str, str] = _call_names(messages)
+    reasoning: list[str] = []
     for i, item in enumerate(items):
         where = f"{param}[{i}]"
         if not isinstance(item, dict):
             _fail(where, "expected an input item object")
         kind = _kind(item, "message")
+        if kind == "reasoning":
+            reasoning.append(_reasoning_text(item))
+            continue
         if kind == "message":
             messages.append(_message(item, where))
         elif kind in CALLS:
             _add_call(messages, CALLS[kind](item, where), names)
         elif kind in CALL_OUTPUTS:
             messages.append(_call_output(item, where, names))
-        elif kind not in IGNORED_ITEM_TYPES:
+        else:
             _fail(f"{where}.type", f"input items of type {kind!r} are not supported here; use message, "
                                    "reasoning, item_reference, " + ", ".join([*CALLS, *CALL_OUTPUTS]))
+        _attach_reasoning(messages[-1], reasoning)
+        reasoning = []
     return messages
+
+
+def _reasoning_text(item: dict) -> str:
+    """The text of a reasoning item: its reasoning_text parts, else its summary (an item with
+    only encrypted_content has none)."""
+    for key, part_type in (("content", "reasoning_text"), ("summary", "summary_text")):
+        parts = item.get(key) if isinstance(item.get(key), list) else []
+        texts = [p["text"] for p in parts if _kind(p) == part_type and isinstance(p.get("text"), str)]
+        if texts:
+            return "".join(texts)
+    return ""
+
+
+def _attach_reasoning(message: dict, reasoning: list[str]) -> None:
+    """The thoughts before an assistant message, as its reasoning_content (before any other
+    item they led to nothing the model said, and are left out)."""
+    text = "".join(reasoning)
+    if text and message["role"] == "assistant":
+        message["reasoning_content"] = (message.get("reasoning_content") or "") + text
 
 
 def _call_names(messages: list[dict]) -> dict[str, str]:
@@ -116,12 +142,19 @@ def _message(item: dict, where: str) -> dict:
         return {"role": role, "content": content}
     if not isinstance(content, list):
         _fail(f"{where}.content", "expected a string or an array of content parts")
-    parts = [_part(part, f"{where}.content[{j}]") for j, part in enumerate(content)]
-    if all(p["type"] == "text" for p in parts):          # text only: one string, as every template takes
-        return {"role": role, "content": "".join(p["text"] for p in parts)}
-    if role != "user":
+    parts = _parts(content, f"{where}.content")
+    if isinstance(parts, list) and role != "user":
         _fail(f"{where}.content", "images are accepted in user messages only")
     return {"role": role, "content": parts}
+
+
+def _parts(content: list, where: str) -> str | list[dict]:
+    """Content parts as chat's: text only as one string (what every template takes), else
+    the text and image_url parts."""
+    parts = [_part(part, f"{where}[{j}]") for j, part in enumerate(content)]
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
 
 
 def _part(part, where: str) -> dict:
@@ -162,10 +195,10 @@ def _add_call(messages: list[dict], call: dict, names: dict[str, str]) -> None:
 
 def _call_output(item: dict, where: str, names: dict[str, str]) -> dict:
     call_id, output = output_call_id(item, where), item.get("output")
-    if isinstance(output, list):
-        output = "".join(_part(p, f"{where}.output[{j}]").get("text", "") for j, p in enumerate(output))
-    if not isinstance(output, str):
-        _fail(f"{where}.output", "expected a string or an array of text parts")
+    if isinstance(output, list):                 # an image a tool returns (Codex's view_image) stays
+        output = _parts(output, f"{where}.output")
+    if not isinstance(output, (str, list)):
+        _fail(f"{where}.output", "expected a string or an array of input_text and input_image parts")
     message = {"role": "tool", "tool_call_id": call_id, "content": output}
     if call_id in names:
         message["name"] = names[call_id]
@@ -227,6 +260,8 @@ def dropped_tool_types(tools) -> list[str]:
 
 def chat_tool_choice(choice, tools: list[dict]):
     """"auto" | "none" | "required" | {"type": "function" | "custom", "name"} -> chat's tool_choice."""
+    if choice == "required" and not tools:
+        _fail("tool_choice", "'required' needs at least one function, custom or local_shell tool in 'tools'")
     if choice is None or choice in ("auto", "none", "required"):
         return choice
     kind = _kind(choice)
