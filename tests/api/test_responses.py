@@ -354,6 +354,15 @@ def test_llama_input_tokens_are_counted_exactly(llama_client):
     assert 0 < history.input_tokens < follow.input_tokens
 
 
+def test_llama_input_tokens_count_a_history_call_with_arguments_that_are_no_json(llama_client):
+    """Counted as generating sends it (llama-server's /apply-template refused the history: an
+    estimate, not the exact count)."""
+    items = [{"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "city=Oslo"},
+             {"type": "function_call_output", "call_id": "c1", "output": "bad arguments"}]
+    raw = llama_client.responses.input_tokens.with_raw_response.count(model="tiny", input=items, tools=[WEATHER])
+    assert raw.headers["x-velollm-token-count"] == "exact" and raw.parse().input_tokens > 0
+
+
 def test_input_tokens_estimated_where_the_backend_cannot_count(client):
     raw = client.responses.input_tokens.with_raw_response.count(model=MODEL, input="Hello there, how are you?")
     assert raw.headers["x-velollm-token-count"] == "estimate" and raw.parse().input_tokens > 0

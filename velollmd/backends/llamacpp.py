@@ -70,8 +70,8 @@ class LlamaCppBackend(OpenAIBackend):
             body["top_logprobs"] = 1            # without it 20 alternatives, with 0 no logprobs at all
         if request.report_stop_word and body.get("stop"):
             body["verbose"] = True
-        if request.endpoint == "chat" and isinstance(body.get("messages"), list):
-            body["messages"] = [_with_parsable_arguments(m) for m in body["messages"]]
+        if request.endpoint == "chat":
+            body["messages"] = _parsable_history(body.get("messages"))
         return body
 
     async def completion(self, request: GenerateRequest) -> dict:
@@ -132,14 +132,20 @@ class LlamaCppBackend(OpenAIBackend):
         return body.get("tokens", [])
 
     async def count_prompt_tokens(self, body: dict) -> int | None:
-        """The server's own chat template (/apply-template), then /tokenize: exact counts."""
-        template = {k: body[k] for k in ("messages", "tools", "tool_choice") if body.get(k) is not None}
+        """The server's own chat template (/apply-template, with the thinking switch and the
+        history as generating sends them), then /tokenize: exact counts."""
+        template = {k: body[k] for k in ("tools", "tool_choice", "chat_template_kwargs") if body.get(k) is not None}
+        template["messages"] = _parsable_history(body.get("messages"))
         prompt = (await self.post_json("/apply-template", template)).get("prompt")
         if not isinstance(prompt, str):
             return None
         tokens = (await self.post_json("/tokenize", {"content": prompt, "add_special": True,
                                                      "parse_special": True})).get("tokens")
         return len(tokens) if isinstance(tokens, list) else None
+
+
+def _parsable_history(messages):
+    return [_with_parsable_arguments(m) for m in messages] if isinstance(messages, list) else messages
 
 
 def _with_parsable_arguments(message):
