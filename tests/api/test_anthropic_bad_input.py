@@ -48,6 +48,11 @@ MALFORMED = [   # (name, body or raw bytes, expected status)
     ("content missing", with_(messages=[{"role": "user"}]), 400),
     ("block without type", with_(messages=message({"text": "x"})), 400),
     ("unknown block type", with_(messages=message({"type": "video", "url": "x"})), 400),
+    ("pdf document", with_(messages=message({"type": "document", "source": {
+        "type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}})), 400),
+    ("text document without data", with_(messages=message({"type": "document", "source": {"type": "text"}})), 400),
+    ("document title a number", with_(messages=message({"type": "document", "title": 3,
+                                                        "source": {"type": "text", "data": "x"}})), 400),
     ("text block without text", with_(messages=message({"type": "text"})), 400),
     ("image without source", with_(messages=message({"type": "image"})), 400),
     ("image with a bad source", with_(messages=message({"type": "image", "source": {"type": "file"}})), 400),

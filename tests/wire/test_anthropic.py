@@ -225,3 +225,15 @@ def test_system_turns_and_images_in_tool_results():
     assert system == {"role": "system", "content": "Rules."}
     assert call["content"] == "" and call["tool_calls"][0]["function"] == {"name": "shot", "arguments": "{}"}
     assert result["role"] == "tool" and result["content"][1]["image_url"]["url"] == "data:image/png;base64,QQ=="
+
+
+def test_documents_are_read_as_their_text():
+    """Claude Code and the SDK send plain-text documents; they were refused, and since a
+    refused block stays in the history every later turn failed too."""
+    chat = anthropic_to_chat({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "document", "title": "notes.txt", "source": {"type": "text", "media_type": "text/plain",
+                                                              "data": "The sky is green."}},
+        {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "Part two."}]}},
+        {"type": "text", "text": "What colour is the sky?"}]}]})
+    assert chat["messages"] == [{"role": "user", "content": "notes.txt\n\nThe sky is green.\n\nPart two.\n\n"
+                                                            "What colour is the sky?"}]

@@ -125,6 +125,7 @@ def _check_messages(messages) -> None:
 BLOCK_FIELDS = {                 # type -> (required field, its types, what)
     "text": ("text", str, "a string"),
     "image": ("source", dict, "an object"),
+    "document": ("source", dict, "an object"),
     "tool_use": ("name", str, "a string"),
     "tool_result": ("tool_use_id", str, "a string"),
     "thinking": ("thinking", str, "a string"),
@@ -143,6 +144,8 @@ def _check_block(block, path: str) -> None:
     _expect(block, name, types, what, f"{path}.", required=True)
     if kind == "image":
         _check_image_source(block["source"], f"{path}.source")
+    elif kind == "document":
+        _check_document(block, f"{path}")
     elif kind == "tool_use":
         _expect(block, "id", str, "a string", f"{path}.", required=True)
         _expect(block, "input", dict, "an object", f"{path}.")
@@ -159,6 +162,31 @@ def _check_image_source(source: dict, path: str) -> None:
         _expect(source, "url", str, "a string", f"{path}.", required=True)
     else:
         _fail(f"{path}.type", "expected 'base64' or 'url'")
+
+
+def _check_document(block: dict, path: str) -> None:
+    """A document the model reads as text: plain text (source.type "text") or text and image
+    blocks (source.type "content"). A PDF (base64, url, file) needs a model that reads PDFs,
+    which no local backend has: a 400 saying so, rather than a prompt without it."""
+    for name in ("title", "context"):
+        _expect(block, name, str, "a string", f"{path}.")
+    source, where = block["source"], f"{path}.source"
+    kind = source.get("type")
+    if kind == "text":
+        _expect(source, "data", str, "a string", f"{where}.", required=True)
+    elif kind == "content":
+        content = source.get("content")
+        if isinstance(content, str):
+            return
+        if not isinstance(content, list):
+            _fail(f"{where}.content", "expected a string or an array of text and image blocks")
+        for k, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") not in ("text", "image"):
+                _fail(f"{where}.content.{k}", "expected a text or image block")
+            _check_block(part, f"{where}.content.{k}")
+    else:
+        _fail(f"{where}.type", f"documents of source type {kind!r} (PDFs) cannot be read by local models; "
+              "send the document's text (source type 'text' or 'content')")
 
 
 def _check_tool_result(block: dict, path: str) -> None:

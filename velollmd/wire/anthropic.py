@@ -65,7 +65,7 @@ def _messages_of(message: dict) -> list[dict]:
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     results = [_tool_message(b) for b in content if b["type"] == "tool_result"]
-    parts = [_part(b) for b in content if b["type"] in ("text", "image")]
+    parts = [part for b in content if b["type"] in ("text", "image", "document") for part in _parts(b)]
     calls = [_tool_call(b) for b in content if b["type"] == "tool_use"]
     reasoning = "".join(b["thinking"] for b in content if b["type"] == "thinking")
     if not (parts or calls or reasoning):
@@ -83,6 +83,18 @@ def _joined(parts: list[dict]):
     if all(p["type"] == "text" for p in parts):
         return "".join(p["text"] for p in parts)
     return parts
+
+
+def _parts(block: dict) -> list[dict]:
+    """A text, image or document block as chat's parts: a document is its title, context and
+    text (source "text") or its own text and image blocks (source "content"), then a blank line."""
+    if block["type"] != "document":
+        return [_part(block)]
+    source = block["source"]
+    heading = [{"type": "text", "text": block[name] + "\n\n"} for name in ("title", "context") if block.get(name)]
+    content = source["data"] if source["type"] == "text" else source["content"]
+    body = [{"type": "text", "text": content}] if isinstance(content, str) else [_part(b) for b in content]
+    return [*heading, *body, {"type": "text", "text": "\n\n"}]        # apart from what follows
 
 
 def _part(block: dict) -> dict:
