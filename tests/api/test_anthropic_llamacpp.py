@@ -126,3 +126,10 @@ def test_output_config_format_is_enforced_by_llama_server(client):
     free = client.messages.create(model="tiny", max_tokens=40, messages=HI)
     with pytest.raises(ValueError):                           # without the schema: the tiny model's noise
         json.loads(text_of(free))
+
+
+def test_a_prompt_over_llama_servers_context_is_worded_as_anthropic_words_it(client):
+    """Claude Code compacts the conversation when the error says "prompt is too long"."""
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model="tiny", max_tokens=4, messages=[{"role": "user", "content": "word " * 3000}])
+    assert info.value.body["error"]["message"].startswith("prompt is too long: ")

@@ -132,6 +132,7 @@ def test_over_long_prompt_is_400_from_backend(client):
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "word " * 3000}],
                                        max_tokens=4)
     assert "context" in info.value.message
+    assert (info.value.body["code"], info.value.body["param"]) == ("context_length_exceeded", "messages")
 
 
 def test_embeddings_bad_input_is_400(client):

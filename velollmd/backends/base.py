@@ -11,6 +11,7 @@ import asyncio
 import fnmatch
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -23,6 +24,11 @@ from ..wire.streams import Deferred, closing
 
 log = logging.getLogger("velollmd.backends")
 DEFAULT_NUM_CTX = 4096        # per slot, when neither the backend nor the config says
+# A prompt over the context as servers word it: llama-server ("exceeds the available context
+# size"), vLLM and OpenAI ("maximum context length is"), SGLang ("longer than the model's context
+# length"); answered with OpenAI's code for it, which clients (and the Anthropic route) look for.
+OVER_CONTEXT_RE = re.compile(r"exceeds? the available context|maximum context length|longer than the model's "
+                             r"context length", re.IGNORECASE)
 HEALTH_TIMEOUT_S = 5.0        # a health check's whole deadline (connect_timeout_s when longer)
 
 
@@ -247,6 +253,9 @@ class Backend:
         if response.status == 404 and model is not None:
             return NotFound(f"model {model!r} not found on backend {self.name}: {message}",
                             param="model", code="model_not_found")
+        if response.status in (400, 422) and OVER_CONTEXT_RE.search(message):
+            return BadRequest(f"backend {self.name} rejected the request: {message}", param="messages",
+                              code="context_length_exceeded")
         if response.status in (400, 422):
             return BadRequest(f"backend {self.name} rejected the request: {message}")
         if response.status == 501:
