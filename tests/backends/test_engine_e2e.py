@@ -201,6 +201,20 @@ def test_ollama_durations_come_from_the_engines_timings(daemon):
     assert reply.prompt_eval_duration > 0 and 0 < reply.eval_duration < reply.total_duration
 
 
+def test_show_gives_the_context_the_model_gets(daemon):
+    """Open WebUI and Continue size prompts by `<arch>.context_length`: the model's own (the
+    tiny model's is far below the 4096 default), as loaded, before and after its load."""
+    engine = next(b for b in daemon.app.registry.backends if b.name == "engine")
+    client = ollama.Client(host=daemon.url)
+    before = client.show(MODEL)
+    client.generate(model=MODEL, prompt="hi", options={"num_predict": 1})
+    after = client.show(MODEL)
+    num_ctx = engine.loaded[MODEL].num_ctx
+    assert num_ctx < 4096
+    assert before.modelinfo["llama.context_length"] == after.modelinfo["llama.context_length"] == num_ctx
+    assert after.parameters == f"num_ctx {num_ctx}"
+
+
 def test_tags_give_each_files_modification_time(daemon, models_dir):
     tags = {m.model: m for m in ollama.Client(host=daemon.url).list().models}
     assert tags[MODEL].modified_at.timestamp() == int((models_dir / f"{MODEL}.gguf").stat().st_mtime)

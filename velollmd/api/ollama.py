@@ -207,7 +207,7 @@ class OllamaRoutes:
             return await self._passthrough(backend, "/api/show", body)
         info = self.registry.find_model(body["model"])
         return Response.json({"modelfile": f"# served by velollmd from backend {info.backend}\nFROM {info.id}\n",
-                              "parameters": f"num_ctx {backend.context_size()}", "template": "",
+                              "parameters": f"num_ctx {backend.context_size(info.id)}", "template": "",
                               "details": _details(info), "model_info": _model_info(info, backend),
                               "capabilities": ["completion", "tools"] + (["vision"] if backend.sees_images() else []),
                               "modified_at": now_rfc3339()})
@@ -419,7 +419,8 @@ def _model_info(info, backend: Backend) -> dict:
     """What clients size their prompts by: `<architecture>.context_length` (Continue, Open WebUI
     read it), the context a request gets on this backend, when the architecture is known."""
     arch = info.details.get("family", "")
-    return {"general.architecture": arch, **({f"{arch}.context_length": backend.context_size()} if arch else {})}
+    context = backend.context_size(info.id)
+    return {"general.architecture": arch, **({f"{arch}.context_length": context} if arch else {})}
 
 
 def _details(info) -> dict:

@@ -91,8 +91,9 @@ class Backend:
                 return info.identity or info.id
         return model
 
-    def context_size(self) -> int:
-        """Tokens of context per slot: what the server reports, else `num_ctx`, else 4096."""
+    def context_size(self, model: str | None = None) -> int:
+        """Tokens of context per slot (of `model` where a backend's models differ): what the
+        server reports, else `num_ctx`, else 4096."""
         return self.config.num_ctx or DEFAULT_NUM_CTX
 
     def sees_images(self) -> bool | None:

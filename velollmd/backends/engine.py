@@ -94,8 +94,11 @@ class EngineBackend(Backend):
         return ModelInfo(id=found.name, backend=self.name, identity=f"engine:{found.identity}",
                          size=found.size, created=int(found.mtime), details=details)
 
-    def context_size(self) -> int:
-        return self.config.num_ctx or loader.DEFAULT_NUM_CTX
+    def context_size(self, model: str | None = None) -> int:
+        """`model`'s context as it is loaded (the config's num_ctx, else its own up to 4096)."""
+        found = self.files.get(self._served_name(model)) if model else None
+        trained = self._probed[found.identity].context_length if found is not None else 0
+        return loader.context_for(self.config.num_ctx, trained)
 
     def sees_images(self) -> bool:
         return False                     # text models only: no vision projector

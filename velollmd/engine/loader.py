@@ -71,6 +71,7 @@ class Probe(NamedTuple):
     problem: str | None                 # why the file cannot be served; None: it can
     arch: str = ""                      # its architecture (llama, qwen2...) when it can
     file_type: str = ""                 # its most common weight type (Q4_K, F16...) when it can
+    context_length: int = 0             # its trained context (metadata), 0 when it does not say
 
 
 def probe(path: Path, chat_template: str = "") -> Probe:
@@ -86,7 +87,12 @@ def probe(path: Path, chat_template: str = "") -> Probe:
             file_type = _file_type(gguf)
     except (OSError, ValueError) as exc:
         return Probe(problem_with(path, exc))
-    return Probe(None, config.arch, file_type)
+    return Probe(None, config.arch, file_type, config.context_length or 0)
+
+
+def context_for(configured: int, trained: int) -> int:
+    """A sequence's context: the config's num_ctx, else the model's own up to DEFAULT_NUM_CTX."""
+    return configured or min(trained or DEFAULT_NUM_CTX, DEFAULT_NUM_CTX)
 
 
 def problem_with(path: Path, exc: Exception) -> str:
@@ -102,7 +108,7 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
         tokenizer = Tokenizer.from_gguf(gguf.metadata)
         template, template_error = _template(gguf.metadata.get("tokenizer.chat_template"), options.chat_template)
         model = read_model(gguf, config)
-    num_ctx = options.num_ctx or min(config.context_length or DEFAULT_NUM_CTX, DEFAULT_NUM_CTX)
+    num_ctx = context_for(options.num_ctx, config.context_length or 0)
     kv = PagedKVCache(config.n_layer, _num_blocks(config, options, num_ctx), options.block_size,
                       config.n_head_kv, config.head_dim)
     scheduler = Scheduler(dataclasses.replace(scheduler_config, block_size=options.block_size),
