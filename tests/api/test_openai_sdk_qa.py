@@ -181,6 +181,18 @@ def test_an_array_of_token_ids_is_one_embedding_input(client):
     assert same.data[0].embedding == pytest.approx(result.data[0].embedding)
 
 
+@pytest.mark.parametrize("tokens", [[True], [5, False], [[5, True]], [[5, "x"]], [[5, 1.5]]])
+def test_a_boolean_or_other_non_integer_is_no_token_id(client, tokens):
+    """`true` was embedded (and completed) as token 1; a text or a float inside a token array
+    reached the engine, whose 400 called it a token outside the vocabulary."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=ENGINE, input=tokens)
+    assert info.value.body["param"] == "input"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=ENGINE, prompt=tokens, max_tokens=2)
+    assert info.value.body["param"] == "prompt"
+
+
 @pytest.mark.parametrize("model", [ENGINE, LLAMA])
 @pytest.mark.parametrize("part", [{"type": "text"}, {"type": "text", "text": 7}])
 def test_a_text_part_without_text_is_a_400_naming_it(client, model, part):

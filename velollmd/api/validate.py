@@ -242,7 +242,7 @@ def validate_completion(body: dict) -> dict:
     prompt = body.get("prompt")
     if not isinstance(prompt, (str, list)):
         _fail("prompt", "a string or an array of strings is required")
-    if isinstance(prompt, list) and not all(isinstance(p, (str, int)) or _is_token_array(p) for p in prompt):
+    if isinstance(prompt, list) and not all(_is_text_or_tokens(p) for p in prompt):
         _fail("prompt", "expected a string, an array of strings, an array of token ids or an array of "
                         "token id arrays")
     _check_sampling(body)
@@ -280,6 +280,12 @@ def validate_embeddings(body: dict) -> dict:
     value = body.get("input")
     if isinstance(value, str):
         return body
-    if not isinstance(value, list) or not value or not all(isinstance(v, (str, int, list)) for v in value):
-        _fail("input", "a string or a non-empty array of strings is required")
+    if not isinstance(value, list) or not value or not all(_is_text_or_tokens(v) for v in value):
+        _fail("input", "a string, or a non-empty array of strings, token ids or token id arrays is required")
     return body
+
+
+def _is_text_or_tokens(value) -> bool:
+    """One item of a completion's prompt array or an embedding request's input array: a text,
+    a token id or a token id array (a boolean is no token id: true was read as token 1)."""
+    return isinstance(value, str) or type(value) is int or _is_token_array(value)
