@@ -228,6 +228,25 @@ def test_the_ollama_backend_refuses_prompts_it_cannot_take_instead_of_joining_th
     assert listed.choices[0].text
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_n_choices_a_backend_cannot_give_are_a_400_naming_n_on_every_backend(daemon, daemon_factory,
+                                                                            ollama_emulator, stream):
+    """Ollama has no n: it answered one choice where two were asked, without a word; llama-server
+    was refused. The engine gives every choice."""
+    ollama = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False}})
+    for url, model in ((ollama.url, "llama3.2:latest"), (daemon.url, LLAMA)):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, n=2, stream=stream)
+        assert info.value.body["param"] == "n" and info.value.status_code == 400
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model=model, prompt="the sun", max_tokens=2, n=2, stream=stream)
+        assert info.value.body["param"] == "n"
+    engine = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    answer = engine.chat.completions.create(model=ENGINE, messages=MESSAGES, max_tokens=2, n=2)
+    assert [c.index for c in answer.choices] == [0, 1]
+
+
 @pytest.mark.parametrize("model", [ENGINE, LLAMA])
 @pytest.mark.parametrize("tools", [None, []])
 def test_tool_choice_required_without_tools_is_a_400_naming_it(client, model, tools):

@@ -79,7 +79,7 @@ class Service:
         """The answer from the best backend. A stream follows `delivery` (relay.py): its usage
         chunk kept and counted, its chunks JSON bytes when they go straight to the SSE writer;
         by default, dicts with usage as the request asked."""
-        allowed = _seeing(self._allowed(request.model), request)
+        allowed = _answering_n(_seeing(self._allowed(request.model), request), request)
         tokenizer = self._tokenizer(allowed)
         fingerprint = fingerprint_of(request) if tokenizer is None \
             else await self._fingerprint(request, tokenizer)   # no coroutine without /tokenize
@@ -393,6 +393,19 @@ def _seeing(backends: list[Backend], request: GenerateRequest) -> list[Backend]:
         raise BadRequest(f"model {request.model!r} does not support images", param="messages",
                          code="images_not_supported")
     return seeing
+
+
+def _answering_n(backends: list[Backend], request: GenerateRequest) -> list[Backend]:
+    """The backends that answer `n` > 1 choices, when asked for them: a model whose backends
+    give one choice a request is a 400 naming n (llama-server refused it, Ollama answered one
+    choice without a word)."""
+    if type(request.body.get("n")) is not int or request.body["n"] <= 1:
+        return backends
+    answering = [b for b in backends if b.supports_n]
+    if backends and not answering:
+        raise BadRequest(f"backend {backends[0].name} ({backends[0].kind}) does not support n > 1",
+                         param="n", code="unsupported_value")
+    return answering
 
 
 def _has_images(body: dict) -> bool:
