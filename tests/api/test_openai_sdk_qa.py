@@ -344,13 +344,19 @@ def test_every_choice_of_n_makes_its_tool_call(client, stream):
     assert finishes == {0: "tool_calls", 1: "tool_calls"}
 
 
-def test_a_completion_prompt_over_the_context_names_prompt(client):
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_over_the_context_is_context_length_exceeded_naming_it(client, model, stream):
+    """As OpenAI answers it: code context_length_exceeded, param messages or prompt
+    (llama-server's own exceed_context_size_error came with neither)."""
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model=ENGINE, prompt="word " * 2000, max_tokens=2)
+        client.completions.create(model=model, prompt="word " * 2000, max_tokens=2, stream=stream)
     assert info.value.code == "context_length_exceeded" and info.value.body["param"] == "prompt"
+    assert "2001 tokens" in info.value.body["message"]
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model=ENGINE, messages=[{"role": "user", "content": "word " * 2000}])
-    assert info.value.body["param"] == "messages"
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "word " * 2000}],
+                                       max_tokens=2, stream=stream)
+    assert info.value.code == "context_length_exceeded" and info.value.body["param"] == "messages"
 
 
 @pytest.mark.parametrize("model", [ENGINE, LLAMA])
