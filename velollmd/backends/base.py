@@ -93,6 +93,10 @@ class Backend:
         """Whether its model takes image input; None when unknown (the server decides)."""
         return None
 
+    def hears_audio(self) -> bool | None:
+        """Whether its model takes audio input (input_audio parts); None when unknown."""
+        return None
+
     def keep_model(self, model: str, keep_alive_s: float | None) -> None:
         """Keep `model` loaded this long after its last use (Ollama's keep_alive: math.inf for
         good, 0 to unload once idle, None for the backend's default). Only a backend that loads

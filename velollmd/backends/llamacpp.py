@@ -55,8 +55,15 @@ class LlamaCppBackend(OpenAIBackend):
 
     def sees_images(self) -> bool | None:
         """/props `modalities.vision` (a server started with a projector, --mmproj)."""
+        return self._modality("vision")
+
+    def hears_audio(self) -> bool | None:
+        """/props `modalities.audio` (a projector for audio, --mmproj)."""
+        return self._modality("audio")
+
+    def _modality(self, name: str) -> bool | None:
         modalities = self.props.get("modalities")
-        return bool(modalities.get("vision")) if isinstance(modalities, dict) else None
+        return bool(modalities.get(name)) if isinstance(modalities, dict) else None
 
     def upstream_body(self, request: GenerateRequest) -> dict:
         """`verbose` when the caller needs the stop string that ended the answer: llama.cpp

@@ -382,17 +382,25 @@ class Service:
                 "backends": backends}
 
 
+# (content part type, what it is, whether a backend takes it): True, False, None (unknown)
+MEDIA = (("image_url", "images", lambda backend: backend.sees_images()),
+         ("input_audio", "audio", lambda backend: backend.hears_audio()))
+
+
 def _seeing(backends: list[Backend], request: GenerateRequest) -> list[Backend]:
-    """The backends that can take the request's images. A model without vision gets a 400
-    here, not a backend's 500 (llama-server without --mmproj) that counts against its
-    breaker: three such requests from one client used to shut the model off for everyone."""
-    seeing = [b for b in backends if b.sees_images() is not False]
-    if len(seeing) == len(backends) or not _has_images(request.body):
-        return backends
-    if not seeing:
-        raise BadRequest(f"model {request.model!r} does not support images", param="messages",
-                         code="images_not_supported")
-    return seeing
+    """The backends that can take the request's images and audio. A model without vision (or
+    hearing) gets a 400 here, not a backend's 500 (llama-server without --mmproj) that counts
+    against its breaker: three such requests from one client used to shut the model off for
+    everyone."""
+    for part_type, what, takes in MEDIA:
+        able = [b for b in backends if takes(b) is not False]
+        if len(able) == len(backends) or not _has_part(request.body, part_type):
+            continue
+        if not able:
+            raise BadRequest(f"model {request.model!r} does not support {what}", param="messages",
+                             code=f"{what}_not_supported")
+        backends = able
+    return backends
 
 
 def _answering_n(backends: list[Backend], request: GenerateRequest) -> list[Backend]:
@@ -408,10 +416,10 @@ def _answering_n(backends: list[Backend], request: GenerateRequest) -> list[Back
     return answering
 
 
-def _has_images(body: dict) -> bool:
+def _has_part(body: dict, part_type: str) -> bool:
     for message in body.get("messages") or ():
         content = message.get("content") if type(message) is dict else None
-        if type(content) is list and any(type(p) is dict and p.get("type") == "image_url" for p in content):
+        if type(content) is list and any(type(p) is dict and p.get("type") == part_type for p in content):
             return True
     return False
 
