@@ -371,3 +371,18 @@ def test_an_empty_stop_string_stops_nothing_on_every_backend(client, model, stop
     assert stopped.usage.completion_tokens == 4 and stopped.choices[0].finish_reason == "length"
     text = client.completions.create(prompt="the sun", stop=stop, **kwargs)
     assert text.usage.completion_tokens == 4 and text.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_an_audio_answer_no_backend_makes_is_a_400_naming_the_field(client, model):
+    """modalities ["text", "audio"] with an audio voice was answered in text, message.audio
+    null, without a word."""
+    kwargs = dict(model=model, messages=MESSAGES, max_tokens=2)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
+                                       **kwargs)
+    assert info.value.body["param"] == "modalities"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(audio={"voice": "alloy", "format": "wav"}, **kwargs)
+    assert info.value.body["param"] == "audio"
+    assert client.chat.completions.create(modalities=["text"], **kwargs).usage.completion_tokens == 2

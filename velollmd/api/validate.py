@@ -225,6 +225,16 @@ def _check_top_logprobs(body: dict) -> None:
         _fail("top_logprobs", "needs 'logprobs' to be true")
 
 
+def _check_text_output(body: dict) -> None:
+    """Spoken answers (modalities with "audio", an `audio` voice and format): no backend here
+    makes audio, and a text-only answer would leave message.audio null without a word."""
+    modalities = body.get("modalities")
+    if modalities is not None and (not isinstance(modalities, list) or any(m != "text" for m in modalities)):
+        _fail("modalities", 'only ["text"] is supported: no backend here answers in audio')
+    if body.get("audio") is not None:
+        _fail("audio", "audio output is not supported: no backend here answers in audio")
+
+
 def validate_chat(body: dict) -> dict:
     _check_model(body)
     _check_messages(body.get("messages"))
@@ -234,6 +244,7 @@ def validate_chat(body: dict) -> dict:
     _check_top_logprobs(body)
     _check_tools(body)
     _check_response_format(body)
+    _check_text_output(body)
     return body
 
 
