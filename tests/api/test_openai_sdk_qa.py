@@ -228,6 +228,20 @@ def test_the_ollama_backend_refuses_prompts_it_cannot_take_instead_of_joining_th
     assert listed.choices[0].text
 
 
+@pytest.mark.parametrize("tokens", [[5, 6], [[5, 6]], ["the sun", [5, 6]]])
+def test_token_ids_ollama_cannot_embed_are_a_400_naming_input(daemon_factory, ollama_emulator, tokens):
+    """They went to /api/embed, which takes texts: a failed request (a 502 here) that counted
+    against the backend's breaker, so a few of them shut the model off for everyone."""
+    running = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False}})
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+    for _ in range(4):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.embeddings.create(model="llama3.2:latest", input=tokens, encoding_format="float")
+        assert info.value.body["param"] == "input"
+    texts = client.embeddings.create(model="llama3.2:latest", input=["the sun", "the moon"], encoding_format="float")
+    assert [item.index for item in texts.data] == [0, 1]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_n_choices_a_backend_cannot_give_are_a_400_naming_n_on_every_backend(daemon, daemon_factory,
                                                                             ollama_emulator, stream):
