@@ -400,3 +400,12 @@ def test_an_audio_answer_no_backend_makes_is_a_400_naming_the_field(client, mode
         client.chat.completions.create(audio={"voice": "alloy", "format": "wav"}, **kwargs)
     assert info.value.body["param"] == "audio"
     assert client.chat.completions.create(modalities=["text"], **kwargs).usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_an_empty_prompt_array_is_a_400_naming_prompt(client, model):
+    """llama-server's own 400 had param null; the engine called it 'got 0' prompts."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model, prompt=[], max_tokens=2)
+    assert info.value.body["param"] == "prompt"
+

@@ -253,7 +253,7 @@ def validate_completion(body: dict) -> dict:
     prompt = body.get("prompt")
     if not isinstance(prompt, (str, list)):
         _fail("prompt", "a string or an array of strings is required")
-    if isinstance(prompt, list) and not all(_is_text_or_tokens(p) for p in prompt):
+    if isinstance(prompt, list) and (not prompt or not all(_is_text_or_tokens(p) for p in prompt)):
         _fail("prompt", "expected a string, an array of strings, an array of token ids or an array of "
                         "token id arrays")
     _check_sampling(body)
