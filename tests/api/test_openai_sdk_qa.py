@@ -409,3 +409,12 @@ def test_an_empty_prompt_array_is_a_400_naming_prompt(client, model):
         client.completions.create(model=model, prompt=[], max_tokens=2)
     assert info.value.body["param"] == "prompt"
 
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+@pytest.mark.parametrize("logprobs", [-1, 21, 100])
+def test_completion_logprobs_out_of_range_are_a_400_on_every_backend(client, model, logprobs):
+    """llama-server answered -1 with no logprobs and 100 with 100 alternatives a token, where
+    the engine refused them."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model, prompt="the sun", max_tokens=2, logprobs=logprobs)
+    assert info.value.body["param"] == "logprobs"

@@ -260,8 +260,17 @@ def validate_completion(body: dict) -> dict:
     _check_logit_bias(body)
     _drop_empty_stops(body)
     _check_type(body, "echo", bool, "a boolean")
+    _check_completion_logprobs(body)
     _check_best_of(body)
     return body
+
+
+def _check_completion_logprobs(body: dict) -> None:
+    """A completion's logprobs: how many alternatives a token, 0 to 20 on every backend (the
+    engine refused more, llama-server gave 100, and answered -1 with no logprobs at all)."""
+    logprobs = body.get("logprobs")
+    if type(logprobs) is int and not 0 <= logprobs <= 20:
+        _fail("logprobs", f"must be between 0 and 20, got {logprobs}")
 
 
 def _check_best_of(body: dict) -> None:
