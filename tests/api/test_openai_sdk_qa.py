@@ -418,3 +418,37 @@ def test_completion_logprobs_out_of_range_are_a_400_on_every_backend(client, mod
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model=model, prompt="the sun", max_tokens=2, logprobs=logprobs)
     assert info.value.body["param"] == "logprobs"
+
+
+def _streamed_text_and_tokens(chunks, chat: bool) -> tuple[str, list[str]]:
+    text, tokens = "", []
+    for chunk in chunks:
+        for choice in chunk.choices:
+            text += (choice.delta.content or "") if chat else choice.text
+            if choice.logprobs is not None:
+                tokens += [t.token for t in choice.logprobs.content or []] if chat else choice.logprobs.tokens
+    return text, tokens
+
+
+@pytest.mark.parametrize("model", [ENGINE])
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_end_where_a_stop_string_ends_the_text(client, model, stream):
+    """The stop string is cut from the text and its tokens from the logprobs, as llama-server
+    does: the engine gave the stop token's logprob (and a text_offset past the text's end)."""
+    kwargs = dict(model=model, max_tokens=8, temperature=0)
+    chat_tokens = [t.token for t in client.chat.completions.create(
+        messages=MESSAGES, logprobs=True, **kwargs).choices[0].logprobs.content]
+    text_tokens = client.completions.create(prompt="the sun", logprobs=1, **kwargs).choices[0].logprobs.tokens
+    for tokens in (chat_tokens, text_tokens):
+        assert tokens[3] not in "".join(tokens[:3])           # it stops after three tokens
+    chat = client.chat.completions.create(messages=MESSAGES, logprobs=True, stop=[chat_tokens[3]], stream=stream,
+                                          **kwargs)
+    text = client.completions.create(prompt="the sun", logprobs=1, stop=[text_tokens[3]], stream=stream, **kwargs)
+    if stream:
+        assert _streamed_text_and_tokens(chat, True) == ("".join(chat_tokens[:3]), chat_tokens[:3])
+        assert _streamed_text_and_tokens(text, False) == ("".join(text_tokens[:3]), text_tokens[:3])
+    else:
+        assert [t.token for t in chat.choices[0].logprobs.content] == chat_tokens[:3]
+        assert chat.choices[0].message.content == "".join(chat_tokens[:3])
+        assert text.choices[0].logprobs.tokens == text_tokens[:3] and text.choices[0].text == "".join(text_tokens[:3])
+        assert max(text.choices[0].logprobs.text_offset) < len(text.choices[0].text)
