@@ -430,7 +430,7 @@ def _streamed_text_and_tokens(chunks, chat: bool) -> tuple[str, list[str]]:
     return text, tokens
 
 
-@pytest.mark.parametrize("model", [ENGINE])
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
 @pytest.mark.parametrize("stream", [False, True])
 def test_logprobs_end_where_a_stop_string_ends_the_text(client, model, stream):
     """The stop string is cut from the text and its tokens from the logprobs, as llama-server
