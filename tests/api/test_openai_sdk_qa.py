@@ -3,6 +3,10 @@ engine (a tiny GGUF) and the real llama-server behind one daemon, each case on b
 backend can answer it."""
 from __future__ import annotations
 
+import http.server
+import json
+import threading
+
 import openai
 import pytest
 
@@ -452,3 +456,47 @@ def test_logprobs_end_where_a_stop_string_ends_the_text(client, model, stream):
         assert chat.choices[0].message.content == "".join(chat_tokens[:3])
         assert text.choices[0].logprobs.tokens == text_tokens[:3] and text.choices[0].text == "".join(text_tokens[:3])
         assert max(text.choices[0].logprobs.text_offset) < len(text.choices[0].text)
+
+
+@pytest.fixture
+def embeddings_server():
+    """An OpenAI-compatible server whose /v1/embeddings answers `server.answer` as it is."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, value):
+            body = json.dumps(value).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._send({"object": "list", "data": [{"id": "emb", "object": "model"}]})
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            self._send(server.answer)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("answer", [{"data": [1, 2]}, {"data": [{"index": 0, "embedding": "abc"}]},
+                                    {"data": [{"index": 0}]}, {"data": [{"index": 0, "embedding": [1.0, "x"]}]}])
+def test_embeddings_a_backend_garbles_are_a_502_never_a_500(daemon_factory, embeddings_server, answer):
+    """dimensions and base64 (the SDK's default) read each vector: a traceback and a 500."""
+    embeddings_server.answer = answer
+    running = daemon_factory({"backends": [{"name": "odd", "kind": "openai", "models": ["emb"],
+                                            "url": f"http://127.0.0.1:{embeddings_server.server_port}"}],
+                              "cache": {"enabled": False}})
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+    for kwargs in ({}, {"encoding_format": "float"}, {"dimensions": 1, "encoding_format": "float"}):
+        with pytest.raises(openai.APIStatusError) as info:
+            client.embeddings.create(model="emb", input="hi", **kwargs)
+        assert info.value.status_code == 502 and info.value.body["code"] == "bad_backend_response"

@@ -48,7 +48,7 @@ from ..sched.router import PrefixRouter
 from ..sched.tokens import TokenCache, tokenizer_of
 from ..wire.outcome import Delivery, Outcome
 from ..wire.request import GenerateRequest, max_tokens_of
-from ..wire.shape import UNREADABLE, check_answer
+from ..wire.shape import UNREADABLE, check_answer, check_embeddings
 from ..wire.streams import closing, prime
 from .relay import ChunkRelay
 
@@ -357,9 +357,7 @@ class Service:
         body = {**body, "model": self.registry.resolve(model)}
         backend, answer = await self._failover(model, self.registry.candidates(model),
                                                lambda backend: self._embed_on(backend, body))
-        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
-            raise BackendError(f"backend {backend.name} sent embeddings velollmd cannot read",
-                               code="bad_backend_response")
+        answer = check_embeddings(answer, backend.name)
         answer["model"] = model
         return Outcome({"x-velollm-backend": backend.name}, body=answer)
 
