@@ -341,6 +341,28 @@ def test_n_choices_with_tools_stream_each_under_its_own_index(client):
     assert finishes == {0: ["length"], 1: ["length"]}
 
 
+def _answered_call(arguments) -> list[dict]:
+    return [{"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_tool_call_arguments_that_are_not_json_are_a_400_naming_them(client, model):
+    """llama-server answered them with a 500 (a 502 here) that counted against its breaker: the
+    fourth request, any request, got 503. An empty string is no arguments, as "{}"."""
+    for _ in range(4):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=model, messages=_answered_call("not json"), tools=[WEATHER],
+                                           max_tokens=2)
+        assert info.value.body["param"] == "messages[1].tool_calls[0].function.arguments"
+    for arguments in ("", '{"city": "Paris"}', {"city": "Paris"}):
+        answer = client.chat.completions.create(model=model, messages=_answered_call(arguments), tools=[WEATHER],
+                                                max_tokens=2)
+        assert answer.usage.completion_tokens == 2
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_every_choice_of_n_makes_its_tool_call(client, stream):
     """Each of n choices is read for tool calls, not only the first (choice 1's call was left

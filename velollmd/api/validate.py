@@ -6,6 +6,8 @@ top_k or min_p).
 """
 from __future__ import annotations
 
+import json
+
 from ..errors import BadRequest
 from ..wire.request import logit_bias_value
 
@@ -170,7 +172,8 @@ def _check_message(message, param: str) -> None:
 
 
 def check_message_tool_calls(calls, param: str) -> None:
-    """Tool calls in a message: objects whose function has a name (arguments: string or object)."""
+    """Tool calls in a message: objects whose function has a name (arguments: a JSON string or
+    an object; an empty string is no arguments, "{}")."""
     if calls is None:
         return
     if not isinstance(calls, list):
@@ -179,8 +182,22 @@ def check_message_tool_calls(calls, param: str) -> None:
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             _fail(f"{param}[{i}].function.name", "each tool call needs a function with a name")
-        if not isinstance(function.get("arguments", ""), (str, dict)):
-            _fail(f"{param}[{i}].function.arguments", "expected a JSON string or an object")
+        _check_arguments(function, f"{param}[{i}].function.arguments")
+
+
+def _check_arguments(function: dict, param: str) -> None:
+    """Arguments a template can render: llama-server parses a string's JSON and answered one
+    that is not JSON (or empty) with a 500, which counted against its breaker."""
+    arguments = function.get("arguments", "")
+    if not isinstance(arguments, (str, dict)):
+        _fail(param, "expected a JSON string or an object")
+    if isinstance(arguments, str) and not arguments.strip():
+        function["arguments"] = "{}"
+    elif isinstance(arguments, str):
+        try:
+            json.loads(arguments)
+        except (ValueError, RecursionError):
+            _fail(param, "is not valid JSON")
 
 
 def _check_tools(body: dict) -> None:
