@@ -198,7 +198,7 @@ class Backend:
     async def post_json(self, path: str, body: dict) -> dict:
         response = await self.client.request("POST", path, json=body)
         if response.status >= 400:                      # (json_or_raise, one coroutine fewer per answer)
-            raise await self.error_from(response, body.get("model"), body)
+            raise await self.error_from(response, body.get("model"))
         return await response.json()
 
     async def get_json(self, path: str) -> dict:
@@ -216,7 +216,7 @@ class Backend:
     async def _open_events(self, path: str, body: dict, sse: bool) -> AsyncIterator[list[bytes]]:
         response = await self.client.request("POST", path, json=body)
         if response.status >= 400:
-            raise await self.error_from(response, body.get("model"), body)
+            raise await self.error_from(response, body.get("model"))
         return response.iter_sse_batches(events=True) if sse else response.iter_line_batches(events=True)
 
     async def stream_json(self, path: str, body: dict, *, sse: bool) -> AsyncIterator[dict]:
@@ -244,18 +244,17 @@ class Backend:
             raise await self.error_from(response, model)
         return await response.json()
 
-    async def error_from(self, response: ClientResponse, model: str | None = None,
-                         request_body: dict | None = None) -> VeloError:
+    async def error_from(self, response: ClientResponse, model: str | None = None) -> VeloError:
         """Turn a backend's error response into our error with the right status; a prompt over
-        the context is OpenAI's context_length_exceeded naming the request's messages or prompt."""
+        the context is OpenAI's context_length_exceeded (the service names the prompt's field)."""
         body = await response.read()
         message = extract_error_message(body) or f"HTTP {response.status}"
         if response.status == 404 and model is not None:
             return NotFound(f"model {model!r} not found on backend {self.name}: {message}",
                             param="model", code="model_not_found")
         if response.status in (400, 422) and _is_context_overflow(body):
-            return BadRequest(f"backend {self.name} rejected the request: {message}", code="context_length_exceeded",
-                              param=_prompt_field(request_body or {}))
+            return BadRequest(f"backend {self.name} rejected the request: {message}",
+                              code="context_length_exceeded")
         if response.status in (400, 422):
             return BadRequest(f"backend {self.name} rejected the request: {message}")
         if response.status == 501:
@@ -295,11 +294,6 @@ def _is_context_overflow(body: bytes) -> bool:
         return False
     return isinstance(error, dict) and (error.get("type") == "exceed_context_size_error"
                                         or error.get("code") == "context_length_exceeded")
-
-
-def _prompt_field(body: dict) -> str | None:
-    """The field holding a request's prompt: a chat's messages or a completion's prompt."""
-    return "messages" if "messages" in body else "prompt" if "prompt" in body else None
 
 
 def extract_error_message(body: bytes) -> str:

@@ -84,8 +84,13 @@ class Service:
         fingerprint = fingerprint_of(request) if tokenizer is None \
             else await self._fingerprint(request, tokenizer)   # no coroutine without /tokenize
         ranked = self.router.rank(allowed, fingerprint, self.admission.load)
-        return await self._failover(request.model, ranked,
-                                    lambda backend: self._generate_on(backend, request, fingerprint, delivery))
+        try:
+            return await self._failover(request.model, ranked,
+                                        lambda backend: self._generate_on(backend, request, fingerprint, delivery))
+        except BadRequest as exc:
+            if exc.code == "context_length_exceeded" and exc.param is None:   # the prompt: name its field
+                exc.param = "messages" if request.endpoint == "chat" else "prompt"
+            raise
 
     async def _failover(self, model: str, backends: Iterable[Backend],
                         attempt: Callable[[Backend], Awaitable[T]]) -> T:
