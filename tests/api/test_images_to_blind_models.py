@@ -45,3 +45,24 @@ def test_the_engine_refuses_images_the_same_way(tmp_path):
         with pytest.raises(openai.BadRequestError) as info:
             chat.chat.completions.create(model="blind", messages=SEE, max_tokens=2)
         assert info.value.code == "images_not_supported"
+
+
+HEAR = [{"role": "user", "content": [{"type": "text", "text": "hear?"},
+                                     {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}]}]
+
+
+def test_audio_for_a_model_that_cannot_hear_is_a_400_and_it_keeps_serving(daemon, tmp_path):
+    """llama-server without an audio projector answered input_audio with a 500 (a 502 here)
+    that counted against its breaker: the fourth request, any request, got 503. The engine
+    rendered no template for it (a 400 without a code)."""
+    make_tiny_model(tmp_path / "deaf.gguf")
+    with RunningDaemon({"backends": [engine_backend(tmp_path)], "cache": {"enabled": False}}) as engine:
+        for url, model in ((daemon.url, "tiny"), (engine.url, "deaf")):
+            chat = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+            for _ in range(4):                          # three backend failures would open the breaker
+                with pytest.raises(openai.BadRequestError) as info:
+                    chat.chat.completions.create(model=model, messages=HEAR, max_tokens=2)
+                assert info.value.code == "audio_not_supported" and info.value.body["param"] == "messages"
+            answer = chat.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                                  max_tokens=2)
+            assert answer.usage.completion_tokens == 2

@@ -3,6 +3,10 @@ engine (a tiny GGUF) and the real llama-server behind one daemon, each case on b
 backend can answer it."""
 from __future__ import annotations
 
+import http.server
+import json
+import threading
+
 import openai
 import pytest
 
@@ -181,6 +185,18 @@ def test_an_array_of_token_ids_is_one_embedding_input(client):
     assert same.data[0].embedding == pytest.approx(result.data[0].embedding)
 
 
+@pytest.mark.parametrize("tokens", [[True], [5, False], [[5, True]], [[5, "x"]], [[5, 1.5]]])
+def test_a_boolean_or_other_non_integer_is_no_token_id(client, tokens):
+    """`true` was embedded (and completed) as token 1; a text or a float inside a token array
+    reached the engine, whose 400 called it a token outside the vocabulary."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=ENGINE, input=tokens)
+    assert info.value.body["param"] == "input"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=ENGINE, prompt=tokens, max_tokens=2)
+    assert info.value.body["param"] == "prompt"
+
+
 @pytest.mark.parametrize("model", [ENGINE, LLAMA])
 @pytest.mark.parametrize("part", [{"type": "text"}, {"type": "text", "text": 7}])
 def test_a_text_part_without_text_is_a_400_naming_it(client, model, part):
@@ -214,6 +230,39 @@ def test_the_ollama_backend_refuses_prompts_it_cannot_take_instead_of_joining_th
     assert info.value.body["param"] == "prompt"
     listed = client.completions.create(model="llama3.2:latest", prompt=["the sun"], max_tokens=2)
     assert listed.choices[0].text
+
+
+@pytest.mark.parametrize("tokens", [[5, 6], [[5, 6]], ["the sun", [5, 6]]])
+def test_token_ids_ollama_cannot_embed_are_a_400_naming_input(daemon_factory, ollama_emulator, tokens):
+    """They went to /api/embed, which takes texts: a failed request (a 502 here) that counted
+    against the backend's breaker, so a few of them shut the model off for everyone."""
+    running = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False}})
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+    for _ in range(4):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.embeddings.create(model="llama3.2:latest", input=tokens, encoding_format="float")
+        assert info.value.body["param"] == "input"
+    texts = client.embeddings.create(model="llama3.2:latest", input=["the sun", "the moon"], encoding_format="float")
+    assert [item.index for item in texts.data] == [0, 1]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_n_choices_a_backend_cannot_give_are_a_400_naming_n_on_every_backend(daemon, daemon_factory,
+                                                                            ollama_emulator, stream):
+    """Ollama has no n: it answered one choice where two were asked, without a word; llama-server
+    was refused. The engine gives every choice."""
+    ollama = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False}})
+    for url, model in ((ollama.url, "llama3.2:latest"), (daemon.url, LLAMA)):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, n=2, stream=stream)
+        assert info.value.body["param"] == "n" and info.value.status_code == 400
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model=model, prompt="the sun", max_tokens=2, n=2, stream=stream)
+        assert info.value.body["param"] == "n"
+    engine = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    answer = engine.chat.completions.create(model=ENGINE, messages=MESSAGES, max_tokens=2, n=2)
+    assert [c.index for c in answer.choices] == [0, 1]
 
 
 @pytest.mark.parametrize("model", [ENGINE, LLAMA])
@@ -292,6 +341,25 @@ def test_n_choices_with_tools_stream_each_under_its_own_index(client):
     assert finishes == {0: ["length"], 1: ["length"]}
 
 
+def _answered_call(arguments) -> list[dict]:
+    return [{"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_tool_call_arguments_that_are_not_json_are_served_and_keep_the_model_serving(client, model):
+    """A call the model wrote badly reaches the client as written (as OpenAI's can) and comes
+    back in the history: served, as OpenAI serves it. llama-server answered such arguments
+    with a 500 (a 502 here) that counted against its breaker: the fourth request, any request,
+    got 503. An empty string is no arguments, as "{}"."""
+    for arguments in ("not json", "not json", "not json", "not json", "", '{"city": "Paris"}', {"city": "Paris"}):
+        answer = client.chat.completions.create(model=model, messages=_answered_call(arguments), tools=[WEATHER],
+                                                max_tokens=2)
+        assert answer.usage.completion_tokens == 2
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_every_choice_of_n_makes_its_tool_call(client, stream):
     """Each of n choices is read for tool calls, not only the first (choice 1's call was left
@@ -313,13 +381,22 @@ def test_every_choice_of_n_makes_its_tool_call(client, stream):
     assert finishes == {0: "tool_calls", 1: "tool_calls"}
 
 
-def test_a_completion_prompt_over_the_context_names_prompt(client):
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("num_words", [2000, 5000])
+def test_a_prompt_over_the_context_is_context_length_exceeded_naming_it(client, model, stream, num_words):
+    """As OpenAI answers it: code context_length_exceeded, param messages or prompt
+    (llama-server's own exceed_context_size_error came with neither; a prompt over all the
+    engine's slots together was refused by the admission as 'prompt plus max_tokens', naming
+    max_tokens)."""
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model=ENGINE, prompt="word " * 2000, max_tokens=2)
+        client.completions.create(model=model, prompt="word " * num_words, max_tokens=2, stream=stream)
     assert info.value.code == "context_length_exceeded" and info.value.body["param"] == "prompt"
+    assert num_words > 2000 or "2001 tokens" in info.value.body["message"]    # (the admission's is estimated)
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model=ENGINE, messages=[{"role": "user", "content": "word " * 2000}])
-    assert info.value.body["param"] == "messages"
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "word " * num_words}],
+                                       max_tokens=2, stream=stream)
+    assert info.value.code == "context_length_exceeded" and info.value.body["param"] == "messages"
 
 
 @pytest.mark.parametrize("model", [ENGINE, LLAMA])
@@ -334,3 +411,114 @@ def test_an_empty_stop_string_stops_nothing_on_every_backend(client, model, stop
     assert stopped.usage.completion_tokens == 4 and stopped.choices[0].finish_reason == "length"
     text = client.completions.create(prompt="the sun", stop=stop, **kwargs)
     assert text.usage.completion_tokens == 4 and text.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_an_audio_answer_no_backend_makes_is_a_400_naming_the_field(client, model):
+    """modalities ["text", "audio"] with an audio voice was answered in text, message.audio
+    null, without a word."""
+    kwargs = dict(model=model, messages=MESSAGES, max_tokens=2)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
+                                       **kwargs)
+    assert info.value.body["param"] == "modalities"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(audio={"voice": "alloy", "format": "wav"}, **kwargs)
+    assert info.value.body["param"] == "audio"
+    assert client.chat.completions.create(modalities=["text"], **kwargs).usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_an_empty_prompt_array_is_a_400_naming_prompt(client, model):
+    """llama-server's own 400 had param null; the engine called it 'got 0' prompts."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model, prompt=[], max_tokens=2)
+    assert info.value.body["param"] == "prompt"
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+@pytest.mark.parametrize("logprobs", [-1, 21, 100])
+def test_completion_logprobs_out_of_range_are_a_400_on_every_backend(client, model, logprobs):
+    """llama-server answered -1 with no logprobs and 100 with 100 alternatives a token, where
+    the engine refused them."""
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model, prompt="the sun", max_tokens=2, logprobs=logprobs)
+    assert info.value.body["param"] == "logprobs"
+
+
+def _streamed_text_and_tokens(chunks, chat: bool) -> tuple[str, list[str]]:
+    text, tokens = "", []
+    for chunk in chunks:
+        for choice in chunk.choices:
+            text += (choice.delta.content or "") if chat else choice.text
+            if choice.logprobs is not None:
+                tokens += [t.token for t in choice.logprobs.content or []] if chat else choice.logprobs.tokens
+    return text, tokens
+
+
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+@pytest.mark.parametrize("stream", [False, True])
+def test_logprobs_end_where_a_stop_string_ends_the_text(client, model, stream):
+    """The stop string is cut from the text and its tokens from the logprobs, as llama-server
+    does: the engine gave the stop token's logprob (and a text_offset past the text's end)."""
+    kwargs = dict(model=model, max_tokens=8, temperature=0)
+    chat_tokens = [t.token for t in client.chat.completions.create(
+        messages=MESSAGES, logprobs=True, **kwargs).choices[0].logprobs.content]
+    text_tokens = client.completions.create(prompt="the sun", logprobs=1, **kwargs).choices[0].logprobs.tokens
+    for tokens in (chat_tokens, text_tokens):
+        assert tokens[3] not in "".join(tokens[:3])           # it stops after three tokens
+    chat = client.chat.completions.create(messages=MESSAGES, logprobs=True, stop=[chat_tokens[3]], stream=stream,
+                                          **kwargs)
+    text = client.completions.create(prompt="the sun", logprobs=1, stop=[text_tokens[3]], stream=stream, **kwargs)
+    if stream:
+        assert _streamed_text_and_tokens(chat, True) == ("".join(chat_tokens[:3]), chat_tokens[:3])
+        assert _streamed_text_and_tokens(text, False) == ("".join(text_tokens[:3]), text_tokens[:3])
+    else:
+        assert [t.token for t in chat.choices[0].logprobs.content] == chat_tokens[:3]
+        assert chat.choices[0].message.content == "".join(chat_tokens[:3])
+        assert text.choices[0].logprobs.tokens == text_tokens[:3] and text.choices[0].text == "".join(text_tokens[:3])
+        assert max(text.choices[0].logprobs.text_offset) < len(text.choices[0].text)
+
+
+@pytest.fixture
+def embeddings_server():
+    """An OpenAI-compatible server whose /v1/embeddings answers `server.answer` as it is."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, value):
+            body = json.dumps(value).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._send({"object": "list", "data": [{"id": "emb", "object": "model"}]})
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            self._send(server.answer)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("answer", [{"data": [1, 2]}, {"data": [{"index": 0, "embedding": "abc"}]},
+                                    {"data": [{"index": 0}]}, {"data": [{"index": 0, "embedding": [1.0, "x"]}]}])
+def test_embeddings_a_backend_garbles_are_a_502_never_a_500(daemon_factory, embeddings_server, answer):
+    """dimensions and base64 (the SDK's default) read each vector: a traceback and a 500."""
+    embeddings_server.answer = answer
+    running = daemon_factory({"backends": [{"name": "odd", "kind": "openai", "models": ["emb"],
+                                            "url": f"http://127.0.0.1:{embeddings_server.server_port}"}],
+                              "cache": {"enabled": False}})
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+    for kwargs in ({}, {"encoding_format": "float"}, {"dimensions": 1, "encoding_format": "float"}):
+        with pytest.raises(openai.APIStatusError) as info:
+            client.embeddings.create(model="emb", input="hi", **kwargs)
+        assert info.value.status_code == 502 and info.value.body["code"] == "bad_backend_response"

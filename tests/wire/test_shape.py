@@ -2,7 +2,7 @@
 import pytest
 
 from velollmd.errors import BackendError
-from velollmd.wire.shape import check_answer, check_chunk
+from velollmd.wire.shape import check_answer, check_chunk, check_embeddings
 
 MESSAGE = {"message": {"role": "assistant", "content": "hi"}}
 
@@ -31,3 +31,22 @@ def test_good_answers_and_chunks_pass_as_they_are():
         check_chunk({"choices": [1]}, "chat", "b")
     with pytest.raises(BackendError, match="usage is not"):
         check_chunk({"choices": [], "usage": {"completion_tokens": False}}, "chat", "b")
+
+
+@pytest.mark.parametrize("body,what", [
+    ({"data": [1, 2]}, "no list of embeddings"),
+    ({"object": "list"}, "no list of embeddings"),
+    ({"data": [{"embedding": "abc"}]}, "not a list of numbers"),
+    ({"data": [{"index": 0}]}, "not a list of numbers"),
+    ({"data": [{"embedding": [0.5, "x"]}]}, "not a list of numbers"),
+    ({"data": [{"embedding": [0.5, True]}]}, "not a list of numbers"),
+    ({"data": [{"embedding": [0.5]}], "usage": "lots"}, "usage is not"),
+])
+def test_bad_embeddings_name_their_fault(body, what):
+    with pytest.raises(BackendError, match=what):
+        check_embeddings(body, "b")
+
+
+def test_good_embeddings_pass_as_they_are():
+    body = {"data": [{"index": 0, "embedding": [0.5, -1, 0.0]}], "usage": {"prompt_tokens": 2, "total_tokens": 2}}
+    assert check_embeddings(body, "b") is body

@@ -170,7 +170,8 @@ def _check_message(message, param: str) -> None:
 
 
 def check_message_tool_calls(calls, param: str) -> None:
-    """Tool calls in a message: objects whose function has a name (arguments: string or object)."""
+    """Tool calls in a message: objects whose function has a name (arguments: a JSON string or
+    an object; an empty string is no arguments, "{}")."""
     if calls is None:
         return
     if not isinstance(calls, list):
@@ -179,8 +180,18 @@ def check_message_tool_calls(calls, param: str) -> None:
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             _fail(f"{param}[{i}].function.name", "each tool call needs a function with a name")
-        if not isinstance(function.get("arguments", ""), (str, dict)):
-            _fail(f"{param}[{i}].function.arguments", "expected a JSON string or an object")
+        _check_arguments(function, f"{param}[{i}].function.arguments")
+
+
+def _check_arguments(function: dict, param: str) -> None:
+    """A string or an object; an empty string is no arguments ("{}"). A string that is no JSON
+    passes, as OpenAI takes it: a call the model wrote badly reached the client as written and
+    comes back in the history (the llama.cpp backend rewrites it as JSON llama-server parses)."""
+    arguments = function.get("arguments", "")
+    if not isinstance(arguments, (str, dict)):
+        _fail(param, "expected a JSON string or an object")
+    if isinstance(arguments, str) and not arguments.strip():
+        function["arguments"] = "{}"
 
 
 def _check_tools(body: dict) -> None:
@@ -226,6 +237,16 @@ def _check_top_logprobs(body: dict) -> None:
         _fail("top_logprobs", "needs 'logprobs' to be true")
 
 
+def _check_text_output(body: dict) -> None:
+    """Spoken answers (modalities with "audio", an `audio` voice and format): no backend here
+    makes audio, and a text-only answer would leave message.audio null without a word."""
+    modalities = body.get("modalities")
+    if modalities is not None and (not isinstance(modalities, list) or any(m != "text" for m in modalities)):
+        _fail("modalities", 'only ["text"] is supported: no backend here answers in audio')
+    if body.get("audio") is not None:
+        _fail("audio", "audio output is not supported: no backend here answers in audio")
+
+
 def validate_chat(body: dict) -> dict:
     _check_model(body)
     _check_messages(body.get("messages"))
@@ -235,6 +256,7 @@ def validate_chat(body: dict) -> dict:
     _check_top_logprobs(body)
     _check_tools(body)
     _check_response_format(body)
+    _check_text_output(body)
     return body
 
 
@@ -243,15 +265,24 @@ def validate_completion(body: dict) -> dict:
     prompt = body.get("prompt")
     if not isinstance(prompt, (str, list)):
         _fail("prompt", "a string or an array of strings is required")
-    if isinstance(prompt, list) and not all(isinstance(p, (str, int)) or _is_token_array(p) for p in prompt):
+    if isinstance(prompt, list) and (not prompt or not all(_is_text_or_tokens(p) for p in prompt)):
         _fail("prompt", "expected a string, an array of strings, an array of token ids or an array of "
                         "token id arrays")
     _check_sampling(body)
     _check_logit_bias(body)
     _drop_empty_stops(body)
     _check_type(body, "echo", bool, "a boolean")
+    _check_completion_logprobs(body)
     _check_best_of(body)
     return body
+
+
+def _check_completion_logprobs(body: dict) -> None:
+    """A completion's logprobs: how many alternatives a token, 0 to 20 on every backend (the
+    engine refused more, llama-server gave 100, and answered -1 with no logprobs at all)."""
+    logprobs = body.get("logprobs")
+    if type(logprobs) is int and not 0 <= logprobs <= 20:
+        _fail("logprobs", f"must be between 0 and 20, got {logprobs}")
 
 
 def _check_best_of(body: dict) -> None:
@@ -281,6 +312,12 @@ def validate_embeddings(body: dict) -> dict:
     value = body.get("input")
     if isinstance(value, str):
         return body
-    if not isinstance(value, list) or not value or not all(isinstance(v, (str, int, list)) for v in value):
-        _fail("input", "a string or a non-empty array of strings is required")
+    if not isinstance(value, list) or not value or not all(_is_text_or_tokens(v) for v in value):
+        _fail("input", "a string, or a non-empty array of strings, token ids or token id arrays is required")
     return body
+
+
+def _is_text_or_tokens(value) -> bool:
+    """One item of a completion's prompt array or an embedding request's input array: a text,
+    a token id or a token id array (a boolean is no token id: true was read as token 1)."""
+    return isinstance(value, str) or type(value) is int or _is_token_array(value)

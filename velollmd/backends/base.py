@@ -24,9 +24,9 @@ from ..wire.streams import Deferred, closing
 
 log = logging.getLogger("velollmd.backends")
 DEFAULT_NUM_CTX = 4096        # per slot, when neither the backend nor the config says
-# A prompt over the context as servers word it: llama-server ("exceeds the available context
-# size"), vLLM and OpenAI ("maximum context length is"), SGLang ("longer than the model's context
-# length"); answered with OpenAI's code for it, which clients (and the Anthropic route) look for.
+# A prompt over the context as servers word it where their error has no type or code that says
+# so (_is_context_overflow): vLLM ("maximum context length is", as OpenAI), SGLang ("longer than
+# the model's context length"), llama-server ("exceeds the available context size").
 OVER_CONTEXT_RE = re.compile(r"exceeds? the available context|maximum context length|longer than the model's "
                              r"context length", re.IGNORECASE)
 HEALTH_TIMEOUT_S = 5.0        # a health check's whole deadline (connect_timeout_s when longer)
@@ -98,6 +98,10 @@ class Backend:
 
     def sees_images(self) -> bool | None:
         """Whether its model takes image input; None when unknown (the server decides)."""
+        return None
+
+    def hears_audio(self) -> bool | None:
+        """Whether its model takes audio input (input_audio parts); None when unknown."""
         return None
 
     def keep_model(self, model: str, keep_alive_s: float | None) -> None:
@@ -248,14 +252,15 @@ class Backend:
         return await response.json()
 
     async def error_from(self, response: ClientResponse, model: str | None = None) -> VeloError:
-        """Turn a backend's error response into our error with the right status."""
+        """Turn a backend's error response into our error with the right status; a prompt over
+        the context is OpenAI's context_length_exceeded (the service names the prompt's field)."""
         body = await response.read()
         message = extract_error_message(body) or f"HTTP {response.status}"
         if response.status == 404 and model is not None:
             return NotFound(f"model {model!r} not found on backend {self.name}: {message}",
                             param="model", code="model_not_found")
-        if response.status in (400, 422) and OVER_CONTEXT_RE.search(message):
-            return BadRequest(f"backend {self.name} rejected the request: {message}", param="messages",
+        if response.status in (400, 422) and (_is_context_overflow(body) or OVER_CONTEXT_RE.search(message)):
+            return BadRequest(f"backend {self.name} rejected the request: {message}",
                               code="context_length_exceeded")
         if response.status in (400, 422):
             return BadRequest(f"backend {self.name} rejected the request: {message}")
@@ -285,6 +290,17 @@ def _is_seconds(value: str) -> bool:
 
 def _error_text(error) -> str:
     return error.get("message", str(error)) if isinstance(error, dict) else str(error)
+
+
+def _is_context_overflow(body: bytes) -> bool:
+    """An error saying the prompt does not fit the context: llama-server's type
+    exceed_context_size_error, or OpenAI's own code (vLLM and others that copy it)."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, RecursionError, AttributeError):
+        return False
+    return isinstance(error, dict) and (error.get("type") == "exceed_context_size_error"
+                                        or error.get("code") == "context_length_exceeded")
 
 
 def extract_error_message(body: bytes) -> str:

@@ -103,6 +103,9 @@ class EngineBackend(Backend):
     def sees_images(self) -> bool:
         return False                     # text models only: no vision projector
 
+    def hears_audio(self) -> bool:
+        return False
+
     def status(self) -> dict:
         status = super().status()
         status["engine"] = {

@@ -45,6 +45,8 @@ class AnswerBuilder:
     def add(self, index: int, event: Event) -> None:
         self.texts[index] += event.text
         self.logprobs[index] += event.logprobs
+        if event.stop_string is not None:
+            self._drop_stop_logprobs(index)
         self.num_output[index] = event.num_output_tokens
         self.num_prompt, self.num_cached = event.num_prompt_tokens, event.num_cached_tokens
         if event.finish_reason is not None:
@@ -77,19 +79,32 @@ class AnswerBuilder:
         return [self._chunk(i, {"role": "assistant", "content": ""}) for i in range(len(self.texts))]
 
     def chunks(self, index: int, event: Event) -> list[dict]:
+        num_logprobs = len(self.logprobs[index])
         self.add(index, event)
+        logprobs = self.logprobs[index][num_logprobs:]      # the event's, less a stop string's
         chunks = []
-        if event.text or event.logprobs:
+        if event.text or logprobs:
             delta = {"content": event.text} if self.chat else event.text
             chunk = self._chunk(index, delta)
             offset = len(self.texts[index]) - len(event.text)        # (add() appended the text)
-            chunk["choices"][0]["logprobs"] = self._logprobs(list(event.logprobs), offset)
+            chunk["choices"][0]["logprobs"] = self._logprobs(logprobs, offset)
             chunks.append(chunk)
         if event.finish_reason is not None:
             chunk = self._chunk(index, {} if self.chat else "", event.finish_reason)
             self._with_stop_string(index, chunk["choices"][0])
             chunks.append(chunk)
         return chunks
+
+    def _drop_stop_logprobs(self, index: int) -> None:
+        """Only the logprobs of tokens that start within the text: those of the stop string
+        that ended it, cut from the text, dropped as llama-server drops them."""
+        kept, offset, length = [], 0, len(self.texts[index])
+        for result in self.logprobs[index]:
+            if offset >= length:
+                break
+            kept.append(result)
+            offset += len(self._text(result.token_id))
+        self.logprobs[index] = kept
 
     def _with_stop_string(self, index: int, choice: dict) -> dict:
         """`choice` naming the stop string that ended it, as vLLM does (`stop_reason`)."""

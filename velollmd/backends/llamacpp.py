@@ -56,8 +56,15 @@ class LlamaCppBackend(OpenAIBackend):
 
     def sees_images(self) -> bool | None:
         """/props `modalities.vision` (a server started with a projector, --mmproj)."""
+        return self._modality("vision")
+
+    def hears_audio(self) -> bool | None:
+        """/props `modalities.audio` (a projector for audio, --mmproj)."""
+        return self._modality("audio")
+
+    def _modality(self, name: str) -> bool | None:
         modalities = self.props.get("modalities")
-        return bool(modalities.get("vision")) if isinstance(modalities, dict) else None
+        return bool(modalities.get(name)) if isinstance(modalities, dict) else None
 
     def upstream_body(self, request: GenerateRequest) -> dict:
         """`verbose` when the caller needs the stop string that ended the answer: llama.cpp
@@ -165,7 +172,7 @@ def _parsable(call) -> bool:
         return True                     # not ours to judge (the request checks refused what they must)
     try:
         json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
 

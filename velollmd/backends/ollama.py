@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import AsyncIterator
 
-from ..errors import VeloError
+from ..errors import BadRequest, VeloError
 from ..http.client import ClientResponse
 from ..wire.ids import response_id
 from ..wire.ollama import (
@@ -81,6 +81,10 @@ class OllamaBackend(Backend):
                     yield chunk
 
     async def embeddings(self, body: dict) -> dict:
+        """Ollama's /api/embed takes texts only: token ids are a 400 naming input here, not
+        sent for Ollama's "invalid input type" (or a failure that counts against the breaker)."""
+        if not isinstance(body["input"], str) and not all(isinstance(item, str) for item in body["input"]):
+            raise BadRequest("Ollama embeds texts, not token ids", param="input")
         started = time.monotonic()
         truncate = {"truncate": body["truncate"]} if "truncate" in body else {}
         reply = await self.post_json("/api/embed", {"model": body["model"], "input": body["input"], **truncate})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import AsyncIterator, Awaitable
 
-from ..errors import BadRequest, VeloError
+from ..errors import VeloError
 from ..wire.request import GenerateRequest
 from .base import Backend, ModelInfo
 
@@ -71,9 +71,6 @@ class OpenAIBackend(Backend):
         body = dict(request.body)
         if request.stream:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        if body.get("n", 1) > 1 and not self.supports_n:
-            raise BadRequest(f"backend {self.name} ({self.kind}) does not support n > 1",
-                             param="n", code="unsupported_value")
         return body
 
     def chat(self, request: GenerateRequest) -> Awaitable[dict]:

@@ -48,7 +48,7 @@ from ..sched.router import PrefixRouter
 from ..sched.tokens import TokenCache, tokenizer_of
 from ..wire.outcome import Delivery, Outcome
 from ..wire.request import GenerateRequest, max_tokens_of
-from ..wire.shape import UNREADABLE, check_answer
+from ..wire.shape import UNREADABLE, check_answer, check_embeddings
 from ..wire.streams import closing, prime
 from .relay import ChunkRelay
 
@@ -79,13 +79,18 @@ class Service:
         """The answer from the best backend. A stream follows `delivery` (relay.py): its usage
         chunk kept and counted, its chunks JSON bytes when they go straight to the SSE writer;
         by default, dicts with usage as the request asked."""
-        allowed = _seeing(self._allowed(request.model), request)
+        allowed = _answering_n(_seeing(self._allowed(request.model), request), request)
         tokenizer = self._tokenizer(allowed)
         fingerprint = fingerprint_of(request) if tokenizer is None \
             else await self._fingerprint(request, tokenizer)   # no coroutine without /tokenize
         ranked = self.router.rank(allowed, fingerprint, self.admission.load)
-        return await self._failover(request.model, ranked,
-                                    lambda backend: self._generate_on(backend, request, fingerprint, delivery))
+        try:
+            return await self._failover(request.model, ranked,
+                                        lambda backend: self._generate_on(backend, request, fingerprint, delivery))
+        except BadRequest as exc:
+            if exc.code == "context_length_exceeded" and exc.param is None:   # the prompt: name its field
+                exc.param = "messages" if request.endpoint == "chat" else "prompt"
+            raise
 
     async def _failover(self, model: str, backends: Iterable[Backend],
                         attempt: Callable[[Backend], Awaitable[T]]) -> T:
@@ -357,9 +362,7 @@ class Service:
         body = {**body, "model": self.registry.resolve(model)}
         backend, answer = await self._failover(model, self.registry.candidates(model),
                                                lambda backend: self._embed_on(backend, body))
-        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
-            raise BackendError(f"backend {backend.name} sent embeddings velollmd cannot read",
-                               code="bad_backend_response")
+        answer = check_embeddings(answer, backend.name)
         answer["model"] = model
         return Outcome({"x-velollm-backend": backend.name}, body=answer)
 
@@ -382,23 +385,44 @@ class Service:
                 "backends": backends}
 
 
+# (content part type, what it is, whether a backend takes it): True, False, None (unknown)
+MEDIA = (("image_url", "images", lambda backend: backend.sees_images()),
+         ("input_audio", "audio", lambda backend: backend.hears_audio()))
+
+
 def _seeing(backends: list[Backend], request: GenerateRequest) -> list[Backend]:
-    """The backends that can take the request's images. A model without vision gets a 400
-    here, not a backend's 500 (llama-server without --mmproj) that counts against its
-    breaker: three such requests from one client used to shut the model off for everyone."""
-    seeing = [b for b in backends if b.sees_images() is not False]
-    if len(seeing) == len(backends) or not _has_images(request.body):
+    """The backends that can take the request's images and audio. A model without vision (or
+    hearing) gets a 400 here, not a backend's 500 (llama-server without --mmproj) that counts
+    against its breaker: three such requests from one client used to shut the model off for
+    everyone."""
+    for part_type, what, takes in MEDIA:
+        able = [b for b in backends if takes(b) is not False]
+        if len(able) == len(backends) or not _has_part(request.body, part_type):
+            continue
+        if not able:
+            raise BadRequest(f"model {request.model!r} does not support {what}", param="messages",
+                             code=f"{what}_not_supported")
+        backends = able
+    return backends
+
+
+def _answering_n(backends: list[Backend], request: GenerateRequest) -> list[Backend]:
+    """The backends that answer `n` > 1 choices, when asked for them: a model whose backends
+    give one choice a request is a 400 naming n (llama-server refused it, Ollama answered one
+    choice without a word)."""
+    if type(request.body.get("n")) is not int or request.body["n"] <= 1:
         return backends
-    if not seeing:
-        raise BadRequest(f"model {request.model!r} does not support images", param="messages",
-                         code="images_not_supported")
-    return seeing
+    answering = [b for b in backends if b.supports_n]
+    if backends and not answering:
+        raise BadRequest(f"backend {backends[0].name} ({backends[0].kind}) does not support n > 1",
+                         param="n", code="unsupported_value")
+    return answering
 
 
-def _has_images(body: dict) -> bool:
+def _has_part(body: dict, part_type: str) -> bool:
     for message in body.get("messages") or ():
         content = message.get("content") if type(message) is dict else None
-        if type(content) is list and any(type(p) is dict and p.get("type") == "image_url" for p in content):
+        if type(content) is list and any(type(p) is dict and p.get("type") == part_type for p in content):
             return True
     return False
 

@@ -148,8 +148,7 @@ class Scheduler:
             raise RateLimited("too many requests waiting; retry later",
                               headers={"retry-after": str(self._retry_after_s())})
         if self._num_blocks_needed(request) > self.pool.num_blocks:
-            raise BadRequest("prompt plus max_tokens exceed the backend's context",
-                             param="max_tokens", code="context_length_exceeded")
+            raise self._over_context(request)
 
     def abort_request(self, request_id: str) -> SchedRequest | None:
         """Drop a waiting or running request (client gone); None if not known here."""
@@ -413,6 +412,17 @@ class Scheduler:
         else:
             self.waiting.remove(request)
             heapq.heapify(self.waiting)
+
+    def _over_context(self, request: SchedRequest) -> BadRequest:
+        """A request the whole pool cannot hold: max_tokens named when the prompt alone fits;
+        else the prompt, whose field (messages, prompt) the caller names (param None)."""
+        num_pool_tokens = self.pool.num_blocks * self.pool.block_size
+        if math.ceil(request.num_tokens / self.pool.block_size) <= self.pool.num_blocks:
+            return BadRequest(f"the prompt (about {request.num_tokens} tokens) plus max_tokens "
+                              f"({request.max_tokens}) exceed the backend's context ({num_pool_tokens} tokens)",
+                              param="max_tokens", code="context_length_exceeded")
+        return BadRequest(f"the prompt (about {request.num_tokens} tokens) exceeds the backend's context "
+                          f"({num_pool_tokens} tokens)", code="context_length_exceeded")
 
     def _num_blocks_needed(self, request: SchedRequest) -> int:
         num_tokens = request.num_tokens + (request.max_tokens if self.reserve_output else 0)

@@ -81,11 +81,18 @@ def completion_logprobs(content: list[dict], offset: int = 0) -> dict:
 
 def to_completion_logprobs(choices: list[dict], offsets: dict[int, int]) -> None:
     """Each choice's chat-shaped logprobs (llama.cpp's) in the completions shape, in place;
-    `offsets`: the text length of each choice so far, kept across a stream's chunks."""
+    `offsets`: the text length of each choice so far, kept across a stream's chunks. A stream's
+    entry for the stop string's token, which llama-server sends blanked (no token, no bytes)
+    in a chunk without text, is dropped: the text does not hold it."""
     for choice in choices:
         logprobs = choice.get("logprobs")
         if not isinstance(logprobs, dict) or not isinstance(logprobs.get("content"), list):
             continue
         index = choice.get("index", 0)
-        choice["logprobs"] = completion_logprobs(logprobs["content"], offsets.get(index, 0))
+        content = logprobs["content"] if choice.get("text") else [e for e in logprobs["content"] if not _blank(e)]
+        choice["logprobs"] = completion_logprobs(content, offsets.get(index, 0)) if content else None
         offsets[index] = offsets.get(index, 0) + len(choice.get("text") or "")
+
+
+def _blank(entry) -> bool:
+    return isinstance(entry, dict) and not entry.get("token") and not entry.get("bytes")

@@ -10,6 +10,7 @@ from ..errors import BackendError
 
 UNREADABLE = (TypeError, KeyError, AttributeError, IndexError, ValueError)
 TEXT_OR_NONE = (str, type(None))
+NUMBER_TYPES = frozenset({float, int})        # a vector's numbers (a set of types: no bool)
 TOKEN_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
@@ -51,6 +52,20 @@ def check_chunk(chunk, endpoint: str, backend_name: str) -> dict:
         elif not isinstance(choice.get("text", ""), str):
             _fail(backend_name, "a stream chunk without text")
     return chunk
+
+
+def check_embeddings(body, backend_name: str) -> dict:
+    """An embeddings list: `data`, each item an object whose embedding is a list of numbers
+    (what `dimensions` and base64 read, and what the client decodes)."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not _all_objects(data):
+        _fail(backend_name, "no list of embeddings")
+    _check_usage(body, backend_name)
+    for item in data:
+        vector = item.get("embedding")
+        if not isinstance(vector, list) or not set(map(type, vector)) <= NUMBER_TYPES:
+            _fail(backend_name, "an embedding that is not a list of numbers")
+    return body
 
 
 def _all_objects(choices: list) -> bool:
