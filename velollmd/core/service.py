@@ -414,7 +414,7 @@ def _answering_n(backends: list[Backend], request: GenerateRequest) -> list[Back
         return backends
     answering = [b for b in backends if b.supports_n]
     if backends and not answering:
-        raise BadRequest(f"backend {backends[0].name} ({backends[0].kind}) does not support n > 1",
+        raise BadRequest(f"backend {backends[0].name} does not support n > 1 (it answers one choice a request)",
                          param="n", code="unsupported_value")
     return answering
 
