@@ -109,3 +109,14 @@ def test_error_before_first_byte_is_a_proper_http_error(client, ollama_emulator)
     with pytest.raises(openai.APIStatusError) as info:
         client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES, stream=True)
     assert info.value.status_code == 502 and "out of memory" in info.value.message
+
+
+@pytest.mark.parametrize("part", [
+    {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+    {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}},
+], ids=["audio", "file"])
+def test_parts_ollama_cannot_take_are_a_400_not_dropped(client, ollama_emulator, part):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="llama3.2:latest", messages=[
+            {"role": "user", "content": [{"type": "text", "text": "What is in it?"}, part]}])
+    assert info.value.body["param"] == "messages"

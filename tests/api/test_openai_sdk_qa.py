@@ -360,6 +360,17 @@ def test_tool_call_arguments_that_are_not_json_are_served_and_keep_the_model_ser
         assert answer.usage.completion_tokens == 2
 
 
+@pytest.mark.parametrize("model", [ENGINE, LLAMA])
+def test_an_assistant_refusal_sent_back_is_read_as_its_text(client, model):
+    """OpenAI answers a refusal as a `refusal` content part, and clients send it back in the
+    history: OpenAI takes it; llama-server and the engine refused the whole request."""
+    history = [{"role": "user", "content": "Do the bad thing."},
+               {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]},
+               {"role": "user", "content": "Then say hello."}]
+    answer = client.chat.completions.create(model=model, messages=history, max_tokens=2)
+    assert answer.usage.completion_tokens == 2
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_every_choice_of_n_makes_its_tool_call(client, stream):
     """Each of n choices is read for tool calls, not only the first (choice 1's call was left

@@ -42,3 +42,20 @@ def test_top_logprobs_out_of_range_is_a_400(client):
     with pytest.raises(openai.BadRequestError) as error:
         client.responses.create(model=MODEL, input="x", top_logprobs=21)
     assert error.value.body["param"] == "top_logprobs"
+
+
+def test_truncation_auto_drops_the_oldest_turns_until_the_conversation_fits(client):
+    """OpenAI's truncation "auto": a conversation over the context loses items from its start;
+    "disabled" (the default) is a 400. The tiny model's context is a few hundred tokens."""
+    turns = []
+    for i in range(8):
+        turns += [{"role": "user", "content": f"turn {i}: " + "word " * 60},
+                  {"role": "assistant", "content": "noted " * 20}]
+    turns.append({"role": "user", "content": "And now?"})
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model=MODEL, input=turns, max_output_tokens=3, instructions="Be brief.")
+    assert info.value.body["code"] == "context_length_exceeded"
+    answer = client.responses.create(model=MODEL, input=turns, max_output_tokens=3, instructions="Be brief.",
+                                     truncation="auto")
+    assert answer.truncation == "auto" and answer.usage.output_tokens == 3 and answer.output_text
+    assert answer.usage.input_tokens < 300

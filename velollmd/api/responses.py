@@ -24,6 +24,7 @@ from ..http.message import Request, Response
 from ..http.sse import PING, SSE_HEADERS
 from ..wire import wirejson
 from ..wire.ids import stored_response_id
+from ..wire.outcome import Outcome
 from ..wire.responses import ResponseDraft, response_from_chat
 from ..wire.responses_input import (
     chat_body,
@@ -32,6 +33,7 @@ from ..wire.responses_input import (
     instructions_message,
     items_to_messages,
     resolve_references,
+    oldest_turns_dropped,
 )
 from ..wire.responses_items import item_page, stored_item
 from ..wire.responses_stream import ResponseEvents
@@ -74,7 +76,7 @@ class ResponsesRoutes:
         key = self.access.key_of(request)
         body = validate_responses(request.json())
         chat, stored = self._chat_of(body, key)
-        outcome = await self.pipeline.generate(self.access.generate_request(request, "chat", chat, key=key))
+        outcome = await self._generate(request, chat, key, truncate=body.get("truncation") == "auto")
         draft = ResponseDraft(stored_response_id(), body)
         keep = self._keeper(key, stored) if body.get("store", True) else _forget
         headers = list(outcome.headers.items())
@@ -87,6 +89,21 @@ class ResponsesRoutes:
             return Response.json(response, headers=headers)
         return Response(200, [*SSE_HEADERS, *headers], stream=self._events(outcome.chunks, draft, keep),
                         idle_ping=PING, idle_ping_s=self.sse_ping_s)
+
+    async def _generate(self, request: Request, chat: dict, key: str, *, truncate: bool) -> Outcome:
+        """The chat's answer. With truncation "auto", a conversation over the model's context
+        loses its oldest turns until it fits, as OpenAI drops "items from the beginning": 1,
+        then 2, 4, 8... turns (a refusal costs the backend a tokenization, so a few tries)."""
+        over_context = None
+        for messages in oldest_turns_dropped(chat["messages"]) if truncate else [chat["messages"]]:
+            try:
+                return await self.pipeline.generate(
+                    self.access.generate_request(request, "chat", {**chat, "messages": messages}, key=key))
+            except BadRequest as exc:
+                if not truncate or exc.code != "context_length_exceeded":
+                    raise
+                over_context = exc
+        raise over_context
 
     async def input_tokens(self, request: Request) -> Response:
         """The prompt tokens a request with this body would have (previous turns included)."""

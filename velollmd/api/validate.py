@@ -162,11 +162,22 @@ def _check_message(message, param: str) -> None:
         for j, part in enumerate(content):
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                 _fail(f"{param}.content[{j}]", "expected a content part object with a 'type'")
+            if part["type"] == "refusal" and message["role"] == "assistant":
+                content[j] = part = _refusal_as_text(part, f"{param}.content[{j}]")
             if part["type"] == "text" and not isinstance(part.get("text"), str):
                 _fail(f"{param}.content[{j}].text", "a text part needs its text, a string")
     if content is None and not message.get("tool_calls") and message.get("role") != "assistant":
         _fail(f"{param}.content", "is required")
     check_message_tool_calls(message.get("tool_calls"), f"{param}.tool_calls")
+
+
+def _refusal_as_text(part: dict, param: str) -> dict:
+    """An assistant's refusal part (OpenAI's answer shape, sent back in the history) as the
+    text it is: templates and backends take text parts only (llama-server and the engine
+    refused the request)."""
+    if not isinstance(part.get("refusal"), str):
+        _fail(f"{param}.refusal", "a refusal part needs its refusal, a string")
+    return {"type": "text", "text": part["refusal"]}
 
 
 def check_message_tool_calls(calls, param: str) -> None:

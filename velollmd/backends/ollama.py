@@ -39,6 +39,9 @@ class OllamaBackend(Backend):
     native_ollama = True
     defaults = {"temperature": 0.8, "top_p": 0.9, "top_k": 40}
 
+    def hears_audio(self) -> bool:
+        return False                     # Ollama's messages take text and images
+
     async def discover(self) -> None:
         """The models Ollama holds in memory now (/api/ps), for the scheduler's model
         grouping: requests for a loaded model go first among equals, so Ollama does not

@@ -153,6 +153,7 @@ def _message_to_ollama(message: dict) -> dict:
     if isinstance(content, str):
         out["content"] = content
     elif isinstance(content, list):
+        _refuse_other_parts(content)
         out["content"] = "".join(p.get("text", "") for p in content if p.get("type") == "text")
         images = [_image_data(p) for p in content if p.get("type") == "image_url"]
         if any(images):
@@ -166,6 +167,15 @@ def _message_to_ollama(message: dict) -> dict:
     if isinstance(message.get("reasoning_content"), str) and message["reasoning_content"]:
         out["thinking"] = message["reasoning_content"]       # an earlier turn's thoughts, as Ollama keeps them
     return out
+
+
+def _refuse_other_parts(content: list) -> None:
+    """Ollama takes a message's text and images: any other part (audio, a file) is a 400
+    naming it, never dropped without a word."""
+    for part in content:
+        if part.get("type") not in ("text", "image_url"):
+            raise BadRequest(f"content parts of type {part.get('type')!r} cannot be sent to Ollama "
+                             "(text and image_url only)", param="messages")
 
 
 def _image_data(part: dict) -> str:

@@ -15,7 +15,7 @@ Anything the daemon cannot serve is a 400 naming the field and the item.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import BadRequest, NotFound
 from .responses_tools import (
@@ -127,6 +127,20 @@ def _attach_reasoning(message: dict, reasoning: list[str]) -> None:
     text = "".join(reasoning)
     if text and message["role"] == "assistant":
         message["reasoning_content"] = (message.get("reasoning_content") or "") + text
+
+
+def oldest_turns_dropped(messages: list[dict]) -> Iterator[list[dict]]:
+    """`messages`, then the same with its oldest 1, 2, 4... turns dropped, the last keeping only
+    the last turn. A turn: a user message and what answered it (calls and their results); the
+    leading system and developer messages stay, and what is left starts with a user message."""
+    num_leading = next((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")),
+                       len(messages))
+    starts = [i for i in range(num_leading, len(messages)) if messages[i].get("role") == "user"]
+    yield messages
+    num_dropped, most = 1, len(starts) - 1
+    while num_dropped <= most:
+        yield messages[:num_leading] + messages[starts[num_dropped]:]
+        num_dropped = most if num_dropped < most < num_dropped * 2 else num_dropped * 2
 
 
 def _call_names(messages: list[dict]) -> dict[str, str]:
