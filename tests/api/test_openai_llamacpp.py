@@ -162,3 +162,14 @@ def test_a_history_call_whose_arguments_are_no_json_object_is_served(client, arg
                {"role": "tool", "tool_call_id": "call_1", "content": "error: arguments are not JSON"}]
     reply = client.chat.completions.create(model="tiny", messages=history, tools=[WEATHER], max_tokens=3)
     assert reply.choices[0].finish_reason in ("length", "stop", "tool_calls")
+
+
+@pytest.mark.parametrize("max_tokens", [6, 15])
+def test_a_call_max_tokens_cuts_before_its_name_is_no_content(client, max_tokens):
+    """llama-server gives the cut call's raw text as content in a whole answer (it withholds it
+    in a stream): markup, dropped as the stream has it, not shown to a user."""
+    reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Weather?"}],
+                                           tools=[WEATHER], max_tokens=max_tokens, logit_bias=force_tool_call_bias())
+    choice = reply.choices[0]
+    assert choice.finish_reason == "length" and not choice.message.tool_calls
+    assert "<tool_call>" not in (choice.message.content or "")

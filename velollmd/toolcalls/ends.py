@@ -55,10 +55,11 @@ class Until:
     next segment's marker), whichever comes first."""
 
     def __init__(self, search_from: int, closes: tuple[str, ...], stops: tuple[str, ...]):
-        self.search_from = search_from
+        self.search_from = self.body_from = search_from
         self.closes = closes
         self.stops = stops
         self.longest = max(map(len, closes + stops))
+        self.cut = False                  # ended by the end of the text, its closing tag never came
 
     def find_end(self, text: str, eof: bool) -> int | None:
         ends = []
@@ -73,6 +74,7 @@ class Until:
         if ends:
             return min(ends)
         if eof:
+            self.cut = bool(self.closes)
             return len(text)
         self.search_from = max(self.search_from, len(text) - self.longest)
         return None

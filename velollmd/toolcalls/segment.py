@@ -90,6 +90,8 @@ class Segmenter:
         text = self.text[segment.start:end]
         self.pos = end
         found = self.parse_segment(segment.kind, text)
+        if found is None and segment.cut_call(text):
+            found = Extracted([], fixes=["dropped-cut-call"])
         if found is None:
             self._content(text, pieces)
         else:
@@ -195,6 +197,14 @@ class _OpenSegment:
         self.kind = kind
         self.start = start
         self.finder = None if kind in HEADER_KINDS else _body_finder(kind, start, text)
+
+    def cut_call(self, text: str) -> bool:
+        """`text` (this segment's) is a call the text's end cut before its closing tag, its JSON
+        begun (`<tool_call>{"na` at max_tokens): markup, not prose, so it is dropped, not
+        released as content. A marker mentioned in prose (`write <tool_call> tags`) is not."""
+        if not isinstance(self.finder, Until) or not self.finder.cut:
+            return False
+        return text[self.finder.body_from - self.start:].lstrip()[:1] in ("{", "[")
 
     def find_end(self, text: str, eof: bool) -> int | None:
         if self.finder is None:
