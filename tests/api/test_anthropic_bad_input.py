@@ -144,7 +144,8 @@ def test_malformed_count_tokens_body(app_loop, name, body, status):
     (with_(tool_choice={"type": "any"}), "tool_choice: 'any' needs at least one tool in 'tools'"),
     (with_(tool_choice={"type": "any"}, tools=[]), "tool_choice: 'any' needs at least one tool in 'tools'"),
     (with_(tools=[TOOL, TOOL]), f"tools.1.name: the tool name {TOOL['name']!r} is used twice"),
-], ids=["any without tools", "any with no tools", "a tool name twice"])
+    (with_(stop_sequences=[f"s{i}" for i in range(17)]), "stop_sequences: at most 16 stop sequences"),
+], ids=["any without tools", "any with no tools", "a tool name twice", "17 stop sequences"])
 def test_errors_name_anthropics_own_fields(app_loop, body, message):
     """Not chat's ('required', a duplicate passed on to the backend), as Anthropic answers."""
     response = call(app_loop, "/v1/messages", body)

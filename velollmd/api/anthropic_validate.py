@@ -7,6 +7,7 @@ an OpenAI chat body without further checks (wire/anthropic.py).
 from __future__ import annotations
 
 from ..errors import BadRequest
+from .validate import MAX_STOP_SEQUENCES
 
 ROLES = frozenset({"user", "assistant", "system"})
 NUMBER = (int, float)
@@ -72,6 +73,8 @@ def _check_stop_sequences(stop) -> None:
         return
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         _fail("stop_sequences", "expected an array of non-empty strings")
+    if len(stop) > MAX_STOP_SEQUENCES:                 # checked here to name Anthropic's field
+        _fail("stop_sequences", f"at most {MAX_STOP_SEQUENCES} stop sequences")
 
 
 def _check_thinking(thinking) -> None:

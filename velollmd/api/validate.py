@@ -9,6 +9,8 @@ from __future__ import annotations
 from ..errors import BadRequest
 from ..wire.request import logit_bias_value
 
+MAX_STOP_SEQUENCES = 16                 # stop strings a request may give, the same on every backend
+
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 NUMBER = (int, float)
 MAX_TOOLS = 1024        # OpenAI allows 128; each tool costs parsing and schema work on the loop
@@ -95,8 +97,8 @@ def _check_stop(stop) -> None:
         return
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         _fail("stop", "expected a string or an array of strings")
-    if len(stop) > 16:
-        _fail("stop", "at most 16 stop sequences")
+    if len(stop) > MAX_STOP_SEQUENCES:
+        _fail("stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
 
 
 def _check_logit_bias(body: dict) -> None:
