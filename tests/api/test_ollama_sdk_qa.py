@@ -315,3 +315,16 @@ def test_logprobs_are_answered_by_the_engine_and_llama_server(engine, daemon, ra
         reply = client.chat(model=model, messages=[{"role": "user", "content": "hi"}], stream=stream, logprobs=True,
                             top_logprobs=1, options={"num_predict": 2})
         assert_logprobs(list(reply) if stream else [reply], 2, 1)
+
+
+@pytest.mark.parametrize("options", [{"temperature": 3.5}, {"temperature": -1}, {"top_p": 1.5},
+                                     {"presence_penalty": 5}, {"frequency_penalty": -5}])
+def test_sampling_values_ollama_serves_are_served_not_refused_with_openais_ranges(engine, daemon, options):
+    """Ollama takes any temperature and penalty (llama.cpp's samplers do: a negative temperature
+    is greedy, a top_p above 1 keeps every token); OpenAI's narrower ranges were a 400 here."""
+    for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
+        assert client.generate(model=model, prompt="hi", options={**options, "num_predict": 2}).eval_count == 2
+        reply = client.chat(model=model, messages=[{"role": "user", "content": "hi"}],
+                            options={**options, "num_predict": 2})
+        assert reply.done and reply.eval_count == 2
+        assert client.generate(model=model, prompt="hi", raw=True, options={**options, "num_predict": 2}).done

@@ -44,6 +44,10 @@ from .validate import check_dimensions, check_message_tool_calls, validate_chat,
 NDJSON = [("content-type", "application/x-ndjson")]
 MANAGEMENT_ROUTES = [("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"),
                      ("DELETE", "/api/delete"), ("GET", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}")]
+# Ollama serves any temperature and penalties (llama.cpp's samplers take them): OpenAI's
+# narrower ranges (temperature up to 2, penalties -2 to 2) are not its own.
+OLLAMA_SAMPLING_RANGES = {"temperature": (0, math.inf), "presence_penalty": (-math.inf, math.inf),
+                          "frequency_penalty": (-math.inf, math.inf)}
 USAGE_TAIL_BYTES = 2048                  # the end of a native answer, where its token counts are
 PROMPT_COUNT_RE = re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)')
 EVAL_COUNT_RE = re.compile(rb'"eval_count"\s*:\s*(\d+)')
@@ -105,7 +109,7 @@ class OllamaRoutes:
         keep_alive_s = self._keep(request, backend, body)
         if not body.get("messages"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=True)
-        validate_chat(openai_body)
+        validate_chat(openai_body, OLLAMA_SAMPLING_RANGES)
         return await self._translated(request, "chat", openai_body, message=True)
 
     @ollama_route
@@ -121,7 +125,7 @@ class OllamaRoutes:
             return await self._load_or_unload(backend, body, keep_alive_s, message=False)
         endpoint, openai_body = ollama_generate_request_to_openai(body)
         validate = validate_chat if endpoint == "chat" else validate_completion
-        return await self._translated(request, endpoint, validate(openai_body), message=False)
+        return await self._translated(request, endpoint, validate(openai_body, OLLAMA_SAMPLING_RANGES), message=False)
 
     def _keep(self, request: Request, backend: Backend, body: dict) -> float | None:
         """The request's keep_alive (seconds), passed to the backend for its model."""
