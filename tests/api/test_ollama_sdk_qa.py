@@ -328,3 +328,21 @@ def test_sampling_values_ollama_serves_are_served_not_refused_with_openais_range
                             options={**options, "num_predict": 2})
         assert reply.done and reply.eval_count == 2
         assert client.generate(model=model, prompt="hi", raw=True, options={**options, "num_predict": 2}).done
+
+
+def test_embed_keep_alive_is_honoured_as_on_generate(engine, engine_daemon):
+    """/api/embed and /api/embeddings take keep_alive as Ollama does: 0 unloads the model once
+    the vectors are made, a bad duration is a 400 naming it; both were ignored."""
+    assert engine.embed(model=ENGINE_MODEL, input="a cat", keep_alive=-1).embeddings
+    assert ENGINE_MODEL in loaded_models(engine_daemon)
+    assert engine.embed(model=ENGINE_MODEL, input="a cat", keep_alive=0).embeddings
+    assert ENGINE_MODEL not in loaded_models(engine_daemon)
+    assert engine.embeddings(model=ENGINE_MODEL, prompt="a cat", keep_alive="10m").embedding
+    assert ENGINE_MODEL in loaded_models(engine_daemon)
+    assert engine.embeddings(model=ENGINE_MODEL, prompt="a cat", keep_alive="0s").embedding
+    assert ENGINE_MODEL not in loaded_models(engine_daemon)
+    for call in (lambda: engine.embed(model=ENGINE_MODEL, input="a cat", keep_alive="5 fortnights"),
+                 lambda: engine.embeddings(model=ENGINE_MODEL, prompt="a cat", keep_alive="5 fortnights")):
+        with pytest.raises(ollama.ResponseError) as info:
+            call()
+        assert info.value.status_code == 400 and "keep_alive" in info.value.error

@@ -130,6 +130,9 @@ class OllamaRoutes:
     def _keep(self, request: Request, backend: Backend, body: dict) -> float | None:
         """The request's keep_alive (seconds), passed to the backend for its model."""
         self.access.check_model(self.access.key_name_of(request), body["model"])
+        return self._keep_alive(backend, body)
+
+    def _keep_alive(self, backend: Backend, body: dict) -> float | None:
         try:
             keep_alive_s = keep_alive_seconds(body.get("keep_alive"))
         except ValueError as exc:
@@ -237,6 +240,7 @@ class OllamaRoutes:
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embed", body)
         check_dimensions(body)
+        self._keep_alive(backend, body)
         started = time.monotonic_ns()
         vectors, usage = await self._vectors(key_name, body["model"], texts, truncate=body.get("truncate", True))
         if body.get("dimensions") is not None:
@@ -253,6 +257,7 @@ class OllamaRoutes:
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embeddings", body)
+        self._keep_alive(backend, body)
         vectors, _ = await self._vectors(key_name, body["model"], [body["prompt"]] if body.get("prompt") else [])
         return Response.json({"embedding": vectors[0] if vectors else []})
 
