@@ -410,11 +410,13 @@ GO_MAX_DURATION_S = (2 ** 63 - 1) / 1e9     # Ollama's keep_alive "for good": ti
 
 def _running_entries(backend: Backend) -> list[dict]:
     """/api/ps for a backend that is not Ollama: the models it holds loaded (every listed one
-    where the server keeps its own) and when each is let go."""
+    where the server keeps its own), when each is let go and the context it serves (`ollama ps`
+    shows it as CONTEXT)."""
     until = backend.loaded_until()
     if until is None:                   # loaded for good, as far as anyone here can tell
         until = {m.id: math.inf for m in backend.models}
-    return [{**_tag_entry(m), "expires_at": _expires_at(until[m.id]), "size_vram": 0}
+    return [{**_tag_entry(m), "expires_at": _expires_at(until[m.id]), "size_vram": 0,
+             "context_length": backend.context_size(m.id)}
             for m in backend.models if m.id in until]
 
 
