@@ -271,6 +271,7 @@ def test_show_tells_the_context_a_request_gets(engine, daemon):
     `<architecture>.context_length` in model_info; without them they guess (2,048)."""
     shown = engine.show(ENGINE_MODEL)
     assert shown.parameters == "num_ctx 256"
+    assert shown.modified_at == {m.model: m.modified_at for m in engine.list().models}[ENGINE_MODEL]   # the file's
     engine.generate(model=ENGINE_MODEL, prompt="")                  # loaded: listed by /api/ps
     assert {m.model: m.context_length for m in engine.ps().models} == {ENGINE_MODEL: 256}
     assert shown.modelinfo["general.architecture"] == "llama" and shown.modelinfo["llama.context_length"] == 256

@@ -217,7 +217,7 @@ class OllamaRoutes:
                               "parameters": f"num_ctx {backend.context_size(info.id)}", "template": "",
                               "details": _details(info), "model_info": _model_info(info, backend),
                               "capabilities": ["completion", "tools"] + (["vision"] if backend.sees_images() else []),
-                              "modified_at": now_rfc3339()})
+                              "modified_at": _modified_at(info)})
 
     @ollama_route
     async def ps(self, request: Request) -> Response:
@@ -444,9 +444,13 @@ def _tag_entry(info) -> dict:
     if info.raw.get("digest"):                  # Ollama's own entry (renamed when an alias lists it)
         return info.raw if info.raw.get("name") == info.id else {**info.raw, "name": info.id, "model": info.id}
     digest = hashlib.sha256((info.identity or info.id).encode()).hexdigest()
-    modified_at = rfc3339(info.created) if info.created else now_rfc3339()     # the file's mtime on the engine
-    return {"name": info.id, "model": info.id, "modified_at": modified_at, "size": info.size,
+    return {"name": info.id, "model": info.id, "modified_at": _modified_at(info), "size": info.size,
             "digest": digest, "details": _details(info)}
+
+
+def _modified_at(info) -> str:
+    """The model's own time where the backend gives one (the engine: the file's mtime), else now."""
+    return rfc3339(info.created) if info.created else now_rfc3339()
 
 
 def _load_reply(model: str, message: bool, done_reason: str = "load") -> dict:
