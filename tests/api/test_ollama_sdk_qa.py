@@ -349,3 +349,12 @@ def test_embed_keep_alive_is_honoured_as_on_generate(engine, engine_daemon):
         with pytest.raises(ollama.ResponseError) as info:
             call()
         assert info.value.status_code == 400 and "keep_alive" in info.value.error
+
+
+def test_repeat_last_n_minus_one_looks_back_over_the_whole_context_as_in_ollama(engine, daemon):
+    """Ollama documents repeat_last_n -1 as num_ctx; llama-server refuses -1 (a 400 here)."""
+    for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
+        options = {"repeat_last_n": -1, "repeat_penalty": 1.3, "num_predict": 2}
+        assert client.generate(model=model, prompt="hi", options=options).eval_count == 2
+        assert client.generate(model=model, prompt="hi", raw=True, options=options).eval_count == 2
+        assert client.chat(model=model, messages=[{"role": "user", "content": "hi"}], options=options).eval_count == 2

@@ -109,6 +109,7 @@ class OllamaRoutes:
         keep_alive_s = self._keep(request, backend, body)
         if not body.get("messages"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=True)
+        _whole_context_penalty(openai_body, backend, self.registry.resolve(body["model"]))
         validate_chat(openai_body, OLLAMA_SAMPLING_RANGES)
         return await self._translated(request, "chat", openai_body, message=True)
 
@@ -124,6 +125,7 @@ class OllamaRoutes:
         if not body.get("prompt") and not body.get("images"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=False)
         endpoint, openai_body = ollama_generate_request_to_openai(body)
+        _whole_context_penalty(openai_body, backend, self.registry.resolve(body["model"]))
         validate = validate_chat if endpoint == "chat" else validate_completion
         return await self._translated(request, endpoint, validate(openai_body, OLLAMA_SAMPLING_RANGES), message=False)
 
@@ -373,6 +375,13 @@ def refuse_untranslated(body: dict) -> None:
     for name, why in UNTRANSLATED_GENERATE_FIELDS.items():
         if body.get(name):
             raise BadRequest(f"invalid {name!r}: {why}", param=name)
+
+
+def _whole_context_penalty(body: dict, backend: Backend, model: str) -> None:
+    """Ollama's repeat_last_n -1 (look back over the whole context) as the size of `model`'s
+    context, which every backend takes: llama-server refuses -1."""
+    if body.get("repeat_last_n") == -1:
+        body["repeat_last_n"] = backend.context_size(model)
 
 
 def _embed_inputs(value) -> list[str]:
