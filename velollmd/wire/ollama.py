@@ -377,6 +377,8 @@ def _message_from_ollama(message: dict) -> dict:
         out["tool_calls"] = openai_tool_calls(message["tool_calls"])
     if message.get("tool_name"):
         out["name"] = message["tool_name"]
+    if isinstance(message.get("thinking"), str) and message["thinking"]:
+        out["reasoning_content"] = message["thinking"]     # an earlier turn's thoughts, for the template
     return out
 
 
