@@ -358,3 +358,15 @@ def test_repeat_last_n_minus_one_looks_back_over_the_whole_context_as_in_ollama(
         assert client.generate(model=model, prompt="hi", options=options).eval_count == 2
         assert client.generate(model=model, prompt="hi", raw=True, options=options).eval_count == 2
         assert client.chat(model=model, messages=[{"role": "user", "content": "hi"}], options=options).eval_count == 2
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["templated", "raw"])
+def test_format_constrains_generate_on_llama_server_raw_or_not(daemon, raw):
+    """format "json" or a schema shapes the answer; a raw prompt goes to llama-server's
+    /v1/completions, which ignores response_format (it reads json_schema): it came out free."""
+    client = ollama.Client(host=daemon.url)
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    reply = client.generate(model="tiny", prompt="x", raw=raw, format=schema, options={"num_predict": 20, "temperature": 0})
+    assert list(json.loads(reply.response)) == ["ok"]
+    reply = client.generate(model="tiny", prompt="x", raw=raw, format="json", options={"num_predict": 20, "temperature": 0})
+    assert isinstance(json.loads(reply.response), dict)
