@@ -77,6 +77,7 @@ def test_show_ps_embed_version(client):
     assert client.show("tiny").details.format == "gguf"
     running = {m.model: m for m in client.ps().models}
     assert running["tiny"].expires_at.year > 2200       # llama-server keeps it: `ollama ps` says Forever
+    assert running["tiny"].context_length == int(client.show("tiny").parameters.split()[1])   # its CONTEXT
     assert len(client.embed(model="nomic-embed-text:latest", input="hello").embeddings[0]) == 64
     assert client._request_raw("GET", "/api/version").json()["version"]
 

@@ -271,6 +271,9 @@ def test_show_tells_the_context_a_request_gets(engine, daemon):
     `<architecture>.context_length` in model_info; without them they guess (2,048)."""
     shown = engine.show(ENGINE_MODEL)
     assert shown.parameters == "num_ctx 256"
+    assert shown.modified_at == {m.model: m.modified_at for m in engine.list().models}[ENGINE_MODEL]   # the file's
+    engine.generate(model=ENGINE_MODEL, prompt="")                  # loaded: listed by /api/ps
+    assert {m.model: m.context_length for m in engine.ps().models} == {ENGINE_MODEL: 256}
     assert shown.modelinfo["general.architecture"] == "llama" and shown.modelinfo["llama.context_length"] == 256
     assert "vision" not in shown.capabilities and "completion" in shown.capabilities
     llama = ollama.Client(host=daemon.url).show("tiny")
@@ -315,3 +318,55 @@ def test_logprobs_are_answered_by_the_engine_and_llama_server(engine, daemon, ra
         reply = client.chat(model=model, messages=[{"role": "user", "content": "hi"}], stream=stream, logprobs=True,
                             top_logprobs=1, options={"num_predict": 2})
         assert_logprobs(list(reply) if stream else [reply], 2, 1)
+
+
+@pytest.mark.parametrize("options", [{"temperature": 3.5}, {"temperature": -1}, {"top_p": 1.5},
+                                     {"presence_penalty": 5}, {"frequency_penalty": -5}])
+def test_sampling_values_ollama_serves_are_served_not_refused_with_openais_ranges(engine, daemon, options):
+    """Ollama takes any temperature and penalty (llama.cpp's samplers do: a negative temperature
+    is greedy, a top_p above 1 keeps every token); OpenAI's narrower ranges were a 400 here."""
+    for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
+        assert client.generate(model=model, prompt="hi", options={**options, "num_predict": 2}).eval_count == 2
+        reply = client.chat(model=model, messages=[{"role": "user", "content": "hi"}],
+                            options={**options, "num_predict": 2})
+        assert reply.done and reply.eval_count == 2
+        assert client.generate(model=model, prompt="hi", raw=True, options={**options, "num_predict": 2}).done
+
+
+def test_embed_keep_alive_is_honoured_as_on_generate(engine, engine_daemon):
+    """/api/embed and /api/embeddings take keep_alive as Ollama does: 0 unloads the model once
+    the vectors are made, a bad duration is a 400 naming it; both were ignored."""
+    assert engine.embed(model=ENGINE_MODEL, input="a cat", keep_alive=-1).embeddings
+    assert ENGINE_MODEL in loaded_models(engine_daemon)
+    assert engine.embed(model=ENGINE_MODEL, input="a cat", keep_alive=0).embeddings
+    assert ENGINE_MODEL not in loaded_models(engine_daemon)
+    assert engine.embeddings(model=ENGINE_MODEL, prompt="a cat", keep_alive="10m").embedding
+    assert ENGINE_MODEL in loaded_models(engine_daemon)
+    assert engine.embeddings(model=ENGINE_MODEL, prompt="a cat", keep_alive="0s").embedding
+    assert ENGINE_MODEL not in loaded_models(engine_daemon)
+    for call in (lambda: engine.embed(model=ENGINE_MODEL, input="a cat", keep_alive="5 fortnights"),
+                 lambda: engine.embeddings(model=ENGINE_MODEL, prompt="a cat", keep_alive="5 fortnights")):
+        with pytest.raises(ollama.ResponseError) as info:
+            call()
+        assert info.value.status_code == 400 and "keep_alive" in info.value.error
+
+
+def test_repeat_last_n_minus_one_looks_back_over_the_whole_context_as_in_ollama(engine, daemon):
+    """Ollama documents repeat_last_n -1 as num_ctx; llama-server refuses -1 (a 400 here)."""
+    for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
+        options = {"repeat_last_n": -1, "repeat_penalty": 1.3, "num_predict": 2}
+        assert client.generate(model=model, prompt="hi", options=options).eval_count == 2
+        assert client.generate(model=model, prompt="hi", raw=True, options=options).eval_count == 2
+        assert client.chat(model=model, messages=[{"role": "user", "content": "hi"}], options=options).eval_count == 2
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["templated", "raw"])
+def test_format_constrains_generate_on_llama_server_raw_or_not(daemon, raw):
+    """format "json" or a schema shapes the answer; a raw prompt goes to llama-server's
+    /v1/completions, which ignores response_format (it reads json_schema): it came out free."""
+    client = ollama.Client(host=daemon.url)
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    reply = client.generate(model="tiny", prompt="x", raw=raw, format=schema, options={"num_predict": 20, "temperature": 0})
+    assert list(json.loads(reply.response)) == ["ok"]
+    reply = client.generate(model="tiny", prompt="x", raw=raw, format="json", options={"num_predict": 20, "temperature": 0})
+    assert isinstance(json.loads(reply.response), dict)

@@ -64,3 +64,19 @@ def test_an_ollama_backend_gets_think_from_the_openai_switch(daemon_factory, oll
     assert ollama_emulator.last_request("/api/chat")["think"] is False
     client.chat.completions.create(model="llama3.2:latest", messages=HI)
     assert "think" not in ollama_emulator.last_request("/api/chat")
+
+
+def test_an_ollama_clients_earlier_thinking_reaches_the_template(daemon):
+    """An assistant turn sent back with its `thinking` (the ollama client's message.thinking, as
+    an agent loop appends it) is rendered where the template keeps earlier thoughts (Qwen3: after
+    the last user turn, in a tool loop); it was dropped."""
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    def history(**thinking):
+        return [{"role": "user", "content": "weather in Paris?"},
+                {"role": "assistant", "content": "", "tool_calls": [call], **thinking},
+                {"role": "tool", "content": "sunny", "tool_name": "get_weather"}]
+    native = ollama.Client(host=daemon.url)
+    without = native.chat(model=MODEL, messages=history(), options={"num_predict": 1}).prompt_eval_count
+    with_thoughts = native.chat(model=MODEL, messages=history(thinking="The user asks about Paris."),
+                                options={"num_predict": 1}).prompt_eval_count
+    assert with_thoughts > without

@@ -44,6 +44,10 @@ from .validate import check_dimensions, check_message_tool_calls, validate_chat,
 NDJSON = [("content-type", "application/x-ndjson")]
 MANAGEMENT_ROUTES = [("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"),
                      ("DELETE", "/api/delete"), ("GET", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}")]
+# Ollama serves any temperature and penalties (llama.cpp's samplers take them): OpenAI's
+# narrower ranges (temperature up to 2, penalties -2 to 2) are not its own.
+OLLAMA_SAMPLING_RANGES = {"temperature": (0, math.inf), "presence_penalty": (-math.inf, math.inf),
+                          "frequency_penalty": (-math.inf, math.inf)}
 USAGE_TAIL_BYTES = 2048                  # the end of a native answer, where its token counts are
 PROMPT_COUNT_RE = re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)')
 EVAL_COUNT_RE = re.compile(rb'"eval_count"\s*:\s*(\d+)')
@@ -105,7 +109,8 @@ class OllamaRoutes:
         keep_alive_s = self._keep(request, backend, body)
         if not body.get("messages"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=True)
-        validate_chat(openai_body)
+        _whole_context_penalty(openai_body, backend, self.registry.resolve(body["model"]))
+        validate_chat(openai_body, OLLAMA_SAMPLING_RANGES)
         return await self._translated(request, "chat", openai_body, message=True)
 
     @ollama_route
@@ -120,12 +125,16 @@ class OllamaRoutes:
         if not body.get("prompt") and not body.get("images"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=False)
         endpoint, openai_body = ollama_generate_request_to_openai(body)
+        _whole_context_penalty(openai_body, backend, self.registry.resolve(body["model"]))
         validate = validate_chat if endpoint == "chat" else validate_completion
-        return await self._translated(request, endpoint, validate(openai_body), message=False)
+        return await self._translated(request, endpoint, validate(openai_body, OLLAMA_SAMPLING_RANGES), message=False)
 
     def _keep(self, request: Request, backend: Backend, body: dict) -> float | None:
         """The request's keep_alive (seconds), passed to the backend for its model."""
         self.access.check_model(self.access.key_name_of(request), body["model"])
+        return self._keep_alive(backend, body)
+
+    def _keep_alive(self, backend: Backend, body: dict) -> float | None:
         try:
             keep_alive_s = keep_alive_seconds(body.get("keep_alive"))
         except ValueError as exc:
@@ -210,7 +219,7 @@ class OllamaRoutes:
                               "parameters": f"num_ctx {backend.context_size(info.id)}", "template": "",
                               "details": _details(info), "model_info": _model_info(info, backend),
                               "capabilities": ["completion", "tools"] + (["vision"] if backend.sees_images() else []),
-                              "modified_at": now_rfc3339()})
+                              "modified_at": _modified_at(info)})
 
     @ollama_route
     async def ps(self, request: Request) -> Response:
@@ -233,6 +242,7 @@ class OllamaRoutes:
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embed", body)
         check_dimensions(body)
+        self._keep_alive(backend, body)
         started = time.monotonic_ns()
         vectors, usage = await self._vectors(key_name, body["model"], texts, truncate=body.get("truncate", True))
         if body.get("dimensions") is not None:
@@ -249,6 +259,7 @@ class OllamaRoutes:
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embeddings", body)
+        self._keep_alive(backend, body)
         vectors, _ = await self._vectors(key_name, body["model"], [body["prompt"]] if body.get("prompt") else [])
         return Response.json({"embedding": vectors[0] if vectors else []})
 
@@ -366,6 +377,13 @@ def refuse_untranslated(body: dict) -> None:
             raise BadRequest(f"invalid {name!r}: {why}", param=name)
 
 
+def _whole_context_penalty(body: dict, backend: Backend, model: str) -> None:
+    """Ollama's repeat_last_n -1 (look back over the whole context) as the size of `model`'s
+    context, which every backend takes: llama-server refuses -1."""
+    if body.get("repeat_last_n") == -1:
+        body["repeat_last_n"] = backend.context_size(model)
+
+
 def _embed_inputs(value) -> list[str]:
     """/api/embed's `input` as a list: a string or an array of strings (Ollama's docs); an
     empty string or none at all means no input."""
@@ -401,11 +419,13 @@ GO_MAX_DURATION_S = (2 ** 63 - 1) / 1e9     # Ollama's keep_alive "for good": ti
 
 def _running_entries(backend: Backend) -> list[dict]:
     """/api/ps for a backend that is not Ollama: the models it holds loaded (every listed one
-    where the server keeps its own) and when each is let go."""
+    where the server keeps its own), when each is let go and the context it serves (`ollama ps`
+    shows it as CONTEXT)."""
     until = backend.loaded_until()
     if until is None:                   # loaded for good, as far as anyone here can tell
         until = {m.id: math.inf for m in backend.models}
-    return [{**_tag_entry(m), "expires_at": _expires_at(until[m.id]), "size_vram": 0}
+    return [{**_tag_entry(m), "expires_at": _expires_at(until[m.id]), "size_vram": 0,
+             "context_length": backend.context_size(m.id)}
             for m in backend.models if m.id in until]
 
 
@@ -433,9 +453,13 @@ def _tag_entry(info) -> dict:
     if info.raw.get("digest"):                  # Ollama's own entry (renamed when an alias lists it)
         return info.raw if info.raw.get("name") == info.id else {**info.raw, "name": info.id, "model": info.id}
     digest = hashlib.sha256((info.identity or info.id).encode()).hexdigest()
-    modified_at = rfc3339(info.created) if info.created else now_rfc3339()     # the file's mtime on the engine
-    return {"name": info.id, "model": info.id, "modified_at": modified_at, "size": info.size,
+    return {"name": info.id, "model": info.id, "modified_at": _modified_at(info), "size": info.size,
             "digest": digest, "details": _details(info)}
+
+
+def _modified_at(info) -> str:
+    """The model's own time where the backend gives one (the engine: the file's mtime), else now."""
+    return rfc3339(info.created) if info.created else now_rfc3339()
 
 
 def _load_reply(model: str, message: bool, done_reason: str = "load") -> dict:

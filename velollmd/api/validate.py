@@ -63,26 +63,28 @@ SAMPLING_PLAIN = _sampling_plain()
 SAMPLING_FIELDS = frozenset(SAMPLING_PLAIN)
 
 
-def _check_sampling(body: dict) -> None:
+def _check_sampling(body: dict, ranges: dict | None = None) -> None:
     """The fields the body has, each passed at once when its value is plainly fine (of an exact
     type its checks take, within its range); any other value, and a body that fails, goes
     through every check in the order above, so that a 400 names the same field as ever. A
-    loop over every field's `name in body` cost more than the checks of the present ones."""
+    loop over every field's `name in body` cost more than the checks of the present ones.
+    `ranges`: {name: (low, high)} in place of OpenAI's, for an API whose own are wider."""
     for name in SAMPLING_FIELDS.intersection(body):
         value = body[name]
         types, low, high = SAMPLING_PLAIN[name]
         if type(value) not in types or low is not None and not low <= value <= high:
-            return _check_sampling_in_order(body)
+            return _check_sampling_in_order(body, ranges)
     return None
 
 
-def _check_sampling_in_order(body: dict) -> None:
+def _check_sampling_in_order(body: dict, ranges: dict | None = None) -> None:
+    ranges = ranges or {}
     for name, types, what in SAMPLING_TYPES:
         if name in body:
             _check_type(body, name, types, what)
     for name, low, high in SAMPLING_RANGES:
         if name in body:
-            _check_range(body, name, low, high)
+            _check_range(body, name, *ranges.get(name, (low, high)))
     for name, types, what in OTHER_TYPES:
         if name in body:
             _check_type(body, name, types, what)
@@ -260,10 +262,11 @@ def _check_text_output(body: dict) -> None:
         _fail("audio", "audio output is not supported: no backend here answers in audio")
 
 
-def validate_chat(body: dict) -> dict:
+def validate_chat(body: dict, ranges: dict | None = None) -> dict:
+    """`ranges`: sampling ranges in place of OpenAI's (see _check_sampling)."""
     _check_model(body)
     _check_messages(body.get("messages"))
-    _check_sampling(body)
+    _check_sampling(body, ranges)
     _check_logit_bias(body)
     _drop_empty_stops(body)
     _check_top_logprobs(body)
@@ -273,7 +276,7 @@ def validate_chat(body: dict) -> dict:
     return body
 
 
-def validate_completion(body: dict) -> dict:
+def validate_completion(body: dict, ranges: dict | None = None) -> dict:
     _check_model(body)
     prompt = body.get("prompt")
     if not isinstance(prompt, (str, list)):
@@ -281,7 +284,7 @@ def validate_completion(body: dict) -> dict:
     if isinstance(prompt, list) and (not prompt or not all(_is_text_or_tokens(p) for p in prompt)):
         _fail("prompt", "expected a string, an array of strings, an array of token ids or an array of "
                         "token id arrays")
-    _check_sampling(body)
+    _check_sampling(body, ranges)
     _check_logit_bias(body)
     _drop_empty_stops(body)
     _check_type(body, "echo", bool, "a boolean")

@@ -350,6 +350,7 @@ class EngineBackend(Backend):
             vectors.append(await asyncio.to_thread(model.runner.embed, ids))
             num_tokens += len(ids)
         model.last_used = time.monotonic()
+        self._unload_idle()                            # keep_alive 0: unloaded once idle
         return embeddings_answer(body["model"], vectors, num_tokens)
 
 

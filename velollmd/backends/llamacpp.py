@@ -79,6 +79,8 @@ class LlamaCppBackend(OpenAIBackend):
             body["verbose"] = True
         if request.endpoint == "chat":
             body["messages"] = _parsable_history(body.get("messages"))
+        else:
+            _completion_schema(body)
         return body
 
     async def completion(self, request: GenerateRequest) -> dict:
@@ -224,6 +226,18 @@ def _prefill_remover(prefill: str) -> Callable[[dict], None]:
             if rest and isinstance(delta.get("content"), str):
                 delta["content"], expected[index] = _without_echo(rest, delta["content"])
     return without_prefill
+
+
+def _completion_schema(body: dict) -> None:
+    """A completion's response_format as the `json_schema` llama-server's /v1/completions reads:
+    it ignores response_format there (its chat endpoint takes it), so the text came out free."""
+    response_format = body.get("response_format")
+    if not isinstance(response_format, dict) or "json_schema" in body:
+        return
+    if response_format.get("type") == "json_object":
+        body["json_schema"] = {"type": "object"}
+    elif response_format.get("type") == "json_schema" and isinstance(response_format.get("json_schema"), dict):
+        body["json_schema"] = response_format["json_schema"].get("schema") or {}
 
 
 def _no_alternatives(body: dict) -> bool:

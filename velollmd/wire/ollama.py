@@ -340,6 +340,7 @@ def _options_from_ollama(body: dict, out: dict) -> None:
     for key in list(options):
         if key in reverse:
             out[reverse[key]] = options.pop(key)
+    _as_llama_cpp_reads(out)
     num_predict = options.pop("num_predict", None)
     if isinstance(num_predict, (int, float)) and num_predict > 0:     # 0, -1, -2: no limit, as in Ollama
         out["max_tokens"] = int(num_predict)
@@ -357,6 +358,15 @@ def _options_from_ollama(body: dict, out: dict) -> None:
         out["keep_alive"] = body["keep_alive"]
 
 
+def _as_llama_cpp_reads(out: dict) -> None:
+    """Ollama's sampling values that mean the same as one in range, as llama.cpp's samplers read
+    them: a negative temperature is greedy (0), a top_p above 1 keeps every token (1)."""
+    if isinstance(out.get("temperature"), (int, float)) and out["temperature"] < 0:
+        out["temperature"] = 0
+    if isinstance(out.get("top_p"), (int, float)) and out["top_p"] > 1:
+        out["top_p"] = 1
+
+
 def _message_from_ollama(message: dict) -> dict:
     out = {"role": message.get("role"), "content": message.get("content", "")}
     if message.get("images"):
@@ -367,6 +377,8 @@ def _message_from_ollama(message: dict) -> dict:
         out["tool_calls"] = openai_tool_calls(message["tool_calls"])
     if message.get("tool_name"):
         out["name"] = message["tool_name"]
+    if isinstance(message.get("thinking"), str) and message["thinking"]:
+        out["reasoning_content"] = message["thinking"]     # an earlier turn's thoughts, for the template
     return out
 
 
