@@ -9,6 +9,7 @@ import pytest
 
 from tests.daemon_rig import RunningDaemon, engine_backend
 from tests.rig.llama import make_tiny_model
+from tests.rig.waiting import wait_for
 from velollmd.http.message import Request
 
 ENGINE_MODEL = "tiny-engine"
@@ -339,11 +340,12 @@ def test_embed_keep_alive_is_honoured_as_on_generate(engine, engine_daemon):
     assert engine.embed(model=ENGINE_MODEL, input="a cat", keep_alive=-1).embeddings
     assert ENGINE_MODEL in loaded_models(engine_daemon)
     assert engine.embed(model=ENGINE_MODEL, input="a cat", keep_alive=0).embeddings
-    assert ENGINE_MODEL not in loaded_models(engine_daemon)
+    # unloaded once idle: an earlier test's stream may still be ending in the engine
+    assert wait_for(lambda: ENGINE_MODEL not in loaded_models(engine_daemon))
     assert engine.embeddings(model=ENGINE_MODEL, prompt="a cat", keep_alive="10m").embedding
     assert ENGINE_MODEL in loaded_models(engine_daemon)
     assert engine.embeddings(model=ENGINE_MODEL, prompt="a cat", keep_alive="0s").embedding
-    assert ENGINE_MODEL not in loaded_models(engine_daemon)
+    assert wait_for(lambda: ENGINE_MODEL not in loaded_models(engine_daemon))
     for call in (lambda: engine.embed(model=ENGINE_MODEL, input="a cat", keep_alive="5 fortnights"),
                  lambda: engine.embeddings(model=ENGINE_MODEL, prompt="a cat", keep_alive="5 fortnights")):
         with pytest.raises(ollama.ResponseError) as info:
