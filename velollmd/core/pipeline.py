@@ -94,11 +94,12 @@ class Pipeline:
         if self._snapshot_task is not None:
             self._snapshot_task.cancel()
             self._snapshot_task = None
-        state = self.cache.snapshot_state() if self.cache is not None else None
+        old_cache = self.cache
         self.cache = ResponseCache(config.cache, embedder=self._embedder()) if config.cache.enabled else None
         self.memo.clear()
-        if self.cache is not None and state is not None:
-            self.cache.adopt(state)
+        if self.cache is not None and old_cache is not None:
+            self.cache.adopt(old_cache.snapshot_state())
+            self.cache.continue_counts(old_cache)
         if self.cache is not None and config.cache.path and config.cache.snapshot_interval_s > 0:
             self._snapshot_task = asyncio.ensure_future(self._snapshot_loop())
 
