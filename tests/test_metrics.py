@@ -2,8 +2,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_rig import RunningDaemon, ollama_backend
-from tests.rig.net import free_port
-from velollmd.metrics import Counter, Histogram
+from velollmd.metrics import Counter, Histogram, sampled
 
 
 def test_counter_and_histogram_render_prometheus_text():
@@ -27,10 +26,7 @@ def test_label_values_are_escaped():
 
 
 def test_a_label_value_with_a_line_feed_stays_on_its_sample_line():
-    dead = {"name": "gpu box\nrack 2", "kind": "llamacpp", "url": f"http://127.0.0.1:{free_port()}",
-            "models": ["x*"]}
-    with RunningDaemon({"backends": [dead]}) as daemon:
-        text = httpx.get(daemon.url + "/metrics").text
+    text = "\n".join(sampled("velollm_backend_healthy", "gauge", "help", [({"backend": "gpu box\nrack 2"}, 0)])) + "\n"
     families = {f.name: f for f in text_string_to_metric_families(text)}
     healthy = families["velollm_backend_healthy"].samples
     assert [(s.labels, s.value) for s in healthy] == [({"backend": "gpu box\nrack 2"}, 0)]
