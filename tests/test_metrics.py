@@ -54,6 +54,24 @@ def test_daemon_exports_requests_cache_and_tokens(ollama_emulator):
     assert "# TYPE velollm_failovers_total counter" in text and "velollm_failovers_total 0" in text
 
 
+def test_cache_lookups_of_refused_requests_are_counted_as_the_cache_stats_count_them(ollama_emulator):
+    """A lookup whose request the backend then refuses (a 502 here, a 429 or a 503 alike) is
+    a miss in velollm_cache_lookups_total as in GET /v1/velollm/cache; the metric counted only
+    answers, so the two disagreed and the dashboard's hit rate left refused requests out."""
+    with RunningDaemon({"backends": [ollama_backend(ollama_emulator)]}) as daemon:
+        ollama_emulator.script(status=500, error="boom")
+        body = {"model": "llama3.2:latest", "temperature": 0, "messages": [{"role": "user", "content": "refused"}]}
+        refused = httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=30)
+        sampled = httpx.post(daemon.url + "/v1/chat/completions", timeout=30,
+                             json={**body, "temperature": 1, "messages": [{"role": "user", "content": "sampled"}]})
+        text = httpx.get(daemon.url + "/metrics").text
+        stats = httpx.get(daemon.url + "/v1/velollm/cache").json()
+    assert refused.status_code == 502 and sampled.status_code == 200
+    assert stats["misses"] == 1 and stats["bypasses"] == 1
+    assert 'velollm_cache_lookups_total{result="miss"} 1' in text.splitlines()
+    assert 'velollm_cache_lookups_total{result="bypass"} 1' in text.splitlines()
+
+
 def test_queue_stats_route(ollama_emulator):
     with RunningDaemon({"backends": [ollama_backend(ollama_emulator)]}) as daemon:
         body = {"model": "llama3.2:latest", "messages": [{"role": "user", "content": "hi"}]}

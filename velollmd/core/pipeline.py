@@ -160,12 +160,12 @@ class Pipeline:
         if self.cache is not None:
             lookup = await self._lookup(request)
             status = lookup.status
-            if status.startswith("hit"):
-                self.metrics.cache.inc(result=status)
-                self.ledger.record_cache_hit(request.key_name)
-                if status == "hit-exact":
-                    self._remember(request, lookup)
-                return self._replay(request, lookup)
+        self.metrics.cache.inc(result=status)         # counted as looked up, as the cache's stats
+        if status.startswith("hit"):
+            self.ledger.record_cache_hit(request.key_name)
+            if status == "hit-exact":
+                self._remember(request, lookup)
+            return self._replay(request, lookup)
         if self.cache is not None and lookup.storable:   # a miss, or a no-cache refresh to store
             outcome = await self._coalesced(request, lookup)
         elif frames and request.stream and not self.tools.applies(request):
@@ -176,7 +176,6 @@ class Pipeline:
             if outcome.chunks is not None:
                 outcome.chunks = strip_usage(outcome.chunks, request.include_usage)
         outcome.headers[CACHE_HEADER] = status
-        self.metrics.cache.inc(result=status)
         return outcome
 
     async def _lookup(self, request: GenerateRequest) -> Lookup:
