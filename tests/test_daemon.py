@@ -274,3 +274,19 @@ def test_a_backend_down_at_start_is_logged_once_with_its_error(tmp_path, notify)
     assert [r["msg"] for r in down] == ["backend unhealthy"]
     assert down[0]["healthy"] is False and f"127.0.0.1:{dead}" in down[0]["error"]
     assert records.index(down[0]) < [r["msg"] for r in records].index("listening")
+
+
+def test_a_listen_address_that_cannot_be_had_is_one_error_line_naming_it(tmp_path, notify):
+    """'cannot start: [Errno -2] Name or service not known' said neither which name nor port."""
+    port = free_port()
+    config = write_config(tmp_path, port).read_text().replace(
+        "[server]\n", '[server]\nhost = "nosuchhost.invalid"\nallow_open = true\n')
+    (tmp_path / "velollm.toml").write_text(config)
+    proc = start(tmp_path / "velollm.toml", notify)
+    try:
+        assert proc.wait(timeout=30) == 1
+    finally:
+        stderr = killed_stderr(proc)
+    [record] = [json.loads(line) for line in stderr.splitlines()]
+    assert record["level"] == "error" and record["msg"].startswith("cannot start: ")
+    assert record["listen"] == f"nosuchhost.invalid:{port}"
