@@ -51,6 +51,12 @@ def test_every_key_of_every_section_is_documented_in_the_shipped_file():
     ({"backends": [{"name": "a", "kind": "ollama", "url": "http://127.0.0.1:65536/"}]}, "backends[0].url", "port from 1"),
     ({"backends": [{"name": "a", "kind": "engine"}, {"name": "a", "kind": "engine"}]}, "backends[1].name", "duplicate"),
     ({"scheduler": {"key_priorities": {"k": "high"}}}, "scheduler.key_priorities", "integers"),
+    # the name is sent in x-velollm-backend: CR LF added headers to every answer, a non-Latin-1
+    # character dropped every connection with a traceback
+    ({"backends": [{"name": "e\r\nx-evil: 1", "kind": "engine"}]}, "backends[0].name", "x-velollm-backend"),
+    ({"backends": [{"name": "gpu \U0001f680", "kind": "engine"}]}, "backends[0].name", "ASCII"),
+    ({"backends": [{"name": "gpu box\nrack 2", "kind": "engine"}]}, "backends[0].name", "ASCII"),
+    ({"backends": [{"name": " gpu", "kind": "engine"}]}, "backends[0].name", "inner spaces"),
 ])
 def test_invalid_values_name_the_key_and_reason(table, key, reason):
     with pytest.raises(ConfigError) as info:
@@ -158,3 +164,9 @@ def test_engine_backend_needs_no_url():
     config = config_from_table({"backends": [{"name": "e", "kind": "engine", "model": "/m.gguf",
                                               "max_running": 4, "keep_alive_s": 0}]})
     assert (config.backends[0].model, config.backends[0].max_running) == ("/m.gguf", 4)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpu box 1", "llama.cpp@rack-2", 'odd"name\\', "x"])
+def test_backend_names_of_visible_ascii_and_inner_spaces_are_taken(name):
+    config = config_from_table({"backends": [{"name": name, "kind": "engine"}]}, "t.toml")
+    assert config.backends[0].name == name

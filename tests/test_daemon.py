@@ -253,3 +253,40 @@ def test_settle_gc_freezes_what_startup_built_and_spaces_young_collections():
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_a_backend_down_at_start_is_logged_once_with_its_error(tmp_path, notify):
+    """An operator who starts the daemon before llama-server (or with a wrong URL) reads it in
+    the log at once; only later changes of health were logged, so a backend down from the
+    start said nothing until a request failed."""
+    port, dead = free_port(), free_port()
+    config = write_config(tmp_path, port, f'[[backends]]\nname = "llama"\nkind = "llamacpp"\n'
+                                          f'url = "http://127.0.0.1:{dead}"\nhealth_interval_s = 60\n')
+    proc = start(config, notify)
+    try:
+        assert notify.recv(4096).startswith(b"READY=1")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        stderr = killed_stderr(proc)
+    records = [json.loads(line) for line in stderr.splitlines()]
+    down = [r for r in records if r.get("backend") == "llama" and r["level"] == "warning"]
+    assert [r["msg"] for r in down] == ["backend unhealthy"]
+    assert down[0]["healthy"] is False and f"127.0.0.1:{dead}" in down[0]["error"]
+    assert records.index(down[0]) < [r["msg"] for r in records].index("listening")
+
+
+def test_a_listen_address_that_cannot_be_had_is_one_error_line_naming_it(tmp_path, notify):
+    """'cannot start: [Errno -2] Name or service not known' said neither which name nor port."""
+    port = free_port()
+    config = write_config(tmp_path, port).read_text().replace(
+        "[server]\n", '[server]\nhost = "nosuchhost.invalid"\nallow_open = true\n')
+    (tmp_path / "velollm.toml").write_text(config)
+    proc = start(tmp_path / "velollm.toml", notify)
+    try:
+        assert proc.wait(timeout=30) == 1
+    finally:
+        stderr = killed_stderr(proc)
+    [record] = [json.loads(line) for line in stderr.splitlines()]
+    assert record["level"] == "error" and record["msg"].startswith("cannot start: ")
+    assert record["listen"] == f"nosuchhost.invalid:{port}"

@@ -2,8 +2,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_rig import RunningDaemon, ollama_backend
-from tests.rig.net import free_port
-from velollmd.metrics import Counter, Histogram
+from velollmd.metrics import Counter, Histogram, sampled
 
 
 def test_counter_and_histogram_render_prometheus_text():
@@ -27,10 +26,7 @@ def test_label_values_are_escaped():
 
 
 def test_a_label_value_with_a_line_feed_stays_on_its_sample_line():
-    dead = {"name": "gpu box\nrack 2", "kind": "llamacpp", "url": f"http://127.0.0.1:{free_port()}",
-            "models": ["x*"]}
-    with RunningDaemon({"backends": [dead]}) as daemon:
-        text = httpx.get(daemon.url + "/metrics").text
+    text = "\n".join(sampled("velollm_backend_healthy", "gauge", "help", [({"backend": "gpu box\nrack 2"}, 0)])) + "\n"
     families = {f.name: f for f in text_string_to_metric_families(text)}
     healthy = families["velollm_backend_healthy"].samples
     assert [(s.labels, s.value) for s in healthy] == [({"backend": "gpu box\nrack 2"}, 0)]
@@ -56,6 +52,24 @@ def test_daemon_exports_requests_cache_and_tokens(ollama_emulator):
     assert 'velollm_backend_concurrency_limit{backend="ollama"} 8' in text   # adaptive: Ollama says no width
     assert 'velollm_routing_total{outcome="routed"} 1' in text
     assert "# TYPE velollm_failovers_total counter" in text and "velollm_failovers_total 0" in text
+
+
+def test_cache_lookups_of_refused_requests_are_counted_as_the_cache_stats_count_them(ollama_emulator):
+    """A lookup whose request the backend then refuses (a 502 here, a 429 or a 503 alike) is
+    a miss in velollm_cache_lookups_total as in GET /v1/velollm/cache; the metric counted only
+    answers, so the two disagreed and the dashboard's hit rate left refused requests out."""
+    with RunningDaemon({"backends": [ollama_backend(ollama_emulator)]}) as daemon:
+        ollama_emulator.script(status=500, error="boom")
+        body = {"model": "llama3.2:latest", "temperature": 0, "messages": [{"role": "user", "content": "refused"}]}
+        refused = httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=30)
+        sampled = httpx.post(daemon.url + "/v1/chat/completions", timeout=30,
+                             json={**body, "temperature": 1, "messages": [{"role": "user", "content": "sampled"}]})
+        text = httpx.get(daemon.url + "/metrics").text
+        stats = httpx.get(daemon.url + "/v1/velollm/cache").json()
+    assert refused.status_code == 502 and sampled.status_code == 200
+    assert stats["misses"] == 1 and stats["bypasses"] == 1
+    assert 'velollm_cache_lookups_total{result="miss"} 1' in text.splitlines()
+    assert 'velollm_cache_lookups_total{result="bypass"} 1' in text.splitlines()
 
 
 def test_queue_stats_route(ollama_emulator):

@@ -34,6 +34,8 @@ DIGEST_PREFIX = "sha256:"                          # an API key given as its SHA
 # A backend URL: scheme, host (or [IPv6]), optional port, optional path. Not urllib: config sits
 # below cache/ and toolcalls/, which may not import the network modules (tests/test_layers.py).
 URL_RE = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[^\s/:@\[\]?#]+)(?::(\d{1,5}))?(?:/\S*)?")
+# A backend's name goes into the x-velollm-backend header: visible ASCII, inner spaces allowed.
+BACKEND_NAME_RE = re.compile(r"[!-~](?:[ -~]*[!-~])?")
 # A browser origin in [server] allowed_origins: scheme://host[:port], `*` anywhere after the scheme.
 ORIGIN_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/,?#]+/?")
 MAX_SECONDS = 1e9                  # any *_s setting: beyond this, timers overflow (about 31 years)
@@ -421,6 +423,9 @@ def _build_backends(items, path: str) -> tuple[BackendConfig, ...]:
         for required in ("name", "kind"):
             if not getattr(backend, required):
                 raise ConfigError(path, f"{prefix}.{required}", "is required")
+        if not BACKEND_NAME_RE.fullmatch(backend.name):
+            raise ConfigError(path, f"{prefix}.name", "must be ASCII letters, digits, punctuation and inner spaces "
+                              f"(it is sent in the x-velollm-backend header), got {backend.name!r}")
         if backend.kind != "engine":
             _check_url(backend.url, path, f"{prefix}.url")
         for key in ENGINE_KEYS if backend.kind != "engine" else SERVER_KEYS:

@@ -53,8 +53,8 @@ def main(argv=None) -> int:
     except ConfigError as exc:                      # a socket-activated address the config may not serve
         print(f"velollmd: invalid config: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
+    except OSError as exc:                          # the address is taken, not here, not a host...
+        log.error("cannot start: %s", exc, extra={"fields": {"listen": f"{config.server.host}:{config.server.port}"}})
         return 1
     return 0
 

@@ -88,3 +88,21 @@ def test_queue_counters_stay_monotonic_across_reloads(daemon_factory, ollama_emu
     assert after_settings == before
     assert after_change == {'velollm_queue_admitted_total{backend="ollama"}': 4}
     assert httpx.get(daemon.url + "/v1/velollm/queue").json()["backends"]["ollama"]["num_admitted"] == 4
+
+
+def test_cache_stats_go_on_counting_across_a_reload_that_changes_the_cache(daemon_factory, ollama_emulator):
+    """GET /v1/velollm/cache (and velollmctl status) counts since the start, as /metrics does;
+    a reload that changed [cache] made a new cache whose hits, misses and stores began at 0."""
+    table = {"backends": [ollama_backend(ollama_emulator)]}
+    daemon = daemon_factory(table)
+    for _ in range(2):
+        assert httpx.post(daemon.url + "/v1/chat/completions", json=ask("Count me")).status_code == 200
+    before = httpx.get(daemon.url + "/v1/velollm/cache").json()
+    assert (before["hits"], before["misses"], before["stores"]) == (1, 1, 1)
+
+    daemon.reload({**table, "cache": {"max_entries": 50}})
+    assert httpx.post(daemon.url + "/v1/chat/completions", json=ask("Count me")).status_code == 200
+    after = httpx.get(daemon.url + "/v1/velollm/cache").json()
+
+    assert daemon.app.pipeline.cache.config.max_entries == 50
+    assert (after["hits"], after["misses"], after["stores"]) == (2, 1, 1)

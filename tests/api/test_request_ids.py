@@ -177,6 +177,17 @@ def test_log_lines_about_a_request_carry_its_id(keyed_daemon, ollama_emulator, l
     assert warning["request_id"] == "fail-9" and warning["backend"] == "ollama"
 
 
+def test_a_stream_the_backend_breaks_after_its_first_bytes_is_logged_with_its_id(keyed_daemon, ollama_emulator,
+                                                                               log_lines):
+    """The client got a 200 and an error event; the access line says 200, so this warning is
+    what tells the operator which request broke and on which backend (it said nothing)."""
+    ollama_emulator.script("one two three four five", drop_after=2)
+    response = call(keyed_daemon, "POST", "/v1/chat/completions", "broke-7", json={**CHAT, "stream": True})
+    assert response.status_code == 200 and '"error"' in response.text
+    [warning] = [line for line in log_lines() if line["msg"] == "backend stream broke"]
+    assert warning["request_id"] == "broke-7" and warning["backend"] == "ollama" and warning["error"]
+
+
 def test_access_log_off_writes_no_line(daemon_factory, ollama_emulator, log_lines):
     daemon = daemon_factory({"log": {"access": False}, "backends": [ollama_backend(ollama_emulator)]})
     response = httpx.get(daemon.url + "/health", headers={"x-request-id": "quiet"})

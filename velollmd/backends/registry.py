@@ -51,6 +51,9 @@ class Registry:
         if backends:
             await asyncio.wait([asyncio.ensure_future(b.refresh()) for b in backends], timeout=5)
         for backend in backends:
+            if backend.healthy is False:        # the loop logs changes only: say it once now
+                log.warning("backend unhealthy", extra={"fields": {
+                    "backend": backend.name, "healthy": False, "error": backend.last_error}})
             self._tasks[backend] = asyncio.ensure_future(self._health_loop(backend))
 
     async def apply(self, configs, scheduler: SchedulerConfig | None = None,

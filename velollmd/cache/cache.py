@@ -211,6 +211,14 @@ class ResponseCache:
         state = read_snapshot(directory) if directory and os.path.isdir(directory) else None
         return 0 if state is None else self.adopt(state)
 
+    def continue_counts(self, old: "ResponseCache") -> None:
+        """Count on from `old`'s hits, misses, stores, evictions... (a reload's new cache), so
+        that the stats, like the metrics, count since the start."""
+        self.counters = old.counters
+        self.exact.stats = old.exact.stats
+        self.semantic.num_evictions = old.semantic.num_evictions
+        self.semantic.num_guard_rejects = old.semantic.num_guard_rejects
+
     def adopt(self, state: SnapshotState) -> int:
         """Take the entries of a snapshot (read from disk, or another cache's on a reload) that
         have not expired, within this cache's limits; returns the number of exact entries."""

@@ -94,11 +94,12 @@ class Pipeline:
         if self._snapshot_task is not None:
             self._snapshot_task.cancel()
             self._snapshot_task = None
-        state = self.cache.snapshot_state() if self.cache is not None else None
+        old_cache = self.cache
         self.cache = ResponseCache(config.cache, embedder=self._embedder()) if config.cache.enabled else None
         self.memo.clear()
-        if self.cache is not None and state is not None:
-            self.cache.adopt(state)
+        if self.cache is not None and old_cache is not None:
+            self.cache.adopt(old_cache.snapshot_state())
+            self.cache.continue_counts(old_cache)
         if self.cache is not None and config.cache.path and config.cache.snapshot_interval_s > 0:
             self._snapshot_task = asyncio.ensure_future(self._snapshot_loop())
 
@@ -159,12 +160,12 @@ class Pipeline:
         if self.cache is not None:
             lookup = await self._lookup(request)
             status = lookup.status
-            if status.startswith("hit"):
-                self.metrics.cache.inc(result=status)
-                self.ledger.record_cache_hit(request.key_name)
-                if status == "hit-exact":
-                    self._remember(request, lookup)
-                return self._replay(request, lookup)
+        self.metrics.cache.inc(result=status)         # counted as looked up, as the cache's stats
+        if status.startswith("hit"):
+            self.ledger.record_cache_hit(request.key_name)
+            if status == "hit-exact":
+                self._remember(request, lookup)
+            return self._replay(request, lookup)
         if self.cache is not None and lookup.storable:   # a miss, or a no-cache refresh to store
             outcome = await self._coalesced(request, lookup)
         elif frames and request.stream and not self.tools.applies(request):
@@ -175,7 +176,6 @@ class Pipeline:
             if outcome.chunks is not None:
                 outcome.chunks = strip_usage(outcome.chunks, request.include_usage)
         outcome.headers[CACHE_HEADER] = status
-        self.metrics.cache.inc(result=status)
         return outcome
 
     async def _lookup(self, request: GenerateRequest) -> Lookup:

@@ -298,6 +298,8 @@ class Service:
         the failover counts it."""
         if num_yielded:
             self.count_error(backend, exc)
+            log.warning("backend stream broke", extra={"fields": {
+                "backend": backend.name, "error": exc.message, "num_chunks_sent": num_yielded}})
 
     def _failed(self, backend: Backend, exc: BackendError) -> None:
         self.count_error(backend, exc)

@@ -103,6 +103,18 @@ def _backend_rows(backends: list[dict]) -> list[str]:
     return format_columns(rows, right={3, 5})
 
 
+def _engine_lines(backends: list[dict]) -> list[str]:
+    """An engine's loaded models and the files it cannot serve, with the reason for each."""
+    lines = []
+    for b in backends:
+        engine = b.get("engine") if isinstance(b.get("engine"), dict) else {}
+        if engine.get("loaded"):
+            lines.append(f"{b.get('name', '?')}: loaded {', '.join(engine['loaded'])}")
+        lines += [f"{b.get('name', '?')}: {model} unavailable: {reason}"
+                  for model, reason in (engine.get("unavailable") or {}).items()]
+    return lines
+
+
 def _optional_rows(name: str, part: dict | None, render) -> list[list[str]]:
     if not part or not part["available"]:
         why = f"HTTP {part['status']}" if part and part["status"] else "no answer"
@@ -152,7 +164,7 @@ def format_status(result: dict) -> str:
     rows += _optional_rows("queue", result.get("queue"), _queue_lines)
     rows += _optional_rows("metrics", result["metrics"], _metrics_lines)
     backends = health.get("backends") or []
-    table = _backend_rows(backends) if backends else ["backends  none configured"]
+    table = _backend_rows(backends) + _engine_lines(backends) if backends else ["backends  none configured"]
     return "\n".join(format_columns(rows) + [""] + table) + "\n"
 
 

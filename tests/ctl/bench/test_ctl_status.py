@@ -8,7 +8,7 @@ import pytest
 
 from tests.ctl.bench.helpers import run_ctl, run_ctl_process
 from tests.ctl.bench.scripted_server import ScriptedServer
-from tests.daemon_rig import RunningDaemon, llama_backend
+from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend, make_tiny_model
 from tests.rig.net import free_port
 from velollmd.ctl.status import metrics_summary
 
@@ -135,3 +135,17 @@ def test_a_daemon_with_keys_takes_the_key_from_velollm_api_key_as_bench_does(cap
                         "or", "$VELOLLM_API_KEY)"] in without
     assert rc_with == 0 and "not available" not in out_with
     assert next(l for l in out_with.splitlines() if l.startswith("cache ")).split()[1:3] == ["0", "entries,"]
+
+
+def test_engine_models_loaded_and_unavailable_are_shown_with_their_reasons(capsys, tmp_path):
+    make_tiny_model(tmp_path / "tiny.gguf")
+    (tmp_path / "broken.gguf").write_bytes(b"notagguf")
+    with RunningDaemon({"backends": [engine_backend(tmp_path)], "cache": {"enabled": False}}) as daemon:
+        answer = httpx.post(f"{daemon.url}/v1/chat/completions", timeout=60, json={
+            "model": "tiny", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
+        rc, out, _ = run_ctl(capsys, "status", "--url", daemon.url)
+    lines = out.splitlines()
+    assert answer.status_code == 200 and rc == 0
+    assert "engine: loaded tiny" in lines
+    broken = next(line for line in lines if line.startswith("engine: broken unavailable: "))
+    assert str(tmp_path / "broken.gguf") in broken and "not a GGUF" in broken
