@@ -49,3 +49,20 @@ def test_health_is_read_on_every_call_and_unknown_models_are_404():
         only_b.candidates("mistral")
     with pytest.raises(NotFound):                                  # asked twice: remembered
         only_b.candidates("mistral")
+
+
+def test_the_catalogue_lists_a_model_under_the_backend_its_globs_route_it_to():
+    """b lists tiny but its globs send tiny to a: listed under a (it was listed as b's, and a
+    request for it went to a), or not at all when no glob routes it."""
+    reg = registry()
+    a, b = reg.backends
+    b.models = [ModelInfo("tiny:latest", "b"), ModelInfo("llama3.2:latest", "b")]
+    assert [(m.id, m.backend) for m in reg.catalogue()] == [("llama3.2:latest", "b")]
+    a.models = [ModelInfo("tiny:latest", "a")]
+    assert sorted((m.id, m.backend) for m in reg.catalogue()) == [("llama3.2:latest", "b"), ("tiny:latest", "a")]
+    only_globbed = Registry([config_from_table({"backends": [
+        {"name": "c", "kind": "ollama", "url": "http://127.0.0.1:9", "models": ["llama3.2"]}]}).backends[0]])
+    c = only_globbed.backends[0]
+    c.healthy, c.models = True, [ModelInfo("llama3.2:latest", "c"), ModelInfo("qwen3:latest", "c")]
+    assert [m.id for m in only_globbed.catalogue()] == ["llama3.2:latest"]      # a name and its :latest
+    assert names(only_globbed.candidates("llama3.2:latest")) == names(only_globbed.candidates("llama3.2")) == ["c"]

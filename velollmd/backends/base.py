@@ -76,7 +76,9 @@ class Backend:
     # -- routing -------------------------------------------------------------------------
 
     def matches(self, model: str) -> bool:
-        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.config.models)
+        """Whether the `models` globs send `model` here; a name and its `:latest` are one model,
+        as in Ollama (`llama3.2` and llama3.2:latest)."""
+        return _glob_matches(model, self.config.models) or _glob_matches(_latest_twin(model), self.config.models)
 
     def has_model(self, model: str) -> bool:
         """Listed by its id, or by its name without the tag (`llama3.2` for `llama3.2:latest`)."""
@@ -273,6 +275,15 @@ class Backend:
                                headers={"retry-after": retry_after} if _is_seconds(retry_after) else {})
         return BackendError(f"backend {self.name} answered {response.status}: {message}",
                             code="backend_error")
+
+
+def _glob_matches(model: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(model, pattern) for pattern in patterns)
+
+
+def _latest_twin(model: str) -> str:
+    """The other spelling of the same Ollama model: `name` <-> `name:latest`."""
+    return model[:-len(":latest")] if model.endswith(":latest") else model if ":" in model else f"{model}:latest"
 
 
 def refuse_insert(body: dict) -> None:

@@ -143,14 +143,16 @@ class Registry:
         return self.candidates(model)[0]
 
     def catalogue(self) -> list[ModelInfo]:
-        """Models of all healthy backends, first backend wins on a name clash; each exact
-        alias listed after the model it names, so that clients' model pickers find it."""
+        """Models of all healthy backends that their `models` globs route to them (a listed
+        model the globs send elsewhere, or nowhere, would be a 404 or another backend's answer),
+        first backend wins on a name clash; each exact alias listed after the model it names,
+        so that clients' model pickers find it."""
         seen, models = set(), []
         for backend in self.backends:
             if backend.healthy is False:
                 continue
             for model in backend.models:
-                if model.id not in seen:
+                if model.id not in seen and backend.matches(model.id):
                     seen.add(model.id)
                     models.append(model)
         for model in list(models) if self.aliases else ():
