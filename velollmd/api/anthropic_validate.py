@@ -178,15 +178,7 @@ def _check_document(block: dict, path: str) -> None:
     if kind == "text":
         _expect(source, "data", str, "a string", f"{where}.", required=True)
     elif kind == "content":
-        content = source.get("content")
-        if isinstance(content, str):
-            return
-        if not isinstance(content, list):
-            _fail(f"{where}.content", "expected a string or an array of text and image blocks")
-        for k, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") not in ("text", "image"):
-                _fail(f"{where}.content.{k}", "expected a text or image block")
-            _check_block(part, f"{where}.content.{k}")
+        _check_text_and_images(source.get("content"), f"{where}.content")
     else:
         _fail(f"{where}.type", f"documents of source type {kind!r} (PDFs) cannot be read by local models; "
               "send the document's text (source type 'text' or 'content')")
@@ -194,15 +186,20 @@ def _check_document(block: dict, path: str) -> None:
 
 def _check_tool_result(block: dict, path: str) -> None:
     _expect(block, "is_error", bool, "a boolean", f"{path}.")
-    content = block.get("content")
-    if content is None or isinstance(content, str):
+    if block.get("content") is not None:
+        _check_text_and_images(block["content"], f"{path}.content")
+
+
+def _check_text_and_images(content, path: str) -> None:
+    """A tool result's or a document's content: a string, or an array of text and image blocks."""
+    if isinstance(content, str):
         return
     if not isinstance(content, list):
-        _fail(f"{path}.content", "expected a string or an array of text and image blocks")
+        _fail(path, "expected a string or an array of text and image blocks")
     for k, part in enumerate(content):
         if not isinstance(part, dict) or part.get("type") not in ("text", "image"):
-            _fail(f"{path}.content.{k}", "expected a text or image block")
-        _check_block(part, f"{path}.content.{k}")
+            _fail(f"{path}.{k}", "expected a text or image block")
+        _check_block(part, f"{path}.{k}")
 
 
 def _check_tools(tools) -> set[str]:
