@@ -12,9 +12,10 @@ import urllib.request
 from tests.rig.net import free_port
 
 
-def write_config(tmp_path, port, extra=""):
+def write_config(tmp_path, port, extra="", server=""):
+    """The daemon's config file: `server` lines go into [server], `extra` at the end."""
     path = tmp_path / "velollm.toml"
-    path.write_text(f'[server]\nport = {port}\ndrain_timeout_s = 2\n[cache]\npath = ""\n{extra}')
+    path.write_text(f'[server]\nport = {port}\ndrain_timeout_s = 2\n{server}[cache]\npath = ""\n{extra}')
     return path
 
 
@@ -129,10 +130,8 @@ def test_requests_the_http_server_refuses_are_in_the_access_log_and_the_metrics(
     """An operator counts 408s, 413s, 431s and the 503s of a full connection cap as any other
     answer: one access line each and velollm_http_requests_total, not silence."""
     port = free_port()
-    config = write_config(tmp_path, port).read_text().replace(
-        "drain_timeout_s = 2\n", "drain_timeout_s = 2\nmax_body_bytes = 1024\nmax_connections = 1\n")
-    (tmp_path / "velollm.toml").write_text(config)
-    proc = start(tmp_path / "velollm.toml", notify)
+    config = write_config(tmp_path, port, server="max_body_bytes = 1024\nmax_connections = 1\n")
+    proc = start(config, notify)
     try:
         assert notify.recv(4096).startswith(b"READY=1")
         sent = [
@@ -165,9 +164,7 @@ def test_requests_the_http_server_refuses_are_in_the_access_log_and_the_metrics(
 
 def test_api_keys_protect_everything_but_health(tmp_path, notify):
     port = free_port()
-    config = write_config(tmp_path, port).read_text().replace("[cache]", 'api_keys = ["sk-1"]\n[cache]')
-    (tmp_path / "velollm.toml").write_text(config)
-    with running(tmp_path / "velollm.toml", notify):
+    with running(write_config(tmp_path, port, server='api_keys = ["sk-1"]\n'), notify):
         notify.recv(4096)
         assert get(f"http://127.0.0.1:{port}/health")[0] == 200
         status, body = get(f"http://127.0.0.1:{port}/v1/anything")
@@ -279,10 +276,7 @@ def test_a_backend_down_at_start_is_logged_once_with_its_error(tmp_path, notify)
 def test_a_listen_address_that_cannot_be_had_is_one_error_line_naming_it(tmp_path, notify):
     """'cannot start: [Errno -2] Name or service not known' said neither which name nor port."""
     port = free_port()
-    config = write_config(tmp_path, port).read_text().replace(
-        "[server]\n", '[server]\nhost = "nosuchhost.invalid"\nallow_open = true\n')
-    (tmp_path / "velollm.toml").write_text(config)
-    proc = start(tmp_path / "velollm.toml", notify)
+    proc = start(write_config(tmp_path, port, server='host = "nosuchhost.invalid"\nallow_open = true\n'), notify)
     try:
         assert proc.wait(timeout=30) == 1
     finally:
