@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"   # OpenAI's code for a prompt over the context:
+                                                      # clients and routes act on it (truncation, wording)
+
 
 class VeloError(Exception):
     """An error with an HTTP status and an OpenAI-shaped body."""

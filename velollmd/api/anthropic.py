@@ -18,7 +18,7 @@ from typing import AsyncIterator
 from ..backends.registry import Registry
 from ..core.pipeline import Pipeline
 from ..core.service import Service
-from ..errors import BadRequest, VeloError
+from ..errors import CONTEXT_LENGTH_EXCEEDED, BadRequest, VeloError
 from ..http.message import JSON_TYPE, Request, Response
 from ..http.sse import SSE_HEADERS, named_event
 from ..log import current_request_id
@@ -35,7 +35,6 @@ from .validate import validate_chat
 log = logging.getLogger("velollmd.api.anthropic")
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 MAX_PAGE = 1000
-CONTEXT_EXCEEDED = "context_length_exceeded"       # the code of a prompt over a backend's context
 PROMPT_TOO_LONG = "prompt is too long"
 
 
@@ -54,7 +53,7 @@ def anthropic_error_body(exc: VeloError) -> dict:
     prompt over the context starts as Anthropic's does ("prompt is too long: ..."): it has no
     error code, and clients (Claude Code's compaction, LiteLLM) know it by that message."""
     message = exc.message
-    if exc.code == CONTEXT_EXCEEDED:
+    if exc.code == CONTEXT_LENGTH_EXCEEDED:
         message = f"{PROMPT_TOO_LONG}: {message}"
     body = error_body(exc.status, message)
     request_id = current_request_id()

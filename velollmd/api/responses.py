@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import AsyncIterator, Callable
 
 from ..core.pipeline import Pipeline
-from ..errors import BadRequest, NotFound, VeloError
+from ..errors import CONTEXT_LENGTH_EXCEEDED, BadRequest, NotFound, VeloError
 from ..http.message import Request, Response
 from ..http.sse import PING, SSE_HEADERS
 from ..wire import wirejson
@@ -100,7 +100,7 @@ class ResponsesRoutes:
                 return await self.pipeline.generate(
                     self.access.generate_request(request, "chat", {**chat, "messages": messages}, key=key))
             except BadRequest as exc:
-                if not truncate or exc.code != "context_length_exceeded":
+                if not truncate or exc.code != CONTEXT_LENGTH_EXCEEDED:
                     raise
                 over_context = exc
         raise over_context

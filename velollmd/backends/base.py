@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from ..config import BackendConfig
-from ..errors import BackendBusy, BackendError, BadRequest, NotFound, NotImplementedByBackend, VeloError
+from ..errors import (CONTEXT_LENGTH_EXCEEDED, BackendBusy, BackendError, BadRequest, NotFound,
+                      NotImplementedByBackend, VeloError)
 from ..http.client import ClientResponse, HTTPClient
 from ..wire.request import GenerateRequest
 from ..wire.streams import Deferred, closing
@@ -263,7 +264,7 @@ class Backend:
                             param="model", code="model_not_found")
         if response.status in (400, 422) and (_is_context_overflow(body) or OVER_CONTEXT_RE.search(message)):
             return BadRequest(f"backend {self.name} rejected the request: {message}",
-                              code="context_length_exceeded")
+                              code=CONTEXT_LENGTH_EXCEEDED)
         if response.status in (400, 422):
             return BadRequest(f"backend {self.name} rejected the request: {message}")
         if response.status == 501:
@@ -311,7 +312,7 @@ def _is_context_overflow(body: bytes) -> bool:
     except (ValueError, RecursionError, AttributeError):
         return False
     return isinstance(error, dict) and (error.get("type") == "exceed_context_size_error"
-                                        or error.get("code") == "context_length_exceeded")
+                                        or error.get("code") == CONTEXT_LENGTH_EXCEEDED)
 
 
 def extract_error_message(body: bytes) -> str:

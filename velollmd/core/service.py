@@ -37,7 +37,8 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 from ..backends.base import Backend
 from ..backends.registry import Registry
 from ..config import SchedulerConfig
-from ..errors import BackendError, BackendTimeout, BadRequest, Unavailable, VeloError
+from ..errors import (CONTEXT_LENGTH_EXCEEDED, BackendError, BackendTimeout, BadRequest, Unavailable,
+                      VeloError)
 from ..log import current_request
 from ..metrics import Metrics
 from ..sched.admission import Admission, Preempted, Slot
@@ -88,7 +89,7 @@ class Service:
             return await self._failover(request.model, ranked,
                                         lambda backend: self._generate_on(backend, request, fingerprint, delivery))
         except BadRequest as exc:
-            if exc.code == "context_length_exceeded" and exc.param is None:   # the prompt: name its field
+            if exc.code == CONTEXT_LENGTH_EXCEEDED and exc.param is None:   # the prompt: name its field
                 exc.param = "messages" if request.endpoint == "chat" else "prompt"
             raise
 

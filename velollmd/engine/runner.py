@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import BadRequest, Unavailable, VeloError
+from ..errors import CONTEXT_LENGTH_EXCEEDED, BadRequest, Unavailable, VeloError
 from ..sched.request import RequestStatus, SchedRequest
 from ..sched.scheduler import RunnerOutput, Scheduler
 from .detokenize import TextStream
@@ -95,7 +95,7 @@ def check_prompt(prompt_ids: Sequence[int], num_ctx: int, param: str = "messages
         raise BadRequest("the prompt is empty after tokenization", param=param)
     if len(prompt_ids) >= num_ctx:
         raise BadRequest(f"the prompt ({len(prompt_ids)} tokens) exceeds the context size "
-                         f"({num_ctx} tokens)", param=param, code="context_length_exceeded")
+                         f"({num_ctx} tokens)", param=param, code=CONTEXT_LENGTH_EXCEEDED)
 
 
 class Runner:

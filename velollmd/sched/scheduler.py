@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..config import SchedulerConfig
-from ..errors import BadRequest, RateLimited, Unavailable
+from ..errors import CONTEXT_LENGTH_EXCEEDED, BadRequest, RateLimited, Unavailable
 from .kvblocks import Allocation, BlockPool
 from .request import FINISHED, RUNNING, RequestStatus, SchedRequest
 
@@ -420,9 +420,9 @@ class Scheduler:
         if math.ceil(request.num_tokens / self.pool.block_size) <= self.pool.num_blocks:
             return BadRequest(f"the prompt (about {request.num_tokens} tokens) plus max_tokens "
                               f"({request.max_tokens}) exceed the backend's context ({num_pool_tokens} tokens)",
-                              param="max_tokens", code="context_length_exceeded")
+                              param="max_tokens", code=CONTEXT_LENGTH_EXCEEDED)
         return BadRequest(f"the prompt (about {request.num_tokens} tokens) exceeds the backend's context "
-                          f"({num_pool_tokens} tokens)", code="context_length_exceeded")
+                          f"({num_pool_tokens} tokens)", code=CONTEXT_LENGTH_EXCEEDED)
 
     def _num_blocks_needed(self, request: SchedRequest) -> int:
         num_tokens = request.num_tokens + (request.max_tokens if self.reserve_output else 0)
