@@ -3,10 +3,15 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
-CONFIG ?= etc/velollm.toml
-# The engine's models_dir in etc/velollm.toml: `make run` writes a demo model there when it
-# holds no GGUF (random weights: its text is noise; see the README to serve a real model).
-MODELS_DIR ?= /var/lib/velollm/models
+# The daemon's state (the engine's models_dir, the cache's snapshots): /var/lib/velollm as in
+# etc/velollm.toml where this user may write it (root, the service), else the user's own state
+# folder, with a copy of etc/velollm.toml there whose paths point into it.
+STATE_DIR ?= $(shell if [ -w /var/lib/velollm ] || { [ ! -e /var/lib/velollm ] && [ -w /var/lib ]; }; \
+	then echo /var/lib/velollm; else echo "$${XDG_STATE_HOME:-$$HOME/.local/state}/velollm"; fi)
+CONFIG ?= $(if $(filter /var/lib/velollm,$(STATE_DIR)),etc/velollm.toml,$(STATE_DIR)/velollm.toml)
+# `make run` writes a demo model into models_dir when it holds no GGUF (random weights: its
+# text is noise; see the README to serve a real model).
+MODELS_DIR ?= $(STATE_DIR)/models
 PYTEST_ARGS ?=
 
 .PHONY: install run test bench soak llama-server clean demo-model
@@ -37,8 +42,14 @@ demo-model: $(VENV)/.tools-installed
 	@mkdir -p $(MODELS_DIR)
 	@ls $(MODELS_DIR)/*.gguf >/dev/null 2>&1 || $(PY) tools/make_tiny_gguf.py $(MODELS_DIR)/velollm-demo.gguf
 
-run: install demo-model
+run: install demo-model $(CONFIG)
 	$(VENV)/bin/velollmd --config $(CONFIG)
+
+# The user's copy of the config (only when /var/lib/velollm is not theirs); an existing copy is
+# the user's own and stays as it is.
+$(STATE_DIR)/velollm.toml:
+	@mkdir -p $(STATE_DIR)
+	sed 's|/var/lib/velollm|$(STATE_DIR)|g' etc/velollm.toml > $@.tmp && mv $@.tmp $@
 
 # The real llama-server is built once into ~/.cache/velollm (outside the repo) and reused.
 llama-server:

@@ -66,3 +66,19 @@ def test_the_catalogue_lists_a_model_under_the_backend_its_globs_route_it_to():
     c.healthy, c.models = True, [ModelInfo("llama3.2:latest", "c"), ModelInfo("qwen3:latest", "c")]
     assert [m.id for m in only_globbed.catalogue()] == ["llama3.2:latest"]      # a name and its :latest
     assert names(only_globbed.candidates("llama3.2:latest")) == names(only_globbed.candidates("llama3.2")) == ["c"]
+
+
+def test_a_name_without_a_tag_is_its_latest_not_any_tag():
+    """As Ollama reads names: `llama3.2` is llama3.2:latest, never llama3.2:1b. A backend that
+    lists only llama3.2:1b was taken for one that has `llama3.2` and got the request (Ollama
+    answers it 404) while another backend held llama3.2:latest."""
+    reg = registry()
+    a, b = reg.backends
+    a.models = [ModelInfo("llama3.2:1b", "a")]
+    b.models = [ModelInfo("llama3.2:latest", "b")]
+    assert names(reg.candidates("llama3.2")) == ["b"]
+    assert names(reg.candidates("llama3.2:1b")) == ["a"]
+    assert reg.find_model("llama3.2").backend == "b"
+    a.models = [ModelInfo("tiny", "a")]                              # an untagged listing
+    assert names(reg.candidates("tiny:latest")) == ["a"]
+    assert reg.find_model("tiny:latest").backend == "a"

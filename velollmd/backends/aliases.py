@@ -13,6 +13,7 @@ import re
 from typing import Callable, Iterable
 
 from ..config import is_glob
+from .model_names import same_model
 
 
 class ModelAliases:
@@ -40,4 +41,4 @@ class ModelAliases:
     def aliases_of(self, model: str) -> list[str]:
         """The exact aliases that name `model` (globs name no model a picker could list); a
         target without a tag names the `:latest` model, as Ollama reads it."""
-        return [name for name, target in self.exact.items() if target == model or f"{target}:latest" == model]
+        return [name for name, target in self.exact.items() if same_model(target, model)]

@@ -22,6 +22,7 @@ from ..errors import (CONTEXT_LENGTH_EXCEEDED, BackendBusy, BackendError, BadReq
 from ..http.client import ClientResponse, HTTPClient
 from ..wire.request import GenerateRequest
 from ..wire.streams import Deferred, closing
+from .model_names import latest_twin
 
 log = logging.getLogger("velollmd.backends")
 DEFAULT_NUM_CTX = 4096        # per slot, when neither the backend nor the config says
@@ -79,14 +80,15 @@ class Backend:
     def matches(self, model: str) -> bool:
         """Whether the `models` globs send `model` here; a name and its `:latest` are one model,
         as in Ollama (`llama3.2` and llama3.2:latest)."""
-        return _glob_matches(model, self.config.models) or _glob_matches(_latest_twin(model), self.config.models)
+        return _glob_matches(model, self.config.models) or _glob_matches(latest_twin(model), self.config.models)
 
     def has_model(self, model: str) -> bool:
-        """Listed by its id, or by its name without the tag (`llama3.2` for `llama3.2:latest`)."""
+        """Listed by its id or its `:latest` twin (`llama3.2` for llama3.2:latest, not for
+        llama3.2:1b)."""
         if self._names_of is not self.models:           # the catalogue was refreshed
-            self._names = {m.id for m in self.models} | {m.id.split(":")[0] for m in self.models}
+            self._names = {m.id for m in self.models}
             self._names_of = self.models
-        return model in self._names
+        return model in self._names or latest_twin(model) in self._names
 
     def identity(self, model: str) -> str:
         for info in self.models:
@@ -280,11 +282,6 @@ class Backend:
 
 def _glob_matches(model: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(model, pattern) for pattern in patterns)
-
-
-def _latest_twin(model: str) -> str:
-    """The other spelling of the same Ollama model: `name` <-> `name:latest`."""
-    return model[:-len(":latest")] if model.endswith(":latest") else model if ":" in model else f"{model}:latest"
 
 
 def refuse_insert(body: dict) -> None:

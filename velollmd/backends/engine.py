@@ -34,6 +34,7 @@ from ..wire.streams import closing
 from .base import Backend, ModelInfo, refuse_insert
 from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer
 from .engine_mailbox import Inbox, Item, Mailbox, Prepare, deliverer
+from .model_names import latest_twin
 
 log = logging.getLogger("velollmd.engine")
 
@@ -122,9 +123,9 @@ class EngineBackend(Backend):
     def _served_name(self, name: str) -> str:
         """The catalogue's name for what a client asked: as Ollama reads it, a name without a
         tag is its `:latest` (`llama3.2` is `llama3.2:latest`)."""
-        latest = f"{name}:latest"
-        if name not in self.files and (latest in self.files or latest in self.unavailable):
-            return latest
+        twin = latest_twin(name)
+        if name not in self.files and (twin in self.files or twin in self.unavailable):
+            return twin
         return name
 
     async def model(self, asked: str) -> LoadedModel:

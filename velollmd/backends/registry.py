@@ -14,6 +14,7 @@ from .aliases import ModelAliases
 from .base import Backend, ModelInfo
 from .engine import EngineBackend
 from .llamacpp import LlamaCppBackend
+from .model_names import same_model
 from .ollama import OllamaBackend
 from .openai import OpenAIBackend
 
@@ -165,7 +166,7 @@ class Registry:
     def find_model(self, model: str) -> ModelInfo:
         target = self.resolve(model)
         for info in self.catalogue():
-            if info.id == target or info.id == f"{target}:latest":
+            if same_model(target, info.id):
                 return info if target == model else dataclasses.replace(info, id=model)
         raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
 
