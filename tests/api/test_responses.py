@@ -96,6 +96,21 @@ def test_store_false_keeps_nothing(client, ollama_emulator):
         client.responses.create(model=MODEL, input="y", previous_response_id=response.id)
 
 
+def test_null_fields_mean_their_defaults_and_store_null_stores(client, ollama_emulator):
+    """OpenAI's optional fields are nullable, null meaning the default (clients that serialize
+    every field send them): store null is store true."""
+    ollama_emulator.script("Kept.")
+    response = client.responses.create(model=MODEL, input="Keep me", store=None, temperature=None,
+                                       top_p=None, parallel_tool_calls=None, previous_response_id=None)
+    assert response.store is True and response.parallel_tool_calls is True
+    assert response.temperature == 1.0 and response.top_p == 1.0
+    assert client.responses.retrieve(response.id).output_text == "Kept."
+    ollama_emulator.script("Still here.")
+    again = client.responses.create(model=MODEL, input="And?", previous_response_id=response.id)
+    assert [m["content"] for m in sent_messages(ollama_emulator)] == ["Keep me", "Kept.", "And?"]
+    assert again.output_text == "Still here."
+
+
 def test_function_call_round_trip_by_id_and_by_items(client, ollama_emulator):
     ollama_emulator.script(tool_calls=[{"name": "get_weather", "arguments": {"city": "Oslo"}}])
     first = client.responses.create(model=MODEL, input="Weather in Oslo?", tools=[WEATHER])
