@@ -128,6 +128,7 @@ def test_the_file_holds_no_api_key_and_an_unchanged_store_is_not_rewritten(tmp_p
     snapshots = StoreSnapshots(store, str(tmp_path), 0)
     assert asyncio.run(snapshots.write()) is not None
     assert b"sk-secret-key" not in (tmp_path / STORE_NAME).read_bytes()
+    assert (tmp_path / STORE_NAME).stat().st_mode & 0o777 == 0o600      # conversations: no other reader
     assert asyncio.run(snapshots.write()) is None          # nothing changed since
     assert store.delete("resp_0", "sk-secret-key") and asyncio.run(snapshots.write()) is not None
     assert len(restored(tmp_path)) == 0                    # the delete reached the disk

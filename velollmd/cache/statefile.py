@@ -4,7 +4,7 @@ sealed with a header, checked on load.
 Header (little endian): magic 8 bytes | version u32 | payload_len u64 | blake2b-256(payload);
 what follows is the payload, whose format belongs to the file's owner.
 
-Write: temp file in the same directory, fsync, hard-link the old file as `<name>.prev`, rename
+Write: temp file in the same directory (mode 0600: it holds prompts and answers), fsync, hard-link the old file as `<name>.prev`, rename
 the temp file over the old one, fsync the directory; a crash at any point leaves either the old
 or the new file, never a mix. A failed write (full disk, read-only directory) removes its temp
 file and leaves both files as they were.
@@ -85,7 +85,7 @@ def write_state_file(directory: str, name: str, data: bytes) -> str:
     path = os.path.join(directory, name)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:   # the daemon's alone
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
