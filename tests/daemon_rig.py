@@ -68,9 +68,11 @@ class RunningDaemon:
 
 
 def test_config(table: dict):
-    """The config of `table` on a free port, with quick drains and no cache snapshots."""
+    """The config of `table` on a free port, with quick drains and no cache or response store
+    snapshots."""
     table = {**table, "server": {"port": 0, "drain_timeout_s": 2, **table.get("server", {})},
-             "cache": {"path": "", **table.get("cache", {})}}
+             "cache": {"path": "", **table.get("cache", {})},
+             "responses": {"path": "", **table.get("responses", {})}}
     return config_from_table(table, "<test>")
 
 

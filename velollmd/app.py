@@ -16,7 +16,7 @@ from .api.cors import Cors
 from .api.dashboard import DashboardRoutes
 from .api.ollama import OllamaRoutes, ollama_error
 from .api.openai import OpenAIRoutes
-from .api.response_store import ResponseStore
+from .api.response_store import ResponseStore, StoreSnapshots
 from .api.responses import ResponsesRoutes
 from .api.routes import Router
 from .backends.base import Backend
@@ -47,6 +47,8 @@ class App:
         self.cors = Cors(config.server.allowed_origins)
         self.access_log = AccessLog(config.log.access)
         self.responses = ResponseStore(config.responses.store_max_entries, config.responses.store_max_bytes)
+        self.response_snapshots = StoreSnapshots(self.responses, config.responses.path,
+                                                 config.responses.snapshot_interval_s)
         self.router = self._routes(config)
         self._retiring: dict[Backend, asyncio.Task] = {}    # backends a reload took out
         self.loop_lag = LoopLag(while_held=True)    # the event loop's lag (velollmd/looplag.py)
@@ -77,6 +79,7 @@ class App:
         self.access.configure(config.server, config.scheduler, config.keys)
         self.cors = Cors(config.server.allowed_origins)
         self.responses.resize(config.responses.store_max_entries, config.responses.store_max_bytes)
+        self.response_snapshots.configure(config.responses.path, config.responses.snapshot_interval_s)
         self.access_log.enabled = config.log.access
         self.router = self._routes(config)
         self.config = config
@@ -106,10 +109,12 @@ class App:
         self.access_log.start(loop)
         await self.registry.start()
         await self.pipeline.start()
+        self.response_snapshots.start()
 
     async def close(self) -> None:
         """Stop background work and release backend connections."""
         await self.pipeline.close()
+        await self.response_snapshots.close()
         await self.registry.close()
         self.loop_lag.stop()
         self.access_log.stop()

@@ -187,6 +187,8 @@ class ResponsesConfig:
     """The Responses API's store of responses (previous_response_id, GET /v1/responses/{id})."""
     store_max_entries: int = _opt(1000, min=0)     # 0 = keep none
     store_max_bytes: int = _opt(67108864, min=0)   # their JSON, in all
+    path: str = "/var/lib/velollm/responses"       # where the store is kept across restarts; "" = memory only
+    snapshot_interval_s: float = _opt(30.0, min=0.0)   # write it this often when changed; 0 = only on shutdown
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,14 @@
-"""The Responses store's bounds: by count and by bytes, least recently used first, per key."""
+"""The Responses store's bounds: by count and by bytes, least recently used first, per key;
+its state file: written, read back, a bad one set aside."""
+import asyncio
 import json
+import logging
 
-from velollmd.api.response_store import ResponseStore
+import pytest
+
+from velollmd.api.response_store import MAGIC, STORE_NAME, VERSION, ResponseStore, StoreSnapshots
+from velollmd.cache.statefile import seal
+from velollmd.cache.store import SnapshotState, encode_snapshot
 
 
 def record(n: int, size: int = 10) -> dict:
@@ -87,3 +94,70 @@ def test_find_item_looks_up_input_and_output_items_by_id_per_key():
     store.put("resp_2", "k", with_items(2, [], ["msg_out2"]))
     store.put("resp_3", "k", with_items(3, [], ["msg_out3"]))     # evicts resp_0
     assert store.find_item("msg_out0", "k") is None and store.find_item("msg_out3", "k")["id"] == "msg_out3"
+
+
+# -- the store on disk ---------------------------------------------------------------------
+
+def written(store: ResponseStore, directory, interval_s: float = 0) -> str | None:
+    return asyncio.run(StoreSnapshots(store, str(directory), interval_s).write())
+
+
+def restored(directory, max_entries: int = 10, max_bytes: int = 1 << 20) -> ResponseStore:
+    store = ResponseStore(max_entries, max_bytes)
+    StoreSnapshots(store, str(directory), 0).restore()
+    return store
+
+
+def test_a_written_store_comes_back_in_order_per_key_with_its_items(tmp_path):
+    store = ResponseStore(max_entries=10, max_bytes=1 << 20)
+    store.put("resp_0", "alice", with_items(0, ["msg_in0"], ["msg_out0"]))
+    store.put("resp_1", "bob", record(1))
+    store.put("resp_2", "alice", record(2))
+    store.get("resp_0", "alice")                           # now the most recent
+    assert written(store, tmp_path) == str(tmp_path / STORE_NAME)
+    again = restored(tmp_path, max_entries=2)              # the bounds hold on load: resp_1 goes
+    assert again.get("resp_1", "bob") is None and again.get("resp_2", "alice") == record(2)
+    assert again.get("resp_0", "alice") == with_items(0, ["msg_in0"], ["msg_out0"])
+    assert again.get("resp_0", "bob") is None and again.find_item("msg_out0", "alice")["id"] == "msg_out0"
+    assert again.num_bytes == store.num_bytes - size_of(record(1))
+
+
+def test_the_file_holds_no_api_key_and_an_unchanged_store_is_not_rewritten(tmp_path):
+    store = ResponseStore(max_entries=10, max_bytes=1 << 20)
+    store.put("resp_0", "sk-secret-key", record(0))
+    snapshots = StoreSnapshots(store, str(tmp_path), 0)
+    assert asyncio.run(snapshots.write()) is not None
+    assert b"sk-secret-key" not in (tmp_path / STORE_NAME).read_bytes()
+    assert (tmp_path / STORE_NAME).stat().st_mode & 0o777 == 0o600      # conversations: no other reader
+    assert asyncio.run(snapshots.write()) is None          # nothing changed since
+    assert store.delete("resp_0", "sk-secret-key") and asyncio.run(snapshots.write()) is not None
+    assert len(restored(tmp_path)) == 0                    # the delete reached the disk
+
+
+@pytest.mark.parametrize("content", [
+    b"garbage, not a store",
+    encode_snapshot(SnapshotState()),                      # another velollm file (the cache's)
+    b"VELORESP" + (1).to_bytes(4, "little") + bytes(44),  # truncated / wrong checksum
+])
+def test_a_corrupt_or_foreign_file_is_set_aside_once_and_not_trusted(tmp_path, caplog, content):
+    (tmp_path / STORE_NAME).write_bytes(content)
+    with caplog.at_level(logging.WARNING):
+        store = restored(tmp_path)
+    assert len(store) == 0
+    [aside] = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert aside.read_bytes() == content and not (tmp_path / STORE_NAME).exists()
+    assert caplog.text.count("response store") == 1 and "unusable" in caplog.text
+
+
+def test_a_file_from_a_newer_version_is_left_for_it(tmp_path, caplog):
+    future = b"VELORESP" + (2).to_bytes(4, "little") + bytes(60)
+    (tmp_path / STORE_NAME).write_bytes(future)
+    with caplog.at_level(logging.WARNING):
+        assert len(restored(tmp_path)) == 0
+    [aside] = [p for p in tmp_path.iterdir() if p.name.startswith(STORE_NAME + ".v2-")]
+    assert aside.read_bytes() == future and "newer velollmd" in caplog.text
+
+
+def test_a_well_sealed_file_with_bad_rows_is_not_trusted(tmp_path):
+    (tmp_path / STORE_NAME).write_bytes(seal(MAGIC, VERSION, b'[["resp_0","owner",{"input":"x"}]]'))
+    assert len(restored(tmp_path)) == 0 and [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]

@@ -2,12 +2,14 @@
 (client.responses.create / .stream / .retrieve / .delete) against the Ollama emulator and the
 real llama-server."""
 import json
+import time
 
 import openai
 import pydantic
 import pytest
 
-from tests.daemon_rig import llama_backend, ollama_backend
+from tests.daemon_process import DaemonProcess
+from tests.daemon_rig import RunningDaemon, llama_backend, ollama_backend
 from tests.rig.llama import force_tool_call_bias
 
 MODEL = "llama3.2:latest"
@@ -92,6 +94,21 @@ def test_store_false_keeps_nothing(client, ollama_emulator):
         client.responses.retrieve(response.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model=MODEL, input="y", previous_response_id=response.id)
+
+
+def test_null_fields_mean_their_defaults_and_store_null_stores(client, ollama_emulator):
+    """OpenAI's optional fields are nullable, null meaning the default (clients that serialize
+    every field send them): store null is store true."""
+    ollama_emulator.script("Kept.")
+    response = client.responses.create(model=MODEL, input="Keep me", store=None, temperature=None,
+                                       top_p=None, parallel_tool_calls=None, previous_response_id=None)
+    assert response.store is True and response.parallel_tool_calls is True
+    assert response.temperature == 1.0 and response.top_p == 1.0
+    assert client.responses.retrieve(response.id).output_text == "Kept."
+    ollama_emulator.script("Still here.")
+    again = client.responses.create(model=MODEL, input="And?", previous_response_id=response.id)
+    assert [m["content"] for m in sent_messages(ollama_emulator)] == ["Keep me", "Kept.", "And?"]
+    assert again.output_text == "Still here."
 
 
 def test_function_call_round_trip_by_id_and_by_items(client, ollama_emulator):
@@ -263,6 +280,66 @@ def test_the_store_bound_evicts_the_oldest(daemon_factory, ollama_emulator):
         client.responses.create(model=MODEL, input="y", previous_response_id=ids[0])
     assert error.value.body["code"] == "previous_response_not_found"
     assert [client.responses.retrieve(i).id for i in ids[1:]] == ids[1:]
+
+
+# -- the store across restarts -------------------------------------------------------------
+
+def test_a_restart_keeps_stored_responses_their_owners_and_deletes(tmp_path, ollama_emulator):
+    table = {"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False},
+             "server": {"api_keys": ["k1", "k2"]}, "responses": {"path": str(tmp_path / "responses")}}
+    with RunningDaemon(table) as daemon:
+        ollama_emulator.script("Nice to meet you, Ada.")
+        first = client_for(daemon, "k1").responses.create(model=MODEL, input="My name is Ada.")
+        gone = client_for(daemon, "k1").responses.create(model=MODEL, input="Forget this.")
+        client_for(daemon, "k1").responses.delete(gone.id)
+    with RunningDaemon(table) as daemon:                     # a restart (a graceful one)
+        client = client_for(daemon, "k1")
+        ollama_emulator.script("Your name is Ada.")
+        second = client.responses.create(model=MODEL, input="What is my name?", previous_response_id=first.id)
+        assert [m["content"] for m in sent_messages(ollama_emulator)] == [
+            "My name is Ada.", "Nice to meet you, Ada.", "What is my name?"]
+        assert client.responses.retrieve(first.id).output_text == "Nice to meet you, Ada."
+        assert [item.id for item in client.responses.input_items.list(second.id)][-1] == \
+            client.responses.input_items.list(first.id).data[0].id
+        for missing, key in ((gone.id, "k1"), (first.id, "k2")):
+            with pytest.raises(openai.NotFoundError):
+                client_for(daemon, key).responses.retrieve(missing)
+
+
+def wait_until_written(path, text: str) -> None:
+    while not (path.exists() and text.encode() in path.read_bytes()):
+        time.sleep(0.02)
+
+
+def test_a_crash_loses_only_what_changed_since_the_last_periodic_write(tmp_path, ollama_emulator):
+    store_dir = tmp_path / "responses"
+    backend = ollama_backend(ollama_emulator)
+    toml = (f'[cache]\nenabled = false\n[responses]\npath = "{store_dir}"\nsnapshot_interval_s = 0.05\n'
+            f'[[backends]]\nname = "ollama"\nkind = "ollama"\nurl = "{backend["url"]}"\nmodels = ["llama3*"]\n')
+    with DaemonProcess(toml, tmp_path) as daemon:
+        ollama_emulator.script("Noted: blue.")
+        first = client_for(daemon).responses.create(model=MODEL, input="My colour is blue.")
+        wait_until_written(store_dir / "responses.snap", first.id)    # the next periodic write
+        daemon.kill()                                       # kill -9: no shutdown write
+        daemon.start()
+        ollama_emulator.script("Blue.")
+        second = client_for(daemon).responses.create(model=MODEL, input="My colour?", previous_response_id=first.id)
+        assert second.output_text == "Blue." and "My colour is blue." in str(sent_messages(ollama_emulator))
+
+
+def test_a_corrupt_store_file_is_set_aside_and_the_daemon_serves(tmp_path, ollama_emulator):
+    store_dir = tmp_path / "responses"
+    store_dir.mkdir()
+    (store_dir / "responses.snap").write_bytes(b"not a store at all")
+    table = {"backends": [ollama_backend(ollama_emulator)], "responses": {"path": str(store_dir)}}
+    with RunningDaemon(table) as daemon:
+        client = client_for(daemon)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.create(model=MODEL, input="y", previous_response_id="resp_unknown")
+        kept = client.responses.create(model=MODEL, input="x")
+    assert [p for p in store_dir.iterdir() if ".corrupt-" in p.name]
+    with RunningDaemon(table) as daemon:
+        assert client_for(daemon).responses.retrieve(kept.id).id == kept.id
 
 
 # -- the real llama-server -----------------------------------------------------------------

@@ -4,17 +4,32 @@ A response created with `store: true` is kept with the input items that led to i
 later request can continue the conversation with `previous_response_id` (its input and output
 items are put before the new input) and GET / DELETE /v1/responses/{id} find it. Each record is
 kept as its compact JSON bytes: the byte bound is exact, and a reader gets its own copy.
-Records are scoped to the API key that made them: another key sees a 404, as for a missing id.
-An index from item id to the records holding it lets an `item_reference` find a stored
-input or output item (`find_item`).
+Records are scoped to the API key that made them (kept as its SHA-256, never the key itself):
+another key sees a 404, as for a missing id. An index from item id to the records holding it
+lets an `item_reference` find a stored input or output item (`find_item`).
+
+StoreSnapshots keeps the store across restarts: a state file (cache/statefile.py: atomic
+write, a corrupt or foreign file set aside, the previous one loaded) in [responses] path,
+written from a thread every snapshot_interval_s when the store changed, and on shutdown.
 """
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import logging
+import os
 from collections import OrderedDict
 
+from ..cache.statefile import StateFileError, read_state_file, seal, unseal, write_state_file
 from ..wire import wirejson
 from ..wire.responses_items import find_item
+
+log = logging.getLogger(__name__)
+
+STORE_NAME = "responses.snap"
+MAGIC = b"VELORESP"
+VERSION = 1
 
 
 class ResponseStore:
@@ -25,6 +40,7 @@ class ResponseStore:
         self._records: OrderedDict[str, tuple[str, bytes]] = OrderedDict()   # id -> (owner, JSON)
         self._item_ids: dict[str, list[str]] = {}     # response id -> the ids of its items
         self._items: dict[str, list[str]] = {}        # item id -> the response ids holding it, oldest first
+        self.generation = 0                           # bumped by every change (a snapshot is due)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -37,6 +53,9 @@ class ResponseStore:
     def put(self, response_id: str, owner: str, record: dict) -> bool:
         """Keep `record` (least recently used ones go first); False when it alone is over the
         byte bound or the store is off (max_entries 0)."""
+        return self._put(response_id, _owner_digest(owner), record)
+
+    def _put(self, response_id: str, owner: str, record: dict) -> bool:
         data = wirejson.dumps(record)
         if self.max_entries == 0 or len(data) > self.max_bytes:
             return False
@@ -48,11 +67,22 @@ class ResponseStore:
         for item in ids:
             self._items.setdefault(item, []).append(response_id)
         self._evict()
+        self.generation += 1
         return True
+
+    def entries(self) -> list[tuple[str, tuple[str, bytes]]]:
+        """(id, (owner digest, JSON)) for every record, least recently used first (a copy)."""
+        return list(self._records.items())
+
+    def load(self, entries: list[tuple[str, str, dict]]) -> None:
+        """Take records read back from a snapshot, (id, owner digest, record) oldest first."""
+        for response_id, owner, record in entries:
+            self._put(response_id, owner, record)
 
     def _evict(self) -> None:
         while len(self._records) > self.max_entries or self.num_bytes > self.max_bytes:
             self._remove(next(iter(self._records)))
+            self.generation += 1
 
     def _remove(self, response_id: str) -> None:
         entry = self._records.pop(response_id, None)
@@ -76,18 +106,137 @@ class ResponseStore:
 
     def get(self, response_id: str, owner: str) -> dict | None:
         entry = self._records.get(response_id)
-        if entry is None or entry[0] != owner:
+        if entry is None or entry[0] != _owner_digest(owner):
             return None
         self._records.move_to_end(response_id)
         return json.loads(entry[1])
 
     def delete(self, response_id: str, owner: str) -> bool:
         entry = self._records.get(response_id)
-        if entry is None or entry[0] != owner:
+        if entry is None or entry[0] != _owner_digest(owner):
             return False
         self._remove(response_id)
+        self.generation += 1
         return True
+
+
+def _owner_digest(key: str) -> str:
+    """What a record's owner is kept as: the API key's SHA-256, so no key reaches the disk."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _items_of(record: dict) -> list[dict]:
     return [*record.get("input", ()), *record.get("response", {}).get("output", ())]
+
+
+def encode_entries(entries: list[tuple[str, tuple[str, bytes]]]) -> bytes:
+    """The state file of `ResponseStore.entries()`: a JSON array of [id, owner, record]."""
+    rows = (wirejson.dumps([response_id, owner])[:-1] + b"," + data + b"]"
+            for response_id, (owner, data) in entries)
+    return seal(MAGIC, VERSION, b"[" + b",".join(rows) + b"]")
+
+
+def decode_entries(data: bytes) -> list[tuple[str, str, dict]]:
+    """The (id, owner digest, record) rows of a state file; raises StateFileError."""
+    payload = unseal(data, MAGIC, VERSION)
+    try:
+        rows = [(response_id, owner, record) for response_id, owner, record in json.loads(payload)]
+    except (ValueError, TypeError) as exc:
+        raise StateFileError(f"bad payload: {exc}") from None
+    if not all(_is_record(*row) for row in rows):
+        raise StateFileError("bad payload: a row is not [id, owner, record]")
+    return rows
+
+
+def _is_record(response_id, owner, record) -> bool:
+    return (isinstance(response_id, str) and isinstance(owner, str) and isinstance(record, dict)
+            and isinstance(record.get("response"), dict) and isinstance(record.get("input"), list)
+            and isinstance(record["response"].get("output", []), list)
+            and all(isinstance(item, dict) for item in _items_of(record)))
+
+
+class StoreSnapshots:
+    """The store on disk: loaded at start, written (encoded and written in a thread, so that
+    no request waits on the disk) every `interval_s` when it changed, and on shutdown.
+    `directory` "" keeps it in memory only."""
+
+    def __init__(self, store: ResponseStore, directory: str, interval_s: float):
+        self.store, self.directory, self.interval_s = store, directory, interval_s
+        self._written = 0                            # the generation on disk (0: an empty store)
+        self._task: asyncio.Task | None = None
+        self._writing: asyncio.Future | None = None  # the write in its thread
+        self._error = ""                             # the last failure, logged once until it changes
+
+    def restore(self) -> int:
+        """Load the state file (if any and intact); the number of responses restored."""
+        if not self.directory or not os.path.isdir(self.directory):
+            return 0
+        try:
+            rows = read_state_file(self.directory, STORE_NAME, decode_entries, "response store") or []
+        except OSError as exc:
+            log.warning("response store unreadable", extra={"fields": {"error": str(exc)}})
+            return 0
+        self.store.load(rows)
+        self._written = self.store.generation
+        return len(self.store)
+
+    def start(self) -> None:
+        """Restore, then write now and then (a running loop is needed)."""
+        restored = self.restore()
+        if restored:
+            log.info("response store restored", extra={"fields": {"responses": restored, "path": self.directory}})
+        self._start_loop()
+
+    def configure(self, directory: str, interval_s: float) -> None:
+        """New settings (a reload): the next write goes to `directory`."""
+        if (directory, interval_s) == (self.directory, self.interval_s):
+            return
+        self.directory, self.interval_s = directory, interval_s
+        self._written = -1                           # a new place: write it all there
+        self._start_loop()
+
+    def _start_loop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self.directory and self.interval_s > 0:
+            self._task = asyncio.ensure_future(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.write()
+
+    async def write(self) -> str | None:
+        """Write the store when it changed since the last write; the path written, else None."""
+        generation = self.store.generation
+        if not self.directory or generation == self._written:
+            return None
+        entries, directory = self.store.entries(), self.directory    # taken on the loop
+        if self._writing is not None and not self._writing.done():
+            await asyncio.wait([self._writing])      # one write at a time: they share a temp file
+        self._writing = asyncio.get_running_loop().run_in_executor(
+            None, lambda: write_state_file(directory, STORE_NAME, encode_entries(entries)))
+        try:
+            path = await asyncio.shield(self._writing)
+        except OSError as exc:
+            self._failed(str(exc))
+            return None
+        self._written = generation
+        if self._error:
+            log.info("response store written again", extra={"fields": {"path": path}})
+            self._error = ""
+        return path
+
+    def _failed(self, error: str) -> None:
+        """One warning per distinct failure (a full disk would otherwise log every interval)."""
+        if error != self._error:
+            log.warning("response store snapshot failed; the previous one is kept",
+                        extra={"fields": {"error": error, "path": self.directory}})
+        self._error = error
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        await self.write()

@@ -9,8 +9,8 @@ A translation layer, as the Ollama dialect is: the request becomes an internal c
 single-flight, scheduling, the tool-call layer that repairs broken calls); the chat answer or
 chunks become a `response` object or its event stream (wire/responses.py,
 wire/responses_stream.py). Responses made with `store: true` (the default) are kept in a
-bounded ResponseStore so that `previous_response_id` continues a conversation and an
-`item_reference` names a stored item. Hosted tools that cannot run here but that clients send
+bounded ResponseStore (kept across restarts in [responses] path) so that `previous_response_id`
+continues a conversation and an `item_reference` names a stored item. Hosted tools that cannot run here but that clients send
 by default (web_search) are dropped, said in the `x-velollm-dropped-tools` header. Errors keep
 OpenAI's shape; a mid-stream failure is a `response.failed` event.
 """

@@ -18,7 +18,9 @@ MAX_METADATA_KEYS = 16
 
 def validate_responses(body: dict, *, count_only: bool = False) -> dict:
     """A POST /v1/responses body (`count_only`: of /v1/responses/input_tokens, where `input`
-    may be left out when `previous_response_id` names the turns to count)."""
+    may be left out when `previous_response_id` names the turns to count). A null field is
+    left out: every optional field of OpenAI's is nullable, null meaning its default."""
+    body = {name: value for name, value in body.items() if value is not None}
     if not isinstance(body.get("model"), str) or not body["model"]:
         _fail("model", "a non-empty string is required")
     if body.get("input") is None and not (count_only and body.get("previous_response_id")):

@@ -1,0 +1,166 @@
+"""State files (the cache's snapshot, the Responses store): one file, written atomically,
+sealed with a header, checked on load.
+
+Header (little endian): magic 8 bytes | version u32 | payload_len u64 | blake2b-256(payload);
+what follows is the payload, whose format belongs to the file's owner.
+
+Write: temp file in the same directory (mode 0600: it holds prompts and answers), fsync, hard-link the old file as `<name>.prev`, rename
+the temp file over the old one, fsync the directory; a crash at any point leaves either the old
+or the new file, never a mix. A failed write (full disk, read-only directory) removes its temp
+file and leaves both files as they were.
+Load: a missing file is no state; a corrupt, truncated or foreign file is renamed to
+`<name>.corrupt-<timestamp>` and `<name>.prev` (the last good one) is loaded instead; a file
+from a newer format version is set aside as `<name>.v<N>-<timestamp>` (a newer daemon can take
+it back), never overwritten. Each of these is one warning line.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+import struct
+import time
+from typing import Callable, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+PREVIOUS_SUFFIX = ".prev"
+_HEADER = struct.Struct("<8sIQ32s")
+
+
+class StateFileError(ValueError):
+    """The file is not one we wrote, or not whole."""
+
+
+class FutureStateFileError(StateFileError):
+    """The file was written by a newer velollmd, in a format this one cannot read."""
+
+    def __init__(self, version: int, ours: int):
+        super().__init__(f"format version {version} is newer than this daemon's {ours}")
+        self.version = version
+
+
+def _checksum(payload: bytes) -> bytes:
+    return hashlib.blake2b(payload, digest_size=32).digest()
+
+
+def seal(magic: bytes, version: int, payload: bytes) -> bytes:
+    """The file's bytes: the header, then `payload`."""
+    return _HEADER.pack(magic, version, len(payload), _checksum(payload)) + payload
+
+
+def unseal(data: bytes, magic: bytes, version: int) -> bytes:
+    """The payload of a file `seal(magic, version, ...)` wrote; raises StateFileError."""
+    if len(data) < _HEADER.size:
+        raise StateFileError("truncated header")
+    found_magic, found_version, length, digest = _HEADER.unpack_from(data)
+    if found_magic != magic:
+        raise StateFileError(f"not a velollm {magic.decode(errors='replace')} file")
+    if found_version > version:
+        raise FutureStateFileError(found_version, version)
+    if found_version != version:
+        raise StateFileError(f"unsupported format version {found_version}")
+    payload = data[_HEADER.size:]
+    if len(payload) != length:
+        raise StateFileError(f"payload is {len(payload)} bytes, header says {length}")
+    if _checksum(payload) != digest:
+        raise StateFileError("checksum mismatch")
+    return payload
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_state_file(directory: str, name: str, data: bytes) -> str:
+    """Atomically replace `directory/name` with `data`, keeping the old one as `name.prev`;
+    returns the path. On failure (OSError) nothing but the temp file was touched, and it is gone."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:   # the daemon's alone
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _keep_previous(path)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    _fsync_dir(directory)
+    return path
+
+
+def _keep_previous(path: str) -> None:
+    """Hard-link the current file as `path.prev` (atomically, through a temp name)."""
+    if not os.path.exists(path):
+        return
+    link = f"{path}.tmp-prev-{os.getpid()}"
+    _unlink_quietly(link)
+    os.link(path, link)
+    os.replace(link, path + PREVIOUS_SUFFIX)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _set_aside(path: str, label: str) -> str:
+    """Rename `path` to `path.<label>-<timestamp>`; returns what happened, for the log line."""
+    aside = f"{path}.{label}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    try:
+        os.replace(path, aside)
+    except OSError as exc:
+        return f"left in place ({exc.strerror or exc})"
+    return f"moved to {aside}"
+
+
+def _remove_stale_temps(path: str) -> None:
+    for tmp in glob.glob(glob.escape(path) + ".tmp-*"):
+        _unlink_quietly(tmp)
+
+
+def _load(path: str, decode: Callable[[bytes], T]) -> T | None:
+    """What `path` holds; None when there is no file; raises StateFileError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    return decode(data)
+
+
+def read_state_file(directory: str, name: str, decode: Callable[[bytes], T], what: str) -> T | None:
+    """`decode` of the file's bytes (it raises StateFileError for a bad file), or None (no file,
+    or no usable one). A bad file is set aside and the previous good one is loaded in its
+    place; one warning line, naming `what` the file is, says what happened."""
+    path = os.path.join(directory, name)
+    _remove_stale_temps(path)
+    try:
+        return _load(path, decode)
+    except FutureStateFileError as exc:
+        moved, label = _set_aside(path, f"v{exc.version}"), "left for a newer velollmd"
+        reason = str(exc)
+    except StateFileError as exc:
+        moved, label, reason = _set_aside(path, "corrupt"), "unusable", str(exc)
+    previous = _load_previous(path + PREVIOUS_SUFFIX, decode)
+    outcome = "starting empty" if previous is None else "restoring the previous snapshot"
+    log.warning("%s %s %s (%s); %s, %s", what, path, label, reason, moved, outcome)
+    return previous
+
+
+def _load_previous(path: str, decode: Callable[[bytes], T]) -> T | None:
+    try:
+        return _load(path, decode)
+    except StateFileError:
+        return None
