@@ -114,3 +114,31 @@ def test_kill_9_while_writing_never_leaves_a_partial_snapshot(tmp_path, caplog):
         assert (loaded.semantic_vectors == gen).all()
         assert not [p for p in os.listdir(tmp_path) if ".corrupt-" in p or ".tmp-" in p]
     assert "unusable" not in caplog.text
+
+
+def test_writes_from_two_threads_at_once_leave_one_whole_file(tmp_path):
+    """A reload or shutdown starts a snapshot while the previous one is still in its thread
+    (a cancelled task does not stop its thread). Both wrote one temp name (`.tmp-<pid>`): one
+    truncated the other's file under it, and the loser's rename found no temp file."""
+    import threading
+    from velollmd.cache.statefile import read_state_file, seal, unseal, write_state_file
+    payloads = [bytes([i]) * (2 << 20) for i in range(4)]
+    errors, start = [], threading.Barrier(len(payloads))
+
+    def write(payload):
+        start.wait()
+        for _ in range(6):
+            try:
+                write_state_file(str(tmp_path), "state.snap", seal(b"TESTSTAT", 1, payload))
+            except OSError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with open(tmp_path / "state.snap", "rb") as f:
+        assert unseal(f.read(), b"TESTSTAT", 1) in payloads
+    assert sorted(os.listdir(tmp_path)) == ["state.snap", "state.snap.prev"]

@@ -4,7 +4,8 @@ sealed with a header, checked on load.
 Header (little endian): magic 8 bytes | version u32 | payload_len u64 | blake2b-256(payload);
 what follows is the payload, whose format belongs to the file's owner.
 
-Write: temp file in the same directory (mode 0600: it holds prompts and answers), fsync, hard-link the old file as `<name>.prev`, rename
+Write (one at a time per file): temp file in the same directory (mode 0600: it holds prompts
+and answers), fsync, hard-link the old file as `<name>.prev`, rename
 the temp file over the old one, fsync the directory; a crash at any point leaves either the old
 or the new file, never a mix. A failed write (full disk, read-only directory) removes its temp
 file and leaves both files as they were.
@@ -20,6 +21,7 @@ import hashlib
 import logging
 import os
 import struct
+import threading
 import time
 from typing import Callable, TypeVar
 
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 PREVIOUS_SUFFIX = ".prev"
 _HEADER = struct.Struct("<8sIQ32s")
+_LOCKS: dict[str, threading.Lock] = {}       # path -> the lock of its writes
+_LOCKS_LOCK = threading.Lock()
 
 
 class StateFileError(ValueError):
@@ -83,6 +87,21 @@ def write_state_file(directory: str, name: str, data: bytes) -> str:
     returns the path. On failure (OSError) nothing but the temp file was touched, and it is gone."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
+    with _writing(path):
+        _write_over(path, data)
+    _fsync_dir(directory)
+    return path
+
+
+def _writing(path: str) -> threading.Lock:
+    """One write of `path` at a time: a reload or a shutdown starts a write while the previous
+    one may still run in its thread (cancelling a task does not stop its thread), and both
+    would write one temp file, each truncating the other's."""
+    with _LOCKS_LOCK:
+        return _LOCKS.setdefault(path, threading.Lock())
+
+
+def _write_over(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:   # the daemon's alone
@@ -94,8 +113,6 @@ def write_state_file(directory: str, name: str, data: bytes) -> str:
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    _fsync_dir(directory)
-    return path
 
 
 def _keep_previous(path: str) -> None:
