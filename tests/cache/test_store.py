@@ -119,9 +119,9 @@ def test_kill_9_while_writing_never_leaves_a_partial_snapshot(tmp_path, caplog):
 def test_writes_from_two_threads_at_once_leave_one_whole_file(tmp_path):
     """A reload or shutdown starts a snapshot while the previous one is still in its thread
     (a cancelled task does not stop its thread). Both wrote one temp name (`.tmp-<pid>`): one
-    truncated the other's file under it, and the loser's rename found no temp file."""
+    truncated the other's file under it, and the loser's rename found no temp file; now they queue."""
     import threading
-    from velollmd.cache.statefile import read_state_file, seal, unseal, write_state_file
+    from velollmd.cache.statefile import seal, unseal, write_state_file
     payloads = [bytes([i]) * (2 << 20) for i in range(4)]
     errors, start = [], threading.Barrier(len(payloads))
 
