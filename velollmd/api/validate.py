@@ -7,7 +7,7 @@ top_k or min_p).
 from __future__ import annotations
 
 from ..errors import BadRequest
-from ..wire.request import logit_bias_value
+from ..wire.request import REASONING_EFFORTS, logit_bias_value
 
 MAX_STOP_SEQUENCES = 16                 # stop strings a request may give, the same on every backend
 
@@ -252,6 +252,14 @@ def _check_top_logprobs(body: dict) -> None:
         _fail("top_logprobs", "needs 'logprobs' to be true")
 
 
+def check_reasoning_effort(body: dict, name: str, param: str) -> None:
+    """A reasoning effort (chat's `reasoning_effort`, the Responses API's `reasoning.effort`):
+    one of OpenAI's, or null."""
+    effort = body.get(name)
+    if effort is not None and (not isinstance(effort, str) or effort not in REASONING_EFFORTS):
+        _fail(param, f"must be one of {', '.join(REASONING_EFFORTS)}")
+
+
 def _check_text_output(body: dict) -> None:
     """Spoken answers (modalities with "audio", an `audio` voice and format): no backend here
     makes audio, and a text-only answer would leave message.audio null without a word."""
@@ -273,6 +281,7 @@ def validate_chat(body: dict, ranges: dict | None = None) -> dict:
     _check_tools(body)
     _check_response_format(body)
     _check_text_output(body)
+    check_reasoning_effort(body, "reasoning_effort", "reasoning_effort")
     return body
 
 

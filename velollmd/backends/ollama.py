@@ -18,7 +18,7 @@ from ..wire.ollama import (
     openai_to_ollama_chat,
     openai_to_ollama_generate,
 )
-from ..wire.request import GenerateRequest
+from ..wire.request import GenerateRequest, reasoning_effort_of
 from ..wire.streams import closing
 from .base import Backend, ModelInfo
 
@@ -59,8 +59,19 @@ class OllamaBackend(Backend):
                           size=int(m.get("size") or 0), details=m.get("details") or {}, raw=m)
                 for m in body.get("models", []) if isinstance(m, dict) and "name" in m]
 
+    def chat_body(self, request: GenerateRequest) -> dict:
+        """The /api/chat body; `reasoning_effort` as Ollama's own OpenAI endpoint maps it: "none"
+        is `think: false`, a level is `think: "low" | "medium" | "high"` (gpt-oss's levels;
+        other thinking models take a level as true). An explicit `think` (or the template's
+        thinking switch) wins."""
+        body = openai_to_ollama_chat(request.body, self.config.num_ctx)
+        effort = reasoning_effort_of(request.body)
+        if effort is not None:
+            body.setdefault("think", False if effort == "none" else effort)
+        return body
+
     async def chat(self, request: GenerateRequest) -> dict:
-        reply = await self.post_json("/api/chat", openai_to_ollama_chat(request.body, self.config.num_ctx))
+        reply = await self.post_json("/api/chat", self.chat_body(request))
         return ollama_chat_to_openai(reply, request.model, response_id())
 
     async def completion(self, request: GenerateRequest) -> dict:
@@ -69,8 +80,7 @@ class OllamaBackend(Backend):
 
     async def chat_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
         converter = OllamaChatStream(request.model, response_id())
-        body = openai_to_ollama_chat(request.body, self.config.num_ctx)
-        async with closing(self.ndjson("/api/chat", body)) as source_iter:
+        async with closing(self.ndjson("/api/chat", self.chat_body(request))) as source_iter:
             async for reply in source_iter:
                 for chunk in converter.feed(reply):
                     yield chunk
