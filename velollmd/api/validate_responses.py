@@ -8,7 +8,7 @@ accepted and ignored, as clients such as Codex CLI always send some of them.
 """
 from __future__ import annotations
 
-from .validate import NUMBER, _check_range, _check_type, _fail, check_reasoning_effort
+from .validate import NUMBER, _check_range, _check_type, _fail, check_reasoning_effort, check_verbosity
 
 UNSUPPORTED = {"background": "background responses are not supported by this server",
                "conversation": "the Conversations API is not supported here; use previous_response_id",
@@ -36,6 +36,8 @@ def validate_responses(body: dict, *, count_only: bool = False) -> dict:
     for name in ("instructions", "previous_response_id", "user"):
         _check_type(body, name, str, "a string")
     _check_reasoning(body.get("reasoning"))
+    if isinstance(body.get("text"), dict):
+        check_verbosity(body["text"], "text.verbosity")
     if body.get("truncation") not in (None, "auto", "disabled"):
         _fail("truncation", "must be 'auto' or 'disabled'")
     _check_range(body, "temperature", 0, 2)
