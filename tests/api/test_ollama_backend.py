@@ -156,3 +156,11 @@ def test_completion_logprobs_from_ollama_in_the_completions_shape(client, ollama
     assert ollama_emulator.last_request("/api/generate")["logprobs"] is True
     offsets = [o for c in chunks if c.choices and c.choices[0].logprobs for o in c.choices[0].logprobs.text_offset]
     assert offsets == [0, 5, 10]
+
+
+def test_vllms_repetition_penalty_is_ollamas_repeat_penalty(client, ollama_emulator):
+    client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES, extra_body={"repetition_penalty": 1.3})
+    assert ollama_emulator.last_request("/api/chat")["options"]["repeat_penalty"] == 1.3
+    client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES,
+                                   extra_body={"repetition_penalty": 1.3, "repeat_penalty": 1.1})
+    assert ollama_emulator.last_request("/api/chat")["options"]["repeat_penalty"] == 1.1

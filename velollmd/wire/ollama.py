@@ -24,7 +24,8 @@ from .tools import name_and_schema, parse_tool_choice
 OPTION_FIELDS = {          # OpenAI field -> Ollama option
     "temperature": "temperature", "top_p": "top_p", "seed": "seed", "top_k": "top_k",
     "min_p": "min_p", "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty", "repeat_penalty": "repeat_penalty",
+    "frequency_penalty": "frequency_penalty", "repetition_penalty": "repeat_penalty",   # vLLM's name
+    "repeat_penalty": "repeat_penalty",        # after it: given both, Ollama's own wins (and reads back)
 }
 # Ollama options that configure the model load, not one request: nothing to pass on.
 LOAD_OPTIONS = frozenset({"num_ctx", "num_gpu", "main_gpu", "num_thread", "num_batch", "use_mmap",
