@@ -120,6 +120,10 @@ def test_reasoning_effort_reaches_llama_servers_template_as_gpt_oss_levels(llama
     assert plain < count["low"] < count["medium"] < count["high"]
     assert count["minimal"] == count["low"] and count["xhigh"] == count["max"] == count["high"]
     assert count["none"] > plain                      # the empty think block
+    native = ollama.Client(host=llamacpp_effort.url)
+    for think, effort in (("medium", "medium"), ("high", "high"), (False, "none")):
+        assert native.chat(model="tiny", messages=HI, think=think, options={"num_predict": 1}).prompt_eval_count \
+            == count[effort]                          # an Ollama client's think level too
     responses = openai.OpenAI(base_url=llamacpp_effort.url + "/v1", api_key="unused", max_retries=0).responses
     for effort in ("none", "medium", "xhigh"):
         served = responses.create(model="tiny", input="hi", max_output_tokens=1, reasoning={"effort": effort})

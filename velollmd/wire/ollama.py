@@ -301,11 +301,17 @@ def ollama_chat_request_to_openai(body: dict) -> dict:
     return out
 
 
+THINK_LEVELS = frozenset({"low", "medium", "high"})     # gpt-oss's, as Ollama's `think` takes them
+
+
 def _thinking_switch(body: dict) -> dict:
     """Ollama's `think: true|false` as the chat template switch that vLLM, llama-server and the
-    engine read (`chat_template_kwargs.enable_thinking`); a level ("high") is gpt-oss's, left out."""
+    engine read (`chat_template_kwargs.enable_thinking`); a level ("high") as OpenAI's
+    `reasoning_effort`, which vLLM and the llama.cpp backend give gpt-oss's template."""
     think = body.get("think")
-    return {"chat_template_kwargs": {"enable_thinking": think}} if isinstance(think, bool) else {}
+    if isinstance(think, bool):
+        return {"chat_template_kwargs": {"enable_thinking": think}}
+    return {"reasoning_effort": think} if think in THINK_LEVELS else {}
 
 
 def _chat_logprobs(body: dict) -> dict:
