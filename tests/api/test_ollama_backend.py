@@ -164,3 +164,14 @@ def test_vllms_repetition_penalty_is_ollamas_repeat_penalty(client, ollama_emula
     client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES,
                                    extra_body={"repetition_penalty": 1.3, "repeat_penalty": 1.1})
     assert ollama_emulator.last_request("/api/chat")["options"]["repeat_penalty"] == 1.1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_logit_bias_ollama_cannot_honour_is_a_400_not_ignored(client, ollama_emulator, stream):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES, logit_bias={"5": -100},
+                                       stream=stream)
+    assert caught.value.body["param"] == "logit_bias"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="llama3.2:latest", prompt="x", logit_bias={"5": -100}, stream=stream)
+    assert ollama_emulator.count("/api/chat") == ollama_emulator.count("/api/generate") == 0

@@ -65,6 +65,7 @@ class OllamaBackend(Backend):
         is `think: false`, a level is `think: "low" | "medium" | "high"` (gpt-oss's levels;
         other thinking models take a level as true). An explicit `think` (or the template's
         thinking switch) wins."""
+        _refuse_logit_bias(request.body)
         body = {**openai_to_ollama_chat(request.body, self.config.num_ctx), **_logprobs_ask(request)}
         effort = reasoning_effort_of(request.body)
         if effort is not None:
@@ -72,6 +73,7 @@ class OllamaBackend(Backend):
         return body
 
     def generate_body(self, request: GenerateRequest) -> dict:
+        _refuse_logit_bias(request.body)
         return {**openai_to_ollama_generate(request.body, self.config.num_ctx), **_logprobs_ask(request)}
 
     async def chat(self, request: GenerateRequest) -> dict:
@@ -118,6 +120,13 @@ class OllamaBackend(Backend):
     async def native(self, method: str, path: str, body: dict | None = None) -> ClientResponse:
         """Pass an Ollama-native request through; the caller streams or reads the answer."""
         return await self.client.request(method, path, json=body)
+
+
+def _refuse_logit_bias(body: dict) -> None:
+    """`logit_bias`, which Ollama has no option for: a 400, as `n` > 1 is, never an answer
+    sampled as if the bias (a banned token, say) had not been asked."""
+    if body.get("logit_bias"):
+        raise BadRequest("Ollama does not support logit_bias", param="logit_bias", code="unsupported_value")
 
 
 def _logprobs_ask(request: GenerateRequest) -> dict:
