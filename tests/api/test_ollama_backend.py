@@ -120,3 +120,58 @@ def test_parts_ollama_cannot_take_are_a_400_not_dropped(client, ollama_emulator,
         client.chat.completions.create(model="llama3.2:latest", messages=[
             {"role": "user", "content": [{"type": "text", "text": "What is in it?"}, part]}])
     assert info.value.body["param"] == "messages"
+
+
+def test_logprobs_reach_ollama_and_come_back_in_openais_shape(client, ollama_emulator):
+    """logprobs / top_logprobs go to Ollama's /api/chat (0.12.11 on); its answer's logprobs come
+    back as OpenAI's choice.logprobs.content, whole and streamed; not asked, none asked."""
+    ollama_emulator.script("Hi there friend")
+    reply = client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES, logprobs=True, top_logprobs=2)
+    sent = ollama_emulator.last_request("/api/chat")
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 2
+    content = reply.choices[0].logprobs.content
+    assert "".join(entry.token for entry in content) == reply.choices[0].message.content == "Hi there friend"
+    assert all(len(entry.top_logprobs) == 2 and entry.top_logprobs[0].token == entry.token for entry in content)
+    assert content[0].bytes == list(content[0].token.encode()) and content[0].logprob < 0
+    ollama_emulator.script(chunks=["one ", "two ", "three"])
+    chunks = list(client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES, stream=True,
+                                                 logprobs=True))
+    assert "top_logprobs" not in ollama_emulator.last_request("/api/chat")
+    streamed = [entry for c in chunks if c.choices and c.choices[0].logprobs for entry in c.choices[0].logprobs.content]
+    assert [entry.token for entry in streamed] == ["one ", "two ", "three"]
+    assert all(entry.top_logprobs == [] for entry in streamed)
+    plain = client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES)
+    assert "logprobs" not in ollama_emulator.last_request("/api/chat") and plain.choices[0].logprobs is None
+
+
+def test_completion_logprobs_from_ollama_in_the_completions_shape(client, ollama_emulator):
+    ollama_emulator.script("alpha beta gamma")
+    reply = client.completions.create(model="llama3.2:latest", prompt="say", logprobs=1, max_tokens=5)
+    assert ollama_emulator.last_request("/api/generate")["top_logprobs"] == 1
+    logprobs = reply.choices[0].logprobs
+    assert "".join(logprobs.tokens) == reply.choices[0].text == "alpha beta gamma"
+    assert logprobs.text_offset == [0, 5, 10] and all(len(top) == 1 for top in logprobs.top_logprobs)
+    ollama_emulator.script("alpha beta gamma")
+    chunks = list(client.completions.create(model="llama3.2:latest", prompt="say", logprobs=0, stream=True))
+    assert ollama_emulator.last_request("/api/generate")["logprobs"] is True
+    offsets = [o for c in chunks if c.choices and c.choices[0].logprobs for o in c.choices[0].logprobs.text_offset]
+    assert offsets == [0, 5, 10]
+
+
+def test_vllms_repetition_penalty_is_ollamas_repeat_penalty(client, ollama_emulator):
+    client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES, extra_body={"repetition_penalty": 1.3})
+    assert ollama_emulator.last_request("/api/chat")["options"]["repeat_penalty"] == 1.3
+    client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES,
+                                   extra_body={"repetition_penalty": 1.3, "repeat_penalty": 1.1})
+    assert ollama_emulator.last_request("/api/chat")["options"]["repeat_penalty"] == 1.1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_logit_bias_ollama_cannot_honour_is_a_400_not_ignored(client, ollama_emulator, stream):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES, logit_bias={"5": -100},
+                                       stream=stream)
+    assert caught.value.body["param"] == "logit_bias"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="llama3.2:latest", prompt="x", logit_bias={"5": -100}, stream=stream)
+    assert ollama_emulator.count("/api/chat") == ollama_emulator.count("/api/generate") == 0

@@ -173,3 +173,15 @@ def test_a_call_max_tokens_cuts_before_its_name_is_no_content(client, max_tokens
     choice = reply.choices[0]
     assert choice.finish_reason == "length" and not choice.message.tool_calls
     assert "<tool_call>" not in (choice.message.content or "")
+
+
+def test_vllms_repetition_penalty_reaches_llama_server(client):
+    """`repetition_penalty` (vLLM's name, accepted here) is llama-server's `repeat_penalty`: it
+    ignored the other name without a word."""
+    def text(**penalty):
+        reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=24, temperature=0,
+                                               extra_body=penalty)
+        return reply.choices[0].message.content
+    plain, llama_name = text(), text(repeat_penalty=1.8)
+    assert llama_name != plain                        # the penalty shows in a greedy answer
+    assert text(repetition_penalty=1.8) == llama_name

@@ -110,6 +110,8 @@ BAD = [
     ({"model": "nope", "input": "x"}, 404, None),
     ({"model": "tiny", "input": "x", "top_logprobs": 21}, 400, "top_logprobs"),
     ({"model": "tiny", "input": "x", "top_logprobs": True}, 400, "top_logprobs"),
+    ({"model": "tiny", "input": "x", "text": {"verbosity": "loud"}}, 400, "text.verbosity"),
+    ({"model": "tiny", "input": "x", "reasoning": {"effort": "extreme"}}, 400, "reasoning.effort"),
 ]
 
 

@@ -62,3 +62,20 @@ def test_messages_decided_as_by_the_full_checks():
             assert verdict(_check_messages, [MESSAGES[0], shown]) == verdict(
                 lambda m: _check_message(m, "messages[1]"), shown), shown
     assert verdict(_check_messages, [MESSAGES[0], "hi"])[0] == "messages[1]"
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"verbosity": "loud"}, "verbosity"), ({"verbosity": 1}, "verbosity"),
+    ({"web_search_options": "on"}, "web_search_options"),
+    ({"reasoning_effort": "extreme"}, "reasoning_effort"), ({"reasoning_effort": True}, "reasoning_effort"),
+])
+def test_openai_only_controls_with_a_bad_value_are_a_400_naming_them(extra, param):
+    assert verdict(validate_chat, {"model": "m", "messages": MESSAGES, **extra})[0] == param
+
+
+def test_web_search_is_dropped_and_verbosity_kept_as_asked():
+    """No server here searches the web: the options go, as the Responses API drops its
+    web_search tools; verbosity passes through (vLLM and llama-server ignore it)."""
+    body = validate_chat({"model": "m", "messages": MESSAGES, "verbosity": "low", "reasoning_effort": "minimal",
+                          "web_search_options": {"search_context_size": "low"}})
+    assert "web_search_options" not in body and body["verbosity"] == "low" and body["reasoning_effort"] == "minimal"

@@ -81,6 +81,23 @@ class ScriptedReply:
         return re.findall(r"\s*\S+|\s+$", self.content)
 
 
+def token_logprobs(pieces: list[str], body: dict[str, Any], start: int = 0) -> list[dict[str, Any]]:
+    """Ollama's `logprobs` (0.12.11 on) for generated tokens, one a piece: {token, logprob,
+    bytes} and, when `top_logprobs` > 0, that many alternatives, the token itself first."""
+    num_top = int(body.get("top_logprobs") or 0)
+    entries = []
+    for index, piece in enumerate(pieces, start):
+        logprob = -0.25 * (index % 4 + 1)
+        entry: dict[str, Any] = {"token": piece, "logprob": logprob, "bytes": list(piece.encode())}
+        if num_top:
+            others = [w for w in REPLY_WORDS if w != piece.strip()][:num_top - 1]
+            entry["top_logprobs"] = [{"token": piece, "logprob": logprob, "bytes": list(piece.encode())}] + [
+                {"token": " " + w, "logprob": logprob - rank - 1, "bytes": list((" " + w).encode())}
+                for rank, w in enumerate(others)]
+        entries.append(entry)
+    return entries
+
+
 def now_rfc3339(offset_s: float = 0.0) -> str:
     """Ollama's timestamp format, e.g. 2024-06-04T14:38:31.837530Z."""
     moment = datetime.now(timezone.utc) + timedelta(seconds=offset_s)

@@ -19,6 +19,7 @@ from tests.rig.ollama_replies import (
     parse_keep_alive,
     prompt_text,
     timings,
+    token_logprobs,
     tool_calls_json,
 )
 
@@ -123,12 +124,14 @@ def _generate(h, body: dict[str, Any], chat: bool) -> None:
     done_reason = "stop" if stopped or reply.tool_calls else reply.done_reason
     head = {"model": model.name}
     if body.get("stream", True):
-        _stream_native(h, reply, pieces, head, chat)
+        _stream_native(h, reply, pieces, head, chat, body)
     elif reply.delay_s:
         time.sleep(reply.delay_s * len(pieces))
     stats = timings(start_ns, time.monotonic_ns(), count_tokens(prompt_text(body)), len(pieces))
     final = dict(head, created_at=now_rfc3339(), done=True, done_reason=done_reason, **stats)
     text = "" if body.get("stream", True) else "".join(pieces)
+    if body.get("logprobs") and not body.get("stream", True):
+        final["logprobs"] = token_logprobs(pieces, body)
     if chat:
         final["message"] = {"role": "assistant", "content": text}
         if reply.thinking and not body.get("stream", True):
@@ -146,9 +149,13 @@ def _generate(h, body: dict[str, Any], chat: bool) -> None:
         h.send_json(200, final)
 
 
-def _stream_native(h, reply: ScriptedReply, pieces: list[str], head: dict, chat: bool) -> None:
+def _stream_native(h, reply: ScriptedReply, pieces: list[str], head: dict, chat: bool, body: dict) -> None:
+    sent = iter(range(len(pieces)))
+
     def make_chunk(piece: str) -> dict[str, Any]:
         field = {"message": {"role": "assistant", "content": piece}} if chat else {"response": piece}
+        if body.get("logprobs"):              # each chunk's own tokens' logprobs
+            field["logprobs"] = token_logprobs([piece], body, start=next(sent))
         return dict(head, created_at=now_rfc3339(), **field, done=False)
 
     h.start_stream("application/x-ndjson")

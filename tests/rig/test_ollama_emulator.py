@@ -172,3 +172,15 @@ def test_openai_compat(ollama_emulator):
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) == 3
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=USER)
+
+
+def test_logprobs_as_ollama_documents_them(client):
+    """Ollama 0.12.11's logprobs: one {token, logprob, bytes} a generated token, top_logprobs
+    only when asked, each streamed chunk with its own tokens'; none unless asked."""
+    whole = client.chat(model="tiny", messages=USER, options={"num_predict": 3}, logprobs=True, top_logprobs=2)
+    assert "".join(entry.token for entry in whole.logprobs) == whole.message.content
+    assert all(len(entry.top_logprobs) == 2 for entry in whole.logprobs)
+    parts = list(client.generate(model="tiny", prompt="why", stream=True, options={"num_predict": 3}, logprobs=True))
+    assert [len(p.logprobs or []) for p in parts] == [1, 1, 1, 0]
+    assert all(p.logprobs[0].top_logprobs is None and p.logprobs[0].token == p.response for p in parts[:3])
+    assert client.chat(model="tiny", messages=USER, options={"num_predict": 3}).logprobs is None

@@ -7,13 +7,14 @@ top_k or min_p).
 from __future__ import annotations
 
 from ..errors import BadRequest
-from ..wire.request import logit_bias_value
+from ..wire.request import REASONING_EFFORTS, logit_bias_value
 
 MAX_STOP_SEQUENCES = 16                 # stop strings a request may give, the same on every backend
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 NUMBER = (int, float)
 MAX_TOOLS = 1024        # OpenAI allows 128; each tool costs parsing and schema work on the loop
+VERBOSITIES = ("low", "medium", "high")
 
 
 def _fail(param: str, message: str):
@@ -252,6 +253,31 @@ def _check_top_logprobs(body: dict) -> None:
         _fail("top_logprobs", "needs 'logprobs' to be true")
 
 
+def check_reasoning_effort(body: dict, name: str, param: str) -> None:
+    """A reasoning effort (chat's `reasoning_effort`, the Responses API's `reasoning.effort`):
+    one of OpenAI's, or null."""
+    effort = body.get(name)
+    if effort is not None and (not isinstance(effort, str) or effort not in REASONING_EFFORTS):
+        _fail(param, f"must be one of {', '.join(REASONING_EFFORTS)}")
+
+
+def check_verbosity(body: dict, param: str) -> None:
+    """`verbosity` (chat's, the Responses API's `text.verbosity`): one of OpenAI's, or null.
+    No local server has the control: a good value changes nothing (as vLLM ignores it)."""
+    verbosity = body.get("verbosity")
+    if verbosity is not None and verbosity not in VERBOSITIES:
+        _fail(param, f"must be one of {', '.join(VERBOSITIES)}")
+
+
+def _drop_web_search(body: dict) -> None:
+    """`web_search_options`: OpenAI's hosted web search, which no server here runs. An object,
+    then dropped: the model answers from what it knows, as the Responses API drops its
+    web_search tools (and vLLM ignores the field)."""
+    options = body.pop("web_search_options", None)
+    if options is not None and not isinstance(options, dict):
+        _fail("web_search_options", "expected an object")
+
+
 def _check_text_output(body: dict) -> None:
     """Spoken answers (modalities with "audio", an `audio` voice and format): no backend here
     makes audio, and a text-only answer would leave message.audio null without a word."""
@@ -273,6 +299,9 @@ def validate_chat(body: dict, ranges: dict | None = None) -> dict:
     _check_tools(body)
     _check_response_format(body)
     _check_text_output(body)
+    check_reasoning_effort(body, "reasoning_effort", "reasoning_effort")
+    check_verbosity(body, "verbosity")
+    _drop_web_search(body)
     return body
 
 

@@ -8,12 +8,13 @@ accepted and ignored, as clients such as Codex CLI always send some of them.
 """
 from __future__ import annotations
 
-from .validate import NUMBER, _check_range, _check_type, _fail
+from .validate import NUMBER, _check_range, _check_type, _fail, check_reasoning_effort, check_verbosity
 
 UNSUPPORTED = {"background": "background responses are not supported by this server",
                "conversation": "the Conversations API is not supported here; use previous_response_id",
                "prompt": "stored prompt templates are not supported by this server"}
 MAX_METADATA_KEYS = 16
+REASONING_SUMMARIES = ("auto", "concise", "detailed")
 
 
 def validate_responses(body: dict, *, count_only: bool = False) -> dict:
@@ -36,7 +37,9 @@ def validate_responses(body: dict, *, count_only: bool = False) -> dict:
         _check_type(body, name, bool, "a boolean")
     for name in ("instructions", "previous_response_id", "user"):
         _check_type(body, name, str, "a string")
-    _check_type(body, "reasoning", dict, "an object")
+    _check_reasoning(body.get("reasoning"))
+    if isinstance(body.get("text"), dict):
+        check_verbosity(body["text"], "text.verbosity")
     if body.get("truncation") not in (None, "auto", "disabled"):
         _fail("truncation", "must be 'auto' or 'disabled'")
     _check_range(body, "temperature", 0, 2)
@@ -45,6 +48,19 @@ def validate_responses(body: dict, *, count_only: bool = False) -> dict:
     _check_range(body, "top_logprobs", 0, 20)
     _check_metadata(body.get("metadata"))
     return body
+
+
+def _check_reasoning(reasoning) -> None:
+    """`reasoning`: {effort, summary}, each one of OpenAI's values or null (Codex CLI sends it
+    on every request)."""
+    if reasoning is None:
+        return
+    if not isinstance(reasoning, dict):
+        _fail("reasoning", "expected an object")
+    check_reasoning_effort(reasoning, "effort", "reasoning.effort")
+    for name in ("summary", "generate_summary"):
+        if reasoning.get(name) is not None and reasoning[name] not in REASONING_SUMMARIES:
+            _fail(f"reasoning.{name}", f"must be one of {', '.join(REASONING_SUMMARIES)}")
 
 
 def _check_metadata(metadata) -> None:

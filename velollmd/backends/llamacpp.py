@@ -7,7 +7,7 @@ from typing import AsyncIterator, Callable
 
 from ..errors import VeloError
 from ..wire.chunks import to_completion_logprobs
-from ..wire.request import GenerateRequest, wants_logprobs
+from ..wire.request import GenerateRequest, reasoning_effort_of, wants_logprobs
 from ..wire.streams import closing
 from .base import ModelInfo, refuse_insert
 from .openai import OpenAIBackend
@@ -79,6 +79,7 @@ class LlamaCppBackend(OpenAIBackend):
             body["verbose"] = True
         if request.endpoint == "chat":
             body["messages"] = _parsable_history(body.get("messages"))
+            _reasoning_switch(body)
         else:
             _completion_schema(body)
         return body
@@ -143,7 +144,9 @@ class LlamaCppBackend(OpenAIBackend):
     async def count_prompt_tokens(self, body: dict) -> int | None:
         """The server's own chat template (/apply-template, with the thinking switch and the
         history as generating sends them), then /tokenize: exact counts."""
-        template = {k: body[k] for k in ("tools", "tool_choice", "chat_template_kwargs") if body.get(k) is not None}
+        template = {k: body[k] for k in ("tools", "tool_choice", "chat_template_kwargs", "reasoning_effort")
+                    if body.get(k) is not None}
+        _reasoning_switch(template)
         template["messages"] = _parsable_history(body.get("messages"))
         prompt = (await self.post_json("/apply-template", template)).get("prompt")
         if not isinstance(prompt, str):
@@ -151,6 +154,19 @@ class LlamaCppBackend(OpenAIBackend):
         tokens = (await self.post_json("/tokenize", {"content": prompt, "add_special": True,
                                                      "parse_special": True})).get("tokens")
         return len(tokens) if isinstance(tokens, list) else None
+
+
+def _reasoning_switch(body: dict) -> None:
+    """`reasoning_effort` where llama-server's chat templates read it, in place: gpt-oss's level
+    (`chat_template_kwargs.reasoning_effort`), or "none" as the thinking switch Qwen3's and
+    others' read (`enable_thinking: false`); the top-level field too, as a level gpt-oss takes
+    (newer llama-servers map it themselves). A template kwarg the client gave wins."""
+    effort = reasoning_effort_of(body)
+    if effort is None:
+        return
+    kwargs = dict(body.get("chat_template_kwargs") or {})
+    kwargs.setdefault(*(("enable_thinking", False) if effort == "none" else ("reasoning_effort", effort)))
+    body["reasoning_effort"], body["chat_template_kwargs"] = effort, kwargs
 
 
 def _parsable_history(messages):

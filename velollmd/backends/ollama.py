@@ -18,7 +18,8 @@ from ..wire.ollama import (
     openai_to_ollama_chat,
     openai_to_ollama_generate,
 )
-from ..wire.request import GenerateRequest
+from ..wire.chunks import to_completion_logprobs
+from ..wire.request import GenerateRequest, reasoning_effort_of, wants_logprobs
 from ..wire.streams import closing
 from .base import Backend, ModelInfo
 
@@ -59,28 +60,43 @@ class OllamaBackend(Backend):
                           size=int(m.get("size") or 0), details=m.get("details") or {}, raw=m)
                 for m in body.get("models", []) if isinstance(m, dict) and "name" in m]
 
+    def chat_body(self, request: GenerateRequest) -> dict:
+        """The /api/chat body; `reasoning_effort` as Ollama's own OpenAI endpoint maps it: "none"
+        is `think: false`, a level is `think: "low" | "medium" | "high"` (gpt-oss's levels;
+        other thinking models take a level as true). An explicit `think` (or the template's
+        thinking switch) wins."""
+        _refuse_logit_bias(request.body)
+        body = {**openai_to_ollama_chat(request.body, self.config.num_ctx), **_logprobs_ask(request)}
+        effort = reasoning_effort_of(request.body)
+        if effort is not None:
+            body.setdefault("think", False if effort == "none" else effort)
+        return body
+
+    def generate_body(self, request: GenerateRequest) -> dict:
+        _refuse_logit_bias(request.body)
+        return {**openai_to_ollama_generate(request.body, self.config.num_ctx), **_logprobs_ask(request)}
+
     async def chat(self, request: GenerateRequest) -> dict:
-        reply = await self.post_json("/api/chat", openai_to_ollama_chat(request.body, self.config.num_ctx))
-        return ollama_chat_to_openai(reply, request.model, response_id())
+        reply = await self.post_json("/api/chat", self.chat_body(request))
+        return _with_logprobs(request, reply, ollama_chat_to_openai(reply, request.model, response_id()))
 
     async def completion(self, request: GenerateRequest) -> dict:
-        reply = await self.post_json("/api/generate", openai_to_ollama_generate(request.body, self.config.num_ctx))
-        return ollama_generate_to_openai(reply, request.model, response_id("cmpl"))
+        reply = await self.post_json("/api/generate", self.generate_body(request))
+        return _with_logprobs(request, reply, ollama_generate_to_openai(reply, request.model, response_id("cmpl")))
 
     async def chat_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
         converter = OllamaChatStream(request.model, response_id())
-        body = openai_to_ollama_chat(request.body, self.config.num_ctx)
-        async with closing(self.ndjson("/api/chat", body)) as source_iter:
+        async with closing(self.ndjson("/api/chat", self.chat_body(request))) as source_iter:
             async for reply in source_iter:
-                for chunk in converter.feed(reply):
+                for chunk in _chunks_with_logprobs(request, reply, converter.feed(reply)):
                     yield chunk
 
     async def completion_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
         converter = OllamaChatStream(request.model, response_id("cmpl"), chat=False)
-        body = openai_to_ollama_generate(request.body, self.config.num_ctx)
-        async with closing(self.ndjson("/api/generate", body)) as source_iter:
+        offsets: dict[int, int] = {}
+        async with closing(self.ndjson("/api/generate", self.generate_body(request))) as source_iter:
             async for reply in source_iter:
-                for chunk in converter.feed(reply):
+                for chunk in _chunks_with_logprobs(request, reply, converter.feed(reply), offsets):
                     yield chunk
 
     async def embeddings(self, body: dict) -> dict:
@@ -104,3 +120,64 @@ class OllamaBackend(Backend):
     async def native(self, method: str, path: str, body: dict | None = None) -> ClientResponse:
         """Pass an Ollama-native request through; the caller streams or reads the answer."""
         return await self.client.request(method, path, json=body)
+
+
+def _refuse_logit_bias(body: dict) -> None:
+    """`logit_bias`, which Ollama has no option for: a 400, as `n` > 1 is, never an answer
+    sampled as if the bias (a banned token, say) had not been asked."""
+    if body.get("logit_bias"):
+        raise BadRequest("Ollama does not support logit_bias", param="logit_bias", code="unsupported_value")
+
+
+def _logprobs_ask(request: GenerateRequest) -> dict:
+    """OpenAI's ask for logprobs as Ollama's (0.12.11 on): `logprobs: true` and how many
+    alternatives a token (chat's `top_logprobs`, a completion's `logprobs: N`)."""
+    if not wants_logprobs(request.body):
+        return {}
+    top = request.body.get("top_logprobs" if request.endpoint == "chat" else "logprobs")
+    return {"logprobs": True, **({"top_logprobs": top} if type(top) is int and top > 0 else {})}
+
+
+def _with_logprobs(request: GenerateRequest, reply: dict, answer: dict) -> dict:
+    """A whole answer with the logprobs Ollama gave, when asked, in OpenAI's shape."""
+    if wants_logprobs(request.body):
+        choices = answer["choices"]
+        choices[0]["logprobs"] = _chat_logprobs(reply.get("logprobs"))
+        if request.endpoint == "completion":
+            to_completion_logprobs(choices, {})
+    return answer
+
+
+def _chunks_with_logprobs(request: GenerateRequest, reply: dict, chunks: list[dict],
+                          offsets: dict[int, int] | None = None) -> list[dict]:
+    """A stream's chunks for one Ollama object, its tokens' logprobs (when asked) on the chunk
+    with its text; `offsets` keeps a completion's text length across chunks."""
+    if not wants_logprobs(request.body) or not reply.get("logprobs"):
+        return chunks
+    text_chunks = [c for c in chunks if c.get("choices") and _text_of(c["choices"][0])]
+    if text_chunks:
+        text_chunks[-1]["choices"][0]["logprobs"] = _chat_logprobs(reply["logprobs"])
+        if offsets is not None:
+            to_completion_logprobs(text_chunks[-1]["choices"], offsets)
+    return chunks
+
+
+def _text_of(choice: dict) -> str:
+    return choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+
+
+def _chat_logprobs(entries) -> dict | None:
+    """Ollama's logprobs ([{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]) in
+    chat's shape; bytes, which Ollama may leave out, are the token's UTF-8."""
+    if not isinstance(entries, list):
+        return None
+    return {"content": [{**_token_logprob(e), "top_logprobs": [_token_logprob(t) for t in e.get("top_logprobs") or ()
+                                                               if isinstance(t, dict)]}
+                        for e in entries if isinstance(e, dict)], "refusal": None}
+
+
+def _token_logprob(entry: dict) -> dict:
+    token = entry.get("token") if isinstance(entry.get("token"), str) else ""
+    logprob = entry.get("logprob")
+    return {"token": token, "logprob": logprob if isinstance(logprob, (int, float)) else 0.0,
+            "bytes": entry.get("bytes") if isinstance(entry.get("bytes"), list) else list(token.encode())}

@@ -69,6 +69,7 @@ class OpenAIBackend(Backend):
     def upstream_body(self, request: GenerateRequest) -> dict:
         """The body sent upstream; streams always ask for usage (metrics need it)."""
         body = dict(request.body)
+        _both_penalty_names(body)
         if request.stream:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return body
@@ -93,6 +94,15 @@ class OpenAIBackend(Backend):
         """OpenAI's embeddings; Ollama's `truncate` is no field of theirs (an over-long input
         is the server's own error)."""
         return await self.post_json("/v1/embeddings", {k: v for k, v in body.items() if k != "truncate"})
+
+
+def _both_penalty_names(body: dict) -> None:
+    """The repetition penalty under both its names, when the request gave one: vLLM, SGLang
+    and TGI read `repetition_penalty`, llama-server and LM Studio `repeat_penalty`; each
+    ignores the other's without a word (the engine takes either)."""
+    for name, other in (("repetition_penalty", "repeat_penalty"), ("repeat_penalty", "repetition_penalty")):
+        if body.get(name) is not None and body.get(other) is None:
+            body[other] = body[name]
 
 
 def _json_field(body: bytes | None, field: str):

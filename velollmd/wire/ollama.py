@@ -24,7 +24,8 @@ from .tools import name_and_schema, parse_tool_choice
 OPTION_FIELDS = {          # OpenAI field -> Ollama option
     "temperature": "temperature", "top_p": "top_p", "seed": "seed", "top_k": "top_k",
     "min_p": "min_p", "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty", "repeat_penalty": "repeat_penalty",
+    "frequency_penalty": "frequency_penalty", "repetition_penalty": "repeat_penalty",   # vLLM's name
+    "repeat_penalty": "repeat_penalty",        # after it: given both, Ollama's own wins (and reads back)
 }
 # Ollama options that configure the model load, not one request: nothing to pass on.
 LOAD_OPTIONS = frozenset({"num_ctx", "num_gpu", "main_gpu", "num_thread", "num_batch", "use_mmap",
@@ -300,11 +301,17 @@ def ollama_chat_request_to_openai(body: dict) -> dict:
     return out
 
 
+THINK_LEVELS = frozenset({"low", "medium", "high"})     # gpt-oss's, as Ollama's `think` takes them
+
+
 def _thinking_switch(body: dict) -> dict:
     """Ollama's `think: true|false` as the chat template switch that vLLM, llama-server and the
-    engine read (`chat_template_kwargs.enable_thinking`); a level ("high") is gpt-oss's, left out."""
+    engine read (`chat_template_kwargs.enable_thinking`); a level ("high") as OpenAI's
+    `reasoning_effort`, which vLLM and the llama.cpp backend give gpt-oss's template."""
     think = body.get("think")
-    return {"chat_template_kwargs": {"enable_thinking": think}} if isinstance(think, bool) else {}
+    if isinstance(think, bool):
+        return {"chat_template_kwargs": {"enable_thinking": think}}
+    return {"reasoning_effort": think} if think in THINK_LEVELS else {}
 
 
 def _chat_logprobs(body: dict) -> dict:

@@ -46,6 +46,19 @@ class GenerateRequest:
         return self.body.get("tools") or []
 
 
+# OpenAI's reasoning efforts -> what local servers take: "none" (no thinking) or gpt-oss's
+# "low" / "medium" / "high" (OpenAI's "minimal" is the least of them, "xhigh" and "max" the most).
+REASONING_EFFORTS = {"none": "none", "minimal": "low", "low": "low", "medium": "medium", "high": "high",
+                     "xhigh": "high", "max": "high"}
+
+
+def reasoning_effort_of(body: dict) -> str | None:
+    """A chat's `reasoning_effort` as local servers take it (REASONING_EFFORTS); None when the
+    request does not say (validated: api/validate.py)."""
+    effort = body.get("reasoning_effort")
+    return REASONING_EFFORTS.get(effort) if isinstance(effort, str) else None
+
+
 def max_tokens_of(body: dict) -> int | None:
     return body.get("max_completion_tokens") or body.get("max_tokens")
 

@@ -52,13 +52,19 @@ def response_object(draft: ResponseDraft, status: str, output: list[dict], usage
         "max_output_tokens": request.get("max_output_tokens"), "model": request["model"], "output": output,
         "parallel_tool_calls": request.get("parallel_tool_calls", True),
         "previous_response_id": request.get("previous_response_id"),
-        "reasoning": request.get("reasoning") or {"effort": None, "summary": None},
+        "reasoning": _reasoning(request.get("reasoning")),
         "store": request.get("store", True), "temperature": request.get("temperature", 1.0),
         "text": request.get("text") or {"format": {"type": "text"}},
         "tool_choice": request.get("tool_choice") or "auto", "tools": request.get("tools") or [],
         "top_logprobs": request.get("top_logprobs"), "top_p": request.get("top_p", 1.0), "truncation": request.get("truncation") or "disabled",
         "usage": usage, "user": request.get("user"), "metadata": request.get("metadata") or {},
     }
+
+
+def _reasoning(reasoning: dict | None) -> dict:
+    """The request's reasoning settings as OpenAI echoes them: effort and summary, null when not asked."""
+    reasoning = reasoning or {}
+    return {"effort": reasoning.get("effort"), "summary": reasoning.get("summary", reasoning.get("generate_summary"))}
 
 
 def status_of(finish_reason: str | None) -> tuple[str, dict | None]:

@@ -10,7 +10,8 @@ message.
 
 Tools are flat (`{"type": "function", "name", "parameters"}`) where chat nests them under
 `function`; `text.format` is chat's `response_format`; `max_output_tokens` is `max_tokens`;
-`top_logprobs` (or `include` of the output text's logprobs) is chat's `logprobs`.
+`top_logprobs` (or `include` of the output text's logprobs) is chat's `logprobs`;
+`reasoning.effort` is chat's `reasoning_effort`.
 Anything the daemon cannot serve is a 400 naming the field and the item.
 """
 from __future__ import annotations
@@ -327,6 +328,8 @@ def chat_body(body: dict, messages: list[dict]) -> dict:
         if body.get(name) is not None:
             chat[chat_name] = body[name]
     chat.update((name, body[name]) for name in BACKEND_EXTRAS if body.get(name) is not None)
+    if (body.get("reasoning") or {}).get("effort") is not None:
+        chat["reasoning_effort"] = body["reasoning"]["effort"]
     if wants_logprobs(body):
         chat["logprobs"], chat["top_logprobs"] = True, body.get("top_logprobs") or 0
     response_format = chat_response_format(body.get("text"))
