@@ -72,3 +72,19 @@ def test_every_curl_example_answers(daemon, line):
 def test_every_python_example_runs(daemon, name, code):
     assert DOC_URL in code, "a Python example that reaches no daemon"
     exec(compile(code.replace(DOC_URL, f"127.0.0.1:{daemon.port}"), name, "exec"), {})
+
+
+def test_the_readme_lists_every_section_of_the_configuration():
+    from velollmd.config import TABLE_NAMES
+    listed = re.search(r"Sections: (.*?)\.\n", (ROOT / "README.md").read_text(), re.S)[1]
+    assert sorted(re.findall(r"`(\[[^`]+\])`", listed)) == sorted(TABLE_NAMES.values())
+
+
+def test_the_readme_layout_names_every_package_and_top_module():
+    text = (ROOT / "README.md").read_text()
+    layout = text[text.index("  velollmd/  __main__"):]
+    layout = layout[:layout.index("```")]
+    package = ROOT / "velollmd"
+    names = {p.name + "/" for p in package.iterdir() if (p / "__init__.py").exists()}
+    names |= {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
+    assert {name for name in names if not re.search(rf"(?<![\w/]){re.escape(name)}(?![\w/])", layout)} == set()
