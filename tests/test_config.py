@@ -1,10 +1,13 @@
+import dataclasses
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from velollmd.config import Config, config_from_table, load_config
+from velollmd.config import SECTIONS, BackendConfig, Config, KeyConfig, config_from_table, load_config
 from velollmd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -13,9 +16,41 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_shipped_config_is_valid_and_documents_the_defaults():
     config = load_config(str(ROOT / "etc/velollm.toml"))
     defaults = Config()
-    for section in ("server", "cache", "tools", "scheduler", "metrics", "log"):
+    for section in SECTIONS:
         assert getattr(config, section) == getattr(defaults, section), section
     assert config.backends[0].kind == "llamacpp"
+    # each backend shows every key at its default; only what names it and where it is differs
+    placed = {"name", "kind", "url", "models_dir"}
+    for backend in config.backends:
+        assert dataclasses.replace(backend, **{key: getattr(BackendConfig(), key) for key in placed}) \
+            == BackendConfig(), backend.name
+
+
+def uncommented(text: str, first_line: str) -> str:
+    """The commented-out example of the shipped file that starts at `# {first_line}`, uncommented
+    (its lines up to the first that is not a `# key = value` line)."""
+    lines = text.splitlines()
+    start = lines.index(f"# {first_line}")
+    block = [first_line]
+    for line in lines[start + 1:]:
+        if not re.match(r"# [a-z0-9_]+ = ", line):
+            break
+        block.append(line[2:])
+    return "\n".join(block) + "\n"
+
+
+def test_the_commented_examples_of_the_shipped_file_are_valid_at_their_stated_values():
+    text = (ROOT / "etc/velollm.toml").read_text()
+    keys = tomllib.loads(uncommented(text, "[[keys]]").replace('"sk-..."', '"sk-ci"').replace(
+        'key_sha256 = "<64 hex>"', "# key_sha256"))
+    entry = config_from_table(keys, "etc/velollm.toml").keys[0]
+    assert dataclasses.replace(entry, name="", key="") == KeyConfig()      # each shown at its default
+    ollama = tomllib.loads(uncommented(text, "[[backends]]"))
+    backend = config_from_table(ollama, "etc/velollm.toml").backends[0]
+    assert (backend.kind, backend.slots) == ("ollama", 4)
+    aliases = tomllib.loads("[aliases]\n" + "\n".join(line[2:] for line in text.splitlines()
+                                                       if re.match(r'# "[^"]+" = "', line)))
+    assert len(config_from_table(aliases, "etc/velollm.toml").aliases) == 3
 
 
 def test_every_key_of_every_section_is_documented_in_the_shipped_file():

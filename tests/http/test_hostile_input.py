@@ -80,6 +80,16 @@ def test_hostile_priorities_are_a_400_naming_the_header(daemon, value, status):
         assert json.loads(body)["error"]["param"] == "x-velollm-priority"
 
 
+@pytest.mark.parametrize("value", ["12", "high", "-1"])
+def test_a_bad_priority_is_a_400_on_a_cache_hit_too(daemon, value):
+    """The same request was a 400 on a miss and a 200 once its answer was cached."""
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": f"p {value}"}],
+                       "temperature": 0}).encode()
+    assert exchange(daemon.port, post("/v1/chat/completions", body), body)[0] == 200      # cached now
+    code, reply = exchange(daemon.port, post("/v1/chat/completions", body, f"x-velollm-priority: {value}"), body)
+    assert code == 400 and json.loads(reply)["error"]["param"] == "x-velollm-priority"
+
+
 @pytest.mark.parametrize("value", ["bypass" * 1000, "\xff\xfe", "refresh", "BYPASS, bypass", "*"])
 def test_other_x_velollm_values_are_served_or_refused_never_a_500(daemon, value):
     assert chat_status(daemon, f"x-velollm-cache: {value}") in (200, 400)

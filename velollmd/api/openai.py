@@ -43,6 +43,7 @@ class OpenAIRoutes:
             raw_key = raw_request_key(request, key)
             replay = self.pipeline.replay_memo(raw_key, headers)
             if replay is not None:
+                self.access.priority_of(request, key)                 # a bad x-velollm-priority: 400, hit or not
                 key_name = self.access.admit(request, key=key, defer=True)  # limits count cache hits too
                 await self.pipeline.admit(key_name)                 # (the model was checked for the memo)
                 self.access.ledger.record_cache_hit(key_name)
