@@ -372,3 +372,18 @@ def test_format_constrains_generate_on_llama_server_raw_or_not(daemon, raw):
     assert list(json.loads(reply.response)) == ["ok"]
     reply = client.generate(model="tiny", prompt="x", raw=raw, format="json", options={"num_predict": 20, "temperature": 0})
     assert isinstance(json.loads(reply.response), dict)
+
+
+LONG_TEXT = "word " * 400          # over the engine's 256-token context here
+
+
+def test_num_ctx_sizes_a_requests_context_on_the_engine_as_in_ollama(engine):
+    """Ollama's num_ctx: a larger one than the default takes a longer prompt (up to the model's
+    trained context, 8192 for the tiny model), a smaller one gives a shorter context."""
+    whole = engine.generate(model=ENGINE_MODEL, prompt=LONG_TEXT, options={"num_ctx": 1024, "num_predict": 3})
+    assert whole.done and whole.eval_count == 3 and whole.prompt_eval_count > 256
+    short = engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_ctx": 16})
+    assert short.done_reason == "length" and 16 - 2 <= short.prompt_eval_count + short.eval_count <= 16
+    huge = engine.generate(model=ENGINE_MODEL, prompt=LONG_TEXT, options={"num_ctx": 1 << 20, "num_predict": 2})
+    assert huge.prompt_eval_count == whole.prompt_eval_count
+

@@ -292,7 +292,7 @@ class EngineBackend(Backend):
         except SamplingParamError as exc:
             raise BadRequest(str(exc), param=exc.param) from None
         prompt_ids = self._prompt_ids(model, body, chat=chat)
-        check_prompt(prompt_ids, model.runner.num_ctx, "messages" if chat else "prompt")
+        check_prompt(prompt_ids, model.runner.context_of(params), "messages" if chat else "prompt")
         if chat:       # the turn's end as text too, should the model spell it out in pieces
             params = dataclasses.replace(params, stop=tuple(dict.fromkeys(params.stop + model.template.stop)))
         return model, prompt_ids, params

@@ -27,8 +27,9 @@ OPTION_FIELDS = {          # OpenAI field -> Ollama option
     "frequency_penalty": "frequency_penalty", "repetition_penalty": "repeat_penalty",   # vLLM's name
     "repeat_penalty": "repeat_penalty",        # after it: given both, Ollama's own wins (and reads back)
 }
-# Ollama options that configure the model load, not one request: nothing to pass on.
-LOAD_OPTIONS = frozenset({"num_ctx", "num_gpu", "main_gpu", "num_thread", "num_batch", "use_mmap",
+# Ollama options that configure the model load, not one request: nothing to pass on (num_ctx
+# is passed: the engine sizes a request's context by it, as Ollama does).
+LOAD_OPTIONS = frozenset({"num_gpu", "main_gpu", "num_thread", "num_batch", "use_mmap",
                           "use_mlock", "numa", "low_vram", "vocab_only", "f16_kv", "num_keep"})
 
 
