@@ -387,3 +387,43 @@ def test_num_ctx_sizes_a_requests_context_on_the_engine_as_in_ollama(engine):
     huge = engine.generate(model=ENGINE_MODEL, prompt=LONG_TEXT, options={"num_ctx": 1 << 20, "num_predict": 2})
     assert huge.prompt_eval_count == whole.prompt_eval_count
 
+
+def test_a_prompt_over_the_context_is_truncated_on_generate_as_in_ollama(engine):
+    """Ollama keeps the prompt's first num_keep tokens and its latest ones; `truncate: false` is
+    its 400. The OpenAI route keeps its 400 context_length_exceeded."""
+    reply = engine.generate(model=ENGINE_MODEL, prompt=LONG_TEXT, options={"num_predict": 3})
+    assert reply.done and reply.eval_count == 3 and reply.prompt_eval_count == 256 - 3
+    streamed = list(engine.generate(model=ENGINE_MODEL, prompt=LONG_TEXT, raw=True, stream=True,
+                                    options={"num_predict": 2}))
+    assert streamed[-1].done and streamed[-1].prompt_eval_count == 256 - 2
+    with pytest.raises(ollama.ResponseError) as info:
+        engine._request_raw("POST", "/api/generate", json={"model": ENGINE_MODEL, "prompt": LONG_TEXT,
+                                                           "truncate": False, "stream": False})
+    assert info.value.status_code == 400
+    import httpx
+    answer = httpx.post(f"{engine._client.base_url}/v1/completions",
+                        json={"model": ENGINE_MODEL, "prompt": LONG_TEXT, "max_tokens": 2})
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_a_chat_over_the_context_drops_its_oldest_turns_as_in_ollama(engine):
+    """Ollama keeps the system messages and the latest message, and drops the oldest others
+    until the prompt fits."""
+    system = {"role": "system", "content": "Be brief."}
+    latest = {"role": "user", "content": "And now?"}
+    old = [{"role": "user", "content": "word " * 150}, {"role": "assistant", "content": "word " * 150}]
+    reply = engine.chat(model=ENGINE_MODEL, messages=[system, *old, latest], options={"num_predict": 3})
+    assert reply.done and reply.eval_count == 3
+    kept = engine.chat(model=ENGINE_MODEL, messages=[system, latest], options={"num_predict": 3})
+    assert reply.prompt_eval_count == kept.prompt_eval_count
+    recent = engine.chat(model=ENGINE_MODEL, messages=[system, *old, {"role": "user", "content": "word"}, latest],
+                         options={"num_predict": 3, "num_ctx": 512})
+    assert recent.prompt_eval_count > 256          # what fits stays
+    alone = engine.chat(model=ENGINE_MODEL, messages=[system, {"role": "user", "content": LONG_TEXT}],
+                        options={"num_predict": 3})
+    assert alone.eval_count == 3 and alone.prompt_eval_count == 256 - 3     # cut as a generate prompt is
+    with pytest.raises(ollama.ResponseError) as info:
+        engine._request_raw("POST", "/api/chat", json={"model": ENGINE_MODEL, "messages": [system, *old, latest],
+                                                       "truncate": False, "stream": False})
+    assert info.value.status_code == 400
+

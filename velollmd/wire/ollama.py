@@ -364,6 +364,7 @@ def _options_from_ollama(body: dict, out: dict) -> None:
         out["response_format"] = {"type": "json_schema", "json_schema": {"name": "format", "schema": fmt}}
     if "keep_alive" in body:
         out["keep_alive"] = body["keep_alive"]
+    out["truncate"] = body.get("truncate") is not False     # Ollama's default: a prompt over the context is cut
 
 
 def _as_llama_cpp_reads(out: dict) -> None:
