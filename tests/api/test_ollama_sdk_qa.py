@@ -427,3 +427,25 @@ def test_a_chat_over_the_context_drops_its_oldest_turns_as_in_ollama(engine):
                                                        "truncate": False, "stream": False})
     assert info.value.status_code == 400
 
+
+def test_think_for_a_model_that_cannot_think_is_ollamas_400(engine):
+    """The tiny model's ChatML template has no thinking: Ollama's 400; `think: false` is fine."""
+    for call in (lambda think: engine.chat(model=ENGINE_MODEL, messages=[{"role": "user", "content": "hi"}],
+                                           think=think, options={"num_predict": 2}),
+                 lambda think: engine.generate(model=ENGINE_MODEL, prompt="hi", think=think,
+                                               options={"num_predict": 2})):
+        with pytest.raises(ollama.ResponseError) as info:
+            call(True)
+        assert info.value.status_code == 400 and info.value.error == f'"{ENGINE_MODEL}" does not support thinking'
+        assert call(False).done
+    assert "thinking" not in engine.show(ENGINE_MODEL).capabilities
+
+
+def test_think_is_taken_by_a_model_whose_template_thinks(tmp_path):
+    from tests.daemon_rig import tiny_engine_daemon
+    with tiny_engine_daemon(tmp_path, "thinker", chat_template="qwen3") as running:
+        client = ollama.Client(host=running.url)
+        assert "thinking" in client.show("thinker").capabilities
+        assert client.chat(model="thinker", messages=[{"role": "user", "content": "hi"}], think=True,
+                           options={"num_predict": 2}).eval_count == 2
+

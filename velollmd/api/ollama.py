@@ -106,6 +106,7 @@ class OllamaRoutes:
         openai_body = ollama_chat_request_to_openai(body)
         if backend.native_ollama:
             return await self._admitted_passthrough(request, "/api/chat", body, "chat", openai_body)
+        _refuse_thinking(body, backend, self.registry.resolve(body["model"]))
         keep_alive_s = self._keep(request, backend, body)
         if not body.get("messages"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=True)
@@ -121,6 +122,7 @@ class OllamaRoutes:
             endpoint, openai_body = ollama_generate_request_to_openai(body)
             return await self._admitted_passthrough(request, "/api/generate", body, endpoint, openai_body)
         refuse_untranslated(body)
+        _refuse_thinking(body, backend, self.registry.resolve(body["model"]))
         keep_alive_s = self._keep(request, backend, body)
         if not body.get("prompt") and not body.get("images"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=False)
@@ -218,7 +220,7 @@ class OllamaRoutes:
         return Response.json({"modelfile": f"# served by velollmd from backend {info.backend}\nFROM {info.id}\n",
                               "parameters": f"num_ctx {backend.context_size(info.id)}", "template": "",
                               "details": _details(info), "model_info": _model_info(info, backend),
-                              "capabilities": ["completion", "tools"] + (["vision"] if backend.sees_images() else []),
+                              "capabilities": _capabilities(backend, info.id),
                               "modified_at": _modified_at(info)})
 
     @ollama_route
@@ -375,6 +377,19 @@ def refuse_untranslated(body: dict) -> None:
     for name, why in UNTRANSLATED_GENERATE_FIELDS.items():
         if body.get(name):
             raise BadRequest(f"invalid {name!r}: {why}", param=name)
+
+
+def _refuse_thinking(body: dict, backend: Backend, model: str) -> None:
+    """Ollama's 400 for `think` (true, or a level) asked of a model that cannot think; a backend
+    that cannot tell lets its server decide."""
+    if body.get("think") and backend.thinks(model) is False:
+        raise BadRequest(f'"{body["model"]}" does not support thinking', param="think")
+
+
+def _capabilities(backend: Backend, model: str) -> list[str]:
+    """/api/show's capabilities, as Ollama names them."""
+    return ["completion", "tools", *(["vision"] if backend.sees_images() else []),
+            *(["thinking"] if backend.thinks(model) else [])]
 
 
 def _whole_context_penalty(body: dict, backend: Backend, model: str) -> None:

@@ -105,6 +105,11 @@ class EngineBackend(Backend):
     def sees_images(self) -> bool:
         return False                     # text models only: no vision projector
 
+    def thinks(self, model: str) -> bool | None:
+        """Whether `model`'s chat template thinks (read from its header), None for a model not found."""
+        found = self.files.get(self._served_name(model))
+        return self._probed[found.identity].thinks if found is not None else None
+
     def hears_audio(self) -> bool:
         return False
 
