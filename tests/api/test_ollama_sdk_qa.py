@@ -449,3 +449,15 @@ def test_think_is_taken_by_a_model_whose_template_thinks(tmp_path):
         assert client.chat(model="thinker", messages=[{"role": "user", "content": "hi"}], think=True,
                            options={"num_predict": 2}).eval_count == 2
 
+
+def test_any_number_of_stop_strings_as_in_ollama(engine, daemon):
+    """Ollama takes any number of stop strings (OpenAI's 16 is OpenAI's)."""
+    stops = [f"zz{i}" for i in range(20)]
+    for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
+        assert client.generate(model=model, prompt="hi", options={"stop": stops, "num_predict": 2}).eval_count == 2
+        assert client.chat(model=model, messages=[{"role": "user", "content": "hi"}],
+                           options={"stop": stops, "num_predict": 2}).eval_count == 2
+    import httpx
+    answer = httpx.post(f"{engine._client.base_url}/v1/completions",
+                        json={"model": ENGINE_MODEL, "prompt": "hi", "max_tokens": 2, "stop": stops})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "stop"      # OpenAI's own limit

@@ -44,10 +44,11 @@ from .validate import check_dimensions, check_message_tool_calls, validate_chat,
 NDJSON = [("content-type", "application/x-ndjson")]
 MANAGEMENT_ROUTES = [("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"),
                      ("DELETE", "/api/delete"), ("GET", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}")]
-# Ollama serves any temperature and penalties (llama.cpp's samplers take them): OpenAI's
-# narrower ranges (temperature up to 2, penalties -2 to 2) are not its own.
+# Ollama serves any temperature and penalties (llama.cpp's samplers take them) and any number of
+# stop strings: OpenAI's narrower ranges (temperature up to 2, penalties -2 to 2, 16 stops) are
+# not its own.
 OLLAMA_SAMPLING_RANGES = {"temperature": (0, math.inf), "presence_penalty": (-math.inf, math.inf),
-                          "frequency_penalty": (-math.inf, math.inf)}
+                          "frequency_penalty": (-math.inf, math.inf), "stop": (0, math.inf)}
 USAGE_TAIL_BYTES = 2048                  # the end of a native answer, where its token counts are
 PROMPT_COUNT_RE = re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)')
 EVAL_COUNT_RE = re.compile(rb'"eval_count"\s*:\s*(\d+)')
