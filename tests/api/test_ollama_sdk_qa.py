@@ -298,6 +298,8 @@ def test_num_predict_zero_or_negative_means_no_limit_as_in_ollama(engine):
                                                                      "temperature": 0})
         assert reply.done and reply.done_reason == "stop"
     assert engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_predict": 3.0}).eval_count == 3
+    huge = engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_predict": 10 ** 20, "num_ctx": 24})
+    assert huge.done_reason == "length" and huge.prompt_eval_count + huge.eval_count <= 24     # as good as none
 
 
 def assert_logprobs(replies, num_tokens: int, num_top: int):
