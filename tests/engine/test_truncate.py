@@ -28,5 +28,6 @@ def test_a_turn_is_dropped_whole_never_leaving_an_assistant_message_first():
 def test_a_cut_prompt_keeps_its_first_tokens_and_its_latest_and_room_to_answer():
     ids = list(range(100))
     assert prompt_limit(64, 3) == 61 and prompt_limit(64, None) == 32 and prompt_limit(64, 1000) == 32
+    assert prompt_limit(1, None) == prompt_limit(1, 5) == 1
     assert kept_tokens(ids, 10) == [0, 1, 2, 3, 94, 95, 96, 97, 98, 99]
     assert kept_tokens(ids, 3) == [0, 1, 99]

@@ -16,9 +16,10 @@ DEFAULT_NUM_KEEP = 4            # Ollama's num_keep: the prompt's first tokens a
 
 
 def prompt_limit(num_ctx: int, max_tokens: int | None) -> int:
-    """The most tokens a cut prompt keeps in a context of `num_ctx`."""
+    """The most tokens a cut prompt keeps in a context of `num_ctx` (one at least: a context
+    too small for it is check_prompt's 400, not an empty prompt)."""
     half = num_ctx // 2
-    return num_ctx - max(1, min(max_tokens or half, half))
+    return max(1, num_ctx - max(1, min(max_tokens or half, half)))
 
 
 def kept_tokens(ids: list[int], limit: int, num_keep: int = DEFAULT_NUM_KEEP) -> list[int]:
