@@ -463,3 +463,52 @@ def test_any_number_of_stop_strings_as_in_ollama(engine, daemon):
     answer = httpx.post(f"{engine._client.base_url}/v1/completions",
                         json={"model": ENGINE_MODEL, "prompt": "hi", "max_tokens": 2, "stop": stops})
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "stop"      # OpenAI's own limit
+
+
+@pytest.fixture
+def strict_openai_server():
+    """An OpenAI-compatible server that, like OpenAI's own, refuses a field it does not know
+    (a 400 for Ollama's truncate and num_ctx), and answers a chat otherwise."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, status, value):
+            body = json.dumps(value).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._send(200, {"object": "list", "data": [{"id": "strict", "object": "model"}]})
+
+        def do_POST(self):
+            asked = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            unknown = sorted({"truncate", "num_ctx"} & set(asked))
+            if unknown:
+                return self._send(400, {"error": {"message": f"Unrecognized request argument supplied: {unknown[0]}",
+                                                  "type": "invalid_request_error", "param": None, "code": None}})
+            self._send(200, {"id": "c", "object": "chat.completion", "created": 1, "model": "strict", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_ollamas_own_fields_do_not_reach_an_openai_server(daemon_factory, strict_openai_server):
+    """truncate and num_ctx size the engine's context; an OpenAI server would refuse them."""
+    running = daemon_factory({"backends": [{"name": "strict", "kind": "openai", "models": ["strict"],
+                                            "url": f"http://127.0.0.1:{strict_openai_server.server_port}"}],
+                              "cache": {"enabled": False}})
+    client = ollama.Client(host=running.url)
+    reply = client.chat(model="strict", messages=[{"role": "user", "content": "hi"}], options={"num_ctx": 4096})
+    assert reply.message.content == "fine"
