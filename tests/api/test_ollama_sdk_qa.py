@@ -298,6 +298,8 @@ def test_num_predict_zero_or_negative_means_no_limit_as_in_ollama(engine):
                                                                      "temperature": 0})
         assert reply.done and reply.done_reason == "stop"
     assert engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_predict": 3.0}).eval_count == 3
+    huge = engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_predict": 10 ** 20, "num_ctx": 24})
+    assert huge.done_reason == "length" and huge.prompt_eval_count + huge.eval_count <= 24     # as good as none
 
 
 def assert_logprobs(replies, num_tokens: int, num_top: int):
@@ -372,3 +374,141 @@ def test_format_constrains_generate_on_llama_server_raw_or_not(daemon, raw):
     assert list(json.loads(reply.response)) == ["ok"]
     reply = client.generate(model="tiny", prompt="x", raw=raw, format="json", options={"num_predict": 20, "temperature": 0})
     assert isinstance(json.loads(reply.response), dict)
+
+
+LONG_TEXT = "word " * 400          # over the engine's 256-token context here
+
+
+def test_num_ctx_sizes_a_requests_context_on_the_engine_as_in_ollama(engine):
+    """Ollama's num_ctx: a larger one than the default takes a longer prompt (up to the model's
+    trained context, 8192 for the tiny model), a smaller one gives a shorter context."""
+    whole = engine.generate(model=ENGINE_MODEL, prompt=LONG_TEXT, options={"num_ctx": 1024, "num_predict": 3})
+    assert whole.done and whole.eval_count == 3 and whole.prompt_eval_count > 256
+    short = engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_ctx": 16})
+    assert short.done_reason == "length" and 16 - 2 <= short.prompt_eval_count + short.eval_count <= 16
+    huge = engine.generate(model=ENGINE_MODEL, prompt=LONG_TEXT, options={"num_ctx": 1 << 20, "num_predict": 2})
+    assert huge.prompt_eval_count == whole.prompt_eval_count
+
+
+def test_a_prompt_over_the_context_is_truncated_on_generate_as_in_ollama(engine):
+    """Ollama keeps the prompt's first num_keep tokens and its latest ones; `truncate: false` is
+    its 400. The OpenAI route keeps its 400 context_length_exceeded."""
+    reply = engine.generate(model=ENGINE_MODEL, prompt=LONG_TEXT, options={"num_predict": 3})
+    assert reply.done and reply.eval_count == 3 and reply.prompt_eval_count == 256 - 3
+    streamed = list(engine.generate(model=ENGINE_MODEL, prompt=LONG_TEXT, raw=True, stream=True,
+                                    options={"num_predict": 2}))
+    assert streamed[-1].done and streamed[-1].prompt_eval_count == 256 - 2
+    with pytest.raises(ollama.ResponseError) as info:
+        engine._request_raw("POST", "/api/generate", json={"model": ENGINE_MODEL, "prompt": LONG_TEXT,
+                                                           "truncate": False, "stream": False})
+    assert info.value.status_code == 400
+    import httpx
+    answer = httpx.post(f"{engine._client.base_url}/v1/completions",
+                        json={"model": ENGINE_MODEL, "prompt": LONG_TEXT, "max_tokens": 2})
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_a_chat_over_the_context_drops_its_oldest_turns_as_in_ollama(engine):
+    """Ollama keeps the system messages and the latest message, and drops the oldest others
+    until the prompt fits."""
+    system = {"role": "system", "content": "Be brief."}
+    latest = {"role": "user", "content": "And now?"}
+    old = [{"role": "user", "content": "word " * 150}, {"role": "assistant", "content": "word " * 150}]
+    reply = engine.chat(model=ENGINE_MODEL, messages=[system, *old, latest], options={"num_predict": 3})
+    assert reply.done and reply.eval_count == 3
+    kept = engine.chat(model=ENGINE_MODEL, messages=[system, latest], options={"num_predict": 3})
+    assert reply.prompt_eval_count == kept.prompt_eval_count
+    recent = engine.chat(model=ENGINE_MODEL, messages=[system, *old, {"role": "user", "content": "word"}, latest],
+                         options={"num_predict": 3, "num_ctx": 512})
+    assert recent.prompt_eval_count > 256          # what fits stays
+    alone = engine.chat(model=ENGINE_MODEL, messages=[system, {"role": "user", "content": LONG_TEXT}],
+                        options={"num_predict": 3})
+    assert alone.eval_count == 3 and alone.prompt_eval_count == 256 - 3     # cut as a generate prompt is
+    with pytest.raises(ollama.ResponseError) as info:
+        engine._request_raw("POST", "/api/chat", json={"model": ENGINE_MODEL, "messages": [system, *old, latest],
+                                                       "truncate": False, "stream": False})
+    assert info.value.status_code == 400
+
+
+def test_think_for_a_model_that_cannot_think_is_ollamas_400(engine):
+    """The tiny model's ChatML template has no thinking: Ollama's 400; `think: false` is fine."""
+    for call in (lambda think: engine.chat(model=ENGINE_MODEL, messages=[{"role": "user", "content": "hi"}],
+                                           think=think, options={"num_predict": 2}),
+                 lambda think: engine.generate(model=ENGINE_MODEL, prompt="hi", think=think,
+                                               options={"num_predict": 2})):
+        with pytest.raises(ollama.ResponseError) as info:
+            call(True)
+        assert info.value.status_code == 400 and info.value.error == f'"{ENGINE_MODEL}" does not support thinking'
+        assert call(False).done
+    assert "thinking" not in engine.show(ENGINE_MODEL).capabilities
+
+
+def test_think_is_taken_by_a_model_whose_template_thinks(tmp_path):
+    from tests.daemon_rig import tiny_engine_daemon
+    with tiny_engine_daemon(tmp_path, "thinker", chat_template="qwen3") as running:
+        client = ollama.Client(host=running.url)
+        assert "thinking" in client.show("thinker").capabilities
+        assert client.chat(model="thinker", messages=[{"role": "user", "content": "hi"}], think=True,
+                           options={"num_predict": 2}).eval_count == 2
+
+
+def test_any_number_of_stop_strings_as_in_ollama(engine, daemon):
+    """Ollama takes any number of stop strings (OpenAI's 16 is OpenAI's)."""
+    stops = [f"zz{i}" for i in range(20)]
+    for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
+        assert client.generate(model=model, prompt="hi", options={"stop": stops, "num_predict": 2}).eval_count == 2
+        assert client.chat(model=model, messages=[{"role": "user", "content": "hi"}],
+                           options={"stop": stops, "num_predict": 2}).eval_count == 2
+    import httpx
+    answer = httpx.post(f"{engine._client.base_url}/v1/completions",
+                        json={"model": ENGINE_MODEL, "prompt": "hi", "max_tokens": 2, "stop": stops})
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "stop"      # OpenAI's own limit
+
+
+@pytest.fixture
+def strict_openai_server():
+    """An OpenAI-compatible server that, like OpenAI's own, refuses a field it does not know
+    (a 400 for Ollama's truncate and num_ctx), and answers a chat otherwise."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, status, value):
+            body = json.dumps(value).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._send(200, {"object": "list", "data": [{"id": "strict", "object": "model"}]})
+
+        def do_POST(self):
+            asked = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            unknown = sorted({"truncate", "num_ctx"} & set(asked))
+            if unknown:
+                return self._send(400, {"error": {"message": f"Unrecognized request argument supplied: {unknown[0]}",
+                                                  "type": "invalid_request_error", "param": None, "code": None}})
+            self._send(200, {"id": "c", "object": "chat.completion", "created": 1, "model": "strict", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_ollamas_own_fields_do_not_reach_an_openai_server(daemon_factory, strict_openai_server):
+    """truncate and num_ctx size the engine's context; an OpenAI server would refuse them."""
+    running = daemon_factory({"backends": [{"name": "strict", "kind": "openai", "models": ["strict"],
+                                            "url": f"http://127.0.0.1:{strict_openai_server.server_port}"}],
+                              "cache": {"enabled": False}})
+    client = ollama.Client(host=running.url)
+    reply = client.chat(model="strict", messages=[{"role": "user", "content": "hi"}], options={"num_ctx": 4096})
+    assert reply.message.content == "fine"

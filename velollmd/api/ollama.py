@@ -44,10 +44,11 @@ from .validate import check_dimensions, check_message_tool_calls, validate_chat,
 NDJSON = [("content-type", "application/x-ndjson")]
 MANAGEMENT_ROUTES = [("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"),
                      ("DELETE", "/api/delete"), ("GET", "/api/blobs/{digest}"), ("POST", "/api/blobs/{digest}")]
-# Ollama serves any temperature and penalties (llama.cpp's samplers take them): OpenAI's
-# narrower ranges (temperature up to 2, penalties -2 to 2) are not its own.
+# Ollama serves any temperature and penalties (llama.cpp's samplers take them) and any number of
+# stop strings: OpenAI's narrower ranges (temperature up to 2, penalties -2 to 2, 16 stops) are
+# not its own.
 OLLAMA_SAMPLING_RANGES = {"temperature": (0, math.inf), "presence_penalty": (-math.inf, math.inf),
-                          "frequency_penalty": (-math.inf, math.inf)}
+                          "frequency_penalty": (-math.inf, math.inf), "stop": (0, math.inf)}
 USAGE_TAIL_BYTES = 2048                  # the end of a native answer, where its token counts are
 PROMPT_COUNT_RE = re.compile(rb'"prompt_eval_count"\s*:\s*(\d+)')
 EVAL_COUNT_RE = re.compile(rb'"eval_count"\s*:\s*(\d+)')
@@ -106,6 +107,7 @@ class OllamaRoutes:
         openai_body = ollama_chat_request_to_openai(body)
         if backend.native_ollama:
             return await self._admitted_passthrough(request, "/api/chat", body, "chat", openai_body)
+        _refuse_thinking(body, backend, self.registry.resolve(body["model"]))
         keep_alive_s = self._keep(request, backend, body)
         if not body.get("messages"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=True)
@@ -121,6 +123,7 @@ class OllamaRoutes:
             endpoint, openai_body = ollama_generate_request_to_openai(body)
             return await self._admitted_passthrough(request, "/api/generate", body, endpoint, openai_body)
         refuse_untranslated(body)
+        _refuse_thinking(body, backend, self.registry.resolve(body["model"]))
         keep_alive_s = self._keep(request, backend, body)
         if not body.get("prompt") and not body.get("images"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=False)
@@ -218,7 +221,7 @@ class OllamaRoutes:
         return Response.json({"modelfile": f"# served by velollmd from backend {info.backend}\nFROM {info.id}\n",
                               "parameters": f"num_ctx {backend.context_size(info.id)}", "template": "",
                               "details": _details(info), "model_info": _model_info(info, backend),
-                              "capabilities": ["completion", "tools"] + (["vision"] if backend.sees_images() else []),
+                              "capabilities": _capabilities(backend, info.id),
                               "modified_at": _modified_at(info)})
 
     @ollama_route
@@ -375,6 +378,19 @@ def refuse_untranslated(body: dict) -> None:
     for name, why in UNTRANSLATED_GENERATE_FIELDS.items():
         if body.get(name):
             raise BadRequest(f"invalid {name!r}: {why}", param=name)
+
+
+def _refuse_thinking(body: dict, backend: Backend, model: str) -> None:
+    """Ollama's 400 for `think` (true, or a level) asked of a model that cannot think; a backend
+    that cannot tell lets its server decide."""
+    if body.get("think") and backend.thinks(model) is False:
+        raise BadRequest(f'"{body["model"]}" does not support thinking', param="think")
+
+
+def _capabilities(backend: Backend, model: str) -> list[str]:
+    """/api/show's capabilities, as Ollama names them."""
+    return ["completion", "tools", *(["vision"] if backend.sees_images() else []),
+            *(["thinking"] if backend.thinks(model) else [])]
 
 
 def _whole_context_penalty(body: dict, backend: Backend, model: str) -> None:

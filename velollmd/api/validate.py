@@ -69,7 +69,8 @@ def _check_sampling(body: dict, ranges: dict | None = None) -> None:
     type its checks take, within its range); any other value, and a body that fails, goes
     through every check in the order above, so that a 400 names the same field as ever. A
     loop over every field's `name in body` cost more than the checks of the present ones.
-    `ranges`: {name: (low, high)} in place of OpenAI's, for an API whose own are wider."""
+    `ranges`: {name: (low, high)} in place of OpenAI's, for an API whose own are wider ("stop":
+    how many stop strings)."""
     for name in SAMPLING_FIELDS.intersection(body):
         value = body[name]
         types, low, high = SAMPLING_PLAIN[name]
@@ -90,18 +91,18 @@ def _check_sampling_in_order(body: dict, ranges: dict | None = None) -> None:
         if name in body:
             _check_type(body, name, types, what)
     if "stop" in body:
-        _check_stop(body["stop"])
+        _check_stop(body["stop"], ranges.get("stop", (0, MAX_STOP_SEQUENCES))[1])
     if "stream_options" in body:
         _check_stream_options(body)
 
 
-def _check_stop(stop) -> None:
+def _check_stop(stop, max_stops: float = MAX_STOP_SEQUENCES) -> None:
     if stop is None or isinstance(stop, str):
         return
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         _fail("stop", "expected a string or an array of strings")
-    if len(stop) > MAX_STOP_SEQUENCES:
-        _fail("stop", f"at most {MAX_STOP_SEQUENCES} stop sequences")
+    if len(stop) > max_stops:
+        _fail("stop", f"at most {max_stops} stop sequences")
 
 
 def _check_logit_bias(body: dict) -> None:

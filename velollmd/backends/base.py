@@ -105,6 +105,11 @@ class Backend:
         """Whether its model takes image input; None when unknown (the server decides)."""
         return None
 
+    def thinks(self, model: str) -> bool | None:
+        """Whether `model` can think (Ollama's `thinking` capability); None when unknown (the
+        server decides)."""
+        return None
+
     def hears_audio(self) -> bool | None:
         """Whether its model takes audio input (input_audio parts); None when unknown."""
         return None

@@ -27,6 +27,7 @@ from ..engine.loader import EngineOptions, LoadedModel
 from ..engine.prompt import chat_prompt, enable_thinking_of
 from ..engine.runner import check_prompt
 from ..engine.sampling import SamplingParamError, SamplingParams
+from ..engine.truncate import kept_messages, kept_tokens, prompt_limit
 from ..errors import BadRequest, NotFound, Unavailable, VeloError
 from ..wire.ids import response_id
 from ..wire.request import GenerateRequest, one_prompt
@@ -103,6 +104,11 @@ class EngineBackend(Backend):
 
     def sees_images(self) -> bool:
         return False                     # text models only: no vision projector
+
+    def thinks(self, model: str) -> bool | None:
+        """Whether `model`'s chat template thinks (read from its header), None for a model not found."""
+        found = self.files.get(self._served_name(model))
+        return self._probed[found.identity].thinks if found is not None else None
 
     def hears_audio(self) -> bool:
         return False
@@ -291,8 +297,8 @@ class EngineBackend(Backend):
                                                  vocab_size=model.config.n_vocab)
         except SamplingParamError as exc:
             raise BadRequest(str(exc), param=exc.param) from None
-        prompt_ids = self._prompt_ids(model, body, chat=chat)
-        check_prompt(prompt_ids, model.runner.num_ctx, "messages" if chat else "prompt")
+        prompt_ids = self._fitted(model, body, params, self._prompt_ids(model, body, chat=chat), chat=chat)
+        check_prompt(prompt_ids, model.runner.context_of(params), "messages" if chat else "prompt")
         if chat:       # the turn's end as text too, should the model spell it out in pieces
             params = dataclasses.replace(params, stop=tuple(dict.fromkeys(params.stop + model.template.stop)))
         return model, prompt_ids, params
@@ -313,6 +319,22 @@ class EngineBackend(Backend):
         except ValueError as exc:
             raise BadRequest(f"cannot render the chat template: {exc}", param="messages") from None
         return model.tokenizer.encode(text, add_special=True, parse_special=True)
+
+    def _fitted(self, model: LoadedModel, body: dict, params: SamplingParams, prompt_ids: list[int],
+                *, chat: bool) -> list[int]:
+        """A prompt over the request's context, with `truncate` (the Ollama routes' default), cut
+        to fit as Ollama cuts it (engine/truncate.py); any other is left for check_prompt."""
+        num_ctx = model.runner.context_of(params)
+        if body.get("truncate") is not True or len(prompt_ids) < num_ctx:
+            return prompt_ids
+        limit, num_asked = prompt_limit(num_ctx, params.max_tokens), len(prompt_ids)
+        if chat:
+            def ids_of(messages: list[dict]) -> list[int]:
+                return self._prompt_ids(model, {**body, "messages": messages}, chat=True)
+            prompt_ids = ids_of(kept_messages(body["messages"], lambda messages: len(ids_of(messages)) <= limit))
+        log.warning("truncating input prompt", extra={"fields": {
+            "model": body["model"], "limit": num_ctx, "prompt": num_asked, "new": min(len(prompt_ids), limit)}})
+        return prompt_ids if len(prompt_ids) <= limit else kept_tokens(prompt_ids, limit)
 
     async def count_prompt_tokens(self, body: dict) -> int | None:
         """The engine's own chat template and tokenizer: exact counts."""

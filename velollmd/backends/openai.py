@@ -67,8 +67,9 @@ class OpenAIBackend(Backend):
                 for m in body.get("data", []) if isinstance(m, dict) and "id" in m]
 
     def upstream_body(self, request: GenerateRequest) -> dict:
-        """The body sent upstream; streams always ask for usage (metrics need it)."""
-        body = dict(request.body)
+        """The body sent upstream, without Ollama's own fields (no field of OpenAI's: a strict
+        server refuses them); streams always ask for usage (metrics need it)."""
+        body = {k: v for k, v in request.body.items() if k not in OLLAMA_CONTEXT_FIELDS}
         _both_penalty_names(body)
         if request.stream:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -93,7 +94,10 @@ class OpenAIBackend(Backend):
     async def embeddings(self, body: dict) -> dict:
         """OpenAI's embeddings; Ollama's `truncate` is no field of theirs (an over-long input
         is the server's own error)."""
-        return await self.post_json("/v1/embeddings", {k: v for k, v in body.items() if k != "truncate"})
+        return await self.post_json("/v1/embeddings", {k: v for k, v in body.items() if k not in OLLAMA_CONTEXT_FIELDS})
+
+
+OLLAMA_CONTEXT_FIELDS = frozenset({"truncate", "num_ctx"})    # the Ollama API's, read by the engine
 
 
 def _both_penalty_names(body: dict) -> None:

@@ -72,6 +72,7 @@ class Probe(NamedTuple):
     arch: str = ""                      # its architecture (llama, qwen2...) when it can
     file_type: str = ""                 # its most common weight type (Q4_K, F16...) when it can
     context_length: int = 0             # its trained context (metadata), 0 when it does not say
+    thinks: bool = False                # its chat template thinks (Ollama's `thinking` capability)
 
 
 def probe(path: Path, chat_template: str = "") -> Probe:
@@ -85,9 +86,10 @@ def probe(path: Path, chat_template: str = "") -> Probe:
                 return Probe(f"{path}: tensor type(s) the engine cannot dequantise: {names}")
             Tokenizer.from_gguf(gguf.metadata)
             file_type = _file_type(gguf)
+            template, _ = _template(gguf.metadata.get("tokenizer.chat_template"), chat_template)
     except (OSError, ValueError) as exc:
         return Probe(problem_with(path, exc))
-    return Probe(None, config.arch, file_type, config.context_length or 0)
+    return Probe(None, config.arch, file_type, config.context_length or 0, template is not None and template.thinks)
 
 
 def context_for(configured: int, trained: int) -> int:

@@ -82,6 +82,7 @@ class EngineSeq:
     text: TextStream
     num_computed: int = 0           # tokens whose K/V are in the cache
     num_cached_tokens: int = 0      # of the prompt, found in the prefix cache at admission
+    num_ctx: int = 0                # its context (the model's, or the request's num_ctx)
     tokens: list[int] = field(default_factory=list)    # output emitted so far
 
     @property
@@ -153,14 +154,23 @@ class Runner:
     def _new_seq(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
                  on_event: Callable[[Event], None], priority: int, model_name: str,
                  choice_index: int) -> EngineSeq:
-        check_prompt(prompt_ids, self.num_ctx)
+        num_ctx = self.context_of(params)
+        check_prompt(prompt_ids, num_ctx)
         # A sequence never outgrows the context nor the whole KV pool (alone it always fits).
-        room = min(self.num_ctx, self.scheduler.pool.num_blocks * self.block_size) - len(prompt_ids)
-        max_tokens = max(1, min(params.max_tokens or self.num_ctx, room))
+        room = min(num_ctx, self.scheduler.pool.num_blocks * self.block_size) - len(prompt_ids)
+        max_tokens = max(1, min(params.max_tokens or num_ctx, room))
         request = SchedRequest(request_id, model_name, list(prompt_ids), max_tokens, self.clock(),
                                priority=priority, stream=True)
         return EngineSeq(request, params, on_event, choice_index,
-                         Sampler(params, self.model.config.n_vocab, choice_index), TextStream(params.stop))
+                         Sampler(params, self.model.config.n_vocab, choice_index), TextStream(params.stop),
+                         num_ctx=num_ctx)
+
+    def context_of(self, params: SamplingParams) -> int:
+        """A request's context: its num_ctx (Ollama's: up to the model's trained context), else
+        the runner's. The KV cache is paged: a longer one takes more blocks, not a reload."""
+        if params.num_ctx is None:
+            return self.num_ctx
+        return min(params.num_ctx, self.model.config.context_length or params.num_ctx)
 
     def cancel(self, request_id: str) -> None:
         """The client went away: drop the request at the next step, freeing its blocks. No lock
@@ -404,7 +414,7 @@ class Runner:
         logprobs = (result,) if seq.params.logprobs else ()
         if seq.text.stopped:
             return self._finish(seq, "stop", (token_id,), text, logprobs)
-        if len(seq.tokens) >= seq.request.max_tokens or seq.request.num_tokens + 1 >= self.num_ctx:
+        if len(seq.tokens) >= seq.request.max_tokens or seq.request.num_tokens + 1 >= seq.num_ctx:
             return self._finish(seq, "length", (token_id,), text + seq.text.finish(), logprobs)
         self._outbox.append((seq.on_event, Event(
             seq.request_id, text, (token_id,), logprobs, num_prompt_tokens=len(seq.request.prompt_token_ids),

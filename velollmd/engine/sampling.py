@@ -58,6 +58,7 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0              # 0 .. 20, needs logprobs
     max_tokens: int | None = None      # None: until a stop or the context is full
+    num_ctx: int | None = None         # Ollama's num_ctx: this request's context; None: the model's
     n: int = 1
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()   # eos and friends: end the sequence when sampled
@@ -117,6 +118,7 @@ def _check_params(p: SamplingParams) -> None:
              f"must be between 0 and {MAX_TOP_LOGPROBS}")
     _require(p, "top_logprobs", p.logprobs or p.top_logprobs == 0, "needs 'logprobs' to be true")
     _require(p, "max_tokens", p.max_tokens is None or p.max_tokens >= 1, "must be >= 1")
+    _require(p, "num_ctx", p.num_ctx is None or p.num_ctx >= 1, "must be >= 1")
     _require(p, "n", p.n >= 1, "must be >= 1")
     _require(p, "stop", all(isinstance(s, str) and s for s in p.stop), "must be non-empty strings")
     for token_id, bias in p.logit_bias.items():
@@ -149,6 +151,7 @@ _OPENAI_NAMES = {              # request name -> (field, kind); a later name win
     "frequency_penalty": ("frequency_penalty", _NUMBER),
     "repeat_last_n": ("repeat_last_n", _INT), "seed": ("seed", _INT), "n": ("n", _INT),
     "max_tokens": ("max_tokens", _INT), "max_completion_tokens": ("max_tokens", _INT),
+    "num_ctx": ("num_ctx", _INT),
 }
 _OLLAMA_OPTIONS = {            # Ollama option -> (field, kind)
     "num_predict": ("max_tokens", _INT), "temperature": ("temperature", _NUMBER),
@@ -156,6 +159,7 @@ _OLLAMA_OPTIONS = {            # Ollama option -> (field, kind)
     "repeat_penalty": ("repeat_penalty", _NUMBER), "repeat_last_n": ("repeat_last_n", _INT),
     "presence_penalty": ("presence_penalty", _NUMBER),
     "frequency_penalty": ("frequency_penalty", _NUMBER), "seed": ("seed", _INT),
+    "num_ctx": ("num_ctx", _INT),
 }
 
 
@@ -187,8 +191,8 @@ def _read_fields(source: dict, prefix: str, table: dict, values: dict, names: di
         value = _read_value(source, name, prefix + name, kind)
         if value is None:
             continue
-        if name == "num_predict" and value < 0:
-            value = None           # Ollama: -1 infinite, -2 until the context is full
+        if name == "num_predict" and value < 0 or name == "num_ctx" and value < 1:
+            value = None           # Ollama: -1 infinite, -2 until the context is full; num_ctx 0: the default
         values[field_name], names[field_name] = value, prefix + name
 
 

@@ -36,6 +36,7 @@ class ChatTemplate:
     stop: tuple[str, ...]              # strings that end a turn in this family
     tool_call_format: str | None       # how the model writes calls: "hermes", "llama3", "mistral" or None
     renderer: Callable[[Conversation], str]
+    thinks: bool = False               # reasons before it answers, switched by enable_thinking
 
     def render(self, messages: list[dict], *, tools: list[dict] | None = None,
                add_generation_prompt: bool = True, bos_token: str = "", eos_token: str = "",
@@ -59,7 +60,7 @@ _CHATML_STOP = ("<|im_end|>", "<|endoftext|>")
 _TEMPLATES = (
     ChatTemplate("chatml", _CHATML_STOP, "hermes", render_chatml),
     ChatTemplate("qwen2", _CHATML_STOP, "hermes", render_qwen2),
-    ChatTemplate("qwen3", _CHATML_STOP, "hermes", render_qwen3),
+    ChatTemplate("qwen3", _CHATML_STOP, "hermes", render_qwen3, thinks=True),
     ChatTemplate("llama3", ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"), "llama3", render_llama31),
     ChatTemplate("llama3.2", ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"), "llama3", render_llama32),
     ChatTemplate("mistral", ("</s>",), "mistral", render_mistral),

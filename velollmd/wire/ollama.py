@@ -27,8 +27,10 @@ OPTION_FIELDS = {          # OpenAI field -> Ollama option
     "frequency_penalty": "frequency_penalty", "repetition_penalty": "repeat_penalty",   # vLLM's name
     "repeat_penalty": "repeat_penalty",        # after it: given both, Ollama's own wins (and reads back)
 }
-# Ollama options that configure the model load, not one request: nothing to pass on.
-LOAD_OPTIONS = frozenset({"num_ctx", "num_gpu", "main_gpu", "num_thread", "num_batch", "use_mmap",
+MAX_NUM_PREDICT = 1 << 30       # Ollama takes any num_predict; no context is longer than this
+# Ollama options that configure the model load, not one request: nothing to pass on (num_ctx
+# is passed: the engine sizes a request's context by it, as Ollama does).
+LOAD_OPTIONS = frozenset({"num_gpu", "main_gpu", "num_thread", "num_batch", "use_mmap",
                           "use_mlock", "numa", "low_vram", "vocab_only", "f16_kv", "num_keep"})
 
 
@@ -350,7 +352,7 @@ def _options_from_ollama(body: dict, out: dict) -> None:
     _as_llama_cpp_reads(out)
     num_predict = options.pop("num_predict", None)
     if isinstance(num_predict, (int, float)) and num_predict > 0:     # 0, -1, -2: no limit, as in Ollama
-        out["max_tokens"] = int(num_predict)
+        out["max_tokens"] = min(int(num_predict), MAX_NUM_PREDICT)
     if options.get("stop"):
         out["stop"] = options.pop("stop")
     for key, value in options.items():                # top_k, mirostat, logit_bias...: llama.cpp and
@@ -363,6 +365,7 @@ def _options_from_ollama(body: dict, out: dict) -> None:
         out["response_format"] = {"type": "json_schema", "json_schema": {"name": "format", "schema": fmt}}
     if "keep_alive" in body:
         out["keep_alive"] = body["keep_alive"]
+    out["truncate"] = body.get("truncate") is not False     # Ollama's default: a prompt over the context is cut
 
 
 def _as_llama_cpp_reads(out: dict) -> None:
