@@ -47,6 +47,17 @@ def test_the_engine_answers_without_thinking_when_asked(daemon):
     assert native.chat(model=MODEL, messages=HI, options={"num_predict": 1}).prompt_eval_count == thinking
 
 
+def test_reasoning_effort_none_turns_the_engines_thinking_off(daemon):
+    """OpenAI's `reasoning_effort: "none"` (and the Responses API's reasoning.effort) is the
+    thinking switch on the engine as on llama-server; it was read nowhere there."""
+    thinking, not_thinking = prompt_tokens(daemon), prompt_tokens(daemon, extra_body=OFF)
+    assert prompt_tokens(daemon, reasoning_effort="none") == not_thinking
+    assert prompt_tokens(daemon, reasoning_effort="low") == thinking
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="unused", max_retries=0)
+    answer = client.responses.create(model=MODEL, input="hi", max_output_tokens=16, reasoning={"effort": "none"})
+    assert answer.usage.input_tokens == not_thinking
+
+
 def test_anthropic_thinking_disabled_renders_the_empty_think_block(daemon):
     claude = anthropic.Anthropic(base_url=daemon.url, api_key="unused", max_retries=0)
     thinking, not_thinking = prompt_tokens(daemon), prompt_tokens(daemon, extra_body=OFF)

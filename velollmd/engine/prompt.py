@@ -41,7 +41,10 @@ def special_text(tokenizer: Tokenizer, token_id: int | None) -> str:
 
 def enable_thinking_of(body: dict) -> bool | None:
     """`chat_template_kwargs.enable_thinking` of an OpenAI request (vLLM's and llama-server's
-    switch; an Ollama request's `think` arrives as it), None when not given."""
+    switch; an Ollama request's `think` arrives as it), else False for `reasoning_effort:
+    "none"` (a level leaves the template's default), None when neither is given."""
     kwargs = body.get("chat_template_kwargs")
     value = kwargs.get("enable_thinking") if isinstance(kwargs, dict) else None
-    return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return value
+    return False if body.get("reasoning_effort") == "none" else None
