@@ -284,12 +284,23 @@ def test_show_tells_the_context_a_request_gets(engine, daemon):
 
 @pytest.mark.parametrize("option,value,kind", [("num_predict", "3", "integer"), ("num_predict", 2.5, "integer"),
                                                ("top_k", True, "integer"), ("temperature", "hot", "number"),
-                                               ("seed", [1], "integer"), ("min_p", {}, "number")])
+                                               ("seed", [1], "integer"), ("min_p", {}, "number"),
+                                               ("stop", "\n", "array"), ("stop", ["a", 1], "array")])
 def test_an_option_of_the_wrong_type_is_a_400_naming_the_option(engine, option, value, kind):
     with pytest.raises(ollama.ResponseError) as info:
         engine.generate(model=ENGINE_MODEL, prompt="hi", options={option: value})
     assert info.value.status_code == 400
     assert info.value.error.startswith(f"option '{option}' must be of type {kind}")
+
+
+def test_think_takes_a_bool_or_a_level_as_ollama_does(engine):
+    """Ollama's `think` is true, false or "high" / "medium" / "low"; another string was taken
+    (and dropped on the way to a backend) where Ollama answers 400."""
+    with pytest.raises(ollama.ResponseError) as info:
+        engine.chat(model=ENGINE_MODEL, messages=[{"role": "user", "content": "hi"}], think="bogus")
+    assert info.value.status_code == 400 and "invalid think value" in info.value.error
+    assert engine.chat(model=ENGINE_MODEL, messages=[{"role": "user", "content": "hi"}], think=False,
+                       options={"num_predict": 1}).done
 
 
 def test_num_predict_zero_or_negative_means_no_limit_as_in_ollama(engine):

@@ -26,6 +26,7 @@ from ..log import current_request_id
 from ..wire import wirejson
 from ..wire.chunks import merge_tool_call_fragments
 from ..wire.ollama import (
+    THINK_LEVELS,
     done_reason_of,
     keep_alive_seconds,
     now_rfc3339,
@@ -350,6 +351,9 @@ def _check_ollama_fields(body: dict) -> None:
             raise BadRequest(f"invalid {name!r}: wrong type {type(body[name]).__name__}", param=name)
     for key, value in (body.get("options") or {}).items():
         _check_option(key, value)
+    if isinstance(body.get("think"), str) and body["think"] not in THINK_LEVELS:
+        raise BadRequest(f'invalid think value: {json.dumps(body["think"])} (must be "high", "medium", "low", '
+                         'true, or false)', param="think")
     if isinstance(body.get("format"), str) and body["format"] not in ("", "json"):
         raise BadRequest('invalid format: expected "json" or a JSON schema', param="format")
     for i, message in enumerate(body.get("messages") or []):
@@ -420,6 +424,8 @@ def _check_option(key: str, value) -> None:
         raise BadRequest(f"option {key!r} must be of type integer", param=f"options.{key}")
     if key in NUMBER_OPTIONS and value is not None and not is_number:
         raise BadRequest(f"option {key!r} must be of type number", param=f"options.{key}")
+    if key == "stop" and value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise BadRequest(f"option {key!r} must be of type array of strings", param=f"options.{key}")
 
 
 async def _ollama_ps(backend: Backend) -> list[dict]:
