@@ -39,6 +39,26 @@ def test_chat_stream_translated_for_llamacpp(client):
     assert parts[-1].eval_count == 5 and parts[-1].prompt_eval_count > 0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_over_llama_servers_context_drops_its_oldest_turns_as_in_ollama(client, stream):
+    """Ollama cuts a chat over the context (system messages and the latest message kept, the
+    oldest turns dropped); llama-server's 400 was passed on. `truncate: false` keeps it."""
+    system, latest = {"role": "system", "content": "Be brief."}, {"role": "user", "content": "And now?"}
+    old = [{"role": "user", "content": "word " * 600}, {"role": "assistant", "content": "word " * 600}]
+    recent = [{"role": "user", "content": "a short turn"}, {"role": "assistant", "content": "a short answer"}]
+
+    def last(reply):
+        return list(reply)[-1] if stream else reply
+    cut = last(client.chat(model="tiny", messages=[system, *old, *recent, latest], options={"num_predict": 3},
+                           stream=stream))
+    kept = client.chat(model="tiny", messages=[system, *recent, latest], options={"num_predict": 3})
+    assert cut.done and cut.eval_count == 3 and cut.prompt_eval_count == kept.prompt_eval_count
+    with pytest.raises(ollama.ResponseError) as info:
+        client._request_raw("POST", "/api/chat", json={"model": "tiny", "messages": [system, *old, latest],
+                                                       "truncate": False, "stream": False})
+    assert info.value.status_code == 400
+
+
 def test_tool_calls_translated_back_to_objects(client):
     from tests.rig.llama import force_tool_call_bias
     from velollmd.wire.ollama import ollama_chat_request_to_openai

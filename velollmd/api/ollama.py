@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import time
@@ -20,7 +21,7 @@ from ..backends.base import Backend
 from ..backends.registry import Registry
 from ..core.pipeline import Pipeline
 from ..core.service import Service
-from ..errors import BadRequest, NotFound, VeloError
+from ..errors import CONTEXT_LENGTH_EXCEEDED, BadRequest, NotFound, VeloError
 from ..http.message import Request, Response
 from ..log import current_request_id
 from ..wire import wirejson
@@ -37,10 +38,14 @@ from ..wire.ollama import (
     ollama_logprobs,
     ollama_tool_calls,
 )
+from ..wire.request import max_tokens_of
 from ..wire.streams import closing
+from ..wire.truncate import kept_messages_counted, prompt_limit
 from .access import Access
 from .openai import shortened
 from .validate import check_dimensions, check_message_tool_calls, validate_chat, validate_completion
+
+log = logging.getLogger("velollmd.api.ollama")
 
 NDJSON = [("content-type", "application/x-ndjson")]
 MANAGEMENT_ROUTES = [("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"),
@@ -114,7 +119,13 @@ class OllamaRoutes:
             return await self._load_or_unload(backend, body, keep_alive_s, message=True)
         _whole_context_penalty(openai_body, backend, self.registry.resolve(body["model"]))
         validate_chat(openai_body, OLLAMA_SAMPLING_RANGES)
-        return await self._translated(request, "chat", openai_body, message=True)
+        try:
+            return await self._translated(request, "chat", openai_body, message=True)
+        except BadRequest as exc:
+            cut = await _cut_to_context(backend, openai_body) if exc.code == CONTEXT_LENGTH_EXCEEDED else None
+            if cut is None:
+                raise
+            return await self._translated(request, "chat", cut, message=True)
 
     @ollama_route
     async def generate(self, request: Request) -> Response:
@@ -382,6 +393,36 @@ def refuse_untranslated(body: dict) -> None:
     for name, why in UNTRANSLATED_GENERATE_FIELDS.items():
         if body.get(name):
             raise BadRequest(f"invalid {name!r}: {why}", param=name)
+
+
+async def _cut_to_context(backend: Backend, body: dict) -> dict | None:
+    """A chat over a server's context (its 400), cut as Ollama cuts it (wire/truncate.py) for a
+    server that counts a chat's tokens (llama-server; the engine cuts its own); None when it
+    cannot be cut: `truncate: false`, one message, a server that cannot count. Asked only after
+    the server refused the whole chat, so a chat that fits costs nothing."""
+    messages, model = body.get("messages") or [], body["model"]
+    if body.get("truncate") is not True or len(messages) < 2:
+        return None
+    limit = prompt_limit(backend.context_size(model), max_tokens_of(body))
+
+    async def fits(candidate: list[dict]) -> bool:
+        counted = await backend.count_prompt_tokens({**body, "messages": candidate})
+        if counted is None:
+            raise _CannotCount
+        return counted <= limit
+    try:
+        kept = await kept_messages_counted(messages, fits)
+    except _CannotCount:
+        return None
+    if len(kept) == len(messages):
+        return None
+    log.warning("truncating input prompt", extra={"fields": {"model": model, "limit": limit,
+                                                             "messages": len(messages), "kept": len(kept)}})
+    return {**body, "messages": kept}
+
+
+class _CannotCount(Exception):
+    """The server did not count a chat's tokens: nothing is cut blind."""
 
 
 def _refuse_thinking(body: dict, backend: Backend, model: str) -> None:

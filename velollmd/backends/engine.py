@@ -27,7 +27,7 @@ from ..engine.loader import EngineOptions, LoadedModel
 from ..engine.prompt import chat_prompt, enable_thinking_of
 from ..engine.runner import check_prompt
 from ..engine.sampling import SamplingParamError, SamplingParams
-from ..engine.truncate import kept_messages, kept_tokens, prompt_limit
+from ..wire.truncate import kept_messages, kept_tokens, prompt_limit
 from ..errors import BadRequest, NotFound, Unavailable, VeloError
 from ..wire.ids import response_id
 from ..wire.request import GenerateRequest, one_prompt
@@ -323,7 +323,7 @@ class EngineBackend(Backend):
     def _fitted(self, model: LoadedModel, body: dict, params: SamplingParams, prompt_ids: list[int],
                 *, chat: bool) -> list[int]:
         """A prompt over the request's context, with `truncate` (the Ollama routes' default), cut
-        to fit as Ollama cuts it (engine/truncate.py); any other is left for check_prompt."""
+        to fit as Ollama cuts it (wire/truncate.py); any other is left for check_prompt."""
         num_ctx = model.runner.context_of(params)
         if body.get("truncate") is not True or len(prompt_ids) < num_ctx:
             return prompt_ids

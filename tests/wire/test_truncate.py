@@ -1,5 +1,5 @@
-"""engine/truncate.py: a prompt over its context cut as Ollama cuts it."""
-from velollmd.engine.truncate import kept_messages, kept_tokens, prompt_limit
+"""wire/truncate.py: a prompt over its context cut as Ollama cuts it."""
+from velollmd.wire.truncate import kept_messages, kept_tokens, prompt_limit
 
 
 def sized(limit: int):
@@ -31,3 +31,12 @@ def test_a_cut_prompt_keeps_its_first_tokens_and_its_latest_and_room_to_answer()
     assert prompt_limit(1, None) == prompt_limit(1, 5) == 1
     assert kept_tokens(ids, 10) == [0, 1, 2, 3, 94, 95, 96, 97, 98, 99]
     assert kept_tokens(ids, 3) == [0, 1, 99]
+
+
+def test_a_fits_that_asks_a_server_keeps_what_the_plain_one_keeps():
+    import asyncio
+    from velollmd.wire.truncate import kept_messages_counted
+    for limit in range(0, 30):
+        async def fits(messages, limit=limit):
+            return sized(limit)(messages)
+        assert asyncio.run(kept_messages_counted(CONVERSATION, fits)) == kept_messages(CONVERSATION, sized(limit))

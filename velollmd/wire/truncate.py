@@ -10,7 +10,7 @@ half the context.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Awaitable, Callable, Generator
 
 DEFAULT_NUM_KEEP = 4            # Ollama's num_keep: the prompt's first tokens always kept
 
@@ -30,14 +30,37 @@ def kept_tokens(ids: list[int], limit: int, num_keep: int = DEFAULT_NUM_KEEP) ->
 
 def kept_messages(messages: list[dict], fits: Callable[[list[dict]], bool]) -> list[dict]:
     """The system messages, the latest message and the most recent turns before it that `fits`
-    together with them. Whole turns (each from a user message) are dropped, so that templates
+    together with them (kept_messages_search, answered by `fits`)."""
+    search = kept_messages_search(messages)
+    try:
+        candidate = next(search)
+        while True:
+            candidate = search.send(fits(candidate))
+    except StopIteration as done:
+        return done.value
+
+
+async def kept_messages_counted(messages: list[dict], fits: Callable[[list[dict]], Awaitable[bool]]) -> list[dict]:
+    """kept_messages for a `fits` that asks a server (a coroutine: llama-server counts tokens)."""
+    search = kept_messages_search(messages)
+    try:
+        candidate = next(search)
+        while True:
+            candidate = search.send(await fits(candidate))
+    except StopIteration as done:
+        return done.value
+
+
+def kept_messages_search(messages: list[dict]) -> Generator[list[dict], bool, list[dict]]:
+    """The search of kept_messages as a generator, whichever way `fits` is asked: it yields the
+    messages to try and is sent whether they fit; it returns what is kept. Whole turns (each from a user message) are dropped, so that templates
     that want alternating roles still render; the latest message is kept even when alone it
     does not fit."""
     starts = [i for i, m in enumerate(messages[:-1]) if m.get("role") == "user"] + [len(messages) - 1]
     low, high = 0, len(starts) - 1          # a later start keeps fewer tokens: search the earliest that fits
     while low < high:
         middle = (low + high) // 2
-        if fits(_from(messages, starts[middle])):
+        if (yield _from(messages, starts[middle])):
             high = middle
         else:
             low = middle + 1
