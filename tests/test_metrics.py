@@ -1,7 +1,12 @@
+import json
+import socket
+import time
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon_rig import RunningDaemon, ollama_backend
+from tests.daemon_rig import RunningDaemon, engine_backend, ollama_backend
+from tests.rig.llama import make_tiny_model
 from velollmd.metrics import Counter, Histogram, sampled
 
 
@@ -130,3 +135,45 @@ def test_model_names_past_the_limit_count_together_as_other():
     assert metrics.tokens.get(kind="prompt", model=OTHER_MODELS) == 50
     assert metrics.tokens.get(kind="completion", model=OTHER_MODELS) == 100
     assert metrics.tokens.get(kind="prompt", model="made-up-0") == 2
+
+
+
+def test_a_429_from_the_engines_own_queue_is_counted_as_rejected(tmp_path):
+    """The engine runs max_running sequences and queues max_queue more in its own scheduler;
+    a request past them is a 429 there, not in the daemon's queue (which sends two a slot
+    ahead): counted all the same, once, under the engine's name."""
+    make_tiny_model(tmp_path / "tiny-engine.gguf")
+    table = {"backends": [engine_backend(tmp_path, max_running=1)], "cache": {"enabled": False},
+             "scheduler": {"max_queue": 1, "backend_queue_per_slot": 2, "prefix_routing": False}}
+    body = {"model": "tiny-engine", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    with RunningDaemon(table) as daemon:
+        assert httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
+        engine, = daemon.app.registry.backends
+        runner = engine.loaded["tiny-engine"].runner
+        with runner._model_lock:            # the engine's step waits: one runs, one queues there
+            held = [send_chat(daemon.port, {**body, "stream": True}) for _ in range(2)]
+            wait_until(lambda: len(runner.scheduler.running) == len(runner.scheduler.waiting) == 1)
+            refused = httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60)
+            for sock in held:
+                sock.close()
+        stats = daemon.app.service.stats()["backends"]["engine"]
+        text = httpx.get(daemon.url + "/metrics", timeout=30).text
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
+    assert stats["num_rejected"] == 1
+    assert 'velollm_queue_rejected_total{backend="engine"} 1' in text.splitlines()
+
+
+def send_chat(port: int, body: dict) -> socket.socket:
+    """A chat request sent over a raw socket, its answer left unread."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                 b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
+    return sock
+
+
+def wait_until(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "never came true"
+        time.sleep(0.01)

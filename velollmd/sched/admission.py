@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..config import SchedulerConfig
+from ..errors import RateLimited
 from ..looplag import LoopLag, busy_lag, monitor
 from .limiter import AdaptiveLimit, per_token
 from .request import STOPPED, RequestStatus, SchedRequest
@@ -339,6 +340,8 @@ class Slot:
                 raise
             return False
         preempted = False
+        if issubclass(exc_type, RateLimited):     # the backend's own queue was full (the engine's)
+            queue.num_rejected += 1
         try:
             status = RequestStatus.FINISHED_ERROR
             if issubclass(exc_type, asyncio.CancelledError):
