@@ -1,5 +1,6 @@
 import json
 import socket
+import threading
 import time
 
 import httpx
@@ -162,6 +163,35 @@ def test_a_429_from_the_engines_own_queue_is_counted_as_rejected(tmp_path):
     assert stats["num_rejected"] == 1
     assert 'velollm_queue_rejected_total{backend="engine"} 1' in text.splitlines()
 
+
+def test_a_503_from_the_engines_own_queue_timeout_is_counted_as_timed_out(tmp_path):
+    """A request the daemon sent ahead into the engine's queue that waits there past
+    queue_timeout_s is a 503 queue_timeout from the engine: counted in
+    velollm_queue_timed_out_total under the engine's name, as the daemon's queue counts its own."""
+    make_tiny_model(tmp_path / "tiny-engine.gguf")
+    table = {"backends": [engine_backend(tmp_path, max_running=1)], "cache": {"enabled": False},
+             "scheduler": {"queue_timeout_s": 0.3, "backend_queue_per_slot": 1, "prefix_routing": False}}
+    body = {"model": "tiny-engine", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    with RunningDaemon(table) as daemon:
+        assert httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
+        engine, = daemon.app.registry.backends
+        runner = engine.loaded["tiny-engine"].runner
+        late = {}
+        with runner._model_lock:            # the engine's step waits: one runs, one queues there
+            running = send_chat(daemon.port, {**body, "stream": True})
+            wait_until(lambda: len(runner.scheduler.running) == 1)
+            waiter = threading.Thread(target=lambda: late.setdefault("reply", httpx.post(
+                daemon.url + "/v1/chat/completions", json=body, timeout=60)))
+            waiter.start()
+            wait_until(lambda: len(runner.scheduler.waiting) == 1)
+            time.sleep(0.5)                 # past queue_timeout_s, waiting in the engine's queue
+        waiter.join(60)
+        running.close()
+        stats = daemon.app.service.stats()["backends"]["engine"]
+        text = httpx.get(daemon.url + "/metrics", timeout=30).text
+    assert late["reply"].status_code == 503 and late["reply"].json()["error"]["code"] == "queue_timeout"
+    assert stats["num_timed_out"] == 1
+    assert 'velollm_queue_timed_out_total{backend="engine"} 1' in text.splitlines()
 
 def send_chat(port: int, body: dict) -> socket.socket:
     """A chat request sent over a raw socket, its answer left unread."""
