@@ -193,6 +193,21 @@ def test_a_503_from_the_engines_own_queue_timeout_is_counted_as_timed_out(tmp_pa
     assert stats["num_timed_out"] == 1
     assert 'velollm_queue_timed_out_total{backend="engine"} 1' in text.splitlines()
 
+def test_tokens_of_an_alias_count_under_the_served_model_however_answered(ollama_emulator):
+    """Whole answers, streams and native Ollama answers asked for by an alias count their
+    tokens in one series, the served model's (streams were counted under the alias)."""
+    table = {"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False},
+             "aliases": {"fast": "llama3.2:latest"}}
+    body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
+    with RunningDaemon(table) as daemon:
+        for extra in ({}, {"stream": True}, {"stream": True, "stream_options": {"include_usage": True}}):
+            assert httpx.post(daemon.url + "/v1/chat/completions", json={**body, **extra}, timeout=30).status_code == 200
+        assert httpx.post(daemon.url + "/api/chat", json={**body, "stream": False}, timeout=30).status_code == 200
+        text = httpx.get(daemon.url + "/metrics", timeout=30).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    models = {sample.labels["model"] for sample in families["velollm_tokens"].samples}
+    assert models == {"llama3.2:latest"}
+
 def send_chat(port: int, body: dict) -> socket.socket:
     """A chat request sent over a raw socket, its answer left unread."""
     payload = json.dumps(body).encode()

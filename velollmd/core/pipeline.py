@@ -241,8 +241,9 @@ class Pipeline:
             self.shared._spawn(self.shared.limits.record_tokens(key_name, tokens))
 
     def usage_sink(self, request: GenerateRequest) -> UsageSink:
-        """Where a stream's usage chunk is counted: as record_usage counts a whole answer's."""
-        return lambda model, usage: self.record_usage(request, model, usage)
+        """Where a stream's usage chunk is counted: as record_usage counts a whole answer's,
+        under the served model (the stream's chunks carry the client's name, an alias too)."""
+        return lambda _echoed, usage: self.record_usage(request, request.model, usage)
 
     # -- single-flight and recording ------------------------------------------------------
 
