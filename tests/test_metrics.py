@@ -152,8 +152,10 @@ def test_a_429_from_the_engines_own_queue_is_counted_as_rejected(tmp_path):
         engine, = daemon.app.registry.backends
         runner = engine.loaded["tiny-engine"].runner
         with runner._model_lock:            # the engine's step waits: one runs, one queues there
-            held = [send_chat(daemon.port, {**body, "stream": True}) for _ in range(2)]
-            wait_until(lambda: len(runner.scheduler.running) == len(runner.scheduler.waiting) == 1)
+            held = [send_chat(daemon.port, {**body, "stream": True})]
+            wait_until(lambda: len(runner.scheduler.running) == 1)         # the worker took it in
+            held.append(send_chat(daemon.port, {**body, "stream": True}))
+            wait_until(lambda: len(runner.scheduler.waiting) == 1)
             refused = httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60)
             for sock in held:
                 sock.close()
