@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from velollmd.config import SECTIONS, BackendConfig, Config, KeyConfig, config_from_table, load_config
+from velollmd import config as config_module
+from velollmd.config import (SECTIONS, BackendConfig, Config, KeyConfig, check_engine_paths, config_from_table,
+                             load_config)
 from velollmd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,6 +148,48 @@ def test_check_config_exits_2_with_one_line(tmp_path, content, needle):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and needle in lines[0]
+
+
+@pytest.mark.parametrize("engine, needle", [
+    ('model = "/no/such.gguf"', "backends[0].model: no such file: /no/such.gguf"),
+    ('models_dir = "/no/such/folder"', "backends[0].models_dir: no such folder: /no/such/folder"),
+    ('models_dir = "{file}"', "backends[0].models_dir: not a folder: {file}"),
+    ('model = "{folder}"', "backends[0].model: not a file: {folder}"),
+])
+def test_check_config_names_an_engine_file_that_is_not_there(tmp_path, engine, needle):
+    """A typo in the engine's model path passed the check and only showed in /health once
+    the daemon ran: the check says so, on one line, exit 2."""
+    names = {"file": tmp_path / "a.gguf", "folder": tmp_path}
+    names["file"].write_bytes(b"GGUF")
+    path = tmp_path / "v.toml"
+    path.write_text('[[backends]]\nname = "engine"\nkind = "engine"\nollama_store = false\n'
+                    + engine.format(**names) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "velollmd", "--check-config", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stdout
+    assert proc.stderr.strip().splitlines() == [f"velollmd: invalid config: {path}: {needle.format(**names)}"]
+
+
+def test_check_config_accepts_engine_files_that_are_there(tmp_path):
+    (tmp_path / "a.gguf").write_bytes(b"GGUF")
+    path = tmp_path / "v.toml"
+    path.write_text(f'[[backends]]\nname = "engine"\nkind = "engine"\nmodel = "{tmp_path / "a.gguf"}"\n'
+                    f'models_dir = "{tmp_path}"\n')
+    proc = subprocess.run([sys.executable, "-m", "velollmd", "--check-config", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_shipped_models_dir_may_be_absent(tmp_path, monkeypatch):
+    """etc/velollm.toml names /var/lib/velollm/models, which `make run` creates: on a fresh
+    machine it is not there yet, and the shipped file must still pass the check."""
+    absent = str(tmp_path / "velollm" / "models")
+    monkeypatch.setattr(config_module, "DEFAULT_MODELS_DIR", absent)
+    engine = {"name": "engine", "kind": "engine", "models_dir": absent}
+    check_engine_paths(config_from_table({"backends": [engine]}, "x.toml"))
+    with pytest.raises(ConfigError) as info:
+        check_engine_paths(config_from_table({"backends": [{**engine, "models_dir": absent + "2"}]}, "x.toml"))
+    assert (info.value.key, info.value.reason) == ("backends[0].models_dir", f"no such folder: {absent}2")
 
 
 def test_check_config_accepts_the_shipped_file():

@@ -1,7 +1,13 @@
+import json
+import socket
+import threading
+import time
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon_rig import RunningDaemon, ollama_backend
+from tests.daemon_rig import RunningDaemon, engine_backend, ollama_backend
+from tests.rig.llama import make_tiny_model
 from velollmd.metrics import Counter, Histogram, sampled
 
 
@@ -130,3 +136,91 @@ def test_model_names_past_the_limit_count_together_as_other():
     assert metrics.tokens.get(kind="prompt", model=OTHER_MODELS) == 50
     assert metrics.tokens.get(kind="completion", model=OTHER_MODELS) == 100
     assert metrics.tokens.get(kind="prompt", model="made-up-0") == 2
+
+
+
+def test_a_429_from_the_engines_own_queue_is_counted_as_rejected(tmp_path):
+    """The engine runs max_running sequences and queues max_queue more in its own scheduler;
+    a request past them is a 429 there, not in the daemon's queue (which sends two a slot
+    ahead): counted all the same, once, under the engine's name."""
+    make_tiny_model(tmp_path / "tiny-engine.gguf")
+    table = {"backends": [engine_backend(tmp_path, max_running=1)], "cache": {"enabled": False},
+             "scheduler": {"max_queue": 1, "backend_queue_per_slot": 2, "prefix_routing": False}}
+    body = {"model": "tiny-engine", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    with RunningDaemon(table) as daemon:
+        assert httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
+        engine, = daemon.app.registry.backends
+        runner = engine.loaded["tiny-engine"].runner
+        with runner._model_lock:            # the engine's step waits: one runs, one queues there
+            held = [send_chat(daemon.port, {**body, "stream": True})]
+            wait_until(lambda: len(runner.scheduler.running) == 1)         # the worker took it in
+            held.append(send_chat(daemon.port, {**body, "stream": True}))
+            wait_until(lambda: len(runner.scheduler.waiting) == 1)
+            refused = httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60)
+            for sock in held:
+                sock.close()
+        stats = daemon.app.service.stats()["backends"]["engine"]
+        text = httpx.get(daemon.url + "/metrics", timeout=30).text
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
+    assert stats["num_rejected"] == 1
+    assert 'velollm_queue_rejected_total{backend="engine"} 1' in text.splitlines()
+
+
+def test_a_503_from_the_engines_own_queue_timeout_is_counted_as_timed_out(tmp_path):
+    """A request the daemon sent ahead into the engine's queue that waits there past
+    queue_timeout_s is a 503 queue_timeout from the engine: counted in
+    velollm_queue_timed_out_total under the engine's name, as the daemon's queue counts its own."""
+    make_tiny_model(tmp_path / "tiny-engine.gguf")
+    table = {"backends": [engine_backend(tmp_path, max_running=1)], "cache": {"enabled": False},
+             "scheduler": {"queue_timeout_s": 0.3, "backend_queue_per_slot": 1, "prefix_routing": False}}
+    body = {"model": "tiny-engine", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    with RunningDaemon(table) as daemon:
+        assert httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
+        engine, = daemon.app.registry.backends
+        runner = engine.loaded["tiny-engine"].runner
+        late = {}
+        with runner._model_lock:            # the engine's step waits: one runs, one queues there
+            running = send_chat(daemon.port, {**body, "stream": True})
+            wait_until(lambda: len(runner.scheduler.running) == 1)
+            waiter = threading.Thread(target=lambda: late.setdefault("reply", httpx.post(
+                daemon.url + "/v1/chat/completions", json=body, timeout=60)))
+            waiter.start()
+            wait_until(lambda: len(runner.scheduler.waiting) == 1)
+            time.sleep(0.5)                 # past queue_timeout_s, waiting in the engine's queue
+        waiter.join(60)
+        running.close()
+        stats = daemon.app.service.stats()["backends"]["engine"]
+        text = httpx.get(daemon.url + "/metrics", timeout=30).text
+    assert late["reply"].status_code == 503 and late["reply"].json()["error"]["code"] == "queue_timeout"
+    assert stats["num_timed_out"] == 1
+    assert 'velollm_queue_timed_out_total{backend="engine"} 1' in text.splitlines()
+
+def test_tokens_of_an_alias_count_under_the_served_model_however_answered(ollama_emulator):
+    """Whole answers, streams and native Ollama answers asked for by an alias count their
+    tokens in one series, the served model's (streams were counted under the alias)."""
+    table = {"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False},
+             "aliases": {"fast": "llama3.2:latest"}}
+    body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
+    with RunningDaemon(table) as daemon:
+        for extra in ({}, {"stream": True}, {"stream": True, "stream_options": {"include_usage": True}}):
+            assert httpx.post(daemon.url + "/v1/chat/completions", json={**body, **extra}, timeout=30).status_code == 200
+        assert httpx.post(daemon.url + "/api/chat", json={**body, "stream": False}, timeout=30).status_code == 200
+        text = httpx.get(daemon.url + "/metrics", timeout=30).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    models = {sample.labels["model"] for sample in families["velollm_tokens"].samples}
+    assert models == {"llama3.2:latest"}
+
+def send_chat(port: int, body: dict) -> socket.socket:
+    """A chat request sent over a raw socket, its answer left unread."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                 b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
+    return sock
+
+
+def wait_until(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "never came true"
+        time.sleep(0.01)

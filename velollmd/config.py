@@ -13,14 +13,17 @@ import fnmatch
 import hashlib
 import ipaddress
 import math
+import os
 import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import ConfigError
 
 DEFAULT_PATH = "/etc/velollm.toml"
+DEFAULT_MODELS_DIR = "/var/lib/velollm/models"   # etc/velollm.toml's engine models_dir (`make run` fills it)
 BACKEND_KINDS = ("ollama", "llamacpp", "openai", "engine")
 ENGINE_DEVICES = ("auto", "cpu", "cuda")
 # The engine's chat templates by name (engine/templates.py renders them; a test keeps the two equal).
@@ -234,6 +237,33 @@ def load_config(path: str = DEFAULT_PATH) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "(syntax)", str(exc)) from None
     return config_from_table(table, path)
+
+
+def check_engine_paths(config: Config) -> None:
+    """What --check-config adds on disk: an engine's `model` must be a file and its
+    `models_dir` a folder (the daemon starts without them, and /health lists the model as
+    unavailable). The shipped models_dir may be absent on a fresh machine: `make run` creates
+    it, and the engine serves what appears there later."""
+    for index, backend in enumerate(config.backends):
+        if backend.kind != "engine":
+            continue
+        if backend.model:
+            _check_path(Path(backend.model), "file", config.path, f"backends[{index}].model")
+        if backend.models_dir and (backend.models_dir != DEFAULT_MODELS_DIR or os.path.lexists(DEFAULT_MODELS_DIR)):
+            _check_path(Path(backend.models_dir), "folder", config.path, f"backends[{index}].models_dir")
+
+
+def _check_path(path: Path, kind: str, config_path: str, key: str) -> None:
+    """`path` is a `kind` ("file" or "folder") that can be read."""
+    try:
+        is_kind = path.is_file() if kind == "file" else path.is_dir()
+        exists = is_kind or path.exists()
+    except OSError as exc:
+        raise ConfigError(config_path, key, f"cannot read {path}: {exc.strerror or exc}") from None
+    if not exists:
+        raise ConfigError(config_path, key, f"no such {kind}: {path}")
+    if not is_kind:
+        raise ConfigError(config_path, key, f"not a {kind}: {path}")
 
 
 TABLE_NAMES = {**{name: f"[{name}]" for name in SECTIONS}, "backends": "[[backends]]", "keys": "[[keys]]",

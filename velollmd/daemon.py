@@ -14,7 +14,7 @@ import threading
 
 from . import __version__, systemd
 from .app import App
-from .config import DEFAULT_PATH, Config, check_exposure, load_config
+from .config import DEFAULT_PATH, Config, check_engine_paths, check_exposure, load_config
 from .errors import ConfigError
 from .http.server import HTTPServer
 from .log import set_levels, setup_logging
@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     path = args.check_config or args.config
     try:
         config = load_config(path)
+        if args.check_config is not None:
+            check_engine_paths(config)
     except ConfigError as exc:
         print(f"velollmd: invalid config: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ import json
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"   # OpenAI's code for a prompt over the context:
                                                       # clients and routes act on it (truncation, wording)
+QUEUE_TIMEOUT = "queue_timeout"      # a request waited past queue_timeout_s (the daemon's queue or the engine's)
 
 
 class VeloError(Exception):

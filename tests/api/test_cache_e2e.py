@@ -143,6 +143,37 @@ def test_tool_calls_survive_the_cache(cached, ollama_emulator):
     assert ollama_emulator.count("/api/chat") == 1
 
 
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+BROKEN_CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo",}}</tool_call>'   # trailing comma
+
+
+def repair_report(events: list[dict]):
+    """What the finish chunk of a stream says was repaired (None when nothing)."""
+    reports = [e["velollm"] for e in events if "velollm" in e]
+    return reports[-1]["tool_repair"] if reports else None
+
+
+@pytest.mark.parametrize("first_stream", [False, True])
+def test_a_repaired_answer_replayed_from_the_cache_still_says_so(cached, ollama_emulator, first_stream):
+    """x-velollm-tool-repair (whole answers) and the finish chunk's report (streams) of a
+    repaired answer come with its replays too, whole or streamed, however it was recorded."""
+    ollama_emulator.script(BROKEN_CALL)
+    body = ask("weather in Oslo?", tools=[WEATHER])
+    first = post(cached, {**body, "stream": first_stream})
+    if first_stream:
+        fixes = repair_report([json.loads(l[6:]) for l in first.text.splitlines() if l.startswith("data: {")])
+    else:
+        fixes = first.headers["x-velollm-tool-repair"].split(",")
+    assert fixes and first.headers["x-velollm-cache"] == "miss"
+    whole, streamed = post(cached, body), post(cached, {**body, "stream": True})
+    assert [whole.headers["x-velollm-cache"], streamed.headers["x-velollm-cache"]] == ["hit-exact"] * 2
+    assert whole.headers.get("x-velollm-tool-repair") == ",".join(fixes)
+    events = [json.loads(l[6:]) for l in streamed.text.splitlines() if l.startswith("data: {")]
+    assert repair_report(events) == fixes
+    assert ollama_emulator.count("/api/chat") == 1
+
+
 def test_client_opt_outs(cached, ollama_emulator):
     post(cached, ask("Opt out?"))
     assert post(cached, ask("Opt out?"), {"Cache-Control": "no-store"}).headers["x-velollm-cache"] == "bypass"

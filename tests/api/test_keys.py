@@ -4,6 +4,7 @@ with an exact Retry-After, on a fake clock), token budgets from the answers' rea
 a reload that keeps the counters of keys that stay."""
 import hashlib
 
+import anthropic
 import httpx
 import ollama
 import openai
@@ -96,6 +97,32 @@ def test_the_sixth_request_in_a_minute_gets_429_with_retry_after(keyed):
     chat(alice, "A slot is free again")
     alice_usage = usage_of(daemon, "alice")
     assert alice_usage["requests"] == 6 and alice_usage["rate_limited"]["requests"] == 2
+
+
+def test_token_counts_count_against_the_keys_request_limit(keyed):
+    """Counting a prompt's tokens is a request of the key (as Anthropic counts it against a
+    rate limit): past the limit it is a 429 in the route's own error shape, and /v1/velollm/usage
+    counts it."""
+    daemon, clock = keyed
+    anthropic_client = anthropic.Anthropic(base_url=daemon.url, api_key="sk-alice", max_retries=0)
+    count = dict(model="llama3.2:latest", messages=[{"role": "user", "content": "count me"}])
+    for t in (0.0, 10.0, 20.0):
+        clock.now = t
+        assert anthropic_client.messages.count_tokens(**count).input_tokens > 0
+    clock.now = 30.0
+    responses = httpx.post(daemon.url + "/v1/responses/input_tokens", headers={"Authorization": "Bearer sk-alice"},
+                           json={"model": "llama3.2:latest", "input": "count me"})
+    assert responses.status_code == 200
+    chat(client(daemon, "sk-alice"))                                   # the fifth request
+    clock.now = 40.0
+    with pytest.raises(anthropic.RateLimitError) as info:
+        anthropic_client.messages.count_tokens(**count)
+    assert info.value.body["error"]["type"] == "rate_limit_error" and int(info.value.response.headers["retry-after"]) > 0
+    refused = httpx.post(daemon.url + "/v1/responses/input_tokens", headers={"Authorization": "Bearer sk-alice"},
+                         json={"model": "llama3.2:latest", "input": "count me"})
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    alice_usage = usage_of(daemon, "alice")
+    assert alice_usage["requests"] == 5 and alice_usage["rate_limited"]["requests"] == 2
 
 
 def test_token_budgets_count_real_usage_of_answers_and_streams(keyed, ollama_emulator):

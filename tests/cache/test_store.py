@@ -40,6 +40,18 @@ def test_round_trip(tmp_path):
     assert os.listdir(tmp_path) == [SNAPSHOT_NAME]          # no temp file left
 
 
+def test_an_entrys_tool_report_round_trips_and_entries_written_before_it_load(tmp_path):
+    """A repaired answer keeps its report (the x-velollm-tool-repair header) across a restart;
+    a snapshot written before entries had one still loads, each entry with none."""
+    report = {"tool_repair": ["trailing-comma"], "tool_loop": True}
+    s = SnapshotState([("k", CachedResponse(model="m", content="c", tool_report=report), float("inf"))])
+    write_snapshot(str(tmp_path), encode_snapshot(s))
+    assert read_snapshot(str(tmp_path)).exact[0][1].tool_report == report
+    old = {k: v for k, v in CachedResponse(model="m", content="old").to_dict().items() if k != "tool_report"}
+    assert CachedResponse.from_dict(old) == CachedResponse(model="m", content="old")
+    assert CachedResponse.from_dict({**old, "tool_report": "garbage"}).tool_report is None
+
+
 def test_float16_and_empty_round_trip():
     s = SnapshotState([], [("p", "k", "t")], np.ones((1, 4), np.float16))
     loaded = decode_snapshot(encode_snapshot(s))

@@ -16,7 +16,7 @@ from tests.rig.ollama_emulator import OllamaEmulator
 from tests.rig.redis import RedisServer
 
 MODEL = "llama3.2:latest"
-FREE, TEAM, EMBEDDER, NATIVE = "sk-free", "sk-team", "sk-embedder", "sk-native"
+FREE, TEAM, EMBEDDER, NATIVE, COUNTER = "sk-free", "sk-team", "sk-embedder", "sk-native", "sk-counter"
 
 
 def config_text(port: int, emulator: OllamaEmulator, redis: RedisServer) -> str:
@@ -50,6 +50,10 @@ rpm = 4
 name = "native"
 key = "{NATIVE}"
 rpm = 2
+[[keys]]
+name = "counter"
+key = "{COUNTER}"
+rpm = 3
 """
 
 
@@ -177,6 +181,17 @@ def test_ollama_native_requests_passed_through_count_against_the_shared_key_limi
     _, _, instances = cluster
     body = {"model": MODEL, "stream": False, "messages": [{"role": "user", "content": "native"}]}
     assert [instances[i % 3].post("/api/chat", body, NATIVE) for i in range(4)] == [200, 200, 429, 429]
+
+
+def test_token_counts_count_against_the_shared_key_limit(cluster):
+    """/v1/messages/count_tokens and /v1/responses/input_tokens are requests of the key as
+    chat is: a key limited to 3 per minute gets 3 across the three instances."""
+    _, _, instances = cluster
+    routes = [("/v1/messages/count_tokens", {"messages": [{"role": "user", "content": "count me"}]}),
+              ("/v1/responses/input_tokens", {"input": "count me"})]
+    statuses = [instances[i % 3].post(routes[i % 2][0], {"model": MODEL, **routes[i % 2][1]}, COUNTER)
+                for i in range(6)]
+    assert statuses == [200] * 3 + [429] * 3
 
 
 def test_redis_killed_mid_traffic_then_back(cluster):

@@ -113,7 +113,8 @@ class AnthropicRoutes:
     async def count_tokens(self, request: Request) -> Response:
         body = check_messages_request(request.json(), count_only=True)
         chat = validate_chat(anthropic_to_chat(body))
-        self.access.check_model(self.access.key_name_of(request), chat["model"])   # a key's model globs
+        key_name = self.access.admit(request, chat["model"], defer=True)   # a key's model globs and limits
+        await self.pipeline.admit(key_name)                           # shared when they are
         chat["model"] = self.registry.resolve(chat["model"])          # an alias counts as its model
         count, how = await count_prompt_tokens(self.registry, chat)
         return Response.json({"input_tokens": count}, headers=[(TOKEN_COUNT_HEADER, how)])

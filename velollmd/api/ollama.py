@@ -193,7 +193,7 @@ class OllamaRoutes:
             async for data in source:
                 tail = (tail + data)[-USAGE_TAIL_BYTES:]
                 yield data
-        self.pipeline.record_usage(generate, generate.model, native_usage(tail))
+        self.pipeline.record_usage(generate, self.registry.resolve(generate.model), native_usage(tail))
 
     async def _translated(self, request: Request, endpoint: str, body: dict, message: bool) -> Response:
         stream = body.get("stream", True)

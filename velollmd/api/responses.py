@@ -109,7 +109,8 @@ class ResponsesRoutes:
         """The prompt tokens a request with this body would have (previous turns included)."""
         key = self.access.key_of(request)
         chat, _ = self._chat_of(validate_responses(request.json(), count_only=True), key)
-        self.access.check_model(self.access.key_name_of(request, key), chat["model"])   # a key's model globs
+        key_name = self.access.admit(request, chat["model"], key=key, defer=True)   # a key's model globs and limits
+        await self.pipeline.admit(key_name)                                       # shared when they are
         chat["model"] = self.pipeline.registry.resolve(chat["model"])    # an alias counts as its model
         count, how = await count_prompt_tokens(self.pipeline.registry, chat)
         return Response.json({"object": "response.input_tokens", "input_tokens": count},

@@ -29,6 +29,7 @@ class CachedResponse:
     chunk_sizes: tuple[int, ...] = ()   # content delta lengths when recorded from a stream
     system_fingerprint: str | None = None
     stop_word: str | None = None        # the stop string that ended it, where known (wire/stopword.py)
+    tool_report: dict | None = None     # what the tool-call layer fixed: {"tool_repair": [...], "tool_loop": true}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -39,6 +40,8 @@ class CachedResponse:
         data = {k: v for k, v in data.items() if k in names}
         data["tool_calls"] = tuple(data.get("tool_calls") or ())
         data["chunk_sizes"] = tuple(data.get("chunk_sizes") or ())
+        if not isinstance(data.get("tool_report"), dict):   # absent in entries written before it
+            data["tool_report"] = None
         return cls(**data)
 
     def nbytes(self) -> int:

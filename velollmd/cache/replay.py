@@ -105,6 +105,8 @@ def to_sse_chunks(entry: CachedResponse, request_id: str, *, created: int | None
         choices = [chunk_choice(d) for d in _deltas(entry, piece_chars)]
         choices.append(_with_stop_word(chunk_choice({}, entry.finish_reason), entry))
     chunks = [{**head, "choices": [c]} for c in choices]
+    if entry.tool_report:                   # as the tool-call layer reports on a stream's finish chunk
+        chunks[-1]["velollm"] = dict(entry.tool_report)
     if include_usage:
         for chunk in chunks:
             chunk["usage"] = None
@@ -112,9 +114,9 @@ def to_sse_chunks(entry: CachedResponse, request_id: str, *, created: int | None
     return chunks
 
 
-def from_json_response(body: dict) -> CachedResponse | None:
-    """Record a chat.completion or text_completion body; None when it has no complete first
-    choice."""
+def from_json_response(body: dict, tool_report: dict | None = None) -> CachedResponse | None:
+    """Record a chat.completion or text_completion body (and what the tool-call layer
+    reported of it in the answer's headers); None when it has no complete first choice."""
     choices = body.get("choices") or []
     if len(choices) != 1 or not choices[0].get("finish_reason"):
         return None
@@ -126,7 +128,8 @@ def from_json_response(body: dict) -> CachedResponse | None:
         finish_reason=choices[0]["finish_reason"], usage=body.get("usage"),
         created=int(body.get("created") or 0),
         reasoning_content=message.get("reasoning_content") or "",
-        system_fingerprint=body.get("system_fingerprint"), stop_word=stop_word_of(body, choices[0]))
+        system_fingerprint=body.get("system_fingerprint"), stop_word=stop_word_of(body, choices[0]),
+        tool_report=tool_report or None)
 
 
 class _StreamRecorder:
@@ -141,9 +144,12 @@ class _StreamRecorder:
         self.usage: dict | None = None
         self.num_choices_seen: set[int] = set()
         self.stop_word: str | None = None
+        self.tool_report: dict | None = None
 
     def feed(self, chunk: dict) -> None:
         self.model = chunk.get("model") or self.model
+        if isinstance(chunk.get("velollm"), dict):        # the tool-call layer's report (finish chunk)
+            self.tool_report = chunk["velollm"]
         self.created = chunk.get("created") or self.created
         self.fingerprint = chunk.get("system_fingerprint") or self.fingerprint
         if chunk.get("usage"):
@@ -186,4 +192,4 @@ def from_stream_chunks(chunks) -> CachedResponse | None:
         finish_reason=rec.finish_reason, usage=rec.usage, created=int(rec.created),
         reasoning_content="".join(rec.reasoning),
         chunk_sizes=tuple(len(p) for p in rec.content), system_fingerprint=rec.fingerprint,
-        stop_word=rec.stop_word)
+        stop_word=rec.stop_word, tool_report=rec.tool_report)

@@ -32,7 +32,7 @@ from ..wire.streams import closing
 from .embedder import BackendEmbedder
 from .flight import MAX_SHARED_CHUNKS, Flight, FlightTable
 from .service import Service
-from .toollayer import ToolCallLayer
+from .toollayer import ToolCallLayer, report_headers, report_of_headers
 
 log = logging.getLogger("velollmd.core.pipeline")
 CACHE_HEADER = "x-velollm-cache"
@@ -197,8 +197,7 @@ class Pipeline:
         if lookup.status == "hit-semantic":
             headers["x-velollm-similarity"] = f"{lookup.similarity:.4f}"
         if not request.stream:
-            return Outcome(headers, body=to_json(lookup.entry, _id_for(request), model=request.echo_model,
-                                                 endpoint=request.endpoint))
+            return _whole(lookup.entry, request, headers)
         chunks = to_sse_chunks(lookup.entry, _id_for(request), model=request.echo_model,
                                include_usage=request.include_usage, endpoint=request.endpoint)
         return Outcome(headers, chunks=_iterate(chunks))
@@ -242,8 +241,9 @@ class Pipeline:
             self.shared._spawn(self.shared.limits.record_tokens(key_name, tokens))
 
     def usage_sink(self, request: GenerateRequest) -> UsageSink:
-        """Where a stream's usage chunk is counted: as record_usage counts a whole answer's."""
-        return lambda model, usage: self.record_usage(request, model, usage)
+        """Where a stream's usage chunk is counted: as record_usage counts a whole answer's,
+        under the served model (the stream's chunks carry the client's name, an alias too)."""
+        return lambda _echoed, usage: self.record_usage(request, request.model, usage)
 
     # -- single-flight and recording ------------------------------------------------------
 
@@ -265,8 +265,7 @@ class Pipeline:
             await flight.wait_done()
         finally:
             flight.leave()
-        return Outcome(headers, body=to_json(_recorded(flight), _id_for(request), model=request.echo_model,
-                                             endpoint=request.endpoint))
+        return _whole(_recorded(flight), request, headers)
 
     async def _stream_from(self, flight: Flight, request: GenerateRequest,
                            own_id: str | None = None) -> AsyncIterator[dict]:
@@ -280,7 +279,7 @@ class Pipeline:
                     yield chunk
             return
         flight.leave()
-        entry = from_json_response(flight.outcome.body)
+        entry = from_json_response(flight.outcome.body, report_of_headers(flight.outcome.headers))
         for chunk in to_sse_chunks(entry, _id_for(request), model=request.echo_model, include_usage=True,
                                    endpoint=request.endpoint):
             yield chunk
@@ -300,7 +299,7 @@ class Pipeline:
                 self.shared.release(lease)
             raise
         if outcome.body is not None:
-            self._store(lookup, request, from_json_response(outcome.body), lease)
+            self._store(lookup, request, from_json_response(outcome.body, report_of_headers(outcome.headers)), lease)
             return outcome
         outcome.chunks = self._recording(outcome.chunks, lookup, request, lease)
         return outcome
@@ -337,8 +336,7 @@ class Pipeline:
             self._remember(request, lookup)
         headers = {"x-velollm-coalesced": "shared"}
         if not request.stream:
-            return Outcome(headers, body=to_json(entry, _id_for(request), model=request.echo_model,
-                                                 endpoint=request.endpoint))
+            return _whole(entry, request, headers)
         return Outcome(headers, chunks=_iterate(to_sse_chunks(entry, _id_for(request), model=request.echo_model,
                                                               include_usage=True, endpoint=request.endpoint)))
 
@@ -403,6 +401,12 @@ def _replay_request(request: GenerateRequest) -> GenerateRequest:
     MEMO_SIZE request bodies (each up to max_body_bytes) alive beside the cache's own bound."""
     body = {name: request.body[name] for name in REPLAY_FIELDS if name in request.body}
     return dataclasses.replace(request, body=body, headers={})
+
+
+def _whole(entry, request: GenerateRequest, headers: dict) -> Outcome:
+    """A recorded answer replayed whole, with the headers the tool-call layer gave it."""
+    return Outcome({**headers, **report_headers(entry.tool_report)},
+                   body=to_json(entry, _id_for(request), model=request.echo_model, endpoint=request.endpoint))
 
 
 def _recorded(flight: Flight):

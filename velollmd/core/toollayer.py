@@ -82,10 +82,7 @@ class ToolCallLayer:
 
     def _headers(self, headers: dict, result: ToolResult) -> None:
         """What was fixed, for a whole answer (a stream's head is gone by then: see _report)."""
-        if result.fixes:
-            headers[REPAIR_HEADER] = ",".join(dict.fromkeys(result.fixes))
-        if result.loop:
-            headers[LOOP_HEADER] = "1"
+        headers.update(report_headers(tool_report(result)))
 
     def _count(self, result: ToolResult) -> None:
         for fix in dict.fromkeys(result.fixes):
@@ -165,12 +162,38 @@ def _finish_reason(backend: str | None, has_calls: bool) -> str:
 def _report(result: ToolResult) -> dict:
     """The headers' news for a stream, on its finish chunk: {"velollm": {"tool_repair": [...],
     "tool_loop": true}}, or nothing when nothing was fixed."""
+    report = tool_report(result)
+    return {"velollm": report} if report else {}
+
+
+def tool_report(result: ToolResult) -> dict:
+    """What was fixed or flagged: {"tool_repair": [fix, ...], "tool_loop": true}, {} for nothing."""
     report = {}
     if result.fixes:
         report["tool_repair"] = list(dict.fromkeys(result.fixes))
     if result.loop:
         report["tool_loop"] = True
-    return {"velollm": report} if report else {}
+    return report
+
+
+def report_headers(report: dict | None) -> dict:
+    """A report's headers on a whole answer (the answer itself, or a replay of it)."""
+    headers = {}
+    if report and report.get("tool_repair"):
+        headers[REPAIR_HEADER] = ",".join(map(str, report["tool_repair"]))
+    if report and report.get("tool_loop"):
+        headers[LOOP_HEADER] = "1"
+    return headers
+
+
+def report_of_headers(headers: dict) -> dict:
+    """The report a whole answer's headers carry (what the cache keeps with it)."""
+    report = {}
+    if headers.get(REPAIR_HEADER):
+        report["tool_repair"] = headers[REPAIR_HEADER].split(",")
+    if headers.get(LOOP_HEADER):
+        report["tool_loop"] = True
+    return report
 
 
 def _role_chunk(chunk: dict, delta: dict) -> dict:

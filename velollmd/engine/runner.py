@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import CONTEXT_LENGTH_EXCEEDED, BadRequest, Unavailable, VeloError
+from ..errors import CONTEXT_LENGTH_EXCEEDED, QUEUE_TIMEOUT, BadRequest, Unavailable, VeloError
 from ..sched.request import RequestStatus, SchedRequest
 from ..sched.scheduler import RunnerOutput, Scheduler
 from .detokenize import TextStream
@@ -276,7 +276,7 @@ class Runner:
             seq = self._seqs.get(request_id)
             if seq is not None:
                 error = Unavailable(f"request {request_id} waited too long in the engine's queue",
-                                    code="queue_timeout")
+                                    code=QUEUE_TIMEOUT)
                 self._end(seq, "error", error=error)
                 for child in self._forks.pop(request_id, ()):
                     self._end(child, "error", error=error)

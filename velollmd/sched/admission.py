@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..config import SchedulerConfig
+from ..errors import QUEUE_TIMEOUT, RateLimited, VeloError
 from ..looplag import LoopLag, busy_lag, monitor
 from .limiter import AdaptiveLimit, per_token
 from .request import STOPPED, RequestStatus, SchedRequest
@@ -339,6 +340,7 @@ class Slot:
                 raise
             return False
         preempted = False
+        _count_backend_queue(queue, exc)
         try:
             status = RequestStatus.FINISHED_ERROR
             if issubclass(exc_type, asyncio.CancelledError):
@@ -353,6 +355,15 @@ class Slot:
             finally:
                 admission._leave(backend, self.lag)
         return False
+
+
+def _count_backend_queue(queue: BackendQueue, exc: BaseException) -> None:
+    """A refusal by the backend's own queue (the engine's), counted as the daemon's queue
+    counts its own: full (429), or waited past queue_timeout_s (503)."""
+    if isinstance(exc, RateLimited):
+        queue.num_rejected += 1
+    elif isinstance(exc, VeloError) and exc.code == QUEUE_TIMEOUT:
+        queue.num_timed_out += 1
 
 
 def _resolve(grant: asyncio.Future | None, value) -> None:

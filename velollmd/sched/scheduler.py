@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..config import SchedulerConfig
-from ..errors import CONTEXT_LENGTH_EXCEEDED, BadRequest, RateLimited, Unavailable
+from ..errors import CONTEXT_LENGTH_EXCEEDED, QUEUE_TIMEOUT, BadRequest, RateLimited, Unavailable
 from .kvblocks import Allocation, BlockPool
 from .request import FINISHED, RUNNING, RequestStatus, SchedRequest
 
@@ -55,7 +55,7 @@ class RunnerOutput:
 
 def queue_timeout_error(request: SchedRequest) -> Unavailable:
     return Unavailable(f"request {request.request_id} waited too long in the queue",
-                       code="queue_timeout")
+                       code=QUEUE_TIMEOUT)
 
 
 class Scheduler:
