@@ -30,6 +30,8 @@ semantic = false
 redis_url = "{redis.url}"
 redis_timeout_ms = 300
 redis_flight_wait_ms = 10000
+[responses]
+path = ""
 [[backends]]
 name = "ollama"
 kind = "ollama"
