@@ -401,6 +401,27 @@ def test_num_ctx_sizes_a_requests_context_on_the_engine_as_in_ollama(engine):
     assert huge.prompt_eval_count == whole.prompt_eval_count
 
 
+def first_token_alternatives(client, model: str, prompt: str, **options) -> list[str]:
+    """The first answer token's top alternatives for a raw prompt, greedy (their tokens: the
+    logprobs themselves move a little between llama-server's runs)."""
+    reply = client._request_raw("POST", "/api/generate", json={
+        "model": model, "prompt": prompt, "raw": True, "stream": False, "logprobs": True, "top_logprobs": 3,
+        "options": {"num_predict": 1, "temperature": 0, **options}}).json()
+    return [top["token"] for top in reply["logprobs"][0]["top_logprobs"]]
+
+
+HEAD = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma " * 12
+
+
+def test_a_cut_prompt_keeps_its_first_num_keep_tokens_as_in_ollama(engine):
+    """options.num_keep: the first tokens a cut prompt keeps (Ollama's default 4; -1 as many as
+    fit); it was dropped, every cut kept 4."""
+    prompt = HEAD + LONG_TEXT
+    default = first_token_alternatives(engine, ENGINE_MODEL, prompt)
+    assert first_token_alternatives(engine, ENGINE_MODEL, prompt, num_keep=4) == default
+    assert first_token_alternatives(engine, ENGINE_MODEL, prompt, num_keep=-1) != default
+
+
 def test_a_prompt_over_the_context_is_truncated_on_generate_as_in_ollama(engine):
     """Ollama keeps the prompt's first num_keep tokens and its latest ones; `truncate: false` is
     its 400. The OpenAI route keeps its 400 context_length_exceeded."""

@@ -334,7 +334,7 @@ class EngineBackend(Backend):
             prompt_ids = ids_of(kept_messages(body["messages"], lambda messages: len(ids_of(messages)) <= limit))
         log.warning("truncating input prompt", extra={"fields": {
             "model": body["model"], "limit": num_ctx, "prompt": num_asked, "new": min(len(prompt_ids), limit)}})
-        return prompt_ids if len(prompt_ids) <= limit else kept_tokens(prompt_ids, limit)
+        return prompt_ids if len(prompt_ids) <= limit else kept_tokens(prompt_ids, limit, body.get("num_keep"))
 
     async def count_prompt_tokens(self, body: dict) -> int | None:
         """The engine's own chat template and tokenizer: exact counts."""
