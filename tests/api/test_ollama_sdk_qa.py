@@ -401,6 +401,22 @@ def test_num_ctx_sizes_a_requests_context_on_the_engine_as_in_ollama(engine):
     assert huge.prompt_eval_count == whole.prompt_eval_count
 
 
+def test_embed_takes_num_ctx_as_in_ollama(engine):
+    """options.num_ctx sizes the context an input is embedded in: an input over the default
+    (256 here) fits in a larger one, whole, with `truncate: false` too."""
+    whole = engine.embed(model=ENGINE_MODEL, input=LONG_TEXT, truncate=False, options={"num_ctx": 1024})
+    assert whole.prompt_eval_count > 256
+    assert engine.embed(model=ENGINE_MODEL, input=LONG_TEXT, options={"num_ctx": 1024}).embeddings == whole.embeddings
+    cut = engine.embed(model=ENGINE_MODEL, input=LONG_TEXT, options={"num_ctx": 64})
+    assert cut.prompt_eval_count == 64
+    with pytest.raises(ollama.ResponseError) as info:
+        engine.embed(model=ENGINE_MODEL, input=LONG_TEXT, truncate=False, options={"num_ctx": 300})
+    assert info.value.status_code == 400 and "input" in info.value.error
+    reply = engine._request_raw("POST", "/api/embeddings", json={"model": ENGINE_MODEL, "prompt": LONG_TEXT,
+                                                                "options": {"num_ctx": 1024}}).json()
+    assert reply["embedding"] == whole.embeddings[0]
+
+
 def first_token_alternatives(client, model: str, prompt: str, **options) -> list[str]:
     """The first answer token's top alternatives for a raw prompt, greedy (their tokens: the
     logprobs themselves move a little between llama-server's runs)."""

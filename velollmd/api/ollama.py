@@ -259,7 +259,7 @@ class OllamaRoutes:
         check_dimensions(body)
         self._keep_alive(backend, body)
         started = time.monotonic_ns()
-        vectors, usage = await self._vectors(key_name, body["model"], texts, truncate=body.get("truncate", True))
+        vectors, usage = await self._vectors(key_name, body, texts, truncate=body.get("truncate", True))
         if body.get("dimensions") is not None:
             vectors = [shortened(vector, body["dimensions"]) for vector in vectors]
         return Response.json({"model": body["model"], "embeddings": vectors,
@@ -275,7 +275,7 @@ class OllamaRoutes:
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embeddings", body)
         self._keep_alive(backend, body)
-        vectors, _ = await self._vectors(key_name, body["model"], [body["prompt"]] if body.get("prompt") else [])
+        vectors, _ = await self._vectors(key_name, body, [body["prompt"]] if body.get("prompt") else [])
         return Response.json({"embedding": vectors[0] if vectors else []})
 
     async def _admit(self, request: Request, model) -> str:
@@ -284,14 +284,16 @@ class OllamaRoutes:
         await self.pipeline.admit(key_name)
         return key_name
 
-    async def _vectors(self, key_name: str, model: str, texts: list[str],
+    async def _vectors(self, key_name: str, body: dict, texts: list[str],
                        truncate: bool = True) -> tuple[list[list[float]], dict]:
-        """One vector per text, and the usage; none for no text (Ollama's answer to an empty input).
-        `truncate` (Ollama's default): a text over the model's context is cut to fit where the
-        backend can cut it, else it is a 400."""
+        """One vector per text of the request `body`, and the usage; none for no text (Ollama's
+        answer to an empty input). Its options.num_ctx sizes the context where the backend
+        loads models itself (the engine). `truncate` (Ollama's default): a text over the
+        context is cut to fit where the backend can cut it, else it is a 400."""
         if not texts:
             return [], {}
-        answer = (await self.service.embeddings({"model": model, "input": texts, "truncate": truncate})).body
+        answer = (await self.service.embeddings({"model": body["model"], "input": texts, "truncate": truncate,
+                                                 **_num_ctx_field(body)})).body
         self.pipeline.record_key_usage(key_name, answer.get("usage"))
         return [d["embedding"] for d in answer["data"]], answer.get("usage") or {}
 
@@ -443,6 +445,17 @@ def _whole_context_penalty(body: dict, backend: Backend, model: str) -> None:
     context, which every backend takes: llama-server refuses -1."""
     if body.get("repeat_last_n") == -1:
         body["repeat_last_n"] = backend.context_size(model)
+
+
+def _num_ctx_of(body: dict) -> int | None:
+    """A request's options.num_ctx, None for none (0 and below: the default, as in Ollama)."""
+    num_ctx = (body.get("options") or {}).get("num_ctx")
+    return int(num_ctx) if num_ctx is not None and num_ctx >= 1 else None
+
+
+def _num_ctx_field(body: dict) -> dict:
+    num_ctx = _num_ctx_of(body)
+    return {"num_ctx": num_ctx} if num_ctx else {}
 
 
 def _embed_inputs(value) -> list[str]:

@@ -96,9 +96,10 @@ class Backend:
                 return info.identity or info.id
         return model
 
-    def context_size(self, model: str | None = None) -> int:
+    def context_size(self, model: str | None = None, num_ctx: int | None = None) -> int:
         """Tokens of context per slot (of `model` where a backend's models differ): what the
-        server reports, else `num_ctx`, else 4096."""
+        server reports, else `num_ctx`, else 4096. A request's `num_ctx` (Ollama's) sizes it
+        only where the backend loads models itself (the engine): a server's context is its own."""
         return self.config.num_ctx or DEFAULT_NUM_CTX
 
     def sees_images(self) -> bool | None:

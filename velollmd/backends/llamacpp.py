@@ -49,7 +49,7 @@ class LlamaCppBackend(OpenAIBackend):
             if path and os.path.exists(path):
                 model.size = os.path.getsize(path)
 
-    def context_size(self, model: str | None = None) -> int:
+    def context_size(self, model: str | None = None, num_ctx: int | None = None) -> int:
         """Per-slot context from /props (`n_ctx`), else the configured one."""
         n_ctx = (self.props.get("default_generation_settings") or {}).get("n_ctx")
         return int(n_ctx) if n_ctx else super().context_size()
