@@ -401,6 +401,22 @@ def test_num_ctx_sizes_a_requests_context_on_the_engine_as_in_ollama(engine):
     assert huge.prompt_eval_count == whole.prompt_eval_count
 
 
+def test_ps_shows_the_context_the_model_last_ran_with_as_in_ollama(engine):
+    """Ollama reloads a model with a request's num_ctx; `ollama ps` shows that context (up to the
+    model's trained one), and the default again after a request without it."""
+    def context_length():
+        return next(m for m in engine.ps().models if m.model == ENGINE_MODEL).context_length
+    engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_ctx": 1024, "num_predict": 1})
+    assert context_length() == 1024
+    engine.embed(model=ENGINE_MODEL, input="hi", options={"num_ctx": 512})
+    assert context_length() == 512
+    engine.chat(model=ENGINE_MODEL, messages=[{"role": "user", "content": "hi"}], options={"num_ctx": 1 << 20,
+                                                                                          "num_predict": 1})
+    assert context_length() == 8192                # the tiny model's trained context
+    engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_predict": 1})
+    assert context_length() == 256
+
+
 def test_embed_takes_num_ctx_as_in_ollama(engine):
     """options.num_ctx sizes the context an input is embedded in: an input over the default
     (256 here) fits in a larger one, whole, with `truncate: false` too."""

@@ -90,6 +90,7 @@ def ndjson_line(obj: dict) -> bytes:
 class OllamaRoutes:
     def __init__(self, access: Access, registry: Registry, pipeline: Pipeline, service: Service):
         self.access, self.registry, self.pipeline, self.service = access, registry, pipeline, service
+        self.num_ctx_run: dict[tuple[str, str], int | None] = {}     # (backend, model): its last num_ctx
 
     def register(self, router) -> None:
         router.add("POST", "/api/chat", self.chat)
@@ -147,7 +148,13 @@ class OllamaRoutes:
     def _keep(self, request: Request, backend: Backend, body: dict) -> float | None:
         """The request's keep_alive (seconds), passed to the backend for its model."""
         self.access.check_model(self.access.key_name_of(request), body["model"])
+        self._note_num_ctx(backend, body)
         return self._keep_alive(backend, body)
+
+    def _note_num_ctx(self, backend: Backend, body: dict) -> None:
+        """The num_ctx the request runs its model with (none: the default), which /api/ps shows:
+        Ollama reloads a model with each request's num_ctx."""
+        self.num_ctx_run[(backend.name, self.registry.resolve(body["model"]))] = _num_ctx_of(body)
 
     def _keep_alive(self, backend: Backend, body: dict) -> float | None:
         try:
@@ -245,7 +252,7 @@ class OllamaRoutes:
             if backend.native_ollama:
                 models += await _ollama_ps(backend)
             else:
-                models += _running_entries(backend)
+                models += _running_entries(backend, self.num_ctx_run)
         return Response.json({"models": models})
 
     @ollama_route
@@ -257,6 +264,7 @@ class OllamaRoutes:
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embed", body)
         check_dimensions(body)
+        self._note_num_ctx(backend, body)
         self._keep_alive(backend, body)
         started = time.monotonic_ns()
         vectors, usage = await self._vectors(key_name, body, texts, truncate=body.get("truncate", True))
@@ -274,6 +282,7 @@ class OllamaRoutes:
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embeddings", body)
+        self._note_num_ctx(backend, body)
         self._keep_alive(backend, body)
         vectors, _ = await self._vectors(key_name, body, [body["prompt"]] if body.get("prompt") else [])
         return Response.json({"embedding": vectors[0] if vectors else []})
@@ -493,15 +502,15 @@ async def _ollama_ps(backend: Backend) -> list[dict]:
 GO_MAX_DURATION_S = (2 ** 63 - 1) / 1e9     # Ollama's keep_alive "for good": time.Duration's maximum
 
 
-def _running_entries(backend: Backend) -> list[dict]:
+def _running_entries(backend: Backend, num_ctx_run: dict[tuple[str, str], int | None]) -> list[dict]:
     """/api/ps for a backend that is not Ollama: the models it holds loaded (every listed one
-    where the server keeps its own), when each is let go and the context it serves (`ollama ps`
-    shows it as CONTEXT)."""
+    where the server keeps its own), when each is let go and the context it serves, as its
+    last request's num_ctx sized it (`ollama ps` shows it as CONTEXT)."""
     until = backend.loaded_until()
     if until is None:                   # loaded for good, as far as anyone here can tell
         until = {m.id: math.inf for m in backend.models}
     return [{**_tag_entry(m), "expires_at": _expires_at(until[m.id]), "size_vram": 0,
-             "context_length": backend.context_size(m.id)}
+             "context_length": backend.context_size(m.id, num_ctx_run.get((backend.name, m.id)))}
             for m in backend.models if m.id in until]
 
 
