@@ -40,7 +40,7 @@ from ..wire.ollama import (
 )
 from ..wire.request import max_tokens_of
 from ..wire.streams import closing
-from ..wire.truncate import kept_messages_counted, prompt_limit
+from ..wire.truncate import kept_messages_counted, kept_tokens, prompt_limit
 from .access import Access
 from .openai import shortened
 from .validate import check_dimensions, check_message_tool_calls, validate_chat, validate_completion
@@ -120,13 +120,7 @@ class OllamaRoutes:
             return await self._load_or_unload(backend, body, keep_alive_s, message=True)
         _whole_context_penalty(openai_body, backend, self.registry.resolve(body["model"]))
         validate_chat(openai_body, OLLAMA_SAMPLING_RANGES)
-        try:
-            return await self._translated(request, "chat", openai_body, message=True)
-        except BadRequest as exc:
-            cut = await _cut_to_context(backend, openai_body) if exc.code == CONTEXT_LENGTH_EXCEEDED else None
-            if cut is None:
-                raise
-            return await self._translated(request, "chat", cut, message=True)
+        return await self._translated_or_cut(request, backend, "chat", openai_body, message=True)
 
     @ollama_route
     async def generate(self, request: Request) -> Response:
@@ -143,7 +137,19 @@ class OllamaRoutes:
         endpoint, openai_body = ollama_generate_request_to_openai(body)
         _whole_context_penalty(openai_body, backend, self.registry.resolve(body["model"]))
         validate = validate_chat if endpoint == "chat" else validate_completion
-        return await self._translated(request, endpoint, validate(openai_body, OLLAMA_SAMPLING_RANGES), message=False)
+        validate(openai_body, OLLAMA_SAMPLING_RANGES)
+        return await self._translated_or_cut(request, backend, endpoint, openai_body, message=False)
+
+    async def _translated_or_cut(self, request: Request, backend: Backend, endpoint: str, body: dict,
+                                 message: bool) -> Response:
+        """Served; a prompt over the server's context (its 400) served again cut as Ollama cuts it."""
+        try:
+            return await self._translated(request, endpoint, body, message)
+        except BadRequest as exc:
+            cut = await _cut_to_context(backend, endpoint, body) if exc.code == CONTEXT_LENGTH_EXCEEDED else None
+            if cut is None:
+                raise
+            return await self._translated(request, *cut, message)
 
     def _keep(self, request: Request, backend: Backend, body: dict) -> float | None:
         """The request's keep_alive (seconds), passed to the backend for its model."""
@@ -406,34 +412,63 @@ def refuse_untranslated(body: dict) -> None:
             raise BadRequest(f"invalid {name!r}: {why}", param=name)
 
 
-async def _cut_to_context(backend: Backend, body: dict) -> dict | None:
-    """A chat over a server's context (its 400), cut as Ollama cuts it (wire/truncate.py) for a
-    server that counts a chat's tokens (llama-server; the engine cuts its own); None when it
-    cannot be cut: `truncate: false`, one message, a server that cannot count. Asked only after
-    the server refused the whole chat, so a chat that fits costs nothing."""
-    messages, model = body.get("messages") or [], body["model"]
-    if body.get("truncate") is not True or len(messages) < 2:
+async def _cut_to_context(backend: Backend, endpoint: str, body: dict) -> tuple[str, dict] | None:
+    """A prompt over a server's context (its 400), cut as Ollama cuts it (wire/truncate.py) for a
+    server that tokenizes prompts (llama-server; the engine cuts its own): a chat's oldest turns
+    dropped, and a prompt that still does not fit kept to its first num_keep tokens and its
+    latest ones, sent as token ids to the completions endpoint. (endpoint, body), or None when it
+    cannot be cut: `truncate: false`, a server that cannot tokenize, a chat with tools (its
+    calls are read from a chat answer only). Asked only after the server refused the whole
+    prompt, so a prompt that fits costs nothing."""
+    if body.get("truncate") is not True:
         return None
-    limit = prompt_limit(backend.context_size(model), max_tokens_of(body))
-
-    async def fits(candidate: list[dict]) -> bool:
-        counted = await backend.count_prompt_tokens({**body, "messages": candidate})
-        if counted is None:
-            raise _CannotCount
-        return counted <= limit
+    limit = prompt_limit(backend.context_size(body["model"]), max_tokens_of(body))
     try:
-        kept = await kept_messages_counted(messages, fits)
+        cut = await _recent_turns(backend, body, limit) if endpoint == "chat" else body
+        ids = await _token_ids(backend, cut)
     except _CannotCount:
         return None
-    if len(kept) == len(messages):
+    num_messages, num_kept = len(body.get("messages") or ()), len(cut.get("messages") or ())
+    if len(ids) <= limit and num_kept == num_messages or len(ids) > limit and cut.get("tools"):
         return None
-    log.warning("truncating input prompt", extra={"fields": {"model": model, "limit": limit,
-                                                             "messages": len(messages), "kept": len(kept)}})
-    return {**body, "messages": kept}
+    log.warning("truncating input prompt", extra={"fields": {
+        "model": body["model"], "limit": limit, "prompt": len(ids), "messages": num_messages, "kept": num_kept}})
+    if len(ids) <= limit:
+        return endpoint, cut
+    return "completion", _token_completion(cut, kept_tokens(ids, limit, body.get("num_keep")))
+
+
+async def _recent_turns(backend: Backend, body: dict, limit: int) -> dict:
+    """The chat `body` with its oldest turns dropped until it fits in `limit` tokens (the
+    system messages and the latest message kept even when they alone do not fit)."""
+    async def fits(candidate: list[dict]) -> bool:
+        return len(await _token_ids(backend, {**body, "messages": candidate})) <= limit
+    return {**body, "messages": await kept_messages_counted(body["messages"], fits)}
+
+
+async def _token_ids(backend: Backend, body: dict) -> list[int]:
+    ids = await backend.prompt_token_ids(body)
+    if ids is None:
+        raise _CannotCount
+    return ids
 
 
 class _CannotCount(Exception):
-    """The server did not count a chat's tokens: nothing is cut blind."""
+    """The server did not tokenize a prompt: nothing is cut blind."""
+
+
+CHAT_ONLY_FIELDS = frozenset({"messages", "tools", "tool_choice", "chat_template_kwargs", "reasoning_effort",
+                              "logprobs", "top_logprobs"})
+
+
+def _token_completion(chat_or_completion: dict, ids: list[int]) -> dict:
+    """A completion body for the prompt `ids` (a chat's already through its template), with
+    the request's sampling, format and logprobs."""
+    out = {k: v for k, v in chat_or_completion.items() if k not in CHAT_ONLY_FIELDS}
+    if chat_or_completion.get("logprobs"):
+        out["logprobs"] = chat_or_completion.get("top_logprobs") or 1 \
+            if chat_or_completion["logprobs"] is True else chat_or_completion["logprobs"]
+    return {**out, "prompt": ids}
 
 
 def _refuse_thinking(body: dict, backend: Backend, model: str) -> None:
@@ -560,12 +595,13 @@ def _reply_from_openai(answer: dict, model: str, started: int, message: bool) ->
                                done_reason_of(choice.get("finish_reason")))
     out = {"model": model, "created_at": now_rfc3339()}
     msg = choice.get("message") or {}
+    text = choice.get("text") if "text" in choice else msg.get("content") or ""   # a cut chat: a completion
     if message:
-        out["message"] = {"role": "assistant", "content": msg.get("content") or ""}
+        out["message"] = {"role": "assistant", "content": text}
         if msg.get("tool_calls"):
             out["message"]["tool_calls"] = ollama_tool_calls(msg["tool_calls"])
     else:
-        out["response"] = choice.get("text") if "text" in choice else msg.get("content") or ""
+        out["response"] = text
     _add_thinking(out, msg.get("reasoning_content"), message)
     _add_logprobs(out, choice)
     return {**out, **done}

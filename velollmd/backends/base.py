@@ -208,6 +208,11 @@ class Backend:
         tools included), or None when this backend cannot tell (callers then estimate)."""
         return None
 
+    async def prompt_token_ids(self, body: dict) -> list[int] | None:
+        """The token ids of an OpenAI chat or completion body's prompt as the server reads
+        them, for a server that takes a prompt as token ids (llama-server); None otherwise."""
+        return None
+
     async def embeddings(self, body: dict) -> dict:
         raise NotImplementedByBackend(f"backend {self.name} ({self.kind}) cannot compute embeddings")
 

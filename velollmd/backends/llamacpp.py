@@ -142,18 +142,25 @@ class LlamaCppBackend(OpenAIBackend):
         return body.get("tokens", [])
 
     async def count_prompt_tokens(self, body: dict) -> int | None:
-        """The server's own chat template (/apply-template, with the thinking switch and the
-        history as generating sends them), then /tokenize: exact counts."""
-        template = {k: body[k] for k in ("tools", "tool_choice", "chat_template_kwargs", "reasoning_effort")
-                    if body.get(k) is not None}
-        _reasoning_switch(template)
-        template["messages"] = _parsable_history(body.get("messages"))
-        prompt = (await self.post_json("/apply-template", template)).get("prompt")
+        tokens = await self.prompt_token_ids(body)
+        return len(tokens) if tokens is not None else None
+
+    async def prompt_token_ids(self, body: dict) -> list[int] | None:
+        """A chat body's prompt through the server's own chat template (/apply-template, with
+        the thinking switch and the history as generating sends them), or a completion body's
+        text prompt, then /tokenize: the ids the server reads."""
+        prompt = body.get("prompt")
+        if "messages" in body:
+            template = {k: body[k] for k in ("tools", "tool_choice", "chat_template_kwargs", "reasoning_effort")
+                        if body.get(k) is not None}
+            _reasoning_switch(template)
+            template["messages"] = _parsable_history(body.get("messages"))
+            prompt = (await self.post_json("/apply-template", template)).get("prompt")
         if not isinstance(prompt, str):
             return None
         tokens = (await self.post_json("/tokenize", {"content": prompt, "add_special": True,
                                                      "parse_special": True})).get("tokens")
-        return len(tokens) if isinstance(tokens, list) else None
+        return tokens if isinstance(tokens, list) else None
 
 
 def _reasoning_switch(body: dict) -> None:
