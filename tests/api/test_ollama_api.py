@@ -86,6 +86,7 @@ def test_num_keep_picks_the_first_tokens_a_cut_prompt_keeps_on_llama_server(clie
     prompt = HEAD + "word " * 1500
     default = first_token_alternatives(client, "tiny", prompt)
     assert first_token_alternatives(client, "tiny", prompt, num_keep=4) == default
+    assert first_token_alternatives(client, "tiny", prompt, num_keep=4.0) == default     # was a 500
     assert first_token_alternatives(client, "tiny", prompt, num_keep=-1) != default
 
 

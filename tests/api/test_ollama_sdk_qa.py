@@ -451,6 +451,7 @@ def test_a_cut_prompt_keeps_its_first_num_keep_tokens_as_in_ollama(engine):
     prompt = HEAD + LONG_TEXT
     default = first_token_alternatives(engine, ENGINE_MODEL, prompt)
     assert first_token_alternatives(engine, ENGINE_MODEL, prompt, num_keep=4) == default
+    assert first_token_alternatives(engine, ENGINE_MODEL, prompt, num_keep=4.0) == default     # was a 500
     assert first_token_alternatives(engine, ENGINE_MODEL, prompt, num_keep=-1) != default
 
 

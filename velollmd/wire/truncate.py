@@ -23,9 +23,9 @@ def prompt_limit(num_ctx: int, max_tokens: int | None) -> int:
 
 
 def kept_tokens(ids: list[int], limit: int, num_keep: int | None = None) -> list[int]:
-    """The first `num_keep` tokens (None: Ollama's default, 4; negative: as many as fit) and
-    the latest ones, `limit` in all (Ollama's runner)."""
-    num_keep = DEFAULT_NUM_KEEP if num_keep is None else len(ids) if num_keep < 0 else num_keep
+    """The first `num_keep` tokens (None: Ollama's default, 4; negative: as many as fit; a whole
+    float, as JSON may spell it, as its integer) and the latest ones, `limit` in all (Ollama's runner)."""
+    num_keep = DEFAULT_NUM_KEEP if num_keep is None else len(ids) if num_keep < 0 else int(num_keep)
     keep = max(0, min(num_keep, limit - 1))
     return ids[:keep] + ids[len(ids) - (limit - keep):]
 
