@@ -473,6 +473,15 @@ def test_a_prompt_over_the_context_is_truncated_on_generate_as_in_ollama(engine)
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "context_length_exceeded"
 
 
+def test_a_prompt_over_all_the_engines_kv_room_is_truncated_too(engine):
+    """A prompt longer than the whole KV pool (num_ctx x max_running) was refused by admission
+    (400, context exceeded) before the engine could cut it to its context."""
+    for reply in (engine.generate(model=ENGINE_MODEL, prompt=LONG_TEXT * 5, options={"num_predict": 3}),
+                  engine.chat(model=ENGINE_MODEL, messages=[{"role": "user", "content": LONG_TEXT * 5}],
+                              options={"num_predict": 3})):
+        assert reply.done and reply.eval_count == 3 and reply.prompt_eval_count == 256 - 3
+
+
 def test_a_chat_over_the_context_drops_its_oldest_turns_as_in_ollama(engine):
     """Ollama keeps the system messages and the latest message, and drops the oldest others
     until the prompt fits."""
