@@ -59,6 +59,37 @@ def test_a_chat_over_llama_servers_context_drops_its_oldest_turns_as_in_ollama(c
     assert info.value.status_code == 400
 
 
+@pytest.mark.parametrize("raw", [False, True], ids=["templated", "raw"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_generate_prompt_over_llama_servers_context_is_cut_as_in_ollama(client, raw, stream):
+    """Ollama keeps a prompt's first num_keep tokens and its latest ones, leaving room for the
+    answer; llama-server's 400 was passed on. `truncate: false` keeps it."""
+    context = int(client.show("tiny").parameters.split()[1])
+    reply = client.generate(model="tiny", prompt="word " * 1500, raw=raw, stream=stream, options={"num_predict": 3})
+    final = list(reply)[-1] if stream else reply
+    assert final.done and final.eval_count == 3 and final.prompt_eval_count == context - 3
+    with pytest.raises(ollama.ResponseError) as info:
+        client._request_raw("POST", "/api/generate", json={"model": "tiny", "prompt": "word " * 1500, "raw": raw,
+                                                           "truncate": False, "stream": False})
+    assert info.value.status_code == 400
+
+
+def test_a_chat_whose_latest_message_alone_is_over_llama_servers_context_is_cut_as_in_ollama(client):
+    context = int(client.show("tiny").parameters.split()[1])
+    reply = client.chat(model="tiny", messages=[{"role": "system", "content": "Be brief."},
+                                                {"role": "user", "content": "word " * 1500}], options={"num_predict": 3})
+    assert reply.done and reply.eval_count == 3 and reply.prompt_eval_count == context - 3
+
+
+def test_num_keep_picks_the_first_tokens_a_cut_prompt_keeps_on_llama_server(client):
+    from tests.api.test_ollama_sdk_qa import HEAD, first_token_alternatives
+    prompt = HEAD + "word " * 1500
+    default = first_token_alternatives(client, "tiny", prompt)
+    assert first_token_alternatives(client, "tiny", prompt, num_keep=4) == default
+    assert first_token_alternatives(client, "tiny", prompt, num_keep=4.0) == default     # was a 500
+    assert first_token_alternatives(client, "tiny", prompt, num_keep=-1) != default
+
+
 def test_tool_calls_translated_back_to_objects(client):
     from tests.rig.llama import force_tool_call_bias
     from velollmd.wire.ollama import ollama_chat_request_to_openai

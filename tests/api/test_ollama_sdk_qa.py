@@ -401,6 +401,60 @@ def test_num_ctx_sizes_a_requests_context_on_the_engine_as_in_ollama(engine):
     assert huge.prompt_eval_count == whole.prompt_eval_count
 
 
+def test_ps_shows_the_context_the_model_last_ran_with_as_in_ollama(engine):
+    """Ollama reloads a model with a request's num_ctx; `ollama ps` shows that context (up to the
+    model's trained one), and the default again after a request without it."""
+    def context_length():
+        return next(m for m in engine.ps().models if m.model == ENGINE_MODEL).context_length
+    engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_ctx": 1024, "num_predict": 1})
+    assert context_length() == 1024
+    engine.embed(model=ENGINE_MODEL, input="hi", options={"num_ctx": 512})
+    assert context_length() == 512
+    engine.chat(model=ENGINE_MODEL, messages=[{"role": "user", "content": "hi"}], options={"num_ctx": 1 << 20,
+                                                                                          "num_predict": 1})
+    assert context_length() == 8192                # the tiny model's trained context
+    engine.generate(model=ENGINE_MODEL, prompt="hi", options={"num_predict": 1})
+    assert context_length() == 256
+
+
+def test_embed_takes_num_ctx_as_in_ollama(engine):
+    """options.num_ctx sizes the context an input is embedded in: an input over the default
+    (256 here) fits in a larger one, whole, with `truncate: false` too."""
+    whole = engine.embed(model=ENGINE_MODEL, input=LONG_TEXT, truncate=False, options={"num_ctx": 1024})
+    assert whole.prompt_eval_count > 256
+    assert engine.embed(model=ENGINE_MODEL, input=LONG_TEXT, options={"num_ctx": 1024}).embeddings == whole.embeddings
+    cut = engine.embed(model=ENGINE_MODEL, input=LONG_TEXT, options={"num_ctx": 64})
+    assert cut.prompt_eval_count == 64
+    with pytest.raises(ollama.ResponseError) as info:
+        engine.embed(model=ENGINE_MODEL, input=LONG_TEXT, truncate=False, options={"num_ctx": 300})
+    assert info.value.status_code == 400 and "input" in info.value.error
+    reply = engine._request_raw("POST", "/api/embeddings", json={"model": ENGINE_MODEL, "prompt": LONG_TEXT,
+                                                                "options": {"num_ctx": 1024}}).json()
+    assert reply["embedding"] == whole.embeddings[0]
+
+
+def first_token_alternatives(client, model: str, prompt: str, **options) -> list[str]:
+    """The first answer token's top alternatives for a raw prompt, greedy (their tokens: the
+    logprobs themselves move a little between llama-server's runs)."""
+    reply = client._request_raw("POST", "/api/generate", json={
+        "model": model, "prompt": prompt, "raw": True, "stream": False, "logprobs": True, "top_logprobs": 3,
+        "options": {"num_predict": 1, "temperature": 0, **options}}).json()
+    return [top["token"] for top in reply["logprobs"][0]["top_logprobs"]]
+
+
+HEAD = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma " * 12
+
+
+def test_a_cut_prompt_keeps_its_first_num_keep_tokens_as_in_ollama(engine):
+    """options.num_keep: the first tokens a cut prompt keeps (Ollama's default 4; -1 as many as
+    fit); it was dropped, every cut kept 4."""
+    prompt = HEAD + LONG_TEXT
+    default = first_token_alternatives(engine, ENGINE_MODEL, prompt)
+    assert first_token_alternatives(engine, ENGINE_MODEL, prompt, num_keep=4) == default
+    assert first_token_alternatives(engine, ENGINE_MODEL, prompt, num_keep=4.0) == default     # was a 500
+    assert first_token_alternatives(engine, ENGINE_MODEL, prompt, num_keep=-1) != default
+
+
 def test_a_prompt_over_the_context_is_truncated_on_generate_as_in_ollama(engine):
     """Ollama keeps the prompt's first num_keep tokens and its latest ones; `truncate: false` is
     its 400. The OpenAI route keeps its 400 context_length_exceeded."""
@@ -417,6 +471,15 @@ def test_a_prompt_over_the_context_is_truncated_on_generate_as_in_ollama(engine)
     answer = httpx.post(f"{engine._client.base_url}/v1/completions",
                         json={"model": ENGINE_MODEL, "prompt": LONG_TEXT, "max_tokens": 2})
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_a_prompt_over_all_the_engines_kv_room_is_truncated_too(engine):
+    """A prompt longer than the whole KV pool (num_ctx x max_running) was refused by admission
+    (400, context exceeded) before the engine could cut it to its context."""
+    for reply in (engine.generate(model=ENGINE_MODEL, prompt=LONG_TEXT * 5, options={"num_predict": 3}),
+                  engine.chat(model=ENGINE_MODEL, messages=[{"role": "user", "content": LONG_TEXT * 5}],
+                              options={"num_predict": 3})):
+        assert reply.done and reply.eval_count == 3 and reply.prompt_eval_count == 256 - 3
 
 
 def test_a_chat_over_the_context_drops_its_oldest_turns_as_in_ollama(engine):

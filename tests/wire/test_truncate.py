@@ -31,6 +31,8 @@ def test_a_cut_prompt_keeps_its_first_tokens_and_its_latest_and_room_to_answer()
     assert prompt_limit(1, None) == prompt_limit(1, 5) == 1
     assert kept_tokens(ids, 10) == [0, 1, 2, 3, 94, 95, 96, 97, 98, 99]
     assert kept_tokens(ids, 3) == [0, 1, 99]
+    assert kept_tokens(ids, 10, 0) == ids[-10:] and kept_tokens(ids, 10, 6) == [0, 1, 2, 3, 4, 5, 96, 97, 98, 99]
+    assert kept_tokens(ids, 10, -1) == [*range(9), 99] and kept_tokens(ids, 10, 6.0) == kept_tokens(ids, 10, 6)       # Ollama's -1: as many as fit, the latest one too
 
 
 def test_a_fits_that_asks_a_server_keeps_what_the_plain_one_keeps():

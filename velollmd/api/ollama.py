@@ -40,7 +40,7 @@ from ..wire.ollama import (
 )
 from ..wire.request import max_tokens_of
 from ..wire.streams import closing
-from ..wire.truncate import kept_messages_counted, prompt_limit
+from ..wire.truncate import kept_messages_counted, kept_tokens, prompt_limit
 from .access import Access
 from .openai import shortened
 from .validate import check_dimensions, check_message_tool_calls, validate_chat, validate_completion
@@ -90,6 +90,7 @@ def ndjson_line(obj: dict) -> bytes:
 class OllamaRoutes:
     def __init__(self, access: Access, registry: Registry, pipeline: Pipeline, service: Service):
         self.access, self.registry, self.pipeline, self.service = access, registry, pipeline, service
+        self.num_ctx_run: dict[tuple[str, str], int | None] = {}     # (backend, model): its last num_ctx
 
     def register(self, router) -> None:
         router.add("POST", "/api/chat", self.chat)
@@ -119,13 +120,7 @@ class OllamaRoutes:
             return await self._load_or_unload(backend, body, keep_alive_s, message=True)
         _whole_context_penalty(openai_body, backend, self.registry.resolve(body["model"]))
         validate_chat(openai_body, OLLAMA_SAMPLING_RANGES)
-        try:
-            return await self._translated(request, "chat", openai_body, message=True)
-        except BadRequest as exc:
-            cut = await _cut_to_context(backend, openai_body) if exc.code == CONTEXT_LENGTH_EXCEEDED else None
-            if cut is None:
-                raise
-            return await self._translated(request, "chat", cut, message=True)
+        return await self._translated_or_cut(request, backend, "chat", openai_body, message=True)
 
     @ollama_route
     async def generate(self, request: Request) -> Response:
@@ -142,12 +137,30 @@ class OllamaRoutes:
         endpoint, openai_body = ollama_generate_request_to_openai(body)
         _whole_context_penalty(openai_body, backend, self.registry.resolve(body["model"]))
         validate = validate_chat if endpoint == "chat" else validate_completion
-        return await self._translated(request, endpoint, validate(openai_body, OLLAMA_SAMPLING_RANGES), message=False)
+        validate(openai_body, OLLAMA_SAMPLING_RANGES)
+        return await self._translated_or_cut(request, backend, endpoint, openai_body, message=False)
+
+    async def _translated_or_cut(self, request: Request, backend: Backend, endpoint: str, body: dict,
+                                 message: bool) -> Response:
+        """Served; a prompt over the server's context (its 400) served again cut as Ollama cuts it."""
+        try:
+            return await self._translated(request, endpoint, body, message)
+        except BadRequest as exc:
+            cut = await _cut_to_context(backend, endpoint, body) if exc.code == CONTEXT_LENGTH_EXCEEDED else None
+            if cut is None:
+                raise
+            return await self._translated(request, *cut, message)
 
     def _keep(self, request: Request, backend: Backend, body: dict) -> float | None:
         """The request's keep_alive (seconds), passed to the backend for its model."""
         self.access.check_model(self.access.key_name_of(request), body["model"])
+        self._note_num_ctx(backend, body)
         return self._keep_alive(backend, body)
+
+    def _note_num_ctx(self, backend: Backend, body: dict) -> None:
+        """The num_ctx the request runs its model with (none: the default), which /api/ps shows:
+        Ollama reloads a model with each request's num_ctx."""
+        self.num_ctx_run[(backend.name, self.registry.resolve(body["model"]))] = _num_ctx_of(body)
 
     def _keep_alive(self, backend: Backend, body: dict) -> float | None:
         try:
@@ -245,7 +258,7 @@ class OllamaRoutes:
             if backend.native_ollama:
                 models += await _ollama_ps(backend)
             else:
-                models += _running_entries(backend)
+                models += _running_entries(backend, self.num_ctx_run)
         return Response.json({"models": models})
 
     @ollama_route
@@ -257,9 +270,10 @@ class OllamaRoutes:
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embed", body)
         check_dimensions(body)
+        self._note_num_ctx(backend, body)
         self._keep_alive(backend, body)
         started = time.monotonic_ns()
-        vectors, usage = await self._vectors(key_name, body["model"], texts, truncate=body.get("truncate", True))
+        vectors, usage = await self._vectors(key_name, body, texts, truncate=body.get("truncate", True))
         if body.get("dimensions") is not None:
             vectors = [shortened(vector, body["dimensions"]) for vector in vectors]
         return Response.json({"model": body["model"], "embeddings": vectors,
@@ -274,8 +288,9 @@ class OllamaRoutes:
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/embeddings", body)
+        self._note_num_ctx(backend, body)
         self._keep_alive(backend, body)
-        vectors, _ = await self._vectors(key_name, body["model"], [body["prompt"]] if body.get("prompt") else [])
+        vectors, _ = await self._vectors(key_name, body, [body["prompt"]] if body.get("prompt") else [])
         return Response.json({"embedding": vectors[0] if vectors else []})
 
     async def _admit(self, request: Request, model) -> str:
@@ -284,14 +299,16 @@ class OllamaRoutes:
         await self.pipeline.admit(key_name)
         return key_name
 
-    async def _vectors(self, key_name: str, model: str, texts: list[str],
+    async def _vectors(self, key_name: str, body: dict, texts: list[str],
                        truncate: bool = True) -> tuple[list[list[float]], dict]:
-        """One vector per text, and the usage; none for no text (Ollama's answer to an empty input).
-        `truncate` (Ollama's default): a text over the model's context is cut to fit where the
-        backend can cut it, else it is a 400."""
+        """One vector per text of the request `body`, and the usage; none for no text (Ollama's
+        answer to an empty input). Its options.num_ctx sizes the context where the backend
+        loads models itself (the engine). `truncate` (Ollama's default): a text over the
+        context is cut to fit where the backend can cut it, else it is a 400."""
         if not texts:
             return [], {}
-        answer = (await self.service.embeddings({"model": model, "input": texts, "truncate": truncate})).body
+        answer = (await self.service.embeddings({"model": body["model"], "input": texts, "truncate": truncate,
+                                                 **_num_ctx_field(body)})).body
         self.pipeline.record_key_usage(key_name, answer.get("usage"))
         return [d["embedding"] for d in answer["data"]], answer.get("usage") or {}
 
@@ -395,34 +412,63 @@ def refuse_untranslated(body: dict) -> None:
             raise BadRequest(f"invalid {name!r}: {why}", param=name)
 
 
-async def _cut_to_context(backend: Backend, body: dict) -> dict | None:
-    """A chat over a server's context (its 400), cut as Ollama cuts it (wire/truncate.py) for a
-    server that counts a chat's tokens (llama-server; the engine cuts its own); None when it
-    cannot be cut: `truncate: false`, one message, a server that cannot count. Asked only after
-    the server refused the whole chat, so a chat that fits costs nothing."""
-    messages, model = body.get("messages") or [], body["model"]
-    if body.get("truncate") is not True or len(messages) < 2:
+async def _cut_to_context(backend: Backend, endpoint: str, body: dict) -> tuple[str, dict] | None:
+    """A prompt over a server's context (its 400), cut as Ollama cuts it (wire/truncate.py) for a
+    server that tokenizes prompts (llama-server; the engine cuts its own): a chat's oldest turns
+    dropped, and a prompt that still does not fit kept to its first num_keep tokens and its
+    latest ones, sent as token ids to the completions endpoint. (endpoint, body), or None when it
+    cannot be cut: `truncate: false`, a server that cannot tokenize, a chat with tools (its
+    calls are read from a chat answer only). Asked only after the server refused the whole
+    prompt, so a prompt that fits costs nothing."""
+    if body.get("truncate") is not True:
         return None
-    limit = prompt_limit(backend.context_size(model), max_tokens_of(body))
-
-    async def fits(candidate: list[dict]) -> bool:
-        counted = await backend.count_prompt_tokens({**body, "messages": candidate})
-        if counted is None:
-            raise _CannotCount
-        return counted <= limit
+    limit = prompt_limit(backend.context_size(body["model"]), max_tokens_of(body))
     try:
-        kept = await kept_messages_counted(messages, fits)
+        cut = await _recent_turns(backend, body, limit) if endpoint == "chat" else body
+        ids = await _token_ids(backend, cut)
     except _CannotCount:
         return None
-    if len(kept) == len(messages):
+    num_messages, num_kept = len(body.get("messages") or ()), len(cut.get("messages") or ())
+    if len(ids) <= limit and num_kept == num_messages or len(ids) > limit and cut.get("tools"):
         return None
-    log.warning("truncating input prompt", extra={"fields": {"model": model, "limit": limit,
-                                                             "messages": len(messages), "kept": len(kept)}})
-    return {**body, "messages": kept}
+    log.warning("truncating input prompt", extra={"fields": {
+        "model": body["model"], "limit": limit, "prompt": len(ids), "messages": num_messages, "kept": num_kept}})
+    if len(ids) <= limit:
+        return endpoint, cut
+    return "completion", _token_completion(cut, kept_tokens(ids, limit, body.get("num_keep")))
+
+
+async def _recent_turns(backend: Backend, body: dict, limit: int) -> dict:
+    """The chat `body` with its oldest turns dropped until it fits in `limit` tokens (the
+    system messages and the latest message kept even when they alone do not fit)."""
+    async def fits(candidate: list[dict]) -> bool:
+        return len(await _token_ids(backend, {**body, "messages": candidate})) <= limit
+    return {**body, "messages": await kept_messages_counted(body["messages"], fits)}
+
+
+async def _token_ids(backend: Backend, body: dict) -> list[int]:
+    ids = await backend.prompt_token_ids(body)
+    if ids is None:
+        raise _CannotCount
+    return ids
 
 
 class _CannotCount(Exception):
-    """The server did not count a chat's tokens: nothing is cut blind."""
+    """The server did not tokenize a prompt: nothing is cut blind."""
+
+
+CHAT_ONLY_FIELDS = frozenset({"messages", "tools", "tool_choice", "chat_template_kwargs", "reasoning_effort",
+                              "logprobs", "top_logprobs"})
+
+
+def _token_completion(chat_or_completion: dict, ids: list[int]) -> dict:
+    """A completion body for the prompt `ids` (a chat's already through its template), with
+    the request's sampling, format and logprobs."""
+    out = {k: v for k, v in chat_or_completion.items() if k not in CHAT_ONLY_FIELDS}
+    if chat_or_completion.get("logprobs"):
+        out["logprobs"] = chat_or_completion.get("top_logprobs") or 1 \
+            if chat_or_completion["logprobs"] is True else chat_or_completion["logprobs"]
+    return {**out, "prompt": ids}
 
 
 def _refuse_thinking(body: dict, backend: Backend, model: str) -> None:
@@ -443,6 +489,17 @@ def _whole_context_penalty(body: dict, backend: Backend, model: str) -> None:
     context, which every backend takes: llama-server refuses -1."""
     if body.get("repeat_last_n") == -1:
         body["repeat_last_n"] = backend.context_size(model)
+
+
+def _num_ctx_of(body: dict) -> int | None:
+    """A request's options.num_ctx, None for none (0 and below: the default, as in Ollama)."""
+    num_ctx = (body.get("options") or {}).get("num_ctx")
+    return int(num_ctx) if num_ctx is not None and num_ctx >= 1 else None
+
+
+def _num_ctx_field(body: dict) -> dict:
+    num_ctx = _num_ctx_of(body)
+    return {"num_ctx": num_ctx} if num_ctx else {}
 
 
 def _embed_inputs(value) -> list[str]:
@@ -480,15 +537,15 @@ async def _ollama_ps(backend: Backend) -> list[dict]:
 GO_MAX_DURATION_S = (2 ** 63 - 1) / 1e9     # Ollama's keep_alive "for good": time.Duration's maximum
 
 
-def _running_entries(backend: Backend) -> list[dict]:
+def _running_entries(backend: Backend, num_ctx_run: dict[tuple[str, str], int | None]) -> list[dict]:
     """/api/ps for a backend that is not Ollama: the models it holds loaded (every listed one
-    where the server keeps its own), when each is let go and the context it serves (`ollama ps`
-    shows it as CONTEXT)."""
+    where the server keeps its own), when each is let go and the context it serves, as its
+    last request's num_ctx sized it (`ollama ps` shows it as CONTEXT)."""
     until = backend.loaded_until()
     if until is None:                   # loaded for good, as far as anyone here can tell
         until = {m.id: math.inf for m in backend.models}
     return [{**_tag_entry(m), "expires_at": _expires_at(until[m.id]), "size_vram": 0,
-             "context_length": backend.context_size(m.id)}
+             "context_length": backend.context_size(m.id, num_ctx_run.get((backend.name, m.id)))}
             for m in backend.models if m.id in until]
 
 
@@ -538,12 +595,13 @@ def _reply_from_openai(answer: dict, model: str, started: int, message: bool) ->
                                done_reason_of(choice.get("finish_reason")))
     out = {"model": model, "created_at": now_rfc3339()}
     msg = choice.get("message") or {}
+    text = choice.get("text") if "text" in choice else msg.get("content") or ""   # a cut chat: a completion
     if message:
-        out["message"] = {"role": "assistant", "content": msg.get("content") or ""}
+        out["message"] = {"role": "assistant", "content": text}
         if msg.get("tool_calls"):
             out["message"]["tool_calls"] = ollama_tool_calls(msg["tool_calls"])
     else:
-        out["response"] = choice.get("text") if "text" in choice else msg.get("content") or ""
+        out["response"] = text
     _add_thinking(out, msg.get("reasoning_content"), message)
     _add_logprobs(out, choice)
     return {**out, **done}

@@ -96,9 +96,10 @@ class Backend:
                 return info.identity or info.id
         return model
 
-    def context_size(self, model: str | None = None) -> int:
+    def context_size(self, model: str | None = None, num_ctx: int | None = None) -> int:
         """Tokens of context per slot (of `model` where a backend's models differ): what the
-        server reports, else `num_ctx`, else 4096."""
+        server reports, else `num_ctx`, else 4096. A request's `num_ctx` (Ollama's) sizes it
+        only where the backend loads models itself (the engine): a server's context is its own."""
         return self.config.num_ctx or DEFAULT_NUM_CTX
 
     def sees_images(self) -> bool | None:
@@ -205,6 +206,11 @@ class Backend:
     async def count_prompt_tokens(self, body: dict) -> int | None:
         """Tokens of an OpenAI chat body's prompt as the model sees it (chat template and
         tools included), or None when this backend cannot tell (callers then estimate)."""
+        return None
+
+    async def prompt_token_ids(self, body: dict) -> list[int] | None:
+        """The token ids of an OpenAI chat or completion body's prompt as the server reads
+        them, for a server that takes a prompt as token ids (llama-server); None otherwise."""
         return None
 
     async def embeddings(self, body: dict) -> dict:

@@ -96,11 +96,12 @@ class EngineBackend(Backend):
         return ModelInfo(id=found.name, backend=self.name, identity=f"engine:{found.identity}",
                          size=found.size, created=int(found.mtime), details=details)
 
-    def context_size(self, model: str | None = None) -> int:
-        """`model`'s context as it is loaded (the config's num_ctx, else its own up to 4096)."""
+    def context_size(self, model: str | None = None, num_ctx: int | None = None) -> int:
+        """`model`'s context as it is loaded (the config's num_ctx, else its own up to 4096), or
+        as a request's `num_ctx` (Ollama's) sizes it, up to the model's trained context."""
         found = self.files.get(self._served_name(model)) if model else None
         trained = self._probed[found.identity].context_length if found is not None else 0
-        return loader.context_for(self.config.num_ctx, trained)
+        return min(num_ctx, trained or num_ctx) if num_ctx else loader.context_for(self.config.num_ctx, trained)
 
     def sees_images(self) -> bool:
         return False                     # text models only: no vision projector
@@ -334,7 +335,7 @@ class EngineBackend(Backend):
             prompt_ids = ids_of(kept_messages(body["messages"], lambda messages: len(ids_of(messages)) <= limit))
         log.warning("truncating input prompt", extra={"fields": {
             "model": body["model"], "limit": num_ctx, "prompt": num_asked, "new": min(len(prompt_ids), limit)}})
-        return prompt_ids if len(prompt_ids) <= limit else kept_tokens(prompt_ids, limit)
+        return prompt_ids if len(prompt_ids) <= limit else kept_tokens(prompt_ids, limit, body.get("num_keep"))
 
     async def count_prompt_tokens(self, body: dict) -> int | None:
         """The engine's own chat template and tokenizer: exact counts."""
@@ -362,14 +363,14 @@ class EngineBackend(Backend):
         texts = [inputs] if one else list(inputs or [])
         if not texts:
             raise BadRequest("input must be a string or a non-empty list", param="input")
-        vectors, num_tokens = [], 0
+        vectors, num_tokens, num_ctx = [], 0, self.context_size(body["model"], body.get("num_ctx"))
         for text in texts:
             ids = _in_vocab(text, model.config.n_vocab, "input") if isinstance(text, list) \
                 else model.tokenizer.encode(str(text), add_special=True)
             if body.get("truncate") is True:
-                ids = ids[:model.num_ctx]              # Ollama's truncate: the input's start, to fit
-            if not ids or len(ids) > model.num_ctx:
-                raise BadRequest(f"each input must be 1 to {model.num_ctx} tokens, got {len(ids)}", param="input")
+                ids = ids[:num_ctx]                    # Ollama's truncate: the input's start, to fit
+            if not ids or len(ids) > num_ctx:
+                raise BadRequest(f"each input must be 1 to {num_ctx} tokens, got {len(ids)}", param="input")
             vectors.append(await asyncio.to_thread(model.runner.embed, ids))
             num_tokens += len(ids)
         model.last_used = time.monotonic()

@@ -49,7 +49,7 @@ class LlamaCppBackend(OpenAIBackend):
             if path and os.path.exists(path):
                 model.size = os.path.getsize(path)
 
-    def context_size(self, model: str | None = None) -> int:
+    def context_size(self, model: str | None = None, num_ctx: int | None = None) -> int:
         """Per-slot context from /props (`n_ctx`), else the configured one."""
         n_ctx = (self.props.get("default_generation_settings") or {}).get("n_ctx")
         return int(n_ctx) if n_ctx else super().context_size()
@@ -142,18 +142,25 @@ class LlamaCppBackend(OpenAIBackend):
         return body.get("tokens", [])
 
     async def count_prompt_tokens(self, body: dict) -> int | None:
-        """The server's own chat template (/apply-template, with the thinking switch and the
-        history as generating sends them), then /tokenize: exact counts."""
-        template = {k: body[k] for k in ("tools", "tool_choice", "chat_template_kwargs", "reasoning_effort")
-                    if body.get(k) is not None}
-        _reasoning_switch(template)
-        template["messages"] = _parsable_history(body.get("messages"))
-        prompt = (await self.post_json("/apply-template", template)).get("prompt")
+        tokens = await self.prompt_token_ids(body)
+        return len(tokens) if tokens is not None else None
+
+    async def prompt_token_ids(self, body: dict) -> list[int] | None:
+        """A chat body's prompt through the server's own chat template (/apply-template, with
+        the thinking switch and the history as generating sends them), or a completion body's
+        text prompt, then /tokenize: the ids the server reads."""
+        prompt = body.get("prompt")
+        if "messages" in body:
+            template = {k: body[k] for k in ("tools", "tool_choice", "chat_template_kwargs", "reasoning_effort")
+                        if body.get(k) is not None}
+            _reasoning_switch(template)
+            template["messages"] = _parsable_history(body.get("messages"))
+            prompt = (await self.post_json("/apply-template", template)).get("prompt")
         if not isinstance(prompt, str):
             return None
         tokens = (await self.post_json("/tokenize", {"content": prompt, "add_special": True,
                                                      "parse_special": True})).get("tokens")
-        return len(tokens) if isinstance(tokens, list) else None
+        return tokens if isinstance(tokens, list) else None
 
 
 def _reasoning_switch(body: dict) -> None:

@@ -97,7 +97,7 @@ class OpenAIBackend(Backend):
         return await self.post_json("/v1/embeddings", {k: v for k, v in body.items() if k not in OLLAMA_CONTEXT_FIELDS})
 
 
-OLLAMA_CONTEXT_FIELDS = frozenset({"truncate", "num_ctx"})    # the Ollama API's, read by the engine
+OLLAMA_CONTEXT_FIELDS = frozenset({"truncate", "num_ctx", "num_keep"})    # the Ollama API's, read by the engine
 
 
 def _both_penalty_names(body: dict) -> None:

@@ -231,6 +231,8 @@ class Service:
                        fingerprint: Fingerprint) -> SchedRequest:
         max_tokens = min(max_tokens_of(request.body) or DEFAULT_MAX_TOKENS, backend.context_size())
         token_ids = fingerprint.token_ids() or array("i", [0])   # no prompt (Ollama's "load"): one position
+        if request.body.get("truncate") is True:       # Ollama's: the backend cuts the prompt to its context
+            token_ids = token_ids[-backend.context_size(request.model, request.body.get("num_ctx")):]
         return SchedRequest(f"req-{next(self._ids)}", request.model, token_ids,
                             max_tokens, arrival_time=self.clock(), priority=request.priority,
                             stream=request.stream)

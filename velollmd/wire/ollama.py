@@ -29,9 +29,10 @@ OPTION_FIELDS = {          # OpenAI field -> Ollama option
 }
 MAX_NUM_PREDICT = 1 << 30       # Ollama takes any num_predict; no context is longer than this
 # Ollama options that configure the model load, not one request: nothing to pass on (num_ctx
-# is passed: the engine sizes a request's context by it, as Ollama does).
+# and num_keep are passed: a request's context is sized by one and its prompt cut by the other,
+# as Ollama does).
 LOAD_OPTIONS = frozenset({"num_gpu", "main_gpu", "num_thread", "num_batch", "use_mmap",
-                          "use_mlock", "numa", "low_vram", "vocab_only", "f16_kv", "num_keep"})
+                          "use_mlock", "numa", "low_vram", "vocab_only", "f16_kv"})
 
 
 def ollama_format(tools: list[dict], tool_choice) -> dict | None:

@@ -22,8 +22,10 @@ def prompt_limit(num_ctx: int, max_tokens: int | None) -> int:
     return max(1, num_ctx - max(1, min(max_tokens or half, half)))
 
 
-def kept_tokens(ids: list[int], limit: int, num_keep: int = DEFAULT_NUM_KEEP) -> list[int]:
-    """The first `num_keep` tokens and the latest ones, `limit` in all (Ollama's runner)."""
+def kept_tokens(ids: list[int], limit: int, num_keep: int | None = None) -> list[int]:
+    """The first `num_keep` tokens (None: Ollama's default, 4; negative: as many as fit; a whole
+    float, as JSON may spell it, as its integer) and the latest ones, `limit` in all (Ollama's runner)."""
+    num_keep = DEFAULT_NUM_KEEP if num_keep is None else len(ids) if num_keep < 0 else int(num_keep)
     keep = max(0, min(num_keep, limit - 1))
     return ids[:keep] + ids[len(ids) - (limit - keep):]
 
