@@ -269,3 +269,21 @@ def test_n_choices_compute_the_prompt_once_and_equal_seed_plus_i(models_dir):
         [a["choices"][0]["message"]["content"] for a in alone]
     assert together["usage"]["completion_tokens"] == 24
     assert idle == (0, 0, True)
+
+
+def test_repeat_last_n_minus_one_looks_back_over_the_context_num_ctx_asks(models_dir):
+    """Ollama's repeat_last_n -1 is the whole context: the request's num_ctx where it sets one
+    (it was the configured context, 256, whatever num_ctx asked)."""
+    from velollmd.api.ollama import _whole_context_penalty
+
+    async def scenario():
+        backend = engine(models_dir)
+        try:
+            await backend.refresh()
+            asked, default = {"repeat_last_n": -1, "num_ctx": 1024}, {"repeat_last_n": -1}
+            _whole_context_penalty(asked, backend, "one")
+            _whole_context_penalty(default, backend, "one")
+            return asked["repeat_last_n"], default["repeat_last_n"]
+        finally:
+            await backend.close()
+    assert run(scenario()) == (1024, 256)

@@ -486,9 +486,10 @@ def _capabilities(backend: Backend, model: str) -> list[str]:
 
 def _whole_context_penalty(body: dict, backend: Backend, model: str) -> None:
     """Ollama's repeat_last_n -1 (look back over the whole context) as the size of `model`'s
-    context, which every backend takes: llama-server refuses -1."""
+    context (as the request's num_ctx sizes it on the engine), which every backend takes:
+    llama-server refuses -1."""
     if body.get("repeat_last_n") == -1:
-        body["repeat_last_n"] = backend.context_size(model)
+        body["repeat_last_n"] = backend.context_size(model, body.get("num_ctx"))
 
 
 def _num_ctx_of(body: dict) -> int | None:
