@@ -193,3 +193,17 @@ def test_one_store_owns_its_directory_until_it_lets_go_even_on_a_reload(tmp_path
     assert "another velollmd" in caplog.text
     asyncio.run(first.close())
     asyncio.run(second.close())
+
+
+def test_a_store_restored_from_the_previous_file_is_written_back_unchanged(tmp_path):
+    """A corrupt file set aside, the previous one restored: the shutdown write puts it back
+    as the file, though nothing changed since, so that the next start finds it too."""
+    store = ResponseStore(10, 1 << 20)
+    store.put("resp_0", "k", record(0))
+    written(store, tmp_path)
+    store.put("resp_1", "k", record(1))
+    written(store, tmp_path)                               # resp_0 alone is now the .prev
+    (tmp_path / STORE_NAME).write_bytes(b"bit rot")
+    assert len(restored(tmp_path)) == 1                    # the previous one, and closed unchanged
+    again = restored(tmp_path)
+    assert len(again) == 1 and again.get("resp_0", "k") == record(0)

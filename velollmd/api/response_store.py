@@ -180,7 +180,7 @@ class StoreSnapshots:
         was_empty = not len(self.store)
         self.store.load(rows)
         if was_empty:
-            self.writer.written_now()                # what is in memory is what is on disk
+            self.writer.restored(len(self.store))
         return len(self.store)
 
     def start(self) -> None:

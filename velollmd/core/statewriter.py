@@ -66,9 +66,15 @@ class StateWriter:
             os.close(self._lock)                       # (the lock goes with the descriptor)
             self._lock = None
 
-    def written_now(self) -> None:
-        """What is in memory is what is on disk (just restored from it)."""
-        self._written = self._generation()
+    def restored(self, num_restored: int) -> None:
+        """What is in memory came from the file: nothing to write until it changes. Unless it
+        came from the previous file (the file was set aside): the next write puts it back."""
+        if not num_restored or os.path.exists(os.path.join(self.directory, self.name)):
+            self._written = self._generation()
+
+    def changed(self) -> None:
+        """The next write writes, whatever the generation says (another state object)."""
+        self._written = _UNWRITTEN
 
     def _start_loop(self) -> None:
         if self._task is not None:
