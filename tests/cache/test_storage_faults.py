@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.daemon_process import DaemonProcess
-from tests.daemon_rig import ollama_backend
+from tests.daemon_rig import RunningDaemon, ollama_backend
 from velollmd.cache.store import SNAPSHOT_NAME, SnapshotError, decode_snapshot
 
 MODEL = "llama3.2:latest"
@@ -227,3 +227,22 @@ def test_a_second_daemon_on_the_same_state_paths_keeps_its_state_in_memory(tmp_p
         first.kill()                                  # kill -9: the kernel lets the lock go
         second.start()
         assert restored(second) == len(mine) and not warnings(second)
+
+
+def test_an_unchanged_cache_is_not_rewritten_and_a_flush_is(tmp_path, ollama_emulator):
+    """Each periodic write rewrites (and fsyncs) the whole cache, up to max_bytes and the
+    vectors: only when it changed since. A flush is a change: it reaches the disk."""
+    cache_dir = tmp_path / "cache"
+    table = {"backends": [ollama_backend(ollama_emulator)],
+             "cache": {"path": str(cache_dir), "snapshot_interval_s": 0, "semantic": False}}
+    with RunningDaemon(table) as daemon:
+        def write():
+            return daemon.call(daemon.app.pipeline.snapshots.write)
+        assert write() is None                        # nothing restored, nothing stored
+        fill(daemon, ollama_emulator, {"is this written once?": "yes"})
+        assert write() == str(cache_dir / SNAPSHOT_NAME) and write() is None
+    with RunningDaemon(table) as daemon:
+        assert daemon.call(daemon.app.pipeline.snapshots.write) is None     # as restored
+        assert httpx.delete(daemon.url + "/v1/velollm/cache", timeout=30).json()["deleted"] == 1
+        assert daemon.call(daemon.app.pipeline.snapshots.write) is not None
+    assert decode_snapshot((cache_dir / SNAPSHOT_NAME).read_bytes()).exact == []

@@ -53,7 +53,8 @@ class Pipeline:
         self.shared = self._shared_tier(config)
         self.flights = FlightTable()
         self.memo: OrderedDict[str, tuple] = OrderedDict()   # raw request key -> exact key
-        self.snapshots = StateWriter(SNAPSHOT_NAME, "cache", self._cache_state, encode_snapshot)
+        self.snapshots = StateWriter(SNAPSHOT_NAME, "cache", self._cache_state, encode_snapshot,
+                                     generation=lambda: self.cache.exact.generation if self.cache else None)
 
     def _embedder(self):
         cache = self.config.cache
@@ -97,6 +98,7 @@ class Pipeline:
         if self.cache is not None and old_cache is not None:
             self.cache.adopt(old_cache.snapshot_state())
             self.cache.continue_counts(old_cache)
+        self.snapshots.changed()                      # another cache: its generations count anew
         self.snapshots.own(config.cache.path if self.cache is not None else "", config.cache.snapshot_interval_s)
 
     # -- one request ---------------------------------------------------------------------
@@ -348,6 +350,7 @@ class Pipeline:
             return                                    # another daemon's: memory only
         try:
             restored = self.cache.restore(directory)
+            self.snapshots.restored(restored)
             log.info("cache restored", extra={"fields": {"entries": restored, "path": directory}})
         except OSError as exc:
             log.warning("cache snapshot unreadable", extra={"fields": {"error": str(exc)}})
