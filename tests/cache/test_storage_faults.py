@@ -246,3 +246,18 @@ def test_an_unchanged_cache_is_not_rewritten_and_a_flush_is(tmp_path, ollama_emu
         assert httpx.delete(daemon.url + "/v1/velollm/cache", timeout=30).json()["deleted"] == 1
         assert daemon.call(daemon.app.pipeline.snapshots.write) is not None
     assert decode_snapshot((cache_dir / SNAPSHOT_NAME).read_bytes()).exact == []
+
+
+def test_a_flushed_cache_stays_flushed_after_a_crash(tmp_path, ollama_emulator):
+    """DELETE /v1/velollm/cache (bad answers cached) reaches the snapshot at once: a crash
+    before the next periodic write does not bring the flushed answers back."""
+    cache_dir = tmp_path / "cache"
+    with DaemonProcess(daemon_toml(ollama_emulator, cache_dir, 0), tmp_path) as daemon:
+        fill(daemon, ollama_emulator, {"a bad answer?": "cached by mistake"})
+        assert daemon.stop() == 0
+        daemon.start()
+        assert restored(daemon) == 1
+        assert httpx.delete(daemon.url + "/v1/velollm/cache", timeout=30).json()["deleted"] == 1
+        daemon.kill()
+        daemon.start()
+        assert restored(daemon) == 0
