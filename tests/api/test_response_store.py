@@ -6,9 +6,10 @@ import logging
 
 import pytest
 
-from velollmd.api.response_store import MAGIC, STORE_NAME, VERSION, ResponseStore, StoreSnapshots
+from velollmd.api.response_store import MAGIC, STORE_NAME, VERSION, ResponseStore, StoreSnapshots, decode_entries
 from velollmd.cache.statefile import seal
 from velollmd.cache.store import SnapshotState, encode_snapshot
+from velollmd.wire.responses_items import item_page
 
 
 def record(n: int, size: int = 10) -> dict:
@@ -207,3 +208,23 @@ def test_a_store_restored_from_the_previous_file_is_written_back_unchanged(tmp_p
     assert len(restored(tmp_path)) == 1                    # the previous one, and closed unchanged
     again = restored(tmp_path)
     assert len(again) == 1 and again.get("resp_0", "k") == record(0)
+
+
+def test_a_record_kept_with_an_item_id_twice_pages_to_its_end_once_restored(tmp_path):
+    """Files written before ids were made unique on create: their input items get unique ids
+    on load, so that GET input_items paging by `after` ends."""
+    dup = {"response": {"id": "resp_0", "output": []},
+           "input": [{"type": "message", "id": i} for i in ("a", "b", "a", "c")]}
+    (tmp_path / STORE_NAME).write_bytes(seal(MAGIC, VERSION, json.dumps([["resp_0", "o", dup]]).encode()))
+    store = ResponseStore(10, 1 << 20)
+    store.load(decode_entries((tmp_path / STORE_NAME).read_bytes()))
+    [(_, (_, data))] = store.entries()
+    items = json.loads(data)["input"]
+    ids, after = [], None
+    for _ in range(10):
+        page = item_page(items, order="asc", after=after, limit=1)
+        ids += [item["id"] for item in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["last_id"]
+    assert len(ids) == 4 == len(set(ids)) and ids[:2] == ["a", "b"] and ids[3] == "c"

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from ..cache.statefile import StateFileError, read_state_file, seal, unseal
 from ..core.statewriter import StateWriter
 from ..wire import wirejson
-from ..wire.responses_items import find_item
+from ..wire.responses_items import find_item, with_unique_ids
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,10 @@ class ResponseStore:
         return list(self._records.items())
 
     def load(self, entries: list[tuple[str, str, dict]]) -> None:
-        """Take records read back from a snapshot, (id, owner digest, record) oldest first."""
+        """Take records read back from a snapshot, (id, owner digest, record) oldest first
+        (their input items' ids made unique, as a daemon before that kept them)."""
         for response_id, owner, record in entries:
-            self._put(response_id, owner, record)
+            self._put(response_id, owner, {**record, "input": with_unique_ids(record["input"])})
 
     def _evict(self) -> None:
         while len(self._records) > self.max_entries or self.num_bytes > self.max_bytes:
