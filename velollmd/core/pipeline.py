@@ -54,7 +54,7 @@ class Pipeline:
         self.flights = FlightTable()
         self.memo: OrderedDict[str, tuple] = OrderedDict()   # raw request key -> exact key
         self.snapshots = StateWriter(SNAPSHOT_NAME, "cache", self._cache_state, encode_snapshot,
-                                     generation=lambda: self.cache.exact.generation if self.cache else None)
+                                     generation=lambda: self.cache.exact.generation if self.cache is not None else None)
 
     def _embedder(self):
         cache = self.config.cache
