@@ -294,7 +294,8 @@ def test_an_item_sent_again_gets_an_id_of_its_own_and_input_items_pages_end(clie
         "Once more.", "And?", "One.", "Once more.", "Once more."]          # the prompt as sent
     ids, after = [], None
     for _ in range(10):                                # (a loop would page on forever)
-        page = client.responses.input_items.list(second.id, order="asc", limit=1, **({"after": after} if after else {}))
+        page = client.responses.input_items.list(second.id, order="asc", limit=1,
+                                                 **({"after": after} if after else {}))
         ids += [item.id for item in page.data]
         if not page.has_more:
             break
