@@ -6,9 +6,10 @@ import logging
 
 import pytest
 
-from velollmd.api.response_store import MAGIC, STORE_NAME, VERSION, ResponseStore, StoreSnapshots
+from velollmd.api.response_store import MAGIC, STORE_NAME, VERSION, ResponseStore, StoreSnapshots, decode_entries
 from velollmd.cache.statefile import seal
 from velollmd.cache.store import SnapshotState, encode_snapshot
+from velollmd.wire.responses_items import item_page
 
 
 def record(n: int, size: int = 10) -> dict:
@@ -98,13 +99,20 @@ def test_find_item_looks_up_input_and_output_items_by_id_per_key():
 
 # -- the store on disk ---------------------------------------------------------------------
 
-def written(store: ResponseStore, directory, interval_s: float = 0) -> str | None:
-    return asyncio.run(StoreSnapshots(store, str(directory), interval_s).write())
+def written(store: ResponseStore, directory) -> str | None:
+    snapshots = StoreSnapshots(store, str(directory), 0)
+    snapshots.open()
+    try:
+        return asyncio.run(snapshots.write())
+    finally:
+        asyncio.run(snapshots.close())
 
 
 def restored(directory, max_entries: int = 10, max_bytes: int = 1 << 20) -> ResponseStore:
     store = ResponseStore(max_entries, max_bytes)
-    StoreSnapshots(store, str(directory), 0).restore()
+    snapshots = StoreSnapshots(store, str(directory), 0)
+    snapshots.open()
+    asyncio.run(snapshots.close())
     return store
 
 
@@ -126,11 +134,13 @@ def test_the_file_holds_no_api_key_and_an_unchanged_store_is_not_rewritten(tmp_p
     store = ResponseStore(max_entries=10, max_bytes=1 << 20)
     store.put("resp_0", "sk-secret-key", record(0))
     snapshots = StoreSnapshots(store, str(tmp_path), 0)
+    snapshots.open()
     assert asyncio.run(snapshots.write()) is not None
     assert b"sk-secret-key" not in (tmp_path / STORE_NAME).read_bytes()
     assert (tmp_path / STORE_NAME).stat().st_mode & 0o777 == 0o600      # conversations: no other reader
     assert asyncio.run(snapshots.write()) is None          # nothing changed since
     assert store.delete("resp_0", "sk-secret-key") and asyncio.run(snapshots.write()) is not None
+    asyncio.run(snapshots.close())
     assert len(restored(tmp_path)) == 0                    # the delete reached the disk
 
 
@@ -161,3 +171,60 @@ def test_a_file_from_a_newer_version_is_left_for_it(tmp_path, caplog):
 def test_a_well_sealed_file_with_bad_rows_is_not_trusted(tmp_path):
     (tmp_path / STORE_NAME).write_bytes(seal(MAGIC, VERSION, b'[["resp_0","owner",{"input":"x"}]]'))
     assert len(restored(tmp_path)) == 0 and [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+
+
+def test_one_store_owns_its_directory_until_it_lets_go_even_on_a_reload(tmp_path, caplog):
+    """A second owner of the same directory keeps its store in memory only (one warning naming
+    the path); a reload to another directory lets the first go and takes the new one."""
+    first = StoreSnapshots(ResponseStore(10, 1 << 20), str(tmp_path / "a"), 0)
+    first.open()
+    second_store = ResponseStore(10, 1 << 20)
+    second = StoreSnapshots(second_store, str(tmp_path / "a"), 0)
+    with caplog.at_level(logging.WARNING):
+        second.open()
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(tmp_path / "a" / STORE_NAME) in line and "another velollmd" in line and "memory only" in line
+    second_store.put("resp_0", "k", record(0))
+    assert asyncio.run(second.write()) is None and not (tmp_path / "a" / STORE_NAME).exists()
+    first.configure(str(tmp_path / "b"), 0)                # a reload: a new path
+    assert len(restored(tmp_path / "a")) == 0 and not [r for r in caplog.records[1:] if r.levelno >= logging.WARNING]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(restored(tmp_path / "b")) == 0
+    assert "another velollmd" in caplog.text
+    asyncio.run(first.close())
+    asyncio.run(second.close())
+
+
+def test_a_store_restored_from_the_previous_file_is_written_back_unchanged(tmp_path):
+    """A corrupt file set aside, the previous one restored: the shutdown write puts it back
+    as the file, though nothing changed since, so that the next start finds it too."""
+    store = ResponseStore(10, 1 << 20)
+    store.put("resp_0", "k", record(0))
+    written(store, tmp_path)
+    store.put("resp_1", "k", record(1))
+    written(store, tmp_path)                               # resp_0 alone is now the .prev
+    (tmp_path / STORE_NAME).write_bytes(b"bit rot")
+    assert len(restored(tmp_path)) == 1                    # the previous one, and closed unchanged
+    again = restored(tmp_path)
+    assert len(again) == 1 and again.get("resp_0", "k") == record(0)
+
+
+def test_a_record_kept_with_an_item_id_twice_pages_to_its_end_once_restored(tmp_path):
+    """Files written before ids were made unique on create: their input items get unique ids
+    on load, so that GET input_items paging by `after` ends."""
+    dup = {"response": {"id": "resp_0", "output": []},
+           "input": [{"type": "message", "id": i} for i in ("a", "b", "a", "c")]}
+    (tmp_path / STORE_NAME).write_bytes(seal(MAGIC, VERSION, json.dumps([["resp_0", "o", dup]]).encode()))
+    store = ResponseStore(10, 1 << 20)
+    store.load(decode_entries((tmp_path / STORE_NAME).read_bytes()))
+    [(_, (_, data))] = store.entries()
+    items = json.loads(data)["input"]
+    ids, after = [], None
+    for _ in range(10):
+        page = item_page(items, order="asc", after=after, limit=1)
+        ids += [item["id"] for item in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["last_id"]
+    assert len(ids) == 4 == len(set(ids)) and ids[:2] == ["a", "b"] and ids[3] == "c"

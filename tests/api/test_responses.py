@@ -282,6 +282,29 @@ def test_the_store_bound_evicts_the_oldest(daemon_factory, ollama_emulator):
     assert [client.responses.retrieve(i).id for i in ids[1:]] == ids[1:]
 
 
+def test_an_item_sent_again_gets_an_id_of_its_own_and_input_items_pages_end(client, ollama_emulator):
+    """Ids are unique in a conversation (as at OpenAI): an item sent twice, or sent again with
+    previous_response_id, is stored under a fresh id, so paging by `after` reaches the end."""
+    again = {"type": "message", "id": "msg_again", "role": "user", "content": "Once more."}
+    ollama_emulator.script("One.")
+    first = client.responses.create(model=MODEL, input=[again, {"role": "user", "content": "And?"}])
+    ollama_emulator.script("Two.")
+    second = client.responses.create(model=MODEL, previous_response_id=first.id, input=[again, again])
+    assert [m["content"] for m in sent_messages(ollama_emulator)] == [
+        "Once more.", "And?", "One.", "Once more.", "Once more."]          # the prompt as sent
+    ids, after = [], None
+    for _ in range(10):                                # (a loop would page on forever)
+        page = client.responses.input_items.list(second.id, order="asc", limit=1,
+                                                 **({"after": after} if after else {}))
+        ids += [item.id for item in page.data]
+        if not page.has_more:
+            break
+        after = page.last_id
+    assert len(ids) == 5 and len(set(ids)) == 5 and ids[0] == "msg_again"
+    assert [item.content[0].text for item in client.responses.input_items.list(second.id, order="asc")] == [
+        "Once more.", "And?", "One.", "Once more.", "Once more."]
+
+
 # -- the store across restarts -------------------------------------------------------------
 
 def test_a_restart_keeps_stored_responses_their_owners_and_deletes(tmp_path, ollama_emulator):

@@ -17,18 +17,18 @@ import httpx
 import pytest
 
 from tests.daemon_process import DaemonProcess
-from tests.daemon_rig import ollama_backend
+from tests.daemon_rig import RunningDaemon, ollama_backend
 from velollmd.cache.store import SNAPSHOT_NAME, SnapshotError, decode_snapshot
 
 MODEL = "llama3.2:latest"
 NUM_KILLS = int(os.environ.get("VELOLLM_SNAPSHOT_KILLS", "3"))
 
 
-def daemon_toml(emulator, cache_dir, interval_s: float) -> str:
+def daemon_toml(emulator, cache_dir, interval_s: float, responses_dir="") -> str:
     backend = ollama_backend(emulator)
     return (f'[log]\naccess = false\n[cache]\npath = "{cache_dir}"\nsnapshot_interval_s = {interval_s}\n'
-            f'semantic = false\n[responses]\npath = ""\n[[backends]]\nname = "{backend["name"]}"\nkind = "ollama"\n'
-            f'url = "{backend["url"]}"\nmodels = ["llama3*"]\n')
+            f'semantic = false\n[responses]\npath = "{responses_dir}"\n[[backends]]\nname = "{backend["name"]}"\n'
+            f'kind = "ollama"\nurl = "{backend["url"]}"\nmodels = ["llama3*"]\n')
 
 
 def ask(daemon: DaemonProcess, question: str) -> httpx.Response:
@@ -191,3 +191,73 @@ def test_read_only_state_directory(tmp_path, tiny_fs, ollama_emulator):
         [line] = warnings(daemon)
         assert "snapshot failed" in line and "Read-only file system" in line
     assert {name: (tiny_fs / name).read_bytes() for name in files(tiny_fs)} == before
+
+
+def stored_response(daemon: DaemonProcess, emulator, text: str) -> str:
+    emulator.script(text)
+    response = httpx.post(daemon.url + "/v1/responses", json={"model": MODEL, "input": text}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def test_a_second_daemon_on_the_same_state_paths_keeps_its_state_in_memory(tmp_path, ollama_emulator):
+    """Two daemons, one state path (a second instance beside the service): the first owns the
+    files; the second starts, serves, says so once per store naming the path, and writes
+    nothing, so the first's state survives the second's shutdown. The lock dies with its owner."""
+    cache_dir, responses_dir = tmp_path / "cache", tmp_path / "responses"
+    toml = daemon_toml(ollama_emulator, cache_dir, 0, responses_dir)
+    first, second = DaemonProcess(toml, tmp_path / "first"), DaemonProcess(toml, tmp_path / "second")
+    mine = {"whose cache is this?": "the first daemon's"}
+    with first, second:
+        assert not warnings(first)
+        fill(first, ollama_emulator, mine)
+        kept = stored_response(first, ollama_emulator, "the first daemon's response")
+        assert not [r for r in second.log_records("info") if r["msg"] == "cache restored"]   # memory only
+        lines = warnings(second)
+        assert len(lines) == 2 and all("another velollmd" in line and f"pid {first.pid}" in line for line in lines)
+        assert str(cache_dir / SNAPSHOT_NAME) in lines[0] + lines[1] and str(responses_dir) in lines[0] + lines[1]
+        fill(second, ollama_emulator, {"and this one?": "the second daemon's"})     # it serves
+        stored_response(second, ollama_emulator, "the second daemon's response")
+        assert first.stop() == 0                      # the first writes its state...
+        assert second.stop() == 0                     # ...and the second does not overwrite it
+        first.start()
+        assert restored(first) == len(mine) and not warnings(first)
+        assert_served_from_cache(first, ollama_emulator, mine)
+        assert httpx.get(f"{first.url}/v1/responses/{kept}", timeout=30).status_code == 200
+        first.kill()                                  # kill -9: the kernel lets the lock go
+        second.start()
+        assert restored(second) == len(mine) and not warnings(second)
+
+
+def test_an_unchanged_cache_is_not_rewritten_and_a_flush_is(tmp_path, ollama_emulator):
+    """Each periodic write rewrites (and fsyncs) the whole cache, up to max_bytes and the
+    vectors: only when it changed since. A flush is a change: it reaches the disk at once."""
+    cache_dir = tmp_path / "cache"
+    table = {"backends": [ollama_backend(ollama_emulator)],
+             "cache": {"path": str(cache_dir), "snapshot_interval_s": 0, "semantic": False}}
+    with RunningDaemon(table) as daemon:
+        def write():
+            return daemon.call(daemon.app.pipeline.snapshots.write)
+        assert write() is None                        # nothing restored, nothing stored
+        fill(daemon, ollama_emulator, {"is this written once?": "yes"})
+        assert write() == str(cache_dir / SNAPSHOT_NAME) and write() is None
+    with RunningDaemon(table) as daemon:
+        assert daemon.call(daemon.app.pipeline.snapshots.write) is None     # as restored
+        assert httpx.delete(daemon.url + "/v1/velollm/cache", timeout=30).json()["deleted"] == 1
+        assert decode_snapshot((cache_dir / SNAPSHOT_NAME).read_bytes()).exact == []   # written by the flush
+        assert daemon.call(daemon.app.pipeline.snapshots.write) is None
+
+
+def test_a_flushed_cache_stays_flushed_after_a_crash(tmp_path, ollama_emulator):
+    """DELETE /v1/velollm/cache (bad answers cached) reaches the snapshot at once: a crash
+    before the next periodic write does not bring the flushed answers back."""
+    cache_dir = tmp_path / "cache"
+    with DaemonProcess(daemon_toml(ollama_emulator, cache_dir, 0), tmp_path) as daemon:
+        fill(daemon, ollama_emulator, {"a bad answer?": "cached by mistake"})
+        assert daemon.stop() == 0
+        daemon.start()
+        assert restored(daemon) == 1
+        assert httpx.delete(daemon.url + "/v1/velollm/cache", timeout=30).json()["deleted"] == 1
+        daemon.kill()
+        daemon.start()
+        assert restored(daemon) == 0

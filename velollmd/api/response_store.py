@@ -10,20 +10,21 @@ lets an `item_reference` find a stored input or output item (`find_item`).
 
 StoreSnapshots keeps the store across restarts: a state file (cache/statefile.py: atomic
 write, a corrupt or foreign file set aside, the previous one loaded) in [responses] path,
-written from a thread every snapshot_interval_s when the store changed, and on shutdown.
+owned by one daemon, written from a thread every snapshot_interval_s when the store changed,
+and on shutdown (core/statewriter.py).
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import os
 from collections import OrderedDict
 
-from ..cache.statefile import StateFileError, read_state_file, seal, unseal, write_state_file
+from ..cache.statefile import StateFileError, read_state_file, seal, unseal
+from ..core.statewriter import StateWriter
 from ..wire import wirejson
-from ..wire.responses_items import find_item
+from ..wire.responses_items import find_item, with_unique_ids
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,10 @@ class ResponseStore:
         return list(self._records.items())
 
     def load(self, entries: list[tuple[str, str, dict]]) -> None:
-        """Take records read back from a snapshot, (id, owner digest, record) oldest first."""
+        """Take records read back from a snapshot, (id, owner digest, record) oldest first
+        (their input items' ids made unique, as a daemon before that kept them)."""
         for response_id, owner, record in entries:
-            self._put(response_id, owner, record)
+            self._put(response_id, owner, {**record, "input": with_unique_ids(record["input"])})
 
     def _evict(self) -> None:
         while len(self._records) > self.max_entries or self.num_bytes > self.max_bytes:
@@ -156,87 +158,45 @@ def _is_record(response_id, owner, record) -> bool:
 
 
 class StoreSnapshots:
-    """The store on disk: loaded at start, written (encoded and written in a thread, so that
-    no request waits on the disk) every `interval_s` when it changed, and on shutdown.
-    `directory` "" keeps it in memory only."""
+    """The store on disk (a StateWriter: its directory owned, written in a thread every
+    `interval_s` when the store changed, and on shutdown), loaded at start. `directory` ""
+    keeps it in memory only, as does another daemon owning it."""
 
     def __init__(self, store: ResponseStore, directory: str, interval_s: float):
         self.store, self.directory, self.interval_s = store, directory, interval_s
-        self._written = 0                            # the generation on disk (0: an empty store)
-        self._task: asyncio.Task | None = None
-        self._writing: asyncio.Future | None = None  # the write in its thread
-        self._error = ""                             # the last failure, logged once until it changes
+        self.writer = StateWriter(STORE_NAME, "response store", store.entries, encode_entries,
+                                  generation=lambda: store.generation)
 
-    def restore(self) -> int:
-        """Load the state file (if any and intact); the number of responses restored."""
-        if not self.directory or not os.path.isdir(self.directory):
+    def open(self) -> int:
+        """Own the directory and load its state file (if any and intact); the number of
+        responses restored. Periodic writes need a running loop."""
+        directory = self.writer.own(self.directory, self.interval_s)
+        if not directory or not os.path.isdir(directory):
             return 0
         try:
-            rows = read_state_file(self.directory, STORE_NAME, decode_entries, "response store") or []
+            rows = read_state_file(directory, STORE_NAME, decode_entries, "response store") or []
         except OSError as exc:
             log.warning("response store unreadable", extra={"fields": {"error": str(exc)}})
             return 0
+        was_empty = not len(self.store)
         self.store.load(rows)
-        self._written = self.store.generation
+        if was_empty:
+            self.writer.restored(len(self.store))
         return len(self.store)
 
     def start(self) -> None:
-        """Restore, then write now and then (a running loop is needed)."""
-        restored = self.restore()
+        restored = self.open()
         if restored:
             log.info("response store restored", extra={"fields": {"responses": restored, "path": self.directory}})
-        self._start_loop()
 
     def configure(self, directory: str, interval_s: float) -> None:
-        """New settings (a reload): the next write goes to `directory`."""
-        if (directory, interval_s) == (self.directory, self.interval_s):
-            return
+        """New settings (a reload): a new directory is owned and written in full."""
         self.directory, self.interval_s = directory, interval_s
-        self._written = -1                           # a new place: write it all there
-        self._start_loop()
-
-    def _start_loop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-        if self.directory and self.interval_s > 0:
-            self._task = asyncio.ensure_future(self._loop())
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            await self.write()
+        self.writer.own(directory, interval_s)
 
     async def write(self) -> str | None:
         """Write the store when it changed since the last write; the path written, else None."""
-        generation = self.store.generation
-        if not self.directory or generation == self._written:
-            return None
-        entries, directory = self.store.entries(), self.directory    # taken on the loop
-        if self._writing is not None and not self._writing.done():
-            await asyncio.wait([self._writing])      # one write at a time: they share a temp file
-        self._writing = asyncio.get_running_loop().run_in_executor(
-            None, lambda: write_state_file(directory, STORE_NAME, encode_entries(entries)))
-        try:
-            path = await asyncio.shield(self._writing)
-        except OSError as exc:
-            self._failed(str(exc))
-            return None
-        self._written = generation
-        if self._error:
-            log.info("response store written again", extra={"fields": {"path": path}})
-            self._error = ""
-        return path
-
-    def _failed(self, error: str) -> None:
-        """One warning per distinct failure (a full disk would otherwise log every interval)."""
-        if error != self._error:
-            log.warning("response store snapshot failed; the previous one is kept",
-                        extra={"fields": {"error": error, "path": self.directory}})
-        self._error = error
+        return await self.writer.write()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-        await self.write()
+        await self.writer.close()

@@ -35,7 +35,7 @@ from ..wire.responses_input import (
     resolve_references,
     oldest_turns_dropped,
 )
-from ..wire.responses_items import item_page, stored_item
+from ..wire.responses_items import item_page, stored_item, with_unique_ids
 from ..wire.responses_stream import ResponseEvents
 from ..wire.streams import closing
 from .access import Access
@@ -154,7 +154,7 @@ class ResponsesRoutes:
         messages = instructions_message(body.get("instructions"))
         items_to_messages(history, "previous_response_id", messages)
         chat = validate_chat(chat_body(body, items_to_messages(items, "input", messages)))
-        return chat, history + [stored_item(item) for item in items]
+        return chat, with_unique_ids(history + [stored_item(item) for item in items])
 
     # -- the store -----------------------------------------------------------------------
 

@@ -78,6 +78,7 @@ class ExactCache:
         self.num_bytes = 0
         self.stats = ExactStats()
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self.generation = 0          # bumped by every put, pop and clear (a snapshot is due)
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -110,17 +111,20 @@ class ExactCache:
         self._slots[key] = _Slot(entry, nbytes, expires_at)
         self.num_bytes += nbytes
         self._evict_to_bounds()
+        self.generation += 1
         return True
 
     def pop(self, key: str) -> CachedResponse | None:
         slot = self._slots.get(key)
         if slot is not None:
             self._remove(key)
+            self.generation += 1
         return slot.entry if slot else None
 
     def clear(self) -> None:
         self._slots.clear()
         self.num_bytes = 0
+        self.generation += 1
 
     def items(self):
         """(key, entry, expires_at) from least to most recently used, expired ones skipped."""

@@ -13,9 +13,14 @@ Load: a missing file is no state; a corrupt, truncated or foreign file is rename
 `<name>.corrupt-<timestamp>` and `<name>.prev` (the last good one) is loaded instead; a file
 from a newer format version is set aside as `<name>.v<N>-<timestamp>` (a newer daemon can take
 it back), never overwritten. Each of these is one warning line.
+Ownership: one daemon at a time keeps a state file; it holds an advisory lock (flock) on
+`<name>.lock` beside it for its life (the kernel lets go when the process ends, a crash
+included), so that a second daemon on the same path does not overwrite its state.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import glob
 import hashlib
 import logging
@@ -29,6 +34,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PREVIOUS_SUFFIX = ".prev"
+LOCK_SUFFIX = ".lock"
 _HEADER = struct.Struct("<8sIQ32s")
 _LOCKS: dict[str, threading.Lock] = {}       # path -> the lock of its writes
 _LOCKS_LOCK = threading.Lock()
@@ -181,3 +187,37 @@ def _load_previous(path: str, decode: Callable[[bytes], T]) -> T | None:
         return _load(path, decode)
     except StateFileError:
         return None
+
+
+class StateFileTaken(Exception):
+    """Another process holds the state file's lock."""
+
+    def __init__(self, path: str, holder: str):
+        super().__init__(f"{path} is held by {holder or 'another process'}")
+        self.path, self.holder = path, holder
+
+
+def lock_state_file(directory: str, name: str) -> int | None:
+    """Hold `directory/name.lock` (flock, exclusive) for as long as the returned descriptor
+    stays open, our pid written in it; None where no lock can be taken (a read-only directory:
+    then no write can happen either). Raises StateFileTaken when another process holds it."""
+    path = os.path.join(directory, name + LOCK_SUFFIX)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StateFileTaken(path, f"pid {holder}" if holder else "") from None
+        return None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass                                          # a full disk: the lock holds all the same
+    return fd

@@ -17,7 +17,8 @@ from typing import AsyncIterator
 from ..cache import policy
 from ..cache.cache import Lookup, ResponseCache
 from ..cache.replay import from_json_response, from_stream_chunks, to_json, to_sse_chunks
-from ..cache.store import SNAPSHOT_NAME, encode_snapshot, write_snapshot
+from .statewriter import StateWriter
+from ..cache.store import SNAPSHOT_NAME, encode_snapshot
 from ..config import Config
 from ..errors import BackendError, VeloError
 from ..log import current_request, note_model
@@ -52,8 +53,8 @@ class Pipeline:
         self.shared = self._shared_tier(config)
         self.flights = FlightTable()
         self.memo: OrderedDict[str, tuple] = OrderedDict()   # raw request key -> exact key
-        self._snapshot_task: asyncio.Task | None = None
-        self._snapshot_error = ""                       # the last failure, logged once until it changes
+        self.snapshots = StateWriter(SNAPSHOT_NAME, "cache", self._cache_state, encode_snapshot,
+                                     generation=lambda: self.cache.exact.generation if self.cache is not None else None)
 
     def _embedder(self):
         cache = self.config.cache
@@ -91,17 +92,14 @@ class Pipeline:
         self._retarget_shared(old, config)
         if config.cache == old.cache:
             return
-        if self._snapshot_task is not None:
-            self._snapshot_task.cancel()
-            self._snapshot_task = None
         old_cache = self.cache
         self.cache = ResponseCache(config.cache, embedder=self._embedder()) if config.cache.enabled else None
         self.memo.clear()
         if self.cache is not None and old_cache is not None:
             self.cache.adopt(old_cache.snapshot_state())
             self.cache.continue_counts(old_cache)
-        if self.cache is not None and config.cache.path and config.cache.snapshot_interval_s > 0:
-            self._snapshot_task = asyncio.ensure_future(self._snapshot_loop())
+        self.snapshots.changed()                      # another cache: its generations count anew
+        self.snapshots.own(config.cache.path if self.cache is not None else "", config.cache.snapshot_interval_s)
 
     # -- one request ---------------------------------------------------------------------
 
@@ -347,48 +345,22 @@ class Pipeline:
             self.shared.start()
         if self.cache is None or not self.config.cache.path:
             return
+        directory = self.snapshots.own(self.config.cache.path, self.config.cache.snapshot_interval_s)
+        if not directory:
+            return                                    # another daemon's: memory only
         try:
-            restored = self.cache.restore()
-            log.info("cache restored", extra={"fields": {"entries": restored, "path": self.config.cache.path}})
+            restored = self.cache.restore(directory)
+            self.snapshots.restored(restored)
+            log.info("cache restored", extra={"fields": {"entries": restored, "path": directory}})
         except OSError as exc:
             log.warning("cache snapshot unreadable", extra={"fields": {"error": str(exc)}})
-        if self.config.cache.snapshot_interval_s > 0:
-            self._snapshot_task = asyncio.ensure_future(self._snapshot_loop())
 
-    async def _snapshot_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.cache.snapshot_interval_s)
-            await self.snapshot()
-
-    async def snapshot(self) -> str | None:
-        """Capture the state on the loop, encode and write it in a thread (fsync is slow)."""
-        if self.cache is None or not self.config.cache.path:
-            return None
-        state = self.cache.snapshot_state()              # copies, taken on the loop
-        path = self.config.cache.path
-        try:
-            written = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: write_snapshot(path, encode_snapshot(state), SNAPSHOT_NAME))
-        except OSError as exc:
-            self._snapshot_failed(str(exc))
-            return None
-        if self._snapshot_error:
-            log.info("cache snapshot written again", extra={"fields": {"path": written}})
-            self._snapshot_error = ""
-        return written
-
-    def _snapshot_failed(self, error: str) -> None:
-        """One warning per distinct failure (a full disk or a read-only directory would
-        otherwise log a line every interval); the previous snapshot stays as it was."""
-        if error != self._snapshot_error:
-            log.warning("cache snapshot failed; the previous snapshot is kept",
-                        extra={"fields": {"error": error, "path": self.config.cache.path}})
-        self._snapshot_error = error
+    def _cache_state(self):
+        """What the snapshot keeps (copies, taken on the loop); None with the cache off."""
+        return self.cache.snapshot_state() if self.cache is not None else None
 
     async def close(self) -> None:
-        if self._snapshot_task is not None:
-            self._snapshot_task.cancel()
-        await self.snapshot()
+        await self.snapshots.close()
         if self.shared is not None:
             await self.shared.close()
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from .ids import item_id
 
 ID_PREFIXES = {"message": "msg", "reasoning": "rs", "function_call": "fc", "function_call_output": "fco",
-               "custom_tool_call": "ctc", "custom_tool_call_output": "ctco", "local_shell_call": "lsh"}
+               "custom_tool_call": "ctc", "custom_tool_call_output": "ctco", "local_shell_call": "lsh",
+               "local_shell_call_output": "lsho"}
 MAX_PAGE = 100
 
 
@@ -24,10 +25,28 @@ def stored_item(item: dict) -> dict:
                              if item.get("role") == "assistant" else {"type": "input_text", "text": text}]
     if not isinstance(stored.get("id"), str) or not stored["id"]:
         if kind == "local_shell_call_output":       # the SDK's shape: its `id` is the call's
-            stored["id"] = item.get("call_id") or item_id("lsho")
+            stored["id"] = item.get("call_id") or new_item_id(kind)
         else:
-            stored["id"] = item_id(ID_PREFIXES.get(kind, "item"))
+            stored["id"] = new_item_id(kind)
     return stored
+
+
+def new_item_id(kind: str) -> str:
+    return item_id(ID_PREFIXES.get(kind, "item"))
+
+
+def with_unique_ids(items: list[dict]) -> list[dict]:
+    """`items` with each id once, as a conversation's ids are at OpenAI (pages are found by
+    id): an item whose id an earlier one has (sent twice, or sent again with
+    previous_response_id) gets a fresh one."""
+    seen: set[str] = set()
+    unique = []
+    for item in items:
+        if item.get("id") in seen:
+            item = {**item, "id": new_item_id(item.get("type", "message"))}
+        seen.add(item.get("id"))
+        unique.append(item)
+    return unique
 
 
 def find_item(items: list[dict], wanted: str) -> dict | None:

@@ -1,0 +1,127 @@
+"""A state file kept for the daemon's life (the cache's snapshot, the Responses store).
+
+Its directory is owned (statefile.lock_state_file): a second daemon on the same path keeps
+that state in memory only and says so in one warning, instead of overwriting the first one's
+file. The state is captured on the loop and encoded and written in a thread (fsync is slow)
+every `interval_s` when it changed, and on close; a failed write keeps the previous file and
+is warned once until the failure changes (a full disk would otherwise log every interval).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Callable
+
+from ..cache.statefile import StateFileTaken, lock_state_file, write_state_file
+
+log = logging.getLogger(__name__)
+_UNWRITTEN = object()                                  # no generation of the state is on disk
+
+
+class StateWriter:
+    def __init__(self, name: str, what: str, capture: Callable[[], object | None],
+                 encode: Callable[[object], bytes], generation: Callable[[], object] = lambda: None):
+        """`capture()` (on the loop) copies the state, None when there is none to keep;
+        `encode(copy)` (in a thread) makes the file's bytes; `generation()` changes with the
+        state (always None: write every time)."""
+        self.name, self.what = name, what
+        self._capture, self._encode, self._generation = capture, encode, generation
+        self.directory, self.interval_s = "", 0.0
+        self._asked = ("", 0.0)                        # the settings last given to own()
+        self._lock: int | None = None                  # the lock file's descriptor
+        self._written: object = _UNWRITTEN
+        self._task: asyncio.Task | None = None
+        self._writing: asyncio.Future | None = None    # the write in its thread
+        self._error = ""                               # the last failure, logged once until it changes
+
+    def own(self, directory: str, interval_s: float) -> str:
+        """Keep the state in `directory` ("" : memory only) from now on, written every
+        `interval_s` (0: on close only): its lock taken, the previous directory's let go.
+        Returns the directory kept: "" when another daemon owns it. Needs a running loop."""
+        if (directory, interval_s) == self._asked:
+            return self.directory
+        if directory != self._asked[0]:
+            self._release()
+            self.directory = self._take(directory)
+            self._written = _UNWRITTEN                 # a new place: write it all there
+        self._asked, self.interval_s = (directory, interval_s), interval_s
+        self._start_loop()
+        return self.directory
+
+    def _take(self, directory: str) -> str:
+        if not directory:
+            return ""
+        try:
+            self._lock = lock_state_file(directory, self.name)
+        except StateFileTaken as exc:
+            log.warning(f"{self.what} {os.path.join(directory, self.name)} belongs to another velollmd "
+                        f"({exc.holder or 'its lock is held'}); this one keeps its {self.what} in memory only",
+                        extra={"fields": {"path": directory, "lock": exc.path}})
+            return ""
+        return directory
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)                       # (the lock goes with the descriptor)
+            self._lock = None
+
+    def restored(self, num_restored: int) -> None:
+        """What is in memory came from the file: nothing to write until it changes. Unless it
+        came from the previous file (the file was set aside): the next write puts it back."""
+        if not num_restored or os.path.exists(os.path.join(self.directory, self.name)):
+            self._written = self._generation()
+
+    def changed(self) -> None:
+        """The next write writes, whatever the generation says (another state object)."""
+        self._written = _UNWRITTEN
+
+    def _start_loop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self.directory and self.interval_s > 0:
+            self._task = asyncio.ensure_future(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.write()
+
+    async def write(self) -> str | None:
+        """Write the state when it changed since the last write; the path written, else None."""
+        generation = self._generation()
+        if not self.directory or (generation is not None and generation == self._written):
+            return None
+        state = self._capture()
+        if state is None:
+            return None
+        directory, name, encode = self.directory, self.name, self._encode
+        if self._writing is not None and not self._writing.done():
+            await asyncio.wait([self._writing])        # one write at a time: they share a temp file
+        self._writing = asyncio.get_running_loop().run_in_executor(
+            None, lambda: write_state_file(directory, name, encode(state)))
+        try:
+            path = await asyncio.shield(self._writing)
+        except OSError as exc:
+            self._failed(str(exc))
+            return None
+        self._written = generation
+        if self._error:
+            log.info(f"{self.what} snapshot written again", extra={"fields": {"path": path}})
+            self._error = ""
+        return path
+
+    def _failed(self, error: str) -> None:
+        if error != self._error:
+            log.warning(f"{self.what} snapshot failed; the previous snapshot is kept",
+                        extra={"fields": {"error": error, "path": self.directory}})
+        self._error = error
+
+    async def close(self) -> None:
+        """The last write; the directory let go."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        await self.write()
+        self._release()
