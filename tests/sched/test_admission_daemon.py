@@ -82,6 +82,20 @@ def test_full_queue_is_429_with_retry_after(gate):
     assert gate.arrivals == ["holder", "waiter"]
 
 
+def test_max_queue_zero_serves_a_free_slot_and_refuses_only_what_would_wait(gate):
+    """max_queue = 0: no waiting, so a request that finds the slot free runs (it was a 429)
+    and one that finds it busy is a 429 at once."""
+    with start_daemon(gate, max_queue=0) as daemon:
+        holder = in_thread(post_chat, daemon.port, "holder")
+        gate.wait_arrivals(1)
+        status, headers, body = post_chat(daemon.port, "rejected")
+        gate.open(1)
+        holder[0].join(10)
+    assert holder[1]["value"][0] == 200
+    assert status == 429 and body["error"]["type"] == "rate_limit_error"
+    assert gate.arrivals == ["holder"]
+
+
 def test_a_reload_raises_max_queue_at_once_while_requests_wait(gate):
     """An operator who sees 429s raises max_queue and reloads: it applies to the busy queue
     now, not once the queue has emptied (at saturation, never)."""
