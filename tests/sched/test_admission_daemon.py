@@ -6,9 +6,11 @@ import socket
 import threading
 import time
 
+import httpx
 import pytest
 
-from tests.daemon_rig import RunningDaemon
+from tests.daemon_rig import RunningDaemon, engine_backend
+from tests.rig.llama import make_tiny_model
 from tests.sched.gate_backend import GateBackend
 
 
@@ -94,6 +96,19 @@ def test_max_queue_zero_serves_a_free_slot_and_refuses_only_what_would_wait(gate
     assert holder[1]["value"][0] == 200
     assert status == 429 and body["error"]["type"] == "rate_limit_error"
     assert gate.arrivals == ["holder"]
+
+
+def test_max_queue_zero_serves_the_engine_too(tmp_path):
+    """The engine's own scheduler took max_queue = 0 as its own limit and refused every
+    request the daemon admitted to it: only the daemon's queue applies."""
+    make_tiny_model(tmp_path / "tiny-engine.gguf")
+    table = {"backends": [engine_backend(tmp_path, max_running=1)], "cache": {"enabled": False},
+             "scheduler": {"max_queue": 0, "prefix_routing": False}}
+    body = {"model": "tiny-engine", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    with RunningDaemon(table) as daemon:
+        replies = [httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60) for _ in range(2)]
+    assert [reply.status_code for reply in replies] == [200, 200]
+    assert replies[0].json()["usage"]["completion_tokens"] == 4
 
 
 def test_a_reload_raises_max_queue_at_once_while_requests_wait(gate):
