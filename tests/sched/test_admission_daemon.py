@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.daemon_rig import RunningDaemon, engine_backend
+from tests.daemon_rig import RunningDaemon, engine_backend, ollama_backend
 from tests.rig.llama import make_tiny_model
 from tests.sched.gate_backend import GateBackend
 
@@ -183,3 +183,22 @@ def test_a_client_that_goes_away_frees_its_slot(gate):
         stats = wait_stats(daemon, lambda s: s["num_running"] == 0)
     assert arrivals == ["leaver", "next"]
     assert waiter[1]["value"][0] == 200 and stats["num_waiting"] == 0
+
+
+def test_a_backend_whose_own_queue_is_full_is_busy_not_failing(ollama_emulator):
+    """Ollama answers 503 "server busy" when its own queue (OLLAMA_MAX_QUEUE) is full: each
+    such request is a 503 backend_busy, but the backend is not failing, so its circuit stays
+    closed and the next request is served (three busy answers opened it for everyone)."""
+    table = {"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False},
+             "scheduler": {"breaker_failures": 3}}
+    body = {"model": "llama3.2:latest", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    busy = "server busy, please try again.  maximum pending requests exceeded"
+    with RunningDaemon(table) as daemon:
+        for _ in range(3):
+            ollama_emulator.script(status=503, error=busy)
+        refused = [httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=30) for _ in range(3)]
+        served = httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=30)
+        stats = daemon.app.service.stats()["backends"]["ollama"]
+    assert [r.status_code for r in refused] == [503] * 3
+    assert {r.json()["error"]["code"] for r in refused} == {"backend_busy"}
+    assert served.status_code == 200 and stats["breaker"] == "closed"
