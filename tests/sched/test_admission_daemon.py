@@ -11,6 +11,7 @@ import pytest
 
 from tests.daemon_rig import RunningDaemon, engine_backend, ollama_backend
 from tests.rig.llama import make_tiny_model
+from tests.rig.waiting import wait_for
 from tests.sched.gate_backend import GateBackend
 
 
@@ -202,3 +203,27 @@ def test_a_backend_whose_own_queue_is_full_is_busy_not_failing(ollama_emulator):
     assert [r.status_code for r in refused] == [503] * 3
     assert {r.json()["error"]["code"] for r in refused} == {"backend_busy"}
     assert served.status_code == 200 and stats["breaker"] == "closed"
+
+
+def test_a_reload_gives_the_engines_own_queue_the_new_queue_timeout(tmp_path):
+    """A request sent ahead into the engine's queue waits there under [scheduler]
+    queue_timeout_s: a reload that raises it applies there too (the loaded model's queue kept
+    the value it was loaded with, and timed the request out at the old one)."""
+    make_tiny_model(tmp_path / "tiny-engine.gguf")
+    table = {"backends": [engine_backend(tmp_path, max_running=1)], "cache": {"enabled": False},
+             "scheduler": {"queue_timeout_s": 0.2, "backend_queue_per_slot": 1, "prefix_routing": False}}
+    body = {"model": "tiny-engine", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    with RunningDaemon(table) as daemon:
+        assert httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
+        daemon.reload({**table, "scheduler": {**table["scheduler"], "queue_timeout_s": 60.0}})
+        runner = daemon.app.registry.backends[0].loaded["tiny-engine"].runner
+        with runner._model_lock:            # the engine's step waits: one runs, one queues there
+            running = in_thread(httpx.post, daemon.url + "/v1/chat/completions", json=body, timeout=60)
+            assert wait_for(lambda: len(runner.scheduler.running) == 1, 30)
+            waiting = in_thread(httpx.post, daemon.url + "/v1/chat/completions", json=body, timeout=60)
+            assert wait_for(lambda: len(runner.scheduler.waiting) == 1, 30)
+            time.sleep(0.4)                 # past the old queue_timeout_s, waiting in the engine's queue
+        for thread, _ in (running, waiting):
+            thread.join(60)
+    assert running[1]["value"].status_code == 200
+    assert waiting[1]["value"].status_code == 200
