@@ -139,10 +139,12 @@ def test_model_names_past_the_limit_count_together_as_other():
 
 
 
-def test_a_429_from_the_engines_own_queue_is_counted_as_rejected(tmp_path):
-    """The engine runs max_running sequences and queues max_queue more in its own scheduler;
-    a request past them is a 429 there, not in the daemon's queue (which sends two a slot
-    ahead): counted all the same, once, under the engine's name."""
+def test_requests_sent_ahead_into_the_engine_are_not_refused_and_a_429_is_counted_once(tmp_path):
+    """The daemon runs max_running x (1 + backend_queue_per_slot) requests on the engine (one
+    on its slot, two sent ahead into its own queue) and queues max_queue more: the engine
+    never refuses one the daemon admitted (its own queue counted toward max_queue, a burst
+    was a 429 with nothing in the daemon's queue); the one past them is the daemon's 429,
+    counted once under the engine's name."""
     make_tiny_model(tmp_path / "tiny-engine.gguf")
     table = {"backends": [engine_backend(tmp_path, max_running=1)], "cache": {"enabled": False},
              "scheduler": {"max_queue": 1, "backend_queue_per_slot": 2, "prefix_routing": False}}
@@ -151,16 +153,18 @@ def test_a_429_from_the_engines_own_queue_is_counted_as_rejected(tmp_path):
         assert httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
         engine, = daemon.app.registry.backends
         runner = engine.loaded["tiny-engine"].runner
-        with runner._model_lock:            # the engine's step waits: one runs, one queues there
+        with runner._model_lock:            # the engine's step waits: one runs, two queue there
             held = [send_chat(daemon.port, {**body, "stream": True})]
             wait_until(lambda: len(runner.scheduler.running) == 1)         # the worker took it in
-            held.append(send_chat(daemon.port, {**body, "stream": True}))
-            wait_until(lambda: len(runner.scheduler.waiting) == 1)
+            held += [send_chat(daemon.port, {**body, "stream": True}) for _ in range(2)]
+            wait_until(lambda: len(runner.scheduler.waiting) == 2)
+            held.append(send_chat(daemon.port, body))                     # waits in the daemon's queue
+            wait_until(lambda: daemon.app.service.stats()["backends"]["engine"]["num_waiting"] == 1)
             refused = httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60)
-            for sock in held:
-                sock.close()
+        statuses = [status_of(sock) for sock in held]
         stats = daemon.app.service.stats()["backends"]["engine"]
         text = httpx.get(daemon.url + "/metrics", timeout=30).text
+    assert statuses == [200, 200, 200, 200]
     assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
     assert stats["num_rejected"] == 1
     assert 'velollm_queue_rejected_total{backend="engine"} 1' in text.splitlines()
@@ -217,6 +221,12 @@ def send_chat(port: int, body: dict) -> socket.socket:
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                  b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
     return sock
+
+
+def status_of(sock: socket.socket) -> int:
+    """The status of the answer to a request sent by send_chat (the socket is closed)."""
+    with sock:
+        return int(sock.makefile("rb").readline().split()[1])
 
 
 def wait_until(predicate, timeout: float = 30.0) -> None:

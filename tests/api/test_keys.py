@@ -248,6 +248,26 @@ def test_usage_route_and_metrics_per_key(keyed):
     assert samples[("velollm_key_rate_limited_total", (("key", "alice"), ("limit", "requests")))] == 0
 
 
+def test_a_cache_hit_the_keys_limit_refuses_is_not_counted_as_a_hit(keyed):
+    """Past its rpm, a repeat of a cached chat is a 429 whether the lookup or the replay
+    memo finds it: /v1/velollm/cache, velollm_cache_lookups_total and the key's cache_hits
+    count only the hits that were served (the memo's were counted before the key's check)."""
+    daemon, clock = keyed
+    alice = client(daemon, "sk-alice")
+    for _ in range(5):                                                  # a miss, a lookup hit, 3 memo hits
+        chat(alice, "Cache me", temperature=0)
+    for _ in range(2):
+        with pytest.raises(openai.RateLimitError):
+            chat(alice, "Cache me", temperature=0)
+    auth = {"Authorization": "Bearer sk-bob"}
+    cache = httpx.get(daemon.url + "/v1/velollm/cache", headers=auth).json()
+    metrics = httpx.get(daemon.url + "/metrics", headers=auth).text
+    lookups = {s.labels["result"]: s.value for family in text_string_to_metric_families(metrics)
+               for s in family.samples if s.name == "velollm_cache_lookups_total"}
+    assert cache["hits"] == 4 and lookups["hit-exact"] == 4
+    assert usage_of(daemon, "alice", key="sk-bob")["cache_hits"] == 4
+
+
 def test_priorities_from_keys_key_priorities_and_the_header(keyed):
     daemon, _ = keyed
     access = daemon.app.access

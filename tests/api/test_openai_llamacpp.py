@@ -2,8 +2,10 @@
 import asyncio
 import json
 
+import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.rig.llama import force_tool_call_bias
 
@@ -185,3 +187,31 @@ def test_vllms_repetition_penalty_reaches_llama_server(client):
     plain, llama_name = text(), text(repeat_penalty=1.8)
     assert llama_name != plain                        # the penalty shows in a greedy answer
     assert text(repetition_penalty=1.8) == llama_name
+
+
+@pytest.mark.parametrize("logprobs", [None, 1])
+def test_several_prompts_are_answered_and_counted_in_full(daemon, client, logprobs):
+    """llama-server answers `prompt: [a, b]` with a choice for each but the usage of the first
+    alone (a stream: a usage chunk for each, mid-stream): the usage is both prompts', once, last,
+    and so are the tokens in velollm_tokens_total."""
+    prompts = ["Once upon", "Hello there my friend"]
+    alone = [client.completions.create(model="tiny", prompt=p, max_tokens=3, temperature=0).usage for p in prompts]
+    before = tokens_counted(daemon)
+    whole = client.completions.create(model="tiny", prompt=prompts, max_tokens=3, temperature=0, logprobs=logprobs)
+    chunks = list(client.completions.create(model="tiny", prompt=prompts, max_tokens=3, stream=True,
+                                            logprobs=logprobs, stream_options={"include_usage": True}))
+    after = tokens_counted(daemon)
+    assert [c.index for c in whole.choices] == [0, 1] and all(c.finish_reason == "length" for c in whole.choices)
+    prompt_tokens = sum(u.prompt_tokens for u in alone)
+    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (prompt_tokens, 6)
+    assert [c.usage is not None for c in chunks].count(True) == 1 and chunks[-1].choices == []
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (prompt_tokens, 6)
+    assert {c.choices[0].index for c in chunks[:-1]} == {0, 1}
+    assert (after["prompt"] - before["prompt"], after["completion"] - before["completion"]) == (2 * prompt_tokens, 12)
+
+
+def tokens_counted(daemon) -> dict:
+    """velollm_tokens_total of the model "tiny", by kind."""
+    text = httpx.get(daemon.url + "/metrics", timeout=30).text
+    return {s.labels["kind"]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "velollm_tokens_total" and s.labels["model"] == "tiny"}

@@ -6,9 +6,12 @@ import socket
 import threading
 import time
 
+import httpx
 import pytest
 
-from tests.daemon_rig import RunningDaemon
+from tests.daemon_rig import RunningDaemon, engine_backend, ollama_backend
+from tests.rig.llama import make_tiny_model
+from tests.rig.waiting import wait_for
 from tests.sched.gate_backend import GateBackend
 
 
@@ -80,6 +83,33 @@ def test_full_queue_is_429_with_retry_after(gate):
     assert body["error"]["type"] == "rate_limit_error"
     assert holder[1]["value"][0] == waiter[1]["value"][0] == 200
     assert gate.arrivals == ["holder", "waiter"]
+
+
+def test_max_queue_zero_serves_a_free_slot_and_refuses_only_what_would_wait(gate):
+    """max_queue = 0: no waiting, so a request that finds the slot free runs (it was a 429)
+    and one that finds it busy is a 429 at once."""
+    with start_daemon(gate, max_queue=0) as daemon:
+        holder = in_thread(post_chat, daemon.port, "holder")
+        gate.wait_arrivals(1)
+        status, headers, body = post_chat(daemon.port, "rejected")
+        gate.open(1)
+        holder[0].join(10)
+    assert holder[1]["value"][0] == 200
+    assert status == 429 and body["error"]["type"] == "rate_limit_error"
+    assert gate.arrivals == ["holder"]
+
+
+def test_max_queue_zero_serves_the_engine_too(tmp_path):
+    """The engine's own scheduler took max_queue = 0 as its own limit and refused every
+    request the daemon admitted to it: only the daemon's queue applies."""
+    make_tiny_model(tmp_path / "tiny-engine.gguf")
+    table = {"backends": [engine_backend(tmp_path, max_running=1)], "cache": {"enabled": False},
+             "scheduler": {"max_queue": 0, "prefix_routing": False}}
+    body = {"model": "tiny-engine", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    with RunningDaemon(table) as daemon:
+        replies = [httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60) for _ in range(2)]
+    assert [reply.status_code for reply in replies] == [200, 200]
+    assert replies[0].json()["usage"]["completion_tokens"] == 4
 
 
 def test_a_reload_raises_max_queue_at_once_while_requests_wait(gate):
@@ -154,3 +184,46 @@ def test_a_client_that_goes_away_frees_its_slot(gate):
         stats = wait_stats(daemon, lambda s: s["num_running"] == 0)
     assert arrivals == ["leaver", "next"]
     assert waiter[1]["value"][0] == 200 and stats["num_waiting"] == 0
+
+
+def test_a_backend_whose_own_queue_is_full_is_busy_not_failing(ollama_emulator):
+    """Ollama answers 503 "server busy" when its own queue (OLLAMA_MAX_QUEUE) is full: each
+    such request is a 503 backend_busy, but the backend is not failing, so its circuit stays
+    closed and the next request is served (three busy answers opened it for everyone)."""
+    table = {"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False},
+             "scheduler": {"breaker_failures": 3}}
+    body = {"model": "llama3.2:latest", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    busy = "server busy, please try again.  maximum pending requests exceeded"
+    with RunningDaemon(table) as daemon:
+        for _ in range(3):
+            ollama_emulator.script(status=503, error=busy)
+        refused = [httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=30) for _ in range(3)]
+        served = httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=30)
+        stats = daemon.app.service.stats()["backends"]["ollama"]
+    assert [r.status_code for r in refused] == [503] * 3
+    assert {r.json()["error"]["code"] for r in refused} == {"backend_busy"}
+    assert served.status_code == 200 and stats["breaker"] == "closed"
+
+
+def test_a_reload_gives_the_engines_own_queue_the_new_queue_timeout(tmp_path):
+    """A request sent ahead into the engine's queue waits there under [scheduler]
+    queue_timeout_s: a reload that raises it applies there too (the loaded model's queue kept
+    the value it was loaded with, and timed the request out at the old one)."""
+    make_tiny_model(tmp_path / "tiny-engine.gguf")
+    table = {"backends": [engine_backend(tmp_path, max_running=1)], "cache": {"enabled": False},
+             "scheduler": {"queue_timeout_s": 0.2, "backend_queue_per_slot": 1, "prefix_routing": False}}
+    body = {"model": "tiny-engine", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    with RunningDaemon(table) as daemon:
+        assert httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
+        daemon.reload({**table, "scheduler": {**table["scheduler"], "queue_timeout_s": 60.0}})
+        runner = daemon.app.registry.backends[0].loaded["tiny-engine"].runner
+        with runner._model_lock:            # the engine's step waits: one runs, one queues there
+            running = in_thread(httpx.post, daemon.url + "/v1/chat/completions", json=body, timeout=60)
+            assert wait_for(lambda: len(runner.scheduler.running) == 1, 30)
+            waiting = in_thread(httpx.post, daemon.url + "/v1/chat/completions", json=body, timeout=60)
+            assert wait_for(lambda: len(runner.scheduler.waiting) == 1, 30)
+            time.sleep(0.4)                 # past the old queue_timeout_s, waiting in the engine's queue
+        for thread, _ in (running, waiting):
+            thread.join(60)
+    assert running[1]["value"].status_code == 200
+    assert waiting[1]["value"].status_code == 200

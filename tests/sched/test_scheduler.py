@@ -90,8 +90,16 @@ def test_start_at_once_admits_as_add_request_then_schedule_does():
     assert "d" not in at_once.pool and "f" not in at_once.pool
     with pytest.raises(BadRequest):
         scheduler(num_blocks=4).start_at_once(make("g", num_tokens=12, max_tokens=8), 0.0)
+
+
+def test_max_queue_zero_starts_a_request_on_a_free_slot_and_refuses_one_that_would_wait():
+    """max_queue = 0 means no waiting (as vLLM/TGI users read a queue size), not no requests."""
+    sched = scheduler(num_slots=1, max_queue=0)
+    assert sched.start_at_once(make("a"), 0.0).slot == 0
+    assert sched.start_at_once(make("b"), 0.0) is None            # no free slot: it would wait
     with pytest.raises(RateLimited):
-        scheduler(max_queue=0).start_at_once(make("h"), 0.0)
+        sched.add_request(make("b"), 0.0)
+    assert sched.get_request("b") is None and list(sched.running) == ["a"]
 
 
 def test_a_backends_scheduler_accounts_blocks_without_reading_back_block_tables():

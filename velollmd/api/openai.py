@@ -46,7 +46,7 @@ class OpenAIRoutes:
                 self.access.priority_of(request, key)                 # a bad x-velollm-priority: 400, hit or not
                 key_name = self.access.admit(request, key=key, defer=True)  # limits count cache hits too
                 await self.pipeline.admit(key_name)                 # (the model was checked for the memo)
-                self.access.ledger.record_cache_hit(key_name)
+                self.pipeline.count_memo_hit(key_name)
                 return to_response(replay, self.sse_ping_s)
         body = request.json()
         if has_legacy_functions(body):

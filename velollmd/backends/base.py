@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from ..config import BackendConfig
+from ..config import BackendConfig, SchedulerConfig
 from ..errors import (CONTEXT_LENGTH_EXCEEDED, BackendBusy, BackendError, BadRequest, NotFound,
                       NotImplementedByBackend, VeloError)
 from ..http.client import ClientResponse, HTTPClient
@@ -119,6 +119,10 @@ class Backend:
         """Keep `model` loaded this long after its last use (Ollama's keep_alive: math.inf for
         good, 0 to unload once idle, None for the backend's default). Only a backend that loads
         models itself takes it; servers such as llama-server keep theirs."""
+
+    def configure_scheduler(self, config: SchedulerConfig) -> None:
+        """New [scheduler] settings (a reload that keeps this backend) for a backend that queues
+        requests in a scheduler of its own; the others' queues are theirs."""
 
     async def load_model(self, model: str) -> None:
         """Load `model` now (a client warming it up) where the backend loads models itself."""

@@ -125,6 +125,13 @@ class EngineBackend(Backend):
                        for name, m in self.loaded.items()}}
         return status
 
+    def configure_scheduler(self, config: SchedulerConfig) -> None:
+        """New [scheduler] settings: for the models loaded later, and at once for the loaded
+        ones' queues (queue_timeout_s, aging_s, preempt), as the daemon's busy queues take them."""
+        self.scheduler_config = config
+        for model in self.loaded.values():
+            model.runner.scheduler.config = loader.scheduler_settings(config, self.options)
+
     # ---- loading ----
 
     def _served_name(self, name: str) -> str:

@@ -1,6 +1,8 @@
 """llama.cpp's llama-server: its OpenAI endpoints plus /props (slots, context) and /tokenize."""
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
 from typing import AsyncIterator, Callable
@@ -85,7 +87,12 @@ class LlamaCppBackend(OpenAIBackend):
         return body
 
     async def completion(self, request: GenerateRequest) -> dict:
-        """llama.cpp answers a completion's logprobs in the chat shape: given in OpenAI's."""
+        """llama.cpp answers a completion's logprobs in the chat shape: given in OpenAI's. Several
+        prompts go one a request, their answers merged: llama-server answers them in one with
+        the usage of the first prompt alone."""
+        prompts = _prompts(request.body)
+        if prompts is not None:
+            return _merged_answers(await _all_of(self.completion(_with_prompt(request, p)) for p in prompts))
         body = await super().completion(request)
         _completion_id(body)
         if wants_logprobs(request.body):
@@ -109,8 +116,11 @@ class LlamaCppBackend(OpenAIBackend):
     def answer_events(self, request: GenerateRequest) -> AsyncIterator[list[bytes] | list[dict]]:
         events = super().answer_events(request)
         if request.endpoint == "completion" and wants_logprobs(request.body):
-            return self._completion_logprob_chunks(events)
+            return self._completion_logprob_chunks(events, _prompts(request.body))
         if request.endpoint != "chat":
+            prompts = _prompts(request.body)
+            if prompts is not None:
+                return self._rewritten_chunks(events, _completion_id, _usage_summer(len(prompts)))
             return _completion_id_events(events)
         rewrites = [_drop_alternatives] if _no_alternatives(request.body) else []
         prefill = _prefill(request.body)
@@ -120,11 +130,15 @@ class LlamaCppBackend(OpenAIBackend):
             return events
         return self._rewritten_chunks(events, *rewrites)
 
-    def _completion_logprob_chunks(self, events: AsyncIterator[list[bytes]]) -> AsyncIterator[list[dict]]:
-        """A completion stream's chunks with their logprobs in the completions shape."""
+    def _completion_logprob_chunks(self, events: AsyncIterator[list[bytes]],
+                                   prompts: list | None) -> AsyncIterator[list[dict]]:
+        """A completion stream's chunks with their logprobs in the completions shape (and with
+        several `prompts`, one usage for all of them)."""
         offsets: dict[int, int] = {}
-        return self._rewritten_chunks(events, _completion_id,
-                                      lambda chunk: to_completion_logprobs(chunk.get("choices") or [], offsets))
+        rewrites = [_completion_id, lambda chunk: to_completion_logprobs(chunk.get("choices") or [], offsets)]
+        if prompts is not None:
+            rewrites.append(_usage_summer(len(prompts)))
+        return self._rewritten_chunks(events, *rewrites)
 
     async def _rewritten_chunks(self, events: AsyncIterator[list[bytes]],
                                 *rewrites: Callable[[dict], None]) -> AsyncIterator[list[dict]]:
@@ -206,6 +220,69 @@ def _arguments_as_json(call: dict) -> dict:
     arguments = call["function"]["arguments"]
     written = json.dumps(arguments) if arguments.strip() else "{}"
     return {**call, "function": {**call["function"], "arguments": written}}
+
+
+def _prompts(body: dict) -> list | None:
+    """A completion's prompts when it has several (strings, or lists of token ids), else None."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, (str, list)) for p in prompt):
+        return prompt
+    return None
+
+
+async def _all_of(coroutines) -> list:
+    """The results of `coroutines` run together; the first to fail cancels the others, and its
+    error is raised as it is."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+
+
+def _with_prompt(request: GenerateRequest, prompt) -> GenerateRequest:
+    return dataclasses.replace(request, body={**request.body, "prompt": prompt})
+
+
+def _merged_answers(answers: list[dict]) -> dict:
+    """One completion answer of the answers to each prompt, in prompt order: their choices
+    numbered in that order, their usage summed (timings, which are one prompt's, left out)."""
+    merged = {key: value for key, value in answers[0].items() if key != "timings"}
+    merged["choices"] = [{**choice, "index": index} for index, choice in
+                         enumerate(choice for answer in answers for choice in answer.get("choices") or [])]
+    merged["usage"] = _summed_usage([answer.get("usage") for answer in answers])
+    return merged
+
+
+def _usage_summer(num_prompts: int) -> Callable[[dict], None]:
+    """llama-server ends each prompt's choice of a stream of several prompts with that prompt's
+    usage: each is taken off its chunk, and their sum put on the last one's."""
+    seen: list = []
+
+    def sum_usage(chunk: dict) -> None:
+        if not isinstance(chunk.get("usage"), dict):
+            return
+        seen.append(chunk.pop("usage"))
+        if len(seen) == num_prompts:
+            chunk["usage"] = _summed_usage(seen)
+    return sum_usage
+
+
+def _summed_usage(usages: list) -> dict:
+    """Token counts of several answers added up (cached prompt tokens too, when given)."""
+    total = {name: sum(_count(u, name) for u in usages) for name in ("prompt_tokens", "completion_tokens")}
+    total["total_tokens"] = total["prompt_tokens"] + total["completion_tokens"]
+    details = [u.get("prompt_tokens_details") for u in usages if isinstance(u, dict)]
+    if any(isinstance(d, dict) for d in details):
+        total["prompt_tokens_details"] = {"cached_tokens": sum(_count(d, "cached_tokens") for d in details)}
+    return total
+
+
+def _count(usage, name: str) -> int:
+    value = usage.get(name) if isinstance(usage, dict) else None
+    return value if type(value) is int and value > 0 else 0
 
 
 def _completion_id(answer: dict) -> None:

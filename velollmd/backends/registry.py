@@ -67,6 +67,8 @@ class Registry:
         kept = {c.name: current[c.name] for c in configs
                 if c.name in current and current[c.name].config == c}
         fresh = {c.name: make_backend(c, scheduler) for c in configs if c.name not in kept}
+        for backend in kept.values() if scheduler is not None else ():
+            backend.configure_scheduler(scheduler)
         await self._start(list(fresh.values()))
         self.backends = [kept.get(c.name) or fresh[c.name] for c in configs]
         self.aliases = ModelAliases(aliases)

@@ -108,7 +108,8 @@ class Pipeline:
 
         `raw_key` hashes the path, the body bytes and the API key: the same bytes are the same
         request, so the exact key remembered for them still applies while the serving backend's
-        model identity is unchanged. Anything else falls through to the full lookup."""
+        model identity is unchanged. Anything else falls through to the full lookup. The hit
+        is counted by `count_memo_hit`, once the key's limits let the request in."""
         memo = self.memo.get(raw_key) if self.cache is not None else None
         if memo is None or policy.client_bypass(request_headers) or "cache-control" in request_headers:
             return None
@@ -120,11 +121,16 @@ class Pipeline:
         entry = self.cache.exact.get(key)
         if entry is None or backend.identity(request.model) != identity:
             return None
-        self.cache.counters["hits"] += 1
-        self.metrics.cache.inc(result="hit-exact")
         note_model(request.model)                    # the body was not parsed: the memo knows it
         self.memo.move_to_end(raw_key)
         return self._replay(request, Lookup("hit-exact", entry=entry, similarity=1.0, key=key))
+
+    def count_memo_hit(self, key_name: str) -> None:
+        """A replay_memo hit that is served: in the cache's stats, /metrics and the key's usage."""
+        if self.cache is not None:                  # (a reload may have turned it off meanwhile)
+            self.cache.counters["hits"] += 1
+        self.metrics.cache.inc(result="hit-exact")
+        self.ledger.record_cache_hit(key_name)
 
     def _remember(self, request: GenerateRequest, lookup: Lookup) -> None:
         if request.raw_key and lookup.key:

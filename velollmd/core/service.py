@@ -37,8 +37,8 @@ from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 from ..backends.base import Backend
 from ..backends.registry import Registry
 from ..config import SchedulerConfig
-from ..errors import (CONTEXT_LENGTH_EXCEEDED, BackendError, BackendTimeout, BadRequest, Unavailable,
-                      VeloError)
+from ..errors import (CONTEXT_LENGTH_EXCEEDED, BackendBusy, BackendError, BackendTimeout, BadRequest,
+                      Unavailable, VeloError)
 from ..log import current_request
 from ..metrics import Metrics
 from ..sched.admission import Admission, Preempted, Slot
@@ -97,7 +97,8 @@ class Service:
                         attempt: Callable[[Backend], Awaitable[T]]) -> T:
         """`attempt` on each backend in turn until one answers, MAX_ATTEMPTS tries at most. A
         backend whose circuit is half-open with its one probe out is skipped; a BackendError
-        (raised before any byte reached the client) counts against that backend's breaker."""
+        (raised before any byte reached the client) counts against that backend's breaker, but
+        BackendBusy (its own queue full: a 429 or 503 it answered) does not."""
         last_error: BackendError | None = None
         num_attempts = 0
         for backend in backends:
@@ -109,6 +110,11 @@ class Service:
             self.num_failovers += num_attempts > 1
             try:
                 result = await attempt(backend)
+            except BackendBusy as exc:              # its own queue is full: busy, not failing
+                self.breaker(backend).release_probe()
+                self.count_error(backend, exc)
+                last_error = exc
+                continue
             except BackendError as exc:             # BackendTimeout too
                 self._failed(backend, exc)
                 last_error = exc

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -113,11 +114,18 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
     num_ctx = context_for(options.num_ctx, config.context_length or 0)
     kv = PagedKVCache(config.n_layer, _num_blocks(config, options, num_ctx), options.block_size,
                       config.n_head_kv, config.head_dim)
-    scheduler = Scheduler(dataclasses.replace(scheduler_config, block_size=options.block_size),
-                          options.max_running, BlockPool(kv.num_blocks, options.block_size),
-                          reserve_output=False)
+    scheduler = Scheduler(scheduler_settings(scheduler_config, options), options.max_running,
+                          BlockPool(kv.num_blocks, options.block_size), reserve_output=False)
     runner = Runner(model, kv, scheduler, tokenizer, max_batch_tokens=options.max_batch_tokens, num_ctx=num_ctx)
     return LoadedModel(name, path, config, tokenizer, template, template_error, runner, num_ctx, model.nbytes)
+
+
+def scheduler_settings(scheduler_config: SchedulerConfig, options: EngineOptions) -> SchedulerConfig:
+    """[scheduler] as a loaded model's own scheduler takes it: its KV block size, and no queue
+    limit of its own: every request here was admitted by the daemon's queue for this backend,
+    which bounds them (max_running x (1 + backend_queue_per_slot) sent in, max_queue waiting
+    before that); a second limit here refused requests it had admitted."""
+    return dataclasses.replace(scheduler_config, block_size=options.block_size, max_queue=sys.maxsize)
 
 
 def read_model(gguf: GGUFFile, config: ModelConfig) -> Model:

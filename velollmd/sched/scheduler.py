@@ -132,7 +132,7 @@ class Scheduler:
         add_request() it then."""
         if self.waiting or not self._free_slots:
             return None
-        self._check_intake(request)
+        self._check_intake(request, waits=False)
         allocation = self._allocate(request)
         if allocation is None:
             return None
@@ -140,11 +140,12 @@ class Scheduler:
         self._requests[request.request_id] = request
         return self._start(request, allocation, now)
 
-    def _check_intake(self, request: SchedRequest) -> None:
-        """What add_request refuses: a known id, a full queue (429), more than the pool (400)."""
+    def _check_intake(self, request: SchedRequest, *, waits: bool = True) -> None:
+        """What add_request refuses: a known id, a full queue (429; only for a request that
+        `waits`: max_queue = 0 starts one on a free slot), more than the pool (400)."""
         if request.request_id in self._requests:
             raise ValueError(f"duplicate request id {request.request_id!r}")
-        if len(self.waiting) >= self.config.max_queue:
+        if waits and len(self.waiting) >= self.config.max_queue:
             raise RateLimited("too many requests waiting; retry later",
                               headers={"retry-after": str(self._retry_after_s())})
         if self._num_blocks_needed(request) > self.pool.num_blocks:
