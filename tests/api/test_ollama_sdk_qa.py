@@ -114,11 +114,17 @@ def test_format_json_on_the_engine_answers_one_json_object(engine, endpoint):
     assert reply.done_reason == "length" and text.strip() == "{"
 
 
-def test_format_schema_on_the_engine_is_a_clear_400(engine):
+def test_format_schema_on_the_engine_shapes_the_answer_or_is_a_clear_400(engine):
+    schema = {"type": "object", "properties": {"title": {"type": "string"}, "done": {"type": "boolean"}},
+              "required": ["title", "done"]}
+    reply = engine.chat(model=ENGINE_MODEL, messages=[{"role": "user", "content": "a title?"}], format=schema,
+                        options={"temperature": 0.8, "seed": 1, "num_predict": 120})
+    value = json.loads(reply.message.content)
+    assert reply.done_reason == "stop" and list(value) == ["title", "done"] and isinstance(value["done"], bool)
     with pytest.raises(ollama.ResponseError) as info:
         engine.chat(model=ENGINE_MODEL, messages=[{"role": "user", "content": "hi"}],
-                    format={"type": "object", "properties": {"a": {"type": "string"}}})
-    assert info.value.status_code == 400 and "schema" in info.value.error
+                    format={"type": "object", "properties": {"a": {"type": "string", "minLength": 3}}})
+    assert info.value.status_code == 400 and "minLength" in info.value.error
 
 
 def test_pull_of_a_served_model_succeeds_and_of_any_other_is_a_clear_501(engine):

@@ -125,12 +125,32 @@ def test_completions_endpoint(client):
     assert streamed == answer.choices[0].text
 
 
-def test_response_format_with_a_schema_is_refused_by_name(client):
+PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                                           "tags": {"type": "array", "items": {"enum": ["a", "b"]}}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_response_format_json_schema_gives_an_object_of_the_schema(client, stream):
+    kwargs = dict(model=MODEL, max_tokens=200, temperature=1.0, seed=2, messages=[{"role": "user", "content": "who?"}],
+                  response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}})
+    if stream:
+        text, reason = streamed_text(client.chat.completions.create(stream=True, **kwargs))
+    else:
+        answer = client.chat.completions.create(**kwargs)
+        text, reason = answer.choices[0].message.content, answer.choices[0].finish_reason
+    value = json.loads(text)
+    assert reason == "stop" and list(value) == ["name", "age", "tags"]
+    assert isinstance(value["name"], str) and type(value["age"]) is int and set(value["tags"]) <= {"a", "b"}
+
+
+def test_response_format_with_a_schema_outside_the_subset_is_refused_by_name(client):
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
                                        response_format={"type": "json_schema", "json_schema": {
-                                           "name": "x", "schema": {"type": "object"}}})
-    assert info.value.body["param"] == "response_format"
+                                           "name": "x", "schema": {"type": "object", "properties": {
+                                               "a": {"type": "string", "pattern": "^x+$"}}}}})
+    assert info.value.body["param"] == "response_format" and "'pattern'" in info.value.message
 
 
 JSON = {"type": "json_object"}

@@ -9,12 +9,15 @@ import pytest
 
 from velollmd.engine.json_constraint import (
     INITIAL,
+    MAX_DIGITS,
     MAX_WHITESPACE_RUN,
     JsonConstraint,
     JsonVocab,
     feed,
+    initial_state,
     is_complete,
 )
+from velollmd.engine.json_schema import compile_schema
 from velollmd.engine import sampling
 from velollmd.engine.sampling import Sampler, SamplingParamError, SamplingParams
 from velollmd.engine.tokenizer import TokenAttr, Tokenizer
@@ -61,6 +64,13 @@ def test_invalid_texts_are_rejected(text):
                                   b'{"a":"\xf4\x90\x80\x80"}', b'{"a":"\x80"}', b'{"a":"\xe2\x82"}'])
 def test_strings_hold_well_formed_utf8_only(data):
     assert fed(data) is None
+
+
+def test_digit_runs_are_bounded_so_a_number_ends():
+    digits = "1" * MAX_DIGITS
+    assert is_complete(fed(f'{{"a":-{digits}.{digits}e+{digits}}}'))
+    for number in ("1" + digits, f"1.{digits}1", f"1e{digits}1", f"-{digits}1"):
+        assert fed(f'{{"a":{number}') is None, number
 
 
 def test_whitespace_runs_are_bounded_so_the_end_comes():
@@ -153,7 +163,8 @@ def generate(sampler: Sampler, rng: np.random.Generator, steps: int, brute: bool
 def test_greedy_json_is_the_argmax_of_the_masked_logits(seed, max_rejections, monkeypatch):
     monkeypatch.setattr(sampling, "MAX_REJECTIONS", max_rejections)
     vocab = JsonVocab(TOKENIZER, VOCAB)
-    fast = generate(Sampler(json_params(temperature=0), VOCAB, json_vocab=vocab), np.random.default_rng(seed), 60, False)
+    sampler = Sampler(json_params(temperature=0), VOCAB, json_vocab=vocab)
+    fast = generate(sampler, np.random.default_rng(seed), 60, False)
     brute = generate(None, np.random.default_rng(seed), 60, True)
     assert fast == brute
     tokens, text = fast
@@ -205,3 +216,84 @@ def test_json_mode_comes_from_response_format_and_needs_an_end_token():
     with pytest.raises(SamplingParamError) as info:
         SamplingParams.from_request({**body, "ignore_eos": True}, eos_token_ids=(2,))
     assert info.value.param == "response_format"
+
+
+# ---- JSON schemas -------------------------------------------------------------------------------
+
+SCHEMA = {"type": "object", "title": "answer", "properties": {
+    "name": {"type": "string"}, "age": {"type": "integer"}, "score": {"type": "number"},
+    "ok": {"type": "boolean"}, "tags": {"type": "array", "items": {"type": "string"}},
+    "kind": {"enum": ["a", "ab", 1, 12, None]}, "pos": {"type": "object", "properties": {"x": {"const": -1}}},
+    "any": {}, "nothing": {"type": "null"}}, "required": ["name"], "additionalProperties": False}
+GOOD = ['{"name":"bo","age":-3,"score":1.5e2,"ok":true,"tags":[],"kind":"ab","pos":{"x":-1},"any":[1,{"q":null}],'
+        '"nothing":null}',
+        '{ "name" : "" , "age":0,"score":-0,"ok":false,"tags":["x","y"],"kind":12,"pos":{"x":-1},"any":{},'
+        '"nothing":null}',
+        '{"name":"\\u00e9","age":7,"score":3,"ok":true,"tags":[""],"kind":null,"pos":{"x":-1},"any":"s",'
+        '"nothing":null}']
+BAD = ['{}', '{"age":1', '{"name":1', '{"name":"a","name"', '{"name":"a","age":1.5', '{"name":"a","age":1e3',
+       '{"name":"a","age":1,"score":"1"', '{"name":"a","age":1,"score":1,"ok":null', '{"name":"a","age":1,"score":1,'
+       '"ok":true,"tags":[1', '{"name":"a","age":1,"score":1,"ok":true,"tags":[],"kind":"b"',
+       '{"name":"a","age":1,"score":1,"ok":true,"tags":[],"kind":123', '{"name":"a"}',
+       '{"name":"a","age":1,"score":1,"ok":true,"tags":[],"kind":1,"pos":{}', GOOD[0][:-1] + ',"more":1}']
+
+
+def schema_fed(text: str):
+    return feed(initial_state(compile_schema(SCHEMA)), text.encode())
+
+
+def test_a_schema_takes_its_objects_whole_and_rejects_the_rest():
+    for text in GOOD:
+        assert is_complete(schema_fed(text)) and list(json.loads(text)) == list(SCHEMA["properties"])
+        assert all(not is_complete(schema_fed(text[:end])) for end in range(len(text)))
+    for text in BAD:
+        assert schema_fed(text) is None, text
+
+
+@pytest.mark.parametrize("schema, keyword", [
+    ({"type": "object", "properties": {"a": {"type": "string", "pattern": "x+"}}}, "pattern"),
+    ({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}]}}}, "anyOf"),
+    ({"type": "object", "properties": {"a": {"$ref": "#/defs/x"}}}, "$ref"),
+    ({"type": "object", "properties": {"a": {"type": ["string", "null"]}}}, "one type name only"),
+    ({"type": "object", "required": ["b"]}, "required"), ({"type": "array"}, "top level"),
+    ({"type": "object", "properties": {"a": {"type": "integer", "enum": ["x"]}}}, "enum"),
+])
+def test_schemas_outside_the_subset_are_refused_by_name(schema, keyword):
+    body = {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+    with pytest.raises(SamplingParamError) as info:
+        SamplingParams.from_request(body, eos_token_ids=(2,))
+    assert info.value.param == "response_format" and keyword in info.value.reason
+
+
+SMALL = {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "number"}},
+                                          "b": {"enum": [True, "ab", 10]}, "ab": {"type": "string"}}}
+
+
+@pytest.mark.parametrize("text", ['', '{', '{"', '{"a":', '{"a":[', '{"a":[1', '{"a":[1,0.5],', '{"a":[],"b":1',
+                                  '{"a":[],"b":"a', '{"a":[],"b":t', '{"a":[],"b":10,"ab":"x',
+                                  '{"a":[],"b":10,"ab":""'])
+def test_the_full_mask_under_a_schema_is_every_token_checked(text):
+    root = compile_schema(SMALL)
+    constraint = JsonConstraint(JsonVocab(TOKENIZER, VOCAB), END_IDS, root)
+    constraint.state = feed(initial_state(root), text.encode())
+    assert constraint.state is not None
+    expected = np.array([constraint.allows(t) for t in range(TOKENIZER.vocab_size)] + [False] * 3)
+    data = text.encode()
+    for token_id in range(TOKENIZER.vocab_size):       # from scratch, as reference_allowed does
+        if token_id not in END_IDS and not TOKENIZER.is_special(token_id) and TOKENIZER.token_bytes(token_id):
+            assert expected[token_id] == (feed(initial_state(root), data + TOKENIZER.token_bytes(token_id)) is not None)
+    assert np.array_equal(constraint.mask(), expected)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sampling_under_a_schema_writes_objects_of_the_schema(seed):
+    root = compile_schema(SMALL)
+    body = {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": SMALL}}}
+    params = SamplingParams.from_request({**body, "temperature": 1.0, "seed": seed}, eos_token_ids=END_IDS)
+    assert params.json_mode and params.json_schema == root
+    sampler = Sampler(params, VOCAB, json_vocab=JsonVocab(TOKENIZER, VOCAB))
+    tokens, text = generate(sampler, np.random.default_rng(seed), 400, False)
+    assert tokens[-1] in END_IDS, text
+    value = json.loads(text)
+    assert list(value) == ["a", "b", "ab"] and value["b"] in (True, "ab", 10) and isinstance(value["ab"], str)
+    assert all(isinstance(x, (int, float)) for x in value["a"])

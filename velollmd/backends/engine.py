@@ -438,6 +438,7 @@ def _refuse_unsupported(body: dict) -> None:
     """Fields the engine cannot honour get a 400 naming them, never a silent ignore."""
     refuse_insert(body)
     response_format = body.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") not in (None, "text", "json_object"):
-        raise BadRequest(f"response_format {response_format.get('type')!r} needs a JSON schema constraint, "
-                         "which the engine does not do yet (json_object is served)", param="response_format")
+    if isinstance(response_format, dict) and response_format.get("type") not in (
+            None, "text", "json_object", "json_schema"):
+        raise BadRequest(f"response_format {response_format.get('type')!r} is not one the engine serves",
+                         param="response_format")

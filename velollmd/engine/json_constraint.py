@@ -9,9 +9,14 @@ bytes (llama.cpp's grammar bounds it too), so a sampler cannot pad forever; once
 complete only the end of the sequence remains (as with llama.cpp's grammar: nothing follows
 the root object). Whitespace before the object is allowed (SentencePiece's "▁{").
 
-A state is an immutable tuple (mode, aux, stack, ws): `stack` a str of the open '{' and '[',
-`aux` the mode's detail (a number's part, a literal's remaining bytes, a string's pending
-escape or UTF-8 bytes), `ws` the current whitespace run. `step` gives the next state or None.
+With a schema (engine/json_schema.py compiles it to nodes), the same automaton also follows
+the node each value must match: an object's keys are its schema's, in order, and every value
+starts and runs as its type allows. Runs of digits are at most MAX_DIGITS long.
+
+A state is an immutable tuple (mode, aux, stack, ws): `stack` a tuple of the open containers'
+frames, `aux` the mode's detail (a number's part, a literal's remaining texts, a string's
+pending escape or UTF-8 bytes, the node a value must match), `ws` the current whitespace run.
+`step` gives the next state or None.
 
 JsonVocab holds what is computed once per model: each token's bytes (None for the tokens never
 allowed: control, unknown, unused, empty), which tokens are plain string content (allowed
@@ -28,11 +33,15 @@ import numpy as np
 MAX_WHITESPACE_RUN = 20
 
 # modes
-START, OBJ_FIRST, KEY, COLON, VALUE, ARRAY_FIRST, AFTER_VALUE, STRING, KEY_STRING, NUMBER, LITERAL, DONE = range(12)
+(START, OBJ_FIRST, KEY, COLON, VALUE, ARRAY_FIRST, AFTER_VALUE, STRING, KEY_STRING, NUMBER, INTEGER, LITERAL,
+ DONE) = range(13)
 _WHITESPACE = frozenset(b" \t\n\r")
 
-# NUMBER aux: where in -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? the number is
+# NUMBER / INTEGER aux: part + 8 * digits of that part so far, the part being where in
+# -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? the number is; each run of digits is at most
+# MAX_DIGITS long (llama.cpp's grammars bound them too), so a number cannot run on forever
 N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_E_SIGN, N_EXP = range(8)
+MAX_DIGITS = 16
 _NUMBER_ENDS = frozenset((N_ZERO, N_INT, N_FRAC, N_EXP))
 _DIGITS = frozenset(b"0123456789")
 
@@ -42,6 +51,12 @@ ESCAPE, UTF8 = 1, 10
 _ESCAPED = frozenset(b'"\\/bfnrt')
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _CONTINUATION = ((0x80, 0xBF), (0xA0, 0xBF), (0x80, 0x9F), (0x90, 0xBF), (0x80, 0x8F))   # by range
+
+# Schema nodes (engine/json_schema.py makes them): what a value may be. None: any JSON value;
+# ("object", ((b'"key"', node), ...)): exactly those keys in that order; ("array", node);
+# ("string",), ("number",), ("integer",); ("literal", (b"true", b"false", ...)): one of the texts.
+# A stack frame is ("{", node, number of properties begun) or ("[", item node, 0).
+ANY_LITERALS = {0x74: (b"true",), 0x66: (b"false",), 0x6E: (b"null",)}
 
 
 def _utf8_lead(byte: int) -> int | None:
@@ -55,7 +70,12 @@ def _utf8_lead(byte: int) -> int | None:
     return None
 
 
-INITIAL = (START, 0, "", 0)
+def initial_state(root: tuple | None = None) -> tuple:
+    """Before the first byte; `root` an object schema node (None: any object)."""
+    return (START, root, (), 0)
+
+
+INITIAL = initial_state()
 
 
 def is_complete(state: tuple) -> bool:
@@ -76,89 +96,128 @@ def step(state: tuple, byte: int) -> tuple | None:
     mode, aux, stack, ws = state
     if mode == STRING or mode == KEY_STRING:
         return _string_step(mode, aux, stack, byte)
-    if mode == NUMBER:
-        return _number_step(aux, stack, byte)
+    if mode == NUMBER or mode == INTEGER:
+        return _number_step(mode, aux, stack, byte)
     if mode == LITERAL:
-        if byte != aux[0]:
-            return None
-        return (LITERAL, aux[1:], stack, 0) if len(aux) > 1 else _value_done(stack)
+        return _literal_step(aux, stack, byte)
     if byte in _WHITESPACE:
         return (mode, aux, stack, ws + 1) if ws < MAX_WHITESPACE_RUN and mode != DONE else None
-    return _structure_step(mode, stack, byte)
+    return _structure_step(mode, aux, stack, byte)
 
 
-def _structure_step(mode: int, stack: str, byte: int) -> tuple | None:
+def _structure_step(mode: int, aux, stack: tuple, byte: int) -> tuple | None:
     if mode == START:
-        return (OBJ_FIRST, 0, "{", 0) if byte == 0x7B else None
-    if mode == OBJ_FIRST or mode == KEY:
-        if byte == 0x22:
-            return (KEY_STRING, 0, stack, 0)
-        return _close(stack, byte) if mode == OBJ_FIRST else None
+        return (OBJ_FIRST, 0, (("{", aux, 0),), 0) if byte == 0x7B else None
+    if mode == OBJ_FIRST:
+        return _close(stack, byte) or _key_start(stack, byte)
+    if mode == KEY:
+        return _key_start(stack, byte)
     if mode == COLON:
-        return (VALUE, 0, stack, 0) if byte == 0x3A else None
-    if mode == VALUE or mode == ARRAY_FIRST:
-        if mode == ARRAY_FIRST and byte == 0x5D:
-            return _close(stack, byte)
-        return _value_start(stack, byte)
+        return (VALUE, aux, stack, 0) if byte == 0x3A else None
+    if mode == VALUE:
+        return _value_start(aux, stack, byte)
+    if mode == ARRAY_FIRST:
+        return _close(stack, byte) or _value_start(aux, stack, byte)
     if mode == AFTER_VALUE:
-        if byte == 0x2C:
-            return (KEY if stack[-1] == "{" else VALUE, 0, stack, 0)
-        return _close(stack, byte)
+        return _close(stack, byte) or (_next_member(stack) if byte == 0x2C else None)
     return None                                        # DONE: only the end of the sequence
 
 
-def _value_start(stack: str, byte: int) -> tuple | None:
-    if byte == 0x7B:
-        return (OBJ_FIRST, 0, stack + "{", 0)
-    if byte == 0x5B:
-        return (ARRAY_FIRST, 0, stack + "[", 0)
-    if byte == 0x22:
+def _value_start(node, stack: tuple, byte: int) -> tuple | None:
+    kind = node[0] if node is not None else None
+    if byte == 0x7B and kind in (None, "object"):
+        return (OBJ_FIRST, 0, stack + (("{", node, 0),), 0)
+    if byte == 0x5B and kind in (None, "array"):
+        item = node[1] if node is not None else None
+        return (ARRAY_FIRST, item, stack + (("[", item, 0),), 0)
+    if byte == 0x22 and kind in (None, "string"):
         return (STRING, 0, stack, 0)
-    if byte == 0x2D:
-        return (NUMBER, N_MINUS, stack, 0)
-    if byte in _DIGITS:
-        return (NUMBER, N_ZERO if byte == 0x30 else N_INT, stack, 0)
-    literal = _LITERALS.get(byte)
-    return (LITERAL, literal, stack, 0) if literal else None
+    if (byte == 0x2D or byte in _DIGITS) and kind in (None, "number", "integer"):
+        part = N_MINUS if byte == 0x2D else (N_ZERO if byte == 0x30 else N_INT) + 8   # + its first digit
+        return (INTEGER if kind == "integer" else NUMBER, part, stack, 0)
+    options = ANY_LITERALS.get(byte, ()) if kind is None else node[1] if kind == "literal" else ()
+    return _literal_step((options, None), stack, byte) if options else None
 
 
-_LITERALS = {0x74: b"rue", 0x66: b"alse", 0x6E: b"ull"}
+def _key_start(stack: tuple, byte: int) -> tuple | None:
+    """The first byte of an object's next property: any key, or the schema's next one."""
+    _, node, begun = stack[-1]
+    if node is None:
+        return (KEY_STRING, 0, stack, 0) if byte == 0x22 else None
+    if begun >= len(node[1]):
+        return None
+    key, value_node = node[1][begun]
+    framed = stack[:-1] + (("{", node, begun + 1),)
+    return _literal_step(((key,), (COLON, value_node, framed, 0)), framed, byte)
 
 
-def _close(stack: str, byte: int) -> tuple | None:
-    """'}' or ']' closing the innermost container, when it is the one open."""
-    if stack and byte == (0x7D if stack[-1] == "{" else 0x5D):
-        return _value_done(stack[:-1])
+def _next_member(stack: tuple) -> tuple | None:
+    """After a ',': the next array item, or the object's next property (if its schema has one)."""
+    kind, node, begun = stack[-1]
+    if kind == "[":
+        return (VALUE, node, stack, 0)
+    return (KEY, 0, stack, 0) if node is None or begun < len(node[1]) else None
+
+
+def _close(stack: tuple, byte: int) -> tuple | None:
+    """'}' or ']' closing the innermost container, when it is the one open (and, for an
+    object with a schema, after its last property)."""
+    if not stack:
+        return None
+    kind, node, begun = stack[-1]
+    if kind == "[":
+        return _value_done(stack[:-1]) if byte == 0x5D else None
+    if byte != 0x7D or node is not None and begun != len(node[1]):
+        return None
+    return _value_done(stack[:-1])
+
+
+def _value_done(stack: tuple) -> tuple:
+    return (AFTER_VALUE, 0, stack, 0) if stack else (DONE, 0, (), 0)
+
+
+def _literal_step(aux: tuple, stack: tuple, byte: int) -> tuple | None:
+    """One of the texts `options` (a keyword, an enum value, a schema's key); `then` the state
+    after it (None: a value is done). A text that is complete while a longer one may go on
+    (enum 1 and 12) ends when the byte continues none."""
+    options, then = aux
+    going = tuple(o[1:] for o in options if o and o[0] == byte)
+    if going:
+        if len(going) == 1 and not going[0]:
+            return then if then is not None else _value_done(stack)
+        return (LITERAL, (going, then), stack, 0)
+    if b"" in options and then is None:
+        return step(_value_done(stack), byte)
     return None
 
 
-def _value_done(stack: str) -> tuple:
-    return (AFTER_VALUE, 0, stack, 0) if stack else (DONE, 0, "", 0)
-
-
-def _number_step(aux: int, stack: str, byte: int) -> tuple | None:
+def _number_step(mode: int, aux: int, stack: tuple, byte: int) -> tuple | None:
+    aux, num_digits = aux & 7, aux >> 3
     digit = byte in _DIGITS
+    fraction = mode == NUMBER                          # INTEGER: no fraction, no exponent
     if aux == N_MINUS:
         nxt = (N_ZERO if byte == 0x30 else N_INT) if digit else None
     elif aux in (N_ZERO, N_INT):
-        nxt = N_INT if digit and aux == N_INT else N_DOT if byte == 0x2E else N_E if byte in b"eE" else None
+        nxt = N_INT if digit and aux == N_INT else None
+        if nxt is None and fraction:
+            nxt = N_DOT if byte == 0x2E else N_E if byte in b"eE" else None
     elif aux == N_DOT or aux == N_FRAC:
         nxt = N_FRAC if digit else N_E if aux == N_FRAC and byte in b"eE" else None
     elif aux == N_E:
         nxt = N_EXP if digit else N_E_SIGN if byte in b"+-" else None
     else:                                              # N_E_SIGN, N_EXP
         nxt = N_EXP if digit else None
-    if nxt is not None:
-        return (NUMBER, nxt, stack, 0)
+    if nxt is not None and (not digit or num_digits < MAX_DIGITS):
+        return (mode, nxt + 8 * (num_digits + 1 if digit else 0), stack, 0)
     if aux not in _NUMBER_ENDS:
         return None
     return step(_value_done(stack), byte)              # the number ended: the byte is what follows
 
 
-def _string_step(mode: int, aux: int, stack: str, byte: int) -> tuple | None:
+def _string_step(mode: int, aux: int, stack: tuple, byte: int) -> tuple | None:
     if aux == 0:
         if byte == 0x22:
-            return (COLON, 0, stack, 0) if mode == KEY_STRING else _value_done(stack)
+            return (COLON, None, stack, 0) if mode == KEY_STRING else _value_done(stack)
         if byte == 0x5C:
             return (mode, ESCAPE, stack, 0)
         if byte < 0x20:
@@ -232,10 +291,10 @@ class JsonConstraint:
     """One sequence's JSON state: which tokens may come next. `end_ids` (EOS and the other
     stop tokens) are allowed only once the object is complete."""
 
-    def __init__(self, vocab: JsonVocab, end_ids: Sequence[int]):
+    def __init__(self, vocab: JsonVocab, end_ids: Sequence[int], schema: tuple | None = None):
         self._vocab_source = vocab
         self.end_ids = frozenset(end_ids)
-        self.state: tuple = INITIAL
+        self.state: tuple = initial_state(schema)
 
     @property
     def vocab(self) -> JsonVocab:

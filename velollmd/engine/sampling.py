@@ -16,9 +16,10 @@ history the caller passes (-1: the whole history, 0: no penalties), a token seen
 its logit divided by repeat_penalty when positive (multiplied when not), then lowered by
 c * frequency_penalty + (c > 0) * presence_penalty (OpenAI's formula).
 
-JSON mode (`json_mode`: OpenAI's response_format json_object, Ollama's format "json"): the
-token must keep the output a JSON prefix, and the end tokens come only once the object is
-complete (engine/json_constraint.py). Candidates are checked in the order the sampler would
+JSON mode (`json_mode`: OpenAI's response_format json_object, Ollama's format "json"; with
+`json_schema` for a json_schema response_format or an Ollama format schema, the subset of
+engine/json_schema.py): the token must keep the output a JSON prefix (of the schema), and the
+end tokens come only once the object is complete (engine/json_constraint.py). Candidates are checked in the order the sampler would
 pick them: greedy takes the most likely allowed token (the argmax of the masked logits, ties to
 the lowest id); sampling draws, and a rejected token is removed and the draw repeated, which
 samples exactly the sampler's distribution restricted to the allowed tokens. After
@@ -40,6 +41,7 @@ import numpy as np
 
 from ..wire.request import logit_bias_of
 from .json_constraint import JsonConstraint, JsonVocab
+from .json_schema import SchemaError, compile_schema
 
 MAX_TOP_LOGPROBS = 20
 RANDOM_SEED = -1                       # llama.cpp's and Ollama's "pick a random seed"
@@ -75,6 +77,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()   # eos and friends: end the sequence when sampled
     json_mode: bool = False            # the output is one JSON object (response_format json_object)
+    json_schema: tuple | None = None   # with json_mode: the object's schema node (engine/json_schema.py)
 
     def __post_init__(self) -> None:
         _check_params(self)
@@ -104,7 +107,8 @@ class SamplingParams:
         values, names = _read_request(body)
         _read_logprobs(body, values, names)
         ignore_eos = _read_value(body, "ignore_eos", "ignore_eos", bool)
-        values["json_mode"], names["json_mode"] = _json_mode_of(body), "response_format"
+        values["json_mode"], values["json_schema"] = _json_mode_of(body)
+        names["json_mode"] = "response_format"
         if not ignore_eos:
             values["stop_token_ids"] = tuple(dict.fromkeys(
                 [*eos_token_ids, *values.get("stop_token_ids", ())]))
@@ -260,9 +264,18 @@ def _read_logit_bias(bias, param: str, values: dict, names: dict) -> None:
     names["logit_bias"] = param
 
 
-def _json_mode_of(body: dict) -> bool:
+def _json_mode_of(body: dict) -> tuple[bool, tuple | None]:
+    """(JSON mode, the schema's node) from response_format json_object or json_schema."""
     response_format = body.get("response_format")
-    return isinstance(response_format, dict) and response_format.get("type") == "json_object"
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind != "json_schema":
+        return kind == "json_object", None
+    json_schema = response_format.get("json_schema")
+    schema = json_schema.get("schema", {}) if isinstance(json_schema, dict) else None
+    try:
+        return True, compile_schema({"type": "object"} if schema == {} else schema)
+    except SchemaError as exc:
+        raise SamplingParamError("response_format", str(exc)) from None
 
 
 def _read_logprobs(body: dict, values: dict, names: dict) -> None:
@@ -374,7 +387,7 @@ class Sampler:
         if params.json_mode:
             if json_vocab is None:
                 raise ValueError("sampler: JSON mode needs the model's JsonVocab")
-            self.constraint = JsonConstraint(json_vocab, params.stop_token_ids)
+            self.constraint = JsonConstraint(json_vocab, params.stop_token_ids, params.json_schema)
         self._seed = None if params.seed is None else (params.seed + choice_index) % 2**64
         self._rng: np.random.Generator | None = None
         bad = [t for t in params.logit_bias if t >= vocab_size]
