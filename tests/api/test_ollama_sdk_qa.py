@@ -93,6 +93,40 @@ def test_chat_without_messages_loads_the_model_as_ollama_documents(engine, daemo
         assert client.generate(model=model, prompt="").done_reason == "load"
 
 
+@pytest.mark.parametrize("endpoint", ["chat", "generate"])
+def test_format_json_on_the_engine_answers_one_json_object(engine, endpoint):
+    """Open WebUI's title and tag tasks send format "json": the engine constrains its sampling
+    (greedy or seeded), streamed or not, and a num_predict cut is done_reason "length"."""
+    def ask(stream: bool, **options):
+        kwargs = dict(model=ENGINE_MODEL, format="json", stream=stream, options={"num_predict": 60, **options})
+        if endpoint == "chat":
+            reply = engine.chat(messages=[{"role": "user", "content": "a title?"}], **kwargs)
+            return ([p.message.content for p in reply], reply) if stream else (reply.message.content, reply)
+        reply = engine.generate(prompt="a title?", **kwargs)
+        return ([p.response for p in reply], reply) if stream else (reply.response, reply)
+
+    for options in ({"temperature": 0}, {"temperature": 0.9, "seed": 7}):
+        text, reply = ask(False, **options)
+        assert reply.done_reason == "stop" and isinstance(json.loads(text), dict)
+        parts, _ = ask(True, **options)
+        assert "".join(parts) == text
+    text, reply = ask(False, temperature=0, num_predict=1)
+    assert reply.done_reason == "length" and text.strip() == "{"
+
+
+def test_format_schema_on_the_engine_shapes_the_answer_or_is_a_clear_400(engine):
+    schema = {"type": "object", "properties": {"title": {"type": "string"}, "done": {"type": "boolean"}},
+              "required": ["title", "done"]}
+    reply = engine.chat(model=ENGINE_MODEL, messages=[{"role": "user", "content": "a title?"}], format=schema,
+                        options={"temperature": 0.8, "seed": 1, "num_predict": 120})
+    value = json.loads(reply.message.content)
+    assert reply.done_reason == "stop" and list(value) == ["title", "done"] and isinstance(value["done"], bool)
+    with pytest.raises(ollama.ResponseError) as info:
+        engine.chat(model=ENGINE_MODEL, messages=[{"role": "user", "content": "hi"}],
+                    format={"type": "object", "properties": {"a": {"type": "string", "minLength": 3}}})
+    assert info.value.status_code == 400 and "minLength" in info.value.error
+
+
 def test_pull_of_a_served_model_succeeds_and_of_any_other_is_a_clear_501(engine):
     assert engine.pull(ENGINE_MODEL).status == "success"
     assert [p.status for p in engine.pull(ENGINE_MODEL, stream=True)] == ["success"]

@@ -125,11 +125,84 @@ def test_completions_endpoint(client):
     assert streamed == answer.choices[0].text
 
 
-def test_response_format_with_a_schema_is_refused_by_name(client):
+PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                                           "tags": {"type": "array", "items": {"enum": ["a", "b"]}}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_response_format_json_schema_gives_an_object_of_the_schema(client, stream):
+    kwargs = dict(model=MODEL, max_tokens=200, temperature=1.0, seed=2, messages=[{"role": "user", "content": "who?"}],
+                  response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}})
+    if stream:
+        text, reason = streamed_text(client.chat.completions.create(stream=True, **kwargs))
+    else:
+        answer = client.chat.completions.create(**kwargs)
+        text, reason = answer.choices[0].message.content, answer.choices[0].finish_reason
+    value = json.loads(text)
+    assert reason == "stop" and list(value) == ["name", "age", "tags"]
+    assert isinstance(value["name"], str) and type(value["age"]) is int and set(value["tags"]) <= {"a", "b"}
+
+
+def test_response_format_with_a_schema_outside_the_subset_is_refused_by_name(client):
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
                                        response_format={"type": "json_schema", "json_schema": {
-                                           "name": "x", "schema": {"type": "object"}}})
+                                           "name": "x", "schema": {"type": "object", "properties": {
+                                               "a": {"type": "string", "pattern": "^x+$"}}}}})
+    assert info.value.body["param"] == "response_format" and "'pattern'" in info.value.message
+
+
+JSON = {"type": "json_object"}
+NO_CLOSE = {"359": -4}     # the tiny model's "}" made unlikely: it writes {"paris":true,"paris":... on
+
+
+def streamed_text(chunks) -> tuple[str, str]:
+    chunks = list(chunks)
+    return ("".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+            [c.choices[0].finish_reason for c in chunks if c.choices][-1])
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0), dict(temperature=1.0, seed=3)])
+def test_json_object_answers_parse_streamed_or_not(client, sampling):
+    kwargs = dict(model=MODEL, max_tokens=60, response_format=JSON, messages=[{"role": "user", "content": "hi"}],
+                  **sampling)
+    answer = client.chat.completions.create(**kwargs)
+    assert answer.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(answer.choices[0].message.content), dict)
+    assert streamed_text(client.chat.completions.create(stream=True, **kwargs)) == \
+        (answer.choices[0].message.content, "stop")
+    free = client.chat.completions.create(**{**kwargs, "response_format": {"type": "text"}})
+    assert free.choices[0].finish_reason == "length"                  # unconstrained: no JSON, no end
+
+
+def test_json_object_cut_by_max_tokens_is_length_and_a_json_prefix(client):
+    kwargs = dict(model=MODEL, max_tokens=9, temperature=0, response_format=JSON, logit_bias=NO_CLOSE,
+                  messages=[{"role": "user", "content": "hi"}])
+    answer = client.chat.completions.create(**kwargs)
+    text = answer.choices[0].message.content
+    assert answer.choices[0].finish_reason == "length" and answer.usage.completion_tokens == 9
+    assert text.startswith('{"') and '":' in text
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    assert streamed_text(client.chat.completions.create(stream=True, **kwargs)) == (text, "length")
+
+
+def test_json_object_with_n_choices_and_on_completions(client):
+    several = client.chat.completions.create(model=MODEL, max_tokens=60, temperature=0.8, seed=4, n=3,
+                                             response_format=JSON, messages=[{"role": "user", "content": "hi"}])
+    assert [c.finish_reason for c in several.choices] == ["stop"] * 3
+    assert all(isinstance(json.loads(c.message.content), dict) for c in several.choices)
+    completion = client.completions.create(model=MODEL, prompt="the sun", max_tokens=60, temperature=0,
+                                           extra_body={"response_format": JSON})
+    assert completion.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(completion.choices[0].text), dict)
+
+
+def test_json_object_with_ignore_eos_is_a_400_naming_response_format(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                       response_format=JSON, extra_body={"ignore_eos": True})
     assert info.value.body["param"] == "response_format"
 
 

@@ -307,6 +307,8 @@ class EngineBackend(Backend):
             raise BadRequest(str(exc), param=exc.param) from None
         prompt_ids = self._fitted(model, body, params, self._prompt_ids(model, body, chat=chat), chat=chat)
         check_prompt(prompt_ids, model.runner.context_of(params), "messages" if chat else "prompt")
+        if params.json_mode:           # its tables, once per model, off the loop and the engine's lock
+            await asyncio.to_thread(model.runner.json_vocab.built)
         if chat:       # the turn's end as text too, should the model spell it out in pieces
             params = dataclasses.replace(params, stop=tuple(dict.fromkeys(params.stop + model.template.stop)))
         return model, prompt_ids, params
@@ -444,6 +446,7 @@ def _refuse_unsupported(body: dict) -> None:
     """Fields the engine cannot honour get a 400 naming them, never a silent ignore."""
     refuse_insert(body)
     response_format = body.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
-        raise BadRequest(f"response_format {response_format.get('type')!r} needs constrained decoding, "
-                         "which the engine does not do yet", param="response_format")
+    if isinstance(response_format, dict) and response_format.get("type") not in (
+            None, "text", "json_object", "json_schema"):
+        raise BadRequest(f"response_format {response_format.get('type')!r} is not one the engine serves",
+                         param="response_format")

@@ -49,6 +49,7 @@ from ..errors import CONTEXT_LENGTH_EXCEEDED, QUEUE_TIMEOUT, BadRequest, Unavail
 from ..sched.request import RequestStatus, SchedRequest
 from ..sched.scheduler import RunnerOutput, Scheduler
 from .detokenize import TextStream
+from .json_constraint import JsonVocab
 from .kvcache import PagedKVCache, SlotTokens
 from .model import Batch, Model
 from .sampling import Sampler, SampleResult, SamplingParams, sample_batch
@@ -111,6 +112,7 @@ class Runner:
         self.clock = clock
         self.block_size = scheduler.pool.block_size
         self.slot_tokens = SlotTokens(kv.num_blocks, self.block_size)
+        self.json_vocab = JsonVocab(tokenizer, model.config.n_vocab)   # built at the first JSON request
         self._seqs: dict[str, EngineSeq] = {}
         self._forks: dict[str, list[EngineSeq]] = {}    # n > 1: choice 0's id -> choices waiting for its prompt
         self._cancelled: list[str] = []         # appended to without the lock (atomic), swapped by the worker
@@ -161,9 +163,11 @@ class Runner:
         max_tokens = max(1, min(params.max_tokens or num_ctx, room))
         request = SchedRequest(request_id, model_name, list(prompt_ids), max_tokens, self.clock(),
                                priority=priority, stream=True)
-        return EngineSeq(request, params, on_event, choice_index,
-                         Sampler(params, self.model.config.n_vocab, choice_index), TextStream(params.stop),
-                         num_ctx=num_ctx)
+        return EngineSeq(request, params, on_event, choice_index, self._sampler(params, choice_index),
+                         TextStream(params.stop), num_ctx=num_ctx)
+
+    def _sampler(self, params: SamplingParams, choice_index: int) -> Sampler:
+        return Sampler(params, self.model.config.n_vocab, choice_index, self.json_vocab)
 
     def context_of(self, params: SamplingParams) -> int:
         """A request's context: its num_ctx (Ollama's: up to the model's trained context), else
@@ -298,7 +302,7 @@ class Runner:
 
     def _restart(self, seq: EngineSeq) -> None:
         """Preempted with its output discarded: it will start again from the prompt."""
-        seq.sampler = Sampler(seq.params, self.model.config.n_vocab, seq.choice_index)
+        seq.sampler = self._sampler(seq.params, seq.choice_index)
         seq.text = TextStream(seq.params.stop)
         seq.tokens.clear()
 

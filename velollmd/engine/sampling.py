@@ -16,6 +16,17 @@ history the caller passes (-1: the whole history, 0: no penalties), a token seen
 its logit divided by repeat_penalty when positive (multiplied when not), then lowered by
 c * frequency_penalty + (c > 0) * presence_penalty (OpenAI's formula).
 
+JSON mode (`json_mode`: OpenAI's response_format json_object, Ollama's format "json"; with
+`json_schema` for a json_schema response_format or an Ollama format schema, the subset of
+engine/json_schema.py): the token must keep the output a JSON prefix (of the schema), and the
+end tokens come only once the object is complete (engine/json_constraint.py). Candidates are checked in the order the sampler would
+pick them: greedy takes the most likely allowed token (the argmax of the masked logits, ties to
+the lowest id); sampling draws, and a rejected token is removed and the draw repeated, which
+samples exactly the sampler's distribution restricted to the allowed tokens. After
+MAX_REJECTIONS the allowed tokens are computed all at once; when none of the sampler's
+candidates (top_k / top_p / min_p) is allowed, the chain runs again over the masked logits
+(llama.cpp's grammar resampling).
+
 Seeds: a Sampler owns a numpy Generator. With `seed` set, choice i of an `n > 1` request uses
 seed + i (mod 2**64), so choice 0 reproduces the `n = 1` answer; `seed` None or -1 (llama.cpp's
 and Ollama's "random") draws fresh OS entropy for every choice.
@@ -29,10 +40,13 @@ from typing import Sequence
 import numpy as np
 
 from ..wire.request import logit_bias_of
+from .json_constraint import JsonConstraint, JsonVocab
+from .json_schema import SchemaError, compile_schema
 
 MAX_TOP_LOGPROBS = 20
 RANDOM_SEED = -1                       # llama.cpp's and Ollama's "pick a random seed"
 NUCLEUS_HEAD = 1024                    # top_p sorts this many first, the whole vocab if short
+MAX_REJECTIONS = 32                    # JSON mode: candidates checked one by one before a full mask
 
 
 class SamplingParamError(ValueError):
@@ -62,6 +76,8 @@ class SamplingParams:
     n: int = 1
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()   # eos and friends: end the sequence when sampled
+    json_mode: bool = False            # the output is one JSON object (response_format json_object)
+    json_schema: tuple | None = None   # with json_mode: the object's schema node (engine/json_schema.py)
 
     def __post_init__(self) -> None:
         _check_params(self)
@@ -91,6 +107,8 @@ class SamplingParams:
         values, names = _read_request(body)
         _read_logprobs(body, values, names)
         ignore_eos = _read_value(body, "ignore_eos", "ignore_eos", bool)
+        values["json_mode"], values["json_schema"] = _json_mode_of(body)
+        names["json_mode"] = "response_format"
         if not ignore_eos:
             values["stop_token_ids"] = tuple(dict.fromkeys(
                 [*eos_token_ids, *values.get("stop_token_ids", ())]))
@@ -120,6 +138,8 @@ def _check_params(p: SamplingParams) -> None:
     _require(p, "max_tokens", p.max_tokens is None or p.max_tokens >= 1, "must be >= 1")
     _require(p, "num_ctx", p.num_ctx is None or p.num_ctx >= 1, "must be >= 1")
     _require(p, "n", p.n >= 1, "must be >= 1")
+    _require(p, "json_mode", not p.json_mode or bool(p.stop_token_ids),
+             "JSON mode ends at an end-of-sequence token: it needs one, and ignore_eos off")
     _require(p, "stop", all(isinstance(s, str) and s for s in p.stop), "must be non-empty strings")
     for token_id, bias in p.logit_bias.items():
         if not (isinstance(token_id, int) and token_id >= 0):
@@ -244,6 +264,20 @@ def _read_logit_bias(bias, param: str, values: dict, names: dict) -> None:
     names["logit_bias"] = param
 
 
+def _json_mode_of(body: dict) -> tuple[bool, tuple | None]:
+    """(JSON mode, the schema's node) from response_format json_object or json_schema."""
+    response_format = body.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind != "json_schema":
+        return kind == "json_object", None
+    json_schema = response_format.get("json_schema")
+    schema = json_schema.get("schema", {}) if isinstance(json_schema, dict) else None
+    try:
+        return True, compile_schema({"type": "object"} if schema == {} else schema)
+    except SchemaError as exc:
+        raise SamplingParamError("response_format", str(exc)) from None
+
+
 def _read_logprobs(body: dict, values: dict, names: dict) -> None:
     """Chat: logprobs bool + top_logprobs; completions: logprobs is the top count (an int)."""
     logprobs = body.get("logprobs")
@@ -346,8 +380,14 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 class Sampler:
     """The sampler chain of one sequence (one choice of a request), with its own random stream."""
 
-    def __init__(self, params: SamplingParams, vocab_size: int, choice_index: int = 0):
+    def __init__(self, params: SamplingParams, vocab_size: int, choice_index: int = 0,
+                 json_vocab: JsonVocab | None = None):
         self.params, self.vocab_size = params, vocab_size
+        self.constraint: JsonConstraint | None = None
+        if params.json_mode:
+            if json_vocab is None:
+                raise ValueError("sampler: JSON mode needs the model's JsonVocab")
+            self.constraint = JsonConstraint(json_vocab, params.stop_token_ids, params.json_schema)
         self._seed = None if params.seed is None else (params.seed + choice_index) % 2**64
         self._rng: np.random.Generator | None = None
         bad = [t for t in params.logit_bias if t >= vocab_size]
@@ -368,7 +408,8 @@ class Sampler:
     @property
     def plain_greedy(self) -> bool:
         """Greedy with nothing to apply first: the token is the argmax of the raw logits."""
-        return self.params.greedy and not self.params.has_penalties and not self.params.logit_bias
+        return (self.params.greedy and not self.params.has_penalties and not self.params.logit_bias
+                and self.constraint is None)
 
     def process(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
         """Penalties then logit bias: the logits every later stage sees."""
@@ -402,20 +443,71 @@ class Sampler:
         if logits.shape != (self.vocab_size,):
             raise ValueError(f"sampler: logits of shape {logits.shape}, expected ({self.vocab_size},)")
         processed = self.process(logits, history)
-        if self.params.greedy or not np.isfinite(processed.max()):
+        if self.constraint is not None:
+            token_id = self._constrained(processed)
+            self.constraint.advance(token_id)
+        elif self.params.greedy or not np.isfinite(processed.max()):
             token_id = int(np.argmax(processed))              # ties: np.argmax takes the first
         else:
             token_id = self._draw(processed)
         return self.result(logits, token_id)
 
     def _draw(self, logits: np.ndarray) -> int:
+        ids, probs = self._weighted_candidates(logits)
+        return int(ids[self._pick(probs)])
+
+    def _weighted_candidates(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates' ids and unnormalised tempered probabilities, none of them 0."""
         ids = self.candidates(logits)                         # (m,) ascending
         candidates = logits[ids].astype(np.float64)           # (m,)
         probs = np.exp((candidates - candidates.max()) / self.params.temperature)   # (m,) unnormalised
-        ids, probs = ids[probs > 0], probs[probs > 0]         # a -inf bias is never drawn
+        return ids[probs > 0], probs[probs > 0]               # a -inf bias is never drawn
+
+    def _pick(self, probs: np.ndarray) -> int:
+        """An index drawn from unnormalised probabilities (one rng.random())."""
         cdf = np.cumsum(probs)                                # (m,)
         index = int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right"))
-        return int(ids[min(index, ids.size - 1)])
+        return min(index, probs.size - 1)
+
+    # ---- JSON mode ----
+
+    def _constrained(self, logits: np.ndarray) -> int:
+        if self.params.greedy or not np.isfinite(logits.max()):
+            return self._greedy_allowed(logits)
+        ids, probs = self._weighted_candidates(logits)
+        for _ in range(min(MAX_REJECTIONS, ids.size)):
+            index = self._pick(probs)
+            if self.constraint.allows(int(ids[index])):
+                return int(ids[index])
+            ids, probs = np.delete(ids, index), np.delete(probs, index)   # draw again without it
+        allowed = self.constraint.mask()                      # (vocab,)
+        keep = allowed[ids]
+        if keep.any():
+            return int(ids[keep][self._pick(probs[keep])])
+        return self._draw_masked(logits, allowed)
+
+    def _draw_masked(self, logits: np.ndarray, allowed: np.ndarray) -> int:
+        """None of the candidates is allowed: the chain again over the allowed tokens only."""
+        masked = np.where(allowed, logits, -np.inf)           # (vocab,)
+        if not np.isfinite(masked.max()):
+            return self._greedy_allowed(logits, allowed)
+        return self._draw(masked)
+
+    def _greedy_allowed(self, logits: np.ndarray, allowed: np.ndarray | None = None) -> int:
+        """The argmax of the logits over the allowed tokens (ties to the lowest id), checking
+        the most likely tokens one by one before computing the mask."""
+        if allowed is None:
+            best = int(np.argmax(logits))
+            if self.constraint.allows(best):
+                return best
+            for token_id in top_k_ids(logits, MAX_REJECTIONS).tolist():
+                if self.constraint.allows(token_id):
+                    return token_id
+            allowed = self.constraint.mask()                  # (vocab,)
+        ids = np.flatnonzero(allowed)                         # (m,)
+        if not ids.size:              # a vocabulary that cannot spell the rest: end the sequence
+            return min(self.constraint.end_ids)
+        return int(ids[np.argmax(logits[ids])])
 
     def result(self, raw_logits: np.ndarray, token_id: int) -> SampleResult:
         """token_id with its logprobs (of the raw logits) when the request asked for them."""
@@ -427,9 +519,10 @@ class Sampler:
                             [(int(t), float(logprobs[t])) for t in top])
 
 
-def make_samplers(params: SamplingParams, vocab_size: int) -> list[Sampler]:
+def make_samplers(params: SamplingParams, vocab_size: int, json_vocab: JsonVocab | None = None,
+                  ) -> list[Sampler]:
     """One Sampler per choice of an `n` request; choice i is seeded with seed + i."""
-    return [Sampler(params, vocab_size, choice_index=i) for i in range(params.n)]
+    return [Sampler(params, vocab_size, choice_index=i, json_vocab=json_vocab) for i in range(params.n)]
 
 
 def sample_batch(samplers: Sequence[Sampler], logits: np.ndarray,

@@ -184,6 +184,10 @@ class Tokenizer:
     def is_control(self, token_id: int) -> bool:
         return bool(self._attrs[self._check_id(token_id)] & TokenAttr.CONTROL)
 
+    def is_special(self, token_id: int) -> bool:
+        """Control, unknown or unused: a token that is no text of the model's output."""
+        return bool(self._attrs[self._check_id(token_id)] & (_SPECIAL_ATTRS | TokenAttr.UNUSED))
+
     def token_to_piece(self, token_id: int) -> str:
         """The token's vocabulary text, e.g. '▁the', 'Ġthe', '<0x0A>', '<|im_end|>'."""
         return self._tokens[self._check_id(token_id)]

@@ -1,0 +1,342 @@
+"""JSON mode: an incremental JSON recogniser and the per-token constraint built on it.
+
+The recogniser is a pushdown automaton over the bytes of the output (tokens are byte strings;
+JSON's structure is ASCII, and string content is checked as UTF-8). Its language is the one of
+llama.cpp's json grammar and Ollama's `format: "json"`: one object at the top level, with
+objects, arrays, strings (escapes incl. \\uXXXX, no raw control characters), numbers
+(-0.5e+3), true / false / null and whitespace. A whitespace run is at most MAX_WHITESPACE_RUN
+bytes (llama.cpp's grammar bounds it too), so a sampler cannot pad forever; once the object is
+complete only the end of the sequence remains (as with llama.cpp's grammar: nothing follows
+the root object). Whitespace before the object is allowed (SentencePiece's "▁{").
+
+With a schema (engine/json_schema.py compiles it to nodes), the same automaton also follows
+the node each value must match: an object's keys are its schema's, in order, and every value
+starts and runs as its type allows. Runs of digits are at most MAX_DIGITS long.
+
+A state is an immutable tuple (mode, aux, stack, ws): `stack` a tuple of the open containers'
+frames, `aux` the mode's detail (a number's part, a literal's remaining texts, a string's
+pending escape or UTF-8 bytes, the node a value must match), `ws` the current whitespace run.
+`step` gives the next state or None.
+
+JsonVocab holds what is computed once per model: each token's bytes (None for the tokens never
+allowed: control, unknown, unused, empty), which tokens are plain string content (allowed
+anywhere inside a string), and first/second bytes for a fast full mask. JsonConstraint is one
+sequence's state over it: `allows(token)` checks one candidate, `mask()` every token.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import numpy as np
+
+MAX_WHITESPACE_RUN = 20
+
+# modes
+(START, OBJ_FIRST, KEY, COLON, VALUE, ARRAY_FIRST, AFTER_VALUE, STRING, KEY_STRING, NUMBER, INTEGER, LITERAL,
+ DONE) = range(13)
+_WHITESPACE = frozenset(b" \t\n\r")
+
+# NUMBER / INTEGER aux: part + 8 * digits of that part so far, the part being where in
+# -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? the number is; each run of digits is at most
+# MAX_DIGITS long (llama.cpp's grammars bound them too), so a number cannot run on forever
+N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_E_SIGN, N_EXP = range(8)
+MAX_DIGITS = 16
+_NUMBER_ENDS = frozenset((N_ZERO, N_INT, N_FRAC, N_EXP))
+_DIGITS = frozenset(b"0123456789")
+
+# STRING aux: 0 plain; ESCAPE after a backslash; ESCAPE + n: n hex digits of \uXXXX still to
+# come; UTF8 * remaining + range: a multi-byte character's continuation bytes still to come
+ESCAPE, UTF8 = 1, 10
+_ESCAPED = frozenset(b'"\\/bfnrt')
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+_CONTINUATION = ((0x80, 0xBF), (0xA0, 0xBF), (0x80, 0x9F), (0x90, 0xBF), (0x80, 0x8F))   # by range
+
+# Schema nodes (engine/json_schema.py makes them): what a value may be. None: any JSON value;
+# ("object", ((b'"key"', node), ...)): exactly those keys in that order; ("array", node);
+# ("string",), ("number",), ("integer",); ("literal", (b"true", b"false", ...)): one of the texts.
+# A stack frame is ("{", node, number of properties begun) or ("[", item node, 0).
+ANY_LITERALS = {0x74: (b"true",), 0x66: (b"false",), 0x6E: (b"null",)}
+
+
+def _utf8_lead(byte: int) -> int | None:
+    """The STRING aux after a multi-byte character's lead byte; None for a byte that is none."""
+    if 0xC2 <= byte <= 0xDF:
+        return UTF8 * 1
+    if 0xE0 <= byte <= 0xEF:
+        return UTF8 * 2 + (1 if byte == 0xE0 else 2 if byte == 0xED else 0)
+    if 0xF0 <= byte <= 0xF4:
+        return UTF8 * 3 + (3 if byte == 0xF0 else 4 if byte == 0xF4 else 0)
+    return None
+
+
+def initial_state(root: tuple | None = None) -> tuple:
+    """Before the first byte; `root` an object schema node (None: any object)."""
+    return (START, root, (), 0)
+
+
+INITIAL = initial_state()
+
+
+def is_complete(state: tuple) -> bool:
+    return state[0] == DONE
+
+
+def feed(state: tuple | None, data: bytes) -> tuple | None:
+    """The state after `data`, None when `data` does not extend a valid JSON prefix."""
+    for byte in data:
+        if state is None:
+            return None
+        state = step(state, byte)
+    return state
+
+
+def step(state: tuple, byte: int) -> tuple | None:
+    """The state after one byte, None when the byte makes the text no JSON prefix."""
+    mode, aux, stack, ws = state
+    if mode == STRING or mode == KEY_STRING:
+        return _string_step(mode, aux, stack, byte)
+    if mode == NUMBER or mode == INTEGER:
+        return _number_step(mode, aux, stack, byte)
+    if mode == LITERAL:
+        return _literal_step(aux, stack, byte)
+    if byte in _WHITESPACE:
+        return (mode, aux, stack, ws + 1) if ws < MAX_WHITESPACE_RUN and mode != DONE else None
+    return _structure_step(mode, aux, stack, byte)
+
+
+def _structure_step(mode: int, aux, stack: tuple, byte: int) -> tuple | None:
+    if mode == START:
+        return (OBJ_FIRST, 0, (("{", aux, 0),), 0) if byte == 0x7B else None
+    if mode == OBJ_FIRST:
+        return _close(stack, byte) or _key_start(stack, byte)
+    if mode == KEY:
+        return _key_start(stack, byte)
+    if mode == COLON:
+        return (VALUE, aux, stack, 0) if byte == 0x3A else None
+    if mode == VALUE:
+        return _value_start(aux, stack, byte)
+    if mode == ARRAY_FIRST:
+        return _close(stack, byte) or _value_start(aux, stack, byte)
+    if mode == AFTER_VALUE:
+        return _close(stack, byte) or (_next_member(stack) if byte == 0x2C else None)
+    return None                                        # DONE: only the end of the sequence
+
+
+def _value_start(node, stack: tuple, byte: int) -> tuple | None:
+    kind = node[0] if node is not None else None
+    if byte == 0x7B and kind in (None, "object"):
+        return (OBJ_FIRST, 0, stack + (("{", node, 0),), 0)
+    if byte == 0x5B and kind in (None, "array"):
+        item = node[1] if node is not None else None
+        return (ARRAY_FIRST, item, stack + (("[", item, 0),), 0)
+    if byte == 0x22 and kind in (None, "string"):
+        return (STRING, 0, stack, 0)
+    if (byte == 0x2D or byte in _DIGITS) and kind in (None, "number", "integer"):
+        part = N_MINUS if byte == 0x2D else (N_ZERO if byte == 0x30 else N_INT) + 8   # + its first digit
+        return (INTEGER if kind == "integer" else NUMBER, part, stack, 0)
+    options = ANY_LITERALS.get(byte, ()) if kind is None else node[1] if kind == "literal" else ()
+    return _literal_step((options, None), stack, byte) if options else None
+
+
+def _key_start(stack: tuple, byte: int) -> tuple | None:
+    """The first byte of an object's next property: any key, or the schema's next one."""
+    _, node, begun = stack[-1]
+    if node is None:
+        return (KEY_STRING, 0, stack, 0) if byte == 0x22 else None
+    if begun >= len(node[1]):
+        return None
+    key, value_node = node[1][begun]
+    framed = stack[:-1] + (("{", node, begun + 1),)
+    return _literal_step(((key,), (COLON, value_node, framed, 0)), framed, byte)
+
+
+def _next_member(stack: tuple) -> tuple | None:
+    """After a ',': the next array item, or the object's next property (if its schema has one)."""
+    kind, node, begun = stack[-1]
+    if kind == "[":
+        return (VALUE, node, stack, 0)
+    return (KEY, 0, stack, 0) if node is None or begun < len(node[1]) else None
+
+
+def _close(stack: tuple, byte: int) -> tuple | None:
+    """'}' or ']' closing the innermost container, when it is the one open (and, for an
+    object with a schema, after its last property)."""
+    if not stack:
+        return None
+    kind, node, begun = stack[-1]
+    if kind == "[":
+        return _value_done(stack[:-1]) if byte == 0x5D else None
+    if byte != 0x7D or node is not None and begun != len(node[1]):
+        return None
+    return _value_done(stack[:-1])
+
+
+def _value_done(stack: tuple) -> tuple:
+    return (AFTER_VALUE, 0, stack, 0) if stack else (DONE, 0, (), 0)
+
+
+def _literal_step(aux: tuple, stack: tuple, byte: int) -> tuple | None:
+    """One of the texts `options` (a keyword, an enum value, a schema's key); `then` the state
+    after it (None: a value is done). A text that is complete while a longer one may go on
+    (enum 1 and 12) ends when the byte continues none."""
+    options, then = aux
+    going = tuple(o[1:] for o in options if o and o[0] == byte)
+    if going:
+        if len(going) == 1 and not going[0]:
+            return then if then is not None else _value_done(stack)
+        return (LITERAL, (going, then), stack, 0)
+    if b"" in options and then is None:
+        return step(_value_done(stack), byte)
+    return None
+
+
+def _number_step(mode: int, aux: int, stack: tuple, byte: int) -> tuple | None:
+    aux, num_digits = aux & 7, aux >> 3
+    digit = byte in _DIGITS
+    fraction = mode == NUMBER                          # INTEGER: no fraction, no exponent
+    if aux == N_MINUS:
+        nxt = (N_ZERO if byte == 0x30 else N_INT) if digit else None
+    elif aux in (N_ZERO, N_INT):
+        nxt = N_INT if digit and aux == N_INT else None
+        if nxt is None and fraction:
+            nxt = N_DOT if byte == 0x2E else N_E if byte in b"eE" else None
+    elif aux == N_DOT or aux == N_FRAC:
+        nxt = N_FRAC if digit else N_E if aux == N_FRAC and byte in b"eE" else None
+    elif aux == N_E:
+        nxt = N_EXP if digit else N_E_SIGN if byte in b"+-" else None
+    else:                                              # N_E_SIGN, N_EXP
+        nxt = N_EXP if digit else None
+    if nxt is not None and (not digit or num_digits < MAX_DIGITS):
+        return (mode, nxt + 8 * (num_digits + 1 if digit else 0), stack, 0)
+    if aux not in _NUMBER_ENDS:
+        return None
+    return step(_value_done(stack), byte)              # the number ended: the byte is what follows
+
+
+def _string_step(mode: int, aux: int, stack: tuple, byte: int) -> tuple | None:
+    if aux == 0:
+        if byte == 0x22:
+            return (COLON, None, stack, 0) if mode == KEY_STRING else _value_done(stack)
+        if byte == 0x5C:
+            return (mode, ESCAPE, stack, 0)
+        if byte < 0x20:
+            return None
+        if byte < 0x80:
+            return (mode, 0, stack, 0)
+        lead = _utf8_lead(byte)
+        return None if lead is None else (mode, lead, stack, 0)
+    if aux >= UTF8:
+        low, high = _CONTINUATION[aux % UTF8]
+        if not low <= byte <= high:
+            return None
+        remaining = aux // UTF8 - 1
+        return (mode, UTF8 * remaining if remaining else 0, stack, 0)
+    if aux == ESCAPE:
+        if byte == 0x75:                               # \u: four hex digits
+            return (mode, ESCAPE + 4, stack, 0)
+        return (mode, 0, stack, 0) if byte in _ESCAPED else None
+    if byte not in _HEX_DIGITS:                        # ESCAPE + n: n hex digits to come
+        return None
+    return (mode, aux - 1 if aux > ESCAPE + 1 else 0, stack, 0)
+
+
+def _is_plain_content(data: bytes) -> bool:
+    """Bytes allowed anywhere inside a string: whole UTF-8 characters, no quote, backslash or
+    control character."""
+    if not data or b'"' in data or b"\\" in data or any(b < 0x20 for b in data):
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class JsonVocab:
+    """Per model, built at its first use (in the engine's thread): each token's bytes, which are
+    plain string content, and their first two bytes."""
+
+    def __init__(self, tokenizer, vocab_size: int):
+        self.tokenizer, self.vocab_size = tokenizer, vocab_size
+        self._lock = threading.Lock()
+        self._built = False
+
+    def built(self) -> JsonVocab:
+        if self._built:
+            return self
+        with self._lock:
+            if not self._built:
+                self._build()
+                self._built = True
+        return self
+
+    def _build(self) -> None:
+        tokenizer = self.tokenizer
+        num_tokens = min(tokenizer.vocab_size, self.vocab_size)
+        self.token_bytes: list[bytes | None] = [None] * self.vocab_size
+        for token_id in range(num_tokens):
+            if not tokenizer.is_special(token_id):
+                self.token_bytes[token_id] = tokenizer.token_bytes(token_id) or None
+        self.plain = np.fromiter((t is not None and _is_plain_content(t) for t in self.token_bytes),
+                                 bool, self.vocab_size)                                         # (vocab,)
+        self.usable = np.fromiter((t is not None for t in self.token_bytes), bool, self.vocab_size)   # (vocab,)
+        self.first = np.fromiter((t[0] if t else 0 for t in self.token_bytes), np.int16, self.vocab_size)   # (vocab,)
+        self.second = np.fromiter((t[1] if t and len(t) > 1 else 256 for t in self.token_bytes),
+                                  np.int16, self.vocab_size)                                   # (vocab,) 256: none
+        self.length = np.fromiter((len(t) if t else 0 for t in self.token_bytes), np.int32, self.vocab_size)
+
+
+class JsonConstraint:
+    """One sequence's JSON state: which tokens may come next. `end_ids` (EOS and the other
+    stop tokens) are allowed only once the object is complete."""
+
+    def __init__(self, vocab: JsonVocab, end_ids: Sequence[int], schema: tuple | None = None):
+        self._vocab_source = vocab
+        self.end_ids = frozenset(end_ids)
+        self.state: tuple = initial_state(schema)
+
+    @property
+    def vocab(self) -> JsonVocab:
+        return self._vocab_source.built()
+
+    @property
+    def complete(self) -> bool:
+        return is_complete(self.state)
+
+    def allows(self, token_id: int) -> bool:
+        if token_id in self.end_ids:
+            return self.complete
+        data = self.vocab.token_bytes[token_id]
+        return data is not None and feed(self.state, data) is not None
+
+    def advance(self, token_id: int) -> None:
+        if token_id not in self.end_ids:
+            self.state = feed(self.state, self.vocab.token_bytes[token_id])
+
+    def mask(self) -> np.ndarray:
+        """(vocab,) bool: every token allowed next. Tokens are filtered by their first two bytes
+        (a few hundred steps), and only the survivors longer than two bytes are fed whole;
+        inside a string, plain content needs no check at all."""
+        vocab, state = self.vocab, self.state
+        in_plain_string = state[0] in (STRING, KEY_STRING) and state[1] == 0
+        todo = vocab.usable & ~vocab.plain if in_plain_string else vocab.usable         # (vocab,)
+        after_first = {b: s for b in range(256) if (s := step(state, b)) is not None}
+        first_ok = np.zeros(256, bool)                                                    # (256,)
+        first_ok[list(after_first)] = True
+        ids = np.flatnonzero(todo & first_ok[vocab.first])                                # (m,)
+        pairs = vocab.first[ids].astype(np.int32) * 257 + vocab.second[ids]               # (m,)
+        after_pair, pair_ok = {}, np.zeros(256 * 257, bool)                               # (256 * 257,)
+        for pair in np.unique(pairs).tolist():
+            first, second = divmod(pair, 257)
+            after_pair[pair] = after_first[first] if second == 256 else step(after_first[first], second)
+            pair_ok[pair] = after_pair[pair] is not None
+        ok = pair_ok[pairs]                                                               # (m,)
+        allowed = vocab.plain.copy() if in_plain_string else np.zeros(vocab.vocab_size, bool)
+        for token_id, pair in zip(ids[ok].tolist(), pairs[ok].tolist()):
+            data = vocab.token_bytes[token_id]
+            allowed[token_id] = len(data) <= 2 or feed(after_pair[pair], data[2:]) is not None
+        for token_id in self.end_ids:
+            if token_id < vocab.vocab_size:
+                allowed[token_id] = self.complete
+        return allowed
