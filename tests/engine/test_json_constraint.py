@@ -382,10 +382,10 @@ def test_the_full_mask_under_unions_and_bounds_is_every_token_checked(text):
     constraint = JsonConstraint(JsonVocab(TOKENIZER, VOCAB), END_IDS, root)
     constraint.state = feed(initial_state(root), text.encode())
     assert constraint.state is not None
-    data = text.encode()
+    data, mask = text.encode(), constraint.mask()
     for token_id in range(TOKENIZER.vocab_size):
         if token_id not in END_IDS and not TOKENIZER.is_special(token_id) and TOKENIZER.token_bytes(token_id):
-            assert constraint.mask()[token_id] == (
+            assert mask[token_id] == (
                 feed(initial_state(root), data + TOKENIZER.token_bytes(token_id)) is not None), token_id
 
 
