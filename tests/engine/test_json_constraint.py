@@ -250,13 +250,30 @@ def test_a_schema_takes_its_objects_whole_and_rejects_the_rest():
         assert schema_fed(text) is None, text
 
 
+def one_property(schema: dict, **root) -> dict:
+    return {"type": "object", "properties": {"a": schema}, **root}
+
+
 @pytest.mark.parametrize("schema, keyword", [
-    ({"type": "object", "properties": {"a": {"type": "string", "pattern": "x+"}}}, "pattern"),
-    ({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}]}}}, "anyOf"),
-    ({"type": "object", "properties": {"a": {"$ref": "#/defs/x"}}}, "$ref"),
-    ({"type": "object", "properties": {"a": {"type": ["string", "null"]}}}, "one type name only"),
+    (one_property({"type": "string", "pattern": "x+"}), "pattern"),
+    (one_property({"type": "string", "format": "date-time"}), "format"),
+    (one_property({"type": "string", "minLength": 1}), "minLength"),
+    (one_property({"anyOf": [{"type": "object"}, {"type": "object", "properties": {"b": {}}}]}),
+     "schema.properties.a.anyOf: choices that start with the same character"),
+    (one_property({"type": ["integer", "number"]}), "same character"),
+    (one_property({"anyOf": [{"type": "string"}, {"enum": ["x"]}]}), "same character"),
+    (one_property({"anyOf": []}), "non-empty array"), (one_property({"type": []}), "a list of them"),
+    (one_property({"allOf": [{"type": "string"}, {"type": "string"}]}), "allOf"),
+    (one_property({"$ref": "#/defs/x"}), "schema.properties.a.$ref: only references into"),
+    (one_property({"$ref": "#/$defs/X"}), "#/$defs/X is not defined"),
+    (one_property({"$ref": "#/$defs/X", "type": "object"}), "'$ref' beside 'type'"),
+    (one_property({"$ref": "#/$defs/Node"}, **{"$defs": {"Node": {"type": "object", "properties": {
+        "next": {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]}}}}}), "recursive"),
+    (one_property({"type": "array", "minItems": 2, "maxItems": 1}), "maxItems is below minItems"),
+    (one_property({"type": "array", "maxItems": -1}), "maxItems"),
     ({"type": "object", "required": ["b"]}, "required"), ({"type": "array"}, "top level"),
-    ({"type": "object", "properties": {"a": {"type": "integer", "enum": ["x"]}}}, "enum"),
+    ({"anyOf": [{"type": "object"}, {"type": "null"}]}, "top level"),
+    (one_property({"type": "integer", "enum": ["x"]}), "enum"),
 ])
 def test_schemas_outside_the_subset_are_refused_by_name(schema, keyword):
     body = {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
@@ -297,3 +314,89 @@ def test_sampling_under_a_schema_writes_objects_of_the_schema(seed):
     value = json.loads(text)
     assert list(value) == ["a", "b", "ab"] and value["b"] in (True, "ab", 10) and isinstance(value["ab"], str)
     assert all(isinstance(x, (int, float)) for x in value["a"])
+
+
+# ---- what pydantic writes: $defs / $ref, Optional (anyOf with null), enums, consts, list bounds ----
+
+PYDANTIC = {"$defs": {"Pet": {"type": "object", "title": "Pet", "additionalProperties": False, "required": ["kind"],
+                              "properties": {"kind": {"$ref": "#/$defs/Kind"}}},
+                      "Kind": {"enum": ["cat", "dog"], "title": "Kind", "type": "string"}},
+            "type": "object", "title": "Owner", "required": ["pet", "spare", "nick", "mood", "tags", "n"],
+            "properties": {"pet": {"$ref": "#/$defs/Pet"},
+                           "spare": {"anyOf": [{"$ref": "#/$defs/Pet"}, {"type": "null"}], "default": None},
+                           "nick": {"type": ["string", "null"]}, "mood": {"const": "ok", "type": "string"},
+                           "tags": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 2},
+                           "n": {"oneOf": [{"type": "integer"}, {"type": "boolean"}, {"allOf": [{"const": None}]}]}}}
+PYDANTIC_GOOD = ['{"pet":{"kind":"cat"},"spare":null,"nick":null,"mood":"ok","tags":[1],"n":3}',
+                 '{"pet":{"kind":"dog"},"spare":{"kind":"cat"},"nick":"x","mood":"ok","tags":[1,2.5],"n":true}',
+                 '{"pet":{"kind":"dog"},"spare":null,"nick":"","mood":"ok","tags":[ 0 , -1 ],"n":null}']
+PYDANTIC_BAD = ['{"pet":{"kind":"bird"', '{"pet":{}', '{"pet":null', '{"pet":{"kind":"cat"},"spare":1',
+                '{"pet":{"kind":"cat"},"spare":{}', '{"pet":{"kind":"cat"},"spare":null,"nick":1',
+                '{"pet":{"kind":"cat"},"spare":null,"nick":null,"mood":"no"',
+                '{"pet":{"kind":"cat"},"spare":null,"nick":null,"mood":"ok","tags":[]',
+                '{"pet":{"kind":"cat"},"spare":null,"nick":null,"mood":"ok","tags":[1,2,',
+                '{"pet":{"kind":"cat"},"spare":null,"nick":null,"mood":"ok","tags":[1],"n":1.5',
+                '{"pet":{"kind":"cat"},"spare":null,"nick":null,"mood":"ok","tags":[1],"n":"x"']
+
+
+def test_pydantic_shapes_take_their_objects_whole_and_reject_the_rest():
+    root = compile_schema(PYDANTIC)
+    for text in PYDANTIC_GOOD:
+        assert is_complete(feed(initial_state(root), text.encode())), text
+        assert all(not is_complete(feed(initial_state(root), text[:end].encode())) for end in range(len(text)))
+    for text in PYDANTIC_BAD:
+        assert feed(initial_state(root), text.encode()) is None, text
+
+
+def test_a_definition_used_twice_is_compiled_once():
+    root = compile_schema(PYDANTIC)
+    pet, spare = root[1][0][1], root[1][1][1]
+    assert spare[0] == "union" and pet in spare[1] and next(c for c in spare[1] if c[0] == "object") is pet
+
+
+@pytest.mark.parametrize("schema, allowed, refused", [
+    ({"type": "array", "maxItems": 0}, ["[]", "[ ]"], ["[1"]),
+    ({"type": "array", "minItems": 2}, ["[1,2]", "[1,2,3]"], ["[]", "[1]"]),
+    ({"type": "array", "items": {"type": "string"}, "maxItems": 1}, ['[]', '["a"]'], ['["a",']),
+    ({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "integer"}}, {"type": "null"}]},
+     ['"a"', "[1]", "null"], ["1", "{}", "true"]),
+    ({"enum": [1, 12, "x"], "type": ["integer", "null"]}, ["1", "12"], ["2", '"x"', "null"]),
+])
+def test_array_bounds_and_unions(schema, allowed, refused):
+    root = compile_schema(one_property(schema))
+    for value in allowed:
+        assert is_complete(feed(initial_state(root), f'{{"a":{value}}}'.encode())), value
+    for value in refused:
+        assert feed(initial_state(root), f'{{"a":{value}}}'.encode()) is None, value
+
+
+UNION = {"type": "object", "properties": {"a": {"anyOf": [{"type": "array", "items": {"type": "integer"},
+                                                          "maxItems": 2, "minItems": 1}, {"type": "null"}]},
+                                          "b": {"type": ["string", "boolean"]}}}
+
+
+@pytest.mark.parametrize("text", ['{"a":', '{"a":[', '{"a":[1', '{"a":[1,', '{"a":[1,12', '{"a":n', '{"a":null,',
+                                  '{"a":null,"b":', '{"a":null,"b":t', '{"a":[0],"b":"x'])
+def test_the_full_mask_under_unions_and_bounds_is_every_token_checked(text):
+    root = compile_schema(UNION)
+    constraint = JsonConstraint(JsonVocab(TOKENIZER, VOCAB), END_IDS, root)
+    constraint.state = feed(initial_state(root), text.encode())
+    assert constraint.state is not None
+    data, mask = text.encode(), constraint.mask()
+    for token_id in range(TOKENIZER.vocab_size):
+        if token_id not in END_IDS and not TOKENIZER.is_special(token_id) and TOKENIZER.token_bytes(token_id):
+            assert mask[token_id] == (
+                feed(initial_state(root), data + TOKENIZER.token_bytes(token_id)) is not None), token_id
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sampling_under_unions_and_bounds_writes_objects_of_the_schema(seed):
+    body = {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": UNION}},
+            "temperature": 1.0, "seed": seed}
+    params = SamplingParams.from_request(body, eos_token_ids=END_IDS)
+    sampler = Sampler(params, VOCAB, json_vocab=JsonVocab(TOKENIZER, VOCAB))
+    tokens, text = generate(sampler, np.random.default_rng(seed), 400, False)
+    assert tokens[-1] in END_IDS, text
+    value = json.loads(text)
+    assert list(value) == ["a", "b"] and isinstance(value["b"], (str, bool))
+    assert value["a"] is None or 1 <= len(value["a"]) <= 2 and all(type(x) is int for x in value["a"])

@@ -154,7 +154,18 @@ def json_for_format(fmt: Any, body: dict[str, Any]) -> str:
     return json.dumps(instance_for_schema(fmt))
 
 
-def instance_for_schema(schema: dict[str, Any]) -> Any:
+def instance_for_schema(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
+    """A minimal instance; `$ref`s into `$defs` followed, the first of `anyOf` / `oneOf` /
+    `allOf` taken, an array of `minItems` items (what pydantic's schemas use)."""
+    root = schema if root is None else root
+    if "$ref" in schema:
+        section, name = schema["$ref"][2:].split("/", 1)
+        return instance_for_schema(root[section][name], root)
+    for combined in ("anyOf", "oneOf", "allOf"):
+        if schema.get(combined):
+            return instance_for_schema(schema[combined][0], root)
+    if "const" in schema:
+        return schema["const"]
     if "enum" in schema:
         return schema["enum"][0]
     kind = schema.get("type", "object")
@@ -162,9 +173,10 @@ def instance_for_schema(schema: dict[str, Any]) -> Any:
         kind = kind[0]
     if kind == "object":
         props = schema.get("properties") or {}
-        return {name: instance_for_schema(sub) for name, sub in props.items()}
-    return {"string": "alpha", "integer": 42, "number": 1.5, "boolean": True,
-            "array": [], "null": None}.get(kind, None)
+        return {name: instance_for_schema(sub, root) for name, sub in props.items()}
+    if kind == "array":
+        return [instance_for_schema(schema.get("items") or {"type": "null"}, root)] * schema.get("minItems", 0)
+    return {"string": "alpha", "integer": 42, "number": 1.5, "boolean": True, "null": None}.get(kind, None)
 
 
 def apply_stop(pieces: list[str], stops: list[str]) -> tuple[list[str], bool]:

@@ -53,9 +53,11 @@ _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _CONTINUATION = ((0x80, 0xBF), (0xA0, 0xBF), (0x80, 0x9F), (0x90, 0xBF), (0x80, 0x8F))   # by range
 
 # Schema nodes (engine/json_schema.py makes them): what a value may be. None: any JSON value;
-# ("object", ((b'"key"', node), ...)): exactly those keys in that order; ("array", node);
-# ("string",), ("number",), ("integer",); ("literal", (b"true", b"false", ...)): one of the texts.
-# A stack frame is ("{", node, number of properties begun) or ("[", item node, 0).
+# ("object", ((b'"key"', node), ...)): exactly those keys in that order; ("array", item node,
+# minItems, maxItems or None); ("string",), ("number",), ("integer",); ("literal", (b"true",
+# b"false", ...)): one of the texts; ("union", (node, ...)): the one node its first byte starts
+# (no two start alike). A stack frame is ("{", node, number of properties begun) or
+# ("[", array node, number of items begun).
 ANY_LITERALS = {0x74: (b"true",), 0x66: (b"false",), 0x6E: (b"null",)}
 
 
@@ -117,7 +119,7 @@ def _structure_step(mode: int, aux, stack: tuple, byte: int) -> tuple | None:
     if mode == VALUE:
         return _value_start(aux, stack, byte)
     if mode == ARRAY_FIRST:
-        return _close(stack, byte) or _value_start(aux, stack, byte)
+        return _close(stack, byte) or _item_start(stack, byte)
     if mode == AFTER_VALUE:
         return _close(stack, byte) or (_next_member(stack) if byte == 0x2C else None)
     return None                                        # DONE: only the end of the sequence
@@ -125,11 +127,12 @@ def _structure_step(mode: int, aux, stack: tuple, byte: int) -> tuple | None:
 
 def _value_start(node, stack: tuple, byte: int) -> tuple | None:
     kind = node[0] if node is not None else None
+    if kind == "union":
+        return next((s for choice in node[1] if (s := _value_start(choice, stack, byte)) is not None), None)
     if byte == 0x7B and kind in (None, "object"):
         return (OBJ_FIRST, 0, stack + (("{", node, 0),), 0)
     if byte == 0x5B and kind in (None, "array"):
-        item = node[1] if node is not None else None
-        return (ARRAY_FIRST, item, stack + (("[", item, 0),), 0)
+        return (ARRAY_FIRST, 0, stack + (("[", node, 0),), 0)
     if byte == 0x22 and kind in (None, "string"):
         return (STRING, 0, stack, 0)
     if (byte == 0x2D or byte in _DIGITS) and kind in (None, "number", "integer"):
@@ -151,22 +154,36 @@ def _key_start(stack: tuple, byte: int) -> tuple | None:
     return _literal_step(((key,), (COLON, value_node, framed, 0)), framed, byte)
 
 
+def _item_start(stack: tuple, byte: int) -> tuple | None:
+    """The first byte of an array's first item, when its maxItems allows one."""
+    _, node, begun = stack[-1]
+    if node is not None and node[3] is not None and begun >= node[3]:
+        return None
+    return _value_start(node[1] if node is not None else None, stack[:-1] + (("[", node, begun + 1),), byte)
+
+
 def _next_member(stack: tuple) -> tuple | None:
-    """After a ',': the next array item, or the object's next property (if its schema has one)."""
+    """After a ',': the next array item (if maxItems allows one), or the object's next property
+    (if its schema has one)."""
     kind, node, begun = stack[-1]
     if kind == "[":
-        return (VALUE, node, stack, 0)
+        if node is None:
+            return (VALUE, None, stack, 0)
+        if node[3] is not None and begun >= node[3]:
+            return None
+        return (VALUE, node[1], stack[:-1] + (("[", node, begun + 1),), 0)
     return (KEY, 0, stack, 0) if node is None or begun < len(node[1]) else None
 
 
 def _close(stack: tuple, byte: int) -> tuple | None:
     """'}' or ']' closing the innermost container, when it is the one open (and, for an
-    object with a schema, after its last property)."""
+    object with a schema, after its last property; for an array, after its minItems)."""
     if not stack:
         return None
     kind, node, begun = stack[-1]
     if kind == "[":
-        return _value_done(stack[:-1]) if byte == 0x5D else None
+        enough = node is None or begun >= node[2]
+        return _value_done(stack[:-1]) if byte == 0x5D and enough else None
     if byte != 0x7D or node is not None and begun != len(node[1]):
         return None
     return _value_done(stack[:-1])
