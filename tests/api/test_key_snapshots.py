@@ -10,7 +10,7 @@ from tests.daemon_process import DaemonProcess
 from tests.daemon_rig import RunningDaemon, ollama_backend
 from tests.rig.waiting import wait_for
 from velollmd.api.key_snapshots import WINDOWS_NAME, decode_windows
-from velollmd.cache.statefile import StateFileError
+from velollmd.cache.statefile import FutureStateFileError, StateFileError, seal
 
 MODEL = "llama3.2:latest"
 KEY = "sk-nightly"
@@ -118,3 +118,15 @@ def test_a_reload_turns_the_file_on_moves_it_and_turns_it_off(tmp_path, ollama_e
     assert tokens_kept(first) == tokens_kept(second) == used
     with RunningDaemon(table(str(tmp_path / "a"))) as daemon:    # "a" was let go: another takes it
         assert daemon.app.key_snapshots.writer.directory == str(tmp_path / "a")
+
+
+def test_a_newer_or_well_sealed_but_wrong_file_is_not_trusted():
+    """A newer format is told apart (statefile leaves it for a newer daemon); a sealed payload
+    of the wrong shape is corrupt."""
+    with pytest.raises(FutureStateFileError):
+        decode_windows(b"VELOKEYS" + (2).to_bytes(4, "little") + bytes(60))
+    for payload in (b'{"saved_at": 1, "keys": {"k": {"requests": [-1], "tokens_minute": [], "tokens_day": []}}}',
+                    b'{"saved_at": 1, "keys": {"k": {"requests": [], "tokens_minute": [[1, 2, 3]], "tokens_day": []}}}',
+                    b'[]', b'{"keys": {}}'):
+        with pytest.raises(StateFileError, match="bad payload"):
+            decode_windows(seal(b"VELOKEYS", 1, payload))

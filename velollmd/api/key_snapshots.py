@@ -31,8 +31,9 @@ def encode_windows(state: dict) -> bytes:
 
 def decode_windows(data: bytes) -> dict:
     """What `KeyLedger.restore()` takes; raises StateFileError."""
+    payload = unseal(data, MAGIC, VERSION)
     try:
-        state = json.loads(unseal(data, MAGIC, VERSION))
+        state = json.loads(payload)
     except ValueError as exc:
         raise StateFileError(f"bad payload: {exc}") from None
     if not (isinstance(state, dict) and _is_number(state.get("saved_at")) and isinstance(state.get("keys"), dict)
