@@ -68,11 +68,12 @@ class RunningDaemon:
 
 
 def test_config(table: dict):
-    """The config of `table` on a free port, with quick drains and no cache or response store
-    snapshots."""
+    """The config of `table` on a free port, with quick drains and no cache, response store
+    or key limits snapshots."""
     table = {**table, "server": {"port": 0, "drain_timeout_s": 2, **table.get("server", {})},
              "cache": {"path": "", **table.get("cache", {})},
-             "responses": {"path": "", **table.get("responses", {})}}
+             "responses": {"path": "", **table.get("responses", {})},
+             "key_limits": {"path": "", **table.get("key_limits", {})}}
     return config_from_table(table, "<test>")
 
 

@@ -15,7 +15,7 @@ from tests.rig.net import free_port
 def write_config(tmp_path, port, extra="", server=""):
     """The daemon's config file: `server` lines go into [server], `extra` at the end."""
     path = tmp_path / "velollm.toml"
-    path.write_text(f'[server]\nport = {port}\ndrain_timeout_s = 2\n{server}[cache]\npath = ""\n[responses]\npath = ""\n{extra}')
+    path.write_text(f'[server]\nport = {port}\ndrain_timeout_s = 2\n{server}[cache]\npath = ""\n[responses]\npath = ""\n[key_limits]\npath = ""\n{extra}')
     return path
 
 

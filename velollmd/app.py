@@ -14,6 +14,7 @@ from .api.admin import AdminRoutes
 from .api.anthropic import AnthropicRoutes, anthropic_error, wants_anthropic_errors
 from .api.cors import Cors
 from .api.dashboard import DashboardRoutes
+from .api.key_snapshots import KeySnapshots
 from .api.ollama import OllamaRoutes, ollama_error
 from .api.openai import OpenAIRoutes
 from .api.response_store import ResponseStore, StoreSnapshots
@@ -44,6 +45,7 @@ class App:
         self.service = Service(self.registry, config.scheduler, metrics=self.metrics)
         self.pipeline = Pipeline(config, self.service, metrics=self.metrics, ledger=self.ledger)
         self.access = Access(config.server, config.scheduler, config.keys, ledger=self.ledger)
+        self.key_snapshots = KeySnapshots(self.ledger, config.key_limits.path, config.key_limits.snapshot_interval_s)
         self.cors = Cors(config.server.allowed_origins)
         self.access_log = AccessLog(config.log.access)
         self.responses = ResponseStore(config.responses.store_max_entries, config.responses.store_max_bytes)
@@ -77,6 +79,7 @@ class App:
         self.service.configure(config.scheduler)
         self.pipeline.configure(config)
         self.access.configure(config.server, config.scheduler, config.keys)
+        self.key_snapshots.configure(config.key_limits.path, config.key_limits.snapshot_interval_s)
         self.cors = Cors(config.server.allowed_origins)
         self.responses.resize(config.responses.store_max_entries, config.responses.store_max_bytes)
         self.response_snapshots.configure(config.responses.path, config.responses.snapshot_interval_s)
@@ -110,11 +113,13 @@ class App:
         await self.registry.start()
         await self.pipeline.start()
         self.response_snapshots.start()
+        self.key_snapshots.start()
 
     async def close(self) -> None:
         """Stop background work and release backend connections."""
         await self.pipeline.close()
         await self.response_snapshots.close()
+        await self.key_snapshots.close()
         await self.registry.close()
         self.loop_lag.stop()
         self.access_log.stop()

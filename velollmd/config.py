@@ -195,6 +195,13 @@ class ResponsesConfig:
 
 
 @dataclass(frozen=True)
+class KeyLimitsConfig:
+    """Where the [[keys]] limit windows (rpm, tpm, tokens_per_day) outlive a restart."""
+    path: str = "/var/lib/velollm/keys"            # "" = memory only (a restart resets every window)
+    snapshot_interval_s: float = _opt(30.0, min=0.0)   # write them this often when changed; 0 = only on shutdown
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = True
 
@@ -213,6 +220,7 @@ class Config:
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     responses: ResponsesConfig = field(default_factory=ResponsesConfig)
+    key_limits: KeyLimitsConfig = field(default_factory=KeyLimitsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     aliases: tuple[tuple[str, str], ...] = ()       # [aliases]: client's model name (or glob) -> served model
@@ -221,7 +229,8 @@ class Config:
 
 
 SECTIONS = {"server": ServerConfig, "cache": CacheConfig, "tools": ToolsConfig,
-            "scheduler": SchedulerConfig, "responses": ResponsesConfig, "metrics": MetricsConfig,
+            "scheduler": SchedulerConfig, "responses": ResponsesConfig, "key_limits": KeyLimitsConfig,
+            "metrics": MetricsConfig,
             "log": LogConfig}
 
 

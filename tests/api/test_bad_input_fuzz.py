@@ -51,7 +51,8 @@ class MemoryBackend(LlamaCppBackend):
 
 def make_app() -> App:
     config = config_from_table({"backends": [{"name": "mem", "kind": "llamacpp", "url": "http://127.0.0.1:9",
-                                              "models": ["tiny*"]}], "cache": {"path": ""}, "responses": {"path": ""}})
+                                              "models": ["tiny*"]}], "cache": {"path": ""}, "responses": {"path": ""},
+                                              "key_limits": {"path": ""}})
     return App(config, registry=Registry(config.backends, backends=[MemoryBackend(config.backends[0])]))
 
 
@@ -162,7 +163,8 @@ class GarbageBackend(MemoryBackend):
 
 def make_garbage_app() -> tuple[App, GarbageBackend]:
     config = config_from_table({"backends": [{"name": "junk", "kind": "llamacpp", "url": "http://127.0.0.1:9",
-                                              "models": ["tiny*"]}], "cache": {"path": ""}, "responses": {"path": ""}})
+                                              "models": ["tiny*"]}], "cache": {"path": ""}, "responses": {"path": ""},
+                                              "key_limits": {"path": ""}})
     backend = GarbageBackend(config.backends[0])
     return App(config, registry=Registry(config.backends, backends=[backend])), backend
 

@@ -276,7 +276,9 @@ def test_priorities_from_keys_key_priorities_and_the_header(keyed):
         return access.priority_of(Request("POST", "/v1/chat/completions",
                                           [("authorization", f"Bearer {key}"), *headers]))
     assert (priority("sk-bob"), priority(FLAT), priority("sk-alice")) == (1, 7, 5)
-    assert priority("sk-bob", ("x-velollm-priority", "3")) == 3
+    assert priority("sk-bob", ("x-velollm-priority", "3")) == 3      # lower than its own: taken
+    assert priority(FLAT, ("x-velollm-priority", "0")) == 7           # higher: the key's is the ceiling
+    assert priority("sk-alice", ("x-velollm-priority", "0")) == 0     # no configured priority: the header's
 
 
 def test_reload_applies_keys_and_keeps_the_counters_of_keys_that_stay(keyed, ollama_emulator):

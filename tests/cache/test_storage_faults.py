@@ -27,7 +27,7 @@ NUM_KILLS = int(os.environ.get("VELOLLM_SNAPSHOT_KILLS", "3"))
 def daemon_toml(emulator, cache_dir, interval_s: float, responses_dir="") -> str:
     backend = ollama_backend(emulator)
     return (f'[log]\naccess = false\n[cache]\npath = "{cache_dir}"\nsnapshot_interval_s = {interval_s}\n'
-            f'semantic = false\n[responses]\npath = "{responses_dir}"\n[[backends]]\nname = "{backend["name"]}"\n'
+            f'semantic = false\n[responses]\npath = "{responses_dir}"\n[key_limits]\npath = ""\n[[backends]]\nname = "{backend["name"]}"\n'
             f'kind = "ollama"\nurl = "{backend["url"]}"\nmodels = ["llama3*"]\n')
 
 

@@ -35,10 +35,11 @@ def daemon_table(gate, **scheduler) -> dict:
             "scheduler": {"prefix_routing": False, **scheduler}}
 
 
-def post_chat(port, content, priority=None, timeout=30):
+def post_chat(port, content, priority=None, timeout=30, key=None):
     """(status, headers, body) of a chat request sent over a raw socket."""
     body = json.dumps({"model": "gate", "messages": [{"role": "user", "content": content}]}).encode()
     extra = f"x-velollm-priority: {priority}\r\n" if priority is not None else ""
+    extra += f"authorization: Bearer {key}\r\n" if key is not None else ""
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n{extra}\r\n").encode()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -166,6 +167,33 @@ def test_priority_zero_runs_before_earlier_priority_nine_requests(gate, queue_ah
     assert gate.arrivals == ["holder", "urgent", "batch0", "batch1"]
     assert all(result["value"][0] == 200 for _, result in threads)
     assert gate.num_dropped == (0 if queue_ahead == 0 else 1)
+
+
+PRIORITY_KEYS = [{"name": "batch", "key": "sk-batch", "priority": 7}, {"name": "plain", "key": "sk-plain"}]
+
+
+def test_a_keys_configured_priority_is_a_ceiling_for_the_header(gate):
+    """The batch key (priority 7) asks for 0 and still waits behind a key without a configured
+    priority that asks for 6; asking for 9 lowers it below a plain 8. A bad header is a 400."""
+    table = {**daemon_table(gate, aging_s=1000.0), "keys": PRIORITY_KEYS}
+    with RunningDaemon(table) as daemon:
+        status, _, body = post_chat(daemon.port, "bad", priority="x", key="sk-batch")
+        threads = [in_thread(post_chat, daemon.port, "holder", key="sk-plain")]
+        gate.wait_arrivals(1)
+        sent = [("batch9", 9, "sk-batch"), ("plain8", 8, "sk-plain"), ("batch0", 0, "sk-batch"),
+                ("plain6", 6, "sk-plain")]
+        for i, (content, priority, key) in enumerate(sent):
+            threads.append(in_thread(post_chat, daemon.port, content, priority=priority, key=key))
+            wait_stats(daemon, lambda s, n=i + 1: s["num_waiting"] == n)
+        for expected in range(2, 6):
+            gate.open(1)
+            gate.wait_arrivals(expected)
+        gate.open(1)
+        for thread, _ in threads:
+            thread.join(10)
+    assert status == 400 and body["error"]["param"] == "x-velollm-priority"
+    assert gate.arrivals == ["holder", "plain6", "batch0", "plain8", "batch9"]
+    assert all(result["value"][0] == 200 for _, result in threads)
 
 
 def test_a_client_that_goes_away_frees_its_slot(gate):

@@ -116,3 +116,53 @@ def test_reconfigure_keeps_accounts_of_names_that_stay():
     ledger.admit("alice")
     [alice] = ledger.usage()
     assert (alice["requests"], alice["prompt_tokens"], alice["limits"]["rpm"]) == (5, 5, 0)
+
+
+def restarted(state: dict, limits: dict, monotonic: float, wall: float) -> KeyLedger:
+    """A new ledger (another process: its monotonic clock elsewhere) that took `state` back."""
+    ledger = KeyLedger(Clock(monotonic), Clock(wall))
+    ledger.configure(limits)
+    assert ledger.restore(state) == len(set(limits) & set(state["keys"]))
+    return ledger
+
+
+def test_windows_outlive_a_restart_aged_by_the_wall_clock():
+    clock, wall = Clock(1000.0), Clock(1_700_000_000.0)
+    limits = {"carol": KeyLimits(rpm=2, tpm=50, tokens_per_day=60), "gone": KeyLimits(rpm=1)}
+    ledger = KeyLedger(clock, wall)
+    ledger.configure(limits)
+    generation = ledger.generation
+    for tokens in (30, 35):
+        ledger.admit("carol")
+        ledger.record_usage("carol", {"prompt_tokens": tokens, "completion_tokens": 0})
+        clock.now += 10
+    assert ledger.generation == generation + 4                   # each request and each usage
+    state = ledger.windows()
+    # 5 s later, in a process whose monotonic clock restarted near 0; "gone" is no longer configured
+    after = restarted(state, {"carol": limits["carol"]}, 3.0, wall.now + 5)
+    message = refusal(after, "carol").message
+    assert all(limit in message for limit in ("requests per minute (limit 2)", "tokens per minute (limit 50)",
+                                              "tokens per day (limit 60)"))
+    [usage] = after.usage()
+    assert usage["window"] == {"tokens_last_minute": 65, "tokens_last_day": 65} and usage["requests"] == 0
+    # the same file read a minute later: the minute windows are empty, the day's is still over
+    later = restarted(state, {"carol": limits["carol"]}, 3.0, wall.now + 65)
+    assert "tokens per day (limit 60)" in refusal(later, "carol").message
+    assert later.usage()[0]["window"] == {"tokens_last_minute": 0, "tokens_last_day": 65}
+    # and a day later nothing is left
+    expired = restarted(state, {"carol": limits["carol"]}, 3.0, wall.now + 86400 + 61)
+    expired.admit("carol")
+    assert expired.usage()[0]["window"] == {"tokens_last_minute": 0, "tokens_last_day": 0}
+
+
+def test_a_restored_token_bucket_lets_go_within_one_bucket_of_when_it_would_have():
+    clock, wall = Clock(1000.5), Clock(5000.0)
+    ledger = KeyLedger(clock, wall)
+    ledger.configure({"k": KeyLimits(tokens_per_day=10)})
+    ledger.record_usage("k", {"prompt_tokens": 10})
+    state = ledger.windows()
+    assert state["keys"]["k"]["tokens_day"] == [(40.5, 10)]          # its bucket started at 960
+    until = 960.0 + 86400.0 - 1000.5      # here its minute bucket [960, 1020) would leave the day at 87360
+    limits = {"k": KeyLimits(tokens_per_day=10)}
+    assert "tokens per day" in refusal(restarted(state, limits, 7.25, wall.now + until - 60), "k").message
+    restarted(state, limits, 7.25, wall.now + until).admit("k")

@@ -32,6 +32,8 @@ redis_timeout_ms = 300
 redis_flight_wait_ms = 10000
 [responses]
 path = ""
+[key_limits]
+path = ""
 [[backends]]
 name = "ollama"
 kind = "ollama"

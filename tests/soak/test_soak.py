@@ -12,7 +12,7 @@ from tests.rig.scripted_backend import ScriptedBackend
 from tests.soak import driver
 
 SERVER = "header_timeout_s = 2\nmax_body_bytes = 1048576\n"
-DAEMON = '[log]\naccess = false\n[cache]\npath = ""\n[responses]\npath = ""\n[scheduler]\nmax_queue = 1024\n'
+DAEMON = '[log]\naccess = false\n[cache]\npath = ""\n[responses]\npath = ""\n[key_limits]\npath = ""\n[scheduler]\nmax_queue = 1024\n'
 
 
 @pytest.fixture(scope="module")

@@ -107,16 +107,24 @@ class Access:
         return name
 
     def priority_of(self, request: Request, key: str | None = None) -> int:
-        """x-velollm-priority (0 highest .. 9), else the API key's configured priority."""
-        raw = request.header(PRIORITY_HEADER)
-        if raw is not None:
-            if not (len(raw) == 1 and raw in "0123456789"):
-                raise BadRequest(f"{PRIORITY_HEADER} must be a digit 0..9", param=PRIORITY_HEADER)
-            return int(raw)
+        """The request's priority (0 highest .. 9): x-velollm-priority, else the API key's
+        configured priority, else default_priority. A key's configured priority is a ceiling:
+        its caller may ask for a lower one (a larger number) but never jump ahead of it."""
+        asked = self._asked_priority(request)
         key = self.key_of(request) if key is None else key
-        if not self._priorities:
-            return self.scheduler.default_priority
-        return self._priorities.get(supplied_digest(key), self.scheduler.default_priority)
+        configured = self._priorities.get(supplied_digest(key)) if self._priorities else None
+        if asked is None:
+            return self.scheduler.default_priority if configured is None else configured
+        return asked if configured is None else max(asked, configured)
+
+    def _asked_priority(self, request: Request) -> int | None:
+        """x-velollm-priority's digit (None without the header); 400 for anything else."""
+        raw = request.header(PRIORITY_HEADER)
+        if raw is None:
+            return None
+        if not (len(raw) == 1 and raw in "0123456789"):
+            raise BadRequest(f"{PRIORITY_HEADER} must be a digit 0..9", param=PRIORITY_HEADER)
+        return int(raw)
 
     def generate_request(self, request: Request, endpoint: str, body: dict, *, key: str | None = None,
                          raw_key: str = "", headers: dict[str, str] | None = None) -> GenerateRequest:

@@ -13,7 +13,11 @@ when its answer says them (prompt + completion tokens of the usage), so one requ
 a token budget by its own size, and the next one waits.
 
 The ledger is keyed by name and kept across reloads: a key whose name stays keeps its windows
-and counters, with its new limits.
+and counters, with its new limits. Its windows also outlive a restart: `windows()` is them as
+plain data, the age of each entry in seconds at a wall-clock time (the ledger's own clock is
+monotonic, which a reboot resets), and `restore()` takes them back, entries older than their
+window dropped. A token bucket is kept as the age of its start, so a restored window lets its
+tokens go at most one bucket (1 s, 1 min) early, never late. The lifetime counters restart.
 """
 from __future__ import annotations
 
@@ -56,6 +60,13 @@ class RequestWindow:
         """The same history under a new limit (the newest `limit` times are what matter)."""
         return RequestWindow(limit, self.window_s, self.times)
 
+    def ages(self, now: float) -> list[float]:
+        """The seconds since each admission still in the window, oldest first."""
+        return [now - t for t in self.times if now - t < self.window_s]
+
+    def restore(self, now: float, ages: list[float]) -> None:
+        self.times.extend(now - age for age in ages if age < self.window_s)
+
 
 class TokenWindow:
     """Tokens counted in the last `window_s`, in `num_buckets` buckets of window_s / num_buckets."""
@@ -88,6 +99,22 @@ class TokenWindow:
     def used(self, now: float) -> int:
         self._advance(now)
         return self.total
+
+    def ages(self, now: float) -> list[tuple[float, int]]:
+        """(seconds since the bucket's start, tokens) of each bucket holding tokens, oldest first."""
+        self._advance(now)
+        if self.slot is None:
+            return []
+        num_buckets = len(self.buckets)
+        slots = range(self.slot - num_buckets + 1, self.slot + 1)
+        return [(now - slot * self.bucket_s, self.buckets[slot % num_buckets])
+                for slot in slots if self.buckets[slot % num_buckets]]
+
+    def restore(self, now: float, ages: list[tuple[float, int]]) -> None:
+        window_s = self.bucket_s * len(self.buckets)
+        for age, tokens in ages:
+            if age < window_s:
+                self.add(now - age, tokens)
 
     def wait(self, now: float, limit: int) -> float:
         """Seconds until the tokens in the window drop below `limit` (0: they are below now).
@@ -143,6 +170,18 @@ class KeyAccount:
         self.tokens_minute.add(now, prompt + completion)
         self.tokens_day.add(now, prompt + completion)
 
+    def windows(self, now: float) -> dict:
+        """The limit windows as plain data (`restore` takes it back)."""
+        return {"requests": self.requests.ages(now) if self.requests is not None else [],
+                "tokens_minute": self.tokens_minute.ages(now), "tokens_day": self.tokens_day.ages(now)}
+
+    def restore(self, now: float, windows: dict, elapsed: float) -> None:
+        """`windows` as `windows()` gave them `elapsed` seconds ago."""
+        if self.requests is not None:
+            self.requests.restore(now, [age + elapsed for age in windows["requests"]])
+        self.tokens_minute.restore(now, [(age + elapsed, tokens) for age, tokens in windows["tokens_minute"]])
+        self.tokens_day.restore(now, [(age + elapsed, tokens) for age, tokens in windows["tokens_day"]])
+
     def usage(self, now: float) -> dict:
         limits = self.limits
         return {"name": self.name, "requests": self.num_requests, "prompt_tokens": self.prompt_tokens,
@@ -160,10 +199,11 @@ LIMIT_WORDS = {"requests": "requests per minute", "tokens": "tokens per minute",
 class KeyLedger:
     """Every named key's account. The name "" (no key, or an open server) is not accounted."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self.clock = clock
+    def __init__(self, clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
+        self.clock, self.wall_clock = clock, wall_clock
         self.accounts: dict[str, KeyAccount] = {}
         self.shared = False      # limits are checked by the shared tier (Redis): see admit(defer=)
+        self.generation = 0      # changes with the windows (a request or tokens counted)
 
     def configure(self, limits: dict[str, KeyLimits]) -> None:
         """The keys now configured: accounts of names that stay keep their windows and counters."""
@@ -176,6 +216,11 @@ class KeyLedger:
                 account.relimit(key_limits)
             accounts[name] = account
         self.accounts = accounts
+
+    @property
+    def limited(self) -> bool:
+        """Whether some key has a limit (else its windows hold nothing worth keeping)."""
+        return any(account.limits != KeyLimits() for account in self.accounts.values())
 
     def admit(self, name: str, *, defer: bool = False) -> None:
         """Count one request of key `name`, or refuse it: RateLimited (429) with Retry-After,
@@ -198,6 +243,7 @@ class KeyLedger:
         if account.requests is not None:
             account.requests.add(self.clock())
         account.num_requests += 1
+        self.generation += 1
 
     def refuse(self, name: str, waits: dict[str, float]) -> RateLimited:
         """Count a refusal of key `name` over the limits in `waits` ({limit: seconds}); the 429."""
@@ -213,6 +259,7 @@ class KeyLedger:
             return
         prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
         account.add_tokens(self.clock(), prompt, completion)
+        self.generation += 1
 
     def record_cache_hit(self, name: str) -> None:
         account = self.accounts.get(name)
@@ -222,6 +269,24 @@ class KeyLedger:
     def usage(self) -> list[dict]:
         now = self.clock()
         return [account.usage(now) for account in self.accounts.values()]
+
+    def windows(self) -> dict | None:
+        """Every key's limit windows, as plain data for a state file; None with no keys."""
+        if not self.accounts:
+            return None
+        now = self.clock()
+        return {"saved_at": self.wall_clock(),
+                "keys": {name: account.windows(now) for name, account in self.accounts.items()}}
+
+    def restore(self, state: dict) -> int:
+        """Take back what `windows()` gave (of another process, maybe): the windows of the keys
+        still configured, aged by the wall-clock time since; the number of keys restored."""
+        elapsed = max(0.0, self.wall_clock() - state["saved_at"])
+        now = self.clock()
+        restored = [name for name in state["keys"] if name in self.accounts]
+        for name in restored:
+            self.accounts[name].restore(now, state["keys"][name], elapsed)
+        return len(restored)
 
 
 def _count(value) -> int:
