@@ -34,7 +34,7 @@ import time
 from array import array
 from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
-from ..backends.base import Backend
+from ..backends.base import BUSY_STATUSES, Backend
 from ..backends.registry import Registry
 from ..config import SchedulerConfig
 from ..errors import (CONTEXT_LENGTH_EXCEEDED, BackendBusy, BackendError, BackendTimeout, BadRequest,
@@ -350,13 +350,14 @@ class Service:
     async def _native_relay(self, backend: Backend, request: GenerateRequest, scheduled: SchedRequest,
                             fingerprint: Fingerprint, path: str, body: dict) -> AsyncIterator:
         """The upstream response, then its body bytes. An error status (5xx: the backend
-        failed, before any byte reached the client) is a BackendError for the failover."""
+        failed, before any byte reached the client; 429: busy) is a BackendError for the
+        failover, a busy one with its Retry-After (BackendBusy)."""
         async with self._admitted(backend, scheduled):
             with self._pinned(backend, request, fingerprint):      # the router's affinity
                 started = time.perf_counter()
                 upstream = await backend.native("POST", path, body)
                 try:
-                    if upstream.status >= 500:
+                    if upstream.status >= 500 or upstream.status in BUSY_STATUSES:
                         raise await backend.error_from(upstream, body.get("model"))
                     yield upstream
                     async for data in upstream.iter_raw():
