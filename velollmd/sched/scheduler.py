@@ -103,7 +103,9 @@ class Scheduler:
 
     def set_max_running(self, max_running: int) -> None:
         """Run up to `max_running` requests at once (an adaptive limit moved). Growing frees
-        the new slots at once; shrinking takes the slots above the limit out as they free."""
+        the new slots at once; shrinking takes the slots above the limit out as they free, and
+        nothing starts until fewer than `max_running` run (_has_room): a request that finished
+        on a low slot must not let a new one in beside those still running above the limit."""
         max_running = max(1, max_running)
         if max_running > self.max_running:
             busy = {r.slot for r in self.running.values()}
@@ -130,7 +132,7 @@ class Scheduler:
         the queue's heap, wait order, aging and expiry pass and the SchedulerOutput, which
         only matter to a request that waits. None, with nothing changed, when it would wait:
         add_request() it then."""
-        if self.waiting or not self._free_slots:
+        if self.waiting or not self._has_room():
             return None
         self._check_intake(request, waits=False)
         allocation = self._allocate(request)
@@ -173,6 +175,11 @@ class Scheduler:
         running = {r.model for r in self.running.values()}
         last = {self._last_model} if self._last_model else set()
         return frozenset(running | last | self._reported_models)
+
+    @property
+    def last_admission_seq(self) -> int:
+        """The admission_seq of the request admitted last (0: none yet)."""
+        return self._num_admitted
 
     @property
     def num_free_slots(self) -> int:
@@ -264,8 +271,12 @@ class Scheduler:
                       if r.effective_priority == head.effective_priority and r.model in loaded]
         return min(same_model, default=head)
 
+    def _has_room(self) -> bool:
+        """A free slot, and fewer running than max_running (not so right after a shrink)."""
+        return bool(self._free_slots) and len(self.running) < self.max_running
+
     def _admit(self, request: SchedRequest, now: float, scheduled: list[ScheduledRequest]) -> bool:
-        if not self._free_slots:
+        if not self._has_room():
             return False
         allocation = self._allocate(request)
         if allocation is None:
