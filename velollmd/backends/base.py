@@ -104,6 +104,11 @@ class Backend:
         only where the backend loads models itself (the engine): a server's context is its own."""
         return self.config.num_ctx or DEFAULT_NUM_CTX
 
+    def num_parallel(self, request: GenerateRequest) -> int:
+        """How many requests the server runs for `request` at once, a slot each: one, but where
+        it splits a request (llama-server: a completion's prompts)."""
+        return 1
+
     def sees_images(self) -> bool | None:
         """Whether its model takes image input; None when unknown (the server decides)."""
         return None

@@ -241,7 +241,7 @@ class Service:
             token_ids = token_ids[-backend.context_size(request.model, request.body.get("num_ctx")):]
         return SchedRequest(f"req-{next(self._ids)}", request.model, token_ids,
                             max_tokens, arrival_time=self.clock(), priority=request.priority,
-                            stream=request.stream)
+                            stream=request.stream, num_parallel=backend.num_parallel(request))
 
     # ---- reload ----
 
@@ -449,7 +449,8 @@ class _Pinned:
         self.fingerprint, self.now = fingerprint, now
 
     def __enter__(self) -> GenerateRequest:
-        self.slot = slot = self.router.claim(self.backend, self.fingerprint, self.now)
+        self.slot = slot = self.router.claim(self.backend, self.fingerprint, self.now,
+                                             pinnable=self.backend.num_parallel(self.request) == 1)
         if slot is None:
             return self.request
         try:
