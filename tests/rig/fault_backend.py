@@ -6,7 +6,9 @@
         assert backend.num_generations == 1 and backend.num_open == 0
 
 Generation requests (POST /v1/chat/completions, /v1/completions) take the next queued fault,
-or answer properly ("ok": a JSON answer, or an SSE stream of three content chunks). GET
+or answer properly ("ok": a JSON answer, or an SSE stream of three content chunks). With a
+`width` (FaultBackend(width=3, answer_s=0.02)), a server of that many slots: each answer takes
+`answer_s`, and a request past the width is refused as busy, 503 as llama-server words it. GET
 /v1/models always answers, so health checks pass unless the server is stopped (`refuse`).
 Every fault is a function below writing raw bytes, so a reader sees exactly what goes out.
 """
@@ -223,8 +225,11 @@ for _code in (429, 500, 503):
 class FaultBackend:
     """The server: a queue of faults for the next generation requests, and counters."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, width: int | None = None, answer_s: float = 0.0):
         self.host, self.port = host, port
+        self.width, self.answer_s = width, answer_s
+        self.num_inflight = 0                      # generations being answered (with a width)
+        self.num_busy = 0                          # refused past the width
         self.num_generations = 0                   # generation requests received
         self.num_open = 0                          # connections open right now
         self.bodies: list[bytes] = []              # raw generation request bodies, in order
@@ -311,5 +316,23 @@ class FaultBackend:
         self.num_generations += 1
         self.bodies.append(body)
         stream = bool(json.loads(body).get("stream"))
+        exchange = Exchange(reader, writer, endpoint, stream)
+        if self.width is not None and not self._faults:
+            return await self._within_width(exchange)
         name = self._faults.popleft() if self._faults else "ok"
-        return await FAULTS[name](Exchange(reader, writer, endpoint, stream))
+        return await FAULTS[name](exchange)
+
+    async def _within_width(self, ex: Exchange) -> bool:
+        """Busy past the width, as llama-server without a free slot; else the answer after answer_s."""
+        if self.num_inflight >= self.width:
+            self.num_busy += 1
+            ex.writer.write(_json_response({"error": {"code": 503, "message": "no slot available",
+                                                      "type": "unavailable_error"}}, 503))
+            return True
+        self.num_inflight += 1
+        try:
+            await asyncio.sleep(self.answer_s)
+            ex.writer.write(ex.full_answer())
+        finally:
+            self.num_inflight -= 1
+        return True

@@ -224,15 +224,18 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     # responses
-    def send_json(self, status: int, obj: Any) -> None:
-        self._send_full(status, json.dumps(obj).encode(), "application/json; charset=utf-8")
+    def send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self._send_full(status, json.dumps(obj).encode(), "application/json; charset=utf-8", headers)
 
     def send_text(self, status: int, text: str) -> None:
         self._send_full(status, text.encode(), "text/plain; charset=utf-8")
 
-    def _send_full(self, status: int, data: bytes, content_type: str) -> None:
+    def _send_full(self, status: int, data: bytes, content_type: str,
+                   headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":

@@ -17,8 +17,9 @@ def route_models(h, body: Any) -> None:
     h.send_json(200, {"object": "list", "data": data})
 
 
-def openai_error(h, status: int, message: str, kind: str = "api_error") -> None:
-    h.send_json(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
+def openai_error(h, status: int, message: str, kind: str = "api_error",
+                 headers: dict[str, str] | None = None) -> None:
+    h.send_json(status, {"error": {"message": message, "type": kind, "param": None, "code": None}}, headers)
 
 
 def to_native(body: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def route_chat_completions(h, body: dict[str, Any]) -> None:
     h.emu.touch(model, None)
     reply = h.emu.next_reply(native)
     if reply.status != 200:
-        return openai_error(h, reply.status, reply.error)
+        return openai_error(h, reply.status, reply.error, headers=reply.headers)
     stops = native["options"].get("stop") or []
     pieces, stopped = apply_stop(reply.pieces(), [stops] if isinstance(stops, str) else stops)
     finish = "tool_calls" if reply.tool_calls else (

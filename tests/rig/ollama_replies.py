@@ -62,7 +62,8 @@ class ScriptedReply:
     `{"name": ..., "arguments": {...}}` dicts. delay_s sleeps before each chunk. error_after=N
     sends N chunks then an NDJSON `{"error": error}` line (Ollama's mid-stream error);
     drop_after=N sends N chunks then closes the connection without finishing the stream.
-    status != 200 answers `{"error": error}` with that status instead of generating.
+    status != 200 answers `{"error": error}` with that status instead of generating, with
+    `headers` (Retry-After, say).
     """
     content: str = ""
     chunks: list[str] | None = None
@@ -74,6 +75,7 @@ class ScriptedReply:
     drop_after: int | None = None
     status: int = 200
     error: str = "an error was encountered while running the model"
+    headers: dict[str, str] = field(default_factory=dict)
 
     def pieces(self) -> list[str]:
         if self.chunks is not None:

@@ -117,7 +117,7 @@ def _generate(h, body: dict[str, Any], chat: bool) -> None:
         return _load_or_unload(h, body, model, chat)
     reply = h.emu.next_reply(body)
     if reply.status != 200:
-        return h.send_json(reply.status, {"error": reply.error})
+        return h.send_json(reply.status, {"error": reply.error}, reply.headers)
     start_ns = time.monotonic_ns()
     stops = (body.get("options") or {}).get("stop") or []
     pieces, stopped = apply_stop(reply.pieces(), [stops] if isinstance(stops, str) else stops)

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 from tests.aio import run
 from velollmd.config import SchedulerConfig
+from velollmd.errors import BackendBusy
 from velollmd.looplag import LoopLag
 from velollmd.sched.admission import Admission
 from velollmd.sched.request import SchedRequest
@@ -103,3 +104,33 @@ def test_a_sample_taken_while_the_loop_lags_carries_the_lag_per_hop():
         return list(queue.limit.window_lags)
     idle, stream, whole = run(main())
     assert idle == 0.0 and stream > 0.0 and whole == stream / 8
+
+
+def test_a_burst_of_busy_answers_shrinks_the_limit_once_per_episode():
+    """The backend refuses as busy every request of a burst: one shrink (8 in flight -> 5), not
+    one per refusal (which took it to 1); refusals of requests sent after that shrink are a new
+    episode and shrink it again. The known-width backend has no limit to shrink."""
+    async def burst(admission, target, clock, tag: str, num_requests: int) -> int:
+        refused = []
+
+        async def refuse(i):
+            request = SchedRequest(f"{tag}-{i}", "m", [i], 8, arrival_time=clock.now)
+            try:
+                async with admission.slot(target, request):
+                    await asyncio.sleep(0)                  # all of them in flight together
+                    raise BackendBusy("busy", code="backend_busy")
+            except BackendBusy:
+                refused.append(i)
+        await asyncio.gather(*[refuse(i) for i in range(num_requests)])
+        assert len(refused) == num_requests
+        return admission.stats()["b"]["concurrency_limit"]
+
+    async def main():
+        clock = FakeClock()
+        admission, target = Admission(SchedulerConfig(), clock), backend()
+        first = await burst(admission, target, clock, "a", 8)
+        second = await burst(admission, target, clock, "b", 5)
+        fixed = Admission(SchedulerConfig(backend_queue_per_slot=0), clock)
+        known = await burst(fixed, backend(slots_source="/props", num_slots=4), clock, "c", 4)
+        return first, second, known
+    assert run(main()) == (5, 3, 4)

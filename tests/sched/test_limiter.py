@@ -367,3 +367,28 @@ def test_the_throughput_of_a_level_is_forgotten_when_it_changes():
     assert min(limit.served) < 32
     simulate(limit, wide(), num_clients=64, num_requests=1_000, jitter=0.2, daemon_s=0.040)
     assert min(limit.served) >= 32
+
+
+def test_a_busy_answer_cuts_the_limit_to_a_share_of_the_requests_in_flight_and_sets_the_ceiling():
+    limit = warmed_up(AdaptiveLimit(16))
+    limit.on_busy(10)                       # refused with 10 in flight: fewer fit
+    assert limit.limit == 7 and limit.ceiling == 10 and not limit.ramping
+    limit.on_busy(40)                       # more in flight than the limit: the limit is what met it
+    assert limit.limit == 4 and limit.ceiling == 7.0
+    for _ in range(10):
+        limit.on_busy(1)
+    assert limit.limit == 1                 # never below min_limit
+    feed_window(limit, 0.020, 1)            # the window that was open is gone, stale samples skipped
+    assert limit.limit >= 1
+
+
+def test_after_a_busy_answer_the_limit_grows_back_slowly_next_to_it():
+    limit = warmed_up(AdaptiveLimit(8))
+    limit.on_busy(8)
+    assert limit.limit == 5
+    history = []
+    for _ in range(40):
+        feed_window(limit, 0.020, limit.limit)
+        history.append(limit.limit)
+    assert max(history[:4]) <= 7            # up to one short of where the refusal met it at first
+    assert history[-1] >= 8                 # then probing past it: a backend that got wider is found

@@ -172,3 +172,15 @@ def test_without_slot_pinning_the_backend_is_still_chosen_by_prefix():
     later = chat(HISTORY, "r", "n")
     assert [router.rank([one, two], later, lambda b: 0.0)[0].name for _ in range(3)] == ["two"] * 3
     assert router.num_affinity_hits == 3 and router.num_slot_hits == 0
+
+
+def test_a_request_of_several_prompts_goes_unpinned_and_pins_nothing_while_it_runs():
+    """llama-server runs its prompts on as many slots: pinned to one they would wait for each
+    other, and which slots they took is unknown until it ends."""
+    table = SlotTable(4)
+    a = chat("alpha")
+    assert table.claim(a, now=1, pinnable=False) == (None, 0)
+    assert table.claim(a, now=2) == (None, 0)
+    table.release(None)
+    table.release(None)
+    assert table.claim(a, now=3)[0] == 0

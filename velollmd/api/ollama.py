@@ -17,7 +17,7 @@ import time
 from typing import AsyncIterator
 
 from .. import __version__
-from ..backends.base import Backend
+from ..backends.base import BUSY_STATUSES, Backend
 from ..backends.registry import Registry
 from ..core.pipeline import Pipeline
 from ..core.service import Service
@@ -180,8 +180,14 @@ class OllamaRoutes:
         return Response.json(_load_reply(body["model"], message))
 
     async def _passthrough(self, backend: Backend, path: str, body: dict) -> Response:
+        """The backend's answer as it is; a busy one as our 503 with a Retry-After (BackendBusy)."""
         self.access.refuse_if_draining()
         upstream = await backend.native("POST", path, self._served(body))
+        if upstream.status in BUSY_STATUSES:
+            try:
+                raise await backend.error_from(upstream)
+            finally:
+                upstream.close()
         content_type = upstream.header("content-type", "application/json")
         headers = [("content-type", content_type), ("x-velollm-backend", backend.name)]
         return Response(upstream.status, headers, stream=upstream.iter_raw())   # closes itself when left early

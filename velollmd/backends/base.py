@@ -32,6 +32,8 @@ DEFAULT_NUM_CTX = 4096        # per slot, when neither the backend nor the confi
 OVER_CONTEXT_RE = re.compile(r"exceeds? the available context|maximum context length|longer than the model's "
                              r"context length", re.IGNORECASE)
 HEALTH_TIMEOUT_S = 5.0        # a health check's whole deadline (connect_timeout_s when longer)
+BUSY_STATUSES = (429, 503)    # a backend that answers these is busy (full, loading), not failing
+BUSY_RETRY_AFTER_S = 1        # Retry-After for a busy answer that gave none: slots free in seconds
 
 
 @dataclass
@@ -101,6 +103,11 @@ class Backend:
         server reports, else `num_ctx`, else 4096. A request's `num_ctx` (Ollama's) sizes it
         only where the backend loads models itself (the engine): a server's context is its own."""
         return self.config.num_ctx or DEFAULT_NUM_CTX
+
+    def num_parallel(self, request: GenerateRequest) -> int:
+        """How many requests the server runs for `request` at once, a slot each: one, but where
+        it splits a request (llama-server: a completion's prompts)."""
+        return 1
 
     def sees_images(self) -> bool | None:
         """Whether its model takes image input; None when unknown (the server decides)."""
@@ -286,11 +293,9 @@ class Backend:
             return BadRequest(f"backend {self.name} rejected the request: {message}")
         if response.status == 501:
             return NotImplementedByBackend(f"backend {self.name}: {message}")
-        if response.status in (429, 503):
-            retry_after = response.header("retry-after", "")
+        if response.status in BUSY_STATUSES:
             return BackendBusy(f"backend {self.name} is busy ({response.status}): {message}",
-                               code="backend_busy",
-                               headers={"retry-after": retry_after} if _is_seconds(retry_after) else {})
+                               code="backend_busy", headers={"retry-after": _retry_after(response)})
         return BackendError(f"backend {self.name} answered {response.status}: {message}",
                             code="backend_error")
 
@@ -305,6 +310,14 @@ def refuse_insert(body: dict) -> None:
     if body.get("suffix"):
         raise BadRequest(f"model {body.get('model')!r} does not support insert (suffix)", param="suffix",
                          code="unsupported_value")
+
+
+def _retry_after(response: ClientResponse) -> str:
+    """The busy backend's Retry-After when it is whole seconds, else BUSY_RETRY_AFTER_S: a
+    client told nothing retries at once, or gives up (the OpenAI SDK backs off by its own
+    guess, Ollama's clients not at all)."""
+    retry_after = response.header("retry-after", "")
+    return retry_after if _is_seconds(retry_after) else str(BUSY_RETRY_AFTER_S)
 
 
 def _is_seconds(value: str) -> bool:

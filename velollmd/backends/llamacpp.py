@@ -86,6 +86,12 @@ class LlamaCppBackend(OpenAIBackend):
             _completion_schema(body)
         return body
 
+    def num_parallel(self, request: GenerateRequest) -> int:
+        """A completion's prompts run one a slot: sent one a request (`completion`), or split
+        by llama-server itself (a stream)."""
+        prompts = _prompts(request.body) if request.endpoint != "chat" else None
+        return len(prompts) if prompts is not None else 1
+
     async def completion(self, request: GenerateRequest) -> dict:
         """llama.cpp answers a completion's logprobs in the chat shape: given in OpenAI's. Several
         prompts go one a request, their answers merged: llama-server answers them in one with

@@ -34,7 +34,7 @@ import time
 from array import array
 from typing import AsyncIterator, Awaitable, Callable, Iterable, TypeVar
 
-from ..backends.base import Backend
+from ..backends.base import BUSY_STATUSES, Backend
 from ..backends.registry import Registry
 from ..config import SchedulerConfig
 from ..errors import (CONTEXT_LENGTH_EXCEEDED, BackendBusy, BackendError, BackendTimeout, BadRequest,
@@ -241,7 +241,7 @@ class Service:
             token_ids = token_ids[-backend.context_size(request.model, request.body.get("num_ctx")):]
         return SchedRequest(f"req-{next(self._ids)}", request.model, token_ids,
                             max_tokens, arrival_time=self.clock(), priority=request.priority,
-                            stream=request.stream)
+                            stream=request.stream, num_parallel=backend.num_parallel(request))
 
     # ---- reload ----
 
@@ -350,13 +350,14 @@ class Service:
     async def _native_relay(self, backend: Backend, request: GenerateRequest, scheduled: SchedRequest,
                             fingerprint: Fingerprint, path: str, body: dict) -> AsyncIterator:
         """The upstream response, then its body bytes. An error status (5xx: the backend
-        failed, before any byte reached the client) is a BackendError for the failover."""
+        failed, before any byte reached the client; 429: busy) is a BackendError for the
+        failover, a busy one with its Retry-After (BackendBusy)."""
         async with self._admitted(backend, scheduled):
             with self._pinned(backend, request, fingerprint):      # the router's affinity
                 started = time.perf_counter()
                 upstream = await backend.native("POST", path, body)
                 try:
-                    if upstream.status >= 500:
+                    if upstream.status >= 500 or upstream.status in BUSY_STATUSES:
                         raise await backend.error_from(upstream, body.get("model"))
                     yield upstream
                     async for data in upstream.iter_raw():
@@ -448,7 +449,8 @@ class _Pinned:
         self.fingerprint, self.now = fingerprint, now
 
     def __enter__(self) -> GenerateRequest:
-        self.slot = slot = self.router.claim(self.backend, self.fingerprint, self.now)
+        self.slot = slot = self.router.claim(self.backend, self.fingerprint, self.now,
+                                             pinnable=self.backend.num_parallel(self.request) == 1)
         if slot is None:
             return self.request
         try:

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..config import SchedulerConfig
-from ..errors import QUEUE_TIMEOUT, RateLimited, VeloError
+from ..errors import QUEUE_TIMEOUT, BackendBusy, RateLimited, VeloError
 from ..looplag import LoopLag, busy_lag, monitor
 from .limiter import AdaptiveLimit, per_token
 from .request import STOPPED, RequestStatus, SchedRequest
@@ -53,6 +53,7 @@ class BackendQueue:
     num_rejected: int = 0             # 429: queue full
     num_timed_out: int = 0            # 503: waited past queue_timeout_s
     num_preempted: int = 0
+    busy_seq: int = 0                 # the last admission before the last busy shrink (on_busy)
 
     def keep_counts(self, old: BackendQueue) -> None:
         """Take over the counters of the queue this one replaces (a reload): /metrics exports
@@ -78,6 +79,16 @@ class BackendQueue:
             self.limit.on_sample(latency, len(self.scheduler.running), lag)
             if self.limit.limit != self.scheduler.max_running:
                 self.scheduler.set_max_running(self.limit.limit)
+
+    def on_busy(self, request: SchedRequest) -> None:
+        """The backend refused `request` as busy (BackendBusy): the adaptive limit, if any,
+        shrinks, once per busy episode. A request admitted before the last such shrink was
+        sent under the limit that shrink already cut: its refusal is the same episode."""
+        if self.limit is None or request.admission_seq <= self.busy_seq:
+            return
+        self.busy_seq = self.scheduler.last_admission_seq
+        self.limit.on_busy(len(self.scheduler.running))
+        self.scheduler.set_max_running(self.limit.limit)
 
 
 class Admission:
@@ -340,7 +351,7 @@ class Slot:
                 raise
             return False
         preempted = False
-        _count_backend_queue(queue, exc)
+        _count_backend_queue(queue, request, exc)
         try:
             status = RequestStatus.FINISHED_ERROR
             if issubclass(exc_type, asyncio.CancelledError):
@@ -357,10 +368,13 @@ class Slot:
         return False
 
 
-def _count_backend_queue(queue: BackendQueue, exc: BaseException) -> None:
+def _count_backend_queue(queue: BackendQueue, request: SchedRequest, exc: BaseException) -> None:
     """A refusal by the backend's own queue (the engine's), counted as the daemon's queue
-    counts its own: full (429), or waited past queue_timeout_s (503)."""
-    if isinstance(exc, RateLimited):
+    counts its own: full (429), or waited past queue_timeout_s (503); a backend that said it
+    is busy shrinks the adaptive limit (BackendQueue.on_busy)."""
+    if isinstance(exc, BackendBusy):
+        queue.on_busy(request)
+    elif isinstance(exc, RateLimited):
         queue.num_rejected += 1
     elif isinstance(exc, VeloError) and exc.code == QUEUE_TIMEOUT:
         queue.num_timed_out += 1

@@ -40,11 +40,13 @@ class SlotTable:
     def num_slots(self) -> int:
         return len(self.entries)
 
-    def claim(self, fingerprint: Fingerprint, now: float) -> tuple[int | None, int]:
+    def claim(self, fingerprint: Fingerprint, now: float, *, pinnable: bool = True) -> tuple[int | None, int]:
         """(slot, cached tokens): the free slot with the longest common prefix (of at least
         min_match_tokens), else the least recently used one; (None, 0) when none is surely
-        free. Every claim is released, pinned or not."""
-        free = [s for s in range(self.num_slots) if s not in self.busy] if not self.num_unpinned else []
+        free, or the request is not `pinnable` (it runs unpinned). Every claim is released,
+        pinned or not."""
+        free = [s for s in range(self.num_slots) if s not in self.busy] \
+            if pinnable and not self.num_unpinned else []
         if not free:
             self.num_unpinned += 1
             return None, 0

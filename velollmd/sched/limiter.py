@@ -87,6 +87,14 @@ limit now and then to measure it): a limit that starts above the width of a back
 slows every request when overloaded learns the overloaded latency as unloaded; velollmd
 starts at 8.
 
+A backend that says it is busy (a 503 "no slot available", Ollama's "server busy", a 429) gives
+the clearest signal of all, without a latency to read: `on_busy`. The limit drops to BUSY_BACKOFF
+(0.7, CUBIC's beta) of the requests that were in flight (at most the limit), which becomes the
+ceiling, so that the probe back up is slow next to it. Once per busy episode: the caller ignores
+the refusals of requests sent before the last drop (a burst of them is one signal, as TCP cuts
+its window once per round trip of losses, not per lost packet), and the circuit breaker never
+hears of them (busy is not broken).
+
 Pure: no clock, no I/O; the caller reports samples (sched/admission.py).
 """
 from __future__ import annotations
@@ -110,6 +118,7 @@ SMOOTH_SERVED = 0.25          # weight of a window's throughput in its level's r
 CHANGED = 2.0                 # a level's throughput this far off its record: all records are stale
 FRESH = 16                    # updates within which a level's record is smoothed, not replaced
 MEMORY = 1024                 # windows a level's throughput is kept without being measured again
+BUSY_BACKOFF = 0.7            # share of the requests in flight kept when the backend says it is busy
 
 
 def per_token(seconds: float, num_tokens: int | None) -> float:
@@ -178,6 +187,22 @@ class AdaptiveLimit:
             self.window.clear()
             self.window_lags.clear()
             self.max_inflight = self.sum_inflight = 0
+
+    def on_busy(self, num_inflight: int) -> None:
+        """The backend refused a request as busy with `num_inflight` of ours in flight (that one
+        included): the limit drops to BUSY_BACKOFF of them (of the limit, when fewer), the level
+        that met the refusal becomes the ceiling, and the window, the ramp and the quiet streak
+        start over; the samples still in flight were sent under the old limit (skipped)."""
+        met = min(self.estimate, float(max(1, num_inflight)))
+        self.ceiling = met
+        self.estimate = max(float(self.min_limit), met * BUSY_BACKOFF)
+        self.ramping, self.ramp_from = False, None
+        self.num_quiet = 0
+        self.queued.clear()
+        self.window.clear()
+        self.window_lags.clear()
+        self.max_inflight = self.sum_inflight = 0
+        self.num_stale = max(0, num_inflight - 1)
 
     def _daemon_busy(self) -> bool:
         """Half the window's samples or more finished while the daemon's loop lagged."""

@@ -73,11 +73,13 @@ class SchedRequest:
     arrival_time: float
     priority: int = 5
     stream: bool = False
+    num_parallel: int = 1                         # backend requests it runs as at once (several prompts)
     status: RequestStatus = RequestStatus.WAITING
     effective_priority: int = field(init=False)
     queued_at: float = field(init=False)          # start of the current wait (re-set on requeue)
     started_at: float = field(init=False, default=0.0)   # when it last started running
     slot: int | None = None
+    extra_slots: tuple[int, ...] = ()             # slots it holds beside `slot` (num_parallel > 1)
     output_token_ids: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
     num_preemptions: int = 0

@@ -57,14 +57,16 @@ class PrefixRouter:
         self.num_affinity_hits += 1
         return [best] + [b for b in by_load if b is not best]
 
-    def claim(self, backend: Any, fingerprint: Fingerprint, now: float) -> int | None:
-        """Record that `backend` now serves this prompt; the llama.cpp slot to pin, or None."""
+    def claim(self, backend: Any, fingerprint: Fingerprint, now: float, *, pinnable: bool = True) -> int | None:
+        """Record that `backend` now serves this prompt; the llama.cpp slot to pin, or None. A
+        request that is not `pinnable` (several prompts: llama-server runs them on as many
+        slots, and pinned to one they would run one after another) goes unpinned."""
         if not self.prefix_routing:
             return None
         self._recent_of(backend).record(fingerprint, now)
         if not self._pins(backend):
             return None
-        slot, matched = self._slots_of(backend).claim(fingerprint, now)
+        slot, matched = self._slots_of(backend).claim(fingerprint, now, pinnable=pinnable)
         if matched >= self.min_match_tokens:
             self.num_slot_hits += 1
             self.num_matched_tokens += matched

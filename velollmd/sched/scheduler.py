@@ -82,6 +82,7 @@ class Scheduler:
         self.num_backend_slots = num_backend_slots or num_slots
         self._num_admitted = 0
         self._free_slots = list(range(num_slots))        # heap: lowest slot id first
+        self._num_slots_held = 0                         # by the running requests, extra slots too
         self._reported_models: frozenset[str] = frozenset()
         self._last_model: str | None = None
         self._mean_service_s = 1.0                       # EWMA, for Retry-After
@@ -103,10 +104,12 @@ class Scheduler:
 
     def set_max_running(self, max_running: int) -> None:
         """Run up to `max_running` requests at once (an adaptive limit moved). Growing frees
-        the new slots at once; shrinking takes the slots above the limit out as they free."""
+        the new slots at once; shrinking takes the slots above the limit out as they free, and
+        nothing starts until fewer than `max_running` run (_has_room): a request that finished
+        on a low slot must not let a new one in beside those still running above the limit."""
         max_running = max(1, max_running)
         if max_running > self.max_running:
-            busy = {r.slot for r in self.running.values()}
+            busy = {s for r in self.running.values() for s in (r.slot, *r.extra_slots)}
             for slot in range(self.max_running, max_running):
                 if slot not in busy:
                     heapq.heappush(self._free_slots, slot)
@@ -130,7 +133,7 @@ class Scheduler:
         the queue's heap, wait order, aging and expiry pass and the SchedulerOutput, which
         only matter to a request that waits. None, with nothing changed, when it would wait:
         add_request() it then."""
-        if self.waiting or not self._free_slots:
+        if self.waiting or not self._has_room(request):
             return None
         self._check_intake(request, waits=False)
         allocation = self._allocate(request)
@@ -173,6 +176,11 @@ class Scheduler:
         running = {r.model for r in self.running.values()}
         last = {self._last_model} if self._last_model else set()
         return frozenset(running | last | self._reported_models)
+
+    @property
+    def last_admission_seq(self) -> int:
+        """The admission_seq of the request admitted last (0: none yet)."""
+        return self._num_admitted
 
     @property
     def num_free_slots(self) -> int:
@@ -242,6 +250,7 @@ class Scheduler:
         self.pool.fork(parent_id, *[child.request_id for child in started])
         for child in started:
             child.slot = heapq.heappop(self._free_slots)
+            self._num_slots_held += 1
             child.started_at = child.queued_at = now
             self._num_admitted += 1
             child.admission_seq = self._num_admitted
@@ -264,8 +273,20 @@ class Scheduler:
                       if r.effective_priority == head.effective_priority and r.model in loaded]
         return min(same_model, default=head)
 
+    def _slots_wanted(self, request: SchedRequest) -> int:
+        """The slots a request holds while it runs: one per backend request it runs as at once
+        (llama-server runs a completion's prompts one a slot), at most as many as the backend
+        runs at once (the rest of its prompts wait there for a slot) and as max_running."""
+        return max(1, min(request.num_parallel, self.num_backend_slots, self.max_running))
+
+    def _has_room(self, request: SchedRequest) -> bool:
+        """Free slots for the request, and as many held in all as max_running at most (not so
+        right after a shrink, while requests on slots above the new limit still run)."""
+        num_wanted = self._slots_wanted(request)
+        return len(self._free_slots) >= num_wanted and self._num_slots_held + num_wanted <= self.max_running
+
     def _admit(self, request: SchedRequest, now: float, scheduled: list[ScheduledRequest]) -> bool:
-        if not self._free_slots:
+        if not self._has_room(request):
             return False
         allocation = self._allocate(request)
         if allocation is None:
@@ -283,7 +304,10 @@ class Scheduler:
 
     def _start(self, request: SchedRequest, allocation: Allocation, now: float) -> ScheduledRequest:
         """Run an allocated request (out of the queue already) on the lowest free slot."""
+        num_wanted = self._slots_wanted(request)
         request.slot = heapq.heappop(self._free_slots)
+        request.extra_slots = tuple(heapq.heappop(self._free_slots) for _ in range(num_wanted - 1))
+        self._num_slots_held += num_wanted
         request.num_cached_tokens = allocation.num_cached_tokens
         request.started_at = now
         self._num_admitted += 1
@@ -339,12 +363,16 @@ class Scheduler:
 
     def _sent_ahead(self) -> list[SchedRequest]:
         """Running requests the backend has not started yet, as far as the daemon can tell:
-        it runs `num_backend_slots` at once in the order they were sent, and a request whose
-        first output arrived has started."""
-        if len(self.running) <= self.num_backend_slots:
+        it runs `num_backend_slots` at once in the order they were sent (a request of several
+        prompts on as many slots), and a request whose first output arrived has started."""
+        if self._num_slots_held <= self.num_backend_slots:
             return []
-        in_order = sorted(self.running.values(), key=lambda r: r.admission_seq)
-        return [r for r in in_order[self.num_backend_slots:] if not r.generating]
+        ahead, num_taken = [], 0
+        for request in sorted(self.running.values(), key=lambda r: r.admission_seq):
+            if num_taken >= self.num_backend_slots and not request.generating:
+                ahead.append(request)
+            num_taken += 1 + len(request.extra_slots)
+        return ahead
 
     def _preempt_for(self, request: SchedRequest, now: float, scheduled: list[ScheduledRequest],
                      preempted: list[str]) -> bool:
@@ -387,12 +415,14 @@ class Scheduler:
         self._mean_service_s += 0.2 * (service_s - self._mean_service_s)
 
     def _release(self, request: SchedRequest) -> None:
-        """Give back the slot and blocks of a running request."""
+        """Give back the slots and blocks of a running request."""
         self.pool.free(request.request_id)
         self._remove_running(request)
-        if request.slot < self.max_running:
-            heapq.heappush(self._free_slots, request.slot)
-        request.slot = None
+        for slot in (request.slot, *request.extra_slots):
+            if slot < self.max_running:
+                heapq.heappush(self._free_slots, slot)
+        self._num_slots_held -= 1 + len(request.extra_slots)
+        request.slot, request.extra_slots = None, ()
 
     def _add_running(self, request: SchedRequest) -> None:
         self.running[request.request_id] = request
