@@ -228,3 +228,26 @@ def test_a_record_kept_with_an_item_id_twice_pages_to_its_end_once_restored(tmp_
             break
         after = page["last_id"]
     assert len(ids) == 4 == len(set(ids)) and ids[:2] == ["a", "b"] and ids[3] == "c"
+
+
+def test_removals_are_written_at_once_together_and_a_put_waits_for_the_interval(tmp_path):
+    """A delete must reach the disk before a crash can undo it; deletes at the same time share
+    one write (the file before them is the .prev), and a put pays no write of its own."""
+    async def main():
+        store = ResponseStore(10, 1 << 20)
+        snapshots = StoreSnapshots(store, str(tmp_path), 3600)
+        snapshots.open()
+        for n in range(4):
+            store.put(f"resp_{n}", "k", record(n))
+        await snapshots.write()
+        before = (tmp_path / STORE_NAME).read_bytes()
+        store.put("resp_4", "k", record(4))
+        assert (tmp_path / STORE_NAME).read_bytes() == before
+        for n in range(3):
+            assert store.delete(f"resp_{n}", "k")
+        await asyncio.gather(*(snapshots.removed() for _ in range(3)))
+        assert [row[0] for row in decode_entries((tmp_path / STORE_NAME).read_bytes())] == ["resp_3", "resp_4"]
+        assert (tmp_path / (STORE_NAME + ".prev")).read_bytes() == before
+        await snapshots.close()
+    asyncio.run(main())
+

@@ -11,6 +11,7 @@ lets an `item_reference` find a stored input or output item (`find_item`).
 StoreSnapshots keeps the store across restarts: a state file (cache/statefile.py: atomic
 write, a corrupt or foreign file set aside, the previous one loaded) in [responses] path,
 owned by one daemon, written from a thread every snapshot_interval_s when the store changed,
+at once on a DELETE (a crash must not bring a deleted response back),
 and on shutdown (core/statewriter.py).
 """
 from __future__ import annotations
@@ -193,6 +194,11 @@ class StoreSnapshots:
         """New settings (a reload): a new directory is owned and written in full."""
         self.directory, self.interval_s = directory, interval_s
         self.writer.own(directory, interval_s)
+
+    async def removed(self) -> None:
+        """A user removed a response: on disk now, not at the next interval (a crash would
+        bring it back); returns once written."""
+        await self.writer.write_soon()
 
     async def write(self) -> str | None:
         """Write the store when it changed since the last write; the path written, else None."""
