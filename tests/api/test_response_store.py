@@ -251,3 +251,22 @@ def test_removals_are_written_at_once_together_and_a_put_waits_for_the_interval(
         await snapshots.close()
     asyncio.run(main())
 
+
+def test_a_new_directory_with_a_snapshot_is_merged_under_the_store_in_memory(tmp_path):
+    """A reload that turns persistence on where an earlier run left a store: the store in
+    memory wins on the same id, the bounds hold, the snapshot's oldest go first."""
+    earlier = ResponseStore(10, 1 << 20)
+    for n in range(3):
+        earlier.put(f"resp_{n}", "k", record(n))
+    written(earlier, tmp_path)
+    store = ResponseStore(max_entries=3, max_bytes=1 << 20)
+    store.put("resp_1", "k", record(1, 20))               # the same id, newer
+    store.put("resp_3", "k", record(3))
+    snapshots = StoreSnapshots(store, "", 0)
+    snapshots.open()
+    snapshots.configure(str(tmp_path), 0)
+    assert [response_id for response_id, _ in store.entries()] == ["resp_2", "resp_1", "resp_3"]
+    asyncio.run(snapshots.close())
+    again = restored(tmp_path)
+    assert [response_id for response_id, _ in again.entries()] == ["resp_2", "resp_1", "resp_3"]
+    assert again.get("resp_1", "k") == record(1, 20)

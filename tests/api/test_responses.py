@@ -373,6 +373,27 @@ def test_a_deleted_response_stays_deleted_after_a_crash(tmp_path, ollama_emulato
         assert client_for(daemon).responses.retrieve(kept.id).id == kept.id
 
 
+def test_a_reload_that_turns_the_store_on_merges_the_snapshot_already_there(tmp_path, ollama_emulator):
+    """[responses] path set by a reload where an earlier run left its store: what is on disk is
+    loaded beside what is in memory (not overwritten by it), and the whole written there."""
+    store_dir = tmp_path / "responses"
+    with DaemonProcess(store_toml(ollama_emulator, store_dir), tmp_path) as daemon:
+        earlier = client_for(daemon).responses.create(model=MODEL, input="From the earlier run.")
+        assert daemon.stop() == 0
+        daemon.config.write_text(daemon.config.read_text().replace(f'path = "{store_dir}"', 'path = ""'))
+        daemon.start()
+        ollama_emulator.script("In memory.")
+        now = client_for(daemon).responses.create(model=MODEL, input="From this run.")
+        daemon.config.write_text(daemon.config.read_text().replace('path = ""', f'path = "{store_dir}"'))
+        daemon.reload()
+        client = client_for(daemon)
+        assert client.responses.retrieve(earlier.id).id == earlier.id
+        assert client.responses.retrieve(now.id).output_text == "In memory."
+        assert daemon.stop() == 0
+        daemon.start()
+        assert {client_for(daemon).responses.retrieve(r.id).id for r in (earlier, now)} == {earlier.id, now.id}
+
+
 def test_a_corrupt_store_file_is_set_aside_and_the_daemon_serves(tmp_path, ollama_emulator):
     store_dir = tmp_path / "responses"
     store_dir.mkdir()
