@@ -72,6 +72,16 @@ class DaemonProcess:
         self.proc.terminate()
         return self.proc.wait(timeout=30)
 
+    def reload(self, timeout: float = 30.0) -> None:
+        """SIGHUP (the config file read again), until this run logs one more "reloaded" line."""
+        done = self.log_text().count('"msg":"reloaded"')
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.log_text().count('"msg":"reloaded"') == done:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"velollmd did not reload: {self.log_text()[-2000:]}")
+            time.sleep(0.02)
+
     def log_text(self) -> str:
         """What this run (since the last start) wrote to the log."""
         with open(self.log_path, "rb") as log:

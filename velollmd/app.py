@@ -64,7 +64,7 @@ class App:
         openai.register(router)
         OllamaRoutes(*services).register(router)
         AnthropicRoutes(*services, openai, sse_ping_s=config.server.sse_ping_s).register(router)
-        ResponsesRoutes(self.access, self.pipeline, self.responses,
+        ResponsesRoutes(self.access, self.pipeline, self.response_snapshots,
                         sse_ping_s=config.server.sse_ping_s).register(router)
         return router
 

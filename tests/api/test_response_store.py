@@ -228,3 +228,45 @@ def test_a_record_kept_with_an_item_id_twice_pages_to_its_end_once_restored(tmp_
             break
         after = page["last_id"]
     assert len(ids) == 4 == len(set(ids)) and ids[:2] == ["a", "b"] and ids[3] == "c"
+
+
+def test_removals_are_written_at_once_together_and_a_put_waits_for_the_interval(tmp_path):
+    """A delete must reach the disk before a crash can undo it; deletes at the same time share
+    one write (the file before them is the .prev), and a put pays no write of its own."""
+    async def main():
+        store = ResponseStore(10, 1 << 20)
+        snapshots = StoreSnapshots(store, str(tmp_path), 3600)
+        snapshots.open()
+        for n in range(4):
+            store.put(f"resp_{n}", "k", record(n))
+        await snapshots.write()
+        before = (tmp_path / STORE_NAME).read_bytes()
+        store.put("resp_4", "k", record(4))
+        assert (tmp_path / STORE_NAME).read_bytes() == before
+        for n in range(3):
+            assert store.delete(f"resp_{n}", "k")
+        await asyncio.gather(*(snapshots.removed() for _ in range(3)))
+        assert [row[0] for row in decode_entries((tmp_path / STORE_NAME).read_bytes())] == ["resp_3", "resp_4"]
+        assert (tmp_path / (STORE_NAME + ".prev")).read_bytes() == before
+        await snapshots.close()
+    asyncio.run(main())
+
+
+def test_a_new_directory_with_a_snapshot_is_merged_under_the_store_in_memory(tmp_path):
+    """A reload that turns persistence on where an earlier run left a store: the store in
+    memory wins on the same id, the bounds hold, the snapshot's oldest go first."""
+    earlier = ResponseStore(10, 1 << 20)
+    for n in range(3):
+        earlier.put(f"resp_{n}", "k", record(n))
+    written(earlier, tmp_path)
+    store = ResponseStore(max_entries=3, max_bytes=1 << 20)
+    store.put("resp_1", "k", record(1, 20))               # the same id, newer
+    store.put("resp_3", "k", record(3))
+    snapshots = StoreSnapshots(store, "", 0)
+    snapshots.open()
+    snapshots.configure(str(tmp_path), 0)
+    assert [response_id for response_id, _ in store.entries()] == ["resp_2", "resp_1", "resp_3"]
+    asyncio.run(snapshots.close())
+    again = restored(tmp_path)
+    assert [response_id for response_id, _ in again.entries()] == ["resp_2", "resp_1", "resp_3"]
+    assert again.get("resp_1", "k") == record(1, 20)

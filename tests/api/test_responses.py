@@ -350,6 +350,50 @@ def test_a_crash_loses_only_what_changed_since_the_last_periodic_write(tmp_path,
         assert second.output_text == "Blue." and "My colour is blue." in str(sent_messages(ollama_emulator))
 
 
+def store_toml(emulator, store_dir) -> str:
+    """A daemon whose store is written only on shutdown (an interval no test waits for)."""
+    backend = ollama_backend(emulator)
+    return (f'[cache]\nenabled = false\n[responses]\npath = "{store_dir}"\nsnapshot_interval_s = 3600\n'
+            f'[[backends]]\nname = "ollama"\nkind = "ollama"\nurl = "{backend["url"]}"\nmodels = ["llama3*"]\n')
+
+
+def test_a_deleted_response_stays_deleted_after_a_crash(tmp_path, ollama_emulator):
+    """DELETE /v1/responses/{id} reaches the disk before it answers, not at the next periodic
+    write: kill -9 right after it does not bring the response back."""
+    with DaemonProcess(store_toml(ollama_emulator, tmp_path / "responses"), tmp_path) as daemon:
+        kept = client_for(daemon).responses.create(model=MODEL, input="Keep this.")
+        gone = client_for(daemon).responses.create(model=MODEL, input="Forget this.")
+        assert daemon.stop() == 0                           # both on disk (the shutdown write)
+        daemon.start()
+        client_for(daemon).responses.delete(gone.id)                 # (a 404 would raise)
+        daemon.kill()                                       # kill -9: no shutdown write
+        daemon.start()
+        with pytest.raises(openai.NotFoundError):
+            client_for(daemon).responses.retrieve(gone.id)
+        assert client_for(daemon).responses.retrieve(kept.id).id == kept.id
+
+
+def test_a_reload_that_turns_the_store_on_merges_the_snapshot_already_there(tmp_path, ollama_emulator):
+    """[responses] path set by a reload where an earlier run left its store: what is on disk is
+    loaded beside what is in memory (not overwritten by it), and the whole written there."""
+    store_dir = tmp_path / "responses"
+    with DaemonProcess(store_toml(ollama_emulator, store_dir), tmp_path) as daemon:
+        earlier = client_for(daemon).responses.create(model=MODEL, input="From the earlier run.")
+        assert daemon.stop() == 0
+        daemon.config.write_text(daemon.config.read_text().replace(f'path = "{store_dir}"', 'path = ""'))
+        daemon.start()
+        ollama_emulator.script("In memory.")
+        now = client_for(daemon).responses.create(model=MODEL, input="From this run.")
+        daemon.config.write_text(daemon.config.read_text().replace('path = ""', f'path = "{store_dir}"'))
+        daemon.reload()
+        client = client_for(daemon)
+        assert client.responses.retrieve(earlier.id).id == earlier.id
+        assert client.responses.retrieve(now.id).output_text == "In memory."
+        assert daemon.stop() == 0
+        daemon.start()
+        assert {client_for(daemon).responses.retrieve(r.id).id for r in (earlier, now)} == {earlier.id, now.id}
+
+
 def test_a_corrupt_store_file_is_set_aside_and_the_daemon_serves(tmp_path, ollama_emulator):
     store_dir = tmp_path / "responses"
     store_dir.mkdir()

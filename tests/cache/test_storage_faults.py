@@ -261,3 +261,23 @@ def test_a_flushed_cache_stays_flushed_after_a_crash(tmp_path, ollama_emulator):
         daemon.kill()
         daemon.start()
         assert restored(daemon) == 0
+
+
+def test_a_reload_that_turns_the_cache_path_on_merges_the_snapshot_already_there(tmp_path, ollama_emulator):
+    """[cache] path set by a reload (SIGHUP) where an earlier run left a snapshot: its entries
+    are loaded beside those in memory (not overwritten by them), and the whole written there."""
+    cache_dir = tmp_path / "cache"
+    with DaemonProcess(daemon_toml(ollama_emulator, cache_dir, 3600), tmp_path) as daemon:
+        fill(daemon, ollama_emulator, {"only on disk?": "on disk", "from the earlier run?": "older"})
+        assert daemon.stop() == 0
+        daemon.config.write_text(daemon.config.read_text().replace(f'path = "{cache_dir}"', 'path = ""'))
+        daemon.start()
+        fill(daemon, ollama_emulator, {"from this run?": "in memory", "from the earlier run?": "newer"})
+        daemon.config.write_text(daemon.config.read_text().replace('path = ""', f'path = "{cache_dir}"', 1))
+        daemon.reload()
+        merged = {"only on disk?": "on disk", "from the earlier run?": "newer", "from this run?": "in memory"}
+        assert_served_from_cache(daemon, ollama_emulator, merged)     # memory wins on the same question
+        assert daemon.stop() == 0
+        daemon.start()
+        assert restored(daemon) == 3
+        assert_served_from_cache(daemon, ollama_emulator, merged)

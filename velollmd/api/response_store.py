@@ -11,6 +11,7 @@ lets an `item_reference` find a stored input or output item (`find_item`).
 StoreSnapshots keeps the store across restarts: a state file (cache/statefile.py: atomic
 write, a corrupt or foreign file set aside, the previous one loaded) in [responses] path,
 owned by one daemon, written from a thread every snapshot_interval_s when the store changed,
+at once on a DELETE (a crash must not bring a deleted response back),
 and on shutdown (core/statewriter.py).
 """
 from __future__ import annotations
@@ -57,13 +58,16 @@ class ResponseStore:
         return self._put(response_id, _owner_digest(owner), record)
 
     def _put(self, response_id: str, owner: str, record: dict) -> bool:
-        data = wirejson.dumps(record)
+        return self._keep(response_id, owner, wirejson.dumps(record),
+                          list(dict.fromkeys(item["id"] for item in _items_of(record) if isinstance(item.get("id"), str))))
+
+    def _keep(self, response_id: str, owner: str, data: bytes, ids: list[str]) -> bool:
+        """Keep the record `data` (JSON) holding the items `ids`, as the most recently used."""
         if self.max_entries == 0 or len(data) > self.max_bytes:
             return False
         self._remove(response_id)
         self._records[response_id] = (owner, data)
         self.num_bytes += len(data)
-        ids = list(dict.fromkeys(item["id"] for item in _items_of(record) if isinstance(item.get("id"), str)))
         self._item_ids[response_id] = ids
         for item in ids:
             self._items.setdefault(item, []).append(response_id)
@@ -77,9 +81,21 @@ class ResponseStore:
 
     def load(self, entries: list[tuple[str, str, dict]]) -> None:
         """Take records read back from a snapshot, (id, owner digest, record) oldest first
-        (their input items' ids made unique, as a daemon before that kept them)."""
+        (their input items' ids made unique, as a daemon before that kept them), as older than
+        those in memory (a reload that turns persistence on): a record in memory wins over one
+        of the same id, and over the bounds the snapshot's go first."""
+        newer = [(response_id, owner, data, self._item_ids[response_id])
+                 for response_id, (owner, data) in self._records.items()]
+        self._records.clear()
+        self._item_ids.clear()
+        self._items.clear()
+        self.num_bytes = 0
+        in_memory = {row[0] for row in newer}
         for response_id, owner, record in entries:
-            self._put(response_id, owner, {**record, "input": with_unique_ids(record["input"])})
+            if response_id not in in_memory:
+                self._put(response_id, owner, {**record, "input": with_unique_ids(record["input"])})
+        for row in newer:
+            self._keep(*row)
 
     def _evict(self) -> None:
         while len(self._records) > self.max_entries or self.num_bytes > self.max_bytes:
@@ -170,7 +186,11 @@ class StoreSnapshots:
     def open(self) -> int:
         """Own the directory and load its state file (if any and intact); the number of
         responses restored. Periodic writes need a running loop."""
-        directory = self.writer.own(self.directory, self.interval_s)
+        return self._restore(self.writer.own(self.directory, self.interval_s))
+
+    def _restore(self, directory: str) -> int:
+        """Load the state file of `directory` (just owned) into the store, under what is in
+        memory; the number of responses kept."""
         if not directory or not os.path.isdir(directory):
             return 0
         try:
@@ -190,9 +210,22 @@ class StoreSnapshots:
             log.info("response store restored", extra={"fields": {"responses": restored, "path": self.directory}})
 
     def configure(self, directory: str, interval_s: float) -> None:
-        """New settings (a reload): a new directory is owned and written in full."""
+        """New settings (a reload): a new directory is owned, what it holds from an earlier
+        run merged under what is in memory (not overwritten), and the whole written there."""
         self.directory, self.interval_s = directory, interval_s
-        self.writer.own(directory, interval_s)
+        before = self.writer.directory
+        owned = self.writer.own(directory, interval_s)
+        if owned and owned != before:
+            num_before = len(self.store)
+            kept = self._restore(owned)
+            if kept != num_before:
+                log.info("response store merged with its snapshot",
+                         extra={"fields": {"responses": kept, "in_memory": num_before, "path": owned}})
+
+    async def removed(self) -> None:
+        """A user removed a response: on disk now, not at the next interval (a crash would
+        bring it back); returns once written."""
+        await self.writer.write_soon()
 
     async def write(self) -> str | None:
         """Write the store when it changed since the last write; the path written, else None."""

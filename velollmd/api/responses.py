@@ -39,7 +39,7 @@ from ..wire.responses_items import item_page, stored_item, with_unique_ids
 from ..wire.responses_stream import ResponseEvents
 from ..wire.streams import closing
 from .access import Access
-from .response_store import ResponseStore
+from .response_store import StoreSnapshots
 from .token_count import TOKEN_COUNT_HEADER, count_prompt_tokens
 from .validate import validate_chat
 from .validate_responses import validate_responses
@@ -59,8 +59,9 @@ def frames(events: list[dict]) -> bytes:
 
 
 class ResponsesRoutes:
-    def __init__(self, access: Access, pipeline: Pipeline, store: ResponseStore, *, sse_ping_s: float):
-        self.access, self.pipeline, self.store = access, pipeline, store
+    def __init__(self, access: Access, pipeline: Pipeline, snapshots: StoreSnapshots, *, sse_ping_s: float):
+        self.access, self.pipeline = access, pipeline
+        self.store, self.snapshots = snapshots.store, snapshots
         self.sse_ping_s = sse_ping_s
 
     def register(self, router) -> None:
@@ -130,6 +131,7 @@ class ResponsesRoutes:
     async def delete(self, request: Request, response_id: str) -> Response:
         if not self.store.delete(response_id, self.access.key_of(request)):
             raise _not_found(response_id)
+        await self.snapshots.removed()
         return Response.json({"id": response_id, "object": "response", "deleted": True})
 
     async def list_input_items(self, request: Request, response_id: str) -> Response:

@@ -95,11 +95,15 @@ class Pipeline:
         old_cache = self.cache
         self.cache = ResponseCache(config.cache, embedder=self._embedder()) if config.cache.enabled else None
         self.memo.clear()
+        before = self.snapshots.directory
+        directory = self.snapshots.own(config.cache.path if self.cache is not None else "",
+                                       config.cache.snapshot_interval_s)
+        if directory and directory != before:         # a snapshot of an earlier run there: older entries
+            self._restore(directory)
         if self.cache is not None and old_cache is not None:
-            self.cache.adopt(old_cache.snapshot_state())
+            self.cache.adopt(old_cache.snapshot_state())     # after the snapshot's: memory wins
             self.cache.continue_counts(old_cache)
         self.snapshots.changed()                      # another cache: its generations count anew
-        self.snapshots.own(config.cache.path if self.cache is not None else "", config.cache.snapshot_interval_s)
 
     # -- one request ---------------------------------------------------------------------
 
@@ -352,14 +356,18 @@ class Pipeline:
         if self.cache is None or not self.config.cache.path:
             return
         directory = self.snapshots.own(self.config.cache.path, self.config.cache.snapshot_interval_s)
-        if not directory:
-            return                                    # another daemon's: memory only
+        if directory:                                 # else another daemon's: memory only
+            self.snapshots.restored(self._restore(directory))
+
+    def _restore(self, directory: str) -> int:
+        """Load the snapshot in `directory` (just owned) into the cache; the entries restored."""
         try:
             restored = self.cache.restore(directory)
-            self.snapshots.restored(restored)
-            log.info("cache restored", extra={"fields": {"entries": restored, "path": directory}})
         except OSError as exc:
             log.warning("cache snapshot unreadable", extra={"fields": {"error": str(exc)}})
+            return 0
+        log.info("cache restored", extra={"fields": {"entries": restored, "path": directory}})
+        return restored
 
     def _cache_state(self):
         """What the snapshot keeps (copies, taken on the loop); None with the cache off."""

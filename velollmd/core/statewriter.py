@@ -5,6 +5,8 @@ that state in memory only and says so in one warning, instead of overwriting the
 file. The state is captured on the loop and encoded and written in a thread (fsync is slow)
 every `interval_s` when it changed, and on close; a failed write keeps the previous file and
 is warned once until the failure changes (a full disk would otherwise log every interval).
+What a user asked to remove (a deleted response, a flushed cache) is written at once
+(`write_soon`), not at the next interval: a crash in between would bring it back.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class StateWriter:
         self._written: object = _UNWRITTEN
         self._task: asyncio.Task | None = None
         self._writing: asyncio.Future | None = None    # the write in its thread
+        self._soon: asyncio.Task | None = None         # a write_soon not yet started: later ones join it
         self._error = ""                               # the last failure, logged once until it changes
 
     def own(self, directory: str, interval_s: float) -> str:
@@ -112,6 +115,22 @@ class StateWriter:
             self._error = ""
         return path
 
+    async def write_soon(self) -> None:
+        """Write the state now, for a removal a crash must not undo; returns once it is on disk
+        (or failed, warned as any write). Removals while a write runs share the one write after
+        it, so a burst of deletes costs two writes, not one each."""
+        if not self.directory:
+            return
+        if self._soon is None:
+            self._soon = asyncio.ensure_future(self._write_after_the_running_one())
+        await asyncio.shield(self._soon)               # a client leaving does not stop the write
+
+    async def _write_after_the_running_one(self) -> None:
+        if self._writing is not None and not self._writing.done():
+            await asyncio.wait([self._writing])        # its state was taken before the removal
+        self._soon = None                              # from here on a removal needs the next write
+        await self.write()                             # (which takes the state before its first await)
+
     def _failed(self, error: str) -> None:
         if error != self._error:
             log.warning(f"{self.what} snapshot failed; the previous snapshot is kept",
@@ -123,5 +142,7 @@ class StateWriter:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self._soon is not None:
+            await asyncio.shield(self._soon)
         await self.write()
         self._release()
