@@ -232,7 +232,8 @@ def test_a_record_kept_with_an_item_id_twice_pages_to_its_end_once_restored(tmp_
 
 def test_removals_are_written_at_once_together_and_a_put_waits_for_the_interval(tmp_path):
     """A delete must reach the disk before a crash can undo it; deletes at the same time share
-    one write (the file before them is the .prev), and a put pays no write of its own."""
+    one write (the .prev the same file: the one before them holds the deleted), and a put pays
+    no write of its own."""
     async def main():
         store = ResponseStore(10, 1 << 20)
         snapshots = StoreSnapshots(store, str(tmp_path), 3600)
@@ -245,9 +246,16 @@ def test_removals_are_written_at_once_together_and_a_put_waits_for_the_interval(
         assert (tmp_path / STORE_NAME).read_bytes() == before
         for n in range(3):
             assert store.delete(f"resp_{n}", "k")
+        written, write = [], snapshots.writer.write
+
+        async def counted_write(**kwargs):
+            written.append(await write(**kwargs))
+            return written[-1]
+        snapshots.writer.write = counted_write
         await asyncio.gather(*(snapshots.removed() for _ in range(3)))
+        assert len(written) == 1 and written[0] is not None
         assert [row[0] for row in decode_entries((tmp_path / STORE_NAME).read_bytes())] == ["resp_3", "resp_4"]
-        assert (tmp_path / (STORE_NAME + ".prev")).read_bytes() == before
+        assert (tmp_path / (STORE_NAME + ".prev")).read_bytes() == (tmp_path / STORE_NAME).read_bytes()
         await snapshots.close()
     asyncio.run(main())
 

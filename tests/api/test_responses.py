@@ -359,7 +359,8 @@ def store_toml(emulator, store_dir) -> str:
 
 def test_a_deleted_response_stays_deleted_after_a_crash(tmp_path, ollama_emulator):
     """DELETE /v1/responses/{id} reaches the disk before it answers, not at the next periodic
-    write: kill -9 right after it does not bring the response back."""
+    write: kill -9 right after it does not bring the response back; and the previous file,
+    kept to fall back on, no longer holds it either."""
     with DaemonProcess(store_toml(ollama_emulator, tmp_path / "responses"), tmp_path) as daemon:
         kept = client_for(daemon).responses.create(model=MODEL, input="Keep this.")
         gone = client_for(daemon).responses.create(model=MODEL, input="Forget this.")
@@ -367,6 +368,8 @@ def test_a_deleted_response_stays_deleted_after_a_crash(tmp_path, ollama_emulato
         daemon.start()
         client_for(daemon).responses.delete(gone.id)                 # (a 404 would raise)
         daemon.kill()                                       # kill -9: no shutdown write
+        for snapshot in (tmp_path / "responses").iterdir():   # nor the fallback copy keeps it
+            assert gone.id.encode() not in snapshot.read_bytes(), snapshot.name
         daemon.start()
         with pytest.raises(openai.NotFoundError):
             client_for(daemon).responses.retrieve(gone.id)

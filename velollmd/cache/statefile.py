@@ -88,13 +88,17 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def write_state_file(directory: str, name: str, data: bytes) -> str:
-    """Atomically replace `directory/name` with `data`, keeping the old one as `name.prev`;
-    returns the path. On failure (OSError) nothing but the temp file was touched, and it is gone."""
+def write_state_file(directory: str, name: str, data: bytes, *, keep_previous: bool = True) -> str:
+    """Atomically replace `directory/name` with `data`, keeping the old one as `name.prev`
+    (`keep_previous` False: `name.prev` becomes the new one too, for a write that removes
+    what a user deleted: the old file still holds it); returns the path. On failure (OSError)
+    nothing but the temp file was touched, and it is gone."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
     with _writing(path):
         _write_over(path, data)
+        if not keep_previous:
+            _keep_previous(path)
     _fsync_dir(directory)
     return path
 

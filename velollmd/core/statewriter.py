@@ -6,7 +6,8 @@ file. The state is captured on the loop and encoded and written in a thread (fsy
 every `interval_s` when it changed, and on close; a failed write keeps the previous file and
 is warned once until the failure changes (a full disk would otherwise log every interval).
 What a user asked to remove (a deleted response, a flushed cache) is written at once
-(`write_soon`), not at the next interval: a crash in between would bring it back.
+(`write_soon`), not at the next interval: a crash in between would bring it back; and the
+previous file, kept to fall back on, is replaced by the new one too, so it does not hold it.
 """
 from __future__ import annotations
 
@@ -91,8 +92,9 @@ class StateWriter:
             await asyncio.sleep(self.interval_s)
             await self.write()
 
-    async def write(self) -> str | None:
-        """Write the state when it changed since the last write; the path written, else None."""
+    async def write(self, *, removal: bool = False) -> str | None:
+        """Write the state when it changed since the last write; the path written, else None.
+        `removal`: the previous file is not kept either (it holds what was removed)."""
         generation = self._generation()
         if not self.directory or (generation is not None and generation == self._written):
             return None
@@ -103,7 +105,7 @@ class StateWriter:
         if self._writing is not None and not self._writing.done():
             await asyncio.wait([self._writing])        # one write at a time: they share a temp file
         self._writing = asyncio.get_running_loop().run_in_executor(
-            None, lambda: write_state_file(directory, name, encode(state)))
+            None, lambda: write_state_file(directory, name, encode(state), keep_previous=not removal))
         try:
             path = await asyncio.shield(self._writing)
         except OSError as exc:
@@ -129,7 +131,7 @@ class StateWriter:
         if self._writing is not None and not self._writing.done():
             await asyncio.wait([self._writing])        # its state was taken before the removal
         self._soon = None                              # from here on a removal needs the next write
-        await self.write()                             # (which takes the state before its first await)
+        await self.write(removal=True)                 # (which takes the state before its first await)
 
     def _failed(self, error: str) -> None:
         if error != self._error:
