@@ -238,6 +238,7 @@ class OllamaRoutes:
 
     @ollama_route
     async def tags(self, request: Request) -> Response:
+        await self.registry.freshen()
         models = self.access.visible_models(request, self.registry.catalogue())
         return Response.json({"models": [_tag_entry(m) for m in models]})
 
@@ -245,6 +246,7 @@ class OllamaRoutes:
     async def show(self, request: Request) -> Response:
         body = _model_body(request, name_too=True)
         self.access.check_model(self.access.key_name_of(request), body["model"])
+        await self.registry.freshen()
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/show", body)
@@ -257,6 +259,7 @@ class OllamaRoutes:
 
     @ollama_route
     async def ps(self, request: Request) -> Response:
+        await self.registry.freshen()          # a model whose file is gone is let go once idle
         models = []
         for backend in self.registry.backends:
             if backend.healthy is False:
@@ -329,6 +332,7 @@ class OllamaRoutes:
         that pull before they chat go on; any other is a clear 501."""
         body = _model_body(request, name_too=True)
         self.access.check_model(self.access.key_name_of(request), body["model"])
+        await self.registry.freshen()
         try:
             self.registry.find_model(body["model"])
         except NotFound:
