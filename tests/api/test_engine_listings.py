@@ -100,3 +100,15 @@ def test_a_corrupt_manifest_is_unavailable_with_its_reason_and_the_listing_goes_
     assert "unreadable Ollama manifest" in unavailable["broken:latest"] and str(broken) in unavailable["broken:latest"]
     assert asked.value.status_code == 503 and "unreadable Ollama manifest" in asked.value.error
 
+
+def test_ps_shows_the_tagged_name_with_the_num_ctx_asked_under_the_bare_one(folders, tmp_path):
+    """`ollama run tinyllama` with num_ctx 384: /api/ps lists tinyllama:latest, as Ollama does,
+    with the context it was loaded with (not the configured 512)."""
+    folder, store = folders
+    write_ollama_model(store, (*LIBRARY, "tinyllama", "latest"), make_tiny_model(tmp_path / "blob.gguf").read_bytes())
+    with daemon(folder) as running:
+        local = ollama.Client(host=running.url)
+        local.generate(model="tinyllama", prompt="the sun", options={"num_predict": 2, "num_ctx": 384})
+        entries = [(m.name, m.model, m.context_length) for m in local.ps().models]
+        tags = [m.model for m in local.list().models]
+    assert entries == [("tinyllama:latest", "tinyllama:latest", 384)] and tags == ["tinyllama:latest"]

@@ -18,6 +18,7 @@ from typing import AsyncIterator
 
 from .. import __version__
 from ..backends.base import BUSY_STATUSES, Backend
+from ..backends.model_names import tagged
 from ..backends.registry import Registry
 from ..core.pipeline import Pipeline
 from ..core.service import Service
@@ -159,8 +160,9 @@ class OllamaRoutes:
 
     def _note_num_ctx(self, backend: Backend, body: dict) -> None:
         """The num_ctx the request runs its model with (none: the default), which /api/ps shows:
-        Ollama reloads a model with each request's num_ctx."""
-        self.num_ctx_run[(backend.name, self.registry.resolve(body["model"]))] = _num_ctx_of(body)
+        Ollama reloads a model with each request's num_ctx. Kept under the tagged name: /api/ps
+        lists `llama3.2:latest` (as Ollama does) for a model loaded as `llama3.2`."""
+        self.num_ctx_run[(backend.name, tagged(self.registry.resolve(body["model"])))] = _num_ctx_of(body)
 
     def _keep_alive(self, backend: Backend, body: dict) -> float | None:
         try:
@@ -556,7 +558,7 @@ def _running_entries(backend: Backend, num_ctx_run: dict[tuple[str, str], int | 
     if until is None:                   # loaded for good, as far as anyone here can tell
         until = {m.id: math.inf for m in backend.models}
     return [{**_tag_entry(m), "expires_at": _expires_at(until[m.id]), "size_vram": 0,
-             "context_length": backend.context_size(m.id, num_ctx_run.get((backend.name, m.id)))}
+             "context_length": backend.context_size(m.id, num_ctx_run.get((backend.name, tagged(m.id))))}
             for m in backend.models if m.id in until]
 
 
