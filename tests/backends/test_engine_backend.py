@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 
 import pytest
@@ -172,6 +173,54 @@ def test_a_model_added_while_running_serves_at_once(tmp_path):
             await backend.close()
     answer, listed = run(scenario())
     assert answer["usage"]["completion_tokens"] == 3 and listed == ["added", "first"]
+
+
+class HeldScans(EngineBackend):
+    """The engine with its scans counted, each held in its thread, once it has read the
+    folder, until `go` is set."""
+    num_scans = 0
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.go = threading.Event()
+        self.go.set()
+
+    def _scan(self):
+        self.num_scans += 1
+        found = super()._scan()
+        self.go.wait(60)                   # the deadline only bounds a hang
+        return found
+
+
+def test_listings_rescan_only_on_a_change_and_share_one_scan_off_the_loop(tmp_path):
+    """Nothing changed: no rescan. A file added: the listings asking together share one scan,
+    which runs in a thread while the loop goes on; those asking while it runs share the one
+    after it, which sees a file added meanwhile."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    make_tiny_model(folder / "first.gguf")
+
+    async def scenario():
+        backend = HeldScans(engine(folder).config)
+        try:
+            await backend.refresh()
+            await asyncio.gather(backend.freshen(), backend.freshen())
+            num_unchanged = backend.num_scans
+            make_tiny_model(folder / "second.gguf", seed=1)
+            backend.go.clear()
+            together = [asyncio.ensure_future(backend.freshen()) for _ in range(5)]
+            while backend.num_scans == num_unchanged:      # the loop turns while the scan is held
+                await asyncio.sleep(0.01)
+            make_tiny_model(folder / "third.gguf", seed=2)
+            meanwhile = [asyncio.ensure_future(backend.freshen()) for _ in range(3)]
+            await asyncio.sleep(0)                         # they ask
+            num_waiting = sum(not f.done() for f in together + meanwhile)
+            backend.go.set()
+            await asyncio.gather(*together, *meanwhile)
+            return num_unchanged, num_waiting, backend.num_scans, sorted(m.id for m in backend.models)
+        finally:
+            await backend.close()
+    assert run(scenario()) == (1, 8, 3, ["first", "second", "third"])
 
 
 def test_a_model_unloaded_as_its_load_ends_is_loaded_again_for_the_waiting_request(models_dir):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from velollmd.engine.store import find_models, ollama_name, ollama_store_dirs
+from velollmd.engine.store import find_models, ollama_name, ollama_store_dirs, sources_state
 
 
 def write_ollama_model(store: Path, parts: tuple[str, ...], payload: bytes, *, extra_layers=()) -> str:
@@ -93,3 +93,33 @@ def test_store_dirs_honour_ollama_models(tmp_path):
     dirs = ollama_store_dirs({"OLLAMA_MODELS": str(tmp_path)})
     assert dirs[0] == tmp_path and dirs[-1] == Path("/usr/share/ollama/.ollama/models")
     assert ollama_store_dirs({})[0] == Path.home() / ".ollama" / "models"
+
+
+def test_sources_state_changes_with_what_a_scan_would_find(tmp_path):
+    """The cheap check a listing makes before it rescans: a GGUF added, replaced or removed,
+    a manifest for a new tag, a blob removed all change it; a file the scan ignores does not."""
+    folder, store = tmp_path / "models", tmp_path / "ollama"
+    folder.mkdir()
+    (folder / "a.gguf").write_bytes(b"GGUF a")
+    write_ollama_model(store, ("registry.ollama.ai", "library", "llama3.2", "1b"), b"GGUF 1b")
+
+    def state():
+        return sources_state(str(tmp_path / "one.gguf"), str(folder), [store, tmp_path / "absent"])
+    states = [state()]
+    (folder / "notes.txt").write_text("not a model")
+    states.append(state())
+    (folder / "b.gguf").write_bytes(b"GGUF b")
+    states.append(state())
+    (folder / "a.gguf").write_bytes(b"GGUF a, a newer one")
+    states.append(state())
+    write_ollama_model(store, ("registry.ollama.ai", "library", "llama3.2", "3b"), b"GGUF 3b")
+    states.append(state())
+    blob = next((store / "blobs").iterdir())
+    blob.unlink()
+    states.append(state())
+    (folder / "b.gguf").unlink()
+    states.append(state())
+    (tmp_path / "one.gguf").write_bytes(b"GGUF one")
+    states.append(state())
+    assert states[0] == states[1] and state() == states[-1]
+    assert len(set(states[1:])) == len(states) - 1          # every other step is a change

@@ -123,6 +123,7 @@ class AnthropicRoutes:
     async def list_models(self, request: Request) -> Response:
         if request.header("anthropic-version") is None:
             return await self.openai.list_models(request)
+        await self.registry.freshen()
         models = [self._model(m) for m in self.access.visible_models(request, self.registry.catalogue())]
         page, has_more = _page(models, request.query_params())
         return Response.json({"data": page, "has_more": has_more,
@@ -134,6 +135,7 @@ class AnthropicRoutes:
         if request.header("anthropic-version") is None:
             return await self.openai.get_model(request, model_id)
         self.access.check_model(self.access.key_name_of(request), model_id)
+        await self.registry.freshen()
         return Response.json(self._model(self.registry.find_model(model_id)))
 
     def _model(self, info) -> dict:

@@ -18,6 +18,7 @@ from typing import AsyncIterator
 
 from .. import __version__
 from ..backends.base import BUSY_STATUSES, Backend
+from ..backends.model_names import tagged
 from ..backends.registry import Registry
 from ..core.pipeline import Pipeline
 from ..core.service import Service
@@ -159,8 +160,9 @@ class OllamaRoutes:
 
     def _note_num_ctx(self, backend: Backend, body: dict) -> None:
         """The num_ctx the request runs its model with (none: the default), which /api/ps shows:
-        Ollama reloads a model with each request's num_ctx."""
-        self.num_ctx_run[(backend.name, self.registry.resolve(body["model"]))] = _num_ctx_of(body)
+        Ollama reloads a model with each request's num_ctx. Kept under the tagged name: /api/ps
+        lists `llama3.2:latest` (as Ollama does) for a model loaded as `llama3.2`."""
+        self.num_ctx_run[(backend.name, tagged(self.registry.resolve(body["model"])))] = _num_ctx_of(body)
 
     def _keep_alive(self, backend: Backend, body: dict) -> float | None:
         try:
@@ -238,6 +240,7 @@ class OllamaRoutes:
 
     @ollama_route
     async def tags(self, request: Request) -> Response:
+        await self.registry.freshen()
         models = self.access.visible_models(request, self.registry.catalogue())
         return Response.json({"models": [_tag_entry(m) for m in models]})
 
@@ -245,6 +248,7 @@ class OllamaRoutes:
     async def show(self, request: Request) -> Response:
         body = _model_body(request, name_too=True)
         self.access.check_model(self.access.key_name_of(request), body["model"])
+        await self.registry.freshen()
         backend = self.registry.pick(body["model"])
         if backend.native_ollama:
             return await self._passthrough(backend, "/api/show", body)
@@ -257,6 +261,7 @@ class OllamaRoutes:
 
     @ollama_route
     async def ps(self, request: Request) -> Response:
+        await self.registry.freshen()          # a model whose file is gone is let go once idle
         models = []
         for backend in self.registry.backends:
             if backend.healthy is False:
@@ -329,6 +334,7 @@ class OllamaRoutes:
         that pull before they chat go on; any other is a clear 501."""
         body = _model_body(request, name_too=True)
         self.access.check_model(self.access.key_name_of(request), body["model"])
+        await self.registry.freshen()
         try:
             self.registry.find_model(body["model"])
         except NotFound:
@@ -552,7 +558,7 @@ def _running_entries(backend: Backend, num_ctx_run: dict[tuple[str, str], int | 
     if until is None:                   # loaded for good, as far as anyone here can tell
         until = {m.id: math.inf for m in backend.models}
     return [{**_tag_entry(m), "expires_at": _expires_at(until[m.id]), "size_vram": 0,
-             "context_length": backend.context_size(m.id, num_ctx_run.get((backend.name, m.id)))}
+             "context_length": backend.context_size(m.id, num_ctx_run.get((backend.name, tagged(m.id))))}
             for m in backend.models if m.id in until]
 
 

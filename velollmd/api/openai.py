@@ -79,11 +79,13 @@ class OpenAIRoutes:
         return to_response(outcome, self.sse_ping_s)
 
     async def list_models(self, request: Request) -> Response:
+        await self.registry.freshen()
         data = [model_object(m) for m in self.access.visible_models(request, self.registry.catalogue())]
         return Response.json({"object": "list", "data": data})
 
     async def get_model(self, request: Request, model_id: str) -> Response:
         self.access.check_model(self.access.key_name_of(request), model_id)
+        await self.registry.freshen()
         return Response.json(model_object(self.registry.find_model(model_id)))
 
     async def embeddings(self, request: Request) -> Response:

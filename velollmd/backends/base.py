@@ -171,6 +171,10 @@ class Backend:
         self.checked_at = time.time()
         return bool(self.healthy)
 
+    async def freshen(self) -> None:
+        """Bring the catalogue up to date for a listing, where the backend can tell cheaply that
+        it changed (the engine: its files); a server's is refreshed by the health loop."""
+
     def health_timeout_s(self) -> float | None:
         """How long a health check may take; None (no deadline) for an in-process backend."""
         if self.client is None:

@@ -2,10 +2,12 @@
 
 Models come from the catalogue (engine/store.py: a file, a folder, Ollama's store). Each file
 is probed once (header only); one that cannot be served is listed in /health with the reason,
-and a request for it gets 503 `model_unavailable` naming the file and the reason. A model is
-loaded on its first request (weights dequantised in a thread, so the daemon keeps serving),
-kept while used, unloaded after `keep_alive_s` idle, and at most `max_loaded_models` stay
-loaded (least recently used unloaded first).
+and a request for it gets 503 `model_unavailable` naming the file and the reason. Listings
+rescan when a stat shows a change since the last scan (freshen); a model whose file is removed
+or replaced is unloaded once idle, as `ollama rm` does. A model is loaded on its first request
+(weights dequantised in a thread, so the daemon keeps serving), kept while used, unloaded
+after `keep_alive_s` idle, and at most `max_loaded_models` stay loaded (least recently used
+unloaded first).
 
 Requests become token ids (chat template + tokenizer), run on the model's Runner (a worker
 thread), and come back as OpenAI answers or chunks (engine_answer.py). Text is plain model
@@ -57,6 +59,9 @@ class EngineBackend(Backend):
         self.unavailable: dict[str, str] = {}          # name -> why it cannot be served
         self._probed: dict[str, loader.Probe] = {}      # file identity -> its problem or architecture
         self._keep_alive_s: dict[str, float] = {}       # name -> seconds kept idle, as a client asked
+        self._sources_state: tuple | None = None        # what the last scan read, by stats (store.sources_state)
+        self._check: asyncio.Future | None = None       # the freshen check running now
+        self._next_check: asyncio.Future | None = None  # the one after it, shared by all who ask meanwhile
         self.loaded: dict[str, LoadedModel] = {}        # in least recently used order
         self._loading: dict[str, asyncio.Future] = {}
         self._next_id = 0
@@ -68,7 +73,7 @@ class EngineBackend(Backend):
     # ---- catalogue ----
 
     async def list_models(self) -> list[ModelInfo]:
-        catalogue = await asyncio.to_thread(self._scan)
+        self._sources_state, catalogue = await asyncio.to_thread(self._scan)
         self.files = catalogue.models
         self.unavailable = dict(catalogue.problems)
         for name, found in catalogue.models.items():
@@ -80,14 +85,40 @@ class EngineBackend(Backend):
         self.loaded_models = frozenset(self.loaded)
         return [self._info(f) for name, f in self.files.items() if name not in self.unavailable]
 
-    def _scan(self) -> store.Catalogue:
-        """Find the files and probe the ones not seen before (a thread: it reads headers)."""
-        dirs = store.ollama_store_dirs() if self.config.ollama_store else []
-        catalogue = store.find_models(self.config.model, self.config.alias, self.config.models_dir, dirs)
+    def _scan(self) -> tuple[tuple, store.Catalogue]:
+        """The sources' state, then the files found in them, the ones not seen before probed (a
+        thread: it reads headers). The state comes first: a change made during the scan is
+        seen by the next freshen."""
+        state = self._sources_now()
+        catalogue = store.find_models(self.config.model, self.config.alias, self.config.models_dir,
+                                      self._ollama_dirs())
         for found in catalogue.models.values():
             if found.identity not in self._probed:
                 self._probed[found.identity] = loader.probe(found.path, self.config.chat_template)
-        return catalogue
+        return state, catalogue
+
+    def _ollama_dirs(self) -> list:
+        return store.ollama_store_dirs() if self.config.ollama_store else []
+
+    def _sources_now(self) -> tuple:
+        return store.sources_state(self.config.model, self.config.models_dir, self._ollama_dirs())
+
+    async def freshen(self) -> None:
+        """Rescan if a model file, the models folder or Ollama's manifests changed since the
+        last scan (told by stats alone, in a thread), so that listings show at once a GGUF
+        copied in or removed, or an `ollama pull` / `ollama rm`. Callers at the same time share
+        the work: one check runs, and all who ask meanwhile wait for the single one after it
+        (which sees their changes), never one each."""
+        if self._next_check is None or self._next_check.done():     # done: cancelled before it ran
+            self._next_check = asyncio.ensure_future(self._check_after(self._check))
+        await asyncio.shield(self._next_check)
+
+    async def _check_after(self, previous: asyncio.Future | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        self._check, self._next_check = asyncio.current_task(), None
+        if await asyncio.to_thread(self._sources_now) != self._sources_state:
+            await self.refresh()
 
     def _info(self, found: store.ModelFile) -> ModelInfo:
         probed = self._probed[found.identity]
@@ -145,7 +176,7 @@ class EngineBackend(Backend):
     async def model(self, asked: str) -> LoadedModel:
         name = self._served_name(asked)
         if name not in self.files and name not in self.unavailable:
-            await self.refresh()                       # a file added since the last scan (`ollama pull`)
+            await self.freshen()                       # a file added since the last scan (`ollama pull`)
             name = self._served_name(asked)
         if name in self.loaded:
             model = self.loaded.pop(name)

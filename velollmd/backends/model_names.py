@@ -13,3 +13,8 @@ def latest_twin(name: str) -> str:
 
 def same_model(asked: str, listed: str) -> bool:
     return listed == asked or listed == latest_twin(asked)
+
+
+def tagged(name: str) -> str:
+    """The spelling with a tag (`llama3.2` -> llama3.2:latest): one key for both spellings."""
+    return name if ":" in name else f"{name}:latest"

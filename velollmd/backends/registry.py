@@ -11,7 +11,7 @@ from ..config import BackendConfig, SchedulerConfig
 from ..errors import BadRequest, NotFound, Unavailable
 from ..wire.request import GenerateRequest
 from .aliases import ModelAliases
-from .base import Backend, ModelInfo
+from .base import HEALTH_TIMEOUT_S, Backend, ModelInfo
 from .engine import EngineBackend
 from .llamacpp import LlamaCppBackend
 from .model_names import same_model
@@ -98,6 +98,14 @@ class Registry:
             if was != backend.healthy:
                 log.warning("backend health changed", extra={"fields": {
                     "backend": backend.name, "healthy": backend.healthy, "error": backend.last_error}})
+
+    async def freshen(self) -> None:
+        """The backends' catalogues up to date where they can tell cheaply (see Backend.freshen):
+        listings (/v1/models, /api/tags, /api/show, /api/ps) ask first, rather than show what
+        the last health check saw. Bounded: on a disk that does not answer (a hung network
+        mount) the listing shows the last scan's catalogue, and the scan goes on for the next."""
+        if self.backends:
+            await asyncio.wait([asyncio.ensure_future(b.freshen()) for b in self.backends], timeout=HEALTH_TIMEOUT_S)
 
     def resolve(self, model: str) -> str:
         """The served model for a client's model name: its alias target, else the name."""

@@ -12,6 +12,7 @@ Three sources, in this order (the first name wins on a clash):
 
 Nothing here opens a GGUF: a listed file may still turn out to be unusable when it is read.
 A manifest that is not JSON or points at a missing blob is reported, not trusted.
+`sources_state` tells by stats alone whether a scan could find anything new.
 """
 from __future__ import annotations
 
@@ -132,3 +133,51 @@ def _model_blob(store: Path, manifest: Path) -> tuple[Path, str]:
                 return Path(), f"Ollama manifest {manifest} names a missing blob {blob}"
             return blob, ""
     return Path(), f"Ollama manifest {manifest} has no model layer"
+
+
+def sources_state(model: str = "", models_dir: str = "",
+                  ollama_dirs: list[Path] | tuple[Path, ...] = ()) -> tuple:
+    """What `find_models` would read, by stats alone (no file is opened): equal between two
+    calls unless a model file, a `*.gguf` of the folder or an Ollama manifest was added,
+    removed, replaced or touched, or a blob added or removed, in between. A listing asks it
+    before it rescans."""
+    state: list = [_stat_of(Path(model))] if model else []
+    if models_dir:
+        state.append(_gguf_files_state(Path(models_dir)))
+    for store in ollama_dirs:
+        state += [_names_in(store / "blobs"), _tree_state(store / "manifests")]
+    return tuple(state)
+
+
+def _stat_of(path: Path | os.DirEntry) -> tuple:
+    """(identity, size, mtime) of a file or folder (a link: of its target), or why not."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        return (exc.errno,)
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _names_in(folder: Path) -> tuple:
+    """The names in `folder` (Ollama's blobs: content-addressed, so a name is its content)."""
+    try:
+        return tuple(sorted(os.listdir(folder)))
+    except OSError as exc:
+        return (exc.errno,)
+
+
+def _gguf_files_state(folder: Path) -> tuple:
+    try:
+        with os.scandir(folder) as entries:
+            return tuple(sorted((e.name, _stat_of(e)) for e in entries if e.name.lower().endswith(".gguf")))
+    except OSError as exc:
+        return (exc.errno,)
+
+
+def _tree_state(folder: Path) -> tuple:
+    """Every file under `folder` (Ollama's manifests tree) with its stat, in a stable order."""
+    state = [_stat_of(folder)]
+    for parent, folders, files in os.walk(folder):
+        folders.sort()                  # walked in this order
+        state += [(parent, name, _stat_of(Path(parent, name))) for name in sorted(files)]
+    return tuple(state)

@@ -1,0 +1,114 @@
+"""The engine's listings are current: a GGUF copied into models_dir or removed, an `ollama pull`
+of a new tag or an `ollama rm`, shows in /v1/models, /api/tags, /api/show and /api/ps at once,
+not at the next health check (an hour away here). The official clients drive the real daemon."""
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import ollama
+import openai
+import pytest
+
+from tests.daemon_rig import RunningDaemon, engine_backend
+from tests.engine.test_store import write_ollama_model
+from tests.rig.llama import make_tiny_model
+
+LIBRARY = ("registry.ollama.ai", "library")
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    """An empty models_dir and an Ollama store (Ollama's other default places left empty)."""
+    folder, store = tmp_path / "models", tmp_path / "ollama-models"
+    folder.mkdir()
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return folder, store
+
+
+def daemon(folder) -> RunningDaemon:
+    backend = {**engine_backend(folder), "ollama_store": True, "health_interval_s": 3600}
+    return RunningDaemon({"backends": [backend], "cache": {"enabled": False}})
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_a_gguf_added_then_removed_is_listed_then_gone_at_once(folders):
+    folder, _ = folders
+    with daemon(folder) as running:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+        local = ollama.Client(host=running.url)
+        empty = [m.id for m in client.models.list().data]
+        make_tiny_model(folder / "added.gguf")
+        listed = ([m.id for m in client.models.list().data], [m.model for m in local.list().models],
+                  client.models.retrieve("added").id, local.show("added").details.format)
+        local.generate(model="added", prompt="the sun", options={"num_predict": 2})
+        running_before = [m.model for m in local.ps().models]
+        (folder / "added.gguf").unlink()
+        gone = ([m.id for m in client.models.list().data], [m.model for m in local.list().models],
+                [m.model for m in local.ps().models])
+        with pytest.raises(ollama.ResponseError) as shown:
+            local.show("added")
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="added", messages=[{"role": "user", "content": "hi"}])
+    assert empty == []
+    assert listed == (["added"], ["added"], "added", "gguf")
+    assert running_before == ["added"]
+    assert gone == ([], [], [])          # the idle model whose file is gone is unloaded, as `ollama rm` does
+    assert shown.value.status_code == 404
+
+
+def test_ollama_pull_of_a_new_tag_and_ollama_rm_show_at_once(folders, tmp_path):
+    folder, store = folders
+    blob = make_tiny_model(tmp_path / "blob.gguf").read_bytes()
+    write_ollama_model(store, (*LIBRARY, "tinyllama", "latest"), blob)
+    with daemon(folder) as running:
+        local = ollama.Client(host=running.url)
+
+        def names():
+            return sorted(m.model for m in local.list().models)
+        before = names()
+        write_ollama_model(store, (*LIBRARY, "tinyllama", "1b"), blob)
+        pulled = names(), local.show("tinyllama:1b").details.family
+        (store / "manifests" / "registry.ollama.ai" / "library" / "tinyllama" / "1b").unlink()
+        removed = names()
+        with pytest.raises(ollama.ResponseError) as shown:
+            local.show("tinyllama:1b")
+    assert before == ["tinyllama:latest"]
+    assert pulled == (["tinyllama:1b", "tinyllama:latest"], "llama")
+    assert removed == ["tinyllama:latest"] and shown.value.status_code == 404
+
+
+def test_a_corrupt_manifest_is_unavailable_with_its_reason_and_the_listing_goes_on(folders, tmp_path):
+    folder, store = folders
+    write_ollama_model(store, (*LIBRARY, "tinyllama", "latest"), make_tiny_model(tmp_path / "blob.gguf").read_bytes())
+    with daemon(folder) as running:
+        local = ollama.Client(host=running.url)
+        before = [m.model for m in local.list().models]
+        broken = store / "manifests" / "registry.ollama.ai" / "library" / "broken" / "latest"
+        broken.parent.mkdir(parents=True)
+        broken.write_text("{not json")
+        after = [m.model for m in local.list().models]
+        unavailable = get_json(running.url + "/health")["backends"][0]["engine"]["unavailable"]
+        with pytest.raises(ollama.ResponseError) as asked:
+            local.generate(model="broken", prompt="hi")
+    assert before == after == ["tinyllama:latest"]
+    assert "unreadable Ollama manifest" in unavailable["broken:latest"] and str(broken) in unavailable["broken:latest"]
+    assert asked.value.status_code == 503 and "unreadable Ollama manifest" in asked.value.error
+
+
+def test_ps_shows_the_tagged_name_with_the_num_ctx_asked_under_the_bare_one(folders, tmp_path):
+    """`ollama run tinyllama` with num_ctx 384: /api/ps lists tinyllama:latest, as Ollama does,
+    with the context it was loaded with (not the configured 512)."""
+    folder, store = folders
+    write_ollama_model(store, (*LIBRARY, "tinyllama", "latest"), make_tiny_model(tmp_path / "blob.gguf").read_bytes())
+    with daemon(folder) as running:
+        local = ollama.Client(host=running.url)
+        local.generate(model="tinyllama", prompt="the sun", options={"num_predict": 2, "num_ctx": 384})
+        entries = [(m.name, m.model, m.context_length) for m in local.ps().models]
+        tags = [m.model for m in local.list().models]
+    assert entries == [("tinyllama:latest", "tinyllama:latest", 384)] and tags == ["tinyllama:latest"]
