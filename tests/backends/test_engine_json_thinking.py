@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import anthropic
 import ollama
 import openai
 import pytest
@@ -91,3 +92,14 @@ def test_ollama_think_false_with_format_answers_json(daemon):
                                                 options={"num_predict": 60, "temperature": 0})
     assert reply.done_reason == "stop" and not reply.message.thinking
     assert isinstance(json.loads(reply.message.content), dict)
+
+
+def test_responses_and_anthropic_carry_the_thinking_in_their_own_places(daemon, client):
+    answer = client.responses.create(model=MODEL, input="hi", max_output_tokens=60, temperature=0,
+                                     text={"format": {"type": "json_object"}}, extra_body={"logit_bias": THINK})
+    assert [item.type for item in answer.output] == ["reasoning", "message"]
+    assert isinstance(json.loads(answer.output_text), dict)
+    claude = anthropic.Anthropic(base_url=daemon.url, api_key="x", max_retries=0)
+    cut = claude.messages.create(model=MODEL, max_tokens=8, messages=HI, extra_body={
+        "output_format": {"type": "json_schema", "schema": {"type": "object"}}})
+    assert cut.stop_reason == "max_tokens" and [block.type for block in cut.content] == ["thinking"]
