@@ -29,6 +29,9 @@ Variants (defaults give the same bytes as before these options existed):
   are random, so no Q/K permutation is involved; only llama.cpp's choice of RoPE differs.
 - shape tiny (n_embd 128, 2 layers, ~1 MB) or small (n_embd 1024, 8 layers, 16/4 heads, n_ff
   2816: ~92M parameters, ~185 MB in F16: loads in llama-server, too big for `make test`).
+- vocab spm-call / spm-think: the SPM vocab with a scripted Hermes call, or a scripted thought
+  between "<think>" and "</think>" tokens and a chat template that thinks (Qwen3's family), so
+  that a logit_bias on <tool_call> / <think> makes a model without a grammar call or think.
 - dtype f32, f16, q8_0, q4_0, q5_0, q4_1, q5_1, q4_k, q5_k, q6_k: 1-D tensors (norms, biases) stay F32 as ggml
   requires. For quantised dtypes, token_embd and output stay Q8_0: they carry the logit-bias
   tricks (exact zeros, and -1000 or 5000 next to 2.0 in one block), which 4-bit blocks cannot
@@ -119,6 +122,16 @@ SCRIPTED_FORCED_NEXT = [
     ("<tool_call>", SCRIPTED_CALL), (SCRIPTED_CALL, "</tool_call>"), ("</tool_call>", "<|im_end|>"),
     ('"', STRING_VALUE), (STRING_VALUE, '"'),
 ]
+# `--vocab spm-think`: a thinking model for engines that hold JSON mode back until the thinking
+# ends. The SPM vocab's last three pieces become "<think>", a whole thought and "</think>"
+# (USER_DEFINED), and the chain writes "<think>" SCRIPTED_THOUGHT "</think>": a request
+# logit_bias on <think> opens a thought that closes. The file's chat template renders
+# Qwen3's empty think block when thinking is off (CHAT_TEMPLATE_THINK).
+THINK_TAGS = ["<think>", "</think>"]
+SCRIPTED_THOUGHT = "\nThe user wants one JSON object.\n"
+SCRIPTED_THINK_FORCED_NEXT = [
+    ("<think>", SCRIPTED_THOUGHT), (SCRIPTED_THOUGHT, "</think>"), ('"', STRING_VALUE), (STRING_VALUE, '"'),
+]
 FORCED_DIMS = list(range(1, 1 + len(FORCED_NEXT)))
 RESERVED_DIMS = [BIAS_DIM] + FORCED_DIMS   # no layer reads or writes these
 FORCE_BIAS = 5000.0
@@ -198,11 +211,19 @@ CHAT_TEMPLATE = """\
 {%- endfor %}
 {%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}
 """
+# `--vocab spm-think`'s: CHAT_TEMPLATE, and Qwen3's empty think block when thinking is off
+CHAT_TEMPLATE_THINK = CHAT_TEMPLATE.replace(
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}",
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}\n"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}\n"
+    "{%- endif %}")
 
 
-def tiny_vocab(scripted_call: bool = False) -> tuple[list[str], list[int], list[float]]:
+def tiny_vocab(scripted_call: bool = False, scripted_thought: bool = False,
+               ) -> tuple[list[str], list[int], list[float]]:
     """Return (tokens, token_types, scores), VOCAB_SIZE each, in token-id order; with
-    scripted_call, the last piece is SCRIPTED_CALL (USER_DEFINED)."""
+    scripted_call, the last piece is SCRIPTED_CALL (USER_DEFINED); with scripted_thought, the
+    last three are <think>, SCRIPTED_THOUGHT and </think> (USER_DEFINED)."""
     T = gguf.TokenType
     tokens = [UNK, "<s>", "</s>"]
     types = [T.UNKNOWN, T.CONTROL, T.CONTROL]
@@ -225,13 +246,17 @@ def tiny_vocab(scripted_call: bool = False) -> tuple[list[str], list[int], list[
     assert len(tokens) == VOCAB_SIZE, f"only {len(tokens)} tokens; add words"
     if scripted_call:
         tokens[-1], types[-1] = SCRIPTED_CALL, T.USER_DEFINED
+    if scripted_thought:
+        tokens[-3:] = [THINK_TAGS[0], SCRIPTED_THOUGHT, THINK_TAGS[1]]
+        types[-3:] = [T.USER_DEFINED] * 3
     scores = [float(len(tok)) if typ == T.NORMAL else 0.0 for tok, typ in zip(tokens, types)]
     return tokens, [int(t) for t in types], scores
 
 
 # ---- the byte-level BPE ("gpt2") vocabulary: `--vocab bpe` (pre qwen2) or `--vocab bpe:<pre>` ----
 BPE_PRES = ("qwen2", "llama3", "gpt-2", "default")
-VOCABS = ("spm", "spm-call", "bpe", *(f"bpe:{pre}" for pre in BPE_PRES))
+SPM_VOCABS = ("spm", "spm-call", "spm-think")
+VOCABS = (*SPM_VOCABS, "bpe", *(f"bpe:{pre}" for pre in BPE_PRES))
 BPE_CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Merged before the common words, so tokenizer tests meet merged non-ASCII text, digit groups,
 # whitespace runs, contractions and a prefix of the special tokens ("<|").
@@ -305,8 +330,8 @@ def sampling_view(vocab: str = "spm") -> tuple[list[str], list[int]]:
     """(pieces, types) that logit_bias_column and FORCED_NEXT read: the SPM vocab as it is; BPE
     tokens in SPM notation ("Ġthe" -> "▁the", "Ċ" -> "\n"), with the tokens that are not valid
     UTF-8 on their own, ASCII controls and whitespace-only tokens typed BYTE (suppressed)."""
-    if vocab in ("spm", "spm-call"):
-        tokens, types, _ = tiny_vocab(scripted_call=vocab == "spm-call")
+    if vocab in SPM_VOCABS:
+        tokens, types, _ = spm_vocab(vocab)
         return tokens, types
     tokens, types, _ = tiny_bpe_vocab()
     byte_of = {char: b for b, char in enumerate(gpt2_byte_chars())}
@@ -559,14 +584,20 @@ def add_metadata(writer: gguf.GGUFWriter, seed: int, file_type: int,
         writer.add_value_length(shape.head_dim)
 
 
-def add_tokenizer(writer: gguf.GGUFWriter, vocab: str = "spm", chat_template: str = CHAT_TEMPLATE,
+def spm_vocab(vocab: str) -> tuple[list[str], list[int], list[float]]:
+    """tiny_vocab of one of SPM_VOCABS."""
+    return tiny_vocab(scripted_call=vocab == "spm-call", scripted_thought=vocab == "spm-think")
+
+
+def add_tokenizer(writer: gguf.GGUFWriter, vocab: str = "spm", chat_template: str | None = None,
                   add_bos: bool | None = None) -> None:
     """The vocab's tokenizer keys; chat_template and add_bos (None: the vocab's default) may differ."""
-    if vocab not in ("spm", "spm-call"):
+    chat_template = chat_template or (CHAT_TEMPLATE_THINK if vocab == "spm-think" else CHAT_TEMPLATE)
+    if vocab not in SPM_VOCABS:
         add_bpe_tokenizer(writer, pre=vocab.partition(":")[2] or "qwen2", chat_template=chat_template,
                           add_bos=add_bos)
         return
-    tokens, types, scores = tiny_vocab(scripted_call=vocab == "spm-call")
+    tokens, types, scores = spm_vocab(vocab)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
@@ -608,7 +639,7 @@ def build_tiny_gguf(out_path: str | os.PathLike, seed: int = 0, dtype: str = "f1
     check_choice("vocab", vocab, VOCABS)
     out_path = Path(out_path)
     tokens, types = sampling_view(vocab)
-    chain = SCRIPTED_FORCED_NEXT if vocab == "spm-call" else FORCED_NEXT
+    chain = {"spm-call": SCRIPTED_FORCED_NEXT, "spm-think": SCRIPTED_THINK_FORCED_NEXT}.get(vocab, FORCED_NEXT)
     forced_pairs = [(tokens.index(a), tokens.index(b)) for a, b in chain]
     tensors = model_tensors(np.random.default_rng(seed), logit_bias_column(tokens, types), forced_pairs,
                             SHAPES[shape], arch)

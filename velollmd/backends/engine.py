@@ -292,8 +292,7 @@ class EngineBackend(Backend):
 
     async def _answer(self, request: GenerateRequest, *, chat: bool) -> dict:
         model, prompt_ids, params = await self._prepare(request, chat=chat)
-        builder = AnswerBuilder(response_id("chatcmpl" if chat else "cmpl"), request.model, chat=chat,
-                                tokenizer=model.tokenizer, n=params.n)
+        builder = self._builder(request, model, params, chat=chat)
         async with self._running(model, request, prompt_ids, params) as batches:
             async for events in batches:
                 for index, event, _ in events:
@@ -315,8 +314,7 @@ class EngineBackend(Backend):
         then, so that tokens ready together go through the relay and the socket as one. The
         token chunks come made and encoded from the engine's thread (AnswerBuilder.frames)."""
         model, prompt_ids, params = await self._prepare(request, chat=chat)
-        builder = AnswerBuilder(response_id("chatcmpl" if chat else "cmpl"), request.model, chat=chat,
-                                tokenizer=model.tokenizer, n=params.n)
+        builder = self._builder(request, model, params, chat=chat)
         first = builder.first_chunks()
         async with self._running(model, request, prompt_ids, params, prepare=builder.frames) as batches:
             if first:
@@ -341,8 +339,16 @@ class EngineBackend(Backend):
         if params.json_mode:           # its tables, once per model, off the loop and the engine's lock
             await asyncio.to_thread(model.runner.json_vocab.built)
         if chat:       # the turn's end as text too, should the model spell it out in pieces
-            params = dataclasses.replace(params, stop=tuple(dict.fromkeys(params.stop + model.template.stop)))
+            params = dataclasses.replace(params, stop=tuple(dict.fromkeys(params.stop + model.template.stop)),
+                                         think_end=_json_after(model, body, params))
         return model, prompt_ids, params
+
+    def _builder(self, request: GenerateRequest, model: LoadedModel, params: SamplingParams, *,
+                 chat: bool) -> AnswerBuilder:
+        """The request's answer; the thinking before its JSON goes to reasoning_content."""
+        return AnswerBuilder(response_id("chatcmpl" if chat else "cmpl"), request.model, chat=chat,
+                             tokenizer=model.tokenizer, n=params.n,
+                             think_tags=model.template.think_tags if params.think_end else None)
 
     def _prompt_ids(self, model: LoadedModel, body: dict, *, chat: bool) -> list[int]:
         if not chat:
@@ -471,6 +477,17 @@ def _in_vocab(ids: list, vocab_size: int, param: str) -> list[int]:
         if type(token_id) is not int or not 0 <= token_id < vocab_size:
             raise BadRequest(f"token id {token_id!r} is outside the vocabulary (0..{vocab_size - 1})", param=param)
     return ids
+
+
+def _json_after(model: LoadedModel, body: dict, params: SamplingParams) -> str | None:
+    """JSON mode for a template that thinks, its thinking not turned off (think false,
+    enable_thinking false, reasoning_effort none): the end-of-thinking marker the object
+    comes after, as Ollama and llama.cpp apply a format to the answer after the thinking.
+    None: the object starts at once."""
+    tags = model.template.think_tags
+    if not params.json_mode or tags is None or enable_thinking_of(body) is False:
+        return None
+    return tags[1]
 
 
 def _refuse_unsupported(body: dict) -> None:

@@ -6,6 +6,12 @@ text, finish reason, logprobs) and the clock readings behind llama.cpp-style `ti
 A stream's token chunks are made and JSON-encoded in the engine's thread (`frames`), so that
 the event loop only relays them: ChunkBytes are the bytes `wirejson.dumps` would write, and
 carry their chunk for whatever reads it (EngineBackend.decode_event hands it to the relay).
+
+With `think_tags` (JSON mode on a template that thinks: the object comes after the thinking),
+a chat choice's text is split as llama-server and Ollama split it: the thinking, without its
+tags, is `reasoning_content`; what follows the closing tag is `content`. A stream sends each
+part as it grows, holding back what may be the start of a tag, so that its deltas add up to
+the whole answer's parts.
 """
 from __future__ import annotations
 
@@ -23,8 +29,11 @@ class ChunkBytes(bytes):
 
 
 class AnswerBuilder:
-    def __init__(self, request_id: str, model: str, *, chat: bool, tokenizer, n: int = 1):
+    def __init__(self, request_id: str, model: str, *, chat: bool, tokenizer, n: int = 1,
+                 think_tags: tuple[str, str] | None = None):
         self.request_id, self.model, self.chat, self.tokenizer = request_id, model, chat, tokenizer
+        self.think_tags = think_tags if chat else None
+        self.sent = [(0, 0)] * n                             # stream: (reasoning, content) lengths sent
         self.created = int(time.time())
         self.texts = [""] * n
         self.finish = [None] * n
@@ -64,12 +73,18 @@ class AnswerBuilder:
 
     def _choice(self, index: int) -> dict:
         if self.chat:
-            body = {"message": {"role": "assistant", "content": self.texts[index]}}
+            body = {"message": self._message(self.texts[index])}
         else:
             body = {"text": self.texts[index]}
         choice = {"index": index, **body, "logprobs": self._logprobs(self.logprobs[index]),
                   "finish_reason": self.finish[index] or "stop"}
         return self._with_stop_string(index, choice)
+
+    def _message(self, text: str) -> dict:
+        if self.think_tags is None:
+            return {"role": "assistant", "content": text}
+        reasoning, content = split_thinking(text, self.think_tags, final=True)
+        return {"role": "assistant", "content": content, **({"reasoning_content": reasoning} if reasoning else {})}
 
     # ---- a stream ----
 
@@ -83,9 +98,9 @@ class AnswerBuilder:
         self.add(index, event)
         logprobs = self.logprobs[index][num_logprobs:]      # the event's, less a stop string's
         chunks = []
-        if event.text or logprobs:
-            delta = {"content": event.text} if self.chat else event.text
-            chunk = self._chunk(index, delta)
+        delta = self._delta(index, event) if self.chat else event.text     # empty: no new text
+        if delta or logprobs:
+            chunk = self._chunk(index, delta or ({"content": ""} if self.chat else ""))
             offset = len(self.texts[index]) - len(event.text)        # (add() appended the text)
             chunk["choices"][0]["logprobs"] = self._logprobs(logprobs, offset)
             chunks.append(chunk)
@@ -94,6 +109,18 @@ class AnswerBuilder:
             self._with_stop_string(index, chunk["choices"][0])
             chunks.append(chunk)
         return chunks
+
+    def _delta(self, index: int, event: Event) -> dict:
+        """A chat chunk's delta for the event's text (add() has appended it): its content, or,
+        split from the thinking, the parts grown since the last chunk."""
+        if self.think_tags is None:
+            return {"content": event.text} if event.text else {}
+        reasoning, content = split_thinking(self.texts[index], self.think_tags,
+                                            final=event.finish_reason is not None)
+        num_reasoning, num_content = self.sent[index]
+        self.sent[index] = (len(reasoning), len(content))
+        delta = {"reasoning_content": reasoning[num_reasoning:], "content": content[num_content:]}
+        return {key: text for key, text in delta.items() if text}
 
     def _drop_stop_logprobs(self, index: int) -> None:
         """Only the logprobs of tokens that start within the text: those of the stop string
@@ -127,7 +154,8 @@ class AnswerBuilder:
     def _encode(self, index: int, chunk: dict) -> bytes:
         """wirejson.dumps(chunk); a plain token's chunk from the template (20x cheaper)."""
         choice = chunk["choices"][0]
-        if choice["logprobs"] is None and choice["finish_reason"] is None:
+        if choice["logprobs"] is None and choice["finish_reason"] is None and (
+                not self.chat or choice["delta"].keys() == {"content"}):
             text = choice["delta"]["content"] if self.chat else choice["text"]
             try:
                 return b"%s%d%s%s%s" % (self._text_head, index, self._text_middle,
@@ -182,6 +210,33 @@ class AnswerBuilder:
 
     def _text(self, token_id: int) -> str:
         return self.tokenizer.token_bytes(token_id).decode("utf-8", "replace")
+
+
+def split_thinking(text: str, tags: tuple[str, str], *, final: bool) -> tuple[str, str]:
+    """(reasoning, content) of a thinking model's text: the thinking between the tags (the
+    opening one may be in the prompt instead), stripped, and the answer after the closing tag.
+    Not `final` (a stream's text so far): a possible start of a tag is held back, and so is
+    trailing whitespace, so each result is a prefix of the final one."""
+    start, end = tags
+    body = text.lstrip()
+    if body.startswith(start):
+        body = body[len(start):]
+    elif not final and start.startswith(body):
+        return "", ""                                  # the opening tag may still be coming
+    at = body.find(end)
+    if at >= 0:
+        return body[:at].strip(), body[at + len(end):].lstrip()
+    if final:
+        return body.strip(), ""                        # cut while thinking: no answer yet
+    return body[:len(body) - _tag_start_at_end(body, end)].strip(), ""
+
+
+def _tag_start_at_end(text: str, tag: str) -> int:
+    """The length of the longest end of `text` that starts `tag` (0: none)."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:size]):
+            return size
+    return 0
 
 
 def embeddings_answer(model: str, vectors: list, num_tokens: int) -> dict:

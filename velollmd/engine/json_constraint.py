@@ -306,16 +306,30 @@ class JsonVocab:
 
 class JsonConstraint:
     """One sequence's JSON state: which tokens may come next. `end_ids` (EOS and the other
-    stop tokens) are allowed only once the object is complete."""
+    stop tokens) are allowed only once the object is complete.
 
-    def __init__(self, vocab: JsonVocab, end_ids: Sequence[int], schema: tuple | None = None):
+    With `after` (a thinking template's end-of-thinking marker, e.g. b"</think>"), the object
+    starts once the sequence has written those bytes: until then every token but the end ids
+    is allowed (the model thinks freely, as Ollama and llama.cpp let it), and the marker may
+    come as one token or spelled by several. What the marker's token writes after it is the
+    object's start (whitespace, "{")."""
+
+    def __init__(self, vocab: JsonVocab, end_ids: Sequence[int], schema: tuple | None = None,
+                 after: bytes | None = None):
         self._vocab_source = vocab
         self.end_ids = frozenset(end_ids)
         self.state: tuple = initial_state(schema)
+        self.after = after or None
+        self._written = b""                # thinking: the last bytes written, for the marker
 
     @property
     def vocab(self) -> JsonVocab:
         return self._vocab_source.built()
+
+    @property
+    def thinking(self) -> bool:
+        """Still before the end-of-thinking marker: the JSON has not started."""
+        return self.after is not None
 
     @property
     def complete(self) -> bool:
@@ -324,17 +338,37 @@ class JsonConstraint:
     def allows(self, token_id: int) -> bool:
         if token_id in self.end_ids:
             return self.complete
+        if self.thinking:
+            return True
         data = self.vocab.token_bytes[token_id]
         return data is not None and feed(self.state, data) is not None
 
     def advance(self, token_id: int) -> None:
-        if token_id not in self.end_ids:
+        if token_id in self.end_ids:
+            return
+        if self.thinking:
+            self._think(token_id)
+        else:
             self.state = feed(self.state, self.vocab.token_bytes[token_id])
+
+    def _think(self, token_id: int) -> None:
+        """A token while thinking: its bytes (a special token's text too, as "</think>" is in
+        some vocabularies) checked for the marker; the object starts after it."""
+        tokenizer = self.vocab.tokenizer
+        written = self._written + (tokenizer.token_bytes(token_id) if token_id < tokenizer.vocab_size else b"")
+        at = written.find(self.after)
+        if at < 0:
+            self._written = written[-(len(self.after) - 1):] if len(self.after) > 1 else b""
+            return
+        rest, self.after, self._written = written[at + len(self.after):], None, b""
+        self.state = feed(self.state, rest) or self.state     # not a JSON start: the object comes next
 
     def mask(self) -> np.ndarray:
         """(vocab,) bool: every token allowed next. Tokens are filtered by their first two bytes
         (a few hundred steps), and only the survivors longer than two bytes are fed whole;
         inside a string, plain content needs no check at all."""
+        if self.thinking:
+            return self._end_ids_masked(np.ones(self._vocab_source.vocab_size, bool))
         vocab, state = self.vocab, self.state
         in_plain_string = state[0] in (STRING, KEY_STRING) and state[1] == 0
         todo = vocab.usable & ~vocab.plain if in_plain_string else vocab.usable         # (vocab,)
@@ -353,7 +387,11 @@ class JsonConstraint:
         for token_id, pair in zip(ids[ok].tolist(), pairs[ok].tolist()):
             data = vocab.token_bytes[token_id]
             allowed[token_id] = len(data) <= 2 or feed(after_pair[pair], data[2:]) is not None
+        return self._end_ids_masked(allowed)
+
+    def _end_ids_masked(self, allowed: np.ndarray) -> np.ndarray:
+        """`allowed` with the end ids allowed only once the object is complete."""
         for token_id in self.end_ids:
-            if token_id < vocab.vocab_size:
+            if token_id < allowed.shape[0]:
                 allowed[token_id] = self.complete
         return allowed

@@ -78,6 +78,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()   # eos and friends: end the sequence when sampled
     json_mode: bool = False            # the output is one JSON object (response_format json_object)
     json_schema: tuple | None = None   # with json_mode: the object's schema node (engine/json_schema.py)
+    think_end: str | None = None       # with json_mode: the object starts after this marker ("</think>")
 
     def __post_init__(self) -> None:
         _check_params(self)
@@ -387,7 +388,8 @@ class Sampler:
         if params.json_mode:
             if json_vocab is None:
                 raise ValueError("sampler: JSON mode needs the model's JsonVocab")
-            self.constraint = JsonConstraint(json_vocab, params.stop_token_ids, params.json_schema)
+            self.constraint = JsonConstraint(json_vocab, params.stop_token_ids, params.json_schema,
+                                             after=params.think_end.encode() if params.think_end else None)
         self._seed = None if params.seed is None else (params.seed + choice_index) % 2**64
         self._rng: np.random.Generator | None = None
         bad = [t for t in params.logit_bias if t >= vocab_size]

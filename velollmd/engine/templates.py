@@ -36,7 +36,13 @@ class ChatTemplate:
     stop: tuple[str, ...]              # strings that end a turn in this family
     tool_call_format: str | None       # how the model writes calls: "hermes", "llama3", "mistral" or None
     renderer: Callable[[Conversation], str]
-    thinks: bool = False               # reasons before it answers, switched by enable_thinking
+    # (opening, closing) tags of the reasoning it writes before it answers, switched by
+    # enable_thinking; None for a family that does not think
+    think_tags: tuple[str, str] | None = None
+
+    @property
+    def thinks(self) -> bool:
+        return self.think_tags is not None
 
     def render(self, messages: list[dict], *, tools: list[dict] | None = None,
                add_generation_prompt: bool = True, bos_token: str = "", eos_token: str = "",
@@ -60,7 +66,7 @@ _CHATML_STOP = ("<|im_end|>", "<|endoftext|>")
 _TEMPLATES = (
     ChatTemplate("chatml", _CHATML_STOP, "hermes", render_chatml),
     ChatTemplate("qwen2", _CHATML_STOP, "hermes", render_qwen2),
-    ChatTemplate("qwen3", _CHATML_STOP, "hermes", render_qwen3, thinks=True),
+    ChatTemplate("qwen3", _CHATML_STOP, "hermes", render_qwen3, think_tags=("<think>", "</think>")),
     ChatTemplate("llama3", ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"), "llama3", render_llama31),
     ChatTemplate("llama3.2", ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"), "llama3", render_llama32),
     ChatTemplate("mistral", ("</s>",), "mistral", render_mistral),
