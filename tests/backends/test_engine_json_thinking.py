@@ -103,3 +103,29 @@ def test_responses_and_anthropic_carry_the_thinking_in_their_own_places(daemon, 
     cut = claude.messages.create(model=MODEL, max_tokens=8, messages=HI, extra_body={
         "output_format": {"type": "json_schema", "schema": {"type": "object"}}})
     assert cut.stop_reason == "max_tokens" and [block.type for block in cut.content] == ["thinking"]
+
+
+# --- without JSON mode: the thinking is split out as llama-server and Ollama split it ----------
+
+def test_a_plain_answer_carries_its_thinking_apart_streamed_or_not(client):
+    """The first thought is reasoning_content; what follows its </think> is the content (the
+    bias on <think> makes this tiny model open another thought there: content, as llama-server
+    splits only the first)."""
+    kwargs = dict(model=MODEL, messages=HI, max_tokens=40, temperature=0, logit_bias=THINK)
+    answer = client.chat.completions.create(**kwargs)
+    message = answer.choices[0].message
+    assert message.model_extra["reasoning_content"] == THOUGHT
+    assert not message.content.startswith(THOUGHT)
+    assert streamed(client.chat.completions.create(stream=True, **kwargs)) == \
+        (THOUGHT, message.content, answer.choices[0].finish_reason)
+
+
+def test_an_answer_that_does_not_think_is_all_content(client):
+    """Left alone the tiny model never opens <think>: its whole text is the content, with no
+    reasoning_content, the same text as with the thinking turned off."""
+    kwargs = dict(model=MODEL, messages=HI, max_tokens=12, temperature=0)
+    answer = client.chat.completions.create(**kwargs)
+    assert "reasoning_content" not in (answer.choices[0].message.model_extra or {})
+    assert answer.choices[0].message.content
+    assert streamed(client.chat.completions.create(stream=True, **kwargs)) == \
+        ("", answer.choices[0].message.content, answer.choices[0].finish_reason)

@@ -345,10 +345,13 @@ class EngineBackend(Backend):
 
     def _builder(self, request: GenerateRequest, model: LoadedModel, params: SamplingParams, *,
                  chat: bool) -> AnswerBuilder:
-        """The request's answer; the thinking before its JSON goes to reasoning_content."""
+        """The request's answer; a thinking model's thinking goes to reasoning_content, as
+        llama-server and Ollama answer it (in JSON mode: all that comes before the object)."""
+        thinks = params.think_end is not None or enable_thinking_of(request.body) is not False
         return AnswerBuilder(response_id("chatcmpl" if chat else "cmpl"), request.model, chat=chat,
                              tokenizer=model.tokenizer, n=params.n,
-                             think_tags=model.template.think_tags if params.think_end else None)
+                             think_tags=model.template.think_tags if chat and thinks else None,
+                             thinking_opened=params.think_end is not None)
 
     def _prompt_ids(self, model: LoadedModel, body: dict, *, chat: bool) -> list[int]:
         if not chat:

@@ -7,11 +7,12 @@ A stream's token chunks are made and JSON-encoded in the engine's thread (`frame
 the event loop only relays them: ChunkBytes are the bytes `wirejson.dumps` would write, and
 carry their chunk for whatever reads it (EngineBackend.decode_event hands it to the relay).
 
-With `think_tags` (JSON mode on a template that thinks: the object comes after the thinking),
-a chat choice's text is split as llama-server and Ollama split it: the thinking, without its
-tags, is `reasoning_content`; what follows the closing tag is `content`. A stream sends each
-part as it grows, holding back what may be the start of a tag, so that its deltas add up to
-the whole answer's parts.
+With `think_tags` (a template that thinks, its thinking not turned off), a chat choice's
+text is split as llama-server and Ollama split it: the thinking, without its tags, is
+`reasoning_content`; what follows the closing tag is `content`; a text that does not open with
+the tag is all content, unless the thinking is `opened` already (JSON mode: the object comes
+after the thinking, whatever comes first). A stream sends each part as it grows, holding back
+what may be the start of a tag, so that its deltas add up to the whole answer's parts.
 """
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ class ChunkBytes(bytes):
 
 class AnswerBuilder:
     def __init__(self, request_id: str, model: str, *, chat: bool, tokenizer, n: int = 1,
-                 think_tags: tuple[str, str] | None = None):
+                 think_tags: tuple[str, str] | None = None, thinking_opened: bool = False):
         self.request_id, self.model, self.chat, self.tokenizer = request_id, model, chat, tokenizer
         self.think_tags = think_tags if chat else None
+        self.thinking_opened = thinking_opened
         self.sent = [(0, 0)] * n                             # stream: (reasoning, content) lengths sent
         self.created = int(time.time())
         self.texts = [""] * n
@@ -83,7 +85,7 @@ class AnswerBuilder:
     def _message(self, text: str) -> dict:
         if self.think_tags is None:
             return {"role": "assistant", "content": text}
-        reasoning, content = split_thinking(text, self.think_tags, final=True)
+        reasoning, content = split_thinking(text, self.think_tags, final=True, opened=self.thinking_opened)
         return {"role": "assistant", "content": content, **({"reasoning_content": reasoning} if reasoning else {})}
 
     # ---- a stream ----
@@ -116,7 +118,7 @@ class AnswerBuilder:
         if self.think_tags is None:
             return {"content": event.text} if event.text else {}
         reasoning, content = split_thinking(self.texts[index], self.think_tags,
-                                            final=event.finish_reason is not None)
+                                            final=event.finish_reason is not None, opened=self.thinking_opened)
         num_reasoning, num_content = self.sent[index]
         self.sent[index] = (len(reasoning), len(content))
         delta = {"reasoning_content": reasoning[num_reasoning:], "content": content[num_content:]}
@@ -212,17 +214,21 @@ class AnswerBuilder:
         return self.tokenizer.token_bytes(token_id).decode("utf-8", "replace")
 
 
-def split_thinking(text: str, tags: tuple[str, str], *, final: bool) -> tuple[str, str]:
+def split_thinking(text: str, tags: tuple[str, str], *, final: bool, opened: bool = True) -> tuple[str, str]:
     """(reasoning, content) of a thinking model's text: the thinking between the tags (the
-    opening one may be in the prompt instead), stripped, and the answer after the closing tag.
-    Not `final` (a stream's text so far): a possible start of a tag is held back, and so is
-    trailing whitespace, so each result is a prefix of the final one."""
+    opening one may be left out when the thinking is `opened`: by the prompt, or JSON mode),
+    stripped, and the answer after the closing tag; a text that does not open with the tag,
+    the thinking not `opened`, is all content. Not `final` (a stream's text so far): a possible
+    start of a tag is held back, and so is trailing whitespace, so each result is a prefix of
+    the final one."""
     start, end = tags
     body = text.lstrip()
     if body.startswith(start):
         body = body[len(start):]
     elif not final and start.startswith(body):
         return "", ""                                  # the opening tag may still be coming
+    elif not opened:
+        return "", text                                # it answered without thinking
     at = body.find(end)
     if at >= 0:
         return body[:at].strip(), body[at + len(end):].lstrip()
