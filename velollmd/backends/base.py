@@ -122,6 +122,11 @@ class Backend:
         """Whether its model takes audio input (input_audio parts); None when unknown."""
         return None
 
+    def check_servable(self, model: str) -> None:
+        """Unavailable (503 model_unavailable, with the reason) for a model this backend has but
+        cannot serve, such as the engine's corrupt GGUF or manifest. Listings leave such a model
+        out; a lookup of it (/api/show, GET /v1/models/{id}) answers as a chat for it does."""
+
     def keep_model(self, model: str, keep_alive_s: float | None) -> None:
         """Keep `model` loaded this long after its last use (Ollama's keep_alive: math.inf for
         good, 0 to unload once idle, None for the backend's default). Only a backend that loads

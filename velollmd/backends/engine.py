@@ -173,6 +173,11 @@ class EngineBackend(Backend):
             return twin
         return name
 
+    def check_servable(self, model: str) -> None:
+        name = self._served_name(model)
+        if name in self.unavailable:
+            raise _unservable(name, self.unavailable[name])
+
     async def model(self, asked: str) -> LoadedModel:
         name = self._served_name(asked)
         if name not in self.files and name not in self.unavailable:
@@ -183,9 +188,7 @@ class EngineBackend(Backend):
             self.loaded[name] = model                  # most recently used last
             model.last_used = time.monotonic()
             return model
-        if name in self.unavailable:
-            raise Unavailable(f"model {name!r} cannot be served: {self.unavailable[name]}",
-                              code="model_unavailable")
+        self.check_servable(name)
         if name not in self.files:
             raise NotFound(f"The model '{name}' does not exist", param="model", code="model_not_found")
         if name not in self._loading:
@@ -201,8 +204,7 @@ class EngineBackend(Backend):
             model = await asyncio.to_thread(loader.load, name, found.path, self.options, self.scheduler_config)
         except (OSError, ValueError, MemoryError) as exc:
             self.unavailable[name] = loader.problem_with(found.path, exc)
-            raise Unavailable(f"model {name!r} cannot be served: {self.unavailable[name]}",
-                              code="model_unavailable") from None
+            raise _unservable(name, self.unavailable[name]) from None
         finally:
             self._loading.pop(name, None)
         model.runner.start()
@@ -481,3 +483,7 @@ def _refuse_unsupported(body: dict) -> None:
             None, "text", "json_object", "json_schema"):
         raise BadRequest(f"response_format {response_format.get('type')!r} is not one the engine serves",
                          param="response_format")
+
+
+def _unservable(name: str, reason: str) -> Unavailable:
+    return Unavailable(f"model {name!r} cannot be served: {reason}", code="model_unavailable")
