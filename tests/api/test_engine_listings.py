@@ -27,8 +27,8 @@ def folders(tmp_path, monkeypatch):
     return folder, store
 
 
-def daemon(folder) -> RunningDaemon:
-    backend = {**engine_backend(folder), "ollama_store": True, "health_interval_s": 3600}
+def daemon(folder, **extra) -> RunningDaemon:
+    backend = {**engine_backend(folder), "ollama_store": True, "health_interval_s": 3600, **extra}
     return RunningDaemon({"backends": [backend], "cache": {"enabled": False}})
 
 
@@ -142,3 +142,24 @@ def test_show_and_retrieve_of_an_unavailable_model_answer_503_with_the_reason_as
             assert answer.status_code == 503 and answer.body["code"] == "model_unavailable"
             assert reason in answer.body["message"]
         assert retrieved[name].value.body["message"] == chatted[name].value.body["message"]
+
+
+def test_ps_keeps_a_model_whose_file_is_removed_while_it_runs_until_its_request_ends(folders):
+    """`rm` of a GGUF while a long generation on it streams: the model leaves /api/tags at once
+    but is still loaded and running, so /api/ps lists it until the request ends (as Ollama's
+    ps lists a model until it is unloaded), then no more."""
+    folder, _ = folders
+    make_tiny_model(folder / "busy.gguf")
+    with daemon(folder, num_ctx=4096) as running:      # ~4000 tokens to go: seconds of work
+        local = ollama.Client(host=running.url)
+        stream = local.generate(model="busy", prompt="the sun", stream=True, options={"num_predict": 4000})
+        next(stream)
+        (folder / "busy.gguf").unlink()
+        during = [(m.model, m.details.family, m.size > 0) for m in local.ps().models]
+        still_running = get_json(running.url + "/health")["backends"][0]["engine"]["loaded"]["busy"]["requests"]
+        tags = [m.model for m in local.list().models]
+        last = list(stream)[-1]
+        after = [m.model for m in local.ps().models]
+    assert still_running == 1            # asked after /api/ps: the request ran all the while
+    assert during == [("busy", "llama", True)] and tags == []
+    assert last.done and last.eval_count == 4000 and after == []

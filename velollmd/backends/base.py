@@ -143,6 +143,12 @@ class Backend:
         """Unload `model` now if idle (Ollama's empty request with keep_alive 0) where the
         backend loads models itself."""
 
+    def loaded_model_info(self, model: str) -> ModelInfo | None:
+        """A loaded model's listing entry as it was loaded, for /api/ps to show a model whose
+        file is gone while its last requests still run (it leaves the catalogue at once, and
+        stays loaded until they end); None where the backend loads no models itself."""
+        return None
+
     def loaded_until(self) -> dict[str, float] | None:
         """The models held in memory now, each with the wall-clock time it is unloaded once idle
         (math.inf: never), for Ollama's /api/ps; None where the server keeps its models itself."""

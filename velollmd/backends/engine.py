@@ -209,7 +209,7 @@ class EngineBackend(Backend):
             self._loading.pop(name, None)
         model.runner.start()
         model.last_used = time.monotonic()
-        model.identity = found.identity
+        model.file = found
         self.loaded[name] = model
         self.loaded_models = frozenset(self.loaded)
         log.info("engine loaded a model", extra={"fields": {
@@ -239,6 +239,10 @@ class EngineBackend(Backend):
         model = self._served_name(model)
         if model in self.loaded and not self.loaded[model].runner.num_requests:
             self._unload(model)
+
+    def loaded_model_info(self, model: str) -> ModelInfo | None:
+        loaded = self.loaded.get(model)
+        return self._info(loaded.file) if loaded is not None and loaded.file is not None else None
 
     def loaded_until(self) -> dict[str, float]:
         """Each loaded model's unload time: its keep-alive after its last use (from now while
