@@ -27,8 +27,8 @@ def folders(tmp_path, monkeypatch):
     return folder, store
 
 
-def daemon(folder) -> RunningDaemon:
-    backend = {**engine_backend(folder), "ollama_store": True, "health_interval_s": 3600}
+def daemon(folder, **extra) -> RunningDaemon:
+    backend = {**engine_backend(folder), "ollama_store": True, "health_interval_s": 3600, **extra}
     return RunningDaemon({"backends": [backend], "cache": {"enabled": False}})
 
 
@@ -112,3 +112,54 @@ def test_ps_shows_the_tagged_name_with_the_num_ctx_asked_under_the_bare_one(fold
         entries = [(m.name, m.model, m.context_length) for m in local.ps().models]
         tags = [m.model for m in local.list().models]
     assert entries == [("tinyllama:latest", "tinyllama:latest", 384)] and tags == ["tinyllama:latest"]
+
+
+def test_show_and_retrieve_of_an_unavailable_model_answer_503_with_the_reason_as_chat_does(folders, tmp_path):
+    """A corrupt GGUF in models_dir and a corrupt Ollama manifest: /api/show and GET
+    /v1/models/{id} answer 503 model_unavailable with the reason, as a chat for them does,
+    not 404 "does not exist" (the model is there; it cannot be served)."""
+    folder, store = folders
+    (folder / "garbage.gguf").write_bytes(b"not a gguf file at all" * 10)
+    broken = store / "manifests" / "registry.ollama.ai" / "library" / "broken" / "latest"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("{not json")
+    with daemon(folder) as running:
+        local = ollama.Client(host=running.url)
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+        shown, retrieved, chatted = {}, {}, {}
+        for name in ("garbage", "broken"):
+            with pytest.raises(ollama.ResponseError) as shown[name]:
+                local.show(name)
+            with pytest.raises(openai.APIStatusError) as retrieved[name]:
+                client.models.retrieve(name)
+            with pytest.raises(openai.APIStatusError) as chatted[name]:
+                client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
+        listed = [m.id for m in client.models.list().data]
+    assert listed == []
+    for name, reason in (("garbage", str(folder / "garbage.gguf")), ("broken", "unreadable Ollama manifest")):
+        assert shown[name].value.status_code == 503 and reason in shown[name].value.error
+        for answer in (retrieved[name].value, chatted[name].value):
+            assert answer.status_code == 503 and answer.body["code"] == "model_unavailable"
+            assert reason in answer.body["message"]
+        assert retrieved[name].value.body["message"] == chatted[name].value.body["message"]
+
+
+def test_ps_keeps_a_model_whose_file_is_removed_while_it_runs_until_its_request_ends(folders):
+    """`rm` of a GGUF while a long generation on it streams: the model leaves /api/tags at once
+    but is still loaded and running, so /api/ps lists it until the request ends (as Ollama's
+    ps lists a model until it is unloaded), then no more."""
+    folder, _ = folders
+    make_tiny_model(folder / "busy.gguf")
+    with daemon(folder, num_ctx=4096) as running:      # ~4000 tokens to go: seconds of work
+        local = ollama.Client(host=running.url)
+        stream = local.generate(model="busy", prompt="the sun", stream=True, options={"num_predict": 4000})
+        next(stream)
+        (folder / "busy.gguf").unlink()
+        during = [(m.model, m.details.family, m.size > 0) for m in local.ps().models]
+        still_running = get_json(running.url + "/health")["backends"][0]["engine"]["loaded"]["busy"]["requests"]
+        tags = [m.model for m in local.list().models]
+        last = list(stream)[-1]
+        after = [m.model for m in local.ps().models]
+    assert still_running == 1            # asked after /api/ps: the request ran all the while
+    assert during == [("busy", "llama", True)] and tags == []
+    assert last.done and last.eval_count == 4000 and after == []

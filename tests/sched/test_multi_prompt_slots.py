@@ -12,6 +12,7 @@ import pytest
 from tests.daemon_rig import RunningDaemon, llama_backend
 from tests.rig.waiting import wait_for
 from velollmd.config import SchedulerConfig
+from velollmd.errors import BadRequest
 from velollmd.sched.kvblocks import BlockPool
 from velollmd.sched.request import STOPPED, SchedRequest
 from velollmd.sched.scheduler import Scheduler
@@ -71,3 +72,51 @@ def test_a_request_of_more_prompts_than_slots_takes_the_slots_there_are():
     assert [sched.start_at_once(r, 0.0) is not None for r in narrow] == [True] * 4 + [False]
     sched.finish_request("wide", STOPPED, 1.0)
     assert sched.num_free_slots == 4 and wide.extra_slots == ()
+
+
+def test_each_prompt_reserves_its_max_tokens_so_the_pool_is_not_overcommitted():
+    """A 2-prompt completion (8 prompt tokens, max_tokens 16: 2 + 2 x 4 blocks of 4 tokens) holds
+    10 of the 16 blocks, not 6: a single (1 + 4 blocks) fits beside it, a second waits. A request
+    of more prompts than the server's slots reserves for the slots it holds (its other prompts
+    run after others there), and one whose prompts cannot all run at once is a 400 naming them."""
+    sched = Scheduler(SchedulerConfig(block_size=4), 8, BlockPool(16, 4), num_backend_slots=4)
+    pair = SchedRequest("pair", "m", list(range(1, 9)), 16, arrival_time=0.0, num_parallel=2)
+    assert sched.start_at_once(pair, 0.0) is not None
+    held_by_pair = sched.pool.num_blocks - sched.pool.num_free_blocks
+    singles = [SchedRequest(f"s{i}", "m", [100 + i] * 4, 16, arrival_time=0.0) for i in range(2)]
+    started = [sched.start_at_once(r, 0.0) is not None for r in singles]
+    sched.finish_request("pair", STOPPED, 1.0)
+    sched.finish_request("s0", STOPPED, 1.0)
+    wide = SchedRequest("wide", "m", [7] * 4, 12, arrival_time=0.0, num_parallel=6)
+    assert sched.start_at_once(wide, 0.0) is not None
+    held_by_wide = sched.pool.num_blocks - sched.pool.num_free_blocks
+    sched.finish_request("wide", STOPPED, 2.0)
+    too_wide = SchedRequest("too-wide", "m", [7] * 4, 16, arrival_time=0.0, num_parallel=4)
+    with pytest.raises(BadRequest) as refused:
+        sched.add_request(too_wide, 3.0)
+    assert held_by_pair == 2 + 2 * 4 and started == [True, False]
+    assert held_by_wide == 1 + 4 * 3                  # 4 slots of max_tokens 12, not 6
+    assert refused.value.param == "max_tokens" and "each of the 4 prompts" in refused.value.message
+
+
+def test_a_two_prompt_completion_reserves_max_tokens_for_each_prompt(llama_server):
+    """The real llama-server (--parallel 4) behind the daemon: while a 2-prompt completion
+    runs, the backend's KV budget holds both prompts' max_tokens."""
+    table = {"backends": [llama_backend(llama_server)], "cache": {"enabled": False},
+             "scheduler": {"backend_queue_per_slot": 0}}
+    with RunningDaemon(table) as daemon:
+        def queue() -> dict:
+            return daemon.app.service.stats()["backends"]["llama"]
+        sdk = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0, timeout=120)
+        assert wait_for(lambda: queue()["num_slots"] == 4)
+        num_pool_tokens = 4 * daemon.app.registry.backends[0].context_size()
+        results: dict = {}
+        multi = threading.Thread(target=completion, args=(sdk, results, "multi"),
+                                 kwargs={"prompt": PROMPTS[:2], "max_tokens": LONG})
+        multi.start()
+        seen: list[dict] = []
+        assert wait_for(lambda: seen.append(queue()) or seen[-1]["num_running"] == 1 or not multi.is_alive())
+        multi.join(120)
+    assert seen[-1]["num_running"] == 1             # read while it ran
+    assert seen[-1]["block_usage"] * num_pool_tokens >= 2 * LONG
+    assert [c.index for c in results["multi"].choices] == [0, 1]

@@ -127,7 +127,8 @@ class Access:
         return int(raw)
 
     def generate_request(self, request: Request, endpoint: str, body: dict, *, key: str | None = None,
-                         raw_key: str = "", headers: dict[str, str] | None = None) -> GenerateRequest:
+                         raw_key: str = "", headers: dict[str, str] | None = None,
+                         dropped: str = "") -> GenerateRequest:
         """The internal request for an API call, with its headers (`headers`: the request's,
         as a dict already), the caller's key, its name and priority (each read once), once the
         key may use the model and is under its limits (`admit`); 503 while the daemon drains."""
@@ -137,7 +138,7 @@ class Access:
         key_name = self.admit(request, body.get("model"), key=key, defer=True)
         headers = dict(request.headers) if headers is None else headers
         return GenerateRequest(endpoint, body, headers=headers, api_key=key,
-                               priority=priority, raw_key=raw_key, key_name=key_name)
+                               priority=priority, raw_key=raw_key, key_name=key_name, dropped=dropped)
 
     def refuse_if_draining(self) -> None:
         if self.draining:

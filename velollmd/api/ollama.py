@@ -17,7 +17,7 @@ import time
 from typing import AsyncIterator
 
 from .. import __version__
-from ..backends.base import BUSY_STATUSES, Backend
+from ..backends.base import BUSY_STATUSES, Backend, ModelInfo
 from ..backends.model_names import tagged
 from ..backends.registry import Registry
 from ..core.pipeline import Pipeline
@@ -559,7 +559,18 @@ def _running_entries(backend: Backend, num_ctx_run: dict[tuple[str, str], int | 
         until = {m.id: math.inf for m in backend.models}
     return [{**_tag_entry(m), "expires_at": _expires_at(until[m.id]), "size_vram": 0,
              "context_length": backend.context_size(m.id, num_ctx_run.get((backend.name, tagged(m.id))))}
-            for m in backend.models if m.id in until]
+            for m in _loaded_infos(backend, until)]
+
+
+def _loaded_infos(backend: Backend, until: dict[str, float]) -> list[ModelInfo]:
+    """The loaded models' entries: the listed ones, then any whose file is gone while its last
+    requests still run (out of the catalogue, still loaded until they end)."""
+    listed = [m for m in backend.models if m.id in until]
+    if len(listed) == len(until):
+        return listed
+    names = {m.id for m in listed}
+    gone = (backend.loaded_model_info(name) for name in until if name not in names)
+    return listed + [info for info in gone if info is not None]
 
 
 def _expires_at(wall_time: float) -> str:

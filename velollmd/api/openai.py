@@ -19,7 +19,7 @@ from ..wire.functions import (function_call_answer, function_call_chunks, has_le
 from ..wire.outcome import Outcome
 from ..wire.streams import closing
 from .access import Access
-from .validate import validate_chat, validate_completion, validate_embeddings
+from .validate import dropped_fields, validate_chat, validate_completion, validate_embeddings
 
 
 class OpenAIRoutes:
@@ -51,8 +51,10 @@ class OpenAIRoutes:
         body = request.json()
         if has_legacy_functions(body):
             return await self._legacy_chat(request, body, key, headers)
+        dropped = dropped_fields(body)
         body = validate_chat(body)
-        generate = self.access.generate_request(request, "chat", body, key=key, raw_key=raw_key, headers=headers)
+        generate = self.access.generate_request(request, "chat", body, key=key, raw_key=raw_key, headers=headers,
+                                                dropped=dropped)
         return to_response(await self.pipeline.generate(generate, frames=True), self.sse_ping_s)
 
     async def _legacy_chat(self, request: Request, body: dict, key: str, headers: dict) -> Response:
@@ -60,8 +62,9 @@ class OpenAIRoutes:
         `functions` is given back in their shape, a cached one too. Not in the replay memo,
         which replays without converting."""
         legacy_answer = "functions" in body
+        dropped = dropped_fields(body)
         body = validate_chat(tools_from_functions(body))
-        generate = self.access.generate_request(request, "chat", body, key=key, headers=headers)
+        generate = self.access.generate_request(request, "chat", body, key=key, headers=headers, dropped=dropped)
         outcome = await self.pipeline.generate(generate)
         if legacy_answer and outcome.chunks is not None:
             outcome.chunks = function_call_chunks(outcome.chunks)

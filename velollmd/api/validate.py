@@ -270,6 +270,12 @@ def check_verbosity(body: dict, param: str) -> None:
         _fail(param, f"must be one of {', '.join(VERBOSITIES)}")
 
 
+def dropped_fields(body: dict) -> str:
+    """The fields a client set that validate_chat drops (web_search_options), comma-separated,
+    for the answer's x-velollm-dropped header; "" for none. Read before validate_chat."""
+    return "web_search_options" if body.get("web_search_options") is not None else ""
+
+
 def _drop_web_search(body: dict) -> None:
     """`web_search_options`: OpenAI's hosted web search, which no server here runs. An object,
     then dropped: the model answers from what it knows, as the Responses API drops its

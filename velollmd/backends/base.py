@@ -122,6 +122,11 @@ class Backend:
         """Whether its model takes audio input (input_audio parts); None when unknown."""
         return None
 
+    def check_servable(self, model: str) -> None:
+        """Unavailable (503 model_unavailable, with the reason) for a model this backend has but
+        cannot serve, such as the engine's corrupt GGUF or manifest. Listings leave such a model
+        out; a lookup of it (/api/show, GET /v1/models/{id}) answers as a chat for it does."""
+
     def keep_model(self, model: str, keep_alive_s: float | None) -> None:
         """Keep `model` loaded this long after its last use (Ollama's keep_alive: math.inf for
         good, 0 to unload once idle, None for the backend's default). Only a backend that loads
@@ -137,6 +142,12 @@ class Backend:
     def unload_model(self, model: str) -> None:
         """Unload `model` now if idle (Ollama's empty request with keep_alive 0) where the
         backend loads models itself."""
+
+    def loaded_model_info(self, model: str) -> ModelInfo | None:
+        """A loaded model's listing entry as it was loaded, for /api/ps to show a model whose
+        file is gone while its last requests still run (it leaves the catalogue at once, and
+        stays loaded until they end); None where the backend loads no models itself."""
+        return None
 
     def loaded_until(self) -> dict[str, float] | None:
         """The models held in memory now, each with the wall-clock time it is unloaded once idle

@@ -173,6 +173,11 @@ class EngineBackend(Backend):
             return twin
         return name
 
+    def check_servable(self, model: str) -> None:
+        name = self._served_name(model)
+        if name in self.unavailable:
+            raise _unservable(name, self.unavailable[name])
+
     async def model(self, asked: str) -> LoadedModel:
         name = self._served_name(asked)
         if name not in self.files and name not in self.unavailable:
@@ -183,9 +188,7 @@ class EngineBackend(Backend):
             self.loaded[name] = model                  # most recently used last
             model.last_used = time.monotonic()
             return model
-        if name in self.unavailable:
-            raise Unavailable(f"model {name!r} cannot be served: {self.unavailable[name]}",
-                              code="model_unavailable")
+        self.check_servable(name)
         if name not in self.files:
             raise NotFound(f"The model '{name}' does not exist", param="model", code="model_not_found")
         if name not in self._loading:
@@ -201,13 +204,12 @@ class EngineBackend(Backend):
             model = await asyncio.to_thread(loader.load, name, found.path, self.options, self.scheduler_config)
         except (OSError, ValueError, MemoryError) as exc:
             self.unavailable[name] = loader.problem_with(found.path, exc)
-            raise Unavailable(f"model {name!r} cannot be served: {self.unavailable[name]}",
-                              code="model_unavailable") from None
+            raise _unservable(name, self.unavailable[name]) from None
         finally:
             self._loading.pop(name, None)
         model.runner.start()
         model.last_used = time.monotonic()
-        model.identity = found.identity
+        model.file = found
         self.loaded[name] = model
         self.loaded_models = frozenset(self.loaded)
         log.info("engine loaded a model", extra={"fields": {
@@ -237,6 +239,10 @@ class EngineBackend(Backend):
         model = self._served_name(model)
         if model in self.loaded and not self.loaded[model].runner.num_requests:
             self._unload(model)
+
+    def loaded_model_info(self, model: str) -> ModelInfo | None:
+        loaded = self.loaded.get(model)
+        return self._info(loaded.file) if loaded is not None and loaded.file is not None else None
 
     def loaded_until(self) -> dict[str, float]:
         """Each loaded model's unload time: its keep-alive after its last use (from now while
@@ -501,3 +507,7 @@ def _refuse_unsupported(body: dict) -> None:
             None, "text", "json_object", "json_schema"):
         raise BadRequest(f"response_format {response_format.get('type')!r} is not one the engine serves",
                          param="response_format")
+
+
+def _unservable(name: str, reason: str) -> Unavailable:
+    return Unavailable(f"model {name!r} cannot be served: {reason}", code="model_unavailable")

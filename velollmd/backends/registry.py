@@ -174,10 +174,15 @@ class Registry:
         return models
 
     def find_model(self, model: str) -> ModelInfo:
+        """`model`'s catalogue entry; 503 model_unavailable (with the reason) for one that a
+        backend has but cannot serve, as a chat for it answers; else 404."""
         target = self.resolve(model)
         for info in self.catalogue():
             if same_model(target, info.id):
                 return info if target == model else dataclasses.replace(info, id=model)
+        for backend in self._matching(target):
+            if backend.healthy is not False:
+                backend.check_servable(target)
         raise NotFound(f"The model '{model}' does not exist", param="model", code="model_not_found")
 
     def status(self) -> list[dict]:

@@ -37,6 +37,7 @@ from .toollayer import ToolCallLayer, report_headers, report_of_headers
 
 log = logging.getLogger("velollmd.core.pipeline")
 CACHE_HEADER = "x-velollm-cache"
+DROPPED_HEADER = "x-velollm-dropped"      # request fields validated and dropped (GenerateRequest.dropped)
 MEMO_SIZE = 4096
 
 
@@ -184,6 +185,8 @@ class Pipeline:
             if outcome.chunks is not None:
                 outcome.chunks = strip_usage(outcome.chunks, request.include_usage)
         outcome.headers[CACHE_HEADER] = status
+        if request.dropped:
+            outcome.headers[DROPPED_HEADER] = request.dropped
         return outcome
 
     async def _lookup(self, request: GenerateRequest) -> Lookup:
@@ -202,6 +205,8 @@ class Pipeline:
 
     def _replay(self, request: GenerateRequest, lookup: Lookup) -> Outcome:
         headers = {CACHE_HEADER: lookup.status}
+        if request.dropped:                           # (a memo replay's request keeps it)
+            headers[DROPPED_HEADER] = request.dropped
         if lookup.status == "hit-semantic":
             headers["x-velollm-similarity"] = f"{lookup.similarity:.4f}"
         if not request.stream:

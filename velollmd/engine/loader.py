@@ -31,6 +31,7 @@ from .model import KEPT_WEIGHTS, Model, ModelConfig
 from .quants import GGML_TYPE_NAMES, SUPPORTED_TYPES, dequantize
 from .quantweight import QuantWeight
 from .runner import Runner
+from .store import ModelFile
 from .templates import ChatTemplate, find_template
 from .tokenizer import Tokenizer
 
@@ -61,7 +62,12 @@ class LoadedModel:
     num_ctx: int
     nbytes_weights: int
     last_used: float = 0.0
-    identity: str = ""                  # the file's (store.ModelFile.identity) when it was loaded
+    file: ModelFile | None = None       # what it was loaded from (listed in /api/ps while it runs, file gone or not)
+
+    @property
+    def identity(self) -> str:
+        """The file's (store.ModelFile.identity) when it was loaded."""
+        return self.file.identity if self.file is not None else ""
 
     @property
     def kv(self) -> PagedKVCache:

@@ -298,9 +298,18 @@ class Scheduler:
     def _allocate(self, request: SchedRequest) -> Allocation | None:
         """Blocks for the request's tokens (and, reserving output, for what it may still
         generate); None when the pool has no room for them now."""
-        num_extra = max(0, request.max_tokens - len(request.output_token_ids))
         return self.pool.allocate(request.request_id, request.all_token_ids,
-                                  num_extra if self.reserve_output else 0, self.block_tables)
+                                  self._num_output_reserved(request), self.block_tables)
+
+    def _num_output_reserved(self, request: SchedRequest) -> int:
+        """Output tokens held for a request at admission: what it may still generate, once for
+        each slot it holds (a completion's prompts run one a slot on llama-server, each up to
+        max_tokens; its prompts beyond those slots run after others there, in their room).
+        None where blocks grow token by token (the engine)."""
+        if not self.reserve_output:
+            return 0
+        num_left = max(0, request.max_tokens - len(request.output_token_ids))
+        return num_left * self._slots_wanted(request) if request.num_parallel > 1 else num_left
 
     def _start(self, request: SchedRequest, allocation: Allocation, now: float) -> ScheduledRequest:
         """Run an allocated request (out of the queue already) on the lowest free slot."""
@@ -449,15 +458,16 @@ class Scheduler:
         else the prompt, whose field (messages, prompt) the caller names (param None)."""
         num_pool_tokens = self.pool.num_blocks * self.pool.block_size
         if math.ceil(request.num_tokens / self.pool.block_size) <= self.pool.num_blocks:
+            num_slots = self._slots_wanted(request)
+            each = f" for each of the {num_slots} prompts run at once" if num_slots > 1 else ""
             return BadRequest(f"the prompt (about {request.num_tokens} tokens) plus max_tokens "
-                              f"({request.max_tokens}) exceed the backend's context ({num_pool_tokens} tokens)",
+                              f"({request.max_tokens}){each} exceed the backend's context ({num_pool_tokens} tokens)",
                               param="max_tokens", code=CONTEXT_LENGTH_EXCEEDED)
         return BadRequest(f"the prompt (about {request.num_tokens} tokens) exceeds the backend's context "
                           f"({num_pool_tokens} tokens)", code=CONTEXT_LENGTH_EXCEEDED)
 
     def _num_blocks_needed(self, request: SchedRequest) -> int:
-        num_tokens = request.num_tokens + (request.max_tokens if self.reserve_output else 0)
-        return math.ceil(num_tokens / self.pool.block_size)
+        return math.ceil((request.num_tokens + self._num_output_reserved(request)) / self.pool.block_size)
 
     def _retry_after_s(self) -> int:
         """Seconds until a slot is likely free: mean service time x queue depth per slot."""

@@ -22,6 +22,7 @@ class GenerateRequest:
     report_stop_word: bool = False      # ask the backend which stop string ended the answer
     client_model: str = ""              # the name the client asked for, when an alias renamed it
     key_name: str = ""                  # the caller's configured key's name ("" = none): usage, access log
+    dropped: str = ""                   # fields validated and dropped (web_search_options): x-velollm-dropped
     model: str = field(init=False, repr=False, compare=False)      # body["model"]
     stream: bool = field(init=False, repr=False, compare=False)    # body["stream"], made a bool
 
