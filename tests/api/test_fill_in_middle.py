@@ -148,3 +148,15 @@ def test_a_model_without_fim_tokens_refuses_a_suffix_streamed_or_not(daemon_fact
                 list(answer) if stream else None
             assert info.value.body["param"] == "suffix" and "does not support insert" in info.value.body["message"]
         assert client.completions.create(model=model, prompt=PREFIX, max_tokens=2).usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("model", [LLAMA, ENGINE])
+@pytest.mark.parametrize("tag", ["<|fim_pad|>", "<|file_sep|>"])
+def test_the_fim_pad_and_file_separator_end_the_middle(client, model, tag):
+    """A FIM model ends its middle with its pad or file separator token (llama.cpp counts them as
+    end of generation): the answer stops there, the token not in the text."""
+    tokens, _, _ = tiny_gguf_tool().tiny_vocab(fim=True)
+    answer = client.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=6, temperature=0,
+                                       logit_bias={str(tokens.index(tag)): 2000})
+    assert answer.choices[0].finish_reason == "stop" and answer.choices[0].text == ""
+    assert answer.usage.completion_tokens <= 1     # llama-server counts the end token, the engine does not
