@@ -32,6 +32,9 @@ Variants (defaults give the same bytes as before these options existed):
 - vocab spm-call / spm-think: the SPM vocab with a scripted Hermes call, or a scripted thought
   between "<think>" and "</think>" tokens and a chat template that thinks (Qwen3's family), so
   that a logit_bias on <tool_call> / <think> makes a model without a grammar call or think.
+- vocab spm-fim: the SPM vocab with Qwen2.5-Coder's fill-in-the-middle tokens (FIM_TAGS, CONTROL,
+  so never sampled) as its last pieces and their ids under `tokenizer.ggml.fim_*_token_id`:
+  llama-server's /infill and the engine build a FIM prompt for it.
 - dtype f32, f16, q8_0, q4_0, q5_0, q4_1, q5_1, q4_k, q5_k, q6_k: 1-D tensors (norms, biases) stay F32 as ggml
   requires. For quantised dtypes, token_embd and output stay Q8_0: they carry the logit-bias
   tricks (exact zeros, and -1000 or 5000 next to 2.0 in one block), which 4-bit blocks cannot
@@ -132,6 +135,10 @@ SCRIPTED_THOUGHT = "\nThe user wants one JSON object.\n"
 SCRIPTED_THINK_FORCED_NEXT = [
     ("<think>", SCRIPTED_THOUGHT), (SCRIPTED_THOUGHT, "</think>"), ('"', STRING_VALUE), (STRING_VALUE, '"'),
 ]
+# `--vocab spm-fim`: Qwen2.5-Coder's FIM tokens (prefix, suffix, middle, pad, file separator).
+FIM_TAGS = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<|file_sep|>"]
+FIM_KEYS = [gguf.Keys.Tokenizer.FIM_PRE_ID, gguf.Keys.Tokenizer.FIM_SUF_ID, gguf.Keys.Tokenizer.FIM_MID_ID,
+            gguf.Keys.Tokenizer.FIM_PAD_ID, gguf.Keys.Tokenizer.FIM_SEP_ID]
 FORCED_DIMS = list(range(1, 1 + len(FORCED_NEXT)))
 RESERVED_DIMS = [BIAS_DIM] + FORCED_DIMS   # no layer reads or writes these
 FORCE_BIAS = 5000.0
@@ -219,11 +226,12 @@ CHAT_TEMPLATE_THINK = CHAT_TEMPLATE.replace(
     "{%- endif %}")
 
 
-def tiny_vocab(scripted_call: bool = False, scripted_thought: bool = False,
+def tiny_vocab(scripted_call: bool = False, scripted_thought: bool = False, fim: bool = False,
                ) -> tuple[list[str], list[int], list[float]]:
     """Return (tokens, token_types, scores), VOCAB_SIZE each, in token-id order; with
     scripted_call, the last piece is SCRIPTED_CALL (USER_DEFINED); with scripted_thought, the
-    last three are <think>, SCRIPTED_THOUGHT and </think> (USER_DEFINED)."""
+    last three are <think>, SCRIPTED_THOUGHT and </think> (USER_DEFINED); with fim, the last
+    ones are FIM_TAGS (CONTROL)."""
     T = gguf.TokenType
     tokens = [UNK, "<s>", "</s>"]
     types = [T.UNKNOWN, T.CONTROL, T.CONTROL]
@@ -249,13 +257,16 @@ def tiny_vocab(scripted_call: bool = False, scripted_thought: bool = False,
     if scripted_thought:
         tokens[-3:] = [THINK_TAGS[0], SCRIPTED_THOUGHT, THINK_TAGS[1]]
         types[-3:] = [T.USER_DEFINED] * 3
+    if fim:
+        tokens[-len(FIM_TAGS):] = FIM_TAGS
+        types[-len(FIM_TAGS):] = [T.CONTROL] * len(FIM_TAGS)
     scores = [float(len(tok)) if typ == T.NORMAL else 0.0 for tok, typ in zip(tokens, types)]
     return tokens, [int(t) for t in types], scores
 
 
 # ---- the byte-level BPE ("gpt2") vocabulary: `--vocab bpe` (pre qwen2) or `--vocab bpe:<pre>` ----
 BPE_PRES = ("qwen2", "llama3", "gpt-2", "default")
-SPM_VOCABS = ("spm", "spm-call", "spm-think")
+SPM_VOCABS = ("spm", "spm-call", "spm-think", "spm-fim")
 VOCABS = (*SPM_VOCABS, "bpe", *(f"bpe:{pre}" for pre in BPE_PRES))
 BPE_CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Merged before the common words, so tokenizer tests meet merged non-ASCII text, digit groups,
@@ -586,7 +597,8 @@ def add_metadata(writer: gguf.GGUFWriter, seed: int, file_type: int,
 
 def spm_vocab(vocab: str) -> tuple[list[str], list[int], list[float]]:
     """tiny_vocab of one of SPM_VOCABS."""
-    return tiny_vocab(scripted_call=vocab == "spm-call", scripted_thought=vocab == "spm-think")
+    return tiny_vocab(scripted_call=vocab == "spm-call", scripted_thought=vocab == "spm-think",
+                      fim=vocab == "spm-fim")
 
 
 def add_tokenizer(writer: gguf.GGUFWriter, vocab: str = "spm", chat_template: str | None = None,
@@ -609,6 +621,9 @@ def add_tokenizer(writer: gguf.GGUFWriter, vocab: str = "spm", chat_template: st
     writer.add_add_eos_token(False)
     writer.add_add_space_prefix(False)
     writer.add_chat_template(chat_template)
+    if vocab == "spm-fim":
+        for key, tag in zip(FIM_KEYS, FIM_TAGS):
+            writer.add_uint32(key, tokens.index(tag))
 
 
 def add_bpe_tokenizer(writer: gguf.GGUFWriter, pre: str, chat_template: str = CHAT_TEMPLATE,

@@ -225,8 +225,9 @@ def test_images_to_the_engine_are_a_400_naming_images(engine):
 
 
 def test_suffix_is_refused_clearly_rather_than_ignored(engine, daemon):
-    """Neither the engine nor llama-server's completions fill in the middle: Ollama's own answer
-    for a model without the insert capability, not an answer that ignores the suffix."""
+    """The tiny model has no FIM tokens, so neither the engine nor llama-server's /infill fills in
+    its middle: Ollama's own answer for a model without the insert capability, not an answer
+    that ignores the suffix."""
     for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
         with pytest.raises(ollama.ResponseError) as info:
             client.generate(model=model, prompt="def add(a, b):", suffix="    return c")

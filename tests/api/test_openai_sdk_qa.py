@@ -124,8 +124,8 @@ def test_completion_logprobs_have_openais_completion_shape(client, model, stream
 
 @pytest.mark.parametrize("model", [ENGINE, LLAMA])
 def test_a_suffix_the_backend_cannot_honour_is_a_400_naming_it(client, model):
-    """Fill-in-the-middle: neither the engine nor llama-server's /v1/completions does it; the
-    answer would be a plain completion that never meets the suffix."""
+    """Fill-in-the-middle needs the model's FIM tokens, which the tiny model has not (see
+    test_fill_in_middle.py for one that has): a plain completion would never meet the suffix."""
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model=model, prompt="def add(a, b):", suffix="\n\nprint(add(1, 2))", max_tokens=3)
     assert info.value.body["param"] == "suffix"

@@ -248,3 +248,37 @@ def test_bpe_vocab_merges_common_and_multilingual_words(bpe_metadata):
     assert all(merge.replace(" ", "") in tokens for merge in merges)   # every merge makes a token
     for word in ("Hello", " world", " the", " café", "Straße", "日本", "こんにちは", " мир", "paris"):
         assert len(tokenizer.encode(word)) == 1, word
+
+
+# ---- fill in the middle ------------------------------------------------------------------------
+
+
+def test_fim_tokens_come_from_the_gguf_keys_and_build_the_psm_prompt(tmp_path_factory):
+    path = tiny_gguf_tool().build_tiny_gguf(tmp_path_factory.mktemp("fim") / "fim.gguf", vocab="spm-fim")
+    tokenizer = Tokenizer.from_gguf(gguf_metadata(path))
+    tokens, _, _ = tiny_gguf_tool().tiny_vocab(fim=True)
+    pre, suf, mid, pad, sep = (tokens.index(tag) for tag in tiny_gguf_tool().FIM_TAGS)
+    assert tokenizer.can_fill_in_middle
+    assert tokenizer.fill_in_middle([10, 11], [12]) == [pre, 10, 11, suf, 12, mid]
+    assert {pad, sep} <= tokenizer.eog_ids               # a model writing these has ended its middle
+    assert all(tokenizer.is_control(i) for i in (pre, suf, mid, pad, sep))
+
+
+def test_fim_tokens_by_the_older_keys_win_and_text_is_the_fallback(spm_metadata):
+    """llama.cpp reads tokenizer.ggml.prefix/suffix/middle_token_id after the fim_* keys; a
+    vocabulary without either is searched for the tokens' texts (here Code Llama's <PRE> ...)."""
+    tokens = list(spm_metadata["tokenizer.ggml.tokens"])
+    tokens[-4:] = ["<PRE>", "<SUF>", "<MID>", "<EOT>"]
+    by_text = Tokenizer.from_gguf({**spm_metadata, "tokenizer.ggml.tokens": tokens})
+    assert by_text.fill_in_middle([], []) == [len(tokens) - 4, len(tokens) - 3, len(tokens) - 2]
+    keyed = Tokenizer.from_gguf({**spm_metadata, "tokenizer.ggml.tokens": tokens,
+                                 "tokenizer.ggml.fim_pre_token_id": 20, "tokenizer.ggml.prefix_token_id": 30,
+                                 "tokenizer.ggml.fim_mid_token_id": 40})
+    assert keyed.fill_in_middle([7], [8]) == [30, 7, len(tokens) - 3, 8, 40]
+    with_bos = Tokenizer.from_gguf({**spm_metadata, "tokenizer.ggml.tokens": tokens,
+                                    "tokenizer.ggml.add_bos_token": True})
+    assert with_bos.fill_in_middle([], [])[0] == with_bos.bos_id
+
+
+def test_a_vocabulary_without_fim_tokens_cannot_fill_in_the_middle(spm_metadata):
+    assert not Tokenizer.from_gguf(spm_metadata).can_fill_in_middle

@@ -324,6 +324,7 @@ def validate_completion(body: dict, ranges: dict | None = None) -> dict:
     _check_logit_bias(body)
     _drop_empty_stops(body)
     _check_type(body, "echo", bool, "a boolean")
+    _check_type(body, "suffix", str, "a string")
     _check_completion_logprobs(body)
     _check_best_of(body)
     return body

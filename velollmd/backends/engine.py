@@ -362,6 +362,8 @@ class EngineBackend(Backend):
     def _prompt_ids(self, model: LoadedModel, body: dict, *, chat: bool) -> list[int]:
         if not chat:
             prompt = one_prompt(body.get("prompt", ""), "the engine")
+            if body.get("suffix"):
+                return _fill_in_middle(model, prompt, body)
             if isinstance(prompt, list):
                 return _in_vocab(list(prompt), model.config.n_vocab, "prompt")
             return model.tokenizer.encode(prompt, add_special=True, parse_special=True)
@@ -479,6 +481,19 @@ class _Run:
         self.backend._unload_idle()                    # keep_alive 0: unloaded once idle
 
 
+def _fill_in_middle(model: LoadedModel, prompt: str | list, body: dict) -> list[int]:
+    """A completion with a `suffix`: the model's fill-in-the-middle prompt, the prompt before
+    the gap and the suffix after it, each read as plain text (a FIM token written in the code
+    is no FIM token), as llama-server's /infill reads them; a model without FIM tokens: a 400."""
+    tokenizer = model.tokenizer
+    if not tokenizer.can_fill_in_middle:
+        refuse_insert(body)
+    prefix_ids = (_in_vocab(list(prompt), model.config.n_vocab, "prompt") if isinstance(prompt, list)
+                  else tokenizer.encode(prompt, add_special=False, parse_special=False))
+    return tokenizer.fill_in_middle(prefix_ids, tokenizer.encode(body["suffix"], add_special=False,
+                                                                 parse_special=False))
+
+
 def _in_vocab(ids: list, vocab_size: int, param: str) -> list[int]:
     """Token ids a client sent, each an integer of the vocabulary (else a 400 naming `param`:
     an id outside it would fail the engine's whole batch)."""
@@ -501,7 +516,8 @@ def _json_after(model: LoadedModel, body: dict, params: SamplingParams) -> str |
 
 def _refuse_unsupported(body: dict) -> None:
     """Fields the engine cannot honour get a 400 naming them, never a silent ignore."""
-    refuse_insert(body)
+    if "messages" in body:
+        refuse_insert(body)                     # a chat has no middle to fill
     response_format = body.get("response_format")
     if isinstance(response_format, dict) and response_format.get("type") not in (
             None, "text", "json_object", "json_schema"):

@@ -7,11 +7,12 @@ import json
 import os
 from typing import AsyncIterator, Callable
 
-from ..errors import VeloError
+from ..errors import BadRequest, VeloError
 from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest, reasoning_effort_of, wants_logprobs
 from ..wire.streams import closing
 from .base import ModelInfo, refuse_insert
+from .llamacpp_infill import INFILL_PATH, completion_chunks, infill_body, insert_refused, to_completion, wants_infill
 from .openai import OpenAIBackend
 
 
@@ -72,7 +73,8 @@ class LlamaCppBackend(OpenAIBackend):
         """`verbose` when the caller needs the stop string that ended the answer: llama.cpp
         names it (`__verbose.stopping_word`) only there; OpenAI's answer shape has no field."""
         body = super().upstream_body(request)
-        refuse_insert(body)               # its /v1/completions ignores it (fill-in-the-middle is /infill)
+        if request.endpoint == "chat":
+            refuse_insert(body)               # a chat has no middle to fill (a completion's suffix goes to /infill)
         if request.endpoint == "chat" and body.get("logprobs") is not True:
             body.pop("top_logprobs", None)      # 0 (OpenAI's "none"): llama-server refuses it without logprobs
         elif request.endpoint == "chat" and _no_alternatives(request.body):
@@ -99,6 +101,8 @@ class LlamaCppBackend(OpenAIBackend):
         prompts = _prompts(request.body)
         if prompts is not None:
             return _merged_answers(await _all_of(self.completion(_with_prompt(request, p)) for p in prompts))
+        if wants_infill(request.body):
+            return await self._infill(request)
         body = await super().completion(request)
         _completion_id(body)
         if wants_logprobs(request.body):
@@ -120,6 +124,8 @@ class LlamaCppBackend(OpenAIBackend):
         return body
 
     def answer_events(self, request: GenerateRequest) -> AsyncIterator[list[bytes] | list[dict]]:
+        if request.endpoint == "completion" and wants_infill(request.body):
+            return self._infill_chunks(request)
         events = super().answer_events(request)
         if request.endpoint == "completion" and wants_logprobs(request.body):
             return self._completion_logprob_chunks(events, _prompts(request.body))
@@ -135,6 +141,22 @@ class LlamaCppBackend(OpenAIBackend):
         if not rewrites:
             return events
         return self._rewritten_chunks(events, *rewrites)
+
+    async def _infill(self, request: GenerateRequest) -> dict:
+        """A completion with a suffix, filled in by /infill (see llamacpp_infill)."""
+        with insert_refused(request.body):
+            answer = await self.post_json(INFILL_PATH, infill_body(self.upstream_body(request)))
+        return to_completion(answer, request.body.get("model", ""))
+
+    async def _infill_chunks(self, request: GenerateRequest) -> AsyncIterator[list[dict]]:
+        """A completion stream with a suffix, from /infill's stream, in completion chunks."""
+        if _prompts(request.body) is not None:
+            raise BadRequest("a suffix takes one prompt per streamed request on llama.cpp", param="prompt")
+        events = self.stream_events(INFILL_PATH, infill_body(self.upstream_body(request)), sse=True)
+        with insert_refused(request.body):
+            async with closing(completion_chunks(events, self.decode_event, request.body.get("model", ""))) as chunks:
+                async for batch in chunks:
+                    yield batch
 
     def _completion_logprob_chunks(self, events: AsyncIterator[list[bytes]],
                                    prompts: list | None) -> AsyncIterator[list[dict]]:

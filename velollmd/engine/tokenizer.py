@@ -57,19 +57,19 @@ _EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endofte
 _EOG_TEXTS = frozenset(_EOT_TEXTS + (
     "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "</s>", "<|eom_id|>", "[EOS]", "<eos>",
     "<turn|>", "<|tool_response>", "[e~["))
-_FIM_EOG_TEXTS = (
-    ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
-    ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
-    ("<|file_sep|>",),
-)
-_FIM_TEXTS = _FIM_EOG_TEXTS + (
-    ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\uff5cfim\u2581begin\uff5c>", "<PRE>",
-     "\u2581<PRE>", "<|code_prefix|>", "<|prefix|>"),
-    ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\uff5cfim\u2581hole\uff5c>", "<SUF>",
-     "\u2581<SUF>", "<|code_suffix|>", "<|suffix|>"),
-    ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\uff5cfim\u2581end\uff5c>", "<MID>",
-     "\u2581<MID>", "<|code_middle|>", "<|middle|>"),
-)
+# FIM token kind -> texts llama.cpp recognises it by when the GGUF names no id for it.
+_FIM_TEXTS: dict[str, tuple[str, ...]] = {
+    "fim_pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\uff5cfim\u2581begin\uff5c>", "<PRE>",
+                "\u2581<PRE>", "<|code_prefix|>", "<|prefix|>"),
+    "fim_suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\uff5cfim\u2581hole\uff5c>", "<SUF>",
+                "\u2581<SUF>", "<|code_suffix|>", "<|suffix|>"),
+    "fim_mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\uff5cfim\u2581end\uff5c>", "<MID>",
+                "\u2581<MID>", "<|code_middle|>", "<|middle|>"),
+    "fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "fim_sep": ("<|file_sep|>",),
+}
+_FIM_EOG = ("fim_pad", "fim_rep", "fim_sep")         # end of generation, as llama.cpp has them
 _ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")   # gpt-oss
 
 
@@ -95,6 +95,7 @@ class Tokenizer:
         self.eom_id = special_ids.get("eom")
         self.unk_id = special_ids.get("unk")
         self.pad_id = special_ids.get("padding")
+        self.fim_ids = {name: special_ids.get(name) for name in _FIM_TEXTS}     # None: not in this model
         self.add_bos = add_bos
         self.add_eos = add_eos
         self.add_space_prefix = add_space_prefix
@@ -142,8 +143,9 @@ class Tokenizer:
             self.eot_id = self._mark_control(self._first_id(_EOT_TEXTS))
         if self.eom_id is None:
             self.eom_id = self._mark_control(self._first_id(("<|eom_id|>",)))
-        for texts in _FIM_TEXTS:
-            self._mark_control(self._first_id(texts))
+        for name, texts in _FIM_TEXTS.items():
+            if self.fim_ids[name] is None:
+                self.fim_ids[name] = self._mark_control(self._first_id(texts))
         for text in _ALWAYS_RENDERED:
             if text in self._token_to_id:
                 self._attrs[self._token_to_id[text]] = TokenAttr.USER_DEFINED
@@ -154,7 +156,7 @@ class Tokenizer:
         return token_id
 
     def _end_of_generation_ids(self) -> frozenset[int]:
-        eog = {self._first_id(texts) for texts in _FIM_EOG_TEXTS}
+        eog = {self.fim_ids[name] for name in _FIM_EOG}
         for text in _EOG_TEXTS & self._token_to_id.keys():
             token_id = self._token_to_id[text]
             eog.add(token_id)
@@ -180,6 +182,19 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self._tokens)
+
+    @property
+    def can_fill_in_middle(self) -> bool:
+        """The model has the prefix, suffix and middle tokens of a fill-in-the-middle prompt."""
+        return all(self.fim_ids[name] is not None for name in ("fim_pre", "fim_suf", "fim_mid"))
+
+    def fill_in_middle(self, prefix_ids: list[int], suffix_ids: list[int]) -> list[int]:
+        """The fill-in-the-middle prompt of llama.cpp's infill in PSM order (llama-server's
+        /infill without its repo-level extras): [BOS] FIM_PRE prefix FIM_SUF suffix FIM_MID.
+        The model writes the middle next; can_fill_in_middle must hold."""
+        bos = [self._required(self.bos_id, "bos")] if self.add_bos else []
+        return [*bos, self.fim_ids["fim_pre"], *prefix_ids, self.fim_ids["fim_suf"], *suffix_ids,
+                self.fim_ids["fim_mid"]]
 
     def is_control(self, token_id: int) -> bool:
         return bool(self._attrs[self._check_id(token_id)] & TokenAttr.CONTROL)
@@ -384,22 +399,26 @@ def _read_pre(metadata: Mapping[str, Any], model: str) -> str:
     return pre
 
 
-_SPECIAL_ID_KEYS = {name: f"tokenizer.ggml.{key}_token_id" for name, key in (
+_SPECIAL_ID_KEYS = {name: (f"tokenizer.ggml.{key}_token_id",) for name, key in (
     ("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("eot", "eot"), ("eom", "eom"),
-    ("padding", "padding"))}
+    ("padding", "padding"), ("fim_pad", "fim_pad"), ("fim_rep", "fim_rep"), ("fim_sep", "fim_sep"))}
+_SPECIAL_ID_KEYS.update({   # the older prefix/suffix/middle keys, read after (and over) the fim_ ones
+    name: (f"tokenizer.ggml.{name}_token_id", f"tokenizer.ggml.{old}_token_id")
+    for name, old in (("fim_pre", "prefix"), ("fim_suf", "suffix"), ("fim_mid", "middle"))})
 
 
 def _read_special_ids(metadata: Mapping[str, Any], model: str, vocab_size: int) -> dict[str, int | None]:
-    """bos/eos/unk/eot/eom/padding ids: llama.cpp's per-model defaults, replaced by the GGUF
-    keys (a key outside the vocabulary keeps the default; a default outside it is dropped)."""
+    """bos/eos/unk/eot/eom/padding/fim_* ids: llama.cpp's per-model defaults, replaced by the
+    GGUF keys (a key outside the vocabulary keeps the default; a default outside it is dropped)."""
     defaults = {"bos": 1, "eos": 2, "unk": 0} if model == "llama" else {"bos": 11, "eos": 11}
     ids: dict[str, int | None] = {}
-    for name, key in _SPECIAL_ID_KEYS.items():
+    for name, keys in _SPECIAL_ID_KEYS.items():
         token_id = defaults.get(name)
         if token_id is not None and token_id >= vocab_size:
             token_id = None
-        value = metadata.get(key)
-        if value is not None and 0 <= int(value) < vocab_size:
-            token_id = int(value)
+        for key in keys:
+            value = metadata.get(key)
+            if value is not None and 0 <= int(value) < vocab_size:
+                token_id = int(value)
         ids[name] = token_id
     return ids

@@ -120,8 +120,9 @@ def openai_to_ollama_generate(body: dict, num_ctx: int = 0) -> dict:
     if not isinstance(prompt, str):
         raise BadRequest("Ollama takes a text prompt, not token ids", param="prompt")
     out = {"model": body["model"], "prompt": prompt, "raw": True, "stream": bool(body.get("stream")), "options": _options_to_ollama(body, num_ctx)}
-    if "suffix" in body:
+    if body.get("suffix"):        # Ollama fills in the middle with the model's template, which raw skips
         out["suffix"] = body["suffix"]
+        del out["raw"]
     return out
 
 
@@ -331,7 +332,9 @@ def ollama_generate_request_to_openai(body: dict) -> tuple[str, dict]:
     if body.get("suffix"):         # fill in the middle: served where the backend can, else a 400 there
         base["suffix"] = body["suffix"]
     _options_from_ollama(body, base)
-    if body.get("raw"):            # completions' logprobs counts alternatives; 0 gives none from llama-server
+    # raw, or fill in the middle (Ollama renders the model's FIM template then, not the chat turn);
+    # completions' logprobs counts alternatives, and 0 gives none from llama-server
+    if body.get("raw") or body.get("suffix"):
         logprobs = {"logprobs": body.get("top_logprobs") or 1} if body.get("logprobs") else {}
         return "completion", {**base, **logprobs, "prompt": body.get("prompt", "")}
     base.update(_chat_logprobs(body), **_thinking_switch(body))

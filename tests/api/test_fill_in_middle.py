@@ -1,0 +1,162 @@
+"""Fill in the middle (code completion: Continue, llama.vscode, Tabby, Twinny) through the daemon:
+a completion with a `suffix` on the real llama-server (its /infill) and on the engine, both on
+the tiny model with Qwen2.5-Coder's FIM tokens (`--vocab spm-fim`), driven by the official
+openai and ollama clients. The engine's FIM prompt equals, token for token, the prompt
+llama-server's /infill builds for the same prefix and suffix."""
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import ollama
+import openai
+import pytest
+
+from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend, ollama_backend
+from tests.engine.test_tokenizer import gguf_metadata
+from tests.rig.llama import LlamaServer, make_tiny_model, tiny_gguf_tool
+from velollmd.engine.tokenizer import Tokenizer
+
+LLAMA = "tiny-fim"            # llama-server's alias (the daemon's llama backend serves "tiny*")
+ENGINE = "fim-engine"
+PREFIX = "def the(a, b):\n    "
+SUFFIX = "\n    return a\n"
+CASES = [(PREFIX, SUFFIX),
+         ("x = 1 + ", "  # the end"),
+         ("literal <|fim_middle|> in the code: ", " <|fim_prefix|>!")]   # FIM tags as plain text
+
+
+@pytest.fixture(scope="module")
+def fim_model(tmp_path_factory):
+    models_dir = tmp_path_factory.mktemp("fim-models")
+    return tiny_gguf_tool().build_tiny_gguf(models_dir / f"{ENGINE}.gguf", vocab="spm-fim")
+
+
+@pytest.fixture(scope="module")
+def fim_server(llama_binary, fim_model):
+    with LlamaServer(fim_model, binary=llama_binary, parallel=2, ctx_size=2048, alias=LLAMA) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def daemon(fim_server, fim_model):
+    table = {"backends": [llama_backend(fim_server, models=[LLAMA]),
+                          engine_backend(fim_model.parent, max_running=2)],
+             "cache": {"enabled": False}}
+    with RunningDaemon(table) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(daemon):
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+
+
+def post(server: LlamaServer, route: str, body: dict) -> dict:
+    request = urllib.request.Request(server.url + route, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.load(resp)
+
+
+@pytest.mark.parametrize("prefix, suffix", CASES)
+def test_the_engines_fim_prompt_is_llama_servers_token_for_token(fim_server, fim_model, client, prefix, suffix):
+    """/infill tells its prompt as text (FIM tokens rendered) and its length; the text re-read
+    with special tokens parsed gives llama-server's own ids where the code holds no FIM tag."""
+    tokenizer = Tokenizer.from_gguf(gguf_metadata(fim_model))
+    ours = tokenizer.fill_in_middle(tokenizer.encode(prefix, add_special=False, parse_special=False),
+                                    tokenizer.encode(suffix, add_special=False, parse_special=False))
+    infill = post(fim_server, "/infill", {"input_prefix": prefix, "input_suffix": suffix, "n_predict": 1})
+    assert tokenizer.decode(ours) == infill["prompt"]
+    assert len(ours) == infill["tokens_evaluated"]
+    if "<|fim" not in prefix + suffix:
+        assert ours == post(fim_server, "/tokenize", {"content": infill["prompt"], "add_special": False,
+                                                      "parse_special": True})["tokens"]
+    answer = client.completions.create(model=ENGINE, prompt=prefix, suffix=suffix, max_tokens=2, temperature=0)
+    assert answer.usage.prompt_tokens == len(ours)
+
+
+@pytest.mark.parametrize("model", [LLAMA, ENGINE])
+def test_a_completion_with_a_suffix_fills_in_the_middle(client, model):
+    plain = client.completions.create(model=model, prompt=PREFIX, max_tokens=4, temperature=0)
+    fim = client.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=4, temperature=0)
+    assert fim.object == "text_completion" and fim.id.startswith("cmpl-")
+    assert fim.choices[0].text and fim.choices[0].finish_reason == "length"
+    assert fim.usage.completion_tokens == 4
+    suffix_alone = client.completions.create(model=model, prompt=SUFFIX, max_tokens=1)
+    # the prefix, the suffix and three FIM tokens (prefix, suffix, middle) were read (no BOS in this vocab)
+    assert fim.usage.prompt_tokens == plain.usage.prompt_tokens + suffix_alone.usage.prompt_tokens + 3
+
+
+@pytest.mark.parametrize("model", [LLAMA, ENGINE])
+def test_a_streamed_completion_with_a_suffix_matches_the_whole_answer(client, model):
+    whole = client.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=5, temperature=0)
+    chunks = list(client.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=5,
+                                            temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    usage = [c.usage for c in chunks if c.usage]
+    assert len(usage) == 1 and usage[0].completion_tokens == 5
+    assert usage[0].prompt_tokens == whole.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("model", [LLAMA, ENGINE])
+def test_ollamas_generate_with_a_suffix_fills_in_the_middle(daemon, client, model):
+    reply = ollama.Client(host=daemon.url).generate(model=model, prompt=PREFIX, suffix=SUFFIX,
+                                                    options={"num_predict": 3, "temperature": 0})
+    fim = client.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=3, temperature=0)
+    assert reply.done and reply.eval_count == 3
+    assert reply.prompt_eval_count == fim.usage.prompt_tokens
+    assert reply.response == fim.choices[0].text
+
+
+@pytest.mark.parametrize("model", [LLAMA, ENGINE])
+def test_a_suffix_of_the_wrong_type_is_a_400_naming_it(client, model):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model, prompt=PREFIX, extra_body={"suffix": ["not", "text"]}, max_tokens=2)
+    assert info.value.body["param"] == "suffix"
+    assert client.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=2).choices[0].text
+
+
+def test_a_suffix_reaches_ollama_with_its_template_applied(daemon_factory, ollama_emulator):
+    """Ollama fills in the middle with the model's own template, which `raw` skips (a raw prompt
+    with a suffix is a plain completion there): an OpenAI completion with a suffix goes to
+    /api/generate with the suffix and without raw; an Ollama client's request as it was sent."""
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False}})
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    assert client.completions.create(model="llama3.2", prompt=PREFIX, suffix=SUFFIX, max_tokens=2).choices[0].text
+    sent = ollama_emulator.last_request("/api/generate")
+    assert sent["prompt"] == PREFIX and sent["suffix"] == SUFFIX and not sent.get("raw")
+    plain = client.completions.create(model="llama3.2", prompt=PREFIX, max_tokens=2)
+    assert plain.choices[0].text and ollama_emulator.last_request("/api/generate")["raw"] is True
+    ollama.Client(host=daemon.url).generate(model="llama3.2", prompt=PREFIX, suffix=SUFFIX, options={"num_predict": 2})
+    assert ollama_emulator.last_request("/api/generate")["suffix"] == SUFFIX
+
+
+def test_a_model_without_fim_tokens_refuses_a_suffix_streamed_or_not(daemon_factory, llama_server, tmp_path):
+    """llama-server's /infill answers 501 for a model without FIM tokens, the engine has none to
+    build the prompt from: both a 400 naming `suffix`, streamed or not, and the daemon serves on."""
+    make_tiny_model(tmp_path / "plain-engine.gguf")
+    daemon = daemon_factory({"backends": [llama_backend(llama_server), engine_backend(tmp_path)],
+                             "cache": {"enabled": False}})
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    for model in ("tiny", "plain-engine"):
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as info:
+                answer = client.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=2,
+                                                   stream=stream)
+                list(answer) if stream else None
+            assert info.value.body["param"] == "suffix" and "does not support insert" in info.value.body["message"]
+        assert client.completions.create(model=model, prompt=PREFIX, max_tokens=2).usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("model", [LLAMA, ENGINE])
+@pytest.mark.parametrize("tag", ["<|fim_pad|>", "<|file_sep|>"])
+def test_the_fim_pad_and_file_separator_end_the_middle(client, model, tag):
+    """A FIM model ends its middle with its pad or file separator token (llama.cpp counts them as
+    end of generation): the answer stops there, the token not in the text."""
+    tokens, _, _ = tiny_gguf_tool().tiny_vocab(fim=True)
+    answer = client.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=6, temperature=0,
+                                       logit_bias={str(tokens.index(tag)): 2000})
+    assert answer.choices[0].finish_reason == "stop" and answer.choices[0].text == ""
+    assert answer.usage.completion_tokens <= 1     # llama-server counts the end token, the engine does not
