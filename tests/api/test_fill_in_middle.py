@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from functools import partial
+from types import SimpleNamespace
 
 import ollama
 import openai
@@ -15,6 +17,7 @@ import pytest
 from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend, ollama_backend
 from tests.engine.test_tokenizer import gguf_metadata
 from tests.rig.llama import LlamaServer, make_tiny_model, tiny_gguf_tool
+from velollmd.backends.engine import _fill_in_middle, fim_pieces_fitted
 from velollmd.engine.tokenizer import Tokenizer
 
 LLAMA = "tiny-fim"            # llama-server's alias (the daemon's llama backend serves "tiny*")
@@ -160,3 +163,44 @@ def test_the_fim_pad_and_file_separator_end_the_middle(client, model, tag):
                                        logit_bias={str(tokens.index(tag)): 2000})
     assert answer.choices[0].finish_reason == "stop" and answer.choices[0].text == ""
     assert answer.usage.completion_tokens <= 1     # llama-server counts the end token, the engine does not
+
+
+def test_fim_pieces_are_cut_around_the_gap():
+    prefix, suffix = list(range(100)), list(range(200, 300))
+    assert fim_pieces_fitted(prefix, suffix, 40) == (prefix[-30:], suffix[:10])      # suffix: a quarter
+    assert fim_pieces_fitted(prefix[:5], suffix, 40) == (prefix[:5], suffix[:35])    # or what is left
+    assert fim_pieces_fitted(prefix[:5], suffix[:5], 40) == (prefix[:5], suffix[:5])
+    assert fim_pieces_fitted(prefix, suffix, -3) == ([], [])
+
+
+def test_an_over_long_fim_prompt_keeps_its_fim_tokens_and_cuts_around_the_gap(fim_model):
+    """The engine's FIM prompt in `limit` tokens (Ollama's routes truncate by default): the
+    prefix loses its front, the suffix its end, as llama-server's /infill cuts them. The whole
+    prompt's front cut, as a plain prompt is cut, would keep num_keep tokens of the file's top
+    and, with a long suffix, drop the FIM suffix token and all the code before the cursor."""
+    tokenizer = Tokenizer.from_gguf(gguf_metadata(fim_model))
+    model = SimpleNamespace(tokenizer=tokenizer, config=SimpleNamespace(n_vocab=tokenizer.vocab_size))
+    prefix = "".join(f"x{i} = {i}\n" for i in range(200)) + PREFIX
+    suffix = SUFFIX + "".join(f"y{i} = {i}\n" for i in range(200))
+    prompt = _fill_in_middle(model, prefix, {"suffix": suffix}, limit=96)
+    encode = partial(tokenizer.encode, add_special=False, parse_special=False)
+    pre, suf, mid = (tokenizer.fim_ids[name] for name in ("fim_pre", "fim_suf", "fim_mid"))
+    assert len(prompt) == 96 and prompt[0] == pre and prompt[-1] == mid and prompt.count(suf) == 1
+    cut = prompt.index(suf)
+    assert prompt[1:cut] == encode(prefix)[-(cut - 1):]                  # the code right before the gap
+    assert prompt[cut + 1:-1] == encode(suffix)[:len(prompt) - cut - 2]  # and right after it
+    assert len(prompt) - cut - 2 == (96 - 3) // 4                        # the suffix's quarter
+
+
+def test_ollamas_generate_with_an_over_long_fim_prompt_is_cut_to_fit(daemon, client, fim_model):
+    tokenizer = Tokenizer.from_gguf(gguf_metadata(fim_model))
+    long_prefix = "".join(f"x{i} = {i}\n" for i in range(200)) + PREFIX
+    reply = ollama.Client(host=daemon.url).generate(model=ENGINE, prompt=long_prefix, suffix=SUFFIX,
+                                                    options={"num_predict": 3, "temperature": 0, "num_ctx": 96})
+    suffix_ids = tokenizer.encode(SUFFIX, add_special=False, parse_special=False)
+    kept = reply.prompt_eval_count - len(suffix_ids) - 3                  # the FIM tokens, no BOS here
+    assert reply.done and reply.prompt_eval_count <= 96
+    prefix_tail = tokenizer.encode(long_prefix, add_special=False, parse_special=False)[-kept:]
+    same = client.completions.create(model=ENGINE, prompt=prefix_tail, suffix=SUFFIX, max_tokens=3, temperature=0)
+    assert same.usage.prompt_tokens == reply.prompt_eval_count
+    assert same.choices[0].text == reply.response

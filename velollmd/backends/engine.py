@@ -386,6 +386,8 @@ class EngineBackend(Backend):
         if body.get("truncate") is not True or len(prompt_ids) < num_ctx:
             return prompt_ids
         limit, num_asked = prompt_limit(num_ctx, params.max_tokens), len(prompt_ids)
+        if not chat and body.get("suffix"):            # fill in the middle: cut around the gap
+            prompt_ids = _fill_in_middle(model, one_prompt(body.get("prompt", ""), "the engine"), body, limit)
         if chat:
             def ids_of(messages: list[dict]) -> list[int]:
                 return self._prompt_ids(model, {**body, "messages": messages}, chat=True)
@@ -481,17 +483,32 @@ class _Run:
         self.backend._unload_idle()                    # keep_alive 0: unloaded once idle
 
 
-def _fill_in_middle(model: LoadedModel, prompt: str | list, body: dict) -> list[int]:
+def _fill_in_middle(model: LoadedModel, prompt: str | list, body: dict, limit: int | None = None) -> list[int]:
     """A completion with a `suffix`: the model's fill-in-the-middle prompt, the prompt before
     the gap and the suffix after it, each read as plain text (a FIM token written in the code
-    is no FIM token), as llama-server's /infill reads them; a model without FIM tokens: a 400."""
+    is no FIM token), as llama-server's /infill reads them; a model without FIM tokens: a 400.
+    `limit`: at most that many tokens, the pieces cut around the gap (fim_pieces_fitted), so
+    that the FIM tokens stay (`truncate` cutting the whole prompt's front would drop them)."""
     tokenizer = model.tokenizer
     if not tokenizer.can_fill_in_middle:
         refuse_insert(body)
     prefix_ids = (_in_vocab(list(prompt), model.config.n_vocab, "prompt") if isinstance(prompt, list)
                   else tokenizer.encode(prompt, add_special=False, parse_special=False))
-    return tokenizer.fill_in_middle(prefix_ids, tokenizer.encode(body["suffix"], add_special=False,
-                                                                 parse_special=False))
+    suffix_ids = tokenizer.encode(body["suffix"], add_special=False, parse_special=False)
+    if limit is not None:
+        budget = limit - len(tokenizer.fill_in_middle([], []))
+        prefix_ids, suffix_ids = fim_pieces_fitted(prefix_ids, suffix_ids, budget)
+    return tokenizer.fill_in_middle(prefix_ids, suffix_ids)
+
+
+def fim_pieces_fitted(prefix_ids: list[int], suffix_ids: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """The prefix and suffix in `budget` tokens, cut around the gap as llama-server's /infill
+    cuts them: the end of the prefix (the code right before the cursor) and the start of the
+    suffix, the suffix taking a quarter of the room, or what the prefix leaves when more."""
+    budget = max(0, budget)
+    suffix_take = min(len(suffix_ids), max(budget // 4, budget - len(prefix_ids)))
+    prefix_take = min(len(prefix_ids), budget - suffix_take)
+    return prefix_ids[len(prefix_ids) - prefix_take:], suffix_ids[:suffix_take]
 
 
 def _in_vocab(ids: list, vocab_size: int, param: str) -> list[int]:
