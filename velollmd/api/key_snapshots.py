@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
-from ..cache.statefile import StateFileError, read_state_file, seal, unseal
-from ..core.statewriter import StateWriter
+from ..cache.statefile import StateFileError, seal, unseal
+from ..core.statewriter import UNREADABLE, StateWriter
 from ..sched.keylimits import KeyLedger
 from ..wire import wirejson
 
@@ -72,12 +71,8 @@ class KeySnapshots:
         """Own the directory and restore the windows of its state file (if any and intact),
         for the keys configured now. Periodic writes need a running loop."""
         directory = self.writer.own(self._kept_in(), self.interval_s)
-        if not directory or not os.path.isdir(directory):
-            return
-        try:
-            state = read_state_file(directory, WINDOWS_NAME, decode_windows, "key limits")
-        except OSError as exc:
-            log.warning("key limits unreadable", extra={"fields": {"error": str(exc)}})
+        state = self.writer.read(directory, decode_windows)
+        if state is UNREADABLE:
             return
         restored = self.ledger.restore(state) if state is not None else 0
         self.writer.restored(restored)

@@ -19,11 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import OrderedDict
 
-from ..cache.statefile import StateFileError, read_state_file, seal, unseal
-from ..core.statewriter import StateWriter
+from ..cache.statefile import StateFileError, seal, unseal
+from ..core.statewriter import UNREADABLE, StateWriter
 from ..wire import wirejson
 from ..wire.responses_items import find_item, with_unique_ids
 
@@ -191,15 +190,11 @@ class StoreSnapshots:
     def _restore(self, directory: str) -> int:
         """Load the state file of `directory` (just owned) into the store, under what is in
         memory; the number of responses kept."""
-        if not directory or not os.path.isdir(directory):
-            return 0
-        try:
-            rows = read_state_file(directory, STORE_NAME, decode_entries, "response store") or []
-        except OSError as exc:
-            log.warning("response store unreadable", extra={"fields": {"error": str(exc)}})
+        rows = self.writer.read(directory, decode_entries)
+        if rows is UNREADABLE:
             return 0
         was_empty = not len(self.store)
-        self.store.load(rows)
+        self.store.load(rows or [])
         if was_empty:
             self.writer.restored(len(self.store))
         return len(self.store)

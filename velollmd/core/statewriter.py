@@ -16,10 +16,11 @@ import logging
 import os
 from typing import Callable
 
-from ..cache.statefile import StateFileTaken, lock_state_file, write_state_file
+from ..cache.statefile import StateFileTaken, lock_state_file, read_state_file, write_state_file
 
 log = logging.getLogger(__name__)
 _UNWRITTEN = object()                                  # no generation of the state is on disk
+UNREADABLE = object()                                  # read(): no directory, or its file unreadable (warned)
 
 
 class StateWriter:
@@ -69,6 +70,18 @@ class StateWriter:
         if self._lock is not None:
             os.close(self._lock)                       # (the lock goes with the descriptor)
             self._lock = None
+
+    def read(self, directory: str, decode: Callable[[bytes], object]) -> object:
+        """The state file of `directory` (just owned) decoded, None when there is none (a corrupt
+        one set aside: cache/statefile.read_state_file); UNREADABLE with no such directory, or
+        when reading failed (warned): then there is nothing to restore."""
+        if not directory or not os.path.isdir(directory):
+            return UNREADABLE
+        try:
+            return read_state_file(directory, self.name, decode, self.what)
+        except OSError as exc:
+            log.warning(f"{self.what} unreadable", extra={"fields": {"error": str(exc)}})
+            return UNREADABLE
 
     def restored(self, num_restored: int) -> None:
         """What is in memory came from the file: nothing to write until it changes. Unless it
