@@ -60,6 +60,18 @@ def in_thread(fn, *args, **kwargs):
     return thread, result
 
 
+def let_through_one_at_a_time(gate, threads) -> None:
+    """With the first of `threads`' requests at the gate and the rest queued in the daemon:
+    answer one at a time, each next request arriving before the one after it is let go, so
+    gate.arrivals is the order the daemon sent them in; then wait for every thread."""
+    for expected in range(2, len(threads) + 1):
+        gate.open(1)
+        gate.wait_arrivals(expected)
+    gate.open(1)
+    for thread, _ in threads:
+        thread.join(10)
+
+
 def wait_stats(daemon, predicate, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -158,12 +170,7 @@ def test_priority_zero_runs_before_earlier_priority_nine_requests(gate, queue_ah
         threads.append(in_thread(post_chat, daemon.port, "urgent", priority=0))
         wait_stats(daemon, lambda s: s["num_waiting"] + s["num_running"] == 4 and (
             queue_ahead == 0 or s["backends"]["gate"]["num_preempted"] == 1))
-        for expected in range(2, 5):
-            gate.open(1)
-            gate.wait_arrivals(expected)
-        gate.open(1)
-        for thread, _ in threads:
-            thread.join(10)
+        let_through_one_at_a_time(gate, threads)
     assert gate.arrivals == ["holder", "urgent", "batch0", "batch1"]
     assert all(result["value"][0] == 200 for _, result in threads)
     assert gate.num_dropped == (0 if queue_ahead == 0 else 1)
@@ -185,12 +192,7 @@ def test_a_keys_configured_priority_is_a_ceiling_for_the_header(gate):
         for i, (content, priority, key) in enumerate(sent):
             threads.append(in_thread(post_chat, daemon.port, content, priority=priority, key=key))
             wait_stats(daemon, lambda s, n=i + 1: s["num_waiting"] == n)
-        for expected in range(2, 6):
-            gate.open(1)
-            gate.wait_arrivals(expected)
-        gate.open(1)
-        for thread, _ in threads:
-            thread.join(10)
+        let_through_one_at_a_time(gate, threads)
     assert status == 400 and body["error"]["param"] == "x-velollm-priority"
     assert gate.arrivals == ["holder", "plain6", "batch0", "plain8", "batch9"]
     assert all(result["value"][0] == 200 for _, result in threads)
