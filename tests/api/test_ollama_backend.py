@@ -2,8 +2,11 @@
 import json
 
 import httpx
+import ollama
 import openai
 import pytest
+
+from tests.daemon_rig import ollama_backend
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -83,6 +86,26 @@ def test_completions_use_api_generate(client, ollama_emulator):
 def test_embeddings_through_api_embed(client):
     reply = client.embeddings.create(model="nomic-embed-text:latest", input=["a cat", "a dog"])
     assert len(reply.data) == 2 and len(reply.data[0].embedding) == 64
+
+
+def test_embeddings_run_with_the_configured_context_as_chats_do(daemon_factory, ollama_emulator):
+    """/v1/embeddings on Ollama asks for the backend's num_ctx (a request's own wins), as a chat
+    does and as /api/embed through us does with the client's options: else Ollama cuts a long
+    input at its default context without a word."""
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator, num_ctx=8192)]})
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="none", max_retries=0)
+    client.embeddings.create(model="nomic-embed-text:latest", input="a long text")
+    sent = ollama_emulator.last_request("/api/embed")
+    assert sent["options"] == {"num_ctx": 8192} and "truncate" not in sent
+    client.chat.completions.create(model="llama3.2:latest", messages=MESSAGES)
+    assert ollama_emulator.last_request("/api/chat")["options"]["num_ctx"] == 8192
+    client.embeddings.create(model="nomic-embed-text:latest", input="x", extra_body={"num_ctx": 4096, "truncate": False})
+    sent = ollama_emulator.last_request("/api/embed")
+    assert sent["options"] == {"num_ctx": 4096} and sent["truncate"] is False
+    ollama.Client(host=daemon.url).embed(model="nomic-embed-text:latest", input="x", options={"num_ctx": 2048},
+                                         truncate=False)
+    sent = ollama_emulator.last_request("/api/embed")
+    assert sent["options"]["num_ctx"] == 2048 and sent["truncate"] is False
 
 
 def test_ollama_404_is_model_not_found(client, ollama_emulator):

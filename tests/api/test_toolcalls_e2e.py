@@ -4,6 +4,7 @@ import json
 
 import anthropic
 import httpx
+import ollama
 import openai
 import pytest
 
@@ -248,3 +249,52 @@ def test_a_call_cut_by_max_tokens_keeps_finish_reason_length(tool_daemon, ollama
         model=MODEL, max_tokens=9, messages=[{"role": "user", "content": "weather"}],
         tools=[{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}])
     assert message.stop_reason == "max_tokens" and message.content[0].type == "tool_use"
+
+
+CHATTY_CALL = 'Sure, let me check.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+WEATHER_TOOL = {"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}
+FLAT_WEATHER = {"type": "function", "name": "get_weather", "parameters": WEATHER["function"]["parameters"]}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("anthropic_choice, responses_choice", [
+    ({"type": "any"}, "required"), ({"type": "tool", "name": "get_weather"}, {"type": "function", "name": "get_weather"}),
+], ids=["required", "named"])
+def test_a_forced_call_comes_without_the_text_before_it_on_every_api(tool_daemon, ollama_emulator, stream,
+                                                                      anthropic_choice, responses_choice):
+    """tool_choice any / tool (Anthropic), required / a function (Responses, Ollama's /api/chat
+    on a backend that is no Ollama): the answer is the call alone, as Anthropic and OpenAI give
+    it; the model's chatter before it is not an answer the client asked for."""
+    ollama_emulator.script(CHATTY_CALL)
+    messages = anthropic.Anthropic(base_url=tool_daemon.url, api_key="x", max_retries=0).messages
+    args = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "weather"}],
+            "tools": [WEATHER_TOOL], "tool_choice": anthropic_choice}
+    if stream:
+        with messages.stream(**args) as events:
+            message = events.get_final_message()
+    else:
+        message = messages.create(**args)
+    assert [(b.type, b.input) for b in message.content] == [("tool_use", {"city": "Oslo"})]
+
+    ollama_emulator.script(CHATTY_CALL)
+    client = openai.OpenAI(base_url=tool_daemon.url + "/v1", api_key="x", max_retries=0)
+    args = {"model": MODEL, "input": "weather", "tools": [FLAT_WEATHER], "tool_choice": responses_choice}
+    response = ([e for e in client.responses.create(**args, stream=True)][-1].response if stream
+                else client.responses.create(**args))
+    assert [(item.type, item.arguments) for item in response.output] == [("function_call", '{"city": "Oslo"}')]
+    assert response.output_text == ""
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_ollama_chat_keeps_the_text_before_a_call_as_its_api_forces_none(daemon_factory, ollama_emulator, stream):
+    """Ollama's /api/chat has no tool_choice: every call is the model's own choice ("auto"),
+    so the text before it stays, on a backend that is no Ollama too."""
+    backend = {"name": "compat", "kind": "openai", "url": ollama_emulator.url, "models": ["llama3*"]}
+    daemon = daemon_factory({"backends": [backend], "cache": {"enabled": False}})
+    ollama_emulator.script(CHATTY_CALL)
+    reply = ollama.Client(host=daemon.url).chat(model=MODEL, messages=[{"role": "user", "content": "weather"}],
+                                                tools=[WEATHER], stream=stream)
+    parts = list(reply) if stream else [reply]
+    assert "".join(p.message.content or "" for p in parts) == "Sure, let me check."
+    calls = [(c.function.name, dict(c.function.arguments)) for p in parts for c in p.message.tool_calls or []]
+    assert calls == [("get_weather", {"city": "Oslo"})] and parts[-1].done

@@ -101,12 +101,17 @@ class OllamaBackend(Backend):
 
     async def embeddings(self, body: dict) -> dict:
         """Ollama's /api/embed takes texts only: token ids are a 400 naming input here, not
-        sent for Ollama's "invalid input type" (or a failure that counts against the breaker)."""
+        sent for Ollama's "invalid input type" (or a failure that counts against the breaker).
+        The context is the request's num_ctx, else the configured one, as a chat's is: Ollama
+        cuts an input over its own default context (truncate) without a word otherwise."""
         if not isinstance(body["input"], str) and not all(isinstance(item, str) for item in body["input"]):
             raise BadRequest("Ollama embeds texts, not token ids", param="input")
         started = time.monotonic()
         truncate = {"truncate": body["truncate"]} if "truncate" in body else {}
-        reply = await self.post_json("/api/embed", {"model": body["model"], "input": body["input"], **truncate})
+        num_ctx = body.get("num_ctx") or self.config.num_ctx
+        options = {"options": {"num_ctx": num_ctx}} if num_ctx else {}
+        reply = await self.post_json("/api/embed", {"model": body["model"], "input": body["input"],
+                                                    **truncate, **options})
         vectors = reply.get("embeddings") or []
         return {"object": "list", "model": body["model"],
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],

@@ -73,6 +73,12 @@ class CallAssembler:
         self._keys: set[str] = set()
         self._ids: set[str] = set()
 
+    @property
+    def forces_a_call(self) -> bool:
+        """tool_choice "required" or a named function: OpenAI's answer is then the calls alone
+        (content null), and Anthropic's (tool_choice "any" / "tool") has no text before them."""
+        return self.mode in ("required", "named")
+
     def fix(self, *tokens: str) -> None:
         for token in tokens:
             if token not in self.fixes:
@@ -198,8 +204,8 @@ def collect_pieces(pieces: list, assembler: CallAssembler, reasoning: list[str])
 def finish_result(content: str | None, assembler: CallAssembler,
                   messages: list[dict] | None, reasoning: str = "") -> ToolResult:
     calls = assembler.calls
-    if calls and not content:
-        content = None
+    if calls and (not content or assembler.forces_a_call):
+        content = None                  # a forced call's chatter ("Sure, let me check.") is dropped
     return ToolResult(content=content, tool_calls=calls, fixes=list(assembler.fixes),
                       loop=assembler.config.dedup and detect_loop(calls, messages), error=assembler.error(),
                       reasoning=reasoning or None)

@@ -3,7 +3,9 @@
 Content is released as soon as it cannot be the start of a call; from a tool-call marker or a
 leading `{` / `[` on, only the call is buffered, then emitted as one complete call (the
 daemon turns it into `delta.tool_calls` chunks). Text that turns out not to be a call is
-released as content unchanged. Any chunking gives the same final result as
+released as content unchanged. With a forced tool_choice ("required", a named function) the
+content is held to the end: dropped when a call came (the answer is the calls alone, as in
+`finish_result`), released whole when none did. Any chunking gives the same final result as
 `pipeline.process_output` on the whole text.
 """
 from __future__ import annotations
@@ -46,6 +48,7 @@ class ToolCallStream:
         self.segmenter = new_segmenter(index, config)
         self.content_parts: list[str] = []
         self.reasoning_parts: list[str] = []
+        self.held: list[str] = []               # content of a forced call's answer, until the end
         self.result: ToolResult | None = None   # set by finish()
 
     def feed(self, text: str) -> list[StreamEvent]:
@@ -64,6 +67,8 @@ class ToolCallStream:
 
     def finish(self) -> list[StreamEvent]:
         events = [] if self.passthrough else self._events(self.segmenter.finish())
+        if self.held and not self.assembler.calls:
+            events.append(StreamEvent(content="".join(self.held)))
         content = "".join(self.content_parts)
         self.result = finish_result(content, self.assembler, self.messages, "".join(self.reasoning_parts))
         return events
@@ -77,7 +82,10 @@ class ToolCallStream:
         for kind, value in pieces:
             if kind == "content":
                 self.content_parts.append(value)
-                events.append(StreamEvent(content=value))
+                if self.assembler.forces_a_call:
+                    self.held.append(value)
+                else:
+                    events.append(StreamEvent(content=value))
                 continue
             if kind == "reasoning":
                 self.reasoning_parts.append(value)
