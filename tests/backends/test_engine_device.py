@@ -1,6 +1,5 @@
-"""The engine's device choice: `device = "cuda"` on a machine without a usable CUDA device (or,
-today, with one: the CUDA forward pass is not wired yet) starts, serves on the CPU, and says why
-in /health."""
+"""The engine's device choice: `device = "cuda"` on a machine without a usable CUDA device starts,
+serves on the CPU, and says why in /health; with one, it serves on the device and says which."""
 from __future__ import annotations
 
 import json
@@ -21,10 +20,18 @@ def test_cpu_is_taken_as_asked_and_auto_says_why_not_cuda():
     assert choose_device("cpu").to_dict() == {"requested": "cpu", "used": "cpu",
                                               "reason": 'device = "cpu" in the config'}
     auto = choose_device("auto")
-    assert auto.used == "cpu"
     found = kernels.probe()
-    expected = "not wired yet" if found.ok else f"no CUDA device: {found.detail}"
-    assert expected in auto.reason
+    assert auto.used == ("cuda" if found.ok else "cpu")
+    assert (found.detail in auto.reason) and (found.ok or "no CUDA device" in auto.reason)
+
+
+def test_auto_and_cuda_take_a_device_that_answers():
+    answers = lambda: kernels.Probe(True, "NVIDIA H200")            # noqa: E731
+    for requested in ("auto", "cuda"):
+        assert choose_device(requested, answers).to_dict() == {"requested": requested, "used": "cuda",
+                                                               "reason": "CUDA device NVIDIA H200"}
+    silent = lambda: kernels.Probe(False, "the CUDA driver reports no device")   # noqa: E731
+    assert choose_device("auto", silent).used == "cpu"
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +45,13 @@ def daemon(tmp_path_factory):
         yield running
 
 
-def test_device_cuda_without_a_usable_gpu_serves_on_the_cpu_and_health_says_why(daemon):
+def test_device_cuda_serves_on_the_device_that_answers_or_the_cpu_and_health_says_why(daemon):
     client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
     answer = client.chat.completions.create(model=MODEL, max_tokens=4,
                                             messages=[{"role": "user", "content": "hi"}])
     assert answer.usage.completion_tokens == 4
     with urllib.request.urlopen(daemon.url + "/health", timeout=30) as response:
         device = json.loads(response.read())["backends"][0]["engine"]["device"]
-    assert device["requested"] == "cuda" and device["used"] == "cpu"
-    assert "no CUDA device" in device["reason"] or "not wired yet" in device["reason"]
+    found = kernels.probe()
+    assert device["requested"] == "cuda" and device["used"] == ("cuda" if found.ok else "cpu")
+    assert found.detail in device["reason"]

@@ -72,3 +72,10 @@ def q8_0_bytes(weight: np.ndarray) -> np.ndarray:
 
 def f16_bytes(weight: np.ndarray) -> np.ndarray:
     return weight.astype(np.float16).view(np.uint8).reshape(-1)
+
+
+def weight_bytes(weight: np.ndarray, kind: str) -> np.ndarray:
+    """(N, K) float32 -> the raw GGUF bytes of matmul.cu's `kind` (f32, f16, q8_0)."""
+    if kind == "q8_0":
+        return q8_0_bytes(weight)
+    return f16_bytes(weight) if kind == "f16" else np.ascontiguousarray(weight, np.float32).view(np.uint8).reshape(-1)

@@ -100,12 +100,12 @@ def test_layer_ops(gpu, report_error):
     assert np.array_equal(built.embedding(to_gpu(table), to_gpu(ids)).get(), reference.embedding(table, ids))
 
 
-@pytest.mark.parametrize("kind", ["f16", "q8_0"])
+@pytest.mark.parametrize("kind", ["f32", "f16", "q8_0"])
 @pytest.mark.parametrize("rows", [1, 8, 40])
 def test_matmul(gpu, kind, rows, report_error):
     rng = np.random.default_rng(rows)
     weight = (0.1 * rng.standard_normal((70, 256))).astype(np.float32)
-    raw = cases.q8_0_bytes(weight) if kind == "q8_0" else cases.f16_bytes(weight)
+    raw = cases.weight_bytes(weight, kind)
     x = rng.standard_normal((rows, 256)).astype(np.float32)
     want = x @ quants.dequantize(raw, quants.GGML_TYPES[kind.upper()], (70, 256)).T
     got = kernels.Kernels().matmul(to_gpu(x), to_gpu(raw), kind, 70).get()

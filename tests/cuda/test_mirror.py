@@ -114,15 +114,15 @@ def test_silu_mul_and_embedding(report_error):
     assert np.array_equal(mirror.embedding(table, ids), reference.embedding(table, ids))
 
 
-@pytest.mark.parametrize("kind", ["f16", "q8_0"])
+@pytest.mark.parametrize("kind", ["f32", "f16", "q8_0"])
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 40])
 def test_matmul_gemv_and_tiled(kind, rows, report_error):
     """rows <= GEMV_MAX_ROWS take the GEMV kernel, more the tiled one; N = 70 leaves a partial tile."""
     num_out, k = 70, 256
     rng = np.random.default_rng(rows)
     weight = (0.1 * rng.standard_normal((num_out, k))).astype(np.float32)  # (N, K) as GGUF stores it
-    raw = cases.q8_0_bytes(weight) if kind == "q8_0" else cases.f16_bytes(weight)
-    ggml_type = quants.GGML_TYPES["Q8_0" if kind == "q8_0" else "F16"]
+    raw = cases.weight_bytes(weight, kind)
+    ggml_type = quants.GGML_TYPES[kind.upper()]
     x = rng.standard_normal((rows, k)).astype(np.float32)
     want = x @ quants.dequantize(raw, ggml_type, (num_out, k)).T           # (rows, N)
     kernel = mirror.gemv if rows <= sources.GEMV_MAX_ROWS else mirror.tiled_matmul

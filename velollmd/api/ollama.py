@@ -557,7 +557,8 @@ def _running_entries(backend: Backend, num_ctx_run: dict[tuple[str, str], int | 
     until = backend.loaded_until()
     if until is None:                   # loaded for good, as far as anyone here can tell
         until = {m.id: math.inf for m in backend.models}
-    return [{**_tag_entry(m), "expires_at": _expires_at(until[m.id]), "size_vram": 0,
+    return [{**_tag_entry(m), "expires_at": _expires_at(until[m.id]),
+             "size_vram": m.size if backend.in_vram(m.id) else 0,    # `ollama ps`: "100% GPU" / "100% CPU"
              "context_length": backend.context_size(m.id, num_ctx_run.get((backend.name, tagged(m.id))))}
             for m in _loaded_infos(backend, until)]
 

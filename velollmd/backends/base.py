@@ -149,6 +149,10 @@ class Backend:
         stays loaded until they end); None where the backend loads no models itself."""
         return None
 
+    def in_vram(self, model: str) -> bool:
+        """Whether a model this daemon loads itself runs in GPU memory (/api/ps's size_vram)."""
+        return False
+
     def loaded_until(self) -> dict[str, float] | None:
         """The models held in memory now, each with the wall-clock time it is unloaded once idle
         (math.inf: never), for Ollama's /api/ps; None where the server keeps its models itself."""

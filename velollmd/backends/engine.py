@@ -51,10 +51,13 @@ class EngineBackend(Backend):
         self.scheduler_config = scheduler_config or SchedulerConfig()
         self.num_slots = config.max_running
         self.slots_source = "engine"
+        self.device = choose_device(config.device)
+        log.log(logging.WARNING if config.device == "cuda" and self.device.used != "cuda" else logging.INFO,
+                "engine device", extra={"fields": {"backend": config.name, **self.device.to_dict()}})
         self.options = EngineOptions(num_ctx=config.num_ctx, kv_cache_mb=config.kv_cache_mb,
                                      block_size=config.block_size, max_batch_tokens=config.max_batch_tokens,
                                      max_running=config.max_running, chat_template=config.chat_template,
-                                     threads=config.threads)
+                                     threads=config.threads, device=self.device.used)
         self.files: dict[str, store.ModelFile] = {}
         self.unavailable: dict[str, str] = {}          # name -> why it cannot be served
         self._probed: dict[str, loader.Probe] = {}      # file identity -> its problem or architecture
@@ -66,9 +69,6 @@ class EngineBackend(Backend):
         self._loading: dict[str, asyncio.Future] = {}
         self._next_id = 0
         self._mailbox: Mailbox | None = None
-        self.device = choose_device(config.device)
-        log.log(logging.WARNING if config.device == "cuda" and self.device.used != "cuda" else logging.INFO,
-                "engine device", extra={"fields": {"backend": config.name, **self.device.to_dict()}})
 
     # ---- catalogue ----
 
@@ -150,7 +150,7 @@ class EngineBackend(Backend):
         status["engine"] = {
             "device": self.device.to_dict(),
             "unavailable": dict(self.unavailable),
-            "loaded": {name: {"path": str(m.path), "arch": m.config.arch, "num_ctx": m.num_ctx,
+            "loaded": {name: {"path": str(m.path), "arch": m.config.arch, "device": m.device, "num_ctx": m.num_ctx,
                               "kv_blocks": m.kv.num_blocks, "kv_usage": round(m.runner.scheduler.pool.usage(), 4),
                               "requests": m.runner.num_requests, "steps": m.runner.num_steps}
                        for name, m in self.loaded.items()}}
@@ -243,6 +243,10 @@ class EngineBackend(Backend):
     def loaded_model_info(self, model: str) -> ModelInfo | None:
         loaded = self.loaded.get(model)
         return self._info(loaded.file) if loaded is not None and loaded.file is not None else None
+
+    def in_vram(self, model: str) -> bool:
+        loaded = self.loaded.get(model)
+        return loaded is not None and loaded.device == "cuda"
 
     def loaded_until(self) -> dict[str, float]:
         """Each loaded model's unload time: its keep-alive after its last use (from now while

@@ -6,6 +6,7 @@ numpy int32 / float32. `probe()` says whether a CUDA device answers, and why not
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 from typing import NamedTuple
 
 import numpy as np
@@ -35,12 +36,74 @@ def probe() -> Probe:
         return Probe(False, f"CUDA driver: {exc}")
 
 
-class Kernels:
-    """The kernels compiled for one set of defines, on the caller's current CUDA context."""
+class PrimaryContext:
+    """Device 0's primary context, made current around each use: the engine loads on one worker
+    thread and steps on others, and a CUDA context is current per thread."""
 
-    def __init__(self, defines: dict[str, int] | None = None):
+    def __init__(self, ordinal: int = 0):
+        import pycuda.driver as driver
+        driver.init()
+        self._driver = driver
+        self._context = driver.Device(ordinal).retain_primary_context()
+
+    @contextmanager
+    def active(self):
+        self._context.push()
+        try:
+            yield
+        finally:
+            self._driver.Context.pop()
+
+
+class Kernels:
+    """The kernels compiled for one set of defines, on the caller's current CUDA context (or,
+    given one, on `context` made current by active()).
+
+    Besides the launchers, the few array moves the engine's CUDA forward pass needs
+    (free_bytes, to_device, to_host, zeros, empty_like, copy_blocks): tests/cuda/mirror_kernels.py offers
+    the same methods over numpy arrays, so the forward pass runs on any machine."""
+
+    def __init__(self, defines: dict[str, int] | None = None, context: PrimaryContext | None = None):
         self.defines = dict(defines or {})
+        self.context = context
         self._modules: dict[str, object] = {}
+
+    def active(self):
+        return self.context.active() if self.context is not None else nullcontext()
+
+    def free_bytes(self) -> int:
+        """Device memory free now (inside active())."""
+        import pycuda.driver as driver
+        return int(driver.mem_get_info()[0])
+
+    @staticmethod
+    def to_device(array: np.ndarray):
+        from pycuda import gpuarray
+        return gpuarray.to_gpu(np.ascontiguousarray(array))
+
+    @staticmethod
+    def to_host(array) -> np.ndarray:
+        return array.get()
+
+    @staticmethod
+    def zeros(shape: tuple[int, ...], dtype):
+        from pycuda import gpuarray
+        return gpuarray.zeros(shape, dtype)
+
+    @staticmethod
+    def empty_like(array):
+        from pycuda import gpuarray
+        return gpuarray.empty_like(array)
+
+    @staticmethod
+    def copy_blocks(caches: list, pairs: list[tuple[int, int]]) -> None:
+        """Block src -> block dst of each cache (num_blocks, ...) for each (src, dst) pair."""
+        import pycuda.driver as driver
+        for cache in caches:
+            block_bytes = cache.nbytes // cache.shape[0]
+            for src, dst in pairs:
+                driver.memcpy_dtod(int(cache.gpudata) + dst * block_bytes, int(cache.gpudata) + src * block_bytes,
+                                   block_bytes)
 
     def function(self, file: str, name: str):
         if file not in self._modules:
@@ -135,8 +198,14 @@ class Kernels:
                                             block=(256, 1, 1), grid=(token_ids.shape[0], 1))
         return out
 
+    def add_bias(self, y, bias) -> None:
+        """y (rows, n) += bias (n,) on every row, in place."""
+        num_rows, n = y.shape
+        blocks = max(1, min(4096, math.ceil(num_rows * n / 256)))
+        self.function("layer_ops.cu", "add_bias")(y, bias, I32(num_rows), I32(n), block=(256, 1, 1), grid=(blocks, 1))
+
     def matmul(self, x, weight_bytes, kind: str, num_out: int):
-        """x (M, K) f32 @ W^T for W (num_out, K) as raw GGUF bytes of kind "f16" or "q8_0"."""
+        """x (M, K) f32 @ W^T for W (num_out, K) as raw GGUF bytes of kind "f32", "f16" or "q8_0"."""
         from pycuda import gpuarray
         rows, k = x.shape
         y = gpuarray.empty((rows, num_out), np.float32)

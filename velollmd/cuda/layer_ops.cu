@@ -1,5 +1,5 @@
 // The element-wise and row-wise pieces of a llama layer: RMSNorm, RoPE (both pairings),
-// SiLU-mul and the embedding gather. Float32 activations; cuda/mirror.py replays each
+// SiLU-mul, the embedding gather and a bias row added to every row. Float32 activations; cuda/mirror.py replays each
 // decomposition and engine/ops.py is the reference.
 #include "common.cuh"
 
@@ -78,4 +78,12 @@ embedding_f16(float* __restrict__ out, const half_bits* __restrict__ table, cons
     const long token = blockIdx.x, row = token_ids[token];
     for (int i = threadIdx.x; i < n_embd; i += blockDim.x)
         out[token * n_embd + i] = f16_to_f32(table[row * n_embd + i]);
+}
+
+// y (num_rows, n) += bias (n,) on every row (qwen2's Q/K/V biases). Grid-stride over the elements.
+extern "C" __global__ void
+add_bias(float* __restrict__ y, const float* __restrict__ bias, int num_rows, int n) {
+    const long total = (long)num_rows * n;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x)
+        y[i] += bias[i % n];
 }

@@ -1,4 +1,4 @@
-// y (M, K) @ W^T for weights stored as GGUF keeps them, (N, K) rows ("out, in"): F16 or Q8_0.
+// y (M, K) @ W^T for weights stored as GGUF keeps them, (N, K) rows ("out, in"): F32, F16 or Q8_0.
 //
 // Q8_0 rows are K / 32 blocks of 34 bytes (ggml block_q8_0): a half scale d, then 32 int8 q;
 // w = d * q, dequantised in float32 exactly as ggml does.
@@ -19,6 +19,12 @@
 
 #define Q8_0_BLOCK 32
 #define Q8_0_BYTES 34
+
+struct WeightF32 {
+    static __device__ __forceinline__ float at(const unsigned char* w, long n, long k, long K) {
+        return reinterpret_cast<const float*>(w)[n * K + k];
+    }
+};
 
 struct WeightF16 {
     static __device__ __forceinline__ float at(const unsigned char* w, long n, long k, long K) {
@@ -88,12 +94,18 @@ __device__ void tiled(float* __restrict__ y, const float* __restrict__ x, const 
     }
 }
 
-// y (M, N) float32; x (M, K) float32; w: the raw GGUF bytes of an (N, K) F16 or Q8_0 tensor.
+// y (M, N) float32; x (M, K) float32; w: the raw GGUF bytes of an (N, K) F32, F16 or Q8_0 tensor.
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+gemv_f32(float* y, const float* x, const unsigned char* w, int M, int N, int K) { gemv<WeightF32>(y, x, w, M, N, K); }
+
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_f16(float* y, const float* x, const unsigned char* w, int M, int N, int K) { gemv<WeightF16>(y, x, w, M, N, K); }
 
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
 gemv_q8_0(float* y, const float* x, const unsigned char* w, int M, int N, int K) { gemv<WeightQ8_0>(y, x, w, M, N, K); }
+
+extern "C" __global__ void __launch_bounds__(TILE * TILE_ROWS)
+matmul_f32(float* y, const float* x, const unsigned char* w, int M, int N, int K) { tiled<WeightF32>(y, x, w, M, N, K); }
 
 extern "C" __global__ void __launch_bounds__(TILE * TILE_ROWS)
 matmul_f16(float* y, const float* x, const unsigned char* w, int M, int N, int K) { tiled<WeightF16>(y, x, w, M, N, K); }

@@ -226,7 +226,9 @@ def embedding(table: np.ndarray, token_ids: np.ndarray) -> np.ndarray:
 # ---- matmul.cu
 
 def weight_at(raw: np.ndarray, kind: str, n: np.ndarray, k: np.ndarray, K: int) -> np.ndarray:
-    """WeightF16::at / WeightQ8_0::at for broadcastable index arrays n, k over raw GGUF bytes."""
+    """WeightF32/F16/Q8_0::at for broadcastable index arrays n, k over raw GGUF bytes."""
+    if kind == "f32":
+        return raw.view(np.float32)[n * K + k]
     if kind == "f16":
         return raw.view(np.float16)[n * K + k].astype(F32)
     block = (n * (K // 32) + k // 32) * 34                           # byte offset of block_q8_0

@@ -11,8 +11,8 @@ KERNEL_FILES: dict[str, tuple[str, ...]] = {
                            "paged_attention_reduce"),
     "cache_write.cu": ("reshape_and_cache",),
     "prefill_attention.cu": ("prefill_attention",),
-    "layer_ops.cu": ("rms_norm", "rope", "silu_mul", "embedding_f32", "embedding_f16"),
-    "matmul.cu": ("gemv_f16", "gemv_q8_0", "matmul_f16", "matmul_q8_0"),
+    "layer_ops.cu": ("rms_norm", "rope", "silu_mul", "embedding_f32", "embedding_f16", "add_bias"),
+    "matmul.cu": ("gemv_f32", "gemv_f16", "gemv_q8_0", "matmul_f32", "matmul_f16", "matmul_q8_0"),
 }
 
 # The defaults each .cu holds under #ifndef (the numpy mirrors take the same values).

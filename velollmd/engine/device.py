@@ -1,19 +1,17 @@
 """Which device the engine computes on, and why: the seam where the CUDA kernels plug in.
 
-`device = "cpu"` is the numpy forward pass. `"auto"` and `"cuda"` ask velollmd.cuda whether
-pycuda imports and a CUDA device answers. The engine's CUDA forward pass (weights and the paged
-KV cache in GPU memory, the kernels of velollmd/cuda) is not wired yet, so today every choice
-computes on the CPU; the reason says which of the two it was (no device, or not wired yet)
-so that /health and the log tell an operator exactly what happened. Never raises: a machine
-without libcuda serves on the CPU.
+`device = "cpu"` is the numpy forward pass (model.Model). `"auto"` and `"cuda"` ask
+velollmd.cuda whether pycuda imports and a CUDA device answers; when one does, each model loads
+onto it (gpu_model.GpuModel: weights and the paged KV cache in device memory, the kernels of
+velollmd/cuda), else everything computes on the CPU. The reason says which, so that /health and
+the log tell an operator exactly what happened. Never raises: a machine without libcuda serves
+on the CPU.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ..cuda import kernels
-
-CUDA_PATH_WIRED = False     # True once model.py runs on the kernels of velollmd/cuda
 
 
 @dataclass(frozen=True)
@@ -32,7 +30,4 @@ def choose_device(requested: str, probe=kernels.probe) -> DeviceChoice:
     found = probe()
     if not found.ok:
         return DeviceChoice(requested, "cpu", f"no CUDA device: {found.detail}")
-    if not CUDA_PATH_WIRED:
-        return DeviceChoice(requested, "cpu", f"CUDA device {found.detail} answers, but the engine's CUDA "
-                                              "forward pass is not wired yet (velollmd/cuda holds the kernels)")
     return DeviceChoice(requested, "cuda", f"CUDA device {found.detail}")

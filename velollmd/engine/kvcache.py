@@ -19,10 +19,15 @@ def slot_mapping(block_table: Sequence[int], positions: np.ndarray, block_size: 
     return table[positions // block_size] * block_size + positions % block_size
 
 
+def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: np.dtype | type = np.float32) -> int:
+    """Bytes of K and V one token takes in every layer."""
+    return 2 * num_layers * num_kv_heads * head_dim * np.dtype(dtype).itemsize
+
+
 def num_blocks_for_budget(budget_mb: float, num_layers: int, block_size: int, num_kv_heads: int,
                           head_dim: int, dtype: np.dtype | type = np.float32) -> int:
     """How many blocks of K and V fit in budget_mb megabytes (2**20 bytes); at least 1."""
-    block_bytes = 2 * num_layers * block_size * num_kv_heads * head_dim * np.dtype(dtype).itemsize
+    block_bytes = block_size * kv_bytes_per_token(num_layers, num_kv_heads, head_dim, dtype)
     return max(1, int(budget_mb * 2**20) // block_bytes)
 
 

@@ -12,6 +12,7 @@ block allocator, the scheduler and the runner (not started).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -26,14 +27,17 @@ from ..sched.kvblocks import BlockPool
 from ..sched.scheduler import Scheduler
 from . import kernels
 from .gguf import GGUFFile, read_gguf
-from .kvcache import PagedKVCache
-from .model import KEPT_WEIGHTS, Model, ModelConfig
+from .gpu_model import GpuKVCache, GpuModel
+from .kvcache import PagedKVCache, kv_bytes_per_token
+from .model import KEPT_WEIGHTS, Model, ModelConfig, UnsupportedModel
 from .quants import GGML_TYPE_NAMES, SUPPORTED_TYPES, dequantize
 from .quantweight import QuantWeight
 from .runner import Runner
 from .store import ModelFile
 from .templates import ChatTemplate, find_template
 from .tokenizer import Tokenizer
+
+log = logging.getLogger("velollmd.engine")
 
 DEFAULT_NUM_CTX = 4096          # per sequence, when neither the config nor a smaller model says
 MIB = 1 << 20
@@ -48,6 +52,7 @@ class EngineOptions:
     max_running: int = 16
     chat_template: str = ""
     threads: int = 0                # matmul and BLAS threads, process-wide (0: physical cores)
+    device: str = "cpu"             # where the forward pass runs: cpu | cuda (device.choose_device's verdict)
 
 
 @dataclass
@@ -63,6 +68,7 @@ class LoadedModel:
     nbytes_weights: int
     last_used: float = 0.0
     file: ModelFile | None = None       # what it was loaded from (listed in /api/ps while it runs, file gone or not)
+    device: str = "cpu"                 # where its weights and KV cache are: cpu | cuda
 
     @property
     def identity(self) -> str:
@@ -110,20 +116,27 @@ def problem_with(path: Path, exc: Exception) -> str:
     return reason if str(path) in reason else f"{path}: {reason}"
 
 
-def load(name: str, path: Path, options: EngineOptions, scheduler_config: SchedulerConfig) -> LoadedModel:
+def load(name: str, path: Path, options: EngineOptions, scheduler_config: SchedulerConfig,
+         make_ops=None) -> LoadedModel:
+    """make_ops(config, options): the kernels a device = "cuda" load runs on (default cuda_ops:
+    the real ones on the device; tests pass the numpy mirror's)."""
+    make_ops = make_ops or cuda_ops
     kernels.set_num_threads(options.threads)
     with read_gguf(path) as gguf:
         config = ModelConfig.from_metadata(gguf.metadata, gguf.tensors.keys())
         tokenizer = Tokenizer.from_gguf(gguf.metadata)
         template, template_error = _template(gguf.metadata.get("tokenizer.chat_template"), options.chat_template)
-        model = read_model(gguf, config)
-    num_ctx = context_for(options.num_ctx, config.context_length or 0)
-    kv = PagedKVCache(config.n_layer, _num_blocks(config, options, num_ctx), options.block_size,
-                      config.n_head_kv, config.head_dim)
+        num_ctx = context_for(options.num_ctx, config.context_length or 0)
+        on_device = _load_on_device(gguf, config, options, num_ctx, make_ops) \
+            if options.device == "cuda" and cuda_runs(config) else None
+        model, kv = on_device or (read_model(gguf, config), PagedKVCache(
+            config.n_layer, _num_blocks(config, options, num_ctx, _host_free_bytes()), options.block_size,
+            config.n_head_kv, config.head_dim))
     scheduler = Scheduler(scheduler_settings(scheduler_config, options), options.max_running,
                           BlockPool(kv.num_blocks, options.block_size), reserve_output=False)
     runner = Runner(model, kv, scheduler, tokenizer, max_batch_tokens=options.max_batch_tokens, num_ctx=num_ctx)
-    return LoadedModel(name, path, config, tokenizer, template, template_error, runner, num_ctx, model.nbytes)
+    return LoadedModel(name, path, config, tokenizer, template, template_error, runner, num_ctx, model.nbytes,
+                       device="cuda" if on_device else "cpu")
 
 
 def scheduler_settings(scheduler_config: SchedulerConfig, options: EngineOptions) -> SchedulerConfig:
@@ -152,6 +165,49 @@ def _tensor(gguf: GGUFFile, name: str) -> np.ndarray:
     return dequantize(gguf.raw(name), info.ggml_type, info.shape)
 
 
+def cuda_runs(config: ModelConfig) -> bool:
+    """Whether the CUDA kernels run this model's shapes (head_dim a multiple of 32); a model
+    they do not run is served on the CPU, with a warning."""
+    if config.head_dim % 32 == 0:
+        return True
+    log.warning("engine model served on the CPU: the CUDA kernels need head_dim a multiple of 32",
+                extra={"fields": {"head_dim": config.head_dim}})
+    return False
+
+
+def cuda_ops(config: ModelConfig, options: EngineOptions):
+    """The kernels for this model's shapes on device 0's primary context."""
+    from ..cuda import kernels as cuda_kernels
+    from ..cuda.sources import engine_defines
+    defines = engine_defines(config.head_dim, options.block_size, False, config.n_head // config.n_head_kv)
+    return cuda_kernels.Kernels(defines, cuda_kernels.PrimaryContext())
+
+
+def _load_on_device(gguf: GGUFFile, config: ModelConfig, options: EngineOptions, num_ctx: int,
+                    make_ops) -> tuple[GpuModel, GpuKVCache] | None:
+    """Weights first, then as many KV blocks as the budget and the device's free memory allow.
+    None, logged, when the device fails (out of memory, a driver or compile error): the model
+    is then served on the CPU rather than not at all."""
+    try:
+        ops = make_ops(config, options)
+        model = GpuModel.load(gguf, config, ops)
+        with ops.active():
+            free = ops.free_bytes()
+        kv = GpuKVCache(ops, config.n_layer, _num_blocks(config, options, num_ctx, free), options.block_size,
+                        config.n_head_kv, config.head_dim)
+    except UnsupportedModel:
+        raise
+    except Exception as exc:        # pycuda's driver and compiler errors share no base class but Exception
+        log.warning("engine model served on the CPU: loading it on the CUDA device failed",
+                    extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
+        return None
+    return model, kv
+
+
+def _host_free_bytes() -> int:
+    return psutil.virtual_memory().available
+
+
 def _template(source: str | None, override: str) -> tuple[ChatTemplate | None, str]:
     try:
         return find_template(source, override or None), ""
@@ -159,14 +215,14 @@ def _template(source: str | None, override: str) -> tuple[ChatTemplate | None, s
         return None, str(exc)
 
 
-def _num_blocks(config: ModelConfig, options: EngineOptions, num_ctx: int) -> int:
-    """KV blocks for the budget: kv_cache_mb, else num_ctx tokens for each running sequence."""
-    bytes_per_token = 2 * config.n_layer * config.n_head_kv * config.head_dim * 4   # K and V, float32
+def _num_blocks(config: ModelConfig, options: EngineOptions, num_ctx: int, free_bytes: int) -> int:
+    """KV blocks for the budget: kv_cache_mb, else num_ctx tokens for each running sequence, never
+    more than a quarter of free_bytes (the memory available now: host or device, weights loaded)."""
+    bytes_per_token = kv_bytes_per_token(config.n_layer, config.n_head_kv, config.head_dim)   # float32
     if options.kv_cache_mb:
         num_tokens = options.kv_cache_mb * MIB // bytes_per_token
-    else:       # never more than a quarter of the memory available now
-        num_tokens = min(num_ctx * options.max_running,
-                         psutil.virtual_memory().available // 4 // bytes_per_token)
+    else:
+        num_tokens = min(num_ctx * options.max_running, free_bytes // 4 // bytes_per_token)
     return max(1, math.ceil(num_tokens / options.block_size))
 
 

@@ -241,12 +241,12 @@ class AttentionPlan:
         decode = np.flatnonzero(query_lens == 1)                        # (num_decode,) seq indices
         self.decode_rows = batch.query_start[decode]                    # (num_decode,) row of each
         self.decode_lens = seq_lens[decode]                             # (num_decode,)
-        self.decode_tables = _padded_tables([batch.block_tables[i] for i in decode],
+        self.decode_tables = padded_tables([batch.block_tables[i] for i in decode],
                                             -(-int(self.decode_lens.max(initial=0)) // block_size))
         self.prefill = [i for i in range(batch.num_seqs) if query_lens[i] > 1]
 
 
-def _padded_tables(tables: list[list[int]], num_blocks: int) -> np.ndarray:
+def padded_tables(tables: list[list[int]], num_blocks: int) -> np.ndarray:
     """(num_seqs, num_blocks) int64 block ids, short tables padded with block 0 (masked anyway)."""
     padded = np.zeros((len(tables), num_blocks), dtype=np.int64)
     for row, table in enumerate(tables):

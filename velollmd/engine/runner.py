@@ -464,7 +464,7 @@ class Runner:
         """Mean-pooled final hidden state, L2-normalised: (n_embd,). Uses a private KV cache."""
         num_tokens = len(token_ids)
         num_blocks = -(-num_tokens // self.block_size)
-        kv = PagedKVCache.like(self.kv, num_blocks)
+        kv = type(self.kv).like(self.kv, num_blocks)          # on the model's device
         batch = Batch.build(np.asarray(token_ids, np.int32), np.arange(num_tokens, dtype=np.int32),
                             [num_tokens], [list(range(num_blocks))], [0],
                             np.arange(num_tokens, dtype=np.int64), self.block_size)
