@@ -14,9 +14,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.rig.llama import LlamaServer, make_tiny_model  # noqa: E402
+from tests.rig.llama import LlamaServer, make_tiny_model, tiny_gguf_tool  # noqa: E402
 from tests.rig.net import free_port  # noqa: E402,F401  (the scripts import it from here)
 from velollmd.ctl.bench.stats import percentile  # noqa: E402  (the one definition, as in velollmctl bench)
+
+MODELS_DIR = Path.home() / ".cache" / "velollm" / "bench-models"
+
+
+def model_file(shape: str, dtype: str) -> Path:
+    """The shape's GGUF, written once (to a temporary name, then renamed: a server may map it)."""
+    path = MODELS_DIR / f"{shape}-{dtype}.gguf"
+    if not path.exists():
+        MODELS_DIR.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        tiny_gguf_tool().build_tiny_gguf(partial, dtype=dtype, shape=shape)
+        partial.rename(path)
+    return path
 
 
 def summary(values: list[float]) -> dict:

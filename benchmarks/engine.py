@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 import uvloop
-from common import ROOT, Daemon, run_concurrently, start_llama_server, summary, thread_cpu_seconds
+from common import ROOT, Daemon, model_file, run_concurrently, start_llama_server, summary, thread_cpu_seconds
 
 from tests.rig.llama import tiny_gguf_tool
 from velollmd.config import SchedulerConfig
@@ -56,22 +56,10 @@ from velollmd.engine.tokenizer import Tokenizer
 from velollmd.errors import VeloError
 from velollmd.http.client import HTTPClient
 
-MODELS_DIR = Path.home() / ".cache" / "velollm" / "bench-models"
 PARALLEL = 16
 NUM_CTX = 4096
 HISTORY_TOKENS = 2000
 TARGETS = ("engine", "llama")
-
-
-def model_file(shape: str, dtype: str) -> Path:
-    """The shape's GGUF, written once (to a temporary name, then renamed: a server may map it)."""
-    path = MODELS_DIR / f"{shape}-{dtype}.gguf"
-    if not path.exists():
-        MODELS_DIR.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        tiny_gguf_tool().build_tiny_gguf(partial, dtype=dtype, shape=shape)
-        partial.rename(path)
-    return path
 
 
 def rss_mb(pid: int) -> float:

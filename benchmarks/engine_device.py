@@ -17,30 +17,15 @@ loader, runner, scheduler and CFFI allocator, stepped directly.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.rig.llama import tiny_gguf_tool  # noqa: E402
+from common import model_file  # noqa: E402  (puts the repository on sys.path)
 from velollmd.config import SchedulerConfig  # noqa: E402
 from velollmd.cuda import kernels as cuda_kernels  # noqa: E402
 from velollmd.engine import loader  # noqa: E402
 from velollmd.engine.gpu_model import GpuModel  # noqa: E402
 from velollmd.engine.sampling import SamplingParams  # noqa: E402
-
-MODELS_DIR = Path.home() / ".cache" / "velollm" / "bench-models"
-
-
-def model_file(shape: str, dtype: str) -> Path:
-    """The shape's GGUF, written once (to a temporary name, then renamed)."""
-    path = MODELS_DIR / f"{shape}-{dtype}.gguf"
-    if not path.exists():
-        MODELS_DIR.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        tiny_gguf_tool().build_tiny_gguf(partial, dtype=dtype, shape=shape)
-        partial.rename(path)
-    return path
 
 
 def load(path: Path, device: str, max_running: int) -> loader.LoadedModel:
