@@ -34,6 +34,8 @@ class MirrorKernels:
     def to_device(array: np.ndarray) -> np.ndarray:
         return np.array(array, copy=True, order="C")
 
+    keep_on_device = to_device
+
     @staticmethod
     def to_host(array: np.ndarray) -> np.ndarray:
         return array.copy()

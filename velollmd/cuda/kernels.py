@@ -60,13 +60,27 @@ class Kernels:
     given one, on `context` made current by active()).
 
     Besides the launchers, the few array moves the engine's CUDA forward pass needs
-    (free_bytes, to_device, to_host, zeros, empty_like, copy_blocks): tests/cuda/mirror_kernels.py offers
+    (free_bytes, to_device, keep_on_device, to_host, zeros, empty_like, copy_blocks): tests/cuda/mirror_kernels.py offers
     the same methods over numpy arrays, so the forward pass runs on any machine."""
 
     def __init__(self, defines: dict[str, int] | None = None, context: PrimaryContext | None = None):
         self.defines = dict(defines or {})
         self.context = context
         self._modules: dict[str, object] = {}
+        self._pool = None           # pycuda DeviceMemoryPool for the arrays of one pass, made on first use
+
+    def _allocator(self):
+        """The pool's allocate: a pass's dozens of activations reuse freed device memory instead
+        of a cuMemAlloc and cuMemFree each (pycuda's default). Long-lived arrays (weights, the KV
+        cache: keep_on_device, zeros) take plain allocations, which the pool's size bins would round up."""
+        if self._pool is None:
+            from pycuda.tools import DeviceMemoryPool
+            self._pool = DeviceMemoryPool()
+        return self._pool.allocate
+
+    def _empty(self, shape: tuple[int, ...], dtype=np.float32):
+        from pycuda import gpuarray
+        return gpuarray.empty(shape, dtype, allocator=self._allocator())
 
     def active(self):
         return self.context.active() if self.context is not None else nullcontext()
@@ -76,8 +90,14 @@ class Kernels:
         import pycuda.driver as driver
         return int(driver.mem_get_info()[0])
 
+    def to_device(self, array: np.ndarray):
+        """A pass's input (token ids, positions, tables) on the device, pooled."""
+        from pycuda import gpuarray
+        return gpuarray.to_gpu(np.ascontiguousarray(array), allocator=self._allocator())
+
     @staticmethod
-    def to_device(array: np.ndarray):
+    def keep_on_device(array: np.ndarray):
+        """A long-lived array (a weight) on the device."""
         from pycuda import gpuarray
         return gpuarray.to_gpu(np.ascontiguousarray(array))
 
@@ -90,10 +110,8 @@ class Kernels:
         from pycuda import gpuarray
         return gpuarray.zeros(shape, dtype)
 
-    @staticmethod
-    def empty_like(array):
-        from pycuda import gpuarray
-        return gpuarray.empty_like(array)
+    def empty_like(self, array):
+        return self._empty(array.shape, array.dtype)
 
     @staticmethod
     def copy_blocks(caches: list, pairs: list[tuple[int, int]]) -> None:
@@ -116,15 +134,12 @@ class Kernels:
     def _define(self, name: str, default: int) -> int:
         return int(self.defines.get(name, default))
 
-    @staticmethod
-    def decode_workspace(q, max_context_len: int, partition_size: int) -> tuple:
+    def decode_workspace(self, q, max_context_len: int, partition_size: int) -> tuple:
         """(out, tmp_out, max_logits, exp_sums) for the partitioned decode, reusable across calls."""
-        from pycuda import gpuarray
         num_seqs, num_heads, head_dim = q.shape
         num_parts = math.ceil(max_context_len / partition_size)
-        max_logits = gpuarray.empty((num_seqs, num_heads, num_parts), np.float32)
-        return (gpuarray.empty_like(q), gpuarray.empty((num_seqs, num_heads, num_parts, head_dim), np.float32),
-                max_logits, gpuarray.empty_like(max_logits))
+        return (self._empty(q.shape), self._empty((num_seqs, num_heads, num_parts, head_dim)),
+                self._empty((num_seqs, num_heads, num_parts)), self._empty((num_seqs, num_heads, num_parts)))
 
     def paged_attention_decode(self, q, k_cache, v_cache, block_tables, context_lens, scale: float,
                                max_context_len: int, partition_size: int | None = None, workspace=None):
@@ -160,10 +175,9 @@ class Kernels:
 
     def prefill_attention(self, q, k_cache, v_cache, query_start, context_lens, block_tables,
                           scale: float, max_query_len: int):
-        from pycuda import gpuarray
         num_heads, num_kv_heads = q.shape[1], k_cache.shape[2]
         q_tile = self._define("Q_TILE", sources.Q_TILE)
-        out = gpuarray.empty_like(q)
+        out = self._empty(q.shape)
         self.function("prefill_attention.cu", "prefill_attention")(
             out, q, k_cache, v_cache, query_start, context_lens, block_tables, I32(block_tables.shape[1]),
             I32(num_kv_heads), I32(num_heads // num_kv_heads), F32(scale),
@@ -182,17 +196,15 @@ class Kernels:
                                               block=(128, 1, 1), grid=(x.shape[0], 1))
 
     def silu_mul(self, gate_up):
-        from pycuda import gpuarray
         num_tokens, n_ff = gate_up.shape[0], gate_up.shape[1] // 2
-        out = gpuarray.empty((num_tokens, n_ff), np.float32)
+        out = self._empty((num_tokens, n_ff))
         blocks = min(4096, math.ceil(num_tokens * n_ff / 256))
         self.function("layer_ops.cu", "silu_mul")(out, gate_up, I32(num_tokens), I32(n_ff),
                                                   block=(256, 1, 1), grid=(blocks, 1))
         return out
 
     def embedding(self, table, token_ids):
-        from pycuda import gpuarray
-        out = gpuarray.empty((token_ids.shape[0], table.shape[1]), np.float32)
+        out = self._empty((token_ids.shape[0], table.shape[1]))
         name = "embedding_f16" if table.dtype == np.float16 else "embedding_f32"
         self.function("layer_ops.cu", name)(out, table, token_ids, I32(table.shape[1]),
                                             block=(256, 1, 1), grid=(token_ids.shape[0], 1))
@@ -206,9 +218,8 @@ class Kernels:
 
     def matmul(self, x, weight_bytes, kind: str, num_out: int):
         """x (M, K) f32 @ W^T for W (num_out, K) as raw GGUF bytes of kind "f32", "f16" or "q8_0"."""
-        from pycuda import gpuarray
         rows, k = x.shape
-        y = gpuarray.empty((rows, num_out), np.float32)
+        y = self._empty((rows, num_out))
         dims = (I32(rows), I32(num_out), I32(k))
         if rows <= self._define("GEMV_MAX_ROWS", sources.GEMV_MAX_ROWS):
             warps = self._define("GEMV_WARPS", sources.GEMV_WARPS)

@@ -261,5 +261,5 @@ class _Uploader:
 
     def _put(self, array: np.ndarray):
         self.nbytes += array.nbytes
-        return self.ops.to_device(array)
+        return self.ops.keep_on_device(array)
 
