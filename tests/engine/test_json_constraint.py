@@ -3,12 +3,14 @@ every token, and the sampler against a brute-force masked argmax / distribution.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 
 from velollmd.engine.json_constraint import (
     INITIAL,
+    MAX_DECIMAL_EXPONENT,
     MAX_DIGITS,
     MAX_WHITESPACE_RUN,
     JsonConstraint,
@@ -68,9 +70,42 @@ def test_strings_hold_well_formed_utf8_only(data):
 
 def test_digit_runs_are_bounded_so_a_number_ends():
     digits = "1" * MAX_DIGITS
-    assert is_complete(fed(f'{{"a":-{digits}.{digits}e+{digits}}}'))
-    for number in ("1" + digits, f"1.{digits}1", f"1e{digits}1", f"-{digits}1"):
+    assert is_complete(fed(f'{{"a":-{digits}.{digits}e+{MAX_DECIMAL_EXPONENT - MAX_DIGITS}}}'))
+    for number in ("1" + digits, f"1.{digits}1", "1e0001", f"-{digits}1"):
         assert fed(f'{{"a":{number}') is None, number
+
+
+def admitted(number: str) -> bool:
+    state = fed(f'{{"a":{number}}}')
+    return state is not None and is_complete(state)
+
+
+def test_every_number_admitted_is_a_finite_double():
+    """The largest mantissas of every integer length, with the exponents around the bound, and
+    random numbers: whatever the recogniser takes, Python reads as a finite float."""
+    rng = np.random.default_rng(0)
+    numbers = [f"{'9' * n}.{'9' * MAX_DIGITS}e+{x}" for n in range(1, MAX_DIGITS + 1) for x in range(280, 320)]
+    numbers += [f"0.{'9' * MAX_DIGITS}e{x}" for x in range(300, 1000)]
+    numbers += [f"{rng.integers(1, 10 ** 9)}.{rng.integers(0, 10 ** 6)}e{rng.choice(['', '+', '-'])}"
+                f"{rng.integers(0, 1000):0{rng.integers(1, 4)}d}" for _ in range(2000)]
+    taken = [n for n in numbers if admitted(n)]
+    assert f"9.{'9' * MAX_DIGITS}e+307" in taken and len(taken) > 1000       # up to the bound
+    assert all(math.isfinite(json.loads(f'{{"a":{n}}}')["a"]) for n in taken)
+
+
+@pytest.mark.parametrize("number, taken", [
+    ("1e307", True), ("9.9e307", True), ("0.9e308", True), ("1e-999", True), ("-1e-5", True), ("12e306", True),
+    ("1e308", False), ("1e309", False), ("12e307", False), ("1e9999999", False), ("1e-1000", False),
+    ("0.5e309", False), ("1" * MAX_DIGITS + "e293", False), ("1" * MAX_DIGITS + "e292", True)])
+def test_exponents_are_bounded_where_the_number_would_overflow(number, taken):
+    assert admitted(number) is taken, number
+
+
+def test_an_integer_schema_admits_no_fraction_nor_exponent():
+    root = compile_schema({"type": "object", "properties": {"n": {"type": "integer"}}})
+    assert is_complete(feed(initial_state(root), b'{"n":-120}'))
+    for text in (b'{"n":1.0', b'{"n":1e3', b'{"n":1E', b'{"n":-0.', b'{"n":1' + b"0" * MAX_DIGITS):
+        assert feed(initial_state(root), text) is None, text
 
 
 def test_whitespace_runs_are_bounded_so_the_end_comes():

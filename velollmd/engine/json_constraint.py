@@ -11,7 +11,8 @@ the root object). Whitespace before the object is allowed (SentencePiece's "▁{
 
 With a schema (engine/json_schema.py compiles it to nodes), the same automaton also follows
 the node each value must match: an object's keys are its schema's, in order, and every value
-starts and runs as its type allows. Runs of digits are at most MAX_DIGITS long.
+starts and runs as its type allows. Runs of digits are at most MAX_DIGITS long, and every
+number admitted is finite as a double (its exponent bounded).
 
 A state is an immutable tuple (mode, aux, stack, ws): `stack` a tuple of the open containers'
 frames, `aux` the mode's detail (a number's part, a literal's remaining texts, a string's
@@ -37,11 +38,19 @@ MAX_WHITESPACE_RUN = 20
  DONE) = range(13)
 _WHITESPACE = frozenset(b" \t\n\r")
 
-# NUMBER / INTEGER aux: part + 8 * digits of that part so far, the part being where in
-# -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? the number is; each run of digits is at most
-# MAX_DIGITS long (llama.cpp's grammars bound them too), so a number cannot run on forever
+# NUMBER / INTEGER aux: (part, digits, limit, exponent): the part being where in
+# -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? the number is, `digits` the digits of that
+# part so far. Each run of digits is at most MAX_DIGITS long (llama.cpp's grammars bound them
+# too), so a number cannot run on forever, and an exponent at most MAX_EXPONENT_DIGITS. Every
+# number admitted is finite as a double (a JSON reader's float, JavaScript's Number): `limit` is
+# the largest exponent the number may take, MAX_DECIMAL_EXPONENT less its integer digits (with
+# n of them it is below 10 ** (n + exponent), and 10 ** 308 < 1.8e308, the largest double; a
+# negative exponent only shrinks it), and `exponent` the exponent's value so far.
 N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_E_SIGN, N_EXP = range(8)
 MAX_DIGITS = 16
+MAX_EXPONENT_DIGITS = 3
+MAX_DECIMAL_EXPONENT = 308
+_NEGATIVE_EXPONENT_LIMIT = 10 ** MAX_EXPONENT_DIGITS - 1
 _NUMBER_ENDS = frozenset((N_ZERO, N_INT, N_FRAC, N_EXP))
 _DIGITS = frozenset(b"0123456789")
 
@@ -136,8 +145,8 @@ def _value_start(node, stack: tuple, byte: int) -> tuple | None:
     if byte == 0x22 and kind in (None, "string"):
         return (STRING, 0, stack, 0)
     if (byte == 0x2D or byte in _DIGITS) and kind in (None, "number", "integer"):
-        part = N_MINUS if byte == 0x2D else (N_ZERO if byte == 0x30 else N_INT) + 8   # + its first digit
-        return (INTEGER if kind == "integer" else NUMBER, part, stack, 0)
+        number = _number_start(byte)
+        return (INTEGER if kind == "integer" else NUMBER, number, stack, 0)
     options = ANY_LITERALS.get(byte, ()) if kind is None else node[1] if kind == "literal" else ()
     return _literal_step((options, None), stack, byte) if options else None
 
@@ -208,27 +217,56 @@ def _literal_step(aux: tuple, stack: tuple, byte: int) -> tuple | None:
     return None
 
 
-def _number_step(mode: int, aux: int, stack: tuple, byte: int) -> tuple | None:
-    aux, num_digits = aux & 7, aux >> 3
-    digit = byte in _DIGITS
-    fraction = mode == NUMBER                          # INTEGER: no fraction, no exponent
-    if aux == N_MINUS:
-        nxt = (N_ZERO if byte == 0x30 else N_INT) if digit else None
-    elif aux in (N_ZERO, N_INT):
-        nxt = N_INT if digit and aux == N_INT else None
-        if nxt is None and fraction:
-            nxt = N_DOT if byte == 0x2E else N_E if byte in b"eE" else None
-    elif aux == N_DOT or aux == N_FRAC:
-        nxt = N_FRAC if digit else N_E if aux == N_FRAC and byte in b"eE" else None
-    elif aux == N_E:
-        nxt = N_EXP if digit else N_E_SIGN if byte in b"+-" else None
-    else:                                              # N_E_SIGN, N_EXP
-        nxt = N_EXP if digit else None
-    if nxt is not None and (not digit or num_digits < MAX_DIGITS):
-        return (mode, nxt + 8 * (num_digits + 1 if digit else 0), stack, 0)
-    if aux not in _NUMBER_ENDS:
+def _number_start(byte: int) -> tuple:
+    """A number's aux after its first byte, a minus or a digit."""
+    if byte == 0x2D:
+        return (N_MINUS, 0, MAX_DECIMAL_EXPONENT, 0)
+    if byte == 0x30:
+        return (N_ZERO, 1, MAX_DECIMAL_EXPONENT, 0)
+    return (N_INT, 1, MAX_DECIMAL_EXPONENT - 1, 0)
+
+
+def _number_step(mode: int, aux: tuple, stack: tuple, byte: int) -> tuple | None:
+    part = aux[0]
+    nxt = _number_part(part, byte, fraction=mode == NUMBER)
+    grown = _number_grown(aux, nxt, byte) if nxt is not None else None
+    if grown is not None:
+        return (mode, grown, stack, 0)
+    if part not in _NUMBER_ENDS:
         return None
     return step(_value_done(stack), byte)              # the number ended: the byte is what follows
+
+
+def _number_part(part: int, byte: int, *, fraction: bool) -> int | None:
+    """The part `byte` takes a number to, None when it does not go on (INTEGER: no fraction,
+    no exponent)."""
+    digit = byte in _DIGITS
+    if part == N_MINUS:
+        return (N_ZERO if byte == 0x30 else N_INT) if digit else None
+    if part in (N_ZERO, N_INT):
+        if digit and part == N_INT:
+            return N_INT
+        return (N_DOT if byte == 0x2E else N_E if byte in b"eE" else None) if fraction else None
+    if part == N_DOT or part == N_FRAC:
+        return N_FRAC if digit else N_E if part == N_FRAC and byte in b"eE" else None
+    if part == N_E:
+        return N_EXP if digit else N_E_SIGN if byte in b"+-" else None
+    return N_EXP if digit else None                    # N_E_SIGN, N_EXP
+
+
+def _number_grown(aux: tuple, nxt: int, byte: int) -> tuple | None:
+    """The aux once `byte` has taken the number to part `nxt`; None when a bound refuses it."""
+    part, digits, limit, exponent = aux
+    if byte not in _DIGITS:                            # '.', 'e', a sign: a new part begins
+        return (nxt, 0, _NEGATIVE_EXPONENT_LIMIT if byte == 0x2D else limit, exponent)
+    if nxt == N_EXP:
+        exponent = exponent * 10 + byte - 0x30
+        if digits >= MAX_EXPONENT_DIGITS or exponent > limit:
+            return None
+        return (nxt, digits + 1, limit, exponent)
+    if digits >= MAX_DIGITS:
+        return None
+    return (nxt, digits + 1, limit - 1 if nxt == N_INT else limit, exponent)
 
 
 def _string_step(mode: int, aux: int, stack: tuple, byte: int) -> tuple | None:
