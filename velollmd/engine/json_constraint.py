@@ -10,8 +10,9 @@ complete only the end of the sequence remains (as with llama.cpp's grammar: noth
 the root object). Whitespace before the object is allowed (SentencePiece's "▁{").
 
 With a schema (engine/json_schema.py compiles it to nodes), the same automaton also follows
-the node each value must match: an object's keys are its schema's, in order, and every value
-starts and runs as its type allows. Runs of digits are at most MAX_DIGITS long, and every
+the node each value must match: an object's keys are its schema's, in order (or, for a map,
+free strings, as many as its maxProperties allows), and every value starts and runs as its
+type allows. Runs of digits are at most MAX_DIGITS long, and every
 number admitted is finite as a double (its exponent bounded).
 
 A state is an immutable tuple (mode, aux, stack, ws): `stack` a tuple of the open containers'
@@ -62,7 +63,8 @@ _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _CONTINUATION = ((0x80, 0xBF), (0xA0, 0xBF), (0x80, 0x9F), (0x90, 0xBF), (0x80, 0x8F))   # by range
 
 # Schema nodes (engine/json_schema.py makes them): what a value may be. None: any JSON value;
-# ("object", ((b'"key"', node), ...)): exactly those keys in that order; ("array", item node,
+# ("object", ((b'"key"', node), ...)): exactly those keys in that order; ("map", value node,
+# maxProperties or None): any keys (JSON strings), each value of that node; ("array", item node,
 # minItems, maxItems or None); ("string",), ("number",), ("integer",); ("literal", (b"true",
 # b"false", ...)): one of the texts; ("union", (node, ...)): the one node its first byte starts
 # (no two start alike). A stack frame is ("{", node, number of properties begun) or
@@ -138,7 +140,7 @@ def _value_start(node, stack: tuple, byte: int) -> tuple | None:
     kind = node[0] if node is not None else None
     if kind == "union":
         return next((s for choice in node[1] if (s := _value_start(choice, stack, byte)) is not None), None)
-    if byte == 0x7B and kind in (None, "object"):
+    if byte == 0x7B and kind in (None, "object", "map"):
         return (OBJ_FIRST, 0, stack + (("{", node, 0),), 0)
     if byte == 0x5B and kind in (None, "array"):
         return (ARRAY_FIRST, 0, stack + (("[", node, 0),), 0)
@@ -152,15 +154,28 @@ def _value_start(node, stack: tuple, byte: int) -> tuple | None:
 
 
 def _key_start(stack: tuple, byte: int) -> tuple | None:
-    """The first byte of an object's next property: any key, or the schema's next one."""
+    """The first byte of an object's next property: any key (a map's while its maxProperties
+    allows one more), or the schema's next one."""
     _, node, begun = stack[-1]
     if node is None:
         return (KEY_STRING, 0, stack, 0) if byte == 0x22 else None
+    framed = stack[:-1] + (("{", node, begun + 1),)
+    if node[0] == "map":
+        return (KEY_STRING, 0, framed, 0) if byte == 0x22 and _map_has_room(node, begun) else None
     if begun >= len(node[1]):
         return None
     key, value_node = node[1][begun]
-    framed = stack[:-1] + (("{", node, begun + 1),)
     return _literal_step(((key,), (COLON, value_node, framed, 0)), framed, byte)
+
+
+def _map_has_room(node: tuple, begun: int) -> bool:
+    return node[2] is None or begun < node[2]
+
+
+def _free_key_value(stack: tuple):
+    """The node of the value after a free key: any (no schema) or the map's values'."""
+    node = stack[-1][1]
+    return node[1] if node is not None else None
 
 
 def _item_start(stack: tuple, byte: int) -> tuple | None:
@@ -181,19 +196,22 @@ def _next_member(stack: tuple) -> tuple | None:
         if node[3] is not None and begun >= node[3]:
             return None
         return (VALUE, node[1], stack[:-1] + (("[", node, begun + 1),), 0)
+    if node is not None and node[0] == "map":
+        return (KEY, 0, stack, 0) if _map_has_room(node, begun) else None
     return (KEY, 0, stack, 0) if node is None or begun < len(node[1]) else None
 
 
 def _close(stack: tuple, byte: int) -> tuple | None:
     """'}' or ']' closing the innermost container, when it is the one open (and, for an
-    object with a schema, after its last property; for an array, after its minItems)."""
+    object with a schema, after its last property; for an array, after its minItems; a map,
+    after any member)."""
     if not stack:
         return None
     kind, node, begun = stack[-1]
     if kind == "[":
         enough = node is None or begun >= node[2]
         return _value_done(stack[:-1]) if byte == 0x5D and enough else None
-    if byte != 0x7D or node is not None and begun != len(node[1]):
+    if byte != 0x7D or node is not None and node[0] == "object" and begun != len(node[1]):
         return None
     return _value_done(stack[:-1])
 
@@ -272,7 +290,7 @@ def _number_grown(aux: tuple, nxt: int, byte: int) -> tuple | None:
 def _string_step(mode: int, aux: int, stack: tuple, byte: int) -> tuple | None:
     if aux == 0:
         if byte == 0x22:
-            return (COLON, None, stack, 0) if mode == KEY_STRING else _value_done(stack)
+            return (COLON, _free_key_value(stack), stack, 0) if mode == KEY_STRING else _value_done(stack)
         if byte == 0x5C:
             return (mode, ESCAPE, stack, 0)
         if byte < 0x20:
