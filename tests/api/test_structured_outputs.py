@@ -19,7 +19,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from tests.daemon_rig import RunningDaemon, engine_backend
-from tests.rig.llama import make_tiny_model
+from tests.rig.llama import make_tiny_model, token_id
 
 ENGINE_MODEL = "tiny-engine"
 MESSAGES = [{"role": "user", "content": "who lives here?"}]
@@ -49,6 +49,12 @@ class Person(BaseModel):
     tags: list[str] = Field(min_length=1, max_length=2)
     scores: list[float]
     neighbours: list[Address] = Field(max_length=1)
+
+
+class Tally(BaseModel):
+    """dict[str, X]: an object without properties whose values are X (additionalProperties)."""
+    counts: dict[str, int] = Field(max_length=3)
+    notes: dict[str, Optional[str]] = Field(max_length=2)
 
 
 class Stamped(BaseModel):
@@ -105,6 +111,20 @@ def test_chat_parse_with_a_pydantic_model_answers_an_instance_of_it(engine, seed
     assert choice.finish_reason == "stop" and isinstance(choice.message.parsed, Person)
     assert 1 <= len(choice.message.parsed.tags) <= 2 and len(choice.message.parsed.neighbours) <= 1
     assert_a_person_in_schema_order(choice.message.content)
+
+
+def test_chat_parse_with_dict_fields_answers_free_keys_with_values_of_their_type(engine):
+    """pydantic's dict[str, int] (additionalProperties: {"type": "integer"}, maxProperties)
+    answers keys of the model's choosing, not always the empty object (a bias on '"' makes the
+    tiny model open keys rather than close the maps at once)."""
+    bias = {"logit_bias": {str(token_id('"')): 4}}
+    answers = [engine.chat.completions.parse(response_format=Tally, **sampled(seed), extra_body=bias).choices[0]
+               for seed in range(3)]
+    assert all(choice.finish_reason == "stop" and isinstance(choice.message.parsed, Tally) for choice in answers)
+    tallies = [json.loads(choice.message.content) for choice in answers]
+    assert all(len(t["counts"]) <= 3 and len(t["notes"]) <= 2 for t in tallies)
+    assert all(type(v) is int for t in tallies for v in t["counts"].values())
+    assert any(t["counts"] for t in tallies) and any(t["notes"] for t in tallies), tallies
 
 
 def test_chat_stream_with_a_pydantic_model_parses_and_equals_the_whole_answer(engine):

@@ -71,6 +71,35 @@ def test_thinking_off_constrains_from_the_first_token(client):
         assert isinstance(json.loads(message.content), dict)
 
 
+def test_thinking_off_streams_json_from_the_first_chunk_with_no_reasoning(daemon, client):
+    """The prompt ends with the empty think block (the template wrote "</think>"): the stream's
+    first text is the object's "{", and no chunk carries reasoning_content, empty or not."""
+    kwargs = dict(model=MODEL, messages=HI, max_tokens=60, temperature=0, logit_bias=THINK, response_format=JSON,
+                  extra_body=OFF)
+    whole = client.chat.completions.create(**kwargs).choices[0].message.content
+    deltas = [c.choices[0].delta for c in client.chat.completions.create(stream=True, **kwargs) if c.choices]
+    assert all("reasoning_content" not in (d.model_extra or {}) for d in deltas)
+    texts = [d.content for d in deltas if d.content]
+    assert texts[0].lstrip().startswith("{") and "".join(texts) == whole and isinstance(json.loads(whole), dict)
+    chunks = list(ollama.Client(host=daemon.url).chat(model=MODEL, messages=HI, format="json", think=False,
+                                                      stream=True, options={"num_predict": 60, "temperature": 0}))
+    assert not any(c.message.thinking for c in chunks) and "".join(c.message.content for c in chunks) == whole
+
+
+@pytest.mark.parametrize("extra", [{}, {"extra_body": OFF}])
+def test_a_prefilled_turn_with_its_thinking_closed_is_history_not_the_answers_thinking(client, extra):
+    """A trailing assistant turn whose "</think>" is closed is rendered as a turn of its own
+    (as vLLM renders it without continue_final_message): the answer thinks anew before its JSON
+    (thinking on), or is JSON from the first token (off), and its reasoning_content is its own
+    thought or absent, never the prefill's, nor an empty one."""
+    prefill = {"role": "assistant", "content": "<think>\nearlier\n</think>\n\n"}
+    answer = client.chat.completions.create(model=MODEL, messages=[*HI, prefill], max_tokens=60, temperature=0,
+                                            logit_bias=THINK, response_format=JSON, **extra)
+    message = answer.choices[0].message
+    assert answer.choices[0].finish_reason == "stop" and isinstance(json.loads(message.content), dict)
+    assert (message.model_extra or {}).get("reasoning_content") == (None if extra else THOUGHT)
+
+
 def test_a_cut_while_thinking_is_length_with_the_thinking_and_no_content(daemon, client):
     answer = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=8, temperature=0,
                                             response_format=JSON)

@@ -3,12 +3,14 @@ every token, and the sampler against a brute-force masked argmax / distribution.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 
 from velollmd.engine.json_constraint import (
     INITIAL,
+    MAX_DECIMAL_EXPONENT,
     MAX_DIGITS,
     MAX_WHITESPACE_RUN,
     JsonConstraint,
@@ -68,9 +70,42 @@ def test_strings_hold_well_formed_utf8_only(data):
 
 def test_digit_runs_are_bounded_so_a_number_ends():
     digits = "1" * MAX_DIGITS
-    assert is_complete(fed(f'{{"a":-{digits}.{digits}e+{digits}}}'))
-    for number in ("1" + digits, f"1.{digits}1", f"1e{digits}1", f"-{digits}1"):
+    assert is_complete(fed(f'{{"a":-{digits}.{digits}e+{MAX_DECIMAL_EXPONENT - MAX_DIGITS}}}'))
+    for number in ("1" + digits, f"1.{digits}1", "1e0001", f"-{digits}1"):
         assert fed(f'{{"a":{number}') is None, number
+
+
+def admitted(number: str) -> bool:
+    state = fed(f'{{"a":{number}}}')
+    return state is not None and is_complete(state)
+
+
+def test_every_number_admitted_is_a_finite_double():
+    """The largest mantissas of every integer length, with the exponents around the bound, and
+    random numbers: whatever the recogniser takes, Python reads as a finite float."""
+    rng = np.random.default_rng(0)
+    numbers = [f"{'9' * n}.{'9' * MAX_DIGITS}e+{x}" for n in range(1, MAX_DIGITS + 1) for x in range(280, 320)]
+    numbers += [f"0.{'9' * MAX_DIGITS}e{x}" for x in range(300, 1000)]
+    numbers += [f"{rng.integers(1, 10 ** 9)}.{rng.integers(0, 10 ** 6)}e{rng.choice(['', '+', '-'])}"
+                f"{rng.integers(0, 1000):0{rng.integers(1, 4)}d}" for _ in range(2000)]
+    taken = [n for n in numbers if admitted(n)]
+    assert f"9.{'9' * MAX_DIGITS}e+307" in taken and len(taken) > 1000       # up to the bound
+    assert all(math.isfinite(json.loads(f'{{"a":{n}}}')["a"]) for n in taken)
+
+
+@pytest.mark.parametrize("number, taken", [
+    ("1e307", True), ("9.9e307", True), ("0.9e308", True), ("1e-999", True), ("-1e-5", True), ("12e306", True),
+    ("1e308", False), ("1e309", False), ("12e307", False), ("1e9999999", False), ("1e-1000", False),
+    ("0.5e309", False), ("1" * MAX_DIGITS + "e293", False), ("1" * MAX_DIGITS + "e292", True)])
+def test_exponents_are_bounded_where_the_number_would_overflow(number, taken):
+    assert admitted(number) is taken, number
+
+
+def test_an_integer_schema_admits_no_fraction_nor_exponent():
+    root = compile_schema({"type": "object", "properties": {"n": {"type": "integer"}}})
+    assert is_complete(feed(initial_state(root), b'{"n":-120}'))
+    for text in (b'{"n":1.0', b'{"n":1e3', b'{"n":1E', b'{"n":-0.', b'{"n":1' + b"0" * MAX_DIGITS):
+        assert feed(initial_state(root), text) is None, text
 
 
 def test_whitespace_runs_are_bounded_so_the_end_comes():
@@ -274,6 +309,10 @@ def one_property(schema: dict, **root) -> dict:
     ({"type": "object", "required": ["b"]}, "required"), ({"type": "array"}, "top level"),
     ({"anyOf": [{"type": "object"}, {"type": "null"}]}, "top level"),
     (one_property({"type": "integer", "enum": ["x"]}), "enum"),
+    (one_property({"type": "object", "properties": {"b": {}, "c": {}}, "maxProperties": 1}), "maxProperties is below"),
+    (one_property({"type": "object", "maxProperties": "2"}), "schema.properties.a.maxProperties"),
+    (one_property({"type": "object", "additionalProperties": {"type": "string", "minLength": 2}}),
+     "schema.properties.a.additionalProperties: 'minLength'"),
 ])
 def test_schemas_outside_the_subset_are_refused_by_name(schema, keyword):
     body = {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
@@ -400,3 +439,61 @@ def test_sampling_under_unions_and_bounds_writes_objects_of_the_schema(seed):
     value = json.loads(text)
     assert list(value) == ["a", "b"] and isinstance(value["b"], (str, bool))
     assert value["a"] is None or 1 <= len(value["a"]) <= 2 and all(type(x) is int for x in value["a"])
+
+
+# ---- maps: an object without properties (pydantic's dict[str, X]) -----------------------------
+
+COUNTS = {"type": "object", "properties": {"counts": {"type": "object", "additionalProperties": {"type": "integer"},
+                                                      "maxProperties": 2},
+                                           "any": {"type": "object", "additionalProperties": True},
+                                           "none": {"type": "object", "additionalProperties": False}},
+          "required": ["counts", "any", "none"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("text, complete", [
+    ('{"counts":{},"any":{},"none":{}}', True), ('{"counts":{"a":1,"b b":-2},"any":{"x":[1,{"y":"z"}]},"none":{}}', True),
+    ('{"counts":{ "é" : 3 },"any":{"a":1,"a":2},"none":{ }}', True), ('{"counts":{"a":', False),
+    ('{"counts":{"a":1,"b":2,', None), ('{"counts":{"a":"1"', None), ('{"counts":{"a":1.5', None),
+    ('{"counts":{a', None), ('{"counts":{"a":1},"any":{},"none":{"', None), ('{"counts":{"a":1,}', None)])
+def test_a_map_takes_free_keys_with_values_of_its_schema_up_to_max_properties(text, complete):
+    state = feed(initial_state(compile_schema(COUNTS)), text.encode())
+    assert (None if state is None else is_complete(state)) is complete, text
+
+
+@pytest.mark.parametrize("text", ['{"counts":{', '{"counts":{"', '{"counts":{"ab', '{"counts":{"a"', '{"counts":{"a":',
+                                  '{"counts":{"a":1', '{"counts":{"a":1,', '{"counts":{"a":1,"b":12',
+                                  '{"counts":{},"any":{"a":', '{"counts":{},"any":{},"none":{'])
+def test_the_full_mask_under_a_map_is_every_token_checked(text):
+    root = compile_schema(COUNTS)
+    constraint = JsonConstraint(JsonVocab(TOKENIZER, VOCAB), END_IDS, root)
+    constraint.state = feed(initial_state(root), text.encode())
+    assert constraint.state is not None
+    data, mask = text.encode(), constraint.mask()
+    for token_id in range(TOKENIZER.vocab_size):
+        if token_id not in END_IDS and not TOKENIZER.is_special(token_id) and TOKENIZER.token_bytes(token_id):
+            assert mask[token_id] == (
+                feed(initial_state(root), data + TOKENIZER.token_bytes(token_id)) is not None), token_id
+
+
+def scripted(sampler: Sampler, wishes: list[list[str]]) -> str:
+    """Each step's logits rank the wished pieces first (the first highest); the text written."""
+    tokens = []
+    for wish in wishes:
+        logits = np.zeros(VOCAB, np.float32)                                   # (vocab,)
+        for rank, piece in enumerate(wish):
+            logits[TOKENIZER.piece_to_id(piece) if piece else END_IDS[0]] = 10.0 - rank
+        tokens.append(sampler.sample(logits, tokens).token_id)
+    return TOKENIZER.decode(t for t in tokens if t not in END_IDS)
+
+
+def test_greedy_sampling_writes_a_maps_keys_and_stops_at_max_properties():
+    """The model wants more keys than maxProperties, a string value and a fraction: it gets
+    integers, and the map closes after two keys ("" wishes the end token)."""
+    schema = {"type": "object", "properties": {"ab": COUNTS["properties"]["counts"]}}
+    body = {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+            "temperature": 0}
+    sampler = Sampler(SamplingParams.from_request(body, eos_token_ids=END_IDS), VOCAB,
+                      json_vocab=JsonVocab(TOKENIZER, VOCAB))
+    text = scripted(sampler, [["{"], ['"'], ["ab"], ['":'], ["{"], ['"'], ["a"], ['":'], ['"', "0.5", "12"],
+                              [",", "}"], ['"'], ["b"], ['":"', '":'], ["1"], [",", ".", "}"], ["", "}"], [""]])
+    assert text == '{"ab":{"a":12,"b":1}}' and sampler.constraint.complete

@@ -12,7 +12,9 @@ text is split as llama-server and Ollama split it: the thinking, without its tag
 `reasoning_content`; what follows the closing tag is `content`; a text that does not open with
 the tag is all content, unless the thinking is `opened` already (JSON mode: the object comes
 after the thinking, whatever comes first). A stream sends each part as it grows, holding back
-what may be the start of a tag, so that its deltas add up to the whole answer's parts.
+what may be the start of a tag, so that its deltas add up to the whole answer's parts; each
+choice's ThinkingSplit keeps where the parts are between tokens, so that a token costs the
+length of its text, not that of the whole answer.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ class AnswerBuilder:
         self.request_id, self.model, self.chat, self.tokenizer = request_id, model, chat, tokenizer
         self.think_tags = think_tags if chat else None
         self.thinking_opened = thinking_opened
-        self.sent = [(0, 0)] * n                             # stream: (reasoning, content) lengths sent
+        self.splits = [ThinkingSplit(think_tags, opened=thinking_opened) for _ in range(n)] if self.think_tags else []
         self.created = int(time.time())
         self.texts = [""] * n
         self.finish = [None] * n
@@ -117,11 +119,8 @@ class AnswerBuilder:
         split from the thinking, the parts grown since the last chunk."""
         if self.think_tags is None:
             return {"content": event.text} if event.text else {}
-        reasoning, content = split_thinking(self.texts[index], self.think_tags,
-                                            final=event.finish_reason is not None, opened=self.thinking_opened)
-        num_reasoning, num_content = self.sent[index]
-        self.sent[index] = (len(reasoning), len(content))
-        delta = {"reasoning_content": reasoning[num_reasoning:], "content": content[num_content:]}
+        reasoning, content = self.splits[index].grown(self.texts[index], final=event.finish_reason is not None)
+        delta = {"reasoning_content": reasoning, "content": content}
         return {key: text for key, text in delta.items() if text}
 
     def _drop_stop_logprobs(self, index: int) -> None:
@@ -221,20 +220,83 @@ def split_thinking(text: str, tags: tuple[str, str], *, final: bool, opened: boo
     the thinking not `opened`, is all content. Not `final` (a stream's text so far): a possible
     start of a tag is held back, and so is trailing whitespace, so each result is a prefix of
     the final one."""
-    start, end = tags
-    body = text.lstrip()
-    if body.startswith(start):
-        body = body[len(start):]
-    elif not final and start.startswith(body):
-        return "", ""                                  # the opening tag may still be coming
-    elif not opened:
-        return "", text                                # it answered without thinking
-    at = body.find(end)
-    if at >= 0:
-        return body[:at].strip(), body[at + len(end):].lstrip()
-    if final:
-        return body.strip(), ""                        # cut while thinking: no answer yet
-    return body[:len(body) - _tag_start_at_end(body, end)].strip(), ""
+    return ThinkingSplit(tags, opened=opened).grown(text, final=final)
+
+
+class ThinkingSplit:
+    """split_thinking of one choice's text as it grows: `grown` gives what each part gained
+    since the last call, and the split's progress (where the thinking starts, how far the
+    closing tag was looked for, where each part's stripped text begins and ends) is kept
+    between calls, so each one reads only the text added since the last (and a tag's length
+    before it) however long the answer."""
+
+    def __init__(self, tags: tuple[str, str], *, opened: bool):
+        self.start, self.end = tags
+        self.opened = opened
+        self.body_at: int | None = None         # where the thinking starts (None: not known yet)
+        self.answer_at: int | None = None       # where the answer starts (after the closing tag)
+        self.scanned = 0                        # the thinking is read up to here
+        self.reasoning_span: tuple[int, int] | None = None   # its text less the outer whitespace
+        self.reasoning_sent = 0
+        self.content_at: int | None = None      # where the answer's text starts (its whitespace skipped)
+        self.content_sent = 0
+
+    def grown(self, text: str, *, final: bool) -> tuple[str, str]:
+        """(reasoning, content) added since the last call, `text` being the last one's grown."""
+        if self.body_at is None and self.answer_at is None and not self._opening(text, final):
+            return "", ""
+        reasoning = self._thinking(text, final) if self.answer_at is None else ""
+        return reasoning, self._answer(text) if self.answer_at is not None else ""
+
+    def _opening(self, text: str, final: bool) -> bool:
+        """Whether the text has shown how it opens (with the tag, or not); a text of whitespace or
+        of the tag's start, not final, has not."""
+        body = text.lstrip()
+        lead = len(text) - len(body)
+        if body.startswith(self.start):
+            self.body_at = lead + len(self.start)
+        elif not final and self.start.startswith(body):
+            return False                                 # the opening tag may still be coming
+        elif not self.opened:
+            self.answer_at = self.content_at = 0         # it answered without thinking: all content
+        else:
+            self.body_at = lead
+        self.scanned = self.body_at or 0
+        return True
+
+    def _thinking(self, text: str, final: bool) -> str:
+        """The reasoning added: up to the closing tag once written, else (not final) short of a
+        possible start of it and of trailing whitespace."""
+        at = text.find(self.end, self.scanned)           # before it: no tag, nor the start of one
+        if at >= 0:
+            stop, self.answer_at = at, at + len(self.end)
+        elif final:
+            stop = len(text)
+        else:
+            stop = len(text) - _tag_start_at_end(text[max(self.body_at, len(text) - len(self.end) + 1):], self.end)
+        piece = text[self.scanned:stop]
+        kept = piece.rstrip()
+        if kept:
+            first = self.reasoning_span[0] if self.reasoning_span else self.scanned + len(piece) - len(piece.lstrip())
+            self.reasoning_span = (first, self.scanned + len(kept))
+        self.scanned = max(self.scanned, stop)
+        if self.reasoning_span is None:
+            return ""
+        first, last = self.reasoning_span
+        added, self.reasoning_sent = text[max(first, self.reasoning_sent):last], max(last, self.reasoning_sent)
+        return added
+
+    def _answer(self, text: str) -> str:
+        """The content added: everything after the closing tag but its leading whitespace."""
+        if self.content_at is None:
+            rest = text[max(self.answer_at, self.content_sent):]
+            if not rest.strip():
+                self.content_sent = len(text)                # whitespace so far: skipped
+                return ""
+            self.content_at = len(text) - len(rest.lstrip())
+        added = text[max(self.content_at, self.content_sent):]
+        self.content_sent = len(text)
+        return added
 
 
 def _tag_start_at_end(text: str, tag: str) -> int:

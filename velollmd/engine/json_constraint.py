@@ -10,8 +10,10 @@ complete only the end of the sequence remains (as with llama.cpp's grammar: noth
 the root object). Whitespace before the object is allowed (SentencePiece's "▁{").
 
 With a schema (engine/json_schema.py compiles it to nodes), the same automaton also follows
-the node each value must match: an object's keys are its schema's, in order, and every value
-starts and runs as its type allows. Runs of digits are at most MAX_DIGITS long.
+the node each value must match: an object's keys are its schema's, in order (or, for a map,
+free strings, as many as its maxProperties allows), and every value starts and runs as its
+type allows. Runs of digits are at most MAX_DIGITS long, and every
+number admitted is finite as a double (its exponent bounded).
 
 A state is an immutable tuple (mode, aux, stack, ws): `stack` a tuple of the open containers'
 frames, `aux` the mode's detail (a number's part, a literal's remaining texts, a string's
@@ -37,11 +39,19 @@ MAX_WHITESPACE_RUN = 20
  DONE) = range(13)
 _WHITESPACE = frozenset(b" \t\n\r")
 
-# NUMBER / INTEGER aux: part + 8 * digits of that part so far, the part being where in
-# -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? the number is; each run of digits is at most
-# MAX_DIGITS long (llama.cpp's grammars bound them too), so a number cannot run on forever
+# NUMBER / INTEGER aux: (part, digits, limit, exponent): the part being where in
+# -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? the number is, `digits` the digits of that
+# part so far. Each run of digits is at most MAX_DIGITS long (llama.cpp's grammars bound them
+# too), so a number cannot run on forever, and an exponent at most MAX_EXPONENT_DIGITS. Every
+# number admitted is finite as a double (a JSON reader's float, JavaScript's Number): `limit` is
+# the largest exponent the number may take, MAX_DECIMAL_EXPONENT less its integer digits (with
+# n of them it is below 10 ** (n + exponent), and 10 ** 308 < 1.8e308, the largest double; a
+# negative exponent only shrinks it), and `exponent` the exponent's value so far.
 N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_E_SIGN, N_EXP = range(8)
 MAX_DIGITS = 16
+MAX_EXPONENT_DIGITS = 3
+MAX_DECIMAL_EXPONENT = 308
+_NEGATIVE_EXPONENT_LIMIT = 10 ** MAX_EXPONENT_DIGITS - 1
 _NUMBER_ENDS = frozenset((N_ZERO, N_INT, N_FRAC, N_EXP))
 _DIGITS = frozenset(b"0123456789")
 
@@ -53,7 +63,8 @@ _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 _CONTINUATION = ((0x80, 0xBF), (0xA0, 0xBF), (0x80, 0x9F), (0x90, 0xBF), (0x80, 0x8F))   # by range
 
 # Schema nodes (engine/json_schema.py makes them): what a value may be. None: any JSON value;
-# ("object", ((b'"key"', node), ...)): exactly those keys in that order; ("array", item node,
+# ("object", ((b'"key"', node), ...)): exactly those keys in that order; ("map", value node,
+# maxProperties or None): any keys (JSON strings), each value of that node; ("array", item node,
 # minItems, maxItems or None); ("string",), ("number",), ("integer",); ("literal", (b"true",
 # b"false", ...)): one of the texts; ("union", (node, ...)): the one node its first byte starts
 # (no two start alike). A stack frame is ("{", node, number of properties begun) or
@@ -129,29 +140,42 @@ def _value_start(node, stack: tuple, byte: int) -> tuple | None:
     kind = node[0] if node is not None else None
     if kind == "union":
         return next((s for choice in node[1] if (s := _value_start(choice, stack, byte)) is not None), None)
-    if byte == 0x7B and kind in (None, "object"):
+    if byte == 0x7B and kind in (None, "object", "map"):
         return (OBJ_FIRST, 0, stack + (("{", node, 0),), 0)
     if byte == 0x5B and kind in (None, "array"):
         return (ARRAY_FIRST, 0, stack + (("[", node, 0),), 0)
     if byte == 0x22 and kind in (None, "string"):
         return (STRING, 0, stack, 0)
     if (byte == 0x2D or byte in _DIGITS) and kind in (None, "number", "integer"):
-        part = N_MINUS if byte == 0x2D else (N_ZERO if byte == 0x30 else N_INT) + 8   # + its first digit
-        return (INTEGER if kind == "integer" else NUMBER, part, stack, 0)
+        number = _number_start(byte)
+        return (INTEGER if kind == "integer" else NUMBER, number, stack, 0)
     options = ANY_LITERALS.get(byte, ()) if kind is None else node[1] if kind == "literal" else ()
     return _literal_step((options, None), stack, byte) if options else None
 
 
 def _key_start(stack: tuple, byte: int) -> tuple | None:
-    """The first byte of an object's next property: any key, or the schema's next one."""
+    """The first byte of an object's next property: any key (a map's while its maxProperties
+    allows one more), or the schema's next one."""
     _, node, begun = stack[-1]
     if node is None:
         return (KEY_STRING, 0, stack, 0) if byte == 0x22 else None
+    framed = stack[:-1] + (("{", node, begun + 1),)
+    if node[0] == "map":
+        return (KEY_STRING, 0, framed, 0) if byte == 0x22 and _map_has_room(node, begun) else None
     if begun >= len(node[1]):
         return None
     key, value_node = node[1][begun]
-    framed = stack[:-1] + (("{", node, begun + 1),)
     return _literal_step(((key,), (COLON, value_node, framed, 0)), framed, byte)
+
+
+def _map_has_room(node: tuple, begun: int) -> bool:
+    return node[2] is None or begun < node[2]
+
+
+def _free_key_value(stack: tuple):
+    """The node of the value after a free key: any (no schema) or the map's values'."""
+    node = stack[-1][1]
+    return node[1] if node is not None else None
 
 
 def _item_start(stack: tuple, byte: int) -> tuple | None:
@@ -172,19 +196,22 @@ def _next_member(stack: tuple) -> tuple | None:
         if node[3] is not None and begun >= node[3]:
             return None
         return (VALUE, node[1], stack[:-1] + (("[", node, begun + 1),), 0)
+    if node is not None and node[0] == "map":
+        return (KEY, 0, stack, 0) if _map_has_room(node, begun) else None
     return (KEY, 0, stack, 0) if node is None or begun < len(node[1]) else None
 
 
 def _close(stack: tuple, byte: int) -> tuple | None:
     """'}' or ']' closing the innermost container, when it is the one open (and, for an
-    object with a schema, after its last property; for an array, after its minItems)."""
+    object with a schema, after its last property; for an array, after its minItems; a map,
+    after any member)."""
     if not stack:
         return None
     kind, node, begun = stack[-1]
     if kind == "[":
         enough = node is None or begun >= node[2]
         return _value_done(stack[:-1]) if byte == 0x5D and enough else None
-    if byte != 0x7D or node is not None and begun != len(node[1]):
+    if byte != 0x7D or node is not None and node[0] == "object" and begun != len(node[1]):
         return None
     return _value_done(stack[:-1])
 
@@ -208,33 +235,62 @@ def _literal_step(aux: tuple, stack: tuple, byte: int) -> tuple | None:
     return None
 
 
-def _number_step(mode: int, aux: int, stack: tuple, byte: int) -> tuple | None:
-    aux, num_digits = aux & 7, aux >> 3
-    digit = byte in _DIGITS
-    fraction = mode == NUMBER                          # INTEGER: no fraction, no exponent
-    if aux == N_MINUS:
-        nxt = (N_ZERO if byte == 0x30 else N_INT) if digit else None
-    elif aux in (N_ZERO, N_INT):
-        nxt = N_INT if digit and aux == N_INT else None
-        if nxt is None and fraction:
-            nxt = N_DOT if byte == 0x2E else N_E if byte in b"eE" else None
-    elif aux == N_DOT or aux == N_FRAC:
-        nxt = N_FRAC if digit else N_E if aux == N_FRAC and byte in b"eE" else None
-    elif aux == N_E:
-        nxt = N_EXP if digit else N_E_SIGN if byte in b"+-" else None
-    else:                                              # N_E_SIGN, N_EXP
-        nxt = N_EXP if digit else None
-    if nxt is not None and (not digit or num_digits < MAX_DIGITS):
-        return (mode, nxt + 8 * (num_digits + 1 if digit else 0), stack, 0)
-    if aux not in _NUMBER_ENDS:
+def _number_start(byte: int) -> tuple:
+    """A number's aux after its first byte, a minus or a digit."""
+    if byte == 0x2D:
+        return (N_MINUS, 0, MAX_DECIMAL_EXPONENT, 0)
+    if byte == 0x30:
+        return (N_ZERO, 1, MAX_DECIMAL_EXPONENT, 0)
+    return (N_INT, 1, MAX_DECIMAL_EXPONENT - 1, 0)
+
+
+def _number_step(mode: int, aux: tuple, stack: tuple, byte: int) -> tuple | None:
+    part = aux[0]
+    nxt = _number_part(part, byte, fraction=mode == NUMBER)
+    grown = _number_grown(aux, nxt, byte) if nxt is not None else None
+    if grown is not None:
+        return (mode, grown, stack, 0)
+    if part not in _NUMBER_ENDS:
         return None
     return step(_value_done(stack), byte)              # the number ended: the byte is what follows
+
+
+def _number_part(part: int, byte: int, *, fraction: bool) -> int | None:
+    """The part `byte` takes a number to, None when it does not go on (INTEGER: no fraction,
+    no exponent)."""
+    digit = byte in _DIGITS
+    if part == N_MINUS:
+        return (N_ZERO if byte == 0x30 else N_INT) if digit else None
+    if part in (N_ZERO, N_INT):
+        if digit and part == N_INT:
+            return N_INT
+        return (N_DOT if byte == 0x2E else N_E if byte in b"eE" else None) if fraction else None
+    if part == N_DOT or part == N_FRAC:
+        return N_FRAC if digit else N_E if part == N_FRAC and byte in b"eE" else None
+    if part == N_E:
+        return N_EXP if digit else N_E_SIGN if byte in b"+-" else None
+    return N_EXP if digit else None                    # N_E_SIGN, N_EXP
+
+
+def _number_grown(aux: tuple, nxt: int, byte: int) -> tuple | None:
+    """The aux once `byte` has taken the number to part `nxt`; None when a bound refuses it."""
+    part, digits, limit, exponent = aux
+    if byte not in _DIGITS:                            # '.', 'e', a sign: a new part begins
+        return (nxt, 0, _NEGATIVE_EXPONENT_LIMIT if byte == 0x2D else limit, exponent)
+    if nxt == N_EXP:
+        exponent = exponent * 10 + byte - 0x30
+        if digits >= MAX_EXPONENT_DIGITS or exponent > limit:
+            return None
+        return (nxt, digits + 1, limit, exponent)
+    if digits >= MAX_DIGITS:
+        return None
+    return (nxt, digits + 1, limit - 1 if nxt == N_INT else limit, exponent)
 
 
 def _string_step(mode: int, aux: int, stack: tuple, byte: int) -> tuple | None:
     if aux == 0:
         if byte == 0x22:
-            return (COLON, None, stack, 0) if mode == KEY_STRING else _value_done(stack)
+            return (COLON, _free_key_value(stack), stack, 0) if mode == KEY_STRING else _value_done(stack)
         if byte == 0x5C:
             return (mode, ESCAPE, stack, 0)
         if byte < 0x20:

@@ -2,7 +2,7 @@
 output format) as the recogniser's schema nodes (engine/json_constraint.py).
 
 The subset is enforced exactly, and anything outside it is refused by name (a 400), never
-ignored: `type` object (with `properties`, `required`, `additionalProperties`), array (with
+ignored: `type` object (with `properties`, `required`, `additionalProperties`, `maxProperties`), array (with
 `items`, `minItems`, `maxItems`), string, number, integer, boolean, null; `enum` and `const`;
 `$ref` to the schema's `$defs` / `definitions` (not recursively); `anyOf` / `oneOf` and a list
 of types (`["string", "null"]`) whose choices each start with a different character (a string
@@ -10,7 +10,10 @@ or null, an object or null: pydantic's Optional), enum and const choices merged;
 one schema; the annotations (title, description, ...). An object is written with every one of
 its properties, in the schema's order, and no other (as llama.cpp's and Ollama's schema
 grammars write the required ones): that satisfies `required` and `additionalProperties`
-whatever they say. The top level is an object.
+whatever they say. An object without `properties` is a map (pydantic's dict[str, X]): any keys,
+each value of its `additionalProperties` schema (any value when that is true or absent), at
+most `maxProperties` of them; `additionalProperties: false` there is the empty object. The
+top level is an object.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import json
 _ANNOTATIONS = frozenset(("title", "description", "$schema", "$id", "$comment", "default", "examples",
                           "$defs", "definitions"))
 _KEYWORDS = frozenset(("type", "properties", "required", "additionalProperties", "items", "enum", "const",
-                       "minItems", "maxItems", "$ref", "anyOf", "oneOf", "allOf"))
+                       "minItems", "maxItems", "maxProperties", "$ref", "anyOf", "oneOf", "allOf"))
 _TYPES = {"string": str, "number": (int, float), "integer": int, "boolean": bool, "null": type(None),
           "object": dict, "array": list}
 _NUMBER_STARTS = frozenset(b"-0123456789")
@@ -32,7 +35,7 @@ class SchemaError(ValueError):
 def compile_schema(schema) -> tuple:
     """The root node of `schema`, which must describe an object."""
     node = _Compiler(schema).node(schema, "schema")
-    if node is None or node[0] != "object":
+    if node is None or node[0] not in ("object", "map"):
         raise SchemaError('the top level must be an object schema ({"type": "object", ...})')
     return node
 
@@ -137,17 +140,28 @@ class _Compiler:
         required = schema.get("required", [])
         if not isinstance(required, list) or any(name not in properties for name in required):
             raise SchemaError(f"{where}.required: names a property that 'properties' does not describe")
+        most = _bound(schema, "maxProperties", where)
+        extra = schema.get("additionalProperties", True)
+        if not properties and extra is not False:
+            return ("map", self.node(extra, f"{where}.additionalProperties"), most)
+        if most is not None and most < len(properties):
+            raise SchemaError(f"{where}: maxProperties is below the number of properties, all of which are written")
         return ("object", tuple((_compact(name), self.node(value, f"{where}.properties.{name}"))
                                 for name, value in properties.items()))
 
     def _array(self, schema: dict, where: str) -> tuple:
-        low, high = schema.get("minItems", 0), schema.get("maxItems")
-        for name, bound in (("minItems", low), ("maxItems", high)):
-            if bound is not None and not (type(bound) is int and bound >= 0):
-                raise SchemaError(f"{where}.{name}: expected a non-negative integer")
+        low, high = _bound(schema, "minItems", where) or 0, _bound(schema, "maxItems", where)
         if high is not None and high < low:
             raise SchemaError(f"{where}: maxItems is below minItems")
         return ("array", self.node(schema.get("items", True), f"{where}.items"), low, high)
+
+
+def _bound(schema: dict, name: str, where: str) -> int | None:
+    """minItems, maxItems, maxProperties: a non-negative integer, or None when absent."""
+    bound = schema.get(name)
+    if bound is not None and not (type(bound) is int and bound >= 0):
+        raise SchemaError(f"{where}.{name}: expected a non-negative integer")
+    return bound
 
 
 def _first_bytes(node: tuple) -> frozenset[int]:
@@ -156,7 +170,7 @@ def _first_bytes(node: tuple) -> frozenset[int]:
     if kind == "literal":
         return frozenset(text[0] for text in node[1])
     return _NUMBER_STARTS if kind in ("number", "integer") else frozenset(
-        {"object": b"{", "array": b"[", "string": b'"'}[kind])
+        {"object": b"{", "map": b"{", "array": b"[", "string": b'"'}[kind])
 
 
 def _literal(schema: dict, kinds: list, where: str) -> tuple:
