@@ -87,6 +87,7 @@ def test_logits_match_the_cpu_float32_forward(tmp_path, make_ops, arch, dtype, p
     report_error(f"engine forward {arch}, prefill/mixed/decode, partition {partition}", dtype, max(errors),
                  BOUND[dtype])
     if isinstance(ops, MirrorKernels):
+        assert ops.launches["compile_all"] == 1                           # at load, not at the first request
         expected = "paged_attention_decode_partitioned" if partition else "paged_attention_decode"
         assert ops.launches[expected] == cpu.config.n_layer               # the decode-only pass, once a layer
         assert ops.launches["prefill_attention"] == 2 * cpu.config.n_layer

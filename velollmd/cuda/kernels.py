@@ -131,6 +131,12 @@ class Kernels:
                 options=sources.define_flags(self.defines), include_dirs=[str(sources.CUDA_DIR)])
         return self._modules[file].get_function(name)
 
+    def compile_all(self) -> None:
+        """Build every kernel file now (nvcc, about 0.5 s each), so that a model's first request
+        does not wait for it."""
+        for file, entries in sources.KERNEL_FILES.items():
+            self.function(file, entries[0])
+
     def _define(self, name: str, default: int) -> int:
         return int(self.defines.get(name, default))
 

@@ -106,6 +106,7 @@ class GpuModel:
     @classmethod
     def load(cls, gguf: GGUFFile, config: ModelConfig, ops) -> "GpuModel":
         with ops.active():
+            ops.compile_all()
             return _Uploader(gguf, config, ops).model()
 
     def forward(self, batch: Batch, kv: GpuKVCache) -> np.ndarray:
