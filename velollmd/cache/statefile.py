@@ -186,6 +186,18 @@ def read_state_file(directory: str, name: str, decode: Callable[[bytes], T], wha
     return previous
 
 
+def written_ns(directory: str, name: str) -> int:
+    """When the state file read_state_file just loaded was written (ns since the epoch): the
+    file's, else the previous one's (the file was set aside); 0 with neither."""
+    path = os.path.join(directory, name)
+    for candidate in (path, path + PREVIOUS_SUFFIX):
+        try:
+            return os.stat(candidate).st_mtime_ns
+        except OSError:
+            continue
+    return 0
+
+
 def _load_previous(path: str, decode: Callable[[bytes], T]) -> T | None:
     try:
         return _load(path, decode)
