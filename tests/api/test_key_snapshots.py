@@ -120,6 +120,51 @@ def test_a_reload_turns_the_file_on_moves_it_and_turns_it_off(tmp_path, ollama_e
         assert daemon.app.key_snapshots.writer.directory == str(tmp_path / "a")
 
 
+def test_a_reload_that_turns_the_path_on_restores_the_windows_an_earlier_run_left(tmp_path, ollama_emulator):
+    """rpm 2 used up and written on shutdown; a restart with path "" gives fresh windows (one
+    request goes through); a reload (SIGHUP) back to the path merges the earlier run's two
+    requests with this run's one: still limited, as the restart to the path would have been."""
+    keys_dir = tmp_path / "keys"
+    with DaemonProcess(daemon_toml(ollama_emulator, keys_dir, limit="rpm = 2"), tmp_path) as daemon:
+        chat(daemon, "one")
+        chat(daemon, "two")
+        assert_over_the_request_limit(daemon)
+        assert daemon.stop() == 0                            # the windows on disk
+        on, off = f'[key_limits]\npath = "{keys_dir}"', '[key_limits]\npath = ""'
+        daemon.config.write_text(daemon.config.read_text().replace(on, off))
+        daemon.start()
+        chat(daemon, "fresh windows: memory only")
+        daemon.config.write_text(daemon.config.read_text().replace(off, on))
+        daemon.reload()
+        assert_over_the_request_limit(daemon)
+        assert any(r["msg"] == "key limits merged with its snapshot" and r["keys"] == 1
+                   for r in daemon.log_records("info"))
+
+
+def assert_over_the_request_limit(daemon: DaemonProcess) -> None:
+    with pytest.raises(openai.RateLimitError) as info:
+        chat(daemon, "one more")
+    assert "requests per minute (limit 2)" in info.value.message
+
+
+def test_turning_the_path_off_and_on_again_counts_nothing_twice(tmp_path, ollama_emulator):
+    """The file there holds this run's own windows (written before the reload that turned the
+    path off): merged again they would count each token twice."""
+    def table(path: str) -> dict:
+        return {"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False},
+                "keys": [{"name": "nightly", "key": KEY, "tokens_per_day": 1000, "rpm": 100}],
+                "key_limits": {"path": path, "snapshot_interval_s": 0.05}}
+    keys_dir = tmp_path / "keys"
+    with RunningDaemon(table(str(keys_dir))) as daemon:
+        used = chat(daemon, "counted once").usage.total_tokens
+        assert wait_for(lambda: tokens_kept(keys_dir / WINDOWS_NAME) == used)
+        daemon.reload(table(""))
+        daemon.reload(table(str(keys_dir)))
+        [usage] = daemon.app.ledger.usage()
+        assert usage["window"]["tokens_last_day"] == used
+        assert len(daemon.app.ledger.accounts["nightly"].requests.times) == 1
+
+
 def test_a_newer_or_well_sealed_but_wrong_file_is_not_trusted():
     """A newer format is told apart (statefile leaves it for a newer daemon); a sealed payload
     of the wrong shape is corrupt."""

@@ -278,3 +278,34 @@ def test_a_new_directory_with_a_snapshot_is_merged_under_the_store_in_memory(tmp
     again = restored(tmp_path)
     assert [response_id for response_id, _ in again.entries()] == ["resp_2", "resp_1", "resp_3"]
     assert again.get("resp_1", "k") == record(1, 20)
+
+
+def test_ids_deleted_while_no_directory_was_owned_are_not_merged_back(tmp_path):
+    """Persistence off and on again to the same directory: the snapshot there still holds what
+    was deleted meanwhile; the deletion wins (the tombstones), the rest merges, and a response
+    put again under a deleted id (none is, but) is not a tombstone any more."""
+    earlier = ResponseStore(10, 1 << 20)
+    for n in range(3):
+        earlier.put(f"resp_{n}", "k", record(n))
+    written(earlier, tmp_path)
+    store = ResponseStore(10, 1 << 20)
+    snapshots = StoreSnapshots(store, str(tmp_path), 0)
+    snapshots.open()
+    snapshots.configure("", 0)                             # a reload: off
+    assert store.delete("resp_0", "k") and store.delete("resp_1", "k")
+    store.put("resp_1", "k", record(1, 30))
+    snapshots.configure(str(tmp_path), 0)                  # and on again
+    assert [response_id for response_id, _ in store.entries()] == ["resp_2", "resp_1"]
+    assert store.get("resp_1", "k") == record(1, 30)
+    asyncio.run(snapshots.close())
+    assert [response_id for response_id, _ in restored(tmp_path).entries()] == ["resp_2", "resp_1"]
+
+
+def test_the_tombstones_are_bounded(monkeypatch):
+    monkeypatch.setattr("velollmd.api.response_store.MAX_TOMBSTONES", 2)
+    store = ResponseStore(10, 1 << 20)
+    for n in range(3):
+        store.put(f"resp_{n}", "k", record(n))
+        store.delete(f"resp_{n}", "k")
+    store.load([(f"resp_{n}", "o", record(n)) for n in range(3)])
+    assert [response_id for response_id, _ in store.entries()] == ["resp_0"]    # the oldest tombstone went

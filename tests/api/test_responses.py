@@ -397,6 +397,33 @@ def test_a_reload_that_turns_the_store_on_merges_the_snapshot_already_there(tmp_
         assert {client_for(daemon).responses.retrieve(r.id).id for r in (earlier, now)} == {earlier.id, now.id}
 
 
+def test_a_response_deleted_while_the_store_was_off_stays_deleted_when_it_is_on_again(tmp_path, ollama_emulator):
+    """[responses] path turned off by a reload, a response deleted, the path turned on again:
+    the snapshot there still holds the response, but the merge does not bring it back, and
+    the next start does not either."""
+    store_dir = tmp_path / "responses"
+
+    def table(path: str) -> dict:
+        return {"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False},
+                "responses": {"path": path, "snapshot_interval_s": 0.05}}
+    with RunningDaemon(table(str(store_dir))) as daemon:
+        client = client_for(daemon)
+        kept = client.responses.create(model=MODEL, input="Keep this.")
+        gone = client.responses.create(model=MODEL, input="Forget this.")
+        wait_until_written(store_dir / "responses.snap", gone.id)
+        daemon.reload(table(""))
+        client.responses.delete(gone.id)
+        assert gone.id.encode() in (store_dir / "responses.snap").read_bytes()    # not owned: not written
+        daemon.reload(table(str(store_dir)))
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(gone.id)
+        assert client.responses.retrieve(kept.id).id == kept.id
+    with RunningDaemon(table(str(store_dir))) as daemon:
+        with pytest.raises(openai.NotFoundError):
+            client_for(daemon).responses.retrieve(gone.id)
+        assert client_for(daemon).responses.retrieve(kept.id).id == kept.id
+
+
 def test_a_corrupt_store_file_is_set_aside_and_the_daemon_serves(tmp_path, ollama_emulator):
     store_dir = tmp_path / "responses"
     store_dir.mkdir()

@@ -281,3 +281,26 @@ def test_a_reload_that_turns_the_cache_path_on_merges_the_snapshot_already_there
         daemon.start()
         assert restored(daemon) == 3
         assert_served_from_cache(daemon, ollama_emulator, merged)
+
+
+def test_a_cache_flushed_while_its_path_was_off_is_not_merged_back(tmp_path, ollama_emulator):
+    """[cache] path turned off by a reload, the cache flushed, the path turned on again: the
+    snapshot there was written before the flush, so it holds only flushed answers: not merged."""
+    cache_dir = tmp_path / "cache"
+    on, off = f'[cache]\npath = "{cache_dir}"', '[cache]\npath = ""'
+    with DaemonProcess(daemon_toml(ollama_emulator, cache_dir, 3600), tmp_path) as daemon:
+        fill(daemon, ollama_emulator, {"a bad answer?": "cached by mistake"})
+        assert daemon.stop() == 0
+        daemon.start()
+        assert restored(daemon) == 1
+        daemon.config.write_text(daemon.config.read_text().replace(on, off))
+        daemon.reload()
+        assert httpx.delete(daemon.url + "/v1/velollm/cache", timeout=30).json()["deleted"] == 1
+        daemon.config.write_text(daemon.config.read_text().replace(off, on))
+        daemon.reload()
+        assert [r for r in daemon.log_records("info") if "before the last flush" in r["msg"]]
+        ollama_emulator.script("a good answer")
+        assert ask(daemon, "a bad answer?").headers["x-velollm-cache"] == "miss"
+        assert daemon.stop() == 0
+        daemon.start()
+        assert restored(daemon) == 1 and content(ask(daemon, "a bad answer?")) == "a good answer"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from velollmd.cache.exact import CachedResponse
+from velollmd.cache.statefile import KEEP_SET_ASIDE
 from velollmd.cache.store import (
     SNAPSHOT_NAME,
     SnapshotState,
@@ -154,3 +155,17 @@ def test_writes_from_two_threads_at_once_leave_one_whole_file(tmp_path):
     with open(tmp_path / "state.snap", "rb") as f:
         assert unseal(f.read(), b"TESTSTAT", 1) in payloads
     assert sorted(os.listdir(tmp_path)) == ["state.snap", "state.snap.prev"]
+
+
+def test_set_aside_files_do_not_pile_up(tmp_path, caplog):
+    """A crash loop that leaves a bad file each time: the KEEP_SET_ASIDE newest set-aside
+    copies are kept, and the warning names the ones removed."""
+    for n in range(KEEP_SET_ASIDE + 2):
+        (tmp_path / SNAPSHOT_NAME).write_bytes(b"bad %d" % n)
+        with caplog.at_level(logging.WARNING):
+            caplog.clear()
+            assert read_snapshot(str(tmp_path)) is None
+    aside = sorted(p for p in os.listdir(tmp_path) if ".corrupt-" in p)
+    assert [(tmp_path / name).read_bytes() for name in aside] == [b"bad %d" % n for n in range(2, KEEP_SET_ASIDE + 2)]
+    [line] = caplog.messages
+    assert "older ones removed: " + SNAPSHOT_NAME + ".corrupt-" in line and aside[0] not in line

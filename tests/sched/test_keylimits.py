@@ -166,3 +166,27 @@ def test_a_restored_token_bucket_lets_go_within_one_bucket_of_when_it_would_have
     limits = {"k": KeyLimits(tokens_per_day=10)}
     assert "tokens per day" in refusal(restarted(state, limits, 7.25, wall.now + until - 60), "k").message
     restarted(state, limits, 7.25, wall.now + until).admit("k")
+
+
+def test_windows_merged_into_a_running_ledger_keep_their_own_times():
+    """A reload that turns persistence on: an earlier run's admissions go before this run's
+    (the oldest is the one that frees a slot), its tokens into their own bucket (they leave the
+    window when they would have, not with this run's newer ones)."""
+    clock, wall = Clock(1000.0), Clock(5000.0)
+    earlier = KeyLedger(clock, wall)
+    earlier.configure({"k": KeyLimits(rpm=2, tpm=100)})
+    earlier.admit("k")
+    earlier.record_usage("k", {"prompt_tokens": 60})
+    state = earlier.windows()
+    clock.now, wall.now = 1030.0, 5030.0                   # 30 s later, this run starts...
+    ledger = KeyLedger(clock, wall)
+    ledger.configure({"k": KeyLimits(rpm=2, tpm=100)})
+    ledger.admit("k")
+    ledger.record_usage("k", {"prompt_tokens": 50})
+    assert ledger.restore(state) == 1                      # ...and a reload takes the file back
+    message = refusal(ledger, "k").message
+    assert "requests per minute" in message and "tokens per minute" in message
+    clock.now = 1061.0                                     # the earlier request and tokens are a minute old
+    ledger.admit("k")
+    assert ledger.usage()[0]["window"]["tokens_last_minute"] == 50
+    assert ledger.restore(ledger.windows()) == 0           # its own file, saved since it counts: not taken

@@ -64,6 +64,7 @@ class AdminRoutes:
         """Flushing needs a valid API key; with no keys configured, a loopback client."""
         self._local_or_keyed(request, "flushing the cache")
         body = {"object": "cache.flush", "deleted": self._cache().flush()}
+        self.pipeline.snapshots.cleared()                # no snapshot from before comes back on a reload
         await self.pipeline.snapshots.write_soon()       # on disk too: a crash brings nothing back
         if self.pipeline.shared is not None:             # the Redis tier too: one flush for all instances
             body["shared_deleted"] = await self.pipeline.shared.flush()

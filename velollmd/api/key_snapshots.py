@@ -9,14 +9,11 @@ snapshot_interval_s when a request or its tokens were counted, and on shutdown
 from __future__ import annotations
 
 import json
-import logging
 
 from ..cache.statefile import StateFileError, seal, unseal
-from ..core.statewriter import UNREADABLE, StateWriter
+from ..core.statewriter import StateWriter
 from ..sched.keylimits import KeyLedger
 from ..wire import wirejson
-
-log = logging.getLogger(__name__)
 
 WINDOWS_NAME = "keys.snap"
 MAGIC = b"VELOKEYS"
@@ -58,29 +55,29 @@ def _is_number(value) -> bool:
 
 
 class KeySnapshots:
-    """The ledger's windows on disk (a StateWriter), loaded at start. `directory` "" keeps them
-    in memory only, as does another daemon owning it. While no key has a limit the directory
-    is not taken (nothing in it would be read): a daemon without limits leaves the disk alone."""
+    """The ledger's windows on disk (a StateWriter), restored whenever a directory is owned
+    anew: at start, and on a reload that turns [key_limits] path on or moves it (merged with the
+    windows in memory: KeyLedger.restore). `directory` "" keeps them in memory only, as does
+    another daemon owning it. While no key has a limit the directory is not taken (nothing in
+    it would be read): a daemon without limits leaves the disk alone."""
 
     def __init__(self, ledger: KeyLedger, directory: str, interval_s: float):
         self.ledger, self.directory, self.interval_s = ledger, directory, interval_s
         self.writer = StateWriter(WINDOWS_NAME, "key limits", ledger.windows, encode_windows,
-                                  generation=lambda: ledger.generation)
+                                  generation=lambda: ledger.generation, decode=decode_windows,
+                                  merge=self._merge, unit="keys")
 
     def start(self) -> None:
         """Own the directory and restore the windows of its state file (if any and intact),
         for the keys configured now. Periodic writes need a running loop."""
-        directory = self.writer.own(self._kept_in(), self.interval_s)
-        state = self.writer.read(directory, decode_windows)
-        if state is UNREADABLE:
-            return
-        restored = self.ledger.restore(state) if state is not None else 0
-        self.writer.restored(restored)
-        if restored:
-            log.info("key limits restored", extra={"fields": {"keys": restored, "path": directory}})
+        self.writer.own(self._kept_in(), self.interval_s)
+
+    def _merge(self, state: dict | None) -> tuple[int, bool]:
+        was_empty = self.ledger.generation == 0         # nothing counted yet
+        return (self.ledger.restore(state) if state is not None else 0), was_empty
 
     def configure(self, directory: str, interval_s: float) -> None:
-        """New settings (a reload): a new directory is owned and written in full."""
+        """New settings (a reload): a new directory is owned, its windows merged, and written in full."""
         self.directory, self.interval_s = directory, interval_s
         self.writer.own(self._kept_in(), interval_s)
 

@@ -12,25 +12,26 @@ StoreSnapshots keeps the store across restarts: a state file (cache/statefile.py
 write, a corrupt or foreign file set aside, the previous one loaded) in [responses] path,
 owned by one daemon, written from a thread every snapshot_interval_s when the store changed,
 at once on a DELETE (a crash must not bring a deleted response back),
-and on shutdown (core/statewriter.py).
+and on shutdown (core/statewriter.py). A reload that turns persistence on (or moves it) merges
+the snapshot found there under the store; the ids deleted in this run (the newest
+MAX_TOMBSTONES) are not taken from it, so a response deleted while persistence was off does
+not come back.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections import OrderedDict
 
 from ..cache.statefile import StateFileError, seal, unseal
-from ..core.statewriter import UNREADABLE, StateWriter
+from ..core.statewriter import StateWriter
 from ..wire import wirejson
 from ..wire.responses_items import find_item, with_unique_ids
-
-log = logging.getLogger(__name__)
 
 STORE_NAME = "responses.snap"
 MAGIC = b"VELORESP"
 VERSION = 1
+MAX_TOMBSTONES = 10_000       # deleted ids remembered, so that a snapshot merged later does not revive them
 
 
 class ResponseStore:
@@ -41,6 +42,7 @@ class ResponseStore:
         self._records: OrderedDict[str, tuple[str, bytes]] = OrderedDict()   # id -> (owner, JSON)
         self._item_ids: dict[str, list[str]] = {}     # response id -> the ids of its items
         self._items: dict[str, list[str]] = {}        # item id -> the response ids holding it, oldest first
+        self._deleted: OrderedDict[str, None] = OrderedDict()   # ids deleted (the newest MAX_TOMBSTONES)
         self.generation = 0                           # bumped by every change (a snapshot is due)
 
     def __len__(self) -> int:
@@ -64,6 +66,7 @@ class ResponseStore:
         """Keep the record `data` (JSON) holding the items `ids`, as the most recently used."""
         if self.max_entries == 0 or len(data) > self.max_bytes:
             return False
+        self._deleted.pop(response_id, None)
         self._remove(response_id)
         self._records[response_id] = (owner, data)
         self.num_bytes += len(data)
@@ -78,11 +81,12 @@ class ResponseStore:
         """(id, (owner digest, JSON)) for every record, least recently used first (a copy)."""
         return list(self._records.items())
 
-    def load(self, entries: list[tuple[str, str, dict]]) -> None:
+    def load(self, entries: list[tuple[str, str, dict]]) -> int:
         """Take records read back from a snapshot, (id, owner digest, record) oldest first
         (their input items' ids made unique, as a daemon before that kept them), as older than
         those in memory (a reload that turns persistence on): a record in memory wins over one
-        of the same id, and over the bounds the snapshot's go first."""
+        of the same id, one deleted in this run is not taken, and over the bounds the
+        snapshot's go first. Returns the number of the snapshot's records kept."""
         newer = [(response_id, owner, data, self._item_ids[response_id])
                  for response_id, (owner, data) in self._records.items()]
         self._records.clear()
@@ -90,11 +94,12 @@ class ResponseStore:
         self._items.clear()
         self.num_bytes = 0
         in_memory = {row[0] for row in newer}
-        for response_id, owner, record in entries:
-            if response_id not in in_memory:
-                self._put(response_id, owner, {**record, "input": with_unique_ids(record["input"])})
+        taken = [row for row in entries if row[0] not in in_memory and row[0] not in self._deleted]
+        for response_id, owner, record in taken:
+            self._put(response_id, owner, {**record, "input": with_unique_ids(record["input"])})
         for row in newer:
             self._keep(*row)
+        return sum(1 for row in taken if row[0] in self._records)
 
     def _evict(self) -> None:
         while len(self._records) > self.max_entries or self.num_bytes > self.max_bytes:
@@ -133,6 +138,9 @@ class ResponseStore:
         if entry is None or entry[0] != _owner_digest(owner):
             return False
         self._remove(response_id)
+        self._deleted[response_id] = None
+        if len(self._deleted) > MAX_TOMBSTONES:
+            self._deleted.popitem(last=False)
         self.generation += 1
         return True
 
@@ -174,48 +182,34 @@ def _is_record(response_id, owner, record) -> bool:
 
 class StoreSnapshots:
     """The store on disk (a StateWriter: its directory owned, written in a thread every
-    `interval_s` when the store changed, and on shutdown), loaded at start. `directory` ""
+    `interval_s` when the store changed, and on shutdown), restored whenever a directory is
+    owned anew: at start, and on a reload (merged under the store in memory). `directory` ""
     keeps it in memory only, as does another daemon owning it."""
 
     def __init__(self, store: ResponseStore, directory: str, interval_s: float):
         self.store, self.directory, self.interval_s = store, directory, interval_s
         self.writer = StateWriter(STORE_NAME, "response store", store.entries, encode_entries,
-                                  generation=lambda: store.generation)
+                                  generation=lambda: store.generation, decode=decode_entries,
+                                  merge=self._merge, unit="responses")
 
     def open(self) -> int:
         """Own the directory and load its state file (if any and intact); the number of
-        responses restored. Periodic writes need a running loop."""
-        return self._restore(self.writer.own(self.directory, self.interval_s))
-
-    def _restore(self, directory: str) -> int:
-        """Load the state file of `directory` (just owned) into the store, under what is in
-        memory; the number of responses kept."""
-        rows = self.writer.read(directory, decode_entries)
-        if rows is UNREADABLE:
-            return 0
-        was_empty = not len(self.store)
-        self.store.load(rows or [])
-        if was_empty:
-            self.writer.restored(len(self.store))
+        responses held. Periodic writes need a running loop."""
+        self.writer.own(self.directory, self.interval_s)
         return len(self.store)
 
+    def _merge(self, rows: list | None) -> tuple[int, bool]:
+        was_empty = not len(self.store)
+        return (self.store.load(rows) if rows else 0), was_empty
+
     def start(self) -> None:
-        restored = self.open()
-        if restored:
-            log.info("response store restored", extra={"fields": {"responses": restored, "path": self.directory}})
+        self.open()
 
     def configure(self, directory: str, interval_s: float) -> None:
         """New settings (a reload): a new directory is owned, what it holds from an earlier
         run merged under what is in memory (not overwritten), and the whole written there."""
         self.directory, self.interval_s = directory, interval_s
-        before = self.writer.directory
-        owned = self.writer.own(directory, interval_s)
-        if owned and owned != before:
-            num_before = len(self.store)
-            kept = self._restore(owned)
-            if kept != num_before:
-                log.info("response store merged with its snapshot",
-                         extra={"fields": {"responses": kept, "in_memory": num_before, "path": owned}})
+        self.writer.own(directory, interval_s)
 
     async def removed(self) -> None:
         """A user removed a response: on disk now, not at the next interval (a crash would

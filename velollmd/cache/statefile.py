@@ -12,7 +12,9 @@ file and leaves both files as they were.
 Load: a missing file is no state; a corrupt, truncated or foreign file is renamed to
 `<name>.corrupt-<timestamp>` and `<name>.prev` (the last good one) is loaded instead; a file
 from a newer format version is set aside as `<name>.v<N>-<timestamp>` (a newer daemon can take
-it back), never overwritten. Each of these is one warning line.
+it back), never overwritten. Each of these is one warning line. Of the files set aside with one
+label the KEEP_SET_ASIDE newest are kept (a crash loop writing a bad file each time must not
+fill the disk); the warning names those removed.
 Ownership: one daemon at a time keeps a state file; it holds an advisory lock (flock) on
 `<name>.lock` beside it for its life (the kernel lets go when the process ends, a crash
 included), so that a second daemon on the same path does not overwrite its state.
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 PREVIOUS_SUFFIX = ".prev"
 LOCK_SUFFIX = ".lock"
+KEEP_SET_ASIDE = 3                           # set-aside files kept per state file and label
 _HEADER = struct.Struct("<8sIQ32s")
 _LOCKS: dict[str, threading.Lock] = {}       # path -> the lock of its writes
 _LOCKS_LOCK = threading.Lock()
@@ -144,12 +147,34 @@ def _unlink_quietly(path: str) -> None:
 
 def _set_aside(path: str, label: str) -> str:
     """Rename `path` to `path.<label>-<timestamp>`; returns what happened, for the log line."""
-    aside = f"{path}.{label}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    now_ns = time.time_ns()                   # (microseconds: two set aside in one second keep apart)
+    stamp = time.strftime('%Y%m%dT%H%M%S', time.localtime(now_ns // 10**9)) + f".{now_ns // 1000 % 10**6:06d}"
+    aside = f"{path}.{label}-{stamp}-{os.getpid()}"
     try:
         os.replace(path, aside)
     except OSError as exc:
         return f"left in place ({exc.strerror or exc})"
-    return f"moved to {aside}"
+    removed = _prune_set_aside(f"{path}.{label}-")
+    return f"moved to {aside}" + (f" (older ones removed: {', '.join(removed)})" if removed else "")
+
+
+def _prune_set_aside(prefix: str) -> list[str]:
+    """Remove all but the KEEP_SET_ASIDE newest files named `prefix*` (newest by the time they
+    were set aside: a rename sets a file's ctime, not its mtime); the names removed."""
+    def set_aside_at(path: str) -> int:
+        try:
+            return os.stat(path).st_ctime_ns
+        except OSError:
+            return 0
+    files = sorted(glob.glob(glob.escape(prefix) + "*"), key=lambda p: (set_aside_at(p), p))
+    removed = []
+    for old in files[:-KEEP_SET_ASIDE]:
+        try:
+            os.unlink(old)
+        except OSError:
+            continue
+        removed.append(os.path.basename(old))
+    return removed
 
 
 def _remove_stale_temps(path: str) -> None:
@@ -184,6 +209,18 @@ def read_state_file(directory: str, name: str, decode: Callable[[bytes], T], wha
     outcome = "starting empty" if previous is None else "restoring the previous snapshot"
     log.warning("%s %s %s (%s); %s, %s", what, path, label, reason, moved, outcome)
     return previous
+
+
+def written_ns(directory: str, name: str) -> int:
+    """When the state file read_state_file just loaded was written (ns since the epoch): the
+    file's, else the previous one's (the file was set aside); 0 with neither."""
+    path = os.path.join(directory, name)
+    for candidate in (path, path + PREVIOUS_SUFFIX):
+        try:
+            return os.stat(candidate).st_mtime_ns
+        except OSError:
+            continue
+    return 0
 
 
 def _load_previous(path: str, decode: Callable[[bytes], T]) -> T | None:

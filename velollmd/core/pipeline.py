@@ -18,7 +18,7 @@ from ..cache import policy
 from ..cache.cache import Lookup, ResponseCache
 from ..cache.replay import from_json_response, from_stream_chunks, to_json, to_sse_chunks
 from .statewriter import StateWriter
-from ..cache.store import SNAPSHOT_NAME, encode_snapshot
+from ..cache.store import SNAPSHOT_NAME, SnapshotState, decode_snapshot, encode_snapshot
 from ..config import Config
 from ..errors import BackendError, VeloError
 from ..log import current_request, note_model
@@ -55,7 +55,8 @@ class Pipeline:
         self.flights = FlightTable()
         self.memo: OrderedDict[str, tuple] = OrderedDict()   # raw request key -> exact key
         self.snapshots = StateWriter(SNAPSHOT_NAME, "cache", self._cache_state, encode_snapshot,
-                                     generation=lambda: self.cache.exact.generation if self.cache is not None else None)
+                                     generation=lambda: self.cache.exact.generation if self.cache is not None else None,
+                                     decode=decode_snapshot, merge=self._merge_snapshot)
 
     def _embedder(self):
         cache = self.config.cache
@@ -96,11 +97,8 @@ class Pipeline:
         old_cache = self.cache
         self.cache = ResponseCache(config.cache, embedder=self._embedder()) if config.cache.enabled else None
         self.memo.clear()
-        before = self.snapshots.directory
-        directory = self.snapshots.own(config.cache.path if self.cache is not None else "",
-                                       config.cache.snapshot_interval_s)
-        if directory and directory != before:         # a snapshot of an earlier run there: older entries
-            self._restore(directory)
+        self.snapshots.own(config.cache.path if self.cache is not None else "",   # a new path: its
+                           config.cache.snapshot_interval_s)                     # entries, older
         if self.cache is not None and old_cache is not None:
             self.cache.adopt(old_cache.snapshot_state())     # after the snapshot's: memory wins
             self.cache.continue_counts(old_cache)
@@ -360,19 +358,13 @@ class Pipeline:
             self.shared.start()
         if self.cache is None or not self.config.cache.path:
             return
-        directory = self.snapshots.own(self.config.cache.path, self.config.cache.snapshot_interval_s)
-        if directory:                                 # else another daemon's: memory only
-            self.snapshots.restored(self._restore(directory))
+        self.snapshots.own(self.config.cache.path, self.config.cache.snapshot_interval_s)
 
-    def _restore(self, directory: str) -> int:
-        """Load the snapshot in `directory` (just owned) into the cache; the entries restored."""
-        try:
-            restored = self.cache.restore(directory)
-        except OSError as exc:
-            log.warning("cache snapshot unreadable", extra={"fields": {"error": str(exc)}})
-            return 0
-        log.info("cache restored", extra={"fields": {"entries": restored, "path": directory}})
-        return restored
+    def _merge_snapshot(self, state: SnapshotState | None) -> tuple[int, bool]:
+        """A snapshot's entries (of a directory just owned) into the cache, before any other
+        cache's (a reload adopts the old one's after them: memory wins); the entries restored."""
+        was_empty = not len(self.cache.exact)
+        return (self.cache.adopt(state) if state is not None else 0), was_empty
 
     def _cache_state(self):
         """What the snapshot keeps (copies, taken on the loop); None with the cache off."""

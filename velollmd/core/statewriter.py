@@ -8,29 +8,46 @@ is warned once until the failure changes (a full disk would otherwise log every 
 What a user asked to remove (a deleted response, a flushed cache) is written at once
 (`write_soon`), not at the next interval: a crash in between would bring it back; and the
 previous file, kept to fall back on, is replaced by the new one too, so it does not hold it.
+
+Each time a directory is owned that was not before (at start, and on a reload that turns
+persistence on or moves it) its state file is read and handed to `merge`, under what is in
+memory: one path for the cache, the Responses store and the key limits alike. What the user
+removed meanwhile must not come back from there: per-id deletions are the state's own business
+(the Responses store's tombstones); a removal of everything (a cache flush, `cleared`) makes a
+file written before it hold nothing to merge.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import time
 from typing import Callable
 
-from ..cache.statefile import StateFileTaken, lock_state_file, read_state_file, write_state_file
+from ..cache.statefile import StateFileTaken, lock_state_file, read_state_file, written_ns, write_state_file
 
 log = logging.getLogger(__name__)
 _UNWRITTEN = object()                                  # no generation of the state is on disk
 UNREADABLE = object()                                  # read(): no directory, or its file unreadable (warned)
 
 
+Merge = Callable[[object | None], "tuple[int, bool]"]
+
+
 class StateWriter:
     def __init__(self, name: str, what: str, capture: Callable[[], object | None],
-                 encode: Callable[[object], bytes], generation: Callable[[], object] = lambda: None):
+                 encode: Callable[[object], bytes], generation: Callable[[], object] = lambda: None, *,
+                 decode: Callable[[bytes], object] | None = None, merge: Merge | None = None,
+                 unit: str = "entries"):
         """`capture()` (on the loop) copies the state, None when there is none to keep;
         `encode(copy)` (in a thread) makes the file's bytes; `generation()` changes with the
-        state (always None: write every time)."""
-        self.name, self.what = name, what
+        state (always None: write every time). `decode(bytes)` reads a file back (it raises
+        StateFileError) and `merge(state)` takes it under what is in memory (None: nothing on
+        disk); it returns (the number of `unit` restored, whether memory held nothing before)."""
+        self.name, self.what, self.unit = name, what, unit
         self._capture, self._encode, self._generation = capture, encode, generation
+        self._decode, self._merge = decode, merge
+        self._cleared_ns = 0                           # when the user last removed the whole state
         self.directory, self.interval_s = "", 0.0
         self._asked = ("", 0.0)                        # the settings last given to own()
         self._lock: int | None = None                  # the lock file's descriptor
@@ -50,6 +67,7 @@ class StateWriter:
             self._release()
             self.directory = self._take(directory)
             self._written = _UNWRITTEN                 # a new place: write it all there
+            self._merge_from(self.directory)
         self._asked, self.interval_s = (directory, interval_s), interval_s
         self._start_loop()
         return self.directory
@@ -83,11 +101,35 @@ class StateWriter:
             log.warning(f"{self.what} unreadable", extra={"fields": {"error": str(exc)}})
             return UNREADABLE
 
-    def restored(self, num_restored: int) -> None:
+    def _merge_from(self, directory: str) -> None:
+        """Take the state file of `directory` (just owned) under what is in memory."""
+        if self._merge is None or not directory:
+            return
+        state = self.read(directory, self._decode)
+        if state is UNREADABLE:
+            return
+        if state is not None and written_ns(directory, self.name) <= self._cleared_ns:
+            log.info(f"{self.what} snapshot written before the last flush; not merged",
+                     extra={"fields": {"path": directory}})
+            state = None
+        num_restored, was_empty = self._merge(state)
+        if was_empty:
+            self._restored(num_restored)
+            log.info(f"{self.what} restored", extra={"fields": {self.unit: num_restored, "path": directory}})
+        elif num_restored:                             # the whole goes to the new place at the next write
+            log.info(f"{self.what} merged with its snapshot",
+                     extra={"fields": {self.unit: num_restored, "path": directory}})
+
+    def _restored(self, num_restored: int) -> None:
         """What is in memory came from the file: nothing to write until it changes. Unless it
         came from the previous file (the file was set aside): the next write puts it back."""
         if not num_restored or os.path.exists(os.path.join(self.directory, self.name)):
             self._written = self._generation()
+
+    def cleared(self) -> None:
+        """The user removed the whole state (a cache flush): a state file written before now,
+        in a directory owned later, holds only what was removed."""
+        self._cleared_ns = time.time_ns()
 
     def changed(self) -> None:
         """The next write writes, whatever the generation says (another state object)."""

@@ -18,6 +18,10 @@ plain data, the age of each entry in seconds at a wall-clock time (the ledger's 
 monotonic, which a reboot resets), and `restore()` takes them back, entries older than their
 window dropped. A token bucket is kept as the age of its start, so a restored window lets its
 tokens go at most one bucket (1 s, 1 min) early, never late. The lifetime counters restart.
+A file may be taken back while the ledger runs (a reload that turns persistence on): an
+account takes a file saved before it started counting (an earlier run's: it holds none of
+that), not one saved since (this daemon's own, before a reload turned persistence off: it
+holds all of that already, and would count it twice).
 """
 from __future__ import annotations
 
@@ -65,7 +69,9 @@ class RequestWindow:
         return [now - t for t in self.times if now - t < self.window_s]
 
     def restore(self, now: float, ages: list[float]) -> None:
-        self.times.extend(now - age for age in ages if age < self.window_s)
+        """Add the admissions `ages` ago still in the window, in time order with those held."""
+        earlier = [now - age for age in ages if age < self.window_s]
+        self.times = deque(sorted([*earlier, *self.times]), maxlen=self.times.maxlen)
 
 
 class TokenWindow:
@@ -92,8 +98,12 @@ class TokenWindow:
             self.slot = slot
 
     def add(self, now: float, tokens: int) -> None:
+        """Count `tokens` at `now`, or at an earlier time still in the window (a restore)."""
         self._advance(now)
-        self.buckets[self.slot % len(self.buckets)] += tokens
+        slot = int(now // self.bucket_s)
+        if slot <= self.slot - len(self.buckets):
+            return
+        self.buckets[slot % len(self.buckets)] += tokens
         self.total += tokens
 
     def used(self, now: float) -> int:
@@ -132,9 +142,10 @@ class TokenWindow:
 class KeyAccount:
     """One key's limits, windows and lifetime counters."""
 
-    def __init__(self, name: str, limits: KeyLimits):
+    def __init__(self, name: str, limits: KeyLimits, since: float):
         self.name = name
         self.limits = limits
+        self.since = since                      # when it started counting (wall clock)
         self.requests = RequestWindow(limits.rpm) if limits.rpm else None
         self.tokens_minute = TokenWindow(MINUTE_S, 60)
         self.tokens_day = TokenWindow(DAY_S, 1440)
@@ -211,7 +222,7 @@ class KeyLedger:
         for name, key_limits in limits.items():
             account = self.accounts.get(name)
             if account is None:
-                account = KeyAccount(name, key_limits)
+                account = KeyAccount(name, key_limits, self.wall_clock())
             else:
                 account.relimit(key_limits)
             accounts[name] = account
@@ -280,10 +291,12 @@ class KeyLedger:
 
     def restore(self, state: dict) -> int:
         """Take back what `windows()` gave (of another process, maybe): the windows of the keys
-        still configured, aged by the wall-clock time since; the number of keys restored."""
+        still configured that began counting after it was saved (see the module's docstring),
+        aged by the wall-clock time since; the number of keys restored."""
         elapsed = max(0.0, self.wall_clock() - state["saved_at"])
         now = self.clock()
-        restored = [name for name in state["keys"] if name in self.accounts]
+        restored = [name for name in state["keys"]
+                    if name in self.accounts and self.accounts[name].since > state["saved_at"]]
         for name in restored:
             self.accounts[name].restore(now, state["keys"][name], elapsed)
         return len(restored)
