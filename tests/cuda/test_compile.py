@@ -17,6 +17,7 @@ ENGINE_CONFIGS = {   # what an engine build passes: head_dim, block_size, f16 ca
     "d128-bs16-f16-g8": sources.engine_defines(128, 16, True, 8),
     "d96-bs16-f32-g2": sources.engine_defines(96, 16, False, 2),
     "d256-bs16-f16-g4": sources.engine_defines(256, 16, True, 4),
+    "d32-bs16-f32-g2": sources.engine_defines(32, 16, False, 2),      # the tiny model's, as gpu_model builds it
 }
 ATTENTION_FILES = ("paged_attention.cu", "prefill_attention.cu", "cache_write.cu")
 BUILDS = [(file, "default", {}) for file in sources.KERNEL_FILES]
