@@ -78,8 +78,9 @@ class Scheduler:
         self._requests: dict[str, SchedRequest] = {}     # waiting + running, by id
         self.max_running = num_slots                     # slots: requests run at once
         # The backend's own slots when it runs fewer than max_running: the rest were sent
-        # ahead to wait in its queue, and may be withdrawn for a more urgent request.
-        self.num_backend_slots = num_backend_slots or num_slots
+        # ahead to wait in its queue, and may be withdrawn for a more urgent request. None:
+        # as many as max_running, whatever it is set to (an adaptive limit sends none ahead).
+        self._num_backend_slots = num_backend_slots
         self._num_admitted = 0
         self._free_slots = list(range(num_slots))        # heap: lowest slot id first
         self._num_slots_held = 0                         # by the running requests, extra slots too
@@ -181,6 +182,14 @@ class Scheduler:
     def last_admission_seq(self) -> int:
         """The admission_seq of the request admitted last (0: none yet)."""
         return self._num_admitted
+
+    @property
+    def num_backend_slots(self) -> int:
+        """The requests the backend itself runs at once: its known width, else the current
+        max_running. An adaptive limit is the daemon's estimate of the width, so none of the
+        requests under it were sent ahead (none is withdrawn for a more urgent one), however
+        far it moved from where it started."""
+        return self._num_backend_slots or self.max_running
 
     @property
     def num_free_slots(self) -> int:
