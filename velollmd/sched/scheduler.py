@@ -191,6 +191,10 @@ class Scheduler:
         far it moved from where it started."""
         return self._num_backend_slots or self.max_running
 
+    @num_backend_slots.setter
+    def num_backend_slots(self, num_backend_slots: int | None) -> None:
+        self._num_backend_slots = num_backend_slots
+
     @property
     def num_free_slots(self) -> int:
         return len(self._free_slots)
