@@ -9,7 +9,7 @@ from velollmd.config import SchedulerConfig
 from velollmd.errors import BackendBusy
 from velollmd.looplag import LoopLag
 from velollmd.sched.admission import Admission
-from velollmd.sched.request import SchedRequest
+from velollmd.sched.request import STOPPED, SchedRequest
 
 
 class FakeClock:
@@ -134,3 +134,52 @@ def test_a_burst_of_busy_answers_shrinks_the_limit_once_per_episode():
         known = await burst(fixed, backend(slots_source="/props", num_slots=4), clock, "c", 4)
         return first, second, known
     assert run(main()) == (5, 3, 4)
+
+
+def test_a_grown_adaptive_limit_sends_nothing_ahead_so_nothing_is_withdrawn_for_priority():
+    """The limit grew from 8 to the width it learnt: every request under it runs on the
+    backend, none waits in a queue there. A priority-0 request that finds the limit full waits
+    for one to finish; withdrawing a running non-streaming one (as from a known width's
+    queue-ahead) would throw its half-done answer away. (The width the scheduler took the
+    backend for used to stay at the 8 the limit started at: those above it passed for sent ahead.)"""
+    async def main():
+        clock = FakeClock()
+        admission, target = Admission(SchedulerConfig(), clock), backend()
+        for round_no in range(40):
+            await one_round(admission, target, clock, 64, 0.020, round_no)
+        return admission.queue_of(target).scheduler, clock.now
+    scheduler, now = run(main())
+    limit = scheduler.max_running
+    assert limit > 8
+    for i in range(limit):
+        scheduler.add_request(SchedRequest(f"bulk-{i}", "m", [i], 8, arrival_time=now), now)
+    assert len(scheduler.schedule(now).scheduled) == limit
+    scheduler.add_request(SchedRequest("urgent", "m", [1], 8, arrival_time=now, priority=0), now)
+    output = scheduler.schedule(now)
+    assert output.preempted == () and output.scheduled == () and len(scheduler.running) == limit
+    scheduler.finish_request("bulk-0", STOPPED, now)
+    assert [s.request_id for s in scheduler.schedule(now).scheduled] == ["urgent"]
+
+
+def test_a_width_said_while_the_adaptive_limit_is_busy_caps_it_at_the_width_plus_queue_ahead():
+    """llama-server answered /props only after requests had started (still loading): the queue
+    began adaptive. Under load that never lets it empty, the limit kept growing past the width
+    (flat latency: it probes up to max_concurrency) though the backend never runs more than
+    its 4 slots; from the moment the width is known it runs them plus the one sent ahead per
+    slot, as a queue built for that width, and says so."""
+    async def main():
+        clock = FakeClock()
+        admission, target = Admission(SchedulerConfig(backend_queue_per_slot=1), clock), backend(num_slots=4)
+        keep_busy = SchedRequest("keep-busy", "m", [0], 8, arrival_time=clock.now)
+        async with admission.slot(target, keep_busy):   # the queue is never empty from here on
+            for round_no in range(10):
+                await one_round(admission, target, clock, 32, 0.020, round_no)
+            grown = admission.stats()["b"]["concurrency_limit"]
+            target.slots_source = "/props"
+            at_once = [await one_round(admission, target, clock, 32, 0.020, r) for r in range(10, 20)]
+            stats = admission.stats()["b"]
+        return grown, at_once, stats
+    grown, at_once, stats = run(main())
+    assert grown > 8
+    assert at_once == [7] * 10                        # 4 x (1 + 1), one of them held by keep-busy
+    assert stats["concurrency_limit"] == 8 and stats["num_slots"] == 4 and not stats["adaptive"]

@@ -257,3 +257,43 @@ def test_a_reload_gives_the_engines_own_queue_the_new_queue_timeout(tmp_path):
             thread.join(60)
     assert running[1]["value"].status_code == 200
     assert waiting[1]["value"].status_code == 200
+
+
+def test_the_engines_own_queue_gets_what_the_daemons_queue_left_of_queue_timeout_s(tmp_path):
+    """A request that waited in the daemon's queue for the engine enters the engine's own queue
+    with that wait counted (SchedRequest.waited_s, the very seconds the daemon measured): its
+    queue_timeout_s there is what is left, not as much again (a client waited up to twice
+    queue_timeout_s before its 503). The test tests/sched/test_scheduler.py expires it by that."""
+    make_tiny_model(tmp_path / "tiny-engine.gguf")
+    table = {"backends": [engine_backend(tmp_path, max_running=1)], "cache": {"enabled": False},
+             "scheduler": {"queue_timeout_s": 60.0, "backend_queue_per_slot": 1, "prefix_routing": False}}
+    body = {"model": "tiny-engine", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    with RunningDaemon(table) as daemon:
+        assert httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
+        runner = daemon.app.registry.backends[0].loaded["tiny-engine"].runner
+        daemon_queue = daemon.app.service.admission.queues["engine"].scheduler
+        with runner._model_lock:            # the engine's step waits: one runs, one queues there
+            running = in_thread(httpx.post, daemon.url + "/v1/chat/completions", json=body, timeout=60)
+            assert wait_for(lambda: len(runner.scheduler.running) == 1, 30)
+            ahead = send_raw_chat(daemon.port, body)                       # sent ahead into the engine's queue
+            assert wait_for(lambda: len(runner.scheduler.waiting) == 1, 30)
+            late = in_thread(httpx.post, daemon.url + "/v1/chat/completions", json=body, timeout=60)
+            assert wait_for(lambda: len(daemon_queue.waiting) == 1, 30)   # waits in the daemon's queue
+            ahead.close()                   # its client left: the daemon admits the late one
+            assert wait_for(lambda: any(r.waited_s for r in list(runner.scheduler.waiting)), 30)
+            in_engine = next(r for r in list(runner.scheduler.waiting) if r.waited_s)
+            in_daemon = next(r for r in list(daemon_queue.running.values()) if r.started_at > r.queued_at)
+        for thread, _ in (running, late):
+            thread.join(60)
+    assert in_engine.waited_s == in_daemon.started_at - in_daemon.queued_at > 0
+    assert in_engine.wait_began < in_engine.queued_at
+    assert running[1]["value"].status_code == 200 and late[1]["value"].status_code == 200
+
+
+def send_raw_chat(port: int, body: dict) -> socket.socket:
+    """A chat request over a raw socket, its answer left unread (close it to leave)."""
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                 b"content-length: %d\r\n\r\n%s" % (len(payload), payload))
+    return sock

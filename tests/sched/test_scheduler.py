@@ -208,6 +208,31 @@ def test_requests_waiting_past_queue_timeout_are_returned_as_timed_out():
     assert queue_timeout_error(make("a")).status == 503
 
 
+def test_a_request_that_waited_in_a_queue_before_gets_what_queue_timeout_s_has_left():
+    """The engine's own queue: a request that waited 4 of 5 s in the daemon's queue expires 1 s
+    after it came, before one that came earlier with nothing waited (the expiry order is when
+    each wait began, not when it came here); a preemption starts a new wait of 5 s."""
+    sched = scheduler(num_slots=1, queue_timeout_s=5.0)
+    waited = make("waited", arrival=1.0)
+    waited.waited_s = 4.0
+    add(sched, make("busy", arrival=0.0), make("fresh", arrival=0.5), waited)
+    assert started(sched.schedule(1.0)) == [("busy", 0)]
+    assert sched.schedule(2.0).timed_out == ()
+    assert sched.schedule(2.01).timed_out == ("waited",)
+    assert sched.schedule(5.5).timed_out == () and sched.schedule(5.51).timed_out == ("fresh",)
+
+
+def test_a_preempted_request_that_had_waited_before_waits_queue_timeout_s_again():
+    sched = scheduler(num_slots=1, preempt=True, queue_timeout_s=5.0)
+    first = make("a", 7, 0.0)
+    first.waited_s = 4.5
+    add(sched, first)
+    sched.schedule(0.0)
+    add(sched, make("vip", 0, 1.0))
+    assert sched.schedule(1.0).preempted == ("a",)
+    assert sched.schedule(6.0).timed_out == () and sched.schedule(6.01).timed_out == ("a",)
+
+
 def test_aging_is_applied_when_due_even_after_many_quiet_schedules():
     sched = scheduler(num_slots=1, aging_s=10.0)
     add(sched, make("busy", 0, 0.0), make("low", 9, 0.0))

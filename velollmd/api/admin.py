@@ -96,6 +96,10 @@ class AdminRoutes:
                             error_type="invalid_request_error", code="metrics_disabled")
         gauges = sampled("velollm_backend_healthy", "gauge", "1 when the backend's last health check passed",
                          [({"backend": b.name}, int(bool(b.healthy))) for b in self.registry.backends])
+        gauges += sampled("velollm_backend_slots", "gauge", "Requests a backend runs at once, as configured or as "
+                          "it says (source: config, /props, /info, ...); none when unknown (adaptive limit)",
+                          [({"backend": b.name, "source": b.slots_source}, b.num_slots)
+                           for b in self.registry.backends if b.slots_source])
         gauges += sampled("velollm_inflight_flights", "gauge", "Upstream calls shared by identical requests",
                           [({}, len(self.pipeline.flights))])
         if self.pipeline.cache is not None:

@@ -460,7 +460,8 @@ class _Run:
         deliverers = [deliverer(mailbox, self.inbox, index, self.prepare) for index in range(self.params.n)]
         # n > 1: the prompt is computed once, then forked copy-on-write (choice i: seed + i)
         self.model.runner.submit_choices(ids, self.prompt_ids, self.params, deliverers,
-                                         priority=self.request.priority, model_name=self.model.name)
+                                         priority=self.request.priority, model_name=self.model.name,
+                                         waited_s=self.request.queue_waited_s)
         self.ids = ids
         return self._batches()
 

@@ -146,7 +146,7 @@ class Service:
         while True:
             try:
                 async with self._admitted(backend, scheduled):
-                    with self._pinned(backend, request, fingerprint) as pinned:
+                    with self._pinned(backend, request, fingerprint, scheduled) as pinned:
                         started = time.perf_counter()
                         try:
                             body = await call(pinned)
@@ -173,7 +173,7 @@ class Service:
             while True:
                 try:
                     async with self._admitted(backend, scheduled):
-                        with self._pinned(backend, request, fingerprint) as pinned:
+                        with self._pinned(backend, request, fingerprint, scheduled) as pinned:
                             started = time.perf_counter()
                             async with closing(backend.answer_events(pinned)) as batches:
                                 try:
@@ -229,8 +229,14 @@ class Service:
         if trace is not None:
             trace.note_upstream(backend.name, seconds)
 
-    def _pinned(self, backend: Backend, request: GenerateRequest, fingerprint: Fingerprint) -> _Pinned:
-        """The request with `id_slot` for the llama.cpp slot holding its prefix (if any)."""
+    def _pinned(self, backend: Backend, request: GenerateRequest, fingerprint: Fingerprint,
+                scheduled: SchedRequest | None = None) -> _Pinned:
+        """The request with `id_slot` for the llama.cpp slot holding its prefix (if any), and
+        with the time `scheduled` (admitted) waited in the daemon's queue: a backend's own queue
+        (the engine's) waits only what queue_timeout_s has left, not that much again."""
+        waited_s = scheduled.started_at - scheduled.queued_at if scheduled is not None else 0.0
+        if waited_s > 0:
+            request = dataclasses.replace(request, queue_waited_s=waited_s)
         return _Pinned(self.router, backend, request, fingerprint, self.clock())
 
     def _sched_request(self, backend: Backend, request: GenerateRequest,

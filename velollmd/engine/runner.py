@@ -131,16 +131,19 @@ class Runner:
 
     def submit(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
                on_event: Callable[[Event], None], *, priority: int = 5, model_name: str = "",
-               choice_index: int = 0) -> None:
+               choice_index: int = 0, waited_s: float = 0.0) -> None:
         """Queue a request; RateLimited (429) when the queue is full, BadRequest when the prompt
-        does not fit the context."""
-        self._queue(self._new_seq(request_id, prompt_ids, params, on_event, priority, model_name, choice_index))
+        does not fit the context. `waited_s`: what it already waited in the daemon's queue, which
+        the engine's queue_timeout_s counts (SchedRequest.waited_s)."""
+        self._queue(self._new_seq(request_id, prompt_ids, params, on_event, priority, model_name, choice_index,
+                                  waited_s))
 
     def submit_choices(self, request_ids: Sequence[str], prompt_ids: Sequence[int], params: SamplingParams,
                        on_events: Sequence[Callable[[Event], None]], *, priority: int = 5,
-                       model_name: str = "") -> None:
+                       model_name: str = "", waited_s: float = 0.0) -> None:
         """The n choices of one request: the prompt is computed once (choice 0) and forked."""
-        parent, *children = [self._new_seq(request_id, prompt_ids, params, on_event, priority, model_name, index)
+        parent, *children = [self._new_seq(request_id, prompt_ids, params, on_event, priority, model_name, index,
+                                           waited_s)
                              for index, (request_id, on_event) in enumerate(zip(request_ids, on_events))]
         self._queue(parent, children)
 
@@ -155,14 +158,14 @@ class Runner:
 
     def _new_seq(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
                  on_event: Callable[[Event], None], priority: int, model_name: str,
-                 choice_index: int) -> EngineSeq:
+                 choice_index: int, waited_s: float = 0.0) -> EngineSeq:
         num_ctx = self.context_of(params)
         check_prompt(prompt_ids, num_ctx)
         # A sequence never outgrows the context nor the whole KV pool (alone it always fits).
         room = min(num_ctx, self.scheduler.pool.num_blocks * self.block_size) - len(prompt_ids)
         max_tokens = max(1, min(params.max_tokens or num_ctx, room))
         request = SchedRequest(request_id, model_name, list(prompt_ids), max_tokens, self.clock(),
-                               priority=priority, stream=True)
+                               priority=priority, stream=True, waited_s=max(0.0, waited_s))
         return EngineSeq(request, params, on_event, choice_index, self._sampler(params, choice_index),
                          TextStream(params.stop), num_ctx=num_ctx)
 

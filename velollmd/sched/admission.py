@@ -80,6 +80,16 @@ class BackendQueue:
             if self.limit.limit != self.scheduler.max_running:
                 self.scheduler.set_max_running(self.limit.limit)
 
+    def take_width(self, width: int, queue_per_slot: int) -> None:
+        """The backend said its width while requests ran under the adaptive limit (llama-server
+        answers /props once loaded): the limit stops here, not when the queue next empties,
+        which under steady load it may never do, while the limit kept probing past the width
+        (up to max_concurrency) though the backend never runs more. From now on the queue runs
+        the width plus `queue_per_slot` sent ahead per slot, as a queue built for it does."""
+        self.limit, self.num_slots = None, width
+        self.scheduler.num_backend_slots = width
+        self.scheduler.set_max_running(width * (1 + queue_per_slot))
+
     def on_busy(self, request: SchedRequest) -> None:
         """The backend refused `request` as busy (BackendBusy): the adaptive limit, if any,
         shrinks, once per busy episode. A request admitted before the last such shrink was
@@ -117,8 +127,11 @@ class Admission:
             if queue is not None:
                 rebuilt.keep_counts(queue)
             queue = self.queues[backend.name] = rebuilt
-        elif queue.scheduler.config is not self.config:
-            queue.scheduler.config = self.config
+        else:
+            if queue.limit is not None and width is not None:
+                queue.take_width(width, self.config.backend_queue_per_slot)
+            if queue.scheduler.config is not self.config:
+                queue.scheduler.config = self.config
         return queue
 
     async def drained(self, backend: Any) -> None:
@@ -134,8 +147,13 @@ class Admission:
             del self.queues[name]
 
     def _new_queue(self, backend: Any, width: int | None) -> BackendQueue:
-        """A known width runs its slots plus `backend_queue_per_slot` each; an unknown one
-        starts at `initial_concurrency` and follows the adaptive limit up to `max_concurrency`."""
+        """A known width W runs its slots plus `backend_queue_per_slot` each: W x (1 + that)
+        at once, by design above W (queue-ahead: the requests past W wait inside the backend, so
+        a slot that frees starts the next without a round trip through the daemon), and fixed:
+        no adaptive limit runs over a known width, so none probes past it (one learnt while
+        the queue was adaptive stops it at once: BackendQueue.take_width). An unknown width
+        starts at `initial_concurrency` and follows the adaptive limit up to `max_concurrency`;
+        that limit is its estimate of the width, with nothing sent ahead."""
         config = self.config
         if width is not None:
             max_running = width * (1 + config.backend_queue_per_slot)

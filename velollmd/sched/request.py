@@ -77,6 +77,9 @@ class SchedRequest:
     status: RequestStatus = RequestStatus.WAITING
     effective_priority: int = field(init=False)
     queued_at: float = field(init=False)          # start of the current wait (re-set on requeue)
+    # Seconds it already waited in a queue before this scheduler's (the daemon's, for a request
+    # in the engine's own queue): its first wait here gets what queue_timeout_s has left.
+    waited_s: float = 0.0
     started_at: float = field(init=False, default=0.0)   # when it last started running
     slot: int | None = None
     extra_slots: tuple[int, ...] = ()             # slots it holds beside `slot` (num_parallel > 1)
@@ -123,6 +126,11 @@ class SchedRequest:
     @property
     def is_waiting(self) -> bool:
         return self.status is WAITING or self.status is PREEMPTED
+
+    @property
+    def wait_began(self) -> float:
+        """When the current wait began, counting the wait in a queue before this one."""
+        return self.queued_at - self.waited_s
 
     def next_aging_at(self, aging_s: float) -> float:
         """When age() will next lower effective_priority (inf once it is 0)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -78,8 +77,9 @@ class Scheduler:
         self._requests: dict[str, SchedRequest] = {}     # waiting + running, by id
         self.max_running = num_slots                     # slots: requests run at once
         # The backend's own slots when it runs fewer than max_running: the rest were sent
-        # ahead to wait in its queue, and may be withdrawn for a more urgent request.
-        self.num_backend_slots = num_backend_slots or num_slots
+        # ahead to wait in its queue, and may be withdrawn for a more urgent request. None:
+        # as many as max_running, whatever it is set to (an adaptive limit sends none ahead).
+        self._num_backend_slots = num_backend_slots
         self._num_admitted = 0
         self._free_slots = list(range(num_slots))        # heap: lowest slot id first
         self._num_slots_held = 0                         # by the running requests, extra slots too
@@ -87,9 +87,10 @@ class Scheduler:
         self._last_model: str | None = None
         self._mean_service_s = 1.0                       # EWMA, for Retry-After
         # Aging and expiry without a pass over the queue on every schedule(): the next time
-        # any waiting request ages, and every wait in the order it began (pruned lazily).
+        # any waiting request ages, and every wait in the order it began (a heap: a request
+        # that waited elsewhere first began earlier; pruned lazily).
         self._next_aging_at = math.inf
-        self._wait_order: deque[tuple[float, int, SchedRequest]] = deque()  # (queued_at, num_preemptions, r)
+        self._wait_order: list[tuple[float, int, SchedRequest]] = []   # (wait_began, num_preemptions, r)
 
     @classmethod
     def for_backend(cls, config: SchedulerConfig, max_running: int, num_ctx: int, *,
@@ -181,6 +182,18 @@ class Scheduler:
     def last_admission_seq(self) -> int:
         """The admission_seq of the request admitted last (0: none yet)."""
         return self._num_admitted
+
+    @property
+    def num_backend_slots(self) -> int:
+        """The requests the backend itself runs at once: its known width, else the current
+        max_running. An adaptive limit is the daemon's estimate of the width, so none of the
+        requests under it were sent ahead (none is withdrawn for a more urgent one), however
+        far it moved from where it started."""
+        return self._num_backend_slots or self.max_running
+
+    @num_backend_slots.setter
+    def num_backend_slots(self, num_backend_slots: int | None) -> None:
+        self._num_backend_slots = num_backend_slots
 
     @property
     def num_free_slots(self) -> int:
@@ -328,20 +341,21 @@ class Scheduler:
                                 allocation.num_cached_tokens)
 
     def _expire(self, now: float) -> list[str]:
-        """Time out requests waiting longer than queue_timeout_s, oldest wait first."""
+        """Time out requests waiting longer than queue_timeout_s (with what they waited in a
+        queue before this one: SchedRequest.waited_s), oldest wait first."""
         expired: list[str] = []
         order = self._wait_order
         while order:
-            queued_at, num_preemptions, request = order[0]
-            if request.is_waiting and request.queued_at == queued_at \
+            wait_began, num_preemptions, request = order[0]
+            if request.is_waiting and request.wait_began == wait_began \
                     and request.num_preemptions == num_preemptions:
-                if now - queued_at <= self.config.queue_timeout_s:
+                if now - wait_began <= self.config.queue_timeout_s:
                     break
                 self._remove_waiting(request)
                 request.set_status(RequestStatus.FINISHED_TIMED_OUT)
                 del self._requests[request.request_id]
                 expired.append(request.request_id)
-            order.popleft()                 # expired now, or a wait that already ended
+            heapq.heappop(order)            # expired now, or a wait that already ended
         return expired
 
     def _age_waiting(self, now: float) -> None:
@@ -355,7 +369,7 @@ class Scheduler:
 
     def _enqueue(self, request: SchedRequest) -> None:
         heapq.heappush(self.waiting, request)
-        self._wait_order.append((request.queued_at, request.num_preemptions, request))
+        heapq.heappush(self._wait_order, (request.wait_began, request.num_preemptions, request))
         self._next_aging_at = min(self._next_aging_at, request.next_aging_at(self.config.aging_s))
 
     # ---- preemption ----
@@ -407,7 +421,7 @@ class Scheduler:
         self._release(request)
         request.set_status(RequestStatus.PREEMPTED)
         request.num_preemptions += 1
-        request.queued_at = now
+        request.queued_at, request.waited_s = now, 0.0     # a new wait, of queue_timeout_s
         request.effective_priority = request.priority
         if discard_output:
             request.output_token_ids.clear()

@@ -23,6 +23,8 @@ class GenerateRequest:
     client_model: str = ""              # the name the client asked for, when an alias renamed it
     key_name: str = ""                  # the caller's configured key's name ("" = none): usage, access log
     dropped: str = ""                   # fields validated and dropped (web_search_options): x-velollm-dropped
+    queue_waited_s: float = 0.0         # waited in the daemon's queue for the backend it goes to: a
+                                        # backend's own queue (the engine's) has the rest of queue_timeout_s
     model: str = field(init=False, repr=False, compare=False)      # body["model"]
     stream: bool = field(init=False, repr=False, compare=False)    # body["stream"], made a bool
 
