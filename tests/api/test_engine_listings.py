@@ -1,6 +1,7 @@
 """The engine's listings are current: a GGUF copied into models_dir or removed, an `ollama pull`
 of a new tag or an `ollama rm`, shows in /v1/models, /api/tags, /api/show and /api/ps at once,
-not at the next health check (an hour away here). The official clients drive the real daemon."""
+not at the next health check (an hour away here), and so does /health. The official clients
+drive the real daemon."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import openai
 import pytest
 
 from tests.daemon_rig import RunningDaemon, engine_backend
-from tests.engine.test_store import write_ollama_model
+from tests.engine.test_store import rewrite_in_place, write_ollama_model
 from tests.rig.llama import make_tiny_model
 
 LIBRARY = ("registry.ollama.ai", "library")
@@ -163,3 +164,24 @@ def test_ps_keeps_a_model_whose_file_is_removed_while_it_runs_until_its_request_
     assert still_running == 1            # asked after /api/ps: the request ran all the while
     assert during == [("busy", "llama", True)] and tags == []
     assert last.done and last.eval_count == 4000 and after == []
+
+
+def test_health_shows_a_gguf_added_corrupted_in_place_and_removed_at_once(folders):
+    """Only /health asked, no listing in between: it checks the files as a listing does, so
+    a GGUF copied in, then rewritten in place into a corrupt one (same size, mtime set back),
+    then removed, shows there at once, not at the next health check an hour away."""
+    folder, _ = folders
+    with daemon(folder) as running:
+        def engine_row():
+            row = get_json(running.url + "/health")["backends"][0]
+            return row["models"], row["engine"]["unavailable"]
+        empty = engine_row()
+        path = make_tiny_model(folder / "added.gguf")
+        added = engine_row()
+        rewrite_in_place(path, b"XXXX" + path.read_bytes()[4:])
+        corrupted = engine_row()
+        path.unlink()
+        removed = engine_row()
+    assert empty == removed == ([], {})
+    assert added == (["added"], {})
+    assert corrupted[0] == [] and str(path) in corrupted[1]["added"]

@@ -1,4 +1,6 @@
 """Registry.candidates: glob matches remembered, catalogue listings followed as they change."""
+import asyncio
+
 import pytest
 
 from velollmd.backends.base import ModelInfo
@@ -82,3 +84,38 @@ def test_a_name_without_a_tag_is_its_latest_not_any_tag():
     a.models = [ModelInfo("tiny", "a")]                              # an untagged listing
     assert names(reg.candidates("tiny:latest")) == ["a"]
     assert reg.find_model("tiny:latest").backend == "a"
+
+
+async def tasks_made_by_freshen(reg: Registry) -> list[str]:
+    """What each task that `reg.freshen()` starts runs, counted by the loop's task factory."""
+    made = []
+
+    def counting(loop, coro, **kwargs):
+        made.append(coro.__qualname__)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(counting)
+    try:
+        await reg.freshen()
+    finally:
+        loop.set_task_factory(None)
+    return made
+
+
+def test_a_listing_starts_work_only_for_the_backends_with_something_to_check(tmp_path):
+    """Every listing freshens the catalogues first; a server's follows its health loop, so
+    it gets no task (there were one per backend per listing), the engine's file check does."""
+    servers = registry()
+    engine_config = config_from_table({"backends": [
+        {"name": "e", "kind": "engine", "models_dir": str(tmp_path), "ollama_store": False}]}).backends[0]
+    mixed = Registry([*(b.config for b in servers.backends), engine_config])
+
+    async def scenario():
+        await mixed.backends[-1].refresh()
+        try:
+            return await tasks_made_by_freshen(servers), await tasks_made_by_freshen(mixed)
+        finally:
+            await mixed.close()
+    for_servers, for_mixed = asyncio.run(scenario())
+    assert for_servers == []
+    assert for_mixed == ["EngineBackend.freshen", "EngineBackend._check_after"]

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.engine.test_store import rewrite_in_place
 from tests.rig.llama import make_tiny_model
 from velollmd.backends.engine import EngineBackend
 from velollmd.config import config_from_table
@@ -173,6 +174,32 @@ def test_a_model_added_while_running_serves_at_once(tmp_path):
             await backend.close()
     answer, listed = run(scenario())
     assert answer["usage"]["completion_tokens"] == 3 and listed == ["added", "first"]
+
+
+def test_a_gguf_corrupted_in_place_keeping_size_and_mtime_is_unavailable_at_the_next_listing(tmp_path):
+    """A good GGUF rewritten in place (same size, its mtime set back to the nanosecond) into
+    a corrupt one: the listing's cheap check sees it, the file is probed again, and the model
+    is unavailable with the reason (not served from the old probe and loaded weights)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    path = make_tiny_model(folder / "flip.gguf")
+
+    async def scenario():
+        backend = engine(folder)
+        try:
+            await backend.refresh()
+            answer = await backend.chat(chat("flip"))
+            rewrite_in_place(path, b"XXXX" + path.read_bytes()[4:])     # the magic gone
+            await backend.freshen()
+            with pytest.raises(Unavailable) as asked:
+                await backend.chat(chat("flip"))
+            return answer, [m.id for m in backend.models], backend.unavailable, list(backend.loaded), asked.value
+        finally:
+            await backend.close()
+    answer, listed, unavailable, loaded, error = run(scenario())
+    assert answer["usage"]["completion_tokens"] == 3
+    assert listed == [] and loaded == [] and str(path) in unavailable["flip"]
+    assert error.status == 503 and error.code == "model_unavailable" and unavailable["flip"] in error.message
 
 
 class HeldScans(EngineBackend):

@@ -2,11 +2,28 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from velollmd.engine.store import find_models, ollama_name, ollama_store_dirs, sources_state
+
+
+def rewrite_in_place(path: Path, data: bytes) -> None:
+    """`data` written over `path` (same size, same inode), its mtime then set back to the
+    old one to the nanosecond: a rewrite within one mtime tick, or a `touch -r` / `cp -p`.
+    The ctime moves on; when the rewrite lands in the same clock tick as the file's last
+    change, the mtime is set again until it does (nothing by stat could tell it otherwise)."""
+    before = path.stat()
+    assert len(data) == before.st_size
+    with open(path, "r+b") as file:
+        file.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    while path.stat().st_ctime_ns == before.st_ctime_ns:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
 
 
 def write_ollama_model(store: Path, parts: tuple[str, ...], payload: bytes, *, extra_layers=()) -> str:
@@ -123,3 +140,27 @@ def test_sources_state_changes_with_what_a_scan_would_find(tmp_path):
     states.append(state())
     assert states[0] == states[1] and state() == states[-1]
     assert len(set(states[1:])) == len(states) - 1          # every other step is a change
+
+
+def test_a_same_size_rewrite_with_the_same_mtime_changes_the_state_and_the_identity(tmp_path):
+    """A GGUF rewritten in place, same size, its mtime equal to the nanosecond: the cheap
+    check still sees it (by the ctime) and the file's identity (the probe's and the cache
+    key's) is a new one, else the old probe of the file would be trusted."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "a.gguf").write_bytes(b"GGUF good")
+    (tmp_path / "one.gguf").write_bytes(b"GGUF one")
+
+    def state():
+        return sources_state(str(tmp_path / "one.gguf"), str(folder))
+
+    def identities():
+        return {n: f.identity for n, f in find_models(str(tmp_path / "one.gguf"), "", str(folder)).models.items()}
+    states, seen = [state()], [identities()]
+    rewrite_in_place(folder / "a.gguf", b"XXXX good")
+    states.append(state()), seen.append(identities())
+    rewrite_in_place(tmp_path / "one.gguf", b"XXXX one")
+    states.append(state()), seen.append(identities())
+    assert len(set(states)) == 3
+    assert seen[0]["a"] != seen[1]["a"] and seen[1]["one"] != seen[2]["one"]
+    assert seen[0]["one"] == seen[1]["one"] and seen[1]["a"] == seen[2]["a"]

@@ -38,6 +38,9 @@ class AdminRoutes:
         router.add("GET", "/v1/velollm/runtime", self.runtime)
 
     async def health(self, request: Request) -> Response:
+        """Each backend's state; the engine's catalogue first brought up to date as a listing
+        does (a stat check), so that a GGUF added, removed or corrupted shows here at once."""
+        await self.registry.freshen()
         draining = self.access.draining
         body = {"status": "draining" if draining else "ok", "version": __version__,
                 "uptime_s": round(time.time() - self.access.started_at, 3),

@@ -58,6 +58,7 @@ class Backend:
     native_ollama = False       # speaks Ollama's own API: Ollama clients pass through (`native`)
     loaded_models: frozenset[str] | None = None   # models held in memory now; None = unknown
     retired = False             # taken out by a reload: finishes its requests, takes no new one
+    freshens = False            # `freshen()` has something to check (the engine: its files)
     # Sampling defaults the server applies to omitted fields: the cache key applies them too,
     # so that an explicit default and an omitted field share one entry.
     defaults: dict = {}

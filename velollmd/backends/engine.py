@@ -45,6 +45,7 @@ log = logging.getLogger("velollmd.engine")
 class EngineBackend(Backend):
     kind = "engine"
     supports_n = True
+    freshens = True
 
     def __init__(self, config: BackendConfig, scheduler_config: SchedulerConfig | None = None):
         super().__init__(config)

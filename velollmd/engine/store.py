@@ -34,11 +34,13 @@ class ModelFile:
     size: int = 0
     mtime: float = 0.0
     digest: str = ""          # Ollama's "sha256:..." when the file came from its store
+    stamp: tuple = ()         # (inode, mtime_ns, ctime_ns) when it was found: see `file_stamp`
 
     @property
     def identity(self) -> str:
-        """Changes when the file does: part of the response cache key."""
-        return self.digest or f"{self.path}:{self.size}:{int(self.mtime)}"
+        """Changes when the file does: part of the response cache key, and what the engine's
+        probe of the file is remembered by."""
+        return self.digest or f"{self.path}:{self.size}:" + ":".join(map(str, self.stamp or (int(self.mtime),)))
 
 
 @dataclass
@@ -80,7 +82,15 @@ def _add_file(catalogue: Catalogue, path: Path, name: str, source: str, digest: 
     if not path.is_file():
         catalogue.problems[name] = f"{path} is not a file"
         return
-    _add(catalogue, ModelFile(name, path, source, stat.st_size, stat.st_mtime, digest))
+    _add(catalogue, ModelFile(name, path, source, stat.st_size, stat.st_mtime, digest, file_stamp(stat)))
+
+
+def file_stamp(stat: os.stat_result) -> tuple:
+    """What changes when a file is written, beyond its size: its mtime to the nanosecond, and
+    its ctime and inode, which also change when the write kept the size and the mtime (a
+    rewrite in place within one mtime tick, or one whose mtime was set back: `touch -r`,
+    `cp -p`, `rsync -t`). A rewrite that keeps all of them cannot be told by stat."""
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def _add_dir(catalogue: Catalogue, folder: Path) -> None:
@@ -150,12 +160,12 @@ def sources_state(model: str = "", models_dir: str = "",
 
 
 def _stat_of(path: Path | os.DirEntry) -> tuple:
-    """(identity, size, mtime) of a file or folder (a link: of its target), or why not."""
+    """(device, size, file_stamp) of a file or folder (a link: of its target), or why not."""
     try:
         stat = path.stat()
     except OSError as exc:
         return (exc.errno,)
-    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return (stat.st_dev, stat.st_size, *file_stamp(stat))
 
 
 def _names_in(folder: Path) -> tuple:
