@@ -162,7 +162,7 @@ def test_the_fim_pad_and_file_separator_end_the_middle(client, model, tag):
     answer = client.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=6, temperature=0,
                                        logit_bias={str(tokens.index(tag)): 2000})
     assert answer.choices[0].finish_reason == "stop" and answer.choices[0].text == ""
-    assert answer.usage.completion_tokens <= 1     # llama-server counts the end token, the engine does not
+    assert answer.usage.completion_tokens == 1     # the end token is counted, as llama-server counts it
 
 
 def test_fim_pieces_are_cut_around_the_gap():
@@ -204,3 +204,21 @@ def test_ollamas_generate_with_an_over_long_fim_prompt_is_cut_to_fit(daemon, cli
     same = client.completions.create(model=ENGINE, prompt=prefix_tail, suffix=SUFFIX, max_tokens=3, temperature=0)
     assert same.usage.prompt_tokens == reply.prompt_eval_count
     assert same.choices[0].text == reply.response
+
+
+@pytest.mark.parametrize("model", [LLAMA, ENGINE])
+@pytest.mark.parametrize("suffix", [None, SUFFIX])
+def test_an_answer_ended_by_its_first_token_counts_that_token(client, model, suffix):
+    """llama-server counts the end-of-generation token that ends an answer (completion_tokens 1,
+    no text), a plain completion or a fill in the middle alike; the engine counts it too."""
+    tokens, _, _ = tiny_gguf_tool().tiny_vocab(fim=True)
+    eos = tokens.index(tiny_gguf_tool().EOS)
+    answer = client.completions.create(model=model, prompt=PREFIX, max_tokens=4, temperature=0,
+                                       logit_bias={str(eos): 2000}, **({"suffix": suffix} if suffix else {}))
+    assert answer.choices[0].text == "" and answer.choices[0].finish_reason == "stop"
+    assert answer.usage.completion_tokens == 1
+    if suffix is None:
+        chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=4, temperature=0, logit_bias={str(eos): 2000})
+        assert chat.choices[0].message.content == "" and chat.choices[0].finish_reason == "stop"
+        assert chat.usage.completion_tokens == 1
