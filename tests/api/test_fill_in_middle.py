@@ -2,7 +2,7 @@
 a completion with a `suffix` on the real llama-server (its /infill) and on the engine, both on
 the tiny model with Qwen2.5-Coder's FIM tokens (`--vocab spm-fim`), driven by the official
 openai and ollama clients. The engine's FIM prompt equals, token for token, the prompt
-llama-server's /infill builds for the same prefix and suffix."""
+llama-server's /infill builds for the same prefix, suffix and `input_extra` (the other files)."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,7 @@ import pytest
 from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend, ollama_backend
 from tests.engine.test_tokenizer import gguf_metadata
 from tests.rig.llama import LlamaServer, make_tiny_model, tiny_gguf_tool
-from velollmd.backends.engine import _fill_in_middle, fim_pieces_fitted
+from velollmd.backends.engine import _fill_in_middle, fim_pieces_fitted, with_repo_context
 from velollmd.engine.tokenizer import Tokenizer
 
 LLAMA = "tiny-fim"            # llama-server's alias (the daemon's llama backend serves "tiny*")
@@ -27,6 +27,8 @@ SUFFIX = "\n    return a\n"
 CASES = [(PREFIX, SUFFIX),
          ("x = 1 + ", "  # the end"),
          ("literal <|fim_middle|> in the code: ", " <|fim_prefix|>!")]   # FIM tags as plain text
+EXTRAS = [{"filename": "util.py", "text": "def helper(x):\n    return x * 2\n"},
+          {"text": "CONSTANT = 42\n"}]                                 # no filename: llama.cpp's "tmp"
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +164,7 @@ def test_the_fim_pad_and_file_separator_end_the_middle(client, model, tag):
     answer = client.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=6, temperature=0,
                                        logit_bias={str(tokens.index(tag)): 2000})
     assert answer.choices[0].finish_reason == "stop" and answer.choices[0].text == ""
-    assert answer.usage.completion_tokens <= 1     # llama-server counts the end token, the engine does not
+    assert answer.usage.completion_tokens == 1     # the end token is counted, as llama-server counts it
 
 
 def test_fim_pieces_are_cut_around_the_gap():
@@ -204,3 +206,123 @@ def test_ollamas_generate_with_an_over_long_fim_prompt_is_cut_to_fit(daemon, cli
     same = client.completions.create(model=ENGINE, prompt=prefix_tail, suffix=SUFFIX, max_tokens=3, temperature=0)
     assert same.usage.prompt_tokens == reply.prompt_eval_count
     assert same.choices[0].text == reply.response
+
+
+@pytest.fixture(scope="module")
+def roomy_server(llama_binary, fim_model):
+    """llama-server with room for /infill's repo-level context: it gives `input_extra` what its
+    slot's context leaves over its batch (n_ctx - n_batch - 2 * n_predict), none in fim_server."""
+    with LlamaServer(fim_model, binary=llama_binary, parallel=1, ctx_size=2048, alias=LLAMA,
+                     extra_args=["-b", "512"]) as server:
+        yield server
+
+
+def fim_tokenizer(fim_model) -> Tokenizer:
+    return Tokenizer.from_gguf(gguf_metadata(fim_model))
+
+
+def engine_prompt(fim_model, prefix: str, body: dict, **limits) -> list[int]:
+    tokenizer = fim_tokenizer(fim_model)
+    model = SimpleNamespace(tokenizer=tokenizer, config=SimpleNamespace(n_vocab=tokenizer.vocab_size))
+    return _fill_in_middle(model, prefix, body, **limits)
+
+
+@pytest.mark.parametrize("prefix, suffix", CASES[:2])
+def test_input_extra_is_rendered_as_llama_servers_repo_level_context(roomy_server, fim_model, prefix, suffix):
+    """/infill's `input_extra` (the other files an editor sends: llama.vim, llama.vscode) before
+    the FIM prompt, with the file separator, each file's name and the edited file's separator."""
+    tokenizer = fim_tokenizer(fim_model)
+    ours = engine_prompt(fim_model, prefix, {"suffix": suffix, "input_extra": EXTRAS})
+    infill = post(roomy_server, "/infill", {"input_prefix": prefix, "input_suffix": suffix,
+                                            "input_extra": EXTRAS, "n_predict": 1})
+    assert tokenizer.decode(ours) == infill["prompt"]
+    assert infill["prompt"].startswith("<|file_sep|>util.py\ndef helper(x):")
+    assert "<|file_sep|>tmp\nCONSTANT = 42\n<|file_sep|>filename\n<|fim_prefix|>" in infill["prompt"]
+    assert len(ours) == infill["tokens_evaluated"]
+    assert ours == post(roomy_server, "/tokenize", {"content": infill["prompt"], "add_special": False,
+                                                    "parse_special": True})["tokens"]
+
+
+def test_input_extra_on_a_completion_reaches_both_backends_alike(daemon_factory, roomy_server, fim_model):
+    """`input_extra` on /v1/completions with a suffix: llama-server's /infill reads it, the engine
+    renders it the same way; both read the same number of prompt tokens and fill in the middle."""
+    daemon = daemon_factory({"backends": [llama_backend(roomy_server, models=[LLAMA]),
+                                          engine_backend(fim_model.parent)], "cache": {"enabled": False}})
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    usage = {}
+    for model in (LLAMA, ENGINE):
+        bare = client.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=2, temperature=0)
+        fim = client.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=2, temperature=0,
+                                        extra_body={"input_extra": EXTRAS})
+        assert fim.choices[0].text and fim.usage.completion_tokens == 2
+        usage[model] = (bare.usage.prompt_tokens, fim.usage.prompt_tokens)
+    assert usage[ENGINE][1] == usage[LLAMA][1] == len(engine_prompt(fim_model, PREFIX, {"suffix": SUFFIX,
+                                                                                        "input_extra": EXTRAS}))
+    assert usage[ENGINE][1] > usage[ENGINE][0]
+
+
+@pytest.mark.parametrize("model", [LLAMA, ENGINE])
+@pytest.mark.parametrize("extra", ["not a list", [{"filename": "a.py"}], [{"text": 7}],
+                                   [{"text": "x", "filename": 3}], ["text"]])
+def test_an_ill_formed_input_extra_is_a_400_naming_it(client, model, extra):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=2,
+                                  extra_body={"input_extra": extra})
+    assert info.value.body["param"] == "input_extra" and '"text": string' in info.value.body["message"]
+    assert client.completions.create(model=model, prompt=PREFIX, suffix=SUFFIX, max_tokens=2).choices[0].text
+
+
+def test_the_repo_level_context_keeps_its_end_when_cut(fim_model):
+    """Over the room left, the front of the repo-level context goes (llama-server keeps its
+    tail): the latest files and the edited file's separator stay next to the FIM prompt."""
+    tokenizer = fim_tokenizer(fim_model)
+    fim_ids = tokenizer.fill_in_middle([5, 6], [7])
+    whole = tokenizer.repo_context(EXTRAS)
+    assert with_repo_context(tokenizer, fim_ids, EXTRAS, None) == whole + fim_ids
+    assert with_repo_context(tokenizer, fim_ids, EXTRAS, len(fim_ids) + 9) == whole[-9:] + fim_ids
+    assert with_repo_context(tokenizer, fim_ids, EXTRAS, 2) == fim_ids
+    assert with_repo_context(tokenizer, fim_ids, [], 2) == with_repo_context(tokenizer, fim_ids, None, 99) == fim_ids
+    bare = engine_prompt(fim_model, PREFIX, {"suffix": SUFFIX})
+    prompt = engine_prompt(fim_model, PREFIX, {"suffix": SUFFIX, "input_extra": EXTRAS}, extras_limit=len(bare) + 9)
+    assert prompt == whole[-9:] + bare             # the FIM prompt whole, after the context's last 9 tokens
+
+
+def test_a_model_without_a_file_separator_gets_llama_cpps_snippet_lines(fim_model):
+    """llama.cpp's rule for a FIM model without FIM_SEP (CodeLlama, ...): each file's text
+    after a "--- snippet ---" line, no names, no separator for the edited file."""
+    tokenizer = fim_tokenizer(fim_model)
+    tokenizer.fim_ids = {**tokenizer.fim_ids, "fim_sep": None}
+    encode = partial(tokenizer.encode, add_special=False, parse_special=False)
+    snippet = encode("\n\n--- snippet ---\n\n")
+    assert tokenizer.repo_context(EXTRAS) == snippet + encode(EXTRAS[0]["text"]) + snippet + encode(EXTRAS[1]["text"])
+
+
+@pytest.mark.parametrize("model", [LLAMA, ENGINE])
+@pytest.mark.parametrize("suffix", [None, SUFFIX])
+def test_an_answer_ended_by_its_first_token_counts_that_token(client, model, suffix):
+    """llama-server counts the end-of-generation token that ends an answer (completion_tokens 1,
+    no text), a plain completion or a fill in the middle alike; the engine counts it too."""
+    tokens, _, _ = tiny_gguf_tool().tiny_vocab(fim=True)
+    eos = tokens.index(tiny_gguf_tool().EOS)
+    answer = client.completions.create(model=model, prompt=PREFIX, max_tokens=4, temperature=0,
+                                       logit_bias={str(eos): 2000}, **({"suffix": suffix} if suffix else {}))
+    assert answer.choices[0].text == "" and answer.choices[0].finish_reason == "stop"
+    assert answer.usage.completion_tokens == 1
+    if suffix is None:
+        chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=4, temperature=0, logit_bias={str(eos): 2000})
+        assert chat.choices[0].message.content == "" and chat.choices[0].finish_reason == "stop"
+        assert chat.usage.completion_tokens == 1
+
+
+def test_input_extra_ollama_cannot_honour_is_a_400_not_ignored(daemon_factory, ollama_emulator):
+    daemon = daemon_factory({"backends": [ollama_backend(ollama_emulator)], "cache": {"enabled": False}})
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as info:
+            answer = client.completions.create(model="llama3.2", prompt=PREFIX, suffix=SUFFIX, max_tokens=2,
+                                               stream=stream, extra_body={"input_extra": EXTRAS})
+            list(answer) if stream else None
+        assert info.value.body["param"] == "input_extra"
+    assert ollama_emulator.count("/api/generate") == 0
+    assert client.completions.create(model="llama3.2", prompt=PREFIX, suffix=SUFFIX, max_tokens=2).choices[0].text

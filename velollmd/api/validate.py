@@ -325,9 +325,22 @@ def validate_completion(body: dict, ranges: dict | None = None) -> dict:
     _drop_empty_stops(body)
     _check_type(body, "echo", bool, "a boolean")
     _check_type(body, "suffix", str, "a string")
+    _check_input_extra(body.get("input_extra"))
     _check_completion_logprobs(body)
     _check_best_of(body)
     return body
+
+
+def _check_input_extra(extras) -> None:
+    """llama-server's /infill `input_extra` (the other files of a fill in the middle): a list
+    of {"filename": string (optional), "text": string}, refused in llama-server's words, so
+    that the engine and llama-server turn the same bodies away."""
+    if extras is None:
+        return
+    if not isinstance(extras, list) or not all(
+            isinstance(chunk, dict) and isinstance(chunk.get("text"), str)
+            and isinstance(chunk.get("filename", ""), str) for chunk in extras):
+        _fail("input_extra", 'must be an array of {"filename": string, "text": string}')
 
 
 def _check_completion_logprobs(body: dict) -> None:

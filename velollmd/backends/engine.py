@@ -345,8 +345,10 @@ class EngineBackend(Backend):
                                                  vocab_size=model.config.n_vocab)
         except SamplingParamError as exc:
             raise BadRequest(str(exc), param=exc.param) from None
-        prompt_ids = self._fitted(model, body, params, self._prompt_ids(model, body, chat=chat), chat=chat)
-        check_prompt(prompt_ids, model.runner.context_of(params), "messages" if chat else "prompt")
+        num_ctx = model.runner.context_of(params)
+        prompt_ids = self._prompt_ids(model, body, chat=chat, extras_limit=prompt_limit(num_ctx, params.max_tokens))
+        prompt_ids = self._fitted(model, body, params, prompt_ids, chat=chat)
+        check_prompt(prompt_ids, num_ctx, "messages" if chat else "prompt")
         if params.json_mode:           # its tables, once per model, off the loop and the engine's lock
             await asyncio.to_thread(model.runner.json_vocab.built)
         if chat:       # the turn's end as text too, should the model spell it out in pieces
@@ -364,11 +366,13 @@ class EngineBackend(Backend):
                              think_tags=model.template.think_tags if chat and thinks else None,
                              thinking_opened=params.think_end is not None)
 
-    def _prompt_ids(self, model: LoadedModel, body: dict, *, chat: bool) -> list[int]:
+    def _prompt_ids(self, model: LoadedModel, body: dict, *, chat: bool, extras_limit: int | None = None) -> list[int]:
+        """`extras_limit`: the most tokens a fill in the middle with `input_extra` takes, its
+        repo-level context cut to fit (see _fill_in_middle)."""
         if not chat:
             prompt = one_prompt(body.get("prompt", ""), "the engine")
             if body.get("suffix"):
-                return _fill_in_middle(model, prompt, body)
+                return _fill_in_middle(model, prompt, body, extras_limit=extras_limit)
             if isinstance(prompt, list):
                 return _in_vocab(list(prompt), model.config.n_vocab, "prompt")
             return model.tokenizer.encode(prompt, add_special=True, parse_special=True)
@@ -489,12 +493,15 @@ class _Run:
         self.backend._unload_idle()                    # keep_alive 0: unloaded once idle
 
 
-def _fill_in_middle(model: LoadedModel, prompt: str | list, body: dict, limit: int | None = None) -> list[int]:
+def _fill_in_middle(model: LoadedModel, prompt: str | list, body: dict, limit: int | None = None,
+                    extras_limit: int | None = None) -> list[int]:
     """A completion with a `suffix`: the model's fill-in-the-middle prompt, the prompt before
     the gap and the suffix after it, each read as plain text (a FIM token written in the code
     is no FIM token), as llama-server's /infill reads them; a model without FIM tokens: a 400.
     `limit`: at most that many tokens, the pieces cut around the gap (fim_pieces_fitted), so
-    that the FIM tokens stay (`truncate` cutting the whole prompt's front would drop them)."""
+    that the FIM tokens stay (`truncate` cutting the whole prompt's front would drop them).
+    `input_extra` (llama-server's other files) goes before it (with_repo_context), in `limit`
+    or else `extras_limit` tokens."""
     tokenizer = model.tokenizer
     if not tokenizer.can_fill_in_middle:
         refuse_insert(body)
@@ -504,7 +511,21 @@ def _fill_in_middle(model: LoadedModel, prompt: str | list, body: dict, limit: i
     if limit is not None:
         budget = limit - len(tokenizer.fill_in_middle([], []))
         prefix_ids, suffix_ids = fim_pieces_fitted(prefix_ids, suffix_ids, budget)
-    return tokenizer.fill_in_middle(prefix_ids, suffix_ids)
+    fim_ids = tokenizer.fill_in_middle(prefix_ids, suffix_ids)
+    return with_repo_context(tokenizer, fim_ids, body.get("input_extra"), extras_limit if limit is None else limit)
+
+
+def with_repo_context(tokenizer, fim_ids: list[int], extras: list[dict] | None, limit: int | None) -> list[int]:
+    """The FIM prompt after the repo-level context of `extras` (Tokenizer.repo_context), in at
+    most `limit` tokens: as llama-server fills the rest of its context with them, the end of
+    that context is kept (the latest chunks and the edited file's separator), its front cut.
+    No extras: the FIM prompt as it is (llama-server adds the bare separators only when its
+    slot's context exceeds its batch size)."""
+    if not extras:
+        return fim_ids
+    extra_ids = tokenizer.repo_context(extras)
+    take = len(extra_ids) if limit is None else max(0, min(len(extra_ids), limit - len(fim_ids)))
+    return extra_ids[len(extra_ids) - take:] + fim_ids
 
 
 def fim_pieces_fitted(prefix_ids: list[int], suffix_ids: list[int], budget: int) -> tuple[list[int], list[int]]:

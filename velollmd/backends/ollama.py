@@ -74,6 +74,7 @@ class OllamaBackend(Backend):
 
     def generate_body(self, request: GenerateRequest) -> dict:
         _refuse_logit_bias(request.body)
+        _refuse_input_extra(request.body)
         return {**openai_to_ollama_generate(request.body, self.config.num_ctx), **_logprobs_ask(request)}
 
     async def chat(self, request: GenerateRequest) -> dict:
@@ -125,6 +126,14 @@ class OllamaBackend(Backend):
     async def native(self, method: str, path: str, body: dict | None = None) -> ClientResponse:
         """Pass an Ollama-native request through; the caller streams or reads the answer."""
         return await self.client.request(method, path, json=body)
+
+
+def _refuse_input_extra(body: dict) -> None:
+    """llama-server's `input_extra` (other files for a fill in the middle), which Ollama's
+    /api/generate has no field for: a 400, never a middle filled without them."""
+    if body.get("input_extra"):
+        raise BadRequest("Ollama does not support input_extra (llama-server's repo-level context for "
+                         "fill in the middle)", param="input_extra", code="unsupported_value")
 
 
 def _refuse_logit_bias(body: dict) -> None:

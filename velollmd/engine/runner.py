@@ -85,10 +85,17 @@ class EngineSeq:
     num_cached_tokens: int = 0      # of the prompt, found in the prefix cache at admission
     num_ctx: int = 0                # its context (the model's, or the request's num_ctx)
     tokens: list[int] = field(default_factory=list)    # output emitted so far
+    ended_on_eog: bool = False      # an end-of-generation token ended it (no text, not in tokens)
 
     @property
     def request_id(self) -> str:
         return self.request.request_id
+
+    @property
+    def num_output_tokens(self) -> int:
+        """The tokens it generated, the end token that ended it among them: llama-server counts
+        it (completion_tokens 1 for an answer that ends at once, on completions and chats)."""
+        return len(self.tokens) + self.ended_on_eog
 
 
 def check_prompt(prompt_ids: Sequence[int], num_ctx: int, param: str = "messages") -> None:
@@ -415,6 +422,7 @@ class Runner:
         """Send the sampled token's text; the finish reason when the sequence ends here."""
         token_id = result.token_id
         if token_id in seq.params.stop_token_ids:        # end of generation (unless ignore_eos)
+            seq.ended_on_eog = True
             return self._finish(seq, "stop", ())
         seq.tokens.append(token_id)
         text = seq.text.push(self.tokenizer.token_bytes(token_id))
@@ -425,7 +433,7 @@ class Runner:
             return self._finish(seq, "length", (token_id,), text + seq.text.finish(), logprobs)
         self._outbox.append((seq.on_event, Event(
             seq.request_id, text, (token_id,), logprobs, num_prompt_tokens=len(seq.request.prompt_token_ids),
-            num_cached_tokens=seq.num_cached_tokens, num_output_tokens=len(seq.tokens))))
+            num_cached_tokens=seq.num_cached_tokens, num_output_tokens=seq.num_output_tokens)))
         return None
 
     def _finish(self, seq: EngineSeq, reason: str, token_ids: tuple[int, ...], text: str = "",
@@ -444,7 +452,7 @@ class Runner:
                   logprobs: tuple, error: Exception | None = None) -> None:
         self._outbox.append((seq.on_event, Event(
             seq.request_id, text, token_ids, logprobs, reason, error, num_prompt_tokens=len(seq.request.prompt_token_ids),
-            num_cached_tokens=seq.num_cached_tokens, num_output_tokens=len(seq.tokens),
+            num_cached_tokens=seq.num_cached_tokens, num_output_tokens=seq.num_output_tokens,
             stop_string=seq.text.stop_string)))
 
     def _send_events(self) -> None:

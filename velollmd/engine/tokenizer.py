@@ -70,6 +70,7 @@ _FIM_TEXTS: dict[str, tuple[str, ...]] = {
     "fim_sep": ("<|file_sep|>",),
 }
 _FIM_EOG = ("fim_pad", "fim_rep", "fim_sep")         # end of generation, as llama.cpp has them
+_SNIPPET_LINE = "\n\n--- snippet ---\n\n"           # llama.cpp's chunk separator without FIM_SEP
 _ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")   # gpt-oss
 
 
@@ -195,6 +196,22 @@ class Tokenizer:
         bos = [self._required(self.bos_id, "bos")] if self.add_bos else []
         return [*bos, self.fim_ids["fim_pre"], *prefix_ids, self.fim_ids["fim_suf"], *suffix_ids,
                 self.fim_ids["fim_mid"]]
+
+    def repo_context(self, extras: list[dict]) -> list[int]:
+        """The repo-level context llama-server's /infill puts before the FIM prompt for its
+        `input_extra` ([{"filename", "text"}], the other files an editor sends), as llama.cpp's
+        format_infill renders it (Qwen2.5-Coder's repo-level pattern): [FIM_REP] myproject, each
+        chunk as [FIM_SEP] its filename ("tmp" when none) and its text, then [FIM_SEP] filename
+        for the file being edited; llama.cpp's fixed names. A model without FIM_REP goes without
+        that line; without FIM_SEP, each chunk follows a "--- snippet ---" line instead."""
+        def text(piece: str) -> list[int]:
+            return self.encode(piece, add_special=False, parse_special=False)
+        rep, sep = self.fim_ids["fim_rep"], self.fim_ids["fim_sep"]
+        ids = [rep, *text("myproject\n")] if rep is not None else []
+        for chunk in extras:
+            ids += [sep, *text(chunk.get("filename", "tmp") + "\n")] if sep is not None else text(_SNIPPET_LINE)
+            ids += text(chunk["text"])
+        return ids + ([sep, *text("filename\n")] if sep is not None else [])
 
     def is_control(self, token_id: int) -> bool:
         return bool(self._attrs[self._check_id(token_id)] & TokenAttr.CONTROL)
