@@ -86,20 +86,6 @@ def test_thinking_off_streams_json_from_the_first_chunk_with_no_reasoning(daemon
     assert not any(c.message.thinking for c in chunks) and "".join(c.message.content for c in chunks) == whole
 
 
-@pytest.mark.parametrize("extra", [{}, {"extra_body": OFF}])
-def test_a_prefilled_turn_with_its_thinking_closed_is_history_not_the_answers_thinking(client, extra):
-    """A trailing assistant turn whose "</think>" is closed is rendered as a turn of its own
-    (as vLLM renders it without continue_final_message): the answer thinks anew before its JSON
-    (thinking on), or is JSON from the first token (off), and its reasoning_content is its own
-    thought or absent, never the prefill's, nor an empty one."""
-    prefill = {"role": "assistant", "content": "<think>\nearlier\n</think>\n\n"}
-    answer = client.chat.completions.create(model=MODEL, messages=[*HI, prefill], max_tokens=60, temperature=0,
-                                            logit_bias=THINK, response_format=JSON, **extra)
-    message = answer.choices[0].message
-    assert answer.choices[0].finish_reason == "stop" and isinstance(json.loads(message.content), dict)
-    assert (message.model_extra or {}).get("reasoning_content") == (None if extra else THOUGHT)
-
-
 def test_a_cut_while_thinking_is_length_with_the_thinking_and_no_content(daemon, client):
     answer = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=8, temperature=0,
                                             response_format=JSON)

@@ -365,9 +365,10 @@ def write_template_model(folder: Path, fixture: str) -> Path:
 
 
 # Where the engine still renders otherwise than llama-server (asserted to differ, so that a fix
-# shows): a conversation ending in an assistant turn is a prefill for llama.cpp (rendered open,
-# continued by the model), a finished turn for the engine; Gemma 3's template joins a list of
-# text parts itself, with nothing between them, where the engine joins parts with newlines first.
+# shows): Qwen3's conversation ending in a turn with its own thinking is a prefill for both, but
+# llama-server writes an empty think block before it (PREFILL_DIFFERENCES below); Gemma 3's
+# template joins a list of text parts itself, with nothing between them, where the engine joins
+# parts with newlines first.
 KNOWN_DIFFERENCES = {("Qwen-Qwen3-0.6B.jinja", "think_last"), ("google-gemma-3-it.jinja", "content_parts")}
 
 
@@ -409,3 +410,45 @@ def test_chat_prompt_matches_llama_server_apply_template(fixture, template_model
     theirs = post(server.url + "/v1/chat/completions", {"messages": messages, "max_tokens": 1})
     ours = template_client.chat.completions.create(model=path.stem, messages=messages, max_tokens=1)
     assert ours.usage.prompt_tokens == theirs["usage"]["prompt_tokens"]
+
+
+
+# A chat ending in an assistant message is a prefill the answer continues: as llama-server does,
+# the conversation before it is rendered with the generation prompt and the prefill's text
+# follows, the turn left open (no end-of-turn, no second header); on Qwen3 a prefill that is
+# answer text follows the empty think block, as llama-server and the template write it.
+PREFILLS = {"plain": "Sure, here ", "json": '{"answer":'}
+THINKING_PREFILLS = {"think_closed": "<think>\nBecause.\n</think>\n\nIt is", "think_open": "<think>\nLet me"}
+# Where llama-server renders a prefill otherwise, on purpose: on Qwen3 it writes the empty think
+# block before a prefill that opens its own thinking too (two blocks; the engine continues the
+# prefill's); for Phi-3 and Phi-4-mini it writes "<|im_end|>assistant|>", no header of theirs,
+# where the generation prompt belongs (the engine writes the template's "<|assistant|>").
+PREFILL_DIFFERENCES = {("Qwen-Qwen3-0.6B.jinja", "think_closed"), ("Qwen-Qwen3-0.6B.jinja", "think_open"),
+                       *((fixture, name) for fixture in ("microsoft-Phi-3.5-mini-instruct.jinja",
+                                                         "llama-cpp-microsoft-Phi-4-mini-instruct.jinja")
+                         for name in PREFILLS)}
+
+
+@pytest.mark.parametrize("fixture", list(CASES))
+def test_a_trailing_assistant_message_renders_open_as_llama_server_renders_it(fixture, template_models,
+                                                                              template_client, llama_server_factory):
+    path = template_models[fixture]
+    server = llama_server_factory(model_path=path, parallel=1, ctx_size=512)
+    _, tokenizer = load_engine_model(path)
+    template = find_template(template_source(fixture))
+    for name, prefill in {**PREFILLS, **(THINKING_PREFILLS if template.thinks else {})}.items():
+        messages = [*CONVERSATIONS["no_system"][0], {"role": "assistant", "content": prefill}]
+        theirs = post(server.url + "/apply-template", {"messages": messages})["prompt"]
+        ours = chat_prompt(template, tokenizer, messages)
+        answer_text = name in PREFILLS                  # no thinking of its own: thinking is off
+        opened = chat_prompt(template, tokenizer, messages[:-1], enable_thinking=False if answer_text else None)
+        assert ours == opened + prefill, name            # the generation prompt, then the prefill
+        if (fixture, name) in PREFILL_DIFFERENCES:
+            assert ours != theirs, f"{fixture} {name}: now equal; drop it from PREFILL_DIFFERENCES"
+        else:
+            assert ours == theirs, name
+    messages = [*CONVERSATIONS["no_system"][0], {"role": "assistant", "content": PREFILLS["plain"]}]
+    theirs = post(server.url + "/v1/chat/completions", {"messages": messages, "max_tokens": 1})
+    ours = template_client.chat.completions.create(model=path.stem, messages=messages, max_tokens=1)
+    counted = ours.usage.prompt_tokens == theirs["usage"]["prompt_tokens"]
+    assert counted != ((fixture, "plain") in PREFILL_DIFFERENCES)

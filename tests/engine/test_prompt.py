@@ -54,3 +54,28 @@ def test_llama3_prompts_carry_today_as_llama_cpp_dates_them(tmp_path):
     source = (FIXTURES / "meta-llama-Llama-3.3-70B-Instruct.jinja").read_text(encoding="utf-8")
     text = chat_prompt(find_template(source), tokenizer_of(tmp_path, True), CONVERSATIONS["system_user"][0])
     assert f"Today Date: {time.strftime('%d %b %Y')}\n" in text and "26 Jul 2024" not in text
+
+
+QWEN3 = (FIXTURES / "Qwen-Qwen3-0.6B.jinja").read_text(encoding="utf-8")
+ASKED = [{"role": "user", "content": "Why?"}]
+
+
+def test_a_prefill_leaves_the_turn_open_with_no_eos(tmp_path):
+    tokenizer = tokenizer_of(tmp_path, add_bos=True)
+    text = chat_prompt(find_template(MISTRAL), tokenizer, [*ASKED, {"role": "assistant", "content": "Because"}])
+    assert text.endswith("[INST]Why?[/INST]Because")
+
+
+def test_a_prefills_thinking_block_comes_first_closed_after_the_bare_header(tmp_path):
+    """An Anthropic thinking block arrives as reasoning_content: the answer continues after it."""
+    tokenizer = tokenizer_of(tmp_path, add_bos=True)
+    prefill = {"role": "assistant", "content": "It is", "reasoning_content": "\nr\n"}
+    text = chat_prompt(find_template(QWEN3), tokenizer, [*ASKED, prefill])
+    assert text.endswith("<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n<think>\nr\n</think>\n\nIt is")
+
+
+def test_a_trailing_tool_call_is_a_closed_turn_not_a_prefill(tmp_path):
+    tokenizer = tokenizer_of(tmp_path, add_bos=True)
+    messages = CONVERSATIONS["tool_round"][0][:3]            # ... the assistant's call, no result yet
+    text = chat_prompt(find_template(QWEN3), tokenizer, messages, tools=CONVERSATIONS["tool_round"][1])
+    assert text.endswith("</tool_call><|im_end|>\n<|im_start|>assistant\n")

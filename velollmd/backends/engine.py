@@ -26,7 +26,8 @@ from ..config import BackendConfig, SchedulerConfig
 from ..engine import loader, store
 from ..engine.device import choose_device
 from ..engine.loader import EngineOptions, LoadedModel
-from ..engine.prompt import chat_prompt, enable_thinking_of
+from ..engine.json_constraint import continued_state
+from ..engine.prompt import Prefill, chat_prompt, enable_thinking_of, prefill_of
 from ..engine.runner import check_prompt
 from ..engine.sampling import SamplingParamError, SamplingParams
 from ..wire.truncate import kept_messages, kept_tokens, prompt_limit
@@ -302,8 +303,8 @@ class EngineBackend(Backend):
         return self._batches(request, chat=request.endpoint == "chat")
 
     async def _answer(self, request: GenerateRequest, *, chat: bool) -> dict:
-        model, prompt_ids, params = await self._prepare(request, chat=chat)
-        builder = self._builder(request, model, params, chat=chat)
+        model, prompt_ids, params, prefill = await self._prepare(request, chat=chat)
+        builder = self._builder(request, model, params, prefill, chat=chat)
         async with self._running(model, request, prompt_ids, params) as batches:
             async for events in batches:
                 for index, event, _ in events:
@@ -324,8 +325,8 @@ class EngineBackend(Backend):
         """The stream's chunks, a list per loop wake-up: every event of the request waiting by
         then, so that tokens ready together go through the relay and the socket as one. The
         token chunks come made and encoded from the engine's thread (AnswerBuilder.frames)."""
-        model, prompt_ids, params = await self._prepare(request, chat=chat)
-        builder = self._builder(request, model, params, chat=chat)
+        model, prompt_ids, params, prefill = await self._prepare(request, chat=chat)
+        builder = self._builder(request, model, params, prefill, chat=chat)
         first = builder.first_chunks()
         async with self._running(model, request, prompt_ids, params, prepare=builder.frames) as batches:
             if first:
@@ -337,6 +338,7 @@ class EngineBackend(Backend):
         yield [builder.usage_chunk()]
 
     async def _prepare(self, request: GenerateRequest, *, chat: bool):
+        """(model, prompt ids, sampling params, the chat's prefill or None) of a request."""
         body = request.body
         _refuse_unsupported(body)
         model = await self.model(request.model)
@@ -349,22 +351,27 @@ class EngineBackend(Backend):
         prompt_ids = self._prompt_ids(model, body, chat=chat, extras_limit=prompt_limit(num_ctx, params.max_tokens))
         prompt_ids = self._fitted(model, body, params, prompt_ids, chat=chat)
         check_prompt(prompt_ids, num_ctx, "messages" if chat else "prompt")
+        prefill = prefill_of(model.template, body["messages"]) if chat else None
         if params.json_mode:           # its tables, once per model, off the loop and the engine's lock
             await asyncio.to_thread(model.runner.json_vocab.built)
         if chat:       # the turn's end as text too, should the model spell it out in pieces
             params = dataclasses.replace(params, stop=tuple(dict.fromkeys(params.stop + model.template.stop)),
-                                         think_end=_json_after(model, body, params))
-        return model, prompt_ids, params
+                                         **_json_start(model, body, params, prefill))
+        return model, prompt_ids, params, prefill
 
-    def _builder(self, request: GenerateRequest, model: LoadedModel, params: SamplingParams, *,
-                 chat: bool) -> AnswerBuilder:
+    def _builder(self, request: GenerateRequest, model: LoadedModel, params: SamplingParams,
+                 prefill: Prefill | None, *, chat: bool) -> AnswerBuilder:
         """The request's answer; a thinking model's thinking goes to reasoning_content, as
-        llama-server and Ollama answer it (in JSON mode: all that comes before the object)."""
-        thinks = params.think_end is not None or enable_thinking_of(request.body) is not False
+        llama-server and Ollama answer it (in JSON mode: all that comes before the object). A
+        prefill that left its thinking open is continued as thinking; one past it (closed, or
+        plain answer text) is continued as the answer, with no thinking of its own."""
+        continues_thinking = prefill is not None and prefill.thinking
+        thinks = params.think_end is not None or continues_thinking or (
+            prefill is None and enable_thinking_of(request.body) is not False)
         return AnswerBuilder(response_id("chatcmpl" if chat else "cmpl"), request.model, chat=chat,
                              tokenizer=model.tokenizer, n=params.n,
                              think_tags=model.template.think_tags if chat and thinks else None,
-                             thinking_opened=params.think_end is not None)
+                             thinking_opened=params.think_end is not None or continues_thinking)
 
     def _prompt_ids(self, model: LoadedModel, body: dict, *, chat: bool, extras_limit: int | None = None) -> list[int]:
         """`extras_limit`: the most tokens a fill in the middle with `input_extra` takes, its
@@ -545,6 +552,21 @@ def _in_vocab(ids: list, vocab_size: int, param: str) -> list[int]:
         if type(token_id) is not int or not 0 <= token_id < vocab_size:
             raise BadRequest(f"token id {token_id!r} is outside the vocabulary (0..{vocab_size - 1})", param=param)
     return ids
+
+
+def _json_start(model: LoadedModel, body: dict, params: SamplingParams, prefill: Prefill | None) -> dict:
+    """Where a chat's JSON starts, as SamplingParams fields: after the thinking (think_end),
+    or, a prefill past its thinking, at once from the prefill's answer text (json_prefix: "{"
+    continues the object it opens). A prefill that starts no object is a 400."""
+    if prefill is None or prefill.thinking:
+        return {"think_end": _json_after(model, body, params)}
+    if params.json_mode:
+        try:
+            continued_state(prefill.answer.encode(), params.json_schema)
+        except ValueError as exc:
+            raise BadRequest(f"response_format: the assistant message the answer continues does not start "
+                             f"its JSON: {exc}", param="messages") from None
+    return {"think_end": None, "json_prefix": prefill.answer if params.json_mode else ""}
 
 
 def _json_after(model: LoadedModel, body: dict, params: SamplingParams) -> str | None:

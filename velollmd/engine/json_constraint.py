@@ -91,6 +91,16 @@ def initial_state(root: tuple | None = None) -> tuple:
 INITIAL = initial_state()
 
 
+def continued_state(prefix: bytes, root: tuple | None = None) -> tuple:
+    """The state after `prefix`, the object's start already written; a ValueError saying why
+    when it starts no object (of the schema `root`)."""
+    state = feed(initial_state(root), prefix)
+    if state is None:
+        raise ValueError(f"{prefix.decode('utf-8', 'replace')!r} is not the start of a JSON object"
+                         + (" of the schema" if root is not None else ""))
+    return state
+
+
 def is_complete(state: tuple) -> bool:
     return state[0] == DONE
 
@@ -368,13 +378,16 @@ class JsonConstraint:
     starts once the sequence has written those bytes: until then every token but the end ids
     is allowed (the model thinks freely, as Ollama and llama.cpp let it), and the marker may
     come as one token or spelled by several. What the marker's token writes after it is the
-    object's start (whitespace, "{")."""
+    object's start (whitespace, "{").
+
+    `prefix`: the start of the object already written (an assistant prefill the answer
+    continues, e.g. "{"); the tokens continue it. One that starts no object is a ValueError."""
 
     def __init__(self, vocab: JsonVocab, end_ids: Sequence[int], schema: tuple | None = None,
-                 after: bytes | None = None):
+                 after: bytes | None = None, prefix: bytes = b""):
         self._vocab_source = vocab
         self.end_ids = frozenset(end_ids)
-        self.state: tuple = initial_state(schema)
+        self.state: tuple = continued_state(prefix, schema)
         self.after = after or None
         self._written = b""                # thinking: the last bytes written, for the marker
 

@@ -79,6 +79,7 @@ class SamplingParams:
     json_mode: bool = False            # the output is one JSON object (response_format json_object)
     json_schema: tuple | None = None   # with json_mode: the object's schema node (engine/json_schema.py)
     think_end: str | None = None       # with json_mode: the object starts after this marker ("</think>")
+    json_prefix: str = ""              # with json_mode: the object's start the answer continues (a prefill)
 
     def __post_init__(self) -> None:
         _check_params(self)
@@ -389,7 +390,8 @@ class Sampler:
             if json_vocab is None:
                 raise ValueError("sampler: JSON mode needs the model's JsonVocab")
             self.constraint = JsonConstraint(json_vocab, params.stop_token_ids, params.json_schema,
-                                             after=params.think_end.encode() if params.think_end else None)
+                                             after=params.think_end.encode() if params.think_end else None,
+                                             prefix=params.json_prefix.encode())
         self._seed = None if params.seed is None else (params.seed + choice_index) % 2**64
         self._rng: np.random.Generator | None = None
         bad = [t for t in params.logit_bias if t >= vocab_size]
