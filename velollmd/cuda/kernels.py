@@ -59,9 +59,9 @@ class Kernels:
     """The kernels compiled for one set of defines, on the caller's current CUDA context (or,
     given one, on `context` made current by active()).
 
-    Besides the launchers, the few array moves the engine's CUDA forward pass needs
-    (free_bytes, to_device, keep_on_device, to_host, zeros, empty_like, copy_blocks): tests/cuda/mirror_kernels.py offers
-    the same methods over numpy arrays, so the forward pass runs on any machine."""
+    Besides the launchers, the few array moves the engine's CUDA forward pass needs (free_bytes,
+    to_device, keep_on_device, to_host, zeros, empty_like, copy_blocks): tests/cuda/mirror_kernels.py
+    offers the same methods over numpy arrays, so the forward pass runs on any machine."""
 
     def __init__(self, defines: dict[str, int] | None = None, context: PrimaryContext | None = None):
         self.defines = dict(defines or {})

@@ -209,9 +209,10 @@ class _Uploader:
 
     def model(self) -> GpuModel:
         c = self.config
-        embd_info = self.gguf.tensors["token_embd.weight"]
-        embd = (self.gguf.raw("token_embd.weight").view(np.float16).reshape(c.n_vocab, c.n_embd)
-                if embd_info.ggml_type == GGML_TYPES["F16"] else self._float("token_embd.weight", (c.n_vocab, c.n_embd)))
+        if self.gguf.tensors["token_embd.weight"].ggml_type == GGML_TYPES["F16"]:   # the table as stored
+            embd = self.gguf.raw("token_embd.weight").view(np.float16).reshape(c.n_vocab, c.n_embd)
+        else:
+            embd = self._float("token_embd.weight", (c.n_vocab, c.n_embd))
         token_embd = self._put(embd)                                    # (n_vocab, n_embd) f32 or f16
         head = "token_embd.weight" if c.tied_embeddings else "output.weight"
         lm_head = self._matrix((head, c.n_vocab), cols=c.n_embd)

@@ -451,7 +451,8 @@ class Runner:
     def _send_end(self, seq: EngineSeq, reason: str, text: str, token_ids: tuple[int, ...],
                   logprobs: tuple, error: Exception | None = None) -> None:
         self._outbox.append((seq.on_event, Event(
-            seq.request_id, text, token_ids, logprobs, reason, error, num_prompt_tokens=len(seq.request.prompt_token_ids),
+            seq.request_id, text, token_ids, logprobs, reason, error,
+            num_prompt_tokens=len(seq.request.prompt_token_ids),
             num_cached_tokens=seq.num_cached_tokens, num_output_tokens=seq.num_output_tokens,
             stop_string=seq.text.stop_string)))
 
