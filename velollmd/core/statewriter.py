@@ -88,7 +88,13 @@ class StateWriter:
         old, lock = self.directory, self._lock
         self.directory, self._lock = "", None
         self._letting_go[old] = lock
-        task = asyncio.ensure_future(self._last_write(old, self._unwritten_state(), time.time_ns()))
+        last_write = self._last_write(old, self._unwritten_state(), time.time_ns())
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:                           # no loop (a tool, a test): written here and now
+            asyncio.run(last_write)
+            return
+        task = asyncio.ensure_future(last_write)
         self._last_writes.add(task)
         task.add_done_callback(self._last_writes.discard)
 
