@@ -424,6 +424,22 @@ def test_a_response_deleted_while_the_store_was_off_stays_deleted_when_it_is_on_
         assert client_for(daemon).responses.retrieve(kept.id).id == kept.id
 
 
+def test_a_reload_that_turns_the_store_off_writes_it_there_one_last_time(tmp_path, ollama_emulator):
+    """[responses] path turned off by a reload before any periodic write: the directory given
+    up gets the store as it was then, so a later start on that path still has the response."""
+    store_dir = tmp_path / "responses"
+    on, off = f'path = "{store_dir}"', 'path = ""'
+    with DaemonProcess(store_toml(ollama_emulator, store_dir), tmp_path) as daemon:
+        ollama_emulator.script("Written on the way out.")
+        kept = client_for(daemon).responses.create(model=MODEL, input="Keep this.")
+        daemon.config.write_text(daemon.config.read_text().replace(on, off))
+        daemon.reload()
+        assert daemon.stop() == 0
+        daemon.config.write_text(daemon.config.read_text().replace(off, on))
+        daemon.start()
+        assert client_for(daemon).responses.retrieve(kept.id).output_text == "Written on the way out."
+
+
 def test_a_corrupt_store_file_is_set_aside_and_the_daemon_serves(tmp_path, ollama_emulator):
     store_dir = tmp_path / "responses"
     store_dir.mkdir()

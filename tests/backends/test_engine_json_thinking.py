@@ -120,6 +120,25 @@ def test_responses_and_anthropic_carry_the_thinking_in_their_own_places(daemon, 
     assert cut.stop_reason == "max_tokens" and [block.type for block in cut.content] == ["thinking"]
 
 
+def test_a_response_cut_while_thinking_is_incomplete_with_the_reasoning_alone(client):
+    """max_output_tokens spent on the thinking: as OpenAI answers, the response is incomplete
+    (reason max_output_tokens) and its output is the reasoning item alone, no empty message;
+    the stream never adds a message item either."""
+    kwargs = dict(model=MODEL, input="hi", max_output_tokens=8, temperature=0,
+                  text={"format": {"type": "json_object"}})
+    answer = client.responses.create(**kwargs)
+    assert answer.status == "incomplete" and answer.incomplete_details.reason == "max_output_tokens"
+    assert [(item.type, item.status) for item in answer.output] == [("reasoning", "incomplete")]
+    assert answer.output[0].content[0].text and answer.output_text == ""
+    events = list(client.responses.create(stream=True, **kwargs))
+    added = [event.item.type for event in events if event.type == "response.output_item.added"]
+    final = events[-1]
+    assert added == ["reasoning"] and final.type == "response.incomplete"
+    assert final.response.incomplete_details.reason == "max_output_tokens"
+    assert [item.model_dump() for item in final.response.output] == \
+        [{**item.model_dump(), "id": final.response.output[0].id} for item in answer.output]
+
+
 # --- without JSON mode: the thinking is split out as llama-server and Ollama split it ----------
 
 def test_a_plain_answer_carries_its_thinking_apart_streamed_or_not(client):

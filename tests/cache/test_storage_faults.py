@@ -283,6 +283,22 @@ def test_a_reload_that_turns_the_cache_path_on_merges_the_snapshot_already_there
         assert_served_from_cache(daemon, ollama_emulator, merged)
 
 
+def test_a_reload_that_moves_the_cache_path_writes_the_old_one_last(tmp_path, ollama_emulator):
+    """[cache] path moved by a reload before any periodic write: the directory given up gets
+    the cache as it was then; a later start on the old path serves those answers."""
+    old_dir, new_dir = tmp_path / "cache", tmp_path / "moved"
+    with DaemonProcess(daemon_toml(ollama_emulator, old_dir, 3600), tmp_path) as daemon:
+        answers = {"kept on the old path?": "yes"}
+        fill(daemon, ollama_emulator, answers)
+        daemon.config.write_text(daemon.config.read_text().replace(str(old_dir), str(new_dir)))
+        daemon.reload()
+        assert daemon.stop() == 0
+        daemon.config.write_text(daemon.config.read_text().replace(str(new_dir), str(old_dir)))
+        daemon.start()
+        assert restored(daemon) == 1
+        assert_served_from_cache(daemon, ollama_emulator, answers)
+
+
 def test_a_cache_flushed_while_its_path_was_off_is_not_merged_back(tmp_path, ollama_emulator):
     """[cache] path turned off by a reload, the cache flushed, the path turned on again: the
     snapshot there was written before the flush, so it holds only flushed answers: not merged."""

@@ -183,3 +183,52 @@ def test_a_width_said_while_the_adaptive_limit_is_busy_caps_it_at_the_width_plus
     assert grown > 8
     assert at_once == [7] * 10                        # 4 x (1 + 1), one of them held by keep-busy
     assert stats["concurrency_limit"] == 8 and stats["num_slots"] == 4 and not stats["adaptive"]
+
+
+def test_a_width_learnt_while_busy_sizes_the_token_budget_as_a_queue_built_for_it():
+    """The adaptive queue's budget was num_ctx for each of max_concurrency requests; once the
+    width is known it is num_ctx for each of the width plus queue-ahead, as in a queue built
+    for that width: the same request held reads the same block_usage in both."""
+    async def main():
+        clock, config = FakeClock(), SchedulerConfig(backend_queue_per_slot=1)
+        learnt, learning = Admission(config, clock), backend(num_slots=4)
+        built, known = Admission(config, clock), backend(slots_source="/props", num_slots=4)
+        held = [SchedRequest(f"held-{i}", "m", list(range(40)), 8, arrival_time=clock.now) for i in range(2)]
+        async with learnt.slot(learning, held[0]), built.slot(known, held[1]):
+            before = learnt.stats()["b"]["block_usage"]
+            learning.slots_source = "/props"
+            learnt.queue_of(learning)
+            return before, learnt.stats()["b"], built.stats()["b"], [
+                a.queues["b"].scheduler.pool.num_blocks for a in (learnt, built)]
+    before, learnt, built, num_blocks = run(main())
+    assert num_blocks[0] == num_blocks[1] == 4096 * 8 // 16
+    assert learnt["block_usage"] == built["block_usage"] == round(3 / num_blocks[1], 4) > before
+
+
+def test_a_learnt_budget_too_small_for_the_requests_running_waits_until_they_fit():
+    """The width learnt while more run than the new budget holds (a context of 64 tokens, 2
+    slots: 8 blocks; 4 requests of 3 blocks each): the old pool stays until one finishes."""
+    async def main():
+        clock = FakeClock()
+        admission, target = Admission(SchedulerConfig(backend_queue_per_slot=1), clock), backend(num_slots=1)
+        target.context_size = lambda: 64
+        held = [SchedRequest(f"held-{i}", "m", list(range(100 * i, 100 * i + 40)), 8, arrival_time=clock.now)
+                for i in range(4)]                    # (prompts of their own: no block shared)
+        slots = [admission.slot(target, request) for request in held]
+        for slot in slots:
+            await slot.__aenter__()
+        target.slots_source = "/props"
+        queue = admission.queue_of(target)
+        sizes = [queue.scheduler.pool.num_blocks]
+        for slot in slots[:2]:
+            await slot.__aexit__(None, None, None)
+            await asyncio.sleep(0)                    # (a slot given back well finishes a moment later)
+            sizes.append(queue.scheduler.pool.num_blocks)
+        usage = admission.stats()["b"]["block_usage"]
+        for slot in slots[2:]:
+            await slot.__aexit__(None, None, None)
+        return sizes, usage
+    sizes, usage = run(main())
+    adaptive = 64 * SchedulerConfig().max_concurrency // 16    # num_ctx for each of max_concurrency
+    assert sizes == [adaptive, adaptive, 8]
+    assert usage == 6 / 8

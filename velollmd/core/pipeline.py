@@ -94,11 +94,11 @@ class Pipeline:
         self._retarget_shared(old, config)
         if config.cache == old.cache:
             return
-        old_cache = self.cache
+        old_cache, path = self.cache, config.cache.path if config.cache.enabled else ""
+        self.snapshots.let_go_unless(path)            # a path given up: the old cache written there last
         self.cache = ResponseCache(config.cache, embedder=self._embedder()) if config.cache.enabled else None
         self.memo.clear()
-        self.snapshots.own(config.cache.path if self.cache is not None else "",   # a new path: its
-                           config.cache.snapshot_interval_s)                     # entries, older
+        self.snapshots.own(path, config.cache.snapshot_interval_s)   # a new path: its entries, older
         if self.cache is not None and old_cache is not None:
             self.cache.adopt(old_cache.snapshot_state())     # after the snapshot's: memory wins
             self.cache.continue_counts(old_cache)

@@ -9,6 +9,10 @@ What a user asked to remove (a deleted response, a flushed cache) is written at 
 (`write_soon`), not at the next interval: a crash in between would bring it back; and the
 previous file, kept to fall back on, is replaced by the new one too, so it does not hold it.
 
+A directory given up (a reload that moves the state or turns persistence off) gets one last
+write of what changed since the last interval, its lock held until that write is done: a
+later start on that path finds the state as it was when it was let go.
+
 Each time a directory is owned that was not before (at start, and on a reload that turns
 persistence on or moves it) its state file is read and handed to `merge`, under what is in
 memory: one path for the cache, the Responses store and the key limits alike. What the user
@@ -56,6 +60,8 @@ class StateWriter:
         self._writing: asyncio.Future | None = None    # the write in its thread
         self._soon: asyncio.Task | None = None         # a write_soon not yet started: later ones join it
         self._error = ""                               # the last failure, logged once until it changes
+        self._letting_go: dict[str, int | None] = {}   # directory -> its lock, until its last write is done
+        self._last_writes: set[asyncio.Task] = set()
 
     def own(self, directory: str, interval_s: float) -> str:
         """Keep the state in `directory` ("" : memory only) from now on, written every
@@ -64,7 +70,7 @@ class StateWriter:
         if (directory, interval_s) == self._asked:
             return self.directory
         if directory != self._asked[0]:
-            self._release()
+            self.let_go_unless(directory)
             self.directory = self._take(directory)
             self._written = _UNWRITTEN                 # a new place: write it all there
             self._merge_from(self.directory)
@@ -72,9 +78,49 @@ class StateWriter:
         self._start_loop()
         return self.directory
 
+    def let_go_unless(self, directory: str) -> None:
+        """A move away from the directory held (to `directory`): the state written there one
+        last time (in a thread, a failure warned), its lock let go once that is done. own()
+        does this itself; a caller about to swap the object the state is captured from (the
+        pipeline's cache) calls it first, so that the last write holds the old one's state."""
+        if directory == self._asked[0] or not self.directory:
+            return
+        old, lock = self.directory, self._lock
+        self.directory, self._lock = "", None
+        self._letting_go[old] = lock
+        last_write = self._last_write(old, self._unwritten_state(), time.time_ns())
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:                           # no loop (a tool, a test): written here and now
+            asyncio.run(last_write)
+            return
+        task = asyncio.ensure_future(last_write)
+        self._last_writes.add(task)
+        task.add_done_callback(self._last_writes.discard)
+
+    def _unwritten_state(self) -> object | None:
+        """A copy of the state when it changed since the last write, else None."""
+        generation = self._generation()
+        return None if generation is not None and generation == self._written else self._capture()
+
+    async def _last_write(self, directory: str, state: object | None, captured_ns: int) -> None:
+        try:
+            if state is not None:
+                path = await self._write_file(directory, state)
+                os.utime(path, ns=(captured_ns, captured_ns))   # its state's time: a flush after
+        except OSError as exc:                                      # it keeps it from a merge
+            log.warning(f"{self.what} last snapshot before letting the directory go failed; "
+                        "the previous snapshot there is kept", extra={"fields": {"error": str(exc), "path": directory}})
+        finally:
+            if directory in self._letting_go:          # (not taken back meanwhile)
+                self._close_lock(self._letting_go.pop(directory))
+
     def _take(self, directory: str) -> str:
         if not directory:
             return ""
+        if directory in self._letting_go:              # given up a moment ago: its lock is still ours
+            self._lock = self._letting_go.pop(directory)
+            return directory
         try:
             self._lock = lock_state_file(directory, self.name)
         except StateFileTaken as exc:
@@ -85,9 +131,13 @@ class StateWriter:
         return directory
 
     def _release(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)                       # (the lock goes with the descriptor)
-            self._lock = None
+        self._close_lock(self._lock)
+        self._lock = None
+
+    @staticmethod
+    def _close_lock(lock: int | None) -> None:
+        if lock is not None:
+            os.close(lock)                             # (the lock goes with the descriptor)
 
     def read(self, directory: str, decode: Callable[[bytes], object]) -> object:
         """The state file of `directory` (just owned) decoded, None when there is none (a corrupt
@@ -156,13 +206,8 @@ class StateWriter:
         state = self._capture()
         if state is None:
             return None
-        directory, name, encode = self.directory, self.name, self._encode
-        if self._writing is not None and not self._writing.done():
-            await asyncio.wait([self._writing])        # one write at a time: they share a temp file
-        self._writing = asyncio.get_running_loop().run_in_executor(
-            None, lambda: write_state_file(directory, name, encode(state), keep_previous=not removal))
         try:
-            path = await asyncio.shield(self._writing)
+            path = await self._write_file(self.directory, state, keep_previous=not removal)
         except OSError as exc:
             self._failed(str(exc))
             return None
@@ -171,6 +216,16 @@ class StateWriter:
             log.info(f"{self.what} snapshot written again", extra={"fields": {"path": path}})
             self._error = ""
         return path
+
+    async def _write_file(self, directory: str, state: object, *, keep_previous: bool = True) -> str:
+        """`state` encoded and written to `directory` in a thread, after the write running (in
+        order: a later state is not overwritten by an earlier one); the path written."""
+        name, encode = self.name, self._encode
+        if self._writing is not None and not self._writing.done():
+            await asyncio.wait([self._writing])
+        self._writing = asyncio.get_running_loop().run_in_executor(
+            None, lambda: write_state_file(directory, name, encode(state), keep_previous=keep_previous))
+        return await asyncio.shield(self._writing)
 
     async def write_soon(self) -> None:
         """Write the state now, for a removal a crash must not undo; returns once it is on disk
@@ -195,7 +250,7 @@ class StateWriter:
         self._error = error
 
     async def close(self) -> None:
-        """The last write; the directory let go."""
+        """The last write; the directory let go (and those let go before, once written)."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -203,3 +258,5 @@ class StateWriter:
             await asyncio.shield(self._soon)
         await self.write()
         self._release()
+        if self._last_writes:
+            await asyncio.wait(set(self._last_writes))

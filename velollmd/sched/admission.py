@@ -30,7 +30,7 @@ from ..errors import QUEUE_TIMEOUT, BackendBusy, RateLimited, VeloError
 from ..looplag import LoopLag, busy_lag, monitor
 from .limiter import AdaptiveLimit, per_token
 from .request import STOPPED, RequestStatus, SchedRequest
-from .scheduler import ScheduledRequest, Scheduler, queue_timeout_error
+from .scheduler import ScheduledRequest, Scheduler, budget_blocks, queue_timeout_error
 
 COUNT_FIELDS = ("num_admitted", "num_rejected", "num_timed_out", "num_preempted")   # BackendQueue's counters
 
@@ -54,6 +54,7 @@ class BackendQueue:
     num_timed_out: int = 0            # 503: waited past queue_timeout_s
     num_preempted: int = 0
     busy_seq: int = 0                 # the last admission before the last busy shrink (on_busy)
+    budget_wanted: int | None = None  # blocks the budget shrinks to once the running requests fit
 
     def keep_counts(self, old: BackendQueue) -> None:
         """Take over the counters of the queue this one replaces (a reload): /metrics exports
@@ -80,15 +81,25 @@ class BackendQueue:
             if self.limit.limit != self.scheduler.max_running:
                 self.scheduler.set_max_running(self.limit.limit)
 
-    def take_width(self, width: int, queue_per_slot: int) -> None:
+    def take_width(self, width: int, queue_per_slot: int, num_ctx: int) -> None:
         """The backend said its width while requests ran under the adaptive limit (llama-server
         answers /props once loaded): the limit stops here, not when the queue next empties,
         which under steady load it may never do, while the limit kept probing past the width
         (up to max_concurrency) though the backend never runs more. From now on the queue runs
-        the width plus `queue_per_slot` sent ahead per slot, as a queue built for it does."""
+        the width plus `queue_per_slot` sent ahead per slot, and its token budget is num_ctx
+        for each of those (not for max_concurrency: block_usage would read low), as a queue
+        built for it does; the budget shrinks as soon as the requests running fit in it."""
+        max_running = width * (1 + queue_per_slot)
         self.limit, self.num_slots = None, width
         self.scheduler.num_backend_slots = width
-        self.scheduler.set_max_running(width * (1 + queue_per_slot))
+        self.scheduler.set_max_running(max_running)
+        self.budget_wanted = budget_blocks(num_ctx, max_running, self.scheduler.pool.block_size)
+        self.fit_budget()
+
+    def fit_budget(self) -> None:
+        """The budget take_width wants, once the requests running fit in it."""
+        if self.budget_wanted is not None and self.scheduler.resize_budget(self.budget_wanted):
+            self.budget_wanted = None
 
     def on_busy(self, request: SchedRequest) -> None:
         """The backend refused `request` as busy (BackendBusy): the adaptive limit, if any,
@@ -129,7 +140,7 @@ class Admission:
             queue = self.queues[backend.name] = rebuilt
         else:
             if queue.limit is not None and width is not None:
-                queue.take_width(width, self.config.backend_queue_per_slot)
+                queue.take_width(width, self.config.backend_queue_per_slot, backend.context_size())
             if queue.scheduler.config is not self.config:
                 queue.scheduler.config = self.config
         return queue
@@ -304,6 +315,7 @@ class Admission:
             if status is STOPPED:
                 queue.record(request, now, loop)
             scheduler.finish_request(rid, status, now)
+            queue.fit_budget()
         elif scheduler.get_request(rid) is not None:
             scheduler.abort_request(rid)
         queue.grants.pop(rid, None)

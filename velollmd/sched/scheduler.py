@@ -52,6 +52,11 @@ class RunnerOutput:
     finished: Mapping[str, RequestStatus] = field(default_factory=dict)  # FINISHED_* only
 
 
+def budget_blocks(num_ctx: int, max_running: int, block_size: int) -> int:
+    """A backend's token budget in blocks: num_ctx for each request it may run at once."""
+    return max(1, math.ceil(num_ctx * max_running / block_size))
+
+
 def queue_timeout_error(request: SchedRequest) -> Unavailable:
     return Unavailable(f"request {request.request_id} waited too long in the queue",
                        code=QUEUE_TIMEOUT)
@@ -99,9 +104,25 @@ class Scheduler:
         `max_limit`), of which the backend itself runs `num_backend_slots` (the others wait
         in its queue), with a token budget of num_ctx per request it may run, in blocks
         (accounted only: its ScheduledRequests carry no block table)."""
-        num_blocks = max(1, math.ceil(num_ctx * (max_limit or max_running) / config.block_size))
+        num_blocks = budget_blocks(num_ctx, max_limit or max_running, config.block_size)
         return cls(config, max_running, BlockPool(num_blocks, config.block_size),
                    num_backend_slots=num_backend_slots, block_tables=False)
+
+    def resize_budget(self, num_blocks: int) -> bool:
+        """Account a backend's token budget in `num_blocks` from now on (its width learnt while
+        requests run: BackendQueue.take_width): a new pool, in which each running request holds
+        what admission would give it now. False, with nothing changed, when they do not all fit
+        there; the old pool stays. Only an accounted budget moves: the engine's pool is its KV cache."""
+        assert not self.block_tables, "resize_budget: the pool holds block tables"
+        if self.pool.num_blocks - self.pool.num_free_blocks > num_blocks:
+            return False                               # (surely not: no pool built to find out)
+        pool = BlockPool(num_blocks, self.pool.block_size)
+        for request in self.running.values():
+            if pool.allocate(request.request_id, request.all_token_ids,
+                             self._num_output_reserved(request), with_table=False) is None:
+                return False
+        self.pool = pool
+        return True
 
     def set_max_running(self, max_running: int) -> None:
         """Run up to `max_running` requests at once (an adaptive limit moved). Growing frees

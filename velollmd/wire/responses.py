@@ -143,12 +143,14 @@ def call_item(call: dict, kinds: dict[str, str], status: str = "completed", id_:
 def output_items(message: dict, kinds: dict[str, str], status: str = "completed",
                  logprobs: list[dict] | None = None) -> list[dict]:
     """The output items of one chat answer message, in the order a stream sends them;
-    `status` is the last item's ("incomplete" when the answer was cut at max tokens)."""
+    `status` is the last item's ("incomplete" when the answer was cut at max tokens). A
+    message item comes with text, or when there is nothing else: an answer cut while the
+    model still thought is its reasoning alone, as OpenAI answers (and as the stream has it)."""
     items = []
     if text_of(message.get("reasoning_content")):
         items.append(reasoning_item(message["reasoning_content"]))
     calls = [call for call in message.get("tool_calls") or () if isinstance(call, dict)]
-    if message.get("content") or not calls:
+    if message.get("content") or not (items or calls):
         items.append(message_item(text_of(message.get("content")), logprobs=logprobs))
     items += [call_item(call, kinds) for call in calls]
     items[-1]["status"] = status
