@@ -20,6 +20,7 @@ from ..metrics import Metrics, sampled, scheduler_lines
 from .access import Access
 
 LOOPBACK = ("127.0.0.1", "::1")
+HEALTH_FRESHEN_S = 0.5      # /health waits this long at most for the engine's file check
 
 
 class AdminRoutes:
@@ -39,8 +40,10 @@ class AdminRoutes:
 
     async def health(self, request: Request) -> Response:
         """Each backend's state; the engine's catalogue first brought up to date as a listing
-        does (a stat check), so that a GGUF added, removed or corrupted shows here at once."""
-        await self.registry.freshen()
+        does (a stat check), so that a GGUF added, removed or corrupted shows here at once. A
+        liveness probe's answer waits at most HEALTH_FRESHEN_S for that (a hung mount: the last
+        scan's state), not a listing's whole deadline."""
+        await self.registry.freshen(HEALTH_FRESHEN_S)
         draining = self.access.draining
         body = {"status": "draining" if draining else "ok", "version": __version__,
                 "uptime_s": round(time.time() - self.access.started_at, 3),
