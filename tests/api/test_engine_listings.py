@@ -148,21 +148,28 @@ def test_show_and_retrieve_of_an_unavailable_model_answer_503_with_the_reason_as
 def test_ps_keeps_a_model_whose_file_is_removed_while_it_runs_until_its_request_ends(folders):
     """`rm` of a GGUF while a long generation on it streams: the model leaves /api/tags at once
     but is still loaded and running, so /api/ps lists it until the request ends (as Ollama's
-    ps lists a model until it is unloaded), then no more."""
+    ps lists a model until it is unloaded), then no more, with the details it had (its own
+    probe, kept while loaded: the catalogue's table forgets a file no longer listed)."""
     folder, _ = folders
     make_tiny_model(folder / "busy.gguf")
     with daemon(folder, num_ctx=4096) as running:      # ~4000 tokens to go: seconds of work
         local = ollama.Client(host=running.url)
         stream = local.generate(model="busy", prompt="the sun", stream=True, options={"num_predict": 4000})
         next(stream)
+        listed = [(m.model, m.details.family, m.details.quantization_level, m.context_length, m.size)
+                  for m in local.ps().models]
         (folder / "busy.gguf").unlink()
-        during = [(m.model, m.details.family, m.size > 0) for m in local.ps().models]
+        during = [(m.model, m.details.family, m.details.quantization_level, m.context_length, m.size)
+                  for m in local.ps().models]
+        probed = dict(running.app.registry.backends[0]._probed)
         still_running = get_json(running.url + "/health")["backends"][0]["engine"]["loaded"]["busy"]["requests"]
         tags = [m.model for m in local.list().models]
         last = list(stream)[-1]
         after = [m.model for m in local.ps().models]
     assert still_running == 1            # asked after /api/ps: the request ran all the while
-    assert during == [("busy", "llama", True)] and tags == []
+    assert during == listed and listed[0][:2] == ("busy", "llama") and listed[0][2] and listed[0][4] > 0
+    assert tags == []
+    assert probed == {}                  # the catalogue's probes are of the files listed; the model keeps its own
     assert last.done and last.eval_count == 4000 and after == []
 
 
