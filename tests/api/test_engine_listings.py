@@ -14,6 +14,9 @@ import pytest
 from tests.daemon_rig import RunningDaemon, engine_backend
 from tests.engine.test_store import rewrite_in_place, write_ollama_model
 from tests.rig.llama import make_tiny_model
+from velollmd.api import admin
+from velollmd.api.dashboard import FEED_PATH
+from velollmd.backends.base import HEALTH_TIMEOUT_S
 
 LIBRARY = ("registry.ollama.ai", "library")
 
@@ -192,3 +195,35 @@ def test_health_shows_a_gguf_added_corrupted_in_place_and_removed_at_once(folder
     assert empty == removed == ([], {})
     assert added == (["added"], {})
     assert corrupted[0] == [] and str(path) in corrupted[1]["added"]
+
+
+def test_the_dashboard_feed_shows_the_engine_catalogue_as_health_does_at_once(folders, monkeypatch):
+    """The dashboard's feed shows /health's backend rows, freshened the same way (the same
+    stat check, the same short deadline): a GGUF copied in, corrupted in place, then removed
+    shows in the feed at once, polled alone, not at the next health check an hour away."""
+    folder, _ = folders
+    with daemon(folder) as running:
+        registry = running.app.registry
+        deadlines = []
+        freshen = registry.freshen
+
+        async def freshen_seen(timeout_s=HEALTH_TIMEOUT_S):
+            deadlines.append(timeout_s)
+            await freshen(timeout_s)
+        monkeypatch.setattr(registry, "freshen", freshen_seen)
+
+        def rows():
+            feed = get_json(running.url + FEED_PATH)["backends"][0]
+            health = get_json(running.url + "/health")["backends"][0]
+            return [(row["models"], row["engine"]["unavailable"]) for row in (feed, health)]
+        empty = rows()
+        path = make_tiny_model(folder / "added.gguf")
+        added = rows()
+        rewrite_in_place(path, b"XXXX" + path.read_bytes()[4:])
+        corrupted = rows()
+        path.unlink()
+        removed = rows()
+    assert empty == removed == [([], {})] * 2
+    assert added == [(["added"], {})] * 2
+    assert corrupted[0] == corrupted[1] and corrupted[0][0] == [] and str(path) in corrupted[0][1]["added"]
+    assert deadlines == [admin.HEALTH_FRESHEN_S] * 8          # the feed's and /health's four polls each
