@@ -14,6 +14,9 @@ import pytest
 from tests.daemon_rig import RunningDaemon, engine_backend
 from tests.engine.test_store import rewrite_in_place, write_ollama_model
 from tests.rig.llama import make_tiny_model
+from velollmd.api import admin
+from velollmd.api.dashboard import FEED_PATH
+from velollmd.backends.base import HEALTH_TIMEOUT_S
 
 LIBRARY = ("registry.ollama.ai", "library")
 
@@ -148,21 +151,28 @@ def test_show_and_retrieve_of_an_unavailable_model_answer_503_with_the_reason_as
 def test_ps_keeps_a_model_whose_file_is_removed_while_it_runs_until_its_request_ends(folders):
     """`rm` of a GGUF while a long generation on it streams: the model leaves /api/tags at once
     but is still loaded and running, so /api/ps lists it until the request ends (as Ollama's
-    ps lists a model until it is unloaded), then no more."""
+    ps lists a model until it is unloaded), then no more, with the details it had (its own
+    probe, kept while loaded: the catalogue's table forgets a file no longer listed)."""
     folder, _ = folders
     make_tiny_model(folder / "busy.gguf")
     with daemon(folder, num_ctx=4096) as running:      # ~4000 tokens to go: seconds of work
         local = ollama.Client(host=running.url)
         stream = local.generate(model="busy", prompt="the sun", stream=True, options={"num_predict": 4000})
         next(stream)
+        listed = [(m.model, m.details.family, m.details.quantization_level, m.context_length, m.size)
+                  for m in local.ps().models]
         (folder / "busy.gguf").unlink()
-        during = [(m.model, m.details.family, m.size > 0) for m in local.ps().models]
+        during = [(m.model, m.details.family, m.details.quantization_level, m.context_length, m.size)
+                  for m in local.ps().models]
+        probed = dict(running.app.registry.backends[0]._probed)
         still_running = get_json(running.url + "/health")["backends"][0]["engine"]["loaded"]["busy"]["requests"]
         tags = [m.model for m in local.list().models]
         last = list(stream)[-1]
         after = [m.model for m in local.ps().models]
     assert still_running == 1            # asked after /api/ps: the request ran all the while
-    assert during == [("busy", "llama", True)] and tags == []
+    assert during == listed and listed[0][:2] == ("busy", "llama") and listed[0][2] and listed[0][4] > 0
+    assert tags == []
+    assert probed == {}                  # the catalogue's probes are of the files listed; the model keeps its own
     assert last.done and last.eval_count == 4000 and after == []
 
 
@@ -185,3 +195,35 @@ def test_health_shows_a_gguf_added_corrupted_in_place_and_removed_at_once(folder
     assert empty == removed == ([], {})
     assert added == (["added"], {})
     assert corrupted[0] == [] and str(path) in corrupted[1]["added"]
+
+
+def test_the_dashboard_feed_shows_the_engine_catalogue_as_health_does_at_once(folders, monkeypatch):
+    """The dashboard's feed shows /health's backend rows, freshened the same way (the same
+    stat check, the same short deadline): a GGUF copied in, corrupted in place, then removed
+    shows in the feed at once, polled alone, not at the next health check an hour away."""
+    folder, _ = folders
+    with daemon(folder) as running:
+        registry = running.app.registry
+        deadlines = []
+        freshen = registry.freshen
+
+        async def freshen_seen(timeout_s=HEALTH_TIMEOUT_S):
+            deadlines.append(timeout_s)
+            await freshen(timeout_s)
+        monkeypatch.setattr(registry, "freshen", freshen_seen)
+
+        def rows():
+            feed = get_json(running.url + FEED_PATH)["backends"][0]
+            health = get_json(running.url + "/health")["backends"][0]
+            return [(row["models"], row["engine"]["unavailable"]) for row in (feed, health)]
+        empty = rows()
+        path = make_tiny_model(folder / "added.gguf")
+        added = rows()
+        rewrite_in_place(path, b"XXXX" + path.read_bytes()[4:])
+        corrupted = rows()
+        path.unlink()
+        removed = rows()
+    assert empty == removed == [([], {})] * 2
+    assert added == [(["added"], {})] * 2
+    assert corrupted[0] == corrupted[1] and corrupted[0][0] == [] and str(path) in corrupted[0][1]["added"]
+    assert deadlines == [admin.HEALTH_FRESHEN_S] * 8          # the feed's and /health's four polls each

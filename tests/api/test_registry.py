@@ -1,9 +1,11 @@
 """Registry.candidates: glob matches remembered, catalogue listings followed as they change."""
 import asyncio
+import threading
 
 import pytest
 
-from velollmd.backends.base import ModelInfo
+from velollmd.api import admin
+from velollmd.backends.base import HEALTH_TIMEOUT_S, ModelInfo
 from velollmd.backends.registry import Registry
 from velollmd.config import config_from_table
 from velollmd.errors import NotFound, Unavailable
@@ -119,3 +121,34 @@ def test_a_listing_starts_work_only_for_the_backends_with_something_to_check(tmp
     for_servers, for_mixed = asyncio.run(scenario())
     assert for_servers == []
     assert for_mixed == ["EngineBackend.freshen", "EngineBackend._check_after"]
+
+
+def test_a_freshen_stuck_on_the_disk_returns_at_its_deadline_and_the_check_goes_on(tmp_path, monkeypatch):
+    """/health freshens with a short deadline (HEALTH_FRESHEN_S): a scan blocked on a disk that
+    does not answer leaves the answer to the last scan's state, and finishes on its own."""
+    config = config_from_table({"backends": [
+        {"name": "e", "kind": "engine", "models_dir": str(tmp_path), "ollama_store": False}]}).backends[0]
+    reg = Registry([config])
+    engine = reg.backends[0]
+    disk = threading.Event()
+    scans = []
+
+    def stuck_scan():
+        disk.wait(30)
+        scans.append("done")
+        return ()
+
+    async def scenario():
+        await engine.refresh()
+        monkeypatch.setattr(engine, "_sources_now", stuck_scan)
+        try:
+            await reg.freshen(0.05)
+            returned_before_the_disk_answered = not scans
+            disk.set()
+            await reg.freshen()                         # the stuck check ends, and one after it runs
+            return returned_before_the_disk_answered
+        finally:
+            disk.set()
+            await reg.close()
+    assert asyncio.run(scenario()) and "done" in scans               # returned first; the check ended later
+    assert admin.HEALTH_FRESHEN_S < HEALTH_TIMEOUT_S

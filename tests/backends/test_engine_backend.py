@@ -202,6 +202,48 @@ def test_a_gguf_corrupted_in_place_keeping_size_and_mtime_is_unavailable_at_the_
     assert error.status == 503 and error.code == "model_unavailable" and unavailable["flip"] in error.message
 
 
+def test_a_file_touched_again_and_again_leaves_one_probe_and_a_busy_model_keeps_its_own(tmp_path):
+    """Each touch or rewrite of a GGUF is a new identity (inode, mtime, ctime): the probe table
+    holds the files listed now, one entry each, not one per version ever seen. A model loaded
+    from a version no longer listed (removed while a request runs on it) keeps its own probe:
+    its listing in /api/ps, its context and its thinking answer as before."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    path, other = make_tiny_model(folder / "touched.gguf"), make_tiny_model(folder / "other.gguf", seed=1)
+
+    def seen(backend):
+        info = backend.loaded_model_info("touched")
+        return (info and (info.id, info.details), backend.context_size("touched"), backend.thinks("touched"))
+
+    async def scenario():
+        backend = engine(folder, num_ctx=4096)          # ~4000 tokens to go: seconds of work
+        try:
+            await backend.refresh()
+            first = dict(backend._probed)
+            for step in range(1, 21):
+                os.utime(path, ns=(step * 10**9, step * 10**9))
+                await backend.freshen()
+            touched = dict(backend._probed)
+            stream = backend.completion_stream(GenerateRequest("completion", {
+                "model": "touched", "prompt": "the sun", "max_tokens": 4000, "temperature": 0, "stream": True}))
+            await stream.__anext__()                    # running on it
+            before = seen(backend)
+            path.unlink()
+            await backend.freshen()
+            during = dict(backend._probed), list(backend.loaded), seen(backend)
+            await stream.aclose()
+            return first, touched, before, during
+        finally:
+            await backend.close()
+    first, touched, before, (probed, loaded, after) = run(scenario())
+    assert len(first) == 2 and set(first) != set(touched)
+    assert sorted(identity.split(":")[0] for identity in touched) == sorted([str(other), str(path)])
+    assert list(probed) == [i for i in touched if i.startswith(str(other) + ":")]
+    assert loaded == ["touched"] and after == before
+    assert before[0][0] == "touched" and before[0][1]["family"] == "llama" and before[0][1]["quantization_level"]
+    assert before[1] > 0 and before[2] is False
+
+
 class HeldScans(EngineBackend):
     """The engine with its scans counted, each held in its thread, once it has read the
     folder, until `go` is set."""

@@ -20,6 +20,7 @@ from ..metrics import Metrics, sampled, scheduler_lines
 from .access import Access
 
 LOOPBACK = ("127.0.0.1", "::1")
+HEALTH_FRESHEN_S = 0.5      # /health waits this long at most for the engine's file check
 
 
 class AdminRoutes:
@@ -39,12 +40,13 @@ class AdminRoutes:
 
     async def health(self, request: Request) -> Response:
         """Each backend's state; the engine's catalogue first brought up to date as a listing
-        does (a stat check), so that a GGUF added, removed or corrupted shows here at once."""
-        await self.registry.freshen()
+        does (a stat check), so that a GGUF added, removed or corrupted shows here at once. A
+        liveness probe's answer waits at most HEALTH_FRESHEN_S for that (a hung mount: the last
+        scan's state), not a listing's whole deadline."""
         draining = self.access.draining
         body = {"status": "draining" if draining else "ok", "version": __version__,
                 "uptime_s": round(time.time() - self.access.started_at, 3),
-                "backends": backend_rows(self.registry, self.service.stats())}
+                "backends": await fresh_backend_rows(self.registry, self.service)}
         if self.pipeline.shared is not None:            # Redis down is degraded sharing, still "ok"
             body["redis"] = self.pipeline.shared.health()
         return Response.json(body, status=503 if draining else 200)
@@ -122,15 +124,24 @@ class AdminRoutes:
         return cache
 
 
-def backend_rows(registry: Registry, stats: dict) -> list[dict]:
-    """Each backend's health, its width and where it was learnt, and the limit in force
-    (`stats`: Service.stats())."""
+async def fresh_backend_rows(registry: Registry, service: Service, queue_fields: tuple[str, ...] = ()) -> list[dict]:
+    """backend_rows with the engine's catalogue first brought up to date, waiting at most
+    HEALTH_FRESHEN_S for that (a hung mount: the last scan's state), and the queues as of
+    then: what /health and the dashboard's feed show, alike."""
+    await registry.freshen(HEALTH_FRESHEN_S)
+    return backend_rows(registry, service.stats(), queue_fields)
+
+
+def backend_rows(registry: Registry, stats: dict, queue_fields: tuple[str, ...] = ()) -> list[dict]:
+    """Each backend's health, its width and where it was learnt, the limit in force, and the
+    `queue_fields` of its queue (`stats`: Service.stats())."""
     queues = stats["backends"]
     statuses = registry.status()
     for status in statuses:
         queue = queues.get(status["name"], {})
         status["concurrency_limit"] = queue.get("concurrency_limit")
         status["adaptive"] = queue.get("adaptive", status["slots_source"] is None)
+        status.update({key: queue.get(key) for key in queue_fields})
     return statuses
 
 

@@ -24,7 +24,7 @@ from ..http.message import Request, Response
 from ..log import AccessLog
 from ..metrics import Counter, Histogram, Metrics, bucket_quantile
 from .access import Access, accepts_html
-from .admin import backend_rows
+from .admin import fresh_backend_rows
 
 FEED_PATH = "/v1/velollm/dashboard"
 # Polled by the dashboard itself and by monitors: left out of its request counts and list.
@@ -51,16 +51,19 @@ class DashboardRoutes:
         return Response.json({"name": "velollmd", "version": __version__}, headers=[("vary", "accept")])
 
     async def feed(self, request: Request) -> Response:
-        return Response.json(self.snapshot(), headers=[("cache-control", "no-store")])
+        return Response.json(await self.snapshot(), headers=[("cache-control", "no-store")])
 
-    def snapshot(self) -> dict:
-        """What the page shows, as of now."""
+    async def snapshot(self) -> dict:
+        """What the page shows, as of now: the backends as /health shows them (the engine's
+        catalogue brought up to date first, as there), each with its queue: running, waiting,
+        rejected; its breaker."""
+        backends = await fresh_backend_rows(self.registry, self.service, QUEUE_FIELDS)
         metrics = self.metrics
         return {"object": "dashboard", "version": __version__, "time": round(time.time(), 3),
                 "status": "draining" if self.access.draining else "ok",
                 "uptime_s": round(time.time() - self.access.started_at, 3),
                 "keys_required": self.access.keys_required,
-                "backends": self._backends(),
+                "backends": backends,
                 "totals": {**request_totals(metrics.requests), **cache_totals(metrics.cache),
                            **token_totals(metrics.tokens)},
                 "latency": {"ttft": histogram_summary(metrics.ttft),
@@ -70,16 +73,6 @@ class DashboardRoutes:
                 "access_log": self.access_log.enabled,
                 "recent": recent_requests(self.access_log, NUM_RECENT),
                 "keys": self.access.ledger.usage()}
-
-
-    def _backends(self) -> list[dict]:
-        """/health's rows with each backend's queue: running, waiting, rejected; its breaker."""
-        stats = self.service.stats()
-        rows = backend_rows(self.registry, stats)
-        for row in rows:
-            queue = stats["backends"].get(row["name"], {})
-            row.update({key: queue.get(key) for key in QUEUE_FIELDS})
-        return rows
 
 
 def request_totals(requests: Counter) -> dict:

@@ -62,7 +62,7 @@ class EngineBackend(Backend):
                                      threads=config.threads, device=self.device.used)
         self.files: dict[str, store.ModelFile] = {}
         self.unavailable: dict[str, str] = {}          # name -> why it cannot be served
-        self._probed: dict[str, loader.Probe] = {}      # file identity -> its problem or architecture
+        self._probed: dict[str, loader.Probe] = {}      # file identity -> its probe, for the files listed now
         self._keep_alive_s: dict[str, float] = {}       # name -> seconds kept idle, as a client asked
         self._sources_state: tuple | None = None        # what the last scan read, by stats (store.sources_state)
         self._check: asyncio.Future | None = None       # the freshen check running now
@@ -75,7 +75,7 @@ class EngineBackend(Backend):
     # ---- catalogue ----
 
     async def list_models(self) -> list[ModelInfo]:
-        self._sources_state, catalogue = await asyncio.to_thread(self._scan)
+        self._sources_state, catalogue, self._probed = await asyncio.to_thread(self._scan)
         self.files = catalogue.models
         self.unavailable = dict(catalogue.problems)
         for name, found in catalogue.models.items():
@@ -85,19 +85,23 @@ class EngineBackend(Backend):
         self._unload_idle()
         self._trim(self.config.max_loaded_models)      # a load exceeds it while the others are busy
         self.loaded_models = frozenset(self.loaded)
-        return [self._info(f) for name, f in self.files.items() if name not in self.unavailable]
+        return [self._info(found, self._probed[found.identity])
+                for name, found in self.files.items() if name not in self.unavailable]
 
-    def _scan(self) -> tuple[tuple, store.Catalogue]:
-        """The sources' state, then the files found in them, the ones not seen before probed (a
-        thread: it reads headers). The state comes first: a change made during the scan is
-        seen by the next freshen."""
+    def _scan(self) -> tuple[tuple, store.Catalogue, dict[str, loader.Probe]]:
+        """The sources' state, then the files found in them, then their probes: the last scan's
+        where a file is unchanged, the others read now (a thread: it reads headers). The state
+        comes first: a change made during the scan is seen by the next freshen. The probes are
+        those of the files found and no others, so that a file rewritten or touched again and
+        again leaves one entry (a loaded model keeps its own: LoadedModel.probe)."""
         state = self._sources_now()
         catalogue = store.find_models(self.config.model, self.config.alias, self.config.models_dir,
                                       self._ollama_dirs())
+        known, probes = self._probed, {}
         for found in catalogue.models.values():
-            if found.identity not in self._probed:
-                self._probed[found.identity] = loader.probe(found.path, self.config.chat_template)
-        return state, catalogue
+            probes[found.identity] = known.get(found.identity) or probes.get(found.identity) or \
+                loader.probe(found.path, self.config.chat_template)
+        return state, catalogue, probes
 
     def _ollama_dirs(self) -> list:
         return store.ollama_store_dirs() if self.config.ollama_store else []
@@ -122,8 +126,7 @@ class EngineBackend(Backend):
         if await asyncio.to_thread(self._sources_now) != self._sources_state:
             await self.refresh()
 
-    def _info(self, found: store.ModelFile) -> ModelInfo:
-        probed = self._probed[found.identity]
+    def _info(self, found: store.ModelFile, probed: loader.Probe) -> ModelInfo:
         details = {"format": "gguf", "family": probed.arch, "parameter_size": "",
                    "quantization_level": probed.file_type}
         return ModelInfo(id=found.name, backend=self.name, identity=f"engine:{found.identity}",
@@ -132,8 +135,8 @@ class EngineBackend(Backend):
     def context_size(self, model: str | None = None, num_ctx: int | None = None) -> int:
         """`model`'s context as it is loaded (the config's num_ctx, else its own up to 4096), or
         as a request's `num_ctx` (Ollama's) sizes it, up to the model's trained context."""
-        found = self.files.get(self._served_name(model)) if model else None
-        trained = self._probed[found.identity].context_length if found is not None else 0
+        probed = self._probe_of(model) if model else None
+        trained = probed.context_length if probed is not None else 0
         return min(num_ctx, trained or num_ctx) if num_ctx else loader.context_for(self.config.num_ctx, trained)
 
     def sees_images(self) -> bool:
@@ -141,8 +144,19 @@ class EngineBackend(Backend):
 
     def thinks(self, model: str) -> bool | None:
         """Whether `model`'s chat template thinks (read from its header), None for a model not found."""
-        found = self.files.get(self._served_name(model))
-        return self._probed[found.identity].thinks if found is not None else None
+        probed = self._probe_of(model)
+        return probed.thinks if probed is not None else None
+
+    def _probe_of(self, model: str) -> loader.Probe | None:
+        """The probe of what serves `model`: the file it is loaded from while loaded (it serves
+        until unloaded, its file removed or replaced or not), else the catalogue's file; None
+        for a model not found."""
+        name = self._served_name(model)
+        loaded = self.loaded.get(name)
+        if loaded is not None and loaded.probe is not None:
+            return loaded.probe
+        found = self.files.get(name)
+        return self._probed[found.identity] if found is not None else None
 
     def hears_audio(self) -> bool:
         return False
@@ -200,6 +214,7 @@ class EngineBackend(Backend):
 
     async def _load(self, name: str) -> LoadedModel:
         found = self.files[name]
+        probed = self._probed[found.identity]          # now: a rescan during the load may drop it
         try:
             self._trim(self.config.max_loaded_models - 1)      # room for one more
             started = time.monotonic()
@@ -211,7 +226,7 @@ class EngineBackend(Backend):
             self._loading.pop(name, None)
         model.runner.start()
         model.last_used = time.monotonic()
-        model.file = found
+        model.file, model.probe = found, probed
         self.loaded[name] = model
         self.loaded_models = frozenset(self.loaded)
         log.info("engine loaded a model", extra={"fields": {
@@ -244,7 +259,9 @@ class EngineBackend(Backend):
 
     def loaded_model_info(self, model: str) -> ModelInfo | None:
         loaded = self.loaded.get(model)
-        return self._info(loaded.file) if loaded is not None and loaded.file is not None else None
+        if loaded is None or loaded.file is None or loaded.probe is None:
+            return None
+        return self._info(loaded.file, loaded.probe)
 
     def in_vram(self, model: str) -> bool:
         loaded = self.loaded.get(model)

@@ -99,15 +99,15 @@ class Registry:
                 log.warning("backend health changed", extra={"fields": {
                     "backend": backend.name, "healthy": backend.healthy, "error": backend.last_error}})
 
-    async def freshen(self) -> None:
+    async def freshen(self, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
         """The backends' catalogues up to date where they can tell cheaply (see Backend.freshen):
         listings (/v1/models, /api/tags, /api/show, /api/ps) ask first, rather than show what
-        the last health check saw. Bounded: on a disk that does not answer (a hung network
-        mount) the listing shows the last scan's catalogue, and the scan goes on for the next.
-        Only backends with something to check get a task: a listing of servers makes none."""
+        the last health check saw. Bounded by `timeout_s`: on a disk that does not answer (a
+        hung network mount) the caller shows the last scan's catalogue, and the scan goes on for
+        the next. Only backends with something to check get a task: a listing of servers makes none."""
         checking = [b for b in self.backends if b.freshens]
         if checking:
-            await asyncio.wait([asyncio.ensure_future(b.freshen()) for b in checking], timeout=HEALTH_TIMEOUT_S)
+            await asyncio.wait([asyncio.ensure_future(b.freshen()) for b in checking], timeout=timeout_s)
 
     def resolve(self, model: str) -> str:
         """The served model for a client's model name: its alias target, else the name."""

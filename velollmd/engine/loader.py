@@ -68,6 +68,7 @@ class LoadedModel:
     nbytes_weights: int
     last_used: float = 0.0
     file: ModelFile | None = None       # what it was loaded from (listed in /api/ps while it runs, file gone or not)
+    probe: Probe | None = None          # that file's probe, kept while loaded (the catalogue forgets a file gone)
     device: str = "cpu"                 # where its weights and KV cache are: cpu | cuda
 
     @property
