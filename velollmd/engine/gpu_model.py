@@ -131,7 +131,7 @@ class GpuModel:
             raise ValueError(f"Batch: a token id is outside the vocabulary (0..{c.n_vocab - 1})")
         plan = _DevicePlan(batch, kv, ops)
         cos, sin = (ops.to_device(a) for a in rope_cos_sin(batch.positions, self.inv_freq))  # (T, n_rot/2)
-        x = ops.embedding(self.token_embd, ops.to_device(batch.token_ids))               # (T, n_embd)
+        x = ops.embedding(self.token_embd, ops.to_device(batch.token_ids.astype(I32, copy=False)))  # (T, n_embd)
         for index, layer in enumerate(self.layers):
             x += self._attention_block(index, layer, x, cos, sin, plan, kv)
             x += self._ffn_block(layer, x)
