@@ -3,6 +3,9 @@ pass on the same GGUF: through the kernels' numpy mirrors on every machine ("mir
 real kernels on a GPU ("gpu": skipped, with the reason, without one)."""
 from __future__ import annotations
 
+import gc
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -19,6 +22,7 @@ from velollmd.engine.gpu_model import GpuKVCache, GpuModel
 from velollmd.engine.kvcache import PagedKVCache
 from velollmd.engine.model import Batch, Model, ModelConfig, SeqChunk
 from velollmd.engine.sampling import SamplingParams
+from velollmd.errors import Unavailable
 
 BLOCK_SIZE = 16
 NUM_BLOCKS = 12
@@ -216,3 +220,30 @@ def test_the_mirror_refuses_what_the_device_would_misread():
         with pytest.raises(DeviceMisuse, match="not contiguous"):
             cos = ops.to_device(np.ones((2, 16), np.float32))
             ops.rope(ops.to_device(np.ones((2, 4, 64), np.float32))[:, :, :32], cos, cos, False)
+
+
+def test_device_memory_goes_back_whichever_thread_unloads(tmp_path):
+    """pycuda frees an allocation only on a thread where its context is current or on the thread
+    that made the context, else warns and leaks it: the daemon loads in asyncio.to_thread, steps
+    on the runner's thread, embeds on another worker and unloads on the event loop's. The
+    mirror's context keeps that rule: nothing may leak, and nothing stays allocated."""
+    made: list[MirrorKernels] = []
+
+    def make_ops(config, options):
+        made.append(mirror_ops(config, options))
+        return made[-1]
+    path = make_tiny_model(tmp_path / "tiny.gguf", dtype="f32")
+    options = loader.EngineOptions(num_ctx=128, kv_cache_mb=4, max_running=4, max_batch_tokens=32, device="cuda")
+    with ThreadPoolExecutor(1) as loading, ThreadPoolExecutor(1) as embedding:     # both alive: distinct threads
+        model = loading.submit(loader.load, "tiny", path, options, SchedulerConfig(), make_ops).result()
+        assert model.device == "cuda" and made[0].live                  # weights and KV cache on the device
+        assert len(greedy_tokens(model, [list(range(5, 25))], 4)[0]) == 4
+        assert embedding.submit(model.runner.embed, list(range(5, 25))).result().shape == (model.config.n_embd,)
+        model.runner.stop()                                              # the event loop's unload
+        with pytest.raises(Unavailable):
+            embedding.submit(model.runner.embed, [5, 6]).result()        # one that came too late
+        del model
+        gc.collect()
+    ops = made[0]
+    assert ops.leaked == [] and ops.live == {}
+    assert ops.launches["release"] == 1

@@ -114,6 +114,24 @@ class Kernels:
         return self._empty(array.shape, array.dtype)
 
     @staticmethod
+    def free(arrays) -> None:
+        """Free these arrays' device memory now (inside active()). pycuda frees an allocation its
+        last reference drops only on a thread where its context is current or on the thread that
+        made the context, else it warns and the memory leaks: the event loop unloading a model is
+        neither, so a model's weights and KV cache are freed here, not left to the collector."""
+        for array in arrays:
+            array.gpudata.free()
+
+    def release(self) -> None:
+        """Free the pool's held memory and unload the compiled modules (inside active()), for
+        the same reason as free(); a later launch compiles and pools again."""
+        if self._pool is not None:
+            self._pool.stop_holding()
+            self._pool.free_held()
+            self._pool = None
+        self._modules.clear()
+
+    @staticmethod
     def copy_blocks(caches: list, pairs: list[tuple[int, int]]) -> None:
         """Block src -> block dst of each cache (num_blocks, ...) for each (src, dst) pair."""
         import pycuda.driver as driver
