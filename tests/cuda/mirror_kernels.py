@@ -213,7 +213,10 @@ class MirrorKernels:
         return q
 
     @staticmethod
-    def _tables_cover(tables: np.ndarray, lens: np.ndarray, block_size: int) -> None:
+    def _tables_cover(tables: np.ndarray, lens: np.ndarray, k_cache: np.ndarray) -> None:
+        num_blocks, block_size = k_cache.shape[:2]
+        _require(tables.size == 0 or (tables.min() >= 0 and tables.max() < num_blocks),
+                 "a block id outside the cache (numpy would wrap a negative one)")
         _require(int(lens.min(initial=1)) >= 1, "a context length below 1")
         _require(tables.shape[1] * block_size >= int(lens.max(initial=0)),
                  f"block tables of {tables.shape[1]} blocks do not cover {int(lens.max())} tokens")
@@ -227,7 +230,7 @@ class MirrorKernels:
         q = self._query(q, k.shape[2])
         tables = self._device("block_tables", block_tables, I32, (q.shape[0], None))
         lens = self._device("context_lens", context_lens, I32, (q.shape[0],))
-        self._tables_cover(tables, lens, k.shape[1])
+        self._tables_cover(tables, lens, k)
         _require(max_context_len >= int(lens.max()), f"max_context_len {max_context_len} < a context of "
                  f"{int(lens.max())}: the grid has too few partitions")
         out = mirror.paged_attention_decode(q, k, v, tables, lens, scale, partition_size,
@@ -256,7 +259,7 @@ class MirrorKernels:
                  and bool((query_lens <= lens).all()), "query_start does not pack q's rows")
         _require(max_query_len >= int(query_lens.max()), f"max_query_len {max_query_len} < a query of "
                  f"{int(query_lens.max())} rows: the grid leaves rows uncomputed")
-        self._tables_cover(tables, lens, k.shape[1])
+        self._tables_cover(tables, lens, k)
         out = mirror.prefill_attention(q, k, v, starts, lens, tables, scale,
                                        self._define("Q_TILE", sources.Q_TILE))
         return self._pooled(out)

@@ -4,6 +4,7 @@ real kernels on a GPU ("gpu": skipped, with the reason, without one)."""
 from __future__ import annotations
 
 import gc
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -222,21 +223,24 @@ def test_the_mirror_refuses_what_the_device_would_misread():
             ops.rope(ops.to_device(np.ones((2, 4, 64), np.float32))[:, :, :32], cos, cos, False)
 
 
-def test_device_memory_goes_back_whichever_thread_unloads(tmp_path):
+def test_device_memory_goes_back_whichever_thread_unloads(tmp_path, make_ops):
     """pycuda frees an allocation only on a thread where its context is current or on the thread
     that made the context, else warns and leaks it: the daemon loads in asyncio.to_thread, steps
     on the runner's thread, embeds on another worker and unloads on the event loop's. The
-    mirror's context keeps that rule: nothing may leak, and nothing stays allocated."""
-    made: list[MirrorKernels] = []
+    mirror's context keeps that rule (nothing may leak, nothing stays allocated); on a GPU,
+    pycuda's own warning says whether anything leaked."""
+    made: list = []
 
-    def make_ops(config, options):
-        made.append(mirror_ops(config, options))
+    def recording_ops(config, options):
+        made.append(make_ops(config, options))
         return made[-1]
     path = make_tiny_model(tmp_path / "tiny.gguf", dtype="f32")
     options = loader.EngineOptions(num_ctx=128, kv_cache_mb=4, max_running=4, max_batch_tokens=32, device="cuda")
-    with ThreadPoolExecutor(1) as loading, ThreadPoolExecutor(1) as embedding:     # both alive: distinct threads
-        model = loading.submit(loader.load, "tiny", path, options, SchedulerConfig(), make_ops).result()
-        assert model.device == "cuda" and made[0].live                  # weights and KV cache on the device
+    with warnings.catch_warnings(record=True) as caught, \
+            ThreadPoolExecutor(1) as loading, ThreadPoolExecutor(1) as embedding:   # both alive: two threads
+        warnings.simplefilter("always")
+        model = loading.submit(loader.load, "tiny", path, options, SchedulerConfig(), recording_ops).result()
+        assert model.device == "cuda"
         assert len(greedy_tokens(model, [list(range(5, 25))], 4)[0]) == 4
         assert embedding.submit(model.runner.embed, list(range(5, 25))).result().shape == (model.config.n_embd,)
         model.runner.stop()                                              # the event loop's unload
@@ -244,6 +248,7 @@ def test_device_memory_goes_back_whichever_thread_unloads(tmp_path):
             embedding.submit(model.runner.embed, [5, 6]).result()        # one that came too late
         del model
         gc.collect()
-    ops = made[0]
-    assert ops.leaked == [] and ops.live == {}
-    assert ops.launches["release"] == 1
+    assert not [str(w.message) for w in caught if "could not be cleaned up" in str(w.message)]
+    if isinstance(made[0], MirrorKernels):
+        assert made[0].leaked == [] and made[0].live == {}
+        assert made[0].launches["release"] == 1
