@@ -3,11 +3,15 @@ pass on the same GGUF: through the kernels' numpy mirrors on every machine ("mir
 real kernels on a GPU ("gpu": skipped, with the reason, without one)."""
 from __future__ import annotations
 
+import gc
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
 from tests.cuda.cases import max_error
-from tests.cuda.mirror_kernels import MirrorKernels
+from tests.cuda.mirror_kernels import DeviceMisuse, MirrorKernels
 from tests.engine.weights import write_random_gguf
 from tests.rig.llama import make_tiny_model
 from velollmd.config import SchedulerConfig
@@ -19,6 +23,7 @@ from velollmd.engine.gpu_model import GpuKVCache, GpuModel
 from velollmd.engine.kvcache import PagedKVCache
 from velollmd.engine.model import Batch, Model, ModelConfig, SeqChunk
 from velollmd.engine.sampling import SamplingParams
+from velollmd.errors import Unavailable
 
 BLOCK_SIZE = 16
 NUM_BLOCKS = 12
@@ -180,3 +185,70 @@ def test_a_model_the_kernels_cannot_run_or_a_failing_device_is_served_on_the_cpu
     tiny = make_tiny_model(tmp_path / "tiny.gguf", dtype="f32")
     served = loader.load("tiny", tiny, options, SchedulerConfig(), make_ops=failing_device)
     assert isinstance(served.runner.model, Model) and isinstance(served.kv, PagedKVCache) and served.device == "cpu"
+
+
+def test_the_mirror_refuses_what_the_device_would_misread():
+    """The strict mirror (mirror_kernels.DeviceArray): each of these runs in numpy, and on a GPU
+    reads wrong memory, raises in pycuda, or has no current context."""
+    ops = MirrorKernels(engine_defines(32, BLOCK_SIZE, False, 2))
+    rows = np.ones((3, 2, 32), np.float32)                                  # (T, kv, d)
+    with pytest.raises(DeviceMisuse, match="outside ops.active"):
+        ops.to_device(rows)
+    with ops.active():
+        k_cache, v_cache = ops.zeros((4, BLOCK_SIZE, 2, 32), np.float32), ops.zeros((4, BLOCK_SIZE, 2, 32), np.float32)
+        key = ops.to_device(rows)
+        with pytest.raises(DeviceMisuse, match="host"):                    # packed by value by pycuda
+            ops.reshape_and_cache(k_cache, v_cache, rows, key, ops.to_device(np.arange(3)))
+        with pytest.raises(DeviceMisuse, match="int32, the kernel reads int64"):   # long long* slot_mapping
+            ops.reshape_and_cache(k_cache, v_cache, key, key, ops.to_device(np.arange(3, dtype=np.int32)))
+        with pytest.raises(DeviceMisuse, match="int64, the kernel reads int32"):   # int* token_ids
+            ops.embedding(ops.keep_on_device(np.ones((8, 4), np.float32)), ops.to_device(np.arange(3)))
+        with pytest.raises(DeviceMisuse, match="float64, the kernel reads float32"):
+            ops.rms_norm(ops.to_device(np.ones((3, 64), np.float32)), ops.to_device(np.ones((3, 64), np.float64)),
+                         ops.to_device(np.ones(64, np.float32)), 1e-6)
+        wide = ops.zeros((4, BLOCK_SIZE, 2, 64), np.float32)
+        with pytest.raises(DeviceMisuse, match="shape"):                   # HEAD_DIM 32 built in
+            ops.reshape_and_cache(wide, wide, key, key, ops.to_device(np.arange(3)))
+        with pytest.raises(DeviceMisuse, match="same shape"):              # GPUArray asserts; numpy broadcasts
+            key += ops.to_device(np.ones(32, np.float32))
+        with pytest.raises(DeviceMisuse, match="bytes"):                   # gate and up not both there
+            ops.matmul(ops.to_device(np.ones((1, 32), np.float32)), ops.keep_on_device(np.zeros(64 * 32 * 2, np.uint8)),
+                       "f16", 128)
+        q = ops.to_device(np.ones((2, 4, 32), np.float32))
+        tables, lens = ops.to_device(np.zeros((2, 2), np.int32)), ops.to_device(np.array([20, 31], np.int32))
+        with pytest.raises(DeviceMisuse, match="too few partitions"):
+            ops.paged_attention_decode(q, k_cache, v_cache, tables, lens, 1.0, 20, 8)
+        with pytest.raises(DeviceMisuse, match="not contiguous"):
+            cos = ops.to_device(np.ones((2, 16), np.float32))
+            ops.rope(ops.to_device(np.ones((2, 4, 64), np.float32))[:, :, :32], cos, cos, False)
+
+
+def test_device_memory_goes_back_whichever_thread_unloads(tmp_path, make_ops):
+    """pycuda frees an allocation only on a thread where its context is current or on the thread
+    that made the context, else warns and leaks it: the daemon loads in asyncio.to_thread, steps
+    on the runner's thread, embeds on another worker and unloads on the event loop's. The
+    mirror's context keeps that rule (nothing may leak, nothing stays allocated); on a GPU,
+    pycuda's own warning says whether anything leaked."""
+    made: list = []
+
+    def recording_ops(config, options):
+        made.append(make_ops(config, options))
+        return made[-1]
+    path = make_tiny_model(tmp_path / "tiny.gguf", dtype="f32")
+    options = loader.EngineOptions(num_ctx=128, kv_cache_mb=4, max_running=4, max_batch_tokens=32, device="cuda")
+    with warnings.catch_warnings(record=True) as caught, \
+            ThreadPoolExecutor(1) as loading, ThreadPoolExecutor(1) as embedding:   # both alive: two threads
+        warnings.simplefilter("always")
+        model = loading.submit(loader.load, "tiny", path, options, SchedulerConfig(), recording_ops).result()
+        assert model.device == "cuda"
+        assert len(greedy_tokens(model, [list(range(5, 25))], 4)[0]) == 4
+        assert embedding.submit(model.runner.embed, list(range(5, 25))).result().shape == (model.config.n_embd,)
+        model.runner.stop()                                              # the event loop's unload
+        with pytest.raises(Unavailable):
+            embedding.submit(model.runner.embed, [5, 6]).result()        # one that came too late
+        del model
+        gc.collect()
+    assert not [str(w.message) for w in caught if "could not be cleaned up" in str(w.message)]
+    if isinstance(made[0], MirrorKernels):
+        assert made[0].leaked == [] and made[0].live == {}
+        assert made[0].launches["release"] == 1

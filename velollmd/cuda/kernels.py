@@ -114,6 +114,23 @@ class Kernels:
         return self._empty(array.shape, array.dtype)
 
     @staticmethod
+    def free(arrays) -> None:
+        """Free these arrays' device memory now (inside active()). pycuda frees an allocation its
+        last reference drops only on a thread where its context is current or on the thread that
+        made the context, else it warns and the memory leaks: the event loop unloading a model is
+        neither, so a model's weights and KV cache are freed here, not left to the collector."""
+        for array in arrays:
+            array.gpudata.free()
+
+    def release(self) -> None:
+        """Free the pool's held memory and unload the compiled modules (inside active()), for
+        the same reason as free(); a later launch compiles and pools again."""
+        if self._pool is not None:
+            self._pool.stop_holding()       # frees what it holds, and what comes back later
+            self._pool = None
+        self._modules.clear()
+
+    @staticmethod
     def copy_blocks(caches: list, pairs: list[tuple[int, int]]) -> None:
         """Block src -> block dst of each cache (num_blocks, ...) for each (src, dst) pair."""
         import pycuda.driver as driver
@@ -136,6 +153,8 @@ class Kernels:
         does not wait for it."""
         for file, entries in sources.KERNEL_FILES.items():
             self.function(file, entries[0])
+        from pycuda import elementwise
+        elementwise.get_axpbyz_kernel(F32, F32, F32)     # GPUArray += (the residual adds), memoized per context
 
     def _define(self, name: str, default: int) -> int:
         return int(self.defines.get(name, default))
@@ -158,12 +177,12 @@ class Kernels:
         threads = (self._define("NUM_WARPS", sources.NUM_WARPS) * 32, 1, 1)
         args = (q, k_cache, v_cache, block_tables, context_lens, I32(block_tables.shape[1]),
                 I32(num_kv_heads), I32(num_heads // num_kv_heads), F32(scale))
-        out, tmp_out, max_logits, exp_sums = workspace or self.decode_workspace(
-            q, max_context_len, partition_size or max_context_len)
-        if partition_size is None:
+        if partition_size is None:          # one pass: no partials to allocate
+            out = workspace[0] if workspace else self._empty(q.shape)
             self.function("paged_attention.cu", "paged_attention_decode")(
                 out, *args, block=threads, grid=(num_kv_heads, num_seqs, 1))
             return out
+        out, tmp_out, max_logits, exp_sums = workspace or self.decode_workspace(q, max_context_len, partition_size)
         num_parts = math.ceil(max_context_len / partition_size)
         self.function("paged_attention.cu", "paged_attention_decode_partitioned")(
             tmp_out, max_logits, exp_sums, *args, I32(partition_size), block=threads,

@@ -16,6 +16,8 @@ KERNEL_FILES: dict[str, tuple[str, ...]] = {
 }
 
 # The defaults each .cu holds under #ifndef (the numpy mirrors take the same values).
+HEAD_DIM = 128          # paged_attention.cu, prefill_attention.cu, cache_write.cu: dims per head
+BLOCK_SIZE = 16         # paged_attention.cu, prefill_attention.cu: tokens per KV cache block
 NUM_WARPS = 4           # paged_attention.cu: warps per (kv head, sequence[, partition]) block
 MAX_GROUP = 8           # paged_attention.cu: largest query heads per KV head of a build
 Q_TILE = 4              # prefill_attention.cu: query rows (warps) per block

@@ -90,6 +90,13 @@ class GpuKVCache:
             with self.ops.active():
                 self.ops.copy_blocks(self.k + self.v, [(int(src), int(dst)) for src, dst in pairs])
 
+    def release(self) -> None:
+        """Free the device memory now, from any thread (kernels.Kernels.free says why); the
+        cache is not used after this."""
+        with self.ops.active():
+            self.ops.free(self.k + self.v)
+        self.k, self.v = [], []
+
 
 class GpuModel:
     """One model's weights on the device and its forward pass; stateless between calls."""
@@ -102,12 +109,33 @@ class GpuModel:
         self.attn_scale = 1.0 / np.sqrt(config.head_dim)
         self.q_dim, self.kv_dim = config.n_head * config.head_dim, config.n_head_kv * config.head_dim
         self.nbytes = nbytes
+        self.released = False
 
     @classmethod
     def load(cls, gguf: GGUFFile, config: ModelConfig, ops) -> "GpuModel":
         with ops.active():
             ops.compile_all()
             return _Uploader(gguf, config, ops).model()
+
+    def release(self) -> None:
+        """Free the weights' device memory, the pool's and the kernels' now, from any thread
+        (kernels.Kernels.free says why); the model runs no pass after this."""
+        if self.released:
+            return
+        with self.ops.active():
+            self.ops.free(self._device_arrays())
+            self.ops.release()
+        self.released = True
+        self.token_embd = self.output_norm = self.lm_head = None
+        self.layers = []
+
+    def _device_arrays(self) -> list:
+        matrices = [self.lm_head] + [getattr(layer, name) for layer in self.layers
+                                     for name in ("wq", "wk", "wv", "wo", "w_gate_up", "w_down")]
+        vectors = [self.token_embd, self.output_norm] + [
+            vector for layer in self.layers
+            for vector in (layer.attn_norm, layer.ffn_norm, layer.q_norm, layer.k_norm, *(layer.biases or ()))]
+        return [matrix.data for matrix in matrices] + [vector for vector in vectors if vector is not None]
 
     def forward(self, batch: Batch, kv: GpuKVCache) -> np.ndarray:
         """Run the batch, write its K/V into kv; logits of the logits_indices rows (num_logits, n_vocab)."""
@@ -127,11 +155,13 @@ class GpuModel:
 
     def _residual(self, batch: Batch, kv: GpuKVCache):
         c, ops = self.config, self.ops
+        if self.released:
+            raise RuntimeError("GpuModel: its device memory was released (the model was unloaded)")
         if batch.token_ids.min() < 0 or batch.token_ids.max() >= c.n_vocab:
             raise ValueError(f"Batch: a token id is outside the vocabulary (0..{c.n_vocab - 1})")
         plan = _DevicePlan(batch, kv, ops)
         cos, sin = (ops.to_device(a) for a in rope_cos_sin(batch.positions, self.inv_freq))  # (T, n_rot/2)
-        x = ops.embedding(self.token_embd, ops.to_device(batch.token_ids))               # (T, n_embd)
+        x = ops.embedding(self.token_embd, ops.to_device(batch.token_ids.astype(I32, copy=False)))  # (T, n_embd)
         for index, layer in enumerate(self.layers):
             x += self._attention_block(index, layer, x, cos, sin, plan, kv)
             x += self._ffn_block(layer, x)

@@ -57,6 +57,9 @@ class PagedKVCache:
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
 
+    def release(self) -> None:
+        """Nothing to do: host memory goes with the last reference (gpu_model.GpuKVCache frees device memory here)."""
+
     def write(self, layer: int, slots: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
         """Store k, v (T, num_kv_heads, head_dim) at slots (T,)."""
         self._k_slots[layer, slots] = k

@@ -424,6 +424,9 @@ class Model:
             gate_up_act=self._act(*gate_up),
             down_act=self._act((p + "ffn_down.weight", c.n_embd)))
 
+    def release(self) -> None:
+        """Nothing to do: host memory goes with the last reference (gpu_model.GpuModel frees device memory here)."""
+
     def forward(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
         """Run the batch, write its K/V into kv; logits of the logits_indices rows (num_logits, n_vocab)."""
         x = self._residual(batch, kv)[batch.logits_indices]               # (num_logits, n_embd)

@@ -208,6 +208,9 @@ class Runner:
             self._wake.notify()
         if self._thread is not None:
             self._thread.join()
+        with self._model_lock:          # after an embedding in flight; on this thread (GpuModel.release)
+            self.kv.release()
+            self.model.release()
         for seq in list(self._seqs.values()):
             self._end(seq, "abort", error=Unavailable("the engine unloaded the model", code="engine_stopped"))
         self._send_events()
@@ -476,12 +479,17 @@ class Runner:
         """Mean-pooled final hidden state, L2-normalised: (n_embd,). Uses a private KV cache."""
         num_tokens = len(token_ids)
         num_blocks = -(-num_tokens // self.block_size)
-        kv = type(self.kv).like(self.kv, num_blocks)          # on the model's device
         batch = Batch.build(np.asarray(token_ids, np.int32), np.arange(num_tokens, dtype=np.int32),
                             [num_tokens], [list(range(num_blocks))], [0],
                             np.arange(num_tokens, dtype=np.int64), self.block_size)
         with self._model_lock:
-            hidden = self.model.hidden(batch, kv)              # (num_tokens, n_embd)
+            if self._stopping:                                 # unloaded: its memory is gone
+                raise Unavailable("the engine unloaded the model", code="engine_stopped")
+            kv = type(self.kv).like(self.kv, num_blocks)      # on the model's device
+            try:
+                hidden = self.model.hidden(batch, kv)          # (num_tokens, n_embd)
+            finally:
+                kv.release()                                   # on this thread, not the collector's
         pooled = hidden.mean(axis=0)                           # (n_embd,)
         norm = float(np.linalg.norm(pooled))
         return pooled / norm if norm > 0 else pooled
