@@ -1,13 +1,16 @@
 """Paged decode attention bandwidth on a GPU: bytes of K/V read per second.
 
-For each (context length, batch): the paged kernel over a shuffled block table and the same
-kernel built with DENSE_LAYOUT=1 over one contiguous (batch, context) cache, interleaved
-A B A B over --rounds rounds; each round times --iters launches with CUDA events. Reports
-p50/p99 GB/s per side, % of the device's peak memory bandwidth (nvidia-smi's maximum memory
-clock x the bus width the driver reports x 2, DDR/HBM) and paged / dense.
+For each (context length, batch): the paged kernel over a shuffled block table, the same
+kernel built with DENSE_LAYOUT=1 over one contiguous (batch, context) cache, and the paged
+kernel built with each other --tokens-per-warp U (TOKENS_PER_WARP: U tokens per warp per loop
+iteration, one online-softmax update for them), interleaved A B C D ... over --rounds rounds;
+each round times --iters launches with CUDA events. Reports p50/p99 GB/s per side, % of the
+device's peak memory bandwidth (nvidia-smi's maximum memory clock x the bus width the driver
+reports x 2, DDR/HBM), paged / dense (both U = 1) and each U's paged / U = 1's.
 Without pycuda or a CUDA device it says why and exits 0 having measured nothing.
 
     .venv/bin/python benchmarks/kernels.py [--contexts 1024,4096,16384,32768] [--batches 1,8,32,64]
+                                           [--tokens-per-warp 1,2,4]
 """
 from __future__ import annotations
 
@@ -36,12 +39,17 @@ def options(argv):
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--partition-size", type=int, default=512)
+    parser.add_argument("--tokens-per-warp", type=ints, default=[1, 2, 4],
+                        help="paged decode TOKENS_PER_WARP values to compare (U = 1, the ratios' base, always runs)")
     parser.add_argument("--f32", action="store_true", help="float32 cache (default float16)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--memory-fraction", type=float, default=0.6, help="skip cases needing more of free memory")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if min(args.tokens_per_warp) < 1:
+        parser.error(f"--tokens-per-warp takes values >= 1, not {args.tokens_per_warp}")
+    return args
 
 
 def peak_bandwidth_gbs(device) -> tuple[float | None, str]:
@@ -89,20 +97,41 @@ def time_launches(run, iters: int) -> float:
     return end.time_since(start) / iters
 
 
-def measure(args, case: Case, context_len: int, paged, dense) -> dict:
+def side_name(tokens_per_warp: int) -> str:
+    """The paged side of one TOKENS_PER_WARP: "paged" for U = 1 (the name the JSON always had)."""
+    return "paged" if tokens_per_warp == 1 else f"paged_u{tokens_per_warp}"
+
+
+def tokens_per_warp_values(args) -> list[int]:
+    """--tokens-per-warp with U = 1 first (every ratio's base), each value once."""
+    return [1] + sorted(set(args.tokens_per_warp) - {1})
+
+
+def measure(args, case: Case, context_len: int, builds: dict) -> dict:
+    """builds: side name -> Kernels, timed in that order each round."""
     partition = args.partition_size if context_len > args.partition_size else None
-    workspace = paged.decode_workspace(case.q, context_len, partition or context_len)
+    workspace = builds["paged"].decode_workspace(case.q, context_len, partition or context_len)
     scale = 1 / math.sqrt(args.head_dim)
     runs = {name: (lambda built=built: built.paged_attention_decode(
         case.q, case.k_cache, case.v_cache, case.block_tables, case.context_lens, scale, context_len,
-        partition, workspace)) for name, built in (("paged", paged), ("dense", dense))}
+        partition, workspace)) for name, built in builds.items()}
     for run in runs.values():
         time_launches(run, 2)                                               # compile, warm caches
     gbs = {name: [] for name in runs}
-    for _ in range(args.rounds):                                            # A B A B ...
+    for _ in range(args.rounds):                                            # A B C A B C ...
         for name, run in runs.items():
             gbs[name].append(case.kv_bytes / (time_launches(run, args.iters) * 1e-3) / 1e9)
     return {name: {"p50": percentile(v, 50), "p99": percentile(v, 99), "n": len(v)} for name, v in gbs.items()}
+
+
+def gbs_cell(side: dict) -> str:
+    return f"{side['p50']:,.0f} ({side['p99']:,.0f})"
+
+
+def paged_cells(side: dict, base: dict, peak: float | None) -> list[str]:
+    """GB/s, % of peak, and the ratio of p50s to base (dense for U = 1, U = 1 for the others)."""
+    share = f"{100 * side['p50'] / peak:.0f} %" if peak else "n/a"
+    return [gbs_cell(side), share, f"{side['p50'] / base['p50']:.2f}x"]
 
 
 def main(argv=None) -> int:
@@ -123,27 +152,33 @@ def main(argv=None) -> int:
 def report(args, device, name: str) -> int:
     import pycuda.driver as driver
     peak, how = peak_bandwidth_gbs(device)
-    defines = sources.engine_defines(args.head_dim, args.block_size, not args.f32, args.heads // args.kv_heads)
-    paged, dense = kernels.Kernels(defines), kernels.Kernels({**defines, "DENSE_LAYOUT": 1})
+    group = args.heads // args.kv_heads
+    values = tokens_per_warp_values(args)
+    defines = {u: sources.engine_defines(args.head_dim, args.block_size, not args.f32, group, u) for u in values}
+    builds = {"paged": kernels.Kernels(defines[1]), "dense": kernels.Kernels({**defines[1], "DENSE_LAYOUT": 1})}
+    builds.update({side_name(u): kernels.Kernels(defines[u]) for u in values[1:]})
     print(f"device: {name}; peak {peak and f'{peak:,.0f} GB/s'} ({how})")
     print(f"heads {args.heads}/{args.kv_heads}, head_dim {args.head_dim}, block {args.block_size}, "
           f"{'f32' if args.f32 else 'f16'} cache, partitions of {args.partition_size}, "
-          f"{args.rounds} rounds x {args.iters} launches, p50 (p99) GB/s\n")
-    print("| context | batch | paged GB/s | dense GB/s | paged % of peak | paged / dense |")
-    print("|---:|---:|---:|---:|---:|---:|")
+          f"{args.rounds} rounds x {args.iters} launches, p50 (p99) GB/s; U = TOKENS_PER_WARP\n")
+    columns = ["dense GB/s", "paged U=1 GB/s", "U=1 % of peak", "U=1 / dense"]
+    columns += [f"{head}" for u in values[1:] for head in (f"paged U={u} GB/s", f"U={u} % of peak", f"U={u} / U=1")]
+    print(f"| context | batch | {' | '.join(columns)} |")
+    print("|---:|---:|" + "---:|" * len(columns))
     rows, rng = [], np.random.default_rng(0)
     for context_len in args.contexts:
         for batch in args.batches:
             need = 2 * batch * math.ceil(context_len / args.block_size) * args.block_size * args.kv_heads \
                 * args.head_dim * (4 if args.f32 else 2)
             if need > args.memory_fraction * driver.mem_get_info()[0]:
-                print(f"| {context_len} | {batch} | skipped: {need / 2**30:.1f} GiB of K/V | | | |")
+                skipped = f"skipped: {need / 2**30:.1f} GiB of K/V"
+                print(f"| {context_len} | {batch} | {skipped} |" + " |" * (len(columns) - 1))
                 continue
-            result = measure(args, Case(args, context_len, batch, rng), context_len, paged, dense)
-            p, d = result["paged"], result["dense"]
-            share = f"{100 * p['p50'] / peak:.0f} %" if peak else "n/a"
-            print(f"| {context_len} | {batch} | {p['p50']:,.0f} ({p['p99']:,.0f}) | {d['p50']:,.0f} ({d['p99']:,.0f}) "
-                  f"| {share} | {p['p50'] / d['p50']:.2f}x |", flush=True)
+            result = measure(args, Case(args, context_len, batch, rng), context_len, builds)
+            cells = [gbs_cell(result["dense"]), *paged_cells(result["paged"], result["dense"], peak)]
+            for u in values[1:]:
+                cells += paged_cells(result[side_name(u)], result["paged"], peak)
+            print(f"| {context_len} | {batch} | {' | '.join(cells)} |", flush=True)
             rows.append({"context": context_len, "batch": batch, **result, "peak_gbs": peak})
     if args.json:
         args.json.write_text(json.dumps({"device": name, "peak": how, "rows": rows}, indent=1))

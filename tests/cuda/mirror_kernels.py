@@ -234,7 +234,8 @@ class MirrorKernels:
         _require(max_context_len >= int(lens.max()), f"max_context_len {max_context_len} < a context of "
                  f"{int(lens.max())}: the grid has too few partitions")
         out = mirror.paged_attention_decode(q, k, v, tables, lens, scale, partition_size,
-                                            self._define("NUM_WARPS", sources.NUM_WARPS))
+                                            self._define("NUM_WARPS", sources.NUM_WARPS),
+                                            self._define("TOKENS_PER_WARP", sources.TOKENS_PER_WARP))
         return self._pooled(out)
 
     def reshape_and_cache(self, k_cache, v_cache, key, value, slot_mapping) -> None:

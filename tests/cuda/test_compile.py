@@ -25,6 +25,11 @@ BUILDS += [(file, name, defines) for file in ATTENTION_FILES for name, defines i
 BUILDS += [(file, "d64-bs32-f16-g4", ENGINE_CONFIGS["d64-bs32-f16-g4"])     # defines they ignore
            for file in sources.KERNEL_FILES if file not in ATTENTION_FILES]
 BUILDS += [("paged_attention.cu", "dense-baseline", {"DENSE_LAYOUT": 1})]   # benchmarks/kernels.py's
+# the paged decode's TOKENS_PER_WARP variant (U rows in flight per warp, one softmax update for
+# them) for every engine config; at U = 4 the largest, head_dim 256 / group 4, takes 168-180
+# registers (head_dim 256 / group 8, no config here, 251 of the 255)
+BUILDS += [("paged_attention.cu", f"{name}-u{u}", {**defines, "TOKENS_PER_WARP": u})
+           for name, defines in ENGINE_CONFIGS.items() for u in (2, 4)]
 
 
 def _build(file: str, defines: dict, out_dir):

@@ -37,16 +37,17 @@ def to_gpu(array: np.ndarray):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize("partition_size", [None, 32, 512], ids=["single", "partitions32", "partitions512"])
-def test_paged_decode(gpu, dtype, partition_size, report_error):
+@pytest.mark.parametrize("tokens_per_warp", [1, 2, 4], ids=["u1", "u2", "u4"])
+def test_paged_decode(gpu, dtype, partition_size, tokens_per_warp, report_error):
     case = cases.paged_case(np.random.default_rng(1), LENS + [1500], 8, 2, 128, block_size=16, dtype=dtype)
-    built = kernels.Kernels(sources.engine_defines(128, 16, dtype == np.float16, 4))
+    built = kernels.Kernels(sources.engine_defines(128, 16, dtype == np.float16, 4, tokens_per_warp))
     got = built.paged_attention_decode(
         to_gpu(case.q), to_gpu(case.k_cache), to_gpu(case.v_cache), to_gpu(case.block_tables),
         to_gpu(case.context_lens), case.scale, int(case.context_lens.max()), partition_size).get()
     k = reference.dense_kv(case.k_cache, case.block_tables, case.context_lens)
     v = reference.dense_kv(case.v_cache, case.block_tables, case.context_lens)
     want = ops.decode_attention(case.q, k, v, case.context_lens, case.scale)
-    report_error(f"GPU paged decode d128 gqa4 partitions={partition_size}", np.dtype(dtype).name,
+    report_error(f"GPU paged decode d128 gqa4 partitions={partition_size} U={tokens_per_warp}", np.dtype(dtype).name,
                  max_error(got, want), BOUND["attention"])
 
 

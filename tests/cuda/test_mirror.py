@@ -20,27 +20,43 @@ LENS, max_error = cases.LENS, cases.max_error
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize("head_dim,num_heads,num_kv_heads", [(64, 8, 2), (128, 8, 1), (96, 3, 3)],
                          ids=["d64-gqa4", "d128-gqa8", "d96-mha"])
-@pytest.mark.parametrize("partition_size", [None, 32], ids=["single", "partitions32"])
+@pytest.mark.parametrize("partition_size", [None, 32, 12], ids=["single", "partitions32", "partitions12"])
+@pytest.mark.parametrize("tokens_per_warp", [1, 2, 4], ids=["u1", "u2", "u4"])
 def test_paged_decode_matches_dense_attention(dtype, head_dim, num_heads, num_kv_heads, partition_size,
-                                              report_error):
+                                              tokens_per_warp, report_error):
+    """LENS (1, 15, 16, 17, 203) and partitions of 12 leave tails that are not multiples of
+    TOKENS_PER_WARP x NUM_WARPS (8 or 16 tokens per iteration of the block's warps)."""
     case = cases.paged_case(np.random.default_rng(head_dim), LENS, num_heads, num_kv_heads, head_dim,
                             block_size=16, dtype=dtype)
     got = mirror.paged_attention_decode(case.q, case.k_cache, case.v_cache, case.block_tables,
-                                        case.context_lens, case.scale, partition_size)
+                                        case.context_lens, case.scale, partition_size,
+                                        tokens_per_warp=tokens_per_warp)
     k = reference.dense_kv(case.k_cache, case.block_tables, case.context_lens)   # (B, max_len, kv, d)
     v = reference.dense_kv(case.v_cache, case.block_tables, case.context_lens)
     want = ops.decode_attention(case.q, k, v, case.context_lens, case.scale)
-    what = f"paged decode d{head_dim} h{num_heads}/kv{num_kv_heads} partitions={partition_size}"
+    what = f"paged decode d{head_dim} h{num_heads}/kv{num_kv_heads} partitions={partition_size} U={tokens_per_warp}"
     report_error(what, np.dtype(dtype).name, max_error(got, want), ATTENTION_BOUND[dtype])
 
 
-def test_partition_merge_is_exact_to_rounding_whatever_the_split():
+@pytest.mark.parametrize("tokens_per_warp", [1, 2, 4])
+def test_partition_merge_is_exact_to_rounding_whatever_the_split(tokens_per_warp):
     """A context split into 1-token partitions (every warp but one idle, the merge doing all the
     work) and into one partition give the same result."""
     case = cases.paged_case(np.random.default_rng(7), [37], 4, 2, 64, block_size=8, dtype=np.float32)
     args = (case.q, case.k_cache, case.v_cache, case.block_tables, case.context_lens, case.scale)
-    assert max_error(mirror.paged_attention_decode(*args, partition_size=1),
-                     mirror.paged_attention_decode(*args)) < 2e-6
+    assert max_error(mirror.paged_attention_decode(*args, partition_size=1, tokens_per_warp=tokens_per_warp),
+                     mirror.paged_attention_decode(*args, tokens_per_warp=tokens_per_warp)) < 2e-6
+
+
+def test_tokens_per_warp_one_update_for_several_tokens():
+    """U = 4 makes one online-softmax update per 4 tokens of a warp: the same attention to
+    rounding as one token at a time, but not the same float32 sums (a mirror that ignored U
+    would give the U = 1 result bit for bit)."""
+    case = cases.paged_case(np.random.default_rng(8), [203, 61], 8, 2, 128, block_size=16, dtype=np.float32)
+    args = (case.q, case.k_cache, case.v_cache, case.block_tables, case.context_lens, case.scale)
+    one, four = (mirror.paged_attention_decode(*args, tokens_per_warp=u) for u in (1, 4))
+    assert not np.array_equal(one, four)
+    assert max_error(one, four) < 2e-6
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])

@@ -35,11 +35,25 @@ def _kv_rows(cache: np.ndarray, table: np.ndarray, tokens: np.ndarray, kvh: int)
     return rows.astype(F32).reshape(len(tokens), WARP, head_dim // WARP)
 
 
+def _kv_rows_masked(cache: np.ndarray, table: np.ndarray, tokens: np.ndarray, live: np.ndarray,
+                    kvh: int) -> np.ndarray:
+    """The U rows of each warp in the loop, tokens and live (warps, U): (warps, U, lane, VPT),
+    masked tokens not read (zeros, as the kernel sets its registers)."""
+    vpt = cache.shape[3] // WARP
+    rows = np.zeros((*tokens.shape, WARP, vpt), F32)
+    rows[live] = _kv_rows(cache, table, tokens[live], kvh)
+    return rows
+
+
 def attend_tokens(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, table: np.ndarray,
                   seq: int, kvh: int, group: int, scale: float, start: int, stop: int,
-                  num_warps: int = sources.NUM_WARPS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  num_warps: int = sources.NUM_WARPS,
+                  tokens_per_warp: int = sources.TOKENS_PER_WARP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One thread block of paged attention over tokens [start, stop): merged (m, l, acc).
 
+    Each iteration warp w takes tokens_per_warp (U) tokens of its stride, first + w + j *
+    num_warps for j < U (those at or past stop masked), and makes one online-softmax update for
+    them: l * corr + p_0 + p_1 ..., acc * corr + p_0 v_0 + p_1 v_1 ..., in that order.
     Returns m, l (group,) and the unnormalised acc (group, head_dim).
     """
     head_dim = q.shape[2]
@@ -48,20 +62,27 @@ def attend_tokens(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, table
     m = np.full((num_warps, group), -np.inf, F32)                     # (warps, g)
     l = np.zeros((num_warps, group), F32)                             # (warps, g)
     acc = np.zeros((num_warps, group, WARP, vpt), F32)                # (warps, g, lane, vpt)
-    for first in range(start, stop, num_warps):                       # the warps step together
-        tokens = first + np.arange(num_warps)                         # (warps,) token of each warp
-        live = tokens < stop                                          # a warp past stop has left its loop
-        k = _kv_rows(k_cache, table, tokens[live], kvh)               # (live, lane, vpt)
-        v = _kv_rows(v_cache, table, tokens[live], kvh)
-        partial = np.zeros((int(live.sum()), group, WARP), F32)       # (live, g, lane)
+    slots = num_warps * np.arange(tokens_per_warp)                    # (U,) token j's offset in a stride
+    for first in range(start, stop, num_warps * tokens_per_warp):     # the warps step together
+        tokens = first + np.arange(num_warps)[:, None] + slots        # (warps, U) tokens of each warp
+        looping = tokens[:, 0] < stop                                 # a warp past stop has left its loop
+        tokens = tokens[looping]
+        live = tokens < stop                                          # (looping, U); token 0 always live
+        k = _kv_rows_masked(k_cache, table, tokens, live, kvh)        # (looping, U, lane, vpt)
+        v = _kv_rows_masked(v_cache, table, tokens, live, kvh)
+        partial = np.zeros((*tokens.shape, group, WARP), F32)         # (looping, U, g, lane)
         for i in range(vpt):                                          # the lane's sequential dot
-            partial = partial + q_reg[None, :, :, i] * k[:, None, :, i]
-        score = warp_sum(partial)                                     # (live, g)
-        m_new = np.maximum(m[live], score)
-        corr, p = np.exp(m[live] - m_new), np.exp(score - m_new)
-        l[live] = l[live] * corr + p
-        acc[live] = acc[live] * corr[..., None, None] + p[..., None, None] * v[:, None]
-        m[live] = m_new
+            partial = partial + q_reg[None, None, :, :, i] * k[:, :, None, :, i]
+        score = np.where(live[..., None], warp_sum(partial), F32(-np.inf))   # (looping, U, g)
+        m_new = np.maximum(m[looping], score.max(axis=1))             # (looping, g)
+        corr = np.exp(m[looping] - m_new)
+        p = np.where(live[..., None], np.exp(score - m_new[:, None]), F32(0))  # (looping, U, g)
+        l_new = l[looping] * corr + p[:, 0]
+        acc_new = acc[looping] * corr[..., None, None] + p[:, 0, :, None, None] * v[:, 0, None]
+        for j in range(1, tokens_per_warp):
+            l_new = l_new + p[:, j]
+            acc_new = acc_new + p[:, j, :, None, None] * v[:, j, None]
+        l[looping], acc[looping], m[looping] = l_new, acc_new, m_new
     return _merge(m, l, acc.reshape(num_warps, group, head_dim))
 
 
@@ -82,8 +103,8 @@ def _merge(m: np.ndarray, l: np.ndarray, acc: np.ndarray) -> tuple[np.ndarray, n
 
 def paged_attention_decode(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray,
                            block_tables: np.ndarray, context_lens: np.ndarray, scale: float,
-                           partition_size: int | None = None,
-                           num_warps: int = sources.NUM_WARPS) -> np.ndarray:
+                           partition_size: int | None = None, num_warps: int = sources.NUM_WARPS,
+                           tokens_per_warp: int = sources.TOKENS_PER_WARP) -> np.ndarray:
     """q (num_seqs, num_heads, head_dim); caches (num_blocks, block_size, num_kv_heads, head_dim);
     block_tables (num_seqs, max_blocks); context_lens (num_seqs,). Returns (num_seqs, num_heads, head_dim).
 
@@ -99,7 +120,7 @@ def paged_attention_decode(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarr
         parts = [(start, min(start + step, length)) for start in range(0, length, step)]  # grid.z, live ones
         for kvh in range(num_kv_heads):                               # grid.x
             results = [attend_tokens(q, k_cache, v_cache, block_tables[seq], seq, kvh, group, scale,
-                                     start, stop, num_warps) for start, stop in parts]
+                                     start, stop, num_warps, tokens_per_warp) for start, stop in parts]
             m, l, acc = (np.stack(field) for field in zip(*results))  # (parts, g), (parts, g), (parts, g, d)
             if partition_size is not None:
                 m, l, acc = _merge(m, l, acc)                         # paged_attention_reduce

@@ -8,6 +8,13 @@
 // group member; the warps merge through shared memory at the end. Tokens at or past a
 // sequence's context length are never read (the loop bound), so stale or NaN slots are inert.
 //
+// TOKENS_PER_WARP = U > 1: each loop iteration of a warp takes U tokens of its stride (t,
+// t + NUM_WARPS, ..., t + (U-1) * NUM_WARPS), loads all U K and V rows first, computes the U
+// scores (independent shuffle chains), then does ONE online-softmax update for the U tokens:
+// one correction expf and one rescale of acc per U tokens instead of per token, and U rows in
+// flight per warp. Tokens of an iteration at or past `stop` are masked (not loaded, score
+// -inf, p 0). U = 1 is the one-token loop exactly.
+//
 // The partitioned variant gives each (kvh, seq) PARTITION of partition_size tokens its own
 // block and writes (max, sum, unnormalised acc); paged_attention_reduce merges them.
 // cuda/mirror.py replays this decomposition in numpy, step for step.
@@ -25,12 +32,16 @@
 #ifndef MAX_GROUP
 #define MAX_GROUP 8         // largest n_head / n_head_kv this build serves
 #endif
+#ifndef TOKENS_PER_WARP
+#define TOKENS_PER_WARP 1   // tokens a warp takes per loop iteration, one softmax update for all (see above)
+#endif
 #ifndef DENSE_LAYOUT
 #define DENSE_LAYOUT 0      // 1: K/V (num_seqs, max_blocks * BLOCK_SIZE, ...) contiguous, no table (benchmark baseline)
 #endif
 
 #define VPT (HEAD_DIM / 32) // dims per lane
 static_assert(HEAD_DIM % 32 == 0, "HEAD_DIM must be a multiple of 32");
+static_assert(TOKENS_PER_WARP >= 1, "TOKENS_PER_WARP must be at least 1");
 
 // Element offset of token t's row for KV head kvh: K/V caches (num_blocks, BLOCK_SIZE, num_kv_heads, HEAD_DIM).
 __device__ __forceinline__ long kv_row(const int* block_tables, int max_blocks, int seq, int t,
@@ -41,6 +52,17 @@ __device__ __forceinline__ long kv_row(const int* block_tables, int max_blocks, 
     long slot = (long)block_tables[(long)seq * max_blocks + t / BLOCK_SIZE] * BLOCK_SIZE + t % BLOCK_SIZE;
 #endif
     return (slot * num_kv_heads + kvh) * HEAD_DIM;
+}
+
+// warp_sum of N values at once, the N butterflies interleaved step by step (independent shuffle
+// chains in flight together); each value sums in warp_sum's order.
+template <int N>
+__device__ __forceinline__ void warp_sum_each(float x[N]) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+#pragma unroll
+        for (int j = 0; j < N; ++j) x[j] += __shfl_xor_sync(0xffffffffu, x[j], offset);
+    }
 }
 
 // Attention of the group's queries over tokens [start, stop) of one sequence. On return the
@@ -65,22 +87,53 @@ __device__ void attend_tokens(const float* __restrict__ q, const kv_t* __restric
             acc[g][i] = 0.f;
         }
     }
-    for (int t = start + warp; t < stop; t += NUM_WARPS) {
-        const long row = kv_row(block_tables, max_blocks, seq, t, num_kv_heads, kvh) + lane * VPT;
-        float k[VPT], v[VPT];
-        kv_load_row<VPT>(k_cache + row, k);
-        kv_load_row<VPT>(v_cache + row, v);
+    for (int t = start + warp; t < stop; t += TOKENS_PER_WARP * NUM_WARPS) {
+        // token j of this iteration is t + j * NUM_WARPS; j = 0 is live (the loop bound), the others
+        // are masked at or past stop: not loaded (zeros), score -inf, p 0
+        float k[TOKENS_PER_WARP][VPT], v[TOKENS_PER_WARP][VPT];
+        bool live[TOKENS_PER_WARP];
+#pragma unroll
+        for (int j = 0; j < TOKENS_PER_WARP; ++j) {   // every row load issued before any use
+            live[j] = j == 0 || t + j * NUM_WARPS < stop;
+            if (live[j]) {
+                const long row = kv_row(block_tables, max_blocks, seq, t + j * NUM_WARPS, num_kv_heads, kvh)
+                               + lane * VPT;
+                kv_load_row<VPT>(k_cache + row, k[j]);
+                kv_load_row<VPT>(v_cache + row, v[j]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < VPT; ++i) k[j][i] = v[j][i] = 0.f;
+            }
+        }
 #pragma unroll
         for (int g = 0; g < MAX_GROUP; ++g) {   // all MAX_GROUP (q = 0 past group): no branch around the shuffles
-            float partial = 0.f;
+            float score[TOKENS_PER_WARP];
 #pragma unroll
-            for (int i = 0; i < VPT; ++i) partial += q_reg[g][i] * k[i];
-            const float score = warp_sum(partial);
-            const float m_new = fmaxf(m[g], score);
-            const float corr = expf(m[g] - m_new), p = expf(score - m_new);
-            l[g] = l[g] * corr + p;
+            for (int j = 0; j < TOKENS_PER_WARP; ++j) {
+                score[j] = 0.f;
 #pragma unroll
-            for (int i = 0; i < VPT; ++i) acc[g][i] = acc[g][i] * corr + p * v[i];
+                for (int i = 0; i < VPT; ++i) score[j] += q_reg[g][i] * k[j][i];
+            }
+            warp_sum_each<TOKENS_PER_WARP>(score);
+            float m_new = m[g];
+#pragma unroll
+            for (int j = 0; j < TOKENS_PER_WARP; ++j) {
+                if (!live[j]) score[j] = -INFINITY;
+                m_new = fmaxf(m_new, score[j]);
+            }
+            const float corr = expf(m[g] - m_new);
+            float p[TOKENS_PER_WARP];
+#pragma unroll
+            for (int j = 0; j < TOKENS_PER_WARP; ++j) p[j] = live[j] ? expf(score[j] - m_new) : 0.f;
+            l[g] = l[g] * corr + p[0];
+#pragma unroll
+            for (int j = 1; j < TOKENS_PER_WARP; ++j) l[g] += p[j];
+#pragma unroll
+            for (int i = 0; i < VPT; ++i) {
+                acc[g][i] = acc[g][i] * corr + p[0] * v[0][i];
+#pragma unroll
+                for (int j = 1; j < TOKENS_PER_WARP; ++j) acc[g][i] += p[j] * v[j][i];
+            }
             m[g] = m_new;
         }
     }
@@ -112,13 +165,22 @@ __device__ void attend_tokens(const float* __restrict__ q, const kv_t* __restric
     __syncthreads();
 }
 
+// U > 1 names a minimum of 1 block per SM: without it ptxas trims the registers to an occupancy
+// step and spills a few bytes at U = 4 (head_dim 64, group 4, sm_90: 56 registers, 12 bytes);
+// with it no engine config spills. U = 1 keeps the plain bound (today's build, unchanged).
+#if TOKENS_PER_WARP > 1
+#define DECODE_LAUNCH_BOUNDS __launch_bounds__(NUM_WARPS * 32, 1)
+#else
+#define DECODE_LAUNCH_BOUNDS __launch_bounds__(NUM_WARPS * 32)
+#endif
+
 #define SHARED_MERGE_BUFFERS                                                          \
     __shared__ float s_m[(NUM_WARPS + 1) * MAX_GROUP], s_l[(NUM_WARPS + 1) * MAX_GROUP]; \
     __shared__ float s_acc[NUM_WARPS * MAX_GROUP * HEAD_DIM];
 
 // out, q (num_seqs, num_heads, HEAD_DIM) float32; block_tables (num_seqs, max_blocks) int32;
 // context_lens (num_seqs,) int32, each >= 1. Grid (num_kv_heads, num_seqs), NUM_WARPS * 32 threads.
-extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32)
+extern "C" __global__ void DECODE_LAUNCH_BOUNDS
 paged_attention_decode(float* __restrict__ out, const float* __restrict__ q,
                        const kv_t* __restrict__ k_cache, const kv_t* __restrict__ v_cache,
                        const int* __restrict__ block_tables, const int* __restrict__ context_lens,
@@ -137,7 +199,7 @@ paged_attention_decode(float* __restrict__ out, const float* __restrict__ q,
 // tmp_out (num_seqs, num_heads, max_partitions, HEAD_DIM); max_logits, exp_sums (num_seqs,
 // num_heads, max_partitions). Grid (num_kv_heads, num_seqs, max_partitions); partitions at or
 // past a sequence's length return at once and are never read by the reduce.
-extern "C" __global__ void __launch_bounds__(NUM_WARPS * 32)
+extern "C" __global__ void DECODE_LAUNCH_BOUNDS
 paged_attention_decode_partitioned(float* __restrict__ tmp_out, float* __restrict__ max_logits,
                                    float* __restrict__ exp_sums, const float* __restrict__ q,
                                    const kv_t* __restrict__ k_cache, const kv_t* __restrict__ v_cache,

@@ -20,6 +20,7 @@ HEAD_DIM = 128          # paged_attention.cu, prefill_attention.cu, cache_write.
 BLOCK_SIZE = 16         # paged_attention.cu, prefill_attention.cu: tokens per KV cache block
 NUM_WARPS = 4           # paged_attention.cu: warps per (kv head, sequence[, partition]) block
 MAX_GROUP = 8           # paged_attention.cu: largest query heads per KV head of a build
+TOKENS_PER_WARP = 1     # paged_attention.cu: tokens a warp takes per loop iteration (one softmax update)
 Q_TILE = 4              # prefill_attention.cu: query rows (warps) per block
 NORM_THREADS = 256      # layer_ops.cu: threads of an rms_norm block
 GEMV_MAX_ROWS = 8       # matmul.cu: most input rows the GEMV kernels take
@@ -32,12 +33,20 @@ def kv_tile(head_dim: int) -> int:
     return 32 if head_dim <= 128 else 16
 
 
-def engine_defines(head_dim: int, block_size: int, kv_f16: bool, group: int) -> dict[str, int]:
+# The paged decode's TOKENS_PER_WARP in engine builds: 1 (the one-token loop) until a GPU run of
+# benchmarks/kernels.py --tokens-per-warp 1,2,4 shows 2 or 4 faster; change it here then.
+ENGINE_TOKENS_PER_WARP = 1
+
+
+def engine_defines(head_dim: int, block_size: int, kv_f16: bool, group: int,
+                   tokens_per_warp: int = ENGINE_TOKENS_PER_WARP) -> dict[str, int]:
     """The defines an engine build passes for one model and KV cache."""
     if head_dim % 32:
         raise ValueError(f"CUDA kernels need head_dim a multiple of 32, not {head_dim}")
+    if tokens_per_warp < 1:
+        raise ValueError(f"tokens_per_warp must be at least 1, not {tokens_per_warp}")
     return {"HEAD_DIM": head_dim, "BLOCK_SIZE": block_size, "KV_F16": int(kv_f16),
-            "MAX_GROUP": max(1, group)}
+            "MAX_GROUP": max(1, group), "TOKENS_PER_WARP": tokens_per_warp}
 
 
 def define_flags(defines: dict[str, int]) -> list[str]:
