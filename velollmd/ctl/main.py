@@ -143,16 +143,19 @@ def _add_optimize(opt: argparse.ArgumentParser) -> None:
     model.add_argument("--ollama-model", metavar="NAME", help="ask Ollama's /api/show about NAME")
     opt.add_argument("--quant", default=modelspec.DEFAULT_QUANT, help="with --model-size (default Q4_K_M)")
     opt.add_argument("--ollama-url", default=OLLAMA_URL, help=f"with --ollama-model (default {OLLAMA_URL})")
-    opt.add_argument("--context", type=positive_int, default=tune.DEFAULT_CONTEXT, help=f"wanted context per request (default {tune.DEFAULT_CONTEXT})")
+    opt.add_argument("--context", type=positive_int, default=tune.DEFAULT_CONTEXT,
+                     help=f"wanted context per request (default {tune.DEFAULT_CONTEXT})")
     opt.add_argument("--vram-mib", type=positive_int, help="override the detected free GPU memory (e.g. a MIG slice)")
-    opt.add_argument("--dropin-dir", default=settings.DROPIN_DIR, help=f"where Ollama's current drop-ins are read (default {settings.DROPIN_DIR})")
+    opt.add_argument("--dropin-dir", default=settings.DROPIN_DIR,
+                     help=f"where Ollama's current drop-ins are read (default {settings.DROPIN_DIR})")
     opt.add_argument("--dry-run", action="store_true",
                      help="show the diff and write nothing (the default without --write-*)")
     opt.add_argument("--write-systemd", nargs="?", const=settings.DROPIN_DIR, metavar="DIR",
                      help=f"write DIR/{settings.DROPIN_NAME} (default DIR {settings.DROPIN_DIR})")
     opt.add_argument("--write-env", metavar="FILE", help="write a shell file of `export` lines")
     opt.add_argument("--llamacpp", action="store_true", help="print a tuned llama-server command")
-    opt.add_argument("--draft-candidates", nargs="+", metavar="PATH", help="with --llamacpp: GGUF files that may serve as the speculative draft model")
+    opt.add_argument("--draft-candidates", nargs="+", metavar="PATH",
+                     help="with --llamacpp: GGUF files that may serve as the speculative draft model")
     opt.add_argument("--models-dir", metavar="DIR", help="scan DIR for GGUF draft candidates")
     opt.add_argument("--json", action="store_true", help="machine-readable output")
     opt.set_defaults(func=cmd_optimize)
