@@ -156,3 +156,14 @@ def test_output_into_a_closed_pipe_is_no_traceback(fake_bin):
     finally:
         os.close(write_end)
     assert result.returncode == 1 and result.stderr == ""
+
+
+@pytest.mark.parametrize("verb", ["detect", "optimize", "bench", "status", "reload"])
+def test_each_verbs_help_says_what_it_does(verb):
+    listed = {line.split()[0]: " ".join(line.split()[1:]) for line in velollmctl("--help").stdout.splitlines()
+              if line.startswith("    ") and line.split()[0] in ("detect", "optimize", "bench", "status", "reload")}
+    result = velollmctl(verb, "--help")
+    assert result.returncode == 0
+    description = " ".join(result.stdout.split("\n\n")[1].split())       # the paragraph after the usage
+    assert listed[verb] and description.startswith(listed[verb].split(" (")[0])
+    assert "as described" not in result.stdout

@@ -120,14 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT_S,
                         help="seconds allowed to each hardware probe tool (default 5)")
     sub = parser.add_subparsers(dest="command", required=True)
-    detect = sub.add_parser("detect", help="show GPUs, CPU, memory and OS")
+    detect = _verb(sub, "detect", "show GPUs, CPU, memory and OS, and the device the engine would use")
     detect.add_argument("--json", action="store_true", help="machine-readable output")
     detect.set_defaults(func=cmd_detect)
-    _add_optimize(sub.add_parser("optimize", help="recommend Ollama / llama.cpp settings"))
-    add_bench_arguments(sub.add_parser("bench", help="benchmark the daemon or any OpenAI / Ollama endpoint"))
-    add_status_arguments(sub.add_parser("status", help="show the daemon's health, backends and cache"))
-    add_reload_arguments(sub.add_parser("reload", help="make the running daemon re-read its config file"))
+    _add_optimize(_verb(sub, "optimize", "recommend Ollama / llama.cpp settings for a model on this machine "
+                                          "(shows the diff; --write-systemd / --write-env write it)"))
+    add_bench_arguments(_verb(sub, "bench", "benchmark the daemon or any OpenAI / Ollama endpoint"))
+    add_status_arguments(_verb(sub, "status", "show the daemon's health, backends, cache, queue and metric totals"))
+    add_reload_arguments(_verb(sub, "reload", "make the running daemon re-read its config file (SIGHUP)"))
     return parser
+
+
+def _verb(sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose own --help opens with the line the command list shows."""
+    return sub.add_parser(name, help=summary, description=summary)
 
 
 def _add_optimize(opt: argparse.ArgumentParser) -> None:
@@ -137,16 +143,19 @@ def _add_optimize(opt: argparse.ArgumentParser) -> None:
     model.add_argument("--ollama-model", metavar="NAME", help="ask Ollama's /api/show about NAME")
     opt.add_argument("--quant", default=modelspec.DEFAULT_QUANT, help="with --model-size (default Q4_K_M)")
     opt.add_argument("--ollama-url", default=OLLAMA_URL, help=f"with --ollama-model (default {OLLAMA_URL})")
-    opt.add_argument("--context", type=positive_int, default=tune.DEFAULT_CONTEXT, help="wanted context per request")
+    opt.add_argument("--context", type=positive_int, default=tune.DEFAULT_CONTEXT,
+                     help=f"wanted context per request (default {tune.DEFAULT_CONTEXT})")
     opt.add_argument("--vram-mib", type=positive_int, help="override the detected free GPU memory (e.g. a MIG slice)")
-    opt.add_argument("--dropin-dir", default=settings.DROPIN_DIR, help="where current drop-ins are read")
+    opt.add_argument("--dropin-dir", default=settings.DROPIN_DIR,
+                     help=f"where Ollama's current drop-ins are read (default {settings.DROPIN_DIR})")
     opt.add_argument("--dry-run", action="store_true",
                      help="show the diff and write nothing (the default without --write-*)")
     opt.add_argument("--write-systemd", nargs="?", const=settings.DROPIN_DIR, metavar="DIR",
                      help=f"write DIR/{settings.DROPIN_NAME} (default DIR {settings.DROPIN_DIR})")
     opt.add_argument("--write-env", metavar="FILE", help="write a shell file of `export` lines")
     opt.add_argument("--llamacpp", action="store_true", help="print a tuned llama-server command")
-    opt.add_argument("--draft-candidates", nargs="+", metavar="PATH", help="GGUF files to draft with")
+    opt.add_argument("--draft-candidates", nargs="+", metavar="PATH",
+                     help="with --llamacpp: GGUF files that may serve as the speculative draft model")
     opt.add_argument("--models-dir", metavar="DIR", help="scan DIR for GGUF draft candidates")
     opt.add_argument("--json", action="store_true", help="machine-readable output")
     opt.set_defaults(func=cmd_optimize)

@@ -18,7 +18,9 @@ UNIT = "velollmd.service"
 
 
 def add_reload_arguments(parser) -> None:
-    parser.add_argument("--pid", type=int, help="the daemon's pid (default: found as described)")
+    parser.add_argument("--pid", type=int,
+                        help=f"the daemon's pid (default: read from --pid-file, else systemd's MainPID of {UNIT}; "
+                             "a daemon started by hand writes one with velollmd --pid-file)")
     parser.add_argument("--pid-file", default=DEFAULT_PID_FILE,
                         help=f"the daemon's pid file (default {DEFAULT_PID_FILE})")
     parser.set_defaults(func=cmd_reload)
