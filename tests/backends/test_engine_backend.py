@@ -110,9 +110,9 @@ def test_keep_alive_zero_unloads_the_model_once_its_request_ends(models_dir):
             await backend.refresh()
             await backend.chat(chat("two"))
             backend.keep_model("one", 0)
-            answer = await backend.chat(chat("one"))
+            answer = await backend.chat(ollama_chat("one"))
             after_answer = list(backend.loaded)
-            request = chat("one")
+            request = ollama_chat("one")
             request.body["stream"] = True
             chunks = [chunk async for chunk in backend.chat_stream(request)]
             return answer, after_answer, chunks, list(backend.loaded)
@@ -121,6 +121,33 @@ def test_keep_alive_zero_unloads_the_model_once_its_request_ends(models_dir):
     answer, after_answer, chunks, after_stream = run(scenario())
     assert answer["usage"]["completion_tokens"] == 3 and after_answer == ["two"]
     assert chunks[-1]["usage"]["completion_tokens"] == 3 and after_stream == ["two"]
+
+
+def ollama_chat(model: str) -> GenerateRequest:
+    """A chat as the Ollama routes send it: its keep_alive already given (keep_model)."""
+    request = chat(model)
+    request.keeps_model = True
+    return request
+
+
+def test_a_keep_alive_0_holds_for_its_own_request_only(models_dir):
+    """Ollama: each request sets how long its model stays, the default when it says none. After
+    an Ollama request with keep_alive 0, a request of another API (OpenAI, Anthropic: no
+    keep_alive) keeps the model loaded, where it used to unload it after every answer."""
+    async def scenario():
+        backend = engine(models_dir, max_loaded_models=2)
+        try:
+            await backend.refresh()
+            backend.keep_model("one", 0)
+            await backend.chat(ollama_chat("one"))
+            after_ollama = list(backend.loaded)
+            await backend.chat(chat("one"))
+            return after_ollama, list(backend.loaded), backend.loaded_until()
+        finally:
+            await backend.close()
+    after_ollama, after_openai, until = run(scenario())
+    assert after_ollama == [] and after_openai == ["one"]
+    assert until["one"] > time.time() + 60                         # the configured keep_alive_s (5 min)
 
 
 def test_a_model_file_replaced_or_removed_is_let_go_at_the_next_refresh(tmp_path):

@@ -310,6 +310,17 @@ def test_keep_alive_zero_answers_on_the_loaded_model_then_unloads_it(daemon):
     assert during is loaded and MODEL not in after and MODEL not in engine.loaded
 
 
+def test_after_an_ollama_unload_an_openai_request_keeps_its_model_loaded(daemon, client):
+    """`keep_alive: 0` is that request's: an OpenAI-route request after it (no keep_alive there)
+    runs its model with the default keep-alive, as Ollama does, where every later request
+    loaded the model and unloaded it again."""
+    ollama_client = ollama.Client(host=daemon.url)
+    assert ollama_client.generate(model=MODEL, prompt="", keep_alive=0).done_reason == "unload"
+    for _ in range(2):
+        client.chat.completions.create(model=MODEL, max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+        assert [m.model for m in ollama_client.ps().models] == [MODEL]
+
+
 def test_concurrent_requests_equal_each_alone(client):
     import concurrent.futures
     prompts = [f"story number {i} about the sea" for i in range(6)]

@@ -222,6 +222,7 @@ class OllamaRoutes:
         if stream:
             body["stream_options"] = {"include_usage": True}
         generate = self.access.generate_request(request, endpoint, body)
+        generate.keeps_model = True                 # its keep_alive was given to the backend (_keep)
         started = time.monotonic_ns()
         outcome = await self.pipeline.generate(generate)
         headers = list(outcome.headers.items())

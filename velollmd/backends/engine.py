@@ -358,6 +358,8 @@ class EngineBackend(Backend):
         """(model, prompt ids, sampling params, the chat's prefill or None) of a request."""
         body = request.body
         _refuse_unsupported(body)
+        if not request.keeps_model:     # as Ollama: each request sets its model's keep-alive, the
+            self.keep_model(request.model, None)   # default when it says none (not an earlier keep_alive 0)
         model = await self.model(request.model)
         try:
             params = SamplingParams.from_request(body, eos_token_ids=tuple(model.tokenizer.eog_ids),

@@ -25,6 +25,8 @@ class GenerateRequest:
     dropped: str = ""                   # fields validated and dropped (web_search_options): x-velollm-dropped
     queue_waited_s: float = 0.0         # waited in the daemon's queue for the backend it goes to: a
                                         # backend's own queue (the engine's) has the rest of queue_timeout_s
+    keeps_model: bool = False           # an Ollama route set how long its model stays loaded (its
+                                        # keep_alive, Backend.keep_model); any other request: the default
     model: str = field(init=False, repr=False, compare=False)      # body["model"]
     stream: bool = field(init=False, repr=False, compare=False)    # body["stream"], made a bool
 
