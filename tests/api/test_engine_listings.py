@@ -176,6 +176,19 @@ def test_ps_keeps_a_model_whose_file_is_removed_while_it_runs_until_its_request_
     assert last.done and last.eval_count == 4000 and after == []
 
 
+def seen_through_a_files_life(folder, look):
+    """What look() sees before a GGUF is copied into folder, once it is, once it is rewritten in
+    place into a corrupt one (same size, mtime set back), and once it is removed; and its path."""
+    seen = [look()]
+    path = make_tiny_model(folder / "added.gguf")
+    seen.append(look())
+    rewrite_in_place(path, b"XXXX" + path.read_bytes()[4:])
+    seen.append(look())
+    path.unlink()
+    seen.append(look())
+    return path, seen
+
+
 def test_health_shows_a_gguf_added_corrupted_in_place_and_removed_at_once(folders):
     """Only /health asked, no listing in between: it checks the files as a listing does, so
     a GGUF copied in, then rewritten in place into a corrupt one (same size, mtime set back),
@@ -185,13 +198,7 @@ def test_health_shows_a_gguf_added_corrupted_in_place_and_removed_at_once(folder
         def engine_row():
             row = get_json(running.url + "/health")["backends"][0]
             return row["models"], row["engine"]["unavailable"]
-        empty = engine_row()
-        path = make_tiny_model(folder / "added.gguf")
-        added = engine_row()
-        rewrite_in_place(path, b"XXXX" + path.read_bytes()[4:])
-        corrupted = engine_row()
-        path.unlink()
-        removed = engine_row()
+        path, (empty, added, corrupted, removed) = seen_through_a_files_life(folder, engine_row)
     assert empty == removed == ([], {})
     assert added == (["added"], {})
     assert corrupted[0] == [] and str(path) in corrupted[1]["added"]
@@ -216,13 +223,7 @@ def test_the_dashboard_feed_shows_the_engine_catalogue_as_health_does_at_once(fo
             feed = get_json(running.url + FEED_PATH)["backends"][0]
             health = get_json(running.url + "/health")["backends"][0]
             return [(row["models"], row["engine"]["unavailable"]) for row in (feed, health)]
-        empty = rows()
-        path = make_tiny_model(folder / "added.gguf")
-        added = rows()
-        rewrite_in_place(path, b"XXXX" + path.read_bytes()[4:])
-        corrupted = rows()
-        path.unlink()
-        removed = rows()
+        path, (empty, added, corrupted, removed) = seen_through_a_files_life(folder, rows)
     assert empty == removed == [([], {})] * 2
     assert added == [(["added"], {})] * 2
     assert corrupted[0] == corrupted[1] and corrupted[0][0] == [] and str(path) in corrupted[0][1]["added"]
