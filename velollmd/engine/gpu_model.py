@@ -27,7 +27,7 @@ import numpy as np
 
 from .gguf import GGUFFile
 from .kvcache import kv_bytes_per_token
-from .model import AttentionPlan, Batch, ModelConfig, UnsupportedModel, padded_tables
+from .model import AttentionPlan, Batch, ModelConfig, check_shape, check_token_ids, padded_tables
 from .ops import ROPE_NEOX, rope_inv_freq, rope_cos_sin
 from .quants import GGML_TYPES
 
@@ -157,8 +157,7 @@ class GpuModel:
         c, ops = self.config, self.ops
         if self.released:
             raise RuntimeError("GpuModel: its device memory was released (the model was unloaded)")
-        if batch.token_ids.min() < 0 or batch.token_ids.max() >= c.n_vocab:
-            raise ValueError(f"Batch: a token id is outside the vocabulary (0..{c.n_vocab - 1})")
+        check_token_ids(batch, c.n_vocab)
         plan = _DevicePlan(batch, kv, ops)
         cos, sin = (ops.to_device(a) for a in rope_cos_sin(batch.positions, self.inv_freq))  # (T, n_rot/2)
         x = ops.embedding(self.token_embd, ops.to_device(batch.token_ids.astype(I32, copy=False)))  # (T, n_embd)
@@ -272,8 +271,7 @@ class _Uploader:
 
     def _float(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         array = self.gguf.dequantize(name)
-        if array.shape != shape:
-            raise UnsupportedModel(f"tensor {name!r} has shape {array.shape}, expected {shape}")
+        check_shape(name, array.shape, shape)
         return array
 
     def _matrix(self, *parts: tuple[str, int], cols: int) -> DeviceMatrix:
@@ -283,9 +281,7 @@ class _Uploader:
         rows = sum(num_rows for _, num_rows in parts)
         if len(kinds) == 1 and None not in kinds:
             for name, num_rows in parts:
-                if self.gguf.tensors[name].shape != (num_rows, cols):
-                    raise UnsupportedModel(f"tensor {name!r} has shape {self.gguf.tensors[name].shape}, "
-                                           f"expected {(num_rows, cols)}")
+                check_shape(name, self.gguf.tensors[name].shape, (num_rows, cols))
             raw = np.concatenate([self.gguf.raw(name) for name, _ in parts])
             return DeviceMatrix(self._put(raw), kinds.pop(), rows, raw.nbytes)
         halves = np.concatenate([self._float(name, (num_rows, cols)) for name, num_rows in parts]).astype(np.float16)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import psutil
 
 from ..config import SchedulerConfig
@@ -30,7 +29,7 @@ from .gguf import GGUFFile, read_gguf
 from .gpu_model import GpuKVCache, GpuModel
 from .kvcache import PagedKVCache, kv_bytes_per_token
 from .model import KEPT_WEIGHTS, Model, ModelConfig, UnsupportedModel
-from .quants import GGML_TYPE_NAMES, SUPPORTED_TYPES, dequantize
+from .quants import GGML_TYPE_NAMES, SUPPORTED_TYPES
 from .quantweight import QuantWeight
 from .runner import Runner
 from .store import ModelFile
@@ -153,17 +152,12 @@ def read_model(gguf: GGUFFile, config: ModelConfig) -> Model:
     kernels pay, the rest dequantised to float32), and their types for the activation rounding."""
     types = {name: info.ggml_type for name, info in gguf.tensors.items()}
     kept = (lambda tensor: _kept(gguf, tensor)) if kernels.integer_kernels_pay() else None
-    return Model(config, lambda tensor: _tensor(gguf, tensor), types, kept)
+    return Model(config, gguf.dequantize, types, kept)
 
 
 def _kept(gguf: GGUFFile, name: str) -> QuantWeight:
     info = gguf.tensors[name]
     return KEPT_WEIGHTS[info.ggml_type].from_raw(gguf.raw(name), info.shape)
-
-
-def _tensor(gguf: GGUFFile, name: str) -> np.ndarray:
-    info = gguf.tensors[name]
-    return dequantize(gguf.raw(name), info.ggml_type, info.shape)
 
 
 def cuda_runs(config: ModelConfig) -> bool:

@@ -68,6 +68,18 @@ class UnsupportedModel(ValueError):
     """The GGUF describes a model this engine cannot run (architecture, tensor, metadata)."""
 
 
+def check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    """A tensor of the shape its model needs, else UnsupportedModel naming it (both engines' loaders)."""
+    if tuple(shape) != tuple(expected):
+        raise UnsupportedModel(f"tensor {name!r} has shape {tuple(shape)}, expected {tuple(expected)}")
+
+
+def check_token_ids(batch: "Batch", n_vocab: int) -> None:
+    """Every token id of the batch inside the vocabulary (both engines' forward passes)."""
+    if batch.token_ids.min() < 0 or batch.token_ids.max() >= n_vocab:
+        raise ValueError(f"Batch: a token id is outside the vocabulary (0..{n_vocab - 1})")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str
@@ -371,8 +383,7 @@ class Model:
 
     def _load(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         array = np.ascontiguousarray(self._get_tensor(name), dtype=np.float32)
-        if array.shape != shape:
-            raise UnsupportedModel(f"tensor {name!r} has shape {array.shape}, expected {shape}")
+        check_shape(name, array.shape, shape)
         return array
 
     def _matrix(self, *parts: tuple[str, int], cols: int) -> Matrix:
@@ -384,8 +395,7 @@ class Model:
             return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         weights = [self._get_quantised(name) for name, _ in parts]
         for (name, num_rows), weight in zip(parts, weights):
-            if weight.shape != (num_rows, cols):
-                raise UnsupportedModel(f"tensor {name!r} has shape {weight.shape}, expected {(num_rows, cols)}")
+            check_shape(name, weight.shape, (num_rows, cols))
         runs: list[list[QuantWeight]] = []
         for weight in weights:
             if runs and type(runs[-1][0]) is type(weight):
@@ -445,8 +455,7 @@ class Model:
         return ops.rms_norm(self._residual(batch, kv), self.output_norm, self.config.rms_norm_eps)
 
     def _residual(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
-        if batch.token_ids.min() < 0 or batch.token_ids.max() >= self.config.n_vocab:
-            raise ValueError(f"Batch: a token id is outside the vocabulary (0..{self.config.n_vocab - 1})")
+        check_token_ids(batch, self.config.n_vocab)
         plan = AttentionPlan(batch, kv.block_size, kv.num_blocks)
         cos, sin = ops.rope_cos_sin(batch.positions, self.inv_freq)      # (T, n_rot/2) each
         x = embedding_rows(self.token_embd, batch.token_ids)             # (T, n_embd)
