@@ -88,7 +88,7 @@ class StateWriter:
         old, lock = self.directory, self._lock
         self.directory, self._lock = "", None
         self._letting_go[old] = lock
-        last_write = self._last_write(old, self._unwritten_state(), time.time_ns())
+        last_write = self._last_write(old, self._unwritten_state()[1], time.time_ns())
         try:
             asyncio.get_running_loop()
         except RuntimeError:                           # no loop (a tool, a test): written here and now
@@ -98,10 +98,13 @@ class StateWriter:
         self._last_writes.add(task)
         task.add_done_callback(self._last_writes.discard)
 
-    def _unwritten_state(self) -> object | None:
-        """A copy of the state when it changed since the last write, else None."""
+    def _unwritten_state(self) -> tuple[object, object | None]:
+        """(the state's generation, a copy of the state when it changed since the last write,
+        else None): what write() and a directory's last write take."""
         generation = self._generation()
-        return None if generation is not None and generation == self._written else self._capture()
+        if generation is not None and generation == self._written:
+            return generation, None
+        return generation, self._capture()
 
     async def _last_write(self, directory: str, state: object | None, captured_ns: int) -> None:
         try:
@@ -200,10 +203,9 @@ class StateWriter:
     async def write(self, *, removal: bool = False) -> str | None:
         """Write the state when it changed since the last write; the path written, else None.
         `removal`: the previous file is not kept either (it holds what was removed)."""
-        generation = self._generation()
-        if not self.directory or (generation is not None and generation == self._written):
+        if not self.directory:
             return None
-        state = self._capture()
+        generation, state = self._unwritten_state()
         if state is None:
             return None
         try:
