@@ -6,8 +6,11 @@ top_k or min_p).
 """
 from __future__ import annotations
 
+import json
+
 from ..errors import BadRequest
 from ..wire.request import REASONING_EFFORTS, logit_bias_value
+from ..wire.vllm import CONSTRAINT_KINDS, GUIDED_FIELDS
 
 MAX_STOP_SEQUENCES = 16                 # stop strings a request may give, the same on every backend
 
@@ -248,6 +251,78 @@ def _check_response_format(body: dict) -> None:
         _fail("response_format.json_schema.schema", "a JSON Schema object is required")
 
 
+def check_vllm_fields(body: dict) -> None:
+    """vLLM's extra fields (wire/vllm.py): their types, at most one structured output in all
+    (vLLM's rule; response_format counts), min_tokens within max_tokens; the JSON kinds
+    (`guided_json`, `structured_outputs.json` / `.json_object`) become the response_format every
+    backend honours."""
+    _check_sampling_extras(body)
+    outputs = body.get("structured_outputs")
+    if outputs is not None and not isinstance(outputs, dict):
+        _fail("structured_outputs", "expected an object")
+    asked = [name for name in ("guided_json", *GUIDED_FIELDS) if body.get(name) is not None]
+    asked += [f"structured_outputs.{kind}" for kind in ("json", "json_object", *CONSTRAINT_KINDS)
+              if (outputs or {}).get(kind) not in (None, False)]
+    if len(asked) + _has_json_format(body) > 1:
+        _fail(asked[-1], "only one structured output per request: one of response_format, guided_json, "
+                         "guided_choice, guided_regex, guided_grammar or structured_outputs, with one kind")
+    for param in asked:
+        _check_structured_output(body, param)
+
+
+def _check_sampling_extras(body: dict) -> None:
+    for name in ("include_stop_str_in_output", "skip_special_tokens", "ignore_eos",
+                 "spaces_between_special_tokens"):
+        _check_type(body, name, bool, "a boolean")
+    _check_type(body, "min_tokens", int, "an integer")
+    _check_range(body, "min_tokens", 0, 1 << 30)
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens and (body.get("min_tokens") or 0) > max_tokens:
+        _fail("min_tokens", f"must be at most max_tokens ({max_tokens}), got {body['min_tokens']}")
+    ids = body.get("stop_token_ids")
+    if ids is not None and (not isinstance(ids, list) or not all(type(t) is int and t >= 0 for t in ids)):
+        _fail("stop_token_ids", "expected an array of token ids")
+
+
+def _has_json_format(body: dict) -> bool:
+    fmt = body.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+
+
+def _check_structured_output(body: dict, param: str) -> None:
+    """One structured output field's value; a JSON kind moved to response_format."""
+    outputs = body.get("structured_outputs") or {}
+    value = body[param] if "." not in param else outputs[param.split(".", 1)[1]]
+    kind = param.removeprefix("guided_").removeprefix("structured_outputs.")
+    if kind == "json":
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "guided_json", "schema": _json_schema_of(param, value)}}
+    elif kind == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    elif kind == "choice" and (not isinstance(value, list) or not value
+                               or not all(isinstance(c, str) and c for c in value)):
+        _fail(param, "expected a non-empty array of non-empty strings")
+    elif kind in ("regex", "grammar") and (not isinstance(value, str) or not value):
+        _fail(param, "expected a non-empty string")
+    if kind in ("json", "json_object"):
+        body.pop(param, None)
+        outputs.pop(kind, None)
+        if "structured_outputs" in body and not any(outputs.get(k) is not None for k in CONSTRAINT_KINDS):
+            del body["structured_outputs"]      # what is left are vLLM's options for its JSON backends
+
+
+def _json_schema_of(param: str, value) -> dict:
+    """A JSON schema given as an object or as its JSON text (vLLM takes both)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            _fail(param, "expected a JSON Schema object, or its JSON text")
+    if not isinstance(value, dict):
+        _fail(param, "expected a JSON Schema object")
+    return value
+
+
 def _check_top_logprobs(body: dict) -> None:
     """A chat's top_logprobs needs logprobs: true (OpenAI's rule), on every backend alike."""
     if body.get("top_logprobs") and body.get("logprobs") is not True:
@@ -305,6 +380,7 @@ def validate_chat(body: dict, ranges: dict | None = None) -> dict:
     _check_top_logprobs(body)
     _check_tools(body)
     _check_response_format(body)
+    check_vllm_fields(body)
     _check_text_output(body)
     check_reasoning_effort(body, "reasoning_effort", "reasoning_effort")
     check_verbosity(body, "verbosity")
@@ -328,6 +404,8 @@ def validate_completion(body: dict, ranges: dict | None = None) -> dict:
     _check_input_extra(body.get("input_extra"))
     _check_completion_logprobs(body)
     _check_best_of(body)
+    _check_response_format(body)
+    check_vllm_fields(body)
     return body
 
 

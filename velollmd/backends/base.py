@@ -22,6 +22,7 @@ from ..errors import (CONTEXT_LENGTH_EXCEEDED, BackendBusy, BackendError, BadReq
 from ..http.client import ClientResponse, HTTPClient
 from ..wire.request import GenerateRequest
 from ..wire.streams import Deferred, closing
+from ..wire.vllm import asked_vllm_fields
 from .model_names import latest_twin
 
 log = logging.getLogger("velollmd.backends")
@@ -63,6 +64,9 @@ class Backend:
     loaded_models: frozenset[str] | None = None   # models held in memory now; None = unknown
     retired = False             # taken out by a reload: finishes its requests, takes no new one
     freshens = False            # `freshen()` has something to check (the engine: its files)
+    # vLLM's extras it honours (wire/vllm.py: constraint kinds such as "choice", sampling
+    # extras such as "min_tokens"); any other a request asks for is a 400 naming its field.
+    vllm_fields: frozenset[str] = frozenset()
     # Sampling defaults the server applies to omitted fields: the cache key applies them too,
     # so that an explicit default and an omitted field share one entry.
     defaults: dict = {}
@@ -360,6 +364,15 @@ def in_vocab(ids: list, vocab_size: int, param: str) -> list[int]:
 
 def _glob_matches(model: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(model, pattern) for pattern in patterns)
+
+
+def refuse_unhonoured(body: dict, honoured: frozenset[str], server: str) -> None:
+    """A 400 naming the first vLLM field (wire/vllm.py) of `body` that asks for something the
+    `server` cannot honour: never an answer that ignored a constraint the client asked for."""
+    for name, param in asked_vllm_fields(body):
+        if name not in honoured:
+            raise BadRequest(f"{server} does not support {param!r} (vLLM's); see the README's table of "
+                             "vLLM fields for what each backend honours", param=param, code="unsupported_value")
 
 
 def refuse_insert(body: dict) -> None:

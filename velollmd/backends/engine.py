@@ -35,7 +35,8 @@ from ..errors import BadRequest, NotFound, Unavailable, VeloError
 from ..wire.ids import response_id
 from ..wire.request import GenerateRequest, one_prompt
 from ..wire.streams import closing
-from .base import Backend, ModelInfo, in_vocab, refuse_insert
+from ..wire.vllm import SAMPLING_EXTRAS
+from .base import Backend, ModelInfo, in_vocab, refuse_insert, refuse_unhonoured
 from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer
 from .engine_mailbox import Inbox, Item, Mailbox, Prepare, deliverer
 from .model_names import latest_twin
@@ -49,6 +50,7 @@ class EngineBackend(Backend):
     supports_n = True
     takes_context = True
     freshens = True
+    vllm_fields = frozenset({"choice", *SAMPLING_EXTRAS})   # guided_choice by constrained sampling
 
     def __init__(self, config: BackendConfig, scheduler_config: SchedulerConfig | None = None):
         super().__init__(config)
@@ -360,6 +362,7 @@ class EngineBackend(Backend):
         """(model, prompt ids, sampling params, the chat's prefill or None) of a request."""
         body = request.body
         _refuse_unsupported(body)
+        refuse_unhonoured(body, self.vllm_fields, "the engine")
         if not request.keeps_model:     # as Ollama: each request sets its model's keep-alive, the
             self.keep_model(request.model, None)   # default when it says none (not an earlier keep_alive 0)
         model = await self.model(request.model)
@@ -373,7 +376,7 @@ class EngineBackend(Backend):
         prompt_ids = self._fitted(model, body, params, prompt_ids, chat=chat)
         check_prompt(prompt_ids, num_ctx, "messages" if chat else "prompt")
         prefill = prefill_of(model.template, body["messages"]) if chat else None
-        if params.json_mode:           # its tables, once per model, off the loop and the engine's lock
+        if params.json_mode or params.choices:   # its tables, once per model, off the loop and the engine's lock
             await asyncio.to_thread(model.runner.json_vocab.built)
         if chat:       # the turn's end as text too, should the model spell it out in pieces
             params = dataclasses.replace(params, stop=tuple(dict.fromkeys(params.stop + model.template.stop)),

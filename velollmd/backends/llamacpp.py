@@ -11,6 +11,7 @@ from ..errors import BackendError, BadRequest, VeloError
 from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest, reasoning_effort_of, wants_logprobs
 from ..wire.streams import closing
+from ..wire.vllm import GUIDED_FIELDS, choice_grammar, vllm_constraint
 from .base import ModelInfo, refuse_insert
 from .llamacpp_infill import INFILL_PATH, completion_chunks, infill_body, insert_refused, to_completion, wants_infill
 from .openai import OpenAIBackend
@@ -24,6 +25,7 @@ class LlamaCppBackend(OpenAIBackend):
     serves_tokenizer = True
     pins_slots = True
     defaults = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
+    vllm_fields = frozenset({"choice", "grammar", "ignore_eos"})   # as a GBNF `grammar`; its own ignore_eos
 
     def __init__(self, config):
         super().__init__(config)
@@ -87,6 +89,7 @@ class LlamaCppBackend(OpenAIBackend):
             _reasoning_switch(body)
         else:
             _completion_schema(body)
+        _grammar_of_vllm_fields(body)
         return body
 
     def num_parallel(self, request: GenerateRequest) -> int:
@@ -403,6 +406,18 @@ def _completion_schema(body: dict) -> None:
         body["json_schema"] = {"type": "object"}
     elif response_format.get("type") == "json_schema" and isinstance(response_format.get("json_schema"), dict):
         body["json_schema"] = response_format["json_schema"].get("schema") or {}
+
+
+def _grammar_of_vllm_fields(body: dict) -> None:
+    """vLLM's guided_choice / guided_grammar (or structured_outputs') as llama-server's GBNF
+    `grammar`, in place: the choices' alternatives, or the grammar as given (llama.cpp's own
+    GBNF; vLLM's grammar backends read a close EBNF dialect)."""
+    constraint = vllm_constraint(body)
+    for name in (*GUIDED_FIELDS, "structured_outputs"):
+        body.pop(name, None)
+    if constraint is not None:
+        kind, _param, value = constraint
+        body["grammar"] = choice_grammar(value) if kind == "choice" else value
 
 
 def _no_alternatives(body: dict) -> bool:

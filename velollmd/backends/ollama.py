@@ -21,7 +21,7 @@ from ..wire.ollama import (
 from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest, reasoning_effort_of, wants_logprobs
 from ..wire.streams import closing
-from .base import Backend, ModelInfo
+from .base import Backend, ModelInfo, refuse_unhonoured
 
 
 def _model_names(models) -> list[str]:
@@ -66,6 +66,7 @@ class OllamaBackend(Backend):
         other thinking models take a level as true). An explicit `think` (or the template's
         thinking switch) wins."""
         _refuse_logit_bias(request.body)
+        refuse_unhonoured(request.body, self.vllm_fields, "Ollama")
         body = {**openai_to_ollama_chat(request.body, self.config.num_ctx), **_logprobs_ask(request)}
         effort = reasoning_effort_of(request.body)
         if effort is not None:
@@ -74,6 +75,7 @@ class OllamaBackend(Backend):
 
     def generate_body(self, request: GenerateRequest) -> dict:
         _refuse_logit_bias(request.body)
+        refuse_unhonoured(request.body, self.vllm_fields, "Ollama")
         _refuse_input_extra(request.body)
         return {**openai_to_ollama_generate(request.body, self.config.num_ctx), **_logprobs_ask(request)}
 

@@ -12,7 +12,8 @@ from typing import AsyncIterator, Awaitable
 
 from ..errors import VeloError
 from ..wire.request import GenerateRequest
-from .base import Backend, ModelInfo
+from ..wire.vllm import CONSTRAINT_KINDS, SAMPLING_EXTRAS
+from .base import Backend, ModelInfo, refuse_unhonoured
 
 PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}   # by request endpoint
 WIDTH_PROBES = (    # (path, server, the JSON field that states how many requests it runs at once)
@@ -61,6 +62,15 @@ class OpenAIBackend(Backend):
     def status(self) -> dict:
         return {**super().status(), "server": self.server or None}
 
+    @property
+    def vllm_fields(self) -> frozenset[str]:
+        """vLLM's extras pass through to vLLM (or to a server not asked what it is: `slots` set);
+        another server gets the sampling extras as before (SGLang and others read some), but
+        no choice, regex or grammar, which they would ignore without a word."""
+        if self.server in (None, "vLLM"):
+            return ALL_VLLM_FIELDS
+        return frozenset(SAMPLING_EXTRAS)
+
     async def list_models(self) -> list[ModelInfo]:
         body = await self.get_json("/v1/models")
         return [ModelInfo(id=m["id"], backend=self.name, created=int(m.get("created") or 0), raw=m)
@@ -69,6 +79,7 @@ class OpenAIBackend(Backend):
     def upstream_body(self, request: GenerateRequest) -> dict:
         """The body sent upstream, without Ollama's own fields (no field of OpenAI's: a strict
         server refuses them); streams always ask for usage (metrics need it)."""
+        refuse_unhonoured(request.body, self.vllm_fields, self.server or f"backend {self.name}")
         body = {k: v for k, v in request.body.items() if k not in OLLAMA_CONTEXT_FIELDS}
         _both_penalty_names(body)
         if request.stream:
@@ -97,6 +108,7 @@ class OpenAIBackend(Backend):
         return await self.post_json("/v1/embeddings", {k: v for k, v in body.items() if k not in OLLAMA_CONTEXT_FIELDS})
 
 
+ALL_VLLM_FIELDS = frozenset((*CONSTRAINT_KINDS, *SAMPLING_EXTRAS))
 OLLAMA_CONTEXT_FIELDS = frozenset({"truncate", "num_ctx", "num_keep"})    # the Ollama API's, read by the engine
 
 

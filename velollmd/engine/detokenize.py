@@ -10,7 +10,9 @@ returns the text that is safe to emit now. Two things are held back:
 
 When a stop string completes, the text before it is emitted, `.stopped` becomes True and
 `.stop_string` names it; the stop string and anything after it are never emitted (OpenAI's
-behaviour). Among stops completing in the same push, the one starting earliest wins.
+behaviour; vLLM's include_stop_str_in_output emits the stop string too). Among stops completing
+in the same push, the one starting earliest wins. With vLLM's `min_tokens`, no stop string is
+looked for until that many tokens were pushed: their text is emitted as it comes.
 """
 from __future__ import annotations
 
@@ -21,8 +23,10 @@ from typing import Sequence
 class TextStream:
     """Bytes of tokens in, text safe to emit out, stopping at the first stop string."""
 
-    def __init__(self, stop: Sequence[str] = ()):
+    def __init__(self, stop: Sequence[str] = (), *, min_tokens: int = 0, include_stop: bool = False):
         self.stops = tuple(s for s in stop if s)               # "" would match everywhere
+        self.min_tokens, self.include_stop = min_tokens, include_stop
+        self.num_pushed = 0
         self.stopped = False
         self.stop_string: str | None = None
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -33,6 +37,10 @@ class TextStream:
         if self.stopped:
             return ""
         self._held += self._decoder.decode(token_bytes)
+        self.num_pushed += 1
+        if self.num_pushed <= self.min_tokens:
+            text, self._held = self._held, ""           # not yet a stop: min_tokens
+            return text
         return self._release(final=False)
 
     def finish(self) -> str:
@@ -46,7 +54,7 @@ class TextStream:
         found = self._find_stop()
         if found is not None:
             start, stop = found
-            text, self._held = self._held[:start], ""
+            text, self._held = self._held[:start + len(stop) * self.include_stop], ""
             self.stopped, self.stop_string = True, stop
             return text
         keep = 0 if final else self._partial_stop_length()

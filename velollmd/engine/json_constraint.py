@@ -21,8 +21,9 @@ pending escape or UTF-8 bytes, the node a value must match), `ws` the current wh
 `step` gives the next state or None.
 
 JsonVocab holds what is computed once per model: each token's bytes (None for the tokens never
-allowed: control, unknown, unused, empty), which tokens are plain string content (allowed
-anywhere inside a string), and first/second bytes for a fast full mask. JsonConstraint is one
+allowed: control, unknown, unused, empty) and the tokens of each byte string, which tokens are
+plain string content (allowed anywhere inside a string), and first/second bytes for a fast full
+mask. JsonConstraint is one
 sequence's state over it: `allows(token)` checks one candidate, `mask()` every token.
 """
 from __future__ import annotations
@@ -368,6 +369,10 @@ class JsonVocab:
         self.second = np.fromiter((t[1] if t and len(t) > 1 else 256 for t in self.token_bytes),
                                   np.int16, self.vocab_size)                                   # (vocab,) 256: none
         self.length = np.fromiter((len(t) if t else 0 for t in self.token_bytes), np.int32, self.vocab_size)
+        self.ids_by_bytes: dict[bytes, list[int]] = {}       # the tokens of each text (guided_choice's mask)
+        for token_id, data in enumerate(self.token_bytes):
+            if data is not None:
+                self.ids_by_bytes.setdefault(data, []).append(token_id)
 
 
 class JsonConstraint:

@@ -174,7 +174,7 @@ class Runner:
         request = SchedRequest(request_id, model_name, list(prompt_ids), max_tokens, self.clock(),
                                priority=priority, stream=True, waited_s=max(0.0, waited_s))
         return EngineSeq(request, params, on_event, choice_index, self._sampler(params, choice_index),
-                         TextStream(params.stop), num_ctx=num_ctx)
+                         _text_stream(params), num_ctx=num_ctx)
 
     def _sampler(self, params: SamplingParams, choice_index: int) -> Sampler:
         return Sampler(params, self.model.config.n_vocab, choice_index, self.json_vocab)
@@ -316,7 +316,7 @@ class Runner:
     def _restart(self, seq: EngineSeq) -> None:
         """Preempted with its output discarded: it will start again from the prompt."""
         seq.sampler = self._sampler(seq.params, seq.choice_index)
-        seq.text = TextStream(seq.params.stop)
+        seq.text = _text_stream(seq.params)
         seq.tokens.clear()
 
     def _plan(self) -> list[tuple[EngineSeq, int, int]]:
@@ -493,6 +493,12 @@ class Runner:
         pooled = hidden.mean(axis=0)                           # (n_embd,)
         norm = float(np.linalg.norm(pooled))
         return pooled / norm if norm > 0 else pooled
+
+
+def _text_stream(params: SamplingParams) -> TextStream:
+    """A sequence's text with its stop strings (none before min_tokens; the stop string kept with
+    include_stop_str_in_output)."""
+    return TextStream(params.stop, min_tokens=params.min_tokens, include_stop=params.include_stop_str)
 
 
 def _token_slice(request: SchedRequest, start: int, end: int) -> Sequence[int]:

@@ -27,6 +27,11 @@ MAX_REJECTIONS the allowed tokens are computed all at once; when none of the sam
 candidates (top_k / top_p / min_p) is allowed, the chain runs again over the masked logits
 (llama.cpp's grammar resampling).
 
+vLLM's guided_choice (`choices`) is a constraint of the same kind (engine/choice_constraint.py):
+the output is exactly one of the texts, then an end token. vLLM's `min_tokens`: the end tokens
+(stop_token_ids, EOS among them) are masked out until that many tokens were sampled; the
+runner's TextStream checks no stop string before then either.
+
 Seeds: a Sampler owns a numpy Generator. With `seed` set, choice i of an `n > 1` request uses
 seed + i (mod 2**64), so choice 0 reproduces the `n = 1` answer; `seed` None or -1 (llama.cpp's
 and Ollama's "random") draws fresh OS entropy for every choice.
@@ -40,6 +45,8 @@ from typing import Sequence
 import numpy as np
 
 from ..wire.request import logit_bias_of
+from ..wire.vllm import vllm_constraint
+from .choice_constraint import ChoiceConstraint
 from .json_constraint import JsonConstraint, JsonVocab
 from .json_schema import SchemaError, compile_schema
 
@@ -80,6 +87,9 @@ class SamplingParams:
     json_schema: tuple | None = None   # with json_mode: the object's schema node (engine/json_schema.py)
     think_end: str | None = None       # with json_mode: the object starts after this marker ("</think>")
     json_prefix: str = ""              # with json_mode: the object's start the answer continues (a prefill)
+    choices: tuple[str, ...] = ()      # vLLM's guided_choice: the output is exactly one of these texts
+    min_tokens: int = 0                # vLLM's: no stop token or stop string ends the output before this many
+    include_stop_str: bool = False     # vLLM's include_stop_str_in_output: the stop string ends the text
 
     def __post_init__(self) -> None:
         _check_params(self)
@@ -111,6 +121,7 @@ class SamplingParams:
         ignore_eos = _read_value(body, "ignore_eos", "ignore_eos", bool)
         values["json_mode"], values["json_schema"] = _json_mode_of(body)
         names["json_mode"] = "response_format"
+        _read_vllm_extras(body, values, names)
         if not ignore_eos:
             values["stop_token_ids"] = tuple(dict.fromkeys(
                 [*eos_token_ids, *values.get("stop_token_ids", ())]))
@@ -142,6 +153,10 @@ def _check_params(p: SamplingParams) -> None:
     _require(p, "n", p.n >= 1, "must be >= 1")
     _require(p, "json_mode", not p.json_mode or bool(p.stop_token_ids),
              "JSON mode ends at an end-of-sequence token: it needs one, and ignore_eos off")
+    _require(p, "choices", not p.choices or bool(p.stop_token_ids),
+             "a choice ends at an end-of-sequence token: it needs one, and ignore_eos off")
+    _require(p, "choices", all(isinstance(c, str) and c for c in p.choices), "must be non-empty strings")
+    _require(p, "min_tokens", p.min_tokens >= 0, "must be >= 0")
     _require(p, "stop", all(isinstance(s, str) and s for s in p.stop), "must be non-empty strings")
     for token_id, bias in p.logit_bias.items():
         if not (isinstance(token_id, int) and token_id >= 0):
@@ -156,10 +171,11 @@ def _require(p: SamplingParams, name: str, ok: bool, reason: str) -> None:
 
 
 def _check_token_ids(p: SamplingParams, vocab_size: int, names: dict[str, str]) -> None:
-    bad = [t for t in p.logit_bias if t >= vocab_size]
-    if bad:
-        raise SamplingParamError(names.get("logit_bias", "logit_bias"),
-                                 f"token id {bad[0]} is outside the vocabulary (size {vocab_size})")
+    for name, ids in (("logit_bias", p.logit_bias), ("stop_token_ids", p.stop_token_ids)):
+        bad = [t for t in ids if t >= vocab_size]
+        if bad:
+            raise SamplingParamError(names.get(name, name),
+                                     f"token id {bad[0]} is outside the vocabulary (size {vocab_size})")
 
 
 # ---- reading a request ------------------------------------------------------------------------
@@ -280,6 +296,19 @@ def _json_mode_of(body: dict) -> tuple[bool, tuple | None]:
         raise SamplingParamError("response_format", str(exc)) from None
 
 
+def _read_vllm_extras(body: dict, values: dict, names: dict) -> None:
+    """vLLM's guided_choice (or structured_outputs.choice), min_tokens, include_stop_str_in_output
+    (wire/vllm.py); the other constraint kinds are refused before (backends/engine.py)."""
+    constraint = vllm_constraint(body)
+    if constraint is not None and constraint[0] == "choice":
+        values["choices"], names["choices"] = tuple(dict.fromkeys(constraint[2])), constraint[1]
+    min_tokens = _read_value(body, "min_tokens", "min_tokens", _INT)
+    if min_tokens is not None:
+        values["min_tokens"], names["min_tokens"] = min_tokens, "min_tokens"
+    if _read_value(body, "include_stop_str_in_output", "include_stop_str_in_output", bool):
+        values["include_stop_str"], names["include_stop_str"] = True, "include_stop_str_in_output"
+
+
 def _read_logprobs(body: dict, values: dict, names: dict) -> None:
     """Chat: logprobs bool + top_logprobs; completions: logprobs is the top count (an int)."""
     logprobs = body.get("logprobs")
@@ -385,8 +414,13 @@ class Sampler:
     def __init__(self, params: SamplingParams, vocab_size: int, choice_index: int = 0,
                  json_vocab: JsonVocab | None = None):
         self.params, self.vocab_size = params, vocab_size
-        self.constraint: JsonConstraint | None = None
-        if params.json_mode:
+        self.constraint: JsonConstraint | ChoiceConstraint | None = None
+        self.num_sampled = 0               # tokens this sequence has sampled (min_tokens counts them)
+        if params.choices:
+            if json_vocab is None:
+                raise ValueError("sampler: a choice needs the model's JsonVocab")
+            self.constraint = ChoiceConstraint(json_vocab, params.stop_token_ids, params.choices)
+        elif params.json_mode:
             if json_vocab is None:
                 raise ValueError("sampler: JSON mode needs the model's JsonVocab")
             self.constraint = JsonConstraint(json_vocab, params.stop_token_ids, params.json_schema,
@@ -413,7 +447,7 @@ class Sampler:
     def plain_greedy(self) -> bool:
         """Greedy with nothing to apply first: the token is the argmax of the raw logits."""
         return (self.params.greedy and not self.params.has_penalties and not self.params.logit_bias
-                and self.constraint is None)
+                and self.constraint is None and self.num_sampled >= self.params.min_tokens)
 
     def process(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
         """Penalties then logit bias: the logits every later stage sees."""
@@ -422,6 +456,9 @@ class Sampler:
         if self._bias_ids.size:
             out = out.copy() if out is logits else out
             out[self._bias_ids] += self._bias
+        if self.num_sampled < self.params.min_tokens and self.params.stop_token_ids:
+            out = out.copy() if out is logits else out
+            out[list(self.params.stop_token_ids)] = -np.inf   # vLLM's min_tokens: no end token yet
         return out
 
     def candidates(self, logits: np.ndarray) -> np.ndarray:
@@ -515,6 +552,7 @@ class Sampler:
 
     def result(self, raw_logits: np.ndarray, token_id: int) -> SampleResult:
         """token_id with its logprobs (of the raw logits) when the request asked for them."""
+        self.num_sampled += 1
         if not self.params.logprobs:
             return SampleResult(token_id, None, [])
         logprobs = log_softmax(raw_logits)                    # (vocab,) float64
