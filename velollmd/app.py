@@ -20,6 +20,7 @@ from .api.openai import OpenAIRoutes
 from .api.response_store import ResponseStore, StoreSnapshots
 from .api.responses import ResponsesRoutes
 from .api.routes import Router
+from .api.tokenize import TokenizeRoutes
 from .backends.base import Backend
 from .backends.registry import Registry
 from .config import Config
@@ -66,6 +67,7 @@ class App:
         AnthropicRoutes(*services, openai, sse_ping_s=config.server.sse_ping_s).register(router)
         ResponsesRoutes(self.access, self.pipeline, self.response_snapshots,
                         sse_ping_s=config.server.sse_ping_s).register(router)
+        TokenizeRoutes(self.access, self.registry, self.pipeline).register(router)
         return router
 
     async def reload(self, config: Config) -> dict:

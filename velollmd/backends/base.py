@@ -54,6 +54,8 @@ class Backend:
     kind = "base"
     supports_n = False
     can_tokenize = False        # `tokenize(text)` gives the model's own token ids
+    serves_tokenizer = False    # the model's tokenizer and chat template as routes: tokenize_text, detokenize,
+                                # apply_template, vocab_size (velollmd's /tokenize, /detokenize, /apply-template)
     pins_slots = False          # a request may name the slot (`id_slot`) that holds its prefix
     native_ollama = False       # speaks Ollama's own API: Ollama clients pass through (`native`)
     loaded_models: frozenset[str] | None = None   # models held in memory now; None = unknown
@@ -244,6 +246,31 @@ class Backend:
         them, for a server that takes a prompt as token ids (llama-server); None otherwise."""
         return None
 
+    async def tokenize_text(self, model: str, content: str | list, *, add_special: bool, parse_special: bool,
+                            with_pieces: bool = False) -> list:
+        """llama-server's /tokenize: ids of `content` (a text, or texts and token ids mixed), or
+        with_pieces [{"id", "piece"}], piece a string, or its bytes when they are no UTF-8 text."""
+        raise self.tokenizer_unavailable(model)
+
+    async def detokenize(self, model: str, tokens: list[int]) -> str:
+        """llama-server's /detokenize: the text of token ids (special tokens written out)."""
+        raise self.tokenizer_unavailable(model)
+
+    async def apply_template(self, body: dict) -> str:
+        """llama-server's /apply-template: the prompt text a validated chat body (`messages`,
+        `tools`, `add_generation_prompt`) becomes, as generating renders it."""
+        raise self.tokenizer_unavailable(body["model"])
+
+    async def vocab_size(self, model: str) -> int | None:
+        """The number of token ids `model`'s tokenizer knows, or None when it cannot tell."""
+        return None
+
+    def tokenizer_unavailable(self, model: str) -> NotImplementedByBackend:
+        return NotImplementedByBackend(
+            f"model {model!r} is served by backend {self.name} ({self.kind}), which does not expose its tokenizer "
+            "or chat template; tokenizing needs a llama.cpp or engine backend", param="model",
+            code="tokenizer_unavailable")
+
     async def embeddings(self, body: dict) -> dict:
         raise NotImplementedByBackend(f"backend {self.name} ({self.kind}) cannot compute embeddings")
 
@@ -318,6 +345,15 @@ class Backend:
                                code="backend_busy", headers={"retry-after": _retry_after(response)})
         return BackendError(f"backend {self.name} answered {response.status}: {message}",
                             code="backend_error")
+
+
+def in_vocab(ids: list, vocab_size: int, param: str) -> list[int]:
+    """Token ids a client sent, each an integer of the vocabulary (else a 400 naming `param`:
+    an id outside it would fail the engine's whole batch, or llama-server with a 500)."""
+    for token_id in ids:
+        if type(token_id) is not int or not 0 <= token_id < vocab_size:
+            raise BadRequest(f"token id {token_id!r} is outside the vocabulary (0..{vocab_size - 1})", param=param)
+    return ids
 
 
 def _glob_matches(model: str, patterns) -> bool:

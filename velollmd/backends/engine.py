@@ -35,7 +35,7 @@ from ..errors import BadRequest, NotFound, Unavailable, VeloError
 from ..wire.ids import response_id
 from ..wire.request import GenerateRequest, one_prompt
 from ..wire.streams import closing
-from .base import Backend, ModelInfo, refuse_insert
+from .base import Backend, ModelInfo, in_vocab, refuse_insert
 from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer
 from .engine_mailbox import Inbox, Item, Mailbox, Prepare, deliverer
 from .model_names import latest_twin
@@ -45,6 +45,7 @@ log = logging.getLogger("velollmd.engine")
 
 class EngineBackend(Backend):
     kind = "engine"
+    serves_tokenizer = True
     supports_n = True
     freshens = True
 
@@ -400,18 +401,9 @@ class EngineBackend(Backend):
             if body.get("suffix"):
                 return _fill_in_middle(model, prompt, body, extras_limit=extras_limit)
             if isinstance(prompt, list):
-                return _in_vocab(list(prompt), model.config.n_vocab, "prompt")
+                return in_vocab(list(prompt), model.config.n_vocab, "prompt")
             return model.tokenizer.encode(prompt, add_special=True, parse_special=True)
-        if model.template is None:
-            raise BadRequest(f"model {body['model']!r} has a chat template the engine does not know "
-                             f"({model.template_error}); set chat_template in the engine's [[backends]] "
-                             "entry, or use /v1/completions", param="messages", code="unknown_chat_template")
-        try:
-            text = chat_prompt(model.template, model.tokenizer, body["messages"],
-                               tools=body.get("tools") or None, enable_thinking=enable_thinking_of(body))
-        except ValueError as exc:
-            raise BadRequest(f"cannot render the chat template: {exc}", param="messages") from None
-        return model.tokenizer.encode(text, add_special=True, parse_special=True)
+        return model.tokenizer.encode(_chat_text(model, body), add_special=True, parse_special=True)
 
     def _fitted(self, model: LoadedModel, body: dict, params: SamplingParams, prompt_ids: list[int],
                 *, chat: bool) -> list[int]:
@@ -436,6 +428,22 @@ class EngineBackend(Backend):
         model = await self.model(body["model"])
         return len(self._prompt_ids(model, body, chat=True))
 
+    async def tokenize_text(self, model: str, content: str | list, *, add_special: bool, parse_special: bool,
+                            with_pieces: bool = False) -> list:
+        tokenizer = (await self.model(model)).tokenizer
+        ids = _mixed_ids(tokenizer, content, add_special, parse_special)
+        return [{"id": i, "piece": _piece(tokenizer.token_bytes(i))} for i in ids] if with_pieces else ids
+
+    async def detokenize(self, model: str, tokens: list[int]) -> str:
+        return (await self.model(model)).tokenizer.decode(tokens)
+
+    async def apply_template(self, body: dict) -> str:
+        """The text generating renders (_chat_text, which _prompt_ids encodes)."""
+        return _chat_text(await self.model(body["model"]), body)
+
+    async def vocab_size(self, model: str) -> int | None:
+        return (await self.model(model)).tokenizer.vocab_size
+
     def _running(self, model: LoadedModel, request: GenerateRequest, prompt_ids: list[int],
                  params: SamplingParams, prepare: Prepare | None = None):
         return _Run(self, model, request, prompt_ids, params, prepare)
@@ -459,7 +467,7 @@ class EngineBackend(Backend):
             raise BadRequest("input must be a string or a non-empty list", param="input")
         vectors, num_tokens, num_ctx = [], 0, self.context_size(body["model"], body.get("num_ctx"))
         for text in texts:
-            ids = _in_vocab(text, model.config.n_vocab, "input") if isinstance(text, list) \
+            ids = in_vocab(text, model.config.n_vocab, "input") if isinstance(text, list) \
                 else model.tokenizer.encode(str(text), add_special=True)
             if body.get("truncate") is True:
                 ids = ids[:num_ctx]                    # Ollama's truncate: the input's start, to fit
@@ -519,6 +527,42 @@ class _Run:
         self.backend._unload_idle()                    # keep_alive 0: unloaded once idle
 
 
+def _chat_text(model: LoadedModel, body: dict) -> str:
+    """The prompt text of a chat body: the model's chat template rendered (with the generation
+    prompt unless `add_generation_prompt` is false)."""
+    if model.template is None:
+        raise BadRequest(f"model {body['model']!r} has a chat template the engine does not know "
+                         f"({model.template_error}); set chat_template in the engine's [[backends]] "
+                         "entry, or use /v1/completions", param="messages", code="unknown_chat_template")
+    try:
+        return chat_prompt(model.template, model.tokenizer, body["messages"], tools=body.get("tools") or None,
+                           add_generation_prompt=body.get("add_generation_prompt") is not False,
+                           enable_thinking=enable_thinking_of(body))
+    except ValueError as exc:
+        raise BadRequest(f"cannot render the chat template: {exc}", param="messages") from None
+
+
+def _mixed_ids(tokenizer, content: str | list, add_special: bool, parse_special: bool) -> list[int]:
+    """llama-server's tokenize_mixed: a text, or texts and token ids in one list; the specials
+    (BOS) only where the first item is a text."""
+    ids: list[int] = []
+    for index, item in enumerate([content] if isinstance(content, str) else content):
+        if isinstance(item, str):
+            ids += tokenizer.encode(item, add_special=add_special and index == 0, parse_special=parse_special)
+        else:
+            ids.append(item)
+    return ids
+
+
+def _piece(piece: bytes) -> str | list[int]:
+    """A token's piece as llama-server's with_pieces writes it: its text, or its bytes when they
+    are no UTF-8 text alone (one byte of a longer character)."""
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(piece)
+
+
 def _fill_in_middle(model: LoadedModel, prompt: str | list, body: dict, limit: int | None = None,
                     extras_limit: int | None = None) -> list[int]:
     """A completion with a `suffix`: the model's fill-in-the-middle prompt, the prompt before
@@ -531,7 +575,7 @@ def _fill_in_middle(model: LoadedModel, prompt: str | list, body: dict, limit: i
     tokenizer = model.tokenizer
     if not tokenizer.can_fill_in_middle:
         refuse_insert(body)
-    prefix_ids = (_in_vocab(list(prompt), model.config.n_vocab, "prompt") if isinstance(prompt, list)
+    prefix_ids = (in_vocab(list(prompt), model.config.n_vocab, "prompt") if isinstance(prompt, list)
                   else tokenizer.encode(prompt, add_special=False, parse_special=False))
     suffix_ids = tokenizer.encode(body["suffix"], add_special=False, parse_special=False)
     if limit is not None:
@@ -562,15 +606,6 @@ def fim_pieces_fitted(prefix_ids: list[int], suffix_ids: list[int], budget: int)
     suffix_take = min(len(suffix_ids), max(budget // 4, budget - len(prefix_ids)))
     prefix_take = min(len(prefix_ids), budget - suffix_take)
     return prefix_ids[len(prefix_ids) - prefix_take:], suffix_ids[:suffix_take]
-
-
-def _in_vocab(ids: list, vocab_size: int, param: str) -> list[int]:
-    """Token ids a client sent, each an integer of the vocabulary (else a 400 naming `param`:
-    an id outside it would fail the engine's whole batch)."""
-    for token_id in ids:
-        if type(token_id) is not int or not 0 <= token_id < vocab_size:
-            raise BadRequest(f"token id {token_id!r} is outside the vocabulary (0..{vocab_size - 1})", param=param)
-    return ids
 
 
 def _json_start(model: LoadedModel, body: dict, params: SamplingParams, prefill: Prefill | None) -> dict:

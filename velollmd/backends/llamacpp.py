@@ -7,7 +7,7 @@ import json
 import os
 from typing import AsyncIterator, Callable
 
-from ..errors import BadRequest, VeloError
+from ..errors import BackendError, BadRequest, VeloError
 from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest, reasoning_effort_of, wants_logprobs
 from ..wire.streams import closing
@@ -21,6 +21,7 @@ class LlamaCppBackend(OpenAIBackend):
     server = "llama.cpp"
     supports_n = False
     can_tokenize = True
+    serves_tokenizer = True
     pins_slots = True
     defaults = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
 
@@ -180,29 +181,65 @@ class LlamaCppBackend(OpenAIBackend):
                 yield chunks
 
     async def tokenize(self, content: str) -> list[int]:
-        body = await self.post_json("/tokenize", {"content": content, "add_special": False})
-        return body.get("tokens", [])
+        return await self.tokenize_text("", content, add_special=False, parse_special=True)
+
+    async def tokenize_text(self, model: str, content: str | list, *, add_special: bool, parse_special: bool,
+                            with_pieces: bool = False) -> list:
+        body = await self.post_json("/tokenize", {"content": content, "add_special": add_special,
+                                                  "parse_special": parse_special, "with_pieces": with_pieces})
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list):
+            raise _Malformed(f"backend {self.name} answered /tokenize without a tokens list")
+        return tokens
+
+    async def detokenize(self, model: str, tokens: list[int]) -> str:
+        content = (await self.post_json("/detokenize", {"tokens": tokens})).get("content")
+        if not isinstance(content, str):
+            raise _Malformed(f"backend {self.name} answered /detokenize without a content text")
+        return content
+
+    async def apply_template(self, body: dict) -> str:
+        """The server's own chat template, with the thinking switch and the history as
+        generating sends them."""
+        template = {k: body[k] for k in ("tools", "tool_choice", "chat_template_kwargs", "reasoning_effort",
+                                         "add_generation_prompt") if body.get(k) is not None}
+        _reasoning_switch(template)
+        template["messages"] = _parsable_history(body.get("messages"))
+        prompt = (await self.post_json("/apply-template", template)).get("prompt")
+        if not isinstance(prompt, str):
+            raise _Malformed(f"backend {self.name} answered /apply-template without a prompt text")
+        return prompt
+
+    async def vocab_size(self, model: str) -> int | None:
+        """`meta.n_vocab` of the server's /v1/models entry."""
+        for info in self.models:
+            n_vocab = (info.raw.get("meta") or {}).get("n_vocab")
+            if type(n_vocab) is int and n_vocab > 0:
+                return n_vocab
+        return None
 
     async def count_prompt_tokens(self, body: dict) -> int | None:
         tokens = await self.prompt_token_ids(body)
         return len(tokens) if tokens is not None else None
 
     async def prompt_token_ids(self, body: dict) -> list[int] | None:
-        """A chat body's prompt through the server's own chat template (/apply-template, with
-        the thinking switch and the history as generating sends them), or a completion body's
-        text prompt, then /tokenize: the ids the server reads."""
-        prompt = body.get("prompt")
-        if "messages" in body:
-            template = {k: body[k] for k in ("tools", "tool_choice", "chat_template_kwargs", "reasoning_effort")
-                        if body.get(k) is not None}
-            _reasoning_switch(template)
-            template["messages"] = _parsable_history(body.get("messages"))
-            prompt = (await self.post_json("/apply-template", template)).get("prompt")
-        if not isinstance(prompt, str):
+        """A chat body's prompt through the server's own chat template (apply_template), or a
+        completion body's text prompt, then /tokenize: the ids the server reads. None when an
+        answer has not the shape asked for (callers then do without the ids)."""
+        try:
+            prompt = await self.apply_template(body) if "messages" in body else body.get("prompt")
+            if not isinstance(prompt, str):
+                return None
+            return await self.tokenize_text(body.get("model", ""), prompt, add_special=True, parse_special=True)
+        except _Malformed:
             return None
-        tokens = (await self.post_json("/tokenize", {"content": prompt, "add_special": True,
-                                                     "parse_special": True})).get("tokens")
-        return tokens if isinstance(tokens, list) else None
+
+
+class _Malformed(BackendError):
+    """An answer of llama-server's tokenizer routes without the field they answer."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code="backend_error")
 
 
 def _reasoning_switch(body: dict) -> None:

@@ -1,0 +1,152 @@
+"""The tokenizer utility routes llama-server and vLLM serve, answered from the model's own
+tokenizer and chat template (the backend's: llama-server's own routes, or the engine's).
+
+POST /tokenize takes two dialects, told apart by their fields: llama-server's (`content`,
+`add_special`, `parse_special`, `with_pieces`) answers {"tokens"}; vLLM's (`prompt`, or
+`messages` with `add_generation_prompt` and `tools`; `add_special_tokens`,
+`return_token_strs`) answers {"count", "max_model_len", "tokens"} (+ "token_strs"). A vLLM chat
+is tokenized as generating reads it (the chat template's text, then the tokenizer with its
+specials): the count a prompt budget needs. POST /detokenize: llama-server's {"tokens"} answers
+{"content"}, vLLM's (the same with `model`) {"prompt"}. POST /apply-template (llama-server's):
+the prompt text the model would see.
+
+`model` is optional, as on llama-server: without one, the one model served by a backend that
+can tokenize (several: a 400 asking for one).
+"""
+from __future__ import annotations
+
+from ..backends.base import Backend, in_vocab
+from ..backends.registry import Registry
+from ..core.pipeline import Pipeline
+from ..errors import BadRequest, NotImplementedByBackend
+from ..http.message import Request, Response
+from .access import Access
+from .validate import validate_chat
+
+VLLM_TOKENIZE_FIELDS = ("prompt", "messages")
+MAX_NAMES_SHOWN = 5            # models named in the "which model?" 400
+
+
+class TokenizeRoutes:
+    def __init__(self, access: Access, registry: Registry, pipeline: Pipeline):
+        self.access, self.registry, self.pipeline = access, registry, pipeline
+
+    def register(self, router) -> None:
+        router.add("POST", "/tokenize", self.tokenize)
+        router.add("POST", "/detokenize", self.detokenize)
+        router.add("POST", "/apply-template", self.apply_template)
+
+    async def tokenize(self, request: Request) -> Response:
+        body = request.json()
+        vllm = [name for name in VLLM_TOKENIZE_FIELDS if name in body]
+        if vllm and "content" in body or len(vllm) > 1:
+            raise BadRequest("send `content` (llama-server), `prompt` or `messages` (vLLM): only one of them",
+                             param=vllm[-1])
+        backend, model = await self._backend_for(request, body)
+        if vllm:
+            return Response.json(await _vllm_tokens(backend, model, body))
+        content = body.get("content", "")
+        flags = {name: _flag(body, name, default) for name, default in
+                 (("add_special", False), ("parse_special", True), ("with_pieces", False))}
+        if not isinstance(content, (str, list)) or isinstance(content, list) and not all(
+                isinstance(item, (str, int)) and type(item) is not bool for item in content):
+            raise BadRequest("content must be a string, or an array of strings and token ids", param="content")
+        if isinstance(content, list):
+            await _check_ids(backend, model, [i for i in content if not isinstance(i, str)], "content")
+        return Response.json({"tokens": await backend.tokenize_text(model, content, **flags)})
+
+    async def detokenize(self, request: Request) -> Response:
+        body = request.json()
+        backend, model = await self._backend_for(request, body)
+        tokens = body.get("tokens", [])
+        if not isinstance(tokens, list):
+            raise BadRequest("tokens must be an array of token ids", param="tokens")
+        await _check_ids(backend, model, tokens, "tokens")
+        text = await backend.detokenize(model, tokens)
+        return Response.json({"prompt": text} if "model" in body else {"content": text})
+
+    async def apply_template(self, request: Request) -> Response:
+        body = request.json()
+        backend, model = await self._backend_for(request, body)
+        return Response.json({"prompt": await backend.apply_template(_chat_body(body, model))})
+
+    async def _backend_for(self, request: Request, body: dict) -> tuple[Backend, str]:
+        """The backend whose tokenizer answers, and the served model (aliases resolved); the
+        caller's key may use it and is under its limits."""
+        asked = body.get("model")
+        if asked is None:
+            asked = self._only_model(request)
+        elif not isinstance(asked, str) or not asked:
+            raise BadRequest("model must be a non-empty string", param="model")
+        key_name = self.access.admit(request, asked, defer=True)
+        await self.pipeline.admit(key_name)
+        candidates = self.registry.candidates(asked)          # 400 bad name, 404 unknown, 503 none healthy
+        model = self.registry.resolve(asked)
+        for backend in candidates:
+            if backend.serves_tokenizer:
+                return backend, model
+        raise candidates[0].tokenizer_unavailable(model)
+
+    def _only_model(self, request: Request) -> str:
+        """The model a request without one means: the one a tokenizing backend serves."""
+        tokenizing = {b.name for b in self.registry.backends if b.serves_tokenizer}
+        names = list(dict.fromkeys(self.registry.resolve(m.id) for m in self.access.visible_models(
+            request, self.registry.catalogue()) if m.backend in tokenizing))
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise NotImplementedByBackend("no model here exposes its tokenizer (that needs a llama.cpp or engine "
+                                          "backend)", param="model", code="tokenizer_unavailable")
+        shown = ", ".join(names[:MAX_NAMES_SHOWN]) + (", ..." if len(names) > MAX_NAMES_SHOWN else "")
+        raise BadRequest(f"model is required: {len(names)} models can tokenize here ({shown})", param="model")
+
+
+async def _vllm_tokens(backend: Backend, model: str, body: dict) -> dict:
+    """vLLM's TokenizeResponse for a `prompt` or a chat."""
+    add_special = _flag(body, "add_special_tokens", True)
+    want_strs = _flag(body, "return_token_strs", False)
+    if "messages" in body:
+        prompt = await backend.apply_template(_chat_body(body, model))
+        add_special = True                      # the ids generating reads (the template's text and BOS)
+    else:
+        prompt = body["prompt"]
+        if not isinstance(prompt, str):
+            raise BadRequest("prompt must be a string", param="prompt")
+    tokens = await backend.tokenize_text(model, prompt, add_special=add_special, parse_special=True,
+                                         with_pieces=want_strs)
+    answer = {"count": len(tokens), "max_model_len": backend.context_size(model)}
+    if not want_strs:
+        return {**answer, "tokens": tokens}
+    return {**answer, "tokens": [t["id"] for t in tokens], "token_strs": [_piece_text(t["piece"]) for t in tokens]}
+
+
+def _chat_body(body: dict, model: str) -> dict:
+    """The validated chat body of /apply-template or a vLLM chat tokenize (400s as a chat
+    completion gives them for its messages and tools)."""
+    chat = {name: body[name] for name in ("messages", "tools", "chat_template_kwargs", "reasoning_effort")
+            if name in body}
+    _flag(body, "add_generation_prompt", True)
+    if "add_generation_prompt" in body:
+        chat["add_generation_prompt"] = body["add_generation_prompt"]
+    return validate_chat({**chat, "model": model})
+
+
+async def _check_ids(backend: Backend, model: str, ids: list, param: str) -> None:
+    """Each id an integer of the model's vocabulary (when its backend can tell the size)."""
+    vocab_size = await backend.vocab_size(model)
+    if vocab_size is not None:
+        in_vocab(ids, vocab_size, param)
+    elif not all(type(i) is int and i >= 0 for i in ids):
+        raise BadRequest("token ids must be non-negative integers", param=param)
+
+
+def _flag(body: dict, name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if type(value) is not bool:
+        raise BadRequest(f"{name} must be a boolean", param=name)
+    return value
+
+
+def _piece_text(piece: str | list[int]) -> str:
+    """A with_pieces piece as text: bytes that are no UTF-8 text alone become U+FFFD."""
+    return piece if isinstance(piece, str) else bytes(piece).decode("utf-8", errors="replace")
