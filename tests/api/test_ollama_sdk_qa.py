@@ -234,13 +234,17 @@ def test_suffix_is_refused_clearly_rather_than_ignored(engine, daemon):
         assert info.value.status_code == 400 and "does not support insert" in info.value.error
 
 
-@pytest.mark.parametrize("field, value", [("context", [1, 2, 3]), ("template", "{{ .Prompt }}")])
+@pytest.mark.parametrize("field, value, refusers", [("context", [1, 2, 3], ("tiny",)),
+                                                    ("template", "{{ .Prompt }}", (ENGINE_MODEL, "tiny"))])
 def test_generates_context_and_template_are_refused_clearly_rather_than_ignored(engine, daemon, ollama_emulator,
-                                                                                field, value):
-    """The deprecated `context` (an earlier answer's tokens) and a `template` override: neither
-    the engine nor llama-server behind velollmd takes them, so a 400 naming the field, never an
-    answer that ignored them; empty ones ask for nothing, and Ollama itself gets them as sent."""
+                                                                                field, value, refusers):
+    """The deprecated `context` (an earlier answer's tokens; the engine takes it, see
+    test_ollama_context.py) and a `template` override: llama-server behind velollmd takes neither,
+    so a 400 naming the field, never an answer that ignored them; empty ones ask for nothing, and
+    Ollama itself gets them as sent."""
     for client, model in ((engine, ENGINE_MODEL), (ollama.Client(host=daemon.url), "tiny")):
+        if model not in refusers:
+            continue
         with pytest.raises(ollama.ResponseError) as info:
             client.generate(model=model, prompt="hello", options={"num_predict": 2}, **{field: value})
         assert info.value.status_code == 400 and repr(field) in info.value.error

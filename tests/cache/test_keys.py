@@ -132,3 +132,12 @@ def test_last_user_text():
     assert last_user_text(msgs) == "a\nb"
     assert last_user_text([{"role": "system", "content": "s"}]) is None
     assert query_text({"model": "m", "prompt": "why"}) == "why"
+
+
+def test_ollamas_context_is_in_the_exact_key_and_keeps_the_request_off_the_semantic_tier():
+    """The same prompt after other turns (another `context`) is another request; and a request
+    whose answer carries its own prompt's token ids is never served another prompt's answer."""
+    turn = {**BASE, "context": []}
+    assert len({key(BASE), key(turn), key({**turn, "context": [1, 2]}), key({**turn, "context": [2, 1]})}) == 4
+    assert key({**turn, "context": [1, 2]}) == key({**turn, "context": [1, 2]})
+    assert query_text(BASE) == "hi" and query_text(turn) is None

@@ -107,3 +107,18 @@ def test_model_override_and_split_fallback():
     entry = CachedResponse(model="llama3:latest", content="abcdef", chunk_sizes=(2, 2))
     assert split_content(entry.content, entry.chunk_sizes, 4) == ["abcd", "ef"]
     assert to_json(entry, "x", model="llama3")["model"] == "llama3"
+
+
+def test_ollamas_context_survives_json_stream_and_persisted_round_trips():
+    """The engine's /api/generate answer carries `context` (beside usage, and in a stream's
+    usage chunk): a replay carries the same, whichever way it was recorded and replayed."""
+    body = {**JSON_BODY, "context": [5, 6, 7]}
+    entry = from_json_response(body)
+    assert entry.context == (5, 6, 7)
+    assert to_json(entry, "chatcmpl-2")["context"] == [5, 6, 7]
+    chunks = to_sse_chunks(entry, "chatcmpl-2", include_usage=True)
+    assert chunks[-1]["context"] == [5, 6, 7] and all("context" not in c for c in chunks[:-1])
+    assert from_stream_chunks(chunks).context == (5, 6, 7)
+    assert CachedResponse.from_dict(json.loads(json.dumps(entry.to_dict()))).context == (5, 6, 7)
+    assert "context" not in to_json(from_json_response(JSON_BODY), "chatcmpl-3")
+    assert CachedResponse.from_dict({"model": "m"}).context is None          # an entry written before it

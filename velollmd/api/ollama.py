@@ -130,12 +130,14 @@ class OllamaRoutes:
         if backend.native_ollama:
             endpoint, openai_body = ollama_generate_request_to_openai(body)
             return await self._admitted_passthrough(request, "/api/generate", body, endpoint, openai_body)
-        refuse_untranslated(body)
+        refuse_untranslated(body, backend)
         _refuse_thinking(body, backend, self.registry.resolve(body["model"]))
         keep_alive_s = self._keep(request, backend, body)
         if not body.get("prompt") and not body.get("images"):
             return await self._load_or_unload(backend, body, keep_alive_s, message=False)
         endpoint, openai_body = ollama_generate_request_to_openai(body)
+        if endpoint == "chat" and backend.takes_context:
+            openai_body["context"] = body.get("context") or []     # and the answer carries the next
         _whole_context_penalty(openai_body, backend, self.registry.resolve(body["model"]))
         validate = validate_chat if endpoint == "chat" else validate_completion
         validate(openai_body, OLLAMA_SAMPLING_RANGES)
@@ -410,19 +412,33 @@ def _check_ollama_fields(body: dict) -> None:
 
 
 UNTRANSLATED_GENERATE_FIELDS = {
-    "context": "the tokens of an earlier answer are not taken by this backend; send the conversation "
-               "as messages to /api/chat",
+    "context": "the tokens of an earlier answer are taken by the in-process engine only (not with a suffix); "
+               "send the conversation as messages to /api/chat",
     "template": "a prompt template override is not taken by this backend; send the prompt with raw: true "
                 "instead",
 }
 
 
-def refuse_untranslated(body: dict) -> None:
+def refuse_untranslated(body: dict, backend: Backend) -> None:
     """/api/generate fields only Ollama itself honours: a 400 naming the field for any other
-    backend, never an answer that ignored them (empty ones ask for nothing)."""
+    backend, never an answer that ignored them (empty ones ask for nothing). `context` is
+    Ollama's 400 in raw mode (nothing is rendered to join it to), and elsewhere taken by a
+    backend that renders it (takes_context) unless the prompt fills in a middle."""
+    check_context(body.get("context"))
+    if body.get("raw") and body.get("context"):
+        raise BadRequest("raw mode does not support template, system, or context", param="context")
     for name, why in UNTRANSLATED_GENERATE_FIELDS.items():
-        if body.get(name):
+        taken = name == "context" and backend.takes_context and not body.get("suffix")
+        if body.get(name) and not taken:
             raise BadRequest(f"invalid {name!r}: {why}", param=name)
+
+
+def check_context(context) -> None:
+    """Ollama's `context`: none, or an array of token ids (whether each is in the model's
+    vocabulary is for the backend that reads them)."""
+    if context is not None and not (isinstance(context, list) and all(
+            type(token_id) is int for token_id in context)):
+        raise BadRequest("invalid 'context': expected an array of token ids", param="context")
 
 
 async def _cut_to_context(backend: Backend, endpoint: str, body: dict) -> tuple[str, dict] | None:
@@ -630,7 +646,13 @@ def _reply_from_openai(answer: dict, model: str, started: int, message: bool) ->
         out["response"] = text
     _add_thinking(out, msg.get("reasoning_content"), message)
     _add_logprobs(out, choice)
-    return {**out, **done}
+    return {**out, **done, **_context_field(answer)}
+
+
+def _context_field(answer: dict) -> dict:
+    """The answer's Ollama `context` (the engine's, for a generate that is not raw) for the
+    final object, where Ollama sends it."""
+    return {"context": answer["context"]} if isinstance(answer.get("context"), list) else {}
 
 
 def _add_logprobs(out: dict, choice: dict) -> None:
@@ -649,12 +671,13 @@ def _add_thinking(out: dict, thinking, message: bool) -> None:
 async def _ndjson_from_chunks(chunks, model: str, started: int, message: bool) -> AsyncIterator[bytes]:
     """OpenAI chunks -> Ollama NDJSON; tool calls are gathered and sent whole, as Ollama does."""
     calls: dict[int, dict] = {}
-    finish, usage, timings = None, None, None
+    finish, usage, timings, context = None, None, None, {}
     try:
         async with closing(chunks) as source_iter:
             async for chunk in source_iter:
                 usage = chunk.get("usage") or usage
                 timings = chunk.get("timings") or timings
+                context = _context_field(chunk) or context
                 for choice in chunk.get("choices") or []:
                     finish = choice.get("finish_reason") or finish
                     text, thinking = _gather_delta(choice, calls)
@@ -668,7 +691,7 @@ async def _ndjson_from_chunks(chunks, model: str, started: int, message: bool) -
     final = _partial(model, "", message)
     if calls and message:
         final["message"]["tool_calls"] = ollama_tool_calls([calls[i] for i in sorted(calls)])
-    yield ndjson_line({**final, **ollama_final_fields(usage, timings, started, done_reason_of(finish))})
+    yield ndjson_line({**final, **ollama_final_fields(usage, timings, started, done_reason_of(finish)), **context})
 
 
 def _partial(model: str, text: str, message: bool, thinking: str = "") -> dict:

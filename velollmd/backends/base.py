@@ -58,6 +58,8 @@ class Backend:
                                 # apply_template, vocab_size (velollmd's /tokenize, /detokenize, /apply-template)
     pins_slots = False          # a request may name the slot (`id_slot`) that holds its prefix
     native_ollama = False       # speaks Ollama's own API: Ollama clients pass through (`native`)
+    takes_context = False       # a chat body's `context` (Ollama's token ids of earlier turns) is
+                                # rendered before its prompt, and the answer carries the next one
     loaded_models: frozenset[str] | None = None   # models held in memory now; None = unknown
     retired = False             # taken out by a reload: finishes its requests, takes no new one
     freshens = False            # `freshen()` has something to check (the engine: its files)

@@ -47,6 +47,7 @@ class EngineBackend(Backend):
     kind = "engine"
     serves_tokenizer = True
     supports_n = True
+    takes_context = True
     freshens = True
 
     def __init__(self, config: BackendConfig, scheduler_config: SchedulerConfig | None = None):
@@ -388,10 +389,12 @@ class EngineBackend(Backend):
         continues_thinking = prefill is not None and prefill.thinking
         thinks = params.think_end is not None or continues_thinking or (
             prefill is None and enable_thinking_of(request.body) is not False)
+        prompt_text = _chat_text(model, request.body) if chat and "context" in request.body else None
         return AnswerBuilder(response_id("chatcmpl" if chat else "cmpl"), request.model, chat=chat,
                              tokenizer=model.tokenizer, n=params.n,
                              think_tags=model.template.think_tags if chat and thinks else None,
-                             thinking_opened=params.think_end is not None or continues_thinking)
+                             thinking_opened=params.think_end is not None or continues_thinking,
+                             context_of=_answer_context(model, prompt_text))
 
     def _prompt_ids(self, model: LoadedModel, body: dict, *, chat: bool, extras_limit: int | None = None) -> list[int]:
         """`extras_limit`: the most tokens a fill in the middle with `input_extra` takes, its
@@ -529,17 +532,20 @@ class _Run:
 
 def _chat_text(model: LoadedModel, body: dict) -> str:
     """The prompt text of a chat body: the model's chat template rendered (with the generation
-    prompt unless `add_generation_prompt` is false)."""
+    prompt unless `add_generation_prompt` is false), after the text of its `context` (Ollama's
+    /api/generate joins an earlier answer's tokens and the new turn so: the tokens detokenized,
+    the turn rendered after them)."""
     if model.template is None:
         raise BadRequest(f"model {body['model']!r} has a chat template the engine does not know "
                          f"({model.template_error}); set chat_template in the engine's [[backends]] "
                          "entry, or use /v1/completions", param="messages", code="unknown_chat_template")
     try:
-        return chat_prompt(model.template, model.tokenizer, body["messages"], tools=body.get("tools") or None,
+        text = chat_prompt(model.template, model.tokenizer, body["messages"], tools=body.get("tools") or None,
                            add_generation_prompt=body.get("add_generation_prompt") is not False,
                            enable_thinking=enable_thinking_of(body))
     except ValueError as exc:
         raise BadRequest(f"cannot render the chat template: {exc}", param="messages") from None
+    return _context_text(model, body.get("context")) + text
 
 
 def _mixed_ids(tokenizer, content: str | list, add_special: bool, parse_special: bool) -> list[int]:
@@ -606,6 +612,27 @@ def fim_pieces_fitted(prefix_ids: list[int], suffix_ids: list[int], budget: int)
     suffix_take = min(len(suffix_ids), max(budget // 4, budget - len(prefix_ids)))
     prefix_take = min(len(prefix_ids), budget - suffix_take)
     return prefix_ids[len(prefix_ids) - prefix_take:], suffix_ids[:suffix_take]
+
+
+def _context_text(model: LoadedModel, context) -> str:
+    """An Ollama `context` as the text it stands for (control tokens written out, as Ollama's
+    Detokenize writes them); a 400 naming `context` for anything but the model's token ids."""
+    if context is None:
+        return ""
+    if not isinstance(context, list):
+        raise BadRequest("invalid 'context': expected an array of token ids", param="context")
+    try:
+        return model.tokenizer.decode(in_vocab(context, model.config.n_vocab, "context"))
+    except BadRequest as exc:               # (Ollama's clients read the message alone)
+        raise BadRequest(f"invalid 'context': {exc.message}", param="context") from None
+
+
+def _answer_context(model: LoadedModel, prompt_text: str | None):
+    """What an answer's `context` is made of, or None when the request asks for none: Ollama's
+    is the prompt it rendered and the answer's text, tokenized again (no BOS added)."""
+    if prompt_text is None:
+        return None
+    return lambda text: model.tokenizer.encode(prompt_text + text, add_special=False, parse_special=True)
 
 
 def _json_start(model: LoadedModel, body: dict, params: SamplingParams, prefill: Prefill | None) -> dict:

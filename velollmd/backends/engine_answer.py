@@ -19,6 +19,7 @@ length of its text, not that of the whole answer.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from json.encoder import encode_basestring
 
 from ..engine.runner import Event
@@ -33,8 +34,12 @@ class ChunkBytes(bytes):
 
 class AnswerBuilder:
     def __init__(self, request_id: str, model: str, *, chat: bool, tokenizer, n: int = 1,
-                 think_tags: tuple[str, str] | None = None, thinking_opened: bool = False):
+                 think_tags: tuple[str, str] | None = None, thinking_opened: bool = False,
+                 context_of: Callable[[str], list[int]] | None = None):
+        """`context_of`: the answer's Ollama `context` from its (first choice's) whole text, for
+        a request that asks for one; it is sent with the usage (a stream's last chunk)."""
         self.request_id, self.model, self.chat, self.tokenizer = request_id, model, chat, tokenizer
+        self.context_of = context_of
         self.think_tags = think_tags if chat else None
         self.thinking_opened = thinking_opened
         self.splits = [ThinkingSplit(think_tags, opened=thinking_opened) for _ in range(n)] if self.think_tags else []
@@ -73,7 +78,10 @@ class AnswerBuilder:
         choices = [self._choice(i) for i in range(len(self.texts))]
         return {"id": self.request_id, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": choices,
-                "usage": self.usage(), "timings": self.timings()}
+                "usage": self.usage(), "timings": self.timings(), **self._context()}
+
+    def _context(self) -> dict:
+        return {} if self.context_of is None else {"context": self.context_of(self.texts[0])}
 
     def _choice(self, index: int) -> dict:
         if self.chat:
@@ -167,7 +175,7 @@ class AnswerBuilder:
 
     def usage_chunk(self) -> dict:
         return {**chunk_head(self.request_id, self.model, self.created, chat=self.chat), "choices": [],
-                "usage": self.usage(), "timings": self.timings()}
+                "usage": self.usage(), "timings": self.timings(), **self._context()}
 
     def _chunk(self, index: int, delta, finish_reason: str | None = None) -> dict:
         choice = chunk_choice(delta, finish_reason, chat=self.chat)

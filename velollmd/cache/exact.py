@@ -30,6 +30,7 @@ class CachedResponse:
     system_fingerprint: str | None = None
     stop_word: str | None = None        # the stop string that ended it, where known (wire/stopword.py)
     tool_report: dict | None = None     # what the tool-call layer fixed: {"tool_repair": [...], "tool_loop": true}
+    context: tuple[int, ...] | None = None   # Ollama's `context` of an /api/generate answer (the engine's)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -42,6 +43,7 @@ class CachedResponse:
         data["chunk_sizes"] = tuple(data.get("chunk_sizes") or ())
         if not isinstance(data.get("tool_report"), dict):   # absent in entries written before it
             data["tool_report"] = None
+        data["context"] = tuple(data["context"]) if isinstance(data.get("context"), list) else None
         return cls(**data)
 
     def nbytes(self) -> int:

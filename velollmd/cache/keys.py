@@ -166,5 +166,9 @@ def partition_key(request: dict, *, endpoint: str, model_identity: str,
 
 
 def query_text(request: dict) -> str | None:
-    """The text the semantic tier compares: the last user turn (or the prompt)."""
+    """The text the semantic tier compares: the last user turn (or the prompt). None for a
+    request whose answer carries Ollama's `context` (its own prompt's token ids): another
+    prompt's answer, however alike, would carry the wrong ones (the exact tier keys on it)."""
+    if "context" in request:
+        return None
     return last_user_text(_messages(request))

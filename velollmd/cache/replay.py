@@ -53,8 +53,11 @@ def _with_stop_word(choice: dict, entry: CachedResponse) -> dict:
 
 
 def _with_usage(body: dict, entry: CachedResponse) -> dict:
+    """The answer's closing fields: its usage, and its Ollama `context` where it had one."""
     if entry.usage is not None:
         body["usage"] = dict(entry.usage)
+    if entry.context is not None:
+        body["context"] = list(entry.context)
     return body
 
 
@@ -110,7 +113,7 @@ def to_sse_chunks(entry: CachedResponse, request_id: str, *, created: int | None
     if include_usage:
         for chunk in chunks:
             chunk["usage"] = None
-        chunks.append({**head, "choices": [], "usage": dict(entry.usage or {})})
+        chunks.append(_with_usage({**head, "choices": [], "usage": {}}, entry))
     return chunks
 
 
@@ -129,7 +132,11 @@ def from_json_response(body: dict, tool_report: dict | None = None) -> CachedRes
         created=int(body.get("created") or 0),
         reasoning_content=message.get("reasoning_content") or "",
         system_fingerprint=body.get("system_fingerprint"), stop_word=stop_word_of(body, choices[0]),
-        tool_report=tool_report or None)
+        tool_report=tool_report or None, context=_context_of(body))
+
+
+def _context_of(body: dict) -> tuple[int, ...] | None:
+    return tuple(body["context"]) if isinstance(body.get("context"), list) else None
 
 
 class _StreamRecorder:
@@ -145,6 +152,7 @@ class _StreamRecorder:
         self.num_choices_seen: set[int] = set()
         self.stop_word: str | None = None
         self.tool_report: dict | None = None
+        self.context: tuple[int, ...] | None = None
 
     def feed(self, chunk: dict) -> None:
         self.model = chunk.get("model") or self.model
@@ -154,6 +162,7 @@ class _StreamRecorder:
         self.fingerprint = chunk.get("system_fingerprint") or self.fingerprint
         if chunk.get("usage"):
             self.usage = chunk["usage"]
+        self.context = _context_of(chunk) or self.context
         for choice in chunk.get("choices") or []:
             self.num_choices_seen.add(choice.get("index", 0))
             self._feed_delta(choice.get("delta") or {"content": choice.get("text")})
@@ -192,4 +201,4 @@ def from_stream_chunks(chunks) -> CachedResponse | None:
         finish_reason=rec.finish_reason, usage=rec.usage, created=int(rec.created),
         reasoning_content="".join(rec.reasoning),
         chunk_sizes=tuple(len(p) for p in rec.content), system_fingerprint=rec.fingerprint,
-        stop_word=rec.stop_word, tool_report=rec.tool_report)
+        stop_word=rec.stop_word, tool_report=rec.tool_report, context=rec.context)
