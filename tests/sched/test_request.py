@@ -27,6 +27,15 @@ def test_aging_gains_one_level_per_aging_s_down_to_zero():
         [(False, 3), (True, 2), (True, 1), (True, 0), (False, 0)]
 
 
+def test_aging_counts_the_wait_in_a_queue_before_this_one():
+    r = make("a", priority=5, arrival=100.0)
+    r.waited_s = 25.0                            # 25 s in the daemon's queue: two levels already
+    assert r.next_aging_at(10.0) == 85.0
+    assert [(r.age(100.0 + t, 10.0), r.effective_priority) for t in (0, 4.9, 5, 15)] == \
+        [(True, 3), (False, 3), (True, 2), (True, 1)]
+    assert r.next_aging_at(10.0) == 125.0
+
+
 def test_priority_out_of_range_is_rejected():
     with pytest.raises(ValueError):
         make("a", priority=10)

@@ -233,6 +233,19 @@ def test_a_preempted_request_that_had_waited_before_waits_queue_timeout_s_again(
     assert sched.schedule(6.0).timed_out == () and sched.schedule(6.01).timed_out == ("a",)
 
 
+def test_a_request_that_waited_in_a_queue_before_is_aged_by_that_wait_too():
+    """The engine's queue after the daemon's: a priority-9 request that waited 30 s there ranks
+    as 6 on arrival, ahead of a priority-7 request that just came (aging_s 10 s)."""
+    sched = scheduler(num_slots=1, aging_s=10.0)
+    waited = make("waited", 9, 1.0)
+    waited.waited_s = 30.0
+    add(sched, make("busy", 0, 0.0), make("fresh", 7, 0.5), waited)
+    sched.schedule(1.0)
+    assert sched.get_request("waited").effective_priority == 6
+    finish(sched, "busy", now=1.5)
+    assert started(sched.schedule(1.5)) == [("waited", 0)]
+
+
 def test_aging_is_applied_when_due_even_after_many_quiet_schedules():
     sched = scheduler(num_slots=1, aging_s=10.0)
     add(sched, make("busy", 0, 0.0), make("low", 9, 0.0))

@@ -6,9 +6,10 @@ POST /tokenize takes two dialects, told apart by their fields: llama-server's (`
 `messages` with `add_generation_prompt` and `tools`; `add_special_tokens`,
 `return_token_strs`) answers {"count", "max_model_len", "tokens"} (+ "token_strs"). A vLLM chat
 is tokenized as generating reads it (the chat template's text, then the tokenizer with its
-specials): the count a prompt budget needs. POST /detokenize: llama-server's {"tokens"} answers
-{"content"}, vLLM's (the same with `model`) {"prompt"}. POST /apply-template (llama-server's):
-the prompt text the model would see.
+specials): the count a prompt budget needs. POST /detokenize answers the text as both
+llama-server's "content" and vLLM's "prompt": their bodies are alike (llama-server's router mode
+sends `model` too), so one answer suits either client. POST /apply-template (llama-server's): the
+prompt text the model would see.
 
 `model` is optional, as on llama-server: without one, the one model served by a backend that
 can tokenize (several: a 400 asking for one).
@@ -63,7 +64,7 @@ class TokenizeRoutes:
             raise BadRequest("tokens must be an array of token ids", param="tokens")
         await _check_ids(backend, model, tokens, "tokens")
         text = await backend.detokenize(model, tokens)
-        return Response.json({"prompt": text} if "model" in body else {"content": text})
+        return Response.json({"content": text, "prompt": text})
 
     async def apply_template(self, request: Request) -> Response:
         body = request.json()

@@ -136,11 +136,14 @@ class SchedRequest:
         """When age() will next lower effective_priority (inf once it is 0)."""
         if self.effective_priority == 0:
             return math.inf
-        return self.queued_at + (self.priority - self.effective_priority + 1) * aging_s
+        return self.wait_began + (self.priority - self.effective_priority + 1) * aging_s
 
     def age(self, now: float, aging_s: float) -> bool:
-        """Lower effective_priority by one level per aging_s waited; True if it changed."""
-        levels = int((now - self.queued_at) // aging_s) if now > self.queued_at else 0
+        """Lower effective_priority by one level per aging_s waited, counting the wait in a queue
+        before this one (the daemon's, for the engine's queue: a request does not start aging
+        again from its priority when it moves on); True if it changed."""
+        began = self.wait_began
+        levels = int((now - began) // aging_s) if now > began else 0
         effective = max(0, self.priority - levels)
         changed = effective != self.effective_priority
         self.effective_priority = effective
