@@ -5,8 +5,8 @@ with `suffix` and `input_extra` for /infill) served by the same pipeline as /v1/
 and the answer is given back in llama-server's native shape (wire/llamacpp_native.py).
 
 The body: `prompt` (a text, token ids, or texts and token ids mixed: those are tokenized as
-llama-server does, on a backend that serves its tokenizer), `n_predict` (-1: no limit; 0: the
-prompt is read, nothing answered), `temperature` (under 0: greedy, llama.cpp's meaning),
+llama-server does, on a backend that serves its tokenizer), `n_predict` (-1: no limit; 0 is
+one token, as llama-server answers it), `temperature` (under 0: greedy, llama.cpp's meaning),
 `top_k`, `top_p`, `min_p`, `seed` (-1: random), `stop`, `stream`, `n_probs`, `logit_bias`
 (llama-server's [[token, bias], ...] or an object), `n_indent`, `response_fields`. /infill adds
 `input_prefix`, `input_suffix`, `input_extra` and `prompt`, text that goes after the prefix.
@@ -162,8 +162,8 @@ def native_shape(body: dict, model: str) -> NativeShape:
     settings = {name: body[name] for name in SETTINGS if name in body}
     settings.update(n_predict=n_predict, n_probs=n_probs, stop=stops, stream=bool(body.get("stream")),
                     n_indent=n_indent)
-    return NativeShape(model, settings, stops if isinstance(stops, list) else [], keep_text=n_predict != 0,
-                       n_indent=n_indent, response_fields=fields)
+    return NativeShape(model, settings, stops if isinstance(stops, list) else [], n_indent=n_indent,
+                       response_fields=fields)
 
 
 def sampling_fields(body: dict) -> dict:
@@ -171,7 +171,7 @@ def sampling_fields(body: dict) -> dict:
     out = {}
     n_predict = n_predict_of(body)
     if n_predict >= 0:
-        out["max_tokens"] = max(n_predict, 1)    # 0: one token read and dropped (the prompt warms the cache)
+        out["max_tokens"] = max(n_predict, 1)    # 0: one token, as llama-server answers it
     if body.get("n_probs"):
         out["logprobs"] = body["n_probs"]
     if body.get("seed") is not None and body["seed"] != -1:

@@ -26,7 +26,6 @@ class NativeShape:
     model: str
     settings: dict                       # generation_settings: what the request set
     stops: list[str] = field(default_factory=list)
-    keep_text: bool = True               # n_predict 0: the prompt read, no text answered
     n_indent: int = 0                    # llama-server's minimum indentation of each new line
     response_fields: list[str] = field(default_factory=list)
 
@@ -34,11 +33,11 @@ class NativeShape:
 def native_answer(answer: dict, shape: NativeShape) -> dict:
     """A whole OpenAI text_completion as llama-server's /completion answer."""
     choice = (answer.get("choices") or [{}])[0]
-    text = (choice.get("text") or "") if shape.keep_text else ""
+    text = choice.get("text") or ""
     native = _final(text, choice.get("finish_reason"), stop_word_of(answer, choice), answer.get("usage"),
                     answer.get("timings"), shape)
     probabilities = native_probabilities(choice.get("logprobs"))
-    if probabilities is not None and shape.keep_text:
+    if probabilities is not None:
         native["completion_probabilities"] = probabilities
     return picked_fields(native, shape.response_fields)
 
@@ -54,7 +53,7 @@ async def native_chunks(chunks: AsyncIterator[dict], shape: NativeShape) -> Asyn
                 finish = choice.get("finish_reason") or finish
                 stop_word = stop_word_of(chunk, choice) or stop_word
                 piece = choice.get("text") or ""
-                if piece and shape.keep_text:
+                if piece:
                     text.append(piece)
                     yield {"index": 0, "content": piece, "stop": False}
     final = _final("".join(text), finish, stop_word, usage, timings, shape)
@@ -67,7 +66,7 @@ def _final(text: str, finish: str | None, stop_word: str | None, usage: dict | N
     stop_type = "limit" if cut else stop_type_of(finish, stop_word, shape.stops)
     usage = usage or {}
     prompt = int(usage.get("prompt_tokens") or 0)
-    predicted = int(usage.get("completion_tokens") or 0) if shape.keep_text else 0
+    predicted = int(usage.get("completion_tokens") or 0)
     cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
     return {"index": 0, "content": text, "tokens": [], "stop": True, "model": shape.model,
             "tokens_predicted": predicted, "tokens_evaluated": prompt, "tokens_cached": prompt + predicted,
