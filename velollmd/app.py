@@ -15,6 +15,7 @@ from .api.anthropic import AnthropicRoutes, anthropic_error, wants_anthropic_err
 from .api.cors import Cors
 from .api.dashboard import DashboardRoutes
 from .api.key_snapshots import KeySnapshots
+from .api.llamacpp import LlamaCppRoutes
 from .api.ollama import OllamaRoutes, ollama_error
 from .api.openai import OpenAIRoutes
 from .api.response_store import ResponseStore, StoreSnapshots
@@ -68,6 +69,7 @@ class App:
         ResponsesRoutes(self.access, self.pipeline, self.response_snapshots,
                         sse_ping_s=config.server.sse_ping_s).register(router)
         TokenizeRoutes(self.access, self.registry, self.pipeline).register(router)
+        LlamaCppRoutes(self.access, self.registry, self.pipeline, sse_ping_s=config.server.sse_ping_s).register(router)
         return router
 
     async def reload(self, config: Config) -> dict:

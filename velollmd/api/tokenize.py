@@ -81,25 +81,41 @@ class TokenizeRoutes:
             raise BadRequest("model must be a non-empty string", param="model")
         key_name = self.access.admit(request, asked, defer=True)
         await self.pipeline.admit(key_name)
-        candidates = self.registry.candidates(asked)          # 400 bad name, 404 unknown, 503 none healthy
-        model = self.registry.resolve(asked)
-        for backend in candidates:
-            if backend.serves_tokenizer:
-                return backend, model
-        raise candidates[0].tokenizer_unavailable(model)
+        return tokenizer_for(self.registry, asked)
 
     def _only_model(self, request: Request) -> str:
         """The model a request without one means: the one a tokenizing backend serves."""
-        tokenizing = {b.name for b in self.registry.backends if b.serves_tokenizer}
-        names = list(dict.fromkeys(self.registry.resolve(m.id) for m in self.access.visible_models(
-            request, self.registry.catalogue()) if m.backend in tokenizing))
-        if len(names) == 1:
-            return names[0]
-        if not names:
-            raise NotImplementedByBackend("no model here exposes its tokenizer (that needs a llama.cpp or engine "
-                                          "backend)", param="model", code="tokenizer_unavailable")
-        shown = ", ".join(names[:MAX_NAMES_SHOWN]) + (", ..." if len(names) > MAX_NAMES_SHOWN else "")
-        raise BadRequest(f"model is required: {len(names)} models can tokenize here ({shown})", param="model")
+        return only_model(self.access, self.registry, request, tokenizing=True)
+
+
+def tokenizer_for(registry: Registry, asked: str) -> tuple[Backend, str]:
+    """The backend whose tokenizer answers for the model `asked`, and the served model (aliases
+    resolved); 400 bad name, 404 unknown, 503 none healthy, 501 no tokenizer served."""
+    candidates = registry.candidates(asked)
+    model = registry.resolve(asked)
+    for backend in candidates:
+        if backend.serves_tokenizer:
+            return backend, model
+    raise candidates[0].tokenizer_unavailable(model)
+
+
+def only_model(access: Access, registry: Registry, request: Request, *, tokenizing: bool = False) -> str:
+    """The model a request without `model` means, as llama-server's routes take none: the one
+    model the caller may use (`tokenizing`: among those whose backend serves its tokenizer);
+    several are a 400 asking for one."""
+    backends = {b.name for b in registry.backends if b.serves_tokenizer or not tokenizing}
+    names = list(dict.fromkeys(registry.resolve(m.id) for m in access.visible_models(
+        request, registry.catalogue()) if m.backend in backends))
+    if len(names) == 1:
+        return names[0]
+    if not names and tokenizing:
+        raise NotImplementedByBackend("no model here exposes its tokenizer (that needs a llama.cpp or engine "
+                                      "backend)", param="model", code="tokenizer_unavailable")
+    if not names:
+        raise BadRequest("model is required: no model is served here", param="model")
+    shown = ", ".join(names[:MAX_NAMES_SHOWN]) + (", ..." if len(names) > MAX_NAMES_SHOWN else "")
+    what = "can tokenize" if tokenizing else "are served"
+    raise BadRequest(f"model is required: {len(names)} models {what} here ({shown})", param="model")
 
 
 async def _vllm_tokens(backend: Backend, model: str, body: dict) -> dict:
