@@ -150,8 +150,9 @@ def test_echo_numbers_its_prompts_as_openai_numbers_the_choices(client):
 
 @pytest.mark.parametrize("kwargs", [{"logprobs": 1}, {"prompt": [5, 6, 7]}])
 def test_echo_it_cannot_honour_is_a_400_naming_echo(client, kwargs):
+    """llama-server computes no prompt logprobs (the engine does: tests/api/test_echo_logprobs.py)."""
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(**{"model": ENGINE, "prompt": "the sun", "max_tokens": 2, "echo": True, **kwargs})
+        client.completions.create(**{"model": LLAMA, "prompt": "the sun", "max_tokens": 2, "echo": True, **kwargs})
     assert info.value.body["param"] == "echo"
 
 

@@ -110,16 +110,20 @@ class OpenAIRoutes:
 
 
 def echoed_prompts(body: dict) -> list[str] | None:
-    """`echo`: the prompt texts the choices start with (None: no echo), taken out of the body:
-    the daemon echoes them itself, as no backend does (llama-server and Ollama ignore it)."""
-    if not body.pop("echo", False):
+    """`echo`: the prompt texts the choices start with (None: no echo here), taken out of the
+    body: the daemon echoes a text prompt itself, as no backend does (llama-server and Ollama
+    ignore it). An echo the daemon cannot make alone stays in the body for the backend, which
+    makes it or refuses it with a 400 naming `echo` (backends/base.refuse_unhonoured): with
+    logprobs (the prompt's own, lm-evaluation-harness's loglikelihoods), of token ids, or of
+    the prompt alone (max_tokens 0)."""
+    if not body.get("echo", False):
+        body.pop("echo", None)
         return None
-    if body.get("logprobs") is not None:
-        raise BadRequest("echo with logprobs is not supported: the prompt's own logprobs are not computed",
-                         param="echo")
     prompts = [body["prompt"]] if isinstance(body["prompt"], str) else body["prompt"]
-    if not all(isinstance(p, str) for p in prompts):
-        raise BadRequest("echo needs a text prompt: token ids are not echoed", param="echo")
+    if body.get("logprobs") is not None or body.get("max_tokens") == 0 or \
+            not all(isinstance(p, str) for p in prompts):
+        return None
+    del body["echo"]
     return prompts
 
 

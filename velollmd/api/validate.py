@@ -276,6 +276,8 @@ def _check_sampling_extras(body: dict) -> None:
         _check_type(body, name, bool, "a boolean")
     _check_type(body, "min_tokens", int, "an integer")
     _check_range(body, "min_tokens", 0, 1 << 30)
+    _check_type(body, "prompt_logprobs", int, "an integer")
+    _check_range(body, "prompt_logprobs", 0, 20)
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_tokens and (body.get("min_tokens") or 0) > max_tokens:
         _fail("min_tokens", f"must be at most max_tokens ({max_tokens}), got {body['min_tokens']}")
@@ -390,6 +392,8 @@ def validate_chat(body: dict, ranges: dict | None = None) -> dict:
 
 def validate_completion(body: dict, ranges: dict | None = None) -> dict:
     _check_model(body)
+    if body.get("echo") is True and body.get("max_tokens") == 0:    # the prompt alone (vLLM's, legacy OpenAI's)
+        ranges = {**(ranges or {}), "max_tokens": (0, 1 << 30)}
     prompt = body.get("prompt")
     if not isinstance(prompt, (str, list)):
         _fail("prompt", "a string or an array of strings is required")

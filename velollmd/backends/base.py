@@ -368,7 +368,13 @@ def _glob_matches(model: str, patterns) -> bool:
 
 def refuse_unhonoured(body: dict, honoured: frozenset[str], server: str) -> None:
     """A 400 naming the first vLLM field (wire/vllm.py) of `body` that asks for something the
-    `server` cannot honour: never an answer that ignored a constraint the client asked for."""
+    `server` cannot honour: never an answer that ignored a constraint the client asked for.
+    `echo` left in a completion's body (what the daemon cannot echo alone: logprobs over the
+    prompt, a token-id prompt, the prompt with max_tokens 0) is honoured where "echo" is."""
+    if body.get("echo") and "echo" not in honoured:
+        raise BadRequest(f"{server} does not compute a prompt's own logprobs: echo with logprobs, a token-id "
+                         "prompt echoed and max_tokens 0 are served by the in-process engine only",
+                         param="echo", code="unsupported_value")
     for name, param in asked_vllm_fields(body):
         if name not in honoured:
             raise BadRequest(f"{server} does not support {param!r} (vLLM's); see the README's table of "

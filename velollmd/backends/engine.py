@@ -38,6 +38,7 @@ from ..wire.streams import closing
 from ..wire.vllm import SAMPLING_EXTRAS
 from .base import Backend, ModelInfo, in_vocab, refuse_insert, refuse_unhonoured
 from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer
+from .engine_echo import echo_of, generating_body, prompt_logprobs_asked
 from .engine_mailbox import Inbox, Item, Mailbox, Prepare, deliverer
 from .model_names import latest_twin
 
@@ -50,7 +51,7 @@ class EngineBackend(Backend):
     supports_n = True
     takes_context = True
     freshens = True
-    vllm_fields = frozenset({"choice", *SAMPLING_EXTRAS})   # guided_choice by constrained sampling
+    vllm_fields = frozenset({"choice", "prompt_logprobs", "echo", *SAMPLING_EXTRAS})   # guided_choice: constrained sampling
 
     def __init__(self, config: BackendConfig, scheduler_config: SchedulerConfig | None = None):
         super().__init__(config)
@@ -325,7 +326,7 @@ class EngineBackend(Backend):
 
     async def _answer(self, request: GenerateRequest, *, chat: bool) -> dict:
         model, prompt_ids, params, prefill = await self._prepare(request, chat=chat)
-        builder = self._builder(request, model, params, prefill, chat=chat)
+        builder = self._builder(request, model, params, prefill, prompt_ids, chat=chat)
         async with self._running(model, request, prompt_ids, params) as batches:
             async for events in batches:
                 for index, event, _ in events:
@@ -347,7 +348,7 @@ class EngineBackend(Backend):
         then, so that tokens ready together go through the relay and the socket as one. The
         token chunks come made and encoded from the engine's thread (AnswerBuilder.frames)."""
         model, prompt_ids, params, prefill = await self._prepare(request, chat=chat)
-        builder = self._builder(request, model, params, prefill, chat=chat)
+        builder = self._builder(request, model, params, prefill, prompt_ids, chat=chat)
         first = builder.first_chunks()
         async with self._running(model, request, prompt_ids, params, prepare=builder.frames) as batches:
             if first:
@@ -367,8 +368,9 @@ class EngineBackend(Backend):
             self.keep_model(request.model, None)   # default when it says none (not an earlier keep_alive 0)
         model = await self.model(request.model)
         try:
-            params = SamplingParams.from_request(body, eos_token_ids=tuple(model.tokenizer.eog_ids),
+            params = SamplingParams.from_request(generating_body(body), eos_token_ids=tuple(model.tokenizer.eog_ids),
                                                  vocab_size=model.config.n_vocab)
+            params = dataclasses.replace(params, prompt_logprobs=prompt_logprobs_asked(body, chat=chat))
         except SamplingParamError as exc:
             raise BadRequest(str(exc), param=exc.param) from None
         num_ctx = model.runner.context_of(params)
@@ -384,7 +386,7 @@ class EngineBackend(Backend):
         return model, prompt_ids, params, prefill
 
     def _builder(self, request: GenerateRequest, model: LoadedModel, params: SamplingParams,
-                 prefill: Prefill | None, *, chat: bool) -> AnswerBuilder:
+                 prefill: Prefill | None, prompt_ids: list[int], *, chat: bool) -> AnswerBuilder:
         """The request's answer; a thinking model's thinking goes to reasoning_content, as
         llama-server and Ollama answer it (in JSON mode: all that comes before the object). A
         prefill that left its thinking open is continued as thinking; one past it (closed, or
@@ -397,7 +399,9 @@ class EngineBackend(Backend):
                              tokenizer=model.tokenizer, n=params.n,
                              think_tags=model.template.think_tags if chat and thinks else None,
                              thinking_opened=params.think_end is not None or continues_thinking,
-                             context_of=_answer_context(model, prompt_text))
+                             context_of=_answer_context(model, prompt_text),
+                             echo=None if chat else echo_of(request.body, prompt_ids, model.tokenizer),
+                             prompt_logprobs_field=request.body.get("prompt_logprobs") is not None)
 
     def _prompt_ids(self, model: LoadedModel, body: dict, *, chat: bool, extras_limit: int | None = None) -> list[int]:
         """`extras_limit`: the most tokens a fill in the middle with `input_extra` takes, its

@@ -25,6 +25,7 @@ from json.encoder import encode_basestring
 from ..engine.runner import Event
 from ..wire import wirejson
 from ..wire.chunks import chunk_choice, chunk_head, completion_logprobs
+from .engine_echo import Echo, vllm_prompt_logprobs
 
 
 class ChunkBytes(bytes):
@@ -35,9 +36,16 @@ class ChunkBytes(bytes):
 class AnswerBuilder:
     def __init__(self, request_id: str, model: str, *, chat: bool, tokenizer, n: int = 1,
                  think_tags: tuple[str, str] | None = None, thinking_opened: bool = False,
-                 context_of: Callable[[str], list[int]] | None = None):
+                 context_of: Callable[[str], list[int]] | None = None, echo: Echo | None = None,
+                 prompt_logprobs_field: bool = False):
         """`context_of`: the answer's Ollama `context` from its (first choice's) whole text, for
-        a request that asks for one; it is sent with the usage (a stream's last chunk)."""
+        a request that asks for one; it is sent with the usage (a stream's last chunk). `echo`:
+        a completion's choices start with the prompt (engine_echo.py); `prompt_logprobs_field`:
+        they carry vLLM's prompt_logprobs."""
+        self.echo, self.prompt_logprobs_field = echo, prompt_logprobs_field
+        self.prompt_logprobs: tuple | None = None       # from the first event that has them
+        self._echoed: set[int] = set()                   # a stream's choices that sent the prompt
+        self._prompt_text_length: int | None = None
         self.request_id, self.model, self.chat, self.tokenizer = request_id, model, chat, tokenizer
         self.context_of = context_of
         self.think_tags = think_tags if chat else None
@@ -61,6 +69,8 @@ class AnswerBuilder:
     # ---- gathering ----
 
     def add(self, index: int, event: Event) -> None:
+        if self.prompt_logprobs is None:
+            self.prompt_logprobs = event.prompt_logprobs
         self.texts[index] += event.text
         self.logprobs[index] += event.logprobs
         if event.stop_string is not None:
@@ -90,7 +100,38 @@ class AnswerBuilder:
             body = {"text": self.texts[index]}
         choice = {"index": index, **body, "logprobs": self._logprobs(self.logprobs[index]),
                   "finish_reason": self.finish[index] or "stop"}
+        if self.echo is not None:
+            self._echo_choice(index, choice)
+        if self.prompt_logprobs_field:
+            choice["prompt_logprobs"] = vllm_prompt_logprobs(self.prompt_logprobs or (), self._text)
         return self._with_stop_string(index, choice)
+
+    def _echo_choice(self, index: int, choice: dict) -> None:
+        """A completion choice after its prompt: the text, and the logprobs from the prompt's."""
+        generated = [] if self.echo.prompt_only else self.logprobs[index]
+        choice["text"] = self.echo.text + ("" if self.echo.prompt_only else self.texts[index])
+        if self.echo.with_logprobs:
+            choice["logprobs"] = self._echo_logprobs(self._prompt_entries(), generated, 0)
+        if self.echo.prompt_only:
+            choice["finish_reason"] = "length"
+
+    def _prompt_entries(self) -> list[dict]:
+        """The prompt's tokens as logprob entries (the first one's logprob null)."""
+        return [{"token": self._text(r.token_id), "logprob": r.logprob,
+                 "top_logprobs": [self._token_logprob(t, lp) for t, lp in r.top_logprobs]}
+                if r is not None else {"token": self._text(token_id), "logprob": None, "top_logprobs": None}
+                for r, token_id in zip(self.prompt_logprobs or (), self.echo.token_ids)]
+
+    def _echo_logprobs(self, prompt_entries: list[dict], generated: list, offset: int) -> dict:
+        """A completion's logprobs over the prompt's entries then the generated tokens', as
+        vLLM writes them: a token without logprob has null top_logprobs too."""
+        content = prompt_entries + [self._token_logprob(r.token_id, r.logprob,
+                                                        [self._token_logprob(t, lp) for t, lp in r.top_logprobs])
+                                    for r in generated]
+        logprobs = completion_logprobs(content, offset)
+        logprobs["top_logprobs"] = [top if entry["logprob"] is not None else None
+                                    for top, entry in zip(logprobs["top_logprobs"], content)]
+        return logprobs
 
     def _message(self, text: str) -> dict:
         if self.think_tags is None:
@@ -109,6 +150,8 @@ class AnswerBuilder:
         num_logprobs = len(self.logprobs[index])
         self.add(index, event)
         logprobs = self.logprobs[index][num_logprobs:]      # the event's, less a stop string's
+        if self.echo is not None:
+            return self._echo_chunks(index, event, logprobs)
         chunks = []
         delta = self._delta(index, event) if self.chat else event.text     # empty: no new text
         if delta or logprobs:
@@ -121,6 +164,34 @@ class AnswerBuilder:
             self._with_stop_string(index, chunk["choices"][0])
             chunks.append(chunk)
         return chunks
+
+    def _echo_chunks(self, index: int, event: Event, logprobs: list) -> list[dict]:
+        """A stream's chunks with the prompt echoed: its text (and its tokens' logprobs) before
+        the first generated text, as vLLM streams it; the prompt alone ends with "length"."""
+        prompt_only, first = self.echo.prompt_only, index not in self._echoed
+        self._echoed.add(index)
+        text, generated = ("", []) if prompt_only else (event.text, logprobs)
+        prompt_entries = self._prompt_entries() if first and self.echo.with_logprobs else []
+        chunks = []
+        if first or text or generated:
+            chunk = self._chunk(index, (self.echo.text if first else "") + text)
+            if self.echo.with_logprobs:
+                offset = 0 if first else self._prompt_length() + len(self.texts[index]) - len(event.text)
+                chunk["choices"][0]["logprobs"] = self._echo_logprobs(prompt_entries, generated, offset)
+            chunks.append(chunk)
+        if event.finish_reason is not None:
+            reason = "length" if prompt_only else event.finish_reason
+            chunk = self._chunk(index, "", reason)
+            if not prompt_only:
+                self._with_stop_string(index, chunk["choices"][0])
+            chunks.append(chunk)
+        return chunks
+
+    def _prompt_length(self) -> int:
+        """Where the generated tokens' text_offset starts: after the prompt tokens' texts."""
+        if self._prompt_text_length is None:
+            self._prompt_text_length = sum(len(self._text(token_id)) for token_id in self.echo.token_ids)
+        return self._prompt_text_length
 
     def _delta(self, index: int, event: Event) -> dict:
         """A chat chunk's delta for the event's text (add() has appended it): its content, or,
@@ -185,7 +256,7 @@ class AnswerBuilder:
     # ---- accounting ----
 
     def usage(self) -> dict:
-        completion = sum(self.num_output)
+        completion = 0 if self.echo is not None and self.echo.prompt_only else sum(self.num_output)
         return {"prompt_tokens": self.num_prompt, "completion_tokens": completion,
                 "total_tokens": self.num_prompt + completion,
                 "prompt_tokens_details": {"cached_tokens": self.num_cached}}

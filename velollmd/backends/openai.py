@@ -108,7 +108,7 @@ class OpenAIBackend(Backend):
         return await self.post_json("/v1/embeddings", {k: v for k, v in body.items() if k not in OLLAMA_CONTEXT_FIELDS})
 
 
-ALL_VLLM_FIELDS = frozenset((*CONSTRAINT_KINDS, *SAMPLING_EXTRAS))
+ALL_VLLM_FIELDS = frozenset((*CONSTRAINT_KINDS, *SAMPLING_EXTRAS, "prompt_logprobs"))
 OLLAMA_CONTEXT_FIELDS = frozenset({"truncate", "num_ctx", "num_keep"})    # the Ollama API's, read by the engine
 
 

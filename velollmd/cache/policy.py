@@ -2,7 +2,7 @@
 
 Read side: `Cache-Control: no-cache` / `no-store` and `x-velollm-cache: bypass` skip the
 lookup; so do requests whose answer is not reproducible (n > 1, logprobs, a completion's
-`logprobs: 0` too, sampling with temperature > 0 and no seed unless cache_sampled).
+`logprobs: 0` too, vLLM's prompt_logprobs, sampling with temperature > 0 and no seed unless cache_sampled).
 Write side: only complete, successful single-choice responses of such requests are stored;
 `no-cache` still stores the fresh answer (it only forbids serving a stored one), `no-store`
 and `bypass` do not.
@@ -48,8 +48,8 @@ def reproducible(request: dict, *, defaults: dict | None = None,
                  cache_sampled: bool = False) -> bool:
     """Whether the same request would give the same single answer again."""
     params = normalize_params(request, defaults)
-    if params.get("n", 1) != 1 or wants_logprobs(params):     # the cache keeps no logprobs
-        return False
+    if params.get("n", 1) != 1 or wants_logprobs(params) or params.get("prompt_logprobs") is not None:
+        return False                                            # the cache keeps no logprobs
     temperature = params.get("temperature", 1.0)    # OpenAI's default when none is known
     sampled = isinstance(temperature, (int, float)) and temperature > 0
     return cache_sampled or not sampled or params.get("seed") is not None

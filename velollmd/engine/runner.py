@@ -32,6 +32,15 @@ counts only as far as the cached blocks really hold this prompt's tokens, and a 
 to a new sequence forgets what it held, so a stale slot of another prefix never passes for a
 hit (however equal its token).
 
+Prompt logprobs (SamplingParams.prompt_logprobs: vLLM's field, and a completion's echo with
+logprobs): every prompt chunk's rows get logits too, each reduced at once to the next prompt
+token's logprob, rank and top alternatives (sampling.prompt_logprobs_of), and the whole list
+goes with the sequence's first event. Such a sequence computes its whole prompt: positions
+found in the prefix cache have K/V but no logits, so its cached prefix is recomputed (the
+same tokens at the same places: its blocks stay shared, the pool is not asked twice) and its
+cached_tokens is 0. A preempted sequence that recomputes after its prompt logprobs were sent
+takes its prefix from the cache again.
+
 A sequence's last sampled token is never appended when it finishes: its KV would never be
 computed, and a block registered with it would be a wrong prefix-cache hit.
 """
@@ -52,7 +61,7 @@ from .detokenize import TextStream
 from .json_constraint import JsonVocab
 from .kvcache import PagedKVCache, SlotTokens
 from .model import Batch, Model
-from .sampling import Sampler, SampleResult, SamplingParams, sample_batch
+from .sampling import Sampler, SampleResult, SamplingParams, prompt_logprobs_of, sample_batch
 
 log = logging.getLogger("velollmd.engine")
 
@@ -70,6 +79,9 @@ class Event:
     num_cached_tokens: int = 0
     num_output_tokens: int = 0
     stop_string: str | None = None              # the stop string that ended it (finish_reason "stop")
+    # the prompt's own logprobs, on a sequence's first event when asked: one a prompt token,
+    # None for the first (no distribution before it)
+    prompt_logprobs: tuple[SampleResult | None, ...] | None = None
 
 
 @dataclass
@@ -86,6 +98,13 @@ class EngineSeq:
     num_ctx: int = 0                # its context (the model's, or the request's num_ctx)
     tokens: list[int] = field(default_factory=list)    # output emitted so far
     ended_on_eog: bool = False      # an end-of-generation token ended it (no text, not in tokens)
+    prompt_logprobs: list[SampleResult | None] | None = None   # as its prompt's rows are computed
+    prompt_logprobs_sent: bool = False
+
+    @property
+    def wants_prompt_rows(self) -> bool:
+        """Whether its prompt's rows need logits: prompt logprobs asked and not sent yet."""
+        return self.params.prompt_logprobs is not None and not self.prompt_logprobs_sent
 
     @property
     def request_id(self) -> str:
@@ -308,7 +327,7 @@ class Runner:
         tokens = seq.request.all_token_ids
         table = self.scheduler.pool.block_table(seq.request_id)
         self.slot_tokens.forget(table[num_cached // self.block_size:])   # fresh from the pool
-        verified = self.slot_tokens.verified_prefix(table, tokens, num_cached)
+        verified = 0 if seq.wants_prompt_rows else self.slot_tokens.verified_prefix(table, tokens, num_cached)
         seq.num_computed = verified
         if seq.request.num_preemptions == 0 or not seq.tokens:
             seq.num_cached_tokens = verified
@@ -347,6 +366,7 @@ class Runner:
             tables.append(self.scheduler.pool.block_table(seq.request_id))
             computed.append(start)
             lens.append(end - start)
+            logit_rows.extend(row + position - start for position in _prompt_positions(seq, start, end))
             row += end - start
             if end == seq.request.num_tokens:
                 logit_rows.append(row - 1)
@@ -365,6 +385,10 @@ class Runner:
         choices, rows = [], []
         row = 0
         for seq, start, end in plan:
+            prompt_positions = _prompt_positions(seq, start, end)
+            if prompt_positions:
+                _keep_prompt_logprobs(seq, prompt_positions, logits[row:row + len(prompt_positions)])
+                row += len(prompt_positions)
             seq.num_computed = end
             if end != seq.request.num_tokens:
                 continue                            # a chunk in the middle of the prompt
@@ -405,6 +429,7 @@ class Runner:
         children = children[:len(started)]
         for child in children:
             child.num_computed, child.num_cached_tokens = parent.num_computed, parent.num_cached_tokens
+            child.prompt_logprobs = parent.prompt_logprobs
         return children
 
     def _after_growth(self, new_tokens: dict[str, list[int]]) -> None:
@@ -436,14 +461,15 @@ class Runner:
             return self._finish(seq, "length", (token_id,), text + seq.text.finish(), logprobs)
         self._outbox.append((seq.on_event, Event(
             seq.request_id, text, (token_id,), logprobs, num_prompt_tokens=len(seq.request.prompt_token_ids),
-            num_cached_tokens=seq.num_cached_tokens, num_output_tokens=seq.num_output_tokens)))
+            num_cached_tokens=seq.num_cached_tokens, num_output_tokens=seq.num_output_tokens,
+            prompt_logprobs=_take_prompt_logprobs(seq))))
         return None
 
     def _finish(self, seq: EngineSeq, reason: str, token_ids: tuple[int, ...], text: str = "",
                 logprobs: tuple = ()) -> str:
         if reason == "stop" and not seq.text.stopped:
             text += seq.text.finish()
-        self._send_end(seq, reason, text, token_ids, logprobs)
+        self._send_end(seq, reason, text, token_ids, logprobs, prompt_logprobs=_take_prompt_logprobs(seq))
         return reason
 
     def _end(self, seq: EngineSeq, reason: str, error: Exception | None = None) -> None:
@@ -452,12 +478,13 @@ class Runner:
         self._send_end(seq, reason, "", (), (), error)
 
     def _send_end(self, seq: EngineSeq, reason: str, text: str, token_ids: tuple[int, ...],
-                  logprobs: tuple, error: Exception | None = None) -> None:
+                  logprobs: tuple, error: Exception | None = None, *,
+                  prompt_logprobs: tuple | None = None) -> None:
         self._outbox.append((seq.on_event, Event(
             seq.request_id, text, token_ids, logprobs, reason, error,
             num_prompt_tokens=len(seq.request.prompt_token_ids),
             num_cached_tokens=seq.num_cached_tokens, num_output_tokens=seq.num_output_tokens,
-            stop_string=seq.text.stop_string)))
+            stop_string=seq.text.stop_string, prompt_logprobs=prompt_logprobs)))
 
     def _send_events(self) -> None:
         """The events queued under the lock, to their consumers in order (the worker's thread,
@@ -499,6 +526,34 @@ def _text_stream(params: SamplingParams) -> TextStream:
     """A sequence's text with its stop strings (none before min_tokens; the stop string kept with
     include_stop_str_in_output)."""
     return TextStream(params.stop, min_tokens=params.min_tokens, include_stop=params.include_stop_str)
+
+
+def _prompt_positions(seq: EngineSeq, start: int, end: int) -> range:
+    """The positions of the chunk [start, end) whose logits give a prompt token its logprob
+    (each the next token's): none unless the sequence wants its prompt's rows; never the
+    prompt's last position, whose row is the one sampled."""
+    if not seq.wants_prompt_rows:
+        return range(0)
+    return range(start, min(end, len(seq.request.prompt_token_ids) - 1))
+
+
+def _keep_prompt_logprobs(seq: EngineSeq, positions: range, logits: np.ndarray) -> None:
+    """The rows of `positions` (logits: (len(positions), n_vocab)) reduced into the sequence's
+    prompt logprobs; a recomputed position (after a preemption) is written again, equal."""
+    prompt = seq.request.prompt_token_ids
+    if seq.prompt_logprobs is None:
+        seq.prompt_logprobs = [None] * len(prompt)
+    next_ids = [prompt[position + 1] for position in positions]
+    for position, result in zip(positions, prompt_logprobs_of(logits, next_ids, seq.params.prompt_logprobs)):
+        seq.prompt_logprobs[position + 1] = result
+
+
+def _take_prompt_logprobs(seq: EngineSeq) -> tuple[SampleResult | None, ...] | None:
+    """The prompt logprobs for the sequence's first event (None after it, or when not asked)."""
+    if not seq.wants_prompt_rows:
+        return None
+    seq.prompt_logprobs_sent = True
+    return tuple(seq.prompt_logprobs or (None,) * len(seq.request.prompt_token_ids))
 
 
 def _token_slice(request: SchedRequest, start: int, end: int) -> Sequence[int]:

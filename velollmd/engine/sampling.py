@@ -90,6 +90,7 @@ class SamplingParams:
     choices: tuple[str, ...] = ()      # vLLM's guided_choice: the output is exactly one of these texts
     min_tokens: int = 0                # vLLM's: no stop token or stop string ends the output before this many
     include_stop_str: bool = False     # vLLM's include_stop_str_in_output: the stop string ends the text
+    prompt_logprobs: int | None = None  # the prompt's own logprobs with this many alternatives (None: not asked)
 
     def __post_init__(self) -> None:
         _check_params(self)
@@ -148,6 +149,8 @@ def _check_params(p: SamplingParams) -> None:
     _require(p, "top_logprobs", 0 <= p.top_logprobs <= MAX_TOP_LOGPROBS,
              f"must be between 0 and {MAX_TOP_LOGPROBS}")
     _require(p, "top_logprobs", p.logprobs or p.top_logprobs == 0, "needs 'logprobs' to be true")
+    _require(p, "prompt_logprobs", p.prompt_logprobs is None or 0 <= p.prompt_logprobs <= MAX_TOP_LOGPROBS,
+             f"must be between 0 and {MAX_TOP_LOGPROBS}")
     _require(p, "max_tokens", p.max_tokens is None or p.max_tokens >= 1, "must be >= 1")
     _require(p, "num_ctx", p.num_ctx is None or p.num_ctx >= 1, "must be >= 1")
     _require(p, "n", p.n >= 1, "must be >= 1")
@@ -333,6 +336,7 @@ class SampleResult:
     token_id: int
     logprob: float | None                     # of token_id under the raw logits; None unless asked
     top_logprobs: list[tuple[int, float]]     # (token id, logprob), most likely first
+    rank: int | None = None                   # a prompt token's: 1 + how many tokens are likelier
 
 
 def apply_penalties(logits: np.ndarray, history: Sequence[int], params: SamplingParams) -> np.ndarray:
@@ -406,6 +410,25 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)
     x -= x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+PROMPT_ROWS_AT_ONCE = 64     # logits rows turned into logprobs together (float64 copies of n_vocab each)
+
+
+def prompt_logprobs_of(logits: np.ndarray, next_ids: Sequence[int], num_top: int) -> list[SampleResult]:
+    """Each logits row reduced to what the prompt's next token gets there: its logprob, its
+    rank (vLLM's: the tokens at least as likely, itself among them) and the `num_top` most
+    likely, so that no n_vocab row outlives the step that computed it."""
+    # logits: (rows, n_vocab), row i being the distribution next_ids[i] was drawn from
+    results = []
+    for first in range(0, len(next_ids), PROMPT_ROWS_AT_ONCE):
+        logprobs = log_softmax(logits[first:first + PROMPT_ROWS_AT_ONCE])     # (<= 64, n_vocab) float64
+        for row, token_id in zip(logprobs, next_ids[first:first + PROMPT_ROWS_AT_ONCE]):
+            chosen = row[token_id]
+            top = top_k_ids(row, num_top)[:num_top] if num_top else ()
+            results.append(SampleResult(int(token_id), float(chosen), [(int(t), float(row[t])) for t in top],
+                                        rank=int(np.count_nonzero(row >= chosen))))
+    return results
 
 
 class Sampler:

@@ -42,6 +42,8 @@ def asked_vllm_fields(body: dict) -> list[tuple[str, str]]:
         value = body.get(name)
         if value is not None and value != default:
             asked.append((name, name))
+    if body.get("prompt_logprobs") is not None:      # the prompt's own logprobs (0: the tokens' alone)
+        asked.append(("prompt_logprobs", "prompt_logprobs"))
     return asked
 
 
