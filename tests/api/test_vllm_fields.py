@@ -193,3 +193,31 @@ def test_guided_grammar_and_ignore_eos_reach_llama_server_as_its_own(servers):
     text = ask(servers, "tiny", "hi", 3, guided_grammar='root ::= "ab" | "cd"').choices[0].message.content
     assert text in ("ab", "cd")
     assert ask(servers, "tiny", "hi", 3, ignore_eos=True).usage.completion_tokens == 30
+
+
+# ---- llama-server's own `json_schema` and `grammar` (its /completion and /v1 bodies) ----
+
+@pytest.mark.parametrize("model", [ENGINE_MODEL, "tiny"])
+def test_llama_servers_json_schema_field_is_a_json_schema_everywhere(engine, servers, model):
+    """What a llama.cpp app sends on /v1: an instance of the schema on llama-server and on the
+    engine alike (it was passed on as it came, which only llama-server read)."""
+    client = engine if model == ENGINE_MODEL else servers
+    for seed in (1, 2):
+        response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "who?"}],
+                                                  max_tokens=200, temperature=1.0, seed=seed,
+                                                  extra_body={"json_schema": SCHEMA})
+        value = json.loads(response.choices[0].message.content)
+        assert set(value) == {"name", "age"} and type(value["age"]) is int
+
+
+def test_llama_servers_json_schema_field_reaches_ollama_as_its_format(servers, ollama_emulator):
+    ask(servers, "llama3.2", "who?", 1, json_schema=SCHEMA)
+    assert ollama_emulator.last_request("/api/chat")["format"] == SCHEMA
+
+
+def test_llama_servers_grammar_field_is_honoured_there_and_refused_elsewhere(engine, servers):
+    assert ask(servers, "tiny", "hi", 3, grammar='root ::= "ab" | "cd"').choices[0].message.content in ("ab", "cd")
+    for client, model in ((engine, ENGINE_MODEL), (servers, "llama3.2"), (servers, "generic-tiny")):
+        assert_refused(lambda: ask(client, model, "hi", 1, grammar='root ::= "ab"'), "grammar")
+    assert_refused(lambda: ask(servers, "tiny", "hi", 1, grammar='root ::= "ab"', json_schema=SCHEMA),
+                   "grammar")

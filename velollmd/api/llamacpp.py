@@ -13,7 +13,8 @@ one token, as llama-server answers it), `temperature` (under 0: greedy, llama.cp
 `model` is optional: without one, the one model served. Fields that only tune llama-server's own
 slots and clock are accepted and ignored (`cache_prompt`, `id_slot`, `t_max_prompt_ms`,
 `t_max_predict_ms`, `timings_per_token`); the others pass through as on /v1/completions
-(llama-server applies `samplers`, `grammar`, ..., the engine and Ollama do not). Errors keep the
+(`json_schema` is honoured everywhere and `grammar` on llama-server only, elsewhere a 400, as
+validation reads them there; llama-server applies `samplers`, ..., the engine and Ollama do not). Errors keep the
 OpenAI shape, which llama-server's {"error": {"code", "message", "type"}} clients read as well.
 """
 from __future__ import annotations

@@ -251,21 +251,27 @@ def _check_response_format(body: dict) -> None:
         _fail("response_format.json_schema.schema", "a JSON Schema object is required")
 
 
+# llama-server's own structured output fields -> the kind each is (wire/vllm.py).
+LLAMACPP_CONSTRAINT_FIELDS = {"json_schema": "json", "grammar": "grammar"}
+
+
 def check_vllm_fields(body: dict) -> None:
-    """vLLM's extra fields (wire/vllm.py): their types, at most one structured output in all
-    (vLLM's rule; response_format counts), min_tokens within max_tokens; the JSON kinds
-    (`guided_json`, `structured_outputs.json` / `.json_object`) become the response_format every
-    backend honours."""
+    """vLLM's extra fields (wire/vllm.py) and llama-server's `json_schema` / `grammar`: their
+    types, at most one structured output in all (vLLM's rule; response_format counts),
+    min_tokens within max_tokens; the JSON kinds (`guided_json`, `structured_outputs.json` /
+    `.json_object`, `json_schema`) become the response_format every backend honours."""
     _check_sampling_extras(body)
     outputs = body.get("structured_outputs")
     if outputs is not None and not isinstance(outputs, dict):
         _fail("structured_outputs", "expected an object")
-    asked = [name for name in ("guided_json", *GUIDED_FIELDS) if body.get(name) is not None]
+    asked = [name for name in ("guided_json", *GUIDED_FIELDS, *LLAMACPP_CONSTRAINT_FIELDS)
+             if body.get(name) is not None]
     asked += [f"structured_outputs.{kind}" for kind in ("json", "json_object", *CONSTRAINT_KINDS)
               if (outputs or {}).get(kind) not in (None, False)]
     if len(asked) + _has_json_format(body) > 1:
         _fail(asked[-1], "only one structured output per request: one of response_format, guided_json, "
-                         "guided_choice, guided_regex, guided_grammar or structured_outputs, with one kind")
+                         "guided_choice, guided_regex, guided_grammar, structured_outputs (with one kind), "
+                         "json_schema or grammar")
     for param in asked:
         _check_structured_output(body, param)
 
@@ -295,7 +301,7 @@ def _check_structured_output(body: dict, param: str) -> None:
     """One structured output field's value; a JSON kind moved to response_format."""
     outputs = body.get("structured_outputs") or {}
     value = body[param] if "." not in param else outputs[param.split(".", 1)[1]]
-    kind = param.removeprefix("guided_").removeprefix("structured_outputs.")
+    kind = LLAMACPP_CONSTRAINT_FIELDS.get(param) or param.removeprefix("guided_").removeprefix("structured_outputs.")
     if kind == "json":
         body["response_format"] = {"type": "json_schema",
                                    "json_schema": {"name": "guided_json", "schema": _json_schema_of(param, value)}}

@@ -22,7 +22,7 @@ from ..errors import (CONTEXT_LENGTH_EXCEEDED, BackendBusy, BackendError, BadReq
 from ..http.client import ClientResponse, HTTPClient
 from ..wire.request import GenerateRequest
 from ..wire.streams import Deferred, closing
-from ..wire.vllm import asked_vllm_fields
+from ..wire.vllm import GBNF, asked_vllm_fields
 from .model_names import latest_twin
 
 log = logging.getLogger("velollmd.backends")
@@ -377,7 +377,8 @@ def refuse_unhonoured(body: dict, honoured: frozenset[str], server: str) -> None
                          param="echo", code="unsupported_value")
     for name, param in asked_vllm_fields(body):
         if name not in honoured:
-            raise BadRequest(f"{server} does not support {param!r} (vLLM's); see the README's table of "
+            owner = "llama.cpp's" if name == GBNF else "vLLM's"
+            raise BadRequest(f"{server} does not support {param!r} ({owner}); see the README's table of "
                              "vLLM fields for what each backend honours", param=param, code="unsupported_value")
 
 

@@ -11,7 +11,7 @@ from ..errors import BackendError, BadRequest, VeloError
 from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest, reasoning_effort_of, wants_logprobs
 from ..wire.streams import closing
-from ..wire.vllm import GUIDED_FIELDS, choice_grammar, vllm_constraint
+from ..wire.vllm import GBNF, GUIDED_FIELDS, choice_grammar, vllm_constraint
 from .base import ModelInfo, refuse_insert
 from .llamacpp_infill import INFILL_PATH, completion_chunks, infill_body, insert_refused, to_completion, wants_infill
 from .openai import OpenAIBackend
@@ -25,7 +25,7 @@ class LlamaCppBackend(OpenAIBackend):
     serves_tokenizer = True
     pins_slots = True
     defaults = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
-    vllm_fields = frozenset({"choice", "grammar", "ignore_eos"})   # as a GBNF `grammar`; its own ignore_eos
+    vllm_fields = frozenset({"choice", "grammar", GBNF, "ignore_eos"})   # as a GBNF `grammar`; its own ignore_eos
 
     def __init__(self, config):
         super().__init__(config)

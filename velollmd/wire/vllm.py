@@ -3,7 +3,8 @@
 vLLM takes a structured output as `guided_json` / `guided_choice` / `guided_regex` /
 `guided_grammar` or, since 0.10.2, as `structured_outputs: {"json" | "choice" | "regex" |
 "grammar" | "json_object" | "structural_tag": ...}`; the JSON kinds become `response_format`
-at validation (api/validate.py), which every backend honours. The others, and the sampling
+at validation (api/validate.py), which every backend honours, as do llama-server's own
+`json_schema` and `grammar` fields (the same JSON; GBNF). The others, and the sampling
 extras below, each backend honours or refuses with a 400 naming the field (see
 backends/base.refuse_unhonoured), never answering as if they had not been asked.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 # The kinds of structured output other than JSON, as a backend names what it honours.
 CONSTRAINT_KINDS = ("choice", "regex", "grammar", "structural_tag")
 GUIDED_FIELDS = tuple(f"guided_{kind}" for kind in CONSTRAINT_KINDS if kind != "structural_tag")
+# llama-server's own `grammar` field (GBNF): a kind of its own, as vLLM reads no GBNF under that name.
+GBNF = "gbnf"
 # vLLM sampling extras -> the value that asks for nothing (vLLM's default).
 SAMPLING_EXTRAS = {"min_tokens": 0, "include_stop_str_in_output": False, "stop_token_ids": [],
                    "ignore_eos": False}
@@ -28,6 +31,8 @@ def vllm_constraint(body: dict) -> tuple[str, str, object] | None:
     for kind in CONSTRAINT_KINDS if isinstance(outputs, dict) else ():
         if outputs.get(kind) is not None:
             return kind, f"structured_outputs.{kind}", outputs[kind]
+    if body.get("grammar") is not None:       # llama.cpp's own spelling: GBNF, which only it reads
+        return GBNF, "grammar", body["grammar"]
     return None
 
 
