@@ -337,6 +337,15 @@ def check_reasoning_effort(body: dict, name: str, param: str) -> None:
         _fail(param, f"must be one of {', '.join(REASONING_EFFORTS)}")
 
 
+def _check_chat_template_kwargs(body: dict) -> None:
+    """vLLM's and llama-server's `chat_template_kwargs`: an object (both refuse anything else),
+    its thinking switch `enable_thinking` a boolean as they read it."""
+    _check_type(body, "chat_template_kwargs", dict, "an object")
+    kwargs = body.get("chat_template_kwargs") or {}
+    if kwargs.get("enable_thinking") is not None and not isinstance(kwargs["enable_thinking"], bool):
+        _fail("chat_template_kwargs.enable_thinking", "expected a boolean")
+
+
 def check_verbosity(body: dict, param: str) -> None:
     """`verbosity` (chat's, the Responses API's `text.verbosity`): one of OpenAI's, or null.
     No local server has the control: a good value changes nothing (as vLLM ignores it)."""
@@ -383,6 +392,7 @@ def validate_chat(body: dict, ranges: dict | None = None) -> dict:
     check_vllm_fields(body)
     _check_text_output(body)
     check_reasoning_effort(body, "reasoning_effort", "reasoning_effort")
+    _check_chat_template_kwargs(body)
     check_verbosity(body, "verbosity")
     _drop_web_search(body)
     return body
