@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from ..errors import BadRequest
-from ..wire.request import REASONING_EFFORTS, logit_bias_value
+from ..wire.request import REASONING_EFFORTS, logit_bias_value, wants_json
 from ..wire.vllm import CONSTRAINT_KINDS, GUIDED_FIELDS
 
 MAX_STOP_SEQUENCES = 16                 # stop strings a request may give, the same on every backend
@@ -263,7 +263,7 @@ def check_vllm_fields(body: dict) -> None:
     asked = [name for name in ("guided_json", *GUIDED_FIELDS) if body.get(name) is not None]
     asked += [f"structured_outputs.{kind}" for kind in ("json", "json_object", *CONSTRAINT_KINDS)
               if (outputs or {}).get(kind) not in (None, False)]
-    if len(asked) + _has_json_format(body) > 1:
+    if len(asked) + wants_json(body) > 1:
         _fail(asked[-1], "only one structured output per request: one of response_format, guided_json, "
                          "guided_choice, guided_regex, guided_grammar or structured_outputs, with one kind")
     for param in asked:
@@ -282,11 +282,6 @@ def _check_sampling_extras(body: dict) -> None:
     ids = body.get("stop_token_ids")
     if ids is not None and (not isinstance(ids, list) or not all(type(t) is int and t >= 0 for t in ids)):
         _fail("stop_token_ids", "expected an array of token ids")
-
-
-def _has_json_format(body: dict) -> bool:
-    fmt = body.get("response_format")
-    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
 
 
 def _check_structured_output(body: dict, param: str) -> None:
