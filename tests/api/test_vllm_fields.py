@@ -172,6 +172,7 @@ def test_bad_or_unservable_fields_on_the_engine_are_400s_naming_them(engine, mod
     ("tiny", {"structured_outputs": {"grammar": 'root ::= "a"'}, "ignore_eos": True}, "structured_outputs.grammar"),
     ("tiny", {"guided_json": SCHEMA, "ignore_eos": True}, "response_format"),
     ("tiny", {"response_format": {"type": "json_object"}, "ignore_eos": True}, "response_format"),
+    ("tiny", {"guided_choice": ["yes", "a\x00b"]}, "guided_choice"),            # GBNF has no NUL: a 500
     ("llama3.2", {"guided_choice": CHOICES}, "guided_choice"),
     ("llama3.2", {"structured_outputs": {"grammar": 'root ::= "a"'}}, "structured_outputs.grammar"),
     ("llama3.2", {"min_tokens": 2}, "min_tokens"),

@@ -432,7 +432,10 @@ def _grammar_of_vllm_fields(body: dict) -> None:
     for name in (*GUIDED_FIELDS, "structured_outputs"):
         body.pop(name, None)
     if constraint is not None:
-        kind, _param, value = constraint
+        kind, param, value = constraint
+        if kind == "choice" and any("\x00" in choice for choice in value):
+            raise BadRequest(f"a {param!r} text with a NUL character: llama-server's grammar cannot spell one "
+                             "(it fails the request)", param=param, code="unsupported_value")
         body["grammar"] = choice_grammar(value) if kind == "choice" else value
 
 
