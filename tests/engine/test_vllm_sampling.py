@@ -51,6 +51,31 @@ def generate(sampler: Sampler, rng: np.random.Generator, steps: int = 20) -> tup
     return tokens, text
 
 
+class CountingDict(dict):
+    """A dict that counts its get() calls."""
+    num_gets = 0
+
+    def get(self, key, default=None):
+        self.num_gets += 1
+        return super().get(key, default)
+
+
+def test_a_long_choice_costs_the_mask_lookups_as_long_as_a_token_not_as_the_choice():
+    """A guided_choice text may be long (a client's whole paragraph): the mask looks up only
+    what a token can add (no token is longer than the vocabulary's longest), never each prefix
+    of the rest of a choice (quadratic in its length, which held the engine's step loop)."""
+    vocab = JsonVocab(TOKENIZER, VOCAB).built()
+    vocab.ids_by_bytes = CountingDict(vocab.ids_by_bytes)
+    choices = ("ab" * 50_000, "a", "b" * 20_000)
+    constraint = ChoiceConstraint(vocab, END_IDS, choices)
+    longest = int(vocab.length.max())
+    for written in (b"", b"a", b"ab" * 300, b"b" * 19_999, b"b" * 20_000):
+        constraint.written = written
+        vocab.ids_by_bytes.num_gets = 0
+        assert np.array_equal(constraint.mask(), reference_allowed(written, choices))
+        assert vocab.ids_by_bytes.num_gets <= len(choices) * longest
+
+
 @pytest.mark.parametrize("temperature", [0, 1.0, 2.0])
 @pytest.mark.parametrize("seed", range(8))
 def test_a_sampled_answer_is_exactly_one_of_the_choices_then_an_end_token(seed, temperature):
