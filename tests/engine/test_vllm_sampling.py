@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.engine.test_json_constraint import END_IDS, TOKENIZER, VOCAB
+from tests.engine.test_json_constraint import END_IDS, TOKENIZER, VOCAB, generate
 from velollmd.engine.choice_constraint import ChoiceConstraint
 from velollmd.engine.detokenize import TextStream
 from velollmd.engine.json_constraint import JsonVocab
@@ -37,18 +37,6 @@ def test_the_choice_mask_is_every_token_checked_one_by_one(written):
     expected = reference_allowed(written.encode())
     assert np.array_equal(constraint.mask(), expected)
     assert [constraint.allows(t) for t in range(TOKENIZER.vocab_size)] == expected[:TOKENIZER.vocab_size].tolist()
-
-
-def generate(sampler: Sampler, rng: np.random.Generator, steps: int = 20) -> tuple[list[int], bytes]:
-    tokens, text = [], b""
-    for _ in range(steps):
-        logits = rng.normal(size=VOCAB).astype(np.float32) * 3                 # (vocab,)
-        token_id = sampler.sample(logits, []).token_id
-        tokens.append(token_id)
-        if token_id in END_IDS:
-            break
-        text += TOKENIZER.token_bytes(token_id)
-    return tokens, text
 
 
 class CountingDict(dict):
@@ -81,7 +69,7 @@ def test_a_long_choice_costs_the_mask_lookups_as_long_as_a_token_not_as_the_choi
 def test_a_sampled_answer_is_exactly_one_of_the_choices_then_an_end_token(seed, temperature):
     params = SamplingParams(choices=CHOICES, stop_token_ids=END_IDS, temperature=temperature, seed=seed)
     sampler = Sampler(params, VOCAB, json_vocab=JsonVocab(TOKENIZER, VOCAB))
-    tokens, text = generate(sampler, np.random.default_rng(seed))
+    tokens, text = generate(sampler, np.random.default_rng(seed), 20, False)
     assert tokens[-1] in END_IDS and text.decode() in CHOICES
 
 
