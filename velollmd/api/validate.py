@@ -334,7 +334,8 @@ def check_reasoning_effort(body: dict, name: str, param: str) -> None:
 
 def _check_chat_template_kwargs(body: dict) -> None:
     """vLLM's and llama-server's `chat_template_kwargs`: an object (both refuse anything else),
-    its thinking switch `enable_thinking` a boolean as they read it."""
+    its thinking switch `enable_thinking` a boolean (llama-server's rule; the engine would read
+    another value as no switch at all, and vLLM's template as truthy)."""
     _check_type(body, "chat_template_kwargs", dict, "an object")
     kwargs = body.get("chat_template_kwargs") or {}
     if kwargs.get("enable_thinking") is not None and not isinstance(kwargs["enable_thinking"], bool):
