@@ -177,6 +177,21 @@ def test_bad_bodies_are_400s(llama_daemon, engine_daemon, path, body, param):
     assert ok(llama_daemon.url, "/tokenize", {"content": "still serving"})["tokens"]
 
 
+@pytest.mark.parametrize("kwargs, param", [
+    ("x", "chat_template_kwargs"), (5, "chat_template_kwargs"), ([["a", "b"]], "chat_template_kwargs"),
+    ({"enable_thinking": "no"}, "chat_template_kwargs.enable_thinking"),
+])
+def test_chat_template_kwargs_not_an_object_is_a_400_on_every_chat_route(llama_daemon, engine_daemon, kwargs, param):
+    """vLLM's and llama-server's `chat_template_kwargs` is an object (enable_thinking a boolean):
+    anything else a 400 naming it, on every route that renders a chat and on both backends
+    (with reasoning_effort, llama-server's path once failed on it with a 500)."""
+    for url, model in ((llama_daemon.url, "tiny"), (engine_daemon.url, ENGINE_MODEL)):
+        body = {"model": model, "messages": CHAT, "reasoning_effort": "high", "chat_template_kwargs": kwargs}
+        for path in ("/apply-template", "/tokenize", "/v1/chat/completions"):
+            assert refused(url, path, body)["param"] == param, path
+        assert ok(url, "/apply-template", {**body, "chat_template_kwargs": {"enable_thinking": False}})["prompt"]
+
+
 def test_not_json_is_a_400(llama_daemon):
     answer = httpx.post(llama_daemon.url + "/tokenize", content=b"[1, 2]", timeout=30)
     assert answer.status_code == 400 and "JSON object" in answer.json()["error"]["message"]

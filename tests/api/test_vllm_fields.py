@@ -168,6 +168,11 @@ def test_bad_or_unservable_fields_on_the_engine_are_400s_naming_them(engine, mod
     ("tiny", {"min_tokens": 5}, "min_tokens"),
     ("tiny", {"include_stop_str_in_output": True, "stop": ["x"]}, "include_stop_str_in_output"),
     ("tiny", {"stop_token_ids": [2]}, "stop_token_ids"),
+    ("tiny", {"guided_choice": CHOICES, "ignore_eos": True}, "guided_choice"),       # llama-server: a 500
+    ("tiny", {"structured_outputs": {"grammar": 'root ::= "a"'}, "ignore_eos": True}, "structured_outputs.grammar"),
+    ("tiny", {"guided_json": SCHEMA, "ignore_eos": True}, "response_format"),
+    ("tiny", {"response_format": {"type": "json_object"}, "ignore_eos": True}, "response_format"),
+    ("tiny", {"guided_choice": ["yes", "a\x00b"]}, "guided_choice"),            # GBNF has no NUL: a 500
     ("llama3.2", {"guided_choice": CHOICES}, "guided_choice"),
     ("llama3.2", {"structured_outputs": {"grammar": 'root ::= "a"'}}, "structured_outputs.grammar"),
     ("llama3.2", {"min_tokens": 2}, "min_tokens"),
@@ -178,6 +183,7 @@ def test_bad_or_unservable_fields_on_the_engine_are_400s_naming_them(engine, mod
 ])
 def test_fields_a_backend_cannot_honour_are_400s_naming_them(servers, model, extra, param):
     assert_refused(lambda: ask(servers, model, "hi", 1, **extra), param)
+    assert ask(servers, model, "hi", 1).choices[0].message.content is not None       # still serving
 
 
 def test_defaults_ask_for_nothing_and_pass_everywhere(servers):

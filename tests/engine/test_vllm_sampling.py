@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.engine.test_json_constraint import END_IDS, TOKENIZER, VOCAB
+from tests.engine.test_json_constraint import END_IDS, TOKENIZER, VOCAB, generate
 from velollmd.engine.choice_constraint import ChoiceConstraint
 from velollmd.engine.detokenize import TextStream
 from velollmd.engine.json_constraint import JsonVocab
@@ -39,16 +39,29 @@ def test_the_choice_mask_is_every_token_checked_one_by_one(written):
     assert [constraint.allows(t) for t in range(TOKENIZER.vocab_size)] == expected[:TOKENIZER.vocab_size].tolist()
 
 
-def generate(sampler: Sampler, rng: np.random.Generator, steps: int = 20) -> tuple[list[int], bytes]:
-    tokens, text = [], b""
-    for _ in range(steps):
-        logits = rng.normal(size=VOCAB).astype(np.float32) * 3                 # (vocab,)
-        token_id = sampler.sample(logits, []).token_id
-        tokens.append(token_id)
-        if token_id in END_IDS:
-            break
-        text += TOKENIZER.token_bytes(token_id)
-    return tokens, text
+class CountingDict(dict):
+    """A dict that counts its get() calls."""
+    num_gets = 0
+
+    def get(self, key, default=None):
+        self.num_gets += 1
+        return super().get(key, default)
+
+
+def test_a_long_choice_costs_the_mask_lookups_as_long_as_a_token_not_as_the_choice():
+    """A guided_choice text may be long (a client's whole paragraph): the mask looks up only
+    what a token can add (no token is longer than the vocabulary's longest), never each prefix
+    of the rest of a choice (quadratic in its length, which held the engine's step loop)."""
+    vocab = JsonVocab(TOKENIZER, VOCAB).built()
+    vocab.ids_by_bytes = CountingDict(vocab.ids_by_bytes)
+    choices = ("ab" * 50_000, "a", "b" * 20_000)
+    constraint = ChoiceConstraint(vocab, END_IDS, choices)
+    longest = int(vocab.length.max())
+    for written in (b"", b"a", b"ab" * 300, b"b" * 19_999, b"b" * 20_000):
+        constraint.written = written
+        vocab.ids_by_bytes.num_gets = 0
+        assert np.array_equal(constraint.mask(), reference_allowed(written, choices))
+        assert vocab.ids_by_bytes.num_gets <= len(choices) * longest
 
 
 @pytest.mark.parametrize("temperature", [0, 1.0, 2.0])
@@ -56,7 +69,7 @@ def generate(sampler: Sampler, rng: np.random.Generator, steps: int = 20) -> tup
 def test_a_sampled_answer_is_exactly_one_of_the_choices_then_an_end_token(seed, temperature):
     params = SamplingParams(choices=CHOICES, stop_token_ids=END_IDS, temperature=temperature, seed=seed)
     sampler = Sampler(params, VOCAB, json_vocab=JsonVocab(TOKENIZER, VOCAB))
-    tokens, text = generate(sampler, np.random.default_rng(seed))
+    tokens, text = generate(sampler, np.random.default_rng(seed), 20, False)
     assert tokens[-1] in END_IDS and text.decode() in CHOICES
 
 

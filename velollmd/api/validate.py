@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from ..errors import BadRequest
-from ..wire.request import REASONING_EFFORTS, logit_bias_value
+from ..wire.request import REASONING_EFFORTS, logit_bias_value, wants_json
 from ..wire.vllm import CONSTRAINT_KINDS, GUIDED_FIELDS
 
 MAX_STOP_SEQUENCES = 16                 # stop strings a request may give, the same on every backend
@@ -268,7 +268,7 @@ def check_vllm_fields(body: dict) -> None:
              if body.get(name) is not None]
     asked += [f"structured_outputs.{kind}" for kind in ("json", "json_object", *CONSTRAINT_KINDS)
               if (outputs or {}).get(kind) not in (None, False)]
-    if len(asked) + _has_json_format(body) > 1:
+    if len(asked) + wants_json(body) > 1:
         _fail(asked[-1], "only one structured output per request: one of response_format, guided_json, "
                          "guided_choice, guided_regex, guided_grammar, structured_outputs (with one kind), "
                          "json_schema or grammar")
@@ -290,11 +290,6 @@ def _check_sampling_extras(body: dict) -> None:
     ids = body.get("stop_token_ids")
     if ids is not None and (not isinstance(ids, list) or not all(type(t) is int and t >= 0 for t in ids)):
         _fail("stop_token_ids", "expected an array of token ids")
-
-
-def _has_json_format(body: dict) -> bool:
-    fmt = body.get("response_format")
-    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
 
 
 def _check_structured_output(body: dict, param: str) -> None:
@@ -345,6 +340,16 @@ def check_reasoning_effort(body: dict, name: str, param: str) -> None:
         _fail(param, f"must be one of {', '.join(REASONING_EFFORTS)}")
 
 
+def _check_chat_template_kwargs(body: dict) -> None:
+    """vLLM's and llama-server's `chat_template_kwargs`: an object (both refuse anything else),
+    its thinking switch `enable_thinking` a boolean (llama-server's rule; the engine would read
+    another value as no switch at all, and vLLM's template as truthy)."""
+    _check_type(body, "chat_template_kwargs", dict, "an object")
+    kwargs = body.get("chat_template_kwargs") or {}
+    if kwargs.get("enable_thinking") is not None and not isinstance(kwargs["enable_thinking"], bool):
+        _fail("chat_template_kwargs.enable_thinking", "expected a boolean")
+
+
 def check_verbosity(body: dict, param: str) -> None:
     """`verbosity` (chat's, the Responses API's `text.verbosity`): one of OpenAI's, or null.
     No local server has the control: a good value changes nothing (as vLLM ignores it)."""
@@ -391,6 +396,7 @@ def validate_chat(body: dict, ranges: dict | None = None) -> dict:
     check_vllm_fields(body)
     _check_text_output(body)
     check_reasoning_effort(body, "reasoning_effort", "reasoning_effort")
+    _check_chat_template_kwargs(body)
     check_verbosity(body, "verbosity")
     _drop_web_search(body)
     return body

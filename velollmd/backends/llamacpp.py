@@ -9,7 +9,7 @@ from typing import AsyncIterator, Callable
 
 from ..errors import BackendError, BadRequest, VeloError
 from ..wire.chunks import to_completion_logprobs
-from ..wire.request import GenerateRequest, reasoning_effort_of, wants_logprobs
+from ..wire.request import GenerateRequest, reasoning_effort_of, wants_json, wants_logprobs
 from ..wire.streams import closing
 from ..wire.vllm import GBNF, GUIDED_FIELDS, choice_grammar, vllm_constraint
 from .base import ModelInfo, refuse_insert
@@ -76,6 +76,7 @@ class LlamaCppBackend(OpenAIBackend):
         """`verbose` when the caller needs the stop string that ended the answer: llama.cpp
         names it (`__verbose.stopping_word`) only there; OpenAI's answer shape has no field."""
         body = super().upstream_body(request)
+        _refuse_endless_grammar(body)
         if request.endpoint == "chat":
             refuse_insert(body)               # a chat has no middle to fill (a completion's suffix goes to /infill)
         if request.endpoint == "chat" and body.get("logprobs") is not True:
@@ -408,6 +409,21 @@ def _completion_schema(body: dict) -> None:
         body["json_schema"] = response_format["json_schema"].get("schema") or {}
 
 
+def _refuse_endless_grammar(body: dict) -> None:
+    """ignore_eos with a grammar (vLLM's choice or grammar, a JSON response_format, llama-server's
+    own `grammar` / `json_schema`): once the grammar is complete nothing may follow and the end
+    is ignored, and llama-server fails the request with a 500. A 400 naming the grammar, as the
+    engine's (its end-of-sequence token is the grammar's end)."""
+    if body.get("ignore_eos") is not True:
+        return
+    constraint = vllm_constraint(body)
+    param = (constraint[1] if constraint else "response_format" if wants_json(body)
+             else next((name for name in ("grammar", "json_schema") if body.get(name)), None))
+    if param is not None:
+        raise BadRequest(f"{param!r} ends at an end-of-sequence token: it cannot be used with ignore_eos",
+                         param=param, code="unsupported_value")
+
+
 def _grammar_of_vllm_fields(body: dict) -> None:
     """vLLM's guided_choice / guided_grammar (or structured_outputs') as llama-server's GBNF
     `grammar`, in place: the choices' alternatives, or the grammar as given (llama.cpp's own
@@ -416,7 +432,10 @@ def _grammar_of_vllm_fields(body: dict) -> None:
     for name in (*GUIDED_FIELDS, "structured_outputs"):
         body.pop(name, None)
     if constraint is not None:
-        kind, _param, value = constraint
+        kind, param, value = constraint
+        if kind == "choice" and any("\x00" in choice for choice in value):
+            raise BadRequest(f"a {param!r} text with a NUL character: llama-server's grammar cannot spell one "
+                             "(it fails the request)", param=param, code="unsupported_value")
         body["grammar"] = choice_grammar(value) if kind == "choice" else value
 
 

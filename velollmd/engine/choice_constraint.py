@@ -18,7 +18,8 @@ from .json_constraint import JsonVocab
 
 class ChoiceConstraint:
     """One sequence's progress through the choices (a trie walked by prefix: the choices are
-    few and short, so the prefix test is plain bytes.startswith)."""
+    few, so the prefix test is plain bytes.startswith at the written offset, whose cost is the
+    token's length or the written text's, never a long choice's)."""
 
     def __init__(self, vocab: JsonVocab, end_ids: Sequence[int], choices: Sequence[str]):
         self._vocab_source = vocab
@@ -34,15 +35,16 @@ class ChoiceConstraint:
     def complete(self) -> bool:
         return self.written in self.choices
 
-    def _rests(self) -> list[bytes]:
-        """What each choice the output can still become has left to write (b"" for a done one)."""
-        return [choice[len(self.written):] for choice in self.choices if choice.startswith(self.written)]
+    def _live(self) -> list[bytes]:
+        """The choices the output can still become (those that start with what is written)."""
+        return [choice for choice in self.choices if choice.startswith(self.written)]
 
     def allows(self, token_id: int) -> bool:
         if token_id in self.end_ids:
             return self.complete
         data = self.vocab.token_bytes[token_id] if token_id < len(self.vocab.token_bytes) else None
-        return bool(data) and any(rest.startswith(data) for rest in self._rests())
+        start = len(self.written)
+        return bool(data) and any(choice.startswith(data, start) for choice in self._live())
 
     def advance(self, token_id: int) -> None:
         if token_id not in self.end_ids:
@@ -50,12 +52,14 @@ class ChoiceConstraint:
 
     def mask(self) -> np.ndarray:
         """(vocab,) bool: the tokens whose bytes are a prefix of what a choice has left, found
-        by each such prefix's tokens (a few per byte of the choices, not a walk of the vocab)."""
+        by each such prefix's tokens: no longer than the longest token, so a few per choice
+        and byte of a token, however long the choices."""
         vocab = self.vocab
         allowed = np.zeros(vocab.vocab_size, bool)                                       # (vocab,)
-        for rest in self._rests():
-            for size in range(1, len(rest) + 1):
-                allowed[vocab.ids_by_bytes.get(rest[:size], [])] = True
+        start, longest = len(self.written), int(vocab.length.max(initial=0))
+        for choice in self._live():
+            for end in range(start + 1, min(len(choice), start + longest) + 1):
+                allowed[vocab.ids_by_bytes.get(choice[start:end], [])] = True
         for token_id in self.end_ids:
             if token_id < allowed.shape[0]:
                 allowed[token_id] = self.complete

@@ -75,6 +75,12 @@ def wants_logprobs(body: dict) -> bool:
     return (logprobs is not None and logprobs is not False) or bool(body.get("top_logprobs"))
 
 
+def wants_json(body: dict) -> bool:
+    """A JSON answer asked for by an OpenAI body's response_format (json_object or json_schema)."""
+    fmt = body.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+
+
 def one_prompt(prompt: str | list, server: str) -> str | list[int]:
     """A completion's prompt for a `server` that answers one prompt a request: a string or
     token ids. A list of prompts (strings or token arrays) asks for a completion each: one is
