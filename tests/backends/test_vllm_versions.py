@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from tests.ctl.bench.helpers import run_ctl
 from tests.daemon_rig import RunningDaemon
 from tests.rig.scripted_openai import VLLM_METRICS, ScriptedServer
 from tests.rig.waiting import wait_for
@@ -99,8 +100,12 @@ def test_options_an_old_vllm_has_no_field_for_are_left_out_and_the_backend_choic
         assert body["structured_outputs"] == {"choice": ["yes", "no"], "disable_any_whitespace": True}
 
 
-def test_health_shows_the_vllms_version(vllm):
+def test_health_and_velollmctl_status_show_the_vllms_version(vllm, capsys):
     version = vllm.setup if vllm.setup[0].isdigit() else None
     health = vllm.health()
     assert health["server_version"] == version
     assert health["server"] == (None if vllm.setup == "slots set" else "vLLM")
+    rc, out, _ = run_ctl(capsys, "status", "--url", vllm.daemon.url)
+    row = next(line for line in out.splitlines() if line.startswith("vllm "))
+    kind = {"slots set": "openai", "no /version": "openai:vLLM"}.get(vllm.setup, f"openai:vLLM-{version}")
+    assert rc == 0 and f" {kind} " in row, row
