@@ -180,6 +180,8 @@ def test_bad_or_unservable_fields_on_the_engine_are_400s_naming_them(engine, mod
     ("llama3.2", {"stop_token_ids": [2]}, "stop_token_ids"),
     ("generic-tiny", {"guided_choice": CHOICES}, "guided_choice"),
     ("generic-tiny", {"guided_regex": "a"}, "guided_regex"),
+    ("generic-tiny", {"structural_tag": '{"type": "structural_tag"}'}, "structural_tag"),    # vLLM's before 0.10.2
+    ("tiny", {"structural_tag": '{"type": "structural_tag"}'}, "structural_tag"),
 ])
 def test_fields_a_backend_cannot_honour_are_400s_naming_them(servers, model, extra, param):
     assert_refused(lambda: ask(servers, model, "hi", 1, **extra), param)

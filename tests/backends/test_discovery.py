@@ -1,48 +1,13 @@
 """Width discovery over real sockets: SGLang, TGI and vLLM answers as those servers write them,
-and a server that says nothing (adaptive)."""
+a server that says nothing (adaptive), and a vLLM's version (its GET /version)."""
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.aio import run
+from tests.rig.scripted_openai import VLLM_METRICS, ScriptedServer
 from velollmd.backends.openai import OpenAIBackend
 from velollmd.config import BackendConfig
-
-MODELS = {"object": "list", "data": [{"id": "m", "object": "model"}]}
-VLLM_METRICS = (b"# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
-                b"# TYPE vllm:num_requests_running gauge\n"
-                b'vllm:num_requests_running{model_name="m"} 0.0\n')
-
-
-class ScriptedServer:
-    """GET path -> (status, body bytes); anything else 404."""
-
-    def __init__(self, routes: dict[str, tuple[int, bytes]]):
-        routes = {"/v1/models": (200, json.dumps(MODELS).encode()), **routes}
-        self.hits: list[str] = []
-        hits = self.hits
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                hits.append(self.path)
-                status, body = routes.get(self.path, (404, b'{"detail":"Not Found"}'))
-                self.send_response(status)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def discover(routes: dict, slots: int = 0) -> tuple[OpenAIBackend, ScriptedServer]:
@@ -80,6 +45,25 @@ def test_vllm_is_recognised_but_its_width_is_learnt():
     assert backend.status()["slots"] is None
 
 
+@pytest.mark.parametrize("answer, version", [
+    ((200, b'{"version": "0.12.0"}'), "0.12.0"),                      # vLLM's GET /version
+    ((200, b'{"version": "0.10.2rc1.dev12+g1a2b3c"}'), "0.10.2rc1.dev12+g1a2b3c"),
+    ((404, b'{"detail":"Not Found"}'), None),
+    ((200, b'{"version": 12}'), None),
+    ((200, b"not json"), None),
+])
+def test_a_vllms_version_is_asked_once_and_kept(answer, version):
+    backend, server = discover({"/metrics": (200, VLLM_METRICS), "/version": answer})
+    assert backend.server == "vLLM" and backend.server_version == version
+    assert backend.status()["server_version"] == version and server.hits.count("/version") == 1
+
+
+def test_only_a_vllm_is_asked_its_version():
+    backend, server = discover({"/info": (200, b'{"max_concurrent_requests": 16}'),
+                                "/version": (200, b'{"version": "2.4.0"}')})
+    assert backend.server == "TGI" and backend.server_version is None and "/version" not in server.hits
+
+
 @pytest.mark.parametrize("routes", [
     {},                                                        # LM Studio, LocalAI, ...: nothing
     {"/info": (200, b'{"max_concurrent_requests": "many"}')},  # wrong type
@@ -95,10 +79,13 @@ def test_a_server_that_says_nothing_has_an_unknown_width(routes):
 def test_configured_slots_win_and_nothing_is_asked():
     backend, server = discover({"/info": (200, b'{"max_concurrent_requests": 128}')}, slots=4)
     assert (backend.num_slots, backend.slots_source) == (4, "config")
-    assert "/info" not in server.hits
+    assert "/info" not in server.hits and "/version" not in server.hits and backend.server_version is None
 
 
 def test_a_server_that_went_away_is_asked_again_when_back():
     backend, _ = discover({"/info": (200, b'{"max_concurrent_requests": 16}')})
     backend.forget_server()
     assert backend.server is None and backend.slots_source is None and backend.num_slots == 1
+    backend, _ = discover({"/metrics": (200, VLLM_METRICS), "/version": (200, b'{"version": "0.9.2"}')})
+    backend.forget_server()
+    assert backend.server is None and backend.server_version is None      # it may come back upgraded

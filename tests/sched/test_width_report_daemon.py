@@ -78,4 +78,4 @@ def test_an_adaptive_backend_reports_the_limit_it_moved_to_and_a_stated_width_it
     assert tgi["concurrency_limit"] == 8 == queue["tgi"]["concurrency_limit"]   # 4 slots + 4 sent ahead
     assert metric(metrics, "velollm_backend_slots", "tgi") == [('backend="tgi",source="/info"', "4")]
     assert metric(metrics, "velollm_backend_concurrency_limit", "tgi") == [('backend="tgi"', "8")]
-    assert rows["tgi"][:6] == ["tgi", "openai", "yes", "4", "/info", "8"]
+    assert rows["tgi"][:6] == ["tgi", "openai:TGI", "yes", "4", "/info", "8"]

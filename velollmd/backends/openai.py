@@ -3,7 +3,8 @@
 How many requests it runs at once is asked where the server says it (SGLang's
 /get_server_info `max_running_requests`, TGI's /info `max_concurrent_requests`), once per
 start of the server; vLLM is recognised by its /metrics but does not state a width, and
-neither do the others: those get the scheduler's adaptive limit.
+neither do the others: those get the scheduler's adaptive limit. vLLM's version (its
+/version) says how it reads a structured output (wire/vllm.py: guided_* or structured_outputs).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import AsyncIterator, Awaitable
 
 from ..errors import VeloError
 from ..wire.request import GenerateRequest
-from ..wire.vllm import CONSTRAINT_KINDS, SAMPLING_EXTRAS
+from ..wire.vllm import CONSTRAINT_KINDS, SAMPLING_EXTRAS, reads_structured_outputs, respell
 from .base import Backend, ModelInfo, refuse_unhonoured
 
 PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}   # by request endpoint
@@ -29,6 +30,7 @@ class OpenAIBackend(Backend):
     defaults = {"temperature": 1.0, "top_p": 1.0}
 
     server: str | None = None        # which server it turned out to be, when it said
+    server_version: str | None = None    # vLLM's version, as its GET /version states it
 
     async def discover(self) -> None:
         """The server's width, asked once per start (config `slots` wins when set)."""
@@ -43,6 +45,8 @@ class OpenAIBackend(Backend):
                 return
         if VLLM_MARK in (await self._probe("/metrics") or b""):
             self.server = "vLLM"
+            version = _json_field(await self._probe("/version"), "version")
+            self.server_version = version if isinstance(version, str) and version else None
 
     async def _probe(self, path: str) -> bytes | None:
         """The body of GET `path` when it answers 200, else None (most servers lack it)."""
@@ -55,12 +59,12 @@ class OpenAIBackend(Backend):
 
     def forget_server(self) -> None:
         """The server went away: ask again when it is back (it may be another one)."""
-        self.server = None
+        self.server = self.server_version = None
         if not self.config.slots:
             self.num_slots, self.slots_source = 1, None
 
     def status(self) -> dict:
-        return {**super().status(), "server": self.server or None}
+        return {**super().status(), "server": self.server or None, "server_version": self.server_version}
 
     @property
     def vllm_fields(self) -> frozenset[str]:
@@ -82,9 +86,18 @@ class OpenAIBackend(Backend):
         refuse_unhonoured(request.body, self.vllm_fields, self.server or f"backend {self.name}")
         body = {k: v for k, v in request.body.items() if k not in OLLAMA_CONTEXT_FIELDS}
         _both_penalty_names(body)
+        self._spell_structured_output(body)
         if request.stream:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return body
+
+    def _spell_structured_output(self, body: dict) -> None:
+        """A structured output as this vLLM's version reads it (guided_* before 0.10.2, then
+        structured_outputs: 0.12.0 ignores guided_*); as the client sent it where the version
+        is unknown (another server, `slots` set, no /version answer)."""
+        structured_outputs = reads_structured_outputs(self.server_version) if self.server == "vLLM" else None
+        if structured_outputs is not None:
+            respell(body, structured_outputs)
 
     def chat(self, request: GenerateRequest) -> Awaitable[dict]:
         """post_json's coroutine itself, awaited by the caller (no coroutine of ours around it)."""

@@ -96,11 +96,20 @@ def _backend_rows(backends: list[dict]) -> list[str]:
     rows = [["backend", "kind", "healthy", "slots", "from", "limit", "models", "error"]]
     for b in backends:
         slots = b.get("slots")
-        rows.append([str(b.get("name", "?")), str(b.get("kind", "")), yes_no(b.get("healthy"), "unknown"),
+        rows.append([str(b.get("name", "?")), _kind(b), yes_no(b.get("healthy"), "unknown"),
                      "-" if slots is None else str(slots), str(b.get("slots_source") or "adaptive"),
                      str(b.get("concurrency_limit") or "-"), ", ".join(b.get("models") or []) or "-",
                      str(b.get("error") or "")])
     return format_columns(rows, right={3, 5})
+
+
+def _kind(backend: dict) -> str:
+    """The backend's kind; an OpenAI-compatible one's with the server it turned out to be and
+    its version when known ("openai:vLLM-0.12.0": one word, as each column is): a vLLM's version
+    says how it reads a structured output."""
+    kind = str(backend.get("kind", ""))
+    server = "-".join(str(part) for part in (backend.get("server"), backend.get("server_version")) if part)
+    return f"{kind}:{server}" if server and kind == "openai" else kind
 
 
 def _engine_lines(backends: list[dict]) -> list[str]:

@@ -7,12 +7,24 @@ at validation (api/validate.py), which every backend honours, as do llama-server
 `json_schema` and `grammar` fields (the same JSON; GBNF). The others, and the sampling
 extras below, each backend honours or refuses with a 400 naming the field (see
 backends/base.refuse_unhonoured), never answering as if they had not been asked.
+
+vLLM itself reads one spelling or the other by version: the top-level fields until 0.12.0
+removed them, `structured_outputs` from 0.10.2 on; either ignores the other's fields with no
+more than a line in its log. `respell` sends each constraint as the vLLM behind it reads it.
 """
 from __future__ import annotations
 
+import re
+
 # The kinds of structured output other than JSON, as a backend names what it honours.
 CONSTRAINT_KINDS = ("choice", "regex", "grammar", "structural_tag")
-GUIDED_FIELDS = tuple(f"guided_{kind}" for kind in CONSTRAINT_KINDS if kind != "structural_tag")
+# structured_outputs' kinds and options -> their own top-level fields in vLLM before 0.10.2
+# (`structural_tag` was one too); the JSON ones reach a backend as response_format.
+LEGACY_FIELDS = {"json": "guided_json", "choice": "guided_choice", "regex": "guided_regex",
+                 "grammar": "guided_grammar", "structural_tag": "structural_tag",
+                 "whitespace_pattern": "guided_whitespace_pattern"}
+GUIDED_FIELDS = tuple(LEGACY_FIELDS[kind] for kind in CONSTRAINT_KINDS)
+STRUCTURED_OUTPUTS_SINCE = (0, 10, 2)      # the first vLLM that reads `structured_outputs`
 # llama-server's own `grammar` field (GBNF): a kind of its own, as vLLM reads no GBNF under that name.
 GBNF = "gbnf"
 # vLLM sampling extras -> the value that asks for nothing (vLLM's default).
@@ -24,9 +36,9 @@ def vllm_constraint(body: dict) -> tuple[str, str, object] | None:
     """(kind, the field as the request spelled it, its value) of a structured output other
     than JSON (validated: at most one), or None."""
     for kind in CONSTRAINT_KINDS:
-        value = body.get(f"guided_{kind}")
+        value = body.get(LEGACY_FIELDS[kind])
         if value is not None:
-            return kind, f"guided_{kind}", value
+            return kind, LEGACY_FIELDS[kind], value
     outputs = body.get("structured_outputs")
     for kind in CONSTRAINT_KINDS if isinstance(outputs, dict) else ():
         if outputs.get(kind) is not None:
@@ -50,6 +62,37 @@ def asked_vllm_fields(body: dict) -> list[tuple[str, str]]:
     if body.get("prompt_logprobs") is not None:      # the prompt's own logprobs (0: the tokens' alone)
         asked.append(("prompt_logprobs", "prompt_logprobs"))
     return asked
+
+
+def reads_structured_outputs(version: str | None) -> bool | None:
+    """Whether a vLLM of `version` (as its GET /version states it: "0.10.2", "0.11.1rc2.dev45+g1a2b")
+    reads `structured_outputs` (0.10.2 on) rather than the guided_* fields; None when it is not
+    known (not asked, no answer, no release numbers)."""
+    match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    if match is None:
+        return None
+    return tuple(int(part or 0) for part in match.groups()) >= STRUCTURED_OUTPUTS_SINCE
+
+
+def respell(body: dict, structured_outputs: bool) -> None:
+    """`body`'s structured output, in place, as one vLLM reads it: the top-level fields moved
+    into `structured_outputs` (`structured_outputs` true), or out of it into their own fields.
+    What an older vLLM has no field for (structured_outputs' `disable_*` options) is left out,
+    as it would have ignored it; `guided_decoding_backend` stays as sent (a choice of backend,
+    no constraint: 0.10.2 to 0.11 still read it). The request's own objects are not changed."""
+    if structured_outputs:
+        outputs = dict(body.get("structured_outputs") or {})
+        for kind, name in LEGACY_FIELDS.items():
+            value = body.pop(name, None)
+            if value is not None and outputs.get(kind) is None:
+                outputs[kind] = value
+        if outputs:
+            body["structured_outputs"] = outputs
+        return
+    for kind, value in (body.pop("structured_outputs", None) or {}).items():
+        name = LEGACY_FIELDS.get(kind)
+        if name is not None and value is not None and body.get(name) is None:
+            body[name] = value
 
 
 def choice_grammar(choices: list[str]) -> str:
