@@ -271,7 +271,7 @@ def check_vllm_fields(body: dict) -> None:
     if len(asked) + wants_json(body) > 1:
         _fail(asked[-1], "only one structured output per request: one of response_format, guided_json, "
                          "guided_choice, guided_regex, guided_grammar, structured_outputs (with one kind), "
-                         "json_schema or grammar")
+                         "structural_tag, json_schema or grammar")
     for param in asked:
         _check_structured_output(body, param)
 
