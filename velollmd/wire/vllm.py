@@ -17,7 +17,7 @@ GUIDED_FIELDS = tuple(f"guided_{kind}" for kind in CONSTRAINT_KINDS if kind != "
 GBNF = "gbnf"
 # vLLM sampling extras -> the value that asks for nothing (vLLM's default).
 SAMPLING_EXTRAS = {"min_tokens": 0, "include_stop_str_in_output": False, "stop_token_ids": [],
-                   "ignore_eos": False}
+                   "ignore_eos": False, "skip_special_tokens": True}
 
 
 def vllm_constraint(body: dict) -> tuple[str, str, object] | None:
