@@ -16,9 +16,9 @@ from velollmd.wire import wirejson
 
 
 class _Bytes:
-    """A tokenizer stand-in: every id is the letter 'a' + id."""
+    """A tokenizer stand-in: every id is the letter 'a' + id (no control tokens)."""
 
-    def token_bytes(self, token_id: int) -> bytes:
+    def token_bytes(self, token_id: int, *, special: bool = True) -> bytes:
         return bytes([ord("a") + token_id % 26])
 
 

@@ -27,7 +27,7 @@ from ..engine import loader, store
 from ..engine.device import choose_device
 from ..engine.loader import EngineOptions, LoadedModel
 from ..engine.json_constraint import continued_state
-from ..engine.prompt import Prefill, chat_prompt, enable_thinking_of, prefill_of
+from ..engine.prompt import Prefill, chat_prompt, enable_thinking_of, prefill_of, preserved_ids
 from ..engine.runner import check_prompt
 from ..engine.sampling import SamplingParamError, SamplingParams
 from ..wire.truncate import kept_messages, kept_tokens, prompt_limit
@@ -382,6 +382,7 @@ class EngineBackend(Backend):
             await asyncio.to_thread(model.runner.json_vocab.built)
         if chat:       # the turn's end as text too, should the model spell it out in pieces
             params = dataclasses.replace(params, stop=tuple(dict.fromkeys(params.stop + model.template.stop)),
+                                         preserved_ids=preserved_ids(model.template, model.tokenizer, body),
                                          **_json_start(model, body, params, prefill))
         return model, prompt_ids, params, prefill
 
@@ -401,7 +402,8 @@ class EngineBackend(Backend):
                              thinking_opened=params.think_end is not None or continues_thinking,
                              context_of=_answer_context(model, prompt_text),
                              echo=None if chat else echo_of(request.body, prompt_ids, model.tokenizer),
-                             prompt_logprobs_field=request.body.get("prompt_logprobs") is not None)
+                             prompt_logprobs_field=request.body.get("prompt_logprobs") is not None,
+                             sampling=params)
 
     def _prompt_ids(self, model: LoadedModel, body: dict, *, chat: bool, extras_limit: int | None = None) -> list[int]:
         """`extras_limit`: the most tokens a fill in the middle with `input_extra` takes, its

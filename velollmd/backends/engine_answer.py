@@ -23,6 +23,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring
 
 from ..engine.runner import Event
+from ..engine.sampling import SamplingParams
 from ..wire import wirejson
 from ..wire.chunks import chunk_choice, chunk_head, completion_logprobs
 from .engine_echo import Echo, vllm_prompt_logprobs
@@ -37,11 +38,13 @@ class AnswerBuilder:
     def __init__(self, request_id: str, model: str, *, chat: bool, tokenizer, n: int = 1,
                  think_tags: tuple[str, str] | None = None, thinking_opened: bool = False,
                  context_of: Callable[[str], list[int]] | None = None, echo: Echo | None = None,
-                 prompt_logprobs_field: bool = False):
+                 prompt_logprobs_field: bool = False, sampling: SamplingParams | None = None):
         """`context_of`: the answer's Ollama `context` from its (first choice's) whole text, for
         a request that asks for one; it is sent with the usage (a stream's last chunk). `echo`:
         a completion's choices start with the prompt (engine_echo.py); `prompt_logprobs_field`:
-        they carry vLLM's prompt_logprobs."""
+        they carry vLLM's prompt_logprobs. `sampling`: which control tokens the answer writes
+        as text (SamplingParams.writes_special), for the logprobs' token texts."""
+        self.sampling = sampling or SamplingParams(skip_special_tokens=False)
         self.echo, self.prompt_logprobs_field = echo, prompt_logprobs_field
         self.prompt_logprobs: tuple | None = None       # from the first event that has them
         self._echoed: set[int] = set()                   # a stream's choices that sent the prompt
@@ -210,7 +213,7 @@ class AnswerBuilder:
             if offset >= length:
                 break
             kept.append(result)
-            offset += len(self._text(result.token_id))
+            offset += len(self._written(result.token_id))
         self.logprobs[index] = kept
 
     def _with_stop_string(self, index: int, choice: dict) -> dict:
@@ -282,14 +285,23 @@ class AnswerBuilder:
         return {"content": content} if self.chat else completion_logprobs(content, offset)
 
     def _token_logprob(self, token_id: int, logprob: float, top: list | None = None) -> dict:
-        entry = {"token": self._text(token_id), "logprob": logprob,
-                 "bytes": list(self.tokenizer.token_bytes(token_id))}
+        """A sampled token's entry (with its `top` list) gives the text the answer got from it; an
+        alternative's, a control token's text only when all are written (llama-server's
+        populate_token_probs: its --special alone), so a hidden or preserved one is ""."""
+        written = self.sampling.writes_special(token_id) if top is not None else not self.sampling.skip_special_tokens
+        data = self.tokenizer.token_bytes(token_id, special=written)
+        entry = {"token": data.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(data)}
         if top is not None:
             entry["top_logprobs"] = top
         return entry
 
     def _text(self, token_id: int) -> str:
         return self.tokenizer.token_bytes(token_id).decode("utf-8", "replace")
+
+    def _written(self, token_id: int) -> str:
+        """A sampled token's text as the answer wrote it (a control token's maybe not)."""
+        special = self.sampling.writes_special(token_id)
+        return self.tokenizer.token_bytes(token_id, special=special).decode("utf-8", "replace")
 
 
 def split_thinking(text: str, tags: tuple[str, str], *, final: bool, opened: bool = True) -> tuple[str, str]:

@@ -93,6 +93,15 @@ def opens_thinking(template: ChatTemplate, prefill: str) -> bool:
     return template.think_tags is not None and prefill.lstrip().startswith(template.think_tags[0])
 
 
+def preserved_ids(template: ChatTemplate, tokenizer: Tokenizer, body: dict) -> frozenset[int]:
+    """The ids of the template's preserved markers (ChatTemplate.preserved_tokens) for a chat
+    `body`: each one the vocabulary holds as a single token, as llama-server keeps them."""
+    with_tools = bool(body.get("tools")) and body.get("tool_choice") != "none"
+    ids = (tokenizer.encode(text, add_special=False, parse_special=True)
+           for text in template.preserved_tokens(with_tools=with_tools))
+    return frozenset(found[0] for found in ids if len(found) == 1)
+
+
 def special_text(tokenizer: Tokenizer, token_id: int | None) -> str:
     """A special token's text ("<s>", "<|begin_of_text|>"), or "" when the vocab has none."""
     if token_id is None:

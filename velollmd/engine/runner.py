@@ -453,7 +453,7 @@ class Runner:
             seq.ended_on_eog = True
             return self._finish(seq, "stop", ())
         seq.tokens.append(token_id)
-        text = seq.text.push(self.tokenizer.token_bytes(token_id))
+        text = seq.text.push(self.tokenizer.token_bytes(token_id, special=seq.params.writes_special(token_id)))
         logprobs = (result,) if seq.params.logprobs else ()
         if seq.text.stopped:
             return self._finish(seq, "stop", (token_id,), text, logprobs)

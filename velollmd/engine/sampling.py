@@ -91,9 +91,17 @@ class SamplingParams:
     min_tokens: int = 0                # vLLM's: no stop token or stop string ends the output before this many
     include_stop_str: bool = False     # vLLM's include_stop_str_in_output: the stop string ends the text
     prompt_logprobs: int | None = None  # the prompt's own logprobs with this many alternatives (None: not asked)
+    skip_special_tokens: bool = True   # vLLM's: false writes every control token's text (llama-server's --special)
+    preserved_ids: frozenset[int] = frozenset()   # control tokens written as text all the same (see writes_special)
 
     def __post_init__(self) -> None:
         _check_params(self)
+
+    def writes_special(self, token_id: int) -> bool:
+        """Whether a sampled control token adds its text to the answer: llama-server's
+        accept_special_token (its --special, or one of the chat format's preserved tokens: the
+        tool-call and thinking markers its parsers read); vLLM's skip_special_tokens false."""
+        return not self.skip_special_tokens or token_id in self.preserved_ids
 
     @property
     def greedy(self) -> bool:
@@ -300,8 +308,8 @@ def _json_mode_of(body: dict) -> tuple[bool, tuple | None]:
 
 
 def _read_vllm_extras(body: dict, values: dict, names: dict) -> None:
-    """vLLM's guided_choice (or structured_outputs.choice), min_tokens, include_stop_str_in_output
-    (wire/vllm.py); the other constraint kinds are refused before (backends/engine.py)."""
+    """vLLM's guided_choice (or structured_outputs.choice), min_tokens, include_stop_str_in_output,
+    skip_special_tokens (wire/vllm.py); the other constraint kinds are refused before (backends/engine.py)."""
     constraint = vllm_constraint(body)
     if constraint is not None and constraint[0] == "choice":
         values["choices"], names["choices"] = tuple(dict.fromkeys(constraint[2])), constraint[1]
@@ -310,6 +318,8 @@ def _read_vllm_extras(body: dict, values: dict, names: dict) -> None:
         values["min_tokens"], names["min_tokens"] = min_tokens, "min_tokens"
     if _read_value(body, "include_stop_str_in_output", "include_stop_str_in_output", bool):
         values["include_stop_str"], names["include_stop_str"] = True, "include_stop_str_in_output"
+    if _read_value(body, "skip_special_tokens", "skip_special_tokens", bool) is False:
+        values["skip_special_tokens"], names["skip_special_tokens"] = False, "skip_special_tokens"
 
 
 def _read_logprobs(body: dict, values: dict, names: dict) -> None:

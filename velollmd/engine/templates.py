@@ -44,6 +44,13 @@ class ChatTemplate:
     def thinks(self) -> bool:
         return self.think_tags is not None
 
+    def preserved_tokens(self, *, with_tools: bool) -> tuple[str, ...]:
+        """The markers a sampled control token still writes as text, because the answer's
+        parsing reads them (llama.cpp's per-format `preserved_tokens`, common/chat.cpp): the
+        thinking tags, and the tool-call markers when the request offers tools."""
+        markers = _TOOL_CALL_MARKERS.get(self.tool_call_format, ()) if with_tools else ()
+        return (*(self.think_tags or ()), *markers)
+
     def render(self, messages: list[dict], *, tools: list[dict] | None = None,
                add_generation_prompt: bool = True, bos_token: str = "", eos_token: str = "",
                date_string: str | None = None, enable_thinking: bool | None = None) -> str:
@@ -63,6 +70,9 @@ class ChatTemplate:
 
 
 _CHATML_STOP = ("<|im_end|>", "<|endoftext|>")
+# tool_call_format -> the markers its calls are written with (toolcalls/markers.py reads them)
+_TOOL_CALL_MARKERS = {"hermes": ("<tool_call>", "</tool_call>"), "llama3": ("<|python_tag|>",),
+                      "mistral": ("[TOOL_CALLS]",), "phi4-mini": ("<|tool_call|>", "<|/tool_call|>")}
 _TEMPLATES = (
     ChatTemplate("chatml", _CHATML_STOP, "hermes", render_chatml),
     ChatTemplate("qwen2", _CHATML_STOP, "hermes", render_qwen2),

@@ -228,9 +228,12 @@ class Tokenizer:
         """The id of the token whose vocabulary text is `piece` (token_to_piece's inverse)."""
         return self._token_to_id.get(piece)
 
-    def token_bytes(self, token_id: int) -> bytes:
-        """The bytes the token adds to output text (llama.cpp's token_to_piece, special=true)."""
+    def token_bytes(self, token_id: int, *, special: bool = True) -> bytes:
+        """The bytes the token adds to output text, as llama.cpp's token_to_piece: with special
+        false, a control or unknown token adds none (llama-server's default for what it samples)."""
         cached = self._piece_cache[self._check_id(token_id)]
+        if not special and self._attrs[token_id] & _SPECIAL_ATTRS:
+            return b""
         if cached is None:
             cached = self._piece_cache[token_id] = self._render(token_id)
         return cached
@@ -238,8 +241,7 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
         """Concatenated token bytes as text (invalid UTF-8 replaced); skip_special drops control
         and unknown tokens, as llama.cpp's token_to_piece with special=false."""
-        pieces = (self.token_bytes(i) for i in ids
-                  if not (skip_special and self._attrs[self._check_id(i)] & _SPECIAL_ATTRS))
+        pieces = (self.token_bytes(i, special=not skip_special) for i in ids)
         return b"".join(pieces).decode("utf-8", errors="replace")
 
     def encode(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:

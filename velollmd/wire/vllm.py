@@ -29,7 +29,7 @@ STRUCTURED_OUTPUTS_SINCE = (0, 10, 2)      # the first vLLM that reads `structur
 GBNF = "gbnf"
 # vLLM sampling extras -> the value that asks for nothing (vLLM's default).
 SAMPLING_EXTRAS = {"min_tokens": 0, "include_stop_str_in_output": False, "stop_token_ids": [],
-                   "ignore_eos": False}
+                   "ignore_eos": False, "skip_special_tokens": True}
 
 
 def vllm_constraint(body: dict) -> tuple[str, str, object] | None:
