@@ -110,3 +110,36 @@ def test_without_the_field_no_prompt_logprobs_are_computed(parts):
 def test_prompt_logprobs_beyond_20_alternatives_are_refused():
     with pytest.raises(ValueError, match="prompt_logprobs"):
         SamplingParams(prompt_logprobs=21)
+
+
+WATCHING = dataclasses.replace(GREEDY, max_tokens=6, logprobs=True, top_logprobs=5)
+
+
+def reader_events(parts, prefix: list[int], reader_prompt: list[int], *, beside_asking: bool) -> list:
+    """A request whose prompt extends `prefix`, found in the prefix cache (written by a plain
+    request of its own in a short chunk): its tokens and logprobs, alone or admitted while a
+    prompt-logprob request recomputes that cached prefix in a long batch beside a filler."""
+    runner, recorder = make_runner(parts, max_batch_tokens=64), Recorder()
+    runner.submit("plain", prefix, GREEDY, recorder.on("plain"))   # 12 rows: written by the decode kernel
+    run_until_done(runner, recorder, ["plain"])
+    if beside_asking:
+        filler = random_prompt(np.random.default_rng(8), 20)      # 12 + 20 rows: written by OpenBLAS
+        runner.submit("filler", filler, GREEDY, recorder.on("filler"))
+        runner.submit("asking", prefix, dataclasses.replace(ASKING, max_tokens=8), recorder.on("asking"))
+        runner.step()
+        assert ("asking", 0, len(prefix)) in [(r, s, e) for r, s, e in runner.last_plan]
+    runner.submit("reader", reader_prompt, WATCHING, recorder.on("reader"))
+    run_until_done(runner, recorder, ["reader"])
+    assert recorder.events["reader"][-1].num_cached_tokens >= len(prefix) - BLOCK_SIZE
+    if beside_asking:
+        run_until_done(runner, recorder, ["asking", "filler"])
+    return [(r.token_id, r.logprob, r.top_logprobs) for e in recorder.events["reader"] for r in e.logprobs]
+
+
+def test_recomputing_a_shared_cached_prefix_leaves_its_readers_bit_for_bit_unchanged(parts):
+    rng = np.random.default_rng(7)
+    prefix = random_prompt(rng, 12)
+    reader_prompt = prefix + random_prompt(rng, 5)
+    alone_events = reader_events(parts, prefix, reader_prompt, beside_asking=False)
+    assert len(alone_events) == WATCHING.max_tokens
+    assert reader_events(parts, prefix, reader_prompt, beside_asking=True) == alone_events

@@ -122,6 +122,46 @@ def test_hidden_states_match(tmp_path, make_ops, report_error):
     report_error("engine hidden states qwen2", "f32", max_error(got, want), 1e-5)
 
 
+def test_prompt_rows_come_back_as_hidden_states_that_the_head_turns_into_the_dense_logits(tmp_path, make_ops):
+    """Model.run's second seam (prompt logprobs): hidden_indices rows as final normed hidden
+    states, which `head` turns into what a forward asking logits of every row gives."""
+    path = write_random_gguf(tmp_path / "qwen3.gguf", "qwen3", seed=7, head_dim=32)
+    device, cpu, ops = load_both(path, make_ops)
+    prompt = np.random.default_rng(8).integers(3, 1000, 20)
+    def batch(logits_rows, hidden_rows=()) -> Batch:                    # noqa: E306
+        return Batch.build(prompt, np.arange(20), [20], [[0, 1]], [0], np.asarray(logits_rows), BLOCK_SIZE,
+                           hidden_indices=hidden_rows)
+    dense = cpu.forward(batch(np.arange(20)), caches(cpu, ops)[1])       # (20, n_vocab)
+    for model, kv in zip((device, cpu), caches(cpu, ops)):
+        logits, hidden = model.run(batch([19], np.arange(19)), kv)
+        assert logits.shape == (1, cpu.config.n_vocab) and hidden.shape == (19, cpu.config.n_embd)
+        assert max_error(logits, dense[19:]) < BOUND["f32"]
+        assert max_error(model.head(hidden), dense[:19]) < BOUND["f32"]
+        assert max_error(model.head(hidden[5:9]), dense[5:9]) < BOUND["f32"]     # any slice of them
+        assert model.run(batch([19]), kv)[1].shape == (0, cpu.config.n_embd)
+
+
+def test_kept_positions_are_not_written_again(tmp_path, make_ops):
+    """Batch.num_kept: a recomputed cached prefix's slots keep what they held (the runner's
+    shared blocks); the positions after it are written as always."""
+    path = write_random_gguf(tmp_path / "llama.gguf", "llama", seed=9, head_dim=32)
+    device, cpu, ops = load_both(path, make_ops)
+    prompt = np.random.default_rng(10).integers(3, 1000, 20)
+    batch = Batch.build(prompt, np.arange(20), [20], [[0, 1]], [0], np.asarray([19]), BLOCK_SIZE, num_kept=[8])
+    plain = Batch.build(prompt, np.arange(20), [20], [[0, 1]], [0], np.asarray([19]), BLOCK_SIZE)
+    device_kv, cpu_kv = caches(cpu, ops)
+    fresh_device_kv, fresh_cpu_kv = caches(cpu, ops)
+    for model, kv, fresh, host in ((device, device_kv, fresh_device_kv, ops.to_host),
+                                   (cpu, cpu_kv, fresh_cpu_kv, np.asarray)):
+        logits = model.forward(batch, kv)
+        for layer in range(cpu.config.n_layer):
+            k, v = (host(cache[layer]).reshape(-1, cpu.config.n_head_kv, 32) for cache in (kv.k, kv.v))
+            assert not k[:8].any() and not v[:8].any()                    # the zeros they held
+            assert k[8:20].any(axis=(1, 2)).all() and v[8:20].any(axis=(1, 2)).all()
+        # attention read the kept positions from the cache (zeros here), not from this pass
+        assert max_error(logits, model.forward(plain, fresh)) > BOUND["f32"]
+
+
 def test_a_forked_cache_decodes_as_the_original(tmp_path, make_ops):
     """copy_blocks (copy-on-write for n > 1): a fork's last block copied to a fresh one decodes
     the same as the sequence it came from."""

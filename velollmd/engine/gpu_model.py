@@ -6,6 +6,7 @@ so the runner, the scheduler and the block allocator do not know which one they 
     model = GpuModel.load(gguf, config, ops)
     kv = GpuKVCache(ops, config.n_layer, num_blocks, block_size, config.n_head_kv, config.head_dim)
     logits = model.forward(batch, kv)                   # (num_logits, n_vocab) numpy, for sampling
+    logits, hidden = model.run(batch, kv)               # and model.Model.run's hidden rows, on the host
 
 Weights go to the device as the GGUF holds them where a kernel multiplies that type directly
 (F32, F16, Q8_0: matmul.cu); any other type is dequantised and stored as F16 (a K-quant's values
@@ -139,14 +140,31 @@ class GpuModel:
 
     def forward(self, batch: Batch, kv: GpuKVCache) -> np.ndarray:
         """Run the batch, write its K/V into kv; logits of the logits_indices rows (num_logits, n_vocab)."""
-        ops = self.ops
-        with ops.active():
+        return self.run(batch, kv)[0]
+
+    def run(self, batch: Batch, kv: GpuKVCache) -> tuple[np.ndarray, np.ndarray]:
+        """model.Model.run: forward's logits (num_logits, n_vocab) and the final normed hidden
+        states of the hidden_indices rows (num_hidden, n_embd), both on the host."""
+        with self.ops.active():
             x = self._residual(batch, kv)                                                  # (T, n_embd)
-            if not len(batch.logits_indices):       # only non-final prefill chunks: no empty launch
-                return np.zeros((0, self.config.n_vocab), F32)
-            rows = ops.embedding(x, ops.to_device(batch.logits_indices.astype(I32)))    # (num_logits, n_embd)
-            h = self._rms_norm(rows, self.output_norm)
-            return ops.to_host(self._linear(h, self.lm_head))                           # (num_logits, n_vocab)
+            hidden = self._normed_rows(x, batch.hidden_indices)                            # (num_hidden, n_embd)
+            h = self._normed_rows(x, batch.logits_indices)                                 # (num_logits, n_embd)
+            logits = (np.zeros((0, self.config.n_vocab), F32) if h is None
+                      else self.ops.to_host(self._linear(h, self.lm_head)))               # (num_logits, n_vocab)
+            return logits, (np.zeros((0, self.config.n_embd), F32) if hidden is None else self.ops.to_host(hidden))
+
+    def head(self, h: np.ndarray) -> np.ndarray:
+        """The LM head: final normed hidden states (rows, n_embd) on the host -> logits (rows, n_vocab)."""
+        with self.ops.active():
+            return self.ops.to_host(self._linear(self.ops.to_device(h.astype(F32, copy=False)),
+                                                 self.lm_head))
+
+    def _normed_rows(self, x, indices: np.ndarray):
+        """The final norm of x's rows at indices, on the device; None for no rows (no empty launch:
+        a step of non-final prefill chunks only, or no prompt logprobs asked)."""
+        if not len(indices):
+            return None
+        return self._rms_norm(self.ops.embedding(x, self.ops.to_device(indices.astype(I32))), self.output_norm)
 
     def hidden(self, batch: Batch, kv: GpuKVCache) -> np.ndarray:
         """Final normed hidden states of all T rows (T, n_embd), e.g. for mean-pooled embeddings."""

@@ -61,7 +61,11 @@ class PagedKVCache:
         """Nothing to do: host memory goes with the last reference (gpu_model.GpuKVCache frees device memory here)."""
 
     def write(self, layer: int, slots: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
-        """Store k, v (T, num_kv_heads, head_dim) at slots (T,)."""
+        """Store k, v (T, num_kv_heads, head_dim) at slots (T,); a row whose slot is negative is not
+        written (reshape_and_cache's convention: model.AttentionPlan's kept rows)."""
+        if slots.size and slots.min() < 0:
+            written = slots >= 0
+            slots, k, v = slots[written], k[written], v[written]
         self._k_slots[layer, slots] = k
         self._v_slots[layer, slots] = v
 

@@ -4,6 +4,13 @@
     model = Model(config, get_tensor, tensor_types)    # get_tensor(name) -> float32 (out, in)
     batch = Batch.pack([SeqChunk(prompt_ids, 0, block_table), SeqChunk([tok], 37, table2)])
     logits = model.forward(batch, kv)                  # (num_logits, n_vocab)
+    logits, hidden = model.run(batch, kv)              # and (num_hidden, n_embd) of hidden_indices
+    logits = model.head(hidden[:64])                   # the LM head over some of those rows
+
+The rows whose next-token distribution a prompt's logprobs need (every prompt row of a chunk)
+come back as final hidden states (`Batch.hidden_indices`, n_embd floats each), not logits: the
+caller applies `head` to a slice of them at a time, so no more than a slice's n_vocab rows
+exist at once whatever the chunk (a 512-row chunk of a 152k vocabulary would be 311 MB).
 
 Architectures: llama (and mistral), qwen2 (Q/K/V biases), qwen3 (per-head Q/K RMSNorm); tied
 embeddings when output.weight is absent. Every matrix is stored as the GGUF holds it, (out, in)
@@ -29,7 +36,7 @@ quantweight.StackedWeight. A part of another type makes the whole weight float32
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -192,11 +199,18 @@ class Batch:
     num_computed: list[int]      # per sequence: tokens already in the KV cache before this pass
     logits_indices: np.ndarray   # (num_logits,) int64: rows whose logits forward() returns
     block_size: int = 0          # the KV cache's block size the tables were made for (0: not checked)
+    # (num_hidden,) int64: rows whose final normed hidden states run() returns too (prompt logprobs)
+    hidden_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # per sequence (or empty: none): its positions below this already hold these very tokens' K/V in
+    # the cache (a cached prefix recomputed for its logits) and are not written again: the blocks may
+    # be shared, and another batch's float32 sums need not give the same bits
+    num_kept: list[int] = field(default_factory=list)
 
     @classmethod
     def build(cls, token_ids: np.ndarray, positions: np.ndarray, query_lens: Sequence[int],
               block_tables: Sequence[Sequence[int]], num_computed: Sequence[int],
-              logits_indices: np.ndarray, block_size: int = 0) -> "Batch":
+              logits_indices: np.ndarray, block_size: int = 0, *,
+              hidden_indices: Sequence[int] = (), num_kept: Sequence[int] = ()) -> "Batch":
         """A batch from its parts, as an engine loop gathers them (the runner's constructor)."""
         query_start = np.concatenate([[0], np.cumsum(np.asarray(query_lens, dtype=np.int64))])
         if query_start[-1] != len(token_ids) or len(positions) != len(token_ids):
@@ -204,7 +218,8 @@ class Batch:
                              f"query lengths summing to {query_start[-1]}")
         return cls(np.asarray(token_ids, dtype=np.int32), np.asarray(positions, dtype=np.int32),
                    query_start, [list(t) for t in block_tables], [int(n) for n in num_computed],
-                   np.asarray(logits_indices, dtype=np.int64), block_size)
+                   np.asarray(logits_indices, dtype=np.int64), block_size,
+                   np.asarray(hidden_indices, dtype=np.int64), [int(n) for n in num_kept])
 
     @classmethod
     def pack(cls, chunks: Sequence[SeqChunk]) -> "Batch":
@@ -247,9 +262,12 @@ class AttentionPlan:
                                  f"covers {len(table) * block_size}")
             rows = slice(batch.query_start[i], batch.query_start[i + 1])
             slots.append(slot_mapping(table, batch.positions[rows], block_size))
-        self.slots = np.concatenate(slots)                              # (T,) int64
+        self.slots = np.concatenate(slots)                              # (T,) int64; -1: not written
         if self.slots.max() >= num_blocks * block_size or self.slots.min() < 0:
             raise ValueError("Batch: a block table holds a block id outside the KV cache")
+        if batch.num_kept:
+            kept = np.repeat(np.asarray(batch.num_kept, dtype=np.int64), batch.query_lens())   # (T,)
+            self.slots[batch.positions < kept] = -1
         decode = np.flatnonzero(query_lens == 1)                        # (num_decode,) seq indices
         self.decode_rows = batch.query_start[decode]                    # (num_decode,) row of each
         self.decode_lens = seq_lens[decode]                             # (num_decode,)
@@ -439,9 +457,20 @@ class Model:
 
     def forward(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
         """Run the batch, write its K/V into kv; logits of the logits_indices rows (num_logits, n_vocab)."""
-        x = self._residual(batch, kv)[batch.logits_indices]               # (num_logits, n_embd)
-        h = ops.rms_norm(x, self.output_norm, self.config.rms_norm_eps)   # (num_logits, n_embd)
-        return linear(h, self.lm_head, self.lm_head_act)                  # (num_logits, n_vocab)
+        return self.run(batch, kv)[0]
+
+    def run(self, batch: Batch, kv: PagedKVCache) -> tuple[np.ndarray, np.ndarray]:
+        """forward's logits (num_logits, n_vocab), and the final normed hidden states of the
+        hidden_indices rows (num_hidden, n_embd), for `head` to turn into logits a slice at a time."""
+        x = self._residual(batch, kv)                                     # (T, n_embd)
+        eps = self.config.rms_norm_eps
+        hidden = ops.rms_norm(x[batch.hidden_indices], self.output_norm, eps)       # (num_hidden, n_embd)
+        h = ops.rms_norm(x[batch.logits_indices], self.output_norm, eps)            # (num_logits, n_embd)
+        return self.head(h), hidden
+
+    def head(self, h: np.ndarray) -> np.ndarray:
+        """The LM head: final normed hidden states (rows, n_embd) -> logits (rows, n_vocab)."""
+        return linear(h, self.lm_head, self.lm_head_act)
 
     @property
     def nbytes(self) -> int:

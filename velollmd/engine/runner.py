@@ -13,7 +13,7 @@ Each step (vLLM v1's two verbs on the shared scheduler):
 2. the plan: every running sequence that is generating feeds its one new token (decode), then
    prefill chunks of the others in admission order until `max_batch_tokens`, so a long prompt
    holds running decodes up for at most one chunk;
-3. one `model.forward` over the packed batch (numpy releases the GIL: the event loop runs);
+3. one `model.run` over the packed batch (numpy releases the GIL: the event loop runs);
 4. sampling where a sequence reached its last token, stop checks, and
    `scheduler.update_from_output`, which grows each sequence's blocks by its new token and
    preempts (recompute later) a sequence whose token found no free block; the copy-on-write
@@ -33,13 +33,17 @@ to a new sequence forgets what it held, so a stale slot of another prefix never 
 hit (however equal its token).
 
 Prompt logprobs (SamplingParams.prompt_logprobs: vLLM's field, and a completion's echo with
-logprobs): every prompt chunk's rows get logits too, each reduced at once to the next prompt
-token's logprob, rank and top alternatives (sampling.prompt_logprobs_of), and the whole list
+logprobs): every prompt chunk's rows come back from the forward as final hidden states (n_embd
+floats each, Batch.hidden_indices), which the LM head turns into logits a slice of rows at a
+time, each slice reduced at once to the next prompt token's logprob, rank and top alternatives
+(sampling.prompt_logprobs_of): a 512-row chunk never holds 512 n_vocab rows. The whole list
 goes with the sequence's first event. Such a sequence computes its whole prompt: positions
 found in the prefix cache have K/V but no logits, so its cached prefix is recomputed (the
 same tokens at the same places: its blocks stay shared, the pool is not asked twice) and its
-cached_tokens is 0. A preempted sequence that recomputes after its prompt logprobs were sent
-takes its prefix from the cache again.
+cached_tokens is 0. Those positions' K/V are not written again (Batch.num_kept): a batch of
+another size sums in another order, and a request sharing the blocks would read other bits.
+A preempted sequence that recomputes after its prompt logprobs were sent takes its prefix from
+the cache again.
 
 A sequence's last sampled token is never appended when it finishes: its KV would never be
 computed, and a block registered with it would be a wrong prefix-cache hit.
@@ -95,6 +99,7 @@ class EngineSeq:
     text: TextStream
     num_computed: int = 0           # tokens whose K/V are in the cache
     num_cached_tokens: int = 0      # of the prompt, found in the prefix cache at admission
+    num_kept: int = 0               # prompt positions whose K/V the cache held at admission (not rewritten)
     num_ctx: int = 0                # its context (the model's, or the request's num_ctx)
     tokens: list[int] = field(default_factory=list)    # output emitted so far
     ended_on_eog: bool = False      # an end-of-generation token ended it (no text, not in tokens)
@@ -268,10 +273,11 @@ class Runner:
             batch = self._batch(plan)
         self._send_events()                                     # the aborts and timeouts, at once
         with self._model_lock:
-            logits = self.model.forward(batch, self.kv)         # (num_logits, n_vocab)
+            logits, hidden = self.model.run(batch, self.kv)     # (num_logits, n_vocab), (num_hidden, n_embd)
+            prompt_rows = self._prompt_logprobs(plan, hidden)   # the LM head over them, a slice at a time
         with self._lock:
             self._record_written(plan, batch)
-            self._after_forward(plan, logits)
+            self._after_forward(plan, logits, prompt_rows)
         self.last_plan = tuple((seq.request_id, start, end) for seq, start, end in plan)
         self.num_steps += 1
         return True
@@ -327,7 +333,8 @@ class Runner:
         tokens = seq.request.all_token_ids
         table = self.scheduler.pool.block_table(seq.request_id)
         self.slot_tokens.forget(table[num_cached // self.block_size:])   # fresh from the pool
-        verified = 0 if seq.wants_prompt_rows else self.slot_tokens.verified_prefix(table, tokens, num_cached)
+        seq.num_kept = self.slot_tokens.verified_prefix(table, tokens, num_cached)
+        verified = 0 if seq.wants_prompt_rows else seq.num_kept
         seq.num_computed = verified
         if seq.request.num_preemptions == 0 or not seq.tokens:
             seq.num_cached_tokens = verified
@@ -358,7 +365,10 @@ class Runner:
         return plan
 
     def _batch(self, plan: list[tuple[EngineSeq, int, int]]) -> Batch:
-        token_ids, positions, tables, computed, lens, logit_rows = [], [], [], [], [], []
+        """The plan's packed batch: logits for each sequence that reaches its last token, final
+        hidden states for the prompt rows whose logprobs were asked (their positions found in
+        the prefix cache recomputed but kept, not written again: num_kept)."""
+        token_ids, positions, tables, computed, lens, logit_rows, hidden_rows, kept = [], [], [], [], [], [], [], []
         row = 0
         for seq, start, end in plan:
             token_ids.extend(_token_slice(seq.request, start, end))
@@ -366,12 +376,14 @@ class Runner:
             tables.append(self.scheduler.pool.block_table(seq.request_id))
             computed.append(start)
             lens.append(end - start)
-            logit_rows.extend(row + position - start for position in _prompt_positions(seq, start, end))
+            hidden_rows.extend(row + position - start for position in _prompt_positions(seq, start, end))
+            kept.append(seq.num_kept if seq.wants_prompt_rows else 0)
             row += end - start
             if end == seq.request.num_tokens:
                 logit_rows.append(row - 1)
         return Batch.build(np.asarray(token_ids, np.int32), np.asarray(positions, np.int32),
-                           lens, tables, computed, np.asarray(logit_rows, np.int64), self.block_size)
+                           lens, tables, computed, np.asarray(logit_rows, np.int64), self.block_size,
+                           hidden_indices=hidden_rows, num_kept=kept if any(kept) else ())
 
     def _record_written(self, plan: list[tuple[EngineSeq, int, int]], batch: Batch) -> None:
         """Remember which token each written KV slot holds (the prefix-hit check); the tables are
@@ -380,15 +392,28 @@ class Runner:
             self.slot_tokens.record(table, start, _token_slice(seq.request, start, end))
             self.num_tokens_computed += end - start
 
-    def _after_forward(self, plan: list[tuple[EngineSeq, int, int]], logits: np.ndarray) -> None:
-        # logits: (num_logits, n_vocab), one row per sequence that reached its last token
+    def _prompt_logprobs(self, plan: list[tuple[EngineSeq, int, int]],
+                         hidden: np.ndarray) -> list[list[SampleResult]]:
+        """Per planned chunk, its prompt rows' logprobs (none unless asked) from their final hidden
+        states (num_hidden, n_embd): the LM head and the reduction a slice of rows at a time."""
+        results, row = [], 0
+        for seq, start, end in plan:
+            positions = _prompt_positions(seq, start, end)
+            next_ids = [seq.request.prompt_token_ids[position + 1] for position in positions]
+            results.append(prompt_logprobs_of(hidden[row:row + len(positions)], next_ids,
+                                              seq.params.prompt_logprobs, self.model.head) if positions else [])
+            row += len(positions)
+        return results
+
+    def _after_forward(self, plan: list[tuple[EngineSeq, int, int]], logits: np.ndarray,
+                       prompt_rows: list[list[SampleResult]]) -> None:
+        # logits: (num_logits, n_vocab), one row per sequence that reached its last token;
+        # prompt_rows: per chunk of the plan, the logprobs of its prompt positions
         choices, rows = [], []
         row = 0
-        for seq, start, end in plan:
-            prompt_positions = _prompt_positions(seq, start, end)
-            if prompt_positions:
-                _keep_prompt_logprobs(seq, prompt_positions, logits[row:row + len(prompt_positions)])
-                row += len(prompt_positions)
+        for (seq, start, end), results in zip(plan, prompt_rows):
+            if results:
+                _keep_prompt_logprobs(seq, _prompt_positions(seq, start, end), results)
             seq.num_computed = end
             if end != seq.request.num_tokens:
                 continue                            # a chunk in the middle of the prompt
@@ -537,14 +562,12 @@ def _prompt_positions(seq: EngineSeq, start: int, end: int) -> range:
     return range(start, min(end, len(seq.request.prompt_token_ids) - 1))
 
 
-def _keep_prompt_logprobs(seq: EngineSeq, positions: range, logits: np.ndarray) -> None:
-    """The rows of `positions` (logits: (len(positions), n_vocab)) reduced into the sequence's
-    prompt logprobs; a recomputed position (after a preemption) is written again, equal."""
-    prompt = seq.request.prompt_token_ids
+def _keep_prompt_logprobs(seq: EngineSeq, positions: range, results: list[SampleResult]) -> None:
+    """The logprobs of `positions`' next tokens into the sequence's prompt logprobs; a
+    recomputed position (after a preemption) is written again, equal."""
     if seq.prompt_logprobs is None:
-        seq.prompt_logprobs = [None] * len(prompt)
-    next_ids = [prompt[position + 1] for position in positions]
-    for position, result in zip(positions, prompt_logprobs_of(logits, next_ids, seq.params.prompt_logprobs)):
+        seq.prompt_logprobs = [None] * len(seq.request.prompt_token_ids)
+    for position, result in zip(positions, results):
         seq.prompt_logprobs[position + 1] = result
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -422,17 +422,21 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-PROMPT_ROWS_AT_ONCE = 64     # logits rows turned into logprobs together (float64 copies of n_vocab each)
+PROMPT_ROWS_AT_ONCE = 64     # prompt rows through the LM head and into logprobs together (n_vocab floats each)
 
 
-def prompt_logprobs_of(logits: np.ndarray, next_ids: Sequence[int], num_top: int) -> list[SampleResult]:
-    """Each logits row reduced to what the prompt's next token gets there: its logprob, its
-    rank (vLLM's: the tokens at least as likely, itself among them) and the `num_top` most
-    likely, so that no n_vocab row outlives the step that computed it."""
-    # logits: (rows, n_vocab), row i being the distribution next_ids[i] was drawn from
+def prompt_logprobs_of(hidden: np.ndarray, next_ids: Sequence[int], num_top: int,
+                       head: Callable[[np.ndarray], np.ndarray]) -> list[SampleResult]:
+    """Each row reduced to what the prompt's next token gets there: its logprob, its rank
+    (vLLM's: the tokens at least as likely, itself among them) and the `num_top` most likely.
+    The rows are final hidden states that `head` (the model's LM head) turns into logits
+    PROMPT_ROWS_AT_ONCE at a time, so that no more than that many n_vocab rows exist at once
+    however long the chunk, and none outlives the step that computed it."""
+    # hidden: (rows, n_embd), row i giving the distribution next_ids[i] was drawn from
     results = []
     for first in range(0, len(next_ids), PROMPT_ROWS_AT_ONCE):
-        logprobs = log_softmax(logits[first:first + PROMPT_ROWS_AT_ONCE])     # (<= 64, n_vocab) float64
+        logits = head(hidden[first:first + PROMPT_ROWS_AT_ONCE])              # (<= 64, n_vocab) float32
+        logprobs = log_softmax(logits)                                        # (<= 64, n_vocab) float64
         for row, token_id in zip(logprobs, next_ids[first:first + PROMPT_ROWS_AT_ONCE]):
             chosen = row[token_id]
             top = top_k_ids(row, num_top)[:num_top] if num_top else ()
