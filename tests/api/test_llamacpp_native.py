@@ -11,7 +11,8 @@ import pytest
 
 from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend, ollama_backend
 from tests.rig.llama import LlamaServer, tiny_gguf_tool
-from velollmd.wire.llamacpp_native import cut_at_indent, picked_fields
+from velollmd.backends.llamacpp_infill import to_completion
+from velollmd.wire.llamacpp_native import NativeShape, cut_at_indent, full_timings, native_answer, picked_fields
 
 LLAMA = "tiny-fim"            # llama-server's alias (the daemon's llama backend serves "tiny*")
 ENGINE = "native-engine"
@@ -266,3 +267,27 @@ def test_response_fields_pick_nested_fields_under_their_path():
     assert picked_fields(reply, ["content", "timings/prompt_n", "timings/none", "absent"]) == \
         {"content": "x", "timings/prompt_n": 3}
     assert picked_fields(reply, []) is reply
+
+
+def test_timings_get_the_rates_llama_server_derives_where_a_backend_gave_durations_alone():
+    engine = {"cache_n": 0, "prompt_n": 4, "prompt_ms": 8.0, "predicted_n": 5, "predicted_ms": 250.0,
+              "predicted_per_second": None}
+    assert full_timings(engine) == {**engine, "prompt_per_token_ms": 2.0, "prompt_per_second": 500.0,
+                                    "predicted_per_token_ms": 50.0, "predicted_per_second": 20.0}
+    llama = {"prompt_n": 1, "prompt_ms": 3.0, "prompt_per_token_ms": 3.0, "prompt_per_second": 333.3,
+             "predicted_n": 2, "predicted_ms": 4.0, "predicted_per_token_ms": 2.0, "predicted_per_second": 500.0}
+    assert full_timings(llama) == llama                             # llama-server's own kept
+    unknown = full_timings({"prompt_n": 3, "predicted_n": 0, "predicted_ms": 0})
+    assert unknown["prompt_ms"] == unknown["prompt_per_second"] == unknown["predicted_per_token_ms"] == 0.0
+
+
+def test_several_choices_are_llama_servers_list_of_results():
+    """n_cmpl: llama-server answers a list; its results, read into choices, come back as one."""
+    results = [{"index": i, "content": text, "stop_type": "eos", "tokens_evaluated": 9, "tokens_predicted": 2,
+                "timings": {"cache_n": 4}} for i, text in enumerate(["a", "b"])]
+    answer = to_completion(results, "m")
+    assert [c["text"] for c in answer["choices"]] == ["a", "b"] and [c["index"] for c in answer["choices"]] == [0, 1]
+    assert (answer["usage"]["prompt_tokens"], answer["usage"]["completion_tokens"]) == (9, 4)
+    native = native_answer(answer, NativeShape("m", {}, response_fields=["index", "content"]))
+    assert native == [{"index": 0, "content": "a"}, {"index": 1, "content": "b"}]
+    assert native_answer(to_completion(results[0], "m"), NativeShape("m", {}))["content"] == "a"

@@ -14,7 +14,9 @@ one token, as llama-server answers it), `temperature` (under 0: greedy, llama.cp
 slots and clock are accepted and ignored (`cache_prompt`, `id_slot`, `t_max_prompt_ms`,
 `t_max_predict_ms`, `timings_per_token`); the others pass through as on /v1/completions
 (`json_schema` is honoured everywhere and `grammar` on llama-server only, elsewhere a 400, as
-validation reads them there; llama-server applies `samplers`, ..., the engine and Ollama do not). Errors keep the
+validation reads them there; llama-server applies `samplers`, ..., the engine and Ollama do not;
+`n_cmpl`, llama.vscode's parallel completions: llama-server answers a list of results, given
+back as a list, the engine and Ollama one result). Errors keep the
 OpenAI shape, which llama-server's {"error": {"code", "message", "type"}} clients read as well.
 """
 from __future__ import annotations
@@ -81,6 +83,9 @@ class LlamaCppRoutes:
         shape = native_shape(body, completion["model"])
         if shape.n_indent and body.get("stream"):
             raise BadRequest("n_indent is not supported on a streamed answer here", param="n_indent")
+        n_cmpl = _integer(body, "n_cmpl", 1)
+        if n_cmpl < 1 or n_cmpl > 1 and body.get("stream"):
+            raise BadRequest("n_cmpl must be at least 1, and 1 on a streamed answer here", param="n_cmpl")
         completion = validate_completion({**passed_fields(body), **sampling_fields(body), **completion},
                                          NATIVE_SAMPLING_RANGES)
         generate = self.access.generate_request(request, "completion", completion)

@@ -37,6 +37,7 @@ from ..wire.request import GenerateRequest, one_prompt
 from ..wire.streams import closing
 from ..wire.vllm import SAMPLING_EXTRAS
 from .base import Backend, ModelInfo, in_vocab, refuse_insert, refuse_unhonoured
+from .prompts import all_of, merged_answers, several_prompts, with_prompt
 from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer
 from .engine_echo import echo_of, generating_body, prompt_logprobs_asked
 from .engine_mailbox import Inbox, Item, Mailbox, Prepare, deliverer
@@ -313,7 +314,17 @@ class EngineBackend(Backend):
         return await self._answer(request, chat=True)
 
     async def completion(self, request: GenerateRequest) -> dict:
+        """Several prompts (lm-evaluation-harness's batches): each a request of its own, run
+        together (the scheduler batches them), one answer of their choices in prompt order."""
+        prompts = several_prompts(request.body)
+        if prompts is not None:
+            return merged_answers(await all_of(self._answer(with_prompt(request, p), chat=False) for p in prompts))
         return await self._answer(request, chat=False)
+
+    def num_parallel(self, request: GenerateRequest) -> int:
+        """A whole completion's prompts run at once, a slot each (a stream takes one prompt)."""
+        prompts = several_prompts(request.body) if request.endpoint != "chat" and not request.stream else None
+        return len(prompts) if prompts is not None else 1
 
     def chat_stream(self, request: GenerateRequest) -> AsyncIterator[dict]:
         return self._stream(request, chat=True)

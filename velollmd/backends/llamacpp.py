@@ -1,8 +1,6 @@
 """llama.cpp's llama-server: its OpenAI endpoints plus /props (slots, context) and /tokenize."""
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
 import os
 from typing import AsyncIterator, Callable
@@ -13,6 +11,7 @@ from ..wire.request import GenerateRequest, reasoning_effort_of, wants_json, wan
 from ..wire.streams import closing
 from ..wire.vllm import GBNF, GUIDED_FIELDS, choice_grammar, vllm_constraint
 from .base import ModelInfo, refuse_insert
+from .prompts import all_of, merged_answers, several_prompts, summed_usage, with_prompt
 from .llamacpp_infill import INFILL_PATH, completion_chunks, infill_body, insert_refused, to_completion, wants_infill
 from .openai import OpenAIBackend
 
@@ -96,16 +95,16 @@ class LlamaCppBackend(OpenAIBackend):
     def num_parallel(self, request: GenerateRequest) -> int:
         """A completion's prompts run one a slot: sent one a request (`completion`), or split
         by llama-server itself (a stream)."""
-        prompts = _prompts(request.body) if request.endpoint != "chat" else None
+        prompts = several_prompts(request.body) if request.endpoint != "chat" else None
         return len(prompts) if prompts is not None else 1
 
     async def completion(self, request: GenerateRequest) -> dict:
         """llama.cpp answers a completion's logprobs in the chat shape: given in OpenAI's. Several
         prompts go one a request, their answers merged: llama-server answers them in one with
         the usage of the first prompt alone."""
-        prompts = _prompts(request.body)
+        prompts = several_prompts(request.body)
         if prompts is not None:
-            return _merged_answers(await _all_of(self.completion(_with_prompt(request, p)) for p in prompts))
+            return merged_answers(await all_of(self.completion(with_prompt(request, p)) for p in prompts))
         if wants_infill(request.body):
             return await self._infill(request)
         body = await super().completion(request)
@@ -133,9 +132,9 @@ class LlamaCppBackend(OpenAIBackend):
             return self._infill_chunks(request)
         events = super().answer_events(request)
         if request.endpoint == "completion" and wants_logprobs(request.body):
-            return self._completion_logprob_chunks(events, _prompts(request.body))
+            return self._completion_logprob_chunks(events, several_prompts(request.body))
         if request.endpoint != "chat":
-            prompts = _prompts(request.body)
+            prompts = several_prompts(request.body)
             if prompts is not None:
                 return self._rewritten_chunks(events, _completion_id, _usage_summer(len(prompts)))
             return _completion_id_events(events)
@@ -155,7 +154,7 @@ class LlamaCppBackend(OpenAIBackend):
 
     async def _infill_chunks(self, request: GenerateRequest) -> AsyncIterator[list[dict]]:
         """A completion stream with a suffix, from /infill's stream, in completion chunks."""
-        if _prompts(request.body) is not None:
+        if several_prompts(request.body) is not None:
             raise BadRequest("a suffix takes one prompt per streamed request on llama.cpp", param="prompt")
         events = self.stream_events(INFILL_PATH, infill_body(self.upstream_body(request)), sse=True)
         with insert_refused(request.body):
@@ -291,40 +290,6 @@ def _arguments_as_json(call: dict) -> dict:
     return {**call, "function": {**call["function"], "arguments": written}}
 
 
-def _prompts(body: dict) -> list | None:
-    """A completion's prompts when it has several (strings, or lists of token ids), else None."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, (str, list)) for p in prompt):
-        return prompt
-    return None
-
-
-async def _all_of(coroutines) -> list:
-    """The results of `coroutines` run together; the first to fail cancels the others, and its
-    error is raised as it is."""
-    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        raise
-
-
-def _with_prompt(request: GenerateRequest, prompt) -> GenerateRequest:
-    return dataclasses.replace(request, body={**request.body, "prompt": prompt})
-
-
-def _merged_answers(answers: list[dict]) -> dict:
-    """One completion answer of the answers to each prompt, in prompt order: their choices
-    numbered in that order, their usage summed (timings, which are one prompt's, left out)."""
-    merged = {key: value for key, value in answers[0].items() if key != "timings"}
-    merged["choices"] = [{**choice, "index": index} for index, choice in
-                         enumerate(choice for answer in answers for choice in answer.get("choices") or [])]
-    merged["usage"] = _summed_usage([answer.get("usage") for answer in answers])
-    return merged
-
-
 def _usage_summer(num_prompts: int) -> Callable[[dict], None]:
     """llama-server ends each prompt's choice of a stream of several prompts with that prompt's
     usage: each is taken off its chunk, and their sum put on the last one's."""
@@ -335,23 +300,8 @@ def _usage_summer(num_prompts: int) -> Callable[[dict], None]:
             return
         seen.append(chunk.pop("usage"))
         if len(seen) == num_prompts:
-            chunk["usage"] = _summed_usage(seen)
+            chunk["usage"] = summed_usage(seen)
     return sum_usage
-
-
-def _summed_usage(usages: list) -> dict:
-    """Token counts of several answers added up (cached prompt tokens too, when given)."""
-    total = {name: sum(_count(u, name) for u in usages) for name in ("prompt_tokens", "completion_tokens")}
-    total["total_tokens"] = total["prompt_tokens"] + total["completion_tokens"]
-    details = [u.get("prompt_tokens_details") for u in usages if isinstance(u, dict)]
-    if any(isinstance(d, dict) for d in details):
-        total["prompt_tokens_details"] = {"cached_tokens": sum(_count(d, "cached_tokens") for d in details)}
-    return total
-
-
-def _count(usage, name: str) -> int:
-    value = usage.get(name) if isinstance(usage, dict) else None
-    return value if type(value) is int and value > 0 else 0
 
 
 def _completion_id(answer: dict) -> None:

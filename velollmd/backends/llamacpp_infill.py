@@ -47,12 +47,20 @@ def insert_refused(body: dict) -> Iterator[None]:
         raise
 
 
-def to_completion(answer: dict, model: str) -> dict:
-    """/infill's whole answer as an OpenAI text_completion."""
+def to_completion(answer: dict | list, model: str) -> dict:
+    """/infill's whole answer as an OpenAI text_completion. With `n_cmpl` (llama.vscode sends
+    its "max parallel completions", 3 by default) llama-server answers a list of results for
+    the one prompt: a choice each, the prompt counted once and their tokens summed."""
+    results = answer if isinstance(answer, list) else [answer]
+    if not results or not all(isinstance(result, dict) for result in results):
+        raise ValueError("/infill answered neither a result nor a list of results")
+    usage = _usage(results[0])
+    usage["completion_tokens"] = sum(_usage(result)["completion_tokens"] for result in results)
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     return {"id": response_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": answer.get("content") or "", "logprobs": None,
-                         "finish_reason": _finish_reason(answer)}],
-            "usage": _usage(answer), "timings": answer.get("timings") or {}}
+            "choices": [{"index": index, "text": result.get("content") or "", "logprobs": None,
+                         "finish_reason": _finish_reason(result)} for index, result in enumerate(results)],
+            "usage": usage, "timings": results[0].get("timings") or {}}
 
 
 async def completion_chunks(events: AsyncIterator[list[bytes]], decode: Callable[[bytes], dict],

@@ -30,12 +30,21 @@ class NativeShape:
     response_fields: list[str] = field(default_factory=list)
 
 
-def native_answer(answer: dict, shape: NativeShape) -> dict:
-    """A whole OpenAI text_completion as llama-server's /completion answer."""
-    choice = (answer.get("choices") or [{}])[0]
+def native_answer(answer: dict, shape: NativeShape) -> dict | list[dict]:
+    """A whole OpenAI text_completion as llama-server's /completion answer; several choices
+    (`n_cmpl`) as its list of results, one a choice, in their order (the counts, which OpenAI's
+    usage gives for all choices together, are those of the whole answer in each)."""
+    choices = answer.get("choices") or [{}]
+    if len(choices) > 1:
+        return [_native_result(answer, choice, shape) for choice in sorted(choices, key=lambda c: c.get("index", 0))]
+    return _native_result(answer, choices[0], shape)
+
+
+def _native_result(answer: dict, choice: dict, shape: NativeShape) -> dict:
     text = choice.get("text") or ""
     native = _final(text, choice.get("finish_reason"), stop_word_of(answer, choice), answer.get("usage"),
                     answer.get("timings"), shape)
+    native["index"] = choice.get("index") or 0
     probabilities = native_probabilities(choice.get("logprobs"))
     if probabilities is not None:
         native["completion_probabilities"] = probabilities
@@ -73,7 +82,26 @@ def _final(text: str, finish: str | None, stop_word: str | None, usage: dict | N
             "truncated": False, "has_new_line": "\n" in text, "stop_type": stop_type,
             "stopping_word": stop_word if stop_type == "word" else "",
             "generation_settings": shape.settings,
-            "timings": {"cache_n": cached, "prompt_n": prompt - cached, **(timings or {}), "predicted_n": predicted}}
+            "timings": full_timings({"cache_n": cached, "prompt_n": prompt - cached, **(timings or {}),
+                                     "predicted_n": predicted})}
+
+
+def full_timings(timings: dict) -> dict:
+    """llama-server's whole `timings`: the rates it derives from the counts and durations
+    (`prompt_per_second`, `predicted_per_token_ms`, ...) where the backend gave the
+    durations alone (the engine, Ollama). llama.vim shows its info line only when all of
+    prompt_n, prompt_ms, prompt_per_second, predicted_n, predicted_ms and
+    predicted_per_second are there; 0.0 where a duration is unknown or zero."""
+    timings = dict(timings)
+    for stage in ("prompt", "predicted"):
+        count, ms = timings.get(f"{stage}_n") or 0, timings.get(f"{stage}_ms")
+        known = isinstance(ms, (int, float)) and ms > 0 and count > 0
+        timings[f"{stage}_ms"] = float(ms) if isinstance(ms, (int, float)) else 0.0
+        for name, value in ((f"{stage}_per_token_ms", ms / count if known else 0.0),
+                            (f"{stage}_per_second", count * 1e3 / ms if known else 0.0)):
+            if not isinstance(timings.get(name), (int, float)):
+                timings[name] = round(value, 3)
+    return timings
 
 
 def stop_type_of(finish: str | None, stop_word: str | None, stops: list[str]) -> str:
