@@ -171,7 +171,8 @@ def test_a_call_max_tokens_cuts_before_its_name_is_no_content(client, max_tokens
     """llama-server gives the cut call's raw text as content in a whole answer (it withholds it
     in a stream): markup, dropped as the stream has it, not shown to a user."""
     reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Weather?"}],
-                                           tools=[WEATHER], max_tokens=max_tokens, logit_bias=force_tool_call_bias())
+                                           tools=[WEATHER], max_tokens=max_tokens, logit_bias=force_tool_call_bias(),
+                                           seed=1)
     choice = reply.choices[0]
     assert choice.finish_reason == "length" and not choice.message.tool_calls
     assert "<tool_call>" not in (choice.message.content or "")
