@@ -44,15 +44,14 @@ def test_an_unknown_model_id_is_a_404_in_openais_error_shape(client):
     assert info.value.body["code"] == "model_not_found" and info.value.body["param"] == "model"
 
 
-def test_the_engine_refuses_several_prompts_instead_of_joining_them(client):
-    """Each prompt of a list is a completion of its own (a choice per prompt); the engine
-    answers one prompt a request, so several are a 400 naming `prompt`, never one joined text."""
-    with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model=ENGINE, prompt=["the sun", "the moon"], max_tokens=3)
-    assert info.value.body["param"] == "prompt"
-    alone = client.completions.create(model=ENGINE, prompt="the sun", max_tokens=3, temperature=0)
-    listed = client.completions.create(model=ENGINE, prompt=["the sun"], max_tokens=3, temperature=0)
-    assert listed.choices[0].text == alone.choices[0].text
+def test_the_engine_answers_several_prompts_each_on_its_own(client):
+    """Each prompt of a list is a completion of its own (a choice per prompt, in order), never
+    one joined text: each choice equals its prompt asked alone."""
+    alone = [client.completions.create(model=ENGINE, prompt=p, max_tokens=3, temperature=0).choices[0].text
+             for p in ("the sun", "the moon")]
+    listed = client.completions.create(model=ENGINE, prompt=["the sun", "the moon"], max_tokens=3, temperature=0)
+    assert [c.index for c in listed.choices] == [0, 1]
+    assert [c.text for c in listed.choices] == alone
 
 
 @pytest.mark.parametrize("model", [ENGINE, LLAMA])
