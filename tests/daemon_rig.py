@@ -92,6 +92,15 @@ def engine_backend(models_dir, **extra) -> dict:
             "max_running": 2, "num_ctx": 512, **extra}
 
 
+def llama_and_engine_daemon(server, models_dir, llama_model: str, *, table: dict | None = None,
+                            **engine) -> RunningDaemon:
+    """A daemon (not started) before the real llama-server (serving `llama_model`) and the
+    engine (every GGUF in `models_dir`, `engine` its settings), the cache off; `table`: more
+    of the config."""
+    backends = [llama_backend(server, models=[llama_model]), engine_backend(models_dir, **engine)]
+    return RunningDaemon({"backends": backends, "cache": {"enabled": False}, **(table or {})})
+
+
 def tiny_engine_daemon(folder, model: str, **extra) -> RunningDaemon:
     """A daemon (not started) before the engine alone, serving the tiny model as `model`."""
     make_tiny_model(Path(folder) / f"{model}.gguf")

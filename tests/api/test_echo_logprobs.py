@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend
+from tests.daemon_rig import llama_and_engine_daemon
 from tests.rig.llama import make_tiny_model
 
 ENGINE = "tiny-engine"
@@ -21,9 +21,7 @@ CONTEXT, CONTINUATION = "the sun is over the", " sea and the sky"
 def daemon(llama_server, tmp_path_factory):
     models_dir = tmp_path_factory.mktemp("echo-models")
     make_tiny_model(models_dir / f"{ENGINE}.gguf")
-    table = {"backends": [llama_backend(llama_server, models=[LLAMA]), engine_backend(models_dir, max_running=4)],
-             "cache": {"enabled": False}}
-    with RunningDaemon(table) as running:
+    with llama_and_engine_daemon(llama_server, models_dir, LLAMA, max_running=4) as running:
         yield running
 
 

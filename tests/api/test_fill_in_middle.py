@@ -14,7 +14,7 @@ import ollama
 import openai
 import pytest
 
-from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend, ollama_backend
+from tests.daemon_rig import engine_backend, llama_and_engine_daemon, llama_backend, ollama_backend
 from tests.engine.test_tokenizer import gguf_metadata
 from tests.rig.llama import LlamaServer, make_tiny_model, tiny_gguf_tool
 from velollmd.backends.engine import _fill_in_middle, fim_pieces_fitted, with_repo_context
@@ -45,10 +45,7 @@ def fim_server(llama_binary, fim_model):
 
 @pytest.fixture(scope="module")
 def daemon(fim_server, fim_model):
-    table = {"backends": [llama_backend(fim_server, models=[LLAMA]),
-                          engine_backend(fim_model.parent, max_running=2)],
-             "cache": {"enabled": False}}
-    with RunningDaemon(table) as running:
+    with llama_and_engine_daemon(fim_server, fim_model.parent, LLAMA, max_running=2) as running:
         yield running
 
 

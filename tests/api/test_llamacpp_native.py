@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend, ollama_backend
+from tests.daemon_rig import llama_and_engine_daemon, llama_backend, ollama_backend
 from tests.rig.llama import LlamaServer, tiny_gguf_tool
 from velollmd.backends.llamacpp_infill import to_completion
 from velollmd.wire.llamacpp_native import NativeShape, cut_at_indent, full_timings, native_answer, picked_fields
@@ -40,9 +40,7 @@ def server(llama_binary, fim_model):
 
 @pytest.fixture(scope="module")
 def daemon(server, fim_model):
-    table = {"backends": [llama_backend(server, models=[LLAMA]), engine_backend(fim_model.parent, max_running=2)],
-             "cache": {"enabled": False}}
-    with RunningDaemon(table) as running:
+    with llama_and_engine_daemon(server, fim_model.parent, LLAMA, max_running=2) as running:
         yield running
 
 

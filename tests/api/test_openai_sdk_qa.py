@@ -10,7 +10,7 @@ import threading
 import openai
 import pytest
 
-from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend, ollama_backend
+from tests.daemon_rig import llama_and_engine_daemon, ollama_backend
 from tests.rig.llama import make_tiny_model, tiny_gguf_tool
 
 ENGINE = "tiny-engine"
@@ -24,10 +24,7 @@ def daemon(llama_server, tmp_path_factory):
     models_dir = tmp_path_factory.mktemp("qa-engine-models")
     make_tiny_model(models_dir / f"{ENGINE}.gguf")
     tiny_gguf_tool().build_tiny_gguf(models_dir / f"{CALLER}.gguf", vocab="spm-call")
-    table = {"backends": [llama_backend(llama_server, models=[LLAMA]),
-                          engine_backend(models_dir, max_running=4)],
-             "cache": {"enabled": False}}
-    with RunningDaemon(table) as running:
+    with llama_and_engine_daemon(llama_server, models_dir, LLAMA, max_running=4) as running:
         yield running
 
 

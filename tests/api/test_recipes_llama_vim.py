@@ -15,7 +15,7 @@ import re
 import httpx
 import pytest
 
-from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend
+from tests.daemon_rig import llama_and_engine_daemon
 from tests.rig.llama import LlamaServer, tiny_gguf_tool
 
 LLAMA = "tiny-fim"            # llama-server's alias (the daemon's llama backend serves "tiny*")
@@ -67,10 +67,8 @@ def server(llama_binary, fim_model):
 
 @pytest.fixture(scope="module")
 def daemon(server, fim_model):
-    table = {"backends": [llama_backend(server, models=[LLAMA]),
-                          engine_backend(fim_model.parent, max_running=3, num_ctx=2048)],
-             "server": {"api_keys": [KEY]}, "cache": {"enabled": False}}
-    with RunningDaemon(table) as running:
+    with llama_and_engine_daemon(server, fim_model.parent, LLAMA, table={"server": {"api_keys": [KEY]}},
+                                 max_running=3, num_ctx=2048) as running:
         yield running
 
 
