@@ -145,15 +145,36 @@ def test_a_streamed_request_for_several_completions_is_a_400_naming_n_cmpl(edito
     assert infill(editor, {**LLAMA_VSCODE_FIM, "model": model, "n_cmpl": 1, "n_predict": 2}).status_code == 200
 
 
-def test_llama_vims_context_update_is_answered_as_llama_server_answers_it(editor, server):
-    """s:ring_update sends the ring's chunks alone (no prefix, suffix or prediction) and asks
-    for no field (`response_fields: [""]`): llama-server answers {}, and so does the daemon."""
-    body = {"id_slot": 0, "input_prefix": "", "input_suffix": "", "input_extra": [RING_CHUNK], "prompt": "",
+def context_update(chunk: dict) -> dict:
+    """s:ring_update's body: the ring's chunks alone (no prefix, suffix or prediction), asking
+    for no field (`response_fields: [""]`)."""
+    return {"id_slot": 0, "input_prefix": "", "input_suffix": "", "input_extra": [chunk], "prompt": "",
             "n_predict": 0, "temperature": 0.0, "samplers": [], "stream": False, "cache_prompt": True,
             "t_max_prompt_ms": 1, "t_max_predict_ms": 1, "response_fields": [""]}
+
+
+def test_llama_vims_context_update_is_answered_as_llama_server_answers_it(editor, server):
+    """llama-server answers s:ring_update {}, and so does the daemon, on every backend."""
+    body = context_update(RING_CHUNK)
     assert httpx.post(server.url + "/infill", json=body, timeout=60).json() == {}
-    response = infill(editor, {**body, "model": LLAMA})
-    assert response.status_code == 200 and response.json() == {}
+    for model in MODELS:
+        response = infill(editor, {**body, "model": model})
+        assert response.status_code == 200 and response.json() == {}, (model, response.text)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_context_update_fills_the_cache_with_the_chunks_the_next_fim_request_reuses(editor, server, model):
+    """An empty suffix is still a fill in the middle on /infill (the gap at the end of a file):
+    the update evaluates the ring's chunks in the FIM prompt, as llama-server itself does, so the
+    next request's repo-level context comes from the cache."""
+    chunk = {**RING_CHUNK, "text": f"def {model.replace('-', '_')}_cached(y):\n    return y + 7\n"}
+    update = {**context_update(chunk), "response_fields": None}
+    direct = httpx.post(server.url + "/infill", json=update, timeout=60).json()
+    answer = infill(editor, {**update, "model": model}).json()
+    assert answer["tokens_evaluated"] == direct["tokens_evaluated"] > 20
+    fim = infill(editor, {**LLAMA_VIM_FIM, "input_extra": [chunk], "model": model, "n_predict": 2,
+                          "response_fields": None}).json()
+    assert fim["timings"]["cache_n"] >= 16, fim["timings"]
 
 
 def test_without_the_key_the_plugins_get_a_401_in_the_error_shape_they_show(daemon):

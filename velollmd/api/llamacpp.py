@@ -74,9 +74,10 @@ class LlamaCppRoutes:
             raise BadRequest("prompt (the text after the prefix) must be a string", param="prompt")
         model = self._model(request, body)
         prefix = await self._prefix(request, model, body["input_prefix"], middle)
-        completion = {"model": model, "prompt": prefix, "suffix": body["input_suffix"]}
-        if body.get("input_extra") is not None:
-            completion["input_extra"] = body["input_extra"]
+        # input_extra, even empty, keeps it a fill in the middle when the suffix is empty (the
+        # gap at the end of a file; llama.vim's context updates): backends.base.fills_in_middle
+        completion = {"model": model, "prompt": prefix, "suffix": body["input_suffix"],
+                      "input_extra": [] if body.get("input_extra") is None else body["input_extra"]}
         return await self._answer(request, body, completion)
 
     async def _answer(self, request: Request, body: dict, completion: dict) -> Response:

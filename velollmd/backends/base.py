@@ -382,6 +382,13 @@ def refuse_unhonoured(body: dict, honoured: frozenset[str], server: str) -> None
                              "vLLM fields for what each backend honours", param=param, code="unsupported_value")
 
 
+def fills_in_middle(body: dict) -> bool:
+    """A completion body that asks to fill in the middle: a suffix, or llama-server's
+    `input_extra` (its /infill, whose gap may be at the end of the file: an empty suffix).
+    An empty suffix alone asks for nothing (Ollama's and OpenAI's reading)."""
+    return "messages" not in body and (bool(body.get("suffix")) or body.get("input_extra") is not None)
+
+
 def refuse_insert(body: dict) -> None:
     """`suffix` (fill in the middle) for a server whose completions would ignore it: a 400, as
     Ollama answers for a model without the insert capability, never a silent ignore."""

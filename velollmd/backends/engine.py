@@ -36,7 +36,7 @@ from ..wire.ids import response_id
 from ..wire.request import GenerateRequest, one_prompt
 from ..wire.streams import closing
 from ..wire.vllm import SAMPLING_EXTRAS
-from .base import Backend, ModelInfo, in_vocab, refuse_insert, refuse_unhonoured
+from .base import Backend, ModelInfo, fills_in_middle, in_vocab, refuse_insert, refuse_unhonoured
 from .prompts import all_of, merged_answers, several_prompts, with_prompt
 from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer
 from .engine_echo import echo_of, generating_body, prompt_logprobs_asked
@@ -421,7 +421,7 @@ class EngineBackend(Backend):
         repo-level context cut to fit (see _fill_in_middle)."""
         if not chat:
             prompt = one_prompt(body.get("prompt", ""), "the engine")
-            if body.get("suffix"):
+            if fills_in_middle(body):
                 return _fill_in_middle(model, prompt, body, extras_limit=extras_limit)
             if isinstance(prompt, list):
                 return in_vocab(list(prompt), model.config.n_vocab, "prompt")
@@ -436,7 +436,7 @@ class EngineBackend(Backend):
         if body.get("truncate") is not True or len(prompt_ids) < num_ctx:
             return prompt_ids
         limit, num_asked = prompt_limit(num_ctx, params.max_tokens), len(prompt_ids)
-        if not chat and body.get("suffix"):            # fill in the middle: cut around the gap
+        if not chat and fills_in_middle(body):            # fill in the middle: cut around the gap
             prompt_ids = _fill_in_middle(model, one_prompt(body.get("prompt", ""), "the engine"), body, limit)
         if chat:
             def ids_of(messages: list[dict]) -> list[int]:
@@ -603,7 +603,7 @@ def _fill_in_middle(model: LoadedModel, prompt: str | list, body: dict, limit: i
         refuse_insert(body)
     prefix_ids = (in_vocab(list(prompt), model.config.n_vocab, "prompt") if isinstance(prompt, list)
                   else tokenizer.encode(prompt, add_special=False, parse_special=False))
-    suffix_ids = tokenizer.encode(body["suffix"], add_special=False, parse_special=False)
+    suffix_ids = tokenizer.encode(body.get("suffix") or "", add_special=False, parse_special=False)
     if limit is not None:
         budget = limit - len(tokenizer.fill_in_middle([], []))
         prefix_ids, suffix_ids = fim_pieces_fitted(prefix_ids, suffix_ids, budget)

@@ -10,9 +10,9 @@ from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest, reasoning_effort_of, wants_json, wants_logprobs
 from ..wire.streams import closing
 from ..wire.vllm import GBNF, GUIDED_FIELDS, choice_grammar, vllm_constraint
-from .base import ModelInfo, refuse_insert
+from .base import ModelInfo, fills_in_middle, refuse_insert
 from .prompts import all_of, merged_answers, several_prompts, summed_usage, with_prompt
-from .llamacpp_infill import INFILL_PATH, completion_chunks, infill_body, insert_refused, to_completion, wants_infill
+from .llamacpp_infill import INFILL_PATH, completion_chunks, infill_body, insert_refused, to_completion
 from .openai import OpenAIBackend
 
 
@@ -105,7 +105,7 @@ class LlamaCppBackend(OpenAIBackend):
         prompts = several_prompts(request.body)
         if prompts is not None:
             return merged_answers(await all_of(self.completion(with_prompt(request, p)) for p in prompts))
-        if wants_infill(request.body):
+        if fills_in_middle(request.body):
             return await self._infill(request)
         body = await super().completion(request)
         _completion_id(body)
@@ -128,7 +128,7 @@ class LlamaCppBackend(OpenAIBackend):
         return body
 
     def answer_events(self, request: GenerateRequest) -> AsyncIterator[list[bytes] | list[dict]]:
-        if request.endpoint == "completion" and wants_infill(request.body):
+        if request.endpoint == "completion" and fills_in_middle(request.body):
             return self._infill_chunks(request)
         events = super().answer_events(request)
         if request.endpoint == "completion" and wants_logprobs(request.body):

@@ -19,11 +19,6 @@ from .base import refuse_insert
 INFILL_PATH = "/infill"
 
 
-def wants_infill(body: dict) -> bool:
-    """A completion body that asks to fill in the middle (an empty suffix asks for nothing)."""
-    return bool(body.get("suffix")) and "messages" not in body
-
-
 def infill_body(body: dict) -> dict:
     """An upstream completion body as /infill reads it: the prompt is the text before the gap
     (`input_prefix`, a string or token ids), the suffix the text after it; the rest (max_tokens,
@@ -32,7 +27,7 @@ def infill_body(body: dict) -> dict:
         raise BadRequest("logprobs with a suffix is not supported on llama.cpp (its /infill answers "
                          "them in its own shape)", param="logprobs")
     infill = {k: v for k, v in body.items() if k not in ("prompt", "suffix", "stream_options")}
-    infill["input_prefix"], infill["input_suffix"] = body.get("prompt", ""), body["suffix"]
+    infill["input_prefix"], infill["input_suffix"] = body.get("prompt", ""), body.get("suffix") or ""
     return infill
 
 
