@@ -1,3 +1,5 @@
+import pytest
+
 from tests.toolcalls.corpus import load_tools
 from velollmd.toolcalls.stream import ToolCallStream
 
@@ -71,3 +73,19 @@ def test_parallel_tool_calls_false_streams_only_the_first_call():
     calls = [e for batch in events for e in batch if e.is_call]
     assert [(c.index, c.arguments) for c in calls] == [(0, '{"query": "a", "max_results": 5}')]
     assert len(stream.result.tool_calls) == 1 and "dropped-parallel" in stream.result.fixes
+
+
+@pytest.mark.parametrize("chunks, content", [
+    (["<tool_call>"], ""),                          # llama-server's text at max_tokens 1
+    (["<tool_call>", "\n"], ""),                    # ... at max_tokens 2
+    (["<tool_", "call>"], ""),                      # the marker split across chunks
+    (["Checking. <tool", "_call>", "\n"], "Checking."),
+    (["<tool_call>", "\n<function=get_w", "ea"], ""),  # Qwen3-Coder's XML call, cut in its name
+])
+def test_a_call_cut_at_or_just_after_its_marker_streams_no_markup(chunks, content):
+    """The text's end cut the call before its body began: its marker is markup, never
+    content (it was released as content at the end of the stream)."""
+    stream = ToolCallStream(TOOLS)
+    events = [e for group in feed_all(stream, chunks) for e in group]
+    assert "".join(e.content for e in events if e.content) == content
+    assert not any(e.is_call for e in events) and stream.result.fixes == ["dropped-cut-call"]

@@ -40,6 +40,8 @@ _MARKER_RE = re.compile("|".join(re.escape(m) for m in _BY_LENGTH))
 _CANDIDATE_RE = re.compile(_MARKER_RE.pattern + r"|[{\[\"`]")
 FENCE_LANGS = {"", "json", "jsonc", "json5", "tool_call", "tool_calls", "tool_code"}
 _MORE = "more"  # undecidable until more text arrives
+_XML_CALL_START = "<function="
+_CUT_CALL_STARTS = ("{", "[", _XML_CALL_START)   # a cut segment body that opens a call
 
 ParseSegment = Callable[[str, str], "Extracted | None"]
 Piece = tuple[str, object]  # ("content", str) | ("calls", Extracted)
@@ -199,12 +201,15 @@ class _OpenSegment:
         self.finder = None if kind in HEADER_KINDS else _body_finder(kind, start, text)
 
     def cut_call(self, text: str) -> bool:
-        """`text` (this segment's) is a call the text's end cut before its closing tag, its JSON
-        begun (`<tool_call>{"na` at max_tokens): markup, not prose, so it is dropped, not
-        released as content. A marker mentioned in prose (`write <tool_call> tags`) is not."""
+        """`text` (this segment's) is a call the text's end cut before its closing tag: markup,
+        not prose, so it is dropped, not released as content. Its body is empty (`<tool_call>`,
+        `<tool_call>\n`: max_tokens 1 or 2), its JSON begun (`<tool_call>{"na`), or its XML
+        call begun (Qwen3-Coder's `<tool_call>\n<function=get_wea`, a bare `<function=get_wea`).
+        A marker mentioned in prose (`write <tool_call> tags`) is not."""
         if not isinstance(self.finder, Until) or not self.finder.cut:
             return False
-        return text[self.finder.body_from - self.start:].lstrip()[:1] in ("{", "[")
+        body = text[self.finder.body_from - self.start:].strip()
+        return not body or body.startswith(_CUT_CALL_STARTS) or text.startswith(_XML_CALL_START)
 
     def find_end(self, text: str, eof: bool) -> int | None:
         if self.finder is None:
