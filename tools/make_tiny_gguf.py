@@ -25,8 +25,10 @@ The model is useless as a language model but has properties tests rely on:
 Variants (defaults give the same bytes as before these options existed):
 
 - arch llama (adjacent-pair RoPE), qwen2 (Q/K/V biases `blk.N.attn_{q,k,v}.bias`, NEOX RoPE),
-  qwen3 (per-head Q/K RMSNorm `blk.N.attn_{q,k}_norm.weight`, NEOX RoPE, no biases). Weights
-  are random, so no Q/K permutation is involved; only llama.cpp's choice of RoPE differs.
+  qwen3 (per-head Q/K RMSNorm `blk.N.attn_{q,k}_norm.weight`, NEOX RoPE, no biases), gemma3
+  (qwen3's Q/K norms, post-norms `blk.N.post_{attention,ffw}_norm.weight`, GELU, a sliding
+  window of GEMMA3_SLIDING_WINDOW positions). Weights are random, so no Q/K permutation is
+  involved; only llama.cpp's choice of RoPE differs.
 - shape tiny (n_embd 128, 2 layers, ~1 MB) or small (n_embd 1024, 8 layers, 16/4 heads, n_ff
   2816: ~92M parameters, ~185 MB in F16: loads in llama-server, too big for `make test`).
 - vocab spm-call / spm-think: the SPM vocab with a scripted Hermes call, or a scripted thought
@@ -83,7 +85,8 @@ SHAPES = {
     "tiny": ModelShape(N_EMBD, N_FF, N_LAYER, N_HEAD, N_HEAD_KV),
     "small": ModelShape(n_embd=1024, n_ff=2816, n_layer=8, n_head=16, n_head_kv=4),
 }
-ARCHS = ("llama", "qwen2", "qwen3")
+ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
+GEMMA3_SLIDING_WINDOW = 64   # gemma3's layers attend over this many positions (llama.cpp: 5 of every 6)
 Q = gguf.GGMLQuantizationType
 DTYPES = {   # dtype -> (ggml type of inner matrices, file type, fallback when rows do not fit)
     "f32": (Q.F32, gguf.LlamaFileType.ALL_F32, Q.F32),
@@ -448,9 +451,15 @@ def arch_layer_tensors(normal, layer: int, shape: ModelShape, arch: str) -> dict
         return {prefix + "attn_q.bias": normal(q_dim, std=0.1),    # (n_head*head_dim,)
                 prefix + "attn_k.bias": normal(kv_dim, std=0.1),   # (n_head_kv*head_dim,)
                 prefix + "attn_v.bias": normal(kv_dim, std=layer_stds(shape)[0])}  # (n_head_kv*head_dim,)
-    if arch == "qwen3":
-        return {prefix + "attn_q_norm.weight": 1.0 + normal(shape.head_dim, std=0.1),   # (head_dim,)
-                prefix + "attn_k_norm.weight": 1.0 + normal(shape.head_dim, std=0.1)}   # (head_dim,)
+    if arch in ("qwen3", "gemma3"):
+        tensors = {prefix + "attn_q_norm.weight": 1.0 + normal(shape.head_dim, std=0.1),   # (head_dim,)
+                   prefix + "attn_k_norm.weight": 1.0 + normal(shape.head_dim, std=0.1)}   # (head_dim,)
+        if arch == "gemma3":     # the attention's and the FFN's outputs normed: 0 on the reserved dims
+            content = np.ones(shape.n_embd, dtype=np.float32)                                # (n_embd,)
+            content[RESERVED_DIMS] = 0.0
+            tensors[prefix + "post_attention_norm.weight"] = content
+            tensors[prefix + "post_ffw_norm.weight"] = content.copy()
+        return tensors
     return {}
 
 
@@ -590,9 +599,11 @@ def add_metadata(writer: gguf.GGUFWriter, seed: int, file_type: int,
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(VOCAB_SIZE)
-    if arch == "qwen3":
+    if arch in ("qwen3", "gemma3"):
         writer.add_key_length(shape.head_dim)
         writer.add_value_length(shape.head_dim)
+    if arch == "gemma3":
+        writer.add_sliding_window(GEMMA3_SLIDING_WINDOW)
 
 
 def spm_vocab(vocab: str) -> tuple[list[str], list[int], list[float]]:

@@ -61,15 +61,20 @@ from velollmd.engine.prompt import chat_prompt
 from velollmd.engine.templates import find_template
 from velollmd.engine.tokenizer import Tokenizer
 
-VOCAB_OF_ARCH = {"llama": "spm", "qwen2": "bpe"}
-SEED_OF_ARCH = {"llama": 11, "qwen2": 12}
+VOCAB_OF_ARCH = {"llama": "spm", "qwen2": "bpe", "gemma3": "spm"}
+SEED_OF_ARCH = {"llama": 11, "qwen2": 12, "gemma3": 13}
 SHAPE = {"n_embd": 256, "n_ff": 512}
+# gemma3: six layers, five of them over a sliding window of 8 positions (every prompt and its
+# 64 greedy tokens reach far past it) with their own RoPE base, the sixth global
+OPTIONS_OF_ARCH = {"gemma3": {"n_layer": 6, "sliding_window": 8, "freq_base": 1e6}}
+FULL_ARCHS = ("llama", "qwen2")   # every dtype (gemma3 multiplies with the same code: F32 and Q8_0 check its layers)
 LOGIT_DTYPES = ("f32", "f16", "q8_0", "q4_k", "q5_k")
 GREEDY_DTYPES = ("f32", "f16", "q8_0")
 QUANTISED = ("q8_0", "q4_k", "q5_k")
-FILES = [f"{arch}-{dtype}" for arch in VOCAB_OF_ARCH for dtype in LOGIT_DTYPES]
+FILES = [f"{arch}-{dtype}" for arch in FULL_ARCHS for dtype in LOGIT_DTYPES] + ["gemma3-f32", "gemma3-q8_0"]
+GREEDY_FILES = [f"{arch}-{dtype}" for arch in FULL_ARCHS for dtype in GREEDY_DTYPES] + ["gemma3-f16"]
 # the same weights as a quantised file, dequantised and written as F32 (see the logits section)
-F32_COPIES = [f"{arch}-{dtype}-as-f32" for arch in VOCAB_OF_ARCH for dtype in QUANTISED]
+F32_COPIES = [f"{arch}-{dtype}-as-f32" for arch in FULL_ARCHS for dtype in QUANTISED]
 # make_tiny_gguf's own files (mild weights) that tests/engine/test_model.py does not cover
 TINY_FILES = ["tiny-llama-f16", "tiny-qwen2-f16", "tiny-llama-q8_0", "tiny-qwen2-q4_k"]
 PROMPTS = [
@@ -97,10 +102,10 @@ LLAMA_ARGS = ["-ctk", "f32", "-ctv", "f32", "--no-repack"]
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("parity-models")
-    for name in FILES:
+    for name in dict.fromkeys(FILES + GREEDY_FILES):
         arch, dtype = name.split("-")
         write_random_gguf(folder / f"{name}.gguf", arch, SEED_OF_ARCH[arch], dtype=dtype,
-                          vocab=VOCAB_OF_ARCH[arch], **SHAPE)
+                          vocab=VOCAB_OF_ARCH[arch], **SHAPE, **OPTIONS_OF_ARCH.get(arch, {}))
     for name in F32_COPIES:
         arch, dtype, _ = name.split("-", 2)
         write_random_gguf(folder / f"{name}.gguf", arch, SEED_OF_ARCH[arch], dtype="f32",
@@ -286,7 +291,7 @@ def test_tokens_and_top10_probabilities_match_llama_server(name, models_dir, ser
 
 # --- greedy text -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", [f"{arch}-{dtype}" for arch in VOCAB_OF_ARCH for dtype in GREEDY_DTYPES])
+@pytest.mark.parametrize("name", GREEDY_FILES)
 def test_greedy_text_matches_llama_server(name, servers, client):
     """64 greedy tokens through the daemon's /v1/completions against llama-server's /completion."""
     arch, dtype = name.split("-")

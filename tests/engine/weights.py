@@ -81,9 +81,12 @@ def random_tensors(arch: str, seed: int = 0, *, n_vocab: int = 1024, n_embd: int
         if arch == "qwen2":
             for name, dim in (("attn_q.bias", q_dim), ("attn_k.bias", kv_dim), ("attn_v.bias", kv_dim)):
                 tensors[p + name] = normal(dim, std=0.3)
-        if arch == "qwen3":
+        if arch in ("qwen3", "gemma3"):
             tensors[p + "attn_q_norm.weight"] = norm_weight(head_dim)
             tensors[p + "attn_k_norm.weight"] = norm_weight(head_dim)
+        if arch == "gemma3":
+            tensors[p + "post_attention_norm.weight"] = norm_weight(n_embd)
+            tensors[p + "post_ffw_norm.weight"] = norm_weight(n_embd)
     tensors["output_norm.weight"] = norm_weight(n_embd)
     if not tied:
         tensors["output.weight"] = normal(n_vocab, n_embd, std=3.0 / np.sqrt(n_embd))
@@ -94,7 +97,7 @@ def random_tensors(arch: str, seed: int = 0, *, n_vocab: int = 1024, n_embd: int
 
 def random_metadata(arch: str, tensors: dict[str, np.ndarray], *, n_head: int = 4, n_head_kv: int = 2,
                     head_dim: int | None = None, context_length: int = 4096, freq_base: float = 10000.0,
-                    rope_scale: float | None = None) -> dict:
+                    rope_scale: float | None = None, sliding_window: int = 0) -> dict:
     """The metadata keys a loader reads, matching tensors (as metadata_of would return them)."""
     n_vocab, n_embd = tensors["token_embd.weight"].shape
     n_layer = sum(1 for name in tensors if name.endswith("attn_norm.weight"))
@@ -106,6 +109,8 @@ def random_metadata(arch: str, tensors: dict[str, np.ndarray], *, n_head: int = 
             f"{arch}.attention.key_length": head_dim, f"{arch}.attention.value_length": head_dim,
             f"{arch}.rope.dimension_count": head_dim, f"{arch}.rope.freq_base": freq_base,
             f"{arch}.attention.layer_norm_rms_epsilon": 1e-6, f"{arch}.vocab_size": n_vocab}
+    if sliding_window:
+        meta[f"{arch}.attention.sliding_window"] = sliding_window
     if rope_scale:
         meta[f"{arch}.rope.scaling.type"] = "linear"
         meta[f"{arch}.rope.scaling.factor"] = rope_scale
@@ -116,7 +121,8 @@ def write_random_gguf(path: str | os.PathLike, arch: str = "qwen2", seed: int = 
                       head_dim: int | None = None, rope_freqs: bool = False,
                       rope_scale: float | None = None, dtype: str = "f32", vocab: str = "spm",
                       n_embd: int = 64, n_ff: int = 128, chat_template: str | None = None,
-                      add_bos: bool | None = None, rounded_as: str | None = None) -> Path:
+                      add_bos: bool | None = None, rounded_as: str | None = None, n_layer: int = 2,
+                      sliding_window: int = 0, freq_base: float = 10000.0) -> Path:
     """A GGUF of random_tensors(...) with a tiny vocab of tools/make_tiny_gguf.py (1024 tokens).
 
     dtype: as make_tiny_gguf's (f32, f16, q8_0, q4_k...), with its rules: 1-D tensors stay F32,
@@ -127,8 +133,9 @@ def write_random_gguf(path: str | os.PathLike, arch: str = "qwen2", seed: int = 
     """
     tool = tiny_gguf_tool()
     tensors = random_tensors(arch, seed, head_dim=head_dim, tied=tied, rope_freqs=rope_freqs,
-                             n_embd=n_embd, n_ff=n_ff)
-    meta = random_metadata(arch, tensors, head_dim=head_dim, rope_scale=rope_scale)
+                             n_embd=n_embd, n_ff=n_ff, n_layer=n_layer)
+    meta = random_metadata(arch, tensors, head_dim=head_dim, rope_scale=rope_scale,
+                           sliding_window=sliding_window, freq_base=freq_base)
     writer = gguf.GGUFWriter(str(path), arch)
     try:
         for key, value in meta.items():

@@ -132,7 +132,15 @@ def chat(url: str, body: dict) -> dict:
         return json.load(resp)
 
 
-@pytest.mark.parametrize("arch, dtype", [("qwen2", "f16"), ("qwen3", "f16"), ("llama", "q8_0"),
+def test_gemma3_has_qk_norms_post_norms_and_a_sliding_window(tmp_path):
+    tool = tiny_gguf_tool()
+    gemma3 = gguf.GGUFReader(build_variant(tmp_path, "gemma3"))
+    assert gemma3.fields["gemma3.attention.sliding_window"].contents() == tool.GEMMA3_SLIDING_WINDOW
+    names = {t.name for t in gemma3.tensors}
+    assert {"blk.1.attn_q_norm.weight", "blk.1.post_attention_norm.weight", "blk.1.post_ffw_norm.weight"} <= names
+
+
+@pytest.mark.parametrize("arch, dtype", [("qwen2", "f16"), ("qwen3", "f16"), ("gemma3", "f16"), ("llama", "q8_0"),
                                          ("llama", "q4_k"), ("qwen3", "q4_k"), ("llama", "q5_k")])
 def test_variant_answers_in_real_llama_server(tmp_path, llama_server_factory, arch, dtype):
     server = llama_server_factory(build_variant(tmp_path, arch, dtype), parallel=1)

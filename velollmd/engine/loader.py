@@ -161,8 +161,13 @@ def _kept(gguf: GGUFFile, name: str) -> QuantWeight:
 
 
 def cuda_runs(config: ModelConfig) -> bool:
-    """Whether the CUDA kernels run this model's shapes (head_dim a multiple of 32); a model
-    they do not run is served on the CPU, with a warning."""
+    """Whether the CUDA path runs this model (head_dim a multiple of 32; not gemma3's sliding
+    windows, post-norms and GELU, which only the CPU path has); a model it does not run is
+    served on the CPU, with a warning."""
+    if config.arch == "gemma3":
+        log.warning("engine model served on the CPU: the CUDA path does not run gemma3 yet",
+                    extra={"fields": {"arch": config.arch}})
+        return False
     if config.head_dim % 32 == 0:
         return True
     log.warning("engine model served on the CPU: the CUDA kernels need head_dim a multiple of 32",

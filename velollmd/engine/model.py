@@ -12,8 +12,9 @@ come back as final hidden states (`Batch.hidden_indices`, n_embd floats each), n
 caller applies `head` to a slice of them at a time, so no more than a slice's n_vocab rows
 exist at once whatever the chunk (a 512-row chunk of a 152k vocabulary would be 311 MB).
 
-Architectures: llama (and mistral), qwen2 (Q/K/V biases), qwen3 (per-head Q/K RMSNorm); tied
-embeddings when output.weight is absent. Every matrix is stored as the GGUF holds it, (out, in)
+Architectures: llama (and mistral), qwen2 (Q/K/V biases), qwen3 (per-head Q/K RMSNorm), gemma3
+(Q/K RMSNorm, post-norms, GELU, scaled embeddings, sliding-window layers with their own RoPE
+base: ModelConfig.window_of); tied embeddings when output.weight is absent. Every matrix is stored as the GGUF holds it, (out, in)
 contiguous float32 (Q, K, V fused; gate and up fused), and all T rows of a batch (prefill
 tokens of several sequences and single decode tokens alike) go through one matmul per weight:
 `linear` below, OpenBLAS for a prefill's many rows, the compiled kernel (kernels.py) for a
@@ -52,13 +53,20 @@ from velollmd.engine.quants import GGML_TYPES
 from velollmd.engine.quantweight import QuantWeight, StackedWeight
 
 ROPE_STYLE_OF_ARCH = {"llama": ops.ROPE_NORM, "mistral": ops.ROPE_NORM,
-                      "qwen2": ops.ROPE_NEOX, "qwen3": ops.ROPE_NEOX}
+                      "qwen2": ops.ROPE_NEOX, "qwen3": ops.ROPE_NEOX, "gemma3": ops.ROPE_NEOX}
 LAYER_TENSORS = ("attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
                  "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight",
                  "ffn_down.weight")
 QKV_BIAS_TENSORS = ("attn_q.bias", "attn_k.bias", "attn_v.bias")
 QK_NORM_TENSORS = ("attn_q_norm.weight", "attn_k_norm.weight")
-REQUIRED_OF_ARCH = {"qwen2": QKV_BIAS_TENSORS, "qwen3": QK_NORM_TENSORS}
+POST_NORM_TENSORS = ("post_attention_norm.weight", "post_ffw_norm.weight")
+REQUIRED_OF_ARCH = {"qwen2": QKV_BIAS_TENSORS, "qwen3": QK_NORM_TENSORS,
+                    "gemma3": QK_NORM_TENSORS + POST_NORM_TENSORS}
+# gemma3 (llama.cpp's hparams for it): every SWA_PATTERN-th layer attends globally, the others over
+# a sliding window with their own RoPE base; 62 layers is the 27B, whose queries scale by n_embd / n_head
+GEMMA3_SWA_PATTERN = 6
+GEMMA3_SWA_FREQ_BASE = 10000.0
+GEMMA3_27B_LAYERS = 62
 _MISSING = object()
 Q8_0 = vecdot.Q8_0
 # ggml type -> the class that keeps a weight of that type quantised
@@ -107,6 +115,19 @@ class ModelConfig:
     qkv_bias: bool
     qk_norm: bool
     tied_embeddings: bool      # no output.weight: the LM head is token_embd.weight
+    # gemma3's features (the defaults: none)
+    embd_scale: float = 1.0    # token embeddings times this (gemma: sqrt(n_embd))
+    attn_scale: float = 0.0    # queries times this before softmax; 0: 1 / sqrt(head_dim)
+    post_norms: bool = False   # RMSNorm of the attention's and the FFN's outputs before each residual add
+    ffn_gelu: bool = False     # gelu(gate) * up instead of silu(gate) * up
+    sliding_window: int = 0    # > 0: the layers of swa_layers attend over the last this many positions
+    swa_layers: tuple[bool, ...] = ()
+    rope_freq_base_swa: float = 0.0   # the sliding-window layers' RoPE base (scale 1); 0: rope_freq_base
+    final_softcap: float = 0.0        # > 0: logits = cap * tanh(logits / cap)
+
+    def window_of(self, layer: int) -> int:
+        """The sliding window of a layer; 0: it attends over the whole context."""
+        return self.sliding_window if self.swa_layers and self.swa_layers[layer] else 0
 
     @classmethod
     def from_metadata(cls, metadata: dict, tensor_names: Sequence[str] | set[str]) -> "ModelConfig":
@@ -132,7 +153,24 @@ class ModelConfig:
             has_rope_freqs="rope_freqs.weight" in names,
             context_length=int(key("context_length", 4096)),
             qkv_bias="blk.0.attn_q.bias" in names, qk_norm="blk.0.attn_q_norm.weight" in names,
-            tied_embeddings="output.weight" not in names)
+            tied_embeddings="output.weight" not in names,
+            **(_gemma3_features(metadata, n_embd, n_head, head_dim, n_layer) if arch == "gemma3" else {}))
+
+
+def _gemma3_features(metadata: dict, n_embd: int, n_head: int, head_dim: int, n_layer: int) -> dict:
+    """ModelConfig's gemma3 fields, as llama.cpp reads the file: a sliding window (when the file
+    names one) on all but every GEMMA3_SWA_PATTERN-th layer, embeddings scaled by sqrt(n_embd),
+    post-norms, GELU, and the final logit soft-capping of a file that has it and no window
+    (llama.cpp's graph without sliding windows is the one that caps)."""
+    window = int(metadata.get("gemma3.attention.sliding_window", 0) or 0)
+    return dict(
+        embd_scale=float(np.sqrt(np.float32(n_embd))),
+        attn_scale=float(1.0 / np.sqrt(n_embd / n_head if n_layer == GEMMA3_27B_LAYERS else head_dim)),
+        post_norms=True, ffn_gelu=True, sliding_window=window,
+        swa_layers=tuple(window > 0 and layer % GEMMA3_SWA_PATTERN < GEMMA3_SWA_PATTERN - 1
+                         for layer in range(n_layer)),
+        rope_freq_base_swa=GEMMA3_SWA_FREQ_BASE if window > 0 else 0.0,
+        final_softcap=0.0 if window else float(metadata.get("gemma3.final_logit_softcapping", 0.0) or 0.0))
 
 
 def _metadata_value(metadata: dict, name: str, default: object = _MISSING) -> object:
@@ -306,6 +344,8 @@ class LayerWeights:
     wo_act: ActBands = ()
     gate_up_act: ActBands = ()
     down_act: ActBands = ()
+    attn_post_norm: np.ndarray | None = None   # (n_embd,) gemma3: the attention's output normed
+    ffn_post_norm: np.ndarray | None = None    # (n_embd,) gemma3: the FFN's output normed
 
 
 # Up to this many rows a matmul reads each weight row once (kernels.matmul_nt). Measured on the
@@ -396,7 +436,9 @@ class Model:
         self.lm_head_act = self._act((head_name, c.n_vocab))
         factors = self._load("rope_freqs.weight", (c.n_rot // 2,)) if c.has_rope_freqs else None
         self.inv_freq = ops.rope_inv_freq(c.n_rot, c.rope_freq_base, c.rope_freq_scale, factors)  # (n_rot/2,)
-        self.attn_scale = 1.0 / np.sqrt(c.head_dim)
+        # (n_rot/2,) the sliding-window layers' own RoPE (gemma3), or None: as the others
+        self.inv_freq_swa = ops.rope_inv_freq(c.n_rot, c.rope_freq_base_swa) if c.rope_freq_base_swa else None
+        self.attn_scale = c.attn_scale or 1.0 / np.sqrt(c.head_dim)
         self._get_tensor = self._get_quantised = self._types = None  # do not keep the loader (and its mapping) alive
 
     def _load(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -450,7 +492,9 @@ class Model:
             w_down=self._matrix((p + "ffn_down.weight", c.n_embd), cols=c.n_ff),
             qkv_act=self._act(*qkv), wo_act=self._act((p + "attn_output.weight", c.n_embd)),
             gate_up_act=self._act(*gate_up),
-            down_act=self._act((p + "ffn_down.weight", c.n_embd)))
+            down_act=self._act((p + "ffn_down.weight", c.n_embd)),
+            attn_post_norm=self._load(p + "post_attention_norm.weight", (c.n_embd,)) if c.post_norms else None,
+            ffn_post_norm=self._load(p + "post_ffw_norm.weight", (c.n_embd,)) if c.post_norms else None)
 
     def release(self) -> None:
         """Nothing to do: host memory goes with the last reference (gpu_model.GpuModel frees device memory here)."""
@@ -470,7 +514,11 @@ class Model:
 
     def head(self, h: np.ndarray) -> np.ndarray:
         """The LM head: final normed hidden states (rows, n_embd) -> logits (rows, n_vocab)."""
-        return linear(h, self.lm_head, self.lm_head_act)
+        logits = linear(h, self.lm_head, self.lm_head_act)
+        cap = self.config.final_softcap
+        if cap:
+            logits = np.float32(cap) * np.tanh(logits / np.float32(cap))
+        return logits
 
     @property
     def nbytes(self) -> int:
@@ -486,9 +534,14 @@ class Model:
     def _residual(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
         check_token_ids(batch, self.config.n_vocab)
         plan = AttentionPlan(batch, kv.block_size, kv.num_blocks)
-        cos, sin = ops.rope_cos_sin(batch.positions, self.inv_freq)      # (T, n_rot/2) each
+        rope = ops.rope_cos_sin(batch.positions, self.inv_freq)          # cos, sin (T, n_rot/2) each
+        rope_swa = rope if self.inv_freq_swa is None else ops.rope_cos_sin(batch.positions, self.inv_freq_swa)
         x = embedding_rows(self.token_embd, batch.token_ids)             # (T, n_embd)
+        if self.config.embd_scale != 1.0:
+            x *= np.float32(self.config.embd_scale)
         for index, layer in enumerate(self.layers):
+            window = self.config.window_of(index)
+            cos, sin = rope_swa if window else rope
             x += self._attention_block(index, layer, x, cos, sin, batch, plan, kv)
             x += self._ffn_block(layer, x)
         return x
@@ -512,25 +565,31 @@ class Model:
             k = ops.apply_rope(ops.rms_norm(k, layer.k_norm, c.rms_norm_eps), cos, sin, c.rope_style)
         kv.write(index, plan.slots, k, v)
         out = self._attention(index, q, batch, plan, kv)                 # (T, n_head, head_dim)
-        return linear(out.reshape(num_tokens, self.q_dim), layer.wo, layer.wo_act)  # (T, n_embd)
+        out = linear(out.reshape(num_tokens, self.q_dim), layer.wo, layer.wo_act)  # (T, n_embd)
+        return out if layer.attn_post_norm is None else ops.rms_norm(out, layer.attn_post_norm, c.rms_norm_eps)
 
     def _attention(self, index: int, q: np.ndarray, batch: Batch, plan: AttentionPlan,
                    kv: PagedKVCache) -> np.ndarray:
         """All decoding sequences in one padded call, each prefilling sequence on its own."""
         out = np.empty_like(q)                                           # (T, n_head, head_dim)
+        window = self.config.window_of(index)
         if plan.decode_rows.size:
             out[plan.decode_rows] = kv.decode_attention(index, q[plan.decode_rows], plan.decode_tables,
-                                                        plan.decode_lens, self.attn_scale)
+                                                        plan.decode_lens, self.attn_scale, window)
         for seq in plan.prefill:
             rows = slice(batch.query_start[seq], batch.query_start[seq + 1])
             num_computed = batch.num_computed[seq]
             k, v = kv.gather(index, batch.block_tables[seq], num_computed + rows.stop - rows.start)
-            out[rows] = ops.causal_attention(q[rows], k, v, num_computed, self.attn_scale)
+            out[rows] = ops.causal_attention(q[rows], k, v, num_computed, self.attn_scale, window)
         return out
 
     def _ffn_block(self, layer: LayerWeights, x: np.ndarray) -> np.ndarray:
         h = ops.rms_norm(x, layer.ffn_norm, self.config.rms_norm_eps)    # (T, n_embd)
         gate_up = linear(h, layer.w_gate_up, layer.gate_up_act)          # (T, 2 * n_ff)
         n_ff = self.config.n_ff
-        act = _silu_mul(gate_up, n_ff)                                   # (T, n_ff)
-        return linear(act, layer.w_down, layer.down_act)                 # (T, n_embd)
+        if self.config.ffn_gelu:
+            act = ops.gelu(gate_up[:, :n_ff]) * gate_up[:, n_ff:]        # (T, n_ff)
+        else:
+            act = _silu_mul(gate_up, n_ff)                               # (T, n_ff)
+        out = linear(act, layer.w_down, layer.down_act)                  # (T, n_embd)
+        return out if layer.ffn_post_norm is None else ops.rms_norm(out, layer.ffn_post_norm, self.config.rms_norm_eps)

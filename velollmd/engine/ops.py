@@ -24,6 +24,19 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
+GELU_COEF_A = np.float32(0.044715)
+SQRT_2_OVER_PI = np.float32(0.79788456080286535587989211986876)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """GELU's tanh approximation as ggml's CPU backend computes it (gemma3's FFN): the input
+    rounded to F16, the F16 result of its table, exact outside (-10, 10). float32 (..., d)."""
+    x16 = x.astype(np.float16).astype(np.float32)
+    table = (np.float32(0.5) * x16 * (1 + np.tanh(SQRT_2_OVER_PI * x16 * (1 + GELU_COEF_A * x16 * x16))))
+    y = table.astype(np.float16).astype(np.float32)
+    return np.where(x <= -10, np.float32(0), np.where(x >= 10, x, y))
+
+
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Numerically stable softmax (a new array); rows that are all -inf are not expected."""
     return softmax_(np.array(x, dtype=np.float32), axis)
@@ -84,7 +97,7 @@ QUERY_CHUNK = 64       # ... and at most this many queries: each chunk skips the
 
 
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_computed: int,
-                     scale: float) -> np.ndarray:
+                     scale: float, window: int = 0) -> np.ndarray:
     """Attention of one sequence's new tokens over its whole context, GQA without repeating heads.
 
     q (T, n_head, head_dim): the new tokens at positions num_computed .. num_computed + T - 1;
@@ -92,6 +105,8 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_computed: 
     Query head h reads KV head h // (n_head / n_head_kv), as llama.cpp broadcasts.
     Queries go in chunks, each over the keys up to its last query only (bounded memory, and
     most of the causal upper triangle is never computed). Returns (T, n_head, head_dim).
+    window > 0 (a sliding-window layer, llama.cpp's standard SWA): a query at position p sees
+    the keys at p - window + 1 .. p only; each chunk then also skips the keys before its window.
     """
     num_q, n_head, head_dim = q.shape
     num_k, n_head_kv, _ = k.shape
@@ -106,13 +121,16 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_computed: 
     for start in range(0, num_q, chunk):
         stop = min(num_q, start + chunk)
         num_visible = num_computed + stop                                    # keys any query here sees
+        first = max(0, num_computed + start - window + 1) if window else 0   # keys before: out of every window
         rows = qg[:, start:stop].reshape(n_head_kv, (stop - start) * group, head_dim)  # (kv, chunk*group, d)
-        scores = np.matmul(rows, kc[:, :num_visible].transpose(0, 2, 1))    # (kv, chunk*group, visible)
-        if stop - start > 1:     # only the chunk's own keys can be in a query's future
-            per_query = scores.reshape(n_head_kv, stop - start, group, num_visible)
+        scores = np.matmul(rows, kc[:, first:num_visible].transpose(0, 2, 1))  # (kv, chunk*group, visible)
+        per_query = scores.reshape(n_head_kv, stop - start, group, num_visible - first)
+        if window:
+            per_query += _window_mask(num_computed + start, stop - start, first, num_visible, window)[:, None, :]
+        elif stop - start > 1:     # only the chunk's own keys can be in a query's future
             per_query[..., num_computed + start:] += _future_mask(stop - start)[:, None, :]
         probs = softmax_(scores)                                             # (kv, chunk*group, visible)
-        out[:, start:stop] = np.matmul(probs, vc[:, :num_visible]).reshape(
+        out[:, start:stop] = np.matmul(probs, vc[:, first:num_visible]).reshape(
             n_head_kv, stop - start, group, head_dim)
     return out.transpose(1, 0, 2, 3).reshape(num_q, n_head, head_dim)
 
@@ -122,12 +140,22 @@ def _future_mask(num: int) -> np.ndarray:
     return np.triu(np.full((num, num), -np.inf, dtype=np.float32), k=1)
 
 
+def _window_mask(first_query: int, num_queries: int, first_key: int, num_keys: int, window: int) -> np.ndarray:
+    """(num_queries, num_keys - first_key) float32: -inf where key position j is after query
+    position p or p - j >= window (llama.cpp's standard sliding window), 0 elsewhere."""
+    query = np.arange(first_query, first_query + num_queries)[:, None]     # (Q, 1) positions
+    key = np.arange(first_key, num_keys)[None, :]                          # (1, K) positions
+    hidden = (key > query) | (query - key >= window)                       # (Q, K)
+    return np.where(hidden, np.float32(-np.inf), np.float32(0))
+
+
 def decode_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, context_lens: np.ndarray,
-                     scale: float) -> np.ndarray:
+                     scale: float, starts: np.ndarray | None = None) -> np.ndarray:
     """Attention of B sequences' single new tokens at once, over zero-padded contexts.
 
     q (B, n_head, head_dim); k, v (B, max_len, n_head_kv, head_dim), valid up to
-    context_lens[b] (each >= 1, the new token included). Returns (B, n_head, head_dim).
+    context_lens[b] (each >= 1, the new token included), and from starts[b] on when given (a
+    sliding window's first key). Returns (B, n_head, head_dim).
     """
     batch, n_head, head_dim = q.shape
     max_len, n_head_kv = k.shape[1], k.shape[2]
@@ -137,6 +165,8 @@ def decode_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, context_lens: 
     # K @ q^T keeps K's rows as BLAS reads them (q @ K^T over this layout is ~2x slower)
     scores = np.matmul(k.transpose(0, 2, 1, 3), qt).transpose(0, 1, 3, 2).copy()  # (B, kv, group, max_len)
     padding = np.arange(max_len)[None, :] >= context_lens[:, None]           # (B, max_len)
+    if starts is not None:
+        padding |= np.arange(max_len)[None, :] < np.asarray(starts)[:, None]
     if padding.any():
         scores += np.where(padding, np.float32(-np.inf), np.float32(0))[:, None, None, :]
     out = np.matmul(softmax_(scores), v.transpose(0, 2, 1, 3))               # (B, kv, group, d)
