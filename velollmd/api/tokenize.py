@@ -20,6 +20,8 @@ parameter (`?model=`) or in a JSON body.
 """
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 from ..backends.base import Backend, in_vocab
 from ..backends.registry import Registry
 from ..core.pipeline import Pipeline
@@ -79,7 +81,7 @@ class TokenizeRoutes:
         return Response.json({"prompt": await backend.apply_template(_chat_body(body, model))})
 
     async def tokenizer_info(self, request: Request) -> Response:
-        asked = request.query_params().get("model")
+        asked = dict(parse_qsl(request.query, keep_blank_values=True)).get("model")     # `?model=`: a 400
         body = {"model": asked} if asked is not None else request.json() if request.body else {}
         backend, model = await self._backend_for(request, body, capability="serves_tokenizer_info")
         return Response.json(await backend.tokenizer_info(model))
