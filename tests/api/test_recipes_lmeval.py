@@ -8,7 +8,8 @@ Sources: EleutherAI/lm-evaluation-harness lm_eval/models/openai_completions.py
 LocalChatCompletion._create_payload, parse_generations), lm_eval/models/api_models.py
 (TemplateAPI.create_message, batch_loglikelihood_requests, generate_until), lm_eval/api/model.py
 (TemplateLM.loglikelihood, _encode_pair), lm_eval/models/utils.py (handle_stop_sequences),
-lm_eval/utils.py (RemoteTokenizer: its /tokenize and /detokenize bodies).
+lm_eval/utils.py (RemoteTokenizer: GET /tokenizer_info, its /tokenize and /detokenize bodies;
+check_remote_tokenizer_support), at commit 4e7e0d47 (2026-08).
 
 Loglikelihoods (echo + logprobs over the prompt) come from the engine; llama-server computes no
 prompt logprobs, so there they are a 400 lm-eval reports; generate_until works on both."""
@@ -18,6 +19,7 @@ import json
 from operator import itemgetter
 
 import httpx
+import jinja2
 import pytest
 
 from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend
@@ -57,36 +59,103 @@ def served(request):
 
 
 class RemoteTokenizer:
-    """lm-eval's `tokenizer_backend=remote` (lm_eval/utils.py RemoteTokenizer): its base URL is
-    base_url without /v1/completions; it sends no model."""
+    """lm-eval's `tokenizer_backend=remote` (lm_eval/utils.py RemoteTokenizer), line for line but
+    the retries: its server is base_url without /v1/completions; it sends no model; it asks
+    GET /tokenizer_info once when made (a failure stops lm-eval) and reads its tokens there."""
 
-    def __init__(self, daemon):
-        self.base_url = daemon.url
+    def __init__(self, base_url: str):
+        self.base_url = base_url.replace("/v1/completions", "").replace("/v1/chat/completions", "").rstrip("/")
+        self._tokenizer_info = None
+        self._validate_server()
+
+    def _request(self, method: str, url: str, **kwargs) -> httpx.Response:
+        response = httpx.request(method, url, timeout=60, **kwargs)
+        response.raise_for_status()
+        return response
+
+    def _validate_server(self):
+        self._request("GET", f"{self.base_url}/tokenizer_info")
+
+    @property
+    def tokenizer_info(self) -> dict:
+        if self._tokenizer_info is None:
+            self._tokenizer_info = self._request("GET", f"{self.base_url}/tokenizer_info").json()
+        return self._tokenizer_info
+
+    @property
+    def eos_token(self) -> str | None:
+        return self.tokenizer_info.get("eos_token")
+
+    @property
+    def bos_token(self) -> str | None:
+        return self.tokenizer_info.get("bos_token")
+
+    @property
+    def pad_token(self) -> str | None:
+        return self.tokenizer_info.get("pad_token")
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return None if self.eos_token is None else self.encode(self.eos_token)[0]
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return None if self.bos_token is None else self.encode(self.bos_token)[0]
 
     def encode(self, text: str) -> list[int]:
-        reply = httpx.post(f"{self.base_url}/tokenize", json={"prompt": text, "add_special_tokens": False}, timeout=60)
-        reply.raise_for_status()
+        reply = self._request("POST", f"{self.base_url}/tokenize", json={"prompt": text, "add_special_tokens": False})
         tokens = reply.json().get("tokens")
         assert isinstance(tokens, list), "Malformed response from /tokenize endpoint."
         return tokens
 
     def decode(self, tokens: list[int]) -> str:
-        reply = httpx.post(f"{self.base_url}/detokenize", json={"tokens": tokens}, timeout=60)
-        reply.raise_for_status()
-        prompt = reply.json().get("prompt")
+        prompt = self._request("POST", f"{self.base_url}/detokenize", json={"tokens": tokens}).json().get("prompt")
         assert isinstance(prompt, str), "Malformed response from /detokenize endpoint."
         return prompt
 
     def batch_decode(self, tokens_list: list[list[int]]) -> list[str]:
         return [self.decode(tokens) for tokens in tokens_list]
 
+    def apply_chat_template(self, chat_history: list, add_generation_prompt: bool = True, **kwargs) -> str:
+        """Its template rendered in lm-eval's jinja environment (lm_eval/utils.py `env`)."""
+        template_str = self.tokenizer_info.get("chat_template")
+        if not template_str:
+            raise ValueError("No chat template available from server")
+        env = jinja2.Environment(loader=jinja2.BaseLoader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+        return env.from_string(template_str).render(messages=chat_history,
+                                                    add_generation_prompt=add_generation_prompt, **kwargs)
+
+    @property
+    def prefix_token_id(self) -> int | None:
+        """TemplateAPI.prefix_token_id for the remote backend."""
+        return self.bos_token_id or self.eos_token_id
+
+
+def remote_tokenizer(daemon) -> RemoteTokenizer:
+    """The tokenizer of `local-completions` with base_url=<daemon>/v1/completions."""
+    return RemoteTokenizer(daemon.url + "/v1/completions")
+
+
+def check_remote_tokenizer_support(base_url: str) -> bool:
+    """lm_eval/utils.py check_remote_tokenizer_support (tokenizer_backend="auto", the default of
+    local-completions): /tokenizer_info with an eos_token, then /tokenize answering tokens."""
+    server_base = base_url.replace("/v1/completions", "").replace("/v1/chat/completions", "").rstrip("/")
+    info = httpx.get(f"{server_base}/tokenizer_info", timeout=60)
+    if info.status_code >= 400 or not isinstance(info.json(), dict) or "eos_token" not in info.json():
+        return False
+    reply = httpx.post(f"{server_base}/tokenize", json={"prompt": "test", "add_special_tokens": False}, timeout=60)
+    return reply.status_code < 400 and isinstance(reply.json().get("tokens"), list)
+
 
 def encode_pair(tokenizer: RemoteTokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """TemplateLM.loglikelihood and _encode_pair: trailing spaces move to the continuation; the
-    continuation's tokens are the whole text's after the context's; no context: the EOS token."""
+    continuation's tokens are the whole text's after the context's; no context: the prefix
+    token (BOS, else EOS) as the context, unless the continuation starts with it."""
     if context == "":
-        eos_text = tiny_gguf_tool().EOS
-        return tokenizer.encode(eos_text), tokenizer.encode(continuation)
+        continuation_enc = tokenizer.encode(continuation)
+        if tokenizer.prefix_token_id != continuation_enc[0]:
+            return [tokenizer.prefix_token_id], continuation_enc
+        return continuation_enc[:1], continuation_enc[1:]
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces > 0:
         continuation = context[-n_spaces:] + continuation
@@ -213,7 +282,7 @@ def model_call(daemon, path: str, payload: dict) -> dict:
 
 def lm_eval_loglikelihoods(daemon, *, tokenized_requests: bool, batch_size: int) -> list[tuple[float, bool]]:
     """What lm-eval's loglikelihood() gives for PAIRS, the requests batched as it batches them."""
-    tokenizer = RemoteTokenizer(daemon)
+    tokenizer = remote_tokenizer(daemon)
     inputs, ctxlens = batch_loglikelihood_requests([encode_pair(tokenizer, c, x) for c, x in PAIRS])
     results = []
     for start in range(0, len(inputs), batch_size):
@@ -242,7 +311,7 @@ def test_loglikelihoods_of_token_ids_one_per_request(engine_daemon, batch_size):
 def test_a_loglikelihood_sums_the_continuations_tokens_and_no_other(engine_daemon):
     """The slice lm-eval sums ([ctxlen:-1]) holds the continuation's tokens: the sum of each
     one's logprob after its own context (the last of an echoed prompt), token by token."""
-    tokenizer = RemoteTokenizer(engine_daemon)
+    tokenizer = remote_tokenizer(engine_daemon)
     context_enc, continuation_enc = encode_pair(tokenizer, *PAIRS[0])
     (total, _), = lm_eval_loglikelihoods(engine_daemon, tokenized_requests=True, batch_size=1)[:1]
     stepwise = sum(last_token_logprob(engine_daemon, context_enc + continuation_enc[:n + 1])
@@ -253,7 +322,7 @@ def test_a_loglikelihood_sums_the_continuations_tokens_and_no_other(engine_daemo
 def test_the_models_own_greedy_continuation_is_greedy(engine_daemon):
     context = PAIRS[0][0]
     greedy = greedy_text(engine_daemon, ENGINE, context, 4)
-    tokenizer = RemoteTokenizer(engine_daemon)
+    tokenizer = remote_tokenizer(engine_daemon)
     inputs, ctxlens = batch_loglikelihood_requests([encode_pair(tokenizer, context, greedy)])
     outputs = model_call(engine_daemon, "/v1/completions", loglikelihood_payload(ENGINE, inputs))
     (total, is_greedy), = parse_logprobs(outputs, tokens=inputs, ctxlens=ctxlens)
@@ -303,13 +372,13 @@ def an_until_inside(text: str) -> str:
 @pytest.mark.parametrize("tokenized_requests", [True, False])
 def test_generate_until_answers_the_text_cut_at_its_until(served, tokenized_requests):
     daemon, model = served
-    tokenizer = RemoteTokenizer(daemon)
+    tokenizer = remote_tokenizer(daemon)
     context = "Question: the sun is over the sea?\nAnswer:"
     whole = greedy_text(daemon, model, context, 24)
     until = an_until_inside(whole)
     gen_kwargs = {"until": [until, "Question:"], "do_sample": False, "temperature": 0.0, "max_gen_toks": 24}
     prompt = [tokenizer.encode(context)] if tokenized_requests else context
-    payload = generate_payload(model, prompt, gen_kwargs, eos=tiny_gguf_tool().EOS)
+    payload = generate_payload(model, prompt, gen_kwargs, eos=tokenizer.eos_token)     # TemplateAPI.eos_string
     assert payload["stop"] == [until, "Question:", tiny_gguf_tool().EOS] and payload["max_tokens"] == 24
     generated, = parse_generations(model_call(daemon, "/v1/completions", payload))
     assert generated == whole[:whole.index(until)]

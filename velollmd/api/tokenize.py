@@ -9,12 +9,18 @@ is tokenized as generating reads it (the chat template's text, then the tokenize
 specials): the count a prompt budget needs. POST /detokenize answers the text as both
 llama-server's "content" and vLLM's "prompt": their bodies are alike (llama-server's router mode
 sends `model` too), so one answer suits either client. POST /apply-template (llama-server's): the
-prompt text the model would see.
+prompt text the model would see. GET /tokenizer_info (vLLM's, which lm-evaluation-harness's
+remote tokenizer reads): the tokenizer's config (bos_token, eos_token, pad_token, chat_template,
+model_max_length, tokenizer_class), built from the engine's GGUF or llama-server's /props, or an
+OpenAI-compatible server's own answer passed through.
 
-`model` is optional, as on llama-server: without one, the one model served by a backend that
-can tokenize (several: a 400 asking for one).
+`model` is optional, as on llama-server and vLLM: without one, the one model served by a
+backend that can answer (several: a 400 asking for one); /tokenizer_info takes it as a query
+parameter (`?model=`) or in a JSON body.
 """
 from __future__ import annotations
+
+from urllib.parse import parse_qsl
 
 from ..backends.base import Backend, in_vocab
 from ..backends.registry import Registry
@@ -25,6 +31,8 @@ from .access import Access
 from .validate import validate_chat
 
 VLLM_TOKENIZE_FIELDS = ("prompt", "messages")
+TOKENIZER_BACKENDS = {"serves_tokenizer": "a llama.cpp or engine backend",      # by capability
+                      "serves_tokenizer_info": "an engine, llama.cpp or vLLM backend"}
 MAX_NAMES_SHOWN = 5            # models named in the "which model?" 400
 
 
@@ -36,6 +44,7 @@ class TokenizeRoutes:
         router.add("POST", "/tokenize", self.tokenize)
         router.add("POST", "/detokenize", self.detokenize)
         router.add("POST", "/apply-template", self.apply_template)
+        router.add("GET", "/tokenizer_info", self.tokenizer_info)
 
     async def tokenize(self, request: Request) -> Response:
         body = request.json()
@@ -71,50 +80,54 @@ class TokenizeRoutes:
         backend, model = await self._backend_for(request, body)
         return Response.json({"prompt": await backend.apply_template(_chat_body(body, model))})
 
-    async def _backend_for(self, request: Request, body: dict) -> tuple[Backend, str]:
-        """The backend whose tokenizer answers, and the served model (aliases resolved); the
-        caller's key may use it and is under its limits."""
+    async def tokenizer_info(self, request: Request) -> Response:
+        asked = dict(parse_qsl(request.query, keep_blank_values=True)).get("model")     # `?model=`: a 400
+        body = {"model": asked} if asked is not None else request.json() if request.body else {}
+        backend, model = await self._backend_for(request, body, capability="serves_tokenizer_info")
+        return Response.json(await backend.tokenizer_info(model))
+
+    async def _backend_for(self, request: Request, body: dict,
+                           capability: str = "serves_tokenizer") -> tuple[Backend, str]:
+        """The backend whose tokenizer answers (that has `capability`), and the served model
+        (aliases resolved); the caller's key may use it and is under its limits."""
         asked = body.get("model")
         if asked is None:
-            asked = self._only_model(request)
+            asked = only_model(self.access, self.registry, request, capability=capability)
         elif not isinstance(asked, str) or not asked:
             raise BadRequest("model must be a non-empty string", param="model")
         key_name = self.access.admit(request, asked, defer=True)
         await self.pipeline.admit(key_name)
-        return tokenizer_for(self.registry, asked)
-
-    def _only_model(self, request: Request) -> str:
-        """The model a request without one means: the one a tokenizing backend serves."""
-        return only_model(self.access, self.registry, request, tokenizing=True)
+        return tokenizer_for(self.registry, asked, capability)
 
 
-def tokenizer_for(registry: Registry, asked: str) -> tuple[Backend, str]:
-    """The backend whose tokenizer answers for the model `asked`, and the served model (aliases
-    resolved); 400 bad name, 404 unknown, 503 none healthy, 501 no tokenizer served."""
+def tokenizer_for(registry: Registry, asked: str, capability: str = "serves_tokenizer") -> tuple[Backend, str]:
+    """The backend whose tokenizer answers for the model `asked` (the first candidate with
+    `capability`), and the served model (aliases resolved); 400 bad name, 404 unknown, 503 none
+    healthy, 501 no tokenizer served."""
     candidates = registry.candidates(asked)
     model = registry.resolve(asked)
     for backend in candidates:
-        if backend.serves_tokenizer:
+        if getattr(backend, capability):
             return backend, model
     raise candidates[0].tokenizer_unavailable(model)
 
 
-def only_model(access: Access, registry: Registry, request: Request, *, tokenizing: bool = False) -> str:
+def only_model(access: Access, registry: Registry, request: Request, *, capability: str = "") -> str:
     """The model a request without `model` means, as llama-server's routes take none: the one
-    model the caller may use (`tokenizing`: among those whose backend serves its tokenizer);
-    several are a 400 asking for one."""
-    backends = {b.name for b in registry.backends if b.serves_tokenizer or not tokenizing}
+    model the caller may use (`capability`, e.g. "serves_tokenizer": among those whose backend
+    has it); several are a 400 asking for one."""
+    backends = {b.name for b in registry.backends if not capability or getattr(b, capability)}
     names = list(dict.fromkeys(registry.resolve(m.id) for m in access.visible_models(
         request, registry.catalogue()) if m.backend in backends))
     if len(names) == 1:
         return names[0]
-    if not names and tokenizing:
-        raise NotImplementedByBackend("no model here exposes its tokenizer (that needs a llama.cpp or engine "
-                                      "backend)", param="model", code="tokenizer_unavailable")
+    if not names and capability:
+        raise NotImplementedByBackend("no model here exposes its tokenizer (that needs "
+                                      f"{TOKENIZER_BACKENDS[capability]})", param="model", code="tokenizer_unavailable")
     if not names:
         raise BadRequest("model is required: no model is served here", param="model")
     shown = ", ".join(names[:MAX_NAMES_SHOWN]) + (", ..." if len(names) > MAX_NAMES_SHOWN else "")
-    what = "can tokenize" if tokenizing else "are served"
+    what = "can tokenize" if capability else "are served"
     raise BadRequest(f"model is required: {len(names)} models {what} here ({shown})", param="model")
 
 

@@ -57,6 +57,7 @@ class Backend:
     can_tokenize = False        # `tokenize(text)` gives the model's own token ids
     serves_tokenizer = False    # the model's tokenizer and chat template as routes: tokenize_text, detokenize,
                                 # apply_template, vocab_size (velollmd's /tokenize, /detokenize, /apply-template)
+    serves_tokenizer_info = False   # tokenizer_info(model): vLLM's GET /tokenizer_info, built or passed through
     pins_slots = False          # a request may name the slot (`id_slot`) that holds its prefix
     native_ollama = False       # speaks Ollama's own API: Ollama clients pass through (`native`)
     takes_context = False       # a chat body's `context` (Ollama's token ids of earlier turns) is
@@ -270,6 +271,11 @@ class Backend:
     async def vocab_size(self, model: str) -> int | None:
         """The number of token ids `model`'s tokenizer knows, or None when it cannot tell."""
         return None
+
+    async def tokenizer_info(self, model: str) -> dict:
+        """vLLM's GET /tokenizer_info for `model`: its tokenizer_config.json fields (bos_token,
+        eos_token, pad_token, chat_template, model_max_length, ...) and `tokenizer_class`."""
+        raise self.tokenizer_unavailable(model)
 
     def tokenizer_unavailable(self, model: str) -> NotImplementedByBackend:
         return NotImplementedByBackend(

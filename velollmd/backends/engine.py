@@ -37,6 +37,7 @@ from ..wire.request import GenerateRequest, one_prompt
 from ..wire.streams import closing
 from ..wire.vllm import SAMPLING_EXTRAS
 from .base import Backend, ModelInfo, fills_in_middle, in_vocab, refuse_insert, refuse_unhonoured
+from .tokenizer_info import gguf_tokenizer_info
 from .prompts import all_of, merged_answers, several_prompts, with_prompt
 from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer
 from .engine_echo import echo_of, generating_body, prompt_logprobs_asked
@@ -49,6 +50,7 @@ log = logging.getLogger("velollmd.engine")
 class EngineBackend(Backend):
     kind = "engine"
     serves_tokenizer = True
+    serves_tokenizer_info = True
     supports_n = True
     takes_context = True
     freshens = True
@@ -466,6 +468,9 @@ class EngineBackend(Backend):
 
     async def vocab_size(self, model: str) -> int | None:
         return (await self.model(model)).tokenizer.vocab_size
+
+    async def tokenizer_info(self, model: str) -> dict:
+        return gguf_tokenizer_info(await self.model(model), self.context_size(model))
 
     def _running(self, model: LoadedModel, request: GenerateRequest, prompt_ids: list[int],
                  params: SamplingParams, prepare: Prepare | None = None):

@@ -14,6 +14,7 @@ from .base import ModelInfo, fills_in_middle, refuse_insert
 from .prompts import all_of, merged_answers, several_prompts, summed_usage, with_prompt
 from .llamacpp_infill import INFILL_PATH, completion_chunks, infill_body, insert_refused, to_completion
 from .openai import OpenAIBackend
+from .tokenizer_info import GENERIC_CLASS, tokenizer_info
 
 
 class LlamaCppBackend(OpenAIBackend):
@@ -22,6 +23,7 @@ class LlamaCppBackend(OpenAIBackend):
     supports_n = False
     can_tokenize = True
     serves_tokenizer = True
+    serves_tokenizer_info = True
     pins_slots = True
     defaults = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
     vllm_fields = frozenset({"choice", "grammar", GBNF, "ignore_eos"})   # as a GBNF `grammar`; its own ignore_eos
@@ -220,6 +222,16 @@ class LlamaCppBackend(OpenAIBackend):
             if type(n_vocab) is int and n_vocab > 0:
                 return n_vocab
         return None
+
+    async def tokenizer_info(self, model: str) -> dict:
+        """Built from /props (read now: the server's model and template may have changed):
+        its bos_token, eos_token, chat_template and per-slot n_ctx. /props names no pad token,
+        no add_bos and no architecture: null, left out, and the generic class."""
+        self.props = await self.get_json("/props")
+        tokens = {name: self.props.get(name) for name in ("bos_token", "eos_token", "chat_template")}
+        if not all(value is None or isinstance(value, str) for value in tokens.values()):
+            raise _Malformed(f"backend {self.name} answered /props with a token or template that is no text")
+        return tokenizer_info(tokenizer_class=GENERIC_CLASS, model_max_length=self.context_size(model), **tokens)
 
     async def count_prompt_tokens(self, body: dict) -> int | None:
         tokens = await self.prompt_token_ids(body)

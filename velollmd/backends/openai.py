@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import AsyncIterator, Awaitable
 
-from ..errors import VeloError
+from ..errors import BackendError, NotImplementedByBackend, VeloError
 from ..wire.request import GenerateRequest
 from ..wire.vllm import CONSTRAINT_KINDS, SAMPLING_EXTRAS, reads_structured_outputs, respell
 from .base import Backend, ModelInfo, refuse_unhonoured
@@ -31,6 +31,7 @@ class OpenAIBackend(Backend):
 
     server: str | None = None        # which server it turned out to be, when it said
     server_version: str | None = None    # vLLM's version, as its GET /version states it
+    serves_tokenizer_info = True         # vLLM's own, passed through (when it was started with it)
 
     async def discover(self) -> None:
         """The server's width, asked once per start (config `slots` wins when set)."""
@@ -119,6 +120,22 @@ class OpenAIBackend(Backend):
         """OpenAI's embeddings; Ollama's `truncate` is no field of theirs (an over-long input
         is the server's own error)."""
         return await self.post_json("/v1/embeddings", {k: v for k, v in body.items() if k not in OLLAMA_CONTEXT_FIELDS})
+
+    async def tokenizer_info(self, model: str) -> dict:
+        """The server's own GET /tokenizer_info as it answers it; a server without the route
+        (vLLM serves it only when started with --enable-tokenizer-info-endpoint) is a 501."""
+        response = await self.client.request("GET", "/tokenizer_info")
+        if response.status in (404, 405):
+            await response.read()
+            raise NotImplementedByBackend(
+                f"backend {self.name} ({self.server or self.kind}) has no GET /tokenizer_info for model {model!r} "
+                f"(it answered {response.status}); vLLM serves it when started with "
+                "--enable-tokenizer-info-endpoint", param="model", code="tokenizer_unavailable")
+        info = await self.json_or_raise(response)
+        if not isinstance(info, dict):
+            raise BackendError(f"backend {self.name} answered /tokenizer_info with no JSON object",
+                               code="backend_error")
+        return info
 
 
 ALL_VLLM_FIELDS = frozenset((*CONSTRAINT_KINDS, *SAMPLING_EXTRAS, "prompt_logprobs"))

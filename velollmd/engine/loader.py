@@ -69,6 +69,7 @@ class LoadedModel:
     file: ModelFile | None = None       # what it was loaded from (listed in /api/ps while it runs, file gone or not)
     probe: Probe | None = None          # that file's probe, kept while loaded (the catalogue forgets a file gone)
     device: str = "cpu"                 # where its weights and KV cache are: cpu | cuda
+    chat_template_source: str = ""      # the GGUF's tokenizer.chat_template it renders; "" when none or overridden
 
     @property
     def identity(self) -> str:
@@ -126,6 +127,7 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
         config = ModelConfig.from_metadata(gguf.metadata, gguf.tensors.keys())
         tokenizer = Tokenizer.from_gguf(gguf.metadata)
         template, template_error = _template(gguf.metadata.get("tokenizer.chat_template"), options.chat_template)
+        source = _rendered_source(gguf.metadata.get("tokenizer.chat_template"), options.chat_template, template)
         num_ctx = context_for(options.num_ctx, config.context_length or 0)
         on_device = _load_on_device(gguf, config, options, num_ctx, make_ops) \
             if options.device == "cuda" and cuda_runs(config) else None
@@ -136,7 +138,7 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
                           BlockPool(kv.num_blocks, options.block_size), reserve_output=False)
     runner = Runner(model, kv, scheduler, tokenizer, max_batch_tokens=options.max_batch_tokens, num_ctx=num_ctx)
     return LoadedModel(name, path, config, tokenizer, template, template_error, runner, num_ctx, model.nbytes,
-                       device="cuda" if on_device else "cpu")
+                       device="cuda" if on_device else "cpu", chat_template_source=source)
 
 
 def scheduler_settings(scheduler_config: SchedulerConfig, options: EngineOptions) -> SchedulerConfig:
@@ -213,6 +215,12 @@ def _template(source: str | None, override: str) -> tuple[ChatTemplate | None, s
         return find_template(source, override or None), ""
     except ValueError as exc:
         return None, str(exc)
+
+
+def _rendered_source(source, override: str, template: ChatTemplate | None) -> str:
+    """The GGUF's template text when it is what renders (recognised, no config family over it):
+    a client rendering it itself (vLLM's /tokenizer_info) then writes the engine's prompts."""
+    return source if isinstance(source, str) and template is not None and not override else ""
 
 
 def _num_blocks(config: ModelConfig, options: EngineOptions, num_ctx: int, free_bytes: int) -> int:
