@@ -366,6 +366,7 @@ GGUF_FILES = {
     "tiny-qwen2": tool_model("qwen2", "f32"),
     "tiny-qwen3": tool_model("qwen3", "f32"),
     "tiny-gemma3": tool_model("gemma3", "f32"),
+    "tiny-gemma2": tool_model("gemma2", "f32"),
     "tiny-qwen2-q8_0": tool_model("qwen2", "q8_0"),
     "tiny-llama-q4_k": tool_model("llama", "q4_k"),
     "qwen2": lambda path: write_random_gguf(path, "qwen2", seed=1),
@@ -376,6 +377,12 @@ GGUF_FILES = {
     "gemma3": lambda path: write_random_gguf(path, "gemma3", seed=4, n_layer=6, sliding_window=5, freq_base=1e6),
     "gemma3-q8_0": lambda path: write_random_gguf(path, "gemma3", seed=4, n_layer=6, sliding_window=5,
                                                   freq_base=1e6, dtype="q8_0", n_embd=256, n_ff=512),
+    # the even layers of four over a window of 5; caps the scores and logits reach (llama.cpp reads them too)
+    "gemma2": lambda path: write_random_gguf(path, "gemma2", seed=6, n_layer=4, sliding_window=5,
+                                             attn_softcap=2.0, final_softcap=3.0),
+    "gemma2-q8_0": lambda path: write_random_gguf(path, "gemma2", seed=6, n_layer=4, sliding_window=5,
+                                                  attn_softcap=2.0, final_softcap=3.0, dtype="q8_0",
+                                                  n_embd=256, n_ff=512),
 }
 
 
