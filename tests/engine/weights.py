@@ -63,8 +63,11 @@ def random_tensors(arch: str, seed: int = 0, *, n_vocab: int = 1024, n_embd: int
         return (1.0 + normal(dim, std=0.1)).astype(np.float32)
 
     tied = tied or arch == "gemma2"   # llama.cpp loads no output.weight for gemma2 (and refuses a file with one)
-    # tied: token_embd is also the LM head, scaled like output.weight (logits of std ~3)
-    tensors = {"token_embd.weight": normal(n_vocab, n_embd, std=3.0 / np.sqrt(n_embd) if tied else 1.0)}
+    # tied: token_embd is also the LM head, scaled like output.weight (logits of std ~3); gemma2's
+    # rows also enter the residual scaled by sqrt(n_embd): at that std each token's own row would
+    # dominate its final hidden state (the next token the last one again, p ~ 1), so 1 / sqrt(n_embd)
+    embd_std = (1.0 if arch == "gemma2" else 3.0) / np.sqrt(n_embd) if tied else 1.0
+    tensors = {"token_embd.weight": normal(n_vocab, n_embd, std=embd_std)}
     q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
     for layer in range(n_layer):
         p = f"blk.{layer}."
