@@ -71,14 +71,15 @@ SHAPE = {"n_embd": 256, "n_ff": 512}
 # checks caps the random weights reach)
 OPTIONS_OF_ARCH = {"gemma3": {"n_layer": 6, "sliding_window": 8, "freq_base": 1e6},
                    "gemma2": {"n_layer": 4, "sliding_window": 8}}
-FULL_ARCHS = ("llama", "qwen2")   # every dtype (the gemmas multiply with the same code: F32 and Q8_0 check their layers)
+FULL_ARCHS = ("llama", "qwen2")   # every dtype (the gemmas multiply with the same code: F32, Q8_0 check their layers)
 GEMMAS = ("gemma3", "gemma2")
 LOGIT_DTYPES = ("f32", "f16", "q8_0", "q4_k", "q5_k")
 GREEDY_DTYPES = ("f32", "f16", "q8_0")
 QUANTISED = ("q8_0", "q4_k", "q5_k")
 FILES = ([f"{arch}-{dtype}" for arch in FULL_ARCHS for dtype in LOGIT_DTYPES]
          + [f"{arch}-{dtype}" for arch in GEMMAS for dtype in ("f32", "q8_0")])
-GREEDY_FILES = [f"{arch}-{dtype}" for arch in FULL_ARCHS for dtype in GREEDY_DTYPES] + [f"{arch}-f16" for arch in GEMMAS]
+GREEDY_FILES = ([f"{arch}-{dtype}" for arch in FULL_ARCHS for dtype in GREEDY_DTYPES]
+                + [f"{arch}-f16" for arch in GEMMAS])
 # the same weights as a quantised file, dequantised and written as F32 (see the logits section)
 F32_COPIES = [f"{arch}-{dtype}-as-f32" for arch in FULL_ARCHS for dtype in QUANTISED]
 # make_tiny_gguf's own files (mild weights) that tests/engine/test_model.py does not cover

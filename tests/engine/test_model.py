@@ -180,6 +180,8 @@ def test_config_refuses_what_it_cannot_run():
         ModelConfig.from_metadata(meta, [n for n in tensors if n != "blk.1.ffn_gate.weight"])
     with pytest.raises(UnsupportedModel, match="missing tensor 'blk.0.attn_q.bias'"):
         ModelConfig.from_metadata(random_metadata("qwen2", tensors), tensors)
+    with pytest.raises(UnsupportedModel, match="missing tensor 'blk.0.post_attention_norm.weight'"):
+        ModelConfig.from_metadata(random_metadata("gemma2", tensors), tensors)
     with pytest.raises(UnsupportedModel, match="yarn"):
         ModelConfig.from_metadata({**meta, "llama.rope.scaling.type": "yarn"}, tensors)
     with pytest.raises(UnsupportedModel, match="llama.block_count"):

@@ -15,8 +15,9 @@ exist at once whatever the chunk (a 512-row chunk of a 152k vocabulary would be 
 Architectures: llama (and mistral), qwen2 (Q/K/V biases), qwen3 (per-head Q/K RMSNorm), gemma3
 (Q/K RMSNorm, post-norms, GELU, scaled embeddings, sliding-window layers with their own RoPE
 base: ModelConfig.window_of), gemma2 (gemma3's post-norms, GELU and scaled embeddings, every other
-layer over a sliding window, attention and final logit soft-capping, no Q/K norms); tied embeddings when output.weight is absent. Every matrix is stored as the GGUF holds it, (out, in)
-contiguous float32 (Q, K, V fused; gate and up fused), and all T rows of a batch (prefill
+layer over a sliding window, attention and final logit soft-capping, no Q/K norms); tied
+embeddings when output.weight is absent (gemma2: always). Every matrix is stored as the GGUF
+holds it, (out, in) contiguous float32 (Q, K, V fused; gate and up fused), and all T rows of a batch (prefill
 tokens of several sequences and single decode tokens alike) go through one matmul per weight:
 `linear` below, OpenBLAS for a prefill's many rows, the compiled kernel (kernels.py) for a
 decode step's few. Only attention is per sequence, and all decoding sequences share one padded
@@ -125,7 +126,7 @@ class ModelConfig:
     qkv_bias: bool
     qk_norm: bool
     tied_embeddings: bool      # no output.weight: the LM head is token_embd.weight
-    # gemma3's features (the defaults: none)
+    # gemma2's and gemma3's features (the defaults: none)
     embd_scale: float = 1.0    # token embeddings times this (gemma: sqrt(n_embd))
     attn_scale: float = 0.0    # queries times this before softmax; 0: 1 / sqrt(head_dim)
     post_norms: bool = False   # RMSNorm of the attention's and the FFN's outputs before each residual add
