@@ -27,8 +27,12 @@ Variants (defaults give the same bytes as before these options existed):
 - arch llama (adjacent-pair RoPE), qwen2 (Q/K/V biases `blk.N.attn_{q,k,v}.bias`, NEOX RoPE),
   qwen3 (per-head Q/K RMSNorm `blk.N.attn_{q,k}_norm.weight`, NEOX RoPE, no biases), gemma3
   (qwen3's Q/K norms, post-norms `blk.N.post_{attention,ffw}_norm.weight`, GELU, a sliding
-  window of GEMMA3_SLIDING_WINDOW positions). Weights are random, so no Q/K permutation is
-  involved; only llama.cpp's choice of RoPE differs.
+  window of GEMMA3_SLIDING_WINDOW positions), gemma2 (gemma3's post-norms and GELU without Q/K
+  norms, a window of GEMMA2_SLIDING_WINDOW on the even layers, gemma2's attention and final logit
+  soft-capping, and no output.weight: llama.cpp's gemma2 reads its LM head from token_embd and
+  refuses a file with one, so the logit-bias tricks above do not hold for it: a file for logit
+  parity, not for scripted replies). Weights are random, so no Q/K permutation is involved; only
+  llama.cpp's choice of RoPE differs.
 - shape tiny (n_embd 128, 2 layers, ~1 MB) or small (n_embd 1024, 8 layers, 16/4 heads, n_ff
   2816: ~92M parameters, ~185 MB in F16: loads in llama-server, too big for `make test`).
 - vocab spm-call / spm-think: the SPM vocab with a scripted Hermes call, or a scripted thought
@@ -85,8 +89,11 @@ SHAPES = {
     "tiny": ModelShape(N_EMBD, N_FF, N_LAYER, N_HEAD, N_HEAD_KV),
     "small": ModelShape(n_embd=1024, n_ff=2816, n_layer=8, n_head=16, n_head_kv=4),
 }
-ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
+ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3")
 GEMMA3_SLIDING_WINDOW = 64   # gemma3's layers attend over this many positions (llama.cpp: 5 of every 6)
+GEMMA2_SLIDING_WINDOW = 32   # gemma2's even layers attend over this many positions
+GEMMA2_SOFTCAPS = (50.0, 30.0)   # gemma2's attention and final logit soft-capping (its config's)
+TIED_ARCHS = ("gemma2",)     # the LM head is token_embd.weight: no output.weight
 Q = gguf.GGMLQuantizationType
 DTYPES = {   # dtype -> (ggml type of inner matrices, file type, fallback when rows do not fit)
     "f32": (Q.F32, gguf.LlamaFileType.ALL_F32, Q.F32),
@@ -390,6 +397,8 @@ def model_tensors(rng: np.random.Generator, bias: np.ndarray, forced_pairs: list
         tensors.update(layer_tensors(normal, layer, shape))
         tensors.update(arch_layer_tensors(normal, layer, shape, arch))
     tensors.update(output_tensors(normal, bias, forced_pairs, shape))
+    if arch in TIED_ARCHS:     # drawn anyway: the other tensors keep their bytes
+        del tensors["output.weight"]
     return tensors
 
 
@@ -441,7 +450,8 @@ def layer_stds(shape: ModelShape) -> tuple[float, float]:
 
 
 def arch_layer_tensors(normal, layer: int, shape: ModelShape, arch: str) -> dict[str, np.ndarray]:
-    """qwen2: Q/K/V biases; qwen3: per-head Q/K RMSNorm weights; llama: nothing more.
+    """qwen2: Q/K/V biases; qwen3: per-head Q/K RMSNorm weights; gemma3: those and post-norms;
+    gemma2: post-norms; llama: nothing more.
 
     Drawn after the llama tensors of the layer, so arch llama keeps its bytes.
     """
@@ -451,16 +461,16 @@ def arch_layer_tensors(normal, layer: int, shape: ModelShape, arch: str) -> dict
         return {prefix + "attn_q.bias": normal(q_dim, std=0.1),    # (n_head*head_dim,)
                 prefix + "attn_k.bias": normal(kv_dim, std=0.1),   # (n_head_kv*head_dim,)
                 prefix + "attn_v.bias": normal(kv_dim, std=layer_stds(shape)[0])}  # (n_head_kv*head_dim,)
+    tensors = {}
     if arch in ("qwen3", "gemma3"):
         tensors = {prefix + "attn_q_norm.weight": 1.0 + normal(shape.head_dim, std=0.1),   # (head_dim,)
                    prefix + "attn_k_norm.weight": 1.0 + normal(shape.head_dim, std=0.1)}   # (head_dim,)
-        if arch == "gemma3":     # the attention's and the FFN's outputs normed: 0 on the reserved dims
-            content = np.ones(shape.n_embd, dtype=np.float32)                                # (n_embd,)
-            content[RESERVED_DIMS] = 0.0
-            tensors[prefix + "post_attention_norm.weight"] = content
-            tensors[prefix + "post_ffw_norm.weight"] = content.copy()
-        return tensors
-    return {}
+    if arch in ("gemma2", "gemma3"):     # the attention's and the FFN's outputs normed: 0 on the reserved dims
+        content = np.ones(shape.n_embd, dtype=np.float32)                                    # (n_embd,)
+        content[RESERVED_DIMS] = 0.0
+        tensors[prefix + "post_attention_norm.weight"] = content
+        tensors[prefix + "post_ffw_norm.weight"] = content.copy()
+    return tensors
 
 
 def output_tensors(normal, bias: np.ndarray, forced_pairs: list[tuple[int, int]],
@@ -599,11 +609,15 @@ def add_metadata(writer: gguf.GGUFWriter, seed: int, file_type: int,
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(VOCAB_SIZE)
-    if arch in ("qwen3", "gemma3"):
+    if arch in ("qwen3", "gemma2", "gemma3"):
         writer.add_key_length(shape.head_dim)
         writer.add_value_length(shape.head_dim)
     if arch == "gemma3":
         writer.add_sliding_window(GEMMA3_SLIDING_WINDOW)
+    if arch == "gemma2":
+        writer.add_sliding_window(GEMMA2_SLIDING_WINDOW)
+        writer.add_attn_logit_softcapping(GEMMA2_SOFTCAPS[0])
+        writer.add_final_logit_softcapping(GEMMA2_SOFTCAPS[1])
 
 
 def spm_vocab(vocab: str) -> tuple[list[str], list[int], list[float]]:

@@ -61,18 +61,25 @@ from velollmd.engine.prompt import chat_prompt
 from velollmd.engine.templates import find_template
 from velollmd.engine.tokenizer import Tokenizer
 
-VOCAB_OF_ARCH = {"llama": "spm", "qwen2": "bpe", "gemma3": "spm"}
-SEED_OF_ARCH = {"llama": 11, "qwen2": 12, "gemma3": 13}
+VOCAB_OF_ARCH = {"llama": "spm", "qwen2": "bpe", "gemma3": "spm", "gemma2": "spm"}
+SEED_OF_ARCH = {"llama": 11, "qwen2": 12, "gemma3": 13, "gemma2": 14}
 SHAPE = {"n_embd": 256, "n_ff": 512}
 # gemma3: six layers, five of them over a sliding window of 8 positions (every prompt and its
 # 64 greedy tokens reach far past it) with their own RoPE base, the sixth global
-OPTIONS_OF_ARCH = {"gemma3": {"n_layer": 6, "sliding_window": 8, "freq_base": 1e6}}
-FULL_ARCHS = ("llama", "qwen2")   # every dtype (gemma3 multiplies with the same code: F32 and Q8_0 check its layers)
+# gemma2: four layers, the even ones over a window of 8; no soft-capping keys in the file, so both
+# sides use llama.cpp's defaults (50 on attention scores, 30 on logits; tests/engine/test_model.py
+# checks caps the random weights reach)
+OPTIONS_OF_ARCH = {"gemma3": {"n_layer": 6, "sliding_window": 8, "freq_base": 1e6},
+                   "gemma2": {"n_layer": 4, "sliding_window": 8}}
+FULL_ARCHS = ("llama", "qwen2")   # every dtype (the gemmas multiply with the same code: F32, Q8_0 check their layers)
+GEMMAS = ("gemma3", "gemma2")
 LOGIT_DTYPES = ("f32", "f16", "q8_0", "q4_k", "q5_k")
 GREEDY_DTYPES = ("f32", "f16", "q8_0")
 QUANTISED = ("q8_0", "q4_k", "q5_k")
-FILES = [f"{arch}-{dtype}" for arch in FULL_ARCHS for dtype in LOGIT_DTYPES] + ["gemma3-f32", "gemma3-q8_0"]
-GREEDY_FILES = [f"{arch}-{dtype}" for arch in FULL_ARCHS for dtype in GREEDY_DTYPES] + ["gemma3-f16"]
+FILES = ([f"{arch}-{dtype}" for arch in FULL_ARCHS for dtype in LOGIT_DTYPES]
+         + [f"{arch}-{dtype}" for arch in GEMMAS for dtype in ("f32", "q8_0")])
+GREEDY_FILES = ([f"{arch}-{dtype}" for arch in FULL_ARCHS for dtype in GREEDY_DTYPES]
+                + [f"{arch}-f16" for arch in GEMMAS])
 # the same weights as a quantised file, dequantised and written as F32 (see the logits section)
 F32_COPIES = [f"{arch}-{dtype}-as-f32" for arch in FULL_ARCHS for dtype in QUANTISED]
 # make_tiny_gguf's own files (mild weights) that tests/engine/test_model.py does not cover

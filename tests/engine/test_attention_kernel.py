@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from velollmd.engine import kernels, ops
+from tests.engine.test_ops import dense_attention
 from velollmd.engine.kvcache import PagedKVCache
 
 LAYERS, BLOCKS = 2, 40
@@ -101,3 +102,19 @@ def test_the_cache_refuses_what_the_kernel_would_read_out_of_bounds(what, tables
     cache = filled_cache(8, 2, 16)
     with pytest.raises(ValueError):
         cache.decode_attention(0, np.zeros(q_shape, np.float32), np.array(tables), np.array(lens), 0.25)
+
+
+@pytest.mark.parametrize("window", [0, 6])
+def test_soft_capped_decode_from_the_pages_matches_the_dense_reference(window):
+    """gemma2's soft-capping has no compiled kernel: the cache takes the dense path, windowed or not,
+    and each sequence equals the float64 one-sequence reference over its window's keys."""
+    lens = [20, 3, 9]
+    cache, tables = filled_cache(8, 2, 16), random_tables(lens, 8, seed=4)
+    q = np.random.default_rng(5).standard_normal((3, 4, 16), dtype=np.float32) * 2
+    out = cache.decode_attention(1, q, tables, np.array(lens), 0.25, window, softcap=1.5)   # (B, n_head, d)
+    for row, n in enumerate(lens):
+        k, v = cache.gather(1, tables[row], n)                     # (n, kv, d) each
+        first = max(0, n - window) if window else 0
+        expected = dense_attention(q[row:row + 1], k[first:], v[first:], n - first - 1, 0.25, softcap=1.5)[0]
+        np.testing.assert_allclose(out[row], expected, rtol=1e-4, atol=1e-5)
+    assert np.abs(out - cache.decode_attention(1, q, tables, np.array(lens), 0.25, window)).max() > 0.05

@@ -2,6 +2,7 @@
 chunked prefill, and logits against the real llama-server on the same GGUF files."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.request
 
@@ -19,6 +20,7 @@ from tests.engine.weights import (
 )
 from tests.rig.llama import make_tiny_model, tiny_gguf_tool, token_id
 from velollmd.engine.kvcache import PagedKVCache
+from velollmd.engine.loader import cuda_runs
 from velollmd.engine.model import Batch, Model, ModelConfig, SeqChunk, UnsupportedModel
 from velollmd.sched.kvblocks import BlockPool
 
@@ -33,8 +35,11 @@ VARIANTS = {
     # six layers: five with a sliding window of 5 positions (not a multiple of BLOCK_SIZE) and
     # their own RoPE base, the sixth global with the file's base
     "gemma3": ("gemma3", {"n_layer": 6, "sliding_window": 5, "freq_base": 1e6}),
+    # four layers, the even ones over a window of 5 with the one RoPE base; caps small enough that
+    # the random weights' scores and logits reach them (gemma2's own are 50 and 30)
+    "gemma2": ("gemma2", {"n_layer": 4, "sliding_window": 5, "attn_softcap": 2.0, "final_softcap": 3.0}),
 }
-META_OPTIONS = ("head_dim", "rope_scale", "sliding_window", "freq_base")
+META_OPTIONS = ("head_dim", "rope_scale", "sliding_window", "freq_base", "attn_softcap", "final_softcap")
 
 
 def random_model(variant: str, seed: int = 0) -> tuple[Model, dict[str, np.ndarray]]:
@@ -101,6 +106,8 @@ def dense_forward(config: ModelConfig, get_tensor, token_ids) -> tuple[np.ndarra
         group = c.n_head // c.n_head_kv
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)     # (T, n_head, d)
         scores = np.einsum("qhd,khd->hqk", q, k) * (c.attn_scale or 1 / np.sqrt(c.head_dim))  # (n_head, T, T)
+        if c.attn_softcap:
+            scores = c.attn_softcap * np.tanh(scores / c.attn_softcap)
         scores[:, np.triu(np.ones((num, num), dtype=bool), 1)] = -np.inf
         if c.window_of(layer):                                             # keys a window or more back
             scores[:, pos[:, None] - pos[None, :] >= c.window_of(layer)] = -np.inf
@@ -120,14 +127,43 @@ def dense_forward(config: ModelConfig, get_tensor, token_ids) -> tuple[np.ndarra
 
 # --- config ----------------------------------------------------------------------------------
 
+def test_gemma2_defaults_are_llama_cpps_and_the_27b_scales_queries_by_n_embd_over_n_head():
+    """A file without the window and soft-capping keys gets llama.cpp's gemma2 defaults; an
+    output.weight in the file is not the LM head (llama.cpp's gemma2 always reads token_embd)."""
+    tensors = random_tensors("gemma2", n_layer=2, tied=False)
+    tensors["output.weight"] = tensors["token_embd.weight"] * 2
+    config = ModelConfig.from_metadata(random_metadata("gemma2", tensors), tensors)
+    assert (config.sliding_window, config.attn_softcap, config.final_softcap) == (4096, 50.0, 30.0)
+    assert config.tied_embeddings and config.attn_scale == 1 / np.sqrt(16)
+    meta = random_metadata("gemma2", tensors) | {"gemma2.block_count": 46, "gemma2.embedding_length": 72}
+    names = {name.replace("blk.1.", f"blk.{layer}.") for name in tensors for layer in range(46)}
+    big = ModelConfig.from_metadata(meta, names)
+    assert big.attn_scale == 1 / np.sqrt(72 // 4) and big.swa_layers[:3] == (True, False, True)
+
+
+def test_the_cuda_path_refuses_gemma2_and_gemma3_but_not_the_others(caplog):
+    # head_dim 32: the CUDA kernels' other condition holds for all four
+    configs = {name: dataclasses.replace(random_model(name)[0].config, head_dim=32)
+               for name in ("llama", "qwen2", "gemma2", "gemma3")}
+    with caplog.at_level("WARNING", logger="velollmd.engine"):
+        assert {name: cuda_runs(c) for name, c in configs.items()} == {
+            "llama": True, "qwen2": True, "gemma2": False, "gemma3": False}
+    assert sum("does not run gemma2" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_config_reads_each_architecture():
     configs = {name: random_model(name)[0].config for name in VARIANTS}
-    assert [c.rope_style for c in configs.values()] == ["norm", "norm", "neox", "neox", "neox"]
+    assert [c.rope_style for c in configs.values()] == ["norm", "norm", "neox", "neox", "neox", "neox"]
     gemma3 = configs["gemma3"]
     assert gemma3.qk_norm and gemma3.post_norms and gemma3.ffn_gelu and gemma3.embd_scale == np.sqrt(np.float32(64))
     assert [gemma3.window_of(layer) for layer in range(6)] == [5, 5, 5, 5, 5, 0]
     assert (gemma3.rope_freq_base, gemma3.rope_freq_base_swa, gemma3.final_softcap) == (1e6, 10000.0, 0.0)
-    assert not any(c.post_norms or c.sliding_window or c.embd_scale != 1 for c in configs.values() if c is not gemma3)
+    gemma2 = configs["gemma2"]
+    assert gemma2.post_norms and gemma2.ffn_gelu and not gemma2.qk_norm and gemma2.tied_embeddings
+    assert [gemma2.window_of(layer) for layer in range(4)] == [5, 0, 5, 0] and gemma2.rope_freq_base_swa == 0
+    assert (gemma2.attn_softcap, gemma2.final_softcap, gemma2.attn_scale) == (2.0, 3.0, 0.25)
+    assert not any(c.post_norms or c.sliding_window or c.embd_scale != 1 or c.attn_softcap
+                   for name, c in configs.items() if not name.startswith("gemma"))
     qwen2, qwen3, scaled = configs["qwen2"], configs["qwen3-tied"], configs["llama-rope-scaled"]
     assert qwen2.qkv_bias and not qwen2.qk_norm and not qwen2.tied_embeddings
     assert qwen3.qk_norm and qwen3.tied_embeddings and qwen3.head_dim == 32 and qwen3.n_embd == 64
@@ -144,6 +180,8 @@ def test_config_refuses_what_it_cannot_run():
         ModelConfig.from_metadata(meta, [n for n in tensors if n != "blk.1.ffn_gate.weight"])
     with pytest.raises(UnsupportedModel, match="missing tensor 'blk.0.attn_q.bias'"):
         ModelConfig.from_metadata(random_metadata("qwen2", tensors), tensors)
+    with pytest.raises(UnsupportedModel, match="missing tensor 'blk.0.post_attention_norm.weight'"):
+        ModelConfig.from_metadata(random_metadata("gemma2", tensors), tensors)
     with pytest.raises(UnsupportedModel, match="yarn"):
         ModelConfig.from_metadata({**meta, "llama.rope.scaling.type": "yarn"}, tensors)
     with pytest.raises(UnsupportedModel, match="llama.block_count"):
@@ -330,6 +368,7 @@ GGUF_FILES = {
     "tiny-qwen2": tool_model("qwen2", "f32"),
     "tiny-qwen3": tool_model("qwen3", "f32"),
     "tiny-gemma3": tool_model("gemma3", "f32"),
+    "tiny-gemma2": tool_model("gemma2", "f32"),
     "tiny-qwen2-q8_0": tool_model("qwen2", "q8_0"),
     "tiny-llama-q4_k": tool_model("llama", "q4_k"),
     "qwen2": lambda path: write_random_gguf(path, "qwen2", seed=1),
@@ -340,6 +379,12 @@ GGUF_FILES = {
     "gemma3": lambda path: write_random_gguf(path, "gemma3", seed=4, n_layer=6, sliding_window=5, freq_base=1e6),
     "gemma3-q8_0": lambda path: write_random_gguf(path, "gemma3", seed=4, n_layer=6, sliding_window=5,
                                                   freq_base=1e6, dtype="q8_0", n_embd=256, n_ff=512),
+    # the even layers of four over a window of 5; caps the scores and logits reach (llama.cpp reads them too)
+    "gemma2": lambda path: write_random_gguf(path, "gemma2", seed=6, n_layer=4, sliding_window=5,
+                                             attn_softcap=2.0, final_softcap=3.0),
+    "gemma2-q8_0": lambda path: write_random_gguf(path, "gemma2", seed=6, n_layer=4, sliding_window=5,
+                                                  attn_softcap=2.0, final_softcap=3.0, dtype="q8_0",
+                                                  n_embd=256, n_ff=512),
 }
 
 

@@ -75,16 +75,20 @@ def test_rope_inv_freq_applies_linear_scale_and_llama3_factors():
     np.testing.assert_allclose(inv_freq, expected, rtol=1e-12)
 
 
-def dense_attention(q, k, v, num_computed, scale):
-    """Reference: KV heads repeated to n_head, one (query, head) at a time, causal."""
+def dense_attention(q, k, v, num_computed, scale, window=0, softcap=0.0):
+    """Reference: KV heads repeated to n_head, one (query, head) at a time, causal; with a
+    window, over the last `window` keys only; with softcap, scores = softcap * tanh(scores / softcap)."""
     group = q.shape[1] // k.shape[1]
     k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)  # (num_k, n_head, d)
     out = np.zeros(q.shape, dtype=np.float64)
     for t, head in np.ndindex(q.shape[0], q.shape[1]):
         visible = num_computed + t + 1
-        scores = k[:visible, head] @ q[t, head] * scale                 # (visible,)
+        first = max(0, visible - window) if window else 0
+        scores = k[first:visible, head] @ q[t, head] * scale           # (visible - first,)
+        if softcap:
+            scores = softcap * np.tanh(scores / softcap)
         probs = np.exp(scores - scores.max())
-        out[t, head] = probs / probs.sum() @ v[:visible, head]
+        out[t, head] = probs / probs.sum() @ v[first:visible, head]
     return out
 
 
@@ -103,6 +107,31 @@ def test_decode_attention_of_padded_batch_matches_one_sequence_at_a_time():
     for b, length in enumerate(context_lens):
         expected = dense_attention(q[b:b + 1], k[b, :length], v[b, :length], length - 1, 0.3)[0]
         np.testing.assert_allclose(out[b], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_causal_attention_soft_caps_its_scores(window):
+    """gemma2's attention logit soft-capping, alone and with a sliding window, as the reference."""
+    q, k, v = randn(7, 8, 16) * 3, randn(12, 2, 16) * 3, randn(12, 2, 16)     # 5 cached + 7 new
+    capped = ops.causal_attention(q, k, v, 5, 0.25, window, softcap=2.0)
+    np.testing.assert_allclose(capped, dense_attention(q, k, v, 5, 0.25, window, 2.0), rtol=1e-4, atol=1e-5)
+    assert np.abs(capped - ops.causal_attention(q, k, v, 5, 0.25, window)).max() > 0.1   # the cap matters here
+
+
+def test_decode_attention_soft_caps_within_its_window():
+    context_lens, starts = np.array([3, 11, 1, 8]), np.array([0, 6, 0, 2])  # (B,) each
+    q, k, v = randn(4, 6, 8) * 3, randn(4, 12, 3, 8) * 3, randn(4, 12, 3, 8)
+    out = ops.decode_attention(q, k, v, context_lens, 0.3, starts, softcap=1.5)   # (B, n_head, d)
+    for b, (length, start) in enumerate(zip(context_lens, starts)):
+        expected = dense_attention(q[b:b + 1], k[b, start:length], v[b, start:length], length - start - 1,
+                                   0.3, softcap=1.5)[0]
+        np.testing.assert_allclose(out[b], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_soft_cap_is_llama_cpps_scale_tanh_scale():
+    scores = np.array([-200.0, -3.0, 0.0, 0.5, 40.0], dtype=np.float32)
+    np.testing.assert_allclose(ops.soft_cap_(scores.copy(), 30.0), 30.0 * np.tanh(scores / 30.0), rtol=1e-6)
+    assert ops.soft_cap_(scores.copy(), 30.0).max() < 30.0
 
 
 def test_causal_attention_in_query_chunks_equals_one_chunk(monkeypatch):

@@ -62,8 +62,12 @@ def random_tensors(arch: str, seed: int = 0, *, n_vocab: int = 1024, n_embd: int
     def norm_weight(dim: int) -> np.ndarray:
         return (1.0 + normal(dim, std=0.1)).astype(np.float32)
 
-    # tied: token_embd is also the LM head, scaled like output.weight (logits of std ~3)
-    tensors = {"token_embd.weight": normal(n_vocab, n_embd, std=3.0 / np.sqrt(n_embd) if tied else 1.0)}
+    tied = tied or arch == "gemma2"   # llama.cpp loads no output.weight for gemma2 (and refuses a file with one)
+    # tied: token_embd is also the LM head, scaled like output.weight (logits of std ~3); gemma2's
+    # rows also enter the residual scaled by sqrt(n_embd): at that std each token's own row would
+    # dominate its final hidden state (the next token the last one again, p ~ 1), so 1 / sqrt(n_embd)
+    embd_std = (1.0 if arch == "gemma2" else 3.0) / np.sqrt(n_embd) if tied else 1.0
+    tensors = {"token_embd.weight": normal(n_vocab, n_embd, std=embd_std)}
     q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
     for layer in range(n_layer):
         p = f"blk.{layer}."
@@ -84,7 +88,7 @@ def random_tensors(arch: str, seed: int = 0, *, n_vocab: int = 1024, n_embd: int
         if arch in ("qwen3", "gemma3"):
             tensors[p + "attn_q_norm.weight"] = norm_weight(head_dim)
             tensors[p + "attn_k_norm.weight"] = norm_weight(head_dim)
-        if arch == "gemma3":
+        if arch in ("gemma2", "gemma3"):
             tensors[p + "post_attention_norm.weight"] = norm_weight(n_embd)
             tensors[p + "post_ffw_norm.weight"] = norm_weight(n_embd)
     tensors["output_norm.weight"] = norm_weight(n_embd)
@@ -97,8 +101,10 @@ def random_tensors(arch: str, seed: int = 0, *, n_vocab: int = 1024, n_embd: int
 
 def random_metadata(arch: str, tensors: dict[str, np.ndarray], *, n_head: int = 4, n_head_kv: int = 2,
                     head_dim: int | None = None, context_length: int = 4096, freq_base: float = 10000.0,
-                    rope_scale: float | None = None, sliding_window: int = 0) -> dict:
-    """The metadata keys a loader reads, matching tensors (as metadata_of would return them)."""
+                    rope_scale: float | None = None, sliding_window: int = 0, attn_softcap: float = 0.0,
+                    final_softcap: float = 0.0) -> dict:
+    """The metadata keys a loader reads, matching tensors (as metadata_of would return them);
+    the soft-capping keys (gemma2's) only when given."""
     n_vocab, n_embd = tensors["token_embd.weight"].shape
     n_layer = sum(1 for name in tensors if name.endswith("attn_norm.weight"))
     head_dim = head_dim or n_embd // n_head
@@ -111,6 +117,10 @@ def random_metadata(arch: str, tensors: dict[str, np.ndarray], *, n_head: int = 
             f"{arch}.attention.layer_norm_rms_epsilon": 1e-6, f"{arch}.vocab_size": n_vocab}
     if sliding_window:
         meta[f"{arch}.attention.sliding_window"] = sliding_window
+    if attn_softcap:
+        meta[f"{arch}.attn_logit_softcapping"] = float(attn_softcap)
+    if final_softcap:
+        meta[f"{arch}.final_logit_softcapping"] = float(final_softcap)
     if rope_scale:
         meta[f"{arch}.rope.scaling.type"] = "linear"
         meta[f"{arch}.rope.scaling.factor"] = rope_scale
@@ -122,7 +132,8 @@ def write_random_gguf(path: str | os.PathLike, arch: str = "qwen2", seed: int = 
                       rope_scale: float | None = None, dtype: str = "f32", vocab: str = "spm",
                       n_embd: int = 64, n_ff: int = 128, chat_template: str | None = None,
                       add_bos: bool | None = None, rounded_as: str | None = None, n_layer: int = 2,
-                      sliding_window: int = 0, freq_base: float = 10000.0) -> Path:
+                      sliding_window: int = 0, freq_base: float = 10000.0, attn_softcap: float = 0.0,
+                      final_softcap: float = 0.0) -> Path:
     """A GGUF of random_tensors(...) with a tiny vocab of tools/make_tiny_gguf.py (1024 tokens).
 
     dtype: as make_tiny_gguf's (f32, f16, q8_0, q4_k...), with its rules: 1-D tensors stay F32,
@@ -135,7 +146,8 @@ def write_random_gguf(path: str | os.PathLike, arch: str = "qwen2", seed: int = 
     tensors = random_tensors(arch, seed, head_dim=head_dim, tied=tied, rope_freqs=rope_freqs,
                              n_embd=n_embd, n_ff=n_ff, n_layer=n_layer)
     meta = random_metadata(arch, tensors, head_dim=head_dim, rope_scale=rope_scale,
-                           sliding_window=sliding_window, freq_base=freq_base)
+                           sliding_window=sliding_window, freq_base=freq_base, attn_softcap=attn_softcap,
+                           final_softcap=final_softcap)
     writer = gguf.GGUFWriter(str(path), arch)
     try:
         for key, value in meta.items():

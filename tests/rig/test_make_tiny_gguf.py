@@ -140,6 +140,20 @@ def test_gemma3_has_qk_norms_post_norms_and_a_sliding_window(tmp_path):
     assert {"blk.1.attn_q_norm.weight", "blk.1.post_attention_norm.weight", "blk.1.post_ffw_norm.weight"} <= names
 
 
+def test_gemma2_has_post_norms_a_window_soft_caps_and_no_output_weight(tmp_path):
+    """gemma2's file as llama.cpp loads it: no output.weight (its LM head is token_embd) and no
+    Q/K norms; its logits are compared with llama-server in tests/engine/test_model.py."""
+    tool = tiny_gguf_tool()
+    gemma2 = gguf.GGUFReader(build_variant(tmp_path, "gemma2"))
+    assert gemma2.fields["gemma2.attention.sliding_window"].contents() == tool.GEMMA2_SLIDING_WINDOW
+    caps = (gemma2.fields["gemma2.attn_logit_softcapping"].contents(),
+            gemma2.fields["gemma2.final_logit_softcapping"].contents())
+    assert caps == tool.GEMMA2_SOFTCAPS
+    names = {t.name for t in gemma2.tensors}
+    assert {"blk.1.post_attention_norm.weight", "blk.1.post_ffw_norm.weight", "token_embd.weight"} <= names
+    assert not names & {"output.weight", "blk.0.attn_q_norm.weight"}
+
+
 @pytest.mark.parametrize("arch, dtype", [("qwen2", "f16"), ("qwen3", "f16"), ("gemma3", "f16"), ("llama", "q8_0"),
                                          ("llama", "q4_k"), ("qwen3", "q4_k"), ("llama", "q5_k")])
 def test_variant_answers_in_real_llama_server(tmp_path, llama_server_factory, arch, dtype):

@@ -89,25 +89,28 @@ class PagedKVCache:
         return self.k[layer, block_tables].reshape(shape), self.v[layer, block_tables].reshape(shape)
 
     def decode_attention(self, layer: int, q: np.ndarray, block_tables: np.ndarray,
-                         context_lens: np.ndarray, scale: float, window: int = 0) -> np.ndarray:
+                         context_lens: np.ndarray, scale: float, window: int = 0,
+                         softcap: float = 0.0) -> np.ndarray:
         """B single-token queries q (B, n_head, head_dim) over their first context_lens[b] tokens
         in this layer; block_tables (B, max_blocks) padded with any valid id. (B, n_head, head_dim).
-        window > 0 (a sliding-window layer): over the last `window` of them only.
+        window > 0 (a sliding-window layer): over the last `window` of them only. softcap > 0
+        (gemma2): the scores soft-capped before softmax (ops.soft_cap_).
 
-        float32 with the extension built: the compiled kernel reads K/V in place from the pages;
-        otherwise a dense padded copy and ops.decode_attention (the kernel's reference).
+        float32 with the extension built and no soft-capping: the compiled kernel reads K/V in
+        place from the pages; otherwise a dense padded copy and ops.decode_attention (the
+        kernel's reference).
         """
         self._check_decode(q, block_tables, context_lens)
         if window and np.max(context_lens, initial=0) > window:
-            return self._windowed_decode(layer, q, block_tables, np.asarray(context_lens), scale, window)
-        if kernels.COMPILED and self.k.dtype == np.float32:
+            return self._windowed_decode(layer, q, block_tables, np.asarray(context_lens), scale, window, softcap)
+        if kernels.COMPILED and self.k.dtype == np.float32 and not softcap:
             return kernels.paged_decode_attention(q, self.k[layer], self.v[layer], block_tables,
                                                   context_lens, scale)
         k, v = self.gather_padded(layer, block_tables)          # (B, max_len, kv, d) each
-        return ops.decode_attention(q, k, v, context_lens, scale)
+        return ops.decode_attention(q, k, v, context_lens, scale, softcap=softcap)
 
     def _windowed_decode(self, layer: int, q: np.ndarray, block_tables: np.ndarray, lens: np.ndarray,
-                         scale: float, window: int) -> np.ndarray:
+                         scale: float, window: int, softcap: float) -> np.ndarray:
         """Sliding-window decode: each sequence's blocks from the one that holds its window's
         first key, gathered densely; the keys before the window masked (ops.decode_attention)."""
         starts = np.maximum(lens - window, 0)                       # (B,) first visible position
@@ -119,7 +122,7 @@ class PagedKVCache:
             tables[row, :len(used)] = used
         k, v = self.gather_padded(layer, tables)                    # (B, num_blocks * block_size, kv, d)
         offsets = first_blocks * self.block_size                    # (B,) position of each gather's row 0
-        return ops.decode_attention(q, k, v, lens - offsets, scale, starts - offsets)
+        return ops.decode_attention(q, k, v, lens - offsets, scale, starts - offsets, softcap)
 
     def _check_decode(self, q: np.ndarray, block_tables: np.ndarray, context_lens: np.ndarray) -> None:
         """What the compiled kernel trusts: block ids inside the cache, lengths inside the tables."""

@@ -40,6 +40,7 @@ log = logging.getLogger("velollmd.engine")
 
 DEFAULT_NUM_CTX = 4096          # per sequence, when neither the config nor a smaller model says
 MIB = 1 << 20
+CPU_ONLY_ARCHS = ("gemma2", "gemma3")   # cuda_runs: their layers exist on the CPU path only
 
 
 @dataclass(frozen=True)
@@ -163,11 +164,11 @@ def _kept(gguf: GGUFFile, name: str) -> QuantWeight:
 
 
 def cuda_runs(config: ModelConfig) -> bool:
-    """Whether the CUDA path runs this model (head_dim a multiple of 32; not gemma3's sliding
-    windows, post-norms and GELU, which only the CPU path has); a model it does not run is
-    served on the CPU, with a warning."""
-    if config.arch == "gemma3":
-        log.warning("engine model served on the CPU: the CUDA path does not run gemma3 yet",
+    """Whether the CUDA path runs this model (head_dim a multiple of 32; not gemma2's and gemma3's
+    sliding windows, post-norms, GELU and soft-capping, which only the CPU path has); a model it
+    does not run is served on the CPU, with a warning."""
+    if config.arch in CPU_ONLY_ARCHS:
+        log.warning(f"engine model served on the CPU: the CUDA path does not run {config.arch} yet",
                     extra={"fields": {"arch": config.arch}})
         return False
     if config.head_dim % 32 == 0:

@@ -14,8 +14,10 @@ exist at once whatever the chunk (a 512-row chunk of a 152k vocabulary would be 
 
 Architectures: llama (and mistral), qwen2 (Q/K/V biases), qwen3 (per-head Q/K RMSNorm), gemma3
 (Q/K RMSNorm, post-norms, GELU, scaled embeddings, sliding-window layers with their own RoPE
-base: ModelConfig.window_of); tied embeddings when output.weight is absent. Every matrix is stored as the GGUF holds it, (out, in)
-contiguous float32 (Q, K, V fused; gate and up fused), and all T rows of a batch (prefill
+base: ModelConfig.window_of), gemma2 (gemma3's post-norms, GELU and scaled embeddings, every other
+layer over a sliding window, attention and final logit soft-capping, no Q/K norms); tied
+embeddings when output.weight is absent (gemma2: always). Every matrix is stored as the GGUF
+holds it, (out, in) contiguous float32 (Q, K, V fused; gate and up fused), and all T rows of a batch (prefill
 tokens of several sequences and single decode tokens alike) go through one matmul per weight:
 `linear` below, OpenBLAS for a prefill's many rows, the compiled kernel (kernels.py) for a
 decode step's few. Only attention is per sequence, and all decoding sequences share one padded
@@ -53,20 +55,29 @@ from velollmd.engine.quants import GGML_TYPES
 from velollmd.engine.quantweight import QuantWeight, StackedWeight
 
 ROPE_STYLE_OF_ARCH = {"llama": ops.ROPE_NORM, "mistral": ops.ROPE_NORM,
-                      "qwen2": ops.ROPE_NEOX, "qwen3": ops.ROPE_NEOX, "gemma3": ops.ROPE_NEOX}
+                      "qwen2": ops.ROPE_NEOX, "qwen3": ops.ROPE_NEOX, "gemma2": ops.ROPE_NEOX,
+                      "gemma3": ops.ROPE_NEOX}
 LAYER_TENSORS = ("attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
                  "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight",
                  "ffn_down.weight")
 QKV_BIAS_TENSORS = ("attn_q.bias", "attn_k.bias", "attn_v.bias")
 QK_NORM_TENSORS = ("attn_q_norm.weight", "attn_k_norm.weight")
 POST_NORM_TENSORS = ("post_attention_norm.weight", "post_ffw_norm.weight")
-REQUIRED_OF_ARCH = {"qwen2": QKV_BIAS_TENSORS, "qwen3": QK_NORM_TENSORS,
+REQUIRED_OF_ARCH = {"qwen2": QKV_BIAS_TENSORS, "qwen3": QK_NORM_TENSORS, "gemma2": POST_NORM_TENSORS,
                     "gemma3": QK_NORM_TENSORS + POST_NORM_TENSORS}
 # gemma3 (llama.cpp's hparams for it): every SWA_PATTERN-th layer attends globally, the others over
 # a sliding window with their own RoPE base; 62 layers is the 27B, whose queries scale by n_embd / n_head
 GEMMA3_SWA_PATTERN = 6
 GEMMA3_SWA_FREQ_BASE = 10000.0
 GEMMA3_27B_LAYERS = 62
+# gemma2 (llama.cpp's hparams for it): even layers over a sliding window (4096 when the file names
+# none), odd layers global, one RoPE base; attention and final logits soft-capped (50 and 30 when
+# the file names none); 46 layers is the 27B, whose queries scale by n_embd // n_head
+GEMMA2_SWA_PATTERN = 2
+GEMMA2_SLIDING_WINDOW = 4096
+GEMMA2_ATTN_SOFTCAP = 50.0
+GEMMA2_FINAL_SOFTCAP = 30.0
+GEMMA2_27B_LAYERS = 46
 _MISSING = object()
 Q8_0 = vecdot.Q8_0
 # ggml type -> the class that keeps a weight of that type quantised
@@ -115,7 +126,7 @@ class ModelConfig:
     qkv_bias: bool
     qk_norm: bool
     tied_embeddings: bool      # no output.weight: the LM head is token_embd.weight
-    # gemma3's features (the defaults: none)
+    # gemma2's and gemma3's features (the defaults: none)
     embd_scale: float = 1.0    # token embeddings times this (gemma: sqrt(n_embd))
     attn_scale: float = 0.0    # queries times this before softmax; 0: 1 / sqrt(head_dim)
     post_norms: bool = False   # RMSNorm of the attention's and the FFN's outputs before each residual add
@@ -124,6 +135,7 @@ class ModelConfig:
     swa_layers: tuple[bool, ...] = ()
     rope_freq_base_swa: float = 0.0   # the sliding-window layers' RoPE base (scale 1); 0: rope_freq_base
     final_softcap: float = 0.0        # > 0: logits = cap * tanh(logits / cap)
+    attn_softcap: float = 0.0         # > 0 (gemma2): attention scores = cap * tanh(scores / cap)
 
     def window_of(self, layer: int) -> int:
         """The sliding window of a layer; 0: it attends over the whole context."""
@@ -142,6 +154,7 @@ class ModelConfig:
         head_dim = int(key("attention.key_length", n_embd // n_head))
         n_layer = int(key("block_count"))
         _check_tensors(arch, names, n_layer)
+        features = ARCH_FEATURES[arch](metadata, n_embd, n_head, head_dim, n_layer) if arch in ARCH_FEATURES else {}
         return cls(
             arch=arch, n_vocab=_vocab_size(metadata, arch), n_embd=n_embd, n_layer=n_layer,
             n_head=n_head, n_head_kv=_uniform(key("attention.head_count_kv", n_head), "head_count_kv"),
@@ -153,8 +166,7 @@ class ModelConfig:
             has_rope_freqs="rope_freqs.weight" in names,
             context_length=int(key("context_length", 4096)),
             qkv_bias="blk.0.attn_q.bias" in names, qk_norm="blk.0.attn_q_norm.weight" in names,
-            tied_embeddings="output.weight" not in names,
-            **(_gemma3_features(metadata, n_embd, n_head, head_dim, n_layer) if arch == "gemma3" else {}))
+            **{"tied_embeddings": "output.weight" not in names, **features})
 
 
 def _gemma3_features(metadata: dict, n_embd: int, n_head: int, head_dim: int, n_layer: int) -> dict:
@@ -164,13 +176,44 @@ def _gemma3_features(metadata: dict, n_embd: int, n_head: int, head_dim: int, n_
     (llama.cpp's graph without sliding windows is the one that caps)."""
     window = int(metadata.get("gemma3.attention.sliding_window", 0) or 0)
     return dict(
-        embd_scale=float(np.sqrt(np.float32(n_embd))),
+        _gemma_features(n_embd),
         attn_scale=float(1.0 / np.sqrt(n_embd / n_head if n_layer == GEMMA3_27B_LAYERS else head_dim)),
-        post_norms=True, ffn_gelu=True, sliding_window=window,
-        swa_layers=tuple(window > 0 and layer % GEMMA3_SWA_PATTERN < GEMMA3_SWA_PATTERN - 1
-                         for layer in range(n_layer)),
+        sliding_window=window, swa_layers=_swa_layers(n_layer, window, GEMMA3_SWA_PATTERN),
         rope_freq_base_swa=GEMMA3_SWA_FREQ_BASE if window > 0 else 0.0,
         final_softcap=0.0 if window else float(metadata.get("gemma3.final_logit_softcapping", 0.0) or 0.0))
+
+
+def _gemma2_features(metadata: dict, n_embd: int, n_head: int, head_dim: int, n_layer: int) -> dict:
+    """ModelConfig's gemma2 fields, as llama.cpp reads the file: gemma3's scaled embeddings,
+    post-norms and GELU; a sliding window on the even layers with the file's one RoPE base;
+    attention and final logit soft-capping; the LM head is always token_embd.weight (llama.cpp
+    loads no output.weight for gemma2)."""
+    def value(name: str, default: float) -> float:
+        return float(metadata.get(f"gemma2.{name}", default) or default)
+    window = int(value("attention.sliding_window", GEMMA2_SLIDING_WINDOW))
+    return dict(
+        _gemma_features(n_embd),
+        # llama.cpp divides n_embd by n_head as integers for the 27B
+        attn_scale=float(1.0 / np.sqrt(n_embd // n_head if n_layer == GEMMA2_27B_LAYERS else head_dim)),
+        sliding_window=window, swa_layers=_swa_layers(n_layer, window, GEMMA2_SWA_PATTERN),
+        attn_softcap=value("attn_logit_softcapping", GEMMA2_ATTN_SOFTCAP),
+        final_softcap=value("final_logit_softcapping", GEMMA2_FINAL_SOFTCAP), tied_embeddings=True)
+
+
+def _gemma_features(n_embd: int) -> dict:
+    """What gemma2 and gemma3 share: embeddings scaled by sqrt(n_embd) (in float32, as ggml's
+    sqrtf), post-norms, GELU."""
+    return dict(embd_scale=float(np.sqrt(np.float32(n_embd))), post_norms=True, ffn_gelu=True)
+
+
+def _swa_layers(n_layer: int, window: int, pattern: int) -> tuple[bool, ...]:
+    """llama.cpp's set_swa_pattern: layer il slides when il % pattern < pattern - 1 (every
+    pattern-th layer global); none slides without a window."""
+    return tuple(window > 0 and layer % pattern < pattern - 1 for layer in range(n_layer))
+
+
+# architecture -> its ModelConfig fields beyond the common ones
+ARCH_FEATURES = {"gemma2": _gemma2_features, "gemma3": _gemma3_features}
 
 
 def _metadata_value(metadata: dict, name: str, default: object = _MISSING) -> object:
@@ -572,15 +615,15 @@ class Model:
                    kv: PagedKVCache) -> np.ndarray:
         """All decoding sequences in one padded call, each prefilling sequence on its own."""
         out = np.empty_like(q)                                           # (T, n_head, head_dim)
-        window = self.config.window_of(index)
+        window, softcap = self.config.window_of(index), self.config.attn_softcap
         if plan.decode_rows.size:
             out[plan.decode_rows] = kv.decode_attention(index, q[plan.decode_rows], plan.decode_tables,
-                                                        plan.decode_lens, self.attn_scale, window)
+                                                        plan.decode_lens, self.attn_scale, window, softcap)
         for seq in plan.prefill:
             rows = slice(batch.query_start[seq], batch.query_start[seq + 1])
             num_computed = batch.num_computed[seq]
             k, v = kv.gather(index, batch.block_tables[seq], num_computed + rows.stop - rows.start)
-            out[rows] = ops.causal_attention(q[rows], k, v, num_computed, self.attn_scale, window)
+            out[rows] = ops.causal_attention(q[rows], k, v, num_computed, self.attn_scale, window, softcap)
         return out
 
     def _ffn_block(self, layer: LayerWeights, x: np.ndarray) -> np.ndarray:

@@ -97,7 +97,7 @@ QUERY_CHUNK = 64       # ... and at most this many queries: each chunk skips the
 
 
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_computed: int,
-                     scale: float, window: int = 0) -> np.ndarray:
+                     scale: float, window: int = 0, softcap: float = 0.0) -> np.ndarray:
     """Attention of one sequence's new tokens over its whole context, GQA without repeating heads.
 
     q (T, n_head, head_dim): the new tokens at positions num_computed .. num_computed + T - 1;
@@ -107,6 +107,7 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_computed: 
     most of the causal upper triangle is never computed). Returns (T, n_head, head_dim).
     window > 0 (a sliding-window layer, llama.cpp's standard SWA): a query at position p sees
     the keys at p - window + 1 .. p only; each chunk then also skips the keys before its window.
+    softcap > 0 (gemma2): scores = softcap * tanh(scores / softcap) before the mask and softmax.
     """
     num_q, n_head, head_dim = q.shape
     num_k, n_head_kv, _ = k.shape
@@ -124,6 +125,8 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_computed: 
         first = max(0, num_computed + start - window + 1) if window else 0   # keys before: out of every window
         rows = qg[:, start:stop].reshape(n_head_kv, (stop - start) * group, head_dim)  # (kv, chunk*group, d)
         scores = np.matmul(rows, kc[:, first:num_visible].transpose(0, 2, 1))  # (kv, chunk*group, visible)
+        if softcap:
+            soft_cap_(scores, softcap)
         per_query = scores.reshape(n_head_kv, stop - start, group, num_visible - first)
         if window:
             per_query += _window_mask(num_computed + start, stop - start, first, num_visible, window)[:, None, :]
@@ -133,6 +136,15 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_computed: 
         out[:, start:stop] = np.matmul(probs, vc[:, first:num_visible]).reshape(
             n_head_kv, stop - start, group, head_dim)
     return out.transpose(1, 0, 2, 3).reshape(num_q, n_head, head_dim)
+
+
+def soft_cap_(scores: np.ndarray, cap: float) -> np.ndarray:
+    """scores = cap * tanh(scores / cap) in place, as llama.cpp's graph computes it (a scale by
+    1 / cap, tanh, a scale by cap): gemma2's attention logit soft-capping. Returns scores."""
+    scores *= np.float32(1.0 / cap)
+    np.tanh(scores, out=scores)
+    scores *= np.float32(cap)
+    return scores
 
 
 def _future_mask(num: int) -> np.ndarray:
@@ -150,12 +162,13 @@ def _window_mask(first_query: int, num_queries: int, first_key: int, num_keys: i
 
 
 def decode_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, context_lens: np.ndarray,
-                     scale: float, starts: np.ndarray | None = None) -> np.ndarray:
+                     scale: float, starts: np.ndarray | None = None, softcap: float = 0.0) -> np.ndarray:
     """Attention of B sequences' single new tokens at once, over zero-padded contexts.
 
     q (B, n_head, head_dim); k, v (B, max_len, n_head_kv, head_dim), valid up to
     context_lens[b] (each >= 1, the new token included), and from starts[b] on when given (a
-    sliding window's first key). Returns (B, n_head, head_dim).
+    sliding window's first key). softcap > 0: the scores soft-capped (soft_cap_) before the
+    padding's mask. Returns (B, n_head, head_dim).
     """
     batch, n_head, head_dim = q.shape
     max_len, n_head_kv = k.shape[1], k.shape[2]
@@ -164,6 +177,8 @@ def decode_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, context_lens: 
     qt = q.reshape(batch, n_head_kv, group, head_dim).transpose(0, 1, 3, 2)  # (B, kv, d, group)
     # K @ q^T keeps K's rows as BLAS reads them (q @ K^T over this layout is ~2x slower)
     scores = np.matmul(k.transpose(0, 2, 1, 3), qt).transpose(0, 1, 3, 2).copy()  # (B, kv, group, max_len)
+    if softcap:
+        soft_cap_(scores, softcap)
     padding = np.arange(max_len)[None, :] >= context_lens[:, None]           # (B, max_len)
     if starts is not None:
         padding |= np.arange(max_len)[None, :] < np.asarray(starts)[:, None]
