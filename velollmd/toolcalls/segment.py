@@ -42,6 +42,10 @@ FENCE_LANGS = {"", "json", "jsonc", "json5", "tool_call", "tool_calls", "tool_co
 _MORE = "more"  # undecidable until more text arrives
 _XML_CALL_START = "<function="
 _CUT_CALL_STARTS = ("{", "[", _XML_CALL_START)   # a cut segment body that opens a call
+# a call cut in or just after its name: `get_wea`, `get_weather[ARGS]{"ci`, `brave_search.call(query="x`
+_CUT_NAME_RE = re.compile(r"[A-Za-z_][\w.\-]*(?:\[ARGS\].*|\([^)]*)?", re.S)
+_UNMARKED_KINDS = {"json", "fence"}             # segments no marker opened
+_MARKUP_FIRST_CHARS = "<["                      # markers no prose word begins
 
 ParseSegment = Callable[[str, str], "Extracted | None"]
 Piece = tuple[str, object]  # ("content", str) | ("calls", Extracted)
@@ -56,6 +60,8 @@ class Segmenter:
         self.held = ""                    # trailing whitespace: released only before more text
         self.after_call = False           # drop whitespace that follows a call
         self.at_start = True              # nothing but whitespace so far
+        self.stray = ""                   # empty markers, held until a call or text follows
+        self.stray_lead = ""              # the whitespace before them
 
     def feed(self, chunk: str) -> list[Piece]:
         if not self.text and self.pos == 0 and chunk.startswith("\ufeff"):
@@ -65,8 +71,15 @@ class Segmenter:
         self._trim()
         return pieces
 
-    def finish(self) -> list[Piece]:
+    def finish(self, cut: bool = False) -> list[Piece]:
+        """The rest of the text; `cut`: max_tokens cut it (finish_reason "length"), so a
+        marker's beginning at its very end (`<tool_`, `[TOOL_CA`) is a call cut at its marker."""
+        tail = self._cut_marker_tail() if cut else ""
         pieces = self._run(eof=True)
+        if tail:
+            self._markup(Extracted([], fixes=["dropped-cut-call"]), pieces)
+        if self.stray:
+            self._content(self._take_stray(), pieces)
         if self.held and not self.after_call:
             pieces.append(("content", self.held))
         self.held = ""
@@ -94,18 +107,60 @@ class Segmenter:
         found = self.parse_segment(segment.kind, text)
         if found is None and segment.cut_call(text):
             found = Extracted([], fixes=["dropped-cut-call"])
-        if found is None:
-            self._content(text, pieces)
+        if found is not None:
+            self._markup(found, pieces)
+        elif segment.empty_call(text):
+            self._hold_stray(text)
         else:
-            if found.reasoning:
-                pieces.append(("reasoning", found.reasoning))
-            if found.calls or found.fixes:
-                pieces.append(("calls", found))
-            self.after_call = True
-            self._content(found.leftover, pieces)
+            self._content(text, pieces)
         self.at_start = False
 
+    def _markup(self, found: Extracted, pieces: list[Piece]) -> None:
+        """A segment that was markup: its calls, fixes and reasoning go out, never its text."""
+        if self.stray and (found.calls or found.fixes):
+            self._drop_stray(found)
+        if found.reasoning:
+            pieces.append(("reasoning", found.reasoning))
+        if found.calls or found.fixes:
+            pieces.append(("calls", found))
+        self.after_call = True
+        self._content(found.leftover, pieces)
+
+    def _hold_stray(self, text: str) -> None:
+        """An empty marker (`<tool_call></tool_call>`) waits for what follows: before a call it
+        is the stray of a repeated marker (dropped), before anything else it was text."""
+        if not self.stray:
+            self.stray_lead, self.held = self.held, ""
+        self.stray += self.held + text
+        self.held = ""
+
+    def _drop_stray(self, found: Extracted) -> None:
+        self.held = self.stray_lead       # the call keeps the whitespace that preceded the stray
+        self.stray = self.stray_lead = ""
+        found.fixes.append("dropped-empty-call")
+
+    def _take_stray(self) -> str:
+        """The held empty marker (and the whitespace around it), released as the text it was."""
+        stray = self.stray_lead + self.stray + self.held
+        self.stray = self.stray_lead = self.held = ""
+        return stray
+
+    def _cut_marker_tail(self) -> str:
+        """Remove and return a markup marker's beginning (`<tool_`, `[TOOL_CA`, `<|python_`, at
+        least two characters) at the very end of undecided text; "" when there is none. Word
+        markers' beginnings (`Action`, `functools`) and a lone `<` may be prose: they stay."""
+        if self.segment is not None:
+            return ""
+        start = _partial_marker_start(self.text, self.pos)
+        tail = self.text[start:]
+        if len(tail) < 2 or tail[0] not in _MARKUP_FIRST_CHARS:
+            return ""
+        self.text = self.text[:start]
+        return tail
+
     def _content(self, text: str, pieces: list[Piece]) -> None:
+        if self.stray and text.strip():
+            text = self._take_stray() + text
         if self.after_call:
             text = text.lstrip()
             if not text:
@@ -201,15 +256,26 @@ class _OpenSegment:
         self.finder = None if kind in HEADER_KINDS else _body_finder(kind, start, text)
 
     def cut_call(self, text: str) -> bool:
-        """`text` (this segment's) is a call the text's end cut before its closing tag: markup,
-        not prose, so it is dropped, not released as content. Its body is empty (`<tool_call>`,
-        `<tool_call>\n`: max_tokens 1 or 2), its JSON begun (`<tool_call>{"na`), or its XML
-        call begun (Qwen3-Coder's `<tool_call>\n<function=get_wea`, a bare `<function=get_wea`).
-        A marker mentioned in prose (`write <tool_call> tags`) is not."""
-        if not isinstance(self.finder, Until) or not self.finder.cut:
+        """`text` (this segment's) is a call the text's end cut: markup, not prose, so it is
+        dropped, not released as content. Its body is empty (`<tool_call>`, `[TOOL_CALLS]`:
+        max_tokens 1 or 2), its JSON begun (`<tool_call>{"na`, `[TOOL_CALLS] [{"na`,
+        `<|python_tag|>{"na`, `functools[{"na`), its name begun (`[TOOL_CALLS]get_wea`, GLM's
+        `<tool_call>get_wea`) or its XML call begun (Qwen3-Coder's `<tool_call>\n<function=get_wea`,
+        a bare `<function=get_wea`). A marker mentioned in prose (`write <tool_call> tags`) is
+        not; neither is a JSON value or fence that no marker opened."""
+        if self.kind in _UNMARKED_KINDS or not getattr(self.finder, "cut", False):
             return False
         body = text[self.finder.body_from - self.start:].strip()
-        return not body or body.startswith(_CUT_CALL_STARTS) or text.startswith(_XML_CALL_START)
+        return (not body or body.startswith(_CUT_CALL_STARTS) or text.startswith(_XML_CALL_START)
+                or _CUT_NAME_RE.fullmatch(body) is not None)
+
+    def empty_call(self, text: str) -> bool:
+        """A marker with nothing in it (`<tool_call></tool_call>`, or `<tool_call>` right before
+        the next `<tool_call>`): a stray of a repeated marker when a call follows."""
+        if self.kind in _UNMARKED_KINDS or not isinstance(self.finder, Until):
+            return False
+        body = text[self.finder.body_from - self.start:].strip()
+        return not body or body in self.finder.closes
 
     def find_end(self, text: str, eof: bool) -> int | None:
         if self.finder is None:
