@@ -14,10 +14,13 @@ _FENCE_CLOSE_RE = re.compile(r"\n[ \t]*```")
 
 
 class Here:
-    """The segment ends at a known index (a marker alone, a header without a body)."""
+    """The segment ends at a known index (a marker alone, a header without a body). With
+    `cut_from` it is a header the end of the text cut, its body beginning there."""
 
-    def __init__(self, end: int):
+    def __init__(self, end: int, cut_from: int | None = None):
         self.end = end
+        self.cut = cut_from is not None
+        self.body_from = cut_from
 
     def find_end(self, text: str, eof: bool) -> int | None:
         return self.end

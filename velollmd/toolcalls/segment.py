@@ -44,6 +44,8 @@ _XML_CALL_START = "<function="
 _CUT_CALL_STARTS = ("{", "[", _XML_CALL_START)   # a cut segment body that opens a call
 # a call cut in or just after its name: `get_wea`, `get_weather[ARGS]{"ci`, `brave_search.call(query="x`
 _CUT_NAME_RE = re.compile(r"[A-Za-z_][\w.\-]*(?:\[ARGS\].*|\([^)]*)?", re.S)
+# a gpt-oss message header cut before <|message|>: `commentary to=functions.get_wea`
+_CUT_HARMONY_HEADER_RE = re.compile(r"(?:assistant)?(?:<\|channel\|>)?\w*(?:\s+to=[^\s<]*)?(?:\s*<[|\w]*>?\w*)?")
 _UNMARKED_KINDS = {"json", "fence"}             # segments no marker opened
 _MARKUP_FIRST_CHARS = "<["                      # markers no prose word begins
 
@@ -260,14 +262,16 @@ class _OpenSegment:
         dropped, not released as content. Its body is empty (`<tool_call>`, `[TOOL_CALLS]`:
         max_tokens 1 or 2), its JSON begun (`<tool_call>{"na`, `[TOOL_CALLS] [{"na`,
         `<|python_tag|>{"na`, `functools[{"na`), its name begun (`[TOOL_CALLS]get_wea`, GLM's
-        `<tool_call>get_wea`) or its XML call begun (Qwen3-Coder's `<tool_call>\n<function=get_wea`,
-        a bare `<function=get_wea`). A marker mentioned in prose (`write <tool_call> tags`) is
-        not; neither is a JSON value or fence that no marker opened."""
+        `<tool_call>get_wea`, Functionary's `>>>get_wea`), its gpt-oss header begun
+        (`<|channel|>commentary to=functions.get_wea`) or its XML call begun (Qwen3-Coder's
+        `<tool_call>\n<function=get_wea`, a bare `<function=get_wea`). A marker mentioned in
+        prose (`write <tool_call> tags`) is not; neither is a JSON value or fence no marker opened."""
         if self.kind in _UNMARKED_KINDS or not getattr(self.finder, "cut", False):
             return False
         body = text[self.finder.body_from - self.start:].strip()
         return (not body or body.startswith(_CUT_CALL_STARTS) or text.startswith(_XML_CALL_START)
-                or _CUT_NAME_RE.fullmatch(body) is not None)
+                or _CUT_NAME_RE.fullmatch(body) is not None
+                or (self.kind == "harmony" and _CUT_HARMONY_HEADER_RE.fullmatch(body) is not None))
 
     def empty_call(self, text: str) -> bool:
         """A marker with nothing in it (`<tool_call></tool_call>`, or `<tool_call>` right before
