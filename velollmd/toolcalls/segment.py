@@ -12,7 +12,11 @@ Rules, decided on text alone (every decision is stable once made, whatever comes
 - It ends at its closing tag, at the next marker of its spelling, where its JSON value closes,
   at the closing fence, where its header says (headers.py: Harmony, Functionary, Command-R),
   or at the end of the text. A framing token (`<|end|>`) is a segment alone and is dropped.
-- Text that might still become a marker or fence (`<tool_ca`, "``") is held back.
+- Text that might still become a marker or fence (`<tool_ca`, "``") is held back; at the end
+  of a text max_tokens cut (`finish(cut=True)`), a markup marker's beginning is dropped.
+- A segment the text's end cut that is a call begun (`cut_call`) is dropped, not content. An
+  empty marker (`<tool_call></tool_call>`) waits: dropped before a call (a repeated marker's
+  stray), released as the text it was before anything else.
 - Whitespace next to a call is dropped, except that text before and after a call stays
   separated by the whitespace that preceded the call; a segment that is no call is released
   as content unchanged.
