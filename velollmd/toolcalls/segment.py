@@ -68,6 +68,7 @@ class Segmenter:
         self.at_start = True              # nothing but whitespace so far
         self.stray = ""                   # empty markers, held until a call or text follows
         self.stray_lead = ""              # the whitespace before them
+        self.cut = False                  # max_tokens ended the text (known at finish)
 
     def feed(self, chunk: str) -> list[Piece]:
         if not self.text and self.pos == 0 and chunk.startswith("\ufeff"):
@@ -80,6 +81,7 @@ class Segmenter:
     def finish(self, cut: bool = False) -> list[Piece]:
         """The rest of the text; `cut`: max_tokens cut it (finish_reason "length"), so a
         marker's beginning at its very end (`<tool_`, `[TOOL_CA`) is a call cut at its marker."""
+        self.cut = cut
         tail = self._cut_marker_tail() if cut else ""
         pieces = self._run(eof=True)
         if tail:
@@ -111,7 +113,7 @@ class Segmenter:
         text = self.text[segment.start:end]
         self.pos = end
         found = self.parse_segment(segment.kind, text)
-        if found is None and segment.cut_call(text):
+        if found is None and segment.cut_call(text, self.cut):
             found = Extracted([], fixes=["dropped-cut-call"])
         if found is not None:
             self._markup(found, pieces)
@@ -261,21 +263,28 @@ class _OpenSegment:
         self.start = start
         self.finder = None if kind in HEADER_KINDS else _body_finder(kind, start, text)
 
-    def cut_call(self, text: str) -> bool:
+    def cut_call(self, text: str, length_cut: bool) -> bool:
         """`text` (this segment's) is a call the text's end cut: markup, not prose, so it is
-        dropped, not released as content. Its body is empty (`<tool_call>`, `[TOOL_CALLS]`:
-        max_tokens 1 or 2), its JSON begun (`<tool_call>{"na`, `[TOOL_CALLS] [{"na`,
-        `<|python_tag|>{"na`, `functools[{"na`), its name begun (`[TOOL_CALLS]get_wea`, GLM's
-        `<tool_call>get_wea`, Functionary's `>>>get_wea`), its gpt-oss header begun
-        (`<|channel|>commentary to=functions.get_wea`) or its XML call begun (Qwen3-Coder's
-        `<tool_call>\n<function=get_wea`, a bare `<function=get_wea`). A marker mentioned in
-        prose (`write <tool_call> tags`) is not; neither is a JSON value or fence no marker opened."""
+        dropped, not released as content. A call whose JSON (`<tool_call>{"na`, `[TOOL_CALLS]
+        [{"na`, `functools[{"na`) or XML (Qwen3-Coder's `<tool_call>\n<function=get_wea`, a bare
+        `<function=get_wea`) was begun is cut in any answer, as is a tagged call's empty body
+        (`<tool_call>`: max_tokens 1 or 2). Only when max_tokens ended the text (`length_cut`) is a
+        call with its name begun (GLM's `<tool_call>get_wea`, `[TOOL_CALLS]get_wea`,
+        Functionary's `>>>get_wea`) or its gpt-oss header begun (`<|channel|>commentary
+        to=functions.get_wea`) cut, and so is the bare marker of a call that has no closing tag
+        (`[TOOL_CALLS]`, `<|python_tag|>`: the end of the text ends such a segment in every
+        answer). Otherwise prose that mentions a marker (`wrap it in <tool_call> tags`, `models
+        emit [TOOL_CALLS] first`) is content, as is a JSON value or fence no marker opened."""
         if self.kind in _UNMARKED_KINDS or not getattr(self.finder, "cut", False):
             return False
         body = text[self.finder.body_from - self.start:].strip()
-        return (not body or body.startswith(_CUT_CALL_STARTS) or text.startswith(_XML_CALL_START)
-                or _CUT_NAME_RE.fullmatch(body) is not None
-                or (self.kind == "harmony" and _CUT_HARMONY_HEADER_RE.fullmatch(body) is not None))
+        if body.startswith(_CUT_CALL_STARTS) or text.startswith(_XML_CALL_START):
+            return True
+        tagged = isinstance(self.finder, Until) and bool(self.finder.closes)
+        if not body:
+            return tagged or length_cut
+        return length_cut and (_CUT_NAME_RE.fullmatch(body) is not None
+                               or (self.kind == "harmony" and _CUT_HARMONY_HEADER_RE.fullmatch(body) is not None))
 
     def empty_call(self, text: str) -> bool:
         """A marker with nothing in it (`<tool_call></tool_call>`, or `<tool_call>` right before
