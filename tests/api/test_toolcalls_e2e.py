@@ -34,6 +34,17 @@ def expected_content(case):
     return case["content"] or None
 
 
+def script_case(ollama_emulator, case) -> None:
+    """The case's text as the model's reply; a `cut` case's ends by max_tokens."""
+    ollama_emulator.script(case["raw"], **({"done_reason": "length"} if case.get("cut") else {}))
+
+
+def expected_finish(case) -> str:
+    if case.get("cut"):
+        return "length"
+    return "tool_calls" if case["calls"] else "stop"
+
+
 def calls_of(tool_calls) -> list[dict]:
     return [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
             for c in tool_calls or []]
@@ -42,12 +53,12 @@ def calls_of(tool_calls) -> list[dict]:
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_corpus_whole_and_streamed_through_the_daemon(tool_daemon, ollama_emulator, case):
     client = openai.OpenAI(base_url=tool_daemon.url + "/v1", api_key="x", max_retries=0)
-    ollama_emulator.script(case["raw"])
+    script_case(ollama_emulator, case)
     raw = client.chat.completions.with_raw_response.create(**request_args(case))
     reply = raw.parse().choices[0]
     assert (reply.message.content or None) == expected_content(case)
     assert calls_of([c.model_dump() for c in reply.message.tool_calls or []]) == case["calls"]
-    assert reply.finish_reason == ("tool_calls" if case["calls"] else "stop")
+    assert reply.finish_reason == expected_finish(case)
     ids = [c.id for c in reply.message.tool_calls or []]
     assert all(ids) and len(set(ids)) == len(ids)
     if "ids" in case:                                   # ids the model gave are kept
@@ -60,7 +71,7 @@ def test_corpus_whole_and_streamed_through_the_daemon(tool_daemon, ollama_emulat
     if set(case["fixes"]) - {"dedup"}:
         assert set(case["fixes"]) <= set(raw.headers["x-velollm-tool-repair"].split(","))
 
-    ollama_emulator.script(case["raw"])
+    script_case(ollama_emulator, case)
     chunks = list(client.chat.completions.create(**request_args(case), stream=True))
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     fragments = [tc.model_dump() for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
@@ -71,7 +82,7 @@ def test_corpus_whole_and_streamed_through_the_daemon(tool_daemon, ollama_emulat
     assert calls_of(fragments) == case["calls"]
     assert [f["index"] for f in fragments] == list(range(len(fragments)))
     finishes = [c for c in chunks if c.choices and c.choices[0].finish_reason]
-    assert [c.choices[0].finish_reason for c in finishes] == [("tool_calls" if case["calls"] else "stop")]
+    assert [c.choices[0].finish_reason for c in finishes] == [expected_finish(case)]
     report = (finishes[0].model_extra or {}).get("velollm", {})   # a stream's "headers"
     assert report.get("tool_loop", False) == bool(case.get("loop"))
     if set(case["fixes"]) - {"dedup"}:

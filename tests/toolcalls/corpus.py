@@ -1,7 +1,8 @@
 """The table-driven corpus of raw model outputs (tests/toolcalls/corpus/*.json).
 
 Each file is one family: a list of cases {name, tools, raw, content, calls, fixes} plus the
-optional tool_choice, messages, loop, error (a substring of the expected error) and ids.
+optional tool_choice, messages, loop, error (a substring of the expected error), ids and cut
+(max_tokens ended the text: finish_reason "length").
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ def call_summary(tool_calls: list[dict]) -> list[tuple[str, object]]:
 
 def run_whole(case):
     return process_output(case["raw"], None, case["tools"], tool_choice=case.get("tool_choice"),
-                          messages=case.get("messages"))
+                          messages=case.get("messages"), cut=case.get("cut", False))
 
 
 def run_stream(case, cuts: list[int]):
@@ -31,7 +31,7 @@ def run_stream(case, cuts: list[int]):
     for cut in sorted(set(cuts)) + [len(raw)]:
         events += stream.feed(raw[start:cut])
         start = cut
-    events += stream.finish()
+    events += stream.finish(cut=case.get("cut", False))
     content = "".join(e.content for e in events if e.content is not None)
     reasoning = "".join(e.reasoning for e in events if e.reasoning is not None)
     assert (reasoning or None) == stream.result.reasoning

@@ -6,11 +6,11 @@ from velollmd.toolcalls.stream import ToolCallStream
 TOOLS = load_tools()["default"]
 
 
-def feed_all(stream, chunks):
+def feed_all(stream, chunks, cut=False):
     events = []
     for chunk in chunks:
         events.append(stream.feed(chunk))
-    events.append(stream.finish())
+    events.append(stream.finish(cut=cut))
     return events
 
 
@@ -89,3 +89,65 @@ def test_a_call_cut_at_or_just_after_its_marker_streams_no_markup(chunks, conten
     events = [e for group in feed_all(stream, chunks) for e in group]
     assert "".join(e.content for e in events if e.content) == content
     assert not any(e.is_call for e in events) and stream.result.fixes == ["dropped-cut-call"]
+
+
+def contents(events) -> list[str]:
+    return [e.content for e in events if e.content]
+
+
+@pytest.mark.parametrize("chunks", [
+    ["Let me check. <tool_"], ["Let me check. <", "tool_"], ["Let me check.", " <t", "ool_"],
+])
+def test_a_marker_max_tokens_cut_is_held_back_then_dropped(chunks):
+    """`<tool_` at the very end of a cut answer is never content: held while it may still
+    become a marker, dropped when max_tokens ends the stream there."""
+    stream = ToolCallStream(TOOLS)
+    fed = [e for chunk in chunks for e in stream.feed(chunk)]
+    assert "".join(contents(fed)) == "Let me check."
+    assert stream.finish(cut=True) == [] and stream.result.content == "Let me check."
+    assert stream.result.fixes == ["dropped-cut-call"] and stream.finish_reason is None
+
+
+@pytest.mark.parametrize("chunks, cut, content", [
+    (["Let me check. <tool_"], False, "Let me check. <tool_"),    # not cut: the model wrote it
+    (["Open the <tool", "box"], True, "Open the <toolbox"),          # the stream proves it no marker
+    (["Keep a ", "<"], True, "Keep a <"),                            # one `<` may be prose
+    (["Next, take ", "Action"], True, "Next, take Action"),          # a word marker's beginning
+])
+def test_a_held_beginning_that_is_no_cut_marker_is_released_as_text(chunks, cut, content):
+    stream = ToolCallStream(TOOLS)
+    events = [e for group in feed_all(stream, chunks, cut) for e in group]
+    assert "".join(contents(events)) == content and stream.result.fixes == []
+
+
+@pytest.mark.parametrize("chunks", [
+    ["[TOOL_CALLS]"], ["[TOOL_", "CALLS] [{\"na"], ["Sure.[TOOL_CALLS]", "get_wea"],
+    ["<|python_tag|>", "{\"na"], ["<|python", "_tag|>brave_search.call(query=\"we"],
+])
+def test_a_call_without_a_closing_tag_cut_mid_call_streams_no_markup(chunks):
+    stream = ToolCallStream(TOOLS)
+    events = [e for group in feed_all(stream, chunks, cut=True) for e in group]
+    assert "".join(contents(events)) in ("", "Sure.")
+    assert not any(e.is_call for e in events) and stream.result.fixes == ["dropped-cut-call"]
+
+
+CALL = '{"name": "search", "arguments": {"query": "x"}}'
+
+
+@pytest.mark.parametrize("chunks", [
+    ["<tool_call><tool_call>" + CALL + "</tool_call>"],
+    ["<tool_call>", "<tool_call>", CALL, "</tool_call>"],
+    ["<tool_call></tool_call>", "\n", "<tool_call>" + CALL[:9], CALL[9:] + "</tool_call>"],
+])
+def test_an_empty_marker_before_a_call_is_held_then_dropped(chunks):
+    stream = ToolCallStream(TOOLS)
+    events = [e for group in feed_all(stream, chunks) for e in group]
+    assert contents(events) == [] and [e.name for e in events if e.is_call] == ["search"]
+    assert "dropped-empty-call" in stream.result.fixes
+
+
+def test_an_empty_marker_before_text_is_released_as_that_text():
+    stream = ToolCallStream(TOOLS)
+    assert contents(stream.feed("Wrap calls in <tool_call></tool_call>")) == ["Wrap calls in"]
+    assert contents(stream.feed(" tags.")) == [" <tool_call></tool_call> tags."]
+    assert stream.finish() == [] and stream.result.fixes == []

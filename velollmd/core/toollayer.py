@@ -62,7 +62,8 @@ class ToolCallLayer:
         result = process_output(message.get("content"), message.get("tool_calls"), request.tools,
                                 tool_choice=request.body.get("tool_choice"), config=self.config,
                                 messages=request.body.get("messages"),
-                                parallel_tool_calls=request.body.get("parallel_tool_calls", True))
+                                parallel_tool_calls=request.body.get("parallel_tool_calls", True),
+                                cut=choice.get("finish_reason") == "length")
         message["content"] = result.content
         if result.reasoning:
             message["reasoning_content"] = (message.get("reasoning_content") or "") + result.reasoning
@@ -130,7 +131,7 @@ class ToolCallLayer:
         for index in sorted(open_choices):
             choice = open_choices.pop(index)
             events = choice.stream.add_calls([choice.backend_calls[i] for i in sorted(choice.backend_calls)])
-            events += choice.stream.finish()
+            events += choice.stream.finish(cut=choice.finish == "length")
             self._count(choice.stream.result)
             out += _emit(events, choice.template)
             reason = _finish_reason(choice.finish, bool(choice.stream.result.tool_calls))

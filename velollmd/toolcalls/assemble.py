@@ -168,8 +168,10 @@ def backend_raw_call(call: dict) -> RawCall:
 
 def process_output(content: str | None, tool_calls: list[dict] | None, tools: list[dict], *,
                    tool_choice=None, config: ToolsConfig = ToolsConfig(),
-                   messages: list[dict] | None = None, parallel_tool_calls: bool = True) -> ToolResult:
-    """Clean one whole reply. Without tools the reply passes through unchanged."""
+                   messages: list[dict] | None = None, parallel_tool_calls: bool = True,
+                   cut: bool = False) -> ToolResult:
+    """Clean one whole reply. Without tools the reply passes through unchanged. `cut`: max_tokens
+    ended the reply (finish_reason "length")."""
     index = ToolIndex(tools)
     if not index:
         return ToolResult(content, list(tool_calls or []))
@@ -180,7 +182,7 @@ def process_output(content: str | None, tool_calls: list[dict] | None, tools: li
     out_content, reasoning = content, []
     if content:
         segmenter = new_segmenter(index, config)
-        pieces = segmenter.feed(content) + segmenter.finish()
+        pieces = segmenter.feed(content) + segmenter.finish(cut)
         out_content = collect_pieces(pieces, assembler, reasoning)
     return finish_result(out_content, assembler, messages, "".join(reasoning))
 

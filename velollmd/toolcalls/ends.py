@@ -14,10 +14,13 @@ _FENCE_CLOSE_RE = re.compile(r"\n[ \t]*```")
 
 
 class Here:
-    """The segment ends at a known index (a marker alone, a header without a body)."""
+    """The segment ends at a known index (a marker alone, a header without a body). With
+    `cut_from` it is a header the end of the text cut, its body beginning there."""
 
-    def __init__(self, end: int):
+    def __init__(self, end: int, cut_from: int | None = None):
         self.end = end
+        self.cut = cut_from is not None
+        self.body_from = cut_from
 
     def find_end(self, text: str, eof: bool) -> int | None:
         return self.end
@@ -28,10 +31,15 @@ class ValueEnd:
 
     def __init__(self, start: int):
         self.scanner = ValueEndScanner(start)
+        self.body_from = start
+        self.cut = False                  # ended by the end of the text, the value still open
 
     def find_end(self, text: str, eof: bool) -> int | None:
         end = self.scanner.scan(text)
-        return len(text) if end is None and eof else end
+        if end is None and eof:
+            self.cut = True
+            return len(text)
+        return end
 
 
 class FenceEnd:
@@ -59,7 +67,7 @@ class Until:
         self.closes = closes
         self.stops = stops
         self.longest = max(map(len, closes + stops))
-        self.cut = False                  # ended by the end of the text, its closing tag never came
+        self.cut = False                  # ended by the end of the text, not by a close or a stop
 
     def find_end(self, text: str, eof: bool) -> int | None:
         ends = []
@@ -74,7 +82,7 @@ class Until:
         if ends:
             return min(ends)
         if eof:
-            self.cut = bool(self.closes)
+            self.cut = True
             return len(text)
         self.search_from = max(self.search_from, len(text) - self.longest)
         return None

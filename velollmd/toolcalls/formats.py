@@ -37,8 +37,11 @@ def value_to_calls(value: object, index: ToolIndex, loads: Loads, fixes: list[st
         return _quoted_document(value, index, loads, fixes)
     if isinstance(value, list):
         calls: list[RawCall] = []
-        for item in value:
+        for position, item in enumerate(value):
             found = value_to_calls(item, index, loads, fixes)
+            if found is None and calls and _cut_last_item(value, position, fixes):
+                fixes.append("dropped-cut-call")
+                break
             if found is None:
                 return None
             calls.extend(found)
@@ -46,6 +49,12 @@ def value_to_calls(value: object, index: ToolIndex, loads: Loads, fixes: list[st
     if isinstance(value, dict):
         return _dict_to_calls(value, index, loads, fixes)
     return None
+
+
+def _cut_last_item(value: list, position: int, fixes: list[str]) -> bool:
+    """The list's last item, in a list the text's end cut (`[{...}, {"na`): a call cut before
+    its name and arguments were complete, dropped while the calls before it are kept."""
+    return position == len(value) - 1 and "truncated" in fixes
 
 
 def _quoted_document(value: str, index: ToolIndex, loads: Loads, fixes: list[str]):

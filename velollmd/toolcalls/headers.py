@@ -33,7 +33,7 @@ def _functionary(text: str, start: int, eof: bool):
     pos = start + len(">>>")
     name = _NAME_RE.match(text, pos)
     if name.end() >= len(text):
-        return _more_or_rest(text, eof) if name.end() - pos <= _NAME_MAX else Here(pos)
+        return _more_or_rest(text, eof, pos) if name.end() - pos <= _NAME_MAX else Here(pos)
     if not name.group() or text[name.end()] != "\n" or name.end() - pos > _NAME_MAX:
         return Here(pos)
     body = name.end() + 1
@@ -41,7 +41,7 @@ def _functionary(text: str, start: int, eof: bool):
         return Here(body)
     value = _WS_RE.match(text, body).end()
     if value >= len(text):
-        return _more_or_rest(text, eof)
+        return _more_or_rest(text, eof, pos)
     if text[value] in "{[":
         return ValueEnd(value)
     if name.group() == "python":
@@ -54,10 +54,11 @@ def _harmony(text: str, start: int, eof: bool):
     runs to `<|call|>`; an analysis body runs to `<|end|>`; any other (final, a commentary
     preamble) is the header alone, its body being content."""
     found = text.find(_HARMONY_MESSAGE, start, start + _HARMONY_HEADER_MAX + len(_HARMONY_MESSAGE))
+    marker_end = start + (len("<|start|>") if text.startswith("<|start|>", start) else len("<|channel|>"))
     if found < 0:
         if len(text) - start > _HARMONY_HEADER_MAX + len(_HARMONY_MESSAGE):
-            return Here(start + (len("<|start|>") if text.startswith("<|start|>", start) else len("<|channel|>")))
-        return _more_or_rest(text, eof)
+            return Here(marker_end)
+        return _more_or_rest(text, eof, marker_end)
     header, body = text[start:found], found + len(_HARMONY_MESSAGE)
     if HARMONY_RECIPIENT_RE.search(header):
         return Until(body, _HARMONY_CALL_ENDS, _HARMONY_NEXT)
@@ -90,8 +91,12 @@ def _action(text: str, start: int, eof: bool):
     return Here(pos)
 
 
-def _more_or_rest(text: str, eof: bool):
-    return Here(len(text)) if eof else None
+def _more_or_rest(text: str, eof: bool, body_from: int | None = None):
+    """None while the header may grow; at the end of the text the rest is the segment, a cut
+    one (see segment.cut_call) when `body_from` says where its body began."""
+    if not eof:
+        return None
+    return Here(len(text), cut_from=body_from)
 
 
 _READERS = {"functionary": _functionary, "harmony": _harmony, "command-r-action": _action}

@@ -12,7 +12,11 @@ Rules, decided on text alone (every decision is stable once made, whatever comes
 - It ends at its closing tag, at the next marker of its spelling, where its JSON value closes,
   at the closing fence, where its header says (headers.py: Harmony, Functionary, Command-R),
   or at the end of the text. A framing token (`<|end|>`) is a segment alone and is dropped.
-- Text that might still become a marker or fence (`<tool_ca`, "``") is held back.
+- Text that might still become a marker or fence (`<tool_ca`, "``") is held back; at the end
+  of a text max_tokens cut (`finish(cut=True)`), a markup marker's beginning is dropped.
+- A segment the text's end cut that is a call begun (`cut_call`) is dropped, not content. An
+  empty marker (`<tool_call></tool_call>`) waits: dropped before a call (a repeated marker's
+  stray), released as the text it was before anything else.
 - Whitespace next to a call is dropped, except that text before and after a call stays
   separated by the whitespace that preceded the call; a segment that is no call is released
   as content unchanged.
@@ -42,6 +46,12 @@ FENCE_LANGS = {"", "json", "jsonc", "json5", "tool_call", "tool_calls", "tool_co
 _MORE = "more"  # undecidable until more text arrives
 _XML_CALL_START = "<function="
 _CUT_CALL_STARTS = ("{", "[", _XML_CALL_START)   # a cut segment body that opens a call
+# a call cut in or just after its name: `get_wea`, `get_weather[ARGS]{"ci`, `brave_search.call(query="x`
+_CUT_NAME_RE = re.compile(r"[A-Za-z_][\w.\-]*(?:\[ARGS\].*|\([^)]*)?", re.S)
+# a gpt-oss message header cut before <|message|>: `commentary to=functions.get_wea`
+_CUT_HARMONY_HEADER_RE = re.compile(r"(?:assistant)?(?:<\|channel\|>)?\w*(?:\s+to=[^\s<]*)?(?:\s*<[|\w]*>?\w*)?")
+_UNMARKED_KINDS = {"json", "fence"}             # segments no marker opened
+_MARKUP_FIRST_CHARS = "<["                      # markers no prose word begins
 
 ParseSegment = Callable[[str, str], "Extracted | None"]
 Piece = tuple[str, object]  # ("content", str) | ("calls", Extracted)
@@ -56,6 +66,9 @@ class Segmenter:
         self.held = ""                    # trailing whitespace: released only before more text
         self.after_call = False           # drop whitespace that follows a call
         self.at_start = True              # nothing but whitespace so far
+        self.stray = ""                   # empty markers, held until a call or text follows
+        self.stray_lead = ""              # the whitespace before them
+        self.cut = False                  # max_tokens ended the text (known at finish)
 
     def feed(self, chunk: str) -> list[Piece]:
         if not self.text and self.pos == 0 and chunk.startswith("\ufeff"):
@@ -65,8 +78,16 @@ class Segmenter:
         self._trim()
         return pieces
 
-    def finish(self) -> list[Piece]:
+    def finish(self, cut: bool = False) -> list[Piece]:
+        """The rest of the text; `cut`: max_tokens cut it (finish_reason "length"), so a
+        marker's beginning at its very end (`<tool_`, `[TOOL_CA`) is a call cut at its marker."""
+        self.cut = cut
+        tail = self._cut_marker_tail() if cut else ""
         pieces = self._run(eof=True)
+        if tail:
+            self._markup(Extracted([], fixes=["dropped-cut-call"]), pieces)
+        if self.stray:
+            self._content(self._take_stray(), pieces)
         if self.held and not self.after_call:
             pieces.append(("content", self.held))
         self.held = ""
@@ -92,20 +113,62 @@ class Segmenter:
         text = self.text[segment.start:end]
         self.pos = end
         found = self.parse_segment(segment.kind, text)
-        if found is None and segment.cut_call(text):
+        if found is None and segment.cut_call(text, self.cut):
             found = Extracted([], fixes=["dropped-cut-call"])
-        if found is None:
-            self._content(text, pieces)
+        if found is not None:
+            self._markup(found, pieces)
+        elif segment.empty_call(text):
+            self._hold_stray(text)
         else:
-            if found.reasoning:
-                pieces.append(("reasoning", found.reasoning))
-            if found.calls or found.fixes:
-                pieces.append(("calls", found))
-            self.after_call = True
-            self._content(found.leftover, pieces)
+            self._content(text, pieces)
         self.at_start = False
 
+    def _markup(self, found: Extracted, pieces: list[Piece]) -> None:
+        """A segment that was markup: its calls, fixes and reasoning go out, never its text."""
+        if self.stray and (found.calls or found.fixes):
+            self._drop_stray(found)
+        if found.reasoning:
+            pieces.append(("reasoning", found.reasoning))
+        if found.calls or found.fixes:
+            pieces.append(("calls", found))
+        self.after_call = True
+        self._content(found.leftover, pieces)
+
+    def _hold_stray(self, text: str) -> None:
+        """An empty marker (`<tool_call></tool_call>`) waits for what follows: before a call it
+        is the stray of a repeated marker (dropped), before anything else it was text."""
+        if not self.stray:
+            self.stray_lead, self.held = self.held, ""
+        self.stray += self.held + text
+        self.held = ""
+
+    def _drop_stray(self, found: Extracted) -> None:
+        self.held = self.stray_lead       # the call keeps the whitespace that preceded the stray
+        self.stray = self.stray_lead = ""
+        found.fixes.append("dropped-empty-call")
+
+    def _take_stray(self) -> str:
+        """The held empty marker (and the whitespace around it), released as the text it was."""
+        stray = self.stray_lead + self.stray + self.held
+        self.stray = self.stray_lead = self.held = ""
+        return stray
+
+    def _cut_marker_tail(self) -> str:
+        """Remove and return a markup marker's beginning (`<tool_`, `[TOOL_CA`, `<|python_`, at
+        least two characters) at the very end of undecided text; "" when there is none. Word
+        markers' beginnings (`Action`, `functools`) and a lone `<` may be prose: they stay."""
+        if self.segment is not None:
+            return ""
+        start = _partial_marker_start(self.text, self.pos)
+        tail = self.text[start:]
+        if len(tail) < 2 or tail[0] not in _MARKUP_FIRST_CHARS:
+            return ""
+        self.text = self.text[:start]
+        return tail
+
     def _content(self, text: str, pieces: list[Piece]) -> None:
+        if self.stray and text.strip():
+            text = self._take_stray() + text
         if self.after_call:
             text = text.lstrip()
             if not text:
@@ -200,16 +263,36 @@ class _OpenSegment:
         self.start = start
         self.finder = None if kind in HEADER_KINDS else _body_finder(kind, start, text)
 
-    def cut_call(self, text: str) -> bool:
-        """`text` (this segment's) is a call the text's end cut before its closing tag: markup,
-        not prose, so it is dropped, not released as content. Its body is empty (`<tool_call>`,
-        `<tool_call>\n`: max_tokens 1 or 2), its JSON begun (`<tool_call>{"na`), or its XML
-        call begun (Qwen3-Coder's `<tool_call>\n<function=get_wea`, a bare `<function=get_wea`).
-        A marker mentioned in prose (`write <tool_call> tags`) is not."""
-        if not isinstance(self.finder, Until) or not self.finder.cut:
+    def cut_call(self, text: str, length_cut: bool) -> bool:
+        """`text` (this segment's) is a call the text's end cut: markup, not prose, so it is
+        dropped, not released as content. A call whose JSON (`<tool_call>{"na`, `[TOOL_CALLS]
+        [{"na`, `functools[{"na`) or XML (Qwen3-Coder's `<tool_call>\n<function=get_wea`, a bare
+        `<function=get_wea`) was begun is cut in any answer, as is a tagged call's empty body
+        (`<tool_call>`: max_tokens 1 or 2). Only when max_tokens ended the text (`length_cut`) is a
+        call with its name begun (GLM's `<tool_call>get_wea`, `[TOOL_CALLS]get_wea`,
+        Functionary's `>>>get_wea`) or its gpt-oss header begun (`<|channel|>commentary
+        to=functions.get_wea`) cut, and so is the bare marker of a call that has no closing tag
+        (`[TOOL_CALLS]`, `<|python_tag|>`: the end of the text ends such a segment in every
+        answer). Otherwise prose that mentions a marker (`wrap it in <tool_call> tags`, `models
+        emit [TOOL_CALLS] first`) is content, as is a JSON value or fence no marker opened."""
+        if self.kind in _UNMARKED_KINDS or not getattr(self.finder, "cut", False):
             return False
         body = text[self.finder.body_from - self.start:].strip()
-        return not body or body.startswith(_CUT_CALL_STARTS) or text.startswith(_XML_CALL_START)
+        if body.startswith(_CUT_CALL_STARTS) or text.startswith(_XML_CALL_START):
+            return True
+        tagged = isinstance(self.finder, Until) and bool(self.finder.closes)
+        if not body:
+            return tagged or length_cut
+        return length_cut and (_CUT_NAME_RE.fullmatch(body) is not None
+                               or (self.kind == "harmony" and _CUT_HARMONY_HEADER_RE.fullmatch(body) is not None))
+
+    def empty_call(self, text: str) -> bool:
+        """A marker with nothing in it (`<tool_call></tool_call>`, or `<tool_call>` right before
+        the next `<tool_call>`): a stray of a repeated marker when a call follows."""
+        if self.kind in _UNMARKED_KINDS or not isinstance(self.finder, Until):
+            return False
+        body = text[self.finder.body_from - self.start:].strip()
+        return not body or body in self.finder.closes
 
     def find_end(self, text: str, eof: bool) -> int | None:
         if self.finder is None:

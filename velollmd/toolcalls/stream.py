@@ -65,8 +65,9 @@ class ToolCallStream:
                 events += self._call_event(self.assembler.add(backend_raw_call(call)))
         return events
 
-    def finish(self) -> list[StreamEvent]:
-        events = [] if self.passthrough else self._events(self.segmenter.finish())
+    def finish(self, cut: bool = False) -> list[StreamEvent]:
+        """The end of the stream; `cut`: max_tokens ended it (see Segmenter.finish)."""
+        events = [] if self.passthrough else self._events(self.segmenter.finish(cut))
         if self.held and not self.assembler.calls:
             events.append(StreamEvent(content="".join(self.held)))
         content = "".join(self.content_parts)
