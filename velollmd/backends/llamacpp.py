@@ -26,7 +26,9 @@ class LlamaCppBackend(OpenAIBackend):
     serves_tokenizer_info = True
     pins_slots = True
     defaults = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
-    vllm_fields = frozenset({"choice", "grammar", GBNF, "ignore_eos"})   # as a GBNF `grammar`; its own ignore_eos
+    # choice as a GBNF `grammar`; its own ignore_eos, continue_final_message and add_generation_prompt
+    # (not false after an assistant message: llama-server continues that message all the same)
+    vllm_fields = frozenset({"choice", "grammar", GBNF, "ignore_eos", "continue_final_message", "add_generation_prompt"})
 
     def __init__(self, config):
         super().__init__(config)

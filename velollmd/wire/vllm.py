@@ -30,6 +30,8 @@ GBNF = "gbnf"
 # vLLM sampling extras -> the value that asks for nothing (vLLM's default).
 SAMPLING_EXTRAS = {"min_tokens": 0, "include_stop_str_in_output": False, "stop_token_ids": [],
                    "ignore_eos": False, "skip_special_tokens": True}
+# What a chat's add_generation_prompt / continue_final_message ask for (generation_prompt_asks).
+GENERATION_PROMPT_ASKS = ("continue_final_message", "closed_final_message", "add_generation_prompt")
 
 
 def vllm_constraint(body: dict) -> tuple[str, str, object] | None:
@@ -61,7 +63,23 @@ def asked_vllm_fields(body: dict) -> list[tuple[str, str]]:
             asked.append((name, name))
     if body.get("prompt_logprobs") is not None:      # the prompt's own logprobs (0: the tokens' alone)
         asked.append(("prompt_logprobs", "prompt_logprobs"))
+    asked += generation_prompt_asks(body)
     return asked
+
+
+def generation_prompt_asks(body: dict) -> list[tuple[str, str]]:
+    """What a chat's `continue_final_message` / `add_generation_prompt` ask for (validated:
+    never both true): "continue_final_message" (the final assistant message continued, left
+    open), "closed_final_message" (add_generation_prompt false after an assistant message: the
+    message closed, no new turn opened; llama-server would continue it instead), or
+    "add_generation_prompt" (false after another message: the prompt ends with it, no turn opened)."""
+    if body.get("continue_final_message") is True:
+        return [("continue_final_message", "continue_final_message")]
+    if body.get("add_generation_prompt") is not False or not isinstance(body.get("messages"), list):
+        return []
+    last = body["messages"][-1] if body["messages"] else None
+    ends_with_assistant = isinstance(last, dict) and last.get("role") == "assistant"
+    return [("closed_final_message" if ends_with_assistant else "add_generation_prompt", "add_generation_prompt")]
 
 
 def reads_structured_outputs(version: str | None) -> bool | None:
