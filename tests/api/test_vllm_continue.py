@@ -12,6 +12,7 @@ import pytest
 from tests.api.test_vllm_fields import assert_refused
 from tests.backends.test_vllm_versions import ScriptedVLLM
 from tests.daemon_rig import llama_and_engine_daemon, llama_backend, ollama_backend
+from tests.rig.llama import make_tiny_model
 
 ENGINE_MODEL = "tiny-engine"
 PREFILL = "Hello the"
@@ -27,7 +28,6 @@ NO_TURN = "<|im_start|>user\nhi<|im_end|>\n"
 @pytest.fixture(scope="module")
 def client(llama_server, tmp_path_factory):
     """The daemon before the real llama-server ("tiny") and the engine ("tiny-engine")."""
-    from tests.rig.llama import make_tiny_model
     folder = tmp_path_factory.mktemp("continue-models")
     make_tiny_model(folder / f"{ENGINE_MODEL}.gguf")
     with llama_and_engine_daemon(llama_server, folder, "tiny") as daemon:

@@ -463,6 +463,10 @@ class EngineBackend(Backend):
     async def detokenize(self, model: str, tokens: list[int]) -> str:
         return (await self.model(model)).tokenizer.decode(tokens)
 
+    async def token_strs(self, model: str, tokens: list[dict]) -> list[str]:
+        tokenizer = (await self.model(model)).tokenizer
+        return [tokenizer.token_to_piece(token["id"]) for token in tokens]
+
     async def apply_template(self, body: dict) -> str:
         """The text generating renders (_chat_text, which _prompt_ids encodes)."""
         return _chat_text(await self.model(body["model"]), body)

@@ -5,6 +5,8 @@ import json
 import os
 from typing import AsyncIterator, Callable
 
+from ..engine.pretokenize import BYTE_TO_UNICODE
+from ..engine.tokenizer import SPACE_MARK
 from ..errors import BackendError, BadRequest, VeloError
 from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest, reasoning_effort_of, wants_json, wants_logprobs
@@ -15,6 +17,8 @@ from .prompts import all_of, merged_answers, several_prompts, summed_usage, with
 from .llamacpp_infill import INFILL_PATH, completion_chunks, infill_body, insert_refused, to_completion
 from .openai import OpenAIBackend
 from .tokenizer_info import GENERIC_CLASS, tokenizer_info
+
+VOCAB_TYPE_BPE = 2             # llama.cpp's LLAMA_VOCAB_TYPE_BPE (1: SentencePiece), its /v1/models meta.vocab_type
 
 
 class LlamaCppBackend(OpenAIBackend):
@@ -219,10 +223,21 @@ class LlamaCppBackend(OpenAIBackend):
 
     async def vocab_size(self, model: str) -> int | None:
         """`meta.n_vocab` of the server's /v1/models entry."""
+        return self._meta_number("n_vocab")
+
+    async def token_strs(self, model: str, tokens: list[dict]) -> list[str]:
+        """Spelled from /tokenize's pieces by the vocabulary's kind (`meta.vocab_type`: 2 is
+        byte-level BPE, whose tokens are their bytes in GPT-2's byte characters; SentencePiece
+        and others: see _sentencepiece_spelling)."""
+        spell = _bpe_spelling if self._meta_number("vocab_type") == VOCAB_TYPE_BPE else _sentencepiece_spelling
+        return [spell(token["piece"]) for token in tokens]
+
+    def _meta_number(self, name: str) -> int | None:
+        """A positive integer of the server's /v1/models entry's `meta`, or None."""
         for info in self.models:
-            n_vocab = (info.raw.get("meta") or {}).get("n_vocab")
-            if type(n_vocab) is int and n_vocab > 0:
-                return n_vocab
+            value = (info.raw.get("meta") or {}).get(name)
+            if type(value) is int and value > 0:
+                return value
         return None
 
     async def tokenizer_info(self, model: str) -> dict:
@@ -416,6 +431,21 @@ def _drop_alternatives(answer: dict) -> None:
         for entry in logprobs.get("content") or () if isinstance(logprobs, dict) else ():
             if isinstance(entry, dict):
                 entry["top_logprobs"] = []
+
+
+def _bpe_spelling(piece: str | list[int]) -> str:
+    """A byte-level BPE token as its vocabulary spells it: each byte as GPT-2's character."""
+    raw = piece.encode("utf-8") if isinstance(piece, str) else bytes(piece)
+    return "".join(BYTE_TO_UNICODE[byte] for byte in raw)
+
+
+def _sentencepiece_spelling(piece: str | list[int]) -> str:
+    """A SentencePiece token as its vocabulary spells it: a piece of no UTF-8 text alone is a byte
+    token, `<0xE2>`; another piece its text with '▁' for spaces. (A byte token of ASCII text,
+    `<0x0A>`, reads as its text: llama-server's piece does not tell it from a piece "\n".)"""
+    if isinstance(piece, list):
+        return "".join(f"<0x{byte:02X}>" for byte in piece)
+    return piece.replace(" ", SPACE_MARK)
 
 
 def _without_echo(expected: str, text: str) -> tuple[str, str]:
