@@ -6,6 +6,7 @@ the same backend: the engine (tiny GGUF) and the real llama-server; Ollama canno
 400 naming the field); a vLLM backend gets them as sent."""
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
@@ -50,12 +51,16 @@ def completion_answer(client, model: str, prompt: str) -> tuple[str, int]:
     return answer.choices[0].text, answer.usage.prompt_tokens
 
 
+# " number round": the tiny model continues it with " number", the prefill's own start, which a
+# stream must keep (llama-server streams no echo of the prefill when sent continue_final_message).
+@pytest.mark.parametrize("prefill", [PREFILL, " number round"])
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("model", [ENGINE_MODEL, "tiny"])
-def test_continue_final_message_continues_the_assistant_message(client, model, stream):
-    expected = completion_answer(client, model, OPEN_PREFILL)
-    assert expected[0] and not expected[0].startswith(PREFILL)
-    assert chat_answer(client, model, CONTINUED, stream, **CONTINUE) == expected
+def test_continue_final_message_continues_the_assistant_message(client, model, stream, prefill):
+    expected = completion_answer(client, model, NO_TURN + "<|im_start|>assistant\n" + prefill)
+    assert expected[0] and not expected[0].startswith(prefill)
+    messages = [USER, {"role": "assistant", "content": prefill}]
+    assert chat_answer(client, model, messages, stream, **CONTINUE) == expected
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -70,6 +75,16 @@ def test_no_generation_prompt_after_a_user_message_opens_no_turn(client, model):
     expected = completion_answer(client, model, NO_TURN)
     assert chat_answer(client, model, [USER], add_generation_prompt=False) == expected
     assert chat_answer(client, model, [USER])[1] > expected[1]       # the generation prompt's tokens
+
+
+@pytest.mark.parametrize("model", [ENGINE_MODEL, "tiny"])
+def test_a_vllm_tokenize_of_a_continued_chat_counts_the_prompt_generating_reads(client, model):
+    url = str(client.base_url).removesuffix("/v1/")
+    chat = httpx.post(url + "/tokenize", json={"model": model, "messages": CONTINUED, **CONTINUE}, timeout=60).json()
+    text = httpx.post(url + "/tokenize", json={"model": model, "prompt": OPEN_PREFILL}, timeout=60).json()
+    assert chat["tokens"] == text["tokens"] and chat["count"] == completion_answer(client, model, OPEN_PREFILL)[1]
+    refused = httpx.post(url + "/tokenize", json={"model": model, "messages": [USER], **CONTINUE}, timeout=60)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "continue_final_message"
 
 
 def test_llama_server_cannot_close_a_final_assistant_message(client):

@@ -154,8 +154,8 @@ async def _vllm_tokens(backend: Backend, model: str, body: dict) -> dict:
 def _chat_body(body: dict, model: str) -> dict:
     """The validated chat body of /apply-template or a vLLM chat tokenize (400s as a chat
     completion gives them for its messages and tools)."""
-    chat = {name: body[name] for name in ("messages", "tools", "chat_template_kwargs", "reasoning_effort")
-            if name in body}
+    chat = {name: body[name] for name in ("messages", "tools", "chat_template_kwargs", "reasoning_effort",
+                                          "continue_final_message") if name in body}
     _flag(body, "add_generation_prompt", True)
     if "add_generation_prompt" in body:
         chat["add_generation_prompt"] = body["add_generation_prompt"]

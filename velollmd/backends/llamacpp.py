@@ -95,6 +95,7 @@ class LlamaCppBackend(OpenAIBackend):
         if request.endpoint == "chat":
             body["messages"] = _parsable_history(body.get("messages"))
             _reasoning_switch(body)
+            body.pop("continue_final_message", None)   # its prefill: the same prompt, echoed in streams too
         else:
             _completion_schema(body)
         _grammar_of_vllm_fields(body)
@@ -123,7 +124,9 @@ class LlamaCppBackend(OpenAIBackend):
 
     async def chat(self, request: GenerateRequest) -> dict:
         """llama-server answers a prefilled assistant turn with the prefill again in front:
-        the answer is the continuation only, as vLLM, the engine and Anthropic give it. Token
+        the answer is the continuation only, as vLLM, the engine and Anthropic give it. (It
+        continues a final assistant message without being asked: vLLM's continue_final_message
+        is not sent, as with it the stream leaves the echo out and the non-stream answer keeps it.) Token
         logprobs without top_logprobs have no alternatives, as OpenAI gives them."""
         body = await super().chat(request)
         prefill = _prefill(request.body)
