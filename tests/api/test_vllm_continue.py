@@ -98,6 +98,9 @@ def test_llama_server_cannot_close_a_final_assistant_message(client):
     (CONTINUED, {"continue_final_message": True, "add_generation_prompt": True}, "continue_final_message"),
     ([USER], CONTINUE, "continue_final_message"),
     ([*CONTINUED, USER], CONTINUE, "continue_final_message"),
+    ([USER, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}], CONTINUE,
+     "continue_final_message"),
     (CONTINUED, {"continue_final_message": "yes", "add_generation_prompt": False}, "continue_final_message"),
     (CONTINUED, {"add_generation_prompt": 0}, "add_generation_prompt"),
 ])

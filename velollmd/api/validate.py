@@ -425,7 +425,8 @@ def _check_generation_prompt(body: dict) -> None:
     """vLLM's `add_generation_prompt` (default true) and `continue_final_message` (default false):
     booleans, never both true (vLLM's and llama-server's 400; vLLM's template renderer refuses
     continue_final_message with the default add_generation_prompt too, as llama-server does), and
-    a continued message must be the assistant's (llama-server would render a user's as one)."""
+    a continued message must be the assistant's text (llama-server would render a user's as one;
+    the engine and llama-server continue no tool call)."""
     for name in ("add_generation_prompt", "continue_final_message"):
         _check_type(body, name, bool, "a boolean")
     if body.get("continue_final_message") is not True:
@@ -433,9 +434,12 @@ def _check_generation_prompt(body: dict) -> None:
     if body.get("add_generation_prompt") is not False:
         _fail("continue_final_message", "Cannot set both `continue_final_message` and `add_generation_prompt` "
                                         "to True (add_generation_prompt defaults to true: set it to false)")
-    if body["messages"][-1].get("role") != "assistant":
+    last = body["messages"][-1]
+    if last.get("role") != "assistant":
         _fail("continue_final_message", "Cannot set `continue_final_message` to True when the last message "
                                         "is not from the assistant")
+    if last.get("tool_calls"):
+        _fail("continue_final_message", "the final assistant message has tool calls: only its text can be continued")
 
 
 def validate_completion(body: dict, ranges: dict | None = None) -> dict:
