@@ -4,8 +4,9 @@ tokenizer and chat template (the backend's: llama-server's own routes, or the en
 POST /tokenize takes two dialects, told apart by their fields: llama-server's (`content`,
 `add_special`, `parse_special`, `with_pieces`) answers {"tokens"}; vLLM's (`prompt`, or
 `messages` with `add_generation_prompt` and `tools`; `add_special_tokens`,
-`return_token_strs`) answers {"count", "max_model_len", "tokens"} (+ "token_strs"). A vLLM chat
-is tokenized as generating reads it (the chat template's text, then the tokenizer with its
+`return_token_strs`) answers {"count", "max_model_len", "tokens"} (+ "token_strs": each token as
+its vocabulary spells it, "▁wor", "<0xC3>", "Ġw", as vLLM's convert_ids_to_tokens). A vLLM chat is
+tokenized as generating reads it (the chat template's text, then the tokenizer with its
 specials): the count a prompt budget needs. POST /detokenize answers the text as both
 llama-server's "content" and vLLM's "prompt": their bodies are alike (llama-server's router mode
 sends `model` too), so one answer suits either client. POST /apply-template (llama-server's): the
@@ -147,14 +148,14 @@ async def _vllm_tokens(backend: Backend, model: str, body: dict) -> dict:
     answer = {"count": len(tokens), "max_model_len": backend.context_size(model)}
     if not want_strs:
         return {**answer, "tokens": tokens}
-    return {**answer, "tokens": [t["id"] for t in tokens], "token_strs": [_piece_text(t["piece"]) for t in tokens]}
+    return {**answer, "tokens": [t["id"] for t in tokens], "token_strs": await backend.token_strs(model, tokens)}
 
 
 def _chat_body(body: dict, model: str) -> dict:
     """The validated chat body of /apply-template or a vLLM chat tokenize (400s as a chat
     completion gives them for its messages and tools)."""
-    chat = {name: body[name] for name in ("messages", "tools", "chat_template_kwargs", "reasoning_effort")
-            if name in body}
+    chat = {name: body[name] for name in ("messages", "tools", "chat_template_kwargs", "reasoning_effort",
+                                          "continue_final_message") if name in body}
     _flag(body, "add_generation_prompt", True)
     if "add_generation_prompt" in body:
         chat["add_generation_prompt"] = body["add_generation_prompt"]
@@ -175,8 +176,3 @@ def _flag(body: dict, name: str, default: bool) -> bool:
     if type(value) is not bool:
         raise BadRequest(f"{name} must be a boolean", param=name)
     return value
-
-
-def _piece_text(piece: str | list[int]) -> str:
-    """A with_pieces piece as text: bytes that are no UTF-8 text alone become U+FFFD."""
-    return piece if isinstance(piece, str) else bytes(piece).decode("utf-8", errors="replace")

@@ -10,7 +10,7 @@ import json
 
 from ..errors import BadRequest
 from ..wire.request import REASONING_EFFORTS, logit_bias_value, wants_json
-from ..wire.vllm import CONSTRAINT_KINDS, GUIDED_FIELDS
+from ..wire.vllm import CONSTRAINT_KINDS, GUIDED_FIELDS, STRUCTURED_OUTPUT_OPTIONS
 
 MAX_STOP_SEQUENCES = 16                 # stop strings a request may give, the same on every backend
 
@@ -264,6 +264,7 @@ def check_vllm_fields(body: dict) -> None:
     outputs = body.get("structured_outputs")
     if outputs is not None and not isinstance(outputs, dict):
         _fail("structured_outputs", "expected an object")
+    _check_structured_output_options(body)
     asked = [name for name in ("guided_json", *GUIDED_FIELDS, *LLAMACPP_CONSTRAINT_FIELDS)
              if body.get(name) is not None]
     asked += [f"structured_outputs.{kind}" for kind in ("json", "json_object", *CONSTRAINT_KINDS)
@@ -310,8 +311,25 @@ def _check_structured_output(body: dict, param: str) -> None:
     if kind in ("json", "json_object"):
         body.pop(param, None)
         outputs.pop(kind, None)
-        if "structured_outputs" in body and not any(outputs.get(k) is not None for k in CONSTRAINT_KINDS):
-            del body["structured_outputs"]      # what is left are vLLM's options for its JSON backends
+        if "structured_outputs" in body and not any(value is not None for value in outputs.values()):
+            del body["structured_outputs"]      # options left stay for vLLM (which merges response_format in)
+
+
+def _check_structured_output_options(body: dict) -> None:
+    """structured_outputs' options (wire/vllm.STRUCTURED_OUTPUT_OPTIONS) and their top-level
+    spellings: booleans, and strings for the whitespace pattern and the backend's name. Their
+    values that ask for nothing are dropped (no server but vLLM knows them); the others are a
+    backend's to honour or refuse (backends/base.refuse_unhonoured)."""
+    outputs = body.get("structured_outputs") or {}
+    for name, neutral in STRUCTURED_OUTPUT_OPTIONS.items():
+        value = outputs.get(name)
+        text = name in ("whitespace_pattern", "backend")
+        if value is not None and not isinstance(value, str if text else bool):
+            _fail(f"structured_outputs.{name}", "expected a string" if text else "expected a boolean")
+        if name in outputs and (value is None or value in neutral):
+            del outputs[name]
+    _check_type(body, "guided_whitespace_pattern", str, "a string")
+    _check_type(body, "guided_decoding_backend", str, "a string")
 
 
 def _json_schema_of(param: str, value) -> dict:
@@ -397,9 +415,31 @@ def validate_chat(body: dict, ranges: dict | None = None) -> dict:
     _check_text_output(body)
     check_reasoning_effort(body, "reasoning_effort", "reasoning_effort")
     _check_chat_template_kwargs(body)
+    _check_generation_prompt(body)
     check_verbosity(body, "verbosity")
     _drop_web_search(body)
     return body
+
+
+def _check_generation_prompt(body: dict) -> None:
+    """vLLM's `add_generation_prompt` (default true) and `continue_final_message` (default false):
+    booleans, never both true (vLLM's and llama-server's 400; vLLM's template renderer refuses
+    continue_final_message with the default add_generation_prompt too, as llama-server does), and
+    a continued message must be the assistant's text (llama-server would render a user's as one;
+    the engine and llama-server continue no tool call)."""
+    for name in ("add_generation_prompt", "continue_final_message"):
+        _check_type(body, name, bool, "a boolean")
+    if body.get("continue_final_message") is not True:
+        return
+    if body.get("add_generation_prompt") is not False:
+        _fail("continue_final_message", "Cannot set both `continue_final_message` and `add_generation_prompt` "
+                                        "to True (add_generation_prompt defaults to true: set it to false)")
+    last = body["messages"][-1]
+    if last.get("role") != "assistant":
+        _fail("continue_final_message", "Cannot set `continue_final_message` to True when the last message "
+                                        "is not from the assistant")
+    if last.get("tool_calls"):
+        _fail("continue_final_message", "the final assistant message has tool calls: only its text can be continued")
 
 
 def validate_completion(body: dict, ranges: dict | None = None) -> dict:

@@ -263,6 +263,12 @@ class Backend:
         """llama-server's /detokenize: the text of token ids (special tokens written out)."""
         raise self.tokenizer_unavailable(model)
 
+    async def token_strs(self, model: str, tokens: list[dict]) -> list[str]:
+        """vLLM's /tokenize `token_strs` for tokenize_text's with_pieces answer: each token as
+        its vocabulary spells it (HF's convert_ids_to_tokens: '▁the', '<0xE2>', 'Ġthe'), not
+        its text: a byte token's text alone is no UTF-8 (it would read U+FFFD)."""
+        raise self.tokenizer_unavailable(model)
+
     async def apply_template(self, body: dict) -> str:
         """llama-server's /apply-template: the prompt text a validated chat body (`messages`,
         `tools`, `add_generation_prompt`) becomes, as generating renders it."""

@@ -35,7 +35,7 @@ from ..errors import BadRequest, NotFound, Unavailable, VeloError
 from ..wire.ids import response_id
 from ..wire.request import GenerateRequest, one_prompt
 from ..wire.streams import closing
-from ..wire.vllm import SAMPLING_EXTRAS
+from ..wire.vllm import GENERATION_PROMPT_ASKS, SAMPLING_EXTRAS
 from .base import Backend, ModelInfo, fills_in_middle, in_vocab, refuse_insert, refuse_unhonoured
 from .tokenizer_info import gguf_tokenizer_info
 from .prompts import all_of, merged_answers, several_prompts, with_prompt
@@ -54,7 +54,8 @@ class EngineBackend(Backend):
     supports_n = True
     takes_context = True
     freshens = True
-    vllm_fields = frozenset({"choice", "prompt_logprobs", "echo", *SAMPLING_EXTRAS})   # guided_choice: constrained sampling
+    vllm_fields = frozenset({"choice", "prompt_logprobs", "echo", *SAMPLING_EXTRAS,   # guided_choice: constrained sampling
+                             *GENERATION_PROMPT_ASKS})
 
     def __init__(self, config: BackendConfig, scheduler_config: SchedulerConfig | None = None):
         super().__init__(config)
@@ -462,6 +463,10 @@ class EngineBackend(Backend):
     async def detokenize(self, model: str, tokens: list[int]) -> str:
         return (await self.model(model)).tokenizer.decode(tokens)
 
+    async def token_strs(self, model: str, tokens: list[dict]) -> list[str]:
+        tokenizer = (await self.model(model)).tokenizer
+        return [tokenizer.token_to_piece(token["id"]) for token in tokens]
+
     async def apply_template(self, body: dict) -> str:
         """The text generating renders (_chat_text, which _prompt_ids encodes)."""
         return _chat_text(await self.model(body["model"]), body)
@@ -566,11 +571,18 @@ def _chat_text(model: LoadedModel, body: dict) -> str:
                          "entry, or use /v1/completions", param="messages", code="unknown_chat_template")
     try:
         text = chat_prompt(model.template, model.tokenizer, body["messages"], tools=body.get("tools") or None,
-                           add_generation_prompt=body.get("add_generation_prompt") is not False,
+                           add_generation_prompt=_opens_or_continues_a_turn(body),
                            enable_thinking=enable_thinking_of(body))
     except ValueError as exc:
         raise BadRequest(f"cannot render the chat template: {exc}", param="messages") from None
     return _context_text(model, body.get("context")) + text
+
+
+def _opens_or_continues_a_turn(body: dict) -> bool:
+    """Whether the prompt ends in an assistant turn the answer writes: a new one (vLLM's
+    add_generation_prompt, true unless false) or the final message continued (continue_final_message,
+    which chat_prompt renders as a prefill, the turn left open)."""
+    return body.get("add_generation_prompt") is not False or body.get("continue_final_message") is True
 
 
 def _mixed_ids(tokenizer, content: str | list, add_special: bool, parse_special: bool) -> list[int]:

@@ -5,6 +5,8 @@ import json
 import os
 from typing import AsyncIterator, Callable
 
+from ..engine.pretokenize import BYTE_TO_UNICODE
+from ..engine.tokenizer import SPACE_MARK
 from ..errors import BackendError, BadRequest, VeloError
 from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest, reasoning_effort_of, wants_json, wants_logprobs
@@ -16,6 +18,8 @@ from .llamacpp_infill import INFILL_PATH, completion_chunks, infill_body, insert
 from .openai import OpenAIBackend
 from .tokenizer_info import GENERIC_CLASS, tokenizer_info
 
+VOCAB_TYPE_BPE = 2             # llama.cpp's LLAMA_VOCAB_TYPE_BPE (1: SentencePiece), its /v1/models meta.vocab_type
+
 
 class LlamaCppBackend(OpenAIBackend):
     kind = "llamacpp"
@@ -26,7 +30,9 @@ class LlamaCppBackend(OpenAIBackend):
     serves_tokenizer_info = True
     pins_slots = True
     defaults = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
-    vllm_fields = frozenset({"choice", "grammar", GBNF, "ignore_eos"})   # as a GBNF `grammar`; its own ignore_eos
+    # choice as a GBNF `grammar`; its own ignore_eos, continue_final_message and add_generation_prompt
+    # (not false after an assistant message: llama-server continues that message all the same)
+    vllm_fields = frozenset({"choice", "grammar", GBNF, "ignore_eos", "continue_final_message", "add_generation_prompt"})
 
     def __init__(self, config):
         super().__init__(config)
@@ -89,6 +95,7 @@ class LlamaCppBackend(OpenAIBackend):
         if request.endpoint == "chat":
             body["messages"] = _parsable_history(body.get("messages"))
             _reasoning_switch(body)
+            body.pop("continue_final_message", None)   # its prefill: the same prompt, echoed in streams too
         else:
             _completion_schema(body)
         _grammar_of_vllm_fields(body)
@@ -117,7 +124,9 @@ class LlamaCppBackend(OpenAIBackend):
 
     async def chat(self, request: GenerateRequest) -> dict:
         """llama-server answers a prefilled assistant turn with the prefill again in front:
-        the answer is the continuation only, as vLLM, the engine and Anthropic give it. Token
+        the answer is the continuation only, as vLLM, the engine and Anthropic give it. (It
+        continues a final assistant message without being asked: vLLM's continue_final_message
+        is not sent, as with it the stream leaves the echo out and the non-stream answer keeps it.) Token
         logprobs without top_logprobs have no alternatives, as OpenAI gives them."""
         body = await super().chat(request)
         prefill = _prefill(request.body)
@@ -217,10 +226,21 @@ class LlamaCppBackend(OpenAIBackend):
 
     async def vocab_size(self, model: str) -> int | None:
         """`meta.n_vocab` of the server's /v1/models entry."""
+        return self._meta_number("n_vocab")
+
+    async def token_strs(self, model: str, tokens: list[dict]) -> list[str]:
+        """Spelled from /tokenize's pieces by the vocabulary's kind (`meta.vocab_type`: 2 is
+        byte-level BPE, whose tokens are their bytes in GPT-2's byte characters; SentencePiece
+        and others: see _sentencepiece_spelling)."""
+        spell = _bpe_spelling if self._meta_number("vocab_type") == VOCAB_TYPE_BPE else _sentencepiece_spelling
+        return [spell(token["piece"]) for token in tokens]
+
+    def _meta_number(self, name: str) -> int | None:
+        """A positive integer of the server's /v1/models entry's `meta`, or None."""
         for info in self.models:
-            n_vocab = (info.raw.get("meta") or {}).get("n_vocab")
-            if type(n_vocab) is int and n_vocab > 0:
-                return n_vocab
+            value = (info.raw.get("meta") or {}).get(name)
+            if type(value) is int and value > 0:
+                return value
         return None
 
     async def tokenizer_info(self, model: str) -> dict:
@@ -414,6 +434,21 @@ def _drop_alternatives(answer: dict) -> None:
         for entry in logprobs.get("content") or () if isinstance(logprobs, dict) else ():
             if isinstance(entry, dict):
                 entry["top_logprobs"] = []
+
+
+def _bpe_spelling(piece: str | list[int]) -> str:
+    """A byte-level BPE token as its vocabulary spells it: each byte as GPT-2's character."""
+    raw = piece.encode("utf-8") if isinstance(piece, str) else bytes(piece)
+    return "".join(BYTE_TO_UNICODE[byte] for byte in raw)
+
+
+def _sentencepiece_spelling(piece: str | list[int]) -> str:
+    """A SentencePiece token as its vocabulary spells it: a piece of no UTF-8 text alone is a byte
+    token, `<0xE2>`; another piece its text with '▁' for spaces. (A byte token of ASCII text,
+    `<0x0A>`, reads as its text: llama-server's piece does not tell it from a piece "\n".)"""
+    if isinstance(piece, list):
+        return "".join(f"<0x{byte:02X}>" for byte in piece)
+    return piece.replace(" ", SPACE_MARK)
 
 
 def _without_echo(expected: str, text: str) -> tuple[str, str]:

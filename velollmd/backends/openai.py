@@ -13,7 +13,8 @@ from typing import AsyncIterator, Awaitable
 
 from ..errors import BackendError, NotImplementedByBackend, VeloError
 from ..wire.request import GenerateRequest
-from ..wire.vllm import CONSTRAINT_KINDS, SAMPLING_EXTRAS, reads_structured_outputs, respell
+from ..wire.vllm import (CONSTRAINT_KINDS, GENERATION_PROMPT_ASKS, SAMPLING_EXTRAS, STRUCTURED_OUTPUT_OPTIONS,
+                         reads_structured_outputs, respell)
 from .base import Backend, ModelInfo, refuse_unhonoured
 
 PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}   # by request endpoint
@@ -138,7 +139,8 @@ class OpenAIBackend(Backend):
         return info
 
 
-ALL_VLLM_FIELDS = frozenset((*CONSTRAINT_KINDS, *SAMPLING_EXTRAS, "prompt_logprobs"))
+ALL_VLLM_FIELDS = frozenset((*CONSTRAINT_KINDS, *SAMPLING_EXTRAS, "prompt_logprobs", *GENERATION_PROMPT_ASKS,
+                             *STRUCTURED_OUTPUT_OPTIONS))
 OLLAMA_CONTEXT_FIELDS = frozenset({"truncate", "num_ctx", "num_keep"})    # the Ollama API's, read by the engine
 
 

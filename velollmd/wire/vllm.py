@@ -30,6 +30,13 @@ GBNF = "gbnf"
 # vLLM sampling extras -> the value that asks for nothing (vLLM's default).
 SAMPLING_EXTRAS = {"min_tokens": 0, "include_stop_str_in_output": False, "stop_token_ids": [],
                    "ignore_eos": False, "skip_special_tokens": True}
+# structured_outputs' options beside its kind -> the values that ask for nothing (vLLM's defaults;
+# null too). No backend here but vLLM has them: a JSON kind's options stay in structured_outputs
+# beside the response_format it becomes (api/validate.py), which vLLM merges back into one.
+STRUCTURED_OUTPUT_OPTIONS = {"disable_fallback": (False,), "disable_any_whitespace": (False,),
+                             "disable_additional_properties": (False,), "whitespace_pattern": (), "backend": ("auto",)}
+# What a chat's add_generation_prompt / continue_final_message ask for (generation_prompt_asks).
+GENERATION_PROMPT_ASKS = ("continue_final_message", "closed_final_message", "add_generation_prompt")
 
 
 def vllm_constraint(body: dict) -> tuple[str, str, object] | None:
@@ -61,7 +68,38 @@ def asked_vllm_fields(body: dict) -> list[tuple[str, str]]:
             asked.append((name, name))
     if body.get("prompt_logprobs") is not None:      # the prompt's own logprobs (0: the tokens' alone)
         asked.append(("prompt_logprobs", "prompt_logprobs"))
+    asked += structured_output_options(body)
+    asked += generation_prompt_asks(body)
     return asked
+
+
+def structured_output_options(body: dict) -> list[tuple[str, str]]:
+    """(the option, the field naming it) of each structured_outputs option (and the top-level
+    guided_whitespace_pattern / guided_decoding_backend, their spelling before 0.10.2) that asks
+    for something: how vLLM's grammar backends shape or build the constraint."""
+    outputs = body.get("structured_outputs")
+    asked = [(name, f"structured_outputs.{name}") for name, neutral in STRUCTURED_OUTPUT_OPTIONS.items()
+             if isinstance(outputs, dict) and outputs.get(name) is not None and outputs[name] not in neutral]
+    if body.get("guided_whitespace_pattern") is not None:
+        asked.append(("whitespace_pattern", "guided_whitespace_pattern"))
+    if body.get("guided_decoding_backend") not in (None, "auto"):
+        asked.append(("backend", "guided_decoding_backend"))
+    return asked
+
+
+def generation_prompt_asks(body: dict) -> list[tuple[str, str]]:
+    """What a chat's `continue_final_message` / `add_generation_prompt` ask for (validated:
+    never both true): "continue_final_message" (the final assistant message continued, left
+    open), "closed_final_message" (add_generation_prompt false after an assistant message: the
+    message closed, no new turn opened; llama-server would continue it instead), or
+    "add_generation_prompt" (false after another message: the prompt ends with it, no turn opened)."""
+    if body.get("continue_final_message") is True:
+        return [("continue_final_message", "continue_final_message")]
+    if body.get("add_generation_prompt") is not False or not isinstance(body.get("messages"), list):
+        return []
+    last = body["messages"][-1] if body["messages"] else None
+    ends_with_assistant = isinstance(last, dict) and last.get("role") == "assistant"
+    return [("closed_final_message" if ends_with_assistant else "add_generation_prompt", "add_generation_prompt")]
 
 
 def reads_structured_outputs(version: str | None) -> bool | None:
