@@ -234,3 +234,27 @@ def wait_until(predicate, timeout: float = 30.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "never came true"
         time.sleep(0.01)
+
+
+def test_metric_names_follow_prometheus_conventions(ollama_emulator):
+    """Every family a daemon exports: snake_case under velollm_, a counter's samples end in
+    _total, a time in _seconds (base units, no _ms), a size in _bytes, a fraction in _ratio."""
+    with RunningDaemon({"backends": [ollama_backend(ollama_emulator)]}) as daemon:
+        body = {"model": "llama3.2:latest", "messages": [{"role": "user", "content": "hi"}]}
+        assert httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+        text = httpx.get(daemon.url + "/metrics").text
+    helps = dict(line[len("# HELP "):].split(" ", 1) for line in text.splitlines() if line.startswith("# HELP "))
+    families = list(text_string_to_metric_families(text))
+    assert len(families) == len(helps) > 20
+    for family in families:
+        exposed = family.name + "_total" if family.type == "counter" else family.name
+        help_text = helps[exposed].lower()
+        assert family.name.startswith("velollm_") and family.name == family.name.lower(), family.name
+        assert not family.name.endswith(("_ms", "_s", "_milliseconds", "_percent")), family.name
+        assert all(s.name.endswith("_total") for s in family.samples) or family.type != "counter", family.name
+        if help_text.startswith(("time", "how late")) or "seconds" in help_text:
+            assert family.name.endswith("_seconds"), family.name
+        if help_text.startswith("fraction"):
+            assert family.name.endswith("_ratio"), family.name
+        if help_text.startswith("bytes"):
+            assert family.name.endswith("_bytes"), family.name
