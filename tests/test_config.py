@@ -222,6 +222,8 @@ def test_backend_embedder_needs_a_backend_and_a_model(cache, key):
     ({"kind": "engine", "device": "tpu"}, "backends[0].device", "one of"),
     ({"kind": "engine", "max_running": 0}, "backends[0].max_running", ">= 1"),
     ({"kind": "engine", "block_size": 0}, "backends[0].block_size", ">= 1"),
+    ({"kind": "engine", "num_ctx": 10**12}, "backends[0].num_ctx", "<= 16777216"),  # was a 500 on every request
+    ({"kind": "llamacpp", "url": "http://x", "num_ctx": 1 << 31}, "backends[0].num_ctx", "<= 16777216"),
     ({"kind": "engine", "ollama_store": "yes"}, "backends[0].ollama_store", "must be bool"),
     ({"kind": "engine", "url": "http://x"}, "backends[0].url", 'not apply to kind = "engine"'),   # was ignored
     ({"kind": "engine", "api_key": "k"}, "backends[0].api_key", 'not apply to kind = "engine"'),
