@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_rig import RunningDaemon, engine_backend, ollama_backend
 from tests.rig.llama import make_tiny_model
-from velollmd.metrics import Counter, Histogram, sampled
+from velollmd.metrics import MAX_MODEL_SERIES, OTHER_MODELS, Counter, Histogram, Metrics, sampled
 
 
 def test_counter_and_histogram_render_prometheus_text():
@@ -126,7 +126,6 @@ def test_usage_counts_tokens_in_the_series_tokens_inc_counts():
 def test_model_names_past_the_limit_count_together_as_other():
     """A backend serving "*" answers any model name a client makes up; each name must not
     become a series of its own forever."""
-    from velollmd.metrics import MAX_MODEL_SERIES, OTHER_MODELS, Metrics
     metrics = Metrics()
     for i in range(MAX_MODEL_SERIES + 50):
         metrics.record_usage(f"made-up-{i}", {"prompt_tokens": 1, "completion_tokens": 2})
@@ -258,3 +257,16 @@ def test_metric_names_follow_prometheus_conventions(ollama_emulator):
             assert family.name.endswith("_ratio"), family.name
         if help_text.startswith("bytes"):
             assert family.name.endswith("_bytes"), family.name
+
+
+def test_token_series_stop_at_max_model_series_made_up_names_share_one():
+    """A llama-server behind models = ["*"] answers any model name a client makes up: past
+    MAX_MODEL_SERIES names, their tokens go to model="(other)", not to a series each."""
+    metrics = Metrics()
+    for i in range(MAX_MODEL_SERIES + 50):
+        metrics.record_usage(f"made-up-{i}", {"prompt_tokens": 2, "completion_tokens": 1})
+    [tokens] = [f for f in text_string_to_metric_families(metrics.render()) if f.name == "velollm_tokens"]
+    models = {s.labels["model"] for s in tokens.samples}
+    assert len(models) == MAX_MODEL_SERIES + 1 and OTHER_MODELS in models
+    other = {s.labels["kind"]: s.value for s in tokens.samples if s.labels["model"] == OTHER_MODELS}
+    assert other == {"prompt": 100.0, "completion": 50.0}
