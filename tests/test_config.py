@@ -81,6 +81,9 @@ def test_every_key_of_every_section_is_documented_in_the_shipped_file():
      "server.allowed_origins[1]", "such as"),
     ({"log": {"level": "loud"}}, "log.level", "one of"),
     ({"cache": {"semantic_threshold": 1.5}}, "cache.semantic_threshold", "<= 1.0"),
+    # preallocated at start (numpy, embed_dim floats a row): a traceback where --check-config said ok
+    ({"cache": {"semantic_max_entries": 10**30}}, "cache.semantic_max_entries", "<= 10000000"),
+    ({"cache": {"semantic_max_entries": 10**10}}, "cache.semantic_max_entries", "<= 10000000"),
     ({"backends": [{"name": "a", "kind": "vllm", "url": "http://x"}]}, "backends[0].kind", "one of"),
     ({"backends": [{"kind": "ollama", "url": "http://x"}]}, "backends[0].name", "required"),
     ({"backends": [{"name": "a", "kind": "ollama", "url": "localhost:11434"}]}, "backends[0].url", "http://"),

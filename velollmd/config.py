@@ -117,7 +117,7 @@ class CacheConfig:
     max_bytes: int = _opt(268435456, min=0)
     ttl_s: float = _opt(86400.0, min=0.0)          # 0 = entries never expire
     semantic_threshold: float = _opt(0.95, min=0.0, max=1.0)
-    semantic_max_entries: int = _opt(100000, min=0)
+    semantic_max_entries: int = _opt(100000, min=0, max=10_000_000)   # preallocated: embed_dim floats each
     semantic_dtype: str = _opt("float32", choices=("float32", "float16"))
     embedder: str = _opt("builtin", choices=("builtin", "backend"))
     embed_backend: str = ""                        # name of a [[backends]] entry
