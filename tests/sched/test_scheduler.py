@@ -113,8 +113,9 @@ def test_a_backends_scheduler_accounts_blocks_without_reading_back_block_tables(
 
 
 def test_a_backend_with_a_huge_context_and_a_wide_limit_gets_a_capped_budget():
-    """A vLLM serving a 10M-token context, its adaptive limit up to 256: 160M blocks would
-    overflow the pool's int32 count (an OverflowError on every request and on /health)."""
+    """An OpenAI-compatible backend with num_ctx = 10M tokens and its adaptive limit up to 256:
+    160M blocks of accounting arrays (GBs) before the cap; past 2**31 an OverflowError on every
+    request and on /health (tests/test_config.py: num_ctx = 10**12)."""
     sched = Scheduler.for_backend(SchedulerConfig(), 8, num_ctx=10_000_000, max_limit=256)
     assert sched.pool.num_blocks == MAX_BUDGET_BLOCKS
     add(sched, make("a", num_tokens=100_000, max_tokens=10))
