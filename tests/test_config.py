@@ -81,6 +81,9 @@ def test_every_key_of_every_section_is_documented_in_the_shipped_file():
      "server.allowed_origins[1]", "such as"),
     ({"log": {"level": "loud"}}, "log.level", "one of"),
     ({"cache": {"semantic_threshold": 1.5}}, "cache.semantic_threshold", "<= 1.0"),
+    # preallocated at start (numpy, embed_dim floats a row): a traceback where --check-config said ok
+    ({"cache": {"semantic_max_entries": 10**30}}, "cache.semantic_max_entries", "<= 10000000"),
+    ({"cache": {"semantic_max_entries": 10**10}}, "cache.semantic_max_entries", "<= 10000000"),
     ({"backends": [{"name": "a", "kind": "vllm", "url": "http://x"}]}, "backends[0].kind", "one of"),
     ({"backends": [{"kind": "ollama", "url": "http://x"}]}, "backends[0].name", "required"),
     ({"backends": [{"name": "a", "kind": "ollama", "url": "localhost:11434"}]}, "backends[0].url", "http://"),
@@ -222,6 +225,8 @@ def test_backend_embedder_needs_a_backend_and_a_model(cache, key):
     ({"kind": "engine", "device": "tpu"}, "backends[0].device", "one of"),
     ({"kind": "engine", "max_running": 0}, "backends[0].max_running", ">= 1"),
     ({"kind": "engine", "block_size": 0}, "backends[0].block_size", ">= 1"),
+    ({"kind": "engine", "num_ctx": 10**12}, "backends[0].num_ctx", "<= 16777216"),  # was a 500 on every request
+    ({"kind": "llamacpp", "url": "http://x", "num_ctx": 1 << 31}, "backends[0].num_ctx", "<= 16777216"),
     ({"kind": "engine", "ollama_store": "yes"}, "backends[0].ollama_store", "must be bool"),
     ({"kind": "engine", "url": "http://x"}, "backends[0].url", 'not apply to kind = "engine"'),   # was ignored
     ({"kind": "engine", "api_key": "k"}, "backends[0].api_key", 'not apply to kind = "engine"'),

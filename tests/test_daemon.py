@@ -2,6 +2,7 @@
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -284,3 +285,20 @@ def test_a_listen_address_that_cannot_be_had_is_one_error_line_naming_it(tmp_pat
     [record] = [json.loads(line) for line in stderr.splitlines()]
     assert record["level"] == "error" and record["msg"].startswith("cannot start: ")
     assert record["listen"] == f"nosuchhost.invalid:{port}"
+
+
+def test_out_of_memory_at_start_is_one_error_line_not_a_traceback(tmp_path, notify):
+    """What the config sizes at start (the semantic cache's 10M rows: 14 GiB) past what the
+    process may have (an address-space limit plays a small machine): one line, exit 1."""
+    config = tmp_path / "velollm.toml"
+    config.write_text(f'[server]\nport = {free_port()}\n[cache]\npath = ""\nsemantic_max_entries = 10000000\n'
+                      '[responses]\npath = ""\n[key_limits]\npath = ""\n')
+    limit = 4 << 30
+    proc = start(config, notify, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    try:
+        assert proc.wait(timeout=60) == 1
+    finally:
+        stderr = killed_stderr(proc)
+    [record] = [json.loads(line) for line in stderr.splitlines()]
+    assert record["level"] == "error" and record["msg"].startswith("cannot start: out of memory: ")
+    assert record["config"] == str(config)

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_rig import RunningDaemon, engine_backend, ollama_backend
 from tests.rig.llama import make_tiny_model
-from velollmd.metrics import Counter, Histogram, sampled
+from velollmd.metrics import MAX_MODEL_SERIES, OTHER_MODELS, Counter, Histogram, Metrics, sampled
 
 
 def test_counter_and_histogram_render_prometheus_text():
@@ -126,7 +126,6 @@ def test_usage_counts_tokens_in_the_series_tokens_inc_counts():
 def test_model_names_past_the_limit_count_together_as_other():
     """A backend serving "*" answers any model name a client makes up; each name must not
     become a series of its own forever."""
-    from velollmd.metrics import MAX_MODEL_SERIES, OTHER_MODELS, Metrics
     metrics = Metrics()
     for i in range(MAX_MODEL_SERIES + 50):
         metrics.record_usage(f"made-up-{i}", {"prompt_tokens": 1, "completion_tokens": 2})
@@ -234,3 +233,40 @@ def wait_until(predicate, timeout: float = 30.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "never came true"
         time.sleep(0.01)
+
+
+def test_metric_names_follow_prometheus_conventions(ollama_emulator):
+    """Every family a daemon exports: snake_case under velollm_, a counter's samples end in
+    _total, a time in _seconds (base units, no _ms), a size in _bytes, a fraction in _ratio."""
+    with RunningDaemon({"backends": [ollama_backend(ollama_emulator)]}) as daemon:
+        body = {"model": "llama3.2:latest", "messages": [{"role": "user", "content": "hi"}]}
+        assert httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+        text = httpx.get(daemon.url + "/metrics").text
+    helps = dict(line[len("# HELP "):].split(" ", 1) for line in text.splitlines() if line.startswith("# HELP "))
+    families = list(text_string_to_metric_families(text))
+    assert len(families) == len(helps) > 20
+    for family in families:
+        exposed = family.name + "_total" if family.type == "counter" else family.name
+        help_text = helps[exposed].lower()
+        assert family.name.startswith("velollm_") and family.name == family.name.lower(), family.name
+        assert not family.name.endswith(("_ms", "_s", "_milliseconds", "_percent")), family.name
+        assert all(s.name.endswith("_total") for s in family.samples) or family.type != "counter", family.name
+        if help_text.startswith(("time", "how late")) or "seconds" in help_text:
+            assert family.name.endswith("_seconds"), family.name
+        if help_text.startswith("fraction"):
+            assert family.name.endswith("_ratio"), family.name
+        if help_text.startswith("bytes"):
+            assert family.name.endswith("_bytes"), family.name
+
+
+def test_token_series_stop_at_max_model_series_made_up_names_share_one():
+    """A llama-server behind models = ["*"] answers any model name a client makes up: past
+    MAX_MODEL_SERIES names, their tokens go to model="(other)", not to a series each."""
+    metrics = Metrics()
+    for i in range(MAX_MODEL_SERIES + 50):
+        metrics.record_usage(f"made-up-{i}", {"prompt_tokens": 2, "completion_tokens": 1})
+    [tokens] = [f for f in text_string_to_metric_families(metrics.render()) if f.name == "velollm_tokens"]
+    models = {s.labels["model"] for s in tokens.samples}
+    assert len(models) == MAX_MODEL_SERIES + 1 and OTHER_MODELS in models
+    other = {s.labels["kind"]: s.value for s in tokens.samples if s.labels["model"] == OTHER_MODELS}
+    assert other == {"prompt": 100.0, "completion": 50.0}

@@ -41,6 +41,9 @@ URL_RE = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[^\s/:@\[\]?#]+)(?::(\d{1,5})
 BACKEND_NAME_RE = re.compile(r"[!-~](?:[ -~]*[!-~])?")
 # A browser origin in [server] allowed_origins: scheme://host[:port], `*` anywhere after the scheme.
 ORIGIN_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/,?#]+/?")
+# Tokens of context: more than any model is trained for (10M at most today); llama.cpp's and
+# Ollama's n_ctx are 32-bit, and the admission budget (num_ctx x requests at once) must fit too.
+MAX_NUM_CTX = 1 << 24
 MAX_SECONDS = 1e9                  # any *_s setting: beyond this, timers overflow (about 31 years)
 
 
@@ -77,7 +80,7 @@ class BackendConfig:
     models: tuple[str, ...] = ("*",)
     slots: int = _opt(0, min=0, max=4096)          # 0 = discover (llama.cpp /props) or 1
     api_key: str = ""
-    num_ctx: int = _opt(0, min=0)                  # 0 = the backend's default
+    num_ctx: int = _opt(0, min=0, max=MAX_NUM_CTX)  # 0 = the backend's default
     connect_timeout_s: float = _opt(5.0, min=0.001)
     timeout_s: float = _opt(600.0, min=0.001)      # read timeout between bytes of a response
     health_interval_s: float = _opt(5.0, min=0.05)
@@ -114,7 +117,7 @@ class CacheConfig:
     max_bytes: int = _opt(268435456, min=0)
     ttl_s: float = _opt(86400.0, min=0.0)          # 0 = entries never expire
     semantic_threshold: float = _opt(0.95, min=0.0, max=1.0)
-    semantic_max_entries: int = _opt(100000, min=0)
+    semantic_max_entries: int = _opt(100000, min=0, max=10_000_000)   # preallocated: embed_dim floats each
     semantic_dtype: str = _opt("float32", choices=("float32", "float16"))
     embedder: str = _opt("builtin", choices=("builtin", "backend"))
     embed_backend: str = ""                        # name of a [[backends]] entry

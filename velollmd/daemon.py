@@ -58,6 +58,10 @@ def main(argv=None) -> int:
     except OSError as exc:                          # the address is taken, not here, not a host...
         log.error("cannot start: %s", exc, extra={"fields": {"listen": f"{config.server.host}:{config.server.port}"}})
         return 1
+    except MemoryError as exc:                      # what the config sizes at start (the semantic cache's rows)
+        log.error("cannot start: out of memory: %s", exc or "an allocation failed",
+                  extra={"fields": {"config": path}})
+        return 1
     return 0
 
 

@@ -141,7 +141,7 @@ QUEUE_METRICS = (   # (key in the scheduler's per-backend stats, metric name, ty
     ("num_running", "velollm_queue_running", "gauge", "Requests holding a slot, by backend"),
     ("concurrency_limit", "velollm_backend_concurrency_limit", "gauge",
      "Requests a backend may run at once: its slots plus those sent ahead, or the adaptive limit"),
-    ("block_usage", "velollm_kv_block_usage", "gauge", "Fraction of the backend's KV block budget held"),
+    ("block_usage", "velollm_kv_block_usage_ratio", "gauge", "Fraction of the backend's KV block budget held"),
     ("num_admitted", "velollm_queue_admitted_total", "counter", "Requests admitted to a slot"),
     ("num_rejected", "velollm_queue_rejected_total", "counter", "Requests refused with 429, queue full"),
     ("num_timed_out", "velollm_queue_timed_out_total", "counter", "Requests answered 503 after queue_timeout_s"),

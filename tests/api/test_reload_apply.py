@@ -4,8 +4,11 @@ calls; tests/test_reload.py drives the signal on a real process)."""
 import hashlib
 
 import httpx
+import openai
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon_rig import ollama_backend
+from tests.daemon_rig import engine_backend, ollama_backend
+from tests.rig.llama import make_tiny_model
 
 
 def ask(text):
@@ -106,3 +109,31 @@ def test_cache_stats_go_on_counting_across_a_reload_that_changes_the_cache(daemo
 
     assert daemon.app.pipeline.cache.config.max_entries == 50
     assert (after["hits"], after["misses"], after["stores"]) == (2, 1, 1)
+
+
+def test_a_reload_mid_stream_that_revokes_its_key_and_renames_its_backend(daemon_factory, tmp_path):
+    """The stream under way finishes with its usage; from then on the revoked key is a 401, the
+    key that stays has its new limits, only the new backend is in /health, and /metrics parses."""
+    make_tiny_model(tmp_path / "tiny.gguf")
+    alice, bob = "sk-alice-reload-mid-stream", "sk-bob-reload-mid-stream"
+    keys = [{"name": "alice", "key": alice}, {"name": "bob", "key": bob}]
+    daemon = daemon_factory({"backends": [engine_backend(tmp_path)], "cache": {"enabled": False}, "keys": keys})
+    stream = openai.OpenAI(base_url=daemon.url + "/v1", api_key=alice, max_retries=0).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=24, stream=True,
+        stream_options={"include_usage": True})
+    chunks = [next(stream)]
+    changes = daemon.reload({"backends": [engine_backend(tmp_path, name="engine2")], "cache": {"enabled": False},
+                             "keys": [{"name": "bob", "key": bob, "rpm": 1}]})
+    chunks += list(stream)
+    assert changes["added"] == ["engine2"] and changes["removed"] == ["engine"]
+    assert chunks[-1].usage.completion_tokens == 24
+
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    answers = [httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=60,
+                          headers={"authorization": f"Bearer {key}"}) for key in (alice, bob, bob)]
+    assert [a.status_code for a in answers] == [401, 200, 429]
+    assert answers[1].headers["x-velollm-backend"] == "engine2"
+    assert [b["name"] for b in httpx.get(daemon.url + "/health").json()["backends"]] == ["engine2"]
+    text = httpx.get(daemon.url + "/metrics", headers={"authorization": f"Bearer {bob}"}).text
+    keyed = {s.labels["key"] for f in text_string_to_metric_families(text) for s in f.samples if "key" in s.labels}
+    assert keyed == {"bob"}

@@ -188,8 +188,8 @@ def test_read_only_state_directory(tmp_path, tiny_fs, ollama_emulator):
         fill(daemon, ollama_emulator, {"a new question?": "not saved"})
         time.sleep(0.4)                               # several snapshot rounds, all refused
         assert daemon.stop() == 0
-        [line] = warnings(daemon)
-        assert "snapshot failed" in line and "Read-only file system" in line
+        [line] = warnings(daemon)                     # said at start, not again at each round
+        assert "cache directory cannot be written" in line and "Read-only file system" in line
     assert {name: (tiny_fs / name).read_bytes() for name in files(tiny_fs)} == before
 
 
@@ -320,3 +320,26 @@ def test_a_cache_flushed_while_its_path_was_off_is_not_merged_back(tmp_path, oll
         assert daemon.stop() == 0
         daemon.start()
         assert restored(daemon) == 1 and content(ask(daemon, "a bad answer?")) == "a good answer"
+
+
+def test_state_paths_that_cannot_be_written_are_said_at_start_once_each(tmp_path, ollama_emulator):
+    """A file where the state directories should be (a typo, a missing mount): one warning per
+    state at start, naming the path and the reason; the daemon serves; no more lines on stop."""
+    (tmp_path / "file").write_text("not a directory")
+    toml = daemon_toml(ollama_emulator, tmp_path / "file" / "cache", 0.05, tmp_path / "file" / "responses")
+    toml = toml.replace('[key_limits]\npath = ""', f'[key_limits]\npath = "{tmp_path / "file" / "keys"}"')
+    toml += '[[keys]]\nname = "a"\nkey = "sk-state-dir-test-key"\nrpm = 100\n'
+    with DaemonProcess(toml, tmp_path / "run") as daemon:
+        at_start = daemon.log_records("warning")
+        emulator_answer = {"unwritable question?": "still answered"}
+        ollama_emulator.script(emulator_answer["unwritable question?"])
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "unwritable question?"}]}
+        response = httpx.post(daemon.url + "/v1/chat/completions", json=body, timeout=30,
+                              headers={"authorization": "Bearer sk-state-dir-test-key"})
+        assert response.status_code == 200, response.text
+        time.sleep(0.3)                               # several snapshot rounds, all refused
+        assert daemon.stop() == 0
+        records = daemon.log_records("warning")
+    assert [r["msg"].split(" directory")[0] for r in at_start] == ["cache", "response store", "key limits"]
+    assert all("Not a directory" in r["error"] and r["path"].startswith(str(tmp_path / "file")) for r in at_start)
+    assert records == at_start

@@ -54,6 +54,19 @@ def test_not_ollama_is_one_line(capsys):
     assert rc == 2 and err.count("\n") == 1 and "did not answer with a JSON object: is this Ollama?" in err
 
 
+@pytest.mark.parametrize("show", [
+    {"details": "x", "model_info": LLAMA_8B_SHOW["model_info"]},
+    {"details": LLAMA_8B_SHOW["details"], "model_info": [1]},
+    {"details": {"quantization_level": 5}, "model_info": LLAMA_8B_SHOW["model_info"]},
+])
+def test_an_api_show_answer_of_the_wrong_shape_is_one_line(capsys, show):
+    with ScriptedServer({"/api/show": (200, "application/json", json.dumps(show).encode())}) as server:
+        rc, out, err = run_ctl(capsys, "optimize", "--ollama-model", "m", "--ollama-url", server.url)
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"velollmctl optimize: cannot read the model: {server.url}/api/show ")
+    assert err.endswith("is this Ollama?\n")
+
+
 def test_unreachable_ollama_is_one_clear_line():
     url = f"http://127.0.0.1:{free_port()}"
     result = run_ctl_process("optimize", "--ollama-model", "m", "--ollama-url", url)

@@ -7,7 +7,7 @@ from velollmd.config import SchedulerConfig
 from velollmd.errors import BadRequest, RateLimited
 from velollmd.sched.kvblocks import BlockPool
 from velollmd.sched.request import RequestStatus, SchedRequest
-from velollmd.sched.scheduler import RunnerOutput, Scheduler, queue_timeout_error
+from velollmd.sched.scheduler import MAX_BUDGET_BLOCKS, RunnerOutput, Scheduler, queue_timeout_error
 
 S = RequestStatus
 
@@ -110,6 +110,16 @@ def test_a_backends_scheduler_accounts_blocks_without_reading_back_block_tables(
     assert sched.pool.block_table("a") == [0, 1, 2]      # held: "b" (2 blocks) waits for them
     finish(sched, "a")
     assert started(sched.schedule(1.0)) == [("b", 0)]
+
+
+def test_a_backend_with_a_huge_context_and_a_wide_limit_gets_a_capped_budget():
+    """An OpenAI-compatible backend with num_ctx = 10M tokens and its adaptive limit up to 256:
+    160M blocks of accounting arrays (GBs) before the cap; past 2**31 an OverflowError on every
+    request and on /health (tests/test_config.py: num_ctx = 10**12)."""
+    sched = Scheduler.for_backend(SchedulerConfig(), 8, num_ctx=10_000_000, max_limit=256)
+    assert sched.pool.num_blocks == MAX_BUDGET_BLOCKS
+    add(sched, make("a", num_tokens=100_000, max_tokens=10))
+    assert started(sched.schedule(0.0)) == [("a", 0)]
 
 
 def test_statuses_hash_by_identity_and_keep_their_transitions():

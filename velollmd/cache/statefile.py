@@ -240,14 +240,13 @@ class StateFileTaken(Exception):
 
 def lock_state_file(directory: str, name: str) -> int | None:
     """Hold `directory/name.lock` (flock, exclusive) for as long as the returned descriptor
-    stays open, our pid written in it; None where no lock can be taken (a read-only directory:
-    then no write can happen either). Raises StateFileTaken when another process holds it."""
+    stays open, our pid written in it; None where the file system takes no lock. Raises
+    StateFileTaken when another process holds it, OSError when the directory or its lock file
+    cannot be made or opened for writing (read-only, a file in the way, no permission): then no
+    state file can be written there either."""
     path = os.path.join(directory, name + LOCK_SUFFIX)
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:
-        return None
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

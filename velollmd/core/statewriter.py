@@ -59,7 +59,7 @@ class StateWriter:
         self._task: asyncio.Task | None = None
         self._writing: asyncio.Future | None = None    # the write in its thread
         self._soon: asyncio.Task | None = None         # a write_soon not yet started: later ones join it
-        self._error = ""                               # the last failure, logged once until it changes
+        self._error: int | str = ""                    # the last failure's errno, logged once until it changes
         self._letting_go: dict[str, int | None] = {}   # directory -> its lock, until its last write is done
         self._last_writes: set[asyncio.Task] = set()
 
@@ -131,6 +131,10 @@ class StateWriter:
                         f"({exc.holder or 'its lock is held'}); this one keeps its {self.what} in memory only",
                         extra={"fields": {"path": directory, "lock": exc.path}})
             return ""
+        except OSError as exc:                         # still read: what is there is restored
+            self._failed(exc, f"{self.what} directory cannot be written; the {self.what} will not "
+                              "outlive this process until it can", directory)
+            self._lock = None
         return directory
 
     def _release(self) -> None:
@@ -211,7 +215,7 @@ class StateWriter:
         try:
             path = await self._write_file(self.directory, state, keep_previous=not removal)
         except OSError as exc:
-            self._failed(str(exc))
+            self._failed(exc)
             return None
         self._written = generation
         if self._error:
@@ -245,10 +249,13 @@ class StateWriter:
         self._soon = None                              # from here on a removal needs the next write
         await self.write(removal=True)                 # (which takes the state before its first await)
 
-    def _failed(self, error: str) -> None:
+    def _failed(self, exc: OSError, message: str = "", directory: str = "") -> None:
+        """Warn once per kind of failure (its errno): the same refusal at each interval, or at
+        start and then at each write (a read-only directory), is one line."""
+        error = exc.errno or str(exc)
         if error != self._error:
-            log.warning(f"{self.what} snapshot failed; the previous snapshot is kept",
-                        extra={"fields": {"error": error, "path": self.directory}})
+            log.warning(message or f"{self.what} snapshot failed; the previous snapshot is kept",
+                        extra={"fields": {"error": str(exc), "path": directory or self.directory}})
         self._error = error
 
     async def close(self) -> None:

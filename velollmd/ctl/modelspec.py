@@ -146,4 +146,14 @@ def fetch_ollama_show(base_url: str, model: str, timeout_s: float = 5.0) -> dict
         show = None
     if not isinstance(show, dict):
         raise ValueError(f"{url} did not answer with a JSON object: is this Ollama?")
+    if not _is_show(show):
+        raise ValueError(f"{url} answered an object Ollama's /api/show does not send: is this Ollama?")
     return show
+
+
+def _is_show(show: dict) -> bool:
+    """`details` and `model_info` objects (or absent), the quantization a name (or absent):
+    what from_ollama_show reads."""
+    details, model_info = show.get("details") or {}, show.get("model_info") or {}
+    return (isinstance(details, dict) and isinstance(model_info, dict)
+            and isinstance(details.get("quantization_level") or "", str))

@@ -26,6 +26,14 @@ async def _get(client: HTTPClient, path: str) -> tuple[int, bytes]:
     return response.status, await response.read()
 
 
+def json_object(body: bytes) -> dict:
+    """The JSON object in `body`; ValueError for any other JSON value (a list, a string)."""
+    data = json.loads(body)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
 async def _optional(client: HTTPClient, path: str, parse) -> dict:
     """{"available", "status", "data"} of GET `path`, data = parse(body) on a 200; never raises
     for HTTP errors or a body that `parse` cannot read (ValueError)."""
@@ -70,8 +78,8 @@ async def fetch_status(url: str, api_key: str | None = None, timeout_s: float = 
         result["health"] = json.loads(body)
         result["reachable"] = True
         result["healthy"] = status == 200 and result["health"].get("status") == "ok"
-        result["cache"] = await _optional(client, "/v1/velollm/cache", json.loads)
-        result["queue"] = await _optional(client, "/v1/velollm/queue", json.loads)
+        result["cache"] = await _optional(client, "/v1/velollm/cache", json_object)
+        result["queue"] = await _optional(client, "/v1/velollm/queue", json_object)
         result["metrics"] = await _optional(client, "/metrics", metrics_summary)
     except VeloError as exc:
         result["error"] = f"cannot reach velollmd at {result['url']}: {error_line(exc)}"
@@ -197,5 +205,12 @@ def cmd_status(args) -> int:
     elif result["error"]:
         print(f"velollmctl status: {result['error']}", file=sys.stderr)
     else:
-        sys.stdout.write(format_status(result))
+        try:
+            table = format_status(result)
+        except (TypeError, AttributeError, ValueError, OverflowError):
+            # /health answered JSON of a shape velollmd never sends (a server that is not velollmd)
+            print(f"velollmctl status: {result['url']}/health answered an object velollmd does not send: "
+                  "is this velollmd?", file=sys.stderr)
+            return 1
+        sys.stdout.write(table)
     return 0 if result["healthy"] else 1

@@ -52,9 +52,15 @@ class RunnerOutput:
     finished: Mapping[str, RequestStatus] = field(default_factory=dict)  # FINISHED_* only
 
 
+MAX_BUDGET_BLOCKS = 1 << 22   # 64M tokens at 16 a block: more than a backend holds (~50 bytes a block)
+
+
 def budget_blocks(num_ctx: int, max_running: int, block_size: int) -> int:
-    """A backend's token budget in blocks: num_ctx for each request it may run at once."""
-    return max(1, math.ceil(num_ctx * max_running / block_size))
+    """A backend's token budget in blocks: num_ctx for each request it may run at once, at most
+    MAX_BUDGET_BLOCKS: a long num_ctx times a wide adaptive limit (10M tokens x 256 / 16 =
+    160M blocks) took GBs of accounting arrays, and past 2**31 blocks overflowed the pool's
+    int32 count (every request and /health a 500)."""
+    return max(1, min(MAX_BUDGET_BLOCKS, math.ceil(num_ctx * max_running / block_size)))
 
 
 def queue_timeout_error(request: SchedRequest) -> Unavailable:

@@ -149,3 +149,31 @@ def test_engine_models_loaded_and_unavailable_are_shown_with_their_reasons(capsy
     assert "engine: loaded tiny" in lines
     broken = next(line for line in lines if line.startswith("engine: broken unavailable: "))
     assert str(tmp_path / "broken.gguf") in broken and "not a GGUF" in broken
+
+
+@pytest.mark.parametrize("health", [
+    {"status": "ok", "backends": 5},
+    {"status": "ok", "backends": ["x"]},
+    {"status": "ok", "backends": [{"name": "b", "engine": {"loaded": 5}}]},
+    {"status": "ok", "backends": [{"name": "b", "engine": {"unavailable": ["m"]}}]},
+    {"status": "ok", "backends": [{"name": "b", "models": 5}]},
+    {"status": "ok", "uptime_s": 1e308 * 10},
+])
+def test_a_health_answer_of_the_wrong_shape_is_one_line_and_exit_1(capsys, health):
+    with ScriptedServer({"/health": (200, "application/json", json.dumps(health).encode())}) as server:
+        rc, out, err = run_ctl(capsys, "status", "--url", server.url)
+    assert rc == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("velollmctl status: ") and "/health" in err
+
+
+def test_cache_and_queue_answers_that_are_not_objects_read_as_not_available(capsys):
+    health = {"status": "ok", "version": "9.9", "uptime_s": 1, "backends": []}
+    routes = {"/health": (200, "application/json", json.dumps(health).encode()),
+              "/v1/velollm/cache": (200, "application/json", b"[1, 2]"),
+              "/v1/velollm/queue": (200, "application/json", b"\"busy\"")}
+    with ScriptedServer(routes) as server:
+        rc, out, err = run_ctl(capsys, "status", "--url", server.url)
+    lines = [line.split() for line in out.splitlines()]
+    assert rc == 0 and err == ""
+    assert ["cache", "not", "available", "(no", "answer)"] in lines
+    assert ["queue", "not", "available", "(no", "answer)"] in lines
