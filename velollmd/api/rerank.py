@@ -17,11 +17,10 @@ from __future__ import annotations
 from ..backends.registry import Registry
 from ..core.pipeline import Pipeline
 from ..core.service import Service
-from ..errors import BadRequest
 from ..http.message import Request, Response
 from .access import Access
 from .openai import to_response
-from .tokenize import only_model
+from .tokenize import model_or_only
 from .validate import validate_rerank
 
 # /v1/rerank: Jina's and Cohere's; /rerank, /v2/rerank: vLLM's; /reranking, /v1/reranking: llama-server's
@@ -38,7 +37,7 @@ class RerankRoutes:
 
     async def rerank(self, request: Request) -> Response:
         body = validate_rerank(request.json())
-        body["model"] = self._model_of(request, body)
+        body["model"] = model_or_only(self.access, self.registry, request, body)
         return_documents = body.pop("return_documents", None)
         key_name = self.access.admit(request, body["model"], defer=True)
         await self.pipeline.admit(key_name)                  # the key's limits, shared when they are
@@ -47,14 +46,6 @@ class RerankRoutes:
         if return_documents is not None:
             show_documents(outcome.body["results"], body["documents"], return_documents)
         return to_response(outcome, 0)
-
-    def _model_of(self, request: Request, body: dict) -> str:
-        model = body.get("model")
-        if model is None:
-            return only_model(self.access, self.registry, request)
-        if not isinstance(model, str) or not model:
-            raise BadRequest("model must be a non-empty string", param="model")
-        return model
 
 
 def show_documents(results: list[dict], documents: list[str], shown: bool) -> None:
