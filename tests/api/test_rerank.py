@@ -139,3 +139,37 @@ def test_server_without_rerank_route_is_a_501(daemon):
     response = rerank(daemon, model="plain")
     assert response.status_code == 501
     assert "plain" in response.json()["error"]["message"] and "404" in response.json()["error"]["message"]
+
+
+def test_keys_gate_rerank_as_they_gate_embeddings(scripted):
+    """The caller's key: required, its `models` globs (another model is a 404), its rpm (429)."""
+    vllm, _ = scripted
+    keys = [{"name": "rag", "key": "sk-rag", "models": ["m"], "rpm": 1},
+            {"name": "chat", "key": "sk-chat", "models": ["tiny*"]}]
+    table = {"backends": [{"name": "vllm", "kind": "openai", "url": vllm.url, "models": ["m"]}],
+             "cache": {"enabled": False}, "keys": keys}
+    body = {"model": "m", "query": QUERY, "documents": ["a", "b"]}
+    with RunningDaemon(table) as running:
+        def post(key: str | None) -> httpx.Response:
+            headers = {"authorization": f"Bearer {key}"} if key else {}
+            return httpx.post(running.url + "/v1/rerank", json=body, headers=headers, timeout=30)
+
+        assert post(None).status_code == 401
+        assert post("sk-chat").status_code == 404
+        assert post("sk-rag").status_code == 200
+        refused = post("sk-rag")
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_a_malformed_backend_answer_is_a_502(tmp_path):
+    bad = {"results": [{"index": 5, "relevance_score": 0.5}]}          # no such document
+    server = ScriptedServer({"POST /v1/rerank": (200, json.dumps(bad).encode())})
+    table = {"backends": [{"name": "odd", "kind": "openai", "url": server.url, "models": ["m"]}],
+             "cache": {"enabled": False}}
+    try:
+        with RunningDaemon(table) as running:
+            response = httpx.post(running.url + "/v1/rerank", json={"model": "m", "query": QUERY,
+                                                                    "documents": ["a", "b"]}, timeout=30)
+    finally:
+        server.close()
+    assert response.status_code == 502 and "odd" in response.json()["error"]["message"]
