@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Write a tiny random-weight Llama GGUF for tests: `make_tiny_gguf.py OUT.gguf [--seed N] [--dtype D]
-[--arch A] [--shape S] [--vocab V]`.
+[--arch A] [--shape S] [--vocab V] [--reranker]`.
 
 The model is useless as a language model but has properties tests rely on:
 
@@ -33,6 +33,11 @@ Variants (defaults give the same bytes as before these options existed):
   refuses a file with one, so the logit-bias tricks above do not hold for it: a file for logit
   parity, not for scripted replies). Weights are random, so no Q/K permutation is involved; only
   llama.cpp's choice of RoPE differs.
+- reranker (arch qwen3 only): a Qwen3-Reranker-style file that llama-server serves with
+  `--reranking`: `qwen3.pooling_type` RANK (4), `qwen3.classifier.output_labels` ["yes", "no"] and
+  a `cls.output.weight` (2, n_embd) head, which llama.cpp applies to the last token's hidden
+  state and softmaxes (RERANK_LABELS): the score is P("yes"), in (0, 1), different per document.
+  Drawn from its own seed stream after the other tensors, which keep their bytes.
 - shape tiny (n_embd 128, 2 layers, ~1 MB) or small (n_embd 1024, 8 layers, 16/4 heads, n_ff
   2816: ~92M parameters, ~185 MB in F16: loads in llama-server, too big for `make test`).
 - vocab spm-call / spm-think: the SPM vocab with a scripted Hermes call, or a scripted thought
@@ -93,6 +98,8 @@ ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3")
 GEMMA3_SLIDING_WINDOW = 64   # gemma3's layers attend over this many positions (llama.cpp: 5 of every 6)
 GEMMA2_SLIDING_WINDOW = 32   # gemma2's even layers attend over this many positions
 GEMMA2_SOFTCAPS = (50.0, 30.0)   # gemma2's attention and final logit soft-capping (its config's)
+RERANK_ARCHS = ("qwen3",)     # llama.cpp loads a `cls.output` head (and softmaxes it) for these
+RERANK_LABELS = ("yes", "no")  # Qwen3-Reranker's labels: the score is the first one's probability
 TIED_ARCHS = ("gemma2",)     # the LM head is token_embd.weight: no output.weight
 Q = gguf.GGMLQuantizationType
 DTYPES = {   # dtype -> (ggml type of inner matrices, file type, fallback when rows do not fit)
@@ -670,11 +677,13 @@ def add_bpe_tokenizer(writer: gguf.GGUFWriter, pre: str, chat_template: str = CH
 
 
 def build_tiny_gguf(out_path: str | os.PathLike, seed: int = 0, dtype: str = "f16",
-                    arch: str = "llama", shape: str = "tiny", vocab: str = "spm") -> Path:
+                    arch: str = "llama", shape: str = "tiny", vocab: str = "spm", reranker: bool = False) -> Path:
     """Write the tiny model to out_path (atomically: temp file + rename); return the path.
     vocab: "spm" (SentencePiece), "bpe" (GPT-2 byte-level BPE, pre qwen2) or "bpe:<pre>"."""
     check_choice("dtype", dtype, DTYPES)
     check_choice("arch", arch, ARCHS)
+    if reranker:
+        check_choice("a reranker's arch", arch, RERANK_ARCHS)
     check_choice("shape", shape, SHAPES)
     check_choice("vocab", vocab, VOCABS)
     out_path = Path(out_path)
@@ -683,16 +692,29 @@ def build_tiny_gguf(out_path: str | os.PathLike, seed: int = 0, dtype: str = "f1
     forced_pairs = [(tokens.index(a), tokens.index(b)) for a, b in chain]
     tensors = model_tensors(np.random.default_rng(seed), logit_bias_column(tokens, types), forced_pairs,
                             SHAPES[shape], arch)
+    if reranker:
+        tensors["cls.output.weight"] = rerank_head(seed, SHAPES[shape])
     tmp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     writer = gguf.GGUFWriter(str(tmp_path), arch)
     try:
         add_metadata(writer, seed, int(DTYPES[dtype][1]), SHAPES[shape], arch)
         add_tokenizer(writer, vocab)
+        if reranker:
+            writer.add_pooling_type(gguf.PoolingType.RANK)
+            writer.add_classifier_output_labels(list(RERANK_LABELS))
         write_tensors(writer, tensors, dtype)
     finally:
         writer.close()
     os.replace(tmp_path, out_path)
     return out_path
+
+
+def rerank_head(seed: int, shape: ModelShape) -> np.ndarray:
+    """The classifier head `cls.output.weight`, (len(RERANK_LABELS), n_embd), from a stream of its
+    own so the model's other tensors are those of the same seed without it. Scaled like a row of
+    output.weight, so the two labels' logits differ by a few units and the scores spread out."""
+    rng = np.random.default_rng([seed, len(RERANK_LABELS)])
+    return rng.normal(0.0, 1.0 / np.sqrt(shape.n_embd), size=(len(RERANK_LABELS), shape.n_embd)).astype(np.float32)
 
 
 def write_tensors(writer: gguf.GGUFWriter, tensors: dict[str, np.ndarray], dtype: str) -> None:
@@ -726,9 +748,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", choices=ARCHS, default="llama")
     parser.add_argument("--shape", choices=tuple(SHAPES), default="tiny")
     parser.add_argument("--vocab", choices=VOCABS, default="spm")
+    parser.add_argument("--reranker", action="store_true", help="a reranker (arch qwen3): pooling rank + cls.output")
     args = parser.parse_args(argv)
     path = build_tiny_gguf(args.out, seed=args.seed, dtype=args.dtype, arch=args.arch, shape=args.shape,
-                           vocab=args.vocab)
+                           vocab=args.vocab, reranker=args.reranker)
     print(path)
     return 0
 

@@ -20,6 +20,7 @@ from .api.ollama import OllamaRoutes, ollama_error
 from .api.openai import OpenAIRoutes
 from .api.response_store import ResponseStore, StoreSnapshots
 from .api.responses import ResponsesRoutes
+from .api.rerank import RerankRoutes
 from .api.routes import Router
 from .api.tokenize import TokenizeRoutes
 from .backends.base import Backend
@@ -69,6 +70,7 @@ class App:
         ResponsesRoutes(self.access, self.pipeline, self.response_snapshots,
                         sse_ping_s=config.server.sse_ping_s).register(router)
         TokenizeRoutes(self.access, self.registry, self.pipeline).register(router)
+        RerankRoutes(*services).register(router)
         LlamaCppRoutes(self.access, self.registry, self.pipeline, sse_ping_s=config.server.sse_ping_s).register(router)
         return router
 

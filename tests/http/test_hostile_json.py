@@ -14,6 +14,7 @@ from tests.daemon_rig import RunningDaemon, ollama_backend
 from tests.rig.fault_backend import FaultBackend
 from tests.rig.ollama_emulator import OllamaEmulator
 from velollmd.api.ollama import MANAGEMENT_ROUTES
+from velollmd.api.rerank import RERANK_PATHS
 from velollmd.wire import wirejson
 
 NOT_MANAGED = {path for _, path in MANAGEMENT_ROUTES}
@@ -41,7 +42,7 @@ def history_call(arguments) -> list:
 
 def body(**fields) -> dict:
     return {"model": "MODEL", "messages": [{"role": "user", "content": "hi"}], "prompt": "hi",
-            "input": "hi", "max_tokens": 4, **fields}
+            "input": "hi", "query": "hi", "documents": ["hi"], "max_tokens": 4, **fields}
 
 
 # name -> raw bytes (with MODEL standing for the model), or a dict to send as JSON
@@ -52,7 +53,7 @@ CASES = {
     "deep_101": json.dumps(body(user=json.loads("[" * 100 + "]" * 100))).encode(),
     "huge_int_digits": b'{"model":"MODEL","messages":[{"role":"user","content":"hi"}],"max_tokens":'
                        + b"9" * 5000 + b"}",
-    "huge_ints": body(max_tokens=10 ** 30, n=10 ** 30, seed=10 ** 30, logit_bias={"1": 10 ** 30},
+    "huge_ints": body(max_tokens=10 ** 30, n=10 ** 30, seed=10 ** 30, logit_bias={"1": 10 ** 30}, top_n=10 ** 30,
                       options={"num_ctx": 10 ** 30, "seed": 10 ** 30}),
     "float_overflow": b'{"model":"MODEL","messages":[{"role":"user","content":"hi"}],"temperature":1e999}',
     "nan": b'{"model":"MODEL","messages":[{"role":"user","content":"hi"}],"temperature":NaN}',
@@ -60,7 +61,8 @@ CASES = {
     "long_key": ('{"' + "k" * 1_000_000 + '":1,"model":"MODEL","messages":[{"role":"user","content":"hi"}]}').encode(),
     "long_string": body(messages=[{"role": "user", "content": "x" * 1_000_000}]),
     "duplicate_keys": b'{"model":"MODEL","model":"nope","messages":[{"role":"user","content":"hi"}]}',
-    "lone_surrogate_content": body(messages=[{"role": "user", "content": "a" + LONE}], prompt=LONE, input=LONE),
+    "lone_surrogate_content": body(messages=[{"role": "user", "content": "a" + LONE}], prompt=LONE, input=LONE,
+                                   query=LONE, documents=[LONE, {"text": LONE}]),
     "lone_surrogate_model": body(model=LONE),
     "lone_surrogate_key": body(**{LONE: LONE}),
     "lone_surrogate_stream": body(messages=[{"role": "user", "content": LONE}], stream=True),
@@ -116,13 +118,14 @@ def encode(case, model: str) -> bytes:
 
 
 TOKENIZER_ROUTES = ("/tokenize", "/detokenize", "/apply-template")
+UNSERVED_CODES = (b'"tokenizer_unavailable"', b'"rerank_unavailable"')   # no backend here tokenizes or reranks
 
 
 def assert_well_formed(path: str, response: httpx.Response) -> None:
     # 501 only where velollmd does nothing whatever the body: Ollama's model management, and the
-    # tokenizer routes for a model whose backend serves no tokenizer (neither backend here does)
+    # tokenizer and rerank routes for a model whose backend serves neither (no backend here does)
     not_served = path in NOT_MANAGED or path == "/api/pull" or (
-        path in TOKENIZER_ROUTES and b'"tokenizer_unavailable"' in response.content)
+        (path in TOKENIZER_ROUTES or path in RERANK_PATHS) and any(code in response.content for code in UNSERVED_CODES))
     assert response.status_code < 500 or response.status_code == 501 and not_served, (
         path, response.status_code, response.text[:300])
     assert b"Traceback" not in response.content

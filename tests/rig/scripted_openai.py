@@ -23,7 +23,8 @@ ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model"
 
 class ScriptedServer:
     """GET path -> (status, body bytes), anything else 404; POST /v1/chat/completions recorded
-    in `bodies` (parsed JSON) and answered with ANSWER."""
+    in `bodies` (parsed JSON) and answered with ANSWER; another POST path is answered from
+    `routes` under "POST <path>" (recorded too), or 404."""
 
     def __init__(self, routes: dict[str, tuple[int, bytes]]):
         routes = {"/v1/models": (200, json.dumps(MODELS).encode()), **routes}
@@ -41,10 +42,11 @@ class ScriptedServer:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                if self.path != "/v1/chat/completions":
+                scripted = routes.get(f"POST {self.path}")
+                if scripted is None and self.path != "/v1/chat/completions":
                     return self._answer(404, b'{"detail":"Not Found"}')
                 bodies.append(json.loads(body))
-                self._answer(200, json.dumps(ANSWER).encode())
+                self._answer(*(scripted or (200, json.dumps(ANSWER).encode())))
 
             def _answer(self, status: int, body: bytes):
                 self.send_response(status)

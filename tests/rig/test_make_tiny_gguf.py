@@ -132,6 +132,21 @@ def chat(url: str, body: dict) -> dict:
         return json.load(resp)
 
 
+def test_reranker_has_rank_pooling_two_labels_and_a_head(tmp_path):
+    """What llama.cpp's qwen3 loader reads for a reranker; the other tensors are qwen3's own."""
+    tool = tiny_gguf_tool()
+    path = tool.build_tiny_gguf(tmp_path / "rr.gguf", arch="qwen3", reranker=True)
+    reranker = gguf.GGUFReader(path)
+    assert reranker.fields["qwen3.pooling_type"].contents() == int(gguf.PoolingType.RANK)
+    assert reranker.fields["qwen3.classifier.output_labels"].contents() == list(tool.RERANK_LABELS)
+    tensors = {t.name: t for t in reranker.tensors}
+    assert tuple(tensors["cls.output.weight"].shape.tolist()) == (128, 2)      # ggml order: (n_embd, labels)
+    plain = {t.name: t for t in gguf.GGUFReader(build_variant(tmp_path, "qwen3")).tensors}
+    assert all(np.array_equal(plain[name].data, tensors[name].data) for name in plain)
+    with pytest.raises(ValueError, match="qwen3"):
+        tool.build_tiny_gguf(tmp_path / "no.gguf", reranker=True)
+
+
 def test_gemma3_has_qk_norms_post_norms_and_a_sliding_window(tmp_path):
     tool = tiny_gguf_tool()
     gemma3 = gguf.GGUFReader(build_variant(tmp_path, "gemma3"))

@@ -29,7 +29,7 @@ from ..http.sse import sse_response
 from ..wire.llamacpp_native import NativeShape, native_answer, native_chunks
 from .access import Access
 from .ollama import OLLAMA_SAMPLING_RANGES
-from .tokenize import only_model, tokenizer_for
+from .tokenize import model_or_only, tokenizer_for
 from .validate import validate_completion
 
 # Only llama-server's own slots and clock read these: they change no answer here.
@@ -98,12 +98,7 @@ class LlamaCppRoutes:
         return sse_response(native_chunks(outcome.chunks, shape), self.sse_ping_s, headers=headers, done=False)
 
     def _model(self, request: Request, body: dict) -> str:
-        model = body.get("model")
-        if model is None:
-            return only_model(self.access, self.registry, request)
-        if not isinstance(model, str) or not model:
-            raise BadRequest("model must be a non-empty string", param="model")
-        return model
+        return model_or_only(self.access, self.registry, request, body)
 
     async def _prompt(self, request: Request, model: str, prompt, param: str, *, add_special: bool,
                       parse_special: bool = True) -> str | list[int]:

@@ -91,11 +91,7 @@ class TokenizeRoutes:
                            capability: str = "serves_tokenizer") -> tuple[Backend, str]:
         """The backend whose tokenizer answers (that has `capability`), and the served model
         (aliases resolved); the caller's key may use it and is under its limits."""
-        asked = body.get("model")
-        if asked is None:
-            asked = only_model(self.access, self.registry, request, capability=capability)
-        elif not isinstance(asked, str) or not asked:
-            raise BadRequest("model must be a non-empty string", param="model")
+        asked = model_or_only(self.access, self.registry, request, body, capability=capability)
         key_name = self.access.admit(request, asked, defer=True)
         await self.pipeline.admit(key_name)
         return tokenizer_for(self.registry, asked, capability)
@@ -111,6 +107,16 @@ def tokenizer_for(registry: Registry, asked: str, capability: str = "serves_toke
         if getattr(backend, capability):
             return backend, model
     raise candidates[0].tokenizer_unavailable(model)
+
+
+def model_or_only(access: Access, registry: Registry, request: Request, body: dict, *, capability: str = "") -> str:
+    """The body's `model` (a non-empty string, else a 400), or without one `only_model`."""
+    model = body.get("model")
+    if model is None:
+        return only_model(access, registry, request, capability=capability)
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model must be a non-empty string", param="model")
+    return model
 
 
 def only_model(access: Access, registry: Registry, request: Request, *, capability: str = "") -> str:

@@ -521,3 +521,29 @@ def _is_text_or_tokens(value) -> bool:
     """One item of a completion's prompt array or an embedding request's input array: a text,
     a token id or a token id array (a boolean is no token id: true was read as token 1)."""
     return isinstance(value, str) or type(value) is int or _is_token_array(value)
+
+
+def validate_rerank(body: dict) -> dict:
+    """A rerank request (Jina's, Cohere's, vLLM's and llama-server's shape): `query` a string,
+    `documents` a non-empty array of strings or of objects with a string `text` (Jina's and
+    Cohere v1's), `top_n` a positive integer, `return_documents` a boolean. `model` is checked
+    by the route (optional, as on llama-server and vLLM). Documents are given back as strings,
+    which every backend takes."""
+    if not isinstance(body.get("query"), str):
+        _fail("query", "a string is required")
+    documents = body.get("documents")
+    if not isinstance(documents, list) or not documents:
+        _fail("documents", "a non-empty array of strings is required")
+    body["documents"] = [_document_text(document, i) for i, document in enumerate(documents)]
+    _check_type(body, "top_n", int, "an integer")
+    _check_range(body, "top_n", 1, 1 << 31)
+    _check_type(body, "return_documents", bool, "a boolean")
+    return body
+
+
+def _document_text(document, index: int) -> str:
+    if isinstance(document, dict) and isinstance(document.get("text"), str):
+        return document["text"]
+    if not isinstance(document, str):
+        _fail("documents", f"item {index} must be a string or an object with a string `text`")
+    return document

@@ -58,6 +58,7 @@ class Backend:
     serves_tokenizer = False    # the model's tokenizer and chat template as routes: tokenize_text, detokenize,
                                 # apply_template, vocab_size (velollmd's /tokenize, /detokenize, /apply-template)
     serves_tokenizer_info = False   # tokenizer_info(model): vLLM's GET /tokenizer_info, built or passed through
+    serves_rerank = False       # rerank(body): a cross-encoder's scores (/v1/rerank), when its server was started for it
     pins_slots = False          # a request may name the slot (`id_slot`) that holds its prefix
     native_ollama = False       # speaks Ollama's own API: Ollama clients pass through (`native`)
     takes_context = False       # a chat body's `context` (Ollama's token ids of earlier turns) is
@@ -291,6 +292,16 @@ class Backend:
 
     async def embeddings(self, body: dict) -> dict:
         raise NotImplementedByBackend(f"backend {self.name} ({self.kind}) cannot compute embeddings")
+
+    async def rerank(self, body: dict) -> dict:
+        raise self.rerank_unavailable(body["model"])
+
+    def rerank_unavailable(self, model: str, why: str = "") -> NotImplementedByBackend:
+        """A 501 saying which backend cannot rerank `model` and how reranking is served."""
+        return NotImplementedByBackend(
+            f"model {model!r} is served by backend {self.name} ({self.kind}), which cannot rerank{why}; "
+            "reranking needs llama-server started with --reranking and a reranker GGUF, or a vLLM "
+            "serving a reranker (cross-encoder) model", param="model", code="rerank_unavailable")
 
     # -- helpers for subclasses ----------------------------------------------------------
 

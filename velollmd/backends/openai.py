@@ -15,8 +15,10 @@ from ..errors import BackendError, NotImplementedByBackend, VeloError
 from ..wire.request import GenerateRequest
 from ..wire.vllm import (CONSTRAINT_KINDS, GENERATION_PROMPT_ASKS, SAMPLING_EXTRAS, STRUCTURED_OUTPUT_OPTIONS,
                          reads_structured_outputs, respell)
-from .base import Backend, ModelInfo, refuse_unhonoured
+from .base import Backend, ModelInfo, extract_error_message, refuse_unhonoured
 
+RERANK_PATH = "/v1/rerank"
+RERANK_MISSING = (404, 405, 501)     # no route, or llama-server's "Start it with `--reranking`"
 PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}   # by request endpoint
 WIDTH_PROBES = (    # (path, server, the JSON field that states how many requests it runs at once)
     ("/get_server_info", "SGLang", "max_running_requests"),
@@ -33,6 +35,7 @@ class OpenAIBackend(Backend):
     server: str | None = None        # which server it turned out to be, when it said
     server_version: str | None = None    # vLLM's version, as its GET /version states it
     serves_tokenizer_info = True         # vLLM's own, passed through (when it was started with it)
+    serves_rerank = True                 # its /v1/rerank, when the server was started with a reranker
 
     async def discover(self) -> None:
         """The server's width, asked once per start (config `slots` wins when set)."""
@@ -121,6 +124,16 @@ class OpenAIBackend(Backend):
         """OpenAI's embeddings; Ollama's `truncate` is no field of theirs (an over-long input
         is the server's own error)."""
         return await self.post_json("/v1/embeddings", {k: v for k, v in body.items() if k not in OLLAMA_CONTEXT_FIELDS})
+
+    async def rerank(self, body: dict) -> dict:
+        """The server's own /v1/rerank (llama-server's and vLLM's path both). A server that has
+        no such route (404, 405) or was not started for it (llama-server without --reranking:
+        501) is a 501 naming this backend; any other error is the server's own."""
+        response = await self.client.request("POST", RERANK_PATH, json=body)
+        if response.status in RERANK_MISSING:
+            message = extract_error_message(await response.read()) or f"HTTP {response.status}"
+            raise self.rerank_unavailable(body["model"], f" (it answered {response.status}: {message})")
+        return await self.json_or_raise(response, body["model"])
 
     async def tokenizer_info(self, model: str) -> dict:
         """The server's own GET /tokenizer_info as it answers it; a server without the route

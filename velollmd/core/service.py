@@ -49,7 +49,7 @@ from ..sched.router import PrefixRouter
 from ..sched.tokens import TokenCache, tokenizer_of
 from ..wire.outcome import Delivery, Outcome
 from ..wire.request import GenerateRequest, max_tokens_of
-from ..wire.shape import UNREADABLE, check_answer, check_embeddings
+from ..wire.shape import UNREADABLE, check_answer, check_embeddings, check_rerank
 from ..wire.streams import closing, prime
 from .relay import ChunkRelay
 
@@ -387,6 +387,24 @@ class Service:
     @staticmethod
     async def _embed_on(backend: Backend, body: dict) -> tuple[Backend, dict]:
         return backend, await backend.embeddings(body)
+
+    async def rerank(self, body: dict) -> Outcome:
+        """Reranking, served as embeddings are (no slot; health, breaker, failover), by the
+        model's backends that can rerank (none: the first one's 501 saying how)."""
+        model = body["model"]
+        body = {**body, "model": self.registry.resolve(model)}
+        candidates = self.registry.candidates(model)
+        able = [backend for backend in candidates if backend.serves_rerank]
+        if not able:
+            raise candidates[0].rerank_unavailable(model)
+        backend, answer = await self._failover(model, able, lambda backend: self._rerank_on(backend, body))
+        answer = check_rerank(answer, len(body["documents"]), backend.name)
+        answer["model"] = model
+        return Outcome({"x-velollm-backend": backend.name}, body=answer)
+
+    @staticmethod
+    async def _rerank_on(backend: Backend, body: dict) -> tuple[Backend, dict]:
+        return backend, await backend.rerank(body)
 
     def stats(self) -> dict:
         """Queue depth, running requests, rejections, preemptions per backend; routing hits."""

@@ -68,6 +68,20 @@ def check_embeddings(body, backend_name: str) -> dict:
     return body
 
 
+def check_rerank(body, num_documents: int, backend_name: str) -> dict:
+    """A rerank answer: `results`, each an object with the `index` of one of the request's
+    documents (what `return_documents` looks up) and a numeric `relevance_score`."""
+    results = body.get("results") if isinstance(body, dict) else None
+    if not isinstance(results, list) or not _all_objects(results):
+        _fail(backend_name, "no list of rerank results")
+    _check_usage(body, backend_name)
+    for result in results:
+        index, score = result.get("index"), result.get("relevance_score")
+        if type(index) is not int or not 0 <= index < num_documents or type(score) not in NUMBER_TYPES:
+            _fail(backend_name, "a rerank result without a document index and a relevance_score")
+    return body
+
+
 def _all_objects(choices: list) -> bool:
     """Every item a dict with an integer index, when it has one (a loop: all() over a
     generator cost more for the usual one item)."""

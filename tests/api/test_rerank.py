@@ -1,0 +1,175 @@
+"""POST /v1/rerank (and /rerank, /v2/rerank, /reranking, /v1/reranking) through the daemon:
+against a real llama-server started with --reranking on the tiny Qwen3-style reranker GGUF
+(tools/make_tiny_gguf.py --arch qwen3 --reranker), a real llama-server without it (501), the
+engine (501), and a scripted vLLM (its /v1/rerank answer passed on; a server without one: 501).
+No official client reranks (openai's has no rerank): plain HTTP, as RAG apps send it."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend
+from tests.rig.llama import LlamaServer, make_tiny_model, tiny_gguf_tool
+from tests.rig.scripted_openai import ScriptedServer
+from velollmd.api.rerank import RERANK_PATHS
+
+QUERY = "what is the capital of france"
+DOCUMENTS = ["paris is the capital of france", "the cat sat on the mat", "hello world", "a big red apple"]
+VLLM_ANSWER = {"id": "rerank-1", "model": "m", "usage": {"total_tokens": 21},
+               "results": [{"index": 1, "document": {"text": "b"}, "relevance_score": 0.9},
+                           {"index": 0, "document": {"text": "a"}, "relevance_score": 0.2}]}
+
+
+@pytest.fixture(scope="module")
+def reranker(tmp_path_factory, llama_binary):
+    path = tiny_gguf_tool().build_tiny_gguf(tmp_path_factory.mktemp("rerank") / "rerank.gguf", arch="qwen3",
+                                            dtype="f32", reranker=True)
+    with LlamaServer(path, binary=llama_binary, alias="tiny-rerank", parallel=2,
+                     extra_args=["--reranking"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    """A vLLM serving a reranker ("m"), and an OpenAI-compatible server without /v1/rerank ("plain")."""
+    vllm = ScriptedServer({"POST /v1/rerank": (200, json.dumps(VLLM_ANSWER).encode())})
+    plain = ScriptedServer({})
+    yield vllm, plain
+    vllm.close()
+    plain.close()
+
+
+@pytest.fixture(scope="module")
+def daemon(reranker, llama_server, scripted, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rerank-engine")
+    make_tiny_model(folder / "eng-tiny.gguf")
+    vllm, plain = scripted
+    backends = [llama_backend(reranker, name="llama-rerank", models=["tiny-rerank"]),
+                llama_backend(llama_server, name="llama-chat", models=["tiny"]),
+                engine_backend(folder, models=["eng-*"]),
+                {"name": "vllm", "kind": "openai", "url": vllm.url, "models": ["m"]},
+                {"name": "plain", "kind": "openai", "url": plain.url, "models": ["plain"]}]
+    with RunningDaemon({"backends": backends, "cache": {"enabled": False}}) as running:
+        yield running
+
+
+def rerank(daemon, path: str = "/v1/rerank", **fields) -> httpx.Response:
+    body = {"model": "tiny-rerank", "query": QUERY, "documents": DOCUMENTS, **fields}
+    return httpx.post(daemon.url + path, json=body, timeout=60)
+
+
+@pytest.mark.parametrize("path", RERANK_PATHS)
+def test_llama_server_scores_every_document_best_first(daemon, reranker, path):
+    answer = rerank(daemon, path).json()
+    direct = httpx.post(reranker.url + "/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS}, timeout=60).json()
+    scores = [r["relevance_score"] for r in answer["results"]]
+    assert sorted(r["index"] for r in answer["results"]) == list(range(len(DOCUMENTS)))
+    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+    assert len(set(scores)) > 1                          # the head tells the documents apart
+    assert answer["results"] == direct["results"]        # llama-server's own scores, as it ranked them
+    assert answer["model"] == "tiny-rerank" and answer["usage"]["prompt_tokens"] > 0
+
+
+def test_top_n_keeps_the_best(daemon):
+    full = rerank(daemon).json()["results"]
+    assert rerank(daemon, top_n=2).json()["results"] == full[:2]
+
+
+def test_return_documents_gives_each_results_text(daemon):
+    results = rerank(daemon, return_documents=True).json()["results"]
+    assert [r["document"] for r in results] == [{"text": DOCUMENTS[r["index"]]} for r in results]
+    assert all("document" not in r for r in rerank(daemon, return_documents=False).json()["results"])
+
+
+def test_documents_as_objects_with_text_rank_as_strings(daemon):
+    as_objects = rerank(daemon, documents=[{"text": d} for d in DOCUMENTS]).json()["results"]
+    assert as_objects == rerank(daemon).json()["results"]
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"query": None}, "query"), ({"query": 3}, "query"),
+    ({"documents": []}, "documents"), ({"documents": "paris"}, "documents"), ({"documents": ["a", 1]}, "documents"),
+    ({"documents": [{"text": 1}]}, "documents"),
+    ({"top_n": 0}, "top_n"), ({"top_n": "2"}, "top_n"), ({"top_n": True}, "top_n"), ({"top_n": 1.5}, "top_n"),
+    ({"return_documents": "yes"}, "return_documents"), ({"return_documents": 1}, "return_documents"),
+    ({"model": 7}, "model"), ({"model": ""}, "model"),
+])
+def test_bad_fields_are_a_400_naming_the_field(daemon, fields, param):
+    response = rerank(daemon, **fields)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_no_model_with_several_served_asks_for_one(daemon):
+    response = httpx.post(daemon.url + "/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS}, timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "model"
+
+
+def test_unknown_model_is_a_404(daemon):
+    response = rerank(daemon, model="nope")
+    assert response.status_code == 404 and response.json()["error"]["param"] == "model"
+
+
+def test_llama_server_without_reranking_is_a_501_saying_how(daemon):
+    response = rerank(daemon, model="tiny")
+    error = response.json()["error"]
+    assert response.status_code == 501 and error["code"] == "rerank_unavailable"
+    assert "llama-chat" in error["message"] and "--reranking" in error["message"]
+
+
+def test_the_engine_cannot_rerank(daemon):
+    response = rerank(daemon, model="eng-tiny")
+    error = response.json()["error"]
+    assert response.status_code == 501 and error["code"] == "rerank_unavailable"
+    assert "engine" in error["message"] and "--reranking" in error["message"]
+
+
+def test_vllm_answer_is_passed_on(daemon, scripted):
+    vllm, _ = scripted
+    response = rerank(daemon, model="m", documents=[{"text": "a"}, "b"], top_n=2)
+    assert response.status_code == 200 and response.headers["x-velollm-backend"] == "vllm"
+    assert response.json()["results"] == VLLM_ANSWER["results"]
+    assert vllm.bodies[-1] == {"model": "m", "query": QUERY, "documents": ["a", "b"], "top_n": 2}
+
+
+def test_server_without_rerank_route_is_a_501(daemon):
+    response = rerank(daemon, model="plain")
+    assert response.status_code == 501
+    assert "plain" in response.json()["error"]["message"] and "404" in response.json()["error"]["message"]
+
+
+def test_keys_gate_rerank_as_they_gate_embeddings(scripted):
+    """The caller's key: required, its `models` globs (another model is a 404), its rpm (429)."""
+    vllm, _ = scripted
+    keys = [{"name": "rag", "key": "sk-rag", "models": ["m"], "rpm": 1},
+            {"name": "chat", "key": "sk-chat", "models": ["tiny*"]}]
+    table = {"backends": [{"name": "vllm", "kind": "openai", "url": vllm.url, "models": ["m"]}],
+             "cache": {"enabled": False}, "keys": keys}
+    body = {"model": "m", "query": QUERY, "documents": ["a", "b"]}
+    with RunningDaemon(table) as running:
+        def post(key: str | None) -> httpx.Response:
+            headers = {"authorization": f"Bearer {key}"} if key else {}
+            return httpx.post(running.url + "/v1/rerank", json=body, headers=headers, timeout=30)
+
+        assert post(None).status_code == 401
+        assert post("sk-chat").status_code == 404
+        assert post("sk-rag").status_code == 200
+        refused = post("sk-rag")
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_a_malformed_backend_answer_is_a_502(tmp_path):
+    bad = {"results": [{"index": 5, "relevance_score": 0.5}]}          # no such document
+    server = ScriptedServer({"POST /v1/rerank": (200, json.dumps(bad).encode())})
+    table = {"backends": [{"name": "odd", "kind": "openai", "url": server.url, "models": ["m"]}],
+             "cache": {"enabled": False}}
+    try:
+        with RunningDaemon(table) as running:
+            response = httpx.post(running.url + "/v1/rerank", json={"model": "m", "query": QUERY,
+                                                                    "documents": ["a", "b"]}, timeout=30)
+    finally:
+        server.close()
+    assert response.status_code == 502 and "odd" in response.json()["error"]["message"]
