@@ -393,6 +393,7 @@ GGUF_FILES = {
     "tiny-qwen3": tool_model("qwen3", "f32"),
     "tiny-gemma3": tool_model("gemma3", "f32"),
     "tiny-gemma2": tool_model("gemma2", "f32"),
+    "tiny-phi3": tool_model("phi3", "f32"),
     "tiny-qwen2-q8_0": tool_model("qwen2", "q8_0"),
     "tiny-llama-q4_k": tool_model("llama", "q4_k"),
     "qwen2": lambda path: write_random_gguf(path, "qwen2", seed=1),
