@@ -376,12 +376,19 @@ def template_source(fixture: str) -> str:
         (TEMPLATE_FIXTURES / fixture).read_text(encoding="utf-8")
 
 
+# template family -> the architecture of the GGUFs that carry it, where not llama: Phi-3/3.5,
+# Phi-4-mini and Phi-4 are all phi3 files (so the engine serves these through its phi3 path)
+ARCH_OF_FAMILY = {"phi3": "phi3", "phi4-mini": "phi3", "phi4": "phi3"}
+
+
 def write_template_model(folder: Path, fixture: str) -> Path:
-    """A tiny file whose tokenizer.chat_template is the fixture; add_bos as such models have it:
-    on when the template writes bos_token (Llama 3, Mistral, Gemma), else off."""
+    """A tiny file whose tokenizer.chat_template is the fixture, of its models' architecture;
+    add_bos as such models have it: on when the template writes bos_token (Llama 3, Mistral,
+    Gemma), else off."""
     source = template_source(fixture)
     name = fixture.removesuffix(".jinja").lower().replace(".", "-")
-    return write_random_gguf(folder / f"tpl-{name}.gguf", "llama", chat_template=source,
+    arch = ARCH_OF_FAMILY.get(CASES[fixture][0], "llama") if fixture in CASES else "llama"
+    return write_random_gguf(folder / f"tpl-{name}.gguf", arch, chat_template=source,
                              add_bos="bos_token" in source)
 
 
