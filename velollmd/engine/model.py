@@ -15,8 +15,10 @@ exist at once whatever the chunk (a 512-row chunk of a 152k vocabulary would be 
 Architectures: llama (and mistral), qwen2 (Q/K/V biases), qwen3 (per-head Q/K RMSNorm), gemma3
 (Q/K RMSNorm, post-norms, GELU, scaled embeddings, sliding-window layers with their own RoPE
 base: ModelConfig.window_of), gemma2 (gemma3's post-norms, GELU and scaled embeddings, every other
-layer over a sliding window, attention and final logit soft-capping, no Q/K norms); tied
-embeddings when output.weight is absent (gemma2: always). Every matrix is stored as the GGUF
+layer over a sliding window, attention and final logit soft-capping, no Q/K norms), phi3 (Q/K/V
+and gate/up fused in the file, LongRoPE's short or long factors by the served context:
+ModelConfig.for_context; its sliding_window ignored as llama.cpp does); tied embeddings when
+output.weight is absent (gemma2: always). Every matrix is stored as the GGUF
 holds it, (out, in) contiguous float32 (Q, K, V fused; gate and up fused), and all T rows of a batch (prefill
 tokens of several sequences and single decode tokens alike) go through one matmul per weight:
 `linear` below, OpenBLAS for a prefill's many rows, the compiled kernel (kernels.py) for a
