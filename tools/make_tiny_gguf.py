@@ -31,8 +31,13 @@ Variants (defaults give the same bytes as before these options existed):
   norms, a window of GEMMA2_SLIDING_WINDOW on the even layers, gemma2's attention and final logit
   soft-capping, and no output.weight: llama.cpp's gemma2 reads its LM head from token_embd and
   refuses a file with one, so the logit-bias tricks above do not hold for it: a file for logit
-  parity, not for scripted replies). Weights are random, so no Q/K permutation is involved; only
-  llama.cpp's choice of RoPE differs.
+  parity, not for scripted replies), phi3 (llama's weights with Q/K/V fused in
+  `blk.N.attn_qkv.weight` and gate/up in `blk.N.ffn_up.weight` of 2 n_ff rows, the gate first;
+  NEOX RoPE; LongRoPE's `rope_factors_{long,short}.weight`, long ones past
+  PHI3_ORIGINAL_CONTEXT, with the converter's attention factor; a sliding window of
+  PHI3_SLIDING_WINDOW that llama.cpp reads and ignores; the scripted replies hold as for llama:
+  fusing changes no weight). Weights are random, so no Q/K permutation is
+  involved; only llama.cpp's choice of RoPE differs.
 - reranker (arch qwen3 only): a Qwen3-Reranker-style file that llama-server serves with
   `--reranking`: `qwen3.pooling_type` RANK (4), `qwen3.classifier.output_labels` ["yes", "no"] and
   a `cls.output.weight` (2, n_embd) head, which llama.cpp applies to the last token's hidden
@@ -94,13 +99,15 @@ SHAPES = {
     "tiny": ModelShape(N_EMBD, N_FF, N_LAYER, N_HEAD, N_HEAD_KV),
     "small": ModelShape(n_embd=1024, n_ff=2816, n_layer=8, n_head=16, n_head_kv=4),
 }
-ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3")
+ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
 GEMMA3_SLIDING_WINDOW = 64   # gemma3's layers attend over this many positions (llama.cpp: 5 of every 6)
 GEMMA2_SLIDING_WINDOW = 32   # gemma2's even layers attend over this many positions
 GEMMA2_SOFTCAPS = (50.0, 30.0)   # gemma2's attention and final logit soft-capping (its config's)
 RERANK_ARCHS = ("qwen3",)     # llama.cpp loads a `cls.output` head (and softmaxes it) for these
 RERANK_LABELS = ("yes", "no")  # Qwen3-Reranker's labels: the score is the first one's probability
 TIED_ARCHS = ("gemma2",)     # the LM head is token_embd.weight: no output.weight
+PHI3_SLIDING_WINDOW = 32     # phi3's file names a window (llama.cpp b11434 disables phi3's SWA)
+PHI3_ORIGINAL_CONTEXT = CONTEXT_LENGTH // 2   # LongRoPE's: a served context past it takes the long factors
 Q = gguf.GGMLQuantizationType
 DTYPES = {   # dtype -> (ggml type of inner matrices, file type, fallback when rows do not fit)
     "f32": (Q.F32, gguf.LlamaFileType.ALL_F32, Q.F32),
@@ -406,7 +413,31 @@ def model_tensors(rng: np.random.Generator, bias: np.ndarray, forced_pairs: list
     tensors.update(output_tensors(normal, bias, forced_pairs, shape))
     if arch in TIED_ARCHS:     # drawn anyway: the other tensors keep their bytes
         del tensors["output.weight"]
+    if arch == "phi3":
+        tensors.update(phi3_fused(tensors, shape))
     return tensors
+
+
+def phi3_fused(tensors: dict[str, np.ndarray], shape: ModelShape) -> dict[str, np.ndarray]:
+    """phi3's tensors from llama's (removed from tensors): each layer's Q/K/V as one attn_qkv,
+    gate and up as one ffn_up (the gate first: ggml's swiglu), and LongRoPE's two factor sets."""
+    fused = {}
+    for layer in range(shape.n_layer):
+        prefix = f"blk.{layer}."
+        fused[prefix + "attn_qkv.weight"] = np.concatenate(
+            [tensors.pop(prefix + f"attn_{part}.weight") for part in "qkv"])    # (q_dim + 2*kv_dim, n_embd)
+        fused[prefix + "ffn_up.weight"] = np.concatenate(
+            [tensors.pop(prefix + "ffn_gate.weight"), tensors.pop(prefix + "ffn_up.weight")])   # (2*n_ff, n_embd)
+    half = shape.head_dim // 2
+    fused["rope_factors_long.weight"] = np.geomspace(1.0, 16.0, half).astype(np.float32)    # (n_rot/2,)
+    fused["rope_factors_short.weight"] = np.geomspace(1.0, 1.5, half).astype(np.float32)    # (n_rot/2,)
+    return fused
+
+
+def phi3_attn_factor() -> float:
+    """The attention factor convert_hf_to_gguf.py's Phi3MiniModel writes for LongRoPE:
+    sqrt(1 + ln(scale) / ln(original context)), scale = context / original context."""
+    return float(np.sqrt(1 + np.log(CONTEXT_LENGTH / PHI3_ORIGINAL_CONTEXT) / np.log(PHI3_ORIGINAL_CONTEXT)))
 
 
 def token_embedding(normal, forced_pairs: list[tuple[int, int]], shape: ModelShape,
@@ -625,6 +656,10 @@ def add_metadata(writer: gguf.GGUFWriter, seed: int, file_type: int,
         writer.add_sliding_window(GEMMA2_SLIDING_WINDOW)
         writer.add_attn_logit_softcapping(GEMMA2_SOFTCAPS[0])
         writer.add_final_logit_softcapping(GEMMA2_SOFTCAPS[1])
+    if arch == "phi3":
+        writer.add_sliding_window(PHI3_SLIDING_WINDOW)
+        writer.add_rope_scaling_orig_ctx_len(PHI3_ORIGINAL_CONTEXT)
+        writer.add_rope_scaling_attn_factors(phi3_attn_factor())
 
 
 def spm_vocab(vocab: str) -> tuple[list[str], list[int], list[float]]:

@@ -61,8 +61,10 @@ from velollmd.engine.prompt import chat_prompt
 from velollmd.engine.templates import find_template
 from velollmd.engine.tokenizer import Tokenizer
 
-VOCAB_OF_ARCH = {"llama": "spm", "qwen2": "bpe", "gemma3": "spm", "gemma2": "spm"}
-SEED_OF_ARCH = {"llama": 11, "qwen2": 12, "gemma3": 13, "gemma2": 14}
+VOCAB_OF_ARCH = {"llama": "spm", "qwen2": "bpe", "gemma3": "spm", "gemma2": "spm", "phi3": "spm", "phi3long": "spm"}
+SEED_OF_ARCH = {"llama": 11, "qwen2": 12, "gemma3": 13, "gemma2": 14, "phi3": 15, "phi3long": 16}
+FILE_ARCH = {"phi3long": "phi3"}     # a name's arch -> the file's architecture, where they differ
+SERVED_CTX = 512                     # llama-server's -c (one slot) and the engine's num_ctx
 SHAPE = {"n_embd": 256, "n_ff": 512}
 # gemma3: six layers, five of them over a sliding window of 8 positions (every prompt and its
 # 64 greedy tokens reach far past it) with their own RoPE base, the sixth global
@@ -70,16 +72,21 @@ SHAPE = {"n_embd": 256, "n_ff": 512}
 # sides use llama.cpp's defaults (50 on attention scores, 30 on logits; tests/engine/test_model.py
 # checks caps the random weights reach)
 OPTIONS_OF_ARCH = {"gemma3": {"n_layer": 6, "sliding_window": 8, "freq_base": 1e6},
-                   "gemma2": {"n_layer": 4, "sliding_window": 8}}
-FULL_ARCHS = ("llama", "qwen2")   # every dtype (the gemmas multiply with the same code: F32, Q8_0 check their layers)
-GEMMAS = ("gemma3", "gemma2")
+                   "gemma2": {"n_layer": 4, "sliding_window": 8},
+                   # phi3: fused tensors, LongRoPE with an attention factor; served at SERVED_CTX,
+                   # within the original context (the short factors; a window of 8 in the file,
+                   # which llama.cpp ignores), and past it (phi3long: the long factors)
+                   "phi3": {"longrope": True, "original_context": 1024, "attn_factor": 1.2, "sliding_window": 8},
+                   "phi3long": {"longrope": True, "original_context": 256, "attn_factor": 1.2}}
+FULL_ARCHS = ("llama", "qwen2")   # every dtype (the others multiply with the same code: F32, Q8_0 check their layers)
+PARTIAL_ARCHS = ("gemma3", "gemma2", "phi3", "phi3long")   # F32 and Q8_0 logits, F16 greedy
 LOGIT_DTYPES = ("f32", "f16", "q8_0", "q4_k", "q5_k")
 GREEDY_DTYPES = ("f32", "f16", "q8_0")
 QUANTISED = ("q8_0", "q4_k", "q5_k")
 FILES = ([f"{arch}-{dtype}" for arch in FULL_ARCHS for dtype in LOGIT_DTYPES]
-         + [f"{arch}-{dtype}" for arch in GEMMAS for dtype in ("f32", "q8_0")])
+         + [f"{arch}-{dtype}" for arch in PARTIAL_ARCHS for dtype in ("f32", "q8_0")])
 GREEDY_FILES = ([f"{arch}-{dtype}" for arch in FULL_ARCHS for dtype in GREEDY_DTYPES]
-                + [f"{arch}-f16" for arch in GEMMAS])
+                + [f"{arch}-f16" for arch in PARTIAL_ARCHS])
 # the same weights as a quantised file, dequantised and written as F32 (see the logits section)
 F32_COPIES = [f"{arch}-{dtype}-as-f32" for arch in FULL_ARCHS for dtype in QUANTISED]
 # make_tiny_gguf's own files (mild weights) that tests/engine/test_model.py does not cover
@@ -111,7 +118,7 @@ def models_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("parity-models")
     for name in dict.fromkeys(FILES + GREEDY_FILES):
         arch, dtype = name.split("-")
-        write_random_gguf(folder / f"{name}.gguf", arch, SEED_OF_ARCH[arch], dtype=dtype,
+        write_random_gguf(folder / f"{name}.gguf", FILE_ARCH.get(arch, arch), SEED_OF_ARCH[arch], dtype=dtype,
                           vocab=VOCAB_OF_ARCH[arch], **SHAPE, **OPTIONS_OF_ARCH.get(arch, {}))
     for name in F32_COPIES:
         arch, dtype, _ = name.split("-", 2)
@@ -131,7 +138,7 @@ def servers(llama_binary, models_dir):
 
     class Servers(dict):
         def __missing__(self, name: str) -> LlamaServer:
-            server = LlamaServer(models_dir / f"{name}.gguf", binary=llama_binary, parallel=1, ctx_size=512,
+            server = LlamaServer(models_dir / f"{name}.gguf", binary=llama_binary, parallel=1, ctx_size=SERVED_CTX,
                                  extra_args=LLAMA_ARGS)
             started[name] = server
             self[name] = server.start()
@@ -145,7 +152,7 @@ def servers(llama_binary, models_dir):
 @pytest.fixture(scope="module")
 def client(models_dir):
     table = {"backends": [{"name": "engine", "kind": "engine", "models_dir": str(models_dir),
-                           "ollama_store": False, "num_ctx": 512, "max_loaded_models": len(FILES)}],
+                           "ollama_store": False, "num_ctx": SERVED_CTX, "max_loaded_models": len(FILES)}],
              "cache": {"enabled": False}}
     with RunningDaemon(table) as daemon:
         yield openai.OpenAI(base_url=daemon.url + "/v1", api_key="x", max_retries=0)
@@ -170,9 +177,10 @@ def suppressed_ids(arch: str) -> list[int]:
 
 
 def load_engine_model(path: Path, **config_changes) -> tuple[Model, Tokenizer]:
-    """The engine's Model and Tokenizer for a file (config_changes: to break it on purpose)."""
+    """The engine's Model and Tokenizer for a file served at SERVED_CTX (config_changes: to break
+    it on purpose)."""
     with read_gguf(path) as gguf:
-        config = ModelConfig.from_metadata(gguf.metadata, gguf.tensors.keys())
+        config = ModelConfig.from_metadata(gguf.metadata, gguf.tensors.keys()).for_context(SERVED_CTX)
         model = read_model(gguf, dataclasses.replace(config, **config_changes))
         tokenizer = Tokenizer.from_gguf(gguf.metadata)
     return model, tokenizer
@@ -333,6 +341,7 @@ def test_greedy_text_matches_llama_server(name, servers, client):
     ("llama", {"rope_style": ops.ROPE_NEOX}),
     ("qwen2", {"rope_style": ops.ROPE_NORM}),
     ("qwen2", {"qkv_bias": False}),
+    ("phi3long", {"rope_long": False}),
 ])
 def test_the_greedy_rule_catches_a_wrong_rope_or_a_missing_bias(arch, broken, servers):
     """The same rule on the in-process engine: the real one passes (first prompt), a broken one
@@ -367,12 +376,19 @@ def template_source(fixture: str) -> str:
         (TEMPLATE_FIXTURES / fixture).read_text(encoding="utf-8")
 
 
+# template family -> the architecture of the GGUFs that carry it, where not llama: Phi-3/3.5,
+# Phi-4-mini and Phi-4 are all phi3 files (so the engine serves these through its phi3 path)
+ARCH_OF_FAMILY = {"phi3": "phi3", "phi4-mini": "phi3", "phi4": "phi3"}
+
+
 def write_template_model(folder: Path, fixture: str) -> Path:
-    """A tiny file whose tokenizer.chat_template is the fixture; add_bos as such models have it:
-    on when the template writes bos_token (Llama 3, Mistral, Gemma), else off."""
+    """A tiny file whose tokenizer.chat_template is the fixture, of its models' architecture;
+    add_bos as such models have it: on when the template writes bos_token (Llama 3, Mistral,
+    Gemma), else off."""
     source = template_source(fixture)
     name = fixture.removesuffix(".jinja").lower().replace(".", "-")
-    return write_random_gguf(folder / f"tpl-{name}.gguf", "llama", chat_template=source,
+    arch = ARCH_OF_FAMILY.get(CASES[fixture][0], "llama") if fixture in CASES else "llama"
+    return write_random_gguf(folder / f"tpl-{name}.gguf", arch, chat_template=source,
                              add_bos="bos_token" in source)
 
 

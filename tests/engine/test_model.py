@@ -16,6 +16,7 @@ from tests.engine.weights import (
     tensor_names_of,
     tensor_of,
     tensor_types_of,
+    unfused_phi3,
     write_random_gguf,
 )
 from tests.rig.llama import make_tiny_model, tiny_gguf_tool, token_id
@@ -38,16 +39,23 @@ VARIANTS = {
     # four layers, the even ones over a window of 5 with the one RoPE base; caps small enough that
     # the random weights' scores and logits reach them (gemma2's own are 50 and 30)
     "gemma2": ("gemma2", {"n_layer": 4, "sliding_window": 5, "attn_softcap": 2.0, "final_softcap": 3.0}),
+    # fused Q/K/V and gate/up, a window llama.cpp ignores, LongRoPE's short factors (served within
+    # the original context) and the long ones (served past it), each with an attention factor
+    "phi3": ("phi3", {"sliding_window": 5, "longrope": True, "original_context": 64, "attn_factor": 1.2,
+                      "num_ctx": 64}),
+    "phi3-long": ("phi3", {"longrope": True, "original_context": 64, "attn_factor": 1.2, "num_ctx": 128}),
 }
-META_OPTIONS = ("head_dim", "rope_scale", "sliding_window", "freq_base", "attn_softcap", "final_softcap")
+META_OPTIONS = ("head_dim", "rope_scale", "sliding_window", "freq_base", "attn_softcap", "final_softcap",
+                "original_context", "attn_factor")
 
 
 def random_model(variant: str, seed: int = 0) -> tuple[Model, dict[str, np.ndarray]]:
     arch, options = VARIANTS[variant]
-    tensor_opts = {k: v for k, v in options.items() if k not in META_OPTIONS or k == "head_dim"}
+    tensor_opts = {k: v for k, v in options.items() if (k not in META_OPTIONS or k == "head_dim") and k != "num_ctx"}
     tensors = random_tensors(arch, seed, **tensor_opts)
     meta_opts = {k: v for k, v in options.items() if k in META_OPTIONS}
     config = ModelConfig.from_metadata(random_metadata(arch, tensors, **meta_opts), tensors)
+    config = config.for_context(options.get("num_ctx", 0))
     return Model(config, tensors.__getitem__), tensors
 
 
@@ -74,7 +82,7 @@ def dense_rope(x, positions, config, freq_factors, layer=0):
     theta = scale * base ** (-np.arange(0, n_rot, 2) / n_rot)
     if freq_factors is not None:
         theta = theta / freq_factors
-    rot = np.exp(1j * positions[:, None, None] * theta)                    # (T, 1, n_rot/2)
+    rot = config.rope_attn_factor * np.exp(1j * positions[:, None, None] * theta)   # (T, 1, n_rot/2)
     out = x.copy()
     if config.rope_style == "norm":
         z = (x[..., 0:n_rot:2] + 1j * x[..., 1:n_rot:2]) * rot
@@ -88,9 +96,10 @@ def dense_rope(x, positions, config, freq_factors, layer=0):
 def dense_forward(config: ModelConfig, get_tensor, token_ids) -> tuple[np.ndarray, np.ndarray]:
     """(logits (T, n_vocab), final normed hidden (T, n_embd)) in float64 from the raw tensors."""
     c = config
+    get_tensor = unfused_phi3(get_tensor, c) if c.fused_tensors else get_tensor
     w = lambda name: np.asarray(get_tensor(name), dtype=np.float64)  # noqa: E731
     num, pos, eps = len(token_ids), np.arange(len(token_ids)), c.rms_norm_eps
-    factors = w("rope_freqs.weight") if c.has_rope_freqs else None
+    factors = w(c.rope_factors_name()) if c.rope_factors_name() else None
     x = w("token_embd.weight")[token_ids] * c.embd_scale                   # (T, n_embd)
     for layer in range(c.n_layer):
         p = f"blk.{layer}."
@@ -141,19 +150,20 @@ def test_gemma2_defaults_are_llama_cpps_and_the_27b_scales_queries_by_n_embd_ove
     assert big.attn_scale == 1 / np.sqrt(72 // 4) and big.swa_layers[:3] == (True, False, True)
 
 
-def test_the_cuda_path_refuses_gemma2_and_gemma3_but_not_the_others(caplog):
-    # head_dim 32: the CUDA kernels' other condition holds for all four
+def test_the_cuda_path_refuses_gemma2_gemma3_and_phi3_but_not_the_others(caplog):
+    # head_dim 32: the CUDA kernels' other condition holds for all five
     configs = {name: dataclasses.replace(random_model(name)[0].config, head_dim=32)
-               for name in ("llama", "qwen2", "gemma2", "gemma3")}
+               for name in ("llama", "qwen2", "gemma2", "gemma3", "phi3")}
     with caplog.at_level("WARNING", logger="velollmd.engine"):
         assert {name: cuda_runs(c) for name, c in configs.items()} == {
-            "llama": True, "qwen2": True, "gemma2": False, "gemma3": False}
+            "llama": True, "qwen2": True, "gemma2": False, "gemma3": False, "phi3": False}
     assert sum("does not run gemma2" in r.getMessage() for r in caplog.records) == 1
+    assert sum("does not run phi3" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_config_reads_each_architecture():
     configs = {name: random_model(name)[0].config for name in VARIANTS}
-    assert [c.rope_style for c in configs.values()] == ["norm", "norm", "neox", "neox", "neox", "neox"]
+    assert [c.rope_style for c in configs.values()] == ["norm", "norm"] + ["neox"] * 6
     gemma3 = configs["gemma3"]
     assert gemma3.qk_norm and gemma3.post_norms and gemma3.ffn_gelu and gemma3.embd_scale == np.sqrt(np.float32(64))
     assert [gemma3.window_of(layer) for layer in range(6)] == [5, 5, 5, 5, 5, 0]
@@ -169,6 +179,13 @@ def test_config_reads_each_architecture():
     assert qwen3.qk_norm and qwen3.tied_embeddings and qwen3.head_dim == 32 and qwen3.n_embd == 64
     assert scaled.has_rope_freqs and scaled.rope_freq_scale == 0.25
     assert (qwen2.n_vocab, qwen2.n_layer, qwen2.n_head, qwen2.n_head_kv, qwen2.n_ff) == (1024, 2, 4, 2, 128)
+    phi3, phi3_long = configs["phi3"], configs["phi3-long"]
+    assert phi3.fused_tensors and phi3.longrope and phi3.n_ff == 128 and phi3.rope_attn_factor == np.float32(1.2)
+    assert phi3.sliding_window == 0 and phi3.rope_original_context == 64     # the file's window ignored
+    assert phi3.rope_factors_name() == "rope_factors_short.weight"
+    assert phi3_long.rope_factors_name() == "rope_factors_long.weight"
+    assert not any(c.fused_tensors or c.longrope or c.rope_attn_factor != 1
+                   for name, c in configs.items() if not name.startswith("phi3"))
 
 
 def test_config_refuses_what_it_cannot_run():
@@ -182,6 +199,13 @@ def test_config_refuses_what_it_cannot_run():
         ModelConfig.from_metadata(random_metadata("qwen2", tensors), tensors)
     with pytest.raises(UnsupportedModel, match="missing tensor 'blk.0.post_attention_norm.weight'"):
         ModelConfig.from_metadata(random_metadata("gemma2", tensors), tensors)
+    with pytest.raises(UnsupportedModel, match="missing tensor 'blk.0.attn_qkv.weight'"):
+        ModelConfig.from_metadata(random_metadata("phi3", tensors), tensors)
+    phi3 = random_tensors("phi3", longrope=True)
+    with pytest.raises(UnsupportedModel, match="'rope_factors_short.weight' without its LongRoPE counterpart"):
+        ModelConfig.from_metadata(random_metadata("phi3", phi3), set(phi3) - {"rope_factors_long.weight"})
+    with pytest.raises(UnsupportedModel, match="longrope"):
+        ModelConfig.from_metadata({**meta, "llama.rope.scaling.type": "longrope"}, tensors)
     with pytest.raises(UnsupportedModel, match="yarn"):
         ModelConfig.from_metadata({**meta, "llama.rope.scaling.type": "yarn"}, tensors)
     with pytest.raises(UnsupportedModel, match="llama.block_count"):
@@ -369,6 +393,7 @@ GGUF_FILES = {
     "tiny-qwen3": tool_model("qwen3", "f32"),
     "tiny-gemma3": tool_model("gemma3", "f32"),
     "tiny-gemma2": tool_model("gemma2", "f32"),
+    "tiny-phi3": tool_model("phi3", "f32"),
     "tiny-qwen2-q8_0": tool_model("qwen2", "q8_0"),
     "tiny-llama-q4_k": tool_model("llama", "q4_k"),
     "qwen2": lambda path: write_random_gguf(path, "qwen2", seed=1),
@@ -385,15 +410,24 @@ GGUF_FILES = {
     "gemma2-q8_0": lambda path: write_random_gguf(path, "gemma2", seed=6, n_layer=4, sliding_window=5,
                                                   attn_softcap=2.0, final_softcap=3.0, dtype="q8_0",
                                                   n_embd=256, n_ff=512),
+    # served at SERVED_CTX: within the original context (the short factors), past it (the long
+    # ones); a window of 5 in the file that llama.cpp ignores (the prompt reaches past it)
+    "phi3": lambda path: write_random_gguf(path, "phi3", seed=7, sliding_window=5, longrope=True,
+                                           original_context=1024, attn_factor=1.2),
+    "phi3-long": lambda path: write_random_gguf(path, "phi3", seed=7, longrope=True, original_context=256,
+                                                attn_factor=1.2),
+    "phi3-q8_0": lambda path: write_random_gguf(path, "phi3", seed=8, longrope=True, original_context=256,
+                                                attn_factor=1.2, dtype="q8_0", n_embd=256, n_ff=512),
 }
+SERVED_CTX = 512
 
 
 @pytest.mark.parametrize("variant", list(GGUF_FILES))
 def test_top10_probabilities_match_llama_server(variant, tmp_path, llama_server_factory):
     path = GGUF_FILES[variant](tmp_path / f"{variant}.gguf")
-    config = ModelConfig.from_metadata(metadata_of(path), tensor_names_of(path))
+    config = ModelConfig.from_metadata(metadata_of(path), tensor_names_of(path)).for_context(SERVED_CTX)
     model = Model(config, tensor_of(path), tensor_types_of(path))     # rounding as llama.cpp's
-    server = llama_server_factory(model_path=path, parallel=1, ctx_size=512, extra_args=LLAMA_ARGS)
+    server = llama_server_factory(model_path=path, parallel=1, ctx_size=SERVED_CTX, extra_args=LLAMA_ARGS)
     ids, theirs = server_top_probs(server, "the world of water and fire is a great story")
     ours = engine_probs(model, config, ids)                          # (n_vocab,)
     top_ids = list(theirs)

@@ -51,8 +51,11 @@ def tensor_of(path: str | os.PathLike) -> Callable[[str], np.ndarray]:
 
 def random_tensors(arch: str, seed: int = 0, *, n_vocab: int = 1024, n_embd: int = 64, n_layer: int = 2,
                    n_head: int = 4, n_head_kv: int = 2, head_dim: int | None = None, n_ff: int = 128,
-                   tied: bool = False, rope_freqs: bool = False) -> dict[str, np.ndarray]:
-    """Weights scaled so that attention is sharp and logits spread (a wrong RoPE or mask shows)."""
+                   tied: bool = False, rope_freqs: bool = False, longrope: bool = False) -> dict[str, np.ndarray]:
+    """Weights scaled so that attention is sharp and logits spread (a wrong RoPE or mask shows).
+
+    phi3: the same draws, Q/K/V fused into attn_qkv and gate/up into ffn_up (gate first);
+    longrope: LongRoPE's long and short factor sets (n_rot/2 each, far apart)."""
     rng = np.random.default_rng(seed)
     head_dim = head_dim or n_embd // n_head
 
@@ -96,21 +99,52 @@ def random_tensors(arch: str, seed: int = 0, *, n_vocab: int = 1024, n_embd: int
         tensors["output.weight"] = normal(n_vocab, n_embd, std=3.0 / np.sqrt(n_embd))
     if rope_freqs:
         tensors["rope_freqs.weight"] = np.geomspace(1.0, 8.0, head_dim // 2).astype(np.float32)
+    if longrope:
+        tensors["rope_factors_long.weight"] = np.geomspace(1.0, 16.0, head_dim // 2).astype(np.float32)
+        tensors["rope_factors_short.weight"] = np.geomspace(1.0, 1.5, head_dim // 2).astype(np.float32)
+    return fuse_phi3(tensors, n_layer) if arch == "phi3" else tensors
+
+
+def fuse_phi3(tensors: dict[str, np.ndarray], n_layer: int) -> dict[str, np.ndarray]:
+    """tensors with each layer's Q/K/V as one attn_qkv.weight and gate/up as one ffn_up.weight
+    of 2 n_ff rows (the gate first), as phi3's GGUF holds them."""
+    for layer in range(n_layer):
+        p = f"blk.{layer}."
+        tensors[p + "attn_qkv.weight"] = np.concatenate([tensors.pop(p + f"attn_{n}.weight") for n in "qkv"])
+        gate = tensors.pop(p + "ffn_gate.weight")
+        tensors[p + "ffn_up.weight"] = np.concatenate([gate, tensors[p + "ffn_up.weight"]])
     return tensors
+
+
+def unfused_phi3(get_tensor, config) -> object:
+    """get_tensor for phi3's fused file that also answers the separate Q/K/V and gate/up names
+    (slices of attn_qkv and ffn_up), so an oracle reads every architecture alike."""
+    q_dim, kv_dim, n_ff = config.n_head * config.head_dim, config.n_head_kv * config.head_dim, config.n_ff
+    parts = {"attn_q.weight": ("attn_qkv.weight", 0, q_dim), "attn_k.weight": ("attn_qkv.weight", q_dim, kv_dim),
+             "attn_v.weight": ("attn_qkv.weight", q_dim + kv_dim, kv_dim),
+             "ffn_gate.weight": ("ffn_up.weight", 0, n_ff), "ffn_up.weight": ("ffn_up.weight", n_ff, n_ff)}
+
+    def get(name: str) -> np.ndarray:
+        layer, _, short = name.removeprefix("blk.").partition(".")
+        if not name.startswith("blk.") or short not in parts:
+            return get_tensor(name)
+        fused, start, rows = parts[short]
+        return get_tensor(f"blk.{layer}.{fused}")[start:start + rows]
+    return get
 
 
 def random_metadata(arch: str, tensors: dict[str, np.ndarray], *, n_head: int = 4, n_head_kv: int = 2,
                     head_dim: int | None = None, context_length: int = 4096, freq_base: float = 10000.0,
                     rope_scale: float | None = None, sliding_window: int = 0, attn_softcap: float = 0.0,
-                    final_softcap: float = 0.0) -> dict:
+                    final_softcap: float = 0.0, original_context: int = 0, attn_factor: float = 0.0) -> dict:
     """The metadata keys a loader reads, matching tensors (as metadata_of would return them);
-    the soft-capping keys (gemma2's) only when given."""
+    the soft-capping keys (gemma2's) and LongRoPE's (phi3's) only when given."""
     n_vocab, n_embd = tensors["token_embd.weight"].shape
     n_layer = sum(1 for name in tensors if name.endswith("attn_norm.weight"))
     head_dim = head_dim or n_embd // n_head
     meta = {"general.architecture": arch, f"{arch}.context_length": context_length,
             f"{arch}.embedding_length": n_embd, f"{arch}.block_count": n_layer,
-            f"{arch}.feed_forward_length": tensors["blk.0.ffn_up.weight"].shape[0],
+            f"{arch}.feed_forward_length": tensors["blk.0.ffn_down.weight"].shape[1],
             f"{arch}.attention.head_count": n_head, f"{arch}.attention.head_count_kv": n_head_kv,
             f"{arch}.attention.key_length": head_dim, f"{arch}.attention.value_length": head_dim,
             f"{arch}.rope.dimension_count": head_dim, f"{arch}.rope.freq_base": freq_base,
@@ -121,6 +155,10 @@ def random_metadata(arch: str, tensors: dict[str, np.ndarray], *, n_head: int = 
         meta[f"{arch}.attn_logit_softcapping"] = float(attn_softcap)
     if final_softcap:
         meta[f"{arch}.final_logit_softcapping"] = float(final_softcap)
+    if original_context:
+        meta[f"{arch}.rope.scaling.original_context_length"] = original_context
+    if attn_factor:
+        meta[f"{arch}.rope.scaling.attn_factor"] = float(attn_factor)
     if rope_scale:
         meta[f"{arch}.rope.scaling.type"] = "linear"
         meta[f"{arch}.rope.scaling.factor"] = rope_scale
@@ -133,7 +171,8 @@ def write_random_gguf(path: str | os.PathLike, arch: str = "qwen2", seed: int = 
                       n_embd: int = 64, n_ff: int = 128, chat_template: str | None = None,
                       add_bos: bool | None = None, rounded_as: str | None = None, n_layer: int = 2,
                       sliding_window: int = 0, freq_base: float = 10000.0, attn_softcap: float = 0.0,
-                      final_softcap: float = 0.0) -> Path:
+                      final_softcap: float = 0.0, longrope: bool = False, original_context: int = 0,
+                      attn_factor: float = 0.0) -> Path:
     """A GGUF of random_tensors(...) with a tiny vocab of tools/make_tiny_gguf.py (1024 tokens).
 
     dtype: as make_tiny_gguf's (f32, f16, q8_0, q4_k...), with its rules: 1-D tensors stay F32,
@@ -144,10 +183,11 @@ def write_random_gguf(path: str | os.PathLike, arch: str = "qwen2", seed: int = 
     """
     tool = tiny_gguf_tool()
     tensors = random_tensors(arch, seed, head_dim=head_dim, tied=tied, rope_freqs=rope_freqs,
-                             n_embd=n_embd, n_ff=n_ff, n_layer=n_layer)
+                             n_embd=n_embd, n_ff=n_ff, n_layer=n_layer, longrope=longrope)
     meta = random_metadata(arch, tensors, head_dim=head_dim, rope_scale=rope_scale,
                            sliding_window=sliding_window, freq_base=freq_base, attn_softcap=attn_softcap,
-                           final_softcap=final_softcap)
+                           final_softcap=final_softcap, original_context=original_context,
+                           attn_factor=attn_factor)
     writer = gguf.GGUFWriter(str(path), arch)
     try:
         for key, value in meta.items():

@@ -169,8 +169,28 @@ def test_gemma2_has_post_norms_a_window_soft_caps_and_no_output_weight(tmp_path)
     assert not names & {"output.weight", "blk.0.attn_q_norm.weight"}
 
 
+def test_phi3_fuses_qkv_and_gate_up_and_carries_longrope(tmp_path):
+    """phi3's file as the converter writes it: Q/K/V in attn_qkv, gate then up in one ffn_up of
+    2 n_ff rows (the same draws as llama's: the gate half is llama's ffn_gate), LongRoPE's two
+    factor sets with the converter's attention factor, and a window llama.cpp ignores."""
+    tool = tiny_gguf_tool()
+    phi3 = gguf.GGUFReader(build_variant(tmp_path, "phi3"))
+    llama = {t.name: t for t in gguf.GGUFReader(build_variant(tmp_path, "llama", dtype="f32")).tensors}
+    assert phi3.fields["phi3.rope.scaling.original_context_length"].contents() == tool.CONTEXT_LENGTH // 2
+    assert phi3.fields["phi3.rope.scaling.attn_factor"].contents() == pytest.approx(np.sqrt(1 + np.log(2) / np.log(4096)))
+    assert phi3.fields["phi3.attention.sliding_window"].contents() == tool.PHI3_SLIDING_WINDOW
+    tensors = {t.name: t for t in phi3.tensors}
+    assert not set(tensors) & {"blk.0.attn_q.weight", "blk.0.ffn_gate.weight"}
+    n_ff, n_embd = tool.N_FF, tool.N_EMBD
+    up = gguf.quants.dequantize(tensors["blk.1.ffn_up.weight"].data, tensors["blk.1.ffn_up.weight"].tensor_type)
+    assert up.shape == (2 * n_ff, n_embd)
+    gate = gguf.quants.dequantize(llama["blk.1.ffn_gate.weight"].data, llama["blk.1.ffn_gate.weight"].tensor_type)
+    np.testing.assert_allclose(up[:n_ff], gate, atol=1e-3)     # f16 against f32 draws
+    assert tensors["rope_factors_long.weight"].data.shape == (tool.N_EMBD // tool.N_HEAD // 2,)
+
+
 @pytest.mark.parametrize("arch, dtype", [("qwen2", "f16"), ("qwen3", "f16"), ("gemma3", "f16"), ("llama", "q8_0"),
-                                         ("llama", "q4_k"), ("qwen3", "q4_k"), ("llama", "q5_k")])
+                                         ("llama", "q4_k"), ("qwen3", "q4_k"), ("llama", "q5_k"), ("phi3", "f16")])
 def test_variant_answers_in_real_llama_server(tmp_path, llama_server_factory, arch, dtype):
     server = llama_server_factory(build_variant(tmp_path, arch, dtype), parallel=1)
     reply = chat(server.url, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6})

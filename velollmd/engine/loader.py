@@ -40,7 +40,7 @@ log = logging.getLogger("velollmd.engine")
 
 DEFAULT_NUM_CTX = 4096          # per sequence, when neither the config nor a smaller model says
 MIB = 1 << 20
-CPU_ONLY_ARCHS = ("gemma2", "gemma3")   # cuda_runs: their layers exist on the CPU path only
+CPU_ONLY_ARCHS = ("gemma2", "gemma3", "phi3")   # cuda_runs: their layers exist on the CPU path only
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,7 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
         template, template_error = _template(gguf.metadata.get("tokenizer.chat_template"), options.chat_template)
         source = _rendered_source(gguf.metadata.get("tokenizer.chat_template"), options.chat_template, template)
         num_ctx = context_for(options.num_ctx, config.context_length or 0)
+        config = config.for_context(num_ctx)     # LongRoPE's factor set, as llama.cpp picks it by n_ctx
         on_device = _load_on_device(gguf, config, options, num_ctx, make_ops) \
             if options.device == "cuda" and cuda_runs(config) else None
         model, kv = on_device or (read_model(gguf, config), PagedKVCache(
@@ -165,7 +166,8 @@ def _kept(gguf: GGUFFile, name: str) -> QuantWeight:
 
 def cuda_runs(config: ModelConfig) -> bool:
     """Whether the CUDA path runs this model (head_dim a multiple of 32; not gemma2's and gemma3's
-    sliding windows, post-norms, GELU and soft-capping, which only the CPU path has); a model it
+    sliding windows, post-norms, GELU and soft-capping, nor phi3's LongRoPE attention factor,
+    which only the CPU path has); a model it
     does not run is served on the CPU, with a warning."""
     if config.arch in CPU_ONLY_ARCHS:
         log.warning(f"engine model served on the CPU: the CUDA path does not run {config.arch} yet",

@@ -15,8 +15,10 @@ exist at once whatever the chunk (a 512-row chunk of a 152k vocabulary would be 
 Architectures: llama (and mistral), qwen2 (Q/K/V biases), qwen3 (per-head Q/K RMSNorm), gemma3
 (Q/K RMSNorm, post-norms, GELU, scaled embeddings, sliding-window layers with their own RoPE
 base: ModelConfig.window_of), gemma2 (gemma3's post-norms, GELU and scaled embeddings, every other
-layer over a sliding window, attention and final logit soft-capping, no Q/K norms); tied
-embeddings when output.weight is absent (gemma2: always). Every matrix is stored as the GGUF
+layer over a sliding window, attention and final logit soft-capping, no Q/K norms), phi3 (Q/K/V
+and gate/up fused in the file, LongRoPE's short or long factors by the served context:
+ModelConfig.for_context; its sliding_window ignored as llama.cpp does); tied embeddings when
+output.weight is absent (gemma2: always). Every matrix is stored as the GGUF
 holds it, (out, in) contiguous float32 (Q, K, V fused; gate and up fused), and all T rows of a batch (prefill
 tokens of several sequences and single decode tokens alike) go through one matmul per weight:
 `linear` below, OpenBLAS for a prefill's many rows, the compiled kernel (kernels.py) for a
@@ -39,6 +41,7 @@ quantweight.StackedWeight. A part of another type makes the whole weight float32
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -56,13 +59,20 @@ from velollmd.engine.quantweight import QuantWeight, StackedWeight
 
 ROPE_STYLE_OF_ARCH = {"llama": ops.ROPE_NORM, "mistral": ops.ROPE_NORM,
                       "qwen2": ops.ROPE_NEOX, "qwen3": ops.ROPE_NEOX, "gemma2": ops.ROPE_NEOX,
-                      "gemma3": ops.ROPE_NEOX}
+                      "gemma3": ops.ROPE_NEOX, "phi3": ops.ROPE_NEOX}
 LAYER_TENSORS = ("attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
                  "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight",
                  "ffn_down.weight")
 QKV_BIAS_TENSORS = ("attn_q.bias", "attn_k.bias", "attn_v.bias")
 QK_NORM_TENSORS = ("attn_q_norm.weight", "attn_k_norm.weight")
 POST_NORM_TENSORS = ("post_attention_norm.weight", "post_ffw_norm.weight")
+# phi3's layers: Q/K/V fused in attn_qkv, gate and up fused in ffn_up (gate the first n_ff rows)
+PHI3_LAYER_TENSORS = ("attn_norm.weight", "attn_qkv.weight", "attn_output.weight", "ffn_norm.weight",
+                      "ffn_up.weight", "ffn_down.weight")
+LAYER_TENSORS_OF_ARCH = {"phi3": PHI3_LAYER_TENSORS}
+# LongRoPE's per-dimension frequency divisors (phi3): the long ones when the served context
+# exceeds the original one, as llama.cpp's get_rope_factors chooses
+ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT = "rope_factors_long.weight", "rope_factors_short.weight"
 REQUIRED_OF_ARCH = {"qwen2": QKV_BIAS_TENSORS, "qwen3": QK_NORM_TENSORS, "gemma2": POST_NORM_TENSORS,
                     "gemma3": QK_NORM_TENSORS + POST_NORM_TENSORS}
 # gemma3 (llama.cpp's hparams for it): every SWA_PATTERN-th layer attends globally, the others over
@@ -136,6 +146,25 @@ class ModelConfig:
     rope_freq_base_swa: float = 0.0   # the sliding-window layers' RoPE base (scale 1); 0: rope_freq_base
     final_softcap: float = 0.0        # > 0: logits = cap * tanh(logits / cap)
     attn_softcap: float = 0.0         # > 0 (gemma2): attention scores = cap * tanh(scores / cap)
+    # phi3's: fused Q/K/V and gate/up tensors, LongRoPE's two factor sets and its attention factor
+    fused_tensors: bool = False       # attn_qkv.weight and a (2 n_ff, n_embd) ffn_up.weight
+    longrope: bool = False            # rope_factors_long/short.weight in the file
+    rope_original_context: int = 0    # LongRoPE's original context; a longer served one takes the long factors
+    rope_long: bool = False           # the long factors are in use (for_context)
+    rope_attn_factor: float = 1.0     # cos and sin times this (so Q and K): rope.scaling.attn_factor
+
+    def for_context(self, num_ctx: int) -> "ModelConfig":
+        """This config served at num_ctx positions a sequence: LongRoPE's long factors when that
+        exceeds the original context (llama.cpp: n_ctx_seq > n_ctx_orig_yarn), else the short ones."""
+        return dataclasses.replace(self, rope_long=self.longrope and num_ctx > self.rope_original_context)
+
+    def rope_factors_name(self) -> str | None:
+        """The tensor of per-dimension RoPE frequency divisors in use, or None."""
+        if self.has_rope_freqs:
+            return "rope_freqs.weight"
+        if self.longrope:
+            return ROPE_FACTORS_LONG if self.rope_long else ROPE_FACTORS_SHORT
+        return None
 
     def window_of(self, layer: int) -> int:
         """The sliding window of a layer; 0: it attends over the whole context."""
@@ -166,6 +195,7 @@ class ModelConfig:
             has_rope_freqs="rope_freqs.weight" in names,
             context_length=int(key("context_length", 4096)),
             qkv_bias="blk.0.attn_q.bias" in names, qk_norm="blk.0.attn_q_norm.weight" in names,
+            longrope=_longrope(names),
             **{"tied_embeddings": "output.weight" not in names, **features})
 
 
@@ -206,6 +236,19 @@ def _gemma_features(n_embd: int) -> dict:
     return dict(embd_scale=float(np.sqrt(np.float32(n_embd))), post_norms=True, ffn_gelu=True)
 
 
+def _phi3_features(metadata: dict, n_embd: int, n_head: int, head_dim: int, n_layer: int) -> dict:
+    """ModelConfig's phi3 fields, as llama.cpp (b11434) reads the file: fused tensors, LongRoPE's
+    factors and original context (default: the trained one) and rope.scaling.attn_factor (1 when
+    absent: llama.cpp computes none; the converter writes sqrt(1 + ln(scale) / ln(original))).
+    A phi3.attention.sliding_window is read and ignored, as llama.cpp does ("Phi SWA is currently
+    disabled"): every layer attends over the whole context."""
+    def value(name: str, default: float) -> float:
+        return float(metadata.get(f"phi3.{name}", default) or default)
+    original = int(value("rope.scaling.original_context_length", value("context_length", 4096)))
+    return dict(fused_tensors=True, rope_original_context=original,
+                rope_attn_factor=value("rope.scaling.attn_factor", 1.0))
+
+
 def _swa_layers(n_layer: int, window: int, pattern: int) -> tuple[bool, ...]:
     """llama.cpp's set_swa_pattern: layer il slides when il % pattern < pattern - 1 (every
     pattern-th layer global); none slides without a window."""
@@ -213,7 +256,7 @@ def _swa_layers(n_layer: int, window: int, pattern: int) -> tuple[bool, ...]:
 
 
 # architecture -> its ModelConfig fields beyond the common ones
-ARCH_FEATURES = {"gemma2": _gemma2_features, "gemma3": _gemma3_features}
+ARCH_FEATURES = {"gemma2": _gemma2_features, "gemma3": _gemma3_features, "phi3": _phi3_features}
 
 
 def _metadata_value(metadata: dict, name: str, default: object = _MISSING) -> object:
@@ -242,19 +285,27 @@ def _vocab_size(metadata: dict, arch: str) -> int:
 
 
 def _rope_freq_scale(metadata: dict, arch: str) -> float:
-    """1 / the RoPE scaling factor (as llama.cpp reads it, whatever the type says); yarn and
-    longrope need more than a factor and are unsupported."""
+    """1 / the RoPE scaling factor (as llama.cpp reads it, whatever the type says); yarn needs
+    more than a factor and is unsupported, longrope too but on phi3 (its factor tensors)."""
     kind = metadata.get(f"{arch}.rope.scaling.type", "linear")
-    if kind not in ("none", "linear"):
+    if kind not in ("none", "linear") and (kind, arch) != ("longrope", "phi3"):
         raise UnsupportedModel(f"{arch}.rope.scaling.type {kind!r} is not supported (only linear)")
     legacy = metadata.get(f"{arch}.rope.scale_linear", 0.0)
     factor = float(metadata.get(f"{arch}.rope.scaling.factor", legacy))
     return 1.0 / factor if factor > 0 else 1.0
 
 
+def _longrope(names: set[str]) -> bool:
+    """Whether the file carries LongRoPE's factors: both sets, or neither (plain RoPE)."""
+    present = {ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT} & names
+    if len(present) == 1:
+        raise UnsupportedModel(f"tensor {present.pop()!r} without its LongRoPE counterpart")
+    return bool(present)
+
+
 def _check_tensors(arch: str, names: set[str], n_layer: int) -> None:
     required = ["token_embd.weight", "output_norm.weight"]
-    per_layer = LAYER_TENSORS + REQUIRED_OF_ARCH.get(arch, ())
+    per_layer = LAYER_TENSORS_OF_ARCH.get(arch, LAYER_TENSORS) + REQUIRED_OF_ARCH.get(arch, ())
     required += [f"blk.{layer}.{name}" for layer in range(n_layer) for name in per_layer]
     missing = [name for name in required if name not in names]
     if missing:
@@ -477,7 +528,8 @@ class Model:
                         else self._matrix(("output.weight", c.n_vocab), cols=c.n_embd))
         head_name = "token_embd.weight" if c.tied_embeddings else "output.weight"
         self.lm_head_act = self._act((head_name, c.n_vocab))
-        factors = self._load("rope_freqs.weight", (c.n_rot // 2,)) if c.has_rope_freqs else None
+        factors_name = c.rope_factors_name()
+        factors = self._load(factors_name, (c.n_rot // 2,)) if factors_name else None
         self.inv_freq = ops.rope_inv_freq(c.n_rot, c.rope_freq_base, c.rope_freq_scale, factors)  # (n_rot/2,)
         # (n_rot/2,) the sliding-window layers' own RoPE (gemma3), or None: as the others
         self.inv_freq_swa = ops.rope_inv_freq(c.n_rot, c.rope_freq_base_swa) if c.rope_freq_base_swa else None
@@ -516,9 +568,7 @@ class Model:
 
     def _load_layer(self, layer: int) -> LayerWeights:
         c, p = self.config, f"blk.{layer}."
-        qkv = ((p + "attn_q.weight", self.q_dim), (p + "attn_k.weight", self.kv_dim),
-               (p + "attn_v.weight", self.kv_dim))
-        gate_up = ((p + "ffn_gate.weight", c.n_ff), (p + "ffn_up.weight", c.n_ff))
+        qkv, gate_up = self._fused_parts(p)
         bqkv = None
         if c.qkv_bias:
             bqkv = np.concatenate([self._load(p + "attn_q.bias", (self.q_dim,)),
@@ -538,6 +588,17 @@ class Model:
             down_act=self._act((p + "ffn_down.weight", c.n_embd)),
             attn_post_norm=self._load(p + "post_attention_norm.weight", (c.n_embd,)) if c.post_norms else None,
             ffn_post_norm=self._load(p + "post_ffw_norm.weight", (c.n_embd,)) if c.post_norms else None)
+
+    def _fused_parts(self, p: str) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
+        """(tensor name, rows) parts of a layer's fused Q/K/V and gate/up weights: phi3's file
+        holds each fused already (ffn_up's first n_ff rows the gate: ggml's swiglu), the others
+        as separate tensors."""
+        c = self.config
+        if c.fused_tensors:
+            return ((p + "attn_qkv.weight", self.q_dim + 2 * self.kv_dim),), ((p + "ffn_up.weight", 2 * c.n_ff),)
+        return (((p + "attn_q.weight", self.q_dim), (p + "attn_k.weight", self.kv_dim),
+                 (p + "attn_v.weight", self.kv_dim)),
+                ((p + "ffn_gate.weight", c.n_ff), (p + "ffn_up.weight", c.n_ff)))
 
     def release(self) -> None:
         """Nothing to do: host memory goes with the last reference (gpu_model.GpuModel frees device memory here)."""
@@ -577,7 +638,7 @@ class Model:
     def _residual(self, batch: Batch, kv: PagedKVCache) -> np.ndarray:
         check_token_ids(batch, self.config.n_vocab)
         plan = AttentionPlan(batch, kv.block_size, kv.num_blocks)
-        rope = ops.rope_cos_sin(batch.positions, self.inv_freq)          # cos, sin (T, n_rot/2) each
+        rope = ops.rope_cos_sin(batch.positions, self.inv_freq, self.config.rope_attn_factor)  # cos, sin (T, n_rot/2)
         rope_swa = rope if self.inv_freq_swa is None else ops.rope_cos_sin(batch.positions, self.inv_freq_swa)
         x = embedding_rows(self.token_embd, batch.token_ids)             # (T, n_embd)
         if self.config.embd_scale != 1.0:

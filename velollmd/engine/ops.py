@@ -64,10 +64,12 @@ def rope_inv_freq(n_rot: int, freq_base: float, freq_scale: float = 1.0,
     return inv_freq
 
 
-def rope_cos_sin(positions: np.ndarray, inv_freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin of position * inv_freq, each (T, n_rot/2) float32."""
+def rope_cos_sin(positions: np.ndarray, inv_freq: np.ndarray,
+                 attn_factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of position * inv_freq, each (T, n_rot/2) float32, times attn_factor (ggml's
+    rope mscale: the rotated dims of Q and K both scaled by it; LongRoPE's attention factor)."""
     theta = np.outer(positions.astype(np.float64), inv_freq)  # (T, n_rot/2)
-    return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+    return (np.cos(theta) * attn_factor).astype(np.float32), (np.sin(theta) * attn_factor).astype(np.float32)
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> np.ndarray:
