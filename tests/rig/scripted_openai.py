@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODELS = {"object": "list", "data": [{"id": "m", "object": "model"}]}
@@ -24,9 +25,10 @@ ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model"
 class ScriptedServer:
     """GET path -> (status, body bytes), anything else 404; POST /v1/chat/completions recorded
     in `bodies` (parsed JSON) and answered with ANSWER; another POST path is answered from
-    `routes` under "POST <path>" (recorded too), or 404."""
+    `routes` under "POST <path>" (recorded too), or 404: (status, body bytes), or a function of
+    the parsed body giving (status, the answer as JSON)."""
 
-    def __init__(self, routes: dict[str, tuple[int, bytes]]):
+    def __init__(self, routes: dict[str, tuple[int, bytes] | Callable[[dict], tuple[int, object]]]):
         routes = {"/v1/models": (200, json.dumps(MODELS).encode()), **routes}
         self.hits: list[str] = []
         self.bodies: list[dict] = []
@@ -46,6 +48,9 @@ class ScriptedServer:
                 if scripted is None and self.path != "/v1/chat/completions":
                     return self._answer(404, b'{"detail":"Not Found"}')
                 bodies.append(json.loads(body))
+                if callable(scripted):
+                    status, answer = scripted(bodies[-1])
+                    scripted = status, json.dumps(answer).encode()
                 self._answer(*(scripted or (200, json.dumps(ANSWER).encode())))
 
             def _answer(self, status: int, body: bytes):

@@ -13,7 +13,9 @@ sends `model` too), so one answer suits either client. POST /apply-template (lla
 prompt text the model would see. GET /tokenizer_info (vLLM's, which lm-evaluation-harness's
 remote tokenizer reads): the tokenizer's config (bos_token, eos_token, pad_token, chat_template,
 model_max_length, tokenizer_class), built from the engine's GGUF or llama-server's /props, or an
-OpenAI-compatible server's own answer passed through.
+OpenAI-compatible server's own answer passed through. Behind an OpenAI-compatible backend (vLLM),
+/tokenize and /detokenize are the server's own routes, passed through (llama-server's dialect
+of /tokenize as vLLM's `prompt`); /apply-template has no vLLM route (a 501).
 
 `model` is optional, as on llama-server and vLLM: without one, the one model served by a
 backend that can answer (several: a 400 asking for one); /tokenizer_info takes it as a query
@@ -26,13 +28,14 @@ from urllib.parse import parse_qsl
 from ..backends.base import Backend, in_vocab
 from ..backends.registry import Registry
 from ..core.pipeline import Pipeline
-from ..errors import BadRequest, NotImplementedByBackend
+from ..errors import BackendError, BadRequest, NotImplementedByBackend
 from ..http.message import Request, Response
 from .access import Access
 from .validate import validate_chat
 
 VLLM_TOKENIZE_FIELDS = ("prompt", "messages")
 TOKENIZER_BACKENDS = {"serves_tokenizer": "a llama.cpp or engine backend",      # by capability
+                      "tokenizes": "a llama.cpp, engine or vLLM backend",
                       "serves_tokenizer_info": "an engine, llama.cpp or vLLM backend"}
 MAX_NAMES_SHOWN = 5            # models named in the "which model?" 400
 
@@ -53,8 +56,10 @@ class TokenizeRoutes:
         if vllm and "content" in body or len(vllm) > 1:
             raise BadRequest("send `content` (llama-server), `prompt` or `messages` (vLLM): only one of them",
                              param=vllm[-1])
-        backend, model = await self._backend_for(request, body)
+        backend, model = await self._backend_for(request, body, capability="tokenizes")
         if vllm:
+            if not backend.serves_tokenizer:
+                return Response.json(await backend.forward_tokenize("/tokenize", {**body, "model": model}))
             return Response.json(await _vllm_tokens(backend, model, body))
         content = body.get("content", "")
         flags = {name: _flag(body, name, default) for name, default in
@@ -62,18 +67,26 @@ class TokenizeRoutes:
         if not isinstance(content, (str, list)) or isinstance(content, list) and not all(
                 isinstance(item, (str, int)) and type(item) is not bool for item in content):
             raise BadRequest("content must be a string, or an array of strings and token ids", param="content")
+        if not backend.serves_tokenizer:
+            return Response.json(await _forwarded_content(backend, model, content, flags))
         if isinstance(content, list):
             await _check_ids(backend, model, [i for i in content if not isinstance(i, str)], "content")
         return Response.json({"tokens": await backend.tokenize_text(model, content, **flags)})
 
     async def detokenize(self, request: Request) -> Response:
         body = request.json()
-        backend, model = await self._backend_for(request, body)
+        backend, model = await self._backend_for(request, body, capability="tokenizes")
         tokens = body.get("tokens", [])
         if not isinstance(tokens, list):
             raise BadRequest("tokens must be an array of token ids", param="tokens")
         await _check_ids(backend, model, tokens, "tokens")
-        text = await backend.detokenize(model, tokens)
+        if not backend.serves_tokenizer:
+            text = (await backend.forward_tokenize("/detokenize", {"model": model, "tokens": tokens})).get("prompt")
+            if not isinstance(text, str):
+                raise BackendError(f"backend {backend.name} answered /detokenize with no prompt text",
+                                   code="backend_error")
+        else:
+            text = await backend.detokenize(model, tokens)
         return Response.json({"content": text, "prompt": text})
 
     async def apply_template(self, request: Request) -> Response:
@@ -155,6 +168,21 @@ async def _vllm_tokens(backend: Backend, model: str, body: dict) -> dict:
     if not want_strs:
         return {**answer, "tokens": tokens}
     return {**answer, "tokens": [t["id"] for t in tokens], "token_strs": await backend.token_strs(model, tokens)}
+
+
+async def _forwarded_content(backend: Backend, model: str, content: str | list, flags: dict) -> dict:
+    """llama-server's /tokenize body for a server with vLLM's route: its text, with or
+    without the specials, as vLLM's `prompt`; what vLLM cannot answer (token ids among the
+    texts, each token's piece, special tokens read as text) is a 400 naming the field."""
+    refused = [name for name, wanted in (("content", isinstance(content, list)), ("with_pieces", flags["with_pieces"]),
+                                         ("parse_special", not flags["parse_special"])) if wanted]
+    if refused:
+        raise BadRequest(f"backend {backend.name} ({backend.kind}) tokenizes with vLLM's /tokenize, "
+                         "which takes one text and reads its special tokens: token ids in `content`, `with_pieces` "
+                         "and `parse_special: false` are llama-server's", param=refused[0], code="unsupported_value")
+    answer = await backend.forward_tokenize("/tokenize", {"model": model, "prompt": content,
+                                                          "add_special_tokens": flags["add_special"]})
+    return {"tokens": answer.get("tokens")}
 
 
 def _chat_body(body: dict, model: str) -> dict:

@@ -10,7 +10,7 @@ import json
 
 from ..errors import BadRequest
 from ..wire.request import REASONING_EFFORTS, logit_bias_value, wants_json
-from ..wire.vllm import CONSTRAINT_KINDS, GUIDED_FIELDS, STRUCTURED_OUTPUT_OPTIONS
+from ..wire.vllm import CONSTRAINT_KINDS, GUIDED_FIELDS, STRUCTURED_OUTPUT_OPTIONS, VLLM_REQUEST_FIELDS
 
 MAX_STOP_SEQUENCES = 16                 # stop strings a request may give, the same on every backend
 
@@ -260,6 +260,8 @@ def check_vllm_fields(body: dict) -> None:
     types, at most one structured output in all (vLLM's rule; response_format counts),
     min_tokens within max_tokens; the JSON kinds (`guided_json`, `structured_outputs.json` /
     `.json_object`, `json_schema`) become the response_format every backend honours."""
+    if VLLM_REQUEST_FIELDS.isdisjoint(body):
+        return
     _check_sampling_extras(body)
     outputs = body.get("structured_outputs")
     if outputs is not None and not isinstance(outputs, dict):

@@ -59,6 +59,7 @@ class Backend:
                                 # apply_template, vocab_size (velollmd's /tokenize, /detokenize, /apply-template)
     serves_tokenizer_info = False   # tokenizer_info(model): vLLM's GET /tokenizer_info, built or passed through
     serves_rerank = False       # rerank(body): a cross-encoder's scores (/v1/rerank), when its server was started for it
+    forwards_tokenize = False   # vLLM's POST /tokenize and /detokenize are the server's own (forward_tokenize)
     pins_slots = False          # a request may name the slot (`id_slot`) that holds its prefix
     native_ollama = False       # speaks Ollama's own API: Ollama clients pass through (`native`)
     takes_context = False       # a chat body's `context` (Ollama's token ids of earlier turns) is
@@ -278,6 +279,16 @@ class Backend:
     async def vocab_size(self, model: str) -> int | None:
         """The number of token ids `model`'s tokenizer knows, or None when it cannot tell."""
         return None
+
+    @property
+    def tokenizes(self) -> bool:
+        """/tokenize and /detokenize answer for its models: from its own tokenizer
+        (serves_tokenizer), or as the server's own routes (forwards_tokenize)."""
+        return self.serves_tokenizer or self.forwards_tokenize
+
+    async def forward_tokenize(self, path: str, body: dict) -> dict:
+        """vLLM's POST /tokenize or /detokenize (`path`), answered by the server itself."""
+        raise self.tokenizer_unavailable(body.get("model", ""))
 
     async def tokenizer_info(self, model: str) -> dict:
         """vLLM's GET /tokenizer_info for `model`: its tokenizer_config.json fields (bos_token,

@@ -28,6 +28,7 @@ class LlamaCppBackend(OpenAIBackend):
     can_tokenize = True
     serves_tokenizer = True
     serves_tokenizer_info = True
+    forwards_tokenize = False       # its /tokenize is llama-server's dialect: tokenize_text and the others
     pins_slots = True
     defaults = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
     # choice as a GBNF `grammar`; its own ignore_eos, continue_final_message and add_generation_prompt

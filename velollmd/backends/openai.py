@@ -9,7 +9,7 @@ neither do the others: those get the scheduler's adaptive limit. vLLM's version 
 from __future__ import annotations
 
 import json
-from typing import AsyncIterator, Awaitable
+from typing import AsyncIterator, Awaitable, Callable
 
 from ..errors import BackendError, NotImplementedByBackend, VeloError
 from ..wire.request import GenerateRequest
@@ -19,6 +19,7 @@ from .base import Backend, ModelInfo, extract_error_message, refuse_unhonoured
 
 RERANK_PATH = "/v1/rerank"
 RERANK_MISSING = (404, 405, 501)     # no route, or llama-server's "Start it with `--reranking`"
+ROUTE_MISSING = (404, 405)           # no such route: not that server, or not started with what serves it
 PATHS = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}   # by request endpoint
 WIDTH_PROBES = (    # (path, server, the JSON field that states how many requests it runs at once)
     ("/get_server_info", "SGLang", "max_running_requests"),
@@ -36,6 +37,7 @@ class OpenAIBackend(Backend):
     server_version: str | None = None    # vLLM's version, as its GET /version states it
     serves_tokenizer_info = True         # vLLM's own, passed through (when it was started with it)
     serves_rerank = True                 # its /v1/rerank, when the server was started with a reranker
+    forwards_tokenize = True             # vLLM's /tokenize and /detokenize, passed through
 
     async def discover(self) -> None:
         """The server's width, asked once per start (config `slots` wins when set)."""
@@ -125,31 +127,45 @@ class OpenAIBackend(Backend):
         is the server's own error)."""
         return await self.post_json("/v1/embeddings", {k: v for k, v in body.items() if k not in OLLAMA_CONTEXT_FIELDS})
 
-    async def rerank(self, body: dict) -> dict:
+    def rerank(self, body: dict) -> Awaitable[dict]:
         """The server's own /v1/rerank (llama-server's and vLLM's path both). A server that has
         no such route (404, 405) or was not started for it (llama-server without --reranking:
         501) is a 501 naming this backend; any other error is the server's own."""
-        response = await self.client.request("POST", RERANK_PATH, json=body)
-        if response.status in RERANK_MISSING:
-            message = extract_error_message(await response.read()) or f"HTTP {response.status}"
-            raise self.rerank_unavailable(body["model"], f" (it answered {response.status}: {message})")
-        return await self.json_or_raise(response, body["model"])
+        def unavailable(status: int, message: str) -> VeloError:
+            return self.rerank_unavailable(body["model"], f" (it answered {status}: {message})")
+        return self._own_route("POST", RERANK_PATH, body, RERANK_MISSING, unavailable)
 
-    async def tokenizer_info(self, model: str) -> dict:
-        """The server's own GET /tokenizer_info as it answers it; a server without the route
-        (vLLM serves it only when started with --enable-tokenizer-info-endpoint) is a 501."""
-        response = await self.client.request("GET", "/tokenizer_info")
-        if response.status in (404, 405):
-            await response.read()
-            raise NotImplementedByBackend(
-                f"backend {self.name} ({self.server or self.kind}) has no GET /tokenizer_info for model {model!r} "
-                f"(it answered {response.status}); vLLM serves it when started with "
-                "--enable-tokenizer-info-endpoint", param="model", code="tokenizer_unavailable")
-        info = await self.json_or_raise(response)
-        if not isinstance(info, dict):
-            raise BackendError(f"backend {self.name} answered /tokenizer_info with no JSON object",
-                               code="backend_error")
-        return info
+    def tokenizer_info(self, model: str) -> Awaitable[dict]:
+        """The server's own GET /tokenizer_info as it answers it (vLLM serves it only when started
+        with --enable-tokenizer-info-endpoint)."""
+        return self._own_route("GET", "/tokenizer_info", None, ROUTE_MISSING, self._tokenizer_route_missing(
+            "GET /tokenizer_info", model, "vLLM serves it when started with --enable-tokenizer-info-endpoint"))
+
+    def forward_tokenize(self, path: str, body: dict) -> Awaitable[dict]:
+        """vLLM's /tokenize or /detokenize, the body and answer as they are."""
+        return self._own_route("POST", path, body, ROUTE_MISSING,
+                               self._tokenizer_route_missing(f"POST {path}", body["model"], "vLLM serves it"))
+
+    def _tokenizer_route_missing(self, route: str, model: str, hint: str) -> Callable[[int, str], VeloError]:
+        def unavailable(status: int, message: str) -> VeloError:
+            return NotImplementedByBackend(
+                f"backend {self.name} ({self.server or self.kind}) has no {route} for model {model!r} "
+                f"(it answered {status}); {hint}", param="model", code="tokenizer_unavailable")
+        return unavailable
+
+    async def _own_route(self, method: str, path: str, body: dict | None, missing: tuple[int, ...],
+                         unavailable: Callable[[int, str], VeloError]) -> dict:
+        """A route of the server's own (vLLM's, llama-server's), answered as it is (a JSON
+        object); an answer whose status is in `missing` (no such route, or the server was not
+        started with what serves it) is unavailable(status, its error message), a 501."""
+        response = await self.client.request(method, path, json=body)
+        if response.status in missing:
+            message = extract_error_message(await response.read()) or f"HTTP {response.status}"
+            raise unavailable(response.status, message)
+        answer = await self.json_or_raise(response, body and body.get("model"))
+        if not isinstance(answer, dict):
+            raise BackendError(f"backend {self.name} answered {path} with no JSON object", code="backend_error")
+        return answer
 
 
 ALL_VLLM_FIELDS = frozenset((*CONSTRAINT_KINDS, *SAMPLING_EXTRAS, "prompt_logprobs", *GENERATION_PROMPT_ASKS,

@@ -37,6 +37,11 @@ STRUCTURED_OUTPUT_OPTIONS = {"disable_fallback": (False,), "disable_any_whitespa
                              "disable_additional_properties": (False,), "whitespace_pattern": (), "backend": ("auto",)}
 # What a chat's add_generation_prompt / continue_final_message ask for (generation_prompt_asks).
 GENERATION_PROMPT_ASKS = ("continue_final_message", "closed_final_message", "add_generation_prompt")
+# Every top-level field the checks here and in api/validate.check_vllm_fields read: a body with
+# none of them (most requests) asks for nothing of vLLM's, which one set lookup per key tells.
+VLLM_REQUEST_FIELDS = frozenset({*LEGACY_FIELDS.values(), "structured_outputs", "grammar", "json_schema",
+                                 *SAMPLING_EXTRAS, "prompt_logprobs", "spaces_between_special_tokens",
+                                 "guided_decoding_backend", "continue_final_message", "add_generation_prompt"})
 
 
 def vllm_constraint(body: dict) -> tuple[str, str, object] | None:
@@ -58,6 +63,8 @@ def vllm_constraint(body: dict) -> tuple[str, str, object] | None:
 def asked_vllm_fields(body: dict) -> list[tuple[str, str]]:
     """(what is asked: a constraint kind or a sampling extra, the field naming it in a 400) for
     each vLLM field of `body` that asks for something (a default value asks for nothing)."""
+    if VLLM_REQUEST_FIELDS.isdisjoint(body):
+        return []
     asked = []
     constraint = vllm_constraint(body)
     if constraint is not None:
