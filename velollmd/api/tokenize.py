@@ -177,7 +177,7 @@ async def _forwarded_content(backend: Backend, model: str, content: str | list, 
     refused = [name for name, wanted in (("content", isinstance(content, list)), ("with_pieces", flags["with_pieces"]),
                                          ("parse_special", not flags["parse_special"])) if wanted]
     if refused:
-        raise BadRequest(f"backend {backend.name} ({backend.kind}) tokenizes with vLLM's /tokenize, "
+        raise BadRequest(f"backend {backend.name} tokenizes with vLLM's /tokenize, "
                          "which takes one text and reads its special tokens: token ids in `content`, `with_pieces` "
                          "and `parse_special: false` are llama-server's", param=refused[0], code="unsupported_value")
     answer = await backend.forward_tokenize("/tokenize", {"model": model, "prompt": content,
