@@ -96,16 +96,17 @@ class PagedKVCache:
         window > 0 (a sliding-window layer): over the last `window` of them only. softcap > 0
         (gemma2): the scores soft-capped before softmax (ops.soft_cap_).
 
-        float32 with the extension built and no soft-capping: the compiled kernel reads K/V in
-        place from the pages; otherwise a dense padded copy and ops.decode_attention (the
-        kernel's reference).
+        float32 with the extension built: the compiled kernel reads K/V in place from the pages
+        (a window's earlier blocks skipped); otherwise a dense padded copy and
+        ops.decode_attention (the kernel's reference).
         """
         self._check_decode(q, block_tables, context_lens)
+        if kernels.COMPILED and self.k.dtype == np.float32:
+            starts = np.maximum(np.asarray(context_lens) - window, 0) if window else None   # (B,)
+            return kernels.paged_decode_attention(q, self.k[layer], self.v[layer], block_tables,
+                                                  context_lens, scale, starts, softcap)
         if window and np.max(context_lens, initial=0) > window:
             return self._windowed_decode(layer, q, block_tables, np.asarray(context_lens), scale, window, softcap)
-        if kernels.COMPILED and self.k.dtype == np.float32 and not softcap:
-            return kernels.paged_decode_attention(q, self.k[layer], self.v[layer], block_tables,
-                                                  context_lens, scale)
         k, v = self.gather_padded(layer, block_tables)          # (B, max_len, kv, d) each
         return ops.decode_attention(q, k, v, context_lens, scale, softcap=softcap)
 
