@@ -85,15 +85,14 @@ static inline __attribute__((always_inline)) v8f tanh8(v8f x) {
  * order: a scale by 1 / softcap, tanh, a scale by softcap). */
 typedef struct {
     int64_t group, n_head_kv, head_dim, block_size;
-    float scale, softcap;
+    float scale, softcap, softcap_inv;                 /* softcap_inv: 1 / softcap rounded once, as numpy's */
 } shape_t;
 
 /* The 8 scores soft-capped when the call asks for it (shape_t's softcap). */
 static inline __attribute__((always_inline)) v8f capped(const shape_t *s, v8f scores) {
     if (s->softcap <= 0.0f)
         return scores;
-    float inv = (float)(1.0 / (double)s->softcap);
-    return tanh8(scores * inv) * s->softcap;
+    return tanh8(scores * s->softcap_inv) * s->softcap;
 }
 
 /* Where position t's K (or V) row for KV head h starts, as floats into the layer's pages. */
@@ -263,7 +262,8 @@ void vl_decode_attention(const float *q, const float *k_cache, const float *v_ca
                          float *scores, float *out, int64_t B, int64_t n_head, int64_t n_head_kv,
                          int64_t head_dim, int64_t block_size, int64_t max_blocks, float scale, float softcap,
                          int num_threads) {
-    shape_t s = {n_head / n_head_kv, n_head_kv, head_dim, block_size, scale, softcap};
+    shape_t s = {n_head / n_head_kv, n_head_kv, head_dim, block_size, scale, softcap,
+                 softcap > 0.0f ? (float)(1.0 / (double)softcap) : 0.0f};
     int64_t stride = max_blocks * block_size, units = B * n_head_kv;
     if (num_threads < 1)
         num_threads = 1;

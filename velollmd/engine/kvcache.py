@@ -112,8 +112,9 @@ class PagedKVCache:
 
     def _windowed_decode(self, layer: int, q: np.ndarray, block_tables: np.ndarray, lens: np.ndarray,
                          scale: float, window: int, softcap: float) -> np.ndarray:
-        """Sliding-window decode: each sequence's blocks from the one that holds its window's
-        first key, gathered densely; the keys before the window masked (ops.decode_attention)."""
+        """Sliding-window decode without the compiled kernel (and its reference): each sequence's
+        blocks from the one that holds its window's first key, gathered densely; the keys before
+        the window masked (ops.decode_attention)."""
         starts = np.maximum(lens - window, 0)                       # (B,) first visible position
         first_blocks = starts // self.block_size                    # (B,)
         num_blocks = int((-(-lens // self.block_size) - first_blocks).max())
