@@ -88,9 +88,9 @@ typedef struct {
     float scale, softcap, softcap_inv;                 /* softcap_inv: 1 / softcap rounded once, as numpy's */
 } shape_t;
 
-/* The 8 scores soft-capped when the call asks for it (shape_t's softcap). */
-static inline __attribute__((always_inline)) v8f capped(const shape_t *s, v8f scores) {
-    if (s->softcap <= 0.0f)
+/* The 8 scores soft-capped when CAP (a constant: unit_scores is built twice, with and without). */
+static inline __attribute__((always_inline)) v8f capped(const shape_t *s, v8f scores, const int CAP) {
+    if (!CAP)
         return scores;
     return tanh8(scores * s->softcap_inv) * s->softcap;
 }
@@ -158,17 +158,18 @@ static inline __attribute__((always_inline)) int64_t run_of(const shape_t *s, in
 
 /* scores[g][t - first] for the group's queries over positions [first, len), 8 positions at a
  * time (a last partial 8 repeats its last row and keeps the valid lanes only: one code path for
- * every score), soft-capped when asked; then a prefetch of the first block's V rows. Positions
+ * every score), soft-capped when CAP; then a prefetch of the first block's V rows. Positions
  * before first (a sliding window's) are never read, their blocks included. */
 static inline __attribute__((always_inline)) void unit_scores(const shape_t *s, const float *q,
                                                               const float *k_cache, const float *v_cache,
                                                               const int64_t *table, int64_t first, int64_t len,
-                                                              int64_t h, float *scores, int64_t stride) {
+                                                              int64_t h, float *scores, int64_t stride,
+                                                              const int CAP) {
     const float *k[8];
     for (int64_t t0 = first; t0 < len; t0 += 8) {
         int64_t valid = rows8_ahead(s, k_cache, table, t0, len, h, k);
         for (int64_t g = 0; g < s->group; g++) {
-            v8f sums = capped(s, dot8(q + g * s->head_dim, k, s->head_dim, s->scale));
+            v8f sums = capped(s, dot8(q + g * s->head_dim, k, s->head_dim, s->scale), CAP);
             float *row = scores + g * stride + (t0 - first);
             if (valid == 8)
                 store8(row, sums);
@@ -243,7 +244,10 @@ static void attend(const shape_t *s, const float *q, const float *k_cache, const
                    const int64_t *table, int64_t first, int64_t len, int64_t h, float *scores,
                    int64_t stride, float *out) {
     int64_t d = s->head_dim;
-    unit_scores(s, q, k_cache, v_cache, table, first, len, h, scores, stride);
+    if (s->softcap > 0.0f)
+        unit_scores(s, q, k_cache, v_cache, table, first, len, h, scores, stride, 1);
+    else
+        unit_scores(s, q, k_cache, v_cache, table, first, len, h, scores, stride, 0);
     float inv[s->group];                               /* 1 / each query's sum of exponentials */
     for (int64_t g = 0; g < s->group; g++)
         inv[g] = softmax_unnormalised(scores + g * stride, len - first);
