@@ -12,6 +12,9 @@ time: on a shared 2-vCPU VM the scheduler's waits would swamp a kernel's differe
 2. with --model: a decode forward at B=1 and B=8 (context 128) of this tree, with the other
    build's vl_decode_attention or this one's (every other kernel this tree's).
 
+Both builds must take vl_decode_attention's arguments of this tree: a build from before its
+`starts` and `softcap` arguments (branch qa-swakernel) cannot be compared by this script.
+
     PYTHONPATH=. .venv/bin/python benchmarks/engine_attention.py /tmp/base/velollmd/engine/_matmul.abi3.so
     ... --model ~/.cache/velollm/bench-models/small-q8_0.gguf
 """
@@ -64,9 +67,9 @@ def kernel_case(context: int, pages: str):
             lib.vl_decode_attention(
                 ffi.from_buffer("float[]", q), ffi.from_buffer("float[]", k[layer]),
                 ffi.from_buffer("float[]", v[layer]), ffi.from_buffer("int64_t[]", tables),
-                ffi.from_buffer("int64_t[]", lens), ffi.from_buffer("float[]", scores),
+                ffi.from_buffer("int64_t[]", lens), ffi.NULL, ffi.from_buffer("float[]", scores),
                 ffi.from_buffer("float[]", out), B, N_HEAD, N_HEAD_KV, HEAD_DIM, BLOCK_SIZE, max_blocks,
-                0.125, 1)
+                0.125, 0.0, 1)
         return out
     return run
 

@@ -70,11 +70,30 @@ static inline __attribute__((always_inline)) float softmax_unnormalised(float *s
     return 1.0f / hsum(vsum);
 }
 
-/* Geometry of one call: what every (sequence, KV head) unit needs besides its own pointers. */
+/* tanh(x) lane-wise: (1 - e) / (1 + e) with e = exp8(-2|x|) in (0, 1], the sign put back.
+ * Near 0 its error is absolute (~1e-7, from 1 - e), not relative: soft-capped scores come out
+ * within ~1e-7 * cap of tanhf's, far below what the softmax after them resolves. */
+static inline __attribute__((always_inline)) v8f tanh8(v8f x) {
+    const v8i sign_bit = {INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN};
+    v8i sign = (v8i)x & sign_bit;
+    v8f e = exp8(2.0f * (v8f)((v8i)x | sign_bit));     /* e^-2|x|: -|x| is x with its sign bit set */
+    return (v8f)((v8i)((1.0f - e) / (1.0f + e)) | sign);
+}
+
+/* Geometry of one call: what every (sequence, KV head) unit needs besides its own pointers.
+ * softcap > 0 (gemma2): every score becomes softcap * tanh(score / softcap) (ops.soft_cap_'s
+ * order: a scale by 1 / softcap, tanh, a scale by softcap). */
 typedef struct {
     int64_t group, n_head_kv, head_dim, block_size;
-    float scale;
+    float scale, softcap, softcap_inv;                 /* softcap_inv: 1 / softcap rounded once, as numpy's */
 } shape_t;
+
+/* The 8 scores soft-capped when CAP (a constant: unit_scores is built twice, with and without). */
+static inline __attribute__((always_inline)) v8f capped(const shape_t *s, v8f scores, const int CAP) {
+    if (!CAP)
+        return scores;
+    return tanh8(scores * s->softcap_inv) * s->softcap;
+}
 
 /* Where position t's K (or V) row for KV head h starts, as floats into the layer's pages. */
 static inline __attribute__((always_inline)) int64_t row_of(const shape_t *s, const int64_t *table,
@@ -131,49 +150,60 @@ static inline __attribute__((always_inline)) void prefetch_run(const float *row,
             __builtin_prefetch(row + j, 0, 3);
 }
 
-/* scores[g][t] for the group's queries over positions [0, len), 8 positions at a time (a last
- * partial 8 repeats its last row and keeps the valid lanes only: one code path for every score);
- * then a prefetch of the first block's V rows. */
+/* How many of positions [t, len) lie in t's block (a run of consecutive slots in one page). */
+static inline __attribute__((always_inline)) int64_t run_of(const shape_t *s, int64_t t, int64_t len) {
+    int64_t n = s->block_size - t % s->block_size;
+    return len - t < n ? len - t : n;
+}
+
+/* scores[g][t - first] for the group's queries over positions [first, len), 8 positions at a
+ * time (a last partial 8 repeats its last row and keeps the valid lanes only: one code path for
+ * every score), soft-capped when CAP; then a prefetch of the first block's V rows. Positions
+ * before first (a sliding window's) are never read, their blocks included. */
 static inline __attribute__((always_inline)) void unit_scores(const shape_t *s, const float *q,
                                                               const float *k_cache, const float *v_cache,
-                                                              const int64_t *table, int64_t len, int64_t h,
-                                                              float *scores, int64_t stride) {
+                                                              const int64_t *table, int64_t first, int64_t len,
+                                                              int64_t h, float *scores, int64_t stride,
+                                                              const int CAP) {
     const float *k[8];
-    for (int64_t t0 = 0; t0 < len; t0 += 8) {
+    for (int64_t t0 = first; t0 < len; t0 += 8) {
         int64_t valid = rows8_ahead(s, k_cache, table, t0, len, h, k);
         for (int64_t g = 0; g < s->group; g++) {
-            v8f sums = dot8(q + g * s->head_dim, k, s->head_dim, s->scale);
+            v8f sums = capped(s, dot8(q + g * s->head_dim, k, s->head_dim, s->scale), CAP);
+            float *row = scores + g * stride + (t0 - first);
             if (valid == 8)
-                store8(scores + g * stride + t0, sums);
+                store8(row, sums);
             else
                 for (int64_t i = 0; i < valid; i++)
-                    scores[g * stride + t0 + i] = sums[i];
+                    row[i] = sums[i];
         }
     }
-    prefetch_run(v_cache + row_of(s, table, 0, h), len < s->block_size ? len : s->block_size,
+    prefetch_run(v_cache + row_of(s, table, first, h), run_of(s, first, len),
                  s->n_head_kv * s->head_dim, h == 0 ? s->n_head_kv * s->head_dim : s->head_dim);       /* the first V block, for weighted_v */
 }
 
-/* out[g][j0 .. j0 + 8 * COLS) for the NG queries g of p (rows stride apart) = sum over t (in
- * order, from 0) of p[g][t] * V[t] there: each V load serves the NG queries. */
+/* out[g][j0 .. j0 + 8 * COLS) for the NG queries g of p (rows stride apart, p[g][0] position
+ * first's) = sum over t (in order, from first) of p[g][t - first] * V[t] there: each V load
+ * serves the NG queries. */
 static inline __attribute__((always_inline)) void weighted_v(const shape_t *s, const float *p, int64_t stride,
                                                              const float *v_cache, const int64_t *table,
-                                                             int64_t len, int64_t h, int64_t j0, const int NG,
-                                                             const int COLS, const float *inv, float *out) {
+                                                             int64_t first, int64_t len, int64_t h, int64_t j0,
+                                                             const int NG, const int COLS, const float *inv,
+                                                             float *out) {
     v8f acc[4][2] = {{{0}}};
     int64_t step = s->n_head_kv * s->head_dim;
-    for (int64_t t0 = 0; t0 < len; t0 += s->block_size) {
+    for (int64_t t0 = first, t1; t0 < len; t0 = t1) {
         const float *v = v_cache + row_of(s, table, t0, h) + j0;
-        int64_t n = len - t0 < s->block_size ? len - t0 : s->block_size, t1 = t0 + s->block_size;
+        int64_t n = run_of(s, t0, len);
+        t1 = t0 + n;
         if (j0 == 0 && t1 < len)         /* the first pass brings the next block's rows in whole */
-            prefetch_run(v_cache + row_of(s, table, t1, h), len - t1 < s->block_size ? len - t1 : s->block_size,
-                         step, h == 0 ? step : s->head_dim);
+            prefetch_run(v_cache + row_of(s, table, t1, h), run_of(s, t1, len), step, h == 0 ? step : s->head_dim);
         for (int64_t i = 0; i < n; i++, v += step) {
             v8f x[2];
             for (int c = 0; c < COLS; c++)
                 x[c] = load8(v + 8 * c);
             for (int g = 0; g < NG; g++) {
-                float pt = p[g * stride + t0 + i];
+                float pt = p[g * stride + (t0 - first) + i];
                 v8f pv = {pt, pt, pt, pt, pt, pt, pt, pt};
                 for (int c = 0; c < COLS; c++)
                     acc[g][c] += pv * x[c];
@@ -191,48 +221,53 @@ static inline __attribute__((always_inline)) void weighted_v(const shape_t *s, c
  * row), then 8, then the scalar rest. */
 static inline __attribute__((always_inline)) void weighted_v_all(const shape_t *s, const float *p, int64_t stride,
                                                                  const float *v_cache, const int64_t *table,
-                                                                 int64_t len, int64_t h, const int NG, const float *inv,
-                                                                 float *out) {
+                                                                 int64_t first, int64_t len, int64_t h, const int NG,
+                                                                 const float *inv, float *out) {
     int64_t d = s->head_dim, j = 0;
     for (; j + 16 <= d; j += 16)
-        weighted_v(s, p, stride, v_cache, table, len, h, j, NG, 2, inv, out);
+        weighted_v(s, p, stride, v_cache, table, first, len, h, j, NG, 2, inv, out);
     for (; j + 8 <= d; j += 8)
-        weighted_v(s, p, stride, v_cache, table, len, h, j, NG, 1, inv, out);
+        weighted_v(s, p, stride, v_cache, table, first, len, h, j, NG, 1, inv, out);
     for (; j < d; j++)
         for (int g = 0; g < NG; g++) {
             float sum = 0.0f;
-            for (int64_t t = 0; t < len; t++)
-                sum += p[g * stride + t] * v_cache[row_of(s, table, t, h) + j];
+            for (int64_t t = first; t < len; t++)
+                sum += p[g * stride + (t - first)] * v_cache[row_of(s, table, t, h) + j];
             out[g * d + j] = sum * inv[g];
         }
 }
 
-/* One sequence's `group` query heads q (group, head_dim) over KV head `h` of its first `len`
- * positions (pages from `table`); scores (group, stride) scratch, out (group, head_dim). */
+/* One sequence's `group` query heads q (group, head_dim) over KV head `h` of its positions
+ * [first, len) (pages from `table`); scores (group, stride) scratch, out (group, head_dim). */
 VL_CLONES
 static void attend(const shape_t *s, const float *q, const float *k_cache, const float *v_cache,
-                   const int64_t *table, int64_t len, int64_t h, float *scores, int64_t stride,
-                   float *out) {
+                   const int64_t *table, int64_t first, int64_t len, int64_t h, float *scores,
+                   int64_t stride, float *out) {
     int64_t d = s->head_dim;
-    unit_scores(s, q, k_cache, v_cache, table, len, h, scores, stride);
+    if (s->softcap > 0.0f)
+        unit_scores(s, q, k_cache, v_cache, table, first, len, h, scores, stride, 1);
+    else
+        unit_scores(s, q, k_cache, v_cache, table, first, len, h, scores, stride, 0);
     float inv[s->group];                               /* 1 / each query's sum of exponentials */
     for (int64_t g = 0; g < s->group; g++)
-        inv[g] = softmax_unnormalised(scores + g * stride, len);
+        inv[g] = softmax_unnormalised(scores + g * stride, len - first);
     int64_t g = 0;
     for (; g + 4 <= s->group; g += 4)
-        weighted_v_all(s, scores + g * stride, stride, v_cache, table, len, h, 4, inv + g, out + g * d);
+        weighted_v_all(s, scores + g * stride, stride, v_cache, table, first, len, h, 4, inv + g, out + g * d);
     switch (s->group - g) {
-    case 3: weighted_v_all(s, scores + g * stride, stride, v_cache, table, len, h, 3, inv + g, out + g * d); break;
-    case 2: weighted_v_all(s, scores + g * stride, stride, v_cache, table, len, h, 2, inv + g, out + g * d); break;
-    case 1: weighted_v_all(s, scores + g * stride, stride, v_cache, table, len, h, 1, inv + g, out + g * d); break;
+    case 3: weighted_v_all(s, scores + g * stride, stride, v_cache, table, first, len, h, 3, inv + g, out + g * d); break;
+    case 2: weighted_v_all(s, scores + g * stride, stride, v_cache, table, first, len, h, 2, inv + g, out + g * d); break;
+    case 1: weighted_v_all(s, scores + g * stride, stride, v_cache, table, first, len, h, 1, inv + g, out + g * d); break;
     }
 }
 
 void vl_decode_attention(const float *q, const float *k_cache, const float *v_cache,
-                         const int64_t *block_tables, const int64_t *context_lens, float *scores,
-                         float *out, int64_t B, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
-                         int64_t block_size, int64_t max_blocks, float scale, int num_threads) {
-    shape_t s = {n_head / n_head_kv, n_head_kv, head_dim, block_size, scale};
+                         const int64_t *block_tables, const int64_t *context_lens, const int64_t *starts,
+                         float *scores, float *out, int64_t B, int64_t n_head, int64_t n_head_kv,
+                         int64_t head_dim, int64_t block_size, int64_t max_blocks, float scale, float softcap,
+                         int num_threads) {
+    shape_t s = {n_head / n_head_kv, n_head_kv, head_dim, block_size, scale, softcap,
+                 softcap > 0.0f ? (float)(1.0 / (double)softcap) : 0.0f};
     int64_t stride = max_blocks * block_size, units = B * n_head_kv;
     if (num_threads < 1)
         num_threads = 1;
@@ -241,6 +276,6 @@ void vl_decode_attention(const float *q, const float *k_cache, const float *v_ca
         int64_t b = unit / n_head_kv, h = unit % n_head_kv;
         int64_t first = b * n_head + h * s.group;        /* this unit's first query head */
         attend(&s, q + first * head_dim, k_cache, v_cache, block_tables + b * max_blocks,
-               context_lens[b], h, scores + first * stride, stride, out + first * head_dim);
+               starts ? starts[b] : 0, context_lens[b], h, scores + first * stride, stride, out + first * head_dim);
     }
 }

@@ -8,10 +8,16 @@
  * (B, n_head, head_dim). No dense copy of the K/V is made, and each (sequence, KV head) is
  * computed alone in a fixed order: a sequence's result does not depend on its batch or the
  * thread count. The caller checks the block ids and lengths (kvcache.py).
+ *
+ * starts (B,), or NULL for all 0: sequence b's first visible position (a sliding window's
+ * first key, < context_lens[b]); the positions before it are skipped, their blocks never read.
+ * softcap > 0 (gemma2): each score becomes softcap * tanh(score / softcap) before the softmax;
+ * 0: none.
  */
 #include <stdint.h>
 
 void vl_decode_attention(const float *q, const float *k_cache, const float *v_cache,
-                         const int64_t *block_tables, const int64_t *context_lens, float *scores,
-                         float *out, int64_t B, int64_t n_head, int64_t n_head_kv, int64_t head_dim,
-                         int64_t block_size, int64_t max_blocks, float scale, int num_threads);
+                         const int64_t *block_tables, const int64_t *context_lens, const int64_t *starts,
+                         float *scores, float *out, int64_t B, int64_t n_head, int64_t n_head_kv,
+                         int64_t head_dim, int64_t block_size, int64_t max_blocks, float scale, float softcap,
+                         int num_threads);

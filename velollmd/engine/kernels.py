@@ -327,12 +327,15 @@ def _matmul_legacy(name: str, x: tuple[np.ndarray, ...], path: str,
 
 
 def paged_decode_attention(q: np.ndarray, k_pages: np.ndarray, v_pages: np.ndarray,
-                           block_tables: np.ndarray, context_lens: np.ndarray, scale: float) -> np.ndarray:
+                           block_tables: np.ndarray, context_lens: np.ndarray, scale: float,
+                           starts: np.ndarray | None = None, softcap: float = 0.0) -> np.ndarray:
     """B single-token queries over their paged contexts, read in place (attention.c; COMPILED only).
 
     q (B, n_head, d); k_pages, v_pages (num_blocks, block_size, n_head_kv, d) float32 C-contiguous
     (one layer of the cache); block_tables (B, max_blocks) and context_lens (B,) already checked
-    (kvcache.PagedKVCache.decode_attention). Returns (B, n_head, d).
+    (kvcache.PagedKVCache.decode_attention). starts (B,), each below its length: the first visible
+    position (a sliding window's first key; the keys and blocks before it are not read). softcap
+    > 0: the scores soft-capped before the softmax, as ops.soft_cap_. Returns (B, n_head, d).
     """
     q = np.ascontiguousarray(q, dtype=np.float32)                         # (B, n_head, d)
     batch, n_head, head_dim = q.shape
@@ -340,13 +343,19 @@ def paged_decode_attention(q: np.ndarray, k_pages: np.ndarray, v_pages: np.ndarr
     tables = np.ascontiguousarray(block_tables, dtype=np.int64)           # (B, max_blocks)
     lens = np.ascontiguousarray(context_lens, dtype=np.int64)             # (B,)
     assert k_pages.flags.c_contiguous and v_pages.flags.c_contiguous and k_pages.dtype == np.float32
+    if starts is None:
+        first = ffi.NULL
+    else:
+        starts = np.ascontiguousarray(starts, dtype=np.int64)            # (B,)
+        assert starts.shape == lens.shape and (starts >= 0).all() and (starts < lens).all()
+        first = ffi.from_buffer("int64_t[]", starts)
     scores = np.empty((batch, n_head, tables.shape[1] * block_size), dtype=np.float32)  # scratch
     out = np.empty_like(q)                                                # (B, n_head, d)
     lib.vl_decode_attention(
         ffi.from_buffer("float[]", q), ffi.from_buffer("float[]", k_pages), ffi.from_buffer("float[]", v_pages),
-        ffi.from_buffer("int64_t[]", tables), ffi.from_buffer("int64_t[]", lens),
+        ffi.from_buffer("int64_t[]", tables), ffi.from_buffer("int64_t[]", lens), first,
         ffi.from_buffer("float[]", scores), ffi.from_buffer("float[]", out),
-        batch, n_head, n_head_kv, head_dim, block_size, tables.shape[1], scale, _num_threads)
+        batch, n_head, n_head_kv, head_dim, block_size, tables.shape[1], scale, softcap, _num_threads)
     return out
 
 

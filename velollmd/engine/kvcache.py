@@ -96,23 +96,25 @@ class PagedKVCache:
         window > 0 (a sliding-window layer): over the last `window` of them only. softcap > 0
         (gemma2): the scores soft-capped before softmax (ops.soft_cap_).
 
-        float32 with the extension built and no soft-capping: the compiled kernel reads K/V in
-        place from the pages; otherwise a dense padded copy and ops.decode_attention (the
-        kernel's reference).
+        float32 with the extension built: the compiled kernel reads K/V in place from the pages
+        (a window's earlier blocks skipped); otherwise a dense padded copy and
+        ops.decode_attention (the kernel's reference).
         """
         self._check_decode(q, block_tables, context_lens)
+        if kernels.COMPILED and self.k.dtype == np.float32:
+            starts = np.maximum(np.asarray(context_lens) - window, 0) if window else None   # (B,)
+            return kernels.paged_decode_attention(q, self.k[layer], self.v[layer], block_tables,
+                                                  context_lens, scale, starts, softcap)
         if window and np.max(context_lens, initial=0) > window:
             return self._windowed_decode(layer, q, block_tables, np.asarray(context_lens), scale, window, softcap)
-        if kernels.COMPILED and self.k.dtype == np.float32 and not softcap:
-            return kernels.paged_decode_attention(q, self.k[layer], self.v[layer], block_tables,
-                                                  context_lens, scale)
         k, v = self.gather_padded(layer, block_tables)          # (B, max_len, kv, d) each
         return ops.decode_attention(q, k, v, context_lens, scale, softcap=softcap)
 
     def _windowed_decode(self, layer: int, q: np.ndarray, block_tables: np.ndarray, lens: np.ndarray,
                          scale: float, window: int, softcap: float) -> np.ndarray:
-        """Sliding-window decode: each sequence's blocks from the one that holds its window's
-        first key, gathered densely; the keys before the window masked (ops.decode_attention)."""
+        """Sliding-window decode without the compiled kernel (and its reference): each sequence's
+        blocks from the one that holds its window's first key, gathered densely; the keys before
+        the window masked (ops.decode_attention)."""
         starts = np.maximum(lens - window, 0)                       # (B,) first visible position
         first_blocks = starts // self.block_size                    # (B,)
         num_blocks = int((-(-lens // self.block_size) - first_blocks).max())
