@@ -9,6 +9,7 @@ import pytest
 from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend, ollama_backend
 from tests.rig.llama import make_tiny_model, tiny_gguf_tool
 from tests.rig.ollama_emulator import OllamaEmulator
+from tests.rig.scripted_openai import ScriptedServer
 from velollmd import __version__
 
 ENGINE = "eng-tiny"
@@ -33,7 +34,8 @@ ENGINE_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "
 def llama_daemon(llama_server):
     """velollmd before the real llama-server ("tiny") and the Ollama emulator (llama3.2...)."""
     with OllamaEmulator() as emulator, RunningDaemon({"backends": [
-            llama_backend(llama_server), ollama_backend(emulator)], "cache": {"enabled": False}}) as daemon:
+            llama_backend(llama_server), ollama_backend(emulator)], "aliases": {"gpt-4o": "tiny"},
+            "cache": {"enabled": False}}) as daemon:
         yield daemon
 
 
@@ -72,8 +74,8 @@ def max_model_len(url: str, model: str) -> int:
 def test_llama_servers_props_pass_through_named_as_served(llama_daemon, llama_server):
     own = get(llama_server.url, "/props")
     served = get(llama_daemon.url, "/props")
-    assert get(llama_daemon.url, "/props?model=tiny") == served
-    assert served["model_alias"] == "tiny"
+    assert get(llama_daemon.url, "/props?model=tiny") == get(llama_daemon.url, "/props?model=gpt-4o") == served
+    assert served["model_alias"] == "tiny"                  # the served name, an alias asked for or not
     assert served["endpoint_slots"] is False and served["cors_proxy_enabled"] is False   # not served here
     changed = {"model_alias", "endpoint_slots", "endpoint_props", "cors_proxy_enabled"}
     assert {k: v for k, v in served.items() if k not in changed} == {k: v for k, v in own.items() if k not in changed}
@@ -90,6 +92,22 @@ def test_a_model_on_ollama_has_no_props(llama_daemon):
     error = get(llama_daemon.url, "/props?model=llama3.2", status=501)["error"]
     assert error["code"] == "props_unavailable" and error["param"] == "model"
     assert "ollama" in error["message"] and "/props" in error["message"]
+
+
+def test_an_openai_compatible_model_has_none_and_no_model_here_says_so():
+    """Not asked of the server (vLLM has no /props); with no model that has /props, a request
+    without one is the same 501."""
+    vllm = ScriptedServer({})
+    try:
+        table = {"backends": [{"name": "vllm", "kind": "openai", "url": vllm.url, "models": ["m"]}],
+                 "cache": {"enabled": False}}
+        with RunningDaemon(table) as daemon:
+            named = get(daemon.url, "/props?model=m", status=501)["error"]
+            assert named["code"] == "props_unavailable" and "vllm (openai)" in named["message"]
+            assert get(daemon.url, "/props", status=501)["error"]["code"] == "props_unavailable"
+        assert "/props" not in vllm.hits
+    finally:
+        vllm.close()
 
 
 @pytest.mark.parametrize("model,status", [("nope", 404), ("", 400)])
