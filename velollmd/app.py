@@ -22,6 +22,7 @@ from .api.response_store import ResponseStore, StoreSnapshots
 from .api.responses import ResponsesRoutes
 from .api.rerank import RerankRoutes
 from .api.routes import Router
+from .api.props import PropsRoutes
 from .api.tokenize import TokenizeRoutes
 from .backends.base import Backend
 from .backends.registry import Registry
@@ -70,6 +71,7 @@ class App:
         ResponsesRoutes(self.access, self.pipeline, self.response_snapshots,
                         sse_ping_s=config.server.sse_ping_s).register(router)
         TokenizeRoutes(self.access, self.registry, self.pipeline).register(router)
+        PropsRoutes(self.access, self.registry, self.pipeline).register(router)
         RerankRoutes(*services).register(router)
         LlamaCppRoutes(self.access, self.registry, self.pipeline, sse_ping_s=config.server.sse_ping_s).register(router)
         return router

@@ -122,9 +122,10 @@ UNSERVED_CODES = (b'"tokenizer_unavailable"', b'"rerank_unavailable"')   # no ba
 
 
 def assert_well_formed(path: str, response: httpx.Response) -> None:
-    # 501 only where velollmd does nothing whatever the body: Ollama's model management, and the
-    # tokenizer and rerank routes for a model whose backend serves neither (no backend here does)
-    not_served = path in NOT_MANAGED or path == "/api/pull" or (
+    # 501 only where velollmd does nothing whatever the body: Ollama's model management, changing
+    # llama-server's props, and the tokenizer and rerank routes for a model whose backend serves
+    # neither (no backend here does)
+    not_served = path in NOT_MANAGED or path in ("/api/pull", "/props") or (
         (path in TOKENIZER_ROUTES or path in RERANK_PATHS) and any(code in response.content for code in UNSERVED_CODES))
     assert response.status_code < 500 or response.status_code == 501 and not_served, (
         path, response.status_code, response.text[:300])

@@ -36,7 +36,11 @@ from .validate import validate_chat
 VLLM_TOKENIZE_FIELDS = ("prompt", "messages")
 TOKENIZER_BACKENDS = {"serves_tokenizer": "a llama.cpp or engine backend",      # by capability
                       "tokenizes": "a llama.cpp, engine or vLLM backend",
-                      "serves_tokenizer_info": "an engine, llama.cpp or vLLM backend"}
+                      "serves_tokenizer_info": "an engine, llama.cpp or vLLM backend",
+                      "serves_props": "a llama.cpp or engine backend"}
+# capability -> (what a daemon with no model that has it says, the 501's code), and its backend's refusal
+NONE_SERVED = {"serves_props": ("no model here answers llama-server's /props", "props_unavailable")}
+REFUSALS = {"serves_props": Backend.props_unavailable}
 MAX_NAMES_SHOWN = 5            # models named in the "which model?" 400
 
 
@@ -95,31 +99,43 @@ class TokenizeRoutes:
         return Response.json({"prompt": await backend.apply_template(_chat_body(body, model))})
 
     async def tokenizer_info(self, request: Request) -> Response:
-        asked = dict(parse_qsl(request.query, keep_blank_values=True)).get("model")     # `?model=`: a 400
-        body = {"model": asked} if asked is not None else request.json() if request.body else {}
-        backend, model = await self._backend_for(request, body, capability="serves_tokenizer_info")
+        backend, model = await self._backend_for(request, model_query_or_body(request),
+                                                 capability="serves_tokenizer_info")
         return Response.json(await backend.tokenizer_info(model))
 
     async def _backend_for(self, request: Request, body: dict,
                            capability: str = "serves_tokenizer") -> tuple[Backend, str]:
-        """The backend whose tokenizer answers (that has `capability`), and the served model
-        (aliases resolved); the caller's key may use it and is under its limits."""
-        asked = model_or_only(self.access, self.registry, request, body, capability=capability)
-        key_name = self.access.admit(request, asked, defer=True)
-        await self.pipeline.admit(key_name)
-        return tokenizer_for(self.registry, asked, capability)
+        return await admitted_backend(self.access, self.registry, self.pipeline, request, body, capability)
+
+
+async def admitted_backend(access: Access, registry: Registry, pipeline: Pipeline, request: Request, body: dict,
+                           capability: str = "serves_tokenizer") -> tuple[Backend, str]:
+    """The backend that answers for the body's model (that has `capability`: its tokenizer,
+    its /props...), and the served model (aliases resolved); the caller's key may use it and
+    is under its limits."""
+    asked = model_or_only(access, registry, request, body, capability=capability)
+    key_name = access.admit(request, asked, defer=True)
+    await pipeline.admit(key_name)
+    return tokenizer_for(registry, asked, capability)
+
+
+def model_query_or_body(request: Request) -> dict:
+    """A GET route's `model`: the `?model=` query parameter (empty: a 400 as any bad name), else
+    a JSON body's, else none."""
+    asked = dict(parse_qsl(request.query, keep_blank_values=True)).get("model")
+    return {"model": asked} if asked is not None else request.json() if request.body else {}
 
 
 def tokenizer_for(registry: Registry, asked: str, capability: str = "serves_tokenizer") -> tuple[Backend, str]:
     """The backend whose tokenizer answers for the model `asked` (the first candidate with
     `capability`), and the served model (aliases resolved); 400 bad name, 404 unknown, 503 none
-    healthy, 501 no tokenizer served."""
+    healthy, 501 none has it (its refusal names the backend)."""
     candidates = registry.candidates(asked)
     model = registry.resolve(asked)
     for backend in candidates:
         if getattr(backend, capability):
             return backend, model
-    raise candidates[0].tokenizer_unavailable(model)
+    raise REFUSALS.get(capability, Backend.tokenizer_unavailable)(candidates[0], model)
 
 
 def model_or_only(access: Access, registry: Registry, request: Request, body: dict, *, capability: str = "") -> str:
@@ -142,8 +158,8 @@ def only_model(access: Access, registry: Registry, request: Request, *, capabili
     if len(names) == 1:
         return names[0]
     if not names and capability:
-        raise NotImplementedByBackend("no model here exposes its tokenizer (that needs "
-                                      f"{TOKENIZER_BACKENDS[capability]})", param="model", code="tokenizer_unavailable")
+        what, code = NONE_SERVED.get(capability, ("no model here exposes its tokenizer", "tokenizer_unavailable"))
+        raise NotImplementedByBackend(f"{what} (that needs {TOKENIZER_BACKENDS[capability]})", param="model", code=code)
     if not names:
         raise BadRequest("model is required: no model is served here", param="model")
     shown = ", ".join(names[:MAX_NAMES_SHOWN]) + (", ..." if len(names) > MAX_NAMES_SHOWN else "")

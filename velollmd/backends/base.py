@@ -58,6 +58,7 @@ class Backend:
     serves_tokenizer = False    # the model's tokenizer and chat template as routes: tokenize_text, detokenize,
                                 # apply_template, vocab_size (velollmd's /tokenize, /detokenize, /apply-template)
     serves_tokenizer_info = False   # tokenizer_info(model): vLLM's GET /tokenizer_info, built or passed through
+    serves_props = False        # server_props(model): llama-server's GET /props, passed through or built
     serves_rerank = False       # rerank(body): a cross-encoder's scores (/v1/rerank), when its server was started for it
     forwards_tokenize = False   # vLLM's POST /tokenize and /detokenize are the server's own (forward_tokenize)
     pins_slots = False          # a request may name the slot (`id_slot`) that holds its prefix
@@ -300,6 +301,15 @@ class Backend:
             f"model {model!r} is served by backend {self.name} ({self.kind}), which does not expose its tokenizer "
             "or chat template; tokenizing needs a llama.cpp or engine backend", param="model",
             code="tokenizer_unavailable")
+
+    async def server_props(self, model: str) -> dict:
+        """llama-server's GET /props for `model` (backends/props.py)."""
+        raise self.props_unavailable(model)
+
+    def props_unavailable(self, model: str) -> NotImplementedByBackend:
+        return NotImplementedByBackend(
+            f"model {model!r} is served by backend {self.name} ({self.kind}), which has no llama-server /props; "
+            "/props answers for a llama.cpp or engine backend", param="model", code="props_unavailable")
 
     async def embeddings(self, body: dict) -> dict:
         raise NotImplementedByBackend(f"backend {self.name} ({self.kind}) cannot compute embeddings")

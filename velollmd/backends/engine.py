@@ -37,6 +37,7 @@ from ..wire.request import GenerateRequest, one_prompt
 from ..wire.streams import closing
 from ..wire.vllm import GENERATION_PROMPT_ASKS, SAMPLING_EXTRAS
 from .base import Backend, ModelInfo, fills_in_middle, in_vocab, refuse_insert, refuse_unhonoured
+from .props import engine_props
 from .tokenizer_info import gguf_tokenizer_info
 from .prompts import all_of, merged_answers, several_prompts, with_prompt
 from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer
@@ -51,6 +52,7 @@ class EngineBackend(Backend):
     kind = "engine"
     serves_tokenizer = True
     serves_tokenizer_info = True
+    serves_props = True
     supports_n = True
     takes_context = True
     freshens = True
@@ -476,6 +478,10 @@ class EngineBackend(Backend):
 
     async def tokenizer_info(self, model: str) -> dict:
         return gguf_tokenizer_info(await self.model(model), self.context_size(model))
+
+    async def server_props(self, model: str) -> dict:
+        return engine_props(await self.model(model), served_name=model, n_ctx=self.context_size(model),
+                            total_slots=self.num_slots)
 
     def _running(self, model: LoadedModel, request: GenerateRequest, prompt_ids: list[int],
                  params: SamplingParams, prepare: Prepare | None = None):

@@ -16,6 +16,7 @@ from .base import ModelInfo, fills_in_middle, refuse_insert
 from .prompts import all_of, merged_answers, several_prompts, summed_usage, with_prompt
 from .llamacpp_infill import INFILL_PATH, completion_chunks, infill_body, insert_refused, to_completion
 from .openai import OpenAIBackend
+from .props import passed_through_props
 from .tokenizer_info import GENERIC_CLASS, tokenizer_info
 
 VOCAB_TYPE_BPE = 2             # llama.cpp's LLAMA_VOCAB_TYPE_BPE (1: SentencePiece), its /v1/models meta.vocab_type
@@ -28,6 +29,7 @@ class LlamaCppBackend(OpenAIBackend):
     can_tokenize = True
     serves_tokenizer = True
     serves_tokenizer_info = True
+    serves_props = True
     forwards_tokenize = False       # its /tokenize is llama-server's dialect: tokenize_text and the others
     pins_slots = True
     defaults = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
@@ -243,6 +245,15 @@ class LlamaCppBackend(OpenAIBackend):
             if type(value) is int and value > 0:
                 return value
         return None
+
+    async def server_props(self, model: str) -> dict:
+        """The server's own /props, read now (its model, template and slots may have changed),
+        with `model` as its alias (see backends/props.py)."""
+        props = await self.get_json("/props")
+        if not isinstance(props, dict):
+            raise _Malformed(f"backend {self.name} answered /props with no JSON object")
+        self.props = props
+        return passed_through_props(props, model)
 
     async def tokenizer_info(self, model: str) -> dict:
         """Built from /props (read now: the server's model and template may have changed):
