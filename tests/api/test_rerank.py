@@ -1,11 +1,14 @@
 """POST /v1/rerank (and /rerank, /v2/rerank, /reranking, /v1/reranking) through the daemon:
 against a real llama-server started with --reranking on the tiny Qwen3-style reranker GGUF
 (tools/make_tiny_gguf.py --arch qwen3 --reranker), a real llama-server without it (501), the
-engine (501), and a scripted vLLM (its /v1/rerank answer passed on; a server without one: 501).
+engine on the same file (llama-server's scores within 1e-4, its order and token counts), the
+engine on a model that is no reranker (501 saying why), and a scripted vLLM (its /v1/rerank answer passed on; a server without one: 501).
 No official client reranks (openai's has no rerank): plain HTTP, as RAG apps send it."""
 from __future__ import annotations
 
 import json
+
+import shutil
 
 import httpx
 import pytest
@@ -45,6 +48,7 @@ def scripted():
 def daemon(reranker, llama_server, scripted, tmp_path_factory):
     folder = tmp_path_factory.mktemp("rerank-engine")
     make_tiny_model(folder / "eng-tiny.gguf")
+    shutil.copy(reranker.model_path, folder / "eng-rerank.gguf")         # the file llama-server reranks with
     vllm, plain = scripted
     backends = [llama_backend(reranker, name="llama-rerank", models=["tiny-rerank"]),
                 llama_backend(llama_server, name="llama-chat", models=["tiny"]),
@@ -120,11 +124,59 @@ def test_llama_server_without_reranking_is_a_501_saying_how(daemon):
     assert "llama-chat" in error["message"] and "--reranking" in error["message"]
 
 
-def test_the_engine_cannot_rerank(daemon):
+def test_the_engine_cannot_rerank_a_model_that_is_no_reranker(daemon):
     response = rerank(daemon, model="eng-tiny")
     error = response.json()["error"]
     assert response.status_code == 501 and error["code"] == "rerank_unavailable"
     assert "engine" in error["message"] and "--reranking" in error["message"]
+    assert "not a reranker: llama.pooling_type is None, not RANK" in error["message"]
+
+
+PARITY_SETS = {
+    "plain": (QUERY, DOCUMENTS),
+    "multilingual": ("où est la capitale de la France ? 首都はどこ",
+                     ["Paris est la capitale de la France", "東京は日本の首都です", "Straße über Brücken",
+                      "emoji 🙂 and ünïcödé"]),
+    "empty-ish": (QUERY, ["", " ", ".", "paris"]),
+    "long": (QUERY, ["the capital of france is paris " * 20, "short", "cats and dogs " * 50]),
+}
+
+
+@pytest.mark.parametrize("name", PARITY_SETS)
+def test_engine_scores_equal_llama_servers(daemon, reranker, name):
+    """The engine on llama-server's own reranker file: the same order, scores within 1e-4,
+    the same token counts (its prompt layout)."""
+    query, documents = PARITY_SETS[name]
+    engine = rerank(daemon, model="eng-rerank", query=query, documents=documents)
+    direct = httpx.post(reranker.url + "/v1/rerank", json={"query": query, "documents": documents}, timeout=60).json()
+    assert engine.status_code == 200 and engine.headers["x-velollm-backend"] == "engine"
+    ours, theirs = engine.json(), direct
+    assert [r["index"] for r in ours["results"]] == [r["index"] for r in theirs["results"]]
+    for mine, llama in zip(ours["results"], theirs["results"]):
+        assert abs(mine["relevance_score"] - llama["relevance_score"]) < 1e-4
+    assert ours["usage"] == theirs["usage"] and ours["model"] == "eng-rerank" and ours["object"] == "list"
+
+
+def test_engine_top_n_and_documents(daemon):
+    full = rerank(daemon, model="eng-rerank").json()["results"]
+    shown = rerank(daemon, model="eng-rerank", top_n=2, return_documents=True).json()["results"]
+    assert [{"index": r["index"], "relevance_score": r["relevance_score"]} for r in shown] == full[:2]
+    assert [r["document"] for r in shown] == [{"text": DOCUMENTS[r["index"]]} for r in full[:2]]
+
+
+def test_engine_refuses_a_pair_longer_than_its_context(daemon):
+    response = rerank(daemon, model="eng-rerank", documents=["short", "word " * 600])
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == "documents" and "document 1" in error["message"]
+
+
+def test_a_reranker_still_chats_as_on_llama_server(daemon):
+    """llama-server started with --reranking answers /v1/chat/completions on a reranker with an
+    LM head (its output.weight); so does the engine."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    for model in ("tiny-rerank", "eng-rerank"):
+        response = httpx.post(daemon.url + "/v1/chat/completions", json={**body, "model": model}, timeout=60)
+        assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 3
 
 
 def test_vllm_answer_is_passed_on(daemon, scripted):

@@ -105,9 +105,9 @@ def probe(path: Path, chat_template: str = "") -> Probe:
             Tokenizer.from_gguf(gguf.metadata)
             file_type = _file_type(gguf)
             template, _ = _template(gguf.metadata.get("tokenizer.chat_template"), chat_template)
+            rerank_problem = reranker_problem(gguf.metadata, config.arch, gguf.tensors.keys())
     except (OSError, ValueError) as exc:
         return Probe(problem_with(path, exc))
-        rerank_problem = reranker_problem(gguf.metadata, config.arch, gguf.tensors.keys())
     return Probe(None, config.arch, file_type, config.context_length or 0, template is not None and template.thinks,
                  rerank_problem)
 

@@ -30,7 +30,7 @@ def reranker_problem(metadata: Mapping[str, Any], arch: str, tensor_names) -> st
     """Why a file is no reranker the engine runs (None: it is one)."""
     pooling = metadata.get(f"{arch}.pooling_type")
     if pooling != RANK_POOLING:
-        return f"its GGUF is not a reranker ({arch}.pooling_type is {pooling}, not RANK ({RANK_POOLING}))"
+        return f"its GGUF is not a reranker: {arch}.pooling_type is {pooling}, not RANK = {RANK_POOLING}"
     if HEAD not in tensor_names:
         return f"its GGUF has no classifier head {HEAD}"
     if DENSE_HEAD in tensor_names:
