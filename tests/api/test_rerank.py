@@ -1,4 +1,5 @@
-"""POST /v1/rerank (and /rerank, /v2/rerank, /reranking, /v1/reranking) through the daemon:
+"""POST /v1/rerank (and /rerank, /v2/rerank, /reranking, /v1/reranking), and vLLM's /score over
+it, through the daemon:
 against a real llama-server started with --reranking on the tiny Qwen3-style reranker GGUF
 (tools/make_tiny_gguf.py --arch qwen3 --reranker), a real llama-server without it (501), the
 engine on the same file (llama-server's scores within 1e-4, its order and token counts), the
@@ -16,7 +17,7 @@ import pytest
 from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend
 from tests.rig.llama import LlamaServer, make_tiny_model, tiny_gguf_tool
 from tests.rig.scripted_openai import ScriptedServer
-from velollmd.api.rerank import RERANK_PATHS
+from velollmd.api.rerank import RERANK_PATHS, SCORE_PATHS
 
 QUERY = "what is the capital of france"
 DOCUMENTS = ["paris is the capital of france", "the cat sat on the mat", "hello world", "a big red apple"]
@@ -225,3 +226,49 @@ def test_a_malformed_backend_answer_is_a_502(tmp_path):
     finally:
         server.close()
     assert response.status_code == 502 and "odd" in response.json()["error"]["message"]
+
+
+def score(daemon, path: str = "/score", **fields) -> httpx.Response:
+    return httpx.post(daemon.url + path, json=fields, timeout=60)
+
+
+@pytest.mark.parametrize("model", ["tiny-rerank", "eng-rerank"])
+@pytest.mark.parametrize("path", SCORE_PATHS)
+def test_score_one_text_against_many_is_the_rerank_in_the_documents_order(daemon, model, path):
+    answer = score(daemon, path, model=model, text_1=QUERY, text_2=DOCUMENTS)
+    ranked = rerank(daemon, model=model).json()
+    by_index = {r["index"]: r["relevance_score"] for r in ranked["results"]}
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["data"] == [{"index": i, "object": "score", "score": by_index[i]} for i in range(len(DOCUMENTS))]
+    assert body["usage"]["prompt_tokens"] == ranked["usage"]["prompt_tokens"] and body["model"] == model
+    assert body["object"] == "list" and body["id"].startswith("score-")
+
+
+def test_score_pairwise_scores_each_pair_on_its_own(daemon):
+    text_1 = [QUERY, "hello", QUERY]
+    text_2 = ["paris is the capital of france", "hello world", "a big red apple"]
+    data = score(daemon, model="eng-rerank", text_1=text_1, text_2=text_2).json()["data"]
+    alone = [rerank(daemon, model="eng-rerank", query=q, documents=[d]).json()["results"][0]["relevance_score"]
+             for q, d in zip(text_1, text_2)]
+    assert [d["score"] for d in data] == alone and [d["index"] for d in data] == [0, 1, 2]
+
+
+def test_score_one_pair_of_strings(daemon):
+    data = score(daemon, model="eng-rerank", text_1=QUERY, text_2="hello world").json()["data"]
+    assert len(data) == 1 and 0 < data[0]["score"] < 1
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"text_2": ["a"]}, "text_1"), ({"text_1": "q"}, "text_2"), ({"text_1": 3, "text_2": "a"}, "text_1"),
+    ({"text_1": "q", "text_2": []}, "text_2"), ({"text_1": "q", "text_2": ["a", 1]}, "text_2"),
+    ({"text_1": ["q", "r"], "text_2": ["a", "b", "c"]}, "text_1"), ({"text_1": [], "text_2": "a"}, "text_1"),
+])
+def test_score_bad_fields_are_a_400_naming_the_field(daemon, fields, param):
+    response = score(daemon, model="eng-rerank", **fields)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
+
+
+def test_score_on_a_model_that_cannot_rerank_is_the_reranks_501(daemon):
+    response = score(daemon, model="eng-tiny", text_1=QUERY, text_2=DOCUMENTS)
+    assert response.status_code == 501 and response.json()["error"]["code"] == "rerank_unavailable"
