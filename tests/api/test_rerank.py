@@ -36,6 +36,16 @@ def reranker(tmp_path_factory, llama_binary):
 
 
 @pytest.fixture(scope="module")
+def templated(tmp_path_factory, llama_binary):
+    """The same reranker with Qwen3-Reranker's tokenizer.chat_template.rerank, as the converter writes it."""
+    path = tiny_gguf_tool().build_tiny_gguf(tmp_path_factory.mktemp("rerank-t") / "rerank-t.gguf", arch="qwen3",
+                                            dtype="f32", reranker="template")
+    with LlamaServer(path, binary=llama_binary, alias="tiny-rerank-t", parallel=2,
+                     extra_args=["--reranking"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def scripted():
     """A vLLM serving a reranker ("m"), and an OpenAI-compatible server without /v1/rerank ("plain")."""
     vllm = ScriptedServer({"POST /v1/rerank": (200, json.dumps(VLLM_ANSWER).encode())})
@@ -46,10 +56,11 @@ def scripted():
 
 
 @pytest.fixture(scope="module")
-def daemon(reranker, llama_server, scripted, tmp_path_factory):
+def daemon(reranker, templated, llama_server, scripted, tmp_path_factory):
     folder = tmp_path_factory.mktemp("rerank-engine")
     make_tiny_model(folder / "eng-tiny.gguf")
-    shutil.copy(reranker.model_path, folder / "eng-rerank.gguf")         # the file llama-server reranks with
+    shutil.copy(reranker.model_path, folder / "eng-rerank.gguf")         # the files llama-server reranks with
+    shutil.copy(templated.model_path, folder / "eng-rerank-t.gguf")
     vllm, plain = scripted
     backends = [llama_backend(reranker, name="llama-rerank", models=["tiny-rerank"]),
                 llama_backend(llama_server, name="llama-chat", models=["tiny"]),
@@ -139,23 +150,25 @@ PARITY_SETS = {
                      ["Paris est la capitale de la France", "東京は日本の首都です", "Straße über Brücken",
                       "emoji 🙂 and ünïcödé"]),
     "empty-ish": (QUERY, ["", " ", ".", "paris"]),
-    "long": (QUERY, ["the capital of france is paris " * 20, "short", "cats and dogs " * 50]),
+    "long": (QUERY, ["the capital of france is paris " * 20, "short", "cats and dogs " * 35]),    # under 512 tokens with the template
 }
 
 
 @pytest.mark.parametrize("name", PARITY_SETS)
-def test_engine_scores_equal_llama_servers(daemon, reranker, name):
-    """The engine on llama-server's own reranker file: the same order, scores within 1e-4,
-    the same token counts (its prompt layout)."""
+@pytest.mark.parametrize("model, server", [("eng-rerank", "reranker"), ("eng-rerank-t", "templated")])
+def test_engine_scores_equal_llama_servers(daemon, request, model, server, name):
+    """The engine on llama-server's own reranker file (without and with a rerank template): the
+    same order, scores within 1e-4, the same token counts (its prompt layout)."""
     query, documents = PARITY_SETS[name]
-    engine = rerank(daemon, model="eng-rerank", query=query, documents=documents)
-    direct = httpx.post(reranker.url + "/v1/rerank", json={"query": query, "documents": documents}, timeout=60).json()
+    engine = rerank(daemon, model=model, query=query, documents=documents)
+    url = request.getfixturevalue(server).url
+    direct = httpx.post(url + "/v1/rerank", json={"query": query, "documents": documents}, timeout=60).json()
     assert engine.status_code == 200 and engine.headers["x-velollm-backend"] == "engine"
     ours, theirs = engine.json(), direct
     assert [r["index"] for r in ours["results"]] == [r["index"] for r in theirs["results"]]
     for mine, llama in zip(ours["results"], theirs["results"]):
         assert abs(mine["relevance_score"] - llama["relevance_score"]) < 1e-4
-    assert ours["usage"] == theirs["usage"] and ours["model"] == "eng-rerank" and ours["object"] == "list"
+    assert ours["usage"] == theirs["usage"] and ours["model"] == model and ours["object"] == "list"
 
 
 def test_engine_top_n_and_documents(daemon):

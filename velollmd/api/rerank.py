@@ -3,9 +3,9 @@
 The Jina / Cohere shape RAG apps send (Open WebUI's external reranker, LangChain, LlamaIndex,
 Dify): {model, query, documents, top_n, return_documents} -> {model, results: [{index,
 relevance_score, document?}], usage}, best first. Served by the model's backend when it can
-rerank (llama-server started with --reranking, a vLLM serving a reranker); Ollama and the
-engine cannot: a 501 saying how to serve one. Admitted as embeddings are: the key's model
-access and limits, no scheduler slot, never cached.
+rerank (the engine on a reranker GGUF, llama-server started with --reranking, a vLLM serving a
+reranker); Ollama and other models cannot: a 501 saying why and how to serve one. Admitted as
+embeddings are: the key's model access and limits, no scheduler slot, never cached.
 
 `model` is optional, as on llama-server and vLLM: without one, the one model the caller may
 use. `return_documents` true adds each result's document ({"text": ...}, Jina's and Cohere's

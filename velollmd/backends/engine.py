@@ -529,12 +529,16 @@ class EngineBackend(Backend):
             if not ids or len(ids) > model.num_ctx:
                 raise BadRequest(f"query and document {index} must be 1 to {model.num_ctx} tokens, got {len(ids)}",
                                  param="documents")
-            hidden = await asyncio.to_thread(model.runner.final_hidden, ids)     # (num_tokens, n_embd)
-            scores.append(head.score(hidden[-1]))
+            scores.append(await asyncio.to_thread(_rank_score, model, ids))
             num_tokens += len(ids)
         model.last_used = time.monotonic()
         self._unload_idle()                            # keep_alive 0: unloaded once idle
         return rerank_answer(body["model"], scores, num_tokens, body.get("top_n"))
+
+
+def _rank_score(model: LoadedModel, ids: list[int]) -> float:
+    """A pair's score: the reranker's head on its last token's final hidden state (worker thread)."""
+    return model.rank_head.score(model.runner.final_hidden(ids)[-1])
 
 
 class _Run:
