@@ -153,7 +153,8 @@ def _rank_head(gguf: GGUFFile, config: ModelConfig) -> RankHead | None:
     """A reranker's classifier head (pooling RANK with cls.output), read while the file is open."""
     if reranker_problem(gguf.metadata, config.arch, gguf.tensors.keys()) is not None:
         return None
-    return RankHead.read(gguf.metadata, config.arch, gguf.tensors.keys(), gguf.dequantize)
+    types = {name: info.ggml_type for name, info in gguf.tensors.items()}
+    return RankHead.read(gguf.metadata, config.arch, types, gguf.dequantize)
 
 
 def scheduler_settings(scheduler_config: SchedulerConfig, options: EngineOptions) -> SchedulerConfig:

@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .model import ActBands, act_bands, linear
+
 RANK_POOLING = 4                        # llama.cpp's LLAMA_POOLING_TYPE_RANK
 SOFTMAX_ARCHS = ("qwen3", "qwen3vl")    # llama.cpp softmaxes the head's outputs for these only
 HEAD = "cls.output.weight"
@@ -41,7 +43,8 @@ def reranker_problem(metadata: Mapping[str, Any], arch: str, tensor_names) -> st
 @dataclass(frozen=True)
 class RankHead:
     """The classifier on the last token's final hidden state, and the prompt layout of a pair."""
-    weight: np.ndarray                  # (n_labels, n_embd)
+    weight: np.ndarray                  # (n_labels, n_embd), dequantised
+    act: ActBands                       # the hidden state rounded as ggml rounds it for the head's type
     bias: np.ndarray | None             # (n_labels,) or None
     softmax: bool
     labels: tuple[str, ...]
@@ -50,18 +53,21 @@ class RankHead:
     add_sep: bool
 
     @classmethod
-    def read(cls, metadata: Mapping[str, Any], arch: str, tensor_names,
+    def read(cls, metadata: Mapping[str, Any], arch: str, tensor_types: Mapping[str, int],
              get_tensor: Callable[[str], np.ndarray]) -> "RankHead":
+        """tensor_types: each tensor's ggml type (GGUFFile.tensors' ggml_type)."""
+        tensor_names = tensor_types.keys()
         weight = np.ascontiguousarray(get_tensor(HEAD), dtype=np.float32)          # (n_labels, n_embd)
+        act = act_bands([(weight.shape[0], tensor_types[HEAD])])
         bias = np.ascontiguousarray(get_tensor(HEAD_BIAS), dtype=np.float32) if HEAD_BIAS in tensor_names else None
         sep = metadata.get("tokenizer.ggml.seperator_token_id")                  # sic: llama.cpp's key
-        return cls(weight, bias, arch in SOFTMAX_ARCHS, tuple(metadata.get(f"{arch}.classifier.output_labels") or ()),
+        return cls(weight, act, bias, arch in SOFTMAX_ARCHS, tuple(metadata.get(f"{arch}.classifier.output_labels") or ()),
                    metadata.get(RERANK_TEMPLATE_KEY), None if sep is None else int(sep),
                    bool(metadata.get("tokenizer.ggml.add_sep_token", False)))
 
     def score(self, hidden: np.ndarray) -> float:
         """The score of one pair from its last token's final hidden state (n_embd,)."""
-        logits = self.weight @ hidden                                             # (n_labels,)
+        logits = linear(hidden[None, :], self.weight, self.act)[0]               # (n_labels,)
         if self.bias is not None:
             logits = logits + self.bias
         if self.softmax:
