@@ -42,7 +42,8 @@ Variants (defaults give the same bytes as before these options existed):
   `--reranking`: `qwen3.pooling_type` RANK (4), `qwen3.classifier.output_labels` ["yes", "no"] and
   a `cls.output.weight` (2, n_embd) head, which llama.cpp applies to the last token's hidden
   state and softmaxes (RERANK_LABELS): the score is P("yes"), in (0, 1), different per document.
-  Drawn from its own seed stream after the other tensors, which keep their bytes.
+  Drawn from its own seed stream after the other tensors, which keep their bytes. reranker
+  "template" (`--rerank-template`) adds Qwen3-Reranker's `tokenizer.chat_template.rerank`.
 - shape tiny (n_embd 128, 2 layers, ~1 MB) or small (n_embd 1024, 8 layers, 16/4 heads, n_ff
   2816: ~92M parameters, ~185 MB in F16: loads in llama-server, too big for `make test`).
 - vocab spm-call / spm-think: the SPM vocab with a scripted Hermes call, or a scripted thought
@@ -105,6 +106,14 @@ GEMMA2_SLIDING_WINDOW = 32   # gemma2's even layers attend over this many positi
 GEMMA2_SOFTCAPS = (50.0, 30.0)   # gemma2's attention and final logit soft-capping (its config's)
 RERANK_ARCHS = ("qwen3",)     # llama.cpp loads a `cls.output` head (and softmaxes it) for these
 RERANK_LABELS = ("yes", "no")  # Qwen3-Reranker's labels: the score is the first one's probability
+# `reranker="template"`: the rerank prompt llama.cpp's converter writes for Qwen3-Reranker, as
+# `tokenizer.chat_template.rerank` (llama-server fills {query} and {document} instead of its
+# BOS query EOS SEP document EOS layout).
+QWEN3_RERANK_TEMPLATE = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    "provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n"
+    "<|im_start|>user\n<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n"
+    "<Query>: {query}\n<Document>: {document}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
 TIED_ARCHS = ("gemma2",)     # the LM head is token_embd.weight: no output.weight
 PHI3_SLIDING_WINDOW = 32     # phi3's file names a window (llama.cpp b11434 disables phi3's SWA)
 PHI3_ORIGINAL_CONTEXT = CONTEXT_LENGTH // 2   # LongRoPE's: a served context past it takes the long factors
@@ -712,7 +721,7 @@ def add_bpe_tokenizer(writer: gguf.GGUFWriter, pre: str, chat_template: str = CH
 
 
 def build_tiny_gguf(out_path: str | os.PathLike, seed: int = 0, dtype: str = "f16",
-                    arch: str = "llama", shape: str = "tiny", vocab: str = "spm", reranker: bool = False) -> Path:
+                    arch: str = "llama", shape: str = "tiny", vocab: str = "spm", reranker: bool | str = False) -> Path:
     """Write the tiny model to out_path (atomically: temp file + rename); return the path.
     vocab: "spm" (SentencePiece), "bpe" (GPT-2 byte-level BPE, pre qwen2) or "bpe:<pre>"."""
     check_choice("dtype", dtype, DTYPES)
@@ -737,6 +746,8 @@ def build_tiny_gguf(out_path: str | os.PathLike, seed: int = 0, dtype: str = "f1
         if reranker:
             writer.add_pooling_type(gguf.PoolingType.RANK)
             writer.add_classifier_output_labels(list(RERANK_LABELS))
+            if reranker == "template":
+                writer.add_string("tokenizer.chat_template.rerank", QWEN3_RERANK_TEMPLATE)
         write_tensors(writer, tensors, dtype)
     finally:
         writer.close()
@@ -784,9 +795,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", choices=tuple(SHAPES), default="tiny")
     parser.add_argument("--vocab", choices=VOCABS, default="spm")
     parser.add_argument("--reranker", action="store_true", help="a reranker (arch qwen3): pooling rank + cls.output")
+    parser.add_argument("--rerank-template", action="store_true",
+                        help="with --reranker: Qwen3-Reranker's tokenizer.chat_template.rerank")
     args = parser.parse_args(argv)
     path = build_tiny_gguf(args.out, seed=args.seed, dtype=args.dtype, arch=args.arch, shape=args.shape,
-                           vocab=args.vocab, reranker=args.reranker)
+                           vocab=args.vocab, reranker="template" if args.rerank_template else args.reranker)
     print(path)
     return 0
 

@@ -1,11 +1,15 @@
-"""POST /v1/rerank (and /rerank, /v2/rerank, /reranking, /v1/reranking) through the daemon:
+"""POST /v1/rerank (and /rerank, /v2/rerank, /reranking, /v1/reranking), and vLLM's /score over
+it, through the daemon:
 against a real llama-server started with --reranking on the tiny Qwen3-style reranker GGUF
 (tools/make_tiny_gguf.py --arch qwen3 --reranker), a real llama-server without it (501), the
-engine (501), and a scripted vLLM (its /v1/rerank answer passed on; a server without one: 501).
+engine on the same file (llama-server's scores within 1e-4, its order and token counts), the
+engine on a model that is no reranker (501 saying why), and a scripted vLLM (its /v1/rerank answer passed on; a server without one: 501).
 No official client reranks (openai's has no rerank): plain HTTP, as RAG apps send it."""
 from __future__ import annotations
 
 import json
+
+import shutil
 
 import httpx
 import pytest
@@ -13,7 +17,7 @@ import pytest
 from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend
 from tests.rig.llama import LlamaServer, make_tiny_model, tiny_gguf_tool
 from tests.rig.scripted_openai import ScriptedServer
-from velollmd.api.rerank import RERANK_PATHS
+from velollmd.api.rerank import RERANK_PATHS, SCORE_PATHS
 
 QUERY = "what is the capital of france"
 DOCUMENTS = ["paris is the capital of france", "the cat sat on the mat", "hello world", "a big red apple"]
@@ -32,6 +36,16 @@ def reranker(tmp_path_factory, llama_binary):
 
 
 @pytest.fixture(scope="module")
+def templated(tmp_path_factory, llama_binary):
+    """The same reranker with Qwen3-Reranker's tokenizer.chat_template.rerank, as the converter writes it."""
+    path = tiny_gguf_tool().build_tiny_gguf(tmp_path_factory.mktemp("rerank-t") / "rerank-t.gguf", arch="qwen3",
+                                            dtype="f32", reranker="template")
+    with LlamaServer(path, binary=llama_binary, alias="tiny-rerank-t", parallel=2,
+                     extra_args=["--reranking"]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def scripted():
     """A vLLM serving a reranker ("m"), and an OpenAI-compatible server without /v1/rerank ("plain")."""
     vllm = ScriptedServer({"POST /v1/rerank": (200, json.dumps(VLLM_ANSWER).encode())})
@@ -42,9 +56,11 @@ def scripted():
 
 
 @pytest.fixture(scope="module")
-def daemon(reranker, llama_server, scripted, tmp_path_factory):
+def daemon(reranker, templated, llama_server, scripted, tmp_path_factory):
     folder = tmp_path_factory.mktemp("rerank-engine")
     make_tiny_model(folder / "eng-tiny.gguf")
+    shutil.copy(reranker.model_path, folder / "eng-rerank.gguf")         # the files llama-server reranks with
+    shutil.copy(templated.model_path, folder / "eng-rerank-t.gguf")
     vllm, plain = scripted
     backends = [llama_backend(reranker, name="llama-rerank", models=["tiny-rerank"]),
                 llama_backend(llama_server, name="llama-chat", models=["tiny"]),
@@ -120,11 +136,61 @@ def test_llama_server_without_reranking_is_a_501_saying_how(daemon):
     assert "llama-chat" in error["message"] and "--reranking" in error["message"]
 
 
-def test_the_engine_cannot_rerank(daemon):
+def test_the_engine_cannot_rerank_a_model_that_is_no_reranker(daemon):
     response = rerank(daemon, model="eng-tiny")
     error = response.json()["error"]
     assert response.status_code == 501 and error["code"] == "rerank_unavailable"
     assert "engine" in error["message"] and "--reranking" in error["message"]
+    assert "not a reranker: llama.pooling_type is None, not RANK" in error["message"]
+
+
+PARITY_SETS = {
+    "plain": (QUERY, DOCUMENTS),
+    "multilingual": ("où est la capitale de la France ? 首都はどこ",
+                     ["Paris est la capitale de la France", "東京は日本の首都です", "Straße über Brücken",
+                      "emoji 🙂 and ünïcödé"]),
+    "empty-ish": (QUERY, ["", " ", ".", "paris"]),
+    "long": (QUERY, ["the capital of france is paris " * 20, "short", "cats and dogs " * 35]),    # under 512 tokens with the template
+}
+
+
+@pytest.mark.parametrize("name", PARITY_SETS)
+@pytest.mark.parametrize("model, server", [("eng-rerank", "reranker"), ("eng-rerank-t", "templated")])
+def test_engine_scores_equal_llama_servers(daemon, request, model, server, name):
+    """The engine on llama-server's own reranker file (without and with a rerank template): the
+    same order, scores within 1e-4, the same token counts (its prompt layout)."""
+    query, documents = PARITY_SETS[name]
+    engine = rerank(daemon, model=model, query=query, documents=documents)
+    url = request.getfixturevalue(server).url
+    direct = httpx.post(url + "/v1/rerank", json={"query": query, "documents": documents}, timeout=60).json()
+    assert engine.status_code == 200 and engine.headers["x-velollm-backend"] == "engine"
+    ours, theirs = engine.json(), direct
+    assert [r["index"] for r in ours["results"]] == [r["index"] for r in theirs["results"]]
+    for mine, llama in zip(ours["results"], theirs["results"]):
+        assert abs(mine["relevance_score"] - llama["relevance_score"]) < 1e-4
+    assert ours["usage"] == theirs["usage"] and ours["model"] == model and ours["object"] == "list"
+
+
+def test_engine_top_n_and_documents(daemon):
+    full = rerank(daemon, model="eng-rerank").json()["results"]
+    shown = rerank(daemon, model="eng-rerank", top_n=2, return_documents=True).json()["results"]
+    assert [{"index": r["index"], "relevance_score": r["relevance_score"]} for r in shown] == full[:2]
+    assert [r["document"] for r in shown] == [{"text": DOCUMENTS[r["index"]]} for r in full[:2]]
+
+
+def test_engine_refuses_a_pair_longer_than_its_context(daemon):
+    response = rerank(daemon, model="eng-rerank", documents=["short", "word " * 600])
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == "documents" and "document 1" in error["message"]
+
+
+def test_a_reranker_still_chats_as_on_llama_server(daemon):
+    """llama-server started with --reranking answers /v1/chat/completions on a reranker with an
+    LM head (its output.weight); so does the engine."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    for model in ("tiny-rerank", "eng-rerank"):
+        response = httpx.post(daemon.url + "/v1/chat/completions", json={**body, "model": model}, timeout=60)
+        assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 3
 
 
 def test_vllm_answer_is_passed_on(daemon, scripted):
@@ -173,3 +239,49 @@ def test_a_malformed_backend_answer_is_a_502(tmp_path):
     finally:
         server.close()
     assert response.status_code == 502 and "odd" in response.json()["error"]["message"]
+
+
+def score(daemon, path: str = "/score", **fields) -> httpx.Response:
+    return httpx.post(daemon.url + path, json=fields, timeout=60)
+
+
+@pytest.mark.parametrize("model", ["tiny-rerank", "eng-rerank"])
+@pytest.mark.parametrize("path", SCORE_PATHS)
+def test_score_one_text_against_many_is_the_rerank_in_the_documents_order(daemon, model, path):
+    answer = score(daemon, path, model=model, text_1=QUERY, text_2=DOCUMENTS)
+    ranked = rerank(daemon, model=model).json()
+    by_index = {r["index"]: r["relevance_score"] for r in ranked["results"]}
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["data"] == [{"index": i, "object": "score", "score": by_index[i]} for i in range(len(DOCUMENTS))]
+    assert body["usage"]["prompt_tokens"] == ranked["usage"]["prompt_tokens"] and body["model"] == model
+    assert body["object"] == "list" and body["id"].startswith("score-")
+
+
+def test_score_pairwise_scores_each_pair_on_its_own(daemon):
+    text_1 = [QUERY, "hello", QUERY]
+    text_2 = ["paris is the capital of france", "hello world", "a big red apple"]
+    data = score(daemon, model="eng-rerank", text_1=text_1, text_2=text_2).json()["data"]
+    alone = [rerank(daemon, model="eng-rerank", query=q, documents=[d]).json()["results"][0]["relevance_score"]
+             for q, d in zip(text_1, text_2)]
+    assert [d["score"] for d in data] == alone and [d["index"] for d in data] == [0, 1, 2]
+
+
+def test_score_one_pair_of_strings(daemon):
+    data = score(daemon, model="eng-rerank", text_1=QUERY, text_2="hello world").json()["data"]
+    assert len(data) == 1 and 0 < data[0]["score"] < 1
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"text_2": ["a"]}, "text_1"), ({"text_1": "q"}, "text_2"), ({"text_1": 3, "text_2": "a"}, "text_1"),
+    ({"text_1": "q", "text_2": []}, "text_2"), ({"text_1": "q", "text_2": ["a", 1]}, "text_2"),
+    ({"text_1": ["q", "r"], "text_2": ["a", "b", "c"]}, "text_1"), ({"text_1": [], "text_2": "a"}, "text_1"),
+])
+def test_score_bad_fields_are_a_400_naming_the_field(daemon, fields, param):
+    response = score(daemon, model="eng-rerank", **fields)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
+
+
+def test_score_on_a_model_that_cannot_rerank_is_the_reranks_501(daemon):
+    response = score(daemon, model="eng-tiny", text_1=QUERY, text_2=DOCUMENTS)
+    assert response.status_code == 501 and response.json()["error"]["code"] == "rerank_unavailable"

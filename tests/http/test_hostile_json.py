@@ -14,7 +14,7 @@ from tests.daemon_rig import RunningDaemon, ollama_backend
 from tests.rig.fault_backend import FaultBackend
 from tests.rig.ollama_emulator import OllamaEmulator
 from velollmd.api.ollama import MANAGEMENT_ROUTES
-from velollmd.api.rerank import RERANK_PATHS
+from velollmd.api.rerank import RERANK_PATHS, SCORE_PATHS
 from velollmd.wire import wirejson
 
 NOT_MANAGED = {path for _, path in MANAGEMENT_ROUTES}
@@ -123,10 +123,11 @@ UNSERVED_CODES = (b'"tokenizer_unavailable"', b'"rerank_unavailable"')   # no ba
 
 def assert_well_formed(path: str, response: httpx.Response) -> None:
     # 501 only where velollmd does nothing whatever the body: Ollama's model management, changing
-    # llama-server's props, and the tokenizer and rerank routes for a model whose backend serves
-    # neither (no backend here does)
+    # llama-server's props, and the tokenizer, rerank and score routes for a model whose backend
+    # serves none of them (no backend here does)
     not_served = path in NOT_MANAGED or path in ("/api/pull", "/props") or (
-        (path in TOKENIZER_ROUTES or path in RERANK_PATHS) and any(code in response.content for code in UNSERVED_CODES))
+        (path in TOKENIZER_ROUTES or path in RERANK_PATHS or path in SCORE_PATHS)
+        and any(code in response.content for code in UNSERVED_CODES))
     assert response.status_code < 500 or response.status_code == 501 and not_served, (
         path, response.status_code, response.text[:300])
     assert b"Traceback" not in response.content

@@ -543,6 +543,20 @@ def validate_rerank(body: dict) -> dict:
     return body
 
 
+def validate_score(body: dict) -> dict:
+    """vLLM's /score: `text_1` and `text_2` each a string or a non-empty array of strings, given
+    back as lists; `text_1` one text (scored against each of `text_2`) or as many as `text_2`
+    (scored pairwise)."""
+    for name in ("text_1", "text_2"):
+        texts = [body.get(name)] if isinstance(body.get(name), str) else body.get(name)
+        if not isinstance(texts, list) or not texts or not all(isinstance(text, str) for text in texts):
+            _fail(name, "a string or a non-empty array of strings is required")
+        body[name] = texts
+    if len(body["text_1"]) not in (1, len(body["text_2"])):
+        _fail("text_1", f"one text, or as many as text_2 ({len(body['text_2'])}), got {len(body['text_1'])}")
+    return body
+
+
 def _document_text(document, index: int) -> str:
     if isinstance(document, dict) and isinstance(document.get("text"), str):
         return document["text"]

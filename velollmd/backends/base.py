@@ -321,8 +321,9 @@ class Backend:
         """A 501 saying which backend cannot rerank `model` and how reranking is served."""
         return NotImplementedByBackend(
             f"model {model!r} is served by backend {self.name} ({self.kind}), which cannot rerank{why}; "
-            "reranking needs llama-server started with --reranking and a reranker GGUF, or a vLLM "
-            "serving a reranker (cross-encoder) model", param="model", code="rerank_unavailable")
+            "reranking needs a reranker GGUF (pooling type RANK with a cls.output head, e.g. Qwen3-Reranker) "
+            "on the engine or on llama-server started with --reranking, or a vLLM serving a reranker "
+            "(cross-encoder) model", param="model", code="rerank_unavailable")
 
     # -- helpers for subclasses ----------------------------------------------------------
 

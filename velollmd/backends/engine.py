@@ -40,7 +40,7 @@ from .base import Backend, ModelInfo, fills_in_middle, in_vocab, refuse_insert, 
 from .props import engine_props
 from .tokenizer_info import gguf_tokenizer_info
 from .prompts import all_of, merged_answers, several_prompts, with_prompt
-from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer
+from .engine_answer import AnswerBuilder, ChunkBytes, embeddings_answer, rerank_answer
 from .engine_echo import echo_of, generating_body, prompt_logprobs_asked
 from .engine_mailbox import Inbox, Item, Mailbox, Prepare, deliverer
 from .model_names import latest_twin
@@ -53,6 +53,7 @@ class EngineBackend(Backend):
     serves_tokenizer = True
     serves_tokenizer_info = True
     serves_props = True
+    serves_rerank = True                # a GGUF reranker's (pooling RANK, cls.output); other models: a 501 saying why
     supports_n = True
     takes_context = True
     freshens = True
@@ -517,6 +518,33 @@ class EngineBackend(Backend):
         model.last_used = time.monotonic()
         self._unload_idle()                            # keep_alive 0: unloaded once idle
         return embeddings_answer(body["model"], vectors, num_tokens)
+
+    async def rerank(self, body: dict) -> dict:
+        """Each document scored by the reranker on its query/document prompt (one forward each,
+        in the worker thread), answered as llama-server answers /v1/rerank."""
+        probed = self._probe_of(body["model"])
+        if probed is not None and probed.problem is None and probed.rerank_problem:   # from the header: no load
+            raise self.rerank_unavailable(body["model"], f" ({probed.rerank_problem})")
+        model = await self.model(body["model"])
+        head = model.rank_head
+        if head is None:
+            raise self.rerank_unavailable(body["model"], " (its GGUF is not a reranker)")
+        scores, num_tokens = [], 0
+        for index, document in enumerate(body["documents"]):
+            ids = head.prompt_ids(model.tokenizer, body["query"], document)
+            if not ids or len(ids) > model.num_ctx:
+                raise BadRequest(f"query and document {index} must be 1 to {model.num_ctx} tokens, got {len(ids)}",
+                                 param="documents")
+            scores.append(await asyncio.to_thread(_rank_score, model, ids))
+            num_tokens += len(ids)
+        model.last_used = time.monotonic()
+        self._unload_idle()                            # keep_alive 0: unloaded once idle
+        return rerank_answer(body["model"], scores, num_tokens, body.get("top_n"))
+
+
+def _rank_score(model: LoadedModel, ids: list[int]) -> float:
+    """A pair's score: the reranker's head on its last token's final hidden state (worker thread)."""
+    return model.rank_head.score(model.runner.final_hidden(ids)[-1])
 
 
 class _Run:

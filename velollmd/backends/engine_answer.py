@@ -398,6 +398,13 @@ def _tag_start_at_end(text: str, tag: str) -> int:
     return 0
 
 
+def rerank_answer(model: str, scores: list[float], num_tokens: int, top_n: int | None) -> dict:
+    """llama-server's rerank answer: each document's score, best first, the top_n kept."""
+    ranked = sorted(range(len(scores)), key=lambda index: scores[index], reverse=True)[:top_n]
+    return {"model": model, "object": "list", "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens},
+            "results": [{"index": index, "relevance_score": scores[index]} for index in ranked]}
+
+
 def embeddings_answer(model: str, vectors: list, num_tokens: int) -> dict:
     return {"object": "list", "model": model,
             "data": [{"object": "embedding", "index": i, "embedding": [float(x) for x in vector]}

@@ -31,6 +31,7 @@ from .kvcache import PagedKVCache, kv_bytes_per_token
 from .model import KEPT_WEIGHTS, Model, ModelConfig, UnsupportedModel
 from .quants import GGML_TYPE_NAMES, SUPPORTED_TYPES
 from .quantweight import QuantWeight
+from .rerank import RankHead, reranker_problem
 from .runner import Runner
 from .store import ModelFile
 from .templates import ChatTemplate, find_template
@@ -71,6 +72,7 @@ class LoadedModel:
     probe: Probe | None = None          # that file's probe, kept while loaded (the catalogue forgets a file gone)
     device: str = "cpu"                 # where its weights and KV cache are: cpu | cuda
     chat_template_source: str = ""      # the GGUF's tokenizer.chat_template it renders; "" when none or overridden
+    rank_head: RankHead | None = None   # a reranker's classifier and prompt layout; None: not a reranker
 
     @property
     def identity(self) -> str:
@@ -88,6 +90,7 @@ class Probe(NamedTuple):
     file_type: str = ""                 # its most common weight type (Q4_K, F16...) when it can
     context_length: int = 0             # its trained context (metadata), 0 when it does not say
     thinks: bool = False                # its chat template thinks (Ollama's `thinking` capability)
+    rerank_problem: str | None = "the file cannot be served"   # why it cannot rerank; None: a reranker
 
 
 def probe(path: Path, chat_template: str = "") -> Probe:
@@ -102,9 +105,11 @@ def probe(path: Path, chat_template: str = "") -> Probe:
             Tokenizer.from_gguf(gguf.metadata)
             file_type = _file_type(gguf)
             template, _ = _template(gguf.metadata.get("tokenizer.chat_template"), chat_template)
+            rerank_problem = reranker_problem(gguf.metadata, config.arch, gguf.tensors.keys())
     except (OSError, ValueError) as exc:
         return Probe(problem_with(path, exc))
-    return Probe(None, config.arch, file_type, config.context_length or 0, template is not None and template.thinks)
+    return Probe(None, config.arch, file_type, config.context_length or 0, template is not None and template.thinks,
+                 rerank_problem)
 
 
 def context_for(configured: int, trained: int) -> int:
@@ -136,11 +141,20 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
         model, kv = on_device or (read_model(gguf, config), PagedKVCache(
             config.n_layer, _num_blocks(config, options, num_ctx, _host_free_bytes()), options.block_size,
             config.n_head_kv, config.head_dim))
+        rank_head = _rank_head(gguf, config)
     scheduler = Scheduler(scheduler_settings(scheduler_config, options), options.max_running,
                           BlockPool(kv.num_blocks, options.block_size), reserve_output=False)
     runner = Runner(model, kv, scheduler, tokenizer, max_batch_tokens=options.max_batch_tokens, num_ctx=num_ctx)
     return LoadedModel(name, path, config, tokenizer, template, template_error, runner, num_ctx, model.nbytes,
-                       device="cuda" if on_device else "cpu", chat_template_source=source)
+                       device="cuda" if on_device else "cpu", chat_template_source=source, rank_head=rank_head)
+
+
+def _rank_head(gguf: GGUFFile, config: ModelConfig) -> RankHead | None:
+    """A reranker's classifier head (pooling RANK with cls.output), read while the file is open."""
+    if reranker_problem(gguf.metadata, config.arch, gguf.tensors.keys()) is not None:
+        return None
+    types = {name: info.ggml_type for name, info in gguf.tensors.items()}
+    return RankHead.read(gguf.metadata, config.arch, types, gguf.dequantize)
 
 
 def scheduler_settings(scheduler_config: SchedulerConfig, options: EngineOptions) -> SchedulerConfig:

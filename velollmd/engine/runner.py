@@ -529,6 +529,13 @@ class Runner:
 
     def embed(self, token_ids: Sequence[int]) -> np.ndarray:
         """Mean-pooled final hidden state, L2-normalised: (n_embd,). Uses a private KV cache."""
+        pooled = self.final_hidden(token_ids).mean(axis=0)    # (n_embd,)
+        norm = float(np.linalg.norm(pooled))
+        return pooled / norm if norm > 0 else pooled
+
+    def final_hidden(self, token_ids: Sequence[int]) -> np.ndarray:
+        """The final normed hidden states of a prompt run alone (a private KV cache, nothing
+        cached): (num_tokens, n_embd). For pooled outputs: embeddings, a reranker's last token."""
         num_tokens = len(token_ids)
         num_blocks = -(-num_tokens // self.block_size)
         batch = Batch.build(np.asarray(token_ids, np.int32), np.arange(num_tokens, dtype=np.int32),
@@ -542,9 +549,7 @@ class Runner:
                 hidden = self.model.hidden(batch, kv)          # (num_tokens, n_embd)
             finally:
                 kv.release()                                   # on this thread, not the collector's
-        pooled = hidden.mean(axis=0)                           # (n_embd,)
-        norm = float(np.linalg.norm(pooled))
-        return pooled / norm if norm > 0 else pooled
+        return hidden
 
 
 def _text_stream(params: SamplingParams) -> TextStream:
