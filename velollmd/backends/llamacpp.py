@@ -46,17 +46,23 @@ class LlamaCppBackend(OpenAIBackend):
             model.identity = f"llamacpp:{path or model.id}"
         return models
 
+    async def _read_props(self) -> None:
+        """/props as the server answers it; any JSON but an object reads as one that says nothing."""
+        props = await self.get_json("/props")
+        self.props = props if isinstance(props, dict) else {}
+
     def forget_server(self) -> None:
         """/props is read again at every health check."""
 
     async def discover(self) -> None:
         """Slots and the model file from /props (config `slots` wins when set)."""
         try:
-            self.props = await self.get_json("/props")
+            await self._read_props()
         except VeloError:
             return
-        if not self.config.slots and self.props.get("total_slots"):
-            self.num_slots, self.slots_source = int(self.props["total_slots"]), "/props"
+        total_slots = _count(self.props.get("total_slots"))
+        if not self.config.slots and total_slots:
+            self.num_slots, self.slots_source = total_slots, "/props"
         path = self.props.get("model_path", "")
         for model in self.models:
             model.identity = f"llamacpp:{path or model.id}"
@@ -65,8 +71,9 @@ class LlamaCppBackend(OpenAIBackend):
 
     def context_size(self, model: str | None = None, num_ctx: int | None = None) -> int:
         """Per-slot context from /props (`n_ctx`), else the configured one."""
-        n_ctx = (self.props.get("default_generation_settings") or {}).get("n_ctx")
-        return int(n_ctx) if n_ctx else super().context_size()
+        settings = self.props.get("default_generation_settings")
+        n_ctx = _count(settings.get("n_ctx")) if isinstance(settings, dict) else None
+        return n_ctx or super().context_size()
 
     def sees_images(self) -> bool | None:
         """/props `modalities.vision` (a server started with a projector, --mmproj)."""
@@ -248,7 +255,7 @@ class LlamaCppBackend(OpenAIBackend):
         """Built from /props (read now: the server's model and template may have changed):
         its bos_token, eos_token, chat_template and per-slot n_ctx. /props names no pad token,
         no add_bos and no architecture: null, left out, and the generic class."""
-        self.props = await self.get_json("/props")
+        await self._read_props()
         tokens = {name: self.props.get(name) for name in ("bos_token", "eos_token", "chat_template")}
         if not all(value is None or isinstance(value, str) for value in tokens.values()):
             raise _Malformed(f"backend {self.name} answered /props with a token or template that is no text")
@@ -462,3 +469,10 @@ def _without_echo(expected: str, text: str) -> tuple[str, str]:
     return text, ""
 
 
+
+
+def _count(value) -> int | None:
+    """A count /props gives (total_slots, n_ctx) when it is a positive whole number, else None:
+    a server answering garbage there reads as one that does not say (the configured values
+    hold), not as an exception in every request's admission and every /health."""
+    return value if type(value) is int and value > 0 else None
