@@ -80,3 +80,22 @@ def test_a_llama_server_with_garbage_props_reads_as_one_that_does_not_say(props)
     assert row["healthy"] is True and row["slots"] is None and row["slots_source"] is None
     assert queue.status_code == 200 and queue.json()["backends"]["garbage"]["adaptive"] is True
     assert chat.status_code == 200 and " w0" in chat.text and context == DEFAULT_NUM_CTX
+
+
+@pytest.mark.parametrize("kind, route, listing", [
+    ("openai", "/v1/models", {"data": [{"id": 7}, {"id": None}, 5, {"id": "ok", "created": "yesterday"}]}),
+    ("llamacpp", "/v1/models", {"data": [{"id": ["x"]}, {"id": "ok"}]}),
+    ("ollama", "/api/tags", {"models": [{"name": None}, {"name": "ok", "details": 5, "size": "big"}]}),
+])
+def test_a_model_list_with_garbage_entries_lists_the_good_ones(kind, route, listing):
+    """A model whose name is not text is left out, a size or time that is no number reads as
+    none: the listings answered 500 for each (a regex or .encode on an int), /health stayed up."""
+    with ScriptedServer({route: (200, "application/json", json.dumps(listing).encode())}) as server:
+        backend = {"name": "garbage", "kind": kind, "url": server.url, "models": ["*"]}
+        with RunningDaemon({"backends": [backend]}) as daemon:
+            answers = {path: httpx.get(daemon.url + path, timeout=30) for path in ("/v1/models", "/api/tags", "/api/ps")}
+            health = httpx.get(daemon.url + "/health", timeout=30).json()
+    assert {path: a.status_code for path, a in answers.items()} == dict.fromkeys(answers, 200)
+    assert [m["id"] for m in answers["/v1/models"].json()["data"]] == ["ok"]
+    assert [m["name"] for m in answers["/api/tags"].json()["models"]] == ["ok"]
+    assert health["backends"][0]["healthy"] is True and health["backends"][0]["models"] == ["ok"]

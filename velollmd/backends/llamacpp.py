@@ -12,7 +12,7 @@ from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest, reasoning_effort_of, wants_json, wants_logprobs
 from ..wire.streams import closing
 from ..wire.vllm import GBNF, GUIDED_FIELDS, choice_grammar, vllm_constraint
-from .base import ModelInfo, fills_in_middle, refuse_insert
+from .base import ModelInfo, fills_in_middle, refuse_insert, server_count
 from .prompts import all_of, merged_answers, several_prompts, summed_usage, with_prompt
 from .llamacpp_infill import INFILL_PATH, completion_chunks, infill_body, insert_refused, to_completion
 from .openai import OpenAIBackend
@@ -60,7 +60,7 @@ class LlamaCppBackend(OpenAIBackend):
             await self._read_props()
         except VeloError:
             return
-        total_slots = _count(self.props.get("total_slots"))
+        total_slots = server_count(self.props.get("total_slots"))
         if not self.config.slots and total_slots:
             self.num_slots, self.slots_source = total_slots, "/props"
         path = self.props.get("model_path", "")
@@ -72,7 +72,7 @@ class LlamaCppBackend(OpenAIBackend):
     def context_size(self, model: str | None = None, num_ctx: int | None = None) -> int:
         """Per-slot context from /props (`n_ctx`), else the configured one."""
         settings = self.props.get("default_generation_settings")
-        n_ctx = _count(settings.get("n_ctx")) if isinstance(settings, dict) else None
+        n_ctx = server_count(settings.get("n_ctx")) if isinstance(settings, dict) else None
         return n_ctx or super().context_size()
 
     def sees_images(self) -> bool | None:
@@ -467,12 +467,3 @@ def _without_echo(expected: str, text: str) -> tuple[str, str]:
     if expected.startswith(text):
         return "", expected[len(text):]
     return text, ""
-
-
-
-
-def _count(value) -> int | None:
-    """A count /props gives (total_slots, n_ctx) when it is a positive whole number, else None:
-    a server answering garbage there reads as one that does not say (the configured values
-    hold), not as an exception in every request's admission and every /health."""
-    return value if type(value) is int and value > 0 else None
