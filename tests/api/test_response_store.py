@@ -159,6 +159,18 @@ def test_a_corrupt_or_foreign_file_is_set_aside_once_and_not_trusted(tmp_path, c
     assert caplog.text.count("response store") == 1 and "unusable" in caplog.text
 
 
+def test_a_directory_in_the_files_place_is_set_aside_and_the_store_is_written_there(tmp_path, caplog):
+    """Not "unreadable" with every later write failing: set aside as a corrupt file is."""
+    (tmp_path / STORE_NAME).mkdir()
+    store = ResponseStore(max_entries=10, max_bytes=1 << 20)
+    store.put("resp_0", "k", record(0))
+    with caplog.at_level(logging.WARNING):
+        assert written(store, tmp_path) == str(tmp_path / STORE_NAME)
+    [aside] = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert aside.is_dir() and "unreadable" not in caplog.text and "snapshot failed" not in caplog.text
+    assert restored(tmp_path).get("resp_0", "k") == record(0)
+
+
 def test_a_file_from_a_newer_version_is_left_for_it(tmp_path, caplog):
     future = b"VELORESP" + (2).to_bytes(4, "little") + bytes(60)
     (tmp_path / STORE_NAME).write_bytes(future)

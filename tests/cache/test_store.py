@@ -64,6 +64,27 @@ def test_missing_file_is_empty(tmp_path):
     assert read_snapshot(str(tmp_path)) is None
 
 
+def test_a_directory_in_the_snapshots_place_is_set_aside_and_the_cache_writes_again(tmp_path, caplog):
+    """A directory named as the snapshot (made by hand or by a tool) is set aside as a corrupt
+    file is, its contents kept; writes then go where it was, at start and while running."""
+    path = tmp_path / SNAPSHOT_NAME
+    path.mkdir()
+    (path / "kept.txt").write_text("an operator's file")
+    with caplog.at_level(logging.WARNING):
+        assert read_snapshot(str(tmp_path)) is None
+    [aside] = [p for p in tmp_path.iterdir() if p.name.startswith(SNAPSHOT_NAME + ".corrupt-")]
+    assert (aside / "kept.txt").read_text() == "an operator's file" and not path.exists()
+    assert "unusable (a directory, not a state file)" in caplog.text
+    write_snapshot(str(tmp_path), encode_snapshot(state()))
+    assert read_snapshot(str(tmp_path)).exact == state().exact
+    os.unlink(path)                                        # one made while the daemon runs
+    path.mkdir()
+    (tmp_path / (SNAPSHOT_NAME + ".prev")).mkdir()
+    write_snapshot(str(tmp_path), encode_snapshot(state(tag="w")))
+    assert read_snapshot(str(tmp_path)).exact == state(tag="w").exact
+    assert len([p for p in tmp_path.iterdir() if ".corrupt-" in p.name and p.is_dir()]) == 3
+
+
 def _corrupt_variants():
     good = encode_snapshot(state())
     flipped = bytearray(good)

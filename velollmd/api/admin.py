@@ -4,7 +4,9 @@ the process's own resources (tasks, open files, memory: what the soak watches fo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from typing import Callable, TypeVar
 
 import psutil
 
@@ -19,8 +21,12 @@ from ..looplag import recent_lag
 from ..metrics import Metrics, sampled, scheduler_lines
 from .access import Access
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 LOOPBACK = ("127.0.0.1", "::1")
 HEALTH_FRESHEN_S = 0.5      # /health waits this long at most for the engine's file check
+PART_LOG_EVERY_S = 60.0     # a part of an operator answer that keeps failing: one log line per this
+_part_logged_at: dict[str, float] = {}
 
 
 class AdminRoutes:
@@ -43,12 +49,14 @@ class AdminRoutes:
         does (a stat check), so that a GGUF added, removed or corrupted shows here at once. A
         liveness probe's answer waits at most HEALTH_FRESHEN_S for that (a hung mount: the last
         scan's state), not a listing's whole deadline."""
-        draining = self.access.draining
+        draining, errors = self.access.draining, {}
         body = {"status": "draining" if draining else "ok", "version": __version__,
                 "uptime_s": round(time.time() - self.access.started_at, 3),
-                "backends": await fresh_backend_rows(self.registry, self.service)}
+                "backends": await fresh_backend_rows(self.registry, self.service, errors=errors)}
         if self.pipeline.shared is not None:            # Redis down is degraded sharing, still "ok"
-            body["redis"] = self.pipeline.shared.health()
+            body["redis"] = gathered("redis", self.pipeline.shared.health, errors)
+        if errors:                                      # what it knows, still 200: the daemon serves
+            body["errors"] = errors
         return Response.json(body, status=503 if draining else 200)
 
     async def cache_stats(self, request: Request) -> Response:
@@ -87,8 +95,14 @@ class AdminRoutes:
                                                               for b in self.registry.backends)})
 
     async def queue(self, request: Request) -> Response:
-        """Scheduler state: waiting and running requests per backend, 429s, failovers."""
-        return Response.json({"object": "queue.stats", **self.service.stats()})
+        """Scheduler state: waiting and running requests per backend, 429s, failovers. A 503
+        naming the reason when it cannot be gathered (see `gathered`), not a 500."""
+        errors: dict[str, str] = {}
+        stats = gathered("queues", self.service.stats, errors)
+        if stats is None:
+            raise VeloError(f"the queue stats cannot be gathered: {errors['queues']}", status=503,
+                            code="stats_unavailable")
+        return Response.json({"object": "queue.stats", **stats})
 
     async def usage(self, request: Request) -> Response:
         """Each configured key's usage since the daemon started (names, never keys): requests,
@@ -111,9 +125,12 @@ class AdminRoutes:
             stats = self.pipeline.cache.stats()
             gauges += sampled("velollm_cache_entries", "gauge", "Responses cached", [({}, stats["entries"])])
             gauges += sampled("velollm_cache_bytes", "gauge", "Bytes of cached responses", [({}, stats["bytes"])])
-        gauges += scheduler_lines(self.service.stats())
+        errors: dict[str, str] = {}
+        stats = gathered("queues", self.service.stats, errors)
+        gauges += scheduler_lines(stats) if stats is not None else []
         gauges += key_usage_lines(self.access.ledger.usage())
-        body = self.metrics.render(gauges).encode()
+        body = (self.metrics.render(gauges) + "".join(f"# velollm: {part} left out: {reason}\n"
+                                                      for part, reason in errors.items())).encode()
         return Response(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")], body)
 
     def _cache(self):
@@ -124,12 +141,41 @@ class AdminRoutes:
         return cache
 
 
-async def fresh_backend_rows(registry: Registry, service: Service, queue_fields: tuple[str, ...] = ()) -> list[dict]:
+def gathered(part: str, gather: Callable[[], T], errors: dict[str, str]) -> T | None:
+    """gather(), or None with `errors[part]` saying why when it raised: an operator answer
+    (/health, the dashboard's feed, /metrics) shows what it knows, never a 500, when one part
+    of it breaks (a backend's garbage /props, a bug)."""
+    try:
+        return gather()
+    except Exception as exc:
+        part_failed(part, exc, errors)
+        return None
+
+
+def part_failed(part: str, exc: Exception, errors: dict[str, str]) -> None:
+    """`errors[part]` says why; one log line (with the traceback) per part per PART_LOG_EVERY_S:
+    a monitor polling each second would flood the log."""
+    errors[part] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"      # one line: /metrics shows it too
+    now = time.monotonic()
+    if now - _part_logged_at.get(part, -PART_LOG_EVERY_S) >= PART_LOG_EVERY_S:
+        _part_logged_at[part] = now
+        log.error(f"operator route: {part} could not be gathered (shown as an error; logged at most "
+                  f"once per {PART_LOG_EVERY_S:g} s)", exc_info=exc, extra={"fields": {"part": part}})
+
+
+async def fresh_backend_rows(registry: Registry, service: Service, queue_fields: tuple[str, ...] = (), *,
+                             errors: dict[str, str] | None = None) -> list[dict]:
     """backend_rows with the engine's catalogue first brought up to date, waiting at most
     HEALTH_FRESHEN_S for that (a hung mount: the last scan's state), and the queues as of
-    then: what /health and the dashboard's feed show, alike."""
-    await registry.freshen(HEALTH_FRESHEN_S)
-    return backend_rows(registry, service.stats(), queue_fields)
+    then: what /health and the dashboard's feed show, alike. A part that raises (the
+    catalogue's check, the queues, a backend's status) is left out, its reason in `errors`."""
+    errors = {} if errors is None else errors
+    try:
+        await registry.freshen(HEALTH_FRESHEN_S)
+    except Exception as exc:
+        part_failed("catalogue", exc, errors)
+    stats = gathered("queues", service.stats, errors) or {"backends": {}}
+    return gathered("backends", lambda: backend_rows(registry, stats, queue_fields), errors) or []
 
 
 def backend_rows(registry: Registry, stats: dict, queue_fields: tuple[str, ...] = ()) -> list[dict]:

@@ -57,9 +57,10 @@ class DashboardRoutes:
         """What the page shows, as of now: the backends as /health shows them (the engine's
         catalogue brought up to date first, as there), each with its queue: running, waiting,
         rejected; its breaker."""
-        backends = await fresh_backend_rows(self.registry, self.service, QUEUE_FIELDS)
+        errors: dict[str, str] = {}
+        backends = await fresh_backend_rows(self.registry, self.service, QUEUE_FIELDS, errors=errors)
         metrics = self.metrics
-        return {"object": "dashboard", "version": __version__, "time": round(time.time(), 3),
+        return {"errors": errors,"object": "dashboard", "version": __version__, "time": round(time.time(), 3),
                 "status": "draining" if self.access.draining else "ok",
                 "uptime_s": round(time.time() - self.access.started_at, 3),
                 "keys_required": self.access.keys_required,

@@ -407,6 +407,19 @@ def in_vocab(ids: list, vocab_size: int, param: str) -> list[int]:
     return ids
 
 
+def server_count(value) -> int | None:
+    """A count a server reports of itself (slots, context, a size, a time) when it is a
+    positive whole number, else None: garbage there reads as a server that does not say, not
+    as an exception in each listing, admission or /health."""
+    return value if type(value) is int and value > 0 else None
+
+
+def listed_models(entries, name_key: str) -> list[dict]:
+    """The entries of a server's model list that are objects with a non-empty text name."""
+    return [m for m in entries if isinstance(m, dict) and isinstance(m.get(name_key), str) and m[name_key]] \
+        if isinstance(entries, list) else []
+
+
 def _glob_matches(model: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(model, pattern) for pattern in patterns)
 

@@ -12,7 +12,7 @@ from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest, reasoning_effort_of, wants_json, wants_logprobs
 from ..wire.streams import closing
 from ..wire.vllm import GBNF, GUIDED_FIELDS, choice_grammar, vllm_constraint
-from .base import ModelInfo, fills_in_middle, refuse_insert
+from .base import ModelInfo, fills_in_middle, refuse_insert, server_count
 from .prompts import all_of, merged_answers, several_prompts, summed_usage, with_prompt
 from .llamacpp_infill import INFILL_PATH, completion_chunks, infill_body, insert_refused, to_completion
 from .openai import OpenAIBackend
@@ -48,17 +48,23 @@ class LlamaCppBackend(OpenAIBackend):
             model.identity = f"llamacpp:{path or model.id}"
         return models
 
+    async def _read_props(self) -> None:
+        """/props as the server answers it; any JSON but an object reads as one that says nothing."""
+        props = await self.get_json("/props")
+        self.props = props if isinstance(props, dict) else {}
+
     def forget_server(self) -> None:
         """/props is read again at every health check."""
 
     async def discover(self) -> None:
         """Slots and the model file from /props (config `slots` wins when set)."""
         try:
-            self.props = await self.get_json("/props")
+            await self._read_props()
         except VeloError:
             return
-        if not self.config.slots and self.props.get("total_slots"):
-            self.num_slots, self.slots_source = int(self.props["total_slots"]), "/props"
+        total_slots = server_count(self.props.get("total_slots"))
+        if not self.config.slots and total_slots:
+            self.num_slots, self.slots_source = total_slots, "/props"
         path = self.props.get("model_path", "")
         for model in self.models:
             model.identity = f"llamacpp:{path or model.id}"
@@ -67,8 +73,9 @@ class LlamaCppBackend(OpenAIBackend):
 
     def context_size(self, model: str | None = None, num_ctx: int | None = None) -> int:
         """Per-slot context from /props (`n_ctx`), else the configured one."""
-        n_ctx = (self.props.get("default_generation_settings") or {}).get("n_ctx")
-        return int(n_ctx) if n_ctx else super().context_size()
+        settings = self.props.get("default_generation_settings")
+        n_ctx = server_count(settings.get("n_ctx")) if isinstance(settings, dict) else None
+        return n_ctx or super().context_size()
 
     def sees_images(self) -> bool | None:
         """/props `modalities.vision` (a server started with a projector, --mmproj)."""
@@ -259,7 +266,7 @@ class LlamaCppBackend(OpenAIBackend):
         """Built from /props (read now: the server's model and template may have changed):
         its bos_token, eos_token, chat_template and per-slot n_ctx. /props names no pad token,
         no add_bos and no architecture: null, left out, and the generic class."""
-        self.props = await self.get_json("/props")
+        await self._read_props()
         tokens = {name: self.props.get(name) for name in ("bos_token", "eos_token", "chat_template")}
         if not all(value is None or isinstance(value, str) for value in tokens.values()):
             raise _Malformed(f"backend {self.name} answered /props with a token or template that is no text")
@@ -471,5 +478,3 @@ def _without_echo(expected: str, text: str) -> tuple[str, str]:
     if expected.startswith(text):
         return "", expected[len(text):]
     return text, ""
-
-

@@ -21,7 +21,7 @@ from ..wire.ollama import (
 from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest, reasoning_effort_of, wants_logprobs
 from ..wire.streams import closing
-from .base import Backend, ModelInfo, refuse_unhonoured
+from .base import Backend, ModelInfo, listed_models, refuse_unhonoured, server_count
 
 
 def _model_names(models) -> list[str]:
@@ -57,8 +57,8 @@ class OllamaBackend(Backend):
     async def list_models(self) -> list[ModelInfo]:
         body = await self.get_json("/api/tags")
         return [ModelInfo(id=m["name"], backend=self.name, identity=f"ollama:{m.get('digest', '')}",
-                          size=int(m.get("size") or 0), details=m.get("details") or {}, raw=m)
-                for m in body.get("models", []) if isinstance(m, dict) and "name" in m]
+                          size=server_count(m.get("size")) or 0, details=_details(m.get("details")), raw=m)
+                for m in listed_models(body.get("models"), "name")]
 
     def chat_body(self, request: GenerateRequest) -> dict:
         """The /api/chat body; `reasoning_effort` as Ollama's own OpenAI endpoint maps it: "none"
@@ -197,3 +197,8 @@ def _token_logprob(entry: dict) -> dict:
     logprob = entry.get("logprob")
     return {"token": token, "logprob": logprob if isinstance(logprob, (int, float)) else 0.0,
             "bytes": entry.get("bytes") if isinstance(entry.get("bytes"), list) else list(token.encode())}
+
+
+def _details(details) -> dict:
+    """A model's `details` as /api/tags gives them; anything but an object reads as none."""
+    return details if isinstance(details, dict) else {}

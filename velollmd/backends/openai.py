@@ -15,7 +15,7 @@ from ..errors import BackendError, NotImplementedByBackend, VeloError
 from ..wire.request import GenerateRequest
 from ..wire.vllm import (CONSTRAINT_KINDS, GENERATION_PROMPT_ASKS, SAMPLING_EXTRAS, STRUCTURED_OUTPUT_OPTIONS,
                          reads_structured_outputs, respell)
-from .base import Backend, ModelInfo, extract_error_message, refuse_unhonoured
+from .base import Backend, ModelInfo, extract_error_message, listed_models, refuse_unhonoured, server_count
 
 RERANK_PATH = "/v1/rerank"
 RERANK_MISSING = (404, 405, 501)     # no route, or llama-server's "Start it with `--reranking`"
@@ -84,8 +84,8 @@ class OpenAIBackend(Backend):
 
     async def list_models(self) -> list[ModelInfo]:
         body = await self.get_json("/v1/models")
-        return [ModelInfo(id=m["id"], backend=self.name, created=int(m.get("created") or 0), raw=m)
-                for m in body.get("data", []) if isinstance(m, dict) and "id" in m]
+        return [ModelInfo(id=m["id"], backend=self.name, created=server_count(m.get("created")) or 0, raw=m)
+                for m in listed_models(body.get("data"), "id")]
 
     def upstream_body(self, request: GenerateRequest) -> dict:
         """The body sent upstream, without Ollama's own fields (no field of OpenAI's: a strict

@@ -9,8 +9,8 @@ and answers), fsync, hard-link the old file as `<name>.prev`, rename
 the temp file over the old one, fsync the directory; a crash at any point leaves either the old
 or the new file, never a mix. A failed write (full disk, read-only directory) removes its temp
 file and leaves both files as they were.
-Load: a missing file is no state; a corrupt, truncated or foreign file is renamed to
-`<name>.corrupt-<timestamp>` and `<name>.prev` (the last good one) is loaded instead; a file
+Load: a missing file is no state; a corrupt, truncated or foreign file (or a directory in its
+place) is renamed to `<name>.corrupt-<timestamp>` and `<name>.prev` (the last good one) is loaded instead; a file
 from a newer format version is set aside as `<name>.v<N>-<timestamp>` (a newer daemon can take
 it back), never overwritten. Each of these is one warning line. Of the files set aside with one
 label the KEEP_SET_ASIDE newest are kept (a crash loop writing a bad file each time must not
@@ -99,6 +99,8 @@ def write_state_file(directory: str, name: str, data: bytes, *, keep_previous: b
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
     with _writing(path):
+        for in_the_way in (path, path + PREVIOUS_SUFFIX):
+            _set_aside_directory(in_the_way)
         _write_over(path, data)
         if not keep_previous:
             _keep_previous(path)
@@ -158,6 +160,15 @@ def _set_aside(path: str, label: str) -> str:
     return f"moved to {aside}" + (f" (older ones removed: {', '.join(removed)})" if removed else "")
 
 
+def _set_aside_directory(path: str) -> None:
+    """A directory where a state file goes (made by hand, or by a tool) would fail every write:
+    it is set aside as a corrupt file is (read_state_file does so at start; this, for one made
+    while the daemon runs), with one warning line."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        log.warning("state file %s is a directory; %s, writing the state file in its place",
+                    path, _set_aside(path, "corrupt"))
+
+
 def _prune_set_aside(prefix: str) -> list[str]:
     """Remove all but the KEEP_SET_ASIDE newest files named `prefix*` (newest by the time they
     were set aside: a rename sets a file's ctime, not its mtime); the names removed."""
@@ -189,6 +200,8 @@ def _load(path: str, decode: Callable[[bytes], T]) -> T | None:
             data = f.read()
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise StateFileError("a directory, not a state file") from None
     return decode(data)
 
 

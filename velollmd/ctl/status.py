@@ -2,6 +2,8 @@
 
 Reads GET /health (always there), then GET /v1/velollm/cache and GET /metrics when the daemon
 has them: a 404 (or any non-200) of those reads as "not available", not as a failure.
+The whole takes at most --timeout: one deadline for all the GETs (a hung daemon costs the
+timeout once, not once per GET); the optional parts left when it has passed read as "skipped".
 Exit code 0 when the daemon answers and is healthy, 1 when it is unreachable or draining, 2
 when --url is not an http(s) URL.
 """
@@ -21,9 +23,11 @@ HEADLINE_METRICS = ("velollm_http_requests_total", "velollm_tokens_total", "velo
                     "velollm_tool_call_loops_total")
 
 
-async def _get(client: HTTPClient, path: str) -> tuple[int, bytes]:
-    response = await client.request("GET", path)
-    return response.status, await response.read()
+async def _get(client: HTTPClient, path: str, deadline: float) -> tuple[int, bytes]:
+    """GET `path`, its head and body by `deadline` (the loop's clock); TimeoutError past it."""
+    async with asyncio.timeout_at(deadline):
+        response = await client.request("GET", path)
+        return response.status, await response.read()
 
 
 def json_object(body: bytes) -> dict:
@@ -34,14 +38,18 @@ def json_object(body: bytes) -> dict:
     return data
 
 
-async def _optional(client: HTTPClient, path: str, parse) -> dict:
+async def _optional(client: HTTPClient, path: str, parse, deadline: float) -> dict:
     """{"available", "status", "data"} of GET `path`, data = parse(body) on a 200; never raises
-    for HTTP errors or a body that `parse` cannot read (ValueError)."""
+    for HTTP errors, a body that `parse` cannot read (ValueError) or the deadline. Not asked
+    at all once the deadline has passed ("skipped")."""
+    unavailable = {"available": False, "status": None, "data": None}
+    if asyncio.get_running_loop().time() >= deadline:
+        return {**unavailable, "skipped": True}
     try:
-        status, body = await _get(client, path)
+        status, body = await _get(client, path, deadline)
         data = parse(body) if status == 200 else None
-    except (VeloError, ValueError):
-        return {"available": False, "status": None, "data": None}
+    except (VeloError, ValueError, TimeoutError):
+        return unavailable
     return {"available": data is not None, "status": status, "data": data}
 
 
@@ -73,21 +81,29 @@ async def fetch_status(url: str, api_key: str | None = None, timeout_s: float = 
     client = HTTPClient(base_url(url), connect_timeout=timeout_s, read_timeout=timeout_s, headers=headers)
     result = {"url": base_url(url), "reachable": False, "healthy": False, "error": None,
               "health": None, "cache": None, "queue": None, "metrics": None}
+    deadline = asyncio.get_running_loop().time() + timeout_s
     try:
-        status, body = await _get(client, "/health")
+        status, body = await _get(client, "/health", deadline)
         result["health"] = json.loads(body)
         result["reachable"] = True
         result["healthy"] = status == 200 and result["health"].get("status") == "ok"
-        result["cache"] = await _optional(client, "/v1/velollm/cache", json_object)
-        result["queue"] = await _optional(client, "/v1/velollm/queue", json_object)
-        result["metrics"] = await _optional(client, "/metrics", metrics_summary)
+        result["cache"] = await _optional(client, "/v1/velollm/cache", json_object, deadline)
+        result["queue"] = await _optional(client, "/v1/velollm/queue", json_object, deadline)
+        result["metrics"] = await _optional(client, "/metrics", metrics_summary, deadline)
     except VeloError as exc:
         result["error"] = f"cannot reach velollmd at {result['url']}: {error_line(exc)}"
+    except TimeoutError:
+        result["error"] = f"velollmd at {result['url']} did not answer /health within {timeout_s:g} s"
     except (ValueError, AttributeError):
         result["error"] = f"{result['url']}/health did not answer with a JSON object: is this velollmd?"
     finally:
         await client.close()
     return result
+
+
+def _status_text(status) -> str:
+    """The daemon's status word; a /health answer without one (`{}`) says so, not "None"."""
+    return "no status (/health named none)" if status in (None, "") else str(status)
 
 
 def _uptime(seconds) -> str:
@@ -133,6 +149,8 @@ def _engine_lines(backends: list[dict]) -> list[str]:
 
 
 def _optional_rows(name: str, part: dict | None, render) -> list[list[str]]:
+    if part and part.get("skipped"):
+        return [[name, "skipped (--timeout reached)"]]
     if not part or not part["available"]:
         why = f"HTTP {part['status']}" if part and part["status"] else "no answer"
         if part and part["status"] == 401:
@@ -175,7 +193,7 @@ def _metrics_lines(data: dict) -> list[str]:
 
 def format_status(result: dict) -> str:
     health = result["health"]
-    rows = [["velollmd", result["url"]], ["status", str(health.get("status"))],
+    rows = [["velollmd", result["url"]], ["status", _status_text(health.get("status"))],
             ["version", str(health.get("version", "-"))], ["uptime", _uptime(health.get("uptime_s"))]]
     rows += _optional_rows("cache", result["cache"], _cache_lines)
     rows += _optional_rows("queue", result.get("queue"), _queue_lines)

@@ -4,6 +4,8 @@ daemon does not serve yet: the `x-velollm-cache` header, /v1/velollm/cache, /met
     with ScriptedServer({"/metrics": (200, "text/plain", b"...")}) as server: server.url
 POST /v1/chat/completions streams `num_tokens` one-word SSE chunks plus a usage chunk; the
 response carries `x-velollm-cache: hit-exact` on every `hit_every`-th request (1-based).
+A route scripted as HANG is read and never answered (a hung daemon) until the server stops;
+`paths` lists the GETs received, in order.
 """
 from __future__ import annotations
 
@@ -11,15 +13,19 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+HANG = None                                    # a route's script: read the request, never answer
+
 
 class ScriptedServer:
-    def __init__(self, routes: dict[str, tuple[int, str, bytes]] | None = None,
+    def __init__(self, routes: dict[str, tuple[int, str, bytes] | None] | None = None,
                  num_tokens: int = 4, hit_every: int = 0):
         self.routes = {"/v1/models": (200, "application/json", b'{"data":[{"id":"scripted"}]}'),
                        **(routes or {})}
         self.num_tokens = num_tokens
         self.hit_every = hit_every
         self.num_chats = 0
+        self.paths: list[str] = []
+        self.stopped = threading.Event()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
@@ -34,6 +40,7 @@ class ScriptedServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stopped.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -45,7 +52,13 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        status, content_type, body = self.server.scripted.routes.get(self.path, (404, "text/plain", b"not found"))
+        scripted = self.server.scripted
+        scripted.paths.append(self.path)
+        script = scripted.routes.get(self.path, (404, "text/plain", b"not found"))
+        if script is HANG:
+            scripted.stopped.wait()
+            return
+        status, content_type, body = script
         self.send_response(status)
         self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(body)))

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests.ctl.bench.helpers import run_ctl, run_ctl_process
-from tests.ctl.bench.scripted_server import ScriptedServer
+from tests.ctl.bench.scripted_server import HANG, ScriptedServer
 from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend, make_tiny_model
 from tests.rig.net import free_port
 from velollmd.ctl.status import metrics_summary
@@ -177,3 +177,36 @@ def test_cache_and_queue_answers_that_are_not_objects_read_as_not_available(caps
     assert rc == 0 and err == ""
     assert ["cache", "not", "available", "(no", "answer)"] in lines
     assert ["queue", "not", "available", "(no", "answer)"] in lines
+
+
+def test_a_daemon_that_hangs_after_health_costs_one_timeout_not_one_per_get(capsys):
+    """One deadline for the whole: the GET that hangs uses it up and the parts after it are not
+    asked (each GET waited its own --timeout before: 4x the timeout on a hung daemon)."""
+    health = {"status": "ok", "version": "9.9", "uptime_s": 1, "backends": []}
+    routes = {"/health": (200, "application/json", json.dumps(health).encode()),
+              "/v1/velollm/cache": HANG, "/v1/velollm/queue": HANG, "/metrics": HANG}
+    with ScriptedServer(routes) as server:
+        rc, out, err = run_ctl(capsys, "--timeout", "1", "status", "--url", server.url)
+        paths = list(server.paths)
+    lines = [line.split() for line in out.splitlines()]
+    assert rc == 0 and err == "" and paths[0] == "/health"
+    assert "/v1/velollm/queue" not in paths and "/metrics" not in paths
+    assert ["queue", "skipped", "(--timeout", "reached)"] in lines
+    assert ["metrics", "skipped", "(--timeout", "reached)"] in lines
+
+
+def test_a_daemon_that_never_answers_health_is_one_line_and_one_get(capsys):
+    """(Held before the deadline too: the guard is that the deadline keeps it so.)"""
+    with ScriptedServer({"/health": HANG}) as server:
+        rc, out, err = run_ctl(capsys, "--timeout", "0.5", "status", "--url", server.url)
+        paths = list(server.paths)
+    assert rc == 1 and out == "" and paths == ["/health"]
+    assert err.count("\n") == 1 and err.startswith("velollmctl status: ") and "0.5 s" in err
+
+
+def test_a_health_answer_with_no_status_says_so_in_one_line_and_exits_1(capsys):
+    with ScriptedServer({"/health": (200, "application/json", b"{}")}) as server:
+        rc, out, err = run_ctl(capsys, "status", "--url", server.url)
+    lines = out.splitlines()
+    assert rc == 1 and err == "" and "None" not in out
+    assert [line for line in lines if line.startswith("status")] == ["status    no status (/health named none)"]
