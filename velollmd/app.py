@@ -23,6 +23,7 @@ from .api.responses import ResponsesRoutes
 from .api.rerank import RerankRoutes
 from .api.routes import Router
 from .api.props import PropsRoutes
+from .api.router_models import RouterModelsRoutes
 from .api.tokenize import TokenizeRoutes
 from .backends.base import Backend
 from .backends.registry import Registry
@@ -72,6 +73,7 @@ class App:
                         sse_ping_s=config.server.sse_ping_s).register(router)
         TokenizeRoutes(self.access, self.registry, self.pipeline).register(router)
         PropsRoutes(self.access, self.registry, self.pipeline).register(router)
+        RouterModelsRoutes(self.access, self.registry, openai.list_models).register(router)
         RerankRoutes(*services).register(router)
         LlamaCppRoutes(self.access, self.registry, self.pipeline, sse_ping_s=config.server.sse_ping_s).register(router)
         return router

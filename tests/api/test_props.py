@@ -154,9 +154,10 @@ def test_the_engines_default_params_are_what_it_samples_with(engine_daemon):
     assert texts[0] != texts[2]                 # the seed samples: greedy is another text
 
 
-def test_several_engine_models_need_one_named(engine_daemon):
-    error = get(engine_daemon.url, "/props", status=400)["error"]
+def test_several_engine_models_make_props_the_routers_and_tokenize_need_one_named(engine_daemon):
+    assert get(engine_daemon.url, "/props")["role"] == "router"          # tests/api/test_router_models.py
     tokenize = httpx.post(engine_daemon.url + "/tokenize", json={"content": "hi"}, timeout=60)
+    error = tokenize.json()["error"]
     assert tokenize.status_code == 400 and error["param"] == "model" and ENGINE in error["message"]
     get(engine_daemon.url, "/props?model=nope", status=404)
 

@@ -22,6 +22,7 @@ from ..wire.request import GenerateRequest
 PUBLIC_PATHS = frozenset({"/health"})
 METRICS_PATH = "/metrics"
 PRIORITY_HEADER = "x-velollm-priority"
+LOOPBACK = ("127.0.0.1", "::1")
 
 
 class Access:
@@ -65,6 +66,16 @@ class Access:
         keys = self._metrics_keys if request.path == METRICS_PATH else self._api_keys
         if keys and not _any_matches(supplied_digest(self.key_of(request)), keys):
             raise Unauthorized("invalid or missing API key", code="invalid_api_key")
+
+    def check_local_or_keyed(self, request: Request, what: str) -> None:
+        """For the routes that change the daemon's state (a cache flush, a model load): with no
+        keys configured, only a local client may: a loopback TCP peer, or one on a UNIX socket
+        (its peer name is a str; the socket file's permissions guard it). With keys, `check`
+        has let only a keyed caller in."""
+        client = request.client
+        local = isinstance(client, str) or isinstance(client, tuple) and client[0] in LOOPBACK
+        if not self.keys_required and not local:
+            raise Unauthorized(f"{what} needs an API key or a loopback client")
 
     def key_of(self, request: Request) -> str:
         """The caller's API key: a Bearer token or x-api-key ("" when none)."""

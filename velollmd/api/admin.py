@@ -15,7 +15,7 @@ from ..backends.registry import Registry
 from ..config import MetricsConfig
 from ..core.pipeline import Pipeline
 from ..core.service import Service
-from ..errors import Unauthorized, VeloError
+from ..errors import VeloError
 from ..http.message import Request, Response
 from ..looplag import recent_lag
 from ..metrics import Metrics, sampled, scheduler_lines
@@ -23,7 +23,6 @@ from .access import Access
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-LOOPBACK = ("127.0.0.1", "::1")
 HEALTH_FRESHEN_S = 0.5      # /health waits this long at most for the engine's file check
 PART_LOG_EVERY_S = 60.0     # a part of an operator answer that keeps failing: one log line per this
 _part_logged_at: dict[str, float] = {}
@@ -65,17 +64,9 @@ class AdminRoutes:
                               "inflight": len(self.pipeline.flights),
                               "coalesced": self.pipeline.flights.num_coalesced})
 
-    def _local_or_keyed(self, request: Request, what: str) -> None:
-        """With no keys configured, only a local client may: a loopback TCP peer, or one on a
-        UNIX socket (its peer name is a str; the socket file's permissions guard it)."""
-        client = request.client
-        local = isinstance(client, str) or isinstance(client, tuple) and client[0] in LOOPBACK
-        if not self.access.keys_required and not local:
-            raise Unauthorized(f"{what} needs an API key or a loopback client")
-
     async def cache_flush(self, request: Request) -> Response:
         """Flushing needs a valid API key; with no keys configured, a loopback client."""
-        self._local_or_keyed(request, "flushing the cache")
+        self.access.check_local_or_keyed(request, "flushing the cache")
         body = {"object": "cache.flush", "deleted": self._cache().flush()}
         self.pipeline.snapshots.cleared()                # no snapshot from before comes back on a reload
         await self.pipeline.snapshots.write_soon()       # on disk too: a crash brings nothing back
@@ -86,7 +77,7 @@ class AdminRoutes:
     async def runtime(self, request: Request) -> Response:
         """The daemon process's asyncio tasks, open file descriptors, threads and RSS: the
         numbers a leak shows in (less the pooled backend connections, which are open by design). Needs a valid API key; with no keys configured, a loopback client."""
-        self._local_or_keyed(request, "the runtime route")
+        self.access.check_local_or_keyed(request, "the runtime route")
         process = psutil.Process()
         return Response.json({"object": "runtime", "tasks": len(asyncio.all_tasks()),
                               "open_fds": process.num_fds(), "threads": process.num_threads(),

@@ -19,6 +19,7 @@ from ..wire.functions import (function_call_answer, function_call_chunks, has_le
 from ..wire.outcome import Outcome
 from ..wire.streams import closing
 from .access import Access
+from .router_models import router_fields
 from .validate import dropped_fields, validate_chat, validate_completion, validate_embeddings
 
 
@@ -83,13 +84,17 @@ class OpenAIRoutes:
 
     async def list_models(self, request: Request) -> Response:
         await self.registry.freshen()
-        data = [model_object(m) for m in self.access.visible_models(request, self.registry.catalogue())]
+        data = [self._entry(m) for m in self.access.visible_models(request, self.registry.catalogue())]
         return Response.json({"object": "list", "data": data})
 
     async def get_model(self, request: Request, model_id: str) -> Response:
         self.access.check_model(self.access.key_name_of(request), model_id)
         await self.registry.freshen()
-        return Response.json(model_object(self.registry.find_model(model_id)))
+        return Response.json(self._entry(self.registry.find_model(model_id)))
+
+    def _entry(self, model) -> dict:
+        """A model's OpenAI object, with the fields llama-server's router adds (its `status`...)."""
+        return {**model_object(model), **router_fields(self.registry, model)}
 
     async def embeddings(self, request: Request) -> Response:
         body = validate_embeddings(request.json())

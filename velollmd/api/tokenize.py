@@ -152,9 +152,7 @@ def only_model(access: Access, registry: Registry, request: Request, *, capabili
     """The model a request without `model` means, as llama-server's routes take none: the one
     model the caller may use (`capability`, e.g. "serves_tokenizer": among those whose backend
     has it); several are a 400 asking for one."""
-    backends = {b.name for b in registry.backends if not capability or getattr(b, capability)}
-    names = list(dict.fromkeys(registry.resolve(m.id) for m in access.visible_models(
-        request, registry.catalogue()) if m.backend in backends))
+    names = served_names(access, registry, request, capability)
     if len(names) == 1:
         return names[0]
     if not names and capability:
@@ -165,6 +163,14 @@ def only_model(access: Access, registry: Registry, request: Request, *, capabili
     shown = ", ".join(names[:MAX_NAMES_SHOWN]) + (", ..." if len(names) > MAX_NAMES_SHOWN else "")
     what = "can tokenize" if capability else "are served"
     raise BadRequest(f"model is required: {len(names)} models {what} here ({shown})", param="model")
+
+
+def served_names(access: Access, registry: Registry, request: Request, capability: str = "") -> list[str]:
+    """The models (aliases resolved, each once) the caller may use, among those whose backend
+    has `capability` (all: "")."""
+    backends = {b.name for b in registry.backends if not capability or getattr(b, capability)}
+    return list(dict.fromkeys(registry.resolve(m.id) for m in access.visible_models(
+        request, registry.catalogue()) if m.backend in backends))
 
 
 async def _vllm_tokens(backend: Backend, model: str, body: dict) -> dict:

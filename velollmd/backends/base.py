@@ -66,6 +66,7 @@ class Backend:
     takes_context = False       # a chat body's `context` (Ollama's token ids of earlier turns) is
                                 # rendered before its prompt, and the answer carries the next one
     loaded_models: frozenset[str] | None = None   # models held in memory now; None = unknown
+    loads_models = False        # loads and unloads its models itself on request (load_model, unload_model)
     retired = False             # taken out by a reload: finishes its requests, takes no new one
     freshens = False            # `freshen()` has something to check (the engine: its files)
     # vLLM's extras it honours (wire/vllm.py: constraint kinds such as "choice", sampling
@@ -161,6 +162,17 @@ class Backend:
         file is gone while its last requests still run (it leaves the catalogue at once, and
         stays loaded until they end); None where the backend loads no models itself."""
         return None
+
+    def model_status(self, model: str) -> str:
+        """The served `model`'s state in llama-server's router words (its /models `status.value`):
+        "loaded" or "unloaded" as the backend's `loaded_models` say (Ollama's /api/ps); a server
+        that keeps its models itself (llama-server, vLLM: `loaded_models` unknown) holds them
+        loaded while it answers, and the listings show only healthy backends' models."""
+        return "loaded" if self.loaded_models is None or model in self.loaded_models else "unloaded"
+
+    def model_path(self, model: str) -> str:
+        """The file the served `model` is read from, where this daemon knows it ("" otherwise)."""
+        return ""
 
     def in_vram(self, model: str) -> bool:
         """Whether a model this daemon loads itself runs in GPU memory (/api/ps's size_vram)."""

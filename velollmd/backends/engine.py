@@ -57,6 +57,7 @@ class EngineBackend(Backend):
     supports_n = True
     takes_context = True
     freshens = True
+    loads_models = True
     vllm_fields = frozenset({"choice", "prompt_logprobs", "echo", *SAMPLING_EXTRAS,   # guided_choice: constrained sampling
                              *GENERATION_PROMPT_ASKS})
 
@@ -268,6 +269,14 @@ class EngineBackend(Backend):
         model = self._served_name(model)
         if model in self.loaded and not self.loaded[model].runner.num_requests:
             self._unload(model)
+
+    def model_status(self, model: str) -> str:
+        name = self._served_name(model)
+        return "loading" if name in self._loading else "loaded" if name in self.loaded else "unloaded"
+
+    def model_path(self, model: str) -> str:
+        found = self.files.get(self._served_name(model))
+        return str(found.path) if found is not None else ""
 
     def loaded_model_info(self, model: str) -> ModelInfo | None:
         loaded = self.loaded.get(model)

@@ -175,6 +175,10 @@ class Registry:
                     models.append(dataclasses.replace(model, id=alias))
         return models
 
+    def backend_of(self, model: ModelInfo) -> Backend:
+        """The backend that listed a catalogue entry."""
+        return next(b for b in self.backends if b.name == model.backend)
+
     def find_model(self, model: str) -> ModelInfo:
         """`model`'s catalogue entry; 503 model_unavailable (with the reason) for one that a
         backend has but cannot serve, as a chat for it answers; else 404."""
