@@ -151,3 +151,18 @@ def test_an_empty_marker_before_text_is_released_as_that_text():
     assert contents(stream.feed("Wrap calls in <tool_call></tool_call>")) == ["Wrap calls in"]
     assert contents(stream.feed(" tags.")) == [" <tool_call></tool_call> tags."]
     assert stream.finish() == [] and stream.result.fixes == []
+
+
+@pytest.mark.parametrize("chunks, content", [
+    (["<|start|>assistant", " to=functions.get_wea"], ""),
+    (["<|start|>", "assistant to=functions.get_weather", "<|channel|>", "commen"], ""),
+    (["Checking.", "<|start|>assistant to=functions.get_weather<|channel|>commentary", " json"], "Checking."),
+    (["<|start|>assistant to=functions.get_weather<|channel|>commentary ", "<|constrain|>", "json", "<|mess"], ""),
+])
+def test_a_harmony_header_with_its_recipient_first_cut_streams_no_markup(chunks, content):
+    """gpt-oss also writes the recipient before the channel (`<|start|>assistant to=functions.NAME
+    <|channel|>commentary json<|message|>`): max_tokens cutting that header leaves no markup."""
+    stream = ToolCallStream(TOOLS)
+    events = [e for group in feed_all(stream, chunks, cut=True) for e in group]
+    assert "".join(contents(events)) == content
+    assert not any(e.is_call for e in events) and stream.result.fixes == ["dropped-cut-call"]

@@ -48,8 +48,13 @@ _XML_CALL_START = "<function="
 _CUT_CALL_STARTS = ("{", "[", _XML_CALL_START)   # a cut segment body that opens a call
 # a call cut in or just after its name: `get_wea`, `get_weather[ARGS]{"ci`, `brave_search.call(query="x`
 _CUT_NAME_RE = re.compile(r"[A-Za-z_][\w.\-]*(?:\[ARGS\].*|\([^)]*)?", re.S)
-# a gpt-oss message header cut before <|message|>: `commentary to=functions.get_wea`
-_CUT_HARMONY_HEADER_RE = re.compile(r"(?:assistant)?(?:<\|channel\|>)?\w*(?:\s+to=[^\s<]*)?(?:\s*<[|\w]*>?\w*)?")
+# a gpt-oss message header cut before <|message|>, its parts in the orders gpt-oss writes them:
+# role or channel, recipient, channel, content type (`<|constrain|>json`, a bare `json` or its
+# beginning), then a tag begun: `commentary to=functions.get_wea`, `assistant to=functions.get_weather
+# <|channel|>commentary json`, `assistant<|channel|>commentary to=functions.search <|constrain|>js`
+_HARMONY_TO = r"(?:\s+to=[^\s<]*)?"
+_CUT_HARMONY_HEADER_RE = re.compile(
+    rf"\w*{_HARMONY_TO}(?:\s*<\|channel\|>\w*{_HARMONY_TO})?(?:\s*<\|constrain\|>\w*|\s+j(?:s(?:on?)?)?)?(?:\s*<[|\w]*)?")
 _UNMARKED_KINDS = {"json", "fence"}             # segments no marker opened
 _MARKUP_FIRST_CHARS = "<["                      # markers no prose word begins
 
@@ -271,7 +276,8 @@ class _OpenSegment:
         (`<tool_call>`: max_tokens 1 or 2). Only when max_tokens ended the text (`length_cut`) is a
         call with its name begun (GLM's `<tool_call>get_wea`, `[TOOL_CALLS]get_wea`,
         Functionary's `>>>get_wea`) or its gpt-oss header begun (`<|channel|>commentary
-        to=functions.get_wea`) cut, and so is the bare marker of a call that has no closing tag
+        to=functions.get_wea`, `<|start|>assistant to=functions.get_weather<|channel|>commentary
+        json`) cut, and so is the bare marker of a call that has no closing tag
         (`[TOOL_CALLS]`, `<|python_tag|>`: the end of the text ends such a segment in every
         answer). Otherwise prose that mentions a marker (`wrap it in <tool_call> tags`, `models
         emit [TOOL_CALLS] first`) is content, as is a JSON value or fence no marker opened."""
