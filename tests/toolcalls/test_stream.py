@@ -166,3 +166,16 @@ def test_a_harmony_header_with_its_recipient_first_cut_streams_no_markup(chunks,
     events = [e for group in feed_all(stream, chunks, cut=True) for e in group]
     assert "".join(contents(events)) == content
     assert not any(e.is_call for e in events) and stream.result.fixes == ["dropped-cut-call"]
+
+
+@pytest.mark.parametrize("chunks, content", [
+    (["Plan: search.\n", "Action:"], "Plan: search."),
+    (["Plan: search.\nAct", "ion", ":", " "], "Plan: search."),
+    (["Action: ", "``", "`js"], ""),
+    (["Action: ```json\n", "[{\"tool_na"], ""),
+])
+def test_a_command_r_action_cut_at_its_marker_or_fence_streams_no_markup(chunks, content):
+    stream = ToolCallStream(TOOLS)
+    events = [e for group in feed_all(stream, chunks, cut=True) for e in group]
+    assert "".join(contents(events)) == content
+    assert not any(e.is_call for e in events) and stream.result.fixes == ["dropped-cut-call"]

@@ -55,6 +55,8 @@ _CUT_NAME_RE = re.compile(r"[A-Za-z_][\w.\-]*(?:\[ARGS\].*|\([^)]*)?", re.S)
 _HARMONY_TO = r"(?:\s+to=[^\s<]*)?"
 _CUT_HARMONY_HEADER_RE = re.compile(
     rf"\w*{_HARMONY_TO}(?:\s*<\|channel\|>\w*{_HARMONY_TO})?(?:\s*<\|constrain\|>\w*|\s+j(?:s(?:on?)?)?)?(?:\s*<[|\w]*)?")
+# a header the text's end cut, by kind: gpt-oss's; Command-R's `Action: ```json` fence line begun
+_CUT_HEADER_RES = {"harmony": _CUT_HARMONY_HEADER_RE, "command-r-action": re.compile(r"`{1,3}\w*")}
 _UNMARKED_KINDS = {"json", "fence"}             # segments no marker opened
 _MARKUP_FIRST_CHARS = "<["                      # markers no prose word begins
 
@@ -277,7 +279,7 @@ class _OpenSegment:
         call with its name begun (GLM's `<tool_call>get_wea`, `[TOOL_CALLS]get_wea`,
         Functionary's `>>>get_wea`) or its gpt-oss header begun (`<|channel|>commentary
         to=functions.get_wea`, `<|start|>assistant to=functions.get_weather<|channel|>commentary
-        json`) cut, and so is the bare marker of a call that has no closing tag
+        json`) or Command-R's fence line begun (`Action: ```js`) cut, and so is the bare marker of a call that has no closing tag
         (`[TOOL_CALLS]`, `<|python_tag|>`: the end of the text ends such a segment in every
         answer). Otherwise prose that mentions a marker (`wrap it in <tool_call> tags`, `models
         emit [TOOL_CALLS] first`) is content, as is a JSON value or fence no marker opened."""
@@ -289,8 +291,9 @@ class _OpenSegment:
         tagged = isinstance(self.finder, Until) and bool(self.finder.closes)
         if not body:
             return tagged or length_cut
+        header = _CUT_HEADER_RES.get(self.kind)
         return length_cut and (_CUT_NAME_RE.fullmatch(body) is not None
-                               or (self.kind == "harmony" and _CUT_HARMONY_HEADER_RE.fullmatch(body) is not None))
+                               or (header is not None and header.fullmatch(body) is not None))
 
     def empty_call(self, text: str) -> bool:
         """A marker with nothing in it (`<tool_call></tool_call>`, or `<tool_call>` right before
