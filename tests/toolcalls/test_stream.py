@@ -179,3 +179,24 @@ def test_a_command_r_action_cut_at_its_marker_or_fence_streams_no_markup(chunks,
     events = [e for group in feed_all(stream, chunks, cut=True) for e in group]
     assert "".join(contents(events)) == content
     assert not any(e.is_call for e in events) and stream.result.fixes == ["dropped-cut-call"]
+
+
+@pytest.mark.parametrize("chunks", [["Let me check.\n>>"], ["Let me check.\n>", ">"], ["Let me check.", "\n", ">", ">"]])
+def test_a_functionary_marker_begun_at_a_cut_end_is_held_then_dropped(chunks):
+    """`>>` may still become Functionary's `>>>`: held back, dropped when max_tokens ends there."""
+    stream = ToolCallStream(TOOLS)
+    fed = [e for chunk in chunks for e in stream.feed(chunk)]
+    assert "".join(contents(fed)) == "Let me check."
+    assert stream.finish(cut=True) == [] and stream.result.content == "Let me check."
+    assert stream.result.fixes == ["dropped-cut-call"]
+
+
+@pytest.mark.parametrize("chunks, cut, content", [
+    (["right with ", ">>"], False, "right with >>"),     # not cut: the model wrote it
+    (["a ", ">"], True, "a >"),                          # one `>` may be prose
+    (["x >", "> 2"], True, "x >> 2"),                    # the stream proves it no marker
+])
+def test_arrows_that_are_no_cut_functionary_marker_stream_as_text(chunks, cut, content):
+    stream = ToolCallStream(TOOLS)
+    events = [e for group in feed_all(stream, chunks, cut) for e in group]
+    assert "".join(contents(events)) == content and stream.result.fixes == []

@@ -58,7 +58,7 @@ _CUT_HARMONY_HEADER_RE = re.compile(
 # a header the text's end cut, by kind: gpt-oss's; Command-R's `Action: ```json` fence line begun
 _CUT_HEADER_RES = {"harmony": _CUT_HARMONY_HEADER_RE, "command-r-action": re.compile(r"`{1,3}\w*")}
 _UNMARKED_KINDS = {"json", "fence"}             # segments no marker opened
-_MARKUP_FIRST_CHARS = "<["                      # markers no prose word begins
+_MARKUP_FIRST_CHARS = "<[>"                     # markers no prose word begins (`>>`: Functionary's `>>>`)
 
 ParseSegment = Callable[[str, str], "Extracted | None"]
 Piece = tuple[str, object]  # ("content", str) | ("calls", Extracted)
@@ -162,8 +162,9 @@ class Segmenter:
 
     def _cut_marker_tail(self) -> str:
         """Remove and return a markup marker's beginning (`<tool_`, `[TOOL_CA`, `<|python_`, at
-        least two characters) at the very end of undecided text; "" when there is none. Word
-        markers' beginnings (`Action`, `functools`) and a lone `<` may be prose: they stay."""
+        least two characters, `>>` of Functionary's `>>>`) at the very end of undecided text; ""
+        when there is none. Word markers' beginnings (`Action`, `functools`) and a lone `<` or `>`
+        may be prose: they stay."""
         if self.segment is not None:
             return ""
         start = _partial_marker_start(self.text, self.pos)
@@ -279,9 +280,9 @@ class _OpenSegment:
         call with its name begun (GLM's `<tool_call>get_wea`, `[TOOL_CALLS]get_wea`,
         Functionary's `>>>get_wea`) or its gpt-oss header begun (`<|channel|>commentary
         to=functions.get_wea`, `<|start|>assistant to=functions.get_weather<|channel|>commentary
-        json`) or Command-R's fence line begun (`Action: ```js`) cut, and so is the bare marker of a call that has no closing tag
-        (`[TOOL_CALLS]`, `<|python_tag|>`: the end of the text ends such a segment in every
-        answer). Otherwise prose that mentions a marker (`wrap it in <tool_call> tags`, `models
+        json`) or Command-R's fence line begun (`Action: ```js`) cut, and so is the bare marker of
+        a call that has no closing tag (`[TOOL_CALLS]`, `<|python_tag|>`, `Action:`: the end of the
+        text ends such a segment in every answer). Otherwise prose that mentions a marker (`wrap it in <tool_call> tags`, `models
         emit [TOOL_CALLS] first`) is content, as is a JSON value or fence no marker opened."""
         if self.kind in _UNMARKED_KINDS or not getattr(self.finder, "cut", False):
             return False
