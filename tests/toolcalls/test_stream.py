@@ -200,3 +200,23 @@ def test_arrows_that_are_no_cut_functionary_marker_stream_as_text(chunks, cut, c
     stream = ToolCallStream(TOOLS)
     events = [e for group in feed_all(stream, chunks, cut) for e in group]
     assert "".join(contents(events)) == content and stream.result.fixes == []
+
+
+@pytest.mark.parametrize("chunks", [
+    ["Let me check. <tool_call></tool_call>"],
+    ["Let me check.", " <tool_call>", "</tool_call>", "\n"],
+    ["Let me check. <tool_", "call></tool", "_call>"],
+])
+def test_a_lone_empty_marker_at_a_cut_end_is_dropped(chunks):
+    """The empty marker was held back (it may be a repeated marker's stray); max_tokens ending
+    the answer right after it means the call it opened never came: dropped, not content."""
+    stream = ToolCallStream(TOOLS)
+    events = [e for group in feed_all(stream, chunks, cut=True) for e in group]
+    assert contents(events) == ["Let me check."] and stream.result.content == "Let me check."
+    assert not any(e.is_call for e in events) and stream.result.fixes == ["dropped-empty-call"]
+
+
+def test_a_lone_empty_marker_at_the_end_of_an_answer_not_cut_is_text():
+    stream = ToolCallStream(TOOLS)
+    events = [e for group in feed_all(stream, ["Wrap calls in", " <tool_call></tool_call>"]) for e in group]
+    assert "".join(contents(events)) == "Wrap calls in <tool_call></tool_call>" and stream.result.fixes == []

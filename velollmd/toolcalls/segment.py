@@ -16,7 +16,8 @@ Rules, decided on text alone (every decision is stable once made, whatever comes
   of a text max_tokens cut (`finish(cut=True)`), a markup marker's beginning is dropped.
 - A segment the text's end cut that is a call begun (`cut_call`) is dropped, not content. An
   empty marker (`<tool_call></tool_call>`) waits: dropped before a call (a repeated marker's
-  stray), released as the text it was before anything else.
+  stray) or at the end of a text max_tokens cut, released as the text it was before anything
+  else.
 - Whitespace next to a call is dropped, except that text before and after a call stays
   separated by the whitespace that preceded the call; a segment that is no call is released
   as content unchanged.
@@ -94,7 +95,7 @@ class Segmenter:
         if tail:
             self._markup(Extracted([], fixes=["dropped-cut-call"]), pieces)
         if self.stray:
-            self._content(self._take_stray(), pieces)
+            self._end_stray(pieces)
         if self.held and not self.after_call:
             pieces.append(("content", self.held))
         self.held = ""
@@ -153,6 +154,16 @@ class Segmenter:
         self.held = self.stray_lead       # the call keeps the whitespace that preceded the stray
         self.stray = self.stray_lead = ""
         found.fixes.append("dropped-empty-call")
+
+    def _end_stray(self, pieces: list[Piece]) -> None:
+        """An empty marker the text ends on: when max_tokens cut the text there it opened a call
+        that never came (dropped), otherwise the model wrote it as text."""
+        if not self.cut:
+            self._content(self._take_stray(), pieces)
+            return
+        found = Extracted([])
+        self._drop_stray(found)
+        self._markup(found, pieces)
 
     def _take_stray(self) -> str:
         """The held empty marker (and the whitespace around it), released as the text it was."""
