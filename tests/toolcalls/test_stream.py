@@ -154,27 +154,19 @@ def test_an_empty_marker_before_text_is_released_as_that_text():
 
 
 @pytest.mark.parametrize("chunks, content", [
+    # gpt-oss also writes the recipient before the channel: `<|start|>assistant to=functions.NAME
+    # <|channel|>commentary json<|message|>`
     (["<|start|>assistant", " to=functions.get_wea"], ""),
     (["<|start|>", "assistant to=functions.get_weather", "<|channel|>", "commen"], ""),
     (["Checking.", "<|start|>assistant to=functions.get_weather<|channel|>commentary", " json"], "Checking."),
     (["<|start|>assistant to=functions.get_weather<|channel|>commentary ", "<|constrain|>", "json", "<|mess"], ""),
-])
-def test_a_harmony_header_with_its_recipient_first_cut_streams_no_markup(chunks, content):
-    """gpt-oss also writes the recipient before the channel (`<|start|>assistant to=functions.NAME
-    <|channel|>commentary json<|message|>`): max_tokens cutting that header leaves no markup."""
-    stream = ToolCallStream(TOOLS)
-    events = [e for group in feed_all(stream, chunks, cut=True) for e in group]
-    assert "".join(contents(events)) == content
-    assert not any(e.is_call for e in events) and stream.result.fixes == ["dropped-cut-call"]
-
-
-@pytest.mark.parametrize("chunks, content", [
+    # Command-R's `Action:` cut at its marker, in its fence line or in its JSON list
     (["Plan: search.\n", "Action:"], "Plan: search."),
     (["Plan: search.\nAct", "ion", ":", " "], "Plan: search."),
     (["Action: ", "``", "`js"], ""),
     (["Action: ```json\n", "[{\"tool_na"], ""),
 ])
-def test_a_command_r_action_cut_at_its_marker_or_fence_streams_no_markup(chunks, content):
+def test_a_call_header_max_tokens_cut_streams_no_markup(chunks, content):
     stream = ToolCallStream(TOOLS)
     events = [e for group in feed_all(stream, chunks, cut=True) for e in group]
     assert "".join(contents(events)) == content
