@@ -173,7 +173,9 @@ def test_a_call_header_max_tokens_cut_streams_no_markup(chunks, content):
     assert not any(e.is_call for e in events) and stream.result.fixes == ["dropped-cut-call"]
 
 
-@pytest.mark.parametrize("chunks", [["Let me check.\n>>"], ["Let me check.\n>", ">"], ["Let me check.", "\n", ">", ">"]])
+@pytest.mark.parametrize("chunks", [
+    ["Let me check.\n>>"], ["Let me check.\n>", ">"], ["Let me check.", "\n", ">", ">"],
+])
 def test_a_functionary_marker_begun_at_a_cut_end_is_held_then_dropped(chunks):
     """`>>` may still become Functionary's `>>>`: held back, dropped when max_tokens ends there."""
     stream = ToolCallStream(TOOLS)

@@ -51,11 +51,12 @@ _CUT_CALL_STARTS = ("{", "[", _XML_CALL_START)   # a cut segment body that opens
 _CUT_NAME_RE = re.compile(r"[A-Za-z_][\w.\-]*(?:\[ARGS\].*|\([^)]*)?", re.S)
 # a gpt-oss message header cut before <|message|>, its parts in the orders gpt-oss writes them:
 # role or channel, recipient, channel, content type (`<|constrain|>json`, a bare `json` or its
-# beginning), then a tag begun: `commentary to=functions.get_wea`, `assistant to=functions.get_weather
-# <|channel|>commentary json`, `assistant<|channel|>commentary to=functions.search <|constrain|>js`
+# beginning), then a tag begun: `commentary to=functions.get_wea`,
+# `assistant to=functions.get_weather<|channel|>commentary json`,
+# `assistant<|channel|>commentary to=functions.search <|constrain|>js`
 _HARMONY_TO = r"(?:\s+to=[^\s<]*)?"
-_CUT_HARMONY_HEADER_RE = re.compile(
-    rf"\w*{_HARMONY_TO}(?:\s*<\|channel\|>\w*{_HARMONY_TO})?(?:\s*<\|constrain\|>\w*|\s+j(?:s(?:on?)?)?)?(?:\s*<[|\w]*)?")
+_CUT_HARMONY_HEADER_RE = re.compile(rf"\w*{_HARMONY_TO}(?:\s*<\|channel\|>\w*{_HARMONY_TO})?"
+                                    r"(?:\s*<\|constrain\|>\w*|\s+j(?:s(?:on?)?)?)?(?:\s*<[|\w]*)?")
 # a header the text's end cut, by kind: gpt-oss's; Command-R's `Action: ```json` fence line begun
 _CUT_HEADER_RES = {"harmony": _CUT_HARMONY_HEADER_RE, "command-r-action": re.compile(r"`{1,3}\w*")}
 _UNMARKED_KINDS = {"json", "fence"}             # segments no marker opened
@@ -293,8 +294,9 @@ class _OpenSegment:
         to=functions.get_wea`, `<|start|>assistant to=functions.get_weather<|channel|>commentary
         json`) or Command-R's fence line begun (`Action: ```js`) cut, and so is the bare marker of
         a call that has no closing tag (`[TOOL_CALLS]`, `<|python_tag|>`, `Action:`: the end of the
-        text ends such a segment in every answer). Otherwise prose that mentions a marker (`wrap it in <tool_call> tags`, `models
-        emit [TOOL_CALLS] first`) is content, as is a JSON value or fence no marker opened."""
+        text ends such a segment in every answer). Otherwise prose that mentions a marker (`wrap it
+        in <tool_call> tags`, `models emit [TOOL_CALLS] first`) is content, as is a JSON value or
+        fence no marker opened."""
         if self.kind in _UNMARKED_KINDS or not getattr(self.finder, "cut", False):
             return False
         body = text[self.finder.body_from - self.start:].strip()
