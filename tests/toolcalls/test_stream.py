@@ -151,3 +151,66 @@ def test_an_empty_marker_before_text_is_released_as_that_text():
     assert contents(stream.feed("Wrap calls in <tool_call></tool_call>")) == ["Wrap calls in"]
     assert contents(stream.feed(" tags.")) == [" <tool_call></tool_call> tags."]
     assert stream.finish() == [] and stream.result.fixes == []
+
+
+@pytest.mark.parametrize("chunks, content", [
+    # gpt-oss also writes the recipient before the channel: `<|start|>assistant to=functions.NAME
+    # <|channel|>commentary json<|message|>`
+    (["<|start|>assistant", " to=functions.get_wea"], ""),
+    (["<|start|>", "assistant to=functions.get_weather", "<|channel|>", "commen"], ""),
+    (["Checking.", "<|start|>assistant to=functions.get_weather<|channel|>commentary", " json"], "Checking."),
+    (["<|start|>assistant to=functions.get_weather<|channel|>commentary ", "<|constrain|>", "json", "<|mess"], ""),
+    # Command-R's `Action:` cut at its marker, in its fence line or in its JSON list
+    (["Plan: search.\n", "Action:"], "Plan: search."),
+    (["Plan: search.\nAct", "ion", ":", " "], "Plan: search."),
+    (["Action: ", "``", "`js"], ""),
+    (["Action: ```json\n", "[{\"tool_na"], ""),
+])
+def test_a_call_header_max_tokens_cut_streams_no_markup(chunks, content):
+    stream = ToolCallStream(TOOLS)
+    events = [e for group in feed_all(stream, chunks, cut=True) for e in group]
+    assert "".join(contents(events)) == content
+    assert not any(e.is_call for e in events) and stream.result.fixes == ["dropped-cut-call"]
+
+
+@pytest.mark.parametrize("chunks", [
+    ["Let me check.\n>>"], ["Let me check.\n>", ">"], ["Let me check.", "\n", ">", ">"],
+])
+def test_a_functionary_marker_begun_at_a_cut_end_is_held_then_dropped(chunks):
+    """`>>` may still become Functionary's `>>>`: held back, dropped when max_tokens ends there."""
+    stream = ToolCallStream(TOOLS)
+    fed = [e for chunk in chunks for e in stream.feed(chunk)]
+    assert "".join(contents(fed)) == "Let me check."
+    assert stream.finish(cut=True) == [] and stream.result.content == "Let me check."
+    assert stream.result.fixes == ["dropped-cut-call"]
+
+
+@pytest.mark.parametrize("chunks, cut, content", [
+    (["right with ", ">>"], False, "right with >>"),     # not cut: the model wrote it
+    (["a ", ">"], True, "a >"),                          # one `>` may be prose
+    (["x >", "> 2"], True, "x >> 2"),                    # the stream proves it no marker
+])
+def test_arrows_that_are_no_cut_functionary_marker_stream_as_text(chunks, cut, content):
+    stream = ToolCallStream(TOOLS)
+    events = [e for group in feed_all(stream, chunks, cut) for e in group]
+    assert "".join(contents(events)) == content and stream.result.fixes == []
+
+
+@pytest.mark.parametrize("chunks", [
+    ["Let me check. <tool_call></tool_call>"],
+    ["Let me check.", " <tool_call>", "</tool_call>", "\n"],
+    ["Let me check. <tool_", "call></tool", "_call>"],
+])
+def test_a_lone_empty_marker_at_a_cut_end_is_dropped(chunks):
+    """The empty marker was held back (it may be a repeated marker's stray); max_tokens ending
+    the answer right after it means the call it opened never came: dropped, not content."""
+    stream = ToolCallStream(TOOLS)
+    events = [e for group in feed_all(stream, chunks, cut=True) for e in group]
+    assert contents(events) == ["Let me check."] and stream.result.content == "Let me check."
+    assert not any(e.is_call for e in events) and stream.result.fixes == ["dropped-empty-call"]
+
+
+def test_a_lone_empty_marker_at_the_end_of_an_answer_not_cut_is_text():
+    stream = ToolCallStream(TOOLS)
+    events = [e for group in feed_all(stream, ["Wrap calls in", " <tool_call></tool_call>"]) for e in group]
+    assert "".join(contents(events)) == "Wrap calls in <tool_call></tool_call>" and stream.result.fixes == []

@@ -74,20 +74,21 @@ def harmony_channel(header: str) -> str | None:
 
 def _action(text: str, start: int, eof: bool):
     """Command-R: `Action: ```json\\n[...]```` ends after its closing fence, `Action: [...]`
-    with its JSON value; `Action:` before anything else is prose."""
+    with its JSON value; `Action:` before anything else is prose. The text's end cutting it at
+    the marker or in its fence line (`Action:`, `Action: ```js`) gives a cut header."""
     pos = start + len("Action:")
     value = _WS_RE.match(text, pos).end()
     if value >= len(text):
-        return _more_or_rest(text, eof)
+        return _more_or_rest(text, eof, pos)
     if text[value] in "[{":
         return ValueEnd(value)
     if text.startswith("```", value):
         newline = text.find("\n", value)
         if newline < 0:
-            return _more_or_rest(text, eof)
+            return _more_or_rest(text, eof, pos)
         return Until(newline, ("```",), ())  # the closing fence, on its own line or right after `]`
-    if not eof and "```".startswith(text[value:]):
-        return None
+    if "```".startswith(text[value:]):
+        return _more_or_rest(text, eof, pos)
     return Here(pos)
 
 

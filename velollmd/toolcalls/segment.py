@@ -16,7 +16,8 @@ Rules, decided on text alone (every decision is stable once made, whatever comes
   of a text max_tokens cut (`finish(cut=True)`), a markup marker's beginning is dropped.
 - A segment the text's end cut that is a call begun (`cut_call`) is dropped, not content. An
   empty marker (`<tool_call></tool_call>`) waits: dropped before a call (a repeated marker's
-  stray), released as the text it was before anything else.
+  stray) or at the end of a text max_tokens cut, released as the text it was before anything
+  else.
 - Whitespace next to a call is dropped, except that text before and after a call stays
   separated by the whitespace that preceded the call; a segment that is no call is released
   as content unchanged.
@@ -48,10 +49,18 @@ _XML_CALL_START = "<function="
 _CUT_CALL_STARTS = ("{", "[", _XML_CALL_START)   # a cut segment body that opens a call
 # a call cut in or just after its name: `get_wea`, `get_weather[ARGS]{"ci`, `brave_search.call(query="x`
 _CUT_NAME_RE = re.compile(r"[A-Za-z_][\w.\-]*(?:\[ARGS\].*|\([^)]*)?", re.S)
-# a gpt-oss message header cut before <|message|>: `commentary to=functions.get_wea`
-_CUT_HARMONY_HEADER_RE = re.compile(r"(?:assistant)?(?:<\|channel\|>)?\w*(?:\s+to=[^\s<]*)?(?:\s*<[|\w]*>?\w*)?")
+# a gpt-oss message header cut before <|message|>, its parts in the orders gpt-oss writes them:
+# role or channel, recipient, channel, content type (`<|constrain|>json`, a bare `json` or its
+# beginning), then a tag begun: `commentary to=functions.get_wea`,
+# `assistant to=functions.get_weather<|channel|>commentary json`,
+# `assistant<|channel|>commentary to=functions.search <|constrain|>js`
+_HARMONY_TO = r"(?:\s+to=[^\s<]*)?"
+_CUT_HARMONY_HEADER_RE = re.compile(rf"\w*{_HARMONY_TO}(?:\s*<\|channel\|>\w*{_HARMONY_TO})?"
+                                    r"(?:\s*<\|constrain\|>\w*|\s+j(?:s(?:on?)?)?)?(?:\s*<[|\w]*)?")
+# a header the text's end cut, by kind: gpt-oss's; Command-R's `Action: ```json` fence line begun
+_CUT_HEADER_RES = {"harmony": _CUT_HARMONY_HEADER_RE, "command-r-action": re.compile(r"`{1,3}\w*")}
 _UNMARKED_KINDS = {"json", "fence"}             # segments no marker opened
-_MARKUP_FIRST_CHARS = "<["                      # markers no prose word begins
+_MARKUP_FIRST_CHARS = "<[>"                     # markers no prose word begins (`>>`: Functionary's `>>>`)
 
 ParseSegment = Callable[[str, str], "Extracted | None"]
 Piece = tuple[str, object]  # ("content", str) | ("calls", Extracted)
@@ -87,7 +96,7 @@ class Segmenter:
         if tail:
             self._markup(Extracted([], fixes=["dropped-cut-call"]), pieces)
         if self.stray:
-            self._content(self._take_stray(), pieces)
+            self._end_stray(pieces)
         if self.held and not self.after_call:
             pieces.append(("content", self.held))
         self.held = ""
@@ -147,6 +156,16 @@ class Segmenter:
         self.stray = self.stray_lead = ""
         found.fixes.append("dropped-empty-call")
 
+    def _end_stray(self, pieces: list[Piece]) -> None:
+        """An empty marker the text ends on: when max_tokens cut the text there it opened a call
+        that never came (dropped), otherwise the model wrote it as text."""
+        if not self.cut:
+            self._content(self._take_stray(), pieces)
+            return
+        found = Extracted([])
+        self._drop_stray(found)
+        self._markup(found, pieces)
+
     def _take_stray(self) -> str:
         """The held empty marker (and the whitespace around it), released as the text it was."""
         stray = self.stray_lead + self.stray + self.held
@@ -155,8 +174,9 @@ class Segmenter:
 
     def _cut_marker_tail(self) -> str:
         """Remove and return a markup marker's beginning (`<tool_`, `[TOOL_CA`, `<|python_`, at
-        least two characters) at the very end of undecided text; "" when there is none. Word
-        markers' beginnings (`Action`, `functools`) and a lone `<` may be prose: they stay."""
+        least two characters, `>>` of Functionary's `>>>`) at the very end of undecided text; ""
+        when there is none. Word markers' beginnings (`Action`, `functools`) and a lone `<` or `>`
+        may be prose: they stay."""
         if self.segment is not None:
             return ""
         start = _partial_marker_start(self.text, self.pos)
@@ -271,10 +291,12 @@ class _OpenSegment:
         (`<tool_call>`: max_tokens 1 or 2). Only when max_tokens ended the text (`length_cut`) is a
         call with its name begun (GLM's `<tool_call>get_wea`, `[TOOL_CALLS]get_wea`,
         Functionary's `>>>get_wea`) or its gpt-oss header begun (`<|channel|>commentary
-        to=functions.get_wea`) cut, and so is the bare marker of a call that has no closing tag
-        (`[TOOL_CALLS]`, `<|python_tag|>`: the end of the text ends such a segment in every
-        answer). Otherwise prose that mentions a marker (`wrap it in <tool_call> tags`, `models
-        emit [TOOL_CALLS] first`) is content, as is a JSON value or fence no marker opened."""
+        to=functions.get_wea`, `<|start|>assistant to=functions.get_weather<|channel|>commentary
+        json`) or Command-R's fence line begun (`Action: ```js`) cut, and so is the bare marker of
+        a call that has no closing tag (`[TOOL_CALLS]`, `<|python_tag|>`, `Action:`: the end of the
+        text ends such a segment in every answer). Otherwise prose that mentions a marker (`wrap it
+        in <tool_call> tags`, `models emit [TOOL_CALLS] first`) is content, as is a JSON value or
+        fence no marker opened."""
         if self.kind in _UNMARKED_KINDS or not getattr(self.finder, "cut", False):
             return False
         body = text[self.finder.body_from - self.start:].strip()
@@ -283,8 +305,9 @@ class _OpenSegment:
         tagged = isinstance(self.finder, Until) and bool(self.finder.closes)
         if not body:
             return tagged or length_cut
+        header = _CUT_HEADER_RES.get(self.kind)
         return length_cut and (_CUT_NAME_RE.fullmatch(body) is not None
-                               or (self.kind == "harmony" and _CUT_HARMONY_HEADER_RE.fullmatch(body) is not None))
+                               or (header is not None and header.fullmatch(body) is not None))
 
     def empty_call(self, text: str) -> bool:
         """A marker with nothing in it (`<tool_call></tool_call>`, or `<tool_call>` right before
