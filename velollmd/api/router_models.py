@@ -71,6 +71,6 @@ class RouterModelsRoutes:
         backend = self.registry.backend_of(info)
         if not backend.loads_models:
             raise NotImplementedByBackend(
-                f"backend {backend.name} ({backend.kind}) keeps its models loaded itself: velollmd loads and "
+                f"backend {backend.name} keeps its models loaded itself: velollmd loads and "
                 f"unloads only the in-process engine's models", param="model", code="load_unsupported")
         return backend, self.registry.resolve(model)
