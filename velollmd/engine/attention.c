@@ -309,6 +309,18 @@ static void attend(const shape_t *s, const float *q, const float *k_cache, const
     unit_weighted_v(s, scores, stride, v_cache, table, first, len, u, inv, out);
 }
 
+/* Every KV head in one unit (each slot read once) when there are at least as many sequences as
+ * threads; fewer sequences: their heads split into as many units as fill the threads (a thread
+ * with no unit would idle; measured at B = 1 on 2 threads, context 2,000: 0.80 ms one unit, 0.50
+ * two, 0.46 four). The results do not depend on it. */
+static int64_t default_heads_per_unit(int64_t B, int64_t n_head_kv, int num_threads) {
+    if (B >= num_threads)
+        return n_head_kv;
+    int64_t splits = (num_threads + B - 1) / B;       /* units per sequence wanted */
+    splits = splits < n_head_kv ? splits : n_head_kv;
+    return (n_head_kv + splits - 1) / splits;
+}
+
 void vl_decode_attention_split(const float *q, const float *k_cache, const float *v_cache,
                                const int64_t *block_tables, const int64_t *context_lens, const int64_t *starts,
                                float *scores, float *out, int64_t B, int64_t n_head, int64_t n_head_kv,
@@ -316,12 +328,12 @@ void vl_decode_attention_split(const float *q, const float *k_cache, const float
                                float softcap, int num_threads, int64_t heads_per_unit) {
     shape_t s = {n_head / n_head_kv, n_head_kv, head_dim, block_size, scale, softcap,
                  softcap > 0.0f ? (float)(1.0 / (double)softcap) : 0.0f};
-    if (heads_per_unit < 1 || heads_per_unit > n_head_kv)
-        heads_per_unit = n_head_kv;
-    int64_t stride = max_blocks * block_size, per_seq = (n_head_kv + heads_per_unit - 1) / heads_per_unit;
-    int64_t units = B * per_seq;
     if (num_threads < 1)
         num_threads = 1;
+    if (heads_per_unit < 1 || heads_per_unit > n_head_kv)
+        heads_per_unit = default_heads_per_unit(B, n_head_kv, num_threads);
+    int64_t stride = max_blocks * block_size, per_seq = (n_head_kv + heads_per_unit - 1) / heads_per_unit;
+    int64_t units = B * per_seq;
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1 && units > 1)
     for (int64_t unit = 0; unit < units; unit++) {
         int64_t b = unit / per_seq, h0 = unit % per_seq * heads_per_unit;
