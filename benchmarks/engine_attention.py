@@ -10,13 +10,21 @@ time: on a shared 2-vCPU VM the scheduler's waits would swamp a kernel's differe
    again: 18 MiB of pages) or "cold" (64 MiB touched in between, as the weights a decode step
    streams evict them);
 2. with --model: a decode forward at B=1 and B=8 (context 128) of this tree, with the other
-   build's vl_decode_attention or this one's (every other kernel this tree's).
+   build's vl_decode_attention or this one's (every other kernel this tree's);
+3. with --sweep: one layer's call at B = 1, 4, 8, contexts 512 / 2,000 / 4,000, GQA 4:1 and 8:1
+   (16 or 32 query heads over 4 KV heads, head_dim 64), warm pages (the same call again) and
+   cold (64 MiB touched before each), one thread: the other build, this build with one KV head
+   per unit ("per head": each unit walks the sequence's slots for its head alone, as the other
+   build did) and this build's default (one unit per sequence, each slot read once); then, with
+   --threads 2, wall and process CPU time at B = 1 and 4 of units of every KV head, of half of
+   them, of one (threads over heads as well as sequences).
 
 Both builds must take vl_decode_attention's arguments of this tree: a build from before its
 `starts` and `softcap` arguments (branch qa-swakernel) cannot be compared by this script.
 
     PYTHONPATH=. .venv/bin/python benchmarks/engine_attention.py /tmp/base/velollmd/engine/_matmul.abi3.so
     ... --model ~/.cache/velollm/bench-models/small-q8_0.gguf
+    ... --sweep [--rounds 10] [--threads 2]
 """
 from __future__ import annotations
 
@@ -105,6 +113,87 @@ def bench_kernel(libs: dict, rounds: int) -> None:
                f"(max |diff| {diff:.1e})", times)
 
 
+def sweep_case(batch: int, context: int, n_head: int):
+    """One layer's pages for `batch` sequences of `context` tokens (4 KV heads, head_dim 64, on
+    shuffled blocks): (call(lib, threads, heads_per_unit or None for vl_decode_attention), q)."""
+    rng = np.random.default_rng(0)
+    max_blocks = context // BLOCK_SIZE + 1
+    num_blocks = batch * max_blocks
+    shape = (num_blocks, BLOCK_SIZE, N_HEAD_KV, HEAD_DIM)
+    k, v = rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
+    tables = rng.permutation(num_blocks).reshape(batch, max_blocks).astype(np.int64)
+    lens = np.array([context - i for i in range(batch)], dtype=np.int64)
+    q = rng.standard_normal((batch, n_head, HEAD_DIM), dtype=np.float32)
+    scores = np.empty((batch, n_head, max_blocks * BLOCK_SIZE), dtype=np.float32)
+    ffi = kernels.ffi
+
+    def call(lib, threads: int = 1, heads_per_unit: int | None = None) -> np.ndarray:
+        out = np.empty_like(q)
+        args = (ffi.from_buffer("float[]", q), ffi.from_buffer("float[]", k), ffi.from_buffer("float[]", v),
+                ffi.from_buffer("int64_t[]", tables), ffi.from_buffer("int64_t[]", lens), ffi.NULL,
+                ffi.from_buffer("float[]", scores), ffi.from_buffer("float[]", out), batch, n_head, N_HEAD_KV,
+                HEAD_DIM, BLOCK_SIZE, max_blocks, 0.125, 0.0, threads)
+        if heads_per_unit is None:
+            lib.vl_decode_attention(*args)
+        else:
+            lib.vl_decode_attention_split(*args, heads_per_unit)
+        return out
+    return call
+
+
+def ranges(times: list[float]) -> str:
+    return f"{statistics.median(times):.3f} [{percentile(times, 25):.3f}-{percentile(times, 75):.3f}]"
+
+
+def bench_sweep(libs: dict, rounds: int) -> None:
+    """Thread CPU ms of one layer's call, three variants in turn, median [quartiles]; the ratio
+    other / this per round likewise."""
+    this = libs["this"]
+    variants = {"other": lambda call: call(libs["other"]), "per head": lambda call: call(this, 1, 1),
+                "this": lambda call: call(this)}
+    print("| B | context | GQA | pages | other ms | per head ms | this ms | other / this | per head / this |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batch in (1, 4, 8):
+        for context in (512, 2000, 4000):
+            for n_head in (16, 32):
+                call = sweep_case(batch, context, n_head)
+                outs = {name: run(call) for name, run in variants.items()}
+                assert all(np.array_equal(out, outs["this"]) for out in outs.values())
+                for pages in ("warm", "cold"):
+                    times = {name: [] for name in variants}
+                    for _ in range(rounds):
+                        for name, run in variants.items():
+                            times[name].append(timed(lambda: run(call), evict if pages == "cold" else None))
+                    ratio = {name: [o / t for o, t in zip(times[name], times["this"])] for name in ("other", "per head")}
+                    print(f"| {batch} | {context} | {n_head // N_HEAD_KV}:1 | {pages} | " +
+                          " | ".join(ranges(times[name]) for name in variants) + " | " +
+                          " | ".join(ranges(ratio[name]) for name in ratio) + " |", flush=True)
+
+
+def bench_threads(libs: dict, rounds: int, threads: int) -> None:
+    """Wall and process CPU ms of one layer's call on `threads` threads, cold pages, by the KV
+    heads per unit (4: threads over sequences only; 2 and 1: over heads as well)."""
+    this = libs["this"]
+    print(f"| B | context | GQA | heads per unit ({threads} threads) | wall ms | process CPU ms |")
+    print("|---|---|---|---|---|---|")
+    for batch in (1, 4):
+        for context in (2000, 4000):
+            for n_head in (16, 32):
+                call = sweep_case(batch, context, n_head)
+                splits = (N_HEAD_KV, N_HEAD_KV // 2, 1)
+                wall, cpu = {h: [] for h in splits}, {h: [] for h in splits}
+                for _ in range(rounds):
+                    for h in splits:
+                        evict()
+                        started, started_cpu = time.perf_counter(), time.process_time()
+                        call(this, threads, h)
+                        wall[h].append((time.perf_counter() - started) * 1e3)
+                        cpu[h].append((time.process_time() - started_cpu) * 1e3)
+                for h in splits:
+                    print(f"| {batch} | {context} | {n_head // N_HEAD_KV}:1 | {h} | {ranges(wall[h])} | "
+                          f"{ranges(cpu[h])} |", flush=True)
+
+
 class AttentionFrom:
     """This build's lib, but for vl_decode_attention taken from `other`."""
 
@@ -146,8 +235,15 @@ def main() -> None:
     parser.add_argument("other", help="the other build's _matmul .so")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--model", default="", help="also a decode forward of this GGUF at B=1 and 8")
+    parser.add_argument("--sweep", action="store_true", help="the sweep over B, context, GQA and pages instead")
+    parser.add_argument("--threads", type=int, default=0, help="with --sweep: also units over heads on N threads")
     args = parser.parse_args()
     libs = {"other": load_build(args.other), "this": kernels.lib}
+    if args.sweep:
+        bench_sweep(libs, args.rounds)
+        if args.threads > 1:
+            bench_threads(libs, args.rounds, args.threads)
+        return
     bench_kernel(libs, args.rounds)
     if args.model:
         bench_forward(libs, args.model, args.rounds)

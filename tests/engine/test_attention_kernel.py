@@ -64,16 +64,19 @@ def test_paged_kernel_equals_the_numpy_reference(n_head, n_head_kv, head_dim, bl
 
 
 def test_a_sequence_does_not_depend_on_its_batch_or_the_thread_count():
-    """Bit for bit: alone, in any batch, with 1 or 3 threads (a decode step's greedy tokens)."""
+    """Bit for bit: alone, in any batch, with 1 or 3 threads, the KV heads in one unit or split (a
+    decode step's greedy tokens)."""
     lens = [33, 5, 128, 1, 70, 16]
     cache, tables = filled_cache(16, 4, 64), random_tables(lens, 16, seed=5)
     q = np.random.default_rng(2).standard_normal((len(lens), 16, 64), dtype=np.float32)
     kernels.set_num_threads(3)
     batched = cache.decode_attention(0, q, tables, np.array(lens), 0.125)
+    for threads in (1, 3):      # alone on 3 threads: its KV heads split over units (attention.c)
+        kernels.set_num_threads(threads)
+        for row, n in enumerate(lens):
+            alone = cache.decode_attention(0, q[row:row + 1], tables[row:row + 1, :-(-n // 16)], np.array([n]), 0.125)
+            assert np.array_equal(alone[0], batched[row]), (threads, row)
     kernels.set_num_threads(1)
-    for row, n in enumerate(lens):
-        alone = cache.decode_attention(0, q[row:row + 1], tables[row:row + 1, :-(-n // 16)], np.array([n]), 0.125)
-        assert np.array_equal(alone[0], batched[row]), row
     assert np.array_equal(cache.decode_attention(0, q[2:5], tables[2:5], np.array(lens[2:5]), 0.125),
                           batched[2:5])
 

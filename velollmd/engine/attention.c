@@ -125,20 +125,29 @@ static inline __attribute__((always_inline)) void prefetch8(const float *const r
             __builtin_prefetch(rows[i] + j, 0, 3);
 }
 
-#define AHEAD 16    /* positions between the rows computed on and the rows prefetched */
+#ifndef AHEAD
+#define AHEAD 8     /* positions between the rows computed on and the rows prefetched (8 and 16 measured: 8 a few % faster cold) */
+#endif
 
-/* rows8 for t0, after a prefetch of the rows AHEAD positions on (the pages are scattered: the
- * hardware prefetcher sees a stride for a block's few rows only); how many of the 8 are valid.
- * KV head 0 prefetches whole slots (every KV head's row: one contiguous run), so that the
- * sequence's other heads, computed next on this thread, find their rows in cache. */
+/* A unit: one sequence's KV heads [h0, h0 + nh) (a slot holds every KV head's row side by side:
+ * these nh rows are one contiguous run of nh * head_dim floats). A unit walks its positions
+ * once, reading each slot's run once for all its heads (K for the scores, then V), so that a
+ * sequence's pages are streamed once per unit: once per step with every head in one unit. */
+typedef struct {
+    int64_t h0, nh;
+} heads_t;
+
+/* rows8 for t0 (head h0's rows), after a prefetch of the unit's rows AHEAD positions on (the
+ * pages are scattered: the hardware prefetcher sees a stride for a block's few rows only); how
+ * many of the 8 are valid. */
 static inline __attribute__((always_inline)) int64_t rows8_ahead(const shape_t *s, const float *cache,
                                                                  const int64_t *table, int64_t t0, int64_t len,
-                                                                 int64_t h, const float *rows[8]) {
+                                                                 heads_t u, const float *rows[8]) {
     if (t0 + AHEAD < len) {
-        rows8(s, cache, table, t0 + AHEAD, len, h, rows);
-        prefetch8(rows, h == 0 ? s->n_head_kv * s->head_dim : s->head_dim);
+        rows8(s, cache, table, t0 + AHEAD, len, u.h0, rows);
+        prefetch8(rows, u.nh * s->head_dim);
     }
-    rows8(s, cache, table, t0, len, h, rows);
+    rows8(s, cache, table, t0, len, u.h0, rows);
     return len - t0 < 8 ? len - t0 : 8;
 }
 
@@ -150,114 +159,188 @@ static inline __attribute__((always_inline)) void prefetch_run(const float *row,
             __builtin_prefetch(row + j, 0, 3);
 }
 
-/* How many of positions [t, len) lie in t's block (a run of consecutive slots in one page). */
+#ifndef VRUN
+#define VRUN 8      /* positions of V a pass over the unit's heads covers (4, 8, 16 measured: 8 fastest cold) */
+#endif
+
+/* How many of positions [t, len) lie in t's block (a run of consecutive slots in one page), at
+ * most VRUN. */
 static inline __attribute__((always_inline)) int64_t run_of(const shape_t *s, int64_t t, int64_t len) {
     int64_t n = s->block_size - t % s->block_size;
+    n = n < VRUN ? n : VRUN;
     return len - t < n ? len - t : n;
 }
 
-/* scores[g][t - first] for the group's queries over positions [first, len), 8 positions at a
- * time (a last partial 8 repeats its last row and keeps the valid lanes only: one code path for
- * every score), soft-capped when CAP; then a prefetch of the first block's V rows. Positions
- * before first (a sliding window's) are never read, their blocks included. */
+/* scores[q][t - first] for the unit's query heads q (head h's group: h * group .. + group, from
+ * the unit's first) over positions [first, len), 8 positions at a time (a last partial 8 repeats
+ * its last row and keeps the valid lanes only: one code path for every score), soft-capped when
+ * CAP: the 8 slots' runs read once, every head's scores from them; then a prefetch of the first
+ * V run. Positions before first (a sliding window's) are never read, their blocks included. */
 static inline __attribute__((always_inline)) void unit_scores(const shape_t *s, const float *q,
                                                               const float *k_cache, const float *v_cache,
                                                               const int64_t *table, int64_t first, int64_t len,
-                                                              int64_t h, float *scores, int64_t stride,
+                                                              heads_t u, float *scores, int64_t stride,
                                                               const int CAP) {
-    const float *k[8];
+    const float *rows[8], *k[8];
+    int64_t d = s->head_dim;
     for (int64_t t0 = first; t0 < len; t0 += 8) {
-        int64_t valid = rows8_ahead(s, k_cache, table, t0, len, h, k);
-        for (int64_t g = 0; g < s->group; g++) {
-            v8f sums = capped(s, dot8(q + g * s->head_dim, k, s->head_dim, s->scale), CAP);
-            float *row = scores + g * stride + (t0 - first);
-            if (valid == 8)
-                store8(row, sums);
-            else
-                for (int64_t i = 0; i < valid; i++)
-                    row[i] = sums[i];
-        }
-    }
-    prefetch_run(v_cache + row_of(s, table, first, h), run_of(s, first, len),
-                 s->n_head_kv * s->head_dim, h == 0 ? s->n_head_kv * s->head_dim : s->head_dim);       /* the first V block, for weighted_v */
-}
-
-/* out[g][j0 .. j0 + 8 * COLS) for the NG queries g of p (rows stride apart, p[g][0] position
- * first's) = sum over t (in order, from first) of p[g][t - first] * V[t] there: each V load
- * serves the NG queries. */
-static inline __attribute__((always_inline)) void weighted_v(const shape_t *s, const float *p, int64_t stride,
-                                                             const float *v_cache, const int64_t *table,
-                                                             int64_t first, int64_t len, int64_t h, int64_t j0,
-                                                             const int NG, const int COLS, const float *inv,
-                                                             float *out) {
-    v8f acc[4][2] = {{{0}}};
-    int64_t step = s->n_head_kv * s->head_dim;
-    for (int64_t t0 = first, t1; t0 < len; t0 = t1) {
-        const float *v = v_cache + row_of(s, table, t0, h) + j0;
-        int64_t n = run_of(s, t0, len);
-        t1 = t0 + n;
-        if (j0 == 0 && t1 < len)         /* the first pass brings the next block's rows in whole */
-            prefetch_run(v_cache + row_of(s, table, t1, h), run_of(s, t1, len), step, h == 0 ? step : s->head_dim);
-        for (int64_t i = 0; i < n; i++, v += step) {
-            v8f x[2];
-            for (int c = 0; c < COLS; c++)
-                x[c] = load8(v + 8 * c);
-            for (int g = 0; g < NG; g++) {
-                float pt = p[g * stride + (t0 - first) + i];
-                v8f pv = {pt, pt, pt, pt, pt, pt, pt, pt};
-                for (int c = 0; c < COLS; c++)
-                    acc[g][c] += pv * x[c];
+        int64_t valid = rows8_ahead(s, k_cache, table, t0, len, u, rows);
+        for (int64_t h = 0; h < u.nh; h++) {
+            for (int i = 0; i < 8; i++)
+                k[i] = rows[i] + h * d;
+            for (int64_t g = h * s->group; g < (h + 1) * s->group; g++) {
+                v8f sums = capped(s, dot8(q + g * d, k, d, s->scale), CAP);
+                float *row = scores + g * stride + (t0 - first);
+                if (valid == 8)
+                    store8(row, sums);
+                else
+                    for (int64_t i = 0; i < valid; i++)
+                        row[i] = sums[i];
             }
         }
     }
-    for (int g = 0; g < NG; g++) {
-        v8f scale = {inv[g], inv[g], inv[g], inv[g], inv[g], inv[g], inv[g], inv[g]};
-        for (int c = 0; c < COLS; c++)
-            store8(out + g * s->head_dim + j0 + 8 * c, acc[g][c] * scale);
-    }
+    prefetch_run(v_cache + row_of(s, table, first, u.h0), run_of(s, first, len), s->n_head_kv * d, u.nh * d);
 }
 
-/* weighted_v over every column of the NG queries: 16 columns a pass (one 64-byte line of each
+/* out[g][j0 .. j0 + 8 * COLS) += sum over the n positions t of the run from `v` (step floats
+ * apart; p's index of the first: i0) of p[g][t] * V[t] there, in order, for the NG queries g of
+ * p (rows stride apart): each V load serves the NG queries. out holds the sums of the earlier
+ * runs, so each column is summed over t in order, run after run. */
+static inline __attribute__((always_inline)) void weighted_run(const float *p, int64_t stride, int64_t i0,
+                                                               const float *v, int64_t n, int64_t step,
+                                                               int64_t d, int64_t j0, const int NG, const int COLS,
+                                                               float *out) {
+    v8f acc[4][2];
+    for (int g = 0; g < NG; g++)
+        for (int c = 0; c < COLS; c++)
+            acc[g][c] = load8(out + g * d + j0 + 8 * c);
+    v += j0;
+    for (int64_t i = 0; i < n; i++, v += step) {
+        v8f x[2];
+        for (int c = 0; c < COLS; c++)
+            x[c] = load8(v + 8 * c);
+        for (int g = 0; g < NG; g++) {
+            float pt = p[g * stride + i0 + i];
+            v8f pv = {pt, pt, pt, pt, pt, pt, pt, pt};
+            for (int c = 0; c < COLS; c++)
+                acc[g][c] += pv * x[c];
+        }
+    }
+    for (int g = 0; g < NG; g++)
+        for (int c = 0; c < COLS; c++)
+            store8(out + g * d + j0 + 8 * c, acc[g][c]);
+}
+
+/* weighted_run over every column of the NG queries: 16 columns a pass (one 64-byte line of each
  * row), then 8, then the scalar rest. */
-static inline __attribute__((always_inline)) void weighted_v_all(const shape_t *s, const float *p, int64_t stride,
-                                                                 const float *v_cache, const int64_t *table,
-                                                                 int64_t first, int64_t len, int64_t h, const int NG,
-                                                                 const float *inv, float *out) {
-    int64_t d = s->head_dim, j = 0;
+static inline __attribute__((always_inline)) void weighted_run_all(const float *p, int64_t stride, int64_t i0,
+                                                                   const float *v, int64_t n, int64_t step,
+                                                                   int64_t d, const int NG, float *out) {
+    int64_t j = 0;
     for (; j + 16 <= d; j += 16)
-        weighted_v(s, p, stride, v_cache, table, first, len, h, j, NG, 2, inv, out);
+        weighted_run(p, stride, i0, v, n, step, d, j, NG, 2, out);
     for (; j + 8 <= d; j += 8)
-        weighted_v(s, p, stride, v_cache, table, first, len, h, j, NG, 1, inv, out);
+        weighted_run(p, stride, i0, v, n, step, d, j, NG, 1, out);
     for (; j < d; j++)
         for (int g = 0; g < NG; g++) {
-            float sum = 0.0f;
-            for (int64_t t = first; t < len; t++)
-                sum += p[g * stride + (t - first)] * v_cache[row_of(s, table, t, h) + j];
-            out[g * d + j] = sum * inv[g];
+            float sum = out[g * d + j];
+            for (int64_t i = 0; i < n; i++)
+                sum += p[g * stride + i0 + i] * v[i * step + j];
+            out[g * d + j] = sum;
         }
 }
 
-/* One sequence's `group` query heads q (group, head_dim) over KV head `h` of its positions
- * [first, len) (pages from `table`); scores (group, stride) scratch, out (group, head_dim). */
+/* The weighted V of one KV head's group over one run: 4 queries a pass, then the 3, 2 or 1 left. */
+static inline __attribute__((always_inline)) void group_run(const shape_t *s, const float *p, int64_t stride,
+                                                            int64_t i0, const float *v, int64_t n, float *out) {
+    int64_t d = s->head_dim, step = s->n_head_kv * d, g = 0;
+    for (; g + 4 <= s->group; g += 4)
+        weighted_run_all(p + g * stride, stride, i0, v, n, step, d, 4, out + g * d);
+    switch (s->group - g) {
+    case 3: weighted_run_all(p + g * stride, stride, i0, v, n, step, d, 3, out + g * d); break;
+    case 2: weighted_run_all(p + g * stride, stride, i0, v, n, step, d, 2, out + g * d); break;
+    case 1: weighted_run_all(p + g * stride, stride, i0, v, n, step, d, 1, out + g * d); break;
+    }
+}
+
+/* out (the unit's query heads, head_dim) = sum over positions [first, len), in order, of p *
+ * V, times inv: run by run (at most VRUN slots of one block), every head of the unit over a run
+ * before the next (the next run prefetched whole first). */
+static inline __attribute__((always_inline)) void unit_weighted_v(const shape_t *s, const float *p, int64_t stride,
+                                                                  const float *v_cache, const int64_t *table,
+                                                                  int64_t first, int64_t len, heads_t u,
+                                                                  const float *inv, float *out) {
+    int64_t d = s->head_dim, step = s->n_head_kv * d, nq = u.nh * s->group;
+    memset(out, 0, (size_t)(nq * d) * sizeof(float));
+    for (int64_t t0 = first, t1; t0 < len; t0 = t1) {
+        const float *v = v_cache + row_of(s, table, t0, u.h0);
+        int64_t n = run_of(s, t0, len);
+        t1 = t0 + n;
+        if (t1 < len)
+            prefetch_run(v_cache + row_of(s, table, t1, u.h0), run_of(s, t1, len), step, u.nh * d);
+        for (int64_t h = 0; h < u.nh; h++)
+            group_run(s, p + h * s->group * stride, stride, t0 - first, v + h * d, n, out + h * s->group * d);
+    }
+    for (int64_t g = 0; g < nq; g++) {
+        v8f scale = {inv[g], inv[g], inv[g], inv[g], inv[g], inv[g], inv[g], inv[g]};
+        int64_t j = 0;
+        for (; j + 8 <= d; j += 8)
+            store8(out + g * d + j, load8(out + g * d + j) * scale);
+        for (; j < d; j++)
+            out[g * d + j] *= inv[g];
+    }
+}
+
+/* One sequence's query heads of KV heads u (q (nh * group, head_dim)) over its positions
+ * [first, len) (pages from `table`); scores (nh * group, stride) scratch, out (nh * group,
+ * head_dim). */
 VL_CLONES
 static void attend(const shape_t *s, const float *q, const float *k_cache, const float *v_cache,
-                   const int64_t *table, int64_t first, int64_t len, int64_t h, float *scores,
+                   const int64_t *table, int64_t first, int64_t len, heads_t u, float *scores,
                    int64_t stride, float *out) {
-    int64_t d = s->head_dim;
     if (s->softcap > 0.0f)
-        unit_scores(s, q, k_cache, v_cache, table, first, len, h, scores, stride, 1);
+        unit_scores(s, q, k_cache, v_cache, table, first, len, u, scores, stride, 1);
     else
-        unit_scores(s, q, k_cache, v_cache, table, first, len, h, scores, stride, 0);
-    float inv[s->group];                               /* 1 / each query's sum of exponentials */
-    for (int64_t g = 0; g < s->group; g++)
+        unit_scores(s, q, k_cache, v_cache, table, first, len, u, scores, stride, 0);
+    int64_t nq = u.nh * s->group;
+    float inv[nq];                                     /* 1 / each query's sum of exponentials */
+    for (int64_t g = 0; g < nq; g++)
         inv[g] = softmax_unnormalised(scores + g * stride, len - first);
-    int64_t g = 0;
-    for (; g + 4 <= s->group; g += 4)
-        weighted_v_all(s, scores + g * stride, stride, v_cache, table, first, len, h, 4, inv + g, out + g * d);
-    switch (s->group - g) {
-    case 3: weighted_v_all(s, scores + g * stride, stride, v_cache, table, first, len, h, 3, inv + g, out + g * d); break;
-    case 2: weighted_v_all(s, scores + g * stride, stride, v_cache, table, first, len, h, 2, inv + g, out + g * d); break;
-    case 1: weighted_v_all(s, scores + g * stride, stride, v_cache, table, first, len, h, 1, inv + g, out + g * d); break;
+    unit_weighted_v(s, scores, stride, v_cache, table, first, len, u, inv, out);
+}
+
+/* Every KV head in one unit (each slot read once) when there are at least as many sequences as
+ * threads; fewer sequences: their heads split into as many units as fill the threads (a thread
+ * with no unit would idle; measured at B = 1 on 2 threads, context 2,000: 0.80 ms one unit, 0.50
+ * two, 0.46 four). The results do not depend on it. */
+static int64_t default_heads_per_unit(int64_t B, int64_t n_head_kv, int num_threads) {
+    if (B >= num_threads)
+        return n_head_kv;
+    int64_t splits = (num_threads + B - 1) / B;       /* units per sequence wanted */
+    splits = splits < n_head_kv ? splits : n_head_kv;
+    return (n_head_kv + splits - 1) / splits;
+}
+
+void vl_decode_attention_split(const float *q, const float *k_cache, const float *v_cache,
+                               const int64_t *block_tables, const int64_t *context_lens, const int64_t *starts,
+                               float *scores, float *out, int64_t B, int64_t n_head, int64_t n_head_kv,
+                               int64_t head_dim, int64_t block_size, int64_t max_blocks, float scale,
+                               float softcap, int num_threads, int64_t heads_per_unit) {
+    shape_t s = {n_head / n_head_kv, n_head_kv, head_dim, block_size, scale, softcap,
+                 softcap > 0.0f ? (float)(1.0 / (double)softcap) : 0.0f};
+    if (num_threads < 1)
+        num_threads = 1;
+    if (heads_per_unit < 1 || heads_per_unit > n_head_kv)
+        heads_per_unit = default_heads_per_unit(B, n_head_kv, num_threads);
+    int64_t stride = max_blocks * block_size, per_seq = (n_head_kv + heads_per_unit - 1) / heads_per_unit;
+    int64_t units = B * per_seq;
+#pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1 && units > 1)
+    for (int64_t unit = 0; unit < units; unit++) {
+        int64_t b = unit / per_seq, h0 = unit % per_seq * heads_per_unit;
+        heads_t u = {h0, n_head_kv - h0 < heads_per_unit ? n_head_kv - h0 : heads_per_unit};
+        int64_t first = b * n_head + h0 * s.group;       /* this unit's first query head */
+        attend(&s, q + first * head_dim, k_cache, v_cache, block_tables + b * max_blocks,
+               starts ? starts[b] : 0, context_lens[b], u, scores + first * stride, stride, out + first * head_dim);
     }
 }
 
@@ -266,16 +349,6 @@ void vl_decode_attention(const float *q, const float *k_cache, const float *v_ca
                          float *scores, float *out, int64_t B, int64_t n_head, int64_t n_head_kv,
                          int64_t head_dim, int64_t block_size, int64_t max_blocks, float scale, float softcap,
                          int num_threads) {
-    shape_t s = {n_head / n_head_kv, n_head_kv, head_dim, block_size, scale, softcap,
-                 softcap > 0.0f ? (float)(1.0 / (double)softcap) : 0.0f};
-    int64_t stride = max_blocks * block_size, units = B * n_head_kv;
-    if (num_threads < 1)
-        num_threads = 1;
-#pragma omp parallel for schedule(static) num_threads(num_threads) if (num_threads > 1 && units > 1)
-    for (int64_t unit = 0; unit < units; unit++) {
-        int64_t b = unit / n_head_kv, h = unit % n_head_kv;
-        int64_t first = b * n_head + h * s.group;        /* this unit's first query head */
-        attend(&s, q + first * head_dim, k_cache, v_cache, block_tables + b * max_blocks,
-               starts ? starts[b] : 0, context_lens[b], h, scores + first * stride, stride, out + first * head_dim);
-    }
+    vl_decode_attention_split(q, k_cache, v_cache, block_tables, context_lens, starts, scores, out, B, n_head,
+                              n_head_kv, head_dim, block_size, max_blocks, scale, softcap, num_threads, 0);
 }
