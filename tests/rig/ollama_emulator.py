@@ -69,6 +69,7 @@ class OllamaEmulator:
         self.disconnects = 0
         self.loaded: dict[str, float | None] = {}   # model name -> expiry (time.time()), None = forever
         self._replies: collections.deque[ScriptedReply] = collections.deque()
+        self._connections: set[socket.socket] = set()     # open client connections, for kill()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -87,6 +88,18 @@ class OllamaEmulator:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def kill(self) -> None:
+        """Stop as a crashed Ollama does: no new connections, and the open ones (a client's
+        keep-alive pool) closed too, where `stop` lets their handler threads serve on."""
+        self.stop()
+        with self._lock:
+            open_connections, self._connections = self._connections, set()
+        for connection in open_connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self) -> "OllamaEmulator":
         return self.start()
@@ -176,6 +189,16 @@ class _Handler(BaseHTTPRequestHandler):
     @property
     def emu(self) -> OllamaEmulator:
         return self.server.emulator  # type: ignore[attr-defined]
+
+    def setup(self) -> None:
+        super().setup()
+        with self.emu._lock:
+            self.emu._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.emu._lock:
+            self.emu._connections.discard(self.connection)
+        super().finish()
 
     def do_GET(self) -> None:
         self._dispatch("GET")

@@ -38,6 +38,7 @@ def _model_names(models) -> list[str]:
 class OllamaBackend(Backend):
     kind = "ollama"
     native_ollama = True
+    loads_models = True                  # an empty /api/generate loads a model, keep_alive 0 unloads it
     defaults = {"temperature": 0.8, "top_p": 0.9, "top_k": 40}
 
     def hears_audio(self) -> bool:
@@ -48,11 +49,27 @@ class OllamaBackend(Backend):
         grouping: requests for a loaded model go first among equals, so Ollama does not
         unload one model to load another and back. An Ollama without /api/ps: unknown."""
         try:
-            body = await self.get_json("/api/ps")
+            await self.read_loaded_models()
         except VeloError:
             self.loaded_models = None
-            return
+
+    async def read_loaded_models(self) -> None:
+        body = await self.get_json("/api/ps")
         self.loaded_models = frozenset(_model_names(body.get("models") if isinstance(body, dict) else None))
+
+    async def load_model(self, model: str) -> None:
+        """Ollama's own load: an /api/generate with no prompt (its default keep_alive). What
+        /models and the scheduler see of it is read back from /api/ps at once."""
+        await self._generate_nothing({"model": model})
+
+    async def unload_model(self, model: str) -> None:
+        """Ollama's own unload: no prompt and keep_alive 0 (a model busy serving is let go
+        once its requests end), read back from /api/ps at once."""
+        await self._generate_nothing({"model": model, "keep_alive": 0})
+
+    async def _generate_nothing(self, body: dict) -> None:
+        await self.post_json("/api/generate", {**body, "stream": False})
+        await self.discover()
 
     async def list_models(self) -> list[ModelInfo]:
         body = await self.get_json("/api/tags")
