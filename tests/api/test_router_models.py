@@ -199,6 +199,24 @@ def test_what_another_ollama_client_loaded_or_unloaded_is_seen_at_once(ollama_da
     assert status_of(url, OLLAMA_ID) == "unloaded"
 
 
+def test_a_model_ollama_is_still_stopping_after_its_unload_is_unloaded(ollama_daemon):
+    """Ollama answers keep_alive 0 before the model is gone: /api/ps lists it a while longer,
+    expired (`ollama ps`: Stopping...). /models says unloaded; /api/ps is Ollama's own answer."""
+    url, emulator = ollama_daemon.url, ollama_daemon.emulator
+    emulator.loaded.clear()
+    emulator.stopping_s = 600
+    try:
+        assert post(url, "/models/load", {"model": OLLAMA_MODEL}) == {"success": True}
+        assert post(url, "/models/unload", {"model": OLLAMA_MODEL}) == {"success": True}
+        assert status_of(url, OLLAMA_ID) == "unloaded" and OLLAMA_ID in ps_names(url)
+        again = post(url, "/models/unload", {"model": OLLAMA_MODEL}, status=400)["error"]
+        assert again["code"] == "model_not_loaded"
+        assert post(url, "/models/load", {"model": OLLAMA_MODEL}) == {"success": True}
+        assert status_of(url, OLLAMA_ID) == "loaded"
+    finally:
+        emulator.stopping_s = 0
+
+
 def test_a_model_ollama_no_longer_has_is_a_404_naming_it(ollama_daemon):
     """Removed from Ollama (`ollama rm`) since the catalogue was read: Ollama's 404, as a chat maps it."""
     emulator = ollama_daemon.emulator

@@ -6,6 +6,7 @@ Ollama-native client requests for a model served here are passed through unchang
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import AsyncIterator
 
 from ..errors import BadRequest, VeloError
@@ -26,13 +27,24 @@ from .base import Backend, ModelInfo, listed_models, refuse_unhonoured, server_c
 
 def _model_names(models) -> list[str]:
     """Each running model under its full name and, for ":latest", its bare name too (what
-    clients usually send)."""
+    clients usually send); one Ollama is stopping is not counted."""
     names = []
     for model in models if isinstance(models, list) else []:
         name = (model.get("name") or model.get("model")) if isinstance(model, dict) else None
-        if isinstance(name, str):
+        if isinstance(name, str) and not _stopping(model):
             names += [name, name.removesuffix(":latest")]
     return names
+
+
+def _stopping(model: dict) -> bool:
+    """An /api/ps entry whose expires_at has passed: Ollama is unloading it (keep_alive 0 is
+    answered before the runner is gone, its expiry set to that moment), and `ollama ps` shows
+    it as "Stopping...". An expiry that does not parse: loaded."""
+    expires_at = model.get("expires_at")
+    try:
+        return isinstance(expires_at, str) and datetime.fromisoformat(expires_at).timestamp() < time.time()
+    except (ValueError, OverflowError):
+        return False
 
 
 class OllamaBackend(Backend):
