@@ -217,6 +217,19 @@ def test_a_model_ollama_is_still_stopping_after_its_unload_is_unloaded(ollama_da
         emulator.stopping_s = 0
 
 
+def test_an_ollama_embedding_model_unloads_and_its_load_is_ollamas_400_naming_model(ollama_daemon):
+    """Ollama unloads any model with keep_alive 0, but an empty /api/generate loads only a model
+    that generates: an embedding model is loaded by embedding."""
+    url, embedder = ollama_daemon.url, "nomic-embed-text:latest"
+    ollama_daemon.emulator.loaded.clear()
+    refused = post(url, "/models/load", {"model": embedder}, status=400)["error"]
+    assert refused["param"] == "model" and "does not support generate" in refused["message"]
+    assert status_of(url, embedder) == "unloaded"
+    post(url, "/v1/embeddings", {"model": embedder, "input": "hi"})
+    assert post(url, "/models/unload", {"model": embedder}) == {"success": True}
+    assert status_of(url, embedder) == "unloaded" and embedder not in ps_names(url)
+
+
 def test_a_model_ollama_no_longer_has_is_a_404_naming_it(ollama_daemon):
     """Removed from Ollama (`ollama rm`) since the catalogue was read: Ollama's 404, as a chat maps it."""
     emulator = ollama_daemon.emulator

@@ -71,8 +71,13 @@ class OllamaBackend(Backend):
 
     async def load_model(self, model: str) -> None:
         """Ollama's own load: an /api/generate with no prompt (its default keep_alive). What
-        /models and the scheduler see of it is read back from /api/ps at once."""
-        await self._generate_nothing({"model": model})
+        /models and the scheduler see of it is read back from /api/ps at once. A model that
+        cannot generate (an embedding model: Ollama loads it for /api/embed) is Ollama's 400,
+        naming `model`."""
+        try:
+            await self._generate_nothing({"model": model})
+        except BadRequest as exc:
+            raise BadRequest(exc.message, param="model", code=exc.code) from None
 
     async def unload_model(self, model: str) -> None:
         """Ollama's own unload: no prompt and keep_alive 0 (a model busy serving is let go
