@@ -276,3 +276,13 @@ def test_loading_needs_a_key_when_keys_are_set(daemon_factory, tmp_path):
     assert post(daemon.url, "/models/load", {"model": ENGINE}, authorization="Bearer sk-router") == {"success": True}
     listed = httpx.get(daemon.url + "/models", headers={"authorization": "Bearer sk-router"}, timeout=60).json()
     assert listed["data"][0]["status"] == {"value": "loaded"}
+
+
+@pytest.mark.parametrize("expires_at, stopping", [
+    ("2020-01-01T00:00:00Z", True),                          # past: Ollama is unloading it
+    ("2318-08-21T12:00:00.123456789+02:00", False),          # keep_alive -1: now + Go's max duration
+    ("0001-01-01T00:00:00Z", False),                         # Go's zero time: no expiry set
+    ("not a time", False), (None, False)])
+def test_only_an_expiry_in_the_past_reads_as_stopping(expires_at, stopping):
+    from velollmd.backends.ollama import _stopping
+    assert _stopping({"expires_at": expires_at}) is stopping

@@ -39,10 +39,12 @@ def _model_names(models) -> list[str]:
 def _stopping(model: dict) -> bool:
     """An /api/ps entry whose expires_at has passed: Ollama is unloading it (keep_alive 0 is
     answered before the runner is gone, its expiry set to that moment), and `ollama ps` shows
-    it as "Stopping...". An expiry that does not parse: loaded."""
+    it as "Stopping...". An expiry that does not parse, or Go's zero time (no expiry set): loaded.
+    (keep_alive -1 is an expiry in the far future: loaded.)"""
     expires_at = model.get("expires_at")
     try:
-        return isinstance(expires_at, str) and datetime.fromisoformat(expires_at).timestamp() < time.time()
+        when = datetime.fromisoformat(expires_at) if isinstance(expires_at, str) else None
+        return when is not None and when.year > 1 and when.timestamp() < time.time()
     except (ValueError, OverflowError):
         return False
 
