@@ -1,15 +1,19 @@
 """llama-server's router mode through velollmd (llama-server's server-models.cpp), as llama.cpp's
 web UI speaks it: GET /props without a model is the router's answer (`role` "router") when
 several models answer /props; /models and /v1/models carry each model's `status.value`, `path`
-and `in_cache`; POST /models/load and /models/unload load and unload an engine model (what
-/api/ps and /models report changes), are 501s naming a backend that keeps its models itself,
-400s naming `model` for a bad body, 404 for an unknown model, and need a key when keys are set."""
+and `in_cache`; POST /models/load and /models/unload load and unload an engine model or an
+Ollama one (as Ollama's API does: an empty /api/generate, keep_alive 0; what /api/ps and /models
+report changes), are 501s naming a backend that keeps its models itself, 400s naming `model` for
+a bad body, 404 for an unknown model, 503 / 502 for an Ollama that is down, and need a key when
+keys are set."""
 import httpx
+import ollama
 import openai
 import pytest
 
 from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend, ollama_backend
 from tests.rig.llama import make_tiny_model
+from tests.rig.net import free_port
 from tests.rig.ollama_emulator import OllamaEmulator
 
 ENGINE, OTHER = "eng-tiny", "eng-other"
@@ -37,6 +41,16 @@ def llama_daemon(llama_server):
     """velollmd before the real llama-server ("tiny") and the Ollama emulator (llama3.2...)."""
     with OllamaEmulator() as emulator, RunningDaemon({"backends": [
             llama_backend(llama_server), ollama_backend(emulator)], "cache": {"enabled": False}}) as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="module")
+def ollama_daemon():
+    """velollmd before the Ollama emulator alone; no health check after the first, so what
+    /models shows after a load or unload is what the route read back itself."""
+    with OllamaEmulator() as emulator, RunningDaemon({"backends": [ollama_backend(emulator, health_interval_s=600)],
+                                                      "cache": {"enabled": False}}) as daemon:
+        daemon.emulator = emulator
         yield daemon
 
 
@@ -144,11 +158,113 @@ def test_an_unknown_model_is_a_404(engine_daemon, path):
     assert error["code"] == "model_not_found" and "eng-nope" in error["message"]
 
 
-@pytest.mark.parametrize("model,backend", [("tiny", "llama"), ("llama3.2", "ollama")])
 @pytest.mark.parametrize("path", ["/models/load", "/models/unload"])
-def test_a_server_that_keeps_its_models_is_a_501_naming_it(llama_daemon, path, model, backend):
-    error = post(llama_daemon.url, path, {"model": model}, status=501)["error"]
-    assert error["code"] == "load_unsupported" and f"backend {backend} " in error["message"]
+def test_a_server_that_keeps_its_models_is_a_501_naming_it(llama_daemon, path):
+    error = post(llama_daemon.url, path, {"model": "tiny"}, status=501)["error"]
+    assert error["code"] == "load_unsupported" and "backend llama " in error["message"]
+
+
+# -- the same routes on Ollama ---------------------------------------------------------------------
+
+OLLAMA_MODEL, OLLAMA_ID = "llama3.2", "llama3.2:latest"
+
+
+def test_ollama_load_and_unload_are_ollamas_own_and_change_models_and_ps(ollama_daemon):
+    url, emulator = ollama_daemon.url, ollama_daemon.emulator
+    emulator.loaded.clear()
+    assert status_of(url, OLLAMA_ID) == "unloaded" and OLLAMA_ID not in ps_names(url)
+    assert post(url, "/models/load", {"model": OLLAMA_MODEL}) == {"success": True}
+    assert emulator.last_request("/api/generate") == {"model": OLLAMA_MODEL, "stream": False}
+    assert status_of(url, OLLAMA_ID) == "loaded" and OLLAMA_ID in ps_names(url)
+    again = post(url, "/models/load", {"model": OLLAMA_MODEL}, status=400)["error"]
+    assert again["param"] == "model" and again["code"] == "model_already_loaded"
+    assert post(url, "/models/unload", {"model": OLLAMA_ID}) == {"success": True}
+    assert emulator.last_request("/api/generate") == {"model": OLLAMA_ID, "keep_alive": 0, "stream": False}
+    assert status_of(url, OLLAMA_ID) == "unloaded" and OLLAMA_ID not in ps_names(url)
+    again = post(url, "/models/unload", {"model": OLLAMA_MODEL}, status=400)["error"]
+    assert again["param"] == "model" and again["code"] == "model_not_loaded"
+
+
+def test_what_another_ollama_client_loaded_or_unloaded_is_seen_at_once(ollama_daemon):
+    """The 400s answer what Ollama holds now (its /api/ps read first), not the last health check."""
+    url, emulator = ollama_daemon.url, ollama_daemon.emulator
+    emulator.loaded.clear()
+    status_of(url, OLLAMA_ID)
+    client = ollama.Client(host=emulator.url)
+    assert client.generate(model=OLLAMA_MODEL).done_reason == "load"      # Ollama's own load, not through us
+    assert post(url, "/models/load", {"model": OLLAMA_MODEL}, status=400)["error"]["code"] == "model_already_loaded"
+    assert status_of(url, OLLAMA_ID) == "loaded"
+    assert client.generate(model=OLLAMA_MODEL, keep_alive=0).done_reason == "unload"
+    assert post(url, "/models/unload", {"model": OLLAMA_MODEL}, status=400)["error"]["code"] == "model_not_loaded"
+    assert status_of(url, OLLAMA_ID) == "unloaded"
+
+
+def test_a_model_ollama_is_still_stopping_after_its_unload_is_unloaded(ollama_daemon):
+    """Ollama answers keep_alive 0 before the model is gone: /api/ps lists it a while longer,
+    expired (`ollama ps`: Stopping...). /models says unloaded; /api/ps is Ollama's own answer."""
+    url, emulator = ollama_daemon.url, ollama_daemon.emulator
+    emulator.loaded.clear()
+    emulator.stopping_s = 600
+    try:
+        assert post(url, "/models/load", {"model": OLLAMA_MODEL}) == {"success": True}
+        assert post(url, "/models/unload", {"model": OLLAMA_MODEL}) == {"success": True}
+        assert status_of(url, OLLAMA_ID) == "unloaded" and OLLAMA_ID in ps_names(url)
+        again = post(url, "/models/unload", {"model": OLLAMA_MODEL}, status=400)["error"]
+        assert again["code"] == "model_not_loaded"
+        assert post(url, "/models/load", {"model": OLLAMA_MODEL}) == {"success": True}
+        assert status_of(url, OLLAMA_ID) == "loaded"
+    finally:
+        emulator.stopping_s = 0
+
+
+def test_an_ollama_embedding_model_unloads_and_its_load_is_ollamas_400_naming_model(ollama_daemon):
+    """Ollama unloads any model with keep_alive 0, but an empty /api/generate loads only a model
+    that generates: an embedding model is loaded by embedding."""
+    url, embedder = ollama_daemon.url, "nomic-embed-text:latest"
+    ollama_daemon.emulator.loaded.clear()
+    refused = post(url, "/models/load", {"model": embedder}, status=400)["error"]
+    assert refused["param"] == "model" and "does not support generate" in refused["message"]
+    assert status_of(url, embedder) == "unloaded"
+    post(url, "/v1/embeddings", {"model": embedder, "input": "hi"})
+    assert post(url, "/models/unload", {"model": embedder}) == {"success": True}
+    assert status_of(url, embedder) == "unloaded" and embedder not in ps_names(url)
+
+
+def test_a_model_ollama_no_longer_has_is_a_404_naming_it(ollama_daemon):
+    """Removed from Ollama (`ollama rm`) since the catalogue was read: Ollama's 404, as a chat maps it."""
+    emulator = ollama_daemon.emulator
+    removed = emulator.models.pop(OLLAMA_ID)
+    try:
+        error = post(ollama_daemon.url, "/models/load", {"model": OLLAMA_MODEL}, status=404)["error"]
+    finally:
+        emulator.models[OLLAMA_ID] = removed
+    assert error["code"] == "model_not_found" and error["param"] == "model" and OLLAMA_MODEL in error["message"]
+
+
+def chat_status(url: str) -> int:
+    body = {"model": OLLAMA_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    return httpx.post(url + "/v1/chat/completions", json=body, timeout=60).status_code
+
+
+@pytest.mark.parametrize("path", ["/models/load", "/models/unload"])
+def test_an_ollama_known_to_be_down_is_a_503_as_a_chat_is(daemon_factory, path):
+    dead = {"name": "ollama", "kind": "ollama", "url": f"http://127.0.0.1:{free_port()}", "models": ["llama3*"]}
+    daemon = daemon_factory({"backends": [dead], "cache": {"enabled": False}})
+    error = post(daemon.url, path, {"model": OLLAMA_MODEL}, status=503)["error"]
+    assert error["code"] == "no_healthy_backend" and "ollama" in error["message"]
+    assert chat_status(daemon.url) == 503
+
+
+@pytest.mark.parametrize("path", ["/models/load", "/models/unload"])
+def test_an_ollama_gone_since_its_health_check_is_a_502_as_a_chat_is(daemon_factory, path):
+    with OllamaEmulator() as emulator:
+        daemon = daemon_factory({"backends": [ollama_backend(emulator, health_interval_s=600)],
+                                 "cache": {"enabled": False}})
+        address = f"127.0.0.1:{emulator.port}"
+        emulator.kill()
+        error = post(daemon.url, path, {"model": OLLAMA_MODEL}, status=502)["error"]
+        assert error["message"].startswith(f"cannot connect to backend {address}")
+        assert chat_status(daemon.url) == 502
 
 
 def test_loading_needs_a_key_when_keys_are_set(daemon_factory, tmp_path):
@@ -160,3 +276,13 @@ def test_loading_needs_a_key_when_keys_are_set(daemon_factory, tmp_path):
     assert post(daemon.url, "/models/load", {"model": ENGINE}, authorization="Bearer sk-router") == {"success": True}
     listed = httpx.get(daemon.url + "/models", headers={"authorization": "Bearer sk-router"}, timeout=60).json()
     assert listed["data"][0]["status"] == {"value": "loaded"}
+
+
+@pytest.mark.parametrize("expires_at, stopping", [
+    ("2020-01-01T00:00:00Z", True),                          # past: Ollama is unloading it
+    ("2318-08-21T12:00:00.123456789+02:00", False),          # keep_alive -1: now + Go's max duration
+    ("0001-01-01T00:00:00Z", False),                         # Go's zero time: no expiry set
+    ("not a time", False), (None, False)])
+def test_only_an_expiry_in_the_past_reads_as_stopping(expires_at, stopping):
+    from velollmd.backends.ollama import _stopping
+    assert _stopping({"expires_at": expires_at}) is stopping

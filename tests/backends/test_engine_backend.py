@@ -330,7 +330,7 @@ def test_a_model_unloaded_as_its_load_ends_is_loaded_again_for_the_waiting_reque
             waiting = asyncio.ensure_future(backend.chat(chat("one")))
             while "one" not in backend.loaded:
                 await asyncio.sleep(0)
-            backend.unload_model("one")
+            await backend.unload_model("one")   # no await inside: unloads before any other task runs
             answer = await asyncio.wait_for(waiting, 60)       # the deadline only bounds a hang
             return answer, list(backend.loaded)
         finally:

@@ -119,13 +119,13 @@ def encode(case, model: str) -> bytes:
 
 TOKENIZER_ROUTES = ("/tokenize", "/detokenize", "/apply-template")
 UNSERVED_CODES = (b'"tokenizer_unavailable"', b'"rerank_unavailable"')   # no backend here tokenizes or reranks
-LOAD_ROUTES = ("/models/load", "/models/unload")                # no backend here loads its models itself
+LOAD_ROUTES = ("/models/load", "/models/unload")                # Ollama's models load; fault-model's do not
 
 
 def assert_well_formed(path: str, response: httpx.Response) -> None:
     # 501 only where velollmd does nothing whatever the body: Ollama's model management, changing
     # llama-server's props, and the tokenizer, rerank and score routes for a model whose backend
-    # serves none of them (no backend here does); loading a model no backend here loads itself
+    # serves none of them (no backend here does); loading a model its backend keeps loaded itself
     not_served = path in NOT_MANAGED or path in ("/api/pull", "/props") or (
         (path in TOKENIZER_ROUTES or path in RERANK_PATHS or path in SCORE_PATHS)
         and any(code in response.content for code in UNSERVED_CODES)) or (

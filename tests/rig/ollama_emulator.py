@@ -68,7 +68,10 @@ class OllamaEmulator:
         self.requests: list[RecordedRequest] = []
         self.disconnects = 0
         self.loaded: dict[str, float | None] = {}   # model name -> expiry (time.time()), None = forever
+        self.stopping_s = 0.0      # how long a model unloaded by keep_alive 0 stays in /api/ps, expired
+                                   # ("Stopping..."): Ollama answers the unload before its runner is gone
         self._replies: collections.deque[ScriptedReply] = collections.deque()
+        self._connections: set[socket.socket] = set()     # open client connections, for kill()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -87,6 +90,18 @@ class OllamaEmulator:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def kill(self) -> None:
+        """Stop as a crashed Ollama does: no new connections, and the open ones (a client's
+        keep-alive pool) closed too, where `stop` lets their handler threads serve on."""
+        self.stop()
+        with self._lock:
+            open_connections, self._connections = self._connections, set()
+        for connection in open_connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self) -> "OllamaEmulator":
         return self.start()
@@ -138,6 +153,7 @@ class OllamaEmulator:
             self.requests.clear()
             self._replies.clear()
             self.loaded.clear()
+            self.stopping_s = 0.0
             self.disconnects = 0
 
     # model state
@@ -149,15 +165,16 @@ class OllamaEmulator:
     def touch(self, model: EmulatedModel, keep_alive: Any) -> None:
         seconds = parse_keep_alive(keep_alive)
         with self._lock:
-            if seconds == 0:
-                self.loaded.pop(model.name, None)
-            else:
+            if seconds == 0 and model.name in self.loaded:
+                self.loaded[model.name] = time.time()          # expires now, as Ollama's expireRunner
+            elif seconds != 0:
                 self.loaded[model.name] = None if seconds is None else time.time() + seconds
 
     def running(self) -> list[tuple[EmulatedModel, float | None]]:
         now = time.time()
         with self._lock:
-            return [(self.models[n], exp) for n, exp in self.loaded.items() if exp is None or exp > now]
+            return [(self.models[n], exp) for n, exp in self.loaded.items()      # a removed model is gone
+                    if n in self.models and (exp is None or exp > now - self.stopping_s)]
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -176,6 +193,16 @@ class _Handler(BaseHTTPRequestHandler):
     @property
     def emu(self) -> OllamaEmulator:
         return self.server.emulator  # type: ignore[attr-defined]
+
+    def setup(self) -> None:
+        super().setup()
+        with self.emu._lock:
+            self.emu._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.emu._lock:
+            self.emu._connections.discard(self.connection)
+        super().finish()
 
     def do_GET(self) -> None:
         self._dispatch("GET")

@@ -107,13 +107,15 @@ def _generate(h, body: dict[str, Any], chat: bool) -> None:
     model = h.model_or_error(body)
     if model is None:
         return
-    if model.embedding:
-        return h.send_json(400, {"error": f'"{model.name}" does not support {"chat" if chat else "generate"}'})
+    empty = not (body.get("messages") if chat else body.get("prompt"))
     try:
-        h.emu.touch(model, body.get("keep_alive"))
+        keep_alive_s = parse_keep_alive(body.get("keep_alive"))
     except ValueError as exc:
         return h.send_json(400, {"error": str(exc)})
-    if not (body.get("messages") if chat else body.get("prompt")):
+    if model.embedding and not (empty and keep_alive_s == 0):   # Ollama unloads before it checks capabilities
+        return h.send_json(400, {"error": f'"{model.name}" does not support {"chat" if chat else "generate"}'})
+    h.emu.touch(model, body.get("keep_alive"))
+    if empty:
         return _load_or_unload(h, body, model, chat)
     reply = h.emu.next_reply(body)
     if reply.status != 200:

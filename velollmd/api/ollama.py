@@ -178,7 +178,7 @@ class OllamaRoutes:
                               message: bool) -> Response:
         """Nothing to generate: Ollama loads the model, or with keep_alive 0 unloads it."""
         if keep_alive_s == 0:
-            backend.unload_model(self.registry.resolve(body["model"]))
+            await backend.unload_model(self.registry.resolve(body["model"]))
             return Response.json(_load_reply(body["model"], message, done_reason="unload"))
         await backend.load_model(self.registry.resolve(body["model"]))
         return Response.json(_load_reply(body["model"], message))

@@ -7,11 +7,14 @@ several models is such a router, and answers as llama-server's does (tools/serve
   "loading": what the backend knows, Backend.model_status), `path` (the engine's GGUF, "" for a
   model another server holds) and `in_cache` (false: velollmd keeps no Hugging Face cache).
 - POST /models/load and /models/unload {"model"}: {"success": true}, as llama-server answers.
-  Only a backend that loads its models itself (the engine) does: the same load and unload an
-  Ollama client gets (an empty /api/generate; keep_alive 0), so a model busy serving is
-  unloaded once idle. A model on another backend is a 501 naming it; loading a loaded model or
-  unloading one not loaded is a 400, as on llama-server. They change what every caller gets, so
-  they are guarded as the cache flush is: an API key, or with none configured a loopback client.
+  Only a backend that loads its models itself (the engine, Ollama) does: the same load and
+  unload an Ollama client gets (an empty /api/generate; keep_alive 0), so a model busy serving
+  is unloaded once idle. A model on another backend is a 501 naming it; loading a loaded model or
+  unloading one not loaded is a 400, as on llama-server (Ollama's /api/ps is read first, so the
+  answer is what Ollama holds now, not what the last health check saw). A backend that is down
+  answers as a chat for its model would: 503 when the health check knows it, else 502. They
+  change what every caller gets, so they are guarded as the cache flush is: an API key, or with
+  none configured a loopback client.
 - GET /props without a model while several models answer /props: the router's own answer
   (`role` "router", api/props.py).
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from ..backends.base import Backend, ModelInfo
 from ..backends.registry import Registry
-from ..errors import BadRequest, NotImplementedByBackend
+from ..errors import BadRequest, NotFound, NotImplementedByBackend
 from ..http.message import Request, Response
 from .access import Access
 
@@ -53,13 +56,14 @@ class RouterModelsRoutes:
         if backend.model_status(model) == "unloaded":
             raise BadRequest(f"model '{model}' is not loaded", param="model", code="model_not_loaded")
         backend.keep_model(model, 0)                 # keep_alive 0: if busy now, unloaded once idle
-        backend.unload_model(model)
+        await backend.unload_model(model)
         return Response.json({"success": True})
 
     async def _loader_for(self, request: Request, what: str) -> tuple[Backend, str]:
         """The backend that loads the body's `model` itself, and the served name; 401 for a
         caller who may not change the daemon's state, 400 bad body, 404 unknown model (or one
-        the caller's key may not use), 501 a model on a backend that keeps its models itself."""
+        the caller's key may not use), 501 a model on a backend that keeps its models itself,
+        503 / 502 its backend down (known to the health check / found now)."""
         self.access.check_local_or_keyed(request, what)
         self.access.refuse_if_draining()
         model = request.json().get("model")
@@ -67,10 +71,19 @@ class RouterModelsRoutes:
             raise BadRequest("model must be a non-empty string naming a served model", param="model")
         self.access.admit(request, model)
         await self.registry.freshen()
-        info = self.registry.find_model(model)
-        backend = self.registry.backend_of(info)
+        backend = self.registry.backend_of(self._listed(model))
         if not backend.loads_models:
             raise NotImplementedByBackend(
                 f"backend {backend.name} keeps its models loaded itself: velollmd loads and "
-                f"unloads only the in-process engine's models", param="model", code="load_unsupported")
+                f"unloads only the in-process engine's and Ollama's models", param="model", code="load_unsupported")
+        await backend.read_loaded_models()
         return backend, self.registry.resolve(model)
+
+    def _listed(self, model: str) -> ModelInfo:
+        """`model`'s catalogue entry; a model only a backend that is down could serve is out of
+        the catalogue: a 503 naming the backend's error, as a chat for it answers, not a 404."""
+        try:
+            return self.registry.find_model(model)
+        except NotFound:
+            self.registry.candidates(model)
+            raise

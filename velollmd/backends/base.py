@@ -153,9 +153,13 @@ class Backend:
     async def load_model(self, model: str) -> None:
         """Load `model` now (a client warming it up) where the backend loads models itself."""
 
-    def unload_model(self, model: str) -> None:
+    async def unload_model(self, model: str) -> None:
         """Unload `model` now if idle (Ollama's empty request with keep_alive 0) where the
         backend loads models itself."""
+
+    async def read_loaded_models(self) -> None:
+        """Bring `loaded_models` (model_status) up to date now, before a load or unload decides
+        on it, where they come from the server (Ollama's /api/ps); raises as its calls do."""
 
     def loaded_model_info(self, model: str) -> ModelInfo | None:
         """A loaded model's listing entry as it was loaded, for /api/ps to show a model whose

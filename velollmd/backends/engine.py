@@ -265,7 +265,7 @@ class EngineBackend(Backend):
     async def load_model(self, model: str) -> None:
         await self.model(model)
 
-    def unload_model(self, model: str) -> None:
+    async def unload_model(self, model: str) -> None:
         model = self._served_name(model)
         if model in self.loaded and not self.loaded[model].runner.num_requests:
             self._unload(model)

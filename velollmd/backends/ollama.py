@@ -6,6 +6,7 @@ Ollama-native client requests for a model served here are passed through unchang
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import AsyncIterator
 
 from ..errors import BadRequest, VeloError
@@ -26,18 +27,32 @@ from .base import Backend, ModelInfo, listed_models, refuse_unhonoured, server_c
 
 def _model_names(models) -> list[str]:
     """Each running model under its full name and, for ":latest", its bare name too (what
-    clients usually send)."""
+    clients usually send); one Ollama is stopping is not counted."""
     names = []
     for model in models if isinstance(models, list) else []:
         name = (model.get("name") or model.get("model")) if isinstance(model, dict) else None
-        if isinstance(name, str):
+        if isinstance(name, str) and not _stopping(model):
             names += [name, name.removesuffix(":latest")]
     return names
+
+
+def _stopping(model: dict) -> bool:
+    """An /api/ps entry whose expires_at has passed: Ollama is unloading it (keep_alive 0 is
+    answered before the runner is gone, its expiry set to that moment), and `ollama ps` shows
+    it as "Stopping...". An expiry that does not parse, or Go's zero time (no expiry set): loaded.
+    (keep_alive -1 is an expiry in the far future: loaded.)"""
+    expires_at = model.get("expires_at")
+    try:
+        when = datetime.fromisoformat(expires_at) if isinstance(expires_at, str) else None
+        return when is not None and when.year > 1 and when.timestamp() < time.time()
+    except (ValueError, OverflowError):
+        return False
 
 
 class OllamaBackend(Backend):
     kind = "ollama"
     native_ollama = True
+    loads_models = True                  # an empty /api/generate loads a model, keep_alive 0 unloads it
     defaults = {"temperature": 0.8, "top_p": 0.9, "top_k": 40}
 
     def hears_audio(self) -> bool:
@@ -48,11 +63,32 @@ class OllamaBackend(Backend):
         grouping: requests for a loaded model go first among equals, so Ollama does not
         unload one model to load another and back. An Ollama without /api/ps: unknown."""
         try:
-            body = await self.get_json("/api/ps")
+            await self.read_loaded_models()
         except VeloError:
             self.loaded_models = None
-            return
+
+    async def read_loaded_models(self) -> None:
+        body = await self.get_json("/api/ps")
         self.loaded_models = frozenset(_model_names(body.get("models") if isinstance(body, dict) else None))
+
+    async def load_model(self, model: str) -> None:
+        """Ollama's own load: an /api/generate with no prompt (its default keep_alive). What
+        /models and the scheduler see of it is read back from /api/ps at once. A model that
+        cannot generate (an embedding model: Ollama loads it for /api/embed) is Ollama's 400,
+        naming `model`."""
+        try:
+            await self._generate_nothing({"model": model})
+        except BadRequest as exc:
+            raise BadRequest(exc.message, param="model", code=exc.code) from None
+
+    async def unload_model(self, model: str) -> None:
+        """Ollama's own unload: no prompt and keep_alive 0 (a model busy serving is let go
+        once its requests end), read back from /api/ps at once."""
+        await self._generate_nothing({"model": model, "keep_alive": 0})
+
+    async def _generate_nothing(self, body: dict) -> None:
+        await self.post_json("/api/generate", {**body, "stream": False})
+        await self.discover()
 
     async def list_models(self) -> list[ModelInfo]:
         body = await self.get_json("/api/tags")
