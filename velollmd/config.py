@@ -94,7 +94,7 @@ class BackendConfig:
     threads: int = _opt(0, min=0, max=1024)        # matmul + BLAS threads; 0 = physical cores
     kv_cache_mb: int = _opt(0, min=0)              # 0 = num_ctx x max_running tokens of KV
     block_size: int = _opt(16, min=1, max=1024)    # tokens per KV block
-    kv_cache_type: str = _opt("f32", choices=KV_CACHE_TYPES)   # K/V as float32 or float16 (CPU path)
+    kv_cache_type: str = _opt("f16", choices=KV_CACHE_TYPES)   # K/V as float16 or float32 (CPU path)
     max_batch_tokens: int = _opt(512, min=1)       # tokens per engine step (prefill chunk + decodes)
     max_running: int = _opt(16, min=1, max=1024)   # sequences decoded together
     keep_alive_s: float = _opt(300.0, min=0.0)     # unload a model idle this long (0 = never)
@@ -103,8 +103,8 @@ class BackendConfig:
 
 
 ENGINE_KEYS = ("model", "alias", "models_dir", "ollama_store", "device", "threads", "kv_cache_mb",
-               "block_size", "kv_cache_type", "max_batch_tokens", "max_running", "keep_alive_s", "max_loaded_models",
-               "chat_template")
+               "block_size", "kv_cache_type", "max_batch_tokens", "max_running", "keep_alive_s",
+               "max_loaded_models", "chat_template")
 
 
 SERVER_KEYS = ("url", "api_key")       # a backend reached over HTTP: nothing the engine uses

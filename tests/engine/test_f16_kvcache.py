@@ -102,9 +102,9 @@ def test_the_budget_holds_twice_the_f16_blocks_and_the_model_answers_on_them(tin
     """kv_cache_mb counts 2 bytes an element for f16: twice the blocks of f32. The same prompt's
     next-token logits on either cache agree to F16's rounding of K/V, and differ (it is rounded)."""
     options = loader.EngineOptions(num_ctx=128, kv_cache_mb=1, max_running=2, max_batch_tokens=64)
-    f32 = loader.load("tiny", tiny_path, options, SchedulerConfig())
-    f16 = loader.load("tiny", tiny_path, loader.EngineOptions(**{**vars(options), "kv_cache_type": "f16"}),
+    f32 = loader.load("tiny", tiny_path, loader.EngineOptions(**{**vars(options), "kv_cache_type": "f32"}),
                       SchedulerConfig())
+    f16 = loader.load("tiny", tiny_path, options, SchedulerConfig())          # the default
     assert (f32.kv.k.dtype, f16.kv.k.dtype) == (np.float32, np.float16)
     assert f16.kv.num_blocks in (2 * f32.kv.num_blocks, 2 * f32.kv.num_blocks + 1)
     assert f16.kv.nbytes <= 1 << 20
@@ -117,12 +117,13 @@ def test_the_budget_holds_twice_the_f16_blocks_and_the_model_answers_on_them(tin
 
 def test_the_cuda_path_keeps_its_float32_cache_and_says_so(tiny_path, caplog):
     """kv_cache_type is the CPU path's: a device load keeps GpuKVCache's float32 (its budget
-    counted at 4 bytes) and logs that the key did not apply."""
+    counted at 4 bytes) and logs that the key did not apply (info: f16 is the default)."""
     from tests.cuda.test_gpu_model import mirror_ops
     options = loader.EngineOptions(num_ctx=64, kv_cache_mb=1, device="cuda", kv_cache_type="f16")
-    with caplog.at_level(logging.WARNING, logger="velollmd.engine"):
+    with caplog.at_level(logging.INFO, logger="velollmd.engine"):
         served = loader.load("tiny", tiny_path, options, SchedulerConfig(), make_ops=mirror_ops)
     assert served.device == "cuda"
-    on_cpu = loader.load("tiny", tiny_path, loader.EngineOptions(num_ctx=64, kv_cache_mb=1), SchedulerConfig())
+    on_cpu = loader.load("tiny", tiny_path, loader.EngineOptions(num_ctx=64, kv_cache_mb=1, kv_cache_type="f32"),
+                         SchedulerConfig())
     assert served.kv.num_blocks == on_cpu.kv.num_blocks
     assert any("kv_cache_type applies to the CPU path" in record.getMessage() for record in caplog.records)

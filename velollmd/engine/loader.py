@@ -50,7 +50,7 @@ class EngineOptions:
     num_ctx: int = 0                # 0: min(the model's context, DEFAULT_NUM_CTX)
     kv_cache_mb: int = 0            # 0: num_ctx x max_running tokens, at most 1/4 of free memory
     block_size: int = 16
-    kv_cache_type: str = "f32"      # the CPU path's K/V: f32 | f16 (the CUDA path's is float32 either way)
+    kv_cache_type: str = "f16"      # the CPU path's K/V: f16 | f32 (the CUDA path's is float32 either way)
     max_batch_tokens: int = 512
     max_running: int = 16
     chat_template: str = ""
@@ -214,9 +214,9 @@ def _load_on_device(gguf: GGUFFile, config: ModelConfig, options: EngineOptions,
             free = ops.free_bytes()
         kv = GpuKVCache(ops, config.n_layer, _num_blocks(config, options, num_ctx, free), options.block_size,
                         config.n_head_kv, config.head_dim)
-        if options.kv_cache_type != "f32":
-            log.warning("engine kv_cache_type applies to the CPU path: the CUDA KV cache is float32",
-                        extra={"fields": {"kv_cache_type": options.kv_cache_type}})
+        if options.kv_cache_type != "f32":      # the default f16: said once a load, not a warning
+            log.info("engine kv_cache_type applies to the CPU path: the CUDA KV cache is float32",
+                     extra={"fields": {"kv_cache_type": options.kv_cache_type}})
     except UnsupportedModel:
         raise
     except Exception as exc:        # pycuda's driver and compiler errors share no base class but Exception
