@@ -17,7 +17,12 @@ time: on a shared 2-vCPU VM the scheduler's waits would swamp a kernel's differe
    per unit ("per head": each unit walks the sequence's slots for its head alone, as the other
    build did) and this build's default (one unit per sequence, each slot read once); then, with
    --threads 2, wall and process CPU time at B = 1 and 4 of units of every KV head, of half of
-   them, of one (threads over heads as well as sequences).
+   them, of one (threads over heads as well as sequences);
+4. with --kv-types (this build alone, no other .so): the f32 KV cache against the f16 one
+   (kv_cache_type): one layer's call at B = 1, 2, 4, 8, contexts 512 / 2,000 / 4,000, GQA 4:1
+   and 8:1, warm and cold, one thread; with --model, a decode step of that GGUF (B = 1, 2, 4,
+   8 sequences each --kv-contexts tokens into a cache of random K/V) on each cache type, and the
+   KV bytes per token of both.
 
 Both builds must take vl_decode_attention's arguments of this tree: a build from before its
 `starts` and `softcap` arguments (branch qa-swakernel) cannot be compared by this script.
@@ -25,6 +30,7 @@ Both builds must take vl_decode_attention's arguments of this tree: a build from
     PYTHONPATH=. .venv/bin/python benchmarks/engine_attention.py /tmp/base/velollmd/engine/_matmul.abi3.so
     ... --model ~/.cache/velollm/bench-models/small-q8_0.gguf
     ... --sweep [--rounds 10] [--threads 2]
+    PYTHONPATH=. .venv/bin/python benchmarks/engine_attention.py --kv-types [--model small-q8_0.gguf]
 """
 from __future__ import annotations
 
@@ -113,14 +119,15 @@ def bench_kernel(libs: dict, rounds: int) -> None:
                f"(max |diff| {diff:.1e})", times)
 
 
-def sweep_case(batch: int, context: int, n_head: int):
+def sweep_case(batch: int, context: int, n_head: int, dtype: type = np.float32):
     """One layer's pages for `batch` sequences of `context` tokens (4 KV heads, head_dim 64, on
-    shuffled blocks): (call(lib, threads, heads_per_unit or None for vl_decode_attention), q)."""
+    shuffled blocks): (call(lib, threads, heads_per_unit or None for vl_decode_attention), q).
+    dtype float16: the pages as f16, each call vl_decode_attention_f16 (heads_per_unit 0 for None)."""
     rng = np.random.default_rng(0)
     max_blocks = context // BLOCK_SIZE + 1
     num_blocks = batch * max_blocks
     shape = (num_blocks, BLOCK_SIZE, N_HEAD_KV, HEAD_DIM)
-    k, v = rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
+    k, v = (rng.standard_normal(shape, dtype=np.float32).astype(dtype) for _ in range(2))
     tables = rng.permutation(num_blocks).reshape(batch, max_blocks).astype(np.int64)
     lens = np.array([context - i for i in range(batch)], dtype=np.int64)
     q = rng.standard_normal((batch, n_head, HEAD_DIM), dtype=np.float32)
@@ -129,11 +136,14 @@ def sweep_case(batch: int, context: int, n_head: int):
 
     def call(lib, threads: int = 1, heads_per_unit: int | None = None) -> np.ndarray:
         out = np.empty_like(q)
-        args = (ffi.from_buffer("float[]", q), ffi.from_buffer("float[]", k), ffi.from_buffer("float[]", v),
+        pages = "uint16_t[]" if k.dtype == np.float16 else "float[]"
+        args = (ffi.from_buffer("float[]", q), ffi.from_buffer(pages, k), ffi.from_buffer(pages, v),
                 ffi.from_buffer("int64_t[]", tables), ffi.from_buffer("int64_t[]", lens), ffi.NULL,
                 ffi.from_buffer("float[]", scores), ffi.from_buffer("float[]", out), batch, n_head, N_HEAD_KV,
                 HEAD_DIM, BLOCK_SIZE, max_blocks, 0.125, 0.0, threads)
-        if heads_per_unit is None:
+        if k.dtype == np.float16:
+            lib.vl_decode_attention_f16(*args, heads_per_unit or 0, 0)
+        elif heads_per_unit is None:
             lib.vl_decode_attention(*args)
         else:
             lib.vl_decode_attention_split(*args, heads_per_unit)
@@ -194,6 +204,62 @@ def bench_threads(libs: dict, rounds: int, threads: int) -> None:
                           f"{ranges(cpu[h])} |", flush=True)
 
 
+def bench_kv_types(rounds: int) -> None:
+    """Thread CPU ms of one layer's call over f32 pages and over f16 pages, in turn, median
+    [quartiles]; the ratio f32 / f16 per round likewise."""
+    lib = kernels.lib
+    print("| B | context | GQA | pages | f32 ms | f16 ms | f32 / f16 |")
+    print("|---|---|---|---|---|---|---|")
+    for batch in (1, 2, 4, 8):
+        for context in (512, 2000, 4000):
+            for n_head in (16, 32):
+                calls = {name: sweep_case(batch, context, n_head, dtype)
+                         for name, dtype in (("f32", np.float32), ("f16", np.float16))}
+                for pages in ("warm", "cold"):
+                    times = {name: [] for name in calls}
+                    for _ in range(rounds):
+                        for name, call in calls.items():
+                            times[name].append(timed(lambda: call(lib), evict if pages == "cold" else None))
+                    ratio = [a / b for a, b in zip(times["f32"], times["f16"])]
+                    print(f"| {batch} | {context} | {n_head // N_HEAD_KV}:1 | {pages} | {ranges(times['f32'])} | "
+                          f"{ranges(times['f16'])} | {ranges(ratio)} |", flush=True)
+
+
+def bench_kv_types_forward(model_path: str, rounds: int, contexts: list[int]) -> None:
+    """A decode step (one token for each of B sequences, each of `contexts` tokens into a cache of
+    random K/V) of one loaded model (the same weights: two loads differ by where their weights
+    lie, up to 15% at short contexts) on an f32 KV cache and on an f16 one, in turn: thread CPU
+    ms and tok/s (B / that time), median [quartiles]; KV bytes per token of both."""
+    from velollmd.config import SchedulerConfig
+    from velollmd.engine import loader
+    from velollmd.engine.kvcache import PagedKVCache
+    from velollmd.engine.model import Batch, SeqChunk
+    per_seq, max_b = -(-(max(contexts) + 1) // BLOCK_SIZE), 8
+    model = loader.load("m", Path(model_path).expanduser(), loader.EngineOptions(num_ctx=16, max_running=1, threads=1),
+                        SchedulerConfig()).runner.model
+    c, caches = model.config, {}
+    for kv_type, dtype in (("f32", np.float32), ("f16", np.float16)):
+        kv = caches[kv_type] = PagedKVCache(c.n_layer, max_b * per_seq, BLOCK_SIZE, c.n_head_kv, c.head_dim, dtype)
+        rng = np.random.default_rng(0)
+        for pages in (kv.k, kv.v):
+            for layer in range(pages.shape[0]):
+                pages[layer] = rng.standard_normal(pages[layer].shape, dtype=np.float32)
+        print(f"  {kv_type}: {kv.nbytes // (kv.num_blocks * kv.block_size)} KV bytes per token", flush=True)
+    print("| B | context | f32 ms | f16 ms | f32 tok/s | f16 tok/s | f32 / f16 time |")
+    print("|---|---|---|---|---|---|---|")
+    for context, batch_size in ((context, b) for context in contexts for b in (1, 2, 4, 8)):
+        batch = Batch.pack([SeqChunk([7], context, range(i * per_seq, (i + 1) * per_seq))
+                            for i in range(batch_size)])
+        times = {kv_type: [] for kv_type in caches}
+        for _ in range(rounds):
+            for kv_type, kv in caches.items():
+                times[kv_type].append(timed(lambda: model.forward(batch, kv)))
+        tok_s = {kv_type: [batch_size * 1e3 / t for t in times[kv_type]] for kv_type in caches}
+        ratio = [a / b for a, b in zip(times["f32"], times["f16"])]
+        print(f"| {batch_size} | {context} | {ranges(times['f32'])} | {ranges(times['f16'])} | "
+              f"{ranges(tok_s['f32'])} | {ranges(tok_s['f16'])} | {ranges(ratio)} |", flush=True)
+
+
 class AttentionFrom:
     """This build's lib, but for vl_decode_attention taken from `other`."""
 
@@ -232,12 +298,22 @@ def bench_forward(libs: dict, model_path: str, rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("other", help="the other build's _matmul .so")
+    parser.add_argument("other", nargs="?", default="", help="the other build's _matmul .so (not with --kv-types)")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--model", default="", help="also a decode forward of this GGUF at B=1 and 8")
     parser.add_argument("--sweep", action="store_true", help="the sweep over B, context, GQA and pages instead")
     parser.add_argument("--threads", type=int, default=0, help="with --sweep: also units over heads on N threads")
+    parser.add_argument("--kv-types", action="store_true", help="this build's f32 against its f16 KV cache")
+    parser.add_argument("--kv-contexts", default="128,2000",
+                        help="with --kv-types --model: tokens in each sequence, comma-separated")
+    parser.add_argument("--kv-forward-only", action="store_true", help="with --kv-types --model: no kernel sweep")
     args = parser.parse_args()
+    if args.kv_types:
+        if not args.kv_forward_only:
+            bench_kv_types(args.rounds)
+        if args.model:
+            bench_kv_types_forward(args.model, args.rounds, [int(c) for c in args.kv_contexts.split(",")])
+        return
     libs = {"other": load_build(args.other), "this": kernels.lib}
     if args.sweep:
         bench_sweep(libs, args.rounds)

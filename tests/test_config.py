@@ -142,6 +142,7 @@ def test_syntax_error_and_missing_file(tmp_path):
     ("[server]\nport = -1\n", "server.port"),
     ("[server]\nbogus = 1\n", "server.bogus"),
     ("[cache\n", "(syntax)"),
+    ('[[backends]]\nname = "e"\nkind = "engine"\nkv_cache_type = "bf16"\n', "backends[0].kv_cache_type"),
 ])
 def test_check_config_exits_2_with_one_line(tmp_path, content, needle):
     path = tmp_path / "v.toml"
@@ -231,6 +232,9 @@ def test_backend_embedder_needs_a_backend_and_a_model(cache, key):
     ({"kind": "engine", "url": "http://x"}, "backends[0].url", 'not apply to kind = "engine"'),   # was ignored
     ({"kind": "engine", "api_key": "k"}, "backends[0].api_key", 'not apply to kind = "engine"'),
     ({"kind": "engine", "chat_template": "bogus"}, "backends[0].chat_template", "'chatml'"),   # was every chat a 400
+    ({"kind": "engine", "kv_cache_type": "q8_0"}, "backends[0].kv_cache_type", "'f32', 'f16'"),
+    ({"kind": "llamacpp", "url": "http://x", "kv_cache_type": "f16"}, "backends[0].kv_cache_type",
+     'only to kind = "engine"'),
 ])
 def test_engine_keys_are_checked(item, key, reason):
     with pytest.raises(ConfigError) as info:

@@ -26,6 +26,7 @@ DEFAULT_PATH = "/etc/velollm.toml"
 DEFAULT_MODELS_DIR = "/var/lib/velollm/models"   # etc/velollm.toml's engine models_dir (`make run` fills it)
 BACKEND_KINDS = ("ollama", "llamacpp", "openai", "engine")
 ENGINE_DEVICES = ("auto", "cpu", "cuda")
+KV_CACHE_TYPES = ("f32", "f16")     # the engine's K/V element type (engine/kvcache.KV_CACHE_DTYPES)
 # The engine's chat templates by name (engine/templates.py renders them; a test keeps the two equal).
 CHAT_TEMPLATES = ("chatml", "qwen2", "qwen3", "llama3", "llama3.2", "mistral", "gemma", "phi3", "phi4-mini", "phi4")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -93,6 +94,7 @@ class BackendConfig:
     threads: int = _opt(0, min=0, max=1024)        # matmul + BLAS threads; 0 = physical cores
     kv_cache_mb: int = _opt(0, min=0)              # 0 = num_ctx x max_running tokens of KV
     block_size: int = _opt(16, min=1, max=1024)    # tokens per KV block
+    kv_cache_type: str = _opt("f16", choices=KV_CACHE_TYPES)   # K/V as float16 or float32 (CPU path)
     max_batch_tokens: int = _opt(512, min=1)       # tokens per engine step (prefill chunk + decodes)
     max_running: int = _opt(16, min=1, max=1024)   # sequences decoded together
     keep_alive_s: float = _opt(300.0, min=0.0)     # unload a model idle this long (0 = never)
@@ -101,8 +103,8 @@ class BackendConfig:
 
 
 ENGINE_KEYS = ("model", "alias", "models_dir", "ollama_store", "device", "threads", "kv_cache_mb",
-               "block_size", "max_batch_tokens", "max_running", "keep_alive_s", "max_loaded_models",
-               "chat_template")
+               "block_size", "kv_cache_type", "max_batch_tokens", "max_running", "keep_alive_s",
+               "max_loaded_models", "chat_template")
 
 
 SERVER_KEYS = ("url", "api_key")       # a backend reached over HTTP: nothing the engine uses

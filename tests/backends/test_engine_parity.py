@@ -109,6 +109,12 @@ BLOCK_SIZE = 16
 # repacked/AMX kernels quantise activations the same way but are host-dependent, and AMX tile
 # instructions fault (SIGILL) in VMs that advertise AMX without enabling its state.
 LLAMA_ARGS = ["-ctk", "f32", "-ctv", "f32", "--no-repack"]
+# llama-server's default F16 KV cache against the engine's kv_cache_type = "f16" and "f32". With
+# flash attention on (auto, on the CPU), llama.cpp casts F32 K/V to F16 before attending
+# (llama-graph.cpp build_attn_mha), so both of its cache types give the same probabilities, to
+# the last digit (b11434, measured); a Q8_0 cache differs.
+F16_KV_ARGS = ["-ctk", "f16", "-ctv", "f16", "--no-repack"]
+F16_KV_FILES = ["llama-f32", "qwen2-f32", "gemma3-f32", "gemma2-f32", "phi3-f32", "llama-f16", "tiny-llama-f16"]
 
 
 # --- files, servers, the daemon ------------------------------------------------------------------
@@ -131,15 +137,15 @@ def models_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def servers(llama_binary, models_dir):
-    """servers[name] -> a LlamaServer on models_dir/name.gguf, started on first use."""
+def lazy_servers(llama_binary, models_dir: Path, extra_args: list[str]):
+    """servers[name] -> a LlamaServer on models_dir/name.gguf with extra_args, started on first use;
+    all stopped when the generator closes."""
     started: dict[str, LlamaServer] = {}
 
     class Servers(dict):
         def __missing__(self, name: str) -> LlamaServer:
             server = LlamaServer(models_dir / f"{name}.gguf", binary=llama_binary, parallel=1, ctx_size=SERVED_CTX,
-                                 extra_args=LLAMA_ARGS)
+                                 extra_args=extra_args)
             started[name] = server
             self[name] = server.start()
             return server
@@ -147,6 +153,16 @@ def servers(llama_binary, models_dir):
     yield Servers()
     for server in started.values():
         server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def servers(llama_binary, models_dir):
+    yield from lazy_servers(llama_binary, models_dir, LLAMA_ARGS)
+
+
+@pytest.fixture(scope="module")
+def f16_kv_servers(llama_binary, models_dir):
+    yield from lazy_servers(llama_binary, models_dir, F16_KV_ARGS)
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +202,10 @@ def load_engine_model(path: Path, **config_changes) -> tuple[Model, Tokenizer]:
     return model, tokenizer
 
 
-def new_kv(model: Model, num_tokens: int) -> tuple[PagedKVCache, list[int]]:
+def new_kv(model: Model, num_tokens: int, dtype: type = np.float32) -> tuple[PagedKVCache, list[int]]:
     num_blocks = -(-num_tokens // BLOCK_SIZE)
     c = model.config
-    return PagedKVCache(c.n_layer, num_blocks, BLOCK_SIZE, c.n_head_kv, c.head_dim), list(range(num_blocks))
+    return PagedKVCache(c.n_layer, num_blocks, BLOCK_SIZE, c.n_head_kv, c.head_dim, dtype), list(range(num_blocks))
 
 
 def engine_greedy(model: Model, prompt_ids: list[int], bias: np.ndarray, num: int) -> list[int]:
@@ -273,7 +289,8 @@ def nmse_limit(name: str) -> float:
     return SHARP_NMSE_LIMIT[name.split("-")[1]] if sharp_quantised else NMSE_LIMIT
 
 
-def top10_nmse(server: LlamaServer, model: Model, ids: list[int], suppressed: list[int]) -> float:
+def top10_nmse(server: LlamaServer, model: Model, ids: list[int], suppressed: list[int],
+               kv_dtype: type = np.float32) -> float:
     """Normalised MSE of the engine's probabilities on llama-server's top-10 next tokens; both are
     softmaxes of raw logits (llama-server's n_probs are taken before any sampler). The logit_bias
     only keeps the one sampled token whole UTF-8, or the server would hold its probabilities back."""
@@ -282,7 +299,7 @@ def top10_nmse(server: LlamaServer, model: Model, ids: list[int], suppressed: li
                                               "logit_bias": [[i, SUPPRESS] for i in suppressed]})
     top = reply["completion_probabilities"][0]["top_logprobs"]
     theirs = {entry["id"]: float(np.exp(entry["logprob"])) for entry in top}
-    kv, table = new_kv(model, len(ids))
+    kv, table = new_kv(model, len(ids), kv_dtype)
     logits = model.forward(Batch.pack([SeqChunk(ids, 0, table)]), kv)[0].astype(np.float64)  # (n_vocab,)
     ours = np.exp(logits - logits.max())
     ours /= ours.sum()
@@ -302,6 +319,22 @@ def test_tokens_and_top10_probabilities_match_llama_server(name, models_dir, ser
         nmses.append(top10_nmse(server, model, ids, suppressed_ids(arch_of(name))))
     print(f"{name}: top-10 normalised MSE vs llama-server, max over {len(PROMPTS)} prompts = {max(nmses):.2e}")
     assert max(nmses) < nmse_limit(name)
+
+
+@pytest.mark.parametrize("name", F16_KV_FILES)
+def test_an_f16_kv_cache_matches_llama_servers_default_f16_cache(name, models_dir, f16_kv_servers):
+    """kv_cache_type = "f16" against llama-server's default F16 KV cache: top-10 nMSE (max over
+    the prompts) within the F32 limit; the f32 cache's printed beside it (the measurement behind
+    the engine's default)."""
+    model, _ = load_engine_model(models_dir / f"{name}.gguf")
+    server, suppressed = f16_kv_servers[name], suppressed_ids(arch_of(name))
+    prompts = [post(server.url + "/tokenize", {"content": prompt, "add_special": True})["tokens"]
+               for prompt in PROMPTS]
+    nmses = {kv_type: max(top10_nmse(server, model, ids, suppressed, dtype) for ids in prompts)
+             for kv_type, dtype in (("f16", np.float16), ("f32", np.float32))}
+    print(f"{name}: top-10 nMSE vs llama-server's F16 KV cache: engine f16 {nmses['f16']:.2e}, "
+          f"f32 {nmses['f32']:.2e}")
+    assert nmses["f16"] < nmse_limit(name)
 
 
 # --- greedy text -------------------------------------------------------------------------------

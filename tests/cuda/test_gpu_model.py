@@ -202,7 +202,8 @@ def test_the_engine_on_cuda_answers_greedily_as_on_the_cpu(tmp_path, make_ops):
     """loader.load with device "cuda" (the runner, the scheduler and the CFFI allocator over the
     device's model and KV cache) against the CPU engine on the tiny F32 model: the same tokens."""
     path = make_tiny_model(tmp_path / "tiny.gguf", dtype="f32")
-    options = loader.EngineOptions(num_ctx=128, kv_cache_mb=4, max_running=4, max_batch_tokens=32)
+    options = loader.EngineOptions(num_ctx=128, kv_cache_mb=4, max_running=4, max_batch_tokens=32,
+                                   kv_cache_type="f32")                    # the device's cache type
     on_device = loader.load("tiny", path, loader.EngineOptions(**{**vars(options), "device": "cuda"}),
                             SchedulerConfig(), make_ops=make_ops)
     on_cpu = loader.load("tiny", path, options, SchedulerConfig())

@@ -70,7 +70,8 @@ class EngineBackend(Backend):
         log.log(logging.WARNING if config.device == "cuda" and self.device.used != "cuda" else logging.INFO,
                 "engine device", extra={"fields": {"backend": config.name, **self.device.to_dict()}})
         self.options = EngineOptions(num_ctx=config.num_ctx, kv_cache_mb=config.kv_cache_mb,
-                                     block_size=config.block_size, max_batch_tokens=config.max_batch_tokens,
+                                     block_size=config.block_size, kv_cache_type=config.kv_cache_type,
+                                     max_batch_tokens=config.max_batch_tokens,
                                      max_running=config.max_running, chat_template=config.chat_template,
                                      threads=config.threads, device=self.device.used)
         self.files: dict[str, store.ModelFile] = {}

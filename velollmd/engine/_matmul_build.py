@@ -1,7 +1,8 @@
 """CFFI build script (API mode, out-of-line) for the engine's decode kernels: the matmul (matmul.c),
 the Q8_0, Q4_K, Q5_K, Q6_K, Q4_0, Q5_0, Q4_1 and Q5_1 integer matmuls (matmul_q8.c, matmul_q4k.c,
-matmul_q5k.c, matmul_q6k.c, matmul_legacy.c), the paged decode attention (attention.c) and the
-FFN's silu(gate) * up (activations.c).
+matmul_q5k.c, matmul_q6k.c, matmul_legacy.c), the paged decode attention (attention.c; over an f16
+KV cache attention_f16.c and attention_f16c.c, which include it) and the FFN's silu(gate) * up
+(activations.c).
 
 setup.py lists this file in `cffi_modules` beside the block allocator's, so `pip install -e .`
 (make install) compiles both into `velollmd.engine._matmul`, with OpenMP for its threads.
@@ -26,7 +27,7 @@ def _source_path(path: pathlib.Path) -> str:
 HEADERS = ("matmul.h", "matmul_q8.h", "matmul_q4k.h", "matmul_q5k.h", "matmul_q6k.h", "attention.h",
            "matmul_legacy.h", "activations.h")
 SOURCES = ("matmul.c", "matmul_q8.c", "matmul_q4k.c", "matmul_q5k.c", "matmul_q6k.c", "attention.c",
-           "matmul_legacy.c", "activations.c")
+           "attention_f16.c", "attention_f16c.c", "matmul_legacy.c", "activations.c")
 
 
 def cdef_from_header(text: str) -> str:

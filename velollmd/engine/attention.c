@@ -4,6 +4,18 @@
 
 #include "vecf.h"
 
+/* The K/V element type: float here; attention_f16.c includes this file with KV_T _Float16, its
+ * own load_kv8 (8 elements as 8 floats, exactly) and KV_NAME for its entry points' names. */
+#ifndef KV_T
+#define KV_T float
+#define KV_NAME(name) name
+static inline __attribute__((always_inline)) v8f load_kv8(const float *p) {
+    return load8(p);
+}
+#endif
+
+#define KV_PER_LINE ((int64_t)(64 / sizeof(KV_T)))   /* K/V elements in a 64-byte line: one prefetch each */
+
 /* [x0 + x1, x2 + x3, y0 + y1, y2 + y3, x4 + x5, x6 + x7, y4 + y5, y6 + y7] (AVX's vhaddps). */
 static inline __attribute__((always_inline)) v8f hadd(v8f x, v8f y) {
     return __builtin_shuffle(x, y, (v8i){0, 2, 8, 10, 4, 6, 12, 14})
@@ -21,14 +33,14 @@ static inline __attribute__((always_inline)) v8f hsum8(const v8f a[8]) {
 
 /* Scores of one query q (d) against 8 key rows k[0..7]: dot products (lanes over 8 k's, hsum,
  * then the scalar tail of d), times scale. */
-static inline __attribute__((always_inline)) v8f dot8(const float *q, const float *const k[8], int64_t d,
+static inline __attribute__((always_inline)) v8f dot8(const float *q, const KV_T *const k[8], int64_t d,
                                                       float scale) {
     v8f acc[8] = {{0}};
     int64_t j = 0;
     for (; j + 8 <= d; j += 8) {
         v8f qv = load8(q + j);
         for (int i = 0; i < 8; i++)
-            acc[i] += qv * load8(k[i] + j);
+            acc[i] += qv * load_kv8(k[i] + j);
     }
     v8f sums = hsum8(acc);
     for (; j < d; j++)
@@ -95,7 +107,7 @@ static inline __attribute__((always_inline)) v8f capped(const shape_t *s, v8f sc
     return tanh8(scores * s->softcap_inv) * s->softcap;
 }
 
-/* Where position t's K (or V) row for KV head h starts, as floats into the layer's pages. */
+/* Where position t's K (or V) row for KV head h starts, as elements into the layer's pages. */
 static inline __attribute__((always_inline)) int64_t row_of(const shape_t *s, const int64_t *table,
                                                             int64_t t, int64_t h) {
     int64_t slot = table[t / s->block_size] * s->block_size + t % s->block_size;
@@ -104,10 +116,10 @@ static inline __attribute__((always_inline)) int64_t row_of(const shape_t *s, co
 
 /* Pointers to the K (or V) rows of KV head h at positions t0 .. t0 + 7, the ones past len
  * repeating the last valid row. One division for the 8 (the first position's block). */
-static inline __attribute__((always_inline)) void rows8(const shape_t *s, const float *cache,
+static inline __attribute__((always_inline)) void rows8(const shape_t *s, const KV_T *cache,
                                                         const int64_t *table, int64_t t0, int64_t len,
-                                                        int64_t h, const float *rows[8]) {
-    int64_t step = s->n_head_kv * s->head_dim;            /* floats from one slot to the next */
+                                                        int64_t h, const KV_T *rows[8]) {
+    int64_t step = s->n_head_kv * s->head_dim;            /* elements from one slot to the next */
     int64_t valid = len - t0 < 8 ? len - t0 : 8, left = s->block_size - t0 % s->block_size;
     rows[0] = cache + row_of(s, table, t0, h);
     for (int i = 1; i < 8; i++) {                          /* the next slot, or the next block's first */
@@ -118,10 +130,10 @@ static inline __attribute__((always_inline)) void rows8(const shape_t *s, const 
     }
 }
 
-/* Ask for head_dim floats at each of the 8 rows (one request per 64-byte line). */
-static inline __attribute__((always_inline)) void prefetch8(const float *const rows[8], int64_t d) {
+/* Ask for head_dim elements at each of the 8 rows (one request per 64-byte line). */
+static inline __attribute__((always_inline)) void prefetch8(const KV_T *const rows[8], int64_t d) {
     for (int i = 0; i < 8; i++)
-        for (int64_t j = 0; j < d; j += 16)
+        for (int64_t j = 0; j < d; j += KV_PER_LINE)
             __builtin_prefetch(rows[i] + j, 0, 3);
 }
 
@@ -130,7 +142,7 @@ static inline __attribute__((always_inline)) void prefetch8(const float *const r
 #endif
 
 /* A unit: one sequence's KV heads [h0, h0 + nh) (a slot holds every KV head's row side by side:
- * these nh rows are one contiguous run of nh * head_dim floats). A unit walks its positions
+ * these nh rows are one contiguous run of nh * head_dim elements). A unit walks its positions
  * once, reading each slot's run once for all its heads (K for the scores, then V), so that a
  * sequence's pages are streamed once per unit: once per step with every head in one unit. */
 typedef struct {
@@ -140,9 +152,9 @@ typedef struct {
 /* rows8 for t0 (head h0's rows), after a prefetch of the unit's rows AHEAD positions on (the
  * pages are scattered: the hardware prefetcher sees a stride for a block's few rows only); how
  * many of the 8 are valid. */
-static inline __attribute__((always_inline)) int64_t rows8_ahead(const shape_t *s, const float *cache,
+static inline __attribute__((always_inline)) int64_t rows8_ahead(const shape_t *s, const KV_T *cache,
                                                                  const int64_t *table, int64_t t0, int64_t len,
-                                                                 heads_t u, const float *rows[8]) {
+                                                                 heads_t u, const KV_T *rows[8]) {
     if (t0 + AHEAD < len) {
         rows8(s, cache, table, t0 + AHEAD, len, u.h0, rows);
         prefetch8(rows, u.nh * s->head_dim);
@@ -151,11 +163,11 @@ static inline __attribute__((always_inline)) int64_t rows8_ahead(const shape_t *
     return len - t0 < 8 ? len - t0 : 8;
 }
 
-/* Prefetch the n rows of one block's run of a KV head from `row` on (step floats apart), whole. */
-static inline __attribute__((always_inline)) void prefetch_run(const float *row, int64_t n, int64_t step,
+/* Prefetch the n rows of one block's run of a KV head from `row` on (step elements apart), whole. */
+static inline __attribute__((always_inline)) void prefetch_run(const KV_T *row, int64_t n, int64_t step,
                                                                int64_t d) {
     for (int64_t i = 0; i < n; i++, row += step)
-        for (int64_t j = 0; j < d; j += 16)
+        for (int64_t j = 0; j < d; j += KV_PER_LINE)
             __builtin_prefetch(row + j, 0, 3);
 }
 
@@ -177,11 +189,11 @@ static inline __attribute__((always_inline)) int64_t run_of(const shape_t *s, in
  * CAP: the 8 slots' runs read once, every head's scores from them; then a prefetch of the first
  * V run. Positions before first (a sliding window's) are never read, their blocks included. */
 static inline __attribute__((always_inline)) void unit_scores(const shape_t *s, const float *q,
-                                                              const float *k_cache, const float *v_cache,
+                                                              const KV_T *k_cache, const KV_T *v_cache,
                                                               const int64_t *table, int64_t first, int64_t len,
                                                               heads_t u, float *scores, int64_t stride,
                                                               const int CAP) {
-    const float *rows[8], *k[8];
+    const KV_T *rows[8], *k[8];
     int64_t d = s->head_dim;
     for (int64_t t0 = first; t0 < len; t0 += 8) {
         int64_t valid = rows8_ahead(s, k_cache, table, t0, len, u, rows);
@@ -202,12 +214,12 @@ static inline __attribute__((always_inline)) void unit_scores(const shape_t *s, 
     prefetch_run(v_cache + row_of(s, table, first, u.h0), run_of(s, first, len), s->n_head_kv * d, u.nh * d);
 }
 
-/* out[g][j0 .. j0 + 8 * COLS) += sum over the n positions t of the run from `v` (step floats
+/* out[g][j0 .. j0 + 8 * COLS) += sum over the n positions t of the run from `v` (step elements
  * apart; p's index of the first: i0) of p[g][t] * V[t] there, in order, for the NG queries g of
  * p (rows stride apart): each V load serves the NG queries. out holds the sums of the earlier
  * runs, so each column is summed over t in order, run after run. */
 static inline __attribute__((always_inline)) void weighted_run(const float *p, int64_t stride, int64_t i0,
-                                                               const float *v, int64_t n, int64_t step,
+                                                               const KV_T *v, int64_t n, int64_t step,
                                                                int64_t d, int64_t j0, const int NG, const int COLS,
                                                                float *out) {
     v8f acc[4][2];
@@ -218,7 +230,7 @@ static inline __attribute__((always_inline)) void weighted_run(const float *p, i
     for (int64_t i = 0; i < n; i++, v += step) {
         v8f x[2];
         for (int c = 0; c < COLS; c++)
-            x[c] = load8(v + 8 * c);
+            x[c] = load_kv8(v + 8 * c);
         for (int g = 0; g < NG; g++) {
             float pt = p[g * stride + i0 + i];
             v8f pv = {pt, pt, pt, pt, pt, pt, pt, pt};
@@ -234,7 +246,7 @@ static inline __attribute__((always_inline)) void weighted_run(const float *p, i
 /* weighted_run over every column of the NG queries: 16 columns a pass (one 64-byte line of each
  * row), then 8, then the scalar rest. */
 static inline __attribute__((always_inline)) void weighted_run_all(const float *p, int64_t stride, int64_t i0,
-                                                                   const float *v, int64_t n, int64_t step,
+                                                                   const KV_T *v, int64_t n, int64_t step,
                                                                    int64_t d, const int NG, float *out) {
     int64_t j = 0;
     for (; j + 16 <= d; j += 16)
@@ -252,7 +264,7 @@ static inline __attribute__((always_inline)) void weighted_run_all(const float *
 
 /* The weighted V of one KV head's group over one run: 4 queries a pass, then the 3, 2 or 1 left. */
 static inline __attribute__((always_inline)) void group_run(const shape_t *s, const float *p, int64_t stride,
-                                                            int64_t i0, const float *v, int64_t n, float *out) {
+                                                            int64_t i0, const KV_T *v, int64_t n, float *out) {
     int64_t d = s->head_dim, step = s->n_head_kv * d, g = 0;
     for (; g + 4 <= s->group; g += 4)
         weighted_run_all(p + g * stride, stride, i0, v, n, step, d, 4, out + g * d);
@@ -267,13 +279,13 @@ static inline __attribute__((always_inline)) void group_run(const shape_t *s, co
  * V, times inv: run by run (at most VRUN slots of one block), every head of the unit over a run
  * before the next (the next run prefetched whole first). */
 static inline __attribute__((always_inline)) void unit_weighted_v(const shape_t *s, const float *p, int64_t stride,
-                                                                  const float *v_cache, const int64_t *table,
+                                                                  const KV_T *v_cache, const int64_t *table,
                                                                   int64_t first, int64_t len, heads_t u,
                                                                   const float *inv, float *out) {
     int64_t d = s->head_dim, step = s->n_head_kv * d, nq = u.nh * s->group;
     memset(out, 0, (size_t)(nq * d) * sizeof(float));
     for (int64_t t0 = first, t1; t0 < len; t0 = t1) {
-        const float *v = v_cache + row_of(s, table, t0, u.h0);
+        const KV_T *v = v_cache + row_of(s, table, t0, u.h0);
         int64_t n = run_of(s, t0, len);
         t1 = t0 + n;
         if (t1 < len)
@@ -295,7 +307,7 @@ static inline __attribute__((always_inline)) void unit_weighted_v(const shape_t 
  * [first, len) (pages from `table`); scores (nh * group, stride) scratch, out (nh * group,
  * head_dim). */
 VL_CLONES
-static void attend(const shape_t *s, const float *q, const float *k_cache, const float *v_cache,
+static void attend(const shape_t *s, const float *q, const KV_T *k_cache, const KV_T *v_cache,
                    const int64_t *table, int64_t first, int64_t len, heads_t u, float *scores,
                    int64_t stride, float *out) {
     if (s->softcap > 0.0f)
@@ -321,7 +333,7 @@ static int64_t default_heads_per_unit(int64_t B, int64_t n_head_kv, int num_thre
     return (n_head_kv + splits - 1) / splits;
 }
 
-void vl_decode_attention_split(const float *q, const float *k_cache, const float *v_cache,
+void KV_NAME(vl_decode_attention_split)(const float *q, const KV_T *k_cache, const KV_T *v_cache,
                                const int64_t *block_tables, const int64_t *context_lens, const int64_t *starts,
                                float *scores, float *out, int64_t B, int64_t n_head, int64_t n_head_kv,
                                int64_t head_dim, int64_t block_size, int64_t max_blocks, float scale,
@@ -344,11 +356,11 @@ void vl_decode_attention_split(const float *q, const float *k_cache, const float
     }
 }
 
-void vl_decode_attention(const float *q, const float *k_cache, const float *v_cache,
+void KV_NAME(vl_decode_attention)(const float *q, const KV_T *k_cache, const KV_T *v_cache,
                          const int64_t *block_tables, const int64_t *context_lens, const int64_t *starts,
                          float *scores, float *out, int64_t B, int64_t n_head, int64_t n_head_kv,
                          int64_t head_dim, int64_t block_size, int64_t max_blocks, float scale, float softcap,
                          int num_threads) {
-    vl_decode_attention_split(q, k_cache, v_cache, block_tables, context_lens, starts, scores, out, B, n_head,
+    KV_NAME(vl_decode_attention_split)(q, k_cache, v_cache, block_tables, context_lens, starts, scores, out, B, n_head,
                               n_head_kv, head_dim, block_size, max_blocks, scale, softcap, num_threads, 0);
 }

@@ -31,3 +31,14 @@ void vl_decode_attention_split(const float *q, const float *k_cache, const float
                                float *scores, float *out, int64_t B, int64_t n_head, int64_t n_head_kv,
                                int64_t head_dim, int64_t block_size, int64_t max_blocks, float scale,
                                float softcap, int num_threads, int64_t heads_per_unit);
+
+/* The same over an f16 KV cache (attention_f16.c: IEEE half K/V, numpy's float16), each element
+ * read as its exact float; the result equals vl_decode_attention_split's on that cache converted
+ * to float32 (the same arithmetic after the load). portable = 0: the F16C build (vcvtph2ps) when
+ * the CPU has AVX2, FMA and F16C; 1: the portable build (tests compare the two). Returns 1 when
+ * the F16C build ran, 0 for the portable one. */
+int vl_decode_attention_f16(const float *q, const uint16_t *k_cache, const uint16_t *v_cache,
+                            const int64_t *block_tables, const int64_t *context_lens, const int64_t *starts,
+                            float *scores, float *out, int64_t B, int64_t n_head, int64_t n_head_kv,
+                            int64_t head_dim, int64_t block_size, int64_t max_blocks, float scale, float softcap,
+                            int num_threads, int64_t heads_per_unit, int portable);

@@ -328,21 +328,26 @@ def _matmul_legacy(name: str, x: tuple[np.ndarray, ...], path: str,
 
 def paged_decode_attention(q: np.ndarray, k_pages: np.ndarray, v_pages: np.ndarray,
                            block_tables: np.ndarray, context_lens: np.ndarray, scale: float,
-                           starts: np.ndarray | None = None, softcap: float = 0.0) -> np.ndarray:
+                           starts: np.ndarray | None = None, softcap: float = 0.0,
+                           f16_portable: bool = False) -> np.ndarray:
     """B single-token queries over their paged contexts, read in place (attention.c; COMPILED only).
 
-    q (B, n_head, d); k_pages, v_pages (num_blocks, block_size, n_head_kv, d) float32 C-contiguous
-    (one layer of the cache); block_tables (B, max_blocks) and context_lens (B,) already checked
-    (kvcache.PagedKVCache.decode_attention). starts (B,), each below its length: the first visible
-    position (a sliding window's first key; the keys and blocks before it are not read). softcap
-    > 0: the scores soft-capped before the softmax, as ops.soft_cap_. Returns (B, n_head, d).
+    q (B, n_head, d); k_pages, v_pages (num_blocks, block_size, n_head_kv, d) C-contiguous, both
+    float32 or both float16 (one layer of the cache; float16: attention_f16.c, each element read
+    as its exact float, so the result is the float32 kernel's on the cache converted; its F16C
+    build where the CPU has one, the portable build with f16_portable); block_tables (B,
+    max_blocks) and context_lens (B,) already checked (kvcache.PagedKVCache.decode_attention).
+    starts (B,), each below its length: the first visible position (a sliding window's first
+    key; the keys and blocks before it are not read). softcap > 0: the scores soft-capped before
+    the softmax, as ops.soft_cap_. Returns (B, n_head, d).
     """
     q = np.ascontiguousarray(q, dtype=np.float32)                         # (B, n_head, d)
     batch, n_head, head_dim = q.shape
     _, block_size, n_head_kv, _ = k_pages.shape
     tables = np.ascontiguousarray(block_tables, dtype=np.int64)           # (B, max_blocks)
     lens = np.ascontiguousarray(context_lens, dtype=np.int64)             # (B,)
-    assert k_pages.flags.c_contiguous and v_pages.flags.c_contiguous and k_pages.dtype == np.float32
+    assert k_pages.flags.c_contiguous and v_pages.flags.c_contiguous, "KV pages must be C-contiguous"
+    assert k_pages.dtype == v_pages.dtype and k_pages.dtype in (np.float32, np.float16), k_pages.dtype
     if starts is None:
         first = ffi.NULL
     else:
@@ -351,11 +356,15 @@ def paged_decode_attention(q: np.ndarray, k_pages: np.ndarray, v_pages: np.ndarr
         first = ffi.from_buffer("int64_t[]", starts)
     scores = np.empty((batch, n_head, tables.shape[1] * block_size), dtype=np.float32)  # scratch
     out = np.empty_like(q)                                                # (B, n_head, d)
-    lib.vl_decode_attention(
-        ffi.from_buffer("float[]", q), ffi.from_buffer("float[]", k_pages), ffi.from_buffer("float[]", v_pages),
-        ffi.from_buffer("int64_t[]", tables), ffi.from_buffer("int64_t[]", lens), first,
-        ffi.from_buffer("float[]", scores), ffi.from_buffer("float[]", out),
-        batch, n_head, n_head_kv, head_dim, block_size, tables.shape[1], scale, softcap, _num_threads)
+    pointers = (ffi.from_buffer("int64_t[]", tables), ffi.from_buffer("int64_t[]", lens), first,
+                ffi.from_buffer("float[]", scores), ffi.from_buffer("float[]", out),
+                batch, n_head, n_head_kv, head_dim, block_size, tables.shape[1], scale, softcap, _num_threads)
+    if k_pages.dtype == np.float16:
+        lib.vl_decode_attention_f16(ffi.from_buffer("float[]", q), ffi.from_buffer("uint16_t[]", k_pages),
+                                    ffi.from_buffer("uint16_t[]", v_pages), *pointers, 0, int(f16_portable))
+    else:
+        lib.vl_decode_attention(ffi.from_buffer("float[]", q), ffi.from_buffer("float[]", k_pages),
+                                ffi.from_buffer("float[]", v_pages), *pointers)
     return out
 
 

@@ -12,6 +12,10 @@ import numpy as np
 
 from velollmd.engine import kernels, ops
 
+# [[backends]] kv_cache_type -> the K/V element type (config.KV_CACHE_TYPES): f16 as llama.cpp's
+# default --cache-type-k/-v, half the bytes; writes round to it, reads convert to float32.
+KV_CACHE_DTYPES = {"f32": np.float32, "f16": np.float16}
+
 
 def slot_mapping(block_table: Sequence[int], positions: np.ndarray, block_size: int) -> np.ndarray:
     """Cache slot of each position of one sequence: (T,) int64."""
@@ -32,12 +36,16 @@ def num_blocks_for_budget(budget_mb: float, num_layers: int, block_size: int, nu
 
 
 class PagedKVCache:
-    """K and V, each (num_layers, num_blocks, block_size, num_kv_heads, head_dim)."""
+    """K and V, each (num_layers, num_blocks, block_size, num_kv_heads, head_dim), float32 or
+    float16 (KV_CACHE_DTYPES); whatever they hold, what comes out (gather, decode_attention) is
+    float32."""
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int,
                  head_dim: int, dtype: np.dtype | type = np.float32):
         if min(num_layers, num_blocks, block_size, num_kv_heads, head_dim) < 1:
             raise ValueError("PagedKVCache: every dimension must be >= 1")
+        if np.dtype(dtype) not in map(np.dtype, KV_CACHE_DTYPES.values()):
+            raise ValueError(f"PagedKVCache: dtype {np.dtype(dtype)}, float32 or float16 wanted")
         shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
         self.k = np.zeros(shape, dtype=dtype)  # (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
         self.v = np.zeros(shape, dtype=dtype)  # (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
@@ -61,8 +69,9 @@ class PagedKVCache:
         """Nothing to do: host memory goes with the last reference (gpu_model.GpuKVCache frees device memory here)."""
 
     def write(self, layer: int, slots: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
-        """Store k, v (T, num_kv_heads, head_dim) at slots (T,); a row whose slot is negative is not
-        written (reshape_and_cache's convention: model.AttentionPlan's kept rows)."""
+        """Store k, v (T, num_kv_heads, head_dim) at slots (T,), rounded to the cache's dtype; a
+        row whose slot is negative is not written (reshape_and_cache's convention:
+        model.AttentionPlan's kept rows)."""
         if slots.size and slots.min() < 0:
             written = slots >= 0
             slots, k, v = slots[written], k[written], v[written]
@@ -71,22 +80,24 @@ class PagedKVCache:
 
     def gather(self, layer: int, block_table: Sequence[int],
                num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first num_tokens of a sequence: (k, v), each (num_tokens, num_kv_heads, head_dim) (copies)."""
+        """The first num_tokens of a sequence: (k, v), each (num_tokens, num_kv_heads, head_dim) float32
+        copies (prefill's attention reads them)."""
         num_blocks = -(-num_tokens // self.block_size)
         blocks = np.asarray(block_table[:num_blocks], dtype=np.int64)     # (num_blocks,)
         shape = (num_blocks * self.block_size, self.num_kv_heads, self.head_dim)
         k = self.k[layer, blocks].reshape(shape)[:num_tokens]
         v = self.v[layer, blocks].reshape(shape)[:num_tokens]
-        return k, v
+        return k.astype(np.float32, copy=False), v.astype(np.float32, copy=False)
 
     def gather_padded(self, layer: int, block_tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """K/V of B sequences at once: block_tables (B, max_blocks), padded with any valid id.
 
-        Returns (k, v), each (B, max_blocks * block_size, num_kv_heads, head_dim).
+        Returns (k, v), each (B, max_blocks * block_size, num_kv_heads, head_dim) float32.
         """
         batch, max_blocks = block_tables.shape
         shape = (batch, max_blocks * self.block_size, self.num_kv_heads, self.head_dim)
-        return self.k[layer, block_tables].reshape(shape), self.v[layer, block_tables].reshape(shape)
+        k, v = self.k[layer, block_tables].reshape(shape), self.v[layer, block_tables].reshape(shape)
+        return k.astype(np.float32, copy=False), v.astype(np.float32, copy=False)
 
     def decode_attention(self, layer: int, q: np.ndarray, block_tables: np.ndarray,
                          context_lens: np.ndarray, scale: float, window: int = 0,
@@ -96,12 +107,12 @@ class PagedKVCache:
         window > 0 (a sliding-window layer): over the last `window` of them only. softcap > 0
         (gemma2): the scores soft-capped before softmax (ops.soft_cap_).
 
-        float32 with the extension built: the compiled kernel reads K/V in place from the pages
-        (a window's earlier blocks skipped); otherwise a dense padded copy and
-        ops.decode_attention (the kernel's reference).
+        With the extension built: the compiled kernel reads K/V in place from the pages (a
+        window's earlier blocks skipped; float16 converted as it is read); otherwise a dense
+        padded float32 copy and ops.decode_attention (the kernel's reference).
         """
         self._check_decode(q, block_tables, context_lens)
-        if kernels.COMPILED and self.k.dtype == np.float32:
+        if kernels.COMPILED:
             starts = np.maximum(np.asarray(context_lens) - window, 0) if window else None   # (B,)
             return kernels.paged_decode_attention(q, self.k[layer], self.v[layer], block_tables,
                                                   context_lens, scale, starts, softcap)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import psutil
 
 from ..config import SchedulerConfig
@@ -27,7 +28,7 @@ from ..sched.scheduler import Scheduler
 from . import kernels
 from .gguf import GGUFFile, read_gguf
 from .gpu_model import GpuKVCache, GpuModel
-from .kvcache import PagedKVCache, kv_bytes_per_token
+from .kvcache import KV_CACHE_DTYPES, PagedKVCache, kv_bytes_per_token
 from .model import KEPT_WEIGHTS, Model, ModelConfig, UnsupportedModel
 from .quants import GGML_TYPE_NAMES, SUPPORTED_TYPES
 from .quantweight import QuantWeight
@@ -49,6 +50,7 @@ class EngineOptions:
     num_ctx: int = 0                # 0: min(the model's context, DEFAULT_NUM_CTX)
     kv_cache_mb: int = 0            # 0: num_ctx x max_running tokens, at most 1/4 of free memory
     block_size: int = 16
+    kv_cache_type: str = "f16"      # the CPU path's K/V: f16 | f32 (the CUDA path's is float32 either way)
     max_batch_tokens: int = 512
     max_running: int = 16
     chat_template: str = ""
@@ -138,9 +140,7 @@ def load(name: str, path: Path, options: EngineOptions, scheduler_config: Schedu
         config = config.for_context(num_ctx)     # LongRoPE's factor set, as llama.cpp picks it by n_ctx
         on_device = _load_on_device(gguf, config, options, num_ctx, make_ops) \
             if options.device == "cuda" and cuda_runs(config) else None
-        model, kv = on_device or (read_model(gguf, config), PagedKVCache(
-            config.n_layer, _num_blocks(config, options, num_ctx, _host_free_bytes()), options.block_size,
-            config.n_head_kv, config.head_dim))
+        model, kv = on_device or (read_model(gguf, config), _host_kv_cache(config, options, num_ctx))
         rank_head = _rank_head(gguf, config)
     scheduler = Scheduler(scheduler_settings(scheduler_config, options), options.max_running,
                           BlockPool(kv.num_blocks, options.block_size), reserve_output=False)
@@ -214,6 +214,9 @@ def _load_on_device(gguf: GGUFFile, config: ModelConfig, options: EngineOptions,
             free = ops.free_bytes()
         kv = GpuKVCache(ops, config.n_layer, _num_blocks(config, options, num_ctx, free), options.block_size,
                         config.n_head_kv, config.head_dim)
+        if options.kv_cache_type != "f32":      # the default f16: said once a load, not a warning
+            log.info("engine kv_cache_type applies to the CPU path: the CUDA KV cache is float32",
+                     extra={"fields": {"kv_cache_type": options.kv_cache_type}})
     except UnsupportedModel:
         raise
     except Exception as exc:        # pycuda's driver and compiler errors share no base class but Exception
@@ -221,6 +224,13 @@ def _load_on_device(gguf: GGUFFile, config: ModelConfig, options: EngineOptions,
                     extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
         return None
     return model, kv
+
+
+def _host_kv_cache(config: ModelConfig, options: EngineOptions, num_ctx: int) -> PagedKVCache:
+    """The CPU path's KV cache, of options.kv_cache_type: f16 fits twice the tokens in a budget."""
+    dtype = KV_CACHE_DTYPES[options.kv_cache_type]
+    return PagedKVCache(config.n_layer, _num_blocks(config, options, num_ctx, _host_free_bytes(), dtype),
+                        options.block_size, config.n_head_kv, config.head_dim, dtype)
 
 
 def _host_free_bytes() -> int:
@@ -240,10 +250,12 @@ def _rendered_source(source, override: str, template: ChatTemplate | None) -> st
     return source if isinstance(source, str) and template is not None and not override else ""
 
 
-def _num_blocks(config: ModelConfig, options: EngineOptions, num_ctx: int, free_bytes: int) -> int:
-    """KV blocks for the budget: kv_cache_mb, else num_ctx tokens for each running sequence, never
-    more than a quarter of free_bytes (the memory available now: host or device, weights loaded)."""
-    bytes_per_token = kv_bytes_per_token(config.n_layer, config.n_head_kv, config.head_dim)   # float32
+def _num_blocks(config: ModelConfig, options: EngineOptions, num_ctx: int, free_bytes: int,
+                dtype: type = np.float32) -> int:
+    """KV blocks of dtype for the budget: kv_cache_mb, else num_ctx tokens for each running
+    sequence, never more than a quarter of free_bytes (the memory available now: host or
+    device, weights loaded)."""
+    bytes_per_token = kv_bytes_per_token(config.n_layer, config.n_head_kv, config.head_dim, dtype)
     if options.kv_cache_mb:
         num_tokens = options.kv_cache_mb * MIB // bytes_per_token
     else:

@@ -9,10 +9,12 @@
 typedef float v8f __attribute__((vector_size(32)));
 typedef int v8i __attribute__((vector_size(32)));
 
+#ifndef VL_CLONES      /* attention_f16c.c builds for x86-64-v3 alone: no clones */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define VL_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define VL_CLONES
+#endif
 #endif
 
 static inline __attribute__((always_inline)) v8f load8(const float *p) {
