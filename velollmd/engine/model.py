@@ -621,7 +621,7 @@ class Model:
         logits = linear(h, self.lm_head, self.lm_head_act)
         cap = self.config.final_softcap
         if cap:
-            logits = np.float32(cap) * np.tanh(logits / np.float32(cap))
+            ops.soft_cap_(logits, cap)                                   # (rows, n_vocab), in place
         return logits
 
     @property

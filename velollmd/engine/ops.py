@@ -142,7 +142,7 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_computed: 
 
 def soft_cap_(scores: np.ndarray, cap: float) -> np.ndarray:
     """scores = cap * tanh(scores / cap) in place, as llama.cpp's graph computes it (a scale by
-    1 / cap, tanh, a scale by cap): gemma2's attention logit soft-capping. Returns scores."""
+    1 / cap, tanh, a scale by cap): gemma2's attention and final logit soft-capping. Returns scores."""
     scores *= np.float32(1.0 / cap)
     np.tanh(scores, out=scores)
     scores *= np.float32(cap)

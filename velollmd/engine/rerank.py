@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from . import ops
 from .model import ActBands, act_bands, linear
 
 RANK_POOLING = 4                        # llama.cpp's LLAMA_POOLING_TYPE_RANK
@@ -71,8 +72,7 @@ class RankHead:
         if self.bias is not None:
             logits = logits + self.bias
         if self.softmax:
-            exp = np.exp(logits - logits.max())
-            logits = exp / exp.sum()
+            logits = ops.softmax(logits)
         return float(logits[0])
 
     def prompt_ids(self, tokenizer, query: str, document: str) -> list[int]:
