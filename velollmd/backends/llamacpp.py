@@ -248,8 +248,8 @@ class LlamaCppBackend(OpenAIBackend):
     def _meta_number(self, name: str) -> int | None:
         """A positive integer of the server's /v1/models entry's `meta`, or None."""
         for info in self.models:
-            value = (info.raw.get("meta") or {}).get(name)
-            if type(value) is int and value > 0:
+            value = server_count((info.raw.get("meta") or {}).get(name))
+            if value is not None:
                 return value
         return None
 
