@@ -23,6 +23,7 @@ parameter (`?model=`) or in a JSON body.
 """
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
 from urllib.parse import parse_qsl
 
 from ..backends.base import Backend, in_vocab
@@ -34,13 +35,22 @@ from .access import Access
 from .validate import validate_chat
 
 VLLM_TOKENIZE_FIELDS = ("prompt", "messages")
-TOKENIZER_BACKENDS = {"serves_tokenizer": "a llama.cpp or engine backend",      # by capability
-                      "tokenizes": "a llama.cpp, engine or vLLM backend",
-                      "serves_tokenizer_info": "an engine, llama.cpp or vLLM backend",
-                      "serves_props": "a llama.cpp or engine backend"}
-# capability -> (what a daemon with no model that has it says, the 501's code), and its backend's refusal
-NONE_SERVED = {"serves_props": ("no model here answers llama-server's /props", "props_unavailable")}
-REFUSALS = {"serves_props": Backend.props_unavailable}
+
+
+class Capability(NamedTuple):
+    """What the routes here say of a backend capability (a Backend flag) no model has."""
+    needs: str                  # the backends that have it
+    none_served: str            # the 501 when no model the caller may use has it
+    code: str                   # that 501's code
+    refusal: Callable[[Backend, str], NotImplementedByBackend]   # the 501 of a model whose backend lacks it
+
+
+_TOKENIZER = ("no model here exposes its tokenizer", "tokenizer_unavailable", Backend.tokenizer_unavailable)
+CAPABILITIES = {"serves_tokenizer": Capability("a llama.cpp or engine backend", *_TOKENIZER),
+                "tokenizes": Capability("a llama.cpp, engine or vLLM backend", *_TOKENIZER),
+                "serves_tokenizer_info": Capability("an engine, llama.cpp or vLLM backend", *_TOKENIZER),
+                "serves_props": Capability("a llama.cpp or engine backend", "no model here answers llama-server's "
+                                           "/props", "props_unavailable", Backend.props_unavailable)}
 MAX_NAMES_SHOWN = 5            # models named in the "which model?" 400
 
 
@@ -135,7 +145,7 @@ def tokenizer_for(registry: Registry, asked: str, capability: str = "serves_toke
     for backend in candidates:
         if getattr(backend, capability):
             return backend, model
-    raise REFUSALS.get(capability, Backend.tokenizer_unavailable)(candidates[0], model)
+    raise CAPABILITIES[capability].refusal(candidates[0], model)
 
 
 def model_or_only(access: Access, registry: Registry, request: Request, body: dict, *, capability: str = "") -> str:
@@ -156,8 +166,9 @@ def only_model(access: Access, registry: Registry, request: Request, *, capabili
     if len(names) == 1:
         return names[0]
     if not names and capability:
-        what, code = NONE_SERVED.get(capability, ("no model here exposes its tokenizer", "tokenizer_unavailable"))
-        raise NotImplementedByBackend(f"{what} (that needs {TOKENIZER_BACKENDS[capability]})", param="model", code=code)
+        wanted = CAPABILITIES[capability]
+        raise NotImplementedByBackend(f"{wanted.none_served} (that needs {wanted.needs})", param="model",
+                                      code=wanted.code)
     if not names:
         raise BadRequest("model is required: no model is served here", param="model")
     shown = ", ".join(names[:MAX_NAMES_SHOWN]) + (", ..." if len(names) > MAX_NAMES_SHOWN else "")
