@@ -60,7 +60,7 @@ class DashboardRoutes:
         errors: dict[str, str] = {}
         backends = await fresh_backend_rows(self.registry, self.service, QUEUE_FIELDS, errors=errors)
         metrics = self.metrics
-        return {"errors": errors,"object": "dashboard", "version": __version__, "time": round(time.time(), 3),
+        return {"errors": errors, "object": "dashboard", "version": __version__, "time": round(time.time(), 3),
                 "status": "draining" if self.access.draining else "ok",
                 "uptime_s": round(time.time() - self.access.started_at, 3),
                 "keys_required": self.access.keys_required,
