@@ -11,7 +11,7 @@ import ollama
 import openai
 import pytest
 
-from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend, ollama_backend
+from tests.daemon_rig import RunningDaemon, engine_backend, ollama_backend
 from tests.rig.llama import make_tiny_model
 from tests.rig.net import free_port
 from tests.rig.ollama_emulator import OllamaEmulator
@@ -33,14 +33,6 @@ def engine_daemon(tmp_path_factory):
     with RunningDaemon({"backends": [engine_backend(folder, models=["eng-*"], max_loaded_models=2)],
                         "cache": {"enabled": False}}) as daemon:
         daemon.folder = folder
-        yield daemon
-
-
-@pytest.fixture(scope="module")
-def llama_daemon(llama_server):
-    """velollmd before the real llama-server ("tiny") and the Ollama emulator (llama3.2...)."""
-    with OllamaEmulator() as emulator, RunningDaemon({"backends": [
-            llama_backend(llama_server), ollama_backend(emulator)], "cache": {"enabled": False}}) as daemon:
         yield daemon
 
 

@@ -6,9 +6,8 @@ import httpx
 import openai
 import pytest
 
-from tests.daemon_rig import RunningDaemon, engine_backend, llama_backend, ollama_backend
+from tests.daemon_rig import RunningDaemon, engine_backend
 from tests.rig.llama import make_tiny_model
-from tests.rig.ollama_emulator import OllamaEmulator
 
 ENGINE_MODEL = "eng-tiny"
 MULTILINGUAL = "Hello, wörld! Привет мир. 你好，世界。 こんにちは 🌍 <|im_start|> ça va?"
@@ -16,14 +15,6 @@ CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "conte
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather",
                                             "parameters": {"type": "object", "properties": {
                                                 "city": {"type": "string"}}, "required": ["city"]}}}
-
-
-@pytest.fixture(scope="module")
-def llama_daemon(llama_server):
-    """velollmd before the real llama-server ("tiny") and the Ollama emulator (llama3.2...)."""
-    with OllamaEmulator() as emulator, RunningDaemon({"backends": [
-            llama_backend(llama_server), ollama_backend(emulator)], "cache": {"enabled": False}}) as daemon:
-        yield daemon
 
 
 @pytest.fixture(scope="module")
