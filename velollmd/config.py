@@ -55,6 +55,11 @@ def _opt(default, **meta):
     return field(default=default, metadata=meta)
 
 
+# The most slots a backend is taken to have, configured or said by the server itself: a
+# scheduler and a prefix-routing table hold an entry per slot.
+MAX_SLOTS = 4096
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -79,7 +84,7 @@ class BackendConfig:
     kind: str = _opt("", choices=BACKEND_KINDS)
     url: str = ""
     models: tuple[str, ...] = ("*",)
-    slots: int = _opt(0, min=0, max=4096)          # 0 = discover (llama.cpp /props) or 1
+    slots: int = _opt(0, min=0, max=MAX_SLOTS)     # 0 = discover (llama.cpp /props) or 1
     api_key: str = ""
     num_ctx: int = _opt(0, min=0, max=MAX_NUM_CTX)  # 0 = the backend's default
     connect_timeout_s: float = _opt(5.0, min=0.001)

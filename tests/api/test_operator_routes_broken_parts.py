@@ -14,6 +14,7 @@ from tests.daemon_rig import RunningDaemon
 from velollmd.api import admin
 from velollmd.api.dashboard import FEED_PATH
 from velollmd.backends.base import DEFAULT_NUM_CTX
+from velollmd.config import MAX_SLOTS
 
 
 def scripted_llama(props) -> ScriptedServer:
@@ -80,6 +81,18 @@ def test_a_llama_server_with_garbage_props_reads_as_one_that_does_not_say(props)
     assert row["healthy"] is True and row["slots"] is None and row["slots_source"] is None
     assert queue.status_code == 200 and queue.json()["backends"]["garbage"]["adaptive"] is True
     assert chat.status_code == 200 and " w0" in chat.text and context == DEFAULT_NUM_CTX
+
+
+def test_a_llama_server_that_says_a_billion_slots_is_taken_at_the_most_slots():
+    """Its slot table and scheduler were built a billion entries long: the daemon hung."""
+    with scripted_llama({"total_slots": 10**12}) as server, \
+            RunningDaemon({"backends": [garbage_backend(server)]}) as daemon:
+        health = httpx.get(daemon.url + "/health", timeout=30)
+        chat = httpx.post(daemon.url + "/v1/chat/completions", timeout=30, json={
+            "model": "scripted", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    [row] = health.json()["backends"]
+    assert (row["slots"], row["slots_source"]) == (MAX_SLOTS, "/props")
+    assert chat.status_code == 200 and " w0" in chat.text
 
 
 @pytest.mark.parametrize("kind, route, listing", [

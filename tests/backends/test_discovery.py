@@ -7,7 +7,7 @@ import pytest
 from tests.aio import run
 from tests.rig.scripted_openai import VLLM_METRICS, ScriptedServer
 from velollmd.backends.openai import OpenAIBackend
-from velollmd.config import BackendConfig
+from velollmd.config import MAX_SLOTS, BackendConfig
 
 
 def discover(routes: dict, slots: int = 0) -> tuple[OpenAIBackend, ScriptedServer]:
@@ -37,6 +37,14 @@ def test_a_server_that_states_its_width_is_taken_at_its_word(path, body, server_
     assert (backend.num_slots, backend.slots_source, backend.server) == (width, path, server_name)
     assert backend.status()["slots"] == width and backend.status()["slots_source"] == path
     assert server.hits.count(path) == 1
+
+
+@pytest.mark.parametrize("path, field", [("/info", "max_concurrent_requests"),
+                                         ("/get_server_info", "max_running_requests")])
+def test_a_width_past_the_most_slots_is_taken_as_the_most(path, field):
+    """A server's word of 10**12 slots: a slot table that big hung the daemon at start."""
+    backend, _ = discover({path: (200, json.dumps({field: 10**12}).encode())})
+    assert (backend.num_slots, backend.slots_source) == (MAX_SLOTS, path)
 
 
 def test_vllm_is_recognised_but_its_width_is_learnt():

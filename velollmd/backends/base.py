@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from ..config import BackendConfig, SchedulerConfig
+from ..config import MAX_SLOTS, BackendConfig, SchedulerConfig
 from ..errors import (CONTEXT_LENGTH_EXCEEDED, BackendBusy, BackendError, BadRequest, NotFound,
                       NotImplementedByBackend, VeloError)
 from ..http.client import ClientResponse, HTTPClient
@@ -428,6 +428,14 @@ def server_count(value) -> int | None:
     positive whole number, else None: garbage there reads as a server that does not say, not
     as an exception in each listing, admission or /health."""
     return value if type(value) is int and value > 0 else None
+
+
+def server_width(value) -> int | None:
+    """The slots a server says it has (server_count), at most MAX_SLOTS: a server's word of a
+    billion slots would have the daemon build a billion-entry slot table (a hang, then out of
+    memory) before its first request."""
+    count = server_count(value)
+    return min(count, MAX_SLOTS) if count else None
 
 
 def listed_models(entries, name_key: str) -> list[dict]:

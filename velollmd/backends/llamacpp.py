@@ -12,7 +12,7 @@ from ..wire.chunks import to_completion_logprobs
 from ..wire.request import GenerateRequest, reasoning_effort_of, wants_json, wants_logprobs
 from ..wire.streams import closing
 from ..wire.vllm import GBNF, GUIDED_FIELDS, choice_grammar, vllm_constraint
-from .base import ModelInfo, fills_in_middle, refuse_insert, server_count
+from .base import ModelInfo, fills_in_middle, refuse_insert, server_count, server_width
 from .prompts import all_of, merged_answers, several_prompts, summed_usage, with_prompt
 from .llamacpp_infill import INFILL_PATH, completion_chunks, infill_body, insert_refused, to_completion
 from .openai import OpenAIBackend
@@ -62,7 +62,7 @@ class LlamaCppBackend(OpenAIBackend):
             await self._read_props()
         except VeloError:
             return
-        total_slots = server_count(self.props.get("total_slots"))
+        total_slots = server_width(self.props.get("total_slots"))
         if not self.config.slots and total_slots:
             self.num_slots, self.slots_source = total_slots, "/props"
         path = self.props.get("model_path", "")

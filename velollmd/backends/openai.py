@@ -15,7 +15,8 @@ from ..errors import BackendError, NotImplementedByBackend, VeloError
 from ..wire.request import GenerateRequest
 from ..wire.vllm import (CONSTRAINT_KINDS, GENERATION_PROMPT_ASKS, SAMPLING_EXTRAS, STRUCTURED_OUTPUT_OPTIONS,
                          reads_structured_outputs, respell)
-from .base import Backend, ModelInfo, extract_error_message, listed_models, refuse_unhonoured, server_count
+from .base import (Backend, ModelInfo, extract_error_message, listed_models, refuse_unhonoured, server_count,
+                   server_width)
 
 RERANK_PATH = "/v1/rerank"
 RERANK_MISSING = (404, 405, 501)     # no route, or llama-server's "Start it with `--reranking`"
@@ -46,8 +47,8 @@ class OpenAIBackend(Backend):
         self.server = ""                                  # asked; unknown unless found below
         for path, server, field in WIDTH_PROBES:
             body = await self._probe(path)
-            width = _json_field(body, field)
-            if isinstance(width, int) and not isinstance(width, bool) and width > 0:
+            width = server_width(_json_field(body, field))
+            if width:
                 self.server, self.num_slots, self.slots_source = server, width, path
                 return
         if VLLM_MARK in (await self._probe("/metrics") or b""):
